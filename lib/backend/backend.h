@@ -1,0 +1,132 @@
+// The backend interface: memory and stream management plus the op set.
+//
+// Every op is a forward/backward pair (no autograd). Shapes use B batch, T time, C channels,
+// N = B*T rows, OC output channels, NH heads, hd = C/NH, Vp the padded vocabulary, V the real
+// vocabulary. All float tensors are f32 unless an op says otherwise; tokens/targets are i32.
+//
+// Gradient convention (the rule every backend follows):
+//   * parameter gradients always ACCUMULATE (+=), so gradient accumulation over micro-batches is
+//     free and the caller zeroes them once per step;
+//   * activation gradients are WRITTEN (=) except where the op's input is the residual stream
+//     (layernorm_backward's dinp and residual_backward's da/db), which ACCUMULATE (+=) so the
+//     residual path and the branch path add without an extra buffer.
+// Ops never allocate: the caller owns every buffer, including the statistics an op saves for its
+// backward (LayerNorm mean/rstd, attention and cross-entropy log-sum-exp).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace llm {
+
+struct AdamWParams {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;  // decoupled: p -= lr * wd * p
+  int64_t step = 1;           // 1-based, for bias correction
+  float grad_scale = 1.0f;    // gradients are multiplied by this first (clipping, loss scale)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+
+  // ---- memory and streams -----------------------------------------------------------------
+  virtual Tensor empty(const Shape& shape, DType dtype = DType::f32) = 0;
+  // Copies between a host tensor and a tensor of this backend (either direction, same shape).
+  virtual void copy(const Tensor& dst, const Tensor& src) = 0;
+  virtual void zero(const Tensor& t) = 0;
+  virtual void synchronize() = 0;
+  Tensor zeros(const Shape& shape, DType dtype = DType::f32) {
+    Tensor t = empty(shape, dtype);
+    zero(t);
+    return t;
+  }
+  Tensor upload(const Tensor& host) {
+    Tensor t = empty(host.shape(), host.dtype());
+    copy(t, host);
+    return t;
+  }
+  Tensor download(const Tensor& t) {
+    Tensor h = Tensor::empty(t.shape(), t.dtype());
+    copy(h, t);
+    return h;
+  }
+
+  // ---- ops --------------------------------------------------------------------------------
+  // out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :]      tokens[B,T] i32, wte[Vp,C], wpe[maxT,C]
+  virtual void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte,
+                                 const Tensor& wpe) = 0;
+  // dwte[tokens[b,t]] += dout[b,t];  dwpe[t] += sum_b dout[b,t]       (both +=)
+  virtual void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout,
+                                  const Tensor& tokens) = 0;
+
+  // out[N,C] = (inp - mean) * rstd * weight + bias;  saves mean[N], rstd[N]
+  virtual void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd,
+                                 const Tensor& inp, const Tensor& weight, const Tensor& bias,
+                                 float eps) = 0;
+  // dinp[N,C] +=, dweight[C] +=, dbias[C] +=
+  virtual void layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
+                                  const Tensor& dout, const Tensor& inp, const Tensor& weight,
+                                  const Tensor& mean, const Tensor& rstd) = 0;
+
+  // out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias[OC]   (bias may be undefined)
+  virtual void linear_forward(const Tensor& out, const Tensor& inp, const Tensor& weight,
+                              const Tensor& bias) = 0;
+  // dinp[N,C] = dout @ weight;  dweight[OC,C] += dout^T @ inp;  dbias[OC] += colsum(dout)
+  // (dinp and dbias may be undefined when not needed)
+  virtual void linear_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
+                               const Tensor& dout, const Tensor& inp, const Tensor& weight) = 0;
+
+  // out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   any shape
+  virtual void gelu_forward(const Tensor& out, const Tensor& inp) = 0;
+  // dinp = gelu'(inp) * dout   (=; dinp may alias dout)
+  virtual void gelu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) = 0;
+
+  // out = a + b   any shape (out may alias a or b)
+  virtual void residual_forward(const Tensor& out, const Tensor& a, const Tensor& b) = 0;
+  // da += dout; db += dout
+  virtual void residual_backward(const Tensor& da, const Tensor& db, const Tensor& dout) = 0;
+
+  // Causal multi-head self-attention, flash-style (tiled, online softmax, memory O(T)).
+  // qkv[B,T,3C] holds q | k | v, each [NH, hd] per token (GPT-2 layout); out[B,T,C];
+  // lse[B,NH,T] = log-sum-exp of each query's scaled scores (saved for backward).
+  // Scale is 1/sqrt(hd).
+  virtual void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& qkv,
+                                 int n_head) = 0;
+  // dqkv[B,T,3C] = d(out)/d(qkv)^T dout   (=; the backward recomputes the score tiles)
+  virtual void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
+                                  const Tensor& out, const Tensor& lse, int n_head) = 0;
+
+  // Softmax cross-entropy over the first V columns of logits[N,Vp] (columns >= V are padding).
+  // losses[N] = lse - logits[target];  lse[N] saved;  target < 0 means "ignore" (loss 0).
+  virtual void cross_entropy_forward(const Tensor& losses, const Tensor& lse,
+                                     const Tensor& logits, const Tensor& targets, int64_t V) = 0;
+  // dlogits[N,Vp] = (softmax - onehot(target)) * dloss (=; padding columns and ignored rows 0).
+  // dlogits may alias logits: the fused, in-place form used in training.
+  virtual void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits,
+                                      const Tensor& lse, const Tensor& targets, float dloss,
+                                      int64_t V) = 0;
+
+  // One AdamW step over flat, same-length param/grad/m/v (all f32, m and v are fp32 state).
+  virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m,
+                            const Tensor& v, const AdamWParams& p) = 0;
+  // sum(x^2) accumulated in double; for the global gradient norm.
+  virtual double sum_squares(const Tensor& x) = 0;
+  // x *= s
+  virtual void scale(const Tensor& x, float s) = 0;
+};
+
+// The CPU backend (always present), and every backend this build has (CPU first).
+Backend& cpu_backend();
+std::vector<Backend*> available_backends();
+// Backends add themselves at static-initialisation time (the CUDA backend does).
+void register_backend(Backend* b);
+
+}  // namespace llm

@@ -1,0 +1,37 @@
+// CPU implementations of the op set (see backend/backend.h for shapes and semantics).
+// Each op lives in its own file; CpuBackend forwards to these.
+#pragma once
+#include "backend/backend.h"
+
+namespace llm::cpu {
+
+void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe);
+void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens);
+void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& inp,
+                       const Tensor& weight, const Tensor& bias, float eps);
+void layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
+                        const Tensor& dout, const Tensor& inp, const Tensor& weight,
+                        const Tensor& mean, const Tensor& rstd);
+void linear_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias);
+void linear_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
+                     const Tensor& dout, const Tensor& inp, const Tensor& weight);
+void gelu_forward(const Tensor& out, const Tensor& inp);
+void gelu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout);
+void residual_forward(const Tensor& out, const Tensor& a, const Tensor& b);
+void residual_backward(const Tensor& da, const Tensor& db, const Tensor& dout);
+void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& qkv, int n_head);
+void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
+                        const Tensor& out, const Tensor& lse, int n_head);
+void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
+                           const Tensor& targets, int64_t V);
+void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
+                            const Tensor& targets, float dloss, int64_t V);
+void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                  const AdamWParams& p);
+double sum_squares(const Tensor& x);
+void scale(const Tensor& x, float s);
+
+// Shared argument checks: contiguous host f32 tensor of the given shape.
+void check_f32(const Tensor& t, const Shape& shape, const char* what);
+
+}  // namespace llm::cpu

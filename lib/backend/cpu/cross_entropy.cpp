@@ -1,0 +1,87 @@
+// Fused softmax cross-entropy over the (padded) vocabulary. The logits are never normalised
+// in memory: forward saves each row's log-sum-exp, and backward turns logits into dlogits in
+// place, so the [N, Vp] buffer is the only vocabulary-sized activation.
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/simd.h"
+
+namespace llm::cpu {
+
+namespace {
+
+LLM_SIMD_CLONES float row_max(const float* x, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+LLM_SIMD_CLONES float row_sum_exp(const float* x, int64_t n, float m) {
+  float s = 0.0f;
+  for (int64_t i = 0; i < n; ++i) s += fast_exp(x[i] - m);
+  return s;
+}
+
+LLM_SIMD_CLONES void row_softmax_grad(float* d, const float* x, int64_t n, float lse, float scale) {
+  for (int64_t i = 0; i < n; ++i) d[i] = fast_exp(x[i] - lse) * scale;
+}
+
+void check_args(const char* op, const Tensor& logits, const Tensor& targets, int64_t V) {
+  const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;
+  check_f32(logits, logits.shape(), op);
+  LLM_CHECK(V >= 1 && V <= Vp, op, ": vocabulary ", V, " outside [1, ", Vp, "]");
+  LLM_CHECK(targets.numel() == N && targets.dtype() == DType::i32 && targets.is_contiguous(), op,
+            ": targets must be ", N, " contiguous i32, got ", shape_str(targets.shape()), " ",
+            dtype_name(targets.dtype()));
+  const int32_t* t = targets.data<int32_t>();
+  for (int64_t i = 0; i < N; ++i)
+    LLM_CHECK(t[i] < V, op, ": target ", t[i], " at row ", i, " outside the vocabulary of ", V);
+}
+
+}  // namespace
+
+void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
+                           const Tensor& targets, int64_t V) {
+  check_args("cross_entropy_forward", logits, targets, V);
+  const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;
+  check_f32(losses, {N}, "cross_entropy_forward losses");
+  check_f32(lse, {N}, "cross_entropy_forward lse");
+  const float* x = logits.data<float>();
+  const int32_t* t = targets.data<int32_t>();
+  float* pl = losses.data<float>();
+  float* ps = lse.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    const float* row = x + i * Vp;
+    const float m = row_max(row, V);
+    const float s = m + std::log(row_sum_exp(row, V, m));
+    ps[i] = s;
+    pl[i] = t[i] < 0 ? 0.0f : s - row[t[i]];
+  }
+}
+
+void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
+                            const Tensor& targets, float dloss, int64_t V) {
+  check_args("cross_entropy_backward", logits, targets, V);
+  const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;
+  check_f32(dlogits, logits.shape(), "cross_entropy_backward dlogits");
+  check_f32(lse, {N}, "cross_entropy_backward lse");
+  const float* x = logits.data<float>();
+  const int32_t* t = targets.data<int32_t>();
+  const float* ps = lse.data<float>();
+  float* d = dlogits.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    float* drow = d + i * Vp;
+    if (t[i] < 0) {
+      std::fill(drow, drow + Vp, 0.0f);
+      continue;
+    }
+    row_softmax_grad(drow, x + i * Vp, V, ps[i], dloss);  // element-wise: safe in place
+    drow[t[i]] -= dloss;
+    std::fill(drow + V, drow + Vp, 0.0f);
+  }
+}
+
+}  // namespace llm::cpu

@@ -1,0 +1,67 @@
+// Token + learned position embedding.
+#include <omp.h>
+
+#include <algorithm>
+
+#include "backend/cpu/cpu_ops.h"
+
+namespace llm::cpu {
+
+void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe) {
+  LLM_CHECK(tokens.dim() == 2, "embedding_forward tokens: expected [B,T], got ", shape_str(tokens.shape()));
+  const int64_t B = tokens.size(0), T = tokens.size(1), C = wte.size(1), Vp = wte.size(0);
+  expect_shape(tokens, {B, T}, "embedding_forward tokens", DType::i32);
+  check_f32(wte, {Vp, C}, "embedding_forward wte");
+  LLM_CHECK(wpe.dim() == 2 && wpe.size(0) >= T, "embedding_forward: sequence length ", T,
+            " exceeds the position table ", shape_str(wpe.shape()));
+  check_f32(wpe, {wpe.size(0), C}, "embedding_forward wpe");
+  check_f32(out, {B, T, C}, "embedding_forward out");
+  const int32_t* tok = tokens.data<int32_t>();
+  const float* pte = wte.data<float>();
+  const float* ppe = wpe.data<float>();
+  float* o = out.data<float>();
+  for (int64_t i = 0; i < B * T; ++i)
+    LLM_CHECK(tok[i] >= 0 && tok[i] < Vp, "embedding_forward: token id ", tok[i], " at position ", i,
+              " outside the vocabulary [0, ", Vp, ")");
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < B * T; ++i) {
+    const float* e = pte + static_cast<int64_t>(tok[i]) * C;
+    const float* p = ppe + (i % T) * C;
+    float* dst = o + i * C;
+    for (int64_t c = 0; c < C; ++c) dst[c] = e[c] + p[c];
+  }
+}
+
+void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens) {
+  const int64_t B = tokens.size(0), T = tokens.size(1), C = dwte.size(1), Vp = dwte.size(0);
+  expect_shape(tokens, {B, T}, "embedding_backward tokens", DType::i32);
+  check_f32(dwte, {Vp, C}, "embedding_backward dwte");
+  check_f32(dwpe, {dwpe.size(0), C}, "embedding_backward dwpe");
+  check_f32(dout, {B, T, C}, "embedding_backward dout");
+  const int32_t* tok = tokens.data<int32_t>();
+  const float* d = dout.data<float>();
+  float* gte = dwte.data<float>();
+  float* gpe = dwpe.data<float>();
+  // Repeated tokens make row-parallel scatter racy; instead each thread owns a band of
+  // channels and walks all positions, which is race-free and deterministic.
+#pragma omp parallel
+  {
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t c0 = C * id / nt, c1 = C * (id + 1) / nt;
+    for (int64_t i = 0; i < B * T; ++i) {
+      float* g = gte + static_cast<int64_t>(tok[i]) * C;
+      const float* s = d + i * C;
+      for (int64_t c = c0; c < c1; ++c) g[c] += s[c];
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+      float* g = gpe + t * C;
+      for (int64_t b = 0; b < B; ++b) {
+        const float* s = d + (b * T + t) * C;
+        for (int64_t c = 0; c < C; ++c) g[c] += s[c];
+      }
+    }
+  }
+}
+
+}  // namespace llm::cpu

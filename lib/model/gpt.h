@@ -1,0 +1,60 @@
+// GPT-2/GPT-3 decoder: token + learned position embeddings, pre-LayerNorm blocks
+// (attention, GELU MLP), final LayerNorm, output projection tied to the token embedding.
+// Parameter names follow Hugging Face's GPT-2 (wte, wpe, h.{i}.ln_1.weight, h.{i}.attn.c_attn.
+// weight, ...) so conversion is a rename plus a transpose (our linear weights are [out, in]).
+//
+// Explicit forward/backward over a Backend; every activation a backward needs is owned here,
+// sized for the last (B, T) seen.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/config.h"
+#include "model/parameters.h"
+
+namespace llm {
+
+class GPT {
+ public:
+  // seq_length sizes the position table when config.max_position_embeddings is 0.
+  GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length);
+  ~GPT();
+
+  const GPTConfig& config() const { return config_; }
+  Backend& backend() { return backend_; }
+  ParameterSet& parameters() { return params_; }
+  const ParameterSet& parameters() const { return params_; }
+
+  // tokens, targets: host or backend i32 [B, T]; targets < 0 are ignored. Returns the mean
+  // loss over the non-ignored targets (computed in double). Without targets only the logits
+  // are computed (for generation).
+  double forward(const Tensor& tokens, const Tensor& targets);
+  void forward_logits(const Tensor& tokens);
+  // Gradients of (loss_weight * mean loss) accumulated into parameters().flat_grads().
+  // Needs the forward() just before it (the logits buffer is turned into dlogits in place).
+  void backward(float loss_weight = 1.0f);
+  void zero_grad();
+
+  // [B, T, Vp] logits of the last forward_logits() (or forward() before backward()).
+  const Tensor& logits() const;
+  // Per-token losses [B*T] of the last forward().
+  const Tensor& losses() const;
+
+ private:
+  struct Block;
+  struct Activations;
+  void ensure_activations(int64_t B, int64_t T);
+  void run_forward(const Tensor& tokens);
+
+  GPTConfig config_;
+  Backend& backend_;
+  int64_t max_pos_;
+  ParameterSet params_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  std::unique_ptr<Activations> acts_;
+  int64_t valid_targets_ = 0;
+  bool have_loss_ = false;
+};
+
+}  // namespace llm

@@ -1,0 +1,217 @@
+#include "train/args.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <charconv>
+#include <cstdlib>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace llm {
+
+namespace {
+
+[[noreturn]] void bad(const std::string& source, const std::string& why) {
+  throw ConfigError(source + ": " + why);
+}
+
+int64_t parse_int(const std::string& v, const std::string& src) {
+  int64_t out = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  if (ec != std::errc() || p != v.data() + v.size()) bad(src, "expected an integer, got '" + v + "'");
+  return out;
+}
+
+double parse_double(const std::string& v, const std::string& src) {
+  char* end = nullptr;
+  double out = std::strtod(v.c_str(), &end);
+  if (v.empty() || end != v.c_str() + v.size()) bad(src, "expected a number, got '" + v + "'");
+  return out;
+}
+
+bool parse_bool(const std::string& v, const std::string& src) {
+  if (v == "true" || v == "1" || v == "yes" || v == "on" || v.empty()) return true;
+  if (v == "false" || v == "0" || v == "no" || v == "off") return false;
+  bad(src, "expected true or false, got '" + v + "'");
+}
+
+std::string fmt(double v) {
+  std::string s = detail::concat(v);
+  return s;
+}
+
+template <typename T>
+OptionSpec opt(std::string name, T TrainArgs::*field, std::string help) {
+  OptionSpec o;
+  o.name = std::move(name);
+  o.help = std::move(help);
+  if constexpr (std::is_same_v<T, int64_t>) {
+    o.set = [field](TrainArgs& a, const std::string& v) { a.*field = parse_int(v, ""); };
+    o.get = [field](const TrainArgs& a) { return std::to_string(a.*field); };
+  } else if constexpr (std::is_same_v<T, double>) {
+    o.set = [field](TrainArgs& a, const std::string& v) { a.*field = parse_double(v, ""); };
+    o.get = [field](const TrainArgs& a) { return fmt(a.*field); };
+  } else if constexpr (std::is_same_v<T, bool>) {
+    o.is_flag = true;
+    o.set = [field](TrainArgs& a, const std::string& v) { a.*field = parse_bool(v, ""); };
+    o.get = [field](const TrainArgs& a) { return std::string(a.*field ? "true" : "false"); };
+  } else {
+    o.set = [field](TrainArgs& a, const std::string& v) { a.*field = v; };
+    o.get = [field](const TrainArgs& a) { return a.*field; };
+  }
+  return o;
+}
+
+std::vector<OptionSpec> make_options() {
+  using A = TrainArgs;
+  return {
+      opt("model", &A::model, "model config: a name in configs/models (GPT125M, GPT1_5B, ...) or a YAML file"),
+      opt("num-layers", &A::num_layers, "number of transformer layers"),
+      opt("hidden-size", &A::hidden_size, "hidden size"),
+      opt("num-attention-heads", &A::num_attention_heads, "number of attention heads"),
+      opt("ffn-hidden-size", &A::ffn_hidden_size, "MLP hidden size (0 = 4 * hidden-size)"),
+      opt("max-position-embeddings", &A::max_position_embeddings, "position table size (0 = seq-length)"),
+      opt("seq-length", &A::seq_length, "sequence length"),
+      opt("vocab-size", &A::vocab_size, "vocabulary size (mock data; datasets record their own)"),
+      opt("make-vocab-size-divisible-by", &A::make_vocab_size_divisible_by, "pad the vocabulary to a multiple of this (times TP)"),
+      opt("layernorm-epsilon", &A::layernorm_epsilon, "LayerNorm epsilon"),
+      opt("micro-batch-size", &A::micro_batch_size, "samples per micro-batch per data-parallel rank"),
+      opt("global-batch-size", &A::global_batch_size, "samples per optimizer step (0 = micro-batch-size x DP); the rest is gradient accumulation"),
+      opt("lr", &A::lr, "peak learning rate"),
+      opt("min-lr", &A::min_lr, "learning rate at the end of decay"),
+      opt("lr-decay-style", &A::lr_decay_style, "cosine | linear | constant"),
+      opt("lr-warmup-iters", &A::lr_warmup_iters, "linear warmup iterations"),
+      opt("lr-decay-iters", &A::lr_decay_iters, "iterations to decay over (0 = train-iters)"),
+      opt("weight-decay", &A::weight_decay, "decoupled weight decay (not applied to biases and LayerNorm)"),
+      opt("adam-beta1", &A::adam_beta1, "AdamW beta1"),
+      opt("adam-beta2", &A::adam_beta2, "AdamW beta2"),
+      opt("adam-eps", &A::adam_eps, "AdamW epsilon"),
+      opt("clip-grad", &A::clip_grad, "clip the global gradient norm to this (0 = off)"),
+      opt("train-iters", &A::train_iters, "optimizer steps to run"),
+      opt("seed", &A::seed, "random seed (weights and data order)"),
+      opt("log-interval", &A::log_interval, "iterations between log lines"),
+      opt("eval-interval", &A::eval_interval, "iterations between validation runs (0 = only at the end)"),
+      opt("eval-iters", &A::eval_iters, "validation batches per evaluation (0 = no validation)"),
+      opt("mock-data", &A::mock_data, "train on the deterministic synthetic stream"),
+      opt("output-dir", &A::output_dir, "run directory (metrics.jsonl goes here)"),
+      opt("tflops-formula", &A::tflops_formula, "TFLOPs in the log line: megatron (Narayanan et al. 2021, with recompute factor) | model (model FLOPs)"),
+      opt("max-nan-iterations", &A::max_nan_iterations, "non-finite iterations to skip before stopping (0 = stop at the first)"),
+      opt("threads", &A::threads, "CPU threads (0 = OMP_NUM_THREADS or all cores)"),
+  };
+}
+
+}  // namespace
+
+const std::vector<OptionSpec>& train_options() {
+  static const std::vector<OptionSpec> options = make_options();
+  return options;
+}
+
+const OptionSpec* find_option(const std::string& name) {
+  std::string key = name;
+  for (char& c : key)
+    if (c == '_') c = '-';
+  for (const OptionSpec& o : train_options())
+    if (o.name == key) return &o;
+  return nullptr;
+}
+
+void apply_option(TrainArgs& args, const std::string& name, const std::string& value,
+                  const std::string& source) {
+  const OptionSpec* o = find_option(name);
+  if (!o) bad(source, "unknown option '" + name + "'");
+  try {
+    o->set(args, value);
+  } catch (const ConfigError& e) {
+    bad(source, std::string("option '") + o->name + "'" + e.what());
+  }
+}
+
+std::vector<std::string> apply_yaml_file(TrainArgs& args, const std::string& path) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    bad(path, "cannot read the file");
+  } catch (const YAML::Exception& e) {
+    bad(detail::concat(path, ":", e.mark.line + 1), "YAML syntax error: " + e.msg);
+  }
+  std::vector<std::string> keys;
+  if (root.IsNull()) return keys;
+  if (!root.IsMap()) bad(path, "expected a mapping of option names to values");
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    const std::string key = it->first.as<std::string>();
+    const std::string where = detail::concat(path, ":", it->first.Mark().line + 1);
+    if (!find_option(key)) bad(where, "unknown key '" + key + "'");
+    if (!it->second.IsScalar()) bad(where, "key '" + key + "' must have a single value");
+    apply_option(args, key, it->second.as<std::string>(), where);
+    keys.push_back(find_option(key)->name);
+  }
+  return keys;
+}
+
+std::string resolve_model_file(const std::string& model, const std::string& exe_dir) {
+  namespace fs = std::filesystem;
+  if (model.find('/') != std::string::npos || model.ends_with(".yaml")) {
+    if (!fs::exists(model)) throw ConfigError("--model: no such file '" + model + "'");
+    return model;
+  }
+  std::vector<fs::path> dirs;
+  if (const char* env = std::getenv("LLM_CONFIG_DIR")) dirs.push_back(fs::path(env) / "models");
+  if (!exe_dir.empty()) dirs.push_back(fs::path(exe_dir) / ".." / "configs" / "models");
+  dirs.push_back(fs::path(LLM_SOURCE_DIR) / "configs" / "models");
+  std::string tried;
+  for (const fs::path& d : dirs) {
+    fs::path p = d / (model + ".yaml");
+    if (fs::exists(p)) return p.lexically_normal().string();
+    tried += " " + p.lexically_normal().string();
+  }
+  throw ConfigError("--model: no model config named '" + model + "' (looked for" + tried + ")");
+}
+
+GPTConfig TrainArgs::model_config() const {
+  GPTConfig c;
+  c.name = model.empty() ? "custom" : model;
+  c.num_layers = num_layers;
+  c.hidden_size = hidden_size;
+  c.num_heads = num_attention_heads;
+  c.ffn_hidden_size = ffn_hidden_size;
+  c.max_position_embeddings = max_position_embeddings;
+  c.vocab_size = vocab_size;
+  c.vocab_divisible_by = make_vocab_size_divisible_by;
+  c.layernorm_eps = static_cast<float>(layernorm_epsilon);
+  return c;
+}
+
+void TrainArgs::resolve_defaults() {
+  if (global_batch_size == 0) global_batch_size = micro_batch_size * data_parallel_size;
+  if (lr_decay_iters == 0) lr_decay_iters = train_iters;
+}
+
+void TrainArgs::validate() const {
+  auto fail = [](auto&&... parts) { throw ConfigError(detail::concat(parts...)); };
+  if (micro_batch_size < 1) fail("--micro-batch-size must be >= 1, got ", micro_batch_size);
+  if (global_batch_size < 0) fail("--global-batch-size must be >= 0, got ", global_batch_size);
+  if (global_batch_size % (micro_batch_size * data_parallel_size))
+    fail("--global-batch-size ", global_batch_size, " is not divisible by --micro-batch-size ",
+         micro_batch_size, " x data-parallel size ", data_parallel_size);
+  if (seq_length < 1) fail("--seq-length must be >= 1, got ", seq_length);
+  if (train_iters < 0) fail("--train-iters must be >= 0, got ", train_iters);
+  if (log_interval < 1) fail("--log-interval must be >= 1, got ", log_interval);
+  if (eval_interval < 0 || eval_iters < 0) fail("--eval-interval and --eval-iters must be >= 0");
+  if (lr_decay_style != "cosine" && lr_decay_style != "linear" && lr_decay_style != "constant")
+    fail("--lr-decay-style must be cosine, linear or constant, got '", lr_decay_style, "'");
+  if (lr < 0 || min_lr < 0 || min_lr > lr) fail("need 0 <= --min-lr <= --lr, got ", min_lr, " and ", lr);
+  if (lr_warmup_iters < 0 || lr_decay_iters < 0) fail("--lr-warmup-iters and --lr-decay-iters must be >= 0");
+  if (weight_decay < 0) fail("--weight-decay must be >= 0");
+  if (!(adam_beta1 >= 0 && adam_beta1 < 1 && adam_beta2 >= 0 && adam_beta2 < 1))
+    fail("--adam-beta1 and --adam-beta2 must be in [0, 1)");
+  if (clip_grad < 0) fail("--clip-grad must be >= 0");
+  if (tflops_formula != "megatron" && tflops_formula != "model")
+    fail("--tflops-formula must be megatron or model, got '", tflops_formula, "'");
+  if (threads < 0) fail("--threads must be >= 0");
+  model_config().validate(seq_length);
+}
+
+}  // namespace llm

@@ -1,0 +1,82 @@
+// Training arguments under Megatron's flag names. One table (train_options()) describes every
+// option once: the tools register it with CLI11, YAML files are checked against it, and
+// --help prints its defaults. Precedence: defaults < model file (--model) < --config < flags.
+#pragma once
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace llm {
+
+struct TrainArgs {
+  // model
+  std::string model;  // name in configs/models or a YAML path
+  int64_t num_layers = 2;
+  int64_t hidden_size = 128;
+  int64_t num_attention_heads = 4;
+  int64_t ffn_hidden_size = 0;
+  int64_t max_position_embeddings = 0;
+  int64_t seq_length = 128;
+  int64_t vocab_size = 512;
+  int64_t make_vocab_size_divisible_by = 128;
+  double layernorm_epsilon = 1e-5;
+  // batch
+  int64_t micro_batch_size = 4;
+  int64_t global_batch_size = 0;  // 0 = micro_batch_size * data_parallel_size
+  // optimizer and schedule
+  double lr = 3e-4;
+  double min_lr = 3e-5;
+  std::string lr_decay_style = "cosine";
+  int64_t lr_warmup_iters = 0;
+  int64_t lr_decay_iters = 0;  // 0 = train_iters
+  double weight_decay = 0.1;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.95;
+  double adam_eps = 1e-8;
+  double clip_grad = 1.0;
+  // run
+  int64_t train_iters = 100;
+  int64_t seed = 1234;
+  int64_t log_interval = 10;
+  int64_t eval_interval = 0;  // 0 = only at the end
+  int64_t eval_iters = 0;
+  bool mock_data = false;
+  std::string output_dir = "runs/pretrain";
+  std::string tflops_formula = "megatron";
+  int64_t max_nan_iterations = 0;
+  int64_t threads = 0;  // 0 = OMP_NUM_THREADS / all cores
+
+  GPTConfig model_config() const;
+  // Fills the "0 = derived" defaults (global batch, decay iterations). Call before validate().
+  void resolve_defaults();
+  // Cross-option checks (batch divisibility, schedule, formula names); throws ConfigError.
+  void validate() const;
+  int64_t data_parallel_size = 1;  // set by the launcher/grid, not a flag
+  int64_t micro_batches() const { return global_batch_size / (micro_batch_size * data_parallel_size); }
+};
+
+struct OptionSpec {
+  std::string name;  // flag without "--", also the YAML key
+  std::string help;
+  bool is_flag = false;  // boolean switch
+  std::function<void(TrainArgs&, const std::string&)> set;
+  std::function<std::string(const TrainArgs&)> get;
+};
+
+const std::vector<OptionSpec>& train_options();
+const OptionSpec* find_option(const std::string& name);
+
+// Sets one option from text; `source` ("--lr", "run.yaml:12") prefixes any error.
+void apply_option(TrainArgs& args, const std::string& name, const std::string& value,
+                  const std::string& source);
+// Reads a YAML mapping of option names to scalars; unknown keys, non-scalars and bad values
+// are ConfigErrors naming file, line and key. Returns the keys it set.
+std::vector<std::string> apply_yaml_file(TrainArgs& args, const std::string& path);
+// Resolves --model NAME|PATH: a path as is, else <dir>/NAME.yaml for dir in $LLM_CONFIG_DIR/models,
+// <exe dir>/../configs/models, <source dir>/configs/models.
+std::string resolve_model_file(const std::string& model, const std::string& exe_dir);
+
+}  // namespace llm

@@ -1,0 +1,136 @@
+#include "train/metrics.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace llm {
+
+namespace {
+template <typename... Args>
+std::string format(const char* f, Args... args) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, f, args...);
+  return buf;
+}
+}  // namespace
+
+std::string megatron_log_line(const LogRecord& r) {
+  std::string s;
+  s += format(" iteration %8lld/%8lld |", static_cast<long long>(r.iteration), static_cast<long long>(r.train_iters));
+  s += format(" consumed samples: %12lld |", static_cast<long long>(r.consumed_samples));
+  s += format(" consumed tokens: %12lld |", static_cast<long long>(r.consumed_tokens));
+  s += format(" elapsed time per iteration (ms): %.1f |", r.elapsed_ms_per_iteration);
+  s += format(" learning rate: %.3E |", r.learning_rate);
+  s += format(" global batch size: %5lld |", static_cast<long long>(r.global_batch_size));
+  s += format(" lm loss: %.6E |", r.lm_loss);
+  s += format(" loss scale: %.1f |", r.loss_scale);
+  s += format(" grad norm: %.3f |", r.grad_norm);
+  s += format(" actual seqlen: %5lld |", static_cast<long long>(r.seq_length));
+  s += format(" number of skipped iterations: %3lld |", static_cast<long long>(r.skipped_iterations));
+  s += format(" number of nan iterations: %3lld |", static_cast<long long>(r.nan_iterations));
+  s += format(" samples per second: %.3f |", r.samples_per_second);
+  s += format(" tokens per gpu per second (tgs): %.3f |", r.tokens_per_gpu_per_second);
+  s += format(" TFLOPs: %.2f |", r.tflops_formula == "model" ? r.tflops_model : r.tflops_megatron);
+  return s;
+}
+
+std::string metrics_json(const LogRecord& r) {
+  auto num = [](double v) { return std::isfinite(v) ? format("%.9g", v) : std::string("null"); };
+  std::string s = "{";
+  // (appending piecewise also sidesteps GCC 12's bogus -Wrestrict on "literal" + string)
+  auto field = [&](const char* name, double v) {
+    s += '"';
+    s += name;
+    s += "\": ";
+    s += num(v);
+    s += ", ";
+  };
+  s += format("\"iteration\": %lld, \"train_iters\": %lld, ", static_cast<long long>(r.iteration),
+              static_cast<long long>(r.train_iters));
+  s += format("\"consumed_samples\": %lld, \"consumed_tokens\": %lld, ",
+              static_cast<long long>(r.consumed_samples), static_cast<long long>(r.consumed_tokens));
+  field("elapsed_ms_per_iteration", r.elapsed_ms_per_iteration);
+  field("learning_rate", r.learning_rate);
+  s += format("\"global_batch_size\": %lld, ", static_cast<long long>(r.global_batch_size));
+  field("lm_loss", r.lm_loss);
+  field("loss_scale", r.loss_scale);
+  field("grad_norm", r.grad_norm);
+  s += format("\"seq_length\": %lld, \"skipped_iterations\": %lld, \"nan_iterations\": %lld, ",
+              static_cast<long long>(r.seq_length), static_cast<long long>(r.skipped_iterations),
+              static_cast<long long>(r.nan_iterations));
+  field("samples_per_second", r.samples_per_second);
+  field("tokens_per_gpu_per_second", r.tokens_per_gpu_per_second);
+  field("tflops_megatron", r.tflops_megatron);
+  field("tflops_model", r.tflops_model);
+  s += "\"tflops_formula\": \"";
+  s += r.tflops_formula;
+  s += "\"}";
+  return s;
+}
+
+std::string validation_report(const std::string& where, double loss) {
+  const double ppl = std::exp(std::min(20.0, loss));
+  std::string body = " validation loss at ";
+  body += where;
+  body += " | ";
+  body += format("lm loss value: %.6E | ", loss);
+  body += format("lm loss PPL: %.6E | ", ppl);
+  const std::string rule(body.size() + 1, '-');
+  std::string out = rule;
+  out += '\n';
+  out += body;
+  out += '\n';
+  out += rule;
+  return out;
+}
+
+void LogAccumulator::add(double loss, bool finite, double seconds, double grad_norm, double lr) {
+  ++iterations_;
+  seconds_ += seconds;
+  last_lr_ = lr;
+  if (finite) {
+    ++finite_;
+    loss_sum_ += loss;
+    last_grad_norm_ = grad_norm;
+  } else {
+    ++nan_;
+  }
+}
+
+void LogAccumulator::flush_into(LogRecord& r, int64_t global_batch, int64_t seq_length, int world_size,
+                                double flops_megatron, double flops_model) {
+  const double per_iter = iterations_ ? seconds_ / static_cast<double>(iterations_) : 0.0;
+  r.elapsed_ms_per_iteration = per_iter * 1000.0;
+  r.learning_rate = last_lr_;
+  r.global_batch_size = global_batch;
+  r.lm_loss = finite_ ? loss_sum_ / static_cast<double>(finite_) : NAN;
+  r.grad_norm = last_grad_norm_;
+  r.seq_length = seq_length;
+  r.nan_iterations = nan_;
+  r.skipped_iterations = nan_;  // a non-finite iteration is skipped (no update)
+  r.samples_per_second = per_iter > 0 ? static_cast<double>(global_batch) / per_iter : 0.0;
+  r.tokens_per_gpu_per_second = r.samples_per_second * static_cast<double>(seq_length) / world_size;
+  r.tflops_megatron = per_iter > 0 ? flops_megatron / (per_iter * world_size * 1e12) : 0.0;
+  r.tflops_model = per_iter > 0 ? flops_model / (per_iter * world_size * 1e12) : 0.0;
+  *this = LogAccumulator{};
+}
+
+MetricsWriter::MetricsWriter(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw ConfigError("--output-dir " + dir + ": cannot create directory: " + ec.message());
+  path_ = (std::filesystem::path(dir) / "metrics.jsonl").string();
+  out_.open(path_, std::ios::app);
+  if (!out_) throw ConfigError("cannot open " + path_ + " for writing");
+}
+
+void MetricsWriter::write(const LogRecord& r) {
+  if (!out_.is_open()) return;
+  out_ << metrics_json(r) << '\n';
+  out_.flush();
+}
+
+}  // namespace llm

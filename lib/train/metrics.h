@@ -1,0 +1,60 @@
+// Megatron's per-iteration log line, its validation report, and the JSON-lines metrics file.
+#pragma once
+#include <cstdint>
+#include <fstream>
+#include <string>
+
+namespace llm {
+
+struct LogRecord {
+  int64_t iteration = 0, train_iters = 0;
+  int64_t consumed_samples = 0, consumed_tokens = 0;
+  double elapsed_ms_per_iteration = 0;  // mean over the log interval
+  double learning_rate = 0;
+  int64_t global_batch_size = 0;
+  double lm_loss = 0;                   // mean over the log interval's finite iterations
+  double loss_scale = 1.0;
+  double grad_norm = 0;                 // of the last iteration
+  int64_t seq_length = 0;
+  int64_t skipped_iterations = 0, nan_iterations = 0;  // within the interval
+  double samples_per_second = 0, tokens_per_gpu_per_second = 0;
+  double tflops_megatron = 0, tflops_model = 0;  // per GPU (per process on CPU)
+  std::string tflops_formula = "megatron";       // which one the line shows
+};
+
+// " iteration       10/     100 | consumed samples: ... | TFLOPs: 1.23 |"
+std::string megatron_log_line(const LogRecord& r);
+// One JSON object (no newline) with every field, both TFLOPS figures included.
+std::string metrics_json(const LogRecord& r);
+// Megatron's three-line validation block ("validation loss at iteration 10 | lm loss value:
+// ... | lm loss PPL: ... |" between dashed rules).
+std::string validation_report(const std::string& where, double loss);
+
+// Accumulates iterations between log lines.
+class LogAccumulator {
+ public:
+  void add(double loss, bool finite, double seconds, double grad_norm, double lr);
+  bool empty() const { return iterations_ == 0; }
+  // Fills the interval fields of r (time, loss, grad norm, lr, counts, rates) and resets.
+  void flush_into(LogRecord& r, int64_t global_batch, int64_t seq_length, int world_size,
+                  double flops_megatron_per_iter, double flops_model_per_iter);
+
+ private:
+  int64_t iterations_ = 0, finite_ = 0, nan_ = 0;
+  double loss_sum_ = 0, seconds_ = 0, last_grad_norm_ = 0, last_lr_ = 0;
+};
+
+class MetricsWriter {
+ public:
+  MetricsWriter() = default;
+  // Creates the directory; appends to <dir>/metrics.jsonl.
+  explicit MetricsWriter(const std::string& dir);
+  void write(const LogRecord& r);
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+};
+
+}  // namespace llm

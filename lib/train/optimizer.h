@@ -1,0 +1,36 @@
+// AdamW over a ParameterSet's flat buffers, with global gradient-norm clipping.
+// The flat layout puts decayed tensors first, so a step is two fused kernel calls.
+#pragma once
+#include "model/parameters.h"
+
+namespace llm {
+
+struct OptimizerConfig {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  double clip_grad = 1.0;  // 0 = no clipping
+};
+
+struct StepResult {
+  double grad_norm = 0.0;  // before clipping
+  bool finite = true;      // false: the step was skipped
+};
+
+class AdamW {
+ public:
+  AdamW(ParameterSet& params, Backend& backend, const OptimizerConfig& config);
+  // One update with learning rate lr. grad_scale multiplies the gradients first (e.g. 1/loss
+  // scale); clipping is applied on top. A non-finite gradient norm skips the update.
+  StepResult step(double lr, double grad_scale = 1.0);
+  int64_t steps() const { return step_; }
+  const Tensor& m() const { return m_; }
+  const Tensor& v() const { return v_; }
+
+ private:
+  ParameterSet& params_;
+  Backend& backend_;
+  OptimizerConfig config_;
+  Tensor m_, v_;
+  int64_t step_ = 0;
+};
+
+}  // namespace llm

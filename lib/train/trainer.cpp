@@ -1,0 +1,87 @@
+#include "train/trainer.h"
+
+#include <cmath>
+
+#include "core/timer.h"
+
+namespace llm {
+
+namespace {
+OptimizerConfig optimizer_config(const TrainArgs& a) {
+  OptimizerConfig c;
+  c.beta1 = a.adam_beta1;
+  c.beta2 = a.adam_beta2;
+  c.eps = a.adam_eps;
+  c.weight_decay = a.weight_decay;
+  c.clip_grad = a.clip_grad;
+  return c;
+}
+}  // namespace
+
+Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train)
+    : args_(args), model_(model), train_(train),
+      optimizer_(model.parameters(), model.backend(), optimizer_config(args)) {
+  LLM_CHECK(train.seq_length() == args.seq_length, "data sequence length ", train.seq_length(),
+            " differs from --seq-length ", args.seq_length);
+  if (train.vocab_size() > model.config().vocab_size)
+    throw ConfigError(detail::concat(train.describe(), ": vocabulary ", train.vocab_size(),
+                                     " exceeds the model's --vocab-size ", model.config().vocab_size));
+  schedule_.lr = args.lr;
+  schedule_.min_lr = args.min_lr;
+  schedule_.warmup_iters = args.lr_warmup_iters;
+  schedule_.decay_iters = args.lr_decay_iters ? args.lr_decay_iters : args.train_iters;
+  schedule_.style = args.lr_decay_style;
+  tokens_ = Tensor::empty({args.micro_batch_size, args.seq_length}, DType::i32);
+  targets_ = Tensor::empty({args.micro_batch_size, args.seq_length}, DType::i32);
+  sample_ = Tensor::empty({args.seq_length + 1}, DType::i32);
+}
+
+void Trainer::fill_batch(const SampleSource& src, uint64_t first_index, int64_t rows) {
+  const int64_t T = args_.seq_length;
+  int32_t* s = sample_.data<int32_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    src.sample((first_index + static_cast<uint64_t>(r)) % src.num_samples(), s);
+    std::copy(s, s + T, tokens_.data<int32_t>() + r * T);
+    std::copy(s + 1, s + T + 1, targets_.data<int32_t>() + r * T);
+  }
+}
+
+IterationStats Trainer::train_step() {
+  Timer timer;
+  IterationStats st;
+  st.iteration = ++iteration_;
+  st.lr = schedule_.at(iteration_);
+  const int64_t micro = args_.micro_batches();
+  model_.zero_grad();
+  double loss_sum = 0;
+  for (int64_t k = 0; k < micro; ++k) {
+    const uint64_t first = global_sample_index(static_cast<uint64_t>(consumed_samples_), 0, micro,
+                                               args_.micro_batch_size, k, 0);
+    fill_batch(train_, first, args_.micro_batch_size);
+    loss_sum += model_.forward(tokens_, targets_);
+    model_.backward(1.0f / static_cast<float>(micro));
+  }
+  st.loss = loss_sum / static_cast<double>(micro);
+  st.finite = std::isfinite(st.loss);
+  if (st.finite) {
+    StepResult r = optimizer_.step(st.lr);
+    st.grad_norm = r.grad_norm;
+    st.finite = r.finite;
+  }
+  if (!st.finite) ++nan_iterations_;
+  consumed_samples_ += args_.global_batch_size;
+  model_.backend().synchronize();
+  st.seconds = timer.seconds();
+  return st;
+}
+
+double Trainer::evaluate(const SampleSource& valid, int64_t iters) {
+  double sum = 0;
+  for (int64_t k = 0; k < iters; ++k) {
+    fill_batch(valid, static_cast<uint64_t>(k * args_.micro_batch_size), args_.micro_batch_size);
+    sum += model_.forward(tokens_, targets_);
+  }
+  return iters ? sum / static_cast<double>(iters) : NAN;
+}
+
+}  // namespace llm

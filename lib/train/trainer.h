@@ -1,0 +1,49 @@
+// The training step: gradient accumulation over micro-batches, clipping, AdamW with the LR
+// schedule, and non-finite detection. Single process here; the data-parallel reduction plugs
+// in between backward and the optimizer step.
+#pragma once
+#include <memory>
+
+#include "data/sample_source.h"
+#include "model/gpt.h"
+#include "train/args.h"
+#include "train/lr_schedule.h"
+#include "train/optimizer.h"
+
+namespace llm {
+
+struct IterationStats {
+  int64_t iteration = 0;
+  double loss = 0;       // mean over the global batch
+  double grad_norm = 0;  // before clipping
+  double lr = 0;
+  bool finite = true;    // false: loss or gradient was NaN/Inf and the update was skipped
+  double seconds = 0;
+};
+
+class Trainer {
+ public:
+  Trainer(const TrainArgs& args, GPT& model, const SampleSource& train);
+  IterationStats train_step();
+  // Mean loss over `iters` micro-batches of `valid`, starting at sample 0 (the same samples
+  // every evaluation, so the numbers are comparable).
+  double evaluate(const SampleSource& valid, int64_t iters);
+
+  int64_t iteration() const { return iteration_; }
+  int64_t consumed_samples() const { return consumed_samples_; }
+  int64_t nan_iterations() const { return nan_iterations_; }
+  const LRSchedule& schedule() const { return schedule_; }
+
+ private:
+  void fill_batch(const SampleSource& src, uint64_t first_index, int64_t rows);
+
+  TrainArgs args_;
+  GPT& model_;
+  const SampleSource& train_;
+  AdamW optimizer_;
+  LRSchedule schedule_;
+  Tensor tokens_, targets_, sample_;
+  int64_t iteration_ = 0, consumed_samples_ = 0, nan_iterations_ = 0;
+};
+
+}  // namespace llm

@@ -1,0 +1,271 @@
+// The GPT model against an independent float64 implementation of GPT-2's forward pass, a
+// whole-model finite-difference gradient check, and layout-independent initialisation.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <map>
+#include <vector>
+
+#include "core/philox.h"
+#include "model/gpt.h"
+
+using namespace llm;
+
+namespace {
+
+using Vec = std::vector<double>;
+
+GPTConfig tiny_config() {
+  GPTConfig c;
+  c.name = "tiny";
+  c.num_layers = 2;
+  c.hidden_size = 32;
+  c.num_heads = 2;
+  c.vocab_size = 50;
+  c.vocab_divisible_by = 16;  // Vp = 64: padding columns exist
+  return c;
+}
+
+// Randomises every parameter (LayerNorm gains and biases too), so no term is trivially 1 or 0.
+void randomise(GPT& m, uint64_t seed, float scale = 0.1f) {
+  Tensor p = m.parameters().flat_params();
+  float* d = p.data<float>();
+  for (const ParamSpec& s : m.parameters().specs()) {
+    for (int64_t i = 0; i < numel(s.shape); ++i) {
+      float r = scale * philox_normal(seed, hash_name(s.name), i);
+      d[s.offset + i] = s.init == Init::ones ? 1.0f + r : r;
+    }
+  }
+}
+
+Vec get(const GPT& m, const std::string& name) {
+  Tensor t = m.parameters().param(name);
+  return Vec(t.data<float>(), t.data<float>() + t.numel());
+}
+
+// Float64 GPT-2 forward, written from the paper/HF semantics with plain loops.
+// Returns the mean loss; fills logits [B*T*V].
+double reference_loss(const GPT& m, const std::vector<int>& tok, const std::vector<int>& tgt, int B,
+                      int T, Vec* logits_out) {
+  const GPTConfig& c = m.config();
+  const int C = c.hidden_size, NH = c.num_heads, hd = C / NH, F = c.ffn(), V = c.vocab_size;
+  const double eps = c.layernorm_eps;
+  auto layernorm = [&](const Vec& x, const Vec& w, const Vec& b) {
+    Vec y(x.size());
+    for (size_t r = 0; r < x.size() / C; ++r) {
+      double mu = 0, var = 0;
+      for (int i = 0; i < C; ++i) mu += x[r * C + i];
+      mu /= C;
+      for (int i = 0; i < C; ++i) var += (x[r * C + i] - mu) * (x[r * C + i] - mu);
+      var /= C;
+      for (int i = 0; i < C; ++i) y[r * C + i] = (x[r * C + i] - mu) / std::sqrt(var + eps) * w[i] + b[i];
+    }
+    return y;
+  };
+  auto linear = [&](const Vec& x, const Vec& w, const Vec* b, int in, int out) {
+    const size_t rows = x.size() / in;
+    Vec y(rows * out);
+    for (size_t r = 0; r < rows; ++r)
+      for (int o = 0; o < out; ++o) {
+        double s = b ? (*b)[o] : 0.0;
+        for (int i = 0; i < in; ++i) s += x[r * in + i] * w[static_cast<size_t>(o) * in + i];
+        y[r * out + o] = s;
+      }
+    return y;
+  };
+  Vec wte = get(m, "wte"), wpe = get(m, "wpe");
+  Vec x(static_cast<size_t>(B) * T * C);
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < C; ++i)
+        x[(b * T + t) * C + i] = wte[tok[b * T + t] * C + i] + wpe[t * C + i];
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    Vec h = layernorm(x, get(m, p + "ln_1.weight"), get(m, p + "ln_1.bias"));
+    Vec qb = get(m, p + "attn.c_attn.bias");
+    Vec qkv = linear(h, get(m, p + "attn.c_attn.weight"), &qb, C, 3 * C);
+    Vec y(x.size(), 0.0);
+    for (int b = 0; b < B; ++b)
+      for (int hh = 0; hh < NH; ++hh)
+        for (int t = 0; t < T; ++t) {
+          std::vector<double> s(t + 1);
+          double mx = -1e300;
+          for (int u = 0; u <= t; ++u) {
+            double d = 0;
+            for (int e = 0; e < hd; ++e)
+              d += qkv[(b * T + t) * 3 * C + hh * hd + e] * qkv[(b * T + u) * 3 * C + C + hh * hd + e];
+            s[u] = d / std::sqrt(static_cast<double>(hd));
+            mx = std::max(mx, s[u]);
+          }
+          double z = 0;
+          for (int u = 0; u <= t; ++u) z += (s[u] = std::exp(s[u] - mx));
+          for (int u = 0; u <= t; ++u)
+            for (int e = 0; e < hd; ++e)
+              y[(b * T + t) * C + hh * hd + e] += s[u] / z * qkv[(b * T + u) * 3 * C + 2 * C + hh * hd + e];
+        }
+    Vec pb = get(m, p + "attn.c_proj.bias");
+    Vec ap = linear(y, get(m, p + "attn.c_proj.weight"), &pb, C, C);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += ap[i];
+    h = layernorm(x, get(m, p + "ln_2.weight"), get(m, p + "ln_2.bias"));
+    Vec fb = get(m, p + "mlp.c_fc.bias");
+    Vec f = linear(h, get(m, p + "mlp.c_fc.weight"), &fb, C, F);
+    for (double& v : f) v = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+    Vec f2b = get(m, p + "mlp.c_proj.bias");
+    Vec f2 = linear(f, get(m, p + "mlp.c_proj.weight"), &f2b, F, C);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += f2[i];
+  }
+  Vec h = layernorm(x, get(m, "ln_f.weight"), get(m, "ln_f.bias"));
+  Vec logits = linear(h, wte, nullptr, C, static_cast<int>(c.padded_vocab_size()));
+  double loss = 0;
+  int count = 0;
+  const int Vp = static_cast<int>(c.padded_vocab_size());
+  logits_out->assign(static_cast<size_t>(B) * T * V, 0);
+  for (int r = 0; r < B * T; ++r) {
+    double mx = -1e300, z = 0;
+    for (int v = 0; v < V; ++v) mx = std::max(mx, logits[r * Vp + v]);
+    for (int v = 0; v < V; ++v) z += std::exp(logits[r * Vp + v] - mx);
+    for (int v = 0; v < V; ++v) (*logits_out)[r * V + v] = logits[r * Vp + v];
+    if (tgt[r] < 0) continue;
+    loss += mx + std::log(z) - logits[r * Vp + tgt[r]];
+    ++count;
+  }
+  return loss / count;
+}
+
+struct Batch {
+  Tensor tokens, targets;
+  std::vector<int> tok, tgt;
+};
+
+Batch make_batch(int B, int T, int V, uint64_t seed, bool with_ignored) {
+  Batch b;
+  b.tokens = Tensor::empty({B, T}, DType::i32);
+  b.targets = Tensor::empty({B, T}, DType::i32);
+  for (int i = 0; i < B * T; ++i) {
+    int t = static_cast<int>(philox_below(seed, 1, i, V));
+    int g = static_cast<int>(philox_below(seed, 2, i, V));
+    if (with_ignored && i % 5 == 3) g = -1;
+    b.tokens.data<int32_t>()[i] = t;
+    b.targets.data<int32_t>()[i] = g;
+    b.tok.push_back(t);
+    b.tgt.push_back(g);
+  }
+  return b;
+}
+
+}  // namespace
+
+TEST(GPT, MatchesFloat64ReferenceForward) {
+  GPTConfig c = tiny_config();
+  for (int T : {1, 7, 70}) {
+    GPT m(c, cpu_backend(), 1234, 80);
+    randomise(m, 99);
+    Batch b = make_batch(2, T, static_cast<int>(c.vocab_size), 5 + T, true);
+    double loss = m.forward(b.tokens, b.targets);
+    Vec ref_logits;
+    double ref = reference_loss(m, b.tok, b.tgt, 2, T, &ref_logits);
+    EXPECT_NEAR(loss, ref, 1e-5 * std::abs(ref)) << "T=" << T;
+    const float* lg = m.logits().data<float>();
+    const int64_t Vp = c.padded_vocab_size(), V = c.vocab_size;
+    double worst = 0;
+    for (int64_t r = 0; r < 2 * T; ++r)
+      for (int64_t v = 0; v < V; ++v) worst = std::max(worst, std::abs(lg[r * Vp + v] - ref_logits[r * V + v]));
+    EXPECT_LT(worst, 2e-5) << "T=" << T;
+  }
+}
+
+// Directional finite differences per parameter tensor: perturb the tensor along a random
+// direction u and compare (L(p+eps u) - L(p-eps u)) / 2eps with <grad, u>.
+TEST(GPT, WholeModelGradientMatchesFiniteDifferences) {
+  GPTConfig c = tiny_config();
+  GPT m(c, cpu_backend(), 7, 16);
+  randomise(m, 11, 0.2f);
+  Batch b = make_batch(2, 13, static_cast<int>(c.vocab_size), 3, true);
+  m.zero_grad();
+  m.forward(b.tokens, b.targets);
+  m.backward();
+  Tensor grads = m.parameters().flat_grads().clone();
+  float* p = m.parameters().flat_params().data<float>();
+  int checked = 0;
+  for (const ParamSpec& s : m.parameters().specs()) {
+    const int64_t n = numel(s.shape);
+    std::vector<float> u(n);
+    double gu = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      u[i] = philox_normal(77, hash_name(s.name), i);
+      gu += static_cast<double>(grads.data<float>()[s.offset + i]) * u[i];
+    }
+    const float eps = 1e-2f / std::sqrt(static_cast<float>(n)) * 4;
+    auto loss_at = [&](float sign) {
+      std::vector<float> saved(p + s.offset, p + s.offset + n);
+      for (int64_t i = 0; i < n; ++i) p[s.offset + i] += sign * eps * u[i];
+      double l = m.forward(b.tokens, b.targets);
+      std::copy(saved.begin(), saved.end(), p + s.offset);
+      return l;
+    };
+    const double fd = (loss_at(1) - loss_at(-1)) / (2.0 * eps);
+    EXPECT_NEAR(gu, fd, 2e-3 * std::abs(fd) + 3e-4) << s.name;
+    ++checked;
+  }
+  EXPECT_EQ(checked, static_cast<int>(m.parameters().specs().size()));
+}
+
+TEST(GPT, GradientsAccumulateAndLossWeightScales) {
+  GPTConfig c = tiny_config();
+  GPT m(c, cpu_backend(), 3, 16);
+  Batch b = make_batch(2, 9, static_cast<int>(c.vocab_size), 8, false);
+  m.zero_grad();
+  m.forward(b.tokens, b.targets);
+  m.backward(1.0f);
+  Tensor g1 = m.parameters().flat_grads().clone();
+  m.forward(b.tokens, b.targets);
+  m.backward(0.5f);
+  const float* g = m.parameters().flat_grads().data<float>();
+  for (int64_t i = 0; i < g1.numel(); i += 97)
+    EXPECT_NEAR(g[i], 1.5f * g1.data<float>()[i], 1e-6f + 1e-5f * std::abs(g[i]));
+}
+
+TEST(GPT, InitialisationIsLayoutIndependent) {
+  GPTConfig c = tiny_config();
+  GPT m(c, cpu_backend(), 2024, 16);
+  for (const char* name : {"wte", "h.1.attn.c_attn.weight", "h.0.mlp.c_proj.weight"}) {
+    const ParamSpec& s = m.parameters().spec(name);
+    Tensor full = m.parameters().param(name);
+    const int64_t n = numel(s.shape), half = n / 3;
+    std::vector<float> a(half), b(n - half);
+    init_parameter_range(a.data(), s, 2024, 0, half);  // "rank 0"
+    init_parameter_range(b.data(), s, 2024, half, n - half);  // "rank 1"
+    for (int64_t i = 0; i < half; ++i) ASSERT_EQ(a[i], full.data<float>()[i]) << name;
+    for (int64_t i = half; i < n; ++i) ASSERT_EQ(b[i - half], full.data<float>()[i]) << name;
+  }
+  // statistics of the GPT-2 scheme
+  Tensor w = m.parameters().param("h.0.mlp.c_proj.weight");
+  double s2 = 0;
+  for (float v : w.span<float>()) s2 += v * v;
+  EXPECT_NEAR(std::sqrt(s2 / w.numel()), 0.02 / std::sqrt(4.0), 0.0015);
+  for (float v : m.parameters().param("h.0.ln_1.weight").span<float>()) EXPECT_EQ(v, 1.0f);
+  for (float v : m.parameters().param("h.0.attn.c_attn.bias").span<float>()) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(GPT, ConfigValidationNamesTheFlag) {
+  GPTConfig c = tiny_config();
+  c.hidden_size = 33;
+  try {
+    c.validate(16);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--num-attention-heads"), std::string::npos) << e.what();
+  }
+  c = tiny_config();
+  c.num_heads = 8;  // head dim 4
+  EXPECT_THROW(c.validate(16), ConfigError);
+  c = tiny_config();
+  c.max_position_embeddings = 8;
+  EXPECT_THROW(c.validate(16), ConfigError);
+  EXPECT_EQ(tiny_config().padded_vocab_size(), 64);
+  GPTConfig d = tiny_config();
+  d.vocab_size = 50257;
+  d.vocab_divisible_by = 128;
+  EXPECT_EQ(d.padded_vocab_size(), 50304);
+}

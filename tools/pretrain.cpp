@@ -1,0 +1,171 @@
+// llm-pretrain: GPT pretraining. Megatron's flags, a YAML config holding the same keys (flags
+// override it), Megatron's log line, and a JSON-lines metrics file in --output-dir.
+#include <mpi.h>
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "data/mock_data.h"
+#include "model/gpt.h"
+#include "train/args.h"
+#include "train/flops.h"
+#include "train/metrics.h"
+#include "train/trainer.h"
+
+using namespace llm;
+
+namespace {
+
+struct Mpi {
+  int rank = 0, size = 1;
+  Mpi(int* argc, char*** argv) {
+    MPI_Init(argc, argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+  }
+  ~Mpi() { MPI_Finalize(); }
+};
+
+std::string exe_dir(const char* argv0) {
+  std::error_code ec;
+  auto p = std::filesystem::canonical("/proc/self/exe", ec);
+  if (ec) p = std::filesystem::absolute(argv0);
+  return p.parent_path().string();
+}
+
+int run(int argc, char** argv, const Mpi& mpi) {
+  CLI::App app{"llm-pretrain: GPT pretraining (Megatron flag names)"};
+  app.footer(
+      "Options may also come from a YAML file (--config) under the same names without '--';\n"
+      "flags given on the command line override it, and --model files sit below both.\n\n"
+      "Example:\n"
+      "  llm-pretrain --mock-data --vocab-size 512 --num-layers 4 --hidden-size 128 \\\n"
+      "      --num-attention-heads 4 --seq-length 128 --micro-batch-size 8 \\\n"
+      "      --global-batch-size 16 --train-iters 200 --lr 1e-3 --lr-warmup-iters 20");
+  std::string config_file;
+  app.add_option("--config", config_file, "YAML file of options");
+  const TrainArgs defaults;
+  std::map<std::string, std::string> values;
+  std::map<std::string, CLI::Option*> given;
+  for (const OptionSpec& o : train_options()) {
+    if (o.is_flag)
+      given[o.name] = app.add_flag("--" + o.name, o.help);
+    else
+      given[o.name] = app.add_option("--" + o.name, values[o.name], o.help)->default_str(o.get(defaults));
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return mpi.rank == 0 ? app.exit(e) : (e.get_exit_code() ? 2 : 0);
+  }
+
+  TrainArgs args;
+  std::string model_name = given["model"]->count() ? values["model"] : "";
+  if (!config_file.empty() && model_name.empty()) {
+    TrainArgs probe;
+    apply_yaml_file(probe, config_file);
+    model_name = probe.model;
+  }
+  if (!model_name.empty()) {
+    apply_yaml_file(args, resolve_model_file(model_name, exe_dir(argv[0])));
+  }
+  if (!config_file.empty()) apply_yaml_file(args, config_file);
+  for (const OptionSpec& o : train_options())
+    if (given[o.name]->count()) apply_option(args, o.name, o.is_flag ? "true" : values[o.name], "--" + o.name);
+  args.model = model_name;
+
+  if (mpi.size > 1)
+    throw ConfigError(detail::concat("running on ", mpi.size,
+                                     " ranks: this build trains on one process (mpirun -np 1); "
+                                     "data/tensor/pipeline parallelism is not available yet"));
+  args.data_parallel_size = mpi.size;
+  args.resolve_defaults();
+  args.validate();
+  if (!args.mock_data)
+    throw ConfigError("no training data: pass --mock-data (dataset input arrives with llm-tokenize)");
+  if (args.threads > 0) omp_set_num_threads(static_cast<int>(args.threads));
+
+  const GPTConfig mc = args.model_config();
+  MockDataSource train(args.vocab_size, args.seq_length, static_cast<uint64_t>(args.seed), "train");
+  MockDataSource valid(args.vocab_size, args.seq_length, static_cast<uint64_t>(args.seed), "valid");
+  Backend& backend = cpu_backend();
+  GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length);
+  Trainer trainer(args, model, train);
+  MetricsWriter metrics(args.output_dir);
+
+  std::printf("> model %s: %lld layers, hidden %lld, %lld heads, ffn %lld, vocab %lld (padded %lld), "
+              "%.2fM parameters\n",
+              mc.name.c_str(), static_cast<long long>(mc.num_layers), static_cast<long long>(mc.hidden_size),
+              static_cast<long long>(mc.num_heads), static_cast<long long>(mc.ffn()),
+              static_cast<long long>(mc.vocab_size), static_cast<long long>(mc.padded_vocab_size()),
+              static_cast<double>(model.parameters().numel()) / 1e6);
+  std::printf("> %s\n", train.describe().c_str());
+  std::printf("> global batch %lld = micro-batch %lld x %lld accumulation steps x %d ranks; seq %lld; "
+              "%s backend, %d threads\n",
+              static_cast<long long>(args.global_batch_size), static_cast<long long>(args.micro_batch_size),
+              static_cast<long long>(args.micro_batches()), mpi.size, static_cast<long long>(args.seq_length),
+              backend.name().c_str(), omp_get_max_threads());
+  std::printf("> TFLOPs column: %s formula; metrics in %s\n",
+              args.tflops_formula == "model" ? "model-FLOPs" : "Megatron (Narayanan et al. 2021)",
+              metrics.path().c_str());
+  std::fflush(stdout);
+
+  const double flops_meg = megatron_flops_per_iteration(mc, args.global_batch_size, args.seq_length, false);
+  const double flops_model = model_flops_per_iteration(mc, args.global_batch_size, args.seq_length);
+  LogAccumulator acc;
+  LogRecord rec;
+  rec.train_iters = args.train_iters;
+  rec.tflops_formula = args.tflops_formula;
+  auto do_eval = [&](const std::string& where) {
+    if (args.eval_iters <= 0) return;
+    std::printf("%s\n", validation_report(where, trainer.evaluate(valid, args.eval_iters)).c_str());
+    std::fflush(stdout);
+  };
+  for (int64_t it = 1; it <= args.train_iters; ++it) {
+    IterationStats st = trainer.train_step();
+    acc.add(st.loss, st.finite, st.seconds, st.grad_norm, st.lr);
+    if (!st.finite) {
+      std::fprintf(stderr, "[warning] iteration %lld: non-finite %s (loss %g, grad norm %g); update skipped\n",
+                   static_cast<long long>(it), std::isfinite(st.loss) ? "gradient" : "loss", st.loss,
+                   st.grad_norm);
+      if (trainer.nan_iterations() > args.max_nan_iterations)
+        throw Error(detail::concat("stopping at iteration ", it, ": ", trainer.nan_iterations(),
+                                   " non-finite iteration(s), more than --max-nan-iterations ",
+                                   args.max_nan_iterations));
+    }
+    if (it % args.log_interval == 0 || it == args.train_iters) {
+      rec.iteration = it;
+      rec.consumed_samples = trainer.consumed_samples();
+      rec.consumed_tokens = trainer.consumed_samples() * args.seq_length;
+      acc.flush_into(rec, args.global_batch_size, args.seq_length, mpi.size, flops_meg, flops_model);
+      std::printf("%s\n", megatron_log_line(rec).c_str());
+      std::fflush(stdout);
+      metrics.write(rec);
+    }
+    if (args.eval_interval > 0 && it % args.eval_interval == 0 && it != args.train_iters)
+      do_eval(detail::concat("iteration ", it));
+  }
+  do_eval("the end of training for val data");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Mpi mpi(&argc, &argv);
+  try {
+    return run(argc, argv, mpi);
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
+    return 1;
+  }
+}
