@@ -117,7 +117,8 @@ class Backend {
   // One AdamW step over flat, same-length param/grad/m/v (all f32, m and v are fp32 state).
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m,
                             const Tensor& v, const AdamWParams& p) = 0;
-  // sum(x^2) accumulated in double; for the global gradient norm.
+  // sum(x^2) for the global gradient norm: float partials over short runs, combined in double
+  // in a fixed order (deterministic for a given input).
   virtual double sum_squares(const Tensor& x) = 0;
   // x *= s
   virtual void scale(const Tensor& x, float s) = 0;

@@ -1,0 +1,97 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "train/args.h"
+
+using namespace llm;
+
+namespace {
+std::string write_file(const std::string& name, const std::string& text) {
+  auto p = std::filesystem::temp_directory_path() / name;
+  std::ofstream(p) << text;
+  return p.string();
+}
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(Args, YamlSetsOptionsUnderFlagNames) {
+  TrainArgs a;
+  auto keys = apply_yaml_file(a, write_file("ok.yaml", "num-layers: 3\nlr: 2.5e-4\nmock_data: true\nlr-decay-style: linear\n"));
+  EXPECT_EQ(a.num_layers, 3);
+  EXPECT_DOUBLE_EQ(a.lr, 2.5e-4);
+  EXPECT_TRUE(a.mock_data);
+  EXPECT_EQ(a.lr_decay_style, "linear");
+  EXPECT_EQ(keys.size(), 4u);
+  apply_option(a, "num-layers", "5", "--num-layers");  // a flag overrides the file
+  EXPECT_EQ(a.num_layers, 5);
+}
+
+TEST(Args, BadInputNamesFileLineAndKey) {
+  TrainArgs a;
+  std::string e = error_of([&] { apply_yaml_file(a, write_file("bad1.yaml", "lr: 1e-3\nnum-layerz: 4\n")); });
+  EXPECT_NE(e.find("bad1.yaml:2"), std::string::npos) << e;
+  EXPECT_NE(e.find("num-layerz"), std::string::npos) << e;
+  e = error_of([&] { apply_yaml_file(a, write_file("bad2.yaml", "seed: 1\nhidden-size: big\n")); });
+  EXPECT_NE(e.find("bad2.yaml:2"), std::string::npos) << e;
+  EXPECT_NE(e.find("hidden-size"), std::string::npos) << e;
+  EXPECT_NE(e.find("'big'"), std::string::npos) << e;
+  e = error_of([&] { apply_yaml_file(a, "/nonexistent/x.yaml"); });
+  EXPECT_NE(e.find("/nonexistent/x.yaml"), std::string::npos) << e;
+  e = error_of([&] { apply_option(a, "lr", "fast", "--lr"); });
+  EXPECT_NE(e.find("--lr"), std::string::npos) << e;
+  e = error_of([&] { apply_yaml_file(a, write_file("bad3.yaml", "lr: [1, 2]\n")); });
+  EXPECT_NE(e.find("bad3.yaml:1"), std::string::npos) << e;
+}
+
+TEST(Args, CrossOptionValidation) {
+  TrainArgs a;
+  a.micro_batch_size = 3;
+  a.global_batch_size = 8;
+  std::string e = error_of([&] { a.validate(); });
+  EXPECT_NE(e.find("--global-batch-size 8"), std::string::npos) << e;
+  a = TrainArgs{};
+  a.resolve_defaults();
+  EXPECT_EQ(a.global_batch_size, a.micro_batch_size);
+  EXPECT_EQ(a.lr_decay_iters, a.train_iters);
+  a.lr_decay_style = "exp";
+  EXPECT_NE(error_of([&] { a.validate(); }).find("--lr-decay-style"), std::string::npos);
+  a = TrainArgs{};
+  a.resolve_defaults();
+  a.hidden_size = 100;
+  a.num_attention_heads = 3;
+  EXPECT_NE(error_of([&] { a.validate(); }).find("--num-attention-heads"), std::string::npos);
+}
+
+TEST(Args, EveryShippedModelConfigLoadsAndValidates) {
+  const std::map<std::string, std::array<int64_t, 3>> alcf = {
+      {"GPT125M", {12, 768, 16}}, {"GPT1_5B", {48, 1536, 24}}, {"GPT2_7B", {32, 2560, 32}},
+      {"GPT6_7B", {32, 4096, 32}}, {"GPT13B", {40, 5120, 64}},  {"GPT25B", {64, 6144, 64}},
+      {"GPT30B", {64, 6144, 64}},  {"GPT33B", {80, 6144, 64}},  {"GPT145B", {80, 12288, 96}}};
+  for (const auto& [name, dims] : alcf) {
+    TrainArgs a;
+    apply_yaml_file(a, resolve_model_file(name, ""));
+    EXPECT_EQ(a.num_layers, dims[0]) << name;
+    EXPECT_EQ(a.hidden_size, dims[1]) << name;
+    EXPECT_EQ(a.num_attention_heads, dims[2]) << name;
+    a.seq_length = 2048;
+    a.vocab_size = 50257;
+    a.resolve_defaults();
+    EXPECT_NO_THROW(a.validate()) << name;
+  }
+  for (const char* name : {"tiny", "small"}) {
+    TrainArgs a;
+    apply_yaml_file(a, resolve_model_file(name, ""));
+    a.resolve_defaults();
+    EXPECT_NO_THROW(a.validate()) << name;
+  }
+  EXPECT_NE(error_of([] { resolve_model_file("GPT9000B", ""); }).find("GPT9000B"), std::string::npos);
+}

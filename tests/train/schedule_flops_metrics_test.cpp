@@ -1,0 +1,110 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <regex>
+
+#include "train/flops.h"
+#include "train/lr_schedule.h"
+#include "train/metrics.h"
+
+using namespace llm;
+
+TEST(LRSchedule, WarmupThenCosineLinearConstant) {
+  LRSchedule s{1.0, 0.1, 10, 110, "cosine"};
+  EXPECT_DOUBLE_EQ(s.at(1), 0.1);
+  EXPECT_DOUBLE_EQ(s.at(5), 0.5);
+  EXPECT_DOUBLE_EQ(s.at(10), 1.0);
+  EXPECT_NEAR(s.at(60), 0.1 + 0.9 * 0.5, 1e-12);  // halfway through decay
+  EXPECT_NEAR(s.at(110), 0.1, 1e-12);
+  EXPECT_DOUBLE_EQ(s.at(500), 0.1);
+  s.style = "linear";
+  EXPECT_NEAR(s.at(35), 0.1 + 0.9 * 0.75, 1e-12);
+  s.style = "constant";
+  EXPECT_DOUBLE_EQ(s.at(80), 1.0);
+  EXPECT_DOUBLE_EQ(s.at(3), 0.3);
+  LRSchedule nowarm{2.0, 0.0, 0, 100, "cosine"};
+  EXPECT_NEAR(nowarm.at(0), 2.0, 1e-12);
+}
+
+TEST(Flops, MegatronFormulaExpandsAsInThePaper) {
+  GPTConfig c;
+  c.num_layers = 24;
+  c.hidden_size = 2048;
+  c.num_heads = 16;
+  c.vocab_size = 50257;  // padded to 50304
+  const double B = 512, s = 2048, l = 24, h = 2048, V = 50304;
+  const double expanded = 72 * B * s * l * h * h + 12 * B * s * s * l * h + 4.5 * B * s * h * V;
+  EXPECT_NEAR(megatron_flops_per_iteration(c, 512, 2048, false) / expanded, 1.0, 1e-12);
+  // with recompute: 96 B s l h^2 (...) = 4/3 of the above
+  EXPECT_NEAR(megatron_flops_per_iteration(c, 512, 2048, true) / expanded, 4.0 / 3.0, 1e-12);
+}
+
+TEST(Flops, ModelFlopsAreThreeForwards) {
+  GPTConfig c;
+  c.num_layers = 6;
+  c.hidden_size = 384;
+  c.num_heads = 6;
+  c.vocab_size = 8192;
+  c.max_position_embeddings = 256;
+  // matmul weights: per layer qkv 3h^2, proj h^2, fc 4h^2, fcproj 4h^2; plus the V x h head
+  const double matmul_weights = 6 * 12.0 * 384 * 384 + 8192.0 * 384;
+  const double tokens = 8 * 256;
+  const double expect = 6 * matmul_weights * tokens + 12 * tokens * 256 * 384 * 6;
+  EXPECT_NEAR(model_flops_per_iteration(c, 8, 256) / expect, 1.0, 1e-12);
+}
+
+TEST(Metrics, LogLineHasMegatronFieldsInOrder) {
+  LogRecord r;
+  r.iteration = 10;
+  r.train_iters = 100;
+  r.consumed_samples = 320;
+  r.consumed_tokens = 320 * 2048;
+  r.elapsed_ms_per_iteration = 1234.56;
+  r.learning_rate = 1.5e-4;
+  r.global_batch_size = 32;
+  r.lm_loss = 6.25;
+  r.grad_norm = 1.2345;
+  r.seq_length = 2048;
+  r.samples_per_second = 25.9;
+  r.tokens_per_gpu_per_second = 53043.2;
+  r.tflops_megatron = 12.345;
+  r.tflops_model = 9.0;
+  const std::string line = megatron_log_line(r);
+  EXPECT_EQ(line,
+            " iteration       10/     100 | consumed samples:          320 | consumed tokens:       655360 |"
+            " elapsed time per iteration (ms): 1234.6 | learning rate: 1.500E-04 | global batch size:    32 |"
+            " lm loss: 6.250000E+00 | loss scale: 1.0 | grad norm: 1.234 | actual seqlen:  2048 |"
+            " number of skipped iterations:   0 | number of nan iterations:   0 | samples per second: 25.900 |"
+            " tokens per gpu per second (tgs): 53043.200 | TFLOPs: 12.35 |");
+  r.tflops_formula = "model";
+  EXPECT_NE(megatron_log_line(r).find("TFLOPs: 9.00 |"), std::string::npos);
+  const std::string js = metrics_json(r);
+  EXPECT_NE(js.find("\"tflops_megatron\": 12.345"), std::string::npos) << js;
+  EXPECT_NE(js.find("\"tflops_model\": 9,"), std::string::npos) << js;
+  EXPECT_NE(js.find("\"lm_loss\": 6.25,"), std::string::npos) << js;
+  EXPECT_EQ(js.front(), '{');
+  EXPECT_EQ(js.back(), '}');
+}
+
+TEST(Metrics, ValidationReportAndAccumulator) {
+  const std::string v = validation_report("iteration 100", std::log(50.0));
+  EXPECT_NE(v.find(" validation loss at iteration 100 | lm loss value: 3.912023E+00 | lm loss PPL: 5.000000E+01 | "),
+            std::string::npos)
+      << v;
+  EXPECT_EQ(v.substr(0, 5), "-----");
+  LogAccumulator acc;
+  acc.add(2.0, true, 0.5, 1.0, 1e-3);
+  acc.add(NAN, false, 0.5, NAN, 2e-3);
+  acc.add(4.0, true, 1.0, 3.0, 3e-3);
+  LogRecord r;
+  acc.flush_into(r, 16, 128, 1, 4e12, 2e12);
+  EXPECT_DOUBLE_EQ(r.lm_loss, 3.0);
+  EXPECT_NEAR(r.elapsed_ms_per_iteration, 2000.0 / 3, 1e-9);
+  EXPECT_EQ(r.nan_iterations, 1);
+  EXPECT_DOUBLE_EQ(r.grad_norm, 3.0);
+  EXPECT_DOUBLE_EQ(r.learning_rate, 3e-3);
+  EXPECT_NEAR(r.samples_per_second, 16 / (2.0 / 3), 1e-9);
+  EXPECT_NEAR(r.tokens_per_gpu_per_second, 16 * 128 / (2.0 / 3), 1e-6);
+  EXPECT_NEAR(r.tflops_megatron, 4.0 / (2.0 / 3), 1e-9);
+  EXPECT_TRUE(acc.empty());
+}
