@@ -57,7 +57,7 @@ int run(int argc, char** argv, const Mpi& mpi) {
     if (o.is_flag)
       given[o.name] = app.add_flag("--" + o.name, o.help);
     else
-      given[o.name] = app.add_option("--" + o.name, values[o.name], o.help)->default_str(o.get(defaults));
+      given[o.name] = app.add_option("--" + o.name, values[o.name], o.help)->default_str(o.get(defaults))->type_name(o.type);
   }
   try {
     app.parse(argc, argv);
@@ -162,10 +162,14 @@ int main(int argc, char** argv) {
   try {
     return run(argc, argv, mpi);
   } catch (const ConfigError& e) {
-    std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
+    // Every rank sees the same configuration: one message is enough.
+    if (mpi.rank == 0) std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
     return 2;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
+    if (mpi.size > 1)
+      std::fprintf(stderr, "llm-pretrain: error: [rank %d] %s\n", mpi.rank, e.what());
+    else
+      std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
     return 1;
   }
 }

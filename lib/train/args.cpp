@@ -16,24 +16,27 @@ namespace {
   throw ConfigError(source + ": " + why);
 }
 
-int64_t parse_int(const std::string& v, const std::string& src) {
+// Value parsers throw the bare reason; apply_option prefixes the source and key.
+[[noreturn]] void bad_value(const std::string& why) { throw ConfigError(why); }
+
+int64_t parse_int(const std::string& v) {
   int64_t out = 0;
   auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
-  if (ec != std::errc() || p != v.data() + v.size()) bad(src, "expected an integer, got '" + v + "'");
+  if (ec != std::errc() || p != v.data() + v.size()) bad_value("expected an integer, got '" + v + "'");
   return out;
 }
 
-double parse_double(const std::string& v, const std::string& src) {
+double parse_double(const std::string& v) {
   char* end = nullptr;
   double out = std::strtod(v.c_str(), &end);
-  if (v.empty() || end != v.c_str() + v.size()) bad(src, "expected a number, got '" + v + "'");
+  if (v.empty() || end != v.c_str() + v.size()) bad_value("expected a number, got '" + v + "'");
   return out;
 }
 
-bool parse_bool(const std::string& v, const std::string& src) {
+bool parse_bool(const std::string& v) {
   if (v == "true" || v == "1" || v == "yes" || v == "on" || v.empty()) return true;
   if (v == "false" || v == "0" || v == "no" || v == "off") return false;
-  bad(src, "expected true or false, got '" + v + "'");
+  bad_value("expected true or false, got '" + v + "'");
 }
 
 std::string fmt(double v) {
@@ -47,14 +50,16 @@ OptionSpec opt(std::string name, T TrainArgs::*field, std::string help) {
   o.name = std::move(name);
   o.help = std::move(help);
   if constexpr (std::is_same_v<T, int64_t>) {
-    o.set = [field](TrainArgs& a, const std::string& v) { a.*field = parse_int(v, ""); };
+    o.type = "INT";
+    o.set = [field](TrainArgs& a, const std::string& v) { a.*field = parse_int(v); };
     o.get = [field](const TrainArgs& a) { return std::to_string(a.*field); };
   } else if constexpr (std::is_same_v<T, double>) {
-    o.set = [field](TrainArgs& a, const std::string& v) { a.*field = parse_double(v, ""); };
+    o.type = "FLOAT";
+    o.set = [field](TrainArgs& a, const std::string& v) { a.*field = parse_double(v); };
     o.get = [field](const TrainArgs& a) { return fmt(a.*field); };
   } else if constexpr (std::is_same_v<T, bool>) {
     o.is_flag = true;
-    o.set = [field](TrainArgs& a, const std::string& v) { a.*field = parse_bool(v, ""); };
+    o.set = [field](TrainArgs& a, const std::string& v) { a.*field = parse_bool(v); };
     o.get = [field](const TrainArgs& a) { return std::string(a.*field ? "true" : "false"); };
   } else {
     o.set = [field](TrainArgs& a, const std::string& v) { a.*field = v; };
@@ -124,7 +129,8 @@ void apply_option(TrainArgs& args, const std::string& name, const std::string& v
   try {
     o->set(args, value);
   } catch (const ConfigError& e) {
-    bad(source, std::string("option '") + o->name + "'" + e.what());
+    const bool is_flag = source.rfind("--", 0) == 0;  // a flag names itself; a file line does not
+    bad(source, (is_flag ? std::string() : "key '" + o->name + "': ") + e.what());
   }
 }
 

@@ -63,6 +63,7 @@ struct OptionSpec {
   std::string name;  // flag without "--", also the YAML key
   std::string help;
   bool is_flag = false;  // boolean switch
+  std::string type = "TEXT";  // INT | FLOAT | TEXT, for --help
   std::function<void(TrainArgs&, const std::string&)> set;
   std::function<std::string(const TrainArgs&)> get;
 };
