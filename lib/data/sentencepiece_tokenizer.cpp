@@ -1,0 +1,98 @@
+#include "data/sentencepiece_tokenizer.h"
+
+#include <omp.h>
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace llm {
+
+SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_file)
+    : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
+  if (!std::filesystem::exists(model_file))
+    throw ConfigError(model_file + ": SentencePiece model not found");
+  const auto status = sp_->Load(model_file);
+  if (!status.ok()) throw ConfigError(model_file + ": not a SentencePiece model (" + status.ToString() + ")");
+  if (sp_->eos_id() < 0) throw ConfigError(model_file + ": the model has no </s> piece to use as end-of-document");
+  identity_ = {"SentencePieceTokenizer", hash_file(model_file)};
+}
+
+SentencePieceTokenizer::~SentencePieceTokenizer() = default;
+
+std::vector<int32_t> SentencePieceTokenizer::encode(std::string_view text) const {
+  std::vector<int> ids;
+  const auto status = sp_->Encode(text, &ids);
+  LLM_CHECK(status.ok(), "SentencePiece encode failed: ", status.ToString());
+  return {ids.begin(), ids.end()};
+}
+
+std::string SentencePieceTokenizer::decode(std::span<const int32_t> ids) const {
+  std::vector<int> v(ids.begin(), ids.end());
+  std::string out;
+  const auto status = sp_->Decode(v, &out);
+  LLM_CHECK(status.ok(), "SentencePiece decode failed: ", status.ToString());
+  return out;
+}
+
+std::string SentencePieceTokenizer::token_bytes(int32_t id) const {
+  LLM_CHECK(id >= 0 && id < sp_->GetPieceSize(), "token id ", id, " outside the vocabulary");
+  if (sp_->IsControl(id)) return "";
+  if (sp_->IsByte(id)) {
+    // byte-fallback pieces are spelled <0xAB>
+    const std::string piece = sp_->IdToPiece(id);
+    return std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
+  }
+  if (sp_->IsUnknown(id)) return " \xE2\x81\x87 ";  // what Decode prints for <unk>
+  std::string piece = sp_->IdToPiece(id);
+  // U+2581 (lower one-eighth block) stands for a space
+  std::string out;
+  for (size_t i = 0; i < piece.size();) {
+    if (piece.compare(i, 3, "\xE2\x96\x81") == 0) {
+      out += ' ';
+      i += 3;
+    } else {
+      out += piece[i++];
+    }
+  }
+  return out;
+}
+
+int64_t SentencePieceTokenizer::vocab_size() const { return sp_->GetPieceSize(); }
+int32_t SentencePieceTokenizer::eod_id() const { return sp_->eos_id(); }
+
+void train_sentencepiece(const SentencePieceTrainOptions& o) {
+  if (o.inputs.empty()) throw ConfigError("train-tokenizer: no --input files");
+  for (const std::string& f : o.inputs)
+    if (!std::filesystem::exists(f)) throw ConfigError(f + ": input file not found");
+  if (o.model_type != "bpe" && o.model_type != "unigram")
+    throw ConfigError("train-tokenizer: --model-type must be bpe or unigram, got '" + o.model_type + "'");
+  std::unordered_map<std::string, std::string> kw;
+  std::string inputs;
+  for (const std::string& f : o.inputs) inputs += (inputs.empty() ? "" : ",") + f;
+  kw["input"] = inputs;
+  kw["model_prefix"] = o.model_prefix;
+  kw["vocab_size"] = std::to_string(o.vocab_size);
+  kw["model_type"] = o.model_type;
+  kw["byte_fallback"] = o.byte_fallback ? "true" : "false";
+  kw["character_coverage"] = std::to_string(o.character_coverage);
+  kw["num_threads"] = std::to_string(o.num_threads > 0 ? o.num_threads : omp_get_max_threads());
+  kw["max_sentence_length"] = std::to_string(o.max_sentence_length);
+  if (o.input_sentence_size > 0) {
+    kw["input_sentence_size"] = std::to_string(o.input_sentence_size);
+    kw["shuffle_input_sentence"] = "true";
+  }
+  if (!o.user_defined_symbols.empty()) {
+    std::string s;
+    for (const std::string& u : o.user_defined_symbols) s += (s.empty() ? "" : ",") + u;
+    kw["user_defined_symbols"] = s;
+  }
+  kw["minloglevel"] = "2";  // the trainer's per-step chatter goes to stderr otherwise
+  // ids: <unk>=0 <s>=1 </s>=2 (EOD), no padding piece (Megatron's defaults)
+  const auto status = sentencepiece::SentencePieceTrainer::Train(kw);
+  if (!status.ok()) throw ConfigError("SentencePiece training failed: " + status.ToString());
+}
+
+}  // namespace llm

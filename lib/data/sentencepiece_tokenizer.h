@@ -1,0 +1,48 @@
+// SentencePiece (BPE or unigram) through the SentencePiece library, and training a model
+// from a corpus through its trainer. EOD is the model's </s> (Megatron's convention).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/tokenizer.h"
+
+namespace sentencepiece {
+class SentencePieceProcessor;
+}
+
+namespace llm {
+
+class SentencePieceTokenizer final : public Tokenizer {
+ public:
+  explicit SentencePieceTokenizer(const std::string& model_file);
+  ~SentencePieceTokenizer() override;
+  std::vector<int32_t> encode(std::string_view text) const override;
+  std::string decode(std::span<const int32_t> ids) const override;
+  std::string token_bytes(int32_t id) const override;
+  int64_t vocab_size() const override;
+  int32_t eod_id() const override;
+  TokenizerIdentity identity() const override { return identity_; }
+
+ private:
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  TokenizerIdentity identity_;
+};
+
+struct SentencePieceTrainOptions {
+  std::vector<std::string> inputs;  // text files, one sentence (or document line) per line
+  std::string model_prefix;         // writes <prefix>.model and <prefix>.vocab
+  int64_t vocab_size = 8000;
+  std::string model_type = "bpe";   // bpe | unigram
+  bool byte_fallback = true;
+  std::vector<std::string> user_defined_symbols;
+  double character_coverage = 0.9995;
+  int64_t input_sentence_size = 0;  // 0 = all lines
+  int num_threads = 0;              // 0 = OpenMP's thread count
+  int64_t max_sentence_length = 16384;
+};
+
+// Trains a model; throws ConfigError with SentencePiece's own message on failure.
+void train_sentencepiece(const SentencePieceTrainOptions& options);
+
+}  // namespace llm

@@ -1,0 +1,187 @@
+// Megatron GPT-dataset semantics over an in-memory document store.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <numeric>
+#include <set>
+
+#include "core/error.h"
+#include "core/philox.h"
+#include "data/gpt_dataset.h"
+
+using namespace llm;
+
+namespace {
+
+// Document d has length lengths[d]; token values encode (document, position) so a sample's
+// provenance can be checked exactly.
+class VectorStore final : public DocumentStore {
+ public:
+  explicit VectorStore(std::vector<int64_t> lengths) {
+    offsets_.push_back(0);
+    for (int64_t d = 0; d < static_cast<int64_t>(lengths.size()); ++d) {
+      for (int64_t i = 0; i < lengths[d]; ++i) tokens_.push_back(static_cast<int32_t>(d * 1000 + i));
+      offsets_.push_back(static_cast<int64_t>(tokens_.size()));
+    }
+  }
+  int64_t num_documents() const override { return static_cast<int64_t>(offsets_.size()) - 1; }
+  int64_t document_offset(int64_t d) const override { return offsets_.at(d); }
+  void read_tokens(int64_t off, int64_t n, int32_t* out) const override {
+    ASSERT_LE(off + n, static_cast<int64_t>(tokens_.size()));
+    std::copy(tokens_.begin() + off, tokens_.begin() + off + n, out);
+  }
+  int64_t vocab_size() const override { return 1 << 20; }
+  std::string describe() const override { return "memory"; }
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  const std::vector<int64_t>& offsets() const { return offsets_; }
+
+ private:
+  std::vector<int32_t> tokens_;
+  std::vector<int64_t> offsets_;
+};
+
+std::shared_ptr<VectorStore> random_store(int docs, uint64_t seed, bool with_empty = false) {
+  std::vector<int64_t> len;
+  for (int d = 0; d < docs; ++d) {
+    int64_t l = 1 + static_cast<int64_t>(philox_below(seed, 1, d, 40));
+    if (with_empty && d % 7 == 3) l = 0;
+    len.push_back(l);
+  }
+  return std::make_shared<VectorStore>(len);
+}
+
+}  // namespace
+
+TEST(GPTDatasetSplit, MegatronRounding) {
+  auto s = split_documents(1000, "949,50,1");
+  EXPECT_EQ(s[0].begin, 0);
+  EXPECT_EQ(s[0].end, 949);
+  EXPECT_EQ(s[1].end, 999);
+  EXPECT_EQ(s[2].end, 1000);
+  s = split_documents(10, "1/1/1");
+  EXPECT_EQ(s[0].size() + s[1].size() + s[2].size(), 10);
+  EXPECT_EQ(s[2].end, 10);
+  s = split_documents(7, "100");
+  EXPECT_EQ(s[0].size(), 7);
+  EXPECT_EQ(s[1].size(), 0);
+  EXPECT_THROW(split_documents(10, "a,b"), ConfigError);
+  EXPECT_THROW(split_documents(10, "0,0,0"), ConfigError);
+}
+
+TEST(GPTDatasetIndex, SamplesTileTheEpochStreamWithOneTokenOverlap) {
+  for (bool with_empty : {false, true}) {
+    auto store = random_store(50, 3, with_empty);
+    const DocumentRange docs{5, 45};
+    const int64_t seq = 16, want = 300;
+    GPTIndex ix = build_gpt_index(*store, docs, seq, want, 42, "train");
+    const int64_t per_epoch = store->document_offset(45) - store->document_offset(5);
+    // Megatron's epoch rule: the fewest epochs with (tokens - 1) / seq >= samples
+    EXPECT_GE((ix.num_epochs * per_epoch - 1) / seq, want);
+    EXPECT_LT(((ix.num_epochs - 1) * per_epoch - 1) / seq, want);
+    // each epoch is a permutation of the split's documents
+    for (int64_t e = 0; e < ix.num_epochs; ++e) {
+      std::set<int64_t> seen(ix.doc_idx.begin() + e * 40, ix.doc_idx.begin() + (e + 1) * 40);
+      EXPECT_EQ(seen.size(), 40u);
+      EXPECT_EQ(*seen.begin(), 5);
+      EXPECT_EQ(*seen.rbegin(), 44);
+    }
+    // the epoch-ordered token stream
+    std::vector<int32_t> stream;
+    for (int64_t d : ix.doc_idx)
+      stream.insert(stream.end(), store->tokens().begin() + store->offsets()[d],
+                    store->tokens().begin() + store->offsets()[d + 1]);
+    GPTDataset ds(store, docs, seq, want, 42, "train");
+    ASSERT_EQ(ds.num_samples(), ix.shuffle_idx.size());
+    std::vector<int32_t> got(seq + 1);
+    std::set<int64_t> perm(ix.shuffle_idx.begin(), ix.shuffle_idx.end());
+    EXPECT_EQ(perm.size(), ix.shuffle_idx.size());
+    for (uint64_t i = 0; i < ds.num_samples(); ++i) {
+      ds.sample(i, got.data());
+      const int64_t j = ix.shuffle_idx[i];  // unshuffled sample j = stream[j*seq, j*seq+seq+1)
+      ASSERT_TRUE(std::equal(got.begin(), got.end(), stream.begin() + j * seq)) << "sample " << i << " (j=" << j << ")";
+    }
+  }
+}
+
+TEST(GPTDatasetIndex, DeterministicAndSeeded) {
+  auto store = random_store(30, 9);
+  GPTIndex a = build_gpt_index(*store, {0, 30}, 8, 100, 1, "train");
+  GPTIndex b = build_gpt_index(*store, {0, 30}, 8, 100, 1, "train");
+  GPTIndex c = build_gpt_index(*store, {0, 30}, 8, 100, 2, "train");
+  GPTIndex v = build_gpt_index(*store, {0, 30}, 8, 100, 1, "valid");
+  EXPECT_EQ(a.doc_idx, b.doc_idx);
+  EXPECT_EQ(a.shuffle_idx, b.shuffle_idx);
+  EXPECT_NE(a.shuffle_idx, c.shuffle_idx);
+  EXPECT_NE(a.doc_idx, v.doc_idx);
+}
+
+TEST(GPTDatasetIndex, ClearErrorsForEmptySplits) {
+  auto store = random_store(5, 1);
+  EXPECT_THROW(build_gpt_index(*store, {3, 3}, 8, 10, 1, "valid"), ConfigError);
+  auto tiny = std::make_shared<VectorStore>(std::vector<int64_t>{1});
+  EXPECT_THROW(build_gpt_index(*tiny, {0, 1}, 8, 10, 1, "train"), ConfigError);
+}
+
+TEST(BlendedDataset, GreedyRatiosHoldAtEveryPrefix) {
+  auto s1 = std::make_shared<GPTDataset>(random_store(20, 1), DocumentRange{0, 20}, 8, 500, 1, "a");
+  auto s2 = std::make_shared<GPTDataset>(random_store(20, 2), DocumentRange{0, 20}, 8, 500, 1, "b");
+  auto s3 = std::make_shared<GPTDataset>(random_store(20, 3), DocumentRange{0, 20}, 8, 500, 1, "c");
+  BlendedDataset blend({0.5, 0.3, 0.2}, {s1, s2, s3}, 1000);
+  auto r = blend.achieved_ratios();
+  EXPECT_NEAR(r[0], 0.5, 1e-3);
+  EXPECT_NEAR(r[1], 0.3, 1e-3);
+  EXPECT_NEAR(r[2], 0.2, 1e-3);
+  // the blend's sample i is the component's next unused sample, in order
+  std::vector<int32_t> got(9), want(9);
+  std::vector<int64_t> next(3, 0);
+  const std::shared_ptr<GPTDataset> parts[3] = {s1, s2, s3};
+  for (uint64_t i = 0; i < 1000; ++i) {
+    blend.sample(i, got.data());
+    // identify the component by trying each one's next sample
+    int matched = -1;
+    for (int d = 0; d < 3; ++d) {
+      parts[d]->sample(static_cast<uint64_t>(next[d]), want.data());
+      if (got == want) { matched = d; break; }
+    }
+    ASSERT_GE(matched, 0) << "sample " << i;
+    ++next[matched];
+    const double n = static_cast<double>(i + 1);
+    EXPECT_LE(std::abs(next[0] - 0.5 * n), 1.0);
+    EXPECT_LE(std::abs(next[1] - 0.3 * n), 1.0);
+    EXPECT_LE(std::abs(next[2] - 0.2 * n), 1.0);
+  }
+  EXPECT_THROW(BlendedDataset({1.0}, {s1, s2}, 10), ConfigError);
+  EXPECT_THROW(BlendedDataset({1.0, -1.0}, {s1, s2}, 10), ConfigError);
+}
+
+TEST(GPTDatasetIndex, CacheRoundTripAndKeying) {
+  const std::string dir = ::testing::TempDir() + "/gpt-index-cache-test";
+  std::filesystem::remove_all(dir);
+  auto store = random_store(40, 5);
+  IndexCacheOptions cache;
+  cache.dir = dir;
+  GPTDataset a(store, {0, 40}, 8, 200, 3, "train", cache);
+  EXPECT_FALSE(a.loaded_from_cache());
+  GPTDataset b(store, {0, 40}, 8, 200, 3, "train", cache);
+  EXPECT_TRUE(b.loaded_from_cache());
+  EXPECT_EQ(a.index().shuffle_idx, b.index().shuffle_idx);
+  EXPECT_EQ(a.index().sample_idx, b.index().sample_idx);
+  EXPECT_EQ(a.index().doc_idx, b.index().doc_idx);
+  GPTDataset c(store, {0, 40}, 8, 200, 4, "train", cache);  // other seed: other entry
+  EXPECT_FALSE(c.loaded_from_cache());
+  // a non-builder rank reads what the builder published
+  IndexCacheOptions reader = cache;
+  reader.is_builder = false;
+  GPTDataset d(store, {0, 40}, 8, 200, 3, "train", reader);
+  EXPECT_TRUE(d.loaded_from_cache());
+  IndexCacheOptions missing = reader;
+  EXPECT_THROW(GPTDataset(store, {0, 40}, 9, 200, 3, "train", missing), Error);
+  // a truncated cache file is rebuilt, not trusted
+  for (auto& e : std::filesystem::directory_iterator(dir)) std::filesystem::resize_file(e.path(), 100);
+  GPTDataset f(store, {0, 40}, 8, 200, 3, "train", cache);
+  EXPECT_FALSE(f.loaded_from_cache());
+  EXPECT_EQ(f.index().shuffle_idx, a.index().shuffle_idx);
+  size_t files = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir)) files += e.path().extension() == ".h5";
+  EXPECT_EQ(files, 2u);  // no temporaries left behind
+}
