@@ -1,0 +1,118 @@
+// SentencePiece training/encoding through the library, the byte and null tokenizers, and
+// tokenizer identities.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/philox.h"
+#include "data/sentencepiece_tokenizer.h"
+#include "data/simple_tokenizers.h"
+
+using namespace llm;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A small corpus with a fixed vocabulary of words and some punctuation and numbers.
+std::string corpus_file() {
+  static const std::string path = [] {
+    const std::string p = ::testing::TempDir() + "/spm-corpus.txt";
+    const char* words[] = {"the", "king", "said", "unto", "them", "and", "light", "was", "good",
+                           "earth", "water", "heaven", "day", "night", "firmament", "waters", "made",
+                           "God", "created", "beginning", "form", "void", "darkness", "deep", "spirit"};
+    std::ofstream out(p);
+    for (int line = 0; line < 3000; ++line) {
+      const int n = 5 + static_cast<int>(philox_below(1, 1, line, 12));
+      for (int w = 0; w < n; ++w) out << (w ? " " : "") << words[philox_below(1, 2, line * 100 + w, 25)];
+      out << (line % 3 ? "." : ", 42;") << "\n";
+    }
+    return p;
+  }();
+  return path;
+}
+
+std::string trained_model(const std::string& type, const std::vector<std::string>& user = {},
+                          int64_t vocab = 400) {
+  SentencePieceTrainOptions o;
+  o.inputs = {corpus_file()};
+  o.model_prefix = ::testing::TempDir() + "/spm-" + type + (user.empty() ? "" : "-user");
+  o.vocab_size = vocab;  // 256 byte-fallback pieces + 3 specials + learned pieces
+  o.model_type = type;
+  o.user_defined_symbols = user;
+  o.num_threads = 2;
+  train_sentencepiece(o);
+  return o.model_prefix + ".model";
+}
+
+}  // namespace
+
+TEST(SentencePiece, TrainBpeEncodeDecodeRoundTrip) {
+  SentencePieceTokenizer tok(trained_model("bpe"));
+  EXPECT_EQ(tok.vocab_size(), 400);
+  EXPECT_EQ(tok.eod_id(), 2);  // </s>
+  const std::string text = "the king said unto them, 42; light was good.";
+  auto ids = tok.encode(text);
+  EXPECT_LT(ids.size(), text.size() / 2);  // words merge into few pieces
+  EXPECT_EQ(tok.decode(ids), text);
+  // token_bytes concatenation reproduces the text (minus SentencePiece's leading space)
+  std::string cat;
+  for (int32_t id : ids) cat += tok.token_bytes(id);
+  EXPECT_EQ(cat, " " + text);
+  // byte fallback: characters never seen still round-trip, as raw bytes
+  const std::string unseen = "naïve 😀 Ω";
+  EXPECT_EQ(tok.decode(tok.encode(unseen)), unseen);
+  std::string bytes;
+  for (int32_t id : tok.encode("😀")) bytes += tok.token_bytes(id);
+  EXPECT_EQ(bytes, " 😀");
+}
+
+TEST(SentencePiece, UnigramAndUserDefinedSymbols) {
+  SentencePieceTokenizer uni(trained_model("unigram", {}, 300));
+  const std::string text = "God created the heaven and the earth.";
+  EXPECT_EQ(uni.decode(uni.encode(text)), text);
+  SentencePieceTokenizer user(trained_model("bpe", {"<|user|>", "<|assistant|>"}));
+  auto ids = user.encode("<|user|> hello <|assistant|>");
+  int specials = 0;
+  for (int32_t id : ids) specials += user.token_bytes(id) == "<|user|>" || user.token_bytes(id) == "<|assistant|>";
+  EXPECT_EQ(specials, 2);
+  EXPECT_NE(uni.identity(), user.identity());
+  EXPECT_EQ(uni.identity().kind, "SentencePieceTokenizer");
+  EXPECT_EQ(SentencePieceTokenizer(trained_model("unigram", {}, 300)).identity(), uni.identity());
+}
+
+TEST(SentencePiece, ClearErrors) {
+  EXPECT_THROW(SentencePieceTokenizer("/nonexistent.model"), ConfigError);
+  const std::string junk = ::testing::TempDir() + "/junk.model";
+  std::ofstream(junk) << "not a model";
+  try {
+    SentencePieceTokenizer t(junk);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("junk.model"), std::string::npos);
+  }
+  SentencePieceTrainOptions o;
+  o.inputs = {"/nonexistent.txt"};
+  o.model_prefix = ::testing::TempDir() + "/x";
+  EXPECT_THROW(train_sentencepiece(o), ConfigError);
+  o.inputs = {corpus_file()};
+  o.model_type = "wordpiece";
+  EXPECT_THROW(train_sentencepiece(o), ConfigError);
+}
+
+TEST(SimpleTokenizers, ByteAndNull) {
+  ByteTokenizer b;
+  const std::string s = std::string("a\0b\xff", 4);
+  auto ids = b.encode(s);
+  EXPECT_EQ(ids, (std::vector<int32_t>{97, 0, 98, 255}));
+  EXPECT_EQ(b.decode(ids), s);
+  EXPECT_EQ(b.eod_id(), 256);
+  NullTokenizer n(1000);
+  EXPECT_EQ(n.encode(" 1 22\n333 "), (std::vector<int32_t>{1, 22, 333}));
+  EXPECT_EQ(n.vocab_size(), 1001);
+  EXPECT_EQ(n.eod_id(), 1000);
+  EXPECT_THROW(n.encode("1 1000"), ConfigError);
+  EXPECT_THROW(n.encode("1 x"), ConfigError);
+  EXPECT_NE(NullTokenizer(5).identity(), NullTokenizer(6).identity());
+}
