@@ -11,9 +11,9 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
-#include "data/mock_data.h"
 #include "model/gpt.h"
 #include "train/args.h"
+#include "train/data_setup.h"
 #include "train/flops.h"
 #include "train/metrics.h"
 #include "train/trainer.h"
@@ -52,10 +52,13 @@ int run(int argc, char** argv, const Mpi& mpi) {
   app.add_option("--config", config_file, "YAML file of options");
   const TrainArgs defaults;
   std::map<std::string, std::string> values;
+  std::map<std::string, std::vector<std::string>> lists;
   std::map<std::string, CLI::Option*> given;
   for (const OptionSpec& o : train_options()) {
     if (o.is_flag)
       given[o.name] = app.add_flag("--" + o.name, o.help);
+    else if (o.multi)
+      given[o.name] = app.add_option("--" + o.name, lists[o.name], o.help)->type_name(o.type);
     else
       given[o.name] = app.add_option("--" + o.name, values[o.name], o.help)->default_str(o.get(defaults))->type_name(o.type);
   }
@@ -77,7 +80,12 @@ int run(int argc, char** argv, const Mpi& mpi) {
   }
   if (!config_file.empty()) apply_yaml_file(args, config_file);
   for (const OptionSpec& o : train_options())
-    if (given[o.name]->count()) apply_option(args, o.name, o.is_flag ? "true" : values[o.name], "--" + o.name);
+    if (given[o.name]->count()) {
+      std::string v = o.is_flag ? "true" : values[o.name];
+      if (o.multi)
+        for (const std::string& w : lists[o.name]) v += (v.empty() ? "" : " ") + w;
+      apply_option(args, o.name, v, "--" + o.name);
+    }
   args.model = model_name;
 
   if (mpi.size > 1)
@@ -87,13 +95,12 @@ int run(int argc, char** argv, const Mpi& mpi) {
   args.data_parallel_size = mpi.size;
   args.resolve_defaults();
   args.validate();
-  if (!args.mock_data)
-    throw ConfigError("no training data: pass --mock-data (dataset input arrives with llm-tokenize)");
   if (args.threads > 0) omp_set_num_threads(static_cast<int>(args.threads));
 
+  TrainingData data = build_training_data(args);  // sets the vocabulary from the data
+  args.validate();
   const GPTConfig mc = args.model_config();
-  MockDataSource train(args.vocab_size, args.seq_length, static_cast<uint64_t>(args.seed), "train");
-  MockDataSource valid(args.vocab_size, args.seq_length, static_cast<uint64_t>(args.seed), "valid");
+  const SampleSource& train = *data.train;
   Backend& backend = cpu_backend();
   GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length);
   Trainer trainer(args, model, train);
@@ -105,7 +112,7 @@ int run(int argc, char** argv, const Mpi& mpi) {
               static_cast<long long>(mc.num_heads), static_cast<long long>(mc.ffn()),
               static_cast<long long>(mc.vocab_size), static_cast<long long>(mc.padded_vocab_size()),
               static_cast<double>(model.parameters().numel()) / 1e6);
-  std::printf("> %s\n", train.describe().c_str());
+  std::printf("> %s\n", data.summary.c_str());
   std::printf("> global batch %lld = micro-batch %lld x %lld accumulation steps x %d ranks; seq %lld; "
               "%s backend, %d threads\n",
               static_cast<long long>(args.global_batch_size), static_cast<long long>(args.micro_batch_size),
@@ -124,7 +131,7 @@ int run(int argc, char** argv, const Mpi& mpi) {
   rec.tflops_formula = args.tflops_formula;
   auto do_eval = [&](const std::string& where) {
     if (args.eval_iters <= 0) return;
-    std::printf("%s\n", validation_report(where, trainer.evaluate(valid, args.eval_iters)).c_str());
+    std::printf("%s\n", validation_report(where, trainer.evaluate(*data.valid, args.eval_iters)).c_str());
     std::fflush(stdout);
   };
   for (int64_t it = 1; it <= args.train_iters; ++it) {

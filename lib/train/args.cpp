@@ -5,6 +5,7 @@
 #include <charconv>
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
 
 #include "core/error.h"
 
@@ -61,6 +62,18 @@ OptionSpec opt(std::string name, T TrainArgs::*field, std::string help) {
     o.is_flag = true;
     o.set = [field](TrainArgs& a, const std::string& v) { a.*field = parse_bool(v); };
     o.get = [field](const TrainArgs& a) { return std::string(a.*field ? "true" : "false"); };
+  } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    o.multi = true;
+    o.set = [field](TrainArgs& a, const std::string& v) {
+      (a.*field).clear();
+      std::istringstream in(v);
+      for (std::string w; in >> w;) (a.*field).push_back(w);
+    };
+    o.get = [field](const TrainArgs& a) {
+      std::string out;
+      for (const std::string& w : a.*field) out += (out.empty() ? "" : " ") + w;
+      return out;
+    };
   } else {
     o.set = [field](TrainArgs& a, const std::string& v) { a.*field = v; };
     o.get = [field](const TrainArgs& a) { return a.*field; };
@@ -99,6 +112,13 @@ std::vector<OptionSpec> make_options() {
       opt("eval-interval", &A::eval_interval, "iterations between validation runs (0 = only at the end)"),
       opt("eval-iters", &A::eval_iters, "validation batches per evaluation (0 = no validation)"),
       opt("mock-data", &A::mock_data, "train on the deterministic synthetic stream"),
+      opt("data-path", &A::data_path, "dataset directory from llm-tokenize, or WEIGHT DIR WEIGHT DIR ... to blend"),
+      opt("split", &A::split, "train,valid,test proportions of each dataset's documents"),
+      opt("data-cache-path", &A::data_cache_path, "directory for the sample-index cache (default: <dataset>/index-cache)"),
+      opt("tokenizer-type", &A::tokenizer_type, "the model's tokenizer (checked against the dataset's): SentencePieceTokenizer | GPT2BPETokenizer | NullTokenizer | ByteTokenizer"),
+      opt("tokenizer-model", &A::tokenizer_model, "SentencePiece model file"),
+      opt("vocab-file", &A::vocab_file, "GPT-2 vocabulary file"),
+      opt("merge-file", &A::merge_file, "GPT-2 merges file"),
       opt("output-dir", &A::output_dir, "run directory (metrics.jsonl goes here)"),
       opt("tflops-formula", &A::tflops_formula, "TFLOPs in the log line: megatron (Narayanan et al. 2021, with recompute factor) | model (model FLOPs)"),
       opt("max-nan-iterations", &A::max_nan_iterations, "non-finite iterations to skip before stopping (0 = stop at the first)"),
@@ -150,8 +170,19 @@ std::vector<std::string> apply_yaml_file(TrainArgs& args, const std::string& pat
     const std::string key = it->first.as<std::string>();
     const std::string where = detail::concat(path, ":", it->first.Mark().line + 1);
     if (!find_option(key)) bad(where, "unknown key '" + key + "'");
-    if (!it->second.IsScalar()) bad(where, "key '" + key + "' must have a single value");
-    apply_option(args, key, it->second.as<std::string>(), where);
+    std::string value;
+    if (it->second.IsSequence() && find_option(key)->multi) {
+      for (std::size_t k = 0; k < it->second.size(); ++k) {
+        const YAML::Node item = it->second[k];
+        if (!item.IsScalar()) bad(where, "key '" + key + "' must be a list of plain values");
+        value += (value.empty() ? "" : " ") + item.as<std::string>();
+      }
+    } else if (!it->second.IsScalar()) {
+      bad(where, "key '" + key + "' must have a single value");
+    } else {
+      value = it->second.as<std::string>();
+    }
+    apply_option(args, key, value, where);
     keys.push_back(find_option(key)->name);
   }
   return keys;

@@ -45,6 +45,12 @@ struct TrainArgs {
   int64_t eval_interval = 0;  // 0 = only at the end
   int64_t eval_iters = 0;
   bool mock_data = false;
+  // data (Megatron names)
+  std::vector<std::string> data_path;  // PATH, or WEIGHT PATH WEIGHT PATH ... (blending)
+  std::string split = "969,30,1";
+  std::string data_cache_path;          // sample-index cache ("" = <first dataset>/index-cache)
+  std::string tokenizer_type;           // when given, must match the dataset's tokenizer
+  std::string tokenizer_model, vocab_file, merge_file;
   std::string output_dir = "runs/pretrain";
   std::string tflops_formula = "megatron";
   int64_t max_nan_iterations = 0;
@@ -64,6 +70,7 @@ struct OptionSpec {
   std::string help;
   bool is_flag = false;  // boolean switch
   std::string type = "TEXT";  // INT | FLOAT | TEXT, for --help
+  bool multi = false;         // takes several values (stored joined by single spaces)
   std::function<void(TrainArgs&, const std::string&)> set;
   std::function<std::string(const TrainArgs&)> get;
 };

@@ -1,0 +1,388 @@
+#include "data/json.h"
+
+#include <charconv>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <unordered_set>
+
+#include "core/error.h"
+#include "data/utf8.h"
+
+namespace llm::json {
+
+namespace {
+
+// Deep enough for any real document, shallow enough that recursion cannot exhaust the stack.
+constexpr int kMaxDepth = 512;
+
+class Parser {
+ public:
+  Parser(std::string_view text, std::string_view source) : s_(text), source_(source) {}
+
+  Value parse_document() {
+    if (const size_t bad = find_invalid_utf8(s_); bad != std::string_view::npos) {
+      advance_to(bad);
+      fail("invalid UTF-8");
+    }
+    if (s_.substr(0, 3) == "\xEF\xBB\xBF") pos_ = 3;  // RFC 8259 lets parsers skip a BOM
+    skip_space();
+    Value v = parse_value(0);
+    skip_space();
+    if (pos_ != s_.size()) fail("unexpected content after the JSON value");
+    return v;
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const {
+    throw ConfigError(detail::concat(source_, ":", line_, ":", pos_ - line_start_ + 1, ": ", why));
+  }
+
+  // Moves to `target`, counting lines (used for error positions inside strings).
+  void advance_to(size_t target) {
+    for (; pos_ < target; ++pos_)
+      if (s_[pos_] == '\n') ++line_, line_start_ = pos_ + 1;
+  }
+
+  void skip_space() {
+    for (; pos_ < s_.size(); ++pos_) {
+      const char c = s_[pos_];
+      if (c == '\n') {
+        ++line_;
+        line_start_ = pos_ + 1;
+      } else if (c != ' ' && c != '\t' && c != '\r') {
+        return;
+      }
+    }
+  }
+
+  bool at_end() const { return pos_ >= s_.size(); }
+  char peek() const { return at_end() ? '\0' : s_[pos_]; }
+
+  void expect(char c, const char* what) {
+    if (peek() != c) fail(at_end() ? detail::concat("unexpected end of input, expected ", what)
+                                   : detail::concat("expected ", what, ", got ", describe_here()));
+    ++pos_;
+  }
+
+  std::string describe_here() const {
+    const unsigned char c = static_cast<unsigned char>(peek());
+    if (c >= 0x20 && c < 0x7F) return std::string("'") + static_cast<char>(c) + "'";
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "byte 0x%02X", c);
+    return buf;
+  }
+
+  Value parse_value(int depth) {
+    if (depth > kMaxDepth) fail(detail::concat("nesting deeper than ", kMaxDepth));
+    const int line = line_, column = static_cast<int>(pos_ - line_start_ + 1);
+    Value v;
+    switch (peek()) {
+      case '{': v = parse_object(depth); break;
+      case '[': v = parse_array(depth); break;
+      case '"': v = Value(parse_string()); break;
+      case 't': v = Value(parse_word("true", true)); break;
+      case 'f': v = Value(parse_word("false", false)); break;
+      case 'n': parse_word("null", false); break;
+      default:
+        if (peek() == '-' || (peek() >= '0' && peek() <= '9')) {
+          v = parse_number();
+        } else if (at_end()) {
+          fail("unexpected end of input, expected a value");
+        } else {
+          fail("expected a value, got " + describe_here());
+        }
+    }
+    v.set_location(line, column);
+    return v;
+  }
+
+  bool parse_word(std::string_view word, bool value) {
+    if (s_.substr(pos_, word.size()) != word) fail("expected a value, got " + describe_here());
+    pos_ += word.size();
+    return value;
+  }
+
+  Value parse_number() {
+    const size_t start = pos_;
+    const auto digits = [&] {
+      const size_t from = pos_;
+      while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') ++pos_;
+      return pos_ - from;
+    };
+    if (peek() == '-') ++pos_;
+    if (peek() == '0') {
+      ++pos_;
+      if (peek() >= '0' && peek() <= '9') fail("leading zeros are not allowed in numbers");
+    } else if (!digits()) {
+      fail("expected a digit");
+    }
+    bool integral = true;
+    if (peek() == '.') {
+      ++pos_;
+      integral = false;
+      if (!digits()) fail("expected a digit after '.'");
+    }
+    if (peek() == 'e' || peek() == 'E') {
+      ++pos_;
+      integral = false;
+      if (peek() == '+' || peek() == '-') ++pos_;
+      if (!digits()) fail("expected a digit in the exponent");
+    }
+    const char* first = s_.data() + start;
+    const char* last = s_.data() + pos_;
+    if (integral) {
+      int64_t i = 0;
+      if (auto r = std::from_chars(first, last, i); r.ec == std::errc() && r.ptr == last) return Value(i);
+    }
+    double d = 0;
+    if (auto r = std::from_chars(first, last, d); r.ec != std::errc() || r.ptr != last) {
+      pos_ = start;
+      fail("number out of range");
+    }
+    return Value(d);
+  }
+
+  unsigned hex4() {
+    unsigned u = 0;
+    for (int k = 0; k < 4; ++k, ++pos_) {
+      const char c = peek();
+      u <<= 4;
+      if (c >= '0' && c <= '9') u |= c - '0';
+      else if (c >= 'a' && c <= 'f') u |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F') u |= c - 'A' + 10;
+      else fail("expected four hex digits after \\u");
+    }
+    return u;
+  }
+
+  static void append_utf8(std::string& out, unsigned cp) {
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      out += static_cast<char>(0xC0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      out += static_cast<char>(0xE0 | (cp >> 12));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+      out += static_cast<char>(0xF0 | (cp >> 18));
+      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  }
+
+  // The source is valid UTF-8 (checked up front), so only quotes, escapes and control
+  // characters need attention; plain runs are copied in one go.
+  std::string parse_string() {
+    ++pos_;  // opening quote
+    std::string out;
+    while (true) {
+      const size_t run = pos_;
+      while (pos_ < s_.size()) {
+        const unsigned char c = static_cast<unsigned char>(s_[pos_]);
+        if (c == '"' || c == '\\' || c < 0x20) break;
+        ++pos_;
+      }
+      out.append(s_, run, pos_ - run);
+      if (at_end()) fail("unterminated string");
+      const char c = s_[pos_];
+      if (c == '"') {
+        ++pos_;
+        return out;
+      }
+      if (c != '\\') fail("control character in string (must be escaped)");
+      ++pos_;
+      const char e = peek();
+      ++pos_;
+      switch (e) {
+        case '"': out += '"'; break;
+        case '\\': out += '\\'; break;
+        case '/': out += '/'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+          const size_t escape_at = pos_ - 2;
+          unsigned cp = hex4();
+          if (cp >= 0xDC00 && cp <= 0xDFFF) {
+            pos_ = escape_at;
+            fail("lone low surrogate escape");
+          }
+          if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (s_.substr(pos_, 2) != "\\u") {
+              pos_ = escape_at;
+              fail("high surrogate escape not followed by a low surrogate escape");
+            }
+            pos_ += 2;
+            const unsigned lo = hex4();
+            if (lo < 0xDC00 || lo > 0xDFFF) {
+              pos_ = escape_at;
+              fail("high surrogate escape not followed by a low surrogate escape");
+            }
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          }
+          append_utf8(out, cp);
+          break;
+        }
+        default:
+          pos_ -= 2;
+          fail("invalid escape in string");
+      }
+    }
+  }
+
+  Value parse_array(int depth) {
+    ++pos_;  // '['
+    Array items;
+    skip_space();
+    if (peek() == ']') {
+      ++pos_;
+      return Value(std::move(items));
+    }
+    while (true) {
+      skip_space();
+      items.push_back(parse_value(depth + 1));
+      skip_space();
+      if (peek() == ']') {
+        ++pos_;
+        return Value(std::move(items));
+      }
+      expect(',', "',' or ']'");
+    }
+  }
+
+  Value parse_object(int depth) {
+    ++pos_;  // '{'
+    Object members;
+    std::vector<std::pair<int, int>> key_at;  // line, column of each key, for the duplicate error
+    skip_space();
+    if (peek() == '}') {
+      ++pos_;
+      return Value(std::move(members));
+    }
+    while (true) {
+      skip_space();
+      if (peek() != '"') fail(at_end() ? "unexpected end of input, expected a string key"
+                                       : "expected a string key, got " + describe_here());
+      key_at.emplace_back(line_, static_cast<int>(pos_ - line_start_ + 1));
+      std::string key = parse_string();
+      skip_space();
+      expect(':', "':'");
+      skip_space();
+      Value v = parse_value(depth + 1);
+      members.emplace_back(std::move(key), std::move(v));
+      skip_space();
+      if (peek() == '}') {
+        ++pos_;
+        check_unique(members, key_at);
+        return Value(std::move(members));
+      }
+      expect(',', "',' or '}'");
+    }
+  }
+
+  // Duplicate keys are an error: JavaScript and Python keep the last one, other readers the
+  // first, so a file that has them means different things to different tools.
+  void check_unique(const Object& members, const std::vector<std::pair<int, int>>& key_at) {
+    std::unordered_set<std::string_view> seen;
+    seen.reserve(members.size());
+    for (size_t i = 0; i < members.size(); ++i) {
+      if (!seen.insert(members[i].first).second) {
+        throw ConfigError(detail::concat(source_, ":", key_at[i].first, ":", key_at[i].second,
+                                         ": duplicate key ", quote(members[i].first)));
+      }
+    }
+  }
+
+  std::string_view s_;
+  std::string_view source_;
+  size_t pos_ = 0;
+  int line_ = 1;
+  size_t line_start_ = 0;
+};
+
+}  // namespace
+
+bool Value::as_bool() const {
+  LLM_CHECK(is_bool(), "JSON value is not a boolean");
+  return std::get<bool>(data_);
+}
+
+double Value::as_double() const {
+  LLM_CHECK(is_number(), "JSON value is not a number");
+  return std::get<Number>(data_).value;
+}
+
+int64_t Value::as_int() const {
+  LLM_CHECK(is_integer(), "JSON value is not an integer");
+  return std::get<Number>(data_).integer;
+}
+
+const std::string& Value::as_string() const {
+  LLM_CHECK(is_string(), "JSON value is not a string");
+  return std::get<std::string>(data_);
+}
+
+const Array& Value::as_array() const {
+  LLM_CHECK(is_array(), "JSON value is not an array");
+  return std::get<Array>(data_);
+}
+
+const Object& Value::as_object() const {
+  LLM_CHECK(is_object(), "JSON value is not an object");
+  return std::get<Object>(data_);
+}
+
+const Value* Value::find(std::string_view key) const {
+  for (const auto& [k, v] : as_object())
+    if (k == key) return &v;
+  return nullptr;
+}
+
+Value parse(std::string_view text, std::string_view source) {
+  return Parser(text, source).parse_document();
+}
+
+Value parse_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot read JSON file");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) throw ConfigError(path + ": error reading JSON file");
+  return parse(ss.str(), path);
+}
+
+std::string quote(std::string_view text) {
+  std::string out;
+  out.reserve(text.size() + 2);
+  out += '"';
+  for (const char ch : text) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += ch;
+        }
+    }
+  }
+  out += '"';
+  return out;
+}
+
+}  // namespace llm::json
