@@ -133,9 +133,9 @@ int preprocess(const Mpi& mpi, const InputFlags& in, const TokenizerFlags& tf, c
   }
   if (progress_bar) std::fprintf(stderr, "\n");
   if (!mpi.all_ok(error.empty())) {
-    if (!error.empty()) throw ConfigError(error);
+    // every rank is past its writes (all_ok is collective): rank 0 removes the staging area
     if (mpi.rank == 0) discard_staging_dir(staging);
-    throw ConfigError("another rank failed; nothing was written");
+    throw ConfigError(error.empty() ? "another rank failed; nothing was written" : error);
   }
   if (mpi.rank == 0) {
     try {

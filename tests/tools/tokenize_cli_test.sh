@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# End-to-end checks of llm-tokenize: tokenizer training, datasets identical for 1, 2 and 3 MPI
+# ranks, encode/decode, Megatron import, bad input, atomic output; then llm-pretrain on the
+# dataset with tokenizer checks.
+# usage: tokenize_cli_test.sh <llm-tokenize> <llm-pretrain>
+set -uo pipefail
+tok="$1"
+pre="$2"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fails=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails + 1)); fi; }
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+
+# A corpus of 300 paragraphs with some unicode.
+for i in $(seq 1 300); do
+  printf 'Paragraph %d: the quick brown fox jumps over the lazy dog %d times.\nCaf\xc3\xa9 na\xc3\xafve \xe2\x80\x94 line two of %d.\n\n' "$i" "$((i * 7))" "$i"
+done > "$work/corpus.txt"
+
+"$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/spm" --vocab-size 400 > "$work/train.txt" 2>&1
+check "train-tokenizer exits 0 and writes the model" "[ $? -eq 0 ] && [ -f $work/spm.model ]"
+spm=(--tokenizer-type SentencePieceTokenizer --tokenizer-model "$work/spm.model")
+
+"$tok" --input "$work/corpus.txt" --output-prefix "$work/ds1" "${spm[@]}" --append-eod --shard-tokens 2000 > "$work/p1.txt" 2>&1
+check "preprocess exits 0" "[ $? -eq 0 ]"
+check "summary counts 300 documents" "grep -q 'wrote .*ds1: 300 documents' $work/p1.txt"
+check "dataset has a manifest and several shards" "[ -f $work/ds1/manifest.json ] && [ \$(ls $work/ds1/*.h5 | wc -l) -gt 2 ]"
+h1=$("$tok" info "$work/ds1" | sed -n 's/.*content hash //p')
+for n in 2 3; do
+  mpirun -np $n "$tok" --input "$work/corpus.txt" --output-prefix "$work/ds$n" "${spm[@]}" --append-eod --shard-tokens 2000 > "$work/p$n.txt" 2>&1
+  check "mpirun -np $n exits 0" "[ $? -eq 0 ]"
+  hn=$("$tok" info "$work/ds$n" | sed -n 's/.*content hash //p')
+  check "dataset from $n ranks equals the 1-rank dataset ($hn vs $h1)" "[ -n '$h1' ] && [ '$hn' = '$h1' ]"
+done
+
+ids=$("$tok" encode "${spm[@]}" --text "the quick brown fox")
+check "encode prints ids" "[[ '$ids' =~ ^[0-9]+(\ [0-9]+)*$ ]]"
+text=$("$tok" decode "${spm[@]}" --ids "$(echo $ids | tr ' ' ',')")
+check "decode inverts encode" "[ '$text' = 'the quick brown fox' ]"
+check "byte tokenizer encode" "[ \"\$($tok encode --tokenizer-type ByteTokenizer --text AB)\" = '65 66' ]"
+
+# bad input: clear message, non-zero exit, nothing under the final name
+"$tok" --input "$work/missing.txt" --output-prefix "$work/bad" "${spm[@]}" > "$work/b1.txt" 2>&1
+check "missing input is named" "[ $? -eq 2 ] && grep -q 'missing.txt' $work/b1.txt && [ ! -e $work/bad ]"
+printf 'ok line\nbad \xff byte\n' > "$work/bad-utf8.txt"
+"$tok" --input "$work/bad-utf8.txt" --document-boundary line --invalid-utf8 fail --output-prefix "$work/bad" "${spm[@]}" > "$work/b2.txt" 2>&1
+check "invalid UTF-8 (fail) names file:line and byte; no output left" "[ $? -eq 2 ] && grep -q 'bad-utf8.txt:2 (byte 8): invalid UTF-8 at byte 4' $work/b2.txt && [ -z \"\$(ls -d $work/bad* 2>/dev/null | grep -v bad-utf8)\" ]"
+"$tok" --input "$work/bad-utf8.txt" --document-boundary line --output-prefix "$work/fixed" "${spm[@]}" > "$work/b3.txt" 2>&1
+check "invalid UTF-8 (replace) is counted" "grep -q '1 documents had invalid UTF-8 replaced' $work/b3.txt"
+printf '{"text": "good"}\n{"text": 5}\nnot json\n' > "$work/docs.jsonl"
+"$tok" --input "$work/docs.jsonl" --output-prefix "$work/js" "${spm[@]}" > "$work/b4.txt" 2>&1
+check "bad JSON lines are skipped and counted" "grep -q 'wrote .*js: 1 documents' $work/b4.txt && grep -q '2 bad JSON lines' $work/b4.txt"
+"$tok" --input "$work/docs.jsonl" --bad-json fail --output-prefix "$work/js2" "${spm[@]}" > "$work/b5.txt" 2>&1
+check "bad JSON (fail) names file:line" "[ $? -eq 2 ] && grep -q 'docs.jsonl:2' $work/b5.txt"
+"$tok" --input "$work/corpus.txt" --output-prefix "$work/ds1" "${spm[@]}" > "$work/b6.txt" 2>&1
+check "existing dataset is not replaced without --overwrite" "[ $? -ne 0 ] && [ \"\$($tok info $work/ds1 | sed -n 's/.*content hash //p')\" = '$h1' ]"
+
+# llm-pretrain on the dataset
+"$pre" --data-path "$work/ds1" --num-layers 1 --hidden-size 32 --num-attention-heads 2 --seq-length 32 \
+  --micro-batch-size 4 --global-batch-size 4 --train-iters 3 --log-interval 1 --eval-iters 1 --split 90,10,0 \
+  "${spm[@]}" --output-dir "$work/run" > "$work/t1.txt" 2>&1
+check "pretrain on the dataset exits 0" "[ $? -eq 0 ] && [ \$(grep -c 'lm loss:' $work/t1.txt) -eq 3 ]"
+check "pretrain takes the vocabulary from the dataset" "grep -q 'vocab 400 (padded 512)' $work/t1.txt"
+"$pre" --data-path "$work/ds1" --train-iters 1 --tokenizer-type ByteTokenizer > "$work/t2.txt" 2>&1
+check "tokenizer mismatch is refused naming both" "[ $? -eq 2 ] && grep -q 'ByteTokenizer:256' $work/t2.txt && grep -q 'SentencePieceTokenizer:' $work/t2.txt"
+"$pre" --data-path 0.7 "$work/ds1" 0.3 "$work/ds2" --num-layers 1 --hidden-size 32 --num-attention-heads 2 \
+  --seq-length 32 --micro-batch-size 4 --train-iters 2 --log-interval 1 "${spm[@]}" --output-dir "$work/run2" > "$work/t3.txt" 2>&1
+check "blended --data-path trains and prints achieved ratios" "[ $? -eq 0 ] && grep -q 'weight 0.7 achieved' $work/t3.txt"
+
+[ "$fails" -eq 0 ] && echo "all llm-tokenize CLI checks passed" || echo "$fails llm-tokenize CLI check(s) failed"
+exit $((fails > 0))
