@@ -106,6 +106,17 @@ int preprocess(const Mpi& mpi, const InputFlags& in, const TokenizerFlags& tf, c
   if (out_dir.empty()) throw ConfigError("--output-prefix is required");
   auto tokenizer = make_tokenizer(tf.o);
   const DatasetInfo info{tokenizer->identity(), tokenizer->vocab_size(), tokenizer->eod_id()};
+  // Refuse an existing output before the work, not after it (rank 0 decides for everyone).
+  std::string refused;
+  if (mpi.rank == 0) {
+    try {
+      check_dataset_output(out_dir, overwrite);
+    } catch (const ConfigError& e) {
+      refused = e.what();
+    }
+  }
+  refused = mpi.broadcast(refused);
+  if (!refused.empty()) throw ConfigError(refused);
   DocumentReader reader(in.inputs, in.options(), mpi.rank, mpi.size);
   const std::string tag = mpi.broadcast(mpi.rank == 0 ? new_staging_tag() : "");
   const std::string staging = staging_dir_path(out_dir, tag);

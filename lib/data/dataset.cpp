@@ -282,21 +282,9 @@ class ShardWriter {
   std::vector<uint64_t> offsets_{0};
 };
 
-// Refuses to replace `final_dir` unless allowed and it is a dataset (or an empty directory).
-void check_replaceable(const std::string& final_dir, bool overwrite) {
-  std::error_code ec;
-  if (!fs::exists(fs::symlink_status(final_dir, ec))) return;
-  if (!overwrite) throw ConfigError(final_dir + ": already exists; refusing to replace it without overwrite");
-  if (!fs::is_directory(final_dir, ec))
-    throw ConfigError(final_dir + ": exists and is not a directory; refusing to replace it");
-  if (!fs::is_empty(final_dir, ec) && !fs::exists(join(final_dir, kManifestFile), ec))
-    throw ConfigError(final_dir + ": exists and is not a libllm token dataset (no " + kManifestFile +
-                      "); refusing to replace it");
-}
-
 // Moves the complete staging directory to final_dir (see the rules in dataset.h).
 void install(const std::string& staging, const std::string& final_dir, bool overwrite) {
-  check_replaceable(final_dir, overwrite);
+  check_dataset_output(final_dir, overwrite);
   std::error_code ec;
   const bool exists = fs::exists(fs::symlink_status(final_dir, ec));
   if (!exists) {
@@ -315,13 +303,32 @@ void install(const std::string& staging, const std::string& final_dir, bool over
     // No atomic exchange: the final name is briefly absent, never incomplete.
     const std::string old = staging + ".old";
     fs::rename(final_dir, old);
-    fs::rename(staging, final_dir);
+    try {
+      fs::rename(staging, final_dir);
+    } catch (...) {
+      fs::rename(old, final_dir, ec);  // put the old dataset back
+      throw;
+    }
     fs::remove_all(old, ec);
   }
   fsync_path(parent_of(final_dir), true);
 }
 
 }  // namespace
+
+// ---- Output checks --------------------------------------------------------------------------
+
+void check_dataset_output(const std::string& final_dir_in, bool overwrite) {
+  const std::string final_dir = strip_trailing_slashes(final_dir_in);
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(final_dir, ec))) return;
+  if (!overwrite) throw ConfigError(final_dir + ": already exists; refusing to replace it without overwrite");
+  if (!fs::is_directory(final_dir, ec))
+    throw ConfigError(final_dir + ": exists and is not a directory; refusing to replace it");
+  if (!fs::is_empty(final_dir, ec) && !fs::exists(join(final_dir, kManifestFile), ec))
+    throw ConfigError(final_dir + ": exists and is not a libllm token dataset (no " + kManifestFile +
+                      "); refusing to replace it");
+}
 
 // ---- DatasetInfo ----------------------------------------------------------------------------
 
@@ -457,7 +464,7 @@ void publish_dataset(const std::string& staging_dir, const std::string& final_di
   const std::string final_dir = strip_trailing_slashes(final_dir_in);
   info.validate(final_dir);
   LLM_CHECK(num_parts >= 1, "publish_dataset needs at least one part, got ", num_parts);
-  check_replaceable(final_dir, overwrite);  // fail before touching anything
+  check_dataset_output(final_dir, overwrite);  // fail before touching anything
   if (!fs::is_directory(staging)) throw ConfigError(staging + ": no such staging directory");
 
   // 1. Gather the parts' shards in order and give them their final names.
@@ -507,7 +514,7 @@ DatasetWriter::DatasetWriter(std::string final_dir, DatasetInfo info, int64_t sh
     : final_(strip_trailing_slashes(std::move(final_dir))), info_(std::move(info)), overwrite_(overwrite) {
   if (final_.empty()) throw ConfigError("dataset output directory: empty path");
   info_.validate(final_);
-  check_replaceable(final_, overwrite_);  // refuse before hours of tokenizing, not after
+  check_dataset_output(final_, overwrite_);  // refuse before hours of tokenizing, not after
   std::error_code ec;
   fs::create_directories(parent_of(final_), ec);
   staging_ = staging_dir_path(final_, new_staging_tag());

@@ -150,6 +150,12 @@ void publish_dataset(const std::string& staging_dir, const std::string& final_di
 // Removes a staging directory and everything in it (errors ignored).
 void discard_staging_dir(const std::string& staging_dir) noexcept;
 
+// Throws ConfigError unless a dataset may be published at final_dir: it does not exist, or
+// `overwrite` and it is a token dataset or an empty directory. DatasetWriter checks this in its
+// constructor and publish_dataset again at the end; multi-rank tools should call it on rank 0
+// before tokenizing, so a refusal comes before hours of work rather than after.
+void check_dataset_output(const std::string& final_dir, bool overwrite);
+
 // ---- Reading --------------------------------------------------------------------------------
 
 // An opened dataset. open() validates everything cheap to validate (see dataset.cpp) and keeps

@@ -23,10 +23,15 @@ class SentencePieceTokenizer final : public Tokenizer {
   int64_t vocab_size() const override;
   int32_t eod_id() const override;
   TokenizerIdentity identity() const override { return identity_; }
+  // Whether encode() splits the text at newlines (see the .cpp); exposed for tests.
+  bool splits_lines() const { return split_lines_; }
+  // Encodes the whole text in one call, never splitting (the reference for the split path).
+  std::vector<int32_t> encode_whole(std::string_view text) const;
 
  private:
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   TokenizerIdentity identity_;
+  bool split_lines_ = false;
 };
 
 struct SentencePieceTrainOptions {

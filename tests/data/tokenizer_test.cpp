@@ -116,3 +116,18 @@ TEST(SimpleTokenizers, ByteAndNull) {
   EXPECT_THROW(n.encode("1 x"), ConfigError);
   EXPECT_NE(NullTokenizer(5).identity(), NullTokenizer(6).identity());
 }
+
+// Line-by-line encoding (the fast path) must give exactly the ids of encoding the whole text.
+TEST(SentencePiece, LineSplitEncodingEqualsWholeEncoding) {
+  SentencePieceTokenizer tok(trained_model("bpe"));
+  EXPECT_TRUE(tok.splits_lines());
+  std::string text;
+  for (int i = 0; i < 400; ++i) {
+    const uint64_t r = philox_below(9, 1, i, 6);
+    text += r == 0 ? "\n" : r == 1 ? "  \n " : r == 2 ? "\t" : r == 3 ? " the king, " : r == 4 ? "light\n\n" : "X\xC3\xA9 42.";
+  }
+  EXPECT_EQ(tok.encode(text), tok.encode_whole(text));
+  SentencePieceTokenizer uni(trained_model("unigram", {}, 300));
+  EXPECT_EQ(uni.encode(text), uni.encode_whole(text));
+  for (const char* s : {"", "\n", "\n\n\n", " \n ", "a\n", "\na"}) EXPECT_EQ(tok.encode(s), tok.encode_whole(s)) << s;
+}
