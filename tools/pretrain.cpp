@@ -136,7 +136,7 @@ int run(int argc, char** argv, const Mpi& mpi) {
   };
   for (int64_t it = 1; it <= args.train_iters; ++it) {
     IterationStats st = trainer.train_step();
-    acc.add(st.loss, st.finite, st.seconds, st.grad_norm, st.lr);
+    acc.add(st.loss, st.finite, st.seconds, st.grad_norm, st.lr, st.data_seconds);
     if (!st.finite) {
       std::fprintf(stderr, "[warning] iteration %lld: non-finite %s (loss %g, grad norm %g); update skipped\n",
                    static_cast<long long>(it), std::isfinite(st.loss) ? "gradient" : "loss", st.loss,

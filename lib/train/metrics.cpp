@@ -53,6 +53,7 @@ std::string metrics_json(const LogRecord& r) {
   s += format("\"consumed_samples\": %lld, \"consumed_tokens\": %lld, ",
               static_cast<long long>(r.consumed_samples), static_cast<long long>(r.consumed_tokens));
   field("elapsed_ms_per_iteration", r.elapsed_ms_per_iteration);
+  field("data_ms_per_iteration", r.data_ms_per_iteration);
   field("learning_rate", r.learning_rate);
   s += format("\"global_batch_size\": %lld, ", static_cast<long long>(r.global_batch_size));
   field("lm_loss", r.lm_loss);
@@ -87,9 +88,10 @@ std::string validation_report(const std::string& where, double loss) {
   return out;
 }
 
-void LogAccumulator::add(double loss, bool finite, double seconds, double grad_norm, double lr) {
+void LogAccumulator::add(double loss, bool finite, double seconds, double grad_norm, double lr, double data_seconds) {
   ++iterations_;
   seconds_ += seconds;
+  data_seconds_ += data_seconds;
   last_lr_ = lr;
   if (finite) {
     ++finite_;
@@ -104,6 +106,7 @@ void LogAccumulator::flush_into(LogRecord& r, int64_t global_batch, int64_t seq_
                                 double flops_megatron, double flops_model) {
   const double per_iter = iterations_ ? seconds_ / static_cast<double>(iterations_) : 0.0;
   r.elapsed_ms_per_iteration = per_iter * 1000.0;
+  r.data_ms_per_iteration = iterations_ ? data_seconds_ / static_cast<double>(iterations_) * 1000.0 : 0.0;
   r.learning_rate = last_lr_;
   r.global_batch_size = global_batch;
   r.lm_loss = finite_ ? loss_sum_ / static_cast<double>(finite_) : NAN;

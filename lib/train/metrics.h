@@ -19,6 +19,7 @@ struct LogRecord {
   int64_t skipped_iterations = 0, nan_iterations = 0;  // within the interval
   double samples_per_second = 0, tokens_per_gpu_per_second = 0;
   double tflops_megatron = 0, tflops_model = 0;  // per GPU (per process on CPU)
+  double data_ms_per_iteration = 0;              // sample reading inside the step (JSON only)
   std::string tflops_formula = "megatron";       // which one the line shows
 };
 
@@ -33,7 +34,7 @@ std::string validation_report(const std::string& where, double loss);
 // Accumulates iterations between log lines.
 class LogAccumulator {
  public:
-  void add(double loss, bool finite, double seconds, double grad_norm, double lr);
+  void add(double loss, bool finite, double seconds, double grad_norm, double lr, double data_seconds = 0);
   bool empty() const { return iterations_ == 0; }
   // Fills the interval fields of r (time, loss, grad norm, lr, counts, rates) and resets.
   void flush_into(LogRecord& r, int64_t global_batch, int64_t seq_length, int world_size,
@@ -41,7 +42,7 @@ class LogAccumulator {
 
  private:
   int64_t iterations_ = 0, finite_ = 0, nan_ = 0;
-  double loss_sum_ = 0, seconds_ = 0, last_grad_norm_ = 0, last_lr_ = 0;
+  double loss_sum_ = 0, seconds_ = 0, data_seconds_ = 0, last_grad_norm_ = 0, last_lr_ = 0;
 };
 
 class MetricsWriter {

@@ -57,7 +57,9 @@ IterationStats Trainer::train_step() {
   for (int64_t k = 0; k < micro; ++k) {
     const uint64_t first = global_sample_index(static_cast<uint64_t>(consumed_samples_), 0, micro,
                                                args_.micro_batch_size, k, 0);
+    Timer data_timer;
     fill_batch(train_, first, args_.micro_batch_size);
+    st.data_seconds += data_timer.seconds();
     loss_sum += model_.forward(tokens_, targets_);
     model_.backward(1.0f / static_cast<float>(micro));
   }

@@ -19,6 +19,7 @@ struct IterationStats {
   double lr = 0;
   bool finite = true;    // false: loss or gradient was NaN/Inf and the update was skipped
   double seconds = 0;
+  double data_seconds = 0;  // of which: reading samples (shows whether input is a bottleneck)
 };
 
 class Trainer {
