@@ -4,15 +4,20 @@
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <filesystem>
 #include <map>
 
 #include "backend/backend.h"
 #include "core/error.h"
 #include "model/gpt.h"
+#include "core/timer.h"
 #include "train/args.h"
+#include "train/checkpointing.h"
 #include "train/data_setup.h"
 #include "train/flops.h"
 #include "train/metrics.h"
@@ -21,6 +26,10 @@
 using namespace llm;
 
 namespace {
+
+// SIGTERM/SIGINT ask for a save at the next iteration boundary and a clean exit.
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
 
 struct Mpi {
   int rank = 0, size = 1;
@@ -97,6 +106,21 @@ int run(int argc, char** argv, const Mpi& mpi) {
   args.validate();
   if (args.threads > 0) omp_set_num_threads(static_cast<int>(args.threads));
 
+  // The data order is a function of the seed: resuming restores the checkpoint's seed unless
+  // --no-load-rng (or --finetune) asks for this run's.
+  std::string load_dir;
+  if (!args.load.empty()) {
+    try {
+      CheckpointReader probe = CheckpointReader::open(args.load);
+      load_dir = probe.dir();
+      const json::Value* rng = probe.metadata().find("rng");
+      if (!args.finetune && !args.no_load_rng && rng && rng->find("seed")) args.seed = rng->find("seed")->as_int();
+    } catch (const ConfigError& e) {
+      if (std::filesystem::exists(args.load) && !std::filesystem::is_empty(args.load)) throw;
+      std::printf("> --load %s: no checkpoint found, starting from scratch\n", args.load.c_str());
+    }
+  }
+
   TrainingData data = build_training_data(args);  // sets the vocabulary from the data
   args.validate();
   const GPTConfig mc = args.model_config();
@@ -105,6 +129,30 @@ int run(int argc, char** argv, const Mpi& mpi) {
   GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length);
   Trainer trainer(args, model, train);
   MetricsWriter metrics(args.output_dir);
+  if (!load_dir.empty()) {
+    LoadOptions lo;
+    lo.finetune = args.finetune;
+    lo.load_optimizer = !args.no_load_optim;
+    LoadResult r = load_training_checkpoint(load_dir, trainer, lo);
+    std::printf("> loaded %s%s: continuing after iteration %lld (%lld samples consumed)\n", r.dir.c_str(),
+                args.finetune ? " (weights only: --finetune)" : args.no_load_optim ? " (without optimizer state)" : "",
+                static_cast<long long>(r.iteration), static_cast<long long>(r.consumed_samples));
+  }
+  TokenizerRecord tokenizer{data.tokenizer, {}};
+  if (!args.tokenizer_model.empty()) tokenizer.files["model"] = args.tokenizer_model;
+  if (!args.vocab_file.empty()) tokenizer.files["vocab"] = args.vocab_file;
+  if (!args.merge_file.empty()) tokenizer.files["merges"] = args.merge_file;
+  if (tokenizer.identity.kind.empty()) tokenizer.identity = {"MockData", std::to_string(args.vocab_size)};
+  auto save = [&] {
+    if (args.save.empty()) return;
+    Timer t;
+    const std::string dir = save_training_checkpoint(args.save, args, trainer, tokenizer, static_cast<int>(args.keep_last));
+    std::printf("> saved checkpoint %s in %.2f s\n", dir.c_str(), t.seconds());
+    std::fflush(stdout);
+  };
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGINT, on_stop_signal);
+  const Timer run_timer;
 
   std::printf("> model %s: %lld layers, hidden %lld, %lld heads, ffn %lld, vocab %lld (padded %lld), "
               "%.2fM parameters\n",
@@ -134,7 +182,8 @@ int run(int argc, char** argv, const Mpi& mpi) {
     std::printf("%s\n", validation_report(where, trainer.evaluate(*data.valid, args.eval_iters)).c_str());
     std::fflush(stdout);
   };
-  for (int64_t it = 1; it <= args.train_iters; ++it) {
+  int64_t last_saved = -1;
+  for (int64_t it = trainer.iteration() + 1; it <= args.train_iters; ++it) {
     IterationStats st = trainer.train_step();
     acc.add(st.loss, st.finite, st.seconds, st.grad_norm, st.lr, st.data_seconds);
     if (!st.finite) {
@@ -157,7 +206,21 @@ int run(int argc, char** argv, const Mpi& mpi) {
     }
     if (args.eval_interval > 0 && it % args.eval_interval == 0 && it != args.train_iters)
       do_eval(detail::concat("iteration ", it));
+    if (args.save_interval > 0 && it % args.save_interval == 0) {
+      save();
+      last_saved = it;
+    }
+    std::string stop;
+    if (g_stop_signal.load()) stop = g_stop_signal.load() == SIGTERM ? "SIGTERM" : "SIGINT";
+    else if (args.exit_interval > 0 && it % args.exit_interval == 0) stop = "--exit-interval";
+    else if (args.exit_duration_in_mins > 0 && run_timer.seconds() / 60.0 > args.exit_duration_in_mins) stop = "--exit-duration-in-mins";
+    if (!stop.empty()) {
+      if (last_saved != it) save();
+      std::printf("> exiting at iteration %lld (%s)\n", static_cast<long long>(it), stop.c_str());
+      return 0;
+    }
   }
+  if (last_saved != trainer.iteration()) save();
   do_eval("the end of training for val data");
   return 0;
 }

@@ -120,6 +120,15 @@ std::vector<OptionSpec> make_options() {
       opt("vocab-file", &A::vocab_file, "GPT-2 vocabulary file"),
       opt("merge-file", &A::merge_file, "GPT-2 merges file"),
       opt("output-dir", &A::output_dir, "run directory (metrics.jsonl goes here)"),
+      opt("save", &A::save, "directory to save checkpoints to (iter_NNNNNNN/ + latest)"),
+      opt("load", &A::load, "checkpoint to resume from: an iter_NNNNNNN directory or a --save directory"),
+      opt("save-interval", &A::save_interval, "iterations between checkpoints (0 = only at the end)"),
+      opt("finetune", &A::finetune, "load only the weights from --load; iteration, data and optimizer start fresh"),
+      opt("no-load-optim", &A::no_load_optim, "do not load the optimizer state from --load"),
+      opt("no-load-rng", &A::no_load_rng, "do not restore the data position from --load (RNG and data order are seeded)"),
+      opt("keep-last", &A::keep_last, "keep only this many newest checkpoints (0 = all)"),
+      opt("exit-interval", &A::exit_interval, "save and exit when the iteration is a multiple of this"),
+      opt("exit-duration-in-mins", &A::exit_duration_in_mins, "save and exit after this many minutes"),
       opt("tflops-formula", &A::tflops_formula, "TFLOPs in the log line: megatron (Narayanan et al. 2021, with recompute factor) | model (model FLOPs)"),
       opt("max-nan-iterations", &A::max_nan_iterations, "non-finite iterations to skip before stopping (0 = stop at the first)"),
       opt("threads", &A::threads, "CPU threads (0 = OMP_NUM_THREADS or all cores)"),
@@ -248,6 +257,10 @@ void TrainArgs::validate() const {
   if (tflops_formula != "megatron" && tflops_formula != "model")
     fail("--tflops-formula must be megatron or model, got '", tflops_formula, "'");
   if (threads < 0) fail("--threads must be >= 0");
+  if (save_interval < 0 || keep_last < 0 || exit_interval < 0 || exit_duration_in_mins < 0)
+    fail("--save-interval, --keep-last, --exit-interval and --exit-duration-in-mins must be >= 0");
+  if (save_interval > 0 && save.empty()) fail("--save-interval needs --save");
+  if (finetune && load.empty()) fail("--finetune needs --load");
   model_config().validate(seq_length);
 }
 

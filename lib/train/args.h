@@ -52,6 +52,16 @@ struct TrainArgs {
   std::string tokenizer_type;           // when given, must match the dataset's tokenizer
   std::string tokenizer_model, vocab_file, merge_file;
   std::string output_dir = "runs/pretrain";
+  // checkpoints (Megatron names)
+  std::string save;                 // save root ("" = never save)
+  std::string load;                 // checkpoint dir or save root with `latest`
+  int64_t save_interval = 0;        // iterations between saves (0 = only at the end)
+  bool finetune = false;            // load weights only; iteration and optimizer start fresh
+  bool no_load_optim = false;
+  bool no_load_rng = false;
+  int64_t keep_last = 0;            // keep this many newest checkpoints (0 = all)
+  int64_t exit_interval = 0;        // exit (after saving) when iteration % N == 0
+  double exit_duration_in_mins = 0; // exit (after saving) once this much wall time has passed
   std::string tflops_formula = "megatron";
   int64_t max_nan_iterations = 0;
   int64_t threads = 0;  // 0 = OMP_NUM_THREADS / all cores

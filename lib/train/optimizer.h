@@ -22,6 +22,8 @@ class AdamW {
   // scale); clipping is applied on top. A non-finite gradient norm skips the update.
   StepResult step(double lr, double grad_scale = 1.0);
   int64_t steps() const { return step_; }
+  void set_steps(int64_t n) { step_ = n; }  // when resuming from a checkpoint
+  const OptimizerConfig& config() const { return config_; }
   const Tensor& m() const { return m_; }
   const Tensor& v() const { return v_; }
 

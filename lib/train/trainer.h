@@ -34,6 +34,16 @@ class Trainer {
   int64_t consumed_samples() const { return consumed_samples_; }
   int64_t nan_iterations() const { return nan_iterations_; }
   const LRSchedule& schedule() const { return schedule_; }
+  AdamW& optimizer() { return optimizer_; }
+  const AdamW& optimizer() const { return optimizer_; }
+  GPT& model() { return model_; }
+  const GPT& model() const { return model_; }
+  // Continue after `iteration` steps that consumed `consumed_samples` (checkpoint resume).
+  void restore(int64_t iteration, int64_t consumed_samples, int64_t nan_iterations) {
+    iteration_ = iteration;
+    consumed_samples_ = consumed_samples;
+    nan_iterations_ = nan_iterations;
+  }
 
  private:
   void fill_batch(const SampleSource& src, uint64_t first_index, int64_t rows);

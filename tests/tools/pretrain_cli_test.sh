@@ -65,6 +65,24 @@ check "no data source is a clear error" "[ $? -eq 2 ] && grep -q 'no training da
 "$bin" --help > "$work/help.txt" 2>&1
 check "--help lists flags with defaults" "grep -q -- '--num-attention-heads' $work/help.txt && grep -q -- '--lr-decay-style' $work/help.txt && grep -q 'cosine' $work/help.txt && grep -q 'Example' $work/help.txt"
 
+# checkpoints: 8 straight == 4 + resume + 4, bit for bit in the log
+"$bin" "${common[@]}" --train-iters 8 --log-interval 1 --output-dir "$work/s" > "$work/straight.txt" 2>&1
+"$bin" "${common[@]}" --train-iters 8 --log-interval 1 --exit-interval 4 --save "$work/ck" --output-dir "$work/r1" > "$work/part1.txt" 2>&1
+check "--exit-interval saves and exits" "grep -q 'saved checkpoint .*iter_0000004' $work/part1.txt && grep -q 'exiting at iteration 4' $work/part1.txt && [ \$(cat $work/ck/latest) = 4 ]"
+"$bin" "${common[@]}" --train-iters 8 --log-interval 1 --load "$work/ck" --save "$work/ck" --output-dir "$work/r2" > "$work/part2.txt" 2>&1
+check "resume continues after iteration 4" "grep -q 'continuing after iteration 4' $work/part2.txt"
+check "resumed losses equal the straight run's bit for bit" "diff <(grep -o 'lm loss: [^|]*' $work/straight.txt) <(cat $work/part1.txt $work/part2.txt | grep -o 'lm loss: [^|]*') > /dev/null"
+"$bin" "${common[@]}" --train-iters 100000 --log-interval 1 --save "$work/sig" --output-dir "$work/r3" > "$work/sig.txt" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do grep -q 'iteration        3/' "$work/sig.txt" 2>/dev/null && break; sleep 0.1; done
+kill -TERM $pid
+wait $pid
+rc=$?
+check "SIGTERM saves at the iteration boundary and exits 0" "[ $rc -eq 0 ] && grep -q 'exiting at iteration [0-9]* (SIGTERM)' $work/sig.txt && [ -f $work/sig/iter_\$(printf %07d \$(cat $work/sig/latest))/metadata.json ]"
+"$bin" --mock-data --vocab-size 128 --num-layers 2 --hidden-size 32 --num-attention-heads 2 --seq-length 32 \
+  --train-iters 2 --load "$work/ck" --output-dir "$work/r4" > "$work/mismatch.txt" 2>&1
+check "loading into a different model names the key" "[ $? -eq 2 ] && grep -q 'hidden_size is 64 but the model.s is 32' $work/mismatch.txt"
+
 # mpirun -np 1 runs unchanged and gives the same losses
 if command -v mpirun > /dev/null; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1

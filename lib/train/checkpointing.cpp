@@ -1,0 +1,191 @@
+#include "train/checkpointing.h"
+
+#include <filesystem>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace llm {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string num(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+std::string model_json(const GPTConfig& c) {
+  std::ostringstream o;
+  o << "{\"num_layers\": " << c.num_layers << ", \"hidden_size\": " << c.hidden_size
+    << ", \"num_attention_heads\": " << c.num_heads << ", \"ffn_hidden_size\": " << c.ffn()
+    << ", \"max_position_embeddings\": " << c.max_position_embeddings << ", \"vocab_size\": " << c.vocab_size
+    << ", \"make_vocab_size_divisible_by\": " << c.vocab_divisible_by << ", \"padded_vocab_size\": "
+    << c.padded_vocab_size() << ", \"layernorm_epsilon\": " << num(c.layernorm_eps) << ", \"name\": " << json::quote(c.name)
+    << "}";
+  return o.str();
+}
+
+const json::Value& member(const json::Value& obj, const char* key, const std::string& where) {
+  const json::Value* v = obj.is_object() ? obj.find(key) : nullptr;
+  if (!v) throw ConfigError(where + ": metadata has no '" + key + "'");
+  return *v;
+}
+
+int64_t member_int(const json::Value& obj, const char* key, const std::string& where) {
+  const json::Value& v = member(obj, key, where);
+  if (!v.is_integer()) throw ConfigError(where + ": metadata '" + key + "' is not an integer");
+  return v.as_int();
+}
+
+// Reads category/name into dst (shape `want`). The padded vocabulary may differ between
+// layouts (it is padded to a multiple of 128 x TP): rows present in both are read, the rest zeroed.
+void read_into(const CheckpointReader& ckpt, const std::string& category, const std::string& name, const Tensor& dst) {
+  const Shape stored = ckpt.global_shape(category, name);
+  const Shape& want = dst.shape();
+  if (stored == want) {
+    ckpt.read(category, name, Box::whole(want), dst);
+    return;
+  }
+  const bool rows_only = stored.size() == want.size() && !stored.empty() &&
+                         std::equal(stored.begin() + 1, stored.end(), want.begin() + 1);
+  if (name != "wte" || !rows_only)
+    throw ConfigError(ckpt.dir() + ": tensor '" + name + "' (" + category + ") is " + shape_str(stored) +
+                      " in the checkpoint but " + shape_str(want) + " in the model");
+  const int64_t rows = std::min(stored[0], want[0]);
+  dst.zero();
+  Box b = Box::whole(want);
+  b.extent[0] = rows;
+  ckpt.read(category, name, b, dst.slice(0, 0, rows));
+}
+
+}  // namespace
+
+GPTConfig checkpoint_model_config(const CheckpointReader& ckpt) {
+  const std::string where = ckpt.dir() + "/metadata.json";
+  const json::Value& m = member(ckpt.metadata(), "model", where);
+  GPTConfig c;
+  c.name = member(m, "name", where).is_string() ? member(m, "name", where).as_string() : "checkpoint";
+  c.num_layers = member_int(m, "num_layers", where);
+  c.hidden_size = member_int(m, "hidden_size", where);
+  c.num_heads = member_int(m, "num_attention_heads", where);
+  c.ffn_hidden_size = member_int(m, "ffn_hidden_size", where);
+  c.max_position_embeddings = member_int(m, "max_position_embeddings", where);
+  c.vocab_size = member_int(m, "vocab_size", where);
+  c.vocab_divisible_by = member_int(m, "make_vocab_size_divisible_by", where);
+  c.layernorm_eps = static_cast<float>(member(m, "layernorm_epsilon", where).as_double());
+  c.validate();
+  return c;
+}
+
+TokenizerRecord checkpoint_tokenizer(const CheckpointReader& ckpt) {
+  const std::string where = ckpt.dir() + "/metadata.json";
+  const json::Value& t = member(ckpt.metadata(), "tokenizer", where);
+  TokenizerRecord r;
+  r.identity = {member(t, "kind", where).as_string(), member(t, "hash", where).as_string()};
+  for (const auto& [role, path] : member(t, "files", where).as_object())
+    r.files[role] = (fs::path(ckpt.dir()) / path.as_string()).string();
+  return r;
+}
+
+void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params) {
+  LLM_CHECK(params.flat_params().device().is_cpu(), "load_model_parameters: host parameters expected");
+  for (const ParamSpec& s : params.specs()) read_into(ckpt, "model", s.name, params.param(s.name));
+}
+
+std::string save_training_checkpoint(const std::string& save_root, const TrainArgs& args, const Trainer& trainer,
+                                     const TokenizerRecord& tokenizer, int keep_last) {
+  const GPT& model = trainer.model();
+  const ParameterSet& ps = model.parameters();
+  CheckpointWriter w(save_root, trainer.iteration());
+  Backend& be = const_cast<GPT&>(model).backend();
+  const Tensor params = ps.flat_params().device().is_cpu() ? ps.flat_params() : be.download(ps.flat_params());
+  const AdamW& opt = trainer.optimizer();
+  const Tensor m = opt.m().device().is_cpu() ? opt.m() : be.download(opt.m());
+  const Tensor v = opt.v().device().is_cpu() ? opt.v() : be.download(opt.v());
+  for (const ParamSpec& s : ps.specs()) {
+    const int64_t n = numel(s.shape);
+    w.add("model", s.name, s.shape, Box::whole(s.shape), params.flat(s.offset, n).view(s.shape));
+    w.add("optimizer/exp_avg", s.name, s.shape, Box::whole(s.shape), m.flat(s.offset, n).view(s.shape));
+    w.add("optimizer/exp_avg_sq", s.name, s.shape, Box::whole(s.shape), v.flat(s.offset, n).view(s.shape));
+  }
+  std::ostringstream f;
+  f << "\"model\": " << model_json(model.config());
+  f << ",\n  \"tokenizer\": {\"kind\": " << json::quote(tokenizer.identity.kind)
+    << ", \"hash\": " << json::quote(tokenizer.identity.hash) << ", \"files\": {";
+  bool first = true;
+  for (const auto& [role, path] : tokenizer.files) {
+    const std::string rel = w.add_file(path, "tokenizer/" + fs::path(path).filename().string());
+    f << (first ? "" : ", ") << json::quote(role) << ": " << json::quote(rel);
+    first = false;
+  }
+  f << "}}";
+  f << ",\n  \"layout\": {\"world_size\": 1, \"data_parallel\": 1, \"tensor_parallel\": 1, \"pipeline_parallel\": 1, "
+       "\"zero_stage\": 0}";
+  f << ",\n  \"consumed_samples\": " << trainer.consumed_samples()
+    << ", \"consumed_tokens\": " << trainer.consumed_samples() * args.seq_length
+    << ", \"nan_iterations\": " << trainer.nan_iterations();
+  const LRSchedule& lr = trainer.schedule();
+  f << ",\n  \"lr_schedule\": {\"lr\": " << num(lr.lr) << ", \"min_lr\": " << num(lr.min_lr) << ", \"warmup_iters\": " << lr.warmup_iters
+    << ", \"decay_iters\": " << lr.decay_iters << ", \"style\": " << json::quote(lr.style) << "}";
+  const OptimizerConfig& oc = opt.config();
+  f << ",\n  \"optimizer\": {\"type\": \"adamw\", \"step\": " << opt.steps() << ", \"beta1\": " << num(oc.beta1)
+    << ", \"beta2\": " << num(oc.beta2) << ", \"eps\": " << num(oc.eps) << ", \"weight_decay\": "
+    << num(oc.weight_decay) << ", \"clip_grad\": " << num(oc.clip_grad) << "}";
+  f << ",\n  \"rng\": {\"seed\": " << args.seed << "}";
+  f << ",\n  \"args\": {";
+  first = true;
+  for (const OptionSpec& o : train_options()) {
+    f << (first ? "" : ", ") << json::quote(o.name) << ": " << json::quote(o.get(args));
+    first = false;
+  }
+  f << "}";
+  return w.commit(f.str(), keep_last);
+}
+
+LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, const LoadOptions& options) {
+  CheckpointReader ckpt = CheckpointReader::open(path);
+  const std::string where = ckpt.dir() + "/metadata.json";
+  const GPTConfig saved = checkpoint_model_config(ckpt);
+  const GPTConfig& now = trainer.model().config();
+  auto same = [&](const char* key, int64_t a, int64_t b) {
+    if (a != b)
+      throw ConfigError(detail::concat(ckpt.dir(), ": the checkpoint's ", key, " is ", a, " but the model's is ", b));
+  };
+  same("num_layers", saved.num_layers, now.num_layers);
+  same("hidden_size", saved.hidden_size, now.hidden_size);
+  same("num_attention_heads", saved.num_heads, now.num_heads);
+  same("ffn_hidden_size", saved.ffn(), now.ffn());
+  same("max_position_embeddings", saved.max_position_embeddings, now.max_position_embeddings);
+  same("vocab_size", saved.vocab_size, now.vocab_size);
+
+  ParameterSet& ps = trainer.model().parameters();
+  Backend& be = trainer.model().backend();
+  const bool host = ps.flat_params().device().is_cpu();
+  Tensor params = host ? ps.flat_params() : Tensor::empty({ps.numel()});
+  for (const ParamSpec& s : ps.specs()) read_into(ckpt, "model", s.name, params.flat(s.offset, numel(s.shape)).view(s.shape));
+  if (!host) be.copy(ps.flat_params(), params);
+
+  LoadResult r{ckpt.dir(), 0, 0};
+  if (options.finetune) return r;
+  if (options.load_optimizer) {
+    AdamW& opt = trainer.optimizer();
+    for (const char* cat : {"optimizer/exp_avg", "optimizer/exp_avg_sq"}) {
+      const Tensor& state = std::string(cat) == "optimizer/exp_avg" ? opt.m() : opt.v();
+      Tensor h = state.device().is_cpu() ? state : Tensor::empty({ps.numel()});
+      for (const ParamSpec& s : ps.specs()) read_into(ckpt, cat, s.name, h.flat(s.offset, numel(s.shape)).view(s.shape));
+      if (!state.device().is_cpu()) be.copy(state, h);
+    }
+    opt.set_steps(member_int(member(ckpt.metadata(), "optimizer", where), "step", where));
+  }
+  if (options.restore_position) {
+    r.iteration = ckpt.iteration();
+    r.consumed_samples = member_int(ckpt.metadata(), "consumed_samples", where);
+    trainer.restore(r.iteration, r.consumed_samples, member_int(ckpt.metadata(), "nan_iterations", where));
+  }
+  return r;
+}
+
+}  // namespace llm

@@ -1,0 +1,49 @@
+// Saving and restoring a training run through the checkpoint format (io/checkpoint.h):
+// parameters under "model/<name>", AdamW moments under "optimizer/exp_avg/<name>" and
+// "optimizer/exp_avg_sq/<name>", and metadata: model config, tokenizer (identity and files),
+// the layout it was written under, iteration, consumed samples/tokens, LR schedule, optimizer
+// hyper-parameters and step, seed and data position, and every option of the run.
+#pragma once
+#include <map>
+#include <string>
+
+#include "data/tokenizer.h"
+#include "io/checkpoint.h"
+#include "model/config.h"
+#include "train/trainer.h"
+
+namespace llm {
+
+struct TokenizerRecord {
+  TokenizerIdentity identity;
+  std::map<std::string, std::string> files;  // role ("model", "vocab", "merges") -> source path
+};
+
+// Writes <save_root>/iter_NNNNNNN for the trainer's current state; returns its path.
+std::string save_training_checkpoint(const std::string& save_root, const TrainArgs& args, const Trainer& trainer,
+                                     const TokenizerRecord& tokenizer, int keep_last);
+
+struct LoadOptions {
+  bool load_optimizer = true;
+  bool restore_position = true;  // iteration and consumed samples
+  bool finetune = false;         // weights only
+};
+
+struct LoadResult {
+  std::string dir;
+  int64_t iteration = 0, consumed_samples = 0;
+};
+
+// Loads a checkpoint into the trainer's model (and optimizer / position per options). The
+// checkpoint's model config must equal the model's: a difference is a ConfigError naming the
+// key and both values.
+LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, const LoadOptions& options);
+
+// The model config recorded in a checkpoint (for llm-generate and llm-ckpt).
+GPTConfig checkpoint_model_config(const CheckpointReader& ckpt);
+// Loads only the parameters into a model built from checkpoint_model_config().
+void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params);
+// The tokenizer recorded in a checkpoint: identity, and the files' paths inside it.
+TokenizerRecord checkpoint_tokenizer(const CheckpointReader& ckpt);
+
+}  // namespace llm
