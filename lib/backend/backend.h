@@ -104,6 +104,13 @@ class Backend {
   virtual void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
                                   const Tensor& out, const Tensor& lse, int n_head) = 0;
 
+  // Incremental (inference) attention with a KV cache. qkv[B,Tn,3C] holds the Tn new tokens at
+  // positions [past, past+Tn); their k and v are first written into k_cache/v_cache [B,maxT,C]
+  // rows [past, past+Tn), then each new query attends causally to cache rows [0, its position].
+  // out[B,Tn,C] (=). No backward: generation only.
+  virtual void attention_kv_forward(const Tensor& out, const Tensor& qkv, const Tensor& k_cache,
+                                    const Tensor& v_cache, int64_t past, int n_head) = 0;
+
   // Softmax cross-entropy over the first V columns of logits[N,Vp] (columns >= V are padding).
   // losses[N] = lse - logits[target];  lse[N] saved;  target < 0 means "ignore" (loss 0).
   virtual void cross_entropy_forward(const Tensor& losses, const Tensor& lse,

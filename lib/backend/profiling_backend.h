@@ -67,6 +67,10 @@ class ProfilingBackend final : public Backend {
                           int nh) override {
     timed("attention_backward", [&] { inner_.attention_backward(dq, d, q, o, l, nh); });
   }
+  void attention_kv_forward(const Tensor& o, const Tensor& q, const Tensor& kc, const Tensor& vc, int64_t past,
+                            int nh) override {
+    timed("attention_kv_forward", [&] { inner_.attention_kv_forward(o, q, kc, vc, past, nh); });
+  }
   void cross_entropy_forward(const Tensor& ls, const Tensor& l, const Tensor& x, const Tensor& t,
                              int64_t V) override {
     timed("cross_entropy_forward", [&] { inner_.cross_entropy_forward(ls, l, x, t, V); });

@@ -141,15 +141,28 @@ void GPT::run_forward(const Tensor& tokens) {
   Activations& a = *acts_;
   Backend& be = backend_;
   stage(be, a.tokens, tokens, "tokens");
+  be.embedding_forward(a.encoded, a.tokens, params_.param("wte"), params_.param("wpe"));
+  const Tensor& x = run_blocks(nullptr);
+  const float eps = config_.layernorm_eps;
+  be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, params_.param("ln_f.weight"),
+                       params_.param("ln_f.bias"), eps);
+  be.linear_forward(a.logits, a.lnf, params_.param("wte"), Tensor{});
+}
+
+const Tensor& GPT::run_blocks(KVCache* cache) {
+  Activations& a = *acts_;
+  Backend& be = backend_;
   const float eps = config_.layernorm_eps;
   const int nh = static_cast<int>(config_.num_heads);
-  be.embedding_forward(a.encoded, a.tokens, params_.param("wte"), params_.param("wpe"));
   const Tensor* x = &a.encoded;
-  for (auto& bp : blocks_) {
-    Block& b = *bp;
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    Block& b = *blocks_[l];
     be.layernorm_forward(b.ln1, b.ln1_mean, b.ln1_rstd, *x, b.ln1_w, b.ln1_b, eps);
     be.linear_forward(b.qkv, b.ln1, b.qkv_w, b.qkv_b);
-    be.attention_forward(b.atty, b.att_lse, b.qkv, nh);
+    if (cache)
+      be.attention_kv_forward(b.atty, b.qkv, cache->k[l], cache->v[l], cache->length, nh);
+    else
+      be.attention_forward(b.atty, b.att_lse, b.qkv, nh);
     be.linear_forward(b.attproj, b.atty, b.proj_w, b.proj_b);
     be.residual_forward(b.residual2, *x, b.attproj);
     be.layernorm_forward(b.ln2, b.ln2_mean, b.ln2_rstd, b.residual2, b.ln2_w, b.ln2_b, eps);
@@ -159,9 +172,51 @@ void GPT::run_forward(const Tensor& tokens) {
     be.residual_forward(b.residual3, b.residual2, b.fcproj);
     x = &b.residual3;
   }
-  be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, *x, params_.param("ln_f.weight"),
-                       params_.param("ln_f.bias"), eps);
-  be.linear_forward(a.logits, a.lnf, params_.param("wte"), Tensor{});
+  return *x;
+}
+
+KVCache GPT::make_kv_cache(int64_t batch, int64_t max_len) {
+  LLM_CHECK(batch >= 1 && max_len >= 1 && max_len <= max_pos_, "KV cache of ", max_len,
+            " positions: must be in [1, ", max_pos_, "] (the position table)");
+  KVCache c;
+  c.batch = batch;
+  c.max_len = max_len;
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    c.k.push_back(backend_.empty({batch, max_len, config_.hidden_size}));
+    c.v.push_back(backend_.empty({batch, max_len, config_.hidden_size}));
+  }
+  return c;
+}
+
+const Tensor& GPT::forward_cached(const Tensor& tokens, KVCache& cache) {
+  LLM_CHECK(tokens.dim() == 2 && tokens.size(0) == cache.batch, "forward_cached: tokens ", shape_str(tokens.shape()),
+            " for a cache of batch ", cache.batch);
+  const int64_t B = tokens.size(0), Tn = tokens.size(1), C = config_.hidden_size;
+  if (cache.length + Tn > cache.max_len)
+    throw ConfigError(detail::concat("context full: ", cache.length, " + ", Tn, " tokens exceed the ", cache.max_len,
+                                     "-position context"));
+  ensure_activations(B, Tn);
+  Activations& a = *acts_;
+  Backend& be = backend_;
+  stage(be, a.tokens, tokens, "tokens");
+  // Positions continue where the cache ends: the position table is offset, not the op.
+  be.embedding_forward(a.encoded, a.tokens, params_.param("wte"), params_.param("wpe").slice(0, cache.length, Tn));
+  const Tensor& x = run_blocks(&cache);
+  cache.length += Tn;
+  if (!last_hidden_.defined() || last_hidden_.size(0) != B) {
+    last_hidden_ = be.empty({B, C});
+    last_norm_ = be.empty({B, C});
+    last_logits_ = be.empty({B, config_.padded_vocab_size()});
+  }
+  // Only the last position's logits are needed: LayerNorm and the vocabulary projection run on
+  // those rows alone (the projection is the largest matmul of a decode step).
+  const Tensor rows = x.view({B * Tn, C});
+  for (int64_t b = 0; b < B; ++b) be.copy(last_hidden_.slice(0, b, 1), rows.slice(0, b * Tn + Tn - 1, 1));
+  be.layernorm_forward(last_norm_, a.lnf_mean.slice(0, 0, B), a.lnf_rstd.slice(0, 0, B), last_hidden_,
+                       params_.param("ln_f.weight"), params_.param("ln_f.bias"), config_.layernorm_eps);
+  be.linear_forward(last_logits_, last_norm_, params_.param("wte"), Tensor{});
+  have_loss_ = false;
+  return last_logits_;
 }
 
 void GPT::forward_logits(const Tensor& tokens) {

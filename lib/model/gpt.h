@@ -15,6 +15,12 @@
 
 namespace llm {
 
+// Keys and values of every layer for the tokens seen so far, for generation.
+struct KVCache {
+  int64_t batch = 0, max_len = 0, length = 0;  // length: positions filled
+  std::vector<Tensor> k, v;                     // per layer [batch, max_len, C]
+};
+
 class GPT {
  public:
   // seq_length sizes the position table when config.max_position_embeddings is 0.
@@ -36,6 +42,12 @@ class GPT {
   void backward(float loss_weight = 1.0f);
   void zero_grad();
 
+  // Generation. A cache for `batch` sequences of up to `max_len` positions (<= the position table).
+  KVCache make_kv_cache(int64_t batch, int64_t max_len);
+  // Runs tokens [B, Tn] at positions [cache.length, cache.length + Tn), appending their keys and
+  // values to the cache, and returns the logits [B, Vp] of the last of them.
+  const Tensor& forward_cached(const Tensor& tokens, KVCache& cache);
+
   // [B, T, Vp] logits of the last forward_logits() (or forward() before backward()).
   const Tensor& logits() const;
   // Per-token losses [B*T] of the last forward().
@@ -46,6 +58,8 @@ class GPT {
   struct Activations;
   void ensure_activations(int64_t B, int64_t T);
   void run_forward(const Tensor& tokens);
+  // The transformer blocks over acts_->encoded; with a cache, attention reads and extends it.
+  const Tensor& run_blocks(KVCache* cache);
 
   GPTConfig config_;
   Backend& backend_;
@@ -53,6 +67,7 @@ class GPT {
   ParameterSet params_;
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<Activations> acts_;
+  Tensor last_hidden_, last_norm_, last_logits_;  // forward_cached's [B, C], [B, C], [B, Vp]
   int64_t valid_targets_ = 0;
   bool have_loss_ = false;
 };

@@ -653,3 +653,57 @@ INSTANTIATE_TEST_SUITE_P(Backends, BackendConformance, ::testing::ValuesIn(llm::
                          backend_name);
 
 }  // namespace
+
+// ---- attention with a KV cache (generation) -------------------------------------------------
+
+namespace {
+
+// Feeding a sequence in chunks through the KV cache must give the rows of full causal attention
+// over the whole sequence, and leave the keys and values in the cache.
+void check_attention_kv(llm::Backend& be, int B, int T, int NH, int hd, const std::vector<int>& chunks, uint64_t seed) {
+  SCOPED_TRACE(str({{"B", B}, {"T", T}, {"NH", NH}, {"hd", hd}, {"chunks", (long long)chunks.size()}}));
+  bt::Rng rng(seed);
+  const int C = NH * hd, maxT = T + 3;
+  Vec qkv = rng.normal(size_t(B) * T * 3 * C);
+  Vec rout, rlse;
+  ref::attention_forward(rout, rlse, qkv, B, T, C, NH);
+  Tensor kc = be.upload(bt::host_f32({B, maxT, C}, bt::constant(size_t(B) * maxT * C, bt::kNaN)));
+  Tensor vc = be.upload(bt::host_f32({B, maxT, C}, bt::constant(size_t(B) * maxT * C, bt::kNaN)));
+  int past = 0;
+  for (int n : chunks) {
+    Vec part, want;
+    for (int b = 0; b < B; ++b)
+      for (int t = past; t < past + n; ++t) {
+        part.insert(part.end(), qkv.begin() + (size_t(b) * T + t) * 3 * C, qkv.begin() + (size_t(b) * T + t + 1) * 3 * C);
+        want.insert(want.end(), rout.begin() + (size_t(b) * T + t) * C, rout.begin() + (size_t(b) * T + t + 1) * C);
+      }
+    Tensor out = be.upload(bt::host_f32({B, n, C}, bt::constant(size_t(B) * n * C, bt::kNaN)));
+    be.attention_kv_forward(out, be.upload(bt::host_f32({B, n, 3 * C}, part)), kc, vc, past, NH);
+    be.synchronize();
+    EXPECT_TRUE(bt::all_close("attention_kv out", bt::to_vec(be.download(out)), want, Tol{1e-4, 2e-5}))
+        << "chunk at " << past;
+    past += n;
+  }
+  const Vec k = bt::to_vec(be.download(kc)), v = bt::to_vec(be.download(vc));
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < C; ++j) {
+        ASSERT_EQ(k[(size_t(b) * maxT + t) * C + j], float(qkv[(size_t(b) * T + t) * 3 * C + C + j]));
+        ASSERT_EQ(v[(size_t(b) * maxT + t) * C + j], float(qkv[(size_t(b) * T + t) * 3 * C + 2 * C + j]));
+      }
+}
+
+}  // namespace
+
+TEST_P(BackendConformance, AttentionWithKVCache) {
+  check_attention_kv(be(), 1, 9, 2, 8, {9}, 200);                // prefill only
+  check_attention_kv(be(), 1, 12, 3, 16, {5, 1, 1, 1, 4}, 201);  // prefill, decode, continued prompt
+  check_attention_kv(be(), 2, 70, 2, 64, {64, 1, 1, 4}, 202);
+  check_attention_kv(be(), 3, 7, 1, 8, {1, 1, 1, 1, 1, 1, 1}, 203);
+}
+
+TEST_P(BackendConformance, AttentionWithKVCacheRejectsOverflow) {
+  Tensor kc = be().zeros({1, 4, 8}), vc = be().zeros({1, 4, 8});
+  Tensor out = be().zeros({1, 2, 8}), qkv = be().zeros({1, 2, 24});
+  EXPECT_THROW(be().attention_kv_forward(out, qkv, kc, vc, 3, 1), llm::Error);
+}

@@ -269,3 +269,30 @@ TEST(GPT, ConfigValidationNamesTheFlag) {
   d.vocab_divisible_by = 128;
   EXPECT_EQ(d.padded_vocab_size(), 50304);
 }
+
+// Generation path: prefill + decode through the KV cache gives the logits of the full forward.
+TEST(GPT, KVCacheForwardMatchesFullForward) {
+  GPTConfig c = tiny_config();
+  GPT m(c, cpu_backend(), 4, 40);
+  randomise(m, 21);
+  const int T = 23;
+  Batch b = make_batch(1, T, static_cast<int>(c.vocab_size), 77, false);
+  m.forward_logits(b.tokens);
+  Tensor full = m.logits().clone();  // [1, T, Vp]
+  KVCache cache = m.make_kv_cache(1, 40);
+  const int64_t Vp = c.padded_vocab_size();
+  int pos = 0;
+  for (int n : {9, 1, 1, 5, 1, 6}) {
+    Tensor chunk = Tensor::empty({1, n}, DType::i32);
+    for (int i = 0; i < n; ++i) chunk.data<int32_t>()[i] = b.tok[pos + i];
+    const Tensor& last = m.forward_cached(chunk, cache);
+    pos += n;
+    double worst = 0;
+    for (int64_t v = 0; v < Vp; ++v)
+      worst = std::max(worst, static_cast<double>(std::abs(last.data<float>()[v] - full.data<float>()[(pos - 1) * Vp + v])));
+    EXPECT_LT(worst, 1e-4) << "after " << pos << " tokens";
+  }
+  EXPECT_EQ(cache.length, T);
+  Tensor more = Tensor::zeros({1, 20}, DType::i32);
+  EXPECT_THROW(m.forward_cached(more, cache), ConfigError);  // 23 + 20 > 40
+}

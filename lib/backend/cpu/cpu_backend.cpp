@@ -54,6 +54,10 @@ class CpuBackend final : public Backend {
                           const Tensor& lse, int nh) override {
     cpu::attention_backward(dqkv, dout, qkv, o, lse, nh);
   }
+  void attention_kv_forward(const Tensor& o, const Tensor& qkv, const Tensor& kc, const Tensor& vc, int64_t past,
+                            int nh) override {
+    cpu::attention_kv_forward(o, qkv, kc, vc, past, nh);
+  }
   void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
                              const Tensor& targets, int64_t V) override {
     cpu::cross_entropy_forward(losses, lse, logits, targets, V);

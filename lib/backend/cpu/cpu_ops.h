@@ -22,6 +22,8 @@ void residual_backward(const Tensor& da, const Tensor& db, const Tensor& dout);
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& qkv, int n_head);
 void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
                         const Tensor& out, const Tensor& lse, int n_head);
+void attention_kv_forward(const Tensor& out, const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
+                          int64_t past, int n_head);
 void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
                            const Tensor& targets, int64_t V);
 void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,

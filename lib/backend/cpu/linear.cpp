@@ -25,6 +25,12 @@ void linear_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, 
     for (int64_t i = 0; i < N; ++i) std::copy(b, b + OC, o + i * OC);
     beta = 1.0f;
   }
+  if (N == 1) {
+    // One row (a decode step): a matrix-vector product, bound by reading the weights once.
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(OC), static_cast<int>(C), 1.0f,
+                weight.data<float>(), static_cast<int>(C), inp.data<float>(), 1, beta, o, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(N), static_cast<int>(OC),
               static_cast<int>(C), 1.0f, inp.data<float>(), static_cast<int>(C), weight.data<float>(),
               static_cast<int>(C), beta, o, static_cast<int>(OC));
