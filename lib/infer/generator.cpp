@@ -1,0 +1,98 @@
+#include "infer/generator.h"
+
+#include "core/error.h"
+#include "core/timer.h"
+#include "infer/text_stream.h"
+
+namespace llm {
+
+Generator::Generator(GPT& model, const Tokenizer& tokenizer, int64_t context)
+    : model_(model), tok_(tokenizer), context_(context) {
+  if (tokenizer.vocab_size() > model.config().vocab_size)
+    throw ConfigError(detail::concat("the tokenizer has ", tokenizer.vocab_size(), " tokens but the model only ",
+                                     model.config().vocab_size));
+  cache_ = model_.make_kv_cache(1, context_);
+}
+
+void Generator::reset() {
+  cache_.length = 0;
+  history_.clear();
+}
+
+GenerateStats Generator::generate(const std::string& prompt, const GenerateOptions& o,
+                                  const std::function<void(const std::string&)>& on_text,
+                                  const std::atomic<bool>* cancel,
+                                  const std::function<void(const std::string&)>& on_warning) {
+  o.sampler.validate();
+  if (o.max_new_tokens < 0) throw ConfigError("--max-new-tokens must be >= 0");
+  GenerateStats st;
+  std::vector<int32_t> ids = tok_.encode(prompt);
+  if (ids.empty()) throw ConfigError("the prompt encodes to no tokens");
+  const int64_t room = context_ - cache_.length - 1;  // keep one position to generate into
+  if (static_cast<int64_t>(ids.size()) > room) {
+    if (!o.truncate_prompt || room <= 0)
+      throw ConfigError(detail::concat("the prompt is ", ids.size(), " tokens but only ", std::max<int64_t>(room, 0),
+                                       " of the ", context_, "-token context are free",
+                                       cache_.length ? " (/reset starts a new conversation)" : "",
+                                       " (--truncate-prompt keeps the end of the prompt)"));
+    if (on_warning)
+      on_warning(detail::concat("prompt truncated from the left: ", ids.size(), " -> ", room, " tokens"));
+    ids.erase(ids.begin(), ids.end() - room);
+  }
+  st.prompt_tokens = static_cast<int64_t>(ids.size());
+  history_.insert(history_.end(), ids.begin(), ids.end());
+  Sampler sampler(o.sampler);
+  TextStream stream(o.stop);
+  const int64_t V = tok_.vocab_size();
+
+  Timer prefill;
+  Tensor input = Tensor::empty({1, static_cast<int64_t>(ids.size())}, DType::i32);
+  std::copy(ids.begin(), ids.end(), input.data<int32_t>());
+  const Tensor* logits = &model_.forward_cached(input, cache_);
+  model_.backend().synchronize();
+  st.prefill_seconds = prefill.seconds();
+
+  Timer decode;
+  Tensor one = Tensor::empty({1, 1}, DType::i32);
+  auto emit = [&](const std::string& s) {
+    if (s.empty()) return;
+    st.text += s;
+    if (on_text) on_text(s);
+  };
+  while (true) {
+    if (cancel && cancel->load()) {
+      st.stop_reason = "cancelled";
+      break;
+    }
+    if (st.new_tokens >= o.max_new_tokens) {
+      st.stop_reason = "max-new-tokens";
+      break;
+    }
+    const Tensor host = logits->device().is_cpu() ? *logits : model_.backend().download(*logits);
+    const int32_t next = sampler.sample({host.data<float>(), static_cast<size_t>(V)}, history_, step_++);
+    if (o.stop_at_eod && next == tok_.eod_id()) {
+      st.stop_reason = "eod";
+      break;
+    }
+    if (cache_.length >= context_) {
+      st.stop_reason = "context-full";
+      break;
+    }
+    // Every emitted token also enters the cache, so a later prompt continues the conversation.
+    ++st.new_tokens;
+    history_.push_back(next);
+    one.data<int32_t>()[0] = next;
+    logits = &model_.forward_cached(one, cache_);
+    emit(stream.push(tok_.token_bytes(next)));
+    if (stream.stopped()) {
+      st.stop_reason = "stop-string";
+      break;
+    }
+  }
+  if (!stream.stopped()) emit(stream.flush());
+  model_.backend().synchronize();
+  st.decode_seconds = decode.seconds();
+  return st;
+}
+
+}  // namespace llm

@@ -1,0 +1,56 @@
+// Text generation over a GPT with a KV cache: the prompt is prefilled in one pass, then tokens
+// are decoded one at a time through the sampler chain and streamed as text that never splits a
+// UTF-8 character. A Generator holds one conversation: later prompts continue it (the cache
+// keeps the earlier turns) until reset().
+#pragma once
+#include <atomic>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "data/tokenizer.h"
+#include "infer/sampler.h"
+#include "model/gpt.h"
+
+namespace llm {
+
+struct GenerateOptions {
+  SamplerConfig sampler;
+  int64_t max_new_tokens = 256;
+  std::vector<std::string> stop;  // stop strings (not printed)
+  bool stop_at_eod = true;
+  bool truncate_prompt = false;   // drop the oldest prompt tokens when the prompt does not fit
+};
+
+struct GenerateStats {
+  int64_t prompt_tokens = 0, new_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0;
+  std::string stop_reason;  // "eod" | "max-new-tokens" | "stop-string" | "context-full" | "cancelled"
+  std::string text;         // everything streamed
+};
+
+class Generator {
+ public:
+  // context: the positions available (<= the model's position table).
+  Generator(GPT& model, const Tokenizer& tokenizer, int64_t context);
+  // Generates a continuation of `prompt` (appended to the conversation). on_text receives the
+  // printable text as it is produced; `cancel` (optional) is polled before every token; warnings
+  // (e.g. truncation) go to on_warning.
+  GenerateStats generate(const std::string& prompt, const GenerateOptions& options,
+                         const std::function<void(const std::string&)>& on_text,
+                         const std::atomic<bool>* cancel = nullptr,
+                         const std::function<void(const std::string&)>& on_warning = {});
+  void reset();
+  int64_t context() const { return context_; }
+  int64_t used() const { return cache_.length; }
+
+ private:
+  GPT& model_;
+  const Tokenizer& tok_;
+  int64_t context_;
+  KVCache cache_;
+  std::vector<int32_t> history_;
+  uint64_t step_ = 0;
+};
+
+}  // namespace llm

@@ -1,0 +1,216 @@
+// llm-generate: text generation from a checkpoint in the terminal (interactive), for one
+// prompt, or for a file of prompts (JSON lines out). Sampling options follow llama.cpp.
+#include <omp.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "core/error.h"
+#include "data/json.h"
+#include "data/tokenizer_factory.h"
+#include "infer/generator.h"
+#include "train/checkpointing.h"
+
+using namespace llm;
+
+namespace {
+
+std::atomic<bool> g_interrupt{false};
+extern "C" void on_sigint(int) { g_interrupt.store(true); }
+
+std::unique_ptr<Tokenizer> checkpoint_tokenizer_or_flags(const CheckpointReader& ckpt, TokenizerOptions flags,
+                                                         int64_t model_vocab) {
+  const TokenizerRecord rec = checkpoint_tokenizer(ckpt);
+  TokenizerOptions o = flags;
+  if (o.type.empty()) {
+    o.type = rec.identity.kind;
+    auto file = [&](const char* role) { return rec.files.count(role) ? rec.files.at(role) : std::string(); };
+    o.model = file("model");
+    o.vocab_file = file("vocab");
+    o.merge_file = file("merges");
+    if (o.type == "NullTokenizer") o.vocab_size = model_vocab - 1;
+    if (o.type == "MockData")
+      throw ConfigError(ckpt.dir() + " was trained on --mock-data and has no tokenizer; pass --tokenizer-type "
+                        "NullTokenizer --vocab-size N (ids in, ids out)");
+    if ((o.type == "SentencePieceTokenizer" && o.model.empty()) ||
+        (o.type == "GPT2BPETokenizer" && (o.vocab_file.empty() || o.merge_file.empty())))
+      throw ConfigError(ckpt.dir() + ": the checkpoint records a " + o.type +
+                        " but not its files (train with --tokenizer-model / --vocab-file / --merge-file, or pass them here)");
+  }
+  auto tok = make_tokenizer(o);
+  if (rec.identity.kind != "MockData" && !(tok->identity() == rec.identity))
+    throw ConfigError("the tokenizer " + tok->identity().str() + " differs from the checkpoint's " + rec.identity.str());
+  return tok;
+}
+
+void report(const GenerateStats& s) {
+  std::fprintf(stderr, "[llm-generate] prefill: %lld tokens in %.3f s (%.1f tokens/s); decode: %lld tokens in %.3f s "
+               "(%.2f tokens/s); stop: %s\n",
+               static_cast<long long>(s.prompt_tokens), s.prefill_seconds,
+               s.prefill_seconds > 0 ? s.prompt_tokens / s.prefill_seconds : 0.0, static_cast<long long>(s.new_tokens),
+               s.decode_seconds, s.decode_seconds > 0 ? s.new_tokens / s.decode_seconds : 0.0, s.stop_reason.c_str());
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"llm-generate: generate text from a libllm checkpoint"};
+  app.footer(
+      "Examples:\n"
+      "  llm-generate --load runs/quickstart/ckpt --prompt 'In the beginning' --max-new-tokens 60\n"
+      "  llm-generate --load ckpt                    # interactive on a terminal: /reset, /quit, Ctrl-C stops a reply\n"
+      "  llm-generate --load ckpt --prompt-file prompts.txt --output out.jsonl --temperature 0");
+  std::string load, prompt, prompt_file, output;
+  GenerateOptions go;
+  TokenizerOptions tflags;
+  bool interactive = false, ignore_eod = false;
+  int threads = 0;
+  int64_t context = 0;
+  app.add_option("--load", load, "checkpoint directory, or a --save directory with 'latest'")->required();
+  app.add_option("--prompt", prompt, "generate for this prompt and exit");
+  app.add_option("--prompt-file", prompt_file, "one prompt per line; results as JSON lines (--output)");
+  app.add_option("--output", output, "JSON-lines output for --prompt-file (default stdout)");
+  app.add_flag("--interactive,-i", interactive, "prompt loop (the default when stdin is a terminal)");
+  app.add_option("--max-new-tokens,-n", go.max_new_tokens, "tokens to generate at most")->capture_default_str();
+  app.add_option("--temperature", go.sampler.temperature, "0 = greedy")->capture_default_str();
+  app.add_option("--top-k", go.sampler.top_k, "0 = off")->capture_default_str();
+  app.add_option("--top-p", go.sampler.top_p, "1 = off")->capture_default_str();
+  app.add_option("--min-p", go.sampler.min_p, "0 = off")->capture_default_str();
+  app.add_option("--repeat-penalty", go.sampler.repeat_penalty, "1 = off")->capture_default_str();
+  app.add_option("--repeat-last-n", go.sampler.repeat_last_n, "penalty window (-1 = all history)")->capture_default_str();
+  app.add_option("--seed", go.sampler.seed, "sampling seed")->capture_default_str();
+  app.add_option("--stop", go.stop, "stop string (repeatable); not printed");
+  app.add_flag("--ignore-eod", ignore_eod, "keep generating past the end-of-document token");
+  app.add_flag("--truncate-prompt", go.truncate_prompt, "keep the end of a prompt that does not fit (else an error)");
+  app.add_option("--ctx-size", context, "context positions (0 = the model's position table)")->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads (0 = OMP_NUM_THREADS or all cores)");
+  app.add_option("--tokenizer-type", tflags.type, "override the checkpoint's tokenizer");
+  app.add_option("--tokenizer-model", tflags.model, "SentencePiece model file");
+  app.add_option("--vocab-file", tflags.vocab_file, "GPT-2 vocabulary file");
+  app.add_option("--merge-file", tflags.merge_file, "GPT-2 merges file");
+  app.add_option("--vocab-size", tflags.vocab_size, "NullTokenizer vocabulary size");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (threads > 0) omp_set_num_threads(threads);
+  go.stop_at_eod = !ignore_eod;
+  go.sampler.validate();
+
+  CheckpointReader ckpt = CheckpointReader::open(load);
+  const GPTConfig config = checkpoint_model_config(ckpt);
+  GPT model(config, cpu_backend(), 0, config.max_position_embeddings);
+  load_model_parameters(ckpt, model.parameters());
+  auto tok = checkpoint_tokenizer_or_flags(ckpt, tflags, config.vocab_size);
+  if (context <= 0 || context > config.max_position_embeddings) context = config.max_position_embeddings;
+  Generator gen(model, *tok, context);
+  std::fprintf(stderr, "[llm-generate] %s: %lld layers, hidden %lld, %lld heads, context %lld, tokenizer %s\n",
+               ckpt.dir().c_str(), static_cast<long long>(config.num_layers),
+               static_cast<long long>(config.hidden_size), static_cast<long long>(config.num_heads),
+               static_cast<long long>(context), tok->identity().str().c_str());
+  auto print = [](const std::string& s) {
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+  };
+  auto warn = [](const std::string& w) { std::fprintf(stderr, "[llm-generate] warning: %s\n", w.c_str()); };
+
+  if (!prompt_file.empty()) {
+    std::ifstream in(prompt_file);
+    if (!in) throw ConfigError(prompt_file + ": cannot read");
+    std::ofstream file_out;
+    if (!output.empty()) {
+      file_out.open(output);
+      if (!file_out) throw ConfigError(output + ": cannot write");
+    }
+    std::ostream& out = output.empty() ? std::cout : file_out;
+    std::string line;
+    int64_t n = 0;
+    GenerateStats total;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      gen.reset();  // prompts are independent
+      const GenerateStats s = gen.generate(line, go, {}, nullptr, warn);
+      out << "{\"prompt\": " << json::quote(line) << ", \"completion\": " << json::quote(s.text)
+          << ", \"prompt_tokens\": " << s.prompt_tokens << ", \"new_tokens\": " << s.new_tokens
+          << ", \"stop_reason\": " << json::quote(s.stop_reason) << "}\n";
+      ++n;
+      total.prompt_tokens += s.prompt_tokens;
+      total.new_tokens += s.new_tokens;
+      total.prefill_seconds += s.prefill_seconds;
+      total.decode_seconds += s.decode_seconds;
+    }
+    total.stop_reason = std::to_string(n) + " prompts";
+    report(total);
+    return 0;
+  }
+  if (!prompt.empty() && !interactive) {
+    const GenerateStats s = gen.generate(prompt, go, print, nullptr, warn);
+    print("\n");
+    report(s);
+    return 0;
+  }
+  if (!interactive && !::isatty(STDIN_FILENO)) {
+    // piped stdin without --prompt: the whole input is one prompt
+    std::string all((std::istreambuf_iterator<char>(std::cin)), {});
+    const GenerateStats s = gen.generate(all, go, print, nullptr, warn);
+    print("\n");
+    report(s);
+    return 0;
+  }
+  // Interactive: Ctrl-C stops the current reply; at the prompt it ends the program.
+  struct sigaction sa {};
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: a Ctrl-C at the prompt interrupts the read
+  sigaction(SIGINT, &sa, nullptr);
+  std::fprintf(stderr, "[llm-generate] type a prompt; /reset starts over, /quit (or Ctrl-D) exits, Ctrl-C stops a reply\n");
+  GenerateStats total;
+  while (true) {
+    std::fprintf(stderr, "\n> ");
+    std::fflush(stderr);
+    std::string line;
+    g_interrupt.store(false);
+    if (!std::getline(std::cin, line)) break;
+    if (line == "/quit" || line == "/exit") break;
+    if (line == "/reset") {
+      gen.reset();
+      std::fprintf(stderr, "[llm-generate] conversation reset\n");
+      continue;
+    }
+    if (line.empty()) continue;
+    try {
+      const GenerateStats s = gen.generate(line, go, print, &g_interrupt, warn);
+      print("\n");
+      if (s.stop_reason == "cancelled") std::fprintf(stderr, "[llm-generate] stopped\n");
+      total.prompt_tokens += s.prompt_tokens;
+      total.new_tokens += s.new_tokens;
+      total.prefill_seconds += s.prefill_seconds;
+      total.decode_seconds += s.decode_seconds;
+      total.stop_reason = s.stop_reason;
+    } catch (const ConfigError& e) {
+      std::fprintf(stderr, "[llm-generate] %s\n", e.what());
+    }
+  }
+  report(total);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int rc = 0;
+  try {
+    rc = run(argc, argv);
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "llm-generate: error: %s\n", e.what());
+    rc = 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "llm-generate: error: %s\n", e.what());
+    rc = 1;
+  }
+  return rc;
+}
