@@ -11,9 +11,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Shortest decimal that reads back as the same double.
 std::string num(double v) {
   char buf[40];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
+  for (int digits = 15; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
   return buf;
 }
 
@@ -61,7 +65,40 @@ void read_into(const CheckpointReader& ckpt, const std::string& category, const 
   ckpt.read(category, name, b, dst.slice(0, 0, rows));
 }
 
+// "tokenizer": {...} with the files copied into the checkpoint.
+std::string tokenizer_fields(CheckpointWriter& w, const TokenizerRecord& tokenizer) {
+  std::ostringstream f;
+  f << "\"tokenizer\": {\"kind\": " << json::quote(tokenizer.identity.kind)
+    << ", \"hash\": " << json::quote(tokenizer.identity.hash) << ", \"files\": {";
+  bool first = true;
+  for (const auto& [role, path] : tokenizer.files) {
+    const std::string rel = w.add_file(path, "tokenizer/" + fs::path(path).filename().string());
+    f << (first ? "" : ", ") << json::quote(role) << ": " << json::quote(rel);
+    first = false;
+  }
+  f << "}}";
+  return f.str();
+}
+
+const char* kSingleProcessLayout =
+    "\"layout\": {\"world_size\": 1, \"data_parallel\": 1, \"tensor_parallel\": 1, \"pipeline_parallel\": 1, "
+    "\"zero_stage\": 0}";
+
 }  // namespace
+
+std::string save_model_checkpoint(const std::string& save_root, int64_t iteration, const GPTConfig& config,
+                                  const ParameterSet& params, const TokenizerRecord& tokenizer,
+                                  const std::string& extra_fields) {
+  CheckpointWriter w(save_root, iteration);
+  const Tensor& flat = params.flat_params();
+  LLM_CHECK(flat.device().is_cpu(), "save_model_checkpoint: host parameters expected");
+  for (const ParamSpec& s : params.specs())
+    w.add("model", s.name, s.shape, Box::whole(s.shape), flat.flat(s.offset, numel(s.shape)).view(s.shape));
+  std::string f = "\"model\": " + model_json(config) + ",\n  " + tokenizer_fields(w, tokenizer) + ",\n  " +
+                  kSingleProcessLayout + ",\n  \"consumed_samples\": 0, \"consumed_tokens\": 0, \"nan_iterations\": 0";
+  if (!extra_fields.empty()) f += ",\n  " + extra_fields;
+  return w.commit(f);
+}
 
 GPTConfig checkpoint_model_config(const CheckpointReader& ckpt) {
   const std::string where = ckpt.dir() + "/metadata.json";
@@ -113,17 +150,7 @@ std::string save_training_checkpoint(const std::string& save_root, const TrainAr
   }
   std::ostringstream f;
   f << "\"model\": " << model_json(model.config());
-  f << ",\n  \"tokenizer\": {\"kind\": " << json::quote(tokenizer.identity.kind)
-    << ", \"hash\": " << json::quote(tokenizer.identity.hash) << ", \"files\": {";
-  bool first = true;
-  for (const auto& [role, path] : tokenizer.files) {
-    const std::string rel = w.add_file(path, "tokenizer/" + fs::path(path).filename().string());
-    f << (first ? "" : ", ") << json::quote(role) << ": " << json::quote(rel);
-    first = false;
-  }
-  f << "}}";
-  f << ",\n  \"layout\": {\"world_size\": 1, \"data_parallel\": 1, \"tensor_parallel\": 1, \"pipeline_parallel\": 1, "
-       "\"zero_stage\": 0}";
+  f << ",\n  " << tokenizer_fields(w, tokenizer) << ",\n  " << kSingleProcessLayout;
   f << ",\n  \"consumed_samples\": " << trainer.consumed_samples()
     << ", \"consumed_tokens\": " << trainer.consumed_samples() * args.seq_length
     << ", \"nan_iterations\": " << trainer.nan_iterations();
@@ -136,7 +163,7 @@ std::string save_training_checkpoint(const std::string& save_root, const TrainAr
     << num(oc.weight_decay) << ", \"clip_grad\": " << num(oc.clip_grad) << "}";
   f << ",\n  \"rng\": {\"seed\": " << args.seed << "}";
   f << ",\n  \"args\": {";
-  first = true;
+  bool first = true;
   for (const OptionSpec& o : train_options()) {
     f << (first ? "" : ", ") << json::quote(o.name) << ": " << json::quote(o.get(args));
     first = false;

@@ -39,6 +39,13 @@ struct LoadResult {
 // key and both values.
 LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, const LoadOptions& options);
 
+// Writes a weights-only checkpoint (no optimizer state; iteration and consumed samples as given,
+// e.g. 0 for an imported model): what `llm-ckpt import` produces. Load it with --finetune or
+// --no-load-optim.
+std::string save_model_checkpoint(const std::string& save_root, int64_t iteration, const GPTConfig& config,
+                                  const ParameterSet& params, const TokenizerRecord& tokenizer,
+                                  const std::string& extra_fields = "");
+
 // The model config recorded in a checkpoint (for llm-generate and llm-ckpt).
 GPTConfig checkpoint_model_config(const CheckpointReader& ckpt);
 // Loads only the parameters into a model built from checkpoint_model_config().

@@ -1,0 +1,185 @@
+// llm-ckpt: inspect, verify, convert, and exchange checkpoints with Hugging Face GPT-2.
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "core/error.h"
+#include "data/tokenizer_factory.h"
+#include "io/checkpoint_convert.h"
+#include "io/hf_gpt2.h"
+#include "model/gpt.h"
+#include "train/checkpointing.h"
+
+using namespace llm;
+namespace fs = std::filesystem;
+
+namespace {
+
+int inspect(const std::string& path, bool norms) {
+  CheckpointReader ckpt = CheckpointReader::open(path);
+  const json::Value& m = ckpt.metadata();
+  const GPTConfig c = checkpoint_model_config(ckpt);
+  std::printf("checkpoint %s (iteration %lld)\n", ckpt.dir().c_str(), static_cast<long long>(ckpt.iteration()));
+  std::printf("  model: %lld layers, hidden %lld, %lld heads, ffn %lld, vocab %lld (padded %lld), positions %lld\n",
+              static_cast<long long>(c.num_layers), static_cast<long long>(c.hidden_size),
+              static_cast<long long>(c.num_heads), static_cast<long long>(c.ffn()),
+              static_cast<long long>(c.vocab_size), static_cast<long long>(c.padded_vocab_size()),
+              static_cast<long long>(c.max_position_embeddings));
+  for (const char* key : {"tokenizer", "layout", "lr_schedule", "optimizer", "rng", "conversion"})
+    if (const json::Value* v = m.find(key)) std::printf("  %s: %s\n", key, to_json(*v).c_str());
+  if (const json::Value* v = m.find("consumed_samples"))
+    std::printf("  consumed samples: %lld\n", static_cast<long long>(v->as_int()));
+  std::map<std::string, int64_t> pieces_per_file;
+  size_t bytes = 0;
+  for (const PieceInfo& p : ckpt.pieces()) {
+    ++pieces_per_file[p.file];
+    bytes += static_cast<size_t>(numel(p.box.extent)) * dtype_size(p.dtype);
+  }
+  std::printf("  %zu pieces in %zu file(s), %.1f MB of tensor data\n", ckpt.pieces().size(), pieces_per_file.size(),
+              static_cast<double>(bytes) / 1e6);
+  std::printf("  %-40s %-18s %-6s %6s %s\n", "tensor (model)", "shape", "dtype", "pieces", norms ? "L2 norm" : "");
+  for (const std::string& name : ckpt.names("model")) {
+    int pieces = 0;
+    std::string dtype;
+    for (const PieceInfo& p : ckpt.pieces())
+      if (p.category == "model" && p.name == name) {
+        ++pieces;
+        dtype = std::string(dtype_name(p.dtype));
+      }
+    std::string norm;
+    if (norms) {
+      Tensor t = ckpt.read_whole("model", name);
+      double s = 0;
+      for (float x : t.span<float>()) s += static_cast<double>(x) * x;
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.6g", std::sqrt(s));
+      norm = buf;
+    }
+    std::printf("  %-40s %-18s %-6s %6d %s\n", name.c_str(), shape_str(ckpt.global_shape("model", name)).c_str(),
+                dtype.c_str(), pieces, norm.c_str());
+  }
+  for (const char* cat : {"optimizer/exp_avg", "optimizer/exp_avg_sq"})
+    std::printf("  %s: %zu tensors\n", cat, ckpt.names(cat).size());
+  return 0;
+}
+
+HFTokenizerFiles hf_tokenizer_of(const CheckpointReader& ckpt) {
+  const TokenizerRecord rec = checkpoint_tokenizer(ckpt);
+  HFTokenizerFiles t;
+  auto file = [&](const char* role) { return rec.files.count(role) ? rec.files.at(role) : std::string(); };
+  if (rec.identity.kind == "GPT2BPETokenizer" && !file("vocab").empty()) {
+    t.kind = HFTokenizerFiles::Kind::gpt2_bpe;
+    t.vocab_file = file("vocab");
+    t.merge_file = file("merges");
+    t.eod_id = make_tokenizer({rec.identity.kind, "", t.vocab_file, t.merge_file, 0})->eod_id();
+  } else if (rec.identity.kind == "SentencePieceTokenizer" && !file("model").empty()) {
+    t.kind = HFTokenizerFiles::Kind::sentencepiece;
+    t.model_file = file("model");
+    t.eod_id = make_tokenizer({rec.identity.kind, t.model_file, "", "", 0})->eod_id();
+  }
+  return t;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"llm-ckpt: inspect, verify, convert and exchange libllm checkpoints"};
+  app.footer(
+      "Examples:\n"
+      "  llm-ckpt inspect runs/ckpt                        # config, layout, tensors (--norms adds L2 norms)\n"
+      "  llm-ckpt verify runs/ckpt                         # checksums + every element stored exactly once\n"
+      "  llm-ckpt convert runs/ckpt --output runs/ckpt-bf16 --dtype bf16 --shards 4\n"
+      "  llm-ckpt export runs/ckpt --format hf-gpt2 --output hf/\n"
+      "  llm-ckpt import hf/ --format hf-gpt2 --output runs/imported");
+  app.require_subcommand(1);
+  std::string path, output, format = "hf-gpt2", dtype = "f32";
+  bool norms = false, no_optimizer = false, overwrite = false;
+  int shards = 1;
+  auto* ins = app.add_subcommand("inspect", "print the config, layout and tensors of a checkpoint");
+  ins->add_option("checkpoint", path, "iteration directory or save directory")->required();
+  ins->add_flag("--norms", norms, "also print each parameter's L2 norm (reads all data)");
+  auto* ver = app.add_subcommand("verify", "check every checksum and that every tensor is covered exactly once");
+  ver->add_option("checkpoint", path, "iteration directory or save directory")->required();
+  auto* conv = app.add_subcommand("convert", "rewrite with another dtype / number of shards, optionally without optimizer");
+  conv->add_option("checkpoint", path, "source")->required();
+  conv->add_option("--output", output, "destination save directory")->required();
+  conv->add_option("--dtype", dtype, "f32 | bf16 | f16")->capture_default_str();
+  conv->add_option("--shards", shards, "pieces per tensor, one file each (1 = merge into one file)")->capture_default_str();
+  conv->add_flag("--no-optimizer", no_optimizer, "drop the optimizer state");
+  auto* exp = app.add_subcommand("export", "write a Hugging Face model directory");
+  exp->add_option("checkpoint", path, "source")->required();
+  exp->add_option("--format", format, "hf-gpt2")->capture_default_str();
+  exp->add_option("--output", output, "directory to create")->required();
+  exp->add_flag("--overwrite", overwrite, "replace an existing output directory");
+  auto* imp = app.add_subcommand("import", "read a Hugging Face model directory into a checkpoint (iteration 0)");
+  imp->add_option("directory", path, "Hugging Face model directory")->required();
+  imp->add_option("--format", format, "hf-gpt2")->capture_default_str();
+  imp->add_option("--output", output, "save directory to write the checkpoint into")->required();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (*ins) return inspect(path, norms);
+  if (*ver) {
+    CheckpointReader ckpt = CheckpointReader::open(path);
+    const int64_t n = ckpt.verify();
+    std::printf("OK %s: %lld tensors in %zu pieces, checksums match, every element stored exactly once\n",
+                ckpt.dir().c_str(), static_cast<long long>(n), ckpt.pieces().size());
+    return 0;
+  }
+  if (*conv) {
+    ConvertOptions o;
+    o.dtype = dtype == "bf16" ? DType::bf16 : dtype == "f16" ? DType::f16 : DType::f32;
+    if (dtype != "f32" && dtype != "bf16" && dtype != "f16") throw ConfigError("--dtype must be f32, bf16 or f16");
+    o.shards = shards;
+    o.keep_optimizer = !no_optimizer;
+    std::printf("wrote %s\n", convert_checkpoint(path, output, o).c_str());
+    return 0;
+  }
+  if (format != "hf-gpt2") throw ConfigError("--format: only hf-gpt2 is supported, got '" + format + "'");
+  if (*exp) {
+    CheckpointReader ckpt = CheckpointReader::open(path);
+    const GPTConfig c = checkpoint_model_config(ckpt);
+    export_hf_gpt2(output, c, [&](const std::string& name) { return ckpt.read_whole("model", name); },
+                   hf_tokenizer_of(ckpt), overwrite);
+    std::printf("exported %s -> %s (model.safetensors, config.json%s)\n", ckpt.dir().c_str(), output.c_str(),
+                hf_tokenizer_of(ckpt).kind == HFTokenizerFiles::Kind::none ? "" : ", tokenizer files");
+    return 0;
+  }
+  // import
+  HFGpt2Import hf = import_hf_gpt2(path);
+  GPT model(hf.config, cpu_backend(), 0, hf.config.max_position_embeddings);
+  for (const ParamSpec& s : model.parameters().specs()) {
+    auto it = hf.params.find(s.name);
+    if (it == hf.params.end()) throw ConfigError(path + ": no tensor for '" + s.name + "'");
+    model.parameters().param(s.name).copy_from(it->second);
+  }
+  TokenizerRecord tok;
+  if (hf.tokenizer.kind == HFTokenizerFiles::Kind::gpt2_bpe) {
+    auto t = make_tokenizer({"GPT2BPETokenizer", "", hf.tokenizer.vocab_file, hf.tokenizer.merge_file, 0});
+    tok = {t->identity(), {{"vocab", hf.tokenizer.vocab_file}, {"merges", hf.tokenizer.merge_file}}};
+  } else if (hf.tokenizer.kind == HFTokenizerFiles::Kind::sentencepiece) {
+    auto t = make_tokenizer({"SentencePieceTokenizer", hf.tokenizer.model_file, "", "", 0});
+    tok = {t->identity(), {{"model", hf.tokenizer.model_file}}};
+  } else {
+    tok = {{"NullTokenizer", std::to_string(hf.config.vocab_size - 1)}, {}};
+  }
+  const std::string dir = save_model_checkpoint(output, 0, hf.config, model.parameters(), tok,
+                                                "\"imported_from\": " + json::quote(fs::absolute(path).string()));
+  std::printf("imported %s -> %s (load it with --finetune or --no-load-optim)\n", path.c_str(), dir.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "llm-ckpt: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "llm-ckpt: error: %s\n", e.what());
+    return 1;
+  }
+}
