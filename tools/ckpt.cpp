@@ -162,7 +162,7 @@ int run(int argc, char** argv) {
     auto t = make_tokenizer({"SentencePieceTokenizer", hf.tokenizer.model_file, "", "", 0});
     tok = {t->identity(), {{"model", hf.tokenizer.model_file}}};
   } else {
-    tok = {{"NullTokenizer", std::to_string(hf.config.vocab_size - 1)}, {}};
+    tok = {{"None", ""}, {}};  // no tokenizer files in the directory: llm-generate then needs --tokenizer-type
   }
   const std::string dir = save_model_checkpoint(output, 0, hf.config, model.parameters(), tok,
                                                 "\"imported_from\": " + json::quote(fs::absolute(path).string()));

@@ -34,16 +34,18 @@ std::unique_ptr<Tokenizer> checkpoint_tokenizer_or_flags(const CheckpointReader&
     o.vocab_file = file("vocab");
     o.merge_file = file("merges");
     if (o.type == "NullTokenizer") o.vocab_size = model_vocab - 1;
-    if (o.type == "MockData")
-      throw ConfigError(ckpt.dir() + " was trained on --mock-data and has no tokenizer; pass --tokenizer-type "
-                        "NullTokenizer --vocab-size N (ids in, ids out)");
+    if (o.type == "MockData" || o.type == "None")
+      throw ConfigError(ckpt.dir() + " records no tokenizer (" +
+                        (o.type == "MockData" ? "trained on --mock-data" : "imported without tokenizer files") +
+                        "); pass --tokenizer-type (e.g. NullTokenizer --vocab-size N: ids in, ids out)");
     if ((o.type == "SentencePieceTokenizer" && o.model.empty()) ||
         (o.type == "GPT2BPETokenizer" && (o.vocab_file.empty() || o.merge_file.empty())))
       throw ConfigError(ckpt.dir() + ": the checkpoint records a " + o.type +
                         " but not its files (train with --tokenizer-model / --vocab-file / --merge-file, or pass them here)");
   }
   auto tok = make_tokenizer(o);
-  if (rec.identity.kind != "MockData" && !(tok->identity() == rec.identity))
+  const bool unknown = rec.identity.kind == "MockData" || rec.identity.kind == "None";
+  if (!unknown && !(tok->identity() == rec.identity))
     throw ConfigError("the tokenizer " + tok->identity().str() + " differs from the checkpoint's " + rec.identity.str());
   return tok;
 }

@@ -11,6 +11,10 @@
 //   tokenizer files     vocab.json + merges.txt (GPT-2 byte-level BPE; the same files as GPT-2's
 //                       encoder.json + vocab.bpe) or tokenizer.model (SentencePiece).
 //
+// No tokenizer_config.json is written: with model_type "gpt2", transformers' AutoTokenizer loads
+// vocab.json + merges.txt as GPT2Tokenizer(Fast) by itself; a SentencePiece tokenizer.model needs
+// the loading side to name its tokenizer class.
+//
 // Our parameter names are GPT-2's without the "transformer." prefix ("wte", "wpe",
 // "h.{i}.ln_1.weight", ...; see model/gpt.h), so conversion is a rename, a transpose of the four
 // Conv1D weights per layer, and cutting/padding wte's vocabulary rows. Values are copied as f32

@@ -20,7 +20,8 @@
 // exactly), and metadata values that are not strings. Tensor data is read with pread() from a
 // descriptor held open by the SafetensorsFile into a fresh 64-byte aligned host tensor: no
 // mapping outlives the file object and a tensor owns its bytes (no mmap lifetime or SIGBUS on a
-// truncated file; a file truncated after open() is reported as a ConfigError at read()).
+// truncated file; a file truncated after open() is reported as a ConfigError at read()). The
+// const readers may run concurrently from several threads (pread has no shared file position).
 #pragma once
 #include <cstdint>
 #include <functional>
