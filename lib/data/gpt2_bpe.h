@@ -3,6 +3,8 @@
 // bytes are merged by rank, and the ids are those of encoder.json/vocab.json. The end-of-document
 // id is that of "<|endoftext|>" (50256 in GPT-2's files), which is never produced from text:
 // "<|endoftext|>" in the text is encoded as ordinary characters, as every reference does.
+// Ids match the JavaScript port of encoder.py (npm gpt-3-encoder) on any text; Python's encoder
+// differs from it only in taking U+0085 rather than U+FEFF for whitespace (see gpt2_bpe.cpp).
 //
 // Text that is not valid UTF-8 is repaired first: each maximal ill-formed subsequence becomes
 // U+FFFD (what JavaScript's TextDecoder does), so the ids are those of the repaired text and
@@ -29,12 +31,13 @@ class GPT2BPETokenizer final : public Tokenizer {
 
   // Thread-safe: concurrent calls share the read-only tables and keep per-thread caches.
   std::vector<int32_t> encode(std::string_view text) const override;
-  // Appends the ids of `text` to `out` (no reallocation of a reserved vector).
+  // Appends the ids of `text` to `out`, so callers can reuse one buffer across documents.
   void encode_append(std::string_view text, std::vector<int32_t>& out) const;
   std::string decode(std::span<const int32_t> ids) const override;
   std::string token_bytes(int32_t id) const override;
   int64_t vocab_size() const override;
   int32_t eod_id() const override;
+  // kind "GPT2BPETokenizer", hash = hash_bytes(hash_file(vocab) + hash_file(merges)).
   TokenizerIdentity identity() const override;
 
   // The pre-tokenisation alone: the regex's matches in order (their concatenation is the
