@@ -157,7 +157,11 @@ int preprocess(const Mpi& mpi, const InputFlags& in, const TokenizerFlags& tf, c
     }
   }
   MPI_Barrier(MPI_COMM_WORLD);
-  const int64_t docs = mpi.sum(st.input.documents), tokens = mpi.sum(st.tokens), bytes = mpi.sum(st.input.bytes);
+  // Input size: each rank's byte range (ranks past the first also scan text before their range
+  // to find document starts, which st.input.bytes would count twice); stdin has no range.
+  const bool ranged = reader.bytes_to_read() > 0 && reader.bytes_to_read() < (int64_t{1} << 60);
+  const int64_t docs = mpi.sum(st.input.documents), tokens = mpi.sum(st.tokens);
+  const int64_t bytes = mpi.sum(ranged ? reader.bytes_to_read() : st.input.bytes);
   const int64_t empty = mpi.sum(st.input.empty_skipped), bad = mpi.sum(st.input.bad_json_skipped);
   const int64_t fixed = mpi.sum(st.input.utf8_replaced);
   double seconds = st.seconds;
