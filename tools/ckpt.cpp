@@ -65,18 +65,17 @@ int inspect(const std::string& path, bool norms) {
 }
 
 HFTokenizerFiles hf_tokenizer_of(const CheckpointReader& ckpt) {
-  const TokenizerRecord rec = checkpoint_tokenizer(ckpt);
+  const TokenizerOptions o = tokenizer_options(checkpoint_tokenizer(ckpt));
   HFTokenizerFiles t;
-  auto file = [&](const char* role) { return rec.files.count(role) ? rec.files.at(role) : std::string(); };
-  if (rec.identity.kind == "GPT2BPETokenizer" && !file("vocab").empty()) {
+  if (o.type == "GPT2BPETokenizer" && !o.vocab_file.empty() && !o.merge_file.empty()) {
     t.kind = HFTokenizerFiles::Kind::gpt2_bpe;
-    t.vocab_file = file("vocab");
-    t.merge_file = file("merges");
-    t.eod_id = make_tokenizer({rec.identity.kind, "", t.vocab_file, t.merge_file, 0})->eod_id();
-  } else if (rec.identity.kind == "SentencePieceTokenizer" && !file("model").empty()) {
+    t.vocab_file = o.vocab_file;
+    t.merge_file = o.merge_file;
+    t.eod_id = make_tokenizer(o)->eod_id();
+  } else if (o.type == "SentencePieceTokenizer" && !o.model.empty()) {
     t.kind = HFTokenizerFiles::Kind::sentencepiece;
-    t.model_file = file("model");
-    t.eod_id = make_tokenizer({rec.identity.kind, t.model_file, "", "", 0})->eod_id();
+    t.model_file = o.model;
+    t.eod_id = make_tokenizer(o)->eod_id();
   }
   return t;
 }

@@ -28,11 +28,7 @@ std::unique_ptr<Tokenizer> checkpoint_tokenizer_or_flags(const CheckpointReader&
   const TokenizerRecord rec = checkpoint_tokenizer(ckpt);
   TokenizerOptions o = flags;
   if (o.type.empty()) {
-    o.type = rec.identity.kind;
-    auto file = [&](const char* role) { return rec.files.count(role) ? rec.files.at(role) : std::string(); };
-    o.model = file("model");
-    o.vocab_file = file("vocab");
-    o.merge_file = file("merges");
+    o = tokenizer_options(rec);
     if (o.type == "NullTokenizer") o.vocab_size = model_vocab - 1;
     if (o.type == "MockData" || o.type == "None")
       throw ConfigError(ckpt.dir() + " records no tokenizer (" +

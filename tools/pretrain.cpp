@@ -1,6 +1,5 @@
 // llm-pretrain: GPT pretraining. Megatron's flags, a YAML config holding the same keys (flags
 // override it), Megatron's log line, and a JSON-lines metrics file in --output-dir.
-#include <mpi.h>
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
@@ -13,6 +12,7 @@
 #include <map>
 
 #include "backend/backend.h"
+#include "comm/mpi_session.h"
 #include "core/error.h"
 #include "model/gpt.h"
 #include "core/timer.h"
@@ -31,16 +31,6 @@ namespace {
 std::atomic<int> g_stop_signal{0};
 extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
 
-struct Mpi {
-  int rank = 0, size = 1;
-  Mpi(int* argc, char*** argv) {
-    MPI_Init(argc, argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-  }
-  ~Mpi() { MPI_Finalize(); }
-};
-
 std::string exe_dir(const char* argv0) {
   std::error_code ec;
   auto p = std::filesystem::canonical("/proc/self/exe", ec);
@@ -48,7 +38,7 @@ std::string exe_dir(const char* argv0) {
   return p.parent_path().string();
 }
 
-int run(int argc, char** argv, const Mpi& mpi) {
+int run(int argc, char** argv, const MpiSession& mpi) {
   CLI::App app{"llm-pretrain: GPT pretraining (Megatron flag names)"};
   app.footer(
       "Options may also come from a YAML file (--config) under the same names without '--';\n"
@@ -74,7 +64,7 @@ int run(int argc, char** argv, const Mpi& mpi) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return mpi.rank == 0 ? app.exit(e) : (e.get_exit_code() ? 2 : 0);
+    return mpi.rank() == 0 ? app.exit(e) : (e.get_exit_code() ? 2 : 0);
   }
 
   TrainArgs args;
@@ -97,11 +87,11 @@ int run(int argc, char** argv, const Mpi& mpi) {
     }
   args.model = model_name;
 
-  if (mpi.size > 1)
-    throw ConfigError(detail::concat("running on ", mpi.size,
+  if (mpi.size() > 1)
+    throw ConfigError(detail::concat("running on ", mpi.size(),
                                      " ranks: this build trains on one process (mpirun -np 1); "
                                      "data/tensor/pipeline parallelism is not available yet"));
-  args.data_parallel_size = mpi.size;
+  args.data_parallel_size = mpi.size();
   args.resolve_defaults();
   args.validate();
   if (args.threads > 0) omp_set_num_threads(static_cast<int>(args.threads));
@@ -164,7 +154,7 @@ int run(int argc, char** argv, const Mpi& mpi) {
   std::printf("> global batch %lld = micro-batch %lld x %lld accumulation steps x %d ranks; seq %lld; "
               "%s backend, %d threads\n",
               static_cast<long long>(args.global_batch_size), static_cast<long long>(args.micro_batch_size),
-              static_cast<long long>(args.micro_batches()), mpi.size, static_cast<long long>(args.seq_length),
+              static_cast<long long>(args.micro_batches()), mpi.size(), static_cast<long long>(args.seq_length),
               backend.name().c_str(), omp_get_max_threads());
   std::printf("> TFLOPs column: %s formula; metrics in %s\n",
               args.tflops_formula == "model" ? "model-FLOPs" : "Megatron (Narayanan et al. 2021)",
@@ -199,7 +189,7 @@ int run(int argc, char** argv, const Mpi& mpi) {
       rec.iteration = it;
       rec.consumed_samples = trainer.consumed_samples();
       rec.consumed_tokens = trainer.consumed_samples() * args.seq_length;
-      acc.flush_into(rec, args.global_batch_size, args.seq_length, mpi.size, flops_meg, flops_model);
+      acc.flush_into(rec, args.global_batch_size, args.seq_length, mpi.size(), flops_meg, flops_model);
       std::printf("%s\n", megatron_log_line(rec).c_str());
       std::fflush(stdout);
       metrics.write(rec);
@@ -228,16 +218,16 @@ int run(int argc, char** argv, const Mpi& mpi) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Mpi mpi(&argc, &argv);
+  MpiSession mpi(&argc, &argv);
   try {
     return run(argc, argv, mpi);
   } catch (const ConfigError& e) {
     // Every rank sees the same configuration: one message is enough.
-    if (mpi.rank == 0) std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
+    if (mpi.rank() == 0) std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
     return 2;
   } catch (const std::exception& e) {
-    if (mpi.size > 1)
-      std::fprintf(stderr, "llm-pretrain: error: [rank %d] %s\n", mpi.rank, e.what());
+    if (mpi.size() > 1)
+      std::fprintf(stderr, "llm-pretrain: error: [rank %d] %s\n", mpi.rank(), e.what());
     else
       std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
     return 1;

@@ -1,6 +1,5 @@
 // llm-tokenize: train tokenizers and turn raw text into sharded HDF5 token datasets
 // (Megatron preprocess_data.py flags), in parallel with threads and MPI ranks.
-#include <mpi.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -10,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "comm/mpi_session.h"
 #include "core/error.h"
 #include "data/dataset.h"
 #include "data/megatron_import.h"
@@ -20,33 +20,6 @@
 using namespace llm;
 
 namespace {
-
-struct Mpi {
-  int rank = 0, size = 1;
-  Mpi(int* argc, char*** argv) {
-    MPI_Init(argc, argv);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-  }
-  ~Mpi() { MPI_Finalize(); }
-  bool all_ok(bool ok) const {
-    int mine = ok ? 1 : 0, all = 0;
-    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    return all == 1;
-  }
-  std::string broadcast(std::string s) const {
-    int n = static_cast<int>(s.size());
-    MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    s.resize(static_cast<size_t>(n));
-    MPI_Bcast(s.data(), n, MPI_CHAR, 0, MPI_COMM_WORLD);
-    return s;
-  }
-  int64_t sum(int64_t v) const {
-    int64_t out = 0;
-    MPI_Allreduce(&v, &out, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
-    return out;
-  }
-};
 
 struct TokenizerFlags {
   TokenizerOptions o;
@@ -101,14 +74,14 @@ std::string human_count(double v) {
   return buf;
 }
 
-int preprocess(const Mpi& mpi, const InputFlags& in, const TokenizerFlags& tf, const std::string& out_dir,
+int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags& tf, const std::string& out_dir,
                bool append_eod, int64_t shard_tokens, bool overwrite) {
   if (out_dir.empty()) throw ConfigError("--output-prefix is required");
   auto tokenizer = make_tokenizer(tf.o);
   const DatasetInfo info{tokenizer->identity(), tokenizer->vocab_size(), tokenizer->eod_id()};
   // Refuse an existing output before the work, not after it (rank 0 decides for everyone).
   std::string refused;
-  if (mpi.rank == 0) {
+  if (mpi.rank() == 0) {
     try {
       check_dataset_output(out_dir, overwrite);
     } catch (const ConfigError& e) {
@@ -117,15 +90,15 @@ int preprocess(const Mpi& mpi, const InputFlags& in, const TokenizerFlags& tf, c
   }
   refused = mpi.broadcast(refused);
   if (!refused.empty()) throw ConfigError(refused);
-  DocumentReader reader(in.inputs, in.options(), mpi.rank, mpi.size);
-  const std::string tag = mpi.broadcast(mpi.rank == 0 ? new_staging_tag() : "");
+  DocumentReader reader(in.inputs, in.options(), mpi.rank(), mpi.size());
+  const std::string tag = mpi.broadcast(mpi.rank() == 0 ? new_staging_tag() : "");
   const std::string staging = staging_dir_path(out_dir, tag);
-  const bool progress_bar = mpi.rank == 0 && ::isatty(STDERR_FILENO);
+  const bool progress_bar = mpi.rank() == 0 && ::isatty(STDERR_FILENO);
   const double expected = static_cast<double>(reader.bytes_to_read());
   TokenizeStats st;
   std::string error;
   try {
-    DatasetPartWriter writer(staging, mpi.rank, info, shard_tokens);
+    DatasetPartWriter writer(staging, mpi.rank(), info, shard_tokens);
     TokenizeOptions opt;
     opt.append_eod = append_eod;
     if (progress_bar)
@@ -145,18 +118,18 @@ int preprocess(const Mpi& mpi, const InputFlags& in, const TokenizerFlags& tf, c
   if (progress_bar) std::fprintf(stderr, "\n");
   if (!mpi.all_ok(error.empty())) {
     // every rank is past its writes (all_ok is collective): rank 0 removes the staging area
-    if (mpi.rank == 0) discard_staging_dir(staging);
+    if (mpi.rank() == 0) discard_staging_dir(staging);
     throw ConfigError(error.empty() ? "another rank failed; nothing was written" : error);
   }
-  if (mpi.rank == 0) {
+  if (mpi.rank() == 0) {
     try {
-      publish_dataset(staging, out_dir, info, mpi.size, overwrite);
+      publish_dataset(staging, out_dir, info, mpi.size(), overwrite);
     } catch (...) {
       discard_staging_dir(staging);
       throw;
     }
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  mpi.barrier();
   // Input size: each rank's byte range (ranks past the first also scan text before their range
   // to find document starts, which st.input.bytes would count twice); stdin has no range.
   const bool ranged = reader.bytes_to_read() > 0 && reader.bytes_to_read() < (int64_t{1} << 60);
@@ -164,14 +137,13 @@ int preprocess(const Mpi& mpi, const InputFlags& in, const TokenizerFlags& tf, c
   const int64_t bytes = mpi.sum(ranged ? reader.bytes_to_read() : st.input.bytes);
   const int64_t empty = mpi.sum(st.input.empty_skipped), bad = mpi.sum(st.input.bad_json_skipped);
   const int64_t fixed = mpi.sum(st.input.utf8_replaced);
-  double seconds = st.seconds;
-  MPI_Allreduce(MPI_IN_PLACE, &seconds, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  if (mpi.rank == 0) {
+  const double seconds = mpi.max(st.seconds);
+  if (mpi.rank() == 0) {
     std::printf("[llm-tokenize] wrote %s: %lld documents, %lld tokens (%s) from %.1f MB in %.2f s "
                 "(%.2f MB/s, %s tokens/s; %d rank(s) x %d threads)\n",
                 out_dir.c_str(), static_cast<long long>(docs), static_cast<long long>(tokens),
                 info.tokenizer.str().c_str(), bytes / 1e6, seconds, bytes / 1e6 / std::max(seconds, 1e-9),
-                human_count(tokens / std::max(seconds, 1e-9)).c_str(), mpi.size, omp_get_max_threads());
+                human_count(tokens / std::max(seconds, 1e-9)).c_str(), mpi.size(), omp_get_max_threads());
     std::printf("[llm-tokenize] skipped: %lld empty documents, %lld bad JSON lines; %lld documents had "
                 "invalid UTF-8 replaced\n",
                 static_cast<long long>(empty), static_cast<long long>(bad), static_cast<long long>(fixed));
@@ -179,7 +151,7 @@ int preprocess(const Mpi& mpi, const InputFlags& in, const TokenizerFlags& tf, c
   return 0;
 }
 
-int run(int argc, char** argv, const Mpi& mpi) {
+int run(int argc, char** argv, const MpiSession& mpi) {
   CLI::App app{"llm-tokenize: tokenizers and sharded HDF5 token datasets (Megatron preprocess_data.py flags)"};
   app.footer(
       "Examples:\n"
@@ -242,12 +214,12 @@ int run(int argc, char** argv, const Mpi& mpi) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return mpi.rank == 0 ? app.exit(e) : (e.get_exit_code() ? 2 : 0);
+    return mpi.rank() == 0 ? app.exit(e) : (e.get_exit_code() ? 2 : 0);
   }
   if (workers > 0) omp_set_num_threads(workers);
 
   if (*train) {
-    if (mpi.size > 1) throw ConfigError("train-tokenizer runs on one process (use --workers for threads)");
+    if (mpi.size() > 1) throw ConfigError("train-tokenizer runs on one process (use --workers for threads)");
     // SentencePiece reads one sentence per line: feed it the documents' lines.
     const std::string lines = spm.model_prefix + ".train-input.txt";
     {
@@ -303,7 +275,7 @@ int run(int argc, char** argv, const Mpi& mpi) {
     if (tf.o.type.empty()) throw ConfigError("--from-megatron needs --tokenizer-type (and its files): the .idx does not record one");
     auto tok = make_tokenizer(tf.o);
     if (out_dir.empty()) throw ConfigError("--output-prefix is required");
-    if (mpi.rank == 0) {
+    if (mpi.rank() == 0) {
       const DatasetInfo di{tok->identity(), tok->vocab_size(), tok->eod_id()};
       MegatronImportStats s = import_megatron(from_megatron, out_dir, di, shard_tokens, overwrite);
       std::printf("[llm-tokenize] imported %s: %lld documents, %lld tokens -> %s\n", from_megatron.c_str(),
@@ -319,11 +291,11 @@ int run(int argc, char** argv, const Mpi& mpi) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Mpi mpi(&argc, &argv);
+  MpiSession mpi(&argc, &argv);
   try {
     return run(argc, argv, mpi);
   } catch (const ConfigError& e) {
-    std::fprintf(stderr, "llm-tokenize: error: %s%s\n", mpi.size > 1 ? ("[rank " + std::to_string(mpi.rank) + "] ").c_str() : "", e.what());
+    std::fprintf(stderr, "llm-tokenize: error: %s%s\n", mpi.size() > 1 ? ("[rank " + std::to_string(mpi.rank()) + "] ").c_str() : "", e.what());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "llm-tokenize: error: %s\n", e.what());

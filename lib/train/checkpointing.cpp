@@ -127,6 +127,11 @@ TokenizerRecord checkpoint_tokenizer(const CheckpointReader& ckpt) {
   return r;
 }
 
+TokenizerOptions tokenizer_options(const TokenizerRecord& record) {
+  auto file = [&](const char* role) { return record.files.count(role) ? record.files.at(role) : std::string(); };
+  return TokenizerOptions{record.identity.kind, file("model"), file("vocab"), file("merges"), 0};
+}
+
 void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params) {
   LLM_CHECK(params.flat_params().device().is_cpu(), "load_model_parameters: host parameters expected");
   for (const ParamSpec& s : params.specs()) read_into(ckpt, "model", s.name, params.param(s.name));

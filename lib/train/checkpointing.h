@@ -8,6 +8,7 @@
 #include <string>
 
 #include "data/tokenizer.h"
+#include "data/tokenizer_factory.h"
 #include "io/checkpoint.h"
 #include "model/config.h"
 #include "train/trainer.h"
@@ -52,5 +53,7 @@ GPTConfig checkpoint_model_config(const CheckpointReader& ckpt);
 void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params);
 // The tokenizer recorded in a checkpoint: identity, and the files' paths inside it.
 TokenizerRecord checkpoint_tokenizer(const CheckpointReader& ckpt);
+// The factory options for a recorded tokenizer (type = its kind, files by role).
+TokenizerOptions tokenizer_options(const TokenizerRecord& record);
 
 }  // namespace llm
