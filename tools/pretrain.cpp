@@ -12,10 +12,12 @@
 #include <map>
 
 #include "backend/backend.h"
+#include "comm/communicator.h"
 #include "comm/mpi_session.h"
 #include "core/error.h"
 #include "model/gpt.h"
 #include "core/timer.h"
+#include "parallel/process_grid.h"
 #include "train/args.h"
 #include "train/checkpointing.h"
 #include "train/data_setup.h"
@@ -87,13 +89,25 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     }
   args.model = model_name;
 
-  if (mpi.size() > 1)
-    throw ConfigError(detail::concat("running on ", mpi.size(),
-                                     " ranks: this build trains on one process (mpirun -np 1); "
-                                     "data/tensor/pipeline parallelism is not available yet"));
-  args.data_parallel_size = mpi.size();
+  // Layout: validated as a whole before anything is allocated. Data parallelism is built; the
+  // model-parallel schemes are refused rather than ignored until they land.
+  ParallelLayout layout{mpi.size(), args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                        args.ds_sequence_parallel_size};
+  if (layout.tp < 1 || layout.pp < 1 || layout.sp < 1 || mpi.size() % (layout.tp * layout.pp * layout.sp))
+    validate_layout(layout, {});  // throws the precise message
+  args.data_parallel_size = layout.dp();
   args.resolve_defaults();
+  validate_layout(layout, {args.num_layers, args.num_attention_heads, args.seq_length, args.micro_batch_size,
+                           args.global_batch_size, args.sequence_parallel});
   args.validate();
+  if (layout.tp > 1 || layout.pp > 1 || layout.sp > 1 || args.sequence_parallel || args.zero_stage != 0)
+    throw ConfigError("only data parallelism is available in this build: --tensor-model-parallel-size, "
+                      "--pipeline-model-parallel-size, --ds-sequence-parallel-size, --sequence-parallel and "
+                      "--zero-stage > 0 are not implemented yet");
+  const bool lead = mpi.rank() == 0;
+  auto say = [&](const char* fmt, auto... a) {
+    if (lead) std::printf(fmt, a...);
+  };
   if (args.threads > 0) omp_set_num_threads(static_cast<int>(args.threads));
 
   // The data order is a function of the seed: resuming restores the checkpoint's seed unless
@@ -107,24 +121,29 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       if (!args.finetune && !args.no_load_rng && rng && rng->find("seed")) args.seed = rng->find("seed")->as_int();
     } catch (const ConfigError& e) {
       if (std::filesystem::exists(args.load) && !std::filesystem::is_empty(args.load)) throw;
-      std::printf("> --load %s: no checkpoint found, starting from scratch\n", args.load.c_str());
+      say("> --load %s: no checkpoint found, starting from scratch\n", args.load.c_str());
     }
   }
 
-  TrainingData data = build_training_data(args);  // sets the vocabulary from the data
+  // One rank builds a missing sample index; the others wait for it and read it.
+  IndexCacheOptions cache;
+  cache.is_builder = lead;
+  cache.barrier = [&] { mpi.barrier(); };
+  TrainingData data = build_training_data(args, cache);  // sets the vocabulary from the data
   args.validate();
   const GPTConfig mc = args.model_config();
   const SampleSource& train = *data.train;
   Backend& backend = cpu_backend();
   GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length);
-  Trainer trainer(args, model, train);
-  MetricsWriter metrics(args.output_dir);
+  std::unique_ptr<Communicator> dp = mpi_world_communicator();
+  Trainer trainer(args, model, train, dp.get());
+  MetricsWriter metrics = lead ? MetricsWriter(args.output_dir) : MetricsWriter();
   if (!load_dir.empty()) {
     LoadOptions lo;
     lo.finetune = args.finetune;
     lo.load_optimizer = !args.no_load_optim;
     LoadResult r = load_training_checkpoint(load_dir, trainer, lo);
-    std::printf("> loaded %s%s: continuing after iteration %lld (%lld samples consumed)\n", r.dir.c_str(),
+    say("> loaded %s%s: continuing after iteration %lld (%lld samples consumed)\n", r.dir.c_str(),
                 args.finetune ? " (weights only: --finetune)" : args.no_load_optim ? " (without optimizer state)" : "",
                 static_cast<long long>(r.iteration), static_cast<long long>(r.consumed_samples));
   }
@@ -135,28 +154,32 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   if (tokenizer.identity.kind.empty()) tokenizer.identity = {"MockData", std::to_string(args.vocab_size)};
   auto save = [&] {
     if (args.save.empty()) return;
-    Timer t;
-    const std::string dir = save_training_checkpoint(args.save, args, trainer, tokenizer, static_cast<int>(args.keep_last));
-    std::printf("> saved checkpoint %s in %.2f s\n", dir.c_str(), t.seconds());
-    std::fflush(stdout);
+    // Data-parallel replicas hold identical state: rank 0 writes, the others wait.
+    if (lead) {
+      Timer t;
+      const std::string dir = save_training_checkpoint(args.save, args, trainer, tokenizer, static_cast<int>(args.keep_last));
+      std::printf("> saved checkpoint %s in %.2f s\n", dir.c_str(), t.seconds());
+      std::fflush(stdout);
+    }
+    mpi.barrier();
   };
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGINT, on_stop_signal);
   const Timer run_timer;
 
-  std::printf("> model %s: %lld layers, hidden %lld, %lld heads, ffn %lld, vocab %lld (padded %lld), "
+  say("> model %s: %lld layers, hidden %lld, %lld heads, ffn %lld, vocab %lld (padded %lld), "
               "%.2fM parameters\n",
               mc.name.c_str(), static_cast<long long>(mc.num_layers), static_cast<long long>(mc.hidden_size),
               static_cast<long long>(mc.num_heads), static_cast<long long>(mc.ffn()),
               static_cast<long long>(mc.vocab_size), static_cast<long long>(mc.padded_vocab_size()),
               static_cast<double>(model.parameters().numel()) / 1e6);
-  std::printf("> %s\n", data.summary.c_str());
-  std::printf("> global batch %lld = micro-batch %lld x %lld accumulation steps x %d ranks; seq %lld; "
+  say("> %s\n", data.summary.c_str());
+  say("> global batch %lld = micro-batch %lld x %lld accumulation steps x %d ranks; seq %lld; "
               "%s backend, %d threads\n",
               static_cast<long long>(args.global_batch_size), static_cast<long long>(args.micro_batch_size),
               static_cast<long long>(args.micro_batches()), mpi.size(), static_cast<long long>(args.seq_length),
               backend.name().c_str(), omp_get_max_threads());
-  std::printf("> TFLOPs column: %s formula; metrics in %s\n",
+  say("> TFLOPs column: %s formula; metrics in %s\n",
               args.tflops_formula == "model" ? "model-FLOPs" : "Megatron (Narayanan et al. 2021)",
               metrics.path().c_str());
   std::fflush(stdout);
@@ -168,7 +191,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   rec.train_iters = args.train_iters;
   rec.tflops_formula = args.tflops_formula;
   auto do_eval = [&](const std::string& where) {
-    if (args.eval_iters <= 0) return;
+    if (args.eval_iters <= 0 || !lead) return;  // replicas hold the same weights: rank 0 evaluates
     std::printf("%s\n", validation_report(where, trainer.evaluate(*data.valid, args.eval_iters)).c_str());
     std::fflush(stdout);
   };
@@ -177,7 +200,8 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     IterationStats st = trainer.train_step();
     acc.add(st.loss, st.finite, st.seconds, st.grad_norm, st.lr, st.data_seconds);
     if (!st.finite) {
-      std::fprintf(stderr, "[warning] iteration %lld: non-finite %s (loss %g, grad norm %g); update skipped\n",
+      if (lead)
+        std::fprintf(stderr, "[warning] iteration %lld: non-finite %s (loss %g, grad norm %g); update skipped\n",
                    static_cast<long long>(it), std::isfinite(st.loss) ? "gradient" : "loss", st.loss,
                    st.grad_norm);
       if (trainer.nan_iterations() > args.max_nan_iterations)
@@ -190,7 +214,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       rec.consumed_samples = trainer.consumed_samples();
       rec.consumed_tokens = trainer.consumed_samples() * args.seq_length;
       acc.flush_into(rec, args.global_batch_size, args.seq_length, mpi.size(), flops_meg, flops_model);
-      std::printf("%s\n", megatron_log_line(rec).c_str());
+      say("%s\n", megatron_log_line(rec).c_str());
       std::fflush(stdout);
       metrics.write(rec);
     }
@@ -200,13 +224,19 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       save();
       last_saved = it;
     }
+    // Every rank must stop at the same iteration: a signal seen by any rank, or rank 0's
+    // clock, decides for all (one scalar all-reduce per iteration).
+    const double flags = dp->all_reduce_sum(
+        (g_stop_signal.load() ? 1.0 : 0.0) +
+        (lead && args.exit_duration_in_mins > 0 && run_timer.seconds() / 60.0 > args.exit_duration_in_mins ? 2.0 : 0.0));
     std::string stop;
-    if (g_stop_signal.load()) stop = g_stop_signal.load() == SIGTERM ? "SIGTERM" : "SIGINT";
-    else if (args.exit_interval > 0 && it % args.exit_interval == 0) stop = "--exit-interval";
-    else if (args.exit_duration_in_mins > 0 && run_timer.seconds() / 60.0 > args.exit_duration_in_mins) stop = "--exit-duration-in-mins";
+    if (flags >= 2.0 && std::fmod(flags, 2.0) < 1.0) stop = "--exit-duration-in-mins";
+    if (std::fmod(flags, 2.0) >= 1.0 || flags >= 3.0)
+      stop = g_stop_signal.load() == SIGINT ? "SIGINT" : "SIGTERM";
+    if (stop.empty() && args.exit_interval > 0 && it % args.exit_interval == 0) stop = "--exit-interval";
     if (!stop.empty()) {
       if (last_saved != it) save();
-      std::printf("> exiting at iteration %lld (%s)\n", static_cast<long long>(it), stop.c_str());
+      say("> exiting at iteration %lld (%s)\n", static_cast<long long>(it), stop.c_str());
       return 0;
     }
   }
@@ -222,14 +252,17 @@ int main(int argc, char** argv) {
   try {
     return run(argc, argv, mpi);
   } catch (const ConfigError& e) {
-    // Every rank sees the same configuration: one message is enough.
+    // Every rank sees the same configuration: one message is enough. Under mpirun the job is
+    // aborted so no rank is left waiting in a collective.
     if (mpi.rank() == 0) std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
+    if (mpi.size() > 1) mpi.abort(2);
     return 2;
   } catch (const std::exception& e) {
-    if (mpi.size() > 1)
+    if (mpi.size() > 1) {
       std::fprintf(stderr, "llm-pretrain: error: [rank %d] %s\n", mpi.rank(), e.what());
-    else
-      std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
+      mpi.abort(1);
+    }
+    std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
     return 1;
   }
 }

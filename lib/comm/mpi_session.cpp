@@ -2,6 +2,8 @@
 
 #include <mpi.h>
 
+#include <cstdlib>
+
 namespace llm {
 
 MpiSession::MpiSession(int* argc, char*** argv) {
@@ -39,5 +41,10 @@ double MpiSession::max(double v) const {
 }
 
 void MpiSession::barrier() const { MPI_Barrier(MPI_COMM_WORLD); }
+
+void MpiSession::abort(int code) const {
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);  // MPI_Abort does not return; this keeps [[noreturn]] honest
+}
 
 }  // namespace llm

@@ -23,6 +23,9 @@ class MpiSession {
   int64_t sum(int64_t v) const;
   double max(double v) const;
   void barrier() const;
+  // Ends every rank of the job now (after a rank-local failure, so no rank waits forever in a
+  // collective the failed one will never reach).
+  [[noreturn]] void abort(int code) const;
 
  private:
   int rank_ = 0, size_ = 1;

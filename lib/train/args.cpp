@@ -132,6 +132,11 @@ std::vector<OptionSpec> make_options() {
       opt("tflops-formula", &A::tflops_formula, "TFLOPs in the log line: megatron (Narayanan et al. 2021, with recompute factor) | model (model FLOPs)"),
       opt("max-nan-iterations", &A::max_nan_iterations, "non-finite iterations to skip before stopping (0 = stop at the first)"),
       opt("threads", &A::threads, "CPU threads (0 = OMP_NUM_THREADS or all cores)"),
+      opt("tensor-model-parallel-size", &A::tensor_model_parallel_size, "tensor-parallel group size"),
+      opt("pipeline-model-parallel-size", &A::pipeline_model_parallel_size, "pipeline stages"),
+      opt("ds-sequence-parallel-size", &A::ds_sequence_parallel_size, "Ulysses sequence-parallel group size"),
+      opt("sequence-parallel", &A::sequence_parallel, "Megatron sequence parallelism within the tensor-parallel group"),
+      opt("zero-stage", &A::zero_stage, "ZeRO stage 0-3 (0 = replicated optimizer state)"),
   };
 }
 

@@ -65,6 +65,12 @@ struct TrainArgs {
   std::string tflops_formula = "megatron";
   int64_t max_nan_iterations = 0;
   int64_t threads = 0;  // 0 = OMP_NUM_THREADS / all cores
+  // parallel layout (Megatron / DeepSpeed names); data parallel = world / (tp x pp x sp)
+  int64_t tensor_model_parallel_size = 1;
+  int64_t pipeline_model_parallel_size = 1;
+  int64_t ds_sequence_parallel_size = 1;
+  bool sequence_parallel = false;
+  int64_t zero_stage = 0;
 
   GPTConfig model_config() const;
   // Fills the "0 = derived" defaults (global batch, decay iterations). Call before validate().

@@ -18,9 +18,12 @@ OptimizerConfig optimizer_config(const TrainArgs& a) {
 }
 }  // namespace
 
-Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train)
+Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, Communicator* dp)
     : args_(args), model_(model), train_(train),
-      optimizer_(model.parameters(), model.backend(), optimizer_config(args)) {
+      optimizer_(model.parameters(), model.backend(), optimizer_config(args)), dp_(dp) {
+  const int64_t dp_size = dp_ ? dp_->size() : 1;
+  LLM_CHECK(dp_size == args.data_parallel_size, "data-parallel group of ", dp_size, " ranks, but the arguments say ",
+            args.data_parallel_size);
   LLM_CHECK(train.seq_length() == args.seq_length, "data sequence length ", train.seq_length(),
             " differs from --seq-length ", args.seq_length);
   if (train.vocab_size() > model.config().vocab_size)
@@ -52,10 +55,11 @@ IterationStats Trainer::train_step() {
   st.iteration = ++iteration_;
   st.lr = schedule_.at(iteration_);
   const int64_t micro = args_.micro_batches();
+  const int64_t dp_rank = dp_ ? dp_->rank() : 0, dp_size = dp_ ? dp_->size() : 1;
   model_.zero_grad();
   double loss_sum = 0;
   for (int64_t k = 0; k < micro; ++k) {
-    const uint64_t first = global_sample_index(static_cast<uint64_t>(consumed_samples_), 0, micro,
+    const uint64_t first = global_sample_index(static_cast<uint64_t>(consumed_samples_), dp_rank, micro,
                                                args_.micro_batch_size, k, 0);
     Timer data_timer;
     fill_batch(train_, first, args_.micro_batch_size);
@@ -63,10 +67,25 @@ IterationStats Trainer::train_step() {
     loss_sum += model_.forward(tokens_, targets_);
     model_.backward(1.0f / static_cast<float>(micro));
   }
-  st.loss = loss_sum / static_cast<double>(micro);
+  double grad_scale = 1.0;
+  if (dp_size > 1) {
+    // Sum the replicas' gradients (each is the mean over its own samples) and average: the
+    // gradient of the global batch's mean loss, identical on every rank.
+    const Tensor& g = model_.parameters().flat_grads();
+    if (g.device().is_cpu()) {
+      dp_->all_reduce_sum(g);
+    } else {
+      Tensor h = model_.backend().download(g);
+      dp_->all_reduce_sum(h);
+      model_.backend().copy(g, h);
+    }
+    loss_sum = dp_->all_reduce_sum(loss_sum);
+    grad_scale = 1.0 / static_cast<double>(dp_size);
+  }
+  st.loss = loss_sum / static_cast<double>(micro * dp_size);
   st.finite = std::isfinite(st.loss);
   if (st.finite) {
-    StepResult r = optimizer_.step(st.lr);
+    StepResult r = optimizer_.step(st.lr, grad_scale);
     st.grad_norm = r.grad_norm;
     st.finite = r.finite;
   }

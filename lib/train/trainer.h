@@ -4,6 +4,7 @@
 #pragma once
 #include <memory>
 
+#include "comm/communicator.h"
 #include "data/sample_source.h"
 #include "model/gpt.h"
 #include "train/args.h"
@@ -24,7 +25,10 @@ struct IterationStats {
 
 class Trainer {
  public:
-  Trainer(const TrainArgs& args, GPT& model, const SampleSource& train);
+  // dp: the data-parallel group (nullptr or size 1 = one replica). Each replica takes its
+  // slice of every global batch; gradients are summed over the group before the update, so
+  // every replica applies the same step.
+  Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, Communicator* dp = nullptr);
   IterationStats train_step();
   // Mean loss over `iters` micro-batches of `valid`, starting at sample 0 (the same samples
   // every evaluation, so the numbers are comparable).
@@ -54,6 +58,7 @@ class Trainer {
   AdamW optimizer_;
   LRSchedule schedule_;
   Tensor tokens_, targets_, sample_;
+  Communicator* dp_ = nullptr;
   int64_t iteration_ = 0, consumed_samples_ = 0, nan_iterations_ = 0;
 };
 

@@ -90,8 +90,20 @@ if command -v mpirun > /dev/null; then
   mpirun -np 1 "$bin" "${common[@]}" --train-iters 4 --log-interval 1 --output-dir "$work/q" > "$work/mpi.txt" 2>&1
   check "mpirun -np 1 exits 0" "[ $? -eq 0 ]"
   check "mpirun -np 1 gives the same losses" "diff <(grep -o 'lm loss: [^|]*' $work/plain.txt) <(grep -o 'lm loss: [^|]*' $work/mpi.txt) > /dev/null && [ \$(grep -c 'lm loss' $work/mpi.txt) -eq 4 ]"
-  mpirun -np 2 "$bin" "${common[@]}" --train-iters 1 > "$work/np2.txt" 2>&1
-  check "mpirun -np 2 is refused with a clear message" "[ $? -ne 0 ] && grep -q 'trains on one process' $work/np2.txt"
+  # Data parallelism: 2 and 4 ranks reproduce the single-process loss curve to fp32 round-off
+  # (relative 1e-5; the gradient sums differ only in summation order).
+  dp=(--mock-data --vocab-size 128 --num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32
+      --micro-batch-size 2 --global-batch-size 8 --lr 3e-3 --seed 3 --train-iters 8 --log-interval 1)
+  OMP_NUM_THREADS=1 "$bin" "${dp[@]}" --output-dir "$work/dp1" > /dev/null 2>&1
+  for n in 2 4; do
+    OMP_NUM_THREADS=1 mpirun -np $n "$bin" "${dp[@]}" --output-dir "$work/dp$n" > "$work/dp$n.txt" 2>&1
+    check "mpirun -np $n (data parallel) exits 0" "[ $? -eq 0 ] && grep -q 'x 4 accumulation steps x 1 ranks\\|x $((4 / n)) accumulation steps x $n ranks' $work/dp$n.txt"
+    check "data parallel $n reproduces the single-process losses (rel 1e-5)" "paste <(grep -o '\"lm_loss\": [^,]*' $work/dp1/metrics.jsonl | cut -d' ' -f2) <(grep -o '\"lm_loss\": [^,]*' $work/dp$n/metrics.jsonl | cut -d' ' -f2) | awk 'BEGIN{n=0} {n++; d=\$1-\$2; if (d<0) d=-d; if (d > 1e-5*\$1) bad=1} END{exit !(n==8 && !bad)}'"
+  done
+  mpirun -np 2 "$bin" "${dp[@]}" --tensor-model-parallel-size 2 > "$work/tp.txt" 2>&1
+  check "tensor parallelism is refused, not ignored" "[ $? -ne 0 ] && grep -q 'only data parallelism is available' $work/tp.txt"
+  mpirun -np 3 "$bin" "${dp[@]}" > "$work/np3.txt" 2>&1
+  check "an impossible layout names the constraint" "[ $? -ne 0 ] && grep -q 'global-batch-size 8 is not divisible by --micro-batch-size 2 x data-parallel size 3' $work/np3.txt"
 else
   fail "mpirun not found (pipelines/setup.sh installs openmpi-bin)"
 fi

@@ -1,0 +1,29 @@
+// Collectives over tensors within a group of ranks. MpiCommunicator carries host tensors over
+// MPI; a NCCL communicator will carry device tensors behind the same interface.
+#pragma once
+#include <memory>
+
+#include "core/tensor.h"
+
+namespace llm {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // In place: x = sum over the group (f32, contiguous).
+  virtual void all_reduce_sum(const Tensor& x) = 0;
+  // Sum of a scalar over the group.
+  virtual double all_reduce_sum(double v) = 0;
+  // In place: x = root's x.
+  virtual void broadcast(const Tensor& x, int root) = 0;
+  virtual void barrier() = 0;
+};
+
+// A communicator over all of MPI_COMM_WORLD (MPI must be initialised, e.g. by MpiSession), or
+// over the ranks with the same `color` (MPI_Comm_split) for sub-groups.
+std::unique_ptr<Communicator> mpi_world_communicator();
+std::unique_ptr<Communicator> mpi_split_communicator(int color, int key);
+
+}  // namespace llm

@@ -1,0 +1,55 @@
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "core/error.h"
+#include "parallel/process_grid.h"
+
+using namespace llm;
+
+namespace {
+std::string error_of(const ParallelLayout& l, const LayoutConstraints& c) {
+  try {
+    validate_layout(l, c);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(ProcessGrid, MegatronRankOrderTpFastestThenDpThenPp) {
+  const ParallelLayout l{16, 2, 2, 1};  // dp = 4
+  EXPECT_EQ(l.dp(), 4);
+  std::set<std::tuple<int64_t, int64_t, int64_t>> seen;
+  for (int64_t r = 0; r < 16; ++r) {
+    const GridCoordinates g = grid_coordinates(l, r);
+    EXPECT_EQ(r, g.tp_rank + l.tp * (g.dp_rank + l.dp() * g.pp_rank)) << r;
+    seen.insert({g.tp_rank, g.dp_rank, g.pp_rank});
+  }
+  EXPECT_EQ(seen.size(), 16u);
+  EXPECT_EQ(grid_coordinates(l, 1).tp_rank, 1);
+  EXPECT_EQ(grid_coordinates(l, 2).dp_rank, 1);
+  EXPECT_EQ(grid_coordinates(l, 8).pp_rank, 1);
+}
+
+TEST(ProcessGrid, ValidationNamesTheFailingConstraint) {
+  const LayoutConstraints ok{24, 16, 2048, 1, 64, false};
+  EXPECT_EQ(error_of({8, 2, 2, 1}, ok), "");
+  EXPECT_NE(error_of({6, 4, 1, 1}, ok).find("world size 6 is not divisible"), std::string::npos);
+  EXPECT_NE(error_of({6, 3, 1, 1}, ok).find("--num-attention-heads 16 is not divisible by --tensor-model-parallel-size 3"),
+            std::string::npos);
+  LayoutConstraints layers = ok;
+  layers.num_layers = 25;
+  EXPECT_NE(error_of({4, 1, 2, 1}, layers).find("--num-layers 25"), std::string::npos);
+  LayoutConstraints seq = ok;
+  seq.seq_length = 1000;
+  EXPECT_NE(error_of({16, 1, 1, 16}, seq).find("--seq-length 1000 is not divisible"), std::string::npos);
+  LayoutConstraints both = ok;
+  both.megatron_sp = true;
+  EXPECT_NE(error_of({4, 2, 1, 2}, both).find("exclude each other"), std::string::npos);
+  LayoutConstraints batch = ok;
+  batch.global_batch = 6;
+  EXPECT_NE(error_of({4, 1, 1, 1}, batch).find("--global-batch-size 6 is not divisible by --micro-batch-size 1 x data-parallel size 4"),
+            std::string::npos);
+}
