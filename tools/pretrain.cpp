@@ -184,7 +184,8 @@ int run(int argc, char** argv, const MpiSession& mpi) {
               metrics.path().c_str());
   std::fflush(stdout);
 
-  const double flops_meg = megatron_flops_per_iteration(mc, args.global_batch_size, args.seq_length, false);
+  const double flops_meg = megatron_flops_per_iteration(mc, args.global_batch_size, args.seq_length,
+                                                        args.full_recompute());
   const double flops_model = model_flops_per_iteration(mc, args.global_batch_size, args.seq_length);
   LogAccumulator acc;
   LogRecord rec;

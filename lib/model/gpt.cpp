@@ -1,5 +1,6 @@
 #include "model/gpt.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -92,8 +93,18 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
   a.tokens = be.empty({B, T}, DType::i32);
   a.targets = be.empty({B, T}, DType::i32);
   a.encoded = be.empty({B, T, C});
-  for (auto& bp : blocks_) {
-    Block& b = *bp;
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    Block& b = *blocks_[l];
+    b.residual3 = be.empty({B, T, C});  // a block's output: always kept (the next block's input)
+    if (recompute_ && l > 0) {
+      // Full recompute: every block works in block 0's buffers and recomputes them in backward.
+      const Block& first = *blocks_[0];
+      b.ln1 = first.ln1, b.ln1_mean = first.ln1_mean, b.ln1_rstd = first.ln1_rstd, b.qkv = first.qkv;
+      b.atty = first.atty, b.att_lse = first.att_lse, b.attproj = first.attproj, b.residual2 = first.residual2;
+      b.ln2 = first.ln2, b.ln2_mean = first.ln2_mean, b.ln2_rstd = first.ln2_rstd, b.fch = first.fch;
+      b.fch_gelu = first.fch_gelu, b.fcproj = first.fcproj;
+      continue;
+    }
     b.ln1 = be.empty({B, T, C});
     b.ln1_mean = be.empty({N});
     b.ln1_rstd = be.empty({N});
@@ -108,7 +119,6 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
     b.fch = be.empty({B, T, F});
     b.fch_gelu = be.empty({B, T, F});
     b.fcproj = be.empty({B, T, C});
-    b.residual3 = be.empty({B, T, C});
   }
   a.lnf = be.empty({B, T, C});
   a.lnf_mean = be.empty({N});
@@ -149,30 +159,60 @@ void GPT::run_forward(const Tensor& tokens) {
   be.linear_forward(a.logits, a.lnf, params_.param("wte"), Tensor{});
 }
 
-const Tensor& GPT::run_blocks(KVCache* cache) {
-  Activations& a = *acts_;
+void GPT::block_forward(size_t layer, const Tensor& x, KVCache* cache) {
+  Block& b = *blocks_[layer];
   Backend& be = backend_;
   const float eps = config_.layernorm_eps;
   const int nh = static_cast<int>(config_.num_heads);
-  const Tensor* x = &a.encoded;
+  be.layernorm_forward(b.ln1, b.ln1_mean, b.ln1_rstd, x, b.ln1_w, b.ln1_b, eps);
+  be.linear_forward(b.qkv, b.ln1, b.qkv_w, b.qkv_b);
+  if (cache)
+    be.attention_kv_forward(b.atty, b.qkv, cache->k[layer], cache->v[layer], cache->length, nh);
+  else
+    be.attention_forward(b.atty, b.att_lse, b.qkv, nh);
+  be.linear_forward(b.attproj, b.atty, b.proj_w, b.proj_b);
+  be.residual_forward(b.residual2, x, b.attproj);
+  be.layernorm_forward(b.ln2, b.ln2_mean, b.ln2_rstd, b.residual2, b.ln2_w, b.ln2_b, eps);
+  be.linear_forward(b.fch, b.ln2, b.fc_w, b.fc_b);
+  be.gelu_forward(b.fch_gelu, b.fch);
+  be.linear_forward(b.fcproj, b.fch_gelu, b.fcproj_w, b.fcproj_b);
+  be.residual_forward(b.residual3, b.residual2, b.fcproj);
+}
+
+const Tensor& GPT::run_blocks(KVCache* cache) {
+  const Tensor* x = &acts_->encoded;
   for (size_t l = 0; l < blocks_.size(); ++l) {
-    Block& b = *blocks_[l];
-    be.layernorm_forward(b.ln1, b.ln1_mean, b.ln1_rstd, *x, b.ln1_w, b.ln1_b, eps);
-    be.linear_forward(b.qkv, b.ln1, b.qkv_w, b.qkv_b);
-    if (cache)
-      be.attention_kv_forward(b.atty, b.qkv, cache->k[l], cache->v[l], cache->length, nh);
-    else
-      be.attention_forward(b.atty, b.att_lse, b.qkv, nh);
-    be.linear_forward(b.attproj, b.atty, b.proj_w, b.proj_b);
-    be.residual_forward(b.residual2, *x, b.attproj);
-    be.layernorm_forward(b.ln2, b.ln2_mean, b.ln2_rstd, b.residual2, b.ln2_w, b.ln2_b, eps);
-    be.linear_forward(b.fch, b.ln2, b.fc_w, b.fc_b);
-    be.gelu_forward(b.fch_gelu, b.fch);
-    be.linear_forward(b.fcproj, b.fch_gelu, b.fcproj_w, b.fcproj_b);
-    be.residual_forward(b.residual3, b.residual2, b.fcproj);
-    x = &b.residual3;
+    block_forward(l, *x, cache);
+    x = &blocks_[l]->residual3;
   }
   return *x;
+}
+
+void GPT::set_recompute(bool on) {
+  if (on == recompute_) return;
+  recompute_ = on;
+  acts_->B = acts_->T = 0;  // re-plan the buffers on the next forward
+}
+
+int64_t GPT::activation_bytes() const {
+  // Count each distinct storage once (recompute aliases the blocks' buffers).
+  std::vector<const Storage*> seen;
+  int64_t total = 0;
+  auto add = [&](const Tensor& t) {
+    if (!t.defined() || std::find(seen.begin(), seen.end(), t.storage().get()) != seen.end()) return;
+    seen.push_back(t.storage().get());
+    total += static_cast<int64_t>(t.storage()->nbytes);
+  };
+  const Activations& a = *acts_;
+  for (const Tensor* t : {&a.tokens, &a.targets, &a.encoded, &a.lnf, &a.lnf_mean, &a.lnf_rstd, &a.logits, &a.losses,
+                          &a.ce_lse, &a.dresidual, &a.dbuf, &a.dqkv, &a.dfch})
+    add(*t);
+  for (const auto& bp : blocks_)
+    for (const Tensor* t : {&bp->ln1, &bp->ln1_mean, &bp->ln1_rstd, &bp->qkv, &bp->atty, &bp->att_lse, &bp->attproj,
+                            &bp->residual2, &bp->ln2, &bp->ln2_mean, &bp->ln2_rstd, &bp->fch, &bp->fch_gelu,
+                            &bp->fcproj, &bp->residual3})
+      add(*t);
+  return total;
 }
 
 KVCache GPT::make_kv_cache(int64_t batch, int64_t max_len) {
@@ -264,6 +304,8 @@ void GPT::backward(float loss_weight) {
   for (size_t li = blocks_.size(); li-- > 0;) {
     Block& b = *blocks_[li];
     const Tensor& x = li == 0 ? a.encoded : blocks_[li - 1]->residual3;
+    // Rebuild this block's activations (the last block's are still in the shared buffers).
+    if (recompute_ && li + 1 < blocks_.size()) block_forward(li, x, nullptr);
     // MLP branch
     be.linear_backward(a.dfch, b.d_fcproj_w, b.d_fcproj_b, a.dresidual, b.fch_gelu, b.fcproj_w);
     be.gelu_backward(a.dfch, b.fch, a.dfch);

@@ -42,6 +42,14 @@ class GPT {
   void backward(float loss_weight = 1.0f);
   void zero_grad();
 
+  // Full activation recompute (Megatron's --recompute-granularity full): the blocks share one
+  // set of activation buffers and keep only their outputs; backward re-runs each block's forward
+  // just before its backward. Same ops in the same order, so the gradients are bit-identical.
+  void set_recompute(bool on);
+  bool recompute() const { return recompute_; }
+  // Bytes of activation and scratch buffers currently allocated (for memory reports and tests).
+  int64_t activation_bytes() const;
+
   // Generation. A cache for `batch` sequences of up to `max_len` positions (<= the position table).
   KVCache make_kv_cache(int64_t batch, int64_t max_len);
   // Runs tokens [B, Tn] at positions [cache.length, cache.length + Tn), appending their keys and
@@ -60,6 +68,7 @@ class GPT {
   void run_forward(const Tensor& tokens);
   // The transformer blocks over acts_->encoded; with a cache, attention reads and extends it.
   const Tensor& run_blocks(KVCache* cache);
+  void block_forward(size_t layer, const Tensor& x, KVCache* cache);
 
   GPTConfig config_;
   Backend& backend_;
@@ -69,6 +78,7 @@ class GPT {
   std::unique_ptr<Activations> acts_;
   Tensor last_hidden_, last_norm_, last_logits_;  // forward_cached's [B, C], [B, C], [B, Vp]
   int64_t valid_targets_ = 0;
+  bool recompute_ = false;
   bool have_loss_ = false;
 };
 

@@ -137,6 +137,8 @@ std::vector<OptionSpec> make_options() {
       opt("ds-sequence-parallel-size", &A::ds_sequence_parallel_size, "Ulysses sequence-parallel group size"),
       opt("sequence-parallel", &A::sequence_parallel, "Megatron sequence parallelism within the tensor-parallel group"),
       opt("zero-stage", &A::zero_stage, "ZeRO stage 0-3 (0 = replicated optimizer state)"),
+      opt("recompute-granularity", &A::recompute_granularity, "full: keep only each layer's output and recompute the layer in backward; selective: recompute the attention core (our flash attention never stores it, so this is the default behaviour)"),
+      opt("checkpoint-activations", &A::checkpoint_activations, "same as --recompute-granularity full"),
   };
 }
 
@@ -262,6 +264,8 @@ void TrainArgs::validate() const {
   if (tflops_formula != "megatron" && tflops_formula != "model")
     fail("--tflops-formula must be megatron or model, got '", tflops_formula, "'");
   if (threads < 0) fail("--threads must be >= 0");
+  if (!recompute_granularity.empty() && recompute_granularity != "full" && recompute_granularity != "selective")
+    fail("--recompute-granularity must be full or selective, got '", recompute_granularity, "'");
   if (save_interval < 0 || keep_last < 0 || exit_interval < 0 || exit_duration_in_mins < 0)
     fail("--save-interval, --keep-last, --exit-interval and --exit-duration-in-mins must be >= 0");
   if (save_interval > 0 && save.empty()) fail("--save-interval needs --save");

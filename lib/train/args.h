@@ -71,6 +71,10 @@ struct TrainArgs {
   int64_t ds_sequence_parallel_size = 1;
   bool sequence_parallel = false;
   int64_t zero_stage = 0;
+  // activation checkpointing
+  std::string recompute_granularity;  // "" | full | selective
+  bool checkpoint_activations = false;  // the older flag: = full
+  bool full_recompute() const { return recompute_granularity == "full" || checkpoint_activations; }
 
   GPTConfig model_config() const;
   // Fills the "0 = derived" defaults (global batch, decay iterations). Call before validate().

@@ -24,6 +24,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
   const int64_t dp_size = dp_ ? dp_->size() : 1;
   LLM_CHECK(dp_size == args.data_parallel_size, "data-parallel group of ", dp_size, " ranks, but the arguments say ",
             args.data_parallel_size);
+  model_.set_recompute(args.full_recompute());
   LLM_CHECK(train.seq_length() == args.seq_length, "data sequence length ", train.seq_length(),
             " differs from --seq-length ", args.seq_length);
   if (train.vocab_size() > model.config().vocab_size)

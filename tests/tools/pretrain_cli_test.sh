@@ -83,6 +83,12 @@ check "SIGTERM saves at the iteration boundary and exits 0" "[ $rc -eq 0 ] && gr
   --train-iters 2 --load "$work/ck" --output-dir "$work/r4" > "$work/mismatch.txt" 2>&1
 check "loading into a different model names the key" "[ $? -eq 2 ] && grep -q 'hidden_size is 64 but the model.s is 32' $work/mismatch.txt"
 
+# full activation recompute: the same losses bit for bit
+"$bin" "${common[@]}" --train-iters 8 --log-interval 1 --recompute-granularity full --output-dir "$work/rc" > "$work/recompute.txt" 2>&1
+check "--recompute-granularity full reproduces the losses bit for bit" "diff <(grep -o 'lm loss: [^|]*' $work/straight.txt) <(grep -o 'lm loss: [^|]*' $work/recompute.txt) > /dev/null && [ \$(grep -c 'lm loss' $work/recompute.txt) -eq 8 ]"
+"$bin" "${common[@]}" --train-iters 1 --recompute-granularity some > "$work/rcbad.txt" 2>&1
+check "a bad --recompute-granularity is named" "[ $? -eq 2 ] && grep -q 'recompute-granularity must be full or selective' $work/rcbad.txt"
+
 # mpirun -np 1 runs unchanged and gives the same losses
 if command -v mpirun > /dev/null; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
