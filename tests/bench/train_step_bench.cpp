@@ -63,7 +63,7 @@ double triad_gbs(int reps) {
 
 int main(int argc, char** argv) {
   int64_t V = 8192, L = 6, C = 384, NH = 6, T = 256, B = 8, steps = 10;
-  bool profile = false;
+  bool profile = false, recompute = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return std::atoll(argv[++i]); };
@@ -75,8 +75,9 @@ int main(int argc, char** argv) {
     else if (a == "--batch") B = next();
     else if (a == "--steps") steps = next();
     else if (a == "--profile") profile = true;
+    else if (a == "--recompute") recompute = true;
     else {
-      std::fprintf(stderr, "usage: %s [--vocab N --layers N --hidden N --heads N --seq N --batch N --steps N --profile]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--vocab N --layers N --hidden N --heads N --seq N --batch N --steps N --profile --recompute]\n", argv[0]);
       return 2;
     }
   }
@@ -92,6 +93,7 @@ int main(int argc, char** argv) {
   args.global_batch_size = B;
   args.train_iters = steps + 2;
   args.lr = 1e-4;
+  if (recompute) args.recompute_granularity = "full";
   args.resolve_defaults();
   args.validate();
   // Ceilings, measured before and after the steps with the same threads and environment; the
@@ -124,6 +126,8 @@ int main(int argc, char** argv) {
               (long long)steps, *std::min_element(times.begin(), times.end()) * 1e3,
               *std::max_element(times.begin(), times.end()) * 1e3);
   std::printf("tokens/s: %.0f\n", static_cast<double>(B * T) / step);
+  std::printf("activation + scratch memory: %.1f MB%s\n", model.activation_bytes() / 1e6,
+              recompute ? " (full recompute)" : "");
   std::printf("model FLOPs/step: %.2f GFLOP -> achieved %.1f GFLOP/s\n", flops / 1e9, gflops);
   std::printf("sgemm ceiling: %.1f GFLOP/s (%lldx%lldx%lld: %.1f, 2048^3: %.1f)\n", gemm_ceiling,
               (long long)(B * T), (long long)(4 * C), (long long)C, gemm_model, gemm_square);
