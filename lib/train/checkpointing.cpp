@@ -80,9 +80,10 @@ std::string tokenizer_fields(CheckpointWriter& w, const TokenizerRecord& tokeniz
   return f.str();
 }
 
+// A weights-only checkpoint written by one process (an import).
 const char* kSingleProcessLayout =
     "\"layout\": {\"world_size\": 1, \"data_parallel\": 1, \"tensor_parallel\": 1, \"pipeline_parallel\": 1, "
-    "\"zero_stage\": 0}";
+    "\"sequence_parallel\": 1, \"zero_stage\": 0}";
 
 }  // namespace
 
@@ -155,7 +156,13 @@ std::string save_training_checkpoint(const std::string& save_root, const TrainAr
   }
   std::ostringstream f;
   f << "\"model\": " << model_json(model.config());
-  f << ",\n  " << tokenizer_fields(w, tokenizer) << ",\n  " << kSingleProcessLayout;
+  // The layout the run used (the stored pieces are whole tensors either way).
+  const int64_t world = args.data_parallel_size * args.tensor_model_parallel_size *
+                        args.pipeline_model_parallel_size * args.ds_sequence_parallel_size;
+  f << ",\n  " << tokenizer_fields(w, tokenizer) << ",\n  \"layout\": {\"world_size\": " << world
+    << ", \"data_parallel\": " << args.data_parallel_size << ", \"tensor_parallel\": " << args.tensor_model_parallel_size
+    << ", \"pipeline_parallel\": " << args.pipeline_model_parallel_size << ", \"sequence_parallel\": "
+    << args.ds_sequence_parallel_size << ", \"zero_stage\": " << args.zero_stage << "}";
   f << ",\n  \"consumed_samples\": " << trainer.consumed_samples()
     << ", \"consumed_tokens\": " << trainer.consumed_samples() * args.seq_length
     << ", \"nan_iterations\": " << trainer.nan_iterations();
