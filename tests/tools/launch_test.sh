@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# pipelines/launch/train.sh: the ALCF environment contract, layout derivation, run naming,
+# scheduler detection, errors before launch, and a real 2-rank run with its log files.
+# usage: launch_test.sh <build dir with tools/>
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+export LLM_BIN="$1/tools"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+fails=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails + 1)); fi; }
+launch="$root/pipelines/launch/train.sh"
+
+printf 'x3001\nx3001\nx3002\nx3002\n' > nodes
+DRY_RUN=1 PBS_NODEFILE=nodes NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT13B SEQ_LEN=1024 MPSIZE=8 \
+  USE_ACTIVATION_CHECKPOINTING=1 MOCK_DATA=1 "$launch" > dry.txt 2>&1
+check "dry run exits 0" "[ $? -eq 0 ]"
+check "PBS node file: 2 hosts x 4 = 8 ranks" "grep -q 'scheduler PBS: 2 host(s) x 4 .* = 8 ranks' dry.txt"
+check "run name follows ALCF's pattern" "grep -q 'run: gpt_megatron_actCkpt_GPT13B_z0_seqlen1024_mp8_pp1_sp1_nl40_hs5120_gb1_mb1$' dry.txt"
+check "command launches 8 ranks with the host file" "grep -q 'command: mpiexec -n 8 .*nodes.*llm-pretrain --model GPT13B --seq-length 1024' dry.txt && grep -q -- '--recompute-granularity full' dry.txt"
+DRY_RUN=1 NGPU_PER_HOST=8 MODEL_SIZE_KEY=GPT125M MICRO_BATCH=2 GAS=4 MPSIZE=2 MOCK_DATA=1 "$launch" > dry2.txt 2>&1
+check "global batch = micro x gas x dp" "grep -q 'dp 4 x tp 2 x pp 1 x sp 1 (megatron); global batch 32 = micro 2 x gas 4 x dp 4' dry2.txt"
+DRY_RUN=1 NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M SPSIZE=2 SP_TYPE=ds MOCK_DATA=1 "$launch" > dry3.txt 2>&1
+check "SP_TYPE=ds passes Ulysses' flag" "grep -q -- '--ds-sequence-parallel-size 2' dry3.txt"
+DRY_RUN=1 MODEL_SIZE_KEY=GPT7B MOCK_DATA=1 "$launch" > bad1.txt 2>&1
+check "unknown model key fails before launch" "[ $? -eq 2 ] && grep -q \"unknown MODEL_SIZE_KEY 'GPT7B'\" bad1.txt"
+DRY_RUN=1 NGPU_PER_HOST=6 MODEL_SIZE_KEY=GPT125M MPSIZE=3 MOCK_DATA=1 "$launch" > bad2.txt 2>&1
+check "impossible layout fails before launch" "[ $? -eq 2 ] && grep -q 'GPT125M has 16 heads, not divisible by MPSIZE 3' bad2.txt"
+DRY_RUN=1 MODEL_SIZE_KEY=GPT125M "$launch" > bad3.txt 2>&1
+check "missing DATA_PATH is named" "[ $? -eq 2 ] && grep -q 'DATA_PATH is not set' bad3.txt"
+
+OMPI_MCA_rmaps_base_oversubscribe=1 MODEL_SIZE_KEY=tiny SEQ_LEN=32 MICRO_BATCH=2 GAS=2 TRAIN_ITERS=3 NGPU_PER_HOST=2 \
+  MOCK_DATA=1 VOCAB_SIZE=128 "$launch" > run.txt 2>&1
+check "a 2-rank run through the launcher trains" "[ $? -eq 0 ] && grep -q 'iteration        3/       3 | consumed samples:           24' run.txt"
+log=$(tail -1 logfiles 2>/dev/null)
+check "the log is under outputs/<run>/logs and indexed in logfiles" "[ -f '$log' ] && [[ '$log' == outputs/gpt_megatron_tiny_z0_seqlen32_mp1_pp1_sp1_nl2_hs128_gb8_mb2/logs/*-nhosts1-ngpu2-*.log ]] && grep -q 'lm loss' '$log'"
+
+[ "$fails" -eq 0 ] && echo "all launcher checks passed" || echo "$fails launcher check(s) failed"
+exit $((fails > 0))
