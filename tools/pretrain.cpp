@@ -100,10 +100,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   validate_layout(layout, {args.num_layers, args.num_attention_heads, args.seq_length, args.micro_batch_size,
                            args.global_batch_size, args.sequence_parallel});
   args.validate();
-  if (layout.tp > 1 || layout.pp > 1 || layout.sp > 1 || args.sequence_parallel || args.zero_stage != 0)
-    throw ConfigError("only data parallelism is available in this build: --tensor-model-parallel-size, "
-                      "--pipeline-model-parallel-size, --ds-sequence-parallel-size, --sequence-parallel and "
-                      "--zero-stage > 0 are not implemented yet");
+  if (layout.tp > 1 || layout.pp > 1 || layout.sp > 1 || args.sequence_parallel || args.zero_stage > 1)
+    throw ConfigError("only data parallelism (with --zero-stage 0 or 1) is available in this build: "
+                      "--tensor-model-parallel-size, --pipeline-model-parallel-size, --ds-sequence-parallel-size, "
+                      "--sequence-parallel and --zero-stage 2/3 are not implemented yet");
+  if (args.zero_stage < 0) throw ConfigError("--zero-stage must be 0, 1, 2 or 3");
   const bool lead = mpi.rank() == 0;
   auto say = [&](const char* fmt, auto... a) {
     if (lead) std::printf(fmt, a...);
@@ -154,10 +155,13 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   if (tokenizer.identity.kind.empty()) tokenizer.identity = {"MockData", std::to_string(args.vocab_size)};
   auto save = [&] {
     if (args.save.empty()) return;
-    // Data-parallel replicas hold identical state: rank 0 writes, the others wait.
+    // Data-parallel replicas hold identical parameters: rank 0 writes, the others wait. Under
+    // ZeRO-1 the optimizer state is gathered first (a collective: every rank takes part).
+    Timer t;
+    const auto [m, v] = trainer.full_optimizer_state();
     if (lead) {
-      Timer t;
-      const std::string dir = save_training_checkpoint(args.save, args, trainer, tokenizer, static_cast<int>(args.keep_last));
+      const std::string dir = save_training_checkpoint(args.save, args, trainer, m, v, tokenizer,
+                                                       static_cast<int>(args.keep_last));
       std::printf("> saved checkpoint %s in %.2f s\n", dir.c_str(), t.seconds());
       std::fflush(stdout);
     }
@@ -179,6 +183,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
               static_cast<long long>(args.global_batch_size), static_cast<long long>(args.micro_batch_size),
               static_cast<long long>(args.micro_batches()), mpi.size(), static_cast<long long>(args.seq_length),
               backend.name().c_str(), omp_get_max_threads());
+  say("> optimizer state: %.1f MB per rank (ZeRO stage %lld over %lld data-parallel ranks)\n",
+      2.0 * 4 * static_cast<double>(trainer.optimizer().shard_end() - trainer.optimizer().shard_begin()) / 1e6,
+      static_cast<long long>(args.zero_stage), static_cast<long long>(args.data_parallel_size));
   say("> TFLOPs column: %s formula; metrics in %s\n",
               args.tflops_formula == "model" ? "model-FLOPs" : "Megatron (Narayanan et al. 2021)",
               metrics.path().c_str());

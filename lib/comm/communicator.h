@@ -2,6 +2,7 @@
 // MPI; a NCCL communicator will carry device tensors behind the same interface.
 #pragma once
 #include <memory>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -16,6 +17,9 @@ class Communicator {
   virtual void all_reduce_sum(const Tensor& x) = 0;
   // Sum of a scalar over the group.
   virtual double all_reduce_sum(double v) = 0;
+  // In place over a flat f32 tensor: rank r contributes elements [offsets[r], offsets[r+1]) and
+  // afterwards every rank holds every range (ZeRO's parameter all-gather).
+  virtual void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) = 0;
   // In place: x = root's x.
   virtual void broadcast(const Tensor& x, int root) = 0;
   virtual void barrier() = 0;

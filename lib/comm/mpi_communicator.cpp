@@ -33,6 +33,21 @@ class MpiCommunicator final : public Communicator {
     if (size_ > 1) MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_SUM, comm_);
     return out;
   }
+  void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
+    LLM_CHECK(x.dtype() == DType::f32 && x.is_contiguous() && x.device().is_cpu(),
+              "MPI all-gather needs a contiguous host f32 tensor");
+    LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.back() == x.numel(),
+              "all_gather_ranges: ", offsets.size(), " offsets for ", size_, " ranks");
+    if (size_ == 1) return;
+    LLM_CHECK(x.numel() < (int64_t{1} << 31), "all_gather_ranges: ", x.numel(),
+              " elements exceed MPI's int counts (split the buffer)");
+    std::vector<int> counts(size_), displs(size_);
+    for (int r = 0; r < size_; ++r) {
+      displs[r] = static_cast<int>(offsets[r]);
+      counts[r] = static_cast<int>(offsets[r + 1] - offsets[r]);
+    }
+    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x.data<float>(), counts.data(), displs.data(), MPI_FLOAT, comm_);
+  }
   void broadcast(const Tensor& x, int root) override {
     LLM_CHECK(x.is_contiguous() && x.device().is_cpu(), "MPI broadcast needs a contiguous host tensor");
     if (size_ == 1) return;

@@ -139,15 +139,16 @@ void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params) {
 }
 
 std::string save_training_checkpoint(const std::string& save_root, const TrainArgs& args, const Trainer& trainer,
-                                     const TokenizerRecord& tokenizer, int keep_last) {
+                                     const Tensor& m, const Tensor& v, const TokenizerRecord& tokenizer,
+                                     int keep_last) {
   const GPT& model = trainer.model();
   const ParameterSet& ps = model.parameters();
   CheckpointWriter w(save_root, trainer.iteration());
   Backend& be = const_cast<GPT&>(model).backend();
   const Tensor params = ps.flat_params().device().is_cpu() ? ps.flat_params() : be.download(ps.flat_params());
   const AdamW& opt = trainer.optimizer();
-  const Tensor m = opt.m().device().is_cpu() ? opt.m() : be.download(opt.m());
-  const Tensor v = opt.v().device().is_cpu() ? opt.v() : be.download(opt.v());
+  LLM_CHECK(m.numel() == ps.numel() && v.numel() == ps.numel() && m.device().is_cpu() && v.device().is_cpu(),
+            "save_training_checkpoint: full host moments expected");
   for (const ParamSpec& s : ps.specs()) {
     const int64_t n = numel(s.shape);
     w.add("model", s.name, s.shape, Box::whole(s.shape), params.flat(s.offset, n).view(s.shape));
@@ -211,11 +212,16 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
   if (options.finetune) return r;
   if (options.load_optimizer) {
     AdamW& opt = trainer.optimizer();
+    const int64_t b = opt.shard_begin(), e = opt.shard_end();
+    Tensor full = Tensor::empty({ps.numel()});
     for (const char* cat : {"optimizer/exp_avg", "optimizer/exp_avg_sq"}) {
+      for (const ParamSpec& s : ps.specs()) read_into(ckpt, cat, s.name, full.flat(s.offset, numel(s.shape)).view(s.shape));
+      // Keep this rank's range (all of it without ZeRO).
       const Tensor& state = std::string(cat) == "optimizer/exp_avg" ? opt.m() : opt.v();
-      Tensor h = state.device().is_cpu() ? state : Tensor::empty({ps.numel()});
-      for (const ParamSpec& s : ps.specs()) read_into(ckpt, cat, s.name, h.flat(s.offset, numel(s.shape)).view(s.shape));
-      if (!state.device().is_cpu()) be.copy(state, h);
+      if (state.device().is_cpu())
+        state.copy_from(full.flat(b, e - b));
+      else
+        be.copy(state, full.flat(b, e - b));
     }
     opt.set_steps(member_int(member(ckpt.metadata(), "optimizer", where), "step", where));
   }

@@ -20,9 +20,11 @@ struct TokenizerRecord {
   std::map<std::string, std::string> files;  // role ("model", "vocab", "merges") -> source path
 };
 
-// Writes <save_root>/iter_NNNNNNN for the trainer's current state; returns its path.
+// Writes <save_root>/iter_NNNNNNN for the trainer's current state; returns its path. m and v
+// are the full AdamW moments (Trainer::full_optimizer_state(), collective under ZeRO-1).
 std::string save_training_checkpoint(const std::string& save_root, const TrainArgs& args, const Trainer& trainer,
-                                     const TokenizerRecord& tokenizer, int keep_last);
+                                     const Tensor& m, const Tensor& v, const TokenizerRecord& tokenizer,
+                                     int keep_last);
 
 struct LoadOptions {
   bool load_optimizer = true;

@@ -6,8 +6,16 @@ namespace llm {
 
 AdamW::AdamW(ParameterSet& params, Backend& backend, const OptimizerConfig& config)
     : params_(params), backend_(backend), config_(config) {
-  m_ = backend_.zeros({params_.numel()});
-  v_ = backend_.zeros({params_.numel()});
+  set_shard(0, params_.numel());
+}
+
+void AdamW::set_shard(int64_t begin, int64_t end) {
+  LLM_CHECK(0 <= begin && begin <= end && end <= params_.numel(), "optimizer shard [", begin, ", ", end,
+            ") outside the ", params_.numel(), " parameters");
+  shard_begin_ = begin;
+  shard_end_ = end;
+  m_ = backend_.zeros({end - begin});
+  v_ = backend_.zeros({end - begin});
 }
 
 StepResult AdamW::step(double lr, double grad_scale) {
@@ -30,17 +38,17 @@ StepResult AdamW::step(double lr, double grad_scale) {
   p.eps = static_cast<float>(config_.eps);
   p.step = step_;
   p.grad_scale = static_cast<float>(scale);
-  const int64_t nd = params_.decay_numel(), n = params_.numel();
+  // The owned range, split where the decayed tensors end and the no-decay ones begin.
+  const int64_t nd = params_.decay_numel(), b = shard_begin_, e = shard_end_;
   const Tensor& w = params_.flat_params();
-  if (nd > 0) {
-    p.weight_decay = static_cast<float>(config_.weight_decay);
-    backend_.adamw_update(w.flat(0, nd), g.flat(0, nd), m_.flat(0, nd), v_.flat(0, nd), p);
-  }
-  if (n > nd) {
-    p.weight_decay = 0.0f;
-    backend_.adamw_update(w.flat(nd, n - nd), g.flat(nd, n - nd), m_.flat(nd, n - nd),
-                          v_.flat(nd, n - nd), p);
-  }
+  auto update = [&](int64_t lo, int64_t hi, float wd) {
+    if (hi <= lo) return;
+    p.weight_decay = wd;
+    backend_.adamw_update(w.flat(lo, hi - lo), g.flat(lo, hi - lo), m_.flat(lo - b, hi - lo),
+                          v_.flat(lo - b, hi - lo), p);
+  };
+  update(b, std::min(e, nd), static_cast<float>(config_.weight_decay));
+  update(std::max(b, nd), e, 0.0f);
   return r;
 }
 

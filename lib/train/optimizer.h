@@ -24,8 +24,17 @@ class AdamW {
   int64_t steps() const { return step_; }
   void set_steps(int64_t n) { step_ = n; }  // when resuming from a checkpoint
   const OptimizerConfig& config() const { return config_; }
+  // The moments of the owned range [shard_begin(), shard_end()) of the flat parameter buffer
+  // (all of it unless sharded).
   const Tensor& m() const { return m_; }
   const Tensor& v() const { return v_; }
+
+  // ZeRO stage 1: own only the flat range [begin, end) of the optimizer state and update only
+  // those parameters (the caller all-gathers the updated ranges). Resets the moments.
+  void set_shard(int64_t begin, int64_t end);
+  int64_t shard_begin() const { return shard_begin_; }
+  int64_t shard_end() const { return shard_end_; }
+  bool sharded() const { return shard_begin_ != 0 || shard_end_ != params_.numel(); }
 
  private:
   ParameterSet& params_;
@@ -33,6 +42,7 @@ class AdamW {
   OptimizerConfig config_;
   Tensor m_, v_;
   int64_t step_ = 0;
+  int64_t shard_begin_ = 0, shard_end_ = 0;
 };
 
 }  // namespace llm

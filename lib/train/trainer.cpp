@@ -25,6 +25,12 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
   LLM_CHECK(dp_size == args.data_parallel_size, "data-parallel group of ", dp_size, " ranks, but the arguments say ",
             args.data_parallel_size);
   model_.set_recompute(args.full_recompute());
+  if (args.zero_stage == 1 && dp_size > 1) {
+    // ZeRO-1: each replica keeps the optimizer state of a contiguous 1/dp of the flat buffer.
+    const int64_t n = model_.parameters().numel();
+    for (int64_t r = 0; r <= dp_size; ++r) shard_offsets_.push_back(n * r / dp_size);
+    optimizer_.set_shard(shard_offsets_[dp_->rank()], shard_offsets_[dp_->rank() + 1]);
+  }
   LLM_CHECK(train.seq_length() == args.seq_length, "data sequence length ", train.seq_length(),
             " differs from --seq-length ", args.seq_length);
   if (train.vocab_size() > model.config().vocab_size)
@@ -89,12 +95,32 @@ IterationStats Trainer::train_step() {
     StepResult r = optimizer_.step(st.lr, grad_scale);
     st.grad_norm = r.grad_norm;
     st.finite = r.finite;
+    if (r.finite && !shard_offsets_.empty()) {
+      // Each replica updated its range: share them so every replica has all parameters.
+      const Tensor& w = model_.parameters().flat_params();
+      Tensor h = w.device().is_cpu() ? w : model_.backend().download(w);
+      dp_->all_gather_ranges(h, shard_offsets_);
+      if (!w.device().is_cpu()) model_.backend().copy(w, h);
+    }
   }
   if (!st.finite) ++nan_iterations_;
   consumed_samples_ += args_.global_batch_size;
   model_.backend().synchronize();
   st.seconds = timer.seconds();
   return st;
+}
+
+std::pair<Tensor, Tensor> Trainer::full_optimizer_state() {
+  Backend& be = model_.backend();
+  auto host = [&](const Tensor& t) { return t.device().is_cpu() ? t : be.download(t); };
+  if (shard_offsets_.empty()) return {host(optimizer_.m()), host(optimizer_.v())};
+  const int64_t n = model_.parameters().numel(), b = optimizer_.shard_begin(), e = optimizer_.shard_end();
+  std::pair<Tensor, Tensor> full{Tensor::zeros({n}), Tensor::zeros({n})};
+  full.first.flat(b, e - b).copy_from(host(optimizer_.m()));
+  full.second.flat(b, e - b).copy_from(host(optimizer_.v()));
+  dp_->all_gather_ranges(full.first, shard_offsets_);
+  dp_->all_gather_ranges(full.second, shard_offsets_);
+  return full;
 }
 
 double Trainer::evaluate(const SampleSource& valid, int64_t iters) {

@@ -42,6 +42,9 @@ class Trainer {
   const AdamW& optimizer() const { return optimizer_; }
   GPT& model() { return model_; }
   const GPT& model() const { return model_; }
+  // The full AdamW moments (host, flat). Collective under ZeRO-1 (every rank must call it);
+  // otherwise the optimizer's own buffers.
+  std::pair<Tensor, Tensor> full_optimizer_state();
   // Continue after `iteration` steps that consumed `consumed_samples` (checkpoint resume).
   void restore(int64_t iteration, int64_t consumed_samples, int64_t nan_iterations) {
     iteration_ = iteration;
@@ -59,6 +62,7 @@ class Trainer {
   LRSchedule schedule_;
   Tensor tokens_, targets_, sample_;
   Communicator* dp_ = nullptr;
+  std::vector<int64_t> shard_offsets_;  // ZeRO-1: rank r owns [offsets[r], offsets[r+1])
   int64_t iteration_ = 0, consumed_samples_ = 0, nan_iterations_ = 0;
 };
 

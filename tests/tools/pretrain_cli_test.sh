@@ -106,12 +106,19 @@ if command -v mpirun > /dev/null; then
     check "mpirun -np $n (data parallel) exits 0" "[ $? -eq 0 ] && grep -q 'x 4 accumulation steps x 1 ranks\\|x $((4 / n)) accumulation steps x $n ranks' $work/dp$n.txt"
     check "data parallel $n reproduces the single-process losses (rel 1e-5)" "paste <(grep -o '\"lm_loss\": [^,]*' $work/dp1/metrics.jsonl | cut -d' ' -f2) <(grep -o '\"lm_loss\": [^,]*' $work/dp$n/metrics.jsonl | cut -d' ' -f2) | awk 'BEGIN{n=0} {n++; d=\$1-\$2; if (d<0) d=-d; if (d > 1e-5*\$1) bad=1} END{exit !(n==8 && !bad)}'"
   done
+  # ZeRO stage 1: optimizer state sharded over the replicas, same losses
+  OMP_NUM_THREADS=1 mpirun -np 2 "$bin" "${dp[@]}" --zero-stage 1 --output-dir "$work/z1" > "$work/z1.txt" 2>&1
+  check "ZeRO-1 over 2 ranks halves the optimizer state" "[ $? -eq 0 ] && grep -q 'optimizer state: .* MB per rank (ZeRO stage 1 over 2 data-parallel ranks)' $work/z1.txt"
+  check "ZeRO-1 reproduces the single-process losses (rel 1e-5)" "paste <(grep -o '\"lm_loss\": [^,]*' $work/dp1/metrics.jsonl | cut -d' ' -f2) <(grep -o '\"lm_loss\": [^,]*' $work/z1/metrics.jsonl | cut -d' ' -f2) | awk 'BEGIN{n=0} {n++; d=\$1-\$2; if (d<0) d=-d; if (d > 1e-5*\$1) bad=1} END{exit !(n==8 && !bad)}'"
+  OMP_NUM_THREADS=1 mpirun -np 2 "$bin" "${dp[@]}" --zero-stage 1 --exit-interval 4 --save "$work/z1ck" --output-dir "$work/z1a" > /dev/null 2>&1
+  OMP_NUM_THREADS=1 mpirun -np 2 "$bin" "${dp[@]}" --load "$work/z1ck" --output-dir "$work/z1b" > "$work/z1b.txt" 2>&1
+  check "a ZeRO-1 checkpoint resumes without ZeRO on the same curve (rel 1e-5)" "grep -q 'continuing after iteration 4' $work/z1b.txt && paste <(grep -o '\"lm_loss\": [^,]*' $work/dp1/metrics.jsonl | cut -d' ' -f2) <(cat $work/z1a/metrics.jsonl $work/z1b/metrics.jsonl | grep -o '\"lm_loss\": [^,]*' | cut -d' ' -f2) | awk 'BEGIN{n=0} {n++; d=\$1-\$2; if (d<0) d=-d; if (d > 1e-5*\$1) bad=1} END{exit !(n==8 && !bad)}'"
   # A checkpoint saved under DP 2 resumes on one process and continues the same curve.
   OMP_NUM_THREADS=1 mpirun -np 2 "$bin" "${dp[@]}" --exit-interval 4 --save "$work/dpck" --output-dir "$work/dpa" > "$work/dpa.txt" 2>&1
   OMP_NUM_THREADS=1 "$bin" "${dp[@]}" --load "$work/dpck" --output-dir "$work/dpb" > "$work/dpb.txt" 2>&1
   check "DP 2 checkpoint resumes on 1 process on the same curve (rel 1e-5)" "grep -q 'continuing after iteration 4' $work/dpb.txt && paste <(grep -o '\"lm_loss\": [^,]*' $work/dp1/metrics.jsonl | cut -d' ' -f2) <(cat $work/dpa/metrics.jsonl $work/dpb/metrics.jsonl | grep -o '\"lm_loss\": [^,]*' | cut -d' ' -f2) | awk 'BEGIN{n=0} {n++; d=\$1-\$2; if (d<0) d=-d; if (d > 1e-5*\$1) bad=1} END{exit !(n==8 && !bad)}'"
   mpirun -np 2 "$bin" "${dp[@]}" --tensor-model-parallel-size 2 > "$work/tp.txt" 2>&1
-  check "tensor parallelism is refused, not ignored" "[ $? -ne 0 ] && grep -q 'only data parallelism is available' $work/tp.txt"
+  check "tensor parallelism is refused, not ignored" "[ $? -ne 0 ] && grep -q 'only data parallelism (with --zero-stage 0 or 1) is available' $work/tp.txt"
   mpirun -np 3 "$bin" "${dp[@]}" > "$work/np3.txt" 2>&1
   check "an impossible layout names the constraint" "[ $? -ne 0 ] && grep -q 'global-batch-size 8 is not divisible by --micro-batch-size 2 x data-parallel size 3' $work/np3.txt"
 else

@@ -132,3 +132,37 @@ TEST(Trainer, NonFiniteLossIsDetectedAndSkipped) {
   // skipped: nothing changed (compare bytes so the NaN compares equal to itself)
   EXPECT_EQ(0, std::memcmp(before.raw(), after.raw(), before.nbytes()));
 }
+
+// ZeRO-1's arithmetic: two optimizers owning the two halves of the flat buffer, each updating
+// only its range, give exactly the parameters of one optimizer owning everything.
+TEST(Optimizer, ShardedRangesReproduceTheFullUpdate) {
+  TrainArgs a = tiny_args();
+  MockDataSource data(a.vocab_size, a.seq_length, 7);
+  GPT full(a.model_config(), cpu_backend(), 2, a.seq_length), split(a.model_config(), cpu_backend(), 2, a.seq_length);
+  OptimizerConfig oc;
+  AdamW whole(full.parameters(), cpu_backend(), oc);
+  const int64_t n = split.parameters().numel(), h = n / 2 + 12345;  // the halves straddle decay/no-decay
+  AdamW lo(split.parameters(), cpu_backend(), oc), hi(split.parameters(), cpu_backend(), oc);
+  lo.set_shard(0, h);
+  hi.set_shard(h, n);
+  Tensor tokens = Tensor::empty({4, a.seq_length}, DType::i32), targets = Tensor::empty({4, a.seq_length}, DType::i32);
+  std::vector<int32_t> s(a.seq_length + 1);
+  for (int step = 0; step < 3; ++step) {
+    for (int r = 0; r < 4; ++r) {
+      data.sample(step * 4 + r, s.data());
+      std::copy(s.begin(), s.end() - 1, tokens.data<int32_t>() + r * a.seq_length);
+      std::copy(s.begin() + 1, s.end(), targets.data<int32_t>() + r * a.seq_length);
+    }
+    for (GPT* m : {&full, &split}) {
+      m->zero_grad();
+      m->forward(tokens, targets);
+      m->backward();
+    }
+    whole.step(1e-3);
+    lo.step(1e-3);
+    hi.step(1e-3);
+  }
+  EXPECT_EQ(0, std::memcmp(full.parameters().flat_params().raw(), split.parameters().flat_params().raw(),
+                           full.parameters().flat_params().nbytes()));
+  EXPECT_EQ(lo.m().numel() + hi.m().numel(), n);
+}
