@@ -204,9 +204,15 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     std::fflush(stdout);
   };
   int64_t last_saved = -1;
+  // Phase times since the last log line, for the timer block.
+  double t_fb = 0, t_ar = 0, t_ag = 0, t_opt = 0;
+  int64_t timed_iters = 0;
   for (int64_t it = trainer.iteration() + 1; it <= args.train_iters; ++it) {
     IterationStats st = trainer.train_step();
     acc.add(st.loss, st.finite, st.seconds, st.grad_norm, st.lr, st.data_seconds);
+    t_fb += st.forward_backward_seconds, t_ar += st.grads_all_reduce_seconds;
+    t_ag += st.params_all_gather_seconds, t_opt += st.optimizer_seconds;
+    ++timed_iters;
     if (!st.finite) {
       if (lead)
         std::fprintf(stderr, "[warning] iteration %lld: non-finite %s (loss %g, grad norm %g); update skipped\n",
@@ -223,6 +229,20 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       rec.consumed_tokens = trainer.consumed_samples() * args.seq_length;
       acc.flush_into(rec, args.global_batch_size, args.seq_length, mpi.size(), flops_meg, flops_model);
       say("%s\n", megatron_log_line(rec).c_str());
+      if (args.timing_log_level >= 1) {
+        std::vector<TimerRow> rows;
+        auto row = [&](const char* name, double total) {
+          const double ms = 1e3 * total / static_cast<double>(timed_iters);
+          rows.push_back({name, dp->all_reduce_min(ms), dp->all_reduce_max(ms)});  // collective
+        };
+        row("forward-backward", t_fb);
+        if (mpi.size() > 1) row("grads-all-reduce", t_ar);
+        if (args.zero_stage >= 1 && mpi.size() > 1) row("params-all-gather", t_ag);
+        row("optimizer", t_opt);
+        say("%s\n", timers_block(rows).c_str());
+      }
+      t_fb = t_ar = t_ag = t_opt = 0;
+      timed_iters = 0;
       std::fflush(stdout);
       metrics.write(rec);
     }

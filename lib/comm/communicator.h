@@ -15,8 +15,10 @@ class Communicator {
   virtual int size() const = 0;
   // In place: x = sum over the group (f32, contiguous).
   virtual void all_reduce_sum(const Tensor& x) = 0;
-  // Sum of a scalar over the group.
+  // Sum / min / max of a scalar over the group.
   virtual double all_reduce_sum(double v) = 0;
+  virtual double all_reduce_min(double v) = 0;
+  virtual double all_reduce_max(double v) = 0;
   // In place over a flat f32 tensor: rank r contributes elements [offsets[r], offsets[r+1]) and
   // afterwards every rank holds every range (ZeRO's parameter all-gather).
   virtual void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) = 0;

@@ -28,11 +28,9 @@ class MpiCommunicator final : public Communicator {
       MPI_Allreduce(MPI_IN_PLACE, p + off, count, MPI_FLOAT, MPI_SUM, comm_);
     }
   }
-  double all_reduce_sum(double v) override {
-    double out = v;
-    if (size_ > 1) MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_SUM, comm_);
-    return out;
-  }
+  double all_reduce_sum(double v) override { return reduce(v, MPI_SUM); }
+  double all_reduce_min(double v) override { return reduce(v, MPI_MIN); }
+  double all_reduce_max(double v) override { return reduce(v, MPI_MAX); }
   void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
     LLM_CHECK(x.dtype() == DType::f32 && x.is_contiguous() && x.device().is_cpu(),
               "MPI all-gather needs a contiguous host f32 tensor");
@@ -60,6 +58,11 @@ class MpiCommunicator final : public Communicator {
   void barrier() override { MPI_Barrier(comm_); }
 
  private:
+  double reduce(double v, MPI_Op op) {
+    double out = v;
+    if (size_ > 1) MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, op, comm_);
+    return out;
+  }
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;

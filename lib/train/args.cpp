@@ -109,6 +109,7 @@ std::vector<OptionSpec> make_options() {
       opt("train-iters", &A::train_iters, "optimizer steps to run"),
       opt("seed", &A::seed, "random seed (weights and data order)"),
       opt("log-interval", &A::log_interval, "iterations between log lines"),
+      opt("timing-log-level", &A::timing_log_level, "1: print the (min, max) time across ranks of each phase after the log line"),
       opt("eval-interval", &A::eval_interval, "iterations between validation runs (0 = only at the end)"),
       opt("eval-iters", &A::eval_iters, "validation batches per evaluation (0 = no validation)"),
       opt("mock-data", &A::mock_data, "train on the deterministic synthetic stream"),

@@ -42,6 +42,7 @@ struct TrainArgs {
   int64_t train_iters = 100;
   int64_t seed = 1234;
   int64_t log_interval = 10;
+  int64_t timing_log_level = 0;  // >= 1: Megatron's (min, max) timer block after each log line
   int64_t eval_interval = 0;  // 0 = only at the end
   int64_t eval_iters = 0;
   bool mock_data = false;

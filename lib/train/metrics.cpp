@@ -88,6 +88,16 @@ std::string validation_report(const std::string& where, double loss) {
   return out;
 }
 
+std::string timers_block(const std::vector<TimerRow>& rows) {
+  std::string s = "(min, max) time across ranks (ms):";
+  for (const TimerRow& r : rows) {
+    std::string name = "    " + r.name + " ";
+    while (name.size() < 52) name += '.';
+    s += "\n" + name + format(": (%.2f, %.2f)", r.min_ms, r.max_ms);
+  }
+  return s;
+}
+
 void LogAccumulator::add(double loss, bool finite, double seconds, double grad_norm, double lr, double data_seconds) {
   ++iterations_;
   seconds_ += seconds;

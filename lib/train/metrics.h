@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <fstream>
 #include <string>
+#include <vector>
 
 namespace llm {
 
@@ -30,6 +31,16 @@ std::string metrics_json(const LogRecord& r);
 // Megatron's three-line validation block ("validation loss at iteration 10 | lm loss value:
 // ... | lm loss PPL: ... |" between dashed rules).
 std::string validation_report(const std::string& where, double loss);
+
+// Megatron's timer block printed after a log line:
+//   (min, max) time across ranks (ms):
+//       forward-backward ...............................: (1234.56, 1240.12)
+// rows: (name, min ms, max ms), each the per-iteration mean over the log interval.
+struct TimerRow {
+  std::string name;
+  double min_ms = 0, max_ms = 0;
+};
+std::string timers_block(const std::vector<TimerRow>& rows);
 
 // Accumulates iterations between log lines.
 class LogAccumulator {

@@ -65,6 +65,7 @@ IterationStats Trainer::train_step() {
   const int64_t dp_rank = dp_ ? dp_->rank() : 0, dp_size = dp_ ? dp_->size() : 1;
   model_.zero_grad();
   double loss_sum = 0;
+  Timer phase;
   for (int64_t k = 0; k < micro; ++k) {
     const uint64_t first = global_sample_index(static_cast<uint64_t>(consumed_samples_), dp_rank, micro,
                                                args_.micro_batch_size, k, 0);
@@ -74,8 +75,11 @@ IterationStats Trainer::train_step() {
     loss_sum += model_.forward(tokens_, targets_);
     model_.backward(1.0f / static_cast<float>(micro));
   }
+  model_.backend().synchronize();
+  st.forward_backward_seconds = phase.seconds();
   double grad_scale = 1.0;
   if (dp_size > 1) {
+    phase.reset();
     // Sum the replicas' gradients (each is the mean over its own samples) and average: the
     // gradient of the global batch's mean loss, identical on every rank.
     const Tensor& g = model_.parameters().flat_grads();
@@ -88,19 +92,25 @@ IterationStats Trainer::train_step() {
     }
     loss_sum = dp_->all_reduce_sum(loss_sum);
     grad_scale = 1.0 / static_cast<double>(dp_size);
+    st.grads_all_reduce_seconds = phase.seconds();
   }
   st.loss = loss_sum / static_cast<double>(micro * dp_size);
   st.finite = std::isfinite(st.loss);
   if (st.finite) {
+    phase.reset();
     StepResult r = optimizer_.step(st.lr, grad_scale);
+    model_.backend().synchronize();
+    st.optimizer_seconds = phase.seconds();
     st.grad_norm = r.grad_norm;
     st.finite = r.finite;
     if (r.finite && !shard_offsets_.empty()) {
+      phase.reset();
       // Each replica updated its range: share them so every replica has all parameters.
       const Tensor& w = model_.parameters().flat_params();
       Tensor h = w.device().is_cpu() ? w : model_.backend().download(w);
       dp_->all_gather_ranges(h, shard_offsets_);
       if (!w.device().is_cpu()) model_.backend().copy(w, h);
+      st.params_all_gather_seconds = phase.seconds();
     }
   }
   if (!st.finite) ++nan_iterations_;

@@ -21,6 +21,9 @@ struct IterationStats {
   bool finite = true;    // false: loss or gradient was NaN/Inf and the update was skipped
   double seconds = 0;
   double data_seconds = 0;  // of which: reading samples (shows whether input is a bottleneck)
+  // Phase timers (Megatron's timer names), seconds on this rank.
+  double forward_backward_seconds = 0, grads_all_reduce_seconds = 0, params_all_gather_seconds = 0,
+         optimizer_seconds = 0;
 };
 
 class Trainer {

@@ -98,7 +98,7 @@ run_dir="$OUTPUT_ROOT/$RUN_NAME"
 args=(--model "$MODEL_SIZE_KEY" --seq-length "$SEQ_LEN" --micro-batch-size "$MICRO_BATCH"
       --global-batch-size "$GLOBAL_BATCH" --train-iters "$TRAIN_ITERS" --lr "$LR"
       --tensor-model-parallel-size "$MPSIZE" --pipeline-model-parallel-size "$PPSIZE" --zero-stage "$ZERO_STAGE"
-      --output-dir "$run_dir" --log-interval "${LOG_INTERVAL:-1}")
+      --output-dir "$run_dir" --log-interval "${LOG_INTERVAL:-1}" --timing-log-level "${TIMING_LOG_LEVEL:-1}")
 if [ "$SPSIZE" -gt 1 ]; then
   if [ "$SP_TYPE" = ds ]; then args+=(--ds-sequence-parallel-size "$SPSIZE"); else args+=(--sequence-parallel); fi
 fi

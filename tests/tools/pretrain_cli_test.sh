@@ -113,6 +113,8 @@ if command -v mpirun > /dev/null; then
   OMP_NUM_THREADS=1 mpirun -np 2 "$bin" "${dp[@]}" --zero-stage 1 --exit-interval 4 --save "$work/z1ck" --output-dir "$work/z1a" > /dev/null 2>&1
   OMP_NUM_THREADS=1 mpirun -np 2 "$bin" "${dp[@]}" --load "$work/z1ck" --output-dir "$work/z1b" > "$work/z1b.txt" 2>&1
   check "a ZeRO-1 checkpoint resumes without ZeRO on the same curve (rel 1e-5)" "grep -q 'continuing after iteration 4' $work/z1b.txt && paste <(grep -o '\"lm_loss\": [^,]*' $work/dp1/metrics.jsonl | cut -d' ' -f2) <(cat $work/z1a/metrics.jsonl $work/z1b/metrics.jsonl | grep -o '\"lm_loss\": [^,]*' | cut -d' ' -f2) | awk 'BEGIN{n=0} {n++; d=\$1-\$2; if (d<0) d=-d; if (d > 1e-5*\$1) bad=1} END{exit !(n==8 && !bad)}'"
+  OMP_NUM_THREADS=1 mpirun -np 2 "$bin" "${dp[@]}" --zero-stage 1 --timing-log-level 1 --exit-interval 2 --output-dir "$work/tl" > "$work/timers.txt" 2>&1
+  check "--timing-log-level 1 prints the (min, max) timer block" "[ \$(grep -c '^(min, max) time across ranks (ms):' $work/timers.txt) -eq 2 ] && grep -qE '^    forward-backward \\.+: \\([0-9.]+, [0-9.]+\\)' $work/timers.txt && grep -q '^    grads-all-reduce \\.' $work/timers.txt && grep -q '^    params-all-gather \\.' $work/timers.txt"
   # A checkpoint saved under DP 2 resumes on one process and continues the same curve.
   OMP_NUM_THREADS=1 mpirun -np 2 "$bin" "${dp[@]}" --exit-interval 4 --save "$work/dpck" --output-dir "$work/dpa" > "$work/dpa.txt" 2>&1
   OMP_NUM_THREADS=1 "$bin" "${dp[@]}" --load "$work/dpck" --output-dir "$work/dpb" > "$work/dpb.txt" 2>&1

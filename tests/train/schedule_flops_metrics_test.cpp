@@ -108,3 +108,11 @@ TEST(Metrics, ValidationReportAndAccumulator) {
   EXPECT_NEAR(r.tflops_megatron, 4.0 / (2.0 / 3), 1e-9);
   EXPECT_TRUE(acc.empty());
 }
+
+TEST(Metrics, TimerBlockAsMegatronPrintsIt) {
+  const std::string b = timers_block({{"forward-backward", 1234.564, 1240.1234}, {"optimizer", 3.0, 4.5}});
+  EXPECT_EQ(b,
+            "(min, max) time across ranks (ms):\n"
+            "    forward-backward ...............................: (1234.56, 1240.12)\n"
+            "    optimizer ......................................: (3.00, 4.50)");
+}
