@@ -14,36 +14,16 @@
 #include "data/dataset.h"
 #include "data/gpt_dataset.h"
 #include "data/hdf5_util.h"
+#include "support/scratch_dir.h"
 
 using namespace llm;
 namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory per test, removed afterwards.
-class TempDir {
+class TempDir : public llm::testing::ScratchDir {
  public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() / ("llm-dataset-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path_)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-
- private:
-  fs::path path_;
+  TempDir() : ScratchDir("llm-dataset-test") {}
 };
 
 DatasetInfo make_info(int64_t vocab, std::string hash = "00112233deadbeef") {

@@ -11,31 +11,16 @@
 #include "core/error.h"
 #include "data/dataset.h"
 #include "data/megatron_import.h"
+#include "support/scratch_dir.h"
 
 using namespace llm;
 namespace fs = std::filesystem;
 
 namespace {
 
-class TempDir {
+class TempDir : public llm::testing::ScratchDir {
  public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() / ("llm-megatron-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-  size_t num_entries() const {
-    return static_cast<size_t>(std::distance(fs::directory_iterator(path_), fs::directory_iterator()));
-  }
-
- private:
-  fs::path path_;
+  TempDir() : ScratchDir("llm-megatron-test") {}
 };
 
 // A document is a list of sequences of token ids.

@@ -16,6 +16,7 @@
 #include "io/hf_gpt2.h"
 #include "io/safetensors.h"
 #include "model/gpt.h"
+#include "support/scratch_dir.h"
 
 using namespace llm;
 namespace fs = std::filesystem;
@@ -24,28 +25,9 @@ namespace {
 
 using Named = std::vector<std::pair<std::string, Tensor>>;
 
-class ScratchDir {
+class ScratchDir : public llm::testing::ScratchDir {
  public:
-  ScratchDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() / ("llm-hf-gpt2-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path_)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-
- private:
-  fs::path path_;
+  ScratchDir() : llm::testing::ScratchDir("llm-hf-gpt2-test") {}
 };
 
 std::string read_file(const std::string& path) {
