@@ -61,11 +61,17 @@ class Backend {
 
   // ---- ops --------------------------------------------------------------------------------
   // out[B,T,C] = wte[tokens[b,t], :] + wpe[t, :]      tokens[B,T] i32, wte[Vp,C], wpe[maxT,C]
+  // Vocab-parallel form: wte holds vocabulary rows [vocab_begin, vocab_begin + wte.size(0)) of
+  // a table of vocab_total rows (0 = wte.size(0), unsharded); tokens must lie in
+  // [0, vocab_total) and those outside the shard contribute zero (the tensor-parallel group sums
+  // the shards). wpe may be undefined: no position term (only one shard adds it).
   virtual void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte,
-                                 const Tensor& wpe) = 0;
-  // dwte[tokens[b,t]] += dout[b,t];  dwpe[t] += sum_b dout[b,t]       (both +=)
+                                 const Tensor& wpe, int64_t vocab_begin = 0,
+                                 int64_t vocab_total = 0) = 0;
+  // dwte[tokens[b,t] - vocab_begin] += dout[b,t] for tokens in the shard;
+  // dwpe[t] += sum_b dout[b,t]   (both +=; dwpe may be undefined)
   virtual void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout,
-                                  const Tensor& tokens) = 0;
+                                  const Tensor& tokens, int64_t vocab_begin = 0) = 0;
 
   // out[N,C] = (inp - mean) * rstd * weight + bias;  saves mean[N], rstd[N]
   virtual void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd,
@@ -113,13 +119,20 @@ class Backend {
 
   // Softmax cross-entropy over the first V columns of logits[N,Vp] (columns >= V are padding).
   // losses[N] = lse - logits[target];  lse[N] saved;  target < 0 means "ignore" (loss 0).
+  // Vocab-parallel form: logits[N,Vl] are global columns [vocab_begin, vocab_begin + Vl) of a
+  // vocabulary of V real columns (global columns >= V are padding; every shard must hold at
+  // least one real column). lse is then over the shard's real columns, and a target outside
+  // the shard counts as logit 0 in losses (so lse - losses is the target logit on its owner and
+  // exactly 0 elsewhere); the caller combines the shards' lse and target logits.
   virtual void cross_entropy_forward(const Tensor& losses, const Tensor& lse,
-                                     const Tensor& logits, const Tensor& targets, int64_t V) = 0;
+                                     const Tensor& logits, const Tensor& targets, int64_t V,
+                                     int64_t vocab_begin = 0) = 0;
   // dlogits[N,Vp] = (softmax - onehot(target)) * dloss (=; padding columns and ignored rows 0).
-  // dlogits may alias logits: the fused, in-place form used in training.
+  // dlogits may alias logits: the fused, in-place form used in training. Vocab-parallel form:
+  // lse is the GLOBAL log-sum-exp and the one-hot only applies on the shard holding the target.
   virtual void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits,
                                       const Tensor& lse, const Tensor& targets, float dloss,
-                                      int64_t V) = 0;
+                                      int64_t V, int64_t vocab_begin = 0) = 0;
 
   // One AdamW step over flat, same-length param/grad/m/v (all f32, m and v are fp32 state).
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m,

@@ -27,11 +27,12 @@ class ProfilingBackend final : public Backend {
   void copy(const Tensor& dst, const Tensor& src) override { inner_.copy(dst, src); }
   void zero(const Tensor& t) override { timed("zero", [&] { inner_.zero(t); }); }
   void synchronize() override { inner_.synchronize(); }
-  void embedding_forward(const Tensor& o, const Tensor& t, const Tensor& a, const Tensor& b) override {
-    timed("embedding_forward", [&] { inner_.embedding_forward(o, t, a, b); });
+  void embedding_forward(const Tensor& o, const Tensor& t, const Tensor& a, const Tensor& b, int64_t vb,
+                         int64_t vt) override {
+    timed("embedding_forward", [&] { inner_.embedding_forward(o, t, a, b, vb, vt); });
   }
-  void embedding_backward(const Tensor& a, const Tensor& b, const Tensor& d, const Tensor& t) override {
-    timed("embedding_backward", [&] { inner_.embedding_backward(a, b, d, t); });
+  void embedding_backward(const Tensor& a, const Tensor& b, const Tensor& d, const Tensor& t, int64_t vb) override {
+    timed("embedding_backward", [&] { inner_.embedding_backward(a, b, d, t, vb); });
   }
   void layernorm_forward(const Tensor& o, const Tensor& m, const Tensor& r, const Tensor& i, const Tensor& w,
                          const Tensor& b, float eps) override {
@@ -72,12 +73,12 @@ class ProfilingBackend final : public Backend {
     timed("attention_kv_forward", [&] { inner_.attention_kv_forward(o, q, kc, vc, past, nh); });
   }
   void cross_entropy_forward(const Tensor& ls, const Tensor& l, const Tensor& x, const Tensor& t,
-                             int64_t V) override {
-    timed("cross_entropy_forward", [&] { inner_.cross_entropy_forward(ls, l, x, t, V); });
+                             int64_t V, int64_t vb) override {
+    timed("cross_entropy_forward", [&] { inner_.cross_entropy_forward(ls, l, x, t, V, vb); });
   }
   void cross_entropy_backward(const Tensor& d, const Tensor& x, const Tensor& l, const Tensor& t, float s,
-                              int64_t V) override {
-    timed("cross_entropy_backward", [&] { inner_.cross_entropy_backward(d, x, l, t, s, V); });
+                              int64_t V, int64_t vb) override {
+    timed("cross_entropy_backward", [&] { inner_.cross_entropy_backward(d, x, l, t, s, V, vb); });
   }
   void adamw_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
                     const AdamWParams& a) override {

@@ -115,6 +115,50 @@ TEST_P(BackendConformance, Embedding) {
   }
 }
 
+// Vocab-parallel embedding: each shard looks up only its rows (wpe on one shard only); the
+// shards' outputs sum to the unsharded embedding and their dwte rows are the unsharded dwte.
+TEST_P(BackendConformance, EmbeddingVocabShards) {
+  const int B = 3, T = 11, C = 24, Vp = 40, maxT = 16;
+  bt::Rng rng(21);
+  IVec tokens = rng.below(size_t(B) * T, Vp);
+  tokens[0] = 0, tokens[1] = Vp - 1, tokens[2] = 19, tokens[3] = 20;  // shard edges
+  Vec wte = rng.normal(size_t(Vp) * C), wpe = rng.normal(size_t(maxT) * C), dout = rng.normal(size_t(B) * T * C);
+  Vec ref_out;
+  ref::embedding_forward(ref_out, tokens, wte, wpe, B, T, C);
+  Vec rdwte(wte.size(), 0.0), rdwpe(wpe.size(), 0.0);
+  ref::embedding_backward(rdwte, rdwpe, dout, tokens, B, T, C);
+  for (int shards : {2, 4, 5}) {
+    SCOPED_TRACE(str({{"shards", shards}}));
+    const int Vl = Vp / shards;
+    Vec sum(ref_out.size(), 0.0), gdwte;
+    Tensor tok = up_i32({B, T}, tokens);
+    for (int r = 0; r < shards; ++r) {
+      Vec part(wte.begin() + size_t(r) * Vl * C, wte.begin() + size_t(r + 1) * Vl * C);
+      Tensor out = nan_tensor({B, T, C});
+      be().embedding_forward(out, tok, up({Vl, C}, part), r == 0 ? up({maxT, C}, wpe) : Tensor{}, int64_t(r) * Vl, Vp);
+      const Vec o = down(out);
+      for (size_t i = 0; i < o.size(); ++i) sum[i] += o[i];
+      Tensor dwte = up({Vl, C}, Vec(size_t(Vl) * C, 0.0));
+      Tensor dwpe = up({maxT, C}, Vec(wpe.size(), 0.0));
+      be().embedding_backward(dwte, r == 0 ? dwpe : Tensor{}, up({B, T, C}, dout), tok, int64_t(r) * Vl);
+      const Vec g = down(dwte);
+      gdwte.insert(gdwte.end(), g.begin(), g.end());
+      if (r == 0) {
+        EXPECT_TRUE(bt::all_close("shard 0 dwpe", down(dwpe), rdwpe, Tol{1e-6, 1e-6}));
+      }
+    }
+    EXPECT_TRUE(bt::all_close("sum of shard embeddings", sum, ref_out, Tol{1e-6, 1e-7}));
+    EXPECT_TRUE(bt::all_close("concatenated shard dwte", gdwte, rdwte, Tol{1e-6, 1e-6}));
+  }
+  // A token outside the whole vocabulary is still an error on every shard.
+  IVec bad = tokens;
+  bad[5] = Vp;
+  Tensor out = be().empty({B, T, C});
+  EXPECT_THROW(be().embedding_forward(out, up_i32({B, T}, bad), up({Vp / 2, C}, Vec(size_t(Vp / 2) * C, 0.0)),
+                                      Tensor{}, Vp / 2, Vp),
+               llm::Error);
+}
+
 // ---- layernorm ------------------------------------------------------------------------------
 
 TEST_P(BackendConformance, LayerNorm) {
@@ -503,6 +547,68 @@ TEST_P(BackendConformance, CrossEntropyFusedTrainingPath) {
   Vec rd(logits.size(), 0.0);
   ref::cross_entropy_backward(rd, logits, targets, double(dloss), N, Vp, V);
   EXPECT_TRUE(bt::all_close("cross-entropy fused dlogits", down(lg), rd, Tol{3e-5, 1e-10}));
+}
+
+// Vocab-parallel cross-entropy: the shards' lse combine (log-sum-exp) into the full lse, lse -
+// losses is the target logit on its owner and exactly 0 elsewhere, and backward with the global
+// lse gives each shard its columns of the unsharded dlogits (the last shard holds padding).
+TEST_P(BackendConformance, CrossEntropyVocabShards) {
+  const int N = 13, V = 170, Vp = 192;
+  bt::Rng rng(22);
+  Vec logits = rng.normal(size_t(N) * Vp, 2.0);
+  for (int n = 0; n < N; ++n)
+    for (int j = V; j < Vp; ++j) logits[size_t(n) * Vp + j] = 40.0;  // padding must be ignored
+  IVec targets = rng.below(size_t(N), V);
+  targets[0] = V - 1, targets[1] = 0, targets[2] = 63, targets[3] = 64, targets[4] = -1;
+  Vec rloss, rlse;
+  ref::cross_entropy_forward(rloss, rlse, logits, targets, N, Vp, V);
+  const float dloss = 0.37f;
+  Vec rd(logits.size(), 0.0);
+  ref::cross_entropy_backward(rd, logits, targets, double(dloss), N, Vp, V);
+  Tensor tg = up_i32({N}, targets);
+  for (int shards : {2, 3}) {
+    SCOPED_TRACE(str({{"shards", shards}}));
+    const int Vl = Vp / shards;
+    std::vector<Vec> lses, tlogit;
+    std::vector<Tensor> parts;
+    for (int r = 0; r < shards; ++r) {
+      Vec part;
+      for (int n = 0; n < N; ++n)
+        part.insert(part.end(), logits.begin() + size_t(n) * Vp + size_t(r) * Vl,
+                    logits.begin() + size_t(n) * Vp + size_t(r + 1) * Vl);
+      parts.push_back(up({N, Vl}, part));
+      Tensor losses = nan_tensor({N}), lse = nan_tensor({N});
+      be().cross_entropy_forward(losses, lse, parts.back(), tg, V, int64_t(r) * Vl);
+      const Vec l = down(losses), s = down(lse);
+      Vec t(static_cast<size_t>(N));
+      for (int n = 0; n < N; ++n) {
+        t[size_t(n)] = targets[size_t(n)] < 0 ? 0.0 : s[size_t(n)] - l[size_t(n)];
+        const bool owner = targets[size_t(n)] >= r * Vl && targets[size_t(n)] < (r + 1) * Vl;
+        if (!owner) {
+          EXPECT_EQ(t[size_t(n)], 0.0) << "row " << n << " on shard " << r;
+        }
+      }
+      lses.push_back(s);
+      tlogit.push_back(t);
+    }
+    Vec lse(static_cast<size_t>(N)), loss(static_cast<size_t>(N));
+    for (int n = 0; n < N; ++n) {
+      double m = -INFINITY, acc = 0, x = 0;
+      for (int r = 0; r < shards; ++r) m = std::max(m, lses[size_t(r)][size_t(n)]);
+      for (int r = 0; r < shards; ++r) acc += std::exp(lses[size_t(r)][size_t(n)] - m), x += tlogit[size_t(r)][size_t(n)];
+      lse[size_t(n)] = m + std::log(acc);
+      loss[size_t(n)] = targets[size_t(n)] < 0 ? 0.0 : lse[size_t(n)] - x;
+    }
+    EXPECT_TRUE(bt::all_close("combined losses", loss, rloss, Tol{1e-5, 5e-5}));
+    const Tensor glob = up({N}, rounded(rlse));
+    for (int r = 0; r < shards; ++r) {
+      be().cross_entropy_backward(parts[size_t(r)], parts[size_t(r)], glob, tg, dloss, V, int64_t(r) * Vl);
+      Vec want;
+      for (int n = 0; n < N; ++n)
+        want.insert(want.end(), rd.begin() + size_t(n) * Vp + size_t(r) * Vl, rd.begin() + size_t(n) * Vp + size_t(r + 1) * Vl);
+      EXPECT_TRUE(bt::all_close("shard dlogits", down(parts[size_t(r)]), want, Tol{3e-5, 1e-10}));
+    }
+  }
 }
 
 // ---- optimizer and reductions ---------------------------------------------------------------

@@ -18,11 +18,13 @@ class CpuBackend final : public Backend {
   void zero(const Tensor& t) override { t.zero(); }
   void synchronize() override {}
 
-  void embedding_forward(const Tensor& o, const Tensor& tok, const Tensor& wte, const Tensor& wpe) override {
-    cpu::embedding_forward(o, tok, wte, wpe);
+  void embedding_forward(const Tensor& o, const Tensor& tok, const Tensor& wte, const Tensor& wpe,
+                         int64_t vocab_begin, int64_t vocab_total) override {
+    cpu::embedding_forward(o, tok, wte, wpe, vocab_begin, vocab_total);
   }
-  void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tok) override {
-    cpu::embedding_backward(dwte, dwpe, dout, tok);
+  void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tok,
+                          int64_t vocab_begin) override {
+    cpu::embedding_backward(dwte, dwpe, dout, tok, vocab_begin);
   }
   void layernorm_forward(const Tensor& o, const Tensor& mean, const Tensor& rstd, const Tensor& inp,
                          const Tensor& w, const Tensor& b, float eps) override {
@@ -59,12 +61,12 @@ class CpuBackend final : public Backend {
     cpu::attention_kv_forward(o, qkv, kc, vc, past, nh);
   }
   void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
-                             const Tensor& targets, int64_t V) override {
-    cpu::cross_entropy_forward(losses, lse, logits, targets, V);
+                             const Tensor& targets, int64_t V, int64_t vocab_begin) override {
+    cpu::cross_entropy_forward(losses, lse, logits, targets, V, vocab_begin);
   }
   void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
-                              const Tensor& targets, float dloss, int64_t V) override {
-    cpu::cross_entropy_backward(dlogits, logits, lse, targets, dloss, V);
+                              const Tensor& targets, float dloss, int64_t V, int64_t vocab_begin) override {
+    cpu::cross_entropy_backward(dlogits, logits, lse, targets, dloss, V, vocab_begin);
   }
   void adamw_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const AdamWParams& a) override {
     cpu::adamw_update(p, g, m, v, a);

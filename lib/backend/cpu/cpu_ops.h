@@ -5,8 +5,10 @@
 
 namespace llm::cpu {
 
-void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe);
-void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens);
+void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                       int64_t vocab_begin, int64_t vocab_total);
+void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens,
+                        int64_t vocab_begin);
 void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& inp,
                        const Tensor& weight, const Tensor& bias, float eps);
 void layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
@@ -25,9 +27,9 @@ void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qk
 void attention_kv_forward(const Tensor& out, const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
                           int64_t past, int n_head);
 void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
-                           const Tensor& targets, int64_t V);
+                           const Tensor& targets, int64_t V, int64_t vocab_begin);
 void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
-                            const Tensor& targets, float dloss, int64_t V);
+                            const Tensor& targets, float dloss, int64_t V, int64_t vocab_begin);
 void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                   const AdamWParams& p);
 double sum_squares(const Tensor& x);

@@ -27,23 +27,26 @@ LLM_SIMD_CLONES void row_softmax_grad(float* d, const float* x, int64_t n, float
   for (int64_t i = 0; i < n; ++i) d[i] = fast_exp(x[i] - lse) * scale;
 }
 
-void check_args(const char* op, const Tensor& logits, const Tensor& targets, int64_t V) {
+// Returns the shard's number of real columns.
+int64_t check_args(const char* op, const Tensor& logits, const Tensor& targets, int64_t V, int64_t vocab_begin) {
   const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;
   check_f32(logits, logits.shape(), op);
-  LLM_CHECK(V >= 1 && V <= Vp, op, ": vocabulary ", V, " outside [1, ", Vp, "]");
+  LLM_CHECK(V >= 1 && vocab_begin >= 0 && vocab_begin < V, op, ": vocabulary ", V, " and shard of columns [",
+            vocab_begin, ", ", vocab_begin + Vp, "): the shard must hold at least one real column");
   LLM_CHECK(targets.numel() == N && targets.dtype() == DType::i32 && targets.is_contiguous(), op,
             ": targets must be ", N, " contiguous i32, got ", shape_str(targets.shape()), " ",
             dtype_name(targets.dtype()));
   const int32_t* t = targets.data<int32_t>();
   for (int64_t i = 0; i < N; ++i)
     LLM_CHECK(t[i] < V, op, ": target ", t[i], " at row ", i, " outside the vocabulary of ", V);
+  return std::min(Vp, V - vocab_begin);
 }
 
 }  // namespace
 
 void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
-                           const Tensor& targets, int64_t V) {
-  check_args("cross_entropy_forward", logits, targets, V);
+                           const Tensor& targets, int64_t V, int64_t vocab_begin) {
+  const int64_t Vr = check_args("cross_entropy_forward", logits, targets, V, vocab_begin);
   const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;
   check_f32(losses, {N}, "cross_entropy_forward losses");
   check_f32(lse, {N}, "cross_entropy_forward lse");
@@ -54,16 +57,17 @@ void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < N; ++i) {
     const float* row = x + i * Vp;
-    const float m = row_max(row, V);
-    const float s = m + std::log(row_sum_exp(row, V, m));
+    const float m = row_max(row, Vr);
+    const float s = m + std::log(row_sum_exp(row, Vr, m));
     ps[i] = s;
-    pl[i] = t[i] < 0 ? 0.0f : s - row[t[i]];
+    const int64_t col = static_cast<int64_t>(t[i]) - vocab_begin;
+    pl[i] = t[i] < 0 ? 0.0f : s - (col >= 0 && col < Vr ? row[col] : 0.0f);
   }
 }
 
 void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
-                            const Tensor& targets, float dloss, int64_t V) {
-  check_args("cross_entropy_backward", logits, targets, V);
+                            const Tensor& targets, float dloss, int64_t V, int64_t vocab_begin) {
+  const int64_t Vr = check_args("cross_entropy_backward", logits, targets, V, vocab_begin);
   const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;
   check_f32(dlogits, logits.shape(), "cross_entropy_backward dlogits");
   check_f32(lse, {N}, "cross_entropy_backward lse");
@@ -78,9 +82,10 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const T
       std::fill(drow, drow + Vp, 0.0f);
       continue;
     }
-    row_softmax_grad(drow, x + i * Vp, V, ps[i], dloss);  // element-wise: safe in place
-    drow[t[i]] -= dloss;
-    std::fill(drow + V, drow + Vp, 0.0f);
+    row_softmax_grad(drow, x + i * Vp, Vr, ps[i], dloss);  // element-wise: safe in place
+    const int64_t col = static_cast<int64_t>(t[i]) - vocab_begin;
+    if (col >= 0 && col < Vr) drow[col] -= dloss;
+    std::fill(drow + Vr, drow + Vp, 0.0f);
   }
 }
 
