@@ -1,5 +1,8 @@
 // Collectives over tensors within a group of ranks. MpiCommunicator carries host tensors over
 // MPI; a NCCL communicator will carry device tensors behind the same interface.
+//
+// Tensors are contiguous f32 unless an operation says otherwise. Every collective must be called
+// by every rank of the group in the same order.
 #pragma once
 #include <memory>
 #include <vector>
@@ -25,6 +28,40 @@ class Communicator {
   // In place: x = root's x.
   virtual void broadcast(const Tensor& x, int root) = 0;
   virtual void barrier() = 0;
+
+  // out = every rank's `in` concatenated in rank order (out.numel() == size() * in.numel()).
+  virtual void all_gather(const Tensor& out, const Tensor& in) = 0;
+  // out = this rank's chunk of the element-wise sum of every rank's `in`
+  // (in.numel() == size() * out.numel(); chunk r is elements [r*n, (r+1)*n)).
+  virtual void reduce_scatter(const Tensor& out, const Tensor& in) = 0;
+  // Chunk j of `in` goes to rank j; chunk i of `out` arrives from rank i (equal chunks).
+  virtual void all_to_all(const Tensor& out, const Tensor& in) = 0;
+  // Point to point (pipeline stages); `x` is received in place.
+  virtual void send(const Tensor& x, int peer, int tag = 0) = 0;
+  virtual void recv(const Tensor& x, int peer, int tag = 0) = 0;
+
+  // A non-blocking operation in flight: wait() completes it (the tensor must stay alive and
+  // untouched until then). Destroying an unfinished request waits for it.
+  class Request {
+   public:
+    virtual ~Request() = default;
+    virtual void wait() = 0;
+  };
+  // Non-blocking in-place sum (gradient buckets overlapped with backward).
+  virtual std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) = 0;
+
+  // Bytes per kind of collective since the last reset, for the communication-volume report,
+  // counted as collective benchmarks count message size: the whole tensor (all-reduce), the
+  // gathered output (all-gather), the unreduced input (reduce-scatter), this rank's input
+  // (all-to-all, send).
+  struct Volume {
+    int64_t all_reduce = 0, all_gather = 0, reduce_scatter = 0, all_to_all = 0, send_recv = 0, broadcast = 0;
+  };
+  const Volume& volume() const { return volume_; }
+  void reset_volume() { volume_ = {}; }
+
+ protected:
+  Volume volume_;
 };
 
 // A communicator over all of MPI_COMM_WORLD (MPI must be initialised, e.g. by MpiSession), or

@@ -1,10 +1,35 @@
 #include <mpi.h>
 
+#include <limits>
+
 #include "comm/communicator.h"
 
 namespace llm {
 
 namespace {
+
+void check_host_f32(const Tensor& x, const char* op) {
+  LLM_CHECK(x.dtype() == DType::f32 && x.is_contiguous() && x.device().is_cpu(), "MPI ", op,
+            " needs a contiguous host f32 tensor, got ", dtype_name(x.dtype()), " ", shape_str(x.shape()), " on ",
+            x.device().str());
+}
+
+int mpi_count(int64_t n, const char* op) {
+  LLM_CHECK(n <= std::numeric_limits<int>::max(), "MPI ", op, ": ", n, " elements exceed MPI's int counts");
+  return static_cast<int>(n);
+}
+
+class MpiRequest final : public Communicator::Request {
+ public:
+  explicit MpiRequest(MPI_Request r) : req_(r) {}
+  ~MpiRequest() override { wait(); }
+  void wait() override {
+    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+  }
+
+ private:
+  MPI_Request req_;
+};
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -18,9 +43,9 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void all_reduce_sum(const Tensor& x) override {
-    LLM_CHECK(x.dtype() == DType::f32 && x.is_contiguous() && x.device().is_cpu(),
-              "MPI all-reduce needs a contiguous host f32 tensor");
+    check_host_f32(x, "all-reduce");
     if (size_ == 1) return;
+    volume_.all_reduce += static_cast<int64_t>(x.nbytes());
     // MPI counts are int: reduce in windows of at most 2^30 elements.
     float* p = x.data<float>();
     for (int64_t off = 0, n = x.numel(); off < n; off += int64_t{1} << 30) {
@@ -32,8 +57,7 @@ class MpiCommunicator final : public Communicator {
   double all_reduce_min(double v) override { return reduce(v, MPI_MIN); }
   double all_reduce_max(double v) override { return reduce(v, MPI_MAX); }
   void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
-    LLM_CHECK(x.dtype() == DType::f32 && x.is_contiguous() && x.device().is_cpu(),
-              "MPI all-gather needs a contiguous host f32 tensor");
+    check_host_f32(x, "all-gather");
     LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.back() == x.numel(),
               "all_gather_ranges: ", offsets.size(), " offsets for ", size_, " ranks");
     if (size_ == 1) return;
@@ -44,11 +68,13 @@ class MpiCommunicator final : public Communicator {
       displs[r] = static_cast<int>(offsets[r]);
       counts[r] = static_cast<int>(offsets[r + 1] - offsets[r]);
     }
+    volume_.all_gather += static_cast<int64_t>(x.nbytes());
     MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x.data<float>(), counts.data(), displs.data(), MPI_FLOAT, comm_);
   }
   void broadcast(const Tensor& x, int root) override {
     LLM_CHECK(x.is_contiguous() && x.device().is_cpu(), "MPI broadcast needs a contiguous host tensor");
     if (size_ == 1) return;
+    volume_.broadcast += static_cast<int64_t>(x.nbytes());
     char* p = static_cast<char*>(x.raw());
     for (size_t off = 0, n = x.nbytes(); off < n; off += size_t{1} << 30) {
       const int count = static_cast<int>(std::min<size_t>(n - off, size_t{1} << 30));
@@ -56,6 +82,63 @@ class MpiCommunicator final : public Communicator {
     }
   }
   void barrier() override { MPI_Barrier(comm_); }
+
+  void all_gather(const Tensor& out, const Tensor& in) override {
+    check_host_f32(out, "all-gather");
+    check_host_f32(in, "all-gather");
+    LLM_CHECK(out.numel() == in.numel() * size_, "all_gather: output of ", out.numel(), " elements for ", size_,
+              " inputs of ", in.numel());
+    if (size_ == 1) {
+      if (out.raw() != in.raw()) out.view(in.shape()).copy_from(in);
+      return;
+    }
+    volume_.all_gather += static_cast<int64_t>(out.nbytes());
+    MPI_Allgather(in.data<float>(), mpi_count(in.numel(), "all-gather"), MPI_FLOAT, out.data<float>(),
+                  mpi_count(in.numel(), "all-gather"), MPI_FLOAT, comm_);
+  }
+  void reduce_scatter(const Tensor& out, const Tensor& in) override {
+    check_host_f32(out, "reduce-scatter");
+    check_host_f32(in, "reduce-scatter");
+    LLM_CHECK(in.numel() == out.numel() * size_, "reduce_scatter: input of ", in.numel(), " elements for ", size_,
+              " outputs of ", out.numel());
+    if (size_ == 1) {
+      if (out.raw() != in.raw()) out.copy_from(in.view(out.shape()));
+      return;
+    }
+    volume_.reduce_scatter += static_cast<int64_t>(in.nbytes());
+    MPI_Reduce_scatter_block(in.data<float>(), out.data<float>(), mpi_count(out.numel(), "reduce-scatter"), MPI_FLOAT,
+                             MPI_SUM, comm_);
+  }
+  void all_to_all(const Tensor& out, const Tensor& in) override {
+    check_host_f32(out, "all-to-all");
+    check_host_f32(in, "all-to-all");
+    LLM_CHECK(in.numel() == out.numel() && in.numel() % size_ == 0, "all_to_all: ", in.numel(), " and ", out.numel(),
+              " elements for ", size_, " ranks (equal sizes, divisible by the group)");
+    if (size_ == 1) {
+      if (out.raw() != in.raw()) out.copy_from(in.view(out.shape()));
+      return;
+    }
+    volume_.all_to_all += static_cast<int64_t>(in.nbytes());
+    const int chunk = mpi_count(in.numel() / size_, "all-to-all");
+    MPI_Alltoall(in.data<float>(), chunk, MPI_FLOAT, out.data<float>(), chunk, MPI_FLOAT, comm_);
+  }
+  void send(const Tensor& x, int peer, int tag) override {
+    check_host_f32(x, "send");
+    volume_.send_recv += static_cast<int64_t>(x.nbytes());
+    MPI_Send(x.data<float>(), mpi_count(x.numel(), "send"), MPI_FLOAT, peer, tag, comm_);
+  }
+  void recv(const Tensor& x, int peer, int tag) override {
+    check_host_f32(x, "recv");
+    MPI_Recv(x.data<float>(), mpi_count(x.numel(), "recv"), MPI_FLOAT, peer, tag, comm_, MPI_STATUS_IGNORE);
+  }
+  std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) override {
+    check_host_f32(x, "all-reduce");
+    if (size_ == 1) return std::make_unique<MpiRequest>(MPI_REQUEST_NULL);
+    volume_.all_reduce += static_cast<int64_t>(x.nbytes());
+    MPI_Request r;
+    MPI_Iallreduce(MPI_IN_PLACE, x.data<float>(), mpi_count(x.numel(), "all-reduce"), MPI_FLOAT, MPI_SUM, comm_, &r);
+    return std::make_unique<MpiRequest>(r);
+  }
 
  private:
   double reduce(double v, MPI_Op op) {

@@ -21,6 +21,12 @@ void GPTConfig::validate(int64_t seq_length) const {
   if (tensor_parallel < 1) fail("--tensor-model-parallel-size must be >= 1, got ", tensor_parallel);
   if (num_heads % tensor_parallel)
     fail("--num-attention-heads ", num_heads, " is not divisible by --tensor-model-parallel-size ", tensor_parallel);
+  if (ffn() % tensor_parallel)
+    fail("FFN hidden size ", ffn(), " is not divisible by --tensor-model-parallel-size ", tensor_parallel);
+  if (tensor_parallel > 1 && vocab_size <= padded_vocab_size() - padded_vocab_size() / tensor_parallel)
+    fail("--vocab-size ", vocab_size, " leaves the last of ", tensor_parallel, " vocabulary shards of ",
+         padded_vocab_size() / tensor_parallel, " rows without a real token (padded to ", padded_vocab_size(),
+         "): lower --make-vocab-size-divisible-by");
   const int64_t maxpos = max_position_embeddings ? max_position_embeddings : seq_length;
   if (maxpos < 1) fail("--max-position-embeddings (or --seq-length) must be >= 1");
   if (seq_length > maxpos)

@@ -22,36 +22,78 @@ struct GPT::Activations {
   Tensor encoded, lnf, lnf_mean, lnf_rstd, logits, losses, ce_lse;
   // backward scratch
   Tensor dresidual, dbuf, dqkv, dfch;
+  // tensor/sequence parallel: [N, C] gathered rows, a row-parallel layer's partial sum, this
+  // rank's rows of a gradient, and the final LayerNorm's gathered output (kept for backward)
+  Tensor gathered, partial, drows, lnf_full;
 };
 
-GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length)
-    : config_(config), backend_(backend) {
+ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, int size, bool sequence_parallel) {
+  const int64_t C = config.hidden_size, F = config.ffn(), L = config.num_layers;
+  const int64_t Vp = config.padded_vocab_size();
+  LLM_CHECK(C % size == 0 && F % size == 0 && config.num_heads % size == 0 && Vp % size == 0, "tensor parallel size ",
+            size, " must divide the heads ", config.num_heads, ", hidden ", C, ", FFN ", F, " and padded vocabulary ", Vp);
+  const int64_t Cl = C / size, Fl = F / size, Vl = Vp / size;
+  // GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2L).
+  const float std = 0.02f, proj_std = 0.02f / std::sqrt(2.0f * static_cast<float>(L));
+  ParameterSet ps;
+  const bool tp = size > 1;
+  // Rows [rank*n, (rank+1)*n) of a dimension, or columns of a matrix (dim 1).
+  auto split = [&](const std::string& name, const Shape& global, int dim, Init init, float sd, bool decay) {
+    if (!tp) return ps.add(name, global, init, sd, decay);
+    Shape local = global;
+    local[dim] /= size;
+    ps.add_sharded(name, local, global, dim, {ShardChunk{rank * local[dim], 0, local[dim]}}, init, sd, decay);
+  };
+  // c_attn: this rank's heads of each of q, k and v.
+  auto qkv = [&](const std::string& name, const Shape& global, Init init, float sd, bool decay) {
+    if (!tp) return ps.add(name, global, init, sd, decay);
+    Shape local = global;
+    local[0] = 3 * Cl;
+    ps.add_sharded(name, local, global, 0,
+                   {ShardChunk{rank * Cl, 0, Cl}, ShardChunk{C + rank * Cl, Cl, Cl}, ShardChunk{2 * C + rank * Cl, 2 * Cl, Cl}},
+                   init, sd, decay);
+  };
+  split("wte", {Vp, C}, 0, Init::normal, std, true);
+  ps.add("wpe", {max_pos, C}, Init::normal, std, true);
+  std::vector<std::string> norms;
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    ps.add(p + "ln_1.weight", {C}, Init::ones, 0, false);
+    ps.add(p + "ln_1.bias", {C}, Init::zeros, 0, false);
+    qkv(p + "attn.c_attn.weight", {3 * C, C}, Init::normal, std, true);
+    qkv(p + "attn.c_attn.bias", {3 * C}, Init::zeros, 0, false);
+    split(p + "attn.c_proj.weight", {C, C}, 1, Init::normal, proj_std, true);
+    ps.add(p + "attn.c_proj.bias", {C}, Init::zeros, 0, false);
+    ps.add(p + "ln_2.weight", {C}, Init::ones, 0, false);
+    ps.add(p + "ln_2.bias", {C}, Init::zeros, 0, false);
+    split(p + "mlp.c_fc.weight", {F, C}, 0, Init::normal, std, true);
+    split(p + "mlp.c_fc.bias", {F}, 0, Init::zeros, 0, false);
+    split(p + "mlp.c_proj.weight", {C, F}, 1, Init::normal, proj_std, true);
+    ps.add(p + "mlp.c_proj.bias", {C}, Init::zeros, 0, false);
+    for (const char* n : {"ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"}) norms.push_back(p + n);
+  }
+  ps.add("ln_f.weight", {C}, Init::ones, 0, false);
+  ps.add("ln_f.bias", {C}, Init::zeros, 0, false);
+  if (tp && sequence_parallel) {
+    norms.push_back("ln_f.weight");
+    norms.push_back("ln_f.bias");
+    for (const std::string& n : norms) ps.set_partial_grad(n);
+  }
+  ps.plan();
+  (void)Fl, (void)Vl;
+  return ps;
+}
+
+GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length, TensorParallel tp)
+    : config_(config), backend_(backend), tp_(tp) {
+  if (tp_.size() == 1) tp_.sequence_parallel = false;
+  config_.tensor_parallel = tp_.size();
   config_.validate(seq_length);
   max_pos_ = config_.max_position_embeddings ? config_.max_position_embeddings : seq_length;
   config_.max_position_embeddings = max_pos_;
-  const int64_t C = config_.hidden_size, F = config_.ffn(), L = config_.num_layers;
-  const int64_t Vp = config_.padded_vocab_size();
-  // GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2L).
-  const float std = 0.02f, proj_std = 0.02f / std::sqrt(2.0f * static_cast<float>(L));
-  params_.add("wte", {Vp, C}, Init::normal, std, true);
-  params_.add("wpe", {max_pos_, C}, Init::normal, std, true);
-  for (int64_t l = 0; l < L; ++l) {
-    const std::string p = "h." + std::to_string(l) + ".";
-    params_.add(p + "ln_1.weight", {C}, Init::ones, 0, false);
-    params_.add(p + "ln_1.bias", {C}, Init::zeros, 0, false);
-    params_.add(p + "attn.c_attn.weight", {3 * C, C}, Init::normal, std, true);
-    params_.add(p + "attn.c_attn.bias", {3 * C}, Init::zeros, 0, false);
-    params_.add(p + "attn.c_proj.weight", {C, C}, Init::normal, proj_std, true);
-    params_.add(p + "attn.c_proj.bias", {C}, Init::zeros, 0, false);
-    params_.add(p + "ln_2.weight", {C}, Init::ones, 0, false);
-    params_.add(p + "ln_2.bias", {C}, Init::zeros, 0, false);
-    params_.add(p + "mlp.c_fc.weight", {F, C}, Init::normal, std, true);
-    params_.add(p + "mlp.c_fc.bias", {F}, Init::zeros, 0, false);
-    params_.add(p + "mlp.c_proj.weight", {C, F}, Init::normal, proj_std, true);
-    params_.add(p + "mlp.c_proj.bias", {C}, Init::zeros, 0, false);
-  }
-  params_.add("ln_f.weight", {C}, Init::ones, 0, false);
-  params_.add("ln_f.bias", {C}, Init::zeros, 0, false);
+  const int64_t L = config_.num_layers;
+  vocab_begin_ = tp_.rank() * (config_.padded_vocab_size() / tp_.size());
+  params_ = gpt_parameters(config_, max_pos_, tp_.rank(), tp_.size(), tp_.sequence_parallel);
   params_.allocate(backend_, seed);
 
   for (int64_t l = 0; l < L; ++l) {
@@ -85,17 +127,21 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
             "] (the position table)");
   Activations& a = *acts_;
   if (a.B == B && a.T == T) return;
-  const int64_t C = config_.hidden_size, F = config_.ffn(), NH = config_.num_heads;
-  const int64_t Vp = config_.padded_vocab_size(), N = B * T;
+  const int64_t P = tp_.size(), C = config_.hidden_size;
+  const int64_t Cl = C / P, Fl = config_.ffn() / P, NHl = config_.num_heads / P;
+  const int64_t Vl = config_.padded_vocab_size() / P, N = B * T;
+  const bool sp = tp_.sequence_parallel;
+  LLM_CHECK(!sp || N % P == 0, "sequence parallel: ", N, " tokens per micro-batch are not divisible by ", P, " ranks");
+  const int64_t R = sp ? N / P : N;  // rows of the residual stream held here
   Backend& be = backend_;
   a.B = B;
   a.T = T;
   a.tokens = be.empty({B, T}, DType::i32);
   a.targets = be.empty({B, T}, DType::i32);
-  a.encoded = be.empty({B, T, C});
+  a.encoded = be.empty({R, C});
   for (size_t l = 0; l < blocks_.size(); ++l) {
     Block& b = *blocks_[l];
-    b.residual3 = be.empty({B, T, C});  // a block's output: always kept (the next block's input)
+    b.residual3 = be.empty({R, C});  // a block's output: always kept (the next block's input)
     if (recompute_ && l > 0) {
       // Full recompute: every block works in block 0's buffers and recomputes them in backward.
       const Block& first = *blocks_[0];
@@ -105,31 +151,53 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
       b.fch_gelu = first.fch_gelu, b.fcproj = first.fcproj;
       continue;
     }
-    b.ln1 = be.empty({B, T, C});
-    b.ln1_mean = be.empty({N});
-    b.ln1_rstd = be.empty({N});
-    b.qkv = be.empty({B, T, 3 * C});
-    b.atty = be.empty({B, T, C});
-    b.att_lse = be.empty({B, NH, T});
-    b.attproj = be.empty({B, T, C});
-    b.residual2 = be.empty({B, T, C});
-    b.ln2 = be.empty({B, T, C});
-    b.ln2_mean = be.empty({N});
-    b.ln2_rstd = be.empty({N});
-    b.fch = be.empty({B, T, F});
-    b.fch_gelu = be.empty({B, T, F});
-    b.fcproj = be.empty({B, T, C});
+    b.ln1 = be.empty({R, C});
+    b.ln1_mean = be.empty({R});
+    b.ln1_rstd = be.empty({R});
+    b.qkv = be.empty({B, T, 3 * Cl});
+    b.atty = be.empty({B, T, Cl});
+    b.att_lse = be.empty({B, NHl, T});
+    b.attproj = be.empty({R, C});
+    b.residual2 = be.empty({R, C});
+    b.ln2 = be.empty({R, C});
+    b.ln2_mean = be.empty({R});
+    b.ln2_rstd = be.empty({R});
+    b.fch = be.empty({B, T, Fl});
+    b.fch_gelu = be.empty({B, T, Fl});
+    b.fcproj = be.empty({R, C});
   }
-  a.lnf = be.empty({B, T, C});
-  a.lnf_mean = be.empty({N});
-  a.lnf_rstd = be.empty({N});
-  a.logits = be.empty({B, T, Vp});
+  a.lnf = be.empty({R, C});
+  a.lnf_mean = be.empty({R});
+  a.lnf_rstd = be.empty({R});
+  a.logits = be.empty({B, T, Vl});
   a.losses = be.empty({N});
   a.ce_lse = be.empty({N});
-  a.dresidual = be.empty({B, T, C});
-  a.dbuf = be.empty({B, T, C});
-  a.dqkv = be.empty({B, T, 3 * C});
-  a.dfch = be.empty({B, T, F});
+  a.dresidual = be.empty({R, C});
+  a.dbuf = be.empty({N, C});
+  a.dqkv = be.empty({B, T, 3 * Cl});
+  a.dfch = be.empty({B, T, Fl});
+  if (sp) {
+    a.gathered = be.empty({N, C});
+    a.partial = be.empty({N, C});
+    a.drows = be.empty({R, C});
+    a.lnf_full = be.empty({N, C});
+  } else {
+    a.gathered = a.partial = a.drows = a.lnf_full = Tensor{};
+  }
+}
+
+const Tensor& GPT::gather_rows(const Tensor& rows, const Tensor& full) {
+  if (!tp_.sequence_parallel) return rows;
+  tp_.group->all_gather(full, rows);
+  return full;
+}
+
+void GPT::reduce_rows(const Tensor& out, const Tensor& partial) {
+  if (tp_.size() == 1) return;
+  if (tp_.sequence_parallel)
+    tp_.group->reduce_scatter(out, partial);
+  else
+    tp_.group->all_reduce_sum(partial);  // out is partial
 }
 
 static void stage(Backend& be, const Tensor& dst, const Tensor& src, const char* what) {
@@ -151,31 +219,46 @@ void GPT::run_forward(const Tensor& tokens) {
   Activations& a = *acts_;
   Backend& be = backend_;
   stage(be, a.tokens, tokens, "tokens");
-  be.embedding_forward(a.encoded, a.tokens, params_.param("wte"), params_.param("wpe"));
+  // Vocab-parallel embedding: each rank looks up its rows (one rank adds the positions), summed
+  // over the group (reduce-scattered to row shards under sequence parallelism).
+  const bool sp = tp_.sequence_parallel;
+  const Tensor& emb = sp ? a.partial : a.encoded;
+  be.embedding_forward(emb.view({a.B, a.T, config_.hidden_size}), a.tokens, params_.param("wte"),
+                       tp_.rank() == 0 ? params_.param("wpe") : Tensor{}, vocab_begin_, config_.padded_vocab_size());
+  reduce_rows(a.encoded, emb);
   const Tensor& x = run_blocks(nullptr);
   const float eps = config_.layernorm_eps;
   be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, params_.param("ln_f.weight"),
                        params_.param("ln_f.bias"), eps);
-  be.linear_forward(a.logits, a.lnf, params_.param("wte"), Tensor{});
+  be.linear_forward(a.logits.view({a.B * a.T, -1}), gather_rows(a.lnf, a.lnf_full), params_.param("wte"), Tensor{});
 }
 
 void GPT::block_forward(size_t layer, const Tensor& x, KVCache* cache) {
   Block& b = *blocks_[layer];
+  Activations& a = *acts_;
   Backend& be = backend_;
   const float eps = config_.layernorm_eps;
-  const int nh = static_cast<int>(config_.num_heads);
+  const int nh = static_cast<int>(config_.num_heads / tp_.size());
+  const bool sp = tp_.sequence_parallel, lead = tp_.rank() == 0;
+  const int64_t N = b.qkv.numel() / b.qkv.size(-1);
+  // Row-parallel layers add their bias once (on the group's first rank) before the sum.
+  auto row_bias = [&](const Tensor& bias) { return lead ? bias : Tensor{}; };
   be.layernorm_forward(b.ln1, b.ln1_mean, b.ln1_rstd, x, b.ln1_w, b.ln1_b, eps);
-  be.linear_forward(b.qkv, b.ln1, b.qkv_w, b.qkv_b);
+  be.linear_forward(b.qkv.view({N, -1}), gather_rows(b.ln1, a.gathered), b.qkv_w, b.qkv_b);
   if (cache)
     be.attention_kv_forward(b.atty, b.qkv, cache->k[layer], cache->v[layer], cache->length, nh);
   else
     be.attention_forward(b.atty, b.att_lse, b.qkv, nh);
-  be.linear_forward(b.attproj, b.atty, b.proj_w, b.proj_b);
+  const Tensor& attp = sp ? a.partial : b.attproj;
+  be.linear_forward(attp, b.atty.view({N, -1}), b.proj_w, row_bias(b.proj_b));
+  reduce_rows(b.attproj, attp);
   be.residual_forward(b.residual2, x, b.attproj);
   be.layernorm_forward(b.ln2, b.ln2_mean, b.ln2_rstd, b.residual2, b.ln2_w, b.ln2_b, eps);
-  be.linear_forward(b.fch, b.ln2, b.fc_w, b.fc_b);
+  be.linear_forward(b.fch.view({N, -1}), gather_rows(b.ln2, a.gathered), b.fc_w, b.fc_b);
   be.gelu_forward(b.fch_gelu, b.fch);
-  be.linear_forward(b.fcproj, b.fch_gelu, b.fcproj_w, b.fcproj_b);
+  const Tensor& fcp = sp ? a.partial : b.fcproj;
+  be.linear_forward(fcp, b.fch_gelu.view({N, -1}), b.fcproj_w, row_bias(b.fcproj_b));
+  reduce_rows(b.fcproj, fcp);
   be.residual_forward(b.residual3, b.residual2, b.fcproj);
 }
 
@@ -205,7 +288,8 @@ int64_t GPT::activation_bytes() const {
   };
   const Activations& a = *acts_;
   for (const Tensor* t : {&a.tokens, &a.targets, &a.encoded, &a.lnf, &a.lnf_mean, &a.lnf_rstd, &a.logits, &a.losses,
-                          &a.ce_lse, &a.dresidual, &a.dbuf, &a.dqkv, &a.dfch})
+                          &a.ce_lse, &a.dresidual, &a.dbuf, &a.dqkv, &a.dfch, &a.gathered, &a.partial, &a.drows,
+                          &a.lnf_full})
     add(*t);
   for (const auto& bp : blocks_)
     for (const Tensor* t : {&bp->ln1, &bp->ln1_mean, &bp->ln1_rstd, &bp->qkv, &bp->atty, &bp->att_lse, &bp->attproj,
@@ -216,6 +300,7 @@ int64_t GPT::activation_bytes() const {
 }
 
 KVCache GPT::make_kv_cache(int64_t batch, int64_t max_len) {
+  LLM_CHECK(tp_.size() == 1, "generation with a KV cache runs on one process (tensor parallel size ", tp_.size(), ")");
   LLM_CHECK(batch >= 1 && max_len >= 1 && max_len <= max_pos_, "KV cache of ", max_len,
             " positions: must be in [1, ", max_pos_, "] (the position table)");
   KVCache c;
@@ -240,7 +325,8 @@ const Tensor& GPT::forward_cached(const Tensor& tokens, KVCache& cache) {
   Backend& be = backend_;
   stage(be, a.tokens, tokens, "tokens");
   // Positions continue where the cache ends: the position table is offset, not the op.
-  be.embedding_forward(a.encoded, a.tokens, params_.param("wte"), params_.param("wpe").slice(0, cache.length, Tn));
+  be.embedding_forward(a.encoded.view({B, Tn, C}), a.tokens, params_.param("wte"),
+                       params_.param("wpe").slice(0, cache.length, Tn));
   const Tensor& x = run_blocks(&cache);
   cache.length += Tn;
   if (!last_hidden_.defined() || last_hidden_.size(0) != B) {
@@ -268,7 +354,9 @@ double GPT::forward(const Tensor& tokens, const Tensor& targets) {
   run_forward(tokens);
   Activations& a = *acts_;
   stage(backend_, a.targets, targets, "targets");
-  backend_.cross_entropy_forward(a.losses, a.ce_lse, a.logits, a.targets, config_.vocab_size);
+  backend_.cross_entropy_forward(a.losses, a.ce_lse, a.logits.view({a.B * a.T, -1}), a.targets, config_.vocab_size,
+                                 vocab_begin_);
+  if (tp_.size() > 1) combine_vocab_shards();
   Tensor host_targets = a.targets.device().is_cpu() ? a.targets : backend_.download(a.targets);
   Tensor host_losses = a.losses.device().is_cpu() ? a.losses : backend_.download(a.losses);
   const int32_t* t = host_targets.data<int32_t>();
@@ -284,41 +372,116 @@ double GPT::forward(const Tensor& tokens, const Tensor& targets) {
   return valid_targets_ ? sum / static_cast<double>(valid_targets_) : 0.0;
 }
 
+void GPT::combine_vocab_shards() {
+  // Each shard has the log-sum-exp of its columns and (lse - target logit) where it holds the
+  // target: gather both (N floats per rank, never the logits) and combine in double.
+  Activations& a = *acts_;
+  Backend& be = backend_;
+  const int64_t N = a.B * a.T, P = tp_.size(), Vl = config_.padded_vocab_size() / P;
+  auto host = [&](const Tensor& t) { return t.device().is_cpu() ? t : be.download(t); };
+  Tensor lse_local = host(a.ce_lse), loss_local = host(a.losses);
+  Tensor lse_all = Tensor::empty({P, N}), loss_all = Tensor::empty({P, N});
+  tp_.group->all_gather(lse_all, lse_local);
+  tp_.group->all_gather(loss_all, loss_local);
+  Tensor host_targets = host(a.targets);
+  const int32_t* t = host_targets.data<int32_t>();
+  const float* ls = lse_all.data<float>();
+  const float* lo = loss_all.data<float>();
+  Tensor lse = Tensor::empty({N}), losses = Tensor::empty({N});
+  float* pl = lse.data<float>();
+  float* pv = losses.data<float>();
+  for (int64_t i = 0; i < N; ++i) {
+    double m = -INFINITY;
+    for (int64_t r = 0; r < P; ++r) m = std::max(m, static_cast<double>(ls[r * N + i]));
+    double acc = 0;
+    for (int64_t r = 0; r < P; ++r) acc += std::exp(static_cast<double>(ls[r * N + i]) - m);
+    const double g = m + std::log(acc);
+    pl[i] = static_cast<float>(g);
+    if (t[i] < 0) {
+      pv[i] = 0.0f;
+      continue;
+    }
+    const int64_t owner = t[i] / Vl;
+    const double target_logit = static_cast<double>(ls[owner * N + i]) - static_cast<double>(lo[owner * N + i]);
+    pv[i] = static_cast<float>(g - target_logit);
+  }
+  be.copy(a.ce_lse, lse);
+  be.copy(a.losses, losses);
+}
+
 void GPT::backward(float loss_weight) {
   LLM_CHECK(have_loss_, "GPT::backward() needs forward() with targets first");
   have_loss_ = false;  // logits become dlogits below
   Activations& a = *acts_;
   Backend& be = backend_;
-  const int nh = static_cast<int>(config_.num_heads);
+  const bool sp = tp_.sequence_parallel;
+  const int64_t N = a.B * a.T;
   const float dloss = valid_targets_ ? loss_weight / static_cast<float>(valid_targets_) : 0.0f;
-  // in place: logits -> dlogits
-  be.cross_entropy_backward(a.logits, a.logits, a.ce_lse, a.targets, dloss, config_.vocab_size);
+  // in place: logits -> dlogits (a.ce_lse is the global log-sum-exp)
+  const Tensor logits = a.logits.view({N, -1});
+  be.cross_entropy_backward(logits, logits, a.ce_lse, a.targets, dloss, config_.vocab_size, vocab_begin_);
   const Tensor& last = blocks_.back()->residual3;
-  be.linear_backward(a.dbuf, params_.grad("wte"), Tensor{}, a.logits, a.lnf, params_.param("wte"));
+  be.linear_backward(a.dbuf, params_.grad("wte"), Tensor{}, logits, sp ? a.lnf_full : a.lnf, params_.param("wte"));
+  // d(final LayerNorm output): summed over the vocabulary shards
+  const Tensor& dlnf = sp ? a.drows : a.dbuf;
+  reduce_rows(dlnf, a.dbuf);
   be.zero(a.dresidual);
-  be.layernorm_backward(a.dresidual, params_.grad("ln_f.weight"), params_.grad("ln_f.bias"), a.dbuf,
-                        last, params_.param("ln_f.weight"), a.lnf_mean, a.lnf_rstd);
+  be.layernorm_backward(a.dresidual, params_.grad("ln_f.weight"), params_.grad("ln_f.bias"), dlnf, last,
+                        params_.param("ln_f.weight"), a.lnf_mean, a.lnf_rstd);
   // a.dresidual is now d(loss)/d(last block output). Walk the blocks backwards; the residual
   // stream's gradient stays in a.dresidual (LayerNorm backward accumulates into it) and each
   // branch starts from it directly, since d(x + f(x)) passes the same gradient to both.
   for (size_t li = blocks_.size(); li-- > 0;) {
-    Block& b = *blocks_[li];
     const Tensor& x = li == 0 ? a.encoded : blocks_[li - 1]->residual3;
     // Rebuild this block's activations (the last block's are still in the shared buffers).
     if (recompute_ && li + 1 < blocks_.size()) block_forward(li, x, nullptr);
-    // MLP branch
-    be.linear_backward(a.dfch, b.d_fcproj_w, b.d_fcproj_b, a.dresidual, b.fch_gelu, b.fcproj_w);
-    be.gelu_backward(a.dfch, b.fch, a.dfch);
-    be.linear_backward(a.dbuf, b.d_fc_w, b.d_fc_b, a.dfch, b.ln2, b.fc_w);
-    be.layernorm_backward(a.dresidual, b.d_ln2_w, b.d_ln2_b, a.dbuf, b.residual2, b.ln2_w, b.ln2_mean,
-                          b.ln2_rstd);
-    // attention branch
-    be.linear_backward(a.dbuf, b.d_proj_w, b.d_proj_b, a.dresidual, b.atty, b.proj_w);
-    be.attention_backward(a.dqkv, a.dbuf, b.qkv, b.atty, b.att_lse, nh);
-    be.linear_backward(a.dbuf, b.d_qkv_w, b.d_qkv_b, a.dqkv, b.ln1, b.qkv_w);
-    be.layernorm_backward(a.dresidual, b.d_ln1_w, b.d_ln1_b, a.dbuf, x, b.ln1_w, b.ln1_mean, b.ln1_rstd);
+    block_backward(li, x);
   }
-  be.embedding_backward(params_.grad("wte"), params_.grad("wpe"), a.dresidual, a.tokens);
+  // The embedding's output gradient, on every rank in full (the backward of its reduction).
+  const Tensor& dembed = gather_rows(a.dresidual, a.gathered);
+  be.embedding_backward(params_.grad("wte"), params_.grad("wpe"), dembed.view({a.B, a.T, config_.hidden_size}),
+                        a.tokens, vocab_begin_);
+}
+
+void GPT::block_backward(size_t li, const Tensor& x) {
+  Block& b = *blocks_[li];
+  Activations& a = *acts_;
+  Backend& be = backend_;
+  const int nh = static_cast<int>(config_.num_heads / tp_.size());
+  const bool sp = tp_.sequence_parallel;
+  const int64_t N = a.B * a.T;
+  const Tensor& drows = sp ? a.drows : a.dbuf;  // d(LayerNorm output) rows held here
+  // MLP branch. Row-parallel c_proj: its output gradient is the (gathered) residual gradient.
+  be.linear_backward(a.dfch.view({N, -1}), b.d_fcproj_w, b.d_fcproj_b, gather_rows(a.dresidual, a.gathered),
+                     b.fch_gelu.view({N, -1}), b.fcproj_w);
+  be.gelu_backward(a.dfch, b.fch, a.dfch);
+  // Column-parallel c_fc: its input gradient is a partial sum over the group.
+  be.linear_backward(a.dbuf, b.d_fc_w, b.d_fc_b, a.dfch.view({N, -1}), gather_rows(b.ln2, a.gathered), b.fc_w);
+  reduce_rows(drows, a.dbuf);
+  be.layernorm_backward(a.dresidual, b.d_ln2_w, b.d_ln2_b, drows, b.residual2, b.ln2_w, b.ln2_mean, b.ln2_rstd);
+  // attention branch (the attention output's gradient borrows the front of a.dbuf)
+  const Tensor datty = a.dbuf.flat(0, b.atty.numel()).view(b.atty.shape());
+  be.linear_backward(datty.view({N, -1}), b.d_proj_w, b.d_proj_b, gather_rows(a.dresidual, a.gathered),
+                     b.atty.view({N, -1}), b.proj_w);
+  be.attention_backward(a.dqkv, datty, b.qkv, b.atty, b.att_lse, nh);
+  be.linear_backward(a.dbuf, b.d_qkv_w, b.d_qkv_b, a.dqkv.view({N, -1}), gather_rows(b.ln1, a.gathered), b.qkv_w);
+  reduce_rows(drows, a.dbuf);
+  be.layernorm_backward(a.dresidual, b.d_ln1_w, b.d_ln1_b, drows, x, b.ln1_w, b.ln1_mean, b.ln1_rstd);
+}
+
+void GPT::reduce_partial_grads() {
+  if (tp_.size() == 1) return;
+  const Tensor& g = params_.flat_grads();
+  for (auto [b, e] : params_.ranges([](const ParamSpec& s) { return s.partial_grad; })) {
+    const Tensor part = g.flat(b, e - b);
+    if (part.device().is_cpu()) {
+      tp_.group->all_reduce_sum(part);
+    } else {
+      Tensor h = backend_.download(part);
+      tp_.group->all_reduce_sum(h);
+      backend_.copy(part, h);
+    }
+  }
 }
 
 void GPT::zero_grad() { backend_.zero(params_.flat_grads()); }

@@ -10,10 +10,28 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "comm/communicator.h"
 #include "model/config.h"
 #include "model/parameters.h"
 
 namespace llm {
+
+// Megatron-style tensor parallelism over a group of ranks: attention heads, the MLP's hidden
+// units and the vocabulary are split across the group (column-parallel c_attn and c_fc,
+// row-parallel c_proj's, vocab-parallel embedding and cross-entropy that never gathers the full
+// logits). With sequence_parallel (Megatron SP) the LayerNorm/residual regions hold only this
+// rank's 1/tp of the B*T rows, with an all-gather before each column-parallel layer and a
+// reduce-scatter after each row-parallel one.
+struct TensorParallel {
+  Communicator* group = nullptr;  // nullptr or a group of one: no tensor parallelism
+  bool sequence_parallel = false;
+  int rank() const { return group ? group->rank() : 0; }
+  int size() const { return group ? group->size() : 1; }
+};
+
+// The parameters of `config` as tensor-parallel rank `rank` of `size` holds them (planned:
+// offsets assigned, nothing allocated). Names and global shapes are the single-process ones.
+ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, int size, bool sequence_parallel);
 
 // Keys and values of every layer for the tokens seen so far, for generation.
 struct KVCache {
@@ -24,10 +42,11 @@ struct KVCache {
 class GPT {
  public:
   // seq_length sizes the position table when config.max_position_embeddings is 0.
-  GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length);
+  GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length, TensorParallel tp = {});
   ~GPT();
 
   const GPTConfig& config() const { return config_; }
+  const TensorParallel& tensor_parallel() const { return tp_; }
   Backend& backend() { return backend_; }
   ParameterSet& parameters() { return params_; }
   const ParameterSet& parameters() const { return params_; }
@@ -39,7 +58,12 @@ class GPT {
   void forward_logits(const Tensor& tokens);
   // Gradients of (loss_weight * mean loss) accumulated into parameters().flat_grads().
   // Needs the forward() just before it (the logits buffer is turned into dlogits in place).
+  // Under sequence parallelism the LayerNorm gradients are this rank's partial sums until
+  // reduce_partial_grads().
   void backward(float loss_weight = 1.0f);
+  // Sums the partial-gradient parameters (ParamSpec::partial_grad) over the tensor-parallel
+  // group; call once per step after the last backward(). A no-op without them.
+  void reduce_partial_grads();
   void zero_grad();
 
   // Full activation recompute (Megatron's --recompute-granularity full): the blocks share one
@@ -56,9 +80,10 @@ class GPT {
   // values to the cache, and returns the logits [B, Vp] of the last of them.
   const Tensor& forward_cached(const Tensor& tokens, KVCache& cache);
 
-  // [B, T, Vp] logits of the last forward_logits() (or forward() before backward()).
+  // [B, T, Vp] logits of the last forward_logits() (or forward() before backward()); under
+  // tensor parallelism this rank's vocabulary columns [B, T, Vp/tp].
   const Tensor& logits() const;
-  // Per-token losses [B*T] of the last forward().
+  // Per-token losses [B*T] of the last forward() (over the whole vocabulary under TP).
   const Tensor& losses() const;
 
  private:
@@ -69,9 +94,19 @@ class GPT {
   // The transformer blocks over acts_->encoded; with a cache, attention reads and extends it.
   const Tensor& run_blocks(KVCache* cache);
   void block_forward(size_t layer, const Tensor& x, KVCache* cache);
+  void block_backward(size_t layer, const Tensor& x);
+  // Tensor-parallel region edges (identities without TP): the full [N, C] input of a
+  // column-parallel layer from this rank's rows, and this rank's rows of a row-parallel
+  // layer's summed output (in place when not sequence parallel: `out` is `partial`).
+  const Tensor& gather_rows(const Tensor& rows, const Tensor& full);
+  void reduce_rows(const Tensor& out, const Tensor& partial);
+  // Vocab-parallel loss: combines the shards' lse/losses into global ones (ce_lse, losses).
+  void combine_vocab_shards();
 
   GPTConfig config_;
   Backend& backend_;
+  TensorParallel tp_;
+  int64_t vocab_begin_ = 0;  // first vocabulary row of this rank's wte shard
   int64_t max_pos_;
   ParameterSet params_;
   std::vector<std::unique_ptr<Block>> blocks_;

@@ -1,5 +1,7 @@
 #include "model/parameters.h"
 
+#include <algorithm>
+
 #include "core/philox.h"
 
 namespace llm {
@@ -8,24 +10,80 @@ void ParameterSet::add(std::string name, Shape shape, Init init, float std, bool
   LLM_CHECK(!index_.count(name), "parameter '", name, "' registered twice");
   LLM_CHECK(!params_.defined(), "parameter '", name, "' added after allocate()");
   index_[name] = specs_.size();
-  specs_.push_back(ParamSpec{std::move(name), std::move(shape), init, std, decay, 0});
+  ParamSpec s;
+  s.name = std::move(name);
+  s.global_shape = shape;
+  s.shape = std::move(shape);
+  s.init = init;
+  s.std = std;
+  s.decay = decay;
+  specs_.push_back(std::move(s));
 }
 
-void ParameterSet::allocate(Backend& backend, uint64_t seed) {
+void ParameterSet::add_sharded(std::string name, Shape local_shape, Shape global_shape, int shard_dim,
+                               std::vector<ShardChunk> chunks, Init init, float std, bool decay) {
+  LLM_CHECK(shard_dim >= 0 && shard_dim < static_cast<int>(local_shape.size()) &&
+                local_shape.size() == global_shape.size() && local_shape.size() <= 2,
+            "parameter '", name, "': shard dimension ", shard_dim, " of ", shape_str(local_shape));
+  int64_t covered = 0;
+  for (const ShardChunk& c : chunks) {
+    LLM_CHECK(c.global_begin >= 0 && c.global_begin + c.length <= global_shape[shard_dim] && c.local_begin == covered,
+              "parameter '", name, "': chunk [", c.global_begin, ", +", c.length, ") does not fit ",
+              shape_str(global_shape));
+    covered += c.length;
+  }
+  LLM_CHECK(covered == local_shape[shard_dim], "parameter '", name, "': chunks cover ", covered, " of ",
+            local_shape[shard_dim]);
+  add(name, local_shape, init, std, decay);
+  ParamSpec& s = specs_.back();
+  s.global_shape = std::move(global_shape);
+  s.shard_dim = shard_dim;
+  s.chunks = std::move(chunks);
+}
+
+void ParameterSet::set_partial_grad(const std::string& name) {
+  auto it = index_.find(name);
+  LLM_CHECK(it != index_.end(), "no parameter named '", name, "'");
+  specs_[it->second].partial_grad = true;
+}
+
+void ParameterSet::plan() {
   total_ = 0;
-  for (int pass = 0; pass < 2; ++pass) {
+  // Class order: decayed sharded, decayed replicated, decayed partial, then the same no-decay.
+  auto cls = [](const ParamSpec& s) { return (s.decay ? 0 : 3) + (s.sharded() ? 0 : s.partial_grad ? 2 : 1); };
+  for (int pass = 0; pass < 6; ++pass) {
+    if (pass == 3) decay_total_ = total_;
     for (ParamSpec& s : specs_) {
-      if (s.decay != (pass == 0)) continue;
+      if (cls(s) != pass) continue;
       s.offset = total_;
       total_ += llm::numel(s.shape);
     }
-    if (pass == 0) decay_total_ = total_;
   }
+}
+
+void ParameterSet::allocate(Backend& backend, uint64_t seed) {
+  plan();
   Tensor host = Tensor::empty({total_});
   float* h = host.data<float>();
-  for (const ParamSpec& s : specs_) init_parameter_range(h + s.offset, s, seed, 0, llm::numel(s.shape));
+  for (const ParamSpec& s : specs_) init_parameter(h + s.offset, s, seed);
   params_ = backend.upload(host);
   grads_ = backend.zeros({total_});
+}
+
+std::vector<std::pair<int64_t, int64_t>> ParameterSet::ranges(bool (*pred)(const ParamSpec&)) const {
+  std::vector<std::pair<int64_t, int64_t>> r;
+  std::vector<const ParamSpec*> sorted;
+  for (const ParamSpec& s : specs_) sorted.push_back(&s);
+  std::sort(sorted.begin(), sorted.end(), [](const ParamSpec* a, const ParamSpec* b) { return a->offset < b->offset; });
+  for (const ParamSpec* s : sorted) {
+    if (!pred(*s)) continue;
+    const int64_t b = s->offset, e = s->offset + llm::numel(s->shape);
+    if (!r.empty() && r.back().second == b)
+      r.back().second = e;
+    else
+      r.emplace_back(b, e);
+  }
+  return r;
 }
 
 const ParamSpec& ParameterSet::spec(const std::string& name) const {
@@ -60,6 +118,38 @@ void init_parameter_range(float* dst, const ParamSpec& spec, uint64_t seed, int6
       return;
     }
   }
+}
+
+void init_parameter(float* dst, const ParamSpec& spec, uint64_t seed) {
+  if (!spec.sharded()) {
+    init_parameter_range(dst, spec, seed, 0, llm::numel(spec.shape));
+    return;
+  }
+  if (spec.shard_dim == 0) {  // whole rows: each chunk is one contiguous global range
+    const int64_t inner = llm::numel(spec.shape) / spec.shape[0];
+    for (const ShardChunk& c : spec.chunks)
+      init_parameter_range(dst + c.local_begin * inner, spec, seed, c.global_begin * inner, c.length * inner);
+    return;
+  }
+  // Columns of a matrix: one run per row and chunk.
+  const int64_t rows = spec.shape[0], lcols = spec.shape[1], gcols = spec.global_shape[1];
+  for (int64_t r = 0; r < rows; ++r)
+    for (const ShardChunk& c : spec.chunks)
+      init_parameter_range(dst + r * lcols + c.local_begin, spec, seed, r * gcols + c.global_begin, c.length);
+}
+
+std::vector<LocalBox> local_boxes(const ParamSpec& spec) {
+  const size_t nd = spec.shape.size();
+  if (!spec.sharded()) return {LocalBox{Shape(nd, 0), Shape(nd, 0), spec.shape}};
+  std::vector<LocalBox> out;
+  for (const ShardChunk& c : spec.chunks) {
+    LocalBox b{Shape(nd, 0), Shape(nd, 0), spec.shape};
+    b.global_offset[spec.shard_dim] = c.global_begin;
+    b.local_offset[spec.shard_dim] = c.local_begin;
+    b.extent[spec.shard_dim] = c.length;
+    out.push_back(std::move(b));
+  }
+  return out;
 }
 
 }  // namespace llm

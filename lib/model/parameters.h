@@ -15,20 +15,45 @@ namespace llm {
 
 enum class Init { normal, zeros, ones };
 
+// A run of the global tensor held locally: indices [global_begin, global_begin + length) along
+// the shard dimension sit at [local_begin, local_begin + length) of the local tensor.
+struct ShardChunk {
+  int64_t global_begin = 0, local_begin = 0, length = 0;
+};
+
 struct ParamSpec {
   std::string name;
-  Shape shape;
+  Shape shape;  // the local tensor
   Init init = Init::normal;
   float std = 0.02f;  // for Init::normal
   bool decay = true;
   int64_t offset = 0;  // element offset in the flat buffer, set by ParameterSet
+  // Tensor parallelism: the local tensor is `chunks` of the global tensor along `shard_dim`
+  // (-1: replicated, the local tensor is the global one).
+  Shape global_shape;
+  int shard_dim = -1;
+  std::vector<ShardChunk> chunks;
+  // Replicated, but each tensor-parallel rank's gradient is a partial sum (LayerNorms under
+  // Megatron sequence parallelism): the group sums them before the optimizer.
+  bool partial_grad = false;
+  bool sharded() const { return shard_dim >= 0; }
 };
 
 class ParameterSet {
  public:
   void add(std::string name, Shape shape, Init init, float std, bool decay);
-  // Lays out the flat buffers on `backend` and fills the parameters from `seed`; grads zeroed.
+  // A tensor-parallel shard of a global tensor (see ParamSpec).
+  void add_sharded(std::string name, Shape local_shape, Shape global_shape, int shard_dim,
+                   std::vector<ShardChunk> chunks, Init init, float std, bool decay);
+  void set_partial_grad(const std::string& name);
+  // Assigns flat offsets without allocating: decayed before no-decay; within each, sharded
+  // before replicated, and partial-gradient tensors last (so each class is one contiguous range).
+  void plan();
+  // plan(), then lays out the flat buffers on `backend` and fills the parameters from `seed`
+  // (by global index: every layout gets the single-process values); grads zeroed.
   void allocate(Backend& backend, uint64_t seed);
+  // The flat ranges [begin, end) of the parameters satisfying `pred`, merged where adjacent.
+  std::vector<std::pair<int64_t, int64_t>> ranges(bool (*pred)(const ParamSpec&)) const;
 
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const ParamSpec& spec(const std::string& name) const;
@@ -50,5 +75,15 @@ class ParameterSet {
 // into dst. Values depend only on (seed, name, global index): any shard of any layout gets
 // the same numbers as the single-process model.
 void init_parameter_range(float* dst, const ParamSpec& spec, uint64_t seed, int64_t begin, int64_t n);
+// Fills a parameter's whole local tensor (all its chunks) with its values.
+void init_parameter(float* dst, const ParamSpec& spec, uint64_t seed);
+
+// The boxes of the global tensor a spec's local tensor holds: for each chunk, its offset and
+// extent in global coordinates and its offset in the local tensor (same extent). One whole box
+// for a replicated tensor.
+struct LocalBox {
+  Shape global_offset, local_offset, extent;
+};
+std::vector<LocalBox> local_boxes(const ParamSpec& spec);
 
 }  // namespace llm

@@ -21,7 +21,18 @@ void AdamW::set_shard(int64_t begin, int64_t end) {
 StepResult AdamW::step(double lr, double grad_scale) {
   StepResult r;
   const Tensor& g = params_.flat_grads();
-  r.grad_norm = std::sqrt(backend_.sum_squares(g)) * grad_scale;
+  double sq = 0;
+  if (tp_ && tp_->size() > 1) {
+    double sharded = 0;
+    for (auto [b, e] : params_.ranges([](const ParamSpec& s) { return s.sharded(); }))
+      sharded += backend_.sum_squares(g.flat(b, e - b));
+    for (auto [b, e] : params_.ranges([](const ParamSpec& s) { return !s.sharded(); }))
+      sq += backend_.sum_squares(g.flat(b, e - b));
+    sq += tp_->all_reduce_sum(sharded);
+  } else {
+    sq = backend_.sum_squares(g);
+  }
+  r.grad_norm = std::sqrt(sq) * grad_scale;
   r.finite = std::isfinite(r.grad_norm);
   if (!r.finite) return r;
   double scale = grad_scale;

@@ -1,6 +1,7 @@
 // AdamW over a ParameterSet's flat buffers, with global gradient-norm clipping.
 // The flat layout puts decayed tensors first, so a step is two fused kernel calls.
 #pragma once
+#include "comm/communicator.h"
 #include "model/parameters.h"
 
 namespace llm {
@@ -32,6 +33,9 @@ class AdamW {
   // ZeRO stage 1: own only the flat range [begin, end) of the optimizer state and update only
   // those parameters (the caller all-gathers the updated ranges). Resets the moments.
   void set_shard(int64_t begin, int64_t end);
+  // Tensor parallelism: the gradient norm counts each sharded parameter's pieces over the group
+  // once (summed across it) and each replicated parameter once.
+  void set_tensor_parallel(Communicator* tp) { tp_ = tp; }
   int64_t shard_begin() const { return shard_begin_; }
   int64_t shard_end() const { return shard_end_; }
   bool sharded() const { return shard_begin_ != 0 || shard_end_ != params_.numel(); }
@@ -41,6 +45,7 @@ class AdamW {
   Backend& backend_;
   OptimizerConfig config_;
   Tensor m_, v_;
+  Communicator* tp_ = nullptr;
   int64_t step_ = 0;
   int64_t shard_begin_ = 0, shard_end_ = 0;
 };

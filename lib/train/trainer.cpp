@@ -25,6 +25,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
   LLM_CHECK(dp_size == args.data_parallel_size, "data-parallel group of ", dp_size, " ranks, but the arguments say ",
             args.data_parallel_size);
   model_.set_recompute(args.full_recompute());
+  optimizer_.set_tensor_parallel(model_.tensor_parallel().group);
   if (args.zero_stage == 1 && dp_size > 1) {
     // ZeRO-1: each replica keeps the optimizer state of a contiguous 1/dp of the flat buffer.
     const int64_t n = model_.parameters().numel();
@@ -75,6 +76,7 @@ IterationStats Trainer::train_step() {
     loss_sum += model_.forward(tokens_, targets_);
     model_.backward(1.0f / static_cast<float>(micro));
   }
+  model_.reduce_partial_grads();
   model_.backend().synchronize();
   st.forward_backward_seconds = phase.seconds();
   double grad_scale = 1.0;
