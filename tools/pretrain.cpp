@@ -89,8 +89,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     }
   args.model = model_name;
 
-  // Layout: validated as a whole before anything is allocated. Data parallelism is built; the
-  // model-parallel schemes are refused rather than ignored until they land.
+  // Layout: validated as a whole before anything is allocated. Data and tensor parallelism (with
+  // Megatron sequence parallelism) are built; the other schemes are refused rather than ignored
+  // until they land.
   ParallelLayout layout{mpi.size(), args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                         args.ds_sequence_parallel_size};
   if (layout.tp < 1 || layout.pp < 1 || layout.sp < 1 || mpi.size() % (layout.tp * layout.pp * layout.sp))
@@ -100,10 +101,13 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   validate_layout(layout, {args.num_layers, args.num_attention_heads, args.seq_length, args.micro_batch_size,
                            args.global_batch_size, args.sequence_parallel});
   args.validate();
-  if (layout.tp > 1 || layout.pp > 1 || layout.sp > 1 || args.sequence_parallel || args.zero_stage > 1)
-    throw ConfigError("only data parallelism (with --zero-stage 0 or 1) is available in this build: "
-                      "--tensor-model-parallel-size, --pipeline-model-parallel-size, --ds-sequence-parallel-size, "
-                      "--sequence-parallel and --zero-stage 2/3 are not implemented yet");
+  if (layout.pp > 1 || layout.sp > 1 || args.zero_stage > 1)
+    throw ConfigError("data and tensor parallelism (with --zero-stage 0 or 1 and --sequence-parallel) are available "
+                      "in this build: --pipeline-model-parallel-size, --ds-sequence-parallel-size and --zero-stage 2/3 "
+                      "are not implemented yet");
+  if (args.sequence_parallel && layout.tp == 1)
+    throw ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1 (it shards along the sequence "
+                      "within the tensor-parallel group)");
   if (args.zero_stage < 0) throw ConfigError("--zero-stage must be 0, 1, 2 or 3");
   const bool lead = mpi.rank() == 0;
   auto say = [&](const char* fmt, auto... a) {
@@ -135,8 +139,16 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   const GPTConfig mc = args.model_config();
   const SampleSource& train = *data.train;
   Backend& backend = cpu_backend();
-  GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length);
-  std::unique_ptr<Communicator> dp = mpi_world_communicator();
+  // Groups (Megatron order, tp fastest): the tensor-parallel group shares a data-parallel rank,
+  // the data-parallel group a tensor-parallel rank.
+  const GridCoordinates grid = grid_coordinates(layout, mpi.rank());
+  std::unique_ptr<Communicator> world = mpi_world_communicator();
+  std::unique_ptr<Communicator> tp = mpi_split_communicator(static_cast<int>(grid.dp_rank + layout.dp() * grid.pp_rank),
+                                                            static_cast<int>(grid.tp_rank));
+  std::unique_ptr<Communicator> dp = mpi_split_communicator(static_cast<int>(grid.tp_rank + layout.tp * grid.pp_rank),
+                                                            static_cast<int>(grid.dp_rank));
+  GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length,
+            TensorParallel{tp.get(), args.sequence_parallel});
   Trainer trainer(args, model, train, dp.get());
   MetricsWriter metrics = lead ? MetricsWriter(args.output_dir) : MetricsWriter();
   if (!load_dir.empty()) {
@@ -158,12 +170,18 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     // Data-parallel replicas hold identical parameters: rank 0 writes, the others wait. Under
     // ZeRO-1 the optimizer state is gathered first (a collective: every rank takes part).
     Timer t;
-    const auto [m, v] = trainer.full_optimizer_state();
-    if (lead) {
-      const std::string dir = save_training_checkpoint(args.save, args, trainer, m, v, tokenizer,
-                                                       static_cast<int>(args.keep_last));
-      std::printf("> saved checkpoint %s in %.2f s\n", dir.c_str(), t.seconds());
-      std::fflush(stdout);
+    // Tensor-parallel shards are gathered to the first replica's first rank, which writes them
+    // as pieces of the global tensors.
+    if (grid.dp_rank == 0) {
+      const ShardedState state = gather_training_state(trainer);
+      if (lead) {
+        const std::string dir = save_training_checkpoint(args.save, args, trainer, state, tokenizer,
+                                                         static_cast<int>(args.keep_last));
+        std::printf("> saved checkpoint %s in %.2f s\n", dir.c_str(), t.seconds());
+        std::fflush(stdout);
+      }
+    } else if (args.zero_stage >= 1) {
+      trainer.full_optimizer_state();  // the ZeRO-1 gather is collective over each data-parallel group
     }
     mpi.barrier();
   };
@@ -176,13 +194,17 @@ int run(int argc, char** argv, const MpiSession& mpi) {
               mc.name.c_str(), static_cast<long long>(mc.num_layers), static_cast<long long>(mc.hidden_size),
               static_cast<long long>(mc.num_heads), static_cast<long long>(mc.ffn()),
               static_cast<long long>(mc.vocab_size), static_cast<long long>(mc.padded_vocab_size()),
-              static_cast<double>(model.parameters().numel()) / 1e6);
+              static_cast<double>(mc.num_parameters()) / 1e6);
   say("> %s\n", data.summary.c_str());
-  say("> global batch %lld = micro-batch %lld x %lld accumulation steps x %d ranks; seq %lld; "
+  say("> global batch %lld = micro-batch %lld x %lld accumulation steps x %lld data-parallel ranks; seq %lld; "
               "%s backend, %d threads\n",
               static_cast<long long>(args.global_batch_size), static_cast<long long>(args.micro_batch_size),
-              static_cast<long long>(args.micro_batches()), mpi.size(), static_cast<long long>(args.seq_length),
-              backend.name().c_str(), omp_get_max_threads());
+              static_cast<long long>(args.micro_batches()), static_cast<long long>(args.data_parallel_size),
+              static_cast<long long>(args.seq_length), backend.name().c_str(), omp_get_max_threads());
+  say("> layout: world %d = data %lld x tensor %lld%s x pipeline %lld x sequence %lld; %.2fM parameters per rank\n",
+      mpi.size(), static_cast<long long>(layout.dp()), static_cast<long long>(layout.tp),
+      args.sequence_parallel ? " (Megatron sequence parallel)" : "", static_cast<long long>(layout.pp),
+      static_cast<long long>(layout.sp), static_cast<double>(model.parameters().numel()) / 1e6);
   say("> optimizer state: %.1f MB per rank (ZeRO stage %lld over %lld data-parallel ranks)\n",
       2.0 * 4 * static_cast<double>(trainer.optimizer().shard_end() - trainer.optimizer().shard_begin()) / 1e6,
       static_cast<long long>(args.zero_stage), static_cast<long long>(args.data_parallel_size));
@@ -199,8 +221,10 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   rec.train_iters = args.train_iters;
   rec.tflops_formula = args.tflops_formula;
   auto do_eval = [&](const std::string& where) {
-    if (args.eval_iters <= 0 || !lead) return;  // replicas hold the same weights: rank 0 evaluates
-    std::printf("%s\n", validation_report(where, trainer.evaluate(*data.valid, args.eval_iters)).c_str());
+    // Replicas hold the same weights: the first replica's ranks evaluate (together, under TP).
+    if (args.eval_iters <= 0 || grid.dp_rank != 0) return;
+    const double loss = trainer.evaluate(*data.valid, args.eval_iters);
+    if (lead) std::printf("%s\n", validation_report(where, loss).c_str());
     std::fflush(stdout);
   };
   int64_t last_saved = -1;
@@ -233,11 +257,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
         std::vector<TimerRow> rows;
         auto row = [&](const char* name, double total) {
           const double ms = 1e3 * total / static_cast<double>(timed_iters);
-          rows.push_back({name, dp->all_reduce_min(ms), dp->all_reduce_max(ms)});  // collective
+          rows.push_back({name, world->all_reduce_min(ms), world->all_reduce_max(ms)});  // collective
         };
         row("forward-backward", t_fb);
-        if (mpi.size() > 1) row("grads-all-reduce", t_ar);
-        if (args.zero_stage >= 1 && mpi.size() > 1) row("params-all-gather", t_ag);
+        if (layout.dp() > 1) row("grads-all-reduce", t_ar);
+        if (args.zero_stage >= 1 && layout.dp() > 1) row("params-all-gather", t_ag);
         row("optimizer", t_opt);
         say("%s\n", timers_block(rows).c_str());
       }
@@ -254,7 +278,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     }
     // Every rank must stop at the same iteration: a signal seen by any rank, or rank 0's
     // clock, decides for all (one scalar all-reduce per iteration).
-    const double flags = dp->all_reduce_sum(
+    const double flags = world->all_reduce_sum(
         (g_stop_signal.load() ? 1.0 : 0.0) +
         (lead && args.exit_duration_in_mins > 0 && run_timer.seconds() / 60.0 > args.exit_duration_in_mins ? 2.0 : 0.0));
     std::string stop;

@@ -235,6 +235,7 @@ GPTConfig TrainArgs::model_config() const {
   c.vocab_size = vocab_size;
   c.vocab_divisible_by = make_vocab_size_divisible_by;
   c.layernorm_eps = static_cast<float>(layernorm_epsilon);
+  c.tensor_parallel = tensor_model_parallel_size;
   return c;
 }
 

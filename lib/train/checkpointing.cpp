@@ -65,6 +65,42 @@ void read_into(const CheckpointReader& ckpt, const std::string& category, const 
   ckpt.read(category, name, b, dst.slice(0, 0, rows));
 }
 
+// Reads the local tensor of `spec` (host, spec.shape) box by box from the global tensor. Rows of
+// the padded vocabulary beyond the stored table are zeroed (it is padded per layout).
+void read_local(const CheckpointReader& ckpt, const std::string& category, const ParamSpec& spec, const Tensor& dst) {
+  if (!spec.sharded()) return read_into(ckpt, category, spec.name, dst);
+  const Shape stored = ckpt.global_shape(category, spec.name);
+  const bool rows_only = stored.size() == spec.global_shape.size() &&
+                         std::equal(stored.begin() + 1, stored.end(), spec.global_shape.begin() + 1);
+  if (stored != spec.global_shape && !(spec.name == "wte" && rows_only))
+    throw ConfigError(ckpt.dir() + ": tensor '" + spec.name + "' (" + category + ") is " + shape_str(stored) +
+                      " in the checkpoint but " + shape_str(spec.global_shape) + " in the model");
+  for (const LocalBox& lb : local_boxes(spec)) {
+    Box b{lb.global_offset, lb.extent};
+    Tensor local = dst;
+    for (size_t d = 0; d < lb.extent.size(); ++d) local = local.slice(static_cast<int>(d), lb.local_offset[d], lb.extent[d]);
+    // clamp to the stored rows (dimension 0)
+    const int64_t avail = std::max<int64_t>(0, std::min(b.extent[0], stored[0] - b.offset[0]));
+    if (avail < b.extent[0]) {
+      Tensor tmp = Tensor::zeros(lb.extent);
+      if (avail > 0) {
+        Box part = b;
+        part.extent[0] = avail;
+        ckpt.read(category, spec.name, part, tmp.slice(0, 0, avail));
+      }
+      local.copy_from(tmp);
+      continue;
+    }
+    if (local.is_contiguous()) {
+      ckpt.read(category, spec.name, b, local);
+    } else {
+      Tensor tmp = Tensor::empty(lb.extent);
+      ckpt.read(category, spec.name, b, tmp);
+      local.copy_from(tmp);
+    }
+  }
+}
+
 // "tokenizer": {...} with the files copied into the checkpoint.
 std::string tokenizer_fields(CheckpointWriter& w, const TokenizerRecord& tokenizer) {
   std::ostringstream f;
@@ -138,22 +174,63 @@ void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params) {
   for (const ParamSpec& s : params.specs()) read_into(ckpt, "model", s.name, params.param(s.name));
 }
 
-std::string save_training_checkpoint(const std::string& save_root, const TrainArgs& args, const Trainer& trainer,
-                                     const Tensor& m, const Tensor& v, const TokenizerRecord& tokenizer,
-                                     int keep_last) {
-  const GPT& model = trainer.model();
+ShardedState gather_training_state(Trainer& trainer) {
+  GPT& model = trainer.model();
   const ParameterSet& ps = model.parameters();
-  CheckpointWriter w(save_root, trainer.iteration());
-  Backend& be = const_cast<GPT&>(model).backend();
+  Backend& be = model.backend();
+  const TensorParallel& tp = model.tensor_parallel();
+  const int P = tp.size();
+  const int64_t n = ps.numel();
+  auto [m, v] = trainer.full_optimizer_state();
   const Tensor params = ps.flat_params().device().is_cpu() ? ps.flat_params() : be.download(ps.flat_params());
+  ShardedState st;
+  if (P == 1) {
+    st.specs.push_back(ps.specs());
+    st.params = params.view({1, n});
+    st.m = m.view({1, n});
+    st.v = v.view({1, n});
+    return st;
+  }
+  for (int r = 0; r < P; ++r)
+    st.specs.push_back(gpt_parameters(model.config(), model.config().max_position_embeddings, r, P,
+                                      tp.sequence_parallel).specs());
+  for (int r = 0; r < P; ++r)
+    LLM_CHECK(st.specs[r].size() == ps.specs().size(), "tensor-parallel rank ", r, " parameter layout differs");
+  st.params = Tensor::empty({P, n});
+  st.m = Tensor::empty({P, n});
+  st.v = Tensor::empty({P, n});
+  tp.group->all_gather(st.params, params);
+  tp.group->all_gather(st.m, m);
+  tp.group->all_gather(st.v, v);
+  return st;
+}
+
+std::string save_training_checkpoint(const std::string& save_root, const TrainArgs& args, const Trainer& trainer,
+                                     const ShardedState& state, const TokenizerRecord& tokenizer, int keep_last) {
+  const GPT& model = trainer.model();
+  CheckpointWriter w(save_root, trainer.iteration());
   const AdamW& opt = trainer.optimizer();
-  LLM_CHECK(m.numel() == ps.numel() && v.numel() == ps.numel() && m.device().is_cpu() && v.device().is_cpu(),
-            "save_training_checkpoint: full host moments expected");
-  for (const ParamSpec& s : ps.specs()) {
-    const int64_t n = numel(s.shape);
-    w.add("model", s.name, s.shape, Box::whole(s.shape), params.flat(s.offset, n).view(s.shape));
-    w.add("optimizer/exp_avg", s.name, s.shape, Box::whole(s.shape), m.flat(s.offset, n).view(s.shape));
-    w.add("optimizer/exp_avg_sq", s.name, s.shape, Box::whole(s.shape), v.flat(s.offset, n).view(s.shape));
+  const int64_t P = static_cast<int64_t>(state.specs.size());
+  LLM_CHECK(P >= 1 && state.params.dim() == 2 && state.params.size(0) == P && state.m.shape() == state.params.shape() &&
+                state.v.shape() == state.params.shape() && state.m.device().is_cpu(),
+            "save_training_checkpoint: host state of ", P, " tensor-parallel ranks expected");
+  for (int64_t r = 0; r < P; ++r) {
+    for (const ParamSpec& s : state.specs[static_cast<size_t>(r)]) {
+      if (!s.sharded() && r > 0) continue;  // replicated: stored once
+      const int64_t n = numel(s.shape);
+      for (const LocalBox& lb : local_boxes(s)) {
+        const Box box{lb.global_offset, lb.extent};
+        auto piece = [&](const Tensor& flat) {
+          Tensor t = flat.slice(0, r, 1).view({flat.size(1)}).flat(s.offset, n).view(s.shape);
+          if (lb.extent == s.shape) return t;
+          LLM_CHECK(s.shard_dim == 0, "parameter '", s.name, "': only row chunks can be partial");
+          return t.slice(0, lb.local_offset[0], lb.extent[0]);
+        };
+        w.add("model", s.name, s.global_shape, box, piece(state.params));
+        w.add("optimizer/exp_avg", s.name, s.global_shape, box, piece(state.m));
+        w.add("optimizer/exp_avg_sq", s.name, s.global_shape, box, piece(state.v));
+      }
+    }
   }
   std::ostringstream f;
   f << "\"model\": " << model_json(model.config());
@@ -205,7 +282,7 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
   Backend& be = trainer.model().backend();
   const bool host = ps.flat_params().device().is_cpu();
   Tensor params = host ? ps.flat_params() : Tensor::empty({ps.numel()});
-  for (const ParamSpec& s : ps.specs()) read_into(ckpt, "model", s.name, params.flat(s.offset, numel(s.shape)).view(s.shape));
+  for (const ParamSpec& s : ps.specs()) read_local(ckpt, "model", s, params.flat(s.offset, numel(s.shape)).view(s.shape));
   if (!host) be.copy(ps.flat_params(), params);
 
   LoadResult r{ckpt.dir(), 0, 0};
@@ -215,7 +292,7 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     const int64_t b = opt.shard_begin(), e = opt.shard_end();
     Tensor full = Tensor::empty({ps.numel()});
     for (const char* cat : {"optimizer/exp_avg", "optimizer/exp_avg_sq"}) {
-      for (const ParamSpec& s : ps.specs()) read_into(ckpt, cat, s.name, full.flat(s.offset, numel(s.shape)).view(s.shape));
+      for (const ParamSpec& s : ps.specs()) read_local(ckpt, cat, s, full.flat(s.offset, numel(s.shape)).view(s.shape));
       // Keep this rank's range (all of it without ZeRO).
       const Tensor& state = std::string(cat) == "optimizer/exp_avg" ? opt.m() : opt.v();
       if (state.device().is_cpu())

@@ -20,11 +20,21 @@ struct TokenizerRecord {
   std::map<std::string, std::string> files;  // role ("model", "vocab", "merges") -> source path
 };
 
-// Writes <save_root>/iter_NNNNNNN for the trainer's current state; returns its path. m and v
-// are the full AdamW moments (Trainer::full_optimizer_state(), collective under ZeRO-1).
+// The parameters and AdamW moments of every tensor-parallel rank, on the host, for the writer:
+// row r of params/m/v is rank r's flat buffer, laid out by specs[r].
+struct ShardedState {
+  std::vector<std::vector<ParamSpec>> specs;
+  Tensor params, m, v;  // [tp, n]
+};
+// Collective: every rank of the tensor-parallel group (and of the data-parallel group under
+// ZeRO-1, whose moment shards are gathered first) must call it.
+ShardedState gather_training_state(Trainer& trainer);
+
+// Writes <save_root>/iter_NNNNNNN for the trainer's current state; returns its path. Each
+// tensor-parallel shard is stored as pieces (boxes) of the global tensors, replicated tensors
+// once, so the checkpoint loads under any layout.
 std::string save_training_checkpoint(const std::string& save_root, const TrainArgs& args, const Trainer& trainer,
-                                     const Tensor& m, const Tensor& v, const TokenizerRecord& tokenizer,
-                                     int keep_last);
+                                     const ShardedState& state, const TokenizerRecord& tokenizer, int keep_last);
 
 struct LoadOptions {
   bool load_optimizer = true;

@@ -51,8 +51,7 @@ TEST(CheckpointResume, SaveLoadContinueIsBitExact) {
     GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
     Trainer t(a, model, data);
     for (int i = 0; i < 6; ++i) resumed.push_back(t.train_step().loss);
-    const auto [m, v] = t.full_optimizer_state();
-    save_training_checkpoint(root, a, t, m, v, TokenizerRecord{{"mock", "0"}, {}}, 0);
+    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
   }
   {
     GPT model(a.model_config(), cpu_backend(), 999, a.seq_length);  // other init: must be overwritten
@@ -90,8 +89,7 @@ TEST(CheckpointResume, FinetuneLoadsWeightsOnlyAndMismatchesAreNamed) {
     Trainer t(a, model, data);
     for (int i = 0; i < 3; ++i) t.train_step();
     saved = model.parameters().flat_params().clone();
-    const auto [m, v] = t.full_optimizer_state();
-    save_training_checkpoint(root, a, t, m, v, TokenizerRecord{{"mock", "0"}, {}}, 0);
+    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
   }
   GPT model(a.model_config(), cpu_backend(), 6, a.seq_length);
   Trainer t(a, model, data);
