@@ -101,10 +101,10 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   validate_layout(layout, {args.num_layers, args.num_attention_heads, args.seq_length, args.micro_batch_size,
                            args.global_batch_size, args.sequence_parallel});
   args.validate();
-  if (layout.pp > 1 || layout.sp > 1 || args.zero_stage > 1)
-    throw ConfigError("data and tensor parallelism (with --zero-stage 0 or 1 and --sequence-parallel) are available "
-                      "in this build: --pipeline-model-parallel-size, --ds-sequence-parallel-size and --zero-stage 2/3 "
-                      "are not implemented yet");
+  if (layout.pp > 1 || args.zero_stage > 1)
+    throw ConfigError("data, tensor (with --sequence-parallel) and Ulysses sequence parallelism with --zero-stage 0 "
+                      "or 1 are available in this build: --pipeline-model-parallel-size and --zero-stage 2/3 are not "
+                      "implemented yet");
   if (args.sequence_parallel && layout.tp == 1)
     throw ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1 (it shards along the sequence "
                       "within the tensor-parallel group)");
@@ -139,16 +139,19 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   const GPTConfig mc = args.model_config();
   const SampleSource& train = *data.train;
   Backend& backend = cpu_backend();
-  // Groups (Megatron order, tp fastest): the tensor-parallel group shares a data-parallel rank,
-  // the data-parallel group a tensor-parallel rank.
+  // Groups (Megatron order, tp fastest): the tensor-parallel group shares (sp, dp, pp) ranks, the
+  // Ulysses group (tp, dp, pp), and the gradient group (data parallel x Ulysses) (tp, pp).
   const GridCoordinates grid = grid_coordinates(layout, mpi.rank());
   std::unique_ptr<Communicator> world = mpi_world_communicator();
-  std::unique_ptr<Communicator> tp = mpi_split_communicator(static_cast<int>(grid.dp_rank + layout.dp() * grid.pp_rank),
-                                                            static_cast<int>(grid.tp_rank));
+  const int64_t dps = layout.dp();
+  std::unique_ptr<Communicator> tp = mpi_split_communicator(
+      static_cast<int>(grid.sp_rank + layout.sp * (grid.dp_rank + dps * grid.pp_rank)), static_cast<int>(grid.tp_rank));
+  std::unique_ptr<Communicator> sp = mpi_split_communicator(
+      static_cast<int>(grid.tp_rank + layout.tp * (grid.dp_rank + dps * grid.pp_rank)), static_cast<int>(grid.sp_rank));
   std::unique_ptr<Communicator> dp = mpi_split_communicator(static_cast<int>(grid.tp_rank + layout.tp * grid.pp_rank),
-                                                            static_cast<int>(grid.dp_rank));
+                                                            static_cast<int>(grid.dp_rank * layout.sp + grid.sp_rank));
   GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length,
-            TensorParallel{tp.get(), args.sequence_parallel});
+            ModelParallel{tp.get(), args.sequence_parallel, sp.get()});
   Trainer trainer(args, model, train, dp.get());
   MetricsWriter metrics = lead ? MetricsWriter(args.output_dir) : MetricsWriter();
   if (!load_dir.empty()) {
@@ -172,7 +175,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     Timer t;
     // Tensor-parallel shards are gathered to the first replica's first rank, which writes them
     // as pieces of the global tensors.
-    if (grid.dp_rank == 0) {
+    if (grid.dp_rank == 0 && grid.sp_rank == 0) {
       const ShardedState state = gather_training_state(trainer);
       if (lead) {
         const std::string dir = save_training_checkpoint(args.save, args, trainer, state, tokenizer,
@@ -201,7 +204,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
               static_cast<long long>(args.global_batch_size), static_cast<long long>(args.micro_batch_size),
               static_cast<long long>(args.micro_batches()), static_cast<long long>(args.data_parallel_size),
               static_cast<long long>(args.seq_length), backend.name().c_str(), omp_get_max_threads());
-  say("> layout: world %d = data %lld x tensor %lld%s x pipeline %lld x sequence %lld; %.2fM parameters per rank\n",
+  say("> layout: world %d = data %lld x tensor %lld%s x pipeline %lld x Ulysses sequence %lld; %.2fM parameters per rank\n",
       mpi.size(), static_cast<long long>(layout.dp()), static_cast<long long>(layout.tp),
       args.sequence_parallel ? " (Megatron sequence parallel)" : "", static_cast<long long>(layout.pp),
       static_cast<long long>(layout.sp), static_cast<double>(model.parameters().numel()) / 1e6);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 namespace llm {
@@ -14,6 +15,8 @@ struct GPT::Block {
   // activations, [B,T,*]
   Tensor ln1, ln1_mean, ln1_rstd, qkv, atty, att_lse, attproj, residual2, ln2, ln2_mean, ln2_rstd,
       fch, fch_gelu, fcproj, residual3;
+  // Ulysses: attention's input and output in head-shard form [B, T, 3C'/sp], [B, T, C'/sp]
+  Tensor qkv_heads, atty_heads;
 };
 
 struct GPT::Activations {
@@ -25,6 +28,8 @@ struct GPT::Activations {
   // tensor/sequence parallel: [N, C] gathered rows, a row-parallel layer's partial sum, this
   // rank's rows of a gradient, and the final LayerNorm's gathered output (kept for backward)
   Tensor gathered, partial, drows, lnf_full;
+  // Ulysses: exchange buffers and the attention gradients in head-shard form
+  Tensor send, recv, dqkv_heads, datty_heads;
 };
 
 ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, int size, bool sequence_parallel) {
@@ -84,9 +89,13 @@ ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, 
   return ps;
 }
 
-GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length, TensorParallel tp)
+GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length, ModelParallel tp)
     : config_(config), backend_(backend), tp_(tp) {
   if (tp_.size() == 1) tp_.sequence_parallel = false;
+  LLM_CHECK(!(tp_.sequence_parallel && tp_.sp_size() > 1),
+            "Megatron sequence parallelism and Ulysses sequence parallelism exclude each other");
+  LLM_CHECK(config.num_heads % (tp_.size() * tp_.sp_size()) == 0, "attention heads ", config.num_heads,
+            " are not divisible by tensor parallel ", tp_.size(), " x Ulysses ", tp_.sp_size());
   config_.tensor_parallel = tp_.size();
   config_.validate(seq_length);
   max_pos_ = config_.max_position_embeddings ? config_.max_position_embeddings : seq_length;
@@ -123,12 +132,13 @@ GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_l
 GPT::~GPT() = default;
 
 void GPT::ensure_activations(int64_t B, int64_t T) {
-  LLM_CHECK(T >= 1 && T <= max_pos_, "sequence length ", T, " outside [1, ", max_pos_,
+  const int64_t S = tp_.sp_size();  // Ulysses: T is this rank's share of T * S positions
+  LLM_CHECK(T >= 1 && T * S <= max_pos_, "sequence length ", T * S, " outside [1, ", max_pos_,
             "] (the position table)");
   Activations& a = *acts_;
   if (a.B == B && a.T == T) return;
   const int64_t P = tp_.size(), C = config_.hidden_size;
-  const int64_t Cl = C / P, Fl = config_.ffn() / P, NHl = config_.num_heads / P;
+  const int64_t Cl = C / P, Fl = config_.ffn() / P, NHl = config_.num_heads / P / S, Cs = Cl / S;
   const int64_t Vl = config_.padded_vocab_size() / P, N = B * T;
   const bool sp = tp_.sequence_parallel;
   LLM_CHECK(!sp || N % P == 0, "sequence parallel: ", N, " tokens per micro-batch are not divisible by ", P, " ranks");
@@ -149,6 +159,7 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
       b.atty = first.atty, b.att_lse = first.att_lse, b.attproj = first.attproj, b.residual2 = first.residual2;
       b.ln2 = first.ln2, b.ln2_mean = first.ln2_mean, b.ln2_rstd = first.ln2_rstd, b.fch = first.fch;
       b.fch_gelu = first.fch_gelu, b.fcproj = first.fcproj;
+      b.qkv_heads = first.qkv_heads, b.atty_heads = first.atty_heads;
       continue;
     }
     b.ln1 = be.empty({R, C});
@@ -156,7 +167,11 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
     b.ln1_rstd = be.empty({R});
     b.qkv = be.empty({B, T, 3 * Cl});
     b.atty = be.empty({B, T, Cl});
-    b.att_lse = be.empty({B, NHl, T});
+    b.att_lse = be.empty({B, NHl, T * S});
+    if (S > 1) {
+      b.qkv_heads = be.empty({B, T * S, 3 * Cs});
+      b.atty_heads = be.empty({B, T * S, Cs});
+    }
     b.attproj = be.empty({R, C});
     b.residual2 = be.empty({R, C});
     b.ln2 = be.empty({R, C});
@@ -184,6 +199,48 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
   } else {
     a.gathered = a.partial = a.drows = a.lnf_full = Tensor{};
   }
+  if (S > 1) {
+    a.send = Tensor::empty({B * T * 3 * Cl});
+    a.recv = Tensor::empty({B * T * 3 * Cl});
+    a.dqkv_heads = be.empty({B, T * S, 3 * Cs});
+    a.datty_heads = be.empty({B, T * S, Cs});
+  } else {
+    a.send = a.recv = a.dqkv_heads = a.datty_heads = Tensor{};
+  }
+}
+
+void GPT::ulysses_exchange(const Tensor& seq, const Tensor& heads, int parts, bool to_heads) {
+  LLM_CHECK(seq.device().is_cpu() && heads.device().is_cpu(), "Ulysses exchange: host tensors expected (",
+            backend_.name(), " backend)");
+  Activations& a = *acts_;
+  const int64_t S = tp_.sp_size(), B = seq.size(0), Tl = seq.size(1), Cl = seq.size(2) / parts, Cs = Cl / S;
+  const int64_t chunk = B * Tl * parts * Cs;  // elements per peer
+  const Tensor send = a.send.flat(0, chunk * S), recv = a.recv.flat(0, chunk * S);
+  float* ps = send.data<float>();
+  float* pr = recv.data<float>();
+  float* pq = seq.data<float>();
+  float* ph = heads.data<float>();
+  const size_t bytes = static_cast<size_t>(Cs) * sizeof(float);
+  // Peer j's chunk is [B][Tl][parts][Cs]: to_heads sends head group j of every local position;
+  // the reverse sends sequence chunk j of this rank's head group.
+  auto seq_at = [&](int64_t j, int64_t b, int64_t t, int64_t p) { return pq + ((b * Tl + t) * parts + p) * Cl + j * Cs; };
+  auto heads_at = [&](int64_t i, int64_t b, int64_t t, int64_t p) {
+    return ph + ((b * Tl * S + i * Tl + t) * parts + p) * Cs;
+  };
+  auto buf_at = [&](float* base, int64_t j, int64_t b, int64_t t, int64_t p) {
+    return base + j * chunk + ((b * Tl + t) * parts + p) * Cs;
+  };
+  for (int64_t j = 0; j < S; ++j)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < Tl; ++t)
+        for (int64_t p = 0; p < parts; ++p)
+          std::memcpy(buf_at(ps, j, b, t, p), to_heads ? seq_at(j, b, t, p) : heads_at(j, b, t, p), bytes);
+  tp_.ulysses->all_to_all(recv, send);
+  for (int64_t i = 0; i < S; ++i)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < Tl; ++t)
+        for (int64_t p = 0; p < parts; ++p)
+          std::memcpy(to_heads ? heads_at(i, b, t, p) : seq_at(i, b, t, p), buf_at(pr, i, b, t, p), bytes);
 }
 
 const Tensor& GPT::gather_rows(const Tensor& rows, const Tensor& full) {
@@ -223,8 +280,9 @@ void GPT::run_forward(const Tensor& tokens) {
   // over the group (reduce-scattered to row shards under sequence parallelism).
   const bool sp = tp_.sequence_parallel;
   const Tensor& emb = sp ? a.partial : a.encoded;
+  const Tensor wpe = params_.param("wpe").slice(0, tp_.sp_rank() * a.T, a.T);  // Ulysses: this rank's positions
   be.embedding_forward(emb.view({a.B, a.T, config_.hidden_size}), a.tokens, params_.param("wte"),
-                       tp_.rank() == 0 ? params_.param("wpe") : Tensor{}, vocab_begin_, config_.padded_vocab_size());
+                       tp_.rank() == 0 ? wpe : Tensor{}, vocab_begin_, config_.padded_vocab_size());
   reduce_rows(a.encoded, emb);
   const Tensor& x = run_blocks(nullptr);
   const float eps = config_.layernorm_eps;
@@ -238,17 +296,22 @@ void GPT::block_forward(size_t layer, const Tensor& x, KVCache* cache) {
   Activations& a = *acts_;
   Backend& be = backend_;
   const float eps = config_.layernorm_eps;
-  const int nh = static_cast<int>(config_.num_heads / tp_.size());
+  const int nh = static_cast<int>(config_.num_heads / tp_.size() / tp_.sp_size());
   const bool sp = tp_.sequence_parallel, lead = tp_.rank() == 0;
   const int64_t N = b.qkv.numel() / b.qkv.size(-1);
   // Row-parallel layers add their bias once (on the group's first rank) before the sum.
   auto row_bias = [&](const Tensor& bias) { return lead ? bias : Tensor{}; };
   be.layernorm_forward(b.ln1, b.ln1_mean, b.ln1_rstd, x, b.ln1_w, b.ln1_b, eps);
   be.linear_forward(b.qkv.view({N, -1}), gather_rows(b.ln1, a.gathered), b.qkv_w, b.qkv_b);
-  if (cache)
+  if (cache) {
     be.attention_kv_forward(b.atty, b.qkv, cache->k[layer], cache->v[layer], cache->length, nh);
-  else
+  } else if (tp_.sp_size() > 1) {
+    ulysses_exchange(b.qkv, b.qkv_heads, 3, true);
+    be.attention_forward(b.atty_heads, b.att_lse, b.qkv_heads, nh);
+    ulysses_exchange(b.atty, b.atty_heads, 1, false);
+  } else {
     be.attention_forward(b.atty, b.att_lse, b.qkv, nh);
+  }
   const Tensor& attp = sp ? a.partial : b.attproj;
   be.linear_forward(attp, b.atty.view({N, -1}), b.proj_w, row_bias(b.proj_b));
   reduce_rows(b.attproj, attp);
@@ -289,18 +352,19 @@ int64_t GPT::activation_bytes() const {
   const Activations& a = *acts_;
   for (const Tensor* t : {&a.tokens, &a.targets, &a.encoded, &a.lnf, &a.lnf_mean, &a.lnf_rstd, &a.logits, &a.losses,
                           &a.ce_lse, &a.dresidual, &a.dbuf, &a.dqkv, &a.dfch, &a.gathered, &a.partial, &a.drows,
-                          &a.lnf_full})
+                          &a.lnf_full, &a.send, &a.recv, &a.dqkv_heads, &a.datty_heads})
     add(*t);
   for (const auto& bp : blocks_)
     for (const Tensor* t : {&bp->ln1, &bp->ln1_mean, &bp->ln1_rstd, &bp->qkv, &bp->atty, &bp->att_lse, &bp->attproj,
                             &bp->residual2, &bp->ln2, &bp->ln2_mean, &bp->ln2_rstd, &bp->fch, &bp->fch_gelu,
-                            &bp->fcproj, &bp->residual3})
+                            &bp->fcproj, &bp->residual3, &bp->qkv_heads, &bp->atty_heads})
       add(*t);
   return total;
 }
 
 KVCache GPT::make_kv_cache(int64_t batch, int64_t max_len) {
-  LLM_CHECK(tp_.size() == 1, "generation with a KV cache runs on one process (tensor parallel size ", tp_.size(), ")");
+  LLM_CHECK(tp_.size() == 1 && tp_.sp_size() == 1, "generation with a KV cache runs on one process (tensor parallel ",
+            tp_.size(), ", sequence parallel ", tp_.sp_size(), ")");
   LLM_CHECK(batch >= 1 && max_len >= 1 && max_len <= max_pos_, "KV cache of ", max_len,
             " positions: must be in [1, ", max_pos_, "] (the position table)");
   KVCache c;
@@ -367,6 +431,10 @@ double GPT::forward(const Tensor& tokens, const Tensor& targets) {
     if (t[i] < 0) continue;
     sum += l[i];
     ++valid_targets_;
+  }
+  if (tp_.sp_size() > 1) {  // Ulysses: the mean over every rank's positions
+    sum = tp_.ulysses->all_reduce_sum(sum);
+    valid_targets_ = static_cast<int64_t>(tp_.ulysses->all_reduce_sum(static_cast<double>(valid_targets_)));
   }
   have_loss_ = true;
   return valid_targets_ ? sum / static_cast<double>(valid_targets_) : 0.0;
@@ -439,15 +507,15 @@ void GPT::backward(float loss_weight) {
   }
   // The embedding's output gradient, on every rank in full (the backward of its reduction).
   const Tensor& dembed = gather_rows(a.dresidual, a.gathered);
-  be.embedding_backward(params_.grad("wte"), params_.grad("wpe"), dembed.view({a.B, a.T, config_.hidden_size}),
-                        a.tokens, vocab_begin_);
+  be.embedding_backward(params_.grad("wte"), params_.grad("wpe").slice(0, tp_.sp_rank() * a.T, a.T),
+                        dembed.view({a.B, a.T, config_.hidden_size}), a.tokens, vocab_begin_);
 }
 
 void GPT::block_backward(size_t li, const Tensor& x) {
   Block& b = *blocks_[li];
   Activations& a = *acts_;
   Backend& be = backend_;
-  const int nh = static_cast<int>(config_.num_heads / tp_.size());
+  const int nh = static_cast<int>(config_.num_heads / tp_.size() / tp_.sp_size());
   const bool sp = tp_.sequence_parallel;
   const int64_t N = a.B * a.T;
   const Tensor& drows = sp ? a.drows : a.dbuf;  // d(LayerNorm output) rows held here
@@ -463,7 +531,13 @@ void GPT::block_backward(size_t li, const Tensor& x) {
   const Tensor datty = a.dbuf.flat(0, b.atty.numel()).view(b.atty.shape());
   be.linear_backward(datty.view({N, -1}), b.d_proj_w, b.d_proj_b, gather_rows(a.dresidual, a.gathered),
                      b.atty.view({N, -1}), b.proj_w);
-  be.attention_backward(a.dqkv, datty, b.qkv, b.atty, b.att_lse, nh);
+  if (tp_.sp_size() > 1) {
+    ulysses_exchange(datty, a.datty_heads, 1, true);
+    be.attention_backward(a.dqkv_heads, a.datty_heads, b.qkv_heads, b.atty_heads, b.att_lse, nh);
+    ulysses_exchange(a.dqkv, a.dqkv_heads, 3, false);
+  } else {
+    be.attention_backward(a.dqkv, datty, b.qkv, b.atty, b.att_lse, nh);
+  }
   be.linear_backward(a.dbuf, b.d_qkv_w, b.d_qkv_b, a.dqkv.view({N, -1}), gather_rows(b.ln1, a.gathered), b.qkv_w);
   reduce_rows(drows, a.dbuf);
   be.layernorm_backward(a.dresidual, b.d_ln1_w, b.d_ln1_b, drows, x, b.ln1_w, b.ln1_mean, b.ln1_rstd);

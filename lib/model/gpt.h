@@ -16,17 +16,25 @@
 
 namespace llm {
 
-// Megatron-style tensor parallelism over a group of ranks: attention heads, the MLP's hidden
-// units and the vocabulary are split across the group (column-parallel c_attn and c_fc,
-// row-parallel c_proj's, vocab-parallel embedding and cross-entropy that never gathers the full
-// logits). With sequence_parallel (Megatron SP) the LayerNorm/residual regions hold only this
-// rank's 1/tp of the B*T rows, with an all-gather before each column-parallel layer and a
-// reduce-scatter after each row-parallel one.
-struct TensorParallel {
-  Communicator* group = nullptr;  // nullptr or a group of one: no tensor parallelism
+// Model parallelism inside one replica.
+//  * Tensor parallelism (Megatron) over `group`: attention heads, the MLP's hidden units and the
+//    vocabulary are split across the group (column-parallel c_attn and c_fc, row-parallel
+//    c_proj's, vocab-parallel embedding and cross-entropy that never gathers the full logits).
+//    With sequence_parallel (Megatron SP) the LayerNorm/residual regions hold only this rank's
+//    1/tp of the B*T rows, with an all-gather before each column-parallel layer and a
+//    reduce-scatter after each row-parallel one.
+//  * Ulysses sequence parallelism (DeepSpeed) over `ulysses`: each rank holds T/sp consecutive
+//    positions of every sequence; attention is preceded by an all-to-all from sequence shards to
+//    head shards and followed by the reverse. Parameters are replicated across the group and
+//    their gradients are partial sums (the trainer reduces them with the data-parallel ones).
+struct ModelParallel {
+  Communicator* group = nullptr;  // tensor parallel; nullptr or a group of one: none
   bool sequence_parallel = false;
+  Communicator* ulysses = nullptr;  // Ulysses sequence parallel; nullptr or one rank: none
   int rank() const { return group ? group->rank() : 0; }
   int size() const { return group ? group->size() : 1; }
+  int sp_rank() const { return ulysses ? ulysses->rank() : 0; }
+  int sp_size() const { return ulysses ? ulysses->size() : 1; }
 };
 
 // The parameters of `config` as tensor-parallel rank `rank` of `size` holds them (planned:
@@ -42,17 +50,18 @@ struct KVCache {
 class GPT {
  public:
   // seq_length sizes the position table when config.max_position_embeddings is 0.
-  GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length, TensorParallel tp = {});
+  GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length, ModelParallel tp = {});
   ~GPT();
 
   const GPTConfig& config() const { return config_; }
-  const TensorParallel& tensor_parallel() const { return tp_; }
+  const ModelParallel& model_parallel() const { return tp_; }
   Backend& backend() { return backend_; }
   ParameterSet& parameters() { return params_; }
   const ParameterSet& parameters() const { return params_; }
 
   // tokens, targets: host or backend i32 [B, T]; targets < 0 are ignored. Returns the mean
-  // loss over the non-ignored targets (computed in double). Without targets only the logits
+  // loss over the non-ignored targets (computed in double). Under Ulysses sequence parallelism
+  // they are this rank's [B, T/sp] positions and the loss is the mean over the whole sequences. Without targets only the logits
   // are computed (for generation).
   double forward(const Tensor& tokens, const Tensor& targets);
   void forward_logits(const Tensor& tokens);
@@ -102,10 +111,14 @@ class GPT {
   void reduce_rows(const Tensor& out, const Tensor& partial);
   // Vocab-parallel loss: combines the shards' lse/losses into global ones (ce_lse, losses).
   void combine_vocab_shards();
+  // Ulysses: qkv [B, T/sp, 3C'] (sequence shard) <-> [B, T, 3C'/sp] (head shard), and the same
+  // for the attention output [B, T/sp, C'] <-> [B, T, C'/sp]; `parts` is the row count per
+  // position (3 for qkv, 1 for the output). to_heads=false runs the reverse exchange.
+  void ulysses_exchange(const Tensor& seq_shard, const Tensor& head_shard, int parts, bool to_heads);
 
   GPTConfig config_;
   Backend& backend_;
-  TensorParallel tp_;
+  ModelParallel tp_;
   int64_t vocab_begin_ = 0;  // first vocabulary row of this rank's wte shard
   int64_t max_pos_;
   ParameterSet params_;

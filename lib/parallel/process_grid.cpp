@@ -28,8 +28,9 @@ void validate_layout(const ParallelLayout& l, const LayoutConstraints& c) {
 GridCoordinates grid_coordinates(const ParallelLayout& l, int64_t rank) {
   GridCoordinates g;
   g.tp_rank = rank % l.tp;
-  g.dp_rank = (rank / l.tp) % l.dp();
-  g.pp_rank = rank / (l.tp * l.dp());
+  g.sp_rank = (rank / l.tp) % l.sp;
+  g.dp_rank = (rank / (l.tp * l.sp)) % l.dp();
+  g.pp_rank = rank / (l.tp * l.sp * l.dp());
   return g;
 }
 

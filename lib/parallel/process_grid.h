@@ -1,5 +1,6 @@
-// The rank grid, Megatron's order: world = dp x pp x tp with tp varying fastest, then dp, then
-// pp (rank = tp_rank + tp * (dp_rank + dp * pp_rank)). The whole layout is validated before
+// The rank grid, Megatron(-DeepSpeed)'s order: world = pp x dp x sp x tp with tp varying
+// fastest, then the Ulysses sequence-parallel rank, then dp, then pp
+// (rank = tp_rank + tp * (sp_rank + sp * (dp_rank + dp * pp_rank))). The whole layout is validated before
 // anything is allocated, with a message naming the constraint that fails.
 #pragma once
 #include <cstdint>
@@ -22,7 +23,7 @@ struct LayoutConstraints {
 void validate_layout(const ParallelLayout& layout, const LayoutConstraints& c);
 
 struct GridCoordinates {
-  int64_t tp_rank = 0, dp_rank = 0, pp_rank = 0;
+  int64_t tp_rank = 0, dp_rank = 0, pp_rank = 0, sp_rank = 0;
 };
 GridCoordinates grid_coordinates(const ParallelLayout& layout, int64_t rank);
 

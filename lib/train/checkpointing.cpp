@@ -178,7 +178,7 @@ ShardedState gather_training_state(Trainer& trainer) {
   GPT& model = trainer.model();
   const ParameterSet& ps = model.parameters();
   Backend& be = model.backend();
-  const TensorParallel& tp = model.tensor_parallel();
+  const ModelParallel& tp = model.model_parallel();
   const int P = tp.size();
   const int64_t n = ps.numel();
   auto [m, v] = trainer.full_optimizer_state();

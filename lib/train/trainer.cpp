@@ -21,11 +21,12 @@ OptimizerConfig optimizer_config(const TrainArgs& a) {
 Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, Communicator* dp)
     : args_(args), model_(model), train_(train),
       optimizer_(model.parameters(), model.backend(), optimizer_config(args)), dp_(dp) {
-  const int64_t dp_size = dp_ ? dp_->size() : 1;
-  LLM_CHECK(dp_size == args.data_parallel_size, "data-parallel group of ", dp_size, " ranks, but the arguments say ",
+  const int64_t dp_size = dp_ ? dp_->size() : 1, sp = model.model_parallel().sp_size();
+  LLM_CHECK(dp_size == args.data_parallel_size * sp, "gradient group of ", dp_size,
+            " ranks, but the arguments say data parallel ", args.data_parallel_size, " x Ulysses ", sp, " = ",
             args.data_parallel_size);
   model_.set_recompute(args.full_recompute());
-  optimizer_.set_tensor_parallel(model_.tensor_parallel().group);
+  optimizer_.set_tensor_parallel(model_.model_parallel().group);
   if (args.zero_stage == 1 && dp_size > 1) {
     // ZeRO-1: each replica keeps the optimizer state of a contiguous 1/dp of the flat buffer.
     const int64_t n = model_.parameters().numel();
@@ -42,18 +43,20 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
   schedule_.warmup_iters = args.lr_warmup_iters;
   schedule_.decay_iters = args.lr_decay_iters ? args.lr_decay_iters : args.train_iters;
   schedule_.style = args.lr_decay_style;
-  tokens_ = Tensor::empty({args.micro_batch_size, args.seq_length}, DType::i32);
-  targets_ = Tensor::empty({args.micro_batch_size, args.seq_length}, DType::i32);
+  LLM_CHECK(args.seq_length % sp == 0, "--seq-length ", args.seq_length, " is not divisible by Ulysses ", sp);
+  tokens_ = Tensor::empty({args.micro_batch_size, args.seq_length / sp}, DType::i32);
+  targets_ = Tensor::empty({args.micro_batch_size, args.seq_length / sp}, DType::i32);
   sample_ = Tensor::empty({args.seq_length + 1}, DType::i32);
 }
 
 void Trainer::fill_batch(const SampleSource& src, uint64_t first_index, int64_t rows) {
-  const int64_t T = args_.seq_length;
+  // Ulysses: this rank's positions [sp_rank * T, (sp_rank + 1) * T) of each sample.
+  const int64_t T = tokens_.size(1), off = model_.model_parallel().sp_rank() * T;
   int32_t* s = sample_.data<int32_t>();
   for (int64_t r = 0; r < rows; ++r) {
     src.sample((first_index + static_cast<uint64_t>(r)) % src.num_samples(), s);
-    std::copy(s, s + T, tokens_.data<int32_t>() + r * T);
-    std::copy(s + 1, s + T + 1, targets_.data<int32_t>() + r * T);
+    std::copy(s + off, s + off + T, tokens_.data<int32_t>() + r * T);
+    std::copy(s + off + 1, s + off + T + 1, targets_.data<int32_t>() + r * T);
   }
 }
 
@@ -63,7 +66,10 @@ IterationStats Trainer::train_step() {
   st.iteration = ++iteration_;
   st.lr = schedule_.at(iteration_);
   const int64_t micro = args_.micro_batches();
-  const int64_t dp_rank = dp_ ? dp_->rank() : 0, dp_size = dp_ ? dp_->size() : 1;
+  // The gradient group is data parallel x Ulysses (group rank = dp_rank * sp + sp_rank): the
+  // Ulysses ranks of a replica read the same samples and hold partial gradients of them.
+  const int64_t sp = model_.model_parallel().sp_size();
+  const int64_t dp_size = dp_ ? dp_->size() : 1, dp_rank = dp_ ? dp_->rank() / sp : 0;
   model_.zero_grad();
   double loss_sum = 0;
   Timer phase;
@@ -93,7 +99,7 @@ IterationStats Trainer::train_step() {
       model_.backend().copy(g, h);
     }
     loss_sum = dp_->all_reduce_sum(loss_sum);
-    grad_scale = 1.0 / static_cast<double>(dp_size);
+    grad_scale = static_cast<double>(sp) / static_cast<double>(dp_size);  // 1 / data-parallel size
     st.grads_all_reduce_seconds = phase.seconds();
   }
   st.loss = loss_sum / static_cast<double>(micro * dp_size);

@@ -59,32 +59,49 @@ double box_error(const llm::ParamSpec& spec, const Tensor& local, const Tensor& 
 struct Case {
   int tp;
   bool sp, recompute;
+  int ulysses = 1;
 };
+
+// Positions [r*T/S, (r+1)*T/S) of every sequence.
+Tensor seq_shard(const Tensor& x, int r, int S) {
+  const int64_t B = x.size(0), T = x.size(1), Tl = T / S;
+  Tensor out = Tensor::empty({B, Tl}, llm::DType::i32);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < Tl; ++t) out.data<int32_t>()[b * Tl + t] = x.data<int32_t>()[b * T + r * Tl + t];
+  return out;
+}
 
 void check_case(const Case& k) {
   auto world = llm::mpi_world_communicator();
-  if (world->size() % k.tp) GTEST_SKIP() << "world " << world->size() << " not divisible by tp " << k.tp;
-  const int me = world->rank();
-  auto group = llm::mpi_split_communicator(me / k.tp, me % k.tp);
+  const int P = k.tp * k.ulysses;
+  if (world->size() % P) GTEST_SKIP() << "world " << world->size() << " not divisible by tp x sp " << P;
+  const int me = world->rank(), tp_rank = me % k.tp, sp_rank = (me / k.tp) % k.ulysses, replica = me / P;
+  auto group = llm::mpi_split_communicator(replica * k.ulysses + sp_rank, tp_rank);
+  auto uly = llm::mpi_split_communicator(1000 + replica * k.tp + tp_rank, sp_rank);
   const int64_t B = 2, T = 16, V = 200;
   llm::Backend& be = llm::cpu_backend();
   llm::GPT ref(tiny(V), be, 42, T);
-  llm::GPT tpm(tiny(V), be, 42, T, llm::TensorParallel{group.get(), k.sp});
+  llm::GPT tpm(tiny(V), be, 42, T, llm::ModelParallel{group.get(), k.sp, uly.get()});
   ref.set_recompute(k.recompute);
   tpm.set_recompute(k.recompute);
   // Two micro-batches accumulate into the gradients, as training does.
   for (int micro = 0; micro < 2; ++micro) {
     const Tensor tokens = random_ids(B, T, V, 7 + micro), targets = random_ids(B, T, V, 100 + micro);
     targets.data<int32_t>()[3] = -1;  // an ignored position
-    const double lr = ref.forward(tokens, targets), lt = tpm.forward(tokens, targets);
+    const double lr = ref.forward(tokens, targets);
+    const double lt = tpm.forward(seq_shard(tokens, sp_rank, k.ulysses), seq_shard(targets, sp_rank, k.ulysses));
     EXPECT_NEAR(lt, lr, 1e-5 * std::fabs(lr)) << "micro-batch " << micro;
-    // per-token losses over the whole vocabulary
-    for (int64_t i = 0; i < B * T; ++i)
-      ASSERT_NEAR(tpm.losses().data<float>()[i], ref.losses().data<float>()[i], 2e-5) << "token " << i;
+    // per-token losses over the whole vocabulary (this rank's positions)
+    const int64_t Tl = T / k.ulysses;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < Tl; ++t)
+        ASSERT_NEAR(tpm.losses().data<float>()[b * Tl + t], ref.losses().data<float>()[b * T + sp_rank * Tl + t], 2e-5)
+            << "token " << b << "," << t;
     ref.backward(0.5f);
     tpm.backward(0.5f);
   }
   tpm.reduce_partial_grads();
+  uly->all_reduce_sum(tpm.parameters().flat_grads());  // Ulysses: partial sums over the positions
   int checked = 0;
   for (const llm::ParamSpec& s : tpm.parameters().specs()) {
     double scale = 0;
@@ -103,6 +120,10 @@ TEST(TensorParallel, Tp2SequenceParallelMatchesSingleProcess) { check_case({2, t
 TEST(TensorParallel, Tp2SequenceParallelRecomputeMatchesSingleProcess) { check_case({2, true, true}); }
 TEST(TensorParallel, Tp4MatchesSingleProcess) { check_case({4, false, false}); }
 TEST(TensorParallel, Tp4SequenceParallelMatchesSingleProcess) { check_case({4, true, true}); }
+
+TEST(UlyssesSequenceParallel, Sp2MatchesSingleProcess) { check_case({1, false, false, 2}); }
+TEST(UlyssesSequenceParallel, Sp4RecomputeMatchesSingleProcess) { check_case({1, false, true, 4}); }
+TEST(UlyssesSequenceParallel, Tp2TimesSp2MatchesSingleProcess) { check_case({2, false, false, 2}); }
 
 TEST(TensorParallel, ShardsPartitionEveryShardedTensor) {
   // Over the ranks of a group of 4, the boxes of each sharded tensor cover it exactly once.
