@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "model/gpt.h"
 #include "core/timer.h"
+#include "parallel/comm_volume.h"
 #include "parallel/process_grid.h"
 #include "train/args.h"
 #include "train/checkpointing.h"
@@ -234,8 +235,24 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   // Phase times since the last log line, for the timer block.
   double t_fb = 0, t_ar = 0, t_ag = 0, t_opt = 0;
   int64_t timed_iters = 0;
-  for (int64_t it = trainer.iteration() + 1; it <= args.train_iters; ++it) {
+  const int64_t first_iteration = trainer.iteration() + 1;
+  for (int64_t it = first_iteration; it <= args.train_iters; ++it) {
+    for (Communicator* c : {tp.get(), sp.get(), dp.get()}) c->reset_volume();
     IterationStats st = trainer.train_step();
+    if (it == first_iteration && mpi.size() > 1) {
+      // The first iteration's traffic, against the analysis of the layout.
+      CommVolumeInputs cv;
+      cv.model = mc;
+      cv.micro_batch = args.micro_batch_size;
+      cv.seq_length = args.seq_length;
+      cv.micro_batches = args.micro_batches();
+      cv.tp = layout.tp, cv.sp = layout.sp, cv.dp = layout.dp();
+      cv.megatron_sp = args.sequence_parallel;
+      cv.recompute = args.full_recompute();
+      cv.zero_stage = args.zero_stage;
+      cv.params_per_rank = model.parameters().numel();
+      say("> %s\n", comm_volume_report({tp->volume(), sp->volume(), dp->volume()}, analytic_comm_volume(cv)).c_str());
+    }
     acc.add(st.loss, st.finite, st.seconds, st.grad_norm, st.lr, st.data_seconds);
     t_fb += st.forward_backward_seconds, t_ar += st.grads_all_reduce_seconds;
     t_ag += st.params_all_gather_seconds, t_opt += st.optimizer_seconds;

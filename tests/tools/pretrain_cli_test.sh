@@ -158,6 +158,7 @@ if command -v mpirun > /dev/null; then
   check "DP 2 x Ulysses 2 with ZeRO-1 saves at iteration 4 on the same curve" "grep -q 'data 2 x tensor 1 x pipeline 1 x Ulysses sequence 2' $work/dp2sp2.txt && grep -q 'saved checkpoint' $work/dp2sp2.txt"
   run_layout tp2sp2 4 --tensor-model-parallel-size 2 --ds-sequence-parallel-size 2 --load "$work/spck"
   check "the DP 2 x Ulysses 2 checkpoint resumes under TP 2 x Ulysses 2 on the same curve (rel 1e-5)" "grep -q 'continuing after iteration 4' $work/tp2sp2.txt && same_curve $work/dp1/metrics.jsonl $work/dp2sp2/metrics.jsonl $work/tp2sp2/metrics.jsonl"
+  check "every layout's measured communication equals the analytic volume" "(for f in tp2 tp2sp tp4 dp2tp2 sp2 sp4 dp2sp2 tp2sp2; do grep -q 'communication per iteration on rank 0' $work/\$f.txt || exit 1; done) && ! grep -q MISMATCH $work/tp2.txt $work/tp2sp.txt $work/tp4.txt $work/dp2tp2.txt $work/sp2.txt $work/sp4.txt $work/dp2sp2.txt $work/tp2sp2.txt"
   mpirun -np 2 "$bin" "${dp[@]}" --ds-sequence-parallel-size 2 --tensor-model-parallel-size 1 --sequence-parallel > "$work/spx.txt" 2>&1
   check "Megatron SP without TP is refused with the reason" "[ $? -ne 0 ] && grep -q 'sequence-parallel' $work/spx.txt"
   mpirun -np 2 "$bin" "${dp[@]}" --pipeline-model-parallel-size 2 > "$work/pp.txt" 2>&1

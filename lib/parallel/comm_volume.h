@@ -1,0 +1,46 @@
+// Communication volume per training iteration, per group, from the layout alone: what each
+// collective of the data-, tensor- and sequence-parallel schemes moves (message sizes as
+// collective benchmarks count them; see Communicator::Volume). Compared with the communicators'
+// counters after an iteration, it checks the implementation against the analysis; it is also the
+// communication term of a performance model.
+//
+// Per micro-batch of N = B*T tokens on a replica (T/sp per Ulysses rank), hidden size h, L layers:
+//   TP (Megatron):  all-reduce N*h bytes*4 for the embedding, 2 per layer forward, 2 per layer
+//                   backward and the final LayerNorm's input gradient: (4L + 2) N h;
+//   TP + Megatron SP: the all-reduces become all-gathers (output N*h) and reduce-scatters (input
+//                   N*h): forward 2L+1 of each ("4*N*h per layer"), backward 4L+1 all-gathers and
+//                   2L+1 reduce-scatters, plus the LayerNorm gradients (4L+2) h once per step;
+//   Ulysses:        per layer, forward and backward, all-to-alls of q,k,v and of the attention
+//                   output: 4 * (N/sp) * h per direction ("4*N*h/P");
+//   vocab-parallel loss: two all-gathers of tp*N floats (log-sum-exp and loss per token);
+//   full recompute re-runs the forward collectives of every layer but the last;
+//   data parallel (x Ulysses): one all-reduce of the rank's gradients per step; ZeRO-1 adds an
+//   all-gather of the parameters.
+#pragma once
+#include <string>
+
+#include "comm/communicator.h"
+#include "model/config.h"
+
+namespace llm {
+
+struct CommVolumeInputs {
+  GPTConfig model;
+  int64_t micro_batch = 1, seq_length = 1, micro_batches = 1;  // per replica per step
+  int64_t tp = 1, sp = 1, dp = 1;                               // sp: Ulysses
+  bool megatron_sp = false, recompute = false;
+  int64_t zero_stage = 0;
+  int64_t params_per_rank = 0;  // elements of this rank's flat parameter buffer
+};
+
+struct GroupVolumes {
+  Communicator::Volume tp, sp, dp;  // dp: the gradient group (data parallel x Ulysses)
+};
+
+GroupVolumes analytic_comm_volume(const CommVolumeInputs& in);
+
+// One block, a line per group and collective with bytes measured / modelled; "MISMATCH" marks a
+// difference.
+std::string comm_volume_report(const GroupVolumes& measured, const GroupVolumes& model);
+
+}  // namespace llm

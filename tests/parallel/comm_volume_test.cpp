@@ -1,0 +1,77 @@
+// The analytic communication volumes, hand-computed for a small layout. (The CLI test checks that
+// llm-pretrain's measured traffic equals them for every layout it runs.)
+#include <gtest/gtest.h>
+
+#include "parallel/comm_volume.h"
+
+namespace {
+
+llm::CommVolumeInputs base() {
+  llm::CommVolumeInputs in;
+  in.model.num_layers = 2;
+  in.model.hidden_size = 64;
+  in.micro_batch = 2;
+  in.seq_length = 32;
+  in.micro_batches = 4;
+  in.params_per_rank = 1000;
+  return in;
+}
+
+constexpr int64_t kNh = 2 * 32 * 64 * 4;  // one [B*T, h] f32 tensor: 16384 bytes
+
+TEST(CommVolume, TensorParallelAllReducesFourPerLayerPlusTwo) {
+  auto in = base();
+  in.tp = 2;
+  const auto v = llm::analytic_comm_volume(in);
+  EXPECT_EQ(v.tp.all_reduce, 4 * kNh * (4 * 2 + 2));
+  EXPECT_EQ(v.tp.all_gather, 4 * 2 * 2 * (2 * 32) * 4);  // lse + loss, tp x N floats each
+  EXPECT_EQ(v.tp.reduce_scatter, 0);
+  EXPECT_EQ(v.dp.all_reduce, 0);  // one replica
+}
+
+TEST(CommVolume, MegatronSequenceParallelMovesFourNhPerLayerForward) {
+  auto in = base();
+  in.tp = 2;
+  in.megatron_sp = true;
+  in.micro_batches = 1;
+  const auto v = llm::analytic_comm_volume(in);
+  // forward: 2 all-gathers + 2 reduce-scatters per layer (4 N h) + embedding/final edges;
+  // backward: 4 all-gathers + 2 reduce-scatters per layer + edges
+  EXPECT_EQ(v.tp.reduce_scatter, kNh * (5 + 5));
+  EXPECT_EQ(v.tp.all_gather - 2 * 2 * 64 * 4, kNh * (5 + 9));
+  EXPECT_EQ(v.tp.all_reduce, (4 * 2 + 2) * 64 * 4);  // LayerNorm gradients once per step
+  in.recompute = true;  // one extra forward of the first layer: +2 of each
+  const auto r = llm::analytic_comm_volume(in);
+  EXPECT_EQ(r.tp.reduce_scatter - v.tp.reduce_scatter, 2 * kNh);
+  EXPECT_EQ(r.tp.all_gather - v.tp.all_gather, 2 * kNh);
+}
+
+TEST(CommVolume, UlyssesMovesFourNhOverPPerLayerEachWay) {
+  auto in = base();
+  in.sp = 2;
+  in.micro_batches = 1;
+  const auto v = llm::analytic_comm_volume(in);
+  // 4 N h / P per layer forward and again backward: (3 + 1) * (N/2) * h * 4 bytes * 2 layers * 2
+  EXPECT_EQ(v.sp.all_to_all, 4 * (kNh / 2) * 2 * 2);
+  EXPECT_EQ(v.dp.all_reduce, 1000 * 4);  // the Ulysses ranks' partial gradients
+  EXPECT_EQ(v.tp.all_reduce + v.tp.all_gather, 0);
+}
+
+TEST(CommVolume, ZeroOneAddsAParameterAllGather) {
+  auto in = base();
+  in.dp = 4;
+  in.zero_stage = 1;
+  const auto v = llm::analytic_comm_volume(in);
+  EXPECT_EQ(v.dp.all_reduce, 4000);
+  EXPECT_EQ(v.dp.all_gather, 4000);
+}
+
+TEST(CommVolume, ReportFlagsMismatches) {
+  llm::GroupVolumes a, b;
+  a.tp.all_reduce = b.tp.all_reduce = 2'000'000;
+  EXPECT_EQ(llm::comm_volume_report(a, b).find("MISMATCH"), std::string::npos);
+  a.sp.all_to_all = 5;
+  EXPECT_NE(llm::comm_volume_report(a, b).find("MISMATCH"), std::string::npos);
+}
+
+}  // namespace
