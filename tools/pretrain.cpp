@@ -7,6 +7,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <filesystem>
 #include <map>
@@ -235,8 +236,18 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   // Phase times since the last log line, for the timer block.
   double t_fb = 0, t_ar = 0, t_ag = 0, t_opt = 0;
   int64_t timed_iters = 0;
+  // Fault injection for the failure tests: LLM_FAULT_INJECT=<rank>:<iteration> makes that rank
+  // raise an error at the start of that iteration (the other ranks must not hang).
+  int64_t fault_rank = -1, fault_iteration = -1;
+  if (const char* f = std::getenv("LLM_FAULT_INJECT")) {
+    if (std::sscanf(f, "%lld:%lld", reinterpret_cast<long long*>(&fault_rank),
+                    reinterpret_cast<long long*>(&fault_iteration)) != 2)
+      throw ConfigError(std::string("LLM_FAULT_INJECT='") + f + "': expected <rank>:<iteration>");
+  }
   const int64_t first_iteration = trainer.iteration() + 1;
   for (int64_t it = first_iteration; it <= args.train_iters; ++it) {
+    if (mpi.rank() == fault_rank && it == fault_iteration)
+      throw Error(detail::concat("injected fault at iteration ", it, " (LLM_FAULT_INJECT)"));
     for (Communicator* c : {tp.get(), sp.get(), dp.get()}) c->reset_volume();
     IterationStats st = trainer.train_step();
     if (it == first_iteration && mpi.size() > 1) {

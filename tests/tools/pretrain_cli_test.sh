@@ -161,6 +161,24 @@ if command -v mpirun > /dev/null; then
   check "every layout's measured communication equals the analytic volume" "(for f in tp2 tp2sp tp4 dp2tp2 sp2 sp4 dp2sp2 tp2sp2; do grep -q 'communication per iteration on rank 0' $work/\$f.txt || exit 1; done) && ! grep -q MISMATCH $work/tp2.txt $work/tp2sp.txt $work/tp4.txt $work/dp2tp2.txt $work/sp2.txt $work/sp4.txt $work/dp2sp2.txt $work/tp2sp2.txt"
   mpirun -np 2 "$bin" "${dp[@]}" --ds-sequence-parallel-size 2 --tensor-model-parallel-size 1 --sequence-parallel > "$work/spx.txt" 2>&1
   check "Megatron SP without TP is refused with the reason" "[ $? -ne 0 ] && grep -q 'sequence-parallel' $work/spx.txt"
+  # A rank that raises, or dies, ends the whole job within a bounded time: no rank hangs in a
+  # collective waiting for it.
+  long=(--mock-data --vocab-size 128 --make-vocab-size-divisible-by 16 --num-layers 2 --hidden-size 64
+        --num-attention-heads 4 --seq-length 32 --micro-batch-size 2 --global-batch-size 8 --log-interval 1)
+  start=$SECONDS
+  LLM_FAULT_INJECT=3:3 OMP_NUM_THREADS=1 timeout 120 mpirun -np 4 "$bin" "${long[@]}" --tensor-model-parallel-size 2 \
+    --train-iters 1000 --output-dir "$work/fault" > "$work/fault.txt" 2>&1
+  rc=$?
+  check "a rank raising mid-run ends every rank with an error, no hang ($((SECONDS - start)) s)" "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'rank 3.*injected fault at iteration 3' $work/fault.txt"
+  start=$SECONDS
+  OMP_NUM_THREADS=1 timeout 120 mpirun -np 4 "$bin" "${long[@]}" --train-iters 100000 --output-dir "$work/kill" > "$work/kill.txt" 2>&1 &
+  job=$!
+  for _ in $(seq 100); do [ "$(pgrep -f "output-dir $work/kill" | wc -l)" -ge 4 ] && grep -q 'iteration  *2/' "$work/kill.txt" 2>/dev/null && break; sleep 0.2; done
+  victim=$(pgrep -f "llm-pretrain.*output-dir $work/kill" | tail -1)
+  kill -9 "$victim" 2>/dev/null
+  wait $job
+  rc=$?
+  check "a rank killed mid-run (SIGKILL) ends the job with an error, no hang ($((SECONDS - start)) s)" "[ -n '$victim' ] && [ $rc -ne 0 ] && [ $rc -ne 124 ]"
   mpirun -np 2 "$bin" "${dp[@]}" --pipeline-model-parallel-size 2 > "$work/pp.txt" 2>&1
   check "pipeline parallelism is refused, not ignored" "[ $? -ne 0 ] && grep -q 'pipeline-model-parallel-size and --zero-stage 2/3 are not' $work/pp.txt"
   mpirun -np 2 "$bin" "${dp[@]}" --tensor-model-parallel-size 2 > "$work/tpv.txt" 2>&1
