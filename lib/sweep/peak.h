@@ -6,8 +6,8 @@
 
 namespace llm::sweep {
 
-// Median sgemm GFLOP/s over a few 2048^3 products (C = A B^T, the linear layer's form) with
-// the current OpenMP thread count; the better of this and the model-shaped (m, n, k) product.
+// Best sgemm GFLOP/s over a few 2048^3 products (C = A B^T, the linear layer's form) with the
+// current OpenMP thread count (after one warm-up product).
 double measured_sgemm_gflops(int m = 2048, int n = 2048, int k = 2048, int reps = 5);
 
 struct DevicePeak {

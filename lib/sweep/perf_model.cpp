@@ -226,10 +226,11 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
   if (pp > 1) r.stage_pp_s = 2.0 * (pp_msg / (pp_link.bandwidth_gbs * 1e9) + pp_link.latency_us * 1e-6);
   const double stage = r.stage_compute_s + r.stage_memory_s + r.stage_tp_s + r.stage_sp_s + r.stage_pp_s;
 
-  // Parameters on the most loaded stage (the first: embeddings), sharded by TP.
+  // Parameters on the most loaded stage (the first: embeddings and, for p = 1, the final LayerNorm),
+  // sharded by TP.
   const double F = static_cast<double>(m.ffn());
   const double per_layer = 4.0 * h * h + 2.0 * h * F + 9.0 * h + F;  // GPTConfig::num_parameters' layer
-  const double embed = V * h / static_cast<double>(tp) + static_cast<double>(m.max_position_embeddings) * h;
+  const double embed = V * h / static_cast<double>(tp) + static_cast<double>(m.max_position_embeddings) * h + 2.0 * h;
   const double stage_params = layers_per_stage * per_layer / static_cast<double>(tp) + embed;
   const int64_t zero_group = p.dp * sp;
   r.states = model_state_memory(stage_params, c.dtype, p.zero_stage, zero_group);
