@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "sweep/calibrate.h"
 #include "sweep/measure.h"
 #include "sweep/peak.h"
 #include "sweep/perf_model.h"
@@ -107,7 +108,7 @@ int run(int argc, char** argv) {
   int64_t vocab = 0, warmup = 2, iters = 5, threads = 0, baseline = 0, seq_multiple = 0;
   double mem_limit_gib = 0, timeout = 600;
   std::string output_dir = "outputs/sweep", name = "sweep", cluster_file, device = "cpu", pretrain, mpiexec = "mpiexec";
-  bool simulate = false, find_max = false, no_plots = false;
+  bool simulate = false, find_max = false, no_plots = false, fit = false;
   app.add_option("--models", models, "model keys (configs/models) or YAML paths")->capture_default_str();
   app.add_option("--seq-lens", seqs, "sequence lengths")->capture_default_str();
   app.add_option("--micro-batches", mbs, "micro-batch sizes")->capture_default_str();
@@ -119,8 +120,8 @@ int run(int argc, char** argv) {
   app.add_option("--sp-type", sp_types, "ds (DeepSpeed-Ulysses) | megatron (sp must equal tp)")->capture_default_str();
   app.add_option("--zero", zeros, "ZeRO stages")->capture_default_str();
   app.add_option("--recompute", recomputes, "full activation recompute: off | on")->capture_default_str();
-  app.add_option("--dtype", dtypes, "fp32 | bf16 | fp16")->capture_default_str();
-  app.add_option("--backend", backends, "cpu | cuda")->capture_default_str();
+  CLI::Option* dtype_opt = app.add_option("--dtype", dtypes, "fp32 | bf16 | fp16 (--simulate: the cluster's)")->capture_default_str();
+  CLI::Option* backend_opt = app.add_option("--backend", backends, "cpu | cuda (--simulate: cuda unless the cluster's device is cpu)")->capture_default_str();
   app.add_option("--vocab-size", vocab, "vocabulary (0 = the model file's, else llm-pretrain's default)")->capture_default_str();
   app.add_option("--warmup", warmup, "warm-up iterations per point (not counted)")->capture_default_str();
   app.add_option("--iters", iters, "timed iterations per point")->capture_default_str();
@@ -132,6 +133,7 @@ int run(int argc, char** argv) {
   app.add_option("--baseline", baseline, "1-based point index of the 100% row (0 = first ok point)")->capture_default_str();
   app.add_option("--cluster", cluster_file, "cluster YAML (configs/clusters): --simulate's machine, or predictions next to measurements");
   app.add_flag("--simulate", simulate, "predict with the performance model instead of measuring");
+  app.add_flag("--fit", fit, "fit --cluster's efficiencies to the measured points; writes <name>-fitted-cluster.yaml");
   app.add_flag("--find-max-seq-len", find_max, "largest trainable sequence per configuration, searched within the --seq-lens bounds");
   app.add_option("--seq-multiple", seq_multiple, "--find-max-seq-len: sequence lengths are multiples of this (0 = 64 x sp)")->capture_default_str();
   app.add_option("--device", device, "MFU peak: cpu (measured sgemm) or a datasheet device (A100-40GB, H100-SXM, ...)")->capture_default_str();
@@ -174,6 +176,9 @@ int run(int argc, char** argv) {
   const bool have_cluster = !cluster_file.empty();
   if (have_cluster) cluster = load_cluster(cluster_file);
   if (simulate && !have_cluster) throw ConfigError("--simulate needs --cluster FILE (configs/clusters/*.yaml)");
+  if (fit && (simulate || !have_cluster)) throw ConfigError("--fit needs measured points and --cluster FILE (not --simulate)");
+  if (simulate && !dtype_opt->count()) g.dtypes = {cluster.dtype};
+  if (simulate && !backend_opt->count()) g.backends = {cluster.device == "cpu" ? "cpu" : "cuda"};
   if (pretrain.empty()) pretrain = here + "/llm-pretrain";
   if (!simulate && ::access(pretrain.c_str(), X_OK) != 0)
     throw ConfigError("--pretrain: no executable llm-pretrain at '" + pretrain + "'");
@@ -223,7 +228,7 @@ int run(int argc, char** argv) {
   mo.mem_limit_bytes = static_cast<int64_t>(mem_limit_gib * 1073741824.0);
   mo.timeout_seconds = timeout;
   if (!simulate)
-    std::fprintf(stderr, "llm-sweep: measuring with %s, %lld threads per point, %d+%d iterations, cap %.1f GiB per rank\n",
+    std::fprintf(stderr, "llm-sweep: measuring with %s, %lld threads per point, %d+%d iterations, cap %.2f GiB per rank\n",
                  pretrain.c_str(), static_cast<long long>(threads), static_cast<int>(warmup), static_cast<int>(iters), mem_limit_gib);
 
   int counter = 0;
@@ -307,6 +312,18 @@ int run(int argc, char** argv) {
     const std::string why = write_plots(results, ctx, prefix);
     if (why.empty()) files += ", -tflops.svg, -memory.svg";
     else std::fprintf(stderr, "llm-sweep: no plots: %s\n", why.c_str());
+  }
+  if (fit) {
+    const FitResult f = fit_efficiencies(results, cluster, cluster.peak_tflops > 0 ? 0 : peak_device,
+                                         [&](const SweepPoint& p) { return point_model(p, here); });
+    std::snprintf(buf, sizeof buf,
+                  "fitted on %d measured points: matmul-efficiency %g, matmul-half-tokens %g, attention-efficiency %g; "
+                  "median error %.1f%% with %s, %.1f%% fitted (max %.1f%%)",
+                  f.points, f.cluster.matmul_efficiency, f.cluster.matmul_half_tokens, f.cluster.attention_efficiency,
+                  100 * f.error_before, cluster_file.c_str(), 100 * f.error_after, 100 * f.max_error_after);
+    std::printf("\nperformance model %s\n", buf);
+    std::ofstream(prefix + "-fitted-cluster.yaml") << cluster_yaml(f.cluster, std::string(buf) + "; by: " + command);
+    files += ", -fitted-cluster.yaml";
   }
   std::fprintf(stderr, "llm-sweep: wrote %s\n", files.c_str());
   return 0;

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "support/scratch_dir.h"
+#include "sweep/calibrate.h"
 #include "sweep/perf_model.h"
 #include "train/flops.h"
 
@@ -203,4 +204,31 @@ TEST(PerfModel, ClusterFileErrorsNameFileLineAndKey) {
   }
   for (const char* f : {"polaris.yaml", "h100-8x.yaml", "cpu-2core.yaml"})
     EXPECT_NO_THROW(load_cluster(std::string(LLM_SOURCE_DIR) + "/configs/clusters/" + f)) << f;
+}
+
+TEST(PerfModel, FitRecoversKnownEfficiencies) {
+  ClusterSpec truth = bf16_cluster();
+  truth.matmul_efficiency = 0.8, truth.attention_efficiency = 0.4, truth.matmul_half_tokens = 64;
+  std::vector<PointResult> measured;
+  for (int64_t s : {256, 512, 1024, 2048, 4096}) {
+    PointResult r;
+    r.point.seq_length = s, r.point.dtype = "bf16";
+    const GPTConfig m = model(2, 512, 8, 1024, s);
+    r.ms_per_iteration = stats_of({predict(r.point, m, truth).iteration_s * 1e3});
+    measured.push_back(r);
+  }
+  PointResult failed;
+  failed.status = Status::oom;
+  measured.push_back(failed);  // ignored
+  const FitResult f = fit_efficiencies(measured, bf16_cluster(), 0, [&](const SweepPoint& p) { return model(2, 512, 8, 1024, p.seq_length); });
+  EXPECT_EQ(f.points, 5);
+  EXPECT_DOUBLE_EQ(f.cluster.matmul_efficiency, 0.8);
+  EXPECT_DOUBLE_EQ(f.cluster.attention_efficiency, 0.4);
+  EXPECT_DOUBLE_EQ(f.cluster.matmul_half_tokens, 64);
+  EXPECT_LT(f.error_after, 1e-9);
+  EXPECT_GT(f.error_before, 0.1);
+  // The fitted file reads back.
+  llm::testing::ScratchDir dir;
+  std::ofstream(dir / "fitted.yaml") << cluster_yaml(f.cluster, "test");
+  EXPECT_DOUBLE_EQ(load_cluster(dir / "fitted.yaml").attention_efficiency, 0.4);
 }
