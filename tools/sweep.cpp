@@ -76,7 +76,7 @@ PointResult simulated_result(const SweepPoint& p, const GPTConfig& m, const Clus
   if (!pr.fits) {
     r.status = Status::oom;
     char buf[160];
-    std::snprintf(buf, sizeof buf, "predicted %.1f GiB per device > %.1f GiB", pr.total_memory / 1073741824.0, c.memory_gib);
+    std::snprintf(buf, sizeof buf, "predicted %.2f GiB per device > %.2f GiB", pr.total_memory / 1073741824.0, c.memory_gib);
     r.message = buf;
     return r;
   }
@@ -126,7 +126,7 @@ int run(int argc, char** argv) {
   app.add_option("--warmup", warmup, "warm-up iterations per point (not counted)")->capture_default_str();
   app.add_option("--iters", iters, "timed iterations per point")->capture_default_str();
   app.add_option("--threads", threads, "threads per point, split over its ranks (0 = OMP_NUM_THREADS or all cores)")->capture_default_str();
-  app.add_option("--mem-limit-gib", mem_limit_gib, "resident memory cap per rank; above it the point is out of memory (0 = machine RAM)")->capture_default_str();
+  CLI::Option* mem_opt = app.add_option("--mem-limit-gib", mem_limit_gib, "resident memory cap per rank; above it the point is out of memory (0 = machine RAM; with --simulate: replaces the cluster's memory-gib)")->capture_default_str();
   app.add_option("--timeout", timeout, "seconds per point before it is killed (an error row)")->capture_default_str();
   app.add_option("--output-dir", output_dir, "CSV, JSON, markdown, plots and runs/ go here")->capture_default_str();
   app.add_option("--name", name, "file name prefix in --output-dir")->capture_default_str();
@@ -186,6 +186,7 @@ int run(int argc, char** argv) {
     const char* env = std::getenv("OMP_NUM_THREADS");
     threads = env && std::atoi(env) > 0 ? std::atoi(env) : static_cast<int64_t>(std::thread::hardware_concurrency());
   }
+  if (simulate && mem_opt->count() && mem_limit_gib > 0) cluster.memory_gib = mem_limit_gib;
   if (mem_limit_gib <= 0) mem_limit_gib = machine_memory_gib();
   std::string command;
   for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
@@ -201,7 +202,7 @@ int run(int argc, char** argv) {
     peak_total = peak_device = gf / 1e3;
     std::snprintf(buf, sizeof buf, "measured OpenBLAS sgemm 2048^3, %lld threads: %.1f GFLOP/s", static_cast<long long>(threads), gf);
     peak_source = buf;
-    std::fprintf(stderr, "llm-sweep: MFU peak = %s\n", buf);
+    std::fprintf(stderr, "llm-sweep: MFU peak = %s%s\n", buf, simulate ? "" : " (measured again after the sweep; the better one is used)");
   }
   if (simulate) {
     if (cluster.peak_tflops > 0) peak_device = cluster.peak_tflops;
@@ -299,6 +300,25 @@ int run(int argc, char** argv) {
       results.push_back(evaluate(points[i]));
       progress(i, points.size(), results.back(), simulate);
     }
+  }
+  if (need_measured_peak && !simulate) {
+    // A shared machine can slow one measurement: the ceiling is the better of before and after,
+    // and the MFU and predictions that used the first one are redone with it.
+    const double again = measured_sgemm_gflops() / 1e3;
+    if (again > peak_device) {
+      for (PointResult& r : results) {
+        r.mfu *= peak_device / again;
+        if (r.predicted_ms > 0) {
+          const Prediction pr = predict(r.point, point_model(r.point, here), cluster, cluster.peak_tflops > 0 ? 0 : again);
+          if (pr.problem.empty()) r.predicted_ms = pr.iteration_s * 1e3;
+        }
+      }
+      peak_total = peak_device = again;
+    }
+    std::snprintf(buf, sizeof buf, "measured OpenBLAS sgemm 2048^3, %lld threads: %.1f GFLOP/s (better of before and after the sweep)",
+                  static_cast<long long>(threads), peak_device * 1e3);
+    ctx.peak_source = buf;
+    std::fprintf(stderr, "llm-sweep: MFU peak = %s\n", buf);
   }
   if (baseline > static_cast<int64_t>(results.size())) throw ConfigError("--baseline " + std::to_string(baseline) + ": there are only " + std::to_string(results.size()) + " points");
   ctx.baseline = baseline > 0 ? static_cast<int>(baseline - 1) : first_ok(results);

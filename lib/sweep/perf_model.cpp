@@ -265,7 +265,8 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
   const double in_flight = static_cast<double>(std::min<int64_t>(pp, micro));
   const double stored_layer = p.recompute ? layer_checkpoint_bytes(m, b, s, tp, sp, msp, c) : act_layer;
   r.activations = in_flight * layers_per_stage * stored_layer;
-  r.workspace = act_layer;  // one layer's activations: the recomputed layer / backward buffers
+  // Backward buffers: one layer's activations; recompute adds the recomputed layer's own.
+  r.workspace = (p.recompute ? 2.0 : 1.0) * act_layer;
   r.logits = pp == 1 ? logits_bytes : 0;
   r.overhead = c.memory_overhead_gib * 1073741824.0;
   r.total_memory = r.states.total() + r.activations + r.workspace + r.logits + r.overhead;
