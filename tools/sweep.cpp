@@ -62,6 +62,19 @@ void progress(size_t i, size_t n, const PointResult& r, bool simulated) {
   std::fflush(stderr);
 }
 
+// Open MPI's mpiexec says "Open MPI" / "OpenRTE" in --version; MPICH's Hydra does not.
+bool mpiexec_is_open_mpi(const std::string& mpiexec) {
+  const std::string cmd = "'" + mpiexec + "' --version 2>&1";
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (!f) return true;
+  std::string out;
+  char buf[256];
+  while (std::fgets(buf, sizeof buf, f)) out += buf;
+  ::pclose(f);
+  return out.find("Open MPI") != std::string::npos || out.find("OpenRTE") != std::string::npos ||
+         out.find("open-mpi") != std::string::npos || out.find("Open-MPI") != std::string::npos;
+}
+
 PointResult simulated_result(const SweepPoint& p, const GPTConfig& m, const ClusterSpec& c, double peak) {
   PointResult r;
   r.point = p;
@@ -225,6 +238,7 @@ int run(int argc, char** argv) {
   mo.launch.timed_iters = iters;
   mo.launch.threads = threads;
   mo.launch.as_root = ::geteuid() == 0;
+  mo.launch.open_mpi = mpiexec_is_open_mpi(mpiexec);
   mo.runs_root = (std::filesystem::path(output_dir) / (name + "-runs")).string();
   mo.mem_limit_bytes = static_cast<int64_t>(mem_limit_gib * 1073741824.0);
   mo.timeout_seconds = timeout;
@@ -234,8 +248,7 @@ int run(int argc, char** argv) {
 
   int counter = 0;
   auto evaluate = [&](const SweepPoint& p) {
-    const GPTConfig& m = model_of[p.model];
-    GPTConfig mp = point_model(p, here);
+    const GPTConfig mp = point_model(p, here);
     PointResult r;
     if (simulate) {
       r = simulated_result(p, mp, cluster, peak_device);
@@ -248,7 +261,6 @@ int run(int argc, char** argv) {
         if (pr.problem.empty()) r.predicted_ms = pr.iteration_s * 1e3, r.predicted_memory_bytes = pr.total_memory;
       }
     }
-    (void)m;
     return r;
   };
 

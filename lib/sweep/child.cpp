@@ -23,16 +23,26 @@ namespace llm::sweep {
 
 namespace {
 
-// Largest current and peak resident set (bytes) among the processes of process group `pgid`.
-std::pair<int64_t, int64_t> group_rss(pid_t pgid) {
-  int64_t cur = 0, peak = 0;
+// The processes of session `sid` (the child and everything it started: mpiexec gives each rank
+// its own process group, but they stay in the session).
+std::vector<pid_t> session_processes(pid_t sid) {
+  std::vector<pid_t> out;
   DIR* d = ::opendir("/proc");
-  if (!d) return {0, 0};
+  if (!d) return out;
   while (const dirent* e = ::readdir(d)) {
     if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
     const pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
-    if (::getpgid(pid) != pgid) continue;
-    std::ifstream st(std::string("/proc/") + e->d_name + "/status");
+    if (::getsid(pid) == sid) out.push_back(pid);
+  }
+  ::closedir(d);
+  return out;
+}
+
+// Largest current and peak resident set (bytes) among the processes of session `sid`.
+std::pair<int64_t, int64_t> session_rss(pid_t sid) {
+  int64_t cur = 0, peak = 0;
+  for (pid_t pid : session_processes(sid)) {
+    std::ifstream st("/proc/" + std::to_string(pid) + "/status");
     std::string key;
     int64_t kb = 0;
     while (st >> key) {
@@ -40,8 +50,15 @@ std::pair<int64_t, int64_t> group_rss(pid_t pgid) {
       else if (key == "VmHWM:" && st >> kb) peak = std::max(peak, kb * 1024);
     }
   }
-  ::closedir(d);
   return {cur, peak};
+}
+
+void kill_session(pid_t sid) {
+  for (int pass = 0; pass < 3; ++pass) {
+    const std::vector<pid_t> pids = session_processes(sid);
+    if (pids.empty()) return;
+    for (pid_t pid : pids) ::kill(pid, SIGKILL);
+  }
 }
 
 }  // namespace
@@ -73,7 +90,7 @@ ChildResult run_child(const std::vector<std::string>& argv, const ChildOptions& 
   const pid_t pid = ::fork();
   if (pid < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
   if (pid == 0) {
-    ::setpgid(0, 0);
+    ::setsid();  // its own session: ranks mpiexec starts stay in it, whatever their process group
     if (out_fd >= 0) ::dup2(out_fd, 1);
     if (err_fd >= 0) ::dup2(err_fd, 2);
     ::execvpe(args[0], args.data(), envp.data());
@@ -81,7 +98,6 @@ ChildResult run_child(const std::vector<std::string>& argv, const ChildOptions& 
     (void)!::write(2, msg, sizeof msg - 1);
     ::_exit(127);
   }
-  ::setpgid(pid, pid);  // also from the parent, so a kill below never misses the group
   if (out_fd >= 0) ::close(out_fd);
   if (err_fd >= 0) ::close(err_fd);
 
@@ -95,13 +111,13 @@ ChildResult run_child(const std::vector<std::string>& argv, const ChildOptions& 
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (o.timeout_seconds > 0 && elapsed > o.timeout_seconds && !r.timed_out && !r.over_memory) {
       r.timed_out = true;
-      ::kill(-pid, SIGKILL);
+      kill_session(pid);
     }
-    const auto [rss, hwm] = group_rss(pid);
+    const auto [rss, hwm] = session_rss(pid);
     r.max_rss_bytes = std::max({r.max_rss_bytes, rss, hwm});
     if (o.mem_limit_bytes > 0 && rss > o.mem_limit_bytes && !r.over_memory && !r.timed_out) {
       r.over_memory = true;
-      ::kill(-pid, SIGKILL);
+      kill_session(pid);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -113,7 +129,7 @@ ChildResult run_child(const std::vector<std::string>& argv, const ChildOptions& 
   } else if (WIFSIGNALED(status)) {
     r.signal = WTERMSIG(status);
   }
-  ::kill(-pid, SIGKILL);  // no stray ranks outlive their point
+  kill_session(pid);  // no stray ranks outlive their point (the child itself is reaped: not in the session)
   return r;
 }
 

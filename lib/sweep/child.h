@@ -1,6 +1,7 @@
-// Runs one command as a child process in its own process group: stdout and stderr to files,
-// a wall-clock limit, and a cap on resident memory per process enforced by watching the group's
-// processes in /proc (every 20 ms) and killing the group when one exceeds it. (RLIMIT_AS/DATA do
+// Runs one command as a child process in its own session: stdout and stderr to files, a
+// wall-clock limit, and a cap on resident memory per process enforced by watching the session's
+// processes in /proc (every 20 ms; mpiexec's ranks have process groups of their own but stay in
+// the session) and killing them all when one exceeds it. (RLIMIT_AS/DATA do
 // not work here: an idle llm-pretrain already maps ~570 MB of private address space for malloc
 // arenas and MPI, and Open MPI spins instead of failing when they bite.) Reports the peak
 // resident memory of the largest process (VmHWM / wait4's ru_maxrss). A crash, an OOM kill or

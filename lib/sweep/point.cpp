@@ -113,13 +113,15 @@ int64_t threads_per_rank(const SweepPoint& p, int64_t total) {
 std::vector<std::string> pretrain_command(const SweepPoint& p, const LaunchOptions& o) {
   std::vector<std::string> cmd;
   auto num = [](int64_t v) { return std::to_string(v); };
-  if (p.world() > 1) {
+  if (p.world() > 1 && o.open_mpi) {
     cmd = {o.mpiexec, "-np", num(p.world()), "--oversubscribe"};
     if (o.as_root) cmd.push_back("--allow-run-as-root");
     if (o.threads > 0) {
       cmd.push_back("-x");
       cmd.push_back("OMP_NUM_THREADS=" + num(threads_per_rank(p, o.threads)));
     }
+  } else if (p.world() > 1) {  // MPICH / Hydra passes the environment (OMP_NUM_THREADS) by default
+    cmd = {o.mpiexec, "-n", num(p.world())};
   }
   const int64_t iters = o.warmup_iters + o.timed_iters;
   for (const std::string& s :

@@ -70,6 +70,7 @@ struct LaunchOptions {
   int64_t warmup_iters = 2, timed_iters = 5;
   int64_t threads = 0;    // total threads for the point (0 = inherit)
   bool as_root = false;   // adds Open MPI's run-as-root permission
+  bool open_mpi = true;   // Open MPI's mpiexec (else MPICH/Hydra: -n N, environment inherited)
 };
 // argv for one point: llm-pretrain --mock-data ... (plus mpiexec -np N ... when world > 1).
 std::vector<std::string> pretrain_command(const SweepPoint& p, const LaunchOptions& o);

@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <csignal>
+#include <cstdlib>
 #include <fstream>
 
 #include "support/scratch_dir.h"
@@ -99,6 +102,14 @@ TEST(SweepChild, ExitCodesSignalsTimeoutsAndTheMemoryCap) {
   r = run_child({"/bin/sh", "-c", "sleep 5"}, o);
   EXPECT_TRUE(r.timed_out);
   EXPECT_LT(r.wall_seconds, 3.0);
+  // A timeout kills everything the child started, also processes in other process groups
+  // (job control puts each background job in its own group, as mpiexec does with its ranks).
+  r = run_child({"/bin/bash", "-c", "set -m; sleep 7.25 & wait"}, o);
+  EXPECT_TRUE(r.timed_out);
+  // ('7[.]25' so that the pattern does not match the shell running pgrep; zombies get a moment)
+  bool gone = false;
+  for (int i = 0; i < 50 && !gone; ++i, ::usleep(20000)) gone = std::system("pgrep -f 'sleep 7[.]25' > /dev/null") != 0;
+  EXPECT_TRUE(gone) << "a grandchild outlived its point";
   o.timeout_seconds = 20;
   r = run_child({"/nonexistent/program"}, o);
   EXPECT_TRUE(r.exec_failed);

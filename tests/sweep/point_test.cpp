@@ -91,6 +91,10 @@ TEST(SweepPoint, PretrainCommand) {
   EXPECT_TRUE(has("--global-batch-size", "4"));
   EXPECT_TRUE(has("--ds-sequence-parallel-size", "2"));
   EXPECT_NE(std::find(cmd.begin(), cmd.end(), "--bf16"), cmd.end());
+  o.open_mpi = false;  // MPICH / Hydra
+  cmd = pretrain_command(p, o);
+  EXPECT_EQ(std::vector<std::string>(cmd.begin(), cmd.begin() + 4),
+            (std::vector<std::string>{"mpiexec", "-n", "4", "/b/llm-pretrain"}));
   EXPECT_EQ(threads_per_rank(p, 8), 2);
   EXPECT_EQ(threads_per_rank(p, 2), 1);
 }
