@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <numeric>
 #include <thread>
 
 #include "core/error.h"
@@ -148,7 +149,7 @@ int run(int argc, char** argv) {
   app.add_flag("--simulate", simulate, "predict with the performance model instead of measuring");
   app.add_flag("--fit", fit, "fit --cluster's efficiencies to the measured points; writes <name>-fitted-cluster.yaml");
   app.add_flag("--find-max-seq-len", find_max, "largest trainable sequence per configuration, searched within the --seq-lens bounds");
-  app.add_option("--seq-multiple", seq_multiple, "--find-max-seq-len: sequence lengths are multiples of this (0 = 64 x sp)")->capture_default_str();
+  app.add_option("--seq-multiple", seq_multiple, "--find-max-seq-len: sequence lengths are multiples of this (0 = 64 x the ranks the sequence is split over)")->capture_default_str();
   app.add_option("--device", device, "MFU peak: cpu (measured sgemm) or a datasheet device (A100-40GB, H100-SXM, ...)")->capture_default_str();
   app.add_option("--pretrain", pretrain, "llm-pretrain to run (default: next to llm-sweep)");
   app.add_option("--mpiexec", mpiexec, "MPI launcher for multi-rank points")->capture_default_str();
@@ -282,7 +283,9 @@ int run(int argc, char** argv) {
     std::vector<PointResult> found;
     for (size_t ci = 0; ci < configs.size(); ++ci) {
       SweepPoint base = configs[ci];
-      const int64_t multiple = seq_multiple > 0 ? seq_multiple : 64 * base.ulysses();
+      // Ulysses splits the sequence over its sp ranks (64 tokens each), Megatron SP over the tp ranks.
+      const int64_t megatron_split = base.sp_type == "megatron" && base.sp > 1 ? base.tp : 1;
+      const int64_t multiple = seq_multiple > 0 ? seq_multiple : std::lcm<int64_t>(64 * base.ulysses(), megatron_split);
       std::map<int64_t, PointResult> tried;
       auto fits = [&](int64_t s) {
         SweepPoint p = base;

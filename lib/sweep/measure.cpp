@@ -26,6 +26,7 @@ std::string error_line(const std::string& text) {
   std::string line, first_error, last;
   while (std::getline(in, line)) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    if (line.rfind("Run with --help", 0) == 0) continue;  // CLI11's hint after the real message
     last = line;
     if (first_error.empty() && line.find("error:") != std::string::npos) first_error = line;
   }

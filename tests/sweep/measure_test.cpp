@@ -61,6 +61,10 @@ TEST(SweepMeasure, ClassifiesFailures) {
   classify(r, c, "llm-pretrain: error: only data parallelism is available\n", 60);
   EXPECT_EQ(r.status, Status::error);
   EXPECT_EQ(r.message, "only data parallelism is available");
+  c.exit_code = 109;  // CLI11: an option this llm-pretrain does not know yet
+  classify(r, c, "The following argument was not expected: --bf16\nRun with --help for more information.\n", 60);
+  EXPECT_EQ(r.status, Status::error);
+  EXPECT_EQ(r.message, "The following argument was not expected: --bf16");
   c.exit_code = 134;
   classify(r, c, "terminate called after throwing an instance of 'std::bad_alloc'\n", 60);
   EXPECT_EQ(r.status, Status::oom);
