@@ -4,7 +4,8 @@
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools
           libsentencepiece-dev sentencepiece libyaml-cpp-dev libcli11-dev libgtest-dev
-          libopenblas-openmp-dev libpcre2-dev bible-kjv)
+          libopenblas-openmp-dev libpcre2-dev bible-kjv
+          gnuplot-nox)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,287 @@
+#include "sweep/perf_model.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <map>
+
+#include "core/error.h"
+#include "train/flops.h"
+
+namespace llm::sweep {
+
+int64_t ClusterSpec::bytes_per_element() const { return dtype == "fp32" ? 4 : 2; }
+
+ClusterSpec load_cluster(const std::string& path) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    throw ConfigError("--cluster: cannot read '" + path + "'");
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(path + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  if (!root.IsMap()) throw ConfigError(path + ": a cluster file is a mapping of keys to values");
+  ClusterSpec c;
+  using Setter = std::function<void(const YAML::Node&)>;
+  auto num = [](double& f) { return Setter([&f](const YAML::Node& n) { f = n.as<double>(); }); };
+  auto integer = [](int64_t& f) { return Setter([&f](const YAML::Node& n) { f = n.as<int64_t>(); }); };
+  auto text = [](std::string& f) { return Setter([&f](const YAML::Node& n) { f = n.as<std::string>(); }); };
+  const std::map<std::string, Setter> keys = {
+      {"name", text(c.name)},
+      {"device", text(c.device)},
+      {"devices-per-node", integer(c.devices_per_node)},
+      {"max-nodes", integer(c.max_nodes)},
+      {"dtype", text(c.dtype)},
+      {"peak-tflops", num(c.peak_tflops)},
+      {"matmul-efficiency", num(c.matmul_efficiency)},
+      {"matmul-half-tokens", num(c.matmul_half_tokens)},
+      {"attention-efficiency", num(c.attention_efficiency)},
+      {"memory-gib", num(c.memory_gib)},
+      {"memory-bandwidth-gbs", num(c.memory_bandwidth_gbs)},
+      {"memory-overhead-gib", num(c.memory_overhead_gib)},
+      {"intra-node-bandwidth-gbs", num(c.intra_node_bandwidth_gbs)},
+      {"intra-node-latency-us", num(c.intra_node_latency_us)},
+      {"inter-node-bandwidth-gbs", num(c.inter_node_bandwidth_gbs)},
+      {"inter-node-latency-us", num(c.inter_node_latency_us)},
+      {"activation-bytes-per-hidden", num(c.activation_bytes_per_hidden)},
+      {"flash-attention", Setter([&c](const YAML::Node& n) { c.flash_attention = n.as<bool>(); })},
+  };
+  for (const auto& kv : root) {
+    const std::string key = kv.first.as<std::string>();
+    const std::string where = path + ":" + std::to_string(kv.first.Mark().line + 1) + ": ";
+    auto it = keys.find(key);
+    if (it == keys.end()) throw ConfigError(where + "unknown key '" + key + "'");
+    try {
+      it->second(kv.second);
+    } catch (const YAML::Exception&) {
+      throw ConfigError(where + "bad value for '" + key + "'");
+    }
+  }
+  auto need = [&](bool ok, const char* what) {
+    if (!ok) throw ConfigError(path + ": " + what);
+  };
+  need(c.dtype == "fp32" || c.dtype == "bf16" || c.dtype == "fp16", "dtype must be fp32, bf16 or fp16");
+  need(c.devices_per_node >= 1, "devices-per-node must be >= 1");
+  need(c.peak_tflops >= 0, "peak-tflops must be >= 0 (0 = measure)");
+  need(c.matmul_efficiency > 0 && c.matmul_efficiency <= 1, "matmul-efficiency must be in (0, 1]");
+  need(c.attention_efficiency > 0 && c.attention_efficiency <= 1, "attention-efficiency must be in (0, 1]");
+  need(c.memory_gib > 0, "memory-gib must be > 0");
+  need(c.memory_bandwidth_gbs > 0, "memory-bandwidth-gbs must be > 0");
+  need(c.intra_node_bandwidth_gbs > 0, "intra-node-bandwidth-gbs must be > 0");
+  need(c.inter_node_bandwidth_gbs > 0, "inter-node-bandwidth-gbs must be > 0");
+  return c;
+}
+
+StateBytes state_bytes_per_parameter(const std::string& dtype) {
+  if (dtype == "fp32") return {4, 4, 8};
+  return {2, 2, 12};
+}
+
+ModelStateMemory model_state_memory(double params, const std::string& dtype, int64_t zero_stage, int64_t group) {
+  const StateBytes b = state_bytes_per_parameter(dtype);
+  const double g = static_cast<double>(std::max<int64_t>(group, 1));
+  ModelStateMemory m{b.param * params, b.grad * params, b.optimizer * params};
+  if (zero_stage >= 1) m.optimizer /= g;
+  if (zero_stage >= 2) m.grads /= g;
+  if (zero_stage >= 3) m.params /= g;
+  return m;
+}
+
+double layer_activation_bytes(const GPTConfig& m, int64_t b, int64_t s, int64_t tp, int64_t ulysses, bool megatron_sp,
+                              const ClusterSpec& c) {
+  // Korthikanti et al. 2022: s b h (10 + 24/t) without sequence parallelism, 34 s b h / t with it;
+  // the 10 (LayerNorm inputs, dropout masks) are the part TP alone leaves replicated. Scaled to
+  // this implementation's bytes per token and hidden unit. Ulysses shards the sequence.
+  const double h = static_cast<double>(m.hidden_size), t = static_cast<double>(tp);
+  const double tokens = static_cast<double>(b) * static_cast<double>(s) / static_cast<double>(ulysses);
+  const double k = c.activation_bytes_per_hidden;
+  const double replicated = k * 10.0 / 34.0, sharded = k * 24.0 / 34.0;
+  double bytes = tokens * h * (megatron_sp ? (replicated + sharded) / t : replicated + sharded / t);
+  if (!c.flash_attention)  // scores, softmax and its dropout mask: 5 a s^2 b bytes (bf16), heads over t and sp
+    bytes += 5.0 * static_cast<double>(m.num_heads) * static_cast<double>(s) * static_cast<double>(s) *
+             static_cast<double>(b) / (t * static_cast<double>(ulysses)) * (c.bytes_per_element() / 2.0);
+  return bytes;
+}
+
+double layer_checkpoint_bytes(const GPTConfig& m, int64_t b, int64_t s, int64_t tp, int64_t ulysses, bool megatron_sp,
+                              const ClusterSpec& c) {
+  const double tokens = static_cast<double>(b) * static_cast<double>(s) / static_cast<double>(ulysses);
+  return tokens * static_cast<double>(m.hidden_size) * static_cast<double>(c.bytes_per_element()) /
+         (megatron_sp ? static_cast<double>(tp) : 1.0);
+}
+
+double megatron_tp_elements_per_layer(double tokens, double hidden, int64_t tp) {
+  const double t = static_cast<double>(tp);
+  return 4.0 * tokens * hidden * (t - 1.0) / t;
+}
+
+double ulysses_elements_per_layer(double tokens, double hidden, int64_t sp) {
+  const double p = static_cast<double>(sp);
+  return 4.0 * tokens * hidden * (p - 1.0) / (p * p);
+}
+
+double pipeline_bubble_fraction(int64_t p, int64_t m) {
+  return static_cast<double>(p - 1) / static_cast<double>(m + p - 1);
+}
+
+double all_reduce_seconds(double bytes, int64_t n, double bw_gbs, double lat_us) {
+  if (n <= 1) return 0;
+  const double r = static_cast<double>(n);
+  return 2.0 * (r - 1.0) / r * bytes / (bw_gbs * 1e9) + 2.0 * (r - 1.0) * lat_us * 1e-6;
+}
+
+double all_gather_seconds(double bytes, int64_t n, double bw_gbs, double lat_us) {
+  if (n <= 1) return 0;
+  const double r = static_cast<double>(n);
+  return (r - 1.0) / r * bytes / (bw_gbs * 1e9) + (r - 1.0) * lat_us * 1e-6;
+}
+
+double layer_matmul_flops(const GPTConfig& m, int64_t b, int64_t s) {
+  const double h = static_cast<double>(m.hidden_size), F = static_cast<double>(m.ffn());
+  return 2.0 * static_cast<double>(b) * static_cast<double>(s) * (4.0 * h * h + 2.0 * h * F);
+}
+
+double layer_causal_attention_flops(const GPTConfig& m, int64_t b, int64_t s) {
+  return 2.0 * static_cast<double>(b) * static_cast<double>(s) * static_cast<double>(s) *
+         static_cast<double>(m.hidden_size);
+}
+
+namespace {
+
+struct Link {
+  double bandwidth_gbs, latency_us;
+};
+// The link a group of `size` ranks `stride` apart uses (ranks fill nodes in order).
+Link group_link(const ClusterSpec& c, int64_t stride, int64_t size) {
+  if (stride * size <= c.devices_per_node) return {c.intra_node_bandwidth_gbs, c.intra_node_latency_us};
+  return {c.inter_node_bandwidth_gbs / static_cast<double>(c.devices_per_node), c.inter_node_latency_us};
+}
+
+}  // namespace
+
+Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const ClusterSpec& c, double peak_override) {
+  Prediction r;
+  GPTConfig m = model_in;
+  m.tensor_parallel = p.tp;
+  if (m.max_position_embeddings < p.seq_length) m.max_position_embeddings = p.seq_length;
+  const std::string problem = layout_problem(p, m);
+  if (!problem.empty()) {
+    r.problem = "impossible layout: " + problem;
+    return r;
+  }
+  if (c.max_nodes > 0 && p.world() > c.max_nodes * c.devices_per_node) {
+    r.problem = detail::concat(p.world(), " devices needed, the cluster has ", c.max_nodes * c.devices_per_node);
+    return r;
+  }
+  if (p.dtype != c.dtype) {
+    r.problem = "the point's dtype " + p.dtype + " differs from the cluster's " + c.dtype;
+    return r;
+  }
+  const double peak = (peak_override > 0 ? peak_override : c.peak_tflops) * 1e12;
+  if (peak <= 0) {
+    r.problem = "no peak: the cluster file says peak-tflops 0 (measure) and nothing was measured";
+    return r;
+  }
+  const int64_t tp = p.tp, pp = p.pp, sp = p.ulysses(), b = p.micro_batch, s = p.seq_length;
+  const bool msp = p.sp_type == "megatron" && p.sp > 1;
+  const int64_t micro = p.grad_accum;  // micro-batches per pipeline per iteration
+  r.micro_batches = micro;
+  r.bubble_fraction = pipeline_bubble_fraction(pp, micro);
+  const double L = static_cast<double>(m.num_layers), h = static_cast<double>(m.hidden_size);
+  const double V = static_cast<double>(m.padded_vocab_size());
+  const double layers_per_stage = L / static_cast<double>(pp);
+  const double shard = static_cast<double>(tp * sp);  // devices sharing one micro-batch's work
+  const double eb = static_cast<double>(c.bytes_per_element());
+  const double tokens = static_cast<double>(b) * static_cast<double>(s);
+
+  // Compute: passes over the slowest (last) stage's layers and the vocabulary projection.
+  const double passes = p.recompute ? 4.0 : 3.0;
+  const double n = tokens / static_cast<double>(sp);  // GEMM rows per device
+  const double eff = c.matmul_efficiency * (c.matmul_half_tokens > 0 ? n / (n + c.matmul_half_tokens) : 1.0);
+  const double mm = (layers_per_stage * layer_matmul_flops(m, b, s) + 2.0 * tokens * V * h) / shard;
+  const double attn = layers_per_stage * layer_causal_attention_flops(m, b, s) / shard;
+  r.stage_compute_s = passes * (mm / (peak * eff) + attn / (peak * c.attention_efficiency));
+  // Element-wise traffic: every stored activation written, read back and its gradient passed.
+  const double act_layer = layer_activation_bytes(m, b, s, tp, sp, msp, c);
+  const double logits_bytes = tokens / static_cast<double>(sp) * V / static_cast<double>(tp) * 4.0;
+  r.stage_memory_s = passes * (layers_per_stage * act_layer + logits_bytes) / (c.memory_bandwidth_gbs * 1e9);
+  // Tensor / sequence parallel collectives, forward and backward (+ the recomputed forward).
+  const double comm_passes = p.recompute ? 3.0 : 2.0;
+  const Link tp_link = group_link(c, 1, tp), sp_link = group_link(c, tp, sp);
+  const double tp_layer_bytes = megatron_tp_elements_per_layer(tokens / static_cast<double>(sp), h, tp) * eb;
+  const double sp_layer_bytes = ulysses_elements_per_layer(tokens, h, sp) * eb;
+  if (tp > 1) {
+    // 2 all-reduces (or all-gather + reduce-scatter pairs: the same volume and steps) per pass
+    const double per_collective = tokens / static_cast<double>(sp) * h * eb;
+    r.stage_tp_s = comm_passes * layers_per_stage * 2.0 * all_reduce_seconds(per_collective, tp, tp_link.bandwidth_gbs, tp_link.latency_us);
+  }
+  if (sp > 1)
+    r.stage_sp_s = comm_passes * layers_per_stage *
+                   (sp_layer_bytes / (sp_link.bandwidth_gbs * 1e9) + 4.0 * static_cast<double>(sp - 1) * sp_link.latency_us * 1e-6);
+  const double pp_msg = tokens / shard * h * eb;  // scatter-gather over TP, sharded sequence
+  const Link pp_link = group_link(c, tp * sp * p.dp, pp);
+  if (pp > 1) r.stage_pp_s = 2.0 * (pp_msg / (pp_link.bandwidth_gbs * 1e9) + pp_link.latency_us * 1e-6);
+  const double stage = r.stage_compute_s + r.stage_memory_s + r.stage_tp_s + r.stage_sp_s + r.stage_pp_s;
+
+  // Parameters on the most loaded stage (the first: embeddings and, for p = 1, the final LayerNorm),
+  // sharded by TP.
+  const double F = static_cast<double>(m.ffn());
+  const double per_layer = 4.0 * h * h + 2.0 * h * F + 9.0 * h + F;  // GPTConfig::num_parameters' layer
+  const double embed = V * h / static_cast<double>(tp) + static_cast<double>(m.max_position_embeddings) * h + 2.0 * h;
+  const double stage_params = layers_per_stage * per_layer / static_cast<double>(tp) + embed;
+  const int64_t zero_group = p.dp * sp;
+  r.states = model_state_memory(stage_params, c.dtype, p.zero_stage, zero_group);
+  const StateBytes sb = state_bytes_per_parameter(c.dtype);
+  const Link dp_link = group_link(c, tp, zero_group);
+  const double grad_bytes = stage_params * sb.grad;
+  if (zero_group > 1) {
+    if (p.zero_stage <= 2) {
+      r.dp_bytes = 2.0 * grad_bytes;  // all-reduce, or reduce-scatter + parameter all-gather
+      r.dp_s = all_reduce_seconds(grad_bytes, zero_group, dp_link.bandwidth_gbs, dp_link.latency_us);
+    } else {  // ZeRO-3: parameters gathered for forward and backward of every micro-batch
+      const double pbytes = stage_params * sb.param;
+      r.dp_bytes = grad_bytes + 2.0 * static_cast<double>(micro) * pbytes;
+      r.dp_s = all_gather_seconds(grad_bytes, zero_group, dp_link.bandwidth_gbs, dp_link.latency_us) +
+               2.0 * static_cast<double>(micro) * all_gather_seconds(pbytes, zero_group, dp_link.bandwidth_gbs, dp_link.latency_us);
+    }
+    const double g = static_cast<double>(zero_group);
+    r.dp_bytes *= (g - 1.0) / g;
+  }
+  // AdamW reads and writes weights, gradients and moments of its shard once: memory bound.
+  const double opt_params = p.zero_stage >= 1 ? stage_params / static_cast<double>(zero_group) : stage_params;
+  r.optimizer_s = 2.0 * opt_params * (sb.param + sb.grad + sb.optimizer) / (c.memory_bandwidth_gbs * 1e9);
+
+  r.iteration_s = static_cast<double>(micro + pp - 1) * stage + r.dp_s + r.optimizer_s;
+  const double mlayers = static_cast<double>(micro);
+  r.tp_bytes = tp > 1 ? comm_passes * L / static_cast<double>(pp) * tp_layer_bytes * mlayers : 0;
+  r.sp_bytes = sp > 1 ? comm_passes * L / static_cast<double>(pp) * sp_layer_bytes * mlayers : 0;
+  r.pp_bytes = pp > 1 ? 2.0 * pp_msg * mlayers : 0;
+
+  // Memory: the first stage keeps min(p, m) micro-batches in flight (1F1B); the logits live on
+  // the last stage (the first when p = 1).
+  const double in_flight = static_cast<double>(std::min<int64_t>(pp, micro));
+  const double stored_layer = p.recompute ? layer_checkpoint_bytes(m, b, s, tp, sp, msp, c) : act_layer;
+  r.activations = in_flight * layers_per_stage * stored_layer;
+  // Backward buffers: one layer's activations; recompute adds the recomputed layer's own.
+  r.workspace = (p.recompute ? 2.0 : 1.0) * act_layer;
+  r.logits = pp == 1 ? logits_bytes : 0;
+  r.overhead = c.memory_overhead_gib * 1073741824.0;
+  r.total_memory = r.states.total() + r.activations + r.workspace + r.logits + r.overhead;
+  if (pp > 1)  // the last stage: one micro-batch in flight, but the logits
+    r.total_memory = std::max(r.total_memory, r.states.total() + layers_per_stage * stored_layer + r.workspace +
+                                                  logits_bytes + r.overhead);
+  r.fits = r.total_memory <= c.memory_gib * 1073741824.0;
+
+  const double world = static_cast<double>(p.world());
+  r.tflops_megatron = megatron_flops_per_iteration(m, p.global_batch(), s, p.recompute) / r.iteration_s / world / 1e12;
+  r.tflops_model = model_flops_per_iteration(m, p.global_batch(), s) / r.iteration_s / world / 1e12;
+  r.mfu = r.tflops_model * 1e12 / peak;
+  r.samples_per_second = static_cast<double>(p.global_batch()) / r.iteration_s;
+  r.tokens_per_device_per_second = r.samples_per_second * static_cast<double>(s) / world;
+  return r;
+}
+
+}  // namespace llm::sweep

@@ -1,0 +1,234 @@
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "core/error.h"
+#include "support/scratch_dir.h"
+#include "sweep/calibrate.h"
+#include "sweep/perf_model.h"
+#include "train/flops.h"
+
+using namespace llm;
+using namespace llm::sweep;
+
+namespace {
+GPTConfig model(int64_t layers, int64_t hidden, int64_t heads, int64_t vocab, int64_t seq) {
+  GPTConfig m;
+  m.num_layers = layers, m.hidden_size = hidden, m.num_heads = heads, m.vocab_size = vocab;
+  m.max_position_embeddings = seq;
+  return m;
+}
+ClusterSpec bf16_cluster() {
+  ClusterSpec c;
+  c.dtype = "bf16", c.devices_per_node = 8, c.peak_tflops = 100, c.matmul_efficiency = 0.5, c.matmul_half_tokens = 0;
+  c.attention_efficiency = 0.25, c.memory_gib = 80, c.memory_bandwidth_gbs = 1000, c.memory_overhead_gib = 1;
+  c.intra_node_bandwidth_gbs = 100, c.intra_node_latency_us = 10, c.inter_node_bandwidth_gbs = 80;
+  c.inter_node_latency_us = 20, c.activation_bytes_per_hidden = 34;
+  return c;
+}
+}  // namespace
+
+TEST(PerfModel, ModelStatesPerZeroStage) {
+  // Mixed precision: 2 + 2 + 12 bytes per parameter (ZeRO's K = 12); 1e9 parameters over 8 ranks.
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 0, 8).total(), 16e9);
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 1, 8).total(), 2e9 + 2e9 + 1.5e9);
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 2, 8).total(), 2e9 + 0.25e9 + 1.5e9);
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 3, 8).total(), 2e9);
+  // fp32 training: 4 + 4 + 8.
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "fp32", 0, 8).total(), 16e9);
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "fp32", 1, 8).optimizer, 1e9);
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "fp32", 1, 1).total(), 16e9);
+}
+
+TEST(PerfModel, MegatronSpAgainstUlyssesCommunication) {
+  // 4 N h (t-1)/t against 4 N h (P-1)/P^2: N = 4096 tokens, h = 1024, t = P = 4.
+  EXPECT_DOUBLE_EQ(megatron_tp_elements_per_layer(4096, 1024, 4), 12582912.0);
+  EXPECT_DOUBLE_EQ(ulysses_elements_per_layer(4096, 1024, 4), 3145728.0);
+  for (int64_t P : {2, 8, 64})
+    EXPECT_DOUBLE_EQ(megatron_tp_elements_per_layer(4096, 1024, P) / ulysses_elements_per_layer(4096, 1024, P),
+                     static_cast<double>(P));
+  EXPECT_DOUBLE_EQ(megatron_tp_elements_per_layer(4096, 1024, 1), 0.0);
+  EXPECT_DOUBLE_EQ(ulysses_elements_per_layer(4096, 1024, 1), 0.0);
+}
+
+TEST(PerfModel, PipelineBubbleAndCollectives) {
+  EXPECT_DOUBLE_EQ(pipeline_bubble_fraction(4, 12), 3.0 / 15.0);
+  EXPECT_DOUBLE_EQ(pipeline_bubble_fraction(1, 7), 0.0);
+  EXPECT_DOUBLE_EQ(pipeline_bubble_fraction(8, 1), 7.0 / 8.0);
+  // 1 GB over 4 ranks at 100 GB/s, 10 us: 2 (3/4) 1e9/1e11 + 2 x 3 x 10 us.
+  EXPECT_NEAR(all_reduce_seconds(1e9, 4, 100, 10), 0.015 + 60e-6, 1e-15);
+  EXPECT_NEAR(all_gather_seconds(1e9, 4, 100, 10), 0.0075 + 30e-6, 1e-15);
+  EXPECT_EQ(all_reduce_seconds(1e9, 1, 100, 10), 0.0);
+}
+
+TEST(PerfModel, FlopsAgreeWithTheMegatronFormula) {
+  const GPTConfig m = model(2, 1024, 16, 1024, 2048);
+  EXPECT_DOUBLE_EQ(layer_matmul_flops(m, 2, 2048), 103079215104.0);  // 24 b s h^2
+  EXPECT_DOUBLE_EQ(layer_causal_attention_flops(m, 2, 2048), 17179869184.0);  // 2 b s^2 h
+  // Narayanan et al. (recompute form): 4 passes over the layers, attention counted dense (twice
+  // the causal work), 3 over the logit layer (2 b s V h forward); without recompute x 3/4.
+  const double layers = 2 * (layer_matmul_flops(m, 2, 2048) + 2 * layer_causal_attention_flops(m, 2, 2048));
+  const double logits = 2.0 * 2 * 2048 * 1024 * 1024;
+  EXPECT_DOUBLE_EQ(4 * layers + 3 * logits, megatron_flops_per_iteration(m, 2, 2048, true));
+  EXPECT_DOUBLE_EQ(0.75 * (4 * layers + 3 * logits), megatron_flops_per_iteration(m, 2, 2048, false));
+}
+
+TEST(PerfModel, ActivationsPerLayerKorthikanti) {
+  const GPTConfig m = model(2, 1024, 16, 1024, 2048);
+  const ClusterSpec c = bf16_cluster();
+  EXPECT_DOUBLE_EQ(layer_activation_bytes(m, 1, 2048, 1, 1, false, c), 34.0 * 2048 * 1024);
+  EXPECT_DOUBLE_EQ(layer_activation_bytes(m, 1, 2048, 4, 1, false, c), (10.0 + 24.0 / 4) * 2048 * 1024);
+  EXPECT_DOUBLE_EQ(layer_activation_bytes(m, 1, 2048, 4, 1, true, c), 34.0 / 4 * 2048 * 1024);
+  EXPECT_DOUBLE_EQ(layer_activation_bytes(m, 1, 2048, 1, 4, false, c), 34.0 / 4 * 2048 * 1024);  // Ulysses
+  ClusterSpec no_flash = c;
+  no_flash.flash_attention = false;  // + 5 a s^2 b
+  EXPECT_DOUBLE_EQ(layer_activation_bytes(m, 1, 2048, 1, 1, false, no_flash), 34.0 * 2048 * 1024 + 5.0 * 16 * 2048 * 2048);
+  EXPECT_DOUBLE_EQ(layer_checkpoint_bytes(m, 1, 2048, 1, 1, false, c), 2.0 * 2048 * 1024);
+  EXPECT_DOUBLE_EQ(layer_checkpoint_bytes(m, 1, 2048, 4, 1, true, c), 2.0 * 2048 * 1024 / 4);
+}
+
+TEST(PerfModel, SingleDevicePredictionByHand) {
+  const GPTConfig m = model(2, 1024, 16, 1024, 2048);
+  SweepPoint p;
+  p.seq_length = 2048, p.dtype = "bf16";
+  const Prediction r = predict(p, m, bf16_cluster());
+  ASSERT_EQ(r.problem, "");
+  // compute: 3 x (matmul 107374182400 / (1e14 x 0.5) + causal attention 17179869184 / (1e14 x 0.25))
+  EXPECT_NEAR(r.stage_compute_s, 0.00850403524608, 1e-15);
+  // traffic: 3 x (2 layers x 34 s h + fp32 logits 4 s V) / 1e12 B/s
+  EXPECT_NEAR(r.stage_memory_s, 0.000452984832, 1e-15);
+  // AdamW: 2 x 28340224 parameters x 16 B / 1e12 B/s
+  EXPECT_NEAR(r.optimizer_s, 0.000906887168, 1e-15);
+  EXPECT_NEAR(r.iteration_s, 0.00986390724608, 1e-14);
+  EXPECT_DOUBLE_EQ(r.states.total(), 16.0 * 28340224);  // = 16 x GPTConfig::num_parameters()
+  EXPECT_EQ(m.num_parameters(), 28340224);  // 1024 x 1024 + 2048 x 1024 + 2 x 12596224 + 2 x 1024
+  EXPECT_DOUBLE_EQ(r.activations, 2 * 71303168.0);
+  EXPECT_DOUBLE_EQ(r.total_memory, 453443584.0 + 142606336 + 71303168 + 8388608 + 1073741824);
+  EXPECT_TRUE(r.fits);
+  EXPECT_DOUBLE_EQ(r.tflops_megatron, megatron_flops_per_iteration(m, 1, 2048, false) / r.iteration_s / 1e12);
+  EXPECT_EQ(r.dp_s, 0.0);
+}
+
+TEST(PerfModel, ParallelTermsAndProblems) {
+  const GPTConfig m = model(4, 1024, 16, 1024, 4096);
+  const ClusterSpec c = bf16_cluster();
+  SweepPoint p;
+  p.seq_length = 4096, p.dtype = "bf16", p.pp = 2, p.grad_accum = 6, p.dp = 2;
+  Prediction r = predict(p, m, c);
+  ASSERT_EQ(r.problem, "");
+  EXPECT_DOUBLE_EQ(r.bubble_fraction, 1.0 / 7.0);
+  EXPECT_GT(r.stage_pp_s, 0);
+  EXPECT_GT(r.dp_s, 0);
+  // Recompute trades time for memory.
+  SweepPoint q = p;
+  q.recompute = true;
+  const Prediction rq = predict(q, m, c);
+  EXPECT_GT(rq.iteration_s, r.iteration_s);
+  EXPECT_LT(rq.total_memory, r.total_memory);
+  // ZeRO-3 moves 1.5x ZeRO-1's gradient traffic for one micro-batch.
+  p.pp = 1, p.grad_accum = 1, p.zero_stage = 1;
+  const double z1 = predict(p, m, c).dp_bytes;
+  p.zero_stage = 3;
+  EXPECT_DOUBLE_EQ(predict(p, m, c).dp_bytes, 1.5 * z1);
+  // Impossible layouts and mismatches are reported, not thrown.
+  p.tp = 3;
+  EXPECT_EQ(predict(p, m, c).problem,
+            "impossible layout: model 'custom': --num-attention-heads 16 is not divisible by --tensor-model-parallel-size 3");
+  p.tp = 1, p.dtype = "fp32";
+  EXPECT_EQ(predict(p, m, c).problem, "the point's dtype fp32 differs from the cluster's bf16");
+}
+
+TEST(PerfModel, SeedShapeOnPolaris) {
+  const ClusterSpec c = load_cluster(std::string(LLM_SOURCE_DIR) + "/configs/clusters/polaris.yaml");
+  EXPECT_EQ(c.devices_per_node, 4);
+  EXPECT_DOUBLE_EQ(c.peak_tflops, 312);
+  EXPECT_DOUBLE_EQ(c.memory_gib, 40);
+  // GPT25B (64 layers, hidden 6144, 64 heads) on 32 GPUs: tp 4 x pp 8, ZeRO-1.
+  SweepPoint p;
+  p.model = "GPT25B", p.dtype = "bf16", p.tp = 4, p.pp = 8, p.grad_accum = 16, p.zero_stage = 1, p.vocab_size = 50257;
+  auto max_seq = [&](SweepPoint q) {
+    return find_max_fitting(1024, 1 << 22, 1024 * q.ulysses(), [&](int64_t s) {
+      q.seq_length = s;
+      return predict(q, point_model(q, ""), c).fits;
+    });
+  };
+  const int64_t base = max_seq(p);
+  SweepPoint rc = p;
+  rc.recompute = true;
+  SweepPoint uly = p;
+  uly.sp = 4, uly.sp_type = "ds", uly.dp = 1;  // 128 GPUs
+  EXPECT_GT(base, 0);
+  EXPECT_GT(max_seq(rc), 2 * base);   // recompute moves the OOM boundary out
+  EXPECT_GT(max_seq(uly), 2 * base);  // so does Ulysses over 4x the GPUs
+  // TFLOPS rises with the sequence length below the boundary.
+  double last = 0;
+  for (int64_t s = 1024; s <= base; s *= 2) {
+    p.seq_length = s;
+    const Prediction r = predict(p, point_model(p, ""), c);
+    EXPECT_GT(r.tflops_megatron, last) << s;
+    last = r.tflops_megatron;
+  }
+}
+
+TEST(PerfModel, FindMaxFitting) {
+  int calls = 0;
+  auto below = [&](int64_t limit) {
+    return [&calls, limit](int64_t s) {
+      ++calls;
+      return s <= limit;
+    };
+  };
+  EXPECT_EQ(find_max_fitting(128, 1 << 20, 128, below(5000)), 4992);
+  EXPECT_LE(calls, 20);
+  EXPECT_EQ(find_max_fitting(128, 1024, 128, below(1 << 30)), 1024);  // the bound itself
+  EXPECT_EQ(find_max_fitting(128, 1000, 128, below(1 << 30)), 896);   // a multiple below the bound
+  EXPECT_EQ(find_max_fitting(256, 1 << 20, 128, below(100)), 0);
+  EXPECT_EQ(find_max_fitting(100, 1 << 20, 64, below(129)), 128);     // lo rounded up to 128
+}
+
+TEST(PerfModel, ClusterFileErrorsNameFileLineAndKey) {
+  llm::testing::ScratchDir dir;
+  std::ofstream(dir / "bad.yaml") << "name: x\ndevices-per-node: 4\npeak-tflop: 3\n";
+  try {
+    load_cluster(dir / "bad.yaml");
+    FAIL() << "accepted an unknown key";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), dir / "bad.yaml" + ":3: unknown key 'peak-tflop'");
+  }
+  std::ofstream(dir / "bad2.yaml") << "devices-per-node: four\n";
+  try {
+    load_cluster(dir / "bad2.yaml");
+    FAIL() << "accepted a bad value";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), dir / "bad2.yaml" + ":1: bad value for 'devices-per-node'");
+  }
+  for (const char* f : {"polaris.yaml", "h100-8x.yaml", "cpu-2core.yaml"})
+    EXPECT_NO_THROW(load_cluster(std::string(LLM_SOURCE_DIR) + "/configs/clusters/" + f)) << f;
+}
+
+TEST(PerfModel, FitRecoversKnownEfficiencies) {
+  ClusterSpec truth = bf16_cluster();
+  truth.matmul_efficiency = 0.8, truth.attention_efficiency = 0.4, truth.matmul_half_tokens = 64;
+  std::vector<PointResult> measured;
+  for (int64_t s : {256, 512, 1024, 2048, 4096}) {
+    PointResult r;
+    r.point.seq_length = s, r.point.dtype = "bf16";
+    const GPTConfig m = model(2, 512, 8, 1024, s);
+    r.ms_per_iteration = stats_of({predict(r.point, m, truth).iteration_s * 1e3});
+    measured.push_back(r);
+  }
+  PointResult failed;
+  failed.status = Status::oom;
+  measured.push_back(failed);  // ignored
+  const FitResult f = fit_efficiencies(measured, bf16_cluster(), 0, [&](const SweepPoint& p) { return model(2, 512, 8, 1024, p.seq_length); });
+  EXPECT_EQ(f.points, 5);
+  EXPECT_DOUBLE_EQ(f.cluster.matmul_efficiency, 0.8);
+  EXPECT_DOUBLE_EQ(f.cluster.attention_efficiency, 0.4);
+  EXPECT_DOUBLE_EQ(f.cluster.matmul_half_tokens, 64);
+  EXPECT_LT(f.error_after, 1e-9);
+  EXPECT_GT(f.error_before, 0.1);
+  // The fitted file reads back.
+  llm::testing::ScratchDir dir;
+  std::ofstream(dir / "fitted.yaml") << cluster_yaml(f.cluster, "test");
+  EXPECT_DOUBLE_EQ(load_cluster(dir / "fitted.yaml").attention_efficiency, 0.4);
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# End-to-end checks of llm-sweep: measured points (ok, out of memory, error, impossible layout)
+# in one sweep that never aborts, the seed's table columns, CSV/JSON/plots, mpiexec points,
+# --simulate, --find-max-seq-len (predicted and measured), and clear errors for bad input.
+# usage: sweep_cli_test.sh <path to llm-sweep>   (llm-pretrain next to it)
+set -uo pipefail
+bin="$1"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fails=0
+pass() { echo "ok   $1"; }
+fail() { echo "FAIL $1"; fails=$((fails + 1)); }
+check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
+quick=(--models tiny --warmup 1 --iters 2 --threads 2)
+
+# One sweep: two ok points, one over the memory cap, one layout llm-pretrain refuses (2 ranks),
+# one impossible layout (3 does not divide 4 heads).
+"$bin" "${quick[@]}" --seq-lens 64,8192 --tp 1,2,3 --mem-limit-gib 0.07 --cluster "$root/configs/clusters/cpu-2core.yaml" \
+  --output-dir "$work/a" > "$work/a.md" 2> "$work/a.err"
+check "mixed sweep exits 0" "[ $? -eq 0 ]"
+check "progress line per point" "[ \$(grep -c '^\[[1-6]/6\] tiny s' $work/a.err) -eq 6 ]"
+check "MFU peak (measured sgemm) printed before and after" "[ \$(grep -c 'MFU peak = measured OpenBLAS sgemm' $work/a.err) -eq 2 ]"
+check "seed table header" "grep -q '^| name | sequence length | ratio to smallest | TFLOPS (Megatron) | % of baseline |$' $work/a.md"
+check "baseline row is 100%" "grep -qE '^\| tiny mb1 dp1 tp1 pp1 sp1\(ds\) z0 fp32 cpu \| 64 \| 1 \| [0-9.e-]+ \| 100.0% \|$' $work/a.md"
+check "8192 over the cap is an OOM row" "grep -qE '^\| tiny mb1 dp1 tp1 pp1 sp1\(ds\) z0 fp32 cpu \| 8192 \| 128 \| OOM \| - \|$' $work/a.md"
+check "OOM detail names the cap" "grep -q 'out of memory: a rank.s resident memory passed the cap of 71 MiB' $work/a.md"
+# (llm-pretrain refuses tensor parallelism until it lands; then the row is a measurement)
+check "tp 2 is llm-pretrain's error verbatim, or ok" "grep -qE 'tiny s64 mb1 dp1 tp2 pp1 sp1\(ds\) z0 fp32 cpu \| (error: only data parallelism|ok \|)' $work/a.md"
+check "tp 3 is skipped as impossible" "grep -q 'skipped: impossible layout: model .tiny.: --num-attention-heads 4 is not divisible by --tensor-model-parallel-size 3' $work/a.md"
+check "detail has median, spread and n" "grep -qE '\| 1 \| tiny s64 .* \| ok \| [0-9.]+ \(±[0-9.]+%, 2\) \|' $work/a.md"
+check "prediction error reported" "grep -q 'performance model: median |predicted - measured| / measured iteration time = ' $work/a.md"
+check "CSV: header + 6 rows" "[ \$(wc -l < $work/a/sweep.csv) -eq 7 ] && head -1 $work/a/sweep.csv | grep -q '^index,label,model,seq_length,'"
+statuses=$(grep -o '"status": "[a-z ]*"' "$work/a/sweep.json" | cut -d'"' -f4 | sort | uniq -c | tr -s ' ' | tr '\n' ';')
+# tp 2 rows: errors while llm-pretrain refuses tensor parallelism, measurements after
+check "JSON has 6 points with their statuses ($statuses)" "[ \$(grep -c '\"status\": ' $work/a/sweep.json) -eq 6 ] && echo '$statuses' | grep -q ' 2 skipped;' && echo '$statuses' | grep -qE ' [12] ok;' && echo '$statuses' | grep -qE ' [12] out of memory;'"
+
+# A failing and a crashing trainer: error rows with the message / the signal, and the sweep goes on.
+cat > "$work/fake-pretrain" <<'SH'
+#!/bin/sh
+case "$*" in
+  *"--seq-length 64 "*) echo "llm-pretrain: error: --zero-stage 2 is not implemented yet" >&2; exit 2 ;;
+  *) kill -SEGV $$ ;;
+esac
+SH
+chmod +x "$work/fake-pretrain"
+"$bin" "${quick[@]}" --seq-lens 64,128 --pretrain "$work/fake-pretrain" --output-dir "$work/e" > "$work/e.md" 2> "$work/e.err"
+check "failing trainer: error row with its message" "grep -q '| error: --zero-stage 2 is not implemented yet |' $work/e.md"
+check "crashing trainer: error row naming the signal" "grep -q '| error: killed by signal 11 (Segmentation fault) |' $work/e.md"
+check "each point ran in its own directory" "[ -s $work/a/sweep-runs/001-tiny_s64_mb1_dp1_tp1_pp1_sp1_ds__z0_fp32_cpu/metrics.jsonl ]"
+if command -v gnuplot > /dev/null; then
+  check "plots written as SVG" "grep -q '<svg' $work/a/sweep-tflops.svg && grep -q '<svg' $work/a/sweep-memory.svg"
+else
+  check "missing gnuplot is said once" "[ \$(grep -c 'gnuplot not found' $work/a.err) -eq 1 ]"
+fi
+
+# Two data-parallel ranks under mpiexec.
+"$bin" "${quick[@]}" --seq-lens 64 --dp 2 --output-dir "$work/b" > "$work/b.md" 2> "$work/b.err"
+check "dp 2 point runs under mpiexec" "grep -qE '\| 1 \| tiny s64 mb1 dp2 .* \| ok \|' $work/b.md && grep -q 'mpiexec -np 2' $work/b/sweep-runs/001-*/command.txt"
+
+# Predictions: the seed's shape on Polaris.
+"$bin" --simulate --cluster "$root/configs/clusters/polaris.yaml" --models GPT25B --vocab-size 50257 --seq-lens 2k:64k \
+  --tp 4 --pp 8 --gas 16 --zero 1 --recompute off,on --output-dir "$work/s" > "$work/s.md" 2> "$work/s.err"
+check "simulate exits 0" "[ $? -eq 0 ]"
+check "simulate: predicted OOM without recompute at 8k" "grep -qE '^\| GPT25B mb1 gas16 dp1 tp4 pp8 sp1\(ds\) z1 bf16 cuda \| 8192 \| 4 \| OOM' $work/s.md"
+check "simulate: recompute trains 8k" "grep -qE '^\| GPT25B mb1 gas16 dp1 tp4 pp8 sp1\(ds\) z1 bf16 cuda \+rc \| 8192 \| 4 \| [0-9.]+ \|' $work/s.md"
+"$bin" --find-max-seq-len --simulate --cluster "$root/configs/clusters/polaris.yaml" --models GPT25B --vocab-size 50257 \
+  --seq-lens 1k:1m --tp 4 --pp 8 --gas 16 --zero 1 --sp 1,4 --recompute on --output-dir "$work/f" > "$work/f.md" 2> "$work/f.err"
+s1=$(sed '/^$/q' "$work/f.md" | grep -E '^\| GPT25B mb1 gas16 dp1 tp4 pp8 sp1\(ds\) z1 bf16 cuda \+rc \|' | cut -d'|' -f3 | tr -d ' ')
+s4=$(sed '/^$/q' "$work/f.md" | grep -E '^\| GPT25B mb1 gas16 dp1 tp4 pp8 sp4\(ds\) z1 bf16 cuda \+rc \|' | cut -d'|' -f3 | tr -d ' ')
+check "find-max (predicted): Ulysses sp 4 moves the boundary out ($s1 -> $s4)" "[ -n '$s1' ] && [ -n '$s4' ] && [ $s1 -gt 0 ] && [ $s4 -gt $((2 * s1)) ] && [ $((s4 % 256)) -eq 0 ]"
+
+# Measured search for the largest sequence under a memory cap.
+"$bin" --models tiny --threads 2 --warmup 0 --iters 1 --find-max-seq-len --seq-lens 64:4096 --mem-limit-gib 0.06 \
+  --output-dir "$work/m" > "$work/m.md" 2> "$work/m.err"
+best=$(sed '/^$/q' "$work/m.md" | grep -E '^\| tiny mb1 dp1' | cut -d'|' -f3 | tr -d ' ')
+check "find-max (measured) finds a multiple of 64 inside the range ($best)" "[ -n '$best' ] && [ $best -ge 64 ] && [ $best -lt 4096 ] && [ $((best % 64)) -eq 0 ]"
+check "find-max (measured): the next multiple was out of memory" "grep -q 'seq $((best + 64)) -> out of memory' $work/m.err"
+
+# Bad input fails at once, naming the flag and value.
+"$bin" --seq-lens 128:abc --output-dir "$work/x" > "$work/x.txt" 2>&1
+rc=$?
+check "malformed range exits 2 with one clear message" "[ $rc -eq 2 ] && [ \"\$(cat $work/x.txt)\" = \"llm-sweep: error: --seq-lens '128:abc': 'abc' is not a positive integer\" ]"
+check "nothing ran for bad input" "[ ! -e $work/x ]"
+"$bin" --models tiny,GPT7Q --output-dir "$work/y" > "$work/y.txt" 2>&1
+rc=$?
+check "unknown model key exits 2 naming it" "[ $rc -eq 2 ] && grep -q \"llm-sweep: error: --model: no model config named 'GPT7Q'\" $work/y.txt && [ ! -e $work/y ]"
+"$bin" --simulate --models tiny > "$work/z.txt" 2>&1
+check "--simulate without --cluster exits 2" "[ $? -eq 2 ] && grep -q 'needs --cluster' $work/z.txt"
+"$bin" --help > "$work/help.txt" 2>&1
+check "--help shows defaults and an example" "grep -q -- '--seq-lens' $work/help.txt && grep -q 'Examples' $work/help.txt && grep -q 'seq-lens TEXT=128 ' $work/help.txt"
+
+echo "$fails failure(s)"
+[ "$fails" -eq 0 ]
