@@ -33,7 +33,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
   Device device() const override { return device_; }
-  Tensor empty(const Shape& shape, DType dtype) override;
+  Tensor empty(const Shape& shape, DType dtype = DType::f32) override;
   void copy(const Tensor& dst, const Tensor& src) override;
   void zero(const Tensor& t) override;
   void synchronize() override;
