@@ -10,6 +10,9 @@
 // Backward (deterministic, no atomics): D = rowsum(dout * out); a dK/dV kernel owns a key tile
 // and walks the query tiles at or below the diagonal; a dQ kernel owns a query tile and walks
 // the key tiles up to the diagonal. Both recompute P = exp(S - lse) from the saved lse.
+#include <cstdlib>
+#include <string>
+
 #include "common.cuh"
 #include "kernels.h"
 
@@ -337,7 +340,12 @@ void allow_smem(K kernel, size_t bytes) {
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
   LLM_CHECK(a.hd >= 1 && a.hd <= kMaxHeadDim, "attention_forward: head dim ", a.hd, " outside [1, ", kMaxHeadDim, "]");
   if (a.Tq == 0 || a.B == 0) return;
-  if (t != DType::f32 && attention_forward_tensor_cores(t, a, stream)) return;
+  // LLM_CUDA_ATTENTION=simt forces the SIMT kernel (triage: tensor-core path vs the rest).
+  static const bool simt_only = [] {
+    const char* e = std::getenv("LLM_CUDA_ATTENTION");
+    return e && std::string(e) == "simt";
+  }();
+  if (t != DType::f32 && !simt_only && attention_forward_tensor_cores(t, a, stream)) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
   const size_t smem = sizeof(float) * (kTile * a.hd * 2 + kTile * (a.hd + 1));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, kTile)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
