@@ -328,6 +328,15 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
   }
 }
 
+// LLM_CUDA_ATTENTION=simt forces the SIMT kernels (triage: tensor-core path vs the rest).
+bool simt_only() {
+  static const bool v = [] {
+    const char* e = std::getenv("LLM_CUDA_ATTENTION");
+    return e && std::string(e) == "simt";
+  }();
+  return v;
+}
+
 // Kernels needing more than 48 KiB of dynamic shared memory must opt in once per device.
 template <typename K>
 void allow_smem(K kernel, size_t bytes) {
@@ -340,12 +349,7 @@ void allow_smem(K kernel, size_t bytes) {
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
   LLM_CHECK(a.hd >= 1 && a.hd <= kMaxHeadDim, "attention_forward: head dim ", a.hd, " outside [1, ", kMaxHeadDim, "]");
   if (a.Tq == 0 || a.B == 0) return;
-  // LLM_CUDA_ATTENTION=simt forces the SIMT kernel (triage: tensor-core path vs the rest).
-  static const bool simt_only = [] {
-    const char* e = std::getenv("LLM_CUDA_ATTENTION");
-    return e && std::string(e) == "simt";
-  }();
-  if (t != DType::f32 && !simt_only && attention_forward_tensor_cores(t, a, stream)) return;
+  if (t != DType::f32 && !simt_only() && attention_forward_tensor_cores(t, a, stream)) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
   const size_t smem = sizeof(float) * (kTile * a.hd * 2 + kTile * (a.hd + 1));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, kTile)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
@@ -368,6 +372,7 @@ void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t st
     using E = decltype(tag);
     attention_backward_rowdot<E><<<static_cast<unsigned>(ceil_div(rows, kWarps)), 256, 0, stream>>>(
         a.scratch, static_cast<const E*>(a.out), static_cast<const E*>(a.dout), a.B, a.NH, a.hd, a.T);
+    if (t != DType::f32 && !simt_only() && attention_backward_tensor_cores(t, a, stream)) return;
     allow_smem(attention_backward_dkdv<E>, smem_kv);
     attention_backward_dkdv<E><<<grid, 256, smem_kv, stream>>>(a, scale);
     allow_smem(attention_backward_dq<E>, smem_q);

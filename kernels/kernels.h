@@ -133,5 +133,7 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 64..160 in
 // steps of 16 plus 48; false when the shape is not covered (the caller falls back).
 bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
+// attention_tc_backward.cu: dqkv from a.scratch already holding D = rowsum(dout * out).
+bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
 
 }  // namespace llm::kernels
