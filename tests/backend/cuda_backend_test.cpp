@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -52,7 +53,13 @@ TEST(CudaBackend, Available) {
 }
 
 TEST(CudaBackend, LocalDeviceFromLauncherVariables) {
-  // Pure logic, runs without a device too.
+  // Pure logic, runs without a device too. Start from none of the launcher variables set.
+  const char* vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PALS_LOCAL_RANKID",
+                        "PMI_LOCAL_RANK", "LOCAL_RANK"};
+  std::vector<std::pair<std::string, std::string>> saved;
+  for (const char* v : vars)
+    if (const char* val = std::getenv(v)) saved.emplace_back(v, val), unsetenv(v);
+  EXPECT_EQ(llm::cuda::local_device(4), 0);
   setenv("OMPI_COMM_WORLD_LOCAL_RANK", "5", 1);
   EXPECT_EQ(llm::cuda::local_device(4), 1);
   EXPECT_EQ(llm::cuda::local_device(8), 5);
@@ -61,6 +68,7 @@ TEST(CudaBackend, LocalDeviceFromLauncherVariables) {
   EXPECT_EQ(llm::cuda::local_device(4), 3);
   unsetenv("PALS_LOCAL_RANKID");
   EXPECT_EQ(llm::cuda::local_device(0), 0);
+  for (auto& [k, v] : saved) setenv(k.c_str(), v.c_str(), 1);
 }
 
 // Host tensors of a low-precision type holding round(v), and the f32 values they hold.
