@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "backend/cuda/cuda_check.h"
 #include "common.cuh"
 #include "kernels.h"
 
@@ -341,7 +342,7 @@ bool simt_only() {
 template <typename K>
 void allow_smem(K kernel, size_t bytes) {
   if (bytes > 48 * 1024)
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "opting in to shared memory");
 }
 
 }  // namespace

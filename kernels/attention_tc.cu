@@ -14,6 +14,7 @@
 // this kernel is checked against it and the CPU op (tests/backend/cuda_backend_test.cpp).
 #include <cfloat>
 
+#include "backend/cuda/cuda_check.h"
 #include "common.cuh"
 #include "kernels.h"
 #include "mma.cuh"
@@ -185,7 +186,7 @@ void launch(const AttentionForwardArgs& a, cudaStream_t stream) {
   static bool configured = false;  // one device per process: set the opt-in once
   if (!configured) {
     if (smem > 48 * 1024)
-      cudaFuncSetAttribute(attention_forward_tc<T, HD, BC>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+      CUDA_CHECK(cudaFuncSetAttribute(attention_forward_tc<T, HD, BC>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "opting in to shared memory");
     configured = true;
   }
   const float scale_log2 = 1.4426950408889634f / sqrtf(static_cast<float>(HD));

@@ -10,6 +10,7 @@
 // The dQ kernel recomputes S and dP once more instead of accumulating dQ with atomics across key
 // tiles (FlashAttention-2's choice): ~40% more tensor work in exchange for bit-reproducible
 // gradients. D = rowsum(dO * O) is computed first by attention.cu (scratch).
+#include "backend/cuda/cuda_check.h"
 #include "common.cuh"
 #include "kernels.h"
 #include "mma.cuh"
@@ -254,9 +255,9 @@ void launch_backward(const AttentionBackwardArgs& a, cudaStream_t stream) {
   static bool configured = false;
   if (!configured) {
     if (smem_kv > 48 * 1024)
-      cudaFuncSetAttribute(attention_backward_dkdv_tc<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_kv));
+      CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_tc<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_kv)), "opting in to shared memory");
     if (smem_q > 48 * 1024)
-      cudaFuncSetAttribute(attention_backward_dq_tc<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_q));
+      CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_tc<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_q)), "opting in to shared memory");
     configured = true;
   }
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));

@@ -130,8 +130,9 @@ void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t st
 void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, void* v_cache, int B, int64_t Tn,
                           int64_t C, int64_t maxT, int64_t past, int NH, cudaStream_t stream);
 
-// Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 64..160 in
-// steps of 16 plus 48; false when the shape is not covered (the caller falls back).
+// Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
+// 128 and 160 with 16-byte aligned rows; false when the shape is not covered (the caller falls
+// back to the SIMT kernels).
 bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
 // attention_tc_backward.cu: dqkv from a.scratch already holding D = rowsum(dout * out).
 bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
