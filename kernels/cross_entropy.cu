@@ -66,13 +66,13 @@ __global__ void cross_entropy_forward_kernel(float* losses, float* lse, const T*
 template <typename T>
 __global__ void cross_entropy_backward_kernel(T* dlogits, const T* logits, const float* lse, const int32_t* targets,
                                               float dloss, int64_t Vp, int64_t Vr, int64_t vocab_begin) {
-  const int64_t row = blockIdx.y;
+  const int64_t row = blockIdx.x;  // rows on x: gridDim.y is limited to 65535
   const int64_t t = targets[row];
   const int64_t col = t - vocab_begin;
   const float l = lse[row];
   const T* x = logits + row * Vp;
   T* d = dlogits + row * Vp;
-  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < Vp; c += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t c = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; c < Vp; c += int64_t(gridDim.y) * blockDim.x) {
     float g = 0.0f;
     if (t >= 0 && c < Vr) g = expf(to_float(x[c]) - l) * dloss - (c == col ? dloss : 0.0f);
     d[c] = from_float<T>(g);
@@ -94,7 +94,7 @@ void cross_entropy_backward(DType t, void* dlogits, const void* logits, const fl
                             float dloss, int64_t N, int64_t Vp, int64_t Vr, int64_t vocab_begin, cudaStream_t stream) {
   if (N == 0) return;
   const int64_t chunks = ceil_div(Vp, 256 * 8);  // ~8 elements per thread
-  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(N));
+  const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>(chunks < 65535 ? chunks : 65535));
   dispatch_float(t, "cross_entropy_backward", [&](auto tag) {
     using E = decltype(tag);
     cross_entropy_backward_kernel<E><<<grid, 256, 0, stream>>>(static_cast<E*>(dlogits), static_cast<const E*>(logits),
