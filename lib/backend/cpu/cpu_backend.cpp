@@ -89,7 +89,19 @@ Backend& cpu_backend() {
 
 void register_backend(Backend* b) { registry().push_back(b); }
 
+#ifdef LLM_HAVE_CUDA
+namespace cuda {
+void register_backend_if_present();  // backend/cuda/cuda_backend.cpp
+}
+#endif
+
 std::vector<Backend*> available_backends() {
+#ifdef LLM_HAVE_CUDA
+  // Explicit, on first use: no static-initialisation order to rely on, nothing for the linker to
+  // drop, and processes that never ask for backends never initialise CUDA.
+  static std::once_flag cuda_once;
+  std::call_once(cuda_once, [] { cuda::register_backend_if_present(); });
+#endif
   std::vector<Backend*> all{&cpu_backend()};
   for (Backend* b : registry())
     if (std::find(all.begin(), all.end(), b) == all.end()) all.push_back(b);

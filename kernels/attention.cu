@@ -1,0 +1,384 @@
+// Causal flash attention (FlashAttention-2 algorithm), SIMT path: fp32 arithmetic for any
+// element type and any head dim up to 256. It is the port of the CPU op's tile structure
+// (backend/cpu/attention.cpp) with 32x32 tiles: the exact path for f32 and the fallback for
+// shapes the tensor-core kernels (attention_tc.cu) do not cover.
+//
+// Forward: one block per (32-query tile, head, batch), heaviest tiles first; 8 warps own 4
+// query rows each, a lane owns one key of the 32-key tile for the scores and hd/32 output
+// columns for P V. Online softmax (running max m and sum l per row); out = O / l and
+// lse = m + log l at the end, so no [T, T] matrix ever exists.
+// Backward (deterministic, no atomics): D = rowsum(dout * out); a dK/dV kernel owns a key tile
+// and walks the query tiles at or below the diagonal; a dQ kernel owns a query tile and walks
+// the key tiles up to the diagonal. Both recompute P = exp(S - lse) from the saved lse.
+#include <cstdlib>
+#include <string>
+
+#include "backend/cuda/cuda_check.h"
+#include "common.cuh"
+#include "kernels.h"
+
+namespace llm::kernels {
+
+namespace {
+
+constexpr int kTile = 32;           // Br = Bc
+constexpr int kWarps = 8;           // 256 threads
+constexpr int kRowsPerWarp = kTile / kWarps;
+constexpr int kMaxDimPerLane = 8;   // hd <= 256
+constexpr int kMaxHeadDim = 32 * kMaxDimPerLane;
+
+template <typename T>
+__global__ void __launch_bounds__(256) attention_forward_simt(AttentionForwardArgs a, float scale) {
+  extern __shared__ float smem[];
+  const int hd = a.hd;
+  float* Qs = smem;                 // [32][hd]
+  float* Ks = Qs + kTile * hd;      // [32][hd + 1]
+  float* Vs = Ks + kTile * (hd + 1);  // [32][hd]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * kTile;  // heaviest (longest) tiles first
+  const int64_t Tk = a.q_pos0 + a.Tq;
+  const T* q = static_cast<const T*>(a.q) + b * a.q_batch_stride + h * hd;
+  const T* k = static_cast<const T*>(a.k) + b * a.kv_batch_stride + h * hd;
+  const T* v = static_cast<const T*>(a.v) + b * a.kv_batch_stride + h * hd;
+
+  for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) {
+    const int r = idx / hd, d = idx % hd;
+    Qs[idx] = i0 + r < a.Tq ? to_float(q[(i0 + r) * a.q_row_stride + d]) : 0.0f;
+  }
+  float m[kRowsPerWarp], l[kRowsPerWarp], O[kRowsPerWarp][kMaxDimPerLane];
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    m[rr] = -INFINITY;
+    l[rr] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kMaxDimPerLane; ++e) O[rr][e] = 0.0f;
+  }
+  const int64_t last_q = a.q_pos0 + min(i0 + kTile, a.Tq) - 1;  // largest query position in the tile
+  const int64_t key_end = min(last_q + 1, Tk);
+  for (int64_t j0 = 0; j0 < key_end; j0 += kTile) {
+    __syncthreads();  // previous tile's K/V fully used
+    for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) {
+      const int r = idx / hd, d = idx % hd;
+      const bool in = j0 + r < Tk;
+      Ks[r * (hd + 1) + d] = in ? to_float(k[(j0 + r) * a.kv_row_stride + d]) : 0.0f;
+      Vs[idx] = in ? to_float(v[(j0 + r) * a.kv_row_stride + d]) : 0.0f;
+    }
+    __syncthreads();
+    float s[kRowsPerWarp];
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) s[rr] = 0.0f;
+    const float* krow = Ks + lane * (hd + 1);
+    for (int d = 0; d < hd; ++d) {
+      const float kd = krow[d];
+#pragma unroll
+      for (int rr = 0; rr < kRowsPerWarp; ++rr) s[rr] += Qs[(warp * kRowsPerWarp + rr) * hd + d] * kd;
+    }
+    const int64_t kpos = j0 + lane;
+    float p[kRowsPerWarp];
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const int64_t qpos = a.q_pos0 + i0 + warp * kRowsPerWarp + rr;
+      const bool valid = kpos <= qpos && kpos < Tk;
+      const float sv = valid ? s[rr] * scale : -INFINITY;
+      const float m_new = fmaxf(m[rr], warp_max(sv));  // finite: key 0 is valid for every row
+      p[rr] = valid ? expf(sv - m_new) : 0.0f;
+      const float corr = expf(m[rr] - m_new);  // 0 on the first tile (m = -inf)
+      l[rr] = l[rr] * corr + warp_sum(p[rr]);
+      m[rr] = m_new;
+#pragma unroll
+      for (int e = 0; e < kMaxDimPerLane; ++e) O[rr][e] *= corr;
+    }
+    for (int j = 0; j < kTile; ++j) {
+      float pj[kRowsPerWarp];
+#pragma unroll
+      for (int rr = 0; rr < kRowsPerWarp; ++rr) pj[rr] = __shfl_sync(0xffffffffu, p[rr], j);
+#pragma unroll
+      for (int e = 0; e < kMaxDimPerLane; ++e) {
+        if (e * 32 >= hd) break;  // uniform across the warp
+        const int d = lane + e * 32;
+        const float vd = d < hd ? Vs[j * hd + d] : 0.0f;
+#pragma unroll
+        for (int rr = 0; rr < kRowsPerWarp; ++rr) O[rr][e] += pj[rr] * vd;
+      }
+    }
+  }
+  T* out = static_cast<T*>(a.out) + b * a.out_batch_stride + h * hd;
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int64_t i = i0 + warp * kRowsPerWarp + rr;
+    if (i >= a.Tq) continue;
+    const float inv = 1.0f / l[rr];
+#pragma unroll
+    for (int e = 0; e < kMaxDimPerLane; ++e) {
+      const int d = lane + e * 32;
+      if (d < hd) out[i * a.out_row_stride + d] = from_float<T>(O[rr][e] * inv);
+    }
+    if (a.lse && lane == 0) a.lse[(int64_t(b) * a.NH + h) * a.Tq + i] = m[rr] + logf(l[rr]);
+  }
+}
+
+// D[b, h, t] = sum_d dout * out (one warp per row).
+template <typename T>
+__global__ void attention_backward_rowdot(float* D, const T* out, const T* dout, int B, int NH, int hd, int64_t T_) {
+  const int64_t row = blockIdx.x * int64_t(kWarps) + threadIdx.x / 32;  // over (b, h, t)
+  const int lane = threadIdx.x % 32;
+  if (row >= int64_t(B) * NH * T_) return;
+  const int64_t t = row % T_, bh = row / T_;
+  const int64_t h = bh % NH, b = bh / NH;
+  const int64_t C = int64_t(NH) * hd;
+  const T* o = out + (b * T_ + t) * C + h * hd;
+  const T* g = dout + (b * T_ + t) * C + h * hd;
+  float acc = 0.0f;
+  for (int d = lane; d < hd; d += 32) acc += to_float(o[d]) * to_float(g[d]);
+  acc = warp_sum(acc);
+  if (lane == 0) D[row] = acc;
+}
+
+// dK, dV for one key tile: warps own 4 keys, a lane owns one query of the query tile.
+template <typename T>
+__global__ void __launch_bounds__(256) attention_backward_dkdv(AttentionBackwardArgs a, float scale) {
+  extern __shared__ float smem[];
+  const int hd = a.hd;
+  float* Ks = smem;                    // [32][hd]
+  float* Vs = Ks + kTile * hd;         // [32][hd]
+  float* Qs = Vs + kTile * hd;         // [32][hd + 1]
+  float* dOs = Qs + kTile * (hd + 1);  // [32][hd + 1]
+  float* Ls = dOs + kTile * (hd + 1);  // [32]
+  float* Ds = Ls + kTile;              // [32]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int64_t T_ = a.T, C = int64_t(a.NH) * hd, ld = 3 * C;
+  const int64_t j0 = int64_t(blockIdx.x) * kTile;
+  const T* qkv = static_cast<const T*>(a.qkv) + b * T_ * ld + h * hd;
+  const T* dout = static_cast<const T*>(a.dout) + b * T_ * C + h * hd;
+  const float* lse = a.lse + (int64_t(b) * a.NH + h) * T_;
+  const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
+  for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) {
+    const int r = idx / hd, d = idx % hd;
+    const bool in = j0 + r < T_;
+    Ks[idx] = in ? to_float(qkv[(j0 + r) * ld + C + d]) : 0.0f;
+    Vs[idx] = in ? to_float(qkv[(j0 + r) * ld + 2 * C + d]) : 0.0f;
+  }
+  float dK[kRowsPerWarp][kMaxDimPerLane], dV[kRowsPerWarp][kMaxDimPerLane];
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr)
+#pragma unroll
+    for (int e = 0; e < kMaxDimPerLane; ++e) dK[rr][e] = dV[rr][e] = 0.0f;
+
+  for (int64_t i0 = j0; i0 < T_; i0 += kTile) {
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) {
+      const int r = idx / hd, d = idx % hd;
+      const bool in = i0 + r < T_;
+      Qs[r * (hd + 1) + d] = in ? to_float(qkv[(i0 + r) * ld + d]) : 0.0f;
+      dOs[r * (hd + 1) + d] = in ? to_float(dout[(i0 + r) * C + d]) : 0.0f;
+    }
+    if (threadIdx.x < kTile) {
+      const bool in = i0 + threadIdx.x < T_;
+      Ls[threadIdx.x] = in ? lse[i0 + threadIdx.x] : 0.0f;
+      Ds[threadIdx.x] = in ? Dg[i0 + threadIdx.x] : 0.0f;
+    }
+    __syncthreads();
+    float s[kRowsPerWarp], dp[kRowsPerWarp];
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) s[rr] = dp[rr] = 0.0f;
+    const float* qrow = Qs + lane * (hd + 1);
+    const float* orow = dOs + lane * (hd + 1);
+    for (int d = 0; d < hd; ++d) {
+      const float qd = qrow[d], od = orow[d];
+#pragma unroll
+      for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+        s[rr] += qd * Ks[(warp * kRowsPerWarp + rr) * hd + d];
+        dp[rr] += od * Vs[(warp * kRowsPerWarp + rr) * hd + d];
+      }
+    }
+    const int64_t i = i0 + lane;
+    float P[kRowsPerWarp], dS[kRowsPerWarp];
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const int64_t j = j0 + warp * kRowsPerWarp + rr;
+      const bool valid = j <= i && i < T_ && j < T_;
+      P[rr] = valid ? expf(s[rr] * scale - Ls[lane]) : 0.0f;
+      dS[rr] = P[rr] * (dp[rr] - Ds[lane]);
+    }
+    for (int r = 0; r < kTile; ++r) {
+      float pr[kRowsPerWarp], sr[kRowsPerWarp];
+#pragma unroll
+      for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+        pr[rr] = __shfl_sync(0xffffffffu, P[rr], r);
+        sr[rr] = __shfl_sync(0xffffffffu, dS[rr], r);
+      }
+#pragma unroll
+      for (int e = 0; e < kMaxDimPerLane; ++e) {
+        if (e * 32 >= hd) break;
+        const int d = lane + e * 32;
+        const float od = d < hd ? dOs[r * (hd + 1) + d] : 0.0f;
+        const float qd = d < hd ? Qs[r * (hd + 1) + d] : 0.0f;
+#pragma unroll
+        for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+          dV[rr][e] += pr[rr] * od;
+          dK[rr][e] += sr[rr] * qd;
+        }
+      }
+    }
+  }
+  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + h * hd;
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int64_t j = j0 + warp * kRowsPerWarp + rr;
+    if (j >= T_) continue;
+#pragma unroll
+    for (int e = 0; e < kMaxDimPerLane; ++e) {
+      const int d = lane + e * 32;
+      if (d >= hd) continue;
+      dqkv[j * ld + C + d] = from_float<T>(dK[rr][e] * scale);
+      dqkv[j * ld + 2 * C + d] = from_float<T>(dV[rr][e]);
+    }
+  }
+}
+
+// dQ for one query tile: warps own 4 queries, a lane owns one key of the key tile.
+template <typename T>
+__global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardArgs a, float scale) {
+  extern __shared__ float smem[];
+  const int hd = a.hd;
+  float* Qs = smem;                   // [32][hd]
+  float* dOs = Qs + kTile * hd;       // [32][hd]
+  float* Ks = dOs + kTile * hd;       // [32][hd + 1]
+  float* Vs = Ks + kTile * (hd + 1);  // [32][hd + 1]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int64_t T_ = a.T, C = int64_t(a.NH) * hd, ld = 3 * C;
+  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * kTile;
+  const T* qkv = static_cast<const T*>(a.qkv) + b * T_ * ld + h * hd;
+  const T* dout = static_cast<const T*>(a.dout) + b * T_ * C + h * hd;
+  const float* lse = a.lse + (int64_t(b) * a.NH + h) * T_;
+  const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
+  for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) {
+    const int r = idx / hd, d = idx % hd;
+    const bool in = i0 + r < T_;
+    Qs[idx] = in ? to_float(qkv[(i0 + r) * ld + d]) : 0.0f;
+    dOs[idx] = in ? to_float(dout[(i0 + r) * C + d]) : 0.0f;
+  }
+  float L[kRowsPerWarp], Dr[kRowsPerWarp], dQ[kRowsPerWarp][kMaxDimPerLane];
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int64_t i = i0 + warp * kRowsPerWarp + rr;
+    L[rr] = i < T_ ? lse[i] : 0.0f;
+    Dr[rr] = i < T_ ? Dg[i] : 0.0f;
+#pragma unroll
+    for (int e = 0; e < kMaxDimPerLane; ++e) dQ[rr][e] = 0.0f;
+  }
+  const int64_t key_end = min(i0 + kTile, T_);
+  for (int64_t j0 = 0; j0 < key_end; j0 += kTile) {
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) {
+      const int r = idx / hd, d = idx % hd;
+      const bool in = j0 + r < T_;
+      Ks[r * (hd + 1) + d] = in ? to_float(qkv[(j0 + r) * ld + C + d]) : 0.0f;
+      Vs[r * (hd + 1) + d] = in ? to_float(qkv[(j0 + r) * ld + 2 * C + d]) : 0.0f;
+    }
+    __syncthreads();
+    float s[kRowsPerWarp], dp[kRowsPerWarp];
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) s[rr] = dp[rr] = 0.0f;
+    const float* krow = Ks + lane * (hd + 1);
+    const float* vrow = Vs + lane * (hd + 1);
+    for (int d = 0; d < hd; ++d) {
+      const float kd = krow[d], vd = vrow[d];
+#pragma unroll
+      for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+        s[rr] += Qs[(warp * kRowsPerWarp + rr) * hd + d] * kd;
+        dp[rr] += dOs[(warp * kRowsPerWarp + rr) * hd + d] * vd;
+      }
+    }
+    const int64_t j = j0 + lane;
+    float dS[kRowsPerWarp];
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const int64_t i = i0 + warp * kRowsPerWarp + rr;
+      const bool valid = j <= i && i < T_ && j < T_;
+      const float P = valid ? expf(s[rr] * scale - L[rr]) : 0.0f;
+      dS[rr] = P * (dp[rr] - Dr[rr]);
+    }
+    for (int c = 0; c < kTile; ++c) {
+      float sc[kRowsPerWarp];
+#pragma unroll
+      for (int rr = 0; rr < kRowsPerWarp; ++rr) sc[rr] = __shfl_sync(0xffffffffu, dS[rr], c);
+#pragma unroll
+      for (int e = 0; e < kMaxDimPerLane; ++e) {
+        if (e * 32 >= hd) break;
+        const int d = lane + e * 32;
+        const float kd = d < hd ? Ks[c * (hd + 1) + d] : 0.0f;
+#pragma unroll
+        for (int rr = 0; rr < kRowsPerWarp; ++rr) dQ[rr][e] += sc[rr] * kd;
+      }
+    }
+  }
+  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + h * hd;
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int64_t i = i0 + warp * kRowsPerWarp + rr;
+    if (i >= T_) continue;
+#pragma unroll
+    for (int e = 0; e < kMaxDimPerLane; ++e) {
+      const int d = lane + e * 32;
+      if (d < hd) dqkv[i * ld + d] = from_float<T>(dQ[rr][e] * scale);
+    }
+  }
+}
+
+// LLM_CUDA_ATTENTION=simt forces the SIMT kernels (triage: tensor-core path vs the rest).
+bool simt_only() {
+  static const bool v = [] {
+    const char* e = std::getenv("LLM_CUDA_ATTENTION");
+    return e && std::string(e) == "simt";
+  }();
+  return v;
+}
+
+// Kernels needing more than 48 KiB of dynamic shared memory must opt in once per device.
+template <typename K>
+void allow_smem(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "opting in to shared memory");
+}
+
+}  // namespace
+
+void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
+  LLM_CHECK(a.hd >= 1 && a.hd <= kMaxHeadDim, "attention_forward: head dim ", a.hd, " outside [1, ", kMaxHeadDim, "]");
+  if (a.Tq == 0 || a.B == 0) return;
+  if (t != DType::f32 && !simt_only() && attention_forward_tensor_cores(t, a, stream)) return;
+  const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
+  const size_t smem = sizeof(float) * (kTile * a.hd * 2 + kTile * (a.hd + 1));
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, kTile)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  dispatch_float(t, "attention_forward", [&](auto tag) {
+    using E = decltype(tag);
+    allow_smem(attention_forward_simt<E>, smem);
+    attention_forward_simt<E><<<grid, 256, smem, stream>>>(a, scale);
+  });
+}
+
+void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {
+  LLM_CHECK(a.hd >= 1 && a.hd <= kMaxHeadDim, "attention_backward: head dim ", a.hd, " outside [1, ", kMaxHeadDim, "]");
+  if (a.T == 0 || a.B == 0) return;
+  const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
+  const int64_t rows = int64_t(a.B) * a.NH * a.T;
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.T, kTile)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  const size_t smem_kv = sizeof(float) * (kTile * a.hd * 2 + kTile * (a.hd + 1) * 2 + 2 * kTile);
+  const size_t smem_q = sizeof(float) * (kTile * a.hd * 2 + kTile * (a.hd + 1) * 2);
+  dispatch_float(t, "attention_backward", [&](auto tag) {
+    using E = decltype(tag);
+    attention_backward_rowdot<E><<<static_cast<unsigned>(ceil_div(rows, kWarps)), 256, 0, stream>>>(
+        a.scratch, static_cast<const E*>(a.out), static_cast<const E*>(a.dout), a.B, a.NH, a.hd, a.T);
+    if (t != DType::f32 && !simt_only() && attention_backward_tensor_cores(t, a, stream)) return;
+    allow_smem(attention_backward_dkdv<E>, smem_kv);
+    attention_backward_dkdv<E><<<grid, 256, smem_kv, stream>>>(a, scale);
+    allow_smem(attention_backward_dq<E>, smem_q);
+    attention_backward_dq<E><<<grid, 256, smem_q, stream>>>(a, scale);
+  });
+}
+
+}  // namespace llm::kernels

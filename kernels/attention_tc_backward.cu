@@ -1,0 +1,293 @@
+// Causal flash attention backward on tensor cores (bf16/f16, fp32 accumulate), FlashAttention-2
+// with recomputation and no atomics (deterministic), as two kernels that mirror the forward:
+//
+//   dK/dV: a block owns 64 keys (4 warps x 16) of one (batch, head) and walks the 32-query tiles
+//     at and below the diagonal: S^T = K Q^T and dP^T = V dO^T in registers, P^T = exp(S^T - lse),
+//     dS^T = P^T (dP^T - D); then dV += P^T dO and dK += dS^T Q with P^T / dS^T packed straight
+//     from the accumulators into A fragments and dO / Q read through ldmatrix.trans.
+//   dQ: a block owns 64 queries (4 warps x 16) and walks the 32-key tiles up to the diagonal:
+//     S = Q K^T, dP = dO V^T, dS = P (dP - D), dQ += dS K.
+// The dQ kernel recomputes S and dP once more instead of accumulating dQ with atomics across key
+// tiles (FlashAttention-2's choice): ~40% more tensor work in exchange for bit-reproducible
+// gradients. D = rowsum(dO * O) is computed first by attention.cu (scratch).
+#include "backend/cuda/cuda_check.h"
+#include "common.cuh"
+#include "kernels.h"
+#include "mma.cuh"
+
+namespace llm::kernels {
+
+namespace {
+
+constexpr int kThreadsBw = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// rows x HD tile of a [.., row_stride] matrix into shared memory (row stride LD), zero-filled past `valid`.
+template <typename T, int HD, int LD>
+__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row_stride, int rows, int64_t valid) {
+  for (int idx = threadIdx.x; idx < rows * (HD / 8); idx += kThreadsBw) {
+    const int r = idx / (HD / 8), c = idx % (HD / 8);
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < valid) v = *reinterpret_cast<const uint4*>(src + r * row_stride + c * 8);
+    *reinterpret_cast<uint4*>(dst + r * LD + c * 8) = v;
+  }
+}
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(AttentionBackwardArgs a, float scale) {
+  constexpr int BC = 64, BR = 32, LD = HD + 8, KC = HD / 16, ND = HD / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Ks = reinterpret_cast<T*>(smem_raw);  // [BC][LD]
+  T* Vs = Ks + BC * LD;                    // [BC][LD]
+  T* Qs = Vs + BC * LD;                    // [BR][LD]
+  T* dOs = Qs + BR * LD;                   // [BR][LD]
+  float* Ls = reinterpret_cast<float*>(dOs + BR * LD);  // [BR] lse in log2 units
+  float* Ds = Ls + BR;                                  // [BR]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4, lm = lane / 8, lr = lane % 8;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int64_t T_ = a.T, C = int64_t(a.NH) * HD, ld = 3 * C;
+  const int64_t j0 = int64_t(blockIdx.x) * BC;
+  const T* qkv = static_cast<const T*>(a.qkv) + b * T_ * ld + int64_t(h) * HD;
+  const T* dout = static_cast<const T*>(a.dout) + b * T_ * C + int64_t(h) * HD;
+  const float* lse = a.lse + (int64_t(b) * a.NH + h) * T_;
+  const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
+  const float scale_log2 = scale * kLog2e;
+
+  load_tile<T, HD, LD>(Ks, qkv + j0 * ld + C, ld, BC, T_ - j0);
+  load_tile<T, HD, LD>(Vs, qkv + j0 * ld + 2 * C, ld, BC, T_ - j0);
+
+  float dk[ND][4], dv[ND][4];
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[nd][e] = dv[nd][e] = 0.0f;
+  const int64_t key0 = j0 + warp * 16 + g;  // this lane's keys: key0 (e < 2) and key0 + 8
+
+  for (int64_t i0 = j0; i0 < T_; i0 += BR) {
+    __syncthreads();
+    load_tile<T, HD, LD>(Qs, qkv + i0 * ld, ld, BR, T_ - i0);
+    load_tile<T, HD, LD>(dOs, dout + i0 * C, C, BR, T_ - i0);
+    if (threadIdx.x < BR) {
+      const bool in = i0 + threadIdx.x < T_;
+      Ls[threadIdx.x] = in ? lse[i0 + threadIdx.x] * kLog2e : 0.0f;
+      Ds[threadIdx.x] = in ? Dg[i0 + threadIdx.x] : 0.0f;
+    }
+    __syncthreads();
+    if (i0 + BR - 1 < j0 + warp * 16) continue;  // every query of the tile precedes this warp's keys
+
+    float st[BR / 8][4], dpt[BR / 8][4];
+#pragma unroll
+    for (int nb = 0; nb < BR / 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[nb][e] = dpt[nb][e] = 0.0f;
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+      uint32_t ka[4], va[4];
+      ldmatrix_x4(ka, Ks + (warp * 16 + lr + (lm % 2) * 8) * LD + kc * 16 + (lm / 2) * 8);
+      ldmatrix_x4(va, Vs + (warp * 16 + lr + (lm % 2) * 8) * LD + kc * 16 + (lm / 2) * 8);
+#pragma unroll
+      for (int nb2 = 0; nb2 < BR / 16; ++nb2) {
+        uint32_t qb[4], ob[4];
+        ldmatrix_x4(qb, Qs + (nb2 * 16 + lr + (lm / 2) * 8) * LD + kc * 16 + (lm % 2) * 8);
+        ldmatrix_x4(ob, dOs + (nb2 * 16 + lr + (lm / 2) * 8) * LD + kc * 16 + (lm % 2) * 8);
+        mma_16816<T>(st[2 * nb2], ka, qb[0], qb[1]);
+        mma_16816<T>(st[2 * nb2 + 1], ka, qb[2], qb[3]);
+        mma_16816<T>(dpt[2 * nb2], va, ob[0], ob[1]);
+        mma_16816<T>(dpt[2 * nb2 + 1], va, ob[2], ob[3]);
+      }
+    }
+    // P^T and dS^T: rows are keys (key0, key0 + 8), columns are queries.
+#pragma unroll
+    for (int nb = 0; nb < BR / 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = nb * 8 + 2 * t + (e & 1);
+        const int64_t query = i0 + col, key = e < 2 ? key0 : key0 + 8;
+        const bool valid = key <= query && query < T_ && key < T_;
+        const float p = valid ? exp2f(st[nb][e] * scale_log2 - Ls[col]) : 0.0f;
+        st[nb][e] = p;
+        dpt[nb][e] = p * (dpt[nb][e] - Ds[col]);
+      }
+#pragma unroll
+    for (int kk = 0; kk < BR / 16; ++kk) {
+      uint32_t pa[4], sa[4];
+      pa[0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
+      pa[1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
+      pa[2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+      pa[3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+      sa[0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
+      sa[1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
+      sa[2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+      sa[3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+#pragma unroll
+      for (int nd2 = 0; nd2 < ND / 2; ++nd2) {
+        uint32_t ob[4], qb[4];
+        ldmatrix_x4_trans(ob, dOs + (kk * 16 + lr + (lm % 2) * 8) * LD + nd2 * 16 + (lm / 2) * 8);
+        ldmatrix_x4_trans(qb, Qs + (kk * 16 + lr + (lm % 2) * 8) * LD + nd2 * 16 + (lm / 2) * 8);
+        mma_16816<T>(dv[2 * nd2], pa, ob[0], ob[1]);
+        mma_16816<T>(dv[2 * nd2 + 1], pa, ob[2], ob[3]);
+        mma_16816<T>(dk[2 * nd2], sa, qb[0], qb[1]);
+        mma_16816<T>(dk[2 * nd2 + 1], sa, qb[2], qb[3]);
+      }
+    }
+  }
+  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t key = key0 + half * 8;
+    if (key >= T_) continue;
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) {
+      *reinterpret_cast<uint32_t*>(dqkv + key * ld + C + nd * 8 + 2 * t) =
+          pack2<T>(dk[nd][2 * half] * scale, dk[nd][2 * half + 1] * scale);
+      *reinterpret_cast<uint32_t*>(dqkv + key * ld + 2 * C + nd * 8 + 2 * t) =
+          pack2<T>(dv[nd][2 * half], dv[nd][2 * half + 1]);
+    }
+  }
+}
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(AttentionBackwardArgs a, float scale) {
+  constexpr int BR = 64, BC = 32, LD = HD + 8, KC = HD / 16, ND = HD / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // [BR][LD] (staging for the fragments)
+  T* dOs = Qs + BR * LD;                   // [BR][LD]
+  T* Ks = dOs + BR * LD;                   // [BC][LD]
+  T* Vs = Ks + BC * LD;                    // [BC][LD]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4, lm = lane / 8, lr = lane % 8;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int64_t T_ = a.T, C = int64_t(a.NH) * HD, ld = 3 * C;
+  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BR;
+  const T* qkv = static_cast<const T*>(a.qkv) + b * T_ * ld + int64_t(h) * HD;
+  const T* dout = static_cast<const T*>(a.dout) + b * T_ * C + int64_t(h) * HD;
+  const float* lse = a.lse + (int64_t(b) * a.NH + h) * T_;
+  const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
+  const float scale_log2 = scale * kLog2e;
+
+  load_tile<T, HD, LD>(Qs, qkv + i0 * ld, ld, BR, T_ - i0);
+  load_tile<T, HD, LD>(dOs, dout + i0 * C, C, BR, T_ - i0);
+  __syncthreads();
+  uint32_t qf[KC][4], of[KC][4];
+#pragma unroll
+  for (int kc = 0; kc < KC; ++kc) {
+    ldmatrix_x4(qf[kc], Qs + (warp * 16 + lr + (lm % 2) * 8) * LD + kc * 16 + (lm / 2) * 8);
+    ldmatrix_x4(of[kc], dOs + (warp * 16 + lr + (lm % 2) * 8) * LD + kc * 16 + (lm / 2) * 8);
+  }
+  const int64_t row0 = i0 + warp * 16 + g;  // this lane's queries: row0 (e < 2) and row0 + 8
+  const float L0 = row0 < T_ ? lse[row0] * kLog2e : 0.0f, L1 = row0 + 8 < T_ ? lse[row0 + 8] * kLog2e : 0.0f;
+  const float D0 = row0 < T_ ? Dg[row0] : 0.0f, D1 = row0 + 8 < T_ ? Dg[row0 + 8] : 0.0f;
+  float dq[ND][4];
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
+  const int64_t warp_first = i0 + warp * 16;
+  const int64_t key_end = min(i0 + BR, T_);
+
+  for (int64_t j0 = 0; j0 < key_end; j0 += BC) {
+    __syncthreads();
+    load_tile<T, HD, LD>(Ks, qkv + j0 * ld + C, ld, BC, T_ - j0);
+    load_tile<T, HD, LD>(Vs, qkv + j0 * ld + 2 * C, ld, BC, T_ - j0);
+    __syncthreads();
+    if (j0 > warp_first + 15) continue;
+
+    float s[BC / 8][4], dp[BC / 8][4];
+#pragma unroll
+    for (int nb = 0; nb < BC / 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nb][e] = dp[nb][e] = 0.0f;
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc)
+#pragma unroll
+      for (int nb2 = 0; nb2 < BC / 16; ++nb2) {
+        uint32_t kb[4], vb[4];
+        ldmatrix_x4(kb, Ks + (nb2 * 16 + lr + (lm / 2) * 8) * LD + kc * 16 + (lm % 2) * 8);
+        ldmatrix_x4(vb, Vs + (nb2 * 16 + lr + (lm / 2) * 8) * LD + kc * 16 + (lm % 2) * 8);
+        mma_16816<T>(s[2 * nb2], qf[kc], kb[0], kb[1]);
+        mma_16816<T>(s[2 * nb2 + 1], qf[kc], kb[2], kb[3]);
+        mma_16816<T>(dp[2 * nb2], of[kc], vb[0], vb[1]);
+        mma_16816<T>(dp[2 * nb2 + 1], of[kc], vb[2], vb[3]);
+      }
+#pragma unroll
+    for (int nb = 0; nb < BC / 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key = j0 + nb * 8 + 2 * t + (e & 1), query = e < 2 ? row0 : row0 + 8;
+        const bool valid = key <= query && query < T_ && key < T_;
+        const float p = valid ? exp2f(s[nb][e] * scale_log2 - (e < 2 ? L0 : L1)) : 0.0f;
+        s[nb][e] = p * (dp[nb][e] - (e < 2 ? D0 : D1));  // dS
+      }
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      uint32_t sa[4];
+      sa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      sa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      sa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      sa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int nd2 = 0; nd2 < ND / 2; ++nd2) {
+        uint32_t kb[4];
+        ldmatrix_x4_trans(kb, Ks + (kk * 16 + lr + (lm % 2) * 8) * LD + nd2 * 16 + (lm / 2) * 8);
+        mma_16816<T>(dq[2 * nd2], sa, kb[0], kb[1]);
+        mma_16816<T>(dq[2 * nd2 + 1], sa, kb[2], kb[3]);
+      }
+    }
+  }
+  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t row = row0 + half * 8;
+    if (row >= T_) continue;
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd)
+      *reinterpret_cast<uint32_t*>(dqkv + row * ld + nd * 8 + 2 * t) =
+          pack2<T>(dq[nd][2 * half] * scale, dq[nd][2 * half + 1] * scale);
+  }
+}
+
+template <typename T, int HD>
+void launch_backward(const AttentionBackwardArgs& a, cudaStream_t stream) {
+  constexpr int LD = HD + 8;
+  constexpr size_t smem_kv = sizeof(T) * (2 * 64 + 2 * 32) * LD + 2 * 32 * sizeof(float);
+  constexpr size_t smem_q = sizeof(T) * (2 * 64 + 2 * 32) * LD;
+  static bool configured = false;
+  if (!configured) {
+    if (smem_kv > 48 * 1024)
+      CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_tc<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_kv)), "opting in to shared memory");
+    if (smem_q > 48 * 1024)
+      CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_tc<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_q)), "opting in to shared memory");
+    configured = true;
+  }
+  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 64)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  attention_backward_dkdv_tc<T, HD><<<grid, kThreadsBw, smem_kv, stream>>>(a, scale);
+  attention_backward_dq_tc<T, HD><<<grid, kThreadsBw, smem_q, stream>>>(a, scale);
+}
+
+template <typename T>
+bool backward_for_head_dim(const AttentionBackwardArgs& a, cudaStream_t stream) {
+  switch (a.hd) {
+    case 48: launch_backward<T, 48>(a, stream); return true;
+    case 64: launch_backward<T, 64>(a, stream); return true;
+    case 80: launch_backward<T, 80>(a, stream); return true;
+    case 96: launch_backward<T, 96>(a, stream); return true;
+    case 128: launch_backward<T, 128>(a, stream); return true;
+    case 160: launch_backward<T, 160>(a, stream); return true;
+    default: return false;
+  }
+}
+
+}  // namespace
+
+bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {
+  const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  // Rows of qkv (3C), out/dout (C) and the head offsets must allow 16-byte vector access.
+  if (!aligned(a.qkv) || !aligned(a.dqkv) || !aligned(a.dout) || (int64_t(a.NH) * a.hd) % 8 != 0) return false;
+  if (t == DType::bf16) return backward_for_head_dim<__nv_bfloat16>(a, stream);
+  if (t == DType::f16) return backward_for_head_dim<__half>(a, stream);
+  return false;
+}
+
+}  // namespace llm::kernels

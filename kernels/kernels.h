@@ -1,0 +1,140 @@
+// Host-side entry points of the CUDA kernels (one op per .cu file in this folder). Plain C++:
+// raw device pointers, sizes and a stream, no Tensor checks — the CUDA backend
+// (lib/backend/cuda/cuda_backend.cpp) validates shapes and dtypes and then calls these.
+//
+// Element types: `DType t` selects the activation type (f32, bf16 or f16) of the tensors typed
+// void* below; statistics, LayerNorm parameters, gradients of parameters and optimizer state
+// are always f32. Each function launches asynchronously on `stream`.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace llm::kernels {
+
+// ---- embedding.cu -----------------------------------------------------------------------------
+// out[i, :] = wte[tokens[i] - vocab_begin, :] (if in the shard) + wpe[i % T, :] (if wpe)
+void embedding_forward(DType t, void* out, const int32_t* tokens, const void* wte, const void* wpe,
+                       int64_t BT, int64_t T, int64_t C, int64_t vocab_begin, int64_t Vl,
+                       cudaStream_t stream);
+// dwte[rows[b], :] += sum over positions[starts[b] .. starts[b+1]) of dout[pos, :], in order
+// (positions bucketed by token on the host: deterministic, no atomics).
+void embedding_backward_wte(DType t, float* dwte, const void* dout, const int32_t* rows,
+                            const int32_t* starts, const int32_t* positions, int64_t n_buckets,
+                            int64_t C, cudaStream_t stream);
+// dwpe[t, :] += sum_b dout[b, t, :]
+void embedding_backward_wpe(DType t, float* dwpe, const void* dout, int64_t B, int64_t T, int64_t C,
+                            cudaStream_t stream);
+
+// ---- validate_ids.cu --------------------------------------------------------------------------
+// *first_bad = min(*first_bad, smallest i with ids[i] outside [lo, hi)). *first_bad must be
+// initialised (e.g. to all ones) by the caller.
+void find_bad_ids(const int32_t* ids, int64_t n, int64_t lo, int64_t hi,
+                  unsigned long long* first_bad, cudaStream_t stream);
+
+// ---- layernorm.cu -----------------------------------------------------------------------------
+void layernorm_forward(DType t, void* out, float* mean, float* rstd, const void* inp,
+                       const float* weight, const float* bias, int64_t N, int64_t C, float eps,
+                       cudaStream_t stream);
+// dinp += ..., dweight += ..., dbias += ... ; scratch holds column_sum_scratch(N, 2*C) floats.
+void layernorm_backward(DType t, void* dinp, float* dweight, float* dbias, const void* dout,
+                        const void* inp, const float* weight, const float* mean, const float* rstd,
+                        int64_t N, int64_t C, float* scratch, cudaStream_t stream);
+
+// ---- linear.cu (the matmuls are cuBLASLt: lib/backend/cuda/cublaslt_matmul.h) -----------------
+// dbias[OC] += column sums of dout[N, OC]; scratch holds column_sum_scratch(N, OC) floats.
+void bias_backward(DType t, float* dbias, const void* dout, int64_t N, int64_t OC, float* scratch,
+                   cudaStream_t stream);
+// Floats of scratch the deterministic column reductions need for N rows and `width` sums.
+int64_t column_sum_scratch(int64_t N, int64_t width);
+
+// ---- gelu.cu ----------------------------------------------------------------------------------
+void gelu_forward(DType t, void* out, const void* inp, int64_t n, cudaStream_t stream);
+void gelu_backward(DType t, void* dinp, const void* inp, const void* dout, int64_t n,
+                   cudaStream_t stream);
+
+// ---- residual.cu ------------------------------------------------------------------------------
+void residual_forward(DType t, void* out, const void* a, const void* b, int64_t n, cudaStream_t stream);
+void residual_backward(DType t, void* da, void* db, const void* dout, int64_t n, cudaStream_t stream);
+
+// ---- cross_entropy.cu -------------------------------------------------------------------------
+// Rows of Vp logits; the shard's first Vr columns are real; targets are global column ids.
+void cross_entropy_forward(DType t, float* losses, float* lse, const void* logits,
+                           const int32_t* targets, int64_t N, int64_t Vp, int64_t Vr,
+                           int64_t vocab_begin, cudaStream_t stream);
+void cross_entropy_backward(DType t, void* dlogits, const void* logits, const float* lse,
+                            const int32_t* targets, float dloss, int64_t N, int64_t Vp, int64_t Vr,
+                            int64_t vocab_begin, cudaStream_t stream);
+
+// ---- adamw.cu ---------------------------------------------------------------------------------
+struct AdamWConstants {
+  float lr, beta1, beta2, eps, weight_decay, grad_scale;
+  float bias_correction1, bias_correction2;  // 1 / (1 - beta^step)
+};
+// One fused step over flat f32 param/grad/m/v. If low_precision is non-null it receives the
+// updated parameters rounded to low_type (bf16/f16 working copy of fp32 master weights).
+void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
+                  const AdamWConstants& c, DType low_type, void* low_precision, cudaStream_t stream);
+
+// ---- grad_norm.cu -----------------------------------------------------------------------------
+// partials[kSumSquaresBlocks] (device) receive per-block sums of x^2 (double); the caller adds
+// them in order on the host (deterministic for a given n).
+inline constexpr int kSumSquaresBlocks = 264;
+void sum_squares(DType t, const void* x, int64_t n, double* partials, cudaStream_t stream);
+// x *= s
+void scale(DType t, void* x, int64_t n, float s, cudaStream_t stream);
+// *count += number of NaN/Inf elements of x (count is device memory).
+void count_nonfinite(DType t, const void* x, int64_t n, unsigned int* count, cudaStream_t stream);
+
+// ---- convert.cu -------------------------------------------------------------------------------
+// dst = src converted (f32 <-> bf16/f16, round to nearest even; same type is a copy).
+void convert(DType dst_type, void* dst, DType src_type, const void* src, int64_t n, cudaStream_t stream);
+
+// ---- attention.cu / attention_tc.cu -------------------------------------------------------------
+// Causal attention for one layer. Element offsets: query row i of batch b, head h starts at
+// q + b*q_batch_stride + i*q_row_stride + h*hd (likewise k, v with kv strides, out with out
+// strides). Query i sits at absolute position q_pos0 + i and sees keys [0, q_pos0 + i].
+struct AttentionForwardArgs {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;  // [B, NH, Tq] or null
+  int64_t q_batch_stride = 0, q_row_stride = 0;
+  int64_t kv_batch_stride = 0, kv_row_stride = 0;
+  int64_t out_batch_stride = 0, out_row_stride = 0;
+  int B = 0, NH = 0, hd = 0;
+  int64_t Tq = 0, q_pos0 = 0;
+};
+void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
+
+// Backward of self-attention over qkv[B, T, 3C] (q | k | v per token): dqkv (=) from dout, out
+// and lse. scratch holds B*NH*T floats (D = rowsum(dout * out)).
+struct AttentionBackwardArgs {
+  const void* qkv = nullptr;
+  void* dqkv = nullptr;
+  const void* out = nullptr;
+  const void* dout = nullptr;
+  const float* lse = nullptr;
+  float* scratch = nullptr;
+  int B = 0, NH = 0, hd = 0;
+  int64_t T = 0;
+};
+void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
+
+// ---- attention_kv.cu ----------------------------------------------------------------------------
+// Appends the Tn new tokens' k and v (from qkv[B, Tn, 3C]) to the caches [B, maxT, C] at rows
+// [past, past + Tn), then out[B, Tn, C] = causal attention of the new queries over the cache.
+void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, void* v_cache, int B, int64_t Tn,
+                          int64_t C, int64_t maxT, int64_t past, int NH, cudaStream_t stream);
+
+// Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
+// 128 and 160 with 16-byte aligned rows; false when the shape is not covered (the caller falls
+// back to the SIMT kernels).
+bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
+// attention_tc_backward.cu: dqkv from a.scratch already holding D = rowsum(dout * out).
+bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
+
+}  // namespace llm::kernels

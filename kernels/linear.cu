@@ -1,0 +1,35 @@
+// Linear layer pieces that are not matmuls: the bias gradient (deterministic column sums).
+// The matmuls themselves go through cuBLASLt (lib/backend/cuda/cublaslt_matmul.cpp).
+#include "column_sums.cuh"
+#include "kernels.h"
+
+namespace llm::kernels {
+
+namespace {
+template <typename T>
+__global__ void bias_partials_kernel(float* partial, const T* dout, int64_t N, int64_t OC) {
+  __shared__ float s[kColumnRowLanes][33];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  float acc = 0.0f;
+  if (c < OC)
+    for (int64_t r = blockIdx.y * kColumnRowLanes + threadIdx.y; r < N; r += int64_t(gridDim.y) * kColumnRowLanes)
+      acc += to_float(dout[r * OC + c]);
+  column_block_store(s, acc, partial, OC, c);
+}
+}  // namespace
+
+int64_t column_sum_scratch(int64_t N, int64_t width) { return column_row_blocks(N) * width; }
+
+void bias_backward(DType t, float* dbias, const void* dout, int64_t N, int64_t OC, float* scratch,
+                   cudaStream_t stream) {
+  if (OC == 0) return;
+  const int64_t G = column_row_blocks(N);
+  const dim3 grid(static_cast<unsigned>(ceil_div(OC, 32)), static_cast<unsigned>(G));
+  dispatch_float(t, "linear_backward dbias", [&](auto tag) {
+    using E = decltype(tag);
+    bias_partials_kernel<E><<<grid, dim3(32, kColumnRowLanes), 0, stream>>>(scratch, static_cast<const E*>(dout), N, OC);
+  });
+  column_sums_finalize<<<static_cast<unsigned>(ceil_div(OC, 256)), 256, 0, stream>>>(dbias, nullptr, scratch, G, OC, OC);
+}
+
+}  // namespace llm::kernels

@@ -1,0 +1,145 @@
+#include "backend/cuda/cublaslt_matmul.h"
+
+#include <algorithm>
+
+#include "backend/cuda/cuda_check.h"
+
+namespace llm::cuda {
+
+namespace {
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // Hopper kernels want 32 MiB
+
+int alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  int al = 256;
+  while (al > 1 && (a % static_cast<uintptr_t>(al)) != 0) al /= 2;
+  return al;
+}
+
+const char* epilogue_name(Epilogue e) {
+  switch (e) {
+    case Epilogue::none: return "none";
+    case Epilogue::bias: return "bias";
+    case Epilogue::gelu_bias_aux: return "gelu_bias_aux";
+    case Epilogue::dgelu: return "dgelu";
+  }
+  return "?";
+}
+
+std::string describe(const Matmul& mm, const char* op) {
+  return detail::concat(op, " (cuBLASLt ", mm.trans_a ? "T" : "N", mm.trans_b ? "T" : "N", " m=", mm.m, " n=", mm.n,
+                        " k=", mm.k, " A ", dtype_name(mm.a_type), " lda=", mm.lda, " B ", dtype_name(mm.b_type),
+                        " ldb=", mm.ldb, " D ", dtype_name(mm.d_type), " ldd=", mm.ldd, " beta=", mm.beta,
+                        " epilogue=", epilogue_name(mm.epilogue), ")");
+}
+}  // namespace
+
+cudaDataType_t cuda_data_type(DType t) {
+  switch (t) {
+    case DType::f32: return CUDA_R_32F;
+    case DType::bf16: return CUDA_R_16BF;
+    case DType::f16: return CUDA_R_16F;
+    default: LLM_FAIL("cuBLASLt: unsupported element type ", dtype_name(t));
+  }
+}
+
+struct CublasLt::Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~Plan() {
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (d) cublasLtMatrixLayoutDestroy(d);
+  }
+};
+
+CublasLt::CublasLt(cudaStream_t stream) : stream_(stream) {
+  CUBLAS_CHECK(cublasLtCreate(&handle_), "creating the cuBLASLt handle");
+  CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes), "cuBLASLt workspace of ", kWorkspaceBytes, " bytes");
+  workspace_bytes_ = kWorkspaceBytes;
+}
+
+CublasLt::~CublasLt() {
+  plans_.clear();
+  if (workspace_) (void)cudaFree(workspace_);
+  if (handle_) (void)cublasLtDestroy(handle_);
+}
+
+void CublasLt::run(const Matmul& mm, const char* op) {
+  if (mm.m == 0 || mm.n == 0) return;
+  const bool fp32 = mm.a_type == DType::f32;
+  LLM_CHECK(mm.a_type == mm.b_type, describe(mm, op), ": A and B must have the same type");
+  LLM_CHECK(!fp32 || mm.d_type == DType::f32, describe(mm, op), ": fp32 inputs need an fp32 output");
+  if (mm.k == 0) {
+    LLM_FAIL(describe(mm, op), ": k = 0 is not supported");
+  }
+  const cublasComputeType_t compute =
+      fp32 ? (allow_tf32_ ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F) : CUBLAS_COMPUTE_32F;
+  const std::string key = detail::concat(
+      mm.trans_a, mm.trans_b, ',', mm.m, ',', mm.n, ',', mm.k, ',', int(mm.a_type), int(mm.d_type), ',', mm.lda, ',',
+      mm.ldb, ',', mm.ldd, ',', mm.ld_aux, ',', int(mm.epilogue), ',', mm.beta != 0.0f, ',', alignment(mm.a), ',',
+      alignment(mm.b), ',', alignment(mm.d), ',', int(compute));
+  auto it = plans_.find(key);
+  if (it == plans_.end()) {
+    auto plan = std::make_unique<Plan>();
+    const std::string what = describe(mm, op);
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->desc, compute, CUDA_R_32F), what);
+    const cublasOperation_t ta = mm.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = mm.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), what);
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), what);
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
+    switch (mm.epilogue) {
+      case Epilogue::none: epi = CUBLASLT_EPILOGUE_DEFAULT; break;
+      case Epilogue::bias: epi = CUBLASLT_EPILOGUE_BIAS; break;
+      case Epilogue::gelu_bias_aux: epi = CUBLASLT_EPILOGUE_GELU_AUX_BIAS; break;
+      case Epilogue::dgelu: epi = CUBLASLT_EPILOGUE_DGELU; break;
+    }
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)), what);
+    if (mm.epilogue == Epilogue::gelu_bias_aux || mm.epilogue == Epilogue::dgelu) {
+      const int64_t ld = mm.ld_aux;
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)),
+                   what);
+    }
+    const cudaDataType_t at = cuda_data_type(mm.a_type), dt = cuda_data_type(mm.d_type);
+    // Stored shapes (column-major): A is m x k (or k x m when transposed), B is k x n (or n x k).
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a, at, mm.trans_a ? mm.k : mm.m, mm.trans_a ? mm.m : mm.k, mm.lda),
+                 what);
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b, at, mm.trans_b ? mm.n : mm.k, mm.trans_b ? mm.k : mm.n, mm.ldb),
+                 what);
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->d, dt, mm.m, mm.n, mm.ldd), what);
+
+    cublasLtMatmulPreference_t pref = nullptr;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref), what);
+    const uint64_t ws = workspace_bytes_;
+    const uint32_t al_a = alignment(mm.a), al_b = alignment(mm.b), al_d = alignment(mm.d);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)), what);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)), what);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)), what);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d)), what);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)), what);
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, plan->desc, plan->a, plan->b, plan->d, plan->d,
+                                                             pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    CUBLAS_CHECK(st, what);
+    LLM_CHECK(found > 0, what, ": cuBLASLt found no algorithm");
+    plan->algo = result.algo;
+    it = plans_.emplace(key, std::move(plan)).first;
+  }
+  Plan& p = *it->second;
+  if (mm.epilogue == Epilogue::bias || mm.epilogue == Epilogue::gelu_bias_aux)
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &mm.bias, sizeof(mm.bias)),
+                 describe(mm, op));
+  if (mm.epilogue == Epilogue::gelu_bias_aux || mm.epilogue == Epilogue::dgelu)
+    CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &mm.aux, sizeof(mm.aux)),
+        describe(mm, op));
+  CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &mm.alpha, mm.a, p.a, mm.b, p.b, &mm.beta, mm.d, p.d, mm.d, p.d,
+                              &p.algo, workspace_, workspace_bytes_, stream_),
+               describe(mm, op));
+}
+
+}  // namespace llm::cuda

@@ -1,0 +1,136 @@
+// The CUDA backend: device memory through a caching allocator, one stream, the op set of
+// backend.h on the kernels in kernels/ and cuBLASLt. Same semantics as the CPU backend
+// (+= / = gradient rules, aliasing, undefined optional tensors, vocab-parallel forms); the
+// conformance suite checks both against the same float64 reference.
+//
+// Element types: every op accepts f32 tensors (the reference path). Activations may also be
+// bf16 or f16 (LayerNorm/linear/GELU/residual/attention/embedding/cross-entropy logits), with
+// f32 statistics, LayerNorm parameters, parameter gradients and optimizer state; linear takes
+// bf16/f16 inputs and weights, accumulates in fp32, writes bf16/f16 or f32 outputs and
+// accumulates dweight/dbias into f32 buffers. The extra methods below are the pieces mixed
+// precision needs (conversion, non-finite checks, AdamW writing a low-precision copy).
+//
+// Errors: every CUDA/cuBLAS call is checked and throws llm::Error naming the op and the
+// shapes. Kernel faults are asynchronous: they surface at the next synchronising call, which
+// names the last op launched; LLM_CUDA_SYNC=1 synchronises after every op to pin them down.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <memory>
+#include <string>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_allocator.h"
+
+namespace llm::cuda {
+
+class CublasLt;
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device);
+  ~CudaBackend() override;
+
+  std::string name() const override { return "cuda"; }
+  Device device() const override { return device_; }
+  Tensor empty(const Shape& shape, DType dtype = DType::f32) override;
+  void copy(const Tensor& dst, const Tensor& src) override;
+  void zero(const Tensor& t) override;
+  void synchronize() override;
+
+  void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                         int64_t vocab_begin, int64_t vocab_total) override;
+  void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens,
+                          int64_t vocab_begin) override;
+  void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& inp,
+                         const Tensor& weight, const Tensor& bias, float eps) override;
+  void layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
+                          const Tensor& inp, const Tensor& weight, const Tensor& mean, const Tensor& rstd) override;
+  void linear_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias) override;
+  void linear_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
+                       const Tensor& inp, const Tensor& weight) override;
+  void gelu_forward(const Tensor& out, const Tensor& inp) override;
+  void gelu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) override;
+  void residual_forward(const Tensor& out, const Tensor& a, const Tensor& b) override;
+  void residual_backward(const Tensor& da, const Tensor& db, const Tensor& dout) override;
+  void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& qkv, int n_head) override;
+  void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& out,
+                          const Tensor& lse, int n_head) override;
+  void attention_kv_forward(const Tensor& out, const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
+                            int64_t past, int n_head) override;
+  void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits, const Tensor& targets,
+                             int64_t V, int64_t vocab_begin) override;
+  void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse, const Tensor& targets,
+                              float dloss, int64_t V, int64_t vocab_begin) override;
+  void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                    const AdamWParams& p) override;
+  double sum_squares(const Tensor& x) override;
+  void scale(const Tensor& x, float s) override;
+
+  // ---- CUDA-only pieces for mixed precision and performance work ---------------------------
+  // out = gelu(inp @ weight^T + bias) in one cuBLASLt call; pre_gelu receives the
+  // pre-activation (what gelu_backward needs). Same dtype rules as linear_forward.
+  void linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu, const Tensor& inp, const Tensor& weight,
+                           const Tensor& bias);
+  // dst = src converted between f32, bf16 and f16 (same shape; either may be the other's type).
+  void convert(const Tensor& dst, const Tensor& src);
+  // Number of NaN/Inf elements (synchronises).
+  int64_t count_nonfinite(const Tensor& x);
+  // AdamW on fp32 master weights that also writes the updated weights to `low` (bf16/f16).
+  void adamw_update_mixed(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                          const AdamWParams& p, const Tensor& low);
+  // fp32 linear layers on TF32 tensor cores (off by default: the conformance path is exact fp32).
+  void set_allow_tf32(bool on);
+  // Synchronise and check after every op (also LLM_CUDA_SYNC=1).
+  void set_sync_each_op(bool on) { sync_each_op_ = on; }
+
+  cudaStream_t stream() const { return stream_; }
+  CachingAllocator& allocator() { return *allocator_; }
+
+ private:
+  void launched(const char* op, std::initializer_list<const Tensor*> tensors);
+  void check_ids(const Tensor& ids, int64_t lo, int64_t hi, const char* op, const char* what);
+  Tensor scratch(int64_t n_floats);
+
+  Device device_;
+  cudaStream_t stream_ = nullptr;
+  std::shared_ptr<CachingAllocator> allocator_;
+  std::unique_ptr<CublasLt> blas_;
+  bool sync_each_op_ = false;
+  const char* last_op_ = "none";
+  unsigned long long* id_flag_dev_ = nullptr;  // find_bad_ids result
+  unsigned long long* id_flag_host_ = nullptr;  // pinned
+  double* partials_dev_ = nullptr;             // sum_squares per-block partials
+  double* partials_host_ = nullptr;            // pinned
+  unsigned int* count_dev_ = nullptr;
+  unsigned int* count_host_ = nullptr;
+};
+
+// Records elapsed device time between two points of a stream (cudaEvent pairs).
+class CudaTimer {
+ public:
+  explicit CudaTimer(cudaStream_t stream);
+  ~CudaTimer();
+  CudaTimer(const CudaTimer&) = delete;
+  CudaTimer& operator=(const CudaTimer&) = delete;
+  void start();
+  void stop();
+  // Milliseconds between start() and stop() (waits for stop).
+  double milliseconds();
+
+ private:
+  cudaStream_t stream_;
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+};
+
+// The registered CUDA backend, or nullptr when this process has no CUDA device.
+CudaBackend* cuda_backend();
+// "N CUDA device(s), using cuda:i (name)" or why there is none (cudaGetDeviceCount's error).
+std::string device_status();
+// The device this process uses: the node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID,
+// SLURM_LOCALID, PALS_LOCAL_RANKID, LOCAL_RANK) modulo the device count; 0 without one.
+int local_device(int device_count);
+// Called by available_backends() once: registers the backend if a device is present.
+void register_backend_if_present();
+
+}  // namespace llm::cuda

@@ -1,0 +1,299 @@
+#include "comm/nccl_communicator.h"
+
+#include <mpi.h>
+#include <nccl.h>
+
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_check.h"
+
+#define NCCL_CHECK(call, ...)                                                                          \
+  do {                                                                                                 \
+    const ncclResult_t llm_nccl_r_ = (call);                                                           \
+    if (llm_nccl_r_ != ncclSuccess)                                                                    \
+      throw ::llm::Error(::llm::detail::concat("NCCL error ", ncclGetErrorString(llm_nccl_r_),         \
+                                               " in " __VA_OPT__(, ) __VA_ARGS__, " [", #call, " at ", \
+                                               __FILE__, ":", __LINE__, "]"));                         \
+  } while (0)
+
+namespace llm {
+
+namespace {
+
+ncclDataType_t nccl_type(DType t, const char* op) {
+  switch (t) {
+    case DType::f32: return ncclFloat32;
+    case DType::bf16: return ncclBfloat16;
+    case DType::f16: return ncclFloat16;
+    case DType::i32: return ncclInt32;
+    case DType::i64: return ncclInt64;
+    case DType::u8: return ncclUint8;
+    default: LLM_FAIL(op, ": no NCCL type for ", dtype_name(t));
+  }
+}
+
+// Completion of an all-reduce on the communication stream: wait() orders the compute stream
+// after it (no host block); the tensor must not be touched by the host before a synchronise.
+class NcclRequest final : public Communicator::Request {
+ public:
+  NcclRequest(cudaStream_t compute, cudaEvent_t done) : compute_(compute), done_(done) {}
+  ~NcclRequest() override {
+    try {
+      wait();
+    } catch (...) {
+    }
+  }
+  void wait() override {
+    if (!done_) return;
+    cudaEvent_t e = done_;
+    done_ = nullptr;
+    const cudaError_t r = cudaStreamWaitEvent(compute_, e, 0);
+    (void)cudaEventDestroy(e);
+    CUDA_CHECK(r, "waiting for an asynchronous all-reduce");
+  }
+
+ private:
+  cudaStream_t compute_;
+  cudaEvent_t done_;
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(cuda::CudaBackend& backend, MPI_Comm comm, bool owned, std::unique_ptr<Communicator> host)
+      : backend_(backend), mpi_(comm), owned_(owned), host_(std::move(host)) {
+    MPI_Comm_rank(mpi_, &rank_);
+    MPI_Comm_size(mpi_, &size_);
+    check_local_device();
+    ncclUniqueId id{};
+    if (rank_ == 0) NCCL_CHECK(ncclGetUniqueId(&id), "creating the NCCL unique id");
+    MPI_Bcast(&id, static_cast<int>(sizeof(id)), MPI_BYTE, 0, mpi_);
+    CUDA_CHECK(cudaSetDevice(backend_.device().index), "NCCL communicator on ", backend_.device().str());
+    NCCL_CHECK(ncclCommInitRank(&comm_, size_, id, rank_), "ncclCommInitRank (rank ", rank_, " of ", size_, " on ",
+               backend_.device().str(), "; one GPU per rank: check the local-rank device choice)");
+  }
+  ~NcclCommunicator() override {
+    if (comm_stream_) (void)cudaStreamSynchronize(comm_stream_);
+    if (comm_) (void)ncclCommDestroy(comm_);
+    if (comm_stream_) (void)cudaStreamDestroy(comm_stream_);
+    if (owned_) MPI_Comm_free(&mpi_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  void all_reduce_sum(const Tensor& x) override {
+    if (x.device().is_cpu()) return host_->all_reduce_sum(x);
+    check_device(x, "all_reduce_sum");
+    if (size_ == 1 || x.numel() == 0) return;
+    volume_.all_reduce += static_cast<int64_t>(x.nbytes());
+    NCCL_CHECK(ncclAllReduce(x.raw(), x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "all_reduce_sum"),
+                             ncclSum, comm_, backend_.stream()),
+               "all_reduce_sum ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
+  }
+  double all_reduce_sum(double v) override { return host_->all_reduce_sum(v); }
+  double all_reduce_min(double v) override { return host_->all_reduce_min(v); }
+  double all_reduce_max(double v) override { return host_->all_reduce_max(v); }
+
+  void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
+    if (x.device().is_cpu()) return host_->all_gather_ranges(x, offsets);
+    check_device(x, "all_gather_ranges");
+    LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.back() == x.numel(), "all_gather_ranges: ",
+              offsets.size(), " offsets for ", size_, " ranks");
+    if (size_ == 1) return;
+    volume_.all_gather += static_cast<int64_t>(x.nbytes());
+    const ncclDataType_t t = nccl_type(x.dtype(), "all_gather_ranges");
+    const size_t es = dtype_size(x.dtype());
+    char* base = static_cast<char*>(x.raw());
+    bool equal = offsets[0] == 0;
+    for (int r = 0; r < size_; ++r) equal = equal && offsets[r + 1] - offsets[r] == offsets[1] - offsets[0];
+    if (equal) {  // in-place all-gather: rank r's send buffer is its slot of the receive buffer
+      const size_t count = static_cast<size_t>(offsets[1]);
+      NCCL_CHECK(ncclAllGather(base + count * es * static_cast<size_t>(rank_), base, count, t, comm_, backend_.stream()),
+                 "all_gather_ranges ", shape_str(x.shape()));
+      return;
+    }
+    // Uneven ranges: one in-place broadcast per owner, fused into one NCCL group.
+    NCCL_CHECK(ncclGroupStart(), "all_gather_ranges");
+    for (int r = 0; r < size_; ++r) {
+      const size_t count = static_cast<size_t>(offsets[r + 1] - offsets[r]);
+      if (count == 0) continue;
+      char* p = base + static_cast<size_t>(offsets[r]) * es;
+      NCCL_CHECK(ncclBroadcast(p, p, count, t, r, comm_, backend_.stream()), "all_gather_ranges range of rank ", r);
+    }
+    NCCL_CHECK(ncclGroupEnd(), "all_gather_ranges ", shape_str(x.shape()));
+  }
+
+  void broadcast(const Tensor& x, int root) override {
+    if (x.device().is_cpu()) return host_->broadcast(x, root);
+    check_device(x, "broadcast");
+    if (size_ == 1 || x.nbytes() == 0) return;
+    volume_.broadcast += static_cast<int64_t>(x.nbytes());
+    NCCL_CHECK(ncclBroadcast(x.raw(), x.raw(), x.nbytes(), ncclUint8, root, comm_, backend_.stream()), "broadcast ",
+               shape_str(x.shape()), " from rank ", root);
+  }
+
+  void barrier() override {
+    backend_.synchronize();
+    host_->barrier();
+  }
+
+  void all_gather(const Tensor& out, const Tensor& in) override {
+    if (out.device().is_cpu() && in.device().is_cpu()) return host_->all_gather(out, in);
+    check_device(out, "all_gather");
+    check_device(in, "all_gather");
+    check_same_dtype(out, in, "all_gather");
+    LLM_CHECK(out.numel() == in.numel() * size_, "all_gather: output of ", out.numel(), " elements for ", size_,
+              " inputs of ", in.numel());
+    if (in.numel() == 0) return;
+    if (size_ > 1) volume_.all_gather += static_cast<int64_t>(out.nbytes());
+    NCCL_CHECK(ncclAllGather(in.raw(), out.raw(), static_cast<size_t>(in.numel()), nccl_type(in.dtype(), "all_gather"),
+                             comm_, backend_.stream()),
+               "all_gather ", shape_str(in.shape()), " -> ", shape_str(out.shape()));
+  }
+
+  void reduce_scatter(const Tensor& out, const Tensor& in) override {
+    if (out.device().is_cpu() && in.device().is_cpu()) return host_->reduce_scatter(out, in);
+    check_device(out, "reduce_scatter");
+    check_device(in, "reduce_scatter");
+    check_same_dtype(out, in, "reduce_scatter");
+    LLM_CHECK(in.numel() == out.numel() * size_, "reduce_scatter: input of ", in.numel(), " elements for ", size_,
+              " outputs of ", out.numel());
+    if (out.numel() == 0) return;
+    if (size_ > 1) volume_.reduce_scatter += static_cast<int64_t>(in.nbytes());
+    NCCL_CHECK(ncclReduceScatter(in.raw(), out.raw(), static_cast<size_t>(out.numel()),
+                                 nccl_type(in.dtype(), "reduce_scatter"), ncclSum, comm_, backend_.stream()),
+               "reduce_scatter ", shape_str(in.shape()), " -> ", shape_str(out.shape()));
+  }
+
+  // NCCL has no all-to-all primitive: one grouped send and receive per peer (chunk r of `in`
+  // to rank r, chunk r of `out` from rank r), which NCCL schedules as a single operation.
+  void all_to_all(const Tensor& out, const Tensor& in) override {
+    if (out.device().is_cpu() && in.device().is_cpu()) return host_->all_to_all(out, in);
+    check_device(out, "all_to_all");
+    check_device(in, "all_to_all");
+    check_same_dtype(out, in, "all_to_all");
+    LLM_CHECK(in.numel() == out.numel() && in.numel() % size_ == 0, "all_to_all: ", in.numel(), " and ", out.numel(),
+              " elements for ", size_, " ranks (equal sizes, divisible by the group)");
+    LLM_CHECK(out.raw() != in.raw() || size_ == 1, "all_to_all: NCCL needs distinct input and output buffers");
+    if (in.numel() == 0) return;
+    if (size_ > 1) volume_.all_to_all += static_cast<int64_t>(in.nbytes());
+    const ncclDataType_t t = nccl_type(in.dtype(), "all_to_all");
+    const size_t chunk = static_cast<size_t>(in.numel() / size_);
+    const size_t bytes = chunk * dtype_size(in.dtype());
+    const char* src = static_cast<const char*>(in.raw());
+    char* dst = static_cast<char*>(out.raw());
+    NCCL_CHECK(ncclGroupStart(), "all_to_all");
+    for (int r = 0; r < size_; ++r) {
+      NCCL_CHECK(ncclSend(src + bytes * static_cast<size_t>(r), chunk, t, r, comm_, backend_.stream()),
+                 "all_to_all send to rank ", r);
+      NCCL_CHECK(ncclRecv(dst + bytes * static_cast<size_t>(r), chunk, t, r, comm_, backend_.stream()),
+                 "all_to_all receive from rank ", r);
+    }
+    NCCL_CHECK(ncclGroupEnd(), "all_to_all ", shape_str(in.shape()));
+  }
+
+  // NCCL point-to-point has no tags: messages between a pair of ranks are matched in order, which
+  // is what the pipeline schedule relies on (`tag` is only checked on the MPI path).
+  void send(const Tensor& x, int peer, int tag) override {
+    if (x.device().is_cpu()) return host_->send(x, peer, tag);
+    check_device(x, "send");
+    check_peer(peer, "send");
+    volume_.send_recv += static_cast<int64_t>(x.nbytes());
+    if (x.numel() == 0) return;
+    NCCL_CHECK(ncclSend(x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "send"), peer, comm_,
+                        backend_.stream()),
+               "send ", shape_str(x.shape()), " to rank ", peer);
+  }
+  void recv(const Tensor& x, int peer, int tag) override {
+    if (x.device().is_cpu()) return host_->recv(x, peer, tag);
+    check_device(x, "recv");
+    check_peer(peer, "recv");
+    if (x.numel() == 0) return;
+    NCCL_CHECK(ncclRecv(x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "recv"), peer, comm_,
+                        backend_.stream()),
+               "recv ", shape_str(x.shape()), " from rank ", peer);
+  }
+
+  // Overlap: the reduction runs on a separate communication stream once the compute stream has
+  // produced `x` (event), and wait() makes the compute stream wait for it (another event) without
+  // blocking the host, so backward keeps running while buckets are reduced.
+  std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) override {
+    if (x.device().is_cpu()) return host_->all_reduce_sum_async(x);
+    check_device(x, "all_reduce_sum_async");
+    if (size_ == 1 || x.numel() == 0) return std::make_unique<NcclRequest>(backend_.stream(), nullptr);
+    volume_.all_reduce += static_cast<int64_t>(x.nbytes());
+    cudaStream_t comm = comm_stream();
+    cudaEvent_t ready = nullptr, done = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "all_reduce_sum_async");
+    CUDA_CHECK(cudaEventRecord(ready, backend_.stream()), "all_reduce_sum_async");
+    CUDA_CHECK(cudaStreamWaitEvent(comm, ready, 0), "all_reduce_sum_async");
+    CUDA_CHECK(cudaEventDestroy(ready), "all_reduce_sum_async");
+    NCCL_CHECK(ncclAllReduce(x.raw(), x.raw(), static_cast<size_t>(x.numel()),
+                             nccl_type(x.dtype(), "all_reduce_sum_async"), ncclSum, comm_, comm),
+               "all_reduce_sum_async ", shape_str(x.shape()));
+    CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "all_reduce_sum_async");
+    CUDA_CHECK(cudaEventRecord(done, comm), "all_reduce_sum_async");
+    return std::make_unique<NcclRequest>(backend_.stream(), done);
+  }
+
+ private:
+  void check_device(const Tensor& x, const char* op) const {
+    LLM_CHECK(x.device() == backend_.device() && x.is_contiguous(), "NCCL ", op, ": needs a contiguous tensor on ",
+              backend_.device().str(), ", got ", x.device().str());
+  }
+  void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) const {
+    LLM_CHECK(a.dtype() == b.dtype(), "NCCL ", op, ": ", dtype_name(a.dtype()), " output for ", dtype_name(b.dtype()),
+              " input");
+  }
+  void check_peer(int peer, const char* op) const {
+    LLM_CHECK(peer >= 0 && peer < size_ && peer != rank_, "NCCL ", op, ": peer ", peer, " in a group of ", size_,
+              " (this is rank ", rank_, ")");
+  }
+  cudaStream_t comm_stream() {
+    if (!comm_stream_) CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "NCCL stream");
+    return comm_stream_;
+  }
+  // One GPU per rank: the backend picked its device from the launcher's local-rank variable;
+  // confirm it against the ranks that share this node (MPI_COMM_TYPE_SHARED), so two ranks on
+  // one GPU fail here with a clear message instead of inside NCCL.
+  void check_local_device() {
+    MPI_Comm node;
+    MPI_Comm_split_type(mpi_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
+    int local = 0, local_size = 1;
+    MPI_Comm_rank(node, &local);
+    MPI_Comm_size(node, &local_size);
+    std::vector<int> devices(static_cast<size_t>(local_size));
+    int mine = backend_.device().index;
+    MPI_Allgather(&mine, 1, MPI_INT, devices.data(), 1, MPI_INT, node);
+    MPI_Comm_free(&node);
+    int count = 0;
+    CUDA_CHECK(cudaGetDeviceCount(&count), "NCCL communicator");
+    for (int r = 0; r < local_size; ++r)
+      for (int q = r + 1; q < local_size; ++q)
+        LLM_CHECK(devices[static_cast<size_t>(r)] != devices[static_cast<size_t>(q)] || local_size > count,
+                  "NCCL communicator: node-local ranks ", r, " and ", q, " both use cuda:", devices[static_cast<size_t>(r)],
+                  " (", local_size, " ranks, ", count, " GPUs on this node); the launcher must export a local rank "
+                  "(OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID, PALS_LOCAL_RANKID or LOCAL_RANK)");
+  }
+  cuda::CudaBackend& backend_;
+  MPI_Comm mpi_;
+  bool owned_;
+  std::unique_ptr<Communicator> host_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t comm_stream_ = nullptr;
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> nccl_world_communicator(cuda::CudaBackend& backend) {
+  return std::make_unique<NcclCommunicator>(backend, MPI_COMM_WORLD, false, mpi_world_communicator());
+}
+
+std::unique_ptr<Communicator> nccl_split_communicator(cuda::CudaBackend& backend, int color, int key) {
+  MPI_Comm sub;
+  MPI_Comm_split(MPI_COMM_WORLD, color, key, &sub);
+  return std::make_unique<NcclCommunicator>(backend, sub, true, mpi_split_communicator(color, key));
+}
+
+}  // namespace llm

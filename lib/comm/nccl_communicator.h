@@ -1,0 +1,25 @@
+// Collectives over NCCL for tensors on the CUDA backend's device, behind the same Communicator
+// interface as MPI, so every parallel feature runs on GPUs unchanged. Built only when nccl.h
+// and libnccl are found (LLM_HAVE_NCCL; CMake hint LLM_NCCL_ROOT).
+//
+// Bootstrap: rank 0 of the group creates the NCCL unique id and broadcasts it over MPI, then
+// every rank joins with ncclCommInitRank on the backend's device (one GPU per rank, chosen from
+// the node-local rank: see cuda::local_device). Device tensors go through NCCL on the
+// backend's stream (ordered with the ops, no host synchronisation); host tensors, scalars and
+// barriers go through an MPI communicator over the same ranks.
+#pragma once
+#include <memory>
+
+#include "comm/communicator.h"
+
+namespace llm {
+
+namespace cuda {
+class CudaBackend;
+}
+
+// Over all of MPI_COMM_WORLD, or over the ranks with the same color (MPI_Comm_split order by key).
+std::unique_ptr<Communicator> nccl_world_communicator(cuda::CudaBackend& backend);
+std::unique_ptr<Communicator> nccl_split_communicator(cuda::CudaBackend& backend, int color, int key);
+
+}  // namespace llm

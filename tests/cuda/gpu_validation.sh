@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One-shot GPU validation (docs/gpu-validation.md): configure and build with CUDA, run the test
+# suite on the device (the conformance suite then runs every op on the CUDA backend), the GPU
+# tests by name, and the GPU benchmarks; everything goes to a report directory.
+# Usage: tests/cuda/gpu_validation.sh [REPORT_DIR] [BUILD_DIR]
+#   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the long benchmarks)
+set -uo pipefail
+src="$(cd "$(dirname "$0")/../.." && pwd)"
+out="${1:-$src/gpu-report}"
+build="${2:-$src/build-gpu}"
+mkdir -p "$out"
+log() { echo "== $*" | tee -a "$out/summary.txt"; }
+: > "$out/summary.txt"
+log "commit $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?') $(date -u +%FT%TZ)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$out/summary.txt"
+
+log "configure + build (CMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90})"
+cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" > "$out/configure.log" 2>&1 &&
+  cmake --build "$build" -j "${JOBS:-16}" > "$out/build.log" 2>&1
+log "build exit $? (configure.log, build.log)"
+grep -E "libllm:" "$out/configure.log" | tee -a "$out/summary.txt"
+
+log "GPU unit tests (conformance on cuda, bf16/f16 paths, training check)"
+(cd "$build" && ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/test_backend_cuda.log" 2>&1)
+log "test_backend (cuda) exit $?: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_backend_cuda.log" | tr '\n' ' ')"
+(cd "$build" && ./tests/test_cuda > "$out/test_cuda.log" 2>&1)
+log "test_cuda exit $?: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_cuda.log" | tr '\n' ' ')"
+(cd "$build" && LLM_CUDA_ATTENTION=simt ./tests/test_backend --gtest_filter='*CudaLowPrecision*Attention*' > "$out/attention_simt.log" 2>&1)
+log "bf16/f16 attention through the SIMT kernel (triage) exit $?"
+
+log "full ctest"
+(cd "$build" && ctest -j4 --output-on-failure > "$out/ctest.log" 2>&1)
+log "ctest exit $?: $(tail -3 "$out/ctest.log" | head -1)"
+
+log "benchmarks"
+(cd "$build" && ./tests/bench-cuda-gemm > "$out/bench_gemm.txt" 2>&1); log "gemm exit $?"
+(cd "$build" && ./tests/bench-cuda-attention > "$out/bench_attention.txt" 2>&1); log "attention exit $?"
+if python3 -c "import torch" 2> /dev/null; then
+  python3 "$src/tests/bench/cuda_attention_torch.py" > "$out/bench_attention_torch.txt" 2>&1; log "torch attention exit $?"
+else
+  log "torch not importable: no PyTorch attention comparison"
+fi
+if [[ "${QUICK:-0}" != 1 ]]; then
+  (cd "$build" && ./tests/bench-cuda-train-step > "$out/bench_train_step.txt" 2>&1); log "train step exit $?"
+  tail -2 "$out/bench_train_step.txt" | tee -a "$out/summary.txt"
+fi
+log "done: $out"

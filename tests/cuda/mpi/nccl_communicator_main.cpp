@@ -1,0 +1,165 @@
+// NCCL communicator check, run by ctest under `mpirun -np 2` (one GPU per rank): every
+// collective on device tensors against its closed form, and the host-tensor/scalar paths that
+// go through MPI. Exits 77 (ctest: skipped) with the reason when there are fewer GPUs than
+// ranks, or when the build has no CUDA/NCCL.
+#include <mpi.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+#if defined(LLM_HAVE_CUDA) && defined(LLM_HAVE_NCCL)
+#include <cuda_runtime_api.h>
+
+#include "backend/cuda/cuda_backend.h"
+#include "comm/nccl_communicator.h"
+#endif
+
+#if defined(LLM_HAVE_CUDA) && defined(LLM_HAVE_NCCL)
+namespace {
+int failures = 0;
+void check(bool ok, const std::string& what, int rank) {
+  if (!ok) {
+    ++failures;
+    std::fprintf(stderr, "rank %d: FAILED %s\n", rank, what.c_str());
+  }
+}
+}  // namespace
+#endif
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int code = 0;
+#if !defined(LLM_HAVE_CUDA) || !defined(LLM_HAVE_NCCL)
+  if (rank == 0) std::printf("skipped: built without CUDA or NCCL\n");
+  code = 77;
+#else
+  llm::cuda::CudaBackend* be = llm::cuda::cuda_backend();
+  int count = 0;
+  if (!be || cudaGetDeviceCount(&count) != cudaSuccess || count < size) {
+    if (rank == 0)
+      std::printf("skipped: %d ranks need %d GPUs (%s)\n", size, size, llm::cuda::device_status().c_str());
+    code = 77;
+  } else {
+    try {
+      auto comm = llm::nccl_world_communicator(*be);
+      check(comm->rank() == rank && comm->size() == size, "rank/size", rank);
+      const int64_t n = 1000003;
+      llm::Tensor h = llm::Tensor::empty({n});
+      for (int64_t i = 0; i < n; ++i) h.data<float>()[i] = float(rank + 1) * float(i % 7);
+      llm::Tensor d = be->upload(h);
+      comm->all_reduce_sum(d);
+      llm::Tensor r = be->download(d);
+      const float tri = float(size * (size + 1) / 2);
+      bool ok = true;
+      for (int64_t i = 0; i < n; ++i) ok = ok && r.data<float>()[i] == tri * float(i % 7);
+      check(ok, "all_reduce_sum (device f32)", rank);
+      // all_gather_ranges, uneven and even ranges
+      for (bool even : {false, true}) {
+        std::vector<int64_t> off{0};
+        for (int q = 0; q < size; ++q) off.push_back(off.back() + (even ? 1000 : 1000 + 17 * q));
+        llm::Tensor x = llm::Tensor::zeros({off.back()});
+        for (int64_t i = off[size_t(rank)]; i < off[size_t(rank) + 1]; ++i) x.data<float>()[i] = float(rank) + 0.5f;
+        llm::Tensor dx = be->upload(x);
+        comm->all_gather_ranges(dx, off);
+        llm::Tensor g = be->download(dx);
+        bool gk = true;
+        for (int q = 0; q < size; ++q)
+          for (int64_t i = off[size_t(q)]; i < off[size_t(q) + 1]; ++i) gk = gk && g.data<float>()[i] == float(q) + 0.5f;
+        check(gk, even ? "all_gather_ranges (even)" : "all_gather_ranges (uneven)", rank);
+      }
+      // all_gather / reduce_scatter / all_to_all / send-recv / async all-reduce on device tensors
+      {
+        const int64_t m = 257;
+        llm::Tensor in = llm::Tensor::empty({m});
+        for (int64_t i = 0; i < m; ++i) in.data<float>()[i] = float(rank * 1000 + i);
+        llm::Tensor out = be->upload(llm::Tensor::zeros({m * size}));
+        comm->all_gather(out, be->upload(in));
+        llm::Tensor g = be->download(out);
+        bool gk = true;
+        for (int q = 0; q < size; ++q)
+          for (int64_t i = 0; i < m; ++i) gk = gk && g.data<float>()[q * m + i] == float(q * 1000 + i);
+        check(gk, "all_gather (device f32)", rank);
+
+        llm::Tensor rs_in = llm::Tensor::empty({m * size});
+        for (int64_t i = 0; i < m * size; ++i) rs_in.data<float>()[i] = float(rank + 1) * float(i);
+        llm::Tensor rs_out = be->upload(llm::Tensor::zeros({m}));
+        comm->reduce_scatter(rs_out, be->upload(rs_in));
+        llm::Tensor rs = be->download(rs_out);
+        bool rk = true;
+        for (int64_t i = 0; i < m; ++i) rk = rk && rs.data<float>()[i] == tri * float(rank * m + i);
+        check(rk, "reduce_scatter (device f32)", rank);
+
+        llm::Tensor a_in = llm::Tensor::empty({m * size});
+        for (int q = 0; q < size; ++q)
+          for (int64_t i = 0; i < m; ++i) a_in.data<float>()[q * m + i] = float(rank * 100000 + q * 1000 + i);
+        llm::Tensor a_out = be->upload(llm::Tensor::zeros({m * size}));
+        comm->all_to_all(a_out, be->upload(a_in));
+        llm::Tensor a = be->download(a_out);
+        bool ak = true;  // chunk q arrives from rank q and is that rank's chunk `rank`
+        for (int q = 0; q < size; ++q)
+          for (int64_t i = 0; i < m; ++i) ak = ak && a.data<float>()[q * m + i] == float(q * 100000 + rank * 1000 + i);
+        check(ak, "all_to_all (device f32)", rank);
+
+        // ring: send to the next rank, receive from the previous one (even ranks send first)
+        const int next = (rank + 1) % size, prev = (rank + size - 1) % size;
+        llm::Tensor sx = llm::Tensor::empty({m});
+        sx.fill(float(rank) + 0.25f);
+        llm::Tensor dsx = be->upload(sx), drx = be->upload(llm::Tensor::zeros({m}));
+        if (rank % 2 == 0) {
+          comm->send(dsx, next);
+          comm->recv(drx, prev);
+        } else {
+          comm->recv(drx, prev);
+          comm->send(dsx, next);
+        }
+        llm::Tensor rx = be->download(drx);
+        check(rx.data<float>()[0] == float(prev) + 0.25f && rx.data<float>()[m - 1] == float(prev) + 0.25f,
+              "send/recv (device f32)", rank);
+
+        llm::Tensor y = llm::Tensor::empty({m});
+        y.fill(float(rank + 1));
+        llm::Tensor dy = be->upload(y);
+        auto req = comm->all_reduce_sum_async(dy);
+        req->wait();
+        llm::Tensor ry = be->download(dy);
+        check(ry.data<float>()[0] == tri && ry.data<float>()[m - 1] == tri, "all_reduce_sum_async (device f32)", rank);
+        const auto& v = comm->volume();
+        check(v.all_gather > 0 && v.reduce_scatter == m * size * 4 && v.all_to_all == m * size * 4,
+              "volume counters", rank);
+      }
+      // broadcast of a bf16 tensor (bytes) from the last rank
+      llm::Tensor b = llm::Tensor::empty({33}, llm::DType::bf16);
+      for (int i = 0; i < 33; ++i) static_cast<uint16_t*>(b.raw())[i] = uint16_t(rank * 100 + i);
+      llm::Tensor db = be->upload(b);
+      comm->broadcast(db, size - 1);
+      llm::Tensor bb = be->download(db);
+      bool bk = true;
+      for (int i = 0; i < 33; ++i) bk = bk && static_cast<uint16_t*>(bb.raw())[i] == uint16_t((size - 1) * 100 + i);
+      check(bk, "broadcast (device bf16)", rank);
+      // scalars and host tensors go through MPI
+      check(comm->all_reduce_sum(double(rank)) == size * (size - 1) / 2.0, "all_reduce_sum (scalar)", rank);
+      check(comm->all_reduce_max(double(rank)) == size - 1, "all_reduce_max (scalar)", rank);
+      llm::Tensor hostx = llm::Tensor::empty({5});
+      hostx.fill(1.0f);
+      comm->all_reduce_sum(hostx);
+      check(hostx.data<float>()[4] == float(size), "all_reduce_sum (host tensor)", rank);
+      comm->barrier();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+      ++failures;
+    }
+    code = failures ? 1 : 0;
+    if (rank == 0 && !failures) std::printf("NCCL communicator: all collectives correct on %d ranks\n", size);
+  }
+#endif
+  int worst = code;
+  MPI_Allreduce(&code, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return worst;
+}
