@@ -103,10 +103,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   validate_layout(layout, {args.num_layers, args.num_attention_heads, args.seq_length, args.micro_batch_size,
                            args.global_batch_size, args.sequence_parallel});
   args.validate();
-  if (layout.pp > 1 || args.zero_stage > 1)
-    throw ConfigError("data, tensor (with --sequence-parallel) and Ulysses sequence parallelism with --zero-stage 0 "
-                      "or 1 are available in this build: --pipeline-model-parallel-size and --zero-stage 2/3 are not "
-                      "implemented yet");
+  if (args.zero_stage > 1)
+    throw ConfigError("--zero-stage 0 or 1 is available in this build (with data, tensor, pipeline and sequence "
+                      "parallelism): ZeRO stages 2 and 3 are not implemented yet");
   if (args.sequence_parallel && layout.tp == 1)
     throw ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1 (it shards along the sequence "
                       "within the tensor-parallel group)");
@@ -142,7 +141,8 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   const SampleSource& train = *data.train;
   Backend& backend = cpu_backend();
   // Groups (Megatron order, tp fastest): the tensor-parallel group shares (sp, dp, pp) ranks, the
-  // Ulysses group (tp, dp, pp), and the gradient group (data parallel x Ulysses) (tp, pp).
+  // Ulysses group (tp, dp, pp), the gradient group (data parallel x Ulysses) (tp, pp) and the
+  // pipeline (tp, sp, dp).
   const GridCoordinates grid = grid_coordinates(layout, mpi.rank());
   std::unique_ptr<Communicator> world = mpi_world_communicator();
   const int64_t dps = layout.dp();
@@ -152,8 +152,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       static_cast<int>(grid.tp_rank + layout.tp * (grid.dp_rank + dps * grid.pp_rank)), static_cast<int>(grid.sp_rank));
   std::unique_ptr<Communicator> dp = mpi_split_communicator(static_cast<int>(grid.tp_rank + layout.tp * grid.pp_rank),
                                                             static_cast<int>(grid.dp_rank * layout.sp + grid.sp_rank));
-  GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length,
-            ModelParallel{tp.get(), args.sequence_parallel, sp.get()});
+  std::unique_ptr<Communicator> pp = mpi_split_communicator(
+      static_cast<int>(grid.tp_rank + layout.tp * (grid.sp_rank + layout.sp * grid.dp_rank)), static_cast<int>(grid.pp_rank));
+  ModelParallel parallel{tp.get(), args.sequence_parallel, sp.get()};
+  parallel.pipeline = pp.get();
+  GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length, parallel);
   Trainer trainer(args, model, train, dp.get());
   MetricsWriter metrics = lead ? MetricsWriter(args.output_dir) : MetricsWriter();
   if (!load_dir.empty()) {
@@ -234,7 +237,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   };
   int64_t last_saved = -1;
   // Phase times since the last log line, for the timer block.
-  double t_fb = 0, t_ar = 0, t_ag = 0, t_opt = 0;
+  double t_fb = 0, t_ar = 0, t_ag = 0, t_opt = 0, t_pp = 0;
   int64_t timed_iters = 0;
   // Fault injection for the failure tests: LLM_FAULT_INJECT=<rank>:<iteration> makes that rank
   // raise an error at the start of that iteration (the other ranks must not hang).
@@ -248,25 +251,27 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   for (int64_t it = first_iteration; it <= args.train_iters; ++it) {
     if (mpi.rank() == fault_rank && it == fault_iteration)
       throw Error(detail::concat("injected fault at iteration ", it, " (LLM_FAULT_INJECT)"));
-    for (Communicator* c : {tp.get(), sp.get(), dp.get()}) c->reset_volume();
+    for (Communicator* c : {tp.get(), sp.get(), dp.get(), pp.get()}) c->reset_volume();
     IterationStats st = trainer.train_step();
     if (it == first_iteration && mpi.size() > 1) {
       // The first iteration's traffic, against the analysis of the layout.
       CommVolumeInputs cv;
-      cv.model = mc;
+      cv.model = model.config();
       cv.micro_batch = args.micro_batch_size;
       cv.seq_length = args.seq_length;
       cv.micro_batches = args.micro_batches();
-      cv.tp = layout.tp, cv.sp = layout.sp, cv.dp = layout.dp();
+      cv.tp = layout.tp, cv.sp = layout.sp, cv.dp = layout.dp(), cv.pp = layout.pp;
+      cv.stage = grid.pp_rank;
       cv.megatron_sp = args.sequence_parallel;
       cv.recompute = args.full_recompute();
       cv.zero_stage = args.zero_stage;
       cv.params_per_rank = model.parameters().numel();
-      say("> %s\n", comm_volume_report({tp->volume(), sp->volume(), dp->volume()}, analytic_comm_volume(cv)).c_str());
+      say("> %s\n",
+          comm_volume_report({tp->volume(), sp->volume(), dp->volume(), pp->volume()}, analytic_comm_volume(cv)).c_str());
     }
     acc.add(st.loss, st.finite, st.seconds, st.grad_norm, st.lr, st.data_seconds);
     t_fb += st.forward_backward_seconds, t_ar += st.grads_all_reduce_seconds;
-    t_ag += st.params_all_gather_seconds, t_opt += st.optimizer_seconds;
+    t_ag += st.params_all_gather_seconds, t_opt += st.optimizer_seconds, t_pp += st.pipeline_seconds;
     ++timed_iters;
     if (!st.finite) {
       if (lead)
@@ -293,10 +298,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
         row("forward-backward", t_fb);
         if (layout.dp() > 1) row("grads-all-reduce", t_ar);
         if (args.zero_stage >= 1 && layout.dp() > 1) row("params-all-gather", t_ag);
+        if (layout.pp > 1) row("pipeline-send-recv", t_pp);
         row("optimizer", t_opt);
         say("%s\n", timers_block(rows).c_str());
       }
-      t_fb = t_ar = t_ag = t_opt = 0;
+      t_fb = t_ar = t_ag = t_opt = t_pp = 0;
       timed_iters = 0;
       std::fflush(stdout);
       metrics.write(rec);

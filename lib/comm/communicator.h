@@ -39,6 +39,9 @@ class Communicator {
   // Point to point (pipeline stages); `x` is received in place.
   virtual void send(const Tensor& x, int peer, int tag = 0) = 0;
   virtual void recv(const Tensor& x, int peer, int tag = 0) = 0;
+  // Both at once, so two stages exchanging in opposite directions cannot deadlock (the pipeline
+  // schedule's send-forward/receive-backward pairs). A peer < 0 skips that half.
+  virtual void send_recv(const Tensor& send, int dst, int send_tag, const Tensor& recv, int src, int recv_tag) = 0;
 
   // A non-blocking operation in flight: wait() completes it (the tensor must stay alive and
   // untouched until then). Destroying an unfinished request waits for it.

@@ -131,6 +131,16 @@ class MpiCommunicator final : public Communicator {
     check_host_f32(x, "recv");
     MPI_Recv(x.data<float>(), mpi_count(x.numel(), "recv"), MPI_FLOAT, peer, tag, comm_, MPI_STATUS_IGNORE);
   }
+  void send_recv(const Tensor& send, int dst, int send_tag, const Tensor& recv, int src, int recv_tag) override {
+    if (dst < 0 && src < 0) return;
+    if (dst < 0) return this->recv(recv, src, recv_tag);
+    if (src < 0) return this->send(send, dst, send_tag);
+    check_host_f32(send, "send");
+    check_host_f32(recv, "recv");
+    volume_.send_recv += static_cast<int64_t>(send.nbytes());
+    MPI_Sendrecv(send.data<float>(), mpi_count(send.numel(), "send"), MPI_FLOAT, dst, send_tag, recv.data<float>(),
+                 mpi_count(recv.numel(), "recv"), MPI_FLOAT, src, recv_tag, comm_, MPI_STATUS_IGNORE);
+  }
   std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) override {
     check_host_f32(x, "all-reduce");
     if (size_ == 1) return std::make_unique<MpiRequest>(MPI_REQUEST_NULL);

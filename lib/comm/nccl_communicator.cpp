@@ -214,6 +214,19 @@ class NcclCommunicator final : public Communicator {
                "recv ", shape_str(x.shape()), " from rank ", peer);
   }
 
+  void send_recv(const Tensor& send, int dst, int send_tag, const Tensor& recv, int src, int recv_tag) override {
+    if (dst < 0 && src < 0) return;
+    if (dst < 0) return this->recv(recv, src, recv_tag);
+    if (src < 0) return this->send(send, dst, send_tag);
+    if (send.device().is_cpu() && recv.device().is_cpu())
+      return host_->send_recv(send, dst, send_tag, recv, src, recv_tag);
+    NCCL_CHECK(ncclGroupStart(), "send_recv");
+    this->send(send, dst, send_tag);
+    this->recv(recv, src, recv_tag);
+    NCCL_CHECK(ncclGroupEnd(), "send_recv ", shape_str(send.shape()), " to rank ", dst, ", ", shape_str(recv.shape()),
+               " from rank ", src);
+  }
+
   // Overlap: the reduction runs on a separate communication stream once the compute stream has
   // produced `x` (event), and wait() makes the compute stream wait for it (another event) without
   // blocking the host, so backward keeps running while buckets are reduced.

@@ -7,16 +7,20 @@
 
 namespace llm {
 
-// One transformer block's parameters and the activations its backward needs.
-struct GPT::Block {
+// The activations one transformer block's backward needs, [B,T,*] (one set per micro-batch in
+// flight under pipeline parallelism).
+struct GPT::BlockActs {
+  Tensor ln1, ln1_mean, ln1_rstd, qkv, atty, att_lse, attproj, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu,
+      fcproj, residual3;
+  // Ulysses: attention's input and output in head-shard form [B, T, 3C'/sp], [B, T, C'/sp]
+  Tensor qkv_heads, atty_heads;
+};
+
+// One transformer block's parameters and (the selected micro-batch's) activations.
+struct GPT::Block : GPT::BlockActs {
   Tensor ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
   Tensor d_ln1_w, d_ln1_b, d_qkv_w, d_qkv_b, d_proj_w, d_proj_b, d_ln2_w, d_ln2_b, d_fc_w, d_fc_b,
       d_fcproj_w, d_fcproj_b;
-  // activations, [B,T,*]
-  Tensor ln1, ln1_mean, ln1_rstd, qkv, atty, att_lse, attproj, residual2, ln2, ln2_mean, ln2_rstd,
-      fch, fch_gelu, fcproj, residual3;
-  // Ulysses: attention's input and output in head-shard form [B, T, 3C'/sp], [B, T, C'/sp]
-  Tensor qkv_heads, atty_heads;
 };
 
 struct GPT::Activations {
@@ -32,12 +36,25 @@ struct GPT::Activations {
   Tensor send, recv, dqkv_heads, datty_heads;
 };
 
-ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, int size, bool sequence_parallel) {
+// A micro-batch's activation set while another one is selected.
+struct GPT::Slot {
+  std::unique_ptr<Activations> acts;
+  std::vector<BlockActs> blocks;
+  int64_t valid_targets = 0;
+  bool have_loss = false;
+};
+
+ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, int size, bool sequence_parallel,
+                            int stage, int stages) {
   const int64_t C = config.hidden_size, F = config.ffn(), L = config.num_layers;
   const int64_t Vp = config.padded_vocab_size();
   LLM_CHECK(C % size == 0 && F % size == 0 && config.num_heads % size == 0 && Vp % size == 0, "tensor parallel size ",
             size, " must divide the heads ", config.num_heads, ", hidden ", C, ", FFN ", F, " and padded vocabulary ", Vp);
+  LLM_CHECK(stages >= 1 && stage >= 0 && stage < stages && L % stages == 0, "pipeline stage ", stage, " of ", stages,
+            ": the ", L, " layers must split evenly");
   const int64_t Cl = C / size, Fl = F / size, Vl = Vp / size;
+  const bool first = stage == 0, last = stage == stages - 1;
+  const int64_t l_begin = L / stages * stage, l_end = L / stages * (stage + 1);
   // GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2L).
   const float std = 0.02f, proj_std = 0.02f / std::sqrt(2.0f * static_cast<float>(L));
   ParameterSet ps;
@@ -58,10 +75,13 @@ ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, 
                    {ShardChunk{rank * Cl, 0, Cl}, ShardChunk{C + rank * Cl, Cl, Cl}, ShardChunk{2 * C + rank * Cl, 2 * Cl, Cl}},
                    init, sd, decay);
   };
-  split("wte", {Vp, C}, 0, Init::normal, std, true);
-  ps.add("wpe", {max_pos, C}, Init::normal, std, true);
+  // The word embedding is tied to the output projection: the first stage looks tokens up in it,
+  // the last projects onto it (a copy on another rank when they differ).
+  if (first || last) split("wte", {Vp, C}, 0, Init::normal, std, true);
+  if (!first && last) ps.set_tied_copy("wte");
+  if (first) ps.add("wpe", {max_pos, C}, Init::normal, std, true);
   std::vector<std::string> norms;
-  for (int64_t l = 0; l < L; ++l) {
+  for (int64_t l = l_begin; l < l_end; ++l) {
     const std::string p = "h." + std::to_string(l) + ".";
     ps.add(p + "ln_1.weight", {C}, Init::ones, 0, false);
     ps.add(p + "ln_1.bias", {C}, Init::zeros, 0, false);
@@ -77,11 +97,15 @@ ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, 
     ps.add(p + "mlp.c_proj.bias", {C}, Init::zeros, 0, false);
     for (const char* n : {"ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"}) norms.push_back(p + n);
   }
-  ps.add("ln_f.weight", {C}, Init::ones, 0, false);
-  ps.add("ln_f.bias", {C}, Init::zeros, 0, false);
+  if (last) {
+    ps.add("ln_f.weight", {C}, Init::ones, 0, false);
+    ps.add("ln_f.bias", {C}, Init::zeros, 0, false);
+  }
   if (tp && sequence_parallel) {
-    norms.push_back("ln_f.weight");
-    norms.push_back("ln_f.bias");
+    if (last) {
+      norms.push_back("ln_f.weight");
+      norms.push_back("ln_f.bias");
+    }
     for (const std::string& n : norms) ps.set_partial_grad(n);
   }
   ps.plan();
@@ -102,10 +126,13 @@ GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_l
   config_.max_position_embeddings = max_pos_;
   const int64_t L = config_.num_layers;
   vocab_begin_ = tp_.rank() * (config_.padded_vocab_size() / tp_.size());
-  params_ = gpt_parameters(config_, max_pos_, tp_.rank(), tp_.size(), tp_.sequence_parallel);
+  LLM_CHECK(L % tp_.pp_size() == 0, "--num-layers ", L, " is not divisible by pipeline parallel ", tp_.pp_size());
+  first_layer_ = static_cast<int>(L / tp_.pp_size() * tp_.pp_rank());
+  params_ = gpt_parameters(config_, max_pos_, tp_.rank(), tp_.size(), tp_.sequence_parallel, tp_.pp_rank(),
+                           tp_.pp_size());
   params_.allocate(backend_, seed);
 
-  for (int64_t l = 0; l < L; ++l) {
+  for (int64_t l = first_layer_; l < first_layer_ + L / tp_.pp_size(); ++l) {
     const std::string p = "h." + std::to_string(l) + ".";
     auto b = std::make_unique<Block>();
     auto bind = [&](Tensor& w, Tensor& g, const std::string& n) {
@@ -130,6 +157,70 @@ GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_l
 }
 
 GPT::~GPT() = default;
+
+void GPT::select_micro_batch(int k) {
+  LLM_CHECK(k >= 0, "micro-batch slot ", k);
+  if (k == slot_) return;
+  if (slots_.size() <= static_cast<size_t>(std::max(k, slot_))) slots_.resize(static_cast<size_t>(std::max(k, slot_)) + 1);
+  // Park the selected set, then bring in k's (empty on first use: ensure_activations allocates).
+  Slot& out = slots_[static_cast<size_t>(slot_)];
+  out.acts = std::move(acts_);
+  out.blocks.resize(blocks_.size());
+  for (size_t l = 0; l < blocks_.size(); ++l) out.blocks[l] = static_cast<BlockActs&>(*blocks_[l]);
+  out.valid_targets = valid_targets_;
+  out.have_loss = have_loss_;
+  Slot& in = slots_[static_cast<size_t>(k)];
+  acts_ = in.acts ? std::move(in.acts) : std::make_unique<Activations>();
+  in.blocks.resize(blocks_.size());
+  for (size_t l = 0; l < blocks_.size(); ++l) static_cast<BlockActs&>(*blocks_[l]) = std::move(in.blocks[l]);
+  in.blocks.clear();
+  valid_targets_ = in.valid_targets;
+  have_loss_ = in.have_loss;
+  slot_ = k;
+}
+
+const Tensor& GPT::stage_input(int64_t B, int64_t T) {
+  LLM_CHECK(!tp_.first_stage(), "stage_input(): the first pipeline stage embeds its tokens");
+  ensure_activations(B, T);
+  return acts_->encoded;
+}
+
+const Tensor& GPT::stage_output() const {
+  LLM_CHECK(!tp_.last_stage() && !blocks_.empty(), "stage_output(): the last pipeline stage ends in the loss");
+  return blocks_.back()->residual3;
+}
+
+const Tensor& GPT::stage_output_grad(int64_t B, int64_t T) {
+  LLM_CHECK(!tp_.last_stage(), "stage_output_grad(): the last pipeline stage starts backward from the loss");
+  ensure_activations(B, T);
+  return acts_->dresidual;
+}
+
+const Tensor& GPT::stage_input_grad() const {
+  LLM_CHECK(!tp_.first_stage(), "stage_input_grad(): the first pipeline stage ends in the embedding");
+  return acts_->dresidual;
+}
+
+void GPT::reduce_tied_grads() {
+  if (tp_.pp_size() == 1 || !(tp_.first_stage() || tp_.last_stage())) return;
+  // Both ends hold the same wte; each adds the other's gradient (commutative: bit-identical).
+  const Tensor g = params_.grad("wte");
+  Tensor mine = g.device().is_cpu() ? g : backend_.download(g);
+  Tensor other = Tensor::empty(mine.shape());
+  const int peer = tp_.first_stage() ? tp_.pp_size() - 1 : 0;
+  tp_.pipeline->send_recv(mine, peer, 3, other, peer, 3);
+  if (g.device().is_cpu()) {
+    float* pg = g.data<float>();
+    const float* po = other.data<float>();
+    for (int64_t i = 0, n = g.numel(); i < n; ++i) pg[i] += po[i];
+  } else {
+    Tensor sum = backend_.download(g);
+    float* ps = sum.data<float>();
+    const float* po = other.data<float>();
+    for (int64_t i = 0, n = sum.numel(); i < n; ++i) ps[i] += po[i];
+    backend_.copy(g, sum);
+  }
+}
 
 void GPT::ensure_activations(int64_t B, int64_t T) {
   const int64_t S = tp_.sp_size();  // Ulysses: T is this rank's share of T * S positions
@@ -181,12 +272,14 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
     b.fch_gelu = be.empty({B, T, Fl});
     b.fcproj = be.empty({R, C});
   }
-  a.lnf = be.empty({R, C});
-  a.lnf_mean = be.empty({R});
-  a.lnf_rstd = be.empty({R});
-  a.logits = be.empty({B, T, Vl});
-  a.losses = be.empty({N});
-  a.ce_lse = be.empty({N});
+  if (tp_.last_stage()) {  // the head's buffers: the last pipeline stage only
+    a.lnf = be.empty({R, C});
+    a.lnf_mean = be.empty({R});
+    a.lnf_rstd = be.empty({R});
+    a.logits = be.empty({B, T, Vl});
+    a.losses = be.empty({N});
+    a.ce_lse = be.empty({N});
+  }
   a.dresidual = be.empty({R, C});
   a.dbuf = be.empty({N, C});
   a.dqkv = be.empty({B, T, 3 * Cl});
@@ -195,7 +288,7 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
     a.gathered = be.empty({N, C});
     a.partial = be.empty({N, C});
     a.drows = be.empty({R, C});
-    a.lnf_full = be.empty({N, C});
+    a.lnf_full = tp_.last_stage() ? be.empty({N, C}) : Tensor{};
   } else {
     a.gathered = a.partial = a.drows = a.lnf_full = Tensor{};
   }
@@ -276,15 +369,19 @@ void GPT::run_forward(const Tensor& tokens) {
   Activations& a = *acts_;
   Backend& be = backend_;
   stage(be, a.tokens, tokens, "tokens");
-  // Vocab-parallel embedding: each rank looks up its rows (one rank adds the positions), summed
-  // over the group (reduce-scattered to row shards under sequence parallelism).
-  const bool sp = tp_.sequence_parallel;
-  const Tensor& emb = sp ? a.partial : a.encoded;
-  const Tensor wpe = params_.param("wpe").slice(0, tp_.sp_rank() * a.T, a.T);  // Ulysses: this rank's positions
-  be.embedding_forward(emb.view({a.B, a.T, config_.hidden_size}), a.tokens, params_.param("wte"),
-                       tp_.rank() == 0 ? wpe : Tensor{}, vocab_begin_, config_.padded_vocab_size());
-  reduce_rows(a.encoded, emb);
+  if (tp_.first_stage()) {
+    // Vocab-parallel embedding: each rank looks up its rows (one rank adds the positions), summed
+    // over the group (reduce-scattered to row shards under sequence parallelism). Later pipeline
+    // stages find their input in a.encoded (stage_input()).
+    const bool sp = tp_.sequence_parallel;
+    const Tensor& emb = sp ? a.partial : a.encoded;
+    const Tensor wpe = params_.param("wpe").slice(0, tp_.sp_rank() * a.T, a.T);  // Ulysses: this rank's positions
+    be.embedding_forward(emb.view({a.B, a.T, config_.hidden_size}), a.tokens, params_.param("wte"),
+                         tp_.rank() == 0 ? wpe : Tensor{}, vocab_begin_, config_.padded_vocab_size());
+    reduce_rows(a.encoded, emb);
+  }
   const Tensor& x = run_blocks(nullptr);
+  if (!tp_.last_stage()) return;
   const float eps = config_.layernorm_eps;
   be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, params_.param("ln_f.weight"),
                        params_.param("ln_f.bias"), eps);
@@ -338,6 +435,8 @@ void GPT::set_recompute(bool on) {
   if (on == recompute_) return;
   recompute_ = on;
   acts_->B = acts_->T = 0;  // re-plan the buffers on the next forward
+  for (Slot& s : slots_)
+    if (s.acts) s.acts->B = s.acts->T = 0;
 }
 
 int64_t GPT::activation_bytes() const {
@@ -349,22 +448,33 @@ int64_t GPT::activation_bytes() const {
     seen.push_back(t.storage().get());
     total += static_cast<int64_t>(t.storage()->nbytes);
   };
-  const Activations& a = *acts_;
-  for (const Tensor* t : {&a.tokens, &a.targets, &a.encoded, &a.lnf, &a.lnf_mean, &a.lnf_rstd, &a.logits, &a.losses,
-                          &a.ce_lse, &a.dresidual, &a.dbuf, &a.dqkv, &a.dfch, &a.gathered, &a.partial, &a.drows,
-                          &a.lnf_full, &a.send, &a.recv, &a.dqkv_heads, &a.datty_heads})
-    add(*t);
-  for (const auto& bp : blocks_)
-    for (const Tensor* t : {&bp->ln1, &bp->ln1_mean, &bp->ln1_rstd, &bp->qkv, &bp->atty, &bp->att_lse, &bp->attproj,
-                            &bp->residual2, &bp->ln2, &bp->ln2_mean, &bp->ln2_rstd, &bp->fch, &bp->fch_gelu,
-                            &bp->fcproj, &bp->residual3, &bp->qkv_heads, &bp->atty_heads})
+  auto add_set = [&](const Activations& a, const std::vector<const BlockActs*>& blocks) {
+    for (const Tensor* t : {&a.tokens, &a.targets, &a.encoded, &a.lnf, &a.lnf_mean, &a.lnf_rstd, &a.logits, &a.losses,
+                            &a.ce_lse, &a.dresidual, &a.dbuf, &a.dqkv, &a.dfch, &a.gathered, &a.partial, &a.drows,
+                            &a.lnf_full, &a.send, &a.recv, &a.dqkv_heads, &a.datty_heads})
       add(*t);
+    for (const BlockActs* bp : blocks)
+      for (const Tensor* t : {&bp->ln1, &bp->ln1_mean, &bp->ln1_rstd, &bp->qkv, &bp->atty, &bp->att_lse, &bp->attproj,
+                              &bp->residual2, &bp->ln2, &bp->ln2_mean, &bp->ln2_rstd, &bp->fch, &bp->fch_gelu,
+                              &bp->fcproj, &bp->residual3, &bp->qkv_heads, &bp->atty_heads})
+        add(*t);
+  };
+  std::vector<const BlockActs*> live;
+  for (const auto& bp : blocks_) live.push_back(bp.get());
+  add_set(*acts_, live);
+  for (const Slot& sl : slots_) {  // micro-batches in flight (pipeline)
+    if (!sl.acts) continue;
+    std::vector<const BlockActs*> parked;
+    for (const BlockActs& b : sl.blocks) parked.push_back(&b);
+    add_set(*sl.acts, parked);
+  }
   return total;
 }
 
 KVCache GPT::make_kv_cache(int64_t batch, int64_t max_len) {
-  LLM_CHECK(tp_.size() == 1 && tp_.sp_size() == 1, "generation with a KV cache runs on one process (tensor parallel ",
-            tp_.size(), ", sequence parallel ", tp_.sp_size(), ")");
+  LLM_CHECK(tp_.size() == 1 && tp_.sp_size() == 1 && tp_.pp_size() == 1,
+            "generation with a KV cache runs on one process (tensor parallel ", tp_.size(), ", sequence parallel ",
+            tp_.sp_size(), ", pipeline parallel ", tp_.pp_size(), ")");
   LLM_CHECK(batch >= 1 && max_len >= 1 && max_len <= max_pos_, "KV cache of ", max_len,
             " positions: must be in [1, ", max_pos_, "] (the position table)");
   KVCache c;
@@ -410,12 +520,18 @@ const Tensor& GPT::forward_cached(const Tensor& tokens, KVCache& cache) {
 }
 
 void GPT::forward_logits(const Tensor& tokens) {
+  LLM_CHECK(tp_.pp_size() == 1, "forward_logits() runs on one pipeline stage (pipeline parallel ", tp_.pp_size(), ")");
   run_forward(tokens);
   have_loss_ = false;
 }
 
 double GPT::forward(const Tensor& tokens, const Tensor& targets) {
   run_forward(tokens);
+  if (!tp_.last_stage()) {  // the output goes on to the next stage; backward starts from its gradient
+    valid_targets_ = 0;
+    have_loss_ = true;
+    return 0.0;
+  }
   Activations& a = *acts_;
   stage(backend_, a.targets, targets, "targets");
   backend_.cross_entropy_forward(a.losses, a.ce_lse, a.logits.view({a.B * a.T, -1}), a.targets, config_.vocab_size,
@@ -482,20 +598,22 @@ void GPT::backward(float loss_weight) {
   have_loss_ = false;  // logits become dlogits below
   Activations& a = *acts_;
   Backend& be = backend_;
-  const bool sp = tp_.sequence_parallel;
   const int64_t N = a.B * a.T;
-  const float dloss = valid_targets_ ? loss_weight / static_cast<float>(valid_targets_) : 0.0f;
-  // in place: logits -> dlogits (a.ce_lse is the global log-sum-exp)
-  const Tensor logits = a.logits.view({N, -1});
-  be.cross_entropy_backward(logits, logits, a.ce_lse, a.targets, dloss, config_.vocab_size, vocab_begin_);
-  const Tensor& last = blocks_.back()->residual3;
-  be.linear_backward(a.dbuf, params_.grad("wte"), Tensor{}, logits, sp ? a.lnf_full : a.lnf, params_.param("wte"));
-  // d(final LayerNorm output): summed over the vocabulary shards
-  const Tensor& dlnf = sp ? a.drows : a.dbuf;
-  reduce_rows(dlnf, a.dbuf);
-  be.zero(a.dresidual);
-  be.layernorm_backward(a.dresidual, params_.grad("ln_f.weight"), params_.grad("ln_f.bias"), dlnf, last,
-                        params_.param("ln_f.weight"), a.lnf_mean, a.lnf_rstd);
+  if (tp_.last_stage()) {
+    const bool sp = tp_.sequence_parallel;
+    const float dloss = valid_targets_ ? loss_weight / static_cast<float>(valid_targets_) : 0.0f;
+    // in place: logits -> dlogits (a.ce_lse is the global log-sum-exp)
+    const Tensor logits = a.logits.view({N, -1});
+    be.cross_entropy_backward(logits, logits, a.ce_lse, a.targets, dloss, config_.vocab_size, vocab_begin_);
+    const Tensor& last = blocks_.back()->residual3;
+    be.linear_backward(a.dbuf, params_.grad("wte"), Tensor{}, logits, sp ? a.lnf_full : a.lnf, params_.param("wte"));
+    // d(final LayerNorm output): summed over the vocabulary shards
+    const Tensor& dlnf = sp ? a.drows : a.dbuf;
+    reduce_rows(dlnf, a.dbuf);
+    be.zero(a.dresidual);
+    be.layernorm_backward(a.dresidual, params_.grad("ln_f.weight"), params_.grad("ln_f.bias"), dlnf, last,
+                          params_.param("ln_f.weight"), a.lnf_mean, a.lnf_rstd);
+  }  // else the next stage's gradient was received into a.dresidual (stage_output_grad())
   // a.dresidual is now d(loss)/d(last block output). Walk the blocks backwards; the residual
   // stream's gradient stays in a.dresidual (LayerNorm backward accumulates into it) and each
   // branch starts from it directly, since d(x + f(x)) passes the same gradient to both.
@@ -505,6 +623,7 @@ void GPT::backward(float loss_weight) {
     if (recompute_ && li + 1 < blocks_.size()) block_forward(li, x, nullptr);
     block_backward(li, x);
   }
+  if (!tp_.first_stage()) return;  // a.dresidual is d(stage input): stage_input_grad()
   // The embedding's output gradient, on every rank in full (the backward of its reduction).
   const Tensor& dembed = gather_rows(a.dresidual, a.gathered);
   be.embedding_backward(params_.grad("wte"), params_.grad("wpe").slice(0, tp_.sp_rank() * a.T, a.T),

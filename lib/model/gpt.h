@@ -27,6 +27,11 @@ namespace llm {
 //    positions of every sequence; attention is preceded by an all-to-all from sequence shards to
 //    head shards and followed by the reverse. Parameters are replicated across the group and
 //    their gradients are partial sums (the trainer reduces them with the data-parallel ones).
+//  * Pipeline parallelism over `pipeline`: rank s of the group is stage s and holds layers
+//    [s*L/pp, (s+1)*L/pp); the first stage also the embeddings, the last the final LayerNorm and
+//    a copy of the tied word embedding for the output projection (its gradient is summed with the
+//    first stage's, reduce_tied_grads()). Stages exchange the residual stream ([rows, C], this
+//    rank's rows under sequence parallelism) and its gradient; the trainer runs the schedule.
 struct ModelParallel {
   Communicator* group = nullptr;  // tensor parallel; nullptr or a group of one: none
   bool sequence_parallel = false;
@@ -35,11 +40,18 @@ struct ModelParallel {
   int size() const { return group ? group->size() : 1; }
   int sp_rank() const { return ulysses ? ulysses->rank() : 0; }
   int sp_size() const { return ulysses ? ulysses->size() : 1; }
+  Communicator* pipeline = nullptr;  // pipeline parallel; nullptr or one rank: one stage
+  int pp_rank() const { return pipeline ? pipeline->rank() : 0; }
+  int pp_size() const { return pipeline ? pipeline->size() : 1; }
+  bool first_stage() const { return pp_rank() == 0; }
+  bool last_stage() const { return pp_rank() == pp_size() - 1; }
 };
 
-// The parameters of `config` as tensor-parallel rank `rank` of `size` holds them (planned:
-// offsets assigned, nothing allocated). Names and global shapes are the single-process ones.
-ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, int size, bool sequence_parallel);
+// The parameters of `config` as tensor-parallel rank `rank` of `size` in pipeline stage
+// `stage` of `stages` holds them (planned: offsets assigned, nothing allocated). Names and global
+// shapes are the single-process ones.
+ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, int size, bool sequence_parallel,
+                            int stage = 0, int stages = 1);
 
 // Keys and values of every layer for the tokens seen so far, for generation.
 struct KVCache {
@@ -73,7 +85,24 @@ class GPT {
   // Sums the partial-gradient parameters (ParamSpec::partial_grad) over the tensor-parallel
   // group; call once per step after the last backward(). A no-op without them.
   void reduce_partial_grads();
+  // Pipeline: sums the tied word embedding's gradient between the first and the last stage (both
+  // must call it; other stages return at once). A no-op with one stage.
+  void reduce_tied_grads();
   void zero_grad();
+
+  // Pipeline stages (see ModelParallel). forward() on a stage other than the first reads its
+  // input from stage_input() (sized for the [B, T] micro-batch given), and on a stage other than
+  // the last leaves its output in stage_output() and returns 0. backward() on a stage other than
+  // the last starts from the gradient written into stage_output_grad(); on a stage other than the
+  // first it ends with d(input) in stage_input_grad(). Several micro-batches can be in flight:
+  // select_micro_batch(k) switches to the k-th set of activation buffers (allocated on first use);
+  // forward and backward of one micro-batch must run in the same set.
+  const Tensor& stage_input(int64_t B, int64_t T);
+  const Tensor& stage_output() const;
+  const Tensor& stage_output_grad(int64_t B, int64_t T);
+  const Tensor& stage_input_grad() const;
+  void select_micro_batch(int k);
+  int first_layer() const { return first_layer_; }
 
   // Full activation recompute (Megatron's --recompute-granularity full): the blocks share one
   // set of activation buffers and keep only their outputs; backward re-runs each block's forward
@@ -96,8 +125,10 @@ class GPT {
   const Tensor& losses() const;
 
  private:
+  struct BlockActs;
   struct Block;
   struct Activations;
+  struct Slot;
   void ensure_activations(int64_t B, int64_t T);
   void run_forward(const Tensor& tokens);
   // The transformer blocks over acts_->encoded; with a cache, attention reads and extends it.
@@ -124,6 +155,9 @@ class GPT {
   ParameterSet params_;
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<Activations> acts_;
+  std::vector<Slot> slots_;  // the micro-batches' activation sets not selected now
+  int slot_ = 0;
+  int first_layer_ = 0;  // global index of blocks_[0]
   Tensor last_hidden_, last_norm_, last_logits_;  // forward_cached's [B, C], [B, C], [B, Vp]
   int64_t valid_targets_ = 0;
   bool recompute_ = false;

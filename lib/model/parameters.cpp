@@ -47,6 +47,12 @@ void ParameterSet::set_partial_grad(const std::string& name) {
   specs_[it->second].partial_grad = true;
 }
 
+void ParameterSet::set_tied_copy(const std::string& name) {
+  auto it = index_.find(name);
+  LLM_CHECK(it != index_.end(), "no parameter named '", name, "'");
+  specs_[it->second].tied_copy = true;
+}
+
 void ParameterSet::plan() {
   total_ = 0;
   // Class order: decayed sharded, decayed replicated, decayed partial, then the same no-decay.

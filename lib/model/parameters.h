@@ -36,6 +36,10 @@ struct ParamSpec {
   // Replicated, but each tensor-parallel rank's gradient is a partial sum (LayerNorms under
   // Megatron sequence parallelism): the group sums them before the optimizer.
   bool partial_grad = false;
+  // Pipeline parallelism: the last stage's copy of the tied word embedding (the first stage owns
+  // it). Its gradient is exchanged with the owner's and it is left out of the gradient norm and
+  // of checkpoints, which count the owner's.
+  bool tied_copy = false;
   bool sharded() const { return shard_dim >= 0; }
 };
 
@@ -46,6 +50,7 @@ class ParameterSet {
   void add_sharded(std::string name, Shape local_shape, Shape global_shape, int shard_dim,
                    std::vector<ShardChunk> chunks, Init init, float std, bool decay);
   void set_partial_grad(const std::string& name);
+  void set_tied_copy(const std::string& name);
   // Assigns flat offsets without allocating: decayed before no-decay; within each, sharded
   // before replicated, and partial-gradient tensors last (so each class is one contiguous range).
   void plan();

@@ -6,19 +6,22 @@ namespace llm {
 
 GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
   GroupVolumes v;
-  const int64_t L = in.model.num_layers, h = in.model.hidden_size, f = 4;  // f32 bytes
-  const int64_t tokens = in.micro_batch * (in.seq_length / in.sp);       // rows per rank
+  const int64_t L = in.model.num_layers / in.pp, h = in.model.hidden_size, f = 4;  // f32 bytes; the stage's layers
+  const int64_t first = in.stage == 0 ? 1 : 0, last = in.stage == in.pp - 1 ? 1 : 0;
+  const int64_t tokens = in.micro_batch * (in.seq_length / in.sp);  // rows per rank
   const int64_t nh = tokens * h * f, m = in.micro_batches;
   const int64_t reruns = in.recompute ? L - 1 : 0;  // blocks whose forward runs again in backward
   if (in.tp > 1) {
     if (in.megatron_sp) {
-      v.tp.all_gather = m * nh * ((2 * L + 1) + (4 * L + 1) + 2 * reruns);
-      v.tp.reduce_scatter = m * nh * ((2 * L + 1) + (2 * L + 1) + 2 * reruns);
-      v.tp.all_reduce = (4 * L + 2) * h * f;  // LayerNorm partial gradients, once per step
+      // forward: 2 per layer + the logits' input; backward: 4 per layer + the embedding's gradient
+      v.tp.all_gather = m * nh * ((2 * L + last) + (4 * L + first) + 2 * reruns);
+      // forward: 2 per layer + the embedding; backward: 2 per layer + the final LayerNorm's input
+      v.tp.reduce_scatter = m * nh * ((2 * L + first) + (2 * L + last) + 2 * reruns);
+      v.tp.all_reduce = (4 * L + 2 * last) * h * f;  // LayerNorm partial gradients, once per step
     } else {
-      v.tp.all_reduce = m * nh * ((4 * L + 2) + 2 * reruns);
+      v.tp.all_reduce = m * nh * ((4 * L + first + last) + 2 * reruns);
     }
-    v.tp.all_gather += m * 2 * in.tp * tokens * f;  // vocab-parallel loss: lse and loss per token
+    v.tp.all_gather += last * m * 2 * in.tp * tokens * f;  // vocab-parallel loss: lse and loss per token
   }
   if (in.sp > 1) {
     const int64_t heads_in = tokens * 3 * (h / in.tp) * f, out_in = tokens * (h / in.tp) * f;
@@ -27,6 +30,12 @@ GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
   if (in.dp * in.sp > 1) {
     v.dp.all_reduce = in.params_per_rank * f;
     if (in.zero_stage >= 1) v.dp.all_gather = in.params_per_rank * f;
+  }
+  if (in.pp > 1) {
+    const int64_t rows = in.megatron_sp && in.tp > 1 ? tokens / in.tp : tokens;
+    v.pp.send_recv = m * rows * h * f * ((1 - last) + (1 - first));
+    const int64_t vocab_rows = in.model.padded_vocab_size() / in.tp;
+    if (first || last) v.pp.send_recv += vocab_rows * h * f;  // tied embedding gradient
   }
   return v;
 }
@@ -50,6 +59,7 @@ std::string comm_volume_report(const GroupVolumes& measured, const GroupVolumes&
   group("tensor-parallel", measured.tp, model.tp);
   group("Ulysses", measured.sp, model.sp);
   group("data-parallel", measured.dp, model.dp);
+  group("pipeline", measured.pp, model.pp);
   return out;
 }
 

@@ -15,7 +15,11 @@
 //   vocab-parallel loss: two all-gathers of tp*N floats (log-sum-exp and loss per token);
 //   full recompute re-runs the forward collectives of every layer but the last;
 //   data parallel (x Ulysses): one all-reduce of the rank's gradients per step; ZeRO-1 adds an
-//   all-gather of the parameters.
+//   all-gather of the parameters;
+//   pipeline: L counts the stage's layers; the embedding's collectives happen on the first stage
+//   and the head's on the last; per micro-batch a stage sends its output rows (rows x h) forward
+//   unless it is the last and its input gradient backward unless it is the first; the first and
+//   last stages exchange the tied word embedding's gradient once per step.
 #pragma once
 #include <string>
 
@@ -28,6 +32,7 @@ struct CommVolumeInputs {
   GPTConfig model;
   int64_t micro_batch = 1, seq_length = 1, micro_batches = 1;  // per replica per step
   int64_t tp = 1, sp = 1, dp = 1;                               // sp: Ulysses
+  int64_t pp = 1, stage = 0;                                    // pipeline stages, the rank's stage
   bool megatron_sp = false, recompute = false;
   int64_t zero_stage = 0;
   int64_t params_per_rank = 0;  // elements of this rank's flat parameter buffer
@@ -35,6 +40,7 @@ struct CommVolumeInputs {
 
 struct GroupVolumes {
   Communicator::Volume tp, sp, dp;  // dp: the gradient group (data parallel x Ulysses)
+  Communicator::Volume pp;          // the pipeline group
 };
 
 GroupVolumes analytic_comm_volume(const CommVolumeInputs& in);

@@ -1,6 +1,7 @@
 #include "train/checkpointing.h"
 
 #include <filesystem>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -178,30 +179,55 @@ ShardedState gather_training_state(Trainer& trainer) {
   GPT& model = trainer.model();
   const ParameterSet& ps = model.parameters();
   Backend& be = model.backend();
-  const ModelParallel& tp = model.model_parallel();
-  const int P = tp.size();
+  const ModelParallel& mp = model.model_parallel();
+  const int P = mp.size(), S = mp.pp_size();
   const int64_t n = ps.numel();
   auto [m, v] = trainer.full_optimizer_state();
   const Tensor params = ps.flat_params().device().is_cpu() ? ps.flat_params() : be.download(ps.flat_params());
-  ShardedState st;
-  if (P == 1) {
-    st.specs.push_back(ps.specs());
-    st.params = params.view({1, n});
-    st.m = m.view({1, n});
-    st.v = v.view({1, n});
-    return st;
+  const int64_t max_pos = model.config().max_position_embeddings;
+  // This stage's parts: [P, n] gathered over the tensor-parallel group.
+  Tensor all_p = params.view({1, n}), all_m = m.view({1, n}), all_v = v.view({1, n});
+  if (P > 1) {
+    all_p = Tensor::empty({P, n});
+    all_m = Tensor::empty({P, n});
+    all_v = Tensor::empty({P, n});
+    mp.group->all_gather(all_p, params);
+    mp.group->all_gather(all_m, m);
+    mp.group->all_gather(all_v, v);
   }
-  for (int r = 0; r < P; ++r)
-    st.specs.push_back(gpt_parameters(model.config(), model.config().max_position_embeddings, r, P,
-                                      tp.sequence_parallel).specs());
-  for (int r = 0; r < P; ++r)
-    LLM_CHECK(st.specs[r].size() == ps.specs().size(), "tensor-parallel rank ", r, " parameter layout differs");
-  st.params = Tensor::empty({P, n});
-  st.m = Tensor::empty({P, n});
-  st.v = Tensor::empty({P, n});
-  tp.group->all_gather(st.params, params);
-  tp.group->all_gather(st.m, m);
-  tp.group->all_gather(st.v, v);
+  ShardedState st;
+  auto add_stage = [&](int stage, const Tensor& p, const Tensor& mm, const Tensor& vv) {
+    for (int r = 0; r < P; ++r) {
+      ShardedState::Part part;
+      part.specs = gpt_parameters(model.config(), max_pos, r, P, mp.sequence_parallel, stage, S).specs();
+      const int64_t len = p.size(1);
+      auto row = [&](const Tensor& t) { return t.slice(0, r, 1).view({len}); };
+      part.params = row(p), part.m = row(mm), part.v = row(vv);
+      int64_t need = 0;
+      for (const ParamSpec& sp : part.specs) need = std::max(need, sp.offset + numel(sp.shape));
+      LLM_CHECK(need == len, "pipeline stage ", stage, ", tensor-parallel rank ", r, ": ", len,
+                " parameters received, the layout has ", need);
+      st.parts.push_back(std::move(part));
+    }
+  };
+  add_stage(mp.pp_rank(), all_p, all_m, all_v);
+  if (S > 1 && mp.rank() == 0) {
+    // The other stages' first tensor-parallel ranks send their [P, n_s] buffers to the first stage.
+    if (mp.first_stage()) {
+      for (int s = 1; s < S; ++s) {
+        const int64_t ns = gpt_parameters(model.config(), max_pos, 0, P, mp.sequence_parallel, s, S).numel();
+        Tensor p = Tensor::empty({P, ns}), mm = Tensor::empty({P, ns}), vv = Tensor::empty({P, ns});
+        mp.pipeline->recv(p, s, 10);
+        mp.pipeline->recv(mm, s, 11);
+        mp.pipeline->recv(vv, s, 12);
+        add_stage(s, p, mm, vv);
+      }
+    } else {
+      mp.pipeline->send(all_p, 0, 10);
+      mp.pipeline->send(all_m, 0, 11);
+      mp.pipeline->send(all_v, 0, 12);
+    }
+  }
   return st;
 }
 
@@ -210,25 +236,27 @@ std::string save_training_checkpoint(const std::string& save_root, const TrainAr
   const GPT& model = trainer.model();
   CheckpointWriter w(save_root, trainer.iteration());
   const AdamW& opt = trainer.optimizer();
-  const int64_t P = static_cast<int64_t>(state.specs.size());
-  LLM_CHECK(P >= 1 && state.params.dim() == 2 && state.params.size(0) == P && state.m.shape() == state.params.shape() &&
-                state.v.shape() == state.params.shape() && state.m.device().is_cpu(),
-            "save_training_checkpoint: host state of ", P, " tensor-parallel ranks expected");
-  for (int64_t r = 0; r < P; ++r) {
-    for (const ParamSpec& s : state.specs[static_cast<size_t>(r)]) {
-      if (!s.sharded() && r > 0) continue;  // replicated: stored once
-      const int64_t n = numel(s.shape);
+  LLM_CHECK(!state.parts.empty(), "save_training_checkpoint: no state");
+  std::set<std::string> written;  // replicated tensors are stored once
+  for (const ShardedState::Part& part : state.parts) {
+    const int64_t n = part.params.numel();
+    LLM_CHECK(part.params.dim() == 1 && part.m.numel() == n && part.v.numel() == n && part.m.device().is_cpu(),
+              "save_training_checkpoint: host state expected");
+    for (const ParamSpec& s : part.specs) {
+      if (s.tied_copy) continue;  // the first stage's copy is stored
+      if (!s.sharded() && !written.insert(s.name).second) continue;
+      const int64_t len = numel(s.shape);
       for (const LocalBox& lb : local_boxes(s)) {
         const Box box{lb.global_offset, lb.extent};
         auto piece = [&](const Tensor& flat) {
-          Tensor t = flat.slice(0, r, 1).view({flat.size(1)}).flat(s.offset, n).view(s.shape);
+          Tensor t = flat.flat(s.offset, len).view(s.shape);
           if (lb.extent == s.shape) return t;
           LLM_CHECK(s.shard_dim == 0, "parameter '", s.name, "': only row chunks can be partial");
           return t.slice(0, lb.local_offset[0], lb.extent[0]);
         };
-        w.add("model", s.name, s.global_shape, box, piece(state.params));
-        w.add("optimizer/exp_avg", s.name, s.global_shape, box, piece(state.m));
-        w.add("optimizer/exp_avg_sq", s.name, s.global_shape, box, piece(state.v));
+        w.add("model", s.name, s.global_shape, box, piece(part.params));
+        w.add("optimizer/exp_avg", s.name, s.global_shape, box, piece(part.m));
+        w.add("optimizer/exp_avg_sq", s.name, s.global_shape, box, piece(part.v));
       }
     }
   }

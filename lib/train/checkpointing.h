@@ -22,12 +22,19 @@ struct TokenizerRecord {
 
 // The parameters and AdamW moments of every tensor-parallel rank, on the host, for the writer:
 // row r of params/m/v is rank r's flat buffer, laid out by specs[r].
+// The whole model's training state on one rank, as the (pipeline stage, tensor-parallel rank)
+// pieces that hold it: each part's specs and its flat host buffers.
 struct ShardedState {
-  std::vector<std::vector<ParamSpec>> specs;
-  Tensor params, m, v;  // [tp, n]
+  struct Part {
+    std::vector<ParamSpec> specs;
+    Tensor params, m, v;  // [n] each
+  };
+  std::vector<Part> parts;
 };
-// Collective: every rank of the tensor-parallel group (and of the data-parallel group under
-// ZeRO-1, whose moment shards are gathered first) must call it.
+// Collective: every rank of the tensor-parallel group, of the pipeline (whose stages send their
+// parts to the first) and of the data-parallel group under ZeRO-1 (whose moment shards are
+// gathered first) must call it. The first stage's first tensor-parallel rank ends up with every
+// part; other ranks get what they gathered on the way.
 ShardedState gather_training_state(Trainer& trainer);
 
 // Writes <save_root>/iter_NNNNNNN for the trainer's current state; returns its path. Each

@@ -22,13 +22,18 @@ StepResult AdamW::step(double lr, double grad_scale) {
   StepResult r;
   const Tensor& g = params_.flat_grads();
   double sq = 0;
-  if (tp_ && tp_->size() > 1) {
+  const bool tp = tp_ && tp_->size() > 1, pp = pp_ && pp_->size() > 1;
+  if (tp || pp) {
+    // Each sharded parameter's pieces summed over the tensor-parallel group, each replicated one
+    // counted once; the stages' sums added over the pipeline; a tied copy left out (its owner
+    // counts it).
     double sharded = 0;
-    for (auto [b, e] : params_.ranges([](const ParamSpec& s) { return s.sharded(); }))
+    for (auto [b, e] : params_.ranges([](const ParamSpec& s) { return s.sharded() && !s.tied_copy; }))
       sharded += backend_.sum_squares(g.flat(b, e - b));
-    for (auto [b, e] : params_.ranges([](const ParamSpec& s) { return !s.sharded(); }))
+    for (auto [b, e] : params_.ranges([](const ParamSpec& s) { return !s.sharded() && !s.tied_copy; }))
       sq += backend_.sum_squares(g.flat(b, e - b));
-    sq += tp_->all_reduce_sum(sharded);
+    sq += tp ? tp_->all_reduce_sum(sharded) : sharded;
+    if (pp) sq = pp_->all_reduce_sum(sq);
   } else {
     sq = backend_.sum_squares(g);
   }

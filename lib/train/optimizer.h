@@ -36,6 +36,8 @@ class AdamW {
   // Tensor parallelism: the gradient norm counts each sharded parameter's pieces over the group
   // once (summed across it) and each replicated parameter once.
   void set_tensor_parallel(Communicator* tp) { tp_ = tp; }
+  // Pipeline parallelism: the gradient norm adds the stages' parts (one rank per stage).
+  void set_pipeline(Communicator* pp) { pp_ = pp; }
   int64_t shard_begin() const { return shard_begin_; }
   int64_t shard_end() const { return shard_end_; }
   bool sharded() const { return shard_begin_ != 0 || shard_end_ != params_.numel(); }
@@ -46,6 +48,7 @@ class AdamW {
   OptimizerConfig config_;
   Tensor m_, v_;
   Communicator* tp_ = nullptr;
+  Communicator* pp_ = nullptr;
   int64_t step_ = 0;
   int64_t shard_begin_ = 0, shard_end_ = 0;
 };

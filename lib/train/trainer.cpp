@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/timer.h"
@@ -27,6 +28,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
             args.data_parallel_size);
   model_.set_recompute(args.full_recompute());
   optimizer_.set_tensor_parallel(model_.model_parallel().group);
+  optimizer_.set_pipeline(model_.model_parallel().pipeline);
   if (args.zero_stage == 1 && dp_size > 1) {
     // ZeRO-1: each replica keeps the optimizer state of a contiguous 1/dp of the flat buffer.
     const int64_t n = model_.parameters().numel();
@@ -73,16 +75,24 @@ IterationStats Trainer::train_step() {
   model_.zero_grad();
   double loss_sum = 0;
   Timer phase;
-  for (int64_t k = 0; k < micro; ++k) {
+  auto load = [&](int64_t k) {  // micro-batch k of this replica's slice of the global batch
     const uint64_t first = global_sample_index(static_cast<uint64_t>(consumed_samples_), dp_rank, micro,
                                                args_.micro_batch_size, k, 0);
     Timer data_timer;
     fill_batch(train_, first, args_.micro_batch_size);
     st.data_seconds += data_timer.seconds();
-    loss_sum += model_.forward(tokens_, targets_);
-    model_.backward(1.0f / static_cast<float>(micro));
+  };
+  if (model_.model_parallel().pp_size() > 1) {
+    loss_sum = pipeline_step(micro, load, st);
+  } else {
+    for (int64_t k = 0; k < micro; ++k) {
+      load(k);
+      loss_sum += model_.forward(tokens_, targets_);
+      model_.backward(1.0f / static_cast<float>(micro));
+    }
   }
   model_.reduce_partial_grads();
+  model_.reduce_tied_grads();
   model_.backend().synchronize();
   st.forward_backward_seconds = phase.seconds();
   double grad_scale = 1.0;
@@ -142,12 +152,90 @@ std::pair<Tensor, Tensor> Trainer::full_optimizer_state() {
 }
 
 double Trainer::evaluate(const SampleSource& valid, int64_t iters) {
+  const ModelParallel& mp = model_.model_parallel();
   double sum = 0;
   for (int64_t k = 0; k < iters; ++k) {
     fill_batch(valid, static_cast<uint64_t>(k * args_.micro_batch_size), args_.micro_batch_size);
+    if (!mp.first_stage()) mp.pipeline->recv(model_.stage_input(tokens_.size(0), tokens_.size(1)), mp.pp_rank() - 1, kForward);
     sum += model_.forward(tokens_, targets_);
+    if (!mp.last_stage()) mp.pipeline->send(model_.stage_output(), mp.pp_rank() + 1, kForward);
   }
+  if (mp.pp_size() > 1) sum = mp.pipeline->all_reduce_sum(sum);  // the last stage's losses
   return iters ? sum / static_cast<double>(iters) : NAN;
+}
+
+double Trainer::pipeline_step(int64_t micro, const std::function<void(int64_t)>& load, IterationStats& st) {
+  // 1F1B (PipeDream-Flush, as Megatron's non-interleaved schedule): stage s runs P - s - 1
+  // warm-up forwards, then alternates one forward and one backward, then drains the backwards.
+  // At most P - s micro-batches are in flight, each in its own activation set (k mod P).
+  // Opposite-direction transfers between neighbours are paired (send_recv), so no two stages
+  // can block on each other's sends.
+  GPT& m = model_;
+  const ModelParallel& mp = m.model_parallel();
+  Communicator& pipe = *mp.pipeline;
+  const int s = mp.pp_rank(), P = mp.pp_size();
+  const int prev = mp.first_stage() ? -1 : s - 1, next = mp.last_stage() ? -1 : s + 1;
+  const int64_t B = tokens_.size(0), T = tokens_.size(1);
+  const float weight = 1.0f / static_cast<float>(micro);
+  const int64_t warmup = std::min<int64_t>(P - s - 1, micro), remaining = micro - warmup;
+  double loss_sum = 0, comm = 0;
+  auto select = [&](int64_t k) { m.select_micro_batch(static_cast<int>(k % P)); };
+  auto timed = [&](auto&& f) {
+    Timer t;
+    f();
+    comm += t.seconds();
+  };
+  auto recv_forward = [&](int64_t k) {
+    select(k);
+    if (prev >= 0) {
+      const Tensor in = m.stage_input(B, T);
+      timed([&] { pipe.recv(in, prev, kForward); });
+    }
+  };
+  auto forward = [&](int64_t k) {  // micro-batch k, its activation set selected and input received
+    load(k);
+    loss_sum += m.forward(tokens_, targets_);
+  };
+  for (int64_t k = 0; k < warmup; ++k) {
+    recv_forward(k);
+    forward(k);
+    if (next >= 0) timed([&] { pipe.send(m.stage_output(), next, kForward); });
+  }
+  if (remaining > 0) recv_forward(warmup);
+  for (int64_t i = 0; i < remaining; ++i) {
+    const int64_t k = warmup + i;  // forward of k, then backward of i
+    forward(k);
+    const Tensor out = next >= 0 ? m.stage_output() : Tensor{};
+    select(i);
+    if (next >= 0) {
+      const Tensor dout = m.stage_output_grad(B, T);
+      timed([&] { pipe.send_recv(out, next, kForward, dout, next, kBackward); });
+    }
+    m.backward(weight);
+    const Tensor din = prev >= 0 ? m.stage_input_grad() : Tensor{};
+    if (i + 1 == remaining) {
+      if (prev >= 0) timed([&] { pipe.send(din, prev, kBackward); });
+    } else {
+      select(k + 1);
+      if (prev >= 0) {
+        const Tensor in = m.stage_input(B, T);
+        timed([&] { pipe.send_recv(din, prev, kBackward, in, prev, kForward); });
+      }
+    }
+  }
+  for (int64_t j = remaining; j < micro; ++j) {  // cool-down: the warm-up micro-batches' backwards
+    select(j);
+    if (next >= 0) {
+      const Tensor dout = m.stage_output_grad(B, T);
+      timed([&] { pipe.recv(dout, next, kBackward); });
+    }
+    m.backward(weight);
+    if (prev >= 0) timed([&] { pipe.send(m.stage_input_grad(), prev, kBackward); });
+  }
+  m.select_micro_batch(0);
+  st.pipeline_seconds = comm;
+  // Every stage needs the loss (they decide together whether the step is finite).
+  return pipe.all_reduce_sum(loss_sum);
 }
 
 }  // namespace llm

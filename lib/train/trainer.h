@@ -2,6 +2,7 @@
 // schedule, and non-finite detection. Single process here; the data-parallel reduction plugs
 // in between backward and the optimizer step.
 #pragma once
+#include <functional>
 #include <memory>
 
 #include "comm/communicator.h"
@@ -24,6 +25,7 @@ struct IterationStats {
   // Phase timers (Megatron's timer names), seconds on this rank.
   double forward_backward_seconds = 0, grads_all_reduce_seconds = 0, params_all_gather_seconds = 0,
          optimizer_seconds = 0;
+  double pipeline_seconds = 0;  // in pipeline sends and receives (waiting for neighbours included)
 };
 
 class Trainer {
@@ -57,6 +59,10 @@ class Trainer {
 
  private:
   void fill_batch(const SampleSource& src, uint64_t first_index, int64_t rows);
+  // The 1F1B pipeline schedule over `micro` micro-batches (load(k) fills micro-batch k); returns
+  // the sum of their losses (on every stage).
+  double pipeline_step(int64_t micro, const std::function<void(int64_t)>& load, IterationStats& st);
+  static constexpr int kForward = 1, kBackward = 2;  // pipeline message tags
 
   TrainArgs args_;
   GPT& model_;
