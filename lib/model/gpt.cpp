@@ -179,6 +179,12 @@ void GPT::select_micro_batch(int k) {
   slot_ = k;
 }
 
+int GPT::activation_sets() const {
+  int n = acts_->B > 0 ? 1 : 0;
+  for (const Slot& s : slots_) n += s.acts && s.acts->B > 0 ? 1 : 0;
+  return n;
+}
+
 const Tensor& GPT::stage_input(int64_t B, int64_t T) {
   LLM_CHECK(!tp_.first_stage(), "stage_input(): the first pipeline stage embeds its tokens");
   ensure_activations(B, T);

@@ -102,6 +102,8 @@ class GPT {
   const Tensor& stage_output_grad(int64_t B, int64_t T);
   const Tensor& stage_input_grad() const;
   void select_micro_batch(int k);
+  // Activation sets allocated (1 without a pipeline schedule; at most stages - stage under 1F1B).
+  int activation_sets() const;
   int first_layer() const { return first_layer_; }
 
   // Full activation recompute (Megatron's --recompute-granularity full): the blocks share one

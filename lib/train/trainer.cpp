@@ -167,7 +167,8 @@ double Trainer::evaluate(const SampleSource& valid, int64_t iters) {
 double Trainer::pipeline_step(int64_t micro, const std::function<void(int64_t)>& load, IterationStats& st) {
   // 1F1B (PipeDream-Flush, as Megatron's non-interleaved schedule): stage s runs P - s - 1
   // warm-up forwards, then alternates one forward and one backward, then drains the backwards.
-  // At most P - s micro-batches are in flight, each in its own activation set (k mod P).
+  // At most P - s micro-batches are in flight (consecutive ones), each in its own activation set
+  // (k mod (P - s)).
   // Opposite-direction transfers between neighbours are paired (send_recv), so no two stages
   // can block on each other's sends.
   GPT& m = model_;
@@ -179,7 +180,7 @@ double Trainer::pipeline_step(int64_t micro, const std::function<void(int64_t)>&
   const float weight = 1.0f / static_cast<float>(micro);
   const int64_t warmup = std::min<int64_t>(P - s - 1, micro), remaining = micro - warmup;
   double loss_sum = 0, comm = 0;
-  auto select = [&](int64_t k) { m.select_micro_batch(static_cast<int>(k % P)); };
+  auto select = [&](int64_t k) { m.select_micro_batch(static_cast<int>(k % (P - s))); };
   auto timed = [&](auto&& f) {
     Timer t;
     f();

@@ -1,9 +1,33 @@
 // GoogleTest under MPI: every rank runs every test; ctest starts this under mpirun with 2 and 4
-// ranks. A failure on any rank fails the job (non-zero exit from that rank), and only rank 0
-// prints the progress lines so the log stays readable.
+// ranks. A failure on any rank fails the job (non-zero exit from that rank). Rank 0 prints the
+// progress lines; the other ranks print only their failures, prefixed with their rank, so the log
+// stays readable and still says what went wrong where.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <string>
+
 #include "comm/mpi_session.h"
+
+namespace {
+class FailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit FailurePrinter(int rank) : rank_(rank) {}
+  // (The test's name is taken at its start: asking GoogleTest during a result deadlocks.)
+  void OnTestStart(const ::testing::TestInfo& t) override {
+    test_ = std::string(t.test_suite_name()) + "." + t.name();
+  }
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (!r.failed()) return;
+    std::fprintf(stderr, "[rank %d] %s: %s:%d: %s\n", rank_, test_.c_str(), r.file_name() ? r.file_name() : "?",
+                 r.line_number(), r.summary());
+  }
+
+ private:
+  int rank_;
+  std::string test_;
+};
+}  // namespace
 
 int main(int argc, char** argv) {
   llm::MpiSession mpi(&argc, &argv);
@@ -11,6 +35,7 @@ int main(int argc, char** argv) {
   if (mpi.rank() != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new FailurePrinter(mpi.rank()));
   }
   const int rc = RUN_ALL_TESTS();
   // Report a failing rank's verdict on rank 0 too.

@@ -57,6 +57,36 @@ TEST(CommVolume, UlyssesMovesFourNhOverPPerLayerEachWay) {
   EXPECT_EQ(v.tp.all_reduce + v.tp.all_gather, 0);
 }
 
+TEST(CommVolume, PipelineSendsActivationsForwardAndGradientsBackward) {
+  auto in = base();
+  in.model.num_layers = 4;
+  in.model.vocab_size = 100;  // padded to 128
+  in.pp = 4;
+  const int64_t wte = 128 * 64 * 4;  // the tied embedding's gradient, exchanged by the two ends
+  in.stage = 0;  // sends 4 micro-batches' outputs forward
+  EXPECT_EQ(llm::analytic_comm_volume(in).pp.send_recv, 4 * kNh + wte);
+  in.stage = 1;  // forward and backward
+  EXPECT_EQ(llm::analytic_comm_volume(in).pp.send_recv, 2 * 4 * kNh);
+  in.stage = 3;  // input gradients backward
+  EXPECT_EQ(llm::analytic_comm_volume(in).pp.send_recv, 4 * kNh + wte);
+  // Tensor parallelism inside the stages: the stage's 1 layer, the embedding's all-reduce on the
+  // first stage only, the head's on the last only.
+  in.tp = 2;
+  in.model.tensor_parallel = 2;  // vocabulary padded to 256, 128 rows per rank
+  in.stage = 0;
+  auto v = llm::analytic_comm_volume(in);
+  EXPECT_EQ(v.tp.all_reduce, 4 * kNh * (4 * 1 + 1));
+  EXPECT_EQ(v.tp.all_gather, 0);  // the loss lives on the last stage
+  in.stage = 3;
+  v = llm::analytic_comm_volume(in);
+  EXPECT_EQ(v.tp.all_reduce, 4 * kNh * (4 * 1 + 1));
+  EXPECT_EQ(v.tp.all_gather, 4 * 2 * 2 * (2 * 32) * 4);
+  // Megatron SP: stages exchange this rank's half of the rows.
+  in.megatron_sp = true;
+  in.stage = 1;
+  EXPECT_EQ(llm::analytic_comm_volume(in).pp.send_recv, 2 * 4 * kNh / 2);
+}
+
 TEST(CommVolume, ZeroOneAddsAParameterAllGather) {
   auto in = base();
   in.dp = 4;
