@@ -83,6 +83,7 @@ ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, 
   std::vector<std::string> norms;
   for (int64_t l = l_begin; l < l_end; ++l) {
     const std::string p = "h." + std::to_string(l) + ".";
+    ps.begin_group(static_cast<int>(l));
     ps.add(p + "ln_1.weight", {C}, Init::ones, 0, false);
     ps.add(p + "ln_1.bias", {C}, Init::zeros, 0, false);
     qkv(p + "attn.c_attn.weight", {3 * C, C}, Init::normal, std, true);
@@ -97,6 +98,7 @@ ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, 
     ps.add(p + "mlp.c_proj.bias", {C}, Init::zeros, 0, false);
     for (const char* n : {"ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"}) norms.push_back(p + n);
   }
+  ps.begin_group(-1);
   if (last) {
     ps.add("ln_f.weight", {C}, Init::ones, 0, false);
     ps.add("ln_f.bias", {C}, Init::zeros, 0, false);

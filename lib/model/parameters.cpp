@@ -17,6 +17,7 @@ void ParameterSet::add(std::string name, Shape shape, Init init, float std, bool
   s.init = init;
   s.std = std;
   s.decay = decay;
+  s.group = group_;
   specs_.push_back(std::move(s));
 }
 
@@ -55,16 +56,20 @@ void ParameterSet::set_tied_copy(const std::string& name) {
 
 void ParameterSet::plan() {
   total_ = 0;
-  // Class order: decayed sharded, decayed replicated, decayed partial, then the same no-decay.
+  // Group by group; within one, decayed sharded, decayed replicated, decayed partial, then the
+  // same no-decay.
   auto cls = [](const ParamSpec& s) { return (s.decay ? 0 : 3) + (s.sharded() ? 0 : s.partial_grad ? 2 : 1); };
-  for (int pass = 0; pass < 6; ++pass) {
-    if (pass == 3) decay_total_ = total_;
-    for (ParamSpec& s : specs_) {
-      if (cls(s) != pass) continue;
-      s.offset = total_;
-      total_ += llm::numel(s.shape);
-    }
-  }
+  std::vector<int> groups;
+  for (const ParamSpec& s : specs_) groups.push_back(s.group);
+  std::sort(groups.begin(), groups.end());
+  groups.erase(std::unique(groups.begin(), groups.end()), groups.end());
+  for (int g : groups)
+    for (int pass = 0; pass < 6; ++pass)
+      for (ParamSpec& s : specs_) {
+        if (s.group != g || cls(s) != pass) continue;
+        s.offset = total_;
+        total_ += llm::numel(s.shape);
+      }
 }
 
 void ParameterSet::allocate(Backend& backend, uint64_t seed) {
@@ -77,19 +82,7 @@ void ParameterSet::allocate(Backend& backend, uint64_t seed) {
 }
 
 std::vector<std::pair<int64_t, int64_t>> ParameterSet::ranges(bool (*pred)(const ParamSpec&)) const {
-  std::vector<std::pair<int64_t, int64_t>> r;
-  std::vector<const ParamSpec*> sorted;
-  for (const ParamSpec& s : specs_) sorted.push_back(&s);
-  std::sort(sorted.begin(), sorted.end(), [](const ParamSpec* a, const ParamSpec* b) { return a->offset < b->offset; });
-  for (const ParamSpec* s : sorted) {
-    if (!pred(*s)) continue;
-    const int64_t b = s->offset, e = s->offset + llm::numel(s->shape);
-    if (!r.empty() && r.back().second == b)
-      r.back().second = e;
-    else
-      r.emplace_back(b, e);
-  }
-  return r;
+  return ranges_if(pred);
 }
 
 const ParamSpec& ParameterSet::spec(const std::string& name) const {

@@ -1,10 +1,12 @@
 // The parameter registry: every parameter's global name, shape, initialiser and weight-decay
 // class, laid out in one flat buffer (with a twin flat gradient buffer).
 //
-// Decayed tensors (matrices and embeddings) come first and the no-decay tensors (biases,
-// LayerNorm gains) after them, so the optimizer runs over two contiguous regions and ZeRO can
-// later shard the flat buffers by range.
+// The buffer is ordered by group (the embeddings and head, then layer by layer), so each layer's
+// tensors are one contiguous range (gradient buckets, per-layer collectives), and within a group
+// by class (decayed/no-decay x sharded/replicated/partial-gradient), so each class of a group is
+// contiguous too. ZeRO shards the flat buffers by range.
 #pragma once
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -40,6 +42,7 @@ struct ParamSpec {
   // it). Its gradient is exchanged with the owner's and it is left out of the gradient norm and
   // of checkpoints, which count the owner's.
   bool tied_copy = false;
+  int group = -1;  // the transformer layer it belongs to; -1: embeddings, final LayerNorm
   bool sharded() const { return shard_dim >= 0; }
 };
 
@@ -49,16 +52,36 @@ class ParameterSet {
   // A tensor-parallel shard of a global tensor (see ParamSpec).
   void add_sharded(std::string name, Shape local_shape, Shape global_shape, int shard_dim,
                    std::vector<ShardChunk> chunks, Init init, float std, bool decay);
+  // Tensors added from now on belong to `group` (a layer index, or -1).
+  void begin_group(int group) { group_ = group; }
   void set_partial_grad(const std::string& name);
   void set_tied_copy(const std::string& name);
-  // Assigns flat offsets without allocating: decayed before no-decay; within each, sharded
-  // before replicated, and partial-gradient tensors last (so each class is one contiguous range).
+  // Assigns flat offsets without allocating: group by group (-1 first, then ascending), and
+  // within a group decayed before no-decay, sharded before replicated before partial-gradient
+  // (so each class of a group is one contiguous range).
   void plan();
   // plan(), then lays out the flat buffers on `backend` and fills the parameters from `seed`
   // (by global index: every layout gets the single-process values); grads zeroed.
   void allocate(Backend& backend, uint64_t seed);
   // The flat ranges [begin, end) of the parameters satisfying `pred`, merged where adjacent.
   std::vector<std::pair<int64_t, int64_t>> ranges(bool (*pred)(const ParamSpec&)) const;
+  template <class Pred>
+  std::vector<std::pair<int64_t, int64_t>> ranges_if(Pred pred) const {
+    std::vector<const ParamSpec*> sorted;
+    for (const ParamSpec& s : specs_) sorted.push_back(&s);
+    std::sort(sorted.begin(), sorted.end(), [](const ParamSpec* a, const ParamSpec* b) { return a->offset < b->offset; });
+    std::vector<std::pair<int64_t, int64_t>> r;
+    for (const ParamSpec* sp : sorted) {
+      const ParamSpec& s = *sp;
+      if (!pred(s)) continue;
+      const int64_t b = s.offset, e = s.offset + llm::numel(s.shape);
+      if (!r.empty() && r.back().second == b)
+        r.back().second = e;
+      else
+        r.emplace_back(b, e);
+    }
+    return r;
+  }
 
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const ParamSpec& spec(const std::string& name) const;
@@ -67,13 +90,13 @@ class ParameterSet {
   const Tensor& flat_params() const { return params_; }
   const Tensor& flat_grads() const { return grads_; }
   int64_t numel() const { return total_; }
-  int64_t decay_numel() const { return decay_total_; }  // [0, decay_numel) decays
 
  private:
   std::vector<ParamSpec> specs_;
   std::map<std::string, size_t> index_;
   Tensor params_, grads_;
-  int64_t total_ = 0, decay_total_ = 0;
+  int64_t total_ = 0;
+  int group_ = -1;
 };
 
 // Writes the values of parameter `spec` for the global flat element range [begin, begin+n)

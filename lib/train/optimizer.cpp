@@ -1,11 +1,14 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace llm {
 
 AdamW::AdamW(ParameterSet& params, Backend& backend, const OptimizerConfig& config)
-    : params_(params), backend_(backend), config_(config) {
+    : params_(params), backend_(backend), config_(config),
+      decay_ranges_(params.ranges([](const ParamSpec& s) { return s.decay; })),
+      no_decay_ranges_(params.ranges([](const ParamSpec& s) { return !s.decay; })) {
   set_shard(0, params_.numel());
 }
 
@@ -54,17 +57,20 @@ StepResult AdamW::step(double lr, double grad_scale) {
   p.eps = static_cast<float>(config_.eps);
   p.step = step_;
   p.grad_scale = static_cast<float>(scale);
-  // The owned range, split where the decayed tensors end and the no-decay ones begin.
-  const int64_t nd = params_.decay_numel(), b = shard_begin_, e = shard_end_;
+  // The owned range, intersected with the decayed and the no-decay tensors' ranges.
+  const int64_t b = shard_begin_, e = shard_end_;
   const Tensor& w = params_.flat_params();
-  auto update = [&](int64_t lo, int64_t hi, float wd) {
-    if (hi <= lo) return;
+  auto update = [&](const std::vector<std::pair<int64_t, int64_t>>& ranges, float wd) {
     p.weight_decay = wd;
-    backend_.adamw_update(w.flat(lo, hi - lo), g.flat(lo, hi - lo), m_.flat(lo - b, hi - lo),
-                          v_.flat(lo - b, hi - lo), p);
+    for (auto [rb, re] : ranges) {
+      const int64_t lo = std::max(rb, b), hi = std::min(re, e);
+      if (hi <= lo) continue;
+      backend_.adamw_update(w.flat(lo, hi - lo), g.flat(lo, hi - lo), m_.flat(lo - b, hi - lo),
+                            v_.flat(lo - b, hi - lo), p);
+    }
   };
-  update(b, std::min(e, nd), static_cast<float>(config_.weight_decay));
-  update(std::max(b, nd), e, 0.0f);
+  update(decay_ranges_, static_cast<float>(config_.weight_decay));
+  update(no_decay_ranges_, 0.0f);
   return r;
 }
 

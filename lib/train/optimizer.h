@@ -47,6 +47,7 @@ class AdamW {
   Backend& backend_;
   OptimizerConfig config_;
   Tensor m_, v_;
+  std::vector<std::pair<int64_t, int64_t>> decay_ranges_, no_decay_ranges_;
   Communicator* tp_ = nullptr;
   Communicator* pp_ = nullptr;
   int64_t step_ = 0;

@@ -325,3 +325,33 @@ TEST(GPT, FullRecomputeGivesIdenticalGradientsWithLessMemory) {
   recomputed.backward();
   EXPECT_EQ(0, std::memcmp(g1.raw(), recomputed.parameters().flat_grads().raw(), g1.nbytes()));
 }
+
+TEST(GPT, EachLayerIsOneContiguousRangeOfTheFlatBuffer) {
+  // Gradient buckets and per-layer collectives rely on it: the layer's tensors fill
+  // [min offset, max end) exactly, and layers follow each other in order.
+  GPTConfig c = tiny_config();
+  c.num_layers = 3;
+  for (int tp : {1, 2}) {
+    GPTConfig ct = c;
+    ct.tensor_parallel = tp;
+    const ParameterSet ps = gpt_parameters(ct, 16, 0, tp, tp > 1);
+    int64_t prev_end = -1;
+    for (int l = 0; l < 3; ++l) {
+      int64_t lo = INT64_MAX, hi = 0, count = 0;
+      for (const ParamSpec& s : ps.specs()) {
+        if (s.group != l) continue;
+        lo = std::min(lo, s.offset);
+        hi = std::max(hi, s.offset + numel(s.shape));
+        count += numel(s.shape);
+        EXPECT_EQ(s.name.rfind("h." + std::to_string(l) + ".", 0), 0u) << s.name;
+      }
+      EXPECT_EQ(hi - lo, count) << "layer " << l << ", tp " << tp;
+      EXPECT_EQ(ps.ranges_if([&](const ParamSpec& s) { return s.group == l; }).size(), 1u);
+      EXPECT_GT(lo, prev_end - 1);
+      prev_end = hi;
+    }
+    // Everything else (embeddings, final LayerNorm) is group -1.
+    for (const ParamSpec& s : ps.specs())
+      if (s.name.rfind("h.", 0) != 0) EXPECT_EQ(s.group, -1) << s.name;
+  }
+}
