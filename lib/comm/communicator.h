@@ -49,6 +49,9 @@ class Communicator {
    public:
     virtual ~Request() = default;
     virtual void wait() = 0;
+    // Advances the operation without blocking (MPI progresses non-blocking collectives only inside
+    // MPI calls); true once it is complete.
+    virtual bool test() = 0;
   };
   // Non-blocking in-place sum (gradient buckets overlapped with backward).
   virtual std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) = 0;

@@ -26,6 +26,12 @@ class MpiRequest final : public Communicator::Request {
   void wait() override {
     if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
   }
+  bool test() override {
+    if (req_ == MPI_REQUEST_NULL) return true;
+    int done = 0;
+    MPI_Test(&req_, &done, MPI_STATUS_IGNORE);
+    return done != 0;
+  }
 
  private:
   MPI_Request req_;

@@ -52,6 +52,7 @@ class NcclRequest final : public Communicator::Request {
     (void)cudaEventDestroy(e);
     CUDA_CHECK(r, "waiting for an asynchronous all-reduce");
   }
+  bool test() override { return !done_ || cudaEventQuery(done_) == cudaSuccess; }
 
  private:
   cudaStream_t compute_;

@@ -630,6 +630,7 @@ void GPT::backward(float loss_weight) {
     // Rebuild this block's activations (the last block's are still in the shared buffers).
     if (recompute_ && li + 1 < blocks_.size()) block_forward(li, x, nullptr);
     block_backward(li, x);
+    if (grad_ready_) grad_ready_(first_layer_ + static_cast<int>(li));
   }
   if (!tp_.first_stage()) return;  // a.dresidual is d(stage input): stage_input_grad()
   // The embedding's output gradient, on every rank in full (the backward of its reduction).

@@ -6,6 +6,7 @@
 // Explicit forward/backward over a Backend; every activation a backward needs is owned here,
 // sized for the last (B, T) seen.
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -110,6 +111,9 @@ class GPT {
   // set of activation buffers and keep only their outputs; backward re-runs each block's forward
   // just before its backward. Same ops in the same order, so the gradients are bit-identical.
   void set_recompute(bool on);
+  // Called by backward() right after each block's gradients are complete, with the block's global
+  // layer index (gradient buckets reduced while backward goes on). Empty: none.
+  void set_grad_ready_hook(std::function<void(int layer)> hook) { grad_ready_ = std::move(hook); }
   bool recompute() const { return recompute_; }
   // Bytes of activation and scratch buffers currently allocated (for memory reports and tests).
   int64_t activation_bytes() const;
@@ -163,6 +167,7 @@ class GPT {
   Tensor last_hidden_, last_norm_, last_logits_;  // forward_cached's [B, C], [B, C], [B, Vp]
   int64_t valid_targets_ = 0;
   bool recompute_ = false;
+  std::function<void(int)> grad_ready_;
   bool have_loss_ = false;
 };
 

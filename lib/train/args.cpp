@@ -138,6 +138,8 @@ std::vector<OptionSpec> make_options() {
       opt("ds-sequence-parallel-size", &A::ds_sequence_parallel_size, "Ulysses sequence-parallel group size"),
       opt("sequence-parallel", &A::sequence_parallel, "Megatron sequence parallelism within the tensor-parallel group"),
       opt("zero-stage", &A::zero_stage, "ZeRO stage 0-3 (0 = replicated optimizer state)"),
+      opt("overlap-grad-reduce", &A::overlap_grad_reduce, "reduce gradients over the data-parallel group in buckets while the last micro-batch's backward runs"),
+      opt("ddp-bucket-size", &A::ddp_bucket_size, "gradient elements per bucket with --overlap-grad-reduce (0 = max(40M, 1M x data-parallel size)); buckets are whole layers"),
       opt("recompute-granularity", &A::recompute_granularity, "full: keep only each layer's output and recompute the layer in backward; selective: recompute the attention core (our flash attention never stores it, so this is the default behaviour)"),
       opt("checkpoint-activations", &A::checkpoint_activations, "same as --recompute-granularity full"),
   };

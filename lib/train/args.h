@@ -72,6 +72,8 @@ struct TrainArgs {
   int64_t ds_sequence_parallel_size = 1;
   bool sequence_parallel = false;
   int64_t zero_stage = 0;
+  bool overlap_grad_reduce = false;     // Megatron-core DDP: bucketed gradient reduction during backward
+  int64_t ddp_bucket_size = 0;          // elements per bucket (0 = max(40M, 1M x data-parallel size))
   // activation checkpointing
   std::string recompute_granularity;  // "" | full | selective
   bool checkpoint_activations = false;  // the older flag: = full

@@ -35,6 +35,11 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
     for (int64_t r = 0; r <= dp_size; ++r) shard_offsets_.push_back(n * r / dp_size);
     optimizer_.set_shard(shard_offsets_[dp_->rank()], shard_offsets_[dp_->rank() + 1]);
   }
+  if (args.overlap_grad_reduce && dp_size > 1) {
+    if (model_.parameters().flat_grads().device().is_cpu()) {
+      plan_buckets(dp_size);
+    }  // else: device gradients go through the host in one piece (the MPI path)
+  }
   LLM_CHECK(train.seq_length() == args.seq_length, "data sequence length ", train.seq_length(),
             " differs from --seq-length ", args.seq_length);
   if (train.vocab_size() > model.config().vocab_size)
@@ -88,7 +93,7 @@ IterationStats Trainer::train_step() {
     for (int64_t k = 0; k < micro; ++k) {
       load(k);
       loss_sum += model_.forward(tokens_, targets_);
-      model_.backward(1.0f / static_cast<float>(micro));
+      backward(k, micro);
     }
   }
   model_.reduce_partial_grads();
@@ -101,7 +106,13 @@ IterationStats Trainer::train_step() {
     // Sum the replicas' gradients (each is the mean over its own samples) and average: the
     // gradient of the global batch's mean loss, identical on every rank.
     const Tensor& g = model_.parameters().flat_grads();
-    if (g.device().is_cpu()) {
+    if (overlap_) {
+      // The layers' buckets are in flight; the embeddings, head, partial and tied gradients
+      // (complete only now) go in one more round, then everything is waited for.
+      for (auto [b, e] : rest_ranges_) dp_->all_reduce_sum(g.flat(b, e - b));
+      for (auto& r : inflight_) r->wait();
+      inflight_.clear();
+    } else if (g.device().is_cpu()) {
       dp_->all_reduce_sum(g);
     } else {
       Tensor h = model_.backend().download(g);
@@ -151,6 +162,55 @@ std::pair<Tensor, Tensor> Trainer::full_optimizer_state() {
   return full;
 }
 
+void Trainer::plan_buckets(int64_t dp_size) {
+  const ParameterSet& ps = model_.parameters();
+  const int64_t cap = args_.ddp_bucket_size > 0 ? args_.ddp_bucket_size
+                                                : std::max<int64_t>(40'000'000, 1'000'000 * dp_size);
+  const int first = model_.first_layer();
+  const int last = first + static_cast<int>(args_.num_layers / model_.model_parallel().pp_size()) - 1;
+  Bucket cur;
+  int64_t n = 0;
+  for (int l = last; l >= first; --l) {  // the order backward completes them
+    for (auto r : ps.ranges_if([&](const ParamSpec& s) { return s.group == l && !s.partial_grad && !s.tied_copy; })) {
+      cur.ranges.push_back(r);
+      n += r.second - r.first;
+    }
+    cur.trigger_layer = l;
+    if (n >= cap || l == first) {
+      std::sort(cur.ranges.begin(), cur.ranges.end());
+      std::vector<std::pair<int64_t, int64_t>> merged;
+      for (auto r : cur.ranges) {
+        if (!merged.empty() && merged.back().second == r.first)
+          merged.back().second = r.second;
+        else
+          merged.push_back(r);
+      }
+      cur.ranges = std::move(merged);
+      buckets_.push_back(std::move(cur));
+      cur = Bucket{};
+      n = 0;
+    }
+  }
+  rest_ranges_ = ps.ranges_if([](const ParamSpec& s) { return s.group < 0 || s.partial_grad || s.tied_copy; });
+  overlap_ = true;
+  model_.set_grad_ready_hook([this](int layer) { on_grad_ready(layer); });
+}
+
+void Trainer::on_grad_ready(int layer) {
+  if (!reduce_in_backward_) return;
+  const Tensor& g = model_.parameters().flat_grads();
+  for (const Bucket& b : buckets_)
+    if (b.trigger_layer == layer)
+      for (auto [lo, hi] : b.ranges) inflight_.push_back(dp_->all_reduce_sum_async(g.flat(lo, hi - lo)));
+  for (auto& r : inflight_) r->test();  // progress the ones in flight while backward goes on
+}
+
+void Trainer::backward(int64_t k, int64_t micro) {
+  reduce_in_backward_ = overlap_ && k == micro - 1;
+  model_.backward(1.0f / static_cast<float>(micro));
+  reduce_in_backward_ = false;
+}
+
 double Trainer::evaluate(const SampleSource& valid, int64_t iters) {
   const ModelParallel& mp = model_.model_parallel();
   double sum = 0;
@@ -177,7 +237,6 @@ double Trainer::pipeline_step(int64_t micro, const std::function<void(int64_t)>&
   const int s = mp.pp_rank(), P = mp.pp_size();
   const int prev = mp.first_stage() ? -1 : s - 1, next = mp.last_stage() ? -1 : s + 1;
   const int64_t B = tokens_.size(0), T = tokens_.size(1);
-  const float weight = 1.0f / static_cast<float>(micro);
   const int64_t warmup = std::min<int64_t>(P - s - 1, micro), remaining = micro - warmup;
   double loss_sum = 0, comm = 0;
   auto select = [&](int64_t k) { m.select_micro_batch(static_cast<int>(k % (P - s))); };
@@ -212,7 +271,7 @@ double Trainer::pipeline_step(int64_t micro, const std::function<void(int64_t)>&
       const Tensor dout = m.stage_output_grad(B, T);
       timed([&] { pipe.send_recv(out, next, kForward, dout, next, kBackward); });
     }
-    m.backward(weight);
+    backward(i, micro);
     const Tensor din = prev >= 0 ? m.stage_input_grad() : Tensor{};
     if (i + 1 == remaining) {
       if (prev >= 0) timed([&] { pipe.send(din, prev, kBackward); });
@@ -230,7 +289,7 @@ double Trainer::pipeline_step(int64_t micro, const std::function<void(int64_t)>&
       const Tensor dout = m.stage_output_grad(B, T);
       timed([&] { pipe.recv(dout, next, kBackward); });
     }
-    m.backward(weight);
+    backward(j, micro);
     if (prev >= 0) timed([&] { pipe.send(m.stage_input_grad(), prev, kBackward); });
   }
   m.select_micro_batch(0);

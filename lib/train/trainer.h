@@ -50,6 +50,8 @@ class Trainer {
   // The full AdamW moments (host, flat). Collective under ZeRO-1 (every rank must call it);
   // otherwise the optimizer's own buffers.
   std::pair<Tensor, Tensor> full_optimizer_state();
+  // Buckets of the overlapped gradient reduction (empty without --overlap-grad-reduce).
+  int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
   // Continue after `iteration` steps that consumed `consumed_samples` (checkpoint resume).
   void restore(int64_t iteration, int64_t consumed_samples, int64_t nan_iterations) {
     iteration_ = iteration;
@@ -63,6 +65,19 @@ class Trainer {
   // the sum of their losses (on every stage).
   double pipeline_step(int64_t micro, const std::function<void(int64_t)>& load, IterationStats& st);
   static constexpr int kForward = 1, kBackward = 2;  // pipeline message tags
+  // --overlap-grad-reduce: the gradient group's all-reduce in buckets of whole layers, each
+  // started (non-blocking) as soon as the last micro-batch's backward has finished its layers.
+  struct Bucket {
+    int trigger_layer = 0;                            // its last layer to finish in backward
+    std::vector<std::pair<int64_t, int64_t>> ranges;  // flat gradient ranges
+  };
+  void plan_buckets(int64_t dp_size);
+  void on_grad_ready(int layer);
+  void backward(int64_t k, int64_t micro);  // micro-batch k's backward (reduces during the last)
+  bool overlap_ = false, reduce_in_backward_ = false;
+  std::vector<Bucket> buckets_;
+  std::vector<std::pair<int64_t, int64_t>> rest_ranges_;  // reduced after backward
+  std::vector<std::unique_ptr<Communicator::Request>> inflight_;
 
   TrainArgs args_;
   GPT& model_;

@@ -352,6 +352,8 @@ TEST(GPT, EachLayerIsOneContiguousRangeOfTheFlatBuffer) {
     }
     // Everything else (embeddings, final LayerNorm) is group -1.
     for (const ParamSpec& s : ps.specs())
-      if (s.name.rfind("h.", 0) != 0) EXPECT_EQ(s.group, -1) << s.name;
+      if (s.name.rfind("h.", 0) != 0) {
+        EXPECT_EQ(s.group, -1) << s.name;
+      }
   }
 }
