@@ -103,13 +103,10 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   validate_layout(layout, {args.num_layers, args.num_attention_heads, args.seq_length, args.micro_batch_size,
                            args.global_batch_size, args.sequence_parallel});
   args.validate();
-  if (args.zero_stage > 1)
-    throw ConfigError("--zero-stage 0 or 1 is available in this build (with data, tensor, pipeline and sequence "
-                      "parallelism): ZeRO stages 2 and 3 are not implemented yet");
   if (args.sequence_parallel && layout.tp == 1)
     throw ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1 (it shards along the sequence "
                       "within the tensor-parallel group)");
-  if (args.zero_stage < 0) throw ConfigError("--zero-stage must be 0, 1, 2 or 3");
+  if (args.zero_stage < 0 || args.zero_stage > 3) throw ConfigError("--zero-stage must be 0, 1, 2 or 3");
   const bool lead = mpi.rank() == 0;
   auto say = [&](const char* fmt, auto... a) {
     if (lead) std::printf(fmt, a...);
@@ -156,6 +153,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       static_cast<int>(grid.tp_rank + layout.tp * (grid.sp_rank + layout.sp * grid.dp_rank)), static_cast<int>(grid.pp_rank));
   ModelParallel parallel{tp.get(), args.sequence_parallel, sp.get()};
   parallel.pipeline = pp.get();
+  parallel.zero_stage = args.zero_stage >= 2 ? static_cast<int>(args.zero_stage) : 0;
   GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length, parallel);
   Trainer trainer(args, model, train, dp.get());
   MetricsWriter metrics = lead ? MetricsWriter(args.output_dir) : MetricsWriter();
@@ -189,7 +187,10 @@ int run(int argc, char** argv, const MpiSession& mpi) {
         std::fflush(stdout);
       }
     } else if (args.zero_stage >= 1) {
-      trainer.full_optimizer_state();  // the ZeRO-1 gather is collective over each data-parallel group
+      // The ZeRO gathers are collective over each gradient group: the same calls, in the same
+      // order, as gather_training_state() makes on the first replica.
+      trainer.full_optimizer_state();
+      trainer.full_parameters();
     }
     mpi.barrier();
   };
@@ -213,9 +214,13 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       mpi.size(), static_cast<long long>(layout.dp()), static_cast<long long>(layout.tp),
       args.sequence_parallel ? " (Megatron sequence parallel)" : "", static_cast<long long>(layout.pp),
       static_cast<long long>(layout.sp), static_cast<double>(model.parameters().numel()) / 1e6);
+  const Trainer::StateBytes sb = trainer.state_bytes();
   say("> optimizer state: %.1f MB per rank (ZeRO stage %lld over %lld data-parallel ranks)\n",
-      2.0 * 4 * static_cast<double>(trainer.optimizer().shard_end() - trainer.optimizer().shard_begin()) / 1e6,
-      static_cast<long long>(args.zero_stage), static_cast<long long>(args.data_parallel_size));
+      static_cast<double>(sb.optimizer) / 1e6, static_cast<long long>(args.zero_stage),
+      static_cast<long long>(args.data_parallel_size));
+  say("> model states per rank: parameters %.2f MB, gradients %.2f MB, optimizer %.2f MB\n",
+      static_cast<double>(sb.parameters) / 1e6, static_cast<double>(sb.gradients) / 1e6,
+      static_cast<double>(sb.optimizer) / 1e6);
   say("> TFLOPs column: %s formula; metrics in %s\n",
               args.tflops_formula == "model" ? "model-FLOPs" : "Megatron (Narayanan et al. 2021)",
               metrics.path().c_str());
@@ -230,7 +235,8 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   rec.tflops_formula = args.tflops_formula;
   auto do_eval = [&](const std::string& where) {
     // Replicas hold the same weights: the first replica's ranks evaluate (together, under TP).
-    if (args.eval_iters <= 0 || grid.dp_rank != 0) return;
+    // Under ZeRO-3 every rank takes part (the layers are gathered over the gradient group).
+    if (args.eval_iters <= 0 || (grid.dp_rank != 0 && args.zero_stage < 3)) return;
     const double loss = trainer.evaluate(*data.valid, args.eval_iters);
     if (lead) std::printf("%s\n", validation_report(where, loss).c_str());
     std::fflush(stdout);
@@ -266,6 +272,8 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       cv.recompute = args.full_recompute();
       cv.zero_stage = args.zero_stage;
       cv.params_per_rank = model.parameters().numel();
+      cv.resident_params = model.parameters().resident_numel();
+      cv.layer_params = model.parameters().layer_area();
       say("> %s\n",
           comm_volume_report({tp->volume(), sp->volume(), dp->volume(), pp->volume()}, analytic_comm_volume(cv)).c_str());
     }

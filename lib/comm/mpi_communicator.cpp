@@ -1,5 +1,7 @@
 #include <mpi.h>
 
+#include <cstring>
+
 #include <limits>
 
 #include "comm/communicator.h"
@@ -76,6 +78,22 @@ class MpiCommunicator final : public Communicator {
     }
     volume_.all_gather += static_cast<int64_t>(x.nbytes());
     MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x.data<float>(), counts.data(), displs.data(), MPI_FLOAT, comm_);
+  }
+  void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
+    check_host_f32(x, "reduce-scatter");
+    LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.front() == 0 && offsets.back() == x.numel(),
+              "reduce_scatter_ranges: ", offsets.size(), " offsets for ", size_, " ranks over ", x.numel(), " elements");
+    if (size_ == 1) return;
+    LLM_CHECK(x.numel() < (int64_t{1} << 31), "reduce_scatter_ranges: ", x.numel(),
+              " elements exceed MPI's int counts (split the buffer)");
+    std::vector<int> counts(size_);
+    for (int r = 0; r < size_; ++r) counts[r] = static_cast<int>(offsets[r + 1] - offsets[r]);
+    volume_.reduce_scatter += static_cast<int64_t>(x.nbytes());
+    float* p = x.data<float>();
+    // In place, MPI leaves this rank's block at the start of the buffer: move it to its range.
+    MPI_Reduce_scatter(MPI_IN_PLACE, p, counts.data(), MPI_FLOAT, MPI_SUM, comm_);
+    if (offsets[rank_] != 0 && counts[rank_] > 0)
+      std::memmove(p + offsets[rank_], p, static_cast<size_t>(counts[rank_]) * sizeof(float));
   }
   void broadcast(const Tensor& x, int root) override {
     LLM_CHECK(x.is_contiguous() && x.device().is_cpu(), "MPI broadcast needs a contiguous host tensor");

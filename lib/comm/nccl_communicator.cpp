@@ -124,6 +124,27 @@ class NcclCommunicator final : public Communicator {
     NCCL_CHECK(ncclGroupEnd(), "all_gather_ranges ", shape_str(x.shape()));
   }
 
+  void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
+    if (x.device().is_cpu()) return host_->reduce_scatter_ranges(x, offsets);
+    check_device(x, "reduce_scatter_ranges");
+    LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.front() == 0 && offsets.back() == x.numel(),
+              "reduce_scatter_ranges: ", offsets.size(), " offsets for ", size_, " ranks");
+    if (size_ == 1) return;
+    volume_.reduce_scatter += static_cast<int64_t>(x.nbytes());
+    const ncclDataType_t t = nccl_type(x.dtype(), "reduce_scatter_ranges");
+    const size_t es = dtype_size(x.dtype());
+    char* base = static_cast<char*>(x.raw());
+    // One in-place reduce per owner, fused into one NCCL group.
+    NCCL_CHECK(ncclGroupStart(), "reduce_scatter_ranges");
+    for (int r = 0; r < size_; ++r) {
+      const size_t count = static_cast<size_t>(offsets[r + 1] - offsets[r]);
+      if (count == 0) continue;
+      char* p = base + static_cast<size_t>(offsets[r]) * es;
+      NCCL_CHECK(ncclReduce(p, p, count, t, ncclSum, r, comm_, backend_.stream()), "reduce_scatter_ranges range of rank ", r);
+    }
+    NCCL_CHECK(ncclGroupEnd(), "reduce_scatter_ranges ", shape_str(x.shape()));
+  }
+
   void broadcast(const Tensor& x, int root) override {
     if (x.device().is_cpu()) return host_->broadcast(x, root);
     check_device(x, "broadcast");

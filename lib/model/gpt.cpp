@@ -132,6 +132,7 @@ GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_l
   first_layer_ = static_cast<int>(L / tp_.pp_size() * tp_.pp_rank());
   params_ = gpt_parameters(config_, max_pos_, tp_.rank(), tp_.size(), tp_.sequence_parallel, tp_.pp_rank(),
                            tp_.pp_size());
+  params_.set_compact(tp_.zero_stage >= 3, tp_.zero_stage >= 2);
   params_.allocate(backend_, seed);
 
   for (int64_t l = first_layer_; l < first_layer_ + L / tp_.pp_size(); ++l) {
@@ -433,6 +434,7 @@ void GPT::block_forward(size_t layer, const Tensor& x, KVCache* cache) {
 const Tensor& GPT::run_blocks(KVCache* cache) {
   const Tensor* x = &acts_->encoded;
   for (size_t l = 0; l < blocks_.size(); ++l) {
+    if (before_forward_) before_forward_(first_layer_ + static_cast<int>(l));
     block_forward(l, *x, cache);
     x = &blocks_[l]->residual3;
   }
@@ -628,6 +630,7 @@ void GPT::backward(float loss_weight) {
   for (size_t li = blocks_.size(); li-- > 0;) {
     const Tensor& x = li == 0 ? a.encoded : blocks_[li - 1]->residual3;
     // Rebuild this block's activations (the last block's are still in the shared buffers).
+    if (before_backward_) before_backward_(first_layer_ + static_cast<int>(li));
     if (recompute_ && li + 1 < blocks_.size()) block_forward(li, x, nullptr);
     block_backward(li, x);
     if (grad_ready_) grad_ready_(first_layer_ + static_cast<int>(li));
@@ -674,7 +677,10 @@ void GPT::block_backward(size_t li, const Tensor& x) {
 void GPT::reduce_partial_grads() {
   if (tp_.size() == 1) return;
   const Tensor& g = params_.flat_grads();
-  for (auto [b, e] : params_.ranges([](const ParamSpec& s) { return s.partial_grad; })) {
+  // (With compact gradients the layers' partial sums are reduced by the trainer as each layer
+  // finishes; the resident ones are here.)
+  const bool compact = params_.compact_grads();
+  for (auto [b, e] : params_.ranges_if([&](const ParamSpec& s) { return s.partial_grad && (!compact || s.group < 0); })) {
     const Tensor part = g.flat(b, e - b);
     if (part.device().is_cpu()) {
       tp_.group->all_reduce_sum(part);

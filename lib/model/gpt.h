@@ -44,6 +44,9 @@ struct ModelParallel {
   Communicator* pipeline = nullptr;  // pipeline parallel; nullptr or one rank: one stage
   int pp_rank() const { return pipeline ? pipeline->rank() : 0; }
   int pp_size() const { return pipeline ? pipeline->size() : 1; }
+  // ZeRO storage: 2 keeps the layers' gradients in one working area, 3 the layers' parameters too
+  // (ParameterSet::set_compact); the trainer fills and drains the area through the layer hooks.
+  int zero_stage = 0;
   bool first_stage() const { return pp_rank() == 0; }
   bool last_stage() const { return pp_rank() == pp_size() - 1; }
 };
@@ -114,6 +117,13 @@ class GPT {
   // Called by backward() right after each block's gradients are complete, with the block's global
   // layer index (gradient buckets reduced while backward goes on). Empty: none.
   void set_grad_ready_hook(std::function<void(int layer)> hook) { grad_ready_ = std::move(hook); }
+  // Called before a block's forward (also in generation) and before its backward (which may
+  // first re-run its forward under recompute), with the global layer index: ZeRO-3 gathers the
+  // layer's parameters into the working area there.
+  void set_layer_hooks(std::function<void(int layer)> before_forward, std::function<void(int layer)> before_backward) {
+    before_forward_ = std::move(before_forward);
+    before_backward_ = std::move(before_backward);
+  }
   bool recompute() const { return recompute_; }
   // Bytes of activation and scratch buffers currently allocated (for memory reports and tests).
   int64_t activation_bytes() const;
@@ -167,7 +177,7 @@ class GPT {
   Tensor last_hidden_, last_norm_, last_logits_;  // forward_cached's [B, C], [B, C], [B, Vp]
   int64_t valid_targets_ = 0;
   bool recompute_ = false;
-  std::function<void(int)> grad_ready_;
+  std::function<void(int)> grad_ready_, before_forward_, before_backward_;
   bool have_loss_ = false;
 };
 

@@ -72,13 +72,63 @@ void ParameterSet::plan() {
       }
 }
 
+void ParameterSet::set_compact(bool params, bool grads) {
+  LLM_CHECK(!params_.defined(), "set_compact() after allocate()");
+  compact_params_ = params;
+  compact_grads_ = grads;
+}
+
 void ParameterSet::allocate(Backend& backend, uint64_t seed) {
   plan();
-  Tensor host = Tensor::empty({total_});
+  seed_ = seed;
+  group_ranges_.clear();
+  for (const ParamSpec& s : specs_) {
+    auto [it, fresh] = group_ranges_.try_emplace(s.group, s.offset, s.offset + llm::numel(s.shape));
+    if (!fresh) {
+      it->second.first = std::min(it->second.first, s.offset);
+      it->second.second = std::max(it->second.second, s.offset + llm::numel(s.shape));
+    }
+  }
+  resident_ = group_ranges_.count(-1) ? group_ranges_[-1].second : 0;
+  layer_area_ = 0;
+  for (const auto& [g, r] : group_ranges_) {
+    if (g < 0) continue;
+    LLM_CHECK(r.first >= resident_, "parameter group ", g, " precedes the resident tensors");
+    layer_area_ = std::max(layer_area_, r.second - r.first);
+  }
+  const int64_t compact = resident_ + layer_area_;
+  Tensor host = Tensor::zeros({compact_params_ ? compact : total_});
   float* h = host.data<float>();
-  for (const ParamSpec& s : specs_) init_parameter(h + s.offset, s, seed);
+  for (const ParamSpec& s : specs_)
+    if (!compact_params_ || s.group < 0) init_parameter(h + s.offset, s, seed);
   params_ = backend.upload(host);
-  grads_ = backend.zeros({total_});
+  grads_ = backend.zeros({compact_grads_ ? compact : total_});
+}
+
+std::pair<int64_t, int64_t> ParameterSet::group_range(int group) const {
+  auto it = group_ranges_.find(group);
+  LLM_CHECK(it != group_ranges_.end(), "no parameter group ", group);
+  return it->second;
+}
+
+int64_t ParameterSet::storage_offset(const ParamSpec& s, bool grads) const {
+  if (s.group < 0 || !(grads ? compact_grads_ : compact_params_)) return s.offset;
+  return resident_ + s.offset - group_ranges_.at(s.group).first;
+}
+
+void ParameterSet::init_range(float* dst, int64_t begin, int64_t end) const {
+  std::vector<float> tmp;
+  for (const ParamSpec& s : specs_) {
+    const int64_t b = s.offset, e = s.offset + llm::numel(s.shape), lo = std::max(b, begin), hi = std::min(e, end);
+    if (hi <= lo) continue;
+    if (lo == b && hi == e) {
+      init_parameter(dst + (b - begin), s, seed_);
+      continue;
+    }
+    tmp.resize(static_cast<size_t>(e - b));
+    init_parameter(tmp.data(), s, seed_);
+    std::copy(tmp.begin() + (lo - b), tmp.begin() + (hi - b), dst + (lo - begin));
+  }
 }
 
 std::vector<std::pair<int64_t, int64_t>> ParameterSet::ranges(bool (*pred)(const ParamSpec&)) const {
@@ -93,12 +143,12 @@ const ParamSpec& ParameterSet::spec(const std::string& name) const {
 
 Tensor ParameterSet::param(const std::string& name) const {
   const ParamSpec& s = spec(name);
-  return params_.flat(s.offset, llm::numel(s.shape)).view(s.shape);
+  return params_.flat(storage_offset(s, false), llm::numel(s.shape)).view(s.shape);
 }
 
 Tensor ParameterSet::grad(const std::string& name) const {
   const ParamSpec& s = spec(name);
-  return grads_.flat(s.offset, llm::numel(s.shape)).view(s.shape);
+  return grads_.flat(storage_offset(s, true), llm::numel(s.shape)).view(s.shape);
 }
 
 void init_parameter_range(float* dst, const ParamSpec& spec, uint64_t seed, int64_t begin, int64_t n) {

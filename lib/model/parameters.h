@@ -63,6 +63,22 @@ class ParameterSet {
   // plan(), then lays out the flat buffers on `backend` and fills the parameters from `seed`
   // (by global index: every layout gets the single-process values); grads zeroed.
   void allocate(Backend& backend, uint64_t seed);
+  // ZeRO-2/3 storage, chosen before allocate(): the transformer layers' tensors (groups >= 0) of
+  // the parameter and/or gradient buffer share one working area after the resident group -1
+  // tensors: storage = [resident | the largest layer], a layer tensor sits at its offset within
+  // its layer, so every layer's views alias the same memory and whoever fills the area decides
+  // which layer is there. Logical offsets (ParamSpec::offset, numel(), ranges()) are unchanged;
+  // storage_offset() maps them. Compact parameters are not initialised (init_range() gives the
+  // values of any logical range).
+  void set_compact(bool params, bool grads);
+  bool compact_params() const { return compact_params_; }
+  bool compact_grads() const { return compact_grads_; }
+  int64_t resident_numel() const { return resident_; }  // logical [0, resident) is group -1
+  int64_t layer_area() const { return layer_area_; }     // elements of the largest layer
+  std::pair<int64_t, int64_t> group_range(int group) const;
+  int64_t storage_offset(const ParamSpec& s, bool grads) const;
+  // The initial values of the logical flat range [begin, end) (the seed given to allocate()).
+  void init_range(float* dst, int64_t begin, int64_t end) const;
   // The flat ranges [begin, end) of the parameters satisfying `pred`, merged where adjacent.
   std::vector<std::pair<int64_t, int64_t>> ranges(bool (*pred)(const ParamSpec&)) const;
   template <class Pred>
@@ -87,6 +103,7 @@ class ParameterSet {
   const ParamSpec& spec(const std::string& name) const;
   Tensor param(const std::string& name) const;
   Tensor grad(const std::string& name) const;
+  // The storage buffers (logical layout unless compact).
   const Tensor& flat_params() const { return params_; }
   const Tensor& flat_grads() const { return grads_; }
   int64_t numel() const { return total_; }
@@ -97,6 +114,10 @@ class ParameterSet {
   Tensor params_, grads_;
   int64_t total_ = 0;
   int group_ = -1;
+  bool compact_params_ = false, compact_grads_ = false;
+  int64_t resident_ = 0, layer_area_ = 0;
+  std::map<int, std::pair<int64_t, int64_t>> group_ranges_;
+  uint64_t seed_ = 0;
 };
 
 // Writes the values of parameter `spec` for the global flat element range [begin, begin+n)

@@ -17,7 +17,8 @@ GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
       v.tp.all_gather = m * nh * ((2 * L + last) + (4 * L + first) + 2 * reruns);
       // forward: 2 per layer + the embedding; backward: 2 per layer + the final LayerNorm's input
       v.tp.reduce_scatter = m * nh * ((2 * L + first) + (2 * L + last) + 2 * reruns);
-      v.tp.all_reduce = (4 * L + 2 * last) * h * f;  // LayerNorm partial gradients, once per step
+      // LayerNorm partial gradients: once per step, or per micro-batch for the layers under ZeRO-2/3
+      v.tp.all_reduce = (4 * L * (in.zero_stage >= 2 && in.dp * in.sp > 1 ? m : 1) + 2 * last) * h * f;
     } else {
       v.tp.all_reduce = m * nh * ((4 * L + first + last) + 2 * reruns);
     }
@@ -27,7 +28,12 @@ GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
     const int64_t heads_in = tokens * 3 * (h / in.tp) * f, out_in = tokens * (h / in.tp) * f;
     v.sp.all_to_all = m * (heads_in + out_in) * (2 * L + reruns);
   }
-  if (in.dp * in.sp > 1) {
+  if (in.dp * in.sp > 1 && in.zero_stage >= 2) {
+    const int64_t layer = in.layer_params * f;
+    v.dp.reduce_scatter = m * L * layer;
+    v.dp.all_reduce = in.resident_params * f;
+    v.dp.all_gather = in.zero_stage == 2 ? in.params_per_rank * f : 2 * m * L * layer + in.resident_params * f;
+  } else if (in.dp * in.sp > 1) {
     v.dp.all_reduce = in.params_per_rank * f;
     if (in.zero_stage >= 1) v.dp.all_gather = in.params_per_rank * f;
   }

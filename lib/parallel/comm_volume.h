@@ -15,7 +15,11 @@
 //   vocab-parallel loss: two all-gathers of tp*N floats (log-sum-exp and loss per token);
 //   full recompute re-runs the forward collectives of every layer but the last;
 //   data parallel (x Ulysses): one all-reduce of the rank's gradients per step; ZeRO-1 adds an
-//   all-gather of the parameters;
+//   all-gather of the parameters; ZeRO-2/3 reduce-scatter each layer's gradients as its backward
+//   ends (every micro-batch), all-reduce the resident (embedding, final LayerNorm) gradients once;
+//   ZeRO-2 then all-gathers the parameters, ZeRO-3 gathers each layer before its forward and again
+//   before its backward and refreshes the resident parameters after the step (and, under Megatron
+//   SP, reduces the layers' LayerNorm partial gradients per micro-batch);
 //   pipeline: L counts the stage's layers; the embedding's collectives happen on the first stage
 //   and the head's on the last; per micro-batch a stage sends its output rows (rows x h) forward
 //   unless it is the last and its input gradient backward unless it is the first; the first and
@@ -36,6 +40,8 @@ struct CommVolumeInputs {
   bool megatron_sp = false, recompute = false;
   int64_t zero_stage = 0;
   int64_t params_per_rank = 0;  // elements of this rank's flat parameter buffer
+  int64_t resident_params = 0;  // of which embeddings and final LayerNorm (ZeRO-2/3)
+  int64_t layer_params = 0;     // elements of one layer (ZeRO-2/3)
 };
 
 struct GroupVolumes {

@@ -183,7 +183,8 @@ ShardedState gather_training_state(Trainer& trainer) {
   const int P = mp.size(), S = mp.pp_size();
   const int64_t n = ps.numel();
   auto [m, v] = trainer.full_optimizer_state();
-  const Tensor params = ps.flat_params().device().is_cpu() ? ps.flat_params() : be.download(ps.flat_params());
+  const Tensor params = trainer.full_parameters();  // collective under ZeRO-3
+  (void)be;
   const int64_t max_pos = model.config().max_position_embeddings;
   // This stage's parts: [P, n] gathered over the tensor-parallel group.
   Tensor all_p = params.view({1, n}), all_m = m.view({1, n}), all_v = v.view({1, n});
@@ -308,10 +309,12 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
 
   ParameterSet& ps = trainer.model().parameters();
   Backend& be = trainer.model().backend();
-  const bool host = ps.flat_params().device().is_cpu();
-  Tensor params = host ? ps.flat_params() : Tensor::empty({ps.numel()});
+  // Read into a full host buffer in the logical layout (the model's own buffer when that is one),
+  // then hand it to whatever storage the run uses (ZeRO-3 keeps only its shard).
+  const bool direct = ps.flat_params().device().is_cpu() && !ps.compact_params();
+  Tensor params = direct ? ps.flat_params() : Tensor::empty({ps.numel()});
   for (const ParamSpec& s : ps.specs()) read_local(ckpt, "model", s, params.flat(s.offset, numel(s.shape)).view(s.shape));
-  if (!host) be.copy(ps.flat_params(), params);
+  if (!direct) trainer.set_full_parameters(params);
 
   LoadResult r{ckpt.dir(), 0, 0};
   if (options.finetune) return r;

@@ -29,13 +29,34 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
   model_.set_recompute(args.full_recompute());
   optimizer_.set_tensor_parallel(model_.model_parallel().group);
   optimizer_.set_pipeline(model_.model_parallel().pipeline);
-  if (args.zero_stage == 1 && dp_size > 1) {
-    // ZeRO-1: each replica keeps the optimizer state of a contiguous 1/dp of the flat buffer.
+  const int want_storage = args.zero_stage >= 2 ? static_cast<int>(args.zero_stage) : 0;
+  LLM_CHECK(model_.model_parallel().zero_stage == want_storage, "--zero-stage ", args.zero_stage,
+            " needs the model built with ModelParallel::zero_stage ", want_storage, " (it has ",
+            model_.model_parallel().zero_stage, ")");
+  LLM_CHECK(args.zero_stage >= 0 && args.zero_stage <= 3, "--zero-stage must be 0, 1, 2 or 3, got ", args.zero_stage);
+  if ((args.zero_stage == 1 && dp_size > 1) || args.zero_stage >= 2) {
+    // ZeRO: each rank of the gradient group keeps the optimizer state (stage 2: and the reduced
+    // gradients; stage 3: and the parameters) of a contiguous 1/dp of the flat buffer.
     const int64_t n = model_.parameters().numel();
     for (int64_t r = 0; r <= dp_size; ++r) shard_offsets_.push_back(n * r / dp_size);
-    optimizer_.set_shard(shard_offsets_[dp_->rank()], shard_offsets_[dp_->rank() + 1]);
+    optimizer_.set_shard(own_begin(), own_end());
   }
-  if (args.overlap_grad_reduce && dp_size > 1) {
+  if (args.zero_stage >= 2) {
+    zero_ = static_cast<int>(args.zero_stage);
+    const ParameterSet& ps = model_.parameters();
+    if (!ps.flat_grads().device().is_cpu())
+      throw ConfigError("--zero-stage 2/3 run on the CPU backend so far (host shards and MPI)");
+    grad_shard_ = Tensor::zeros({own_end() - own_begin()});
+    if (zero_ == 3) {
+      param_shard_ = Tensor::empty({own_end() - own_begin()});
+      ps.init_range(param_shard_.data<float>(), own_begin(), own_end());
+    }
+    model_.set_layer_hooks(zero_ == 3 ? std::function<void(int)>([this](int l) { gather_layer(l); })
+                                      : std::function<void(int)>(),
+                           [this](int l) { zero_before_backward(l); });
+    model_.set_grad_ready_hook([this](int l) { zero_grad_ready(l); });
+  }
+  if (args.overlap_grad_reduce && dp_size > 1 && zero_ < 2) {
     if (model_.parameters().flat_grads().device().is_cpu()) {
       plan_buckets(dp_size);
     }  // else: device gradients go through the host in one piece (the MPI path)
@@ -78,6 +99,7 @@ IterationStats Trainer::train_step() {
   const int64_t sp = model_.model_parallel().sp_size();
   const int64_t dp_size = dp_ ? dp_->size() : 1, dp_rank = dp_ ? dp_->rank() / sp : 0;
   model_.zero_grad();
+  if (zero_) grad_shard_.fill(0.0f);
   double loss_sum = 0;
   Timer phase;
   auto load = [&](int64_t k) {  // micro-batch k of this replica's slice of the global batch
@@ -101,7 +123,19 @@ IterationStats Trainer::train_step() {
   model_.backend().synchronize();
   st.forward_backward_seconds = phase.seconds();
   double grad_scale = 1.0;
-  if (dp_size > 1) {
+  if (zero_) {
+    phase.reset();
+    // The layers' gradients were reduce-scattered into grad_shard_ as each finished; the resident
+    // ones (embeddings, final LayerNorm) are complete only now.
+    const ParameterSet& ps = model_.parameters();
+    const int64_t res = ps.resident_numel(), b = own_begin(), e = own_end();
+    const Tensor resident = ps.flat_grads().flat(0, res);
+    if (dp_size > 1) dp_->all_reduce_sum(resident);
+    for (int64_t i = b; i < std::min(e, res); ++i) grad_shard_.data<float>()[i - b] = resident.data<float>()[i];
+    if (dp_size > 1) loss_sum = dp_->all_reduce_sum(loss_sum);
+    grad_scale = static_cast<double>(sp) / static_cast<double>(dp_size);
+    st.grads_all_reduce_seconds = phase.seconds();
+  } else if (dp_size > 1) {
     phase.reset();
     // Sum the replicas' gradients (each is the mean over its own samples) and average: the
     // gradient of the global batch's mean loss, identical on every rank.
@@ -127,12 +161,24 @@ IterationStats Trainer::train_step() {
   st.finite = std::isfinite(st.loss);
   if (st.finite) {
     phase.reset();
-    StepResult r = optimizer_.step(st.lr, grad_scale);
+    const ParameterSet& ps = model_.parameters();
+    const Tensor own_params =
+        zero_ == 3 ? param_shard_ : zero_ == 2 ? ps.flat_params().flat(own_begin(), own_end() - own_begin()) : Tensor{};
+    StepResult r = zero_ ? optimizer_.step_shard(st.lr, grad_scale, own_params, grad_shard_, dp_)
+                         : optimizer_.step(st.lr, grad_scale);
     model_.backend().synchronize();
     st.optimizer_seconds = phase.seconds();
     st.grad_norm = r.grad_norm;
     st.finite = r.finite;
-    if (r.finite && !shard_offsets_.empty()) {
+    if (r.finite && zero_ == 3) {
+      // Parameters stay sharded (layers are gathered when used); refresh the resident copies.
+      phase.reset();
+      const int64_t res = ps.resident_numel(), b = own_begin(), e = own_end();
+      const Tensor resident = ps.flat_params().flat(0, res);
+      for (int64_t i = b; i < std::min(e, res); ++i) resident.data<float>()[i] = param_shard_.data<float>()[i - b];
+      if (dp_size > 1) dp_->all_gather_ranges(resident, clamp_offsets(0, res));
+      st.params_all_gather_seconds = phase.seconds();
+    } else if (r.finite && !shard_offsets_.empty() && dp_size > 1) {
       phase.reset();
       // Each replica updated its range: share them so every replica has all parameters.
       const Tensor& w = model_.parameters().flat_params();
@@ -149,10 +195,90 @@ IterationStats Trainer::train_step() {
   return st;
 }
 
+int64_t Trainer::own_end() const {
+  return shard_offsets_.empty() ? model_.parameters().numel() : shard_offsets_[group_rank() + 1];
+}
+
+std::vector<int64_t> Trainer::clamp_offsets(int64_t begin, int64_t end) const {
+  std::vector<int64_t> out;
+  for (int64_t o : shard_offsets_) out.push_back(std::clamp(o, begin, end) - begin);
+  return out;
+}
+
+void Trainer::gather_layer(int layer) {
+  // ZeRO-3: the layer's parameters from every rank's shard into the working area.
+  const ParameterSet& ps = model_.parameters();
+  const auto [gb, ge] = ps.group_range(layer);
+  const Tensor work = ps.flat_params().flat(ps.resident_numel(), ge - gb);
+  const int64_t b = own_begin(), lo = std::max(gb, b), hi = std::min(ge, own_end());
+  for (int64_t i = lo; i < hi; ++i) work.data<float>()[i - gb] = param_shard_.data<float>()[i - b];
+  if (dp_ && dp_->size() > 1) dp_->all_gather_ranges(work, clamp_offsets(gb, ge));
+}
+
+void Trainer::zero_before_backward(int layer) {
+  if (zero_ == 3) gather_layer(layer);  // released after forward: gathered again
+  const ParameterSet& ps = model_.parameters();
+  const auto [gb, ge] = ps.group_range(layer);
+  model_.backend().zero(ps.flat_grads().flat(ps.resident_numel(), ge - gb));
+}
+
+void Trainer::zero_grad_ready(int layer) {
+  // The layer's gradients of this micro-batch: summed over the gradient group onto each owner's
+  // range and accumulated into the owner's shard; the working area is free for the next layer.
+  const ParameterSet& ps = model_.parameters();
+  const auto [gb, ge] = ps.group_range(layer);
+  const int64_t res = ps.resident_numel();
+  const Tensor work = ps.flat_grads().flat(res, ge - gb);
+  const ModelParallel& mp = model_.model_parallel();
+  if (mp.size() > 1)  // Megatron SP: the LayerNorms' partial sums over the tensor-parallel group
+    for (auto [b, e] : ps.ranges_if([&](const ParamSpec& s) { return s.group == layer && s.partial_grad; }))
+      mp.group->all_reduce_sum(work.flat(b - gb, e - b));
+  if (dp_ && dp_->size() > 1) dp_->reduce_scatter_ranges(work, clamp_offsets(gb, ge));
+  const int64_t b = own_begin(), lo = std::max(gb, b), hi = std::min(ge, own_end());
+  float* g = grad_shard_.data<float>();
+  const float* w = work.data<float>();
+  for (int64_t i = lo; i < hi; ++i) g[i - b] += w[i - gb];
+}
+
+Tensor Trainer::full_parameters() {
+  const ParameterSet& ps = model_.parameters();
+  Backend& be = model_.backend();
+  if (zero_ != 3) return ps.flat_params().device().is_cpu() ? ps.flat_params() : be.download(ps.flat_params());
+  Tensor full = Tensor::zeros({ps.numel()});
+  full.flat(own_begin(), own_end() - own_begin()).copy_from(param_shard_);
+  if (dp_ && dp_->size() > 1) dp_->all_gather_ranges(full, shard_offsets_);
+  return full;
+}
+
+void Trainer::set_full_parameters(const Tensor& full) {
+  const ParameterSet& ps = model_.parameters();
+  LLM_CHECK(full.device().is_cpu() && full.numel() == ps.numel(), "set_full_parameters: ", full.numel(),
+            " host values for ", ps.numel(), " parameters");
+  if (zero_ == 3) {
+    param_shard_.copy_from(full.flat(own_begin(), own_end() - own_begin()));
+    ps.flat_params().flat(0, ps.resident_numel()).copy_from(full.flat(0, ps.resident_numel()));
+  } else if (ps.flat_params().device().is_cpu()) {
+    ps.flat_params().copy_from(full);
+  } else {
+    model_.backend().copy(ps.flat_params(), full);
+  }
+}
+
+Trainer::StateBytes Trainer::state_bytes() const {
+  const ParameterSet& ps = model_.parameters();
+  StateBytes b;
+  b.parameters = static_cast<int64_t>(ps.flat_params().nbytes()) +
+                 (param_shard_.defined() ? static_cast<int64_t>(param_shard_.nbytes()) : 0);
+  b.gradients = static_cast<int64_t>(ps.flat_grads().nbytes()) +
+                (grad_shard_.defined() ? static_cast<int64_t>(grad_shard_.nbytes()) : 0);
+  b.optimizer = static_cast<int64_t>(optimizer_.m().nbytes() + optimizer_.v().nbytes());
+  return b;
+}
+
 std::pair<Tensor, Tensor> Trainer::full_optimizer_state() {
   Backend& be = model_.backend();
   auto host = [&](const Tensor& t) { return t.device().is_cpu() ? t : be.download(t); };
-  if (shard_offsets_.empty()) return {host(optimizer_.m()), host(optimizer_.v())};
+  if (shard_offsets_.empty() || !dp_ || dp_->size() == 1) return {host(optimizer_.m()), host(optimizer_.v())};
   const int64_t n = model_.parameters().numel(), b = optimizer_.shard_begin(), e = optimizer_.shard_end();
   std::pair<Tensor, Tensor> full{Tensor::zeros({n}), Tensor::zeros({n})};
   full.first.flat(b, e - b).copy_from(host(optimizer_.m()));

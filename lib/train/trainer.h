@@ -50,6 +50,18 @@ class Trainer {
   // The full AdamW moments (host, flat). Collective under ZeRO-1 (every rank must call it);
   // otherwise the optimizer's own buffers.
   std::pair<Tensor, Tensor> full_optimizer_state();
+  // The full flat parameters (host). Collective over the gradient group under ZeRO-3, whose
+  // ranks hold only their shards; otherwise the model's buffer.
+  Tensor full_parameters();
+  // Sets every parameter from a full flat host buffer (checkpoint load), into whatever storage
+  // the ZeRO stage uses.
+  void set_full_parameters(const Tensor& full);
+  // Bytes this rank holds for parameters, gradients and optimizer state (model states, ZeRO's
+  // accounting; activations excluded).
+  struct StateBytes {
+    int64_t parameters = 0, gradients = 0, optimizer = 0;
+  };
+  StateBytes state_bytes() const;
   // Buckets of the overlapped gradient reduction (empty without --overlap-grad-reduce).
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
   // Continue after `iteration` steps that consumed `consumed_samples` (checkpoint resume).
@@ -75,6 +87,17 @@ class Trainer {
   void on_grad_ready(int layer);
   void backward(int64_t k, int64_t micro);  // micro-batch k's backward (reduces during the last)
   bool overlap_ = false, reduce_in_backward_ = false;
+  // ZeRO-2/3: the reduced gradients (and under ZeRO-3 the fp32 parameters) of this rank's range
+  // of the flat buffer; the model's working area holds one layer at a time.
+  int zero_ = 0;
+  Tensor grad_shard_, param_shard_;
+  std::vector<int64_t> clamp_offsets(int64_t begin, int64_t end) const;  // shard offsets within a range
+  void gather_layer(int layer);
+  void zero_before_backward(int layer);
+  void zero_grad_ready(int layer);
+  int64_t own_begin() const { return shard_offsets_.empty() ? 0 : shard_offsets_[group_rank()]; }
+  int64_t own_end() const;
+  int group_rank() const { return dp_ ? dp_->rank() : 0; }
   std::vector<Bucket> buckets_;
   std::vector<std::pair<int64_t, int64_t>> rest_ranges_;  // reduced after backward
   std::vector<std::unique_ptr<Communicator::Request>> inflight_;

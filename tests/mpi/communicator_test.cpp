@@ -40,6 +40,22 @@ TEST(MpiCommunicator, ReduceScatterGivesEachRankItsChunkOfTheSum) {
   }
 }
 
+TEST(MpiCommunicator, ReduceScatterRangesSumsEachRanksUnevenRange) {
+  auto c = llm::mpi_world_communicator();
+  const int P = c->size(), me = c->rank();
+  // Uneven ranges, one of them empty (rank 1's when there are more than 2 ranks).
+  std::vector<int64_t> off{0};
+  for (int r = 0; r < P; ++r) off.push_back(off.back() + (r == 1 && P > 2 ? 0 : 3 + 2 * r));
+  Tensor x = filled(me, off.back());
+  c->reduce_scatter_ranges(x, off);
+  for (int64_t i = off[me]; i < off[me + 1]; ++i) {
+    double want = 0;
+    for (int r = 0; r < P; ++r) want += value(r, i);
+    EXPECT_EQ(x.data<float>()[i], want) << "element " << i;
+  }
+  EXPECT_EQ(c->volume().reduce_scatter, off.back() * 4);
+}
+
 TEST(MpiCommunicator, AllToAllTransposesChunks) {
   auto c = llm::mpi_world_communicator();
   const int P = c->size(), n = 2;

@@ -33,6 +33,7 @@ class Recorder final : public Communicator {
   double all_reduce_min(double v) override { return c_->all_reduce_min(v); }
   double all_reduce_max(double v) override { return c_->all_reduce_max(v); }
   void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& o) override { c_->all_gather_ranges(x, o); }
+  void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& o) override { c_->reduce_scatter_ranges(x, o); }
   void broadcast(const Tensor& x, int root) override { c_->broadcast(x, root); }
   void barrier() override { c_->barrier(); }
   void all_gather(const Tensor& out, const Tensor& in) override { c_->all_gather(out, in); }

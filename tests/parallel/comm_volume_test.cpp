@@ -87,6 +87,23 @@ TEST(CommVolume, PipelineSendsActivationsForwardAndGradientsBackward) {
   EXPECT_EQ(llm::analytic_comm_volume(in).pp.send_recv, 2 * 4 * kNh / 2);
 }
 
+TEST(CommVolume, ZeroTwoAndThreeMoveLayersPerMicroBatch) {
+  auto in = base();  // 2 layers, 4 micro-batches
+  in.dp = 2;
+  in.params_per_rank = 1000;
+  in.resident_params = 200;
+  in.layer_params = 400;
+  in.zero_stage = 2;
+  auto v = llm::analytic_comm_volume(in);
+  EXPECT_EQ(v.dp.reduce_scatter, 4 * 2 * 400 * 4);  // every layer, every micro-batch
+  EXPECT_EQ(v.dp.all_reduce, 200 * 4);              // the resident gradients, once
+  EXPECT_EQ(v.dp.all_gather, 1000 * 4);             // the parameters after the step
+  in.zero_stage = 3;
+  v = llm::analytic_comm_volume(in);
+  EXPECT_EQ(v.dp.reduce_scatter, 4 * 2 * 400 * 4);
+  EXPECT_EQ(v.dp.all_gather, 2 * 4 * 2 * 400 * 4 + 200 * 4);  // before forward and backward; resident refresh
+}
+
 TEST(CommVolume, ZeroOneAddsAParameterAllGather) {
   auto in = base();
   in.dp = 4;
