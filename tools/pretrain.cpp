@@ -173,26 +173,15 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   if (tokenizer.identity.kind.empty()) tokenizer.identity = {"MockData", std::to_string(args.vocab_size)};
   auto save = [&] {
     if (args.save.empty()) return;
-    // Data-parallel replicas hold identical parameters: rank 0 writes, the others wait. Under
-    // ZeRO-1 the optimizer state is gathered first (a collective: every rank takes part).
+    // Every rank writes the part of the state it owns (its ZeRO shard, its stage's and TP rank's
+    // tensors) to its own shard file; rank 0 indexes them and publishes (a collective).
     Timer t;
-    // Tensor-parallel shards are gathered to the first replica's first rank, which writes them
-    // as pieces of the global tensors.
-    if (grid.dp_rank == 0 && grid.sp_rank == 0) {
-      const ShardedState state = gather_training_state(trainer);
-      if (lead) {
-        const std::string dir = save_training_checkpoint(args.save, args, trainer, state, tokenizer,
-                                                         static_cast<int>(args.keep_last));
-        std::printf("> saved checkpoint %s in %.2f s\n", dir.c_str(), t.seconds());
-        std::fflush(stdout);
-      }
-    } else if (args.zero_stage >= 1) {
-      // The ZeRO gathers are collective over each gradient group: the same calls, in the same
-      // order, as gather_training_state() makes on the first replica.
-      trainer.full_optimizer_state();
-      trainer.full_parameters();
+    const std::string dir = save_training_checkpoint_parallel(args.save, args, trainer, tokenizer,
+                                                              static_cast<int>(args.keep_last), mpi);
+    if (lead) {
+      std::printf("> saved checkpoint %s in %.2f s\n", dir.c_str(), t.seconds());
+      std::fflush(stdout);
     }
-    mpi.barrier();
   };
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGINT, on_stop_signal);

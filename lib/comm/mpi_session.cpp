@@ -28,6 +28,27 @@ std::string MpiSession::broadcast(std::string s) const {
   return s;
 }
 
+std::vector<std::string> MpiSession::gather(const std::string& s) const {
+  int n = static_cast<int>(s.size());
+  std::vector<int> sizes(static_cast<size_t>(size_)), displs(static_cast<size_t>(size_));
+  MPI_Gather(&n, 1, MPI_INT, sizes.data(), 1, MPI_INT, 0, MPI_COMM_WORLD);
+  std::string all;
+  if (rank_ == 0) {
+    int64_t total = 0;
+    for (int r = 0; r < size_; ++r) {
+      displs[static_cast<size_t>(r)] = static_cast<int>(total);
+      total += sizes[static_cast<size_t>(r)];
+    }
+    all.resize(static_cast<size_t>(total));
+  }
+  MPI_Gatherv(s.data(), n, MPI_CHAR, all.data(), sizes.data(), displs.data(), MPI_CHAR, 0, MPI_COMM_WORLD);
+  std::vector<std::string> out;
+  if (rank_ == 0)
+    for (int r = 0; r < size_; ++r)
+      out.push_back(all.substr(static_cast<size_t>(displs[static_cast<size_t>(r)]), static_cast<size_t>(sizes[static_cast<size_t>(r)])));
+  return out;
+}
+
 int64_t MpiSession::sum(int64_t v) const {
   int64_t out = 0;
   MPI_Allreduce(&v, &out, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);

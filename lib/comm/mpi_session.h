@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace llm {
 
@@ -20,6 +21,8 @@ class MpiSession {
   bool all_ok(bool ok) const;
   // Rank 0's `s` on every rank (collective).
   std::string broadcast(std::string s) const;
+  // Every rank's `s` on rank 0, in rank order (collective; other ranks get an empty list).
+  std::vector<std::string> gather(const std::string& s) const;
   int64_t sum(int64_t v) const;
   double max(double v) const;
   void barrier() const;

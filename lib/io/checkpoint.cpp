@@ -152,8 +152,31 @@ CheckpointWriter::CheckpointWriter(std::string save_root, int64_t iteration)
   if (ec) throw ConfigError(staging_ + ": cannot create directory: " + ec.message());
 }
 
+CheckpointWriter::CheckpointWriter(std::string save_root, int64_t iteration, std::string staging)
+    : root_(std::move(save_root)), staging_(std::move(staging)), iteration_(iteration), joined_(true) {
+  final_ = (fs::path(root_) / checkpoint_dir_name(iteration)).string();
+  if (!fs::is_directory(staging_)) throw ConfigError(staging_ + ": checkpoint staging directory not found");
+}
+
+std::vector<PieceInfo> CheckpointWriter::finish() {
+  LLM_CHECK(joined_, "finish() is for writers that joined another's staging directory");
+  for (auto& [i, sh] : shards_) sh->file.close();
+  for (auto& [i, sh] : shards_) fsync_path(fs::path(staging_) / sh->file_name);
+  committed_ = true;  // nothing more may be added
+  return pieces_;
+}
+
+void CheckpointWriter::add_pieces(const std::vector<PieceInfo>& pieces) {
+  LLM_CHECK(!committed_ && !joined_, "add_pieces() is for the writer that commits");
+  for (const PieceInfo& p : pieces) {
+    LLM_CHECK(fs::exists(fs::path(staging_) / p.file), staging_, "/", p.file, ": shard file of piece '", p.name,
+              "' is missing");
+    pieces_.push_back(p);
+  }
+}
+
 CheckpointWriter::~CheckpointWriter() {
-  if (committed_) return;
+  if (committed_ || joined_) return;
   shards_.clear();
   std::error_code ec;
   fs::remove_all(staging_, ec);
@@ -217,22 +240,59 @@ std::string CheckpointWriter::add_file(const std::string& source_path, const std
   return relative_path;
 }
 
+std::string pieces_to_json(const std::vector<PieceInfo>& pieces) {
+  std::ostringstream out;
+  out << "[";
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const PieceInfo& p = pieces[i];
+    out << (i ? ",\n    " : "\n    ") << "{\"file\": " << json::quote(p.file) << ", \"dataset\": " << json::quote(p.dataset)
+        << ", \"category\": " << json::quote(p.category) << ", \"name\": " << json::quote(p.name)
+        << ", \"global_shape\": " << shape_json(p.global_shape) << ", \"offset\": " << shape_json(p.box.offset)
+        << ", \"extent\": " << shape_json(p.box.extent) << ", \"dtype\": \"" << dtype_name(p.dtype)
+        << "\", \"checksum\": \"" << p.checksum << "\"}";
+  }
+  out << "\n  ]";
+  return out.str();
+}
+
+namespace {
+PieceInfo piece_from_json(const json::Value& v, const std::string& where) {
+  auto str = [&](const char* key) {
+    const json::Value* x = v.is_object() ? v.find(key) : nullptr;
+    if (!x || !x->is_string()) throw ConfigError(where + ": piece without string '" + std::string(key) + "'");
+    return x->as_string();
+  };
+  auto arr = [&](const char* key) {
+    const json::Value* x = v.is_object() ? v.find(key) : nullptr;
+    if (!x) throw ConfigError(where + ": piece without '" + std::string(key) + "'");
+    return shape_from_json(*x, where + " '" + key + "'");
+  };
+  PieceInfo p{str("file"), str("dataset"), str("category"), str("name"), arr("global_shape"),
+              Box{arr("offset"), arr("extent")}, dtype_from_name(str("dtype"), where), str("checksum")};
+  const size_t r = p.global_shape.size();
+  if (p.box.offset.size() != r || p.box.extent.size() != r) throw ConfigError(where + ": box rank differs from the shape's");
+  for (size_t d = 0; d < r; ++d)
+    if (p.box.offset[d] + p.box.extent[d] > p.global_shape[d]) throw ConfigError(where + ": box outside the tensor");
+  return p;
+}
+}  // namespace
+
+std::vector<PieceInfo> pieces_from_json(const std::string& text, const std::string& where) {
+  const json::Value v = json::parse(text, where);
+  if (!v.is_array()) throw ConfigError(where + ": expected a JSON array of pieces");
+  std::vector<PieceInfo> out;
+  for (const json::Value& p : v.as_array()) out.push_back(piece_from_json(p, where + ":" + std::to_string(p.line())));
+  return out;
+}
+
 std::string CheckpointWriter::commit(const std::string& fields, int keep_last) {
   LLM_CHECK(!committed_, "checkpoint already committed");
   for (auto& [i, s] : shards_) s->file.close();
   for (auto& [i, s] : shards_) fsync_path(fs::path(staging_) / s->file_name);
+  LLM_CHECK(!joined_, "a joining writer does not commit (finish() and hand the pieces to the lead)");
   std::ostringstream meta;
   meta << "{\n  " << fields << (fields.empty() ? "" : ",\n  ") << "\"format_version\": " << kCheckpointFormatVersion
-       << ",\n  \"iteration\": " << iteration_ << ",\n  \"pieces\": [";
-  for (size_t i = 0; i < pieces_.size(); ++i) {
-    const PieceInfo& p = pieces_[i];
-    meta << (i ? ",\n    " : "\n    ") << "{\"file\": " << json::quote(p.file) << ", \"dataset\": " << json::quote(p.dataset)
-         << ", \"category\": " << json::quote(p.category) << ", \"name\": " << json::quote(p.name)
-         << ", \"global_shape\": " << shape_json(p.global_shape) << ", \"offset\": " << shape_json(p.box.offset)
-         << ", \"extent\": " << shape_json(p.box.extent) << ", \"dtype\": \"" << dtype_name(p.dtype)
-         << "\", \"checksum\": \"" << p.checksum << "\"}";
-  }
-  meta << "\n  ]\n}\n";
+       << ",\n  \"iteration\": " << iteration_ << ",\n  \"pieces\": " << pieces_to_json(pieces_) << "\n}\n";
   const fs::path meta_path = fs::path(staging_) / "metadata.json";
   {
     std::ofstream out(meta_path);
@@ -368,22 +428,7 @@ CheckpointReader CheckpointReader::open(const std::string& path) {
   if (!pieces.is_array()) throw ConfigError(meta_path + ": 'pieces' must be an array");
   for (const json::Value& v : pieces.as_array()) {
     const std::string where = meta_path + ":" + std::to_string(v.line());
-    auto str = [&](const char* key) {
-      const json::Value* x = v.is_object() ? v.find(key) : nullptr;
-      if (!x || !x->is_string()) throw ConfigError(where + ": piece without string '" + std::string(key) + "'");
-      return x->as_string();
-    };
-    auto arr = [&](const char* key) {
-      const json::Value* x = v.find(key);
-      if (!x) throw ConfigError(where + ": piece without '" + std::string(key) + "'");
-      return shape_from_json(*x, where + " '" + key + "'");
-    };
-    PieceInfo p{str("file"), str("dataset"), str("category"), str("name"), arr("global_shape"),
-                Box{arr("offset"), arr("extent")}, dtype_from_name(str("dtype"), where), str("checksum")};
-    const size_t r = p.global_shape.size();
-    if (p.box.offset.size() != r || p.box.extent.size() != r) throw ConfigError(where + ": box rank differs from the shape's");
-    for (size_t d = 0; d < r; ++d)
-      if (p.box.offset[d] + p.box.extent[d] > p.global_shape[d]) throw ConfigError(where + ": box outside the tensor");
+    PieceInfo p = piece_from_json(v, where);
     auto& list = impl->index[{p.category, p.name}];
     if (!list.empty() && impl->pieces[list.front()].global_shape != p.global_shape)
       throw ConfigError(where + ": tensor '" + p.name + "' has pieces of different global shapes");

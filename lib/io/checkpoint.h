@@ -47,10 +47,22 @@ std::string checkpoint_dir_name(int64_t iteration);
 // 64-bit checksum of a byte range (word-wise multiply-xorshift; ~memory speed), as 16 hex digits.
 std::string checksum_bytes(const void* data, size_t n);
 
+// The pieces' index as metadata.json stores it (a JSON array), and back (for ranks that write
+// shard files in parallel and send their index to the rank that commits).
+std::string pieces_to_json(const std::vector<PieceInfo>& pieces);
+std::vector<PieceInfo> pieces_from_json(const std::string& text, const std::string& where);
+
 class CheckpointWriter {
  public:
   // Starts iteration `iteration` under `save_root` (created if missing).
   CheckpointWriter(std::string save_root, int64_t iteration);
+  // Parallel saves: another process's writer joins the staging directory `staging` (the lead's
+  // staging_dir()) and writes its own shard files there (distinct shard numbers); finish() closes
+  // and fsyncs them and returns their pieces for the lead's add_pieces() before it commits. A
+  // joining writer never removes or publishes the directory.
+  CheckpointWriter(std::string save_root, int64_t iteration, std::string staging);
+  std::vector<PieceInfo> finish();
+  void add_pieces(const std::vector<PieceInfo>& pieces);
   ~CheckpointWriter();  // without commit(): removes the temporary directory
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
@@ -76,6 +88,7 @@ class CheckpointWriter {
   std::map<int, std::unique_ptr<Shard>> shards_;
   std::vector<PieceInfo> pieces_;
   bool committed_ = false;
+  bool joined_ = false;
 };
 
 class CheckpointReader {

@@ -232,35 +232,13 @@ ShardedState gather_training_state(Trainer& trainer) {
   return st;
 }
 
-std::string save_training_checkpoint(const std::string& save_root, const TrainArgs& args, const Trainer& trainer,
-                                     const ShardedState& state, const TokenizerRecord& tokenizer, int keep_last) {
+namespace {
+// metadata.json's fields besides the pieces: model, tokenizer (its files copied in), layout,
+// data position, schedule, optimizer, seed and every argument.
+std::string metadata_fields(CheckpointWriter& w, const TrainArgs& args, const Trainer& trainer,
+                            const TokenizerRecord& tokenizer) {
   const GPT& model = trainer.model();
-  CheckpointWriter w(save_root, trainer.iteration());
   const AdamW& opt = trainer.optimizer();
-  LLM_CHECK(!state.parts.empty(), "save_training_checkpoint: no state");
-  std::set<std::string> written;  // replicated tensors are stored once
-  for (const ShardedState::Part& part : state.parts) {
-    const int64_t n = part.params.numel();
-    LLM_CHECK(part.params.dim() == 1 && part.m.numel() == n && part.v.numel() == n && part.m.device().is_cpu(),
-              "save_training_checkpoint: host state expected");
-    for (const ParamSpec& s : part.specs) {
-      if (s.tied_copy) continue;  // the first stage's copy is stored
-      if (!s.sharded() && !written.insert(s.name).second) continue;
-      const int64_t len = numel(s.shape);
-      for (const LocalBox& lb : local_boxes(s)) {
-        const Box box{lb.global_offset, lb.extent};
-        auto piece = [&](const Tensor& flat) {
-          Tensor t = flat.flat(s.offset, len).view(s.shape);
-          if (lb.extent == s.shape) return t;
-          LLM_CHECK(s.shard_dim == 0, "parameter '", s.name, "': only row chunks can be partial");
-          return t.slice(0, lb.local_offset[0], lb.extent[0]);
-        };
-        w.add("model", s.name, s.global_shape, box, piece(part.params));
-        w.add("optimizer/exp_avg", s.name, s.global_shape, box, piece(part.m));
-        w.add("optimizer/exp_avg_sq", s.name, s.global_shape, box, piece(part.v));
-      }
-    }
-  }
   std::ostringstream f;
   f << "\"model\": " << model_json(model.config());
   // The layout the run used (the stored pieces are whole tensors either way).
@@ -288,7 +266,124 @@ std::string save_training_checkpoint(const std::string& save_root, const TrainAr
     first = false;
   }
   f << "}";
-  return w.commit(f.str(), keep_last);
+  return f.str();
+}
+}  // namespace
+
+std::string save_training_checkpoint(const std::string& save_root, const TrainArgs& args, const Trainer& trainer,
+                                     const ShardedState& state, const TokenizerRecord& tokenizer, int keep_last) {
+  CheckpointWriter w(save_root, trainer.iteration());
+  LLM_CHECK(!state.parts.empty(), "save_training_checkpoint: no state");
+  std::set<std::string> written;  // replicated tensors are stored once
+  for (const ShardedState::Part& part : state.parts) {
+    const int64_t n = part.params.numel();
+    LLM_CHECK(part.params.dim() == 1 && part.m.numel() == n && part.v.numel() == n && part.m.device().is_cpu(),
+              "save_training_checkpoint: host state expected");
+    for (const ParamSpec& s : part.specs) {
+      if (s.tied_copy) continue;  // the first stage's copy is stored
+      if (!s.sharded() && !written.insert(s.name).second) continue;
+      const int64_t len = numel(s.shape);
+      for (const LocalBox& lb : local_boxes(s)) {
+        const Box box{lb.global_offset, lb.extent};
+        auto piece = [&](const Tensor& flat) {
+          Tensor t = flat.flat(s.offset, len).view(s.shape);
+          if (lb.extent == s.shape) return t;
+          LLM_CHECK(s.shard_dim == 0, "parameter '", s.name, "': only row chunks can be partial");
+          return t.slice(0, lb.local_offset[0], lb.extent[0]);
+        };
+        w.add("model", s.name, s.global_shape, box, piece(part.params));
+        w.add("optimizer/exp_avg", s.name, s.global_shape, box, piece(part.m));
+        w.add("optimizer/exp_avg_sq", s.name, s.global_shape, box, piece(part.v));
+      }
+    }
+  }
+  return w.commit(metadata_fields(w, args, trainer, tokenizer), keep_last);
+}
+
+std::vector<RangePiece> range_pieces(const ParamSpec& s, int64_t begin, int64_t end) {
+  std::vector<RangePiece> out;
+  const int64_t len = numel(s.shape), lo = std::max<int64_t>(begin, 0), hi = std::min(end, len);
+  if (hi <= lo) return out;
+  const bool matrix = s.shape.size() == 2;
+  LLM_CHECK(s.shape.size() == 1 || matrix, "parameter '", s.name, "': ", s.shape.size(), "-d tensors are not stored by range");
+  const int64_t cols = matrix ? s.shape[1] : 1;
+  // Local boxes (rows [r0, r1), columns [c0, c1)) covering [lo, hi): a partial first row, whole
+  // rows, a partial last row; each is contiguous in the flat buffer.
+  struct Local {
+    int64_t r0, r1, c0, c1;
+  };
+  std::vector<Local> locals;
+  int64_t at = lo;
+  if (at % cols) {
+    const int64_t r = at / cols, c0 = at % cols, c1 = std::min(cols, c0 + (hi - at));
+    locals.push_back({r, r + 1, c0, c1});
+    at += c1 - c0;
+  }
+  if (hi - at >= cols) {
+    const int64_t rows = (hi - at) / cols;
+    locals.push_back({at / cols, at / cols + rows, 0, cols});
+    at += rows * cols;
+  }
+  if (at < hi) locals.push_back({at / cols, at / cols + 1, 0, hi - at});
+  // Map to global coordinates: split at the shard's chunks along its dimension.
+  for (const Local& l : locals) {
+    std::vector<ShardChunk> chunks = s.chunks;
+    if (!s.sharded()) chunks = {ShardChunk{0, 0, s.shape[0]}};
+    const int dim = s.sharded() ? s.shard_dim : 0;
+    const int64_t a0 = dim == 0 ? l.r0 : l.c0, a1 = dim == 0 ? l.r1 : l.c1;
+    for (const ShardChunk& ch : chunks) {
+      const int64_t x0 = std::max(a0, ch.local_begin), x1 = std::min(a1, ch.local_begin + ch.length);
+      if (x1 <= x0) continue;
+      const int64_t r0 = dim == 0 ? x0 : l.r0, r1 = dim == 0 ? x1 : l.r1;
+      const int64_t c0 = dim == 0 ? l.c0 : x0, c1 = dim == 0 ? l.c1 : x1;
+      const int64_t g = ch.global_begin + (x0 - ch.local_begin);  // global index along `dim`
+      RangePiece p;
+      p.flat_begin = r0 * cols + c0;
+      p.length = (r1 - r0) * (c1 - c0);
+      if (matrix) {
+        p.box = dim == 0 ? Box{{g, c0}, {r1 - r0, c1 - c0}} : Box{{r0, g}, {r1 - r0, c1 - c0}};
+      } else {
+        p.box = Box{{g}, {r1 - r0}};
+      }
+      out.push_back(p);
+    }
+  }
+  return out;
+}
+
+std::string save_training_checkpoint_parallel(const std::string& save_root, const TrainArgs& args, Trainer& trainer,
+                                              const TokenizerRecord& tokenizer, int keep_last, const MpiSession& mpi) {
+  GPT& model = trainer.model();
+  const ParameterSet& ps = model.parameters();
+  const ModelParallel& mp = model.model_parallel();
+  Communicator* group = trainer.gradient_group();
+  const int D = group ? group->size() : 1, d = group ? group->rank() : 0;
+  const int64_t n = ps.numel(), b = n * d / D, e = n * (d + 1) / D;
+  // This rank's range of its (stage, tensor-parallel rank) buffers: under ZeRO the shard it owns.
+  const auto [params, m, v] = trainer.state_range(b, e);
+  std::unique_ptr<CheckpointWriter> w;
+  std::string staging;
+  if (mpi.rank() == 0) {
+    w = std::make_unique<CheckpointWriter>(save_root, trainer.iteration());
+    staging = w->staging_dir();
+  }
+  staging = mpi.broadcast(staging);
+  if (mpi.rank() != 0) w = std::make_unique<CheckpointWriter>(save_root, trainer.iteration(), staging);
+  for (const ParamSpec& s : ps.specs()) {
+    if (s.tied_copy) continue;                    // the first stage's wte is stored
+    if (!s.sharded() && mp.rank() != 0) continue;  // replicated over TP: tensor-parallel rank 0 stores it
+    for (const RangePiece& p : range_pieces(s, b - s.offset, e - s.offset)) {
+      const int64_t at = s.offset + p.flat_begin - b;
+      w->add("model", s.name, s.global_shape, p.box, params.flat(at, p.length), DType::f32, mpi.rank());
+      w->add("optimizer/exp_avg", s.name, s.global_shape, p.box, m.flat(at, p.length), DType::f32, mpi.rank());
+      w->add("optimizer/exp_avg_sq", s.name, s.global_shape, p.box, v.flat(at, p.length), DType::f32, mpi.rank());
+    }
+  }
+  const std::vector<std::string> indexes = mpi.gather(mpi.rank() == 0 ? std::string() : pieces_to_json(w->finish()));
+  if (mpi.rank() != 0) return {};
+  for (size_t r = 1; r < indexes.size(); ++r)
+    w->add_pieces(pieces_from_json(indexes[r], detail::concat("rank ", r, "'s checkpoint index")));
+  return w->commit(metadata_fields(*w, args, trainer, tokenizer), keep_last);
 }
 
 LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, const LoadOptions& options) {

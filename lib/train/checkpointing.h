@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 
+#include "comm/mpi_session.h"
 #include "data/tokenizer.h"
 #include "data/tokenizer_factory.h"
 #include "io/checkpoint.h"
@@ -36,6 +37,23 @@ struct ShardedState {
 // gathered first) must call it. The first stage's first tensor-parallel rank ends up with every
 // part; other ranks get what they gathered on the way.
 ShardedState gather_training_state(Trainer& trainer);
+
+// Parallel save, collective over the world: every rank writes the range [n*g/G, n*(g+1)/G) of
+// its (stage, tensor-parallel rank) flat buffers (g, G: its gradient group rank and size; under
+// ZeRO that is exactly the shard it owns) to its own shard file in rank 0's staging directory,
+// as boxes of the global tensors (replicated tensors from tensor-parallel rank 0 only); rank 0
+// merges the ranks' piece indexes, writes metadata.json and publishes. No rank ever holds more
+// than its own state. Returns the directory on rank 0, "" elsewhere.
+std::string save_training_checkpoint_parallel(const std::string& save_root, const TrainArgs& args, Trainer& trainer,
+                                              const TokenizerRecord& tokenizer, int keep_last, const MpiSession& mpi);
+// The boxes of the global tensor that elements [begin, end) of a parameter's local flat tensor
+// are (a partial row, whole rows, a partial row; split at tensor-parallel chunks), each with its
+// start and length in the local flat tensor.
+struct RangePiece {
+  Box box;
+  int64_t flat_begin = 0, length = 0;
+};
+std::vector<RangePiece> range_pieces(const ParamSpec& spec, int64_t begin, int64_t end);
 
 // Writes <save_root>/iter_NNNNNNN for the trainer's current state; returns its path. Each
 // tensor-parallel shard is stored as pieces (boxes) of the global tensors, replicated tensors

@@ -264,6 +264,24 @@ void Trainer::set_full_parameters(const Tensor& full) {
   }
 }
 
+std::tuple<Tensor, Tensor, Tensor> Trainer::state_range(int64_t begin, int64_t end) {
+  const ParameterSet& ps = model_.parameters();
+  Backend& be = model_.backend();
+  auto host = [&](const Tensor& t) { return t.device().is_cpu() ? t : be.download(t); };
+  const int64_t len = end - begin;
+  Tensor params;
+  if (zero_ == 3) {
+    LLM_CHECK(begin == own_begin() && end == own_end(), "state_range [", begin, ", ", end,
+              ") is not this rank's ZeRO-3 shard [", own_begin(), ", ", own_end(), ")");
+    params = param_shard_;
+  } else {
+    params = host(ps.flat_params().flat(begin, len));
+  }
+  const int64_t ob = optimizer_.shard_begin(), oe = optimizer_.shard_end();
+  LLM_CHECK(ob <= begin && end <= oe, "state_range [", begin, ", ", end, ") outside the optimizer's [", ob, ", ", oe, ")");
+  return {params, host(optimizer_.m().flat(begin - ob, len)), host(optimizer_.v().flat(begin - ob, len))};
+}
+
 Trainer::StateBytes Trainer::state_bytes() const {
   const ParameterSet& ps = model_.parameters();
   StateBytes b;

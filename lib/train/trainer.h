@@ -4,6 +4,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <tuple>
 
 #include "comm/communicator.h"
 #include "data/sample_source.h"
@@ -62,6 +63,10 @@ class Trainer {
     int64_t parameters = 0, gradients = 0, optimizer = 0;
   };
   StateBytes state_bytes() const;
+  // Host copies (or views) of the logical flat range [begin, end) of the parameters and of the
+  // AdamW moments, from whatever this rank holds (under ZeRO only its own shard can be asked).
+  std::tuple<Tensor, Tensor, Tensor> state_range(int64_t begin, int64_t end);
+  Communicator* gradient_group() const { return dp_; }
   // Buckets of the overlapped gradient reduction (empty without --overlap-grad-reduce).
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
   // Continue after `iteration` steps that consumed `consumed_samples` (checkpoint resume).
