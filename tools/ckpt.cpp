@@ -1,11 +1,13 @@
 // llm-ckpt: inspect, verify, convert, and exchange checkpoints with Hugging Face GPT-2.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 
 #include "core/error.h"
 #include "data/tokenizer_factory.h"
+#include "io/checkpoint_compare.h"
 #include "io/checkpoint_convert.h"
 #include "io/hf_gpt2.h"
 #include "model/gpt.h"
@@ -86,6 +88,7 @@ int run(int argc, char** argv) {
       "Examples:\n"
       "  llm-ckpt inspect runs/ckpt                        # config, layout, tensors (--norms adds L2 norms)\n"
       "  llm-ckpt verify runs/ckpt                         # checksums + every element stored exactly once\n"
+      "  llm-ckpt diff runs/a runs/b --rtol 1e-5           # same global tensors? (any two layouts)\n"
       "  llm-ckpt convert runs/ckpt --output runs/ckpt-bf16 --dtype bf16 --shards 4\n"
       "  llm-ckpt export runs/ckpt --format hf-gpt2 --output hf/\n"
       "  llm-ckpt import hf/ --format hf-gpt2 --output runs/imported");
@@ -109,6 +112,14 @@ int run(int argc, char** argv) {
   exp->add_option("--format", format, "hf-gpt2")->capture_default_str();
   exp->add_option("--output", output, "directory to create")->required();
   exp->add_flag("--overwrite", overwrite, "replace an existing output directory");
+  std::string other;
+  double rtol = 1e-5;
+  bool with_optimizer = false;
+  auto* dif = app.add_subcommand("diff", "compare every tensor of two checkpoints (saved under any layouts)");
+  dif->add_option("checkpoint", path, "first checkpoint (the reference)")->required();
+  dif->add_option("other", other, "second checkpoint")->required();
+  dif->add_option("--rtol", rtol, "largest |a - b| / max |a| allowed per tensor")->capture_default_str();
+  dif->add_flag("--optimizer", with_optimizer, "also compare the AdamW moments");
   auto* imp = app.add_subcommand("import", "read a Hugging Face model directory into a checkpoint (iteration 0)");
   imp->add_option("directory", path, "Hugging Face model directory")->required();
   imp->add_option("--format", format, "hf-gpt2")->capture_default_str();
@@ -125,6 +136,25 @@ int run(int argc, char** argv) {
     std::printf("OK %s: %lld tensors in %zu pieces, checksums match, every element stored exactly once\n",
                 ckpt.dir().c_str(), static_cast<long long>(n), ckpt.pieces().size());
     return 0;
+  }
+  if (*dif) {
+    const CheckpointDifference d = compare_checkpoints(path, other, with_optimizer);
+    for (const std::string& p : d.problems) std::printf("  %s\n", p.c_str());
+    std::vector<TensorDifference> sorted = d.tensors;
+    std::sort(sorted.begin(), sorted.end(), [](const auto& x, const auto& y) { return x.relative() > y.relative(); });
+    std::printf("%zu tensors compared; largest relative differences:\n", d.tensors.size());
+    for (size_t i = 0; i < sorted.size() && i < 5; ++i)
+      std::printf("  %-22s %-36s %.3e (|a - b| %.3e of max |a| %.3e)\n", sorted[i].category.c_str(),
+                  sorted[i].name.c_str(), sorted[i].relative(), sorted[i].max_abs, sorted[i].max_ref);
+    bool ok = d.problems.empty() && !d.tensors.empty();
+    for (const char* cat : {"model", "optimizer/exp_avg", "optimizer/exp_avg_sq"}) {
+      if (!with_optimizer && std::string(cat) != "model") continue;
+      const double w = d.worst(cat);
+      std::printf("%s: worst %.3e %s rtol %.1e\n", cat, w, w <= rtol ? "<=" : ">", rtol);
+      ok = ok && w <= rtol;
+    }
+    std::printf("%s\n", ok ? "SAME (within rtol)" : "DIFFERENT");
+    return ok ? 0 : 1;
   }
   if (*conv) {
     ConvertOptions o;

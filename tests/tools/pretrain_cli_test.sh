@@ -209,6 +209,23 @@ if command -v mpirun > /dev/null; then
   run_pp z3c 4 --zero-stage 3 --load "$work/pp1ck"
   check "a single-process checkpoint resumes under ZeRO-3 over 4 ranks on the same curve (rel 1e-5)" "grep -q 'continuing after iteration 4' $work/z3c.txt && same_curve $work/pp1/metrics.jsonl $work/pp1a/metrics.jsonl $work/z3c/metrics.jsonl"
   check "ZeRO-2/3 layouts' measured communication equals the analytic volume" "(for f in z2 z3 z3tp z3pp; do grep -q 'data-parallel  *reduce-scatter' $work/\$f.txt || exit 1; done) && ! grep -q MISMATCH $work/z2.txt $work/z3.txt $work/z3tp.txt $work/z3pp.txt"
+  # The saved checkpoints are the same global tensors: with lr 0 the parameters must be identical
+  # and the AdamW moments (linear in the gradients) equal to fp32 round-off (rel 1e-5).
+  ck="$(dirname "$bin")/llm-ckpt"
+  lr0=(--mock-data --vocab-size 128 --make-vocab-size-divisible-by 16 --num-layers 4 --hidden-size 64
+       --num-attention-heads 4 --seq-length 32 --micro-batch-size 2 --global-batch-size 8 --seed 3 --log-interval 1
+       --lr 0 --min-lr 0 --train-iters 3)
+  OMP_NUM_THREADS=1 "$bin" "${lr0[@]}" --save "$work/same1" --output-dir "$work/same1o" > /dev/null 2>&1
+  OMP_NUM_THREADS=1 timeout 300 mpirun -np 8 "$bin" "${lr0[@]}" --pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 \
+    --sequence-parallel --zero-stage 1 --save "$work/same8ck" --output-dir "$work/same8" > /dev/null 2>&1
+  OMP_NUM_THREADS=1 timeout 300 mpirun -np 4 "$bin" "${lr0[@]}" --pipeline-model-parallel-size 2 --zero-stage 3 \
+    --save "$work/samez3ck" --output-dir "$work/samez3" > /dev/null 2>&1
+  "$ck" diff "$work/same1" "$work/same8ck" --optimizer --rtol 1e-5 > "$work/diff8.txt" 2>&1
+  check "DP 2 x TP 2 + SP x PP 2 (ZeRO-1) saves the single-process tensors (parameters equal, moments rel 1e-5)" "[ $? -eq 0 ] && grep -q '^model: worst 0.000e+00' $work/diff8.txt"
+  "$ck" diff "$work/same1" "$work/samez3ck" --optimizer --rtol 1e-5 > "$work/diffz3.txt" 2>&1
+  check "ZeRO-3 x PP 2 saves the single-process tensors (parameters equal, moments rel 1e-5)" "[ $? -eq 0 ] && grep -q '^model: worst 0.000e+00' $work/diffz3.txt"
+  "$ck" diff "$work/same1" "$work/samez3ck" --optimizer --rtol 1e-9 > "$work/difftight.txt" 2>&1
+  check "llm-ckpt diff fails beyond its tolerance" "[ $? -eq 1 ] && grep -q DIFFERENT $work/difftight.txt"
   mpirun -np 4 "$bin" "${dp[@]}" --pipeline-model-parallel-size 4 > "$work/ppx.txt" 2>&1
   check "layers not divisible by the stages are refused with the constraint" "[ $? -ne 0 ] && grep -q 'num-layers 2 is not divisible by --pipeline-model-parallel-size 4' $work/ppx.txt"
   mpirun -np 2 "$bin" "${dp[@]}" --ds-sequence-parallel-size 2 --tensor-model-parallel-size 1 --sequence-parallel > "$work/spx.txt" 2>&1
