@@ -9,10 +9,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <filesystem>
 #include <map>
 
 #include "backend/backend.h"
+#if defined(LLM_HAVE_CUDA) && defined(LLM_HAVE_NCCL)
+#include "backend/cuda/cuda_backend.h"
+#include "comm/nccl_communicator.h"
+#endif
 #include "comm/communicator.h"
 #include "comm/mpi_session.h"
 #include "core/error.h"
@@ -136,20 +139,30 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   args.validate();
   const GPTConfig mc = args.model_config();
   const SampleSource& train = *data.train;
-  Backend& backend = cpu_backend();
+  Backend& backend = backend_by_name(args.backend);
+  const bool on_gpu = args.backend == "cuda";
   // Groups (Megatron order, tp fastest): the tensor-parallel group shares (sp, dp, pp) ranks, the
   // Ulysses group (tp, dp, pp), the gradient group (data parallel x Ulysses) (tp, pp) and the
   // pipeline (tp, sp, dp).
   const GridCoordinates grid = grid_coordinates(layout, mpi.rank());
   std::unique_ptr<Communicator> world = mpi_world_communicator();
   const int64_t dps = layout.dp();
-  std::unique_ptr<Communicator> tp = mpi_split_communicator(
+  // On GPUs the groups are NCCL communicators (device tensors over NCCL, host ones over MPI).
+  auto group = [&](int color, int key) -> std::unique_ptr<Communicator> {
+    if (!on_gpu || mpi.size() == 1) return mpi_split_communicator(color, key);
+#if defined(LLM_HAVE_CUDA) && defined(LLM_HAVE_NCCL)
+    return nccl_split_communicator(*cuda::cuda_backend(), color, key);
+#else
+    throw ConfigError("--backend cuda on several ranks needs NCCL, which this build did not find (LLM_NCCL_ROOT)");
+#endif
+  };
+  std::unique_ptr<Communicator> tp = group(
       static_cast<int>(grid.sp_rank + layout.sp * (grid.dp_rank + dps * grid.pp_rank)), static_cast<int>(grid.tp_rank));
-  std::unique_ptr<Communicator> sp = mpi_split_communicator(
+  std::unique_ptr<Communicator> sp = group(
       static_cast<int>(grid.tp_rank + layout.tp * (grid.dp_rank + dps * grid.pp_rank)), static_cast<int>(grid.sp_rank));
-  std::unique_ptr<Communicator> dp = mpi_split_communicator(static_cast<int>(grid.tp_rank + layout.tp * grid.pp_rank),
+  std::unique_ptr<Communicator> dp = group(static_cast<int>(grid.tp_rank + layout.tp * grid.pp_rank),
                                                             static_cast<int>(grid.dp_rank * layout.sp + grid.sp_rank));
-  std::unique_ptr<Communicator> pp = mpi_split_communicator(
+  std::unique_ptr<Communicator> pp = group(
       static_cast<int>(grid.tp_rank + layout.tp * (grid.sp_rank + layout.sp * grid.dp_rank)), static_cast<int>(grid.pp_rank));
   ModelParallel parallel{tp.get(), args.sequence_parallel, sp.get()};
   parallel.pipeline = pp.get();

@@ -147,6 +147,9 @@ class Backend {
 // The CPU backend (always present), and every backend this build has (CPU first).
 Backend& cpu_backend();
 std::vector<Backend*> available_backends();
+// The backend called `name` ("cpu", "cuda"), or ConfigError naming `flag` and why it is not
+// there (not built, or no usable device and the reason).
+Backend& backend_by_name(const std::string& name, const std::string& flag = "--backend");
 // Backends add themselves at static-initialisation time (the CUDA backend does).
 void register_backend(Backend* b);
 

@@ -133,6 +133,7 @@ std::vector<OptionSpec> make_options() {
       opt("tflops-formula", &A::tflops_formula, "TFLOPs in the log line: megatron (Narayanan et al. 2021, with recompute factor) | model (model FLOPs)"),
       opt("max-nan-iterations", &A::max_nan_iterations, "non-finite iterations to skip before stopping (0 = stop at the first)"),
       opt("threads", &A::threads, "CPU threads (0 = OMP_NUM_THREADS or all cores)"),
+      opt("backend", &A::backend, "compute backend: cpu | cuda (one GPU per rank, chosen from the launcher's local rank; collectives over NCCL)"),
       opt("tensor-model-parallel-size", &A::tensor_model_parallel_size, "tensor-parallel group size"),
       opt("pipeline-model-parallel-size", &A::pipeline_model_parallel_size, "pipeline stages"),
       opt("ds-sequence-parallel-size", &A::ds_sequence_parallel_size, "Ulysses sequence-parallel group size"),

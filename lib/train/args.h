@@ -66,6 +66,7 @@ struct TrainArgs {
   std::string tflops_formula = "megatron";
   int64_t max_nan_iterations = 0;
   int64_t threads = 0;  // 0 = OMP_NUM_THREADS / all cores
+  std::string backend = "cpu";  // cpu | cuda
   // parallel layout (Megatron / DeepSpeed names); data parallel = world / (tp x pp x sp)
   int64_t tensor_model_parallel_size = 1;
   int64_t pipeline_model_parallel_size = 1;

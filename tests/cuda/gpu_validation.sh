@@ -32,6 +32,15 @@ log "full ctest"
 (cd "$build" && ctest -j4 --output-on-failure > "$out/ctest.log" 2>&1)
 log "ctest exit $?: $(tail -3 "$out/ctest.log" | head -1)"
 
+log "llm-pretrain --backend cuda against --backend cpu (fp32, 20 iterations, rel 1e-4)"
+pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attention-heads 4 --seq-length 128
+    --micro-batch-size 4 --global-batch-size 8 --train-iters 20 --log-interval 1 --lr 1e-3)
+"$build/tools/llm-pretrain" "${pa[@]}" --backend cpu --output-dir "$out/pt_cpu" > "$out/pretrain_cpu.log" 2>&1
+"$build/tools/llm-pretrain" "${pa[@]}" --backend cuda --output-dir "$out/pt_cuda" > "$out/pretrain_cuda.log" 2>&1
+log "pretrain cuda exit $?: $(paste <(grep -o '"lm_loss": [^,]*' "$out/pt_cpu/metrics.jsonl" | cut -d' ' -f2) \
+  <(grep -o '"lm_loss": [^,]*' "$out/pt_cuda/metrics.jsonl" | cut -d' ' -f2) |
+  awk '{n++; d=$1-$2; if (d<0) d=-d; if (d/$1 > w) w=d/$1} END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n==20 && w<1e-4) ? "OK" : "FAIL"}')"
+
 log "benchmarks"
 (cd "$build" && ./tests/bench-cuda-gemm > "$out/bench_gemm.txt" 2>&1); log "gemm exit $?"
 (cd "$build" && ./tests/bench-cuda-attention > "$out/bench_attention.txt" 2>&1); log "attention exit $?"

@@ -226,6 +226,12 @@ if command -v mpirun > /dev/null; then
   check "ZeRO-3 x PP 2 saves the single-process tensors (parameters equal, moments rel 1e-5)" "[ $? -eq 0 ] && grep -q '^model: worst 0.000e+00' $work/diffz3.txt"
   "$ck" diff "$work/same1" "$work/samez3ck" --optimizer --rtol 1e-9 > "$work/difftight.txt" 2>&1
   check "llm-ckpt diff fails beyond its tolerance" "[ $? -eq 1 ] && grep -q DIFFERENT $work/difftight.txt"
+  "$bin" "${dp[@]}" --backend tpu > "$work/be.txt" 2>&1
+  check "an unknown --backend is refused naming it" "[ $? -eq 2 ] && grep -q \"backend 'tpu': unknown backend\" $work/be.txt"
+  if ! nvidia-smi > /dev/null 2>&1; then
+    "$bin" "${dp[@]}" --backend cuda > "$work/becuda.txt" 2>&1
+    check "--backend cuda without a usable GPU is refused with the reason" "[ $? -eq 2 ] && grep -q 'backend cuda: ' $work/becuda.txt"
+  fi
   mpirun -np 4 "$bin" "${dp[@]}" --pipeline-model-parallel-size 4 > "$work/ppx.txt" 2>&1
   check "layers not divisible by the stages are refused with the constraint" "[ $? -ne 0 ] && grep -q 'num-layers 2 is not divisible by --pipeline-model-parallel-size 4' $work/ppx.txt"
   mpirun -np 2 "$bin" "${dp[@]}" --ds-sequence-parallel-size 2 --tensor-model-parallel-size 1 --sequence-parallel > "$work/spx.txt" 2>&1

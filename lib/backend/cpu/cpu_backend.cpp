@@ -92,6 +92,7 @@ void register_backend(Backend* b) { registry().push_back(b); }
 #ifdef LLM_HAVE_CUDA
 namespace cuda {
 void register_backend_if_present();  // backend/cuda/cuda_backend.cpp
+std::string device_status();
 }
 #endif
 
@@ -106,6 +107,21 @@ std::vector<Backend*> available_backends() {
   for (Backend* b : registry())
     if (std::find(all.begin(), all.end(), b) == all.end()) all.push_back(b);
   return all;
+}
+
+Backend& backend_by_name(const std::string& name, const std::string& flag) {
+  for (Backend* b : available_backends())
+    if (b->name() == name) return *b;
+  if (name == "cuda") {
+#ifdef LLM_HAVE_CUDA
+    throw ConfigError(flag + " cuda: " + cuda::device_status());
+#else
+    throw ConfigError(flag + " cuda: this build has no CUDA backend (configure with the CUDA toolkit present)");
+#endif
+  }
+  std::string known;
+  for (Backend* b : available_backends()) known += (known.empty() ? "" : ", ") + b->name();
+  throw ConfigError(flag + " '" + name + "': unknown backend (cpu or cuda; usable here: " + known + ")");
 }
 
 namespace cpu {
