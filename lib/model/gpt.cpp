@@ -251,7 +251,14 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
   a.encoded = be.empty({R, C});
   for (size_t l = 0; l < blocks_.size(); ++l) {
     Block& b = *blocks_[l];
-    b.residual3 = be.empty({R, C});  // a block's output: always kept (the next block's input)
+    if (l + 1 == blocks_.size() && tp_.pp_size() > 1 && !tp_.last_stage()) {
+      // A pipeline stage's output is only sent on (its backward never reads it), so the
+      // micro-batches in flight share one buffer instead of keeping one each (Megatron frees it).
+      if (!stage_output_.defined() || stage_output_.shape() != Shape{R, C}) stage_output_ = be.empty({R, C});
+      b.residual3 = stage_output_;
+    } else {
+      b.residual3 = be.empty({R, C});  // a block's output: kept (the next block's input)
+    }
     if (recompute_ && l > 0) {
       // Full recompute: every block works in block 0's buffers and recomputes them in backward.
       const Block& first = *blocks_[0];

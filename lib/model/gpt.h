@@ -174,6 +174,7 @@ class GPT {
   std::vector<Slot> slots_;  // the micro-batches' activation sets not selected now
   int slot_ = 0;
   int first_layer_ = 0;  // global index of blocks_[0]
+  Tensor stage_output_;  // shared by the activation sets of a stage that is not the last
   Tensor last_hidden_, last_norm_, last_logits_;  // forward_cached's [B, C], [B, C], [B, Vp]
   int64_t valid_targets_ = 0;
   bool recompute_ = false;
