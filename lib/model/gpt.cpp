@@ -309,8 +309,10 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
     a.gathered = a.partial = a.drows = a.lnf_full = Tensor{};
   }
   if (S > 1) {
-    a.send = Tensor::empty({B * T * 3 * Cl});
-    a.recv = Tensor::empty({B * T * 3 * Cl});
+    // The exchanges stage through scratch that is free at that moment (see ulysses_staging());
+    // a separate send buffer only when the MLP's scratch is smaller than q,k,v (ffn < 3h).
+    a.send = Fl >= 3 * Cl ? Tensor{} : Tensor::empty({B * T * 3 * Cl});
+    a.recv = Tensor{};
     a.dqkv_heads = be.empty({B, T * S, 3 * Cs});
     a.datty_heads = be.empty({B, T * S, Cs});
   } else {
@@ -318,13 +320,15 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
   }
 }
 
-void GPT::ulysses_exchange(const Tensor& seq, const Tensor& heads, int parts, bool to_heads) {
+void GPT::ulysses_exchange(const Tensor& seq, const Tensor& heads, int parts, bool to_heads, const Tensor& send_buf,
+                           const Tensor& recv_buf) {
   LLM_CHECK(seq.device().is_cpu() && heads.device().is_cpu(), "Ulysses exchange: host tensors expected (",
             backend_.name(), " backend)");
-  Activations& a = *acts_;
   const int64_t S = tp_.sp_size(), B = seq.size(0), Tl = seq.size(1), Cl = seq.size(2) / parts, Cs = Cl / S;
   const int64_t chunk = B * Tl * parts * Cs;  // elements per peer
-  const Tensor send = a.send.flat(0, chunk * S), recv = a.recv.flat(0, chunk * S);
+  LLM_CHECK(send_buf.numel() >= chunk * S && recv_buf.numel() >= chunk * S, "Ulysses exchange: staging buffers of ",
+            send_buf.numel(), " and ", recv_buf.numel(), " elements for ", chunk * S);
+  const Tensor send = send_buf.flat(0, chunk * S), recv = recv_buf.flat(0, chunk * S);
   float* ps = send.data<float>();
   float* pr = recv.data<float>();
   float* pq = seq.data<float>();
@@ -419,9 +423,11 @@ void GPT::block_forward(size_t layer, const Tensor& x, KVCache* cache) {
   if (cache) {
     be.attention_kv_forward(b.atty, b.qkv, cache->k[layer], cache->v[layer], cache->length, nh);
   } else if (tp_.sp_size() > 1) {
-    ulysses_exchange(b.qkv, b.qkv_heads, 3, true);
+    // Staging: the backward scratch (MLP hidden gradient, q,k,v gradient) is free in forward.
+    const Tensor& send = a.send.defined() ? a.send : a.dfch;
+    ulysses_exchange(b.qkv, b.qkv_heads, 3, true, send, a.dqkv);
     be.attention_forward(b.atty_heads, b.att_lse, b.qkv_heads, nh);
-    ulysses_exchange(b.atty, b.atty_heads, 1, false);
+    ulysses_exchange(b.atty, b.atty_heads, 1, false, send, a.dqkv);
   } else {
     be.attention_forward(b.atty, b.att_lse, b.qkv, nh);
   }
@@ -670,9 +676,12 @@ void GPT::block_backward(size_t li, const Tensor& x) {
   be.linear_backward(datty.view({N, -1}), b.d_proj_w, b.d_proj_b, gather_rows(a.dresidual, a.gathered),
                      b.atty.view({N, -1}), b.proj_w);
   if (tp_.sp_size() > 1) {
-    ulysses_exchange(datty, a.datty_heads, 1, true);
+    // Staging: the MLP's scratch is done with; q,k,v's gradient is not yet written for the first
+    // exchange, and the head-shard q,k,v are dead once attention's backward has run (second).
+    const Tensor& send = a.send.defined() ? a.send : a.dfch;
+    ulysses_exchange(datty, a.datty_heads, 1, true, send, a.dqkv);
     be.attention_backward(a.dqkv_heads, a.datty_heads, b.qkv_heads, b.atty_heads, b.att_lse, nh);
-    ulysses_exchange(a.dqkv, a.dqkv_heads, 3, false);
+    ulysses_exchange(a.dqkv, a.dqkv_heads, 3, false, send, b.qkv_heads);
   } else {
     be.attention_backward(a.dqkv, datty, b.qkv, b.atty, b.att_lse, nh);
   }

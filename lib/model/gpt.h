@@ -161,7 +161,9 @@ class GPT {
   // Ulysses: qkv [B, T/sp, 3C'] (sequence shard) <-> [B, T, 3C'/sp] (head shard), and the same
   // for the attention output [B, T/sp, C'] <-> [B, T, C'/sp]; `parts` is the row count per
   // position (3 for qkv, 1 for the output). to_heads=false runs the reverse exchange.
-  void ulysses_exchange(const Tensor& seq_shard, const Tensor& head_shard, int parts, bool to_heads);
+  // The all-to-all stages through send_buf and recv_buf (scratch that is free at the call).
+  void ulysses_exchange(const Tensor& seq_shard, const Tensor& head_shard, int parts, bool to_heads,
+                        const Tensor& send_buf, const Tensor& recv_buf);
 
   GPTConfig config_;
   Backend& backend_;
