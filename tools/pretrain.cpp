@@ -94,9 +94,8 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     }
   args.model = model_name;
 
-  // Layout: validated as a whole before anything is allocated. Data and tensor parallelism (with
-  // Megatron sequence parallelism) are built; the other schemes are refused rather than ignored
-  // until they land.
+  // Layout: validated as a whole before anything is allocated (data, tensor, pipeline, Megatron
+  // and Ulysses sequence parallelism, ZeRO 0-3).
   ParallelLayout layout{mpi.size(), args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                         args.ds_sequence_parallel_size};
   if (layout.tp < 1 || layout.pp < 1 || layout.sp < 1 || mpi.size() % (layout.tp * layout.pp * layout.sp))
