@@ -13,6 +13,7 @@
 #   MPSIZE [1] tensor parallel   PPSIZE [1] pipeline parallel   SPSIZE [1] sequence parallel
 #   SP_TYPE [megatron] megatron | ds (Ulysses)   ZERO_STAGE [0]   USE_ACTIVATION_CHECKPOINTING [0]
 #   USE_FLASH_ATTN [1] (the CPU attention is always flash-style)   DTYPE [fp32]
+#   BACKEND [cuda on GPU nodes, else cpu]
 #   DATA_PATH (required unless MOCK_DATA=1)  TOKENIZER_TYPE TOKENIZER_MODEL VOCAB_FILE MERGE_FILE
 #   HOSTFILE [$PBS_NODEFILE, Slurm's nodes, or this host]   NGPU_PER_HOST [GPUs, else cores]
 #   OUTPUT_ROOT [outputs]   EXTRA_ARGS (appended to llm-pretrain)   DRY_RUN [0]
@@ -103,7 +104,10 @@ if [ "$SPSIZE" -gt 1 ]; then
   if [ "$SP_TYPE" = ds ]; then args+=(--ds-sequence-parallel-size "$SPSIZE"); else args+=(--sequence-parallel); fi
 fi
 [ "$USE_ACTIVATION_CHECKPOINTING" = 1 ] && args+=(--recompute-granularity full)
-[ "$DTYPE" = fp32 ] || die "DTYPE $DTYPE needs the CUDA backend (not built yet); use DTYPE=fp32"
+[ "$DTYPE" = fp32 ] || die "DTYPE $DTYPE needs the mixed-precision trainer (--bf16/--fp16, not built yet); use DTYPE=fp32"
+# One GPU per rank when the node has GPUs (BACKEND overrides: cpu | cuda).
+BACKEND=${BACKEND:-$([ "$device" = GPU ] && echo cuda || echo cpu)}
+args+=(--backend "$BACKEND")
 if [ "${MOCK_DATA:-0}" = 1 ]; then
   args+=(--mock-data --vocab-size "${VOCAB_SIZE:-50257}")
 else

@@ -23,6 +23,9 @@ DRY_RUN=1 NGPU_PER_HOST=8 MODEL_SIZE_KEY=GPT125M MICRO_BATCH=2 GAS=4 MPSIZE=2 MO
 check "global batch = micro x gas x dp" "grep -q 'dp 4 x tp 2 x pp 1 x sp 1 (megatron); global batch 32 = micro 2 x gas 4 x dp 4' dry2.txt"
 DRY_RUN=1 NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M SPSIZE=2 SP_TYPE=ds MOCK_DATA=1 "$launch" > dry3.txt 2>&1
 check "SP_TYPE=ds passes Ulysses' flag" "grep -q -- '--ds-sequence-parallel-size 2' dry3.txt"
+check "ranks that are not GPUs run the CPU backend" "grep -q -- '--backend cpu' dry3.txt"
+DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=GPU MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > dry4.txt 2>&1
+check "GPU ranks run the CUDA backend (BACKEND overrides)" "grep -q -- '--backend cuda' dry4.txt && BACKEND=cpu DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=GPU MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--backend cpu'"
 DRY_RUN=1 MODEL_SIZE_KEY=GPT7B MOCK_DATA=1 "$launch" > bad1.txt 2>&1
 check "unknown model key fails before launch" "[ $? -eq 2 ] && grep -q \"unknown MODEL_SIZE_KEY 'GPT7B'\" bad1.txt"
 DRY_RUN=1 NGPU_PER_HOST=6 MODEL_SIZE_KEY=GPT125M MPSIZE=3 MOCK_DATA=1 "$launch" > bad2.txt 2>&1
