@@ -214,21 +214,15 @@ void GPT::reduce_tied_grads() {
   if (tp_.pp_size() == 1 || !(tp_.first_stage() || tp_.last_stage())) return;
   // Both ends hold the same wte; each adds the other's gradient (commutative: bit-identical).
   const Tensor g = params_.grad("wte");
-  Tensor mine = g.device().is_cpu() ? g : backend_.download(g);
+  const bool host = g.device().is_cpu();
+  Tensor mine = host ? g : backend_.download(g);
   Tensor other = Tensor::empty(mine.shape());
   const int peer = tp_.first_stage() ? tp_.pp_size() - 1 : 0;
   tp_.pipeline->send_recv(mine, peer, 3, other, peer, 3);
-  if (g.device().is_cpu()) {
-    float* pg = g.data<float>();
-    const float* po = other.data<float>();
-    for (int64_t i = 0, n = g.numel(); i < n; ++i) pg[i] += po[i];
-  } else {
-    Tensor sum = backend_.download(g);
-    float* ps = sum.data<float>();
-    const float* po = other.data<float>();
-    for (int64_t i = 0, n = sum.numel(); i < n; ++i) ps[i] += po[i];
-    backend_.copy(g, sum);
-  }
+  float* pm = mine.data<float>();
+  const float* po = other.data<float>();
+  for (int64_t i = 0, n = mine.numel(); i < n; ++i) pm[i] += po[i];
+  if (!host) backend_.copy(g, mine);
 }
 
 void GPT::ensure_activations(int64_t B, int64_t T) {

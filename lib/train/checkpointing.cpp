@@ -1,7 +1,6 @@
 #include "train/checkpointing.h"
 
 #include <filesystem>
-#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -200,6 +199,7 @@ ShardedState gather_training_state(Trainer& trainer) {
   auto add_stage = [&](int stage, const Tensor& p, const Tensor& mm, const Tensor& vv) {
     for (int r = 0; r < P; ++r) {
       ShardedState::Part part;
+      part.tp_rank = r;
       part.specs = gpt_parameters(model.config(), max_pos, r, P, mp.sequence_parallel, stage, S).specs();
       const int64_t len = p.size(1);
       auto row = [&](const Tensor& t) { return t.slice(0, r, 1).view({len}); };
@@ -268,34 +268,34 @@ std::string metadata_fields(CheckpointWriter& w, const TrainArgs& args, const Tr
   f << "}";
   return f.str();
 }
+
+// Stores the logical range [begin, end) of one (stage, tensor-parallel rank)'s flat buffers —
+// parameters and AdamW moments, whose element 0 is `begin` — as boxes of the global tensors:
+// tied copies never (the first stage's is stored), replicated tensors only when asked (one
+// tensor-parallel rank stores them).
+void add_state_pieces(CheckpointWriter& w, const std::vector<ParamSpec>& specs, int64_t begin, int64_t end,
+                      const Tensor& params, const Tensor& m, const Tensor& v, bool replicated, int shard) {
+  for (const ParamSpec& s : specs) {
+    if (s.tied_copy || (!s.sharded() && !replicated)) continue;
+    for (const RangePiece& p : range_pieces(s, begin - s.offset, end - s.offset)) {
+      const int64_t at = s.offset + p.flat_begin - begin;
+      w.add("model", s.name, s.global_shape, p.box, params.flat(at, p.length), DType::f32, shard);
+      w.add("optimizer/exp_avg", s.name, s.global_shape, p.box, m.flat(at, p.length), DType::f32, shard);
+      w.add("optimizer/exp_avg_sq", s.name, s.global_shape, p.box, v.flat(at, p.length), DType::f32, shard);
+    }
+  }
+}
 }  // namespace
 
 std::string save_training_checkpoint(const std::string& save_root, const TrainArgs& args, const Trainer& trainer,
                                      const ShardedState& state, const TokenizerRecord& tokenizer, int keep_last) {
   CheckpointWriter w(save_root, trainer.iteration());
   LLM_CHECK(!state.parts.empty(), "save_training_checkpoint: no state");
-  std::set<std::string> written;  // replicated tensors are stored once
   for (const ShardedState::Part& part : state.parts) {
     const int64_t n = part.params.numel();
     LLM_CHECK(part.params.dim() == 1 && part.m.numel() == n && part.v.numel() == n && part.m.device().is_cpu(),
               "save_training_checkpoint: host state expected");
-    for (const ParamSpec& s : part.specs) {
-      if (s.tied_copy) continue;  // the first stage's copy is stored
-      if (!s.sharded() && !written.insert(s.name).second) continue;
-      const int64_t len = numel(s.shape);
-      for (const LocalBox& lb : local_boxes(s)) {
-        const Box box{lb.global_offset, lb.extent};
-        auto piece = [&](const Tensor& flat) {
-          Tensor t = flat.flat(s.offset, len).view(s.shape);
-          if (lb.extent == s.shape) return t;
-          LLM_CHECK(s.shard_dim == 0, "parameter '", s.name, "': only row chunks can be partial");
-          return t.slice(0, lb.local_offset[0], lb.extent[0]);
-        };
-        w.add("model", s.name, s.global_shape, box, piece(part.params));
-        w.add("optimizer/exp_avg", s.name, s.global_shape, box, piece(part.m));
-        w.add("optimizer/exp_avg_sq", s.name, s.global_shape, box, piece(part.v));
-      }
-    }
+    add_state_pieces(w, part.specs, 0, n, part.params, part.m, part.v, part.tp_rank == 0, 0);
   }
   return w.commit(metadata_fields(w, args, trainer, tokenizer), keep_last);
 }
@@ -369,16 +369,7 @@ std::string save_training_checkpoint_parallel(const std::string& save_root, cons
   }
   staging = mpi.broadcast(staging);
   if (mpi.rank() != 0) w = std::make_unique<CheckpointWriter>(save_root, trainer.iteration(), staging);
-  for (const ParamSpec& s : ps.specs()) {
-    if (s.tied_copy) continue;                    // the first stage's wte is stored
-    if (!s.sharded() && mp.rank() != 0) continue;  // replicated over TP: tensor-parallel rank 0 stores it
-    for (const RangePiece& p : range_pieces(s, b - s.offset, e - s.offset)) {
-      const int64_t at = s.offset + p.flat_begin - b;
-      w->add("model", s.name, s.global_shape, p.box, params.flat(at, p.length), DType::f32, mpi.rank());
-      w->add("optimizer/exp_avg", s.name, s.global_shape, p.box, m.flat(at, p.length), DType::f32, mpi.rank());
-      w->add("optimizer/exp_avg_sq", s.name, s.global_shape, p.box, v.flat(at, p.length), DType::f32, mpi.rank());
-    }
-  }
+  add_state_pieces(*w, ps.specs(), b, e, params, m, v, mp.rank() == 0, mpi.rank());
   const std::vector<std::string> indexes = mpi.gather(mpi.rank() == 0 ? std::string() : pieces_to_json(w->finish()));
   if (mpi.rank() != 0) return {};
   for (size_t r = 1; r < indexes.size(); ++r)

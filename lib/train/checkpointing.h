@@ -27,6 +27,7 @@ struct TokenizerRecord {
 // pieces that hold it: each part's specs and its flat host buffers.
 struct ShardedState {
   struct Part {
+    int tp_rank = 0;  // replicated tensors are stored from tensor-parallel rank 0's part
     std::vector<ParamSpec> specs;
     Tensor params, m, v;  // [n] each
   };

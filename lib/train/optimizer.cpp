@@ -22,7 +22,6 @@ void AdamW::set_shard(int64_t begin, int64_t end) {
 }
 
 StepResult AdamW::step(double lr, double grad_scale) {
-  StepResult r;
   const Tensor& g = params_.flat_grads();
   double sq = 0;
   const bool tp = tp_ && tp_->size() > 1, pp = pp_ && pp_->size() > 1;
@@ -40,7 +39,37 @@ StepResult AdamW::step(double lr, double grad_scale) {
   } else {
     sq = backend_.sum_squares(g);
   }
-  r.grad_norm = std::sqrt(sq) * grad_scale;
+  return update(lr, grad_scale, sq, params_.flat_params(), g, 0);
+}
+
+StepResult AdamW::step_shard(double lr, double grad_scale, const Tensor& w, const Tensor& g, Communicator* shards) {
+  const int64_t b = shard_begin_, e = shard_end_;
+  LLM_CHECK(w.numel() == e - b && g.numel() == e - b, "step_shard: ", w.numel(), " parameters and ", g.numel(),
+            " gradients for the owned range of ", e - b);
+  // Squares of this rank's part of each class; the group's shards together cover the buffer.
+  auto part = [&](const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+    double sq = 0;
+    for (auto [rb, re] : ranges) {
+      const int64_t lo = std::max(rb, b), hi = std::min(re, e);
+      if (hi > lo) sq += backend_.sum_squares(g.flat(lo - b, hi - lo));
+    }
+    return sq;
+  };
+  double sharded = part(params_.ranges([](const ParamSpec& s) { return s.sharded() && !s.tied_copy; }));
+  double replicated = part(params_.ranges([](const ParamSpec& s) { return !s.sharded() && !s.tied_copy; }));
+  if (shards && shards->size() > 1) {
+    sharded = shards->all_reduce_sum(sharded);
+    replicated = shards->all_reduce_sum(replicated);
+  }
+  double sq = replicated + (tp_ && tp_->size() > 1 ? tp_->all_reduce_sum(sharded) : sharded);
+  if (pp_ && pp_->size() > 1) sq = pp_->all_reduce_sum(sq);
+  return update(lr, grad_scale, sq, w, g, b);
+}
+
+StepResult AdamW::update(double lr, double grad_scale, double sum_squares, const Tensor& w, const Tensor& g,
+                         int64_t base) {
+  StepResult r;
+  r.grad_norm = std::sqrt(sum_squares) * grad_scale;
   r.finite = std::isfinite(r.grad_norm);
   if (!r.finite) return r;
   double scale = grad_scale;
@@ -59,70 +88,17 @@ StepResult AdamW::step(double lr, double grad_scale) {
   p.grad_scale = static_cast<float>(scale);
   // The owned range, intersected with the decayed and the no-decay tensors' ranges.
   const int64_t b = shard_begin_, e = shard_end_;
-  const Tensor& w = params_.flat_params();
-  auto update = [&](const std::vector<std::pair<int64_t, int64_t>>& ranges, float wd) {
+  auto apply = [&](const std::vector<std::pair<int64_t, int64_t>>& ranges, float wd) {
     p.weight_decay = wd;
     for (auto [rb, re] : ranges) {
       const int64_t lo = std::max(rb, b), hi = std::min(re, e);
       if (hi <= lo) continue;
-      backend_.adamw_update(w.flat(lo, hi - lo), g.flat(lo, hi - lo), m_.flat(lo - b, hi - lo),
+      backend_.adamw_update(w.flat(lo - base, hi - lo), g.flat(lo - base, hi - lo), m_.flat(lo - b, hi - lo),
                             v_.flat(lo - b, hi - lo), p);
     }
   };
-  update(decay_ranges_, static_cast<float>(config_.weight_decay));
-  update(no_decay_ranges_, 0.0f);
-  return r;
-}
-
-StepResult AdamW::step_shard(double lr, double grad_scale, const Tensor& w, const Tensor& g, Communicator* shards) {
-  const int64_t b = shard_begin_, e = shard_end_;
-  LLM_CHECK(w.numel() == e - b && g.numel() == e - b, "step_shard: ", w.numel(), " parameters and ", g.numel(),
-            " gradients for the owned range of ", e - b);
-  StepResult r;
-  // Squares of this rank's part of each class; the group's shards together cover the buffer.
-  auto part = [&](const std::vector<std::pair<int64_t, int64_t>>& ranges) {
-    double sq = 0;
-    for (auto [rb, re] : ranges) {
-      const int64_t lo = std::max(rb, b), hi = std::min(re, e);
-      if (hi > lo) sq += backend_.sum_squares(g.flat(lo - b, hi - lo));
-    }
-    return sq;
-  };
-  double sharded = part(params_.ranges([](const ParamSpec& s) { return s.sharded() && !s.tied_copy; }));
-  double replicated = part(params_.ranges([](const ParamSpec& s) { return !s.sharded() && !s.tied_copy; }));
-  if (shards && shards->size() > 1) {
-    sharded = shards->all_reduce_sum(sharded);
-    replicated = shards->all_reduce_sum(replicated);
-  }
-  double sq = replicated + (tp_ && tp_->size() > 1 ? tp_->all_reduce_sum(sharded) : sharded);
-  if (pp_ && pp_->size() > 1) sq = pp_->all_reduce_sum(sq);
-  r.grad_norm = std::sqrt(sq) * grad_scale;
-  r.finite = std::isfinite(r.grad_norm);
-  if (!r.finite) return r;
-  double scale = grad_scale;
-  if (config_.clip_grad > 0) {
-    const double coeff = config_.clip_grad / (r.grad_norm + 1e-6);
-    if (coeff < 1.0) scale *= coeff;
-  }
-  ++step_;
-  AdamWParams p;
-  p.lr = static_cast<float>(lr);
-  p.beta1 = static_cast<float>(config_.beta1);
-  p.beta2 = static_cast<float>(config_.beta2);
-  p.eps = static_cast<float>(config_.eps);
-  p.step = step_;
-  p.grad_scale = static_cast<float>(scale);
-  auto update = [&](const std::vector<std::pair<int64_t, int64_t>>& ranges, float wd) {
-    p.weight_decay = wd;
-    for (auto [rb, re] : ranges) {
-      const int64_t lo = std::max(rb, b), hi = std::min(re, e);
-      if (hi <= lo) continue;
-      backend_.adamw_update(w.flat(lo - b, hi - lo), g.flat(lo - b, hi - lo), m_.flat(lo - b, hi - lo),
-                            v_.flat(lo - b, hi - lo), p);
-    }
-  };
-  update(decay_ranges_, static_cast<float>(config_.weight_decay));
-  update(no_decay_ranges_, 0.0f);
+  apply(decay_ranges_, static_cast<float>(config_.weight_decay));
+  apply(no_decay_ranges_, 0.0f);
   return r;
 }
 

@@ -47,6 +47,10 @@ class AdamW {
   bool sharded() const { return shard_begin_ != 0 || shard_end_ != params_.numel(); }
 
  private:
+  // Clipping and the update of the owned range from `w` and `g`, whose element 0 is logical
+  // element `base` of the flat buffer, given the global sum of squared gradients.
+  StepResult update(double lr, double grad_scale, double sum_squares, const Tensor& w, const Tensor& g, int64_t base);
+
   ParameterSet& params_;
   Backend& backend_;
   OptimizerConfig config_;
