@@ -254,7 +254,10 @@ int run(int argc, char** argv) {
     if (simulate) {
       r = simulated_result(p, mp, cluster, peak_device);
     } else {
-      const double peak_for_point = device == "cpu" ? peak_total : peak_device * static_cast<double>(p.world());
+      const double peak_for_point =
+          device == "cpu" ? cpu_point_peak(peak_total, p.world(), threads,
+                                           static_cast<int64_t>(std::thread::hardware_concurrency()))
+                          : peak_device * static_cast<double>(p.world());
       mo.peak_tflops_total = peak_for_point;
       r = measure_point(p, mp, mo, ++counter);
       if (have_cluster && r.status != Status::skipped) {

@@ -48,4 +48,9 @@ const DevicePeak& datasheet_peak(const std::string& device, const std::string& d
   throw ConfigError("no datasheet peak for device '" + device + "' in " + dtype + " (known: " + known + ")");
 }
 
+double cpu_point_peak(double per_process_peak, int64_t world, int64_t threads, int64_t cores) {
+  const int64_t side_by_side = std::max<int64_t>(1, cores / std::max<int64_t>(1, threads));
+  return per_process_peak * static_cast<double>(std::min(std::max<int64_t>(1, world), side_by_side));
+}
+
 }  // namespace llm::sweep

@@ -1,6 +1,7 @@
 // The peak a point's MFU is measured against: on the CPU backend the sgemm GFLOP/s this machine
 // gives with the sweep's threads (measured); for GPUs a datasheet table of dense peaks.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -9,6 +10,11 @@ namespace llm::sweep {
 // Best sgemm GFLOP/s over a few 2048^3 products (C = A B^T, the linear layer's form) with the
 // current OpenMP thread count (after one warm-up product).
 double measured_sgemm_gflops(int m = 2048, int n = 2048, int k = 2048, int reps = 5);
+
+// The CPU peak a measured point is compared with: the per-process sgemm ceiling (measured with
+// `threads` threads) times the processes the machine's `cores` can run side by side. An
+// oversubscribed point (world x threads > cores) shares the machine's ceiling.
+double cpu_point_peak(double per_process_peak, int64_t world, int64_t threads, int64_t cores);
 
 struct DevicePeak {
   std::string device;  // "A100-40GB", ...

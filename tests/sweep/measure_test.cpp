@@ -9,6 +9,7 @@
 #include "support/scratch_dir.h"
 #include "sweep/child.h"
 #include "sweep/measure.h"
+#include "sweep/peak.h"
 #include "train/flops.h"
 
 using namespace llm;
@@ -127,4 +128,14 @@ TEST(SweepChild, ExitCodesSignalsTimeoutsAndTheMemoryCap) {
   r = run_child({"/bin/sh", "-c", "true"}, o);
   EXPECT_TRUE(r.ok());
   EXPECT_GT(r.max_rss_bytes, 0);
+}
+
+TEST(SweepPeak, CpuPointPeakCountsTheProcessesTheCoresRunSideBySide) {
+  // 100 GFLOP/s per 1-thread process on 2 cores: 2 ranks get 200, 4 ranks still 200.
+  EXPECT_DOUBLE_EQ(llm::sweep::cpu_point_peak(0.1, 1, 1, 2), 0.1);
+  EXPECT_DOUBLE_EQ(llm::sweep::cpu_point_peak(0.1, 2, 1, 2), 0.2);
+  EXPECT_DOUBLE_EQ(llm::sweep::cpu_point_peak(0.1, 4, 1, 2), 0.2);
+  // A 2-thread process already uses both cores: more ranks share that ceiling.
+  EXPECT_DOUBLE_EQ(llm::sweep::cpu_point_peak(0.19, 2, 2, 2), 0.19);
+  EXPECT_DOUBLE_EQ(llm::sweep::cpu_point_peak(0.19, 1, 4, 2), 0.19);
 }
