@@ -222,6 +222,14 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   say("> optimizer state: %.1f MB per rank (ZeRO stage %lld over %lld data-parallel ranks)\n",
       static_cast<double>(sb.optimizer) / 1e6, static_cast<long long>(args.zero_stage),
       static_cast<long long>(args.data_parallel_size));
+  if (args.overlap_grad_reduce && layout.dp() * layout.sp > 1) {
+    if (trainer.num_buckets() > 0)
+      say("> gradient reduction: %lld buckets started during the last micro-batch's backward\n",
+          static_cast<long long>(trainer.num_buckets()));
+    else
+      say("> --overlap-grad-reduce has no effect here (%s)\n",
+          args.zero_stage >= 2 ? "ZeRO-2/3 reduce each layer as its backward ends" : "device gradients take the host path");
+  }
   say("> model states per rank: parameters %.2f MB, gradients %.2f MB, optimizer %.2f MB\n",
       static_cast<double>(sb.parameters) / 1e6, static_cast<double>(sb.gradients) / 1e6,
       static_cast<double>(sb.optimizer) / 1e6);
