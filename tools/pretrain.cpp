@@ -228,7 +228,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
           static_cast<long long>(trainer.num_buckets()));
     else
       say("> --overlap-grad-reduce has no effect here (%s)\n",
-          args.zero_stage >= 2 ? "ZeRO-2/3 reduce each layer as its backward ends" : "device gradients take the host path");
+          args.zero_stage >= 2 ? "ZeRO-2/3 reduce each layer as its backward ends" : "the gradient group cannot take device tensors: one reduction through the host");
   }
   say("> model states per rank: parameters %.2f MB, gradients %.2f MB, optimizer %.2f MB\n",
       static_cast<double>(sb.parameters) / 1e6, static_cast<double>(sb.gradients) / 1e6,

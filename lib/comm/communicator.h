@@ -16,6 +16,9 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // True when the tensor collectives take tensors on `device` directly (NCCL: its GPU); otherwise
+  // callers stage device tensors through the host.
+  virtual bool takes(const Device& device) const { return device.is_cpu(); }
   // In place: x = sum over the group (f32, contiguous).
   virtual void all_reduce_sum(const Tensor& x) = 0;
   // Sum / min / max of a scalar over the group.

@@ -81,6 +81,7 @@ class NcclCommunicator final : public Communicator {
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  bool takes(const Device& device) const override { return device.is_cpu() || device == backend_.device(); }
 
   void all_reduce_sum(const Tensor& x) override {
     if (x.device().is_cpu()) return host_->all_reduce_sum(x);

@@ -692,7 +692,7 @@ void GPT::reduce_partial_grads() {
   const bool compact = params_.compact_grads();
   for (auto [b, e] : params_.ranges_if([&](const ParamSpec& s) { return s.partial_grad && (!compact || s.group < 0); })) {
     const Tensor part = g.flat(b, e - b);
-    if (part.device().is_cpu()) {
+    if (tp_.group->takes(part.device())) {
       tp_.group->all_reduce_sum(part);
     } else {
       Tensor h = backend_.download(part);

@@ -57,9 +57,9 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
     model_.set_grad_ready_hook([this](int l) { zero_grad_ready(l); });
   }
   if (args.overlap_grad_reduce && dp_size > 1 && zero_ < 2) {
-    if (model_.parameters().flat_grads().device().is_cpu()) {
+    if (dp_->takes(model_.parameters().flat_grads().device())) {
       plan_buckets(dp_size);
-    }  // else: device gradients go through the host in one piece (the MPI path)
+    }  // else: device gradients go through the host in one piece
   }
   LLM_CHECK(train.seq_length() == args.seq_length, "data sequence length ", train.seq_length(),
             " differs from --seq-length ", args.seq_length);
@@ -146,7 +146,7 @@ IterationStats Trainer::train_step() {
       for (auto [b, e] : rest_ranges_) dp_->all_reduce_sum(g.flat(b, e - b));
       for (auto& r : inflight_) r->wait();
       inflight_.clear();
-    } else if (g.device().is_cpu()) {
+    } else if (dp_->takes(g.device())) {  // host tensors over MPI, GPU tensors over NCCL
       dp_->all_reduce_sum(g);
     } else {
       Tensor h = model_.backend().download(g);
@@ -182,9 +182,10 @@ IterationStats Trainer::train_step() {
       phase.reset();
       // Each replica updated its range: share them so every replica has all parameters.
       const Tensor& w = model_.parameters().flat_params();
-      Tensor h = w.device().is_cpu() ? w : model_.backend().download(w);
+      const bool direct = dp_->takes(w.device());
+      Tensor h = direct ? w : model_.backend().download(w);
       dp_->all_gather_ranges(h, shard_offsets_);
-      if (!w.device().is_cpu()) model_.backend().copy(w, h);
+      if (!direct) model_.backend().copy(w, h);
       st.params_all_gather_seconds = phase.seconds();
     }
   }
