@@ -194,6 +194,8 @@ if command -v mpirun > /dev/null; then
   check "pipeline layouts' measured communication equals the analytic volume" "(for f in pp2 pp4 pp2tp2 pp2sp2 dp2tp2pp2 dp2pp2; do grep -q 'pipeline  *send/recv' $work/\$f.txt || exit 1; done) && ! grep -q MISMATCH $work/pp2.txt $work/pp4.txt $work/pp2tp2.txt $work/pp2sp2.txt $work/dp2tp2pp2.txt $work/dp2pp2.txt"
   # ZeRO stages 2 and 3 (gradients, then parameters, sharded; layers gathered when used), with data
   # parallelism, tensor parallelism + SP and pipelines, evaluation, and checkpoints both ways.
+  run_pp ov 4 --overlap-grad-reduce --ddp-bucket-size 1 --pipeline-model-parallel-size 2 --tensor-model-parallel-size 1
+  check "DP 2 x PP 2 with --overlap-grad-reduce (a bucket per layer) reproduces the single-process losses (rel 1e-5)" "grep -q 'gradient reduction: 2 buckets' $work/ov.txt && same_curve $work/pp1/metrics.jsonl $work/ov/metrics.jsonl && ! grep -q MISMATCH $work/ov.txt"
   run_pp z2 2 --zero-stage 2
   check "ZeRO-2 over 2 ranks reproduces the single-process losses (rel 1e-5)" "same_curve $work/pp1/metrics.jsonl $work/z2/metrics.jsonl"
   run_pp z3 4 --zero-stage 3 --eval-iters 2 --eval-interval 100
