@@ -186,8 +186,24 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   if (!args.vocab_file.empty()) tokenizer.files["vocab"] = args.vocab_file;
   if (!args.merge_file.empty()) tokenizer.files["merges"] = args.merge_file;
   if (tokenizer.identity.kind.empty()) tokenizer.identity = {"MockData", std::to_string(args.vocab_size)};
+  // Fault injection for the failure tests: LLM_FAULT_INJECT=<rank>:<iteration> makes that rank
+  // raise an error at the start of that iteration, <rank>:save:<iteration> at the start of that
+  // iteration's checkpoint save (the others already writing theirs); no rank may hang, and no
+  // half-written checkpoint may be published.
+  int64_t fault_rank = -1, fault_iteration = -1;
+  bool fault_in_save = false;
+  if (const char* f = std::getenv("LLM_FAULT_INJECT")) {
+    long long r = -1, i = -1;
+    if (std::sscanf(f, "%lld:save:%lld", &r, &i) == 2)
+      fault_in_save = true;
+    else if (std::sscanf(f, "%lld:%lld", &r, &i) != 2)
+      throw ConfigError(std::string("LLM_FAULT_INJECT='") + f + "': expected <rank>:<iteration> or <rank>:save:<iteration>");
+    fault_rank = r, fault_iteration = i;
+  }
   auto save = [&] {
     if (args.save.empty()) return;
+    if (fault_in_save && mpi.rank() == fault_rank && trainer.iteration() == fault_iteration)
+      throw Error(detail::concat("injected fault while saving iteration ", fault_iteration, " (LLM_FAULT_INJECT)"));
     // Every rank writes the part of the state it owns (its ZeRO shard, its stage's and TP rank's
     // tensors) to its own shard file; rank 0 indexes them and publishes (a collective).
     Timer t;
@@ -257,17 +273,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   // Phase times since the last log line, for the timer block.
   double t_fb = 0, t_ar = 0, t_ag = 0, t_opt = 0, t_pp = 0;
   int64_t timed_iters = 0;
-  // Fault injection for the failure tests: LLM_FAULT_INJECT=<rank>:<iteration> makes that rank
-  // raise an error at the start of that iteration (the other ranks must not hang).
-  int64_t fault_rank = -1, fault_iteration = -1;
-  if (const char* f = std::getenv("LLM_FAULT_INJECT")) {
-    if (std::sscanf(f, "%lld:%lld", reinterpret_cast<long long*>(&fault_rank),
-                    reinterpret_cast<long long*>(&fault_iteration)) != 2)
-      throw ConfigError(std::string("LLM_FAULT_INJECT='") + f + "': expected <rank>:<iteration>");
-  }
   const int64_t first_iteration = trainer.iteration() + 1;
   for (int64_t it = first_iteration; it <= args.train_iters; ++it) {
-    if (mpi.rank() == fault_rank && it == fault_iteration)
+    if (!fault_in_save && mpi.rank() == fault_rank && it == fault_iteration)
       throw Error(detail::concat("injected fault at iteration ", it, " (LLM_FAULT_INJECT)"));
     for (Communicator* c : {tp.get(), sp.get(), dp.get(), pp.get()}) c->reset_volume();
     IterationStats st = trainer.train_step();

@@ -234,6 +234,18 @@ if command -v mpirun > /dev/null; then
     "$bin" "${dp[@]}" --backend cuda > "$work/becuda.txt" 2>&1
     check "--backend cuda without a usable GPU is refused with the reason" "[ $? -eq 2 ] && grep -q 'backend cuda: ' $work/becuda.txt"
   fi
+  # Failures in the new schedules and in a parallel save: a pipeline rank raising mid-run ends the
+  # job (its neighbours are blocked in point-to-point transfers); a rank failing while the others
+  # write their checkpoint shards ends the job and leaves the previous checkpoint published.
+  start=$SECONDS
+  LLM_FAULT_INJECT=2:3 OMP_NUM_THREADS=1 timeout 120 mpirun -np 4 "$bin" "${pp[@]}" --pipeline-model-parallel-size 4 \
+    --output-dir "$work/ppfault" > "$work/ppfault.txt" 2>&1
+  rc=$?
+  check "a pipeline stage raising mid-run ends every rank, no hang ($((SECONDS - start)) s)" "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'rank 2.*injected fault at iteration 3' $work/ppfault.txt"
+  LLM_FAULT_INJECT=1:save:4 OMP_NUM_THREADS=1 timeout 120 mpirun -np 4 "$bin" "${pp[@]}" --zero-stage 3 --save-interval 2 \
+    --save "$work/savefault" --output-dir "$work/savefaulto" > "$work/savefault.txt" 2>&1
+  rc=$?
+  check "a rank failing during a parallel save ends the job; iteration 2 stays the published checkpoint" "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'injected fault while saving iteration 4' $work/savefault.txt && [ \"\$(cat $work/savefault/latest)\" = 2 ] && [ -d $work/savefault/iter_0000002 ] && [ ! -e $work/savefault/iter_0000004 ] && $(dirname "$bin")/llm-ckpt verify $work/savefault > /dev/null"
   mpirun -np 4 "$bin" "${dp[@]}" --pipeline-model-parallel-size 4 > "$work/ppx.txt" 2>&1
   check "layers not divisible by the stages are refused with the constraint" "[ $? -ne 0 ] && grep -q 'num-layers 2 is not divisible by --pipeline-model-parallel-size 4' $work/ppx.txt"
   mpirun -np 2 "$bin" "${dp[@]}" --ds-sequence-parallel-size 2 --tensor-model-parallel-size 1 --sequence-parallel > "$work/spx.txt" 2>&1
