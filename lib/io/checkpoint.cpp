@@ -326,6 +326,16 @@ std::string CheckpointWriter::commit(const std::string& fields, int keep_last) {
   fs::rename(tmp, latest, ec);
   if (ec) throw Error(latest.string() + ": cannot update: " + ec.message());
   fsync_path(root_);
+  // Staging directories left by saves that died mid-way (a killed job cannot clean up after
+  // itself) for this or earlier iterations: nothing will ever publish them.
+  for (const auto& e : fs::directory_iterator(root_)) {
+    const std::string n = e.path().filename().string();
+    const size_t dot = n.find(".tmp-");
+    if (!e.is_directory() || n.rfind("iter_", 0) != 0 || dot == std::string::npos) continue;
+    const std::string digits = n.substr(5, dot - 5);
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (std::stoll(digits) <= iteration_) fs::remove_all(e.path(), ec);
+  }
   if (keep_last > 0) {
     std::vector<std::pair<int64_t, fs::path>> done;
     for (const auto& e : fs::directory_iterator(root_)) {

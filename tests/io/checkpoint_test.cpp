@@ -190,6 +190,17 @@ TEST(Checkpoint, AtomicPublicationLatestAndKeepLast) {
     w.commit("");
   }
   EXPECT_EQ(CheckpointReader::open(root).read_whole("model", "x").data<float>()[1], u.data<float>()[1]);
+  // a crashed save's staging directory (a killed job leaves it) is removed by the next commit of
+  // that iteration or a later one; a later iteration's (another save in flight) is left alone
+  fs::create_directories(fs::path(root) / "iter_0000035.tmp-dead");
+  fs::create_directories(fs::path(root) / "iter_0000050.tmp-live");
+  {
+    CheckpointWriter w(root, 40);
+    w.add("model", "x", {3}, Box::whole({3}), u);
+    w.commit("");
+  }
+  EXPECT_FALSE(fs::exists(fs::path(root) / "iter_0000035.tmp-dead"));
+  EXPECT_TRUE(fs::exists(fs::path(root) / "iter_0000050.tmp-live"));
   // `latest` pointing at a missing checkpoint is an error naming it
   std::ofstream(fs::path(root) / "latest") << "99\n";
   std::string e = error_of([&] { CheckpointReader::open(root); });

@@ -246,6 +246,10 @@ if command -v mpirun > /dev/null; then
     --save "$work/savefault" --output-dir "$work/savefaulto" > "$work/savefault.txt" 2>&1
   rc=$?
   check "a rank failing during a parallel save ends the job; iteration 2 stays the published checkpoint" "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'injected fault while saving iteration 4' $work/savefault.txt && [ \"\$(cat $work/savefault/latest)\" = 2 ] && [ -d $work/savefault/iter_0000002 ] && [ ! -e $work/savefault/iter_0000004 ] && $(dirname "$bin")/llm-ckpt verify $work/savefault > /dev/null"
+  stale=$(ls -d "$work"/savefault/iter_0000004.tmp-* 2> /dev/null | wc -l)
+  OMP_NUM_THREADS=1 timeout 120 mpirun -np 4 "$bin" "${pp[@]}" --zero-stage 3 --save-interval 2 --load "$work/savefault" \
+    --save "$work/savefault" --output-dir "$work/savefault2" > "$work/savefault2.txt" 2>&1
+  check "the run resumes from iteration 2, and its next save removes the dead save's staging ($stale) directory" "[ $? -eq 0 ] && [ $stale -ge 1 ] && grep -q 'continuing after iteration 2' $work/savefault2.txt && [ \$(ls -d $work/savefault/*.tmp-* 2> /dev/null | wc -l) -eq 0 ] && [ \"\$(cat $work/savefault/latest)\" = 8 ]"
   mpirun -np 4 "$bin" "${dp[@]}" --pipeline-model-parallel-size 4 > "$work/ppx.txt" 2>&1
   check "layers not divisible by the stages are refused with the constraint" "[ $? -ne 0 ] && grep -q 'num-layers 2 is not divisible by --pipeline-model-parallel-size 4' $work/ppx.txt"
   mpirun -np 2 "$bin" "${dp[@]}" --ds-sequence-parallel-size 2 --tensor-model-parallel-size 1 --sequence-parallel > "$work/spx.txt" 2>&1
