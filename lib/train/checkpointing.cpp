@@ -395,27 +395,36 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
 
   ParameterSet& ps = trainer.model().parameters();
   Backend& be = trainer.model().backend();
-  // Read into a full host buffer in the logical layout (the model's own buffer when that is one),
-  // then hand it to whatever storage the run uses (ZeRO-3 keeps only its shard).
+  // Tensor by tensor, into whatever storage the run keeps it in (ZeRO-3: only the shard and the
+  // resident tensors), never a whole flat buffer on the host.
   const bool direct = ps.flat_params().device().is_cpu() && !ps.compact_params();
-  Tensor params = direct ? ps.flat_params() : Tensor::empty({ps.numel()});
-  for (const ParamSpec& s : ps.specs()) read_local(ckpt, "model", s, params.flat(s.offset, numel(s.shape)).view(s.shape));
-  if (!direct) trainer.set_full_parameters(params);
+  for (const ParamSpec& s : ps.specs()) {
+    if (direct) {
+      read_local(ckpt, "model", s, ps.param(s.name));
+    } else if (trainer.keeps_parameter(s)) {
+      Tensor t = Tensor::empty(s.shape);
+      read_local(ckpt, "model", s, t);
+      trainer.set_parameter(s, t);
+    }
+  }
 
   LoadResult r{ckpt.dir(), 0, 0};
   if (options.finetune) return r;
   if (options.load_optimizer) {
     AdamW& opt = trainer.optimizer();
     const int64_t b = opt.shard_begin(), e = opt.shard_end();
-    Tensor full = Tensor::empty({ps.numel()});
     for (const char* cat : {"optimizer/exp_avg", "optimizer/exp_avg_sq"}) {
-      for (const ParamSpec& s : ps.specs()) read_local(ckpt, cat, s, full.flat(s.offset, numel(s.shape)).view(s.shape));
-      // Keep this rank's range (all of it without ZeRO).
+      // This rank's range of the moments (all of it without ZeRO), from the tensors overlapping it.
       const Tensor& state = std::string(cat) == "optimizer/exp_avg" ? opt.m() : opt.v();
-      if (state.device().is_cpu())
-        state.copy_from(full.flat(b, e - b));
-      else
-        be.copy(state, full.flat(b, e - b));
+      Tensor host = state.device().is_cpu() ? state : Tensor::empty(state.shape());
+      for (const ParamSpec& s : ps.specs()) {
+        const int64_t lo = std::max(b, s.offset), hi = std::min(e, s.offset + numel(s.shape));
+        if (hi <= lo) continue;
+        Tensor t = Tensor::empty(s.shape);
+        read_local(ckpt, cat, s, t);
+        host.flat(lo - b, hi - lo).copy_from(t.view({numel(s.shape)}).flat(lo - s.offset, hi - lo));
+      }
+      if (!state.device().is_cpu()) be.copy(state, host);
     }
     opt.set_steps(member_int(member(ckpt.metadata(), "optimizer", where), "step", where));
   }

@@ -251,20 +251,6 @@ Tensor Trainer::full_parameters() {
   return full;
 }
 
-void Trainer::set_full_parameters(const Tensor& full) {
-  const ParameterSet& ps = model_.parameters();
-  LLM_CHECK(full.device().is_cpu() && full.numel() == ps.numel(), "set_full_parameters: ", full.numel(),
-            " host values for ", ps.numel(), " parameters");
-  if (zero_ == 3) {
-    param_shard_.copy_from(full.flat(own_begin(), own_end() - own_begin()));
-    ps.flat_params().flat(0, ps.resident_numel()).copy_from(full.flat(0, ps.resident_numel()));
-  } else if (ps.flat_params().device().is_cpu()) {
-    ps.flat_params().copy_from(full);
-  } else {
-    model_.backend().copy(ps.flat_params(), full);
-  }
-}
-
 std::tuple<Tensor, Tensor, Tensor> Trainer::state_range(int64_t begin, int64_t end) {
   const ParameterSet& ps = model_.parameters();
   Backend& be = model_.backend();
@@ -281,6 +267,32 @@ std::tuple<Tensor, Tensor, Tensor> Trainer::state_range(int64_t begin, int64_t e
   const int64_t ob = optimizer_.shard_begin(), oe = optimizer_.shard_end();
   LLM_CHECK(ob <= begin && end <= oe, "state_range [", begin, ", ", end, ") outside the optimizer's [", ob, ", ", oe, ")");
   return {params, host(optimizer_.m().flat(begin - ob, len)), host(optimizer_.v().flat(begin - ob, len))};
+}
+
+bool Trainer::keeps_parameter(const ParamSpec& s) const {
+  if (zero_ != 3 || s.group < 0) return true;
+  return s.offset < own_end() && s.offset + numel(s.shape) > own_begin();
+}
+
+void Trainer::set_parameter(const ParamSpec& s, const Tensor& values) {
+  const ParameterSet& ps = model_.parameters();
+  LLM_CHECK(values.device().is_cpu() && values.numel() == numel(s.shape), "set_parameter '", s.name, "': ",
+            values.numel(), " host values for ", shape_str(s.shape));
+  const Tensor flat = values.view({values.numel()});
+  if (zero_ == 3 && s.group >= 0) {  // a layer's tensor: this rank's part of it, into the shard
+    const int64_t lo = std::max(own_begin(), s.offset), hi = std::min(own_end(), s.offset + numel(s.shape));
+    if (hi > lo) param_shard_.flat(lo - own_begin(), hi - lo).copy_from(flat.flat(lo - s.offset, hi - lo));
+    return;
+  }
+  if (zero_ == 3) {  // resident: also its part of the shard
+    const int64_t lo = std::max(own_begin(), s.offset), hi = std::min(own_end(), s.offset + numel(s.shape));
+    if (hi > lo) param_shard_.flat(lo - own_begin(), hi - lo).copy_from(flat.flat(lo - s.offset, hi - lo));
+  }
+  const Tensor dst = ps.param(s.name);
+  if (dst.device().is_cpu())
+    dst.copy_from(values);
+  else
+    model_.backend().copy(dst, values);
 }
 
 Trainer::StateBytes Trainer::state_bytes() const {

@@ -54,9 +54,10 @@ class Trainer {
   // The full flat parameters (host). Collective over the gradient group under ZeRO-3, whose
   // ranks hold only their shards; otherwise the model's buffer.
   Tensor full_parameters();
-  // Sets every parameter from a full flat host buffer (checkpoint load), into whatever storage
-  // the ZeRO stage uses.
-  void set_full_parameters(const Tensor& full);
+  // Checkpoint loading tensor by tensor: whether this rank keeps any of parameter `s` (under
+  // ZeRO-3 only its shard and the resident tensors), and storing its values (host, s.shape).
+  bool keeps_parameter(const ParamSpec& s) const;
+  void set_parameter(const ParamSpec& s, const Tensor& values);
   // Bytes this rank holds for parameters, gradients and optimizer state (model states, ZeRO's
   // accounting; activations excluded).
   struct StateBytes {
