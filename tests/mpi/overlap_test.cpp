@@ -11,6 +11,7 @@
 #include "comm/communicator.h"
 #include "data/mock_data.h"
 #include "model/gpt.h"
+#include "mpi/mpi_support.h"
 #include "train/trainer.h"
 
 namespace {
@@ -54,24 +55,12 @@ class Recorder final : public Communicator {
 };
 
 llm::TrainArgs dp_args(int dp, bool overlap) {
-  llm::TrainArgs a;
-  a.num_layers = 4;
-  a.hidden_size = 32;
-  a.num_attention_heads = 4;
-  a.vocab_size = 200;
-  a.make_vocab_size_divisible_by = 16;
-  a.seq_length = 16;
-  a.micro_batch_size = 2;
-  a.global_batch_size = 4 * dp;  // 2 micro-batches per replica: only the last one's backward reduces
-  a.lr = 3e-3;
-  a.train_iters = 3;
-  a.seed = 5;
-  a.data_parallel_size = dp;
-  a.overlap_grad_reduce = overlap;
-  a.ddp_bucket_size = 1;  // every layer its own bucket
-  a.resolve_defaults();
-  a.validate();
-  return a;
+  // 2 micro-batches per replica: only the last one's backward reduces
+  return mpi_support::tiny_train_args(4 * dp, 5, [&](llm::TrainArgs& a) {
+    a.data_parallel_size = dp;
+    a.overlap_grad_reduce = overlap;
+    a.ddp_bucket_size = 1;  // every layer its own bucket
+  });
 }
 
 TEST(OverlapGradReduce, BucketsMatchThePlainReductionAndStartDuringBackward) {

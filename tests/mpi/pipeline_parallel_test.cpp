@@ -11,6 +11,7 @@
 #include "comm/communicator.h"
 #include "data/mock_data.h"
 #include "model/gpt.h"
+#include "mpi/mpi_support.h"
 #include "train/trainer.h"
 
 namespace {
@@ -18,46 +19,19 @@ namespace {
 using llm::Tensor;
 
 llm::TrainArgs pipeline_args(int pp, int tp, bool sp) {
-  llm::TrainArgs a;
-  a.num_layers = 4;
-  a.hidden_size = 32;
-  a.num_attention_heads = 4;
-  a.vocab_size = 200;
-  a.make_vocab_size_divisible_by = 16;
-  a.seq_length = 16;
-  a.micro_batch_size = 2;
-  a.global_batch_size = 12;  // 6 micro-batches: more than the stages, so 1F1B reaches its steady state
-  a.lr = 3e-3;
-  a.train_iters = 3;
-  a.seed = 11;
-  a.pipeline_model_parallel_size = pp;
-  a.tensor_model_parallel_size = tp;
-  a.sequence_parallel = sp;
-  a.resolve_defaults();
-  a.validate();
-  return a;
+  // 6 micro-batches: more than the stages, so 1F1B reaches its steady state
+  return mpi_support::tiny_train_args(12, 11, [&](llm::TrainArgs& a) {
+    a.pipeline_model_parallel_size = pp;
+    a.tensor_model_parallel_size = tp;
+    a.sequence_parallel = sp;
+  });
 }
 
 // Largest |local - matching box of global| relative to the reference's largest magnitude.
 double rel_box_error(const llm::ParamSpec& spec, const Tensor& local, const Tensor& global) {
-  const auto& gs = global.shape();
-  const int64_t gcols = gs.size() == 2 ? gs[1] : 1, lcols = spec.shape.size() == 2 ? spec.shape[1] : 1;
-  double err = 0, mag = 1e-12;
-  for (int64_t i = 0; i < global.numel(); ++i) mag = std::max(mag, std::fabs(double(global.data<float>()[i])));
-  for (const llm::LocalBox& b : llm::local_boxes(spec)) {
-    const int64_t rows = b.extent[0], cols = b.extent.size() == 2 ? b.extent[1] : 1;
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t gr = b.global_offset[0] + r, lr = b.local_offset[0] + r;
-      if (gr >= gs[0]) continue;  // padded vocabulary rows differ between layouts
-      for (int64_t c = 0; c < cols; ++c) {
-        const int64_t gc = (b.global_offset.size() == 2 ? b.global_offset[1] : 0) + c;
-        const int64_t lc = (b.local_offset.size() == 2 ? b.local_offset[1] : 0) + c;
-        err = std::max(err, std::fabs(double(global.data<float>()[gr * gcols + gc]) -
-                                      double(local.data<float>()[lr * lcols + lc])));
-      }
-    }
-  }
-  return err / mag;
+  double scale = 0;
+  const double err = mpi_support::box_error(spec, local, global, &scale);
+  return err / std::max(scale, 1e-12);
 }
 
 void check_pipeline(int pp, int tp, bool sp) {

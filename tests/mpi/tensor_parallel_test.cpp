@@ -9,10 +9,12 @@
 #include "comm/communicator.h"
 #include "core/philox.h"
 #include "model/gpt.h"
+#include "mpi/mpi_support.h"
 
 namespace {
 
 using llm::Tensor;
+using mpi_support::box_error;
 
 llm::GPTConfig tiny(int64_t vocab) {
   llm::GPTConfig c;
@@ -29,31 +31,6 @@ Tensor random_ids(int64_t B, int64_t T, int64_t V, uint64_t seed) {
   for (int64_t i = 0; i < B * T; ++i)
     t.data<int32_t>()[i] = static_cast<int32_t>(llm::philox_below(seed, 1, static_cast<uint64_t>(i), static_cast<uint64_t>(V)));
   return t;
-}
-
-// Largest |a - b| over the local tensor and the matching global box of the reference, relative
-// to the reference's largest magnitude (rows of the reference beyond its extent are skipped:
-// the padded vocabulary differs between layouts).
-double box_error(const llm::ParamSpec& spec, const Tensor& local, const Tensor& global, double* scale) {
-  const auto& gs = global.shape();
-  const int64_t gcols = gs.size() == 2 ? gs[1] : 1, lcols = spec.shape.size() == 2 ? spec.shape[1] : 1;
-  double err = 0, mag = 0;
-  for (int64_t i = 0; i < global.numel(); ++i) mag = std::max(mag, std::fabs(double(global.data<float>()[i])));
-  for (const llm::LocalBox& b : llm::local_boxes(spec)) {
-    const int64_t rows = b.extent[0], cols = b.extent.size() == 2 ? b.extent[1] : 1;
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t gr = b.global_offset[0] + r, lr = b.local_offset[0] + r;
-      if (gr >= gs[0]) continue;
-      for (int64_t c = 0; c < cols; ++c) {
-        const int64_t gc = (b.global_offset.size() == 2 ? b.global_offset[1] : 0) + c;
-        const int64_t lc = (b.local_offset.size() == 2 ? b.local_offset[1] : 0) + c;
-        const double want = global.data<float>()[gr * gcols + gc], got = local.data<float>()[lr * lcols + lc];
-        err = std::max(err, std::fabs(want - got));
-      }
-    }
-  }
-  *scale = mag;
-  return err;
 }
 
 struct Case {

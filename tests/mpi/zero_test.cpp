@@ -10,6 +10,7 @@
 #include "comm/communicator.h"
 #include "data/mock_data.h"
 #include "model/gpt.h"
+#include "mpi/mpi_support.h"
 #include "train/trainer.h"
 
 namespace {
@@ -17,24 +18,11 @@ namespace {
 using llm::Tensor;
 
 llm::TrainArgs zero_args(int zero, int dp, int pp, int64_t global_batch) {
-  llm::TrainArgs a;
-  a.num_layers = 4;
-  a.hidden_size = 32;
-  a.num_attention_heads = 4;
-  a.vocab_size = 200;
-  a.make_vocab_size_divisible_by = 16;
-  a.seq_length = 16;
-  a.micro_batch_size = 2;
-  a.global_batch_size = global_batch;
-  a.lr = 3e-3;
-  a.train_iters = 3;
-  a.seed = 21;
-  a.data_parallel_size = dp;
-  a.pipeline_model_parallel_size = pp;
-  a.zero_stage = zero;
-  a.resolve_defaults();
-  a.validate();
-  return a;
+  return mpi_support::tiny_train_args(global_batch, 21, [&](llm::TrainArgs& a) {
+    a.data_parallel_size = dp;
+    a.pipeline_model_parallel_size = pp;
+    a.zero_stage = zero;
+  });
 }
 
 void check_zero(int zero, int pp) {
