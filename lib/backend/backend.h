@@ -144,6 +144,13 @@ class Backend {
   virtual void scale(const Tensor& x, float s) = 0;
 };
 
+// attention_kv_forward's arguments, validated the same way by every backend: qkv [B, Tn, 3C]
+// with C divisible by n_head, caches [B, maxT, C], and positions [past, past + Tn) inside them.
+struct AttentionKvShape {
+  int64_t B = 0, Tn = 0, C = 0, maxT = 0;
+};
+AttentionKvShape attention_kv_shape(const Tensor& qkv, const Tensor& k_cache, int64_t past, int n_head);
+
 // The CPU backend (always present), and every backend this build has (CPU first).
 Backend& cpu_backend();
 std::vector<Backend*> available_backends();

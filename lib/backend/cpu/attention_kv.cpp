@@ -27,15 +27,8 @@ LLM_SIMD_CLONES void axpy(float* y, const float* x, float a, int64_t n) {
 
 void attention_kv_forward(const Tensor& out, const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
                           int64_t past, int n_head) {
-  LLM_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0, "attention_kv_forward: qkv must be [B,Tn,3C], got ",
-            shape_str(qkv.shape()));
-  const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3;
-  LLM_CHECK(n_head > 0 && C % n_head == 0, "attention_kv_forward: C=", C, " not divisible by n_head=", n_head);
-  LLM_CHECK(k_cache.dim() == 3 && k_cache.size(0) == B && k_cache.size(2) == C,
-            "attention_kv_forward: cache must be [B,maxT,C], got ", shape_str(k_cache.shape()));
-  const int64_t maxT = k_cache.size(1), hd = C / n_head, NH = n_head;
-  LLM_CHECK(past >= 0 && past + Tn <= maxT, "attention_kv_forward: positions [", past, ", ", past + Tn,
-            ") exceed the cache length ", maxT);
+  const AttentionKvShape k = attention_kv_shape(qkv, k_cache, past, n_head);
+  const int64_t B = k.B, Tn = k.Tn, C = k.C, maxT = k.maxT, hd = C / n_head, NH = n_head;
   check_f32(qkv, qkv.shape(), "attention_kv_forward qkv");
   check_f32(k_cache, {B, maxT, C}, "attention_kv_forward k_cache");
   check_f32(v_cache, {B, maxT, C}, "attention_kv_forward v_cache");

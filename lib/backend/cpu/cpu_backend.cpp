@@ -109,6 +109,19 @@ std::vector<Backend*> available_backends() {
   return all;
 }
 
+AttentionKvShape attention_kv_shape(const Tensor& qkv, const Tensor& k_cache, int64_t past, int n_head) {
+  LLM_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0, "attention_kv_forward: qkv must be [B,Tn,3C], got ",
+            shape_str(qkv.shape()));
+  AttentionKvShape k{qkv.size(0), qkv.size(1), qkv.size(2) / 3, 0};
+  LLM_CHECK(n_head > 0 && k.C % n_head == 0, "attention_kv_forward: C=", k.C, " not divisible by n_head=", n_head);
+  LLM_CHECK(k_cache.dim() == 3 && k_cache.size(0) == k.B && k_cache.size(2) == k.C,
+            "attention_kv_forward: cache must be [B,maxT,C], got ", shape_str(k_cache.shape()));
+  k.maxT = k_cache.size(1);
+  LLM_CHECK(past >= 0 && past + k.Tn <= k.maxT, "attention_kv_forward: positions [", past, ", ", past + k.Tn,
+            ") exceed the cache length ", k.maxT);
+  return k;
+}
+
 Backend& backend_by_name(const std::string& name, const std::string& flag) {
   for (Backend* b : available_backends())
     if (b->name() == name) return *b;

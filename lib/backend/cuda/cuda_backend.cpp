@@ -466,15 +466,8 @@ void CudaBackend::attention_backward(const Tensor& dqkv, const Tensor& dout, con
 
 void CudaBackend::attention_kv_forward(const Tensor& out, const Tensor& qkv, const Tensor& k_cache,
                                        const Tensor& v_cache, int64_t past, int n_head) {
-  LLM_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0, "attention_kv_forward: qkv must be [B,Tn,3C], got ",
-            shape_str(qkv.shape()));
-  const int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3;
-  LLM_CHECK(n_head > 0 && C % n_head == 0, "attention_kv_forward: C=", C, " not divisible by n_head=", n_head);
-  LLM_CHECK(k_cache.dim() == 3 && k_cache.size(0) == B && k_cache.size(2) == C,
-            "attention_kv_forward: cache must be [B,maxT,C], got ", shape_str(k_cache.shape()));
-  const int64_t maxT = k_cache.size(1);
-  LLM_CHECK(past >= 0 && past + Tn <= maxT, "attention_kv_forward: positions [", past, ", ", past + Tn,
-            ") exceed the cache length ", maxT);
+  const AttentionKvShape k = attention_kv_shape(qkv, k_cache, past, n_head);
+  const int64_t B = k.B, Tn = k.Tn, C = k.C, maxT = k.maxT;
   const DType t = qkv.dtype();
   check_float_type(t, "attention_kv_forward qkv");
   check_dev(qkv, qkv.shape(), t, device_, "attention_kv_forward qkv");
