@@ -162,9 +162,7 @@ class NcclCommunicator final : public Communicator {
 
   void all_gather(const Tensor& out, const Tensor& in) override {
     if (out.device().is_cpu() && in.device().is_cpu()) return host_->all_gather(out, in);
-    check_device(out, "all_gather");
-    check_device(in, "all_gather");
-    check_same_dtype(out, in, "all_gather");
+    check_pair(out, in, "all_gather");
     LLM_CHECK(out.numel() == in.numel() * size_, "all_gather: output of ", out.numel(), " elements for ", size_,
               " inputs of ", in.numel());
     if (in.numel() == 0) return;
@@ -176,9 +174,7 @@ class NcclCommunicator final : public Communicator {
 
   void reduce_scatter(const Tensor& out, const Tensor& in) override {
     if (out.device().is_cpu() && in.device().is_cpu()) return host_->reduce_scatter(out, in);
-    check_device(out, "reduce_scatter");
-    check_device(in, "reduce_scatter");
-    check_same_dtype(out, in, "reduce_scatter");
+    check_pair(out, in, "reduce_scatter");
     LLM_CHECK(in.numel() == out.numel() * size_, "reduce_scatter: input of ", in.numel(), " elements for ", size_,
               " outputs of ", out.numel());
     if (out.numel() == 0) return;
@@ -192,9 +188,7 @@ class NcclCommunicator final : public Communicator {
   // to rank r, chunk r of `out` from rank r), which NCCL schedules as a single operation.
   void all_to_all(const Tensor& out, const Tensor& in) override {
     if (out.device().is_cpu() && in.device().is_cpu()) return host_->all_to_all(out, in);
-    check_device(out, "all_to_all");
-    check_device(in, "all_to_all");
-    check_same_dtype(out, in, "all_to_all");
+    check_pair(out, in, "all_to_all");
     LLM_CHECK(in.numel() == out.numel() && in.numel() % size_ == 0, "all_to_all: ", in.numel(), " and ", out.numel(),
               " elements for ", size_, " ranks (equal sizes, divisible by the group)");
     LLM_CHECK(out.raw() != in.raw() || size_ == 1, "all_to_all: NCCL needs distinct input and output buffers");
@@ -277,9 +271,12 @@ class NcclCommunicator final : public Communicator {
     LLM_CHECK(x.device() == backend_.device() && x.is_contiguous(), "NCCL ", op, ": needs a contiguous tensor on ",
               backend_.device().str(), ", got ", x.device().str());
   }
-  void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) const {
-    LLM_CHECK(a.dtype() == b.dtype(), "NCCL ", op, ": ", dtype_name(a.dtype()), " output for ", dtype_name(b.dtype()),
-              " input");
+  // An output and an input on this device, of one dtype.
+  void check_pair(const Tensor& out, const Tensor& in, const char* op) const {
+    check_device(out, op);
+    check_device(in, op);
+    LLM_CHECK(out.dtype() == in.dtype(), "NCCL ", op, ": ", dtype_name(out.dtype()), " output for ",
+              dtype_name(in.dtype()), " input");
   }
   void check_peer(int peer, const char* op) const {
     LLM_CHECK(peer >= 0 && peer < size_ && peer != rank_, "NCCL ", op, ": peer ", peer, " in a group of ", size_,
