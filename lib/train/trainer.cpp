@@ -278,17 +278,13 @@ void Trainer::set_parameter(const ParamSpec& s, const Tensor& values) {
   const ParameterSet& ps = model_.parameters();
   LLM_CHECK(values.device().is_cpu() && values.numel() == numel(s.shape), "set_parameter '", s.name, "': ",
             values.numel(), " host values for ", shape_str(s.shape));
-  const Tensor flat = values.view({values.numel()});
-  if (zero_ == 3 && s.group >= 0) {  // a layer's tensor: this rank's part of it, into the shard
+  if (zero_ == 3) {  // this rank's part of it into the shard; a layer's tensor lives nowhere else
+    const Tensor flat = values.view({values.numel()});
     const int64_t lo = std::max(own_begin(), s.offset), hi = std::min(own_end(), s.offset + numel(s.shape));
     if (hi > lo) param_shard_.flat(lo - own_begin(), hi - lo).copy_from(flat.flat(lo - s.offset, hi - lo));
-    return;
+    if (s.group >= 0) return;
   }
-  if (zero_ == 3) {  // resident: also its part of the shard
-    const int64_t lo = std::max(own_begin(), s.offset), hi = std::min(own_end(), s.offset + numel(s.shape));
-    if (hi > lo) param_shard_.flat(lo - own_begin(), hi - lo).copy_from(flat.flat(lo - s.offset, hi - lo));
-  }
-  const Tensor dst = ps.param(s.name);
+  const Tensor dst = ps.param(s.name);  // resident storage
   if (dst.device().is_cpu())
     dst.copy_from(values);
   else
