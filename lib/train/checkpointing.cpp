@@ -177,13 +177,11 @@ void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params) {
 ShardedState gather_training_state(Trainer& trainer) {
   GPT& model = trainer.model();
   const ParameterSet& ps = model.parameters();
-  Backend& be = model.backend();
   const ModelParallel& mp = model.model_parallel();
   const int P = mp.size(), S = mp.pp_size();
   const int64_t n = ps.numel();
   auto [m, v] = trainer.full_optimizer_state();
   const Tensor params = trainer.full_parameters();  // collective under ZeRO-3
-  (void)be;
   const int64_t max_pos = model.config().max_position_embeddings;
   // This stage's parts: [P, n] gathered over the tensor-parallel group.
   Tensor all_p = params.view({1, n}), all_m = m.view({1, n}), all_v = v.view({1, n});
