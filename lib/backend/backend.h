@@ -2,7 +2,8 @@
 //
 // Every op is a forward/backward pair (no autograd). Shapes use B batch, T time, C channels,
 // N = B*T rows, OC output channels, NH heads, hd = C/NH, Vp the padded vocabulary, V the real
-// vocabulary. All float tensors are f32 unless an op says otherwise; tokens/targets are i32.
+// vocabulary. Float tensors are f32 unless mixed precision (below) allows bf16/f16; tokens and
+// targets are i32.
 //
 // Gradient convention (the rule every backend follows):
 //   * parameter gradients always ACCUMULATE (+=), so gradient accumulation over micro-batches is
@@ -142,6 +143,26 @@ class Backend {
   virtual double sum_squares(const Tensor& x) = 0;
   // x *= s
   virtual void scale(const Tensor& x, float s) = 0;
+
+  // ---- mixed precision ---------------------------------------------------------------------
+  // Element types: every op takes f32 tensors. Activations may also be bf16 or f16, one type per
+  // op call, with f32 statistics (LayerNorm mean/rstd, attention and cross-entropy lse, losses),
+  // LayerNorm parameters, parameter gradients and optimizer state: embedding's out/wte/wpe,
+  // LayerNorm's inp/out/dout/dinp, linear's inp/weight/dout/dinp (out: that type or f32, bias:
+  // out's type; dweight/dbias f32, fp32 accumulation), GELU, residual, attention's qkv/out/dout/
+  // dqkv/caches and cross-entropy's logits/dlogits. Values are computed in fp32 and rounded once
+  // when stored.
+  // dst = src converted between f32, bf16 and f16 (round to nearest even; same shape).
+  virtual void convert(const Tensor& dst, const Tensor& src) = 0;
+  // Number of NaN/Inf elements of a float tensor.
+  virtual int64_t count_nonfinite(const Tensor& x) = 0;
+  // AdamW on fp32 master weights that also writes the updated weights to `low` (bf16/f16, same
+  // shape): the compute copy in one pass.
+  virtual void adamw_update_mixed(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                                  const AdamWParams& p, const Tensor& low) {
+    adamw_update(param, grad, m, v, p);
+    convert(low, param);
+  }
 };
 
 // attention_kv_forward's arguments, validated the same way by every backend: qkv [B, Tn, 3C]

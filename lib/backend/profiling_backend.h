@@ -90,6 +90,16 @@ class ProfilingBackend final : public Backend {
     return r;
   }
   void scale(const Tensor& x, float s) override { timed("scale", [&] { inner_.scale(x, s); }); }
+  void convert(const Tensor& d, const Tensor& s) override { timed("convert", [&] { inner_.convert(d, s); }); }
+  int64_t count_nonfinite(const Tensor& x) override {
+    int64_t r = 0;
+    timed("count_nonfinite", [&] { r = inner_.count_nonfinite(x); });
+    return r;
+  }
+  void adamw_update_mixed(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const AdamWParams& a,
+                          const Tensor& low) override {
+    timed("adamw_update_mixed", [&] { inner_.adamw_update_mixed(p, g, m, v, a, low); });
+  }
 
  private:
   template <typename F>

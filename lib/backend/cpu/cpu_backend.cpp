@@ -1,6 +1,7 @@
 // The CPU backend: host memory, no streams, ops from cpu_ops.h. Always registered first.
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <mutex>
 
 #include "backend/cpu/cpu_ops.h"
@@ -8,6 +9,57 @@
 namespace llm {
 
 namespace {
+
+// Mixed precision on the host: the bf16/f16 operands of one op call are widened to f32 copies,
+// the f32 op runs on those, and the ones it writes are rounded back once: what the device
+// kernels do (load the low type, compute in fp32, store the low type). All operands that may be
+// low must have the op's type `t`; an f32 op passes every tensor through untouched. Operands
+// that alias (in-place forms) share one copy.
+class Mixed {
+ public:
+  Mixed(const char* op, DType t) : op_(op), t_(t) {
+    LLM_CHECK(t == DType::f32 || t == DType::bf16 || t == DType::f16, op, ": element type must be f32, bf16 or f16, got ",
+              dtype_name(t));
+  }
+  // An operand of the op's type that is only read.
+  const Tensor& in(const Tensor& x, const char* what) { return widen(x, what, false, false); }
+  // An operand of the op's type that is written (= or +=); `or_f32`: f32 is allowed too.
+  const Tensor& out(const Tensor& x, const char* what, bool or_f32 = false) { return widen(x, what, true, or_f32); }
+  // Rounds the written operands back into their low-precision tensors.
+  void done() {
+    for (const Copy& c : copies_)
+      if (c.written) cpu::convert(c.low, c.wide);
+  }
+
+ private:
+  struct Copy {
+    Tensor low, wide;
+    bool written = false;
+  };
+  const Tensor& widen(const Tensor& x, const char* what, bool written, bool or_f32) {
+    if (!x.defined() || x.dtype() == DType::f32) {
+      LLM_CHECK(!x.defined() || t_ == DType::f32 || or_f32, op_, " ", what, ": f32, but the op's type is ",
+                dtype_name(t_), " (they must match)");
+      return x;
+    }
+    LLM_CHECK(x.dtype() == t_, op_, " ", what, ": ", dtype_name(x.dtype()), ", but the op's type is ", dtype_name(t_),
+              " (they must match)");
+    for (Copy& c : copies_)
+      if (c.low.raw() == x.raw() && c.low.shape() == x.shape()) {
+        c.written = c.written || written;
+        return c.wide;
+      }
+    Copy& c = copies_.emplace_back();
+    c.low = x;
+    c.wide = Tensor::empty(x.shape());
+    c.written = written;
+    cpu::convert(c.wide, x);
+    return c.wide;
+  }
+  const char* op_;
+  DType t_;
+  std::deque<Copy> copies_;
+};
 
 class CpuBackend final : public Backend {
  public:
@@ -20,59 +72,103 @@ class CpuBackend final : public Backend {
 
   void embedding_forward(const Tensor& o, const Tensor& tok, const Tensor& wte, const Tensor& wpe,
                          int64_t vocab_begin, int64_t vocab_total) override {
-    cpu::embedding_forward(o, tok, wte, wpe, vocab_begin, vocab_total);
+    Mixed m("embedding_forward", wte.dtype());
+    cpu::embedding_forward(m.out(o, "out"), tok, m.in(wte, "wte"), m.in(wpe, "wpe"), vocab_begin, vocab_total);
+    m.done();
   }
   void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tok,
                           int64_t vocab_begin) override {
-    cpu::embedding_backward(dwte, dwpe, dout, tok, vocab_begin);
+    Mixed m("embedding_backward", dout.dtype());
+    cpu::embedding_backward(dwte, dwpe, m.in(dout, "dout"), tok, vocab_begin);
   }
   void layernorm_forward(const Tensor& o, const Tensor& mean, const Tensor& rstd, const Tensor& inp,
                          const Tensor& w, const Tensor& b, float eps) override {
-    cpu::layernorm_forward(o, mean, rstd, inp, w, b, eps);
+    Mixed m("layernorm_forward", inp.dtype());
+    cpu::layernorm_forward(m.out(o, "out"), mean, rstd, m.in(inp, "inp"), w, b, eps);
+    m.done();
   }
   void layernorm_backward(const Tensor& dinp, const Tensor& dw, const Tensor& db, const Tensor& dout,
                           const Tensor& inp, const Tensor& w, const Tensor& mean, const Tensor& rstd) override {
-    cpu::layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd);
+    Mixed m("layernorm_backward", inp.dtype());
+    cpu::layernorm_backward(m.out(dinp, "dinp"), dw, db, m.in(dout, "dout"), m.in(inp, "inp"), w, mean, rstd);
+    m.done();
   }
   void linear_forward(const Tensor& o, const Tensor& inp, const Tensor& w, const Tensor& b) override {
-    cpu::linear_forward(o, inp, w, b);
+    Mixed m("linear_forward", inp.dtype());
+    const Tensor& wo = m.out(o, "out", true);
+    // the bias has the output's type
+    Mixed mb("linear_forward bias", o.dtype());
+    cpu::linear_forward(wo, m.in(inp, "inp"), m.in(w, "weight"), mb.in(b, "bias"));
+    m.done();
   }
   void linear_backward(const Tensor& dinp, const Tensor& dw, const Tensor& db, const Tensor& dout,
                        const Tensor& inp, const Tensor& w) override {
-    cpu::linear_backward(dinp, dw, db, dout, inp, w);
+    Mixed m("linear_backward", inp.dtype());
+    cpu::linear_backward(m.out(dinp, "dinp"), dw, db, m.in(dout, "dout"), m.in(inp, "inp"), m.in(w, "weight"));
+    m.done();
   }
-  void gelu_forward(const Tensor& o, const Tensor& inp) override { cpu::gelu_forward(o, inp); }
+  void gelu_forward(const Tensor& o, const Tensor& inp) override {
+    Mixed m("gelu_forward", inp.dtype());
+    cpu::gelu_forward(m.out(o, "out"), m.in(inp, "inp"));
+    m.done();
+  }
   void gelu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) override {
-    cpu::gelu_backward(dinp, inp, dout);
+    Mixed m("gelu_backward", inp.dtype());
+    cpu::gelu_backward(m.out(dinp, "dinp"), m.in(inp, "inp"), m.in(dout, "dout"));
+    m.done();
   }
-  void residual_forward(const Tensor& o, const Tensor& a, const Tensor& b) override { cpu::residual_forward(o, a, b); }
+  void residual_forward(const Tensor& o, const Tensor& a, const Tensor& b) override {
+    Mixed m("residual_forward", a.dtype());
+    cpu::residual_forward(m.out(o, "out"), m.in(a, "a"), m.in(b, "b"));
+    m.done();
+  }
   void residual_backward(const Tensor& da, const Tensor& db, const Tensor& dout) override {
-    cpu::residual_backward(da, db, dout);
+    Mixed m("residual_backward", dout.dtype());
+    cpu::residual_backward(m.out(da, "da"), m.out(db, "db"), m.in(dout, "dout"));
+    m.done();
   }
   void attention_forward(const Tensor& o, const Tensor& lse, const Tensor& qkv, int nh) override {
-    cpu::attention_forward(o, lse, qkv, nh);
+    Mixed m("attention_forward", qkv.dtype());
+    cpu::attention_forward(m.out(o, "out"), lse, m.in(qkv, "qkv"), nh);
+    m.done();
   }
   void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& o,
                           const Tensor& lse, int nh) override {
-    cpu::attention_backward(dqkv, dout, qkv, o, lse, nh);
+    Mixed m("attention_backward", qkv.dtype());
+    cpu::attention_backward(m.out(dqkv, "dqkv"), m.in(dout, "dout"), m.in(qkv, "qkv"), m.in(o, "out"), lse, nh);
+    m.done();
   }
   void attention_kv_forward(const Tensor& o, const Tensor& qkv, const Tensor& kc, const Tensor& vc, int64_t past,
                             int nh) override {
-    cpu::attention_kv_forward(o, qkv, kc, vc, past, nh);
+    Mixed m("attention_kv_forward", qkv.dtype());
+    cpu::attention_kv_forward(m.out(o, "out"), m.in(qkv, "qkv"), m.out(kc, "k_cache"), m.out(vc, "v_cache"), past, nh);
+    m.done();
   }
   void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
                              const Tensor& targets, int64_t V, int64_t vocab_begin) override {
-    cpu::cross_entropy_forward(losses, lse, logits, targets, V, vocab_begin);
+    Mixed m("cross_entropy_forward", logits.dtype());
+    cpu::cross_entropy_forward(losses, lse, m.in(logits, "logits"), targets, V, vocab_begin);
   }
   void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
                               const Tensor& targets, float dloss, int64_t V, int64_t vocab_begin) override {
-    cpu::cross_entropy_backward(dlogits, logits, lse, targets, dloss, V, vocab_begin);
+    Mixed m("cross_entropy_backward", logits.dtype());
+    cpu::cross_entropy_backward(m.out(dlogits, "dlogits"), m.in(logits, "logits"), lse, targets, dloss, V, vocab_begin);
+    m.done();
   }
   void adamw_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const AdamWParams& a) override {
     cpu::adamw_update(p, g, m, v, a);
   }
-  double sum_squares(const Tensor& x) override { return cpu::sum_squares(x); }
-  void scale(const Tensor& x, float s) override { cpu::scale(x, s); }
+  double sum_squares(const Tensor& x) override {
+    Mixed m("sum_squares", x.dtype());
+    return cpu::sum_squares(m.in(x, "x"));
+  }
+  void scale(const Tensor& x, float s) override {
+    Mixed m("scale", x.dtype());
+    cpu::scale(m.out(x, "x"), s);
+    m.done();
+  }
+  void convert(const Tensor& dst, const Tensor& src) override { cpu::convert(dst, src); }
+  int64_t count_nonfinite(const Tensor& x) override { return cpu::count_nonfinite(x); }
 };
 
 std::vector<Backend*>& registry() {

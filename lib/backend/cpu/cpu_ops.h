@@ -34,6 +34,9 @@ void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, cons
                   const AdamWParams& p);
 double sum_squares(const Tensor& x);
 void scale(const Tensor& x, float s);
+// dst = src between f32, bf16 and f16 (round to nearest even); NaN/Inf elements of a float tensor.
+void convert(const Tensor& dst, const Tensor& src);
+int64_t count_nonfinite(const Tensor& x);
 
 // Shared argument checks: contiguous host f32 tensor of the given shape.
 void check_f32(const Tensor& t, const Shape& shape, const char* what);

@@ -73,12 +73,12 @@ class CudaBackend final : public Backend {
   void linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu, const Tensor& inp, const Tensor& weight,
                            const Tensor& bias);
   // dst = src converted between f32, bf16 and f16 (same shape; either may be the other's type).
-  void convert(const Tensor& dst, const Tensor& src);
+  void convert(const Tensor& dst, const Tensor& src) override;
   // Number of NaN/Inf elements (synchronises).
-  int64_t count_nonfinite(const Tensor& x);
+  int64_t count_nonfinite(const Tensor& x) override;
   // AdamW on fp32 master weights that also writes the updated weights to `low` (bf16/f16).
   void adamw_update_mixed(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                          const AdamWParams& p, const Tensor& low);
+                          const AdamWParams& p, const Tensor& low) override;
   // fp32 linear layers on TF32 tensor cores (off by default: the conformance path is exact fp32).
   void set_allow_tf32(bool on);
   // Synchronise and check after every op (also LLM_CUDA_SYNC=1).

@@ -1,0 +1,319 @@
+// Mixed precision on every backend (the CPU backend emulates it; CUDA runs it natively): the
+// bf16/f16 forms of each op against the CPU fp32 op on the same rounded inputs, with tolerances
+// in units of the type's roundoff; conversion, the non-finite count, the AdamW that writes the
+// low-precision copy, in-place and accumulating forms, and the type rules (backend.h).
+#include <gtest/gtest.h>
+
+#include <cctype>
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/test_util.h"
+#include "core/dtype.h"
+
+namespace {
+
+using bt::Tol;
+using bt::Vec;
+using llm::DType;
+using llm::Shape;
+using llm::Tensor;
+
+// Host tensors of a low-precision type holding round(v), and the f32 values they hold.
+Tensor host_low(const Shape& s, const Vec& v, DType t) {
+  Tensor h = Tensor::empty(s, t);
+  auto* p = static_cast<uint16_t*>(h.raw());
+  for (size_t i = 0; i < v.size(); ++i) p[i] = t == DType::bf16 ? llm::f32_to_bf16(float(v[i])) : llm::f32_to_f16(float(v[i]));
+  return h;
+}
+Vec rounded_to(const Vec& v, DType t) {
+  Vec r(v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    r[i] = t == DType::bf16 ? llm::bf16_to_f32(llm::f32_to_bf16(float(v[i]))) : llm::f16_to_f32(llm::f32_to_f16(float(v[i])));
+  return r;
+}
+Vec low_to_vec(const Tensor& host) {
+  const auto* p = static_cast<const uint16_t*>(host.raw());
+  Vec r(size_t(host.numel()));
+  for (size_t i = 0; i < r.size(); ++i)
+    r[i] = host.dtype() == DType::bf16 ? llm::bf16_to_f32(p[i]) : llm::f16_to_f32(p[i]);
+  return r;
+}
+
+// Unit roundoff of a type: the relative error of storing one value.
+double unit(DType t) { return t == DType::bf16 ? 1.0 / 256 : t == DType::f16 ? 1.0 / 2048 : 1e-7; }
+
+class LowPrecision : public ::testing::TestWithParam<std::tuple<llm::Backend*, DType>> {
+ protected:
+  llm::Backend& be() { return *std::get<0>(GetParam()); }
+  DType type() const { return std::get<1>(GetParam()); }
+  llm::Backend& cpu = llm::cpu_backend();
+  Tensor up(const Shape& s, const Vec& v, DType t = DType::f32) {
+    return be().upload(t == DType::f32 ? bt::host_f32(s, v) : host_low(s, v, t));
+  }
+  Vec down(const Tensor& t) {
+    be().synchronize();
+    Tensor h = be().download(t);
+    return t.dtype() == DType::f32 ? bt::to_vec(h) : low_to_vec(h);
+  }
+  static Vec vec(const Tensor& host) { return bt::to_vec(host); }
+};
+
+TEST_P(LowPrecision, ConvertRoundsToNearestEven) {
+  const DType t = type();
+  bt::Rng rng(300);
+  Vec x = rng.normal(1001, 3.0);
+  x[0] = 1.0 + 1.0 / 512;  // a tie for bf16
+  Tensor low = be().empty({1001}, t), back = be().empty({1001});
+  be().convert(low, up({1001}, x));
+  be().convert(back, low);
+  EXPECT_TRUE(bt::all_equal("f32 -> low -> f32", down(back), rounded_to(x, t)));
+  EXPECT_TRUE(bt::all_equal("low tensor", down(low), rounded_to(x, t)));
+  if (t == DType::bf16) {
+    EXPECT_EQ(down(low)[0], 1.0) << "ties round to even";
+  }
+}
+
+TEST_P(LowPrecision, CountNonFinite) {
+  const DType t = type();
+  Vec x(5000, 1.0);
+  EXPECT_EQ(be().count_nonfinite(up({5000}, x, t)), 0);
+  x[7] = NAN, x[4000] = INFINITY, x[4999] = -INFINITY;
+  EXPECT_EQ(be().count_nonfinite(up({5000}, x, t)), 3);
+  EXPECT_EQ(be().count_nonfinite(up({5000}, x)), 3);
+  if (t == DType::f16) {
+    x = Vec(10, 70000.0);  // overflows f16 on conversion
+    Tensor low = be().empty({10}, t);
+    be().convert(low, up({10}, x));
+    EXPECT_EQ(be().count_nonfinite(low), 10);
+  }
+}
+
+TEST_P(LowPrecision, LinearAccumulatesInFp32) {
+  const DType t = type();
+  const int N = 37, C = 96, OC = 130;
+  bt::Rng rng(301);
+  const Vec inp = rounded_to(rng.normal(size_t(N) * C), t), w = rounded_to(rng.normal(size_t(OC) * C, 0.1), t);
+  const Vec bias = rounded_to(rng.normal(size_t(OC)), t), dout = rounded_to(rng.normal(size_t(N) * OC), t);
+  // CPU fp32 on the same (rounded) values
+  Tensor cout = Tensor::empty({N, OC}), cdinp = Tensor::empty({N, C}), cdw = Tensor::zeros({OC, C}), cdb = Tensor::zeros({OC});
+  cpu.linear_forward(cout, bt::host_f32({N, C}, inp), bt::host_f32({OC, C}, w), bt::host_f32({OC}, bias));
+  cpu.linear_backward(cdinp, cdw, cdb, bt::host_f32({N, OC}, dout), bt::host_f32({N, C}, inp), bt::host_f32({OC, C}, w));
+  Tensor gi = up({N, C}, inp, t), gw = up({OC, C}, w, t);
+  // f32 output: only the accumulation order differs
+  Tensor out32 = be().empty({N, OC});
+  be().linear_forward(out32, gi, gw, up({OC}, bias));
+  EXPECT_TRUE(bt::all_close("linear out (low in, f32 out)", down(out32), vec(cout), Tol{1e-5, 1e-4}));
+  // low-precision output: one rounding
+  Tensor outl = be().empty({N, OC}, t);
+  be().linear_forward(outl, gi, gw, up({OC}, bias, t));
+  EXPECT_TRUE(bt::all_close("linear out (low)", down(outl), vec(cout), Tol{unit(t), 1e-4}));
+  // backward: dinp in the low type, dweight/dbias accumulate into f32 (+=, twice)
+  Tensor dinp = be().empty({N, C}, t), dw = be().zeros({OC, C}), db = be().zeros({OC});
+  Tensor gd = up({N, OC}, dout, t);
+  be().linear_backward(dinp, dw, db, gd, gi, gw);
+  be().linear_backward(Tensor{}, dw, db, gd, gi, gw);
+  Vec cdw2 = vec(cdw), cdb2 = vec(cdb);
+  for (double& v : cdw2) v *= 2;
+  for (double& v : cdb2) v *= 2;
+  EXPECT_TRUE(bt::all_close("linear dinp (low)", down(dinp), vec(cdinp), Tol{unit(t), 1e-3}));
+  EXPECT_TRUE(bt::all_close("linear dweight (f32 +=)", down(dw), cdw2, Tol{1e-5, 1e-4}));
+  EXPECT_TRUE(bt::all_close("linear dbias (f32 +=)", down(db), cdb2, Tol{1e-5, 1e-4}));
+}
+
+TEST_P(LowPrecision, ElementwiseLayerNormAndCrossEntropy) {
+  const DType t = type();
+  const int N = 19, C = 200;
+  bt::Rng rng(302);
+  const Vec x = rounded_to(rng.normal(size_t(N) * C, 2.0), t), y = rounded_to(rng.normal(size_t(N) * C), t);
+  // gelu, and its backward in place (dinp aliases dout)
+  Tensor cg = Tensor::empty({N, C}), cgd = Tensor::empty({N, C});
+  cpu.gelu_forward(cg, bt::host_f32({N, C}, x));
+  cpu.gelu_backward(cgd, bt::host_f32({N, C}, x), bt::host_f32({N, C}, y));
+  Tensor gg = be().empty({N, C}, t);
+  be().gelu_forward(gg, up({N, C}, x, t));
+  EXPECT_TRUE(bt::all_close("gelu (low)", down(gg), vec(cg), Tol{unit(t), 1e-5}));
+  Tensor gy = up({N, C}, y, t);
+  be().gelu_backward(gy, up({N, C}, x, t), gy);
+  EXPECT_TRUE(bt::all_close("gelu backward in place (low)", down(gy), vec(cgd), Tol{unit(t), 1e-5}));
+  // residual, and its backward (+= into both)
+  Tensor cr = Tensor::empty({N, C});
+  cpu.residual_forward(cr, bt::host_f32({N, C}, x), bt::host_f32({N, C}, y));
+  Tensor gr = be().empty({N, C}, t);
+  be().residual_forward(gr, up({N, C}, x, t), up({N, C}, y, t));
+  EXPECT_TRUE(bt::all_close("residual (low)", down(gr), vec(cr), Tol{unit(t), 1e-6}));
+  Tensor da = up({N, C}, x, t), dbb = up({N, C}, x, t);
+  be().residual_backward(da, dbb, up({N, C}, y, t));
+  EXPECT_TRUE(bt::all_close("residual backward da (low +=)", down(da), vec(cr), Tol{unit(t), 1e-6}));
+  EXPECT_TRUE(bt::all_close("residual backward db (low +=)", down(dbb), vec(cr), Tol{unit(t), 1e-6}));
+  // layernorm: low activations, f32 parameters and statistics; backward accumulates into dinp
+  const Vec w = rng.normal(size_t(C), 0.2, 1.0), b = rng.normal(size_t(C), 0.2);
+  Tensor co = Tensor::empty({N, C}), cm = Tensor::empty({N}), cs = Tensor::empty({N});
+  cpu.layernorm_forward(co, cm, cs, bt::host_f32({N, C}, x), bt::host_f32({C}, w), bt::host_f32({C}, b), 1e-5f);
+  Tensor go = be().empty({N, C}, t), gm = be().empty({N}), gs = be().empty({N});
+  be().layernorm_forward(go, gm, gs, up({N, C}, x, t), up({C}, w), up({C}, b), 1e-5f);
+  EXPECT_TRUE(bt::all_close("layernorm out (low)", down(go), vec(co), Tol{unit(t), 4 * unit(t)}));
+  EXPECT_TRUE(bt::all_close("layernorm rstd", down(gs), vec(cs), Tol{1e-5, 0}));
+  Tensor cdi = bt::host_f32({N, C}, y), cdw = Tensor::zeros({C}), cdb = Tensor::zeros({C});
+  cpu.layernorm_backward(cdi, cdw, cdb, bt::host_f32({N, C}, x), bt::host_f32({N, C}, x), bt::host_f32({C}, w), cm, cs);
+  Tensor gdi = up({N, C}, y, t), gdw = be().zeros({C}), gdb = be().zeros({C});
+  be().layernorm_backward(gdi, gdw, gdb, up({N, C}, x, t), up({N, C}, x, t), up({C}, w), gm, gs);
+  const Vec rdi = vec(cdi);
+  EXPECT_TRUE(bt::all_close("layernorm dinp (low +=)", down(gdi), rdi, Tol{unit(t), 4 * unit(t) * bt::max_abs(rdi)}));
+  EXPECT_TRUE(bt::all_close("layernorm dweight (f32 +=)", down(gdw), vec(cdw), Tol{1e-4, 1e-3}));
+  // cross-entropy over low-precision logits, f32 losses; backward in place (dlogits = logits)
+  const int V = 1000, Vp = 1024;
+  const Vec logits = rounded_to(rng.normal(size_t(N) * Vp, 2.0), t);
+  bt::IVec tg = rng.below(size_t(N), V);
+  tg[3] = -1;
+  Tensor cl = Tensor::empty({N}), cls = Tensor::empty({N}), cd = Tensor::empty({N, Vp});
+  Tensor ctg = bt::host_i32({N}, tg);
+  cpu.cross_entropy_forward(cl, cls, bt::host_f32({N, Vp}, logits), ctg, V, 0);
+  cpu.cross_entropy_backward(cd, bt::host_f32({N, Vp}, logits), cls, ctg, 0.25f, V, 0);
+  Tensor gl = be().empty({N}), gls = be().empty({N});
+  Tensor glog = up({N, Vp}, logits, t), gtg = be().upload(ctg);
+  be().cross_entropy_forward(gl, gls, glog, gtg, V, 0);
+  EXPECT_TRUE(bt::all_close("cross-entropy losses (low logits)", down(gl), vec(cl), Tol{1e-5, 1e-4}));
+  be().cross_entropy_backward(glog, glog, gls, gtg, 0.25f, V, 0);
+  EXPECT_TRUE(bt::all_close("cross-entropy dlogits in place (low)", down(glog), vec(cd), Tol{unit(t), 1e-6}));
+}
+
+TEST_P(LowPrecision, EmbeddingForwardBackward) {
+  const DType t = type();
+  const int B = 2, T = 9, C = 32, V = 40, maxT = 12;
+  bt::Rng rng(304);
+  const bt::IVec tokens = rng.below(size_t(B) * T, V);
+  const Vec wte = rounded_to(rng.normal(size_t(V) * C), t), wpe = rounded_to(rng.normal(size_t(maxT) * C), t);
+  const Vec dout = rounded_to(rng.normal(size_t(B) * T * C), t);
+  Tensor ctok = bt::host_i32({B, T}, tokens);
+  Tensor co = Tensor::empty({B, T, C}), cdwte = Tensor::zeros({V, C}), cdwpe = Tensor::zeros({maxT, C});
+  cpu.embedding_forward(co, ctok, bt::host_f32({V, C}, wte), bt::host_f32({maxT, C}, wpe), 0, 0);
+  cpu.embedding_backward(cdwte, cdwpe, bt::host_f32({B, T, C}, dout), ctok, 0);
+  Tensor tok = be().upload(ctok), go = be().empty({B, T, C}, t);
+  be().embedding_forward(go, tok, up({V, C}, wte, t), up({maxT, C}, wpe, t), 0, 0);
+  EXPECT_TRUE(bt::all_close("embedding out (low)", down(go), vec(co), Tol{unit(t), 1e-6}));
+  Tensor dwte = be().zeros({V, C}), dwpe = be().zeros({maxT, C});
+  be().embedding_backward(dwte, dwpe, up({B, T, C}, dout, t), tok, 0);
+  EXPECT_TRUE(bt::all_close("embedding dwte (f32)", down(dwte), vec(cdwte), Tol{1e-6, 1e-6}));
+  EXPECT_TRUE(bt::all_close("embedding dwpe (f32)", down(dwpe), vec(cdwpe), Tol{1e-6, 1e-6}));
+}
+
+TEST_P(LowPrecision, AttentionForwardBackward) {
+  const DType t = type();
+  // The CPU emulation computes in fp32: one head dim there; the device kernels have one per tile shape.
+  const std::vector<int> dims = be().device().is_cpu() ? std::vector<int>{64} : std::vector<int>{48, 64, 80, 96, 128, 160};
+  for (int hd : dims) {
+    SCOPED_TRACE("hd=" + std::to_string(hd));
+    const int B = 2, T = 200, NH = 2, C = NH * hd;
+    bt::Rng rng(303 + hd);
+    const Vec qkv = rounded_to(rng.normal(size_t(B) * T * 3 * C), t), dout = rounded_to(rng.normal(size_t(B) * T * C), t);
+    Tensor co = Tensor::empty({B, T, C}), cl = Tensor::empty({B, NH, T}), cd = Tensor::empty({B, T, 3 * C});
+    cpu.attention_forward(co, cl, bt::host_f32({B, T, 3 * C}, qkv), NH);
+    cpu.attention_backward(cd, bt::host_f32({B, T, C}, dout), bt::host_f32({B, T, 3 * C}, qkv), co, cl, NH);
+    Tensor gq = up({B, T, 3 * C}, qkv, t), go = be().empty({B, T, C}, t), gl = be().empty({B, NH, T});
+    be().attention_forward(go, gl, gq, NH);
+    // out is a convex combination of v (|v| < 5): P rounded to the low type inside the tile products
+    EXPECT_TRUE(bt::all_close("attention out (low)", down(go), vec(co), Tol{2 * unit(t), 4 * unit(t)}));
+    EXPECT_TRUE(bt::all_close("attention lse", down(gl), vec(cl), Tol{1e-3, 1e-3}));
+    Tensor gd = be().empty({B, T, 3 * C}, t);
+    be().attention_backward(gd, up({B, T, C}, dout, t), gq, go, gl, NH);
+    const Vec ref = vec(cd);
+    EXPECT_TRUE(bt::all_close("attention dqkv (low)", down(gd), ref, Tol{4 * unit(t), 8 * unit(t) * bt::max_abs(ref)}));
+  }
+}
+
+TEST_P(LowPrecision, AttentionWithKvCache) {
+  const DType t = type();
+  const int B = 2, T = 7, NH = 2, hd = 16, C = NH * hd, maxT = 10;
+  bt::Rng rng(305);
+  const Vec qkv = rounded_to(rng.normal(size_t(B) * T * 3 * C), t);
+  // The whole sequence at once, then the same through a cache in two calls (4 + 3 tokens).
+  Tensor co = Tensor::empty({B, T, C}), cl = Tensor::empty({B, NH, T});
+  cpu.attention_forward(co, cl, bt::host_f32({B, T, 3 * C}, qkv), NH);
+  Tensor kc = be().zeros({B, maxT, C}, t), vc = be().zeros({B, maxT, C}, t);
+  Vec got(size_t(B) * T * C);
+  for (auto [past, n] : {std::pair{0, 4}, std::pair{4, 3}}) {
+    Vec part;
+    for (int b = 0; b < B; ++b)
+      part.insert(part.end(), qkv.begin() + (size_t(b) * T + past) * 3 * C, qkv.begin() + (size_t(b) * T + past + n) * 3 * C);
+    Tensor o = be().empty({B, n, C}, t);
+    be().attention_kv_forward(o, up({B, n, 3 * C}, part, t), kc, vc, past, NH);
+    const Vec ov = down(o);
+    for (int b = 0; b < B; ++b)
+      std::copy(ov.begin() + size_t(b) * n * C, ov.begin() + size_t(b + 1) * n * C, got.begin() + (size_t(b) * T + past) * C);
+  }
+  EXPECT_TRUE(bt::all_close("attention through the cache (low)", got, vec(co), Tol{2 * unit(t), 4 * unit(t)}));
+}
+
+TEST_P(LowPrecision, MixedAdamWWritesTheLowPrecisionCopy) {
+  const DType t = type();
+  bt::Rng rng(330);
+  const int64_t n = 4097;
+  Vec p = rng.normal(size_t(n)), g = rng.normal(size_t(n));
+  Tensor gp = up({n}, p), gg = up({n}, g), gm = be().zeros({n}), gv = be().zeros({n}), low = be().empty({n}, t);
+  Tensor cp = bt::host_f32({n}, p), cm = Tensor::zeros({n}), cv = Tensor::zeros({n});
+  llm::AdamWParams ap;
+  ap.lr = 1e-2f, ap.weight_decay = 0.1f;
+  be().adamw_update_mixed(gp, gg, gm, gv, ap, low);
+  cpu.adamw_update(cp, bt::host_f32({n}, g), cm, cv, ap);
+  const Vec master = down(gp);
+  EXPECT_TRUE(bt::all_close("fp32 master", master, vec(cp), Tol{1e-6, 1e-6}));
+  EXPECT_TRUE(bt::all_equal("low copy = round(master)", down(low), rounded_to(master, t)));
+}
+
+TEST_P(LowPrecision, SumSquaresAndScale) {
+  const DType t = type();
+  bt::Rng rng(306);
+  const Vec x = rounded_to(rng.normal(3001), t);
+  double ref = 0;
+  for (double v : x) ref += v * v;
+  Tensor lx = up({3001}, x, t);
+  EXPECT_NEAR(be().sum_squares(lx), ref, 1e-5 * ref);
+  be().scale(lx, 0.5f);  // exact in every type (no underflow at these magnitudes)
+  Vec half = x;
+  for (double& v : half) v *= 0.5;
+  EXPECT_TRUE(bt::all_equal("scale by 1/2 (low)", down(lx), half));
+}
+
+TEST_P(LowPrecision, TypeRulesAreEnforced) {
+  const DType t = type();
+  const DType other = t == DType::bf16 ? DType::f16 : DType::bf16;
+  const int N = 4, C = 8, OC = 5;
+  auto expect_error = [](const char* what, auto&& call, const std::string& needle) {
+    try {
+      call();
+      ADD_FAILURE() << what << ": expected an error";
+    } catch (const llm::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << what << ": " << e.what();
+    }
+  };
+  Tensor inp = be().zeros({N, C}, t), w32 = be().zeros({OC, C}), wo = be().zeros({OC, C}, other);
+  Tensor out = be().zeros({N, OC}, t);
+  expect_error("linear with an f32 weight", [&] { be().linear_forward(out, inp, w32, Tensor{}); }, "linear_forward");
+  expect_error("linear with the other low type", [&] { be().linear_forward(out, inp, wo, Tensor{}); }, "linear_forward");
+  Tensor lw = be().zeros({C}, t), lb = be().zeros({C}), m = be().zeros({N}), r = be().zeros({N});
+  Tensor lo = be().zeros({N, C}, t);
+  expect_error("layernorm with a low-precision weight", [&] { be().layernorm_forward(lo, m, r, inp, lw, lb, 1e-5f); },
+               "layernorm_forward");
+  Tensor o32 = be().zeros({N, C});
+  expect_error("gelu with mixed types", [&] { be().gelu_forward(o32, inp); }, "gelu_forward");
+  Tensor g = be().zeros({N, C}, t), p = be().zeros({N, C}), mm = be().zeros({N, C}), v = be().zeros({N, C});
+  expect_error("adamw on low-precision gradients", [&] { be().adamw_update(p, g, mm, v, llm::AdamWParams{}); }, "adamw");
+}
+
+std::string param_name(const ::testing::TestParamInfo<std::tuple<llm::Backend*, DType>>& info) {
+  std::string s = std::get<0>(info.param)->name() + "_" + std::string(llm::dtype_name(std::get<1>(info.param)));
+  for (char& ch : s)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, LowPrecision,
+                         ::testing::Combine(::testing::ValuesIn(llm::available_backends()),
+                                            ::testing::Values(DType::bf16, DType::f16)),
+                         param_name);
+
+}  // namespace
