@@ -234,6 +234,13 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       mpi.size(), static_cast<long long>(layout.dp()), static_cast<long long>(layout.tp),
       args.sequence_parallel ? " (Megatron sequence parallel)" : "", static_cast<long long>(layout.pp),
       static_cast<long long>(layout.sp), static_cast<double>(model.parameters().numel()) / 1e6);
+  if (args.bf16 || args.fp16)
+    say("> precision: %s activations and compute weights; fp32 master weights, gradients and optimizer state%s\n",
+        args.bf16 ? "bf16" : "fp16",
+        !args.fp16 ? "" : args.loss_scale > 0 ? detail::concat("; fixed loss scale ", args.loss_scale).c_str()
+                                              : detail::concat("; dynamic loss scale from ", args.initial_loss_scale,
+                                                               " (window ", args.loss_scale_window, ", hysteresis ",
+                                                               args.hysteresis, ", min ", args.min_loss_scale, ")").c_str());
   const Trainer::StateBytes sb = trainer.state_bytes();
   say("> optimizer state: %.1f MB per rank (ZeRO stage %lld over %lld data-parallel ranks)\n",
       static_cast<double>(sb.optimizer) / 1e6, static_cast<long long>(args.zero_stage),
@@ -294,10 +301,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       cv.params_per_rank = model.parameters().numel();
       cv.resident_params = model.parameters().resident_numel();
       cv.layer_params = model.parameters().layer_area();
+      cv.activation_bytes = static_cast<int64_t>(dtype_size(args.compute_dtype()));
       say("> %s\n",
           comm_volume_report({tp->volume(), sp->volume(), dp->volume(), pp->volume()}, analytic_comm_volume(cv)).c_str());
     }
-    acc.add(st.loss, st.finite, st.seconds, st.grad_norm, st.lr, st.data_seconds);
+    acc.add(st.loss, st.finite, !st.skipped, st.seconds, st.grad_norm, st.lr, st.data_seconds);
     t_fb += st.forward_backward_seconds, t_ar += st.grads_all_reduce_seconds;
     t_ag += st.params_all_gather_seconds, t_opt += st.optimizer_seconds, t_pp += st.pipeline_seconds;
     ++timed_iters;
@@ -316,6 +324,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       rec.consumed_samples = trainer.consumed_samples();
       rec.consumed_tokens = trainer.consumed_samples() * args.seq_length;
       acc.flush_into(rec, args.global_batch_size, args.seq_length, mpi.size(), flops_meg, flops_model);
+      rec.loss_scale = trainer.loss_scaler().scale();
       say("%s\n", megatron_log_line(rec).c_str());
       if (args.timing_log_level >= 1) {
         std::vector<TimerRow> rows;

@@ -1,8 +1,9 @@
 // Collectives over tensors within a group of ranks. MpiCommunicator carries host tensors over
 // MPI; a NCCL communicator will carry device tensors behind the same interface.
 //
-// Tensors are contiguous f32 unless an operation says otherwise. Every collective must be called
-// by every rank of the group in the same order.
+// Tensors are contiguous floats: f32, or bf16/f16 under mixed precision (sums in fp32, rounded
+// once per combining step, as NCCL does), one type per call. Every collective must be called by
+// every rank of the group in the same order.
 #pragma once
 #include <memory>
 #include <vector>
@@ -19,16 +20,16 @@ class Communicator {
   // True when the tensor collectives take tensors on `device` directly (NCCL: its GPU); otherwise
   // callers stage device tensors through the host.
   virtual bool takes(const Device& device) const { return device.is_cpu(); }
-  // In place: x = sum over the group (f32, contiguous).
+  // In place: x = sum over the group.
   virtual void all_reduce_sum(const Tensor& x) = 0;
   // Sum / min / max of a scalar over the group.
   virtual double all_reduce_sum(double v) = 0;
   virtual double all_reduce_min(double v) = 0;
   virtual double all_reduce_max(double v) = 0;
-  // In place over a flat f32 tensor: rank r contributes elements [offsets[r], offsets[r+1]) and
+  // In place over a flat tensor: rank r contributes elements [offsets[r], offsets[r+1]) and
   // afterwards every rank holds every range (ZeRO's parameter all-gather).
   virtual void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) = 0;
-  // In place over a flat f32 tensor: afterwards rank r's range [offsets[r], offsets[r+1]) holds the
+  // In place over a flat tensor: afterwards rank r's range [offsets[r], offsets[r+1]) holds the
   // element-wise sum over the group (ZeRO-2/3's gradient reduce-scatter); the rest of x is scratch.
   virtual void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) = 0;
   // In place: x = root's x.

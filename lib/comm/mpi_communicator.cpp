@@ -10,10 +10,56 @@ namespace llm {
 
 namespace {
 
-void check_host_f32(const Tensor& x, const char* op) {
-  LLM_CHECK(x.dtype() == DType::f32 && x.is_contiguous() && x.device().is_cpu(), "MPI ", op,
-            " needs a contiguous host f32 tensor, got ", dtype_name(x.dtype()), " ", shape_str(x.shape()), " on ",
-            x.device().str());
+// bf16 and f16 travel as 2-byte MPI types of their own, so the sum below knows which it adds.
+struct LowTypes {
+  MPI_Datatype bf16 = MPI_DATATYPE_NULL, f16 = MPI_DATATYPE_NULL;
+  MPI_Op sum = MPI_OP_NULL;
+};
+const LowTypes& low_types();
+
+// Sums in fp32 and rounds once per combining step (what NCCL does for these types).
+void low_sum(void* in, void* inout, int* len, MPI_Datatype* type) {
+  const auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  if (*type == low_types().bf16) {
+    for (int i = 0; i < *len; ++i) b[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
+  } else {
+    for (int i = 0; i < *len; ++i) b[i] = f32_to_f16(f16_to_f32(a[i]) + f16_to_f32(b[i]));
+  }
+}
+
+const LowTypes& low_types() {
+  // Created on first use (after MPI_Init); freed by MPI_Finalize.
+  static const LowTypes t = [] {
+    LowTypes l;
+    MPI_Type_contiguous(2, MPI_BYTE, &l.bf16);
+    MPI_Type_commit(&l.bf16);
+    MPI_Type_contiguous(2, MPI_BYTE, &l.f16);
+    MPI_Type_commit(&l.f16);
+    MPI_Op_create(&low_sum, 1, &l.sum);
+    return l;
+  }();
+  return t;
+}
+
+// The MPI type of a contiguous host float tensor (f32, bf16 or f16).
+MPI_Datatype host_float_type(const Tensor& x, const char* op) {
+  const DType t = x.dtype();
+  LLM_CHECK((t == DType::f32 || t == DType::bf16 || t == DType::f16) && x.is_contiguous() && x.device().is_cpu(),
+            "MPI ", op, " needs a contiguous host f32, bf16 or f16 tensor, got ", dtype_name(t), " ",
+            shape_str(x.shape()), " on ", x.device().str());
+  if (t == DType::f32) return MPI_FLOAT;
+  return t == DType::bf16 ? low_types().bf16 : low_types().f16;
+}
+MPI_Op sum_op(const Tensor& x) { return x.dtype() == DType::f32 ? MPI_SUM : low_types().sum; }
+
+// Both sides of a collective hold the same element type.
+MPI_Datatype pair_type(const Tensor& out, const Tensor& in, const char* op) {
+  const MPI_Datatype t = host_float_type(out, op);
+  (void)host_float_type(in, op);
+  LLM_CHECK(out.dtype() == in.dtype(), "MPI ", op, ": output ", dtype_name(out.dtype()), ", input ",
+            dtype_name(in.dtype()), " (they must match)");
+  return t;
 }
 
 int mpi_count(int64_t n, const char* op) {
@@ -51,21 +97,22 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void all_reduce_sum(const Tensor& x) override {
-    check_host_f32(x, "all-reduce");
+    const MPI_Datatype type = host_float_type(x, "all-reduce");
     if (size_ == 1) return;
     volume_.all_reduce += static_cast<int64_t>(x.nbytes());
     // MPI counts are int: reduce in windows of at most 2^30 elements.
-    float* p = x.data<float>();
+    char* p = static_cast<char*>(x.raw());
+    const size_t esize = dtype_size(x.dtype());
     for (int64_t off = 0, n = x.numel(); off < n; off += int64_t{1} << 30) {
       const int count = static_cast<int>(std::min<int64_t>(n - off, int64_t{1} << 30));
-      MPI_Allreduce(MPI_IN_PLACE, p + off, count, MPI_FLOAT, MPI_SUM, comm_);
+      MPI_Allreduce(MPI_IN_PLACE, p + static_cast<size_t>(off) * esize, count, type, sum_op(x), comm_);
     }
   }
   double all_reduce_sum(double v) override { return reduce(v, MPI_SUM); }
   double all_reduce_min(double v) override { return reduce(v, MPI_MIN); }
   double all_reduce_max(double v) override { return reduce(v, MPI_MAX); }
   void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
-    check_host_f32(x, "all-gather");
+    const MPI_Datatype type = host_float_type(x, "all-gather");
     LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.back() == x.numel(),
               "all_gather_ranges: ", offsets.size(), " offsets for ", size_, " ranks");
     if (size_ == 1) return;
@@ -77,10 +124,10 @@ class MpiCommunicator final : public Communicator {
       counts[r] = static_cast<int>(offsets[r + 1] - offsets[r]);
     }
     volume_.all_gather += static_cast<int64_t>(x.nbytes());
-    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x.data<float>(), counts.data(), displs.data(), MPI_FLOAT, comm_);
+    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x.raw(), counts.data(), displs.data(), type, comm_);
   }
   void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
-    check_host_f32(x, "reduce-scatter");
+    const MPI_Datatype type = host_float_type(x, "reduce-scatter");
     LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.front() == 0 && offsets.back() == x.numel(),
               "reduce_scatter_ranges: ", offsets.size(), " offsets for ", size_, " ranks over ", x.numel(), " elements");
     if (size_ == 1) return;
@@ -89,11 +136,12 @@ class MpiCommunicator final : public Communicator {
     std::vector<int> counts(size_);
     for (int r = 0; r < size_; ++r) counts[r] = static_cast<int>(offsets[r + 1] - offsets[r]);
     volume_.reduce_scatter += static_cast<int64_t>(x.nbytes());
-    float* p = x.data<float>();
+    char* p = static_cast<char*>(x.raw());
+    const size_t esize = dtype_size(x.dtype());
     // In place, MPI leaves this rank's block at the start of the buffer: move it to its range.
-    MPI_Reduce_scatter(MPI_IN_PLACE, p, counts.data(), MPI_FLOAT, MPI_SUM, comm_);
+    MPI_Reduce_scatter(MPI_IN_PLACE, p, counts.data(), type, sum_op(x), comm_);
     if (offsets[rank_] != 0 && counts[rank_] > 0)
-      std::memmove(p + offsets[rank_], p, static_cast<size_t>(counts[rank_]) * sizeof(float));
+      std::memmove(p + static_cast<size_t>(offsets[rank_]) * esize, p, static_cast<size_t>(counts[rank_]) * esize);
   }
   void broadcast(const Tensor& x, int root) override {
     LLM_CHECK(x.is_contiguous() && x.device().is_cpu(), "MPI broadcast needs a contiguous host tensor");
@@ -108,8 +156,7 @@ class MpiCommunicator final : public Communicator {
   void barrier() override { MPI_Barrier(comm_); }
 
   void all_gather(const Tensor& out, const Tensor& in) override {
-    check_host_f32(out, "all-gather");
-    check_host_f32(in, "all-gather");
+    const MPI_Datatype type = pair_type(out, in, "all-gather");
     LLM_CHECK(out.numel() == in.numel() * size_, "all_gather: output of ", out.numel(), " elements for ", size_,
               " inputs of ", in.numel());
     if (size_ == 1) {
@@ -117,12 +164,11 @@ class MpiCommunicator final : public Communicator {
       return;
     }
     volume_.all_gather += static_cast<int64_t>(out.nbytes());
-    MPI_Allgather(in.data<float>(), mpi_count(in.numel(), "all-gather"), MPI_FLOAT, out.data<float>(),
-                  mpi_count(in.numel(), "all-gather"), MPI_FLOAT, comm_);
+    MPI_Allgather(in.raw(), mpi_count(in.numel(), "all-gather"), type, out.raw(), mpi_count(in.numel(), "all-gather"),
+                  type, comm_);
   }
   void reduce_scatter(const Tensor& out, const Tensor& in) override {
-    check_host_f32(out, "reduce-scatter");
-    check_host_f32(in, "reduce-scatter");
+    const MPI_Datatype type = pair_type(out, in, "reduce-scatter");
     LLM_CHECK(in.numel() == out.numel() * size_, "reduce_scatter: input of ", in.numel(), " elements for ", size_,
               " outputs of ", out.numel());
     if (size_ == 1) {
@@ -130,12 +176,10 @@ class MpiCommunicator final : public Communicator {
       return;
     }
     volume_.reduce_scatter += static_cast<int64_t>(in.nbytes());
-    MPI_Reduce_scatter_block(in.data<float>(), out.data<float>(), mpi_count(out.numel(), "reduce-scatter"), MPI_FLOAT,
-                             MPI_SUM, comm_);
+    MPI_Reduce_scatter_block(in.raw(), out.raw(), mpi_count(out.numel(), "reduce-scatter"), type, sum_op(in), comm_);
   }
   void all_to_all(const Tensor& out, const Tensor& in) override {
-    check_host_f32(out, "all-to-all");
-    check_host_f32(in, "all-to-all");
+    const MPI_Datatype type = pair_type(out, in, "all-to-all");
     LLM_CHECK(in.numel() == out.numel() && in.numel() % size_ == 0, "all_to_all: ", in.numel(), " and ", out.numel(),
               " elements for ", size_, " ranks (equal sizes, divisible by the group)");
     if (size_ == 1) {
@@ -144,33 +188,32 @@ class MpiCommunicator final : public Communicator {
     }
     volume_.all_to_all += static_cast<int64_t>(in.nbytes());
     const int chunk = mpi_count(in.numel() / size_, "all-to-all");
-    MPI_Alltoall(in.data<float>(), chunk, MPI_FLOAT, out.data<float>(), chunk, MPI_FLOAT, comm_);
+    MPI_Alltoall(in.raw(), chunk, type, out.raw(), chunk, type, comm_);
   }
   void send(const Tensor& x, int peer, int tag) override {
-    check_host_f32(x, "send");
+    const MPI_Datatype type = host_float_type(x, "send");
     volume_.send_recv += static_cast<int64_t>(x.nbytes());
-    MPI_Send(x.data<float>(), mpi_count(x.numel(), "send"), MPI_FLOAT, peer, tag, comm_);
+    MPI_Send(x.raw(), mpi_count(x.numel(), "send"), type, peer, tag, comm_);
   }
   void recv(const Tensor& x, int peer, int tag) override {
-    check_host_f32(x, "recv");
-    MPI_Recv(x.data<float>(), mpi_count(x.numel(), "recv"), MPI_FLOAT, peer, tag, comm_, MPI_STATUS_IGNORE);
+    const MPI_Datatype type = host_float_type(x, "recv");
+    MPI_Recv(x.raw(), mpi_count(x.numel(), "recv"), type, peer, tag, comm_, MPI_STATUS_IGNORE);
   }
   void send_recv(const Tensor& send, int dst, int send_tag, const Tensor& recv, int src, int recv_tag) override {
     if (dst < 0 && src < 0) return;
     if (dst < 0) return this->recv(recv, src, recv_tag);
     if (src < 0) return this->send(send, dst, send_tag);
-    check_host_f32(send, "send");
-    check_host_f32(recv, "recv");
+    const MPI_Datatype st = host_float_type(send, "send"), rt = host_float_type(recv, "recv");
     volume_.send_recv += static_cast<int64_t>(send.nbytes());
-    MPI_Sendrecv(send.data<float>(), mpi_count(send.numel(), "send"), MPI_FLOAT, dst, send_tag, recv.data<float>(),
-                 mpi_count(recv.numel(), "recv"), MPI_FLOAT, src, recv_tag, comm_, MPI_STATUS_IGNORE);
+    MPI_Sendrecv(send.raw(), mpi_count(send.numel(), "send"), st, dst, send_tag, recv.raw(),
+                 mpi_count(recv.numel(), "recv"), rt, src, recv_tag, comm_, MPI_STATUS_IGNORE);
   }
   std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) override {
-    check_host_f32(x, "all-reduce");
+    const MPI_Datatype type = host_float_type(x, "all-reduce");
     if (size_ == 1) return std::make_unique<MpiRequest>(MPI_REQUEST_NULL);
     volume_.all_reduce += static_cast<int64_t>(x.nbytes());
     MPI_Request r;
-    MPI_Iallreduce(MPI_IN_PLACE, x.data<float>(), mpi_count(x.numel(), "all-reduce"), MPI_FLOAT, MPI_SUM, comm_, &r);
+    MPI_Iallreduce(MPI_IN_PLACE, x.raw(), mpi_count(x.numel(), "all-reduce"), type, sum_op(x), comm_, &r);
     return std::make_unique<MpiRequest>(r);
   }
 

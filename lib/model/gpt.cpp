@@ -135,28 +135,48 @@ GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_l
   params_.set_compact(tp_.zero_stage >= 3, tp_.zero_stage >= 2);
   params_.allocate(backend_, seed);
 
-  for (int64_t l = first_layer_; l < first_layer_ + L / tp_.pp_size(); ++l) {
-    const std::string p = "h." + std::to_string(l) + ".";
-    auto b = std::make_unique<Block>();
-    auto bind = [&](Tensor& w, Tensor& g, const std::string& n) {
-      w = params_.param(p + n);
+  for (int64_t l = first_layer_; l < first_layer_ + L / tp_.pp_size(); ++l) blocks_.push_back(std::make_unique<Block>());
+  bind_blocks();
+  acts_ = std::make_unique<Activations>();
+}
+
+void GPT::bind_blocks() {
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const std::string p = "h." + std::to_string(first_layer_ + static_cast<int64_t>(i)) + ".";
+    Block& b = *blocks_[i];
+    // LayerNorm parameters are f32 in every precision; the linear layers compute with the copy.
+    auto bind = [&](Tensor& w, Tensor& g, const std::string& n, bool compute) {
+      w = compute ? params_.compute_param(p + n) : params_.param(p + n);
       g = params_.grad(p + n);
     };
-    bind(b->ln1_w, b->d_ln1_w, "ln_1.weight");
-    bind(b->ln1_b, b->d_ln1_b, "ln_1.bias");
-    bind(b->qkv_w, b->d_qkv_w, "attn.c_attn.weight");
-    bind(b->qkv_b, b->d_qkv_b, "attn.c_attn.bias");
-    bind(b->proj_w, b->d_proj_w, "attn.c_proj.weight");
-    bind(b->proj_b, b->d_proj_b, "attn.c_proj.bias");
-    bind(b->ln2_w, b->d_ln2_w, "ln_2.weight");
-    bind(b->ln2_b, b->d_ln2_b, "ln_2.bias");
-    bind(b->fc_w, b->d_fc_w, "mlp.c_fc.weight");
-    bind(b->fc_b, b->d_fc_b, "mlp.c_fc.bias");
-    bind(b->fcproj_w, b->d_fcproj_w, "mlp.c_proj.weight");
-    bind(b->fcproj_b, b->d_fcproj_b, "mlp.c_proj.bias");
-    blocks_.push_back(std::move(b));
+    bind(b.ln1_w, b.d_ln1_w, "ln_1.weight", false);
+    bind(b.ln1_b, b.d_ln1_b, "ln_1.bias", false);
+    bind(b.qkv_w, b.d_qkv_w, "attn.c_attn.weight", true);
+    bind(b.qkv_b, b.d_qkv_b, "attn.c_attn.bias", true);
+    bind(b.proj_w, b.d_proj_w, "attn.c_proj.weight", true);
+    bind(b.proj_b, b.d_proj_b, "attn.c_proj.bias", true);
+    bind(b.ln2_w, b.d_ln2_w, "ln_2.weight", false);
+    bind(b.ln2_b, b.d_ln2_b, "ln_2.bias", false);
+    bind(b.fc_w, b.d_fc_w, "mlp.c_fc.weight", true);
+    bind(b.fc_b, b.d_fc_b, "mlp.c_fc.bias", true);
+    bind(b.fcproj_w, b.d_fcproj_w, "mlp.c_proj.weight", true);
+    bind(b.fcproj_b, b.d_fcproj_b, "mlp.c_proj.bias", true);
   }
+}
+
+void GPT::set_precision(DType compute) {
+  LLM_CHECK(compute == DType::f32 || compute == DType::bf16 || compute == DType::f16,
+            "model precision: f32, bf16 or f16, not ", dtype_name(compute));
+  if (compute == act_dtype_) return;
+  params_.set_compute_copy(backend_, compute);
+  act_dtype_ = compute;
+  bind_blocks();
+  // Re-plan every activation set in the new type on the next forward.
   acts_ = std::make_unique<Activations>();
+  slots_.clear();
+  slot_ = 0;
+  stage_output_ = last_hidden_ = last_norm_ = last_logits_ = Tensor{};
+  have_loss_ = false;
 }
 
 GPT::~GPT() = default;
@@ -238,20 +258,21 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
   LLM_CHECK(!sp || N % P == 0, "sequence parallel: ", N, " tokens per micro-batch are not divisible by ", P, " ranks");
   const int64_t R = sp ? N / P : N;  // rows of the residual stream held here
   Backend& be = backend_;
+  const DType A = act_dtype_;  // activations; statistics, lse and losses stay f32
   a.B = B;
   a.T = T;
   a.tokens = be.empty({B, T}, DType::i32);
   a.targets = be.empty({B, T}, DType::i32);
-  a.encoded = be.empty({R, C});
+  a.encoded = be.empty({R, C}, A);
   for (size_t l = 0; l < blocks_.size(); ++l) {
     Block& b = *blocks_[l];
     if (l + 1 == blocks_.size() && tp_.pp_size() > 1 && !tp_.last_stage()) {
       // A pipeline stage's output is only sent on (its backward never reads it), so the
       // micro-batches in flight share one buffer instead of keeping one each (Megatron frees it).
-      if (!stage_output_.defined() || stage_output_.shape() != Shape{R, C}) stage_output_ = be.empty({R, C});
+      if (!stage_output_.defined() || stage_output_.shape() != Shape{R, C}) stage_output_ = be.empty({R, C}, A);
       b.residual3 = stage_output_;
     } else {
-      b.residual3 = be.empty({R, C});  // a block's output: kept (the next block's input)
+      b.residual3 = be.empty({R, C}, A);  // a block's output: kept (the next block's input)
     }
     if (recompute_ && l > 0) {
       // Full recompute: every block works in block 0's buffers and recomputes them in backward.
@@ -263,52 +284,52 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
       b.qkv_heads = first.qkv_heads, b.atty_heads = first.atty_heads;
       continue;
     }
-    b.ln1 = be.empty({R, C});
+    b.ln1 = be.empty({R, C}, A);
     b.ln1_mean = be.empty({R});
     b.ln1_rstd = be.empty({R});
-    b.qkv = be.empty({B, T, 3 * Cl});
-    b.atty = be.empty({B, T, Cl});
+    b.qkv = be.empty({B, T, 3 * Cl}, A);
+    b.atty = be.empty({B, T, Cl}, A);
     b.att_lse = be.empty({B, NHl, T * S});
     if (S > 1) {
-      b.qkv_heads = be.empty({B, T * S, 3 * Cs});
-      b.atty_heads = be.empty({B, T * S, Cs});
+      b.qkv_heads = be.empty({B, T * S, 3 * Cs}, A);
+      b.atty_heads = be.empty({B, T * S, Cs}, A);
     }
-    b.attproj = be.empty({R, C});
-    b.residual2 = be.empty({R, C});
-    b.ln2 = be.empty({R, C});
+    b.attproj = be.empty({R, C}, A);
+    b.residual2 = be.empty({R, C}, A);
+    b.ln2 = be.empty({R, C}, A);
     b.ln2_mean = be.empty({R});
     b.ln2_rstd = be.empty({R});
-    b.fch = be.empty({B, T, Fl});
-    b.fch_gelu = be.empty({B, T, Fl});
-    b.fcproj = be.empty({R, C});
+    b.fch = be.empty({B, T, Fl}, A);
+    b.fch_gelu = be.empty({B, T, Fl}, A);
+    b.fcproj = be.empty({R, C}, A);
   }
   if (tp_.last_stage()) {  // the head's buffers: the last pipeline stage only
-    a.lnf = be.empty({R, C});
+    a.lnf = be.empty({R, C}, A);
     a.lnf_mean = be.empty({R});
     a.lnf_rstd = be.empty({R});
-    a.logits = be.empty({B, T, Vl});
+    a.logits = be.empty({B, T, Vl}, A);
     a.losses = be.empty({N});
     a.ce_lse = be.empty({N});
   }
-  a.dresidual = be.empty({R, C});
-  a.dbuf = be.empty({N, C});
-  a.dqkv = be.empty({B, T, 3 * Cl});
-  a.dfch = be.empty({B, T, Fl});
+  a.dresidual = be.empty({R, C}, A);
+  a.dbuf = be.empty({N, C}, A);
+  a.dqkv = be.empty({B, T, 3 * Cl}, A);
+  a.dfch = be.empty({B, T, Fl}, A);
   if (sp) {
-    a.gathered = be.empty({N, C});
-    a.partial = be.empty({N, C});
-    a.drows = be.empty({R, C});
-    a.lnf_full = tp_.last_stage() ? be.empty({N, C}) : Tensor{};
+    a.gathered = be.empty({N, C}, A);
+    a.partial = be.empty({N, C}, A);
+    a.drows = be.empty({R, C}, A);
+    a.lnf_full = tp_.last_stage() ? be.empty({N, C}, A) : Tensor{};
   } else {
     a.gathered = a.partial = a.drows = a.lnf_full = Tensor{};
   }
   if (S > 1) {
     // The exchanges stage through scratch that is free at that moment (see ulysses_staging());
     // a separate send buffer only when the MLP's scratch is smaller than q,k,v (ffn < 3h).
-    a.send = Fl >= 3 * Cl ? Tensor{} : Tensor::empty({B * T * 3 * Cl});
+    a.send = Fl >= 3 * Cl ? Tensor{} : Tensor::empty({B * T * 3 * Cl}, A);
     a.recv = Tensor{};
-    a.dqkv_heads = be.empty({B, T * S, 3 * Cs});
-    a.datty_heads = be.empty({B, T * S, Cs});
+    a.dqkv_heads = be.empty({B, T * S, 3 * Cs}, A);
+    a.datty_heads = be.empty({B, T * S, Cs}, A);
   } else {
     a.send = a.recv = a.dqkv_heads = a.datty_heads = Tensor{};
   }
@@ -323,19 +344,25 @@ void GPT::ulysses_exchange(const Tensor& seq, const Tensor& heads, int parts, bo
   LLM_CHECK(send_buf.numel() >= chunk * S && recv_buf.numel() >= chunk * S, "Ulysses exchange: staging buffers of ",
             send_buf.numel(), " and ", recv_buf.numel(), " elements for ", chunk * S);
   const Tensor send = send_buf.flat(0, chunk * S), recv = recv_buf.flat(0, chunk * S);
-  float* ps = send.data<float>();
-  float* pr = recv.data<float>();
-  float* pq = seq.data<float>();
-  float* ph = heads.data<float>();
-  const size_t bytes = static_cast<size_t>(Cs) * sizeof(float);
+  LLM_CHECK(seq.dtype() == heads.dtype() && send.dtype() == seq.dtype() && recv.dtype() == seq.dtype(),
+            "Ulysses exchange: activations and staging buffers must share one element type");
+  // Byte pointers: the activations are f32, bf16 or f16.
+  const int64_t es = static_cast<int64_t>(dtype_size(seq.dtype()));
+  char* ps = static_cast<char*>(send.raw());
+  char* pr = static_cast<char*>(recv.raw());
+  char* pq = static_cast<char*>(seq.raw());
+  char* ph = static_cast<char*>(heads.raw());
+  const size_t bytes = static_cast<size_t>(Cs * es);
   // Peer j's chunk is [B][Tl][parts][Cs]: to_heads sends head group j of every local position;
   // the reverse sends sequence chunk j of this rank's head group.
-  auto seq_at = [&](int64_t j, int64_t b, int64_t t, int64_t p) { return pq + ((b * Tl + t) * parts + p) * Cl + j * Cs; };
-  auto heads_at = [&](int64_t i, int64_t b, int64_t t, int64_t p) {
-    return ph + ((b * Tl * S + i * Tl + t) * parts + p) * Cs;
+  auto seq_at = [&](int64_t j, int64_t b, int64_t t, int64_t p) {
+    return pq + (((b * Tl + t) * parts + p) * Cl + j * Cs) * es;
   };
-  auto buf_at = [&](float* base, int64_t j, int64_t b, int64_t t, int64_t p) {
-    return base + j * chunk + ((b * Tl + t) * parts + p) * Cs;
+  auto heads_at = [&](int64_t i, int64_t b, int64_t t, int64_t p) {
+    return ph + ((b * Tl * S + i * Tl + t) * parts + p) * Cs * es;
+  };
+  auto buf_at = [&](char* base, int64_t j, int64_t b, int64_t t, int64_t p) {
+    return base + (j * chunk + ((b * Tl + t) * parts + p) * Cs) * es;
   };
   for (int64_t j = 0; j < S; ++j)
     for (int64_t b = 0; b < B; ++b)
@@ -389,8 +416,8 @@ void GPT::run_forward(const Tensor& tokens) {
     // stages find their input in a.encoded (stage_input()).
     const bool sp = tp_.sequence_parallel;
     const Tensor& emb = sp ? a.partial : a.encoded;
-    const Tensor wpe = params_.param("wpe").slice(0, tp_.sp_rank() * a.T, a.T);  // Ulysses: this rank's positions
-    be.embedding_forward(emb.view({a.B, a.T, config_.hidden_size}), a.tokens, params_.param("wte"),
+    const Tensor wpe = params_.compute_param("wpe").slice(0, tp_.sp_rank() * a.T, a.T);  // Ulysses: this rank's positions
+    be.embedding_forward(emb.view({a.B, a.T, config_.hidden_size}), a.tokens, params_.compute_param("wte"),
                          tp_.rank() == 0 ? wpe : Tensor{}, vocab_begin_, config_.padded_vocab_size());
     reduce_rows(a.encoded, emb);
   }
@@ -399,7 +426,8 @@ void GPT::run_forward(const Tensor& tokens) {
   const float eps = config_.layernorm_eps;
   be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, params_.param("ln_f.weight"),
                        params_.param("ln_f.bias"), eps);
-  be.linear_forward(a.logits.view({a.B * a.T, -1}), gather_rows(a.lnf, a.lnf_full), params_.param("wte"), Tensor{});
+  be.linear_forward(a.logits.view({a.B * a.T, -1}), gather_rows(a.lnf, a.lnf_full), params_.compute_param("wte"),
+                    Tensor{});
 }
 
 void GPT::block_forward(size_t layer, const Tensor& x, KVCache* cache) {
@@ -498,8 +526,8 @@ KVCache GPT::make_kv_cache(int64_t batch, int64_t max_len) {
   c.batch = batch;
   c.max_len = max_len;
   for (size_t l = 0; l < blocks_.size(); ++l) {
-    c.k.push_back(backend_.empty({batch, max_len, config_.hidden_size}));
-    c.v.push_back(backend_.empty({batch, max_len, config_.hidden_size}));
+    c.k.push_back(backend_.empty({batch, max_len, config_.hidden_size}, act_dtype_));
+    c.v.push_back(backend_.empty({batch, max_len, config_.hidden_size}, act_dtype_));
   }
   return c;
 }
@@ -516,14 +544,14 @@ const Tensor& GPT::forward_cached(const Tensor& tokens, KVCache& cache) {
   Backend& be = backend_;
   stage(be, a.tokens, tokens, "tokens");
   // Positions continue where the cache ends: the position table is offset, not the op.
-  be.embedding_forward(a.encoded.view({B, Tn, C}), a.tokens, params_.param("wte"),
-                       params_.param("wpe").slice(0, cache.length, Tn));
+  be.embedding_forward(a.encoded.view({B, Tn, C}), a.tokens, params_.compute_param("wte"),
+                       params_.compute_param("wpe").slice(0, cache.length, Tn));
   const Tensor& x = run_blocks(&cache);
   cache.length += Tn;
   if (!last_hidden_.defined() || last_hidden_.size(0) != B) {
-    last_hidden_ = be.empty({B, C});
-    last_norm_ = be.empty({B, C});
-    last_logits_ = be.empty({B, config_.padded_vocab_size()});
+    last_hidden_ = be.empty({B, C}, act_dtype_);
+    last_norm_ = be.empty({B, C}, act_dtype_);
+    last_logits_ = be.empty({B, config_.padded_vocab_size()}, act_dtype_);
   }
   // Only the last position's logits are needed: LayerNorm and the vocabulary projection run on
   // those rows alone (the projection is the largest matmul of a decode step).
@@ -531,7 +559,7 @@ const Tensor& GPT::forward_cached(const Tensor& tokens, KVCache& cache) {
   for (int64_t b = 0; b < B; ++b) be.copy(last_hidden_.slice(0, b, 1), rows.slice(0, b * Tn + Tn - 1, 1));
   be.layernorm_forward(last_norm_, a.lnf_mean.slice(0, 0, B), a.lnf_rstd.slice(0, 0, B), last_hidden_,
                        params_.param("ln_f.weight"), params_.param("ln_f.bias"), config_.layernorm_eps);
-  be.linear_forward(last_logits_, last_norm_, params_.param("wte"), Tensor{});
+  be.linear_forward(last_logits_, last_norm_, params_.compute_param("wte"), Tensor{});
   have_loss_ = false;
   return last_logits_;
 }
@@ -623,7 +651,8 @@ void GPT::backward(float loss_weight) {
     const Tensor logits = a.logits.view({N, -1});
     be.cross_entropy_backward(logits, logits, a.ce_lse, a.targets, dloss, config_.vocab_size, vocab_begin_);
     const Tensor& last = blocks_.back()->residual3;
-    be.linear_backward(a.dbuf, params_.grad("wte"), Tensor{}, logits, sp ? a.lnf_full : a.lnf, params_.param("wte"));
+    be.linear_backward(a.dbuf, params_.grad("wte"), Tensor{}, logits, sp ? a.lnf_full : a.lnf,
+                       params_.compute_param("wte"));
     // d(final LayerNorm output): summed over the vocabulary shards
     const Tensor& dlnf = sp ? a.drows : a.dbuf;
     reduce_rows(dlnf, a.dbuf);

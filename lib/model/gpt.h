@@ -125,6 +125,14 @@ class GPT {
     before_backward_ = std::move(before_backward);
   }
   bool recompute() const { return recompute_; }
+  // Mixed precision (Megatron's --bf16/--fp16): bf16 or f16 activations and a copy of the weights
+  // in that type for the ops (ParameterSet::set_compute_copy); parameters, their gradients and
+  // the optimizer stay f32, as do LayerNorm parameters and statistics, log-sum-exps and losses.
+  // Whoever changes the f32 parameters refreshes the copy (refresh_compute_weights, or
+  // ParameterSet::refresh_compute for a range). f32: the plain model.
+  void set_precision(DType compute);
+  DType precision() const { return act_dtype_; }
+  void refresh_compute_weights() { params_.refresh_compute(backend_); }
   // Bytes of activation and scratch buffers currently allocated (for memory reports and tests).
   int64_t activation_bytes() const;
 
@@ -146,6 +154,7 @@ class GPT {
   struct Activations;
   struct Slot;
   void ensure_activations(int64_t B, int64_t T);
+  void bind_blocks();
   void run_forward(const Tensor& tokens);
   // The transformer blocks over acts_->encoded; with a cache, attention reads and extends it.
   const Tensor& run_blocks(KVCache* cache);
@@ -180,6 +189,7 @@ class GPT {
   Tensor last_hidden_, last_norm_, last_logits_;  // forward_cached's [B, C], [B, C], [B, Vp]
   int64_t valid_targets_ = 0;
   bool recompute_ = false;
+  DType act_dtype_ = DType::f32;
   std::function<void(int)> grad_ready_, before_forward_, before_backward_;
   bool have_loss_ = false;
 };

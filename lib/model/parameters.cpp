@@ -146,6 +146,31 @@ Tensor ParameterSet::param(const std::string& name) const {
   return params_.flat(storage_offset(s, false), llm::numel(s.shape)).view(s.shape);
 }
 
+void ParameterSet::set_compute_copy(Backend& backend, DType dtype) {
+  LLM_CHECK(params_.defined(), "set_compute_copy(): allocate() first");
+  if (dtype == DType::f32) {
+    compute_ = Tensor{};
+    return;
+  }
+  LLM_CHECK(dtype == DType::bf16 || dtype == DType::f16, "compute copy of the parameters: bf16 or f16, not ",
+            dtype_name(dtype));
+  compute_ = backend.empty(params_.shape(), dtype);
+  refresh_compute(backend);
+}
+
+Tensor ParameterSet::compute_param(const std::string& name) const {
+  if (!compute_.defined()) return param(name);
+  const ParamSpec& s = spec(name);
+  return compute_.flat(storage_offset(s, false), llm::numel(s.shape)).view(s.shape);
+}
+
+void ParameterSet::refresh_compute(Backend& backend, int64_t storage_begin, int64_t n) const {
+  if (!compute_.defined()) return;
+  if (n < 0) n = params_.numel() - storage_begin;
+  if (n == 0) return;
+  backend.convert(compute_.flat(storage_begin, n), params_.flat(storage_begin, n));
+}
+
 Tensor ParameterSet::grad(const std::string& name) const {
   const ParamSpec& s = spec(name);
   return grads_.flat(storage_offset(s, true), llm::numel(s.shape)).view(s.shape);

@@ -99,6 +99,18 @@ class ParameterSet {
     return r;
   }
 
+  // Mixed precision, after allocate(): a bf16/f16 copy of the parameter storage (same layout,
+  // compact or not) holding the weights the ops compute with. LayerNorm parameters are read from
+  // the f32 masters (the ops take them in f32), so their copies are never used.
+  void set_compute_copy(Backend& backend, DType dtype);
+  DType compute_dtype() const { return compute_.defined() ? compute_.dtype() : DType::f32; }
+  // The copy's view of a parameter, or param() itself without a copy.
+  Tensor compute_param(const std::string& name) const;
+  // Rounds the masters of storage elements [begin, begin + n) into the copy (n < 0: to the end).
+  // No-op without a copy.
+  void refresh_compute(Backend& backend, int64_t storage_begin = 0, int64_t n = -1) const;
+  const Tensor& flat_compute() const { return compute_; }
+
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const ParamSpec& spec(const std::string& name) const;
   Tensor param(const std::string& name) const;
@@ -111,7 +123,7 @@ class ParameterSet {
  private:
   std::vector<ParamSpec> specs_;
   std::map<std::string, size_t> index_;
-  Tensor params_, grads_;
+  Tensor params_, grads_, compute_;
   int64_t total_ = 0;
   int group_ = -1;
   bool compact_params_ = false, compact_grads_ = false;

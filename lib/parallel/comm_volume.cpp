@@ -6,10 +6,11 @@ namespace llm {
 
 GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
   GroupVolumes v;
-  const int64_t L = in.model.num_layers / in.pp, h = in.model.hidden_size, f = 4;  // f32 bytes; the stage's layers
+  // f: f32 bytes (gradients, parameters, loss statistics), a: activation bytes; the stage's layers
+  const int64_t L = in.model.num_layers / in.pp, h = in.model.hidden_size, f = 4, a = in.activation_bytes;
   const int64_t first = in.stage == 0 ? 1 : 0, last = in.stage == in.pp - 1 ? 1 : 0;
   const int64_t tokens = in.micro_batch * (in.seq_length / in.sp);  // rows per rank
-  const int64_t nh = tokens * h * f, m = in.micro_batches;
+  const int64_t nh = tokens * h * a, m = in.micro_batches;
   const int64_t reruns = in.recompute ? L - 1 : 0;  // blocks whose forward runs again in backward
   if (in.tp > 1) {
     if (in.megatron_sp) {
@@ -25,7 +26,7 @@ GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
     v.tp.all_gather += last * m * 2 * in.tp * tokens * f;  // vocab-parallel loss: lse and loss per token
   }
   if (in.sp > 1) {
-    const int64_t heads_in = tokens * 3 * (h / in.tp) * f, out_in = tokens * (h / in.tp) * f;
+    const int64_t heads_in = tokens * 3 * (h / in.tp) * a, out_in = tokens * (h / in.tp) * a;
     v.sp.all_to_all = m * (heads_in + out_in) * (2 * L + reruns);
   }
   if (in.dp * in.sp > 1 && in.zero_stage >= 2) {
@@ -39,7 +40,7 @@ GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
   }
   if (in.pp > 1) {
     const int64_t rows = in.megatron_sp && in.tp > 1 ? tokens / in.tp : tokens;
-    v.pp.send_recv = m * rows * h * f * ((1 - last) + (1 - first));
+    v.pp.send_recv = m * rows * h * a * ((1 - last) + (1 - first));
     const int64_t vocab_rows = in.model.padded_vocab_size() / in.tp;
     if (first || last) v.pp.send_recv += vocab_rows * h * f;  // tied embedding gradient
   }

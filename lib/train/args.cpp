@@ -141,6 +141,13 @@ std::vector<OptionSpec> make_options() {
       opt("zero-stage", &A::zero_stage, "ZeRO stage 0-3 (0 = replicated optimizer state)"),
       opt("overlap-grad-reduce", &A::overlap_grad_reduce, "reduce gradients over the data-parallel group in buckets while the last micro-batch's backward runs"),
       opt("ddp-bucket-size", &A::ddp_bucket_size, "gradient elements per bucket with --overlap-grad-reduce (0 = max(40M, 1M x data-parallel size)); buckets are whole layers"),
+      opt("bf16", &A::bf16, "bf16 activations and compute weights; fp32 master weights, gradients and optimizer state"),
+      opt("fp16", &A::fp16, "fp16 activations and compute weights with dynamic loss scaling; fp32 master weights, gradients and optimizer state"),
+      opt("loss-scale", &A::loss_scale, "fp16: a fixed loss scale (0 = dynamic)"),
+      opt("initial-loss-scale", &A::initial_loss_scale, "fp16: the dynamic loss scale to start from"),
+      opt("min-loss-scale", &A::min_loss_scale, "fp16: the dynamic loss scale never goes below this"),
+      opt("loss-scale-window", &A::loss_scale_window, "fp16: iterations without overflow before the loss scale doubles"),
+      opt("hysteresis", &A::hysteresis, "fp16: overflowing iterations tolerated before the loss scale halves"),
       opt("recompute-granularity", &A::recompute_granularity, "full: keep only each layer's output and recompute the layer in backward; selective: recompute the attention core (our flash attention never stores it, so this is the default behaviour)"),
       opt("checkpoint-activations", &A::checkpoint_activations, "same as --recompute-granularity full"),
   };
@@ -275,6 +282,11 @@ void TrainArgs::validate() const {
     fail("--save-interval, --keep-last, --exit-interval and --exit-duration-in-mins must be >= 0");
   if (save_interval > 0 && save.empty()) fail("--save-interval needs --save");
   if (finetune && load.empty()) fail("--finetune needs --load");
+  if (bf16 && fp16) fail("--bf16 and --fp16 exclude each other");
+  if (loss_scale < 0) fail("--loss-scale must be >= 0 (0 = dynamic), got ", loss_scale);
+  if (!(initial_loss_scale > 0 && min_loss_scale > 0 && min_loss_scale <= initial_loss_scale))
+    fail("need 0 < --min-loss-scale <= --initial-loss-scale, got ", min_loss_scale, " and ", initial_loss_scale);
+  if (loss_scale_window < 1 || hysteresis < 1) fail("--loss-scale-window and --hysteresis must be >= 1");
   model_config().validate(seq_length);
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "model/config.h"
 
@@ -75,6 +76,16 @@ struct TrainArgs {
   int64_t zero_stage = 0;
   bool overlap_grad_reduce = false;     // Megatron-core DDP: bucketed gradient reduction during backward
   int64_t ddp_bucket_size = 0;          // elements per bucket (0 = max(40M, 1M x data-parallel size))
+  // mixed precision (Megatron's names): bf16 or f16 activations and compute weights, fp32 master
+  // weights, gradients and optimizer state; fp16 with dynamic loss scaling
+  bool bf16 = false;
+  bool fp16 = false;
+  double loss_scale = 0;             // fp16: a fixed scale (0 = dynamic)
+  double initial_loss_scale = 4096;  // fp16 dynamic: 2^12
+  double min_loss_scale = 1;
+  int64_t loss_scale_window = 1000;  // good steps before the scale doubles
+  int64_t hysteresis = 2;            // overflows tolerated before the scale halves
+  DType compute_dtype() const { return bf16 ? DType::bf16 : fp16 ? DType::f16 : DType::f32; }
   // activation checkpointing
   std::string recompute_granularity;  // "" | full | selective
   bool checkpoint_activations = false;  // the older flag: = full

@@ -256,6 +256,10 @@ std::string metadata_fields(CheckpointWriter& w, const TrainArgs& args, const Tr
   f << ",\n  \"optimizer\": {\"type\": \"adamw\", \"step\": " << opt.steps() << ", \"beta1\": " << num(oc.beta1)
     << ", \"beta2\": " << num(oc.beta2) << ", \"eps\": " << num(oc.eps) << ", \"weight_decay\": "
     << num(oc.weight_decay) << ", \"clip_grad\": " << num(oc.clip_grad) << "}";
+  const LossScalerState& ls = trainer.loss_scaler().state();
+  f << ",\n  \"loss_scaler\": {\"precision\": " << json::quote(std::string(dtype_name(args.compute_dtype())))
+    << ", \"scale\": " << num(ls.scale) << ", \"good_steps\": " << ls.good_steps << ", \"hysteresis_left\": "
+    << ls.hysteresis_left << ", \"skipped\": " << ls.skipped << "}";
   f << ",\n  \"rng\": {\"seed\": " << args.seed << "}";
   f << ",\n  \"args\": {";
   bool first = true;
@@ -430,6 +434,21 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     r.iteration = ckpt.iteration();
     r.consumed_samples = member_int(ckpt.metadata(), "consumed_samples", where);
     trainer.restore(r.iteration, r.consumed_samples, member_int(ckpt.metadata(), "nan_iterations", where));
+    // fp16's dynamic loss scale continues where it was (checkpoints from before it have none, and
+    // a run that was not fp16 has nothing to continue).
+    const json::Value* ls = ckpt.metadata().find("loss_scaler");
+    const json::Value* prec = ls && ls->is_object() ? ls->find("precision") : nullptr;
+    if (trainer.loss_scaler().dynamic() && prec && prec->is_string() && prec->as_string() == "f16") {
+      const json::Value& scale = member(*ls, "scale", where);
+      if (!scale.is_number() || !(scale.as_double() > 0))
+        throw ConfigError(where + ": metadata 'loss_scaler.scale' is not a positive number");
+      LossScalerState st;
+      st.scale = scale.as_double();
+      st.good_steps = member_int(*ls, "good_steps", where);
+      st.hysteresis_left = static_cast<int>(member_int(*ls, "hysteresis_left", where));
+      st.skipped = member_int(*ls, "skipped", where);
+      trainer.loss_scaler().restore(st);
+    }
   }
   return r;
 }

@@ -98,7 +98,8 @@ std::string timers_block(const std::vector<TimerRow>& rows) {
   return s;
 }
 
-void LogAccumulator::add(double loss, bool finite, double seconds, double grad_norm, double lr, double data_seconds) {
+void LogAccumulator::add(double loss, bool finite, bool applied, double seconds, double grad_norm, double lr,
+                         double data_seconds) {
   ++iterations_;
   seconds_ += seconds;
   data_seconds_ += data_seconds;
@@ -106,10 +107,13 @@ void LogAccumulator::add(double loss, bool finite, double seconds, double grad_n
   if (finite) {
     ++finite_;
     loss_sum_ += loss;
-    last_grad_norm_ = grad_norm;
   } else {
     ++nan_;
   }
+  if (applied)
+    last_grad_norm_ = grad_norm;
+  else
+    ++skipped_;
 }
 
 void LogAccumulator::flush_into(LogRecord& r, int64_t global_batch, int64_t seq_length, int world_size,
@@ -123,7 +127,7 @@ void LogAccumulator::flush_into(LogRecord& r, int64_t global_batch, int64_t seq_
   r.grad_norm = last_grad_norm_;
   r.seq_length = seq_length;
   r.nan_iterations = nan_;
-  r.skipped_iterations = nan_;  // a non-finite iteration is skipped (no update)
+  r.skipped_iterations = skipped_;
   r.samples_per_second = per_iter > 0 ? static_cast<double>(global_batch) / per_iter : 0.0;
   r.tokens_per_gpu_per_second = r.samples_per_second * static_cast<double>(seq_length) / world_size;
   r.tflops_megatron = per_iter > 0 ? flops_megatron / (per_iter * world_size * 1e12) : 0.0;

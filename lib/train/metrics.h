@@ -45,14 +45,18 @@ std::string timers_block(const std::vector<TimerRow>& rows);
 // Accumulates iterations between log lines.
 class LogAccumulator {
  public:
-  void add(double loss, bool finite, double seconds, double grad_norm, double lr, double data_seconds = 0);
+  // finite: the loss was finite; applied: the update was applied (an iteration that is not is
+  // skipped: non-finite, or an fp16 overflow). The loss is the finite ones' mean; the grad norm
+  // the last applied one's.
+  void add(double loss, bool finite, bool applied, double seconds, double grad_norm, double lr,
+           double data_seconds = 0);
   bool empty() const { return iterations_ == 0; }
   // Fills the interval fields of r (time, loss, grad norm, lr, counts, rates) and resets.
   void flush_into(LogRecord& r, int64_t global_batch, int64_t seq_length, int world_size,
                   double flops_megatron_per_iter, double flops_model_per_iter);
 
  private:
-  int64_t iterations_ = 0, finite_ = 0, nan_ = 0;
+  int64_t iterations_ = 0, finite_ = 0, nan_ = 0, skipped_ = 0;
   double loss_sum_ = 0, seconds_ = 0, data_seconds_ = 0, last_grad_norm_ = 0, last_lr_ = 0;
 };
 

@@ -17,16 +17,28 @@ OptimizerConfig optimizer_config(const TrainArgs& a) {
   c.clip_grad = a.clip_grad;
   return c;
 }
+
+LossScaler loss_scaler_for(const TrainArgs& a) {
+  if (!a.fp16) return LossScaler::constant(1.0);
+  if (a.loss_scale > 0) return LossScaler::constant(a.loss_scale);
+  LossScalerConfig c;
+  c.initial_scale = a.initial_loss_scale;
+  c.min_scale = a.min_loss_scale;
+  c.window = a.loss_scale_window;
+  c.hysteresis = static_cast<int>(a.hysteresis);
+  return LossScaler(c);
+}
 }  // namespace
 
 Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, Communicator* dp)
-    : args_(args), model_(model), train_(train),
+    : scaler_(loss_scaler_for(args)), args_(args), model_(model), train_(train),
       optimizer_(model.parameters(), model.backend(), optimizer_config(args)), dp_(dp) {
   const int64_t dp_size = dp_ ? dp_->size() : 1, sp = model.model_parallel().sp_size();
   LLM_CHECK(dp_size == args.data_parallel_size * sp, "gradient group of ", dp_size,
             " ranks, but the arguments say data parallel ", args.data_parallel_size, " x Ulysses ", sp, " = ",
             args.data_parallel_size);
   model_.set_recompute(args.full_recompute());
+  model_.set_precision(args.compute_dtype());
   optimizer_.set_tensor_parallel(model_.model_parallel().group);
   optimizer_.set_pipeline(model_.model_parallel().pipeline);
   const int want_storage = args.zero_stage >= 2 ? static_cast<int>(args.zero_stage) : 0;
@@ -90,9 +102,12 @@ void Trainer::fill_batch(const SampleSource& src, uint64_t first_index, int64_t 
 
 IterationStats Trainer::train_step() {
   Timer timer;
+  sync_compute_weights();
   IterationStats st;
   st.iteration = ++iteration_;
-  st.lr = schedule_.at(iteration_);
+  // Iterations skipped by the fp16 loss scaler do not advance the schedule (as in Megatron).
+  st.lr = schedule_.at(iteration_ - (scaler_.dynamic() ? scaler_.skipped() : 0));
+  st.loss_scale = scaler_.scale();
   const int64_t micro = args_.micro_batches();
   // The gradient group is data parallel x Ulysses (group rank = dp_rank * sp + sp_rank): the
   // Ulysses ranks of a replica read the same samples and hold partial gradients of them.
@@ -159,6 +174,8 @@ IterationStats Trainer::train_step() {
   }
   st.loss = loss_sum / static_cast<double>(micro * dp_size);
   st.finite = std::isfinite(st.loss);
+  grad_scale /= st.loss_scale;  // the gradients are of loss_scale x the loss
+  bool applied = false;
   if (st.finite) {
     phase.reset();
     const ParameterSet& ps = model_.parameters();
@@ -169,7 +186,10 @@ IterationStats Trainer::train_step() {
     model_.backend().synchronize();
     st.optimizer_seconds = phase.seconds();
     st.grad_norm = r.grad_norm;
-    st.finite = r.finite;
+    applied = r.finite;
+    // fp16: a non-finite gradient is an overflow of the scaled loss, which the scaler handles.
+    st.finite = r.finite || scaler_.dynamic();
+    if (r.finite) compute_stale_ = true;
     if (r.finite && zero_ == 3) {
       // Parameters stay sharded (layers are gathered when used); refresh the resident copies.
       phase.reset();
@@ -189,6 +209,8 @@ IterationStats Trainer::train_step() {
       st.params_all_gather_seconds = phase.seconds();
     }
   }
+  if (scaler_.dynamic()) scaler_.update(!applied);
+  st.skipped = !applied;
   if (!st.finite) ++nan_iterations_;
   consumed_samples_ += args_.global_batch_size;
   model_.backend().synchronize();
@@ -214,6 +236,7 @@ void Trainer::gather_layer(int layer) {
   const int64_t b = own_begin(), lo = std::max(gb, b), hi = std::min(ge, own_end());
   for (int64_t i = lo; i < hi; ++i) work.data<float>()[i - gb] = param_shard_.data<float>()[i - b];
   if (dp_ && dp_->size() > 1) dp_->all_gather_ranges(work, clamp_offsets(gb, ge));
+  ps.refresh_compute(model_.backend(), ps.resident_numel(), ge - gb);
 }
 
 void Trainer::zero_before_backward(int layer) {
@@ -274,7 +297,14 @@ bool Trainer::keeps_parameter(const ParamSpec& s) const {
   return s.offset < own_end() && s.offset + numel(s.shape) > own_begin();
 }
 
+void Trainer::sync_compute_weights() {
+  if (!compute_stale_) return;
+  model_.refresh_compute_weights();
+  compute_stale_ = false;
+}
+
 void Trainer::set_parameter(const ParamSpec& s, const Tensor& values) {
+  compute_stale_ = true;
   const ParameterSet& ps = model_.parameters();
   LLM_CHECK(values.device().is_cpu() && values.numel() == numel(s.shape), "set_parameter '", s.name, "': ",
             values.numel(), " host values for ", shape_str(s.shape));
@@ -295,6 +325,7 @@ Trainer::StateBytes Trainer::state_bytes() const {
   const ParameterSet& ps = model_.parameters();
   StateBytes b;
   b.parameters = static_cast<int64_t>(ps.flat_params().nbytes()) +
+                 (ps.flat_compute().defined() ? static_cast<int64_t>(ps.flat_compute().nbytes()) : 0) +
                  (param_shard_.defined() ? static_cast<int64_t>(param_shard_.nbytes()) : 0);
   b.gradients = static_cast<int64_t>(ps.flat_grads().nbytes()) +
                 (grad_shard_.defined() ? static_cast<int64_t>(grad_shard_.nbytes()) : 0);
@@ -360,12 +391,13 @@ void Trainer::on_grad_ready(int layer) {
 
 void Trainer::backward(int64_t k, int64_t micro) {
   reduce_in_backward_ = overlap_ && k == micro - 1;
-  model_.backward(1.0f / static_cast<float>(micro));
+  model_.backward(static_cast<float>(scaler_.scale()) / static_cast<float>(micro));
   reduce_in_backward_ = false;
 }
 
 double Trainer::evaluate(const SampleSource& valid, int64_t iters) {
   const ModelParallel& mp = model_.model_parallel();
+  sync_compute_weights();
   double sum = 0;
   for (int64_t k = 0; k < iters; ++k) {
     fill_batch(valid, static_cast<uint64_t>(k * args_.micro_batch_size), args_.micro_batch_size);

@@ -6,6 +6,7 @@
 #include <memory>
 #include <tuple>
 
+#include "backend/loss_scaler.h"
 #include "comm/communicator.h"
 #include "data/sample_source.h"
 #include "model/gpt.h"
@@ -21,6 +22,8 @@ struct IterationStats {
   double grad_norm = 0;  // before clipping
   double lr = 0;
   bool finite = true;    // false: loss or gradient was NaN/Inf and the update was skipped
+  bool skipped = false;  // the update was not applied (non-finite, or an fp16 overflow)
+  double loss_scale = 1;  // the loss scale this iteration ran with (fp16; 1 otherwise)
   double seconds = 0;
   double data_seconds = 0;  // of which: reading samples (shows whether input is a bottleneck)
   // Phase timers (Megatron's timer names), seconds on this rank.
@@ -43,6 +46,9 @@ class Trainer {
   int64_t iteration() const { return iteration_; }
   int64_t consumed_samples() const { return consumed_samples_; }
   int64_t nan_iterations() const { return nan_iterations_; }
+  // fp16's dynamic loss scaling (a constant 1 in bf16 and fp32); checkpoints keep its state.
+  LossScaler& loss_scaler() { return scaler_; }
+  const LossScaler& loss_scaler() const { return scaler_; }
   const LRSchedule& schedule() const { return schedule_; }
   AdamW& optimizer() { return optimizer_; }
   const AdamW& optimizer() const { return optimizer_; }
@@ -58,6 +64,9 @@ class Trainer {
   // ZeRO-3 only its shard and the resident tensors), and storing its values (host, s.shape).
   bool keeps_parameter(const ParamSpec& s) const;
   void set_parameter(const ParamSpec& s, const Tensor& values);
+  // Mixed precision: rounds the f32 parameters into the model's compute copy when they changed
+  // (train_step and evaluate call it first).
+  void sync_compute_weights();
   // Bytes this rank holds for parameters, gradients and optimizer state (model states, ZeRO's
   // accounting; activations excluded).
   struct StateBytes {
@@ -108,6 +117,8 @@ class Trainer {
   std::vector<std::pair<int64_t, int64_t>> rest_ranges_;  // reduced after backward
   std::vector<std::unique_ptr<Communicator::Request>> inflight_;
 
+  LossScaler scaler_;
+  bool compute_stale_ = true;  // the compute copy lags the f32 parameters
   TrainArgs args_;
   GPT& model_;
   const SampleSource& train_;

@@ -122,3 +122,21 @@ TEST(CommVolume, ReportFlagsMismatches) {
 }
 
 }  // namespace
+
+namespace {
+TEST(CommVolume, HalfPrecisionHalvesActivationTrafficOnly) {
+  auto in = base();
+  in.tp = 2;
+  in.megatron_sp = true;
+  in.dp = 2;
+  const auto v32 = llm::analytic_comm_volume(in);
+  in.activation_bytes = 2;
+  const auto v16 = llm::analytic_comm_volume(in);
+  EXPECT_EQ(2 * v16.tp.reduce_scatter, v32.tp.reduce_scatter);  // activations only
+  // all-gathers: activations (halved) + the vocab-parallel loss's f32 lse and losses (kept)
+  const int64_t loss_stats = 4 * 2 * 2 * (2 * 32) * 4;
+  EXPECT_EQ(2 * (v16.tp.all_gather - loss_stats), v32.tp.all_gather - loss_stats);
+  EXPECT_EQ(v16.tp.all_reduce, v32.tp.all_reduce);  // LayerNorm gradients: f32
+  EXPECT_EQ(v16.dp.all_reduce, v32.dp.all_reduce);  // gradients: f32
+}
+}  // namespace

@@ -93,20 +93,29 @@ TEST(Metrics, ValidationReportAndAccumulator) {
       << v;
   EXPECT_EQ(v.substr(0, 5), "-----");
   LogAccumulator acc;
-  acc.add(2.0, true, 0.5, 1.0, 1e-3);
-  acc.add(NAN, false, 0.5, NAN, 2e-3);
-  acc.add(4.0, true, 1.0, 3.0, 3e-3);
+  acc.add(2.0, true, true, 0.5, 1.0, 1e-3);
+  acc.add(NAN, false, false, 0.5, NAN, 2e-3);
+  acc.add(4.0, true, true, 1.0, 3.0, 3e-3);
   LogRecord r;
   acc.flush_into(r, 16, 128, 1, 4e12, 2e12);
   EXPECT_DOUBLE_EQ(r.lm_loss, 3.0);
   EXPECT_NEAR(r.elapsed_ms_per_iteration, 2000.0 / 3, 1e-9);
   EXPECT_EQ(r.nan_iterations, 1);
+  EXPECT_EQ(r.skipped_iterations, 1);
   EXPECT_DOUBLE_EQ(r.grad_norm, 3.0);
   EXPECT_DOUBLE_EQ(r.learning_rate, 3e-3);
   EXPECT_NEAR(r.samples_per_second, 16 / (2.0 / 3), 1e-9);
   EXPECT_NEAR(r.tokens_per_gpu_per_second, 16 * 128 / (2.0 / 3), 1e-6);
   EXPECT_NEAR(r.tflops_megatron, 4.0 / (2.0 / 3), 1e-9);
   EXPECT_TRUE(acc.empty());
+  // fp16: an overflow skips the update with a finite loss (counted); its grad norm is left out
+  acc.add(2.0, true, true, 1.0, 1.0, 1e-3);
+  acc.add(5.0, true, false, 1.0, 9.0, 1e-3);
+  acc.flush_into(r, 16, 128, 1, 4e12, 2e12);
+  EXPECT_DOUBLE_EQ(r.lm_loss, 3.5);
+  EXPECT_EQ(r.skipped_iterations, 1);
+  EXPECT_EQ(r.nan_iterations, 0);
+  EXPECT_DOUBLE_EQ(r.grad_norm, 1.0);
 }
 
 TEST(Metrics, TimerBlockAsMegatronPrintsIt) {
