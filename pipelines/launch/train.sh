@@ -12,7 +12,8 @@
 #   GAS [1] gradient accumulation steps                      TRAIN_ITERS [100]  LR [3e-4]
 #   MPSIZE [1] tensor parallel   PPSIZE [1] pipeline parallel   SPSIZE [1] sequence parallel
 #   SP_TYPE [megatron] megatron | ds (Ulysses)   ZERO_STAGE [0]   USE_ACTIVATION_CHECKPOINTING [0]
-#   USE_FLASH_ATTN [1] (the CPU attention is always flash-style)   DTYPE [fp32]
+#   USE_FLASH_ATTN [1] (the CPU attention is always flash-style)
+#   DTYPE [bf16 on GPU nodes, else fp32] fp32 | bf16 | fp16 (--bf16 / --fp16 with dynamic loss scaling)
 #   BACKEND [cuda on GPU nodes, else cpu]
 #   DATA_PATH (required unless MOCK_DATA=1)  TOKENIZER_TYPE TOKENIZER_MODEL VOCAB_FILE MERGE_FILE
 #   HOSTFILE [$PBS_NODEFILE, Slurm's nodes, or this host]   NGPU_PER_HOST [GPUs, else cores]
@@ -35,7 +36,7 @@ SP_TYPE=${SP_TYPE:-megatron}
 ZERO_STAGE=${ZERO_STAGE:-0}
 USE_ACTIVATION_CHECKPOINTING=${USE_ACTIVATION_CHECKPOINTING:-0}
 USE_FLASH_ATTN=${USE_FLASH_ATTN:-1}
-DTYPE=${DTYPE:-fp32}
+DTYPE=${DTYPE:-}  # default chosen once the device is known
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs}
 DRY_RUN=${DRY_RUN:-0}
 
@@ -47,7 +48,7 @@ NLAYERS=$(key num-layers)
 HIDDEN=$(key hidden-size)
 HEADS=$(key num-attention-heads)
 case "$SP_TYPE" in megatron | ds) ;; *) die "SP_TYPE must be megatron or ds, got '$SP_TYPE'" ;; esac
-case "$DTYPE" in fp32 | bf16 | fp16) ;; *) die "DTYPE must be fp32, bf16 or fp16, got '$DTYPE'" ;; esac
+case "$DTYPE" in '' | fp32 | bf16 | fp16) ;; *) die "DTYPE must be fp32, bf16 or fp16, got '$DTYPE'" ;; esac
 
 # ---- allocation -------------------------------------------------------------------------------
 hostfile=${HOSTFILE:-}
@@ -104,10 +105,12 @@ if [ "$SPSIZE" -gt 1 ]; then
   if [ "$SP_TYPE" = ds ]; then args+=(--ds-sequence-parallel-size "$SPSIZE"); else args+=(--sequence-parallel); fi
 fi
 [ "$USE_ACTIVATION_CHECKPOINTING" = 1 ] && args+=(--recompute-granularity full)
-[ "$DTYPE" = fp32 ] || die "DTYPE $DTYPE needs the mixed-precision trainer (--bf16/--fp16, not built yet); use DTYPE=fp32"
-# One GPU per rank when the node has GPUs (BACKEND overrides: cpu | cuda).
+# One GPU per rank when the node has GPUs (BACKEND overrides: cpu | cuda); bf16 there, as ALCF's
+# runs (the CPU backend only emulates bf16/fp16: fp32 is its fast path).
 BACKEND=${BACKEND:-$([ "$device" = GPU ] && echo cuda || echo cpu)}
 args+=(--backend "$BACKEND")
+DTYPE=${DTYPE:-$([ "$BACKEND" = cuda ] && echo bf16 || echo fp32)}
+[ "$DTYPE" = fp32 ] || args+=(--"$DTYPE")
 if [ "${MOCK_DATA:-0}" = 1 ]; then
   args+=(--mock-data --vocab-size "${VOCAB_SIZE:-50257}")
 else

@@ -3,7 +3,7 @@
 // backward 64 keys x 32 queries and 64 queries x 32 keys), the same exp2-domain online softmax
 // with the "-inf row max -> base 0" guard, and the same roundings to the 16-bit type (P and dS
 // rounded before their products, fp32 accumulation, outputs rounded once). Checked against the
-// float64 reference with the tolerances the GPU test (CudaLowPrecision.AttentionForwardBackward)
+// float64 reference with the tolerances the GPU test (LowPrecision.AttentionForwardBackward/cuda_*)
 // uses, so CI validates the algorithm and the tolerances; a GPU failure then points at the port.
 #include <gtest/gtest.h>
 

@@ -25,7 +25,7 @@ log "GPU unit tests (conformance on cuda, bf16/f16 paths, training check)"
 log "test_backend (cuda) exit $?: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_backend_cuda.log" | tr '\n' ' ')"
 (cd "$build" && ./tests/test_cuda > "$out/test_cuda.log" 2>&1)
 log "test_cuda exit $?: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_cuda.log" | tr '\n' ' ')"
-(cd "$build" && LLM_CUDA_ATTENTION=simt ./tests/test_backend --gtest_filter='*CudaLowPrecision*Attention*' > "$out/attention_simt.log" 2>&1)
+(cd "$build" && LLM_CUDA_ATTENTION=simt ./tests/test_backend --gtest_filter='*LowPrecision.Attention*cuda*' > "$out/attention_simt.log" 2>&1)
 log "bf16/f16 attention through the SIMT kernel (triage) exit $?"
 
 log "full ctest"
@@ -40,6 +40,21 @@ pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attentio
 log "pretrain cuda exit $?: $(paste <(grep -o '"lm_loss": [^,]*' "$out/pt_cpu/metrics.jsonl" | cut -d' ' -f2) \
   <(grep -o '"lm_loss": [^,]*' "$out/pt_cuda/metrics.jsonl" | cut -d' ' -f2) |
   awk '{n++; d=$1-$2; if (d<0) d=-d; if (d/$1 > w) w=d/$1} END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n==20 && w<1e-4) ? "OK" : "FAIL"}')"
+
+log "llm-pretrain --backend cuda --bf16 / --fp16 against --backend cpu fp32 (20 iterations, rel 4e-3 / 4e-4)"
+for prec in bf16 fp16; do
+  tol=$([ $prec = bf16 ] && echo 4e-3 || echo 4e-4)
+  "$build/tools/llm-pretrain" "${pa[@]}" --backend cuda --$prec --output-dir "$out/pt_cuda_$prec" > "$out/pretrain_cuda_$prec.log" 2>&1
+  log "pretrain cuda $prec exit $?: $(paste <(grep -o '"lm_loss": [^,]*' "$out/pt_cpu/metrics.jsonl" | cut -d' ' -f2) \
+    <(grep -o '"lm_loss": [^,]*' "$out/pt_cuda_$prec/metrics.jsonl" | cut -d' ' -f2) |
+    awk -v tol=$tol '{n++; d=$1-$2; if (d<0) d=-d; if (d/$1 > w) w=d/$1} END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n==20 && w<tol) ? "OK" : "FAIL"}')"
+done
+
+log "llm-sweep: GPT-1.3B-class (GPT1_5B) training step on one GPU, bf16, seq 2048: TFLOPS and MFU"
+"$build/tools/llm-sweep" --models GPT1_5B --seq-lens 2048 --micro-batches 1,2,4 --dtype bf16 --backend cuda \
+  --device "${PEAK_DEVICE:-H100-SXM}" --warmup 2 --iters 5 --no-plots --output-dir "$out/sweep_gpt1_5b" \
+  > "$out/sweep_gpt1_5b.log" 2>&1
+log "sweep exit $?: $(grep -E 'ok|OOM|error' "$out/sweep_gpt1_5b.log" | tr '\n' ' ')"
 
 log "benchmarks"
 (cd "$build" && ./tests/bench-cuda-gemm > "$out/bench_gemm.txt" 2>&1); log "gemm exit $?"

@@ -26,6 +26,9 @@ check "SP_TYPE=ds passes Ulysses' flag" "grep -q -- '--ds-sequence-parallel-size
 check "ranks that are not GPUs run the CPU backend" "grep -q -- '--backend cpu' dry3.txt"
 DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=GPU MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > dry4.txt 2>&1
 check "GPU ranks run the CUDA backend (BACKEND overrides)" "grep -q -- '--backend cuda' dry4.txt && BACKEND=cpu DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=GPU MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--backend cpu'"
+check "GPU ranks train in bf16 by default, CPU ranks in fp32; DTYPE=fp16 passes --fp16" "grep -q -- '--backend cuda --bf16' dry4.txt && ! grep -q -- '--bf16\\|--fp16' dry3.txt && DTYPE=fp16 DRY_RUN=1 NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--backend cpu --fp16'"
+DRY_RUN=1 DTYPE=fp8 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > bad0.txt 2>&1
+check "an unknown DTYPE fails before launch" "[ $? -eq 2 ] && grep -q \"DTYPE must be fp32, bf16 or fp16, got 'fp8'\" bad0.txt"
 DRY_RUN=1 MODEL_SIZE_KEY=GPT7B MOCK_DATA=1 "$launch" > bad1.txt 2>&1
 check "unknown model key fails before launch" "[ $? -eq 2 ] && grep -q \"unknown MODEL_SIZE_KEY 'GPT7B'\" bad1.txt"
 DRY_RUN=1 NGPU_PER_HOST=6 MODEL_SIZE_KEY=GPT125M MPSIZE=3 MOCK_DATA=1 "$launch" > bad2.txt 2>&1
