@@ -56,12 +56,16 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
   if (args.zero_stage >= 2) {
     zero_ = static_cast<int>(args.zero_stage);
     const ParameterSet& ps = model_.parameters();
-    if (!ps.flat_grads().device().is_cpu())
-      throw ConfigError("--zero-stage 2/3 run on the CPU backend so far (host shards and MPI)");
-    grad_shard_ = Tensor::zeros({own_end() - own_begin()});
+    Backend& be = model_.backend();
+    // The shards live where the model does; the collectives run on them directly.
+    if (dp_size > 1 && !dp_->takes(ps.flat_grads().device()))
+      throw ConfigError(detail::concat("--zero-stage ", zero_, ": the gradient group cannot take ",
+                                       ps.flat_grads().device().str(), " tensors (NCCL for GPUs, MPI for the CPU)"));
+    grad_shard_ = be.zeros({own_end() - own_begin()});
     if (zero_ == 3) {
-      param_shard_ = Tensor::empty({own_end() - own_begin()});
-      ps.init_range(param_shard_.data<float>(), own_begin(), own_end());
+      Tensor init = Tensor::empty({own_end() - own_begin()});
+      ps.init_range(init.data<float>(), own_begin(), own_end());
+      param_shard_ = be.upload(init);
     }
     model_.set_layer_hooks(zero_ == 3 ? std::function<void(int)>([this](int l) { gather_layer(l); })
                                       : std::function<void(int)>(),
@@ -114,7 +118,7 @@ IterationStats Trainer::train_step() {
   const int64_t sp = model_.model_parallel().sp_size();
   const int64_t dp_size = dp_ ? dp_->size() : 1, dp_rank = dp_ ? dp_->rank() / sp : 0;
   model_.zero_grad();
-  if (zero_) grad_shard_.fill(0.0f);
+  if (zero_) model_.backend().zero(grad_shard_);
   double loss_sum = 0;
   Timer phase;
   auto load = [&](int64_t k) {  // micro-batch k of this replica's slice of the global batch
@@ -146,7 +150,8 @@ IterationStats Trainer::train_step() {
     const int64_t res = ps.resident_numel(), b = own_begin(), e = own_end();
     const Tensor resident = ps.flat_grads().flat(0, res);
     if (dp_size > 1) dp_->all_reduce_sum(resident);
-    for (int64_t i = b; i < std::min(e, res); ++i) grad_shard_.data<float>()[i - b] = resident.data<float>()[i];
+    if (std::min(e, res) > b)
+      model_.backend().copy(grad_shard_.flat(0, std::min(e, res) - b), resident.flat(b, std::min(e, res) - b));
     if (dp_size > 1) loss_sum = dp_->all_reduce_sum(loss_sum);
     grad_scale = static_cast<double>(sp) / static_cast<double>(dp_size);
     st.grads_all_reduce_seconds = phase.seconds();
@@ -195,7 +200,8 @@ IterationStats Trainer::train_step() {
       phase.reset();
       const int64_t res = ps.resident_numel(), b = own_begin(), e = own_end();
       const Tensor resident = ps.flat_params().flat(0, res);
-      for (int64_t i = b; i < std::min(e, res); ++i) resident.data<float>()[i] = param_shard_.data<float>()[i - b];
+      if (std::min(e, res) > b)
+        model_.backend().copy(resident.flat(b, std::min(e, res) - b), param_shard_.flat(0, std::min(e, res) - b));
       if (dp_size > 1) dp_->all_gather_ranges(resident, clamp_offsets(0, res));
       st.params_all_gather_seconds = phase.seconds();
     } else if (r.finite && !shard_offsets_.empty() && dp_size > 1) {
@@ -234,7 +240,7 @@ void Trainer::gather_layer(int layer) {
   const auto [gb, ge] = ps.group_range(layer);
   const Tensor work = ps.flat_params().flat(ps.resident_numel(), ge - gb);
   const int64_t b = own_begin(), lo = std::max(gb, b), hi = std::min(ge, own_end());
-  for (int64_t i = lo; i < hi; ++i) work.data<float>()[i - gb] = param_shard_.data<float>()[i - b];
+  if (hi > lo) model_.backend().copy(work.flat(lo - gb, hi - lo), param_shard_.flat(lo - b, hi - lo));
   if (dp_ && dp_->size() > 1) dp_->all_gather_ranges(work, clamp_offsets(gb, ge));
   ps.refresh_compute(model_.backend(), ps.resident_numel(), ge - gb);
 }
@@ -259,19 +265,21 @@ void Trainer::zero_grad_ready(int layer) {
       mp.group->all_reduce_sum(work.flat(b - gb, e - b));
   if (dp_ && dp_->size() > 1) dp_->reduce_scatter_ranges(work, clamp_offsets(gb, ge));
   const int64_t b = own_begin(), lo = std::max(gb, b), hi = std::min(ge, own_end());
-  float* g = grad_shard_.data<float>();
-  const float* w = work.data<float>();
-  for (int64_t i = lo; i < hi; ++i) g[i - b] += w[i - gb];
+  if (hi > lo) {  // shard += the reduced range (an element-wise add on the backend)
+    const Tensor g = grad_shard_.flat(lo - b, hi - lo);
+    model_.backend().residual_forward(g, g, work.flat(lo - gb, hi - lo));
+  }
 }
 
 Tensor Trainer::full_parameters() {
   const ParameterSet& ps = model_.parameters();
   Backend& be = model_.backend();
   if (zero_ != 3) return ps.flat_params().device().is_cpu() ? ps.flat_params() : be.download(ps.flat_params());
-  Tensor full = Tensor::zeros({ps.numel()});
-  full.flat(own_begin(), own_end() - own_begin()).copy_from(param_shard_);
+  const bool direct = !dp_ || dp_->takes(param_shard_.device());
+  Tensor full = direct ? be.zeros({ps.numel()}) : Tensor::zeros({ps.numel()});
+  be.copy(full.flat(own_begin(), own_end() - own_begin()), param_shard_);
   if (dp_ && dp_->size() > 1) dp_->all_gather_ranges(full, shard_offsets_);
-  return full;
+  return full.device().is_cpu() ? full : be.download(full);
 }
 
 std::tuple<Tensor, Tensor, Tensor> Trainer::state_range(int64_t begin, int64_t end) {
@@ -283,7 +291,7 @@ std::tuple<Tensor, Tensor, Tensor> Trainer::state_range(int64_t begin, int64_t e
   if (zero_ == 3) {
     LLM_CHECK(begin == own_begin() && end == own_end(), "state_range [", begin, ", ", end,
               ") is not this rank's ZeRO-3 shard [", own_begin(), ", ", own_end(), ")");
-    params = param_shard_;
+    params = host(param_shard_);
   } else {
     params = host(ps.flat_params().flat(begin, len));
   }
@@ -311,7 +319,7 @@ void Trainer::set_parameter(const ParamSpec& s, const Tensor& values) {
   if (zero_ == 3) {  // this rank's part of it into the shard; a layer's tensor lives nowhere else
     const Tensor flat = values.view({values.numel()});
     const int64_t lo = std::max(own_begin(), s.offset), hi = std::min(own_end(), s.offset + numel(s.shape));
-    if (hi > lo) param_shard_.flat(lo - own_begin(), hi - lo).copy_from(flat.flat(lo - s.offset, hi - lo));
+    if (hi > lo) model_.backend().copy(param_shard_.flat(lo - own_begin(), hi - lo), flat.flat(lo - s.offset, hi - lo));
     if (s.group >= 0) return;
   }
   const Tensor dst = ps.param(s.name);  // resident storage
@@ -338,12 +346,14 @@ std::pair<Tensor, Tensor> Trainer::full_optimizer_state() {
   auto host = [&](const Tensor& t) { return t.device().is_cpu() ? t : be.download(t); };
   if (shard_offsets_.empty() || !dp_ || dp_->size() == 1) return {host(optimizer_.m()), host(optimizer_.v())};
   const int64_t n = model_.parameters().numel(), b = optimizer_.shard_begin(), e = optimizer_.shard_end();
-  std::pair<Tensor, Tensor> full{Tensor::zeros({n}), Tensor::zeros({n})};
-  full.first.flat(b, e - b).copy_from(host(optimizer_.m()));
-  full.second.flat(b, e - b).copy_from(host(optimizer_.v()));
+  // Gathered where the group's collectives run (the device under NCCL), then brought to the host.
+  const bool direct = dp_->takes(optimizer_.m().device());
+  std::pair<Tensor, Tensor> full{direct ? be.zeros({n}) : Tensor::zeros({n}), direct ? be.zeros({n}) : Tensor::zeros({n})};
+  be.copy(full.first.flat(b, e - b), optimizer_.m());
+  be.copy(full.second.flat(b, e - b), optimizer_.v());
   dp_->all_gather_ranges(full.first, shard_offsets_);
   dp_->all_gather_ranges(full.second, shard_offsets_);
-  return full;
+  return {host(full.first), host(full.second)};
 }
 
 void Trainer::plan_buckets(int64_t dp_size) {
