@@ -140,9 +140,6 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   const SampleSource& train = *data.train;
   Backend& backend = backend_by_name(args.backend);
   const bool on_gpu = args.backend == "cuda";
-  if (on_gpu && layout.sp > 1)
-    throw ConfigError("--ds-sequence-parallel-size > 1 runs on the CPU backend so far (its all-to-all packs on the "
-                      "host); use --backend cpu or Megatron --sequence-parallel");
   // Groups (Megatron order, tp fastest): the tensor-parallel group shares (sp, dp, pp) ranks, the
   // Ulysses group (tp, dp, pp), the gradient group (data parallel x Ulysses) (tp, pp) and the
   // pipeline (tp, sp, dp).

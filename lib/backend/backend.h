@@ -43,6 +43,11 @@ class Backend {
   // Copies between a host tensor and a tensor of this backend (either direction, same shape).
   virtual void copy(const Tensor& dst, const Tensor& src) = 0;
   virtual void zero(const Tensor& t) = 0;
+  // Strided copy of `rows` rows of `width` elements: row r of dst starts at element r * dst_pitch
+  // of dst, row r of src at r * src_pitch of src (contiguous tensors of this backend, one dtype;
+  // both must hold their last row). Layout changes such as Ulysses' sequence <-> head shards.
+  virtual void copy_rows(const Tensor& dst, int64_t dst_pitch, const Tensor& src, int64_t src_pitch, int64_t rows,
+                         int64_t width) = 0;
   virtual void synchronize() = 0;
   Tensor zeros(const Shape& shape, DType dtype = DType::f32) {
     Tensor t = empty(shape, dtype);
@@ -171,6 +176,10 @@ struct AttentionKvShape {
   int64_t B = 0, Tn = 0, C = 0, maxT = 0;
 };
 AttentionKvShape attention_kv_shape(const Tensor& qkv, const Tensor& k_cache, int64_t past, int n_head);
+
+// copy_rows' arguments, validated the same way by every backend (returns the element size).
+size_t copy_rows_check(const Tensor& dst, int64_t dst_pitch, const Tensor& src, int64_t src_pitch, int64_t rows,
+                       int64_t width);
 
 // The CPU backend (always present), and every backend this build has (CPU first).
 Backend& cpu_backend();

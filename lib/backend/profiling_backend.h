@@ -26,6 +26,9 @@ class ProfilingBackend final : public Backend {
   Tensor empty(const Shape& s, DType d) override { return inner_.empty(s, d); }
   void copy(const Tensor& dst, const Tensor& src) override { inner_.copy(dst, src); }
   void zero(const Tensor& t) override { timed("zero", [&] { inner_.zero(t); }); }
+  void copy_rows(const Tensor& d, int64_t dp, const Tensor& s, int64_t sp, int64_t rows, int64_t width) override {
+    timed("copy_rows", [&] { inner_.copy_rows(d, dp, s, sp, rows, width); });
+  }
   void synchronize() override { inner_.synchronize(); }
   void embedding_forward(const Tensor& o, const Tensor& t, const Tensor& a, const Tensor& b, int64_t vb,
                          int64_t vt) override {

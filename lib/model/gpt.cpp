@@ -326,7 +326,7 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
   if (S > 1) {
     // The exchanges stage through scratch that is free at that moment (see ulysses_staging());
     // a separate send buffer only when the MLP's scratch is smaller than q,k,v (ffn < 3h).
-    a.send = Fl >= 3 * Cl ? Tensor{} : Tensor::empty({B * T * 3 * Cl}, A);
+    a.send = Fl >= 3 * Cl ? Tensor{} : be.empty({B * T * 3 * Cl}, A);
     a.recv = Tensor{};
     a.dqkv_heads = be.empty({B, T * S, 3 * Cs}, A);
     a.datty_heads = be.empty({B, T * S, Cs}, A);
@@ -337,44 +337,35 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
 
 void GPT::ulysses_exchange(const Tensor& seq, const Tensor& heads, int parts, bool to_heads, const Tensor& send_buf,
                            const Tensor& recv_buf) {
-  LLM_CHECK(seq.device().is_cpu() && heads.device().is_cpu(), "Ulysses exchange: host tensors expected (",
-            backend_.name(), " backend)");
   const int64_t S = tp_.sp_size(), B = seq.size(0), Tl = seq.size(1), Cl = seq.size(2) / parts, Cs = Cl / S;
   const int64_t chunk = B * Tl * parts * Cs;  // elements per peer
   LLM_CHECK(send_buf.numel() >= chunk * S && recv_buf.numel() >= chunk * S, "Ulysses exchange: staging buffers of ",
             send_buf.numel(), " and ", recv_buf.numel(), " elements for ", chunk * S);
-  const Tensor send = send_buf.flat(0, chunk * S), recv = recv_buf.flat(0, chunk * S);
-  LLM_CHECK(seq.dtype() == heads.dtype() && send.dtype() == seq.dtype() && recv.dtype() == seq.dtype(),
+  LLM_CHECK(seq.dtype() == heads.dtype() && send_buf.dtype() == seq.dtype() && recv_buf.dtype() == seq.dtype(),
             "Ulysses exchange: activations and staging buffers must share one element type");
-  // Byte pointers: the activations are f32, bf16 or f16.
-  const int64_t es = static_cast<int64_t>(dtype_size(seq.dtype()));
-  char* ps = static_cast<char*>(send.raw());
-  char* pr = static_cast<char*>(recv.raw());
-  char* pq = static_cast<char*>(seq.raw());
-  char* ph = static_cast<char*>(heads.raw());
-  const size_t bytes = static_cast<size_t>(Cs * es);
-  // Peer j's chunk is [B][Tl][parts][Cs]: to_heads sends head group j of every local position;
-  // the reverse sends sequence chunk j of this rank's head group.
-  auto seq_at = [&](int64_t j, int64_t b, int64_t t, int64_t p) {
-    return pq + (((b * Tl + t) * parts + p) * Cl + j * Cs) * es;
-  };
-  auto heads_at = [&](int64_t i, int64_t b, int64_t t, int64_t p) {
-    return ph + ((b * Tl * S + i * Tl + t) * parts + p) * Cs * es;
-  };
-  auto buf_at = [&](char* base, int64_t j, int64_t b, int64_t t, int64_t p) {
-    return base + (j * chunk + ((b * Tl + t) * parts + p) * Cs) * es;
-  };
-  for (int64_t j = 0; j < S; ++j)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t < Tl; ++t)
-        for (int64_t p = 0; p < parts; ++p)
-          std::memcpy(buf_at(ps, j, b, t, p), to_heads ? seq_at(j, b, t, p) : heads_at(j, b, t, p), bytes);
+  const Tensor send = send_buf.flat(0, chunk * S), recv = recv_buf.flat(0, chunk * S);
+  const Tensor sq = seq.flat(0, seq.numel()), hd = heads.flat(0, heads.numel());
+  Backend& be = backend_;
+  // Peer j's chunk is [B][Tl][parts][Cs]. In sequence form a position's `parts` rows of Cl hold
+  // every head group (group j at column j * Cs): R = B * Tl * parts rows of Cs at pitch Cl. In head
+  // form sequence chunk j of batch b is one block of Tl * parts * Cs at (b * S + j) * Tl * parts * Cs.
+  const int64_t R = B * Tl * parts, block = Tl * parts * Cs;
+  auto seq_rows = [&](int64_t j) { return sq.flat(j * Cs, (R - 1) * Cl + Cs); };
+  auto head_blocks = [&](int64_t j) { return hd.flat(j * block, (B - 1) * S * block + block); };
+  auto peer = [&](const Tensor& buf, int64_t j) { return buf.flat(j * chunk, chunk); };
+  for (int64_t j = 0; j < S; ++j) {
+    if (to_heads)
+      be.copy_rows(peer(send, j), Cs, seq_rows(j), Cl, R, Cs);
+    else
+      be.copy_rows(peer(send, j), block, head_blocks(j), S * block, B, block);
+  }
   tp_.ulysses->all_to_all(recv, send);
-  for (int64_t i = 0; i < S; ++i)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t < Tl; ++t)
-        for (int64_t p = 0; p < parts; ++p)
-          std::memcpy(to_heads ? heads_at(i, b, t, p) : seq_at(i, b, t, p), buf_at(pr, i, b, t, p), bytes);
+  for (int64_t i = 0; i < S; ++i) {
+    if (to_heads)
+      be.copy_rows(head_blocks(i), S * block, peer(recv, i), block, B, block);
+    else
+      be.copy_rows(seq_rows(i), Cl, peer(recv, i), Cs, R, Cs);
+  }
 }
 
 const Tensor& GPT::gather_rows(const Tensor& rows, const Tensor& full) {

@@ -72,6 +72,31 @@ TEST_P(BackendConformance, UploadDownloadZero) {
   }
 }
 
+// Strided row copies (the Ulysses layout changes): each row lands at its pitch, everything between
+// the rows is left alone, and a copy that would overrun either tensor is refused.
+TEST_P(BackendConformance, CopyRows) {
+  bt::Rng rng(3);
+  struct Case { int64_t rows, width, dst_pitch, src_pitch; };
+  for (Case c : {Case{1, 1, 1, 1}, Case{5, 3, 3, 7}, Case{7, 16, 40, 16}, Case{4, 24, 24, 24}, Case{0, 5, 5, 5}}) {
+    SCOPED_TRACE(str({{"rows", c.rows}, {"width", c.width}, {"dst_pitch", c.dst_pitch}, {"src_pitch", c.src_pitch}}));
+    const int64_t nd = std::max<int64_t>(1, c.rows * c.dst_pitch), ns = std::max<int64_t>(1, c.rows * c.src_pitch);
+    const Vec src = rng.normal(size_t(ns)), dst0 = rng.normal(size_t(nd));
+    Tensor d = up({nd}, dst0);
+    be().copy_rows(d, c.dst_pitch, up({ns}, src), c.src_pitch, c.rows, c.width);
+    Vec want = dst0;
+    for (int64_t r = 0; r < c.rows; ++r)
+      for (int64_t k = 0; k < c.width; ++k) want[size_t(r * c.dst_pitch + k)] = src[size_t(r * c.src_pitch + k)];
+    EXPECT_TRUE(bt::all_equal("copy_rows", down(d), want));
+  }
+  // 2-byte elements move as they are
+  Tensor lo = be().zeros({6}, llm::DType::bf16), ls = be().upload(Tensor::zeros({6}, llm::DType::bf16));
+  be().copy_rows(lo, 3, ls, 3, 2, 2);
+  Tensor small = be().zeros({4});
+  EXPECT_THROW(be().copy_rows(small, 3, up({8}, Vec(8, 1.0)), 4, 2, 2), llm::Error);  // dst: row 1 ends at 5 > 4
+  EXPECT_THROW(be().copy_rows(up({8}, Vec(8, 1.0)), 2, up({8}, Vec(8, 1.0)), 4, 2, 3), llm::Error);  // pitch < width
+  EXPECT_THROW(be().copy_rows(lo, 3, up({6}, Vec(6, 1.0)), 3, 2, 2), llm::Error);  // bf16 <- f32
+}
+
 // ---- embedding ------------------------------------------------------------------------------
 
 TEST_P(BackendConformance, Embedding) {

@@ -68,6 +68,15 @@ class CpuBackend final : public Backend {
   Tensor empty(const Shape& shape, DType dtype) override { return Tensor::empty(shape, dtype); }
   void copy(const Tensor& dst, const Tensor& src) override { dst.copy_from(src); }
   void zero(const Tensor& t) override { t.zero(); }
+  void copy_rows(const Tensor& dst, int64_t dst_pitch, const Tensor& src, int64_t src_pitch, int64_t rows,
+                 int64_t width) override {
+    const size_t es = copy_rows_check(dst, dst_pitch, src, src_pitch, rows, width);
+    char* d = static_cast<char*>(dst.raw());
+    const char* s = static_cast<const char*>(src.raw());
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(d + static_cast<size_t>(r * dst_pitch) * es, s + static_cast<size_t>(r * src_pitch) * es,
+                  static_cast<size_t>(width) * es);
+  }
   void synchronize() override {}
 
   void embedding_forward(const Tensor& o, const Tensor& tok, const Tensor& wte, const Tensor& wpe,
@@ -203,6 +212,19 @@ std::vector<Backend*> available_backends() {
   for (Backend* b : registry())
     if (std::find(all.begin(), all.end(), b) == all.end()) all.push_back(b);
   return all;
+}
+
+size_t copy_rows_check(const Tensor& dst, int64_t dst_pitch, const Tensor& src, int64_t src_pitch, int64_t rows,
+                       int64_t width) {
+  LLM_CHECK(dst.defined() && src.defined() && dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous(),
+            "copy_rows: contiguous tensors of one type, got ", dtype_name(dst.dtype()), " ", shape_str(dst.shape()),
+            " and ", dtype_name(src.dtype()), " ", shape_str(src.shape()));
+  LLM_CHECK(rows >= 0 && width >= 0 && dst_pitch >= width && src_pitch >= width, "copy_rows: ", rows, " rows of ",
+            width, " with pitches ", dst_pitch, " and ", src_pitch, " (a pitch below the width)");
+  LLM_CHECK(rows == 0 || ((rows - 1) * dst_pitch + width <= dst.numel() && (rows - 1) * src_pitch + width <= src.numel()),
+            "copy_rows: ", rows, " rows of ", width, " (pitches ", dst_pitch, ", ", src_pitch, ") overrun ",
+            dst.numel(), " / ", src.numel(), " elements");
+  return dtype_size(dst.dtype());
 }
 
 AttentionKvShape attention_kv_shape(const Tensor& qkv, const Tensor& k_cache, int64_t past, int n_head) {

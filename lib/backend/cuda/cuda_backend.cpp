@@ -93,6 +93,18 @@ void CudaBackend::copy(const Tensor& dst, const Tensor& src) {
   }
 }
 
+void CudaBackend::copy_rows(const Tensor& dst, int64_t dst_pitch, const Tensor& src, int64_t src_pitch, int64_t rows,
+                            int64_t width) {
+  const size_t es = copy_rows_check(dst, dst_pitch, src, src_pitch, rows, width);
+  LLM_CHECK(dst.device() == device_ && src.device() == device_, "cuda copy_rows: needs ", device_.str(), " tensors, got ",
+            dst.device().str(), " and ", src.device().str());
+  if (rows == 0 || width == 0) return;
+  CUDA_CHECK(cudaMemcpy2DAsync(dst.raw(), static_cast<size_t>(dst_pitch) * es, src.raw(), static_cast<size_t>(src_pitch) * es,
+                               static_cast<size_t>(width) * es, static_cast<size_t>(rows), cudaMemcpyDeviceToDevice,
+                               stream_),
+             "copy_rows ", rows, " x ", width, " (pitches ", dst_pitch, ", ", src_pitch, ")");
+}
+
 void CudaBackend::zero(const Tensor& t) {
   LLM_CHECK(t.defined() && t.device() == device_ && t.is_contiguous(), "cuda zero: needs a contiguous ",
             device_.str(), " tensor");

@@ -36,6 +36,8 @@ class CudaBackend final : public Backend {
   Tensor empty(const Shape& shape, DType dtype = DType::f32) override;
   void copy(const Tensor& dst, const Tensor& src) override;
   void zero(const Tensor& t) override;
+  void copy_rows(const Tensor& dst, int64_t dst_pitch, const Tensor& src, int64_t src_pitch, int64_t rows,
+                 int64_t width) override;
   void synchronize() override;
 
   void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
