@@ -62,6 +62,33 @@ class Communicator {
   };
   // Non-blocking in-place sum (gradient buckets overlapped with backward).
   virtual std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) = 0;
+  // Non-blocking forms of the other collectives and of point to point, with the blocking ones'
+  // results once waited for. MpiCommunicator runs them as MPI's non-blocking operations; a
+  // communicator without its own (the base forms here) completes them before returning.
+  virtual std::unique_ptr<Request> all_gather_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) {
+    all_gather_ranges(x, offsets);
+    return done();
+  }
+  virtual std::unique_ptr<Request> reduce_scatter_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) {
+    reduce_scatter_ranges(x, offsets);
+    return done();
+  }
+  virtual std::unique_ptr<Request> all_gather_async(const Tensor& out, const Tensor& in) {
+    all_gather(out, in);
+    return done();
+  }
+  virtual std::unique_ptr<Request> all_to_all_async(const Tensor& out, const Tensor& in) {
+    all_to_all(out, in);
+    return done();
+  }
+  virtual std::unique_ptr<Request> send_async(const Tensor& x, int peer, int tag = 0) {
+    send(x, peer, tag);
+    return done();
+  }
+  virtual std::unique_ptr<Request> recv_async(const Tensor& x, int peer, int tag = 0) {
+    recv(x, peer, tag);
+    return done();
+  }
 
   // Bytes per kind of collective since the last reset, for the communication-volume report,
   // counted as collective benchmarks count message size: the whole tensor (all-reduce), the
@@ -74,6 +101,14 @@ class Communicator {
   void reset_volume() { volume_ = {}; }
 
  protected:
+  // A request that is already complete.
+  static std::unique_ptr<Request> done() {
+    struct Done final : Request {
+      void wait() override {}
+      bool test() override { return true; }
+    };
+    return std::make_unique<Done>();
+  }
   Volume volume_;
 };
 

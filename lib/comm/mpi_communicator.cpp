@@ -1,6 +1,8 @@
 #include <mpi.h>
 
 #include <cstring>
+#include <functional>
+#include <utility>
 
 #include <limits>
 
@@ -67,22 +69,32 @@ int mpi_count(int64_t n, const char* op) {
   return static_cast<int>(n);
 }
 
+// One or more MPI requests, the buffers MPI reads until they complete (counts, displacements),
+// and what to do once they have (reduce_scatter_ranges moves this rank's block into place).
 class MpiRequest final : public Communicator::Request {
  public:
-  explicit MpiRequest(MPI_Request r) : req_(r) {}
+  explicit MpiRequest(MPI_Request r) : reqs_{r} {}
+  MpiRequest(std::vector<MPI_Request> reqs, std::vector<int> keep, std::function<void()> then = {})
+      : reqs_(std::move(reqs)), keep_(std::move(keep)), then_(std::move(then)) {}
   ~MpiRequest() override { wait(); }
   void wait() override {
-    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+    MPI_Waitall(static_cast<int>(reqs_.size()), reqs_.data(), MPI_STATUSES_IGNORE);
+    finish();
   }
   bool test() override {
-    if (req_ == MPI_REQUEST_NULL) return true;
     int done = 0;
-    MPI_Test(&req_, &done, MPI_STATUS_IGNORE);
+    MPI_Testall(static_cast<int>(reqs_.size()), reqs_.data(), &done, MPI_STATUSES_IGNORE);
+    if (done) finish();
     return done != 0;
   }
 
  private:
-  MPI_Request req_;
+  void finish() {
+    if (then_) std::exchange(then_, {})();
+  }
+  std::vector<MPI_Request> reqs_;
+  std::vector<int> keep_;
+  std::function<void()> then_;
 };
 
 class MpiCommunicator final : public Communicator {
@@ -112,36 +124,50 @@ class MpiCommunicator final : public Communicator {
   double all_reduce_min(double v) override { return reduce(v, MPI_MIN); }
   double all_reduce_max(double v) override { return reduce(v, MPI_MAX); }
   void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
+    all_gather_ranges_async(x, offsets)->wait();
+  }
+  std::unique_ptr<Request> all_gather_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) override {
     const MPI_Datatype type = host_float_type(x, "all-gather");
     LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.back() == x.numel(),
               "all_gather_ranges: ", offsets.size(), " offsets for ", size_, " ranks");
-    if (size_ == 1) return;
+    if (size_ == 1) return done();
     LLM_CHECK(x.numel() < (int64_t{1} << 31), "all_gather_ranges: ", x.numel(),
               " elements exceed MPI's int counts (split the buffer)");
-    std::vector<int> counts(size_), displs(size_);
+    std::vector<int> counts_displs(2 * static_cast<size_t>(size_));  // counts, then displacements
+    int* counts = counts_displs.data();
+    int* displs = counts + size_;
     for (int r = 0; r < size_; ++r) {
       displs[r] = static_cast<int>(offsets[r]);
       counts[r] = static_cast<int>(offsets[r + 1] - offsets[r]);
     }
     volume_.all_gather += static_cast<int64_t>(x.nbytes());
-    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x.raw(), counts.data(), displs.data(), type, comm_);
+    MPI_Request r;
+    MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x.raw(), counts, displs, type, comm_, &r);
+    return std::make_unique<MpiRequest>(std::vector<MPI_Request>{r}, std::move(counts_displs));
   }
   void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
+    reduce_scatter_ranges_async(x, offsets)->wait();
+  }
+  std::unique_ptr<Request> reduce_scatter_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) override {
     const MPI_Datatype type = host_float_type(x, "reduce-scatter");
     LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.front() == 0 && offsets.back() == x.numel(),
               "reduce_scatter_ranges: ", offsets.size(), " offsets for ", size_, " ranks over ", x.numel(), " elements");
-    if (size_ == 1) return;
+    if (size_ == 1) return done();
     LLM_CHECK(x.numel() < (int64_t{1} << 31), "reduce_scatter_ranges: ", x.numel(),
               " elements exceed MPI's int counts (split the buffer)");
-    std::vector<int> counts(size_);
-    for (int r = 0; r < size_; ++r) counts[r] = static_cast<int>(offsets[r + 1] - offsets[r]);
+    std::vector<int> counts(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r) counts[static_cast<size_t>(r)] = static_cast<int>(offsets[r + 1] - offsets[r]);
     volume_.reduce_scatter += static_cast<int64_t>(x.nbytes());
     char* p = static_cast<char*>(x.raw());
     const size_t esize = dtype_size(x.dtype());
+    MPI_Request r;
+    MPI_Ireduce_scatter(MPI_IN_PLACE, p, counts.data(), type, sum_op(x), comm_, &r);
     // In place, MPI leaves this rank's block at the start of the buffer: move it to its range.
-    MPI_Reduce_scatter(MPI_IN_PLACE, p, counts.data(), type, sum_op(x), comm_);
-    if (offsets[rank_] != 0 && counts[rank_] > 0)
-      std::memmove(p + static_cast<size_t>(offsets[rank_]) * esize, p, static_cast<size_t>(counts[rank_]) * esize);
+    const size_t at = static_cast<size_t>(offsets[rank_]) * esize, n = static_cast<size_t>(counts[rank_]) * esize;
+    auto place = [p, at, n] {
+      if (at != 0 && n > 0) std::memmove(p + at, p, n);
+    };
+    return std::make_unique<MpiRequest>(std::vector<MPI_Request>{r}, std::move(counts), place);
   }
   void broadcast(const Tensor& x, int root) override {
     LLM_CHECK(x.is_contiguous() && x.device().is_cpu(), "MPI broadcast needs a contiguous host tensor");
@@ -155,17 +181,20 @@ class MpiCommunicator final : public Communicator {
   }
   void barrier() override { MPI_Barrier(comm_); }
 
-  void all_gather(const Tensor& out, const Tensor& in) override {
+  void all_gather(const Tensor& out, const Tensor& in) override { all_gather_async(out, in)->wait(); }
+  std::unique_ptr<Request> all_gather_async(const Tensor& out, const Tensor& in) override {
     const MPI_Datatype type = pair_type(out, in, "all-gather");
     LLM_CHECK(out.numel() == in.numel() * size_, "all_gather: output of ", out.numel(), " elements for ", size_,
               " inputs of ", in.numel());
     if (size_ == 1) {
       if (out.raw() != in.raw()) out.view(in.shape()).copy_from(in);
-      return;
+      return done();
     }
     volume_.all_gather += static_cast<int64_t>(out.nbytes());
-    MPI_Allgather(in.raw(), mpi_count(in.numel(), "all-gather"), type, out.raw(), mpi_count(in.numel(), "all-gather"),
-                  type, comm_);
+    MPI_Request r;
+    MPI_Iallgather(in.raw(), mpi_count(in.numel(), "all-gather"), type, out.raw(), mpi_count(in.numel(), "all-gather"),
+                   type, comm_, &r);
+    return std::make_unique<MpiRequest>(r);
   }
   void reduce_scatter(const Tensor& out, const Tensor& in) override {
     const MPI_Datatype type = pair_type(out, in, "reduce-scatter");
@@ -178,17 +207,20 @@ class MpiCommunicator final : public Communicator {
     volume_.reduce_scatter += static_cast<int64_t>(in.nbytes());
     MPI_Reduce_scatter_block(in.raw(), out.raw(), mpi_count(out.numel(), "reduce-scatter"), type, sum_op(in), comm_);
   }
-  void all_to_all(const Tensor& out, const Tensor& in) override {
+  void all_to_all(const Tensor& out, const Tensor& in) override { all_to_all_async(out, in)->wait(); }
+  std::unique_ptr<Request> all_to_all_async(const Tensor& out, const Tensor& in) override {
     const MPI_Datatype type = pair_type(out, in, "all-to-all");
     LLM_CHECK(in.numel() == out.numel() && in.numel() % size_ == 0, "all_to_all: ", in.numel(), " and ", out.numel(),
               " elements for ", size_, " ranks (equal sizes, divisible by the group)");
     if (size_ == 1) {
       if (out.raw() != in.raw()) out.copy_from(in.view(out.shape()));
-      return;
+      return done();
     }
     volume_.all_to_all += static_cast<int64_t>(in.nbytes());
     const int chunk = mpi_count(in.numel() / size_, "all-to-all");
-    MPI_Alltoall(in.raw(), chunk, type, out.raw(), chunk, type, comm_);
+    MPI_Request r;
+    MPI_Ialltoall(in.raw(), chunk, type, out.raw(), chunk, type, comm_, &r);
+    return std::make_unique<MpiRequest>(r);
   }
   void send(const Tensor& x, int peer, int tag) override {
     const MPI_Datatype type = host_float_type(x, "send");
@@ -198,6 +230,19 @@ class MpiCommunicator final : public Communicator {
   void recv(const Tensor& x, int peer, int tag) override {
     const MPI_Datatype type = host_float_type(x, "recv");
     MPI_Recv(x.raw(), mpi_count(x.numel(), "recv"), type, peer, tag, comm_, MPI_STATUS_IGNORE);
+  }
+  std::unique_ptr<Request> send_async(const Tensor& x, int peer, int tag) override {
+    const MPI_Datatype type = host_float_type(x, "send");
+    volume_.send_recv += static_cast<int64_t>(x.nbytes());
+    MPI_Request r;
+    MPI_Isend(x.raw(), mpi_count(x.numel(), "send"), type, peer, tag, comm_, &r);
+    return std::make_unique<MpiRequest>(r);
+  }
+  std::unique_ptr<Request> recv_async(const Tensor& x, int peer, int tag) override {
+    const MPI_Datatype type = host_float_type(x, "recv");
+    MPI_Request r;
+    MPI_Irecv(x.raw(), mpi_count(x.numel(), "recv"), type, peer, tag, comm_, &r);
+    return std::make_unique<MpiRequest>(r);
   }
   void send_recv(const Tensor& send, int dst, int send_tag, const Tensor& recv, int src, int recv_tag) override {
     if (dst < 0 && src < 0) return;

@@ -101,6 +101,54 @@ TEST(MpiCommunicator, AsyncAllReduceOverlapsAndCompletes) {
   }
 }
 
+// Every non-blocking form gives the blocking form's result, with several operations in flight at
+// once (started in one order, completed in another) and test() polled before wait().
+TEST(MpiCommunicator, NonBlockingFormsMatchTheBlockingOnes) {
+  auto c = llm::mpi_world_communicator();
+  const int P = c->size(), me = c->rank();
+  std::vector<int64_t> off{0};
+  for (int r = 0; r < P; ++r) off.push_back(off.back() + 2 + r);
+  const int64_t n = off.back();
+  // blocking references
+  Tensor ag_ref = filled(me, n), rs_ref = filled(me, n), g_ref = Tensor::empty({P * 3}), a2a_ref = Tensor::empty({P * 2});
+  c->all_gather_ranges(ag_ref, off);
+  c->reduce_scatter_ranges(rs_ref, off);
+  c->all_gather(g_ref, filled(me, 3));
+  c->all_to_all(a2a_ref, filled(me, P * 2));
+  // the same, all in flight together
+  Tensor ag = filled(me, n), rs = filled(me, n), g = Tensor::empty({P * 3}), a2a = Tensor::empty({P * 2});
+  Tensor g_in = filled(me, 3), a2a_in = filled(me, P * 2), sent = filled(me, 6), got = Tensor::empty({6});
+  const int next = (me + 1) % P, prev = (me + P - 1) % P;
+  auto r_recv = c->recv_async(got, prev, 11);  // posted before the matching send anywhere
+  auto r_ag = c->all_gather_ranges_async(ag, off);
+  auto r_rs = c->reduce_scatter_ranges_async(rs, off);
+  auto r_g = c->all_gather_async(g, g_in);
+  auto r_a2a = c->all_to_all_async(a2a, a2a_in);
+  auto r_send = c->send_async(sent, next, 11);
+  int polls = 0;
+  while (!r_a2a->test()) ++polls;  // progresses without blocking
+  r_send->wait();
+  r_recv->wait();
+  r_g->wait();
+  r_rs->wait();
+  r_ag->wait();
+  EXPECT_GE(polls, 0);
+  auto same = [](const Tensor& a, const Tensor& b, int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i)
+      if (a.data<float>()[i] != b.data<float>()[i]) return false;
+    return true;
+  };
+  EXPECT_TRUE(same(ag, ag_ref, 0, n)) << "all_gather_ranges_async";
+  EXPECT_TRUE(same(rs, rs_ref, off[me], off[me + 1])) << "reduce_scatter_ranges_async (this rank's range)";
+  EXPECT_TRUE(same(g, g_ref, 0, P * 3)) << "all_gather_async";
+  EXPECT_TRUE(same(a2a, a2a_ref, 0, P * 2)) << "all_to_all_async";
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(got.data<float>()[i], value(prev, i)) << "recv_async";
+  // a request dropped unfinished completes in its destructor
+  Tensor late = filled(me, n);
+  { auto r = c->all_gather_ranges_async(late, off); }
+  EXPECT_TRUE(same(late, ag_ref, 0, n));
+}
+
 TEST(MpiCommunicator, SplitGroupsAreIndependent) {
   auto world = llm::mpi_world_communicator();
   const int me = world->rank();
