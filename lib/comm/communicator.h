@@ -112,9 +112,13 @@ class Communicator {
   Volume volume_;
 };
 
-// A communicator over all of MPI_COMM_WORLD (MPI must be initialised, e.g. by MpiSession), or
-// over the ranks with the same `color` (MPI_Comm_split) for sub-groups.
+// A communicator over all of MPI_COMM_WORLD, or over the ranks with the same `color`
+// (MPI_Comm_split) for sub-groups. Without MPI initialised (a process not started by an MPI
+// launcher, see MpiSession) both are a group of this process alone (self_communicator()).
 std::unique_ptr<Communicator> mpi_world_communicator();
 std::unique_ptr<Communicator> mpi_split_communicator(int color, int key);
+// A group of one: the collectives are identities (or copies into `out`), point to point has no
+// peer. Same element types and checks as MpiCommunicator.
+std::unique_ptr<Communicator> self_communicator();
 
 }  // namespace llm

@@ -44,12 +44,24 @@ const LowTypes& low_types() {
   return t;
 }
 
-// The MPI type of a contiguous host float tensor (f32, bf16 or f16).
-MPI_Datatype host_float_type(const Tensor& x, const char* op) {
+// A contiguous host float tensor (f32, bf16 or f16), and the pair of one collective's sides.
+void check_host_float(const Tensor& x, const char* op) {
   const DType t = x.dtype();
   LLM_CHECK((t == DType::f32 || t == DType::bf16 || t == DType::f16) && x.is_contiguous() && x.device().is_cpu(),
             "MPI ", op, " needs a contiguous host f32, bf16 or f16 tensor, got ", dtype_name(t), " ",
             shape_str(x.shape()), " on ", x.device().str());
+}
+void check_pair(const Tensor& out, const Tensor& in, const char* op) {
+  check_host_float(out, op);
+  check_host_float(in, op);
+  LLM_CHECK(out.dtype() == in.dtype(), "MPI ", op, ": output ", dtype_name(out.dtype()), ", input ",
+            dtype_name(in.dtype()), " (they must match)");
+}
+
+// The MPI type of a contiguous host float tensor.
+MPI_Datatype host_float_type(const Tensor& x, const char* op) {
+  check_host_float(x, op);
+  const DType t = x.dtype();
   if (t == DType::f32) return MPI_FLOAT;
   return t == DType::bf16 ? low_types().bf16 : low_types().f16;
 }
@@ -57,11 +69,8 @@ MPI_Op sum_op(const Tensor& x) { return x.dtype() == DType::f32 ? MPI_SUM : low_
 
 // Both sides of a collective hold the same element type.
 MPI_Datatype pair_type(const Tensor& out, const Tensor& in, const char* op) {
-  const MPI_Datatype t = host_float_type(out, op);
-  (void)host_float_type(in, op);
-  LLM_CHECK(out.dtype() == in.dtype(), "MPI ", op, ": output ", dtype_name(out.dtype()), ", input ",
-            dtype_name(in.dtype()), " (they must match)");
-  return t;
+  check_pair(out, in, op);
+  return host_float_type(out, op);
 }
 
 int mpi_count(int64_t n, const char* op) {
@@ -275,11 +284,67 @@ class MpiCommunicator final : public Communicator {
 
 }  // namespace
 
+namespace {
+bool mpi_initialised() {
+  int init = 0, finalized = 0;
+  MPI_Initialized(&init);
+  MPI_Finalized(&finalized);
+  return init && !finalized;
+}
+
+class SelfCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void all_reduce_sum(const Tensor& x) override { check_host_float(x, "all-reduce"); }
+  double all_reduce_sum(double v) override { return v; }
+  double all_reduce_min(double v) override { return v; }
+  double all_reduce_max(double v) override { return v; }
+  void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
+    check_host_float(x, "all-gather");
+    LLM_CHECK(offsets.size() == 2 && offsets.back() == x.numel(), "all_gather_ranges: ", offsets.size(),
+              " offsets for 1 rank");
+  }
+  void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
+    check_host_float(x, "reduce-scatter");
+    LLM_CHECK(offsets.size() == 2 && offsets.front() == 0 && offsets.back() == x.numel(), "reduce_scatter_ranges: ",
+              offsets.size(), " offsets for 1 rank over ", x.numel(), " elements");
+  }
+  void broadcast(const Tensor& x, int root) override {
+    LLM_CHECK(root == 0 && x.is_contiguous() && x.device().is_cpu(), "broadcast from rank ", root, " in a group of 1");
+  }
+  void barrier() override {}
+  void all_gather(const Tensor& out, const Tensor& in) override { copy(out, in, "all-gather"); }
+  void reduce_scatter(const Tensor& out, const Tensor& in) override { copy(out, in, "reduce-scatter"); }
+  void all_to_all(const Tensor& out, const Tensor& in) override { copy(out, in, "all-to-all"); }
+  void send(const Tensor&, int peer, int) override { LLM_FAIL("send to rank ", peer, " in a group of 1"); }
+  void recv(const Tensor&, int peer, int) override { LLM_FAIL("recv from rank ", peer, " in a group of 1"); }
+  void send_recv(const Tensor&, int dst, int, const Tensor&, int src, int) override {
+    LLM_CHECK(dst < 0 && src < 0, "send_recv with ranks ", dst, " and ", src, " in a group of 1");
+  }
+  std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) override {
+    all_reduce_sum(x);
+    return done();
+  }
+
+ private:
+  static void copy(const Tensor& out, const Tensor& in, const char* op) {
+    check_pair(out, in, op);
+    LLM_CHECK(out.numel() == in.numel(), op, ": ", out.numel(), " and ", in.numel(), " elements in a group of 1");
+    if (out.raw() != in.raw()) out.copy_from(in.view(out.shape()));
+  }
+};
+}  // namespace
+
+std::unique_ptr<Communicator> self_communicator() { return std::make_unique<SelfCommunicator>(); }
+
 std::unique_ptr<Communicator> mpi_world_communicator() {
+  if (!mpi_initialised()) return self_communicator();
   return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false);
 }
 
 std::unique_ptr<Communicator> mpi_split_communicator(int color, int key) {
+  if (!mpi_initialised()) return self_communicator();
   MPI_Comm sub;
   MPI_Comm_split(MPI_COMM_WORLD, color, key, &sub);
   return std::make_unique<MpiCommunicator>(sub, true);

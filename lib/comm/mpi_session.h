@@ -1,6 +1,9 @@
 // The process's MPI session: MPI_Init/MPI_Finalize around a tool's main, rank and size, and the
 // few host-side collectives the tools need to agree (all ranks succeeded, a string from rank 0,
-// a sum). Works as a plain process (MPI singleton) and under mpirun/mpiexec/srun.
+// a sum). Under mpirun/mpiexec/srun (a launcher's environment: Open MPI, PMI, PMIx, Cray PALS,
+// MVAPICH) MPI is initialised; a plain process runs without MPI as rank 0 of 1 (no singleton
+// MPI_Init: Open MPI's would start an orted daemon, which a relocated bundle or a machine without
+// an MPI installation does not have). LLM_MPI=1 initialises MPI regardless, LLM_MPI=0 never.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -17,6 +20,8 @@ class MpiSession {
 
   int rank() const { return rank_; }
   int size() const { return size_; }
+  // Whether this process initialised MPI (see above).
+  bool uses_mpi() const { return mpi_; }
   // True when `ok` on every rank (collective).
   bool all_ok(bool ok) const;
   // Rank 0's `s` on every rank (collective).
@@ -32,6 +37,10 @@ class MpiSession {
 
  private:
   int rank_ = 0, size_ = 1;
+  bool mpi_ = false;
 };
+
+// Whether the environment is that of an MPI launcher (or LLM_MPI says so).
+bool launched_by_mpi();
 
 }  // namespace llm

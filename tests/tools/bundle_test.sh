@@ -36,4 +36,9 @@ for lib in $(ls "$root/lib" | grep '\.so'); do
   [[ -z "$line" ]] && continue  # a dependency of a plugin only
   grep -qF "$root/lib/$lib" <<< "$line" || fail "$lib resolves outside the bundle: $line"
 done
+# Trains from the bundle on a machine without an MPI installation (an Open MPI prefix pointing
+# nowhere): a plain process does not initialise MPI, so no MPI daemon is needed.
+out="$(cd "$work" && OPAL_PREFIX=/nonexistent "$root/bin/llm-pretrain" --mock-data --train-iters 2 --log-interval 1 \
+  --output-dir "$work/run" 2>&1)" || fail "training from the bundle without an MPI runtime failed: $out"
+[[ $(grep -c 'lm loss' <<< "$out") -eq 2 ]] || fail "training from the bundle did not log 2 iterations: $out"
 echo "bundle test passed: $(ls "$root/lib" | wc -l) libraries"

@@ -89,6 +89,14 @@ check "--recompute-granularity full reproduces the losses bit for bit" "diff <(g
 "$bin" "${common[@]}" --train-iters 1 --recompute-granularity some > "$work/rcbad.txt" 2>&1
 check "a bad --recompute-granularity is named" "[ $? -eq 2 ] && grep -q 'recompute-granularity must be full or selective' $work/rcbad.txt"
 
+# A plain process runs without MPI (no singleton MPI_Init, whose Open MPI daemon a bundle or a
+# machine without MPI lacks): an Open MPI prefix pointing nowhere does not matter to it, while
+# LLM_MPI=1 (forcing the singleton) fails on it.
+OPAL_PREFIX=/nonexistent "$bin" "${common[@]}" --train-iters 2 --log-interval 1 --output-dir "$work/nompi" > "$work/nompi.txt" 2>&1
+check "a plain process trains without an MPI runtime" "[ $? -eq 0 ] && [ \$(grep -c 'lm loss' $work/nompi.txt) -eq 2 ]"
+OPAL_PREFIX=/nonexistent LLM_MPI=1 timeout 60 "$bin" "${common[@]}" --train-iters 1 --output-dir "$work/forced" > /dev/null 2>&1
+check "LLM_MPI=1 forces MPI (and so fails without its runtime)" "[ $? -ne 0 ]"
+
 # mpirun -np 1 runs unchanged and gives the same losses
 if command -v mpirun > /dev/null; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
