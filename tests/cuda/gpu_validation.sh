@@ -14,11 +14,15 @@ log() { echo "== $*" | tee -a "$out/summary.txt"; }
 log "commit $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?') $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$out/summary.txt"
 
-log "configure + build (CMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90})"
-cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" > "$out/configure.log" 2>&1 &&
-  cmake --build "$build" -j "${JOBS:-16}" > "$out/build.log" 2>&1
-log "build exit $? (configure.log, build.log)"
-grep -E "libllm:" "$out/configure.log" | tee -a "$out/summary.txt"
+if [[ "${SKIP_BUILD:-0}" = 1 ]]; then  # a carried bundle (tests/cuda/gpu_carry.sh run)
+  log "SKIP_BUILD=1: executables from $build"
+else
+  log "configure + build (CMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90})"
+  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" > "$out/configure.log" 2>&1 &&
+    cmake --build "$build" -j "${JOBS:-16}" > "$out/build.log" 2>&1
+  log "build exit $? (configure.log, build.log)"
+  grep -E "libllm:" "$out/configure.log" | tee -a "$out/summary.txt"
+fi
 
 log "GPU unit tests (conformance on cuda, bf16/f16 paths, training check)"
 (cd "$build" && ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/test_backend_cuda.log" 2>&1)
@@ -28,9 +32,11 @@ log "test_cuda exit $?: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_cud
 (cd "$build" && LLM_CUDA_ATTENTION=simt ./tests/test_backend --gtest_filter='*LowPrecision.Attention*cuda*' > "$out/attention_simt.log" 2>&1)
 log "bf16/f16 attention through the SIMT kernel (triage) exit $?"
 
-log "full ctest"
-(cd "$build" && ctest -j4 --output-on-failure > "$out/ctest.log" 2>&1)
-log "ctest exit $?: $(tail -3 "$out/ctest.log" | head -1)"
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  log "full ctest"
+  (cd "$build" && ctest -j4 --output-on-failure > "$out/ctest.log" 2>&1)
+  log "ctest exit $?: $(tail -3 "$out/ctest.log" | head -1)"
+fi
 
 log "llm-pretrain --backend cuda against --backend cpu (fp32, 20 iterations, rel 1e-4)"
 pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attention-heads 4 --seq-length 128
@@ -51,7 +57,7 @@ for prec in bf16 fp16; do
 done
 
 log "llm-sweep: GPT-1.3B-class (GPT1_5B) training step on one GPU, bf16, seq 2048: TFLOPS and MFU"
-"$build/tools/llm-sweep" --models GPT1_5B --seq-lens 2048 --micro-batches 1,2,4 --dtype bf16 --backend cuda \
+"$build/tools/llm-sweep" --pretrain "$build/tools/llm-pretrain" --models GPT1_5B --seq-lens 2048 --micro-batches 1,2,4 --dtype bf16 --backend cuda \
   --device "${PEAK_DEVICE:-H100-SXM}" --warmup 2 --iters 5 --no-plots --output-dir "$out/sweep_gpt1_5b" \
   > "$out/sweep_gpt1_5b.log" 2>&1
 log "sweep exit $?: $(grep -E 'ok|OOM|error' "$out/sweep_gpt1_5b.log" | tr '\n' ' ')"

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# GPU validation on a machine that has the NVIDIA driver, CUDA and cuBLAS but none of our other
+# dependencies (HDF5, yaml-cpp, SentencePiece, OpenMPI, OpenBLAS, GoogleTest): build here, carry
+# a bundle (pipelines/bundle.sh: executables + their non-CUDA libraries), run the checks there.
+#
+#   tests/cuda/gpu_carry.sh build [DIR]   # here: build DIR (default build-gpu) for CUDA_ARCH
+#                                         # (default 90: H100/H200) and write gpu-carry/libllm-gpu.tar.gz
+#   tests/cuda/gpu_carry.sh run OUT       # there: unpack, check that the host's CUDA libraries are
+#                                         # the ones the bundle was linked against, then run
+#                                         # tests/cuda/gpu_validation.sh on the bundle; reports in OUT
+#
+# The run step needs the same CUDA major version as the build (libcudart/libcublasLt .so.N): it
+# says which one is missing and stops if the host has another. QUICK=1 skips the long benchmarks.
+set -uo pipefail
+src="$(cd "$(dirname "$0")/../.." && pwd)"
+carry="$src/gpu-carry"
+mode="${1:-}"
+tools=(llm-pretrain llm-sweep)
+tests=(test_backend test_cuda bench-cuda-gemm bench-cuda-attention bench-cuda-train-step)
+
+case "$mode" in
+build)
+  build="${2:-$src/build-gpu}"
+  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" > /dev/null || exit 1
+  cmake --build "$build" -j "${JOBS:-2}" --target "${tools[@]}" "${tests[@]}" > "$build/carry-build.log" 2>&1 ||
+    { tail -30 "$build/carry-build.log"; exit 1; }
+  mkdir -p "$carry"
+  exes=()
+  for t in "${tools[@]}"; do exes+=("$build/tools/$t"); done
+  for t in "${tests[@]}"; do exes+=("$build/tests/$t"); done
+  "$src/pipelines/bundle.sh" --build "$build" --name libllm-gpu --output "$carry/libllm-gpu.tar.gz" "${exes[@]}" || exit 1
+  ldd "$build/tests/test_cuda" | awk '/libcudart|libcublas|libnccl/ {print $1}' > "$carry/cuda-libs.txt"
+  size=$(stat -c %s "$carry/libllm-gpu.tar.gz")
+  echo "gpu_carry: $carry/libllm-gpu.tar.gz ($((size / 1048576)) MiB; CUDA libraries from the host: $(tr '\n' ' ' < "$carry/cuda-libs.txt"))"
+  [ "$size" -lt $((60 * 1048576)) ] || echo "gpu_carry: warning: over 60 MiB, more than a carry allows"
+  ;;
+run)
+  out="${2:?usage: gpu_carry.sh run OUT}"
+  mkdir -p "$out"
+  tar -xzf "$carry/libllm-gpu.tar.gz" -C "$out" || exit 1
+  root="$out/libllm-gpu"
+  # The host's CUDA libraries: the toolkit's, and PyTorch's wheels (NCCL, cuBLAS) when present.
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib $(python3 -c 'import nvidia, os; p = os.path.dirname(nvidia.__path__[0]) + "/nvidia"; print(" ".join(os.path.join(p, d, "lib") for d in os.listdir(p)))' 2> /dev/null); do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  done
+  missing=$(. "$root/env.sh" && ldd "$root/libexec/test_cuda" | grep "not found")
+  if [ -n "$missing" ]; then
+    echo "gpu_carry: the host lacks the CUDA libraries the bundle was linked against:" | tee "$out/summary.txt"
+    echo "$missing" | tee -a "$out/summary.txt"
+    echo "host has: $(ls /usr/local/cuda/lib64/libcudart.so.* /usr/local/cuda/lib64/libcublasLt.so.* 2> /dev/null | tr '\n' ' ')" | tee -a "$out/summary.txt"
+    exit 3
+  fi
+  export LLM_CONFIG_DIR="$src/configs"  # model files (--model GPT1_5B) from this checkout
+  # A build-tree layout of the bundle's wrappers for gpu_validation.sh (which then skips the build).
+  tree="$out/tree"
+  mkdir -p "$tree/tools" "$tree/tests"
+  for t in "${tools[@]}"; do printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tools/$t"; done
+  for t in "${tests[@]}"; do printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tests/$t"; done
+  chmod +x "$tree"/tools/* "$tree"/tests/*
+  SKIP_BUILD=1 "$src/tests/cuda/gpu_validation.sh" "$out/report" "$tree"
+  ;;
+*)
+  sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 2
+  ;;
+esac
