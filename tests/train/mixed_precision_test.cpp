@@ -9,30 +9,14 @@
 #include <filesystem>
 
 #include "data/mock_data.h"
+#include "train/tiny_args.h"
 #include "train/checkpointing.h"
 
 using namespace llm;
 namespace fs = std::filesystem;
 
 namespace {
-TrainArgs tiny_args() {
-  TrainArgs a;
-  a.num_layers = 2;
-  a.hidden_size = 64;
-  a.num_attention_heads = 4;
-  a.vocab_size = 128;
-  a.seq_length = 32;
-  a.micro_batch_size = 4;
-  a.global_batch_size = 8;
-  a.lr = 3e-3;
-  a.min_lr = 3e-4;
-  a.lr_warmup_iters = 10;
-  a.train_iters = 60;
-  a.seed = 7;
-  a.resolve_defaults();
-  a.validate();
-  return a;
-}
+TrainArgs tiny_args() { return tiny_train_args(60); }
 
 struct Curve {
   std::vector<double> loss, grad_norm;
