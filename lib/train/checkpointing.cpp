@@ -434,19 +434,22 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     r.iteration = ckpt.iteration();
     r.consumed_samples = member_int(ckpt.metadata(), "consumed_samples", where);
     trainer.restore(r.iteration, r.consumed_samples, member_int(ckpt.metadata(), "nan_iterations", where));
-    // fp16's dynamic loss scale continues where it was (checkpoints from before it have none, and
-    // a run that was not fp16 has nothing to continue).
+    // An fp16 run continues the fp16 run's loss scaler: the skipped iterations (which hold the
+    // schedule back), and under dynamic scaling the scale and its counters. Checkpoints from
+    // before the scaler have none; a run that was not fp16 has nothing to continue.
     const json::Value* ls = ckpt.metadata().find("loss_scaler");
     const json::Value* prec = ls && ls->is_object() ? ls->find("precision") : nullptr;
-    if (trainer.loss_scaler().dynamic() && prec && prec->is_string() && prec->as_string() == "f16") {
-      const json::Value& scale = member(*ls, "scale", where);
-      if (!scale.is_number() || !(scale.as_double() > 0))
-        throw ConfigError(where + ": metadata 'loss_scaler.scale' is not a positive number");
-      LossScalerState st;
-      st.scale = scale.as_double();
-      st.good_steps = member_int(*ls, "good_steps", where);
-      st.hysteresis_left = static_cast<int>(member_int(*ls, "hysteresis_left", where));
+    if (trainer.args().fp16 && prec && prec->is_string() && prec->as_string() == "f16") {
+      LossScalerState st = trainer.loss_scaler().state();
       st.skipped = member_int(*ls, "skipped", where);
+      if (trainer.loss_scaler().dynamic()) {
+        const json::Value& scale = member(*ls, "scale", where);
+        if (!scale.is_number() || !(scale.as_double() > 0))
+          throw ConfigError(where + ": metadata 'loss_scaler.scale' is not a positive number");
+        st.scale = scale.as_double();
+        st.good_steps = member_int(*ls, "good_steps", where);
+        st.hysteresis_left = static_cast<int>(member_int(*ls, "hysteresis_left", where));
+      }
       trainer.loss_scaler().restore(st);
     }
   }

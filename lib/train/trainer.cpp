@@ -109,8 +109,8 @@ IterationStats Trainer::train_step() {
   sync_compute_weights();
   IterationStats st;
   st.iteration = ++iteration_;
-  // Iterations skipped by the fp16 loss scaler do not advance the schedule (as in Megatron).
-  st.lr = schedule_.at(iteration_ - (scaler_.dynamic() ? scaler_.skipped() : 0));
+  // fp16 iterations skipped for an overflow do not advance the schedule (as in Megatron).
+  st.lr = schedule_.at(iteration_ - (args_.fp16 ? scaler_.skipped() : 0));
   st.loss_scale = scaler_.scale();
   const int64_t micro = args_.micro_batches();
   // The gradient group is data parallel x Ulysses (group rank = dp_rank * sp + sp_rank): the
@@ -192,8 +192,9 @@ IterationStats Trainer::train_step() {
     st.optimizer_seconds = phase.seconds();
     st.grad_norm = r.grad_norm;
     applied = r.finite;
-    // fp16: a non-finite gradient is an overflow of the scaled loss, which the scaler handles.
-    st.finite = r.finite || scaler_.dynamic();
+    // fp16: a non-finite gradient is an overflow of the scaled loss (skipped, and the scaler
+    // backs off when it is dynamic), not a NaN iteration.
+    st.finite = r.finite || args_.fp16;
     if (r.finite) compute_stale_ = true;
     if (r.finite && zero_ == 3) {
       // Parameters stay sharded (layers are gathered when used); refresh the resident copies.
@@ -215,7 +216,7 @@ IterationStats Trainer::train_step() {
       st.params_all_gather_seconds = phase.seconds();
     }
   }
-  if (scaler_.dynamic()) scaler_.update(!applied);
+  if (args_.fp16) scaler_.update(!applied);
   st.skipped = !applied;
   if (!st.finite) ++nan_iterations_;
   consumed_samples_ += args_.global_batch_size;

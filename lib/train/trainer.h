@@ -46,7 +46,9 @@ class Trainer {
   int64_t iteration() const { return iteration_; }
   int64_t consumed_samples() const { return consumed_samples_; }
   int64_t nan_iterations() const { return nan_iterations_; }
-  // fp16's dynamic loss scaling (a constant 1 in bf16 and fp32); checkpoints keep its state.
+  const TrainArgs& args() const { return args_; }
+  // fp16's loss scaling (dynamic, or a fixed --loss-scale; a constant 1 in bf16 and fp32);
+  // checkpoints keep its state.
   LossScaler& loss_scaler() { return scaler_; }
   const LossScaler& loss_scaler() const { return scaler_; }
   const LRSchedule& schedule() const { return schedule_; }

@@ -147,6 +147,26 @@ TEST(MixedPrecision, Fp16OverflowsSkipTheUpdateAndHalveTheScale) {
   EXPECT_EQ(t.nan_iterations(), 0);
 }
 
+TEST(MixedPrecision, Fp16WithAFixedScaleSkipsOverflowsWithoutBackingOff) {
+  TrainArgs a = tiny_args();
+  a.fp16 = true;
+  a.loss_scale = std::ldexp(1.0, 40);  // fixed, and overflowing every time
+  MockDataSource data(a.vocab_size, a.seq_length, 7);
+  GPT model(a.model_config(), cpu_backend(), 7, a.seq_length);
+  Trainer t(a, model, data);
+  const Tensor before = model.parameters().flat_params().clone();
+  for (int i = 0; i < 3; ++i) {
+    const IterationStats st = t.train_step();
+    EXPECT_TRUE(st.skipped && st.finite) << "iteration " << i + 1 << ": an overflow, not a NaN iteration";
+    EXPECT_EQ(st.loss_scale, std::ldexp(1.0, 40));
+    EXPECT_DOUBLE_EQ(st.lr, t.schedule().at(1));
+  }
+  EXPECT_EQ(t.loss_scaler().skipped(), 3);
+  EXPECT_EQ(t.optimizer().steps(), 0);
+  EXPECT_EQ(t.nan_iterations(), 0);
+  EXPECT_EQ(0, std::memcmp(before.raw(), model.parameters().flat_params().raw(), before.nbytes()));
+}
+
 TEST(MixedPrecision, CheckpointCarriesTheLossScaler) {
   TrainArgs a = tiny_args();
   a.fp16 = true;
