@@ -96,6 +96,15 @@ class Backend {
   virtual void linear_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
                                const Tensor& dout, const Tensor& inp, const Tensor& weight) = 0;
 
+  // out[N,OC] = gelu(inp @ weight^T + bias), the pre-activation kept in pre_gelu[N,OC] (what
+  // gelu_backward reads): linear_forward then gelu_forward, or one fused call where the backend
+  // has one (CUDA: cuBLASLt's GELU_AUX_BIAS epilogue).
+  virtual void linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu, const Tensor& inp, const Tensor& weight,
+                                   const Tensor& bias) {
+    linear_forward(pre_gelu, inp, weight, bias);
+    gelu_forward(out, pre_gelu);
+  }
+
   // out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   any shape
   virtual void gelu_forward(const Tensor& out, const Tensor& inp) = 0;
   // dinp = gelu'(inp) * dout   (=; dinp may alias dout)

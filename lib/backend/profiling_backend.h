@@ -52,6 +52,10 @@ class ProfilingBackend final : public Backend {
                        const Tensor& w) override {
     timed("linear_backward", [&] { inner_.linear_backward(di, dw, db, d, i, w); });
   }
+  void linear_gelu_forward(const Tensor& o, const Tensor& pre, const Tensor& i, const Tensor& w,
+                           const Tensor& b) override {
+    timed("linear_gelu_forward", [&] { inner_.linear_gelu_forward(o, pre, i, w, b); });
+  }
   void gelu_forward(const Tensor& o, const Tensor& i) override {
     timed("gelu_forward", [&] { inner_.gelu_forward(o, i); });
   }

@@ -449,8 +449,7 @@ void GPT::block_forward(size_t layer, const Tensor& x, KVCache* cache) {
   reduce_rows(b.attproj, attp);
   be.residual_forward(b.residual2, x, b.attproj);
   be.layernorm_forward(b.ln2, b.ln2_mean, b.ln2_rstd, b.residual2, b.ln2_w, b.ln2_b, eps);
-  be.linear_forward(b.fch.view({N, -1}), gather_rows(b.ln2, a.gathered), b.fc_w, b.fc_b);
-  be.gelu_forward(b.fch_gelu, b.fch);
+  be.linear_gelu_forward(b.fch_gelu.view({N, -1}), b.fch.view({N, -1}), gather_rows(b.ln2, a.gathered), b.fc_w, b.fc_b);
   const Tensor& fcp = sp ? a.partial : b.fcproj;
   be.linear_forward(fcp, b.fch_gelu.view({N, -1}), b.fcproj_w, row_bias(b.fcproj_b));
   reduce_rows(b.fcproj, fcp);

@@ -314,6 +314,7 @@ void CudaBackend::linear_forward(const Tensor& out, const Tensor& inp, const Ten
 
 void CudaBackend::linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu, const Tensor& inp,
                                       const Tensor& weight, const Tensor& bias) {
+  if (!bias.defined()) return Backend::linear_gelu_forward(out, pre_gelu, inp, weight, bias);
   const LinearDims d = linear_dims("linear_gelu_forward inp/weight", inp, weight, device_);
   const DType ot = out.dtype();
   LLM_CHECK(ot == inp.dtype() || ot == DType::f32, "linear_gelu_forward out: ", dtype_name(ot));

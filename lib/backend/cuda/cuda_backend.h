@@ -69,11 +69,11 @@ class CudaBackend final : public Backend {
   double sum_squares(const Tensor& x) override;
   void scale(const Tensor& x, float s) override;
 
-  // ---- CUDA-only pieces for mixed precision and performance work ---------------------------
-  // out = gelu(inp @ weight^T + bias) in one cuBLASLt call; pre_gelu receives the
-  // pre-activation (what gelu_backward needs). Same dtype rules as linear_forward.
+  // One cuBLASLt call with the GELU_AUX_BIAS epilogue (the base class's two ops without a bias).
   void linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu, const Tensor& inp, const Tensor& weight,
-                           const Tensor& bias);
+                           const Tensor& bias) override;
+
+  // ---- CUDA-only pieces for performance work -----------------------------------------------
   // dst = src converted between f32, bf16 and f16 (same shape; either may be the other's type).
   void convert(const Tensor& dst, const Tensor& src) override;
   // Number of NaN/Inf elements (synchronises).
