@@ -63,8 +63,9 @@ class Communicator {
   // Non-blocking in-place sum (gradient buckets overlapped with backward).
   virtual std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) = 0;
   // Non-blocking forms of the other collectives and of point to point, with the blocking ones'
-  // results once waited for. MpiCommunicator runs them as MPI's non-blocking operations; a
-  // communicator without its own (the base forms here) completes them before returning.
+  // results once waited for. MpiCommunicator runs them as MPI's non-blocking operations, the NCCL
+  // communicator on its communication stream; a communicator without its own (the base forms
+  // here) completes them before returning.
   virtual std::unique_ptr<Request> all_gather_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) {
     all_gather_ranges(x, offsets);
     return done();

@@ -33,8 +33,8 @@ ncclDataType_t nccl_type(DType t, const char* op) {
   }
 }
 
-// Completion of an all-reduce on the communication stream: wait() orders the compute stream
-// after it (no host block); the tensor must not be touched by the host before a synchronise.
+// Completion of a non-blocking operation on the communication stream: wait() orders the compute
+// stream after it (no host block); the tensors must not be touched by the host before a synchronise.
 class NcclRequest final : public Communicator::Request {
  public:
   NcclRequest(cudaStream_t compute, cudaEvent_t done) : compute_(compute), done_(done) {}
@@ -50,7 +50,7 @@ class NcclRequest final : public Communicator::Request {
     done_ = nullptr;
     const cudaError_t r = cudaStreamWaitEvent(compute_, e, 0);
     (void)cudaEventDestroy(e);
-    CUDA_CHECK(r, "waiting for an asynchronous all-reduce");
+    CUDA_CHECK(r, "waiting for an asynchronous NCCL operation");
   }
   bool test() override { return !done_ || cudaEventQuery(done_) == cudaSuccess; }
 
@@ -89,7 +89,7 @@ class NcclCommunicator final : public Communicator {
     if (size_ == 1 || x.numel() == 0) return;
     volume_.all_reduce += static_cast<int64_t>(x.nbytes());
     NCCL_CHECK(ncclAllReduce(x.raw(), x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "all_reduce_sum"),
-                             ncclSum, comm_, backend_.stream()),
+                             ncclSum, comm_, stream()),
                "all_reduce_sum ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
   }
   double all_reduce_sum(double v) override { return host_->all_reduce_sum(v); }
@@ -110,7 +110,7 @@ class NcclCommunicator final : public Communicator {
     for (int r = 0; r < size_; ++r) equal = equal && offsets[r + 1] - offsets[r] == offsets[1] - offsets[0];
     if (equal) {  // in-place all-gather: rank r's send buffer is its slot of the receive buffer
       const size_t count = static_cast<size_t>(offsets[1]);
-      NCCL_CHECK(ncclAllGather(base + count * es * static_cast<size_t>(rank_), base, count, t, comm_, backend_.stream()),
+      NCCL_CHECK(ncclAllGather(base + count * es * static_cast<size_t>(rank_), base, count, t, comm_, stream()),
                  "all_gather_ranges ", shape_str(x.shape()));
       return;
     }
@@ -120,7 +120,7 @@ class NcclCommunicator final : public Communicator {
       const size_t count = static_cast<size_t>(offsets[r + 1] - offsets[r]);
       if (count == 0) continue;
       char* p = base + static_cast<size_t>(offsets[r]) * es;
-      NCCL_CHECK(ncclBroadcast(p, p, count, t, r, comm_, backend_.stream()), "all_gather_ranges range of rank ", r);
+      NCCL_CHECK(ncclBroadcast(p, p, count, t, r, comm_, stream()), "all_gather_ranges range of rank ", r);
     }
     NCCL_CHECK(ncclGroupEnd(), "all_gather_ranges ", shape_str(x.shape()));
   }
@@ -141,7 +141,7 @@ class NcclCommunicator final : public Communicator {
       const size_t count = static_cast<size_t>(offsets[r + 1] - offsets[r]);
       if (count == 0) continue;
       char* p = base + static_cast<size_t>(offsets[r]) * es;
-      NCCL_CHECK(ncclReduce(p, p, count, t, ncclSum, r, comm_, backend_.stream()), "reduce_scatter_ranges range of rank ", r);
+      NCCL_CHECK(ncclReduce(p, p, count, t, ncclSum, r, comm_, stream()), "reduce_scatter_ranges range of rank ", r);
     }
     NCCL_CHECK(ncclGroupEnd(), "reduce_scatter_ranges ", shape_str(x.shape()));
   }
@@ -151,7 +151,7 @@ class NcclCommunicator final : public Communicator {
     check_device(x, "broadcast");
     if (size_ == 1 || x.nbytes() == 0) return;
     volume_.broadcast += static_cast<int64_t>(x.nbytes());
-    NCCL_CHECK(ncclBroadcast(x.raw(), x.raw(), x.nbytes(), ncclUint8, root, comm_, backend_.stream()), "broadcast ",
+    NCCL_CHECK(ncclBroadcast(x.raw(), x.raw(), x.nbytes(), ncclUint8, root, comm_, stream()), "broadcast ",
                shape_str(x.shape()), " from rank ", root);
   }
 
@@ -168,7 +168,7 @@ class NcclCommunicator final : public Communicator {
     if (in.numel() == 0) return;
     if (size_ > 1) volume_.all_gather += static_cast<int64_t>(out.nbytes());
     NCCL_CHECK(ncclAllGather(in.raw(), out.raw(), static_cast<size_t>(in.numel()), nccl_type(in.dtype(), "all_gather"),
-                             comm_, backend_.stream()),
+                             comm_, stream()),
                "all_gather ", shape_str(in.shape()), " -> ", shape_str(out.shape()));
   }
 
@@ -180,7 +180,7 @@ class NcclCommunicator final : public Communicator {
     if (out.numel() == 0) return;
     if (size_ > 1) volume_.reduce_scatter += static_cast<int64_t>(in.nbytes());
     NCCL_CHECK(ncclReduceScatter(in.raw(), out.raw(), static_cast<size_t>(out.numel()),
-                                 nccl_type(in.dtype(), "reduce_scatter"), ncclSum, comm_, backend_.stream()),
+                                 nccl_type(in.dtype(), "reduce_scatter"), ncclSum, comm_, stream()),
                "reduce_scatter ", shape_str(in.shape()), " -> ", shape_str(out.shape()));
   }
 
@@ -201,9 +201,9 @@ class NcclCommunicator final : public Communicator {
     char* dst = static_cast<char*>(out.raw());
     NCCL_CHECK(ncclGroupStart(), "all_to_all");
     for (int r = 0; r < size_; ++r) {
-      NCCL_CHECK(ncclSend(src + bytes * static_cast<size_t>(r), chunk, t, r, comm_, backend_.stream()),
+      NCCL_CHECK(ncclSend(src + bytes * static_cast<size_t>(r), chunk, t, r, comm_, stream()),
                  "all_to_all send to rank ", r);
-      NCCL_CHECK(ncclRecv(dst + bytes * static_cast<size_t>(r), chunk, t, r, comm_, backend_.stream()),
+      NCCL_CHECK(ncclRecv(dst + bytes * static_cast<size_t>(r), chunk, t, r, comm_, stream()),
                  "all_to_all receive from rank ", r);
     }
     NCCL_CHECK(ncclGroupEnd(), "all_to_all ", shape_str(in.shape()));
@@ -218,7 +218,7 @@ class NcclCommunicator final : public Communicator {
     volume_.send_recv += static_cast<int64_t>(x.nbytes());
     if (x.numel() == 0) return;
     NCCL_CHECK(ncclSend(x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "send"), peer, comm_,
-                        backend_.stream()),
+                        stream()),
                "send ", shape_str(x.shape()), " to rank ", peer);
   }
   void recv(const Tensor& x, int peer, int tag) override {
@@ -227,7 +227,7 @@ class NcclCommunicator final : public Communicator {
     check_peer(peer, "recv");
     if (x.numel() == 0) return;
     NCCL_CHECK(ncclRecv(x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "recv"), peer, comm_,
-                        backend_.stream()),
+                        stream()),
                "recv ", shape_str(x.shape()), " from rank ", peer);
   }
 
@@ -247,23 +247,36 @@ class NcclCommunicator final : public Communicator {
   // Overlap: the reduction runs on a separate communication stream once the compute stream has
   // produced `x` (event), and wait() makes the compute stream wait for it (another event) without
   // blocking the host, so backward keeps running while buckets are reduced.
+  // Overlap: a non-blocking operation runs on a separate communication stream once the compute
+  // stream has produced its inputs (an event), and wait() makes the compute stream wait for it
+  // (another event) without blocking the host, so compute keeps running meanwhile.
   std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) override {
     if (x.device().is_cpu()) return host_->all_reduce_sum_async(x);
-    check_device(x, "all_reduce_sum_async");
-    if (size_ == 1 || x.numel() == 0) return std::make_unique<NcclRequest>(backend_.stream(), nullptr);
-    volume_.all_reduce += static_cast<int64_t>(x.nbytes());
-    cudaStream_t comm = comm_stream();
-    cudaEvent_t ready = nullptr, done = nullptr;
-    CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "all_reduce_sum_async");
-    CUDA_CHECK(cudaEventRecord(ready, backend_.stream()), "all_reduce_sum_async");
-    CUDA_CHECK(cudaStreamWaitEvent(comm, ready, 0), "all_reduce_sum_async");
-    CUDA_CHECK(cudaEventDestroy(ready), "all_reduce_sum_async");
-    NCCL_CHECK(ncclAllReduce(x.raw(), x.raw(), static_cast<size_t>(x.numel()),
-                             nccl_type(x.dtype(), "all_reduce_sum_async"), ncclSum, comm_, comm),
-               "all_reduce_sum_async ", shape_str(x.shape()));
-    CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "all_reduce_sum_async");
-    CUDA_CHECK(cudaEventRecord(done, comm), "all_reduce_sum_async");
-    return std::make_unique<NcclRequest>(backend_.stream(), done);
+    return on_comm_stream("all_reduce_sum_async", [&] { all_reduce_sum(x); });
+  }
+  std::unique_ptr<Request> all_gather_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) override {
+    if (x.device().is_cpu()) return host_->all_gather_ranges_async(x, offsets);
+    return on_comm_stream("all_gather_ranges_async", [&] { all_gather_ranges(x, offsets); });
+  }
+  std::unique_ptr<Request> reduce_scatter_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) override {
+    if (x.device().is_cpu()) return host_->reduce_scatter_ranges_async(x, offsets);
+    return on_comm_stream("reduce_scatter_ranges_async", [&] { reduce_scatter_ranges(x, offsets); });
+  }
+  std::unique_ptr<Request> all_gather_async(const Tensor& out, const Tensor& in) override {
+    if (out.device().is_cpu() && in.device().is_cpu()) return host_->all_gather_async(out, in);
+    return on_comm_stream("all_gather_async", [&] { all_gather(out, in); });
+  }
+  std::unique_ptr<Request> all_to_all_async(const Tensor& out, const Tensor& in) override {
+    if (out.device().is_cpu() && in.device().is_cpu()) return host_->all_to_all_async(out, in);
+    return on_comm_stream("all_to_all_async", [&] { all_to_all(out, in); });
+  }
+  std::unique_ptr<Request> send_async(const Tensor& x, int peer, int tag) override {
+    if (x.device().is_cpu()) return host_->send_async(x, peer, tag);
+    return on_comm_stream("send_async", [&] { send(x, peer, tag); });
+  }
+  std::unique_ptr<Request> recv_async(const Tensor& x, int peer, int tag) override {
+    if (x.device().is_cpu()) return host_->recv_async(x, peer, tag);
+    return on_comm_stream("recv_async", [&] { recv(x, peer, tag); });
   }
 
  private:
@@ -285,6 +298,30 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t comm_stream() {
     if (!comm_stream_) CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "NCCL stream");
     return comm_stream_;
+  }
+  // The stream the NCCL calls go to: the backend's, or the communication stream while a
+  // non-blocking operation is being enqueued.
+  cudaStream_t stream() const { return side_ ? side_ : backend_.stream(); }
+  // Enqueues the blocking form on the communication stream, after the compute stream's work so far.
+  template <class Enqueue>
+  std::unique_ptr<Request> on_comm_stream(const char* op, Enqueue&& enqueue) {
+    cudaStream_t comm = comm_stream();
+    cudaEvent_t ready = nullptr, done = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), op);
+    CUDA_CHECK(cudaEventRecord(ready, backend_.stream()), op);
+    CUDA_CHECK(cudaStreamWaitEvent(comm, ready, 0), op);
+    CUDA_CHECK(cudaEventDestroy(ready), op);
+    side_ = comm;
+    try {
+      enqueue();
+    } catch (...) {
+      side_ = nullptr;
+      throw;
+    }
+    side_ = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), op);
+    CUDA_CHECK(cudaEventRecord(done, comm), op);
+    return std::make_unique<NcclRequest>(backend_.stream(), done);
   }
   // One GPU per rank: the backend picked its device from the launcher's local-rank variable;
   // confirm it against the ranks that share this node (MPI_COMM_TYPE_SHARED), so two ranks on
@@ -314,6 +351,7 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Communicator> host_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t comm_stream_ = nullptr;
+  cudaStream_t side_ = nullptr;  // set while on_comm_stream enqueues
   int rank_ = 0, size_ = 1;
 };
 

@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -132,6 +133,30 @@ int main(int argc, char** argv) {
         const auto& v = comm->volume();
         check(v.all_gather > 0 && v.reduce_scatter == m * size * 4 && v.all_to_all == m * size * 4,
               "volume counters", rank);
+
+        // The other non-blocking forms on the communication stream, several in flight at once,
+        // against the blocking results above (the ring in the same even/odd order).
+        llm::Tensor g2 = be->upload(llm::Tensor::zeros({m * size})), a2 = be->upload(llm::Tensor::zeros({m * size}));
+        llm::Tensor din = be->upload(in), dain = be->upload(a_in), drx2 = be->upload(llm::Tensor::zeros({m}));
+        std::vector<std::unique_ptr<llm::Communicator::Request>> reqs;
+        reqs.push_back(comm->all_gather_async(g2, din));
+        reqs.push_back(comm->all_to_all_async(a2, dain));
+        if (rank % 2 == 0) {
+          reqs.push_back(comm->send_async(dsx, next));
+          reqs.push_back(comm->recv_async(drx2, prev));
+        } else {
+          reqs.push_back(comm->recv_async(drx2, prev));
+          reqs.push_back(comm->send_async(dsx, next));
+        }
+        while (!reqs.back()->test()) {
+        }
+        for (auto& q : reqs) q->wait();
+        const llm::Tensor hg2 = be->download(g2), ha2 = be->download(a2), hrx2 = be->download(drx2);
+        bool nb = true;
+        for (int64_t i = 0; i < m * size; ++i)
+          nb = nb && hg2.data<float>()[i] == g.data<float>()[i] && ha2.data<float>()[i] == a.data<float>()[i];
+        for (int64_t i = 0; i < m; ++i) nb = nb && hrx2.data<float>()[i] == rx.data<float>()[i];
+        check(nb, "non-blocking all_gather / all_to_all / send / recv (device f32)", rank);
       }
       // broadcast of a bf16 tensor (bytes) from the last rank
       llm::Tensor b = llm::Tensor::empty({33}, llm::DType::bf16);
