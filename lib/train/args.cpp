@@ -150,6 +150,8 @@ std::vector<OptionSpec> make_options() {
       opt("hysteresis", &A::hysteresis, "fp16: overflowing iterations tolerated before the loss scale halves"),
       opt("recompute-granularity", &A::recompute_granularity, "full: keep only each layer's output and recompute the layer in backward; selective: recompute the attention core (our flash attention never stores it, so this is the default behaviour)"),
       opt("checkpoint-activations", &A::checkpoint_activations, "same as --recompute-granularity full"),
+      opt("use-flash-attn", &A::use_flash_attn, "accepted for Megatron scripts: attention is always flash-style here"),
+      opt("use-flash-attn-v2", &A::use_flash_attn_v2, "accepted for Megatron-DeepSpeed scripts: attention is always flash-style (the FlashAttention-2 algorithm) here"),
   };
 }
 

@@ -90,6 +90,9 @@ struct TrainArgs {
   std::string recompute_granularity;  // "" | full | selective
   bool checkpoint_activations = false;  // the older flag: = full
   bool full_recompute() const { return recompute_granularity == "full" || checkpoint_activations; }
+  // Megatron's switches for its fused attention: ours is always flash-style (tiled, online
+  // softmax, no T x T matrix), so they are accepted and change nothing.
+  bool use_flash_attn = false, use_flash_attn_v2 = false;
 
   GPTConfig model_config() const;
   // Fills the "0 = derived" defaults (global batch, decay iterations). Call before validate().

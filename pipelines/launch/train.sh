@@ -105,6 +105,7 @@ if [ "$SPSIZE" -gt 1 ]; then
   if [ "$SP_TYPE" = ds ]; then args+=(--ds-sequence-parallel-size "$SPSIZE"); else args+=(--sequence-parallel); fi
 fi
 [ "$USE_ACTIVATION_CHECKPOINTING" = 1 ] && args+=(--recompute-granularity full)
+[ "$USE_FLASH_ATTN" = 1 ] && args+=(--use-flash-attn-v2)  # as ALCF's script; ours is always flash-style
 # One GPU per rank when the node has GPUs (BACKEND overrides: cpu | cuda); bf16 there, as ALCF's
 # runs (the CPU backend only emulates bf16/fp16: fp32 is its fast path).
 BACKEND=${BACKEND:-$([ "$device" = GPU ] && echo cuda || echo cpu)}

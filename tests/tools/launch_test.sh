@@ -27,6 +27,7 @@ check "ranks that are not GPUs run the CPU backend" "grep -q -- '--backend cpu' 
 DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=GPU MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > dry4.txt 2>&1
 check "GPU ranks run the CUDA backend (BACKEND overrides)" "grep -q -- '--backend cuda' dry4.txt && BACKEND=cpu DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=GPU MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--backend cpu'"
 check "GPU ranks train in bf16 by default, CPU ranks in fp32; DTYPE=fp16 passes --fp16" "grep -q -- '--backend cuda --bf16' dry4.txt && ! grep -q -- '--bf16\\|--fp16' dry3.txt && DTYPE=fp16 DRY_RUN=1 NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--backend cpu --fp16'"
+check "USE_FLASH_ATTN=1 (the default) passes --use-flash-attn-v2, 0 does not" "grep -q -- '--use-flash-attn-v2' dry3.txt && ! USE_FLASH_ATTN=0 DRY_RUN=1 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--use-flash-attn'"
 DRY_RUN=1 DTYPE=fp8 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > bad0.txt 2>&1
 check "an unknown DTYPE fails before launch" "[ $? -eq 2 ] && grep -q \"DTYPE must be fp32, bf16 or fp16, got 'fp8'\" bad0.txt"
 DRY_RUN=1 MODEL_SIZE_KEY=GPT7B MOCK_DATA=1 "$launch" > bad1.txt 2>&1

@@ -89,6 +89,10 @@ check "--recompute-granularity full reproduces the losses bit for bit" "diff <(g
 "$bin" "${common[@]}" --train-iters 1 --recompute-granularity some > "$work/rcbad.txt" 2>&1
 check "a bad --recompute-granularity is named" "[ $? -eq 2 ] && grep -q 'recompute-granularity must be full or selective' $work/rcbad.txt"
 
+# Megatron's flash-attention switches are accepted and change nothing (attention is always flash-style).
+"$bin" "${common[@]}" --train-iters 2 --log-interval 1 --use-flash-attn --use-flash-attn-v2 --output-dir "$work/fa" > "$work/fa.txt" 2>&1
+check "--use-flash-attn / --use-flash-attn-v2 are accepted and give the same losses" "[ $? -eq 0 ] && diff <(grep -o 'lm loss: [^|]*' $work/straight.txt | head -2) <(grep -o 'lm loss: [^|]*' $work/fa.txt) > /dev/null"
+
 # A plain process runs without MPI (no singleton MPI_Init, whose Open MPI daemon a bundle or a
 # machine without MPI lacks): an Open MPI prefix pointing nowhere does not matter to it, while
 # LLM_MPI=1 (forcing the singleton) fails on it.
