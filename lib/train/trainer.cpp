@@ -147,11 +147,10 @@ IterationStats Trainer::train_step() {
     // The layers' gradients were reduce-scattered into grad_shard_ as each finished; the resident
     // ones (embeddings, final LayerNorm) are complete only now.
     const ParameterSet& ps = model_.parameters();
-    const int64_t res = ps.resident_numel(), b = own_begin(), e = own_end();
-    const Tensor resident = ps.flat_grads().flat(0, res);
+    const Tensor resident = ps.flat_grads().flat(0, ps.resident_numel());
     if (dp_size > 1) dp_->all_reduce_sum(resident);
-    if (std::min(e, res) > b)
-      model_.backend().copy(grad_shard_.flat(0, std::min(e, res) - b), resident.flat(b, std::min(e, res) - b));
+    const auto [lo, hi] = owned(0, ps.resident_numel());
+    if (hi > lo) model_.backend().copy(grad_shard_.flat(lo - own_begin(), hi - lo), resident.flat(lo, hi - lo));
     if (dp_size > 1) loss_sum = dp_->all_reduce_sum(loss_sum);
     grad_scale = static_cast<double>(sp) / static_cast<double>(dp_size);
     st.grads_all_reduce_seconds = phase.seconds();
@@ -199,10 +198,10 @@ IterationStats Trainer::train_step() {
     if (r.finite && zero_ == 3) {
       // Parameters stay sharded (layers are gathered when used); refresh the resident copies.
       phase.reset();
-      const int64_t res = ps.resident_numel(), b = own_begin(), e = own_end();
+      const int64_t res = ps.resident_numel();
       const Tensor resident = ps.flat_params().flat(0, res);
-      if (std::min(e, res) > b)
-        model_.backend().copy(resident.flat(b, std::min(e, res) - b), param_shard_.flat(0, std::min(e, res) - b));
+      const auto [lo, hi] = owned(0, res);
+      if (hi > lo) model_.backend().copy(resident.flat(lo, hi - lo), param_shard_.flat(lo - own_begin(), hi - lo));
       if (dp_size > 1) dp_->all_gather_ranges(resident, clamp_offsets(0, res));
       st.params_all_gather_seconds = phase.seconds();
     } else if (r.finite && !shard_offsets_.empty() && dp_size > 1) {
@@ -240,8 +239,8 @@ void Trainer::gather_layer(int layer) {
   const ParameterSet& ps = model_.parameters();
   const auto [gb, ge] = ps.group_range(layer);
   const Tensor work = ps.flat_params().flat(ps.resident_numel(), ge - gb);
-  const int64_t b = own_begin(), lo = std::max(gb, b), hi = std::min(ge, own_end());
-  if (hi > lo) model_.backend().copy(work.flat(lo - gb, hi - lo), param_shard_.flat(lo - b, hi - lo));
+  const auto [lo, hi] = owned(gb, ge);
+  if (hi > lo) model_.backend().copy(work.flat(lo - gb, hi - lo), param_shard_.flat(lo - own_begin(), hi - lo));
   if (dp_ && dp_->size() > 1) dp_->all_gather_ranges(work, clamp_offsets(gb, ge));
   ps.refresh_compute(model_.backend(), ps.resident_numel(), ge - gb);
 }
@@ -265,9 +264,9 @@ void Trainer::zero_grad_ready(int layer) {
     for (auto [b, e] : ps.ranges_if([&](const ParamSpec& s) { return s.group == layer && s.partial_grad; }))
       mp.group->all_reduce_sum(work.flat(b - gb, e - b));
   if (dp_ && dp_->size() > 1) dp_->reduce_scatter_ranges(work, clamp_offsets(gb, ge));
-  const int64_t b = own_begin(), lo = std::max(gb, b), hi = std::min(ge, own_end());
+  const auto [lo, hi] = owned(gb, ge);
   if (hi > lo) {  // shard += the reduced range (an element-wise add on the backend)
-    const Tensor g = grad_shard_.flat(lo - b, hi - lo);
+    const Tensor g = grad_shard_.flat(lo - own_begin(), hi - lo);
     model_.backend().residual_forward(g, g, work.flat(lo - gb, hi - lo));
   }
 }
@@ -303,7 +302,8 @@ std::tuple<Tensor, Tensor, Tensor> Trainer::state_range(int64_t begin, int64_t e
 
 bool Trainer::keeps_parameter(const ParamSpec& s) const {
   if (zero_ != 3 || s.group < 0) return true;
-  return s.offset < own_end() && s.offset + numel(s.shape) > own_begin();
+  const auto [lo, hi] = owned(s.offset, s.offset + numel(s.shape));
+  return hi > lo;
 }
 
 void Trainer::sync_compute_weights() {
@@ -319,7 +319,7 @@ void Trainer::set_parameter(const ParamSpec& s, const Tensor& values) {
             values.numel(), " host values for ", shape_str(s.shape));
   if (zero_ == 3) {  // this rank's part of it into the shard; a layer's tensor lives nowhere else
     const Tensor flat = values.view({values.numel()});
-    const int64_t lo = std::max(own_begin(), s.offset), hi = std::min(own_end(), s.offset + numel(s.shape));
+    const auto [lo, hi] = owned(s.offset, s.offset + numel(s.shape));
     if (hi > lo) model_.backend().copy(param_shard_.flat(lo - own_begin(), hi - lo), flat.flat(lo - s.offset, hi - lo));
     if (s.group >= 0) return;
   }

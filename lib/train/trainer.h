@@ -2,6 +2,7 @@
 // schedule, and non-finite detection. Single process here; the data-parallel reduction plugs
 // in between backward and the optimizer step.
 #pragma once
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <tuple>
@@ -114,6 +115,10 @@ class Trainer {
   void zero_grad_ready(int layer);
   int64_t own_begin() const { return shard_offsets_.empty() ? 0 : shard_offsets_[group_rank()]; }
   int64_t own_end() const;
+  // The part [lo, hi) of the logical flat range [begin, end) this rank owns (hi <= lo: none).
+  std::pair<int64_t, int64_t> owned(int64_t begin, int64_t end) const {
+    return {std::max(begin, own_begin()), std::min(end, own_end())};
+  }
   int group_rank() const { return dp_ ? dp_->rank() : 0; }
   std::vector<Bucket> buckets_;
   std::vector<std::pair<int64_t, int64_t>> rest_ranges_;  // reduced after backward
