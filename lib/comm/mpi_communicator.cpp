@@ -47,7 +47,7 @@ const LowTypes& low_types() {
 // A contiguous host float tensor (f32, bf16 or f16), and the pair of one collective's sides.
 void check_host_float(const Tensor& x, const char* op) {
   const DType t = x.dtype();
-  LLM_CHECK((t == DType::f32 || t == DType::bf16 || t == DType::f16) && x.is_contiguous() && x.device().is_cpu(),
+  LLM_CHECK(is_float(t) && x.is_contiguous() && x.device().is_cpu(),
             "MPI ", op, " needs a contiguous host f32, bf16 or f16 tensor, got ", dtype_name(t), " ",
             shape_str(x.shape()), " on ", x.device().str());
 }

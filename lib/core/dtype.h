@@ -35,6 +35,9 @@ constexpr std::string_view dtype_name(DType t) {
   return "?";
 }
 
+// The floating-point types a tensor of values may hold (f32; bf16/f16 under mixed precision).
+constexpr bool is_float(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f16; }
+
 // The DType that stores C++ type T (compile-time mapping used by Tensor::data<T>()).
 template <typename T> constexpr DType dtype_of();
 template <> constexpr DType dtype_of<float>() { return DType::f32; }

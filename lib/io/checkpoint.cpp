@@ -202,7 +202,7 @@ void CheckpointWriter::add(const std::string& category, const std::string& name,
               ": box outside the tensor's ", shape_str(global_shape));
   LLM_CHECK(data.numel() == numel(box.extent), name, ": piece data has ", data.numel(), " elements, box has ",
             numel(box.extent));
-  LLM_CHECK(store == DType::f32 || store == DType::bf16 || store == DType::f16, "unsupported checkpoint dtype");
+  LLM_CHECK(is_float(store), "unsupported checkpoint dtype");
   Shard& s = shard(shard_index);
   const std::string key = category + "|" + name;
   const int k = s.per_name[key]++;

@@ -165,7 +165,7 @@ void GPT::bind_blocks() {
 }
 
 void GPT::set_precision(DType compute) {
-  LLM_CHECK(compute == DType::f32 || compute == DType::bf16 || compute == DType::f16,
+  LLM_CHECK(is_float(compute),
             "model precision: f32, bf16 or f16, not ", dtype_name(compute));
   if (compute == act_dtype_) return;
   params_.set_compute_copy(backend_, compute);

@@ -14,8 +14,6 @@ namespace llm::cpu {
 namespace {
 constexpr int64_t kChunk = 16384;
 
-bool is_float(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f16; }
-
 void check_float(const Tensor& t, const Shape& shape, const char* what) {
   expect_shape(t, shape, what, t.dtype());
   LLM_CHECK(is_float(t.dtype()), what, ": element type must be f32, bf16 or f16, got ", dtype_name(t.dtype()));

@@ -18,7 +18,7 @@ namespace {
 class Mixed {
  public:
   Mixed(const char* op, DType t) : op_(op), t_(t) {
-    LLM_CHECK(t == DType::f32 || t == DType::bf16 || t == DType::f16, op, ": element type must be f32, bf16 or f16, got ",
+    LLM_CHECK(is_float(t), op, ": element type must be f32, bf16 or f16, got ",
               dtype_name(t));
   }
   // An operand of the op's type that is only read.

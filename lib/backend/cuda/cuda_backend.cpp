@@ -15,8 +15,6 @@ namespace llm::cuda {
 
 namespace {
 
-bool is_float(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f16; }
-
 std::string shapes_of(std::initializer_list<const Tensor*> ts) {
   std::string s;
   for (const Tensor* t : ts) {
