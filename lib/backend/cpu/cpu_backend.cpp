@@ -1,8 +1,8 @@
 // The CPU backend: host memory, no streams, ops from cpu_ops.h. Always registered first.
 #include <algorithm>
 #include <cstring>
-#include <deque>
 #include <mutex>
+#include <vector>
 
 #include "backend/cpu/cpu_ops.h"
 
@@ -49,6 +49,10 @@ class Mixed {
         c.written = c.written || written;
         return c.wide;
       }
+    // Reserved once, so the references handed out stay valid (ops have at most 5 such operands);
+    // f32 calls never get here and allocate nothing.
+    if (copies_.empty()) copies_.reserve(kMaxOperands);
+    LLM_CHECK(copies_.size() < kMaxOperands, op_, ": more than ", kMaxOperands, " low-precision operands");
     Copy& c = copies_.emplace_back();
     c.low = x;
     c.wide = Tensor::empty(x.shape());
@@ -56,9 +60,10 @@ class Mixed {
     cpu::convert(c.wide, x);
     return c.wide;
   }
+  static constexpr size_t kMaxOperands = 8;
   const char* op_;
   DType t_;
-  std::deque<Copy> copies_;
+  std::vector<Copy> copies_;
 };
 
 class CpuBackend final : public Backend {
