@@ -29,6 +29,8 @@ build)
   for t in "${tools[@]}"; do exes+=("$build/tools/$t"); done
   for t in "${tests[@]}"; do exes+=("$build/tests/$t"); done
   "$src/pipelines/bundle.sh" --build "$build" --name libllm-gpu --output "$carry/libllm-gpu.tar.gz" "${exes[@]}" || exit 1
+  # The commit the bundle was built from (the GPU machine's copy of the tree has no .git).
+  echo "$(git -C "$src" rev-parse --short HEAD)$(git -C "$src" diff --quiet HEAD -- lib kernels tools tests/backend tests/cuda tests/bench 2> /dev/null || echo -dirty)" > "$carry/commit.txt"
   ldd "$build/tests/test_cuda" | awk '/libcudart|libcublas|libnccl/ {print $1}' > "$carry/cuda-libs.txt"
   size=$(stat -c %s "$carry/libllm-gpu.tar.gz")
   echo "gpu_carry: $carry/libllm-gpu.tar.gz ($((size / 1048576)) MiB; CUDA libraries from the host: $(tr '\n' ' ' < "$carry/cuda-libs.txt"))"
@@ -57,7 +59,7 @@ run)
   for t in "${tools[@]}"; do printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tools/$t"; done
   for t in "${tests[@]}"; do printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tests/$t"; done
   chmod +x "$tree"/tools/* "$tree"/tests/*
-  SKIP_BUILD=1 "$src/tests/cuda/gpu_validation.sh" "$out/report" "$tree"
+  COMMIT="bundle $(cat "$carry/commit.txt" 2> /dev/null || echo '?')" SKIP_BUILD=1 "$src/tests/cuda/gpu_validation.sh" "$out/report" "$tree"
   ;;
 *)
   sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'

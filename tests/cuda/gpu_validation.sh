@@ -3,15 +3,18 @@
 # suite on the device (the conformance suite then runs every op on the CUDA backend), the GPU
 # tests by name, and the GPU benchmarks; everything goes to a report directory.
 # Usage: tests/cuda/gpu_validation.sh [REPORT_DIR] [BUILD_DIR]
-#   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the long benchmarks)
+#   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the llm-sweep run),
+#   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
+#   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi)
 set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$src/gpu-report}"
 build="${2:-$src/build-gpu}"
 mkdir -p "$out"
 log() { echo "== $*" | tee -a "$out/summary.txt"; }
+lim() { timeout -k 5 "$(awk -v s="$1" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}')" "${@:2}"; }  # lim SECONDS cmd...
 : > "$out/summary.txt"
-log "commit $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?') $(date -u +%FT%TZ)"
+log "commit ${COMMIT:-$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?')} $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$out/summary.txt"
 
 if [[ "${SKIP_BUILD:-0}" = 1 ]]; then  # a carried bundle (tests/cuda/gpu_carry.sh run)
@@ -24,13 +27,29 @@ else
   grep -E "libllm:" "$out/configure.log" | tee -a "$out/summary.txt"
 fi
 
-log "GPU unit tests (conformance on cuda, bf16/f16 paths, training check)"
-(cd "$build" && ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/test_backend_cuda.log" 2>&1)
-log "test_backend (cuda) exit $?: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_backend_cuda.log" | tr '\n' ' ')"
-(cd "$build" && ./tests/test_cuda > "$out/test_cuda.log" 2>&1)
-log "test_cuda exit $?: $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_cuda.log" | tr '\n' ' ')"
-(cd "$build" && LLM_CUDA_ATTENTION=simt ./tests/test_backend --gtest_filter='*LowPrecision.Attention*cuda*' > "$out/attention_simt.log" 2>&1)
-log "bf16/f16 attention through the SIMT kernel (triage) exit $?"
+log "GPU unit tests (conformance on cuda, bf16/f16 paths, training check) and llm-pretrain curves, concurrently"
+# The correctness checks are independent and small next to the card: they share it (and the host's
+# cores) at once, so a short lease reaches the benchmarks, which then run alone.
+pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attention-heads 4 --seq-length 128
+    --micro-batch-size 4 --global-batch-size 8 --train-iters 20 --log-interval 1 --lr 1e-3)
+(cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
+(cd "$build" && lim 150 ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
+(cd "$build" && LLM_CUDA_ATTENTION=simt lim 150 ./tests/test_backend --gtest_filter='*LowPrecision.Attention*cuda*' > "$out/attention_simt.log" 2>&1; echo $? > "$out/rc_simt") &
+for prec in cpu cuda bf16 fp16; do
+  case $prec in cpu) f=(--backend cpu) ;; cuda) f=(--backend cuda) ;; *) f=(--backend cuda --$prec) ;; esac
+  (lim 150 "$build/tools/llm-pretrain" "${pa[@]}" "${f[@]}" --output-dir "$out/pt_$prec" > "$out/pretrain_$prec.log" 2>&1; echo $? > "$out/rc_pt_$prec") &
+done
+wait
+log "test_backend (cuda) exit $(cat "$out/rc_test_backend"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_backend_cuda.log" | tr '\n' ' ')"
+log "test_cuda exit $(cat "$out/rc_test_cuda"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_cuda.log" | tr '\n' ' ')"
+log "bf16/f16 attention through the SIMT kernel (triage) exit $(cat "$out/rc_simt")"
+log "llm-pretrain --backend cuda (fp32 / --bf16 / --fp16) against --backend cpu fp32 (20 iterations, rel 1e-4 / 4e-3 / 4e-4)"
+for prec in cuda bf16 fp16; do
+  tol=$(case $prec in cuda) echo 1e-4 ;; bf16) echo 4e-3 ;; fp16) echo 4e-4 ;; esac)
+  log "pretrain $prec exit $(cat "$out/rc_pt_$prec") (cpu $(cat "$out/rc_pt_cpu")): $(paste <(grep -o '"lm_loss": [^,]*' "$out/pt_cpu/metrics.jsonl" | cut -d' ' -f2) \
+    <(grep -o '"lm_loss": [^,]*' "$out/pt_$prec/metrics.jsonl" | cut -d' ' -f2) |
+    awk -v tol=$tol '{n++; d=$1-$2; if (d<0) d=-d; if (d/$1 > w) w=d/$1} END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n==20 && w<tol) ? "OK" : "FAIL"}')"
+done
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   log "full ctest"
@@ -38,40 +57,29 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   log "ctest exit $?: $(tail -3 "$out/ctest.log" | head -1)"
 fi
 
-log "llm-pretrain --backend cuda against --backend cpu (fp32, 20 iterations, rel 1e-4)"
-pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attention-heads 4 --seq-length 128
-    --micro-batch-size 4 --global-batch-size 8 --train-iters 20 --log-interval 1 --lr 1e-3)
-"$build/tools/llm-pretrain" "${pa[@]}" --backend cpu --output-dir "$out/pt_cpu" > "$out/pretrain_cpu.log" 2>&1
-"$build/tools/llm-pretrain" "${pa[@]}" --backend cuda --output-dir "$out/pt_cuda" > "$out/pretrain_cuda.log" 2>&1
-log "pretrain cuda exit $?: $(paste <(grep -o '"lm_loss": [^,]*' "$out/pt_cpu/metrics.jsonl" | cut -d' ' -f2) \
-  <(grep -o '"lm_loss": [^,]*' "$out/pt_cuda/metrics.jsonl" | cut -d' ' -f2) |
-  awk '{n++; d=$1-$2; if (d<0) d=-d; if (d/$1 > w) w=d/$1} END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n==20 && w<1e-4) ? "OK" : "FAIL"}')"
-
-log "llm-pretrain --backend cuda --bf16 / --fp16 against --backend cpu fp32 (20 iterations, rel 4e-3 / 4e-4)"
-for prec in bf16 fp16; do
-  tol=$([ $prec = bf16 ] && echo 4e-3 || echo 4e-4)
-  "$build/tools/llm-pretrain" "${pa[@]}" --backend cuda --$prec --output-dir "$out/pt_cuda_$prec" > "$out/pretrain_cuda_$prec.log" 2>&1
-  log "pretrain cuda $prec exit $?: $(paste <(grep -o '"lm_loss": [^,]*' "$out/pt_cpu/metrics.jsonl" | cut -d' ' -f2) \
-    <(grep -o '"lm_loss": [^,]*' "$out/pt_cuda_$prec/metrics.jsonl" | cut -d' ' -f2) |
-    awk -v tol=$tol '{n++; d=$1-$2; if (d<0) d=-d; if (d/$1 > w) w=d/$1} END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n==20 && w<tol) ? "OK" : "FAIL"}')"
-done
-
-log "llm-sweep: GPT-1.3B-class (GPT1_5B) training step on one GPU, bf16, seq 2048: TFLOPS and MFU"
-"$build/tools/llm-sweep" --pretrain "$build/tools/llm-pretrain" --models GPT1_5B --seq-lens 2048 --micro-batches 1,2,4 --dtype bf16 --backend cuda \
-  --device "${PEAK_DEVICE:-H100-SXM}" --warmup 2 --iters 5 --no-plots --output-dir "$out/sweep_gpt1_5b" \
-  > "$out/sweep_gpt1_5b.log" 2>&1
-log "sweep exit $?: $(grep -E 'ok|OOM|error' "$out/sweep_gpt1_5b.log" | tr '\n' ' ')"
-
-log "benchmarks"
-(cd "$build" && ./tests/bench-cuda-gemm > "$out/bench_gemm.txt" 2>&1); log "gemm exit $?"
-(cd "$build" && ./tests/bench-cuda-attention > "$out/bench_attention.txt" 2>&1); log "attention exit $?"
+log "benchmarks (one at a time)"
+(cd "$build" && lim 45 ./tests/bench-cuda-gemm > "$out/bench_gemm.txt" 2>&1); log "gemm exit $?"
+(cd "$build" && lim 60 ./tests/bench-cuda-attention > "$out/bench_attention.txt" 2>&1); log "attention exit $?"
 if python3 -c "import torch" 2> /dev/null; then
-  python3 "$src/tests/bench/cuda_attention_torch.py" > "$out/bench_attention_torch.txt" 2>&1; log "torch attention exit $?"
+  lim 45 python3 "$src/tests/bench/cuda_attention_torch.py" > "$out/bench_attention_torch.txt" 2>&1; log "torch attention exit $?"
 else
   log "torch not importable: no PyTorch attention comparison"
 fi
+(cd "$build" && lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step.txt" 2>&1); log "train step exit $?"
+tail -2 "$out/bench_train_step.txt" | tee -a "$out/summary.txt"
+
 if [[ "${QUICK:-0}" != 1 ]]; then
-  (cd "$build" && ./tests/bench-cuda-train-step > "$out/bench_train_step.txt" 2>&1); log "train step exit $?"
-  tail -2 "$out/bench_train_step.txt" | tee -a "$out/summary.txt"
+log "llm-sweep: GPT-1.3B-class (GPT1_5B) training step on one GPU, bf16, seq 2048: TFLOPS and MFU"
+if [[ -z "${PEAK_DEVICE:-}" ]]; then
+  case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1)" in
+    *H200*) PEAK_DEVICE=H200 ;; *A100*80GB*) PEAK_DEVICE=A100-80GB ;;
+    *A100*) PEAK_DEVICE=A100-40GB ;; *) PEAK_DEVICE=H100-SXM ;;
+  esac
 fi
+lim 150 "$build/tools/llm-sweep" --pretrain "$build/tools/llm-pretrain" --models GPT1_5B --seq-lens 2048 --micro-batches 1,2,4 --dtype bf16 --backend cuda \
+  --device "$PEAK_DEVICE" --warmup 2 --iters 5 --no-plots --output-dir "$out/sweep_gpt1_5b" \
+  > "$out/sweep_gpt1_5b.log" 2>&1
+log "sweep exit $?: $(grep -E 'ok|OOM|error' "$out/sweep_gpt1_5b.log" | tr '\n' ' ')"
+fi
+
 log "done: $out"
