@@ -277,6 +277,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   // Phase times since the last log line, for the timer block.
   double t_fb = 0, t_ar = 0, t_ag = 0, t_opt = 0, t_pp = 0;
   int64_t timed_iters = 0;
+  bool memory_reported = false;
   const int64_t first_iteration = trainer.iteration() + 1;
   for (int64_t it = first_iteration; it <= args.train_iters; ++it) {
     if (!fault_in_save && mpi.rank() == fault_rank && it == fault_iteration)
@@ -322,7 +323,21 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       rec.consumed_tokens = trainer.consumed_samples() * args.seq_length;
       acc.flush_into(rec, args.global_batch_size, args.seq_length, mpi.size(), flops_meg, flops_model);
       rec.loss_scale = trainer.loss_scaler().scale();
+      DeviceMemoryStats mem;
+      const bool device_mem = backend.device_memory(mem);  // the same answer on every rank
+      if (device_mem) {  // the metrics carry the largest rank's figures (collective)
+        const double mib = 1.0 / 1048576.0;
+        rec.memory_allocated_mib = world->all_reduce_max(static_cast<double>(mem.allocated) * mib);
+        rec.memory_max_allocated_mib = world->all_reduce_max(static_cast<double>(mem.max_allocated) * mib);
+        rec.memory_reserved_mib = world->all_reduce_max(static_cast<double>(mem.reserved) * mib);
+      }
       say("%s\n", megatron_log_line(rec).c_str());
+      if (device_mem && !memory_reported) {  // once, as Megatron does
+        say("%s\n", memory_report_line(0, it, static_cast<double>(mem.allocated) / 1048576.0,
+                                        static_cast<double>(mem.max_allocated) / 1048576.0,
+                                        static_cast<double>(mem.reserved) / 1048576.0).c_str());
+        memory_reported = true;
+      }
       if (args.timing_log_level >= 1) {
         std::vector<TimerRow> rows;
         auto row = [&](const char* name, double total) {

@@ -22,6 +22,14 @@
 
 namespace llm {
 
+// Device memory held by a backend's allocator (bytes). CPU backends have none of their own: host
+// memory is the process's resident set.
+struct DeviceMemoryStats {
+  int64_t allocated = 0;      // handed out now
+  int64_t max_allocated = 0;  // the most handed out at once since the start
+  int64_t reserved = 0;       // allocated + cached free blocks (what the driver sees)
+};
+
 struct AdamWParams {
   float lr = 1e-3f;
   float beta1 = 0.9f;
@@ -49,6 +57,11 @@ class Backend {
   virtual void copy_rows(const Tensor& dst, int64_t dst_pitch, const Tensor& src, int64_t src_pitch, int64_t rows,
                          int64_t width) = 0;
   virtual void synchronize() = 0;
+  // The allocator's figures on a device backend; false (and `out` untouched) on the CPU.
+  virtual bool device_memory(DeviceMemoryStats& out) const {
+    (void)out;
+    return false;
+  }
   Tensor zeros(const Shape& shape, DType dtype = DType::f32) {
     Tensor t = empty(shape, dtype);
     zero(t);

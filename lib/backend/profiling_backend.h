@@ -30,6 +30,7 @@ class ProfilingBackend final : public Backend {
     timed("copy_rows", [&] { inner_.copy_rows(d, dp, s, sp, rows, width); });
   }
   void synchronize() override { inner_.synchronize(); }
+  bool device_memory(DeviceMemoryStats& out) const override { return inner_.device_memory(out); }
   void embedding_forward(const Tensor& o, const Tensor& t, const Tensor& a, const Tensor& b, int64_t vb,
                          int64_t vt) override {
     timed("embedding_forward", [&] { inner_.embedding_forward(o, t, a, b, vb, vt); });

@@ -1,5 +1,7 @@
 #include "sweep/measure.h"
 
+#include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -71,9 +73,9 @@ void classify(PointResult& r, const ChildResult& c, const std::string& err, doub
   }
 }
 
-std::vector<double> timed_iterations(const std::string& path, int64_t warmup) {
+RunMetrics read_run_metrics(const std::string& path, int64_t warmup) {
   std::ifstream in(path);
-  std::vector<double> ms;
+  RunMetrics m;
   std::string line;
   int n = 0;
   while (std::getline(in, line)) {
@@ -83,9 +85,12 @@ std::vector<double> timed_iterations(const std::string& path, int64_t warmup) {
     const json::Value* it = v.find("iteration");
     const json::Value* t = v.find("elapsed_ms_per_iteration");
     if (!it || !t || !t->is_number()) throw Error(path + ":" + std::to_string(n) + ": no elapsed_ms_per_iteration");
-    if (it->as_int() > warmup) ms.push_back(t->as_double());
+    if (it->as_int() > warmup) m.ms.push_back(t->as_double());
+    const json::Value* peak = v.find("memory_max_allocated_mib");
+    if (peak && peak->is_number())
+      m.device_peak_bytes = std::max(m.device_peak_bytes, static_cast<int64_t>(std::llround(peak->as_double() * 1048576.0)));
   }
-  return ms;
+  return m;
 }
 
 PointResult measure_point(const SweepPoint& p, const GPTConfig& model, const MeasureOptions& o, int index) {
@@ -127,7 +132,9 @@ PointResult measure_point(const SweepPoint& p, const GPTConfig& model, const Mea
   if (r.status != Status::ok) return r;
   std::vector<double> ms;
   try {
-    ms = timed_iterations((dir / "metrics.jsonl").string(), lo.warmup_iters);
+    RunMetrics m = read_run_metrics((dir / "metrics.jsonl").string(), lo.warmup_iters);
+    ms = std::move(m.ms);
+    if (m.device_peak_bytes >= 0) r.peak_memory_bytes = m.device_peak_bytes;  // a GPU run: the device's
   } catch (const Error& e) {
     r.status = Status::error;
     r.message = e.what();

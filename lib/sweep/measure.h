@@ -24,7 +24,15 @@ PointResult measure_point(const SweepPoint& p, const GPTConfig& model, const Mea
 // message, or killed by SIGKILL, the kernel OOM killer's signal), or error with its message.
 void classify(PointResult& r, const ChildResult& c, const std::string& stderr_text, double timeout_seconds,
               int64_t mem_limit_bytes = 0);
-// Per-iteration elapsed_ms_per_iteration of the records after `warmup` iterations.
-std::vector<double> timed_iterations(const std::string& metrics_jsonl_path, int64_t warmup);
+// What a run's metrics.jsonl says: elapsed_ms_per_iteration of the records after `warmup`
+// iterations, and the largest memory_max_allocated_mib (device runs; -1 when absent) in bytes.
+struct RunMetrics {
+  std::vector<double> ms;
+  int64_t device_peak_bytes = -1;
+};
+RunMetrics read_run_metrics(const std::string& metrics_jsonl_path, int64_t warmup);
+inline std::vector<double> timed_iterations(const std::string& metrics_jsonl_path, int64_t warmup) {
+  return read_run_metrics(metrics_jsonl_path, warmup).ms;
+}
 
 }  // namespace llm::sweep

@@ -32,7 +32,7 @@ struct PointResult {
   double tflops_megatron = 0;   // per device, Narayanan et al. (recompute counted)
   double tflops_model = 0;      // per device, model FLOPs (3 x forward, dense attention)
   double mfu = 0;               // model FLOP/s of all ranks / the machine's peak for them (0..1)
-  int64_t peak_memory_bytes = 0;  // largest rank's resident set
+  int64_t peak_memory_bytes = 0;  // device runs: the allocator's peak (largest rank); CPU: largest rank's resident set
   double predicted_ms = 0;      // from the performance model (0 = not predicted)
   double predicted_memory_bytes = 0;
   std::string run_dir;

@@ -66,10 +66,21 @@ std::string metrics_json(const LogRecord& r) {
   field("tokens_per_gpu_per_second", r.tokens_per_gpu_per_second);
   field("tflops_megatron", r.tflops_megatron);
   field("tflops_model", r.tflops_model);
+  if (r.memory_max_allocated_mib >= 0) {
+    field("memory_allocated_mib", r.memory_allocated_mib);
+    field("memory_max_allocated_mib", r.memory_max_allocated_mib);
+    field("memory_reserved_mib", r.memory_reserved_mib);
+  }
   s += "\"tflops_formula\": \"";
   s += r.tflops_formula;
   s += "\"}";
   return s;
+}
+
+std::string memory_report_line(int rank, int64_t iteration, double allocated_mib, double max_allocated_mib,
+                               double reserved_mib) {
+  return format("[Rank %d] (after %lld iterations) memory (MB) | allocated: %.1f | max allocated: %.1f | reserved: %.1f",
+                rank, static_cast<long long>(iteration), allocated_mib, max_allocated_mib, reserved_mib);
 }
 
 std::string validation_report(const std::string& where, double loss) {

@@ -22,12 +22,18 @@ struct LogRecord {
   double tflops_megatron = 0, tflops_model = 0;  // per GPU (per process on CPU)
   double data_ms_per_iteration = 0;              // sample reading inside the step (JSON only)
   std::string tflops_formula = "megatron";       // which one the line shows
+  // Device memory (MiB, the largest rank's; JSON only, absent when < 0: a CPU run).
+  double memory_allocated_mib = -1, memory_max_allocated_mib = -1, memory_reserved_mib = -1;
 };
 
 // " iteration       10/     100 | consumed samples: ... | TFLOPs: 1.23 |"
 std::string megatron_log_line(const LogRecord& r);
 // One JSON object (no newline) with every field, both TFLOPS figures included.
 std::string metrics_json(const LogRecord& r);
+// Megatron's memory report after the first log line:
+// "[Rank 0] (after 1 iterations) memory (MB) | allocated: ... | max allocated: ... | reserved: ..."
+std::string memory_report_line(int rank, int64_t iteration, double allocated_mib, double max_allocated_mib,
+                               double reserved_mib);
 // Megatron's three-line validation block ("validation loss at iteration 10 | lm loss value:
 // ... | lm loss PPL: ... |" between dashed rules).
 std::string validation_report(const std::string& where, double loss);

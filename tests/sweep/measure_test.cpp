@@ -34,6 +34,18 @@ TEST(SweepMeasure, TimedIterationsSkipWarmup) {
   EXPECT_EQ(timed_iterations(dir / "metrics.jsonl", 1), (std::vector<double>{50, 10.25}));
   EXPECT_EQ(timed_iterations(dir / "metrics.jsonl", 0).size(), 3u);
   EXPECT_TRUE(timed_iterations(dir / "metrics.jsonl", 3).empty());
+  EXPECT_EQ(read_run_metrics(dir / "metrics.jsonl", 0).device_peak_bytes, -1);  // a CPU run's records
+}
+
+TEST(SweepMeasure, DevicePeakIsTheLargestRecorded) {
+  llm::testing::ScratchDir dir;
+  std::ofstream(dir / "metrics.jsonl")
+      << "{\"iteration\": 1, \"elapsed_ms_per_iteration\": 9, \"memory_max_allocated_mib\": 1024.5}\n"
+      << "{\"iteration\": 2, \"elapsed_ms_per_iteration\": 8, \"memory_max_allocated_mib\": 2048}\n"
+      << "{\"iteration\": 3, \"elapsed_ms_per_iteration\": 8, \"memory_max_allocated_mib\": 1500}\n";
+  const RunMetrics m = read_run_metrics(dir / "metrics.jsonl", 1);
+  EXPECT_EQ(m.ms, (std::vector<double>{8, 8}));
+  EXPECT_EQ(m.device_peak_bytes, int64_t{2048} * 1048576);
 }
 
 TEST(SweepMeasure, RatesFromTheMedian) {

@@ -84,6 +84,13 @@ TEST(Metrics, LogLineHasMegatronFieldsInOrder) {
   EXPECT_NE(js.find("\"lm_loss\": 6.25,"), std::string::npos) << js;
   EXPECT_EQ(js.front(), '{');
   EXPECT_EQ(js.back(), '}');
+  EXPECT_EQ(js.find("memory_"), std::string::npos) << "a CPU run has no device memory figures: " << js;
+  r.memory_allocated_mib = 100.5, r.memory_max_allocated_mib = 2048.25, r.memory_reserved_mib = 4096;
+  const std::string jd = metrics_json(r);
+  EXPECT_NE(jd.find("\"memory_allocated_mib\": 100.5, \"memory_max_allocated_mib\": 2048.25, \"memory_reserved_mib\": 4096,"),
+            std::string::npos) << jd;
+  EXPECT_EQ(memory_report_line(0, 1, 100.5, 2048.25, 4096),
+            "[Rank 0] (after 1 iterations) memory (MB) | allocated: 100.5 | max allocated: 2048.2 | reserved: 4096.0");
 }
 
 TEST(Metrics, ValidationReportAndAccumulator) {

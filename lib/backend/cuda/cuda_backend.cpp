@@ -109,6 +109,14 @@ void CudaBackend::zero(const Tensor& t) {
   if (t.nbytes()) CUDA_CHECK(cudaMemsetAsync(t.raw(), 0, t.nbytes(), stream_), "zero ", shape_str(t.shape()));
 }
 
+bool CudaBackend::device_memory(DeviceMemoryStats& out) const {
+  const AllocatorStats s = allocator_->stats();
+  out.allocated = static_cast<int64_t>(s.in_use);
+  out.max_allocated = static_cast<int64_t>(s.peak_in_use);
+  out.reserved = static_cast<int64_t>(s.in_use + s.cached);
+  return true;
+}
+
 void CudaBackend::synchronize() {
   CUDA_CHECK(cudaStreamSynchronize(stream_), "synchronize (last op launched: ", last_op_, ")");
 }

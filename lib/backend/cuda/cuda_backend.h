@@ -88,6 +88,7 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream() const { return stream_; }
   CachingAllocator& allocator() { return *allocator_; }
+  bool device_memory(DeviceMemoryStats& out) const override;
 
  private:
   void launched(const char* op, std::initializer_list<const Tensor*> tensors);
