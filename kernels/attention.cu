@@ -329,15 +329,6 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
   }
 }
 
-// LLM_CUDA_ATTENTION=simt forces the SIMT kernels (triage: tensor-core path vs the rest).
-bool simt_only() {
-  static const bool v = [] {
-    const char* e = std::getenv("LLM_CUDA_ATTENTION");
-    return e && std::string(e) == "simt";
-  }();
-  return v;
-}
-
 // Kernels needing more than 48 KiB of dynamic shared memory must opt in once per device.
 template <typename K>
 void allow_smem(K kernel, size_t bytes) {
@@ -345,12 +336,47 @@ void allow_smem(K kernel, size_t bytes) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "opting in to shared memory");
 }
 
+bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
+  if (t == DType::f32) return false;
+  switch (attention_kernels()) {
+    case AttentionKernels::tc: return attention_forward_tensor_cores(t, a, false, stream);
+    case AttentionKernels::tc_wide: return attention_forward_tensor_cores(t, a, true, stream);
+    case AttentionKernels::tc_sync: return attention_forward_tensor_cores_sync(t, a, stream);
+    case AttentionKernels::simt: return false;
+  }
+  return false;
+}
+
+bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {
+  if (t == DType::f32) return false;
+  switch (attention_kernels()) {
+    case AttentionKernels::tc:
+    case AttentionKernels::tc_wide: return attention_backward_tensor_cores(t, a, stream);
+    case AttentionKernels::tc_sync: return attention_backward_tensor_cores_sync(t, a, stream);
+    case AttentionKernels::simt: return false;
+  }
+  return false;
+}
+
 }  // namespace
+
+AttentionKernels attention_kernels() {
+  static const AttentionKernels v = [] {
+    const char* e = std::getenv("LLM_CUDA_ATTENTION");
+    const std::string s = e ? e : "";
+    if (s.empty() || s == "tc") return AttentionKernels::tc;
+    if (s == "tc-wide") return AttentionKernels::tc_wide;
+    if (s == "tc-sync") return AttentionKernels::tc_sync;
+    if (s == "simt") return AttentionKernels::simt;
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-wide, tc-sync or simt");
+  }();
+  return v;
+}
 
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
   LLM_CHECK(a.hd >= 1 && a.hd <= kMaxHeadDim, "attention_forward: head dim ", a.hd, " outside [1, ", kMaxHeadDim, "]");
   if (a.Tq == 0 || a.B == 0) return;
-  if (t != DType::f32 && !simt_only() && attention_forward_tensor_cores(t, a, stream)) return;
+  if (forward_tensor_cores(t, a, stream)) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
   const size_t smem = sizeof(float) * (kTile * a.hd * 2 + kTile * (a.hd + 1));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, kTile)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
@@ -373,7 +399,7 @@ void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t st
     using E = decltype(tag);
     attention_backward_rowdot<E><<<static_cast<unsigned>(ceil_div(rows, kWarps)), 256, 0, stream>>>(
         a.scratch, static_cast<const E*>(a.out), static_cast<const E*>(a.dout), a.B, a.NH, a.hd, a.T);
-    if (t != DType::f32 && !simt_only() && attention_backward_tensor_cores(t, a, stream)) return;
+    if (backward_tensor_cores(t, a, stream)) return;
     allow_smem(attention_backward_dkdv<E>, smem_kv);
     attention_backward_dkdv<E><<<grid, 256, smem_kv, stream>>>(a, scale);
     allow_smem(attention_backward_dq<E>, smem_q);

@@ -1,10 +1,14 @@
 // Causal flash attention forward on tensor cores (bf16/f16 in, fp32 accumulate), the
 // FlashAttention-2 algorithm with mma.sync m16n8k16 (sm_80 and sm_90):
 //
-//   * one block = 64 queries of one (batch, head), 4 warps x 16 query rows; heaviest tiles first;
-//   * the Q tile is loaded once into registers as A fragments (ldmatrix);
-//   * for each key tile (64 keys, 32 for head dim 160) up to the diagonal: K and V go to shared
-//     memory (rows padded by 16 bytes, so ldmatrix is conflict-free), S = Q K^T in fp32
+//   * one block = 16 x NW queries of one (batch, head), NW warps x 16 query rows (NW = 4; 8 with
+//     LLM_CUDA_ATTENTION=tc-wide, head dims up to 128); heaviest tiles first;
+//   * the Q tile is loaded once into registers as A fragments (ldmatrix), staged through the
+//     second K/V buffer;
+//   * K/V tiles (64 keys, 32 for head dim 160) are double-buffered in shared memory with cp.async:
+//     tile j + 1 is in flight while tile j is computed (rows padded by 16 bytes, so ldmatrix is
+//     conflict-free; rows past the sequence end are zero-filled by the copy);
+//   * for each key tile up to the diagonal: S = Q K^T in fp32
 //     registers, causal mask only on tiles that cross the diagonal or the sequence end, online
 //     softmax in the exp2 domain (row max/sum reduced over the 4 lanes of a quad), P packed to
 //     16-bit A fragments straight from the accumulators, O += P V with V through ldmatrix.trans;
@@ -23,37 +27,52 @@ namespace llm::kernels {
 
 namespace {
 
-constexpr int kBr = 64;
-constexpr int kThreadsTc = 128;
-
-template <typename T, int HD, int BC>
-__global__ void __launch_bounds__(kThreadsTc) attention_forward_tc(AttentionForwardArgs a, float scale_log2) {
-  constexpr int LD = HD + 8;  // shared-memory row stride in elements (+16 bytes: no ldmatrix bank conflicts)
+template <typename T, int HD, int BC, int NW>
+__global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForwardArgs a, float scale_log2) {
+  constexpr int BR = 16 * NW, NT = 32 * NW;
+  constexpr int LD = HD + 8;   // shared-memory row stride in elements (+16 bytes: no ldmatrix bank conflicts)
   constexpr int KC = HD / 16;  // k-chunks of the Q K^T product
   constexpr int NB = BC / 8;   // n-blocks of S
   constexpr int ND = HD / 8;   // n-blocks of O
+  constexpr int CH = HD / 8;   // 16-byte chunks per row
+  static_assert(BR <= 2 * BC, "the Q tile is staged in one K/V buffer (2 * BC rows)");
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* Qs = reinterpret_cast<T*>(smem_raw);  // [kBr][LD]
-  T* Ks = Qs + kBr * LD;                   // [BC][LD]
-  T* Vs = Ks + BC * LD;                    // [BC][LD]
+  T* const smem = reinterpret_cast<T*>(smem_raw);  // [2 buffers][K | V][BC][LD]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which 8x8 matrix this lane addresses, and its row
   const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * kBr;
+  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BR;
   const int64_t Tk = a.q_pos0 + a.Tq;
   const T* q = static_cast<const T*>(a.q) + b * a.q_batch_stride + int64_t(h) * HD;
   const T* k = static_cast<const T*>(a.k) + b * a.kv_batch_stride + int64_t(h) * HD;
   const T* v = static_cast<const T*>(a.v) + b * a.kv_batch_stride + int64_t(h) * HD;
 
-  // Q tile -> shared -> A fragments in registers.
-  for (int idx = threadIdx.x; idx < kBr * (HD / 8); idx += kThreadsTc) {
-    const int r = idx / (HD / 8), c = idx % (HD / 8);
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (i0 + r < a.Tq) val = *reinterpret_cast<const uint4*>(q + (i0 + r) * a.q_row_stride + c * 8);
-    *reinterpret_cast<uint4*>(Qs + r * LD + c * 8) = val;
+  // Issues the copies of key tile jt (rows jt * BC ..) into buffer jt % 2.
+  auto load_kv = [&](int64_t jt) {
+    T* Ks = smem + (jt & 1) * 2 * BC * LD;
+    T* Vs = Ks + BC * LD;
+    const int64_t j0 = jt * BC;
+    for (int idx = threadIdx.x; idx < BC * CH; idx += NT) {
+      const int r = idx / CH, c = idx % CH;
+      const bool ok = j0 + r < Tk;
+      const int64_t row = ok ? j0 + r : 0;
+      cp_async_16(Ks + r * LD + c * 8, k + row * a.kv_row_stride + c * 8, ok);
+      cp_async_16(Vs + r * LD + c * 8, v + row * a.kv_row_stride + c * 8, ok);
+    }
+  };
+
+  // Prologue: the Q tile (into buffer 1) and key tile 0 (buffer 0), one group.
+  T* Qs = smem + 2 * BC * LD;
+  for (int idx = threadIdx.x; idx < BR * CH; idx += NT) {
+    const int r = idx / CH, c = idx % CH;
+    const bool ok = i0 + r < a.Tq;
+    cp_async_16(Qs + r * LD + c * 8, q + (ok ? i0 + r : 0) * a.q_row_stride + c * 8, ok);
   }
+  load_kv(0);
+  cp_async_commit();
+  cp_async_wait<0>();
   __syncthreads();
   uint32_t qf[KC][4];
 #pragma unroll
@@ -67,22 +86,24 @@ __global__ void __launch_bounds__(kThreadsTc) attention_forward_tc(AttentionForw
   const int64_t row0 = i0 + warp * 16 + g;                     // query index of row g
   const int64_t qpos0 = a.q_pos0 + row0, qpos1 = qpos0 + 8;
   const int64_t warp_first_q = a.q_pos0 + i0 + warp * 16;
-  const int64_t key_end = min(a.q_pos0 + min(i0 + kBr, a.Tq), Tk);
+  const int64_t key_end = min(a.q_pos0 + min(i0 + BR, a.Tq), Tk);
+  const int64_t tiles = (key_end + BC - 1) / BC;
 
-  for (int64_t j0 = 0; j0 < key_end; j0 += BC) {
-    __syncthreads();  // everyone is done with the previous K/V tile
-    for (int idx = threadIdx.x; idx < BC * (HD / 8); idx += kThreadsTc) {
-      const int r = idx / (HD / 8), c = idx % (HD / 8);
-      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-      if (j0 + r < Tk) {
-        kv = *reinterpret_cast<const uint4*>(k + (j0 + r) * a.kv_row_stride + c * 8);
-        vv = *reinterpret_cast<const uint4*>(v + (j0 + r) * a.kv_row_stride + c * 8);
-      }
-      *reinterpret_cast<uint4*>(Ks + r * LD + c * 8) = kv;
-      *reinterpret_cast<uint4*>(Vs + r * LD + c * 8) = vv;
+  for (int64_t jt = 0; jt < tiles; ++jt) {
+    // Every warp is done with the buffer the next copy overwrites (tile jt - 1's, or the Q staging).
+    __syncthreads();
+    if (jt + 1 < tiles) {
+      load_kv(jt + 1);
+      cp_async_commit();
+      cp_async_wait<1>();  // tile jt has landed; jt + 1 stays in flight
+    } else {
+      cp_async_wait<0>();
     }
     __syncthreads();
+    const int64_t j0 = jt * BC;
     if (j0 > warp_first_q + 15) continue;  // every key of the tile is in this warp's future
+    const T* Ks = smem + (jt & 1) * 2 * BC * LD;
+    const T* Vs = Ks + BC * LD;
 
     float s[NB][4];
 #pragma unroll
@@ -179,30 +200,30 @@ __global__ void __launch_bounds__(kThreadsTc) attention_forward_tc(AttentionForw
   }
 }
 
-template <typename T, int HD>
+template <typename T, int HD, int NW>
 void launch(const AttentionForwardArgs& a, cudaStream_t stream) {
-  constexpr int BC = HD <= 128 ? 64 : 32;
-  constexpr size_t smem = sizeof(T) * (kBr + 2 * BC) * (HD + 8);
+  constexpr int BC = HD <= 128 ? 64 : 32, BR = 16 * NW;
+  constexpr size_t smem = sizeof(T) * 4 * BC * (HD + 8);  // two K/V buffers (the Q tile is staged in one)
   static bool configured = false;  // one device per process: set the opt-in once
   if (!configured) {
     if (smem > 48 * 1024)
-      CUDA_CHECK(cudaFuncSetAttribute(attention_forward_tc<T, HD, BC>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "opting in to shared memory");
+      CUDA_CHECK(cudaFuncSetAttribute(attention_forward_tc<T, HD, BC, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "opting in to shared memory");
     configured = true;
   }
   const float scale_log2 = 1.4426950408889634f / sqrtf(static_cast<float>(HD));
-  const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, kBr)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
-  attention_forward_tc<T, HD, BC><<<grid, kThreadsTc, smem, stream>>>(a, scale_log2);
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, BR)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  attention_forward_tc<T, HD, BC, NW><<<grid, 32 * NW, smem, stream>>>(a, scale_log2);
 }
 
 template <typename T>
-bool launch_for_head_dim(const AttentionForwardArgs& a, cudaStream_t stream) {
+bool launch_for_head_dim(const AttentionForwardArgs& a, bool wide, cudaStream_t stream) {
   switch (a.hd) {
-    case 48: launch<T, 48>(a, stream); return true;
-    case 64: launch<T, 64>(a, stream); return true;
-    case 80: launch<T, 80>(a, stream); return true;
-    case 96: launch<T, 96>(a, stream); return true;
-    case 128: launch<T, 128>(a, stream); return true;
-    case 160: launch<T, 160>(a, stream); return true;
+    case 48: wide ? launch<T, 48, 8>(a, stream) : launch<T, 48, 4>(a, stream); return true;
+    case 64: wide ? launch<T, 64, 8>(a, stream) : launch<T, 64, 4>(a, stream); return true;
+    case 80: wide ? launch<T, 80, 8>(a, stream) : launch<T, 80, 4>(a, stream); return true;
+    case 96: wide ? launch<T, 96, 8>(a, stream) : launch<T, 96, 4>(a, stream); return true;
+    case 128: wide ? launch<T, 128, 8>(a, stream) : launch<T, 128, 4>(a, stream); return true;
+    case 160: launch<T, 160, 4>(a, stream); return true;  // BC = 32: the Q tile of 8 warps would not fit a buffer
     default: return false;
   }
 }
@@ -211,14 +232,14 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 }  // namespace
 
-bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
+bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, bool wide, cudaStream_t stream) {
   // 16-byte vector loads/stores: every row start must be 16-byte aligned.
   const bool aligned = aligned16(a.q) && aligned16(a.k) && aligned16(a.v) && aligned16(a.out) &&
                        a.q_row_stride % 8 == 0 && a.kv_row_stride % 8 == 0 && a.out_row_stride % 8 == 0 &&
                        a.q_batch_stride % 8 == 0 && a.kv_batch_stride % 8 == 0 && a.out_batch_stride % 8 == 0;
   if (!aligned) return false;
-  if (t == DType::bf16) return launch_for_head_dim<__nv_bfloat16>(a, stream);
-  if (t == DType::f16) return launch_for_head_dim<__half>(a, stream);
+  if (t == DType::bf16) return launch_for_head_dim<__nv_bfloat16>(a, wide, stream);
+  if (t == DType::f16) return launch_for_head_dim<__half>(a, wide, stream);
   return false;
 }
 

@@ -7,6 +7,9 @@
 //     from the accumulators into A fragments and dO / Q read through ldmatrix.trans.
 //   dQ: a block owns 64 queries (4 warps x 16) and walks the 32-key tiles up to the diagonal:
 //     S = Q K^T, dP = dO V^T, dS = P (dP - D), dQ += dS K.
+// Tiles stream through shared memory double-buffered with cp.async (dK/dV: the Q, dO, lse and D
+// tiles; dQ: the K and V tiles), so the next tile's copy overlaps this tile's tensor work; K/V
+// (dK/dV) and Q/dO (dQ) are copied once. Rows past the sequence end are zero-filled by the copy.
 // The dQ kernel recomputes S and dP once more instead of accumulating dQ with atomics across key
 // tiles (FlashAttention-2's choice): ~40% more tensor work in exchange for bit-reproducible
 // gradients. D = rowsum(dO * O) is computed first by attention.cu (scratch).
@@ -22,14 +25,14 @@ namespace {
 constexpr int kThreadsBw = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// rows x HD tile of a [.., row_stride] matrix into shared memory (row stride LD), zero-filled past `valid`.
+// Issues the copies of a rows x HD tile of a [.., row_stride] matrix into shared memory (row
+// stride LD); rows at or past `valid` are zero-filled.
 template <typename T, int HD, int LD>
-__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row_stride, int rows, int64_t valid) {
+__device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t row_stride, int rows, int64_t valid) {
   for (int idx = threadIdx.x; idx < rows * (HD / 8); idx += kThreadsBw) {
     const int r = idx / (HD / 8), c = idx % (HD / 8);
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < valid) v = *reinterpret_cast<const uint4*>(src + r * row_stride + c * 8);
-    *reinterpret_cast<uint4*>(dst + r * LD + c * 8) = v;
+    const bool ok = r < valid;
+    cp_async_16(dst + r * LD + c * 8, src + (ok ? r : 0) * row_stride + c * 8, ok);
   }
 }
 
@@ -37,12 +40,10 @@ template <typename T, int HD>
 __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(AttentionBackwardArgs a, float scale) {
   constexpr int BC = 64, BR = 32, LD = HD + 8, KC = HD / 16, ND = HD / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int STAGE = 2 * BR * LD * int(sizeof(T)) + 2 * BR * int(sizeof(float));  // bytes: Q, dO, lse, D
   T* Ks = reinterpret_cast<T*>(smem_raw);  // [BC][LD]
   T* Vs = Ks + BC * LD;                    // [BC][LD]
-  T* Qs = Vs + BC * LD;                    // [BR][LD]
-  T* dOs = Qs + BR * LD;                   // [BR][LD]
-  float* Ls = reinterpret_cast<float*>(dOs + BR * LD);  // [BR] lse in log2 units
-  float* Ds = Ls + BR;                                  // [BR]
+  unsigned char* stages = reinterpret_cast<unsigned char*>(Vs + BC * LD);  // 2 x {Q [BR][LD], dO [BR][LD], lse [BR], D [BR]}
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4, lm = lane / 8, lr = lane % 8;
@@ -55,8 +56,27 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
   const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
   const float scale_log2 = scale * kLog2e;
 
-  load_tile<T, HD, LD>(Ks, qkv + j0 * ld + C, ld, BC, T_ - j0);
-  load_tile<T, HD, LD>(Vs, qkv + j0 * ld + 2 * C, ld, BC, T_ - j0);
+  // Issues the copies of query tile it (rows j0 + it * BR ..) into stage it % 2.
+  auto load_q_tile = [&](int64_t it) {
+    unsigned char* stage = stages + (it & 1) * STAGE;
+    T* Qs = reinterpret_cast<T*>(stage);
+    T* dOs = Qs + BR * LD;
+    float* Ls = reinterpret_cast<float*>(dOs + BR * LD);
+    const int64_t i0 = j0 + it * BR;
+    load_tile_async<T, HD, LD>(Qs, qkv + i0 * ld, ld, BR, T_ - i0);
+    load_tile_async<T, HD, LD>(dOs, dout + i0 * C, C, BR, T_ - i0);
+    if (threadIdx.x < BR) {
+      const bool in = i0 + threadIdx.x < T_;
+      const int64_t r = in ? i0 + threadIdx.x : 0;
+      cp_async_4(Ls + threadIdx.x, lse + r, in);
+      cp_async_4(Ls + BR + threadIdx.x, Dg + r, in);
+    }
+  };
+  load_tile_async<T, HD, LD>(Ks, qkv + j0 * ld + C, ld, BC, T_ - j0);
+  load_tile_async<T, HD, LD>(Vs, qkv + j0 * ld + 2 * C, ld, BC, T_ - j0);
+  load_q_tile(0);
+  cp_async_commit();
+  const int64_t tiles = (T_ - j0 + BR - 1) / BR;
 
   float dk[ND][4], dv[ND][4];
 #pragma unroll
@@ -65,17 +85,23 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
     for (int e = 0; e < 4; ++e) dk[nd][e] = dv[nd][e] = 0.0f;
   const int64_t key0 = j0 + warp * 16 + g;  // this lane's keys: key0 (e < 2) and key0 + 8
 
-  for (int64_t i0 = j0; i0 < T_; i0 += BR) {
-    __syncthreads();
-    load_tile<T, HD, LD>(Qs, qkv + i0 * ld, ld, BR, T_ - i0);
-    load_tile<T, HD, LD>(dOs, dout + i0 * C, C, BR, T_ - i0);
-    if (threadIdx.x < BR) {
-      const bool in = i0 + threadIdx.x < T_;
-      Ls[threadIdx.x] = in ? lse[i0 + threadIdx.x] * kLog2e : 0.0f;
-      Ds[threadIdx.x] = in ? Dg[i0 + threadIdx.x] : 0.0f;
+  for (int64_t it = 0; it < tiles; ++it) {
+    __syncthreads();  // every warp is done with the stage the next copy overwrites
+    if (it + 1 < tiles) {
+      load_q_tile(it + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
     }
     __syncthreads();
+    const int64_t i0 = j0 + it * BR;
     if (i0 + BR - 1 < j0 + warp * 16) continue;  // every query of the tile precedes this warp's keys
+    const unsigned char* stage = stages + (it & 1) * STAGE;
+    const T* Qs = reinterpret_cast<const T*>(stage);
+    const T* dOs = Qs + BR * LD;
+    const float* Ls = reinterpret_cast<const float*>(dOs + BR * LD);  // natural-log lse
+    const float* Ds = Ls + BR;
 
     float st[BR / 8][4], dpt[BR / 8][4];
 #pragma unroll
@@ -106,7 +132,7 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
         const int col = nb * 8 + 2 * t + (e & 1);
         const int64_t query = i0 + col, key = e < 2 ? key0 : key0 + 8;
         const bool valid = key <= query && query < T_ && key < T_;
-        const float p = valid ? exp2f(st[nb][e] * scale_log2 - Ls[col]) : 0.0f;
+        const float p = valid ? exp2f(st[nb][e] * scale_log2 - Ls[col] * kLog2e) : 0.0f;
         st[nb][e] = p;
         dpt[nb][e] = p * (dpt[nb][e] - Ds[col]);
       }
@@ -154,8 +180,7 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);  // [BR][LD] (staging for the fragments)
   T* dOs = Qs + BR * LD;                   // [BR][LD]
-  T* Ks = dOs + BR * LD;                   // [BC][LD]
-  T* Vs = Ks + BC * LD;                    // [BC][LD]
+  T* kv = dOs + BR * LD;                   // 2 x {K [BC][LD], V [BC][LD]}
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4, lm = lane / 8, lr = lane % 8;
@@ -168,8 +193,18 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
   const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
   const float scale_log2 = scale * kLog2e;
 
-  load_tile<T, HD, LD>(Qs, qkv + i0 * ld, ld, BR, T_ - i0);
-  load_tile<T, HD, LD>(dOs, dout + i0 * C, C, BR, T_ - i0);
+  // Issues the copies of key tile jt (rows jt * BC ..) into buffer jt % 2.
+  auto load_kv = [&](int64_t jt) {
+    T* Ks = kv + (jt & 1) * 2 * BC * LD;
+    const int64_t j0 = jt * BC;
+    load_tile_async<T, HD, LD>(Ks, qkv + j0 * ld + C, ld, BC, T_ - j0);
+    load_tile_async<T, HD, LD>(Ks + BC * LD, qkv + j0 * ld + 2 * C, ld, BC, T_ - j0);
+  };
+  load_tile_async<T, HD, LD>(Qs, qkv + i0 * ld, ld, BR, T_ - i0);
+  load_tile_async<T, HD, LD>(dOs, dout + i0 * C, C, BR, T_ - i0);
+  load_kv(0);
+  cp_async_commit();
+  cp_async_wait<0>();
   __syncthreads();
   uint32_t qf[KC][4], of[KC][4];
 #pragma unroll
@@ -186,12 +221,22 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
   const int64_t warp_first = i0 + warp * 16;
   const int64_t key_end = min(i0 + BR, T_);
 
-  for (int64_t j0 = 0; j0 < key_end; j0 += BC) {
+  const int64_t tiles = (key_end + BC - 1) / BC;
+
+  for (int64_t jt = 0; jt < tiles; ++jt) {
+    __syncthreads();  // every warp is done with the buffer the next copy overwrites
+    if (jt + 1 < tiles) {
+      load_kv(jt + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
-    load_tile<T, HD, LD>(Ks, qkv + j0 * ld + C, ld, BC, T_ - j0);
-    load_tile<T, HD, LD>(Vs, qkv + j0 * ld + 2 * C, ld, BC, T_ - j0);
-    __syncthreads();
+    const int64_t j0 = jt * BC;
     if (j0 > warp_first + 15) continue;
+    const T* Ks = kv + (jt & 1) * 2 * BC * LD;
+    const T* Vs = Ks + BC * LD;
 
     float s[BC / 8][4], dp[BC / 8][4];
 #pragma unroll
@@ -250,8 +295,8 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
 template <typename T, int HD>
 void launch_backward(const AttentionBackwardArgs& a, cudaStream_t stream) {
   constexpr int LD = HD + 8;
-  constexpr size_t smem_kv = sizeof(T) * (2 * 64 + 2 * 32) * LD + 2 * 32 * sizeof(float);
-  constexpr size_t smem_q = sizeof(T) * (2 * 64 + 2 * 32) * LD;
+  constexpr size_t smem_kv = sizeof(T) * (2 * 64 + 2 * 2 * 32) * LD + 2 * 2 * 32 * sizeof(float);  // K, V + 2 stages
+  constexpr size_t smem_q = sizeof(T) * (2 * 64 + 2 * 2 * 32) * LD;                                // Q, dO + 2 K/V buffers
   static bool configured = false;
   if (!configured) {
     if (smem_kv > 48 * 1024)

@@ -6,11 +6,13 @@
 // gradients fp32, activations bf16, LayerNorm statistics and the loss fp32.
 //
 //   bench-cuda-train-step [--layers 24 --hidden 2048 --heads 16 --seq 2048 --batch 4
-//                          --vocab 50304 --steps 5 --peak-tflops 989]
+//                          --vocab 50304 --steps 5 --peak-tflops 989 --profile 0]
+// --profile 1 adds one step through a ProfilingBackend and prints the time of every op.
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
+#include "backend/profiling_backend.h"
 #include "cuda_bench_util.h"
 #include "model/config.h"
 #include "train/flops.h"
@@ -96,48 +98,51 @@ int main(int argc, char** argv) {
   Tensor tokens = be.upload(bench::host_ids({B, T}, int(V), 9));
   Tensor targets = be.upload(bench::host_ids({N}, int(V), 10));
 
+  // The step's ops go through `ops`: the backend itself, or (--profile 1, one extra step after
+  // the timed ones) a ProfilingBackend around it that synchronises and times every op.
+  llm::Backend* ops = &be;
   auto forward = [&] {
-    be.embedding_forward(layers[0].x.view({B, T, h}), tokens, wte, wpe, 0, 0);
+    ops->embedding_forward(layers[0].x.view({B, T, h}), tokens, wte, wpe, 0, 0);
     for (int64_t l = 0; l < L; ++l) {
       Layer& y = layers[size_t(l)];
-      be.layernorm_forward(y.ln1, y.mean1, y.rstd1, y.x, y.ln1_w, y.ln1_b, 1e-5f);
-      be.linear_forward(y.qkv.view({N, 3 * h}), y.ln1, y.qkv_w, y.qkv_b);
-      be.attention_forward(y.att, y.lse, y.qkv, NH);
-      be.linear_forward(tmp, y.att.view({N, h}), y.proj_w, y.proj_b);
-      be.residual_forward(y.x2, y.x, tmp);
-      be.layernorm_forward(y.ln2, y.mean2, y.rstd2, y.x2, y.ln2_w, y.ln2_b, 1e-5f);
-      be.linear_gelu_forward(y.fc, y.fc_pre, y.ln2, y.fc_w, y.fc_b);
-      be.linear_forward(tmp, y.fc, y.fp_w, y.fp_b);
-      be.residual_forward(l + 1 < L ? layers[size_t(l + 1)].x : x_out, y.x2, tmp);
+      ops->layernorm_forward(y.ln1, y.mean1, y.rstd1, y.x, y.ln1_w, y.ln1_b, 1e-5f);
+      ops->linear_forward(y.qkv.view({N, 3 * h}), y.ln1, y.qkv_w, y.qkv_b);
+      ops->attention_forward(y.att, y.lse, y.qkv, NH);
+      ops->linear_forward(tmp, y.att.view({N, h}), y.proj_w, y.proj_b);
+      ops->residual_forward(y.x2, y.x, tmp);
+      ops->layernorm_forward(y.ln2, y.mean2, y.rstd2, y.x2, y.ln2_w, y.ln2_b, 1e-5f);
+      ops->linear_gelu_forward(y.fc, y.fc_pre, y.ln2, y.fc_w, y.fc_b);
+      ops->linear_forward(tmp, y.fc, y.fp_w, y.fp_b);
+      ops->residual_forward(l + 1 < L ? layers[size_t(l + 1)].x : x_out, y.x2, tmp);
     }
-    be.layernorm_forward(lnf, meanf, rstdf, x_out, lnf_w, lnf_b, 1e-5f);
-    be.linear_forward(logits, lnf, wte, Tensor{});
-    be.cross_entropy_forward(losses, lse_ce, logits, targets, V, 0);
+    ops->layernorm_forward(lnf, meanf, rstdf, x_out, lnf_w, lnf_b, 1e-5f);
+    ops->linear_forward(logits, lnf, wte, Tensor{});
+    ops->cross_entropy_forward(losses, lse_ce, logits, targets, V, 0);
   };
   auto backward = [&] {
-    be.cross_entropy_backward(logits, logits, lse_ce, targets, 1.0f / float(N), V, 0);
-    be.linear_backward(dln, d_wte, Tensor{}, logits, lnf, wte);
-    be.zero(dres);
-    be.layernorm_backward(dres, d_lnf_w, d_lnf_b, dln, x_out, lnf_w, meanf, rstdf);
+    ops->cross_entropy_backward(logits, logits, lse_ce, targets, 1.0f / float(N), V, 0);
+    ops->linear_backward(dln, d_wte, Tensor{}, logits, lnf, wte);
+    ops->zero(dres);
+    ops->layernorm_backward(dres, d_lnf_w, d_lnf_b, dln, x_out, lnf_w, meanf, rstdf);
     for (int64_t l = L - 1; l >= 0; --l) {
       Layer& y = layers[size_t(l)];
-      be.linear_backward(dfc, y.d_fp_w, y.d_fp_b, dres, y.fc, y.fp_w);
-      be.gelu_backward(dfc, y.fc_pre, dfc);
-      be.linear_backward(dln, y.d_fc_w, y.d_fc_b, dfc, y.ln2, y.fc_w);
-      be.layernorm_backward(dres, y.d_ln2_w, y.d_ln2_b, dln, y.x2, y.ln2_w, y.mean2, y.rstd2);
-      be.linear_backward(datt.view({N, h}), y.d_proj_w, y.d_proj_b, dres, y.att.view({N, h}), y.proj_w);
-      be.attention_backward(dqkv, datt, y.qkv, y.att, y.lse, NH);
-      be.linear_backward(dln, y.d_qkv_w, y.d_qkv_b, dqkv.view({N, 3 * h}), y.ln1, y.qkv_w);
-      be.layernorm_backward(dres, y.d_ln1_w, y.d_ln1_b, dln, y.x, y.ln1_w, y.mean1, y.rstd1);
+      ops->linear_backward(dfc, y.d_fp_w, y.d_fp_b, dres, y.fc, y.fp_w);
+      ops->gelu_backward(dfc, y.fc_pre, dfc);
+      ops->linear_backward(dln, y.d_fc_w, y.d_fc_b, dfc, y.ln2, y.fc_w);
+      ops->layernorm_backward(dres, y.d_ln2_w, y.d_ln2_b, dln, y.x2, y.ln2_w, y.mean2, y.rstd2);
+      ops->linear_backward(datt.view({N, h}), y.d_proj_w, y.d_proj_b, dres, y.att.view({N, h}), y.proj_w);
+      ops->attention_backward(dqkv, datt, y.qkv, y.att, y.lse, NH);
+      ops->linear_backward(dln, y.d_qkv_w, y.d_qkv_b, dqkv.view({N, 3 * h}), y.ln1, y.qkv_w);
+      ops->layernorm_backward(dres, y.d_ln1_w, y.d_ln1_b, dln, y.x, y.ln1_w, y.mean1, y.rstd1);
     }
-    be.embedding_backward(d_wte, d_wpe, dres.view({B, T, h}), tokens, 0);
+    ops->embedding_backward(d_wte, d_wpe, dres.view({B, T, h}), tokens, 0);
   };
   llm::AdamWParams ap;
   ap.lr = 1e-4f, ap.weight_decay = 0.1f;
   auto optimizer = [&] {
-    const double norm = std::sqrt(be.sum_squares(grad));
+    const double norm = std::sqrt(ops->sum_squares(grad));
     ap.grad_scale = norm > 1.0 ? float(1.0 / (norm + 1e-6)) : 1.0f;
-    be.adamw_update_mixed(master, grad, m, v, ap, low);
+    ops->adamw_update_mixed(master, grad, m, v, ap, low);
     ++ap.step;
   };
 
@@ -161,5 +166,13 @@ int main(int argc, char** argv) {
               step, f, b, o, N / (step * 1e-3), tflops);
   if (peak > 0) std::printf("; MFU %.1f%% of %.1f", 100.0 * tflops / peak, peak);
   std::printf("\n%s\n", be.allocator().report().c_str());
+  if (bench::flag(argc, argv, "--profile", 0) != 0) {
+    llm::ProfilingBackend prof(be);
+    ops = &prof;
+    be.zero(grad);
+    forward(), backward(), optimizer();
+    std::printf("# one step, op by op (synchronised around each op, so launch gaps are counted):\n%s",
+                prof.report().c_str());
+  }
   return 0;
 }

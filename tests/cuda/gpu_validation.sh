@@ -5,7 +5,9 @@
 # Usage: tests/cuda/gpu_validation.sh [REPORT_DIR] [BUILD_DIR]
 #   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the llm-sweep run),
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
-#   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi)
+#   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
+#   ATTENTION_VARIANTS="tc-wide tc-sync" (LLM_CUDA_ATTENTION values whose attention tests and
+#   benchmark also run, next to the default kernels)
 set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$src/gpu-report}"
@@ -34,7 +36,10 @@ pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attentio
     --micro-batch-size 4 --global-batch-size 8 --train-iters 20 --log-interval 1 --lr 1e-3)
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
 (cd "$build" && lim 150 ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
-(cd "$build" && LLM_CUDA_ATTENTION=simt lim 150 ./tests/test_backend --gtest_filter='*LowPrecision.Attention*cuda*' > "$out/attention_simt.log" 2>&1; echo $? > "$out/rc_simt") &
+variants=(${ATTENTION_VARIANTS-tc-wide tc-sync})
+for var in simt "${variants[@]}"; do
+  (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
+done
 for prec in cpu cuda bf16 fp16; do
   case $prec in cpu) f=(--backend cpu) ;; cuda) f=(--backend cuda) ;; *) f=(--backend cuda --$prec) ;; esac
   (lim 150 "$build/tools/llm-pretrain" "${pa[@]}" "${f[@]}" --output-dir "$out/pt_$prec" > "$out/pretrain_$prec.log" 2>&1; echo $? > "$out/rc_pt_$prec") &
@@ -42,7 +47,9 @@ done
 wait
 log "test_backend (cuda) exit $(cat "$out/rc_test_backend"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_backend_cuda.log" | tr '\n' ' ')"
 log "test_cuda exit $(cat "$out/rc_test_cuda"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_cuda.log" | tr '\n' ' ')"
-log "bf16/f16 attention through the SIMT kernel (triage) exit $(cat "$out/rc_simt")"
+for var in simt "${variants[@]}"; do
+  log "attention tests with LLM_CUDA_ATTENTION=$var exit $(cat "$out/rc_attention_$var"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/attention_$var.log" | tr '\n' ' ')"
+done
 log "llm-pretrain --backend cuda (fp32 / --bf16 / --fp16) against --backend cpu fp32 (20 iterations, rel 1e-4 / 4e-3 / 4e-4)"
 for prec in cuda bf16 fp16; do
   tol=$(case $prec in cuda) echo 1e-4 ;; bf16) echo 4e-3 ;; fp16) echo 4e-4 ;; esac)
@@ -60,13 +67,16 @@ fi
 log "benchmarks (one at a time)"
 (cd "$build" && lim 45 ./tests/bench-cuda-gemm > "$out/bench_gemm.txt" 2>&1); log "gemm exit $?"
 (cd "$build" && lim 60 ./tests/bench-cuda-attention > "$out/bench_attention.txt" 2>&1); log "attention exit $?"
+for var in "${variants[@]}"; do
+  (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-attention > "$out/bench_attention_$var.txt" 2>&1); log "attention ($var) exit $?"
+done
 if python3 -c "import torch" 2> /dev/null; then
   lim 45 python3 "$src/tests/bench/cuda_attention_torch.py" > "$out/bench_attention_torch.txt" 2>&1; log "torch attention exit $?"
 else
   log "torch not importable: no PyTorch attention comparison"
 fi
-(cd "$build" && lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step.txt" 2>&1); log "train step exit $?"
-tail -2 "$out/bench_train_step.txt" | tee -a "$out/summary.txt"
+(cd "$build" && lim 60 ./tests/bench-cuda-train-step --profile 1 > "$out/bench_train_step.txt" 2>&1); log "train step exit $?"
+grep -E "^step|memory:" "$out/bench_train_step.txt" | tee -a "$out/summary.txt"
 
 if [[ "${QUICK:-0}" != 1 ]]; then
 log "llm-sweep: GPT-1.3B-class (GPT1_5B) training step on one GPU, bf16, seq 2048: TFLOPS and MFU"
