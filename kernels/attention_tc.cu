@@ -228,7 +228,6 @@ bool launch_for_head_dim(const AttentionForwardArgs& a, bool wide, cudaStream_t 
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace
 

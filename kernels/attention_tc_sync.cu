@@ -229,7 +229,6 @@ bool launch_for_head_dim(const AttentionForwardArgs& a, cudaStream_t stream) {
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace
 

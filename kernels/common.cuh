@@ -34,6 +34,30 @@ __device__ __forceinline__ float warp_max(float v) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// 16 bytes of elements (8 bf16/f16, 4 f32), for one 128-bit load or store.
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int n = 16 / static_cast<int>(sizeof(T));
+  T e[n];
+};
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// Element-wise loop over n elements: 16-byte packs when every pointer is 16-byte aligned, then
+// the tail (or everything, unaligned) one element at a time. f(i) handles element i, g(k) pack
+// k (elements k * Pack<T>::n ..); grid-stride, so any grid covers it.
+template <typename T, typename F, typename G>
+__device__ __forceinline__ void elementwise(int64_t n, bool packed, F&& f, G&& g) {
+  constexpr int V = Pack<T>::n;
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t done = 0;
+  if (packed) {
+    const int64_t packs = n / V;
+    for (int64_t k = tid; k < packs; k += stride) g(k);
+    done = packs * V;
+  }
+  for (int64_t i = done + tid; i < n; i += stride) f(i);
+}
+
 // Grid for a grid-stride loop over n elements with `threads` per block (capped: the loops stride).
 inline unsigned grid_for(int64_t n, int threads = 256) {
   const int64_t blocks = ceil_div(n > 0 ? n : 1, threads);

@@ -16,6 +16,23 @@ __global__ void bias_partials_kernel(float* partial, const T* dout, int64_t N, i
       acc += to_float(dout[r * OC + c]);
   column_block_store(s, acc, partial, OC, c);
 }
+
+template <typename T>
+__global__ void bias_partials_packed_kernel(float* partial, const T* dout, int64_t N, int64_t OC) {
+  constexpr int V = Pack<T>::n;
+  const int64_t c0 = (blockIdx.x * int64_t(32) + threadIdx.x) * V;
+  const bool active = c0 < OC;
+  float acc[V] = {};
+  if (active) {
+#pragma unroll 4
+    for (int64_t r = blockIdx.y * kColumnRowLanes + threadIdx.y; r < N; r += int64_t(gridDim.y) * kColumnRowLanes) {
+      const Pack<T> d = *reinterpret_cast<const Pack<T>*>(dout + r * OC + c0);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[e] += to_float(d.e[e]);
+    }
+  }
+  column_pack_store<V>(acc, partial, OC, 0, c0, active);
+}
 }  // namespace
 
 int64_t column_sum_scratch(int64_t N, int64_t width) { return column_row_blocks(N) * width; }
@@ -24,10 +41,15 @@ void bias_backward(DType t, float* dbias, const void* dout, int64_t N, int64_t O
                    cudaStream_t stream) {
   if (OC == 0) return;
   const int64_t G = column_row_blocks(N);
-  const dim3 grid(static_cast<unsigned>(ceil_div(OC, 32)), static_cast<unsigned>(G));
   dispatch_float(t, "linear_backward dbias", [&](auto tag) {
     using E = decltype(tag);
-    bias_partials_kernel<E><<<grid, dim3(32, kColumnRowLanes), 0, stream>>>(scratch, static_cast<const E*>(dout), N, OC);
+    if (aligned16(dout) && OC % Pack<E>::n == 0) {
+      const dim3 grid(static_cast<unsigned>(ceil_div(OC, 32 * Pack<E>::n)), static_cast<unsigned>(G));
+      bias_partials_packed_kernel<E><<<grid, dim3(32, kColumnRowLanes), 0, stream>>>(scratch, static_cast<const E*>(dout), N, OC);
+    } else {
+      const dim3 grid(static_cast<unsigned>(ceil_div(OC, 32)), static_cast<unsigned>(G));
+      bias_partials_kernel<E><<<grid, dim3(32, kColumnRowLanes), 0, stream>>>(scratch, static_cast<const E*>(dout), N, OC);
+    }
   });
   column_sums_finalize<<<static_cast<unsigned>(ceil_div(OC, 256)), 256, 0, stream>>>(dbias, nullptr, scratch, G, OC, OC);
 }

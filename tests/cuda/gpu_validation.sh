@@ -7,7 +7,8 @@
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
 #   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
 #   ATTENTION_VARIANTS="tc-wide tc-sync" (LLM_CUDA_ATTENTION values whose attention tests and
-#   benchmark also run, next to the default kernels)
+#   benchmark also run, next to the default kernels), BENCHES="gemm attention torch train-step sweep"
+#   (which benchmarks run; QUICK=1 drops the sweep)
 set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$src/gpu-report}"
@@ -64,21 +65,31 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   log "ctest exit $?: $(tail -3 "$out/ctest.log" | head -1)"
 fi
 
-log "benchmarks (one at a time)"
-(cd "$build" && lim 45 ./tests/bench-cuda-gemm > "$out/bench_gemm.txt" 2>&1); log "gemm exit $?"
-(cd "$build" && lim 60 ./tests/bench-cuda-attention > "$out/bench_attention.txt" 2>&1); log "attention exit $?"
-for var in "${variants[@]}"; do
-  (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-attention > "$out/bench_attention_$var.txt" 2>&1); log "attention ($var) exit $?"
-done
-if python3 -c "import torch" 2> /dev/null; then
-  lim 45 python3 "$src/tests/bench/cuda_attention_torch.py" > "$out/bench_attention_torch.txt" 2>&1; log "torch attention exit $?"
-else
-  log "torch not importable: no PyTorch attention comparison"
+benches=" ${BENCHES-gemm attention torch train-step sweep} "
+[[ "${QUICK:-0}" = 1 ]] && benches="${benches/ sweep / }"
+log "benchmarks (one at a time):$benches"
+if [[ "$benches" = *" gemm "* ]]; then
+  (cd "$build" && lim 45 ./tests/bench-cuda-gemm > "$out/bench_gemm.txt" 2>&1); log "gemm exit $?"
 fi
-(cd "$build" && lim 60 ./tests/bench-cuda-train-step --profile 1 > "$out/bench_train_step.txt" 2>&1); log "train step exit $?"
-grep -E "^step|memory:" "$out/bench_train_step.txt" | tee -a "$out/summary.txt"
+if [[ "$benches" = *" attention "* ]]; then
+  (cd "$build" && lim 60 ./tests/bench-cuda-attention > "$out/bench_attention.txt" 2>&1); log "attention exit $?"
+  for var in "${variants[@]}"; do
+    (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-attention > "$out/bench_attention_$var.txt" 2>&1); log "attention ($var) exit $?"
+  done
+fi
+if [[ "$benches" = *" torch "* ]]; then
+  if python3 -c "import torch" 2> /dev/null; then
+    lim 45 python3 "$src/tests/bench/cuda_attention_torch.py" > "$out/bench_attention_torch.txt" 2>&1; log "torch attention exit $?"
+  else
+    log "torch not importable: no PyTorch attention comparison"
+  fi
+fi
+if [[ "$benches" = *" train-step "* ]]; then
+  (cd "$build" && lim 60 ./tests/bench-cuda-train-step --profile 1 > "$out/bench_train_step.txt" 2>&1); log "train step exit $?"
+  grep -E "^step|memory:" "$out/bench_train_step.txt" | tee -a "$out/summary.txt"
+fi
 
-if [[ "${QUICK:-0}" != 1 ]]; then
+if [[ "$benches" = *" sweep "* ]]; then
 log "llm-sweep: GPT-1.3B-class (GPT1_5B) training step on one GPU, bf16, seq 2048: TFLOPS and MFU"
 if [[ -z "${PEAK_DEVICE:-}" ]]; then
   case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1)" in
