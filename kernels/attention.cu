@@ -339,8 +339,7 @@ void allow_smem(K kernel, size_t bytes) {
 bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
   switch (attention_kernels()) {
-    case AttentionKernels::tc: return attention_forward_tensor_cores(t, a, false, stream);
-    case AttentionKernels::tc_wide: return attention_forward_tensor_cores(t, a, true, stream);
+    case AttentionKernels::tc: return attention_forward_tensor_cores(t, a, stream);
     case AttentionKernels::tc_sync: return attention_forward_tensor_cores_sync(t, a, stream);
     case AttentionKernels::simt: return false;
   }
@@ -350,8 +349,7 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
 bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
   switch (attention_kernels()) {
-    case AttentionKernels::tc:
-    case AttentionKernels::tc_wide: return attention_backward_tensor_cores(t, a, stream);
+    case AttentionKernels::tc: return attention_backward_tensor_cores(t, a, stream);
     case AttentionKernels::tc_sync: return attention_backward_tensor_cores_sync(t, a, stream);
     case AttentionKernels::simt: return false;
   }
@@ -365,10 +363,9 @@ AttentionKernels attention_kernels() {
     const char* e = std::getenv("LLM_CUDA_ATTENTION");
     const std::string s = e ? e : "";
     if (s.empty() || s == "tc") return AttentionKernels::tc;
-    if (s == "tc-wide") return AttentionKernels::tc_wide;
     if (s == "tc-sync") return AttentionKernels::tc_sync;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-wide, tc-sync or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-sync or simt");
   }();
   return v;
 }

@@ -1,8 +1,8 @@
 // Causal flash attention forward on tensor cores (bf16/f16 in, fp32 accumulate), the
 // FlashAttention-2 algorithm with mma.sync m16n8k16 (sm_80 and sm_90):
 //
-//   * one block = 16 x NW queries of one (batch, head), NW warps x 16 query rows (NW = 4; 8 with
-//     LLM_CUDA_ATTENTION=tc-wide, head dims up to 128); heaviest tiles first;
+//   * one block = 16 x NW queries of one (batch, head), NW = 4 warps x 16 query rows; heaviest
+//     tiles first (8 warps, 128 queries, measured 5-20% slower on an H200 and was dropped);
 //   * the Q tile is loaded once into registers as A fragments (ldmatrix), staged through the
 //     second K/V buffer;
 //   * K/V tiles (64 keys, 32 for head dim 160) are double-buffered in shared memory with cp.async:
@@ -216,29 +216,28 @@ void launch(const AttentionForwardArgs& a, cudaStream_t stream) {
 }
 
 template <typename T>
-bool launch_for_head_dim(const AttentionForwardArgs& a, bool wide, cudaStream_t stream) {
+bool launch_for_head_dim(const AttentionForwardArgs& a, cudaStream_t stream) {
   switch (a.hd) {
-    case 48: wide ? launch<T, 48, 8>(a, stream) : launch<T, 48, 4>(a, stream); return true;
-    case 64: wide ? launch<T, 64, 8>(a, stream) : launch<T, 64, 4>(a, stream); return true;
-    case 80: wide ? launch<T, 80, 8>(a, stream) : launch<T, 80, 4>(a, stream); return true;
-    case 96: wide ? launch<T, 96, 8>(a, stream) : launch<T, 96, 4>(a, stream); return true;
-    case 128: wide ? launch<T, 128, 8>(a, stream) : launch<T, 128, 4>(a, stream); return true;
-    case 160: launch<T, 160, 4>(a, stream); return true;  // BC = 32: the Q tile of 8 warps would not fit a buffer
+    case 48: launch<T, 48, 4>(a, stream); return true;
+    case 64: launch<T, 64, 4>(a, stream); return true;
+    case 80: launch<T, 80, 4>(a, stream); return true;
+    case 96: launch<T, 96, 4>(a, stream); return true;
+    case 128: launch<T, 128, 4>(a, stream); return true;
+    case 160: launch<T, 160, 4>(a, stream); return true;
     default: return false;
   }
 }
 
-
 }  // namespace
 
-bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, bool wide, cudaStream_t stream) {
+bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
   // 16-byte vector loads/stores: every row start must be 16-byte aligned.
   const bool aligned = aligned16(a.q) && aligned16(a.k) && aligned16(a.v) && aligned16(a.out) &&
                        a.q_row_stride % 8 == 0 && a.kv_row_stride % 8 == 0 && a.out_row_stride % 8 == 0 &&
                        a.q_batch_stride % 8 == 0 && a.kv_batch_stride % 8 == 0 && a.out_batch_stride % 8 == 0;
   if (!aligned) return false;
-  if (t == DType::bf16) return launch_for_head_dim<__nv_bfloat16>(a, wide, stream);
-  if (t == DType::f16) return launch_for_head_dim<__half>(a, wide, stream);
+  if (t == DType::bf16) return launch_for_head_dim<__nv_bfloat16>(a, stream);
+  if (t == DType::f16) return launch_for_head_dim<__half>(a, stream);
   return false;
 }
 

@@ -132,17 +132,16 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 
 // Which attention kernels run for bf16/f16, from LLM_CUDA_ATTENTION (read once):
 //   tc (default)  tensor cores, K/V (Q/dO) tiles double-buffered with cp.async, 4 warps per block;
-//   tc-wide       the same, forward with 8 warps (128 queries) per block for head dims up to 128;
 //   tc-sync       the first tensor-core kernels, synchronous tile loads (attention_tc_sync.cu);
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
-enum class AttentionKernels { tc, tc_wide, tc_sync, simt };
+enum class AttentionKernels { tc, tc_sync, simt };
 AttentionKernels attention_kernels();
 
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
 // 128 and 160 with 16-byte aligned rows; false when the shape is not covered (the caller falls
-// back to the SIMT kernels). wide: 8 warps per block (head dims up to 128).
-bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, bool wide, cudaStream_t stream);
+// back to the SIMT kernels).
+bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
 // attention_tc_backward.cu: dqkv from a.scratch already holding D = rowsum(dout * out).
 bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
 // attention_tc_sync.cu: the same contracts, synchronous tile loads.

@@ -6,10 +6,10 @@
 #   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the llm-sweep run),
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
 #   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
-#   ATTENTION_VARIANTS="tc-wide tc-sync" (LLM_CUDA_ATTENTION values whose attention tests and
+#   ATTENTION_VARIANTS="tc-sync" (LLM_CUDA_ATTENTION values whose attention tests and
 #   benchmark also run, next to the default kernels), BENCHES="gemm attention torch train-step sweep"
 #   (which benchmarks run; QUICK=1 drops the sweep), TESTS=0 (skip the correctness steps: a rerun
-#   of benchmarks on a bundle already validated)
+#   of benchmarks on a bundle already validated), SWEEP_MBS=1,2,4 (the sweep's micro-batches)
 set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$src/gpu-report}"
@@ -41,7 +41,7 @@ pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attentio
     --micro-batch-size 4 --global-batch-size 8 --train-iters 20 --log-interval 1 --lr 1e-3)
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
 (cd "$build" && lim 150 ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
-variants=(${ATTENTION_VARIANTS-tc-wide tc-sync})
+variants=(${ATTENTION_VARIANTS-tc-sync})
 for var in simt "${variants[@]}"; do
   (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
 done
@@ -106,7 +106,7 @@ fi
 for spec in GPT1_3B:50304 GPT1_5B:0; do
   model=${spec%:*} vocab=${spec#*:}
   lim 150 "$build/tools/llm-sweep" --pretrain "$build/tools/llm-pretrain" --models $model --vocab-size $vocab --seq-lens 2048 \
-    --micro-batches 1,2,4 --dtype bf16 --backend cuda --device "$PEAK_DEVICE" --warmup 2 --iters 5 --no-plots \
+    --micro-batches "${SWEEP_MBS:-1,2,4}" --dtype bf16 --backend cuda --device "$PEAK_DEVICE" --warmup 2 --iters 5 --no-plots \
     --output-dir "$out/sweep_$model" > "$out/sweep_$model.log" 2>&1
   log "sweep $model exit $?: $(grep -E '^\[[0-9]' "$out/sweep_$model.log" | tr '\n' ' ')"
 done
