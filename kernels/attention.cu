@@ -339,7 +339,8 @@ void allow_smem(K kernel, size_t bytes) {
 bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
   switch (attention_kernels()) {
-    case AttentionKernels::tc: return attention_forward_tensor_cores(t, a, stream);
+    case AttentionKernels::tc:
+    case AttentionKernels::tc_atomic: return attention_forward_tensor_cores(t, a, stream);
     case AttentionKernels::tc_sync: return attention_forward_tensor_cores_sync(t, a, stream);
     case AttentionKernels::simt: return false;
   }
@@ -349,7 +350,8 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
 bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
   switch (attention_kernels()) {
-    case AttentionKernels::tc: return attention_backward_tensor_cores(t, a, stream);
+    case AttentionKernels::tc: return attention_backward_tensor_cores(t, a, false, stream);
+    case AttentionKernels::tc_atomic: return attention_backward_tensor_cores(t, a, true, stream);
     case AttentionKernels::tc_sync: return attention_backward_tensor_cores_sync(t, a, stream);
     case AttentionKernels::simt: return false;
   }
@@ -363,11 +365,17 @@ AttentionKernels attention_kernels() {
     const char* e = std::getenv("LLM_CUDA_ATTENTION");
     const std::string s = e ? e : "";
     if (s.empty() || s == "tc") return AttentionKernels::tc;
+    if (s == "tc-atomic") return AttentionKernels::tc_atomic;
     if (s == "tc-sync") return AttentionKernels::tc_sync;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-sync or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-atomic, tc-sync or simt");
   }();
   return v;
+}
+
+int64_t attention_backward_scratch(DType t, int B, int NH, int hd, int64_t T) {
+  const int64_t d = int64_t(B) * NH * T;
+  return t != DType::f32 && attention_kernels() == AttentionKernels::tc_atomic ? d + int64_t(B) * T * NH * hd : d;
 }
 
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
@@ -396,7 +404,9 @@ void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t st
     using E = decltype(tag);
     attention_backward_rowdot<E><<<static_cast<unsigned>(ceil_div(rows, kWarps)), 256, 0, stream>>>(
         a.scratch, static_cast<const E*>(a.out), static_cast<const E*>(a.dout), a.B, a.NH, a.hd, a.T);
-    if (backward_tensor_cores(t, a, stream)) return;
+    AttentionBackwardArgs tc = a;  // the dQ accumulator follows D in the scratch (tc-atomic)
+    if (t != DType::f32 && attention_kernels() == AttentionKernels::tc_atomic) tc.dq_accum = a.scratch + rows;
+    if (backward_tensor_cores(t, tc, stream)) return;
     allow_smem(attention_backward_dkdv<E>, smem_kv);
     attention_backward_dkdv<E><<<grid, 256, smem_kv, stream>>>(a, scale);
     allow_smem(attention_backward_dq<E>, smem_q);

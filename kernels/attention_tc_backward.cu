@@ -12,7 +12,8 @@
 // (dK/dV) and Q/dO (dQ) are copied once. Rows past the sequence end are zero-filled by the copy.
 // The dQ kernel recomputes S and dP once more instead of accumulating dQ with atomics across key
 // tiles (FlashAttention-2's choice): ~40% more tensor work in exchange for bit-reproducible
-// gradients. D = rowsum(dO * O) is computed first by attention.cu (scratch).
+// gradients (LLM_CUDA_ATTENTION=tc-atomic fuses dQ into the dK/dV kernel with atomics instead:
+// see the kernel). D = rowsum(dO * O) is computed first by attention.cu (scratch).
 #include "backend/cuda/cuda_check.h"
 #include "common.cuh"
 #include "kernels.h"
@@ -36,14 +37,21 @@ __device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t ro
   }
 }
 
-template <typename T, int HD>
+// kDQ (LLM_CUDA_ATTENTION=tc-atomic): the same kernel also computes dQ, FlashAttention-2's way:
+// dS^T of the tile goes to shared memory and dQ[tile] += dS K is added into an fp32 accumulator
+// with atomics (a.dq_accum, [B, T, C], zeroed before; converted into dqkv after), so the dQ
+// kernel and its recomputation of S and dP are not needed (5 products instead of 7), at the price
+// of run-to-run bit differences in dQ.
+template <typename T, int HD, bool kDQ>
 __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(AttentionBackwardArgs a, float scale) {
   constexpr int BC = 64, BR = 32, LD = HD + 8, KC = HD / 16, ND = HD / 8;
+  constexpr int LDS = BR + 8;  // dS^T row stride (80 bytes: 16-byte aligned rows, no ldmatrix bank conflicts)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int STAGE = 2 * BR * LD * int(sizeof(T)) + 2 * BR * int(sizeof(float));  // bytes: Q, dO, lse, D
   T* Ks = reinterpret_cast<T*>(smem_raw);  // [BC][LD]
   T* Vs = Ks + BC * LD;                    // [BC][LD]
   unsigned char* stages = reinterpret_cast<unsigned char*>(Vs + BC * LD);  // 2 x {Q [BR][LD], dO [BR][LD], lse [BR], D [BR]}
+  T* dsT = reinterpret_cast<T*>(stages + 2 * STAGE);                       // kDQ: [BC][LDS]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4, lm = lane / 8, lr = lane % 8;
@@ -96,66 +104,126 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
     }
     __syncthreads();
     const int64_t i0 = j0 + it * BR;
-    if (i0 + BR - 1 < j0 + warp * 16) continue;  // every query of the tile precedes this warp's keys
+    const bool active = i0 + BR - 1 >= j0 + warp * 16;  // else every query of the tile precedes this warp's keys
+    if (!kDQ && !active) continue;
     const unsigned char* stage = stages + (it & 1) * STAGE;
     const T* Qs = reinterpret_cast<const T*>(stage);
     const T* dOs = Qs + BR * LD;
     const float* Ls = reinterpret_cast<const float*>(dOs + BR * LD);  // natural-log lse
     const float* Ds = Ls + BR;
 
-    float st[BR / 8][4], dpt[BR / 8][4];
+    if (active) {
+      float st[BR / 8][4], dpt[BR / 8][4];
 #pragma unroll
-    for (int nb = 0; nb < BR / 8; ++nb)
+      for (int nb = 0; nb < BR / 8; ++nb)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) st[nb][e] = dpt[nb][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) st[nb][e] = dpt[nb][e] = 0.0f;
 #pragma unroll
-    for (int kc = 0; kc < KC; ++kc) {
-      uint32_t ka[4], va[4];
-      ldmatrix_x4(ka, Ks + (warp * 16 + lr + (lm % 2) * 8) * LD + kc * 16 + (lm / 2) * 8);
-      ldmatrix_x4(va, Vs + (warp * 16 + lr + (lm % 2) * 8) * LD + kc * 16 + (lm / 2) * 8);
+      for (int kc = 0; kc < KC; ++kc) {
+        uint32_t ka[4], va[4];
+        ldmatrix_x4(ka, Ks + (warp * 16 + lr + (lm % 2) * 8) * LD + kc * 16 + (lm / 2) * 8);
+        ldmatrix_x4(va, Vs + (warp * 16 + lr + (lm % 2) * 8) * LD + kc * 16 + (lm / 2) * 8);
 #pragma unroll
-      for (int nb2 = 0; nb2 < BR / 16; ++nb2) {
-        uint32_t qb[4], ob[4];
-        ldmatrix_x4(qb, Qs + (nb2 * 16 + lr + (lm / 2) * 8) * LD + kc * 16 + (lm % 2) * 8);
-        ldmatrix_x4(ob, dOs + (nb2 * 16 + lr + (lm / 2) * 8) * LD + kc * 16 + (lm % 2) * 8);
-        mma_16816<T>(st[2 * nb2], ka, qb[0], qb[1]);
-        mma_16816<T>(st[2 * nb2 + 1], ka, qb[2], qb[3]);
-        mma_16816<T>(dpt[2 * nb2], va, ob[0], ob[1]);
-        mma_16816<T>(dpt[2 * nb2 + 1], va, ob[2], ob[3]);
+        for (int nb2 = 0; nb2 < BR / 16; ++nb2) {
+          uint32_t qb[4], ob[4];
+          ldmatrix_x4(qb, Qs + (nb2 * 16 + lr + (lm / 2) * 8) * LD + kc * 16 + (lm % 2) * 8);
+          ldmatrix_x4(ob, dOs + (nb2 * 16 + lr + (lm / 2) * 8) * LD + kc * 16 + (lm % 2) * 8);
+          mma_16816<T>(st[2 * nb2], ka, qb[0], qb[1]);
+          mma_16816<T>(st[2 * nb2 + 1], ka, qb[2], qb[3]);
+          mma_16816<T>(dpt[2 * nb2], va, ob[0], ob[1]);
+          mma_16816<T>(dpt[2 * nb2 + 1], va, ob[2], ob[3]);
+        }
+      }
+      // P^T and dS^T: rows are keys (key0, key0 + 8), columns are queries.
+#pragma unroll
+      for (int nb = 0; nb < BR / 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = nb * 8 + 2 * t + (e & 1);
+          const int64_t query = i0 + col, key = e < 2 ? key0 : key0 + 8;
+          const bool valid = key <= query && query < T_ && key < T_;
+          const float p = valid ? exp2f(st[nb][e] * scale_log2 - Ls[col] * kLog2e) : 0.0f;
+          st[nb][e] = p;
+          dpt[nb][e] = p * (dpt[nb][e] - Ds[col]);
+        }
+      if constexpr (kDQ) {  // dS^T (16-bit, as the products use it) for the dQ product below
+#pragma unroll
+        for (int nb = 0; nb < BR / 8; ++nb) {
+          *reinterpret_cast<uint32_t*>(dsT + (warp * 16 + g) * LDS + nb * 8 + 2 * t) = pack2<T>(dpt[nb][0], dpt[nb][1]);
+          *reinterpret_cast<uint32_t*>(dsT + (warp * 16 + g + 8) * LDS + nb * 8 + 2 * t) = pack2<T>(dpt[nb][2], dpt[nb][3]);
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < BR / 16; ++kk) {
+        uint32_t pa[4], sa[4];
+        pa[0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
+        pa[1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
+        pa[2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+        pa[3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+        sa[0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
+        sa[1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
+        sa[2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+        sa[3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+#pragma unroll
+        for (int nd2 = 0; nd2 < ND / 2; ++nd2) {
+          uint32_t ob[4], qb[4];
+          ldmatrix_x4_trans(ob, dOs + (kk * 16 + lr + (lm % 2) * 8) * LD + nd2 * 16 + (lm / 2) * 8);
+          ldmatrix_x4_trans(qb, Qs + (kk * 16 + lr + (lm % 2) * 8) * LD + nd2 * 16 + (lm / 2) * 8);
+          mma_16816<T>(dv[2 * nd2], pa, ob[0], ob[1]);
+          mma_16816<T>(dv[2 * nd2 + 1], pa, ob[2], ob[3]);
+          mma_16816<T>(dk[2 * nd2], sa, qb[0], qb[1]);
+          mma_16816<T>(dk[2 * nd2 + 1], sa, qb[2], qb[3]);
+        }
+      }
+    } else if constexpr (kDQ) {  // no key of this warp sees the tile: its dS^T rows are zero
+#pragma unroll
+      for (int nb = 0; nb < BR / 8; ++nb) {
+        *reinterpret_cast<uint32_t*>(dsT + (warp * 16 + g) * LDS + nb * 8 + 2 * t) = 0u;
+        *reinterpret_cast<uint32_t*>(dsT + (warp * 16 + g + 8) * LDS + nb * 8 + 2 * t) = 0u;
       }
     }
-    // P^T and dS^T: rows are keys (key0, key0 + 8), columns are queries.
+    if constexpr (kDQ) {
+      // dQ[i0 .. i0 + 32) += dS K over this block's 64 keys: warp w computes query rows
+      // (w % 2) * 16 .. + 16 and the 16-column pairs p = w / 2, w / 2 + 2, ... of the head dim.
+      __syncthreads();  // every warp's dS^T rows are in shared memory
+      constexpr int NP = (ND / 2 + 1) / 2;
+      const int qw = warp % 2, pw = warp / 2;
+      float dq[2 * NP][4];
 #pragma unroll
-    for (int nb = 0; nb < BR / 8; ++nb)
+      for (int n = 0; n < 2 * NP; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = nb * 8 + 2 * t + (e & 1);
-        const int64_t query = i0 + col, key = e < 2 ? key0 : key0 + 8;
-        const bool valid = key <= query && query < T_ && key < T_;
-        const float p = valid ? exp2f(st[nb][e] * scale_log2 - Ls[col] * kLog2e) : 0.0f;
-        st[nb][e] = p;
-        dpt[nb][e] = p * (dpt[nb][e] - Ds[col]);
+      for (int kk = 0; kk < BC / 16; ++kk) {
+        uint32_t sa[4];  // A = dS (queries x keys) from the key-major dS^T: ldmatrix.trans
+        ldmatrix_x4_trans(sa, dsT + (kk * 16 + lr + (lm / 2) * 8) * LDS + qw * 16 + (lm % 2) * 8);
+#pragma unroll
+        for (int pp = 0; pp < NP; ++pp) {
+          const int p = 2 * pp + pw;
+          if (p < ND / 2) {
+            uint32_t kb[4];
+            ldmatrix_x4_trans(kb, Ks + (kk * 16 + lr + (lm % 2) * 8) * LD + p * 16 + (lm / 2) * 8);
+            mma_16816<T>(dq[2 * pp], sa, kb[0], kb[1]);
+            mma_16816<T>(dq[2 * pp + 1], sa, kb[2], kb[3]);
+          }
+        }
       }
+      float* dqa = a.dq_accum + b * T_ * C + int64_t(h) * HD;
+      const int64_t q0 = i0 + qw * 16 + g, q1 = q0 + 8;
 #pragma unroll
-    for (int kk = 0; kk < BR / 16; ++kk) {
-      uint32_t pa[4], sa[4];
-      pa[0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
-      pa[1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
-      pa[2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-      pa[3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-      sa[0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
-      sa[1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
-      sa[2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-      sa[3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+      for (int pp = 0; pp < NP; ++pp) {
+        const int p = 2 * pp + pw;
+        if (p >= ND / 2) continue;
 #pragma unroll
-      for (int nd2 = 0; nd2 < ND / 2; ++nd2) {
-        uint32_t ob[4], qb[4];
-        ldmatrix_x4_trans(ob, dOs + (kk * 16 + lr + (lm % 2) * 8) * LD + nd2 * 16 + (lm / 2) * 8);
-        ldmatrix_x4_trans(qb, Qs + (kk * 16 + lr + (lm % 2) * 8) * LD + nd2 * 16 + (lm / 2) * 8);
-        mma_16816<T>(dv[2 * nd2], pa, ob[0], ob[1]);
-        mma_16816<T>(dv[2 * nd2 + 1], pa, ob[2], ob[3]);
-        mma_16816<T>(dk[2 * nd2], sa, qb[0], qb[1]);
-        mma_16816<T>(dk[2 * nd2 + 1], sa, qb[2], qb[3]);
+        for (int half = 0; half < 2; ++half) {
+          const int col = (2 * p + half) * 8 + 2 * t;
+          if (q0 < T_) {
+            atomicAdd(dqa + q0 * C + col, dq[2 * pp + half][0]);
+            atomicAdd(dqa + q0 * C + col + 1, dq[2 * pp + half][1]);
+          }
+          if (q1 < T_) {
+            atomicAdd(dqa + q1 * C + col, dq[2 * pp + half][2]);
+            atomicAdd(dqa + q1 * C + col + 1, dq[2 * pp + half][3]);
+          }
+        }
       }
     }
   }
@@ -292,46 +360,66 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
   }
 }
 
+// dqkv's q part = dq_accum * scale (the atomic variant's last step).
+template <typename T>
+__global__ void dq_from_accum_kernel(T* dqkv, const float* acc, int64_t rows, int64_t C, float scale) {
+  const int64_t n = rows * C;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / C, c = i - r * C;
+    dqkv[r * 3 * C + c] = from_float<T>(acc[i] * scale);
+  }
+}
+
 template <typename T, int HD>
-void launch_backward(const AttentionBackwardArgs& a, cudaStream_t stream) {
+void launch_backward(const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream) {
   constexpr int LD = HD + 8;
   constexpr size_t smem_kv = sizeof(T) * (2 * 64 + 2 * 2 * 32) * LD + 2 * 2 * 32 * sizeof(float);  // K, V + 2 stages
+  constexpr size_t smem_fused = smem_kv + sizeof(T) * 64 * (32 + 8);                               // + dS^T
   constexpr size_t smem_q = sizeof(T) * (2 * 64 + 2 * 2 * 32) * LD;                                // Q, dO + 2 K/V buffers
   static bool configured = false;
   if (!configured) {
     if (smem_kv > 48 * 1024)
-      CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_tc<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_kv)), "opting in to shared memory");
+      CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_tc<T, HD, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_kv)), "opting in to shared memory");
+    if (smem_fused > 48 * 1024)
+      CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_tc<T, HD, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_fused)), "opting in to shared memory");
     if (smem_q > 48 * 1024)
       CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_tc<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_q)), "opting in to shared memory");
     configured = true;
   }
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 64)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
-  attention_backward_dkdv_tc<T, HD><<<grid, kThreadsBw, smem_kv, stream>>>(a, scale);
-  attention_backward_dq_tc<T, HD><<<grid, kThreadsBw, smem_q, stream>>>(a, scale);
+  if (atomic_dq) {
+    const int64_t rows = int64_t(a.B) * a.T, C = int64_t(a.NH) * HD;
+    CUDA_CHECK(cudaMemsetAsync(a.dq_accum, 0, sizeof(float) * size_t(rows * C), stream), "zeroing the dQ accumulator");
+    attention_backward_dkdv_tc<T, HD, true><<<grid, kThreadsBw, smem_fused, stream>>>(a, scale);
+    dq_from_accum_kernel<T><<<grid_for(rows * C), 256, 0, stream>>>(static_cast<T*>(a.dqkv), a.dq_accum, rows, C, scale);
+  } else {
+    attention_backward_dkdv_tc<T, HD, false><<<grid, kThreadsBw, smem_kv, stream>>>(a, scale);
+    attention_backward_dq_tc<T, HD><<<grid, kThreadsBw, smem_q, stream>>>(a, scale);
+  }
 }
 
 template <typename T>
-bool backward_for_head_dim(const AttentionBackwardArgs& a, cudaStream_t stream) {
+bool backward_for_head_dim(const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream) {
   switch (a.hd) {
-    case 48: launch_backward<T, 48>(a, stream); return true;
-    case 64: launch_backward<T, 64>(a, stream); return true;
-    case 80: launch_backward<T, 80>(a, stream); return true;
-    case 96: launch_backward<T, 96>(a, stream); return true;
-    case 128: launch_backward<T, 128>(a, stream); return true;
-    case 160: launch_backward<T, 160>(a, stream); return true;
+    case 48: launch_backward<T, 48>(a, atomic_dq, stream); return true;
+    case 64: launch_backward<T, 64>(a, atomic_dq, stream); return true;
+    case 80: launch_backward<T, 80>(a, atomic_dq, stream); return true;
+    case 96: launch_backward<T, 96>(a, atomic_dq, stream); return true;
+    case 128: launch_backward<T, 128>(a, atomic_dq, stream); return true;
+    case 160: launch_backward<T, 160>(a, atomic_dq, stream); return true;
     default: return false;
   }
 }
 
 }  // namespace
 
-bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {
-  const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream) {
   // Rows of qkv (3C), out/dout (C) and the head offsets must allow 16-byte vector access.
-  if (!aligned(a.qkv) || !aligned(a.dqkv) || !aligned(a.dout) || (int64_t(a.NH) * a.hd) % 8 != 0) return false;
-  if (t == DType::bf16) return backward_for_head_dim<__nv_bfloat16>(a, stream);
-  if (t == DType::f16) return backward_for_head_dim<__half>(a, stream);
+  if (!aligned16(a.qkv) || !aligned16(a.dqkv) || !aligned16(a.dout) || (int64_t(a.NH) * a.hd) % 8 != 0) return false;
+  if (atomic_dq && !a.dq_accum) return false;
+  if (t == DType::bf16) return backward_for_head_dim<__nv_bfloat16>(a, atomic_dq, stream);
+  if (t == DType::f16) return backward_for_head_dim<__half>(a, atomic_dq, stream);
   return false;
 }
 

@@ -111,7 +111,7 @@ struct AttentionForwardArgs {
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
 
 // Backward of self-attention over qkv[B, T, 3C] (q | k | v per token): dqkv (=) from dout, out
-// and lse. scratch holds B*NH*T floats (D = rowsum(dout * out)).
+// and lse. scratch holds attention_backward_scratch() floats (D = rowsum(dout * out) first).
 struct AttentionBackwardArgs {
   const void* qkv = nullptr;
   void* dqkv = nullptr;
@@ -119,10 +119,14 @@ struct AttentionBackwardArgs {
   const void* dout = nullptr;
   const float* lse = nullptr;
   float* scratch = nullptr;
+  float* dq_accum = nullptr;  // set by attention_backward from the scratch (tc-atomic only)
   int B = 0, NH = 0, hd = 0;
   int64_t T = 0;
 };
 void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
+// Floats of scratch attention_backward needs: B*NH*T (D), plus B*T*C (the fp32 dQ accumulator)
+// for bf16/f16 under LLM_CUDA_ATTENTION=tc-atomic.
+int64_t attention_backward_scratch(DType t, int B, int NH, int hd, int64_t T);
 
 // ---- attention_kv.cu ----------------------------------------------------------------------------
 // Appends the Tn new tokens' k and v (from qkv[B, Tn, 3C]) to the caches [B, maxT, C] at rows
@@ -133,17 +137,20 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 // Which attention kernels run for bf16/f16, from LLM_CUDA_ATTENTION (read once):
 //   tc (default)  tensor cores, K/V (Q/dO) tiles double-buffered with cp.async, 4 warps per block;
 //   tc-sync       the first tensor-core kernels, synchronous tile loads (attention_tc_sync.cu);
+//   tc-atomic     tc with dQ fused into the dK/dV kernel through fp32 atomics (FlashAttention-2's
+//                 way: 5 instead of 7 products in the backward; dQ not bit-reproducible);
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
-enum class AttentionKernels { tc, tc_sync, simt };
+enum class AttentionKernels { tc, tc_atomic, tc_sync, simt };
 AttentionKernels attention_kernels();
 
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
 // 128 and 160 with 16-byte aligned rows; false when the shape is not covered (the caller falls
 // back to the SIMT kernels).
 bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
-// attention_tc_backward.cu: dqkv from a.scratch already holding D = rowsum(dout * out).
-bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
+// attention_tc_backward.cu: dqkv from a.scratch already holding D = rowsum(dout * out);
+// atomic_dq: dQ through a.dq_accum (false when it is null).
+bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream);
 // attention_tc_sync.cu: the same contracts, synchronous tile loads.
 bool attention_forward_tensor_cores_sync(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
 bool attention_backward_tensor_cores_sync(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);

@@ -6,8 +6,8 @@
 #   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the llm-sweep run),
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
 #   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
-#   ATTENTION_VARIANTS="tc-sync" (LLM_CUDA_ATTENTION values whose attention tests and
-#   benchmark also run, next to the default kernels), BENCHES="gemm attention torch train-step sweep"
+#   ATTENTION_VARIANTS="tc-sync tc-atomic" (LLM_CUDA_ATTENTION values whose attention tests and
+#   benchmark and training step also run, next to the default kernels), BENCHES="gemm attention torch train-step sweep"
 #   (which benchmarks run; QUICK=1 drops the sweep), TESTS=0 (skip the correctness steps: a rerun
 #   of benchmarks on a bundle already validated), SWEEP_MBS=1,2,4 (the sweep's micro-batches)
 set -uo pipefail
@@ -41,7 +41,7 @@ pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attentio
     --micro-batch-size 4 --global-batch-size 8 --train-iters 20 --log-interval 1 --lr 1e-3)
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
 (cd "$build" && lim 150 ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
-variants=(${ATTENTION_VARIANTS-tc-sync})
+variants=(${ATTENTION_VARIANTS-tc-sync tc-atomic})
 for var in simt "${variants[@]}"; do
   (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
 done
@@ -93,6 +93,10 @@ fi
 if [[ "$benches" = *" train-step "* ]]; then
   (cd "$build" && lim 60 ./tests/bench-cuda-train-step --profile 1 > "$out/bench_train_step.txt" 2>&1); log "train step exit $?"
   grep -E "^step|memory:" "$out/bench_train_step.txt" | tee -a "$out/summary.txt"
+  for var in "${variants[@]}"; do
+    (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_$var.txt" 2>&1)
+    log "train step ($var) exit $?: $(grep -E '^step' "$out/bench_train_step_$var.txt")"
+  done
 fi
 
 if [[ "$benches" = *" sweep "* ]]; then

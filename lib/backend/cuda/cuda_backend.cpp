@@ -469,7 +469,7 @@ void CudaBackend::attention_backward(const Tensor& dqkv, const Tensor& dout, con
   check_dev(out, {d.B, d.T, d.C}, t, device_, "attention_backward out");
   check_dev(dout, {d.B, d.T, d.C}, t, device_, "attention_backward dout");
   check_dev(lse, {d.B, n_head, d.T}, DType::f32, device_, "attention_backward lse");
-  Tensor s = scratch(d.B * n_head * d.T);
+  Tensor s = scratch(kernels::attention_backward_scratch(t, static_cast<int>(d.B), n_head, static_cast<int>(d.hd), d.T));
   kernels::AttentionBackwardArgs a;
   a.qkv = qkv.raw();
   a.dqkv = dqkv.raw();
