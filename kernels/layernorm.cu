@@ -1,7 +1,7 @@
 // LayerNorm over the last dimension: one warp per row (two passes over the row for mean and
 // variance, as the CPU op), saving mean and 1/std. Backward: dinp (+=) per warp-row; dweight
-// and dbias (+=) through the deterministic column reduction; both read 16-byte packs when the
-// rows are 16-byte aligned and C a multiple of the pack (8 bf16/f16, 4 f32).
+// and dbias (+=) through the deterministic column reduction. Forward and backward read 16-byte
+// packs when the rows are 16-byte aligned and C a multiple of the pack (8 bf16/f16, 4 f32).
 #include "column_sums.cuh"
 #include "kernels.h"
 
@@ -28,6 +28,50 @@ __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const
   const float s = 1.0f / sqrtf(warp_sum(var) / static_cast<float>(C) + eps);
   T* o = out + row * C;
   for (int64_t c = lane; c < C; c += 32) o[c] = from_float<T>((to_float(x[c]) - m) * s * w[c] + b[c]);
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = s;
+  }
+}
+
+// The forward reading and writing 16-byte packs (rows 16-byte aligned, C a multiple of the pack).
+template <typename T>
+__global__ void layernorm_forward_packed_kernel(T* out, float* mean, float* rstd, const T* inp, const float* w,
+                                                const float* b, int64_t N, int64_t C, float eps) {
+  constexpr int V = Pack<T>::n;
+  const int64_t row = blockIdx.x * int64_t(kWarpsPerBlock) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const Pack<T>* x = reinterpret_cast<const Pack<T>*>(inp + row * C);
+  const int64_t packs = C / V;
+  float sum = 0.0f;
+#pragma unroll 4
+  for (int64_t k = lane; k < packs; k += 32) {
+    const Pack<T> xv = x[k];
+#pragma unroll
+    for (int e = 0; e < V; ++e) sum += to_float(xv.e[e]);
+  }
+  const float m = warp_sum(sum) / static_cast<float>(C);
+  float var = 0.0f;
+#pragma unroll 4
+  for (int64_t k = lane; k < packs; k += 32) {
+    const Pack<T> xv = x[k];
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const float d = to_float(xv.e[e]) - m;
+      var += d * d;
+    }
+  }
+  const float s = 1.0f / sqrtf(warp_sum(var) / static_cast<float>(C) + eps);
+  Pack<T>* o = reinterpret_cast<Pack<T>*>(out + row * C);
+#pragma unroll 4
+  for (int64_t k = lane; k < packs; k += 32) {
+    const Pack<T> xv = x[k];
+    Pack<T> ov;
+#pragma unroll
+    for (int e = 0; e < V; ++e) ov.e[e] = from_float<T>((to_float(xv.e[e]) - m) * s * w[k * V + e] + b[k * V + e]);
+    o[k] = ov;
+  }
   if (lane == 0) {
     mean[row] = m;
     rstd[row] = s;
@@ -150,8 +194,12 @@ void layernorm_forward(DType t, void* out, float* mean, float* rstd, const void*
   const unsigned grid = static_cast<unsigned>(ceil_div(N, kWarpsPerBlock));
   dispatch_float(t, "layernorm_forward", [&](auto tag) {
     using E = decltype(tag);
-    layernorm_forward_kernel<E><<<grid, 32 * kWarpsPerBlock, 0, stream>>>(
-        static_cast<E*>(out), mean, rstd, static_cast<const E*>(inp), weight, bias, N, C, eps);
+    if (aligned16(out) && aligned16(inp) && C % Pack<E>::n == 0)
+      layernorm_forward_packed_kernel<E><<<grid, 32 * kWarpsPerBlock, 0, stream>>>(
+          static_cast<E*>(out), mean, rstd, static_cast<const E*>(inp), weight, bias, N, C, eps);
+    else
+      layernorm_forward_kernel<E><<<grid, 32 * kWarpsPerBlock, 0, stream>>>(
+          static_cast<E*>(out), mean, rstd, static_cast<const E*>(inp), weight, bias, N, C, eps);
   });
 }
 
