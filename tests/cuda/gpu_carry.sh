@@ -21,7 +21,9 @@ tests=(test_backend test_cuda bench-cuda-gemm bench-cuda-attention bench-cuda-tr
 case "$mode" in
 build)
   build="${2:-$src/build-gpu}"
-  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" > /dev/null || exit 1
+  # LLM_SHARED: one libllm.so holds the device code once instead of every executable a copy
+  # (the carry's size limit).
+  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" -DLLM_SHARED=ON > /dev/null || exit 1
   cmake --build "$build" -j "${JOBS:-2}" --target "${tools[@]}" "${tests[@]}" > "$build/carry-build.log" 2>&1 ||
     { tail -30 "$build/carry-build.log"; exit 1; }
   mkdir -p "$carry"
