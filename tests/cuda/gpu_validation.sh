@@ -7,7 +7,9 @@
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
 #   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
 #   ATTENTION_VARIANTS="tc-sync tc-atomic" (LLM_CUDA_ATTENTION values whose attention tests and
-#   benchmark and training step also run, next to the default kernels), BENCHES="gemm attention torch train-step sweep"
+#   benchmark and training step also run, next to the default kernels), BIAS_GRAD_EPILOGUE=1 (the
+#   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
+#   BENCHES="gemm attention torch train-step sweep"
 #   (which benchmarks run; QUICK=1 drops the sweep), TESTS=0 (skip the correctness steps: a rerun
 #   of benchmarks on a bundle already validated), SWEEP_MBS=1,2,4 (the sweep's micro-batches)
 set -uo pipefail
@@ -45,6 +47,9 @@ variants=(${ATTENTION_VARIANTS-tc-sync tc-atomic})
 for var in simt "${variants[@]}"; do
   (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
 done
+if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
+  (cd "$build" && LLM_CUDA_BIAS_GRAD=epilogue lim 150 ./tests/test_backend --gtest_filter='*Linear*cuda*' > "$out/linear_bias_epilogue.log" 2>&1; echo $? > "$out/rc_linear_bias_epilogue") &
+fi
 for prec in cpu cuda bf16 fp16; do
   case $prec in cpu) f=(--backend cpu) ;; cuda) f=(--backend cuda) ;; *) f=(--backend cuda --$prec) ;; esac
   (lim 150 "$build/tools/llm-pretrain" "${pa[@]}" "${f[@]}" --output-dir "$out/pt_$prec" > "$out/pretrain_$prec.log" 2>&1; echo $? > "$out/rc_pt_$prec") &
@@ -55,6 +60,9 @@ log "test_cuda exit $(cat "$out/rc_test_cuda"): $(grep -E '^\[  (PASSED|FAILED|S
 for var in simt "${variants[@]}"; do
   log "attention tests with LLM_CUDA_ATTENTION=$var exit $(cat "$out/rc_attention_$var"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/attention_$var.log" | tr '\n' ' ')"
 done
+if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
+  log "linear tests with LLM_CUDA_BIAS_GRAD=epilogue exit $(cat "$out/rc_linear_bias_epilogue"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) |warning' "$out/linear_bias_epilogue.log" | tr '\n' ' ')"
+fi
 log "llm-pretrain --backend cuda (fp32 / --bf16 / --fp16) against --backend cpu fp32 (20 iterations, rel 1e-4 / 4e-3 / 4e-4)"
 for prec in cuda bf16 fp16; do
   tol=$(case $prec in cuda) echo 1e-4 ;; bf16) echo 4e-3 ;; fp16) echo 4e-4 ;; esac)
@@ -97,6 +105,10 @@ if [[ "$benches" = *" train-step "* ]]; then
     (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_$var.txt" 2>&1)
     log "train step ($var) exit $?: $(grep -E '^step' "$out/bench_train_step_$var.txt")"
   done
+  if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
+    (cd "$build" && LLM_CUDA_BIAS_GRAD=epilogue lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_bias_epilogue.txt" 2>&1)
+    log "train step (LLM_CUDA_BIAS_GRAD=epilogue) exit $?: $(grep -E '^step|warning' "$out/bench_train_step_bias_epilogue.txt" | tr '\n' ' ')"
+  fi
 fi
 
 if [[ "$benches" = *" sweep "* ]]; then

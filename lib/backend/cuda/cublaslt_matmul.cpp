@@ -22,6 +22,7 @@ const char* epilogue_name(Epilogue e) {
     case Epilogue::bias: return "bias";
     case Epilogue::gelu_bias_aux: return "gelu_bias_aux";
     case Epilogue::dgelu: return "dgelu";
+    case Epilogue::bgradb: return "bgradb";
   }
   return "?";
 }
@@ -95,8 +96,15 @@ void CublasLt::run(const Matmul& mm, const char* op) {
       case Epilogue::bias: epi = CUBLASLT_EPILOGUE_BIAS; break;
       case Epilogue::gelu_bias_aux: epi = CUBLASLT_EPILOGUE_GELU_AUX_BIAS; break;
       case Epilogue::dgelu: epi = CUBLASLT_EPILOGUE_DGELU; break;
+      case Epilogue::bgradb: epi = CUBLASLT_EPILOGUE_BGRADB; break;
     }
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)), what);
+    if (mm.epilogue == Epilogue::bgradb) {
+      const cudaDataType_t bias_type = CUDA_R_32F;
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                  sizeof(bias_type)),
+                   what);
+    }
     if (mm.epilogue == Epilogue::gelu_bias_aux || mm.epilogue == Epilogue::dgelu) {
       const int64_t ld = mm.ld_aux;
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)),
@@ -130,7 +138,7 @@ void CublasLt::run(const Matmul& mm, const char* op) {
     it = plans_.emplace(key, std::move(plan)).first;
   }
   Plan& p = *it->second;
-  if (mm.epilogue == Epilogue::bias || mm.epilogue == Epilogue::gelu_bias_aux)
+  if (mm.epilogue == Epilogue::bias || mm.epilogue == Epilogue::gelu_bias_aux || mm.epilogue == Epilogue::bgradb)
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &mm.bias, sizeof(mm.bias)),
                  describe(mm, op));
   if (mm.epilogue == Epilogue::gelu_bias_aux || mm.epilogue == Epilogue::dgelu)

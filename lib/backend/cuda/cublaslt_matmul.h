@@ -23,6 +23,7 @@ enum class Epilogue : uint8_t {
   bias,           // D = AB + bias (bias[m], broadcast over columns)
   gelu_bias_aux,  // aux = AB + bias; D = gelu_tanh(aux)
   dgelu,          // D = AB * gelu'(aux)
+  bgradb,         // D as without epilogue; bias[n] (f32) = sum over k of op(B)[k, n] (the bias gradient)
 };
 
 struct Matmul {
@@ -37,7 +38,7 @@ struct Matmul {
   int64_t ldd = 0;
   float alpha = 1.0f, beta = 0.0f;
   Epilogue epilogue = Epilogue::none;
-  const void* bias = nullptr;  // same type as D
+  const void* bias = nullptr;  // same type as D (bgradb: written, f32)
   void* aux = nullptr;         // gelu pre-activation, same type as D, leading dimension ld_aux
   int64_t ld_aux = 0;
 };

@@ -4,7 +4,9 @@
 #include <climits>
 #include <cmath>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/cublaslt_matmul.h"
@@ -46,6 +48,11 @@ CudaBackend::CudaBackend(int device) : device_{DeviceType::cuda, device} {
   CUDA_CHECK(cudaMallocHost(&count_host_, sizeof(unsigned int)), "backend setup");
   const char* env = std::getenv("LLM_CUDA_SYNC");
   sync_each_op_ = env && *env && std::strcmp(env, "0") != 0;
+  const char* bias = std::getenv("LLM_CUDA_BIAS_GRAD");
+  const std::string bias_grad = bias ? bias : "";
+  LLM_CHECK(bias_grad.empty() || bias_grad == "kernel" || bias_grad == "epilogue", "LLM_CUDA_BIAS_GRAD='", bias_grad,
+            "': expected kernel or epilogue");
+  bias_grad_epilogue_ = bias_grad == "epilogue";
 }
 
 CudaBackend::~CudaBackend() {
@@ -364,22 +371,39 @@ void CudaBackend::linear_backward(const Tensor& dinp, const Tensor& dweight, con
     mm.d = dinp.raw(), mm.ldd = d.C;
     blas_->run(mm, "linear_backward dinp");
   }
-  {
-    // dweight^T[C, OC] += inp^T[C, N] dout[N, OC]: A = inp stored C x N, B = dout stored OC x N (T).
-    Matmul mm;
-    mm.trans_b = true;
-    mm.m = d.C, mm.n = d.OC, mm.k = d.N;
-    mm.a_type = mm.b_type = t;
-    mm.d_type = DType::f32;
-    mm.a = inp.raw(), mm.lda = d.C;
-    mm.b = dout.raw(), mm.ldb = d.OC;
-    mm.d = dweight.raw(), mm.ldd = d.C;
-    mm.beta = 1.0f;
-    blas_->run(mm, "linear_backward dweight");
+  // dweight^T[C, OC] += inp^T[C, N] dout[N, OC]: A = inp stored C x N, B = dout stored OC x N (T).
+  Matmul mm;
+  mm.trans_b = true;
+  mm.m = d.C, mm.n = d.OC, mm.k = d.N;
+  mm.a_type = mm.b_type = t;
+  mm.d_type = DType::f32;
+  mm.a = inp.raw(), mm.lda = d.C;
+  mm.b = dout.raw(), mm.ldb = d.OC;
+  mm.d = dweight.raw(), mm.ldd = d.C;
+  mm.beta = 1.0f;
+  bool bias_done = false;
+  if (dbias.defined() && bias_grad_epilogue_) {
+    // LLM_CUDA_BIAS_GRAD=epilogue: cuBLASLt's BGRADB epilogue writes the column sums of dout
+    // into a scratch vector in the same pass, then dbias += it. If cuBLASLt has no algorithm for
+    // it, the column-sum kernels take over for the rest of the process (said once).
+    Tensor s = scratch(d.OC);
+    Matmul mb = mm;
+    mb.epilogue = Epilogue::bgradb, mb.bias = s.raw();
+    try {
+      blas_->run(mb, "linear_backward dweight + dbias");
+      kernels::residual_forward(DType::f32, dbias.raw(), dbias.raw(), s.raw(), d.OC, stream_);
+      bias_done = true;
+    } catch (const Error& e) {
+      std::fprintf(stderr, "[warning] LLM_CUDA_BIAS_GRAD=epilogue: %s; using the column-sum kernels\n", e.what());
+      bias_grad_epilogue_ = false;
+    }
   }
-  if (dbias.defined()) {
-    Tensor s = scratch(kernels::column_sum_scratch(d.N, d.OC));
-    kernels::bias_backward(t, dbias.data<float>(), dout.raw(), d.N, d.OC, s.data<float>(), stream_);
+  if (!bias_done) {
+    blas_->run(mm, "linear_backward dweight");
+    if (dbias.defined()) {
+      Tensor s = scratch(kernels::column_sum_scratch(d.N, d.OC));
+      kernels::bias_backward(t, dbias.data<float>(), dout.raw(), d.N, d.OC, s.data<float>(), stream_);
+    }
   }
   launched("linear_backward", {&dinp, &dweight, &dbias, &dout, &inp, &weight});
 }

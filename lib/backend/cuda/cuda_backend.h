@@ -100,6 +100,9 @@ class CudaBackend final : public Backend {
   std::shared_ptr<CachingAllocator> allocator_;
   std::unique_ptr<CublasLt> blas_;
   bool sync_each_op_ = false;
+  // LLM_CUDA_BIAS_GRAD=epilogue: the linear bias gradient through cuBLASLt's BGRADB epilogue
+  // (not yet run on a GPU); kernel (default): the deterministic column-sum kernels.
+  bool bias_grad_epilogue_ = false;
   const char* last_op_ = "none";
   unsigned long long* id_flag_dev_ = nullptr;  // find_bad_ids result
   unsigned long long* id_flag_host_ = nullptr;  // pinned
