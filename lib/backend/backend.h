@@ -118,6 +118,17 @@ class Backend {
     gelu_forward(out, pre_gelu);
   }
 
+  // The backward of a linear layer whose input was gelu(pre_gelu), through the GELU:
+  // linear_backward, then dinp = gelu'(pre_gelu) * dinp (dinp[N,C], pre_gelu[N,C] as kept by
+  // linear_gelu_forward of the layer before). One call where the backend fuses it (CUDA:
+  // cuBLASLt's DGELU epilogue on the dinp GEMM).
+  virtual void linear_backward_gelu(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
+                                    const Tensor& dout, const Tensor& inp, const Tensor& weight,
+                                    const Tensor& pre_gelu) {
+    linear_backward(dinp, dweight, dbias, dout, inp, weight);
+    gelu_backward(dinp, pre_gelu, dinp);
+  }
+
   // out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   any shape
   virtual void gelu_forward(const Tensor& out, const Tensor& inp) = 0;
   // dinp = gelu'(inp) * dout   (=; dinp may alias dout)

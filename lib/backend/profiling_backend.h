@@ -53,6 +53,10 @@ class ProfilingBackend final : public Backend {
                        const Tensor& w) override {
     timed("linear_backward", [&] { inner_.linear_backward(di, dw, db, d, i, w); });
   }
+  void linear_backward_gelu(const Tensor& di, const Tensor& dw, const Tensor& db, const Tensor& d, const Tensor& i,
+                            const Tensor& w, const Tensor& pre) override {
+    timed("linear_backward_gelu", [&] { inner_.linear_backward_gelu(di, dw, db, d, i, w, pre); });
+  }
   void linear_gelu_forward(const Tensor& o, const Tensor& pre, const Tensor& i, const Tensor& w,
                            const Tensor& b) override {
     timed("linear_gelu_forward", [&] { inner_.linear_gelu_forward(o, pre, i, w, b); });

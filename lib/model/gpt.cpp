@@ -676,10 +676,10 @@ void GPT::block_backward(size_t li, const Tensor& x) {
   const bool sp = tp_.sequence_parallel;
   const int64_t N = a.B * a.T;
   const Tensor& drows = sp ? a.drows : a.dbuf;  // d(LayerNorm output) rows held here
-  // MLP branch. Row-parallel c_proj: its output gradient is the (gathered) residual gradient.
-  be.linear_backward(a.dfch.view({N, -1}), b.d_fcproj_w, b.d_fcproj_b, gather_rows(a.dresidual, a.gathered),
-                     b.fch_gelu.view({N, -1}), b.fcproj_w);
-  be.gelu_backward(a.dfch, b.fch, a.dfch);
+  // MLP branch. Row-parallel c_proj (its output gradient is the gathered residual gradient) and
+  // the GELU before it, in one call (fused on CUDA).
+  be.linear_backward_gelu(a.dfch.view({N, -1}), b.d_fcproj_w, b.d_fcproj_b, gather_rows(a.dresidual, a.gathered),
+                          b.fch_gelu.view({N, -1}), b.fcproj_w, b.fch.view({N, -1}));
   // Column-parallel c_fc: its input gradient is a partial sum over the group.
   be.linear_backward(a.dbuf, b.d_fc_w, b.d_fc_b, a.dfch.view({N, -1}), gather_rows(b.ln2, a.gathered), b.fc_w);
   reduce_rows(drows, a.dbuf);

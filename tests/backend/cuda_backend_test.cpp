@@ -1,7 +1,8 @@
 // CUDA-specific checks, next to the conformance suite (which runs every op on the CUDA backend
 // automatically when a device is present): availability is reported (a skip with the reason,
-// never a silent pass), the head dimensions of the model table, the fused GELU epilogue,
-// determinism and error messages. The bf16/f16 paths are in low_precision_test.cpp (every backend).
+// never a silent pass), the head dimensions of the model table, the fused GELU epilogues
+// (forward and backward), determinism and error messages. The bf16/f16 paths are in
+// low_precision_test.cpp (every backend).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -21,6 +22,7 @@ namespace {
 
 using bt::Tol;
 using bt::Vec;
+using llm::DType;
 using llm::Shape;
 using llm::Tensor;
 
@@ -115,6 +117,43 @@ TEST(CudaBackend, FusedLinearGeluMatchesLinearThenGelu) {
   be->linear_gelu_forward(out2, pre2, inp, w, b);
   EXPECT_TRUE(bt::all_close("pre-activation", f.down(pre2), f.down(pre), Tol{1e-5, 1e-5}));
   EXPECT_TRUE(bt::all_close("gelu epilogue", f.down(out2), f.down(out), Tol{1e-4, 1e-4}));
+}
+
+// The MLP's backward through c_proj and the GELU: cuBLASLt's DGELU epilogue on the dinp GEMM
+// against linear_backward then gelu_backward (fp32 and bf16).
+TEST(CudaBackend, FusedLinearBackwardGeluMatchesTheTwoOps) {
+  REQUIRE_CUDA(be);
+  Fixture f{*be};
+  const int N = 64, C = 256, OC = 128;
+  bt::Rng rng(330);
+  for (DType t : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(llm::dtype_name(t));
+    auto up = [&](Shape s, const Vec& v) {
+      Tensor x = f.up(s, v);
+      if (t == DType::f32) return x;
+      Tensor y = be->empty(s, t);
+      be->convert(y, x);
+      return y;
+    };
+    auto down = [&](const Tensor& x) {
+      if (x.dtype() == DType::f32) return f.down(x);
+      Tensor y = be->empty(x.shape());
+      be->convert(y, x);
+      return f.down(y);
+    };
+    const Vec pre_v = rng.normal(size_t(N) * C), dout_v = rng.normal(size_t(N) * OC), w_v = rng.normal(size_t(OC) * C, 0.1);
+    Tensor pre = up({N, C}, pre_v), inp = be->empty({N, C}, t), dout = up({N, OC}, dout_v), w = up({OC, C}, w_v);
+    be->gelu_forward(inp, pre);
+    Tensor dinp = be->empty({N, C}, t), dw = be->zeros({OC, C}), db = be->zeros({OC});
+    Tensor dinp2 = be->empty({N, C}, t), dw2 = be->zeros({OC, C}), db2 = be->zeros({OC});
+    be->linear_backward(dinp, dw, db, dout, inp, w);
+    be->gelu_backward(dinp, pre, dinp);
+    be->linear_backward_gelu(dinp2, dw2, db2, dout, inp, w, pre);
+    const Tol tol = t == DType::f32 ? Tol{1e-4, 1e-4} : Tol{2e-2, 2e-2};  // bf16: the two ops round dinp once more
+    EXPECT_TRUE(bt::all_close("dinp through the GELU", down(dinp2), down(dinp), tol));
+    EXPECT_TRUE(bt::all_equal("dweight", f.down(dw2), f.down(dw)));
+    EXPECT_TRUE(bt::all_equal("dbias", f.down(db2), f.down(db)));
+  }
 }
 
 TEST(CudaBackend, ReductionsAreDeterministic) {

@@ -126,8 +126,7 @@ int main(int argc, char** argv) {
     ops->layernorm_backward(dres, d_lnf_w, d_lnf_b, dln, x_out, lnf_w, meanf, rstdf);
     for (int64_t l = L - 1; l >= 0; --l) {
       Layer& y = layers[size_t(l)];
-      ops->linear_backward(dfc, y.d_fp_w, y.d_fp_b, dres, y.fc, y.fp_w);
-      ops->gelu_backward(dfc, y.fc_pre, dfc);
+      ops->linear_backward_gelu(dfc, y.d_fp_w, y.d_fp_b, dres, y.fc, y.fp_w, y.fc_pre);
       ops->linear_backward(dln, y.d_fc_w, y.d_fc_b, dfc, y.ln2, y.fc_w);
       ops->layernorm_backward(dres, y.d_ln2_w, y.d_ln2_b, dln, y.x2, y.ln2_w, y.mean2, y.rstd2);
       ops->linear_backward(datt.view({N, h}), y.d_proj_w, y.d_proj_b, dres, y.att.view({N, h}), y.proj_w);

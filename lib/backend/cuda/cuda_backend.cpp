@@ -352,6 +352,20 @@ void CudaBackend::linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu,
 
 void CudaBackend::linear_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                                   const Tensor& inp, const Tensor& weight) {
+  linear_backward_impl(dinp, dweight, dbias, dout, inp, weight, nullptr);
+}
+
+void CudaBackend::linear_backward_gelu(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
+                                       const Tensor& dout, const Tensor& inp, const Tensor& weight,
+                                       const Tensor& pre_gelu) {
+  LLM_CHECK(dinp.defined(), "linear_backward_gelu: dinp is required");
+  check_dev(pre_gelu, inp.shape(), inp.dtype(), device_, "linear_backward_gelu pre_gelu (shape and type of inp)");
+  linear_backward_impl(dinp, dweight, dbias, dout, inp, weight, &pre_gelu);
+}
+
+void CudaBackend::linear_backward_impl(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
+                                       const Tensor& dout, const Tensor& inp, const Tensor& weight,
+                                       const Tensor* pre_gelu) {
   const LinearDims d = linear_dims("linear_backward inp/weight", inp, weight, device_);
   const DType t = inp.dtype();
   LLM_CHECK(dout.numel() == d.N * d.OC && dout.size(-1) == d.OC, "linear_backward dout: expected ", d.N, "x", d.OC,
@@ -369,7 +383,23 @@ void CudaBackend::linear_backward(const Tensor& dinp, const Tensor& dweight, con
     mm.a = weight.raw(), mm.lda = d.C;
     mm.b = dout.raw(), mm.ldb = d.OC;
     mm.d = dinp.raw(), mm.ldd = d.C;
-    blas_->run(mm, "linear_backward dinp");
+    bool fused = false;
+    if (pre_gelu && dgelu_epilogue_) {
+      // D = (W^T dout^T) * gelu'(aux), aux = the pre-activation (C x N column-major, like D).
+      Matmul mg = mm;
+      mg.epilogue = Epilogue::dgelu, mg.aux = const_cast<void*>(pre_gelu->raw()), mg.ld_aux = d.C;
+      try {
+        blas_->run(mg, "linear_backward_gelu dinp");
+        fused = true;
+      } catch (const Error& e) {
+        std::fprintf(stderr, "[warning] linear_backward_gelu: %s; using a separate GELU backward\n", e.what());
+        dgelu_epilogue_ = false;
+      }
+    }
+    if (!fused) {
+      blas_->run(mm, "linear_backward dinp");
+      if (pre_gelu) kernels::gelu_backward(t, dinp.raw(), pre_gelu->raw(), dinp.raw(), dinp.numel(), stream_);
+    }
   }
   // dweight^T[C, OC] += inp^T[C, N] dout[N, OC]: A = inp stored C x N, B = dout stored OC x N (T).
   Matmul mm;

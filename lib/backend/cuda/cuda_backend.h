@@ -51,6 +51,8 @@ class CudaBackend final : public Backend {
   void linear_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias) override;
   void linear_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                        const Tensor& inp, const Tensor& weight) override;
+  void linear_backward_gelu(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
+                            const Tensor& inp, const Tensor& weight, const Tensor& pre_gelu) override;
   void gelu_forward(const Tensor& out, const Tensor& inp) override;
   void gelu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) override;
   void residual_forward(const Tensor& out, const Tensor& a, const Tensor& b) override;
@@ -103,6 +105,9 @@ class CudaBackend final : public Backend {
   // LLM_CUDA_BIAS_GRAD=epilogue: the linear bias gradient through cuBLASLt's BGRADB epilogue
   // (not yet run on a GPU); kernel (default): the deterministic column-sum kernels.
   bool bias_grad_epilogue_ = false;
+  bool dgelu_epilogue_ = true;  // cleared (said once) if cuBLASLt has no DGELU algorithm
+  void linear_backward_impl(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
+                            const Tensor& inp, const Tensor& weight, const Tensor* pre_gelu);
   const char* last_op_ = "none";
   unsigned long long* id_flag_dev_ = nullptr;  // find_bad_ids result
   unsigned long long* id_flag_host_ = nullptr;  // pinned
