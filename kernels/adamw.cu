@@ -57,7 +57,7 @@ __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64
 void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWConstants& c,
                   DType low_type, void* low_precision, cudaStream_t stream) {
   if (n == 0) return;
-  const bool packed = aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v);
+  const bool packed = packable(param, grad, m, v);
   const unsigned grid = grid_for(ceil_div(n, 4));
   if (!low_precision) {
     adamw_kernel<float><<<grid, 256, 0, stream>>>(param, grad, m, v, n, c, nullptr, packed);

@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -41,6 +43,19 @@ struct alignas(16) Pack {
   T e[n];
 };
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+// Whether the 16-byte-pack kernels may run for these buffers: all 16-byte aligned, and not
+// switched off by LLM_CUDA_PACKS=0 (triage: the one-element kernels everywhere).
+inline bool packs_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("LLM_CUDA_PACKS");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+template <typename... P>
+inline bool packable(const P*... p) {
+  return packs_enabled() && (aligned16(p) && ...);
+}
 
 // Element-wise loop over n elements: 16-byte packs when every pointer is 16-byte aligned, then
 // the tail (or everything, unaligned) one element at a time. f(i) handles element i, g(k) pack

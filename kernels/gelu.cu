@@ -52,7 +52,7 @@ void gelu_forward(DType t, void* out, const void* inp, int64_t n, cudaStream_t s
   dispatch_float(t, "gelu_forward", [&](auto tag) {
     using E = decltype(tag);
     gelu_forward_kernel<E><<<grid_for(ceil_div(n, Pack<E>::n)), 256, 0, stream>>>(
-        static_cast<E*>(out), static_cast<const E*>(inp), n, aligned16(out) && aligned16(inp));
+        static_cast<E*>(out), static_cast<const E*>(inp), n, packable(out, inp));
   });
 }
 
@@ -62,7 +62,7 @@ void gelu_backward(DType t, void* dinp, const void* inp, const void* dout, int64
     using E = decltype(tag);
     gelu_backward_kernel<E><<<grid_for(ceil_div(n, Pack<E>::n)), 256, 0, stream>>>(
         static_cast<E*>(dinp), static_cast<const E*>(inp), static_cast<const E*>(dout), n,
-        aligned16(dinp) && aligned16(inp) && aligned16(dout));
+        packable(dinp, inp, dout));
   });
 }
 

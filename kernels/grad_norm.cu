@@ -100,7 +100,7 @@ __global__ void count_nonfinite_kernel(const T* x, int64_t n, unsigned int* coun
 void sum_squares(DType t, const void* x, int64_t n, double* partials, cudaStream_t stream) {
   dispatch_float(t, "sum_squares", [&](auto tag) {
     using E = decltype(tag);
-    if (aligned16(x))
+    if (packable(x))
       sum_squares_packed_kernel<E><<<kSumSquaresBlocks, kThreads, 0, stream>>>(static_cast<const E*>(x), n, partials);
     else
       sum_squares_kernel<E><<<kSumSquaresBlocks, kThreads, 0, stream>>>(static_cast<const E*>(x), n, partials);

@@ -194,7 +194,7 @@ void layernorm_forward(DType t, void* out, float* mean, float* rstd, const void*
   const unsigned grid = static_cast<unsigned>(ceil_div(N, kWarpsPerBlock));
   dispatch_float(t, "layernorm_forward", [&](auto tag) {
     using E = decltype(tag);
-    if (aligned16(out) && aligned16(inp) && C % Pack<E>::n == 0)
+    if (packable(out, inp) && C % Pack<E>::n == 0)
       layernorm_forward_packed_kernel<E><<<grid, 32 * kWarpsPerBlock, 0, stream>>>(
           static_cast<E*>(out), mean, rstd, static_cast<const E*>(inp), weight, bias, N, C, eps);
     else
@@ -211,7 +211,7 @@ void layernorm_backward(DType t, void* dinp, float* dweight, float* dbias, const
   dispatch_float(t, "layernorm_backward", [&](auto tag) {
     using E = decltype(tag);
     const unsigned rows = static_cast<unsigned>(ceil_div(N, kWarpsPerBlock));
-    if (aligned16(dinp) && aligned16(dout) && aligned16(inp) && C % Pack<E>::n == 0) {
+    if (packable(dinp, dout, inp) && C % Pack<E>::n == 0) {
       layernorm_backward_dinp_packed_kernel<E><<<rows, 32 * kWarpsPerBlock, 0, stream>>>(
           static_cast<E*>(dinp), static_cast<const E*>(dout), static_cast<const E*>(inp), weight, mean, rstd, N, C);
       const dim3 grid(static_cast<unsigned>(ceil_div(C, 32 * Pack<E>::n)), static_cast<unsigned>(G));

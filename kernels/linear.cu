@@ -43,7 +43,7 @@ void bias_backward(DType t, float* dbias, const void* dout, int64_t N, int64_t O
   const int64_t G = column_row_blocks(N);
   dispatch_float(t, "linear_backward dbias", [&](auto tag) {
     using E = decltype(tag);
-    if (aligned16(dout) && OC % Pack<E>::n == 0) {
+    if (packable(dout) && OC % Pack<E>::n == 0) {
       const dim3 grid(static_cast<unsigned>(ceil_div(OC, 32 * Pack<E>::n)), static_cast<unsigned>(G));
       bias_partials_packed_kernel<E><<<grid, dim3(32, kColumnRowLanes), 0, stream>>>(scratch, static_cast<const E*>(dout), N, OC);
     } else {

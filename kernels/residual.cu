@@ -45,7 +45,7 @@ void residual_forward(DType t, void* out, const void* a, const void* b, int64_t 
   if (n == 0) return;
   dispatch_float(t, "residual_forward", [&](auto tag) {
     using E = decltype(tag);
-    const bool packed = aligned16(out) && aligned16(a) && aligned16(b);
+    const bool packed = packable(out, a, b);
     residual_forward_kernel<E><<<grid_for(ceil_div(n, Pack<E>::n)), 256, 0, stream>>>(
         static_cast<E*>(out), static_cast<const E*>(a), static_cast<const E*>(b), n, packed);
   });
@@ -55,7 +55,7 @@ void residual_backward(DType t, void* da, void* db, const void* dout, int64_t n,
   if (n == 0) return;
   dispatch_float(t, "residual_backward", [&](auto tag) {
     using E = decltype(tag);
-    const bool packed = aligned16(da) && aligned16(db) && aligned16(dout);
+    const bool packed = packable(da, db, dout);
     residual_backward_kernel<E><<<grid_for(ceil_div(n, Pack<E>::n)), 256, 0, stream>>>(
         static_cast<E*>(da), static_cast<E*>(db), static_cast<const E*>(dout), n, packed);
   });

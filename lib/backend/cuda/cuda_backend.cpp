@@ -53,6 +53,8 @@ CudaBackend::CudaBackend(int device) : device_{DeviceType::cuda, device} {
   LLM_CHECK(bias_grad.empty() || bias_grad == "kernel" || bias_grad == "epilogue", "LLM_CUDA_BIAS_GRAD='", bias_grad,
             "': expected kernel or epilogue");
   bias_grad_epilogue_ = bias_grad == "epilogue";
+  const char* dgelu = std::getenv("LLM_CUDA_DGELU");  // 0: the separate GELU backward kernel (triage)
+  dgelu_epilogue_ = !(dgelu && std::string(dgelu) == "0");
 }
 
 CudaBackend::~CudaBackend() {

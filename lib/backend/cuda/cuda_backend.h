@@ -105,7 +105,7 @@ class CudaBackend final : public Backend {
   // LLM_CUDA_BIAS_GRAD=epilogue: the linear bias gradient through cuBLASLt's BGRADB epilogue
   // (not yet run on a GPU); kernel (default): the deterministic column-sum kernels.
   bool bias_grad_epilogue_ = false;
-  bool dgelu_epilogue_ = true;  // cleared (said once) if cuBLASLt has no DGELU algorithm
+  bool dgelu_epilogue_ = true;  // LLM_CUDA_DGELU=0 clears it; so does cuBLASLt without a DGELU algorithm (said once)
   void linear_backward_impl(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                             const Tensor& inp, const Tensor& weight, const Tensor* pre_gelu);
   const char* last_op_ = "none";
