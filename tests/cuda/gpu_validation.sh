@@ -56,6 +56,14 @@ for prec in cpu cuda bf16 fp16; do
 done
 wait
 log "test_backend (cuda) exit $(cat "$out/rc_test_backend"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_backend_cuda.log" | tr '\n' ' ')"
+if [[ "$(cat "$out/rc_test_backend")" != 0 ]]; then  # triage in the same lease: which change breaks it
+  log "failed: $(grep -E '^\[  FAILED  \] [A-Za-z]' "$out/test_backend_cuda.log" | sed 's/^\[  FAILED  \] //; s/ (.*//' | sort -u | tr '\n' ' ')"
+  for sw in LLM_CUDA_PACKS=0 LLM_CUDA_DGELU=0 "LLM_CUDA_PACKS=0 LLM_CUDA_DGELU=0"; do
+    tag=$(echo "$sw" | tr ' =' '__')
+    (cd "$build" && export $sw && lim 150 ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/triage_$tag.log" 2>&1)
+    log "triage with $sw: exit $?: $(grep -E '^\[  (PASSED|FAILED) ' "$out/triage_$tag.log" | tr '\n' ' ')"
+  done
+fi
 log "test_cuda exit $(cat "$out/rc_test_cuda"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_cuda.log" | tr '\n' ' ')"
 for var in simt "${variants[@]}"; do
   log "attention tests with LLM_CUDA_ATTENTION=$var exit $(cat "$out/rc_attention_$var"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/attention_$var.log" | tr '\n' ' ')"
