@@ -9,7 +9,7 @@
 #   ATTENTION_VARIANTS="tc-sync tc-atomic" (LLM_CUDA_ATTENTION values whose attention tests and
 #   benchmark and training step also run, next to the default kernels), BIAS_GRAD_EPILOGUE=1 (the
 #   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
-#   BENCHES="gemm attention torch train-step sweep"
+#   BENCHES="gemm attention torch train-step longseq sweep"
 #   (which benchmarks run; QUICK=1 drops the sweep), TESTS=0 (skip the correctness steps: a rerun
 #   of benchmarks on a bundle already validated), SWEEP_MBS=1,2,4 (the sweep's micro-batches)
 set -uo pipefail
@@ -87,7 +87,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   log "ctest exit $?: $(tail -3 "$out/ctest.log" | head -1)"
 fi
 
-benches=" ${BENCHES-gemm attention torch train-step sweep} "
+benches=" ${BENCHES-gemm attention torch train-step longseq sweep} "
 [[ "${QUICK:-0}" = 1 ]] && benches="${benches/ sweep / }"
 log "benchmarks (one at a time):$benches"
 if [[ "$benches" = *" gemm "* ]]; then
@@ -117,6 +117,19 @@ if [[ "$benches" = *" train-step "* ]]; then
     (cd "$build" && LLM_CUDA_BIAS_GRAD=epilogue lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_bias_epilogue.txt" 2>&1)
     log "train step (LLM_CUDA_BIAS_GRAD=epilogue) exit $?: $(grep -E '^step|warning' "$out/bench_train_step_bias_epilogue.txt" | tr '\n' ' ')"
   fi
+fi
+
+if [[ "$benches" = *" longseq "* ]]; then
+  # Hundreds of thousands of tokens on one device: 4 layers, hidden 1024, 16 heads (head dim 64,
+  # the tensor-core attention), bf16, full recompute, mock vocab 512; loss finite, time and memory.
+  ls_args=(--mock-data --vocab-size 512 --num-layers 4 --hidden-size 1024 --num-attention-heads 16 --micro-batch-size 1
+           --global-batch-size 1 --log-interval 1 --recompute-granularity full --bf16 --backend cuda)
+  for spec in 131072:2 262144:1; do
+    T=${spec%:*} iters=${spec#*:}
+    lim 120 "$build/tools/llm-pretrain" "${ls_args[@]}" --seq-length $T --train-iters $iters \
+      --output-dir "$out/longseq_$T" > "$out/longseq_$T.log" 2>&1
+    log "longseq $T exit $?: $(grep -o '"lm_loss": [^,]*\|"elapsed_ms_per_iteration": [^,]*\|"memory_max_allocated_mib": [^,]*' "$out/longseq_$T/metrics.jsonl" 2> /dev/null | tail -3 | tr '\n' ' ')"
+  done
 fi
 
 if [[ "$benches" = *" sweep "* ]]; then
