@@ -11,7 +11,7 @@
 #   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
 #   BENCHES="gemm attention torch train-step longseq sweep"
 #   (which benchmarks run; QUICK=1 drops the sweep), TESTS=0 (skip the correctness steps: a rerun
-#   of benchmarks on a bundle already validated), SWEEP_MBS=1,2,4 (the sweep's micro-batches)
+#   of benchmarks on a bundle already validated), SWEEP_MBS=1,2,4,8,16 (the sweep's micro-batches)
 set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$src/gpu-report}"
@@ -143,7 +143,7 @@ fi
 for spec in GPT1_3B:50304 GPT1_5B:0; do
   model=${spec%:*} vocab=${spec#*:}
   lim 150 "$build/tools/llm-sweep" --pretrain "$build/tools/llm-pretrain" --models $model --vocab-size $vocab --seq-lens 2048 \
-    --micro-batches "${SWEEP_MBS:-1,2,4}" --dtype bf16 --backend cuda --device "$PEAK_DEVICE" --warmup 2 --iters 5 --no-plots \
+    --micro-batches "${SWEEP_MBS:-1,2,4,8,16}" --dtype bf16 --backend cuda --device "$PEAK_DEVICE" --warmup 2 --iters 5 --no-plots \
     --output-dir "$out/sweep_$model" > "$out/sweep_$model.log" 2>&1
   log "sweep $model exit $?: $(grep -E '^\[[0-9]' "$out/sweep_$model.log" | tr '\n' ' ')"
 done
