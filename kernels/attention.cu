@@ -340,7 +340,8 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
   if (t == DType::f32) return false;
   switch (attention_kernels()) {
     case AttentionKernels::tc:
-    case AttentionKernels::tc_atomic: return attention_forward_tensor_cores(t, a, stream);
+    case AttentionKernels::tc_atomic: return attention_forward_tensor_cores(t, a, false, stream);
+    case AttentionKernels::tc_m32: return attention_forward_tensor_cores(t, a, true, stream);
     case AttentionKernels::tc_sync: return attention_forward_tensor_cores_sync(t, a, stream);
     case AttentionKernels::simt: return false;
   }
@@ -350,7 +351,8 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
 bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
   switch (attention_kernels()) {
-    case AttentionKernels::tc: return attention_backward_tensor_cores(t, a, false, stream);
+    case AttentionKernels::tc:
+    case AttentionKernels::tc_m32: return attention_backward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_atomic: return attention_backward_tensor_cores(t, a, true, stream);
     case AttentionKernels::tc_sync: return attention_backward_tensor_cores_sync(t, a, stream);
     case AttentionKernels::simt: return false;
@@ -366,9 +368,10 @@ AttentionKernels attention_kernels() {
     const std::string s = e ? e : "";
     if (s.empty() || s == "tc") return AttentionKernels::tc;
     if (s == "tc-atomic") return AttentionKernels::tc_atomic;
+    if (s == "tc-m32") return AttentionKernels::tc_m32;
     if (s == "tc-sync") return AttentionKernels::tc_sync;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-atomic, tc-sync or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-m32, tc-atomic, tc-sync or simt");
   }();
   return v;
 }

@@ -1,8 +1,9 @@
 // Causal flash attention forward on tensor cores (bf16/f16 in, fp32 accumulate), the
 // FlashAttention-2 algorithm with mma.sync m16n8k16 (sm_80 and sm_90):
 //
-//   * one block = 16 x NW queries of one (batch, head), NW = 4 warps x 16 query rows; heaviest
-//     tiles first (8 warps, 128 queries, measured 5-20% slower on an H200 and was dropped);
+//   * one block = 64 queries of one (batch, head), 4 warps x 16 query rows; heaviest tiles first
+//     (8 warps, 128 queries, measured 5-20% slower on an H200 and was dropped; 4 warps x 32 rows
+//     is LLM_CUDA_ATTENTION=tc-m32, see the kernel);
 //   * the Q tile is loaded once into registers as A fragments (ldmatrix), staged through the
 //     second K/V buffer;
 //   * K/V tiles (64 keys, 32 for head dim 160) are double-buffered in shared memory with cp.async:
@@ -27,17 +28,23 @@ namespace llm::kernels {
 
 namespace {
 
-template <typename T, int HD, int BC, int NW>
+// MT m-tiles of 16 query rows per warp. MT = 1 (default): Q stays in registers as A fragments.
+// MT = 2 (LLM_CUDA_ATTENTION=tc-m32): 32 rows per warp, FlashAttention-2's shape for head dims up
+// to 128; each K/V fragment read from shared memory feeds two products, and Q's fragments are
+// read from its own shared-memory tile per k-chunk (there are not registers for both).
+template <typename T, int HD, int BC, int NW, int MT>
 __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForwardArgs a, float scale_log2) {
-  constexpr int BR = 16 * NW, NT = 32 * NW;
+  constexpr int BR = 16 * MT * NW, NT = 32 * NW;
   constexpr int LD = HD + 8;   // shared-memory row stride in elements (+16 bytes: no ldmatrix bank conflicts)
   constexpr int KC = HD / 16;  // k-chunks of the Q K^T product
   constexpr int NB = BC / 8;   // n-blocks of S
   constexpr int ND = HD / 8;   // n-blocks of O
   constexpr int CH = HD / 8;   // 16-byte chunks per row
-  static_assert(BR <= 2 * BC, "the Q tile is staged in one K/V buffer (2 * BC rows)");
+  constexpr bool kQRegs = MT == 1;
+  constexpr int QOFF = kQRegs ? 0 : BR * LD;  // MT = 2: the Q tile has its own region before the K/V buffers
+  static_assert(!kQRegs || BR <= 2 * BC, "the Q tile is staged in one K/V buffer (2 * BC rows)");
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* const smem = reinterpret_cast<T*>(smem_raw);  // [2 buffers][K | V][BC][LD]
+  T* const smem = reinterpret_cast<T*>(smem_raw);  // [Q [BR][LD] (MT = 2)][2 buffers][K | V][BC][LD]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -51,7 +58,7 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
 
   // Issues the copies of key tile jt (rows jt * BC ..) into buffer jt % 2.
   auto load_kv = [&](int64_t jt) {
-    T* Ks = smem + (jt & 1) * 2 * BC * LD;
+    T* Ks = smem + QOFF + (jt & 1) * 2 * BC * LD;
     T* Vs = Ks + BC * LD;
     const int64_t j0 = jt * BC;
     for (int idx = threadIdx.x; idx < BC * CH; idx += NT) {
@@ -63,8 +70,8 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
     }
   };
 
-  // Prologue: the Q tile (into buffer 1) and key tile 0 (buffer 0), one group.
-  T* Qs = smem + 2 * BC * LD;
+  // Prologue: the Q tile (MT = 1: into buffer 1) and key tile 0 (buffer 0), one group.
+  T* Qs = kQRegs ? smem + 2 * BC * LD : smem;
   for (int idx = threadIdx.x; idx < BR * CH; idx += NT) {
     const int r = idx / CH, c = idx % CH;
     const bool ok = i0 + r < a.Tq;
@@ -74,18 +81,23 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
-  uint32_t qf[KC][4];
+  uint32_t qf[kQRegs ? KC : 1][4];
+  if constexpr (kQRegs) {
 #pragma unroll
-  for (int kc = 0; kc < KC; ++kc)
-    ldmatrix_x4(qf[kc], Qs + (warp * 16 + lr + (lm % 2) * 8) * LD + kc * 16 + (lm / 2) * 8);
+    for (int kc = 0; kc < KC; ++kc)
+      ldmatrix_x4(qf[kc], Qs + (warp * 16 + lr + (lm % 2) * 8) * LD + kc * 16 + (lm / 2) * 8);
+  }
 
-  float o[ND][4];
+  float o[MT][ND][4];
+  float m0[MT], m1[MT], l0[MT], l1[MT];  // rows g and g + 8 of each m-tile (per-lane partial l)
 #pragma unroll
-  for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows g and g + 8 (per-lane partial l)
-  const int64_t row0 = i0 + warp * 16 + g;                     // query index of row g
-  const int64_t qpos0 = a.q_pos0 + row0, qpos1 = qpos0 + 8;
-  const int64_t warp_first_q = a.q_pos0 + i0 + warp * 16;
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) o[mt][nd][0] = o[mt][nd][1] = o[mt][nd][2] = o[mt][nd][3] = 0.0f;
+    m0[mt] = m1[mt] = -INFINITY, l0[mt] = l1[mt] = 0.0f;
+  }
+  const int64_t warp_row0 = i0 + warp * 16 * MT;  // first query row of this warp
+  const int64_t warp_first_q = a.q_pos0 + warp_row0;
   const int64_t key_end = min(a.q_pos0 + min(i0 + BR, a.Tq), Tk);
   const int64_t tiles = (key_end + BC - 1) / BC;
 
@@ -101,143 +113,174 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
     }
     __syncthreads();
     const int64_t j0 = jt * BC;
-    if (j0 > warp_first_q + 15) continue;  // every key of the tile is in this warp's future
-    const T* Ks = smem + (jt & 1) * 2 * BC * LD;
+    if (j0 > warp_first_q + 16 * MT - 1) continue;  // every key of the tile is in this warp's future
+    const T* Ks = smem + QOFF + (jt & 1) * 2 * BC * LD;
     const T* Vs = Ks + BC * LD;
 
-    float s[NB][4];
+    float s[MT][NB][4];
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb) s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.0f;
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int kc = 0; kc < KC; ++kc)
+      for (int nb = 0; nb < NB; ++nb) s[mt][nb][0] = s[mt][nb][1] = s[mt][nb][2] = s[mt][nb][3] = 0.0f;
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+      uint32_t qa[MT][4];
+      if constexpr (!kQRegs) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+          ldmatrix_x4(qa[mt], Qs + (warp * 16 * MT + mt * 16 + lr + (lm % 2) * 8) * LD + kc * 16 + (lm / 2) * 8);
+      }
 #pragma unroll
       for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
         uint32_t kb[4];
         ldmatrix_x4(kb, Ks + (nb2 * 16 + lr + (lm / 2) * 8) * LD + kc * 16 + (lm % 2) * 8);
-        mma_16816<T>(s[2 * nb2], qf[kc], kb[0], kb[1]);
-        mma_16816<T>(s[2 * nb2 + 1], qf[kc], kb[2], kb[3]);
-      }
-
-    const bool need_mask = j0 + BC - 1 > warp_first_q || j0 + BC > Tk;
-    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nb][e] * scale_log2;
-        if (need_mask) {
-          const int64_t key = j0 + nb * 8 + 2 * t + (e & 1);
-          const int64_t qp = e < 2 ? qpos0 : qpos1;
-          if (key > qp || key >= Tk) x = -INFINITY;
+        for (int mt = 0; mt < MT; ++mt) {
+          const uint32_t(&af)[4] = kQRegs ? qf[kQRegs ? kc : 0] : qa[mt];
+          mma_16816<T>(s[mt][2 * nb2], af, kb[0], kb[1]);
+          mma_16816<T>(s[mt][2 * nb2 + 1], af, kb[2], kb[3]);
         }
-        s[nb][e] = x;
-        if (e < 2) mx0 = fmaxf(mx0, x);
-        else mx1 = fmaxf(mx1, x);
       }
-#pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
     }
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float base0 = mn0 == -INFINITY ? 0.0f : mn0, base1 = mn1 == -INFINITY ? 0.0f : mn1;
-    const float c0 = exp2f(m0 - base0), c1 = exp2f(m1 - base1);
-    m0 = mn0, m1 = mn1;
-    float sum0 = 0.0f, sum1 = 0.0f;
+
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-      s[nb][0] = exp2f(s[nb][0] - base0);
-      s[nb][1] = exp2f(s[nb][1] - base0);
-      s[nb][2] = exp2f(s[nb][2] - base1);
-      s[nb][3] = exp2f(s[nb][3] - base1);
-      sum0 += s[nb][0] + s[nb][1];
-      sum1 += s[nb][2] + s[nb][3];
-    }
-    l0 = l0 * c0 + sum0;
-    l1 = l1 * c1 + sum1;
+    for (int mt = 0; mt < MT; ++mt) {
+      const int64_t tile_first_q = warp_first_q + mt * 16;
+      const int64_t qpos0 = tile_first_q + g, qpos1 = qpos0 + 8;
+      const bool need_mask = j0 + BC - 1 > tile_first_q || j0 + BC > Tk;
+      float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int nd = 0; nd < ND; ++nd) {
-      o[nd][0] *= c0, o[nd][1] *= c0;
-      o[nd][2] *= c1, o[nd][3] *= c1;
+      for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[mt][nb][e] * scale_log2;
+          if (need_mask) {
+            const int64_t key = j0 + nb * 8 + 2 * t + (e & 1);
+            const int64_t qp = e < 2 ? qpos0 : qpos1;
+            if (key > qp || key >= Tk) x = -INFINITY;
+          }
+          s[mt][nb][e] = x;
+          if (e < 2) mx0 = fmaxf(mx0, x);
+          else mx1 = fmaxf(mx1, x);
+        }
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+      }
+      const float mn0 = fmaxf(m0[mt], mx0), mn1 = fmaxf(m1[mt], mx1);
+      const float base0 = mn0 == -INFINITY ? 0.0f : mn0, base1 = mn1 == -INFINITY ? 0.0f : mn1;
+      const float c0 = exp2f(m0[mt] - base0), c1 = exp2f(m1[mt] - base1);
+      m0[mt] = mn0, m1[mt] = mn1;
+      float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        s[mt][nb][0] = exp2f(s[mt][nb][0] - base0);
+        s[mt][nb][1] = exp2f(s[mt][nb][1] - base0);
+        s[mt][nb][2] = exp2f(s[mt][nb][2] - base1);
+        s[mt][nb][3] = exp2f(s[mt][nb][3] - base1);
+        sum0 += s[mt][nb][0] + s[mt][nb][1];
+        sum1 += s[mt][nb][2] + s[mt][nb][3];
+      }
+      l0[mt] = l0[mt] * c0 + sum0;
+      l1[mt] = l1[mt] * c1 + sum1;
+#pragma unroll
+      for (int nd = 0; nd < ND; ++nd) {
+        o[mt][nd][0] *= c0, o[mt][nd][1] *= c0;
+        o[mt][nd][2] *= c1, o[mt][nd][3] *= c1;
+      }
     }
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
-      uint32_t pa[4];
-      pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-      pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-      pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      uint32_t pa[MT][4];  // P of the 16-key chunk as 16-bit A fragments, straight from the accumulators
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int nd2 = 0; nd2 < ND / 2; ++nd2) {
         uint32_t vb[4];
         ldmatrix_x4_trans(vb, Vs + (kk * 16 + lr + (lm % 2) * 8) * LD + nd2 * 16 + (lm / 2) * 8);
-        mma_16816<T>(o[2 * nd2], pa, vb[0], vb[1]);
-        mma_16816<T>(o[2 * nd2 + 1], pa, vb[2], vb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_16816<T>(o[mt][2 * nd2], pa[mt], vb[0], vb[1]);
+          mma_16816<T>(o[mt][2 * nd2 + 1], pa[mt], vb[2], vb[3]);
+        }
       }
     }
   }
 
-#pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-  }
-  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
   T* out = static_cast<T*>(a.out) + b * a.out_batch_stride + int64_t(h) * HD;
   constexpr float kLn2 = 0.6931471805599453f;
-  if (row0 < a.Tq) {
 #pragma unroll
-    for (int nd = 0; nd < ND; ++nd)
-      *reinterpret_cast<uint32_t*>(out + row0 * a.out_row_stride + nd * 8 + 2 * t) = pack2<T>(o[nd][0] * inv0, o[nd][1] * inv0);
-    if (a.lse && t == 0) a.lse[(int64_t(b) * a.NH + h) * a.Tq + row0] = (m0 + log2f(l0)) * kLn2;
-  }
-  if (row0 + 8 < a.Tq) {
+  for (int mt = 0; mt < MT; ++mt) {
+    float L0 = l0[mt], L1 = l1[mt];
 #pragma unroll
-    for (int nd = 0; nd < ND; ++nd)
-      *reinterpret_cast<uint32_t*>(out + (row0 + 8) * a.out_row_stride + nd * 8 + 2 * t) =
-          pack2<T>(o[nd][2] * inv1, o[nd][3] * inv1);
-    if (a.lse && t == 0) a.lse[(int64_t(b) * a.NH + h) * a.Tq + row0 + 8] = (m1 + log2f(l1)) * kLn2;
+    for (int off = 1; off <= 2; off <<= 1) {
+      L0 += __shfl_xor_sync(0xffffffffu, L0, off);
+      L1 += __shfl_xor_sync(0xffffffffu, L1, off);
+    }
+    const float inv0 = L0 > 0.0f ? 1.0f / L0 : 0.0f, inv1 = L1 > 0.0f ? 1.0f / L1 : 0.0f;
+    const int64_t row0 = warp_row0 + mt * 16 + g;  // query index of row g
+    if (row0 < a.Tq) {
+#pragma unroll
+      for (int nd = 0; nd < ND; ++nd)
+        *reinterpret_cast<uint32_t*>(out + row0 * a.out_row_stride + nd * 8 + 2 * t) =
+            pack2<T>(o[mt][nd][0] * inv0, o[mt][nd][1] * inv0);
+      if (a.lse && t == 0) a.lse[(int64_t(b) * a.NH + h) * a.Tq + row0] = (m0[mt] + log2f(L0)) * kLn2;
+    }
+    if (row0 + 8 < a.Tq) {
+#pragma unroll
+      for (int nd = 0; nd < ND; ++nd)
+        *reinterpret_cast<uint32_t*>(out + (row0 + 8) * a.out_row_stride + nd * 8 + 2 * t) =
+            pack2<T>(o[mt][nd][2] * inv1, o[mt][nd][3] * inv1);
+      if (a.lse && t == 0) a.lse[(int64_t(b) * a.NH + h) * a.Tq + row0 + 8] = (m1[mt] + log2f(L1)) * kLn2;
+    }
   }
 }
 
-template <typename T, int HD, int NW>
+template <typename T, int HD, int MT>
 void launch(const AttentionForwardArgs& a, cudaStream_t stream) {
-  constexpr int BC = HD <= 128 ? 64 : 32, BR = 16 * NW;
-  constexpr size_t smem = sizeof(T) * 4 * BC * (HD + 8);  // two K/V buffers (the Q tile is staged in one)
+  constexpr int NW = 4, BC = HD <= 128 ? 64 : 32, BR = 16 * MT * NW;
+  // Two K/V buffers (MT = 1 stages the Q tile in one of them; MT = 2 keeps it in its own region).
+  constexpr size_t smem = sizeof(T) * (4 * BC + (MT == 1 ? 0 : BR)) * (HD + 8);
   static bool configured = false;  // one device per process: set the opt-in once
   if (!configured) {
     if (smem > 48 * 1024)
-      CUDA_CHECK(cudaFuncSetAttribute(attention_forward_tc<T, HD, BC, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "opting in to shared memory");
+      CUDA_CHECK(cudaFuncSetAttribute(attention_forward_tc<T, HD, BC, NW, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "opting in to shared memory");
     configured = true;
   }
   const float scale_log2 = 1.4426950408889634f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, BR)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
-  attention_forward_tc<T, HD, BC, NW><<<grid, 32 * NW, smem, stream>>>(a, scale_log2);
+  attention_forward_tc<T, HD, BC, NW, MT><<<grid, 32 * NW, smem, stream>>>(a, scale_log2);
 }
 
 template <typename T>
-bool launch_for_head_dim(const AttentionForwardArgs& a, cudaStream_t stream) {
+bool launch_for_head_dim(const AttentionForwardArgs& a, bool m32, cudaStream_t stream) {
   switch (a.hd) {
-    case 48: launch<T, 48, 4>(a, stream); return true;
-    case 64: launch<T, 64, 4>(a, stream); return true;
-    case 80: launch<T, 80, 4>(a, stream); return true;
-    case 96: launch<T, 96, 4>(a, stream); return true;
-    case 128: launch<T, 128, 4>(a, stream); return true;
-    case 160: launch<T, 160, 4>(a, stream); return true;
+    case 48: m32 ? launch<T, 48, 2>(a, stream) : launch<T, 48, 1>(a, stream); return true;
+    case 64: m32 ? launch<T, 64, 2>(a, stream) : launch<T, 64, 1>(a, stream); return true;
+    case 80: m32 ? launch<T, 80, 2>(a, stream) : launch<T, 80, 1>(a, stream); return true;
+    case 96: m32 ? launch<T, 96, 2>(a, stream) : launch<T, 96, 1>(a, stream); return true;
+    case 128: m32 ? launch<T, 128, 2>(a, stream) : launch<T, 128, 1>(a, stream); return true;
+    case 160: launch<T, 160, 1>(a, stream); return true;  // 32 rows per warp: not registers enough
     default: return false;
   }
 }
 
 }  // namespace
 
-bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
+bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, bool m32, cudaStream_t stream) {
   // 16-byte vector loads/stores: every row start must be 16-byte aligned.
   const bool aligned = aligned16(a.q) && aligned16(a.k) && aligned16(a.v) && aligned16(a.out) &&
                        a.q_row_stride % 8 == 0 && a.kv_row_stride % 8 == 0 && a.out_row_stride % 8 == 0 &&
                        a.q_batch_stride % 8 == 0 && a.kv_batch_stride % 8 == 0 && a.out_batch_stride % 8 == 0;
   if (!aligned) return false;
-  if (t == DType::bf16) return launch_for_head_dim<__nv_bfloat16>(a, stream);
-  if (t == DType::f16) return launch_for_head_dim<__half>(a, stream);
+  if (t == DType::bf16) return launch_for_head_dim<__nv_bfloat16>(a, m32, stream);
+  if (t == DType::f16) return launch_for_head_dim<__half>(a, m32, stream);
   return false;
 }
 
