@@ -76,7 +76,7 @@ for prec in cuda bf16 fp16; do
   tol=$(case $prec in cuda) echo 1e-4 ;; bf16) echo 4e-3 ;; fp16) echo 4e-4 ;; esac)
   log "pretrain $prec exit $(cat "$out/rc_pt_$prec") (cpu $(cat "$out/rc_pt_cpu")): $(paste <(grep -o '"lm_loss": [^,]*' "$out/pt_cpu/metrics.jsonl" | cut -d' ' -f2) \
     <(grep -o '"lm_loss": [^,]*' "$out/pt_$prec/metrics.jsonl" | cut -d' ' -f2) |
-    awk -v tol=$tol '{n++; d=$1-$2; if (d<0) d=-d; if (d/$1 > w) w=d/$1} END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n==20 && w<tol) ? "OK" : "FAIL"}')"
+    awk -v tol=$tol 'NF == 2 {n++; d=$1-$2; if (d<0) d=-d; if (d/$1 > w) w=d/$1} END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n==20 && w<tol) ? "OK" : "FAIL"}')"
 done
 
 fi
