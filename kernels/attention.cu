@@ -342,7 +342,6 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
     case AttentionKernels::tc:
     case AttentionKernels::tc_atomic: return attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_m32: return attention_forward_tensor_cores(t, a, true, stream);
-    case AttentionKernels::tc_sync: return attention_forward_tensor_cores_sync(t, a, stream);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -354,7 +353,6 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::tc:
     case AttentionKernels::tc_m32: return attention_backward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_atomic: return attention_backward_tensor_cores(t, a, true, stream);
-    case AttentionKernels::tc_sync: return attention_backward_tensor_cores_sync(t, a, stream);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -369,9 +367,8 @@ AttentionKernels attention_kernels() {
     if (s.empty() || s == "tc") return AttentionKernels::tc;
     if (s == "tc-atomic") return AttentionKernels::tc_atomic;
     if (s == "tc-m32") return AttentionKernels::tc_m32;
-    if (s == "tc-sync") return AttentionKernels::tc_sync;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-m32, tc-atomic, tc-sync or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-m32, tc-atomic or simt");
   }();
   return v;
 }

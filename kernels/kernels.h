@@ -136,13 +136,12 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 
 // Which attention kernels run for bf16/f16, from LLM_CUDA_ATTENTION (read once):
 //   tc (default)  tensor cores, K/V (Q/dO) tiles double-buffered with cp.async, 4 warps per block;
-//   tc-sync       the first tensor-core kernels, synchronous tile loads (attention_tc_sync.cu);
 //   tc-m32        tc with 32 query rows per warp in the forward (FlashAttention-2's shape, hd <= 128);
 //   tc-atomic     tc with dQ fused into the dK/dV kernel through fp32 atomics (FlashAttention-2's
 //                 way: 5 instead of 7 products in the backward; dQ not bit-reproducible);
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
-enum class AttentionKernels { tc, tc_m32, tc_atomic, tc_sync, simt };
+enum class AttentionKernels { tc, tc_m32, tc_atomic, simt };
 AttentionKernels attention_kernels();
 
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
@@ -152,8 +151,5 @@ bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, bool
 // attention_tc_backward.cu: dqkv from a.scratch already holding D = rowsum(dout * out);
 // atomic_dq: dQ through a.dq_accum (false when it is null).
 bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream);
-// attention_tc_sync.cu: the same contracts, synchronous tile loads.
-bool attention_forward_tensor_cores_sync(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
-bool attention_backward_tensor_cores_sync(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
 
 }  // namespace llm::kernels
