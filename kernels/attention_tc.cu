@@ -102,16 +102,7 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
   const int64_t tiles = (key_end + BC - 1) / BC;
 
   for (int64_t jt = 0; jt < tiles; ++jt) {
-    // Every warp is done with the buffer the next copy overwrites (tile jt - 1's, or the Q staging).
-    __syncthreads();
-    if (jt + 1 < tiles) {
-      load_kv(jt + 1);
-      cp_async_commit();
-      cp_async_wait<1>();  // tile jt has landed; jt + 1 stays in flight
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    next_tile(jt, tiles, load_kv);  // (MT = 1: the first copy overwrites the Q staging)
     const int64_t j0 = jt * BC;
     if (j0 > warp_first_q + 16 * MT - 1) continue;  // every key of the tile is in this warp's future
     const T* Ks = smem + QOFF + (jt & 1) * 2 * BC * LD;

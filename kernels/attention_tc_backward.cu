@@ -94,15 +94,7 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
   const int64_t key0 = j0 + warp * 16 + g;  // this lane's keys: key0 (e < 2) and key0 + 8
 
   for (int64_t it = 0; it < tiles; ++it) {
-    __syncthreads();  // every warp is done with the stage the next copy overwrites
-    if (it + 1 < tiles) {
-      load_q_tile(it + 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    next_tile(it, tiles, load_q_tile);
     const int64_t i0 = j0 + it * BR;
     const bool active = i0 + BR - 1 >= j0 + warp * 16;  // else every query of the tile precedes this warp's keys
     if (!kDQ && !active) continue;
@@ -292,15 +284,7 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
   const int64_t tiles = (key_end + BC - 1) / BC;
 
   for (int64_t jt = 0; jt < tiles; ++jt) {
-    __syncthreads();  // every warp is done with the buffer the next copy overwrites
-    if (jt + 1 < tiles) {
-      load_kv(jt + 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    next_tile(jt, tiles, load_kv);
     const int64_t j0 = jt * BC;
     if (j0 > warp_first + 15) continue;
     const T* Ks = kv + (jt & 1) * 2 * BC * LD;

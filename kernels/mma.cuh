@@ -48,6 +48,23 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// The top of a double-buffered tile loop: once every warp is done with the buffer the next copy
+// overwrites (the last tile's), issue(next) copies tile `next` (when there is one) as its own
+// group, then the current tile's group is waited for and made visible to the block. Called by
+// every thread at each tile index `cur` of [0, tiles).
+template <typename F>
+__device__ __forceinline__ void next_tile(int64_t cur, int64_t tiles, F&& issue) {
+  __syncthreads();
+  if (cur + 1 < tiles) {
+    issue(cur + 1);
+    cp_async_commit();
+    cp_async_wait<1>();  // tile cur has landed; cur + 1 stays in flight
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 // d += a * b for 16-bit inputs of type T (bf16 or f16).
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
