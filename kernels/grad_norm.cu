@@ -9,9 +9,23 @@ namespace llm::kernels {
 namespace {
 constexpr int kThreads = 256;
 
+// partials[blockIdx.x] = the block's sum of acc: warps reduce by shuffles, then thread 0 adds
+// the warps in order (a fixed order: the same bits on every run).
+__device__ __forceinline__ void store_block_sum(double acc, double* partials) {
+  __shared__ double s[kThreads / 32];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (threadIdx.x % 32 == 0) s[threadIdx.x / 32] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < kThreads / 32; ++w) total += s[w];
+    partials[blockIdx.x] = total;
+  }
+}
+
 template <typename T>
 __global__ void sum_squares_kernel(const T* x, int64_t n, double* partials) {
-  __shared__ double s[kThreads / 32];
   double acc = 0.0;
   // Float partials over short runs (as the CPU op), accumulated in double.
   const int64_t stride = int64_t(gridDim.x) * kThreads;
@@ -27,15 +41,7 @@ __global__ void sum_squares_kernel(const T* x, int64_t n, double* partials) {
     }
     acc += run;
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  if (threadIdx.x % 32 == 0) s[threadIdx.x / 32] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < kThreads / 32; ++w) total += s[w];
-    partials[blockIdx.x] = total;
-  }
+  store_block_sum(acc, partials);
 }
 
 // The same with 16-byte packs (x 16-byte aligned): float runs of 4 packs (16 f32 or 32 bf16/f16
@@ -44,7 +50,6 @@ __global__ void sum_squares_kernel(const T* x, int64_t n, double* partials) {
 template <typename T>
 __global__ void sum_squares_packed_kernel(const T* x, int64_t n, double* partials) {
   constexpr int V = Pack<T>::n;
-  __shared__ double s[kThreads / 32];
   double acc = 0.0;
   const int64_t packs = n / V, stride = int64_t(gridDim.x) * kThreads;
   const Pack<T>* xp = reinterpret_cast<const Pack<T>*>(x);
@@ -69,15 +74,7 @@ __global__ void sum_squares_packed_kernel(const T* x, int64_t n, double* partial
       const float v = to_float(x[i]);
       acc += v * v;
     }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  if (threadIdx.x % 32 == 0) s[threadIdx.x / 32] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < kThreads / 32; ++w) total += s[w];
-    partials[blockIdx.x] = total;
-  }
+  store_block_sum(acc, partials);
 }
 
 template <typename T>
