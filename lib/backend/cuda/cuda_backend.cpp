@@ -352,6 +352,17 @@ void CudaBackend::linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu,
   launched("linear_gelu_forward", {&out, &inp, &weight, &bias});
 }
 
+bool CudaBackend::run_with_epilogue(const Matmul& mm, const char* op, bool& enabled, const char* instead) {
+  try {
+    blas_->run(mm, op);
+    return true;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "[warning] %s; using %s from now on\n", e.what(), instead);
+    enabled = false;
+    return false;
+  }
+}
+
 void CudaBackend::linear_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                                   const Tensor& inp, const Tensor& weight) {
   linear_backward_impl(dinp, dweight, dbias, dout, inp, weight, nullptr);
@@ -390,13 +401,7 @@ void CudaBackend::linear_backward_impl(const Tensor& dinp, const Tensor& dweight
       // D = (W^T dout^T) * gelu'(aux), aux = the pre-activation (C x N column-major, like D).
       Matmul mg = mm;
       mg.epilogue = Epilogue::dgelu, mg.aux = const_cast<void*>(pre_gelu->raw()), mg.ld_aux = d.C;
-      try {
-        blas_->run(mg, "linear_backward_gelu dinp");
-        fused = true;
-      } catch (const Error& e) {
-        std::fprintf(stderr, "[warning] linear_backward_gelu: %s; using a separate GELU backward\n", e.what());
-        dgelu_epilogue_ = false;
-      }
+      fused = run_with_epilogue(mg, "linear_backward_gelu dinp", dgelu_epilogue_, "a separate GELU backward");
     }
     if (!fused) {
       blas_->run(mm, "linear_backward dinp");
@@ -421,14 +426,9 @@ void CudaBackend::linear_backward_impl(const Tensor& dinp, const Tensor& dweight
     Tensor s = scratch(d.OC);
     Matmul mb = mm;
     mb.epilogue = Epilogue::bgradb, mb.bias = s.raw();
-    try {
-      blas_->run(mb, "linear_backward dweight + dbias");
-      kernels::residual_forward(DType::f32, dbias.raw(), dbias.raw(), s.raw(), d.OC, stream_);
-      bias_done = true;
-    } catch (const Error& e) {
-      std::fprintf(stderr, "[warning] LLM_CUDA_BIAS_GRAD=epilogue: %s; using the column-sum kernels\n", e.what());
-      bias_grad_epilogue_ = false;
-    }
+    bias_done = run_with_epilogue(mb, "linear_backward dweight + dbias (LLM_CUDA_BIAS_GRAD=epilogue)",
+                                  bias_grad_epilogue_, "the column-sum kernels");
+    if (bias_done) kernels::residual_forward(DType::f32, dbias.raw(), dbias.raw(), s.raw(), d.OC, stream_);
   }
   if (!bias_done) {
     blas_->run(mm, "linear_backward dweight");

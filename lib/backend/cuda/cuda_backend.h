@@ -25,6 +25,7 @@
 namespace llm::cuda {
 
 class CublasLt;
+struct Matmul;
 
 class CudaBackend final : public Backend {
  public:
@@ -106,6 +107,9 @@ class CudaBackend final : public Backend {
   // (not yet run on a GPU); kernel (default): the deterministic column-sum kernels.
   bool bias_grad_epilogue_ = false;
   bool dgelu_epilogue_ = true;  // LLM_CUDA_DGELU=0 clears it; so does cuBLASLt without a DGELU algorithm (said once)
+  // Runs a matmul whose fused epilogue cuBLASLt may not offer for its shape and types: on an
+  // error (no algorithm), says once that `instead` takes over, clears `enabled`, returns false.
+  bool run_with_epilogue(const Matmul& mm, const char* op, bool& enabled, const char* instead);
   void linear_backward_impl(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                             const Tensor& inp, const Tensor& weight, const Tensor* pre_gelu);
   const char* last_op_ = "none";
