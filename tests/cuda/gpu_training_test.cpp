@@ -11,6 +11,7 @@
 
 #include "backend/backend.h"
 #include "data/mock_data.h"
+#include "train/tiny_args.h"
 #include "train/trainer.h"
 
 #ifdef LLM_HAVE_CUDA
@@ -21,24 +22,7 @@ using namespace llm;
 
 namespace {
 
-TrainArgs tiny_args() {
-  TrainArgs a;
-  a.num_layers = 2;
-  a.hidden_size = 64;
-  a.num_attention_heads = 4;
-  a.vocab_size = 128;
-  a.seq_length = 64;
-  a.micro_batch_size = 4;
-  a.global_batch_size = 8;
-  a.lr = 3e-3;
-  a.min_lr = 3e-4;
-  a.lr_warmup_iters = 5;
-  a.train_iters = 40;
-  a.seed = 11;
-  a.resolve_defaults();
-  a.validate();
-  return a;
-}
+TrainArgs tiny_args() { return tiny_train_args(40, /*seq_length=*/64, /*lr_warmup_iters=*/5, /*seed=*/11); }
 
 std::vector<double> train(Backend& be, const TrainArgs& a, int iters, std::vector<double>* grad_norms = nullptr) {
   MockDataSource data(a.vocab_size, a.seq_length, static_cast<uint64_t>(a.seed));
