@@ -342,6 +342,8 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
     case AttentionKernels::tc:
     case AttentionKernels::tc_atomic: return attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_m32: return attention_forward_tensor_cores(t, a, true, stream);
+    case AttentionKernels::wgmma:
+      return attention_forward_wgmma(t, a, stream) || attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -353,6 +355,8 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::tc:
     case AttentionKernels::tc_m32: return attention_backward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_atomic: return attention_backward_tensor_cores(t, a, true, stream);
+    case AttentionKernels::wgmma:
+      return attention_backward_wgmma(t, a, stream) || attention_backward_tensor_cores(t, a, false, stream);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -367,11 +371,20 @@ AttentionKernels attention_kernels() {
     if (s.empty() || s == "tc") return AttentionKernels::tc;
     if (s == "tc-atomic") return AttentionKernels::tc_atomic;
     if (s == "tc-m32") return AttentionKernels::tc_m32;
+    if (s == "wgmma") return AttentionKernels::wgmma;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-m32, tc-atomic or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-m32, tc-atomic, wgmma or simt");
   }();
   return v;
 }
+
+#ifndef LLM_HAVE_SM90A
+// Built without sm_90a (kernels/sm90a/ needs 90 in CMAKE_CUDA_ARCHITECTURES): nothing is covered.
+const char* wgmma_unavailable() { return "built without the sm_90a kernels (CMAKE_CUDA_ARCHITECTURES has no 90)"; }
+bool attention_forward_wgmma(DType, const AttentionForwardArgs&, cudaStream_t) { return false; }
+bool attention_backward_wgmma(DType, const AttentionBackwardArgs&, cudaStream_t) { return false; }
+bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, cudaStream_t) { return false; }
+#endif
 
 int64_t attention_backward_scratch(DType t, int B, int NH, int hd, int64_t T) {
   const int64_t d = int64_t(B) * NH * T;

@@ -265,11 +265,7 @@ bool launch_for_head_dim(const AttentionForwardArgs& a, bool m32, cudaStream_t s
 }  // namespace
 
 bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, bool m32, cudaStream_t stream) {
-  // 16-byte vector loads/stores: every row start must be 16-byte aligned.
-  const bool aligned = aligned16(a.q) && aligned16(a.k) && aligned16(a.v) && aligned16(a.out) &&
-                       a.q_row_stride % 8 == 0 && a.kv_row_stride % 8 == 0 && a.out_row_stride % 8 == 0 &&
-                       a.q_batch_stride % 8 == 0 && a.kv_batch_stride % 8 == 0 && a.out_batch_stride % 8 == 0;
-  if (!aligned) return false;
+  if (!attention_rows_aligned(a)) return false;  // 16-byte copies and stores
   if (t == DType::bf16) return launch_for_head_dim<__nv_bfloat16>(a, m32, stream);
   if (t == DType::f16) return launch_for_head_dim<__half>(a, m32, stream);
   return false;

@@ -399,8 +399,7 @@ bool backward_for_head_dim(const AttentionBackwardArgs& a, bool atomic_dq, cudaS
 }  // namespace
 
 bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream) {
-  // Rows of qkv (3C), out/dout (C) and the head offsets must allow 16-byte vector access.
-  if (!aligned16(a.qkv) || !aligned16(a.dqkv) || !aligned16(a.dout) || (int64_t(a.NH) * a.hd) % 8 != 0) return false;
+  if (!attention_rows_aligned(a)) return false;  // 16-byte copies and stores
   if (atomic_dq && !a.dq_accum) return false;
   if (t == DType::bf16) return backward_for_head_dim<__nv_bfloat16>(a, atomic_dq, stream);
   if (t == DType::f16) return backward_for_head_dim<__half>(a, atomic_dq, stream);

@@ -139,10 +139,25 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //   tc-m32        tc with 32 query rows per warp in the forward (FlashAttention-2's shape, hd <= 128);
 //   tc-atomic     tc with dQ fused into the dK/dV kernel through fp32 atomics (FlashAttention-2's
 //                 way: 5 instead of 7 products in the backward; dQ not bit-reproducible);
+//   wgmma         Hopper warpgroup MMA (sm_90a kernels, head dims 64 and 128) on compute
+//                 capability 9.0 devices; tc for every other shape and device;
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
-enum class AttentionKernels { tc, tc_m32, tc_atomic, simt };
+enum class AttentionKernels { tc, tc_m32, tc_atomic, wgmma, simt };
 AttentionKernels attention_kernels();
+
+// Whether every row the tensor-core attention kernels touch starts 16-byte aligned (they copy and
+// store 16-byte chunks): the forward's q/k/v/out rows, the backward's qkv/dqkv/dout rows.
+inline bool attention_rows_aligned(const AttentionForwardArgs& a) {
+  const auto a16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  return a16(a.q) && a16(a.k) && a16(a.v) && a16(a.out) && a.q_row_stride % 8 == 0 && a.kv_row_stride % 8 == 0 &&
+         a.out_row_stride % 8 == 0 && a.q_batch_stride % 8 == 0 && a.kv_batch_stride % 8 == 0 &&
+         a.out_batch_stride % 8 == 0;
+}
+inline bool attention_rows_aligned(const AttentionBackwardArgs& a) {
+  const auto a16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  return a16(a.qkv) && a16(a.dqkv) && a16(a.dout) && (int64_t(a.NH) * a.hd) % 8 == 0;
+}
 
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
 // 128 and 160 with 16-byte aligned rows; false when the shape is not covered (the caller falls
@@ -151,5 +166,17 @@ bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, bool
 // attention_tc_backward.cu: dqkv from a.scratch already holding D = rowsum(dout * out);
 // atomic_dq: dQ through a.dq_accum (false when it is null).
 bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream);
+
+// sm90a/attention_wgmma.cu (built when CMAKE_CUDA_ARCHITECTURES has 90; stubs otherwise).
+// nullptr when the wgmma kernels can run in this process, else the reason they cannot.
+const char* wgmma_unavailable();
+// Forward / backward (a.scratch already holding D) on wgmma: false when the dtype (bf16, f16),
+// head dim (64, 128), alignment or device is not covered (the caller falls back).
+bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
+bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
+// The two wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T
+// (both operands from swizzled shared memory) and o[64][hd] = T(s) k (A from registers, k read
+// MN-major). q is [64][hd] and k [128][hd], row-major T (bf16/f16); false when not covered.
+bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, float* o, cudaStream_t stream);
 
 }  // namespace llm::kernels

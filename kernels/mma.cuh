@@ -51,8 +51,9 @@ __device__ __forceinline__ void cp_async_wait() {
 // The top of a double-buffered tile loop: once every warp is done with the buffer the next copy
 // overwrites (the last tile's), issue(next) copies tile `next` (when there is one) as its own
 // group, then the current tile's group is waited for and made visible to the block. Called by
-// every thread at each tile index `cur` of [0, tiles).
-template <typename F>
+// every thread at each tile index `cur` of [0, tiles). kAsyncProxy (sm_90 wgmma kernels only):
+// the landed copies are also fenced for the async proxy, through which wgmma reads shared memory.
+template <bool kAsyncProxy = false, typename F>
 __device__ __forceinline__ void next_tile(int64_t cur, int64_t tiles, F&& issue) {
   __syncthreads();
   if (cur + 1 < tiles) {
@@ -62,6 +63,7 @@ __device__ __forceinline__ void next_tile(int64_t cur, int64_t tiles, F&& issue)
   } else {
     cp_async_wait<0>();
   }
+  if constexpr (kAsyncProxy) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   __syncthreads();
 }
 

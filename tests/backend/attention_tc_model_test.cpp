@@ -24,7 +24,7 @@ using llm::DType;
 float round_to(float x, DType t) {
   return t == DType::bf16 ? llm::bf16_to_f32(llm::f32_to_bf16(x)) : llm::f16_to_f32(llm::f32_to_f16(x));
 }
-double unit(DType t) { return t == DType::bf16 ? 1.0 / 256 : 1.0 / 2048; }
+using bt::unit;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct Dims {

@@ -16,6 +16,7 @@
 
 #ifdef LLM_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
+#include "kernels.h"
 #endif
 
 namespace {
@@ -154,6 +155,103 @@ TEST(CudaBackend, FusedLinearBackwardGeluMatchesTheTwoOps) {
     EXPECT_TRUE(bt::all_equal("dweight", f.down(dw2), f.down(dw)));
     EXPECT_TRUE(bt::all_equal("dbias", f.down(db2), f.down(db)));
   }
+}
+
+// The Hopper kernels (kernels/sm90a, LLM_CUDA_ATTENTION=wgmma) run only on compute capability
+// 9.0 and only when built for sm_90a; elsewhere these two tests say why they were skipped.
+#define REQUIRE_WGMMA(be)                                                                   \
+  REQUIRE_CUDA(be);                                                                         \
+  if (const char* why = llm::kernels::wgmma_unavailable()) GTEST_SKIP() << "wgmma: " << why
+
+// The two wgmma forms alone, on small-integer inputs where every product and sum is exact in the
+// 16-bit types and fp32: a wrong descriptor, swizzle or fragment layout shows as a wrong element.
+TEST(CudaBackend, WgmmaTileProductsAreExact) {
+  REQUIRE_WGMMA(be);
+  for (DType t : {DType::bf16, DType::f16})
+    for (int hd : {64, 128}) {
+      SCOPED_TRACE(std::string(llm::dtype_name(t)) + " hd=" + std::to_string(hd));
+      bt::Rng rng(520 + hd);
+      Vec q = rng.uniform(size_t(64) * hd, -1.49, 1.49), k = rng.uniform(size_t(128) * hd, -1.49, 1.49);
+      for (double& x : q) x = std::round(x);  // -1, 0, 1: |S| <= hd and |O| <= 128 hd, all exact
+      for (double& x : k) x = std::round(x);
+      Vec s_ref(size_t(64) * 128, 0.0), o_ref(size_t(64) * hd, 0.0);
+      for (int i = 0; i < 64; ++i)
+        for (int j = 0; j < 128; ++j)
+          for (int e = 0; e < hd; ++e) s_ref[size_t(i) * 128 + j] += q[size_t(i) * hd + e] * k[size_t(j) * hd + e];
+      for (int i = 0; i < 64; ++i)
+        for (int j = 0; j < 128; ++j)
+          for (int e = 0; e < hd; ++e) o_ref[size_t(i) * hd + e] += s_ref[size_t(i) * 128 + j] * k[size_t(j) * hd + e];
+      Tensor gq = be->upload(bt::host_low({64, hd}, q, t)), gk = be->upload(bt::host_low({128, hd}, k, t));
+      Tensor gs = be->empty({64, 128}), go = be->empty({64, hd});
+      be->synchronize();
+      ASSERT_TRUE(llm::kernels::wgmma_tile_check(t, hd, gq.raw(), gk.raw(), gs.data<float>(), go.data<float>(), be->stream()));
+      be->synchronize();
+      EXPECT_TRUE(bt::all_equal("S = Q K^T (SS, K-major)", bt::to_vec(be->download(gs)), s_ref));
+      EXPECT_TRUE(bt::all_equal("O = P K (RS, MN-major)", bt::to_vec(be->download(go)), o_ref));
+    }
+}
+
+// The wgmma attention kernels called directly (whatever LLM_CUDA_ATTENTION says), forward and
+// backward, against the CPU fp32 op on the same rounded inputs, with LowPrecision's tolerances.
+// T = 333: several 128-row blocks, a partial last one, and 64-row tiles crossing the diagonal.
+TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
+  REQUIRE_WGMMA(be);
+  Fixture f{*be};
+  llm::Backend& cpu = llm::cpu_backend();
+  const auto down_low = [&](const Tensor& d) {
+    be->synchronize();
+    return bt::low_to_vec(be->download(d));
+  };
+  for (DType t : {DType::bf16, DType::f16})
+    for (int hd : {64, 128}) {
+      SCOPED_TRACE(std::string(llm::dtype_name(t)) + " hd=" + std::to_string(hd));
+      const int B = 2, T = 333, NH = 2, C = NH * hd;
+      const double u = bt::unit(t);
+      bt::Rng rng(530 + hd);
+      const Vec qkv = bt::rounded_to(rng.normal(size_t(B) * T * 3 * C), t);
+      const Vec dout = bt::rounded_to(rng.normal(size_t(B) * T * C), t);
+      Tensor co = Tensor::empty({B, T, C}), cl = Tensor::empty({B, NH, T}), cd = Tensor::empty({B, T, 3 * C});
+      cpu.attention_forward(co, cl, bt::host_f32({B, T, 3 * C}, qkv), NH);
+      cpu.attention_backward(cd, bt::host_f32({B, T, C}, dout), bt::host_f32({B, T, 3 * C}, qkv), co, cl, NH);
+
+      Tensor gq = be->upload(bt::host_low({B, T, 3 * C}, qkv, t)), gdo = be->upload(bt::host_low({B, T, C}, dout, t));
+      Tensor go = be->empty({B, T, C}, t), gl = be->empty({B, NH, T}), gd = be->empty({B, T, 3 * C}, t);
+      be->synchronize();
+      llm::kernels::AttentionForwardArgs fa;
+      const size_t es = llm::dtype_size(t);
+      fa.q = gq.raw();
+      fa.k = static_cast<const char*>(gq.raw()) + C * es;
+      fa.v = static_cast<const char*>(gq.raw()) + 2 * C * es;
+      fa.out = go.raw();
+      fa.lse = gl.data<float>();
+      fa.q_batch_stride = fa.kv_batch_stride = int64_t(T) * 3 * C;
+      fa.q_row_stride = fa.kv_row_stride = 3 * C;
+      fa.out_batch_stride = int64_t(T) * C, fa.out_row_stride = C;
+      fa.B = B, fa.NH = NH, fa.hd = hd, fa.Tq = T, fa.q_pos0 = 0;
+      ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, be->stream()));
+      const Vec out = down_low(go);
+      EXPECT_TRUE(bt::all_close("wgmma out", out, bt::to_vec(co), Tol{2 * u, 4 * u}));
+      EXPECT_TRUE(bt::all_close("wgmma lse", f.down(gl), bt::to_vec(cl), Tol{1e-3, 1e-3}));
+
+      // D = rowsum(dout * out) per (b, h, t), from the kernel's own (rounded) out, as attention.cu does.
+      Vec D(size_t(B) * NH * T, 0.0);
+      for (int b = 0; b < B; ++b)
+        for (int h = 0; h < NH; ++h)
+          for (int i = 0; i < T; ++i)
+            for (int e = 0; e < hd; ++e) {
+              const size_t at = (size_t(b) * T + i) * C + size_t(h) * hd + e;
+              D[(size_t(b) * NH + h) * T + i] += dout[at] * out[at];
+            }
+      Tensor gD = f.up({B, NH, T}, D);
+      llm::kernels::AttentionBackwardArgs ba;
+      ba.qkv = gq.raw(), ba.dqkv = gd.raw(), ba.out = go.raw(), ba.dout = gdo.raw();
+      ba.lse = gl.data<float>(), ba.scratch = gD.data<float>();
+      ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T;
+      be->synchronize();
+      ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, be->stream()));
+      const Vec ref = bt::to_vec(cd);
+      EXPECT_TRUE(bt::all_close("wgmma dqkv", down_low(gd), ref, Tol{4 * u, 8 * u * bt::max_abs(ref)}));
+    }
 }
 
 TEST(CudaBackend, ReductionsAreDeterministic) {

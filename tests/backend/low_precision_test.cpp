@@ -22,29 +22,10 @@ using llm::DType;
 using llm::Shape;
 using llm::Tensor;
 
-// Host tensors of a low-precision type holding round(v), and the f32 values they hold.
-Tensor host_low(const Shape& s, const Vec& v, DType t) {
-  Tensor h = Tensor::empty(s, t);
-  auto* p = static_cast<uint16_t*>(h.raw());
-  for (size_t i = 0; i < v.size(); ++i) p[i] = t == DType::bf16 ? llm::f32_to_bf16(float(v[i])) : llm::f32_to_f16(float(v[i]));
-  return h;
-}
-Vec rounded_to(const Vec& v, DType t) {
-  Vec r(v.size());
-  for (size_t i = 0; i < v.size(); ++i)
-    r[i] = t == DType::bf16 ? llm::bf16_to_f32(llm::f32_to_bf16(float(v[i]))) : llm::f16_to_f32(llm::f32_to_f16(float(v[i])));
-  return r;
-}
-Vec low_to_vec(const Tensor& host) {
-  const auto* p = static_cast<const uint16_t*>(host.raw());
-  Vec r(size_t(host.numel()));
-  for (size_t i = 0; i < r.size(); ++i)
-    r[i] = host.dtype() == DType::bf16 ? llm::bf16_to_f32(p[i]) : llm::f16_to_f32(p[i]);
-  return r;
-}
-
-// Unit roundoff of a type: the relative error of storing one value.
-double unit(DType t) { return t == DType::bf16 ? 1.0 / 256 : t == DType::f16 ? 1.0 / 2048 : 1e-7; }
+using bt::host_low;
+using bt::low_to_vec;
+using bt::rounded_to;
+using bt::unit;
 
 class LowPrecision : public ::testing::TestWithParam<std::tuple<llm::Backend*, DType>> {
  protected:

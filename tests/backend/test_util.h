@@ -115,6 +115,33 @@ inline Vec to_vec(const llm::Tensor& host) {
   return v;
 }
 
+// Low-precision (bf16/f16) host tensors holding round(v); the f32 values they hold; and back.
+inline llm::Tensor host_low(const llm::Shape& s, const Vec& v, llm::DType t) {
+  llm::Tensor h = llm::Tensor::empty(s, t);
+  auto* p = static_cast<uint16_t*>(h.raw());
+  for (size_t i = 0; i < v.size(); ++i)
+    p[i] = t == llm::DType::bf16 ? llm::f32_to_bf16(float(v[i])) : llm::f32_to_f16(float(v[i]));
+  return h;
+}
+inline Vec rounded_to(const Vec& v, llm::DType t) {
+  Vec r(v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    r[i] = t == llm::DType::bf16 ? llm::bf16_to_f32(llm::f32_to_bf16(float(v[i])))
+                                 : llm::f16_to_f32(llm::f32_to_f16(float(v[i])));
+  return r;
+}
+inline Vec low_to_vec(const llm::Tensor& host) {
+  const auto* p = static_cast<const uint16_t*>(host.raw());
+  Vec r(size_t(host.numel()));
+  for (size_t i = 0; i < r.size(); ++i)
+    r[i] = host.dtype() == llm::DType::bf16 ? llm::bf16_to_f32(p[i]) : llm::f16_to_f32(p[i]);
+  return r;
+}
+// Unit roundoff of a type: the relative error of storing one value.
+inline double unit(llm::DType t) {
+  return t == llm::DType::bf16 ? 1.0 / 256 : t == llm::DType::f16 ? 1.0 / 2048 : 1e-7;
+}
+
 // ---- tolerance check ------------------------------------------------------------------------
 
 // Element i passes when |got - ref| <= rtol |ref| + atol + mtol * mag[i] (mag: the magnitude of

@@ -6,7 +6,7 @@
 #   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the llm-sweep run),
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
 #   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
-#   ATTENTION_VARIANTS="tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
+#   ATTENTION_VARIANTS="wgmma tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
 #   benchmark and training step also run, next to the default kernels), BIAS_GRAD_EPILOGUE=1 (the
 #   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
 #   BENCHES="gemm attention torch train-step longseq sweep"
@@ -43,7 +43,7 @@ pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attentio
     --micro-batch-size 4 --global-batch-size 8 --train-iters 20 --log-interval 1 --lr 1e-3)
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
 (cd "$build" && lim 150 ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
-variants=(${ATTENTION_VARIANTS-tc-atomic tc-m32})
+variants=(${ATTENTION_VARIANTS-wgmma tc-atomic tc-m32})
 for var in simt "${variants[@]}"; do
   (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
 done
@@ -64,6 +64,8 @@ if [[ "$(cat "$out/rc_test_backend")" != 0 ]]; then  # triage in the same lease:
     log "triage with $sw: exit $?: $(grep -E '^\[  (PASSED|FAILED) ' "$out/triage_$tag.log" | tr '\n' ' ')"
   done
 fi
+# The Hopper kernels' own tests (sm_90a only; elsewhere skipped with the reason).
+log "wgmma tests: $(grep -E '^\[ +(OK|FAILED|SKIPPED) +\] CudaBackend\.Wgmma' "$out/test_backend_cuda.log" | sed 's/^\[ *//; s/ *\] /:/; s/ (.*//' | tr '\n' ' ')"
 log "test_cuda exit $(cat "$out/rc_test_cuda"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_cuda.log" | tr '\n' ' ')"
 for var in simt "${variants[@]}"; do
   log "attention tests with LLM_CUDA_ATTENTION=$var exit $(cat "$out/rc_attention_$var"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/attention_$var.log" | tr '\n' ' ')"

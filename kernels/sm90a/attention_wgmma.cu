@@ -1,0 +1,521 @@
+// Causal flash attention on Hopper warpgroup MMA (wgmma, sm_90a), forward and backward, for head
+// dims 64 and 128 in bf16/f16 with fp32 accumulation: LLM_CUDA_ATTENTION=wgmma. The algorithm is
+// the one of the mma.sync kernels (attention_tc.cu, attention_tc_backward.cu: FlashAttention-2,
+// online softmax in the exp2 domain, backward recomputation, no atomics); what changes is the
+// instruction and the shapes it allows:
+//
+//   * a block is 2 warpgroups (256 threads); each warpgroup owns 64 rows of the resident tile and
+//     issues m64nNk16 products on it, with both operands read by the tensor cores from shared
+//     memory ("SS": Q K^T, dO V^T, K Q^T, V dO^T) or A from registers ("RS": P V, dS K, P^T dO,
+//     dS^T Q, where P / dS come straight from the previous product's accumulators);
+//   * tiles live in shared memory in the 128-byte-swizzled panel layout of wgmma.cuh, copied with
+//     cp.async and double-buffered (next_tile<true>: the copy of tile j + 1 is in flight while
+//     tile j is computed), so each tile is copied once and read by every product that needs it,
+//     K-major or MN-major;
+//   * forward: 128 queries per block, key tiles of 128; dQ: 128 queries, key tiles of 64;
+//     dK/dV: 128 keys, query tiles of 64 (S^T and dP^T issued as two groups: P^T is computed while
+//     dP^T is still in flight).
+// Not yet here (FlashAttention-3's remaining steps): TMA copies, producer/consumer warp
+// specialisation, and ping-pong scheduling of the softmax against the other warpgroup's products.
+//
+// Built for sm_90a only (kernels/CMakeLists.txt), so it runs on compute capability 9.0 devices
+// (H100, H200); attention.cu falls back to the mma.sync kernels everywhere else.
+#include <cuda_runtime.h>
+
+#include <string>
+#include <type_traits>
+
+#include "backend/cuda/cuda_check.h"
+#include "common.cuh"
+#include "kernels.h"
+#include "mma.cuh"
+#include "sm90a/wgmma.cuh"
+
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "attention_wgmma.cu is compiled for sm_90a only"
+#endif
+
+namespace llm::kernels {
+
+namespace {
+
+using namespace sm90a;
+
+constexpr int kThreads = 256;  // two warpgroups
+constexpr float kLog2e = 1.4426950408889634f;
+
+// The first 1024-byte aligned address of the dynamic shared memory (swizzled panels need it;
+// every launch asks for 1 KiB more than its tiles).
+__device__ __forceinline__ unsigned char* align_1024(unsigned char* p) {
+  return p + ((1024u - (smem_addr(p) & 1023u)) & 1023u);
+}
+
+// Issues the copies of an R x HD tile (rows of `row_stride` elements from src) into the swizzled
+// layout at `tile`; rows at or past `valid` are zero-filled (src itself must be addressable).
+template <typename T, int R, int HD>
+__device__ __forceinline__ void load_swizzled(unsigned char* tile, const T* src, int64_t row_stride, int64_t valid) {
+  constexpr int CH = HD / 8;
+  for (int idx = threadIdx.x; idx < R * CH; idx += kThreads) {
+    const int r = idx / CH, c = idx % CH;
+    const bool ok = r < valid;
+    cp_async_16(tile + swizzled_offset<R>(r, c), src + (ok ? r : 0) * row_stride + c * 8, ok);
+  }
+}
+
+// 16-bit A fragments (k-steps of 16 columns) from an fp32 accumulator of N columns.
+template <typename T, int N>
+__device__ __forceinline__ void pack_a(uint32_t (&f)[N / 16][4], const float (&d)[N / 2]) {
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) {
+    f[kk][0] = pack2<T>(d[8 * kk + 0], d[8 * kk + 1]);
+    f[kk][1] = pack2<T>(d[8 * kk + 2], d[8 * kk + 3]);
+    f[kk][2] = pack2<T>(d[8 * kk + 4], d[8 * kk + 5]);
+    f[kk][3] = pack2<T>(d[8 * kk + 6], d[8 * kk + 7]);
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) d[i] = 0.0f;
+}
+
+// Stores rows `row` and `row + 8` (this lane's two rows of the accumulator) of a 64 x HD result,
+// times `scale`, at out + row * ld (row < rows only).
+template <typename T, int HD>
+__device__ __forceinline__ void store_rows(T* out, int64_t ld, int64_t row, int64_t rows, const float (&d)[HD / 2],
+                                           float scale0, float scale1) {
+  const int t = threadIdx.x % 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t r = row + 8 * half;
+    if (r >= rows) continue;
+    const float sc = half ? scale1 : scale0;
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; ++nd)
+      *reinterpret_cast<uint32_t*>(out + r * ld + nd * 8 + 2 * t) =
+          pack2<T>(d[4 * nd + 2 * half] * sc, d[4 * nd + 2 * half + 1] * sc);
+  }
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionForwardArgs a, float scale_log2) {
+  constexpr int BR = 128, BC = 128;
+  constexpr int QBYTES = BR * HD * 2, KVBYTES = BC * HD * 2;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* const smem = align_1024(smem_raw);  // [Q][2 buffers][K | V]
+  const uint32_t smem_s = smem_addr(smem);
+
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BR;  // heaviest blocks first
+  const int64_t Tk = a.q_pos0 + a.Tq;
+  const T* q = static_cast<const T*>(a.q) + b * a.q_batch_stride + int64_t(h) * HD;
+  const T* k = static_cast<const T*>(a.k) + b * a.kv_batch_stride + int64_t(h) * HD;
+  const T* v = static_cast<const T*>(a.v) + b * a.kv_batch_stride + int64_t(h) * HD;
+
+  auto load_kv = [&](int64_t jt) {
+    unsigned char* Ks = smem + QBYTES + (jt & 1) * 2 * KVBYTES;
+    const int64_t j0 = jt * BC;
+    load_swizzled<T, BC, HD>(Ks, k + j0 * a.kv_row_stride, a.kv_row_stride, Tk - j0);
+    load_swizzled<T, BC, HD>(Ks + KVBYTES, v + j0 * a.kv_row_stride, a.kv_row_stride, Tk - j0);
+  };
+  load_swizzled<T, BR, HD>(smem, q + i0 * a.q_row_stride, a.q_row_stride, a.Tq - i0);
+  load_kv(0);
+  cp_async_commit();  // Q and key tile 0: waited for at the first next_tile
+
+  float o[HD / 2];
+  zero(o);
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows g and g + 8 (per-lane partial l)
+  const int64_t wg_first_q = a.q_pos0 + i0 + wg * 64, warp_first_q = wg_first_q + warp * 16;
+  const int64_t qpos0 = warp_first_q + g, qpos1 = qpos0 + 8;
+  const int64_t key_end = min(a.q_pos0 + min(i0 + BR, a.Tq), Tk);
+  const int64_t tiles = (key_end + BC - 1) / BC;
+
+  for (int64_t jt = 0; jt < tiles; ++jt) {
+    next_tile<true>(jt, tiles, load_kv);
+    const int64_t j0 = jt * BC;
+    if (j0 > wg_first_q + 63) continue;  // every key of the tile is in this warpgroup's future
+    const uint32_t Ks = smem_s + QBYTES + uint32_t(jt & 1) * 2 * KVBYTES, Vs = Ks + KVBYTES;
+
+    float s[BC / 2];
+    zero(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+      wgmma_ss<T, BC>(s, desc_k_major<BR>(smem_s, wg * 64, kk), desc_k_major<BC>(Ks, 0, kk));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(s);
+
+    const bool need_mask = j0 + BC - 1 > warp_first_q || j0 + BC > Tk;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < BC / 2; ++i) {
+      float x = s[i] * scale_log2;
+      if (need_mask) {
+        const int64_t key = j0 + (i / 4) * 8 + 2 * t + (i & 1);
+        if (key > ((i & 2) ? qpos1 : qpos0) || key >= Tk) x = -INFINITY;
+      }
+      s[i] = x;
+      if (i & 2) mx1 = fmaxf(mx1, x);
+      else mx0 = fmaxf(mx0, x);
+    }
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+    }
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    const float base0 = mn0 == -INFINITY ? 0.0f : mn0, base1 = mn1 == -INFINITY ? 0.0f : mn1;
+    const float c0 = exp2f(m0 - base0), c1 = exp2f(m1 - base1);
+    m0 = mn0, m1 = mn1;
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < BC / 2; ++i) {
+      s[i] = exp2f(s[i] - ((i & 2) ? base1 : base0));
+      if (i & 2) sum1 += s[i];
+      else sum0 += s[i];
+    }
+    l0 = l0 * c0 + sum0;
+    l1 = l1 * c1 + sum1;
+#pragma unroll
+    for (int i = 0; i < HD / 2; ++i) o[i] *= (i & 2) ? c1 : c0;
+
+    uint32_t pa[BC / 16][4];
+    pack_a<T, BC>(pa, s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<BC>(Vs, kk));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(o);
+    fence_operands(pa);  // the product read them asynchronously: keep them until it is done
+  }
+
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+  }
+  const int64_t row0 = i0 + wg * 64 + warp * 16 + g;
+  T* out = static_cast<T*>(a.out) + b * a.out_batch_stride + int64_t(h) * HD;
+  store_rows<T, HD>(out, a.out_row_stride, row0, a.Tq, o, l0 > 0.0f ? 1.0f / l0 : 0.0f, l1 > 0.0f ? 1.0f / l1 : 0.0f);
+  if (a.lse && t == 0) {
+    constexpr float kLn2 = 0.6931471805599453f;
+    float* lse = a.lse + (int64_t(b) * a.NH + h) * a.Tq;
+    if (row0 < a.Tq) lse[row0] = (m0 + log2f(l0)) * kLn2;
+    if (row0 + 8 < a.Tq) lse[row0 + 8] = (m1 + log2f(l1)) * kLn2;
+  }
+}
+
+// ---- backward: dQ ----------------------------------------------------------------------------
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(AttentionBackwardArgs a, float scale) {
+  constexpr int BR = 128, BC = 64;
+  constexpr int QBYTES = BR * HD * 2, KVBYTES = BC * HD * 2;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* const smem = align_1024(smem_raw);  // [Q][dO][2 buffers][K | V]
+  const uint32_t smem_s = smem_addr(smem);
+
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int64_t T_ = a.T, C = int64_t(a.NH) * HD, ld = 3 * C;
+  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BR;
+  const T* qkv = static_cast<const T*>(a.qkv) + b * T_ * ld + int64_t(h) * HD;
+  const T* dout = static_cast<const T*>(a.dout) + b * T_ * C + int64_t(h) * HD;
+  const float* lse = a.lse + (int64_t(b) * a.NH + h) * T_;
+  const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
+  const float scale_log2 = scale * kLog2e;
+
+  auto load_kv = [&](int64_t jt) {
+    unsigned char* Ks = smem + 2 * QBYTES + (jt & 1) * 2 * KVBYTES;
+    const int64_t j0 = jt * BC;
+    load_swizzled<T, BC, HD>(Ks, qkv + j0 * ld + C, ld, T_ - j0);
+    load_swizzled<T, BC, HD>(Ks + KVBYTES, qkv + j0 * ld + 2 * C, ld, T_ - j0);
+  };
+  load_swizzled<T, BR, HD>(smem, qkv + i0 * ld, ld, T_ - i0);
+  load_swizzled<T, BR, HD>(smem + QBYTES, dout + i0 * C, C, T_ - i0);
+  load_kv(0);
+  cp_async_commit();
+
+  const int64_t row0 = i0 + wg * 64 + warp * 16 + g;  // this lane's queries: row0 and row0 + 8
+  const float L0 = row0 < T_ ? lse[row0] * kLog2e : 0.0f, L1 = row0 + 8 < T_ ? lse[row0 + 8] * kLog2e : 0.0f;
+  const float D0 = row0 < T_ ? Dg[row0] : 0.0f, D1 = row0 + 8 < T_ ? Dg[row0 + 8] : 0.0f;
+  float dq[HD / 2];
+  zero(dq);
+  const int64_t wg_first = i0 + wg * 64;
+  const int64_t tiles = (min(i0 + BR, T_) + BC - 1) / BC;
+
+  for (int64_t jt = 0; jt < tiles; ++jt) {
+    next_tile<true>(jt, tiles, load_kv);
+    const int64_t j0 = jt * BC;
+    if (j0 > wg_first + 63) continue;
+    const uint32_t Ks = smem_s + 2 * QBYTES + uint32_t(jt & 1) * 2 * KVBYTES, Vs = Ks + KVBYTES;
+
+    float s[BC / 2], dp[BC / 2];
+    zero(s);
+    zero(dp);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+      wgmma_ss<T, BC>(s, desc_k_major<BR>(smem_s, wg * 64, kk), desc_k_major<BC>(Ks, 0, kk));
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+      wgmma_ss<T, BC>(dp, desc_k_major<BR>(smem_s + QBYTES, wg * 64, kk), desc_k_major<BC>(Vs, 0, kk));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(s);
+    fence_operands(dp);
+#pragma unroll
+    for (int i = 0; i < BC / 2; ++i) {
+      const int64_t key = j0 + (i / 4) * 8 + 2 * t + (i & 1), query = (i & 2) ? row0 + 8 : row0;
+      const bool valid = key <= query && query < T_ && key < T_;
+      const float p = valid ? exp2f(s[i] * scale_log2 - ((i & 2) ? L1 : L0)) : 0.0f;
+      s[i] = p * (dp[i] - ((i & 2) ? D1 : D0));  // dS
+    }
+    uint32_t sa[BC / 16][4];
+    pack_a<T, BC>(sa, s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(dq, sa[kk], desc_mn_major<BC>(Ks, kk));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(dq);
+    fence_operands(sa);
+  }
+  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
+  store_rows<T, HD>(dqkv, ld, row0, T_, dq, scale, scale);
+}
+
+// ---- backward: dK, dV ------------------------------------------------------------------------
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(AttentionBackwardArgs a, float scale) {
+  constexpr int BC = 128, BR = 64;
+  constexpr int KBYTES = BC * HD * 2, QBYTES = BR * HD * 2;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* const smem = align_1024(smem_raw);  // [K][V][2 stages][Q | dO][2 stages][lse | D]
+  const uint32_t smem_s = smem_addr(smem);
+  float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 4 * QBYTES);
+
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int64_t T_ = a.T, C = int64_t(a.NH) * HD, ld = 3 * C;
+  const int64_t j0 = int64_t(blockIdx.x) * BC;
+  const T* qkv = static_cast<const T*>(a.qkv) + b * T_ * ld + int64_t(h) * HD;
+  const T* dout = static_cast<const T*>(a.dout) + b * T_ * C + int64_t(h) * HD;
+  const float* lse = a.lse + (int64_t(b) * a.NH + h) * T_;
+  const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
+  const float scale_log2 = scale * kLog2e;
+
+  auto load_q_tile = [&](int64_t it) {
+    unsigned char* Qs = smem + 2 * KBYTES + (it & 1) * 2 * QBYTES;
+    float* Ls = stats + (it & 1) * 2 * BR;
+    const int64_t i0 = j0 + it * BR;
+    load_swizzled<T, BR, HD>(Qs, qkv + i0 * ld, ld, T_ - i0);
+    load_swizzled<T, BR, HD>(Qs + QBYTES, dout + i0 * C, C, T_ - i0);
+    if (threadIdx.x < BR) {
+      const bool in = i0 + threadIdx.x < T_;
+      const int64_t r = in ? i0 + threadIdx.x : 0;
+      cp_async_4(Ls + threadIdx.x, lse + r, in);
+      cp_async_4(Ls + BR + threadIdx.x, Dg + r, in);
+    }
+  };
+  load_swizzled<T, BC, HD>(smem, qkv + j0 * ld + C, ld, T_ - j0);
+  load_swizzled<T, BC, HD>(smem + KBYTES, qkv + j0 * ld + 2 * C, ld, T_ - j0);
+  load_q_tile(0);
+  cp_async_commit();
+  const int64_t tiles = (T_ - j0 + BR - 1) / BR;
+
+  float dk[HD / 2], dv[HD / 2];
+  zero(dk);
+  zero(dv);
+  const int64_t wg_first_key = j0 + wg * 64;
+  const int64_t key0 = wg_first_key + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
+
+  for (int64_t it = 0; it < tiles; ++it) {
+    next_tile<true>(it, tiles, load_q_tile);
+    const int64_t i0 = j0 + it * BR;
+    if (i0 + BR - 1 < wg_first_key) continue;  // every query of the tile precedes this warpgroup's keys
+    const uint32_t Qs = smem_s + 2 * KBYTES + uint32_t(it & 1) * 2 * QBYTES, dOs = Qs + QBYTES;
+    const float* Ls = stats + (it & 1) * 2 * BR;  // natural-log lse of the tile's queries
+    const float* Ds = Ls + BR;
+
+    float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
+    zero(st);
+    zero(dpt);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+      wgmma_ss<T, BR>(st, desc_k_major<BC>(smem_s, wg * 64, kk), desc_k_major<BR>(Qs, 0, kk));
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+      wgmma_ss<T, BR>(dpt, desc_k_major<BC>(smem_s + KBYTES, wg * 64, kk), desc_k_major<BR>(dOs, 0, kk));
+    wgmma_commit();
+    wgmma_wait<1>();  // S^T is done; dP^T may still run
+    fence_operands(st);
+#pragma unroll
+    for (int i = 0; i < BR / 2; ++i) {
+      const int col = (i / 4) * 8 + 2 * t + (i & 1);
+      const int64_t query = i0 + col, key = (i & 2) ? key0 + 8 : key0;
+      const bool valid = key <= query && query < T_ && key < T_;
+      st[i] = valid ? exp2f(st[i] * scale_log2 - Ls[col] * kLog2e) : 0.0f;  // P^T
+    }
+    uint32_t pa[BR / 16][4], sa[BR / 16][4];
+    pack_a<T, BR>(pa, st);
+    wgmma_wait<0>();
+    fence_operands(dpt);
+#pragma unroll
+    for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
+    pack_a<T, BR>(sa, dpt);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR>(dOs, kk));
+#pragma unroll
+    for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR>(Qs, kk));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(dv);
+    fence_operands(dk);
+    fence_operands(pa);
+    fence_operands(sa);
+  }
+  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
+  store_rows<T, HD>(dqkv + C, ld, key0, T_, dk, scale, scale);
+  store_rows<T, HD>(dqkv + 2 * C, ld, key0, T_, dv, 1.0f, 1.0f);
+}
+
+// ---- the tile check --------------------------------------------------------------------------
+
+// One warpgroup: S = Q K^T (SS, K-major, N = 128) and O = bf16/f16(S) K (RS, K as an MN-major
+// operand, N = HD), written out in full; exact for small-integer inputs.
+template <typename T, int HD>
+__global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, const T* k, float* s_out, float* o_out) {
+  constexpr int M = 64, N = 128;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* const smem = align_1024(smem_raw);  // [Q 64 x HD][K 128 x HD]
+  const uint32_t smem_s = smem_addr(smem);
+  load_swizzled<T, M, HD>(smem, q, HD, M);
+  load_swizzled<T, N, HD>(smem + M * HD * 2, k, HD, N);
+  cp_async_commit();
+  next_tile<true>(0, 1, [](int64_t) {});
+  if (threadIdx.x >= 128) return;  // one warpgroup computes
+  const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+  const uint32_t Ks = smem_s + M * HD * 2;
+  float s[N / 2];
+  zero(s);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss<T, N>(s, desc_k_major<M>(smem_s, 0, kk), desc_k_major<N>(Ks, 0, kk));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(s);
+  const int row = warp * 16 + g;
+  for (int i = 0; i < N / 2; ++i) s_out[(row + ((i & 2) ? 8 : 0)) * N + (i / 4) * 8 + 2 * t + (i & 1)] = s[i];
+  uint32_t pa[N / 16][4];
+  pack_a<T, N>(pa, s);
+  float o[HD / 2];
+  zero(o);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<N>(Ks, kk));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(o);
+  fence_operands(pa);
+  for (int i = 0; i < HD / 2; ++i) o_out[(row + ((i & 2) ? 8 : 0)) * HD + (i / 4) * 8 + 2 * t + (i & 1)] = o[i];
+}
+
+// ---- host ------------------------------------------------------------------------------------
+
+// Opts a kernel in to `bytes` of dynamic shared memory, once per process (one device per process).
+template <typename K>
+void allow_smem_once(K kernel, size_t bytes, bool& done) {
+  if (done) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+             "opting in to shared memory (wgmma attention)");
+  done = true;
+}
+
+template <typename T, int HD>
+void launch_forward(const AttentionForwardArgs& a, cudaStream_t stream) {
+  constexpr size_t smem = 1024 + size_t(128 + 4 * 128) * HD * 2;
+  static bool configured = false;
+  allow_smem_once(attention_forward_wgmma<T, HD>, smem, configured);
+  const float scale_log2 = kLog2e / sqrtf(static_cast<float>(HD));
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  attention_forward_wgmma<T, HD><<<grid, kThreads, smem, stream>>>(a, scale_log2);
+}
+
+template <typename T, int HD>
+void launch_backward(const AttentionBackwardArgs& a, cudaStream_t stream) {
+  constexpr size_t smem_dkdv = 1024 + size_t(2 * 128 + 4 * 64) * HD * 2 + 4 * 64 * sizeof(float);
+  constexpr size_t smem_dq = 1024 + size_t(2 * 128 + 4 * 64) * HD * 2;
+  static bool configured_dkdv = false, configured_dq = false;
+  allow_smem_once(attention_backward_dkdv_wgmma<T, HD>, smem_dkdv, configured_dkdv);
+  allow_smem_once(attention_backward_dq_wgmma<T, HD>, smem_dq, configured_dq);
+  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  attention_backward_dkdv_wgmma<T, HD><<<grid, kThreads, smem_dkdv, stream>>>(a, scale);
+  attention_backward_dq_wgmma<T, HD><<<grid, kThreads, smem_dq, stream>>>(a, scale);
+}
+
+// Calls f(type tag, head-dim constant) for the covered (dtype, head dim) pairs; false otherwise.
+template <typename F>
+bool dispatch(DType t, int hd, F&& f) {
+  if (wgmma_unavailable() || (t != DType::bf16 && t != DType::f16) || (hd != 64 && hd != 128)) return false;
+  const auto by_dim = [&](auto tag) {
+    if (hd == 64) f(tag, std::integral_constant<int, 64>{});
+    else f(tag, std::integral_constant<int, 128>{});
+  };
+  if (t == DType::bf16) by_dim(__nv_bfloat16{});
+  else by_dim(__half{});
+  return true;
+}
+
+}  // namespace
+
+const char* wgmma_unavailable() {
+  static const std::string reason = []() -> std::string {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+      return "no CUDA device";
+    if (major != 9 || minor != 0)
+      return "the device is sm_" + std::to_string(major) + std::to_string(minor) + "; the wgmma kernels are built for sm_90a";
+    return "";
+  }();
+  return reason.empty() ? nullptr : reason.c_str();
+}
+
+bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
+  if (!attention_rows_aligned(a)) return false;
+  return dispatch(t, a.hd, [&](auto tag, auto hd) { launch_forward<decltype(tag), decltype(hd)::value>(a, stream); });
+}
+
+bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {
+  if (!attention_rows_aligned(a)) return false;
+  return dispatch(t, a.hd, [&](auto tag, auto hd) { launch_backward<decltype(tag), decltype(hd)::value>(a, stream); });
+}
+
+bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, float* o, cudaStream_t stream) {
+  return dispatch(t, hd, [&](auto tag, auto dim) {
+    using T = decltype(tag);
+    constexpr int HD = decltype(dim)::value;
+    constexpr size_t smem = 1024 + size_t(64 + 128) * HD * 2;
+    static bool configured = false;
+    allow_smem_once(wgmma_tile_check_kernel<T, HD>, smem, configured);
+    wgmma_tile_check_kernel<T, HD><<<1, kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k), s, o);
+  });
+}
+
+}  // namespace llm::kernels

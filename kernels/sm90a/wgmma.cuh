@@ -1,0 +1,110 @@
+// Hopper warpgroup MMA (wgmma.mma_async, sm_90a only) and the 128-byte-swizzled shared-memory
+// tiles it reads, for the attention kernels in this folder. Everything here is PTX ISA 8.0+
+// ("Asynchronous Warpgroup Level Matrix Multiply-Accumulate"); nothing of CUTLASS is used.
+//
+// Tiles and descriptors: wgmma_layout.h.
+//
+// Fragments. The fp32 accumulator of m64nNk16 gives warp w of the warpgroup rows 16w .. 16w + 15
+// and lays them out like mma.sync m16n8: d[4i + 0, 1] = (row g, cols 8i + 2t, + 1), d[4i + 2, 3]
+// = (row g + 8, same cols), g = lane / 4, t = lane % 4. The register A operand (the "RS" form)
+// is mma.sync's m16n8k16 A fragment for the warp's 16 rows, so C fragments of two adjacent
+// 8-column blocks, packed to 16-bit pairs, are an A fragment (flash attention's P stays in
+// registers, as in the mma.sync kernels).
+//
+// Ordering. wgmma reads shared memory through the async proxy: copies that landed through the
+// generic proxy (cp.async) must be fenced for it before the barrier that publishes them
+// (next_tile<true> in mma.cuh). wgmma_fence() goes before the first wgmma of a batch whenever
+// its accumulator or A registers were touched by ordinary instructions; fence_operands() pins
+// registers so the compiler does not move their reads/writes across the asynchronous window
+// (issue .. wait), nor reuse an A register the tensor cores may still be reading.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "sm90a/wgmma_layout.h"
+
+namespace llm::kernels::sm90a {
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_operands(uint32_t (&d)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(d[i][j])::"memory");
+}
+
+// The accumulator operand lists of m64n64k16 (32 floats per thread) and m64n128k16 (64).
+#define LLM_WGMMA_D32 "{" "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15" ", " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31" "}"
+#define LLM_WGMMA_D64 "{" "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15" ", " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31" ", " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47" ", " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63" "}"
+#define LLM_WGMMA_OUT32(d) \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define LLM_WGMMA_OUT64(d) \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+
+// d (64 x N, fp32) += A (64 x 16, K-major, shared) * B (16 x N, K-major, shared): "SS".
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t a, uint64_t b);
+// d (64 x N, fp32) += A (64 x 16, registers) * B (16 x N, MN-major, shared): "RS".
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
+
+#define LLM_WGMMA_DEFINE(TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B, A0, A1, A2, A3, B_RS)                     \
+  template <>                                                                                            \
+  __device__ __forceinline__ void wgmma_ss<TYPE, N>(float (&d)[N / 2], uint64_t a, uint64_t b) {          \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \
+                 LLM_WGMMA_D##NR ", " DESC_A ", " DESC_B ", 1, 1, 1, 0, 0;\n"                              \
+                 : LLM_WGMMA_OUT##NR(d)                                                                  \
+                 : "l"(a), "l"(b));                                                                      \
+  }                                                                                                      \
+  template <>                                                                                            \
+  __device__ __forceinline__ void wgmma_rs<TYPE, N>(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b) { \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \
+                 LLM_WGMMA_D##NR ", {" A0 ", " A1 ", " A2 ", " A3 "}, " B_RS ", 1, 1, 1, 1;\n"             \
+                 : LLM_WGMMA_OUT##NR(d)                                                                  \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));                                  \
+  }
+
+LLM_WGMMA_DEFINE(__nv_bfloat16, "bf16", 64, 32, "%32", "%33", "%32", "%33", "%34", "%35", "%36")
+LLM_WGMMA_DEFINE(__half, "f16", 64, 32, "%32", "%33", "%32", "%33", "%34", "%35", "%36")
+LLM_WGMMA_DEFINE(__nv_bfloat16, "bf16", 128, 64, "%64", "%65", "%64", "%65", "%66", "%67", "%68")
+LLM_WGMMA_DEFINE(__half, "f16", 128, 64, "%64", "%65", "%64", "%65", "%66", "%67", "%68")
+
+#undef LLM_WGMMA_DEFINE
+#undef LLM_WGMMA_D32
+#undef LLM_WGMMA_D64
+#undef LLM_WGMMA_OUT32
+#undef LLM_WGMMA_OUT64
+
+}  // namespace llm::kernels::sm90a
