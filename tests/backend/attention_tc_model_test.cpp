@@ -1,14 +1,16 @@
 // Host model of the tensor-core flash attention kernels (kernels/attention_tc.cu,
-// attention_tc_backward.cu): the same tiles (64 queries x 64 keys, 32 keys for head dim 160;
-// backward 64 keys x 32 queries and 64 queries x 32 keys), the same exp2-domain online softmax
-// with the "-inf row max -> base 0" guard, and the same roundings to the 16-bit type (P and dS
-// rounded before their products, fp32 accumulation, outputs rounded once). Checked against the
+// attention_tc_backward.cu; and kernels/sm90a, whose forward tiles are 128 x 128): the same
+// forward tiles (64 queries x 64 keys, 32 keys for head dim 160), the same exp2-domain online
+// softmax with the "-inf row max -> base 0" guard, and the same roundings to the 16-bit type (P
+// and dS rounded before their products, fp32 accumulation, outputs rounded once; the backward's
+// result does not depend on its tiles). Checked against the
 // float64 reference with the tolerances the GPU test (LowPrecision.AttentionForwardBackward/cuda_*)
 // uses, so CI validates the algorithm and the tolerances; a GPU failure then points at the port.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/reference.h"
@@ -33,8 +35,11 @@ struct Dims {
 };
 
 // Forward: per query row, key tiles of BC up to the diagonal, online softmax in exp2 units.
-void model_forward(std::vector<float>& out, std::vector<float>& lse, const std::vector<float>& qkv, Dims d, DType t) {
-  const int C = d.C(), ld = 3 * C, BC = d.hd <= 128 ? 64 : 32, BR = 64;
+// Tiles: BR queries per block, BC keys per tile (mma.sync: 64 x 64, 64 x 32 for hd 160; wgmma:
+// 128 x 128).
+void model_forward(std::vector<float>& out, std::vector<float>& lse, const std::vector<float>& qkv, Dims d, DType t,
+                   int BR, int BC) {
+  const int C = d.C(), ld = 3 * C;
   const float scale_log2 = kLog2e / std::sqrt(float(d.hd));
   out.assign(size_t(d.B) * d.T * C, 0.0f);
   lse.assign(size_t(d.B) * d.NH * d.T, 0.0f);
@@ -143,12 +148,18 @@ TEST_P(AttentionTensorCoreModel, MatchesTheReferenceWithinTheGpuTestTolerances) 
     ref::attention_forward(rout, rlse, qkv, d.B, d.T, C, d.NH);
     ref::attention_backward(rdqkv, dout, qkv, d.B, d.T, C, d.NH);
 
-    std::vector<float> out, lse, dqkv;
-    model_forward(out, lse, to_float(qkv), d, t);
-    EXPECT_TRUE(bt::all_close("model out", to_vec(out), rout, Tol{2 * unit(t), 4 * unit(t)}));
-    EXPECT_TRUE(bt::all_close("model lse", to_vec(lse), rlse, Tol{1e-3, 1e-3}));
-    model_backward(dqkv, to_float(dout), to_float(qkv), out, lse, d, t);
-    EXPECT_TRUE(bt::all_close("model dqkv", to_vec(dqkv), rdqkv, Tol{4 * unit(t), 8 * unit(t) * bt::max_abs(rdqkv)}));
+    // The mma.sync kernels' tiles, and the sm_90a wgmma kernels' (head dims 64 and 128).
+    std::vector<std::pair<int, int>> tiles = {{64, hd <= 128 ? 64 : 32}};
+    if (hd == 64 || hd == 128) tiles.emplace_back(128, 128);
+    for (auto [BR, BC] : tiles) {
+      SCOPED_TRACE("tiles " + std::to_string(BR) + " x " + std::to_string(BC));
+      std::vector<float> out, lse, dqkv;
+      model_forward(out, lse, to_float(qkv), d, t, BR, BC);
+      EXPECT_TRUE(bt::all_close("model out", to_vec(out), rout, Tol{2 * unit(t), 4 * unit(t)}));
+      EXPECT_TRUE(bt::all_close("model lse", to_vec(lse), rlse, Tol{1e-3, 1e-3}));
+      model_backward(dqkv, to_float(dout), to_float(qkv), out, lse, d, t);
+      EXPECT_TRUE(bt::all_close("model dqkv", to_vec(dqkv), rdqkv, Tol{4 * unit(t), 8 * unit(t) * bt::max_abs(rdqkv)}));
+    }
   }
 }
 

@@ -27,7 +27,7 @@ errors=$(grep -E "line [0-9]+: |syntax error|unbound variable|command not found"
 [[ -z "$errors" ]] || fail "shell errors: $errors"
 for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "attention tests with LLM_CUDA_ATTENTION=simt" \
             "attention tests with LLM_CUDA_ATTENTION=tc-atomic" "attention tests with LLM_CUDA_ATTENTION=wgmma" \
-            "wgmma tests:" "linear tests with LLM_CUDA_BIAS_GRAD=epilogue" "train step (wgmma) exit" \
+            "wgmma tests exit" "linear tests with LLM_CUDA_BIAS_GRAD=epilogue" "train step (wgmma) exit" \
             "pretrain cuda exit" "pretrain bf16 exit" "pretrain fp16 exit" "gemm exit" "attention exit" \
             "train step exit" "train step (tc-m32) exit" "longseq 131072 exit" "longseq 262144 exit" \
             "sweep GPT1_3B exit" "sweep GPT1_5B exit" "== done:"; do
