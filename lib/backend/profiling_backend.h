@@ -18,6 +18,9 @@ class ProfilingBackend final : public Backend {
   explicit ProfilingBackend(Backend& inner) : inner_(inner) {}
   const std::map<std::string, OpProfile>& profile() const { return profile_; }
   void reset() { profile_.clear(); }
+  // Off: every op goes straight to the inner backend, unsynchronised and untimed (a model built
+  // on the decorator runs at full speed until one profiled step).
+  void set_enabled(bool on) { enabled_ = on; }
   // "op  calls  ms  %" lines, most expensive first.
   std::string report() const;
 
@@ -118,6 +121,7 @@ class ProfilingBackend final : public Backend {
   void timed(const char* op, F&& f);
   Backend& inner_;
   std::map<std::string, OpProfile> profile_;
+  bool enabled_ = true;
 };
 
 }  // namespace llm
@@ -126,6 +130,7 @@ class ProfilingBackend final : public Backend {
 
 template <typename F>
 void llm::ProfilingBackend::timed(const char* op, F&& f) {
+  if (!enabled_) return f();
   inner_.synchronize();
   Timer t;
   f();
