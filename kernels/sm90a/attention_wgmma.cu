@@ -143,6 +143,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
 
     float s[BC / 2];
     zero(s);
+    fence_operands(s);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
@@ -187,6 +188,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
 
     uint32_t pa[BC / 16][4];
     pack_a<T, BC>(pa, s);
+    fence_operands(o);  // the rescale and P are written before the fence, not sunk past it
+    fence_operands(pa);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<BC>(Vs, kk));
@@ -261,6 +264,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
     float s[BC / 2], dp[BC / 2];
     zero(s);
     zero(dp);
+    fence_operands(s);
+    fence_operands(dp);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
@@ -281,6 +286,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
     }
     uint32_t sa[BC / 16][4];
     pack_a<T, BC>(sa, s);
+    fence_operands(dq);
+    fence_operands(sa);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(dq, sa[kk], desc_mn_major<BC>(Ks, kk));
@@ -351,6 +358,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
     zero(st);
     zero(dpt);
+    fence_operands(st);
+    fence_operands(dpt);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
@@ -376,6 +385,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
 #pragma unroll
     for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
     pack_a<T, BR>(sa, dpt);
+    fence_operands(dv);
+    fence_operands(dk);
+    fence_operands(pa);
+    fence_operands(sa);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR>(dOs, kk));
@@ -412,6 +425,7 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
   const uint32_t Ks = smem_s + M * HD * 2;
   float s[N / 2];
   zero(s);
+  fence_operands(s);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss<T, N>(s, desc_k_major<M>(smem_s, 0, kk), desc_k_major<N>(Ks, 0, kk));
@@ -424,6 +438,8 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
   pack_a<T, N>(pa, s);
   float o[HD / 2];
   zero(o);
+  fence_operands(o);
+  fence_operands(pa);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < N / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<N>(Ks, kk));

@@ -14,9 +14,11 @@
 // Ordering. wgmma reads shared memory through the async proxy: copies that landed through the
 // generic proxy (cp.async) must be fenced for it before the barrier that publishes them
 // (next_tile<true> in mma.cuh). wgmma_fence() goes before the first wgmma of a batch whenever
-// its accumulator or A registers were touched by ordinary instructions; fence_operands() pins
-// registers so the compiler does not move their reads/writes across the asynchronous window
-// (issue .. wait), nor reuse an A register the tensor cores may still be reading.
+// its accumulator or A registers were touched by ordinary instructions. fence_operands() pins
+// registers at a point of the program, so the compiler moves no write of them past the
+// wgmma_fence() that follows (every batch: fence_operands(accumulators, A), wgmma_fence(),
+// issue, commit, wait, fence_operands again), no read of them ahead of the wait, and does not
+// reuse an A register the tensor cores may still be reading.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
