@@ -139,7 +139,7 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //   tc-m32        tc with 32 query rows per warp in the forward (FlashAttention-2's shape, hd <= 128);
 //   tc-atomic     tc with dQ fused into the dK/dV kernel through fp32 atomics (FlashAttention-2's
 //                 way: 5 instead of 7 products in the backward; dQ not bit-reproducible);
-//   wgmma         Hopper warpgroup MMA (sm_90a kernels, head dims 64 and 128) on compute
+//   wgmma         Hopper warpgroup MMA (sm_90a kernels, head dims 48-128) on compute
 //                 capability 9.0 devices; tc for every other shape and device;
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
@@ -171,12 +171,13 @@ bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bo
 // nullptr when the wgmma kernels can run in this process, else the reason they cannot.
 const char* wgmma_unavailable();
 // Forward / backward (a.scratch already holding D) on wgmma: false when the dtype (bf16, f16),
-// head dim (64, 128), alignment or device is not covered (the caller falls back).
+// head dim (48, 64, 80, 96, 128), alignment or device is not covered (the caller falls back).
 bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
 // The two wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T
 // (both operands from swizzled shared memory) and o[64][hd] = T(s) k (A from registers, k read
-// MN-major). q is [64][hd] and k [128][hd], row-major T (bf16/f16); false when not covered.
+// MN-major). q is [64][hd] and k [128][hd], row-major T (bf16/f16); hd as above; false when not
+// covered.
 bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, float* o, cudaStream_t stream);
 
 }  // namespace llm::kernels

@@ -1,5 +1,6 @@
 // Causal flash attention on Hopper warpgroup MMA (wgmma, sm_90a), forward and backward, for head
-// dims 64 and 128 in bf16/f16 with fp32 accumulation: LLM_CUDA_ATTENTION=wgmma. The algorithm is
+// dims 48, 64, 80, 96 and 128 in bf16/f16 with fp32 accumulation: LLM_CUDA_ATTENTION=wgmma (160
+// stays on the mma.sync kernels: dK and dV alone would hold 160 registers per thread). The algorithm is
 // the one of the mma.sync kernels (attention_tc.cu, attention_tc_backward.cu: FlashAttention-2,
 // online softmax in the exp2 domain, backward recomputation, no atomics); what changes is the
 // instruction and the shapes it allows:
@@ -103,7 +104,7 @@ __device__ __forceinline__ void store_rows(T* out, int64_t ld, int64_t row, int6
 template <typename T, int HD>
 __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionForwardArgs a, float scale_log2) {
   constexpr int BR = 128, BC = 128;
-  constexpr int QBYTES = BR * HD * 2, KVBYTES = BC * HD * 2;
+  constexpr int QBYTES = tile_bytes<BR>(HD), KVBYTES = tile_bytes<BC>(HD);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* const smem = align_1024(smem_raw);  // [Q][2 buffers][K | V]
   const uint32_t smem_s = smem_addr(smem);
@@ -220,7 +221,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
 template <typename T, int HD>
 __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(AttentionBackwardArgs a, float scale) {
   constexpr int BR = 128, BC = 64;
-  constexpr int QBYTES = BR * HD * 2, KVBYTES = BC * HD * 2;
+  constexpr int QBYTES = tile_bytes<BR>(HD), KVBYTES = tile_bytes<BC>(HD);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* const smem = align_1024(smem_raw);  // [Q][dO][2 buffers][K | V]
   const uint32_t smem_s = smem_addr(smem);
@@ -305,7 +306,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
 template <typename T, int HD>
 __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(AttentionBackwardArgs a, float scale) {
   constexpr int BC = 128, BR = 64;
-  constexpr int KBYTES = BC * HD * 2, QBYTES = BR * HD * 2;
+  constexpr int KBYTES = tile_bytes<BC>(HD), QBYTES = tile_bytes<BR>(HD);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* const smem = align_1024(smem_raw);  // [K][V][2 stages][Q | dO][2 stages][lse | D]
   const uint32_t smem_s = smem_addr(smem);
@@ -417,12 +418,12 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
   unsigned char* const smem = align_1024(smem_raw);  // [Q 64 x HD][K 128 x HD]
   const uint32_t smem_s = smem_addr(smem);
   load_swizzled<T, M, HD>(smem, q, HD, M);
-  load_swizzled<T, N, HD>(smem + M * HD * 2, k, HD, N);
+  load_swizzled<T, N, HD>(smem + tile_bytes<M>(HD), k, HD, N);
   cp_async_commit();
   next_tile<true>(0, 1, [](int64_t) {});
   if (threadIdx.x >= 128) return;  // one warpgroup computes
   const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
-  const uint32_t Ks = smem_s + M * HD * 2;
+  const uint32_t Ks = smem_s + tile_bytes<M>(HD);
   float s[N / 2];
   zero(s);
   fence_operands(s);
@@ -463,7 +464,7 @@ void allow_smem_once(K kernel, size_t bytes, bool& done) {
 
 template <typename T, int HD>
 void launch_forward(const AttentionForwardArgs& a, cudaStream_t stream) {
-  constexpr size_t smem = 1024 + size_t(128 + 4 * 128) * HD * 2;
+  constexpr size_t smem = 1024 + size_t(tile_bytes<128>(HD)) * 5;  // Q, 2 x (K, V)
   static bool configured = false;
   allow_smem_once(attention_forward_wgmma<T, HD>, smem, configured);
   const float scale_log2 = kLog2e / sqrtf(static_cast<float>(HD));
@@ -473,8 +474,9 @@ void launch_forward(const AttentionForwardArgs& a, cudaStream_t stream) {
 
 template <typename T, int HD>
 void launch_backward(const AttentionBackwardArgs& a, cudaStream_t stream) {
-  constexpr size_t smem_dkdv = 1024 + size_t(2 * 128 + 4 * 64) * HD * 2 + 4 * 64 * sizeof(float);
-  constexpr size_t smem_dq = 1024 + size_t(2 * 128 + 4 * 64) * HD * 2;
+  constexpr size_t smem_dkdv = 1024 + size_t(tile_bytes<128>(HD)) * 2 + size_t(tile_bytes<64>(HD)) * 4 +
+                               4 * 64 * sizeof(float);  // K, V, 2 x (Q, dO), 2 x (lse, D)
+  constexpr size_t smem_dq = 1024 + size_t(tile_bytes<128>(HD)) * 2 + size_t(tile_bytes<64>(HD)) * 4;  // Q, dO, 2 x (K, V)
   static bool configured_dkdv = false, configured_dq = false;
   allow_smem_once(attention_backward_dkdv_wgmma<T, HD>, smem_dkdv, configured_dkdv);
   allow_smem_once(attention_backward_dq_wgmma<T, HD>, smem_dq, configured_dq);
@@ -487,10 +489,16 @@ void launch_backward(const AttentionBackwardArgs& a, cudaStream_t stream) {
 // Calls f(type tag, head-dim constant) for the covered (dtype, head dim) pairs; false otherwise.
 template <typename F>
 bool dispatch(DType t, int hd, F&& f) {
-  if (wgmma_unavailable() || (t != DType::bf16 && t != DType::f16) || (hd != 64 && hd != 128)) return false;
+  if (wgmma_unavailable() || (t != DType::bf16 && t != DType::f16)) return false;
+  if (hd != 48 && hd != 64 && hd != 80 && hd != 96 && hd != 128) return false;
   const auto by_dim = [&](auto tag) {
-    if (hd == 64) f(tag, std::integral_constant<int, 64>{});
-    else f(tag, std::integral_constant<int, 128>{});
+    switch (hd) {
+      case 48: f(tag, std::integral_constant<int, 48>{}); break;
+      case 64: f(tag, std::integral_constant<int, 64>{}); break;
+      case 80: f(tag, std::integral_constant<int, 80>{}); break;
+      case 96: f(tag, std::integral_constant<int, 96>{}); break;
+      default: f(tag, std::integral_constant<int, 128>{}); break;
+    }
   };
   if (t == DType::bf16) by_dim(__nv_bfloat16{});
   else by_dim(__half{});
@@ -527,7 +535,7 @@ bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, f
   return dispatch(t, hd, [&](auto tag, auto dim) {
     using T = decltype(tag);
     constexpr int HD = decltype(dim)::value;
-    constexpr size_t smem = 1024 + size_t(64 + 128) * HD * 2;
+    constexpr size_t smem = 1024 + size_t(tile_bytes<64>(HD) + tile_bytes<128>(HD));
     static bool configured = false;
     allow_smem_once(wgmma_tile_check_kernel<T, HD>, smem, configured);
     wgmma_tile_check_kernel<T, HD><<<1, kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k), s, o);

@@ -2,8 +2,9 @@
 // code can call too: tests/backend/wgmma_layout_test.cpp decodes every descriptor below the way
 // the PTX ISA defines the canonical layouts and checks it addresses what the loader stored.
 //
-// Tiles. A 16-bit [R rows][HD cols] tile (HD a multiple of 64) is stored as HD / 64 panels of
-// R rows x 128 bytes; panel p holds columns 64p .. 64p + 63. Inside a panel, 16-byte chunk c of
+// Tiles. A 16-bit [R rows][HD cols] tile (HD a multiple of 16) is stored as ceil(HD / 64) panels
+// of R rows x 128 bytes; panel p holds columns 64p .. 64p + 63 (the last one only its first
+// HD - 64p: a 16-column k-step never crosses a panel, and an N of HD ends inside one). Inside a panel, 16-byte chunk c of
 // row r sits at r * 128 + ((c ^ (r % 8)) * 16): the 128-byte swizzle, which the hardware undoes
 // on read as long as every panel starts 1024-byte aligned (R a multiple of 8). The same tile
 // serves as a K-major operand (K = the HD columns: Q K^T) and as an MN-major one (K = the rows:
@@ -31,6 +32,12 @@ namespace llm::kernels::sm90a {
 template <int R>
 LLM_WGMMA_HD constexpr uint32_t swizzled_offset(int r, int c) {
   return uint32_t((c / 8) * R * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4));
+}
+
+// Bytes of an R-row tile of HD columns (whole panels).
+template <int R>
+LLM_WGMMA_HD constexpr int tile_bytes(int hd) {
+  return R * 128 * ((hd + 63) / 64);
 }
 
 constexpr uint64_t kSwizzle128 = uint64_t(1) << 62;

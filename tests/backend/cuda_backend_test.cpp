@@ -168,7 +168,7 @@ TEST(CudaBackend, FusedLinearBackwardGeluMatchesTheTwoOps) {
 TEST(CudaBackend, WgmmaTileProductsAreExact) {
   REQUIRE_WGMMA(be);
   for (DType t : {DType::bf16, DType::f16})
-    for (int hd : {64, 128}) {
+    for (int hd : {48, 64, 80, 96, 128}) {
       SCOPED_TRACE(std::string(llm::dtype_name(t)) + " hd=" + std::to_string(hd));
       bt::Rng rng(520 + hd);
       Vec q = rng.uniform(size_t(64) * hd, -1.49, 1.49), k = rng.uniform(size_t(128) * hd, -1.49, 1.49);
@@ -203,7 +203,7 @@ TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
     return bt::low_to_vec(be->download(d));
   };
   for (DType t : {DType::bf16, DType::f16})
-    for (int hd : {64, 128}) {
+    for (int hd : {48, 64, 80, 96, 128}) {
       SCOPED_TRACE(std::string(llm::dtype_name(t)) + " hd=" + std::to_string(hd));
       const int B = 2, T = 333, NH = 2, C = NH * hd;
       const double u = bt::unit(t);

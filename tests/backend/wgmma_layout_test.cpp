@@ -42,6 +42,19 @@ uint32_t stored_at(uint32_t base, int row, int col) {
   return base + swizzled_offset<R>(row, col / 8) + uint32_t(col % 8) * 2;
 }
 
+// Every element of an R x hd tile lies inside its tile_bytes, and no two share a byte.
+template <int R>
+void check_footprint(int hd) {
+  std::vector<int> used(static_cast<size_t>(tile_bytes<R>(hd)), 0);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < hd; ++c) {
+      const uint32_t at = stored_at<R>(0, r, c);
+      ASSERT_LT(at + 1, used.size()) << "R " << R << " hd " << hd << ": (" << r << ", " << c << ") outside the tile";
+      EXPECT_EQ(++used[at], 1);
+      EXPECT_EQ(++used[at + 1], 1);
+    }
+}
+
 template <int R>
 void check_tile(int hd, uint32_t base) {
   SCOPED_TRACE("R=" + std::to_string(R) + " hd=" + std::to_string(hd));
@@ -75,12 +88,20 @@ void check_tile(int hd, uint32_t base) {
 
 TEST(WgmmaLayout, DescriptorsReadWhatTheLoaderStored) {
   // Tile bases as the kernels place them: 1024-aligned, past other tiles.
-  for (uint32_t base : {0u, 1024u * 40, 1024u * 144}) {
-    check_tile<64>(64, base);
-    check_tile<64>(128, base);
-    check_tile<128>(64, base);
-    check_tile<128>(128, base);
+  for (uint32_t base : {0u, 1024u * 40, 1024u * 144})
+    for (int hd : {48, 64, 80, 96, 128}) {  // 48, 80, 96: the last panel is partly used
+      check_tile<64>(hd, base);
+      check_tile<128>(hd, base);
+    }
+}
+
+TEST(WgmmaLayout, TilesFitTheirBytes) {
+  for (int hd : {48, 64, 80, 96, 128}) {
+    check_footprint<64>(hd);
+    check_footprint<128>(hd);
   }
+  EXPECT_EQ(tile_bytes<128>(64), 128 * 64 * 2);
+  EXPECT_EQ(tile_bytes<128>(80), 128 * 128 * 2);  // two panels, the second partly used
 }
 
 TEST(WgmmaLayout, TheSwizzleIsAPermutationOfEachPanel) {
