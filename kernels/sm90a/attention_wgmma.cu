@@ -9,7 +9,7 @@
 //     issues m64nNk16 products on it, with both operands read by the tensor cores from shared
 //     memory ("SS": Q K^T, dO V^T, K Q^T, V dO^T) or A from registers ("RS": P V, dS K, P^T dO,
 //     dS^T Q, where P / dS come straight from the previous product's accumulators);
-//   * tiles live in shared memory in the 128-byte-swizzled panel layout of wgmma.cuh, copied with
+//   * tiles live in shared memory in the swizzled panel layout of wgmma_layout.h, copied with
 //     cp.async and double-buffered (next_tile<true>: the copy of tile j + 1 is in flight while
 //     tile j is computed), so each tile is copied once and read by every product that needs it,
 //     K-major or MN-major;
@@ -59,7 +59,7 @@ __device__ __forceinline__ void load_swizzled(unsigned char* tile, const T* src,
   for (int idx = threadIdx.x; idx < R * CH; idx += kThreads) {
     const int r = idx / CH, c = idx % CH;
     const bool ok = r < valid;
-    cp_async_16(tile + swizzled_offset<R>(r, c), src + (ok ? r : 0) * row_stride + c * 8, ok);
+    cp_async_16(tile + swizzled_offset<R, HD>(r, c), src + (ok ? r : 0) * row_stride + c * 8, ok);
   }
 }
 
@@ -104,7 +104,7 @@ __device__ __forceinline__ void store_rows(T* out, int64_t ld, int64_t row, int6
 template <typename T, int HD>
 __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionForwardArgs a, float scale_log2) {
   constexpr int BR = 128, BC = 128;
-  constexpr int QBYTES = tile_bytes<BR>(HD), KVBYTES = tile_bytes<BC>(HD);
+  constexpr int QBYTES = tile_bytes<BR, HD>(), KVBYTES = tile_bytes<BC, HD>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* const smem = align_1024(smem_raw);  // [Q][2 buffers][K | V]
   const uint32_t smem_s = smem_addr(smem);
@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_ss<T, BC>(s, desc_k_major<BR>(smem_s, wg * 64, kk), desc_k_major<BC>(Ks, 0, kk));
+      wgmma_ss<T, BC>(s, desc_k_major<BR, HD>(smem_s, wg * 64, kk), desc_k_major<BC, HD>(Ks, 0, kk));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
     fence_operands(pa);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<BC>(Vs, kk));
+    for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<BC, HD>(Vs, kk));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(o);
@@ -221,7 +221,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
 template <typename T, int HD>
 __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(AttentionBackwardArgs a, float scale) {
   constexpr int BR = 128, BC = 64;
-  constexpr int QBYTES = tile_bytes<BR>(HD), KVBYTES = tile_bytes<BC>(HD);
+  constexpr int QBYTES = tile_bytes<BR, HD>(), KVBYTES = tile_bytes<BC, HD>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* const smem = align_1024(smem_raw);  // [Q][dO][2 buffers][K | V]
   const uint32_t smem_s = smem_addr(smem);
@@ -270,10 +270,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_ss<T, BC>(s, desc_k_major<BR>(smem_s, wg * 64, kk), desc_k_major<BC>(Ks, 0, kk));
+      wgmma_ss<T, BC>(s, desc_k_major<BR, HD>(smem_s, wg * 64, kk), desc_k_major<BC, HD>(Ks, 0, kk));
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_ss<T, BC>(dp, desc_k_major<BR>(smem_s + QBYTES, wg * 64, kk), desc_k_major<BC>(Vs, 0, kk));
+      wgmma_ss<T, BC>(dp, desc_k_major<BR, HD>(smem_s + QBYTES, wg * 64, kk), desc_k_major<BC, HD>(Vs, 0, kk));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
     fence_operands(sa);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(dq, sa[kk], desc_mn_major<BC>(Ks, kk));
+    for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(dq, sa[kk], desc_mn_major<BC, HD>(Ks, kk));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(dq);
@@ -306,7 +306,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
 template <typename T, int HD>
 __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(AttentionBackwardArgs a, float scale) {
   constexpr int BC = 128, BR = 64;
-  constexpr int KBYTES = tile_bytes<BC>(HD), QBYTES = tile_bytes<BR>(HD);
+  constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* const smem = align_1024(smem_raw);  // [K][V][2 stages][Q | dO][2 stages][lse | D]
   const uint32_t smem_s = smem_addr(smem);
@@ -364,11 +364,11 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_ss<T, BR>(st, desc_k_major<BC>(smem_s, wg * 64, kk), desc_k_major<BR>(Qs, 0, kk));
+      wgmma_ss<T, BR>(st, desc_k_major<BC, HD>(smem_s, wg * 64, kk), desc_k_major<BR, HD>(Qs, 0, kk));
     wgmma_commit();
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_ss<T, BR>(dpt, desc_k_major<BC>(smem_s + KBYTES, wg * 64, kk), desc_k_major<BR>(dOs, 0, kk));
+      wgmma_ss<T, BR>(dpt, desc_k_major<BC, HD>(smem_s + KBYTES, wg * 64, kk), desc_k_major<BR, HD>(dOs, 0, kk));
     wgmma_commit();
     wgmma_wait<1>();  // S^T is done; dP^T may still run
     fence_operands(st);
@@ -392,9 +392,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     fence_operands(sa);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR>(dOs, kk));
+    for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR, HD>(dOs, kk));
 #pragma unroll
-    for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR>(Qs, kk));
+    for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(Qs, kk));
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(dv);
@@ -418,18 +418,18 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
   unsigned char* const smem = align_1024(smem_raw);  // [Q 64 x HD][K 128 x HD]
   const uint32_t smem_s = smem_addr(smem);
   load_swizzled<T, M, HD>(smem, q, HD, M);
-  load_swizzled<T, N, HD>(smem + tile_bytes<M>(HD), k, HD, N);
+  load_swizzled<T, N, HD>(smem + tile_bytes<M, HD>(), k, HD, N);
   cp_async_commit();
   next_tile<true>(0, 1, [](int64_t) {});
   if (threadIdx.x >= 128) return;  // one warpgroup computes
   const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
-  const uint32_t Ks = smem_s + tile_bytes<M>(HD);
+  const uint32_t Ks = smem_s + tile_bytes<M, HD>();
   float s[N / 2];
   zero(s);
   fence_operands(s);
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss<T, N>(s, desc_k_major<M>(smem_s, 0, kk), desc_k_major<N>(Ks, 0, kk));
+  for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss<T, N>(s, desc_k_major<M, HD>(smem_s, 0, kk), desc_k_major<N, HD>(Ks, 0, kk));
   wgmma_commit();
   wgmma_wait<0>();
   fence_operands(s);
@@ -443,7 +443,7 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
   fence_operands(pa);
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < N / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<N>(Ks, kk));
+  for (int kk = 0; kk < N / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<N, HD>(Ks, kk));
   wgmma_commit();
   wgmma_wait<0>();
   fence_operands(o);
@@ -464,7 +464,7 @@ void allow_smem_once(K kernel, size_t bytes, bool& done) {
 
 template <typename T, int HD>
 void launch_forward(const AttentionForwardArgs& a, cudaStream_t stream) {
-  constexpr size_t smem = 1024 + size_t(tile_bytes<128>(HD)) * 5;  // Q, 2 x (K, V)
+  constexpr size_t smem = 1024 + size_t(tile_bytes<128, HD>()) * 5;  // Q, 2 x (K, V)
   static bool configured = false;
   allow_smem_once(attention_forward_wgmma<T, HD>, smem, configured);
   const float scale_log2 = kLog2e / sqrtf(static_cast<float>(HD));
@@ -474,9 +474,9 @@ void launch_forward(const AttentionForwardArgs& a, cudaStream_t stream) {
 
 template <typename T, int HD>
 void launch_backward(const AttentionBackwardArgs& a, cudaStream_t stream) {
-  constexpr size_t smem_dkdv = 1024 + size_t(tile_bytes<128>(HD)) * 2 + size_t(tile_bytes<64>(HD)) * 4 +
+  constexpr size_t smem_dkdv = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4 +
                                4 * 64 * sizeof(float);  // K, V, 2 x (Q, dO), 2 x (lse, D)
-  constexpr size_t smem_dq = 1024 + size_t(tile_bytes<128>(HD)) * 2 + size_t(tile_bytes<64>(HD)) * 4;  // Q, dO, 2 x (K, V)
+  constexpr size_t smem_dq = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4;  // Q, dO, 2 x (K, V)
   static bool configured_dkdv = false, configured_dq = false;
   allow_smem_once(attention_backward_dkdv_wgmma<T, HD>, smem_dkdv, configured_dkdv);
   allow_smem_once(attention_backward_dq_wgmma<T, HD>, smem_dq, configured_dq);
@@ -535,7 +535,7 @@ bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, f
   return dispatch(t, hd, [&](auto tag, auto dim) {
     using T = decltype(tag);
     constexpr int HD = decltype(dim)::value;
-    constexpr size_t smem = 1024 + size_t(tile_bytes<64>(HD) + tile_bytes<128>(HD));
+    constexpr size_t smem = 1024 + size_t(tile_bytes<64, HD>() + tile_bytes<128, HD>());
     static bool configured = false;
     allow_smem_once(wgmma_tile_check_kernel<T, HD>, smem, configured);
     wgmma_tile_check_kernel<T, HD><<<1, kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k), s, o);

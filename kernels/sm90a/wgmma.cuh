@@ -1,4 +1,4 @@
-// Hopper warpgroup MMA (wgmma.mma_async, sm_90a only) and the 128-byte-swizzled shared-memory
+// Hopper warpgroup MMA (wgmma.mma_async, sm_90a only) and the swizzled shared-memory
 // tiles it reads, for the attention kernels in this folder. Everything here is PTX ISA 8.0+
 // ("Asynchronous Warpgroup Level Matrix Multiply-Accumulate"); nothing of CUTLASS is used.
 //

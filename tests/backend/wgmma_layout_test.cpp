@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "sm90a/wgmma_layout.h"
@@ -17,105 +18,135 @@ using namespace llm::kernels::sm90a;
 
 struct Desc {
   uint32_t start, lbo, sbo, base_offset, layout;
+  uint32_t swizzle_bytes() const { return layout == 1 ? 128 : layout == 2 ? 64 : layout == 3 ? 32 : 0; }
 };
 Desc decode(uint64_t d) {
   return {uint32_t(d & 0x3FFF) << 4, uint32_t((d >> 16) & 0x3FFF) << 4, uint32_t((d >> 32) & 0x3FFF) << 4,
           uint32_t((d >> 49) & 7), uint32_t(d >> 62)};
 }
-// The 128-byte swizzle on a shared-memory byte address: bits 4-6 ^= bits 7-9.
-uint32_t swizzle128(uint32_t addr) { return addr ^ (((addr >> 7) & 7u) << 4); }
+// The W-byte swizzle on a shared-memory byte address (CUTLASS's Swizzle<log2(W / 16), 4, 3>): the
+// log2(W / 16) bits from bit 4 up are XORed with as many bits from bit 7 up.
+uint32_t swizzle(uint32_t addr, uint32_t w) { return addr ^ (((addr >> 7) & (w / 16 - 1)) << 4); }
 
-// Byte address the hardware reads for element (mn, k), k < 16, of a 16-bit operand.
-// K-major:  ((8, m), (8, 2)) : ((128 B, SBO), (2 B, 16 B))            (rows of 128 bytes)
-// MN-major: ((8, 8, m), (8, k)) : ((2 B, 16 B, LBO), (128 B, SBO))    (64 elements along MN)
+// Byte address the hardware reads for element (mn, k), k < 16, of a 16-bit operand under a
+// W-byte swizzle (T = 8 elements = 16 bytes, rows of W bytes):
+// K-major:  ((8, m), (8, 2)) : ((W, SBO), (2 B, 16 B))
+// MN-major: ((8, W / 16, m), (8, k)) : ((2 B, 16 B, LBO), (W, SBO))
 uint32_t k_major_address(const Desc& d, int mn, int k) {
-  return swizzle128(d.start + uint32_t(mn / 8) * d.sbo + uint32_t(mn % 8) * 128 + uint32_t(k) * 2);
+  const uint32_t w = d.swizzle_bytes();
+  return swizzle(d.start + uint32_t(mn / 8) * d.sbo + uint32_t(mn % 8) * w + uint32_t(k) * 2, w);
 }
 uint32_t mn_major_address(const Desc& d, int mn, int k) {
-  return swizzle128(d.start + uint32_t(mn / 64) * d.lbo + uint32_t(mn % 64) * 2 + uint32_t(k % 8) * 128 +
-                    uint32_t(k / 8) * d.sbo);
+  const uint32_t w = d.swizzle_bytes(), e = w / 2;  // elements per panel row
+  return swizzle(d.start + uint32_t(mn) / e * d.lbo + uint32_t(mn) % e * 2 + uint32_t(k % 8) * w + uint32_t(k / 8) * d.sbo, w);
 }
 
 // Where the loader put element (row, col) of an R-row tile at `base`.
-template <int R>
+template <int R, int HD>
 uint32_t stored_at(uint32_t base, int row, int col) {
-  return base + swizzled_offset<R>(row, col / 8) + uint32_t(col % 8) * 2;
+  return base + swizzled_offset<R, HD>(row, col / 8) + uint32_t(col % 8) * 2;
 }
 
-// Every element of an R x hd tile lies inside its tile_bytes, and no two share a byte.
-template <int R>
-void check_footprint(int hd) {
-  std::vector<int> used(static_cast<size_t>(tile_bytes<R>(hd)), 0);
+// Every element of an R x HD tile lies inside its tile_bytes, and no two share a byte.
+template <int R, int HD>
+void check_footprint() {
+  std::vector<int> used(static_cast<size_t>(tile_bytes<R, HD>()), 0);
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < hd; ++c) {
-      const uint32_t at = stored_at<R>(0, r, c);
-      ASSERT_LT(at + 1, used.size()) << "R " << R << " hd " << hd << ": (" << r << ", " << c << ") outside the tile";
+    for (int c = 0; c < HD; ++c) {
+      const uint32_t at = stored_at<R, HD>(0, r, c);
+      ASSERT_LT(at + 1, used.size()) << "R " << R << " hd " << HD << ": (" << r << ", " << c << ") outside the tile";
       EXPECT_EQ(++used[at], 1);
       EXPECT_EQ(++used[at + 1], 1);
     }
 }
 
-template <int R>
-void check_tile(int hd, uint32_t base) {
-  SCOPED_TRACE("R=" + std::to_string(R) + " hd=" + std::to_string(hd));
+template <int R, int HD>
+void check_tile(uint32_t base) {
+  SCOPED_TRACE("R=" + std::to_string(R) + " hd=" + std::to_string(HD));
   int bad = 0;
   // K-major: the warpgroup's 64 rows from row0 (A operands) or all R rows (B operands).
   for (int row0 : {0, R - 64})
     for (int rows : {64, R}) {
       if (row0 + rows > R) continue;
-      for (int kk = 0; kk < hd / 16; ++kk) {
-        const Desc d = decode(desc_k_major<R>(base, row0, kk));
-        EXPECT_EQ(d.layout, 1u) << "128-byte swizzle";
+      for (int kk = 0; kk < HD / 16; ++kk) {
+        const Desc d = decode(desc_k_major<R, HD>(base, row0, kk));
+        EXPECT_EQ(d.swizzle_bytes(), uint32_t(swizzle_bytes(HD)));
         EXPECT_EQ(d.base_offset, 0u);
         for (int mn = 0; mn < rows; ++mn)
           for (int k = 0; k < 16; ++k)
-            if (k_major_address(d, mn, k) != stored_at<R>(base, row0 + mn, kk * 16 + k) && bad++ < 5)
+            if (k_major_address(d, mn, k) != stored_at<R, HD>(base, row0 + mn, kk * 16 + k) && bad++ < 5)
               ADD_FAILURE() << "K-major row0 " << row0 << " kk " << kk << ": element (" << mn << ", " << k << ")";
       }
     }
-  // MN-major: N = the hd columns, K = 16 rows per step.
+  // MN-major: N = the HD columns, K = 16 rows per step.
   for (int kk = 0; kk < R / 16; ++kk) {
-    const Desc d = decode(desc_mn_major<R>(base, kk));
-    EXPECT_EQ(d.layout, 1u);
+    const Desc d = decode(desc_mn_major<R, HD>(base, kk));
+    EXPECT_EQ(d.swizzle_bytes(), uint32_t(swizzle_bytes(HD)));
     EXPECT_EQ(d.base_offset, 0u);
-    for (int n = 0; n < hd; ++n)
+    for (int n = 0; n < HD; ++n)
       for (int k = 0; k < 16; ++k)
-        if (mn_major_address(d, n, k) != stored_at<R>(base, kk * 16 + k, n) && bad++ < 5)
+        if (mn_major_address(d, n, k) != stored_at<R, HD>(base, kk * 16 + k, n) && bad++ < 5)
           ADD_FAILURE() << "MN-major kk " << kk << ": element (n " << n << ", k " << k << ")";
   }
   EXPECT_EQ(bad, 0);
 }
 
+template <int HD>
+void check_both_tile_heights(uint32_t base) {
+  check_tile<64, HD>(base);
+  check_tile<128, HD>(base);
+}
+
 TEST(WgmmaLayout, DescriptorsReadWhatTheLoaderStored) {
   // Tile bases as the kernels place them: 1024-aligned, past other tiles.
-  for (uint32_t base : {0u, 1024u * 40, 1024u * 144})
-    for (int hd : {48, 64, 80, 96, 128}) {  // 48, 80, 96: the last panel is partly used
-      check_tile<64>(hd, base);
-      check_tile<128>(hd, base);
-    }
+  for (uint32_t base : {0u, 1024u * 40, 1024u * 144}) {
+    check_both_tile_heights<48>(base);
+    check_both_tile_heights<64>(base);
+    check_both_tile_heights<80>(base);
+    check_both_tile_heights<96>(base);
+    check_both_tile_heights<128>(base);
+  }
+}
+
+TEST(WgmmaLayout, SwizzleWidthsDivideTheHeadDim) {
+  // Each operand's extent along a panel is a whole number of swizzle atoms (CUTLASS's canonical
+  // layouts need it; an MN-major N of 80 over 64-column atoms would not be one).
+  EXPECT_EQ(swizzle_bytes(48), 32);
+  EXPECT_EQ(swizzle_bytes(64), 128);
+  EXPECT_EQ(swizzle_bytes(80), 32);
+  EXPECT_EQ(swizzle_bytes(96), 64);
+  EXPECT_EQ(swizzle_bytes(128), 128);
+  for (int hd : {48, 64, 80, 96, 128}) EXPECT_EQ(hd % (swizzle_bytes(hd) / 2), 0) << hd;
 }
 
 TEST(WgmmaLayout, TilesFitTheirBytes) {
-  for (int hd : {48, 64, 80, 96, 128}) {
-    check_footprint<64>(hd);
-    check_footprint<128>(hd);
-  }
-  EXPECT_EQ(tile_bytes<128>(64), 128 * 64 * 2);
-  EXPECT_EQ(tile_bytes<128>(80), 128 * 128 * 2);  // two panels, the second partly used
+  check_footprint<64, 48>();
+  check_footprint<128, 48>();
+  check_footprint<64, 80>();
+  check_footprint<128, 96>();
+  check_footprint<128, 128>();
+  EXPECT_EQ((tile_bytes<128, 64>() % 1024), 0);  // the next tile starts aligned
+  EXPECT_EQ((tile_bytes<64, 48>() % 1024), 0);
 }
 
 TEST(WgmmaLayout, TheSwizzleIsAPermutationOfEachPanel) {
-  // Every (row, chunk) of a 128-row, 2-panel tile lands on its own 16-byte slot inside the tile.
-  std::vector<int> hits(2 * 128 * 8, 0);
-  for (int r = 0; r < 128; ++r)
-    for (int c = 0; c < 16; ++c) {
-      const uint32_t off = swizzled_offset<128>(r, c);
-      ASSERT_EQ(off % 16, 0u);
-      ASSERT_LT(off / 16, hits.size());
-      ++hits[off / 16];
-      EXPECT_EQ(off / (128 * 128), uint32_t(c / 8)) << "chunk " << c << " must stay in panel " << c / 8;
-    }
-  for (int h : hits) EXPECT_EQ(h, 1);
+  // Every (row, chunk) of a 128-row tile lands on its own 16-byte slot inside its panel.
+  const auto check = [](auto hd_tag) {
+    constexpr int HD = decltype(hd_tag)::value, W = swizzle_bytes(HD);
+    std::vector<int> hits(size_t(128) * HD / 8, 0);
+    for (int r = 0; r < 128; ++r)
+      for (int c = 0; c < HD / 8; ++c) {
+        const uint32_t off = swizzled_offset<128, HD>(r, c);
+        ASSERT_EQ(off % 16, 0u);
+        ASSERT_LT(off / 16, hits.size());
+        ++hits[off / 16];
+        EXPECT_EQ(off / (128 * W), uint32_t(c / (W / 16))) << "hd " << HD << " chunk " << c;
+      }
+    for (int h : hits) EXPECT_EQ(h, 1);
+  };
+  check(std::integral_constant<int, 48>{});
+  check(std::integral_constant<int, 96>{});
+  check(std::integral_constant<int, 128>{});
 }
 
 }  // namespace
