@@ -19,6 +19,7 @@
 // this kernel is checked against it and the CPU op (tests/backend/cuda_backend_test.cpp).
 #include <cfloat>
 
+#include "attention.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "common.cuh"
 #include "kernels.h"

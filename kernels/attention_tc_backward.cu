@@ -14,6 +14,7 @@
 // tiles (FlashAttention-2's choice): ~40% more tensor work in exchange for bit-reproducible
 // gradients (LLM_CUDA_ATTENTION=tc-atomic fuses dQ into the dK/dV kernel with atomics instead:
 // see the kernel). D = rowsum(dO * O) is computed first by attention.cu (scratch).
+#include "attention.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "common.cuh"
 #include "kernels.h"

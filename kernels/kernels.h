@@ -146,19 +146,6 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 enum class AttentionKernels { tc, tc_m32, tc_atomic, wgmma, simt };
 AttentionKernels attention_kernels();
 
-// Whether every row the tensor-core attention kernels touch starts 16-byte aligned (they copy and
-// store 16-byte chunks): the forward's q/k/v/out rows, the backward's qkv/dqkv/dout rows.
-inline bool attention_rows_aligned(const AttentionForwardArgs& a) {
-  const auto a16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
-  return a16(a.q) && a16(a.k) && a16(a.v) && a16(a.out) && a.q_row_stride % 8 == 0 && a.kv_row_stride % 8 == 0 &&
-         a.out_row_stride % 8 == 0 && a.q_batch_stride % 8 == 0 && a.kv_batch_stride % 8 == 0 &&
-         a.out_batch_stride % 8 == 0;
-}
-inline bool attention_rows_aligned(const AttentionBackwardArgs& a) {
-  const auto a16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
-  return a16(a.qkv) && a16(a.dqkv) && a16(a.dout) && (int64_t(a.NH) * a.hd) % 8 == 0;
-}
-
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
 // 128 and 160 with 16-byte aligned rows; false when the shape is not covered (the caller falls
 // back to the SIMT kernels). m32: 32 query rows per warp (head dims up to 128).

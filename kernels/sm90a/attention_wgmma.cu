@@ -26,6 +26,7 @@
 #include <string>
 #include <type_traits>
 
+#include "attention.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "common.cuh"
 #include "kernels.h"
