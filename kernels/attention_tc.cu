@@ -58,6 +58,7 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
   const T* v = static_cast<const T*>(a.v) + b * a.kv_batch_stride + int64_t(h) * HD;
 
   // Issues the copies of key tile jt (rows jt * BC ..) into buffer jt % 2.
+  // (K and V in one loop: two copy_tile_async calls cost registers here, up to spills.)
   auto load_kv = [&](int64_t jt) {
     T* Ks = smem + QOFF + (jt & 1) * 2 * BC * LD;
     T* Vs = Ks + BC * LD;
@@ -73,11 +74,7 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
 
   // Prologue: the Q tile (MT = 1: into buffer 1) and key tile 0 (buffer 0), one group.
   T* Qs = kQRegs ? smem + 2 * BC * LD : smem;
-  for (int idx = threadIdx.x; idx < BR * CH; idx += NT) {
-    const int r = idx / CH, c = idx % CH;
-    const bool ok = i0 + r < a.Tq;
-    cp_async_16(Qs + r * LD + c * 8, q + (ok ? i0 + r : 0) * a.q_row_stride + c * 8, ok);
-  }
+  copy_tile_async<NT, CH>(Qs, q + i0 * a.q_row_stride, a.q_row_stride, BR, a.Tq - i0, PaddedRows<T, LD>{});
   load_kv(0);
   cp_async_commit();
   cp_async_wait<0>();

@@ -31,11 +31,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 // stride LD); rows at or past `valid` are zero-filled.
 template <typename T, int HD, int LD>
 __device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t row_stride, int rows, int64_t valid) {
-  for (int idx = threadIdx.x; idx < rows * (HD / 8); idx += kThreadsBw) {
-    const int r = idx / (HD / 8), c = idx % (HD / 8);
-    const bool ok = r < valid;
-    cp_async_16(dst + r * LD + c * 8, src + (ok ? r : 0) * row_stride + c * 8, ok);
-  }
+  copy_tile_async<kThreadsBw, HD / 8>(dst, src, row_stride, rows, valid, PaddedRows<T, LD>{});
 }
 
 // kDQ (LLM_CUDA_ATTENTION=tc-atomic): the same kernel also computes dQ, FlashAttention-2's way:

@@ -48,6 +48,25 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// Issues the cp.async copies of `rows` rows of CH 16-byte chunks (rows `row_stride` elements
+// apart from src) by NT threads, chunk c of row r to byte offset(r, c) from dst; rows at or past
+// `valid` are zero-filled (src itself must be addressable). The layouts: PaddedRows below, and the
+// swizzled panels of sm90a/wgmma_layout.h.
+template <int NT, int CH, typename T, typename Offset>
+__device__ __forceinline__ void copy_tile_async(void* dst, const T* src, int64_t row_stride, int rows, int64_t valid,
+                                                Offset offset) {
+  for (int idx = threadIdx.x; idx < rows * CH; idx += NT) {
+    const int r = idx / CH, c = idx % CH;
+    const bool ok = r < valid;
+    cp_async_16(static_cast<unsigned char*>(dst) + offset(r, c), src + (ok ? r : 0) * row_stride + c * 8, ok);
+  }
+}
+// Rows of LD elements of T (the mma.sync kernels pad rows by 16 bytes: conflict-free ldmatrix).
+template <typename T, int LD>
+struct PaddedRows {
+  __device__ __forceinline__ int operator()(int r, int c) const { return (r * LD + c * 8) * int(sizeof(T)); }
+};
+
 // The top of a double-buffered tile loop: once every warp is done with the buffer the next copy
 // overwrites (the last tile's), issue(next) copies tile `next` (when there is one) as its own
 // group, then the current tile's group is waited for and made visible to the block. Called by

@@ -56,12 +56,8 @@ __device__ __forceinline__ unsigned char* align_1024(unsigned char* p) {
 // layout at `tile`; rows at or past `valid` are zero-filled (src itself must be addressable).
 template <typename T, int R, int HD>
 __device__ __forceinline__ void load_swizzled(unsigned char* tile, const T* src, int64_t row_stride, int64_t valid) {
-  constexpr int CH = HD / 8;
-  for (int idx = threadIdx.x; idx < R * CH; idx += kThreads) {
-    const int r = idx / CH, c = idx % CH;
-    const bool ok = r < valid;
-    cp_async_16(tile + swizzled_offset<R, HD>(r, c), src + (ok ? r : 0) * row_stride + c * 8, ok);
-  }
+  copy_tile_async<kThreads, HD / 8>(tile, src, row_stride, R, valid,
+                                    [](int r, int c) { return swizzled_offset<R, HD>(r, c); });
 }
 
 // 16-bit A fragments (k-steps of 16 columns) from an fp32 accumulator of N columns.
