@@ -109,6 +109,25 @@ struct AttentionForwardArgs {
   int64_t Tq = 0, q_pos0 = 0;
 };
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
+// The arguments of self-attention over qkv[B, T, 3C] (q | k | v per token, elem_size bytes per
+// element) into out[B, T, C] and lse[B, NH, T].
+inline AttentionForwardArgs self_attention_args(const void* qkv, void* out, float* lse, size_t elem_size, int B,
+                                                int64_t T, int NH, int hd) {
+  const int64_t C = int64_t(NH) * hd;
+  AttentionForwardArgs a;
+  a.q = qkv;
+  a.k = static_cast<const char*>(qkv) + C * int64_t(elem_size);
+  a.v = static_cast<const char*>(qkv) + 2 * C * int64_t(elem_size);
+  a.out = out;
+  a.lse = lse;
+  a.q_batch_stride = a.kv_batch_stride = T * 3 * C;
+  a.q_row_stride = a.kv_row_stride = 3 * C;
+  a.out_batch_stride = T * C;
+  a.out_row_stride = C;
+  a.B = B, a.NH = NH, a.hd = hd;
+  a.Tq = T, a.q_pos0 = 0;
+  return a;
+}
 
 // Backward of self-attention over qkv[B, T, 3C] (q | k | v per token): dqkv (=) from dout, out
 // and lse. scratch holds attention_backward_scratch() floats (D = rowsum(dout * out) first).

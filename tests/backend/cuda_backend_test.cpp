@@ -217,17 +217,8 @@ TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
       Tensor gq = be->upload(bt::host_low({B, T, 3 * C}, qkv, t)), gdo = be->upload(bt::host_low({B, T, C}, dout, t));
       Tensor go = be->empty({B, T, C}, t), gl = be->empty({B, NH, T}), gd = be->empty({B, T, 3 * C}, t);
       be->synchronize();
-      llm::kernels::AttentionForwardArgs fa;
-      const size_t es = llm::dtype_size(t);
-      fa.q = gq.raw();
-      fa.k = static_cast<const char*>(gq.raw()) + C * es;
-      fa.v = static_cast<const char*>(gq.raw()) + 2 * C * es;
-      fa.out = go.raw();
-      fa.lse = gl.data<float>();
-      fa.q_batch_stride = fa.kv_batch_stride = int64_t(T) * 3 * C;
-      fa.q_row_stride = fa.kv_row_stride = 3 * C;
-      fa.out_batch_stride = int64_t(T) * C, fa.out_row_stride = C;
-      fa.B = B, fa.NH = NH, fa.hd = hd, fa.Tq = T, fa.q_pos0 = 0;
+      const llm::kernels::AttentionForwardArgs fa =
+          llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd);
       ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, be->stream()));
       const Vec out = down_low(go);
       EXPECT_TRUE(bt::all_close("wgmma out", out, bt::to_vec(co), Tol{2 * u, 4 * u}));

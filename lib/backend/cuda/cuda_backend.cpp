@@ -26,11 +26,6 @@ std::string shapes_of(std::initializer_list<const Tensor*> ts) {
   return s;
 }
 
-// Byte pointer arithmetic on an element offset of t's type.
-const void* offset(const Tensor& t, int64_t elements) {
-  return static_cast<const char*>(t.raw()) + elements * static_cast<int64_t>(dtype_size(t.dtype()));
-}
-
 }  // namespace
 
 // ---- construction, memory -------------------------------------------------------------------
@@ -499,18 +494,8 @@ void CudaBackend::attention_forward(const Tensor& out, const Tensor& lse, const 
   check_dev(qkv, qkv.shape(), t, device_, "attention_forward qkv");
   check_dev(out, {d.B, d.T, d.C}, t, device_, "attention_forward out");
   check_dev(lse, {d.B, n_head, d.T}, DType::f32, device_, "attention_forward lse");
-  kernels::AttentionForwardArgs a;
-  a.q = qkv.raw();
-  a.k = offset(qkv, d.C);
-  a.v = offset(qkv, 2 * d.C);
-  a.out = out.raw();
-  a.lse = lse.data<float>();
-  a.q_batch_stride = a.kv_batch_stride = d.T * 3 * d.C;
-  a.q_row_stride = a.kv_row_stride = 3 * d.C;
-  a.out_batch_stride = d.T * d.C;
-  a.out_row_stride = d.C;
-  a.B = static_cast<int>(d.B), a.NH = n_head, a.hd = static_cast<int>(d.hd);
-  a.Tq = d.T, a.q_pos0 = 0;
+  const kernels::AttentionForwardArgs a = kernels::self_attention_args(
+      qkv.raw(), out.raw(), lse.data<float>(), dtype_size(t), static_cast<int>(d.B), d.T, n_head, static_cast<int>(d.hd));
   kernels::attention_forward(t, a, stream_);
   launched("attention_forward", {&out, &lse, &qkv});
 }
