@@ -329,13 +329,6 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
   }
 }
 
-// Kernels needing more than 48 KiB of dynamic shared memory must opt in once per device.
-template <typename K>
-void allow_smem(K kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "opting in to shared memory");
-}
-
 bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
   switch (attention_kernels()) {

@@ -236,12 +236,7 @@ void launch(const AttentionForwardArgs& a, cudaStream_t stream) {
   constexpr int NW = 4, BC = HD <= 128 ? 64 : 32, BR = 16 * MT * NW;
   // Two K/V buffers (MT = 1 stages the Q tile in one of them; MT = 2 keeps it in its own region).
   constexpr size_t smem = sizeof(T) * (4 * BC + (MT == 1 ? 0 : BR)) * (HD + 8);
-  static bool configured = false;  // one device per process: set the opt-in once
-  if (!configured) {
-    if (smem > 48 * 1024)
-      CUDA_CHECK(cudaFuncSetAttribute(attention_forward_tc<T, HD, BC, NW, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "opting in to shared memory");
-    configured = true;
-  }
+  allow_smem(attention_forward_tc<T, HD, BC, NW, MT>, smem);
   const float scale_log2 = 1.4426950408889634f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, BR)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
   attention_forward_tc<T, HD, BC, NW, MT><<<grid, 32 * NW, smem, stream>>>(a, scale_log2);

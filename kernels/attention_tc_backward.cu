@@ -357,16 +357,9 @@ void launch_backward(const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_
   constexpr size_t smem_kv = sizeof(T) * (2 * 64 + 2 * 2 * 32) * LD + 2 * 2 * 32 * sizeof(float);  // K, V + 2 stages
   constexpr size_t smem_fused = smem_kv + sizeof(T) * 64 * (32 + 8);                               // + dS^T
   constexpr size_t smem_q = sizeof(T) * (2 * 64 + 2 * 2 * 32) * LD;                                // Q, dO + 2 K/V buffers
-  static bool configured = false;
-  if (!configured) {
-    if (smem_kv > 48 * 1024)
-      CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_tc<T, HD, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_kv)), "opting in to shared memory");
-    if (smem_fused > 48 * 1024)
-      CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_tc<T, HD, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_fused)), "opting in to shared memory");
-    if (smem_q > 48 * 1024)
-      CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_tc<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_q)), "opting in to shared memory");
-    configured = true;
-  }
+  allow_smem(attention_backward_dkdv_tc<T, HD, false>, smem_kv);
+  allow_smem(attention_backward_dkdv_tc<T, HD, true>, smem_fused);
+  allow_smem(attention_backward_dq_tc<T, HD>, smem_q);
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 64)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
   if (atomic_dq) {

@@ -7,8 +7,11 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
 #include <string>
+#include <unordered_set>
 
+#include "backend/cuda/cuda_check.h"
 #include "core/dtype.h"
 #include "core/error.h"
 
@@ -71,6 +74,21 @@ __device__ __forceinline__ void elementwise(int64_t n, bool packed, F&& f, G&& g
     done = packs * V;
   }
   for (int64_t i = done + tid; i < n; i += stride) f(i);
+}
+
+// Kernels needing more than 48 KiB of dynamic shared memory must opt in: once per kernel and
+// process (one device per process), the first time it is launched with `bytes`.
+template <typename K>
+void allow_smem(K kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return;
+  static std::mutex mu;
+  static std::unordered_set<const void*> done;
+  const std::lock_guard<std::mutex> lock(mu);
+  const void* key = reinterpret_cast<const void*>(kernel);
+  if (done.count(key)) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+             "opting in to ", bytes, " bytes of shared memory");
+  done.insert(key);
 }
 
 // Grid for a grid-stride loop over n elements with `threads` per block (capped: the loops stride).

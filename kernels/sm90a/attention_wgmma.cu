@@ -450,20 +450,10 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
 
 // ---- host ------------------------------------------------------------------------------------
 
-// Opts a kernel in to `bytes` of dynamic shared memory, once per process (one device per process).
-template <typename K>
-void allow_smem_once(K kernel, size_t bytes, bool& done) {
-  if (done) return;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
-             "opting in to shared memory (wgmma attention)");
-  done = true;
-}
-
 template <typename T, int HD>
 void launch_forward(const AttentionForwardArgs& a, cudaStream_t stream) {
   constexpr size_t smem = 1024 + size_t(tile_bytes<128, HD>()) * 5;  // Q, 2 x (K, V)
-  static bool configured = false;
-  allow_smem_once(attention_forward_wgmma<T, HD>, smem, configured);
+  allow_smem(attention_forward_wgmma<T, HD>, smem);
   const float scale_log2 = kLog2e / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
   attention_forward_wgmma<T, HD><<<grid, kThreads, smem, stream>>>(a, scale_log2);
@@ -474,9 +464,8 @@ void launch_backward(const AttentionBackwardArgs& a, cudaStream_t stream) {
   constexpr size_t smem_dkdv = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4 +
                                4 * 64 * sizeof(float);  // K, V, 2 x (Q, dO), 2 x (lse, D)
   constexpr size_t smem_dq = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4;  // Q, dO, 2 x (K, V)
-  static bool configured_dkdv = false, configured_dq = false;
-  allow_smem_once(attention_backward_dkdv_wgmma<T, HD>, smem_dkdv, configured_dkdv);
-  allow_smem_once(attention_backward_dq_wgmma<T, HD>, smem_dq, configured_dq);
+  allow_smem(attention_backward_dkdv_wgmma<T, HD>, smem_dkdv);
+  allow_smem(attention_backward_dq_wgmma<T, HD>, smem_dq);
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
   attention_backward_dkdv_wgmma<T, HD><<<grid, kThreads, smem_dkdv, stream>>>(a, scale);
@@ -533,8 +522,7 @@ bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, f
     using T = decltype(tag);
     constexpr int HD = decltype(dim)::value;
     constexpr size_t smem = 1024 + size_t(tile_bytes<64, HD>() + tile_bytes<128, HD>());
-    static bool configured = false;
-    allow_smem_once(wgmma_tile_check_kernel<T, HD>, smem, configured);
+    allow_smem(wgmma_tile_check_kernel<T, HD>, smem);
     wgmma_tile_check_kernel<T, HD><<<1, kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k), s, o);
   });
 }
