@@ -42,8 +42,9 @@ log "GPU unit tests (conformance on cuda, bf16/f16 paths, training check) and ll
 pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attention-heads 4 --seq-length 128
     --micro-batch-size 4 --global-batch-size 8 --train-iters 20 --log-interval 1 --lr 1e-3)
 # The wgmma (sm_90a) tests in their own process: a fault there leaves a sticky CUDA error that
-# would fail every later test of the same process.
-(cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*cuda*:*Cuda*:-*Wgmma*' > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
+# would fail every later test of the same process (here and in the triage reruns).
+cuda_tests='*cuda*:*Cuda*:-*Wgmma*'
+(cd "$build" && lim 150 ./tests/test_backend --gtest_filter="$cuda_tests" > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*Wgmma*' > "$out/wgmma.log" 2>&1; echo $? > "$out/rc_wgmma") &
 (cd "$build" && lim 150 ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
 variants=(${ATTENTION_VARIANTS-wgmma tc-atomic tc-m32})
@@ -63,7 +64,7 @@ if [[ "$(cat "$out/rc_test_backend")" != 0 ]]; then  # triage in the same lease:
   log "failed: $(grep -E '^\[  FAILED  \] [A-Za-z]' "$out/test_backend_cuda.log" | sed 's/^\[  FAILED  \] //; s/ (.*//' | sort -u | tr '\n' ' ')"
   for sw in LLM_CUDA_PACKS=0 LLM_CUDA_DGELU=0 "LLM_CUDA_PACKS=0 LLM_CUDA_DGELU=0"; do
     tag=$(echo "$sw" | tr ' =' '__')
-    (cd "$build" && export $sw && lim 150 ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/triage_$tag.log" 2>&1)
+    (cd "$build" && export $sw && lim 150 ./tests/test_backend --gtest_filter="$cuda_tests" > "$out/triage_$tag.log" 2>&1)
     log "triage with $sw: exit $?: $(grep -E '^\[  (PASSED|FAILED) ' "$out/triage_$tag.log" | tr '\n' ' ')"
   done
 fi
