@@ -329,9 +329,23 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
   }
 }
 
+// LLM_CUDA_ATTENTION unset (or auto): per pass and head dim, the kernels measured fastest on an
+// H200 (docs/gpu-validation.md, run 7: bench-cuda-attention under each choice). wgmma falls back to
+// tc on devices other than compute capability 9.0, so this is tc there.
+AttentionKernels automatic_kernels(int hd, bool backward) {
+  if (backward) return hd >= 80 && hd <= 128 ? AttentionKernels::wgmma : AttentionKernels::tc;
+  return hd == 128 ? AttentionKernels::tc_m32 : AttentionKernels::tc;
+}
+
+AttentionKernels kernels_for(int hd, bool backward) {
+  const AttentionKernels k = attention_kernels();
+  return k == AttentionKernels::automatic ? automatic_kernels(hd, backward) : k;
+}
+
 bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
-  switch (attention_kernels()) {
+  switch (kernels_for(a.hd, false)) {
+    case AttentionKernels::automatic: break;
     case AttentionKernels::tc:
     case AttentionKernels::tc_atomic: return attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_m32: return attention_forward_tensor_cores(t, a, true, stream);
@@ -344,7 +358,8 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
 
 bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
-  switch (attention_kernels()) {
+  switch (kernels_for(a.hd, true)) {
+    case AttentionKernels::automatic: break;
     case AttentionKernels::tc:
     case AttentionKernels::tc_m32: return attention_backward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_atomic: return attention_backward_tensor_cores(t, a, true, stream);
@@ -361,12 +376,13 @@ AttentionKernels attention_kernels() {
   static const AttentionKernels v = [] {
     const char* e = std::getenv("LLM_CUDA_ATTENTION");
     const std::string s = e ? e : "";
-    if (s.empty() || s == "tc") return AttentionKernels::tc;
+    if (s.empty() || s == "auto") return AttentionKernels::automatic;
+    if (s == "tc") return AttentionKernels::tc;
     if (s == "tc-atomic") return AttentionKernels::tc_atomic;
     if (s == "tc-m32") return AttentionKernels::tc_m32;
     if (s == "wgmma") return AttentionKernels::wgmma;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected tc, tc-m32, tc-atomic, wgmma or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma or simt");
   }();
   return v;
 }

@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
 
 #include "backend/cuda/cuda_check.h"
 #include "core/dtype.h"
@@ -76,19 +76,22 @@ __device__ __forceinline__ void elementwise(int64_t n, bool packed, F&& f, G&& g
   for (int64_t i = done + tid; i < n; i += stride) f(i);
 }
 
-// Kernels needing more than 48 KiB of dynamic shared memory must opt in: once per kernel and
-// process (one device per process), the first time it is launched with `bytes`.
+// Kernels needing more than 48 KiB of dynamic shared memory must opt in, to at least the bytes of
+// each launch. The opt-in is a per-kernel maximum, so it is raised whenever a launch needs more than
+// the last one set: a kernel whose shared memory depends on a runtime value (the SIMT attention's
+// head dim) launched first small then large would otherwise fail with an invalid argument.
+// Per kernel and process (one device per process).
 template <typename K>
 void allow_smem(K kernel, size_t bytes) {
   if (bytes <= 48 * 1024) return;
   static std::mutex mu;
-  static std::unordered_set<const void*> done;
+  static std::unordered_map<const void*, size_t> allowed;
   const std::lock_guard<std::mutex> lock(mu);
-  const void* key = reinterpret_cast<const void*>(kernel);
-  if (done.count(key)) return;
+  size_t& now = allowed[reinterpret_cast<const void*>(kernel)];
+  if (bytes <= now) return;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
              "opting in to ", bytes, " bytes of shared memory");
-  done.insert(key);
+  now = bytes;
 }
 
 // Grid for a grid-stride loop over n elements with `threads` per block (capped: the loops stride).

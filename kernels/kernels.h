@@ -154,7 +154,9 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
                           int64_t C, int64_t maxT, int64_t past, int NH, cudaStream_t stream);
 
 // Which attention kernels run for bf16/f16, from LLM_CUDA_ATTENTION (read once):
-//   tc (default)  tensor cores, K/V (Q/dO) tiles double-buffered with cp.async, 4 warps per block;
+//   auto (default) per pass and head dim, the choice below measured fastest on an H200
+//                 (attention.cu: automatic_kernels);
+//   tc            tensor cores, K/V (Q/dO) tiles double-buffered with cp.async, 4 warps per block;
 //   tc-m32        tc with 32 query rows per warp in the forward (FlashAttention-2's shape, hd <= 128);
 //   tc-atomic     tc with dQ fused into the dK/dV kernel through fp32 atomics (FlashAttention-2's
 //                 way: 5 instead of 7 products in the backward; dQ not bit-reproducible);
@@ -162,7 +164,7 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //                 capability 9.0 devices; tc for every other shape and device;
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
-enum class AttentionKernels { tc, tc_m32, tc_atomic, wgmma, simt };
+enum class AttentionKernels { automatic, tc, tc_m32, tc_atomic, wgmma, simt };
 AttentionKernels attention_kernels();
 
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,

@@ -1,9 +1,9 @@
 // Benchmark: causal flash attention forward + backward TFLOPS on the CUDA backend, bf16, head
-// dims 64 and 128, sequence 2k-16k at 16k tokens per batch and hidden 2048 (the FlashAttention-2
+// dims 64 and 128 (--head-dims: others; the heads are hidden / hd, rounded down), sequence 2k-16k at 16k tokens per batch and hidden 2048 (the FlashAttention-2
 // paper's setting). FLOPs: forward 4 B NH T^2 hd / 2 (causal), backward 2.5x forward.
 // Run tests/bench/cuda_attention_torch.py on the same GPU for PyTorch's fused attention.
 //
-//   bench-cuda-attention [--tokens 16384 --hidden 2048 --reps 5]
+//   bench-cuda-attention [--tokens 16384 --hidden 2048 --reps 5 --head-dims 64,128 --seqs 2048,4096,8192,16384]
 #include <cmath>
 #include <cstdio>
 
@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   const int64_t tokens = static_cast<int64_t>(bench::flag(argc, argv, "--tokens", 16384));
   const int64_t hidden = static_cast<int64_t>(bench::flag(argc, argv, "--hidden", 2048));
   const int reps = static_cast<int>(bench::flag(argc, argv, "--reps", 5));
+  const std::vector<int> head_dims = bench::int_list(argc, argv, "--head-dims", {64, 128});
+  const std::vector<int> seqs = bench::int_list(argc, argv, "--seqs", {2048, 4096, 8192, 16384});
   std::printf("# %s\n", bench::device_line(be.device().index).c_str());
   std::printf("# causal flash attention, bf16, %lld tokens per batch, hidden %lld\n", (long long)tokens, (long long)hidden);
   std::printf("%4s %6s %3s %4s %9s %9s %9s %9s %9s\n", "hd", "seq", "B", "NH", "fwd_ms", "fwd_TF", "bwd_ms", "bwd_TF",
@@ -21,8 +23,8 @@ int main(int argc, char** argv) {
   // B * T = tokens for every point, so the inputs are drawn once (the host draw is what takes time).
   const llm::Tensor qkv_host = bench::host_normal(tokens * 3 * hidden, 1.0, 1);
   const llm::Tensor dout_host = bench::host_normal(tokens * hidden, 1.0, 2);
-  for (int hd : {64, 128})
-    for (int64_t T : {2048, 4096, 8192, 16384}) {
+  for (int hd : head_dims)
+    for (const int64_t T : seqs) {
       const int64_t B = std::max<int64_t>(1, tokens / T), NH = hidden / hd, C = NH * hd;
       if (B * T != tokens) continue;  // (tokens not a multiple of T)
       llm::Tensor qkv = be.empty({B, T, 3 * C}, llm::DType::bf16), out = be.empty({B, T, C}, llm::DType::bf16);

@@ -22,6 +22,25 @@ inline double flag(int argc, char** argv, const char* name, double def) {
   return def;
 }
 
+// A comma-separated list of integers ("--head-dims 48,80,96"), or def when the flag is absent.
+inline std::vector<int> int_list(int argc, char** argv, const char* name, std::vector<int> def) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::strcmp(argv[i], name) == 0) {
+      std::vector<int> v;
+      for (const char* p = argv[i + 1]; *p;) {
+        char* end = nullptr;
+        v.push_back(static_cast<int>(std::strtol(p, &end, 10)));
+        if (end == p) {
+          std::fprintf(stderr, "%s '%s': expected comma-separated integers\n", name, argv[i + 1]);
+          std::exit(2);
+        }
+        p = *end == ',' ? end + 1 : end;
+      }
+      return v;
+    }
+  return def;
+}
+
 // Median milliseconds of `reps` runs of f after `warmup` runs, timed on the backend's stream.
 inline double time_ms(llm::cuda::CudaBackend& be, const std::function<void()>& f, int warmup = 2, int reps = 5) {
   for (int i = 0; i < warmup; ++i) f();

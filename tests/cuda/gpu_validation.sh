@@ -6,12 +6,13 @@
 #   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the llm-sweep run),
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
 #   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
-#   ATTENTION_VARIANTS="wgmma tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
+#   ATTENTION_VARIANTS="tc wgmma tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
 #   benchmark and training step also run, next to the default kernels), BIAS_GRAD_EPILOGUE=1 (the
 #   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
 #   BENCHES="gemm attention torch train-step longseq sweep"
-#   (which benchmarks run; QUICK=1 drops the sweep), TESTS=0 (skip the correctness steps: a rerun
-#   of benchmarks on a bundle already validated), SWEEP_MBS=1,2,4,8,16 (the sweep's micro-batches)
+#   (which benchmarks run; QUICK=1 drops the sweep), ATTENTION_BENCH_ARGS (the attention benchmarks'
+#   flags, ours for every kernel choice and PyTorch's, e.g. "--head-dims 48,80,96 --seqs 4096,16384"),
+#   TESTS=0 (skip the correctness steps: a rerun of benchmarks on a bundle already validated), SWEEP_MBS=1,2,4,8,16 (the sweep's micro-batches)
 set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$src/gpu-report}"
@@ -47,7 +48,7 @@ cuda_tests='*cuda*:*Cuda*:-*Wgmma*'
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter="$cuda_tests" > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*Wgmma*' > "$out/wgmma.log" 2>&1; echo $? > "$out/rc_wgmma") &
 (cd "$build" && lim 150 ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
-variants=(${ATTENTION_VARIANTS-wgmma tc-atomic tc-m32})
+variants=(${ATTENTION_VARIANTS-tc wgmma tc-atomic tc-m32})
 for var in simt "${variants[@]}"; do
   (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
 done
@@ -100,14 +101,14 @@ if [[ "$benches" = *" gemm "* ]]; then
   (cd "$build" && lim 45 ./tests/bench-cuda-gemm > "$out/bench_gemm.txt" 2>&1); log "gemm exit $?"
 fi
 if [[ "$benches" = *" attention "* ]]; then
-  (cd "$build" && lim 60 ./tests/bench-cuda-attention > "$out/bench_attention.txt" 2>&1); log "attention exit $?"
+  (cd "$build" && lim 60 ./tests/bench-cuda-attention ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention.txt" 2>&1); log "attention exit $?"
   for var in "${variants[@]}"; do
-    (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-attention > "$out/bench_attention_$var.txt" 2>&1); log "attention ($var) exit $?"
+    (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-attention ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention_$var.txt" 2>&1); log "attention ($var) exit $?"
   done
 fi
 if [[ "$benches" = *" torch "* ]]; then
   if python3 -c "import torch" 2> /dev/null; then
-    lim 45 python3 "$src/tests/bench/cuda_attention_torch.py" > "$out/bench_attention_torch.txt" 2>&1; log "torch attention exit $?"
+    lim 45 python3 "$src/tests/bench/cuda_attention_torch.py" ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention_torch.txt" 2>&1; log "torch attention exit $?"
   else
     log "torch not importable: no PyTorch attention comparison"
   fi
