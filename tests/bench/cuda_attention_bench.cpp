@@ -31,9 +31,10 @@ int main(int argc, char** argv) {
       llm::Tensor lse = be.empty({B, NH, T}), dout = be.empty({B, T, C}, llm::DType::bf16);
       llm::Tensor dqkv = be.empty({B, T, 3 * C}, llm::DType::bf16);
       {
-        llm::Tensor f = be.upload(qkv_host);
+        // (C < hidden when hd does not divide it: the inputs' first elements.)
+        llm::Tensor f = be.upload(C == hidden ? qkv_host : bench::host_prefix(qkv_host, B * T * 3 * C));
         be.convert(qkv.view({B * T * 3 * C}), f);
-        llm::Tensor g = be.upload(dout_host);
+        llm::Tensor g = be.upload(C == hidden ? dout_host : bench::host_prefix(dout_host, B * T * C));
         be.convert(dout.view({B * T * C}), g);
       }
       const double fwd = bench::time_ms(be, [&] { be.attention_forward(out, lse, qkv, int(NH)); }, 2, reps);

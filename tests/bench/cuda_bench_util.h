@@ -86,6 +86,12 @@ inline llm::Tensor host_normal(int64_t n, double sd, uint64_t seed) {
   for (int64_t i = 0; i < n; ++i) p[i] = float(sd * llm::philox_normal(seed, 0, uint64_t(i)));
   return t;
 }
+// The first n elements of a host f32 tensor, as a tensor of their own.
+inline llm::Tensor host_prefix(const llm::Tensor& t, int64_t n) {
+  llm::Tensor p = llm::Tensor::empty({n});
+  std::copy_n(t.data<float>(), n, p.data<float>());
+  return p;
+}
 inline llm::Tensor host_const(int64_t n, float v) {
   llm::Tensor t = llm::Tensor::empty({n});
   t.fill(v);
