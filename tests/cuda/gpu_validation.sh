@@ -34,6 +34,8 @@ else
   grep -E "libllm:" "$out/configure.log" | tee -a "$out/summary.txt"
 fi
 
+# The kernel choices beside the default, for the attention tests and the benchmarks (also with TESTS=0).
+variants=(${ATTENTION_VARIANTS-tc wgmma tc-atomic tc-m32})
 if [[ "${TESTS:-1}" = 0 ]]; then
   log "TESTS=0: correctness steps skipped"
 else
@@ -48,7 +50,6 @@ cuda_tests='*cuda*:*Cuda*:-*Wgmma*'
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter="$cuda_tests" > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*Wgmma*' > "$out/wgmma.log" 2>&1; echo $? > "$out/rc_wgmma") &
 (cd "$build" && lim 150 ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
-variants=(${ATTENTION_VARIANTS-tc wgmma tc-atomic tc-m32})
 for var in simt "${variants[@]}"; do
   (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
 done
