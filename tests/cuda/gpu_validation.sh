@@ -9,10 +9,13 @@
 #   ATTENTION_VARIANTS="tc wgmma tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
 #   benchmark and training step also run, next to the default kernels), BIAS_GRAD_EPILOGUE=1 (the
 #   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
-#   BENCHES="gemm attention torch train-step longseq sweep"
-#   (which benchmarks run; QUICK=1 drops the sweep), ATTENTION_BENCH_ARGS (the attention benchmarks'
-#   flags, ours for every kernel choice and PyTorch's, e.g. "--head-dims 48,80,96 --seqs 4096,16384"),
-#   TESTS=0 (skip the correctness steps: a rerun of benchmarks on a bundle already validated), SWEEP_MBS=1,2,4,8,16 (the sweep's micro-batches)
+#   BENCHES="gemm attention torch train-step longseq sweep" (which benchmarks run; QUICK=1 drops
+#   the sweep; "profile" adds Nsight Compute on the attention kernels of
+#   PROFILE_ATTENTION="wgmma tc-m32" when ncu is there), ATTENTION_BENCH_ARGS (the attention
+#   benchmarks' flags, ours for every kernel choice and PyTorch's, e.g. "--head-dims 48,80,96
+#   --seqs 4096,16384"), TESTS=0 (skip the correctness steps: a rerun of benchmarks on a bundle
+#   already validated), SWEEP_MODELS="GPT1_3B:50304 GPT1_5B:0" (model:vocab, 0 the mock default),
+#   SWEEP_MBS=1,2,4,8,16 (the sweep's micro-batches)
 set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$src/gpu-report}"
@@ -140,6 +143,23 @@ if [[ "$benches" = *" longseq "* ]]; then
   done
 fi
 
+if [[ "$benches" = *" profile "* ]]; then
+  # Nsight Compute on the attention kernels (hd 128, seq 4096): where the cycles go (tensor pipe
+  # use, stall reasons, occupancy, the hottest instructions), for each kernel choice.
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
+  if [[ -z "$ncu" ]]; then
+    log "profile: no ncu on this machine"
+  else
+    for var in ${PROFILE_ATTENTION:-wgmma tc-m32}; do
+      (cd "$build" && LLM_CUDA_ATTENTION=$var lim 120 "$ncu" --kernel-name regex:attention --launch-count 8 \
+        --section SpeedOfLight --section Occupancy --section SchedulerStats --section WarpStateStats \
+        --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SourceCounters \
+        ./tests/bench-cuda-attention --head-dims 128 --seqs 4096 --reps 1 > "$out/ncu_attention_$var.txt" 2>&1)
+      log "profile ($var) exit $?: $(grep -cE '^  [a-z_]*attention' "$out/ncu_attention_$var.txt") kernels ($ncu)"
+    done
+  fi
+fi
+
 if [[ "$benches" = *" sweep "* ]]; then
 log "llm-sweep: one GPU, bf16, seq 2048, the real trainer: GPT1_3B (GPT-3 XL, vocab 50304) and ALCF's GPT1_5B (48 x 1536, mock vocab 512)"
 if [[ -z "${PEAK_DEVICE:-}" ]]; then
@@ -148,7 +168,7 @@ if [[ -z "${PEAK_DEVICE:-}" ]]; then
     *A100*) PEAK_DEVICE=A100-40GB ;; *) PEAK_DEVICE=H100-SXM ;;
   esac
 fi
-for spec in GPT1_3B:50304 GPT1_5B:0; do
+for spec in ${SWEEP_MODELS:-GPT1_3B:50304 GPT1_5B:0}; do
   model=${spec%:*} vocab=${spec#*:}
   lim 150 "$build/tools/llm-sweep" --pretrain "$build/tools/llm-pretrain" --models $model --vocab-size $vocab --seq-lens 2048 \
     --micro-batches "${SWEEP_MBS:-1,2,4,8,16}" --dtype bf16 --backend cuda --device "$PEAK_DEVICE" --warmup 2 --iters 5 --no-plots \

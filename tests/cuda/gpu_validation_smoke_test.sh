@@ -19,7 +19,7 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 fail() { echo "FAIL: $*"; echo "--- summary"; cat "$out/r/summary.txt" 2> /dev/null; echo "--- log"; tail -30 "$out/log"; exit 1; }
 
-SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke "$src/tests/cuda/gpu_validation.sh" "$out/r" "$build" > "$out/log" 2>&1 ||
+BENCHES="gemm attention torch train-step longseq sweep profile" SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke "$src/tests/cuda/gpu_validation.sh" "$out/r" "$build" > "$out/log" 2>&1 ||
   fail "the script exited $?"
 summary="$out/r/summary.txt"
 # Shell errors (a missing nvidia-smi is expected here).
@@ -30,7 +30,8 @@ for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "atten
             "wgmma tests exit" "linear tests with LLM_CUDA_BIAS_GRAD=epilogue" "train step (wgmma) exit" \
             "pretrain cuda exit" "pretrain bf16 exit" "pretrain fp16 exit" "gemm exit" "attention exit" \
             "train step exit" "train step (tc-m32) exit" "longseq 131072 exit" "longseq 262144 exit" \
-            "sweep GPT1_3B exit" "sweep GPT1_5B exit" "== done:"; do
+            "sweep GPT1_3B exit" "sweep GPT1_5B exit" "attention tests with LLM_CUDA_ATTENTION=tc exit" \
+            "== profile" "== done:"; do
   grep -qF -- "$step" "$summary" || fail "no '$step' line in the summary"
 done
 # Without a device nothing may claim success: the curves fail, the benchmarks say skipped (77).
