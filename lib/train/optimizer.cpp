@@ -39,7 +39,10 @@ StepResult AdamW::step(double lr, double grad_scale) {
   } else {
     sq = backend_.sum_squares(g);
   }
-  return update(lr, grad_scale, sq, params_.flat_params(), g, 0);
+  // Owning every parameter, the update writes the whole compute copy (same layout as the masters).
+  const Tensor& low = params_.flat_compute();
+  const bool write_low = low.defined() && !sharded() && low.numel() == params_.flat_params().numel();
+  return update(lr, grad_scale, sq, params_.flat_params(), g, 0, write_low ? low : Tensor{});
 }
 
 StepResult AdamW::step_shard(double lr, double grad_scale, const Tensor& w, const Tensor& g, Communicator* shards) {
@@ -63,11 +66,11 @@ StepResult AdamW::step_shard(double lr, double grad_scale, const Tensor& w, cons
   }
   double sq = replicated + (tp_ && tp_->size() > 1 ? tp_->all_reduce_sum(sharded) : sharded);
   if (pp_ && pp_->size() > 1) sq = pp_->all_reduce_sum(sq);
-  return update(lr, grad_scale, sq, w, g, b);
+  return update(lr, grad_scale, sq, w, g, b, Tensor{});
 }
 
 StepResult AdamW::update(double lr, double grad_scale, double sum_squares, const Tensor& w, const Tensor& g,
-                         int64_t base) {
+                         int64_t base, const Tensor& low) {
   StepResult r;
   r.grad_norm = std::sqrt(sum_squares) * grad_scale;
   r.finite = std::isfinite(r.grad_norm);
@@ -93,12 +96,18 @@ StepResult AdamW::update(double lr, double grad_scale, double sum_squares, const
     for (auto [rb, re] : ranges) {
       const int64_t lo = std::max(rb, b), hi = std::min(re, e);
       if (hi <= lo) continue;
-      backend_.adamw_update(w.flat(lo - base, hi - lo), g.flat(lo - base, hi - lo), m_.flat(lo - b, hi - lo),
-                            v_.flat(lo - b, hi - lo), p);
+      if (low.defined())
+        backend_.adamw_update_mixed(w.flat(lo - base, hi - lo), g.flat(lo - base, hi - lo), m_.flat(lo - b, hi - lo),
+                                    v_.flat(lo - b, hi - lo), p, low.flat(lo - base, hi - lo));
+      else
+        backend_.adamw_update(w.flat(lo - base, hi - lo), g.flat(lo - base, hi - lo), m_.flat(lo - b, hi - lo),
+                              v_.flat(lo - b, hi - lo), p);
     }
   };
   apply(decay_ranges_, static_cast<float>(config_.weight_decay));
   apply(no_decay_ranges_, 0.0f);
+  // The two classes of ranges cover every parameter, so the whole copy was written.
+  r.compute_written = low.defined();
   return r;
 }
 

@@ -14,13 +14,18 @@ struct OptimizerConfig {
 struct StepResult {
   double grad_norm = 0.0;  // before clipping
   bool finite = true;      // false: the step was skipped
+  // The update also wrote the parameters' compute copy (mixed precision, every parameter owned):
+  // no refresh needed before the next forward.
+  bool compute_written = false;
 };
 
 class AdamW {
  public:
   AdamW(ParameterSet& params, Backend& backend, const OptimizerConfig& config);
   // One update with learning rate lr. grad_scale multiplies the gradients first (e.g. 1/loss
-  // scale); clipping is applied on top. A non-finite gradient norm skips the update.
+  // scale); clipping is applied on top. A non-finite gradient norm skips the update. With a
+  // compute copy (ParameterSet::set_compute_copy) and every parameter owned, the same pass
+  // rounds the updated masters into it (adamw_update_mixed; StepResult::compute_written).
   StepResult step(double lr, double grad_scale = 1.0);
   // ZeRO-2/3: the same update on the owned range only, from buffers holding exactly that range
   // of the parameters (w) and of the reduced gradients (g). The gradient norm adds the group's
@@ -49,7 +54,9 @@ class AdamW {
  private:
   // Clipping and the update of the owned range from `w` and `g`, whose element 0 is logical
   // element `base` of the flat buffer, given the global sum of squared gradients.
-  StepResult update(double lr, double grad_scale, double sum_squares, const Tensor& w, const Tensor& g, int64_t base);
+  // `low` (or undefined): the compute copy of the same elements as `w`, written in the same pass.
+  StepResult update(double lr, double grad_scale, double sum_squares, const Tensor& w, const Tensor& g, int64_t base,
+                    const Tensor& low);
 
   ParameterSet& params_;
   Backend& backend_;

@@ -194,7 +194,7 @@ IterationStats Trainer::train_step() {
     // fp16: a non-finite gradient is an overflow of the scaled loss (skipped, and the scaler
     // backs off when it is dynamic), not a NaN iteration.
     st.finite = r.finite || args_.fp16;
-    if (r.finite) compute_stale_ = true;
+    if (r.finite) compute_stale_ = !r.compute_written;
     if (r.finite && zero_ == 3) {
       // Parameters stay sharded (layers are gathered when used); refresh the resident copies.
       phase.reset();

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "backend/profiling_backend.h"
 #include "data/mock_data.h"
 #include "train/tiny_args.h"
 #include "train/checkpointing.h"
@@ -87,13 +88,15 @@ TEST(MixedPrecision, ComputeWeightsAreTheRoundedMastersAfterEachStep) {
   TrainArgs a = tiny_args();
   a.bf16 = true;
   MockDataSource data(a.vocab_size, a.seq_length, 7);
-  GPT model(a.model_config(), cpu_backend(), 7, a.seq_length);
+  ProfilingBackend ops(cpu_backend());  // which ops the steps call
+  GPT model(a.model_config(), ops, 7, a.seq_length);
   Trainer t(a, model, data);
   EXPECT_EQ(model.precision(), DType::bf16);
   const ParameterSet& ps = model.parameters();
   ASSERT_TRUE(ps.flat_compute().defined());
   EXPECT_EQ(ps.flat_compute().dtype(), DType::bf16);
   for (int step = 0; step < 3; ++step) {
+    if (step == 1) ops.reset();  // (the first step rounds the masters it starts from)
     t.train_step();
     t.sync_compute_weights();  // what the next step starts with
     const float* m = ps.flat_params().data<float>();
@@ -101,6 +104,15 @@ TEST(MixedPrecision, ComputeWeightsAreTheRoundedMastersAfterEachStep) {
     for (int64_t i = 0; i < ps.numel(); ++i) bad += low_value(ps.flat_compute(), i) != rounded(m[i], DType::bf16);
     EXPECT_EQ(bad, 0) << "step " << step + 1;
   }
+  // Steps 2 and 3: the update writes the copy in the same pass (adamw_update_mixed, once per
+  // range of decayed and of undecayed tensors), so no separate rounding pass (convert) runs.
+  const auto& prof = ops.profile();
+  const size_t ranges = ps.ranges([](const ParamSpec& s) { return s.decay; }).size() +
+                        ps.ranges([](const ParamSpec& s) { return !s.decay; }).size();
+  ASSERT_TRUE(prof.count("adamw_update_mixed"));
+  EXPECT_EQ(prof.at("adamw_update_mixed").calls, int64_t(2 * ranges));
+  EXPECT_EQ(prof.count("adamw_update"), 0u);
+  EXPECT_EQ(prof.count("convert"), 0u);
   // The model computes with them: the linear layers' weights are views of the bf16 copy.
   EXPECT_EQ(ps.compute_param("h.0.attn.c_attn.weight").dtype(), DType::bf16);
   EXPECT_EQ(ps.compute_param("h.0.ln_1.weight").raw(), ps.flat_compute().flat(ps.spec("h.0.ln_1.weight").offset, 1).raw());
