@@ -1,6 +1,7 @@
 // What the tensor-core attention kernels (attention_tc.cu, attention_tc_backward.cu,
 // sm90a/attention_wgmma.cu) share beyond the tile helpers of mma.cuh.
 #pragma once
+#include "attention_mask.h"
 #include "common.cuh"
 #include "kernels.h"
 
@@ -16,5 +17,48 @@ inline bool attention_rows_aligned(const AttentionForwardArgs& a) {
 inline bool attention_rows_aligned(const AttentionBackwardArgs& a) {
   return aligned16(a.qkv) && aligned16(a.dqkv) && aligned16(a.dout) && (int64_t(a.NH) * a.hd) % 8 == 0;
 }
+
+#ifdef __CUDACC__
+// Score fragments of one lane (N accumulator elements: element i in column fragment_column(i, t)
+// of the lane's first row when !(i & 2), of its second row otherwise; the layout of mma.sync
+// m16n8 and of wgmma m64nN, flattened).
+
+// Sets to -inf the scores at or past each row's visible end (end0: first row, end1: second).
+template <int N>
+__device__ __forceinline__ void mask_past(float (&s)[N], int t, int end0, int end1) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    if (fragment_column(i, t) >= ((i & 2) ? end1 : end0)) s[i] = -INFINITY;
+}
+// Sets to -inf the scores outside each row's visible columns.
+template <int N>
+__device__ __forceinline__ void mask_outside(float (&s)[N], int t, ColumnRange r0, ColumnRange r1) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const int c = fragment_column(i, t);
+    const ColumnRange& r = (i & 2) ? r1 : r0;
+    if (c < r.begin || c >= r.end) s[i] = -INFINITY;
+  }
+}
+// The maxima of the lane's two rows over the whole quad (the four lanes sharing them).
+template <int N>
+__device__ __forceinline__ void row_max(const float (&s)[N], float& mx0, float& mx1) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if (i & 2) mx1 = fmaxf(mx1, s[i]);
+    else mx0 = fmaxf(mx0, s[i]);
+  }
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+  }
+}
+// The mma.sync kernels' [blocks of 8 columns][4] form of the same fragments.
+template <int NB>
+__device__ __forceinline__ float (&flat(float (&s)[NB][4]))[NB * 4] {
+  return *reinterpret_cast<float(*)[NB * 4]>(&s);
+}
+#endif
 
 }  // namespace llm::kernels

@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
 
   // Prologue: the Q tile (MT = 1: into buffer 1) and key tile 0 (buffer 0), one group.
   T* Qs = kQRegs ? smem + 2 * BC * LD : smem;
-  copy_tile_async<NT, CH>(Qs, q + i0 * a.q_row_stride, a.q_row_stride, BR, a.Tq - i0, PaddedRows<T, LD>{});
+  copy_tile_async<NT, CH, BR>(Qs, q + i0 * a.q_row_stride, a.q_row_stride, a.Tq - i0, PaddedRows<T, LD>{});
   load_kv(0);
   cp_async_commit();
   cp_async_wait<0>();
@@ -136,38 +136,37 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
     for (int mt = 0; mt < MT; ++mt) {
       const int64_t tile_first_q = warp_first_q + mt * 16;
       const int64_t qpos0 = tile_first_q + g, qpos1 = qpos0 + 8;
+      // Only the diagonal and the last, partial tile mask; the raw scores' row maxima (the scale,
+      // positive, is folded into the exponent's FMA).
       const bool need_mask = j0 + BC - 1 > tile_first_q || j0 + BC > Tk;
-      float mx0 = -INFINITY, mx1 = -INFINITY;
+      if constexpr (MT == 1) {
+        if (need_mask)
+          mask_past(flat(s[mt]), t, keys_visible_end(qpos0, j0, Tk, BC), keys_visible_end(qpos1, j0, Tk, BC));
+      } else {
+        // 32 rows per warp: the int32 limits behind a tile-level branch make ptxas spill here
+        // (sm_90, hd 128: 108 bytes; hd 96: 16), the per-element predicated form does not (8 and
+        // 0), so this variant keeps it.
 #pragma unroll
-      for (int nb = 0; nb < NB; ++nb)
+        for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[mt][nb][e] * scale_log2;
-          if (need_mask) {
+          for (int e = 0; e < 4; ++e) {
             const int64_t key = j0 + nb * 8 + 2 * t + (e & 1);
-            const int64_t qp = e < 2 ? qpos0 : qpos1;
-            if (key > qp || key >= Tk) x = -INFINITY;
+            if (need_mask && (key > (e < 2 ? qpos0 : qpos1) || key >= Tk)) s[mt][nb][e] = -INFINITY;
           }
-          s[mt][nb][e] = x;
-          if (e < 2) mx0 = fmaxf(mx0, x);
-          else mx1 = fmaxf(mx1, x);
-        }
-#pragma unroll
-      for (int off = 1; off <= 2; off <<= 1) {
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
       }
-      const float mn0 = fmaxf(m0[mt], mx0), mn1 = fmaxf(m1[mt], mx1);
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+      row_max(flat(s[mt]), mx0, mx1);
+      const float mn0 = fmaxf(m0[mt], mx0 * scale_log2), mn1 = fmaxf(m1[mt], mx1 * scale_log2);
       const float base0 = mn0 == -INFINITY ? 0.0f : mn0, base1 = mn1 == -INFINITY ? 0.0f : mn1;
       const float c0 = exp2f(m0[mt] - base0), c1 = exp2f(m1[mt] - base1);
       m0[mt] = mn0, m1[mt] = mn1;
       float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
-        s[mt][nb][0] = exp2f(s[mt][nb][0] - base0);
-        s[mt][nb][1] = exp2f(s[mt][nb][1] - base0);
-        s[mt][nb][2] = exp2f(s[mt][nb][2] - base1);
-        s[mt][nb][3] = exp2f(s[mt][nb][3] - base1);
+        s[mt][nb][0] = exp2f(fmaf(s[mt][nb][0], scale_log2, -base0));
+        s[mt][nb][1] = exp2f(fmaf(s[mt][nb][1], scale_log2, -base0));
+        s[mt][nb][2] = exp2f(fmaf(s[mt][nb][2], scale_log2, -base1));
+        s[mt][nb][3] = exp2f(fmaf(s[mt][nb][3], scale_log2, -base1));
         sum0 += s[mt][nb][0] + s[mt][nb][1];
         sum1 += s[mt][nb][2] + s[mt][nb][3];
       }

@@ -27,11 +27,11 @@ namespace {
 constexpr int kThreadsBw = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Issues the copies of a rows x HD tile of a [.., row_stride] matrix into shared memory (row
+// Issues the copies of an R x HD tile of a [.., row_stride] matrix into shared memory (row
 // stride LD); rows at or past `valid` are zero-filled.
-template <typename T, int HD, int LD>
-__device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t row_stride, int rows, int64_t valid) {
-  copy_tile_async<kThreadsBw, HD / 8>(dst, src, row_stride, rows, valid, PaddedRows<T, LD>{});
+template <typename T, int HD, int LD, int R>
+__device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t row_stride, int64_t valid) {
+  copy_tile_async<kThreadsBw, HD / 8, R>(dst, src, row_stride, valid, PaddedRows<T, LD>{});
 }
 
 // kDQ (LLM_CUDA_ATTENTION=tc-atomic): the same kernel also computes dQ, FlashAttention-2's way:
@@ -68,8 +68,8 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
     T* dOs = Qs + BR * LD;
     float* Ls = reinterpret_cast<float*>(dOs + BR * LD);
     const int64_t i0 = j0 + it * BR;
-    load_tile_async<T, HD, LD>(Qs, qkv + i0 * ld, ld, BR, T_ - i0);
-    load_tile_async<T, HD, LD>(dOs, dout + i0 * C, C, BR, T_ - i0);
+    load_tile_async<T, HD, LD, BR>(Qs, qkv + i0 * ld, ld, T_ - i0);
+    load_tile_async<T, HD, LD, BR>(dOs, dout + i0 * C, C, T_ - i0);
     if (threadIdx.x < BR) {
       const bool in = i0 + threadIdx.x < T_;
       const int64_t r = in ? i0 + threadIdx.x : 0;
@@ -77,8 +77,8 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
       cp_async_4(Ls + BR + threadIdx.x, Dg + r, in);
     }
   };
-  load_tile_async<T, HD, LD>(Ks, qkv + j0 * ld + C, ld, BC, T_ - j0);
-  load_tile_async<T, HD, LD>(Vs, qkv + j0 * ld + 2 * C, ld, BC, T_ - j0);
+  load_tile_async<T, HD, LD, BC>(Ks, qkv + j0 * ld + C, ld, T_ - j0);
+  load_tile_async<T, HD, LD, BC>(Vs, qkv + j0 * ld + 2 * C, ld, T_ - j0);
   load_q_tile(0);
   cp_async_commit();
   const int64_t tiles = (T_ - j0 + BR - 1) / BR;
@@ -123,15 +123,17 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
           mma_16816<T>(dpt[2 * nb2 + 1], va, ob[2], ob[3]);
         }
       }
-      // P^T and dS^T: rows are keys (key0, key0 + 8), columns are queries.
+      // P^T and dS^T: rows are keys (key0, key0 + 8), columns are queries. Masked (to p = 0) only
+      // on the diagonal tiles and past the end of the sequence.
+      const int64_t warp_first_key = j0 + warp * 16;
+      if (warp_first_key + 15 > i0 || i0 + BR > T_ || warp_first_key + 15 >= T_)
+        mask_outside(flat(st), t, queries_visible(key0, i0, T_, BR), queries_visible(key0 + 8, i0, T_, BR));
 #pragma unroll
       for (int nb = 0; nb < BR / 8; ++nb)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int col = nb * 8 + 2 * t + (e & 1);
-          const int64_t query = i0 + col, key = e < 2 ? key0 : key0 + 8;
-          const bool valid = key <= query && query < T_ && key < T_;
-          const float p = valid ? exp2f(st[nb][e] * scale_log2 - Ls[col] * kLog2e) : 0.0f;
+          const float p = exp2f(fmaf(st[nb][e], scale_log2, -Ls[col] * kLog2e));
           st[nb][e] = p;
           dpt[nb][e] = p * (dpt[nb][e] - Ds[col]);
         }
@@ -254,11 +256,11 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
   auto load_kv = [&](int64_t jt) {
     T* Ks = kv + (jt & 1) * 2 * BC * LD;
     const int64_t j0 = jt * BC;
-    load_tile_async<T, HD, LD>(Ks, qkv + j0 * ld + C, ld, BC, T_ - j0);
-    load_tile_async<T, HD, LD>(Ks + BC * LD, qkv + j0 * ld + 2 * C, ld, BC, T_ - j0);
+    load_tile_async<T, HD, LD, BC>(Ks, qkv + j0 * ld + C, ld, T_ - j0);
+    load_tile_async<T, HD, LD, BC>(Ks + BC * LD, qkv + j0 * ld + 2 * C, ld, T_ - j0);
   };
-  load_tile_async<T, HD, LD>(Qs, qkv + i0 * ld, ld, BR, T_ - i0);
-  load_tile_async<T, HD, LD>(dOs, dout + i0 * C, C, BR, T_ - i0);
+  load_tile_async<T, HD, LD, BR>(Qs, qkv + i0 * ld, ld, T_ - i0);
+  load_tile_async<T, HD, LD, BR>(dOs, dout + i0 * C, C, T_ - i0);
   load_kv(0);
   cp_async_commit();
   cp_async_wait<0>();
@@ -304,13 +306,14 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
         mma_16816<T>(dp[2 * nb2], of[kc], vb[0], vb[1]);
         mma_16816<T>(dp[2 * nb2 + 1], of[kc], vb[2], vb[3]);
       }
+    // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence.
+    if (j0 + BC - 1 > warp_first || j0 + BC > T_ || warp_first + 15 >= T_)
+      mask_past(flat(s), t, keys_visible_end_bwd(row0, j0, T_, BC), keys_visible_end_bwd(row0 + 8, j0, T_, BC));
 #pragma unroll
     for (int nb = 0; nb < BC / 8; ++nb)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int64_t key = j0 + nb * 8 + 2 * t + (e & 1), query = e < 2 ? row0 : row0 + 8;
-        const bool valid = key <= query && query < T_ && key < T_;
-        const float p = valid ? exp2f(s[nb][e] * scale_log2 - (e < 2 ? L0 : L1)) : 0.0f;
+        const float p = exp2f(fmaf(s[nb][e], scale_log2, e < 2 ? -L0 : -L1));
         s[nb][e] = p * (dp[nb][e] - (e < 2 ? D0 : D1));  // dS
       }
 #pragma unroll

@@ -48,15 +48,21 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Issues the cp.async copies of `rows` rows of CH 16-byte chunks (rows `row_stride` elements
-// apart from src) by NT threads, chunk c of row r to byte offset(r, c) from dst; rows at or past
-// `valid` are zero-filled (src itself must be addressable). The layouts: PaddedRows below, and the
-// swizzled panels of sm90a/wgmma_layout.h.
-template <int NT, int CH, typename T, typename Offset>
-__device__ __forceinline__ void copy_tile_async(void* dst, const T* src, int64_t row_stride, int rows, int64_t valid,
+// Issues the cp.async copies of R rows of CH 16-byte chunks (rows `row_stride` elements apart
+// from src) by NT threads, chunk c of row r to byte offset(r, c) from dst; rows at or past `valid`
+// are zero-filled (src itself must be addressable). The layouts: PaddedRows below, and the
+// swizzled panels of sm90a/wgmma_layout.h. Unrolled over the compile-time chunk count, with
+// unsigned indices, so the row and column of each chunk fold to the thread's first plus
+// constants where NT is a multiple of CH.
+template <int NT, int CH, int R, typename T, typename Offset>
+__device__ __forceinline__ void copy_tile_async(void* dst, const T* src, int64_t row_stride, int64_t valid,
                                                 Offset offset) {
-  for (int idx = threadIdx.x; idx < rows * CH; idx += NT) {
-    const int r = idx / CH, c = idx % CH;
+  constexpr unsigned N = unsigned(R) * CH;
+#pragma unroll
+  for (unsigned k = 0; k < (N + NT - 1) / NT; ++k) {
+    const unsigned idx = threadIdx.x + k * NT;
+    if (N % NT != 0 && idx >= N) break;
+    const int r = int(idx / CH), c = int(idx % CH);
     const bool ok = r < valid;
     cp_async_16(static_cast<unsigned char*>(dst) + offset(r, c), src + (ok ? r : 0) * row_stride + c * 8, ok);
   }

@@ -56,7 +56,7 @@ __device__ __forceinline__ unsigned char* align_1024(unsigned char* p) {
 // layout at `tile`; rows at or past `valid` are zero-filled (src itself must be addressable).
 template <typename T, int R, int HD>
 __device__ __forceinline__ void load_swizzled(unsigned char* tile, const T* src, int64_t row_stride, int64_t valid) {
-  copy_tile_async<kThreads, HD / 8>(tile, src, row_stride, R, valid,
+  copy_tile_async<kThreads, HD / 8, R>(tile, src, row_stride, valid,
                                     [](int r, int c) { return swizzled_offset<R, HD>(r, c); });
 }
 
@@ -70,6 +70,17 @@ __device__ __forceinline__ void pack_a(uint32_t (&f)[N / 16][4], const float (&d
     f[kk][2] = pack2<T>(d[8 * kk + 4], d[8 * kk + 5]);
     f[kk][3] = pack2<T>(d[8 * kk + 6], d[8 * kk + 7]);
   }
+}
+
+// d = A B^T over the HD columns (both K-major tiles): A rows row_a .. row_a + 63 of the MA-row
+// tile at shared address a, B the whole NB-row tile at b. The first k-step overwrites d, so d
+// needs no zeroing.
+template <typename T, int MA, int NB, int HD>
+__device__ __forceinline__ void product_ss(float (&d)[NB / 2], uint32_t a, int row_a, uint32_t b) {
+  wgmma_ss_overwrite<T, NB>(d, desc_k_major<MA, HD>(a, row_a, 0), desc_k_major<NB, HD>(b, 0, 0));
+#pragma unroll
+  for (int kk = 1; kk < HD / 16; ++kk)
+    wgmma_ss<T, NB>(d, desc_k_major<MA, HD>(a, row_a, kk), desc_k_major<NB, HD>(b, 0, kk));
 }
 
 template <int N>
@@ -140,42 +151,27 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
     const uint32_t Ks = smem_s + QBYTES + uint32_t(jt & 1) * 2 * KVBYTES, Vs = Ks + KVBYTES;
 
     float s[BC / 2];
-    zero(s);
     fence_operands(s);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_ss<T, BC>(s, desc_k_major<BR, HD>(smem_s, wg * 64, kk), desc_k_major<BC, HD>(Ks, 0, kk));
+    product_ss<T, BR, BC, HD>(s, smem_s, wg * 64, Ks);
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
 
-    const bool need_mask = j0 + BC - 1 > warp_first_q || j0 + BC > Tk;
+    // Only the diagonal and the last, partial tile mask; the raw scores' row maxima (the scale,
+    // positive, is folded into the exponent's FMA).
+    if (j0 + BC - 1 > warp_first_q || j0 + BC > Tk)
+      mask_past(s, t, keys_visible_end(qpos0, j0, Tk, BC), keys_visible_end(qpos1, j0, Tk, BC));
     float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-    for (int i = 0; i < BC / 2; ++i) {
-      float x = s[i] * scale_log2;
-      if (need_mask) {
-        const int64_t key = j0 + (i / 4) * 8 + 2 * t + (i & 1);
-        if (key > ((i & 2) ? qpos1 : qpos0) || key >= Tk) x = -INFINITY;
-      }
-      s[i] = x;
-      if (i & 2) mx1 = fmaxf(mx1, x);
-      else mx0 = fmaxf(mx0, x);
-    }
-#pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-    }
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    row_max(s, mx0, mx1);
+    const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
     const float base0 = mn0 == -INFINITY ? 0.0f : mn0, base1 = mn1 == -INFINITY ? 0.0f : mn1;
     const float c0 = exp2f(m0 - base0), c1 = exp2f(m1 - base1);
     m0 = mn0, m1 = mn1;
     float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
     for (int i = 0; i < BC / 2; ++i) {
-      s[i] = exp2f(s[i] - ((i & 2) ? base1 : base0));
+      s[i] = exp2f(fmaf(s[i], scale_log2, (i & 2) ? -base1 : -base0));
       if (i & 2) sum1 += s[i];
       else sum0 += s[i];
     }
@@ -260,26 +256,21 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
     const uint32_t Ks = smem_s + 2 * QBYTES + uint32_t(jt & 1) * 2 * KVBYTES, Vs = Ks + KVBYTES;
 
     float s[BC / 2], dp[BC / 2];
-    zero(s);
-    zero(dp);
     fence_operands(s);
     fence_operands(dp);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_ss<T, BC>(s, desc_k_major<BR, HD>(smem_s, wg * 64, kk), desc_k_major<BC, HD>(Ks, 0, kk));
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_ss<T, BC>(dp, desc_k_major<BR, HD>(smem_s + QBYTES, wg * 64, kk), desc_k_major<BC, HD>(Vs, 0, kk));
+    product_ss<T, BR, BC, HD>(s, smem_s, wg * 64, Ks);
+    product_ss<T, BR, BC, HD>(dp, smem_s + QBYTES, wg * 64, Vs);
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
     fence_operands(dp);
+    // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence.
+    if (j0 + BC - 1 > wg_first || j0 + BC > T_ || wg_first + 63 >= T_)
+      mask_past(s, t, keys_visible_end_bwd(row0, j0, T_, BC), keys_visible_end_bwd(row0 + 8, j0, T_, BC));
 #pragma unroll
     for (int i = 0; i < BC / 2; ++i) {
-      const int64_t key = j0 + (i / 4) * 8 + 2 * t + (i & 1), query = (i & 2) ? row0 + 8 : row0;
-      const bool valid = key <= query && query < T_ && key < T_;
-      const float p = valid ? exp2f(s[i] * scale_log2 - ((i & 2) ? L1 : L0)) : 0.0f;
+      const float p = exp2f(fmaf(s[i], scale_log2, (i & 2) ? -L1 : -L0));
       s[i] = p * (dp[i] - ((i & 2) ? D1 : D0));  // dS
     }
     uint32_t sa[BC / 16][4];
@@ -354,28 +345,21 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     const float* Ds = Ls + BR;
 
     float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
-    zero(st);
-    zero(dpt);
     fence_operands(st);
     fence_operands(dpt);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_ss<T, BR>(st, desc_k_major<BC, HD>(smem_s, wg * 64, kk), desc_k_major<BR, HD>(Qs, 0, kk));
+    product_ss<T, BC, BR, HD>(st, smem_s, wg * 64, Qs);
     wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_ss<T, BR>(dpt, desc_k_major<BC, HD>(smem_s + KBYTES, wg * 64, kk), desc_k_major<BR, HD>(dOs, 0, kk));
+    product_ss<T, BC, BR, HD>(dpt, smem_s + KBYTES, wg * 64, dOs);
     wgmma_commit();
     wgmma_wait<1>();  // S^T is done; dP^T may still run
     fence_operands(st);
+    // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence.
+    if (wg_first_key + 63 > i0 || i0 + BR > T_ || wg_first_key + 63 >= T_)
+      mask_outside(st, t, queries_visible(key0, i0, T_, BR), queries_visible(key0 + 8, i0, T_, BR));
 #pragma unroll
-    for (int i = 0; i < BR / 2; ++i) {
-      const int col = (i / 4) * 8 + 2 * t + (i & 1);
-      const int64_t query = i0 + col, key = (i & 2) ? key0 + 8 : key0;
-      const bool valid = key <= query && query < T_ && key < T_;
-      st[i] = valid ? exp2f(st[i] * scale_log2 - Ls[col] * kLog2e) : 0.0f;  // P^T
-    }
+    for (int i = 0; i < BR / 2; ++i)
+      st[i] = exp2f(fmaf(st[i], scale_log2, -Ls[fragment_column(i, t)] * kLog2e));  // P^T
     uint32_t pa[BR / 16][4], sa[BR / 16][4];
     pack_a<T, BR>(pa, st);
     wgmma_wait<0>();
@@ -422,11 +406,12 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
   const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
   const uint32_t Ks = smem_s + tile_bytes<M, HD>();
   float s[N / 2];
-  zero(s);
+  // NaN in the accumulators: the first k-step must overwrite them (scale-d 0), or S is NaN.
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) s[i] = __int_as_float(0x7fc00000);
   fence_operands(s);
   wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss<T, N>(s, desc_k_major<M, HD>(smem_s, 0, kk), desc_k_major<N, HD>(Ks, 0, kk));
+  product_ss<T, M, N, HD>(s, smem_s, 0, Ks);
   wgmma_commit();
   wgmma_wait<0>();
   fence_operands(s);

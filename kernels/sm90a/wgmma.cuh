@@ -103,6 +103,10 @@ __device__ __forceinline__ void fence_operands(uint32_t (&d)[N][4]) {
 // d (64 x N, fp32) += A (64 x 16, K-major, shared) * B (16 x N, K-major, shared): "SS".
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t a, uint64_t b);
+// d (64 x N, fp32) = A * B, the same operands, d's previous values ignored (scale-d 0): the
+// first k-step of a product, instead of zeroing the accumulators first.
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss_overwrite(float (&d)[N / 2], uint64_t a, uint64_t b);
 // d (64 x N, fp32) += A (64 x 16, registers) * B (16 x N, MN-major, shared): "RS".
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
@@ -112,6 +116,13 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
   __device__ __forceinline__ void wgmma_ss<TYPE, N>(float (&d)[N / 2], uint64_t a, uint64_t b) {          \
     asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \
                  LLM_WGMMA_D##NR ", " DESC_A ", " DESC_B ", 1, 1, 1, 0, 0;\n"                              \
+                 : LLM_WGMMA_OUT##NR(d)                                                                  \
+                 : "l"(a), "l"(b));                                                                      \
+  }                                                                                                      \
+  template <>                                                                                            \
+  __device__ __forceinline__ void wgmma_ss_overwrite<TYPE, N>(float (&d)[N / 2], uint64_t a, uint64_t b) { \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \
+                 LLM_WGMMA_D##NR ", " DESC_A ", " DESC_B ", 0, 1, 1, 0, 0;\n"                              \
                  : LLM_WGMMA_OUT##NR(d)                                                                  \
                  : "l"(a), "l"(b));                                                                      \
   }                                                                                                      \
