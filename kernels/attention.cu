@@ -330,11 +330,11 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
 }
 
 // LLM_CUDA_ATTENTION unset (or auto): per pass and head dim, the kernels measured fastest on an
-// H200 (docs/gpu-validation.md, run 7: bench-cuda-attention under each choice). wgmma falls back to
-// tc on devices other than compute capability 9.0, so this is tc there.
+// H200 (docs/gpu-validation.md, run 12: bench-cuda-attention under each choice): wgmma wherever it
+// runs, but for the forward at head dim 48 (tc, by 0-4%). wgmma falls back to tc on devices other
+// than compute capability 9.0 and at head dim 160, so auto is tc there.
 AttentionKernels automatic_kernels(int hd, bool backward) {
-  if (backward) return hd >= 80 && hd <= 128 ? AttentionKernels::wgmma : AttentionKernels::tc;
-  return hd == 128 ? AttentionKernels::tc_m32 : AttentionKernels::tc;
+  return !backward && hd == 48 ? AttentionKernels::tc : AttentionKernels::wgmma;
 }
 
 AttentionKernels kernels_for(int hd, bool backward) {

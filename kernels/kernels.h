@@ -154,8 +154,8 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
                           int64_t C, int64_t maxT, int64_t past, int NH, cudaStream_t stream);
 
 // Which attention kernels run for bf16/f16, from LLM_CUDA_ATTENTION (read once):
-//   auto (default) per pass and head dim, the choice below measured fastest on an H200
-//                 (attention.cu: automatic_kernels);
+//   auto (default) per pass and head dim, the choice measured fastest on an H200
+//                 (attention.cu: automatic_kernels; wgmma on sm_90 but for hd 48's forward);
 //   tc            tensor cores, K/V (Q/dO) tiles double-buffered with cp.async, 4 warps per block;
 //   tc-m32        tc with 32 query rows per warp in the forward (FlashAttention-2's shape, hd <= 128);
 //   tc-atomic     tc with dQ fused into the dK/dV kernel through fp32 atomics (FlashAttention-2's
