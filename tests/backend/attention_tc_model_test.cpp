@@ -61,18 +61,18 @@ void model_forward(std::vector<float>& out, std::vector<float>& lse, const std::
                 const float* k = &qkv[(size_t(b) * d.T + j) * ld + C + size_t(h) * d.hd];
                 float acc = 0.0f;
                 for (int e = 0; e < d.hd; ++e) acc += q[e] * k[e];
-                x = acc * scale_log2;
+                x = acc;  // raw: the scale goes into the exponent's FMA, as in the kernels
               }
               s[size_t(c)] = x;
               mx = std::max(mx, x);
             }
-            const float mn = std::max(m, mx), base = mn == -INFINITY ? 0.0f : mn;
+            const float mn = std::max(m, mx * scale_log2), base = mn == -INFINITY ? 0.0f : mn;
             const float corr = std::exp2(m - base);
             m = mn;
             float sum = 0.0f;
             for (int e = 0; e < d.hd; ++e) o[size_t(e)] *= corr;
             for (int c = 0; c < BC; ++c) {
-              const float p = std::exp2(s[size_t(c)] - base);
+              const float p = std::exp2(std::fma(s[size_t(c)], scale_log2, -base));
               sum += p;
               if (p == 0.0f) continue;
               const float pr = round_to(p, t);  // P enters P V as a 16-bit A fragment
@@ -113,7 +113,7 @@ void model_backward(std::vector<float>& dqkv, const std::vector<float>& dout, co
             s += qkv[row(i, 0) + e] * qkv[row(j, 1) + e];
             dp += dout[(size_t(b) * d.T + i) * C + size_t(h) * d.hd + e] * qkv[row(j, 2) + e];
           }
-          const float p = std::exp2(s * scale_log2 - lse[(size_t(b) * d.NH + h) * d.T + i] * kLog2e);
+          const float p = std::exp2(std::fma(s, scale_log2, -lse[(size_t(b) * d.NH + h) * d.T + i] * kLog2e));
           const float ds = p * (dp - D[size_t(i)]);
           const float pr = round_to(p, t), dsr = round_to(ds, t);
           for (int e = 0; e < d.hd; ++e) {
