@@ -344,13 +344,16 @@ AttentionKernels kernels_for(int hd, bool backward) {
 
 bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
-  switch (kernels_for(a.hd, false)) {
+  const AttentionKernels k = kernels_for(a.hd, false);
+  switch (k) {
     case AttentionKernels::automatic: break;
     case AttentionKernels::tc:
     case AttentionKernels::tc_atomic: return attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_m32: return attention_forward_tensor_cores(t, a, true, stream);
     case AttentionKernels::wgmma:
-      return attention_forward_wgmma(t, a, stream) || attention_forward_tensor_cores(t, a, false, stream);
+    case AttentionKernels::wgmma_pp:
+      return attention_forward_wgmma(t, a, stream, k == AttentionKernels::wgmma_pp) ||
+             attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -364,6 +367,7 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::tc_m32: return attention_backward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_atomic: return attention_backward_tensor_cores(t, a, true, stream);
     case AttentionKernels::wgmma:
+    case AttentionKernels::wgmma_pp:
       return attention_backward_wgmma(t, a, stream) || attention_backward_tensor_cores(t, a, false, stream);
     case AttentionKernels::simt: return false;
   }
@@ -381,8 +385,9 @@ AttentionKernels attention_kernels() {
     if (s == "tc-atomic") return AttentionKernels::tc_atomic;
     if (s == "tc-m32") return AttentionKernels::tc_m32;
     if (s == "wgmma") return AttentionKernels::wgmma;
+    if (s == "wgmma-pp") return AttentionKernels::wgmma_pp;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp or simt");
   }();
   return v;
 }
@@ -390,7 +395,7 @@ AttentionKernels attention_kernels() {
 #ifndef LLM_HAVE_SM90A
 // Built without sm_90a (kernels/sm90a/ needs 90 in CMAKE_CUDA_ARCHITECTURES): nothing is covered.
 const char* wgmma_unavailable() { return "built without the sm_90a kernels (CMAKE_CUDA_ARCHITECTURES has no 90)"; }
-bool attention_forward_wgmma(DType, const AttentionForwardArgs&, cudaStream_t) { return false; }
+bool attention_forward_wgmma(DType, const AttentionForwardArgs&, cudaStream_t, bool) { return false; }
 bool attention_backward_wgmma(DType, const AttentionBackwardArgs&, cudaStream_t) { return false; }
 bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, cudaStream_t) { return false; }
 #endif

@@ -162,9 +162,10 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //                 way: 5 instead of 7 products in the backward; dQ not bit-reproducible);
 //   wgmma         Hopper warpgroup MMA (sm_90a kernels, head dims 48-128) on compute
 //                 capability 9.0 devices; tc for every other shape and device;
+//   wgmma-pp      wgmma with the forward's two warpgroups in ping-pong (not yet measured);
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
-enum class AttentionKernels { automatic, tc, tc_m32, tc_atomic, wgmma, simt };
+enum class AttentionKernels { automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, simt };
 AttentionKernels attention_kernels();
 
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
@@ -180,7 +181,8 @@ bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bo
 const char* wgmma_unavailable();
 // Forward / backward (a.scratch already holding D) on wgmma: false when the dtype (bf16, f16),
 // head dim (48, 64, 80, 96, 128), alignment or device is not covered (the caller falls back).
-bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
+// ping_pong: the forward with the two warpgroups' products and softmax interleaved (wgmma-pp).
+bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream, bool ping_pong = false);
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
 // The two wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T
 // (both operands from swizzled shared memory) and o[64][hd] = T(s) k (A from registers, k read

@@ -109,7 +109,11 @@ __device__ __forceinline__ void store_rows(T* out, int64_t ld, int64_t row, int6
 
 // ---- forward ---------------------------------------------------------------------------------
 
-template <typename T, int HD>
+// kPingPong (LLM_CUDA_ATTENTION=wgmma-pp): warpgroup 1 issues a tile's Q K^T only once warpgroup
+// 0's has completed (named barrier 1), so its products overlap warpgroup 0's softmax and its
+// softmax warpgroup 0's P V, instead of both warpgroups computing the softmax while the tensor
+// cores idle (FlashAttention-3's ping-pong, here within each tile: the tile barrier realigns them).
+template <typename T, int HD, bool kPingPong>
 __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionForwardArgs a, float scale_log2) {
   constexpr int BR = 128, BC = 128;
   constexpr int QBYTES = tile_bytes<BR, HD>(), KVBYTES = tile_bytes<BC, HD>();
@@ -147,7 +151,13 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
   for (int64_t jt = 0; jt < tiles; ++jt) {
     next_tile<true>(jt, tiles, load_kv);
     const int64_t j0 = jt * BC;
-    if (j0 > wg_first_q + 63) continue;  // every key of the tile is in this warpgroup's future
+    // (Ping-pong: one barrier generation per tile, skipped tiles included; warpgroup 1 never
+    // skips a tile warpgroup 0 computes, its queries being later.)
+    if (kPingPong && wg == 1) named_barrier_sync(1, kThreads);
+    if (j0 > wg_first_q + 63) {  // every key of the tile is in this warpgroup's future
+      if (kPingPong && wg == 0) named_barrier_arrive(1, kThreads);
+      continue;
+    }
     const uint32_t Ks = smem_s + QBYTES + uint32_t(jt & 1) * 2 * KVBYTES, Vs = Ks + KVBYTES;
 
     float s[BC / 2];
@@ -157,6 +167,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(s);
+    if (kPingPong && wg == 0) named_barrier_arrive(1, kThreads);
 
     // Only the diagonal and the last, partial tile mask; the raw scores' row maxima (the scale,
     // positive, is folded into the exponent's FMA).
@@ -435,13 +446,13 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
 
 // ---- host ------------------------------------------------------------------------------------
 
-template <typename T, int HD>
+template <typename T, int HD, bool kPingPong>
 void launch_forward(const AttentionForwardArgs& a, cudaStream_t stream) {
   constexpr size_t smem = 1024 + size_t(tile_bytes<128, HD>()) * 5;  // Q, 2 x (K, V)
-  allow_smem(attention_forward_wgmma<T, HD>, smem);
+  allow_smem(attention_forward_wgmma<T, HD, kPingPong>, smem);
   const float scale_log2 = kLog2e / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
-  attention_forward_wgmma<T, HD><<<grid, kThreads, smem, stream>>>(a, scale_log2);
+  attention_forward_wgmma<T, HD, kPingPong><<<grid, kThreads, smem, stream>>>(a, scale_log2);
 }
 
 template <typename T, int HD>
@@ -492,9 +503,14 @@ const char* wgmma_unavailable() {
   return reason.empty() ? nullptr : reason.c_str();
 }
 
-bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
+bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream, bool ping_pong) {
   if (!attention_rows_aligned(a)) return false;
-  return dispatch(t, a.hd, [&](auto tag, auto hd) { launch_forward<decltype(tag), decltype(hd)::value>(a, stream); });
+  return dispatch(t, a.hd, [&](auto tag, auto hd) {
+    if (ping_pong)
+      launch_forward<decltype(tag), decltype(hd)::value, true>(a, stream);
+    else
+      launch_forward<decltype(tag), decltype(hd)::value, false>(a, stream);
+  });
 }
 
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {

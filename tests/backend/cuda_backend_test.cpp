@@ -192,7 +192,8 @@ TEST(CudaBackend, WgmmaTileProductsAreExact) {
 }
 
 // The wgmma attention kernels called directly (whatever LLM_CUDA_ATTENTION says), forward and
-// backward, against the CPU fp32 op on the same rounded inputs, with LowPrecision's tolerances.
+// backward (and the ping-pong forward, equal to the plain one), against the CPU fp32 op on the same
+// rounded inputs, with LowPrecision's tolerances.
 // T = 333: several 128-row blocks, a partial last one, and 64-row tiles crossing the diagonal.
 TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
   REQUIRE_WGMMA(be);
@@ -219,10 +220,16 @@ TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
       be->synchronize();
       const llm::kernels::AttentionForwardArgs fa =
           llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd);
+      // The ping-pong form first (the same arithmetic in another order of issue: equal outputs),
+      // then the plain one, whose out and lse the backward uses.
+      ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, be->stream(), true));
+      const Vec out_pp = down_low(go), lse_pp = f.down(gl);
       ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, be->stream()));
       const Vec out = down_low(go);
       EXPECT_TRUE(bt::all_close("wgmma out", out, bt::to_vec(co), Tol{2 * u, 4 * u}));
       EXPECT_TRUE(bt::all_close("wgmma lse", f.down(gl), bt::to_vec(cl), Tol{1e-3, 1e-3}));
+      EXPECT_TRUE(bt::all_equal("wgmma ping-pong out", out_pp, out));
+      EXPECT_TRUE(bt::all_equal("wgmma ping-pong lse", lse_pp, f.down(gl)));
 
       // D = rowsum(dout * out) per (b, h, t), from the kernel's own (rounded) out, as attention.cu does.
       Vec D(size_t(B) * NH * T, 0.0);
