@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -71,6 +72,33 @@ TEST(CudaBackend, LocalDeviceFromLauncherVariables) {
   unsetenv("PALS_LOCAL_RANKID");
   EXPECT_EQ(llm::cuda::local_device(0), 0);
   for (auto& [k, v] : saved) setenv(k.c_str(), v.c_str(), 1);
+}
+
+TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
+  // Pure logic, no device. LLM_CUDA_ATTENTION is read once per process, so each case runs in a
+  // freshly started child (death tests' "threadsafe" style re-executes the binary).
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  using llm::kernels::AttentionKernels;
+  const auto choice_is = [](const char* value, AttentionKernels want) {
+    setenv("LLM_CUDA_ATTENTION", value, 1);
+    std::exit(llm::kernels::attention_kernels() == want ? 0 : 1);
+  };
+  EXPECT_EXIT(choice_is("", AttentionKernels::automatic), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(choice_is("auto", AttentionKernels::automatic), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(choice_is("wgmma-pp", AttentionKernels::wgmma_pp), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(choice_is("tc-m32", AttentionKernels::tc_m32), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(
+      {
+        setenv("LLM_CUDA_ATTENTION", "fast", 1);
+        try {
+          llm::kernels::attention_kernels();
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "%s\n", e.what());
+          std::exit(2);
+        }
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp or simt");
 }
 
 struct Fixture {
