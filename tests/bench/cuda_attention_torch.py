@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""PyTorch's fused causal attention on the same configurations as bench-cuda-attention
-(bf16, 16k tokens per batch, hidden 2048, head dims 64/128, seq 2k-16k; the same --head-dims and
---seqs flags), for the comparison
-table in docs/gpu-validation.md. Prints one line per backend that PyTorch can run here
-(flash, cudnn, efficient). Usage: python3 cuda_attention_torch.py [--tokens 16384 --hidden 2048 --head-dims 64,128 --seqs 2048,4096]
+"""PyTorch's fused causal attention on the same configurations as bench-cuda-attention (bf16,
+16k tokens per batch, hidden 2048, head dims 64/128, seq 2k-16k; the same --head-dims and --seqs
+flags), for the comparison table in docs/gpu-validation.md. Prints one line per backend that
+PyTorch can run here: default (unrestricted: what F.scaled_dot_product_attention picks), flash,
+cudnn, efficient.
+
+Usage: python3 cuda_attention_torch.py [--tokens 16384 --hidden 2048 --head-dims 64,128 --seqs 2048,4096]
 """
 import argparse
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +41,9 @@ def main():
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__} cuda {torch.version.cuda} "
           f"cudnn {torch.backends.cudnn.version()}")
     print(f"{'backend':>9} {'hd':>4} {'seq':>6} {'fwd_ms':>9} {'fwd_TF':>9} {'bwd_ms':>9} {'bwd_TF':>9} {'fb_TF':>9}")
-    backends = [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
+    # "default": whatever F.scaled_dot_product_attention picks unrestricted (what a PyTorch user
+    # gets), next to each backend forced.
+    backends = [("default", None), ("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
                 ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
     for hd in a.head_dims:
         for T in a.seqs:
@@ -50,7 +55,7 @@ def main():
             bwd_flops = 2.5 * fwd_flops
             for name, backend in backends:
                 try:
-                    with sdpa_kernel([backend]):
+                    with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
                         fwd = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), reps=a.reps)
                         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
                         bwd = time_ms(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True), reps=a.reps)
