@@ -16,8 +16,11 @@
 //   * forward: 128 queries per block, key tiles of 128; dQ: 128 queries, key tiles of 64;
 //     dK/dV: 128 keys, query tiles of 64 (S^T and dP^T issued as two groups: P^T is computed while
 //     dP^T is still in flight).
-// Not yet here (FlashAttention-3's remaining steps): TMA copies, producer/consumer warp
-// specialisation, and ping-pong scheduling of the softmax against the other warpgroup's products.
+// Score products start by overwriting their accumulators (product_ss); causal masks are int32
+// per-row limits applied on the diagonal and last tiles only (attention_mask.h). The forward's
+// ping-pong form (kPingPong, LLM_CUDA_ATTENTION=wgmma-pp) offsets the two warpgroups within each
+// tile. Not yet here (FlashAttention-3's remaining steps): TMA copies, producer/consumer warp
+// specialisation, ping-pong across tiles, and the next tile's Q K^T issued before this softmax.
 //
 // Built for sm_90a only (kernels/CMakeLists.txt), so it runs on compute capability 9.0 devices
 // (H100, H200); attention.cu falls back to the mma.sync kernels everywhere else.
