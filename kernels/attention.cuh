@@ -19,6 +19,23 @@ inline bool attention_rows_aligned(const AttentionBackwardArgs& a) {
 }
 
 #ifdef __CUDACC__
+// One (batch b, head h) of the backward kernels: the sequence length, the row strides of qkv
+// ([B, T, 3C]) and dout ([B, T, C]), and where this head's qkv, dout, lse and D begin.
+template <typename T, int HD>
+struct BackwardHead {
+  int64_t len, C, ld;  // len: the sequence length T
+  const T* qkv;
+  const T* dout;
+  const float* lse;
+  const float* D;
+  __device__ __forceinline__ BackwardHead(const AttentionBackwardArgs& a, int b, int h)
+      : len(a.T), C(int64_t(a.NH) * HD), ld(3 * C),
+        qkv(static_cast<const T*>(a.qkv) + b * len * ld + int64_t(h) * HD),
+        dout(static_cast<const T*>(a.dout) + b * len * C + int64_t(h) * HD),
+        lse(a.lse + (int64_t(b) * a.NH + h) * len),
+        D(a.scratch + (int64_t(b) * a.NH + h) * len) {}
+};
+
 // Score fragments of one lane (N accumulator elements: element i in column fragment_column(i, t)
 // of the lane's first row when !(i & 2), of its second row otherwise; the layout of mma.sync
 // m16n8 and of wgmma m64nN, flattened).

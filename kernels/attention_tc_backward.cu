@@ -53,12 +53,11 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4, lm = lane / 8, lr = lane % 8;
   const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t T_ = a.T, C = int64_t(a.NH) * HD, ld = 3 * C;
   const int64_t j0 = int64_t(blockIdx.x) * BC;
-  const T* qkv = static_cast<const T*>(a.qkv) + b * T_ * ld + int64_t(h) * HD;
-  const T* dout = static_cast<const T*>(a.dout) + b * T_ * C + int64_t(h) * HD;
-  const float* lse = a.lse + (int64_t(b) * a.NH + h) * T_;
-  const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
+  const BackwardHead<T, HD> head(a, b, h);
+  const int64_t T_ = head.len, C = head.C, ld = head.ld;
+  const T *qkv = head.qkv, *dout = head.dout;
+  const float *lse = head.lse, *Dg = head.D;
   const float scale_log2 = scale * kLog2e;
 
   // Issues the copies of query tile it (rows j0 + it * BR ..) into stage it % 2.
@@ -244,12 +243,11 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4, lm = lane / 8, lr = lane % 8;
   const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t T_ = a.T, C = int64_t(a.NH) * HD, ld = 3 * C;
   const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BR;
-  const T* qkv = static_cast<const T*>(a.qkv) + b * T_ * ld + int64_t(h) * HD;
-  const T* dout = static_cast<const T*>(a.dout) + b * T_ * C + int64_t(h) * HD;
-  const float* lse = a.lse + (int64_t(b) * a.NH + h) * T_;
-  const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
+  const BackwardHead<T, HD> head(a, b, h);
+  const int64_t T_ = head.len, C = head.C, ld = head.ld;
+  const T *qkv = head.qkv, *dout = head.dout;
+  const float *lse = head.lse, *Dg = head.D;
   const float scale_log2 = scale * kLog2e;
 
   // Issues the copies of key tile jt (rows jt * BC ..) into buffer jt % 2.

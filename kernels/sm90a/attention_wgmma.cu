@@ -236,12 +236,11 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t T_ = a.T, C = int64_t(a.NH) * HD, ld = 3 * C;
   const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BR;
-  const T* qkv = static_cast<const T*>(a.qkv) + b * T_ * ld + int64_t(h) * HD;
-  const T* dout = static_cast<const T*>(a.dout) + b * T_ * C + int64_t(h) * HD;
-  const float* lse = a.lse + (int64_t(b) * a.NH + h) * T_;
-  const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
+  const BackwardHead<T, HD> head(a, b, h);
+  const int64_t T_ = head.len, C = head.C, ld = head.ld;
+  const T *qkv = head.qkv, *dout = head.dout;
+  const float *lse = head.lse, *Dg = head.D;
   const float scale_log2 = scale * kLog2e;
 
   auto load_kv = [&](int64_t jt) {
@@ -317,12 +316,11 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t T_ = a.T, C = int64_t(a.NH) * HD, ld = 3 * C;
   const int64_t j0 = int64_t(blockIdx.x) * BC;
-  const T* qkv = static_cast<const T*>(a.qkv) + b * T_ * ld + int64_t(h) * HD;
-  const T* dout = static_cast<const T*>(a.dout) + b * T_ * C + int64_t(h) * HD;
-  const float* lse = a.lse + (int64_t(b) * a.NH + h) * T_;
-  const float* Dg = a.scratch + (int64_t(b) * a.NH + h) * T_;
+  const BackwardHead<T, HD> head(a, b, h);
+  const int64_t T_ = head.len, C = head.C, ld = head.ld;
+  const T *qkv = head.qkv, *dout = head.dout;
+  const float *lse = head.lse, *Dg = head.D;
   const float scale_log2 = scale * kLog2e;
 
   auto load_q_tile = [&](int64_t it) {
