@@ -120,21 +120,19 @@ __device__ __forceinline__ void wgmma_ss_overwrite(float (&d)[N / 2], uint64_t a
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
 
+// The SS form as function FN, with scale-d SCALE_D ("1": d += A B; "0": d = A B).
+#define LLM_WGMMA_SS(FN, SCALE_D, TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                                 \
+  template <>                                                                                            \
+  __device__ __forceinline__ void FN<TYPE, N>(float (&d)[N / 2], uint64_t a, uint64_t b) {                \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \
+                 LLM_WGMMA_D##NR ", " DESC_A ", " DESC_B ", " SCALE_D ", 1, 1, 0, 0;\n"                   \
+                 : LLM_WGMMA_OUT##NR(d)                                                                  \
+                 : "l"(a), "l"(b));                                                                      \
+  }
+
 #define LLM_WGMMA_DEFINE(TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B, A0, A1, A2, A3, B_RS)                     \
-  template <>                                                                                            \
-  __device__ __forceinline__ void wgmma_ss<TYPE, N>(float (&d)[N / 2], uint64_t a, uint64_t b) {          \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \
-                 LLM_WGMMA_D##NR ", " DESC_A ", " DESC_B ", 1, 1, 1, 0, 0;\n"                              \
-                 : LLM_WGMMA_OUT##NR(d)                                                                  \
-                 : "l"(a), "l"(b));                                                                      \
-  }                                                                                                      \
-  template <>                                                                                            \
-  __device__ __forceinline__ void wgmma_ss_overwrite<TYPE, N>(float (&d)[N / 2], uint64_t a, uint64_t b) { \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \
-                 LLM_WGMMA_D##NR ", " DESC_A ", " DESC_B ", 0, 1, 1, 0, 0;\n"                              \
-                 : LLM_WGMMA_OUT##NR(d)                                                                  \
-                 : "l"(a), "l"(b));                                                                      \
-  }                                                                                                      \
+  LLM_WGMMA_SS(wgmma_ss, "1", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                                      \
+  LLM_WGMMA_SS(wgmma_ss_overwrite, "0", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                            \
   template <>                                                                                            \
   __device__ __forceinline__ void wgmma_rs<TYPE, N>(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b) { \
     asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \
@@ -155,6 +153,7 @@ LLM_WGMMA_DEFINE(__nv_bfloat16, "bf16", 128, 64, "%64", "%65", "%64", "%65", "%6
 LLM_WGMMA_DEFINE(__half, "f16", 128, 64, "%64", "%65", "%64", "%65", "%66", "%67", "%68")
 
 #undef LLM_WGMMA_DEFINE
+#undef LLM_WGMMA_SS
 #undef LLM_WGMMA_D24
 #undef LLM_WGMMA_OUT24
 #undef LLM_WGMMA_D32
