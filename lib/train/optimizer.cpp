@@ -39,10 +39,9 @@ StepResult AdamW::step(double lr, double grad_scale) {
   } else {
     sq = backend_.sum_squares(g);
   }
-  // Owning every parameter, the update writes the whole compute copy (same layout as the masters).
+  // Owning every parameter, the update writes the whole compute copy (the masters' layout and size).
   const Tensor& low = params_.flat_compute();
-  const bool write_low = low.defined() && !sharded() && low.numel() == params_.flat_params().numel();
-  return update(lr, grad_scale, sq, params_.flat_params(), g, 0, write_low ? low : Tensor{});
+  return update(lr, grad_scale, sq, params_.flat_params(), g, 0, sharded() ? Tensor{} : low);
 }
 
 StepResult AdamW::step_shard(double lr, double grad_scale, const Tensor& w, const Tensor& g, Communicator* shards) {
@@ -96,12 +95,12 @@ StepResult AdamW::update(double lr, double grad_scale, double sum_squares, const
     for (auto [rb, re] : ranges) {
       const int64_t lo = std::max(rb, b), hi = std::min(re, e);
       if (hi <= lo) continue;
+      const Tensor ws = w.flat(lo - base, hi - lo), gs = g.flat(lo - base, hi - lo);
+      const Tensor ms = m_.flat(lo - b, hi - lo), vs = v_.flat(lo - b, hi - lo);
       if (low.defined())
-        backend_.adamw_update_mixed(w.flat(lo - base, hi - lo), g.flat(lo - base, hi - lo), m_.flat(lo - b, hi - lo),
-                                    v_.flat(lo - b, hi - lo), p, low.flat(lo - base, hi - lo));
+        backend_.adamw_update_mixed(ws, gs, ms, vs, p, low.flat(lo - base, hi - lo));
       else
-        backend_.adamw_update(w.flat(lo - base, hi - lo), g.flat(lo - base, hi - lo), m_.flat(lo - b, hi - lo),
-                              v_.flat(lo - b, hi - lo), p);
+        backend_.adamw_update(ws, gs, ms, vs, p);
     }
   };
   apply(decay_ranges_, static_cast<float>(config_.weight_decay));
