@@ -1,6 +1,7 @@
 // Benchmark: causal flash attention forward + backward TFLOPS on the CUDA backend, bf16, head
-// dims 64 and 128 (--head-dims: others; the heads are hidden / hd, rounded down), sequence 2k-16k at 16k tokens per batch and hidden 2048 (the FlashAttention-2
-// paper's setting). FLOPs: forward 4 B NH T^2 hd / 2 (causal), backward 2.5x forward.
+// dims 64 and 128 (--head-dims: others; the heads are hidden / hd, rounded down), sequence
+// 2k-16k at 16k tokens per batch and hidden 2048 (the FlashAttention-2 paper's setting).
+// FLOPs: forward 4 B NH T^2 hd / 2 (causal), backward 2.5x forward.
 // Run tests/bench/cuda_attention_torch.py on the same GPU for PyTorch's fused attention.
 //
 //   bench-cuda-attention [--tokens 16384 --hidden 2048 --reps 5 --head-dims 64,128 --seqs 2048,4096,8192,16384]
