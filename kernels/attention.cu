@@ -351,8 +351,15 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
     case AttentionKernels::tc_atomic: return attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_m32: return attention_forward_tensor_cores(t, a, true, stream);
     case AttentionKernels::wgmma:
+      return attention_forward_wgmma(t, a, stream) || attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::wgmma_pp:
-      return attention_forward_wgmma(t, a, stream, k == AttentionKernels::wgmma_pp) ||
+      return attention_forward_wgmma(t, a, stream, WgmmaForward::ping_pong) ||
+             attention_forward_tensor_cores(t, a, false, stream);
+    case AttentionKernels::wgmma_ws:
+      return attention_forward_wgmma(t, a, stream, WgmmaForward::warp_specialized) ||
+             attention_forward_tensor_cores(t, a, false, stream);
+    case AttentionKernels::wgmma_ws_pp:
+      return attention_forward_wgmma(t, a, stream, WgmmaForward::warp_specialized_ping_pong) ||
              attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::simt: return false;
   }
@@ -368,6 +375,8 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::tc_atomic: return attention_backward_tensor_cores(t, a, true, stream);
     case AttentionKernels::wgmma:
     case AttentionKernels::wgmma_pp:
+    case AttentionKernels::wgmma_ws:
+    case AttentionKernels::wgmma_ws_pp:
       return attention_backward_wgmma(t, a, stream) || attention_backward_tensor_cores(t, a, false, stream);
     case AttentionKernels::simt: return false;
   }
@@ -386,8 +395,10 @@ AttentionKernels attention_kernels() {
     if (s == "tc-m32") return AttentionKernels::tc_m32;
     if (s == "wgmma") return AttentionKernels::wgmma;
     if (s == "wgmma-pp") return AttentionKernels::wgmma_pp;
+    if (s == "wgmma-ws") return AttentionKernels::wgmma_ws;
+    if (s == "wgmma-ws-pp") return AttentionKernels::wgmma_ws_pp;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp or simt");
   }();
   return v;
 }
@@ -395,7 +406,7 @@ AttentionKernels attention_kernels() {
 #ifndef LLM_HAVE_SM90A
 // Built without sm_90a (kernels/sm90a/ needs 90 in CMAKE_CUDA_ARCHITECTURES): nothing is covered.
 const char* wgmma_unavailable() { return "built without the sm_90a kernels (CMAKE_CUDA_ARCHITECTURES has no 90)"; }
-bool attention_forward_wgmma(DType, const AttentionForwardArgs&, cudaStream_t, bool) { return false; }
+bool attention_forward_wgmma(DType, const AttentionForwardArgs&, cudaStream_t, WgmmaForward) { return false; }
 bool attention_backward_wgmma(DType, const AttentionBackwardArgs&, cudaStream_t) { return false; }
 bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, cudaStream_t) { return false; }
 #endif

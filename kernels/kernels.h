@@ -163,9 +163,12 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //   wgmma         Hopper warpgroup MMA (sm_90a kernels, head dims 48-128) on compute
 //                 capability 9.0 devices; tc for every other shape and device;
 //   wgmma-pp      wgmma with the forward's two warpgroups in ping-pong (not yet measured);
+//   wgmma-ws      wgmma with the forward warp-specialised: TMA producer, intra-warpgroup
+//                 overlap (FlashAttention-3's structure; not yet run on a GPU);
+//   wgmma-ws-pp   wgmma-ws with the consumer warpgroups in ping-pong (not yet run on a GPU);
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
-enum class AttentionKernels { automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, simt };
+enum class AttentionKernels { automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, simt };
 AttentionKernels attention_kernels();
 
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
@@ -181,8 +184,13 @@ bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bo
 const char* wgmma_unavailable();
 // Forward / backward (a.scratch already holding D) on wgmma: false when the dtype (bf16, f16),
 // head dim (48, 64, 80, 96, 128), alignment or device is not covered (the caller falls back).
-// ping_pong: the forward with the two warpgroups' products and softmax interleaved (wgmma-pp).
-bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream, bool ping_pong = false);
+// The forward's form: plain (wgmma), ping_pong (the two warpgroups' products and softmax
+// interleaved, wgmma-pp), warp_specialized (a TMA producer warpgroup, the next tile's Q K^T issued
+// before this tile's softmax: FlashAttention-3's structure, wgmma-ws), warp_specialized_ping_pong
+// (that, with the two consumer warpgroups' products alternating: wgmma-ws-pp). Equal outputs.
+enum class WgmmaForward { plain, ping_pong, warp_specialized, warp_specialized_ping_pong };
+bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream,
+                             WgmmaForward form = WgmmaForward::plain);
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
 // The two wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T
 // (both operands from swizzled shared memory) and o[64][hd] = T(s) k (A from registers, k read

@@ -19,11 +19,15 @@
 // Score products start by overwriting their accumulators (product_ss); causal masks are int32
 // per-row limits applied on the diagonal and last tiles only (attention_mask.h). The forward's
 // ping-pong form (kPingPong, LLM_CUDA_ATTENTION=wgmma-pp) offsets the two warpgroups within each
-// tile. Not yet here (FlashAttention-3's remaining steps): TMA copies, producer/consumer warp
-// specialisation, ping-pong across tiles, and the next tile's Q K^T issued before this softmax.
+// tile. The warp-specialised forward (LLM_CUDA_ATTENTION=wgmma-ws) has FlashAttention-3's
+// structure: TMA copies by a producer warpgroup, mbarrier-tracked stages, register reallocation,
+// and the next tile's Q K^T issued before this tile's softmax. Not yet here: ping-pong across
+// tiles in the warp-specialised form, and any of it in the backward.
 //
 // Built for sm_90a only (kernels/CMakeLists.txt), so it runs on compute capability 9.0 devices
 // (H100, H200); attention.cu falls back to the mma.sync kernels everywhere else.
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <string>
@@ -34,6 +38,7 @@
 #include "common.cuh"
 #include "kernels.h"
 #include "mma.cuh"
+#include "sm90a/tma.cuh"
 #include "sm90a/wgmma.cuh"
 
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -112,6 +117,54 @@ __device__ __forceinline__ void store_rows(T* out, int64_t ld, int64_t row, int6
 
 // ---- forward ---------------------------------------------------------------------------------
 
+// One key tile's online-softmax step on this lane's raw scores s (rows qpos0 and qpos1 = qpos0 +
+// 8, key tile from j0): the causal mask only on the diagonal and the last, partial tile; the
+// running maxima m (log2 domain: raw maxima times scale_log2, the positive scale folded into the
+// exponent's FMA) and sums l; P = exp2(s scale_log2 - m) left in s; c the factors that rescale
+// the earlier output rows.
+template <int BC>
+__device__ __forceinline__ void online_softmax(float (&s)[BC / 2], int t, int64_t j0, int64_t Tk, int64_t warp_first_q,
+                                               int64_t qpos0, int64_t qpos1, float scale_log2, float& m0, float& m1,
+                                               float& l0, float& l1, float& c0, float& c1) {
+  if (j0 + BC - 1 > warp_first_q || j0 + BC > Tk)
+    mask_past(s, t, keys_visible_end(qpos0, j0, Tk, BC), keys_visible_end(qpos1, j0, Tk, BC));
+  float mx0 = -INFINITY, mx1 = -INFINITY;
+  row_max(s, mx0, mx1);
+  const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
+  const float base0 = mn0 == -INFINITY ? 0.0f : mn0, base1 = mn1 == -INFINITY ? 0.0f : mn1;
+  c0 = exp2f(m0 - base0), c1 = exp2f(m1 - base1);
+  m0 = mn0, m1 = mn1;
+  float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+  for (int i = 0; i < BC / 2; ++i) {
+    s[i] = exp2f(fmaf(s[i], scale_log2, (i & 2) ? -base1 : -base0));
+    if (i & 2) sum1 += s[i];
+    else sum0 += s[i];
+  }
+  l0 = l0 * c0 + sum0;
+  l1 = l1 * c1 + sum1;
+}
+
+// The end of a forward: this lane's rows row0 and row0 + 8 of O (normalised by the row sums l,
+// reduced over the quad here) to out, their log-sum-exp (natural log) to lse when it is wanted.
+template <typename T, int HD>
+__device__ __forceinline__ void store_forward(const AttentionForwardArgs& a, int b, int h, int64_t row0, int t,
+                                              const float (&o)[HD / 2], float m0, float m1, float l0, float l1) {
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+  }
+  T* out = static_cast<T*>(a.out) + b * a.out_batch_stride + int64_t(h) * HD;
+  store_rows<T, HD>(out, a.out_row_stride, row0, a.Tq, o, l0 > 0.0f ? 1.0f / l0 : 0.0f, l1 > 0.0f ? 1.0f / l1 : 0.0f);
+  if (a.lse && t == 0) {
+    constexpr float kLn2 = 0.6931471805599453f;
+    float* lse = a.lse + (int64_t(b) * a.NH + h) * a.Tq;
+    if (row0 < a.Tq) lse[row0] = (m0 + log2f(l0)) * kLn2;
+    if (row0 + 8 < a.Tq) lse[row0 + 8] = (m1 + log2f(l1)) * kLn2;
+  }
+}
+
 // kPingPong (LLM_CUDA_ATTENTION=wgmma-pp): warpgroup 1 issues a tile's Q K^T only once warpgroup
 // 0's has completed (named barrier 1), so its products overlap warpgroup 0's softmax and its
 // softmax warpgroup 0's P V, instead of both warpgroups computing the softmax while the tensor
@@ -172,25 +225,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
     fence_operands(s);
     if (kPingPong && wg == 0) named_barrier_arrive(1, kThreads);
 
-    // Only the diagonal and the last, partial tile mask; the raw scores' row maxima (the scale,
-    // positive, is folded into the exponent's FMA).
-    if (j0 + BC - 1 > warp_first_q || j0 + BC > Tk)
-      mask_past(s, t, keys_visible_end(qpos0, j0, Tk, BC), keys_visible_end(qpos1, j0, Tk, BC));
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-    row_max(s, mx0, mx1);
-    const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
-    const float base0 = mn0 == -INFINITY ? 0.0f : mn0, base1 = mn1 == -INFINITY ? 0.0f : mn1;
-    const float c0 = exp2f(m0 - base0), c1 = exp2f(m1 - base1);
-    m0 = mn0, m1 = mn1;
-    float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-    for (int i = 0; i < BC / 2; ++i) {
-      s[i] = exp2f(fmaf(s[i], scale_log2, (i & 2) ? -base1 : -base0));
-      if (i & 2) sum1 += s[i];
-      else sum0 += s[i];
-    }
-    l0 = l0 * c0 + sum0;
-    l1 = l1 * c1 + sum1;
+    float c0, c1;
+    online_softmax<BC>(s, t, j0, Tk, warp_first_q, qpos0, qpos1, scale_log2, m0, m1, l0, l1, c0, c1);
 #pragma unroll
     for (int i = 0; i < HD / 2; ++i) o[i] *= (i & 2) ? c1 : c0;
 
@@ -207,20 +243,170 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
     fence_operands(pa);  // the product read them asynchronously: keep them until it is done
   }
 
+  store_forward<T, HD>(a, b, h, i0 + wg * 64 + warp * 16 + g, t, o, m0, m1, l0, l1);
+}
+
+// ---- forward, warp-specialised (LLM_CUDA_ATTENTION=wgmma-ws) -----------------------------------
+
+// FlashAttention-3's forward structure: a block is three warpgroups. Warpgroup 0 is the producer:
+// it gives its registers back (setmaxnreg 24) and one thread issues TMA copies of Q and of each
+// key tile's K and V into a two-stage ring, each stage with a "full" barrier (the copy's bytes
+// landed) and an "empty" one (both consumer warpgroups are done reading). Warpgroups 1 and 2
+// (setmaxnreg 240) own 64 query rows each and never copy; per key tile j they issue S_j = Q K_j^T,
+// then P_{j-1} V_{j-1} on the previous tile's probabilities, and compute tile j's softmax while
+// that product runs (intra-warpgroup overlap), rescaling O and packing P_j to 16 bits once it has
+// landed (ptxas serialises the products if P_j's registers are written while P_{j-1}'s are being
+// read, warning C7513; -Xptxas=-v shows none here). The arithmetic per
+// output element is the plain kernel's, in the same order (O *= c_j, then O += P_j V_j), so the
+// outputs are equal bit for bit (CudaBackend.WgmmaAttentionMatchesTheCpuOp).
+constexpr int kWsThreads = 384;  // producer + two consumer warpgroups
+
+template <typename T, int HD, bool kPingPong>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    attention_forward_wgmma_ws(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                               const __grid_constant__ CUtensorMap tm_v, AttentionForwardArgs a, float scale_log2) {
+  constexpr int BR = 128, BC = 128, COLS = panel_columns(HD), PANELS = HD / COLS;
+  constexpr int QBYTES = tile_bytes<BR, HD>(), KVBYTES = tile_bytes<BC, HD>();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // Barriers: Q full; K full, V full, K empty, V empty for stages 0 and 1.
+  __shared__ __align__(8) uint64_t bars[9];
+  unsigned char* const smem = align_1024(smem_raw);  // [Q][K stage 0][K stage 1][V stage 0][V stage 1]
+  const uint32_t smem_s = smem_addr(smem), bar = smem_addr(bars);
+  const uint32_t q_full = bar;
+  const auto k_full = [bar](int st) { return bar + 8u * uint32_t(1 + st); };
+  const auto v_full = [bar](int st) { return bar + 8u * uint32_t(3 + st); };
+  const auto k_empty = [bar](int st) { return bar + 8u * uint32_t(5 + st); };
+  const auto v_empty = [bar](int st) { return bar + 8u * uint32_t(7 + st); };
+  const auto k_tile = [smem_s](int st) { return smem_s + uint32_t(QBYTES + st * KVBYTES); };
+  const auto v_tile = [smem_s](int st) { return smem_s + uint32_t(QBYTES + (2 + st) * KVBYTES); };
+
+  const int wg = threadIdx.x / 128;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BR;  // heaviest blocks first
+  const int64_t Tk = a.q_pos0 + a.Tq;
+  const int64_t key_end = min(a.q_pos0 + min(i0 + BR, a.Tq), Tk);
+  const int tiles = int((key_end + BC - 1) / BC);
+
+  if (threadIdx.x == 0) {
+    mbarrier_init(q_full, 1);
+    for (int st = 0; st < 2; ++st) {
+      mbarrier_init(k_full(st), 1);
+      mbarrier_init(v_full(st), 1);
+      mbarrier_init(k_empty(st), 2 * 128);  // every consumer thread arrives
+      mbarrier_init(v_empty(st), 2 * 128);
+    }
+    mbarrier_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // the producer
+    setmaxnreg_dec<24>();
+    if (threadIdx.x == 0) {
+      mbarrier_arrive_expect_tx(q_full, QBYTES);
 #pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+      for (int p = 0; p < PANELS; ++p)
+        tma_load_4d(smem_s + panel_offset<BR, HD>(p), &tm_q, p * COLS, h, int(i0), b, q_full);
+      for (int jt = 0; jt < tiles; ++jt) {
+        const int st = jt & 1;
+        const uint32_t free_parity = uint32_t((jt >> 1) - 1) & 1u;  // the stage's previous use
+        if (jt >= 2) mbarrier_wait(k_empty(st), free_parity);
+        mbarrier_arrive_expect_tx(k_full(st), KVBYTES);
+#pragma unroll
+        for (int p = 0; p < PANELS; ++p)
+          tma_load_4d(k_tile(st) + panel_offset<BC, HD>(p), &tm_k, p * COLS, h, jt * BC, b, k_full(st));
+        if (jt >= 2) mbarrier_wait(v_empty(st), free_parity);
+        mbarrier_arrive_expect_tx(v_full(st), KVBYTES);
+#pragma unroll
+        for (int p = 0; p < PANELS; ++p)
+          tma_load_4d(v_tile(st) + panel_offset<BC, HD>(p), &tm_v, p * COLS, h, jt * BC, b, v_full(st));
+      }
+    }
+    return;
   }
-  const int64_t row0 = i0 + wg * 64 + warp * 16 + g;
-  T* out = static_cast<T*>(a.out) + b * a.out_batch_stride + int64_t(h) * HD;
-  store_rows<T, HD>(out, a.out_row_stride, row0, a.Tq, o, l0 > 0.0f ? 1.0f / l0 : 0.0f, l1 > 0.0f ? 1.0f / l1 : 0.0f);
-  if (a.lse && t == 0) {
-    constexpr float kLn2 = 0.6931471805599453f;
-    float* lse = a.lse + (int64_t(b) * a.NH + h) * a.Tq;
-    if (row0 < a.Tq) lse[row0] = (m0 + log2f(l0)) * kLn2;
-    if (row0 + 8 < a.Tq) lse[row0 + 8] = (m1 + log2f(l1)) * kLn2;
+
+  setmaxnreg_inc<240>();
+  const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  // Ping-pong: consumer cw issues its products only after the other consumer has issued its own
+  // (named barrier 2 + cw, which the other one arrives at), so one warpgroup's softmax runs
+  // while the other's products occupy the tensor cores. Consumer 0 goes first (consumer 1's
+  // arrival ahead of the loop); consumer 1 skips its arrival after its last issue, leaving no
+  // barrier half-arrived.
+  const auto issue_begin = [cw]() {
+    if (kPingPong) named_barrier_sync(2 + cw, 256);
+  };
+  const auto issue_end = [cw](bool last) {
+    if (kPingPong && !(last && cw == 1)) named_barrier_arrive(3 - cw, 256);
+  };
+  if (kPingPong && cw == 1) named_barrier_arrive(2, 256);
+  const int g = lane / 4, t = lane % 4;
+  const int64_t warp_first_q = a.q_pos0 + i0 + cw * 64 + warp * 16;
+  const int64_t qpos0 = warp_first_q + g, qpos1 = qpos0 + 8;
+  float o[HD / 2];
+  zero(o);
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f, c0, c1;
+  float s[BC / 2];
+  uint32_t pa[BC / 16][4];
+
+  // Tile 0: S, softmax, P (O is zero: nothing to rescale).
+  mbarrier_wait(q_full, 0);
+  mbarrier_wait(k_full(0), 0);
+  issue_begin();
+  fence_operands(s);
+  wgmma_fence();
+  product_ss<T, BR, BC, HD>(s, smem_s, cw * 64, k_tile(0));
+  wgmma_commit();
+  issue_end(false);
+  wgmma_wait<0>();
+  fence_operands(s);
+  mbarrier_arrive(k_empty(0));
+  online_softmax<BC>(s, t, 0, Tk, warp_first_q, qpos0, qpos1, scale_log2, m0, m1, l0, l1, c0, c1);
+  pack_a<T, BC>(pa, s);
+
+  for (int jt = 1; jt < tiles; ++jt) {
+    const int st = jt & 1, prev = st ^ 1;
+    // (V_{j-1} landed with or before K_j; waiting for both first keeps the two products' issue
+    // free of branches, which ptxas would otherwise answer by serialising them.)
+    mbarrier_wait(k_full(st), uint32_t(jt >> 1) & 1u);
+    mbarrier_wait(v_full(prev), uint32_t((jt - 1) >> 1) & 1u);
+    issue_begin();
+    fence_operands(s);
+    fence_operands(o);
+    fence_operands(pa);
+    wgmma_fence();
+    product_ss<T, BR, BC, HD>(s, smem_s, cw * 64, k_tile(st));  // S_j
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<BC, HD>(v_tile(prev), kk));
+    wgmma_commit();  // O += P_{j-1} V_{j-1}
+    issue_end(false);
+    wgmma_wait<1>();  // S_j has landed; the P V product may still run
+    fence_operands(s);
+    mbarrier_arrive(k_empty(st));
+    online_softmax<BC>(s, t, int64_t(jt) * BC, Tk, warp_first_q, qpos0, qpos1, scale_log2, m0, m1, l0, l1, c0, c1);
+    wgmma_wait<0>();
+    fence_operands(o);
+    fence_operands(pa);  // read by the product until here
+    mbarrier_arrive(v_empty(prev));
+#pragma unroll
+    for (int i = 0; i < HD / 2; ++i) o[i] *= (i & 2) ? c1 : c0;
+    pack_a<T, BC>(pa, s);
   }
+
+  // The last tile's P V (its stage is not reused: no release).
+  const int last = tiles - 1;
+  mbarrier_wait(v_full(last & 1), uint32_t(last >> 1) & 1u);
+  issue_begin();
+  fence_operands(o);
+  fence_operands(pa);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<BC, HD>(v_tile(last & 1), kk));
+  wgmma_commit();
+  issue_end(true);
+  wgmma_wait<0>();
+  fence_operands(o);
+  fence_operands(pa);
+  store_forward<T, HD>(a, b, h, i0 + cw * 64 + warp * 16 + g, t, o, m0, m1, l0, l1);
 }
 
 // ---- backward: dQ ----------------------------------------------------------------------------
@@ -456,6 +642,61 @@ void launch_forward(const AttentionForwardArgs& a, cudaStream_t stream) {
   attention_forward_wgmma<T, HD, kPingPong><<<grid, kThreads, smem, stream>>>(a, scale_log2);
 }
 
+// cuTensorMapEncodeTiled, a driver entry point, through the runtime (libllm links no libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 f = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found),
+               "looking up cuTensorMapEncodeTiled (attention, LLM_CUDA_ATTENTION=wgmma-ws)");
+    LLM_CHECK(found == cudaDriverEntryPointSuccess && fn,
+              "attention (LLM_CUDA_ATTENTION=wgmma-ws): the driver has no cuTensorMapEncodeTiled (CUDA 12.0+ driver needed)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return f;
+}
+
+// The TMA map of one attention operand: rows of HD elements of T at `base`, `rows` per sequence,
+// heads HD elements apart in a row, rows row_stride and sequences batch_stride elements apart.
+// Dimensions innermost first (head-dim column, head, row, sequence: the strides ascend); boxes
+// of one swizzle panel (panel_columns(HD) columns) by box_rows rows of one head, zero-filled
+// past the sequence's rows.
+template <typename T, int HD>
+CUtensorMap make_tile_map(const char* what, const void* base, int64_t rows, int NH, int B, int64_t row_stride,
+                          int64_t batch_stride, int box_rows) {
+  constexpr int W = swizzle_bytes(HD);
+  const cuuint64_t dims[4] = {cuuint64_t(HD), cuuint64_t(NH), cuuint64_t(rows), cuuint64_t(B)};
+  const cuuint64_t strides[3] = {cuuint64_t(HD) * sizeof(T), cuuint64_t(row_stride) * sizeof(T),
+                                 cuuint64_t(B > 1 ? batch_stride : rows * row_stride) * sizeof(T)};
+  const cuuint32_t box[4] = {cuuint32_t(panel_columns(HD)), 1, cuuint32_t(box_rows), 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapSwizzle swizzle =
+      W == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : W == 64 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B;
+  const CUtensorMapDataType type =
+      std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  CUtensorMap map;
+  const CUresult r = tensor_map_encoder()(&map, type, 4, const_cast<void*>(base), dims, strides, box, element_strides,
+                                          CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  LLM_CHECK(r == CUDA_SUCCESS, "attention (wgmma-ws): cuTensorMapEncodeTiled failed (CUresult ", int(r), ") for ", what,
+            ": ", B, " x ", rows, " rows x ", NH, " heads x ", HD, ", row stride ", row_stride, ", batch stride ",
+            batch_stride, " elements");
+  return map;
+}
+
+template <typename T, int HD, bool kPingPong>
+void launch_forward_ws(const AttentionForwardArgs& a, cudaStream_t stream) {
+  constexpr size_t smem = 1024 + size_t(tile_bytes<128, HD>()) * 5;  // Q, 2 x K, 2 x V
+  allow_smem(attention_forward_wgmma_ws<T, HD, kPingPong>, smem);
+  const int64_t Tk = a.q_pos0 + a.Tq;
+  const CUtensorMap q = make_tile_map<T, HD>("q", a.q, a.Tq, a.NH, a.B, a.q_row_stride, a.q_batch_stride, 128);
+  const CUtensorMap k = make_tile_map<T, HD>("k", a.k, Tk, a.NH, a.B, a.kv_row_stride, a.kv_batch_stride, 128);
+  const CUtensorMap v = make_tile_map<T, HD>("v", a.v, Tk, a.NH, a.B, a.kv_row_stride, a.kv_batch_stride, 128);
+  const float scale_log2 = kLog2e / sqrtf(static_cast<float>(HD));
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  attention_forward_wgmma_ws<T, HD, kPingPong><<<grid, kWsThreads, smem, stream>>>(q, k, v, a, scale_log2);
+}
+
 template <typename T, int HD>
 void launch_backward(const AttentionBackwardArgs& a, cudaStream_t stream) {
   constexpr size_t smem_dkdv = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4 +
@@ -504,13 +745,17 @@ const char* wgmma_unavailable() {
   return reason.empty() ? nullptr : reason.c_str();
 }
 
-bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream, bool ping_pong) {
+bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream, WgmmaForward form) {
   if (!attention_rows_aligned(a)) return false;
   return dispatch(t, a.hd, [&](auto tag, auto hd) {
-    if (ping_pong)
-      launch_forward<decltype(tag), decltype(hd)::value, true>(a, stream);
-    else
-      launch_forward<decltype(tag), decltype(hd)::value, false>(a, stream);
+    using T = decltype(tag);
+    constexpr int HD = decltype(hd)::value;
+    switch (form) {
+      case WgmmaForward::plain: launch_forward<T, HD, false>(a, stream); break;
+      case WgmmaForward::ping_pong: launch_forward<T, HD, true>(a, stream); break;
+      case WgmmaForward::warp_specialized: launch_forward_ws<T, HD, false>(a, stream); break;
+      case WgmmaForward::warp_specialized_ping_pong: launch_forward_ws<T, HD, true>(a, stream); break;
+    }
   });
 }
 

@@ -50,6 +50,15 @@ LLM_WGMMA_HD constexpr uint32_t swizzled_offset(int r, int c) {
   return uint32_t((c / CPR) * R * W + r * W + (((c % CPR) ^ ((r * W / 128) % CPR)) << 4));
 }
 
+// TMA (tma.cuh): panel p of an R-row tile starts at byte panel_offset<R, HD>(p), and one box of
+// panel_columns(HD) columns by R rows, copied under the swizzle_bytes(HD) swizzle to that
+// (1024-byte aligned) address, fills it: the hardware swizzles on the shared address bits.
+constexpr int panel_columns(int hd) { return swizzle_bytes(hd) / 2; }
+template <int R, int HD>
+LLM_WGMMA_HD constexpr uint32_t panel_offset(int p) {
+  return uint32_t(p * R * swizzle_bytes(HD));
+}
+
 // K-major operand: rows from `row0` of an R-row tile at shared address `tile`, k-step kk.
 template <int R, int HD>
 LLM_WGMMA_HD constexpr uint64_t desc_k_major(uint32_t tile, int row0, int kk) {

@@ -86,6 +86,8 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
   EXPECT_EXIT(choice_is("", AttentionKernels::automatic), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("auto", AttentionKernels::automatic), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-pp", AttentionKernels::wgmma_pp), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(choice_is("wgmma-ws", AttentionKernels::wgmma_ws), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(choice_is("wgmma-ws-pp", AttentionKernels::wgmma_ws_pp), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("tc-m32", AttentionKernels::tc_m32), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(
       {
@@ -98,7 +100,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
         }
         std::exit(0);
       },
-      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp or simt");
+      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp or simt");
 }
 
 struct Fixture {
@@ -250,7 +252,7 @@ TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
           llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd);
       // The ping-pong form first (the same arithmetic in another order of issue: equal outputs),
       // then the plain one, whose out and lse the backward uses.
-      ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, be->stream(), true));
+      ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, be->stream(), llm::kernels::WgmmaForward::ping_pong));
       const Vec out_pp = down_low(go), lse_pp = f.down(gl);
       ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, be->stream()));
       const Vec out = down_low(go);
@@ -278,6 +280,58 @@ TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
       const Vec ref = bt::to_vec(cd);
       EXPECT_TRUE(bt::all_close("wgmma dqkv", down_low(gd), ref, Tol{4 * u, 8 * u * bt::max_abs(ref)}));
     }
+}
+
+// The warp-specialised forwards (TMA, mbarriers, setmaxnreg: LLM_CUDA_ATTENTION=wgmma-ws and
+// wgmma-ws-pp) compute what the plain wgmma forward computes, in the same order per element: their
+// out and lse must equal it exactly. Shapes: self-attention over qkv (T = 333: a partial last
+// block, rows past the end zero-filled by TMA), and the KV-cache form (queries at positions past
+// .. past + Tq - 1 over separate K/V caches of maxT rows: a prompt chunk and one decoded token).
+// Its own test (and process in gpu_validation.sh): a fault or hang here leaves the others' results.
+TEST(CudaBackend, WgmmaWarpSpecialisedForwardsEqualThePlainOne) {
+  REQUIRE_WGMMA(be);
+  using llm::kernels::WgmmaForward;
+  struct Shape {
+    int B, NH;
+    int64_t Tq, past, maxT;  // maxT 0: self-attention over qkv
+  };
+  for (DType t : {DType::bf16, DType::f16})
+    for (int hd : {48, 64, 80, 96, 128})
+      for (const Shape& sh : {Shape{2, 2, 333, 0, 0}, Shape{2, 3, 70, 200, 300}, Shape{1, 2, 1, 250, 256}}) {
+        SCOPED_TRACE(std::string(llm::dtype_name(t)) + " hd=" + std::to_string(hd) + " Tq=" + std::to_string(sh.Tq) +
+                     " past=" + std::to_string(sh.past));
+        const int64_t C = int64_t(sh.NH) * hd, Tk = sh.past + sh.Tq;
+        bt::Rng rng(560 + hd + sh.Tq);
+        const Vec qkv = bt::rounded_to(rng.normal(size_t(sh.B * sh.Tq * 3 * C)), t);
+        Tensor gq = be->upload(bt::host_low({sh.B, int(sh.Tq), int(3 * C)}, qkv, t));
+        Tensor go = be->empty({sh.B, int(sh.Tq), int(C)}, t), gl = be->empty({sh.B, sh.NH, int(sh.Tq)});
+        Tensor gk, gv;
+        llm::kernels::AttentionForwardArgs fa =
+            llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), sh.B,
+                                              sh.Tq, sh.NH, hd);
+        if (sh.maxT > 0) {  // K/V caches of maxT rows, the first Tk of them in use (the rest NaN-free noise)
+          const Vec kc = bt::rounded_to(rng.normal(size_t(sh.B * sh.maxT * C)), t);
+          const Vec vc = bt::rounded_to(rng.normal(size_t(sh.B * sh.maxT * C)), t);
+          gk = be->upload(bt::host_low({sh.B, int(sh.maxT), int(C)}, kc, t));
+          gv = be->upload(bt::host_low({sh.B, int(sh.maxT), int(C)}, vc, t));
+          fa.k = gk.raw(), fa.v = gv.raw();
+          fa.kv_batch_stride = sh.maxT * C, fa.kv_row_stride = C;
+          fa.q_pos0 = sh.past;
+        }
+        ASSERT_LE(Tk, sh.maxT > 0 ? sh.maxT : sh.Tq);
+        const auto run = [&](WgmmaForward form) {
+          EXPECT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, be->stream(), form));
+          be->synchronize();
+          return std::make_pair(bt::low_to_vec(be->download(go)), bt::to_vec(be->download(gl)));
+        };
+        const auto plain = run(WgmmaForward::plain);
+        const auto ws = run(WgmmaForward::warp_specialized);
+        const auto ws_pp = run(WgmmaForward::warp_specialized_ping_pong);
+        EXPECT_TRUE(bt::all_equal("wgmma-ws out", ws.first, plain.first));
+        EXPECT_TRUE(bt::all_equal("wgmma-ws lse", ws.second, plain.second));
+        EXPECT_TRUE(bt::all_equal("wgmma-ws-pp out", ws_pp.first, plain.first));
+        EXPECT_TRUE(bt::all_equal("wgmma-ws-pp lse", ws_pp.second, plain.second));
+      }
 }
 
 TEST(CudaBackend, ReductionsAreDeterministic) {

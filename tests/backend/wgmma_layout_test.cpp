@@ -149,4 +149,35 @@ TEST(WgmmaLayout, TheSwizzleIsAPermutationOfEachPanel) {
   check(std::integral_constant<int, 128>{});
 }
 
+// The warp-specialised forward (wgmma-ws) copies its tiles with TMA instead of the loader: for
+// each panel p, one box of panel_columns(HD) columns by R rows, starting at column p *
+// panel_columns(HD), to panel_offset<R, HD>(p) past the tile's base. TMA writes a box densely
+// (row y at y * W bytes, element x at 2x) and applies the map's W-byte swizzle to the shared
+// address; every element must land where the loader stores it, so the same descriptors read it.
+template <int R, int HD>
+void check_tma_boxes(uint32_t base) {
+  constexpr int W = swizzle_bytes(HD), cols = panel_columns(HD);
+  static_assert(cols * 2 == W, "a box row is one swizzle span (the TMA limit for a swizzled box)");
+  int bad = 0;
+  for (int p = 0; p < HD / cols; ++p) {
+    const uint32_t box = base + panel_offset<R, HD>(p);
+    EXPECT_EQ(box % 1024, 0u) << "hd " << HD << " panel " << p;  // the swizzle repeats every 1024 bytes
+    for (int y = 0; y < R; ++y)
+      for (int x = 0; x < cols; ++x)
+        if (swizzle(box + uint32_t(y * W + 2 * x), W) != stored_at<R, HD>(base, y, p * cols + x) && bad++ < 5)
+          ADD_FAILURE() << "R " << R << " hd " << HD << ": box " << p << " element (" << x << ", row " << y << ")";
+  }
+  EXPECT_EQ(bad, 0);
+}
+
+TEST(WgmmaLayout, TmaBoxesFillThePanels) {
+  for (uint32_t base : {0u, 1024u * 33, 1024u * 160}) {
+    check_tma_boxes<128, 48>(base);
+    check_tma_boxes<128, 64>(base);
+    check_tma_boxes<128, 80>(base);
+    check_tma_boxes<128, 96>(base);
+    check_tma_boxes<128, 128>(base);
+  }
+}
+
 }  // namespace
