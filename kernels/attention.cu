@@ -351,6 +351,7 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
     case AttentionKernels::tc_atomic: return attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_m32: return attention_forward_tensor_cores(t, a, true, stream);
     case AttentionKernels::wgmma:
+    case AttentionKernels::wgmma_atomic:
       return attention_forward_wgmma(t, a, stream) || attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::wgmma_pp:
       return attention_forward_wgmma(t, a, stream, WgmmaForward::ping_pong) ||
@@ -378,6 +379,9 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::wgmma_ws:
     case AttentionKernels::wgmma_ws_pp:
       return attention_backward_wgmma(t, a, stream) || attention_backward_tensor_cores(t, a, false, stream);
+    case AttentionKernels::wgmma_atomic:
+      return attention_backward_wgmma(t, a, stream, true) || attention_backward_wgmma(t, a, stream) ||
+             attention_backward_tensor_cores(t, a, true, stream);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -397,8 +401,9 @@ AttentionKernels attention_kernels() {
     if (s == "wgmma-pp") return AttentionKernels::wgmma_pp;
     if (s == "wgmma-ws") return AttentionKernels::wgmma_ws;
     if (s == "wgmma-ws-pp") return AttentionKernels::wgmma_ws_pp;
+    if (s == "wgmma-atomic") return AttentionKernels::wgmma_atomic;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic or simt");
   }();
   return v;
 }
@@ -407,13 +412,15 @@ AttentionKernels attention_kernels() {
 // Built without sm_90a (kernels/sm90a/ needs 90 in CMAKE_CUDA_ARCHITECTURES): nothing is covered.
 const char* wgmma_unavailable() { return "built without the sm_90a kernels (CMAKE_CUDA_ARCHITECTURES has no 90)"; }
 bool attention_forward_wgmma(DType, const AttentionForwardArgs&, cudaStream_t, WgmmaForward) { return false; }
-bool attention_backward_wgmma(DType, const AttentionBackwardArgs&, cudaStream_t) { return false; }
-bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, cudaStream_t) { return false; }
+bool attention_backward_wgmma(DType, const AttentionBackwardArgs&, cudaStream_t, bool) { return false; }
+bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, float*, float*, cudaStream_t) { return false; }
 #endif
 
 int64_t attention_backward_scratch(DType t, int B, int NH, int hd, int64_t T) {
   const int64_t d = int64_t(B) * NH * T;
-  return t != DType::f32 && attention_kernels() == AttentionKernels::tc_atomic ? d + int64_t(B) * T * NH * hd : d;
+  const AttentionKernels k = attention_kernels();
+  const bool atomic = k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic;
+  return t != DType::f32 && atomic ? d + int64_t(B) * T * NH * hd : d;
 }
 
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
@@ -443,7 +450,9 @@ void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t st
     attention_backward_rowdot<E><<<static_cast<unsigned>(ceil_div(rows, kWarps)), 256, 0, stream>>>(
         a.scratch, static_cast<const E*>(a.out), static_cast<const E*>(a.dout), a.B, a.NH, a.hd, a.T);
     AttentionBackwardArgs tc = a;  // the dQ accumulator follows D in the scratch (tc-atomic)
-    if (t != DType::f32 && attention_kernels() == AttentionKernels::tc_atomic) tc.dq_accum = a.scratch + rows;
+    const AttentionKernels k = attention_kernels();
+    if (t != DType::f32 && (k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic))
+      tc.dq_accum = a.scratch + rows;
     if (backward_tensor_cores(t, tc, stream)) return;
     allow_smem(attention_backward_dkdv<E>, smem_kv);
     attention_backward_dkdv<E><<<grid, 256, smem_kv, stream>>>(a, scale);

@@ -18,6 +18,12 @@ inline bool attention_rows_aligned(const AttentionBackwardArgs& a) {
   return aligned16(a.qkv) && aligned16(a.dqkv) && aligned16(a.dout) && (int64_t(a.NH) * a.hd) % 8 == 0;
 }
 
+// The fused-dQ backwards (tc-atomic, wgmma-atomic; attention_tc_backward.cu): a.dq_accum
+// ([B, T, C] fp32) zeroed before the kernel that adds into it, and dqkv's q part = dq_accum *
+// scale after it (t: dqkv's element type).
+void attention_dq_accum_zero(const AttentionBackwardArgs& a, cudaStream_t stream);
+void attention_dq_from_accum(const AttentionBackwardArgs& a, DType t, cudaStream_t stream);
+
 #ifdef __CUDACC__
 // One (batch b, head h) of the backward kernels: the sequence length, the row strides of qkv
 // ([B, T, 3C]) and dout ([B, T, C]), and where this head's qkv, dout, lse and D begin.

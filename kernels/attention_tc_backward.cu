@@ -364,10 +364,9 @@ void launch_backward(const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 64)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
   if (atomic_dq) {
-    const int64_t rows = int64_t(a.B) * a.T, C = int64_t(a.NH) * HD;
-    CUDA_CHECK(cudaMemsetAsync(a.dq_accum, 0, sizeof(float) * size_t(rows * C), stream), "zeroing the dQ accumulator");
+    attention_dq_accum_zero(a, stream);
     attention_backward_dkdv_tc<T, HD, true><<<grid, kThreadsBw, smem_fused, stream>>>(a, scale);
-    dq_from_accum_kernel<T><<<grid_for(rows * C), 256, 0, stream>>>(static_cast<T*>(a.dqkv), a.dq_accum, rows, C, scale);
+    attention_dq_from_accum(a, std::is_same_v<T, __half> ? DType::f16 : DType::bf16, stream);
   } else {
     attention_backward_dkdv_tc<T, HD, false><<<grid, kThreadsBw, smem_kv, stream>>>(a, scale);
     attention_backward_dq_tc<T, HD><<<grid, kThreadsBw, smem_q, stream>>>(a, scale);
@@ -388,6 +387,20 @@ bool backward_for_head_dim(const AttentionBackwardArgs& a, bool atomic_dq, cudaS
 }
 
 }  // namespace
+
+void attention_dq_accum_zero(const AttentionBackwardArgs& a, cudaStream_t stream) {
+  const size_t n = size_t(a.B) * size_t(a.T) * size_t(a.NH) * size_t(a.hd);
+  CUDA_CHECK(cudaMemsetAsync(a.dq_accum, 0, sizeof(float) * n, stream), "zeroing the dQ accumulator (", n, " floats)");
+}
+
+void attention_dq_from_accum(const AttentionBackwardArgs& a, DType t, cudaStream_t stream) {
+  const int64_t rows = int64_t(a.B) * a.T, C = int64_t(a.NH) * a.hd;
+  const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
+  dispatch_float(t, "attention_dq_from_accum", [&](auto tag) {
+    using E = decltype(tag);
+    dq_from_accum_kernel<E><<<grid_for(rows * C), 256, 0, stream>>>(static_cast<E*>(a.dqkv), a.dq_accum, rows, C, scale);
+  });
+}
 
 bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream) {
   if (!attention_rows_aligned(a)) return false;  // 16-byte copies and stores

@@ -138,7 +138,7 @@ struct AttentionBackwardArgs {
   const void* dout = nullptr;
   const float* lse = nullptr;
   float* scratch = nullptr;
-  float* dq_accum = nullptr;  // set by attention_backward from the scratch (tc-atomic only)
+  float* dq_accum = nullptr;  // set by attention_backward from the scratch (tc-atomic, wgmma-atomic)
   int B = 0, NH = 0, hd = 0;
   int64_t T = 0;
 };
@@ -166,9 +166,12 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //   wgmma-ws      wgmma with the forward warp-specialised: TMA producer, intra-warpgroup
 //                 overlap (FlashAttention-3's structure; not yet run on a GPU);
 //   wgmma-ws-pp   wgmma-ws with the consumer warpgroups in ping-pong (not yet run on a GPU);
+//   wgmma-atomic  wgmma with the backward's dQ fused into the dK/dV kernel through fp32 atomics
+//                 (head dims 64 and 128; wgmma's two kernels at the other head dims it covers,
+//                 tc-atomic where wgmma does not run; not yet run on a GPU);
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
-enum class AttentionKernels { automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, simt };
+enum class AttentionKernels { automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_atomic, simt };
 AttentionKernels attention_kernels();
 
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
@@ -191,11 +194,15 @@ const char* wgmma_unavailable();
 enum class WgmmaForward { plain, ping_pong, warp_specialized, warp_specialized_ping_pong };
 bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream,
                              WgmmaForward form = WgmmaForward::plain);
-bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
-// The two wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T
-// (both operands from swizzled shared memory) and o[64][hd] = T(s) k (A from registers, k read
-// MN-major). q is [64][hd] and k [128][hd], row-major T (bf16/f16); hd as above; false when not
-// covered.
-bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, float* o, cudaStream_t stream);
+// fused_dq (wgmma-atomic; head dims 64 and 128, a.dq_accum set): dQ added with atomics by the
+// dK/dV kernel (five products instead of seven); false where not covered.
+bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream, bool fused_dq = false);
+// The wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T (both
+// operands from swizzled shared memory) and, from s rounded to T, o[64][hd] = s k three ways:
+// A from registers (o), A stored K-major with B transposed (o_bt), A stored transposed and read
+// MN-major with B transposed (o_tt); k is read MN-major. q is [64][hd] and k [128][hd],
+// row-major T (bf16/f16); hd as above; false when not covered.
+bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, float* o, float* o_bt, float* o_tt,
+                      cudaStream_t stream);
 
 }  // namespace llm::kernels

@@ -490,14 +490,42 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
 
 // ---- backward: dK, dV ------------------------------------------------------------------------
 
-template <typename T, int HD>
+// The 16-bit tile of P^T or dS^T (128 keys x 64 queries, the block's; swizzled like every other
+// tile) the fused backward stores for the products that read it from shared memory.
+constexpr int kScoreTileBytes = tile_bytes<128, 64>();
+
+// Stores this lane's fragments of a warpgroup's 64 x 64 accumulator (rows `row` and row + 8 of
+// the tile, the 64 columns) into the 128 x 64 score tile at `tile`, as 16-bit values.
+template <typename T>
+__device__ __forceinline__ void store_score_rows(unsigned char* tile, int row, int t, const float (&d)[32]) {
+#pragma unroll
+  for (int nb = 0; nb < 8; ++nb) {
+    *reinterpret_cast<uint32_t*>(tile + swizzled_offset<128, 64>(row, nb) + 4 * t) = pack2<T>(d[4 * nb], d[4 * nb + 1]);
+    *reinterpret_cast<uint32_t*>(tile + swizzled_offset<128, 64>(row + 8, nb) + 4 * t) =
+        pack2<T>(d[4 * nb + 2], d[4 * nb + 3]);
+  }
+}
+
+// kFusedDQ (LLM_CUDA_ATTENTION=wgmma-atomic; head dims 64 and 128): FlashAttention-2's five
+// products instead of seven. P^T and dS^T go to shared memory (store_score_rows), dV += P^T dO
+// and dK += dS^T Q read them from there (SS, B transposed), and dQ += dS K (both operands
+// transposed: dS from the stored dS^T) is added with fp32 atomics into a.dq_accum (zeroed
+// before, scaled into dqkv after), so the dQ kernel does not run. Its 64 x 64 accumulator per
+// warpgroup: hd 128 splits the head dim (warpgroup w: columns 64w .. 64w + 63, over all 128 keys,
+// so both warpgroups' dS^T must be stored first), hd 64 the keys (warpgroup w: its own 64 keys,
+// all 64 columns; both add). dQ is not bit-reproducible (the order of the atomic adds varies).
+template <typename T, int HD, bool kFusedDQ>
 __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(AttentionBackwardArgs a, float scale) {
+  static_assert(!kFusedDQ || HD == 64 || HD == 128, "the fused dQ splits 64 or 128 columns");
   constexpr int BC = 128, BR = 64;
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  unsigned char* const smem = align_1024(smem_raw);  // [K][V][2 stages][Q | dO][2 stages][lse | D]
+  // [K][V][2 stages][Q | dO][2 stages][lse | D] (1 KiB), then (kFusedDQ) [P^T][dS^T]
+  unsigned char* const smem = align_1024(smem_raw);
   const uint32_t smem_s = smem_addr(smem);
   float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 4 * QBYTES);
+  unsigned char* const pt_tile = smem + 2 * KBYTES + 4 * QBYTES + 1024;
+  unsigned char* const dst_tile = pt_tile + kScoreTileBytes;
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -537,7 +565,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
   for (int64_t it = 0; it < tiles; ++it) {
     next_tile<true>(it, tiles, load_q_tile);
     const int64_t i0 = j0 + it * BR;
-    if (i0 + BR - 1 < wg_first_key) continue;  // every query of the tile precedes this warpgroup's keys
+    // Every query of the tile precedes this warpgroup's keys: nothing to add (the fused form
+    // computes it anyway, masked to zero: both warpgroups meet at its barrier).
+    if (!kFusedDQ && i0 + BR - 1 < wg_first_key) continue;
     const uint32_t Qs = smem_s + 2 * KBYTES + uint32_t(it & 1) * 2 * QBYTES, dOs = Qs + QBYTES;
     const float* Ls = stats + (it & 1) * 2 * BR;  // natural-log lse of the tile's queries
     const float* Ds = Ls + BR;
@@ -558,6 +588,53 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
 #pragma unroll
     for (int i = 0; i < BR / 2; ++i)
       st[i] = exp2f(fmaf(st[i], scale_log2, -Ls[fragment_column(i, t)] * kLog2e));  // P^T
+    if constexpr (kFusedDQ) {
+      wgmma_wait<0>();
+      fence_operands(dpt);
+#pragma unroll
+      for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
+      const int row = wg * 64 + warp * 16 + g;
+      store_score_rows<T>(pt_tile, row, t, st);
+      store_score_rows<T>(dst_tile, row, t, dpt);
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, for wgmma's reads
+      __syncthreads();  // both warpgroups' rows (hd 128's dQ reads all 128 keys)
+      const uint32_t pts = smem_addr(pt_tile), dsts = smem_addr(dst_tile);
+      constexpr int KS = HD == 128 ? BC / 16 : 64 / 16;  // dQ's k-steps (keys): all, or this warpgroup's
+      const int k0 = HD == 128 ? 0 : wg * 4;
+      const uint32_t kb = smem_s + (HD == 128 ? panel_offset<BC, HD>(wg) : 0u);  // K's columns for dQ
+      float dq[32];
+      zero(dq);
+      fence_operands(dv);
+      fence_operands(dk);
+      fence_operands(dq);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BR / 16; ++kk)
+        wgmma_ss_bt<T, HD>(dv, desc_k_major<BC, 64>(pts, wg * 64, kk), desc_mn_major<BR, HD>(dOs, kk));
+#pragma unroll
+      for (int kk = 0; kk < BR / 16; ++kk)
+        wgmma_ss_bt<T, HD>(dk, desc_k_major<BC, 64>(dsts, wg * 64, kk), desc_mn_major<BR, HD>(Qs, kk));
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk)
+        wgmma_ss_tt<T, 64>(dq, desc_mn_major<BC, 64>(dsts, k0 + kk), desc_mn_major<BC, HD>(kb, k0 + kk));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(dv);
+      fence_operands(dk);
+      fence_operands(dq);
+      // dQ rows i0 + 16 warp + g (+ 8), columns col0 + 8 nb + 2t (+ 1): fp32 pairs added atomically.
+      const int col0 = HD == 128 ? wg * 64 : 0;
+      float* dqa = a.dq_accum + (b * T_ + i0 + warp * 16 + g) * C + int64_t(h) * HD + col0 + 2 * t;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        if (i0 + warp * 16 + g + 8 * half >= T_) continue;
+#pragma unroll
+        for (int nb = 0; nb < 8; ++nb)
+          atomicAdd(reinterpret_cast<float2*>(dqa + 8 * half * C + 8 * nb),
+                    make_float2(dq[4 * nb + 2 * half], dq[4 * nb + 2 * half + 1]));
+      }
+      continue;
+    }
     uint32_t pa[BR / 16][4], sa[BR / 16][4];
     pack_a<T, BR>(pa, st);
     wgmma_wait<0>();
@@ -588,14 +665,19 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
 
 // ---- the tile check --------------------------------------------------------------------------
 
-// One warpgroup: S = Q K^T (SS, K-major, N = 128) and O = bf16/f16(S) K (RS, K as an MN-major
-// operand, N = HD), written out in full; exact for small-integer inputs.
+// One warpgroup: S = Q K^T (SS, K-major, N = 128) and O = bf16/f16(S) K three ways: RS (K as an
+// MN-major operand, N = HD), SS with B transposed (S stored as a K-major [64][128] tile: the fused
+// backward's dV and dK products) and SS with both transposed (S^T stored as [128][64], read
+// MN-major: its dQ product), each written out in full; exact for small-integer inputs.
 template <typename T, int HD>
-__global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, const T* k, float* s_out, float* o_out) {
+__global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, const T* k, float* s_out, float* o_out,
+                                                                    float* o_bt_out, float* o_tt_out) {
   constexpr int M = 64, N = 128;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  unsigned char* const smem = align_1024(smem_raw);  // [Q 64 x HD][K 128 x HD]
+  unsigned char* const smem = align_1024(smem_raw);  // [Q 64 x HD][K 128 x HD][S 64 x 128][S^T 128 x 64]
   const uint32_t smem_s = smem_addr(smem);
+  unsigned char* const s_tile = smem + tile_bytes<M, HD>() + tile_bytes<N, HD>();
+  unsigned char* const st_tile = s_tile + tile_bytes<M, N>();
   load_swizzled<T, M, HD>(smem, q, HD, M);
   load_swizzled<T, N, HD>(smem + tile_bytes<M, HD>(), k, HD, N);
   cp_async_commit();
@@ -614,21 +696,46 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
   wgmma_wait<0>();
   fence_operands(s);
   const int row = warp * 16 + g;
-  for (int i = 0; i < N / 2; ++i) s_out[(row + ((i & 2) ? 8 : 0)) * N + (i / 4) * 8 + 2 * t + (i & 1)] = s[i];
+  for (int i = 0; i < N / 2; ++i) {
+    const int r = row + ((i & 2) ? 8 : 0), c = (i / 4) * 8 + 2 * t + (i & 1);
+    s_out[r * N + c] = s[i];
+    const T v = from_float<T>(s[i]);
+    *reinterpret_cast<T*>(s_tile + swizzled_offset<M, N>(r, c / 8) + (c % 8) * 2) = v;
+    *reinterpret_cast<T*>(st_tile + swizzled_offset<N, M>(c, r / 8) + (r % 8) * 2) = v;
+  }
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  named_barrier_sync(1, 128);
   uint32_t pa[N / 16][4];
   pack_a<T, N>(pa, s);
-  float o[HD / 2];
+  float o[HD / 2], o_bt[HD / 2], o_tt[HD / 2];
   zero(o);
+  zero(o_bt);
+  zero(o_tt);
   fence_operands(o);
+  fence_operands(o_bt);
+  fence_operands(o_tt);
   fence_operands(pa);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < N / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<N, HD>(Ks, kk));
+  const uint32_t s_s = smem_addr(s_tile), st_s = smem_addr(st_tile);
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk)
+    wgmma_ss_bt<T, HD>(o_bt, desc_k_major<M, N>(s_s, 0, kk), desc_mn_major<N, HD>(Ks, kk));
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) wgmma_ss_tt<T, HD>(o_tt, desc_mn_major<N, M>(st_s, kk), desc_mn_major<N, HD>(Ks, kk));
   wgmma_commit();
   wgmma_wait<0>();
   fence_operands(o);
+  fence_operands(o_bt);
+  fence_operands(o_tt);
   fence_operands(pa);
-  for (int i = 0; i < HD / 2; ++i) o_out[(row + ((i & 2) ? 8 : 0)) * HD + (i / 4) * 8 + 2 * t + (i & 1)] = o[i];
+  for (int i = 0; i < HD / 2; ++i) {
+    const int at = (row + ((i & 2) ? 8 : 0)) * HD + (i / 4) * 8 + 2 * t + (i & 1);
+    o_out[at] = o[i];
+    o_bt_out[at] = o_bt[i];
+    o_tt_out[at] = o_tt[i];
+  }
 }
 
 // ---- host ------------------------------------------------------------------------------------
@@ -698,15 +805,26 @@ void launch_forward_ws(const AttentionForwardArgs& a, cudaStream_t stream) {
 }
 
 template <typename T, int HD>
-void launch_backward(const AttentionBackwardArgs& a, cudaStream_t stream) {
+void launch_backward(const AttentionBackwardArgs& a, bool fused_dq, cudaStream_t stream) {
   constexpr size_t smem_dkdv = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4 +
                                4 * 64 * sizeof(float);  // K, V, 2 x (Q, dO), 2 x (lse, D)
   constexpr size_t smem_dq = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4;  // Q, dO, 2 x (K, V)
-  allow_smem(attention_backward_dkdv_wgmma<T, HD>, smem_dkdv);
-  allow_smem(attention_backward_dq_wgmma<T, HD>, smem_dq);
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
-  attention_backward_dkdv_wgmma<T, HD><<<grid, kThreads, smem_dkdv, stream>>>(a, scale);
+  if constexpr (HD == 64 || HD == 128) {
+    if (fused_dq) {
+      // The stats padded to 1 KiB (the score tiles start aligned), then P^T and dS^T.
+      constexpr size_t smem_fused = smem_dkdv - 4 * 64 * sizeof(float) + 1024 + 2 * size_t(kScoreTileBytes);
+      allow_smem(attention_backward_dkdv_wgmma<T, HD, true>, smem_fused);
+      attention_dq_accum_zero(a, stream);
+      attention_backward_dkdv_wgmma<T, HD, true><<<grid, kThreads, smem_fused, stream>>>(a, scale);
+      attention_dq_from_accum(a, std::is_same_v<T, __half> ? DType::f16 : DType::bf16, stream);
+      return;
+    }
+  }
+  allow_smem(attention_backward_dkdv_wgmma<T, HD, false>, smem_dkdv);
+  allow_smem(attention_backward_dq_wgmma<T, HD>, smem_dq);
+  attention_backward_dkdv_wgmma<T, HD, false><<<grid, kThreads, smem_dkdv, stream>>>(a, scale);
   attention_backward_dq_wgmma<T, HD><<<grid, kThreads, smem_dq, stream>>>(a, scale);
 }
 
@@ -759,18 +877,22 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
   });
 }
 
-bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {
+bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream, bool fused_dq) {
   if (!attention_rows_aligned(a)) return false;
-  return dispatch(t, a.hd, [&](auto tag, auto hd) { launch_backward<decltype(tag), decltype(hd)::value>(a, stream); });
+  if (fused_dq && (!a.dq_accum || (a.hd != 64 && a.hd != 128))) return false;
+  return dispatch(t, a.hd,
+                  [&](auto tag, auto hd) { launch_backward<decltype(tag), decltype(hd)::value>(a, fused_dq, stream); });
 }
 
-bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, float* o, cudaStream_t stream) {
+bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, float* o, float* o_bt, float* o_tt,
+                      cudaStream_t stream) {
   return dispatch(t, hd, [&](auto tag, auto dim) {
     using T = decltype(tag);
     constexpr int HD = decltype(dim)::value;
-    constexpr size_t smem = 1024 + size_t(tile_bytes<64, HD>() + tile_bytes<128, HD>());
+    constexpr size_t smem = 1024 + size_t(tile_bytes<64, HD>() + tile_bytes<128, HD>() + 2 * tile_bytes<64, 128>());
     allow_smem(wgmma_tile_check_kernel<T, HD>, smem);
-    wgmma_tile_check_kernel<T, HD><<<1, kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k), s, o);
+    wgmma_tile_check_kernel<T, HD><<<1, kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k), s, o,
+                                                                  o_bt, o_tt);
   });
 }
 

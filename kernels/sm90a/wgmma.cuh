@@ -116,23 +116,34 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t a, uint64_t
 // first k-step of a product, instead of zeroing the accumulators first.
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_ss_overwrite(float (&d)[N / 2], uint64_t a, uint64_t b);
+// d (64 x N, fp32) += A (64 x 16, K-major, shared) * B (16 x N, MN-major, shared): the SS form
+// with B transposed (the fused backward's dV += P^T dO and dK += dS^T Q, P^T / dS^T stored).
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss_bt(float (&d)[N / 2], uint64_t a, uint64_t b);
+// d (64 x N, fp32) += A (64 x 16, MN-major, shared) * B (16 x N, MN-major, shared): both
+// transposed (the fused backward's dQ += dS K, dS read from the stored dS^T).
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss_tt(float (&d)[N / 2], uint64_t a, uint64_t b);
 // d (64 x N, fp32) += A (64 x 16, registers) * B (16 x N, MN-major, shared): "RS".
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
 
-// The SS form as function FN, with scale-d SCALE_D ("1": d += A B; "0": d = A B).
-#define LLM_WGMMA_SS(FN, SCALE_D, TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                                 \
+// The SS form as function FN, with scale-d SCALE_D ("1": d += A B; "0": d = A B) and the
+// transpose flags TRANS ("trans-a, trans-b": 0 K-major, 1 MN-major).
+#define LLM_WGMMA_SS(FN, SCALE_D, TRANS, TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                          \
   template <>                                                                                            \
   __device__ __forceinline__ void FN<TYPE, N>(float (&d)[N / 2], uint64_t a, uint64_t b) {                \
     asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \
-                 LLM_WGMMA_D##NR ", " DESC_A ", " DESC_B ", " SCALE_D ", 1, 1, 0, 0;\n"                   \
+                 LLM_WGMMA_D##NR ", " DESC_A ", " DESC_B ", " SCALE_D ", 1, 1, " TRANS ";\n"              \
                  : LLM_WGMMA_OUT##NR(d)                                                                  \
                  : "l"(a), "l"(b));                                                                      \
   }
 
 #define LLM_WGMMA_DEFINE(TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B, A0, A1, A2, A3, B_RS)                     \
-  LLM_WGMMA_SS(wgmma_ss, "1", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                                      \
-  LLM_WGMMA_SS(wgmma_ss_overwrite, "0", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                            \
+  LLM_WGMMA_SS(wgmma_ss, "1", "0, 0", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                              \
+  LLM_WGMMA_SS(wgmma_ss_overwrite, "0", "0, 0", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                    \
+  LLM_WGMMA_SS(wgmma_ss_bt, "1", "0, 1", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                           \
+  LLM_WGMMA_SS(wgmma_ss_tt, "1", "1, 1", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                           \
   template <>                                                                                            \
   __device__ __forceinline__ void wgmma_rs<TYPE, N>(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b) { \
     asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \

@@ -88,6 +88,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
   EXPECT_EXIT(choice_is("wgmma-pp", AttentionKernels::wgmma_pp), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-ws", AttentionKernels::wgmma_ws), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-ws-pp", AttentionKernels::wgmma_ws_pp), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(choice_is("wgmma-atomic", AttentionKernels::wgmma_atomic), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("tc-m32", AttentionKernels::tc_m32), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(
       {
@@ -100,7 +101,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
         }
         std::exit(0);
       },
-      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp or simt");
+      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic or simt");
 }
 
 struct Fixture {
@@ -193,8 +194,9 @@ TEST(CudaBackend, FusedLinearBackwardGeluMatchesTheTwoOps) {
   REQUIRE_CUDA(be);                                                                         \
   if (const char* why = llm::kernels::wgmma_unavailable()) GTEST_SKIP() << "wgmma: " << why
 
-// The two wgmma forms alone, on small-integer inputs where every product and sum is exact in the
-// 16-bit types and fp32: a wrong descriptor, swizzle or fragment layout shows as a wrong element.
+// The wgmma forms alone (SS both K-major; RS; SS with B or both operands transposed), on
+// small-integer inputs where every product and sum is exact in the 16-bit types and fp32: a
+// wrong descriptor, swizzle, transpose flag or fragment layout shows as a wrong element.
 TEST(CudaBackend, WgmmaTileProductsAreExact) {
   REQUIRE_WGMMA(be);
   for (DType t : {DType::bf16, DType::f16})
@@ -212,29 +214,33 @@ TEST(CudaBackend, WgmmaTileProductsAreExact) {
         for (int j = 0; j < 128; ++j)
           for (int e = 0; e < hd; ++e) o_ref[size_t(i) * hd + e] += s_ref[size_t(i) * 128 + j] * k[size_t(j) * hd + e];
       Tensor gq = be->upload(bt::host_low({64, hd}, q, t)), gk = be->upload(bt::host_low({128, hd}, k, t));
-      Tensor gs = be->empty({64, 128}), go = be->empty({64, hd});
+      Tensor gs = be->empty({64, 128}), go = be->empty({64, hd}), gbt = be->empty({64, hd}), gtt = be->empty({64, hd});
       be->synchronize();
-      ASSERT_TRUE(llm::kernels::wgmma_tile_check(t, hd, gq.raw(), gk.raw(), gs.data<float>(), go.data<float>(), be->stream()));
+      ASSERT_TRUE(llm::kernels::wgmma_tile_check(t, hd, gq.raw(), gk.raw(), gs.data<float>(), go.data<float>(),
+                                                 gbt.data<float>(), gtt.data<float>(), be->stream()));
       be->synchronize();
       EXPECT_TRUE(bt::all_equal("S = Q K^T (SS, K-major)", bt::to_vec(be->download(gs)), s_ref));
       EXPECT_TRUE(bt::all_equal("O = P K (RS, MN-major)", bt::to_vec(be->download(go)), o_ref));
+      EXPECT_TRUE(bt::all_equal("O = P K (SS, P stored K-major, K MN-major)", bt::to_vec(be->download(gbt)), o_ref));
+      EXPECT_TRUE(bt::all_equal("O = P K (SS, P^T stored and read MN-major)", bt::to_vec(be->download(gtt)), o_ref));
     }
 }
 
 // The wgmma attention kernels called directly (whatever LLM_CUDA_ATTENTION says), forward and
 // backward (and the ping-pong forward, equal to the plain one), against the CPU fp32 op on the same
-// rounded inputs, with LowPrecision's tolerances.
+// rounded inputs, with LowPrecision's tolerances. fused_dq: the backward with dQ fused into the
+// dK/dV kernel through atomics (wgmma-atomic), at the head dims it covers.
 // T = 333: several 128-row blocks, a partial last one, and 64-row tiles crossing the diagonal.
-TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
-  REQUIRE_WGMMA(be);
-  Fixture f{*be};
+void check_wgmma_attention(llm::cuda::CudaBackend& gpu, bool fused_dq) {
+  Fixture f{gpu};
   llm::Backend& cpu = llm::cpu_backend();
   const auto down_low = [&](const Tensor& d) {
-    be->synchronize();
-    return bt::low_to_vec(be->download(d));
+    gpu.synchronize();
+    return bt::low_to_vec(gpu.download(d));
   };
   for (DType t : {DType::bf16, DType::f16})
     for (int hd : {48, 64, 80, 96, 128}) {
+      if (fused_dq && hd != 64 && hd != 128) continue;
       SCOPED_TRACE(std::string(llm::dtype_name(t)) + " hd=" + std::to_string(hd));
       const int B = 2, T = 333, NH = 2, C = NH * hd;
       const double u = bt::unit(t);
@@ -245,16 +251,16 @@ TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
       cpu.attention_forward(co, cl, bt::host_f32({B, T, 3 * C}, qkv), NH);
       cpu.attention_backward(cd, bt::host_f32({B, T, C}, dout), bt::host_f32({B, T, 3 * C}, qkv), co, cl, NH);
 
-      Tensor gq = be->upload(bt::host_low({B, T, 3 * C}, qkv, t)), gdo = be->upload(bt::host_low({B, T, C}, dout, t));
-      Tensor go = be->empty({B, T, C}, t), gl = be->empty({B, NH, T}), gd = be->empty({B, T, 3 * C}, t);
-      be->synchronize();
+      Tensor gq = gpu.upload(bt::host_low({B, T, 3 * C}, qkv, t)), gdo = gpu.upload(bt::host_low({B, T, C}, dout, t));
+      Tensor go = gpu.empty({B, T, C}, t), gl = gpu.empty({B, NH, T}), gd = gpu.empty({B, T, 3 * C}, t);
+      gpu.synchronize();
       const llm::kernels::AttentionForwardArgs fa =
           llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd);
       // The ping-pong form first (the same arithmetic in another order of issue: equal outputs),
       // then the plain one, whose out and lse the backward uses.
-      ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, be->stream(), llm::kernels::WgmmaForward::ping_pong));
+      ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, gpu.stream(), llm::kernels::WgmmaForward::ping_pong));
       const Vec out_pp = down_low(go), lse_pp = f.down(gl);
-      ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, be->stream()));
+      ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, gpu.stream()));
       const Vec out = down_low(go);
       EXPECT_TRUE(bt::all_close("wgmma out", out, bt::to_vec(co), Tol{2 * u, 4 * u}));
       EXPECT_TRUE(bt::all_close("wgmma lse", f.down(gl), bt::to_vec(cl), Tol{1e-3, 1e-3}));
@@ -271,15 +277,30 @@ TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
               D[(size_t(b) * NH + h) * T + i] += dout[at] * out[at];
             }
       Tensor gD = f.up({B, NH, T}, D);
+      Tensor accum = gpu.empty({B, T, C});  // the fused form's dQ accumulator (NaN-free: it zeroes it)
       llm::kernels::AttentionBackwardArgs ba;
       ba.qkv = gq.raw(), ba.dqkv = gd.raw(), ba.out = go.raw(), ba.dout = gdo.raw();
       ba.lse = gl.data<float>(), ba.scratch = gD.data<float>();
       ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T;
-      be->synchronize();
-      ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, be->stream()));
+      if (fused_dq) ba.dq_accum = accum.data<float>();
+      gpu.synchronize();
+      ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, gpu.stream(), fused_dq));
       const Vec ref = bt::to_vec(cd);
-      EXPECT_TRUE(bt::all_close("wgmma dqkv", down_low(gd), ref, Tol{4 * u, 8 * u * bt::max_abs(ref)}));
+      EXPECT_TRUE(bt::all_close(fused_dq ? "wgmma-atomic dqkv" : "wgmma dqkv", down_low(gd), ref,
+                                Tol{4 * u, 8 * u * bt::max_abs(ref)}));
     }
+}
+
+TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
+  REQUIRE_WGMMA(be);
+  check_wgmma_attention(*be, false);
+}
+
+// Its own test (and process in gpu_validation.sh, with the warp-specialised forwards): a fault in
+// the fused kernel leaves the others' results.
+TEST(CudaBackend, WgmmaFusedBackwardMatchesTheCpuOp) {
+  REQUIRE_WGMMA(be);
+  check_wgmma_attention(*be, true);
 }
 
 // The warp-specialised forwards (TMA, mbarriers, setmaxnreg: LLM_CUDA_ATTENTION=wgmma-ws and

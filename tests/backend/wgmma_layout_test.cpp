@@ -149,6 +149,24 @@ TEST(WgmmaLayout, TheSwizzleIsAPermutationOfEachPanel) {
   check(std::integral_constant<int, 128>{});
 }
 
+// The fused backward (wgmma-atomic) at head dim 128 gives each warpgroup half of dQ's columns:
+// its B operand is the K tile's panel p alone (64 columns, N = 64), read MN-major from the
+// panel's start; the leading offset (the next panel) is never used.
+TEST(WgmmaLayout, OnePanelOfTheKTileIsAnMnMajorOperand) {
+  for (uint32_t base : {0u, 1024u * 40}) {
+    int bad = 0;
+    for (int p = 0; p < 2; ++p)
+      for (int kk = 0; kk < 128 / 16; ++kk) {
+        const Desc d = decode(desc_mn_major<128, 128>(base + panel_offset<128, 128>(p), kk));
+        for (int n = 0; n < 64; ++n)
+          for (int k = 0; k < 16; ++k)
+            if (mn_major_address(d, n, k) != stored_at<128, 128>(base, kk * 16 + k, p * 64 + n) && bad++ < 5)
+              ADD_FAILURE() << "panel " << p << " kk " << kk << ": element (n " << n << ", k " << k << ")";
+      }
+    EXPECT_EQ(bad, 0);
+  }
+}
+
 // The warp-specialised forward (wgmma-ws) copies its tiles with TMA instead of the loader: for
 // each panel p, one box of panel_columns(HD) columns by R rows, starting at column p *
 // panel_columns(HD), to panel_offset<R, HD>(p) past the tile's base. TMA writes a box densely

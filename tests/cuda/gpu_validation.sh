@@ -6,7 +6,7 @@
 #   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the llm-sweep run),
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
 #   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
-#   ATTENTION_VARIANTS="tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
+#   ATTENTION_VARIANTS="tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-atomic tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
 #   benchmark and training step also run, next to the default kernels), BIAS_GRAD_EPILOGUE=1 (the
 #   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
 #   BENCHES="gemm attention torch train-step longseq sweep" (which benchmarks run; QUICK=1 drops
@@ -38,7 +38,7 @@ else
 fi
 
 # The kernel choices beside the default, for the attention tests and the benchmarks (also with TESTS=0).
-variants=(${ATTENTION_VARIANTS-tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp tc-atomic tc-m32})
+variants=(${ATTENTION_VARIANTS-tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-atomic tc-atomic tc-m32})
 if [[ "${TESTS:-1}" = 0 ]]; then
   log "TESTS=0: correctness steps skipped"
 else
@@ -51,8 +51,9 @@ pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attentio
 # would fail every later test of the same process (here and in the triage reruns).
 cuda_tests='*cuda*:*Cuda*:-*Wgmma*'
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter="$cuda_tests" > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
-(cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*Wgmma*:-*WarpSpecialised*' > "$out/wgmma.log" 2>&1; echo $? > "$out/rc_wgmma") &
+(cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*Wgmma*:-*WarpSpecialised*:*Fused*' > "$out/wgmma.log" 2>&1; echo $? > "$out/rc_wgmma") &
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*WarpSpecialised*' > "$out/wgmma_ws.log" 2>&1; echo $? > "$out/rc_wgmma_ws") &
+(cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*WgmmaFused*' > "$out/wgmma_fused.log" 2>&1; echo $? > "$out/rc_wgmma_fused") &
 (cd "$build" && lim 150 ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
 for var in simt "${variants[@]}"; do
   (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
@@ -76,7 +77,8 @@ if [[ "$(cat "$out/rc_test_backend")" != 0 ]]; then  # triage in the same lease:
 fi
 # The Hopper kernels' own tests (sm_90a only; elsewhere skipped with the reason).
 log "wgmma tests exit $(cat "$out/rc_wgmma"): $(grep -E '^\[ +(OK|FAILED|SKIPPED) +\] [A-Za-z]+\.Wgmma|^\[ +OK +\] WgmmaLayout' "$out/wgmma.log" | sed 's/^\[ *//; s/ *\] /:/; s/ (.*//' | awk '!seen[$0]++' | tr '\n' ' ')"
-log "wgmma warp-specialised test exit $(cat "$out/rc_wgmma_ws"): $(grep -E '^\[ +(OK|FAILED|SKIPPED) +\]|Failure|expected exactly|error' "$out/wgmma_ws.log" | head -5 | tr '\n' ' ')"
+log "wgmma warp-specialised forward test exit $(cat "$out/rc_wgmma_ws"): $(grep -E '^\[ +(OK|FAILED|SKIPPED) +\]|Failure|expected exactly|error' "$out/wgmma_ws.log" | head -5 | tr '\n' ' ')"
+log "wgmma fused-backward test exit $(cat "$out/rc_wgmma_fused"): $(grep -E '^\[ +(OK|FAILED|SKIPPED) +\]|Failure|expected exactly|error' "$out/wgmma_fused.log" | head -5 | tr '\n' ' ')"
 log "test_cuda exit $(cat "$out/rc_test_cuda"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_cuda.log" | tr '\n' ' ')"
 for var in simt "${variants[@]}"; do
   log "attention tests with LLM_CUDA_ATTENTION=$var exit $(cat "$out/rc_attention_$var"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/attention_$var.log" | tr '\n' ' ')"
