@@ -40,6 +40,7 @@
 #include "mma.cuh"
 #include "sm90a/tma.cuh"
 #include "sm90a/wgmma.cuh"
+#include "sm90a/ws_schedule.h"
 
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "attention_wgmma.cu is compiled for sm_90a only"
@@ -307,14 +308,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       for (int p = 0; p < PANELS; ++p)
         tma_load_4d(smem_s + panel_offset<BR, HD>(p), &tm_q, p * COLS, h, int(i0), b, q_full);
       for (int jt = 0; jt < tiles; ++jt) {
-        const int st = jt & 1;
-        const uint32_t free_parity = uint32_t((jt >> 1) - 1) & 1u;  // the stage's previous use
-        if (jt >= 2) mbarrier_wait(k_empty(st), free_parity);
+        const int st = WsRing::stage(jt);
+        const uint32_t free_parity = WsRing::free_parity(jt);  // the stage's previous use
+        if (WsRing::needs_free(jt)) mbarrier_wait<true>(k_empty(st), free_parity);
         mbarrier_arrive_expect_tx(k_full(st), KVBYTES);
 #pragma unroll
         for (int p = 0; p < PANELS; ++p)
           tma_load_4d(k_tile(st) + panel_offset<BC, HD>(p), &tm_k, p * COLS, h, jt * BC, b, k_full(st));
-        if (jt >= 2) mbarrier_wait(v_empty(st), free_parity);
+        if (WsRing::needs_free(jt)) mbarrier_wait<true>(v_empty(st), free_parity);
         mbarrier_arrive_expect_tx(v_full(st), KVBYTES);
 #pragma unroll
         for (int p = 0; p < PANELS; ++p)
@@ -332,12 +333,12 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   // arrival ahead of the loop); consumer 1 skips its arrival after its last issue, leaving no
   // barrier half-arrived.
   const auto issue_begin = [cw]() {
-    if (kPingPong) named_barrier_sync(2 + cw, 256);
+    if (kPingPong) named_barrier_sync(WsPingPong::barrier(cw), 256);
   };
   const auto issue_end = [cw](bool last) {
-    if (kPingPong && !(last && cw == 1)) named_barrier_arrive(3 - cw, 256);
+    if (kPingPong && WsPingPong::arrives_after_issue(cw, last)) named_barrier_arrive(WsPingPong::other_barrier(cw), 256);
   };
-  if (kPingPong && cw == 1) named_barrier_arrive(2, 256);
+  if (kPingPong && WsPingPong::arrives_first(cw)) named_barrier_arrive(WsPingPong::other_barrier(cw), 256);
   const int g = lane / 4, t = lane % 4;
   const int64_t warp_first_q = a.q_pos0 + i0 + cw * 64 + warp * 16;
   const int64_t qpos0 = warp_first_q + g, qpos1 = qpos0 + 8;
@@ -349,7 +350,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 
   // Tile 0: S, softmax, P (O is zero: nothing to rescale).
   mbarrier_wait(q_full, 0);
-  mbarrier_wait(k_full(0), 0);
+  mbarrier_wait(k_full(WsRing::stage(0)), WsRing::full_parity(0));
   issue_begin();
   fence_operands(s);
   wgmma_fence();
@@ -363,11 +364,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   pack_a<T, BC>(pa, s);
 
   for (int jt = 1; jt < tiles; ++jt) {
-    const int st = jt & 1, prev = st ^ 1;
+    const int st = WsRing::stage(jt), prev = WsRing::stage(jt - 1);
     // (V_{j-1} landed with or before K_j; waiting for both first keeps the two products' issue
     // free of branches, which ptxas would otherwise answer by serialising them.)
-    mbarrier_wait(k_full(st), uint32_t(jt >> 1) & 1u);
-    mbarrier_wait(v_full(prev), uint32_t((jt - 1) >> 1) & 1u);
+    mbarrier_wait(k_full(st), WsRing::full_parity(jt));
+    mbarrier_wait(v_full(prev), WsRing::full_parity(jt - 1));
     issue_begin();
     fence_operands(s);
     fence_operands(o);
@@ -394,13 +395,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 
   // The last tile's P V (its stage is not reused: no release).
   const int last = tiles - 1;
-  mbarrier_wait(v_full(last & 1), uint32_t(last >> 1) & 1u);
+  mbarrier_wait(v_full(WsRing::stage(last)), WsRing::full_parity(last));
   issue_begin();
   fence_operands(o);
   fence_operands(pa);
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<BC, HD>(v_tile(last & 1), kk));
+  for (int kk = 0; kk < BC / 16; ++kk)
+    wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<BC, HD>(v_tile(WsRing::stage(last)), kk));
   wgmma_commit();
   issue_end(true);
   wgmma_wait<0>();
@@ -696,6 +698,7 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
   wgmma_wait<0>();
   fence_operands(s);
   const int row = warp * 16 + g;
+#pragma unroll
   for (int i = 0; i < N / 2; ++i) {
     const int r = row + ((i & 2) ? 8 : 0), c = (i / 4) * 8 + 2 * t + (i & 1);
     s_out[r * N + c] = s[i];
@@ -730,6 +733,7 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
   fence_operands(o_bt);
   fence_operands(o_tt);
   fence_operands(pa);
+#pragma unroll
   for (int i = 0; i < HD / 2; ++i) {
     const int at = (row + ((i & 2) ? 8 : 0)) * HD + (i / 4) * 8 + 2 * t + (i & 1);
     o_out[at] = o[i];

@@ -37,9 +37,15 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint32_t bar, uint32_t
 __device__ __forceinline__ void mbarrier_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
+// kWatchdog: a wait of 2^24 tries (each try_wait suspends the thread up to a hardware-chosen
+// time limit: seconds in all) ends in a trap, so a pipeline bug (a parity slip, a copy that never
+// lands) that stalls the producer becomes a launch failure instead of a hang that eats a GPU
+// lease. Only the producer's waits have it: in the consumers, any second exit from the wait
+// loop cost hd 96/128 their spare registers (spills and serialised wgmma under -Xptxas=-v).
+template <bool kWatchdog = false>
 __device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
+  for (uint32_t tries = 0;; ++tries) {
+    uint32_t done;
     asm volatile(
         "{\n"
         ".reg .pred p;\n"
@@ -49,7 +55,9 @@ __device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
         : "=r"(done)
         : "r"(bar), "r"(parity)
         : "memory");
-  } while (!done);
+    if (done) return;
+    if (kWatchdog && tries == (1u << 24)) asm volatile("trap;");
+  }
 }
 
 // Copies the box at coordinates (c0 innermost .. c3) of the 4-D tensor `map` to shared address

@@ -1,0 +1,49 @@
+// The synchronisation schedule of the warp-specialised attention forward (attention_wgmma.cu,
+// LLM_CUDA_ATTENTION=wgmma-ws / wgmma-ws-pp) as plain arithmetic that host code can call too:
+// tests/backend/ws_schedule_test.cpp runs the producer and both consumers against a model of
+// mbarriers and named barriers, in many random interleavings, with the kernel's order of waits
+// and arrivals, and checks that nothing deadlocks, that every tile is read only after its copy
+// landed and overwritten only after both consumers released it, and that no barrier is left
+// half-arrived. A GPU run then only has to confirm the hardware semantics.
+//
+// The ring: key tile j's K and V live in stage j % kStages. Each stage has a "full" barrier per
+// operand (completes when the copy's bytes landed) and an "empty" one (completes when both
+// consumer warpgroups released it). The u-th use of a stage (u = j / kStages) is phase u of its
+// barriers; mbarrier.try_wait.parity(p) returns once the phase of parity p has completed, so a
+// consumer waits for tile j with parity full_parity(j), and the producer, before copying tile j
+// into a stage used before (needs_free(j)), waits for the previous use's release with
+// free_parity(j).
+//
+// Ping-pong (wgmma-ws-pp): consumer c issues its products after a bar.sync on named barrier
+// pingpong_barrier(c) and arrives at the other consumer's barrier after issuing; consumer 1
+// arrives once at consumer 0's barrier before its first issue (consumer 0 goes first), and skips
+// its arrival after its last issue, so each barrier sees exactly as many arrivals as syncs.
+#pragma once
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define LLM_WS_HD __host__ __device__ __forceinline__
+#else
+#define LLM_WS_HD inline
+#endif
+
+namespace llm::kernels::sm90a {
+
+struct WsRing {
+  static constexpr int kStages = 2;
+  LLM_WS_HD static int stage(int tile) { return tile % kStages; }
+  LLM_WS_HD static uint32_t full_parity(int tile) { return uint32_t(tile / kStages) & 1u; }
+  LLM_WS_HD static bool needs_free(int tile) { return tile >= kStages; }
+  LLM_WS_HD static uint32_t free_parity(int tile) { return uint32_t(tile / kStages - 1) & 1u; }
+};
+
+struct WsPingPong {
+  LLM_WS_HD static int barrier(int consumer) { return 2 + consumer; }  // 0: __syncthreads, 1: wgmma-pp
+  LLM_WS_HD static int other_barrier(int consumer) { return 3 - consumer; }
+  LLM_WS_HD static bool arrives_first(int consumer) { return consumer == 1; }
+  LLM_WS_HD static bool arrives_after_issue(int consumer, bool last_issue) { return !(last_issue && consumer == 1); }
+};
+
+}  // namespace llm::kernels::sm90a
+
+#undef LLM_WS_HD

@@ -1,0 +1,309 @@
+// The warp-specialised attention forward's synchronisation (kernels/sm90a/ws_schedule.h, used by
+// attention_forward_wgmma_ws), run on the host against a model of the hardware objects it uses:
+//   * mbarrier: an expected arrival count and pending transaction bytes per phase; a phase
+//     completes when both reach zero; try_wait.parity(p) succeeds once the current phase's
+//     parity differs from p (PTX ISA, "mbarrier.test_wait/try_wait");
+//   * TMA copies: land at an arbitrary later time, writing their tile into the buffer and
+//     counting their bytes on the barrier;
+//   * named barriers (bar.sync / bar.arrive over 256 threads): a generation completes at 256
+//     arrivals and releases its waiting syncers.
+// The producer and the two consumer warpgroups issue the kernel's waits, arrivals and copies in
+// the kernel's order (each warpgroup's 128 threads as one agent arriving 128 times), and a random
+// scheduler interleaves them and the copies. Checked for every interleaving: no deadlock; a
+// consumer's wait returns exactly when its tile's copy landed in the stage (not an older or a
+// newer tile); no copy lands in a buffer a consumer is still reading; no barrier is left with
+// arrivals or waiters at the end.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "sm90a/ws_schedule.h"
+
+namespace {
+
+using llm::kernels::sm90a::WsPingPong;
+using llm::kernels::sm90a::WsRing;
+
+constexpr int kWarpgroup = 128, kConsumerThreads = 256, kBytes = 1000;
+
+struct MBarrier {
+  int expected = 0, arrivals = 0, tx = 0, completed = 0;  // completed: phases so far
+  void init(int count) { expected = count, arrivals = count; }
+  void maybe_complete() {
+    if (arrivals == 0 && tx == 0) ++completed, arrivals = expected;
+  }
+  bool ready(uint32_t parity) const { return uint32_t(completed & 1) != parity; }
+};
+
+struct NamedBarrier {
+  int arrived = 0, generation = 0;
+};
+
+// Buffers: Q (one), K and V per stage; the tile each holds (-1: none yet) and its readers.
+enum Buf { kQ, kK0, kK1, kV0, kV1, kBufs };
+Buf k_buf(int stage) { return stage == 0 ? kK0 : kK1; }
+Buf v_buf(int stage) { return stage == 0 ? kV0 : kV1; }
+
+// Barriers: Q full; K full, V full, K empty, V empty per stage.
+enum Bar { kQFull, kKFull0, kKFull1, kVFull0, kVFull1, kKEmpty0, kKEmpty1, kVEmpty0, kVEmpty1, kBars };
+Bar k_full(int s) { return s == 0 ? kKFull0 : kKFull1; }
+Bar v_full(int s) { return s == 0 ? kVFull0 : kVFull1; }
+Bar k_empty(int s) { return s == 0 ? kKEmpty0 : kKEmpty1; }
+Bar v_empty(int s) { return s == 0 ? kVEmpty0 : kVEmpty1; }
+
+struct Op {
+  enum Kind { kWait, kExpectTx, kCopy, kSync, kNamedArrive, kRelease } kind;
+  int bar = 0;           // mbarrier or named barrier
+  uint32_t parity = 0;   // kWait
+  int count = 0;         // kExpectTx: bytes; kRelease: arrivals
+  Buf buf = kQ;          // kWait (then read) / kCopy / kRelease
+  int tile = -1;         // kWait: the tile the wait must deliver; kCopy: the tile copied
+  int phase = -1;        // kWait: the phase it waits for (completed must be phase + 1 on return)
+};
+
+struct World {
+  MBarrier mb[kBars];
+  NamedBarrier nb[4];
+  int holds[kBufs], readers[kBufs];
+  struct Copy {
+    Buf buf;
+    int tile, bar;
+  };
+  std::vector<Copy> in_flight;
+  std::string error;
+  World() {
+    for (int b = 0; b < kBufs; ++b) holds[b] = -1, readers[b] = 0;
+    mb[kQFull].init(1);
+    for (int s = 0; s < 2; ++s) {
+      mb[k_full(s)].init(1), mb[v_full(s)].init(1);
+      mb[k_empty(s)].init(kConsumerThreads), mb[v_empty(s)].init(kConsumerThreads);
+    }
+  }
+};
+
+// The producer's program (thread 0 of warpgroup 0), as attention_forward_wgmma_ws issues it.
+std::vector<Op> producer_program(int tiles) {
+  std::vector<Op> p;
+  p.push_back({Op::kExpectTx, kQFull, 0, kBytes});
+  p.push_back({Op::kCopy, kQFull, 0, 0, kQ, 0});
+  for (int jt = 0; jt < tiles; ++jt) {
+    const int st = WsRing::stage(jt);
+    if (WsRing::needs_free(jt)) p.push_back({Op::kWait, k_empty(st), WsRing::free_parity(jt), 0, kQ, -1, jt / 2 - 1});
+    p.push_back({Op::kExpectTx, k_full(st), 0, kBytes});
+    p.push_back({Op::kCopy, k_full(st), 0, 0, k_buf(st), jt});
+    if (WsRing::needs_free(jt)) p.push_back({Op::kWait, v_empty(st), WsRing::free_parity(jt), 0, kQ, -1, jt / 2 - 1});
+    p.push_back({Op::kExpectTx, v_full(st), 0, kBytes});
+    p.push_back({Op::kCopy, v_full(st), 0, 0, v_buf(st), jt});
+  }
+  return p;
+}
+
+// Consumer warpgroup cw's program: the kernel's waits (each returning with its buffer read until
+// the matching release), ping-pong syncs and arrivals, and releases.
+std::vector<Op> consumer_program(int cw, int tiles, bool ping_pong) {
+  std::vector<Op> p;
+  const auto wait = [&](int bar, uint32_t parity, Buf buf, int tile, int phase) {
+    p.push_back({Op::kWait, bar, parity, 0, buf, tile, phase});
+  };
+  const auto release = [&](int bar, Buf buf) { p.push_back({Op::kRelease, bar, 0, kWarpgroup, buf}); };
+  const auto issue_begin = [&] {
+    if (ping_pong) p.push_back({Op::kSync, WsPingPong::barrier(cw)});
+  };
+  const auto issue_end = [&](bool last) {
+    if (ping_pong && WsPingPong::arrives_after_issue(cw, last))
+      p.push_back({Op::kNamedArrive, WsPingPong::other_barrier(cw)});
+  };
+  if (ping_pong && WsPingPong::arrives_first(cw)) p.push_back({Op::kNamedArrive, WsPingPong::other_barrier(cw)});
+  wait(kQFull, 0, kQ, 0, 0);
+  wait(k_full(WsRing::stage(0)), WsRing::full_parity(0), k_buf(0), 0, 0);
+  issue_begin();
+  issue_end(false);
+  release(k_empty(WsRing::stage(0)), k_buf(WsRing::stage(0)));
+  for (int jt = 1; jt < tiles; ++jt) {
+    const int st = WsRing::stage(jt), prev = WsRing::stage(jt - 1);
+    wait(k_full(st), WsRing::full_parity(jt), k_buf(st), jt, jt / 2);
+    wait(v_full(prev), WsRing::full_parity(jt - 1), v_buf(prev), jt - 1, (jt - 1) / 2);
+    issue_begin();
+    issue_end(false);
+    release(k_empty(st), k_buf(st));
+    release(v_empty(prev), v_buf(prev));
+  }
+  const int last = tiles - 1;
+  wait(v_full(WsRing::stage(last)), WsRing::full_parity(last), v_buf(WsRing::stage(last)), last, last / 2);
+  issue_begin();
+  issue_end(true);
+  return p;
+}
+
+struct Agent {
+  std::vector<Op> program;
+  size_t pc = 0;
+  int sync_generation = -1;  // waiting in a bar.sync of this generation
+  std::vector<Buf> reading;
+  bool done() const { return pc == program.size(); }
+};
+
+// Tries to run the agent's next op; false when it is blocked.
+bool step(World& w, Agent& a) {
+  const Op& op = a.program[a.pc];
+  switch (op.kind) {
+    case Op::kWait: {
+      const MBarrier& b = w.mb[op.bar];
+      if (!b.ready(op.parity)) return false;
+      if (b.completed != op.phase + 1)
+        w.error = "a wait on barrier " + std::to_string(op.bar) + " for phase " + std::to_string(op.phase) +
+                  " returned with " + std::to_string(b.completed) + " phases completed";
+      if (op.tile >= 0) {
+        if (w.holds[op.buf] != op.tile)
+          w.error = "a wait for tile " + std::to_string(op.tile) + " found buffer " + std::to_string(op.buf) +
+                    " holding tile " + std::to_string(w.holds[op.buf]);
+        ++w.readers[op.buf];
+        a.reading.push_back(op.buf);
+      }
+      break;
+    }
+    case Op::kExpectTx:
+      w.mb[op.bar].tx += op.count;
+      w.mb[op.bar].arrivals -= 1;
+      w.mb[op.bar].maybe_complete();
+      break;
+    case Op::kCopy:
+      w.in_flight.push_back({op.buf, op.tile, op.bar});
+      break;
+    case Op::kRelease:
+      --w.readers[op.buf];
+      w.mb[op.bar].arrivals -= op.count;
+      if (w.mb[op.bar].arrivals < 0) w.error = "barrier " + std::to_string(op.bar) + " over-arrived";
+      w.mb[op.bar].maybe_complete();
+      break;
+    case Op::kSync: {
+      NamedBarrier& n = w.nb[op.bar];
+      if (a.sync_generation < 0) {  // arrive, then wait for the generation to complete
+        a.sync_generation = n.generation;
+        n.arrived += kWarpgroup;
+        if (n.arrived == 2 * kWarpgroup) n.arrived = 0, ++n.generation;
+      }
+      if (n.generation == a.sync_generation) return false;
+      a.sync_generation = -1;
+      break;
+    }
+    case Op::kNamedArrive: {
+      NamedBarrier& n = w.nb[op.bar];
+      n.arrived += kWarpgroup;
+      if (n.arrived == 2 * kWarpgroup) n.arrived = 0, ++n.generation;
+      break;
+    }
+  }
+  ++a.pc;
+  return true;
+}
+
+// Lands copy i: the buffer must have no reader.
+void land(World& w, size_t i) {
+  const World::Copy c = w.in_flight[i];
+  w.in_flight.erase(w.in_flight.begin() + long(i));
+  if (w.readers[c.buf] > 0)
+    w.error = "tile " + std::to_string(c.tile) + " landed in buffer " + std::to_string(c.buf) + " while it was read";
+  w.holds[c.buf] = c.tile;
+  w.mb[c.bar].tx -= kBytes;
+  w.mb[c.bar].maybe_complete();
+}
+
+// The programs of the producer and the two consumers.
+std::vector<Agent> kernel_agents(int tiles, bool ping_pong) {
+  std::vector<Agent> agents(3);
+  agents[0].program = producer_program(tiles);
+  agents[1].program = consumer_program(0, tiles, ping_pong);
+  agents[2].program = consumer_program(1, tiles, ping_pong);
+  return agents;
+}
+
+// One random interleaving of the agents and their copies; "" when every check held.
+std::string run(std::vector<Agent> agents, uint64_t seed) {
+  World w;
+  std::mt19937_64 rng(seed);
+  for (int steps = 0; steps < 100000; ++steps) {
+    if (!w.error.empty()) return w.error;
+    bool all_done = w.in_flight.empty();
+    for (const Agent& a : agents) all_done = all_done && a.done();
+    if (all_done) break;
+    // Candidates: each unfinished agent, and each copy in flight; tried in a random order until
+    // one makes progress.
+    std::vector<int> order;
+    for (int i = 0; i < 3; ++i)
+      if (!agents[size_t(i)].done()) order.push_back(i);
+    for (size_t i = 0; i < w.in_flight.size(); ++i) order.push_back(100 + int(i));
+    std::shuffle(order.begin(), order.end(), rng);
+    bool progressed = false;
+    for (int who : order) {
+      if (who >= 100) {
+        land(w, size_t(who - 100));
+        progressed = true;
+      } else {
+        progressed = step(w, agents[size_t(who)]);
+      }
+      if (progressed) break;
+    }
+    if (!progressed) {
+      std::string where;
+      for (int i = 0; i < 3; ++i) where += " agent " + std::to_string(i) + " at op " + std::to_string(agents[size_t(i)].pc);
+      return "deadlock:" + where;
+    }
+  }
+  if (!w.error.empty()) return w.error;
+  for (int i = 0; i < 3; ++i)
+    if (!agents[size_t(i)].done()) return "agent " + std::to_string(i) + " did not finish";
+  for (int n = 2; n < 4; ++n)
+    if (w.nb[n].arrived != 0) return "named barrier " + std::to_string(n) + " left with arrivals";
+  return "";
+}
+
+TEST(WsSchedule, EveryInterleavingDeliversEachTileOnceAndEndsClean) {
+  for (bool ping_pong : {false, true})
+    for (int tiles = 1; tiles <= 7; ++tiles)
+      for (uint64_t seed = 0; seed < 300; ++seed) {
+        const std::string e = run(kernel_agents(tiles, ping_pong), seed * 7919 + uint64_t(tiles));
+        ASSERT_EQ(e, "") << "tiles " << tiles << (ping_pong ? ", ping-pong" : "") << ", seed " << seed;
+      }
+}
+
+// The model catches the faults it is there for, in some interleaving: a producer that does not
+// wait for the stages' release, a consumer waiting with the wrong parity, a consumer arriving at
+// the other's ping-pong barrier once too often.
+TEST(WsSchedule, TheModelCatchesParityReleaseAndArrivalSlips) {
+  const auto fails = [](auto mutate) {
+    for (uint64_t seed = 0; seed < 300; ++seed) {
+      std::vector<Agent> agents = kernel_agents(5, true);
+      mutate(agents);
+      if (!run(agents, seed).empty()) return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(fails([](std::vector<Agent>& a) {
+    std::vector<Op> p;
+    for (const Op& op : a[0].program)
+      if (op.kind != Op::kWait) p.push_back(op);
+    a[0].program = p;
+  }));
+  EXPECT_TRUE(fails([](std::vector<Agent>& a) {
+    for (Op& op : a[1].program)
+      if (op.kind == Op::kWait && op.tile == 2 && op.buf == kK0) op.parity ^= 1u;
+  }));
+  EXPECT_TRUE(fails([](std::vector<Agent>& a) {
+    for (Op& op : a[2].program)
+      if (op.kind == Op::kWait && op.tile == 3 && op.buf == kV1) op.parity ^= 1u;
+  }));
+  EXPECT_TRUE(fails([](std::vector<Agent>& a) { a[2].program.push_back({Op::kNamedArrive, WsPingPong::other_barrier(1)}); }));
+  EXPECT_TRUE(fails([](std::vector<Agent>& a) {  // consumer 0 does not let consumer 1 go after its first issue
+    for (size_t i = 0; i < a[1].program.size(); ++i)
+      if (a[1].program[i].kind == Op::kNamedArrive) {
+        a[1].program.erase(a[1].program.begin() + long(i));
+        break;
+      }
+  }));
+}
+
+}  // namespace
