@@ -380,8 +380,7 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::wgmma_ws_pp:
       return attention_backward_wgmma(t, a, stream) || attention_backward_tensor_cores(t, a, false, stream);
     case AttentionKernels::wgmma_atomic:
-      return attention_backward_wgmma(t, a, stream, true) || attention_backward_wgmma(t, a, stream) ||
-             attention_backward_tensor_cores(t, a, true, stream);
+      return attention_backward_wgmma(t, a, stream, true) || attention_backward_tensor_cores(t, a, true, stream);
     case AttentionKernels::simt: return false;
   }
   return false;

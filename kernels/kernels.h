@@ -167,8 +167,7 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //                 overlap (FlashAttention-3's structure; not yet run on a GPU);
 //   wgmma-ws-pp   wgmma-ws with the consumer warpgroups in ping-pong (not yet run on a GPU);
 //   wgmma-atomic  wgmma with the backward's dQ fused into the dK/dV kernel through fp32 atomics
-//                 (head dims 64 and 128; wgmma's two kernels at the other head dims it covers,
-//                 tc-atomic where wgmma does not run; not yet run on a GPU);
+//                 (tc-atomic where wgmma does not run; not yet run on a GPU);
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
 enum class AttentionKernels { automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_atomic, simt };
@@ -194,8 +193,8 @@ const char* wgmma_unavailable();
 enum class WgmmaForward { plain, ping_pong, warp_specialized, warp_specialized_ping_pong };
 bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream,
                              WgmmaForward form = WgmmaForward::plain);
-// fused_dq (wgmma-atomic; head dims 64 and 128, a.dq_accum set): dQ added with atomics by the
-// dK/dV kernel (five products instead of seven); false where not covered.
+// fused_dq (wgmma-atomic; a.dq_accum set): dQ added with atomics by the dK/dV kernel (five
+// products instead of seven).
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream, bool fused_dq = false);
 // The wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T (both
 // operands from swizzled shared memory) and, from s rounded to T, o[64][hd] = s k three ways:

@@ -508,17 +508,17 @@ __device__ __forceinline__ void store_score_rows(unsigned char* tile, int row, i
   }
 }
 
-// kFusedDQ (LLM_CUDA_ATTENTION=wgmma-atomic; head dims 64 and 128): FlashAttention-2's five
+// kFusedDQ (LLM_CUDA_ATTENTION=wgmma-atomic): FlashAttention-2's five
 // products instead of seven. P^T and dS^T go to shared memory (store_score_rows), dV += P^T dO
 // and dK += dS^T Q read them from there (SS, B transposed), and dQ += dS K (both operands
 // transposed: dS from the stored dS^T) is added with fp32 atomics into a.dq_accum (zeroed
-// before, scaled into dqkv after), so the dQ kernel does not run. Its 64 x 64 accumulator per
-// warpgroup: hd 128 splits the head dim (warpgroup w: columns 64w .. 64w + 63, over all 128 keys,
-// so both warpgroups' dS^T must be stored first), hd 64 the keys (warpgroup w: its own 64 keys,
-// all 64 columns; both add). dQ is not bit-reproducible (the order of the atomic adds varies).
+// before, scaled into dqkv after), so the dQ kernel does not run. Each warpgroup's dQ
+// accumulator has 64 query rows: hd 128 splits the head dim (warpgroup w: columns 64w .. 64w +
+// 63, over all 128 keys, so both warpgroups' dS^T must be stored first), the other head dims the
+// keys (warpgroup w: its own 64 keys, all HD columns; both add). dQ is not bit-reproducible (the
+// order of the atomic adds varies).
 template <typename T, int HD, bool kFusedDQ>
 __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(AttentionBackwardArgs a, float scale) {
-  static_assert(!kFusedDQ || HD == 64 || HD == 128, "the fused dQ splits 64 or 128 columns");
   constexpr int BC = 128, BR = 64;
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -602,9 +602,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
       __syncthreads();  // both warpgroups' rows (hd 128's dQ reads all 128 keys)
       const uint32_t pts = smem_addr(pt_tile), dsts = smem_addr(dst_tile);
       constexpr int KS = HD == 128 ? BC / 16 : 64 / 16;  // dQ's k-steps (keys): all, or this warpgroup's
+      constexpr int DQN = HD == 128 ? 64 : HD;           // dQ's columns in this warpgroup
       const int k0 = HD == 128 ? 0 : wg * 4;
       const uint32_t kb = smem_s + (HD == 128 ? panel_offset<BC, HD>(wg) : 0u);  // K's columns for dQ
-      float dq[32];
+      float dq[DQN / 2];
       zero(dq);
       fence_operands(dv);
       fence_operands(dk);
@@ -618,7 +619,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
         wgmma_ss_bt<T, HD>(dk, desc_k_major<BC, 64>(dsts, wg * 64, kk), desc_mn_major<BR, HD>(Qs, kk));
 #pragma unroll
       for (int kk = 0; kk < KS; ++kk)
-        wgmma_ss_tt<T, 64>(dq, desc_mn_major<BC, 64>(dsts, k0 + kk), desc_mn_major<BC, HD>(kb, k0 + kk));
+        wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, k0 + kk), desc_mn_major<BC, HD>(kb, k0 + kk));
       wgmma_commit();
       wgmma_wait<0>();
       fence_operands(dv);
@@ -631,7 +632,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
       for (int half = 0; half < 2; ++half) {
         if (i0 + warp * 16 + g + 8 * half >= T_) continue;
 #pragma unroll
-        for (int nb = 0; nb < 8; ++nb)
+        for (int nb = 0; nb < DQN / 8; ++nb)
           atomicAdd(reinterpret_cast<float2*>(dqa + 8 * half * C + 8 * nb),
                     make_float2(dq[4 * nb + 2 * half], dq[4 * nb + 2 * half + 1]));
       }
@@ -815,16 +816,14 @@ void launch_backward(const AttentionBackwardArgs& a, bool fused_dq, cudaStream_t
   constexpr size_t smem_dq = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4;  // Q, dO, 2 x (K, V)
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
-  if constexpr (HD == 64 || HD == 128) {
-    if (fused_dq) {
-      // The stats padded to 1 KiB (the score tiles start aligned), then P^T and dS^T.
-      constexpr size_t smem_fused = smem_dkdv - 4 * 64 * sizeof(float) + 1024 + 2 * size_t(kScoreTileBytes);
-      allow_smem(attention_backward_dkdv_wgmma<T, HD, true>, smem_fused);
-      attention_dq_accum_zero(a, stream);
-      attention_backward_dkdv_wgmma<T, HD, true><<<grid, kThreads, smem_fused, stream>>>(a, scale);
-      attention_dq_from_accum(a, std::is_same_v<T, __half> ? DType::f16 : DType::bf16, stream);
-      return;
-    }
+  if (fused_dq) {
+    // The stats padded to 1 KiB (the score tiles start aligned), then P^T and dS^T.
+    constexpr size_t smem_fused = smem_dkdv - 4 * 64 * sizeof(float) + 1024 + 2 * size_t(kScoreTileBytes);
+    allow_smem(attention_backward_dkdv_wgmma<T, HD, true>, smem_fused);
+    attention_dq_accum_zero(a, stream);
+    attention_backward_dkdv_wgmma<T, HD, true><<<grid, kThreads, smem_fused, stream>>>(a, scale);
+    attention_dq_from_accum(a, std::is_same_v<T, __half> ? DType::f16 : DType::bf16, stream);
+    return;
   }
   allow_smem(attention_backward_dkdv_wgmma<T, HD, false>, smem_dkdv);
   allow_smem(attention_backward_dq_wgmma<T, HD>, smem_dq);
@@ -883,7 +882,7 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
 
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream, bool fused_dq) {
   if (!attention_rows_aligned(a)) return false;
-  if (fused_dq && (!a.dq_accum || (a.hd != 64 && a.hd != 128))) return false;
+  if (fused_dq && !a.dq_accum) return false;
   return dispatch(t, a.hd,
                   [&](auto tag, auto hd) { launch_backward<decltype(tag), decltype(hd)::value>(a, fused_dq, stream); });
 }
