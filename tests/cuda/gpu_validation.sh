@@ -133,6 +133,9 @@ if [[ "$benches" = *" torch "* ]]; then
     log "torch not importable: no PyTorch attention comparison"
   fi
 fi
+if [[ "$benches" = *" attention "* ]]; then  # every choice side by side, the fastest per pass
+  python3 "$src/tests/cuda/attention_table.py" "$out" 2>&1 | tee -a "$out/summary.txt"
+fi
 if [[ "$benches" = *" train-step "* ]]; then
   (cd "$build" && lim 60 ./tests/bench-cuda-train-step --profile 1 > "$out/bench_train_step.txt" 2>&1); log "train step exit $?"
   grep -E "^step|memory:" "$out/bench_train_step.txt" | tee -a "$out/summary.txt"
