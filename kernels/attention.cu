@@ -417,16 +417,17 @@ bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, floa
 
 namespace {
 // Whether the backward adds dQ with atomics into an fp32 accumulator (which follows D in the
-// scratch) for this dtype: tc-atomic and wgmma-atomic on bf16/f16.
-bool atomic_dq(DType t) {
-  const AttentionKernels k = attention_kernels();
+// scratch) for this dtype and head dim: tc-atomic and wgmma-atomic on bf16/f16, chosen or
+// picked by auto.
+bool atomic_dq(DType t, int hd) {
+  const AttentionKernels k = kernels_for(hd, true);
   return t != DType::f32 && (k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic);
 }
 }  // namespace
 
 int64_t attention_backward_scratch(DType t, int B, int NH, int hd, int64_t T) {
   const int64_t d = int64_t(B) * NH * T;
-  return atomic_dq(t) ? d + int64_t(B) * T * NH * hd : d;
+  return atomic_dq(t, hd) ? d + int64_t(B) * T * NH * hd : d;
 }
 
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
@@ -456,7 +457,7 @@ void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t st
     attention_backward_rowdot<E><<<static_cast<unsigned>(ceil_div(rows, kWarps)), 256, 0, stream>>>(
         a.scratch, static_cast<const E*>(a.out), static_cast<const E*>(a.dout), a.B, a.NH, a.hd, a.T);
     AttentionBackwardArgs tc = a;
-    if (atomic_dq(t)) tc.dq_accum = a.scratch + rows;
+    if (atomic_dq(t, a.hd)) tc.dq_accum = a.scratch + rows;
     if (backward_tensor_cores(t, tc, stream)) return;
     allow_smem(attention_backward_dkdv<E>, smem_kv);
     attention_backward_dkdv<E><<<grid, 256, smem_kv, stream>>>(a, scale);
