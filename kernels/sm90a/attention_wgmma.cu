@@ -1,9 +1,9 @@
 // Causal flash attention on Hopper warpgroup MMA (wgmma, sm_90a), forward and backward, for head
 // dims 48, 64, 80, 96 and 128 in bf16/f16 with fp32 accumulation: LLM_CUDA_ATTENTION=wgmma (160
-// stays on the mma.sync kernels: dK and dV alone would hold 160 registers per thread). The algorithm is
-// the one of the mma.sync kernels (attention_tc.cu, attention_tc_backward.cu: FlashAttention-2,
-// online softmax in the exp2 domain, backward recomputation, no atomics); what changes is the
-// instruction and the shapes it allows:
+// stays on the mma.sync kernels: dK and dV alone would hold 160 registers per thread). The
+// algorithm is the one of the mma.sync kernels (attention_tc.cu, attention_tc_backward.cu:
+// FlashAttention-2, online softmax in the exp2 domain, backward recomputation, no atomics but in
+// the opt-in fused backward); what changes is the instruction and the shapes it allows:
 //
 //   * a block is 2 warpgroups (256 threads); each warpgroup owns 64 rows of the resident tile and
 //     issues m64nNk16 products on it, with both operands read by the tensor cores from shared
@@ -19,10 +19,12 @@
 // Score products start by overwriting their accumulators (product_ss); causal masks are int32
 // per-row limits applied on the diagonal and last tiles only (attention_mask.h). The forward's
 // ping-pong form (kPingPong, LLM_CUDA_ATTENTION=wgmma-pp) offsets the two warpgroups within each
-// tile. The warp-specialised forward (LLM_CUDA_ATTENTION=wgmma-ws) has FlashAttention-3's
-// structure: TMA copies by a producer warpgroup, mbarrier-tracked stages, register reallocation,
-// and the next tile's Q K^T issued before this tile's softmax. Not yet here: ping-pong across
-// tiles in the warp-specialised form, and any of it in the backward.
+// tile. The warp-specialised forward (LLM_CUDA_ATTENTION=wgmma-ws, -ws-pp with the consumers in
+// ping-pong) has FlashAttention-3's structure: TMA copies by a producer warpgroup, mbarrier-tracked
+// stages, register reallocation, and the next tile's Q K^T issued before this tile's softmax.
+// The backward's fused form (LLM_CUDA_ATTENTION=wgmma-atomic) stages P^T and dS^T in shared
+// memory and adds dQ with atomics from the dK/dV kernel: five products instead of seven. Not yet
+// here: warp specialisation in the backward (its dK/dV registers leave no room below 240).
 //
 // Built for sm_90a only (kernels/CMakeLists.txt), so it runs on compute capability 9.0 devices
 // (H100, H200); attention.cu falls back to the mma.sync kernels everywhere else.
