@@ -16,7 +16,7 @@ src="$(cd "$(dirname "$0")/../.." && pwd)"
 carry="$src/gpu-carry"
 mode="${1:-}"
 tools=(llm-pretrain llm-sweep)
-tests=(test_backend test_cuda bench-cuda-gemm bench-cuda-attention bench-cuda-train-step)
+tests=(test_backend test_cuda bench-cuda-gemm bench-cuda-attention bench-cuda-train-step nccl-communicator-check)
 
 case "$mode" in
 build)

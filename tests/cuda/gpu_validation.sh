@@ -55,6 +55,9 @@ cuda_tests='*cuda*:*Cuda*:-*Wgmma*'
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*WarpSpecialised*' > "$out/wgmma_ws.log" 2>&1; echo $? > "$out/rc_wgmma_ws") &
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*WgmmaFused*' > "$out/wgmma_fused.log" 2>&1; echo $? > "$out/rc_wgmma_fused") &
 (cd "$build" && lim 150 ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
+# The NCCL communicator on this machine's GPUs: one process (an MPI singleton, isolated: no
+# mpirun or orted needed) always; every GPU under mpirun when there are several and mpirun exists.
+(cd "$build" && OMPI_MCA_ess_singleton_isolated=1 lim 60 ./tests/nccl-communicator-check > "$out/nccl_np1.log" 2>&1; echo $? > "$out/rc_nccl_np1") &
 for var in simt "${variants[@]}"; do
   (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
 done
@@ -80,6 +83,12 @@ log "wgmma tests exit $(cat "$out/rc_wgmma"): $(grep -E '^\[ +(OK|FAILED|SKIPPED
 log "wgmma warp-specialised forward test exit $(cat "$out/rc_wgmma_ws"): $(grep -E '^\[ +(OK|FAILED|SKIPPED) +\]|Failure|expected exactly|error' "$out/wgmma_ws.log" | head -5 | tr '\n' ' ')"
 log "wgmma fused-backward test exit $(cat "$out/rc_wgmma_fused"): $(grep -E '^\[ +(OK|FAILED|SKIPPED) +\]|Failure|expected exactly|error' "$out/wgmma_fused.log" | head -5 | tr '\n' ' ')"
 log "test_cuda exit $(cat "$out/rc_test_cuda"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_cuda.log" | tr '\n' ' ')"
+log "NCCL communicator, 1 rank, exit $(cat "$out/rc_nccl_np1"): $(grep -E 'NCCL communicator|FAILED|skipped|rank 0' "$out/nccl_np1.log" | head -3 | tr '\n' ' ')"
+gpus=$(nvidia-smi -L 2> /dev/null | wc -l)
+if [[ "$gpus" -ge 2 ]] && command -v mpirun > /dev/null; then
+  (cd "$build" && OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 lim 90 mpirun -np "$gpus" ./tests/nccl-communicator-check > "$out/nccl_np$gpus.log" 2>&1)
+  log "NCCL communicator, $gpus ranks, exit $?: $(grep -E 'NCCL communicator|FAILED|skipped' "$out/nccl_np$gpus.log" | head -3 | tr '\n' ' ')"
+fi
 for var in simt "${variants[@]}"; do
   log "attention tests with LLM_CUDA_ATTENTION=$var exit $(cat "$out/rc_attention_$var"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/attention_$var.log" | tr '\n' ' ')"
 done
