@@ -366,7 +366,7 @@ void launch_backward(const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_
   if (atomic_dq) {
     attention_dq_accum_zero(a, stream);
     attention_backward_dkdv_tc<T, HD, true><<<grid, kThreadsBw, smem_fused, stream>>>(a, scale);
-    attention_dq_from_accum(a, std::is_same_v<T, __half> ? DType::f16 : DType::bf16, stream);
+    attention_dq_from_accum(a, dtype_of_element<T>(), stream);
   } else {
     attention_backward_dkdv_tc<T, HD, false><<<grid, kThreadsBw, smem_kv, stream>>>(a, scale);
     attention_backward_dq_tc<T, HD><<<grid, kThreadsBw, smem_q, stream>>>(a, scale);

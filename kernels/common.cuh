@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 
 #include "backend/cuda/cuda_check.h"
@@ -98,6 +99,14 @@ void allow_smem(K kernel, size_t bytes) {
 inline unsigned grid_for(int64_t n, int threads = 256) {
   const int64_t blocks = ceil_div(n > 0 ? n : 1, threads);
   return static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8);
+}
+
+// The activation dtype of a device element type (dispatch_float's inverse).
+template <typename T>
+constexpr DType dtype_of_element() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>,
+                "an activation element type (float, __half, __nv_bfloat16)");
+  return std::is_same_v<T, float> ? DType::f32 : std::is_same_v<T, __half> ? DType::f16 : DType::bf16;
 }
 
 // Calls f(T{}) with T the C++ type of an activation dtype.

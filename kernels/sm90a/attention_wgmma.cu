@@ -824,7 +824,7 @@ void launch_backward(const AttentionBackwardArgs& a, bool fused_dq, cudaStream_t
     allow_smem(attention_backward_dkdv_wgmma<T, HD, true>, smem_fused);
     attention_dq_accum_zero(a, stream);
     attention_backward_dkdv_wgmma<T, HD, true><<<grid, kThreads, smem_fused, stream>>>(a, scale);
-    attention_dq_from_accum(a, std::is_same_v<T, __half> ? DType::f16 : DType::bf16, stream);
+    attention_dq_from_accum(a, dtype_of_element<T>(), stream);
     return;
   }
   allow_smem(attention_backward_dkdv_wgmma<T, HD, false>, smem_dkdv);

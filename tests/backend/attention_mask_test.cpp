@@ -10,6 +10,19 @@ using namespace llm::kernels;
 
 namespace {
 constexpr int kTile = 64;
+
+// The backward's sweep: sequences around the tile size, tiles starting every 16 positions up to
+// past the end, and every row (a query or a key) up to 70 past the end; f(T, col0, row). Stops at
+// the first fatal failure.
+template <typename F>
+void for_each_backward_row(F&& f) {
+  for (int64_t T : {1, 63, 64, 65, 130, 333})
+    for (int64_t col0 = 0; col0 < T + kTile; col0 += 16)
+      for (int64_t row = 0; row < T + 70; ++row) {
+        f(T, col0, row);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+}
 }  // namespace
 
 TEST(AttentionTileMask, ForwardLimitsMatchTheCausalPredicate) {
@@ -30,28 +43,24 @@ TEST(AttentionTileMask, ForwardLimitsMatchTheCausalPredicate) {
 }
 
 TEST(AttentionTileMask, BackwardQueryRowLimitsMatchTheCausalPredicate) {
-  for (int64_t T : {1, 63, 64, 65, 130, 333})
-    for (int64_t col0 = 0; col0 < T + kTile; col0 += 16)
-      for (int64_t q = 0; q < T + 70; ++q) {
-        const int end = keys_visible_end_bwd(q, col0, T, kTile);
-        for (int c = 0; c < kTile; ++c) {
-          const int64_t key = col0 + c;
-          ASSERT_EQ(c < end, key <= q && q < T && key < T) << "T " << T << " col0 " << col0 << " query " << q << " column " << c;
-        }
-      }
+  for_each_backward_row([](int64_t T, int64_t col0, int64_t q) {
+    const int end = keys_visible_end_bwd(q, col0, T, kTile);
+    for (int c = 0; c < kTile; ++c) {
+      const int64_t key = col0 + c;
+      ASSERT_EQ(c < end, key <= q && q < T && key < T) << "T " << T << " col0 " << col0 << " query " << q << " column " << c;
+    }
+  });
 }
 
 TEST(AttentionTileMask, BackwardKeyRowLimitsMatchTheCausalPredicate) {
-  for (int64_t T : {1, 63, 64, 65, 130, 333})
-    for (int64_t col0 = 0; col0 < T + kTile; col0 += 16)
-      for (int64_t key = 0; key < T + 70; ++key) {
-        const ColumnRange r = queries_visible(key, col0, T, kTile);
-        for (int c = 0; c < kTile; ++c) {
-          const int64_t q = col0 + c;
-          ASSERT_EQ(c >= r.begin && c < r.end, key <= q && q < T && key < T)
-              << "T " << T << " col0 " << col0 << " key " << key << " column " << c;
-        }
-      }
+  for_each_backward_row([](int64_t T, int64_t col0, int64_t key) {
+    const ColumnRange r = queries_visible(key, col0, T, kTile);
+    for (int c = 0; c < kTile; ++c) {
+      const int64_t q = col0 + c;
+      ASSERT_EQ(c >= r.begin && c < r.end, key <= q && q < T && key < T)
+          << "T " << T << " col0 " << col0 << " key " << key << " column " << c;
+    }
+  });
 }
 
 TEST(AttentionTileMask, FragmentColumnsCoverEachRowOnce) {
