@@ -330,11 +330,15 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
 }
 
 // LLM_CUDA_ATTENTION unset (or auto): per pass and head dim, the kernels measured fastest on an
-// H200 (docs/gpu-validation.md, run 12: bench-cuda-attention under each choice): wgmma wherever it
-// runs, but for the forward at head dim 48 (tc, by 0-4%). wgmma falls back to tc on devices other
-// than compute capability 9.0 and at head dim 160, so auto is tc there.
+// H200 (docs/gpu-validation.md, run 13: bench-cuda-attention under each choice). Forward: the
+// warp-specialised ping-pong (1.4-1.7x the plain wgmma forward at head dims 64-128), tc at head
+// dim 48 (faster than plain wgmma there in run 12). Backward: the fused five-product form at head
+// dim 128 (+11-18%), the seven-product one below (where its atomics cost more than they save).
+// Off compute capability 9.0 the wgmma kernels do not run: tc, without atomics.
 AttentionKernels automatic_kernels(int hd, bool backward) {
-  return !backward && hd == 48 ? AttentionKernels::tc : AttentionKernels::wgmma;
+  if (wgmma_unavailable()) return AttentionKernels::tc;
+  if (backward) return hd == 128 ? AttentionKernels::wgmma_atomic : AttentionKernels::wgmma;
+  return hd == 48 ? AttentionKernels::tc : AttentionKernels::wgmma_ws_pp;
 }
 
 AttentionKernels kernels_for(int hd, bool backward) {
@@ -352,6 +356,7 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
     case AttentionKernels::tc_m32: return attention_forward_tensor_cores(t, a, true, stream);
     case AttentionKernels::wgmma:
     case AttentionKernels::wgmma_atomic:
+    case AttentionKernels::wgmma_bulk:
       return attention_forward_wgmma(t, a, stream) || attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::wgmma_pp:
       return attention_forward_wgmma(t, a, stream, WgmmaForward::ping_pong) ||
@@ -380,7 +385,11 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::wgmma_ws_pp:
       return attention_backward_wgmma(t, a, stream) || attention_backward_tensor_cores(t, a, false, stream);
     case AttentionKernels::wgmma_atomic:
-      return attention_backward_wgmma(t, a, stream, true) || attention_backward_tensor_cores(t, a, true, stream);
+      return attention_backward_wgmma(t, a, stream, WgmmaBackward::atomic_dq) ||
+             attention_backward_tensor_cores(t, a, true, stream);
+    case AttentionKernels::wgmma_bulk:
+      return attention_backward_wgmma(t, a, stream, WgmmaBackward::bulk_dq) ||
+             attention_backward_tensor_cores(t, a, true, stream);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -401,8 +410,9 @@ AttentionKernels attention_kernels() {
     if (s == "wgmma-ws") return AttentionKernels::wgmma_ws;
     if (s == "wgmma-ws-pp") return AttentionKernels::wgmma_ws_pp;
     if (s == "wgmma-atomic") return AttentionKernels::wgmma_atomic;
+    if (s == "wgmma-bulk") return AttentionKernels::wgmma_bulk;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-bulk or simt");
   }();
   return v;
 }
@@ -411,23 +421,26 @@ AttentionKernels attention_kernels() {
 // Built without sm_90a (kernels/sm90a/ needs 90 in CMAKE_CUDA_ARCHITECTURES): nothing is covered.
 const char* wgmma_unavailable() { return "built without the sm_90a kernels (CMAKE_CUDA_ARCHITECTURES has no 90)"; }
 bool attention_forward_wgmma(DType, const AttentionForwardArgs&, cudaStream_t, WgmmaForward) { return false; }
-bool attention_backward_wgmma(DType, const AttentionBackwardArgs&, cudaStream_t, bool) { return false; }
+bool attention_backward_wgmma(DType, const AttentionBackwardArgs&, cudaStream_t, WgmmaBackward) { return false; }
 bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, float*, float*, cudaStream_t) { return false; }
 #endif
 
 namespace {
-// Whether the backward adds dQ with atomics into an fp32 accumulator (which follows D in the
-// scratch) for this dtype and head dim: tc-atomic and wgmma-atomic on bf16/f16, chosen or
-// picked by auto.
+// Whether the backward adds dQ into an fp32 accumulator in the scratch for this dtype and head
+// dim: tc-atomic, wgmma-atomic and wgmma-bulk on bf16/f16, chosen or picked by auto.
 bool atomic_dq(DType t, int hd) {
   const AttentionKernels k = kernels_for(hd, true);
-  return t != DType::f32 && (k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic);
+  return t != DType::f32 && (k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic ||
+                             k == AttentionKernels::wgmma_bulk);
 }
+// The accumulator follows D (one float per row) at the next 256-byte boundary: its float2
+// atomics and 16-byte bulk reductions need the alignment whatever the number of rows.
+int64_t dq_accum_offset(int64_t rows) { return (rows + 63) / 64 * 64; }
 }  // namespace
 
 int64_t attention_backward_scratch(DType t, int B, int NH, int hd, int64_t T) {
   const int64_t d = int64_t(B) * NH * T;
-  return atomic_dq(t, hd) ? d + int64_t(B) * T * NH * hd : d;
+  return atomic_dq(t, hd) ? dq_accum_offset(d) + int64_t(B) * T * NH * hd : d;
 }
 
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
@@ -457,7 +470,7 @@ void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t st
     attention_backward_rowdot<E><<<static_cast<unsigned>(ceil_div(rows, kWarps)), 256, 0, stream>>>(
         a.scratch, static_cast<const E*>(a.out), static_cast<const E*>(a.dout), a.B, a.NH, a.hd, a.T);
     AttentionBackwardArgs tc = a;
-    if (atomic_dq(t, a.hd)) tc.dq_accum = a.scratch + rows;
+    if (atomic_dq(t, a.hd)) tc.dq_accum = a.scratch + dq_accum_offset(rows);
     if (backward_tensor_cores(t, tc, stream)) return;
     allow_smem(attention_backward_dkdv<E>, smem_kv);
     attention_backward_dkdv<E><<<grid, 256, smem_kv, stream>>>(a, scale);

@@ -162,15 +162,19 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //                 way: 5 instead of 7 products in the backward; dQ not bit-reproducible);
 //   wgmma         Hopper warpgroup MMA (sm_90a kernels, head dims 48-128) on compute
 //                 capability 9.0 devices; tc for every other shape and device;
-//   wgmma-pp      wgmma with the forward's two warpgroups in ping-pong (not yet measured);
+//   wgmma-pp      wgmma with the forward's two warpgroups in ping-pong;
 //   wgmma-ws      wgmma with the forward warp-specialised: TMA producer, intra-warpgroup
-//                 overlap (FlashAttention-3's structure; not yet run on a GPU);
-//   wgmma-ws-pp   wgmma-ws with the consumer warpgroups in ping-pong (not yet run on a GPU);
+//                 overlap (FlashAttention-3's structure);
+//   wgmma-ws-pp   wgmma-ws with the consumer warpgroups in ping-pong;
 //   wgmma-atomic  wgmma with the backward's dQ fused into the dK/dV kernel through fp32 atomics
-//                 (tc-atomic where wgmma does not run; not yet run on a GPU);
+//                 (tc-atomic where wgmma does not run);
+//   wgmma-bulk    wgmma-atomic with dQ's adds done by the TMA unit (bulk reductions from shared
+//                 memory) instead of per-thread atomics (tc-atomic where wgmma does not run);
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
-enum class AttentionKernels { automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_atomic, simt };
+enum class AttentionKernels {
+  automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_atomic, wgmma_bulk, simt
+};
 AttentionKernels attention_kernels();
 
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
@@ -193,9 +197,13 @@ const char* wgmma_unavailable();
 enum class WgmmaForward { plain, ping_pong, warp_specialized, warp_specialized_ping_pong };
 bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream,
                              WgmmaForward form = WgmmaForward::plain);
-// fused_dq (wgmma-atomic; a.dq_accum set): dQ added with atomics by the dK/dV kernel (five
-// products instead of seven).
-bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream, bool fused_dq = false);
+// The backward's form: separate_dq (the dQ kernel recomputes S and dP: seven products), or dQ
+// fused into the dK/dV kernel (five products; a.dq_accum set, false when it is null) and added
+// into a.dq_accum by per-thread fp32 atomics (atomic_dq, wgmma-atomic) or by TMA bulk reductions
+// from shared memory (bulk_dq, wgmma-bulk). Fused dQ is not bit-reproducible.
+enum class WgmmaBackward { separate_dq, atomic_dq, bulk_dq };
+bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream,
+                              WgmmaBackward form = WgmmaBackward::separate_dq);
 // The wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T (both
 // operands from swizzled shared memory) and, from s rounded to T, o[64][hd] = s k three ways:
 // A from registers (o), A stored K-major with B transposed (o_bt), A stored transposed and read

@@ -22,8 +22,9 @@
 // tile. The warp-specialised forward (LLM_CUDA_ATTENTION=wgmma-ws, -ws-pp with the consumers in
 // ping-pong) has FlashAttention-3's structure: TMA copies by a producer warpgroup, mbarrier-tracked
 // stages, register reallocation, and the next tile's Q K^T issued before this tile's softmax.
-// The backward's fused form (LLM_CUDA_ATTENTION=wgmma-atomic) stages P^T and dS^T in shared
-// memory and adds dQ with atomics from the dK/dV kernel: five products instead of seven. Not yet
+// The backward's fused forms (LLM_CUDA_ATTENTION=wgmma-atomic, wgmma-bulk) stage P^T and dS^T in
+// shared memory and add dQ from the dK/dV kernel, by per-thread atomics or by the TMA unit's bulk
+// reductions: five products instead of seven. Not yet
 // here: warp specialisation in the backward (its dK/dV registers leave no room below 240).
 //
 // Built for sm_90a only (kernels/CMakeLists.txt), so it runs on compute capability 9.0 devices
@@ -510,26 +511,39 @@ __device__ __forceinline__ void store_score_rows(unsigned char* tile, int row, i
   }
 }
 
-// kFusedDQ (LLM_CUDA_ATTENTION=wgmma-atomic): FlashAttention-2's five
+// kForm != separate_dq (LLM_CUDA_ATTENTION=wgmma-atomic, wgmma-bulk): FlashAttention-2's five
 // products instead of seven. P^T and dS^T go to shared memory (store_score_rows), dV += P^T dO
 // and dK += dS^T Q read them from there (SS, B transposed), and dQ += dS K (both operands
 // transposed: dS from the stored dS^T) is added with fp32 atomics into a.dq_accum (zeroed
 // before, scaled into dqkv after), so the dQ kernel does not run. Each warpgroup's dQ
 // accumulator has 64 query rows: hd 128 splits the head dim (warpgroup w: columns 64w .. 64w +
 // 63, over all 128 keys, so both warpgroups' dS^T must be stored first), the other head dims the
-// keys (warpgroup w: its own 64 keys, all HD columns; both add). dQ is not bit-reproducible (the
-// order of the atomic adds varies).
-template <typename T, int HD, bool kFusedDQ>
+// keys (warpgroup w: its own 64 keys, all HD columns; both add). atomic_dq adds the fragments
+// with float2 atomics; bulk_dq writes each warp's 16 rows to shared memory (fp32, rows padded to
+// 8 floats past DQN: conflict-free stores) and 16 of its lanes each hand one row to the TMA unit
+// as a bulk reduction (cp.reduce.async.bulk .add.f32), which runs while the warp goes on; a lane
+// waits for its previous row to have been read before the warp writes the rows again. dQ is not
+// bit-reproducible (the order of the adds varies).
+template <int HD>
+constexpr int fused_dq_columns() { return HD == 128 ? 64 : HD; }  // dQ columns per warpgroup
+template <int HD>
+constexpr int fused_dq_stage_bytes() { return 2 * 64 * (fused_dq_columns<HD>() + 8) * 4; }  // both warpgroups
+
+template <typename T, int HD, WgmmaBackward kForm>
 __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(AttentionBackwardArgs a, float scale) {
   constexpr int BC = 128, BR = 64;
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>();
+  constexpr bool kFusedDQ = kForm != WgmmaBackward::separate_dq;
+  constexpr int DQN = fused_dq_columns<HD>(), LDQ = DQN + 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // [K][V][2 stages][Q | dO][2 stages][lse | D] (1 KiB), then (kFusedDQ) [P^T][dS^T]
+  // [K][V][2 stages][Q | dO][2 stages][lse | D] (1 KiB), then (fused) [P^T][dS^T], then
+  // (bulk_dq) [2 warpgroups][64 rows][LDQ] fp32
   unsigned char* const smem = align_1024(smem_raw);
   const uint32_t smem_s = smem_addr(smem);
   float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 4 * QBYTES);
   unsigned char* const pt_tile = smem + 2 * KBYTES + 4 * QBYTES + 1024;
   unsigned char* const dst_tile = pt_tile + kScoreTileBytes;
+  float* const dq_stage = reinterpret_cast<float*>(dst_tile + kScoreTileBytes);
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -604,7 +618,6 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
       __syncthreads();  // both warpgroups' rows (hd 128's dQ reads all 128 keys)
       const uint32_t pts = smem_addr(pt_tile), dsts = smem_addr(dst_tile);
       constexpr int KS = HD == 128 ? BC / 16 : 64 / 16;  // dQ's k-steps (keys): all, or this warpgroup's
-      constexpr int DQN = HD == 128 ? 64 : HD;           // dQ's columns in this warpgroup
       const int k0 = HD == 128 ? 0 : wg * 4;
       const uint32_t kb = smem_s + (HD == 128 ? panel_offset<BC, HD>(wg) : 0u);  // K's columns for dQ
       float dq[DQN / 2];
@@ -627,16 +640,38 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
       fence_operands(dv);
       fence_operands(dk);
       fence_operands(dq);
-      // dQ rows i0 + 16 warp + g (+ 8), columns col0 + 8 nb + 2t (+ 1): fp32 pairs added atomically.
+      // Every query of the tile precedes the keys dQ was summed over: dq is zero, nothing to add.
+      if (i0 + BR - 1 < (HD == 128 ? j0 : wg_first_key)) continue;
+      // dQ rows i0 + 16 warp + g (+ 8), columns col0 + 8 nb + 2t (+ 1).
       const int col0 = HD == 128 ? wg * 64 : 0;
-      float* dqa = a.dq_accum + (b * T_ + i0 + warp * 16 + g) * C + int64_t(h) * HD + col0 + 2 * t;
+      if constexpr (kForm == WgmmaBackward::atomic_dq) {
+        float* dqa = a.dq_accum + (b * T_ + i0 + warp * 16 + g) * C + int64_t(h) * HD + col0 + 2 * t;
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        if (i0 + warp * 16 + g + 8 * half >= T_) continue;
+        for (int half = 0; half < 2; ++half) {
+          if (i0 + warp * 16 + g + 8 * half >= T_) continue;
 #pragma unroll
-        for (int nb = 0; nb < DQN / 8; ++nb)
-          atomicAdd(reinterpret_cast<float2*>(dqa + 8 * half * C + 8 * nb),
-                    make_float2(dq[4 * nb + 2 * half], dq[4 * nb + 2 * half + 1]));
+          for (int nb = 0; nb < DQN / 8; ++nb)
+            atomicAdd(reinterpret_cast<float2*>(dqa + 8 * half * C + 8 * nb),
+                      make_float2(dq[4 * nb + 2 * half], dq[4 * nb + 2 * half + 1]));
+        }
+      } else {
+        float* const rows = dq_stage + (wg * 64 + warp * 16) * LDQ;  // this warp's 16 rows
+        if (lane < 16) sm90a::bulk_wait_read<0>();                    // the previous tile's row is read
+        __syncwarp();
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+#pragma unroll
+          for (int nb = 0; nb < DQN / 8; ++nb)
+            *reinterpret_cast<float2*>(rows + (g + 8 * half) * LDQ + 8 * nb + 2 * t) =
+                make_float2(dq[4 * nb + 2 * half], dq[4 * nb + 2 * half + 1]);
+        sm90a::fence_async_shared();
+        __syncwarp();
+        const int64_t row = i0 + warp * 16 + lane;
+        if (lane < 16 && row < T_) {
+          sm90a::bulk_reduce_add_f32(a.dq_accum + (b * T_ + row) * C + int64_t(h) * HD + col0,
+                                     smem_addr(rows + lane * LDQ), DQN * 4);
+          sm90a::bulk_commit();
+        }
       }
       continue;
     }
@@ -663,6 +698,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     fence_operands(pa);
     fence_operands(sa);
   }
+  // The bulk reductions read shared memory until they complete, and the kernel that scales dQ
+  // reads what they added: wait for all of them.
+  if constexpr (kForm == WgmmaBackward::bulk_dq)
+    if (lane < 16) sm90a::bulk_wait<0>();
   T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
   store_rows<T, HD>(dqkv + C, ld, key0, T_, dk, scale, scale);
   store_rows<T, HD>(dqkv + 2 * C, ld, key0, T_, dv, 1.0f, 1.0f);
@@ -812,24 +851,31 @@ void launch_forward_ws(const AttentionForwardArgs& a, cudaStream_t stream) {
 }
 
 template <typename T, int HD>
-void launch_backward(const AttentionBackwardArgs& a, bool fused_dq, cudaStream_t stream) {
+void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStream_t stream) {
   constexpr size_t smem_dkdv = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4 +
                                4 * 64 * sizeof(float);  // K, V, 2 x (Q, dO), 2 x (lse, D)
   constexpr size_t smem_dq = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4;  // Q, dO, 2 x (K, V)
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
-  if (fused_dq) {
-    // The stats padded to 1 KiB (the score tiles start aligned), then P^T and dS^T.
+  if (form != WgmmaBackward::separate_dq) {
+    // The stats padded to 1 KiB (the score tiles start aligned), then P^T and dS^T (and, for the
+    // bulk reductions, the fp32 dQ rows).
     constexpr size_t smem_fused = smem_dkdv - 4 * 64 * sizeof(float) + 1024 + 2 * size_t(kScoreTileBytes);
-    allow_smem(attention_backward_dkdv_wgmma<T, HD, true>, smem_fused);
+    constexpr size_t smem_bulk = smem_fused + size_t(fused_dq_stage_bytes<HD>());
     attention_dq_accum_zero(a, stream);
-    attention_backward_dkdv_wgmma<T, HD, true><<<grid, kThreads, smem_fused, stream>>>(a, scale);
+    if (form == WgmmaBackward::atomic_dq) {
+      allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::atomic_dq>, smem_fused);
+      attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::atomic_dq><<<grid, kThreads, smem_fused, stream>>>(a, scale);
+    } else {
+      allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::bulk_dq>, smem_bulk);
+      attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::bulk_dq><<<grid, kThreads, smem_bulk, stream>>>(a, scale);
+    }
     attention_dq_from_accum(a, dtype_of_element<T>(), stream);
     return;
   }
-  allow_smem(attention_backward_dkdv_wgmma<T, HD, false>, smem_dkdv);
+  allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq>, smem_dkdv);
   allow_smem(attention_backward_dq_wgmma<T, HD>, smem_dq);
-  attention_backward_dkdv_wgmma<T, HD, false><<<grid, kThreads, smem_dkdv, stream>>>(a, scale);
+  attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq><<<grid, kThreads, smem_dkdv, stream>>>(a, scale);
   attention_backward_dq_wgmma<T, HD><<<grid, kThreads, smem_dq, stream>>>(a, scale);
 }
 
@@ -882,11 +928,11 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
   });
 }
 
-bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream, bool fused_dq) {
+bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream, WgmmaBackward form) {
   if (!attention_rows_aligned(a)) return false;
-  if (fused_dq && !a.dq_accum) return false;
+  if (form != WgmmaBackward::separate_dq && !a.dq_accum) return false;
   return dispatch(t, a.hd,
-                  [&](auto tag, auto hd) { launch_backward<decltype(tag), decltype(hd)::value>(a, fused_dq, stream); });
+                  [&](auto tag, auto hd) { launch_backward<decltype(tag), decltype(hd)::value>(a, form, stream); });
 }
 
 bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, float* o, float* o_bt, float* o_tt,

@@ -89,6 +89,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
   EXPECT_EXIT(choice_is("wgmma-ws", AttentionKernels::wgmma_ws), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-ws-pp", AttentionKernels::wgmma_ws_pp), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-atomic", AttentionKernels::wgmma_atomic), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(choice_is("wgmma-bulk", AttentionKernels::wgmma_bulk), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("tc-m32", AttentionKernels::tc_m32), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(
       {
@@ -101,7 +102,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
         }
         std::exit(0);
       },
-      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic or simt");
+      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-bulk or simt");
 }
 
 struct Fixture {
@@ -228,10 +229,15 @@ TEST(CudaBackend, WgmmaTileProductsAreExact) {
 
 // The wgmma attention kernels called directly (whatever LLM_CUDA_ATTENTION says), forward and
 // backward (and the ping-pong forward, equal to the plain one), against the CPU fp32 op on the same
-// rounded inputs, with LowPrecision's tolerances. fused_dq: the backward with dQ fused into the
-// dK/dV kernel through atomics (wgmma-atomic).
+// rounded inputs, with LowPrecision's tolerances. form: the backward's (dQ by its own kernel, or
+// fused into the dK/dV kernel and added by atomics, wgmma-atomic, or bulk reductions, wgmma-bulk).
 // T = 333: several 128-row blocks, a partial last one, and 64-row tiles crossing the diagonal.
-void check_wgmma_attention(llm::cuda::CudaBackend& gpu, bool fused_dq) {
+void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackward form) {
+  using llm::kernels::WgmmaBackward;
+  const bool fused_dq = form != WgmmaBackward::separate_dq;
+  const char* name = form == WgmmaBackward::separate_dq ? "wgmma dqkv"
+                     : form == WgmmaBackward::atomic_dq ? "wgmma-atomic dqkv"
+                                                        : "wgmma-bulk dqkv";
   Fixture f{gpu};
   llm::Backend& cpu = llm::cpu_backend();
   const auto down_low = [&](const Tensor& d) {
@@ -283,23 +289,27 @@ void check_wgmma_attention(llm::cuda::CudaBackend& gpu, bool fused_dq) {
       ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T;
       if (fused_dq) ba.dq_accum = accum.data<float>();
       gpu.synchronize();
-      ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, gpu.stream(), fused_dq));
+      ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, gpu.stream(), form));
       const Vec ref = bt::to_vec(cd);
-      EXPECT_TRUE(bt::all_close(fused_dq ? "wgmma-atomic dqkv" : "wgmma dqkv", down_low(gd), ref,
+      EXPECT_TRUE(bt::all_close(name, down_low(gd), ref,
                                 Tol{4 * u, 8 * u * bt::max_abs(ref)}));
     }
 }
 
 TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
   REQUIRE_WGMMA(be);
-  check_wgmma_attention(*be, false);
+  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::separate_dq);
 }
 
-// Its own test (and process in gpu_validation.sh, with the warp-specialised forwards): a fault in
-// the fused kernel leaves the others' results.
+// Their own tests (and processes in gpu_validation.sh, like the warp-specialised forwards): a
+// fault in one fused kernel leaves the others' results.
 TEST(CudaBackend, WgmmaFusedBackwardMatchesTheCpuOp) {
   REQUIRE_WGMMA(be);
-  check_wgmma_attention(*be, true);
+  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::atomic_dq);
+}
+TEST(CudaBackend, WgmmaFusedBulkBackwardMatchesTheCpuOp) {
+  REQUIRE_WGMMA(be);
+  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::bulk_dq);
 }
 
 // The warp-specialised forwards (TMA, mbarriers, setmaxnreg: LLM_CUDA_ATTENTION=wgmma-ws and

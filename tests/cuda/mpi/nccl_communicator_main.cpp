@@ -137,8 +137,11 @@ int main(int argc, char** argv) {
         llm::Tensor ry = be->download(dy);
         check(ry.data<float>()[0] == tri && ry.data<float>()[m - 1] == tri, "all_reduce_sum_async (device f32)", rank);
         const auto& v = comm->volume();
-        const int64_t moved = size > 1 ? m * size * 4 : 0;  // nothing moves between ranks on one
-        check(v.all_gather > 0 && v.reduce_scatter == moved && v.all_to_all == moved, "volume counters", rank);
+        // Bytes counted per call: the two all_gather_ranges (uneven, even), all_gather, reduce_scatter
+        // and all_to_all above; nothing moves between ranks on one, so nothing is counted there.
+        const int64_t ranges = 1000 * size + 17 * size * (size - 1) / 2 + 1000 * size;
+        const int64_t gathered = size > 1 ? (ranges + m * size) * 4 : 0, moved = size > 1 ? m * size * 4 : 0;
+        check(v.all_gather == gathered && v.reduce_scatter == moved && v.all_to_all == moved, "volume counters", rank);
 
         // The other non-blocking forms on the communication stream, several in flight at once,
         // against the blocking results above (the ring in the same even/odd order).
