@@ -356,7 +356,6 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
     case AttentionKernels::tc_m32: return attention_forward_tensor_cores(t, a, true, stream);
     case AttentionKernels::wgmma:
     case AttentionKernels::wgmma_atomic:
-    case AttentionKernels::wgmma_bulk:
       return attention_forward_wgmma(t, a, stream) || attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::wgmma_pp:
       return attention_forward_wgmma(t, a, stream, WgmmaForward::ping_pong) ||
@@ -387,9 +386,6 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::wgmma_atomic:
       return attention_backward_wgmma(t, a, stream, WgmmaBackward::atomic_dq) ||
              attention_backward_tensor_cores(t, a, true, stream);
-    case AttentionKernels::wgmma_bulk:
-      return attention_backward_wgmma(t, a, stream, WgmmaBackward::bulk_dq) ||
-             attention_backward_tensor_cores(t, a, true, stream);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -410,9 +406,8 @@ AttentionKernels attention_kernels() {
     if (s == "wgmma-ws") return AttentionKernels::wgmma_ws;
     if (s == "wgmma-ws-pp") return AttentionKernels::wgmma_ws_pp;
     if (s == "wgmma-atomic") return AttentionKernels::wgmma_atomic;
-    if (s == "wgmma-bulk") return AttentionKernels::wgmma_bulk;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-bulk or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic or simt");
   }();
   return v;
 }
@@ -427,14 +422,13 @@ bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, floa
 
 namespace {
 // Whether the backward adds dQ into an fp32 accumulator in the scratch for this dtype and head
-// dim: tc-atomic, wgmma-atomic and wgmma-bulk on bf16/f16, chosen or picked by auto.
+// dim: tc-atomic and wgmma-atomic on bf16/f16, chosen or picked by auto.
 bool atomic_dq(DType t, int hd) {
   const AttentionKernels k = kernels_for(hd, true);
-  return t != DType::f32 && (k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic ||
-                             k == AttentionKernels::wgmma_bulk);
+  return t != DType::f32 && (k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic);
 }
 // The accumulator follows D (one float per row) at the next 256-byte boundary: its float2
-// atomics and 16-byte bulk reductions need the alignment whatever the number of rows.
+// atomics need 8-byte alignment whatever the number of rows.
 int64_t dq_accum_offset(int64_t rows) { return (rows + 63) / 64 * 64; }
 }  // namespace
 

@@ -22,9 +22,10 @@
 // tile. The warp-specialised forward (LLM_CUDA_ATTENTION=wgmma-ws, -ws-pp with the consumers in
 // ping-pong) has FlashAttention-3's structure: TMA copies by a producer warpgroup, mbarrier-tracked
 // stages, register reallocation, and the next tile's Q K^T issued before this tile's softmax.
-// The backward's fused forms (LLM_CUDA_ATTENTION=wgmma-atomic, wgmma-bulk) stage P^T and dS^T in
-// shared memory and add dQ from the dK/dV kernel, by per-thread atomics or by the TMA unit's bulk
-// reductions: five products instead of seven. Not yet
+// The backward's fused form (LLM_CUDA_ATTENTION=wgmma-atomic) stages P^T and dS^T in shared
+// memory and adds dQ with atomics from the dK/dV kernel: five products instead of seven. The
+// seven-product backward is software-pipelined (the next tile's scores issued before this tile's
+// gradient products: the dQ kernel at every head dim, dK/dV up to head dim 96). Not yet
 // here: warp specialisation in the backward (its dK/dV registers leave no room below 240).
 //
 // Built for sm_90a only (kernels/CMakeLists.txt), so it runs on compute capability 9.0 devices
@@ -416,13 +417,26 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 
 // ---- backward: dQ ----------------------------------------------------------------------------
 
+// The dQ kernel's software pipeline (as the dK/dV kernel's, kPipelined there): three K/V stages,
+// key tile jt + 1's S and dP issued before tile jt's dQ += dS K, dS of tile jt + 1 computed while
+// that runs, packed after the wait. A key tile wholly after a warpgroup's queries is computed
+// masked to zero.
+template <int HD>
+constexpr bool dq_pipelined() { return HD <= 128; }
+template <int HD>
+constexpr size_t dq_smem_bytes() {  // Q, dO, and the K/V stages
+  return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * (dq_pipelined<HD>() ? 3 : 2);
+}
+
 template <typename T, int HD>
 __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(AttentionBackwardArgs a, float scale) {
   constexpr int BR = 128, BC = 64;
   constexpr int QBYTES = tile_bytes<BR, HD>(), KVBYTES = tile_bytes<BC, HD>();
+  constexpr bool kPipelined = dq_pipelined<HD>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  unsigned char* const smem = align_1024(smem_raw);  // [Q][dO][2 buffers][K | V]
+  unsigned char* const smem = align_1024(smem_raw);  // [Q][dO][2 or 3 stages][K | V]
   const uint32_t smem_s = smem_addr(smem);
+  const auto stage = [](int64_t jt) { return int(kPipelined ? jt % 3 : jt & 1); };
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -435,7 +449,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
   const float scale_log2 = scale * kLog2e;
 
   auto load_kv = [&](int64_t jt) {
-    unsigned char* Ks = smem + 2 * QBYTES + (jt & 1) * 2 * KVBYTES;
+    unsigned char* Ks = smem + 2 * QBYTES + stage(jt) * 2 * KVBYTES;
     const int64_t j0 = jt * BC;
     load_swizzled<T, BC, HD>(Ks, qkv + j0 * ld + C, ld, T_ - j0);
     load_swizzled<T, BC, HD>(Ks + KVBYTES, qkv + j0 * ld + 2 * C, ld, T_ - j0);
@@ -453,41 +467,115 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
   const int64_t wg_first = i0 + wg * 64;
   const int64_t tiles = (min(i0 + BR, T_) + BC - 1) / BC;
 
-  for (int64_t jt = 0; jt < tiles; ++jt) {
-    next_tile<true>(jt, tiles, load_kv);
-    const int64_t j0 = jt * BC;
-    if (j0 > wg_first + 63) continue;
-    const uint32_t Ks = smem_s + 2 * QBYTES + uint32_t(jt & 1) * 2 * KVBYTES, Vs = Ks + KVBYTES;
-
-    float s[BC / 2], dp[BC / 2];
-    fence_operands(s);
-    fence_operands(dp);
-    wgmma_fence();
-    product_ss<T, BR, BC, HD>(s, smem_s, wg * 64, Ks);
-    product_ss<T, BR, BC, HD>(dp, smem_s + QBYTES, wg * 64, Vs);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(s);
-    fence_operands(dp);
-    // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence.
-    if (j0 + BC - 1 > wg_first || j0 + BC > T_ || wg_first + 63 >= T_)
-      mask_past(s, t, keys_visible_end_bwd(row0, j0, T_, BC), keys_visible_end_bwd(row0 + 8, j0, T_, BC));
-#pragma unroll
-    for (int i = 0; i < BC / 2; ++i) {
-      const float p = exp2f(fmaf(s[i], scale_log2, (i & 2) ? -L1 : -L0));
-      s[i] = p * (dp[i] - ((i & 2) ? D1 : D0));  // dS
-    }
+  if constexpr (kPipelined) {
+    const auto k_tile = [&](int64_t jt) { return smem_s + 2 * QBYTES + uint32_t(stage(jt)) * 2 * KVBYTES; };
+    float s[BC / 2], dp[BC / 2];  // S and dP of a key tile, then dS in s
     uint32_t sa[BC / 16][4];
+    const auto issue_scores = [&](int64_t jt) {  // one group
+      product_ss<T, BR, BC, HD>(s, smem_s, wg * 64, k_tile(jt));
+      product_ss<T, BR, BC, HD>(dp, smem_s + QBYTES, wg * 64, k_tile(jt) + KVBYTES);
+      wgmma_commit();
+    };
+    const auto score_grads = [&](int64_t jt) {  // S and dP have landed: s = dS
+      const int64_t j0 = jt * BC;
+      if (j0 + BC - 1 > wg_first || j0 + BC > T_ || wg_first + 63 >= T_)
+        mask_past(s, t, keys_visible_end_bwd(row0, j0, T_, BC), keys_visible_end_bwd(row0 + 8, j0, T_, BC));
+#pragma unroll
+      for (int i = 0; i < BC / 2; ++i) {
+        const float p = exp2f(fmaf(s[i], scale_log2, (i & 2) ? -L1 : -L0));
+        s[i] = p * (dp[i] - ((i & 2) ? D1 : D0));
+      }
+    };
+    const auto issue_dq = [&](int64_t jt) {  // one group
+#pragma unroll
+      for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(dq, sa[kk], desc_mn_major<BC, HD>(k_tile(jt), kk));
+      wgmma_commit();
+    };
+    const auto advance = [&](int64_t jt) {  // every warp is past tile jt - 1: its stage takes jt + 2
+      __syncthreads();
+      if (jt + 2 < tiles) load_kv(jt + 2);
+      cp_async_commit();
+      cp_async_wait<1>();  // tile jt + 1 has landed
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+    };
+    if (tiles > 1) load_kv(1);  // Q, dO and key tile 0 are in flight
+    cp_async_commit();
+    cp_async_wait<1>();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    fence_operands(s);
+    fence_operands(dp);
+    wgmma_fence();
+    issue_scores(0);
+    wgmma_wait<0>();
+    fence_operands(s);
+    fence_operands(dp);
+    score_grads(0);
     pack_a<T, BC>(sa, s);
+    for (int64_t jt = 0; jt + 1 < tiles; ++jt) {
+      advance(jt);
+      fence_operands(s);
+      fence_operands(dp);
+      fence_operands(dq);
+      fence_operands(sa);
+      wgmma_fence();
+      issue_scores(jt + 1);  // runs first: its dS is computed while tile jt's dQ product runs
+      issue_dq(jt);
+      wgmma_wait<1>();
+      fence_operands(s);
+      fence_operands(dp);
+      score_grads(jt + 1);
+      wgmma_wait<0>();
+      fence_operands(dq);
+      fence_operands(sa);
+      fence_operands(s);
+      pack_a<T, BC>(sa, s);
+    }
     fence_operands(dq);
     fence_operands(sa);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(dq, sa[kk], desc_mn_major<BC, HD>(Ks, kk));
-    wgmma_commit();
+    issue_dq(tiles - 1);
     wgmma_wait<0>();
     fence_operands(dq);
     fence_operands(sa);
+  } else {
+    for (int64_t jt = 0; jt < tiles; ++jt) {
+      next_tile<true>(jt, tiles, load_kv);
+      const int64_t j0 = jt * BC;
+      if (j0 > wg_first + 63) continue;
+      const uint32_t Ks = smem_s + 2 * QBYTES + uint32_t(jt & 1) * 2 * KVBYTES, Vs = Ks + KVBYTES;
+
+      float s[BC / 2], dp[BC / 2];
+      fence_operands(s);
+      fence_operands(dp);
+      wgmma_fence();
+      product_ss<T, BR, BC, HD>(s, smem_s, wg * 64, Ks);
+      product_ss<T, BR, BC, HD>(dp, smem_s + QBYTES, wg * 64, Vs);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(s);
+      fence_operands(dp);
+      // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence.
+      if (j0 + BC - 1 > wg_first || j0 + BC > T_ || wg_first + 63 >= T_)
+        mask_past(s, t, keys_visible_end_bwd(row0, j0, T_, BC), keys_visible_end_bwd(row0 + 8, j0, T_, BC));
+#pragma unroll
+      for (int i = 0; i < BC / 2; ++i) {
+        const float p = exp2f(fmaf(s[i], scale_log2, (i & 2) ? -L1 : -L0));
+        s[i] = p * (dp[i] - ((i & 2) ? D1 : D0));  // dS
+      }
+      uint32_t sa[BC / 16][4];
+      pack_a<T, BC>(sa, s);
+      fence_operands(dq);
+      fence_operands(sa);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(dq, sa[kk], desc_mn_major<BC, HD>(Ks, kk));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(dq);
+      fence_operands(sa);
+    }
   }
   T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
   store_rows<T, HD>(dqkv, ld, row0, T_, dq, scale, scale);
@@ -511,39 +599,48 @@ __device__ __forceinline__ void store_score_rows(unsigned char* tile, int row, i
   }
 }
 
-// kForm != separate_dq (LLM_CUDA_ATTENTION=wgmma-atomic, wgmma-bulk): FlashAttention-2's five
+// kForm == atomic_dq (LLM_CUDA_ATTENTION=wgmma-atomic): FlashAttention-2's five
 // products instead of seven. P^T and dS^T go to shared memory (store_score_rows), dV += P^T dO
 // and dK += dS^T Q read them from there (SS, B transposed), and dQ += dS K (both operands
 // transposed: dS from the stored dS^T) is added with fp32 atomics into a.dq_accum (zeroed
 // before, scaled into dqkv after), so the dQ kernel does not run. Each warpgroup's dQ
 // accumulator has 64 query rows: hd 128 splits the head dim (warpgroup w: columns 64w .. 64w +
 // 63, over all 128 keys, so both warpgroups' dS^T must be stored first), the other head dims the
-// keys (warpgroup w: its own 64 keys, all HD columns; both add). atomic_dq adds the fragments
-// with float2 atomics; bulk_dq writes each warp's 16 rows to shared memory (fp32, rows padded to
-// 8 floats past DQN: conflict-free stores) and 16 of its lanes each hand one row to the TMA unit
-// as a bulk reduction (cp.reduce.async.bulk .add.f32), which runs while the warp goes on; a lane
-// waits for its previous row to have been read before the warp writes the rows again. dQ is not
-// bit-reproducible (the order of the adds varies).
+// keys (warpgroup w: its own 64 keys, all HD columns; both add), with float2 atomics. dQ is not
+// bit-reproducible (the order of the adds varies). (Run 14 measured the same adds as TMA bulk
+// reductions from shared memory, cp.reduce.async.bulk: no faster, 0.96-1.02x; commit 14c7d39.)
+//
+// kPipelined (separate_dq at the head dims dkdv_pipelined() names): three Q/dO stages, and tile
+// it + 1's S^T and dP^T are issued before tile it's dV and dK products, so P^T and dS^T of tile
+// it + 1 are computed while those run (packed to 16 bits after the wait: packing A registers of
+// the same batch in flight serialises the products, ptxas C7513); the tensor cores idle only for
+// the packing. Warpgroup 1's first query tile, all before its keys, is computed masked to zero.
 template <int HD>
-constexpr int fused_dq_columns() { return HD == 128 ? 64 : HD; }  // dQ columns per warpgroup
-template <int HD>
-constexpr int fused_dq_stage_bytes() { return 2 * 64 * (fused_dq_columns<HD>() + 8) * 4; }  // both warpgroups
+constexpr bool dkdv_pipelined() { return HD <= 96; }
+// Shared memory of the dK/dV kernel: K, V, the Q/dO stages and their lse/D (padded to 1 KiB),
+// and the fused form's P^T and dS^T tiles.
+template <int HD, WgmmaBackward kForm>
+constexpr size_t dkdv_smem_bytes() {
+  constexpr int stages = kForm == WgmmaBackward::separate_dq && dkdv_pipelined<HD>() ? 3 : 2;
+  return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * stages + 1024 * ((stages + 1) / 2) +
+         (kForm == WgmmaBackward::atomic_dq ? 2 * size_t(kScoreTileBytes) : 0);
+}
 
 template <typename T, int HD, WgmmaBackward kForm>
 __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(AttentionBackwardArgs a, float scale) {
   constexpr int BC = 128, BR = 64;
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>();
   constexpr bool kFusedDQ = kForm != WgmmaBackward::separate_dq;
-  constexpr int DQN = fused_dq_columns<HD>(), LDQ = DQN + 8;
+  constexpr bool kPipelined = !kFusedDQ && dkdv_pipelined<HD>();
+  constexpr int kStages = kPipelined ? 3 : 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // [K][V][2 stages][Q | dO][2 stages][lse | D] (1 KiB), then (fused) [P^T][dS^T], then
-  // (bulk_dq) [2 warpgroups][64 rows][LDQ] fp32
+  // [K][V][kStages][Q | dO][kStages][lse | D] (padded to whole KiB), then (fused) [P^T][dS^T]
   unsigned char* const smem = align_1024(smem_raw);
   const uint32_t smem_s = smem_addr(smem);
-  float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 4 * QBYTES);
+  float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 2 * kStages * QBYTES);
   unsigned char* const pt_tile = smem + 2 * KBYTES + 4 * QBYTES + 1024;
   unsigned char* const dst_tile = pt_tile + kScoreTileBytes;
-  float* const dq_stage = reinterpret_cast<float*>(dst_tile + kScoreTileBytes);
+  const auto stage = [](int64_t it) { return int(kPipelined ? it % 3 : it & 1); };
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -556,8 +653,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
   const float scale_log2 = scale * kLog2e;
 
   auto load_q_tile = [&](int64_t it) {
-    unsigned char* Qs = smem + 2 * KBYTES + (it & 1) * 2 * QBYTES;
-    float* Ls = stats + (it & 1) * 2 * BR;
+    unsigned char* Qs = smem + 2 * KBYTES + stage(it) * 2 * QBYTES;
+    float* Ls = stats + stage(it) * 2 * BR;
     const int64_t i0 = j0 + it * BR;
     load_swizzled<T, BR, HD>(Qs, qkv + i0 * ld, ld, T_ - i0);
     load_swizzled<T, BR, HD>(Qs + QBYTES, dout + i0 * C, C, T_ - i0);
@@ -580,71 +677,168 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
   const int64_t wg_first_key = j0 + wg * 64;
   const int64_t key0 = wg_first_key + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
 
-  for (int64_t it = 0; it < tiles; ++it) {
-    next_tile<true>(it, tiles, load_q_tile);
-    const int64_t i0 = j0 + it * BR;
-    // Every query of the tile precedes this warpgroup's keys: nothing to add (the fused form
-    // computes it anyway, masked to zero: both warpgroups meet at its barrier).
-    if (!kFusedDQ && i0 + BR - 1 < wg_first_key) continue;
-    const uint32_t Qs = smem_s + 2 * KBYTES + uint32_t(it & 1) * 2 * QBYTES, dOs = Qs + QBYTES;
-    const float* Ls = stats + (it & 1) * 2 * BR;  // natural-log lse of the tile's queries
-    const float* Ds = Ls + BR;
-
-    float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
+  if constexpr (kPipelined) {
+    const auto q_tile = [&](int64_t it) { return smem_s + 2 * KBYTES + uint32_t(stage(it)) * 2 * QBYTES; };
+    float st[BR / 2], dpt[BR / 2];  // S^T and dP^T of a tile, then P^T and dS^T in place
+    uint32_t pa[BR / 16][4], sa[BR / 16][4];
+    const auto issue_scores = [&](int64_t it) {  // two groups: S^T, then dP^T
+      product_ss<T, BC, BR, HD>(st, smem_s, wg * 64, q_tile(it));
+      wgmma_commit();
+      product_ss<T, BC, BR, HD>(dpt, smem_s + KBYTES, wg * 64, q_tile(it) + QBYTES);
+      wgmma_commit();
+    };
+    const auto probabilities = [&](int64_t it) {  // S^T has landed: st = P^T
+      const int64_t i0 = j0 + it * BR;
+      const float* Ls = stats + stage(it) * 2 * BR;
+      if (wg_first_key + 63 > i0 || i0 + BR > T_ || wg_first_key + 63 >= T_)
+        mask_outside(st, t, queries_visible(key0, i0, T_, BR), queries_visible(key0 + 8, i0, T_, BR));
+#pragma unroll
+      for (int i = 0; i < BR / 2; ++i) st[i] = exp2f(fmaf(st[i], scale_log2, -Ls[fragment_column(i, t)] * kLog2e));
+    };
+    const auto score_grads = [&](int64_t it) {  // dP^T has landed: dpt = dS^T
+      const float* Ds = stats + stage(it) * 2 * BR + BR;
+#pragma unroll
+      for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);
+    };
+    // Tile it's dV += P^T dO and dK += dS^T Q (one group), after `before` issued its own.
+    const auto issue_grads = [&](int64_t it) {
+      const uint32_t Qs = q_tile(it), dOs = Qs + QBYTES;
+#pragma unroll
+      for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR, HD>(dOs, kk));
+#pragma unroll
+      for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(Qs, kk));
+      wgmma_commit();
+    };
+    // Every warp is past tile it - 1's products, so its stage takes tile it + 2; tile it + 1 lands.
+    const auto advance = [&](int64_t it) {
+      __syncthreads();
+      if (it + 2 < tiles) load_q_tile(it + 2);
+      cp_async_commit();
+      cp_async_wait<1>();
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
+    };
+    if (tiles > 1) load_q_tile(1);  // K, V and tile 0 are in flight
+    cp_async_commit();
+    cp_async_wait<1>();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
     fence_operands(st);
     fence_operands(dpt);
     wgmma_fence();
-    product_ss<T, BC, BR, HD>(st, smem_s, wg * 64, Qs);
-    wgmma_commit();
-    product_ss<T, BC, BR, HD>(dpt, smem_s + KBYTES, wg * 64, dOs);
-    wgmma_commit();
-    wgmma_wait<1>();  // S^T is done; dP^T may still run
+    issue_scores(0);
+    wgmma_wait<1>();
     fence_operands(st);
-    // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence.
-    if (wg_first_key + 63 > i0 || i0 + BR > T_ || wg_first_key + 63 >= T_)
-      mask_outside(st, t, queries_visible(key0, i0, T_, BR), queries_visible(key0 + 8, i0, T_, BR));
-#pragma unroll
-    for (int i = 0; i < BR / 2; ++i)
-      st[i] = exp2f(fmaf(st[i], scale_log2, -Ls[fragment_column(i, t)] * kLog2e));  // P^T
-    if constexpr (kFusedDQ) {
-      wgmma_wait<0>();
+    probabilities(0);
+    wgmma_wait<0>();
+    fence_operands(dpt);
+    score_grads(0);
+    pack_a<T, BR>(pa, st);
+    pack_a<T, BR>(sa, dpt);
+    for (int64_t it = 0; it + 1 < tiles; ++it) {
+      advance(it);
+      fence_operands(st);
       fence_operands(dpt);
-#pragma unroll
-      for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
-      const int row = wg * 64 + warp * 16 + g;
-      store_score_rows<T>(pt_tile, row, t, st);
-      store_score_rows<T>(dst_tile, row, t, dpt);
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, for wgmma's reads
-      __syncthreads();  // both warpgroups' rows (hd 128's dQ reads all 128 keys)
-      const uint32_t pts = smem_addr(pt_tile), dsts = smem_addr(dst_tile);
-      constexpr int KS = HD == 128 ? BC / 16 : 64 / 16;  // dQ's k-steps (keys): all, or this warpgroup's
-      const int k0 = HD == 128 ? 0 : wg * 4;
-      const uint32_t kb = smem_s + (HD == 128 ? panel_offset<BC, HD>(wg) : 0u);  // K's columns for dQ
-      float dq[DQN / 2];
-      zero(dq);
       fence_operands(dv);
       fence_operands(dk);
-      fence_operands(dq);
+      fence_operands(pa);
+      fence_operands(sa);
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BR / 16; ++kk)
-        wgmma_ss_bt<T, HD>(dv, desc_k_major<BC, 64>(pts, wg * 64, kk), desc_mn_major<BR, HD>(dOs, kk));
-#pragma unroll
-      for (int kk = 0; kk < BR / 16; ++kk)
-        wgmma_ss_bt<T, HD>(dk, desc_k_major<BC, 64>(dsts, wg * 64, kk), desc_mn_major<BR, HD>(Qs, kk));
-#pragma unroll
-      for (int kk = 0; kk < KS; ++kk)
-        wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, k0 + kk), desc_mn_major<BC, HD>(kb, k0 + kk));
-      wgmma_commit();
+      issue_scores(it + 1);  // runs first: tile it + 1's scores land while tile it's products run
+      issue_grads(it);
+      wgmma_wait<2>();
+      fence_operands(st);
+      probabilities(it + 1);
+      wgmma_wait<1>();
+      fence_operands(dpt);
+      score_grads(it + 1);
       wgmma_wait<0>();
       fence_operands(dv);
       fence_operands(dk);
-      fence_operands(dq);
-      // Every query of the tile precedes the keys dQ was summed over: dq is zero, nothing to add.
-      if (i0 + BR - 1 < (HD == 128 ? j0 : wg_first_key)) continue;
-      // dQ rows i0 + 16 warp + g (+ 8), columns col0 + 8 nb + 2t (+ 1).
-      const int col0 = HD == 128 ? wg * 64 : 0;
-      if constexpr (kForm == WgmmaBackward::atomic_dq) {
+      fence_operands(pa);
+      fence_operands(sa);
+      fence_operands(st);
+      fence_operands(dpt);
+      pack_a<T, BR>(pa, st);
+      pack_a<T, BR>(sa, dpt);
+    }
+    fence_operands(dv);
+    fence_operands(dk);
+    fence_operands(pa);
+    fence_operands(sa);
+    wgmma_fence();
+    issue_grads(tiles - 1);  // its tile landed in the last advance (or before the loop)
+    wgmma_wait<0>();
+    fence_operands(dv);
+    fence_operands(dk);
+    fence_operands(pa);
+    fence_operands(sa);
+  } else {
+    for (int64_t it = 0; it < tiles; ++it) {
+      next_tile<true>(it, tiles, load_q_tile);
+      const int64_t i0 = j0 + it * BR;
+      // Every query of the tile precedes this warpgroup's keys: nothing to add (the fused form
+      // computes it anyway, masked to zero: both warpgroups meet at its barrier).
+      if (!kFusedDQ && i0 + BR - 1 < wg_first_key) continue;
+      const uint32_t Qs = smem_s + 2 * KBYTES + uint32_t(it & 1) * 2 * QBYTES, dOs = Qs + QBYTES;
+      const float* Ls = stats + (it & 1) * 2 * BR;  // natural-log lse of the tile's queries
+      const float* Ds = Ls + BR;
+
+      float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
+      fence_operands(st);
+      fence_operands(dpt);
+      wgmma_fence();
+      product_ss<T, BC, BR, HD>(st, smem_s, wg * 64, Qs);
+      wgmma_commit();
+      product_ss<T, BC, BR, HD>(dpt, smem_s + KBYTES, wg * 64, dOs);
+      wgmma_commit();
+      wgmma_wait<1>();  // S^T is done; dP^T may still run
+      fence_operands(st);
+      // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence.
+      if (wg_first_key + 63 > i0 || i0 + BR > T_ || wg_first_key + 63 >= T_)
+        mask_outside(st, t, queries_visible(key0, i0, T_, BR), queries_visible(key0 + 8, i0, T_, BR));
+#pragma unroll
+      for (int i = 0; i < BR / 2; ++i)
+        st[i] = exp2f(fmaf(st[i], scale_log2, -Ls[fragment_column(i, t)] * kLog2e));  // P^T
+      if constexpr (kFusedDQ) {
+        wgmma_wait<0>();
+        fence_operands(dpt);
+#pragma unroll
+        for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
+        const int row = wg * 64 + warp * 16 + g;
+        store_score_rows<T>(pt_tile, row, t, st);
+        store_score_rows<T>(dst_tile, row, t, dpt);
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, for wgmma's reads
+        __syncthreads();  // both warpgroups' rows (hd 128's dQ reads all 128 keys)
+        const uint32_t pts = smem_addr(pt_tile), dsts = smem_addr(dst_tile);
+        constexpr int KS = HD == 128 ? BC / 16 : 64 / 16;  // dQ's k-steps (keys): all, or this warpgroup's
+        constexpr int DQN = HD == 128 ? 64 : HD;           // dQ's columns in this warpgroup
+        const int k0 = HD == 128 ? 0 : wg * 4;
+        const uint32_t kb = smem_s + (HD == 128 ? panel_offset<BC, HD>(wg) : 0u);  // K's columns for dQ
+        float dq[DQN / 2];
+        zero(dq);
+        fence_operands(dv);
+        fence_operands(dk);
+        fence_operands(dq);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk)
+          wgmma_ss_bt<T, HD>(dv, desc_k_major<BC, 64>(pts, wg * 64, kk), desc_mn_major<BR, HD>(dOs, kk));
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk)
+          wgmma_ss_bt<T, HD>(dk, desc_k_major<BC, 64>(dsts, wg * 64, kk), desc_mn_major<BR, HD>(Qs, kk));
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk)
+          wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, k0 + kk), desc_mn_major<BC, HD>(kb, k0 + kk));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_operands(dv);
+        fence_operands(dk);
+        fence_operands(dq);
+        // Every query of the tile precedes the keys dQ was summed over: dq is zero, nothing to add.
+        if (i0 + BR - 1 < (HD == 128 ? j0 : wg_first_key)) continue;
+        // dQ rows i0 + 16 warp + g (+ 8), columns col0 + 8 nb + 2t (+ 1): fp32 pairs added atomically.
+        const int col0 = HD == 128 ? wg * 64 : 0;
         float* dqa = a.dq_accum + (b * T_ + i0 + warp * 16 + g) * C + int64_t(h) * HD + col0 + 2 * t;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
@@ -654,54 +848,32 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
             atomicAdd(reinterpret_cast<float2*>(dqa + 8 * half * C + 8 * nb),
                       make_float2(dq[4 * nb + 2 * half], dq[4 * nb + 2 * half + 1]));
         }
-      } else {
-        float* const rows = dq_stage + (wg * 64 + warp * 16) * LDQ;  // this warp's 16 rows
-        if (lane < 16) sm90a::bulk_wait_read<0>();                    // the previous tile's row is read
-        __syncwarp();
-#pragma unroll
-        for (int half = 0; half < 2; ++half)
-#pragma unroll
-          for (int nb = 0; nb < DQN / 8; ++nb)
-            *reinterpret_cast<float2*>(rows + (g + 8 * half) * LDQ + 8 * nb + 2 * t) =
-                make_float2(dq[4 * nb + 2 * half], dq[4 * nb + 2 * half + 1]);
-        sm90a::fence_async_shared();
-        __syncwarp();
-        const int64_t row = i0 + warp * 16 + lane;
-        if (lane < 16 && row < T_) {
-          sm90a::bulk_reduce_add_f32(a.dq_accum + (b * T_ + row) * C + int64_t(h) * HD + col0,
-                                     smem_addr(rows + lane * LDQ), DQN * 4);
-          sm90a::bulk_commit();
-        }
+        continue;
       }
-      continue;
+      uint32_t pa[BR / 16][4], sa[BR / 16][4];
+      pack_a<T, BR>(pa, st);
+      wgmma_wait<0>();
+      fence_operands(dpt);
+#pragma unroll
+      for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
+      pack_a<T, BR>(sa, dpt);
+      fence_operands(dv);
+      fence_operands(dk);
+      fence_operands(pa);
+      fence_operands(sa);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR, HD>(dOs, kk));
+#pragma unroll
+      for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(Qs, kk));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(dv);
+      fence_operands(dk);
+      fence_operands(pa);
+      fence_operands(sa);
     }
-    uint32_t pa[BR / 16][4], sa[BR / 16][4];
-    pack_a<T, BR>(pa, st);
-    wgmma_wait<0>();
-    fence_operands(dpt);
-#pragma unroll
-    for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
-    pack_a<T, BR>(sa, dpt);
-    fence_operands(dv);
-    fence_operands(dk);
-    fence_operands(pa);
-    fence_operands(sa);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR, HD>(dOs, kk));
-#pragma unroll
-    for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(Qs, kk));
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(dv);
-    fence_operands(dk);
-    fence_operands(pa);
-    fence_operands(sa);
   }
-  // The bulk reductions read shared memory until they complete, and the kernel that scales dQ
-  // reads what they added: wait for all of them.
-  if constexpr (kForm == WgmmaBackward::bulk_dq)
-    if (lane < 16) sm90a::bulk_wait<0>();
   T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
   store_rows<T, HD>(dqkv + C, ld, key0, T_, dk, scale, scale);
   store_rows<T, HD>(dqkv + 2 * C, ld, key0, T_, dv, 1.0f, 1.0f);
@@ -852,27 +1024,18 @@ void launch_forward_ws(const AttentionForwardArgs& a, cudaStream_t stream) {
 
 template <typename T, int HD>
 void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStream_t stream) {
-  constexpr size_t smem_dkdv = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4 +
-                               4 * 64 * sizeof(float);  // K, V, 2 x (Q, dO), 2 x (lse, D)
-  constexpr size_t smem_dq = 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 4;  // Q, dO, 2 x (K, V)
+  constexpr size_t smem_dq = dq_smem_bytes<HD>();
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
-  if (form != WgmmaBackward::separate_dq) {
-    // The stats padded to 1 KiB (the score tiles start aligned), then P^T and dS^T (and, for the
-    // bulk reductions, the fp32 dQ rows).
-    constexpr size_t smem_fused = smem_dkdv - 4 * 64 * sizeof(float) + 1024 + 2 * size_t(kScoreTileBytes);
-    constexpr size_t smem_bulk = smem_fused + size_t(fused_dq_stage_bytes<HD>());
+  if (form == WgmmaBackward::atomic_dq) {
+    constexpr size_t smem = dkdv_smem_bytes<HD, WgmmaBackward::atomic_dq>();
+    allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::atomic_dq>, smem);
     attention_dq_accum_zero(a, stream);
-    if (form == WgmmaBackward::atomic_dq) {
-      allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::atomic_dq>, smem_fused);
-      attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::atomic_dq><<<grid, kThreads, smem_fused, stream>>>(a, scale);
-    } else {
-      allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::bulk_dq>, smem_bulk);
-      attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::bulk_dq><<<grid, kThreads, smem_bulk, stream>>>(a, scale);
-    }
+    attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::atomic_dq><<<grid, kThreads, smem, stream>>>(a, scale);
     attention_dq_from_accum(a, dtype_of_element<T>(), stream);
     return;
   }
+  constexpr size_t smem_dkdv = dkdv_smem_bytes<HD, WgmmaBackward::separate_dq>();
   allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq>, smem_dkdv);
   allow_smem(attention_backward_dq_wgmma<T, HD>, smem_dq);
   attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq><<<grid, kThreads, smem_dkdv, stream>>>(a, scale);

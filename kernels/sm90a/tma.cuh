@@ -70,34 +70,6 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
-// Bulk reduction (the fused backward's dQ, LLM_CUDA_ATTENTION=wgmma-bulk): `bytes` (a multiple of
-// 16; both addresses 16-byte aligned) of fp32 at shared address `src` added element-wise into
-// global memory at `dst` by the TMA unit, as one asynchronous operation of the issuing thread's
-// current bulk group. The writers of `src` execute fence_async_shared() after their stores and
-// before the barrier that hands the data to the issuing thread. bulk_commit() closes the group;
-// bulk_wait_read<N>() returns once at most N of the thread's groups may still read shared memory
-// (the buffer may be written again), bulk_wait<N>() once at most N are incomplete (the adds are
-// done and visible to the thread).
-__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
-               "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void bulk_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
-}
-template <int N>
-__device__ __forceinline__ void bulk_wait() {
-  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
-}
-// Orders this thread's generic-proxy stores to shared memory before later async-proxy reads
-// (TMA, bulk copies, wgmma operands).
-__device__ __forceinline__ void fence_async_shared() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
 // The warpgroup's register budget per thread from here on (every warp of the warpgroup executes
 // it): a producer warpgroup gives registers back, consumers take them. The kernel must declare
 // its block size and one block per SM (__launch_bounds__(threads, 1)), or ptxas ignores these

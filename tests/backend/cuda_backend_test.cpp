@@ -89,7 +89,6 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
   EXPECT_EXIT(choice_is("wgmma-ws", AttentionKernels::wgmma_ws), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-ws-pp", AttentionKernels::wgmma_ws_pp), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-atomic", AttentionKernels::wgmma_atomic), ::testing::ExitedWithCode(0), "");
-  EXPECT_EXIT(choice_is("wgmma-bulk", AttentionKernels::wgmma_bulk), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("tc-m32", AttentionKernels::tc_m32), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(
       {
@@ -102,7 +101,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
         }
         std::exit(0);
       },
-      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-bulk or simt");
+      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic or simt");
 }
 
 struct Fixture {
@@ -230,14 +229,12 @@ TEST(CudaBackend, WgmmaTileProductsAreExact) {
 // The wgmma attention kernels called directly (whatever LLM_CUDA_ATTENTION says), forward and
 // backward (and the ping-pong forward, equal to the plain one), against the CPU fp32 op on the same
 // rounded inputs, with LowPrecision's tolerances. form: the backward's (dQ by its own kernel, or
-// fused into the dK/dV kernel and added by atomics, wgmma-atomic, or bulk reductions, wgmma-bulk).
+// fused into the dK/dV kernel and added by atomics, wgmma-atomic).
 // T = 333: several 128-row blocks, a partial last one, and 64-row tiles crossing the diagonal.
 void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackward form) {
   using llm::kernels::WgmmaBackward;
   const bool fused_dq = form != WgmmaBackward::separate_dq;
-  const char* name = form == WgmmaBackward::separate_dq ? "wgmma dqkv"
-                     : form == WgmmaBackward::atomic_dq ? "wgmma-atomic dqkv"
-                                                        : "wgmma-bulk dqkv";
+  const char* name = form == WgmmaBackward::separate_dq ? "wgmma dqkv" : "wgmma-atomic dqkv";
   Fixture f{gpu};
   llm::Backend& cpu = llm::cpu_backend();
   const auto down_low = [&](const Tensor& d) {
@@ -301,15 +298,11 @@ TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
   check_wgmma_attention(*be, llm::kernels::WgmmaBackward::separate_dq);
 }
 
-// Their own tests (and processes in gpu_validation.sh, like the warp-specialised forwards): a
-// fault in one fused kernel leaves the others' results.
+// Its own test (and process in gpu_validation.sh, with the warp-specialised forwards): a fault in
+// the fused kernel leaves the others' results.
 TEST(CudaBackend, WgmmaFusedBackwardMatchesTheCpuOp) {
   REQUIRE_WGMMA(be);
   check_wgmma_attention(*be, llm::kernels::WgmmaBackward::atomic_dq);
-}
-TEST(CudaBackend, WgmmaFusedBulkBackwardMatchesTheCpuOp) {
-  REQUIRE_WGMMA(be);
-  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::bulk_dq);
 }
 
 // The warp-specialised forwards (TMA, mbarriers, setmaxnreg: LLM_CUDA_ATTENTION=wgmma-ws and
