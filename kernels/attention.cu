@@ -330,15 +330,16 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
 }
 
 // LLM_CUDA_ATTENTION unset (or auto): per pass and head dim, the kernels measured fastest on an
-// H200 (docs/gpu-validation.md, run 13: bench-cuda-attention under each choice). Forward: the
-// warp-specialised ping-pong (1.4-1.7x the plain wgmma forward at head dims 64-128), tc at head
-// dim 48 (faster than plain wgmma there in run 12). Backward: the fused five-product form at head
-// dim 128 (+11-18%), the seven-product one below (where its atomics cost more than they save).
-// Off compute capability 9.0 the wgmma kernels do not run: tc, without atomics.
+// H200 (docs/gpu-validation.md, runs 13-15: bench-cuda-attention under each choice). Forward: the
+// warp-specialised ping-pong at every head dim (1.41-1.85x the plain wgmma forward, run 14).
+// Backward: the fused five-product form at head dim 128 (run 15: +3% over the pipelined
+// seven-product form at 16k, equal at 4k), the pipelined seven-product one below it (where the
+// fused form's atomics cost more than they save: 0.80-0.92x). Off compute capability 9.0 the wgmma kernels do not run: tc,
+// without atomics.
 AttentionKernels automatic_kernels(int hd, bool backward) {
   if (wgmma_unavailable()) return AttentionKernels::tc;
   if (backward) return hd == 128 ? AttentionKernels::wgmma_atomic : AttentionKernels::wgmma;
-  return hd == 48 ? AttentionKernels::tc : AttentionKernels::wgmma_ws_pp;
+  return AttentionKernels::wgmma_ws_pp;
 }
 
 AttentionKernels kernels_for(int hd, bool backward) {

@@ -608,7 +608,7 @@ __device__ __forceinline__ void store_score_rows(unsigned char* tile, int row, i
 // 63, over all 128 keys, so both warpgroups' dS^T must be stored first), the other head dims the
 // keys (warpgroup w: its own 64 keys, all HD columns; both add), with float2 atomics. dQ is not
 // bit-reproducible (the order of the adds varies). (Run 14 measured the same adds as TMA bulk
-// reductions from shared memory, cp.reduce.async.bulk: no faster, 0.96-1.02x; commit 14c7d39.)
+// reductions from shared memory, cp.reduce.async.bulk: no faster, 0.96-1.03x; commit 14c7d39.)
 //
 // kPipelined (separate_dq at the head dims dkdv_pipelined() names): three Q/dO stages, and tile
 // it + 1's S^T and dP^T are issued before tile it's dV and dK products, so P^T and dS^T of tile
