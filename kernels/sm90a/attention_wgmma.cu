@@ -425,7 +425,7 @@ template <int HD>
 constexpr bool dq_pipelined() { return HD <= 128; }
 template <int HD>
 constexpr size_t dq_smem_bytes() {  // Q, dO, and the K/V stages
-  return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * (dq_pipelined<HD>() ? 3 : 2);
+  return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * (dq_pipelined<HD>() ? PipeRing::kStages : 2);
 }
 
 template <typename T, int HD>
@@ -433,10 +433,11 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
   constexpr int BR = 128, BC = 64;
   constexpr int QBYTES = tile_bytes<BR, HD>(), KVBYTES = tile_bytes<BC, HD>();
   constexpr bool kPipelined = dq_pipelined<HD>();
+  static_assert(PipeRing::kStages == 3, "the pipelined prologues (here and in the dK/dV kernel) copy tiles 0 and 1");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* const smem = align_1024(smem_raw);  // [Q][dO][2 or 3 stages][K | V]
   const uint32_t smem_s = smem_addr(smem);
-  const auto stage = [](int64_t jt) { return int(kPipelined ? jt % 3 : jt & 1); };
+  const auto stage = [](int64_t jt) { return kPipelined ? PipeRing::stage(jt) : int(jt & 1); };
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -493,7 +494,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
     };
     const auto advance = [&](int64_t jt) {  // every warp is past tile jt - 1: its stage takes jt + 2
       __syncthreads();
-      if (jt + 2 < tiles) load_kv(jt + 2);
+      if (PipeRing::prefetch(jt) < tiles) load_kv(PipeRing::prefetch(jt));
       cp_async_commit();
       cp_async_wait<1>();  // tile jt + 1 has landed
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -621,7 +622,7 @@ constexpr bool dkdv_pipelined() { return HD <= 96; }
 // and the fused form's P^T and dS^T tiles.
 template <int HD, WgmmaBackward kForm>
 constexpr size_t dkdv_smem_bytes() {
-  constexpr int stages = kForm == WgmmaBackward::separate_dq && dkdv_pipelined<HD>() ? 3 : 2;
+  constexpr int stages = kForm == WgmmaBackward::separate_dq && dkdv_pipelined<HD>() ? PipeRing::kStages : 2;
   return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * stages + 1024 * ((stages + 1) / 2) +
          (kForm == WgmmaBackward::atomic_dq ? 2 * size_t(kScoreTileBytes) : 0);
 }
@@ -632,7 +633,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>();
   constexpr bool kFusedDQ = kForm != WgmmaBackward::separate_dq;
   constexpr bool kPipelined = !kFusedDQ && dkdv_pipelined<HD>();
-  constexpr int kStages = kPipelined ? 3 : 2;
+  constexpr int kStages = kPipelined ? PipeRing::kStages : 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // [K][V][kStages][Q | dO][kStages][lse | D] (padded to whole KiB), then (fused) [P^T][dS^T]
   unsigned char* const smem = align_1024(smem_raw);
@@ -640,7 +641,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
   float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 2 * kStages * QBYTES);
   unsigned char* const pt_tile = smem + 2 * KBYTES + 4 * QBYTES + 1024;
   unsigned char* const dst_tile = pt_tile + kScoreTileBytes;
-  const auto stage = [](int64_t it) { return int(kPipelined ? it % 3 : it & 1); };
+  const auto stage = [](int64_t it) { return kPipelined ? PipeRing::stage(it) : int(it & 1); };
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -712,7 +713,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     // Every warp is past tile it - 1's products, so its stage takes tile it + 2; tile it + 1 lands.
     const auto advance = [&](int64_t it) {
       __syncthreads();
-      if (it + 2 < tiles) load_q_tile(it + 2);
+      if (PipeRing::prefetch(it) < tiles) load_q_tile(PipeRing::prefetch(it));
       cp_async_commit();
       cp_async_wait<1>();
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");

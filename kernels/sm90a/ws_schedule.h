@@ -1,5 +1,6 @@
 // The synchronisation schedule of the warp-specialised attention forward (attention_wgmma.cu,
-// LLM_CUDA_ATTENTION=wgmma-ws / wgmma-ws-pp) as plain arithmetic that host code can call too:
+// LLM_CUDA_ATTENTION=wgmma-ws / wgmma-ws-pp), and the stage ring of the pipelined backward
+// (PipeRing, at the end), as plain arithmetic that host code can call too:
 // tests/backend/ws_schedule_test.cpp runs the producer and both consumers against a model of
 // mbarriers and named barriers, in many random interleavings, with the kernel's order of waits
 // and arrivals, and checks that nothing deadlocks, that every tile is read only after its copy
@@ -42,6 +43,20 @@ struct WsPingPong {
   LLM_WS_HD static int other_barrier(int consumer) { return 3 - consumer; }
   LLM_WS_HD static bool arrives_first(int consumer) { return consumer == 1; }
   LLM_WS_HD static bool arrives_after_issue(int consumer, bool last_issue) { return !(last_issue && consumer == 1); }
+};
+
+// The software-pipelined seven-product backward (attention_wgmma.cu, kPipelined: the dK/dV
+// kernel's Q/dO tiles, the dQ kernel's K/V tiles; no warp specialisation, cp.async copies): tile
+// i lives in stage i % kStages. The prologue copies tiles 0 .. kStages - 2 and issues tile 0's
+// score products. Iteration it (0 .. tiles - 2) passes a block barrier (every warp has waited for
+// iteration it - 1's products), copies tile prefetch(it) if there is one, waits until tile it + 1
+// has landed, then issues tile it + 1's score products and tile it's gradient products and waits
+// for both; after the loop, the last tile's gradient products. tests/backend/ws_schedule_test.cpp
+// (PipeSchedule.*) replays that order against a model of the stages.
+struct PipeRing {
+  static constexpr int kStages = 3;
+  LLM_WS_HD static int stage(int64_t tile) { return int(tile % kStages); }
+  LLM_WS_HD static int64_t prefetch(int64_t it) { return it + kStages - 1; }
 };
 
 }  // namespace llm::kernels::sm90a

@@ -306,4 +306,108 @@ TEST(WsSchedule, TheModelCatchesParityReleaseAndArrivalSlips) {
   }));
 }
 
+
+// The pipelined backward's tile stream (PipeRing): the kernels' order of copies, waits and reads
+// (ws_schedule.h) replayed against stages that record which tile they hold, whether it has
+// landed (a cp.async group lands at the latest at the wait that covers it) and how many issued
+// products still read them. A copy into a stage with pending reads, or a read of a stage not
+// holding its tile landed, is an error; every tile must be read by its score products and its
+// gradient products exactly once.
+struct PipeModel {
+  int stages;
+  std::vector<int64_t> holds;
+  std::vector<bool> landed;
+  std::vector<int> in_flight;  // copies into the stage not landed yet
+  std::vector<int> reading;
+  std::vector<int> groups;    // committed cp.async groups, oldest first: their stage, or -1 (empty)
+  std::vector<int> pending;   // stages read by issued products not yet waited for
+  std::vector<int> score_reads, grad_reads;
+  std::vector<std::string> errors;
+
+  PipeModel(int n_stages, int64_t tiles)
+      : stages(n_stages), holds(n_stages, -1), landed(n_stages, false), in_flight(n_stages, 0), reading(n_stages, 0),
+        score_reads(tiles, 0), grad_reads(tiles, 0) {}
+  void copy(int64_t tile, int stage) {
+    if (reading[stage] > 0)
+      errors.push_back("tile " + std::to_string(tile) + " copied into stage " + std::to_string(stage) + " while read");
+    if (in_flight[stage] > 0)
+      errors.push_back("tile " + std::to_string(tile) + " copied into stage " + std::to_string(stage) +
+                       " while an earlier copy is in flight");
+    holds[stage] = tile, landed[stage] = false, ++in_flight[stage];
+    groups.push_back(stage);
+  }
+  void commit_empty() { groups.push_back(-1); }
+  void wait_groups(size_t allowed_pending) {
+    while (groups.size() > allowed_pending) {
+      if (const int st = groups.front(); st >= 0) landed[st] = --in_flight[st] == 0;
+      groups.erase(groups.begin());
+    }
+  }
+  void read(int64_t tile, int stage, std::vector<int>& count) {
+    if (holds[stage] != tile || !landed[stage])
+      errors.push_back("tile " + std::to_string(tile) + " read from stage " + std::to_string(stage) + " holding tile " +
+                       std::to_string(holds[stage]) + (landed[stage] ? "" : " (not landed)"));
+    ++reading[stage], ++count[tile];
+    pending.push_back(stage);
+  }
+  void wait_reads() {
+    for (int s : pending) --reading[s];
+    pending.clear();
+  }
+};
+
+// The kernels' order (attention_backward_dkdv_wgmma and attention_backward_dq_wgmma, kPipelined),
+// with the ring's stage and prefetch functions passed in so the test can also break them.
+template <typename Stage, typename Prefetch>
+PipeModel run_pipeline(int stages, int64_t tiles, Stage stage, Prefetch prefetch) {
+  PipeModel m(stages, tiles);
+  m.copy(0, stage(0));  // with K and V (dK/dV) or Q and dO (dQ): one group
+  if (tiles > 1) m.copy(1, stage(1));
+  else m.commit_empty();
+  m.wait_groups(1);
+  m.read(0, stage(0), m.score_reads);
+  m.wait_reads();
+  for (int64_t it = 0; it + 1 < tiles; ++it) {
+    // the block barrier: every warp has waited for iteration it - 1's products (wait_reads)
+    const int64_t p = prefetch(it);
+    if (p < tiles) m.copy(p, stage(p));
+    else m.commit_empty();
+    m.wait_groups(1);
+    m.read(it + 1, stage(it + 1), m.score_reads);
+    m.read(it, stage(it), m.grad_reads);
+    m.wait_reads();
+  }
+  m.read(tiles - 1, stage(tiles - 1), m.grad_reads);
+  m.wait_reads();
+  return m;
+}
+
+TEST(PipeSchedule, EveryTileIsReadOnceFromItsStageAfterItLands) {
+  using llm::kernels::sm90a::PipeRing;
+  for (int64_t tiles = 1; tiles <= 14; ++tiles) {
+    SCOPED_TRACE("tiles=" + std::to_string(tiles));
+    const PipeModel m = run_pipeline(PipeRing::kStages, tiles, [](int64_t i) { return PipeRing::stage(i); },
+                                     [](int64_t it) { return PipeRing::prefetch(it); });
+    EXPECT_TRUE(m.errors.empty()) << m.errors.front();
+    for (int64_t i = 0; i < tiles; ++i) {
+      EXPECT_EQ(m.score_reads[size_t(i)], 1) << "tile " << i;
+      EXPECT_EQ(m.grad_reads[size_t(i)], 1) << "tile " << i;
+    }
+  }
+}
+
+TEST(PipeSchedule, TheModelCatchesTooFewStagesAndAWrongPrefetch) {
+  // Two stages with the same prefetch distance: tile it + 2 overwrites tile it before its
+  // gradient products read it.
+  const PipeModel two = run_pipeline(2, 6, [](int64_t i) { return int(i % 2); }, [](int64_t it) { return it + 2; });
+  EXPECT_FALSE(two.errors.empty());
+  // Prefetching one tile too far: tile 3 lands in tile 0's stage before tile 0's gradient
+  // products read it, and tile 2 is never copied.
+  const PipeModel far = run_pipeline(3, 6, [](int64_t i) { return int(i % 3); }, [](int64_t it) { return it + 3; });
+  EXPECT_FALSE(far.errors.empty());
+  // One tile too near: tile 1 is copied a second time, and tile 2 is read before it lands.
+  const PipeModel near = run_pipeline(3, 6, [](int64_t i) { return int(i % 3); }, [](int64_t it) { return it + 1; });
+  EXPECT_FALSE(near.errors.empty());
+}
+
 }  // namespace
