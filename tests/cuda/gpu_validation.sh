@@ -11,7 +11,7 @@
 #   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
 #   BENCHES="gemm attention torch train-step longseq sweep" (which benchmarks run; QUICK=1 drops
 #   the sweep; "profile" adds Nsight Compute on the attention kernels of
-#   PROFILE_ATTENTION="wgmma tc-m32" when ncu is there), ATTENTION_BENCH_ARGS (the attention
+#   PROFILE_ATTENTION="wgmma tc-m32" at head dim PROFILE_HEAD_DIM=128, seq 4096, when ncu is there), ATTENTION_BENCH_ARGS (the attention
 #   benchmarks' flags, ours for every kernel choice and PyTorch's, e.g. "--head-dims 48,80,96
 #   --seqs 4096,16384"), TESTS=0 (skip the correctness steps: a rerun of benchmarks on a bundle
 #   already validated), SWEEP_MODELS="GPT1_3B:50304 GPT1_5B:0" (model:vocab, 0 the mock default),
@@ -178,8 +178,9 @@ if [[ "$benches" = *" longseq "* ]]; then
 fi
 
 if [[ "$benches" = *" profile "* ]]; then
-  # Nsight Compute on the attention kernels (hd 128, seq 4096): where the cycles go (tensor pipe
-  # use, stall reasons, occupancy, the hottest instructions), for each kernel choice.
+  # Nsight Compute on the attention kernels (head dim PROFILE_HEAD_DIM, seq 4096): where the
+  # cycles go (tensor pipe use, shared-memory throughput, stall reasons, occupancy, the hottest
+  # instructions), for each kernel choice.
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
   if [[ -z "$ncu" ]]; then
     log "profile: no ncu on this machine"
@@ -188,7 +189,7 @@ if [[ "$benches" = *" profile "* ]]; then
       (cd "$build" && LLM_CUDA_ATTENTION=$var lim 120 "$ncu" --kernel-name regex:attention --launch-count 8 \
         --section SpeedOfLight --section Occupancy --section SchedulerStats --section WarpStateStats \
         --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SourceCounters \
-        ./tests/bench-cuda-attention --head-dims 128 --seqs 4096 --reps 1 > "$out/ncu_attention_$var.txt" 2>&1)
+        ./tests/bench-cuda-attention --head-dims "${PROFILE_HEAD_DIM:-128}" --seqs 4096 --reps 1 > "$out/ncu_attention_$var.txt" 2>&1)
       log "profile ($var) exit $?: $(grep -c '^  void' "$out/ncu_attention_$var.txt") kernels ($ncu)"
     done
   fi
