@@ -357,6 +357,7 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
     case AttentionKernels::tc_m32: return attention_forward_tensor_cores(t, a, true, stream);
     case AttentionKernels::wgmma:
     case AttentionKernels::wgmma_atomic:
+    case AttentionKernels::wgmma_rs:
       return attention_forward_wgmma(t, a, stream) || attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::wgmma_pp:
       return attention_forward_wgmma(t, a, stream, WgmmaForward::ping_pong) ||
@@ -387,6 +388,9 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::wgmma_atomic:
       return attention_backward_wgmma(t, a, stream, WgmmaBackward::atomic_dq) ||
              attention_backward_tensor_cores(t, a, true, stream);
+    case AttentionKernels::wgmma_rs:
+      return attention_backward_wgmma(t, a, stream, WgmmaBackward::separate_dq_rs) ||
+             attention_backward_tensor_cores(t, a, false, stream);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -407,8 +411,9 @@ AttentionKernels attention_kernels() {
     if (s == "wgmma-ws") return AttentionKernels::wgmma_ws;
     if (s == "wgmma-ws-pp") return AttentionKernels::wgmma_ws_pp;
     if (s == "wgmma-atomic") return AttentionKernels::wgmma_atomic;
+    if (s == "wgmma-rs") return AttentionKernels::wgmma_rs;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-rs or simt");
   }();
   return v;
 }

@@ -168,10 +168,12 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //   wgmma-ws-pp   wgmma-ws with the consumer warpgroups in ping-pong;
 //   wgmma-atomic  wgmma with the backward's dQ fused into the dK/dV kernel through fp32 atomics
 //                 (tc-atomic where wgmma does not run);
+//   wgmma-rs      wgmma with the dQ kernel's score products reading Q and dO from registers (head
+//                 dims up to 96; not yet run on a GPU);
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
 enum class AttentionKernels {
-  automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_atomic, simt
+  automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_atomic, wgmma_rs, simt
 };
 AttentionKernels attention_kernels();
 
@@ -197,9 +199,10 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
                              WgmmaForward form = WgmmaForward::plain);
 // The backward's form: separate_dq (the dQ kernel recomputes S and dP: seven products), or dQ
 // fused into the dK/dV kernel (five products; a.dq_accum set, false when it is null) and added
-// into a.dq_accum by per-thread fp32 atomics (atomic_dq, wgmma-atomic). Fused dQ is not
-// bit-reproducible.
-enum class WgmmaBackward { separate_dq, atomic_dq };
+// into a.dq_accum by per-thread fp32 atomics (atomic_dq, wgmma-atomic; not bit-reproducible);
+// separate_dq_rs (wgmma-rs): separate_dq with the dQ kernel's S and dP products taking Q and dO
+// from registers (RS) at head dims up to 96, separate_dq above.
+enum class WgmmaBackward { separate_dq, atomic_dq, separate_dq_rs };
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream,
                               WgmmaBackward form = WgmmaBackward::separate_dq);
 // The wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T (both

@@ -85,6 +85,26 @@ __device__ __forceinline__ void pack_a(uint32_t (&f)[N / 16][4], const float (&d
   }
 }
 
+// The 16-bit A fragments (k-steps of 16 columns) of rows `row` and row + 8 of an R-row swizzled
+// tile, as wgmma's RS form reads them (the layout pack_a writes): quad lane t holds columns
+// 16 kk + 2t (+1) and 16 kk + 8 + 2t (+1).
+template <int R, int HD>
+__device__ __forceinline__ void load_a_fragments(uint32_t (&f)[HD / 16][4], const unsigned char* tile, int row, int t) {
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) f[kk][j] = *reinterpret_cast<const uint32_t*>(tile + a_fragment_offset<R, HD>(row, kk, j, t));
+}
+
+// d = A B^T over the HD columns, A from registers (load_a_fragments), B the whole NB-row K-major
+// tile at b; the first k-step overwrites d.
+template <typename T, int NB, int HD>
+__device__ __forceinline__ void product_rs(float (&d)[NB / 2], const uint32_t (&a)[HD / 16][4], uint32_t b) {
+  wgmma_rs_kb_overwrite<T, NB>(d, a[0], desc_k_major<NB, HD>(b, 0, 0));
+#pragma unroll
+  for (int kk = 1; kk < HD / 16; ++kk) wgmma_rs_kb<T, NB>(d, a[kk], desc_k_major<NB, HD>(b, 0, kk));
+}
+
 // d = A B^T over the HD columns (both K-major tiles): A rows row_a .. row_a + 63 of the MA-row
 // tile at shared address a, B the whole NB-row tile at b. The first k-step overwrites d, so d
 // needs no zeroing.
@@ -421,19 +441,27 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 // key tile jt + 1's S and dP issued before tile jt's dQ += dS K, dS of tile jt + 1 computed while
 // that runs, packed after the wait. A key tile wholly after a warpgroup's queries is computed
 // masked to zero.
+//
+// kRsScores (separate_dq_rs, LLM_CUDA_ATTENTION=wgmma-rs; head dims up to 96, where the registers
+// allow): the warpgroup's 64 rows of Q and dO, the same for every key tile, are loaded into A
+// fragments once, and S and dP become RS products: per k-step the tensor cores read only the K
+// or V panel from shared memory, half the SS form's bytes.
 template <int HD>
 constexpr bool dq_pipelined() { return HD <= 128; }
+template <int HD>
+constexpr bool dq_rs_scores() { return HD <= 96; }
 template <int HD>
 constexpr size_t dq_smem_bytes() {  // Q, dO, and the K/V stages
   return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * (dq_pipelined<HD>() ? PipeRing::kStages : 2);
 }
 
-template <typename T, int HD>
+template <typename T, int HD, bool kRsScores>
 __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(AttentionBackwardArgs a, float scale) {
   constexpr int BR = 128, BC = 64;
   constexpr int QBYTES = tile_bytes<BR, HD>(), KVBYTES = tile_bytes<BC, HD>();
   constexpr bool kPipelined = dq_pipelined<HD>();
   static_assert(PipeRing::kStages == 3, "the pipelined prologues (here and in the dK/dV kernel) copy tiles 0 and 1");
+  static_assert(!kRsScores || (kPipelined && dq_rs_scores<HD>()), "RS scores: the pipelined form, head dims <= 96");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* const smem = align_1024(smem_raw);  // [Q][dO][2 or 3 stages][K | V]
   const uint32_t smem_s = smem_addr(smem);
@@ -472,9 +500,15 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
     const auto k_tile = [&](int64_t jt) { return smem_s + 2 * QBYTES + uint32_t(stage(jt)) * 2 * KVBYTES; };
     float s[BC / 2], dp[BC / 2];  // S and dP of a key tile, then dS in s
     uint32_t sa[BC / 16][4];
+    uint32_t qa[kRsScores ? HD / 16 : 1][4], da[kRsScores ? HD / 16 : 1][4];  // kRsScores: Q, dO rows
     const auto issue_scores = [&](int64_t jt) {  // one group
-      product_ss<T, BR, BC, HD>(s, smem_s, wg * 64, k_tile(jt));
-      product_ss<T, BR, BC, HD>(dp, smem_s + QBYTES, wg * 64, k_tile(jt) + KVBYTES);
+      if constexpr (kRsScores) {
+        product_rs<T, BC, HD>(s, qa, k_tile(jt));
+        product_rs<T, BC, HD>(dp, da, k_tile(jt) + KVBYTES);
+      } else {
+        product_ss<T, BR, BC, HD>(s, smem_s, wg * 64, k_tile(jt));
+        product_ss<T, BR, BC, HD>(dp, smem_s + QBYTES, wg * 64, k_tile(jt) + KVBYTES);
+      }
       wgmma_commit();
     };
     const auto score_grads = [&](int64_t jt) {  // S and dP have landed: s = dS
@@ -505,6 +539,12 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
     cp_async_wait<1>();
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
+    if constexpr (kRsScores) {
+      load_a_fragments<BR, HD>(qa, smem, wg * 64 + warp * 16 + g, t);
+      load_a_fragments<BR, HD>(da, smem + QBYTES, wg * 64 + warp * 16 + g, t);
+      fence_operands(qa);
+      fence_operands(da);
+    }
     fence_operands(s);
     fence_operands(dp);
     wgmma_fence();
@@ -1025,6 +1065,7 @@ void launch_forward_ws(const AttentionForwardArgs& a, cudaStream_t stream) {
 
 template <typename T, int HD>
 void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStream_t stream) {
+  constexpr bool rs = dq_rs_scores<HD>();
   constexpr size_t smem_dq = dq_smem_bytes<HD>();
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
@@ -1038,9 +1079,14 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
   }
   constexpr size_t smem_dkdv = dkdv_smem_bytes<HD, WgmmaBackward::separate_dq>();
   allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq>, smem_dkdv);
-  allow_smem(attention_backward_dq_wgmma<T, HD>, smem_dq);
   attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq><<<grid, kThreads, smem_dkdv, stream>>>(a, scale);
-  attention_backward_dq_wgmma<T, HD><<<grid, kThreads, smem_dq, stream>>>(a, scale);
+  if (rs && form == WgmmaBackward::separate_dq_rs) {
+    allow_smem(attention_backward_dq_wgmma<T, HD, rs>, smem_dq);
+    attention_backward_dq_wgmma<T, HD, rs><<<grid, kThreads, smem_dq, stream>>>(a, scale);
+  } else {
+    allow_smem(attention_backward_dq_wgmma<T, HD, false>, smem_dq);
+    attention_backward_dq_wgmma<T, HD, false><<<grid, kThreads, smem_dq, stream>>>(a, scale);
+  }
 }
 
 // Calls f(type tag, head-dim constant) for the covered (dtype, head dim) pairs; false otherwise.
@@ -1094,7 +1140,7 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
 
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream, WgmmaBackward form) {
   if (!attention_rows_aligned(a)) return false;
-  if (form != WgmmaBackward::separate_dq && !a.dq_accum) return false;
+  if (form == WgmmaBackward::atomic_dq && !a.dq_accum) return false;
   return dispatch(t, a.hd,
                   [&](auto tag, auto hd) { launch_backward<decltype(tag), decltype(hd)::value>(a, form, stream); });
 }

@@ -127,6 +127,13 @@ __device__ __forceinline__ void wgmma_ss_tt(float (&d)[N / 2], uint64_t a, uint6
 // d (64 x N, fp32) += A (64 x 16, registers) * B (16 x N, MN-major, shared): "RS".
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
+// d (64 x N, fp32) += / = A (64 x 16, registers) * B (16 x N, K-major, shared): the RS form with
+// B as the score products' second operand (the dQ kernel's S = Q K^T and dP = dO V^T with Q and
+// dO held in registers, LLM_CUDA_ATTENTION=wgmma-rs); the overwrite form ignores d (scale-d 0).
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs_kb(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs_kb_overwrite(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
 
 // The SS form as function FN, with scale-d SCALE_D ("1": d += A B; "0": d = A B) and the
 // transpose flags TRANS ("trans-a, trans-b": 0 K-major, 1 MN-major).
@@ -139,18 +146,24 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
                  : "l"(a), "l"(b));                                                                      \
   }
 
+// The RS form as function FN, with scale-d SCALE_D and B's transpose flag TRANS_B.
+#define LLM_WGMMA_RS(FN, SCALE_D, TRANS_B, TYPE, PTX_TYPE, N, NR, A0, A1, A2, A3, B_RS)                    \
+  template <>                                                                                            \
+  __device__ __forceinline__ void FN<TYPE, N>(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b) {     \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \
+                 LLM_WGMMA_D##NR ", {" A0 ", " A1 ", " A2 ", " A3 "}, " B_RS ", " SCALE_D ", 1, 1, " TRANS_B ";\n" \
+                 : LLM_WGMMA_OUT##NR(d)                                                                  \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));                                  \
+  }
+
 #define LLM_WGMMA_DEFINE(TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B, A0, A1, A2, A3, B_RS)                     \
   LLM_WGMMA_SS(wgmma_ss, "1", "0, 0", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                              \
   LLM_WGMMA_SS(wgmma_ss_overwrite, "0", "0, 0", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                    \
   LLM_WGMMA_SS(wgmma_ss_bt, "1", "0, 1", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                           \
   LLM_WGMMA_SS(wgmma_ss_tt, "1", "1, 1", TYPE, PTX_TYPE, N, NR, DESC_A, DESC_B)                           \
-  template <>                                                                                            \
-  __device__ __forceinline__ void wgmma_rs<TYPE, N>(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b) { \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE " "             \
-                 LLM_WGMMA_D##NR ", {" A0 ", " A1 ", " A2 ", " A3 "}, " B_RS ", 1, 1, 1, 1;\n"             \
-                 : LLM_WGMMA_OUT##NR(d)                                                                  \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));                                  \
-  }
+  LLM_WGMMA_RS(wgmma_rs, "1", "1", TYPE, PTX_TYPE, N, NR, A0, A1, A2, A3, B_RS)                           \
+  LLM_WGMMA_RS(wgmma_rs_kb, "1", "0", TYPE, PTX_TYPE, N, NR, A0, A1, A2, A3, B_RS)                        \
+  LLM_WGMMA_RS(wgmma_rs_kb_overwrite, "0", "0", TYPE, PTX_TYPE, N, NR, A0, A1, A2, A3, B_RS)
 
 LLM_WGMMA_DEFINE(__nv_bfloat16, "bf16", 48, 24, "%24", "%25", "%24", "%25", "%26", "%27", "%28")
 LLM_WGMMA_DEFINE(__half, "f16", 48, 24, "%24", "%25", "%24", "%25", "%26", "%27", "%28")
@@ -165,6 +178,7 @@ LLM_WGMMA_DEFINE(__half, "f16", 128, 64, "%64", "%65", "%64", "%65", "%66", "%67
 
 #undef LLM_WGMMA_DEFINE
 #undef LLM_WGMMA_SS
+#undef LLM_WGMMA_RS
 #undef LLM_WGMMA_D24
 #undef LLM_WGMMA_OUT24
 #undef LLM_WGMMA_D32

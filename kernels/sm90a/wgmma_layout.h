@@ -59,6 +59,14 @@ LLM_WGMMA_HD constexpr uint32_t panel_offset(int p) {
   return uint32_t(p * R * swizzle_bytes(HD));
 }
 
+// Register A operand (wgmma's RS form) loaded from a tile: register j (0..3) of k-step kk for
+// quad lane t holds the two 16-bit elements at row `row` + 8 (j & 1), columns 16 kk + 8 (j >> 1) +
+// 2t and + 1 (the accumulator layout, so pack_a and this agree); their byte offset in the tile.
+template <int R, int HD>
+LLM_WGMMA_HD constexpr uint32_t a_fragment_offset(int row, int kk, int j, int t) {
+  return swizzled_offset<R, HD>(row + 8 * (j & 1), 2 * kk + (j >> 1)) + uint32_t(4 * t);
+}
+
 // K-major operand: rows from `row0` of an R-row tile at shared address `tile`, k-step kk.
 template <int R, int HD>
 LLM_WGMMA_HD constexpr uint64_t desc_k_major(uint32_t tile, int row0, int kk) {

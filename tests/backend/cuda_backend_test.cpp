@@ -89,6 +89,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
   EXPECT_EXIT(choice_is("wgmma-ws", AttentionKernels::wgmma_ws), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-ws-pp", AttentionKernels::wgmma_ws_pp), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-atomic", AttentionKernels::wgmma_atomic), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(choice_is("wgmma-rs", AttentionKernels::wgmma_rs), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("tc-m32", AttentionKernels::tc_m32), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(
       {
@@ -101,7 +102,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
         }
         std::exit(0);
       },
-      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic or simt");
+      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-rs or simt");
 }
 
 struct Fixture {
@@ -229,12 +230,15 @@ TEST(CudaBackend, WgmmaTileProductsAreExact) {
 // The wgmma attention kernels called directly (whatever LLM_CUDA_ATTENTION says), forward and
 // backward (and the ping-pong forward, equal to the plain one), against the CPU fp32 op on the same
 // rounded inputs, with LowPrecision's tolerances. form: the backward's (dQ by its own kernel, or
-// fused into the dK/dV kernel and added by atomics, wgmma-atomic).
+// fused into the dK/dV kernel and added by atomics, wgmma-atomic, or by its own kernel with Q and dO
+// in registers for the score products, wgmma-rs).
 // T = 333: several 128-row blocks, a partial last one, and 64-row tiles crossing the diagonal.
 void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackward form) {
   using llm::kernels::WgmmaBackward;
   const bool fused_dq = form != WgmmaBackward::separate_dq;
-  const char* name = form == WgmmaBackward::separate_dq ? "wgmma dqkv" : "wgmma-atomic dqkv";
+  const char* name = form == WgmmaBackward::separate_dq ? "wgmma dqkv"
+                     : form == WgmmaBackward::atomic_dq ? "wgmma-atomic dqkv"
+                                                        : "wgmma-rs dqkv";
   Fixture f{gpu};
   llm::Backend& cpu = llm::cpu_backend();
   const auto down_low = [&](const Tensor& d) {
@@ -303,6 +307,12 @@ TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
 TEST(CudaBackend, WgmmaFusedBackwardMatchesTheCpuOp) {
   REQUIRE_WGMMA(be);
   check_wgmma_attention(*be, llm::kernels::WgmmaBackward::atomic_dq);
+}
+
+// The dQ kernel with register Q/dO score products (wgmma-rs): its own process too.
+TEST(CudaBackend, WgmmaRegisterScoresBackwardMatchesTheCpuOp) {
+  REQUIRE_WGMMA(be);
+  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::separate_dq_rs);
 }
 
 // The warp-specialised forwards (TMA, mbarriers, setmaxnreg: LLM_CUDA_ATTENTION=wgmma-ws and

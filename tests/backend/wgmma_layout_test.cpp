@@ -198,4 +198,40 @@ TEST(WgmmaLayout, TmaBoxesFillThePanels) {
   }
 }
 
+
+// wgmma-rs's dQ kernel loads Q and dO rows from their swizzled tiles into RS A fragments
+// (a_fragment_offset): each register must hold the two elements the accumulator layout puts there
+// (pack_a's mapping, fragment_column in attention_mask.h: register j of k-step kk is accumulator
+// elements 8 kk + 2 j and + 1), for every row, k-step and lane of a 128-row tile.
+template <int HD>
+void check_a_fragments() {
+  constexpr int R = 128;
+  std::vector<int> at(size_t(R) * HD * 2, -1);  // byte -> element index r * HD + c, low byte of each pair
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < HD; ++c) {
+      const uint32_t off = llm::kernels::sm90a::swizzled_offset<R, HD>(r, c / 8) + uint32_t(2 * (c % 8));
+      at[off] = r * HD + c;
+    }
+  for (int row = 0; row < R; row += 16)
+    for (int g = 0; g < 8; ++g)
+      for (int kk = 0; kk < HD / 16; ++kk)
+        for (int j = 0; j < 4; ++j)
+          for (int t = 0; t < 4; ++t) {
+            const uint32_t off = llm::kernels::sm90a::a_fragment_offset<R, HD>(row + g, kk, j, t);
+            // the accumulator layout: element i = 8 kk + 2 j (+1) is at row g (+8 when i & 2),
+            // column (i / 4) * 8 + 2t (+ (i & 1))
+            const int i = 8 * kk + 2 * j, r = row + g + ((i & 2) ? 8 : 0), c = (i / 4) * 8 + 2 * t;
+            ASSERT_EQ(at[off], r * HD + c) << "hd " << HD << " row " << row + g << " kk " << kk << " j " << j << " t " << t;
+            ASSERT_EQ(at[off + 2], r * HD + c + 1) << "hd " << HD << " row " << row + g << " kk " << kk << " j " << j;
+          }
+}
+
+TEST(WgmmaLayout, RegisterFragmentsHoldTheAccumulatorLayout) {
+  check_a_fragments<48>();
+  check_a_fragments<64>();
+  check_a_fragments<80>();
+  check_a_fragments<96>();
+  check_a_fragments<128>();
+}
+
 }  // namespace

@@ -6,7 +6,7 @@
 #   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the llm-sweep run),
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
 #   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
-#   ATTENTION_VARIANTS="tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-atomic tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
+#   ATTENTION_VARIANTS="tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-atomic wgmma-rs tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
 #   benchmark and training step also run, next to the default kernels), BIAS_GRAD_EPILOGUE=1 (the
 #   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
 #   BENCHES="gemm attention torch train-step longseq sweep" (which benchmarks run; QUICK=1 drops
@@ -38,7 +38,7 @@ else
 fi
 
 # The kernel choices beside the default, for the attention tests and the benchmarks (also with TESTS=0).
-variants=(${ATTENTION_VARIANTS-tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-atomic tc-atomic tc-m32})
+variants=(${ATTENTION_VARIANTS-tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-atomic wgmma-rs tc-atomic tc-m32})
 if [[ "${TESTS:-1}" = 0 ]]; then
   log "TESTS=0: correctness steps skipped"
 else
@@ -54,7 +54,7 @@ cuda_tests='*cuda*:*Cuda*:-*Wgmma*'
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter='*Wgmma*:-*WarpSpecialised*:*Fused*' > "$out/wgmma.log" 2>&1; echo $? > "$out/rc_wgmma") &
 # Kernels not yet run on a GPU, each test in a process of its own (name:filter; the name also
 # gates the kernel choices it covers out of the benchmarks when it fails, below).
-isolated=("wgmma_ws:*WarpSpecialised*" "wgmma_fused:*WgmmaFused*")
+isolated=("wgmma_ws:*WarpSpecialised*" "wgmma_fused:*WgmmaFused*" "wgmma_rs:*WgmmaRegisterScores*")
 for spec in "${isolated[@]}"; do
   (cd "$build" && lim 150 ./tests/test_backend --gtest_filter="${spec#*:}" > "$out/${spec%%:*}.log" 2>&1; echo $? > "$out/rc_${spec%%:*}") &
 done
@@ -113,7 +113,7 @@ done
 # hanging kernel would spend each benchmark's whole time limit.
 keep=()
 for var in "${variants[@]}"; do
-  gate=$(case $var in wgmma-ws|wgmma-ws-pp) echo wgmma_ws ;; wgmma-atomic) echo wgmma_fused ;; *) echo "" ;; esac)
+  gate=$(case $var in wgmma-ws|wgmma-ws-pp) echo wgmma_ws ;; wgmma-atomic) echo wgmma_fused ;; wgmma-rs) echo wgmma_rs ;; *) echo "" ;; esac)
   if [[ -n "$gate" && "$(cat "$out/rc_$gate" 2>/dev/null)" != 0 ]]; then
     log "$var: its test exited $(cat "$out/rc_$gate" 2>/dev/null); not benchmarked"
   else
