@@ -168,8 +168,9 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //   wgmma-ws-pp   wgmma-ws with the consumer warpgroups in ping-pong;
 //   wgmma-atomic  wgmma with the backward's dQ fused into the dK/dV kernel through fp32 atomics
 //                 (tc-atomic where wgmma does not run);
-//   wgmma-rs      wgmma with the dQ kernel's score products reading Q and dO from registers (head
-//                 dims up to 96; not yet run on a GPU);
+//   wgmma-rs      wgmma with the backward's score products taking their per-block operand from
+//                 registers: Q and dO in the dQ kernel (head dims up to 96), K and V in the dK/dV
+//                 kernel (up to 80); not yet run on a GPU;
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
 enum class AttentionKernels {
@@ -200,8 +201,9 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
 // The backward's form: separate_dq (the dQ kernel recomputes S and dP: seven products), or dQ
 // fused into the dK/dV kernel (five products; a.dq_accum set, false when it is null) and added
 // into a.dq_accum by per-thread fp32 atomics (atomic_dq, wgmma-atomic; not bit-reproducible);
-// separate_dq_rs (wgmma-rs): separate_dq with the dQ kernel's S and dP products taking Q and dO
-// from registers (RS) at head dims up to 96, separate_dq above.
+// separate_dq_rs (wgmma-rs): separate_dq with the score products as RS products, the operand
+// that stays for the whole block in registers: Q and dO in the dQ kernel (head dims up to 96), K
+// and V in the dK/dV kernel (up to 80); separate_dq elsewhere.
 enum class WgmmaBackward { separate_dq, atomic_dq, separate_dq_rs };
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream,
                               WgmmaBackward form = WgmmaBackward::separate_dq);

@@ -658,6 +658,11 @@ __device__ __forceinline__ void store_score_rows(unsigned char* tile, int row, i
 // the packing. Warpgroup 1's first query tile, all before its keys, is computed masked to zero.
 template <int HD>
 constexpr bool dkdv_pipelined() { return HD <= 96; }
+// kRsScores (wgmma-rs, as the dQ kernel's): the warpgroup's 64 keys of K and V, the same for every
+// query tile, held as A fragments, so S^T = K Q^T and dP^T = V dO^T read only Q or dO from shared
+// memory; the head dims where the pipelined kernel has the registers for them.
+template <int HD>
+constexpr bool dkdv_rs_scores() { return HD <= 80; }
 // Shared memory of the dK/dV kernel: K, V, the Q/dO stages and their lse/D (padded to 1 KiB),
 // and the fused form's P^T and dS^T tiles.
 template <int HD, WgmmaBackward kForm>
@@ -667,13 +672,14 @@ constexpr size_t dkdv_smem_bytes() {
          (kForm == WgmmaBackward::atomic_dq ? 2 * size_t(kScoreTileBytes) : 0);
 }
 
-template <typename T, int HD, WgmmaBackward kForm>
+template <typename T, int HD, WgmmaBackward kForm, bool kRsScores = false>
 __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(AttentionBackwardArgs a, float scale) {
   constexpr int BC = 128, BR = 64;
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>();
   constexpr bool kFusedDQ = kForm != WgmmaBackward::separate_dq;
   constexpr bool kPipelined = !kFusedDQ && dkdv_pipelined<HD>();
   constexpr int kStages = kPipelined ? PipeRing::kStages : 2;
+  static_assert(!kRsScores || (kPipelined && dkdv_rs_scores<HD>()), "RS scores: the pipelined form, dkdv_rs_scores");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // [K][V][kStages][Q | dO][kStages][lse | D] (padded to whole KiB), then (fused) [P^T][dS^T]
   unsigned char* const smem = align_1024(smem_raw);
@@ -722,10 +728,17 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     const auto q_tile = [&](int64_t it) { return smem_s + 2 * KBYTES + uint32_t(stage(it)) * 2 * QBYTES; };
     float st[BR / 2], dpt[BR / 2];  // S^T and dP^T of a tile, then P^T and dS^T in place
     uint32_t pa[BR / 16][4], sa[BR / 16][4];
+    uint32_t ka[kRsScores ? HD / 16 : 1][4], va[kRsScores ? HD / 16 : 1][4];  // kRsScores: K, V rows
     const auto issue_scores = [&](int64_t it) {  // two groups: S^T, then dP^T
-      product_ss<T, BC, BR, HD>(st, smem_s, wg * 64, q_tile(it));
-      wgmma_commit();
-      product_ss<T, BC, BR, HD>(dpt, smem_s + KBYTES, wg * 64, q_tile(it) + QBYTES);
+      if constexpr (kRsScores) {
+        product_rs<T, BR, HD>(st, ka, q_tile(it));
+        wgmma_commit();
+        product_rs<T, BR, HD>(dpt, va, q_tile(it) + QBYTES);
+      } else {
+        product_ss<T, BC, BR, HD>(st, smem_s, wg * 64, q_tile(it));
+        wgmma_commit();
+        product_ss<T, BC, BR, HD>(dpt, smem_s + KBYTES, wg * 64, q_tile(it) + QBYTES);
+      }
       wgmma_commit();
     };
     const auto probabilities = [&](int64_t it) {  // S^T has landed: st = P^T
@@ -764,6 +777,12 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     cp_async_wait<1>();
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
+    if constexpr (kRsScores) {
+      load_a_fragments<BC, HD>(ka, smem, wg * 64 + warp * 16 + g, t);
+      load_a_fragments<BC, HD>(va, smem + KBYTES, wg * 64 + warp * 16 + g, t);
+      fence_operands(ka);
+      fence_operands(va);
+    }
     fence_operands(st);
     fence_operands(dpt);
     wgmma_fence();
@@ -1078,8 +1097,14 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
     return;
   }
   constexpr size_t smem_dkdv = dkdv_smem_bytes<HD, WgmmaBackward::separate_dq>();
-  allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq>, smem_dkdv);
-  attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq><<<grid, kThreads, smem_dkdv, stream>>>(a, scale);
+  constexpr bool rs_kv = dkdv_rs_scores<HD>();
+  if (rs_kv && form == WgmmaBackward::separate_dq_rs) {
+    allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq, rs_kv>, smem_dkdv);
+    attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq, rs_kv><<<grid, kThreads, smem_dkdv, stream>>>(a, scale);
+  } else {
+    allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq>, smem_dkdv);
+    attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::separate_dq><<<grid, kThreads, smem_dkdv, stream>>>(a, scale);
+  }
   if (rs && form == WgmmaBackward::separate_dq_rs) {
     allow_smem(attention_backward_dq_wgmma<T, HD, rs>, smem_dq);
     attention_backward_dq_wgmma<T, HD, rs><<<grid, kThreads, smem_dq, stream>>>(a, scale);
