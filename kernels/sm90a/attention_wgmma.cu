@@ -25,8 +25,8 @@
 // The backward's fused form (LLM_CUDA_ATTENTION=wgmma-atomic) stages P^T and dS^T in shared
 // memory and adds dQ with atomics from the dK/dV kernel: five products instead of seven. The
 // seven-product backward is software-pipelined (the next tile's scores issued before this tile's
-// gradient products: the dQ kernel at every head dim, dK/dV up to head dim 96). Not yet
-// here: warp specialisation in the backward (its dK/dV registers leave no room below 240).
+// gradient products: the dQ kernel at every head dim, dK/dV at 48-96, and at 128 its S^T only).
+// Not yet here: warp specialisation in the backward (its dK/dV registers leave no room below 240).
 //
 // Built for sm_90a only (kernels/CMakeLists.txt), so it runs on compute capability 9.0 devices
 // (H100, H200); attention.cu falls back to the mma.sync kernels everywhere else.
@@ -657,7 +657,12 @@ __device__ __forceinline__ void store_score_rows(unsigned char* tile, int row, i
 // the same batch in flight serialises the products, ptxas C7513); the tensor cores idle only for
 // the packing. Warpgroup 1's first query tile, all before its keys, is computed masked to zero.
 template <int HD>
-constexpr bool dkdv_pipelined() { return HD <= 96; }
+constexpr bool dkdv_pipelined() { return HD <= 128; }
+// Whether the pipeline issues the next tile's dP^T early too (up to 96): at 128 its accumulators
+// would spill, so there only S^T goes first (P^T computed during the gradient products), and
+// dP^T follows them.
+template <int HD>
+constexpr bool dkdv_early_dp() { return HD <= 96; }
 // kRsScores (wgmma-rs, as the dQ kernel's): the warpgroup's 64 keys of K and V, the same for every
 // query tile, held as A fragments, so S^T = K Q^T and dP^T = V dO^T read only Q or dO from shared
 // memory; the head dims where the pipelined kernel has the registers for them.
@@ -729,17 +734,19 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     float st[BR / 2], dpt[BR / 2];  // S^T and dP^T of a tile, then P^T and dS^T in place
     uint32_t pa[BR / 16][4], sa[BR / 16][4];
     uint32_t ka[kRsScores ? HD / 16 : 1][4], va[kRsScores ? HD / 16 : 1][4];  // kRsScores: K, V rows
-    const auto issue_scores = [&](int64_t it) {  // two groups: S^T, then dP^T
-      if constexpr (kRsScores) {
-        product_rs<T, BR, HD>(st, ka, q_tile(it));
-        wgmma_commit();
-        product_rs<T, BR, HD>(dpt, va, q_tile(it) + QBYTES);
-      } else {
-        product_ss<T, BC, BR, HD>(st, smem_s, wg * 64, q_tile(it));
-        wgmma_commit();
-        product_ss<T, BC, BR, HD>(dpt, smem_s + KBYTES, wg * 64, q_tile(it) + QBYTES);
-      }
+    const auto issue_s = [&](int64_t it) {  // S^T: one group
+      if constexpr (kRsScores) product_rs<T, BR, HD>(st, ka, q_tile(it));
+      else product_ss<T, BC, BR, HD>(st, smem_s, wg * 64, q_tile(it));
       wgmma_commit();
+    };
+    const auto issue_dp = [&](int64_t it) {  // dP^T: one group
+      if constexpr (kRsScores) product_rs<T, BR, HD>(dpt, va, q_tile(it) + QBYTES);
+      else product_ss<T, BC, BR, HD>(dpt, smem_s + KBYTES, wg * 64, q_tile(it) + QBYTES);
+      wgmma_commit();
+    };
+    const auto issue_scores = [&](int64_t it) {  // two groups: S^T, then dP^T
+      issue_s(it);
+      issue_dp(it);
     };
     const auto probabilities = [&](int64_t it) {  // S^T has landed: st = P^T
       const int64_t i0 = j0 + it * BR;
@@ -804,23 +811,46 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
       fence_operands(pa);
       fence_operands(sa);
       wgmma_fence();
-      issue_scores(it + 1);  // runs first: tile it + 1's scores land while tile it's products run
-      issue_grads(it);
-      wgmma_wait<2>();
-      fence_operands(st);
-      probabilities(it + 1);
-      wgmma_wait<1>();
-      fence_operands(dpt);
-      score_grads(it + 1);
-      wgmma_wait<0>();
-      fence_operands(dv);
-      fence_operands(dk);
-      fence_operands(pa);
-      fence_operands(sa);
-      fence_operands(st);
-      fence_operands(dpt);
-      pack_a<T, BR>(pa, st);
-      pack_a<T, BR>(sa, dpt);
+      if constexpr (dkdv_early_dp<HD>()) {
+        issue_scores(it + 1);  // runs first: tile it + 1's scores land while tile it's products run
+        issue_grads(it);
+        wgmma_wait<2>();
+        fence_operands(st);
+        probabilities(it + 1);
+        wgmma_wait<1>();
+        fence_operands(dpt);
+        score_grads(it + 1);
+        wgmma_wait<0>();
+        fence_operands(dv);
+        fence_operands(dk);
+        fence_operands(pa);
+        fence_operands(sa);
+        fence_operands(st);
+        fence_operands(dpt);
+        pack_a<T, BR>(pa, st);
+        pack_a<T, BR>(sa, dpt);
+      } else {
+        issue_s(it + 1);  // P^T of tile it + 1 is computed while tile it's products run
+        issue_grads(it);
+        wgmma_wait<1>();
+        fence_operands(st);
+        probabilities(it + 1);
+        wgmma_wait<0>();
+        fence_operands(dv);
+        fence_operands(dk);
+        fence_operands(pa);
+        fence_operands(sa);
+        fence_operands(st);
+        pack_a<T, BR>(pa, st);
+        fence_operands(pa);
+        fence_operands(dpt);
+        wgmma_fence();
+        issue_dp(it + 1);
+        wgmma_wait<0>();
+        fence_operands(dpt);
+        score_grads(it + 1);
+        pack_a<T, BR>(sa, dpt);
+      }
     }
     fence_operands(dv);
     fence_operands(dk);
