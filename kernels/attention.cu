@@ -334,18 +334,17 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
 // warp-specialised ping-pong at every head dim (1.41-1.85x the plain wgmma forward, run 14).
 // Backward: the fused five-product form at head dim 128 (run 15: +3% over the pipelined
 // seven-product form at 16k, equal at 4k), the pipelined seven-product one below it (where the
-// fused form's atomics cost more than they save: 0.80-0.92x). Off compute capability 9.0 the wgmma kernels do not run: tc,
+// fused form's atomics cost more than they save: 0.80-0.92x); under LLM_CUDA_DETERMINISTIC=1 the
+// seven-product form there too. Off compute capability 9.0 the wgmma kernels do not run: tc,
 // without atomics.
 AttentionKernels automatic_kernels(int hd, bool backward) {
   if (wgmma_unavailable()) return AttentionKernels::tc;
-  if (backward) return hd == 128 ? AttentionKernels::wgmma_atomic : AttentionKernels::wgmma;
+  if (backward)
+    return hd == 128 && !deterministic_kernels() ? AttentionKernels::wgmma_atomic : AttentionKernels::wgmma;
   return AttentionKernels::wgmma_ws_pp;
 }
 
-AttentionKernels kernels_for(int hd, bool backward) {
-  const AttentionKernels k = attention_kernels();
-  return k == AttentionKernels::automatic ? automatic_kernels(hd, backward) : k;
-}
+AttentionKernels kernels_for(int hd, bool backward) { return attention_kernels_for(hd, backward); }
 
 bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
@@ -415,7 +414,27 @@ AttentionKernels attention_kernels() {
     if (s == "simt") return AttentionKernels::simt;
     LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-rs or simt");
   }();
+  LLM_CHECK(!deterministic_kernels() || (v != AttentionKernels::tc_atomic && v != AttentionKernels::wgmma_atomic),
+            "LLM_CUDA_ATTENTION='", std::getenv("LLM_CUDA_ATTENTION"),
+            "' adds dQ with atomics, which is not bit-reproducible, and LLM_CUDA_DETERMINISTIC=1 asks for "
+            "reproducible results: choose another (auto, wgmma, tc, ...) or unset one of the two");
   return v;
+}
+
+bool deterministic_kernels() {
+  static const bool v = [] {
+    const char* e = std::getenv("LLM_CUDA_DETERMINISTIC");
+    const std::string s = e ? e : "";
+    if (s.empty() || s == "0") return false;
+    if (s == "1") return true;
+    LLM_FAIL("LLM_CUDA_DETERMINISTIC='", s, "': expected 1 (bit-reproducible kernels only) or 0");
+  }();
+  return v;
+}
+
+AttentionKernels attention_kernels_for(int hd, bool backward) {
+  const AttentionKernels k = attention_kernels();
+  return k == AttentionKernels::automatic ? automatic_kernels(hd, backward) : k;
 }
 
 #ifndef LLM_HAVE_SM90A

@@ -177,6 +177,15 @@ enum class AttentionKernels {
   automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_atomic, wgmma_rs, simt
 };
 AttentionKernels attention_kernels();
+// LLM_CUDA_DETERMINISTIC=1: results bit-reproducible from run to run: `auto` never picks an
+// attention backward that adds with atomics (tc-atomic, wgmma-atomic; at head dim 128 it takes the
+// seven-product wgmma form, ~3% slower there in run 15), and naming one in LLM_CUDA_ATTENTION is
+// an error naming both variables. 0 or unset: `auto` takes the fastest measured. Anything else is
+// an error.
+bool deterministic_kernels();
+// The kernels attention uses for this head dim and pass: LLM_CUDA_ATTENTION's choice, or auto's
+// pick (which depends on the device: tc off compute capability 9.0).
+AttentionKernels attention_kernels_for(int hd, bool backward);
 
 // Tensor-core (mma.sync bf16/f16) paths, attention_tc.cu: forward for head dims 48, 64, 80, 96,
 // 128 and 160 with 16-byte aligned rows; false when the shape is not covered (the caller falls

@@ -105,6 +105,54 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
       ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-rs or simt");
 }
 
+TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
+  // Pure logic and the device query; each case in a fresh child (both variables are read once).
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  using llm::kernels::AttentionKernels;
+  const auto run = [](const char* deterministic, const char* attention, auto body) {
+    if (deterministic) setenv("LLM_CUDA_DETERMINISTIC", deterministic, 1);
+    else unsetenv("LLM_CUDA_DETERMINISTIC");
+    if (attention) setenv("LLM_CUDA_ATTENTION", attention, 1);
+    else unsetenv("LLM_CUDA_ATTENTION");
+    try {
+      std::exit(body() ? 0 : 1);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      std::exit(2);
+    }
+  };
+  const auto atomic = [](AttentionKernels k) {
+    return k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic;
+  };
+  // auto under LLM_CUDA_DETERMINISTIC=1: no atomic kernel at any head dim, either pass.
+  EXPECT_EXIT(run("1", nullptr,
+                  [&] {
+                    for (int hd : {48, 64, 80, 96, 128, 160})
+                      for (bool backward : {false, true})
+                        if (atomic(llm::kernels::attention_kernels_for(hd, backward))) return false;
+                    return llm::kernels::deterministic_kernels();
+                  }),
+              ::testing::ExitedWithCode(0), "");
+  // Without it, auto's backward at head dim 128 is the fused atomic form where wgmma runs (an
+  // sm_90 device and the sm_90a build), tc elsewhere.
+  EXPECT_EXIT(run("0", nullptr,
+                  [&] {
+                    const AttentionKernels k = llm::kernels::attention_kernels_for(128, true);
+                    return !llm::kernels::deterministic_kernels() &&
+                           k == (llm::kernels::wgmma_unavailable() ? AttentionKernels::tc : AttentionKernels::wgmma_atomic);
+                  }),
+              ::testing::ExitedWithCode(0), "");
+  // Naming an atomic kernel under it is an error naming both variables.
+  EXPECT_EXIT(run("1", "wgmma-atomic", [] { return llm::kernels::attention_kernels() == AttentionKernels::wgmma_atomic; }),
+              ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='wgmma-atomic' adds dQ with atomics.*LLM_CUDA_DETERMINISTIC=1");
+  EXPECT_EXIT(run("1", "tc-atomic", [] { return llm::kernels::attention_kernels() == AttentionKernels::tc_atomic; }),
+              ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='tc-atomic' adds dQ with atomics");
+  EXPECT_EXIT(run("1", "wgmma", [] { return llm::kernels::attention_kernels() == AttentionKernels::wgmma; }),
+              ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(run("yes", nullptr, [] { return llm::kernels::deterministic_kernels(); }), ::testing::ExitedWithCode(2),
+              "LLM_CUDA_DETERMINISTIC='yes': expected 1 \\(bit-reproducible kernels only\\) or 0");
+}
+
 struct Fixture {
   llm::cuda::CudaBackend& be;
   llm::Backend& cpu = llm::cpu_backend();
@@ -291,9 +339,12 @@ void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackw
       if (fused_dq) ba.dq_accum = accum.data<float>();
       gpu.synchronize();
       ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, gpu.stream(), form));
-      const Vec ref = bt::to_vec(cd);
-      EXPECT_TRUE(bt::all_close(name, down_low(gd), ref,
-                                Tol{4 * u, 8 * u * bt::max_abs(ref)}));
+      const Vec ref = bt::to_vec(cd), got = down_low(gd);
+      EXPECT_TRUE(bt::all_close(name, got, ref, Tol{4 * u, 8 * u * bt::max_abs(ref)}));
+      if (!fused_dq) {  // no atomics: a second run gives the same bits (LLM_CUDA_DETERMINISTIC=1 relies on it)
+        ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, gpu.stream(), form));
+        EXPECT_TRUE(bt::all_equal(std::string(name) + " (second run)", down_low(gd), got));
+      }
     }
 }
 
