@@ -80,6 +80,13 @@ for prec in cpu cuda bf16 fp16; do
   case $prec in cpu) f=(--backend cpu) ;; cuda) f=(--backend cuda) ;; *) f=(--backend cuda --$prec) ;; esac
   (lim 150 "$build/tools/llm-pretrain" "${pa[@]}" "${f[@]}" --output-dir "$out/pt_$prec" > "$out/pretrain_$prec.log" 2>&1; echo $? > "$out/rc_pt_$prec") &
 done
+# Reproducibility: the same bf16 run twice under LLM_CUDA_DETERMINISTIC=1, head dim 128 (where auto
+# would otherwise take the atomic backward), compared digit for digit below.
+pd=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 256 --num-attention-heads 2 --seq-length 256
+    --micro-batch-size 4 --global-batch-size 8 --train-iters 20 --log-interval 1 --lr 1e-3 --backend cuda --bf16)
+for r in a b; do
+  (LLM_CUDA_DETERMINISTIC=1 lim 150 "$build/tools/llm-pretrain" "${pd[@]}" --output-dir "$out/pt_det_$r" > "$out/pretrain_det_$r.log" 2>&1; echo $? > "$out/rc_pt_det_$r") &
+done
 wait
 log "test_backend (cuda) exit $(cat "$out/rc_test_backend"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_backend_cuda.log" | tr '\n' ' ')"
 if [[ "$(cat "$out/rc_test_backend")" != 0 ]]; then  # triage in the same lease: which change breaks it
@@ -116,6 +123,9 @@ for prec in cuda bf16 fp16; do
     <(grep -o '"lm_loss": [^,]*' "$out/pt_$prec/metrics.jsonl" | cut -d' ' -f2) |
     awk -v tol=$tol 'NF == 2 {n++; d=$1-$2; if (d<0) d=-d; if (d/$1 > w) w=d/$1} END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n==20 && w<tol) ? "OK" : "FAIL"}')"
 done
+det_values() { grep -o '"lm_loss": [^,]*\|"grad_norm": [^,]*' "$1" 2> /dev/null | cut -d' ' -f2 | paste - -; }
+log "pretrain deterministic (LLM_CUDA_DETERMINISTIC=1, --bf16, hd 128) twice, exit $(cat "$out/rc_pt_det_a") / $(cat "$out/rc_pt_det_b"): $(paste <(det_values "$out/pt_det_a/metrics.jsonl") <(det_values "$out/pt_det_b/metrics.jsonl") |
+  awk 'NF == 4 {n++; if ($1 != $3 || $2 != $4) { if (!bad) bad = n } } END {printf "%d iterations, loss and grad norm %s", n, (n == 20 && !bad) ? "identical OK" : bad ? "differ from iteration " bad " FAIL" : "FAIL"}')"
 
 # A kernel choice whose own test failed (or hung: exit 124) is not benchmarked: a faulting or
 # hanging kernel would spend each benchmark's whole time limit.

@@ -28,7 +28,7 @@ errors=$(grep -E "line [0-9]+: |syntax error|unbound variable|command not found"
 for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "attention tests with LLM_CUDA_ATTENTION=simt" \
             "attention tests with LLM_CUDA_ATTENTION=tc-atomic" "attention tests with LLM_CUDA_ATTENTION=wgmma" \
             "wgmma tests exit" "linear tests with LLM_CUDA_BIAS_GRAD=epilogue" "train step (wgmma) exit" \
-            "pretrain cuda exit" "pretrain bf16 exit" "pretrain fp16 exit" "gemm exit" "attention exit" \
+            "pretrain cuda exit" "pretrain bf16 exit" "pretrain fp16 exit" "pretrain deterministic" "gemm exit" "attention exit" \
             "train step exit" "train step (tc-m32) exit" "longseq 131072 exit" "longseq 262144 exit" \
             "sweep GPT1_3B exit" "sweep GPT1_5B exit" "attention tests with LLM_CUDA_ATTENTION=tc exit" \
             "== profile" "== done:"; do
@@ -36,6 +36,7 @@ for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "atten
 done
 # Without a device nothing may claim success: the curves fail, the benchmarks say skipped (77).
 grep -q "pretrain cuda exit .* 0 iterations.* FAIL" "$summary" || fail "the CUDA curve without a device must FAIL with 0 iterations"
+grep -q "pretrain deterministic .* 0 iterations.* FAIL" "$summary" || fail "the reproducibility check without a device must FAIL"
 grep -q "gemm exit 77" "$summary" || fail "the GEMM benchmark without a device must exit 77 (skipped)"
 grep -qE "test_backend \(cuda\) exit 0: .*SKIPPED" "$summary" || fail "the CUDA tests without a device must report SKIPPED"
 echo "gpu_validation.sh: every step ran and reported ($(grep -c '^== ' "$summary") summary lines)"
