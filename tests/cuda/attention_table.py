@@ -2,9 +2,10 @@
 """The attention benchmarks of one GPU report, side by side (gpu_validation.sh prints it into
 summary.txt): per head dim and sequence, each kernel choice's forward, backward and fwd+bwd
 TFLOPS (bench_attention.txt: the default, `auto`; bench_attention_VARIANT.txt: LLM_CUDA_ATTENTION=
-VARIANT), the fastest choice per pass, the fwd+bwd of the fastest forward with the fastest
-backward (what `auto` can reach by picking per pass), and that against PyTorch's backends from
-bench_attention_torch.txt (cudnn, flash) measured in the same run.
+VARIANT), the fastest choice per pass (its TFLOPS against cuDNN's for the same pass), the fwd+bwd
+of the fastest forward with the fastest backward (what `auto` can reach by picking per pass), and
+that against PyTorch's backends from bench_attention_torch.txt (cudnn, flash) measured in the same
+run.
 
 Usage: attention_table.py REPORT_DIR
 """
@@ -29,7 +30,7 @@ def read_ours(path):
 
 
 def read_torch(path):
-    """{(backend, hd, seq): fb_TF} from cuda_attention_torch.py's output."""
+    """{(backend, hd, seq): (fwd_TF, bwd_TF, fb_TF)} from cuda_attention_torch.py's output."""
     rows = {}
     if not os.path.exists(path):
         return rows
@@ -39,7 +40,7 @@ def read_torch(path):
             if len(p) != 8 or not p[1].isdigit():
                 continue
             try:
-                rows[(p[0], int(p[1]), int(p[2]))] = float(p[7])
+                rows[(p[0], int(p[1]), int(p[2]))] = (float(p[4]), float(p[6]), float(p[7]))
             except ValueError:  # "unavailable: ..." lines
                 continue
     return rows
@@ -64,9 +65,12 @@ def table(report):
         best_f = min(have, key=lambda v: have[v][0])
         best_b = min(have, key=lambda v: have[v][1])
         combo = tf(have[best_f][0] + have[best_b][1], 3.5)
-        ref = " ".join(f"{combo / torch[(n, hd, seq)]:.2f}x {n}" for n in ("cudnn", "flash") if (n, hd, seq) in torch)
-        lines.append(f"hd {hd} seq {seq}: fwd/bwd/fb TF {cells}; fastest forward {best_f}, backward {best_b}: "
-                     f"fb {combo:.0f} TF" + (f" = {ref}" if ref else ""))
+        fwd, bwd = tf(have[best_f][0], 1), tf(have[best_b][1], 2.5)
+        cudnn = torch.get(("cudnn", hd, seq))
+        vs = lambda ours, i: f" ({ours / cudnn[i]:.2f}x cudnn)" if cudnn else ""
+        ref = " ".join(f"{combo / torch[(n, hd, seq)][2]:.2f}x {n}" for n in ("cudnn", "flash") if (n, hd, seq) in torch)
+        lines.append(f"hd {hd} seq {seq}: fwd/bwd/fb TF {cells}; fastest forward {best_f} {fwd:.0f} TF{vs(fwd, 0)}, "
+                     f"backward {best_b} {bwd:.0f} TF{vs(bwd, 1)}: fb {combo:.0f} TF" + (f" = {ref}" if ref else ""))
     return lines
 
 
