@@ -344,29 +344,24 @@ AttentionKernels automatic_kernels(int hd, bool backward) {
   return AttentionKernels::wgmma_ws_pp;
 }
 
-AttentionKernels kernels_for(int hd, bool backward) { return attention_kernels_for(hd, backward); }
 
 bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
-  const AttentionKernels k = kernels_for(a.hd, false);
-  switch (k) {
+  // The wgmma forms fall back to tc where wgmma does not cover the shape or device.
+  const auto wgmma = [&](WgmmaForward form) {
+    return attention_forward_wgmma(t, a, stream, form) || attention_forward_tensor_cores(t, a, false, stream);
+  };
+  switch (attention_kernels_for(a.hd, false)) {
     case AttentionKernels::automatic: break;
     case AttentionKernels::tc:
     case AttentionKernels::tc_atomic: return attention_forward_tensor_cores(t, a, false, stream);
     case AttentionKernels::tc_m32: return attention_forward_tensor_cores(t, a, true, stream);
     case AttentionKernels::wgmma:
     case AttentionKernels::wgmma_atomic:
-    case AttentionKernels::wgmma_rs:
-      return attention_forward_wgmma(t, a, stream) || attention_forward_tensor_cores(t, a, false, stream);
-    case AttentionKernels::wgmma_pp:
-      return attention_forward_wgmma(t, a, stream, WgmmaForward::ping_pong) ||
-             attention_forward_tensor_cores(t, a, false, stream);
-    case AttentionKernels::wgmma_ws:
-      return attention_forward_wgmma(t, a, stream, WgmmaForward::warp_specialized) ||
-             attention_forward_tensor_cores(t, a, false, stream);
-    case AttentionKernels::wgmma_ws_pp:
-      return attention_forward_wgmma(t, a, stream, WgmmaForward::warp_specialized_ping_pong) ||
-             attention_forward_tensor_cores(t, a, false, stream);
+    case AttentionKernels::wgmma_rs: return wgmma(WgmmaForward::plain);
+    case AttentionKernels::wgmma_pp: return wgmma(WgmmaForward::ping_pong);
+    case AttentionKernels::wgmma_ws: return wgmma(WgmmaForward::warp_specialized);
+    case AttentionKernels::wgmma_ws_pp: return wgmma(WgmmaForward::warp_specialized_ping_pong);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -374,7 +369,12 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
 
 bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t stream) {
   if (t == DType::f32) return false;
-  switch (kernels_for(a.hd, true)) {
+  // The wgmma forms fall back to tc (with atomics for the fused form) where wgmma does not run.
+  const auto wgmma = [&](WgmmaBackward form) {
+    return attention_backward_wgmma(t, a, stream, form) ||
+           attention_backward_tensor_cores(t, a, form == WgmmaBackward::atomic_dq, stream);
+  };
+  switch (attention_kernels_for(a.hd, true)) {
     case AttentionKernels::automatic: break;
     case AttentionKernels::tc:
     case AttentionKernels::tc_m32: return attention_backward_tensor_cores(t, a, false, stream);
@@ -382,14 +382,9 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::wgmma:
     case AttentionKernels::wgmma_pp:
     case AttentionKernels::wgmma_ws:
-    case AttentionKernels::wgmma_ws_pp:
-      return attention_backward_wgmma(t, a, stream) || attention_backward_tensor_cores(t, a, false, stream);
-    case AttentionKernels::wgmma_atomic:
-      return attention_backward_wgmma(t, a, stream, WgmmaBackward::atomic_dq) ||
-             attention_backward_tensor_cores(t, a, true, stream);
-    case AttentionKernels::wgmma_rs:
-      return attention_backward_wgmma(t, a, stream, WgmmaBackward::separate_dq_rs) ||
-             attention_backward_tensor_cores(t, a, false, stream);
+    case AttentionKernels::wgmma_ws_pp: return wgmma(WgmmaBackward::separate_dq);
+    case AttentionKernels::wgmma_atomic: return wgmma(WgmmaBackward::atomic_dq);
+    case AttentionKernels::wgmma_rs: return wgmma(WgmmaBackward::separate_dq_rs);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -449,7 +444,7 @@ namespace {
 // Whether the backward adds dQ into an fp32 accumulator in the scratch for this dtype and head
 // dim: tc-atomic and wgmma-atomic on bf16/f16, chosen or picked by auto.
 bool atomic_dq(DType t, int hd) {
-  const AttentionKernels k = kernels_for(hd, true);
+  const AttentionKernels k = attention_kernels_for(hd, true);
   return t != DType::f32 && (k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic);
 }
 // The accumulator follows D (one float per row) at the next 256-byte boundary: its float2

@@ -85,6 +85,31 @@ __device__ __forceinline__ void pack_a(uint32_t (&f)[N / 16][4], const float (&d
   }
 }
 
+// The pipelined backward kernels' copies of their streamed tiles (PipeRing, ws_schedule.h; `load`
+// issues tile i's cp.async copies into stage PipeRing::stage(i)). pipe_start: the caller has
+// issued tile 0 (with what stays for the whole block, one group); tile 1 goes in flight too, and
+// tile 0 has landed on return. pipe_advance(it): at iteration it, once every warp is past
+// iteration it - 1's products (the first barrier), tile prefetch(it) goes to the stage they read,
+// and tile it + 1 has landed on return (next_tile in mma.cuh is the two-stage form, which waits
+// for tile it itself).
+template <typename F>
+__device__ __forceinline__ void pipe_start(int64_t tiles, F&& load) {
+  if (tiles > 1) load(1);
+  cp_async_commit();
+  cp_async_wait<1>();
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
+}
+template <typename F>
+__device__ __forceinline__ void pipe_advance(int64_t it, int64_t tiles, F&& load) {
+  __syncthreads();
+  if (PipeRing::prefetch(it) < tiles) load(PipeRing::prefetch(it));
+  cp_async_commit();
+  cp_async_wait<1>();
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
+}
+
 // The 16-bit A fragments (k-steps of 16 columns) of rows `row` and row + 8 of an R-row swizzled
 // tile, as wgmma's RS form reads them (the layout pack_a writes): quad lane t holds columns
 // 16 kk + 2t (+1) and 16 kk + 8 + 2t (+1).
@@ -526,19 +551,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
       for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(dq, sa[kk], desc_mn_major<BC, HD>(k_tile(jt), kk));
       wgmma_commit();
     };
-    const auto advance = [&](int64_t jt) {  // every warp is past tile jt - 1: its stage takes jt + 2
-      __syncthreads();
-      if (PipeRing::prefetch(jt) < tiles) load_kv(PipeRing::prefetch(jt));
-      cp_async_commit();
-      cp_async_wait<1>();  // tile jt + 1 has landed
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      __syncthreads();
-    };
-    if (tiles > 1) load_kv(1);  // Q, dO and key tile 0 are in flight
-    cp_async_commit();
-    cp_async_wait<1>();
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
+    pipe_start(tiles, load_kv);  // Q, dO and key tile 0 were issued above
     if constexpr (kRsScores) {
       load_a_fragments<BR, HD>(qa, smem, wg * 64 + warp * 16 + g, t);
       load_a_fragments<BR, HD>(da, smem + QBYTES, wg * 64 + warp * 16 + g, t);
@@ -555,7 +568,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
     score_grads(0);
     pack_a<T, BC>(sa, s);
     for (int64_t jt = 0; jt + 1 < tiles; ++jt) {
-      advance(jt);
+      pipe_advance(jt, tiles, load_kv);
       fence_operands(s);
       fence_operands(dp);
       fence_operands(dq);
@@ -671,8 +684,12 @@ constexpr bool dkdv_rs_scores() { return HD <= 80; }
 // Shared memory of the dK/dV kernel: K, V, the Q/dO stages and their lse/D (padded to 1 KiB),
 // and the fused form's P^T and dS^T tiles.
 template <int HD, WgmmaBackward kForm>
+constexpr int dkdv_stages() {  // of the Q/dO tiles
+  return kForm != WgmmaBackward::atomic_dq && dkdv_pipelined<HD>() ? PipeRing::kStages : 2;
+}
+template <int HD, WgmmaBackward kForm>
 constexpr size_t dkdv_smem_bytes() {
-  constexpr int stages = kForm == WgmmaBackward::separate_dq && dkdv_pipelined<HD>() ? PipeRing::kStages : 2;
+  constexpr int stages = dkdv_stages<HD, kForm>();
   return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * stages + 1024 * ((stages + 1) / 2) +
          (kForm == WgmmaBackward::atomic_dq ? 2 * size_t(kScoreTileBytes) : 0);
 }
@@ -681,9 +698,9 @@ template <typename T, int HD, WgmmaBackward kForm, bool kRsScores = false>
 __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(AttentionBackwardArgs a, float scale) {
   constexpr int BC = 128, BR = 64;
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>();
-  constexpr bool kFusedDQ = kForm != WgmmaBackward::separate_dq;
+  constexpr bool kFusedDQ = kForm == WgmmaBackward::atomic_dq;
   constexpr bool kPipelined = !kFusedDQ && dkdv_pipelined<HD>();
-  constexpr int kStages = kPipelined ? PipeRing::kStages : 2;
+  constexpr int kStages = dkdv_stages<HD, kForm>();
   static_assert(!kRsScores || (kPipelined && dkdv_rs_scores<HD>()), "RS scores: the pipelined form, dkdv_rs_scores");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // [K][V][kStages][Q | dO][kStages][lse | D] (padded to whole KiB), then (fused) [P^T][dS^T]
@@ -770,20 +787,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
       for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(Qs, kk));
       wgmma_commit();
     };
-    // Every warp is past tile it - 1's products, so its stage takes tile it + 2; tile it + 1 lands.
-    const auto advance = [&](int64_t it) {
-      __syncthreads();
-      if (PipeRing::prefetch(it) < tiles) load_q_tile(PipeRing::prefetch(it));
-      cp_async_commit();
-      cp_async_wait<1>();
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      __syncthreads();
-    };
-    if (tiles > 1) load_q_tile(1);  // K, V and tile 0 are in flight
-    cp_async_commit();
-    cp_async_wait<1>();
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
+    pipe_start(tiles, load_q_tile);  // K, V and tile 0 were issued above
     if constexpr (kRsScores) {
       load_a_fragments<BC, HD>(ka, smem, wg * 64 + warp * 16 + g, t);
       load_a_fragments<BC, HD>(va, smem + KBYTES, wg * 64 + warp * 16 + g, t);
@@ -803,7 +807,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     pack_a<T, BR>(pa, st);
     pack_a<T, BR>(sa, dpt);
     for (int64_t it = 0; it + 1 < tiles; ++it) {
-      advance(it);
+      pipe_advance(it, tiles, load_q_tile);
       fence_operands(st);
       fence_operands(dpt);
       fence_operands(dv);
