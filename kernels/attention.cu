@@ -437,7 +437,10 @@ AttentionKernels attention_kernels_for(int hd, bool backward) {
 const char* wgmma_unavailable() { return "built without the sm_90a kernels (CMAKE_CUDA_ARCHITECTURES has no 90)"; }
 bool attention_forward_wgmma(DType, const AttentionForwardArgs&, cudaStream_t, WgmmaForward) { return false; }
 bool attention_backward_wgmma(DType, const AttentionBackwardArgs&, cudaStream_t, WgmmaBackward) { return false; }
-bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, float*, float*, cudaStream_t) { return false; }
+bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, float*, float*, float*, float*,
+                      cudaStream_t) {
+  return false;
+}
 #endif
 
 namespace {

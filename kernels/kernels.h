@@ -219,9 +219,11 @@ bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStrea
 // The wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T (both
 // operands from swizzled shared memory) and, from s rounded to T, o[64][hd] = s k three ways:
 // A from registers (o), A stored K-major with B transposed (o_bt), A stored transposed and read
-// MN-major with B transposed (o_tt); k is read MN-major. q is [64][hd] and k [128][hd],
-// row-major T (bf16/f16); hd as above; false when not covered.
+// MN-major with B transposed (o_tt), and o_tt again in the fused backward's two dQ column slices
+// (o_split: N = dq_split_cols, B from a column inside the k tile); k is read MN-major. s_rs is s
+// again with q's rows as A fragments in registers and k K-major (wgmma-rs's score products). q
+// is [64][hd] and k [128][hd], row-major T (bf16/f16); hd as above; false when not covered.
 bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, float* o, float* o_bt, float* o_tt,
-                      cudaStream_t stream);
+                      float* o_split, float* s_rs, cudaStream_t stream);
 
 }  // namespace llm::kernels

@@ -22,10 +22,11 @@
 // tile. The warp-specialised forward (LLM_CUDA_ATTENTION=wgmma-ws, -ws-pp with the consumers in
 // ping-pong) has FlashAttention-3's structure: TMA copies by a producer warpgroup, mbarrier-tracked
 // stages, register reallocation, and the next tile's Q K^T issued before this tile's softmax.
-// The backward's fused form (LLM_CUDA_ATTENTION=wgmma-atomic) stages P^T and dS^T in shared
-// memory and adds dQ with atomics from the dK/dV kernel: five products instead of seven. The
-// seven-product backward is software-pipelined (the next tile's scores issued before this tile's
-// gradient products: the dQ kernel at every head dim, dK/dV at 48-96, and at 128 its S^T only).
+// The backward's fused form (LLM_CUDA_ATTENTION=wgmma-atomic) stages dS^T in shared memory and
+// adds dQ with atomics from the dK/dV kernel, the warpgroups splitting dQ's columns: five
+// products instead of seven, software-pipelined up to hd 64. The seven-product backward is
+// software-pipelined (the next tile's scores issued before this tile's gradient products: the dQ
+// kernel at every head dim, dK/dV at 48-96, and at 128 its S^T only).
 // Not yet here: warp specialisation in the backward (its dK/dV registers leave no room below 240).
 //
 // Built for sm_90a only (kernels/CMakeLists.txt), so it runs on compute capability 9.0 devices
@@ -653,24 +654,55 @@ __device__ __forceinline__ void store_score_rows(unsigned char* tile, int row, i
   }
 }
 
-// kForm == atomic_dq (LLM_CUDA_ATTENTION=wgmma-atomic): FlashAttention-2's five
-// products instead of seven. P^T and dS^T go to shared memory (store_score_rows), dV += P^T dO
-// and dK += dS^T Q read them from there (SS, B transposed), and dQ += dS K (both operands
-// transposed: dS from the stored dS^T) is added with fp32 atomics into a.dq_accum (zeroed
-// before, scaled into dqkv after), so the dQ kernel does not run. Each warpgroup's dQ
-// accumulator has 64 query rows: hd 128 splits the head dim (warpgroup w: columns 64w .. 64w +
-// 63, over all 128 keys, so both warpgroups' dS^T must be stored first), the other head dims the
-// keys (warpgroup w: its own 64 keys, all HD columns; both add), with float2 atomics. dQ is not
-// bit-reproducible (the order of the adds varies). (Run 14 measured the same adds as TMA bulk
-// reductions from shared memory, cp.reduce.async.bulk: no faster, 0.96-1.03x; commit 14c7d39.)
+// Adds this lane's fragments of a warpgroup's 64 x N slice of dQ (rows `row` and row + 8 of the
+// query tile, columns 8 nb + 2t and + 1 of the slice) to the fp32 accumulator at dq_row (row
+// `row`, the slice's column 2t), as float2 atomics; rows at or past `rows` are not added.
+template <int N>
+__device__ __forceinline__ void add_dq_rows(float* dq_row, int64_t ld, int64_t row, int64_t rows, const float (&dq)[N / 2]) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    if (row + 8 * half >= rows) continue;
+#pragma unroll
+    for (int nb = 0; nb < N / 8; ++nb)
+      atomicAdd(reinterpret_cast<float2*>(dq_row + 8 * half * ld + 8 * nb), make_float2(dq[4 * nb + 2 * half], dq[4 * nb + 2 * half + 1]));
+  }
+}
+
+// Calls f(integral_constant<int, dq_split_cols(HD, wg)>): the fused backward's dQ slice width of
+// this warpgroup, a compile-time N; one call site when both widths agree, else one per warpgroup
+// (a warpgroup-uniform branch around the whole loop: inside a batch of products a branch makes
+// ptxas serialise them).
+template <int HD, typename F>
+__device__ __forceinline__ void with_dq_slice(int wg, F&& f) {
+  constexpr int N0 = dq_split_cols(HD, 0), N1 = dq_split_cols(HD, 1);
+  if constexpr (N0 == N1) f(std::integral_constant<int, N0>{});
+  else if (wg == 0) f(std::integral_constant<int, N0>{});
+  else f(std::integral_constant<int, N1>{});
+}
+
+// kForm == atomic_dq (LLM_CUDA_ATTENTION=wgmma-atomic): FlashAttention-2's five products instead
+// of seven. dS^T goes to shared memory (store_score_rows) and dQ += dS K (both operands
+// transposed: dS from the stored dS^T) is added with fp32 atomics into a.dq_accum (zeroed before,
+// scaled into dqkv after), so the dQ kernel does not run. The warpgroups split dQ's columns
+// (dq_split_cols, wgmma_layout.h: whole panels of the K tile, or halves of hd 64's one panel),
+// each over all 128 keys, so both warpgroups' dS^T rows are stored first and every dQ element is
+// added once per key block. (Runs 14-15 split the keys below hd 128: every element added twice,
+// twice the atomic traffic per product of hd 128's, where the fused form won. dQ is not
+// bit-reproducible: the order of the adds varies. Run 14 measured the adds as TMA bulk reductions
+// from shared memory, cp.reduce.async.bulk: no faster, 0.96-1.03x; commit 14c7d39.)
+// Pipelined (dkdv_pipelined: up to hd 64, where dQ's accumulators fit next to the seven-product
+// pipeline's), dV and dK are RS products on P^T and dS^T in registers, as in the seven-product
+// form, and dS^T alternates between the two score tiles (tile it + 1's is stored while the other
+// warpgroup's dQ product may still read tile it's). Unpipelined (hd 80-128), P^T is stored too,
+// and dV += P^T dO and dK += dS^T Q read both from shared memory (SS, B transposed).
 //
-// kPipelined (separate_dq at the head dims dkdv_pipelined() names): three Q/dO stages, and tile
-// it + 1's S^T and dP^T are issued before tile it's dV and dK products, so P^T and dS^T of tile
-// it + 1 are computed while those run (packed to 16 bits after the wait: packing A registers of
-// the same batch in flight serialises the products, ptxas C7513); the tensor cores idle only for
-// the packing. Warpgroup 1's first query tile, all before its keys, is computed masked to zero.
-template <int HD>
-constexpr bool dkdv_pipelined() { return HD <= 128; }
+// kPipelined (the seven-product form at every head dim): three Q/dO stages, and tile it + 1's
+// S^T and dP^T are issued before tile it's dV and dK products, so P^T and dS^T of tile it + 1
+// are computed while those run (packed to 16 bits after the wait: packing A registers of the
+// same batch in flight serialises the products, ptxas C7513); the tensor cores idle only for the
+// packing. Warpgroup 1's first query tile, all before its keys, is computed masked to zero.
+template <int HD, WgmmaBackward kForm>
+constexpr bool dkdv_pipelined() { return kForm == WgmmaBackward::atomic_dq ? HD <= 64 : HD <= 128; }
 // Whether the pipeline issues the next tile's dP^T early too (up to 96): at 128 its accumulators
 // would spill, so there only S^T goes first (P^T computed during the gradient products), and
 // dP^T follows them.
@@ -682,15 +714,19 @@ constexpr bool dkdv_early_dp() { return HD <= 96; }
 template <int HD>
 constexpr bool dkdv_rs_scores() { return HD <= 80; }
 // Shared memory of the dK/dV kernel: K, V, the Q/dO stages and their lse/D (padded to 1 KiB),
-// and the fused form's P^T and dS^T tiles.
+// and the fused form's two score tiles (P^T and dS^T, or the pipelined form's two dS^T).
 template <int HD, WgmmaBackward kForm>
 constexpr int dkdv_stages() {  // of the Q/dO tiles
-  return kForm != WgmmaBackward::atomic_dq && dkdv_pipelined<HD>() ? PipeRing::kStages : 2;
+  return dkdv_pipelined<HD, kForm>() ? PipeRing::kStages : 2;
+}
+template <int HD, WgmmaBackward kForm>
+constexpr size_t dkdv_stats_bytes() {
+  return 1024 * size_t((dkdv_stages<HD, kForm>() + 1) / 2);
 }
 template <int HD, WgmmaBackward kForm>
 constexpr size_t dkdv_smem_bytes() {
   constexpr int stages = dkdv_stages<HD, kForm>();
-  return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * stages + 1024 * ((stages + 1) / 2) +
+  return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * stages + dkdv_stats_bytes<HD, kForm>() +
          (kForm == WgmmaBackward::atomic_dq ? 2 * size_t(kScoreTileBytes) : 0);
 }
 
@@ -699,16 +735,16 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
   constexpr int BC = 128, BR = 64;
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>();
   constexpr bool kFusedDQ = kForm == WgmmaBackward::atomic_dq;
-  constexpr bool kPipelined = !kFusedDQ && dkdv_pipelined<HD>();
+  constexpr bool kPipelined = dkdv_pipelined<HD, kForm>();
   constexpr int kStages = dkdv_stages<HD, kForm>();
-  static_assert(!kRsScores || (kPipelined && dkdv_rs_scores<HD>()), "RS scores: the pipelined form, dkdv_rs_scores");
+  static_assert(!kRsScores || (kPipelined && !kFusedDQ && dkdv_rs_scores<HD>()), "RS scores: the pipelined seven-product form");
+  static_assert(kFusedDQ || kPipelined, "the seven-product form is pipelined at every head dim");
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // [K][V][kStages][Q | dO][kStages][lse | D] (padded to whole KiB), then (fused) [P^T][dS^T]
+  // [K][V][kStages][Q | dO][kStages][lse | D] (padded to whole KiB), then (fused) two score tiles
   unsigned char* const smem = align_1024(smem_raw);
   const uint32_t smem_s = smem_addr(smem);
   float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 2 * kStages * QBYTES);
-  unsigned char* const pt_tile = smem + 2 * KBYTES + 4 * QBYTES + 1024;
-  unsigned char* const dst_tile = pt_tile + kScoreTileBytes;
+  unsigned char* const score_tiles = reinterpret_cast<unsigned char*>(stats) + dkdv_stats_bytes<HD, kForm>();
   const auto stage = [](int64_t it) { return kPipelined ? PipeRing::stage(it) : int(it & 1); };
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
@@ -745,6 +781,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
   zero(dv);
   const int64_t wg_first_key = j0 + wg * 64;
   const int64_t key0 = wg_first_key + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
+  const int score_row = wg * 64 + warp * 16 + g;      // and their rows in the block's score tiles
+  // The fused form's dQ rows: the tile's queries 16 warp + g (+ 8), from column 2t of the slice.
+  const int64_t dq_row0 = warp * 16 + g;
+  float* const dq_lane = a.dq_accum ? a.dq_accum + (b * T_ + dq_row0) * C + int64_t(h) * HD + 2 * t : nullptr;
 
   if constexpr (kPipelined) {
     const auto q_tile = [&](int64_t it) { return smem_s + 2 * KBYTES + uint32_t(stage(it)) * 2 * QBYTES; };
@@ -778,7 +818,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
 #pragma unroll
       for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);
     };
-    // Tile it's dV += P^T dO and dK += dS^T Q (one group), after `before` issued its own.
+    // Tile it's dV += P^T dO and dK += dS^T Q: one group.
     const auto issue_grads = [&](int64_t it) {
       const uint32_t Qs = q_tile(it), dOs = Qs + QBYTES;
 #pragma unroll
@@ -789,8 +829,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     };
     pipe_start(tiles, load_q_tile);  // K, V and tile 0 were issued above
     if constexpr (kRsScores) {
-      load_a_fragments<BC, HD>(ka, smem, wg * 64 + warp * 16 + g, t);
-      load_a_fragments<BC, HD>(va, smem + KBYTES, wg * 64 + warp * 16 + g, t);
+      load_a_fragments<BC, HD>(ka, smem, score_row, t);
+      load_a_fragments<BC, HD>(va, smem + KBYTES, score_row, t);
       fence_operands(ka);
       fence_operands(va);
     }
@@ -806,109 +846,185 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     score_grads(0);
     pack_a<T, BR>(pa, st);
     pack_a<T, BR>(sa, dpt);
-    for (int64_t it = 0; it + 1 < tiles; ++it) {
-      pipe_advance(it, tiles, load_q_tile);
-      fence_operands(st);
-      fence_operands(dpt);
+    if constexpr (kFusedDQ) {
+      static_assert(dkdv_early_dp<HD>(), "the fused pipeline issues both score products early");
+      const auto dst_tile = [&](int64_t it) { return score_tiles + ScoreTilePair::buffer(it) * kScoreTileBytes; };
+      with_dq_slice<HD>(wg, [&](auto n) {
+        constexpr int DQN = decltype(n)::value;
+        const int col0 = wg == 0 ? 0 : dq_split_cols(HD, 0);
+        const uint32_t kb = smem_s + column_offset<BC, HD>(col0);  // K's columns of this slice
+        float dq[DQN / 2];
+        // Tile it's dQ slice over the block's 128 keys (both warpgroups' dS^T rows): one group.
+        const auto issue_dq = [&](int64_t it) {
+          const uint32_t dsts = smem_addr(dst_tile(it));
+#pragma unroll
+          for (int kk = 0; kk < BC / 16; ++kk)
+            wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, kk), desc_mn_major<BC, HD>(kb, kk));
+          wgmma_commit();
+        };
+        const auto add_dq = [&](int64_t it) {
+          const int64_t i0 = j0 + it * BR;
+          add_dq_rows<DQN>(dq_lane + i0 * C + col0, C, i0 + dq_row0, T_, dq);
+        };
+        store_score_rows<T>(dst_tile(0), score_row, t, dpt);
+        for (int64_t it = 0; it + 1 < tiles; ++it) {
+          pipe_advance(it, tiles, load_q_tile);  // its fence and barrier publish dS^T of tile it, both warpgroups'
+          zero(dq);
+          fence_operands(st);
+          fence_operands(dpt);
+          fence_operands(dv);
+          fence_operands(dk);
+          fence_operands(dq);
+          fence_operands(pa);
+          fence_operands(sa);
+          wgmma_fence();
+          issue_scores(it + 1);  // runs first: tile it + 1's scores land while tile it's products run
+          issue_grads(it);
+          issue_dq(it);
+          wgmma_wait<3>();
+          fence_operands(st);
+          probabilities(it + 1);
+          wgmma_wait<2>();
+          fence_operands(dpt);
+          score_grads(it + 1);
+          wgmma_wait<0>();
+          fence_operands(dv);
+          fence_operands(dk);
+          fence_operands(dq);
+          fence_operands(pa);
+          fence_operands(sa);
+          fence_operands(st);
+          fence_operands(dpt);
+          add_dq(it);
+          pack_a<T, BR>(pa, st);
+          pack_a<T, BR>(sa, dpt);
+          // The other score tile: its last reader, tile it - 1's dQ products, finished before
+          // this iteration's first barrier.
+          store_score_rows<T>(dst_tile(it + 1), score_row, t, dpt);
+        }
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the last dS^T rows, for wgmma
+        __syncthreads();
+        zero(dq);
+        fence_operands(dv);
+        fence_operands(dk);
+        fence_operands(dq);
+        fence_operands(pa);
+        fence_operands(sa);
+        wgmma_fence();
+        issue_grads(tiles - 1);  // its tile landed in the last advance (or before the loop)
+        issue_dq(tiles - 1);
+        wgmma_wait<0>();
+        fence_operands(dv);
+        fence_operands(dk);
+        fence_operands(dq);
+        fence_operands(pa);
+        fence_operands(sa);
+        add_dq(tiles - 1);
+      });
+    } else {
+      for (int64_t it = 0; it + 1 < tiles; ++it) {
+        pipe_advance(it, tiles, load_q_tile);
+        fence_operands(st);
+        fence_operands(dpt);
+        fence_operands(dv);
+        fence_operands(dk);
+        fence_operands(pa);
+        fence_operands(sa);
+        wgmma_fence();
+        if constexpr (dkdv_early_dp<HD>()) {
+          issue_scores(it + 1);  // runs first: tile it + 1's scores land while tile it's products run
+          issue_grads(it);
+          wgmma_wait<2>();
+          fence_operands(st);
+          probabilities(it + 1);
+          wgmma_wait<1>();
+          fence_operands(dpt);
+          score_grads(it + 1);
+          wgmma_wait<0>();
+          fence_operands(dv);
+          fence_operands(dk);
+          fence_operands(pa);
+          fence_operands(sa);
+          fence_operands(st);
+          fence_operands(dpt);
+          pack_a<T, BR>(pa, st);
+          pack_a<T, BR>(sa, dpt);
+        } else {
+          issue_s(it + 1);  // P^T of tile it + 1 is computed while tile it's products run
+          issue_grads(it);
+          wgmma_wait<1>();
+          fence_operands(st);
+          probabilities(it + 1);
+          wgmma_wait<0>();
+          fence_operands(dv);
+          fence_operands(dk);
+          fence_operands(pa);
+          fence_operands(sa);
+          fence_operands(st);
+          pack_a<T, BR>(pa, st);
+          fence_operands(pa);
+          fence_operands(dpt);
+          wgmma_fence();
+          issue_dp(it + 1);
+          wgmma_wait<0>();
+          fence_operands(dpt);
+          score_grads(it + 1);
+          pack_a<T, BR>(sa, dpt);
+        }
+      }
       fence_operands(dv);
       fence_operands(dk);
       fence_operands(pa);
       fence_operands(sa);
       wgmma_fence();
-      if constexpr (dkdv_early_dp<HD>()) {
-        issue_scores(it + 1);  // runs first: tile it + 1's scores land while tile it's products run
-        issue_grads(it);
-        wgmma_wait<2>();
+      issue_grads(tiles - 1);  // its tile landed in the last advance (or before the loop)
+      wgmma_wait<0>();
+      fence_operands(dv);
+      fence_operands(dk);
+      fence_operands(pa);
+      fence_operands(sa);
+    }
+  } else {  // the fused form, unpipelined (hd 80-128)
+    unsigned char* const pt_tile = score_tiles;
+    unsigned char* const dst_tile = score_tiles + kScoreTileBytes;
+    with_dq_slice<HD>(wg, [&](auto n) {
+      constexpr int DQN = decltype(n)::value;
+      const int col0 = wg == 0 ? 0 : dq_split_cols(HD, 0);
+      const uint32_t kb = smem_s + column_offset<BC, HD>(col0);  // K's columns of this slice
+      for (int64_t it = 0; it < tiles; ++it) {
+        next_tile<true>(it, tiles, load_q_tile);
+        const int64_t i0 = j0 + it * BR;
+        // (A tile all before this warpgroup's keys is computed masked to zero: both warpgroups
+        // meet at its barrier, and dQ sums both warpgroups' keys.)
+        const uint32_t Qs = smem_s + 2 * KBYTES + uint32_t(it & 1) * 2 * QBYTES, dOs = Qs + QBYTES;
+        const float* Ls = stats + (it & 1) * 2 * BR;  // natural-log lse of the tile's queries
+        const float* Ds = Ls + BR;
+
+        float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
         fence_operands(st);
-        probabilities(it + 1);
-        wgmma_wait<1>();
-        fence_operands(dpt);
-        score_grads(it + 1);
-        wgmma_wait<0>();
-        fence_operands(dv);
-        fence_operands(dk);
-        fence_operands(pa);
-        fence_operands(sa);
-        fence_operands(st);
-        fence_operands(dpt);
-        pack_a<T, BR>(pa, st);
-        pack_a<T, BR>(sa, dpt);
-      } else {
-        issue_s(it + 1);  // P^T of tile it + 1 is computed while tile it's products run
-        issue_grads(it);
-        wgmma_wait<1>();
-        fence_operands(st);
-        probabilities(it + 1);
-        wgmma_wait<0>();
-        fence_operands(dv);
-        fence_operands(dk);
-        fence_operands(pa);
-        fence_operands(sa);
-        fence_operands(st);
-        pack_a<T, BR>(pa, st);
-        fence_operands(pa);
         fence_operands(dpt);
         wgmma_fence();
-        issue_dp(it + 1);
-        wgmma_wait<0>();
-        fence_operands(dpt);
-        score_grads(it + 1);
-        pack_a<T, BR>(sa, dpt);
-      }
-    }
-    fence_operands(dv);
-    fence_operands(dk);
-    fence_operands(pa);
-    fence_operands(sa);
-    wgmma_fence();
-    issue_grads(tiles - 1);  // its tile landed in the last advance (or before the loop)
-    wgmma_wait<0>();
-    fence_operands(dv);
-    fence_operands(dk);
-    fence_operands(pa);
-    fence_operands(sa);
-  } else {
-    for (int64_t it = 0; it < tiles; ++it) {
-      next_tile<true>(it, tiles, load_q_tile);
-      const int64_t i0 = j0 + it * BR;
-      // Every query of the tile precedes this warpgroup's keys: nothing to add (the fused form
-      // computes it anyway, masked to zero: both warpgroups meet at its barrier).
-      if (!kFusedDQ && i0 + BR - 1 < wg_first_key) continue;
-      const uint32_t Qs = smem_s + 2 * KBYTES + uint32_t(it & 1) * 2 * QBYTES, dOs = Qs + QBYTES;
-      const float* Ls = stats + (it & 1) * 2 * BR;  // natural-log lse of the tile's queries
-      const float* Ds = Ls + BR;
-
-      float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
-      fence_operands(st);
-      fence_operands(dpt);
-      wgmma_fence();
-      product_ss<T, BC, BR, HD>(st, smem_s, wg * 64, Qs);
-      wgmma_commit();
-      product_ss<T, BC, BR, HD>(dpt, smem_s + KBYTES, wg * 64, dOs);
-      wgmma_commit();
-      wgmma_wait<1>();  // S^T is done; dP^T may still run
-      fence_operands(st);
-      // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence.
-      if (wg_first_key + 63 > i0 || i0 + BR > T_ || wg_first_key + 63 >= T_)
-        mask_outside(st, t, queries_visible(key0, i0, T_, BR), queries_visible(key0 + 8, i0, T_, BR));
+        product_ss<T, BC, BR, HD>(st, smem_s, wg * 64, Qs);
+        wgmma_commit();
+        product_ss<T, BC, BR, HD>(dpt, smem_s + KBYTES, wg * 64, dOs);
+        wgmma_commit();
+        wgmma_wait<1>();  // S^T is done; dP^T may still run
+        fence_operands(st);
+        // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence.
+        if (wg_first_key + 63 > i0 || i0 + BR > T_ || wg_first_key + 63 >= T_)
+          mask_outside(st, t, queries_visible(key0, i0, T_, BR), queries_visible(key0 + 8, i0, T_, BR));
 #pragma unroll
-      for (int i = 0; i < BR / 2; ++i)
-        st[i] = exp2f(fmaf(st[i], scale_log2, -Ls[fragment_column(i, t)] * kLog2e));  // P^T
-      if constexpr (kFusedDQ) {
+        for (int i = 0; i < BR / 2; ++i)
+          st[i] = exp2f(fmaf(st[i], scale_log2, -Ls[fragment_column(i, t)] * kLog2e));  // P^T
         wgmma_wait<0>();
         fence_operands(dpt);
 #pragma unroll
         for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
-        const int row = wg * 64 + warp * 16 + g;
-        store_score_rows<T>(pt_tile, row, t, st);
-        store_score_rows<T>(dst_tile, row, t, dpt);
+        store_score_rows<T>(pt_tile, score_row, t, st);
+        store_score_rows<T>(dst_tile, score_row, t, dpt);
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, for wgmma's reads
-        __syncthreads();  // both warpgroups' rows (hd 128's dQ reads all 128 keys)
+        __syncthreads();  // both warpgroups' rows (dQ reads all 128 keys)
         const uint32_t pts = smem_addr(pt_tile), dsts = smem_addr(dst_tile);
-        constexpr int KS = HD == 128 ? BC / 16 : 64 / 16;  // dQ's k-steps (keys): all, or this warpgroup's
-        constexpr int DQN = HD == 128 ? 64 : HD;           // dQ's columns in this warpgroup
-        const int k0 = HD == 128 ? 0 : wg * 4;
-        const uint32_t kb = smem_s + (HD == 128 ? panel_offset<BC, HD>(wg) : 0u);  // K's columns for dQ
         float dq[DQN / 2];
         zero(dq);
         fence_operands(dv);
@@ -922,51 +1038,16 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
         for (int kk = 0; kk < BR / 16; ++kk)
           wgmma_ss_bt<T, HD>(dk, desc_k_major<BC, 64>(dsts, wg * 64, kk), desc_mn_major<BR, HD>(Qs, kk));
 #pragma unroll
-        for (int kk = 0; kk < KS; ++kk)
-          wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, k0 + kk), desc_mn_major<BC, HD>(kb, k0 + kk));
+        for (int kk = 0; kk < BC / 16; ++kk)
+          wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, kk), desc_mn_major<BC, HD>(kb, kk));
         wgmma_commit();
         wgmma_wait<0>();
         fence_operands(dv);
         fence_operands(dk);
         fence_operands(dq);
-        // Every query of the tile precedes the keys dQ was summed over: dq is zero, nothing to add.
-        if (i0 + BR - 1 < (HD == 128 ? j0 : wg_first_key)) continue;
-        // dQ rows i0 + 16 warp + g (+ 8), columns col0 + 8 nb + 2t (+ 1): fp32 pairs added atomically.
-        const int col0 = HD == 128 ? wg * 64 : 0;
-        float* dqa = a.dq_accum + (b * T_ + i0 + warp * 16 + g) * C + int64_t(h) * HD + col0 + 2 * t;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          if (i0 + warp * 16 + g + 8 * half >= T_) continue;
-#pragma unroll
-          for (int nb = 0; nb < DQN / 8; ++nb)
-            atomicAdd(reinterpret_cast<float2*>(dqa + 8 * half * C + 8 * nb),
-                      make_float2(dq[4 * nb + 2 * half], dq[4 * nb + 2 * half + 1]));
-        }
-        continue;
+        add_dq_rows<DQN>(dq_lane + i0 * C + col0, C, i0 + dq_row0, T_, dq);
       }
-      uint32_t pa[BR / 16][4], sa[BR / 16][4];
-      pack_a<T, BR>(pa, st);
-      wgmma_wait<0>();
-      fence_operands(dpt);
-#pragma unroll
-      for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
-      pack_a<T, BR>(sa, dpt);
-      fence_operands(dv);
-      fence_operands(dk);
-      fence_operands(pa);
-      fence_operands(sa);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR, HD>(dOs, kk));
-#pragma unroll
-      for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(Qs, kk));
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_operands(dv);
-      fence_operands(dk);
-      fence_operands(pa);
-      fence_operands(sa);
-    }
+    });
   }
   T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
   store_rows<T, HD>(dqkv + C, ld, key0, T_, dk, scale, scale);
@@ -978,11 +1059,13 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
 // One warpgroup: S = Q K^T (SS, K-major, N = 128) and O = bf16/f16(S) K three ways: RS (K as an
 // MN-major operand, N = HD), SS with B transposed (S stored as a K-major [64][128] tile: the fused
 // backward's dV and dK products) and SS with both transposed (S^T stored as [128][64], read
-// MN-major: its dQ product), each written out in full; exact for small-integer inputs.
+// MN-major: its dQ product), the last once more in the fused backward's two dQ column slices
+// (N = dq_split_cols, B from column_offset), each written out in full; exact for small-integer
+// inputs.
 template <typename T, int HD>
 __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, const T* k, float* s_out, float* o_out,
-                                                                    float* o_bt_out, float* o_tt_out) {
-  constexpr int M = 64, N = 128;
+                                                                    float* o_bt_out, float* o_tt_out, float* o_split_out) {
+  constexpr int M = 64, N = 128, N_KEYS = N;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* const smem = align_1024(smem_raw);  // [Q 64 x HD][K 128 x HD][S 64 x 128][S^T 128 x 64]
   const uint32_t smem_s = smem_addr(smem);
@@ -1048,6 +1131,54 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
     o_bt_out[at] = o_bt[i];
     o_tt_out[at] = o_tt[i];
   }
+  // The fused backward's dQ products: N = the slice's columns, B from column col0 of K.
+  const auto slice = [&](auto n, int col0) {
+    constexpr int N = decltype(n)::value;
+    float d[N / 2];
+    zero(d);
+    fence_operands(d);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < N_KEYS / 16; ++kk)
+      wgmma_ss_tt<T, N>(d, desc_mn_major<N_KEYS, M>(st_s, kk), desc_mn_major<N_KEYS, HD>(Ks + column_offset<N_KEYS, HD>(col0), kk));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(d);
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i)
+      o_split_out[(row + ((i & 2) ? 8 : 0)) * HD + col0 + (i / 4) * 8 + 2 * t + (i & 1)] = d[i];
+  };
+  slice(std::integral_constant<int, dq_split_cols(HD, 0)>{}, 0);
+  slice(std::integral_constant<int, dq_split_cols(HD, 1)>{}, dq_split_cols(HD, 0));
+}
+
+// S = Q K^T as wgmma-rs computes its scores: Q's rows as A fragments loaded from the swizzled
+// tile (load_a_fragments), K K-major (wgmma_rs_kb); its own kernel (next to the one above, hd
+// 128 would spill).
+template <typename T, int HD>
+__global__ void __launch_bounds__(kThreads) wgmma_rs_scores_check_kernel(const T* q, const T* k, float* s_rs_out) {
+  constexpr int M = 64, N = 128;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* const smem = align_1024(smem_raw);  // [Q 64 x HD][K 128 x HD]
+  load_swizzled<T, M, HD>(smem, q, HD, M);
+  load_swizzled<T, N, HD>(smem + tile_bytes<M, HD>(), k, HD, N);
+  cp_async_commit();
+  next_tile<true>(0, 1, [](int64_t) {});
+  if (threadIdx.x >= 128) return;  // one warpgroup computes
+  const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4, row = warp * 16 + g;
+  uint32_t qa[HD / 16][4];
+  load_a_fragments<M, HD>(qa, smem, row, t);
+  float s[N / 2];
+  fence_operands(qa);
+  fence_operands(s);
+  wgmma_fence();
+  product_rs<T, N, HD>(s, qa, smem_addr(smem) + tile_bytes<M, HD>());
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(s);
+  fence_operands(qa);
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) s_rs_out[(row + ((i & 2) ? 8 : 0)) * N + (i / 4) * 8 + 2 * t + (i & 1)] = s[i];
 }
 
 // ---- host ------------------------------------------------------------------------------------
@@ -1205,14 +1336,17 @@ bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStrea
 }
 
 bool wgmma_tile_check(DType t, int hd, const void* q, const void* k, float* s, float* o, float* o_bt, float* o_tt,
-                      cudaStream_t stream) {
+                      float* o_split, float* s_rs, cudaStream_t stream) {
   return dispatch(t, hd, [&](auto tag, auto dim) {
     using T = decltype(tag);
     constexpr int HD = decltype(dim)::value;
     constexpr size_t smem = 1024 + size_t(tile_bytes<64, HD>() + tile_bytes<128, HD>() + 2 * tile_bytes<64, 128>());
     allow_smem(wgmma_tile_check_kernel<T, HD>, smem);
     wgmma_tile_check_kernel<T, HD><<<1, kThreads, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k), s, o,
-                                                                  o_bt, o_tt);
+                                                                  o_bt, o_tt, o_split);
+    constexpr size_t smem_rs = 1024 + size_t(tile_bytes<64, HD>() + tile_bytes<128, HD>());
+    allow_smem(wgmma_rs_scores_check_kernel<T, HD>, smem_rs);
+    wgmma_rs_scores_check_kernel<T, HD><<<1, kThreads, smem_rs, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k), s_rs);
   });
 }
 

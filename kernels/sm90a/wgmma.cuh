@@ -63,6 +63,13 @@ __device__ __forceinline__ void fence_operands(uint32_t (&d)[N][4]) {
 }
 
 // The accumulator operand lists of m64nNk16 (N / 2 floats per thread) for the N used here.
+#define LLM_WGMMA_D8 "{" "%0, %1, %2, %3, %4, %5, %6, %7" "}"
+#define LLM_WGMMA_OUT8(d) \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+#define LLM_WGMMA_D16 "{" "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15" "}"
+#define LLM_WGMMA_OUT16(d) \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
 #define LLM_WGMMA_D24 "{" "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15" ", " \
     "%16, %17, %18, %19, %20, %21, %22, %23" "}"
 #define LLM_WGMMA_OUT24(d) \
@@ -165,6 +172,11 @@ __device__ __forceinline__ void wgmma_rs_kb_overwrite(float (&d)[N / 2], const u
   LLM_WGMMA_RS(wgmma_rs_kb, "1", "0", TYPE, PTX_TYPE, N, NR, A0, A1, A2, A3, B_RS)                        \
   LLM_WGMMA_RS(wgmma_rs_kb_overwrite, "0", "0", TYPE, PTX_TYPE, N, NR, A0, A1, A2, A3, B_RS)
 
+// N 16 and 32: the fused backward's dQ column slices (dq_split_cols).
+LLM_WGMMA_DEFINE(__nv_bfloat16, "bf16", 16, 8, "%8", "%9", "%8", "%9", "%10", "%11", "%12")
+LLM_WGMMA_DEFINE(__half, "f16", 16, 8, "%8", "%9", "%8", "%9", "%10", "%11", "%12")
+LLM_WGMMA_DEFINE(__nv_bfloat16, "bf16", 32, 16, "%16", "%17", "%16", "%17", "%18", "%19", "%20")
+LLM_WGMMA_DEFINE(__half, "f16", 32, 16, "%16", "%17", "%16", "%17", "%18", "%19", "%20")
 LLM_WGMMA_DEFINE(__nv_bfloat16, "bf16", 48, 24, "%24", "%25", "%24", "%25", "%26", "%27", "%28")
 LLM_WGMMA_DEFINE(__half, "f16", 48, 24, "%24", "%25", "%24", "%25", "%26", "%27", "%28")
 LLM_WGMMA_DEFINE(__nv_bfloat16, "bf16", 64, 32, "%32", "%33", "%32", "%33", "%34", "%35", "%36")
@@ -179,6 +191,10 @@ LLM_WGMMA_DEFINE(__half, "f16", 128, 64, "%64", "%65", "%64", "%65", "%66", "%67
 #undef LLM_WGMMA_DEFINE
 #undef LLM_WGMMA_SS
 #undef LLM_WGMMA_RS
+#undef LLM_WGMMA_D8
+#undef LLM_WGMMA_OUT8
+#undef LLM_WGMMA_D16
+#undef LLM_WGMMA_OUT16
 #undef LLM_WGMMA_D24
 #undef LLM_WGMMA_OUT24
 #undef LLM_WGMMA_D32

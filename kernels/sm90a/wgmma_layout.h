@@ -59,6 +59,23 @@ LLM_WGMMA_HD constexpr uint32_t panel_offset(int p) {
   return uint32_t(p * R * swizzle_bytes(HD));
 }
 
+// Byte offset of column `col` (a multiple of 8) of an R-row tile: an MN-major operand whose N
+// columns start there is that tile's columns col .. col + N - 1, provided they lie in whole
+// panels from a panel's start or inside one panel (the descriptor steps panels by R W bytes).
+template <int R, int HD>
+LLM_WGMMA_HD constexpr uint32_t column_offset(int col) {
+  return swizzled_offset<R, HD>(0, col / 8);
+}
+
+// The fused backward's split of dQ (64 queries x hd) between its two warpgroups by columns, each
+// over all the block's keys: warpgroup 0 takes the first dq_split_cols(hd, 0) columns, warpgroup 1
+// the rest; whole panels of the K tile (the first warpgroup the larger half), or halves of the
+// one panel of hd 64. 64/64 at hd 128, 64/32 at 96, 48/32 at 80, 32/32 at 64, 32/16 at 48.
+constexpr int dq_split_cols(int hd, int w) {
+  const int pc = panel_columns(hd), panels = hd / pc;
+  return panels == 1 ? hd / 2 : (w == 0 ? (panels + 1) / 2 : panels / 2) * pc;
+}
+
 // Register A operand (wgmma's RS form) loaded from a tile: register j (0..3) of k-step kk for
 // quad lane t holds the two 16-bit elements at row `row` + 8 (j & 1), columns 16 kk + 8 (j >> 1) +
 // 2t and + 1 (the accumulator layout, so pack_a and this agree); their byte offset in the tile.

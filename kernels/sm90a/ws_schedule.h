@@ -59,6 +59,18 @@ struct PipeRing {
   LLM_WS_HD static int64_t prefetch(int64_t it) { return it + kStages - 1; }
 };
 
+// The pipelined fused backward (wgmma-atomic up to hd 64) on top of that ring: each warpgroup
+// stores its 64 rows of query tile i's dS^T into score tile buffer(i), and tile i's dQ product of
+// each warpgroup reads both warpgroups' rows of it (dQ's columns are split, its keys are not).
+// Warpgroup order per iteration it: [block barrier] issue tile it's products (dQ reads buffer(it)),
+// wait for them, store tile it + 1's rows into buffer(it + 1); tile 0's rows are stored before the
+// loop, and a barrier precedes the last tile's products. PipeSchedule.TheFusedScoreTiles* replays
+// that for two warpgroups in random interleavings between the barriers.
+struct ScoreTilePair {
+  static constexpr int kBuffers = 2;
+  LLM_WS_HD static int buffer(int64_t tile) { return int(tile % kBuffers); }
+};
+
 }  // namespace llm::kernels::sm90a
 
 #undef LLM_WS_HD

@@ -243,7 +243,8 @@ TEST(CudaBackend, FusedLinearBackwardGeluMatchesTheTwoOps) {
   REQUIRE_CUDA(be);                                                                         \
   if (const char* why = llm::kernels::wgmma_unavailable()) GTEST_SKIP() << "wgmma: " << why
 
-// The wgmma forms alone (SS both K-major; RS; SS with B or both operands transposed), on
+// The wgmma forms alone (SS both K-major; RS with B MN-major or K-major; SS with B or both
+// operands transposed; N 16-64 slices of K from inside a tile), on
 // small-integer inputs where every product and sum is exact in the 16-bit types and fp32: a
 // wrong descriptor, swizzle, transpose flag or fragment layout shows as a wrong element.
 TEST(CudaBackend, WgmmaTileProductsAreExact) {
@@ -264,14 +265,19 @@ TEST(CudaBackend, WgmmaTileProductsAreExact) {
           for (int e = 0; e < hd; ++e) o_ref[size_t(i) * hd + e] += s_ref[size_t(i) * 128 + j] * k[size_t(j) * hd + e];
       Tensor gq = be->upload(bt::host_low({64, hd}, q, t)), gk = be->upload(bt::host_low({128, hd}, k, t));
       Tensor gs = be->empty({64, 128}), go = be->empty({64, hd}), gbt = be->empty({64, hd}), gtt = be->empty({64, hd});
+      Tensor gsplit = be->empty({64, hd}), gsrs = be->empty({64, 128});
       be->synchronize();
       ASSERT_TRUE(llm::kernels::wgmma_tile_check(t, hd, gq.raw(), gk.raw(), gs.data<float>(), go.data<float>(),
-                                                 gbt.data<float>(), gtt.data<float>(), be->stream()));
+                                                 gbt.data<float>(), gtt.data<float>(), gsplit.data<float>(), gsrs.data<float>(),
+                                                 be->stream()));
       be->synchronize();
       EXPECT_TRUE(bt::all_equal("S = Q K^T (SS, K-major)", bt::to_vec(be->download(gs)), s_ref));
       EXPECT_TRUE(bt::all_equal("O = P K (RS, MN-major)", bt::to_vec(be->download(go)), o_ref));
       EXPECT_TRUE(bt::all_equal("O = P K (SS, P stored K-major, K MN-major)", bt::to_vec(be->download(gbt)), o_ref));
       EXPECT_TRUE(bt::all_equal("O = P K (SS, P^T stored and read MN-major)", bt::to_vec(be->download(gtt)), o_ref));
+      EXPECT_TRUE(bt::all_equal("O = P K in the fused backward's two dQ column slices (SS, both MN-major)",
+                                bt::to_vec(be->download(gsplit)), o_ref));
+      EXPECT_TRUE(bt::all_equal("S = Q K^T (RS: Q in registers, K K-major)", bt::to_vec(be->download(gsrs)), s_ref));
     }
 }
 
@@ -283,7 +289,7 @@ TEST(CudaBackend, WgmmaTileProductsAreExact) {
 // T = 333: several 128-row blocks, a partial last one, and 64-row tiles crossing the diagonal.
 void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackward form) {
   using llm::kernels::WgmmaBackward;
-  const bool fused_dq = form != WgmmaBackward::separate_dq;
+  const bool fused_dq = form == WgmmaBackward::atomic_dq;
   const char* name = form == WgmmaBackward::separate_dq ? "wgmma dqkv"
                      : form == WgmmaBackward::atomic_dq ? "wgmma-atomic dqkv"
                                                         : "wgmma-rs dqkv";

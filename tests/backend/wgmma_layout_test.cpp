@@ -149,22 +149,48 @@ TEST(WgmmaLayout, TheSwizzleIsAPermutationOfEachPanel) {
   check(std::integral_constant<int, 128>{});
 }
 
-// The fused backward (wgmma-atomic) at head dim 128 gives each warpgroup half of dQ's columns:
-// its B operand is the K tile's panel p alone (64 columns, N = 64), read MN-major from the
-// panel's start; the leading offset (the next panel) is never used.
-TEST(WgmmaLayout, OnePanelOfTheKTileIsAnMnMajorOperand) {
-  for (uint32_t base : {0u, 1024u * 40}) {
-    int bad = 0;
-    for (int p = 0; p < 2; ++p)
-      for (int kk = 0; kk < 128 / 16; ++kk) {
-        const Desc d = decode(desc_mn_major<128, 128>(base + panel_offset<128, 128>(p), kk));
-        for (int n = 0; n < 64; ++n)
-          for (int k = 0; k < 16; ++k)
-            if (mn_major_address(d, n, k) != stored_at<128, 128>(base, kk * 16 + k, p * 64 + n) && bad++ < 5)
-              ADD_FAILURE() << "panel " << p << " kk " << kk << ": element (n " << n << ", k " << k << ")";
-      }
-    EXPECT_EQ(bad, 0);
+// The fused backward (wgmma-atomic) splits dQ's columns between its warpgroups (dq_split_cols):
+// warpgroup w's B operand is columns col0 .. col0 + N - 1 of the 128-row K tile, read MN-major
+// from column_offset(col0): whole panels from a panel's start (the leading offset steps to the
+// next panel), or at hd 64 half of the one 128-byte panel (a start 64 bytes into the swizzled
+// row, as K-major k-steps start 32 bytes apart). Every element must be the one the loader stored,
+// the two slices must cover the head dim, and each N must be one wgmma.cuh instantiates.
+template <int HD>
+void check_dq_slices(uint32_t base) {
+  SCOPED_TRACE("hd=" + std::to_string(HD));
+  const int n0 = dq_split_cols(HD, 0), n1 = dq_split_cols(HD, 1);
+  EXPECT_EQ(n0 + n1, HD);
+  EXPECT_GE(n0, n1);  // warpgroup 0 takes the larger half
+  int bad = 0;
+  for (int w = 0; w < 2; ++w) {
+    const int col0 = w == 0 ? 0 : n0, n_cols = w == 0 ? n0 : n1;
+    EXPECT_TRUE(n_cols == 16 || n_cols == 32 || n_cols == 48 || n_cols == 64) << "N " << n_cols;
+    for (int kk = 0; kk < 128 / 16; ++kk) {
+      const Desc d = decode(desc_mn_major<128, HD>(base + column_offset<128, HD>(col0), kk));
+      EXPECT_EQ(d.base_offset, 0u);
+      for (int n = 0; n < n_cols; ++n)
+        for (int k = 0; k < 16; ++k)
+          if (mn_major_address(d, n, k) != stored_at<128, HD>(base, kk * 16 + k, col0 + n) && bad++ < 5)
+            ADD_FAILURE() << "warpgroup " << w << " kk " << kk << ": element (n " << n << ", k " << k << ")";
+    }
   }
+  EXPECT_EQ(bad, 0);
+}
+
+TEST(WgmmaLayout, TheFusedBackwardsDqSlicesAreMnMajorOperands) {
+  for (uint32_t base : {0u, 1024u * 40}) {
+    check_dq_slices<48>(base);
+    check_dq_slices<64>(base);
+    check_dq_slices<80>(base);
+    check_dq_slices<96>(base);
+    check_dq_slices<128>(base);
+  }
+  // The same rule read as the split it names.
+  EXPECT_EQ(dq_split_cols(128, 0), 64);
+  EXPECT_EQ(dq_split_cols(96, 1), 32);
+  EXPECT_EQ(dq_split_cols(80, 0), 48);
+  EXPECT_EQ(dq_split_cols(64, 1), 32);
+  EXPECT_EQ(dq_split_cols(48, 1), 16);
 }
 
 // The warp-specialised forward (wgmma-ws) copies its tiles with TMA instead of the loader: for

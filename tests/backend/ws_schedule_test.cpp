@@ -410,4 +410,92 @@ TEST(PipeSchedule, TheModelCatchesTooFewStagesAndAWrongPrefetch) {
   EXPECT_FALSE(near.errors.empty());
 }
 
+// The pipelined fused backward's two dS^T tiles (ScoreTilePair), per warpgroup in the kernel's
+// order: Store (this warpgroup's rows of a tile into a buffer), Issue (dQ products that read both
+// warpgroups' rows of a buffer until the Wait), Barrier (both warpgroups). Between barriers the
+// two warpgroups' steps interleave at random. Checked: a product reads only a buffer holding its
+// tile in both halves, and no store lands in a buffer a product of either warpgroup still reads.
+enum class ScoreOp { store, issue, wait, barrier };
+struct ScoreStep {
+  ScoreOp op;
+  int64_t tile = -1;
+  int buffer = -1;
+};
+
+template <typename Buffer>
+std::vector<ScoreStep> fused_score_steps(int64_t tiles, Buffer buffer, bool last_barrier) {
+  std::vector<ScoreStep> steps{{ScoreOp::store, 0, buffer(0)}};
+  for (int64_t it = 0; it + 1 < tiles; ++it) {
+    steps.push_back({ScoreOp::barrier});  // pipe_advance
+    steps.push_back({ScoreOp::issue, it, buffer(it)});
+    steps.push_back({ScoreOp::wait});
+    steps.push_back({ScoreOp::store, it + 1, buffer(it + 1)});
+  }
+  if (last_barrier) steps.push_back({ScoreOp::barrier});
+  steps.push_back({ScoreOp::issue, tiles - 1, buffer(tiles - 1)});
+  steps.push_back({ScoreOp::wait});
+  return steps;
+}
+
+std::string run_score_tiles(const std::vector<ScoreStep>& steps, int buffers, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::vector<int64_t>> rows(size_t(buffers), std::vector<int64_t>(2, -1));  // [buffer][warpgroup]
+  int reading[2] = {-1, -1};
+  size_t next[2] = {0, 0};
+  const auto at_barrier = [&](int w) { return next[w] < steps.size() && steps[next[w]].op == ScoreOp::barrier; };
+  while (next[0] < steps.size() || next[1] < steps.size()) {
+    if (at_barrier(0) && at_barrier(1)) {
+      ++next[0], ++next[1];
+      continue;
+    }
+    int w = int(rng() % 2);
+    if (next[w] >= steps.size() || at_barrier(w)) w = 1 - w;
+    if (next[w] >= steps.size() || at_barrier(w)) return "a warpgroup waits at a barrier the other never reaches";
+    const ScoreStep& s = steps[next[w]++];
+    const std::string who = "warpgroup " + std::to_string(w) + ", tile " + std::to_string(s.tile) + ": ";
+    if (s.op == ScoreOp::store) {
+      for (int v = 0; v < 2; ++v)
+        if (reading[v] == s.buffer)
+          return who + "stored into buffer " + std::to_string(s.buffer) + " while warpgroup " + std::to_string(v) +
+                 "'s dQ product reads it";
+      rows[size_t(s.buffer)][size_t(w)] = s.tile;
+    } else if (s.op == ScoreOp::issue) {
+      for (int v = 0; v < 2; ++v)
+        if (rows[size_t(s.buffer)][size_t(v)] != s.tile)
+          return who + "dQ read buffer " + std::to_string(s.buffer) + " holding tile " +
+                 std::to_string(rows[size_t(s.buffer)][size_t(v)]) + " in warpgroup " + std::to_string(v) + "'s rows";
+      reading[w] = s.buffer;
+    } else {
+      reading[w] = -1;
+    }
+  }
+  return "";
+}
+
+TEST(PipeSchedule, TheFusedScoreTilesHoldEachTileWhileItsDqProductsRead) {
+  using llm::kernels::sm90a::ScoreTilePair;
+  for (int64_t tiles = 1; tiles <= 9; ++tiles) {
+    const auto steps = fused_score_steps(tiles, [](int64_t i) { return ScoreTilePair::buffer(i); }, true);
+    for (uint64_t seed = 0; seed < 300; ++seed) {
+      const std::string err = run_score_tiles(steps, ScoreTilePair::kBuffers, seed);
+      ASSERT_EQ(err, "") << "tiles " << tiles << ", seed " << seed;
+    }
+  }
+}
+
+TEST(PipeSchedule, TheFusedScoreTileModelCatchesOneBufferAndAMissingBarrier) {
+  const auto fails = [](const std::vector<ScoreStep>& steps, int buffers) {
+    for (uint64_t seed = 0; seed < 300; ++seed)
+      if (!run_score_tiles(steps, buffers, seed).empty()) return true;
+    return false;
+  };
+  // One buffer: a warpgroup's next rows overwrite the tile the other's dQ product still reads.
+  EXPECT_TRUE(fails(fused_score_steps(4, [](int64_t) { return 0; }, true), 1));
+  // No barrier before the last tile's products: they may read the other warpgroup's rows before
+  // it stored them.
+  EXPECT_TRUE(fails(fused_score_steps(4, [](int64_t i) { return int(i % 2); }, false), 2));
+  // The kernel's form passes the same seeds.
+  EXPECT_FALSE(fails(fused_score_steps(4, [](int64_t i) { return int(i % 2); }, true), 2));
+}
+
 }  // namespace
