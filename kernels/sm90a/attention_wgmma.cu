@@ -638,7 +638,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
 
 // ---- backward: dK, dV ------------------------------------------------------------------------
 
-// The 16-bit tile of P^T or dS^T (128 keys x 64 queries, the block's; swizzled like every other
+// The 16-bit tile of dS^T (128 keys x 64 queries, the block's; swizzled like every other
 // tile) the fused backward stores for the products that read it from shared memory.
 constexpr int kScoreTileBytes = tile_bytes<128, 64>();
 
@@ -690,11 +690,12 @@ __device__ __forceinline__ void with_dq_slice(int wg, F&& f) {
 // twice the atomic traffic per product of hd 128's, where the fused form won. dQ is not
 // bit-reproducible: the order of the adds varies. Run 14 measured the adds as TMA bulk reductions
 // from shared memory, cp.reduce.async.bulk: no faster, 0.96-1.03x; commit 14c7d39.)
+// dV += P^T dO and dK += dS^T Q are RS products on P^T and dS^T packed in registers, as in the
+// seven-product form (until the session after run 15, P^T was stored too and both read from
+// shared memory, SS with B transposed: 16 KiB more shared-memory reads per warpgroup and tile).
 // Pipelined (dkdv_pipelined: up to hd 64, where dQ's accumulators fit next to the seven-product
-// pipeline's), dV and dK are RS products on P^T and dS^T in registers, as in the seven-product
-// form, and dS^T alternates between the two score tiles (tile it + 1's is stored while the other
-// warpgroup's dQ product may still read tile it's). Unpipelined (hd 80-128), P^T is stored too,
-// and dV += P^T dO and dK += dS^T Q read both from shared memory (SS, B transposed).
+// pipeline's), dS^T alternates between two score tiles (tile it + 1's is stored while the other
+// warpgroup's dQ product may still read tile it's); unpipelined at hd 80-128.
 //
 // kPipelined (the seven-product form at every head dim): three Q/dO stages, and tile it + 1's
 // S^T and dP^T are issued before tile it's dV and dK products, so P^T and dS^T of tile it + 1
@@ -714,7 +715,7 @@ constexpr bool dkdv_early_dp() { return HD <= 96; }
 template <int HD>
 constexpr bool dkdv_rs_scores() { return HD <= 80; }
 // Shared memory of the dK/dV kernel: K, V, the Q/dO stages and their lse/D (padded to 1 KiB),
-// and the fused form's two score tiles (P^T and dS^T, or the pipelined form's two dS^T).
+// and the fused form's dS^T tile (two in the pipelined form).
 template <int HD, WgmmaBackward kForm>
 constexpr int dkdv_stages() {  // of the Q/dO tiles
   return dkdv_pipelined<HD, kForm>() ? PipeRing::kStages : 2;
@@ -727,7 +728,7 @@ template <int HD, WgmmaBackward kForm>
 constexpr size_t dkdv_smem_bytes() {
   constexpr int stages = dkdv_stages<HD, kForm>();
   return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * stages + dkdv_stats_bytes<HD, kForm>() +
-         (kForm == WgmmaBackward::atomic_dq ? 2 * size_t(kScoreTileBytes) : 0);
+         (kForm == WgmmaBackward::atomic_dq ? size_t(dkdv_pipelined<HD, kForm>() ? 2 : 1) * kScoreTileBytes : 0);
 }
 
 template <typename T, int HD, WgmmaBackward kForm, bool kRsScores = false>
@@ -740,7 +741,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
   static_assert(!kRsScores || (kPipelined && !kFusedDQ && dkdv_rs_scores<HD>()), "RS scores: the pipelined seven-product form");
   static_assert(kFusedDQ || kPipelined, "the seven-product form is pipelined at every head dim");
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // [K][V][kStages][Q | dO][kStages][lse | D] (padded to whole KiB), then (fused) two score tiles
+  // [K][V][kStages][Q | dO][kStages][lse | D] (padded to whole KiB), then (fused) the dS^T tile(s)
   unsigned char* const smem = align_1024(smem_raw);
   const uint32_t smem_s = smem_addr(smem);
   float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 2 * kStages * QBYTES);
@@ -985,8 +986,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
       fence_operands(sa);
     }
   } else {  // the fused form, unpipelined (hd 80-128)
-    unsigned char* const pt_tile = score_tiles;
-    unsigned char* const dst_tile = score_tiles + kScoreTileBytes;
+    unsigned char* const dst_tile = score_tiles;
     with_dq_slice<HD>(wg, [&](auto n) {
       constexpr int DQN = decltype(n)::value;
       const int col0 = wg == 0 ? 0 : dq_split_cols(HD, 0);
@@ -1020,23 +1020,25 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
         fence_operands(dpt);
 #pragma unroll
         for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
-        store_score_rows<T>(pt_tile, score_row, t, st);
+        uint32_t pa[BR / 16][4], sa[BR / 16][4];
+        pack_a<T, BR>(pa, st);
+        pack_a<T, BR>(sa, dpt);
         store_score_rows<T>(dst_tile, score_row, t, dpt);
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, for wgmma's reads
         __syncthreads();  // both warpgroups' rows (dQ reads all 128 keys)
-        const uint32_t pts = smem_addr(pt_tile), dsts = smem_addr(dst_tile);
+        const uint32_t dsts = smem_addr(dst_tile);
         float dq[DQN / 2];
         zero(dq);
         fence_operands(dv);
         fence_operands(dk);
         fence_operands(dq);
+        fence_operands(pa);
+        fence_operands(sa);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk)
-          wgmma_ss_bt<T, HD>(dv, desc_k_major<BC, 64>(pts, wg * 64, kk), desc_mn_major<BR, HD>(dOs, kk));
+        for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR, HD>(dOs, kk));
 #pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk)
-          wgmma_ss_bt<T, HD>(dk, desc_k_major<BC, 64>(dsts, wg * 64, kk), desc_mn_major<BR, HD>(Qs, kk));
+        for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(Qs, kk));
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk)
           wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, kk), desc_mn_major<BC, HD>(kb, kk));
@@ -1045,6 +1047,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
         fence_operands(dv);
         fence_operands(dk);
         fence_operands(dq);
+        fence_operands(pa);
+        fence_operands(sa);
         add_dq_rows<DQN>(dq_lane + i0 * C + col0, C, i0 + dq_row0, T_, dq);
       }
     });
@@ -1058,7 +1062,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
 
 // One warpgroup: S = Q K^T (SS, K-major, N = 128) and O = bf16/f16(S) K three ways: RS (K as an
 // MN-major operand, N = HD), SS with B transposed (S stored as a K-major [64][128] tile: the fused
-// backward's dV and dK products) and SS with both transposed (S^T stored as [128][64], read
+// backward's dV and dK products up to run 15) and SS with both transposed (S^T stored as [128][64], read
 // MN-major: its dQ product), the last once more in the fused backward's two dQ column slices
 // (N = dq_split_cols, B from column_offset), each written out in full; exact for small-integer
 // inputs.

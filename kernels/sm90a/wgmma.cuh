@@ -124,7 +124,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t a, uint64_t
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_ss_overwrite(float (&d)[N / 2], uint64_t a, uint64_t b);
 // d (64 x N, fp32) += A (64 x 16, K-major, shared) * B (16 x N, MN-major, shared): the SS form
-// with B transposed (the fused backward's dV += P^T dO and dK += dS^T Q, P^T / dS^T stored).
+// with B transposed (P^T / dS^T stored, read with dO / Q: the fused backward's dV and dK products
+// up to run 15, RS since; kept checked by WgmmaTileProductsAreExact for a stored score tile).
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_ss_bt(float (&d)[N / 2], uint64_t a, uint64_t b);
 // d (64 x N, fp32) += A (64 x 16, MN-major, shared) * B (16 x N, MN-major, shared): both
