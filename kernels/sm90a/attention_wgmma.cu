@@ -1000,7 +1000,11 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
         const float* Ls = stats + (it & 1) * 2 * BR;  // natural-log lse of the tile's queries
         const float* Ds = Ls + BR;
 
+        // Each product goes as soon as its operands exist (FlashAttention-3's backward order):
+        // dV once P^T is packed (the dS^T arithmetic runs under it), dK once dS^T is (the store
+        // and the barrier run under it), dQ after the barrier.
         float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
+        uint32_t pa[BR / 16][4], sa[BR / 16][4];
         fence_operands(st);
         fence_operands(dpt);
         wgmma_fence();
@@ -1016,29 +1020,32 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
 #pragma unroll
         for (int i = 0; i < BR / 2; ++i)
           st[i] = exp2f(fmaf(st[i], scale_log2, -Ls[fragment_column(i, t)] * kLog2e));  // P^T
-        wgmma_wait<0>();
+        pack_a<T, BR>(pa, st);
+        fence_operands(dv);
+        fence_operands(pa);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR, HD>(dOs, kk));
+        wgmma_commit();
+        wgmma_wait<1>();  // dP^T is done; dV may still run
         fence_operands(dpt);
 #pragma unroll
         for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
-        uint32_t pa[BR / 16][4], sa[BR / 16][4];
-        pack_a<T, BR>(pa, st);
         pack_a<T, BR>(sa, dpt);
+        fence_operands(dk);
+        fence_operands(sa);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(Qs, kk));
+        wgmma_commit();
         store_score_rows<T>(dst_tile, score_row, t, dpt);
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, for wgmma's reads
         __syncthreads();  // both warpgroups' rows (dQ reads all 128 keys)
         const uint32_t dsts = smem_addr(dst_tile);
         float dq[DQN / 2];
         zero(dq);
-        fence_operands(dv);
-        fence_operands(dk);
         fence_operands(dq);
-        fence_operands(pa);
-        fence_operands(sa);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR, HD>(dOs, kk));
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(Qs, kk));
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk)
           wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, kk), desc_mn_major<BC, HD>(kb, kk));
