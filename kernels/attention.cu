@@ -361,7 +361,8 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
     case AttentionKernels::wgmma_rs: return wgmma(WgmmaForward::plain);
     case AttentionKernels::wgmma_pp: return wgmma(WgmmaForward::ping_pong);
     case AttentionKernels::wgmma_ws: return wgmma(WgmmaForward::warp_specialized);
-    case AttentionKernels::wgmma_ws_pp: return wgmma(WgmmaForward::warp_specialized_ping_pong);
+    case AttentionKernels::wgmma_ws_pp:
+    case AttentionKernels::wgmma_ws_atomic: return wgmma(WgmmaForward::warp_specialized_ping_pong);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -372,7 +373,8 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
   // The wgmma forms fall back to tc (with atomics for the fused form) where wgmma does not run.
   const auto wgmma = [&](WgmmaBackward form) {
     return attention_backward_wgmma(t, a, stream, form) ||
-           attention_backward_tensor_cores(t, a, form == WgmmaBackward::atomic_dq, stream);
+           attention_backward_tensor_cores(t, a, form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq,
+                                           stream);
   };
   switch (attention_kernels_for(a.hd, true)) {
     case AttentionKernels::automatic: break;
@@ -385,6 +387,7 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::wgmma_ws_pp: return wgmma(WgmmaBackward::separate_dq);
     case AttentionKernels::wgmma_atomic: return wgmma(WgmmaBackward::atomic_dq);
     case AttentionKernels::wgmma_rs: return wgmma(WgmmaBackward::separate_dq_rs);
+    case AttentionKernels::wgmma_ws_atomic: return wgmma(WgmmaBackward::ws_atomic_dq);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -406,14 +409,19 @@ AttentionKernels attention_kernels() {
     if (s == "wgmma-ws-pp") return AttentionKernels::wgmma_ws_pp;
     if (s == "wgmma-atomic") return AttentionKernels::wgmma_atomic;
     if (s == "wgmma-rs") return AttentionKernels::wgmma_rs;
+    if (s == "wgmma-ws-atomic") return AttentionKernels::wgmma_ws_atomic;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-rs or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-rs, wgmma-ws-atomic or simt");
   }();
-  LLM_CHECK(!deterministic_kernels() || (v != AttentionKernels::tc_atomic && v != AttentionKernels::wgmma_atomic),
+  LLM_CHECK(!deterministic_kernels() || !adds_with_atomics(v),
             "LLM_CUDA_ATTENTION='", std::getenv("LLM_CUDA_ATTENTION"),
             "' adds dQ with atomics, which is not bit-reproducible, and LLM_CUDA_DETERMINISTIC=1 asks for "
             "reproducible results: choose another (auto, wgmma, tc, ...) or unset one of the two");
   return v;
+}
+
+bool adds_with_atomics(AttentionKernels k) {
+  return k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic || k == AttentionKernels::wgmma_ws_atomic;
 }
 
 bool deterministic_kernels() {
@@ -445,11 +453,8 @@ bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, floa
 
 namespace {
 // Whether the backward adds dQ into an fp32 accumulator in the scratch for this dtype and head
-// dim: tc-atomic and wgmma-atomic on bf16/f16, chosen or picked by auto.
-bool atomic_dq(DType t, int hd) {
-  const AttentionKernels k = attention_kernels_for(hd, true);
-  return t != DType::f32 && (k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic);
-}
+// dim: the atomic choices on bf16/f16, chosen or picked by auto.
+bool atomic_dq(DType t, int hd) { return t != DType::f32 && adds_with_atomics(attention_kernels_for(hd, true)); }
 // The accumulator follows D (one float per row) at the next 256-byte boundary: its float2
 // atomics need 8-byte alignment whatever the number of rows.
 int64_t dq_accum_offset(int64_t rows) { return (rows + 63) / 64 * 64; }

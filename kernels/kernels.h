@@ -171,12 +171,18 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //   wgmma-rs      wgmma with the backward's score products taking their per-block operand from
 //                 registers: Q and dO in the dQ kernel (head dims up to 96), K and V in the dK/dV
 //                 kernel (up to 80); not yet run on a GPU;
+//   wgmma-ws-atomic the forward of wgmma-ws-pp, the backward of wgmma-atomic warp-specialised (a
+//                 TMA producer warpgroup, two consumers: FlashAttention-3's structure); not yet
+//                 run on a GPU;
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
 enum class AttentionKernels {
-  automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_atomic, wgmma_rs, simt
+  automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_atomic, wgmma_rs, wgmma_ws_atomic, simt
 };
 AttentionKernels attention_kernels();
+// Whether the choice's backward adds dQ with fp32 atomics (not bit-reproducible; bf16/f16 only:
+// the fp32 kernels never do): tc-atomic, wgmma-atomic, wgmma-ws-atomic.
+bool adds_with_atomics(AttentionKernels k);
 // LLM_CUDA_DETERMINISTIC=1: results bit-reproducible from run to run: `auto` never picks an
 // attention backward that adds with atomics (tc-atomic, wgmma-atomic; at head dim 128 it takes the
 // seven-product wgmma form, ~3% slower there in run 15), and naming one in LLM_CUDA_ATTENTION is
@@ -212,8 +218,10 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
 // into a.dq_accum by per-thread fp32 atomics (atomic_dq, wgmma-atomic; not bit-reproducible);
 // separate_dq_rs (wgmma-rs): separate_dq with the score products as RS products, the operand
 // that stays for the whole block in registers: Q and dO in the dQ kernel (head dims up to 96), K
-// and V in the dK/dV kernel (up to 80); separate_dq elsewhere.
-enum class WgmmaBackward { separate_dq, atomic_dq, separate_dq_rs };
+// and V in the dK/dV kernel (up to 80); separate_dq elsewhere; ws_atomic_dq (wgmma-ws-atomic):
+// atomic_dq warp-specialised (a TMA producer warpgroup and two consumers, FlashAttention-3's
+// structure).
+enum class WgmmaBackward { separate_dq, atomic_dq, separate_dq_rs, ws_atomic_dq };
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream,
                               WgmmaBackward form = WgmmaBackward::separate_dq);
 // The wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T (both

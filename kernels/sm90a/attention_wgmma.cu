@@ -680,6 +680,85 @@ __device__ __forceinline__ void with_dq_slice(int wg, F&& f) {
   else f(std::integral_constant<int, N1>{});
 }
 
+// One query tile of the fused backward (below) for one warpgroup: its 64 keys are rows kv_row ..
+// kv_row + 63 of the K and V tiles.
+struct FusedTile {
+  uint32_t k_s, v_s, q_s, do_s;  // shared addresses: K and V (128 rows), the query tile's Q and dO
+  const float *lse, *D;          // the tile's lse (natural log) and D, in shared memory
+  unsigned char* dst;            // the dS^T tile both warpgroups store their rows into
+  uint32_t kb;                   // K's columns of this warpgroup's dQ slice (column_offset)
+  float* dq;                     // the accumulator at this lane's first dQ row and column
+  int kv_row, score_row, t;
+  int64_t i0, first_key, key0, len, ld_dq, dq_row;  // dq_row: the lane's first query (< len: added)
+  float scale_log2;
+};
+
+// S^T and dP^T (SS), P^T and dS^T, then each product as soon as its operands exist
+// (FlashAttention-3's backward order): dV += P^T dO once P^T is packed (dS^T's arithmetic runs
+// under it), dK += dS^T Q once dS^T is (its store and publish() run under it), dQ's slice over
+// the block's 128 keys after publish() (both warpgroups' dS^T rows visible to the tensor cores),
+// done_reading() once every product has finished reading shared memory, then dQ's atomic adds.
+template <typename T, int HD, int DQN, typename Publish, typename DoneReading>
+__device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD / 2], const FusedTile& f,
+                                           Publish&& publish, DoneReading&& done_reading) {
+  constexpr int BC = 128, BR = 64;
+  float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
+  uint32_t pa[BR / 16][4], sa[BR / 16][4];
+  fence_operands(st);
+  fence_operands(dpt);
+  wgmma_fence();
+  product_ss<T, BC, BR, HD>(st, f.k_s, f.kv_row, f.q_s);
+  wgmma_commit();
+  product_ss<T, BC, BR, HD>(dpt, f.v_s, f.kv_row, f.do_s);
+  wgmma_commit();
+  wgmma_wait<1>();  // S^T is done; dP^T may still run
+  fence_operands(st);
+  // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence; a tile all
+  // before the warpgroup's keys is computed masked to zero (dQ sums both warpgroups' keys).
+  if (f.first_key + 63 > f.i0 || f.i0 + BR > f.len || f.first_key + 63 >= f.len)
+    mask_outside(st, f.t, queries_visible(f.key0, f.i0, f.len, BR), queries_visible(f.key0 + 8, f.i0, f.len, BR));
+#pragma unroll
+  for (int i = 0; i < BR / 2; ++i) st[i] = exp2f(fmaf(st[i], f.scale_log2, -f.lse[fragment_column(i, f.t)] * kLog2e));
+  pack_a<T, BR>(pa, st);
+  fence_operands(dv);
+  fence_operands(pa);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR, HD>(f.do_s, kk));
+  wgmma_commit();
+  wgmma_wait<1>();  // dP^T is done; dV may still run
+  fence_operands(dpt);
+#pragma unroll
+  for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - f.D[(i / 4) * 8 + 2 * f.t + (i & 1)]);  // dS^T
+  pack_a<T, BR>(sa, dpt);
+  fence_operands(dk);
+  fence_operands(sa);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(f.q_s, kk));
+  wgmma_commit();
+  store_score_rows<T>(f.dst, f.score_row, f.t, dpt);
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, for wgmma's reads
+  publish();
+  const uint32_t dsts = smem_addr(f.dst);
+  float dq[DQN / 2];
+  zero(dq);
+  fence_operands(dq);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BC / 16; ++kk)
+    wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, kk), desc_mn_major<BC, HD>(f.kb, kk));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(dv);
+  fence_operands(dk);
+  fence_operands(dq);
+  fence_operands(pa);
+  fence_operands(sa);
+  done_reading();
+  add_dq_rows<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq);
+}
+
 // kForm == atomic_dq (LLM_CUDA_ATTENTION=wgmma-atomic): FlashAttention-2's five products instead
 // of seven. dS^T goes to shared memory (store_score_rows) and dQ += dS K (both operands
 // transposed: dS from the stored dS^T) is added with fp32 atomics into a.dq_accum (zeroed before,
@@ -986,83 +1065,151 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
       fence_operands(sa);
     }
   } else {  // the fused form, unpipelined (hd 80-128)
-    unsigned char* const dst_tile = score_tiles;
     with_dq_slice<HD>(wg, [&](auto n) {
       constexpr int DQN = decltype(n)::value;
       const int col0 = wg == 0 ? 0 : dq_split_cols(HD, 0);
-      const uint32_t kb = smem_s + column_offset<BC, HD>(col0);  // K's columns of this slice
       for (int64_t it = 0; it < tiles; ++it) {
         next_tile<true>(it, tiles, load_q_tile);
         const int64_t i0 = j0 + it * BR;
-        // (A tile all before this warpgroup's keys is computed masked to zero: both warpgroups
-        // meet at its barrier, and dQ sums both warpgroups' keys.)
-        const uint32_t Qs = smem_s + 2 * KBYTES + uint32_t(it & 1) * 2 * QBYTES, dOs = Qs + QBYTES;
-        const float* Ls = stats + (it & 1) * 2 * BR;  // natural-log lse of the tile's queries
-        const float* Ds = Ls + BR;
-
-        // Each product goes as soon as its operands exist (FlashAttention-3's backward order):
-        // dV once P^T is packed (the dS^T arithmetic runs under it), dK once dS^T is (the store
-        // and the barrier run under it), dQ after the barrier.
-        float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
-        uint32_t pa[BR / 16][4], sa[BR / 16][4];
-        fence_operands(st);
-        fence_operands(dpt);
-        wgmma_fence();
-        product_ss<T, BC, BR, HD>(st, smem_s, wg * 64, Qs);
-        wgmma_commit();
-        product_ss<T, BC, BR, HD>(dpt, smem_s + KBYTES, wg * 64, dOs);
-        wgmma_commit();
-        wgmma_wait<1>();  // S^T is done; dP^T may still run
-        fence_operands(st);
-        // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence.
-        if (wg_first_key + 63 > i0 || i0 + BR > T_ || wg_first_key + 63 >= T_)
-          mask_outside(st, t, queries_visible(key0, i0, T_, BR), queries_visible(key0 + 8, i0, T_, BR));
-#pragma unroll
-        for (int i = 0; i < BR / 2; ++i)
-          st[i] = exp2f(fmaf(st[i], scale_log2, -Ls[fragment_column(i, t)] * kLog2e));  // P^T
-        pack_a<T, BR>(pa, st);
-        fence_operands(dv);
-        fence_operands(pa);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR, HD>(dOs, kk));
-        wgmma_commit();
-        wgmma_wait<1>();  // dP^T is done; dV may still run
-        fence_operands(dpt);
-#pragma unroll
-        for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - Ds[(i / 4) * 8 + 2 * t + (i & 1)]);  // dS^T
-        pack_a<T, BR>(sa, dpt);
-        fence_operands(dk);
-        fence_operands(sa);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(Qs, kk));
-        wgmma_commit();
-        store_score_rows<T>(dst_tile, score_row, t, dpt);
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, for wgmma's reads
-        __syncthreads();  // both warpgroups' rows (dQ reads all 128 keys)
-        const uint32_t dsts = smem_addr(dst_tile);
-        float dq[DQN / 2];
-        zero(dq);
-        fence_operands(dq);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; ++kk)
-          wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, kk), desc_mn_major<BC, HD>(kb, kk));
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_operands(dv);
-        fence_operands(dk);
-        fence_operands(dq);
-        fence_operands(pa);
-        fence_operands(sa);
-        add_dq_rows<DQN>(dq_lane + i0 * C + col0, C, i0 + dq_row0, T_, dq);
+        const uint32_t Qs = smem_s + 2 * KBYTES + uint32_t(it & 1) * 2 * QBYTES;
+        const float* Ls = stats + (it & 1) * 2 * BR;
+        // (One dS^T tile: its next store follows the next tile's barrier, which every warp
+        // reaches only after its dQ product has finished.)
+        const FusedTile f{smem_s, smem_s + KBYTES, Qs, Qs + QBYTES, Ls, Ls + BR, score_tiles,
+                          smem_s + column_offset<BC, HD>(col0), dq_lane + i0 * C + col0, wg * 64, score_row, t,
+                          i0, wg_first_key, key0, T_, C, i0 + dq_row0, scale_log2};
+        fused_tile<T, HD, DQN>(dk, dv, f, [] { __syncthreads(); }, [] {});
       }
     });
   }
   T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
   store_rows<T, HD>(dqkv + C, ld, key0, T_, dk, scale, scale);
   store_rows<T, HD>(dqkv + 2 * C, ld, key0, T_, dv, 1.0f, 1.0f);
+}
+
+// ---- backward, warp-specialised (LLM_CUDA_ATTENTION=wgmma-ws-atomic) ---------------------------
+
+// The fused five-product backward with FlashAttention-3's structure: a block owns 128 keys and is
+// three warpgroups. Warpgroup 0 is the producer: it gives its registers back (setmaxnreg 24), one
+// thread copies K and V once and each query tile's Q and dO with TMA into a two-stage ring
+// (WsRing, as the warp-specialised forward's), and its first warp copies the tile's lse and D
+// with ordinary loads into the stage's shared floats; the stage's "full" barrier completes when
+// the TMA bytes have landed and the 32 lanes have arrived (their stores released to the
+// consumers), its "empty" one when all 256 consumer threads released it. Warpgroups 1 and 2
+// (setmaxnreg 240) own 64 keys each and never copy; per query tile they run fused_tile (the
+// unpipelined fused form's products, in FlashAttention-3's order), publishing their dS^T rows to
+// each other on named barrier 1 instead of the whole block's barrier, into two score tiles
+// (ScoreTilePair: the next tile's rows may be stored while the other consumer's dQ product still
+// reads this tile's), and release the stage once their products have read it. dQ's adds are the
+// fp32 atomics of wgmma-atomic (dq_split_cols), so the result is the same up to their order.
+template <int HD>
+constexpr size_t ws_backward_smem_bytes() {  // K, V, two Q/dO stages, their lse/D, two dS^T tiles
+  return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * WsRing::kStages + 1024 +
+         2 * size_t(kScoreTileBytes);
+}
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    attention_backward_wgmma_ws(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                                const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
+                                AttentionBackwardArgs a, float scale) {
+  constexpr int BC = 128, BR = 64, COLS = panel_columns(HD), PANELS = HD / COLS;
+  constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // Barriers: K and V full; Q/dO full and empty for stages 0 and 1.
+  __shared__ __align__(8) uint64_t bars[5];
+  unsigned char* const smem = align_1024(smem_raw);  // [K][V][2 stages][Q | dO][2 stages][lse | D][2 x dS^T]
+  const uint32_t smem_s = smem_addr(smem), bar = smem_addr(bars);
+  float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 2 * WsRing::kStages * QBYTES);
+  unsigned char* const score_tiles = reinterpret_cast<unsigned char*>(stats) + 1024;
+  const uint32_t kv_full = bar;
+  const auto q_full = [bar](int st) { return bar + 8u * uint32_t(1 + st); };
+  const auto q_empty = [bar](int st) { return bar + 8u * uint32_t(3 + st); };
+  const auto q_tile = [smem_s](int st) { return smem_s + uint32_t(2 * KBYTES + st * 2 * QBYTES); };
+
+  const int wg = threadIdx.x / 128;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int64_t j0 = int64_t(blockIdx.x) * BC;
+  const BackwardHead<T, HD> head(a, b, h);
+  const int64_t T_ = head.len, C = head.C;
+  const int tiles = int((T_ - j0 + BR - 1) / BR);
+
+  if (threadIdx.x == 0) {
+    mbarrier_init(kv_full, 1);
+    for (int st = 0; st < WsRing::kStages; ++st) {
+      mbarrier_init(q_full(st), 1 + 32);  // the TMA thread's expect_tx, then the 32 lanes' lse/D stores
+      mbarrier_init(q_empty(st), 2 * 128);  // every consumer thread arrives
+    }
+    mbarrier_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // the producer
+    setmaxnreg_dec<24>();
+    const int lane = threadIdx.x % 32;
+    if (threadIdx.x < 32) {
+      if (lane == 0) {
+        mbarrier_arrive_expect_tx(kv_full, 2 * KBYTES);
+#pragma unroll
+        for (int p = 0; p < PANELS; ++p) {
+          tma_load_4d(smem_s + panel_offset<BC, HD>(p), &tm_k, p * COLS, h, int(j0), b, kv_full);
+          tma_load_4d(smem_s + KBYTES + panel_offset<BC, HD>(p), &tm_v, p * COLS, h, int(j0), b, kv_full);
+        }
+      }
+      for (int it = 0; it < tiles; ++it) {
+        const int st = WsRing::stage(it);
+        const int64_t i0 = j0 + int64_t(it) * BR;
+        if (WsRing::needs_free(it)) mbarrier_wait<true>(q_empty(st), WsRing::free_parity(it));
+        if (lane == 0) {
+          mbarrier_arrive_expect_tx(q_full(st), 2 * QBYTES);
+#pragma unroll
+          for (int p = 0; p < PANELS; ++p) {
+            tma_load_4d(q_tile(st) + panel_offset<BR, HD>(p), &tm_q, p * COLS, h, int(i0), b, q_full(st));
+            tma_load_4d(q_tile(st) + QBYTES + panel_offset<BR, HD>(p), &tm_do, p * COLS, h, int(i0), b, q_full(st));
+          }
+        }
+        float* Ls = stats + st * 2 * BR;
+#pragma unroll
+        for (int r = lane; r < BR; r += 32) {
+          const bool in = i0 + r < T_;
+          Ls[r] = in ? head.lse[i0 + r] : 0.0f;
+          Ls[BR + r] = in ? head.D[i0 + r] : 0.0f;
+        }
+        mbarrier_arrive(q_full(st));
+      }
+    }
+    return;
+  }
+
+  setmaxnreg_inc<240>();
+  const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t first_key = j0 + cw * 64, key0 = first_key + warp * 16 + g;
+  const int score_row = cw * 64 + warp * 16 + g, dq_row0 = warp * 16 + g;
+  float* const dq_lane = a.dq_accum + (b * T_ + dq_row0) * C + int64_t(h) * HD + 2 * t;
+  const float scale_log2 = scale * kLog2e;
+  float dk[HD / 2], dv[HD / 2];
+  zero(dk);
+  zero(dv);
+  mbarrier_wait(kv_full, 0);
+  with_dq_slice<HD>(cw, [&](auto n) {
+    constexpr int DQN = decltype(n)::value;
+    const int col0 = cw == 0 ? 0 : dq_split_cols(HD, 0);
+    for (int it = 0; it < tiles; ++it) {
+      const int st = WsRing::stage(it);
+      const int64_t i0 = j0 + int64_t(it) * BR;
+      mbarrier_wait(q_full(st), WsRing::full_parity(it));
+      const float* Ls = stats + st * 2 * BR;
+      const FusedTile f{smem_s, smem_s + KBYTES, q_tile(st), q_tile(st) + QBYTES, Ls, Ls + BR,
+                        score_tiles + ScoreTilePair::buffer(it) * kScoreTileBytes, smem_s + column_offset<BC, HD>(col0),
+                        dq_lane + i0 * C + col0, cw * 64, score_row, t, i0, first_key, key0, T_, C, i0 + dq_row0,
+                        scale_log2};
+      fused_tile<T, HD, DQN>(dk, dv, f, [] { named_barrier_sync(1, 256); }, [&] { mbarrier_arrive(q_empty(st)); });
+    }
+  });
+  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * head.ld + int64_t(h) * HD;
+  store_rows<T, HD>(dqkv + C, head.ld, key0, T_, dk, scale, scale);
+  store_rows<T, HD>(dqkv + 2 * C, head.ld, key0, T_, dv, 1.0f, 1.0f);
 }
 
 // ---- the tile check --------------------------------------------------------------------------
@@ -1264,6 +1411,20 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
   constexpr size_t smem_dq = dq_smem_bytes<HD>();
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  if (form == WgmmaBackward::ws_atomic_dq) {
+    constexpr size_t smem = ws_backward_smem_bytes<HD>();
+    allow_smem(attention_backward_wgmma_ws<T, HD>, smem);
+    const int64_t C = int64_t(a.NH) * HD, ld = 3 * C;
+    const T* qkv = static_cast<const T*>(a.qkv);
+    const CUtensorMap q = make_tile_map<T, HD>("q (backward)", qkv, a.T, a.NH, a.B, ld, a.T * ld, 64);
+    const CUtensorMap k = make_tile_map<T, HD>("k (backward)", qkv + C, a.T, a.NH, a.B, ld, a.T * ld, 128);
+    const CUtensorMap v = make_tile_map<T, HD>("v (backward)", qkv + 2 * C, a.T, a.NH, a.B, ld, a.T * ld, 128);
+    const CUtensorMap dout = make_tile_map<T, HD>("dout (backward)", a.dout, a.T, a.NH, a.B, C, a.T * C, 64);
+    attention_dq_accum_zero(a, stream);
+    attention_backward_wgmma_ws<T, HD><<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, a, scale);
+    attention_dq_from_accum(a, dtype_of_element<T>(), stream);
+    return;
+  }
   if (form == WgmmaBackward::atomic_dq) {
     constexpr size_t smem = dkdv_smem_bytes<HD, WgmmaBackward::atomic_dq>();
     allow_smem(attention_backward_dkdv_wgmma<T, HD, WgmmaBackward::atomic_dq>, smem);
@@ -1341,7 +1502,7 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
 
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream, WgmmaBackward form) {
   if (!attention_rows_aligned(a)) return false;
-  if (form == WgmmaBackward::atomic_dq && !a.dq_accum) return false;
+  if ((form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq) && !a.dq_accum) return false;
   return dispatch(t, a.hd,
                   [&](auto tag, auto hd) { launch_backward<decltype(tag), decltype(hd)::value>(a, form, stream); });
 }

@@ -90,6 +90,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
   EXPECT_EXIT(choice_is("wgmma-ws-pp", AttentionKernels::wgmma_ws_pp), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-atomic", AttentionKernels::wgmma_atomic), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-rs", AttentionKernels::wgmma_rs), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(choice_is("wgmma-ws-atomic", AttentionKernels::wgmma_ws_atomic), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("tc-m32", AttentionKernels::tc_m32), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(
       {
@@ -102,7 +103,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
         }
         std::exit(0);
       },
-      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-rs or simt");
+      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-rs, wgmma-ws-atomic or simt");
 }
 
 TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
@@ -122,8 +123,11 @@ TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
     }
   };
   const auto atomic = [](AttentionKernels k) {
-    return k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic;
+    return k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic || k == AttentionKernels::wgmma_ws_atomic;
   };
+  for (AttentionKernels k : {AttentionKernels::tc_atomic, AttentionKernels::wgmma_atomic, AttentionKernels::wgmma_ws_atomic,
+                             AttentionKernels::tc, AttentionKernels::wgmma, AttentionKernels::wgmma_rs})
+    EXPECT_EQ(llm::kernels::adds_with_atomics(k), atomic(k));
   // auto under LLM_CUDA_DETERMINISTIC=1: no atomic kernel at any head dim, either pass.
   EXPECT_EXIT(run("1", nullptr,
                   [&] {
@@ -147,6 +151,9 @@ TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
               ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='wgmma-atomic' adds dQ with atomics.*LLM_CUDA_DETERMINISTIC=1");
   EXPECT_EXIT(run("1", "tc-atomic", [] { return llm::kernels::attention_kernels() == AttentionKernels::tc_atomic; }),
               ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='tc-atomic' adds dQ with atomics");
+  EXPECT_EXIT(
+      run("1", "wgmma-ws-atomic", [] { return llm::kernels::attention_kernels() == AttentionKernels::wgmma_ws_atomic; }),
+      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='wgmma-ws-atomic' adds dQ with atomics");
   EXPECT_EXIT(run("1", "wgmma", [] { return llm::kernels::attention_kernels() == AttentionKernels::wgmma; }),
               ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(run("yes", nullptr, [] { return llm::kernels::deterministic_kernels(); }), ::testing::ExitedWithCode(2),
@@ -289,10 +296,11 @@ TEST(CudaBackend, WgmmaTileProductsAreExact) {
 // T = 333: several 128-row blocks, a partial last one, and 64-row tiles crossing the diagonal.
 void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackward form) {
   using llm::kernels::WgmmaBackward;
-  const bool fused_dq = form == WgmmaBackward::atomic_dq;
-  const char* name = form == WgmmaBackward::separate_dq ? "wgmma dqkv"
-                     : form == WgmmaBackward::atomic_dq ? "wgmma-atomic dqkv"
-                                                        : "wgmma-rs dqkv";
+  const bool fused_dq = form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq;
+  const char* name = form == WgmmaBackward::separate_dq      ? "wgmma dqkv"
+                     : form == WgmmaBackward::atomic_dq      ? "wgmma-atomic dqkv"
+                     : form == WgmmaBackward::ws_atomic_dq   ? "wgmma-ws-atomic dqkv"
+                                                             : "wgmma-rs dqkv";
   Fixture f{gpu};
   llm::Backend& cpu = llm::cpu_backend();
   const auto down_low = [&](const Tensor& d) {
@@ -364,6 +372,13 @@ TEST(CudaBackend, WgmmaAttentionMatchesTheCpuOp) {
 TEST(CudaBackend, WgmmaFusedBackwardMatchesTheCpuOp) {
   REQUIRE_WGMMA(be);
   check_wgmma_attention(*be, llm::kernels::WgmmaBackward::atomic_dq);
+}
+
+// The warp-specialised fused backward (TMA producer, two consumers: wgmma-ws-atomic): its own
+// process too (a fault or a hang there leaves the others' results).
+TEST(CudaBackend, WgmmaWsFusedBackwardMatchesTheCpuOp) {
+  REQUIRE_WGMMA(be);
+  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq);
 }
 
 // The dQ kernel with register Q/dO score products (wgmma-rs): its own process too.

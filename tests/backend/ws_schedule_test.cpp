@@ -55,10 +55,10 @@ Bar k_empty(int s) { return s == 0 ? kKEmpty0 : kKEmpty1; }
 Bar v_empty(int s) { return s == 0 ? kVEmpty0 : kVEmpty1; }
 
 struct Op {
-  enum Kind { kWait, kExpectTx, kCopy, kSync, kNamedArrive, kRelease } kind;
+  enum Kind { kWait, kExpectTx, kCopy, kSync, kNamedArrive, kRelease, kArrive } kind;
   int bar = 0;           // mbarrier or named barrier
   uint32_t parity = 0;   // kWait
-  int count = 0;         // kExpectTx: bytes; kRelease: arrivals
+  int count = 0;         // kExpectTx: bytes; kRelease, kArrive: arrivals
   Buf buf = kQ;          // kWait (then read) / kCopy / kRelease
   int tile = -1;         // kWait: the tile the wait must deliver; kCopy: the tile copied
   int phase = -1;        // kWait: the phase it waits for (completed must be phase + 1 on return)
@@ -74,11 +74,13 @@ struct World {
   };
   std::vector<Copy> in_flight;
   std::string error;
-  World() {
+  // k_full_arrivals: the arrivals a K-full barrier expects (the backward's Q/dO-full barriers
+  // take the TMA thread's expect_tx and the 32 lanes that stored lse and D).
+  explicit World(int k_full_arrivals = 1) {
     for (int b = 0; b < kBufs; ++b) holds[b] = -1, readers[b] = 0;
     mb[kQFull].init(1);
     for (int s = 0; s < 2; ++s) {
-      mb[k_full(s)].init(1), mb[v_full(s)].init(1);
+      mb[k_full(s)].init(k_full_arrivals), mb[v_full(s)].init(1);
       mb[k_empty(s)].init(kConsumerThreads), mb[v_empty(s)].init(kConsumerThreads);
     }
   }
@@ -179,6 +181,11 @@ bool step(World& w, Agent& a) {
       if (w.mb[op.bar].arrivals < 0) w.error = "barrier " + std::to_string(op.bar) + " over-arrived";
       w.mb[op.bar].maybe_complete();
       break;
+    case Op::kArrive:
+      w.mb[op.bar].arrivals -= op.count;
+      if (w.mb[op.bar].arrivals < 0) w.error = "barrier " + std::to_string(op.bar) + " over-arrived";
+      w.mb[op.bar].maybe_complete();
+      break;
     case Op::kSync: {
       NamedBarrier& n = w.nb[op.bar];
       if (a.sync_generation < 0) {  // arrive, then wait for the generation to complete
@@ -222,8 +229,8 @@ std::vector<Agent> kernel_agents(int tiles, bool ping_pong) {
 }
 
 // One random interleaving of the agents and their copies; "" when every check held.
-std::string run(std::vector<Agent> agents, uint64_t seed) {
-  World w;
+std::string run(std::vector<Agent> agents, uint64_t seed, int k_full_arrivals = 1) {
+  World w(k_full_arrivals);
   std::mt19937_64 rng(seed);
   for (int steps = 0; steps < 100000; ++steps) {
     if (!w.error.empty()) return w.error;
@@ -256,7 +263,7 @@ std::string run(std::vector<Agent> agents, uint64_t seed) {
   if (!w.error.empty()) return w.error;
   for (int i = 0; i < 3; ++i)
     if (!agents[size_t(i)].done()) return "agent " + std::to_string(i) + " did not finish";
-  for (int n = 2; n < 4; ++n)
+  for (int n = 1; n < 4; ++n)
     if (w.nb[n].arrived != 0) return "named barrier " + std::to_string(n) + " left with arrivals";
   return "";
 }
@@ -306,6 +313,85 @@ TEST(WsSchedule, TheModelCatchesParityReleaseAndArrivalSlips) {
   }));
 }
 
+
+// The warp-specialised backward (attention_backward_wgmma_ws), on the same model with its
+// barriers in the forward's slots: K and V (copied once) in buffer kQ under barrier kQFull; the
+// Q/dO tile of stage s in buffer k_buf(s), full barrier k_full(s) (the TMA thread's expect_tx,
+// then 32 arrivals of the lanes that stored lse and D: 33 expected), empty barrier k_empty(s)
+// (256 consumer arrivals). Each consumer publishes its dS^T rows on named barrier 1 before its
+// dQ product, then releases the stage.
+constexpr int kBwdFullArrivals = 1 + 32;
+
+std::vector<Op> backward_producer_program(int tiles) {
+  std::vector<Op> p;
+  p.push_back({Op::kExpectTx, kQFull, 0, kBytes});
+  p.push_back({Op::kCopy, kQFull, 0, 0, kQ, 0});
+  for (int it = 0; it < tiles; ++it) {
+    const int st = WsRing::stage(it);
+    if (WsRing::needs_free(it)) p.push_back({Op::kWait, k_empty(st), WsRing::free_parity(it), 0, kQ, -1, it / 2 - 1});
+    p.push_back({Op::kExpectTx, k_full(st), 0, kBytes});
+    p.push_back({Op::kCopy, k_full(st), 0, 0, k_buf(st), it});
+    p.push_back({Op::kArrive, k_full(st), 0, 32});
+  }
+  return p;
+}
+
+std::vector<Op> backward_consumer_program(int tiles) {
+  std::vector<Op> p;
+  p.push_back({Op::kWait, kQFull, 0, 0, kQ, 0, 0});  // K and V: read to the end
+  for (int it = 0; it < tiles; ++it) {
+    const int st = WsRing::stage(it);
+    p.push_back({Op::kWait, k_full(st), WsRing::full_parity(it), 0, k_buf(st), it, it / 2});
+    p.push_back({Op::kSync, 1});
+    p.push_back({Op::kRelease, k_empty(st), 0, kWarpgroup, k_buf(st)});
+  }
+  return p;
+}
+
+std::vector<Agent> backward_agents(int tiles) {
+  std::vector<Agent> agents(3);
+  agents[0].program = backward_producer_program(tiles);
+  agents[1].program = backward_consumer_program(tiles);
+  agents[2].program = backward_consumer_program(tiles);
+  return agents;
+}
+
+TEST(WsSchedule, TheBackwardDeliversEachQueryTileOnceAndEndsClean) {
+  for (int tiles = 1; tiles <= 7; ++tiles)
+    for (uint64_t seed = 0; seed < 300; ++seed) {
+      const std::string e = run(backward_agents(tiles), seed * 104729 + uint64_t(tiles), kBwdFullArrivals);
+      ASSERT_EQ(e, "") << "tiles " << tiles << ", seed " << seed;
+    }
+}
+
+// Caught: the producer not waiting for the release; a full barrier expecting the TMA thread only
+// (the lanes' arrivals spill into the next phase); a consumer waiting with the wrong parity.
+TEST(WsSchedule, TheBackwardModelCatchesReleaseCountAndParitySlips) {
+  const auto fails = [](auto mutate, int full_arrivals) {
+    for (uint64_t seed = 0; seed < 300; ++seed) {
+      std::vector<Agent> agents = backward_agents(5);
+      mutate(agents);
+      if (!run(agents, seed, full_arrivals).empty()) return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(fails(
+      [](std::vector<Agent>& a) {
+        std::vector<Op> p;
+        for (const Op& op : a[0].program)
+          if (op.kind != Op::kWait) p.push_back(op);
+        a[0].program = p;
+      },
+      kBwdFullArrivals));
+  EXPECT_TRUE(fails([](std::vector<Agent>&) {}, 1));
+  EXPECT_TRUE(fails(
+      [](std::vector<Agent>& a) {
+        for (Op& op : a[2].program)
+          if (op.kind == Op::kWait && op.tile == 2) op.parity ^= 1u;
+      },
+      kBwdFullArrivals));
+  EXPECT_FALSE(fails([](std::vector<Agent>&) {}, kBwdFullArrivals));
+}
 
 // The pipelined backward's tile stream (PipeRing): the kernels' order of copies, waits and reads
 // (ws_schedule.h) replayed against stages that record which tile they hold, whether it has

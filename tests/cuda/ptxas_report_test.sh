@@ -5,8 +5,8 @@
 #   * no kernel spills or has a stack frame;
 #   * no performance note C7508 (setmaxnreg ignored), C7510-C7519 (wgmma serialised, a fence
 #     injected: ptxas reports these as info, so -Werror does not catch them);
-#   * the warp-specialised forwards are there, at the 168 registers per thread at entry that
-#     setmaxnreg 24/240 needs (3 warpgroups x 168 = 24 + 2 x 240, per 128 threads).
+#   * the warp-specialised forwards and backwards are there, at the 168 registers per thread at
+#     entry that setmaxnreg 24/240 needs (3 warpgroups x 168 = 24 + 2 x 240, per 128 threads).
 # Exits 77 (skipped) when the build has no sm_90a kernels.
 #   ptxas_report_test.sh BUILD_DIR
 set -uo pipefail
@@ -24,4 +24,6 @@ notes=$(grep -E "\(C75(08|1[0-9])\)" "$log" | cut -c1-200 | head -3)
 [[ -z "$notes" ]] || fail "ptxas performance notes: $notes"
 ws=$(grep -A3 "Compiling entry function '.*attention_forward_wgmma_ws" "$log" | grep -c "Used 168 registers")
 [[ "$ws" -eq 20 ]] || fail "expected the 20 warp-specialised forwards (2 dtypes x 5 head dims x ping-pong or not) at 168 registers, found $ws"
-echo "ptxas report: $entries kernels, no spills, no stack frames, no performance notes; warp-specialised forwards at 168 registers"
+wsb=$(grep -A3 "Compiling entry function '.*attention_backward_wgmma_ws" "$log" | grep -c "Used 168 registers")
+[[ "$wsb" -eq 10 ]] || fail "expected the 10 warp-specialised backwards (2 dtypes x 5 head dims) at 168 registers, found $wsb"
+echo "ptxas report: $entries kernels, no spills, no stack frames, no performance notes; warp-specialised forwards and backwards at 168 registers"
