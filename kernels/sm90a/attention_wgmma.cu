@@ -1341,12 +1341,26 @@ __global__ void __launch_bounds__(kThreads) wgmma_rs_scores_check_kernel(const T
 
 // ---- host ------------------------------------------------------------------------------------
 
+// Every kernel here: one block per 128 rows (queries in the forward, keys in the backward), head
+// and sequence. The softmax scale is 1 / sqrt(HD); the forwards take it times log2(e) (exp2).
+dim3 block_grid(int64_t rows, int NH, int B) {
+  return dim3(static_cast<unsigned>(ceil_div(rows, 128)), static_cast<unsigned>(NH), static_cast<unsigned>(B));
+}
+template <int HD>
+float softmax_scale() {
+  return 1.0f / sqrtf(static_cast<float>(HD));
+}
+template <int HD>
+float forward_scale_log2() {
+  return kLog2e / sqrtf(static_cast<float>(HD));
+}
+
 template <typename T, int HD, bool kPingPong>
 void launch_forward(const AttentionForwardArgs& a, cudaStream_t stream) {
   constexpr size_t smem = 1024 + size_t(tile_bytes<128, HD>()) * 5;  // Q, 2 x (K, V)
   allow_smem(attention_forward_wgmma<T, HD, kPingPong>, smem);
-  const float scale_log2 = kLog2e / sqrtf(static_cast<float>(HD));
-  const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  const float scale_log2 = forward_scale_log2<HD>();
+  const dim3 grid = block_grid(a.Tq, a.NH, a.B);
   attention_forward_wgmma<T, HD, kPingPong><<<grid, kThreads, smem, stream>>>(a, scale_log2);
 }
 
@@ -1400,8 +1414,8 @@ void launch_forward_ws(const AttentionForwardArgs& a, cudaStream_t stream) {
   const CUtensorMap q = make_tile_map<T, HD>("q", a.q, a.Tq, a.NH, a.B, a.q_row_stride, a.q_batch_stride, 128);
   const CUtensorMap k = make_tile_map<T, HD>("k", a.k, Tk, a.NH, a.B, a.kv_row_stride, a.kv_batch_stride, 128);
   const CUtensorMap v = make_tile_map<T, HD>("v", a.v, Tk, a.NH, a.B, a.kv_row_stride, a.kv_batch_stride, 128);
-  const float scale_log2 = kLog2e / sqrtf(static_cast<float>(HD));
-  const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  const float scale_log2 = forward_scale_log2<HD>();
+  const dim3 grid = block_grid(a.Tq, a.NH, a.B);
   attention_forward_wgmma_ws<T, HD, kPingPong><<<grid, kWsThreads, smem, stream>>>(q, k, v, a, scale_log2);
 }
 
@@ -1409,8 +1423,8 @@ template <typename T, int HD>
 void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStream_t stream) {
   constexpr bool rs = dq_rs_scores<HD>();
   constexpr size_t smem_dq = dq_smem_bytes<HD>();
-  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
-  const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 128)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  const float scale = softmax_scale<HD>();
+  const dim3 grid = block_grid(a.T, a.NH, a.B);
   if (form == WgmmaBackward::ws_atomic_dq) {
     constexpr size_t smem = ws_backward_smem_bytes<HD>();
     allow_smem(attention_backward_wgmma_ws<T, HD>, smem);
