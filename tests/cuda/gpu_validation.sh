@@ -7,7 +7,9 @@
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
 #   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
 #   ATTENTION_VARIANTS="tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-atomic wgmma-rs wgmma-ws-atomic tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
-#   benchmark and training step also run, next to the default kernels), BIAS_GRAD_EPILOGUE=1 (the
+#   benchmark and training step also run, next to the default kernels), TRAIN_STEP_VARIANTS (the
+#   choices the training step runs under beside the default; all of ATTENTION_VARIANTS unless
+#   set, "" for none), BIAS_GRAD_EPILOGUE=1 (the
 #   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
 #   BENCHES="gemm attention torch train-step longseq sweep" (which benchmarks run; QUICK=1 drops
 #   the sweep; "profile" adds Nsight Compute on the attention kernels of
@@ -175,7 +177,7 @@ fi
 if [[ "$benches" = *" train-step "* ]]; then
   (cd "$build" && lim 60 ./tests/bench-cuda-train-step --profile 1 > "$out/bench_train_step.txt" 2>&1); log "train step exit $?"
   grep -E "^step|memory:" "$out/bench_train_step.txt" | tee -a "$out/summary.txt"
-  for var in "${variants[@]}"; do
+  for var in ${TRAIN_STEP_VARIANTS-${variants[@]}}; do
     (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_$var.txt" 2>&1)
     log "train step ($var) exit $?: $(grep -E '^step' "$out/bench_train_step_$var.txt")"
   done
