@@ -26,8 +26,9 @@
 // adds dQ with atomics from the dK/dV kernel, the warpgroups splitting dQ's columns: five
 // products instead of seven, software-pipelined up to hd 64. The seven-product backward is
 // software-pipelined (the next tile's scores issued before this tile's gradient products: the dQ
-// kernel at every head dim, dK/dV at 48-96, and at 128 its S^T only).
-// Not yet here: warp specialisation in the backward (its dK/dV registers leave no room below 240).
+// kernel at every head dim, dK/dV at 48-96, and at 128 its S^T only). The fused form also comes
+// warp-specialised (LLM_CUDA_ATTENTION=wgmma-ws-atomic: a TMA producer warpgroup, two consumers at
+// 240 registers, not pipelined within a warpgroup: the registers leave no room for it).
 //
 // Built for sm_90a only (kernels/CMakeLists.txt), so it runs on compute capability 9.0 devices
 // (H100, H200); attention.cu falls back to the mma.sync kernels everywhere else.
