@@ -363,6 +363,7 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
     case AttentionKernels::wgmma_ws: return wgmma(WgmmaForward::warp_specialized);
     case AttentionKernels::wgmma_ws_pp:
     case AttentionKernels::wgmma_ws_atomic: return wgmma(WgmmaForward::warp_specialized_ping_pong);
+    case AttentionKernels::wgmma_ws3: return wgmma(WgmmaForward::warp_specialized_3);
     case AttentionKernels::simt: return false;
   }
   return false;
@@ -384,7 +385,8 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::wgmma:
     case AttentionKernels::wgmma_pp:
     case AttentionKernels::wgmma_ws:
-    case AttentionKernels::wgmma_ws_pp: return wgmma(WgmmaBackward::separate_dq);
+    case AttentionKernels::wgmma_ws_pp:
+    case AttentionKernels::wgmma_ws3: return wgmma(WgmmaBackward::separate_dq);
     case AttentionKernels::wgmma_atomic: return wgmma(WgmmaBackward::atomic_dq);
     case AttentionKernels::wgmma_rs: return wgmma(WgmmaBackward::separate_dq_rs);
     case AttentionKernels::wgmma_ws_atomic: return wgmma(WgmmaBackward::ws_atomic_dq);
@@ -407,11 +409,12 @@ AttentionKernels attention_kernels() {
     if (s == "wgmma-pp") return AttentionKernels::wgmma_pp;
     if (s == "wgmma-ws") return AttentionKernels::wgmma_ws;
     if (s == "wgmma-ws-pp") return AttentionKernels::wgmma_ws_pp;
+    if (s == "wgmma-ws3") return AttentionKernels::wgmma_ws3;
     if (s == "wgmma-atomic") return AttentionKernels::wgmma_atomic;
     if (s == "wgmma-rs") return AttentionKernels::wgmma_rs;
     if (s == "wgmma-ws-atomic") return AttentionKernels::wgmma_ws_atomic;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-rs, wgmma-ws-atomic or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-ws3, wgmma-atomic, wgmma-rs, wgmma-ws-atomic or simt");
   }();
   LLM_CHECK(!deterministic_kernels() || !adds_with_atomics(v),
             "LLM_CUDA_ATTENTION='", std::getenv("LLM_CUDA_ATTENTION"),

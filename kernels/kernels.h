@@ -166,6 +166,8 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //   wgmma-ws      wgmma with the forward warp-specialised: TMA producer, intra-warpgroup
 //                 overlap (FlashAttention-3's structure);
 //   wgmma-ws-pp   wgmma-ws with the consumer warpgroups in ping-pong;
+//   wgmma-ws3     wgmma-ws-pp with three consumer warpgroups (192 query rows per block) at head
+//                 dims up to 96 (FlashAttention-3's tile there); not yet run on a GPU;
 //   wgmma-atomic  wgmma with the backward's dQ fused into the dK/dV kernel through fp32 atomics
 //                 (tc-atomic where wgmma does not run);
 //   wgmma-rs      wgmma with the backward's score products taking their per-block operand from
@@ -177,7 +179,8 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
 enum class AttentionKernels {
-  automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_atomic, wgmma_rs, wgmma_ws_atomic, simt
+  automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_ws3, wgmma_atomic, wgmma_rs,
+  wgmma_ws_atomic, simt
 };
 AttentionKernels attention_kernels();
 // Whether the choice's backward adds dQ with fp32 atomics (not bit-reproducible; bf16/f16 only:
@@ -209,8 +212,10 @@ const char* wgmma_unavailable();
 // The forward's form: plain (wgmma), ping_pong (the two warpgroups' products and softmax
 // interleaved, wgmma-pp), warp_specialized (a TMA producer warpgroup, the next tile's Q K^T issued
 // before this tile's softmax: FlashAttention-3's structure, wgmma-ws), warp_specialized_ping_pong
-// (that, with the two consumer warpgroups' products alternating: wgmma-ws-pp). Equal outputs.
-enum class WgmmaForward { plain, ping_pong, warp_specialized, warp_specialized_ping_pong };
+// (that, with the two consumer warpgroups' products alternating: wgmma-ws-pp),
+// warp_specialized_3 (wgmma-ws-pp with three consumer warpgroups, 192 query rows per block, at
+// head dims up to 96; two at 128: wgmma-ws3). Equal outputs.
+enum class WgmmaForward { plain, ping_pong, warp_specialized, warp_specialized_ping_pong, warp_specialized_3 };
 bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_t stream,
                              WgmmaForward form = WgmmaForward::plain);
 // The backward's form: separate_dq (the dQ kernel recomputes S and dP: seven products), or dQ

@@ -311,13 +311,21 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
 // read, warning C7513; -Xptxas=-v shows none here). The arithmetic per
 // output element is the plain kernel's, in the same order (O *= c_j, then O += P_j V_j), so the
 // outputs are equal bit for bit (CudaBackend.WgmmaAttentionMatchesTheCpuOp).
+// kConsumers 3 (LLM_CUDA_ATTENTION=wgmma-ws3, head dims up to 64: FlashAttention-3's 192-row
+// forward tile there): three consumer warpgroups of 64 rows (setmaxnreg 160), their ping-pong a
+// ring of three, the same K/V stream feeding 1.5x the rows. At 80 and 96 the 160 registers
+// spill (ptxas), so those stay at two.
 constexpr int kWsThreads = 384;  // producer + two consumer warpgroups
+template <int kConsumers>
+constexpr int ws_consumer_registers() { return kConsumers == 2 ? 240 : 160; }  // 64K - 128 x 24, shared
+template <int HD>
+constexpr bool ws_three_consumers() { return HD <= 64; }
 
-template <typename T, int HD, bool kPingPong>
-__global__ void __launch_bounds__(kWsThreads, 1)
+template <typename T, int HD, bool kPingPong, int kConsumers>
+__global__ void __launch_bounds__(128 * (1 + kConsumers), 1)
     attention_forward_wgmma_ws(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                                const __grid_constant__ CUtensorMap tm_v, AttentionForwardArgs a, float scale_log2) {
-  constexpr int BR = 128, BC = 128, COLS = panel_columns(HD), PANELS = HD / COLS;
+  constexpr int BR = 64 * kConsumers, BC = 128, COLS = panel_columns(HD), PANELS = HD / COLS;
   constexpr int QBYTES = tile_bytes<BR, HD>(), KVBYTES = tile_bytes<BC, HD>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // Barriers: Q full; K full, V full, K empty, V empty for stages 0 and 1.
@@ -344,8 +352,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     for (int st = 0; st < 2; ++st) {
       mbarrier_init(k_full(st), 1);
       mbarrier_init(v_full(st), 1);
-      mbarrier_init(k_empty(st), 2 * 128);  // every consumer thread arrives
-      mbarrier_init(v_empty(st), 2 * 128);
+      mbarrier_init(k_empty(st), kConsumers * 128);  // every consumer thread arrives
+      mbarrier_init(v_empty(st), kConsumers * 128);
     }
     mbarrier_init_fence();
   }
@@ -376,20 +384,22 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     return;
   }
 
-  setmaxnreg_inc<240>();
+  setmaxnreg_inc<ws_consumer_registers<kConsumers>()>();
   const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  // Ping-pong: consumer cw issues its products only after the other consumer has issued its own
-  // (named barrier 2 + cw, which the other one arrives at), so one warpgroup's softmax runs
-  // while the other's products occupy the tensor cores. Consumer 0 goes first (consumer 1's
-  // arrival ahead of the loop); consumer 1 skips its arrival after its last issue, leaving no
-  // barrier half-arrived.
+  // Ping-pong: consumer cw issues its products only after the previous consumer (in a ring) has
+  // issued its own (named barrier 2 + cw, which that one arrives at), so one warpgroup's softmax
+  // runs while another's products occupy the tensor cores. Consumer 0 goes first (the last
+  // consumer's arrival ahead of the loop); the last consumer skips its arrival after its last
+  // issue, leaving no barrier half-arrived.
   const auto issue_begin = [cw]() {
     if (kPingPong) named_barrier_sync(WsPingPong::barrier(cw), 256);
   };
   const auto issue_end = [cw](bool last) {
-    if (kPingPong && WsPingPong::arrives_after_issue(cw, last)) named_barrier_arrive(WsPingPong::other_barrier(cw), 256);
+    if (kPingPong && WsPingPong::arrives_after_issue(cw, last, kConsumers))
+      named_barrier_arrive(WsPingPong::next_barrier(cw, kConsumers), 256);
   };
-  if (kPingPong && WsPingPong::arrives_first(cw)) named_barrier_arrive(WsPingPong::other_barrier(cw), 256);
+  if (kPingPong && WsPingPong::arrives_first(cw, kConsumers))
+    named_barrier_arrive(WsPingPong::next_barrier(cw, kConsumers), 256);
   const int g = lane / 4, t = lane % 4;
   const int64_t warp_first_q = a.q_pos0 + i0 + cw * 64 + warp * 16;
   const int64_t qpos0 = warp_first_q + g, qpos1 = qpos0 + 8;
@@ -1407,17 +1417,19 @@ CUtensorMap make_tile_map(const char* what, const void* base, int64_t rows, int 
   return map;
 }
 
-template <typename T, int HD, bool kPingPong>
+template <typename T, int HD, bool kPingPong, int kConsumers = 2>
 void launch_forward_ws(const AttentionForwardArgs& a, cudaStream_t stream) {
-  constexpr size_t smem = 1024 + size_t(tile_bytes<128, HD>()) * 5;  // Q, 2 x K, 2 x V
-  allow_smem(attention_forward_wgmma_ws<T, HD, kPingPong>, smem);
+  constexpr int BR = 64 * kConsumers;
+  constexpr size_t smem = 1024 + size_t(tile_bytes<BR, HD>()) + size_t(tile_bytes<128, HD>()) * 4;  // Q, 2 x K, 2 x V
+  allow_smem(attention_forward_wgmma_ws<T, HD, kPingPong, kConsumers>, smem);
   const int64_t Tk = a.q_pos0 + a.Tq;
-  const CUtensorMap q = make_tile_map<T, HD>("q", a.q, a.Tq, a.NH, a.B, a.q_row_stride, a.q_batch_stride, 128);
+  const CUtensorMap q = make_tile_map<T, HD>("q", a.q, a.Tq, a.NH, a.B, a.q_row_stride, a.q_batch_stride, BR);
   const CUtensorMap k = make_tile_map<T, HD>("k", a.k, Tk, a.NH, a.B, a.kv_row_stride, a.kv_batch_stride, 128);
   const CUtensorMap v = make_tile_map<T, HD>("v", a.v, Tk, a.NH, a.B, a.kv_row_stride, a.kv_batch_stride, 128);
   const float scale_log2 = forward_scale_log2<HD>();
-  const dim3 grid = block_grid(a.Tq, a.NH, a.B);
-  attention_forward_wgmma_ws<T, HD, kPingPong><<<grid, kWsThreads, smem, stream>>>(q, k, v, a, scale_log2);
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, BR)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  attention_forward_wgmma_ws<T, HD, kPingPong, kConsumers>
+      <<<grid, 128 * (1 + kConsumers), smem, stream>>>(q, k, v, a, scale_log2);
 }
 
 template <typename T, int HD>
@@ -1511,6 +1523,10 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
       case WgmmaForward::ping_pong: launch_forward<T, HD, true>(a, stream); break;
       case WgmmaForward::warp_specialized: launch_forward_ws<T, HD, false>(a, stream); break;
       case WgmmaForward::warp_specialized_ping_pong: launch_forward_ws<T, HD, true>(a, stream); break;
+      case WgmmaForward::warp_specialized_3:
+        if constexpr (ws_three_consumers<HD>()) launch_forward_ws<T, HD, true, 3>(a, stream);
+        else launch_forward_ws<T, HD, true>(a, stream);
+        break;
     }
   });
 }

@@ -16,9 +16,9 @@
 // free_parity(j).
 //
 // Ping-pong (wgmma-ws-pp): consumer c issues its products after a bar.sync on named barrier
-// pingpong_barrier(c) and arrives at the other consumer's barrier after issuing; consumer 1
-// arrives once at consumer 0's barrier before its first issue (consumer 0 goes first), and skips
-// its arrival after its last issue, so each barrier sees exactly as many arrivals as syncs.
+// barrier(c) and arrives at the next consumer's barrier after issuing; the last consumer arrives
+// once at consumer 0's barrier before its first issue (consumer 0 goes first), and skips its
+// arrival after its last issue, so each barrier sees exactly as many arrivals as syncs.
 #pragma once
 #include <cstdint>
 
@@ -38,11 +38,15 @@ struct WsRing {
   LLM_WS_HD static uint32_t free_parity(int tile) { return uint32_t(tile / kStages - 1) & 1u; }
 };
 
+// Ping-pong over `consumers` warpgroups (two, or three in the 192-row forward): a ring, consumer c
+// issuing after c - 1 (mod consumers); the last one arrives first and skips its last arrival.
 struct WsPingPong {
   LLM_WS_HD static int barrier(int consumer) { return 2 + consumer; }  // 0: __syncthreads, 1: wgmma-pp
-  LLM_WS_HD static int other_barrier(int consumer) { return 3 - consumer; }
-  LLM_WS_HD static bool arrives_first(int consumer) { return consumer == 1; }
-  LLM_WS_HD static bool arrives_after_issue(int consumer, bool last_issue) { return !(last_issue && consumer == 1); }
+  LLM_WS_HD static int next_barrier(int consumer, int consumers) { return 2 + (consumer + 1) % consumers; }
+  LLM_WS_HD static bool arrives_first(int consumer, int consumers) { return consumer == consumers - 1; }
+  LLM_WS_HD static bool arrives_after_issue(int consumer, bool last_issue, int consumers) {
+    return !(last_issue && consumer == consumers - 1);
+  }
 };
 
 // The software-pipelined seven-product backward (attention_wgmma.cu, kPipelined: the dK/dV

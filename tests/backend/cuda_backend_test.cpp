@@ -88,6 +88,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
   EXPECT_EXIT(choice_is("wgmma-pp", AttentionKernels::wgmma_pp), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-ws", AttentionKernels::wgmma_ws), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-ws-pp", AttentionKernels::wgmma_ws_pp), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(choice_is("wgmma-ws3", AttentionKernels::wgmma_ws3), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-atomic", AttentionKernels::wgmma_atomic), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-rs", AttentionKernels::wgmma_rs), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-ws-atomic", AttentionKernels::wgmma_ws_atomic), ::testing::ExitedWithCode(0), "");
@@ -103,7 +104,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
         }
         std::exit(0);
       },
-      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-atomic, wgmma-rs, wgmma-ws-atomic or simt");
+      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-ws3, wgmma-atomic, wgmma-rs, wgmma-ws-atomic or simt");
 }
 
 TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
@@ -393,8 +394,9 @@ TEST(CudaBackend, WgmmaRegisterScoresBackwardMatchesTheCpuOp) {
 // block, rows past the end zero-filled by TMA), and the KV-cache form (queries at positions past
 // .. past + Tq - 1 over separate K/V caches of maxT rows: a prompt chunk and one decoded token).
 // Its own test (and process in gpu_validation.sh): a fault or hang here leaves the others' results.
-TEST(CudaBackend, WgmmaWarpSpecialisedForwardsEqualThePlainOne) {
-  REQUIRE_WGMMA(be);
+// Each form in `forms` against the plain wgmma forward, out and lse bit for bit.
+void check_forward_forms_equal_the_plain_one(llm::cuda::CudaBackend* be,
+                                             const std::vector<std::pair<llm::kernels::WgmmaForward, const char*>>& forms) {
   using llm::kernels::WgmmaForward;
   struct Shape {
     int B, NH;
@@ -430,13 +432,26 @@ TEST(CudaBackend, WgmmaWarpSpecialisedForwardsEqualThePlainOne) {
           return std::make_pair(bt::low_to_vec(be->download(go)), bt::to_vec(be->download(gl)));
         };
         const auto plain = run(WgmmaForward::plain);
-        const auto ws = run(WgmmaForward::warp_specialized);
-        const auto ws_pp = run(WgmmaForward::warp_specialized_ping_pong);
-        EXPECT_TRUE(bt::all_equal("wgmma-ws out", ws.first, plain.first));
-        EXPECT_TRUE(bt::all_equal("wgmma-ws lse", ws.second, plain.second));
-        EXPECT_TRUE(bt::all_equal("wgmma-ws-pp out", ws_pp.first, plain.first));
-        EXPECT_TRUE(bt::all_equal("wgmma-ws-pp lse", ws_pp.second, plain.second));
+        for (const auto& [form, name] : forms) {
+          const auto got = run(form);
+          EXPECT_TRUE(bt::all_equal(std::string(name) + " out", got.first, plain.first));
+          EXPECT_TRUE(bt::all_equal(std::string(name) + " lse", got.second, plain.second));
+        }
       }
+}
+
+TEST(CudaBackend, WgmmaWarpSpecialisedForwardsEqualThePlainOne) {
+  REQUIRE_WGMMA(be);
+  using llm::kernels::WgmmaForward;
+  check_forward_forms_equal_the_plain_one(
+      be, {{WgmmaForward::warp_specialized, "wgmma-ws"}, {WgmmaForward::warp_specialized_ping_pong, "wgmma-ws-pp"}});
+}
+
+// The three-consumer form (wgmma-ws3: 192-row blocks, a ring of three in ping-pong), in its own
+// process: the same rows, the same key tiles, the same arithmetic per element.
+TEST(CudaBackend, WgmmaThreeConsumerForwardEqualsThePlainOne) {
+  REQUIRE_WGMMA(be);
+  check_forward_forms_equal_the_plain_one(be, {{llm::kernels::WgmmaForward::warp_specialized_3, "wgmma-ws3"}});
 }
 
 TEST(CudaBackend, ReductionsAreDeterministic) {

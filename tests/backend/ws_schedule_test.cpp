@@ -27,7 +27,7 @@ namespace {
 using llm::kernels::sm90a::WsPingPong;
 using llm::kernels::sm90a::WsRing;
 
-constexpr int kWarpgroup = 128, kConsumerThreads = 256, kBytes = 1000;
+constexpr int kWarpgroup = 128, kBytes = 1000;
 
 struct MBarrier {
   int expected = 0, arrivals = 0, tx = 0, completed = 0;  // completed: phases so far
@@ -66,7 +66,7 @@ struct Op {
 
 struct World {
   MBarrier mb[kBars];
-  NamedBarrier nb[4];
+  NamedBarrier nb[5];
   int holds[kBufs], readers[kBufs];
   struct Copy {
     Buf buf;
@@ -76,12 +76,12 @@ struct World {
   std::string error;
   // k_full_arrivals: the arrivals a K-full barrier expects (the backward's Q/dO-full barriers
   // take the TMA thread's expect_tx and the 32 lanes that stored lse and D).
-  explicit World(int k_full_arrivals = 1) {
+  explicit World(int k_full_arrivals = 1, int consumers = 2) {
     for (int b = 0; b < kBufs; ++b) holds[b] = -1, readers[b] = 0;
     mb[kQFull].init(1);
     for (int s = 0; s < 2; ++s) {
       mb[k_full(s)].init(k_full_arrivals), mb[v_full(s)].init(1);
-      mb[k_empty(s)].init(kConsumerThreads), mb[v_empty(s)].init(kConsumerThreads);
+      mb[k_empty(s)].init(consumers * kWarpgroup), mb[v_empty(s)].init(consumers * kWarpgroup);
     }
   }
 };
@@ -105,7 +105,7 @@ std::vector<Op> producer_program(int tiles) {
 
 // Consumer warpgroup cw's program: the kernel's waits (each returning with its buffer read until
 // the matching release), ping-pong syncs and arrivals, and releases.
-std::vector<Op> consumer_program(int cw, int tiles, bool ping_pong) {
+std::vector<Op> consumer_program(int cw, int tiles, bool ping_pong, int consumers = 2) {
   std::vector<Op> p;
   const auto wait = [&](int bar, uint32_t parity, Buf buf, int tile, int phase) {
     p.push_back({Op::kWait, bar, parity, 0, buf, tile, phase});
@@ -115,10 +115,11 @@ std::vector<Op> consumer_program(int cw, int tiles, bool ping_pong) {
     if (ping_pong) p.push_back({Op::kSync, WsPingPong::barrier(cw)});
   };
   const auto issue_end = [&](bool last) {
-    if (ping_pong && WsPingPong::arrives_after_issue(cw, last))
-      p.push_back({Op::kNamedArrive, WsPingPong::other_barrier(cw)});
+    if (ping_pong && WsPingPong::arrives_after_issue(cw, last, consumers))
+      p.push_back({Op::kNamedArrive, WsPingPong::next_barrier(cw, consumers)});
   };
-  if (ping_pong && WsPingPong::arrives_first(cw)) p.push_back({Op::kNamedArrive, WsPingPong::other_barrier(cw)});
+  if (ping_pong && WsPingPong::arrives_first(cw, consumers))
+    p.push_back({Op::kNamedArrive, WsPingPong::next_barrier(cw, consumers)});
   wait(kQFull, 0, kQ, 0, 0);
   wait(k_full(WsRing::stage(0)), WsRing::full_parity(0), k_buf(0), 0, 0);
   issue_begin();
@@ -219,18 +220,18 @@ void land(World& w, size_t i) {
   w.mb[c.bar].maybe_complete();
 }
 
-// The programs of the producer and the two consumers.
-std::vector<Agent> kernel_agents(int tiles, bool ping_pong) {
-  std::vector<Agent> agents(3);
+// The programs of the producer and the consumers (two, or the 192-row forward's three).
+std::vector<Agent> kernel_agents(int tiles, bool ping_pong, int consumers = 2) {
+  std::vector<Agent> agents(size_t(1 + consumers));
   agents[0].program = producer_program(tiles);
-  agents[1].program = consumer_program(0, tiles, ping_pong);
-  agents[2].program = consumer_program(1, tiles, ping_pong);
+  for (int c = 0; c < consumers; ++c) agents[size_t(1 + c)].program = consumer_program(c, tiles, ping_pong, consumers);
   return agents;
 }
 
 // One random interleaving of the agents and their copies; "" when every check held.
 std::string run(std::vector<Agent> agents, uint64_t seed, int k_full_arrivals = 1) {
-  World w(k_full_arrivals);
+  const int n_agents = int(agents.size());
+  World w(k_full_arrivals, n_agents - 1);
   std::mt19937_64 rng(seed);
   for (int steps = 0; steps < 100000; ++steps) {
     if (!w.error.empty()) return w.error;
@@ -240,7 +241,7 @@ std::string run(std::vector<Agent> agents, uint64_t seed, int k_full_arrivals = 
     // Candidates: each unfinished agent, and each copy in flight; tried in a random order until
     // one makes progress.
     std::vector<int> order;
-    for (int i = 0; i < 3; ++i)
+    for (int i = 0; i < n_agents; ++i)
       if (!agents[size_t(i)].done()) order.push_back(i);
     for (size_t i = 0; i < w.in_flight.size(); ++i) order.push_back(100 + int(i));
     std::shuffle(order.begin(), order.end(), rng);
@@ -256,25 +257,51 @@ std::string run(std::vector<Agent> agents, uint64_t seed, int k_full_arrivals = 
     }
     if (!progressed) {
       std::string where;
-      for (int i = 0; i < 3; ++i) where += " agent " + std::to_string(i) + " at op " + std::to_string(agents[size_t(i)].pc);
+      for (int i = 0; i < n_agents; ++i)
+        where += " agent " + std::to_string(i) + " at op " + std::to_string(agents[size_t(i)].pc);
       return "deadlock:" + where;
     }
   }
   if (!w.error.empty()) return w.error;
-  for (int i = 0; i < 3; ++i)
+  for (int i = 0; i < n_agents; ++i)
     if (!agents[size_t(i)].done()) return "agent " + std::to_string(i) + " did not finish";
-  for (int n = 1; n < 4; ++n)
+  for (int n = 1; n < 5; ++n)
     if (w.nb[n].arrived != 0) return "named barrier " + std::to_string(n) + " left with arrivals";
   return "";
 }
 
 TEST(WsSchedule, EveryInterleavingDeliversEachTileOnceAndEndsClean) {
-  for (bool ping_pong : {false, true})
-    for (int tiles = 1; tiles <= 7; ++tiles)
-      for (uint64_t seed = 0; seed < 300; ++seed) {
-        const std::string e = run(kernel_agents(tiles, ping_pong), seed * 7919 + uint64_t(tiles));
-        ASSERT_EQ(e, "") << "tiles " << tiles << (ping_pong ? ", ping-pong" : "") << ", seed " << seed;
+  for (int consumers : {2, 3})
+    for (bool ping_pong : {false, true})
+      for (int tiles = 1; tiles <= 7; ++tiles)
+        for (uint64_t seed = 0; seed < 300; ++seed) {
+          const std::string e = run(kernel_agents(tiles, ping_pong, consumers), seed * 7919 + uint64_t(tiles));
+          ASSERT_EQ(e, "") << consumers << " consumers, tiles " << tiles << (ping_pong ? ", ping-pong" : "") << ", seed "
+                           << seed;
+        }
+}
+
+// The ring of three: consumers issue in the order 0, 1, 2, 0, ... (each sync of a consumer needs
+// its predecessor's arrival), and the model catches a ring that skips the last consumer's
+// initial arrival (deadlock) or lets it arrive after its last issue (a barrier left half-arrived).
+TEST(WsSchedule, TheThreeConsumerRingDeadlocksOrLeaksWhenItsArrivalsSlip) {
+  const auto fails = [](auto mutate) {
+    for (uint64_t seed = 0; seed < 300; ++seed) {
+      std::vector<Agent> agents = kernel_agents(4, true, 3);
+      mutate(agents);
+      if (!run(agents, seed).empty()) return true;
+    }
+    return false;
+  };
+  EXPECT_FALSE(fails([](std::vector<Agent>&) {}));
+  EXPECT_TRUE(fails([](std::vector<Agent>& a) {  // consumer 2 does not arrive ahead of the loop
+    for (size_t i = 0; i < a[3].program.size(); ++i)
+      if (a[3].program[i].kind == Op::kNamedArrive) {
+        a[3].program.erase(a[3].program.begin() + long(i));
+        break;
       }
+  }));
+  EXPECT_TRUE(fails([](std::vector<Agent>& a) { a[3].program.push_back({Op::kNamedArrive, WsPingPong::next_barrier(2, 3)}); }));
 }
 
 // The model catches the faults it is there for, in some interleaving: a producer that does not
@@ -303,7 +330,7 @@ TEST(WsSchedule, TheModelCatchesParityReleaseAndArrivalSlips) {
     for (Op& op : a[2].program)
       if (op.kind == Op::kWait && op.tile == 3 && op.buf == kV1) op.parity ^= 1u;
   }));
-  EXPECT_TRUE(fails([](std::vector<Agent>& a) { a[2].program.push_back({Op::kNamedArrive, WsPingPong::other_barrier(1)}); }));
+  EXPECT_TRUE(fails([](std::vector<Agent>& a) { a[2].program.push_back({Op::kNamedArrive, WsPingPong::next_barrier(1, 2)}); }));
   EXPECT_TRUE(fails([](std::vector<Agent>& a) {  // consumer 0 does not let consumer 1 go after its first issue
     for (size_t i = 0; i < a[1].program.size(); ++i)
       if (a[1].program[i].kind == Op::kNamedArrive) {

@@ -6,7 +6,7 @@
 #   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the llm-sweep run),
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
 #   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
-#   ATTENTION_VARIANTS="tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-atomic wgmma-rs wgmma-ws-atomic tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
+#   ATTENTION_VARIANTS="tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-ws3 wgmma-atomic wgmma-rs wgmma-ws-atomic tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
 #   benchmark and training step also run, next to the default kernels), TRAIN_STEP_VARIANTS (the
 #   choices the training step runs under beside the default; all of ATTENTION_VARIANTS unless
 #   set, "" for none), BIAS_GRAD_EPILOGUE=1 (the
@@ -40,7 +40,7 @@ else
 fi
 
 # The kernel choices beside the default, for the attention tests and the benchmarks (also with TESTS=0).
-variants=(${ATTENTION_VARIANTS-tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-atomic wgmma-rs wgmma-ws-atomic tc-atomic tc-m32})
+variants=(${ATTENTION_VARIANTS-tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-ws3 wgmma-atomic wgmma-rs wgmma-ws-atomic tc-atomic tc-m32})
 if [[ "${TESTS:-1}" = 0 ]]; then
   log "TESTS=0: correctness steps skipped"
 else
@@ -57,7 +57,8 @@ cuda_tests='*cuda*:*Cuda*:-*Wgmma*'
 # (name:gtest filter:the LLM_CUDA_ATTENTION choices it covers, which are not benchmarked when it
 # fails, below); the other wgmma tests share one process.
 isolated=("wgmma_ws:*WarpSpecialised*:wgmma-ws wgmma-ws-pp" "wgmma_fused:*WgmmaFused*:wgmma-atomic"
-          "wgmma_rs:*WgmmaRegisterScores*:wgmma-rs" "wgmma_ws_fused:*WgmmaWsFused*:wgmma-ws-atomic")
+          "wgmma_rs:*WgmmaRegisterScores*:wgmma-rs" "wgmma_ws_fused:*WgmmaWsFused*:wgmma-ws-atomic"
+          "wgmma_ws3:*WgmmaThreeConsumer*:wgmma-ws3")
 spec_name() { echo "${1%%:*}"; }
 spec_filter() { local r=${1#*:}; echo "${r%%:*}"; }
 spec_choices() { local r=${1#*:}; echo "${r#*:}"; }
