@@ -1352,10 +1352,11 @@ __global__ void __launch_bounds__(kThreads) wgmma_rs_scores_check_kernel(const T
 
 // ---- host ------------------------------------------------------------------------------------
 
-// Every kernel here: one block per 128 rows (queries in the forward, keys in the backward), head
-// and sequence. The softmax scale is 1 / sqrt(HD); the forwards take it times log2(e) (exp2).
-dim3 block_grid(int64_t rows, int NH, int B) {
-  return dim3(static_cast<unsigned>(ceil_div(rows, 128)), static_cast<unsigned>(NH), static_cast<unsigned>(B));
+// Every kernel here: one block per block_rows rows (queries in the forward, keys in the
+// backward; 128 but in the three-consumer forward), head and sequence. The softmax scale is 1 /
+// sqrt(HD); the forwards take it times log2(e) (exp2).
+dim3 block_grid(int64_t rows, int NH, int B, int block_rows = 128) {
+  return dim3(static_cast<unsigned>(ceil_div(rows, block_rows)), static_cast<unsigned>(NH), static_cast<unsigned>(B));
 }
 template <int HD>
 float softmax_scale() {
@@ -1427,7 +1428,7 @@ void launch_forward_ws(const AttentionForwardArgs& a, cudaStream_t stream) {
   const CUtensorMap k = make_tile_map<T, HD>("k", a.k, Tk, a.NH, a.B, a.kv_row_stride, a.kv_batch_stride, 128);
   const CUtensorMap v = make_tile_map<T, HD>("v", a.v, Tk, a.NH, a.B, a.kv_row_stride, a.kv_batch_stride, 128);
   const float scale_log2 = forward_scale_log2<HD>();
-  const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, BR)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  const dim3 grid = block_grid(a.Tq, a.NH, a.B, BR);
   attention_forward_wgmma_ws<T, HD, kPingPong, kConsumers>
       <<<grid, 128 * (1 + kConsumers), smem, stream>>>(q, k, v, a, scale_log2);
 }
