@@ -215,6 +215,7 @@ if [[ "$benches" = *" profile "* ]]; then
         --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SourceCounters \
         ./tests/bench-cuda-attention --head-dims "${PROFILE_HEAD_DIM:-128}" --seqs 4096 --reps 1 > "$out/ncu_attention_$var.txt" 2>&1)
       log "profile ($var) exit $?: $(grep -c '^  void' "$out/ncu_attention_$var.txt") kernels ($ncu)"
+      python3 "$src/tests/cuda/ncu_summary.py" "$out/ncu_attention_$var.txt" 2>&1 | tail -n +2 | tee -a "$out/summary.txt"
     done
   fi
 fi
