@@ -174,8 +174,8 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //                 registers: Q and dO in the dQ kernel (head dims up to 96), K and V in the dK/dV
 //                 kernel (up to 80); not yet run on a GPU;
 //   wgmma-ws-atomic the forward of wgmma-ws-pp, the backward of wgmma-atomic warp-specialised (a
-//                 TMA producer warpgroup, two consumers: FlashAttention-3's structure); not yet
-//                 run on a GPU;
+//                 TMA producer warpgroup, two consumers: FlashAttention-3's structure, and its
+//                 128-query tiles at head dims up to 64); not yet run on a GPU;
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
 enum class AttentionKernels {

@@ -649,18 +649,20 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
 
 // ---- backward: dK, dV ------------------------------------------------------------------------
 
-// The 16-bit tile of dS^T (128 keys x 64 queries, the block's; swizzled like every other
-// tile) the fused backward stores for the products that read it from shared memory.
-constexpr int kScoreTileBytes = tile_bytes<128, 64>();
+// The 16-bit tile of dS^T (128 keys x BR queries, the block's; swizzled like every other tile)
+// the fused backward stores for the dQ product that reads it from shared memory.
+template <int BR = 64>
+constexpr int score_tile_bytes() { return tile_bytes<128, BR>(); }
+constexpr int kScoreTileBytes = score_tile_bytes<64>();
 
-// Stores this lane's fragments of a warpgroup's 64 x 64 accumulator (rows `row` and row + 8 of
-// the tile, the 64 columns) into the 128 x 64 score tile at `tile`, as 16-bit values.
-template <typename T>
-__device__ __forceinline__ void store_score_rows(unsigned char* tile, int row, int t, const float (&d)[32]) {
+// Stores this lane's fragments of a warpgroup's 64 x BR accumulator (rows `row` and row + 8 of
+// the tile, the BR columns) into the 128 x BR score tile at `tile`, as 16-bit values.
+template <typename T, int BR = 64>
+__device__ __forceinline__ void store_score_rows(unsigned char* tile, int row, int t, const float (&d)[BR / 2]) {
 #pragma unroll
-  for (int nb = 0; nb < 8; ++nb) {
-    *reinterpret_cast<uint32_t*>(tile + swizzled_offset<128, 64>(row, nb) + 4 * t) = pack2<T>(d[4 * nb], d[4 * nb + 1]);
-    *reinterpret_cast<uint32_t*>(tile + swizzled_offset<128, 64>(row + 8, nb) + 4 * t) =
+  for (int nb = 0; nb < BR / 8; ++nb) {
+    *reinterpret_cast<uint32_t*>(tile + swizzled_offset<128, BR>(row, nb) + 4 * t) = pack2<T>(d[4 * nb], d[4 * nb + 1]);
+    *reinterpret_cast<uint32_t*>(tile + swizzled_offset<128, BR>(row + 8, nb) + 4 * t) =
         pack2<T>(d[4 * nb + 2], d[4 * nb + 3]);
   }
 }
@@ -697,7 +699,7 @@ struct FusedTile {
   uint32_t k_s, v_s, q_s, do_s;  // shared addresses: K and V (128 rows), the query tile's Q and dO
   const float *lse, *D;          // the tile's lse (natural log) and D, in shared memory
   unsigned char* dst;            // the dS^T tile both warpgroups store their rows into
-  uint32_t kb;                   // K's columns of this warpgroup's dQ slice (column_offset)
+  uint32_t kb;                   // BR 64: K's columns of this warpgroup's dQ slice (column_offset)
   float* dq;                     // the accumulator at this lane's first dQ row and column
   int kv_row, score_row, t;
   int64_t i0, first_key, key0, len, ld_dq, dq_row;  // dq_row: the lane's first query (< len: added)
@@ -706,13 +708,17 @@ struct FusedTile {
 
 // S^T and dP^T (SS), P^T and dS^T, then each product as soon as its operands exist
 // (FlashAttention-3's backward order): dV += P^T dO once P^T is packed (dS^T's arithmetic runs
-// under it), dK += dS^T Q once dS^T is (its store and publish() run under it), dQ's slice over
-// the block's 128 keys after publish() (both warpgroups' dS^T rows visible to the tensor cores),
-// done_reading() once every product has finished reading shared memory, then dQ's atomic adds.
-template <typename T, int HD, int DQN, typename Publish, typename DoneReading>
+// under it), dK += dS^T Q once dS^T is (its store and publish() run under it), dQ after
+// publish() (both warpgroups' dS^T rows visible to the tensor cores), done_reading() once every
+// product has finished reading shared memory, then dQ's atomic adds. BR, the query tile: 64 (dQ
+// = the tile's 64 queries, this warpgroup's DQN-column slice over the 128 keys) or 128 (at hd
+// <= 64 in the warp-specialised kernel, FlashAttention-3's hd-64 tile: dQ = this warpgroup's 64
+// of the 128 queries, all HD columns, over the 128 keys; DQN = HD).
+template <typename T, int HD, int DQN, int BR = 64, typename Publish, typename DoneReading>
 __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD / 2], const FusedTile& f,
                                            Publish&& publish, DoneReading&& done_reading) {
-  constexpr int BC = 128, BR = 64;
+  constexpr int BC = 128;
+  static_assert(BR == 64 || (BR == 128 && DQN == HD), "query tiles of 64, or of 128 with dQ split by rows");
   float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
   uint32_t pa[BR / 16][4], sa[BR / 16][4];
   fence_operands(st);
@@ -748,7 +754,7 @@ __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD /
 #pragma unroll
   for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(f.q_s, kk));
   wgmma_commit();
-  store_score_rows<T>(f.dst, f.score_row, f.t, dpt);
+  store_score_rows<T, BR>(f.dst, f.score_row, f.t, dpt);
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, for wgmma's reads
   publish();
   const uint32_t dsts = smem_addr(f.dst);
@@ -756,9 +762,16 @@ __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD /
   zero(dq);
   fence_operands(dq);
   wgmma_fence();
+  if constexpr (BR == 64) {
 #pragma unroll
-  for (int kk = 0; kk < BC / 16; ++kk)
-    wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, kk), desc_mn_major<BC, HD>(f.kb, kk));
+    for (int kk = 0; kk < BC / 16; ++kk)
+      wgmma_ss_tt<T, DQN>(dq, desc_mn_major<BC, 64>(dsts, kk), desc_mn_major<BC, HD>(f.kb, kk));
+  } else {  // this warpgroup's 64 queries: panel kv_row / 64 of the [128 keys][128 queries] tile
+    const uint32_t panel = dsts + panel_offset<BC, BR>(f.kv_row / 64);
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk)
+      wgmma_ss_tt<T, HD>(dq, desc_mn_major<BC, BR>(panel, kk), desc_mn_major<BC, HD>(f.k_s, kk));
+  }
   wgmma_commit();
   wgmma_wait<0>();
   fence_operands(dv);
@@ -1113,10 +1126,21 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
 // (ScoreTilePair: the next tile's rows may be stored while the other consumer's dQ product still
 // reads this tile's), and release the stage once their products have read it. dQ's adds are the
 // fp32 atomics of wgmma-atomic (dq_split_cols), so the result is the same up to their order.
+
+// The query tile of the warp-specialised backward: 128 rows at hd <= 64 (FlashAttention-3's
+// hd-64 shape: S^T and dP^T m64n128 products, ~43 flop per shared-memory byte instead of ~32, dQ
+// split by the warpgroups' query rows), 64 above (the registers).
+template <int HD>
+constexpr int ws_backward_rows() { return HD <= 64 ? 128 : 64; }
+template <int HD>
+constexpr size_t ws_backward_stats_bytes() {  // two stages of lse and D
+  return size_t(1024) * ((2 * 2 * ws_backward_rows<HD>() * 4 + 1023) / 1024);
+}
 template <int HD>
 constexpr size_t ws_backward_smem_bytes() {  // K, V, two Q/dO stages, their lse/D, two dS^T tiles
-  return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<64, HD>()) * 2 * WsRing::kStages + 1024 +
-         2 * size_t(kScoreTileBytes);
+  constexpr int BR = ws_backward_rows<HD>();
+  return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<BR, HD>()) * 2 * WsRing::kStages +
+         ws_backward_stats_bytes<HD>() + 2 * size_t(score_tile_bytes<BR>());
 }
 
 template <typename T, int HD>
@@ -1124,15 +1148,15 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     attention_backward_wgmma_ws(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                                 const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
                                 AttentionBackwardArgs a, float scale) {
-  constexpr int BC = 128, BR = 64, COLS = panel_columns(HD), PANELS = HD / COLS;
-  constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>();
+  constexpr int BC = 128, BR = ws_backward_rows<HD>(), COLS = panel_columns(HD), PANELS = HD / COLS;
+  constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>(), SBYTES = score_tile_bytes<BR>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // Barriers: K and V full; Q/dO full and empty for stages 0 and 1.
   __shared__ __align__(8) uint64_t bars[5];
   unsigned char* const smem = align_1024(smem_raw);  // [K][V][2 stages][Q | dO][2 stages][lse | D][2 x dS^T]
   const uint32_t smem_s = smem_addr(smem), bar = smem_addr(bars);
   float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 2 * WsRing::kStages * QBYTES);
-  unsigned char* const score_tiles = reinterpret_cast<unsigned char*>(stats) + 1024;
+  unsigned char* const score_tiles = reinterpret_cast<unsigned char*>(stats) + ws_backward_stats_bytes<HD>();
   const uint32_t kv_full = bar;
   const auto q_full = [bar](int st) { return bar + 8u * uint32_t(1 + st); };
   const auto q_empty = [bar](int st) { return bar + 8u * uint32_t(3 + st); };
@@ -1196,28 +1220,32 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int64_t first_key = j0 + cw * 64, key0 = first_key + warp * 16 + g;
-  const int score_row = cw * 64 + warp * 16 + g, dq_row0 = warp * 16 + g;
+  const int score_row = cw * 64 + warp * 16 + g;
+  // dQ's rows: the tile's queries 16 warp + g (+ 8) (BR 64), or this warpgroup's 64 of them (128).
+  const int dq_row0 = (BR == 128 ? cw * 64 : 0) + warp * 16 + g;
   float* const dq_lane = a.dq_accum + (b * T_ + dq_row0) * C + int64_t(h) * HD + 2 * t;
   const float scale_log2 = scale * kLog2e;
   float dk[HD / 2], dv[HD / 2];
   zero(dk);
   zero(dv);
   mbarrier_wait(kv_full, 0);
-  with_dq_slice<HD>(cw, [&](auto n) {
+  const auto run = [&](auto n) {
     constexpr int DQN = decltype(n)::value;
-    const int col0 = cw == 0 ? 0 : dq_split_cols(HD, 0);
+    const int col0 = BR == 128 || cw == 0 ? 0 : dq_split_cols(HD, 0);
     for (int it = 0; it < tiles; ++it) {
       const int st = WsRing::stage(it);
       const int64_t i0 = j0 + int64_t(it) * BR;
       mbarrier_wait(q_full(st), WsRing::full_parity(it));
       const float* Ls = stats + st * 2 * BR;
       const FusedTile f{smem_s, smem_s + KBYTES, q_tile(st), q_tile(st) + QBYTES, Ls, Ls + BR,
-                        score_tiles + ScoreTilePair::buffer(it) * kScoreTileBytes, smem_s + column_offset<BC, HD>(col0),
+                        score_tiles + ScoreTilePair::buffer(it) * SBYTES, smem_s + column_offset<BC, HD>(col0),
                         dq_lane + i0 * C + col0, cw * 64, score_row, t, i0, first_key, key0, T_, C, i0 + dq_row0,
                         scale_log2};
-      fused_tile<T, HD, DQN>(dk, dv, f, [] { named_barrier_sync(1, 256); }, [&] { mbarrier_arrive(q_empty(st)); });
+      fused_tile<T, HD, DQN, BR>(dk, dv, f, [] { named_barrier_sync(1, 256); }, [&] { mbarrier_arrive(q_empty(st)); });
     }
-  });
+  };
+  if constexpr (BR == 128) run(std::integral_constant<int, HD>{});
+  else with_dq_slice<HD>(cw, run);
   T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * head.ld + int64_t(h) * HD;
   store_rows<T, HD>(dqkv + C, head.ld, key0, T_, dk, scale, scale);
   store_rows<T, HD>(dqkv + 2 * C, head.ld, key0, T_, dv, 1.0f, 1.0f);
@@ -1444,10 +1472,11 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
     allow_smem(attention_backward_wgmma_ws<T, HD>, smem);
     const int64_t C = int64_t(a.NH) * HD, ld = 3 * C;
     const T* qkv = static_cast<const T*>(a.qkv);
-    const CUtensorMap q = make_tile_map<T, HD>("q (backward)", qkv, a.T, a.NH, a.B, ld, a.T * ld, 64);
+    constexpr int BR = ws_backward_rows<HD>();
+    const CUtensorMap q = make_tile_map<T, HD>("q (backward)", qkv, a.T, a.NH, a.B, ld, a.T * ld, BR);
     const CUtensorMap k = make_tile_map<T, HD>("k (backward)", qkv + C, a.T, a.NH, a.B, ld, a.T * ld, 128);
     const CUtensorMap v = make_tile_map<T, HD>("v (backward)", qkv + 2 * C, a.T, a.NH, a.B, ld, a.T * ld, 128);
-    const CUtensorMap dout = make_tile_map<T, HD>("dout (backward)", a.dout, a.T, a.NH, a.B, C, a.T * C, 64);
+    const CUtensorMap dout = make_tile_map<T, HD>("dout (backward)", a.dout, a.T, a.NH, a.B, C, a.T * C, BR);
     attention_dq_accum_zero(a, stream);
     attention_backward_wgmma_ws<T, HD><<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, a, scale);
     attention_dq_from_accum(a, dtype_of_element<T>(), stream);
