@@ -431,9 +431,7 @@ __global__ void __launch_bounds__(128 * (1 + kConsumers), 1)
     mbarrier_wait(k_full(st), WsRing::full_parity(jt));
     mbarrier_wait(v_full(prev), WsRing::full_parity(jt - 1));
     issue_begin();
-    fence_operands(s);
-    fence_operands(o);
-    fence_operands(pa);
+    fence_operands(s, o, pa);
     wgmma_fence();
     product_ss<T, BR, BC, HD>(s, smem_s, cw * 64, k_tile(st));  // S_j
     wgmma_commit();
@@ -458,8 +456,7 @@ __global__ void __launch_bounds__(128 * (1 + kConsumers), 1)
   const int last = tiles - 1;
   mbarrier_wait(v_full(WsRing::stage(last)), WsRing::full_parity(last));
   issue_begin();
-  fence_operands(o);
-  fence_operands(pa);
+  fence_operands(o, pa);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < BC / 16; ++kk)
@@ -467,8 +464,7 @@ __global__ void __launch_bounds__(128 * (1 + kConsumers), 1)
   wgmma_commit();
   issue_end(true);
   wgmma_wait<0>();
-  fence_operands(o);
-  fence_operands(pa);
+  fence_operands(o, pa);
   store_forward<T, HD>(a, b, h, i0 + cw * 64 + warp * 16 + g, t, o, m0, m1, l0, l1);
 }
 
@@ -567,44 +563,33 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
     if constexpr (kRsScores) {
       load_a_fragments<BR, HD>(qa, smem, wg * 64 + warp * 16 + g, t);
       load_a_fragments<BR, HD>(da, smem + QBYTES, wg * 64 + warp * 16 + g, t);
-      fence_operands(qa);
-      fence_operands(da);
+      fence_operands(qa, da);
     }
-    fence_operands(s);
-    fence_operands(dp);
+    fence_operands(s, dp);
     wgmma_fence();
     issue_scores(0);
     wgmma_wait<0>();
-    fence_operands(s);
-    fence_operands(dp);
+    fence_operands(s, dp);
     score_grads(0);
     pack_a<T, BC>(sa, s);
     for (int64_t jt = 0; jt + 1 < tiles; ++jt) {
       pipe_advance(jt, tiles, load_kv);
-      fence_operands(s);
-      fence_operands(dp);
-      fence_operands(dq);
-      fence_operands(sa);
+      fence_operands(s, dp, dq, sa);
       wgmma_fence();
       issue_scores(jt + 1);  // runs first: its dS is computed while tile jt's dQ product runs
       issue_dq(jt);
       wgmma_wait<1>();
-      fence_operands(s);
-      fence_operands(dp);
+      fence_operands(s, dp);
       score_grads(jt + 1);
       wgmma_wait<0>();
-      fence_operands(dq);
-      fence_operands(sa);
-      fence_operands(s);
+      fence_operands(dq, sa, s);
       pack_a<T, BC>(sa, s);
     }
-    fence_operands(dq);
-    fence_operands(sa);
+    fence_operands(dq, sa);
     wgmma_fence();
     issue_dq(tiles - 1);
     wgmma_wait<0>();
-    fence_operands(dq);
-    fence_operands(sa);
+    fence_operands(dq, sa);
   } else {
     for (int64_t jt = 0; jt < tiles; ++jt) {
       next_tile<true>(jt, tiles, load_kv);
@@ -613,15 +598,13 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
       const uint32_t Ks = smem_s + 2 * QBYTES + uint32_t(jt & 1) * 2 * KVBYTES, Vs = Ks + KVBYTES;
 
       float s[BC / 2], dp[BC / 2];
-      fence_operands(s);
-      fence_operands(dp);
+      fence_operands(s, dp);
       wgmma_fence();
       product_ss<T, BR, BC, HD>(s, smem_s, wg * 64, Ks);
       product_ss<T, BR, BC, HD>(dp, smem_s + QBYTES, wg * 64, Vs);
       wgmma_commit();
       wgmma_wait<0>();
-      fence_operands(s);
-      fence_operands(dp);
+      fence_operands(s, dp);
       // Masked (to p = 0) only on the diagonal tiles and past the end of the sequence.
       if (j0 + BC - 1 > wg_first || j0 + BC > T_ || wg_first + 63 >= T_)
         mask_past(s, t, keys_visible_end_bwd(row0, j0, T_, BC), keys_visible_end_bwd(row0 + 8, j0, T_, BC));
@@ -632,15 +615,13 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
       }
       uint32_t sa[BC / 16][4];
       pack_a<T, BC>(sa, s);
-      fence_operands(dq);
-      fence_operands(sa);
+      fence_operands(dq, sa);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<T, HD>(dq, sa[kk], desc_mn_major<BC, HD>(Ks, kk));
       wgmma_commit();
       wgmma_wait<0>();
-      fence_operands(dq);
-      fence_operands(sa);
+      fence_operands(dq, sa);
     }
   }
   T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
@@ -721,8 +702,7 @@ __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD /
   static_assert(BR == 64 || (BR == 128 && DQN == HD), "query tiles of 64, or of 128 with dQ split by rows");
   float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
   uint32_t pa[BR / 16][4], sa[BR / 16][4];
-  fence_operands(st);
-  fence_operands(dpt);
+  fence_operands(st, dpt);
   wgmma_fence();
   product_ss<T, BC, BR, HD>(st, f.k_s, f.kv_row, f.q_s);
   wgmma_commit();
@@ -737,8 +717,7 @@ __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD /
 #pragma unroll
   for (int i = 0; i < BR / 2; ++i) st[i] = exp2f(fmaf(st[i], f.scale_log2, -f.lse[fragment_column(i, f.t)] * kLog2e));
   pack_a<T, BR>(pa, st);
-  fence_operands(dv);
-  fence_operands(pa);
+  fence_operands(dv, pa);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dv, pa[kk], desc_mn_major<BR, HD>(f.do_s, kk));
@@ -748,8 +727,7 @@ __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD /
 #pragma unroll
   for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - f.D[(i / 4) * 8 + 2 * f.t + (i & 1)]);  // dS^T
   pack_a<T, BR>(sa, dpt);
-  fence_operands(dk);
-  fence_operands(sa);
+  fence_operands(dk, sa);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(f.q_s, kk));
@@ -774,11 +752,7 @@ __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD /
   }
   wgmma_commit();
   wgmma_wait<0>();
-  fence_operands(dv);
-  fence_operands(dk);
-  fence_operands(dq);
-  fence_operands(pa);
-  fence_operands(sa);
+  fence_operands(dv, dk, dq, pa, sa);
   done_reading();
   add_dq_rows<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq);
 }
@@ -935,11 +909,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     if constexpr (kRsScores) {
       load_a_fragments<BC, HD>(ka, smem, score_row, t);
       load_a_fragments<BC, HD>(va, smem + KBYTES, score_row, t);
-      fence_operands(ka);
-      fence_operands(va);
+      fence_operands(ka, va);
     }
-    fence_operands(st);
-    fence_operands(dpt);
+    fence_operands(st, dpt);
     wgmma_fence();
     issue_scores(0);
     wgmma_wait<1>();
@@ -974,13 +946,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
         for (int64_t it = 0; it + 1 < tiles; ++it) {
           pipe_advance(it, tiles, load_q_tile);  // its fence and barrier publish dS^T of tile it, both warpgroups'
           zero(dq);
-          fence_operands(st);
-          fence_operands(dpt);
-          fence_operands(dv);
-          fence_operands(dk);
-          fence_operands(dq);
-          fence_operands(pa);
-          fence_operands(sa);
+          fence_operands(st, dpt, dv, dk, dq, pa, sa);
           wgmma_fence();
           issue_scores(it + 1);  // runs first: tile it + 1's scores land while tile it's products run
           issue_grads(it);
@@ -992,13 +958,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
           fence_operands(dpt);
           score_grads(it + 1);
           wgmma_wait<0>();
-          fence_operands(dv);
-          fence_operands(dk);
-          fence_operands(dq);
-          fence_operands(pa);
-          fence_operands(sa);
-          fence_operands(st);
-          fence_operands(dpt);
+          fence_operands(dv, dk, dq, pa, sa, st, dpt);
           add_dq(it);
           pack_a<T, BR>(pa, st);
           pack_a<T, BR>(sa, dpt);
@@ -1009,31 +969,18 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the last dS^T rows, for wgmma
         __syncthreads();
         zero(dq);
-        fence_operands(dv);
-        fence_operands(dk);
-        fence_operands(dq);
-        fence_operands(pa);
-        fence_operands(sa);
+        fence_operands(dv, dk, dq, pa, sa);
         wgmma_fence();
         issue_grads(tiles - 1);  // its tile landed in the last advance (or before the loop)
         issue_dq(tiles - 1);
         wgmma_wait<0>();
-        fence_operands(dv);
-        fence_operands(dk);
-        fence_operands(dq);
-        fence_operands(pa);
-        fence_operands(sa);
+        fence_operands(dv, dk, dq, pa, sa);
         add_dq(tiles - 1);
       });
     } else {
       for (int64_t it = 0; it + 1 < tiles; ++it) {
         pipe_advance(it, tiles, load_q_tile);
-        fence_operands(st);
-        fence_operands(dpt);
-        fence_operands(dv);
-        fence_operands(dk);
-        fence_operands(pa);
-        fence_operands(sa);
+        fence_operands(st, dpt, dv, dk, pa, sa);
         wgmma_fence();
         if constexpr (dkdv_early_dp<HD>()) {
           issue_scores(it + 1);  // runs first: tile it + 1's scores land while tile it's products run
@@ -1045,12 +992,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
           fence_operands(dpt);
           score_grads(it + 1);
           wgmma_wait<0>();
-          fence_operands(dv);
-          fence_operands(dk);
-          fence_operands(pa);
-          fence_operands(sa);
-          fence_operands(st);
-          fence_operands(dpt);
+          fence_operands(dv, dk, pa, sa, st, dpt);
           pack_a<T, BR>(pa, st);
           pack_a<T, BR>(sa, dpt);
         } else {
@@ -1060,14 +1002,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
           fence_operands(st);
           probabilities(it + 1);
           wgmma_wait<0>();
-          fence_operands(dv);
-          fence_operands(dk);
-          fence_operands(pa);
-          fence_operands(sa);
-          fence_operands(st);
+          fence_operands(dv, dk, pa, sa, st);
           pack_a<T, BR>(pa, st);
-          fence_operands(pa);
-          fence_operands(dpt);
+          fence_operands(pa, dpt);
           wgmma_fence();
           issue_dp(it + 1);
           wgmma_wait<0>();
@@ -1076,17 +1013,11 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
           pack_a<T, BR>(sa, dpt);
         }
       }
-      fence_operands(dv);
-      fence_operands(dk);
-      fence_operands(pa);
-      fence_operands(sa);
+      fence_operands(dv, dk, pa, sa);
       wgmma_fence();
       issue_grads(tiles - 1);  // its tile landed in the last advance (or before the loop)
       wgmma_wait<0>();
-      fence_operands(dv);
-      fence_operands(dk);
-      fence_operands(pa);
-      fence_operands(sa);
+      fence_operands(dv, dk, pa, sa);
     }
   } else {  // the fused form, unpipelined (hd 80-128)
     with_dq_slice<HD>(wg, [&](auto n) {
@@ -1302,10 +1233,7 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
   zero(o);
   zero(o_bt);
   zero(o_tt);
-  fence_operands(o);
-  fence_operands(o_bt);
-  fence_operands(o_tt);
-  fence_operands(pa);
+  fence_operands(o, o_bt, o_tt, pa);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < N / 16; ++kk) wgmma_rs<T, HD>(o, pa[kk], desc_mn_major<N, HD>(Ks, kk));
@@ -1317,10 +1245,7 @@ __global__ void __launch_bounds__(kThreads) wgmma_tile_check_kernel(const T* q, 
   for (int kk = 0; kk < N / 16; ++kk) wgmma_ss_tt<T, HD>(o_tt, desc_mn_major<N, M>(st_s, kk), desc_mn_major<N, HD>(Ks, kk));
   wgmma_commit();
   wgmma_wait<0>();
-  fence_operands(o);
-  fence_operands(o_bt);
-  fence_operands(o_tt);
-  fence_operands(pa);
+  fence_operands(o, o_bt, o_tt, pa);
 #pragma unroll
   for (int i = 0; i < HD / 2; ++i) {
     const int at = (row + ((i & 2) ? 8 : 0)) * HD + (i / 4) * 8 + 2 * t + (i & 1);
@@ -1366,14 +1291,12 @@ __global__ void __launch_bounds__(kThreads) wgmma_rs_scores_check_kernel(const T
   uint32_t qa[HD / 16][4];
   load_a_fragments<M, HD>(qa, smem, row, t);
   float s[N / 2];
-  fence_operands(qa);
-  fence_operands(s);
+  fence_operands(qa, s);
   wgmma_fence();
   product_rs<T, N, HD>(s, qa, smem_addr(smem) + tile_bytes<M, HD>());
   wgmma_commit();
   wgmma_wait<0>();
-  fence_operands(s);
-  fence_operands(qa);
+  fence_operands(s, qa);
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) s_rs_out[(row + ((i & 2) ? 8 : 0)) * N + (i / 4) * 8 + 2 * t + (i & 1)] = s[i];
 }

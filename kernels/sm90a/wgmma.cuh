@@ -61,6 +61,12 @@ __device__ __forceinline__ void fence_operands(uint32_t (&d)[N][4]) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(d[i][j])::"memory");
 }
+// Several operand arrays at once, in the order given.
+template <typename A, typename B, typename... Rest>
+__device__ __forceinline__ void fence_operands(A& a, B& b, Rest&... rest) {
+  fence_operands(a);
+  fence_operands(b, rest...);
+}
 
 // The accumulator operand lists of m64nNk16 (N / 2 floats per thread) for the N used here.
 #define LLM_WGMMA_D8 "{" "%0, %1, %2, %3, %4, %5, %6, %7" "}"
