@@ -330,18 +330,18 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
 }
 
 // LLM_CUDA_ATTENTION unset (or auto): per pass and head dim, the kernels measured fastest on an
-// H200 (docs/gpu-validation.md, runs 13-15: bench-cuda-attention under each choice). Forward: the
-// warp-specialised ping-pong at every head dim (1.41-1.85x the plain wgmma forward, run 14).
-// Backward: the fused five-product form at head dim 128 (run 15: +3% over the pipelined
-// seven-product form at 16k, equal at 4k), the pipelined seven-product one below it (where the
-// fused form's atomics cost more than they save: 0.80-0.92x); under LLM_CUDA_DETERMINISTIC=1 the
-// seven-product form there too. Off compute capability 9.0 the wgmma kernels do not run: tc,
-// without atomics.
+// H100 (docs/gpu-validation.md, run 16: bench-cuda-attention under each choice, hd 48-128 at 4k and
+// 16k). Forward: the warp-specialised ping-pong, with three consumer warpgroups (192 query rows) at
+// head dim <= 64 (wgmma-ws3: 1.00-1.05x the two-consumer one there; above hd 64 it is the
+// two-consumer kernel). Backward: the warp-specialised fused five-product form at every head dim
+// (wgmma-ws-atomic: 1.04-1.36x the best other backward in run 16); under LLM_CUDA_DETERMINISTIC=1
+// the pipelined seven-product form, which adds no atomics. Off compute capability 9.0 the wgmma
+// kernels do not run: tc, without atomics.
 AttentionKernels automatic_kernels(int hd, bool backward) {
+  (void)hd;
   if (wgmma_unavailable()) return AttentionKernels::tc;
-  if (backward)
-    return hd == 128 && !deterministic_kernels() ? AttentionKernels::wgmma_atomic : AttentionKernels::wgmma;
-  return AttentionKernels::wgmma_ws_pp;
+  if (backward) return deterministic_kernels() ? AttentionKernels::wgmma : AttentionKernels::wgmma_ws_atomic;
+  return AttentionKernels::wgmma_ws3;
 }
 
 

@@ -154,8 +154,9 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
                           int64_t C, int64_t maxT, int64_t past, int NH, cudaStream_t stream);
 
 // Which attention kernels run for bf16/f16, from LLM_CUDA_ATTENTION (read once):
-//   auto (default) per pass and head dim, the choice measured fastest on an H200
-//                 (attention.cu: automatic_kernels; wgmma on sm_90 but for hd 48's forward);
+//   auto (default) per pass and head dim, the choice measured fastest on an H100 (run 16;
+//                 attention.cu: automatic_kernels): wgmma-ws3's forward and wgmma-ws-atomic's
+//                 backward on sm_90 (wgmma's backward under LLM_CUDA_DETERMINISTIC=1), tc elsewhere;
 //   tc            tensor cores, K/V (Q/dO) tiles double-buffered with cp.async, 4 warps per block;
 //   tc-m32        tc with 32 query rows per warp in the forward (FlashAttention-2's shape, hd <= 128);
 //   tc-atomic     tc with dQ fused into the dK/dV kernel through fp32 atomics (FlashAttention-2's
@@ -167,15 +168,15 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //                 overlap (FlashAttention-3's structure);
 //   wgmma-ws-pp   wgmma-ws with the consumer warpgroups in ping-pong;
 //   wgmma-ws3     wgmma-ws-pp with three consumer warpgroups (192 query rows per block) at head
-//                 dims up to 96 (FlashAttention-3's tile there); not yet run on a GPU;
+//                 dims up to 64 (FlashAttention-3's tile there), two consumers above;
 //   wgmma-atomic  wgmma with the backward's dQ fused into the dK/dV kernel through fp32 atomics
 //                 (tc-atomic where wgmma does not run);
 //   wgmma-rs      wgmma with the backward's score products taking their per-block operand from
 //                 registers: Q and dO in the dQ kernel (head dims up to 96), K and V in the dK/dV
-//                 kernel (up to 80); not yet run on a GPU;
+//                 kernel (up to 80);
 //   wgmma-ws-atomic the forward of wgmma-ws-pp, the backward of wgmma-atomic warp-specialised (a
 //                 TMA producer warpgroup, two consumers: FlashAttention-3's structure, and its
-//                 128-query tiles at head dims up to 64); not yet run on a GPU;
+//                 128-query tiles at head dims up to 64);
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
 enum class AttentionKernels {
@@ -187,8 +188,8 @@ AttentionKernels attention_kernels();
 // the fp32 kernels never do): tc-atomic, wgmma-atomic, wgmma-ws-atomic.
 bool adds_with_atomics(AttentionKernels k);
 // LLM_CUDA_DETERMINISTIC=1: results bit-reproducible from run to run: `auto` never picks an
-// attention backward that adds with atomics (tc-atomic, wgmma-atomic; at head dim 128 it takes the
-// seven-product wgmma form, ~3% slower there in run 15), and naming one in LLM_CUDA_ATTENTION is
+// attention backward that adds with atomics (tc-atomic, wgmma-atomic, wgmma-ws-atomic; it takes
+// the seven-product wgmma form, 0.74-0.97x wgmma-ws-atomic in run 16), and naming one in LLM_CUDA_ATTENTION is
 // an error naming both variables. 0 or unset: `auto` takes the fastest measured. Anything else is
 // an error.
 bool deterministic_kernels();

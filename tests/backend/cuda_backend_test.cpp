@@ -138,13 +138,21 @@ TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
                     return llm::kernels::deterministic_kernels();
                   }),
               ::testing::ExitedWithCode(0), "");
-  // Without it, auto's backward at head dim 128 is the fused atomic form where wgmma runs (an
-  // sm_90 device and the sm_90a build), tc elsewhere.
+  // Without it, auto's backward at every head dim is the warp-specialised fused atomic form and its
+  // forward the three-consumer ws-pp (run 16) where wgmma runs (an sm_90 device and the sm_90a
+  // build), tc elsewhere.
   EXPECT_EXIT(run("0", nullptr,
                   [&] {
-                    const AttentionKernels k = llm::kernels::attention_kernels_for(128, true);
-                    return !llm::kernels::deterministic_kernels() &&
-                           k == (llm::kernels::wgmma_unavailable() ? AttentionKernels::tc : AttentionKernels::wgmma_atomic);
+                    const bool off = llm::kernels::wgmma_unavailable();
+                    for (int hd : {48, 64, 80, 96, 128}) {
+                      if (llm::kernels::attention_kernels_for(hd, true) !=
+                          (off ? AttentionKernels::tc : AttentionKernels::wgmma_ws_atomic))
+                        return false;
+                      if (llm::kernels::attention_kernels_for(hd, false) !=
+                          (off ? AttentionKernels::tc : AttentionKernels::wgmma_ws3))
+                        return false;
+                    }
+                    return !llm::kernels::deterministic_kernels();
                   }),
               ::testing::ExitedWithCode(0), "");
   // Naming an atomic kernel under it is an error naming both variables.
