@@ -15,6 +15,7 @@
 // gradients (LLM_CUDA_ATTENTION=tc-atomic fuses dQ into the dK/dV kernel with atomics instead:
 // see the kernel). D = rowsum(dO * O) is computed first by attention.cu (scratch).
 #include "attention.cuh"
+#include "block_order.h"
 #include "backend/cuda/cuda_check.h"
 #include "common.cuh"
 #include "kernels.h"
@@ -52,8 +53,10 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4, lm = lane / 8, lr = lane % 8;
-  const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t j0 = int64_t(blockIdx.x) * BC;
+  // Heaviest blocks first (block_order.h); Q and dO re-read, and the fp32 dQ sums when fused.
+  const BlockTask task = block_task(a.T * HD * (kDQ ? 8 : 4), a.launch_order);
+  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const int64_t j0 = int64_t(task.rank) * BC;
   const BackwardHead<T, HD> head(a, b, h);
   const int64_t T_ = head.len, C = head.C, ld = head.ld;
   const T *qkv = head.qkv, *dout = head.dout;
@@ -217,7 +220,8 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
       }
     }
   }
-  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
+  const BlockTask done = block_task(a.T * HD * (kDQ ? 8 : 4), a.launch_order);  // again, not kept live (block_order.h)
+  T* dqkv = static_cast<T*>(a.dqkv) + (done.head / unsigned(a.NH)) * T_ * ld + int64_t(done.head % unsigned(a.NH)) * HD;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t key = key0 + half * 8;
@@ -242,8 +246,9 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4, lm = lane / 8, lr = lane % 8;
-  const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BR;
+  const BlockTask task = block_task(a.T * HD * 4, a.launch_order);  // heaviest blocks first (block_order.h); K and V re-read
+  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const int64_t i0 = int64_t(gridDim.x - 1 - task.rank) * BR;
   const BackwardHead<T, HD> head(a, b, h);
   const int64_t T_ = head.len, C = head.C, ld = head.ld;
   const T *qkv = head.qkv, *dout = head.dout;
@@ -330,7 +335,8 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
       }
     }
   }
-  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
+  const BlockTask done = block_task(a.T * HD * 4, a.launch_order);  // again, not kept live (block_order.h)
+  T* dqkv = static_cast<T*>(a.dqkv) + (done.head / unsigned(a.NH)) * T_ * ld + int64_t(done.head % unsigned(a.NH)) * HD;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t row = row0 + half * 8;

@@ -107,6 +107,7 @@ struct AttentionForwardArgs {
   int64_t out_batch_stride = 0, out_row_stride = 0;
   int B = 0, NH = 0, hd = 0;
   int64_t Tq = 0, q_pos0 = 0;
+  bool launch_order = false;  // set by attention_forward from LLM_CUDA_BLOCK_ORDER (block_order.h)
 };
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
 // The arguments of self-attention over qkv[B, T, 3C] (q | k | v per token, elem_size bytes per
@@ -141,6 +142,7 @@ struct AttentionBackwardArgs {
   float* dq_accum = nullptr;  // set by attention_backward from the scratch (tc-atomic, wgmma-atomic)
   int B = 0, NH = 0, hd = 0;
   int64_t T = 0;
+  bool launch_order = false;  // set by attention_backward from LLM_CUDA_BLOCK_ORDER (block_order.h)
 };
 void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
 // Floats of scratch attention_backward needs: B*NH*T (D), plus B*T*C (the fp32 dQ accumulator)
@@ -193,6 +195,11 @@ bool adds_with_atomics(AttentionKernels k);
 // an error naming both variables. 0 or unset: `auto` takes the fastest measured. Anything else is
 // an error.
 bool deterministic_kernels();
+// LLM_CUDA_BLOCK_ORDER: the order in which the tensor-core attention kernels' blocks take their
+// work (kernels/block_order.h). heaviest (default, or unset): longest first across groups of heads
+// that fit in L2; launch: head by head, each head's blocks heaviest first (the order before run 18;
+// triage and A/B). Anything else is an error naming the variable.
+bool launch_block_order();
 // The kernels attention uses for this head dim and pass: LLM_CUDA_ATTENTION's choice, or auto's
 // pick (which depends on the device: tc off compute capability 9.0).
 AttentionKernels attention_kernels_for(int hd, bool backward);

@@ -38,8 +38,10 @@
 
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "attention.cuh"
+#include "block_order.h"
 #include "backend/cuda/cuda_check.h"
 #include "common.cuh"
 #include "kernels.h"
@@ -231,9 +233,10 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BR;  // heaviest blocks first
   const int64_t Tk = a.q_pos0 + a.Tq;
+  const BlockTask task = block_task(Tk * HD * 4, a.launch_order);  // heaviest blocks first; K and V re-read
+  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const int64_t i0 = int64_t(gridDim.x - 1 - task.rank) * BR;
   const T* q = static_cast<const T*>(a.q) + b * a.q_batch_stride + int64_t(h) * HD;
   const T* k = static_cast<const T*>(a.k) + b * a.kv_batch_stride + int64_t(h) * HD;
   const T* v = static_cast<const T*>(a.v) + b * a.kv_batch_stride + int64_t(h) * HD;
@@ -341,9 +344,10 @@ __global__ void __launch_bounds__(128 * (1 + kConsumers), 1)
   const auto v_tile = [smem_s](int st) { return smem_s + uint32_t(QBYTES + (2 + st) * KVBYTES); };
 
   const int wg = threadIdx.x / 128;
-  const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BR;  // heaviest blocks first
   const int64_t Tk = a.q_pos0 + a.Tq;
+  const BlockTask task = block_task(Tk * HD * 4, a.launch_order);  // heaviest blocks first; K and V re-read
+  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const int64_t i0 = int64_t(gridDim.x - 1 - task.rank) * BR;
   const int64_t key_end = min(a.q_pos0 + min(i0 + BR, a.Tq), Tk);
   const int tiles = int((key_end + BC - 1) / BC);
 
@@ -502,8 +506,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * BR;
+  const BlockTask task = block_task(a.T * HD * 4, a.launch_order);  // heaviest blocks first; K and V re-read
+  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const int64_t i0 = int64_t(gridDim.x - 1 - task.rank) * BR;
   const BackwardHead<T, HD> head(a, b, h);
   const int64_t T_ = head.len, C = head.C, ld = head.ld;
   const T *qkv = head.qkv, *dout = head.dout;
@@ -624,7 +629,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
       fence_operands(dq, sa);
     }
   }
-  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
+  const BlockTask done = block_task(a.T * HD * 4, a.launch_order);  // again, not kept live (block_order.h)
+  T* dqkv = static_cast<T*>(a.dqkv) + (done.head / unsigned(a.NH)) * T_ * ld + int64_t(done.head % unsigned(a.NH)) * HD;
   store_rows<T, HD>(dqkv, ld, row0, T_, dq, scale, scale);
 }
 
@@ -827,8 +833,26 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t j0 = int64_t(blockIdx.x) * BC;
+  // Heaviest blocks first; Q and dO re-read, and the fp32 dQ sums when fused.
+  // Heaviest blocks first (block_order.h), but at hd 96 in the pipelined seven-product form: at 255
+  // registers it has none to spare for the task and spills 4 bytes with it (the launch order,
+  // head by head, there).
+  constexpr bool kReorder = !(HD == 96 && kPipelined && !kFusedDQ);
+  const int64_t order_bytes = a.T * HD * (kFusedDQ ? 8 : 4);
+  const BlockTask task = block_task_if<kReorder>(order_bytes, a.launch_order);
+  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  // The block's first key, and the keys derived from it, re-read from shared memory where used
+  // instead of kept in registers through the loop (blockIdx was rematerialised for free: the
+  // pipelined forms spill otherwise).
+  __shared__ BlockTask shared_task;
+  if constexpr (kReorder) {
+    if (threadIdx.x == 0) shared_task = task;
+    __syncthreads();
+  }
+  const auto j0 = [&] {
+    if constexpr (kReorder) return int64_t(reread(shared_task).rank) * BC;
+    else return int64_t(blockIdx.x) * BC;
+  };
   const BackwardHead<T, HD> head(a, b, h);
   const int64_t T_ = head.len, C = head.C, ld = head.ld;
   const T *qkv = head.qkv, *dout = head.dout;
@@ -838,7 +862,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
   auto load_q_tile = [&](int64_t it) {
     unsigned char* Qs = smem + 2 * KBYTES + stage(it) * 2 * QBYTES;
     float* Ls = stats + stage(it) * 2 * BR;
-    const int64_t i0 = j0 + it * BR;
+    const int64_t i0 = j0() + it * BR;
     load_swizzled<T, BR, HD>(Qs, qkv + i0 * ld, ld, T_ - i0);
     load_swizzled<T, BR, HD>(Qs + QBYTES, dout + i0 * C, C, T_ - i0);
     if (threadIdx.x < BR) {
@@ -848,17 +872,17 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
       cp_async_4(Ls + BR + threadIdx.x, Dg + r, in);
     }
   };
-  load_swizzled<T, BC, HD>(smem, qkv + j0 * ld + C, ld, T_ - j0);
-  load_swizzled<T, BC, HD>(smem + KBYTES, qkv + j0 * ld + 2 * C, ld, T_ - j0);
+  load_swizzled<T, BC, HD>(smem, qkv + j0() * ld + C, ld, T_ - j0());
+  load_swizzled<T, BC, HD>(smem + KBYTES, qkv + j0() * ld + 2 * C, ld, T_ - j0());
   load_q_tile(0);
   cp_async_commit();
-  const int64_t tiles = (T_ - j0 + BR - 1) / BR;
+  const int tiles = int((T_ - j0() + BR - 1) / BR);
 
   float dk[HD / 2], dv[HD / 2];
   zero(dk);
   zero(dv);
-  const int64_t wg_first_key = j0 + wg * 64;
-  const int64_t key0 = wg_first_key + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
+  const auto wg_first_key = [&] { return j0() + wg * 64; };
+  const auto key0 = [&] { return wg_first_key() + warp * 16 + g; };  // this lane's keys: key0 and key0 + 8
   const int score_row = wg * 64 + warp * 16 + g;      // and their rows in the block's score tiles
   // The fused form's dQ rows: the tile's queries 16 warp + g (+ 8), from column 2t of the slice.
   const int64_t dq_row0 = warp * 16 + g;
@@ -884,10 +908,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
       issue_dp(it);
     };
     const auto probabilities = [&](int64_t it) {  // S^T has landed: st = P^T
-      const int64_t i0 = j0 + it * BR;
+      const int64_t i0 = j0() + it * BR;
       const float* Ls = stats + stage(it) * 2 * BR;
-      if (wg_first_key + 63 > i0 || i0 + BR > T_ || wg_first_key + 63 >= T_)
-        mask_outside(st, t, queries_visible(key0, i0, T_, BR), queries_visible(key0 + 8, i0, T_, BR));
+      if (wg_first_key() + 63 > i0 || i0 + BR > T_ || wg_first_key() + 63 >= T_)
+        mask_outside(st, t, queries_visible(key0(), i0, T_, BR), queries_visible(key0() + 8, i0, T_, BR));
 #pragma unroll
       for (int i = 0; i < BR / 2; ++i) st[i] = exp2f(fmaf(st[i], scale_log2, -Ls[fragment_column(i, t)] * kLog2e));
     };
@@ -939,7 +963,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
           wgmma_commit();
         };
         const auto add_dq = [&](int64_t it) {
-          const int64_t i0 = j0 + it * BR;
+          const int64_t i0 = j0() + it * BR;
           add_dq_rows<DQN>(dq_lane + i0 * C + col0, C, i0 + dq_row0, T_, dq);
         };
         store_score_rows<T>(dst_tile(0), score_row, t, dpt);
@@ -1025,21 +1049,22 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
       const int col0 = wg == 0 ? 0 : dq_split_cols(HD, 0);
       for (int64_t it = 0; it < tiles; ++it) {
         next_tile<true>(it, tiles, load_q_tile);
-        const int64_t i0 = j0 + it * BR;
+        const int64_t i0 = j0() + it * BR;
         const uint32_t Qs = smem_s + 2 * KBYTES + uint32_t(it & 1) * 2 * QBYTES;
         const float* Ls = stats + (it & 1) * 2 * BR;
         // (One dS^T tile: its next store follows the next tile's barrier, which every warp
         // reaches only after its dQ product has finished.)
         const FusedTile f{smem_s, smem_s + KBYTES, Qs, Qs + QBYTES, Ls, Ls + BR, score_tiles,
                           smem_s + column_offset<BC, HD>(col0), dq_lane + i0 * C + col0, wg * 64, score_row, t,
-                          i0, wg_first_key, key0, T_, C, i0 + dq_row0, scale_log2};
+                          i0, wg_first_key(), key0(), T_, C, i0 + dq_row0, scale_log2};
         fused_tile<T, HD, DQN>(dk, dv, f, [] { __syncthreads(); }, [] {});
       }
     });
   }
-  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * ld + int64_t(h) * HD;
-  store_rows<T, HD>(dqkv + C, ld, key0, T_, dk, scale, scale);
-  store_rows<T, HD>(dqkv + 2 * C, ld, key0, T_, dv, 1.0f, 1.0f);
+  const BlockTask done = kReorder ? reread(shared_task) : block_task_if<false>(0, false);
+  T* dqkv = static_cast<T*>(a.dqkv) + (done.head / unsigned(a.NH)) * T_ * ld + int64_t(done.head % unsigned(a.NH)) * HD;
+  store_rows<T, HD>(dqkv + C, ld, key0(), T_, dk, scale, scale);
+  store_rows<T, HD>(dqkv + 2 * C, ld, key0(), T_, dv, 1.0f, 1.0f);
 }
 
 // ---- backward, warp-specialised (LLM_CUDA_ATTENTION=wgmma-ws-atomic) ---------------------------
@@ -1084,6 +1109,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // Barriers: K and V full; Q/dO full and empty for stages 0 and 1.
   __shared__ __align__(8) uint64_t bars[5];
+  // The block's task (block_order.h), which the consumers re-read per tile and in the epilogue
+  // instead of keeping it and the keys derived from it in registers (blockIdx was rematerialised
+  // for free).
+  __shared__ BlockTask shared_task;
   unsigned char* const smem = align_1024(smem_raw);  // [K][V][2 stages][Q | dO][2 stages][lse | D][2 x dS^T]
   const uint32_t smem_s = smem_addr(smem), bar = smem_addr(bars);
   float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 2 * WsRing::kStages * QBYTES);
@@ -1094,13 +1123,15 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const auto q_tile = [smem_s](int st) { return smem_s + uint32_t(2 * KBYTES + st * 2 * QBYTES); };
 
   const int wg = threadIdx.x / 128;
-  const int b = blockIdx.z, h = blockIdx.y;
-  const int64_t j0 = int64_t(blockIdx.x) * BC;
+  const BlockTask task = block_task(a.T * HD * 8, a.launch_order);  // heaviest blocks first; Q, dO and the dQ sums re-read
+  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const int64_t j0 = int64_t(task.rank) * BC;
   const BackwardHead<T, HD> head(a, b, h);
   const int64_t T_ = head.len, C = head.C;
   const int tiles = int((T_ - j0 + BR - 1) / BR);
 
   if (threadIdx.x == 0) {
+    shared_task = task;
     mbarrier_init(kv_full, 1);
     for (int st = 0; st < WsRing::kStages; ++st) {
       mbarrier_init(q_full(st), 1 + 32);  // the TMA thread's expect_tx, then the 32 lanes' lse/D stores
@@ -1150,7 +1181,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   setmaxnreg_inc<240>();
   const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int64_t first_key = j0 + cw * 64, key0 = first_key + warp * 16 + g;
+  // This warpgroup's first key and the lane's key (row g of its warp's 16), from a fresh read.
+  const auto keys = [&] {
+    const int64_t first = int64_t(reread(shared_task).rank) * BC + cw * 64;
+    return std::pair<int64_t, int64_t>{first, first + warp * 16 + g};
+  };
   const int score_row = cw * 64 + warp * 16 + g;
   // dQ's rows: the tile's queries 16 warp + g (+ 8) (BR 64), or this warpgroup's 64 of them (128).
   const int dq_row0 = (BR == 128 ? cw * 64 : 0) + warp * 16 + g;
@@ -1165,8 +1200,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     const int col0 = BR == 128 || cw == 0 ? 0 : dq_split_cols(HD, 0);
     for (int it = 0; it < tiles; ++it) {
       const int st = WsRing::stage(it);
-      const int64_t i0 = j0 + int64_t(it) * BR;
       mbarrier_wait(q_full(st), WsRing::full_parity(it));
+      const auto [first_key, key0] = keys();
+      const int64_t i0 = first_key - cw * 64 + int64_t(it) * BR;
       const float* Ls = stats + st * 2 * BR;
       const FusedTile f{smem_s, smem_s + KBYTES, q_tile(st), q_tile(st) + QBYTES, Ls, Ls + BR,
                         score_tiles + ScoreTilePair::buffer(it) * SBYTES, smem_s + column_offset<BC, HD>(col0),
@@ -1177,7 +1213,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   };
   if constexpr (BR == 128) run(std::integral_constant<int, HD>{});
   else with_dq_slice<HD>(cw, run);
-  T* dqkv = static_cast<T*>(a.dqkv) + b * T_ * head.ld + int64_t(h) * HD;
+  const BlockTask done = reread(shared_task);
+  T* dqkv = static_cast<T*>(a.dqkv) + (done.head / unsigned(a.NH)) * T_ * head.ld + int64_t(done.head % unsigned(a.NH)) * HD;
+  const int64_t key0 = keys().second;
   store_rows<T, HD>(dqkv + C, head.ld, key0, T_, dk, scale, scale);
   store_rows<T, HD>(dqkv + 2 * C, head.ld, key0, T_, dv, 1.0f, 1.0f);
 }

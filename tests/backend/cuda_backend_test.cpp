@@ -462,6 +462,72 @@ TEST(CudaBackend, WgmmaThreeConsumerForwardEqualsThePlainOne) {
   check_forward_forms_equal_the_plain_one(be, {{llm::kernels::WgmmaForward::warp_specialized_3, "wgmma-ws3"}});
 }
 
+// kernels/block_order.h: the order in which the tensor-core kernels' blocks take their work
+// changes which block runs when, not what a block computes. At sequences long enough for several
+// groups of heads (uneven ones: 16384 tokens at hd 128 put 16 MiB per head into the fused
+// backward's L2 share of 32, so 5 heads go 1 + 2 + 2), the default order gives the launch order's
+// out and lse bit for bit, dK and dV bit for bit, and dQ bit for bit unless auto's backward adds it
+// with atomics (then to its rounding); and D (attention.cu's packed rowdot) matches rowsum(dout *
+// out) in float64.
+TEST(CudaBackend, AttentionBlockOrderChangesNoResult) {
+  REQUIRE_CUDA(be);
+  const DType t = DType::bf16;
+  struct Shape {
+    int B, NH, hd;
+    int64_t T;
+  };
+  for (const Shape& sh : {Shape{1, 5, 128, 16384}, Shape{2, 3, 64, 16384}, Shape{2, 3, 96, 4096}}) {
+    SCOPED_TRACE("B=" + std::to_string(sh.B) + " NH=" + std::to_string(sh.NH) + " hd=" + std::to_string(sh.hd) +
+                 " T=" + std::to_string(sh.T));
+    const int B = sh.B, NH = sh.NH, hd = sh.hd, T = int(sh.T), C = NH * hd;
+    bt::Rng rng(610 + hd);
+    const Vec qkv = bt::rounded_to(rng.normal(size_t(B) * T * 3 * C), t);
+    const Vec dout = bt::rounded_to(rng.normal(size_t(B) * T * C), t);
+    Tensor gq = be->upload(bt::host_low({B, T, 3 * C}, qkv, t)), gdo = be->upload(bt::host_low({B, T, C}, dout, t));
+    Tensor go = be->empty({B, T, C}, t), gl = be->empty({B, NH, T}), gd = be->empty({B, T, 3 * C}, t);
+    Tensor scratch = be->empty({int(llm::kernels::attention_backward_scratch(t, B, NH, hd, T))});
+    const auto run = [&](bool launch_order) {
+      llm::kernels::AttentionForwardArgs fa =
+          llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd);
+      fa.launch_order = launch_order;
+      llm::kernels::attention_forward(t, fa, be->stream());
+      llm::kernels::AttentionBackwardArgs ba;
+      ba.qkv = gq.raw(), ba.dqkv = gd.raw(), ba.out = go.raw(), ba.dout = gdo.raw();
+      ba.lse = gl.data<float>(), ba.scratch = scratch.data<float>();
+      ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T, ba.launch_order = launch_order;
+      llm::kernels::attention_backward(t, ba, be->stream());
+      be->synchronize();
+      struct Out {
+        Vec out, lse, dqkv, D;
+      };
+      const Vec all = bt::to_vec(be->download(scratch));
+      return Out{bt::low_to_vec(be->download(go)), bt::to_vec(be->download(gl)), bt::low_to_vec(be->download(gd)),
+                 Vec(all.begin(), all.begin() + size_t(B) * NH * T)};
+    };
+    const auto launch = run(true), heaviest = run(false);
+    EXPECT_TRUE(bt::all_equal("out", heaviest.out, launch.out));
+    EXPECT_TRUE(bt::all_equal("lse", heaviest.lse, launch.lse));
+    const size_t rows = size_t(B) * T;
+    const Vec dq = bt::columns(heaviest.dqkv, rows, 3 * C, 0, C), dq_launch = bt::columns(launch.dqkv, rows, 3 * C, 0, C);
+    EXPECT_TRUE(bt::all_equal("dK, dV", bt::columns(heaviest.dqkv, rows, 3 * C, C, 2 * C),
+                              bt::columns(launch.dqkv, rows, 3 * C, C, 2 * C)));
+    if (llm::kernels::adds_with_atomics(llm::kernels::attention_kernels_for(hd, true)))
+      EXPECT_TRUE(bt::all_close("dQ (atomic adds)", dq, dq_launch, Tol{2 * bt::unit(t), 1e-3 * bt::max_abs(dq_launch)}));
+    else
+      EXPECT_TRUE(bt::all_equal("dQ", dq, dq_launch));
+    // D = rowsum(dout * out) per (b, h, t) in float64, from the kernels' own (rounded) out.
+    Vec D(size_t(B) * NH * T, 0.0);
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < T; ++i)
+        for (int h = 0; h < NH; ++h)
+          for (int e = 0; e < hd; ++e) {
+            const size_t at = (size_t(b) * T + i) * C + size_t(h) * hd + e;
+            D[(size_t(b) * NH + h) * T + i] += dout[at] * heaviest.out[at];
+          }
+    EXPECT_TRUE(bt::all_close("D", heaviest.D, D, Tol{1e-5, 1e-4 * bt::max_abs(D)}));
+  }
+}
+
 TEST(CudaBackend, ReductionsAreDeterministic) {
   REQUIRE_CUDA(be);
   Fixture f{*be};

@@ -9,7 +9,8 @@
 #   ATTENTION_VARIANTS="tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-ws3 wgmma-atomic wgmma-rs wgmma-ws-atomic tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
 #   benchmark and training step also run, next to the default kernels), TRAIN_STEP_VARIANTS (the
 #   choices the training step runs under beside the default; all of ATTENTION_VARIANTS unless
-#   set, "" for none), BIAS_GRAD_EPILOGUE=1 (the
+#   set, "" for none), TEST_VARIANTS (choices whose attention tests run, without benchmarks),
+#   BIAS_GRAD_EPILOGUE=1 (the
 #   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
 #   BENCHES="gemm attention torch train-step longseq sweep" (which benchmarks run; QUICK=1 drops
 #   the sweep; "profile" adds Nsight Compute on the attention kernels of
@@ -17,13 +18,17 @@
 #   benchmarks' flags, ours for every kernel choice and PyTorch's, e.g. "--head-dims 48,80,96
 #   --seqs 4096,16384"), TESTS=0 (skip the correctness steps: a rerun of benchmarks on a bundle
 #   already validated), SWEEP_MODELS="GPT1_3B:50304 GPT1_5B:0" (model:vocab, 0 the mock default),
-#   SWEEP_MBS=1,2,4,8,16 (the sweep's micro-batches)
+#   SWEEP_MBS=1,2,4,8,16 (the sweep's micro-batches), ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch"
+#   (environment assignments the attention benchmark and the training step also run under, one at
+#   a time: an A/B of a switch; their files are named without LLM_CUDA_, e.g.
+#   bench_attention_block-order-launch.txt)
 set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$src/gpu-report}"
 build="${2:-$src/build-gpu}"
 mkdir -p "$out"
 log() { echo "== $*" | tee -a "$out/summary.txt"; }
+env_name() { echo "$1" | sed 's/^LLM_CUDA_//; s/[^A-Za-z0-9]\+/-/g' | tr 'A-Z' 'a-z'; }  # ENV_VARIANTS' file names
 lim() { timeout -k 5 "$(awk -v s="$1" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}')" "${@:2}"; }  # lim SECONDS cmd...
 : > "$out/summary.txt"
 log "commit ${COMMIT:-$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?')} $(date -u +%FT%TZ)"
@@ -41,6 +46,7 @@ fi
 
 # The kernel choices beside the default, for the attention tests and the benchmarks (also with TESTS=0).
 variants=(${ATTENTION_VARIANTS-tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-ws3 wgmma-atomic wgmma-rs wgmma-ws-atomic tc-atomic tc-m32})
+tested=(${TEST_VARIANTS:-})  # choices whose attention tests run, not benchmarked
 if [[ "${TESTS:-1}" = 0 ]]; then
   log "TESTS=0: correctness steps skipped"
 else
@@ -73,7 +79,7 @@ done
 # The NCCL communicator on this machine's GPUs: one process (an MPI singleton, isolated: no
 # mpirun or orted needed) always; every GPU under mpirun when there are several and mpirun exists.
 (cd "$build" && OMPI_MCA_ess_singleton_isolated=1 lim 60 ./tests/nccl-communicator-check > "$out/nccl_np1.log" 2>&1; echo $? > "$out/rc_nccl_np1") &
-for var in simt "${variants[@]}"; do
+for var in simt "${variants[@]}" "${tested[@]}"; do
   (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
 done
 if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
@@ -113,7 +119,7 @@ if [[ "$gpus" -ge 2 ]] && command -v mpirun > /dev/null; then
   (cd "$build" && OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 lim 90 mpirun -np "$gpus" ./tests/nccl-communicator-check > "$out/nccl_np$gpus.log" 2>&1)
   log "NCCL communicator, $gpus ranks, exit $?: $(grep -E 'NCCL communicator|FAILED|skipped' "$out/nccl_np$gpus.log" | head -3 | tr '\n' ' ')"
 fi
-for var in simt "${variants[@]}"; do
+for var in simt "${variants[@]}" "${tested[@]}"; do
   log "attention tests with LLM_CUDA_ATTENTION=$var exit $(cat "$out/rc_attention_$var"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/attention_$var.log" | tr '\n' ' ')"
 done
 if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
@@ -164,6 +170,10 @@ if [[ "$benches" = *" attention "* ]]; then
   for var in "${variants[@]}"; do
     (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-attention ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention_$var.txt" 2>&1); log "attention ($var) exit $?"
   done
+  for assignment in ${ENV_VARIANTS:-}; do
+    (cd "$build" && export "$assignment" && lim 60 ./tests/bench-cuda-attention ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention_$(env_name "$assignment").txt" 2>&1)
+    log "attention ($assignment) exit $?"
+  done
 fi
 if [[ "$benches" = *" torch "* ]]; then
   if python3 -c "import torch" 2> /dev/null; then
@@ -181,6 +191,10 @@ if [[ "$benches" = *" train-step "* ]]; then
   for var in ${TRAIN_STEP_VARIANTS-${variants[@]}}; do
     (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_$var.txt" 2>&1)
     log "train step ($var) exit $?: $(grep -E '^step' "$out/bench_train_step_$var.txt")"
+  done
+  for assignment in ${ENV_VARIANTS:-}; do
+    (cd "$build" && export "$assignment" && lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_$(env_name "$assignment").txt" 2>&1)
+    log "train step ($assignment) exit $?: $(grep -E '^step' "$out/bench_train_step_$(env_name "$assignment").txt")"
   done
   if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
     (cd "$build" && LLM_CUDA_BIAS_GRAD=epilogue lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_bias_epilogue.txt" 2>&1)
