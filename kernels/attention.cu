@@ -495,13 +495,21 @@ bool deterministic_kernels() {
   return v;
 }
 
-bool launch_block_order() {
-  static const bool v = [] {
+int block_order_setting() {
+  static const int v = [] {
     const char* e = std::getenv("LLM_CUDA_BLOCK_ORDER");
     const std::string s = e ? e : "";
-    if (s.empty() || s == "heaviest") return false;
-    if (s == "launch") return true;
-    LLM_FAIL("LLM_CUDA_BLOCK_ORDER='", s, "': expected heaviest (longest work first across heads, the default) or launch");
+    if (s.empty() || s == "heaviest") return 0;
+    if (s == "launch") return -1;
+    if (s.rfind("heaviest:", 0) == 0) {
+      const std::string n = s.substr(9);
+      char* end = nullptr;
+      const long mib = n.empty() ? 0 : std::strtol(n.c_str(), &end, 10);
+      if (end && *end == '\0' && mib >= 1 && mib <= 1024) return static_cast<int>(mib);
+    }
+    LLM_FAIL("LLM_CUDA_BLOCK_ORDER='", s,
+             "': expected heaviest (longest work first across heads, the default), heaviest:N (N MiB of L2 per group of "
+             "heads, 1-1024) or launch");
   }();
   return v;
 }
@@ -540,7 +548,7 @@ void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stre
   LLM_CHECK(a.hd >= 1 && a.hd <= kMaxHeadDim, "attention_forward: head dim ", a.hd, " outside [1, ", kMaxHeadDim, "]");
   if (a.Tq == 0 || a.B == 0) return;
   AttentionForwardArgs tc = a;
-  tc.launch_order = a.launch_order || launch_block_order();
+  tc.block_order = a.block_order != 0 ? a.block_order : block_order_setting();
   if (forward_tensor_cores(t, tc, stream)) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
   const size_t smem = sizeof(float) * (kTile * a.hd * 2 + kTile * (a.hd + 1));
@@ -565,7 +573,7 @@ void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t st
     launch_rowdot<E>(a.scratch, static_cast<const E*>(a.out), static_cast<const E*>(a.dout), a.B, a.NH, a.hd, a.T,
                      stream);
     AttentionBackwardArgs tc = a;
-    tc.launch_order = a.launch_order || launch_block_order();
+    tc.block_order = a.block_order != 0 ? a.block_order : block_order_setting();
     if (atomic_dq(t, a.hd)) tc.dq_accum = a.scratch + dq_accum_offset(rows);
     if (backward_tensor_cores(t, tc, stream)) return;
     allow_smem(attention_backward_dkdv<E>, smem_kv);

@@ -35,12 +35,15 @@ struct BlockTask {
   uint32_t head = 0;  // b * NH + h
 };
 
-// The L2 share one group of heads may re-read (H100 and H200: 50 MB of L2).
-constexpr int64_t kBlockOrderL2Bytes = int64_t(32) << 20;
+// The L2 share one group of heads may re-read (H100 and H200: 50 MB of L2), by what the blocks
+// re-read: the backward's dK/dV blocks (Q, dO and the fp32 dQ sums) take 32 MiB; the forward and
+// dQ blocks (K and V: two products per tile read, against the backward's five) 16, which run 18
+// measured on an H100 (the forward at 32 MiB lost up to 5% at 4096 tokens).
+constexpr int kBackwardL2MiB = 32, kForwardL2MiB = 16;
 
-// Heads per group: as many as fit kBlockOrderL2Bytes at bytes_per_head, at least one.
-LLM_ORDER_HD int heads_per_group(int64_t bytes_per_head, int heads) {
-  const int64_t g = bytes_per_head > 0 ? kBlockOrderL2Bytes / bytes_per_head : heads;
+// Heads per group: as many as fit share_mib MiB at bytes_per_head, at least one.
+LLM_ORDER_HD int heads_per_group(int64_t bytes_per_head, int heads, int share_mib) {
+  const int64_t g = bytes_per_head > 0 ? (int64_t(share_mib) << 20) / bytes_per_head : heads;
   return g < 1 ? 1 : g > heads ? heads : static_cast<int>(g);
 }
 
@@ -70,12 +73,11 @@ LLM_ORDER_HD BlockTask heaviest_first(int64_t lin, int blocks_per_head, int head
 
 #ifdef __CUDACC__
 // This block's task in a (blocks per head, NH, B) grid; bytes_per_head as for heads_per_group.
+// order (the attention args' block_order, from LLM_CUDA_BLOCK_ORDER): 0 this kernel's share,
+// default_mib; N > 0 a share of N MiB; -1 the launch order, head by head (rank = blockIdx.x).
 // The grid registers are read with volatile moves, so a kernel may call this again where it needs
-// the task late (its epilogue) instead of keeping b and h in registers through its main loop: the
-// compiler rematerialised blockIdx for free before, and the register-bound kernels (the fused
-// warp-specialised backward at 240) spill otherwise.
-// launch_order (LLM_CUDA_BLOCK_ORDER=launch): head by head instead, rank = blockIdx.x.
-__device__ __forceinline__ BlockTask block_task(int64_t bytes_per_head, bool launch_order) {
+// the task late instead of keeping it in registers (see reread).
+__device__ __forceinline__ BlockTask block_task(int64_t bytes_per_head, int order, int default_mib) {
   unsigned x, y, z, nx, ny, nz;
   asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(x));
   asm volatile("mov.u32 %0, %%ctaid.y;" : "=r"(y));
@@ -83,10 +85,11 @@ __device__ __forceinline__ BlockTask block_task(int64_t bytes_per_head, bool lau
   asm volatile("mov.u32 %0, %%nctaid.x;" : "=r"(nx));
   asm volatile("mov.u32 %0, %%nctaid.y;" : "=r"(ny));
   asm volatile("mov.u32 %0, %%nctaid.z;" : "=r"(nz));
-  if (launch_order) return {x, z * ny + y};
+  if (order < 0) return {x, z * ny + y};
   const int heads = static_cast<int>(ny * nz);
   const int64_t lin = x + int64_t(nx) * (y + int64_t(ny) * z);
-  return heaviest_first(lin, static_cast<int>(nx), heads, heads_per_group(bytes_per_head, heads));
+  return heaviest_first(lin, static_cast<int>(nx), heads,
+                        heads_per_group(bytes_per_head, heads, order > 0 ? order : default_mib));
 }
 
 // A task kept in shared memory (written once, before the block's first barrier), re-read where a
@@ -101,8 +104,8 @@ __device__ __forceinline__ BlockTask reread(const BlockTask& shared) {
 // block_task where kReorder, else the launch order (head by head, rank = blockIdx.x): for a kernel
 // with no register to spare for the task (see attention_backward_dkdv_wgmma).
 template <bool kReorder>
-__device__ __forceinline__ BlockTask block_task_if(int64_t bytes_per_head, bool launch_order) {
-  if constexpr (kReorder) return block_task(bytes_per_head, launch_order);
+__device__ __forceinline__ BlockTask block_task_if(int64_t bytes_per_head, int order, int default_mib) {
+  if constexpr (kReorder) return block_task(bytes_per_head, order, default_mib);
   else return {blockIdx.x, blockIdx.z * gridDim.y + blockIdx.y};
 }
 #endif

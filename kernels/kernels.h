@@ -107,7 +107,7 @@ struct AttentionForwardArgs {
   int64_t out_batch_stride = 0, out_row_stride = 0;
   int B = 0, NH = 0, hd = 0;
   int64_t Tq = 0, q_pos0 = 0;
-  bool launch_order = false;  // set by attention_forward from LLM_CUDA_BLOCK_ORDER (block_order.h)
+  int block_order = 0;  // 0: LLM_CUDA_BLOCK_ORDER's (block_order_setting); else as it (block_order.h)
 };
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
 // The arguments of self-attention over qkv[B, T, 3C] (q | k | v per token, elem_size bytes per
@@ -142,7 +142,7 @@ struct AttentionBackwardArgs {
   float* dq_accum = nullptr;  // set by attention_backward from the scratch (tc-atomic, wgmma-atomic)
   int B = 0, NH = 0, hd = 0;
   int64_t T = 0;
-  bool launch_order = false;  // set by attention_backward from LLM_CUDA_BLOCK_ORDER (block_order.h)
+  int block_order = 0;  // 0: LLM_CUDA_BLOCK_ORDER's (block_order_setting); else as it (block_order.h)
 };
 void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
 // Floats of scratch attention_backward needs: B*NH*T (D), plus B*T*C (the fp32 dQ accumulator)
@@ -197,9 +197,10 @@ bool adds_with_atomics(AttentionKernels k);
 bool deterministic_kernels();
 // LLM_CUDA_BLOCK_ORDER: the order in which the tensor-core attention kernels' blocks take their
 // work (kernels/block_order.h). heaviest (default, or unset): longest first across groups of heads
-// that fit in L2; launch: head by head, each head's blocks heaviest first (the order before run 18;
-// triage and A/B). Anything else is an error naming the variable.
-bool launch_block_order();
+// that fit each kernel's share of L2 (0); heaviest:N the same with a share of N MiB (N, 1-1024);
+// launch: head by head, each head's blocks heaviest first (-1; the order before run 18: triage and
+// A/B). Anything else is an error naming the variable.
+int block_order_setting();
 // The kernels attention uses for this head dim and pass: LLM_CUDA_ATTENTION's choice, or auto's
 // pick (which depends on the device: tc off compute capability 9.0).
 AttentionKernels attention_kernels_for(int hd, bool backward);

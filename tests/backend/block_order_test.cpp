@@ -112,12 +112,15 @@ TEST(BlockOrder, EveryTaskIsHandedOutOnceAndEachGroupGoesLongestFirst) {
 }
 
 TEST(BlockOrder, GroupsHoldWhatFitsTheirL2Share) {
-  EXPECT_EQ(heads_per_group(kBlockOrderL2Bytes, 16), 1);
-  EXPECT_EQ(heads_per_group(kBlockOrderL2Bytes + 1, 16), 1);  // never zero
-  EXPECT_EQ(heads_per_group(kBlockOrderL2Bytes / 8, 16), 8);
-  EXPECT_EQ(heads_per_group(kBlockOrderL2Bytes / 8, 5), 5);  // never past the heads
-  EXPECT_EQ(heads_per_group(int64_t(16384) * 128 * 8, 16), 2);  // the fused backward, hd 128, 16k
-  EXPECT_EQ(heads_per_group(int64_t(4096) * 128 * 8, 64), 8);
+  constexpr int64_t MiB = int64_t(1) << 20;
+  EXPECT_EQ(heads_per_group(32 * MiB, 16, 32), 1);
+  EXPECT_EQ(heads_per_group(32 * MiB + 1, 16, 32), 1);  // never zero
+  EXPECT_EQ(heads_per_group(4 * MiB, 16, 32), 8);
+  EXPECT_EQ(heads_per_group(4 * MiB, 16, 16), 4);
+  EXPECT_EQ(heads_per_group(4 * MiB, 5, 32), 5);  // never past the heads
+  EXPECT_EQ(heads_per_group(int64_t(16384) * 128 * 8, 16, kBackwardL2MiB), 2);  // the fused backward, hd 128, 16k
+  EXPECT_EQ(heads_per_group(int64_t(4096) * 128 * 8, 64, kBackwardL2MiB), 8);
+  EXPECT_EQ(heads_per_group(int64_t(4096) * 80 * 4, 100, kForwardL2MiB), 12);  // the forward, hd 80, 4k
 }
 
 TEST(BlockOrder, TheMakespanModelIsNearTheIdealWhereHeadByHeadWasNot) {
@@ -125,8 +128,8 @@ TEST(BlockOrder, TheMakespanModelIsNearTheIdealWhereHeadByHeadWasNot) {
   for (const Shape& s : kShapes) {
     const int heads = (2048 / s.hd) * s.B;
     const auto bwd = backward_work(s), fwd = forward_work(s);
-    const int g_bwd = heads_per_group(int64_t(s.T) * s.hd * 8, heads);
-    const int g_fwd = heads_per_group(int64_t(s.T) * s.hd * 4, heads);
+    const int g_bwd = heads_per_group(int64_t(s.T) * s.hd * 8, heads, kBackwardL2MiB);
+    const int g_fwd = heads_per_group(int64_t(s.T) * s.hd * 4, heads, kForwardL2MiB);
     const double b = launch_ratio(bwd, heads, g_bwd), f = launch_ratio(fwd, heads, g_fwd);
     EXPECT_LT(b, 1.025) << "backward hd " << s.hd << " T " << s.T << " group " << g_bwd;
     EXPECT_LT(f, 1.025) << "forward hd " << s.hd << " T " << s.T << " group " << g_fwd;

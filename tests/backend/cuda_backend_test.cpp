@@ -486,15 +486,15 @@ TEST(CudaBackend, AttentionBlockOrderChangesNoResult) {
     Tensor gq = be->upload(bt::host_low({B, T, 3 * C}, qkv, t)), gdo = be->upload(bt::host_low({B, T, C}, dout, t));
     Tensor go = be->empty({B, T, C}, t), gl = be->empty({B, NH, T}), gd = be->empty({B, T, 3 * C}, t);
     Tensor scratch = be->empty({int(llm::kernels::attention_backward_scratch(t, B, NH, hd, T))});
-    const auto run = [&](bool launch_order) {
+    const auto run = [&](int block_order) {
       llm::kernels::AttentionForwardArgs fa =
           llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd);
-      fa.launch_order = launch_order;
+      fa.block_order = block_order;
       llm::kernels::attention_forward(t, fa, be->stream());
       llm::kernels::AttentionBackwardArgs ba;
       ba.qkv = gq.raw(), ba.dqkv = gd.raw(), ba.out = go.raw(), ba.dout = gdo.raw();
       ba.lse = gl.data<float>(), ba.scratch = scratch.data<float>();
-      ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T, ba.launch_order = launch_order;
+      ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T, ba.block_order = block_order;
       llm::kernels::attention_backward(t, ba, be->stream());
       be->synchronize();
       struct Out {
@@ -504,7 +504,7 @@ TEST(CudaBackend, AttentionBlockOrderChangesNoResult) {
       return Out{bt::low_to_vec(be->download(go)), bt::to_vec(be->download(gl)), bt::low_to_vec(be->download(gd)),
                  Vec(all.begin(), all.begin() + size_t(B) * NH * T)};
     };
-    const auto launch = run(true), heaviest = run(false);
+    const auto launch = run(-1), heaviest = run(0);
     EXPECT_TRUE(bt::all_equal("out", heaviest.out, launch.out));
     EXPECT_TRUE(bt::all_equal("lse", heaviest.lse, launch.lse));
     const size_t rows = size_t(B) * T;
