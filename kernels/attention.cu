@@ -391,7 +391,7 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
 // 16k). Forward: the warp-specialised ping-pong, with three consumer warpgroups (192 query rows) at
 // head dim <= 64 (wgmma-ws3: 1.00-1.05x the two-consumer one there; above hd 64 it is the
 // two-consumer kernel). Backward: the warp-specialised fused five-product form at every head dim
-// (wgmma-ws-atomic: 1.04-1.36x the best other backward in run 16); under LLM_CUDA_DETERMINISTIC=1
+// (wgmma-ws-atomic: 1.00-1.19x the best other backward in run 16); under LLM_CUDA_DETERMINISTIC=1
 // the pipelined seven-product form, which adds no atomics. Off compute capability 9.0 the wgmma
 // kernels do not run: tc, without atomics.
 AttentionKernels automatic_kernels(int hd, bool backward) {

@@ -191,7 +191,7 @@ AttentionKernels attention_kernels();
 bool adds_with_atomics(AttentionKernels k);
 // LLM_CUDA_DETERMINISTIC=1: results bit-reproducible from run to run: `auto` never picks an
 // attention backward that adds with atomics (tc-atomic, wgmma-atomic, wgmma-ws-atomic; it takes
-// the seven-product wgmma form, 0.74-0.97x wgmma-ws-atomic in run 16), and naming one in LLM_CUDA_ATTENTION is
+// the seven-product wgmma form, 0.74-1.00x wgmma-ws-atomic in run 16), and naming one in LLM_CUDA_ATTENTION is
 // an error naming both variables. 0 or unset: `auto` takes the fastest measured. Anything else is
 // an error.
 bool deterministic_kernels();

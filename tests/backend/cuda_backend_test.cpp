@@ -107,6 +107,29 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
       ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-ws3, wgmma-atomic, wgmma-rs, wgmma-ws-atomic or simt");
 }
 
+TEST(CudaBackend, BlockOrderIsCheckedByName) {
+  // Pure logic, no device; read once per process, so each case in a fresh child.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const auto setting_is = [](const char* value, int want) {
+    if (value) setenv("LLM_CUDA_BLOCK_ORDER", value, 1);
+    else unsetenv("LLM_CUDA_BLOCK_ORDER");
+    try {
+      std::exit(llm::kernels::block_order_setting() == want ? 0 : 1);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      std::exit(2);
+    }
+  };
+  EXPECT_EXIT(setting_is(nullptr, 0), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("heaviest", 0), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("launch", -1), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("heaviest:8", 8), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("heaviest:1024", 1024), ::testing::ExitedWithCode(0), "");
+  for (const char* bad : {"heaviest:0", "heaviest:2000", "heaviest:8x", "heaviest:", "longest"})
+    EXPECT_EXIT(setting_is(bad, 0), ::testing::ExitedWithCode(2),
+                std::string("LLM_CUDA_BLOCK_ORDER='") + bad + "': expected heaviest");
+}
+
 TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
   // Pure logic and the device query; each case in a fresh child (both variables are read once).
   GTEST_FLAG_SET(death_test_style, "threadsafe");
