@@ -218,7 +218,8 @@ fi
 if [[ "$benches" = *" profile "* ]]; then
   # Nsight Compute on the attention kernels (head dim PROFILE_HEAD_DIM, seq 4096): where the
   # cycles go (tensor pipe use, shared-memory throughput, stall reasons, occupancy, the hottest
-  # instructions), for each kernel choice.
+  # instructions), for each kernel choice; every stall reason's cycles per issued instruction
+  # (the --metrics regex), which ncu_summary.py ranks.
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
   if [[ -z "$ncu" ]]; then
     log "profile: no ncu on this machine"
@@ -227,6 +228,7 @@ if [[ "$benches" = *" profile "* ]]; then
       (cd "$build" && LLM_CUDA_ATTENTION=$var lim 120 "$ncu" --kernel-name regex:attention --launch-count 8 \
         --section SpeedOfLight --section Occupancy --section SchedulerStats --section WarpStateStats \
         --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SourceCounters \
+        --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
         ./tests/bench-cuda-attention --head-dims "${PROFILE_HEAD_DIM:-128}" --seqs 4096 --reps 1 > "$out/ncu_attention_$var.txt" 2>&1)
       log "profile ($var) exit $?: $(grep -c '^  void' "$out/ncu_attention_$var.txt") kernels ($ncu)"
       python3 "$src/tests/cuda/ncu_summary.py" "$out/ncu_attention_$var.txt" 2>&1 | tail -n +2 | tee -a "$out/summary.txt"

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """One line per profiled kernel from Nsight Compute's text report (ncu --section ... > FILE):
 the kernel (its function name and template arguments, without the namespaces), its duration,
-the throughput and occupancy metrics that say what bounds it, and the percentages the profiler's
-rules name (the busiest pipeline, shared-memory bank conflicts, stall reasons), so the summary of a
-GPU run carries them without the full report.
+the throughput and occupancy metrics that say what bounds it, the largest stall reasons when the
+report has them (cycles per issued instruction), and the percentages the profiler's rules name
+(the busiest pipeline, shared-memory bank conflicts, stall reasons), so the summary of a GPU run
+carries them without the full report.
 
   ncu_summary.py REPORT.txt [...]
 """
@@ -27,6 +28,10 @@ METRICS = [
 KERNEL = re.compile(r"^  (?:void )?(\S.*?)\s+\((\d+), (\d+), (\d+)\)x\((\d+), (\d+), (\d+)\)")
 METRIC = re.compile(r"^\s{4}(\S.*?)\s{2,}(\S+)\s+([-\d.,]+)\s*$")
 RULE_PCT = re.compile(r"(\d+(?:\.\d+)?)%")
+# --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio": cycles stalled per
+# issued instruction, by reason (their sum is about cyc/inst); printed unitless or with a unit.
+STALL = re.compile(r"^\s{4}smsp__average_warps_issue_stalled_(\w+?)_per_issue_active\.ratio\s+(?:\S+\s+)?([-\d.,]+)\s*$")
+TOP_STALLS = 5
 
 
 def short_name(signature):
@@ -52,6 +57,9 @@ def summarise(path):
     def flush():
         if cur is not None:
             cells = " ".join(f"{label}={cur['m'][name]}" for name, label in METRICS if name in cur["m"])
+            if cur["stalls"]:
+                top = sorted(cur["stalls"].items(), key=lambda kv: -kv[1])[:TOP_STALLS]
+                cells += " stalls: " + " ".join(f"{reason}={value:.2f}" for reason, value in top)
             note = (" | " + "; ".join(rules[:4])) if rules else ""
             lines.append(f"{cur['name']} grid {cur['grid']}: {cells}{note}")
 
@@ -61,10 +69,14 @@ def summarise(path):
             k = KERNEL.match(line)
             if k:
                 flush()
-                cur = {"name": short_name(k.group(1)), "grid": "x".join(k.group(2, 3, 4)), "m": {}}
+                cur = {"name": short_name(k.group(1)), "grid": "x".join(k.group(2, 3, 4)), "m": {}, "stalls": {}}
                 rules = []
                 continue
             if cur is None:
+                continue
+            st = STALL.match(line)
+            if st:
+                cur["stalls"][st.group(1)] = float(st.group(2).replace(",", ""))
                 continue
             m = METRIC.match(line)
             if m:
