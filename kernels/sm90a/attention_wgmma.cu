@@ -697,13 +697,14 @@ struct FusedTile {
 // (FlashAttention-3's backward order): dV += P^T dO once P^T is packed (dS^T's arithmetic runs
 // under it), dK += dS^T Q once dS^T is (its store and publish() run under it), dQ after
 // publish() (both warpgroups' dS^T rows visible to the tensor cores), done_reading() once every
-// product has finished reading shared memory, then dQ's atomic adds. BR, the query tile: 64 (dQ
+// product has finished reading shared memory, then add_dq(dq): the atomic adds (add_dq_rows) or
+// wgmma-ws-tma's staging. BR, the query tile: 64 (dQ
 // = the tile's 64 queries, this warpgroup's DQN-column slice over the 128 keys) or 128 (at hd
 // <= 64 in the warp-specialised kernel, FlashAttention-3's hd-64 tile: dQ = this warpgroup's 64
 // of the 128 queries, all HD columns, over the 128 keys; DQN = HD).
-template <typename T, int HD, int DQN, int BR = 64, typename Publish, typename DoneReading>
+template <typename T, int HD, int DQN, int BR = 64, typename Publish, typename DoneReading, typename AddDq>
 __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD / 2], const FusedTile& f,
-                                           Publish&& publish, DoneReading&& done_reading) {
+                                           Publish&& publish, DoneReading&& done_reading, AddDq&& add_dq) {
   constexpr int BC = 128;
   static_assert(BR == 64 || (BR == 128 && DQN == HD), "query tiles of 64, or of 128 with dQ split by rows");
   float st[BR / 2], dpt[BR / 2];  // S^T and dP^T: rows are keys, columns the tile's queries
@@ -760,7 +761,7 @@ __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD /
   wgmma_wait<0>();
   fence_operands(dv, dk, dq, pa, sa);
   done_reading();
-  add_dq_rows<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq);
+  add_dq(dq);
 }
 
 // kForm == atomic_dq (LLM_CUDA_ATTENTION=wgmma-atomic): FlashAttention-2's five products instead
@@ -1057,7 +1058,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
         const FusedTile f{smem_s, smem_s + KBYTES, Qs, Qs + QBYTES, Ls, Ls + BR, score_tiles,
                           smem_s + column_offset<BC, HD>(col0), dq_lane + i0 * C + col0, wg * 64, score_row, t,
                           i0, wg_first_key(), key0(), T_, C, i0 + dq_row0, scale_log2};
-        fused_tile<T, HD, DQN>(dk, dv, f, [] { __syncthreads(); }, [] {});
+        fused_tile<T, HD, DQN>(dk, dv, f, [] { __syncthreads(); }, [] {},
+                               [&](const float (&dq)[DQN / 2]) { add_dq_rows<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq); });
       }
     });
   }
@@ -1092,23 +1094,34 @@ template <int HD>
 constexpr size_t ws_backward_stats_bytes() {  // two stages of lse and D
   return size_t(1024) * ((2 * 2 * ws_backward_rows<HD>() * 4 + 1023) / 1024);
 }
-template <int HD>
-constexpr size_t ws_backward_smem_bytes() {  // K, V, two Q/dO stages, their lse/D, two dS^T tiles
+// K, V, two Q/dO stages, their lse/D, two dS^T tiles; with kTmaDq the dQ staging tile after them
+// (BR x HD fp32, 1024-byte aligned: at hd 128 198656 bytes in all, at hd 64 199680).
+template <int HD, bool kTmaDq = false>
+constexpr size_t ws_backward_smem_bytes() {
   constexpr int BR = ws_backward_rows<HD>();
   return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<BR, HD>()) * 2 * WsRing::kStages +
-         ws_backward_stats_bytes<HD>() + 2 * size_t(score_tile_bytes<BR>());
+         ws_backward_stats_bytes<HD>() + 2 * size_t(score_tile_bytes<BR>()) +
+         (kTmaDq ? size_t(dq_staging_bytes<BR, HD>()) : 0);
 }
 
-template <typename T, int HD>
+// kTmaDq (wgmma-ws-tma): FlashAttention-3's dQ path instead of the atomics. Each consumer stores
+// its dQ fragments into the staging tile (dq_staging_offset: the layout TMA reads), fences them for
+// the async proxy and arrives on dq_full; thread 32 of the producer (warp 1, idle otherwise) waits
+// for both, issues one TMA reduction (cp.reduce.async.bulk.tensor .add) per box of tm_dq over the
+// fp32 accumulator, waits until they have read the tile, and arrives on dq_empty, which the
+// consumers wait for before storing the next tile's (WsDqStage; WsSchedule.TheDqStaging*). Rows
+// past the sequence are clipped by the map. One buffer: the next store follows a tile of products.
+template <typename T, int HD, bool kTmaDq>
 __global__ void __launch_bounds__(kWsThreads, 1)
     attention_backward_wgmma_ws(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                                 const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
-                                AttentionBackwardArgs a, float scale) {
+                                const __grid_constant__ CUtensorMap tm_dq, AttentionBackwardArgs a, float scale) {
   constexpr int BC = 128, BR = ws_backward_rows<HD>(), COLS = panel_columns(HD), PANELS = HD / COLS;
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>(), SBYTES = score_tile_bytes<BR>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // Barriers: K and V full; Q/dO full and empty for stages 0 and 1.
-  __shared__ __align__(8) uint64_t bars[5];
+  // Barriers: K and V full; Q/dO full and empty for stages 0 and 1; with kTmaDq the dQ staging's
+  // full and empty.
+  __shared__ __align__(8) uint64_t bars[7];
   // The block's task (block_order.h), which the consumers re-read per tile and in the epilogue
   // instead of keeping it and the keys derived from it in registers (blockIdx was rematerialised
   // for free).
@@ -1117,7 +1130,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const uint32_t smem_s = smem_addr(smem), bar = smem_addr(bars);
   float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 2 * WsRing::kStages * QBYTES);
   unsigned char* const score_tiles = reinterpret_cast<unsigned char*>(stats) + ws_backward_stats_bytes<HD>();
+  unsigned char* const dq_stage = score_tiles + 2 * SBYTES;  // kTmaDq; 1024-byte aligned (every part above is)
   const uint32_t kv_full = bar;
+  const uint32_t dq_full = bar + 8u * 5, dq_empty = bar + 8u * 6;
   const auto q_full = [bar](int st) { return bar + 8u * uint32_t(1 + st); };
   const auto q_empty = [bar](int st) { return bar + 8u * uint32_t(3 + st); };
   const auto q_tile = [smem_s](int st) { return smem_s + uint32_t(2 * KBYTES + st * 2 * QBYTES); };
@@ -1136,6 +1151,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     for (int st = 0; st < WsRing::kStages; ++st) {
       mbarrier_init(q_full(st), 1 + 32);  // the TMA thread's expect_tx, then the 32 lanes' lse/D stores
       mbarrier_init(q_empty(st), 2 * 128);  // every consumer thread arrives
+    }
+    if constexpr (kTmaDq) {
+      mbarrier_init(dq_full, 2 * 128);  // every consumer thread, after its stores
+      mbarrier_init(dq_empty, 1);       // the thread that issued the reductions, once they read the tile
     }
     mbarrier_init_fence();
   }
@@ -1174,6 +1193,20 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         }
         mbarrier_arrive(q_full(st));
       }
+    } else if (kTmaDq && threadIdx.x == 32) {  // dQ's reductions
+      const uint32_t staging = smem_addr(dq_stage);
+      constexpr int BOX = dq_box_columns(HD);
+      for (int it = 0; it < tiles; ++it) {
+        mbarrier_wait<true>(dq_full, WsDqStage::full_parity(it));
+        const int i0 = int(j0) + it * BR;
+#pragma unroll
+        for (int p = 0; p < HD / BOX; ++p)
+          tma_reduce_add_4d(staging + panel_offset<BR, 2 * HD>(p), &tm_dq, p * BOX, h, i0, b);
+        tma_commit_group();
+        tma_wait_group_read<0>();  // the staging tile is free again
+        mbarrier_arrive(dq_empty);
+      }
+      tma_wait_group<0>();  // the adds are complete before the block's shared memory goes
     }
     return;
   }
@@ -1208,7 +1241,27 @@ __global__ void __launch_bounds__(kWsThreads, 1)
                         score_tiles + ScoreTilePair::buffer(it) * SBYTES, smem_s + column_offset<BC, HD>(col0),
                         dq_lane + i0 * C + col0, cw * 64, score_row, t, i0, first_key, key0, T_, C, i0 + dq_row0,
                         scale_log2};
-      fused_tile<T, HD, DQN, BR>(dk, dv, f, [] { named_barrier_sync(1, 256); }, [&] { mbarrier_arrive(q_empty(st)); });
+      const auto publish = [] { named_barrier_sync(1, 256); };
+      const auto release = [&] { mbarrier_arrive(q_empty(st)); };
+      if constexpr (kTmaDq) {
+        // This warpgroup's fragments into the staging tile: rows dq_row0 (+ 8) of the tile, its
+        // slice's columns from col0 (BR 64) or all columns of its own 64 rows (BR 128).
+        const int row = int(dq_row0);
+        fused_tile<T, HD, DQN, BR>(dk, dv, f, publish, release, [&](const float (&dq)[DQN / 2]) {
+          if (WsDqStage::needs_empty(it)) mbarrier_wait(dq_empty, WsDqStage::empty_parity(it));
+#pragma unroll
+          for (int nb = 0; nb < DQN / 8; ++nb)
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+              *reinterpret_cast<float2*>(dq_stage + dq_staging_offset<BR, HD>(row + 8 * half, col0 + 8 * nb + 2 * t)) =
+                  make_float2(dq[4 * nb + 2 * half], dq[4 * nb + 2 * half + 1]);
+          asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, for TMA's reads
+          mbarrier_arrive(dq_full);
+        });
+      } else {
+        fused_tile<T, HD, DQN, BR>(dk, dv, f, publish, release,
+                                   [&](const float (&dq)[DQN / 2]) { add_dq_rows<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq); });
+      }
     }
   };
   if constexpr (BR == 128) run(std::integral_constant<int, HD>{});
@@ -1407,6 +1460,29 @@ CUtensorMap make_tile_map(const char* what, const void* base, int64_t rows, int 
   return map;
 }
 
+// The TMA map of the fused backward's fp32 dQ accumulator ([B, T, C], C = NH HD) for
+// wgmma-ws-tma's reductions: dimensions as make_tile_map's, boxes of dq_box_columns(HD) fp32
+// columns by box_rows rows under the swizzle of the 16-bit tile of 2 HD columns (the staging
+// tile's layout, wgmma_layout.h); rows past T are not written.
+template <int HD>
+CUtensorMap make_dq_map(float* base, int64_t rows, int NH, int B, int box_rows) {
+  constexpr int W = swizzle_bytes(2 * HD);
+  const int64_t C = int64_t(NH) * HD;
+  const cuuint64_t dims[4] = {cuuint64_t(HD), cuuint64_t(NH), cuuint64_t(rows), cuuint64_t(B)};
+  const cuuint64_t strides[3] = {cuuint64_t(HD) * 4, cuuint64_t(C) * 4, cuuint64_t(rows * C) * 4};
+  const cuuint32_t box[4] = {cuuint32_t(dq_box_columns(HD)), 1, cuuint32_t(box_rows), 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapSwizzle swizzle =
+      W == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : W == 64 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B;
+  CUtensorMap map;
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, base, dims, strides, box,
+                                          element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  LLM_CHECK(r == CUDA_SUCCESS, "attention (wgmma-ws-tma): cuTensorMapEncodeTiled failed (CUresult ", int(r),
+            ") for the dQ accumulator: ", B, " x ", rows, " rows x ", NH, " heads x ", HD, " fp32");
+  return map;
+}
+
 template <typename T, int HD, bool kPingPong, int kConsumers = 2>
 void launch_forward_ws(const AttentionForwardArgs& a, cudaStream_t stream) {
   constexpr int BR = 64 * kConsumers;
@@ -1428,9 +1504,7 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
   constexpr size_t smem_dq = dq_smem_bytes<HD>();
   const float scale = softmax_scale<HD>();
   const dim3 grid = block_grid(a.T, a.NH, a.B);
-  if (form == WgmmaBackward::ws_atomic_dq) {
-    constexpr size_t smem = ws_backward_smem_bytes<HD>();
-    allow_smem(attention_backward_wgmma_ws<T, HD>, smem);
+  if (form == WgmmaBackward::ws_atomic_dq || form == WgmmaBackward::ws_tma_dq) {
     const int64_t C = int64_t(a.NH) * HD, ld = 3 * C;
     const T* qkv = static_cast<const T*>(a.qkv);
     constexpr int BR = ws_backward_rows<HD>();
@@ -1439,7 +1513,16 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
     const CUtensorMap v = make_tile_map<T, HD>("v (backward)", qkv + 2 * C, a.T, a.NH, a.B, ld, a.T * ld, 128);
     const CUtensorMap dout = make_tile_map<T, HD>("dout (backward)", a.dout, a.T, a.NH, a.B, C, a.T * C, BR);
     attention_dq_accum_zero(a, stream);
-    attention_backward_wgmma_ws<T, HD><<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, a, scale);
+    if (form == WgmmaBackward::ws_tma_dq) {
+      constexpr size_t smem = ws_backward_smem_bytes<HD, true>();
+      allow_smem(attention_backward_wgmma_ws<T, HD, true>, smem);
+      const CUtensorMap dq = make_dq_map<HD>(a.dq_accum, a.T, a.NH, a.B, BR);
+      attention_backward_wgmma_ws<T, HD, true><<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, dq, a, scale);
+    } else {
+      constexpr size_t smem = ws_backward_smem_bytes<HD, false>();
+      allow_smem(attention_backward_wgmma_ws<T, HD, false>, smem);
+      attention_backward_wgmma_ws<T, HD, false><<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, dout, a, scale);
+    }
     attention_dq_from_accum(a, dtype_of_element<T>(), stream);
     return;
   }
@@ -1524,7 +1607,9 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
 
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream, WgmmaBackward form) {
   if (!attention_rows_aligned(a)) return false;
-  if ((form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq) && !a.dq_accum) return false;
+  if ((form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq || form == WgmmaBackward::ws_tma_dq) &&
+      !a.dq_accum)
+    return false;
   return dispatch(t, a.hd,
                   [&](auto tag, auto hd) { launch_backward<decltype(tag), decltype(hd)::value>(a, form, stream); });
 }

@@ -70,6 +70,29 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
+// Adds the box at shared address `src` (laid out as a load of the same box would land) into the
+// 4-D tensor `map` at coordinates (c0 innermost .. c3), element-wise, in the map's type (TMA
+// reduction: fp32 add at L2; elements outside the tensor are skipped). Tracked by bulk groups:
+// tma_commit_group closes the group, tma_wait_group_read<N> returns once all but N groups have
+// finished reading shared memory (the source may be overwritten), tma_wait_group<N> once they
+// have completed. The writers of `src` fence their stores for the async proxy
+// (fence.proxy.async.shared::cta) before the issuing thread learns of them.
+__device__ __forceinline__ void tma_reduce_add_4d(uint32_t src, const CUtensorMap* map, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n"
+      ::"l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(src)
+      : "memory");
+}
+__device__ __forceinline__ void tma_commit_group() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void tma_wait_group_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void tma_wait_group() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 // The warpgroup's register budget per thread from here on (every warp of the warpgroup executes
 // it): a producer warpgroup gives registers back, consumers take them. The kernel must declare
 // its block size and one block per SM (__launch_bounds__(threads, 1)), or ptxas ignores these

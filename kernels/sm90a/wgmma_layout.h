@@ -67,6 +67,20 @@ LLM_WGMMA_HD constexpr uint32_t column_offset(int col) {
   return swizzled_offset<R, HD>(0, col / 8);
 }
 
+// The warp-specialised backward's dQ staging tile (LLM_CUDA_ATTENTION=wgmma-ws-tma): R rows of
+// HD fp32 columns, laid out byte for byte as the 16-bit tile of 2 HD columns, so one TMA box of
+// dq_box_columns(HD) fp32 columns (a swizzle span) by R rows under the swizzle_bytes(2 HD) swizzle
+// covers each panel, as the tile loads' boxes do (WgmmaLayout.TheDqStagingTileIsTheTmaBoxes).
+constexpr int dq_box_columns(int hd) { return swizzle_bytes(2 * hd) / 4; }
+template <int R, int HD>
+LLM_WGMMA_HD constexpr uint32_t dq_staging_offset(int row, int col) {  // col: an fp32 column
+  return swizzled_offset<R, 2 * HD>(row, col / 4) + uint32_t(col % 4) * 4;
+}
+template <int R, int HD>
+LLM_WGMMA_HD constexpr int dq_staging_bytes() {
+  return R * HD * 4;
+}
+
 // The fused backward's split of dQ (64 queries x hd) between its two warpgroups by columns, each
 // over all the block's keys: warpgroup 0 takes the first dq_split_cols(hd, 0) columns, warpgroup 1
 // the rest; whole panels of the K tile (the first warpgroup the larger half), or halves of the

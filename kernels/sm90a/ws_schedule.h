@@ -75,6 +75,19 @@ struct ScoreTilePair {
   LLM_WS_HD static int buffer(int64_t tile) { return int(tile % kBuffers); }
 };
 
+// The warp-specialised backward's dQ through shared memory (LLM_CUDA_ATTENTION=wgmma-ws-tma,
+// FlashAttention-3's dQ path): per query tile both consumers store their dQ fragments into one
+// staging tile and arrive on its "full" barrier (256 arrivals); one producer thread waits for it,
+// issues the TMA reductions that add the tile into the fp32 accumulator, waits until they have
+// read the staging tile, and arrives on its "empty" barrier (1 arrival), which the consumers wait
+// for before storing the next tile's fragments. One buffer: the next store comes a whole tile of
+// products later. Tile i is phase i of both barriers. WsSchedule.TheDqStaging* replays it.
+struct WsDqStage {
+  LLM_WS_HD static uint32_t full_parity(int tile) { return uint32_t(tile) & 1u; }
+  LLM_WS_HD static bool needs_empty(int tile) { return tile >= 1; }
+  LLM_WS_HD static uint32_t empty_parity(int tile) { return uint32_t(tile - 1) & 1u; }
+};
+
 }  // namespace llm::kernels::sm90a
 
 #undef LLM_WS_HD

@@ -225,6 +225,46 @@ TEST(WgmmaLayout, TmaBoxesFillThePanels) {
 }
 
 
+// wgmma-ws-tma's dQ staging tile: the consumers store fp32 dQ at dq_staging_offset, and the TMA
+// reductions read it as boxes of dq_box_columns(HD) fp32 columns by R rows, one per panel of the
+// 16-bit tile of 2 HD columns, under that tile's swizzle; every element the box reads must be the
+// one the consumers stored there.
+template <int R, int HD>
+void check_dq_staging(uint32_t base) {
+  using llm::kernels::sm90a::dq_box_columns;
+  using llm::kernels::sm90a::dq_staging_bytes;
+  using llm::kernels::sm90a::dq_staging_offset;
+  constexpr int W = swizzle_bytes(2 * HD), cols = dq_box_columns(HD);
+  static_assert(cols * 4 == W, "a box row is one swizzle span");
+  int bad = 0;
+  for (int p = 0; p < HD / cols; ++p) {
+    const uint32_t box = base + panel_offset<R, 2 * HD>(p);
+    EXPECT_EQ(box % 1024, 0u) << "hd " << HD << " panel " << p;
+    for (int y = 0; y < R; ++y)
+      for (int x = 0; x < cols; ++x) {
+        const uint32_t stored = base + dq_staging_offset<R, HD>(y, p * cols + x);
+        if ((swizzle(box + uint32_t(y * W + 4 * x), W) != stored || stored - base >= uint32_t(dq_staging_bytes<R, HD>())) &&
+            bad++ < 5)
+          ADD_FAILURE() << "R " << R << " hd " << HD << ": box " << p << " element (" << x << ", row " << y << ")";
+      }
+  }
+  EXPECT_EQ(HD % cols, 0) << "whole boxes";
+  EXPECT_EQ(bad, 0);
+}
+
+TEST(WgmmaLayout, TheDqStagingTileIsTheTmaBoxes) {
+  for (uint32_t base : {0u, 1024u * 37}) {  // the ws backward's query tiles: 128 rows up to hd 64, 64 above
+    check_dq_staging<128, 48>(base);
+    check_dq_staging<128, 64>(base);
+    check_dq_staging<64, 80>(base);
+    check_dq_staging<64, 96>(base);
+    check_dq_staging<64, 128>(base);
+  }
+  // The consumers' dQ column slices start on box boundaries (each slice is whole boxes).
+  for (int hd : {80, 96, 128}) EXPECT_EQ(dq_split_cols(hd, 0) % llm::kernels::sm90a::dq_box_columns(hd), 0) << hd;
+}
+
+
 // wgmma-rs's dQ kernel loads Q and dO rows from their swizzled tiles into RS A fragments
 // (a_fragment_offset): each register must hold the two elements the accumulator layout puts there
 // (pack_a's mapping, fragment_column in attention_mask.h: register j of k-step kk is accumulator

@@ -24,6 +24,7 @@
 
 namespace {
 
+using llm::kernels::sm90a::WsDqStage;
 using llm::kernels::sm90a::WsPingPong;
 using llm::kernels::sm90a::WsRing;
 
@@ -43,24 +44,25 @@ struct NamedBarrier {
 };
 
 // Buffers: Q (one), K and V per stage; the tile each holds (-1: none yet) and its readers.
-enum Buf { kQ, kK0, kK1, kV0, kV1, kBufs };
+// kDq0, kDq1: the two consumers' halves of the backward's dQ staging tile (wgmma-ws-tma).
+enum Buf { kQ, kK0, kK1, kV0, kV1, kDq0, kDq1, kBufs };
 Buf k_buf(int stage) { return stage == 0 ? kK0 : kK1; }
 Buf v_buf(int stage) { return stage == 0 ? kV0 : kV1; }
 
 // Barriers: Q full; K full, V full, K empty, V empty per stage.
-enum Bar { kQFull, kKFull0, kKFull1, kVFull0, kVFull1, kKEmpty0, kKEmpty1, kVEmpty0, kVEmpty1, kBars };
+enum Bar { kQFull, kKFull0, kKFull1, kVFull0, kVFull1, kKEmpty0, kKEmpty1, kVEmpty0, kVEmpty1, kDqFull, kDqEmpty, kBars };
 Bar k_full(int s) { return s == 0 ? kKFull0 : kKFull1; }
 Bar v_full(int s) { return s == 0 ? kVFull0 : kVFull1; }
 Bar k_empty(int s) { return s == 0 ? kKEmpty0 : kKEmpty1; }
 Bar v_empty(int s) { return s == 0 ? kVEmpty0 : kVEmpty1; }
 
 struct Op {
-  enum Kind { kWait, kExpectTx, kCopy, kSync, kNamedArrive, kRelease, kArrive } kind;
+  enum Kind { kWait, kExpectTx, kCopy, kSync, kNamedArrive, kRelease, kArrive, kStore } kind;
   int bar = 0;           // mbarrier or named barrier
   uint32_t parity = 0;   // kWait
   int count = 0;         // kExpectTx: bytes; kRelease, kArrive: arrivals
-  Buf buf = kQ;          // kWait (then read) / kCopy / kRelease
-  int tile = -1;         // kWait: the tile the wait must deliver; kCopy: the tile copied
+  Buf buf = kQ;          // kWait (then read) / kCopy / kRelease / kStore (threads write it)
+  int tile = -1;         // kWait: the tile the wait must deliver; kCopy, kStore: the tile written
   int phase = -1;        // kWait: the phase it waits for (completed must be phase + 1 on return)
 };
 
@@ -76,9 +78,10 @@ struct World {
   std::string error;
   // k_full_arrivals: the arrivals a K-full barrier expects (the backward's Q/dO-full barriers
   // take the TMA thread's expect_tx and the 32 lanes that stored lse and D).
-  explicit World(int k_full_arrivals = 1, int consumers = 2) {
+  explicit World(int k_full_arrivals = 1, int consumers = 2, int dq_full_arrivals = 2 * kWarpgroup) {
     for (int b = 0; b < kBufs; ++b) holds[b] = -1, readers[b] = 0;
     mb[kQFull].init(1);
+    mb[kDqFull].init(dq_full_arrivals), mb[kDqEmpty].init(1);
     for (int s = 0; s < 2; ++s) {
       mb[k_full(s)].init(k_full_arrivals), mb[v_full(s)].init(1);
       mb[k_empty(s)].init(consumers * kWarpgroup), mb[v_empty(s)].init(consumers * kWarpgroup);
@@ -204,6 +207,12 @@ bool step(World& w, Agent& a) {
       if (n.arrived == 2 * kWarpgroup) n.arrived = 0, ++n.generation;
       break;
     }
+    case Op::kStore:
+      if (w.readers[op.buf] > 0)
+        w.error = "tile " + std::to_string(op.tile) + " stored into buffer " + std::to_string(op.buf) +
+                  " while it was read";
+      w.holds[op.buf] = op.tile;
+      break;
   }
   ++a.pc;
   return true;
@@ -229,9 +238,12 @@ std::vector<Agent> kernel_agents(int tiles, bool ping_pong, int consumers = 2) {
 }
 
 // One random interleaving of the agents and their copies; "" when every check held.
-std::string run(std::vector<Agent> agents, uint64_t seed, int k_full_arrivals = 1) {
+// consumers: the consumer warpgroups among the agents (all but the first unless given); dq_full:
+// the arrivals the dQ staging's full barrier expects.
+std::string run(std::vector<Agent> agents, uint64_t seed, int k_full_arrivals = 1, int consumers = -1,
+                int dq_full = 2 * kWarpgroup) {
   const int n_agents = int(agents.size());
-  World w(k_full_arrivals, n_agents - 1);
+  World w(k_full_arrivals, consumers > 0 ? consumers : n_agents - 1, dq_full);
   std::mt19937_64 rng(seed);
   for (int steps = 0; steps < 100000; ++steps) {
     if (!w.error.empty()) return w.error;
@@ -363,23 +375,46 @@ std::vector<Op> backward_producer_program(int tiles) {
   return p;
 }
 
-std::vector<Op> backward_consumer_program(int tiles) {
+// tma_dq (wgmma-ws-tma): after releasing the stage, consumer cw waits until the staging tile's
+// previous reduction has read it (WsDqStage), stores its half and arrives on the full barrier.
+std::vector<Op> backward_consumer_program(int tiles, int cw = 0, bool tma_dq = false) {
   std::vector<Op> p;
   p.push_back({Op::kWait, kQFull, 0, 0, kQ, 0, 0});  // K and V: read to the end
+  const Buf half = cw == 0 ? kDq0 : kDq1;
   for (int it = 0; it < tiles; ++it) {
     const int st = WsRing::stage(it);
     p.push_back({Op::kWait, k_full(st), WsRing::full_parity(it), 0, k_buf(st), it, it / 2});
     p.push_back({Op::kSync, 1});
     p.push_back({Op::kRelease, k_empty(st), 0, kWarpgroup, k_buf(st)});
+    if (tma_dq) {
+      if (WsDqStage::needs_empty(it)) p.push_back({Op::kWait, kDqEmpty, WsDqStage::empty_parity(it), 0, kQ, -1, it - 1});
+      p.push_back({Op::kStore, kDqFull, 0, 0, half, it});
+      p.push_back({Op::kArrive, kDqFull, 0, kWarpgroup});
+    }
   }
   return p;
 }
 
-std::vector<Agent> backward_agents(int tiles) {
-  std::vector<Agent> agents(3);
+// The producer thread that adds the staged dQ tiles (wgmma-ws-tma): per tile, wait until both
+// halves are stored, read them (the TMA reductions) to the end of the read, release the tile.
+std::vector<Op> dq_writer_program(int tiles) {
+  std::vector<Op> p;
+  for (int it = 0; it < tiles; ++it) {
+    p.push_back({Op::kWait, kDqFull, WsDqStage::full_parity(it), 0, kDq0, it, it});
+    p.push_back({Op::kWait, kDqFull, WsDqStage::full_parity(it), 0, kDq1, it, it});
+    p.push_back({Op::kRelease, kDqEmpty, 0, 0, kDq0});
+    p.push_back({Op::kRelease, kDqEmpty, 0, 0, kDq1});
+    p.push_back({Op::kArrive, kDqEmpty, 0, 1});
+  }
+  return p;
+}
+
+std::vector<Agent> backward_agents(int tiles, bool tma_dq = false) {
+  std::vector<Agent> agents(tma_dq ? 4 : 3);
   agents[0].program = backward_producer_program(tiles);
-  agents[1].program = backward_consumer_program(tiles);
-  agents[2].program = backward_consumer_program(tiles);
+  agents[1].program = backward_consumer_program(tiles, 0, tma_dq);
+  agents[2].program = backward_consumer_program(tiles, 1, tma_dq);
+  if (tma_dq) agents[3].program = dq_writer_program(tiles);
   return agents;
 }
 
@@ -418,6 +453,51 @@ TEST(WsSchedule, TheBackwardModelCatchesReleaseCountAndParitySlips) {
       },
       kBwdFullArrivals));
   EXPECT_FALSE(fails([](std::vector<Agent>&) {}, kBwdFullArrivals));
+}
+
+TEST(WsSchedule, TheDqStagingAddsEachTileOnceAfterBothHalvesLanded) {
+  for (int tiles = 1; tiles <= 7; ++tiles)
+    for (uint64_t seed = 0; seed < 300; ++seed) {
+      const std::string e = run(backward_agents(tiles, true), seed * 7919 + uint64_t(tiles), kBwdFullArrivals, 2);
+      ASSERT_EQ(e, "") << "tiles " << tiles << ", seed " << seed;
+    }
+}
+
+// Caught: a consumer storing without waiting for the previous reduction's read; a full barrier
+// expecting one consumer (the reduction reads the other half's previous tile); a parity slip on
+// the empty barrier; the writer not arriving (deadlock).
+TEST(WsSchedule, TheDqStagingModelCatchesAMissingWaitCountAndParitySlips) {
+  const auto fails = [](auto mutate, int dq_full) {
+    for (uint64_t seed = 0; seed < 300; ++seed) {
+      std::vector<Agent> agents = backward_agents(5, true);
+      mutate(agents);
+      if (!run(agents, seed, kBwdFullArrivals, 2, dq_full).empty()) return true;
+    }
+    return false;
+  };
+  const auto drop_dq_empty_waits = [](std::vector<Op>& prog) {
+    std::vector<Op> p;
+    for (const Op& op : prog)
+      if (!(op.kind == Op::kWait && op.bar == kDqEmpty)) p.push_back(op);
+    prog = p;
+  };
+  EXPECT_TRUE(fails([&](std::vector<Agent>& a) { drop_dq_empty_waits(a[1].program); }, 2 * kWarpgroup));
+  EXPECT_TRUE(fails([](std::vector<Agent>&) {}, kWarpgroup));
+  EXPECT_TRUE(fails(
+      [](std::vector<Agent>& a) {
+        for (Op& op : a[2].program)
+          if (op.kind == Op::kWait && op.bar == kDqEmpty && op.phase == 2) op.parity ^= 1u;
+      },
+      2 * kWarpgroup));
+  EXPECT_TRUE(fails(
+      [](std::vector<Agent>& a) {
+        std::vector<Op> p;
+        for (const Op& op : a[3].program)
+          if (op.kind != Op::kArrive) p.push_back(op);
+        a[3].program = p;
+      },
+      2 * kWarpgroup));
+  EXPECT_FALSE(fails([](std::vector<Agent>&) {}, 2 * kWarpgroup));
 }
 
 // The pipelined backward's tile stream (PipeRing): the kernels' order of copies, waits and reads

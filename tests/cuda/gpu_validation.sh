@@ -6,7 +6,7 @@
 #   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the llm-sweep run),
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
 #   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
-#   ATTENTION_VARIANTS="tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-ws3 wgmma-atomic wgmma-rs wgmma-ws-atomic tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
+#   ATTENTION_VARIANTS="tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-ws3 wgmma-atomic wgmma-rs wgmma-ws-atomic wgmma-ws-tma tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
 #   benchmark and training step also run, next to the default kernels), TRAIN_STEP_VARIANTS (the
 #   choices the training step runs under beside the default; all of ATTENTION_VARIANTS unless
 #   set, "" for none), TEST_VARIANTS (choices whose attention tests run, without benchmarks),
@@ -45,7 +45,7 @@ else
 fi
 
 # The kernel choices beside the default, for the attention tests and the benchmarks (also with TESTS=0).
-variants=(${ATTENTION_VARIANTS-tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-ws3 wgmma-atomic wgmma-rs wgmma-ws-atomic tc-atomic tc-m32})
+variants=(${ATTENTION_VARIANTS-tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-ws3 wgmma-atomic wgmma-rs wgmma-ws-atomic wgmma-ws-tma tc-atomic tc-m32})
 tested=(${TEST_VARIANTS:-})  # choices whose attention tests run, not benchmarked
 if [[ "${TESTS:-1}" = 0 ]]; then
   log "TESTS=0: correctness steps skipped"
@@ -64,7 +64,7 @@ cuda_tests='*cuda*:*Cuda*:-*Wgmma*'
 # fails, below); the other wgmma tests share one process.
 isolated=("wgmma_ws:*WarpSpecialised*:wgmma-ws wgmma-ws-pp" "wgmma_fused:*WgmmaFused*:wgmma-atomic"
           "wgmma_rs:*WgmmaRegisterScores*:wgmma-rs" "wgmma_ws_fused:*WgmmaWsFused*:wgmma-ws-atomic"
-          "wgmma_ws3:*WgmmaThreeConsumer*:wgmma-ws3")
+          "wgmma_ws3:*WgmmaThreeConsumer*:wgmma-ws3" "wgmma_ws_tma:*WgmmaWsTma*:wgmma-ws-tma")
 spec_name() { echo "${1%%:*}"; }
 spec_filter() { local r=${1#*:}; echo "${r%%:*}"; }
 spec_choices() { local r=${1#*:}; echo "${r#*:}"; }
@@ -139,6 +139,7 @@ log "pretrain deterministic (LLM_CUDA_DETERMINISTIC=1, --bf16, hd 128) twice, ex
 # A kernel choice whose own test failed (or hung: exit 124) is not benchmarked: a faulting or
 # hanging kernel would spend each benchmark's whole time limit.
 keep=()
+dropped=()  # and not profiled either
 for var in "${variants[@]}"; do
   gate=""
   for spec in "${isolated[@]}"; do
@@ -146,6 +147,7 @@ for var in "${variants[@]}"; do
   done
   if [[ -n "$gate" && "$(cat "$out/rc_$gate" 2>/dev/null)" != 0 ]]; then
     log "$var: its test exited $(cat "$out/rc_$gate" 2>/dev/null); not benchmarked"
+    dropped+=("$var")
   else
     keep+=("$var")
   fi
@@ -225,6 +227,7 @@ if [[ "$benches" = *" profile "* ]]; then
     log "profile: no ncu on this machine"
   else
     for var in ${PROFILE_ATTENTION:-wgmma tc-m32}; do
+      if [[ " ${dropped[*]:-} " = *" $var "* ]]; then log "profile ($var): skipped, its test failed"; continue; fi
       (cd "$build" && LLM_CUDA_ATTENTION=$var lim 120 "$ncu" --kernel-name regex:attention --launch-count 8 \
         --section SpeedOfLight --section Occupancy --section SchedulerStats --section WarpStateStats \
         --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SourceCounters \
