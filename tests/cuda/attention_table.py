@@ -5,7 +5,7 @@ TFLOPS (bench_attention.txt: the default, `auto`; bench_attention_VARIANT.txt: L
 VARIANT), the fastest choice per pass (its TFLOPS against cuDNN's for the same pass), the fwd+bwd
 of the fastest forward with the fastest backward (what `auto` can reach by picking per pass), and
 that against PyTorch's backends from bench_attention_torch.txt (cudnn, flash) measured in the same
-run.
+run; last, the default's own fwd+bwd against cuDNN's.
 
 Usage: attention_table.py REPORT_DIR
 """
@@ -69,8 +69,13 @@ def table(report):
         cudnn = torch.get(("cudnn", hd, seq))
         vs = lambda ours, i: f" ({ours / cudnn[i]:.2f}x cudnn)" if cudnn else ""
         ref = " ".join(f"{combo / torch[(n, hd, seq)][2]:.2f}x {n}" for n in ("cudnn", "flash") if (n, hd, seq) in torch)
+        # The default's own fwd+bwd against cuDNN's (what a user gets without choosing).
+        own = ""
+        if "auto" in have and cudnn:
+            f, b, _ = have["auto"]
+            own = f"; auto fb {tf(f + b, 3.5):.0f} TF = {tf(f + b, 3.5) / cudnn[2]:.2f}x cudnn"
         lines.append(f"hd {hd} seq {seq}: fwd/bwd/fb TF {cells}; fastest forward {best_f} {fwd:.0f} TF{vs(fwd, 0)}, "
-                     f"backward {best_b} {bwd:.0f} TF{vs(bwd, 1)}: fb {combo:.0f} TF" + (f" = {ref}" if ref else ""))
+                     f"backward {best_b} {bwd:.0f} TF{vs(bwd, 1)}: fb {combo:.0f} TF" + (f" = {ref}" if ref else "") + own)
     return lines
 
 
