@@ -180,8 +180,8 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //                 TMA producer warpgroup, two consumers: FlashAttention-3's structure, and its
 //                 128-query tiles at head dims up to 64);
 //   wgmma-ws-tma  wgmma-ws-atomic's backward with FlashAttention-3's dQ path (dQ staged in shared
-//                 memory, added by TMA reductions a producer thread issues), the forward of
-//                 wgmma-ws3; not yet run on a GPU;
+//                 memory, added by TMA reductions a producer thread issues, dQ's product before
+//                 dK's so the staging runs under dK), the forward of wgmma-ws3; not yet run on a GPU;
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
 enum class AttentionKernels {

@@ -702,7 +702,11 @@ struct FusedTile {
 // = the tile's 64 queries, this warpgroup's DQN-column slice over the 128 keys) or 128 (at hd
 // <= 64 in the warp-specialised kernel, FlashAttention-3's hd-64 tile: dQ = this warpgroup's 64
 // of the 128 queries, all HD columns, over the 128 keys; DQN = HD).
-template <typename T, int HD, int DQN, int BR = 64, typename Publish, typename DoneReading, typename AddDq>
+// kDqFirst (wgmma-ws-tma): FlashAttention-3's order after dV instead: dS^T stored and published
+// under dV, then dQ issued before dK, so that add_dq runs while dK's product does (the
+// tensor pipe no longer idles through dQ's adds); the stage is released after dK.
+template <typename T, int HD, int DQN, int BR = 64, bool kDqFirst = false, typename Publish, typename DoneReading,
+          typename AddDq>
 __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD / 2], const FusedTile& f,
                                            Publish&& publish, DoneReading&& done_reading, AddDq&& add_dq) {
   constexpr int BC = 128;
@@ -734,18 +738,24 @@ __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD /
 #pragma unroll
   for (int i = 0; i < BR / 2; ++i) dpt[i] = st[i] * (dpt[i] - f.D[(i / 4) * 8 + 2 * f.t + (i & 1)]);  // dS^T
   pack_a<T, BR>(sa, dpt);
-  fence_operands(dk, sa);
-  wgmma_fence();
+  const auto issue_dk = [&] {
 #pragma unroll
-  for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(f.q_s, kk));
-  wgmma_commit();
+    for (int kk = 0; kk < BR / 16; ++kk) wgmma_rs<T, HD>(dk, sa[kk], desc_mn_major<BR, HD>(f.q_s, kk));
+    wgmma_commit();
+  };
+  if constexpr (!kDqFirst) {
+    fence_operands(dk, sa);
+    wgmma_fence();
+    issue_dk();
+  }
   store_score_rows<T, BR>(f.dst, f.score_row, f.t, dpt);
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, for wgmma's reads
   publish();
   const uint32_t dsts = smem_addr(f.dst);
   float dq[DQN / 2];
   zero(dq);
-  fence_operands(dq);
+  if constexpr (kDqFirst) fence_operands(dq, dk, sa);  // dK's operands, issued after dQ
+  else fence_operands(dq);
   wgmma_fence();
   if constexpr (BR == 64) {
 #pragma unroll
@@ -758,10 +768,20 @@ __device__ __forceinline__ void fused_tile(float (&dk)[HD / 2], float (&dv)[HD /
       wgmma_ss_tt<T, HD>(dq, desc_mn_major<BC, BR>(panel, kk), desc_mn_major<BC, HD>(f.k_s, kk));
   }
   wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(dv, dk, dq, pa, sa);
-  done_reading();
-  add_dq(dq);
+  if constexpr (kDqFirst) {
+    issue_dk();
+    wgmma_wait<1>();  // dV and dQ are done; dK runs under dQ's adds
+    fence_operands(dq);
+    add_dq(dq);
+    wgmma_wait<0>();
+    fence_operands(dv, dk, pa, sa);
+    done_reading();
+  } else {
+    wgmma_wait<0>();
+    fence_operands(dv, dk, dq, pa, sa);
+    done_reading();
+    add_dq(dq);
+  }
 }
 
 // kForm == atomic_dq (LLM_CUDA_ATTENTION=wgmma-atomic): FlashAttention-2's five products instead
@@ -1247,7 +1267,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         // This warpgroup's fragments into the staging tile: rows dq_row0 (+ 8) of the tile, its
         // slice's columns from col0 (BR 64) or all columns of its own 64 rows (BR 128).
         const int row = int(dq_row0);
-        fused_tile<T, HD, DQN, BR>(dk, dv, f, publish, release, [&](const float (&dq)[DQN / 2]) {
+        fused_tile<T, HD, DQN, BR, true>(dk, dv, f, publish, release, [&](const float (&dq)[DQN / 2]) {
           if (WsDqStage::needs_empty(it)) mbarrier_wait(dq_empty, WsDqStage::empty_parity(it));
 #pragma unroll
           for (int nb = 0; nb < DQN / 8; ++nb)
