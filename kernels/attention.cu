@@ -421,6 +421,7 @@ bool forward_tensor_cores(DType t, const AttentionForwardArgs& a, cudaStream_t s
     case AttentionKernels::wgmma_ws_pp:
     case AttentionKernels::wgmma_ws_atomic: return wgmma(WgmmaForward::warp_specialized_ping_pong);
     case AttentionKernels::wgmma_ws3:
+    case AttentionKernels::wgmma_ws_dqfirst:
     case AttentionKernels::wgmma_ws_tma: return wgmma(WgmmaForward::warp_specialized_3);
     case AttentionKernels::simt: return false;
   }
@@ -434,6 +435,7 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     return attention_backward_wgmma(t, a, stream, form) ||
            attention_backward_tensor_cores(t, a,
                                            form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq ||
+                                               form == WgmmaBackward::ws_atomic_dq_first ||
                                                form == WgmmaBackward::ws_tma_dq,
                                            stream);
   };
@@ -450,6 +452,7 @@ bool backward_tensor_cores(DType t, const AttentionBackwardArgs& a, cudaStream_t
     case AttentionKernels::wgmma_atomic: return wgmma(WgmmaBackward::atomic_dq);
     case AttentionKernels::wgmma_rs: return wgmma(WgmmaBackward::separate_dq_rs);
     case AttentionKernels::wgmma_ws_atomic: return wgmma(WgmmaBackward::ws_atomic_dq);
+    case AttentionKernels::wgmma_ws_dqfirst: return wgmma(WgmmaBackward::ws_atomic_dq_first);
     case AttentionKernels::wgmma_ws_tma: return wgmma(WgmmaBackward::ws_tma_dq);
     case AttentionKernels::simt: return false;
   }
@@ -474,9 +477,10 @@ AttentionKernels attention_kernels() {
     if (s == "wgmma-atomic") return AttentionKernels::wgmma_atomic;
     if (s == "wgmma-rs") return AttentionKernels::wgmma_rs;
     if (s == "wgmma-ws-atomic") return AttentionKernels::wgmma_ws_atomic;
+    if (s == "wgmma-ws-dqfirst") return AttentionKernels::wgmma_ws_dqfirst;
     if (s == "wgmma-ws-tma") return AttentionKernels::wgmma_ws_tma;
     if (s == "simt") return AttentionKernels::simt;
-    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-ws3, wgmma-atomic, wgmma-rs, wgmma-ws-atomic, wgmma-ws-tma or simt");
+    LLM_FAIL("LLM_CUDA_ATTENTION='", s, "': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-ws3, wgmma-atomic, wgmma-rs, wgmma-ws-atomic, wgmma-ws-dqfirst, wgmma-ws-tma or simt");
   }();
   LLM_CHECK(!deterministic_kernels() || !adds_with_atomics(v),
             "LLM_CUDA_ATTENTION='", std::getenv("LLM_CUDA_ATTENTION"),
@@ -487,7 +491,7 @@ AttentionKernels attention_kernels() {
 
 bool adds_with_atomics(AttentionKernels k) {
   return k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic || k == AttentionKernels::wgmma_ws_atomic ||
-         k == AttentionKernels::wgmma_ws_tma;
+         k == AttentionKernels::wgmma_ws_dqfirst || k == AttentionKernels::wgmma_ws_tma;
 }
 
 bool deterministic_kernels() {

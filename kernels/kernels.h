@@ -179,18 +179,20 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
 //   wgmma-ws-atomic the forward of wgmma-ws-pp, the backward of wgmma-atomic warp-specialised (a
 //                 TMA producer warpgroup, two consumers: FlashAttention-3's structure, and its
 //                 128-query tiles at head dims up to 64);
-//   wgmma-ws-tma  wgmma-ws-atomic's backward with FlashAttention-3's dQ path (dQ staged in shared
+//   wgmma-ws-dqfirst wgmma-ws-atomic's backward with dQ's product before dK's and the atomic adds
+//                 under dK's (FlashAttention-3's order), the forward of wgmma-ws3; not yet run on a GPU;
+//   wgmma-ws-tma  wgmma-ws-dqfirst's backward with FlashAttention-3's dQ path (dQ staged in shared
 //                 memory, added by TMA reductions a producer thread issues, dQ's product before
 //                 dK's so the staging runs under dK), the forward of wgmma-ws3; not yet run on a GPU;
 //   simt          the fp32 SIMT kernels for every dtype (triage: tensor-core path vs the rest).
 // Anything else is an error naming the variable.
 enum class AttentionKernels {
   automatic, tc, tc_m32, tc_atomic, wgmma, wgmma_pp, wgmma_ws, wgmma_ws_pp, wgmma_ws3, wgmma_atomic, wgmma_rs,
-  wgmma_ws_atomic, wgmma_ws_tma, simt
+  wgmma_ws_atomic, wgmma_ws_dqfirst, wgmma_ws_tma, simt
 };
 AttentionKernels attention_kernels();
 // Whether the choice's backward adds dQ with fp32 atomics (not bit-reproducible; bf16/f16 only:
-// the fp32 kernels never do): tc-atomic, wgmma-atomic, wgmma-ws-atomic, wgmma-ws-tma (TMA
+// the fp32 kernels never do): tc-atomic, wgmma-atomic, wgmma-ws-atomic, wgmma-ws-dqfirst, wgmma-ws-tma (TMA
 // reductions: their order varies too).
 bool adds_with_atomics(AttentionKernels k);
 // LLM_CUDA_DETERMINISTIC=1: results bit-reproducible from run to run: `auto` never picks an
@@ -238,9 +240,11 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
 // that stays for the whole block in registers: Q and dO in the dQ kernel (head dims up to 96), K
 // and V in the dK/dV kernel (up to 80); separate_dq elsewhere; ws_atomic_dq (wgmma-ws-atomic):
 // atomic_dq warp-specialised (a TMA producer warpgroup and two consumers, FlashAttention-3's
-// structure); ws_tma_dq (wgmma-ws-tma): ws_atomic_dq with FlashAttention-3's dQ path, the tile's
-// dQ staged in shared memory and added by TMA reductions a producer thread issues.
-enum class WgmmaBackward { separate_dq, atomic_dq, separate_dq_rs, ws_atomic_dq, ws_tma_dq };
+// structure); ws_atomic_dq_first (wgmma-ws-dqfirst): ws_atomic_dq with dQ's product issued before
+// dK's and its adds under dK's (FlashAttention-3's order); ws_tma_dq (wgmma-ws-tma): that order
+// with FlashAttention-3's dQ path, the tile's dQ staged in shared memory and added by TMA
+// reductions a producer thread issues.
+enum class WgmmaBackward { separate_dq, atomic_dq, separate_dq_rs, ws_atomic_dq, ws_atomic_dq_first, ws_tma_dq };
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream,
                               WgmmaBackward form = WgmmaBackward::separate_dq);
 // The wgmma forms the attention kernels use, alone, for a test: s[64][128] = q[64][hd] k^T (both

@@ -1131,13 +1131,20 @@ constexpr size_t ws_backward_smem_bytes() {
 // fp32 accumulator, waits until they have read the tile, and arrives on dq_empty, which the
 // consumers wait for before storing the next tile's (WsDqStage; WsSchedule.TheDqStaging*). Rows
 // past the sequence are clipped by the map. One buffer: the next store follows a tile of products.
-template <typename T, int HD, bool kTmaDq>
+// How the warp-specialised fused backward adds dQ: per-thread atomics after dK's and dQ's
+// products (wgmma-ws-atomic), the same atomics with dQ's product before dK's and the adds under
+// dK's (wgmma-ws-dqfirst, fused_tile's kDqFirst), or that order with the TMA staging above
+// (wgmma-ws-tma).
+enum class WsDq { atomic, atomic_dq_first, tma };
+
+template <typename T, int HD, WsDq kDq>
 __global__ void __launch_bounds__(kWsThreads, 1)
     attention_backward_wgmma_ws(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                                 const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
                                 const __grid_constant__ CUtensorMap tm_dq, AttentionBackwardArgs a, float scale) {
   constexpr int BC = 128, BR = ws_backward_rows<HD>(), COLS = panel_columns(HD), PANELS = HD / COLS;
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>(), SBYTES = score_tile_bytes<BR>();
+  constexpr bool kTmaDq = kDq == WsDq::tma, kDqFirst = kDq != WsDq::atomic;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // Barriers: K and V full; Q/dO full and empty for stages 0 and 1; with kTmaDq the dQ staging's
   // full and empty.
@@ -1267,7 +1274,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         // This warpgroup's fragments into the staging tile: rows dq_row0 (+ 8) of the tile, its
         // slice's columns from col0 (BR 64) or all columns of its own 64 rows (BR 128).
         const int row = int(dq_row0);
-        fused_tile<T, HD, DQN, BR, true>(dk, dv, f, publish, release, [&](const float (&dq)[DQN / 2]) {
+        fused_tile<T, HD, DQN, BR, kDqFirst>(dk, dv, f, publish, release, [&](const float (&dq)[DQN / 2]) {
           if (WsDqStage::needs_empty(it)) mbarrier_wait(dq_empty, WsDqStage::empty_parity(it));
 #pragma unroll
           for (int nb = 0; nb < DQN / 8; ++nb)
@@ -1279,8 +1286,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
           mbarrier_arrive(dq_full);
         });
       } else {
-        fused_tile<T, HD, DQN, BR>(dk, dv, f, publish, release,
-                                   [&](const float (&dq)[DQN / 2]) { add_dq_rows<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq); });
+        fused_tile<T, HD, DQN, BR, kDqFirst>(dk, dv, f, publish, release, [&](const float (&dq)[DQN / 2]) {
+          add_dq_rows<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq);
+        });
       }
     }
   };
@@ -1524,7 +1532,8 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
   constexpr size_t smem_dq = dq_smem_bytes<HD>();
   const float scale = softmax_scale<HD>();
   const dim3 grid = block_grid(a.T, a.NH, a.B);
-  if (form == WgmmaBackward::ws_atomic_dq || form == WgmmaBackward::ws_tma_dq) {
+  if (form == WgmmaBackward::ws_atomic_dq || form == WgmmaBackward::ws_atomic_dq_first ||
+      form == WgmmaBackward::ws_tma_dq) {
     const int64_t C = int64_t(a.NH) * HD, ld = 3 * C;
     const T* qkv = static_cast<const T*>(a.qkv);
     constexpr int BR = ws_backward_rows<HD>();
@@ -1535,13 +1544,17 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
     attention_dq_accum_zero(a, stream);
     if (form == WgmmaBackward::ws_tma_dq) {
       constexpr size_t smem = ws_backward_smem_bytes<HD, true>();
-      allow_smem(attention_backward_wgmma_ws<T, HD, true>, smem);
+      allow_smem(attention_backward_wgmma_ws<T, HD, WsDq::tma>, smem);
       const CUtensorMap dq = make_dq_map<HD>(a.dq_accum, a.T, a.NH, a.B, BR);
-      attention_backward_wgmma_ws<T, HD, true><<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, dq, a, scale);
-    } else {
+      attention_backward_wgmma_ws<T, HD, WsDq::tma><<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, dq, a, scale);
+    } else {  // atomics: the dout map stands in for the unused dQ map
       constexpr size_t smem = ws_backward_smem_bytes<HD, false>();
-      allow_smem(attention_backward_wgmma_ws<T, HD, false>, smem);
-      attention_backward_wgmma_ws<T, HD, false><<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, dout, a, scale);
+      const auto launch = [&](auto kernel) {
+        allow_smem(kernel, smem);
+        kernel<<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, dout, a, scale);
+      };
+      if (form == WgmmaBackward::ws_atomic_dq_first) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic_dq_first>);
+      else launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic>);
     }
     attention_dq_from_accum(a, dtype_of_element<T>(), stream);
     return;
@@ -1627,7 +1640,8 @@ bool attention_forward_wgmma(DType t, const AttentionForwardArgs& a, cudaStream_
 
 bool attention_backward_wgmma(DType t, const AttentionBackwardArgs& a, cudaStream_t stream, WgmmaBackward form) {
   if (!attention_rows_aligned(a)) return false;
-  if ((form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq || form == WgmmaBackward::ws_tma_dq) &&
+  if ((form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq ||
+       form == WgmmaBackward::ws_atomic_dq_first || form == WgmmaBackward::ws_tma_dq) &&
       !a.dq_accum)
     return false;
   return dispatch(t, a.hd,

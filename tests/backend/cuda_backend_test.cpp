@@ -92,6 +92,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
   EXPECT_EXIT(choice_is("wgmma-atomic", AttentionKernels::wgmma_atomic), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-rs", AttentionKernels::wgmma_rs), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-ws-atomic", AttentionKernels::wgmma_ws_atomic), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(choice_is("wgmma-ws-dqfirst", AttentionKernels::wgmma_ws_dqfirst), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("wgmma-ws-tma", AttentionKernels::wgmma_ws_tma), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(choice_is("tc-m32", AttentionKernels::tc_m32), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(
@@ -105,7 +106,7 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
         }
         std::exit(0);
       },
-      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-ws3, wgmma-atomic, wgmma-rs, wgmma-ws-atomic, wgmma-ws-tma or simt");
+      ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-ws3, wgmma-atomic, wgmma-rs, wgmma-ws-atomic, wgmma-ws-dqfirst, wgmma-ws-tma or simt");
 }
 
 TEST(CudaBackend, BlockOrderIsCheckedByName) {
@@ -149,10 +150,11 @@ TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
   };
   const auto atomic = [](AttentionKernels k) {
     return k == AttentionKernels::tc_atomic || k == AttentionKernels::wgmma_atomic ||
-           k == AttentionKernels::wgmma_ws_atomic || k == AttentionKernels::wgmma_ws_tma;
+           k == AttentionKernels::wgmma_ws_atomic || k == AttentionKernels::wgmma_ws_dqfirst ||
+           k == AttentionKernels::wgmma_ws_tma;
   };
   for (AttentionKernels k : {AttentionKernels::tc_atomic, AttentionKernels::wgmma_atomic, AttentionKernels::wgmma_ws_atomic,
-                             AttentionKernels::wgmma_ws_tma,
+                             AttentionKernels::wgmma_ws_dqfirst, AttentionKernels::wgmma_ws_tma,
                              AttentionKernels::tc, AttentionKernels::wgmma, AttentionKernels::wgmma_rs})
     EXPECT_EQ(llm::kernels::adds_with_atomics(k), atomic(k));
   // auto under LLM_CUDA_DETERMINISTIC=1: no atomic kernel at any head dim, either pass.
@@ -331,11 +333,12 @@ TEST(CudaBackend, WgmmaTileProductsAreExact) {
 // T = 333: several 128-row blocks, a partial last one, and 64-row tiles crossing the diagonal.
 void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackward form) {
   using llm::kernels::WgmmaBackward;
-  const bool fused_dq =
-      form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq || form == WgmmaBackward::ws_tma_dq;
+  const bool fused_dq = form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq ||
+                        form == WgmmaBackward::ws_atomic_dq_first || form == WgmmaBackward::ws_tma_dq;
   const char* name = form == WgmmaBackward::separate_dq      ? "wgmma dqkv"
                      : form == WgmmaBackward::atomic_dq      ? "wgmma-atomic dqkv"
                      : form == WgmmaBackward::ws_atomic_dq   ? "wgmma-ws-atomic dqkv"
+                     : form == WgmmaBackward::ws_atomic_dq_first ? "wgmma-ws-dqfirst dqkv"
                      : form == WgmmaBackward::ws_tma_dq      ? "wgmma-ws-tma dqkv"
                                                              : "wgmma-rs dqkv";
   Fixture f{gpu};
@@ -418,8 +421,13 @@ TEST(CudaBackend, WgmmaWsFusedBackwardMatchesTheCpuOp) {
   check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq);
 }
 
-// The warp-specialised fused backward with dQ staged in shared memory and added by TMA reductions
-// (wgmma-ws-tma): its own process too.
+// The warp-specialised fused backward with dQ's product before dK's (wgmma-ws-dqfirst), and that
+// with dQ staged in shared memory and added by TMA reductions (wgmma-ws-tma): each its own process.
+TEST(CudaBackend, WgmmaWsDqFirstBackwardMatchesTheCpuOp) {
+  REQUIRE_WGMMA(be);
+  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq_first);
+}
+
 TEST(CudaBackend, WgmmaWsTmaBackwardMatchesTheCpuOp) {
   REQUIRE_WGMMA(be);
   check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_tma_dq);
