@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
   const int lm = lane / 8, lr = lane % 8;  // ldmatrix: which 8x8 matrix this lane addresses, and its row
   const int64_t Tk = a.q_pos0 + a.Tq;
   const BlockTask task = block_task(Tk * HD * 4, a.block_order, kForwardL2MiB);  // heaviest blocks first (block_order.h); K and V re-read
-  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const int b = task.b(a.NH), h = task.h(a.NH);
   const int64_t i0 = int64_t(gridDim.x - 1 - task.rank) * BR;
   const T* q = static_cast<const T*>(a.q) + b * a.q_batch_stride + int64_t(h) * HD;
   const T* k = static_cast<const T*>(a.k) + b * a.kv_batch_stride + int64_t(h) * HD;

@@ -54,8 +54,9 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4, lm = lane / 8, lr = lane % 8;
   // Heaviest blocks first (block_order.h); Q and dO re-read, and the fp32 dQ sums when fused.
-  const BlockTask task = block_task(a.T * HD * (kDQ ? 8 : 4), a.block_order, kBackwardL2MiB);
-  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const auto this_task = [&] { return block_task(a.T * HD * (kDQ ? 8 : 4), a.block_order, kBackwardL2MiB); };
+  const BlockTask task = this_task();
+  const int b = task.b(a.NH), h = task.h(a.NH);
   const int64_t j0 = int64_t(task.rank) * BC;
   const BackwardHead<T, HD> head(a, b, h);
   const int64_t T_ = head.len, C = head.C, ld = head.ld;
@@ -220,8 +221,8 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
       }
     }
   }
-  const BlockTask done = block_task(a.T * HD * (kDQ ? 8 : 4), a.block_order, kBackwardL2MiB);  // again, not kept live (block_order.h)
-  T* dqkv = static_cast<T*>(a.dqkv) + (done.head / unsigned(a.NH)) * T_ * ld + int64_t(done.head % unsigned(a.NH)) * HD;
+  const BlockTask done = this_task();  // again, not kept live (block_order.h)
+  T* dqkv = static_cast<T*>(a.dqkv) + done.b(a.NH) * T_ * ld + int64_t(done.h(a.NH)) * HD;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t key = key0 + half * 8;
@@ -246,8 +247,10 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4, lm = lane / 8, lr = lane % 8;
-  const BlockTask task = block_task(a.T * HD * 4, a.block_order, kForwardL2MiB);  // heaviest blocks first (block_order.h); K and V re-read
-  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  // Heaviest blocks first (block_order.h); K and V re-read.
+  const auto this_task = [&] { return block_task(a.T * HD * 4, a.block_order, kForwardL2MiB); };
+  const BlockTask task = this_task();
+  const int b = task.b(a.NH), h = task.h(a.NH);
   const int64_t i0 = int64_t(gridDim.x - 1 - task.rank) * BR;
   const BackwardHead<T, HD> head(a, b, h);
   const int64_t T_ = head.len, C = head.C, ld = head.ld;
@@ -335,8 +338,8 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
       }
     }
   }
-  const BlockTask done = block_task(a.T * HD * 4, a.block_order, kForwardL2MiB);  // again, not kept live (block_order.h)
-  T* dqkv = static_cast<T*>(a.dqkv) + (done.head / unsigned(a.NH)) * T_ * ld + int64_t(done.head % unsigned(a.NH)) * HD;
+  const BlockTask done = this_task();  // again, not kept live (block_order.h)
+  T* dqkv = static_cast<T*>(a.dqkv) + done.b(a.NH) * T_ * ld + int64_t(done.h(a.NH)) * HD;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t row = row0 + half * 8;

@@ -33,6 +33,8 @@ namespace llm::kernels {
 struct BlockTask {
   uint32_t rank = 0;  // 0 = the heaviest block of its head
   uint32_t head = 0;  // b * NH + h
+  LLM_ORDER_HD uint32_t b(int nh) const { return head / unsigned(nh); }
+  LLM_ORDER_HD uint32_t h(int nh) const { return head % unsigned(nh); }
 };
 
 // The L2 share one group of heads may re-read (H100 and H200: 50 MB of L2), by what the blocks

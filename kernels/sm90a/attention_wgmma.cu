@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_wgmma(AttentionFor
   const int g = lane / 4, t = lane % 4;
   const int64_t Tk = a.q_pos0 + a.Tq;
   const BlockTask task = block_task(Tk * HD * 4, a.block_order, kForwardL2MiB);  // heaviest blocks first; K and V re-read
-  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const int b = task.b(a.NH), h = task.h(a.NH);
   const int64_t i0 = int64_t(gridDim.x - 1 - task.rank) * BR;
   const T* q = static_cast<const T*>(a.q) + b * a.q_batch_stride + int64_t(h) * HD;
   const T* k = static_cast<const T*>(a.k) + b * a.kv_batch_stride + int64_t(h) * HD;
@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(128 * (1 + kConsumers), 1)
   const int wg = threadIdx.x / 128;
   const int64_t Tk = a.q_pos0 + a.Tq;
   const BlockTask task = block_task(Tk * HD * 4, a.block_order, kForwardL2MiB);  // heaviest blocks first; K and V re-read
-  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const int b = task.b(a.NH), h = task.h(a.NH);
   const int64_t i0 = int64_t(gridDim.x - 1 - task.rank) * BR;
   const int64_t key_end = min(a.q_pos0 + min(i0 + BR, a.Tq), Tk);
   const int tiles = int((key_end + BC - 1) / BC);
@@ -506,8 +506,10 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const BlockTask task = block_task(a.T * HD * 4, a.block_order, kForwardL2MiB);  // heaviest blocks first; K and V re-read
-  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  // Heaviest blocks first; K and V re-read.
+  const auto this_task = [&] { return block_task(a.T * HD * 4, a.block_order, kForwardL2MiB); };
+  const BlockTask task = this_task();
+  const int b = task.b(a.NH), h = task.h(a.NH);
   const int64_t i0 = int64_t(gridDim.x - 1 - task.rank) * BR;
   const BackwardHead<T, HD> head(a, b, h);
   const int64_t T_ = head.len, C = head.C, ld = head.ld;
@@ -629,8 +631,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_wgmma(Attentio
       fence_operands(dq, sa);
     }
   }
-  const BlockTask done = block_task(a.T * HD * 4, a.block_order, kForwardL2MiB);  // again, not kept live (block_order.h)
-  T* dqkv = static_cast<T*>(a.dqkv) + (done.head / unsigned(a.NH)) * T_ * ld + int64_t(done.head % unsigned(a.NH)) * HD;
+  const BlockTask done = this_task();  // again, not kept live (block_order.h)
+  T* dqkv = static_cast<T*>(a.dqkv) + done.b(a.NH) * T_ * ld + int64_t(done.h(a.NH)) * HD;
   store_rows<T, HD>(dqkv, ld, row0, T_, dq, scale, scale);
 }
 
@@ -861,7 +863,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
   constexpr bool kReorder = !(HD == 96 && kPipelined && !kFusedDQ);
   const int64_t order_bytes = a.T * HD * (kFusedDQ ? 8 : 4);
   const BlockTask task = block_task_if<kReorder>(order_bytes, a.block_order, kBackwardL2MiB);
-  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const int b = task.b(a.NH), h = task.h(a.NH);
   // The block's first key, and the keys derived from it, re-read from shared memory where used
   // instead of kept in registers through the loop (blockIdx was rematerialised for free: the
   // pipelined forms spill otherwise).
@@ -1084,7 +1086,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkdv_wgmma(Attent
     });
   }
   const BlockTask done = kReorder ? reread(shared_task) : block_task_if<false>(0, 0, 0);
-  T* dqkv = static_cast<T*>(a.dqkv) + (done.head / unsigned(a.NH)) * T_ * ld + int64_t(done.head % unsigned(a.NH)) * HD;
+  T* dqkv = static_cast<T*>(a.dqkv) + done.b(a.NH) * T_ * ld + int64_t(done.h(a.NH)) * HD;
   store_rows<T, HD>(dqkv + C, ld, key0(), T_, dk, scale, scale);
   store_rows<T, HD>(dqkv + 2 * C, ld, key0(), T_, dv, 1.0f, 1.0f);
 }
@@ -1166,7 +1168,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 
   const int wg = threadIdx.x / 128;
   const BlockTask task = block_task(a.T * HD * 8, a.block_order, kBackwardL2MiB);  // heaviest blocks first; Q, dO and the dQ sums re-read
-  const int b = task.head / unsigned(a.NH), h = task.head % unsigned(a.NH);
+  const int b = task.b(a.NH), h = task.h(a.NH);
   const int64_t j0 = int64_t(task.rank) * BC;
   const BackwardHead<T, HD> head(a, b, h);
   const int64_t T_ = head.len, C = head.C;
@@ -1295,7 +1297,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   if constexpr (BR == 128) run(std::integral_constant<int, HD>{});
   else with_dq_slice<HD>(cw, run);
   const BlockTask done = reread(shared_task);
-  T* dqkv = static_cast<T*>(a.dqkv) + (done.head / unsigned(a.NH)) * T_ * head.ld + int64_t(done.head % unsigned(a.NH)) * HD;
+  T* dqkv = static_cast<T*>(a.dqkv) + done.b(a.NH) * T_ * head.ld + int64_t(done.h(a.NH)) * HD;
   const int64_t key0 = keys().second;
   store_rows<T, HD>(dqkv + C, head.ld, key0, T_, dk, scale, scale);
   store_rows<T, HD>(dqkv + 2 * C, head.ld, key0, T_, dv, 1.0f, 1.0f);
