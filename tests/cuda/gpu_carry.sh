@@ -31,6 +31,10 @@ build)
   for t in "${tools[@]}"; do exes+=("$build/tools/$t"); done
   for t in "${tests[@]}"; do exes+=("$build/tests/$t"); done
   "$src/pipelines/bundle.sh" --build "$build" --name libllm-gpu --output "$carry/libllm-gpu.tar.gz" "${exes[@]}" || exit 1
+  # The sm_90a kernels' object alone, for the SASS step (cuobjdump there: a tenth of libllm.so's
+  # device code to disassemble).
+  rm -f "$carry/sm90a.o"
+  cp "$build/kernels/CMakeFiles/llm_cuda_sm90a.dir/sm90a/attention_wgmma.cu.o" "$carry/sm90a.o" 2> /dev/null
   # The commit the bundle was built from (the GPU machine's copy of the tree has no .git).
   echo "$(git -C "$src" rev-parse --short HEAD)$(git -C "$src" diff --quiet HEAD -- lib kernels tools tests/backend tests/cuda tests/bench 2> /dev/null || echo -dirty)" > "$carry/commit.txt"
   ldd "$build/tests/test_cuda" | awk '/libcudart|libcublas|libnccl/ {print $1}' > "$carry/cuda-libs.txt"
@@ -61,6 +65,10 @@ run)
   for t in "${tools[@]}"; do printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tools/$t"; done
   for t in "${tests[@]}"; do printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tests/$t"; done
   chmod +x "$tree"/tools/* "$tree"/tests/*
+  # The device code for the SASS step (BENCHES=sass): the sm_90a object, else the bundle's libllm.so.
+  for c in "$carry/sm90a.o" "$root/lib/libllm.so"; do
+    [[ -z "${DEVICE_CODE:-}" && -f "$c" ]] && export DEVICE_CODE="$c"
+  done
   COMMIT="bundle $(cat "$carry/commit.txt" 2> /dev/null || echo '?')" SKIP_BUILD=1 "$src/tests/cuda/gpu_validation.sh" "$out/report" "$tree"
   ;;
 *)

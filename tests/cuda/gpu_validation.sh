@@ -14,7 +14,10 @@
 #   linear tests and the training step also under LLM_CUDA_BIAS_GRAD=epilogue; 0 skips them),
 #   BENCHES="gemm attention torch train-step longseq sweep" (which benchmarks run; QUICK=1 drops
 #   the sweep; "profile" adds Nsight Compute on the attention kernels of
-#   PROFILE_ATTENTION="wgmma tc-m32" at head dim PROFILE_HEAD_DIM=128, seq 4096, when ncu is there), ATTENTION_BENCH_ARGS (the attention
+#   PROFILE_ATTENTION="wgmma tc-m32" at head dim PROFILE_HEAD_DIM=128, seq 4096, when ncu is there;
+#   "sass" the warp-specialised kernels' SASS (cuobjdump on DEVICE_CODE, found in the build if
+#   unset; SASS_KERNELS) and ncu's per-instruction stall samples under SASS_ATTENTION="auto" of
+#   SASS_NCU_KERNEL, the ws backward), ATTENTION_BENCH_ARGS (the attention
 #   benchmarks' flags, ours for every kernel choice and PyTorch's, e.g. "--head-dims 48,80,96
 #   --seqs 4096,16384"), TESTS=0 (skip the correctness steps: a rerun of benchmarks on a bundle
 #   already validated), SWEEP_MODELS="GPT1_3B:50304 GPT1_5B:0" (model:vocab, 0 the mock default),
@@ -236,6 +239,51 @@ if [[ "$benches" = *" profile "* ]]; then
         ./tests/bench-cuda-attention --head-dims "${PROFILE_HEAD_DIM:-128}" --seqs 4096 --reps 1 > "$out/ncu_attention_$var.txt" 2>&1)
       log "profile ($var) exit $?: $(grep -c '^  void' "$out/ncu_attention_$var.txt") kernels ($ncu)"
       python3 "$src/tests/cuda/ncu_summary.py" "$out/ncu_attention_$var.txt" 2>&1 | tail -n +2 | tee -a "$out/summary.txt"
+    done
+  fi
+fi
+
+if [[ "$benches" = *" sass "* ]]; then
+  # Instruction by instruction (tests/cuda/sass_stalls.py): the SASS of the warp-specialised
+  # attention kernels at head dim PROFILE_HEAD_DIM, bf16 (cuobjdump on the library that holds the
+  # device code; SASS_KERNELS, a regex on the mangled names), their static instruction mix, and
+  # for each SASS_ATTENTION choice (default: auto) Nsight Compute's warp-stall samples per
+  # instruction of one launch of SASS_NCU_KERNEL (default: the warp-specialised backward): which
+  # instructions the warps wait at (a barrier, a wgmma wait, a reduction, an exp).
+  hd=${PROFILE_HEAD_DIM:-128}
+  cuobjdump=$(command -v cuobjdump || ls /usr/local/cuda/bin/cuobjdump 2> /dev/null | head -1)
+  code=${DEVICE_CODE:-}
+  if [[ -z "$code" ]]; then
+    for c in "$build/kernels/CMakeFiles/llm_cuda_sm90a.dir/sm90a/attention_wgmma.cu.o" "$build"/lib/libllm*.so* \
+             "$build/lib/libllm.a"; do
+      [[ -f "$c" ]] && { code=$c; break; }
+    done
+  fi
+  if [[ -z "$cuobjdump" || -z "$code" ]]; then
+    log "sass: no cuobjdump ('$cuobjdump') or no device code ('$code')"
+  else
+    lim 120 "$cuobjdump" -sass "$code" > "$out/sass_all.txt" 2> "$out/sass_cuobjdump.err"
+    rc=$?
+    python3 "$src/tests/cuda/sass_stalls.py" extract "$out/sass_all.txt" \
+      "${SASS_KERNELS:-attention_(backward|forward)_wgmma_wsI13__nv_bfloat16Li${hd}E}" > "$out/sass_attention.txt"
+    log "sass (cuobjdump exit $rc, $(grep -c 'Function :' "$out/sass_all.txt") functions in $code): $(grep -c 'Function :' "$out/sass_attention.txt") kernels to sass_attention.txt"
+    rm -f "$out/sass_all.txt"
+    python3 "$src/tests/cuda/sass_stalls.py" mix "$out/sass_attention.txt" 2>&1 | tee -a "$out/summary.txt"
+  fi
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2> /dev/null | head -1)
+  if [[ -z "$ncu" ]]; then
+    log "sass stalls: no ncu on this machine"
+  else
+    for var in ${SASS_ATTENTION:-auto}; do
+      if [[ " ${dropped[*]:-} " = *" $var "* ]]; then log "sass stalls ($var): skipped, its test failed"; continue; fi
+      rep="$out/ncu_source_$var"
+      (cd "$build" && LLM_CUDA_ATTENTION=$var lim 120 "$ncu" --kernel-name "regex:${SASS_NCU_KERNEL:-attention_backward_wgmma_ws}" \
+        --launch-count 1 --section SourceCounters --section WarpStateStats -f -o "$rep" \
+        ./tests/bench-cuda-attention --head-dims "$hd" --seqs 4096 --reps 1 > "$rep.log" 2>&1)
+      rc=$?
+      lim 60 "$ncu" -i "$rep.ncu-rep" --page source --csv --print-source sass > "$rep.csv" 2>> "$rep.log"
+      log "sass stalls ($var) exit $rc, export exit $?: $rep.csv"
+      python3 "$src/tests/cuda/sass_stalls.py" stalls "$rep.csv" 2>&1 | tee -a "$out/summary.txt"
     done
   fi
 fi

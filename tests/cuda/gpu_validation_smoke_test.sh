@@ -19,7 +19,16 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 fail() { echo "FAIL: $*"; echo "--- summary"; cat "$out/r/summary.txt" 2> /dev/null; echo "--- log"; tail -30 "$out/log"; exit 1; }
 
-BENCHES="gemm attention torch train-step longseq sweep profile" ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch LLM_CUDA_BLOCK_ORDER=heaviest:8" \
+# Stand-ins for cuobjdump and ncu (the SASS step's plumbing: the digests of their made-up output
+# reach the summary): cuobjdump prints tests/cuda/testdata/sass_sample.txt, ncu -o writes an
+# empty report and ncu -i prints testdata/ncu_source_sample.csv. Neither runs anything.
+fake="$out/fake-bin"
+mkdir -p "$fake"
+printf '#!/bin/sh\ncat "%s"\n' "$src/tests/cuda/testdata/sass_sample.txt" > "$fake/cuobjdump"
+printf '#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -i) cat "%s"; exit 0;; -o) : > "$2.ncu-rep";; esac; shift; done\n' \
+  "$src/tests/cuda/testdata/ncu_source_sample.csv" > "$fake/ncu"
+chmod +x "$fake/cuobjdump" "$fake/ncu"
+PATH="$fake:$PATH" BENCHES="gemm attention torch train-step longseq sweep profile sass" ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch LLM_CUDA_BLOCK_ORDER=heaviest:8" \
   SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke "$src/tests/cuda/gpu_validation.sh" "$out/r" "$build" > "$out/log" 2>&1 ||
   fail "the script exited $?"
 summary="$out/r/summary.txt"
@@ -34,7 +43,7 @@ for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "atten
             "sweep GPT1_3B exit" "sweep GPT1_5B exit" "attention tests with LLM_CUDA_ATTENTION=tc exit" \
             "wgmma_ws_tma test exit" "attention tests with LLM_CUDA_ATTENTION=wgmma-ws-tma exit" \
             "attention (LLM_CUDA_BLOCK_ORDER=launch) exit" "train step (LLM_CUDA_BLOCK_ORDER=heaviest:8) exit" \
-            "== profile" "== done:"; do
+            "== profile" "== sass" "== done:"; do
   grep -qF -- "$step" "$summary" || fail "no '$step' line in the summary"
 done
 # Without a device nothing may claim success: the curves fail, the benchmarks say skipped (77).
@@ -42,6 +51,14 @@ grep -q "pretrain cuda exit .* 0 iterations.* FAIL" "$summary" || fail "the CUDA
 grep -q "pretrain deterministic .* 0 iterations.* FAIL" "$summary" || fail "the reproducibility check without a device must FAIL"
 grep -q "gemm exit 77" "$summary" || fail "the GEMM benchmark without a device must exit 77 (skipped)"
 grep -qE "test_backend \(cuda\) exit 0: .*SKIPPED" "$summary" || fail "the CUDA tests without a device must report SKIPPED"
+# The SASS step: the bf16 hd-128 kernel of the listing extracted and its mix summarised, the stall
+# samples exported and ranked.
+grep -q "^== sass (cuobjdump exit 0, 3 functions in .*): 1 kernels to sass_attention.txt" "$summary" ||
+  fail "no 'sass (cuobjdump exit 0, 3 functions ...): 1 kernels' line"
+grep -q "^_ZN3llm7kernels5sm90a27attention_backward_wgmma_wsI13__nv_bfloat16Li128E.*: 12 instructions" "$summary" ||
+  fail "no instruction mix of the extracted kernel"
+grep -q "^== sass stalls (auto) exit 0, export exit 0" "$summary" || fail "no 'sass stalls (auto) exit 0, export exit 0' line"
+grep -q "^7 instructions, 2000 warp-stall samples" "$summary" || fail "no stall-sample digest"
 # ENV_VARIANTS' outputs are named after the assignment, without LLM_CUDA_.
 [[ -f "$out/r/bench_attention_block-order-launch.txt" && -f "$out/r/bench_train_step_block-order-heaviest-8.txt" ]] ||
   fail "no bench_attention_block-order-launch.txt / bench_train_step_block-order-heaviest-8.txt"
