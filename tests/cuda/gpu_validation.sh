@@ -183,7 +183,7 @@ if [[ "$benches" = *" attention "* ]]; then
 fi
 if [[ "$benches" = *" torch "* ]]; then
   if python3 -c "import torch" 2> /dev/null; then
-    lim 45 python3 "$src/tests/bench/cuda_attention_torch.py" ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention_torch.txt" 2>&1; log "torch attention exit $?"
+    lim 90 python3 "$src/tests/bench/cuda_attention_torch.py" ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention_torch.txt" 2>&1; log "torch attention exit $?"
   else
     log "torch not importable: no PyTorch attention comparison"
   fi
