@@ -222,7 +222,9 @@ if [[ "$benches" = *" longseq "* ]]; then
 fi
 
 if [[ "$benches" = *" profile "* ]]; then
-  # Nsight Compute on the attention kernels (head dim PROFILE_HEAD_DIM, seq 4096): where the
+  # Nsight Compute on the attention kernels and dQ's conversion from the fp32 accumulator (head
+  # dim PROFILE_HEAD_DIM, seq 4096; 8 launches: the forward's 3, then the backward's D, main
+  # kernel and conversion, and D and main kernel once more): where the
   # cycles go (tensor pipe use, shared-memory throughput, stall reasons, occupancy, the hottest
   # instructions), for each kernel choice; every stall reason's cycles per issued instruction
   # (the --metrics regex), which ncu_summary.py ranks.
@@ -232,7 +234,7 @@ if [[ "$benches" = *" profile "* ]]; then
   else
     for var in ${PROFILE_ATTENTION:-wgmma tc-m32}; do
       if [[ " ${dropped[*]:-} " = *" $var "* ]]; then log "profile ($var): skipped, its test failed"; continue; fi
-      (cd "$build" && LLM_CUDA_ATTENTION=$var lim 120 "$ncu" --kernel-name regex:attention --launch-count 8 \
+      (cd "$build" && LLM_CUDA_ATTENTION=$var lim 120 "$ncu" --kernel-name 'regex:attention|dq_from_accum' --launch-count 8 \
         --section SpeedOfLight --section Occupancy --section SchedulerStats --section WarpStateStats \
         --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SourceCounters \
         --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \

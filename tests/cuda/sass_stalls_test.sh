@@ -17,8 +17,8 @@ want="_ZN3llm7kernels5sm90a27attention_backward_wgmma_wsI13__nv_bfloat16Li128ELN
 # extract: the matching kernel verbatim, not the next kernel nor the next architecture's preamble.
 got="$(python3 "$py" extract "$data/sass_sample.txt" 'attention_backward_wgmma_ws.*bfloat16Li128E')"
 [[ "$(echo "$got" | grep -c '/\*00[0-9a-f]0\*/')" -eq 13 ]] || fail "extract: the 13 instruction lines of the backward kernel"
-echo "$got" | grep -q "attention_forward" && fail "extract: took the forward kernel too"
-echo "$got" | grep -q "arch = sm_90" && fail "extract: took the next fatbin's preamble"
+[[ "$got" == *attention_forward* ]] && fail "extract: took the forward kernel too"
+[[ "$got" == *"arch = sm_90"* ]] && fail "extract: took the next fatbin's preamble"
 got="$(python3 "$py" extract "$data/sass_sample.txt" 'dq_from_accum')"
 [[ "$(echo "$got" | grep -c '\*/ *[A-Z]')" -eq 2 ]] || fail "extract: the sm_90 kernel's two instructions"
 python3 "$py" extract "$data/sass_sample.txt" 'no_such_kernel' > /dev/null && fail "extract: no match must exit non-zero"
@@ -31,5 +31,7 @@ echo "$st"
 [[ "$(echo "$st" | sed -n 3p)" == "  0x7f0000000090  89.9% ( 95% not issued)  BAR.SYNC.DEFER_BLOCKING 0x1, 0x100" ]] || fail "stalls: the hottest instruction first"
 [[ "$(echo "$st" | wc -l)" -eq 9 ]] || fail "stalls: totals, opcodes and the 7 instructions"
 # A file without the table says so and shows how it begins.
-python3 "$py" stalls "$data/sass_sample.txt" | grep -q "^no table with a Source" || fail "stalls: an unknown layout must be reported"
+# (Captured first: grep -q leaving early would fail the pipeline under pipefail.)
+got="$(python3 "$py" stalls "$data/sass_sample.txt")"
+[[ "$got" == "no table with a Source"* ]] || fail "stalls: an unknown layout must be reported"
 echo "sass_stalls.py: OK"
