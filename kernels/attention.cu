@@ -17,6 +17,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "common.cuh"
 #include "kernels.h"
+#include "sm90a/ws_schedule.h"
 
 namespace llm::kernels {
 
@@ -524,6 +525,19 @@ int block_order_setting() {
   return v;
 }
 
+int dq_convert_setting() {
+  static const int v = [] {
+    const char* e = std::getenv("LLM_CUDA_DQ_CONVERT");
+    const std::string s = e ? e : "";
+    if (s.empty() || s == "kernel") return 1;
+    if (s == "fused") return 2;
+    LLM_FAIL("LLM_CUDA_DQ_CONVERT='", s,
+             "': expected kernel (a conversion kernel after the backward, the default) or fused (inside the "
+             "warp-specialised atomic backwards)");
+  }();
+  return v;
+}
+
 AttentionKernels attention_kernels_for(int hd, bool backward) {
   const AttentionKernels k = attention_kernels();
   return k == AttentionKernels::automatic ? automatic_kernels(hd, backward) : k;
@@ -547,11 +561,21 @@ bool atomic_dq(DType t, int hd) { return t != DType::f32 && adds_with_atomics(at
 // The accumulator follows D (one float per row) at the next 256-byte boundary: its float2
 // atomics need 8-byte alignment whatever the number of rows.
 int64_t dq_accum_offset(int64_t rows) { return (rows + 63) / 64 * 64; }
+
+// The fp32 dQ sums [B, T, C] and, after them, the counters of the fused conversion.
+int64_t dq_sums(int B, int NH, int hd, int64_t T) { return int64_t(B) * T * NH * hd; }
+int64_t dq_sums_and_counts(int B, int NH, int hd, int64_t T) {
+  return dq_sums(B, NH, hd, T) + int64_t(B) * NH * sm90a::WsDqSignal::count_stride(T);
+}
 }  // namespace
 
-int64_t attention_backward_scratch(DType t, int B, int NH, int hd, int64_t T) {
+int64_t attention_backward_scratch(DType t, int B, int NH, int hd, int64_t T, bool with_workspace) {
   const int64_t d = int64_t(B) * NH * T;
-  return atomic_dq(t, hd) ? dq_accum_offset(d) + int64_t(B) * T * NH * hd : d;
+  return atomic_dq(t, hd) && !with_workspace ? dq_accum_offset(d) + dq_sums_and_counts(B, NH, hd, T) : d;
+}
+
+int64_t attention_backward_workspace(DType t, int B, int NH, int hd, int64_t T) {
+  return atomic_dq(t, hd) && dq_convert_setting() == 2 ? dq_sums_and_counts(B, NH, hd, T) : 0;
 }
 
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
@@ -584,7 +608,11 @@ void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t st
                      stream);
     AttentionBackwardArgs tc = a;
     tc.block_order = a.block_order != 0 ? a.block_order : block_order_setting();
-    if (atomic_dq(t, a.hd)) tc.dq_accum = a.scratch + dq_accum_offset(rows);
+    if (atomic_dq(t, a.hd)) {
+      tc.dq_clean = a.dq_workspace != nullptr;
+      tc.dq_accum = tc.dq_clean ? a.dq_workspace : a.scratch + dq_accum_offset(rows);
+      tc.dq_count = reinterpret_cast<int*>(tc.dq_accum + dq_sums(a.B, a.NH, a.hd, a.T));
+    }
     if (backward_tensor_cores(t, tc, stream)) return;
     allow_smem(attention_backward_dkdv<E>, smem_kv);
     attention_backward_dkdv<E><<<grid, 256, smem_kv, stream>>>(a, scale);

@@ -18,9 +18,10 @@ inline bool attention_rows_aligned(const AttentionBackwardArgs& a) {
   return aligned16(a.qkv) && aligned16(a.dqkv) && aligned16(a.dout) && (int64_t(a.NH) * a.hd) % 8 == 0;
 }
 
-// The fused-dQ backwards (tc-atomic, wgmma-atomic; attention_tc_backward.cu): a.dq_accum
-// ([B, T, C] fp32) zeroed before the kernel that adds into it, and dqkv's q part = dq_accum *
-// scale after it (t: dqkv's element type).
+// The fused-dQ backwards (tc-atomic, wgmma-atomic, wgmma-ws-*; attention_tc_backward.cu):
+// a.dq_accum ([B, T, C] fp32) and a.dq_count (when set) zeroed before the kernel that adds into
+// them, unless a.dq_clean (a persistent workspace, zero already), and dqkv's q part = dq_accum *
+// scale after it (t: dqkv's element type), zeroing the sums again when a.dq_clean.
 void attention_dq_accum_zero(const AttentionBackwardArgs& a, cudaStream_t stream);
 void attention_dq_from_accum(const AttentionBackwardArgs& a, DType t, cudaStream_t stream);
 

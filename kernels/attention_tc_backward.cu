@@ -20,6 +20,7 @@
 #include "common.cuh"
 #include "kernels.h"
 #include "mma.cuh"
+#include "sm90a/ws_schedule.h"
 
 namespace llm::kernels {
 
@@ -351,13 +352,15 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dq_tc(Attention
   }
 }
 
-// dqkv's q part = dq_accum * scale (the atomic variant's last step).
+// dqkv's q part = dq_accum * scale (the atomic variant's last step); zero: the sums are zeroed
+// after they are read (a persistent workspace, AttentionBackwardArgs::dq_clean).
 template <typename T>
-__global__ void dq_from_accum_kernel(T* dqkv, const float* acc, int64_t rows, int64_t C, float scale) {
+__global__ void dq_from_accum_kernel(T* dqkv, float* acc, int64_t rows, int64_t C, float scale, bool zero) {
   const int64_t n = rows * C;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / C, c = i - r * C;
     dqkv[r * 3 * C + c] = from_float<T>(acc[i] * scale);
+    if (zero) acc[i] = 0.0f;
   }
 }
 
@@ -367,17 +370,18 @@ __global__ void dq_from_accum_kernel(T* dqkv, const float* acc, int64_t rows, in
 // 2-byte store per element: issue-bound, as the one-warp-per-row D kernel was (137 us for 16384
 // tokens of hidden 2048 on an H100, 30% of DRAM bandwidth, before its packed form).
 template <typename T>
-__global__ void __launch_bounds__(256) dq_from_accum_packed(T* dqkv, const float* acc, uint32_t packs, uint32_t row_packs,
-                                                            float scale) {
+__global__ void __launch_bounds__(256) dq_from_accum_packed(T* dqkv, float* acc, uint32_t packs, uint32_t row_packs,
+                                                            float scale, bool zero) {
   constexpr int V = Pack<T>::n, F = V / 4;  // elements per pack, float4 loads per pack
   const uint32_t stride = gridDim.x * blockDim.x;
   for (uint32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < packs; k += stride) {
     const uint32_t r = k / row_packs, c = k - r * row_packs;
-    const float4* src = reinterpret_cast<const float4*>(acc) + int64_t(k) * F;
+    float4* src = reinterpret_cast<float4*>(acc) + int64_t(k) * F;
     Pack<T> out;
 #pragma unroll
     for (int q = 0; q < F; ++q) {
       const float4 v = src[q];
+      if (zero) src[q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       out.e[4 * q] = from_float<T>(v.x * scale);
       out.e[4 * q + 1] = from_float<T>(v.y * scale);
       out.e[4 * q + 2] = from_float<T>(v.z * scale);
@@ -425,8 +429,13 @@ bool backward_for_head_dim(const AttentionBackwardArgs& a, bool atomic_dq, cudaS
 }  // namespace
 
 void attention_dq_accum_zero(const AttentionBackwardArgs& a, cudaStream_t stream) {
+  if (a.dq_clean) return;  // a persistent workspace, left zero by the last backward
   const size_t n = size_t(a.B) * size_t(a.T) * size_t(a.NH) * size_t(a.hd);
   CUDA_CHECK(cudaMemsetAsync(a.dq_accum, 0, sizeof(float) * n, stream), "zeroing the dQ accumulator (", n, " floats)");
+  if (a.dq_count) {  // the fused conversion's counters
+    const size_t c = size_t(a.B) * size_t(a.NH) * size_t(sm90a::WsDqSignal::count_stride(a.T));
+    CUDA_CHECK(cudaMemsetAsync(a.dq_count, 0, sizeof(int) * c, stream), "zeroing the dQ counters (", c, " ints)");
+  }
 }
 
 void attention_dq_from_accum(const AttentionBackwardArgs& a, DType t, cudaStream_t stream) {
@@ -438,10 +447,11 @@ void attention_dq_from_accum(const AttentionBackwardArgs& a, DType t, cudaStream
     E* dqkv = static_cast<E*>(a.dqkv);
     if (C % V == 0 && rows * (C / V) < (int64_t(1) << 31) && packable(dqkv, a.dq_accum)) {
       const int64_t packs = rows * (C / V);
-      dq_from_accum_packed<E><<<grid_for(packs), 256, 0, stream>>>(dqkv, a.dq_accum, uint32_t(packs), uint32_t(C / V), scale);
+      dq_from_accum_packed<E>
+          <<<grid_for(packs), 256, 0, stream>>>(dqkv, a.dq_accum, uint32_t(packs), uint32_t(C / V), scale, a.dq_clean);
       return;
     }
-    dq_from_accum_kernel<E><<<grid_for(rows * C), 256, 0, stream>>>(dqkv, a.dq_accum, rows, C, scale);
+    dq_from_accum_kernel<E><<<grid_for(rows * C), 256, 0, stream>>>(dqkv, a.dq_accum, rows, C, scale, a.dq_clean);
   });
 }
 

@@ -139,15 +139,32 @@ struct AttentionBackwardArgs {
   const void* dout = nullptr;
   const float* lse = nullptr;
   float* scratch = nullptr;
-  float* dq_accum = nullptr;  // set by attention_backward from the scratch (tc-atomic, wgmma-atomic)
+  // Optional: attention_backward_workspace() floats, zero, which the backward leaves zero (the
+  // atomic backwards' fp32 dQ sums and counters then live there instead of in the scratch, and no
+  // memset clears them; the caller keeps it from call to call: CudaBackend).
+  float* dq_workspace = nullptr;
+  // Set by attention_backward (the atomic backwards: tc-atomic, wgmma-atomic, wgmma-ws-*): the
+  // fp32 dQ sums [B, T, C], the fused conversion's counters after them (B*NH*ceil(T/64) ints),
+  // and whether both are zero on entry and must be left zero (from dq_workspace) or are zeroed
+  // by a memset first (from the scratch).
+  float* dq_accum = nullptr;
+  int* dq_count = nullptr;
+  bool dq_clean = false;
   int B = 0, NH = 0, hd = 0;
   int64_t T = 0;
   int block_order = 0;  // 0: LLM_CUDA_BLOCK_ORDER's (block_order_setting); else as it (block_order.h)
+  int dq_convert = 0;   // 0: LLM_CUDA_DQ_CONVERT's (dq_convert_setting); 1 kernel; 2 fused
 };
 void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
-// Floats of scratch attention_backward needs: B*NH*T (D), plus B*T*C (the fp32 dQ accumulator)
-// for bf16/f16 under LLM_CUDA_ATTENTION=tc-atomic.
-int64_t attention_backward_scratch(DType t, int B, int NH, int hd, int64_t T);
+// Floats of scratch attention_backward needs: B*NH*T (D), plus, for the atomic backwards (bf16 /
+// f16 under tc-atomic, wgmma-atomic, wgmma-ws-*, auto's on sm_90) without a dq_workspace, the
+// fp32 dQ sums (B*T*C) and the counters (B*NH*ceil(T/64)).
+int64_t attention_backward_scratch(DType t, int B, int NH, int hd, int64_t T, bool with_workspace = false);
+// Floats of dq_workspace worth keeping for this shape: the sums and counters when the backward
+// adds dQ with atomics and LLM_CUDA_DQ_CONVERT=fused (the conversion then zeroes them as it
+// goes, so a persistent workspace saves the memset); 0 otherwise (a workspace would only move the
+// memset's traffic into the conversion kernel).
+int64_t attention_backward_workspace(DType t, int B, int NH, int hd, int64_t T);
 
 // ---- attention_kv.cu ----------------------------------------------------------------------------
 // Appends the Tn new tokens' k and v (from qkv[B, Tn, 3C]) to the caches [B, maxT, C] at rows
@@ -207,6 +224,14 @@ bool deterministic_kernels();
 // launch: head by head, each head's blocks heaviest first (-1; the order before run 18: triage and
 // A/B). Anything else is an error naming the variable.
 int block_order_setting();
+// LLM_CUDA_DQ_CONVERT: how the atomic backwards turn the fp32 dQ sums into dqkv's q columns.
+// kernel (default, or unset; 1): a conversion kernel after the backward (dq_from_accum_packed),
+// the sums zeroed by a memset before it; fused (2): inside the warp-specialised atomic backwards
+// (wgmma-ws-atomic, wgmma-ws-dqfirst: auto's on sm_90), each query tile converted by the block
+// that adds its last sums, from L2, by a producer warp (no conversion kernel; with a persistent
+// dq_workspace no memset either); the other atomic backwards keep the kernel. Anything else is an
+// error naming the variable.
+int dq_convert_setting();
 // The kernels attention uses for this head dim and pass: LLM_CUDA_ATTENTION's choice, or auto's
 // pick (which depends on the device: tc off compute capability 9.0).
 AttentionKernels attention_kernels_for(int hd, bool backward);

@@ -1117,13 +1117,93 @@ constexpr size_t ws_backward_stats_bytes() {  // two stages of lse and D
   return size_t(1024) * ((2 * 2 * ws_backward_rows<HD>() * 4 + 1023) / 1024);
 }
 // K, V, two Q/dO stages, their lse/D, two dS^T tiles; with kTmaDq the dQ staging tile after them
-// (BR x HD fp32, 1024-byte aligned: at hd 128 198656 bytes in all, at hd 64 199680).
-template <int HD, bool kTmaDq = false>
+// (BR x HD fp32, 1024-byte aligned: at hd 128 198656 bytes in all, at hd 64 199680), with
+// kConvert a tile of the same size where the fused conversion gathers a finished dQ tile.
+template <int HD, bool kTmaDq = false, bool kConvert = false>
 constexpr size_t ws_backward_smem_bytes() {
   constexpr int BR = ws_backward_rows<HD>();
   return 1024 + size_t(tile_bytes<128, HD>()) * 2 + size_t(tile_bytes<BR, HD>()) * 2 * WsRing::kStages +
          ws_backward_stats_bytes<HD>() + 2 * size_t(score_tile_bytes<BR>()) +
-         (kTmaDq ? size_t(dq_staging_bytes<BR, HD>()) : 0);
+         (kTmaDq || kConvert ? size_t(dq_staging_bytes<BR, HD>()) : 0);
+}
+static_assert(ws_backward_smem_bytes<128, false, true>() <= 227 * 1024 && ws_backward_smem_bytes<64, false, true>() <= 227 * 1024 &&
+                  ws_backward_smem_bytes<96, false, true>() <= 227 * 1024,
+              "the fused conversion's tile fits next to the backward's");
+
+// The fused dQ conversion (kConvert, LLM_CUDA_DQ_CONVERT=fused: the atomic forms only), run by
+// warp 1 of the producer warpgroup (idle otherwise) while the consumers compute. Per query tile the
+// block visits (WsDqSignal, ws_schedule.h): wait until both consumers arrived on done after their
+// atomic adds, then lane 0 counts the block's contribution in the tile's counter (a.dq_count) and
+// frees the slot. Ordering (PTX memory model): the consumers' adds precede their arrival
+// (mbarrier.arrive: release at CTA scope), which the wait acquires; lane 0's fence.acq_rel.gpu then
+// makes the increment a release at GPU scope that covers them (CUTLASS's semaphores rely on the
+// same cumulativity after a bar.sync). The block whose increment completes the count (fence
+// again: acquire) converts the tile: each lane copies its 8-element packs' sums from L2 into the
+// staging tile (cp.async.cg, all in flight at once: 24 registers leave no room for loads in
+// flight), then writes dq = sum * scale as 16-byte packs of dqkv's q columns (the same rounding
+// as dq_from_accum_packed) and, with a.dq_clean (a persistent workspace), zeros the sums and the
+// counter, so the next backward finds them zero and no memset runs.
+// The producer has 24 registers: what lives through the loop is the tile (it, i0), the head
+// (b NH + h) and the barriers (done0; free0 = done0 + 16); the rest is recomputed where used, and
+// offsets within a tile are 32-bit (ptxas -v: no spills, tests/cuda/ptxas_report_test.sh).
+template <typename T, int HD, int BR>
+__device__ __forceinline__ void convert_finished_dq_tiles(const AttentionBackwardArgs& a, int head, int j0, float scale,
+                                                          const unsigned char* stage_p, uint32_t done0) {
+  constexpr int PR = HD / 8, PACKS = BR * PR;  // 8-element packs per row, per tile
+  const int lane = threadIdx.x % 32;
+  for (int it = 0, i0 = j0; i0 < a.T; ++it, i0 += BR) {  // WsDqSignal::query_tiles(a.T, j0, BR) tiles
+    const uint32_t slot = uint32_t(WsDqSignal::slot(it));
+    mbarrier_wait(done0 + 8u * slot, WsDqSignal::done_parity(it));
+    int last = 0;
+    if (lane == 0) {
+      int* const count = a.dq_count + head * WsDqSignal::count_stride(a.T) + WsDqSignal::count_index(i0);
+      asm volatile("fence.acq_rel.gpu;\n" ::: "memory");  // release: the consumers' adds before the count
+      const int before = atomicAdd(count, 1);
+      mbarrier_arrive(done0 + 16u + 8u * slot);  // free
+      last = before + 1 == WsDqSignal::contributors(i0);
+      if (last) {
+        asm volatile("fence.acq_rel.gpu;\n" ::: "memory");  // acquire: every block's adds
+        if (a.dq_clean) *count = 0;  // no block adds to the tile any more
+      }
+    }
+    if (!__shfl_sync(0xffffffffu, last, 0)) continue;
+    __syncwarp();  // lane 0's acquire, for the other lanes' reads
+    // 32-bit offsets from the tile's first element (the producer has 24 registers).
+    const int rows = int(a.T - i0 < BR ? a.T - i0 : BR), C = a.NH * HD, b = head / a.NH, h = head - b * a.NH;
+    const uint32_t stage = smem_addr(stage_p);
+    float* const acc = a.dq_accum + (int64_t(b) * a.T + i0) * C + h * HD;
+    for (int p = lane; p < PACKS; p += 32) {
+      const int r = p / PR, off = r * C + (p - r * PR) * 8;
+      if (r >= rows) break;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(stage + 32u * p), "l"(acc + off) : "memory");
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(stage + 32u * p + 16u), "l"(acc + off + 4) : "memory");
+    }
+    cp_async_commit();
+    cp_async_wait<0>();  // this lane's copies landed: it reads only its own packs below
+    if (a.dq_clean) {  // the sums back to zero for the next backward (this lane's: its copies landed); acc is dead after
+      for (int p = lane; p < PACKS; p += 32) {
+        const int r = p / PR;
+        if (r >= rows) break;
+        float4* const sums = reinterpret_cast<float4*>(acc + r * C + (p - r * PR) * 8);
+        sums[0] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        sums[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+    }
+    T* const dq = static_cast<T*>(a.dqkv) + (int64_t(b) * a.T + i0) * 3 * C + h * HD;
+    for (int p = lane; p < PACKS; p += 32) {  // each half pack: 4 sums in, 4 elements (8 bytes) out
+      const int r = p / PR, c = (p - r * PR) * 8;
+      if (r >= rows) break;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float x, y, z, w;
+        asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=f"(x), "=f"(y), "=f"(z), "=f"(w)
+                     : "r"(stage + 32u * p + 16u * half));
+        *reinterpret_cast<uint2*>(dq + r * 3 * C + c + 4 * half) =
+            make_uint2(pack2<T>(x * scale, y * scale), pack2<T>(z * scale, w * scale));
+      }
+    }
+  }
 }
 
 // kTmaDq (wgmma-ws-tma): FlashAttention-3's dQ path instead of the atomics. Each consumer stores
@@ -1139,7 +1219,7 @@ constexpr size_t ws_backward_smem_bytes() {
 // (wgmma-ws-tma).
 enum class WsDq { atomic, atomic_dq_first, tma };
 
-template <typename T, int HD, WsDq kDq>
+template <typename T, int HD, WsDq kDq, bool kConvert = false>
 __global__ void __launch_bounds__(kWsThreads, 1)
     attention_backward_wgmma_ws(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                                 const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
@@ -1147,10 +1227,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   constexpr int BC = 128, BR = ws_backward_rows<HD>(), COLS = panel_columns(HD), PANELS = HD / COLS;
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>(), SBYTES = score_tile_bytes<BR>();
   constexpr bool kTmaDq = kDq == WsDq::tma, kDqFirst = kDq != WsDq::atomic;
+  static_assert(!(kTmaDq && kConvert), "the fused conversion counts per-thread atomic adds");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // Barriers: K and V full; Q/dO full and empty for stages 0 and 1; with kTmaDq the dQ staging's
-  // full and empty.
-  __shared__ __align__(8) uint64_t bars[7];
+  // full and empty; with kConvert the conversion's done and free per slot.
+  __shared__ __align__(8) uint64_t bars[11];
   // The block's task (block_order.h), which the consumers re-read per tile and in the epilogue
   // instead of keeping it and the keys derived from it in registers (blockIdx was rematerialised
   // for free).
@@ -1159,9 +1240,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const uint32_t smem_s = smem_addr(smem), bar = smem_addr(bars);
   float* const stats = reinterpret_cast<float*>(smem + 2 * KBYTES + 2 * WsRing::kStages * QBYTES);
   unsigned char* const score_tiles = reinterpret_cast<unsigned char*>(stats) + ws_backward_stats_bytes<HD>();
-  unsigned char* const dq_stage = score_tiles + 2 * SBYTES;  // kTmaDq; 1024-byte aligned (every part above is)
+  unsigned char* const dq_stage = score_tiles + 2 * SBYTES;  // kTmaDq, kConvert; 1024-byte aligned (every part above is)
   const uint32_t kv_full = bar;
   const uint32_t dq_full = bar + 8u * 5, dq_empty = bar + 8u * 6;
+  const uint32_t dq_done0 = bar + 8u * 7, dq_free0 = dq_done0 + 16u;  // kConvert: + 8 slot
   const auto q_full = [bar](int st) { return bar + 8u * uint32_t(1 + st); };
   const auto q_empty = [bar](int st) { return bar + 8u * uint32_t(3 + st); };
   const auto q_tile = [smem_s](int st) { return smem_s + uint32_t(2 * KBYTES + st * 2 * QBYTES); };
@@ -1172,7 +1254,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int64_t j0 = int64_t(task.rank) * BC;
   const BackwardHead<T, HD> head(a, b, h);
   const int64_t T_ = head.len, C = head.C;
-  const int tiles = int((T_ - j0 + BR - 1) / BR);
+  const int tiles = WsDqSignal::query_tiles(T_, j0, BR);
 
   if (threadIdx.x == 0) {
     shared_task = task;
@@ -1184,6 +1266,12 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     if constexpr (kTmaDq) {
       mbarrier_init(dq_full, 2 * 128);  // every consumer thread, after its stores
       mbarrier_init(dq_empty, 1);       // the thread that issued the reductions, once they read the tile
+    }
+    if constexpr (kConvert) {
+      for (int s = 0; s < WsDqSignal::kSlots; ++s) {
+        mbarrier_init(dq_done0 + 8u * uint32_t(s), 2 * 128);  // every consumer thread, after its adds
+        mbarrier_init(dq_free0 + 8u * uint32_t(s), 1);        // the conversion warp's lane 0, once it counted
+      }
     }
     mbarrier_init_fence();
   }
@@ -1236,6 +1324,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         mbarrier_arrive(dq_empty);
       }
       tma_wait_group<0>();  // the adds are complete before the block's shared memory goes
+    } else if (kConvert && threadIdx.x / 32 == 1) {
+      convert_finished_dq_tiles<T, HD, BR>(a, b * a.NH + h, int(j0), scale, dq_stage, dq_done0);
     }
     return;
   }
@@ -1290,6 +1380,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       } else {
         fused_tile<T, HD, DQN, BR, kDqFirst>(dk, dv, f, publish, release, [&](const float (&dq)[DQN / 2]) {
           add_dq_rows<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq);
+          if constexpr (kConvert) {  // the adds, for the conversion warp (convert_finished_dq_tiles)
+            const uint32_t slot = uint32_t(WsDqSignal::slot(it));
+            if (WsDqSignal::needs_free(it)) mbarrier_wait(dq_free0 + 8u * slot, WsDqSignal::free_parity(it));
+            mbarrier_arrive(dq_done0 + 8u * slot);
+          }
         });
       }
     }
@@ -1543,6 +1638,10 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
     const CUtensorMap k = make_tile_map<T, HD>("k (backward)", qkv + C, a.T, a.NH, a.B, ld, a.T * ld, 128);
     const CUtensorMap v = make_tile_map<T, HD>("v (backward)", qkv + 2 * C, a.T, a.NH, a.B, ld, a.T * ld, 128);
     const CUtensorMap dout = make_tile_map<T, HD>("dout (backward)", a.dout, a.T, a.NH, a.B, C, a.T * C, BR);
+    // The fused conversion (LLM_CUDA_DQ_CONVERT=fused or a.dq_convert 2): the atomic forms, with
+    // counters.
+    const bool convert = form != WgmmaBackward::ws_tma_dq && a.dq_count != nullptr &&
+                         (a.dq_convert == 0 ? dq_convert_setting() : a.dq_convert) == 2;
     attention_dq_accum_zero(a, stream);
     if (form == WgmmaBackward::ws_tma_dq) {
       constexpr size_t smem = ws_backward_smem_bytes<HD, true>();
@@ -1550,15 +1649,20 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
       const CUtensorMap dq = make_dq_map<HD>(a.dq_accum, a.T, a.NH, a.B, BR);
       attention_backward_wgmma_ws<T, HD, WsDq::tma><<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, dq, a, scale);
     } else {  // atomics: the dout map stands in for the unused dQ map
-      constexpr size_t smem = ws_backward_smem_bytes<HD, false>();
-      const auto launch = [&](auto kernel) {
+      const auto launch = [&](auto kernel, size_t smem) {
         allow_smem(kernel, smem);
         kernel<<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, dout, a, scale);
       };
-      if (form == WgmmaBackward::ws_atomic_dq_first) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic_dq_first>);
-      else launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic>);
+      constexpr size_t smem = ws_backward_smem_bytes<HD, false>(), smem_convert = ws_backward_smem_bytes<HD, false, true>();
+      if (form == WgmmaBackward::ws_atomic_dq_first) {
+        if (convert) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic_dq_first, true>, smem_convert);
+        else launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic_dq_first>, smem);
+      } else {
+        if (convert) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic, true>, smem_convert);
+        else launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic>, smem);
+      }
     }
-    attention_dq_from_accum(a, dtype_of_element<T>(), stream);
+    if (!convert) attention_dq_from_accum(a, dtype_of_element<T>(), stream);
     return;
   }
   if (form == WgmmaBackward::atomic_dq) {

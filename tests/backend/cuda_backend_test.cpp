@@ -132,6 +132,52 @@ TEST(CudaBackend, BlockOrderIsCheckedByName) {
                 std::string("LLM_CUDA_BLOCK_ORDER='") + bad + "': expected heaviest");
 }
 
+TEST(CudaBackend, DqConvertIsCheckedByName) {
+  // Pure logic, no device; read once per process, so each case in a fresh child.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const auto setting_is = [](const char* value, int want) {
+    if (value) setenv("LLM_CUDA_DQ_CONVERT", value, 1);
+    else unsetenv("LLM_CUDA_DQ_CONVERT");
+    try {
+      std::exit(llm::kernels::dq_convert_setting() == want ? 0 : 1);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      std::exit(2);
+    }
+  };
+  EXPECT_EXIT(setting_is(nullptr, 1), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("kernel", 1), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("fused", 2), ::testing::ExitedWithCode(0), "");
+  for (const char* bad : {"1", "Fused", "fused ", "inline"})
+    EXPECT_EXIT(setting_is(bad, 0), ::testing::ExitedWithCode(2),
+                std::string("LLM_CUDA_DQ_CONVERT='") + bad + "': expected kernel");
+}
+
+// The scratch and workspace sizes of the backward (pure arithmetic on the settings; no device):
+// fp32 and non-atomic choices need D only; the atomic ones the sums and the counters too, in the
+// scratch unless a workspace holds them, and a workspace only when the conversion is fused.
+TEST(CudaBackend, AttentionBackwardScratchHoldsTheDqSumsAndCounters) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const auto sizes_are = [](const char* convert) {
+    setenv("LLM_CUDA_ATTENTION", "tc-atomic", 1);
+    setenv("LLM_CUDA_DQ_CONVERT", convert, 1);
+    using llm::kernels::attention_backward_scratch;
+    using llm::kernels::attention_backward_workspace;
+    const int B = 2, NH = 3, hd = 64;
+    const int64_t T = 333, d = int64_t(B) * NH * T, pad = (d + 63) / 64 * 64;
+    const int64_t sums = int64_t(B) * T * NH * hd, counts = int64_t(B) * NH * 6;  // ceil(333 / 64) = 6
+    const bool fused = std::string(convert) == "fused";
+    bool ok = attention_backward_scratch(DType::f32, B, NH, hd, T) == d &&
+              attention_backward_workspace(DType::f32, B, NH, hd, T) == 0 &&
+              attention_backward_scratch(DType::bf16, B, NH, hd, T) == pad + sums + counts &&
+              attention_backward_scratch(DType::bf16, B, NH, hd, T, true) == d &&
+              attention_backward_workspace(DType::f16, B, NH, hd, T) == (fused ? sums + counts : 0);
+    std::exit(ok ? 0 : 1);
+  };
+  EXPECT_EXIT(sizes_are("kernel"), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(sizes_are("fused"), ::testing::ExitedWithCode(0), "");
+}
+
 TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
   // Pure logic and the device query; each case in a fresh child (both variables are read once).
   GTEST_FLAG_SET(death_test_style, "threadsafe");
@@ -331,7 +377,10 @@ TEST(CudaBackend, WgmmaTileProductsAreExact) {
 // fused into the dK/dV kernel and added by atomics, wgmma-atomic, or by its own kernel with Q and dO
 // in registers for the score products, wgmma-rs).
 // T = 333: several 128-row blocks, a partial last one, and 64-row tiles crossing the diagonal.
-void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackward form) {
+// dq_convert 2 (the warp-specialised atomic forms): dQ converted inside the kernel
+// (LLM_CUDA_DQ_CONVERT=fused), from a zeroed workspace that must be left zero, twice, and then
+// from sums and counters full of ones that the kernel's memset must clear first.
+void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackward form, int dq_convert = 1) {
   using llm::kernels::WgmmaBackward;
   const bool fused_dq = form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq ||
                         form == WgmmaBackward::ws_atomic_dq_first || form == WgmmaBackward::ws_tma_dq;
@@ -391,9 +440,32 @@ void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackw
       ba.lse = gl.data<float>(), ba.scratch = gD.data<float>();
       ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T;
       if (fused_dq) ba.dq_accum = accum.data<float>();
+      const Vec ref = bt::to_vec(cd);
+      if (dq_convert == 2) {
+        const int64_t sums = int64_t(B) * T * C, counts = int64_t(B) * NH * ((T + 63) / 64);
+        Tensor ws = gpu.zeros({int(sums + counts)});
+        ba.dq_accum = ws.data<float>(), ba.dq_count = reinterpret_cast<int*>(ws.data<float>() + sums);
+        ba.dq_clean = true, ba.dq_convert = 2;
+        for (int run = 0; run < 2; ++run) {
+          gd = gpu.zeros({B, T, 3 * C}, t), ba.dqkv = gd.raw();
+          ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, gpu.stream(), form));
+          EXPECT_TRUE(bt::all_close(std::string(name) + " (converted in the kernel, run " + std::to_string(run) + ")",
+                                    down_low(gd), ref, Tol{4 * u, 8 * u * bt::max_abs(ref)}));
+          const Vec left = f.down(ws);
+          EXPECT_TRUE(bt::all_equal("the workspace after the backward (sums, then counters)", left, Vec(left.size(), 0.0)));
+        }
+        // Not clean: the memset zeroes the sums and counters (ones here: 1.0f, and the int 1065353216).
+        gpu.copy(ws, bt::host_f32({int(sums + counts)}, Vec(size_t(sums + counts), 1.0)));
+        ba.dq_clean = false;
+        gd = gpu.zeros({B, T, 3 * C}, t), ba.dqkv = gd.raw();
+        ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, gpu.stream(), form));
+        EXPECT_TRUE(bt::all_close(std::string(name) + " (converted in the kernel, sums zeroed by the memset)", down_low(gd),
+                                  ref, Tol{4 * u, 8 * u * bt::max_abs(ref)}));
+        continue;
+      }
       gpu.synchronize();
       ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, gpu.stream(), form));
-      const Vec ref = bt::to_vec(cd), got = down_low(gd);
+      const Vec got = down_low(gd);
       EXPECT_TRUE(bt::all_close(name, got, ref, Tol{4 * u, 8 * u * bt::max_abs(ref)}));
       if (!fused_dq) {  // no atomics: a second run gives the same bits (LLM_CUDA_DETERMINISTIC=1 relies on it)
         ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, gpu.stream(), form));
@@ -419,6 +491,15 @@ TEST(CudaBackend, WgmmaFusedBackwardMatchesTheCpuOp) {
 TEST(CudaBackend, WgmmaWsFusedBackwardMatchesTheCpuOp) {
   REQUIRE_WGMMA(be);
   check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq);
+}
+
+// LLM_CUDA_DQ_CONVERT=fused: both atomic warp-specialised forms with dQ converted inside the kernel
+// by the block that adds a query tile's last sums (a producer warp, counters in global memory);
+// its own process (a hang there leaves the others' results).
+TEST(CudaBackend, WgmmaWsConvertedBackwardMatchesTheCpuOp) {
+  REQUIRE_WGMMA(be);
+  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq, 2);
+  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq_first, 2);
 }
 
 // The warp-specialised fused backward with dQ's product before dK's (wgmma-ws-dqfirst), and that

@@ -15,6 +15,7 @@
 // arrivals or waiters at the end.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -24,6 +25,7 @@
 
 namespace {
 
+using llm::kernels::sm90a::WsDqSignal;
 using llm::kernels::sm90a::WsDqStage;
 using llm::kernels::sm90a::WsPingPong;
 using llm::kernels::sm90a::WsRing;
@@ -50,7 +52,13 @@ Buf k_buf(int stage) { return stage == 0 ? kK0 : kK1; }
 Buf v_buf(int stage) { return stage == 0 ? kV0 : kV1; }
 
 // Barriers: Q full; K full, V full, K empty, V empty per stage.
-enum Bar { kQFull, kKFull0, kKFull1, kVFull0, kVFull1, kKEmpty0, kKEmpty1, kVEmpty0, kVEmpty1, kDqFull, kDqEmpty, kBars };
+// kDqDone0/1, kDqFree0/1: the fused dQ conversion's signal slots (WsDqSignal).
+enum Bar {
+  kQFull, kKFull0, kKFull1, kVFull0, kVFull1, kKEmpty0, kKEmpty1, kVEmpty0, kVEmpty1, kDqFull, kDqEmpty,
+  kDqDone0, kDqDone1, kDqFree0, kDqFree1, kBars
+};
+Bar dq_done(int slot) { return slot == 0 ? kDqDone0 : kDqDone1; }
+Bar dq_free(int slot) { return slot == 0 ? kDqFree0 : kDqFree1; }
 Bar k_full(int s) { return s == 0 ? kKFull0 : kKFull1; }
 Bar v_full(int s) { return s == 0 ? kVFull0 : kVFull1; }
 Bar k_empty(int s) { return s == 0 ? kKEmpty0 : kKEmpty1; }
@@ -82,6 +90,7 @@ struct World {
     for (int b = 0; b < kBufs; ++b) holds[b] = -1, readers[b] = 0;
     mb[kQFull].init(1);
     mb[kDqFull].init(dq_full_arrivals), mb[kDqEmpty].init(1);
+    for (int s = 0; s < 2; ++s) mb[dq_done(s)].init(2 * kWarpgroup), mb[dq_free(s)].init(1);
     for (int s = 0; s < 2; ++s) {
       mb[k_full(s)].init(k_full_arrivals), mb[v_full(s)].init(1);
       mb[k_empty(s)].init(consumers * kWarpgroup), mb[v_empty(s)].init(consumers * kWarpgroup);
@@ -239,9 +248,10 @@ std::vector<Agent> kernel_agents(int tiles, bool ping_pong, int consumers = 2) {
 
 // One random interleaving of the agents and their copies; "" when every check held.
 // consumers: the consumer warpgroups among the agents (all but the first unless given); dq_full:
-// the arrivals the dQ staging's full barrier expects.
+// the arrivals the dQ staging's full barrier expects; slow: an agent that only steps when nothing
+// else can (a warp starved of issue slots, or busy converting a tile), -1 for none.
 std::string run(std::vector<Agent> agents, uint64_t seed, int k_full_arrivals = 1, int consumers = -1,
-                int dq_full = 2 * kWarpgroup) {
+                int dq_full = 2 * kWarpgroup, int slow = -1) {
   const int n_agents = int(agents.size());
   World w(k_full_arrivals, consumers > 0 ? consumers : n_agents - 1, dq_full);
   std::mt19937_64 rng(seed);
@@ -257,6 +267,7 @@ std::string run(std::vector<Agent> agents, uint64_t seed, int k_full_arrivals = 
       if (!agents[size_t(i)].done()) order.push_back(i);
     for (size_t i = 0; i < w.in_flight.size(); ++i) order.push_back(100 + int(i));
     std::shuffle(order.begin(), order.end(), rng);
+    std::stable_partition(order.begin(), order.end(), [slow](int who) { return who != slow; });
     bool progressed = false;
     for (int who : order) {
       if (who >= 100) {
@@ -377,7 +388,9 @@ std::vector<Op> backward_producer_program(int tiles) {
 
 // tma_dq (wgmma-ws-tma): after releasing the stage, consumer cw waits until the staging tile's
 // previous reduction has read it (WsDqStage), stores its half and arrives on the full barrier.
-std::vector<Op> backward_consumer_program(int tiles, int cw = 0, bool tma_dq = false) {
+// convert (LLM_CUDA_DQ_CONVERT=fused): after its adds, consumer cw waits until the conversion warp
+// took the signal of tile it - 2 from the slot, and arrives on the slot's done barrier.
+std::vector<Op> backward_consumer_program(int tiles, int cw = 0, bool tma_dq = false, bool convert = false) {
   std::vector<Op> p;
   p.push_back({Op::kWait, kQFull, 0, 0, kQ, 0, 0});  // K and V: read to the end
   const Buf half = cw == 0 ? kDq0 : kDq1;
@@ -391,8 +404,36 @@ std::vector<Op> backward_consumer_program(int tiles, int cw = 0, bool tma_dq = f
       p.push_back({Op::kStore, kDqFull, 0, 0, half, it});
       p.push_back({Op::kArrive, kDqFull, 0, kWarpgroup});
     }
+    if (convert) {
+      const int slot = WsDqSignal::slot(it);
+      if (WsDqSignal::needs_free(it))
+        p.push_back({Op::kWait, dq_free(slot), WsDqSignal::free_parity(it), 0, kQ, -1, it / 2 - 1});
+      p.push_back({Op::kArrive, dq_done(slot), 0, kWarpgroup});
+    }
   }
   return p;
+}
+
+// The conversion warp (the fused conversion): per tile, wait until both consumers' adds are
+// signalled in the tile's slot (the wait's phase check catches a consumer a whole phase ahead),
+// count, free the slot.
+std::vector<Op> dq_converter_program(int tiles) {
+  std::vector<Op> p;
+  for (int it = 0; it < tiles; ++it) {
+    const int slot = WsDqSignal::slot(it);
+    p.push_back({Op::kWait, dq_done(slot), WsDqSignal::done_parity(it), 0, kQ, -1, it / 2});
+    p.push_back({Op::kArrive, dq_free(slot), 0, 1});
+  }
+  return p;
+}
+
+std::vector<Agent> converting_backward_agents(int tiles) {
+  std::vector<Agent> agents(4);
+  agents[0].program = backward_producer_program(tiles);
+  agents[1].program = backward_consumer_program(tiles, 0, false, true);
+  agents[2].program = backward_consumer_program(tiles, 1, false, true);
+  agents[3].program = dq_converter_program(tiles);
+  return agents;
 }
 
 // The producer thread that adds the staged dQ tiles (wgmma-ws-tma): per tile, wait until both
@@ -498,6 +539,86 @@ TEST(WsSchedule, TheDqStagingModelCatchesAMissingWaitCountAndParitySlips) {
       },
       2 * kWarpgroup));
   EXPECT_FALSE(fails([](std::vector<Agent>&) {}, 2 * kWarpgroup));
+}
+
+// Random interleavings, and ones where the converter only moves when everything else waits.
+TEST(WsSchedule, TheDqSignalReachesTheConverterOncePerTileInOrder) {
+  for (int slow : {-1, 3})
+    for (int tiles = 1; tiles <= 9; ++tiles)
+      for (uint64_t seed = 0; seed < 300; ++seed) {
+        const std::string e =
+            run(converting_backward_agents(tiles), seed * 15485863 + uint64_t(tiles), kBwdFullArrivals, 2, 2 * kWarpgroup, slow);
+        ASSERT_EQ(e, "") << "tiles " << tiles << ", seed " << seed << (slow >= 0 ? ", slow converter" : "");
+      }
+}
+
+// Caught: consumers that do not wait for the slot to be freed (they run a phase ahead of a slow
+// converter, whose wait then returns a phase late); a parity slip on the free barrier; a done
+// barrier expecting one consumer; a converter that never frees (deadlock).
+TEST(WsSchedule, TheDqSignalModelCatchesAMissingWaitParityAndCountSlips) {
+  const auto fails = [](auto mutate) {
+    for (int slow : {-1, 3})
+      for (uint64_t seed = 0; seed < 300; ++seed) {
+        std::vector<Agent> agents = converting_backward_agents(7);
+        mutate(agents);
+        if (!run(agents, seed, kBwdFullArrivals, 2, 2 * kWarpgroup, slow).empty()) return true;
+      }
+    return false;
+  };
+  const auto drop_free_waits = [](std::vector<Op>& prog) {
+    std::vector<Op> p;
+    for (const Op& op : prog)
+      if (!(op.kind == Op::kWait && (op.bar == kDqFree0 || op.bar == kDqFree1))) p.push_back(op);
+    prog = p;
+  };
+  EXPECT_TRUE(fails([&](std::vector<Agent>& a) { drop_free_waits(a[1].program), drop_free_waits(a[2].program); }));
+  EXPECT_TRUE(fails([](std::vector<Agent>& a) {
+    for (Op& op : a[2].program)
+      if (op.kind == Op::kWait && op.bar == kDqFree1 && op.phase == 1) op.parity ^= 1u;
+  }));
+  EXPECT_TRUE(fails([](std::vector<Agent>& a) {
+    for (Op& op : a[1].program)
+      if (op.kind == Op::kArrive && (op.bar == kDqDone0 || op.bar == kDqDone1)) op.count = 2 * kWarpgroup;
+  }));
+  EXPECT_TRUE(fails([](std::vector<Agent>& a) {
+    std::vector<Op> p;
+    for (const Op& op : a[3].program)
+      if (op.kind != Op::kArrive) p.push_back(op);
+    a[3].program = p;
+  }));
+  EXPECT_FALSE(fails([](std::vector<Agent>&) {}));
+}
+
+// The counters of the fused conversion against the kernel's loop bounds: every key block (128 keys
+// from j0) visits query_tiles(T, j0, BR) tiles from i0 = j0; each tile of every sequence length
+// must then be counted by exactly contributors(i0) blocks, in a counter of its own below
+// count_stride(T), so the block whose count completes it is the last to add. A formula counting
+// the 64-row tiles' own index instead (i0 / BR + 1) is caught.
+TEST(WsDqCount, EachQueryTileIsCountedByExactlyItsContributors) {
+  const auto mismatches = [](auto contributors) {
+    int bad = 0;
+    for (int BR : {64, 128})
+      for (int64_t T = 1; T <= 1300; T += (T < 300 ? 1 : 37)) {
+        std::vector<int> counts(size_t(WsDqSignal::count_stride(T)), 0);
+        for (int64_t j0 = 0; j0 < T; j0 += 128)
+          for (int it = 0; it < WsDqSignal::query_tiles(T, j0, BR); ++it) {
+            const int64_t i0 = j0 + int64_t(it) * BR;
+            EXPECT_LT(i0, T);
+            EXPECT_EQ(i0 % BR, 0);
+            const int64_t k = WsDqSignal::count_index(i0);
+            EXPECT_LT(k, WsDqSignal::count_stride(T));
+            ++counts[size_t(k)];
+          }
+        for (int64_t k = 0; k < WsDqSignal::count_stride(T); ++k) {
+          const int64_t i0 = k * 64;
+          const int want = i0 % BR == 0 ? contributors(i0, BR) : 0;  // 128-row tiles use every other counter
+          if (counts[size_t(k)] != want) ++bad;
+        }
+      }
+    return bad;
+  };
+  EXPECT_EQ(mismatches([](int64_t i0, int) { return WsDqSignal::contributors(i0); }), 0);
+  EXPECT_GT(mismatches([](int64_t i0, int BR) { return int(i0 / BR) + 1; }), 0);
 }
 
 // The pipelined backward's tile stream (PipeRing): the kernels' order of copies, waits and reads

@@ -24,7 +24,8 @@
 #   SWEEP_MBS=1,2,4,8,16 (the sweep's micro-batches), ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch"
 #   (environment assignments the attention benchmark and the training step also run under, one at
 #   a time: an A/B of a switch; their files are named without LLM_CUDA_, e.g.
-#   bench_attention_block-order-launch.txt)
+#   bench_attention_block-order-launch.txt; the attention tests run under each first, and a switch
+#   whose tests fail is not benchmarked)
 set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$src/gpu-report}"
@@ -49,6 +50,7 @@ fi
 
 # The kernel choices beside the default, for the attention tests and the benchmarks (also with TESTS=0).
 variants=(${ATTENTION_VARIANTS-tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-ws3 wgmma-atomic wgmma-rs wgmma-ws-atomic wgmma-ws-dqfirst wgmma-ws-tma tc-atomic tc-m32})
+env_variants=(${ENV_VARIANTS:-})  # A/B switches benchmarked (less those whose attention tests fail)
 tested=(${TEST_VARIANTS:-})  # choices whose attention tests run, not benchmarked
 if [[ "${TESTS:-1}" = 0 ]]; then
   log "TESTS=0: correctness steps skipped"
@@ -68,7 +70,7 @@ cuda_tests='*cuda*:*Cuda*:-*Wgmma*'
 isolated=("wgmma_ws:*WarpSpecialised*:wgmma-ws wgmma-ws-pp" "wgmma_fused:*WgmmaFused*:wgmma-atomic"
           "wgmma_rs:*WgmmaRegisterScores*:wgmma-rs" "wgmma_ws_fused:*WgmmaWsFused*:wgmma-ws-atomic"
           "wgmma_ws3:*WgmmaThreeConsumer*:wgmma-ws3" "wgmma_ws_tma:*WgmmaWsTma*:wgmma-ws-tma"
-          "wgmma_ws_dqfirst:*WgmmaWsDqFirst*:wgmma-ws-dqfirst")
+          "wgmma_ws_dqfirst:*WgmmaWsDqFirst*:wgmma-ws-dqfirst" "wgmma_ws_convert:*WgmmaWsConverted*:")
 spec_name() { echo "${1%%:*}"; }
 spec_filter() { local r=${1#*:}; echo "${r%%:*}"; }
 spec_choices() { local r=${1#*:}; echo "${r#*:}"; }
@@ -85,6 +87,10 @@ done
 (cd "$build" && OMPI_MCA_ess_singleton_isolated=1 lim 60 ./tests/nccl-communicator-check > "$out/nccl_np1.log" 2>&1; echo $? > "$out/rc_nccl_np1") &
 for var in simt "${variants[@]}" "${tested[@]}"; do
   (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
+done
+for assignment in ${ENV_VARIANTS:-}; do  # the same tests under each A/B switch
+  e=$(env_name "$assignment")
+  (cd "$build" && export "$assignment" && lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$e.log" 2>&1; echo $? > "$out/rc_attention_$e") &
 done
 if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
   (cd "$build" && LLM_CUDA_BIAS_GRAD=epilogue lim 150 ./tests/test_backend --gtest_filter='*Linear*cuda*' > "$out/linear_bias_epilogue.log" 2>&1; echo $? > "$out/rc_linear_bias_epilogue") &
@@ -126,6 +132,10 @@ fi
 for var in simt "${variants[@]}" "${tested[@]}"; do
   log "attention tests with LLM_CUDA_ATTENTION=$var exit $(cat "$out/rc_attention_$var"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/attention_$var.log" | tr '\n' ' ')"
 done
+for assignment in ${ENV_VARIANTS:-}; do
+  e=$(env_name "$assignment")
+  log "attention tests with $assignment exit $(cat "$out/rc_attention_$e"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/attention_$e.log" | tr '\n' ' ')"
+done
 if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
   log "linear tests with LLM_CUDA_BIAS_GRAD=epilogue exit $(cat "$out/rc_linear_bias_epilogue"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) |warning' "$out/linear_bias_epilogue.log" | tr '\n' ' ')"
 fi
@@ -157,6 +167,15 @@ for var in "${variants[@]}"; do
   fi
 done
 variants=("${keep[@]}")
+keep=()
+for assignment in ${ENV_VARIANTS:-}; do  # a switch whose attention tests failed is not benchmarked either
+  if [[ "$(cat "$out/rc_attention_$(env_name "$assignment")" 2>/dev/null)" != 0 ]]; then
+    log "$assignment: its attention tests exited $(cat "$out/rc_attention_$(env_name "$assignment")" 2>/dev/null); not benchmarked"
+  else
+    keep+=("$assignment")
+  fi
+done
+env_variants=("${keep[@]}")
 fi
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -176,7 +195,7 @@ if [[ "$benches" = *" attention "* ]]; then
   for var in "${variants[@]}"; do
     (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-attention ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention_$var.txt" 2>&1); log "attention ($var) exit $?"
   done
-  for assignment in ${ENV_VARIANTS:-}; do
+  for assignment in "${env_variants[@]}"; do
     (cd "$build" && export "$assignment" && lim 60 ./tests/bench-cuda-attention ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention_$(env_name "$assignment").txt" 2>&1)
     log "attention ($assignment) exit $?"
   done
@@ -198,7 +217,7 @@ if [[ "$benches" = *" train-step "* ]]; then
     (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_$var.txt" 2>&1)
     log "train step ($var) exit $?: $(grep -E '^step' "$out/bench_train_step_$var.txt")"
   done
-  for assignment in ${ENV_VARIANTS:-}; do
+  for assignment in "${env_variants[@]}"; do
     (cd "$build" && export "$assignment" && lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_$(env_name "$assignment").txt" 2>&1)
     log "train step ($assignment) exit $?: $(grep -E '^step' "$out/bench_train_step_$(env_name "$assignment").txt")"
   done

@@ -71,6 +71,14 @@ Tensor CudaBackend::empty(const Shape& shape, DType dtype) {
 
 Tensor CudaBackend::scratch(int64_t n_floats) { return empty({n_floats > 0 ? n_floats : 1}, DType::f32); }
 
+float* CudaBackend::dq_workspace(int64_t n) {
+  if (!dq_workspace_.defined() || dq_workspace_.numel() < n) {
+    dq_workspace_ = Tensor{};  // the old one back to the allocator first (stream-ordered)
+    dq_workspace_ = zeros({n});
+  }
+  return dq_workspace_.data<float>();
+}
+
 void CudaBackend::copy(const Tensor& dst, const Tensor& src) {
   LLM_CHECK(dst.defined() && src.defined(), "cuda copy: undefined tensor");
   LLM_CHECK(dst.shape() == src.shape() && dst.dtype() == src.dtype(), "cuda copy: ", shape_str(src.shape()), " ",
@@ -510,8 +518,11 @@ void CudaBackend::attention_backward(const Tensor& dqkv, const Tensor& dout, con
   check_dev(out, {d.B, d.T, d.C}, t, device_, "attention_backward out");
   check_dev(dout, {d.B, d.T, d.C}, t, device_, "attention_backward dout");
   check_dev(lse, {d.B, n_head, d.T}, DType::f32, device_, "attention_backward lse");
-  Tensor s = scratch(kernels::attention_backward_scratch(t, static_cast<int>(d.B), n_head, static_cast<int>(d.hd), d.T));
+  const int B = static_cast<int>(d.B), hd = static_cast<int>(d.hd);
+  const int64_t workspace = kernels::attention_backward_workspace(t, B, n_head, hd, d.T);
+  Tensor s = scratch(kernels::attention_backward_scratch(t, B, n_head, hd, d.T, workspace > 0));
   kernels::AttentionBackwardArgs a;
+  if (workspace > 0) a.dq_workspace = dq_workspace(workspace);
   a.qkv = qkv.raw();
   a.dqkv = dqkv.raw();
   a.out = out.raw();

@@ -97,6 +97,10 @@ class CudaBackend final : public Backend {
   void launched(const char* op, std::initializer_list<const Tensor*> tensors);
   void check_ids(const Tensor& ids, int64_t lo, int64_t hi, const char* op, const char* what);
   Tensor scratch(int64_t n_floats);
+  // At least n floats, zero, that the attention backward leaves zero (its fp32 dQ sums and
+  // counters under LLM_CUDA_DQ_CONVERT=fused: kernels::attention_backward_workspace); kept from
+  // call to call and grown (zeroed again) when a larger shape needs more.
+  float* dq_workspace(int64_t n);
 
   Device device_;
   cudaStream_t stream_ = nullptr;
@@ -119,6 +123,7 @@ class CudaBackend final : public Backend {
   double* partials_host_ = nullptr;            // pinned
   unsigned int* count_dev_ = nullptr;
   unsigned int* count_host_ = nullptr;
+  Tensor dq_workspace_;
 };
 
 // Records elapsed device time between two points of a stream (cudaEvent pairs).
