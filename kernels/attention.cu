@@ -538,6 +538,17 @@ int dq_convert_setting() {
   return v;
 }
 
+int dq_red_setting() {
+  static const int v = [] {
+    const char* e = std::getenv("LLM_CUDA_DQ_RED");
+    const std::string s = e ? e : "";
+    if (s.empty() || s == "v2") return 2;
+    if (s == "v4") return 4;
+    LLM_FAIL("LLM_CUDA_DQ_RED='", s, "': expected v2 (8-byte dQ reductions, the default) or v4 (16-byte ones)");
+  }();
+  return v;
+}
+
 AttentionKernels attention_kernels_for(int hd, bool backward) {
   const AttentionKernels k = attention_kernels();
   return k == AttentionKernels::automatic ? automatic_kernels(hd, backward) : k;

@@ -154,6 +154,7 @@ struct AttentionBackwardArgs {
   int64_t T = 0;
   int block_order = 0;  // 0: LLM_CUDA_BLOCK_ORDER's (block_order_setting); else as it (block_order.h)
   int dq_convert = 0;   // 0: LLM_CUDA_DQ_CONVERT's (dq_convert_setting); 1 kernel; 2 fused
+  int dq_red = 0;       // 0: LLM_CUDA_DQ_RED's (dq_red_setting); 2 or 4 floats per reduction
 };
 void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t stream);
 // Floats of scratch attention_backward needs: B*NH*T (D), plus, for the atomic backwards (bf16 /
@@ -232,6 +233,12 @@ int block_order_setting();
 // dq_workspace no memset either); the other atomic backwards keep the kernel. Anything else is an
 // error naming the variable.
 int dq_convert_setting();
+// LLM_CUDA_DQ_RED: the width of wgmma-ws-atomic's dQ reductions (auto's backward on sm_90). v2
+// (default, or unset; 2): the accumulator fragments' own float pairs, 8 bytes per reduction; v4
+// (4): quad lanes trade halves so each reduction adds 16 bytes, half the instructions
+// (red.global.add.v4.f32, sm_90), at head dims 48, 80, 96 and 128 (at 64 the trade spills: v2
+// there). Anything else is an error naming the variable.
+int dq_red_setting();
 // The kernels attention uses for this head dim and pass: LLM_CUDA_ATTENTION's choice, or auto's
 // pick (which depends on the device: tc off compute capability 9.0).
 AttentionKernels attention_kernels_for(int hd, bool backward);

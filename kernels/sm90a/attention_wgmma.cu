@@ -670,6 +670,25 @@ __device__ __forceinline__ void add_dq_rows(float* dq_row, int64_t ld, int64_t r
   }
 }
 
+// The same adds as 16-byte reductions (red.global.add.v4.f32, sm_90; LLM_CUDA_DQ_RED=v4): lanes
+// t and t ^ 1 of a quad trade halves (one shuffle per float), so the even lane holds four
+// consecutive columns 8 nb + 2t .. + 3 of row `row` and the odd one columns 8 nb + 2t - 2 .. + 1
+// of row + 8: half the reduction instructions for the same bytes. Every lane shuffles before its
+// row is checked.
+template <int N>
+__device__ __forceinline__ void add_dq_rows_v4(float* dq_row, int64_t ld, int64_t row, int64_t rows, const float (&dq)[N / 2]) {
+  const bool odd = threadIdx.x & 1;  // t = lane % 4, and lane = threadIdx.x % 32
+  float* const dst = odd ? dq_row + 8 * ld - 2 : dq_row;
+  const bool in = (odd ? row + 8 : row) < rows;
+#pragma unroll
+  for (int nb = 0; nb < N / 8; ++nb) {
+    const float x = odd ? dq[4 * nb] : dq[4 * nb + 2], y = odd ? dq[4 * nb + 1] : dq[4 * nb + 3];
+    const float rx = __shfl_xor_sync(0xffffffffu, x, 1), ry = __shfl_xor_sync(0xffffffffu, y, 1);
+    const float4 v = odd ? make_float4(rx, ry, dq[4 * nb + 2], dq[4 * nb + 3]) : make_float4(dq[4 * nb], dq[4 * nb + 1], rx, ry);
+    if (in) atomicAdd(reinterpret_cast<float4*>(dst + 8 * nb), v);
+  }
+}
+
 // Calls f(integral_constant<int, dq_split_cols(HD, wg)>): the fused backward's dQ slice width of
 // this warpgroup, a compile-time N; one call site when both widths agree, else one per warpgroup
 // (a warpgroup-uniform branch around the whole loop: inside a batch of products a branch makes
@@ -1126,9 +1145,11 @@ constexpr size_t ws_backward_smem_bytes() {
          ws_backward_stats_bytes<HD>() + 2 * size_t(score_tile_bytes<BR>()) +
          (kTmaDq || kConvert ? size_t(dq_staging_bytes<BR, HD>()) : 0);
 }
-static_assert(ws_backward_smem_bytes<128, false, true>() <= 227 * 1024 && ws_backward_smem_bytes<64, false, true>() <= 227 * 1024 &&
-                  ws_backward_smem_bytes<96, false, true>() <= 227 * 1024,
-              "the fused conversion's tile fits next to the backward's");
+static_assert(ws_backward_smem_bytes<48, false, true>() <= 227 * 1024 && ws_backward_smem_bytes<64, false, true>() <= 227 * 1024 &&
+                  ws_backward_smem_bytes<80, false, true>() <= 227 * 1024 &&
+                  ws_backward_smem_bytes<96, false, true>() <= 227 * 1024 &&
+                  ws_backward_smem_bytes<128, false, true>() <= 227 * 1024,
+              "the fused conversion's tile fits next to the backward's at every head dim");
 
 // The fused dQ conversion (kConvert, LLM_CUDA_DQ_CONVERT=fused: the atomic forms only), run by
 // warp 1 of the producer warpgroup (idle otherwise) while the consumers compute. Per query tile the
@@ -1219,7 +1240,13 @@ __device__ __forceinline__ void convert_finished_dq_tiles(const AttentionBackwar
 // (wgmma-ws-tma).
 enum class WsDq { atomic, atomic_dq_first, tma };
 
-template <typename T, int HD, WsDq kDq, bool kConvert = false>
+// kRedV4 (LLM_CUDA_DQ_RED=v4; wgmma-ws-atomic at hd 48, 80, 96, 128: at 64, whose 128-row tiles
+// give each thread all 64 dQ columns, the trade spills): the adds as 16-byte reductions
+// (add_dq_rows_v4). A template choice, as a runtime branch around the adds spills at hd 64-128.
+template <int HD>
+constexpr bool ws_red_v4_available() { return HD != 64; }
+
+template <typename T, int HD, WsDq kDq, bool kConvert = false, bool kRedV4 = false>
 __global__ void __launch_bounds__(kWsThreads, 1)
     attention_backward_wgmma_ws(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                                 const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
@@ -1228,6 +1255,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>(), SBYTES = score_tile_bytes<BR>();
   constexpr bool kTmaDq = kDq == WsDq::tma, kDqFirst = kDq != WsDq::atomic;
   static_assert(!(kTmaDq && kConvert), "the fused conversion counts per-thread atomic adds");
+  static_assert(!kRedV4 || (kDq == WsDq::atomic && ws_red_v4_available<HD>()), "16-byte reductions: wgmma-ws-atomic, hd != 64");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // Barriers: K and V full; Q/dO full and empty for stages 0 and 1; with kTmaDq the dQ staging's
   // full and empty; with kConvert the conversion's done and free per slot.
@@ -1379,7 +1407,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         });
       } else {
         fused_tile<T, HD, DQN, BR, kDqFirst>(dk, dv, f, publish, release, [&](const float (&dq)[DQN / 2]) {
-          add_dq_rows<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq);
+          if constexpr (kRedV4) add_dq_rows_v4<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq);
+          else add_dq_rows<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq);
           if constexpr (kConvert) {  // the adds, for the conversion warp (convert_finished_dq_tiles)
             const uint32_t slot = uint32_t(WsDqSignal::slot(it));
             if (WsDqSignal::needs_free(it)) mbarrier_wait(dq_free0 + 8u * slot, WsDqSignal::free_parity(it));
@@ -1642,6 +1671,7 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
     // counters.
     const bool convert = form != WgmmaBackward::ws_tma_dq && a.dq_count != nullptr &&
                          (a.dq_convert == 0 ? dq_convert_setting() : a.dq_convert) == 2;
+    const bool v4 = ws_red_v4_available<HD>() && (a.dq_red == 0 ? dq_red_setting() : a.dq_red) == 4;
     attention_dq_accum_zero(a, stream);
     if (form == WgmmaBackward::ws_tma_dq) {
       constexpr size_t smem = ws_backward_smem_bytes<HD, true>();
@@ -1657,6 +1687,11 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
       if (form == WgmmaBackward::ws_atomic_dq_first) {
         if (convert) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic_dq_first, true>, smem_convert);
         else launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic_dq_first>, smem);
+      } else if constexpr (ws_red_v4_available<HD>()) {
+        if (convert && v4) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic, true, true>, smem_convert);
+        else if (convert) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic, true>, smem_convert);
+        else if (v4) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic, false, true>, smem);
+        else launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic>, smem);
       } else {
         if (convert) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic, true>, smem_convert);
         else launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic>, smem);

@@ -153,6 +153,25 @@ TEST(CudaBackend, DqConvertIsCheckedByName) {
                 std::string("LLM_CUDA_DQ_CONVERT='") + bad + "': expected kernel");
 }
 
+TEST(CudaBackend, DqRedIsCheckedByName) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const auto setting_is = [](const char* value, int want) {
+    if (value) setenv("LLM_CUDA_DQ_RED", value, 1);
+    else unsetenv("LLM_CUDA_DQ_RED");
+    try {
+      std::exit(llm::kernels::dq_red_setting() == want ? 0 : 1);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      std::exit(2);
+    }
+  };
+  EXPECT_EXIT(setting_is(nullptr, 2), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("v2", 2), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("v4", 4), ::testing::ExitedWithCode(0), "");
+  for (const char* bad : {"4", "V4", "v8", "v4 "})
+    EXPECT_EXIT(setting_is(bad, 0), ::testing::ExitedWithCode(2), std::string("LLM_CUDA_DQ_RED='") + bad + "': expected v2");
+}
+
 // The scratch and workspace sizes of the backward (pure arithmetic on the settings; no device):
 // fp32 and non-atomic choices need D only; the atomic ones the sums and the counters too, in the
 // scratch unless a workspace holds them, and a workspace only when the conversion is fused.
@@ -380,7 +399,9 @@ TEST(CudaBackend, WgmmaTileProductsAreExact) {
 // dq_convert 2 (the warp-specialised atomic forms): dQ converted inside the kernel
 // (LLM_CUDA_DQ_CONVERT=fused), from a zeroed workspace that must be left zero, twice, and then
 // from sums and counters full of ones that the kernel's memset must clear first.
-void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackward form, int dq_convert = 1) {
+// dq_red 4: wgmma-ws-atomic's adds as 16-byte reductions (LLM_CUDA_DQ_RED=v4; v2 at hd 64).
+void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackward form, int dq_convert = 1,
+                           int dq_red = 2) {
   using llm::kernels::WgmmaBackward;
   const bool fused_dq = form == WgmmaBackward::atomic_dq || form == WgmmaBackward::ws_atomic_dq ||
                         form == WgmmaBackward::ws_atomic_dq_first || form == WgmmaBackward::ws_tma_dq;
@@ -438,7 +459,7 @@ void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackw
       llm::kernels::AttentionBackwardArgs ba;
       ba.qkv = gq.raw(), ba.dqkv = gd.raw(), ba.out = go.raw(), ba.dout = gdo.raw();
       ba.lse = gl.data<float>(), ba.scratch = gD.data<float>();
-      ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T;
+      ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T, ba.dq_red = dq_red;
       if (fused_dq) ba.dq_accum = accum.data<float>();
       const Vec ref = bt::to_vec(cd);
       if (dq_convert == 2) {
@@ -500,6 +521,14 @@ TEST(CudaBackend, WgmmaWsConvertedBackwardMatchesTheCpuOp) {
   REQUIRE_WGMMA(be);
   check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq, 2);
   check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq_first, 2);
+}
+
+// LLM_CUDA_DQ_RED=v4: wgmma-ws-atomic's dQ adds as 16-byte reductions (quad lanes trading halves),
+// with the conversion kernel and converted in the kernel; its own process.
+TEST(CudaBackend, WgmmaWsV4ReductionsBackwardMatchesTheCpuOp) {
+  REQUIRE_WGMMA(be);
+  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq, 1, 4);
+  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq, 2, 4);
 }
 
 // The warp-specialised fused backward with dQ's product before dK's (wgmma-ws-dqfirst), and that

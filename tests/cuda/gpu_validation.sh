@@ -70,7 +70,8 @@ cuda_tests='*cuda*:*Cuda*:-*Wgmma*'
 isolated=("wgmma_ws:*WarpSpecialised*:wgmma-ws wgmma-ws-pp" "wgmma_fused:*WgmmaFused*:wgmma-atomic"
           "wgmma_rs:*WgmmaRegisterScores*:wgmma-rs" "wgmma_ws_fused:*WgmmaWsFused*:wgmma-ws-atomic"
           "wgmma_ws3:*WgmmaThreeConsumer*:wgmma-ws3" "wgmma_ws_tma:*WgmmaWsTma*:wgmma-ws-tma"
-          "wgmma_ws_dqfirst:*WgmmaWsDqFirst*:wgmma-ws-dqfirst" "wgmma_ws_convert:*WgmmaWsConverted*:")
+          "wgmma_ws_dqfirst:*WgmmaWsDqFirst*:wgmma-ws-dqfirst" "wgmma_ws_convert:*WgmmaWsConverted*:"
+          "wgmma_ws_v4:*WgmmaWsV4*:")
 spec_name() { echo "${1%%:*}"; }
 spec_filter() { local r=${1#*:}; echo "${r%%:*}"; }
 spec_choices() { local r=${1#*:}; echo "${r#*:}"; }

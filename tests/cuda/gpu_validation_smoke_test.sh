@@ -43,7 +43,7 @@ for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "atten
             "sweep GPT1_3B exit" "sweep GPT1_5B exit" "attention tests with LLM_CUDA_ATTENTION=tc exit" \
             "wgmma_ws_tma test exit" "attention tests with LLM_CUDA_ATTENTION=wgmma-ws-tma exit" \
             "attention (LLM_CUDA_BLOCK_ORDER=launch) exit" "train step (LLM_CUDA_BLOCK_ORDER=heaviest:8) exit" \
-            "attention tests with LLM_CUDA_BLOCK_ORDER=launch exit" "wgmma_ws_convert test exit" \
+            "attention tests with LLM_CUDA_BLOCK_ORDER=launch exit" "wgmma_ws_convert test exit" "wgmma_ws_v4 test exit" \
             "== profile" "== sass" "== done:"; do
   grep -qF -- "$step" "$summary" || fail "no '$step' line in the summary"
 done
