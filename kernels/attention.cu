@@ -569,8 +569,9 @@ namespace {
 // Whether the backward adds dQ into an fp32 accumulator in the scratch for this dtype and head
 // dim: the atomic choices on bf16/f16, chosen or picked by auto.
 bool atomic_dq(DType t, int hd) { return t != DType::f32 && adds_with_atomics(attention_kernels_for(hd, true)); }
-// The accumulator follows D (one float per row) at the next 256-byte boundary: its float2
-// atomics need 8-byte alignment whatever the number of rows.
+// The accumulator follows D (one float per row) at the next 256-byte boundary: its float2 and
+// float4 reductions (LLM_CUDA_DQ_RED=v4) and the fused conversion's 16-byte copies need 8- and
+// 16-byte alignment whatever the number of rows.
 int64_t dq_accum_offset(int64_t rows) { return (rows + 63) / 64 * 64; }
 
 // The fp32 dQ sums [B, T, C] and, after them, the counters of the fused conversion.
