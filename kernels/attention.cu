@@ -12,7 +12,9 @@
 // the key tiles up to the diagonal. Both recompute P = exp(S - lse) from the saved lse.
 #include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "backend/cuda/cuda_check.h"
 #include "common.cuh"
@@ -495,14 +497,22 @@ bool adds_with_atomics(AttentionKernels k) {
          k == AttentionKernels::wgmma_ws_dqfirst || k == AttentionKernels::wgmma_ws_tma;
 }
 
+namespace {
+// The value of the first of `names` that environment variable `var` spells (unset or empty: the
+// first name's); anything else is an error naming the variable, its value and `expected`.
+int named_setting(const char* var, std::initializer_list<std::pair<const char*, int>> names, const char* expected) {
+  const char* e = std::getenv(var);
+  const std::string s = e ? e : "";
+  if (s.empty()) return names.begin()->second;
+  for (const auto& [name, value] : names)
+    if (s == name) return value;
+  LLM_FAIL(var, "='", s, "': expected ", expected);
+}
+}  // namespace
+
 bool deterministic_kernels() {
-  static const bool v = [] {
-    const char* e = std::getenv("LLM_CUDA_DETERMINISTIC");
-    const std::string s = e ? e : "";
-    if (s.empty() || s == "0") return false;
-    if (s == "1") return true;
-    LLM_FAIL("LLM_CUDA_DETERMINISTIC='", s, "': expected 1 (bit-reproducible kernels only) or 0");
-  }();
+  static const bool v = named_setting("LLM_CUDA_DETERMINISTIC", {{"0", 0}, {"1", 1}},
+                                      "1 (bit-reproducible kernels only) or 0") != 0;
   return v;
 }
 
@@ -526,26 +536,15 @@ int block_order_setting() {
 }
 
 int dq_convert_setting() {
-  static const int v = [] {
-    const char* e = std::getenv("LLM_CUDA_DQ_CONVERT");
-    const std::string s = e ? e : "";
-    if (s.empty() || s == "kernel") return 1;
-    if (s == "fused") return 2;
-    LLM_FAIL("LLM_CUDA_DQ_CONVERT='", s,
-             "': expected kernel (a conversion kernel after the backward, the default) or fused (inside the "
-             "warp-specialised atomic backwards)");
-  }();
+  static const int v = named_setting("LLM_CUDA_DQ_CONVERT", {{"kernel", 1}, {"fused", 2}},
+                                     "kernel (a conversion kernel after the backward, the default) or fused (inside "
+                                     "the warp-specialised atomic backwards)");
   return v;
 }
 
 int dq_red_setting() {
-  static const int v = [] {
-    const char* e = std::getenv("LLM_CUDA_DQ_RED");
-    const std::string s = e ? e : "";
-    if (s.empty() || s == "v2") return 2;
-    if (s == "v4") return 4;
-    LLM_FAIL("LLM_CUDA_DQ_RED='", s, "': expected v2 (8-byte dQ reductions, the default) or v4 (16-byte ones)");
-  }();
+  static const int v = named_setting("LLM_CUDA_DQ_RED", {{"v2", 2}, {"v4", 4}},
+                                     "v2 (8-byte dQ reductions, the default) or v4 (16-byte ones)");
   return v;
 }
 
@@ -577,7 +576,7 @@ int64_t dq_accum_offset(int64_t rows) { return (rows + 63) / 64 * 64; }
 // The fp32 dQ sums [B, T, C] and, after them, the counters of the fused conversion.
 int64_t dq_sums(int B, int NH, int hd, int64_t T) { return int64_t(B) * T * NH * hd; }
 int64_t dq_sums_and_counts(int B, int NH, int hd, int64_t T) {
-  return dq_sums(B, NH, hd, T) + int64_t(B) * NH * sm90a::WsDqSignal::count_stride(T);
+  return dq_sums(B, NH, hd, T) + sm90a::WsDqSignal::counters(B, NH, T);
 }
 }  // namespace
 

@@ -433,7 +433,7 @@ void attention_dq_accum_zero(const AttentionBackwardArgs& a, cudaStream_t stream
   const size_t n = size_t(a.B) * size_t(a.T) * size_t(a.NH) * size_t(a.hd);
   CUDA_CHECK(cudaMemsetAsync(a.dq_accum, 0, sizeof(float) * n, stream), "zeroing the dQ accumulator (", n, " floats)");
   if (a.dq_count) {  // the fused conversion's counters
-    const size_t c = size_t(a.B) * size_t(a.NH) * size_t(sm90a::WsDqSignal::count_stride(a.T));
+    const size_t c = size_t(sm90a::WsDqSignal::counters(a.B, a.NH, a.T));
     CUDA_CHECK(cudaMemsetAsync(a.dq_count, 0, sizeof(int) * c, stream), "zeroing the dQ counters (", c, " ints)");
   }
 }

@@ -1173,8 +1173,8 @@ __device__ __forceinline__ void convert_finished_dq_tiles(const AttentionBackwar
   constexpr int PR = HD / 8, PACKS = BR * PR;  // 8-element packs per row, per tile
   const int lane = threadIdx.x % 32;
   for (int it = 0, i0 = j0; i0 < a.T; ++it, i0 += BR) {  // WsDqSignal::query_tiles(a.T, j0, BR) tiles
-    const uint32_t slot = uint32_t(WsDqSignal::slot(it));
-    mbarrier_wait(done0 + 8u * slot, WsDqSignal::done_parity(it));
+    const uint32_t slot = uint32_t(WsRing::stage(it));
+    mbarrier_wait(done0 + 8u * slot, WsRing::full_parity(it));
     int last = 0;
     if (lane == 0) {
       int* const count = a.dq_count + head * WsDqSignal::count_stride(a.T) + WsDqSignal::count_index(i0);
@@ -1296,7 +1296,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       mbarrier_init(dq_empty, 1);       // the thread that issued the reductions, once they read the tile
     }
     if constexpr (kConvert) {
-      for (int s = 0; s < WsDqSignal::kSlots; ++s) {
+      for (int s = 0; s < WsRing::kStages; ++s) {
         mbarrier_init(dq_done0 + 8u * uint32_t(s), 2 * 128);  // every consumer thread, after its adds
         mbarrier_init(dq_free0 + 8u * uint32_t(s), 1);        // the conversion warp's lane 0, once it counted
       }
@@ -1409,10 +1409,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         fused_tile<T, HD, DQN, BR, kDqFirst>(dk, dv, f, publish, release, [&](const float (&dq)[DQN / 2]) {
           if constexpr (kRedV4) add_dq_rows_v4<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq);
           else add_dq_rows<DQN>(f.dq, f.ld_dq, f.dq_row, f.len, dq);
-          if constexpr (kConvert) {  // the adds, for the conversion warp (convert_finished_dq_tiles)
-            const uint32_t slot = uint32_t(WsDqSignal::slot(it));
-            if (WsDqSignal::needs_free(it)) mbarrier_wait(dq_free0 + 8u * slot, WsDqSignal::free_parity(it));
-            mbarrier_arrive(dq_done0 + 8u * slot);
+          if constexpr (kConvert) {  // the adds, for the conversion warp (convert_finished_dq_tiles); slot st
+            if (WsRing::needs_free(it)) mbarrier_wait(dq_free0 + 8u * uint32_t(st), WsRing::free_parity(it));
+            mbarrier_arrive(dq_done0 + 8u * uint32_t(st));
           }
         });
       }

@@ -92,25 +92,23 @@ struct WsDqStage {
 // attention_wgmma.cu kConvert): the block of keys j0 .. j0 + 127 visits the query tiles of BR
 // rows from i0 = j0 on (query_tiles), adding its dQ sums into the fp32 accumulator; the tile at i0
 // receives them from the key blocks at or before it, contributors(i0) blocks in all. Per tile,
-// both consumer warpgroups arrive on done(slot(it)) (256 arrivals) after their adds; warp 1 of the
-// producer waits for it, counts the block's contribution in the tile's global counter
-// (count_index: one per 64 rows of each head, count_stride of them), and arrives on
-// free(slot(it)) (1 arrival); the block whose count completes the tile converts it into dqkv.
-// Two slots, and a consumer arrives for tile it only after the counter took tile it - 2's signal
-// (needs_free, free_parity), so the counter is never more than one phase behind a barrier.
-// WsSchedule.TheDqSignal* replays it; WsDqCount.* checks the counts against the loop bounds.
+// both consumer warpgroups arrive on a "done" barrier after their adds (256 arrivals); warp 1 of
+// the producer waits for it, counts the block's contribution in the tile's global counter
+// (count_index: one per 64 rows of each head, count_stride of them), and arrives on the matching
+// "free" barrier (1 arrival); the block whose count completes the tile converts it into dqkv. The
+// done/free pairs form a ring of WsRing's shape: tile it signals in slot WsRing::stage(it), the
+// converter waits for done with WsRing::full_parity(it), and a consumer arrives for tile it only
+// after the converter freed tile it - WsRing::kStages's slot (WsRing::needs_free, free_parity), so
+// the converter is never more than one phase behind a barrier. WsSchedule.TheDqSignal* replays
+// it; WsDqCount.* checks the counts against the loop bounds.
 struct WsDqSignal {
-  static constexpr int kSlots = 2;
-  LLM_WS_HD static int slot(int tile) { return tile % kSlots; }
-  LLM_WS_HD static uint32_t done_parity(int tile) { return uint32_t(tile / kSlots) & 1u; }
-  LLM_WS_HD static bool needs_free(int tile) { return tile >= kSlots; }
-  LLM_WS_HD static uint32_t free_parity(int tile) { return uint32_t(tile / kSlots - 1) & 1u; }
   // The query tiles of BR rows the key block at j0 visits in a sequence of T (from i0 = j0).
   LLM_WS_HD static int query_tiles(int64_t T, int64_t j0, int BR) { return int((T - j0 + BR - 1) / BR); }
   // The key blocks (128 keys each) that add into the query tile at i0: those at j0 <= i0.
   LLM_WS_HD static int contributors(int64_t i0) { return int(i0 / 128) + 1; }
   LLM_WS_HD static int64_t count_stride(int64_t T) { return (T + 63) / 64; }
   LLM_WS_HD static int64_t count_index(int64_t i0) { return i0 / 64; }
+  LLM_WS_HD static int64_t counters(int64_t B, int64_t NH, int64_t T) { return B * NH * count_stride(T); }
 };
 
 }  // namespace llm::kernels::sm90a

@@ -109,18 +109,25 @@ TEST(CudaBackend, AttentionChoiceIsCheckedByName) {
       ::testing::ExitedWithCode(2), "LLM_CUDA_ATTENTION='fast': expected auto, tc, tc-m32, tc-atomic, wgmma, wgmma-pp, wgmma-ws, wgmma-ws-pp, wgmma-ws3, wgmma-atomic, wgmma-rs, wgmma-ws-atomic, wgmma-ws-dqfirst, wgmma-ws-tma or simt");
 }
 
+// For the settings read once per process (each case in a death test's fresh child): sets `var` to
+// `value` (nullptr: unset) and exits 0 when setting() returns want, 1 when it returns something
+// else, 2 with the error's message when it refuses the value.
+[[noreturn]] void exit_on_setting(const char* var, const char* value, int (*setting)(), int want) {
+  if (value) setenv(var, value, 1);
+  else unsetenv(var);
+  try {
+    std::exit(setting() == want ? 0 : 1);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    std::exit(2);
+  }
+}
+
 TEST(CudaBackend, BlockOrderIsCheckedByName) {
   // Pure logic, no device; read once per process, so each case in a fresh child.
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   const auto setting_is = [](const char* value, int want) {
-    if (value) setenv("LLM_CUDA_BLOCK_ORDER", value, 1);
-    else unsetenv("LLM_CUDA_BLOCK_ORDER");
-    try {
-      std::exit(llm::kernels::block_order_setting() == want ? 0 : 1);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "%s\n", e.what());
-      std::exit(2);
-    }
+    exit_on_setting("LLM_CUDA_BLOCK_ORDER", value, llm::kernels::block_order_setting, want);
   };
   EXPECT_EXIT(setting_is(nullptr, 0), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(setting_is("heaviest", 0), ::testing::ExitedWithCode(0), "");
@@ -136,14 +143,7 @@ TEST(CudaBackend, DqConvertIsCheckedByName) {
   // Pure logic, no device; read once per process, so each case in a fresh child.
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   const auto setting_is = [](const char* value, int want) {
-    if (value) setenv("LLM_CUDA_DQ_CONVERT", value, 1);
-    else unsetenv("LLM_CUDA_DQ_CONVERT");
-    try {
-      std::exit(llm::kernels::dq_convert_setting() == want ? 0 : 1);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "%s\n", e.what());
-      std::exit(2);
-    }
+    exit_on_setting("LLM_CUDA_DQ_CONVERT", value, llm::kernels::dq_convert_setting, want);
   };
   EXPECT_EXIT(setting_is(nullptr, 1), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(setting_is("kernel", 1), ::testing::ExitedWithCode(0), "");
@@ -156,14 +156,7 @@ TEST(CudaBackend, DqConvertIsCheckedByName) {
 TEST(CudaBackend, DqRedIsCheckedByName) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   const auto setting_is = [](const char* value, int want) {
-    if (value) setenv("LLM_CUDA_DQ_RED", value, 1);
-    else unsetenv("LLM_CUDA_DQ_RED");
-    try {
-      std::exit(llm::kernels::dq_red_setting() == want ? 0 : 1);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "%s\n", e.what());
-      std::exit(2);
-    }
+    exit_on_setting("LLM_CUDA_DQ_RED", value, llm::kernels::dq_red_setting, want);
   };
   EXPECT_EXIT(setting_is(nullptr, 2), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(setting_is("v2", 2), ::testing::ExitedWithCode(0), "");

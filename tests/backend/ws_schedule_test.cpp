@@ -405,9 +405,9 @@ std::vector<Op> backward_consumer_program(int tiles, int cw = 0, bool tma_dq = f
       p.push_back({Op::kArrive, kDqFull, 0, kWarpgroup});
     }
     if (convert) {
-      const int slot = WsDqSignal::slot(it);
-      if (WsDqSignal::needs_free(it))
-        p.push_back({Op::kWait, dq_free(slot), WsDqSignal::free_parity(it), 0, kQ, -1, it / 2 - 1});
+      const int slot = WsRing::stage(it);
+      if (WsRing::needs_free(it))
+        p.push_back({Op::kWait, dq_free(slot), WsRing::free_parity(it), 0, kQ, -1, it / 2 - 1});
       p.push_back({Op::kArrive, dq_done(slot), 0, kWarpgroup});
     }
   }
@@ -420,8 +420,8 @@ std::vector<Op> backward_consumer_program(int tiles, int cw = 0, bool tma_dq = f
 std::vector<Op> dq_converter_program(int tiles) {
   std::vector<Op> p;
   for (int it = 0; it < tiles; ++it) {
-    const int slot = WsDqSignal::slot(it);
-    p.push_back({Op::kWait, dq_done(slot), WsDqSignal::done_parity(it), 0, kQ, -1, it / 2});
+    const int slot = WsRing::stage(it);
+    p.push_back({Op::kWait, dq_done(slot), WsRing::full_parity(it), 0, kQ, -1, it / 2});
     p.push_back({Op::kArrive, dq_free(slot), 0, 1});
   }
   return p;
