@@ -3,6 +3,10 @@
 #include <mpi.h>
 #include <nccl.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
@@ -31,6 +35,32 @@ ncclDataType_t nccl_type(DType t, const char* op) {
     case DType::u8: return ncclUint8;
     default: LLM_FAIL(op, ": no NCCL type for ", dtype_name(t));
   }
+}
+
+// LLM_NCCL_SHARED_GPU=1: ranks may share a GPU (a correctness run of a multi-rank layout on a
+// machine with fewer GPUs than ranks). NCCL refuses two ranks of one communicator on the same
+// GPU of the same host, so each process gets a host id of its own (NCCL_HOSTID, unless the user
+// set one) before its first NCCL call: NCCL then connects the ranks as separate hosts, through
+// its network transport (sockets on this machine), and never sees a GPU twice on one host.
+bool shared_gpu_mode() {
+  static const bool on = [] {
+    const char* e = std::getenv("LLM_NCCL_SHARED_GPU");
+    const std::string s = e ? e : "";
+    LLM_CHECK(s.empty() || s == "0" || s == "1", "LLM_NCCL_SHARED_GPU='", s,
+              "': expected 1 (ranks may share a GPU: each its own NCCL host) or 0");
+    if (s != "1") return false;
+    const char* id = std::getenv("NCCL_HOSTID");
+    if (!id || !*id) {
+      int world = 0;
+      MPI_Comm_rank(MPI_COMM_WORLD, &world);
+      char host[256] = {};
+      (void)gethostname(host, sizeof(host) - 1);
+      const std::string mine = detail::concat(host, ":llm-rank-", world);
+      ::setenv("NCCL_HOSTID", mine.c_str(), 1);
+    }
+    return true;
+  }();
+  return on;
 }
 
 // Completion of a non-blocking operation on the communication stream: wait() orders the compute
@@ -325,7 +355,8 @@ class NcclCommunicator final : public Communicator {
   }
   // One GPU per rank: the backend picked its device from the launcher's local-rank variable;
   // confirm it against the ranks that share this node (MPI_COMM_TYPE_SHARED), so two ranks on
-  // one GPU fail here with a clear message instead of inside NCCL.
+  // one GPU fail here with a clear message instead of inside NCCL ("Duplicate GPU detected"),
+  // unless LLM_NCCL_SHARED_GPU=1 made every rank its own NCCL host (shared_gpu_mode()).
   void check_local_device() {
     MPI_Comm node;
     MPI_Comm_split_type(mpi_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
@@ -336,14 +367,18 @@ class NcclCommunicator final : public Communicator {
     int mine = backend_.device().index;
     MPI_Allgather(&mine, 1, MPI_INT, devices.data(), 1, MPI_INT, node);
     MPI_Comm_free(&node);
+    if (shared_gpu_mode()) return;
     int count = 0;
     CUDA_CHECK(cudaGetDeviceCount(&count), "NCCL communicator");
     for (int r = 0; r < local_size; ++r)
       for (int q = r + 1; q < local_size; ++q)
-        LLM_CHECK(devices[static_cast<size_t>(r)] != devices[static_cast<size_t>(q)] || local_size > count,
-                  "NCCL communicator: node-local ranks ", r, " and ", q, " both use cuda:", devices[static_cast<size_t>(r)],
-                  " (", local_size, " ranks, ", count, " GPUs on this node); the launcher must export a local rank "
-                  "(OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID, PALS_LOCAL_RANKID or LOCAL_RANK)");
+        LLM_CHECK(devices[static_cast<size_t>(r)] != devices[static_cast<size_t>(q)], "NCCL communicator: node-local ranks ",
+                  r, " and ", q, " both use cuda:", devices[static_cast<size_t>(r)], " (", local_size, " ranks, ", count,
+                  " GPUs on this node); NCCL takes one GPU per rank: ",
+                  local_size > count ? "start at most one rank per GPU, or set LLM_NCCL_SHARED_GPU=1 for a correctness "
+                                       "run with ranks sharing GPUs (each rank its own NCCL host, over sockets: slow)"
+                                     : "the launcher must export a local rank (OMPI_COMM_WORLD_LOCAL_RANK, "
+                                       "MPI_LOCALRANKID, SLURM_LOCALID, PALS_LOCAL_RANKID or LOCAL_RANK)");
   }
   cuda::CudaBackend& backend_;
   MPI_Comm mpi_;

@@ -7,6 +7,10 @@
 // the node-local rank: see cuda::local_device). Device tensors go through NCCL on the
 // backend's stream (ordered with the ops, no host synchronisation); host tensors, scalars and
 // barriers go through an MPI communicator over the same ranks.
+//
+// Ranks sharing a GPU are refused with the reason, unless LLM_NCCL_SHARED_GPU=1: then each
+// process is its own NCCL host (NCCL_HOSTID per rank), so a multi-rank layout can be checked for
+// correctness on a machine with fewer GPUs than ranks (slowly: NCCL goes through sockets).
 #pragma once
 #include <memory>
 

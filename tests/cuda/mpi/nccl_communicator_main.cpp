@@ -1,12 +1,13 @@
 // NCCL communicator check, run by ctest under `mpirun -np 2` (one GPU per rank): every
 // collective on device tensors against its closed form, and the host-tensor/scalar paths that
 // go through MPI. Exits 77 (ctest: skipped) with the reason when there are fewer GPUs than
-// ranks, or when the build has no CUDA/NCCL. gpu_validation.sh also runs it as one process on a
+// ranks (unless LLM_NCCL_SHARED_GPU=1 lets ranks share them), or when the build has no CUDA/NCCL. gpu_validation.sh also runs it as one process on a
 // single GPU (an MPI singleton: OMPI_MCA_ess_singleton_isolated=1 needs no mpirun or orted), which
 // checks the bootstrap and every collective's call on a communicator of one rank.
 #include <mpi.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,7 +45,9 @@ int main(int argc, char** argv) {
 #else
   llm::cuda::CudaBackend* be = llm::cuda::cuda_backend();
   int count = 0;
-  if (!be || cudaGetDeviceCount(&count) != cudaSuccess || count < size) {
+  const char* shared_env = std::getenv("LLM_NCCL_SHARED_GPU");
+  const bool shared = shared_env && std::string(shared_env) == "1";  // ranks may share a GPU
+  if (!be || cudaGetDeviceCount(&count) != cudaSuccess || (count < size && !shared)) {
     if (rank == 0)
       std::printf("skipped: %d ranks need %d GPUs (%s)\n", size, size, llm::cuda::device_status().c_str());
     code = 77;
@@ -192,7 +195,9 @@ int main(int argc, char** argv) {
       ++failures;
     }
     code = failures ? 1 : 0;
-    if (rank == 0 && !failures) std::printf("NCCL communicator: all collectives correct on %d ranks\n", size);
+    if (rank == 0 && !failures)
+      std::printf("NCCL communicator: all collectives correct on %d ranks (%d GPUs%s)\n", size, count,
+                  shared ? ", LLM_NCCL_SHARED_GPU=1" : "");
   }
 #endif
   int worst = code;
