@@ -7,7 +7,8 @@
 #                                         # (default 90: H100/H200) and write gpu-carry/libllm-gpu.tar.gz
 #   tests/cuda/gpu_carry.sh run OUT       # there: unpack, check that the host's CUDA libraries are
 #                                         # the ones the bundle was linked against, then run
-#                                         # tests/cuda/gpu_validation.sh on the bundle; reports in OUT
+#                                         # tests/cuda/gpu_validation.sh on the bundle (with the
+#                                         # bundle's mpirun for the multi-rank step); reports in OUT
 #
 # The run step needs the same CUDA major version as the build (libcudart/libcublasLt .so.N): it
 # says which one is missing and stops if the host has another. QUICK=1 skips the long benchmarks.
@@ -30,7 +31,8 @@ build)
   exes=()
   for t in "${tools[@]}"; do exes+=("$build/tools/$t"); done
   for t in "${tests[@]}"; do exes+=("$build/tests/$t"); done
-  "$src/pipelines/bundle.sh" --build "$build" --name libllm-gpu --output "$carry/libllm-gpu.tar.gz" "${exes[@]}" || exit 1
+  # --launcher: Open MPI's mpirun too, for the multi-rank checks on a machine without MPI.
+  "$src/pipelines/bundle.sh" --build "$build" --launcher --name libllm-gpu --output "$carry/libllm-gpu.tar.gz" "${exes[@]}" || exit 1
   # The sm_90a kernels' object alone, for the SASS step (cuobjdump there: a tenth of libllm.so's
   # device code to disassemble).
   rm -f "$carry/sm90a.o"
@@ -59,6 +61,8 @@ run)
     exit 3
   fi
   export LLM_CONFIG_DIR="$src/configs"  # model files (--model GPT1_5B) from this checkout
+  # The bundle's mpirun (Open MPI, matching the bundled libmpi) before any of the host's.
+  [[ -x "$root/bin/mpirun" ]] && export PATH="$root/bin:$PATH"
   # A build-tree layout of the bundle's wrappers for gpu_validation.sh (which then skips the build).
   tree="$out/tree"
   mkdir -p "$tree/tools" "$tree/tests"

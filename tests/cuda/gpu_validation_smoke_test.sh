@@ -28,7 +28,8 @@ printf '#!/bin/sh\ncat "%s"\n' "$src/tests/cuda/testdata/sass_sample.txt" > "$fa
 printf '#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -i) cat "%s"; exit 0;; -o) : > "$2.ncu-rep";; esac; shift; done\n' \
   "$src/tests/cuda/testdata/ncu_source_sample.csv" > "$fake/ncu"
 chmod +x "$fake/cuobjdump" "$fake/ncu"
-PATH="$fake:$PATH" BENCHES="gemm attention torch train-step longseq sweep profile sass" ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch LLM_CUDA_BLOCK_ORDER=heaviest:8" \
+# MULTIRANK_BACKEND=cpu: the multi-rank layouts' plumbing on the CPU (no NCCL check passes here).
+PATH="$fake:$PATH" MULTIRANK_BACKEND=cpu BENCHES="gemm attention torch train-step longseq sweep profile sass" ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch LLM_CUDA_BLOCK_ORDER=heaviest:8" \
   SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke "$src/tests/cuda/gpu_validation.sh" "$out/r" "$build" > "$out/log" 2>&1 ||
   fail "the script exited $?"
 summary="$out/r/summary.txt"
@@ -47,6 +48,14 @@ for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "atten
             "== profile" "== sass" "== done:"; do
   grep -qF -- "$step" "$summary" || fail "no '$step' line in the summary"
 done
+# The multi-rank step: the NCCL check says skipped; every layout on the CPU matches the single process.
+if command -v mpirun > /dev/null; then
+  grep -q "^== NCCL communicator, 2 ranks, exit 77: skipped" "$summary" || fail "no 'NCCL communicator, 2 ranks, exit 77: skipped' line"
+  [[ $(grep -c "^== multi-rank .* exit 0.*: 8 iterations, worst rel diff .* OK$" "$summary") -eq 12 ]] ||
+    fail "not all 12 multi-rank layouts ran and matched the single process on the CPU"
+  grep -q "^== multi-rank dp2tp2ck (4 ranks) exit 0, then resumed on 1 process exit 0: 8 iterations" "$summary" ||
+    fail "no resumed checkpoint line for dp2tp2ck"
+fi
 # Without a device nothing may claim success: the curves fail, the benchmarks say skipped (77).
 grep -q "pretrain cuda exit .* 0 iterations.* FAIL" "$summary" || fail "the CUDA curve without a device must FAIL with 0 iterations"
 grep -q "pretrain deterministic .* 0 iterations.* FAIL" "$summary" || fail "the reproducibility check without a device must FAIL"
