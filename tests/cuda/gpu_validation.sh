@@ -152,8 +152,8 @@ log "pretrain deterministic (LLM_CUDA_DETERMINISTIC=1, --bf16, hd 128) twice, ex
 
 # Several ranks (MULTIRANK=1, when an mpirun is found: the system's, or the carried bundle's): the
 # NCCL communicator check on 2 and 4 ranks (and on every GPU), then llm-pretrain --backend cuda
-# under each layout of MULTIRANK_LAYOUTS ("name ranks flags..."; --bf16 in the flags compares
-# with the single bf16 process) against the single process on the same card, one run at a time,
+# under each layout of MULTIRANK_LAYOUTS ("name ranks flags..."; --bf16 or --fp16 in the flags
+# compares with the single process in that precision) against the single process on the same card, one run at a time,
 # and a checkpoint saved under DP 2 x TP 2 (ZeRO-1) resumed on one process. With fewer GPUs than
 # ranks the ranks share them: LLM_NCCL_SHARED_GPU=1 makes each its own NCCL host, connected over
 # loopback sockets (slow, but every collective, group and stream of ours runs as on a cluster).
@@ -186,12 +186,11 @@ if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
     mr=(--mock-data --vocab-size 512 --make-vocab-size-divisible-by 16 --num-layers 4 --hidden-size 256
         --num-attention-heads 4 --seq-length 128 --micro-batch-size 2 --global-batch-size 8 --lr 1e-3 --seed 3
         --train-iters 8 --log-interval 1 --backend "$mr_backend")
-    for prec in fp32 bf16; do
-      f=()
-      [[ $prec = bf16 ]] && f=(--bf16)
-      lim 90 "$build/tools/llm-pretrain" "${mr[@]}" "${f[@]}" --output-dir "$out/mr_one_$prec" > "$out/mr_one_$prec.log" 2>&1
-      echo $? > "$out/rc_mr_one_$prec"
-    done
+    single() {  # the single process of a precision (fp32, bf16, fp16), once
+      [[ -f "$out/rc_mr_one_$1" ]] && return
+      lim 90 "$build/tools/llm-pretrain" "${mr[@]}" $([[ $1 != fp32 ]] && echo "--$1") --output-dir "$out/mr_one_$1" > "$out/mr_one_$1.log" 2>&1
+      echo $? > "$out/rc_mr_one_$1"
+    }
     losses() { cat "$@" 2> /dev/null | grep -o '"lm_loss": [^,]*' | cut -d' ' -f2; }
     near() {  # tol ref run...: 8 iterations within tol (relative) of the single process
       paste <(losses "$2") <(losses "${@:3}") | awk -v tol="$1" 'NF == 2 {n++; d = $1 - $2; if (d < 0) d = -d; if (d / $1 > w) w = d / $1}
@@ -208,6 +207,7 @@ if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
                "z3 2 --zero-stage 3"
                "dp2tp2ck 4 --tensor-model-parallel-size 2 --zero-stage 1 --exit-interval 4 --save $out/mr_ck"
                "tp2sp-bf16 2 --tensor-model-parallel-size 2 --sequence-parallel --bf16"
+               "dp2tp2-fp16 4 --tensor-model-parallel-size 2 --fp16"
                "dp2ov 2 --overlap-grad-reduce --ddp-bucket-size 1"
                "z2 2 --zero-stage 2"
                "pp2tp2sp 4 --pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 --sequence-parallel"
@@ -221,13 +221,15 @@ if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
       if [[ -n "$mr_stop" ]]; then log "multi-rank $name ($np ranks): not run ($mr_stop)"; continue; fi
       prec=fp32 tol=1e-4
       [[ " $flags " = *" --bf16 "* ]] && prec=bf16 tol=8e-3
+      [[ " $flags " = *" --fp16 "* ]] && prec=fp16 tol=1e-3
+      single $prec
       mpi_ranks "$np" "$build/tools/llm-pretrain" "${mr[@]}" $flags --output-dir "$out/mr_$name" > "$out/mr_$name.log" 2>&1
       rc=$?
       mismatch=$(grep -c MISMATCH "$out/mr_$name.log")
       [[ $rc = 124 || $rc = 137 ]] && mr_stop="$name timed out"
       ck=$(awk '{for (i = 1; i < NF; i++) if ($i == "--save") print $(i + 1)}' <<< "$flags")
       if [[ -n "$ck" ]]; then  # saved part-way (--exit-interval): the rest on one process from its checkpoint
-        lim 90 "$build/tools/llm-pretrain" "${mr[@]}" $([[ $prec = bf16 ]] && echo --bf16) --load "$ck" \
+        lim 90 "$build/tools/llm-pretrain" "${mr[@]}" $([[ $prec != fp32 ]] && echo "--$prec") --load "$ck" \
           --output-dir "$out/mr_${name}_resumed" > "$out/mr_${name}_resumed.log" 2>&1
         log "multi-rank $name ($np ranks) exit $rc, then resumed on 1 process exit $?: $(near $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl" "$out/mr_${name}_resumed/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
       else
