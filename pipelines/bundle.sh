@@ -173,6 +173,11 @@ export OPAL_PREFIX="$here" OPAL_EXEC_PREFIX="$here" OPAL_BINDIR="$here/libexec" 
   OPAL_PKGLIBDIR="$here/lib/openmpi" OPAL_DATAROOTDIR="$here/share" OPAL_DATADIR="$here/share" \
   OPAL_PKGDATADIR="$here/share/openmpi" OPAL_SYSCONFDIR="$here/etc"
 [ -d "$here/lib/pmix" ] && export PMIX_MCA_mca_base_component_path="$here/lib/pmix"
+# Without ssh or rsh Open MPI's launcher refuses to start even on one node: launch locally only.
+if [ -z "${OMPI_MCA_plm:-}${OMPI_MCA_plm_rsh_agent:-}" ] && ! command -v ssh > /dev/null 2>&1 &&
+   ! command -v rsh > /dev/null 2>&1; then
+  export OMPI_MCA_plm=isolated
+fi
 exec "$here/libexec/mpirun" "$@"
 WRAP
     chmod +x "$root/bin/$launcher_name"

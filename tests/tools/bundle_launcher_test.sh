@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # pipelines/bundle.sh --launcher: the bundle's own mpirun starts ranks on a machine without an
 # MPI installation. The system's Open MPI and PMIx (launcher, daemon, libraries, plugins, help
-# files, settings) are hidden in a private mount namespace (unshare -m; exit 77 = skipped, with
-# the reason, where that is not allowed); there the bundle's mpirun runs llm-pretrain on 2
-# data-parallel ranks, which must give the single process's losses.
+# files, settings) and remote shells (ssh, rsh) are hidden in a private mount namespace
+# (unshare -m; exit 77 = skipped, with the reason, where that is not allowed); there the
+# bundle's mpirun runs llm-pretrain on 2 data-parallel ranks, which must give the single
+# process's losses.
 # Usage: bundle_launcher_test.sh BUNDLE_SH LLM_PRETRAIN
 set -uo pipefail
 bundle_sh="$1" exe="$2"
@@ -33,6 +34,10 @@ for lib in $(ldd "$exe" "$root"/libexec/mpirun | awk '$1 ~ /^lib(mpi|open-rte|op
 done
 run="$(readlink -f "$(command -v orterun || command -v mpirun)")"
 hide+=("$run")
+# A machine without MPI may have no remote shell either (Open MPI's launcher then needs telling).
+for sh in ssh rsh; do
+  command -v "$sh" > /dev/null && hide+=("$(readlink -f "$(command -v "$sh")")")
+done
 [[ -e "$(dirname "$run")/orted" ]] && hide+=("$(readlink -f "$(dirname "$run")/orted")")
 info="$(ompi_info --path all 2> /dev/null || true)"
 dirs=()
