@@ -11,6 +11,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.h"
+#include "comm/nccl_shared_gpu.h"
 
 #define NCCL_CHECK(call, ...)                                                                          \
   do {                                                                                                 \
@@ -37,28 +38,18 @@ ncclDataType_t nccl_type(DType t, const char* op) {
   }
 }
 
-// LLM_NCCL_SHARED_GPU=1: ranks may share a GPU (a correctness run of a multi-rank layout on a
-// machine with fewer GPUs than ranks). NCCL refuses two ranks of one communicator on the same
-// GPU of the same host, so each process gets a host id of its own (NCCL_HOSTID, unless the user
-// set one) before its first NCCL call: NCCL then connects the ranks as separate hosts, through
-// its network transport (sockets on this machine), and never sees a GPU twice on one host.
+// LLM_NCCL_SHARED_GPU=1 (comm/nccl_shared_gpu.h): read once, and this process's NCCL host id set
+// before its first NCCL call (the first communicator's constructor).
 bool shared_gpu_mode() {
   static const bool on = [] {
-    const char* e = std::getenv("LLM_NCCL_SHARED_GPU");
-    const std::string s = e ? e : "";
-    LLM_CHECK(s.empty() || s == "0" || s == "1", "LLM_NCCL_SHARED_GPU='", s,
-              "': expected 1 (ranks may share a GPU: each its own NCCL host) or 0");
-    if (s != "1") return false;
-    const char* id = std::getenv("NCCL_HOSTID");
-    if (!id || !*id) {
-      int world = 0;
-      MPI_Comm_rank(MPI_COMM_WORLD, &world);
-      char host[256] = {};
-      (void)gethostname(host, sizeof(host) - 1);
-      const std::string mine = detail::concat(host, ":llm-rank-", world);
-      ::setenv("NCCL_HOSTID", mine.c_str(), 1);
-    }
-    return true;
+    const bool shared = nccl_shared_gpu_setting(std::getenv("LLM_NCCL_SHARED_GPU"));
+    int world = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &world);
+    char host[256] = {};
+    (void)gethostname(host, sizeof(host) - 1);
+    if (const auto id = nccl_shared_gpu_host_id(shared, std::getenv("NCCL_HOSTID"), host, world))
+      ::setenv("NCCL_HOSTID", id->c_str(), 1);
+    return shared;
   }();
   return on;
 }

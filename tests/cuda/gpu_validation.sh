@@ -189,7 +189,7 @@ if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
         --train-iters 8 --log-interval 1 --backend "$mr_backend")
     single() {  # the single process of a precision (fp32, bf16, fp16), once
       [[ -f "$out/rc_mr_one_$1" ]] && return
-      lim 90 "$build/tools/llm-pretrain" "${mr[@]}" $([[ $1 != fp32 ]] && echo "--$1") --output-dir "$out/mr_one_$1" > "$out/mr_one_$1.log" 2>&1
+      lim "${MULTIRANK_LIMIT:-90}" "$build/tools/llm-pretrain" "${mr[@]}" $([[ $1 != fp32 ]] && echo "--$1") --output-dir "$out/mr_one_$1" > "$out/mr_one_$1.log" 2>&1
       echo $? > "$out/rc_mr_one_$1"
     }
     losses() { cat "$@" 2> /dev/null | grep -o '"lm_loss": [^,]*' | cut -d' ' -f2; }
@@ -230,7 +230,7 @@ if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
       [[ $rc = 124 || $rc = 137 ]] && mr_stop="$name timed out"
       ck=$(awk '{for (i = 1; i < NF; i++) if ($i == "--save") print $(i + 1)}' <<< "$flags")
       if [[ -n "$ck" ]]; then  # saved part-way (--exit-interval): the rest on one process from its checkpoint
-        lim 90 "$build/tools/llm-pretrain" "${mr[@]}" $([[ $prec != fp32 ]] && echo "--$prec") --load "$ck" \
+        lim "${MULTIRANK_LIMIT:-90}" "$build/tools/llm-pretrain" "${mr[@]}" $([[ $prec != fp32 ]] && echo "--$prec") --load "$ck" \
           --output-dir "$out/mr_${name}_resumed" > "$out/mr_${name}_resumed.log" 2>&1
         log "multi-rank $name ($np ranks) exit $rc, then resumed on 1 process exit $?: $(near $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl" "$out/mr_${name}_resumed/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
       else
