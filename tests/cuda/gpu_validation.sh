@@ -215,6 +215,8 @@ if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
                "tp2ulysses2 4 --tensor-model-parallel-size 2 --ds-sequence-parallel-size 2"
                "tp2 2 --tensor-model-parallel-size 2"
                "dp2z1 2 --zero-stage 1")
+      # Eight ranks only where each gets a GPU (eight contexts time-slicing one card would take long).
+      [[ "$gpus" -ge 8 ]] && layouts+=("dp2tp2pp2 8 --pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 --zero-stage 1")
     fi
     for l in "${layouts[@]}"; do
       read -r name np flags <<< "$l"
