@@ -164,7 +164,8 @@ if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
     shift
     (export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
        OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_hwloc_base_binding_policy=none OMP_NUM_THREADS=1 \
-       NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+       OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+     # (one node: MPI over shared memory, or TCP on loopback where a container's /dev/shm fails it)
      if [[ "$gpus" -lt "$np" ]]; then export LLM_NCCL_SHARED_GPU=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 NCCL_NET=Socket; fi
      lim "${MULTIRANK_LIMIT:-90}" mpirun -np "$np" "$@")
   }
