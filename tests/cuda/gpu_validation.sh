@@ -159,10 +159,22 @@ log "pretrain deterministic (LLM_CUDA_DETERMINISTIC=1, --bf16, hd 128) twice, ex
 # loopback sockets (slow, but every collective, group and stream of ours runs as on a cluster).
 gpus=$(nvidia-smi -L 2> /dev/null | wc -l)
 if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
+  # Every process of the step carries LLM_MULTIRANK_STEP=<token>, so that what a killed mpirun
+  # leaves behind (ranks spinning in NCCL on the card) is found and killed before the benchmarks.
+  mr_token="llm-mr-$$-$RANDOM"
+  mr_reap() {
+    local p n=0
+    for p in /proc/[0-9]*; do
+      if grep -qz "^LLM_MULTIRANK_STEP=$mr_token\$" "$p/environ" 2> /dev/null; then
+        kill -9 "${p#/proc/}" 2> /dev/null && n=$((n + 1))
+      fi
+    done
+    [[ $n = 0 ]] || log "multi-rank: killed $n processes left behind by a timed-out run"
+  }
   mpi_ranks() {  # ranks cmd...: cmd under mpirun, sharing GPUs when there are fewer than ranks
     local np=$1
     shift
-    (export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
+    (export LLM_MULTIRANK_STEP="$mr_token" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
        OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_hwloc_base_binding_policy=none OMP_NUM_THREADS=1 \
        OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
      # (one node: MPI over shared memory, or TCP on loopback where a container's /dev/shm fails it)
@@ -179,6 +191,7 @@ if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
     if [[ -n "$mr_stop" ]]; then log "NCCL communicator, $np ranks: not run ($mr_stop)"; continue; fi
     (cd "$build" && mpi_ranks "$np" ./tests/nccl-communicator-check > "$out/nccl_np$np.log" 2>&1)
     rc=$?
+    mr_reap
     [[ $rc = 0 ]] && nccl_ok=1
     [[ $rc = 124 || $rc = 137 ]] && mr_stop="the $np-rank check timed out"
     log "NCCL communicator, $np ranks, exit $rc: $(grep -E 'NCCL communicator|FAILED|skipped|rror' "$out/nccl_np$np.log" | head -3 | tr '\n' ' ')"
@@ -229,6 +242,7 @@ if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
       single $prec
       mpi_ranks "$np" "$build/tools/llm-pretrain" "${mr[@]}" $flags --output-dir "$out/mr_$name" > "$out/mr_$name.log" 2>&1
       rc=$?
+      mr_reap
       mismatch=$(grep -c MISMATCH "$out/mr_$name.log")
       [[ $rc = 124 || $rc = 137 ]] && mr_stop="$name timed out"
       ck=$(awk '{for (i = 1; i < NF; i++) if ($i == "--save") print $(i + 1)}' <<< "$flags")
