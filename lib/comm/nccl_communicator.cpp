@@ -13,13 +13,24 @@
 #include "backend/cuda/cuda_check.h"
 #include "comm/nccl_shared_gpu.h"
 
-#define NCCL_CHECK(call, ...)                                                                          \
-  do {                                                                                                 \
-    const ncclResult_t llm_nccl_r_ = (call);                                                           \
-    if (llm_nccl_r_ != ncclSuccess)                                                                    \
-      throw ::llm::Error(::llm::detail::concat("NCCL error ", ncclGetErrorString(llm_nccl_r_),         \
-                                               " in " __VA_OPT__(, ) __VA_ARGS__, " [", #call, " at ", \
-                                               __FILE__, ":", __LINE__, "]"));                         \
+// NCCL's own words for the last failure ("Duplicate GPU detected ...", a socket it could not
+// reach), where the library has them (2.13 on): the result code alone ("invalid usage",
+// "unhandled system error") rarely says what to fix.
+inline std::string nccl_last_error() {
+#if defined(NCCL_VERSION_CODE) && NCCL_VERSION_CODE >= NCCL_VERSION(2, 13, 0)
+  const char* e = ncclGetLastError(nullptr);
+  if (e && *e) return std::string(": ") + e;
+#endif
+  return "";
+}
+
+#define NCCL_CHECK(call, ...)                                                                             \
+  do {                                                                                                    \
+    const ncclResult_t llm_nccl_r_ = (call);                                                              \
+    if (llm_nccl_r_ != ncclSuccess)                                                                       \
+      throw ::llm::Error(::llm::detail::concat("NCCL error ", ncclGetErrorString(llm_nccl_r_),            \
+                                               nccl_last_error(), " in " __VA_OPT__(, ) __VA_ARGS__, " [", \
+                                               #call, " at ", __FILE__, ":", __LINE__, "]"));             \
   } while (0)
 
 namespace llm {
