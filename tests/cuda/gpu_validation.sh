@@ -29,7 +29,7 @@
 #   found: NCCL on 2 and 4 ranks and llm-pretrain under MULTIRANK_LAYOUTS, "name ranks flags;..."
 #   against the single process, within MULTIRANK_BUDGET=300 s, each run within MULTIRANK_LIMIT=90 s,
 #   both times TIME_SCALE; ranks share the GPUs when there are fewer; MULTIRANK_BACKEND=cpu runs
-#   the layouts on the CPU, for the smoke test)
+#   the layouts on the CPU, for the smoke test; TESTS=multirank runs that step alone)
 set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$src/gpu-report}"
@@ -56,8 +56,123 @@ fi
 variants=(${ATTENTION_VARIANTS-tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-ws3 wgmma-atomic wgmma-rs wgmma-ws-atomic wgmma-ws-dqfirst wgmma-ws-tma tc-atomic tc-m32})
 env_variants=(${ENV_VARIANTS:-})  # A/B switches benchmarked (less those whose attention tests fail)
 tested=(${TEST_VARIANTS:-})  # choices whose attention tests run, not benchmarked
+# Several ranks (MULTIRANK=1, when an mpirun is found: the system's, or the carried bundle's): the
+# NCCL communicator check on 2 and 4 ranks (and on every GPU), then llm-pretrain --backend cuda
+# under each layout of MULTIRANK_LAYOUTS ("name ranks flags..."; --bf16 or --fp16 in the flags
+# compares with the single process in that precision) against the single process on the same card, one run at a time,
+# and a checkpoint saved under DP 2 x TP 2 (ZeRO-1) resumed on one process. With fewer GPUs than
+# ranks the ranks share them: LLM_NCCL_SHARED_GPU=1 makes each its own NCCL host, connected over
+# loopback sockets (slow, but every collective, group and stream of ours runs as on a cluster).
+multirank_step() {
+  gpus=$(nvidia-smi -L 2> /dev/null | wc -l)
+  if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
+    # Every process of the step carries LLM_MULTIRANK_STEP=<token>, so that what a killed mpirun
+    # leaves behind (ranks spinning in NCCL on the card) is found and killed before the benchmarks.
+    mr_token="llm-mr-$$-$RANDOM"
+    mr_reap() {
+      local p n=0
+      for p in /proc/[0-9]*; do
+        if grep -qz "^LLM_MULTIRANK_STEP=$mr_token\$" "$p/environ" 2> /dev/null; then
+          kill -9 "${p#/proc/}" 2> /dev/null && n=$((n + 1))
+        fi
+      done
+      [[ $n = 0 ]] || log "multi-rank: killed $n processes left behind by a timed-out run"
+    }
+    mpi_ranks() {  # ranks cmd...: cmd under mpirun, sharing GPUs when there are fewer than ranks
+      local np=$1
+      shift
+      (export LLM_MULTIRANK_STEP="$mr_token" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
+         OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_hwloc_base_binding_policy=none OMP_NUM_THREADS=1 \
+         OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+       # (one node: MPI over shared memory, or TCP on loopback where a container's /dev/shm fails it)
+       if [[ "$gpus" -lt "$np" ]]; then export LLM_NCCL_SHARED_GPU=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 NCCL_NET=Socket; fi
+       lim "${MULTIRANK_LIMIT:-90}" mpirun -np "$np" "$@")
+    }
+    log "multi-rank (budget ${MULTIRANK_BUDGET:-300} s x TIME_SCALE): $(mpirun --version 2>&1 | head -1) from $(command -v mpirun), $gpus GPU(s)$([[ "$gpus" -lt 4 ]] && echo "; ranks beyond them share a GPU (LLM_NCCL_SHARED_GPU=1)")"
+    # The whole step within MULTIRANK_BUDGET seconds (times TIME_SCALE): what is left when it runs
+    # out is listed as not run, and a run that times out ends the step (the rest would too).
+    mr_deadline=$((SECONDS + $(awk -v s="${MULTIRANK_BUDGET:-300}" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}')))
+    mr_stop=""
+    nccl_ok=0
+    for np in $(printf '%s\n' 2 4 "$gpus" | awk '$1 >= 2 && !seen[$1]++'); do
+      if [[ -n "$mr_stop" ]]; then log "NCCL communicator, $np ranks: not run ($mr_stop)"; continue; fi
+      (cd "$build" && mpi_ranks "$np" ./tests/nccl-communicator-check > "$out/nccl_np$np.log" 2>&1)
+      rc=$?
+      mr_reap
+      [[ $rc = 0 ]] && nccl_ok=1
+      [[ $rc = 124 || $rc = 137 ]] && mr_stop="the $np-rank check timed out"
+      log "NCCL communicator, $np ranks, exit $rc: $(grep -E 'NCCL communicator|FAILED|skipped|rror' "$out/nccl_np$np.log" | head -3 | tr '\n' ' ')"
+    done
+    mr_backend=${MULTIRANK_BACKEND:-cuda}  # cpu: the same layouts on the CPU (the smoke test's plumbing check)
+    if [[ $nccl_ok = 1 || $mr_backend = cpu ]]; then
+      mr=(--mock-data --vocab-size 512 --make-vocab-size-divisible-by 16 --num-layers 4 --hidden-size 256
+          --num-attention-heads 4 --seq-length 128 --micro-batch-size 2 --global-batch-size 8 --lr 1e-3 --seed 3
+          --train-iters 8 --log-interval 1 --backend "$mr_backend")
+      single() {  # the single process of a precision (fp32, bf16, fp16), once
+        [[ -f "$out/rc_mr_one_$1" ]] && return
+        lim "${MULTIRANK_LIMIT:-90}" "$build/tools/llm-pretrain" "${mr[@]}" $([[ $1 != fp32 ]] && echo "--$1") --output-dir "$out/mr_one_$1" > "$out/mr_one_$1.log" 2>&1
+        echo $? > "$out/rc_mr_one_$1"
+      }
+      losses() { cat "$@" 2> /dev/null | grep -o '"lm_loss": [^,]*' | cut -d' ' -f2; }
+      near() {  # tol ref run...: 8 iterations within tol (relative) of the single process
+        paste <(losses "$2") <(losses "${@:3}") | awk -v tol="$1" 'NF == 2 {n++; d = $1 - $2; if (d < 0) d = -d; if (d / $1 > w) w = d / $1}
+          END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n == 8 && w <= tol) ? "OK" : "FAIL"}'
+      }
+      layouts=()
+      if [[ -n "${MULTIRANK_LAYOUTS:-}" ]]; then
+        while IFS= read -r l; do [[ -n "$l" ]] && layouts+=("$l"); done <<< "$(tr ';' '\n' <<< "$MULTIRANK_LAYOUTS")"
+      else
+        # Most distinct first, so a short budget still covers each kind of group.
+        layouts=("tp2sp 2 --tensor-model-parallel-size 2 --sequence-parallel --recompute-granularity full"
+                 "ulysses2 2 --ds-sequence-parallel-size 2"
+                 "pp2 2 --pipeline-model-parallel-size 2"
+                 "z3 2 --zero-stage 3"
+                 "dp2tp2ck 4 --tensor-model-parallel-size 2 --zero-stage 1 --exit-interval 4 --save $out/mr_ck"
+                 "tp2sp-bf16 2 --tensor-model-parallel-size 2 --sequence-parallel --bf16"
+                 "dp2tp2-fp16 4 --tensor-model-parallel-size 2 --fp16"
+                 "dp2ov 2 --overlap-grad-reduce --ddp-bucket-size 1"
+                 "z2 2 --zero-stage 2"
+                 "pp2tp2sp 4 --pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 --sequence-parallel"
+                 "tp2ulysses2 4 --tensor-model-parallel-size 2 --ds-sequence-parallel-size 2"
+                 "tp2 2 --tensor-model-parallel-size 2"
+                 "dp2z1 2 --zero-stage 1")
+        # Eight ranks only where each gets a GPU (eight contexts time-slicing one card would take long).
+        [[ "$gpus" -ge 8 ]] && layouts+=("dp2tp2pp2 8 --pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 --zero-stage 1")
+      fi
+      for l in "${layouts[@]}"; do
+        read -r name np flags <<< "$l"
+        [[ -z "$mr_stop" && $SECONDS -ge $mr_deadline ]] && mr_stop="MULTIRANK_BUDGET spent"
+        if [[ -n "$mr_stop" ]]; then log "multi-rank $name ($np ranks): not run ($mr_stop)"; continue; fi
+        prec=fp32 tol=1e-4
+        [[ " $flags " = *" --bf16 "* ]] && prec=bf16 tol=8e-3
+        [[ " $flags " = *" --fp16 "* ]] && prec=fp16 tol=1e-3
+        single $prec
+        mpi_ranks "$np" "$build/tools/llm-pretrain" "${mr[@]}" $flags --output-dir "$out/mr_$name" > "$out/mr_$name.log" 2>&1
+        rc=$?
+        mr_reap
+        mismatch=$(grep -c MISMATCH "$out/mr_$name.log")
+        [[ $rc = 124 || $rc = 137 ]] && mr_stop="$name timed out"
+        ck=$(awk '{for (i = 1; i < NF; i++) if ($i == "--save") print $(i + 1)}' <<< "$flags")
+        if [[ -n "$ck" ]]; then  # saved part-way (--exit-interval): the rest on one process from its checkpoint
+          lim "${MULTIRANK_LIMIT:-90}" "$build/tools/llm-pretrain" "${mr[@]}" $([[ $prec != fp32 ]] && echo "--$prec") --load "$ck" \
+            --output-dir "$out/mr_${name}_resumed" > "$out/mr_${name}_resumed.log" 2>&1
+          log "multi-rank $name ($np ranks) exit $rc, then resumed on 1 process exit $?: $(near $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl" "$out/mr_${name}_resumed/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
+        else
+          log "multi-rank $name ($np ranks) exit $rc (single $prec exit $(cat "$out/rc_mr_one_$prec")): $(near $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
+        fi
+        [[ $rc = 0 ]] || grep -E 'rror|FAIL' "$out/mr_$name.log" | head -3 | sed 's/^/   /' | tee -a "$out/summary.txt"
+      done
+    else
+      log "multi-rank layouts: not run (no NCCL communicator check passed)"
+    fi
+  fi
+}
+
 if [[ "${TESTS:-1}" = 0 ]]; then
   log "TESTS=0: correctness steps skipped"
+elif [[ "${TESTS:-1}" = multirank ]]; then  # a second short call: the multi-rank step alone
+  log "TESTS=multirank: the multi-rank step alone"
+  multirank_step
 else
 log "GPU unit tests (conformance on cuda, bf16/f16 paths, training check) and llm-pretrain curves, concurrently"
 # The correctness checks are independent and small next to the card: they share it (and the host's
@@ -150,115 +265,7 @@ det_values() { grep -o '"lm_loss": [^,]*\|"grad_norm": [^,]*' "$1" 2> /dev/null 
 log "pretrain deterministic (LLM_CUDA_DETERMINISTIC=1, --bf16, hd 128) twice, exit $(cat "$out/rc_pt_det_a") / $(cat "$out/rc_pt_det_b"): $(paste <(det_values "$out/pt_det_a/metrics.jsonl") <(det_values "$out/pt_det_b/metrics.jsonl") |
   awk 'NF == 4 {n++; if ($1 != $3 || $2 != $4) { if (!bad) bad = n } } END {printf "%d iterations, loss and grad norm %s", n, (n == 20 && !bad) ? "identical OK" : bad ? "differ from iteration " bad " FAIL" : "FAIL"}')"
 
-# Several ranks (MULTIRANK=1, when an mpirun is found: the system's, or the carried bundle's): the
-# NCCL communicator check on 2 and 4 ranks (and on every GPU), then llm-pretrain --backend cuda
-# under each layout of MULTIRANK_LAYOUTS ("name ranks flags..."; --bf16 or --fp16 in the flags
-# compares with the single process in that precision) against the single process on the same card, one run at a time,
-# and a checkpoint saved under DP 2 x TP 2 (ZeRO-1) resumed on one process. With fewer GPUs than
-# ranks the ranks share them: LLM_NCCL_SHARED_GPU=1 makes each its own NCCL host, connected over
-# loopback sockets (slow, but every collective, group and stream of ours runs as on a cluster).
-gpus=$(nvidia-smi -L 2> /dev/null | wc -l)
-if [[ "${MULTIRANK:-1}" = 1 ]] && command -v mpirun > /dev/null; then
-  # Every process of the step carries LLM_MULTIRANK_STEP=<token>, so that what a killed mpirun
-  # leaves behind (ranks spinning in NCCL on the card) is found and killed before the benchmarks.
-  mr_token="llm-mr-$$-$RANDOM"
-  mr_reap() {
-    local p n=0
-    for p in /proc/[0-9]*; do
-      if grep -qz "^LLM_MULTIRANK_STEP=$mr_token\$" "$p/environ" 2> /dev/null; then
-        kill -9 "${p#/proc/}" 2> /dev/null && n=$((n + 1))
-      fi
-    done
-    [[ $n = 0 ]] || log "multi-rank: killed $n processes left behind by a timed-out run"
-  }
-  mpi_ranks() {  # ranks cmd...: cmd under mpirun, sharing GPUs when there are fewer than ranks
-    local np=$1
-    shift
-    (export LLM_MULTIRANK_STEP="$mr_token" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
-       OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_hwloc_base_binding_policy=none OMP_NUM_THREADS=1 \
-       OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
-     # (one node: MPI over shared memory, or TCP on loopback where a container's /dev/shm fails it)
-     if [[ "$gpus" -lt "$np" ]]; then export LLM_NCCL_SHARED_GPU=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 NCCL_NET=Socket; fi
-     lim "${MULTIRANK_LIMIT:-90}" mpirun -np "$np" "$@")
-  }
-  log "multi-rank (budget ${MULTIRANK_BUDGET:-300} s x TIME_SCALE): $(mpirun --version 2>&1 | head -1) from $(command -v mpirun), $gpus GPU(s)$([[ "$gpus" -lt 4 ]] && echo "; ranks beyond them share a GPU (LLM_NCCL_SHARED_GPU=1)")"
-  # The whole step within MULTIRANK_BUDGET seconds (times TIME_SCALE): what is left when it runs
-  # out is listed as not run, and a run that times out ends the step (the rest would too).
-  mr_deadline=$((SECONDS + $(awk -v s="${MULTIRANK_BUDGET:-300}" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}')))
-  mr_stop=""
-  nccl_ok=0
-  for np in $(printf '%s\n' 2 4 "$gpus" | awk '$1 >= 2 && !seen[$1]++'); do
-    if [[ -n "$mr_stop" ]]; then log "NCCL communicator, $np ranks: not run ($mr_stop)"; continue; fi
-    (cd "$build" && mpi_ranks "$np" ./tests/nccl-communicator-check > "$out/nccl_np$np.log" 2>&1)
-    rc=$?
-    mr_reap
-    [[ $rc = 0 ]] && nccl_ok=1
-    [[ $rc = 124 || $rc = 137 ]] && mr_stop="the $np-rank check timed out"
-    log "NCCL communicator, $np ranks, exit $rc: $(grep -E 'NCCL communicator|FAILED|skipped|rror' "$out/nccl_np$np.log" | head -3 | tr '\n' ' ')"
-  done
-  mr_backend=${MULTIRANK_BACKEND:-cuda}  # cpu: the same layouts on the CPU (the smoke test's plumbing check)
-  if [[ $nccl_ok = 1 || $mr_backend = cpu ]]; then
-    mr=(--mock-data --vocab-size 512 --make-vocab-size-divisible-by 16 --num-layers 4 --hidden-size 256
-        --num-attention-heads 4 --seq-length 128 --micro-batch-size 2 --global-batch-size 8 --lr 1e-3 --seed 3
-        --train-iters 8 --log-interval 1 --backend "$mr_backend")
-    single() {  # the single process of a precision (fp32, bf16, fp16), once
-      [[ -f "$out/rc_mr_one_$1" ]] && return
-      lim "${MULTIRANK_LIMIT:-90}" "$build/tools/llm-pretrain" "${mr[@]}" $([[ $1 != fp32 ]] && echo "--$1") --output-dir "$out/mr_one_$1" > "$out/mr_one_$1.log" 2>&1
-      echo $? > "$out/rc_mr_one_$1"
-    }
-    losses() { cat "$@" 2> /dev/null | grep -o '"lm_loss": [^,]*' | cut -d' ' -f2; }
-    near() {  # tol ref run...: 8 iterations within tol (relative) of the single process
-      paste <(losses "$2") <(losses "${@:3}") | awk -v tol="$1" 'NF == 2 {n++; d = $1 - $2; if (d < 0) d = -d; if (d / $1 > w) w = d / $1}
-        END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n == 8 && w <= tol) ? "OK" : "FAIL"}'
-    }
-    layouts=()
-    if [[ -n "${MULTIRANK_LAYOUTS:-}" ]]; then
-      while IFS= read -r l; do [[ -n "$l" ]] && layouts+=("$l"); done <<< "$(tr ';' '\n' <<< "$MULTIRANK_LAYOUTS")"
-    else
-      # Most distinct first, so a short budget still covers each kind of group.
-      layouts=("tp2sp 2 --tensor-model-parallel-size 2 --sequence-parallel --recompute-granularity full"
-               "ulysses2 2 --ds-sequence-parallel-size 2"
-               "pp2 2 --pipeline-model-parallel-size 2"
-               "z3 2 --zero-stage 3"
-               "dp2tp2ck 4 --tensor-model-parallel-size 2 --zero-stage 1 --exit-interval 4 --save $out/mr_ck"
-               "tp2sp-bf16 2 --tensor-model-parallel-size 2 --sequence-parallel --bf16"
-               "dp2tp2-fp16 4 --tensor-model-parallel-size 2 --fp16"
-               "dp2ov 2 --overlap-grad-reduce --ddp-bucket-size 1"
-               "z2 2 --zero-stage 2"
-               "pp2tp2sp 4 --pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 --sequence-parallel"
-               "tp2ulysses2 4 --tensor-model-parallel-size 2 --ds-sequence-parallel-size 2"
-               "tp2 2 --tensor-model-parallel-size 2"
-               "dp2z1 2 --zero-stage 1")
-      # Eight ranks only where each gets a GPU (eight contexts time-slicing one card would take long).
-      [[ "$gpus" -ge 8 ]] && layouts+=("dp2tp2pp2 8 --pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 --zero-stage 1")
-    fi
-    for l in "${layouts[@]}"; do
-      read -r name np flags <<< "$l"
-      [[ -z "$mr_stop" && $SECONDS -ge $mr_deadline ]] && mr_stop="MULTIRANK_BUDGET spent"
-      if [[ -n "$mr_stop" ]]; then log "multi-rank $name ($np ranks): not run ($mr_stop)"; continue; fi
-      prec=fp32 tol=1e-4
-      [[ " $flags " = *" --bf16 "* ]] && prec=bf16 tol=8e-3
-      [[ " $flags " = *" --fp16 "* ]] && prec=fp16 tol=1e-3
-      single $prec
-      mpi_ranks "$np" "$build/tools/llm-pretrain" "${mr[@]}" $flags --output-dir "$out/mr_$name" > "$out/mr_$name.log" 2>&1
-      rc=$?
-      mr_reap
-      mismatch=$(grep -c MISMATCH "$out/mr_$name.log")
-      [[ $rc = 124 || $rc = 137 ]] && mr_stop="$name timed out"
-      ck=$(awk '{for (i = 1; i < NF; i++) if ($i == "--save") print $(i + 1)}' <<< "$flags")
-      if [[ -n "$ck" ]]; then  # saved part-way (--exit-interval): the rest on one process from its checkpoint
-        lim "${MULTIRANK_LIMIT:-90}" "$build/tools/llm-pretrain" "${mr[@]}" $([[ $prec != fp32 ]] && echo "--$prec") --load "$ck" \
-          --output-dir "$out/mr_${name}_resumed" > "$out/mr_${name}_resumed.log" 2>&1
-        log "multi-rank $name ($np ranks) exit $rc, then resumed on 1 process exit $?: $(near $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl" "$out/mr_${name}_resumed/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
-      else
-        log "multi-rank $name ($np ranks) exit $rc (single $prec exit $(cat "$out/rc_mr_one_$prec")): $(near $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
-      fi
-      [[ $rc = 0 ]] || grep -E 'rror|FAIL' "$out/mr_$name.log" | head -3 | sed 's/^/   /' | tee -a "$out/summary.txt"
-    done
-  else
-    log "multi-rank layouts: not run (no NCCL communicator check passed)"
-  fi
-fi
+multirank_step
 
 # A kernel choice whose own test failed (or hung: exit 124) is not benchmarked: a faulting or
 # hanging kernel would spend each benchmark's whole time limit.

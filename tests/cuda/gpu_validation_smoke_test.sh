@@ -57,6 +57,15 @@ if command -v mpirun > /dev/null; then
   grep -q "^== multi-rank dp2tp2ck (4 ranks) exit 0, then resumed on 1 process exit 0: 8 iterations" "$summary" ||
     fail "no resumed checkpoint line for dp2tp2ck"
 fi
+# TESTS=multirank: that step alone (a second short call on a lease), nothing else.
+if command -v mpirun > /dev/null; then
+  MULTIRANK_BACKEND=cpu MULTIRANK_LIMIT=300 TESTS=multirank BENCHES="" SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke \
+    MULTIRANK_LAYOUTS="tp2 2 --tensor-model-parallel-size 2" "$src/tests/cuda/gpu_validation.sh" "$out/m" "$build" > "$out/mlog" 2>&1 ||
+    fail "TESTS=multirank: the script exited $?"
+  grep -q "^== TESTS=multirank: the multi-rank step alone" "$out/m/summary.txt" &&
+    grep -q "^== multi-rank tp2 (2 ranks) exit 0 .* OK$" "$out/m/summary.txt" &&
+    ! grep -q "test_backend\|^== pretrain " "$out/m/summary.txt" || fail "TESTS=multirank ran more or less than the step: $(cat "$out/m/summary.txt")"
+fi
 # Without a device nothing may claim success: the curves fail, the benchmarks say skipped (77).
 grep -q "pretrain cuda exit .* 0 iterations.* FAIL" "$summary" || fail "the CUDA curve without a device must FAIL with 0 iterations"
 grep -q "pretrain deterministic .* 0 iterations.* FAIL" "$summary" || fail "the reproducibility check without a device must FAIL"
