@@ -38,6 +38,13 @@ mkdir -p "$out"
 log() { echo "== $*" | tee -a "$out/summary.txt"; }
 env_name() { echo "$1" | sed 's/^LLM_CUDA_//; s/[^A-Za-z0-9]\+/-/g' | tr 'A-Z' 'a-z'; }  # ENV_VARIANTS' file names
 lim() { timeout -k 5 "$(awk -v s="$1" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}')" "${@:2}"; }  # lim SECONDS cmd...
+losses() { cat "$@" 2> /dev/null | grep -o '"lm_loss": [^,]*' | cut -d' ' -f2; }  # metrics files' loss curve, in order
+# curve_within N TOL REF RUN...: RUN's loss curve (its metrics files in order) has N iterations,
+# each within TOL (relative) of REF's.
+curve_within() {
+  paste <(losses "$3") <(losses "${@:4}") | awk -v want="$1" -v tol="$2" 'NF == 2 {n++; d = $1 - $2; if (d < 0) d = -d; if (d / $1 > w) w = d / $1}
+    END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n == want && w < tol) ? "OK" : "FAIL"}'
+}
 : > "$out/summary.txt"
 log "commit ${COMMIT:-$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?')} $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$out/summary.txt"
@@ -113,11 +120,6 @@ multirank_step() {
         lim "${MULTIRANK_LIMIT:-90}" "$build/tools/llm-pretrain" "${mr[@]}" $([[ $1 != fp32 ]] && echo "--$1") --output-dir "$out/mr_one_$1" > "$out/mr_one_$1.log" 2>&1
         echo $? > "$out/rc_mr_one_$1"
       }
-      losses() { cat "$@" 2> /dev/null | grep -o '"lm_loss": [^,]*' | cut -d' ' -f2; }
-      near() {  # tol ref run...: 8 iterations within tol (relative) of the single process
-        paste <(losses "$2") <(losses "${@:3}") | awk -v tol="$1" 'NF == 2 {n++; d = $1 - $2; if (d < 0) d = -d; if (d / $1 > w) w = d / $1}
-          END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n == 8 && w <= tol) ? "OK" : "FAIL"}'
-      }
       layouts=()
       if [[ -n "${MULTIRANK_LAYOUTS:-}" ]]; then
         while IFS= read -r l; do [[ -n "$l" ]] && layouts+=("$l"); done <<< "$(tr ';' '\n' <<< "$MULTIRANK_LAYOUTS")"
@@ -156,9 +158,9 @@ multirank_step() {
         if [[ -n "$ck" ]]; then  # saved part-way (--exit-interval): the rest on one process from its checkpoint
           lim "${MULTIRANK_LIMIT:-90}" "$build/tools/llm-pretrain" "${mr[@]}" $([[ $prec != fp32 ]] && echo "--$prec") --load "$ck" \
             --output-dir "$out/mr_${name}_resumed" > "$out/mr_${name}_resumed.log" 2>&1
-          log "multi-rank $name ($np ranks) exit $rc, then resumed on 1 process exit $?: $(near $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl" "$out/mr_${name}_resumed/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
+          log "multi-rank $name ($np ranks) exit $rc, then resumed on 1 process exit $?: $(curve_within 8 $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl" "$out/mr_${name}_resumed/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
         else
-          log "multi-rank $name ($np ranks) exit $rc (single $prec exit $(cat "$out/rc_mr_one_$prec")): $(near $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
+          log "multi-rank $name ($np ranks) exit $rc (single $prec exit $(cat "$out/rc_mr_one_$prec")): $(curve_within 8 $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
         fi
         [[ $rc = 0 ]] || grep -E 'rror|FAIL' "$out/mr_$name.log" | head -3 | sed 's/^/   /' | tee -a "$out/summary.txt"
       done
@@ -257,9 +259,7 @@ fi
 log "llm-pretrain --backend cuda (fp32 / --bf16 / --fp16) against --backend cpu fp32 (20 iterations, rel 1e-4 / 4e-3 / 4e-4)"
 for prec in cuda bf16 fp16; do
   tol=$(case $prec in cuda) echo 1e-4 ;; bf16) echo 4e-3 ;; fp16) echo 4e-4 ;; esac)
-  log "pretrain $prec exit $(cat "$out/rc_pt_$prec") (cpu $(cat "$out/rc_pt_cpu")): $(paste <(grep -o '"lm_loss": [^,]*' "$out/pt_cpu/metrics.jsonl" | cut -d' ' -f2) \
-    <(grep -o '"lm_loss": [^,]*' "$out/pt_$prec/metrics.jsonl" | cut -d' ' -f2) |
-    awk -v tol=$tol 'NF == 2 {n++; d=$1-$2; if (d<0) d=-d; if (d/$1 > w) w=d/$1} END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n==20 && w<tol) ? "OK" : "FAIL"}')"
+  log "pretrain $prec exit $(cat "$out/rc_pt_$prec") (cpu $(cat "$out/rc_pt_cpu")): $(curve_within 20 $tol "$out/pt_cpu/metrics.jsonl" "$out/pt_$prec/metrics.jsonl")"
 done
 det_values() { grep -o '"lm_loss": [^,]*\|"grad_norm": [^,]*' "$1" 2> /dev/null | cut -d' ' -f2 | paste - -; }
 log "pretrain deterministic (LLM_CUDA_DETERMINISTIC=1, --bf16, hd 128) twice, exit $(cat "$out/rc_pt_det_a") / $(cat "$out/rc_pt_det_b"): $(paste <(det_values "$out/pt_det_a/metrics.jsonl") <(det_values "$out/pt_det_b/metrics.jsonl") |

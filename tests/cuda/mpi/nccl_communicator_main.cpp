@@ -1,13 +1,15 @@
 // NCCL communicator check, run by ctest under `mpirun -np 2` (one GPU per rank): every
 // collective on device tensors against its closed form, and the host-tensor/scalar paths that
 // go through MPI. Exits 77 (ctest: skipped) with the reason when there are fewer GPUs than
-// ranks (unless LLM_NCCL_SHARED_GPU=1 lets ranks share them), or when the build has no CUDA/NCCL. gpu_validation.sh also runs it as one process on a
-// single GPU (an MPI singleton: OMPI_MCA_ess_singleton_isolated=1 needs no mpirun or orted), which
-// checks the bootstrap and every collective's call on a communicator of one rank.
+// ranks (unless LLM_NCCL_SHARED_GPU=1 lets ranks share them), or when the build has no
+// CUDA/NCCL. gpu_validation.sh also runs it as one process on a single GPU (an MPI singleton:
+// OMPI_MCA_ess_singleton_isolated=1 needs no mpirun or orted), which checks the bootstrap and
+// every collective's call on a communicator of one rank.
 #include <mpi.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,6 +21,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "comm/nccl_communicator.h"
+#include "comm/nccl_shared_gpu.h"
 #endif
 
 #if defined(LLM_HAVE_CUDA) && defined(LLM_HAVE_NCCL)
@@ -45,8 +48,13 @@ int main(int argc, char** argv) {
 #else
   llm::cuda::CudaBackend* be = llm::cuda::cuda_backend();
   int count = 0;
-  const char* shared_env = std::getenv("LLM_NCCL_SHARED_GPU");
-  const bool shared = shared_env && std::string(shared_env) == "1";  // ranks may share a GPU
+  bool shared = false;  // ranks may share a GPU (the communicator reads the same setting)
+  try {
+    shared = llm::nccl_shared_gpu_setting(std::getenv("LLM_NCCL_SHARED_GPU"));
+  } catch (const std::exception& e) {
+    if (rank == 0) std::fprintf(stderr, "%s\n", e.what());
+    MPI_Abort(MPI_COMM_WORLD, 2);
+  }
   if (!be || cudaGetDeviceCount(&count) != cudaSuccess || (count < size && !shared)) {
     if (rank == 0)
       std::printf("skipped: %d ranks need %d GPUs (%s)\n", size, size, llm::cuda::device_status().c_str());
