@@ -15,6 +15,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "kernels.h"
 
 namespace llm::kernels {
 
@@ -81,10 +82,15 @@ __device__ __forceinline__ void elementwise(int64_t n, bool packed, F&& f, G&& g
 // each launch. The opt-in is a per-kernel maximum, so it is raised whenever a launch needs more than
 // the last one set: a kernel whose shared memory depends on a runtime value (the SIMT attention's
 // head dim) launched first small then large would otherwise fail with an invalid argument.
-// Per kernel and process (one device per process).
+// Per kernel and process (one device per process). A launch that needs more than the block may
+// opt in to here (smem_optin_limit: the device's, or LLM_CUDA_SMEM_LIMIT's cap) is refused with
+// both numbers, before CUDA would answer "invalid argument".
 template <typename K>
 void allow_smem(K kernel, size_t bytes) {
   if (bytes <= 48 * 1024) return;
+  if (const size_t limit = smem_optin_limit(); bytes > limit)
+    LLM_FAIL("a kernel needs ", bytes, " bytes of shared memory per block; this device allows ", limit,
+             smem_limit_setting() > 0 && size_t(smem_limit_setting()) == limit ? " (LLM_CUDA_SMEM_LIMIT)" : "");
   static std::mutex mu;
   static std::unordered_map<const void*, size_t> allowed;
   const std::lock_guard<std::mutex> lock(mu);

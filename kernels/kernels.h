@@ -8,6 +8,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/dtype.h"
@@ -239,6 +240,17 @@ int dq_convert_setting();
 // (red.global.add.v4.f32, sm_90), at head dims 48, 80, 96 and 128 (at 64 the trade spills: v2
 // there). Anything else is an error naming the variable.
 int dq_red_setting();
+// LLM_CUDA_SMEM_LIMIT: a cap on the shared memory a kernel may opt in to per block, below the
+// device's own maximum, so that one card can stand in for a smaller one (kernels/smem_limit.cu):
+// unset or empty (0: the device's), a byte count of at least 49152, or a compute capability's
+// maximum by name: sm80 (166912, A100), sm86 or sm89 (101376: A10, A40, L4, L40S, RTX 30/40) or
+// sm90 (232448, H100/H200). Anything else is an error naming the variable.
+int smem_limit_setting();
+// The shared memory (bytes) a block may opt in to here: the device's maximum
+// (cudaDevAttrMaxSharedMemoryPerBlockOptin), or LLM_CUDA_SMEM_LIMIT's cap where that is lower.
+// Read once per process (one device per process). allow_smem (common.cuh) refuses a launch that
+// needs more, with an error that names both numbers.
+size_t smem_optin_limit();
 // The kernels attention uses for this head dim and pass: LLM_CUDA_ATTENTION's choice, or auto's
 // pick (which depends on the device: tc off compute capability 9.0).
 AttentionKernels attention_kernels_for(int hd, bool backward);

@@ -165,6 +165,57 @@ TEST(CudaBackend, DqRedIsCheckedByName) {
     EXPECT_EXIT(setting_is(bad, 0), ::testing::ExitedWithCode(2), std::string("LLM_CUDA_DQ_RED='") + bad + "': expected v2");
 }
 
+TEST(CudaBackend, SmemLimitIsCheckedByName) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const auto setting_is = [](const char* value, int want) {
+    exit_on_setting("LLM_CUDA_SMEM_LIMIT", value, llm::kernels::smem_limit_setting, want);
+  };
+  EXPECT_EXIT(setting_is(nullptr, 0), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("", 0), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("sm80", 166912), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("sm86", 101376), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("sm89", 101376), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("sm90", 232448), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("49152", 49152), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(setting_is("200000", 200000), ::testing::ExitedWithCode(0), "");
+  for (const char* bad : {"49151", "0", "-100000", "1e5", "100k", "1000000000", "A100", "sm_80", " 100000"})
+    EXPECT_EXIT(setting_is(bad, 0), ::testing::ExitedWithCode(2),
+                std::string("LLM_CUDA_SMEM_LIMIT='") + bad + "': expected a byte count of at least 49152");
+}
+
+// Under LLM_CUDA_SMEM_LIMIT a launch that needs more shared memory than the cap is refused before
+// CUDA sees it, the error naming the op, its shapes and both byte counts; what fits still runs
+// (the bf16 forward of `tc` at hd 64: 512 x 72 x 2 = 73728 bytes, under sm86's 101376). The cap
+// is read once per process: each case in a fresh child.
+TEST(CudaBackend, SmemLimitRefusesLaunchesOverTheCap) {
+  REQUIRE_CUDA(probe);
+  (void)probe;
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const auto forward = [](const char* limit, int hd) {
+    setenv("LLM_CUDA_SMEM_LIMIT", limit, 1);
+    setenv("LLM_CUDA_ATTENTION", "tc", 1);
+    try {
+      llm::cuda::CudaBackend& be = *llm::cuda::cuda_backend();
+      const int64_t B = 1, T = 256, NH = 2, C = NH * hd;
+      bt::Rng rng(330);
+      Tensor qkv = be.empty({B, T, 3 * C}, DType::bf16);
+      be.convert(qkv, be.upload(bt::host_f32({B, T, 3 * C}, rng.normal(size_t(B) * T * 3 * C))));
+      Tensor out = be.zeros({B, T, C}, DType::bf16), lse = be.zeros({B, NH, T});
+      be.attention_forward(out, lse, qkv, static_cast<int>(NH));
+      be.synchronize();
+      std::exit(0);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      std::exit(2);
+    }
+  };
+  EXPECT_EXIT(forward("sm86", 64), ::testing::ExitedWithCode(0), "");
+  // 73728 bytes at hd 64 (tc, MT = 1): over a 65536-byte cap.
+  EXPECT_EXIT(forward("65536", 64), ::testing::ExitedWithCode(2),
+              "attention_forward on .*: a kernel needs 73728 bytes of shared memory per block; this device allows "
+              "65536 \\(LLM_CUDA_SMEM_LIMIT\\)");
+}
+
 // The scratch and workspace sizes of the backward (pure arithmetic on the settings; no device):
 // fp32 and non-atomic choices need D only; the atomic ones the sums and the counters too, in the
 // scratch unless a workspace holds them, and a workspace only when the conversion is fused.

@@ -4,7 +4,10 @@
 # a bundle (pipelines/bundle.sh: executables + their non-CUDA libraries), run the checks there.
 #
 #   tests/cuda/gpu_carry.sh build [DIR]   # here: build DIR (default build-gpu) for CUDA_ARCH
-#                                         # (default 90: H100/H200) and write gpu-carry/libllm-gpu.tar.gz
+#                                         # (default 90: H100/H200) and write gpu-carry/libllm-gpu.tar.gz;
+#                                         # with SM80=1 (default) also DIR-sm80, the A100's kernels
+#                                         # (sm_80 source) compiled for sm_90: its libllm.so as
+#                                         # gpu-carry/libllm-sm80.so.gz (gpu_validation.sh's SM80_TREE)
 #   tests/cuda/gpu_carry.sh run OUT       # there: unpack, check that the host's CUDA libraries are
 #                                         # the ones the bundle was linked against, then run
 #                                         # tests/cuda/gpu_validation.sh on the bundle (with the
@@ -40,8 +43,19 @@ build)
   # The commit the bundle was built from (the GPU machine's copy of the tree has no .git).
   echo "$(git -C "$src" rev-parse --short HEAD)$(git -C "$src" diff --quiet HEAD -- lib kernels tools tests/backend tests/cuda tests/bench 2> /dev/null || echo -dirty)" > "$carry/commit.txt"
   ldd "$build/tests/test_cuda" | awk '/libcudart|libcublas|libnccl/ {print $1}' > "$carry/cuda-libs.txt"
-  size=$(stat -c %s "$carry/libllm-gpu.tar.gz")
-  echo "gpu_carry: $carry/libllm-gpu.tar.gz ($((size / 1048576)) MiB; CUDA libraries from the host: $(tr '\n' ' ' < "$carry/cuda-libs.txt"))"
+  # The A100's kernel set, runnable on the H100/H200 there: the same sources compiled as for sm_80
+  # (__CUDA_ARCH__ 800, so no sm_90a kernels: auto is tc) into sm_90 code, the library only (the
+  # bundle's executables load it in a copy of the bundle: gpu_carry.sh run).
+  rm -f "$carry/libllm-sm80.so.gz"
+  if [[ "${SM80:-1}" = 1 ]]; then
+    cmake -S "$src" -B "$build-sm80" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=OFF \
+      "-DCMAKE_CUDA_FLAGS=-gencode=arch=compute_80,code=sm_90" -DLLM_SHARED=ON > /dev/null || exit 1
+    cmake --build "$build-sm80" -j "${JOBS:-2}" --target llm > "$build-sm80/carry-build.log" 2>&1 ||
+      { tail -30 "$build-sm80/carry-build.log"; exit 1; }
+    gzip -c "$build-sm80/lib/libllm.so" > "$carry/libllm-sm80.so.gz" || exit 1
+  fi
+  size=$(du -cb "$carry"/* | tail -1 | cut -f1)
+  echo "gpu_carry: $carry/libllm-gpu.tar.gz$([[ -f "$carry/libllm-sm80.so.gz" ]] && echo " and libllm-sm80.so.gz") ($((size / 1048576)) MiB in all; CUDA libraries from the host: $(tr '\n' ' ' < "$carry/cuda-libs.txt"))"
   [ "$size" -lt $((60 * 1048576)) ] || echo "gpu_carry: warning: over 60 MiB, more than a carry allows"
   ;;
 run)
@@ -69,6 +83,16 @@ run)
   for t in "${tools[@]}"; do printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tools/$t"; done
   for t in "${tests[@]}"; do printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tests/$t"; done
   chmod +x "$tree"/tools/* "$tree"/tests/*
+  # The sm_80 build: a copy of the bundle with its libllm.so, and a build-tree layout of it.
+  if [[ -f "$carry/libllm-sm80.so.gz" ]]; then
+    sm80="$out/libllm-gpu-sm80"
+    rm -rf "$sm80" "$out/tree-sm80"
+    cp -a "$root" "$sm80" && gunzip -c "$carry/libllm-sm80.so.gz" > "$sm80/lib/libllm.so" || exit 1
+    mkdir -p "$out/tree-sm80/tests"
+    for t in test_backend test_cuda; do printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$sm80" "$t" > "$out/tree-sm80/tests/$t"; done
+    chmod +x "$out/tree-sm80"/tests/*
+    export SM80_TREE="$out/tree-sm80"
+  fi
   # The device code for the SASS step (BENCHES=sass): the sm_90a object, else the bundle's libllm.so.
   for c in "$carry/sm90a.o" "$root/lib/libllm.so"; do
     [[ -z "${DEVICE_CODE:-}" && -f "$c" ]] && export DEVICE_CODE="$c"

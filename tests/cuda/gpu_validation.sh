@@ -29,7 +29,12 @@
 #   found: NCCL on 2 and 4 ranks and llm-pretrain under MULTIRANK_LAYOUTS, "name ranks flags;..."
 #   against the single process, within MULTIRANK_BUDGET=300 s, each run within MULTIRANK_LIMIT=90 s,
 #   both times TIME_SCALE; ranks share the GPUs when there are fewer; MULTIRANK_BACKEND=cpu runs
-#   the layouts on the CPU, for the smoke test; TESTS=multirank runs that step alone)
+#   the layouts on the CPU, for the smoke test; TESTS=multirank runs that step alone),
+#   SM80_TREE (a build tree of the A100's kernels: the sm_80 source compiled for this card,
+#   CMAKE_CUDA_FLAGS=-gencode=arch=compute_80,code=sm_90, no sm_90a; built beside BUILD_DIR as
+#   BUILD_DIR-sm80 unless SKIP_BUILD=1 or SM80=0, carried by gpu_carry.sh: the CUDA tests and the
+#   training check run on it under LLM_CUDA_SMEM_LIMIT=sm80, the A100's shared memory;
+#   TESTS=sm80 runs that step alone, TESTS="sm80 multirank" both)
 set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-$src/gpu-report}"
@@ -57,6 +62,14 @@ else
     cmake --build "$build" -j "${JOBS:-16}" > "$out/build.log" 2>&1
   log "build exit $? (configure.log, build.log)"
   grep -E "libllm:" "$out/configure.log" | tee -a "$out/summary.txt"
+  if [[ "${SM80:-1}" = 1 && -z "${SM80_TREE:-}" ]]; then
+    cmake -S "$src" -B "$build-sm80" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=OFF \
+      "-DCMAKE_CUDA_FLAGS=-gencode=arch=compute_80,code=sm_90" -DLLM_SHARED=ON > "$out/configure_sm80.log" 2>&1 &&
+      cmake --build "$build-sm80" -j "${JOBS:-16}" --target test_backend test_cuda > "$out/build_sm80.log" 2>&1
+    rc=$?
+    log "sm_80 build (compute_80 for this card) exit $rc (build_sm80.log)"
+    [[ $rc = 0 ]] && SM80_TREE="$build-sm80"
+  fi
 fi
 
 # The kernel choices beside the default, for the attention tests and the benchmarks (also with TESTS=0).
@@ -170,11 +183,51 @@ multirank_step() {
   fi
 }
 
+# The A100's kernel set on this card (SM80_TREE): the sm_80 source (no wgmma kernels: auto is tc)
+# compiled for sm_90, every shared-memory opt-in under the A100's 166912 bytes
+# (LLM_CUDA_SMEM_LIMIT=sm80: a launch over it is refused). What an A100 itself would add is
+# its own SASS and timing. sm80_start starts the CUDA tests and the training check in the
+# background; sm80_report (after a wait) logs them.
+sm80_start() {
+  [[ -n "${SM80_TREE:-}" ]] || return 0
+  (cd "$SM80_TREE" && LLM_CUDA_SMEM_LIMIT=sm80 lim 150 ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/sm80_test_backend.log" 2>&1
+   echo $? > "$out/rc_sm80_test_backend") &
+  (cd "$SM80_TREE" && LLM_CUDA_SMEM_LIMIT=sm80 lim 150 ./tests/test_cuda > "$out/sm80_test_cuda.log" 2>&1; echo $? > "$out/rc_sm80_test_cuda") &
+}
+sm80_report() {
+  if [[ -z "${SM80_TREE:-}" ]]; then
+    log "sm_80 kernels under the A100's shared memory: not run (no SM80_TREE)"
+    return 0
+  fi
+  # The tests ran on the device (CudaBackend.Available passed), and the wgmma tests skipped for
+  # want of the sm_90a kernels: the tree is the sm_80 build.
+  local skipped ok=0
+  skipped=$(grep -c "built without the sm_90a kernels" "$out/sm80_test_backend.log")
+  [[ "$(cat "$out/rc_sm80_test_backend")" = 0 && $skipped -gt 0 ]] &&
+    grep -q '^\[       OK \] CudaBackend.Available ' "$out/sm80_test_backend.log" && ok=1
+  log "sm_80 build, LLM_CUDA_SMEM_LIMIT=sm80: test_backend (cuda) exit $(cat "$out/rc_sm80_test_backend"): $(grep -E '^\[  (PASSED|FAILED) |^\[  SKIPPED \] [0-9]+ tests' "$out/sm80_test_backend.log" | tr '\n' ' ')wgmma tests skipped as not built: $skipped $([[ $ok = 1 ]] && echo OK || echo FAIL)"
+  [[ "$(cat "$out/rc_sm80_test_backend")" = 0 ]] ||
+    log "sm_80 failed: $(grep -E '^\[  FAILED  \] [A-Za-z]|shared memory per block' "$out/sm80_test_backend.log" | sed 's/^\[  FAILED  \] //; s/ (.*//' | sort -u | head -8 | tr '\n' ' ')"
+  log "sm_80 build, LLM_CUDA_SMEM_LIMIT=sm80: test_cuda exit $(cat "$out/rc_sm80_test_cuda"): $(grep -E '^\[  (PASSED|FAILED) |^\[  SKIPPED \] [0-9]+ tests' "$out/sm80_test_cuda.log" | tr '\n' ' ')"
+}
+
+# TESTS as a list of the steps that may run alone (multirank, sm80).
+named_steps() {
+  local w
+  [[ -n "${TESTS:-}" ]] || return 1
+  for w in $TESTS; do [[ $w = multirank || $w = sm80 ]] || return 1; done
+}
+
 if [[ "${TESTS:-1}" = 0 ]]; then
   log "TESTS=0: correctness steps skipped"
-elif [[ "${TESTS:-1}" = multirank ]]; then  # a second short call: the multi-rank step alone
-  log "TESTS=multirank: the multi-rank step alone"
-  multirank_step
+elif named_steps; then  # a second short call: the named steps alone
+  log "TESTS=\"${TESTS}\": the named steps alone"
+  if [[ " $TESTS " = *" sm80 "* ]]; then
+    sm80_start
+    wait
+    sm80_report
+  fi
+  [[ " $TESTS " = *" multirank "* ]] && multirank_step
 else
 log "GPU unit tests (conformance on cuda, bf16/f16 paths, training check) and llm-pretrain curves, concurrently"
 # The correctness checks are independent and small next to the card: they share it (and the host's
@@ -228,6 +281,7 @@ pd=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 256 --num-attentio
 for r in a b; do
   (LLM_CUDA_DETERMINISTIC=1 lim 150 "$build/tools/llm-pretrain" "${pd[@]}" --output-dir "$out/pt_det_$r" > "$out/pretrain_det_$r.log" 2>&1; echo $? > "$out/rc_pt_det_$r") &
 done
+sm80_start
 wait
 log "test_backend (cuda) exit $(cat "$out/rc_test_backend"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_backend_cuda.log" | tr '\n' ' ')"
 if [[ "$(cat "$out/rc_test_backend")" != 0 ]]; then  # triage in the same lease: which change breaks it
@@ -264,6 +318,7 @@ done
 det_values() { grep -o '"lm_loss": [^,]*\|"grad_norm": [^,]*' "$1" 2> /dev/null | cut -d' ' -f2 | paste - -; }
 log "pretrain deterministic (LLM_CUDA_DETERMINISTIC=1, --bf16, hd 128) twice, exit $(cat "$out/rc_pt_det_a") / $(cat "$out/rc_pt_det_b"): $(paste <(det_values "$out/pt_det_a/metrics.jsonl") <(det_values "$out/pt_det_b/metrics.jsonl") |
   awk 'NF == 4 {n++; if ($1 != $3 || $2 != $4) { if (!bad) bad = n } } END {printf "%d iterations, loss and grad norm %s", n, (n == 20 && !bad) ? "identical OK" : bad ? "differ from iteration " bad " FAIL" : "FAIL"}')"
+sm80_report
 
 multirank_step
 

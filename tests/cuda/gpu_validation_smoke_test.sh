@@ -30,7 +30,7 @@ printf '#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -i) cat "%s"; exit 0;; -o
 chmod +x "$fake/cuobjdump" "$fake/ncu"
 # MULTIRANK_BACKEND=cpu: the multi-rank layouts' plumbing on the CPU (no NCCL check passes here;
 # budget and limits wide: a loaded machine must not turn this into a timing test).
-PATH="$fake:$PATH" MULTIRANK_BACKEND=cpu MULTIRANK_BUDGET=3000 MULTIRANK_LIMIT=300 BENCHES="gemm attention torch train-step longseq sweep profile sass" ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch LLM_CUDA_BLOCK_ORDER=heaviest:8" \
+PATH="$fake:$PATH" SM80_TREE="$build" MULTIRANK_BACKEND=cpu MULTIRANK_BUDGET=3000 MULTIRANK_LIMIT=300 BENCHES="gemm attention torch train-step longseq sweep profile sass" ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch LLM_CUDA_BLOCK_ORDER=heaviest:8" \
   SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke "$src/tests/cuda/gpu_validation.sh" "$out/r" "$build" > "$out/log" 2>&1 ||
   fail "the script exited $?"
 summary="$out/r/summary.txt"
@@ -46,6 +46,7 @@ for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "atten
             "wgmma_ws_tma test exit" "attention tests with LLM_CUDA_ATTENTION=wgmma-ws-tma exit" \
             "attention (LLM_CUDA_BLOCK_ORDER=launch) exit" "train step (LLM_CUDA_BLOCK_ORDER=heaviest:8) exit" \
             "attention tests with LLM_CUDA_BLOCK_ORDER=launch exit" "wgmma_ws_convert test exit" "wgmma_ws_v4 test exit" \
+            "sm_80 build, LLM_CUDA_SMEM_LIMIT=sm80: test_backend (cuda) exit" "sm_80 build, LLM_CUDA_SMEM_LIMIT=sm80: test_cuda exit" \
             "== profile" "== sass" "== done:"; do
   grep -qF -- "$step" "$summary" || fail "no '$step' line in the summary"
 done
@@ -57,20 +58,26 @@ if command -v mpirun > /dev/null; then
   grep -q "^== multi-rank dp2tp2ck (4 ranks) exit 0, then resumed on 1 process exit 0: 8 iterations" "$summary" ||
     fail "no resumed checkpoint line for dp2tp2ck"
 fi
-# TESTS=multirank: that step alone (a second short call on a lease), nothing else.
+# TESTS="sm80 multirank": those steps alone (a second short call on a lease), nothing else.
 if command -v mpirun > /dev/null; then
-  MULTIRANK_BACKEND=cpu MULTIRANK_LIMIT=300 TESTS=multirank BENCHES="" SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke \
+  SM80_TREE="$build" MULTIRANK_BACKEND=cpu MULTIRANK_LIMIT=300 TESTS="sm80 multirank" BENCHES="" SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke \
     MULTIRANK_LAYOUTS="tp2 2 --tensor-model-parallel-size 2" "$src/tests/cuda/gpu_validation.sh" "$out/m" "$build" > "$out/mlog" 2>&1 ||
-    fail "TESTS=multirank: the script exited $?"
-  grep -q "^== TESTS=multirank: the multi-rank step alone" "$out/m/summary.txt" &&
+    fail "TESTS=\"sm80 multirank\": the script exited $?"
+  grep -q '^== TESTS="sm80 multirank": the named steps alone' "$out/m/summary.txt" &&
     grep -q "^== multi-rank tp2 (2 ranks) exit 0 .* OK$" "$out/m/summary.txt" &&
-    ! grep -q "test_backend\|^== pretrain " "$out/m/summary.txt" || fail "TESTS=multirank ran more or less than the step: $(cat "$out/m/summary.txt")"
+    grep -q "^== sm_80 build, LLM_CUDA_SMEM_LIMIT=sm80: test_cuda exit" "$out/m/summary.txt" &&
+    ! grep -q "^== test_backend\|^== pretrain " "$out/m/summary.txt" ||
+    fail "TESTS=\"sm80 multirank\" ran more or less than the two steps: $(cat "$out/m/summary.txt")"
 fi
 # Without a device nothing may claim success: the curves fail, the benchmarks say skipped (77).
 grep -q "pretrain cuda exit .* 0 iterations.* FAIL" "$summary" || fail "the CUDA curve without a device must FAIL with 0 iterations"
 grep -q "pretrain deterministic .* 0 iterations.* FAIL" "$summary" || fail "the reproducibility check without a device must FAIL"
 grep -q "gemm exit 77" "$summary" || fail "the GEMM benchmark without a device must exit 77 (skipped)"
 grep -qE "test_backend \(cuda\) exit 0: .*SKIPPED" "$summary" || fail "the CUDA tests without a device must report SKIPPED"
+# The sm_80 step without a device: its wgmma tests skip for want of a device, not of the sm_90a
+# build, so it cannot say OK.
+grep -q "^== sm_80 build, LLM_CUDA_SMEM_LIMIT=sm80: test_backend (cuda) exit 0: .*wgmma tests skipped as not built: 0 FAIL$" "$summary" ||
+  fail "the sm_80 step without a device (and with the sm_90a build) must FAIL its build check"
 # The SASS step: the bf16 hd-128 kernel of the listing extracted and its mix summarised, the stall
 # samples exported and ranked.
 grep -q "^== sass (cuobjdump exit 0, 3 functions in .*): 1 kernels to sass_attention.txt" "$summary" ||

@@ -26,6 +26,17 @@ std::string shapes_of(std::initializer_list<const Tensor*> ts) {
   return s;
 }
 
+// Runs a kernels:: entry point whose own errors (a shared-memory opt-in over the device's limit, a
+// setting it refuses) know neither the op nor its tensors: prefixes them with both.
+template <typename F>
+void with_op_context(const char* op, std::initializer_list<const Tensor*> ts, F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    LLM_FAIL(op, " on ", shapes_of(ts), ": ", e.what());
+  }
+}
+
 }  // namespace
 
 // ---- construction, memory -------------------------------------------------------------------
@@ -504,7 +515,7 @@ void CudaBackend::attention_forward(const Tensor& out, const Tensor& lse, const 
   check_dev(lse, {d.B, n_head, d.T}, DType::f32, device_, "attention_forward lse");
   const kernels::AttentionForwardArgs a = kernels::self_attention_args(
       qkv.raw(), out.raw(), lse.data<float>(), dtype_size(t), static_cast<int>(d.B), d.T, n_head, static_cast<int>(d.hd));
-  kernels::attention_forward(t, a, stream_);
+  with_op_context("attention_forward", {&out, &lse, &qkv}, [&] { kernels::attention_forward(t, a, stream_); });
   launched("attention_forward", {&out, &lse, &qkv});
 }
 
@@ -531,7 +542,8 @@ void CudaBackend::attention_backward(const Tensor& dqkv, const Tensor& dout, con
   a.scratch = s.data<float>();
   a.B = static_cast<int>(d.B), a.NH = n_head, a.hd = static_cast<int>(d.hd);
   a.T = d.T;
-  kernels::attention_backward(t, a, stream_);
+  with_op_context("attention_backward", {&dqkv, &dout, &qkv, &out, &lse},
+                  [&] { kernels::attention_backward(t, a, stream_); });
   launched("attention_backward", {&dqkv, &dout, &qkv, &out, &lse});
 }
 
@@ -545,8 +557,10 @@ void CudaBackend::attention_kv_forward(const Tensor& out, const Tensor& qkv, con
   check_dev(k_cache, {B, maxT, C}, t, device_, "attention_kv_forward k_cache");
   check_dev(v_cache, {B, maxT, C}, t, device_, "attention_kv_forward v_cache");
   check_dev(out, {B, Tn, C}, t, device_, "attention_kv_forward out");
-  kernels::attention_kv_forward(t, out.raw(), qkv.raw(), k_cache.raw(), v_cache.raw(), static_cast<int>(B), Tn, C,
-                                maxT, past, n_head, stream_);
+  with_op_context("attention_kv_forward", {&out, &qkv, &k_cache, &v_cache}, [&] {
+    kernels::attention_kv_forward(t, out.raw(), qkv.raw(), k_cache.raw(), v_cache.raw(), static_cast<int>(B), Tn, C,
+                                  maxT, past, n_head, stream_);
+  });
   launched("attention_kv_forward", {&out, &qkv, &k_cache, &v_cache});
 }
 
