@@ -90,7 +90,7 @@ void allow_smem(K kernel, size_t bytes) {
   if (bytes <= 48 * 1024) return;
   if (const size_t limit = smem_optin_limit(); bytes > limit)
     LLM_FAIL("a kernel needs ", bytes, " bytes of shared memory per block; this device allows ", limit,
-             smem_limit_setting() > 0 && size_t(smem_limit_setting()) == limit ? " (LLM_CUDA_SMEM_LIMIT)" : "");
+             smem_capped() ? " (LLM_CUDA_SMEM_LIMIT)" : "");
   static std::mutex mu;
   static std::unordered_map<const void*, size_t> allowed;
   const std::lock_guard<std::mutex> lock(mu);

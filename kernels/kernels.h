@@ -251,6 +251,9 @@ int smem_limit_setting();
 // Read once per process (one device per process). allow_smem (common.cuh) refuses a launch that
 // needs more, with an error that names both numbers.
 size_t smem_optin_limit();
+// Whether LLM_CUDA_SMEM_LIMIT is below the device's own maximum: a smaller card stood in for, so
+// no wgmma kernels (wgmma_unavailable says why).
+bool smem_capped();
 // The kernels attention uses for this head dim and pass: LLM_CUDA_ATTENTION's choice, or auto's
 // pick (which depends on the device: tc off compute capability 9.0).
 AttentionKernels attention_kernels_for(int hd, bool backward);

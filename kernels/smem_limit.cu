@@ -41,16 +41,24 @@ int smem_limit_setting() {
   return v;
 }
 
-size_t smem_optin_limit() {
-  static const size_t v = [] {
+namespace {
+int device_smem_optin() {
+  static const int v = [] {
     int dev = 0, optin = 0;
     CUDA_CHECK(cudaGetDevice(&dev), "the device whose shared memory limit applies");
     CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
                "the shared memory a block may opt in to");
-    const int cap = smem_limit_setting();
-    return static_cast<size_t>(cap > 0 && cap < optin ? cap : optin);
+    return optin;
   }();
   return v;
 }
+}  // namespace
+
+size_t smem_optin_limit() {
+  const int cap = smem_limit_setting(), optin = device_smem_optin();
+  return static_cast<size_t>(smem_capped() ? cap : optin);
+}
+
+bool smem_capped() { return smem_limit_setting() > 0 && smem_limit_setting() < device_smem_optin(); }
 
 }  // namespace llm::kernels

@@ -185,35 +185,58 @@ TEST(CudaBackend, SmemLimitIsCheckedByName) {
 
 // Under LLM_CUDA_SMEM_LIMIT a launch that needs more shared memory than the cap is refused before
 // CUDA sees it, the error naming the op, its shapes and both byte counts; what fits still runs
-// (the bf16 forward of `tc` at hd 64: 512 x 72 x 2 = 73728 bytes, under sm86's 101376). The cap
-// is read once per process: each case in a fresh child.
+// (the bf16 forward of `tc` at hd 64: 512 x 72 x 2 = 73728 bytes, under sm86's 101376). A cap
+// below the device's own maximum stands in for a smaller card: auto takes tc at every head dim,
+// as off sm_90, and the A100's kernels run a bf16 forward and backward at hd 128 within its
+// 166912 bytes. The cap is read once per process: each case in a fresh child.
 TEST(CudaBackend, SmemLimitRefusesLaunchesOverTheCap) {
   REQUIRE_CUDA(probe);
   (void)probe;
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  const auto forward = [](const char* limit, int hd) {
+  using llm::kernels::AttentionKernels;
+  const auto child = [](const char* limit, const char* attention, auto body) {
     setenv("LLM_CUDA_SMEM_LIMIT", limit, 1);
-    setenv("LLM_CUDA_ATTENTION", "tc", 1);
+    if (attention) setenv("LLM_CUDA_ATTENTION", attention, 1);
+    else unsetenv("LLM_CUDA_ATTENTION");
     try {
-      llm::cuda::CudaBackend& be = *llm::cuda::cuda_backend();
-      const int64_t B = 1, T = 256, NH = 2, C = NH * hd;
-      bt::Rng rng(330);
-      Tensor qkv = be.empty({B, T, 3 * C}, DType::bf16);
-      be.convert(qkv, be.upload(bt::host_f32({B, T, 3 * C}, rng.normal(size_t(B) * T * 3 * C))));
-      Tensor out = be.zeros({B, T, C}, DType::bf16), lse = be.zeros({B, NH, T});
-      be.attention_forward(out, lse, qkv, static_cast<int>(NH));
-      be.synchronize();
-      std::exit(0);
+      std::exit(body(*llm::cuda::cuda_backend()) ? 0 : 1);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "%s\n", e.what());
       std::exit(2);
     }
   };
-  EXPECT_EXIT(forward("sm86", 64), ::testing::ExitedWithCode(0), "");
+  const auto attention = [](int hd, bool backward) {
+    return [hd, backward](llm::cuda::CudaBackend& be) {
+      const int64_t B = 1, T = 256, NH = 2, C = NH * hd;
+      bt::Rng rng(330);
+      Tensor qkv = be.empty({B, T, 3 * C}, DType::bf16), dout = be.empty({B, T, C}, DType::bf16);
+      be.convert(qkv, be.upload(bt::host_f32({B, T, 3 * C}, rng.normal(size_t(B) * T * 3 * C))));
+      be.convert(dout, be.upload(bt::host_f32({B, T, C}, rng.normal(size_t(B) * T * C))));
+      Tensor out = be.zeros({B, T, C}, DType::bf16), lse = be.zeros({B, NH, T});
+      be.attention_forward(out, lse, qkv, static_cast<int>(NH));
+      if (backward) {
+        Tensor dqkv = be.zeros({B, T, 3 * C}, DType::bf16);
+        be.attention_backward(dqkv, dout, qkv, out, lse, static_cast<int>(NH));
+      }
+      be.synchronize();
+      return true;
+    };
+  };
+  EXPECT_EXIT(child("sm86", "tc", attention(64, false)), ::testing::ExitedWithCode(0), "");
   // 73728 bytes at hd 64 (tc, MT = 1): over a 65536-byte cap.
-  EXPECT_EXIT(forward("65536", 64), ::testing::ExitedWithCode(2),
+  EXPECT_EXIT(child("65536", "tc", attention(64, false)), ::testing::ExitedWithCode(2),
               "attention_forward on .*: a kernel needs 73728 bytes of shared memory per block; this device allows "
               "65536 \\(LLM_CUDA_SMEM_LIMIT\\)");
+  // The A100 stood in for: tc everywhere (whatever the device), and its kernels fit.
+  EXPECT_EXIT(child("sm80", nullptr,
+                    [](llm::cuda::CudaBackend&) {
+                      for (int hd : {48, 64, 80, 96, 128, 160})
+                        for (bool backward : {false, true})
+                          if (llm::kernels::attention_kernels_for(hd, backward) != AttentionKernels::tc) return false;
+                      return llm::kernels::wgmma_unavailable() != nullptr;
+                    }),
+              ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(child("sm80", nullptr, attention(128, true)), ::testing::ExitedWithCode(0), "");
 }
 
 // The scratch and workspace sizes of the backward (pure arithmetic on the settings; no device):
