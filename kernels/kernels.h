@@ -234,7 +234,8 @@ int block_order_setting();
 // dq_workspace no memset either); the other atomic backwards keep the kernel. Anything else is an
 // error naming the variable.
 int dq_convert_setting();
-// LLM_CUDA_DQ_RED: the width of wgmma-ws-atomic's dQ reductions (auto's backward on sm_90). v2
+// LLM_CUDA_DQ_RED: the width of the dQ reductions of wgmma-ws-atomic (auto's backward on sm_90)
+// and wgmma-ws-dqfirst. v2
 // (default, or unset; 2): the accumulator fragments' own float pairs, 8 bytes per reduction; v4
 // (4): quad lanes trade halves so each reduction adds 16 bytes, half the instructions
 // (red.global.add.v4.f32, sm_90), at head dims 48, 80, 96 and 128 (at 64 the trade spills: v2

@@ -1240,9 +1240,10 @@ __device__ __forceinline__ void convert_finished_dq_tiles(const AttentionBackwar
 // (wgmma-ws-tma).
 enum class WsDq { atomic, atomic_dq_first, tma };
 
-// kRedV4 (LLM_CUDA_DQ_RED=v4; wgmma-ws-atomic at hd 48, 80, 96, 128: at 64, whose 128-row tiles
-// give each thread all 64 dQ columns, the trade spills): the adds as 16-byte reductions
-// (add_dq_rows_v4). A template choice, as a runtime branch around the adds spills at hd 64-128.
+// kRedV4 (LLM_CUDA_DQ_RED=v4; wgmma-ws-atomic and wgmma-ws-dqfirst at hd 48, 80, 96, 128: at 64,
+// whose 128-row tiles give each thread all 64 dQ columns, the trade spills): the adds as 16-byte
+// reductions (add_dq_rows_v4). A template choice, as a runtime branch around the adds spills at
+// hd 64-128.
 template <int HD>
 constexpr bool ws_red_v4_available() { return HD != 64; }
 
@@ -1255,7 +1256,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   constexpr int KBYTES = tile_bytes<BC, HD>(), QBYTES = tile_bytes<BR, HD>(), SBYTES = score_tile_bytes<BR>();
   constexpr bool kTmaDq = kDq == WsDq::tma, kDqFirst = kDq != WsDq::atomic;
   static_assert(!(kTmaDq && kConvert), "the fused conversion counts per-thread atomic adds");
-  static_assert(!kRedV4 || (kDq == WsDq::atomic && ws_red_v4_available<HD>()), "16-byte reductions: wgmma-ws-atomic, hd != 64");
+  static_assert(!kRedV4 || (kDq != WsDq::tma && ws_red_v4_available<HD>()),
+                "16-byte reductions: the atomic forms (wgmma-ws-atomic, wgmma-ws-dqfirst), hd != 64");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // Barriers: K and V full; Q/dO full and empty for stages 0 and 1; with kTmaDq the dQ staging's
   // full and empty; with kConvert the conversion's done and free per slot.
@@ -1683,18 +1685,21 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
         kernel<<<grid, kWsThreads, smem, stream>>>(q, k, v, dout, dout, a, scale);
       };
       constexpr size_t smem = ws_backward_smem_bytes<HD, false>(), smem_convert = ws_backward_smem_bytes<HD, false, true>();
-      if (form == WgmmaBackward::ws_atomic_dq_first) {
-        if (convert) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic_dq_first, true>, smem_convert);
-        else launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic_dq_first>, smem);
-      } else if constexpr (ws_red_v4_available<HD>()) {
-        if (convert && v4) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic, true, true>, smem_convert);
-        else if (convert) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic, true>, smem_convert);
-        else if (v4) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic, false, true>, smem);
-        else launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic>, smem);
-      } else {
-        if (convert) launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic, true>, smem_convert);
-        else launch(attention_backward_wgmma_ws<T, HD, WsDq::atomic>, smem);
-      }
+      // The adds' order (dK's product first, or dQ's) x the conversion x the reductions' width.
+      const auto by_order = [&](auto dq) {
+        constexpr WsDq kDq = decltype(dq)::value;
+        if constexpr (ws_red_v4_available<HD>()) {
+          if (convert && v4) launch(attention_backward_wgmma_ws<T, HD, kDq, true, true>, smem_convert);
+          else if (convert) launch(attention_backward_wgmma_ws<T, HD, kDq, true>, smem_convert);
+          else if (v4) launch(attention_backward_wgmma_ws<T, HD, kDq, false, true>, smem);
+          else launch(attention_backward_wgmma_ws<T, HD, kDq>, smem);
+        } else {
+          if (convert) launch(attention_backward_wgmma_ws<T, HD, kDq, true>, smem_convert);
+          else launch(attention_backward_wgmma_ws<T, HD, kDq>, smem);
+        }
+      };
+      if (form == WgmmaBackward::ws_atomic_dq_first) by_order(std::integral_constant<WsDq, WsDq::atomic_dq_first>{});
+      else by_order(std::integral_constant<WsDq, WsDq::atomic>{});
     }
     if (!convert) attention_dq_from_accum(a, dtype_of_element<T>(), stream);
     return;

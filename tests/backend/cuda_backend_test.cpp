@@ -590,12 +590,15 @@ TEST(CudaBackend, WgmmaWsConvertedBackwardMatchesTheCpuOp) {
   check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq_first, 2);
 }
 
-// LLM_CUDA_DQ_RED=v4: wgmma-ws-atomic's dQ adds as 16-byte reductions (quad lanes trading halves),
-// with the conversion kernel and converted in the kernel; its own process.
+// LLM_CUDA_DQ_RED=v4: the atomic warp-specialised forms' dQ adds as 16-byte reductions (quad lanes
+// trading halves), with the conversion kernel and converted in the kernel, in both orders
+// (wgmma-ws-atomic, and wgmma-ws-dqfirst's adds under dK's product); its own process.
 TEST(CudaBackend, WgmmaWsV4ReductionsBackwardMatchesTheCpuOp) {
   REQUIRE_WGMMA(be);
-  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq, 1, 4);
-  check_wgmma_attention(*be, llm::kernels::WgmmaBackward::ws_atomic_dq, 2, 4);
+  for (const auto form : {llm::kernels::WgmmaBackward::ws_atomic_dq, llm::kernels::WgmmaBackward::ws_atomic_dq_first}) {
+    check_wgmma_attention(*be, form, 1, 4);
+    check_wgmma_attention(*be, form, 2, 4);
+  }
 }
 
 // The warp-specialised fused backward with dQ's product before dK's (wgmma-ws-dqfirst), and that
