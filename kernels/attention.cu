@@ -396,10 +396,15 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
 // two-consumer kernel). Backward: the warp-specialised fused five-product form at every head dim
 // (wgmma-ws-atomic: 1.00-1.19x the best other backward in run 16); under LLM_CUDA_DETERMINISTIC=1
 // the pipelined seven-product form, which adds no atomics. Off compute capability 9.0 the wgmma
-// kernels do not run: tc, without atomics.
+// kernels do not run: tc, without atomics, and for the forward at hd 128 tc-m32 (32 query rows
+// per warp: FlashAttention-2's 128 x 64 tile on sm_80; 1.25x tc's forward on an H200 in run 12)
+// where the block may opt in to its 104448 bytes (an A100; not the 99 KiB of sm_86/sm_89).
 AttentionKernels automatic_kernels(int hd, bool backward) {
-  (void)hd;
-  if (wgmma_unavailable()) return AttentionKernels::tc;
+  if (wgmma_unavailable()) {
+    if (!backward && hd == 128 && smem_optin_limit() >= attention_forward_tc_smem(128, true))
+      return AttentionKernels::tc_m32;
+    return AttentionKernels::tc;
+  }
   if (backward) return deterministic_kernels() ? AttentionKernels::wgmma : AttentionKernels::wgmma_ws_atomic;
   return AttentionKernels::wgmma_ws3;
 }

@@ -232,11 +232,22 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
   }
 }
 
+constexpr int kForwardWarps = 4;
+template <int HD>
+constexpr int forward_key_tile() { return HD <= 128 ? 64 : 32; }
+// Two K/V buffers of 16-bit elements (MT = 1 stages the Q tile in one of them; MT = 2 keeps it in
+// its own region).
+template <int HD, int MT>
+constexpr size_t forward_smem() {
+  return 2 * (4 * forward_key_tile<HD>() + (MT == 1 ? 0 : 16 * MT * kForwardWarps)) * (HD + 8);
+}
+static_assert(forward_smem<128, 2>() == 104448 && forward_smem<160, 1>() == 43008, "the documented sizes");
+
 template <typename T, int HD, int MT>
 void launch(const AttentionForwardArgs& a, cudaStream_t stream) {
-  constexpr int NW = 4, BC = HD <= 128 ? 64 : 32, BR = 16 * MT * NW;
-  // Two K/V buffers (MT = 1 stages the Q tile in one of them; MT = 2 keeps it in its own region).
-  constexpr size_t smem = sizeof(T) * (4 * BC + (MT == 1 ? 0 : BR)) * (HD + 8);
+  static_assert(sizeof(T) == 2, "16-bit elements");
+  constexpr int NW = kForwardWarps, BC = forward_key_tile<HD>(), BR = 16 * MT * NW;
+  constexpr size_t smem = forward_smem<HD, MT>();
   allow_smem(attention_forward_tc<T, HD, BC, NW, MT>, smem);
   const float scale_log2 = 1.4426950408889634f / sqrtf(static_cast<float>(HD));
   const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, BR)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
@@ -257,6 +268,18 @@ bool launch_for_head_dim(const AttentionForwardArgs& a, bool m32, cudaStream_t s
 }
 
 }  // namespace
+
+size_t attention_forward_tc_smem(int hd, bool m32) {
+  switch (hd) {
+    case 48: return m32 ? forward_smem<48, 2>() : forward_smem<48, 1>();
+    case 64: return m32 ? forward_smem<64, 2>() : forward_smem<64, 1>();
+    case 80: return m32 ? forward_smem<80, 2>() : forward_smem<80, 1>();
+    case 96: return m32 ? forward_smem<96, 2>() : forward_smem<96, 1>();
+    case 128: return m32 ? forward_smem<128, 2>() : forward_smem<128, 1>();
+    case 160: return forward_smem<160, 1>();  // one row block per warp only (launch_for_head_dim)
+    default: return 0;
+  }
+}
 
 bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, bool m32, cudaStream_t stream) {
   if (!attention_rows_aligned(a)) return false;  // 16-byte copies and stores

@@ -263,6 +263,9 @@ AttentionKernels attention_kernels_for(int hd, bool backward);
 // 128 and 160 with 16-byte aligned rows; false when the shape is not covered (the caller falls
 // back to the SIMT kernels). m32: 32 query rows per warp (head dims up to 128).
 bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, bool m32, cudaStream_t stream);
+// The dynamic shared memory (bytes) that forward asks for at head dim hd (bf16/f16; 0 for a head
+// dim it does not cover): tc-m32 at hd 128 104448, more than the 99 KiB of sm_86/sm_89.
+size_t attention_forward_tc_smem(int hd, bool m32);
 // attention_tc_backward.cu: dqkv from a.scratch already holding D = rowsum(dout * out);
 // atomic_dq: dQ through a.dq_accum (false when it is null).
 bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream);

@@ -42,12 +42,15 @@ int smem_limit_setting() {
 }
 
 namespace {
+// 0 without a usable device (auto's pick asks before any launch; nothing launches then).
 int device_smem_optin() {
   static const int v = [] {
     int dev = 0, optin = 0;
-    CUDA_CHECK(cudaGetDevice(&dev), "the device whose shared memory limit applies");
-    CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-               "the shared memory a block may opt in to");
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
     return optin;
   }();
   return v;

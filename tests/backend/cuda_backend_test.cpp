@@ -186,9 +186,9 @@ TEST(CudaBackend, SmemLimitIsCheckedByName) {
 // Under LLM_CUDA_SMEM_LIMIT a launch that needs more shared memory than the cap is refused before
 // CUDA sees it, the error naming the op, its shapes and both byte counts; what fits still runs
 // (the bf16 forward of `tc` at hd 64: 512 x 72 x 2 = 73728 bytes, under sm86's 101376). A cap
-// below the device's own maximum stands in for a smaller card: auto takes tc at every head dim,
-// as off sm_90, and the A100's kernels run a bf16 forward and backward at hd 128 within its
-// 166912 bytes. The cap is read once per process: each case in a fresh child.
+// below the device's own maximum stands in for a smaller card: auto takes what it takes off
+// sm_90, and the kernels of an A100 and of a 99 KiB card run a bf16 forward and backward at hd 128
+// within their limits. The cap is read once per process: each case in a fresh child.
 TEST(CudaBackend, SmemLimitRefusesLaunchesOverTheCap) {
   REQUIRE_CUDA(probe);
   (void)probe;
@@ -227,16 +227,22 @@ TEST(CudaBackend, SmemLimitRefusesLaunchesOverTheCap) {
   EXPECT_EXIT(child("65536", "tc", attention(64, false)), ::testing::ExitedWithCode(2),
               "attention_forward on .*: a kernel needs 73728 bytes of shared memory per block; this device allows "
               "65536 \\(LLM_CUDA_SMEM_LIMIT\\)");
-  // The A100 stood in for: tc everywhere (whatever the device), and its kernels fit.
-  EXPECT_EXIT(child("sm80", nullptr,
-                    [](llm::cuda::CudaBackend&) {
-                      for (int hd : {48, 64, 80, 96, 128, 160})
-                        for (bool backward : {false, true})
-                          if (llm::kernels::attention_kernels_for(hd, backward) != AttentionKernels::tc) return false;
-                      return llm::kernels::wgmma_unavailable() != nullptr;
-                    }),
-              ::testing::ExitedWithCode(0), "");
+  // The A100 stood in for (whatever the device): tc everywhere but tc-m32's forward at hd 128, and
+  // its kernels fit; the 99 KiB cards: tc everywhere, and so do theirs.
+  const auto off_sm90 = [](AttentionKernels forward_128) {
+    return [forward_128](llm::cuda::CudaBackend&) {
+      for (int hd : {48, 64, 80, 96, 128, 160})
+        for (bool backward : {false, true}) {
+          const AttentionKernels want = !backward && hd == 128 ? forward_128 : AttentionKernels::tc;
+          if (llm::kernels::attention_kernels_for(hd, backward) != want) return false;
+        }
+      return llm::kernels::wgmma_unavailable() != nullptr;
+    };
+  };
+  EXPECT_EXIT(child("sm80", nullptr, off_sm90(AttentionKernels::tc_m32)), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(child("sm80", nullptr, attention(128, true)), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(child("sm86", nullptr, off_sm90(AttentionKernels::tc)), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(child("sm86", nullptr, attention(128, true)), ::testing::ExitedWithCode(0), "");
 }
 
 // The scratch and workspace sizes of the backward (pure arithmetic on the settings; no device):
@@ -300,16 +306,19 @@ TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
               ::testing::ExitedWithCode(0), "");
   // Without it, auto's backward at every head dim is the warp-specialised fused atomic form and its
   // forward the three-consumer ws-pp (run 16) where wgmma runs (an sm_90 device and the sm_90a
-  // build), tc elsewhere.
+  // build), tc elsewhere, but for the forward at hd 128 on a device whose blocks may opt in to
+  // tc-m32's 104448 bytes (an A100; none without a device).
   EXPECT_EXIT(run("0", nullptr,
                   [&] {
                     const bool off = llm::kernels::wgmma_unavailable();
+                    const bool m32_fits = llm::kernels::smem_optin_limit() >= 104448;
                     for (int hd : {48, 64, 80, 96, 128}) {
                       if (llm::kernels::attention_kernels_for(hd, true) !=
                           (off ? AttentionKernels::tc : AttentionKernels::wgmma_ws_atomic))
                         return false;
-                      if (llm::kernels::attention_kernels_for(hd, false) !=
-                          (off ? AttentionKernels::tc : AttentionKernels::wgmma_ws3))
+                      const AttentionKernels off_forward =
+                          hd == 128 && m32_fits ? AttentionKernels::tc_m32 : AttentionKernels::tc;
+                      if (llm::kernels::attention_kernels_for(hd, false) != (off ? off_forward : AttentionKernels::wgmma_ws3))
                         return false;
                     }
                     return !llm::kernels::deterministic_kernels();
