@@ -31,17 +31,7 @@ int parse_smem_limit(const std::string& s) {
   LLM_FAIL("LLM_CUDA_SMEM_LIMIT='", s,
            "': expected a byte count of at least 49152, sm80 (166912: A100), sm86 or sm89 (101376) or sm90 (232448)");
 }
-}  // namespace
 
-int smem_limit_setting() {
-  static const int v = [] {
-    const char* e = std::getenv("LLM_CUDA_SMEM_LIMIT");
-    return parse_smem_limit(e ? e : "");
-  }();
-  return v;
-}
-
-namespace {
 // 0 without a usable device (auto's pick asks before any launch; nothing launches then).
 int device_smem_optin() {
   static const int v = [] {
@@ -56,6 +46,14 @@ int device_smem_optin() {
   return v;
 }
 }  // namespace
+
+int smem_limit_setting() {
+  static const int v = [] {
+    const char* e = std::getenv("LLM_CUDA_SMEM_LIMIT");
+    return parse_smem_limit(e ? e : "");
+  }();
+  return v;
+}
 
 size_t smem_optin_limit() {
   const int cap = smem_limit_setting(), optin = device_smem_optin();
