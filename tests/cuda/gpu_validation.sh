@@ -23,9 +23,10 @@
 #   already validated), SWEEP_MODELS="GPT1_3B:50304 GPT1_5B:0" (model:vocab, 0 the mock default),
 #   SWEEP_MBS=1,2,4,8,16 (the sweep's micro-batches), ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch"
 #   (environment assignments the attention benchmark and the training step also run under, one at
-#   a time: an A/B of a switch; their files are named without LLM_CUDA_, e.g.
-#   bench_attention_block-order-launch.txt; the attention tests run under each first, and a switch
-#   whose tests fail is not benchmarked), MULTIRANK=1 (the multi-rank step when an mpirun is
+#   a time: an A/B of a switch; an entry may set several, joined by commas, e.g.
+#   LLM_CUDA_ATTENTION=wgmma-ws-dqfirst,LLM_CUDA_DQ_RED=v4; their files are named without LLM_CUDA_,
+#   e.g. bench_attention_block-order-launch.txt; the attention tests run under each first, and a
+#   switch whose tests fail is not benchmarked), MULTIRANK=1 (the multi-rank step when an mpirun is
 #   found: NCCL on 2 and 4 ranks and llm-pretrain under MULTIRANK_LAYOUTS, "name ranks flags;..."
 #   against the single process, within MULTIRANK_BUDGET=300 s, each run within MULTIRANK_LIMIT=90 s,
 #   both times TIME_SCALE; ranks share the GPUs when there are fewer; MULTIRANK_BACKEND=cpu runs
@@ -41,7 +42,8 @@ out="${1:-$src/gpu-report}"
 build="${2:-$src/build-gpu}"
 mkdir -p "$out"
 log() { echo "== $*" | tee -a "$out/summary.txt"; }
-env_name() { echo "$1" | sed 's/^LLM_CUDA_//; s/[^A-Za-z0-9]\+/-/g' | tr 'A-Z' 'a-z'; }  # ENV_VARIANTS' file names
+env_name() { echo "$1" | sed 's/LLM_CUDA_//g; s/[^A-Za-z0-9]\+/-/g' | tr 'A-Z' 'a-z'; }  # ENV_VARIANTS' file names
+env_export() { local kv; IFS=, read -ra kv <<< "$1"; export "${kv[@]}"; }  # one ENV_VARIANTS entry: A=1,B=2
 lim() { timeout -k 5 "$(awk -v s="$1" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}')" "${@:2}"; }  # lim SECONDS cmd...
 losses() { cat "$@" 2> /dev/null | grep -o '"lm_loss": [^,]*' | cut -d' ' -f2; }  # metrics files' loss curve, in order
 # curve_within N TOL REF RUN...: RUN's loss curve (its metrics files in order) has N iterations,
@@ -265,7 +267,7 @@ for var in simt "${variants[@]}" "${tested[@]}"; do
 done
 for assignment in ${ENV_VARIANTS:-}; do  # the same tests under each A/B switch
   e=$(env_name "$assignment")
-  (cd "$build" && export "$assignment" && lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$e.log" 2>&1; echo $? > "$out/rc_attention_$e") &
+  (cd "$build" && env_export "$assignment" && lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$e.log" 2>&1; echo $? > "$out/rc_attention_$e") &
 done
 if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
   (cd "$build" && LLM_CUDA_BIAS_GRAD=epilogue lim 150 ./tests/test_backend --gtest_filter='*Linear*cuda*' > "$out/linear_bias_epilogue.log" 2>&1; echo $? > "$out/rc_linear_bias_epilogue") &
@@ -368,7 +370,7 @@ if [[ "$benches" = *" attention "* ]]; then
     (cd "$build" && LLM_CUDA_ATTENTION=$var lim 60 ./tests/bench-cuda-attention ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention_$var.txt" 2>&1); log "attention ($var) exit $?"
   done
   for assignment in "${env_variants[@]}"; do
-    (cd "$build" && export "$assignment" && lim 60 ./tests/bench-cuda-attention ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention_$(env_name "$assignment").txt" 2>&1)
+    (cd "$build" && env_export "$assignment" && lim 60 ./tests/bench-cuda-attention ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention_$(env_name "$assignment").txt" 2>&1)
     log "attention ($assignment) exit $?"
   done
 fi
@@ -390,7 +392,7 @@ if [[ "$benches" = *" train-step "* ]]; then
     log "train step ($var) exit $?: $(grep -E '^step' "$out/bench_train_step_$var.txt")"
   done
   for assignment in "${env_variants[@]}"; do
-    (cd "$build" && export "$assignment" && lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_$(env_name "$assignment").txt" 2>&1)
+    (cd "$build" && env_export "$assignment" && lim 60 ./tests/bench-cuda-train-step > "$out/bench_train_step_$(env_name "$assignment").txt" 2>&1)
     log "train step ($assignment) exit $?: $(grep -E '^step' "$out/bench_train_step_$(env_name "$assignment").txt")"
   done
   if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then

@@ -30,7 +30,7 @@ printf '#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -i) cat "%s"; exit 0;; -o
 chmod +x "$fake/cuobjdump" "$fake/ncu"
 # MULTIRANK_BACKEND=cpu: the multi-rank layouts' plumbing on the CPU (no NCCL check passes here;
 # budget and limits wide: a loaded machine must not turn this into a timing test).
-PATH="$fake:$PATH" SM80_TREE="$build" MULTIRANK_BACKEND=cpu MULTIRANK_BUDGET=3000 MULTIRANK_LIMIT=300 BENCHES="gemm attention torch train-step longseq sweep profile sass" ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch LLM_CUDA_BLOCK_ORDER=heaviest:8" \
+PATH="$fake:$PATH" SM80_TREE="$build" MULTIRANK_BACKEND=cpu MULTIRANK_BUDGET=3000 MULTIRANK_LIMIT=300 BENCHES="gemm attention torch train-step longseq sweep profile sass" ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch LLM_CUDA_BLOCK_ORDER=heaviest:8,LLM_CUDA_DQ_RED=v4" \
   SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke "$src/tests/cuda/gpu_validation.sh" "$out/r" "$build" > "$out/log" 2>&1 ||
   fail "the script exited $?"
 summary="$out/r/summary.txt"
@@ -44,7 +44,7 @@ for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "atten
             "train step exit" "train step (tc-m32) exit" "longseq 131072 exit" "longseq 262144 exit" \
             "sweep GPT1_3B exit" "sweep GPT1_5B exit" "attention tests with LLM_CUDA_ATTENTION=tc exit" \
             "wgmma_ws_tma test exit" "attention tests with LLM_CUDA_ATTENTION=wgmma-ws-tma exit" \
-            "attention (LLM_CUDA_BLOCK_ORDER=launch) exit" "train step (LLM_CUDA_BLOCK_ORDER=heaviest:8) exit" \
+            "attention (LLM_CUDA_BLOCK_ORDER=launch) exit" "train step (LLM_CUDA_BLOCK_ORDER=heaviest:8,LLM_CUDA_DQ_RED=v4) exit" \
             "attention tests with LLM_CUDA_BLOCK_ORDER=launch exit" "wgmma_ws_convert test exit" "wgmma_ws_v4 test exit" \
             "sm_80 build, LLM_CUDA_SMEM_LIMIT=sm80: test_backend (cuda) exit" "sm_80 build, LLM_CUDA_SMEM_LIMIT=sm80: test_cuda exit" \
             "== profile" "== sass" "== done:"; do
@@ -86,7 +86,7 @@ grep -q "^_ZN3llm7kernels5sm90a27attention_backward_wgmma_wsI13__nv_bfloat16Li12
   fail "no instruction mix of the extracted kernel"
 grep -q "^== sass stalls (auto) exit 0, export exit 0" "$summary" || fail "no 'sass stalls (auto) exit 0, export exit 0' line"
 grep -q "^7 instructions, 2000 warp-stall samples" "$summary" || fail "no stall-sample digest"
-# ENV_VARIANTS' outputs are named after the assignment, without LLM_CUDA_.
-[[ -f "$out/r/bench_attention_block-order-launch.txt" && -f "$out/r/bench_train_step_block-order-heaviest-8.txt" ]] ||
-  fail "no bench_attention_block-order-launch.txt / bench_train_step_block-order-heaviest-8.txt"
+# ENV_VARIANTS' outputs are named after the assignments, without LLM_CUDA_.
+[[ -f "$out/r/bench_attention_block-order-launch.txt" && -f "$out/r/bench_train_step_block-order-heaviest-8-dq-red-v4.txt" ]] ||
+  fail "no bench_attention_block-order-launch.txt / bench_train_step_block-order-heaviest-8-dq-red-v4.txt"
 echo "gpu_validation.sh: every step ran and reported ($(grep -c '^== ' "$summary") summary lines)"
