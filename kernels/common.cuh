@@ -82,20 +82,25 @@ __device__ __forceinline__ void elementwise(int64_t n, bool packed, F&& f, G&& g
 // each launch. The opt-in is a per-kernel maximum, so it is raised whenever a launch needs more than
 // the last one set: a kernel whose shared memory depends on a runtime value (the SIMT attention's
 // head dim) launched first small then large would otherwise fail with an invalid argument.
-// Per kernel and process (one device per process). A launch that needs more than the block may
-// opt in to here (smem_optin_limit: the device's, or LLM_CUDA_SMEM_LIMIT's cap) is refused with
-// both numbers, before CUDA would answer "invalid argument".
+// Per kernel and process (one device per process). Each time the opt-in is raised, the launch's
+// dynamic bytes plus the kernel's static shared memory are checked against what a block may opt
+// in to here (smem_optin_limit: the device's, or LLM_CUDA_SMEM_LIMIT's cap); a launch over it is
+// refused with the numbers, before CUDA would answer "invalid argument".
 template <typename K>
 void allow_smem(K kernel, size_t bytes) {
   if (bytes <= 48 * 1024) return;
-  if (const size_t limit = smem_optin_limit(); bytes > limit)
-    LLM_FAIL("a kernel needs ", bytes, " bytes of shared memory per block; this device allows ", limit,
-             smem_capped() ? " (LLM_CUDA_SMEM_LIMIT)" : "");
   static std::mutex mu;
   static std::unordered_map<const void*, size_t> allowed;
   const std::lock_guard<std::mutex> lock(mu);
   size_t& now = allowed[reinterpret_cast<const void*>(kernel)];
   if (bytes <= now) return;
+  cudaFuncAttributes attr{};
+  CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel), "the static shared memory of a kernel asking for ", bytes,
+             " bytes of dynamic shared memory");
+  if (const size_t limit = smem_optin_limit(), need = bytes + attr.sharedSizeBytes; need > limit)
+    LLM_FAIL("a kernel needs ", need, " bytes of shared memory per block",
+             attr.sharedSizeBytes ? detail::concat(" (", attr.sharedSizeBytes, " of them static)") : std::string(),
+             "; this device allows ", limit, smem_capped() ? " (LLM_CUDA_SMEM_LIMIT)" : "");
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
              "opting in to ", bytes, " bytes of shared memory");
   now = bytes;
