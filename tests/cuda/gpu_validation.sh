@@ -185,8 +185,9 @@ multirank_step() {
   fi
 }
 
-# The A100's kernel set on this card (SM80_TREE): the sm_80 source (no wgmma kernels: auto picks tc, and tc-m32 for the hd-128 forward)
-# compiled for sm_90, every shared-memory opt-in under the A100's 166912 bytes
+# The A100's kernel set on this card (SM80_TREE): the sm_80 source (no wgmma kernels: auto picks
+# tc, and tc-m32 for the hd-128 forward) compiled for sm_90, every shared-memory opt-in under the
+# A100's 166912 bytes
 # (LLM_CUDA_SMEM_LIMIT=sm80: a launch over it is refused). What an A100 itself would add is
 # its own SASS and timing. sm80_start starts the CUDA tests and the training check in the
 # background; sm80_report (after a wait) logs them.
