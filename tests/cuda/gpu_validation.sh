@@ -187,10 +187,9 @@ multirank_step() {
 
 # The A100's kernel set on this card (SM80_TREE): the sm_80 source (no wgmma kernels: auto picks
 # tc, and tc-m32 for the hd-128 forward) compiled for sm_90, every shared-memory opt-in under the
-# A100's 166912 bytes
-# (LLM_CUDA_SMEM_LIMIT=sm80: a launch over it is refused). What an A100 itself would add is
-# its own SASS and timing. sm80_start starts the CUDA tests and the training check in the
-# background; sm80_report (after a wait) logs them.
+# A100's 166912 bytes (LLM_CUDA_SMEM_LIMIT=sm80: a launch over it is refused). What an A100 itself
+# would add is its own SASS and timing. sm80_start starts the CUDA tests and the training check in
+# the background; sm80_report (after a wait) logs them.
 sm80_start() {
   [[ -n "${SM80_TREE:-}" ]] || return 0
   (cd "$SM80_TREE" && LLM_CUDA_SMEM_LIMIT=sm80 lim 150 ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/sm80_test_backend.log" 2>&1
