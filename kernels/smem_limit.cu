@@ -55,10 +55,7 @@ int smem_limit_setting() {
   return v;
 }
 
-size_t smem_optin_limit() {
-  const int cap = smem_limit_setting(), optin = device_smem_optin();
-  return static_cast<size_t>(smem_capped() ? cap : optin);
-}
+size_t smem_optin_limit() { return static_cast<size_t>(smem_capped() ? smem_limit_setting() : device_smem_optin()); }
 
 bool smem_capped() { return smem_limit_setting() > 0 && smem_limit_setting() < device_smem_optin(); }
 

@@ -1762,8 +1762,8 @@ const char* wgmma_unavailable() {
       return "the device is sm_" + std::to_string(major) + std::to_string(minor) + "; the wgmma kernels are built for sm_90a";
     // A cap below the device's own shared memory stands in for a smaller card, which has no wgmma.
     if (smem_capped())
-      return "LLM_CUDA_SMEM_LIMIT=" + std::string(std::getenv("LLM_CUDA_SMEM_LIMIT")) +
-             " stands in for a card with less shared memory than sm_90's, which has no wgmma";
+      return "LLM_CUDA_SMEM_LIMIT caps shared memory at " + std::to_string(smem_limit_setting()) +
+             " bytes per block, standing in for a smaller card, which has no wgmma";
     return "";
   }();
   return reason.empty() ? nullptr : reason.c_str();

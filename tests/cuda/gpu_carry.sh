@@ -48,8 +48,7 @@ build)
   # bundle's executables load it in a copy of the bundle: gpu_carry.sh run).
   rm -f "$carry/libllm-sm80.so.gz"
   if [[ "${SM80:-1}" = 1 ]]; then
-    cmake -S "$src" -B "$build-sm80" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=OFF \
-      "-DCMAKE_CUDA_FLAGS=-gencode=arch=compute_80,code=sm_90" -DLLM_SHARED=ON > /dev/null || exit 1
+    "$src/tests/cuda/sm80_configure.sh" "$src" "$build-sm80" > /dev/null || exit 1
     cmake --build "$build-sm80" -j "${JOBS:-2}" --target llm > "$build-sm80/carry-build.log" 2>&1 ||
       { tail -30 "$build-sm80/carry-build.log"; exit 1; }
     gzip -c "$build-sm80/lib/libllm.so" > "$carry/libllm-sm80.so.gz" || exit 1

@@ -65,8 +65,7 @@ else
   log "build exit $? (configure.log, build.log)"
   grep -E "libllm:" "$out/configure.log" | tee -a "$out/summary.txt"
   if [[ "${SM80:-1}" = 1 && -z "${SM80_TREE:-}" ]]; then
-    cmake -S "$src" -B "$build-sm80" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=OFF \
-      "-DCMAKE_CUDA_FLAGS=-gencode=arch=compute_80,code=sm_90" -DLLM_SHARED=ON > "$out/configure_sm80.log" 2>&1 &&
+    "$src/tests/cuda/sm80_configure.sh" "$src" "$build-sm80" > "$out/configure_sm80.log" 2>&1 &&
       cmake --build "$build-sm80" -j "${JOBS:-16}" --target test_backend test_cuda > "$out/build_sm80.log" 2>&1
     rc=$?
     log "sm_80 build (compute_80 for this card) exit $rc (build_sm80.log)"
