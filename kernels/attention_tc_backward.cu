@@ -4,7 +4,8 @@
 //   dK/dV: a block owns 64 keys (4 warps x 16) of one (batch, head) and walks the 32-query tiles
 //     at and below the diagonal: S^T = K Q^T and dP^T = V dO^T in registers, P^T = exp(S^T - lse),
 //     dS^T = P^T (dP^T - D); then dV += P^T dO and dK += dS^T Q with P^T / dS^T packed straight
-//     from the accumulators into A fragments and dO / Q read through ldmatrix.trans.
+//     from the accumulators into A fragments and dO / Q read through ldmatrix.trans. (The fused
+//     form below also comes 8 warps wide: 128 keys, 64-query tiles.)
 //   dQ: a block owns 64 queries (4 warps x 16) and walks the 32-key tiles up to the diagonal:
 //     S = Q K^T, dP = dO V^T, dS = P (dP - D), dQ += dS K.
 // Tiles stream through shared memory double-buffered with cp.async (dK/dV: the Q, dO, lse and D
@@ -26,25 +27,50 @@ namespace llm::kernels {
 
 namespace {
 
-constexpr int kThreadsBw = 128;
+constexpr int kThreadsBw = 128;  // the dQ kernel's, and the 4-warp dK/dV kernel's
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Issues the copies of an R x HD tile of a [.., row_stride] matrix into shared memory (row
-// stride LD); rows at or past `valid` are zero-filled.
-template <typename T, int HD, int LD, int R>
+// stride LD) by NT threads; rows at or past `valid` are zero-filled.
+template <typename T, int HD, int LD, int R, int NT = kThreadsBw>
 __device__ __forceinline__ void load_tile_async(T* dst, const T* src, int64_t row_stride, int64_t valid) {
-  copy_tile_async<kThreadsBw, HD / 8, R>(dst, src, row_stride, valid, PaddedRows<T, LD>{});
+  copy_tile_async<NT, HD / 8, R>(dst, src, row_stride, valid, PaddedRows<T, LD>{});
 }
+
+// The dK/dV kernel's shape: NW warps of 16 keys each (a block owns BC = 16 NW keys) walking query
+// tiles of BR rows. 4 x 32 (64 keys): the seven-product form, and the fused one where the wide
+// shape does not fit. 8 x 64 (128 keys; the fused form, LLM_CUDA_ATTENTION=tc-atomic, at head
+// dims up to 128 where the block may opt in to its shared memory: at hd 128 158,720 bytes, which
+// an A100's 166,912 holds and the 99 KiB of sm_86/sm_89 do not): FlashAttention-2's sm_80
+// backward tile (kBlockN 128, kBlockM 64, 8 warps). Each Q/dO tile copied feeds twice the keys,
+// dQ's product reduces over 128 keys instead of 64 (half the atomic adds per flop), and the block
+// meets its three barriers per tile a quarter as often per flop. Per warp the arithmetic is the
+// narrow shape's with twice the query columns: P^T and dS^T still go from the accumulators
+// straight into the dV/dK products' A fragments (FlashAttention-2 stages both in shared memory).
+template <int HD>
+constexpr bool tc_backward_wide_available() { return HD <= 128; }  // hd 160: dK/dV alone hold 160 registers
+// Dynamic shared memory of the dK/dV kernel: K and V [BC][LD], two stages of Q and dO [BR][LD]
+// with their lse and D [BR], and for the fused form dS^T [BC][BR + 8].
+template <typename T, int HD, int NW, int BR, bool kDQ>
+constexpr size_t dkdv_tc_smem() {
+  constexpr size_t LD = HD + 8, BC = 16 * NW;
+  return sizeof(T) * (2 * BC + 2 * 2 * BR) * LD + 2 * 2 * BR * sizeof(float) + (kDQ ? sizeof(T) * BC * (BR + 8) : 0);
+}
+static_assert(dkdv_tc_smem<__nv_bfloat16, 128, 8, 64, true>() == 158720 && dkdv_tc_smem<__nv_bfloat16, 128, 8, 64, true>() <= 166912,
+              "the wide fused backward fits an A100's opt-in at hd 128");
 
 // kDQ (LLM_CUDA_ATTENTION=tc-atomic): the same kernel also computes dQ, FlashAttention-2's way:
 // dS^T of the tile goes to shared memory and dQ[tile] += dS K is added into an fp32 accumulator
 // with atomics (a.dq_accum, [B, T, C], zeroed before; converted into dqkv after), so the dQ
 // kernel and its recomputation of S and dP are not needed (5 products instead of 7), at the price
 // of run-to-run bit differences in dQ.
-template <typename T, int HD, bool kDQ>
-__global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(AttentionBackwardArgs a, float scale) {
-  constexpr int BC = 64, BR = 32, LD = HD + 8, KC = HD / 16, ND = HD / 8;
-  constexpr int LDS = BR + 8;  // dS^T row stride (80 bytes: 16-byte aligned rows, no ldmatrix bank conflicts)
+// NW x BR: the shape above (4 x 32, or 8 x 64 with kDQ).
+template <typename T, int HD, bool kDQ, int NW = 4, int BR = 32>
+__global__ void __launch_bounds__(32 * NW) attention_backward_dkdv_tc(AttentionBackwardArgs a, float scale) {
+  constexpr int NT = 32 * NW, BC = 16 * NW, LD = HD + 8, KC = HD / 16, ND = HD / 8;
+  // dS^T row stride (BR 32: 80 bytes, 64: 144; 16-byte aligned rows, no ldmatrix bank conflicts)
+  constexpr int LDS = BR + 8;
+  static_assert(BR % 16 == 0 && NW % (BR / 16) == 0, "dQ's warps: BR / 16 query groups, each NW / (BR / 16) warps");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int STAGE = 2 * BR * LD * int(sizeof(T)) + 2 * BR * int(sizeof(float));  // bytes: Q, dO, lse, D
   T* Ks = reinterpret_cast<T*>(smem_raw);  // [BC][LD]
@@ -72,8 +98,8 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
     T* dOs = Qs + BR * LD;
     float* Ls = reinterpret_cast<float*>(dOs + BR * LD);
     const int64_t i0 = j0 + it * BR;
-    load_tile_async<T, HD, LD, BR>(Qs, qkv + i0 * ld, ld, T_ - i0);
-    load_tile_async<T, HD, LD, BR>(dOs, dout + i0 * C, C, T_ - i0);
+    load_tile_async<T, HD, LD, BR, NT>(Qs, qkv + i0 * ld, ld, T_ - i0);
+    load_tile_async<T, HD, LD, BR, NT>(dOs, dout + i0 * C, C, T_ - i0);
     if (threadIdx.x < BR) {
       const bool in = i0 + threadIdx.x < T_;
       const int64_t r = in ? i0 + threadIdx.x : 0;
@@ -81,8 +107,8 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
       cp_async_4(Ls + BR + threadIdx.x, Dg + r, in);
     }
   };
-  load_tile_async<T, HD, LD, BC>(Ks, qkv + j0 * ld + C, ld, T_ - j0);
-  load_tile_async<T, HD, LD, BC>(Vs, qkv + j0 * ld + 2 * C, ld, T_ - j0);
+  load_tile_async<T, HD, LD, BC, NT>(Ks, qkv + j0 * ld + C, ld, T_ - j0);
+  load_tile_async<T, HD, LD, BC, NT>(Vs, qkv + j0 * ld + 2 * C, ld, T_ - j0);
   load_q_tile(0);
   cp_async_commit();
   const int64_t tiles = (T_ - j0 + BR - 1) / BR;
@@ -178,11 +204,12 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
       }
     }
     if constexpr (kDQ) {
-      // dQ[i0 .. i0 + 32) += dS K over this block's 64 keys: warp w computes query rows
-      // (w % 2) * 16 .. + 16 and the 16-column pairs p = w / 2, w / 2 + 2, ... of the head dim.
+      // dQ[i0 .. i0 + BR) += dS K over this block's BC keys: warp w computes query rows
+      // (w % QG) * 16 .. + 16 and the 16-column pairs p = w / QG, w / QG + CG, ... of the head dim
+      // (4 x 32: QG = CG = 2; 8 x 64: QG = 4 query groups, CG = 2).
       __syncthreads();  // every warp's dS^T rows are in shared memory
-      constexpr int NP = (ND / 2 + 1) / 2;
-      const int qw = warp % 2, pw = warp / 2;
+      constexpr int QG = BR / 16, CG = NW / QG, NP = (ND / 2 + CG - 1) / CG;
+      const int qw = warp % QG, pw = warp / QG;
       float dq[2 * NP][4];
 #pragma unroll
       for (int n = 0; n < 2 * NP; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
@@ -192,7 +219,7 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
         ldmatrix_x4_trans(sa, dsT + (kk * 16 + lr + (lm / 2) * 8) * LDS + qw * 16 + (lm % 2) * 8);
 #pragma unroll
         for (int pp = 0; pp < NP; ++pp) {
-          const int p = 2 * pp + pw;
+          const int p = CG * pp + pw;
           if (p < ND / 2) {
             uint32_t kb[4];
             ldmatrix_x4_trans(kb, Ks + (kk * 16 + lr + (lm % 2) * 8) * LD + p * 16 + (lm / 2) * 8);
@@ -205,7 +232,7 @@ __global__ void __launch_bounds__(kThreadsBw) attention_backward_dkdv_tc(Attenti
       const int64_t q0 = i0 + qw * 16 + g, q1 = q0 + 8;
 #pragma unroll
       for (int pp = 0; pp < NP; ++pp) {
-        const int p = 2 * pp + pw;
+        const int p = CG * pp + pw;
         if (p >= ND / 2) continue;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
@@ -392,36 +419,52 @@ __global__ void __launch_bounds__(256) dq_from_accum_packed(T* dqkv, float* acc,
   }
 }
 
+// warps: 0 the wide fused shape where it fits (tc_backward_wide_available, and the block may opt
+// in to its shared memory), else the narrow one; 4 or 8 that shape (false when 8 does not fit).
 template <typename T, int HD>
-void launch_backward(const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream) {
+bool launch_backward(const AttentionBackwardArgs& a, bool atomic_dq, int warps, cudaStream_t stream) {
   constexpr int LD = HD + 8;
-  constexpr size_t smem_kv = sizeof(T) * (2 * 64 + 2 * 2 * 32) * LD + 2 * 2 * 32 * sizeof(float);  // K, V + 2 stages
-  constexpr size_t smem_fused = smem_kv + sizeof(T) * 64 * (32 + 8);                               // + dS^T
-  constexpr size_t smem_q = sizeof(T) * (2 * 64 + 2 * 2 * 32) * LD;                                // Q, dO + 2 K/V buffers
-  allow_smem(attention_backward_dkdv_tc<T, HD, false>, smem_kv);
-  allow_smem(attention_backward_dkdv_tc<T, HD, true>, smem_fused);
-  allow_smem(attention_backward_dq_tc<T, HD>, smem_q);
+  constexpr size_t smem_kv = dkdv_tc_smem<T, HD, 4, 32, false>(), smem_fused = dkdv_tc_smem<T, HD, 4, 32, true>();
+  constexpr size_t smem_wide = dkdv_tc_smem<T, HD, 8, 64, true>();
+  constexpr size_t smem_q = sizeof(T) * (2 * 64 + 2 * 2 * 32) * LD;  // Q, dO + 2 K/V buffers
+  const bool wide_fits = tc_backward_wide_available<HD>() && smem_optin_limit() >= smem_wide;
+  if (warps == 8 && !(atomic_dq && wide_fits)) return false;
+  const bool wide = atomic_dq && wide_fits && warps != 4;
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
-  const dim3 grid(static_cast<unsigned>(ceil_div(a.T, 64)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  const auto grid = [&](int keys) {
+    return dim3(static_cast<unsigned>(ceil_div(a.T, keys)), static_cast<unsigned>(a.NH), static_cast<unsigned>(a.B));
+  };
   if (atomic_dq) {
     attention_dq_accum_zero(a, stream);
-    attention_backward_dkdv_tc<T, HD, true><<<grid, kThreadsBw, smem_fused, stream>>>(a, scale);
+    if constexpr (tc_backward_wide_available<HD>()) {
+      if (wide) {
+        allow_smem(attention_backward_dkdv_tc<T, HD, true, 8, 64>, smem_wide);
+        attention_backward_dkdv_tc<T, HD, true, 8, 64><<<grid(128), 256, smem_wide, stream>>>(a, scale);
+      }
+    }
+    if (!wide) {
+      allow_smem(attention_backward_dkdv_tc<T, HD, true>, smem_fused);
+      attention_backward_dkdv_tc<T, HD, true><<<grid(64), kThreadsBw, smem_fused, stream>>>(a, scale);
+    }
     attention_dq_from_accum(a, dtype_of_element<T>(), stream);
   } else {
-    attention_backward_dkdv_tc<T, HD, false><<<grid, kThreadsBw, smem_kv, stream>>>(a, scale);
-    attention_backward_dq_tc<T, HD><<<grid, kThreadsBw, smem_q, stream>>>(a, scale);
+    allow_smem(attention_backward_dkdv_tc<T, HD, false>, smem_kv);
+    allow_smem(attention_backward_dq_tc<T, HD>, smem_q);
+    attention_backward_dkdv_tc<T, HD, false><<<grid(64), kThreadsBw, smem_kv, stream>>>(a, scale);
+    attention_backward_dq_tc<T, HD><<<grid(64), kThreadsBw, smem_q, stream>>>(a, scale);
   }
+  return true;
 }
 
 template <typename T>
-bool backward_for_head_dim(const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream) {
+bool backward_for_head_dim(const AttentionBackwardArgs& a, bool atomic_dq, int warps, cudaStream_t stream) {
   switch (a.hd) {
-    case 48: launch_backward<T, 48>(a, atomic_dq, stream); return true;
-    case 64: launch_backward<T, 64>(a, atomic_dq, stream); return true;
-    case 80: launch_backward<T, 80>(a, atomic_dq, stream); return true;
-    case 96: launch_backward<T, 96>(a, atomic_dq, stream); return true;
-    case 128: launch_backward<T, 128>(a, atomic_dq, stream); return true;
-    case 160: launch_backward<T, 160>(a, atomic_dq, stream); return true;
+    case 48: return launch_backward<T, 48>(a, atomic_dq, warps, stream);
+    case 64: return launch_backward<T, 64>(a, atomic_dq, warps, stream);
+    case 80: return launch_backward<T, 80>(a, atomic_dq, warps, stream);
+    case 96: return launch_backward<T, 96>(a, atomic_dq, warps, stream);
+    case 128: return launch_backward<T, 128>(a, atomic_dq, warps, stream);
+    case 160: return launch_backward<T, 160>(a, atomic_dq, warps, stream);
     default: return false;
   }
 }
@@ -455,11 +498,24 @@ void attention_dq_from_accum(const AttentionBackwardArgs& a, DType t, cudaStream
   });
 }
 
-bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream) {
+size_t attention_backward_tc_wide_smem(int hd) {
+  using T = __nv_bfloat16;  // f16 is the same size
+  switch (hd) {
+    case 48: return dkdv_tc_smem<T, 48, 8, 64, true>();
+    case 64: return dkdv_tc_smem<T, 64, 8, 64, true>();
+    case 80: return dkdv_tc_smem<T, 80, 8, 64, true>();
+    case 96: return dkdv_tc_smem<T, 96, 8, 64, true>();
+    case 128: return dkdv_tc_smem<T, 128, 8, 64, true>();
+    default: return 0;
+  }
+}
+
+bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream,
+                                     int warps) {
   if (!attention_rows_aligned(a)) return false;  // 16-byte copies and stores
   if (atomic_dq && !a.dq_accum) return false;
-  if (t == DType::bf16) return backward_for_head_dim<__nv_bfloat16>(a, atomic_dq, stream);
-  if (t == DType::f16) return backward_for_head_dim<__half>(a, atomic_dq, stream);
+  if (t == DType::bf16) return backward_for_head_dim<__nv_bfloat16>(a, atomic_dq, warps, stream);
+  if (t == DType::f16) return backward_for_head_dim<__half>(a, atomic_dq, warps, stream);
   return false;
 }
 

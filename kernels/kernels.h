@@ -267,8 +267,15 @@ bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, bool
 // dim it does not cover): tc-m32 at hd 128 104448, more than the 99 KiB of sm_86/sm_89.
 size_t attention_forward_tc_smem(int hd, bool m32);
 // attention_tc_backward.cu: dqkv from a.scratch already holding D = rowsum(dout * out);
-// atomic_dq: dQ through a.dq_accum (false when it is null).
-bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream);
+// atomic_dq: dQ through a.dq_accum (false when it is null), by the 8-warp dK/dV kernel (128 keys
+// per block, FlashAttention-2's tile) at head dims up to 128 where the block may opt in to its
+// shared memory, else by the 4-warp one; warps 4 or 8 asks for that one (false when 8 does not
+// fit or !atomic_dq).
+bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream,
+                                     int warps = 0);
+// The 8-warp fused dK/dV kernel's dynamic shared memory at head dim hd (bf16/f16); 0 where that
+// shape does not exist (hd 160).
+size_t attention_backward_tc_wide_smem(int hd);
 
 // sm90a/attention_wgmma.cu (built when CMAKE_CUDA_ARCHITECTURES has 90; stubs otherwise).
 // nullptr when the wgmma kernels can run in this process, else the reason they cannot.

@@ -243,6 +243,11 @@ TEST(CudaBackend, SmemLimitRefusesLaunchesOverTheCap) {
   EXPECT_EXIT(child("sm80", nullptr, attention(128, true)), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(child("sm86", nullptr, off_sm90(AttentionKernels::tc)), ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(child("sm86", nullptr, attention(128, true)), ::testing::ExitedWithCode(0), "");
+  // tc-atomic's backward takes its 8-warp shape where it fits (158720 bytes at hd 128: an A100's
+  // cap holds it) and the 4-warp one where it does not (sm86's 101376).
+  EXPECT_EQ(llm::kernels::attention_backward_tc_wide_smem(128), size_t(158720));
+  EXPECT_EXIT(child("sm80", "tc-atomic", attention(128, true)), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(child("sm86", "tc-atomic", attention(128, true)), ::testing::ExitedWithCode(0), "");
 }
 
 // The scratch and workspace sizes of the backward (pure arithmetic on the settings; no device):
@@ -368,6 +373,75 @@ TEST(CudaBackend, AttentionHeadDimsOfTheModelTableInFp32) {
     EXPECT_TRUE(bt::all_close("attention out", f.down(go), f.cpu_vec(co), Tol{1e-4, 2e-5}));
     EXPECT_TRUE(bt::all_close("attention dqkv", f.down(gd), ref, Tol{1e-4, 2e-5 * bt::max_abs(ref)}));
   }
+}
+
+// The mma.sync fused backward (tc-atomic: dQ added with atomics from the dK/dV kernel; what an
+// A100 runs when it adds dQ with atomics) in both shapes: 4 warps of 16 keys over 32-query tiles,
+// and 8 warps (128 keys) over 64-query tiles, FlashAttention-2's sm_80 tile, at every head dim
+// where each exists (the wide one up to 128), against the CPU fp32 op on the same rounded inputs
+// with LowPrecision's tolerances; the seven-product form (no atomics) beside them. T = 333: three
+// 128-key blocks, the last partial, query tiles crossing the diagonal and the sequence end; D from
+// the tc forward's own rounded output, as attention.cu computes it.
+TEST(CudaBackend, TcFusedBackwardMatchesTheCpuOp) {
+  REQUIRE_CUDA(be);
+  Fixture f{*be};
+  for (DType t : {DType::bf16, DType::f16})
+    for (int hd : {48, 64, 80, 96, 128, 160}) {
+      SCOPED_TRACE(std::string(llm::dtype_name(t)) + " hd=" + std::to_string(hd));
+      const int B = 2, T = 333, NH = 2, C = NH * hd;
+      const double u = bt::unit(t);
+      bt::Rng rng(740 + hd);
+      const Vec qkv = bt::rounded_to(rng.normal(size_t(B) * T * 3 * C), t);
+      const Vec dout = bt::rounded_to(rng.normal(size_t(B) * T * C), t);
+      Tensor co = Tensor::empty({B, T, C}), cl = Tensor::empty({B, NH, T}), cd = Tensor::empty({B, T, 3 * C});
+      f.cpu.attention_forward(co, cl, bt::host_f32({B, T, 3 * C}, qkv), NH);
+      f.cpu.attention_backward(cd, bt::host_f32({B, T, C}, dout), bt::host_f32({B, T, 3 * C}, qkv), co, cl, NH);
+      const Vec ref = f.cpu_vec(cd);
+      const Tol tol{4 * u, 8 * u * bt::max_abs(ref)};
+
+      Tensor gq = be->upload(bt::host_low({B, T, 3 * C}, qkv, t)), gdo = be->upload(bt::host_low({B, T, C}, dout, t));
+      Tensor go = be->empty({B, T, C}, t), gl = be->empty({B, NH, T});
+      be->synchronize();
+      ASSERT_TRUE(llm::kernels::attention_forward_tensor_cores(
+          t, llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd),
+          false, be->stream()));
+      be->synchronize();
+      const Vec out = bt::low_to_vec(be->download(go));
+      Vec D(size_t(B) * NH * T, 0.0);  // rowsum(dout * out) per (b, h, t)
+      for (int b = 0; b < B; ++b)
+        for (int i = 0; i < T; ++i)
+          for (int c = 0; c < C; ++c) {
+            const size_t at = (size_t(b) * T + i) * C + c;
+            D[(size_t(b) * NH + c / hd) * T + i] += dout[at] * out[at];
+          }
+      Tensor gD = f.up({B, NH, T}, D), accum = be->empty({B, T, C});
+      llm::kernels::AttentionBackwardArgs ba;
+      ba.qkv = gq.raw(), ba.out = go.raw(), ba.dout = gdo.raw(), ba.lse = gl.data<float>(), ba.scratch = gD.data<float>();
+      ba.dq_accum = accum.data<float>();
+      ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T;
+      struct Form {
+        bool atomic;
+        int warps;
+        const char* name;
+      };
+      for (const Form& form : {Form{false, 0, "tc dqkv"}, Form{true, 4, "tc-atomic 4 warps dqkv"},
+                               Form{true, 8, "tc-atomic 8 warps dqkv"}, Form{true, 0, "tc-atomic dqkv"}}) {
+        Tensor gd = be->zeros({B, T, 3 * C}, t);
+        ba.dqkv = gd.raw();
+        be->synchronize();
+        const bool ran = llm::kernels::attention_backward_tensor_cores(t, ba, form.atomic, be->stream(), form.warps);
+        // No 8-warp form at hd 160 (dK and dV alone would hold 160 registers per thread), nor where
+        // a block may not opt in to its shared memory (a 99 KiB card, or under such a cap).
+        const size_t wide = llm::kernels::attention_backward_tc_wide_smem(hd);
+        if (form.warps == 8 && (wide == 0 || wide > llm::kernels::smem_optin_limit())) {
+          EXPECT_FALSE(ran) << "the 8-warp form at hd " << hd;
+          continue;
+        }
+        ASSERT_TRUE(ran) << form.name;
+        be->synchronize();
+        EXPECT_TRUE(bt::all_close(form.name, bt::low_to_vec(be->download(gd)), ref, tol));
+      }
+    }
 }
 
 TEST(CudaBackend, FusedLinearGeluMatchesLinearThenGelu) {

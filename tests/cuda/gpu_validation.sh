@@ -237,7 +237,7 @@ pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attentio
     --micro-batch-size 4 --global-batch-size 8 --train-iters 20 --log-interval 1 --lr 1e-3)
 # The wgmma (sm_90a) tests in their own process: a fault there leaves a sticky CUDA error that
 # would fail every later test of the same process (here and in the triage reruns).
-cuda_tests='*cuda*:*Cuda*:-*Wgmma*'
+cuda_tests='*cuda*:*Cuda*:-*Wgmma*:*TcFused*'
 (cd "$build" && lim 150 ./tests/test_backend --gtest_filter="$cuda_tests" > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
 # Kernels not yet run (or most at risk) on a GPU, each test in a process of its own
 # (name:gtest filter:the LLM_CUDA_ATTENTION choices it covers, which are not benchmarked when it
@@ -246,7 +246,7 @@ isolated=("wgmma_ws:*WarpSpecialised*:wgmma-ws wgmma-ws-pp" "wgmma_fused:*WgmmaF
           "wgmma_rs:*WgmmaRegisterScores*:wgmma-rs" "wgmma_ws_fused:*WgmmaWsFused*:wgmma-ws-atomic"
           "wgmma_ws3:*WgmmaThreeConsumer*:wgmma-ws3" "wgmma_ws_tma:*WgmmaWsTma*:wgmma-ws-tma"
           "wgmma_ws_dqfirst:*WgmmaWsDqFirst*:wgmma-ws-dqfirst" "wgmma_ws_convert:*WgmmaWsConverted*:"
-          "wgmma_ws_v4:*WgmmaWsV4*:")
+          "wgmma_ws_v4:*WgmmaWsV4*:" "tc_fused:*TcFused*:tc-atomic")
 spec_name() { echo "${1%%:*}"; }
 spec_filter() { local r=${1#*:}; echo "${r%%:*}"; }
 spec_choices() { local r=${1#*:}; echo "${r#*:}"; }
