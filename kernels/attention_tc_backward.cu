@@ -22,6 +22,7 @@
 #include "kernels.h"
 #include "mma.cuh"
 #include "sm90a/ws_schedule.h"
+#include "tc_dq_split.h"
 
 namespace llm::kernels {
 
@@ -204,12 +205,12 @@ __global__ void __launch_bounds__(32 * NW) attention_backward_dkdv_tc(AttentionB
       }
     }
     if constexpr (kDQ) {
-      // dQ[i0 .. i0 + BR) += dS K over this block's BC keys: warp w computes query rows
-      // (w % QG) * 16 .. + 16 and the 16-column pairs p = w / QG, w / QG + CG, ... of the head dim
-      // (4 x 32: QG = CG = 2; 8 x 64: QG = 4 query groups, CG = 2).
+      // dQ[i0 .. i0 + BR) += dS K over this block's BC keys, split over the warps as TcDqSplit
+      // says (tc_dq_split.h: query rows of group qw, the pairs of 16 head-dim columns of pair()).
       __syncthreads();  // every warp's dS^T rows are in shared memory
-      constexpr int QG = BR / 16, CG = NW / QG, NP = (ND / 2 + CG - 1) / CG;
-      const int qw = warp % QG, pw = warp / QG;
+      using Split = TcDqSplit<NW, BR, HD>;
+      constexpr int NP = Split::NP;
+      const int qw = Split::query_group(warp);
       float dq[2 * NP][4];
 #pragma unroll
       for (int n = 0; n < 2 * NP; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
@@ -219,8 +220,8 @@ __global__ void __launch_bounds__(32 * NW) attention_backward_dkdv_tc(AttentionB
         ldmatrix_x4_trans(sa, dsT + (kk * 16 + lr + (lm / 2) * 8) * LDS + qw * 16 + (lm % 2) * 8);
 #pragma unroll
         for (int pp = 0; pp < NP; ++pp) {
-          const int p = CG * pp + pw;
-          if (p < ND / 2) {
+          const int p = Split::pair(warp, pp);
+          if (p < Split::PAIRS) {
             uint32_t kb[4];
             ldmatrix_x4_trans(kb, Ks + (kk * 16 + lr + (lm % 2) * 8) * LD + p * 16 + (lm / 2) * 8);
             mma_16816<T>(dq[2 * pp], sa, kb[0], kb[1]);
@@ -228,15 +229,17 @@ __global__ void __launch_bounds__(32 * NW) attention_backward_dkdv_tc(AttentionB
           }
         }
       }
+      // Elements 0, 1 at row(.., 0), columns column(.., 0) and + 1; elements 2, 3 at row(.., 2):
+      // the rows and column computed once (a per-element form spills at hd 128: ptxas-tc).
       float* dqa = a.dq_accum + b * T_ * C + int64_t(h) * HD;
-      const int64_t q0 = i0 + qw * 16 + g, q1 = q0 + 8;
+      const int64_t q0 = i0 + Split::row(warp, lane, 0), q1 = i0 + Split::row(warp, lane, 2);
 #pragma unroll
       for (int pp = 0; pp < NP; ++pp) {
-        const int p = CG * pp + pw;
-        if (p >= ND / 2) continue;
+        const int p = Split::pair(warp, pp);
+        if (p >= Split::PAIRS) continue;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int col = (2 * p + half) * 8 + 2 * t;
+          const int col = Split::column(p, half, lane, 0);
           if (q0 < T_) {
             atomicAdd(dqa + q0 * C + col, dq[2 * pp + half][0]);
             atomicAdd(dqa + q0 * C + col + 1, dq[2 * pp + half][1]);
