@@ -99,11 +99,13 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
   const int64_t warp_row0 = i0 + warp * 16 * MT;  // first query row of this warp
   const int64_t warp_first_q = a.q_pos0 + warp_row0;
   const int64_t key_end = min(a.q_pos0 + min(i0 + BR, a.Tq), Tk);
-  const int64_t tiles = (key_end + BC - 1) / BC;
+  // The tile counter in 32 bits (a sequence of 2^31 tiles is out of reach): 64-bit counters cost
+  // registers, and with them spills (ptxas: 44 bytes at MT = 1, hd 48 on sm_90).
+  const int tiles = static_cast<int>((key_end + BC - 1) / BC);
 
-  for (int64_t jt = 0; jt < tiles; ++jt) {
+  for (int jt = 0; jt < tiles; ++jt) {
     next_tile(jt, tiles, load_kv);  // (MT = 1: the first copy overwrites the Q staging)
-    const int64_t j0 = jt * BC;
+    const int64_t j0 = jt * BC;  // < key_end: no overflow in 32 bits
     if (j0 > warp_first_q + 16 * MT - 1) continue;  // every key of the tile is in this warp's future
     const T* Ks = smem + QOFF + (jt & 1) * 2 * BC * LD;
     const T* Vs = Ks + BC * LD;
@@ -145,16 +147,14 @@ __global__ void __launch_bounds__(32 * NW) attention_forward_tc(AttentionForward
         if (need_mask)
           mask_past(flat(s[mt]), t, keys_visible_end(qpos0, j0, Tk, BC), keys_visible_end(qpos1, j0, Tk, BC));
       } else {
-        // 32 rows per warp: the int32 limits behind a tile-level branch make ptxas spill here
-        // (sm_90, hd 128: 108 bytes; hd 96: 16), the per-element predicated form does not (8 and
-        // 0), so this variant keeps it.
-#pragma unroll
-        for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int64_t key = j0 + nb * 8 + 2 * t + (e & 1);
-            if (need_mask && (key > (e < 2 ? qpos0 : qpos1) || key >= Tk)) s[mt][nb][e] = -INFINITY;
-          }
+        // 32 rows per warp: the same int32 limits, applied to every tile (BC where nothing is
+        // masked) instead of behind a tile-level branch. ptxas (CUDA 13.0), spill bytes at hd 128 /
+        // 96 / 80 / 64 on sm_80: 44 / 0 / 0 / 0 this way, 104 / 32 / 0 / 0 behind the branch, and
+        // 152 / 100 / 160 / 60 for the per-element int64 compares used until 2026-11-27 (sm_90:
+        // 56 / 0 / 12 / 0 against 204 / 176 / 76 / 0).
+        const int end0 = need_mask ? keys_visible_end(qpos0, j0, Tk, BC) : BC;
+        const int end1 = need_mask ? keys_visible_end(qpos1, j0, Tk, BC) : BC;
+        mask_past(flat(s[mt]), t, end0, end1);
       }
       float mx0 = -INFINITY, mx1 = -INFINITY;
       row_max(flat(s[mt]), mx0, mx1);
