@@ -5,7 +5,10 @@ TFLOPS (bench_attention.txt: the default, `auto`; bench_attention_VARIANT.txt: L
 VARIANT), the fastest choice per pass (its TFLOPS against cuDNN's for the same pass), the fwd+bwd
 of the fastest forward with the fastest backward (what `auto` can reach by picking per pass), and
 that against PyTorch's backends from bench_attention_torch.txt (cudnn, flash) measured in the same
-run; last, the default's own fwd+bwd against cuDNN's.
+run; last, the default's own fwd+bwd against cuDNN's. Where the report has the mma.sync choices
+(tc, tc-m32, tc-atomic: what an A100 runs, auto off sm_90 picking among them), a second line per
+shape does the same among those alone, against FlashAttention-2 (PyTorch's flash backend: the
+same instruction), pass by pass.
 
 Usage: attention_table.py REPORT_DIR
 """
@@ -76,7 +79,21 @@ def table(report):
             own = f"; auto fb {tf(f + b, 3.5):.0f} TF = {tf(f + b, 3.5) / cudnn[2]:.2f}x cudnn"
         lines.append(f"hd {hd} seq {seq}: fwd/bwd/fb TF {cells}; fastest forward {best_f} {fwd:.0f} TF{vs(fwd, 0)}, "
                      f"backward {best_b} {bwd:.0f} TF{vs(bwd, 1)}: fb {combo:.0f} TF" + (f" = {ref}" if ref else "") + own)
+        a100 = [v for v in A100_KERNELS if v in have]
+        if a100:
+            af = min(a100, key=lambda v: have[v][0])
+            ab = min(a100, key=lambda v: have[v][1])
+            f, b = tf(have[af][0], 1), tf(have[ab][1], 2.5)
+            fb = tf(have[af][0] + have[ab][1], 3.5)
+            flash = torch.get(("flash", hd, seq))
+            x = lambda ours, i: f" ({ours / flash[i]:.2f}x flash)" if flash else ""
+            lines.append(f"hd {hd} seq {seq} ({', '.join(a100)}: the A100's kernels): fastest forward {af} {f:.0f} TF{x(f, 0)}, "
+                         f"backward {ab} {b:.0f} TF{x(b, 1)}: fb {fb:.0f} TF" + (f" = {fb / flash[2]:.2f}x flash" if flash else ""))
     return lines
+
+
+# The kernel choices that run without wgmma (an A100, or any card but compute capability 9.0).
+A100_KERNELS = ("tc", "tc-m32", "tc-atomic")
 
 
 if __name__ == "__main__":
