@@ -1,6 +1,8 @@
 // What the tensor-core attention kernels (attention_tc.cu, attention_tc_backward.cu,
 // sm90a/attention_wgmma.cu) share beyond the tile helpers of mma.cuh.
 #pragma once
+#include <type_traits>
+
 #include "attention_mask.h"
 #include "common.cuh"
 #include "kernels.h"
@@ -24,6 +26,22 @@ inline bool attention_rows_aligned(const AttentionBackwardArgs& a) {
 // scale after it (t: dqkv's element type), zeroing the sums again when a.dq_clean.
 void attention_dq_accum_zero(const AttentionBackwardArgs& a, cudaStream_t stream);
 void attention_dq_from_accum(const AttentionBackwardArgs& a, DType t, cudaStream_t stream);
+
+// Calls f(std::integral_constant<int, HD>{}) with hd as the compile-time HD when it is a head dim
+// the mma.sync kernels are built for (the model table's: 48, 64, 80, 96, 128, 160); returns
+// whether it was.
+template <typename F>
+bool with_tc_head_dim(int hd, F&& f) {
+  switch (hd) {
+    case 48: f(std::integral_constant<int, 48>{}); return true;
+    case 64: f(std::integral_constant<int, 64>{}); return true;
+    case 80: f(std::integral_constant<int, 80>{}); return true;
+    case 96: f(std::integral_constant<int, 96>{}); return true;
+    case 128: f(std::integral_constant<int, 128>{}); return true;
+    case 160: f(std::integral_constant<int, 160>{}); return true;
+    default: return false;
+  }
+}
 
 #ifdef __CUDACC__
 // One (batch b, head h) of the backward kernels: the sequence length, the row strides of qkv

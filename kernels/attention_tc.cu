@@ -256,29 +256,23 @@ void launch(const AttentionForwardArgs& a, cudaStream_t stream) {
 
 template <typename T>
 bool launch_for_head_dim(const AttentionForwardArgs& a, bool m32, cudaStream_t stream) {
-  switch (a.hd) {
-    case 48: m32 ? launch<T, 48, 2>(a, stream) : launch<T, 48, 1>(a, stream); return true;
-    case 64: m32 ? launch<T, 64, 2>(a, stream) : launch<T, 64, 1>(a, stream); return true;
-    case 80: m32 ? launch<T, 80, 2>(a, stream) : launch<T, 80, 1>(a, stream); return true;
-    case 96: m32 ? launch<T, 96, 2>(a, stream) : launch<T, 96, 1>(a, stream); return true;
-    case 128: m32 ? launch<T, 128, 2>(a, stream) : launch<T, 128, 1>(a, stream); return true;
-    case 160: launch<T, 160, 1>(a, stream); return true;  // 32 rows per warp: not registers enough
-    default: return false;
-  }
+  return with_tc_head_dim(a.hd, [&](auto d) {
+    constexpr int HD = decltype(d)::value;
+    if constexpr (HD == 160) launch<T, HD, 1>(a, stream);  // 32 rows per warp: not registers enough
+    else m32 ? launch<T, HD, 2>(a, stream) : launch<T, HD, 1>(a, stream);
+  });
 }
 
 }  // namespace
 
 size_t attention_forward_tc_smem(int hd, bool m32) {
-  switch (hd) {
-    case 48: return m32 ? forward_smem<48, 2>() : forward_smem<48, 1>();
-    case 64: return m32 ? forward_smem<64, 2>() : forward_smem<64, 1>();
-    case 80: return m32 ? forward_smem<80, 2>() : forward_smem<80, 1>();
-    case 96: return m32 ? forward_smem<96, 2>() : forward_smem<96, 1>();
-    case 128: return m32 ? forward_smem<128, 2>() : forward_smem<128, 1>();
-    case 160: return forward_smem<160, 1>();  // one row block per warp only (launch_for_head_dim)
-    default: return 0;
-  }
+  size_t bytes = 0;
+  with_tc_head_dim(hd, [&](auto d) {
+    constexpr int HD = decltype(d)::value;
+    if constexpr (HD == 160) bytes = forward_smem<HD, 1>();  // one row block per warp only (launch_for_head_dim)
+    else bytes = m32 ? forward_smem<HD, 2>() : forward_smem<HD, 1>();
+  });
+  return bytes;
 }
 
 bool attention_forward_tensor_cores(DType t, const AttentionForwardArgs& a, bool m32, cudaStream_t stream) {

@@ -461,15 +461,9 @@ bool launch_backward(const AttentionBackwardArgs& a, bool atomic_dq, int warps, 
 
 template <typename T>
 bool backward_for_head_dim(const AttentionBackwardArgs& a, bool atomic_dq, int warps, cudaStream_t stream) {
-  switch (a.hd) {
-    case 48: return launch_backward<T, 48>(a, atomic_dq, warps, stream);
-    case 64: return launch_backward<T, 64>(a, atomic_dq, warps, stream);
-    case 80: return launch_backward<T, 80>(a, atomic_dq, warps, stream);
-    case 96: return launch_backward<T, 96>(a, atomic_dq, warps, stream);
-    case 128: return launch_backward<T, 128>(a, atomic_dq, warps, stream);
-    case 160: return launch_backward<T, 160>(a, atomic_dq, warps, stream);
-    default: return false;
-  }
+  bool launched = false;
+  with_tc_head_dim(a.hd, [&](auto d) { launched = launch_backward<T, decltype(d)::value>(a, atomic_dq, warps, stream); });
+  return launched;
 }
 
 }  // namespace
@@ -502,15 +496,12 @@ void attention_dq_from_accum(const AttentionBackwardArgs& a, DType t, cudaStream
 }
 
 size_t attention_backward_tc_wide_smem(int hd) {
-  using T = __nv_bfloat16;  // f16 is the same size
-  switch (hd) {
-    case 48: return dkdv_tc_smem<T, 48, 8, 64, true>();
-    case 64: return dkdv_tc_smem<T, 64, 8, 64, true>();
-    case 80: return dkdv_tc_smem<T, 80, 8, 64, true>();
-    case 96: return dkdv_tc_smem<T, 96, 8, 64, true>();
-    case 128: return dkdv_tc_smem<T, 128, 8, 64, true>();
-    default: return 0;
-  }
+  size_t bytes = 0;
+  with_tc_head_dim(hd, [&](auto d) {
+    constexpr int HD = decltype(d)::value;
+    if constexpr (tc_backward_wide_available<HD>()) bytes = dkdv_tc_smem<__nv_bfloat16, HD, 8, 64, true>();  // f16: the same
+  });
+  return bytes;
 }
 
 bool attention_backward_tensor_cores(DType t, const AttentionBackwardArgs& a, bool atomic_dq, cudaStream_t stream,

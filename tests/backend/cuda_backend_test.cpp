@@ -183,9 +183,33 @@ TEST(CudaBackend, SmemLimitIsCheckedByName) {
                 std::string("LLM_CUDA_SMEM_LIMIT='") + bad + "': expected a byte count of at least 49152");
 }
 
+// The mma.sync kernels' shared memory by head dim (pure arithmetic, no device), which auto and the
+// tc-atomic backward compare with the opt-in limit: tc's forward (64 queries; Q staged in the K/V
+// buffers), tc-m32's (128 queries; hd 160 has only the first), and tc-atomic's 8-warp backward
+// (none at hd 160; at hd 128 under an A100's 166,912 bytes, over the 101,376 of sm_86/sm_89).
+TEST(CudaBackend, TensorCoreKernelsSharedMemoryByHeadDim) {
+  using llm::kernels::attention_backward_tc_wide_smem;
+  using llm::kernels::attention_forward_tc_smem;
+  EXPECT_EQ(attention_forward_tc_smem(64, false), size_t(36864));   // 2 buffers x K, V x 64 rows x 72 x 2 bytes
+  EXPECT_EQ(attention_forward_tc_smem(128, true), size_t(104448));  // 2 x (4 x 64 + 128) x 136
+  EXPECT_EQ(attention_forward_tc_smem(160, true), attention_forward_tc_smem(160, false));
+  EXPECT_EQ(attention_forward_tc_smem(160, false), size_t(43008));  // 32-key tiles
+  EXPECT_EQ(attention_forward_tc_smem(100, false), size_t(0));
+  // K, V [128][HD + 8], two stages of Q, dO [64][HD + 8] and lse, D [64], dS^T [128][72].
+  for (int hd : {48, 64, 80, 96, 128})
+    EXPECT_EQ(attention_backward_tc_wide_smem(hd), size_t(2 * 512 * (hd + 8) + 1024 + 2 * 128 * 72)) << "hd " << hd;
+  EXPECT_EQ(attention_backward_tc_wide_smem(128), size_t(158720));
+  EXPECT_LE(attention_backward_tc_wide_smem(128), size_t(166912));
+  EXPECT_GT(attention_backward_tc_wide_smem(80), size_t(101376));
+  EXPECT_LE(attention_backward_tc_wide_smem(64), size_t(101376));
+  EXPECT_EQ(attention_backward_tc_wide_smem(160), size_t(0));
+  EXPECT_EQ(attention_backward_tc_wide_smem(100), size_t(0));
+}
+
 // Under LLM_CUDA_SMEM_LIMIT a launch that needs more shared memory than the cap is refused before
 // CUDA sees it, the error naming the op, its shapes and both byte counts; what fits still runs
-// (the bf16 forward of `tc` at hd 64: 512 x 72 x 2 = 73728 bytes, under sm86's 101376). A cap
+// (the bf16 forward of `tc-m32` at hd 128: 384 rows x 136 x 2 = 104448 bytes, over a 65536-byte
+// cap; tc's at hd 64 under sm86's 101376). A cap
 // below the device's own maximum stands in for a smaller card: auto takes what it takes off
 // sm_90, and the kernels of an A100 and of a 99 KiB card run a bf16 forward and backward at hd 128
 // within their limits. The cap is read once per process: each case in a fresh child.
@@ -223,9 +247,10 @@ TEST(CudaBackend, SmemLimitRefusesLaunchesOverTheCap) {
     };
   };
   EXPECT_EXIT(child("sm86", "tc", attention(64, false)), ::testing::ExitedWithCode(0), "");
-  // 73728 bytes at hd 64 (tc, MT = 1): over a 65536-byte cap.
-  EXPECT_EXIT(child("65536", "tc", attention(64, false)), ::testing::ExitedWithCode(2),
-              "attention_forward on .*: a kernel needs 73728 bytes of shared memory per block; this device allows "
+  // tc-m32's 104448 bytes at hd 128 (attention_forward_tc_smem; tc's own at hd 64, 36864, is under
+  // the 48 KiB that needs no opt-in, so no cap refuses it): over a 65536-byte cap.
+  EXPECT_EXIT(child("65536", "tc-m32", attention(128, false)), ::testing::ExitedWithCode(2),
+              "attention_forward on .*: a kernel needs 104448 bytes of shared memory per block; this device allows "
               "65536 \\(LLM_CUDA_SMEM_LIMIT\\)");
   // The A100 stood in for (whatever the device): tc everywhere but tc-m32's forward at hd 128, and
   // its kernels fit; the 99 KiB cards: tc everywhere, and so do theirs.
