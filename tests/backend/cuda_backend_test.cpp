@@ -400,6 +400,40 @@ TEST(CudaBackend, AttentionHeadDimsOfTheModelTableInFp32) {
   }
 }
 
+// A backward check's inputs, bf16/f16-rounded (qkv [B, T, 3C], dout [B, T, C], drawn from seed),
+// and the CPU fp32 op's out, lse and dqkv on them.
+struct AttentionCase {
+  Vec qkv, dout;
+  Tensor out, lse, dqkv;
+};
+AttentionCase attention_case(DType t, int B, int T, int NH, int hd, uint64_t seed) {
+  const int C = NH * hd;
+  bt::Rng rng(seed);
+  AttentionCase c;
+  c.qkv = bt::rounded_to(rng.normal(size_t(B) * T * 3 * C), t);
+  c.dout = bt::rounded_to(rng.normal(size_t(B) * T * C), t);
+  c.out = Tensor::empty({B, T, C}), c.lse = Tensor::empty({B, NH, T}), c.dqkv = Tensor::empty({B, T, 3 * C});
+  llm::Backend& cpu = llm::cpu_backend();
+  cpu.attention_forward(c.out, c.lse, bt::host_f32({B, T, 3 * C}, c.qkv), NH);
+  cpu.attention_backward(c.dqkv, bt::host_f32({B, T, C}, c.dout), bt::host_f32({B, T, 3 * C}, c.qkv), c.out, c.lse, NH);
+  return c;
+}
+
+// D = rowsum(dout * out) per (b, h, t) of [B, T, NH * hd] rows: what attention.cu computes from a
+// forward's own (rounded) out before the backward kernels run.
+Vec attention_rowdot(const Vec& dout, const Vec& out, int B, int T, int NH, int hd) {
+  const size_t C = size_t(NH) * hd;
+  Vec D(size_t(B) * NH * T, 0.0);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h)
+      for (int i = 0; i < T; ++i)
+        for (int e = 0; e < hd; ++e) {
+          const size_t at = (size_t(b) * T + i) * C + size_t(h) * hd + e;
+          D[(size_t(b) * NH + h) * T + i] += dout[at] * out[at];
+        }
+  return D;
+}
+
 // The mma.sync fused backward (tc-atomic: dQ added with atomics from the dK/dV kernel; what an
 // A100 runs when it adds dQ with atomics) in both shapes: 4 warps of 16 keys over 32-query tiles,
 // and 8 warps (128 keys) over 64-query tiles, FlashAttention-2's sm_80 tile, at every head dim
@@ -415,30 +449,18 @@ TEST(CudaBackend, TcFusedBackwardMatchesTheCpuOp) {
       SCOPED_TRACE(std::string(llm::dtype_name(t)) + " hd=" + std::to_string(hd));
       const int B = 2, T = 333, NH = 2, C = NH * hd;
       const double u = bt::unit(t);
-      bt::Rng rng(740 + hd);
-      const Vec qkv = bt::rounded_to(rng.normal(size_t(B) * T * 3 * C), t);
-      const Vec dout = bt::rounded_to(rng.normal(size_t(B) * T * C), t);
-      Tensor co = Tensor::empty({B, T, C}), cl = Tensor::empty({B, NH, T}), cd = Tensor::empty({B, T, 3 * C});
-      f.cpu.attention_forward(co, cl, bt::host_f32({B, T, 3 * C}, qkv), NH);
-      f.cpu.attention_backward(cd, bt::host_f32({B, T, C}, dout), bt::host_f32({B, T, 3 * C}, qkv), co, cl, NH);
-      const Vec ref = f.cpu_vec(cd);
+      const AttentionCase c = attention_case(t, B, T, NH, hd, 740 + hd);
+      const Vec ref = f.cpu_vec(c.dqkv);
       const Tol tol{4 * u, 8 * u * bt::max_abs(ref)};
 
-      Tensor gq = be->upload(bt::host_low({B, T, 3 * C}, qkv, t)), gdo = be->upload(bt::host_low({B, T, C}, dout, t));
+      Tensor gq = be->upload(bt::host_low({B, T, 3 * C}, c.qkv, t)), gdo = be->upload(bt::host_low({B, T, C}, c.dout, t));
       Tensor go = be->empty({B, T, C}, t), gl = be->empty({B, NH, T});
       be->synchronize();
       ASSERT_TRUE(llm::kernels::attention_forward_tensor_cores(
           t, llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd),
           false, be->stream()));
       be->synchronize();
-      const Vec out = bt::low_to_vec(be->download(go));
-      Vec D(size_t(B) * NH * T, 0.0);  // rowsum(dout * out) per (b, h, t)
-      for (int b = 0; b < B; ++b)
-        for (int i = 0; i < T; ++i)
-          for (int c = 0; c < C; ++c) {
-            const size_t at = (size_t(b) * T + i) * C + c;
-            D[(size_t(b) * NH + c / hd) * T + i] += dout[at] * out[at];
-          }
+      const Vec D = attention_rowdot(c.dout, bt::low_to_vec(be->download(go)), B, T, NH, hd);
       Tensor gD = f.up({B, NH, T}, D), accum = be->empty({B, T, C});
       llm::kernels::AttentionBackwardArgs ba;
       ba.qkv = gq.raw(), ba.out = go.raw(), ba.dout = gdo.raw(), ba.lse = gl.data<float>(), ba.scratch = gD.data<float>();
@@ -587,7 +609,6 @@ void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackw
                      : form == WgmmaBackward::ws_tma_dq      ? "wgmma-ws-tma dqkv"
                                                              : "wgmma-rs dqkv";
   Fixture f{gpu};
-  llm::Backend& cpu = llm::cpu_backend();
   const auto down_low = [&](const Tensor& d) {
     gpu.synchronize();
     return bt::low_to_vec(gpu.download(d));
@@ -597,14 +618,9 @@ void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackw
       SCOPED_TRACE(std::string(llm::dtype_name(t)) + " hd=" + std::to_string(hd));
       const int B = 2, T = 333, NH = 2, C = NH * hd;
       const double u = bt::unit(t);
-      bt::Rng rng(530 + hd);
-      const Vec qkv = bt::rounded_to(rng.normal(size_t(B) * T * 3 * C), t);
-      const Vec dout = bt::rounded_to(rng.normal(size_t(B) * T * C), t);
-      Tensor co = Tensor::empty({B, T, C}), cl = Tensor::empty({B, NH, T}), cd = Tensor::empty({B, T, 3 * C});
-      cpu.attention_forward(co, cl, bt::host_f32({B, T, 3 * C}, qkv), NH);
-      cpu.attention_backward(cd, bt::host_f32({B, T, C}, dout), bt::host_f32({B, T, 3 * C}, qkv), co, cl, NH);
+      const AttentionCase c = attention_case(t, B, T, NH, hd, 530 + hd);
 
-      Tensor gq = gpu.upload(bt::host_low({B, T, 3 * C}, qkv, t)), gdo = gpu.upload(bt::host_low({B, T, C}, dout, t));
+      Tensor gq = gpu.upload(bt::host_low({B, T, 3 * C}, c.qkv, t)), gdo = gpu.upload(bt::host_low({B, T, C}, c.dout, t));
       Tensor go = gpu.empty({B, T, C}, t), gl = gpu.empty({B, NH, T}), gd = gpu.empty({B, T, 3 * C}, t);
       gpu.synchronize();
       const llm::kernels::AttentionForwardArgs fa =
@@ -615,28 +631,19 @@ void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackw
       const Vec out_pp = down_low(go), lse_pp = f.down(gl);
       ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, gpu.stream()));
       const Vec out = down_low(go);
-      EXPECT_TRUE(bt::all_close("wgmma out", out, bt::to_vec(co), Tol{2 * u, 4 * u}));
-      EXPECT_TRUE(bt::all_close("wgmma lse", f.down(gl), bt::to_vec(cl), Tol{1e-3, 1e-3}));
+      EXPECT_TRUE(bt::all_close("wgmma out", out, bt::to_vec(c.out), Tol{2 * u, 4 * u}));
+      EXPECT_TRUE(bt::all_close("wgmma lse", f.down(gl), bt::to_vec(c.lse), Tol{1e-3, 1e-3}));
       EXPECT_TRUE(bt::all_equal("wgmma ping-pong out", out_pp, out));
       EXPECT_TRUE(bt::all_equal("wgmma ping-pong lse", lse_pp, f.down(gl)));
 
-      // D = rowsum(dout * out) per (b, h, t), from the kernel's own (rounded) out, as attention.cu does.
-      Vec D(size_t(B) * NH * T, 0.0);
-      for (int b = 0; b < B; ++b)
-        for (int h = 0; h < NH; ++h)
-          for (int i = 0; i < T; ++i)
-            for (int e = 0; e < hd; ++e) {
-              const size_t at = (size_t(b) * T + i) * C + size_t(h) * hd + e;
-              D[(size_t(b) * NH + h) * T + i] += dout[at] * out[at];
-            }
-      Tensor gD = f.up({B, NH, T}, D);
+      Tensor gD = f.up({B, NH, T}, attention_rowdot(c.dout, out, B, T, NH, hd));
       Tensor accum = gpu.empty({B, T, C});  // the fused form's dQ accumulator (NaN-free: it zeroes it)
       llm::kernels::AttentionBackwardArgs ba;
       ba.qkv = gq.raw(), ba.dqkv = gd.raw(), ba.out = go.raw(), ba.dout = gdo.raw();
       ba.lse = gl.data<float>(), ba.scratch = gD.data<float>();
       ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T, ba.dq_red = dq_red;
       if (fused_dq) ba.dq_accum = accum.data<float>();
-      const Vec ref = bt::to_vec(cd);
+      const Vec ref = bt::to_vec(c.dqkv);
       if (dq_convert == 2) {
         const int64_t sums = int64_t(B) * T * C, counts = int64_t(B) * NH * ((T + 63) / 64);
         Tensor ws = gpu.zeros({int(sums + counts)});
@@ -847,14 +854,7 @@ TEST(CudaBackend, AttentionBlockOrderChangesNoResult) {
     else
       EXPECT_TRUE(bt::all_equal("dQ", dq, dq_launch));
     // D = rowsum(dout * out) per (b, h, t) in float64, from the kernels' own (rounded) out.
-    Vec D(size_t(B) * NH * T, 0.0);
-    for (int b = 0; b < B; ++b)
-      for (int i = 0; i < T; ++i)
-        for (int h = 0; h < NH; ++h)
-          for (int e = 0; e < hd; ++e) {
-            const size_t at = (size_t(b) * T + i) * C + size_t(h) * hd + e;
-            D[(size_t(b) * NH + h) * T + i] += dout[at] * heaviest.out[at];
-          }
+    const Vec D = attention_rowdot(dout, heaviest.out, B, T, NH, hd);
     EXPECT_TRUE(bt::all_close("D", heaviest.D, D, Tol{1e-5, 1e-4 * bt::max_abs(D)}));
   }
 }
