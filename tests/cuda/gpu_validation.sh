@@ -5,7 +5,8 @@
 # Usage: tests/cuda/gpu_validation.sh [REPORT_DIR] [BUILD_DIR]
 #   CUDA_ARCH=90 (default: 90; 80 on A100), JOBS=16, QUICK=1 (skip the llm-sweep run),
 #   TIME_SCALE=1 (each step runs under `timeout`, its limit below times this; exit 124 = timed out,
-#   so one hung or slow step cannot eat a short lease), PEAK_DEVICE (MFU peak; from nvidia-smi),
+#   so one hung or slow step cannot eat a short lease; TEST_LIMIT=200 s the concurrent correctness
+#   steps', TEST_THREADS=2 their OpenMP threads each), PEAK_DEVICE (MFU peak; from nvidia-smi),
 #   ATTENTION_VARIANTS="tc wgmma wgmma-pp wgmma-ws wgmma-ws-pp wgmma-ws3 wgmma-atomic wgmma-rs wgmma-ws-atomic wgmma-ws-dqfirst wgmma-ws-tma tc-atomic tc-m32" (LLM_CUDA_ATTENTION values whose attention tests and
 #   benchmark and training step also run, next to the default kernels), TRAIN_STEP_VARIANTS (the
 #   choices the training step runs under beside the default; all of ATTENTION_VARIANTS unless
@@ -45,6 +46,7 @@ log() { echo "== $*" | tee -a "$out/summary.txt"; }
 env_name() { echo "$1" | sed 's/LLM_CUDA_//g; s/[^A-Za-z0-9]\+/-/g' | tr 'A-Z' 'a-z'; }  # ENV_VARIANTS' file names
 env_export() { local kv; IFS=, read -ra kv <<< "$1"; export "${kv[@]}"; }  # one ENV_VARIANTS entry: A=1,B=2
 lim() { timeout -k 5 "$(awk -v s="$1" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}')" "${@:2}"; }  # lim SECONDS cmd...
+tlim() { lim "${TEST_LIMIT:-200}" "$@"; }  # a correctness step (they run concurrently: 30-odd processes share the card)
 losses() { cat "$@" 2> /dev/null | grep -o '"lm_loss": [^,]*' | cut -d' ' -f2; }  # metrics files' loss curve, in order
 # curve_within N TOL REF RUN...: RUN's loss curve (its metrics files in order) has N iterations,
 # each within TOL (relative) of REF's.
@@ -191,9 +193,9 @@ multirank_step() {
 # the background; sm80_report (after a wait) logs them.
 sm80_start() {
   [[ -n "${SM80_TREE:-}" ]] || return 0
-  (cd "$SM80_TREE" && LLM_CUDA_SMEM_LIMIT=sm80 lim 150 ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/sm80_test_backend.log" 2>&1
+  (cd "$SM80_TREE" && LLM_CUDA_SMEM_LIMIT=sm80 tlim ./tests/test_backend --gtest_filter='*cuda*:*Cuda*' > "$out/sm80_test_backend.log" 2>&1
    echo $? > "$out/rc_sm80_test_backend") &
-  (cd "$SM80_TREE" && LLM_CUDA_SMEM_LIMIT=sm80 lim 150 ./tests/test_cuda > "$out/sm80_test_cuda.log" 2>&1; echo $? > "$out/rc_sm80_test_cuda") &
+  (cd "$SM80_TREE" && LLM_CUDA_SMEM_LIMIT=sm80 tlim ./tests/test_cuda > "$out/sm80_test_cuda.log" 2>&1; echo $? > "$out/rc_sm80_test_cuda") &
 }
 sm80_report() {
   if [[ -z "${SM80_TREE:-}" ]]; then
@@ -231,6 +233,12 @@ elif named_steps; then  # a second short call: the named steps alone
   [[ " $TESTS " = *" multirank "* ]] && multirank_step
 else
 log "GPU unit tests (conformance on cuda, bf16/f16 paths, training check) and llm-pretrain curves, concurrently"
+# Thirty-odd processes share the host's cores here: each runs its CPU references on TEST_THREADS
+# (2) OpenMP threads, OpenBLAS included (its OpenMP flavour), instead of one per core each, whose
+# spinning workers would multiply (libgomp spins at barriers when a process has no more threads
+# than cores). Restored after the step, for the benchmarks.
+threads_before=$(declare -p OMP_NUM_THREADS 2> /dev/null)
+export OMP_NUM_THREADS=${TEST_THREADS:-2}
 # The correctness checks are independent and small next to the card: they share it (and the host's
 # cores) at once, so a short lease reaches the benchmarks, which then run alone.
 pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attention-heads 4 --seq-length 128
@@ -238,7 +246,7 @@ pa=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 128 --num-attentio
 # The wgmma (sm_90a) tests in their own process: a fault there leaves a sticky CUDA error that
 # would fail every later test of the same process (here and in the triage reruns).
 cuda_tests='*cuda*:*Cuda*:-*Wgmma*:*TcFused*'
-(cd "$build" && lim 150 ./tests/test_backend --gtest_filter="$cuda_tests" > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
+(cd "$build" && tlim ./tests/test_backend --gtest_filter="$cuda_tests" > "$out/test_backend_cuda.log" 2>&1; echo $? > "$out/rc_test_backend") &
 # Kernels not yet run (or most at risk) on a GPU, each test in a process of its own
 # (name:gtest filter:the LLM_CUDA_ATTENTION choices it covers, which are not benchmarked when it
 # fails, below); the other wgmma tests share one process.
@@ -252,38 +260,40 @@ spec_filter() { local r=${1#*:}; echo "${r%%:*}"; }
 spec_choices() { local r=${1#*:}; echo "${r#*:}"; }
 wgmma_filter='*Wgmma*:-'
 for spec in "${isolated[@]}"; do wgmma_filter+="$(spec_filter "$spec"):"; done
-(cd "$build" && lim 150 ./tests/test_backend --gtest_filter="${wgmma_filter%:}" > "$out/wgmma.log" 2>&1; echo $? > "$out/rc_wgmma") &
+(cd "$build" && tlim ./tests/test_backend --gtest_filter="${wgmma_filter%:}" > "$out/wgmma.log" 2>&1; echo $? > "$out/rc_wgmma") &
 for spec in "${isolated[@]}"; do
   name=$(spec_name "$spec")
-  (cd "$build" && lim 150 ./tests/test_backend --gtest_filter="$(spec_filter "$spec")" > "$out/$name.log" 2>&1; echo $? > "$out/rc_$name") &
+  (cd "$build" && tlim ./tests/test_backend --gtest_filter="$(spec_filter "$spec")" > "$out/$name.log" 2>&1; echo $? > "$out/rc_$name") &
 done
-(cd "$build" && lim 150 ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
+(cd "$build" && tlim ./tests/test_cuda > "$out/test_cuda.log" 2>&1; echo $? > "$out/rc_test_cuda") &
 # The NCCL communicator on this machine's GPUs: one process (an MPI singleton, isolated: no
 # mpirun or orted needed) always; every GPU under mpirun when there are several and mpirun exists.
 (cd "$build" && OMPI_MCA_ess_singleton_isolated=1 lim 60 ./tests/nccl-communicator-check > "$out/nccl_np1.log" 2>&1; echo $? > "$out/rc_nccl_np1") &
 for var in simt "${variants[@]}" "${tested[@]}"; do
-  (cd "$build" && LLM_CUDA_ATTENTION=$var lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
+  (cd "$build" && LLM_CUDA_ATTENTION=$var tlim ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$var.log" 2>&1; echo $? > "$out/rc_attention_$var") &
 done
 for assignment in ${ENV_VARIANTS:-}; do  # the same tests under each A/B switch
   e=$(env_name "$assignment")
-  (cd "$build" && env_export "$assignment" && lim 150 ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$e.log" 2>&1; echo $? > "$out/rc_attention_$e") &
+  (cd "$build" && env_export "$assignment" && tlim ./tests/test_backend --gtest_filter='*Attention*cuda*' > "$out/attention_$e.log" 2>&1; echo $? > "$out/rc_attention_$e") &
 done
 if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
-  (cd "$build" && LLM_CUDA_BIAS_GRAD=epilogue lim 150 ./tests/test_backend --gtest_filter='*Linear*cuda*' > "$out/linear_bias_epilogue.log" 2>&1; echo $? > "$out/rc_linear_bias_epilogue") &
+  (cd "$build" && LLM_CUDA_BIAS_GRAD=epilogue tlim ./tests/test_backend --gtest_filter='*Linear*cuda*' > "$out/linear_bias_epilogue.log" 2>&1; echo $? > "$out/rc_linear_bias_epilogue") &
 fi
 for prec in cpu cuda bf16 fp16; do
   case $prec in cpu) f=(--backend cpu) ;; cuda) f=(--backend cuda) ;; *) f=(--backend cuda --$prec) ;; esac
-  (lim 150 "$build/tools/llm-pretrain" "${pa[@]}" "${f[@]}" --output-dir "$out/pt_$prec" > "$out/pretrain_$prec.log" 2>&1; echo $? > "$out/rc_pt_$prec") &
+  (tlim "$build/tools/llm-pretrain" "${pa[@]}" "${f[@]}" --output-dir "$out/pt_$prec" > "$out/pretrain_$prec.log" 2>&1; echo $? > "$out/rc_pt_$prec") &
 done
 # Reproducibility: the same bf16 run twice under LLM_CUDA_DETERMINISTIC=1, head dim 128 (where auto
 # would otherwise take the atomic backward), compared digit for digit below.
 pd=(--mock-data --vocab-size 512 --num-layers 2 --hidden-size 256 --num-attention-heads 2 --seq-length 256
     --micro-batch-size 4 --global-batch-size 8 --train-iters 20 --log-interval 1 --lr 1e-3 --backend cuda --bf16)
 for r in a b; do
-  (LLM_CUDA_DETERMINISTIC=1 lim 150 "$build/tools/llm-pretrain" "${pd[@]}" --output-dir "$out/pt_det_$r" > "$out/pretrain_det_$r.log" 2>&1; echo $? > "$out/rc_pt_det_$r") &
+  (LLM_CUDA_DETERMINISTIC=1 tlim "$build/tools/llm-pretrain" "${pd[@]}" --output-dir "$out/pt_det_$r" > "$out/pretrain_det_$r.log" 2>&1; echo $? > "$out/rc_pt_det_$r") &
 done
 sm80_start
 wait
+unset OMP_NUM_THREADS
+[[ -n "$threads_before" ]] && eval "$threads_before"
 log "test_backend (cuda) exit $(cat "$out/rc_test_backend"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_backend_cuda.log" | tr '\n' ' ')"
 if [[ "$(cat "$out/rc_test_backend")" != 0 ]]; then  # triage in the same lease: which change breaks it
   log "failed: $(grep -E '^\[  FAILED  \] [A-Za-z]' "$out/test_backend_cuda.log" | sed 's/^\[  FAILED  \] //; s/ (.*//' | sort -u | tr '\n' ' ')"
