@@ -11,6 +11,7 @@
 // and walks the query tiles at or below the diagonal; a dQ kernel owns a query tile and walks
 // the key tiles up to the diagonal. Both recompute P = exp(S - lse) from the saved lse.
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
 #include <string>
@@ -627,6 +628,10 @@ void attention_backward(DType t, const AttentionBackwardArgs& a, cudaStream_t st
     if (atomic_dq(t, a.hd)) {
       tc.dq_clean = a.dq_workspace != nullptr;
       tc.dq_accum = tc.dq_clean ? a.dq_workspace : a.scratch + dq_accum_offset(rows);
+      // Its 16-byte reductions, copies and TMA map need it; the allocator's blocks are 256-byte aligned.
+      LLM_CHECK(reinterpret_cast<uintptr_t>(tc.dq_accum) % 16 == 0, "attention_backward: the dQ sums at ",
+                static_cast<const void*>(tc.dq_accum), " (", tc.dq_clean ? "the workspace" : "the scratch",
+                ") are not 16-byte aligned");
       tc.dq_count = reinterpret_cast<int*>(tc.dq_accum + dq_sums(a.B, a.NH, a.hd, a.T));
     }
     if (backward_tensor_cores(t, tc, stream)) return;

@@ -97,6 +97,15 @@ class Communicator {
   // (all-to-all, send).
   struct Volume {
     int64_t all_reduce = 0, all_gather = 0, reduce_scatter = 0, all_to_all = 0, send_recv = 0, broadcast = 0;
+    Volume& operator+=(const Volume& o) {
+      all_reduce += o.all_reduce, all_gather += o.all_gather, reduce_scatter += o.reduce_scatter;
+      all_to_all += o.all_to_all, send_recv += o.send_recv, broadcast += o.broadcast;
+      return *this;
+    }
+    Volume operator-(const Volume& o) const {
+      return {all_reduce - o.all_reduce, all_gather - o.all_gather, reduce_scatter - o.reduce_scatter,
+              all_to_all - o.all_to_all, send_recv - o.send_recv, broadcast - o.broadcast};
+    }
   };
   const Volume& volume() const { return volume_; }
   void reset_volume() { volume_ = {}; }

@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <exception>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
@@ -84,7 +86,19 @@ class NcclRequest final : public Communicator::Request {
     (void)cudaEventDestroy(e);
     CUDA_CHECK(r, "waiting for an asynchronous NCCL operation");
   }
-  bool test() override { return !done_ || cudaEventQuery(done_) == cudaSuccess; }
+  // Not ready yet is no error, but the runtime records it as the thread's last error, which the
+  // backend's next launch check (cudaGetLastError) would report as that kernel's failure: cleared.
+  // Any other result is a real error (a faulted NCCL kernel), not "still running".
+  bool test() override {
+    if (!done_) return true;
+    const cudaError_t r = cudaEventQuery(done_);
+    if (r == cudaErrorNotReady) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    CUDA_CHECK(r, "polling an asynchronous NCCL operation");
+    return true;
+  }
 
  private:
   cudaStream_t compute_;
@@ -106,8 +120,15 @@ class NcclCommunicator final : public Communicator {
                backend_.device().str(), "; one GPU per rank: check the local-rank device choice)");
   }
   ~NcclCommunicator() override {
-    if (comm_stream_) (void)cudaStreamSynchronize(comm_stream_);
-    if (comm_) (void)ncclCommDestroy(comm_);
+    if (std::uncaught_exceptions() > uncaught_) {
+      // Unwinding from an error on this rank: what it queued may wait on peers that will never
+      // join, and ncclCommDestroy (or a synchronise) would wait with it; aborted instead, so the
+      // error reaches main and the launcher's abort.
+      if (comm_) (void)ncclCommAbort(comm_);
+    } else {
+      if (comm_stream_) (void)cudaStreamSynchronize(comm_stream_);
+      if (comm_) (void)ncclCommDestroy(comm_);
+    }
     if (comm_stream_) (void)cudaStreamDestroy(comm_stream_);
     if (owned_) MPI_Comm_free(&mpi_);
   }
@@ -116,7 +137,7 @@ class NcclCommunicator final : public Communicator {
   bool takes(const Device& device) const override { return device.is_cpu() || device == backend_.device(); }
 
   void all_reduce_sum(const Tensor& x) override {
-    if (x.device().is_cpu()) return host_->all_reduce_sum(x);
+    if (x.device().is_cpu()) return on_host([&] { return host_->all_reduce_sum(x); });
     check_device(x, "all_reduce_sum");
     if (size_ == 1 || x.numel() == 0) return;
     volume_.all_reduce += static_cast<int64_t>(x.nbytes());
@@ -129,7 +150,7 @@ class NcclCommunicator final : public Communicator {
   double all_reduce_max(double v) override { return host_->all_reduce_max(v); }
 
   void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
-    if (x.device().is_cpu()) return host_->all_gather_ranges(x, offsets);
+    if (x.device().is_cpu()) return on_host([&] { return host_->all_gather_ranges(x, offsets); });
     check_device(x, "all_gather_ranges");
     LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.back() == x.numel(), "all_gather_ranges: ",
               offsets.size(), " offsets for ", size_, " ranks");
@@ -158,7 +179,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
-    if (x.device().is_cpu()) return host_->reduce_scatter_ranges(x, offsets);
+    if (x.device().is_cpu()) return on_host([&] { return host_->reduce_scatter_ranges(x, offsets); });
     check_device(x, "reduce_scatter_ranges");
     LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.front() == 0 && offsets.back() == x.numel(),
               "reduce_scatter_ranges: ", offsets.size(), " offsets for ", size_, " ranks");
@@ -179,7 +200,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   void broadcast(const Tensor& x, int root) override {
-    if (x.device().is_cpu()) return host_->broadcast(x, root);
+    if (x.device().is_cpu()) return on_host([&] { return host_->broadcast(x, root); });
     check_device(x, "broadcast");
     if (size_ == 1 || x.nbytes() == 0) return;
     volume_.broadcast += static_cast<int64_t>(x.nbytes());
@@ -193,7 +214,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   void all_gather(const Tensor& out, const Tensor& in) override {
-    if (out.device().is_cpu() && in.device().is_cpu()) return host_->all_gather(out, in);
+    if (out.device().is_cpu() && in.device().is_cpu()) return on_host([&] { return host_->all_gather(out, in); });
     check_pair(out, in, "all_gather");
     LLM_CHECK(out.numel() == in.numel() * size_, "all_gather: output of ", out.numel(), " elements for ", size_,
               " inputs of ", in.numel());
@@ -205,7 +226,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   void reduce_scatter(const Tensor& out, const Tensor& in) override {
-    if (out.device().is_cpu() && in.device().is_cpu()) return host_->reduce_scatter(out, in);
+    if (out.device().is_cpu() && in.device().is_cpu()) return on_host([&] { return host_->reduce_scatter(out, in); });
     check_pair(out, in, "reduce_scatter");
     LLM_CHECK(in.numel() == out.numel() * size_, "reduce_scatter: input of ", in.numel(), " elements for ", size_,
               " outputs of ", out.numel());
@@ -219,7 +240,7 @@ class NcclCommunicator final : public Communicator {
   // NCCL has no all-to-all primitive: one grouped send and receive per peer (chunk r of `in`
   // to rank r, chunk r of `out` from rank r), which NCCL schedules as a single operation.
   void all_to_all(const Tensor& out, const Tensor& in) override {
-    if (out.device().is_cpu() && in.device().is_cpu()) return host_->all_to_all(out, in);
+    if (out.device().is_cpu() && in.device().is_cpu()) return on_host([&] { return host_->all_to_all(out, in); });
     check_pair(out, in, "all_to_all");
     LLM_CHECK(in.numel() == out.numel() && in.numel() % size_ == 0, "all_to_all: ", in.numel(), " and ", out.numel(),
               " elements for ", size_, " ranks (equal sizes, divisible by the group)");
@@ -244,7 +265,7 @@ class NcclCommunicator final : public Communicator {
   // NCCL point-to-point has no tags: messages between a pair of ranks are matched in order, which
   // is what the pipeline schedule relies on (`tag` is only checked on the MPI path).
   void send(const Tensor& x, int peer, int tag) override {
-    if (x.device().is_cpu()) return host_->send(x, peer, tag);
+    if (x.device().is_cpu()) return on_host([&] { return host_->send(x, peer, tag); });
     check_device(x, "send");
     check_peer(peer, "send");
     volume_.send_recv += static_cast<int64_t>(x.nbytes());
@@ -254,7 +275,7 @@ class NcclCommunicator final : public Communicator {
                "send ", shape_str(x.shape()), " to rank ", peer);
   }
   void recv(const Tensor& x, int peer, int tag) override {
-    if (x.device().is_cpu()) return host_->recv(x, peer, tag);
+    if (x.device().is_cpu()) return on_host([&] { return host_->recv(x, peer, tag); });
     check_device(x, "recv");
     check_peer(peer, "recv");
     if (x.numel() == 0) return;
@@ -268,7 +289,7 @@ class NcclCommunicator final : public Communicator {
     if (dst < 0) return this->recv(recv, src, recv_tag);
     if (src < 0) return this->send(send, dst, send_tag);
     if (send.device().is_cpu() && recv.device().is_cpu())
-      return host_->send_recv(send, dst, send_tag, recv, src, recv_tag);
+      return on_host([&] { return host_->send_recv(send, dst, send_tag, recv, src, recv_tag); });
     NCCL_CHECK(ncclGroupStart(), "send_recv");
     this->send(send, dst, send_tag);
     this->recv(recv, src, recv_tag);
@@ -283,31 +304,31 @@ class NcclCommunicator final : public Communicator {
   // stream has produced its inputs (an event), and wait() makes the compute stream wait for it
   // (another event) without blocking the host, so compute keeps running meanwhile.
   std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) override {
-    if (x.device().is_cpu()) return host_->all_reduce_sum_async(x);
+    if (x.device().is_cpu()) return on_host([&] { return host_->all_reduce_sum_async(x); });
     return on_comm_stream("all_reduce_sum_async", [&] { all_reduce_sum(x); });
   }
   std::unique_ptr<Request> all_gather_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) override {
-    if (x.device().is_cpu()) return host_->all_gather_ranges_async(x, offsets);
+    if (x.device().is_cpu()) return on_host([&] { return host_->all_gather_ranges_async(x, offsets); });
     return on_comm_stream("all_gather_ranges_async", [&] { all_gather_ranges(x, offsets); });
   }
   std::unique_ptr<Request> reduce_scatter_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) override {
-    if (x.device().is_cpu()) return host_->reduce_scatter_ranges_async(x, offsets);
+    if (x.device().is_cpu()) return on_host([&] { return host_->reduce_scatter_ranges_async(x, offsets); });
     return on_comm_stream("reduce_scatter_ranges_async", [&] { reduce_scatter_ranges(x, offsets); });
   }
   std::unique_ptr<Request> all_gather_async(const Tensor& out, const Tensor& in) override {
-    if (out.device().is_cpu() && in.device().is_cpu()) return host_->all_gather_async(out, in);
+    if (out.device().is_cpu() && in.device().is_cpu()) return on_host([&] { return host_->all_gather_async(out, in); });
     return on_comm_stream("all_gather_async", [&] { all_gather(out, in); });
   }
   std::unique_ptr<Request> all_to_all_async(const Tensor& out, const Tensor& in) override {
-    if (out.device().is_cpu() && in.device().is_cpu()) return host_->all_to_all_async(out, in);
+    if (out.device().is_cpu() && in.device().is_cpu()) return on_host([&] { return host_->all_to_all_async(out, in); });
     return on_comm_stream("all_to_all_async", [&] { all_to_all(out, in); });
   }
   std::unique_ptr<Request> send_async(const Tensor& x, int peer, int tag) override {
-    if (x.device().is_cpu()) return host_->send_async(x, peer, tag);
+    if (x.device().is_cpu()) return on_host([&] { return host_->send_async(x, peer, tag); });
     return on_comm_stream("send_async", [&] { send(x, peer, tag); });
   }
   std::unique_ptr<Request> recv_async(const Tensor& x, int peer, int tag) override {
-    if (x.device().is_cpu()) return host_->recv_async(x, peer, tag);
+    if (x.device().is_cpu()) return on_host([&] { return host_->recv_async(x, peer, tag); });
     return on_comm_stream("recv_async", [&] { recv(x, peer, tag); });
   }
 
@@ -326,6 +347,19 @@ class NcclCommunicator final : public Communicator {
   void check_peer(int peer, const char* op) const {
     LLM_CHECK(peer >= 0 && peer < size_ && peer != rank_, "NCCL ", op, ": peer ", peer, " in a group of ", size_,
               " (this is rank ", rank_, ")");
+  }
+  // A host tensor's operation goes over the MPI communicator of the same group (host_); its bytes
+  // count in this communicator's volume too, which is the one the communication report reads
+  // (the vocabulary shards' all-gathers, the tied embedding's gradient exchange).
+  template <class F>
+  std::invoke_result_t<F&> on_host(F&& f) {
+    struct Count {
+      Volume& to;
+      const Communicator& from;
+      const Volume before;
+      ~Count() { to += from.volume() - before; }
+    } count{volume_, *host_, host_->volume()};
+    return f();
   }
   cudaStream_t comm_stream() {
     if (!comm_stream_) CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "NCCL stream");
@@ -358,25 +392,32 @@ class NcclCommunicator final : public Communicator {
   // One GPU per rank: the backend picked its device from the launcher's local-rank variable;
   // confirm it against the ranks that share this node (MPI_COMM_TYPE_SHARED), so two ranks on
   // one GPU fail here with a clear message instead of inside NCCL ("Duplicate GPU detected"),
-  // unless LLM_NCCL_SHARED_GPU=1 made every rank its own NCCL host (shared_gpu_mode()).
+  // unless LLM_NCCL_SHARED_GPU=1 made every rank its own NCCL host (shared_gpu_mode()). GPUs are
+  // compared by PCI bus id, not by device number: a launcher or wrapper that gives each rank its
+  // own CUDA_VISIBLE_DEVICES (ALCF's Polaris affinity script, Slurm's --gpus-per-task) shows every
+  // rank its GPU as cuda:0.
   void check_local_device() {
     MPI_Comm node;
     MPI_Comm_split_type(mpi_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
     int local = 0, local_size = 1;
     MPI_Comm_rank(node, &local);
     MPI_Comm_size(node, &local_size);
-    std::vector<int> devices(static_cast<size_t>(local_size));
-    int mine = backend_.device().index;
-    MPI_Allgather(&mine, 1, MPI_INT, devices.data(), 1, MPI_INT, node);
+    constexpr int kIdLen = 32;  // "dddd:bb:dd.f" and its terminator, with room
+    char mine[kIdLen] = {};
+    const cudaError_t id_error = cudaDeviceGetPCIBusId(mine, kIdLen, backend_.device().index);
+    std::vector<char> ids(static_cast<size_t>(kIdLen) * static_cast<size_t>(local_size));
+    MPI_Allgather(mine, kIdLen, MPI_CHAR, ids.data(), kIdLen, MPI_CHAR, node);  // every rank, before any may throw
     MPI_Comm_free(&node);
+    CUDA_CHECK(id_error, "NCCL communicator: the PCI bus id of ", backend_.device().str());
     if (shared_gpu_mode()) return;
     int count = 0;
     CUDA_CHECK(cudaGetDeviceCount(&count), "NCCL communicator");
+    const auto id = [&](int r) { return std::string(ids.data() + static_cast<size_t>(r) * kIdLen); };
     for (int r = 0; r < local_size; ++r)
       for (int q = r + 1; q < local_size; ++q)
-        LLM_CHECK(devices[static_cast<size_t>(r)] != devices[static_cast<size_t>(q)], "NCCL communicator: node-local ranks ",
-                  r, " and ", q, " both use cuda:", devices[static_cast<size_t>(r)], " (", local_size, " ranks, ", count,
-                  " GPUs on this node); NCCL takes one GPU per rank: ",
+        LLM_CHECK(id(r) != id(q), "NCCL communicator: node-local ranks ", r, " and ", q, " both use the GPU at PCI ",
+                  id(r), " (", local_size, " ranks on this node; rank ", local, " sees ", count,
+                  " GPUs and uses ", backend_.device().str(), "); NCCL takes one GPU per rank: ",
                   local_size > count ? "start at most one rank per GPU, or set LLM_NCCL_SHARED_GPU=1 for a correctness "
                                        "run with ranks sharing GPUs (each rank its own NCCL host, over sockets: slow)"
                                      : "the launcher must export a local rank (OMPI_COMM_WORLD_LOCAL_RANK, "
@@ -390,6 +431,7 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t comm_stream_ = nullptr;
   cudaStream_t side_ = nullptr;  // set while on_comm_stream enqueues
   int rank_ = 0, size_ = 1;
+  const int uncaught_ = std::uncaught_exceptions();  // at construction: the destructor tells unwinding from it
 };
 
 }  // namespace

@@ -60,3 +60,18 @@ TEST(SelfCommunicator, CollectivesOfOneRank) {
 }
 
 }  // namespace
+
+// The volume counters' arithmetic, which the NCCL communicator uses to count what it routes over
+// MPI (host tensors) in its own volume: every kind moves by its own difference.
+TEST(SelfCommunicator, VolumeDifferencesAddPerKind) {
+  using V = llm::Communicator::Volume;
+  const V before{1, 2, 3, 4, 5, 6}, after{11, 22, 33, 44, 55, 66};
+  V total{100, 200, 300, 400, 500, 600};
+  total += after - before;
+  EXPECT_EQ(total.all_reduce, 110);
+  EXPECT_EQ(total.all_gather, 220);
+  EXPECT_EQ(total.reduce_scatter, 330);
+  EXPECT_EQ(total.all_to_all, 440);
+  EXPECT_EQ(total.send_recv, 550);
+  EXPECT_EQ(total.broadcast, 660);
+}

@@ -55,9 +55,29 @@ int main(int argc, char** argv) {
     if (rank == 0) std::fprintf(stderr, "%s\n", e.what());
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
-  if (!be || cudaGetDeviceCount(&count) != cudaSuccess || (count < size && !shared)) {
+  // Whether node-local ranks would share a GPU: compared by PCI bus id, as the communicator does
+  // (each rank may see only its own GPU, as cuda:0, under a per-rank CUDA_VISIBLE_DEVICES).
+  // (Every rank takes part in the collectives below, with or without a device.)
+  const bool device = be && cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  char mine[32] = {};
+  if (device && cudaDeviceGetPCIBusId(mine, sizeof(mine), be->device().index) != cudaSuccess) mine[0] = '\0';
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+  int local_size = 1;
+  MPI_Comm_size(node, &local_size);
+  std::vector<char> ids(32 * size_t(local_size));
+  MPI_Allgather(mine, 32, MPI_CHAR, ids.data(), 32, MPI_CHAR, node);
+  MPI_Comm_free(&node);
+  int sharing = 0;
+  for (int r = 0; r < local_size; ++r)
+    for (int q = r + 1; q < local_size; ++q)
+      sharing = sharing || std::string(&ids[32 * size_t(r)]) == std::string(&ids[32 * size_t(q)]);
+  int ready = device ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &sharing, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &ready, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (!ready || (sharing && !shared)) {
     if (rank == 0)
-      std::printf("skipped: %d ranks need %d GPUs (%s)\n", size, size, llm::cuda::device_status().c_str());
+      std::printf("skipped: %d ranks need %d GPUs, one each (%s)\n", size, size, llm::cuda::device_status().c_str());
     code = 77;
   } else {
     try {
@@ -86,6 +106,42 @@ int main(int argc, char** argv) {
         for (int q = 0; q < size; ++q)
           for (int64_t i = off[size_t(q)]; i < off[size_t(q) + 1]; ++i) gk = gk && g.data<float>()[i] == float(q) + 0.5f;
         check(gk, even ? "all_gather_ranges (even)" : "all_gather_ranges (uneven)", rank);
+      }
+      // reduce_scatter_ranges (ZeRO-2/3's gradients; uneven ranges, one grouped reduce per owner)
+      // and both range forms non-blocking, against the blocking results
+      {
+        std::vector<int64_t> off{0};
+        for (int q = 0; q < size; ++q) off.push_back(off.back() + 500 + 13 * q);
+        llm::Tensor x = llm::Tensor::empty({off.back()});
+        for (int64_t i = 0; i < off.back(); ++i) x.data<float>()[i] = float(rank + 1) * float(i % 5);
+        llm::Tensor dx = be->upload(x), dx2 = be->upload(x);
+        comm->reduce_scatter_ranges(dx, off);
+        comm->reduce_scatter_ranges_async(dx2, off)->wait();
+        const llm::Tensor r1 = be->download(dx), r2 = be->download(dx2);
+        const float sum = float(size * (size + 1) / 2);
+        bool rk = true, same = true;
+        for (int64_t i = off[size_t(rank)]; i < off[size_t(rank) + 1]; ++i) {
+          rk = rk && r1.data<float>()[i] == sum * float(i % 5);
+          same = same && r2.data<float>()[i] == r1.data<float>()[i];
+        }
+        check(rk, "reduce_scatter_ranges (uneven)", rank);
+        // then every range gathered back, non-blocking: each rank's reduced range everywhere
+        comm->all_gather_ranges_async(dx2, off)->wait();
+        const llm::Tensor g = be->download(dx2);
+        for (int64_t i = 0; i < off.back(); ++i) same = same && g.data<float>()[i] == sum * float(i % 5);
+        check(same, "reduce_scatter_ranges_async / all_gather_ranges_async", rank);
+      }
+      // bf16 sums (mixed-precision activations): small integers, exact in bf16
+      {
+        llm::Tensor y = llm::Tensor::empty({1000}, llm::DType::bf16);
+        for (int i = 0; i < 1000; ++i) static_cast<uint16_t*>(y.raw())[i] = llm::f32_to_bf16(float((rank + 1) * (i % 3)));
+        llm::Tensor dy = be->upload(y);
+        comm->all_reduce_sum(dy);
+        const llm::Tensor ry = be->download(dy);
+        bool ok = true;
+        for (int i = 0; i < 1000; ++i)
+          ok = ok && llm::bf16_to_f32(static_cast<const uint16_t*>(ry.raw())[i]) == float(size * (size + 1) / 2 * (i % 3));
+        check(ok, "all_reduce_sum (device bf16)", rank);
       }
       // all_gather / reduce_scatter / all_to_all / send-recv / async all-reduce on device tensors
       {
@@ -139,6 +195,13 @@ int main(int argc, char** argv) {
         if (ring)
           check(rx.data<float>()[0] == float(prev) + 0.25f && rx.data<float>()[m - 1] == float(prev) + 0.25f,
                 "send/recv (device f32)", rank);
+        if (ring) {  // the pipeline's paired exchange: both directions in one NCCL group
+          llm::Tensor drx3 = be->upload(llm::Tensor::zeros({m}));
+          comm->send_recv(dsx, next, 0, drx3, prev, 0);
+          const llm::Tensor rx3 = be->download(drx3);
+          check(rx3.data<float>()[0] == float(prev) + 0.25f && rx3.data<float>()[m - 1] == float(prev) + 0.25f,
+                "send_recv (device f32)", rank);
+        }
 
         llm::Tensor y = llm::Tensor::empty({m});
         y.fill(float(rank + 1));
@@ -148,11 +211,14 @@ int main(int argc, char** argv) {
         llm::Tensor ry = be->download(dy);
         check(ry.data<float>()[0] == tri && ry.data<float>()[m - 1] == tri, "all_reduce_sum_async (device f32)", rank);
         const auto& v = comm->volume();
-        // Bytes counted per call: the two all_gather_ranges (uneven, even), all_gather, reduce_scatter
+        // Bytes counted per call: the two all_gather_ranges (uneven, even), the reduce_scatter_ranges
+        // (blocking and not) and the all_gather_ranges_async after them, all_gather, reduce_scatter
         // and all_to_all above; nothing moves between ranks on one, so nothing is counted there.
         const int64_t ranges = 1000 * size + 17 * size * (size - 1) / 2 + 1000 * size;
-        const int64_t gathered = size > 1 ? (ranges + m * size) * 4 : 0, moved = size > 1 ? m * size * 4 : 0;
-        check(v.all_gather == gathered && v.reduce_scatter == moved && v.all_to_all == moved, "volume counters", rank);
+        const int64_t scattered = 500 * size + 13 * size * (size - 1) / 2;
+        const int64_t gathered = size > 1 ? (ranges + scattered + m * size) * 4 : 0;
+        const int64_t reduced = size > 1 ? (2 * scattered + m * size) * 4 : 0, moved = size > 1 ? m * size * 4 : 0;
+        check(v.all_gather == gathered && v.reduce_scatter == reduced && v.all_to_all == moved, "volume counters", rank);
 
         // The other non-blocking forms on the communication stream, several in flight at once,
         // against the blocking results above (the ring in the same even/odd order).
@@ -170,6 +236,9 @@ int main(int argc, char** argv) {
         }
         while (!reqs.back()->test()) {
         }
+        // Polling leaves no error behind (a "not ready" would otherwise fail the next kernel
+        // launch's check: the trainer polls its gradient buckets between backward's kernels).
+        check(cudaGetLastError() == cudaSuccess, "test() leaves no error behind", rank);
         for (auto& q : reqs) q->wait();
         const llm::Tensor hg2 = be->download(g2), ha2 = be->download(a2), hrx2 = be->download(drx2);
         bool nb = true;
@@ -195,8 +264,12 @@ int main(int argc, char** argv) {
       check(comm->all_reduce_max(double(rank)) == size - 1, "all_reduce_max (scalar)", rank);
       llm::Tensor hostx = llm::Tensor::empty({5});
       hostx.fill(1.0f);
+      const int64_t reduced_before = comm->volume().all_reduce;
       comm->all_reduce_sum(hostx);
       check(hostx.data<float>()[4] == float(size), "all_reduce_sum (host tensor)", rank);
+      // ... and its bytes count in this communicator's volume (the communication report reads it)
+      check(comm->volume().all_reduce - reduced_before == (size > 1 ? 20 : 0), "volume of a host tensor's all-reduce",
+            rank);
       comm->barrier();
     } catch (const std::exception& e) {
       std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
