@@ -12,6 +12,8 @@
 #                                         # the ones the bundle was linked against, then run
 #                                         # tests/cuda/gpu_validation.sh on the bundle (with the
 #                                         # bundle's mpirun for the multi-rank step); reports in OUT
+#   tests/cuda/gpu_carry.sh reap          # there: kill what a run left behind when an outer
+#                                         # `timeout` cut it (run does this first, too)
 #
 # The run step needs the same CUDA major version as the build (libcudart/libcublasLt .so.N): it
 # says which one is missing and stops if the host has another. QUICK=1 skips the long benchmarks.
@@ -22,7 +24,25 @@ mode="${1:-}"
 tools=(llm-pretrain llm-sweep)
 tests=(test_backend test_cuda bench-cuda-gemm bench-cuda-attention bench-cuda-train-step nccl-communicator-check)
 
+# Every process of a run carries LLM_GPU_RUN in its environment. An outer `timeout` that cuts a
+# run kills the scripts but not the steps under their own `timeout` (each is its own process
+# group): an ncu or an mpirun with its ranks would go on using the card into the next call. This
+# kills every process that carries the variable (a run's, not this one's: it does not carry it).
+reap_runs() {
+  local p n=0
+  for p in /proc/[0-9]*; do
+    [[ "${p#/proc/}" = "$$" ]] && continue
+    if grep -qz '^LLM_GPU_RUN=' "$p/environ" 2> /dev/null; then
+      kill -9 "${p#/proc/}" 2> /dev/null && n=$((n + 1))
+    fi
+  done
+  [[ $n = 0 ]] || echo "gpu_carry: killed $n processes left behind by an earlier run"
+}
+
 case "$mode" in
+reap)
+  reap_runs
+  ;;
 build)
   build="${2:-$src/build-gpu}"
   # LLM_SHARED: one libllm.so holds the device code once instead of every executable a copy
@@ -59,6 +79,8 @@ build)
   ;;
 run)
   out="${2:?usage: gpu_carry.sh run OUT}"
+  reap_runs
+  export LLM_GPU_RUN="$$"
   mkdir -p "$out"
   tar -xzf "$carry/libllm-gpu.tar.gz" -C "$out" || exit 1
   root="$out/libllm-gpu"

@@ -109,7 +109,17 @@ multirank_step() {
          OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
        # (one node: MPI over shared memory, or TCP on loopback where a container's /dev/shm fails it)
        if [[ "$gpus" -lt "$np" ]]; then export LLM_NCCL_SHARED_GPU=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 NCCL_NET=Socket; fi
-       lim "${MULTIRANK_LIMIT:-90}" mpirun -np "$np" "$@")
+       mr_lim mpirun -np "$np" "$@")
+    }
+    # mr_lim cmd...: under MULTIRANK_LIMIT seconds (times TIME_SCALE), cut to what is left of the
+    # step's budget, so that one run cannot carry the step past it (exit 124 then ends the step).
+    mr_lim() {
+      local s t
+      s=$(awk -v s="${MULTIRANK_LIMIT:-90}" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}')
+      t=$((mr_deadline - SECONDS))
+      ((t < s)) && s=$t
+      ((s < 1)) && s=1
+      timeout -k 5 "$s" "$@"
     }
     log "multi-rank (budget ${MULTIRANK_BUDGET:-300} s x TIME_SCALE): $(mpirun --version 2>&1 | head -1) from $(command -v mpirun), $gpus GPU(s)$([[ "$gpus" -lt 4 ]] && echo "; ranks beyond them share a GPU (LLM_NCCL_SHARED_GPU=1)")"
     # The whole step within MULTIRANK_BUDGET seconds (times TIME_SCALE): what is left when it runs
@@ -118,6 +128,7 @@ multirank_step() {
     mr_stop=""
     nccl_ok=0
     for np in $(printf '%s\n' 2 4 "$gpus" | awk '$1 >= 2 && !seen[$1]++'); do
+      [[ -z "$mr_stop" && $((mr_deadline - SECONDS)) -lt 10 ]] && mr_stop="MULTIRANK_BUDGET spent"
       if [[ -n "$mr_stop" ]]; then log "NCCL communicator, $np ranks: not run ($mr_stop)"; continue; fi
       (cd "$build" && mpi_ranks "$np" ./tests/nccl-communicator-check > "$out/nccl_np$np.log" 2>&1)
       rc=$?
@@ -133,7 +144,7 @@ multirank_step() {
           --train-iters 8 --log-interval 1 --backend "$mr_backend")
       single() {  # the single process of a precision (fp32, bf16, fp16), once
         [[ -f "$out/rc_mr_one_$1" ]] && return
-        lim "${MULTIRANK_LIMIT:-90}" "$build/tools/llm-pretrain" "${mr[@]}" $([[ $1 != fp32 ]] && echo "--$1") --output-dir "$out/mr_one_$1" > "$out/mr_one_$1.log" 2>&1
+        mr_lim "$build/tools/llm-pretrain" "${mr[@]}" $([[ $1 != fp32 ]] && echo "--$1") --output-dir "$out/mr_one_$1" > "$out/mr_one_$1.log" 2>&1
         echo $? > "$out/rc_mr_one_$1"
       }
       layouts=()
@@ -159,7 +170,7 @@ multirank_step() {
       fi
       for l in "${layouts[@]}"; do
         read -r name np flags <<< "$l"
-        [[ -z "$mr_stop" && $SECONDS -ge $mr_deadline ]] && mr_stop="MULTIRANK_BUDGET spent"
+        [[ -z "$mr_stop" && $((mr_deadline - SECONDS)) -lt 10 ]] && mr_stop="MULTIRANK_BUDGET spent"
         if [[ -n "$mr_stop" ]]; then log "multi-rank $name ($np ranks): not run ($mr_stop)"; continue; fi
         prec=fp32 tol=1e-4
         [[ " $flags " = *" --bf16 "* ]] && prec=bf16 tol=8e-3
@@ -172,7 +183,7 @@ multirank_step() {
         [[ $rc = 124 || $rc = 137 ]] && mr_stop="$name timed out"
         ck=$(awk '{for (i = 1; i < NF; i++) if ($i == "--save") print $(i + 1)}' <<< "$flags")
         if [[ -n "$ck" ]]; then  # saved part-way (--exit-interval): the rest on one process from its checkpoint
-          lim "${MULTIRANK_LIMIT:-90}" "$build/tools/llm-pretrain" "${mr[@]}" $([[ $prec != fp32 ]] && echo "--$prec") --load "$ck" \
+          mr_lim "$build/tools/llm-pretrain" "${mr[@]}" $([[ $prec != fp32 ]] && echo "--$prec") --load "$ck" \
             --output-dir "$out/mr_${name}_resumed" > "$out/mr_${name}_resumed.log" 2>&1
           log "multi-rank $name ($np ranks) exit $rc, then resumed on 1 process exit $?: $(curve_within 8 $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl" "$out/mr_${name}_resumed/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
         else
@@ -183,6 +194,8 @@ multirank_step() {
     else
       log "multi-rank layouts: not run (no NCCL communicator check passed)"
     fi
+  elif [[ "${MULTIRANK:-1}" = 1 ]]; then
+    log "multi-rank: not run (no mpirun on PATH)"
   fi
 }
 
@@ -295,11 +308,16 @@ wait
 unset OMP_NUM_THREADS
 [[ -n "$threads_before" ]] && eval "$threads_before"
 log "test_backend (cuda) exit $(cat "$out/rc_test_backend"): $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/test_backend_cuda.log" | tr '\n' ' ')"
-if [[ "$(cat "$out/rc_test_backend")" != 0 ]]; then  # triage in the same lease: which change breaks it
-  log "failed: $(grep -E '^\[  FAILED  \] [A-Za-z]' "$out/test_backend_cuda.log" | sed 's/^\[  FAILED  \] //; s/ (.*//' | sort -u | tr '\n' ' ')"
+rc_tb=$(cat "$out/rc_test_backend")
+if [[ $rc_tb = 124 || $rc_tb = 137 ]]; then  # a timeout names no change to triage, and a rerun alone would pass
+  log "test_backend (cuda) timed out: no triage (test_backend_cuda.log shows how far it got)"
+elif [[ $rc_tb != 0 ]]; then  # triage in the same lease: which change breaks it, on the failed tests alone
+  failed=$(grep -E '^\[  FAILED  \] [A-Za-z]' "$out/test_backend_cuda.log" | sed 's/^\[  FAILED  \] //; s/ (.*//; s/,.*//' | sort -u)
+  log "failed: $(tr '\n' ' ' <<< "$failed")"
+  triage_filter=$(paste -sd: <<< "$failed")
   for sw in LLM_CUDA_PACKS=0 LLM_CUDA_DGELU=0 "LLM_CUDA_PACKS=0 LLM_CUDA_DGELU=0"; do
     tag=$(echo "$sw" | tr ' =' '__')
-    (cd "$build" && export $sw && lim 150 ./tests/test_backend --gtest_filter="$cuda_tests" > "$out/triage_$tag.log" 2>&1)
+    (cd "$build" && export $sw && lim 150 ./tests/test_backend --gtest_filter="${triage_filter:-$cuda_tests}" > "$out/triage_$tag.log" 2>&1)
     log "triage with $sw: exit $?: $(grep -E '^\[  (PASSED|FAILED) ' "$out/triage_$tag.log" | tr '\n' ' ')"
   done
 fi

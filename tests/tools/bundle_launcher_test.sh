@@ -29,7 +29,8 @@ ls "$root/share/openmpi/" | grep -q '^help-.*\.txt$' || fail "Open MPI's help fi
 # What to hide: every file of the system's Open MPI and PMIx that the bundle holds a copy of.
 hide=()
 libmpi="$(ldd "$exe" | awk '$1 ~ /^libmpi\.so/ {print $3}')"
-for lib in $(ldd "$exe" "$root"/libexec/mpirun | awk '$1 ~ /^lib(mpi|open-rte|open-pal|pmix)\.so/ {print $3}' | sort -u); do
+# (libpmix: Open MPI's PMIx plugin links it, not mpirun itself.)
+for lib in $(ldd "$exe" "$root"/libexec/mpirun "$root"/lib/openmpi/*.so 2> /dev/null | awk '$1 ~ /^lib(mpi|open-rte|open-pal|pmix)\.so/ {print $3}' | sort -u); do
   hide+=("$(readlink -f "$lib")")
 done
 run="$(readlink -f "$(command -v orterun || command -v mpirun)")"
@@ -45,7 +46,7 @@ for key in Pkglibdir Pkgdatadir Sysconfdir; do
   d="$(awk -F': *' -v k="$key" '$1 ~ k"$" {print $2; exit}' <<< "$info")"
   [[ -d "$d" ]] && dirs+=("$d")
 done
-pmix="$(ldd "$root"/libexec/mpirun | awk '$1 ~ /^libpmix\.so/ {print $3}')"
+pmix="$(ldd "$root"/libexec/mpirun "$root"/lib/openmpi/*.so 2> /dev/null | awk '$1 ~ /^libpmix\.so/ && !n++ {print $3}')"
 [[ -n "$pmix" && -d "$(dirname "$(readlink -f "$pmix")")/pmix" ]] && dirs+=("$(dirname "$(readlink -f "$pmix")")/pmix")
 [[ ${#dirs[@]} -ge 2 && -n "$libmpi" ]] || fail "could not find the system's Open MPI to hide (ompi_info: ${info:0:200})"
 
