@@ -206,50 +206,56 @@ TEST(CudaBackend, TensorCoreKernelsSharedMemoryByHeadDim) {
   EXPECT_EQ(attention_backward_tc_wide_smem(100), size_t(0));
 }
 
+// A child process (a death test's) under LLM_CUDA_SMEM_LIMIT=limit and LLM_CUDA_ATTENTION=attention
+// (unset: null): exits 0 when body(backend) is true, 1 when false, 2 on an error (printed). The
+// settings are read once per process, so each case needs a fresh child.
+template <typename Body>
+[[noreturn]] void smem_child(const char* limit, const char* attention, Body body) {
+  setenv("LLM_CUDA_SMEM_LIMIT", limit, 1);
+  if (attention) setenv("LLM_CUDA_ATTENTION", attention, 1);
+  else unsetenv("LLM_CUDA_ATTENTION");
+  try {
+    std::exit(body(*llm::cuda::cuda_backend()) ? 0 : 1);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    std::exit(2);
+  }
+}
+// A bf16 attention forward (and backward) at head dim hd, T 256, two heads, for smem_child.
+auto attention_pass(int hd, bool backward) {
+  return [hd, backward](llm::cuda::CudaBackend& be) {
+    const int64_t B = 1, T = 256, NH = 2, C = NH * hd;
+    bt::Rng rng(330);
+    Tensor qkv = be.empty({B, T, 3 * C}, DType::bf16), dout = be.empty({B, T, C}, DType::bf16);
+    be.convert(qkv, be.upload(bt::host_f32({B, T, 3 * C}, rng.normal(size_t(B) * T * 3 * C))));
+    be.convert(dout, be.upload(bt::host_f32({B, T, C}, rng.normal(size_t(B) * T * C))));
+    Tensor out = be.zeros({B, T, C}, DType::bf16), lse = be.zeros({B, NH, T});
+    be.attention_forward(out, lse, qkv, static_cast<int>(NH));
+    if (backward) {
+      Tensor dqkv = be.zeros({B, T, 3 * C}, DType::bf16);
+      be.attention_backward(dqkv, dout, qkv, out, lse, static_cast<int>(NH));
+    }
+    be.synchronize();
+    return true;
+  };
+}
+
 // Under LLM_CUDA_SMEM_LIMIT a launch that needs more shared memory than the cap is refused before
 // CUDA sees it, the error naming the op, its shapes and both byte counts; what fits still runs
 // (the bf16 forward of `tc-m32` at hd 128: 384 rows x 136 x 2 = 104448 bytes, over a 65536-byte
 // cap; tc's at hd 64 under sm86's 101376). A cap
 // below the device's own maximum stands in for a smaller card: auto takes what it takes off
 // sm_90, and the kernels of an A100 and of a 99 KiB card run a bf16 forward and backward at hd 128
-// within their limits. The cap is read once per process: each case in a fresh child.
+// within their limits. (tc-atomic's shapes under the caps: TcFusedBackwardTakesItsShapeByTheCap.)
 TEST(CudaBackend, SmemLimitRefusesLaunchesOverTheCap) {
   REQUIRE_CUDA(probe);
   (void)probe;
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   using llm::kernels::AttentionKernels;
-  const auto child = [](const char* limit, const char* attention, auto body) {
-    setenv("LLM_CUDA_SMEM_LIMIT", limit, 1);
-    if (attention) setenv("LLM_CUDA_ATTENTION", attention, 1);
-    else unsetenv("LLM_CUDA_ATTENTION");
-    try {
-      std::exit(body(*llm::cuda::cuda_backend()) ? 0 : 1);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "%s\n", e.what());
-      std::exit(2);
-    }
-  };
-  const auto attention = [](int hd, bool backward) {
-    return [hd, backward](llm::cuda::CudaBackend& be) {
-      const int64_t B = 1, T = 256, NH = 2, C = NH * hd;
-      bt::Rng rng(330);
-      Tensor qkv = be.empty({B, T, 3 * C}, DType::bf16), dout = be.empty({B, T, C}, DType::bf16);
-      be.convert(qkv, be.upload(bt::host_f32({B, T, 3 * C}, rng.normal(size_t(B) * T * 3 * C))));
-      be.convert(dout, be.upload(bt::host_f32({B, T, C}, rng.normal(size_t(B) * T * C))));
-      Tensor out = be.zeros({B, T, C}, DType::bf16), lse = be.zeros({B, NH, T});
-      be.attention_forward(out, lse, qkv, static_cast<int>(NH));
-      if (backward) {
-        Tensor dqkv = be.zeros({B, T, 3 * C}, DType::bf16);
-        be.attention_backward(dqkv, dout, qkv, out, lse, static_cast<int>(NH));
-      }
-      be.synchronize();
-      return true;
-    };
-  };
-  EXPECT_EXIT(child("sm86", "tc", attention(64, false)), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(smem_child("sm86", "tc", attention_pass(64, false)), ::testing::ExitedWithCode(0), "");
   // tc-m32's 104448 bytes at hd 128 (attention_forward_tc_smem; tc's own at hd 64, 36864, is under
   // the 48 KiB that needs no opt-in, so no cap refuses it): over a 65536-byte cap.
-  EXPECT_EXIT(child("65536", "tc-m32", attention(128, false)), ::testing::ExitedWithCode(2),
+  EXPECT_EXIT(smem_child("65536", "tc-m32", attention_pass(128, false)), ::testing::ExitedWithCode(2),
               "attention_forward on .*: a kernel needs 104448 bytes of shared memory per block; this device allows "
               "65536 \\(LLM_CUDA_SMEM_LIMIT\\)");
   // The A100 stood in for (whatever the device): tc everywhere but tc-m32's forward at hd 128, and
@@ -264,15 +270,23 @@ TEST(CudaBackend, SmemLimitRefusesLaunchesOverTheCap) {
       return llm::kernels::wgmma_unavailable() != nullptr;
     };
   };
-  EXPECT_EXIT(child("sm80", nullptr, off_sm90(AttentionKernels::tc_m32)), ::testing::ExitedWithCode(0), "");
-  EXPECT_EXIT(child("sm80", nullptr, attention(128, true)), ::testing::ExitedWithCode(0), "");
-  EXPECT_EXIT(child("sm86", nullptr, off_sm90(AttentionKernels::tc)), ::testing::ExitedWithCode(0), "");
-  EXPECT_EXIT(child("sm86", nullptr, attention(128, true)), ::testing::ExitedWithCode(0), "");
-  // tc-atomic's backward takes its 8-warp shape where it fits (158720 bytes at hd 128: an A100's
-  // cap holds it) and the 4-warp one where it does not (sm86's 101376).
+  EXPECT_EXIT(smem_child("sm80", nullptr, off_sm90(AttentionKernels::tc_m32)), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(smem_child("sm80", nullptr, attention_pass(128, true)), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(smem_child("sm86", nullptr, off_sm90(AttentionKernels::tc)), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(smem_child("sm86", nullptr, attention_pass(128, true)), ::testing::ExitedWithCode(0), "");
+}
+
+// tc-atomic's backward takes its 8-warp shape where it fits (158720 bytes at hd 128: an A100's cap
+// holds it) and the 4-warp one where it does not (sm86's 101376). Named with TcFused so that it
+// runs in that test's own process (gpu_validation.sh): the 8-warp kernel has not run on a GPU yet,
+// and a fault or hang there must not take the main test process with it.
+TEST(CudaBackend, TcFusedBackwardTakesItsShapeByTheCap) {
+  REQUIRE_CUDA(probe);
+  (void)probe;
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EQ(llm::kernels::attention_backward_tc_wide_smem(128), size_t(158720));
-  EXPECT_EXIT(child("sm80", "tc-atomic", attention(128, true)), ::testing::ExitedWithCode(0), "");
-  EXPECT_EXIT(child("sm86", "tc-atomic", attention(128, true)), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(smem_child("sm80", "tc-atomic", attention_pass(128, true)), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(smem_child("sm86", "tc-atomic", attention_pass(128, true)), ::testing::ExitedWithCode(0), "");
 }
 
 // The scratch and workspace sizes of the backward (pure arithmetic on the settings; no device):

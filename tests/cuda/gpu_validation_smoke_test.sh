@@ -47,6 +47,7 @@ for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "atten
             "attention (LLM_CUDA_BLOCK_ORDER=launch) exit" "train step (LLM_CUDA_BLOCK_ORDER=heaviest:8,LLM_CUDA_DQ_RED=v4) exit" \
             "attention tests with LLM_CUDA_BLOCK_ORDER=launch exit" "wgmma_ws_convert test exit" "wgmma_ws_v4 test exit" "tc_fused test exit" \
             "sm_80 build, LLM_CUDA_SMEM_LIMIT=sm80: test_backend (cuda) exit" "sm_80 build, LLM_CUDA_SMEM_LIMIT=sm80: test_cuda exit" \
+            "sm_80 build, LLM_CUDA_SMEM_LIMIT=sm80: tc_fused (tc-atomic's 8- and 4-warp backward) exit" \
             "== profile" "== sass" "== done:"; do
   grep -qF -- "$step" "$summary" || fail "no '$step' line in the summary"
 done
