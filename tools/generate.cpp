@@ -60,11 +60,13 @@ int run(int argc, char** argv) {
       "Examples:\n"
       "  llm-generate --load runs/quickstart/ckpt --prompt 'In the beginning' --max-new-tokens 60\n"
       "  llm-generate --load ckpt                    # interactive on a terminal: /reset, /quit, Ctrl-C stops a reply\n"
-      "  llm-generate --load ckpt --prompt-file prompts.txt --output out.jsonl --temperature 0");
+      "  llm-generate --load ckpt --prompt-file prompts.txt --output out.jsonl --temperature 0\n"
+      "  llm-generate --load ckpt --backend cuda --bf16 --prompt 'In the beginning'   # on a GPU");
   std::string load, prompt, prompt_file, output;
   GenerateOptions go;
   TokenizerOptions tflags;
-  bool interactive = false, ignore_eod = false;
+  bool interactive = false, ignore_eod = false, bf16 = false, fp16 = false;
+  std::string backend_name = "cpu";
   int threads = 0;
   int64_t context = 0;
   app.add_option("--load", load, "checkpoint directory, or a --save directory with 'latest'")->required();
@@ -85,6 +87,10 @@ int run(int argc, char** argv) {
   app.add_flag("--truncate-prompt", go.truncate_prompt, "keep the end of a prompt that does not fit (else an error)");
   app.add_option("--ctx-size", context, "context positions (0 = the model's position table)")->capture_default_str();
   app.add_option("--threads", threads, "CPU threads (0 = OMP_NUM_THREADS or all cores)");
+  app.add_option("--backend", backend_name, "cpu | cuda (the GPU of the launcher's local rank, else the first)")
+      ->capture_default_str();
+  auto* bf16_flag = app.add_flag("--bf16", bf16, "bf16 weights and activations (the sampler's logits in fp32)");
+  app.add_flag("--fp16", fp16, "fp16 weights and activations (the sampler's logits in fp32)")->excludes(bf16_flag);
   app.add_option("--tokenizer-type", tflags.type, "override the checkpoint's tokenizer");
   app.add_option("--tokenizer-model", tflags.model, "SentencePiece model file");
   app.add_option("--vocab-file", tflags.vocab_file, "GPT-2 vocabulary file");
@@ -101,15 +107,22 @@ int run(int argc, char** argv) {
 
   CheckpointReader ckpt = CheckpointReader::open(load);
   const GPTConfig config = checkpoint_model_config(ckpt);
-  GPT model(config, cpu_backend(), 0, config.max_position_embeddings);
-  load_model_parameters(ckpt, model.parameters());
+  Backend& backend = backend_by_name(backend_name);
+  GPT model(config, backend, 0, config.max_position_embeddings);
+  load_model_parameters(ckpt, model.parameters(), backend);
+  const DType precision = bf16 ? DType::bf16 : fp16 ? DType::f16 : DType::f32;
+  if (precision != DType::f32) {  // the checkpoint's fp32 weights, rounded once into the compute copy
+    model.set_precision(precision);
+    model.refresh_compute_weights();
+  }
   auto tok = checkpoint_tokenizer_or_flags(ckpt, tflags, config.vocab_size);
   if (context <= 0 || context > config.max_position_embeddings) context = config.max_position_embeddings;
   Generator gen(model, *tok, context);
-  std::fprintf(stderr, "[llm-generate] %s: %lld layers, hidden %lld, %lld heads, context %lld, tokenizer %s\n",
+  std::fprintf(stderr, "[llm-generate] %s: %lld layers, hidden %lld, %lld heads, context %lld, tokenizer %s, %s %s\n",
                ckpt.dir().c_str(), static_cast<long long>(config.num_layers),
                static_cast<long long>(config.hidden_size), static_cast<long long>(config.num_heads),
-               static_cast<long long>(context), tok->identity().str().c_str());
+               static_cast<long long>(context), tok->identity().str().c_str(), backend.name().c_str(),
+               std::string(dtype_name(precision)).c_str());
   auto print = [](const std::string& s) {
     std::fwrite(s.data(), 1, s.size(), stdout);
     std::fflush(stdout);

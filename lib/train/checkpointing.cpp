@@ -174,6 +174,17 @@ void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params) {
   for (const ParamSpec& s : params.specs()) read_into(ckpt, "model", s.name, params.param(s.name));
 }
 
+void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params, Backend& backend) {
+  if (params.flat_params().device().is_cpu()) return load_model_parameters(ckpt, params);
+  for (const ParamSpec& s : params.specs()) {
+    const Tensor dst = params.param(s.name);
+    Tensor host = Tensor::empty(dst.shape(), dst.dtype());
+    read_into(ckpt, "model", s.name, host);
+    backend.copy(dst, host);
+  }
+  backend.synchronize();  // the host copies may go when this returns
+}
+
 ShardedState gather_training_state(Trainer& trainer) {
   GPT& model = trainer.model();
   const ParameterSet& ps = model.parameters();

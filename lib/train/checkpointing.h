@@ -87,8 +87,10 @@ std::string save_model_checkpoint(const std::string& save_root, int64_t iteratio
 
 // The model config recorded in a checkpoint (for llm-generate and llm-ckpt).
 GPTConfig checkpoint_model_config(const CheckpointReader& ckpt);
-// Loads only the parameters into a model built from checkpoint_model_config().
+// Loads only the parameters into a model built from checkpoint_model_config(): host parameters
+// directly; a device model's (`backend`, the model's) tensor by tensor through a host copy.
 void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params);
+void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params, Backend& backend);
 // The tokenizer recorded in a checkpoint: identity, and the files' paths inside it.
 TokenizerRecord checkpoint_tokenizer(const CheckpointReader& ckpt);
 // The factory options for a recorded tokenizer (type = its kind, files by role).

@@ -5,12 +5,14 @@
 // Without a device the tests report themselves skipped with the reason.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
 
 #include "backend/backend.h"
 #include "data/mock_data.h"
+#include "model/gpt.h"
 #include "train/tiny_args.h"
 #include "train/trainer.h"
 
@@ -94,4 +96,62 @@ TEST_P(GpuMixedPrecision, LossCurveMatchesTheCpuFp32) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, GpuMixedPrecision, ::testing::Values(DType::bf16, DType::f16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+// Generation on the GPU (llm-generate --backend cuda): the KV-cache path, a prompt prefilled and
+// then tokens one at a time, gives the CPU's logits: fp32 to round-off; bf16 against the CPU's
+// bf16 emulation (the same load-low, compute-fp32, store-low steps), so only summation order and
+// the odd rounding flip differ. Head dim 64: the tensor-core kernels and their KV-cache forward
+// run in bf16.
+class GpuGeneration : public ::testing::TestWithParam<DType> {};
+
+TEST_P(GpuGeneration, KVCacheLogitsMatchTheCpu) {
+#ifndef LLM_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA (LLM_ENABLE_CUDA=OFF or no nvcc found)";
+#else
+  cuda::CudaBackend* gpu = cuda::cuda_backend();
+  if (!gpu) GTEST_SKIP() << cuda::device_status();
+  const DType t = GetParam();
+  GPTConfig c;
+  c.name = "generation";
+  c.num_layers = 2;
+  c.hidden_size = 128;
+  c.num_heads = 2;
+  c.vocab_size = 300;
+  c.vocab_divisible_by = 64;
+  const int64_t context = 96, Vp = c.padded_vocab_size();
+  GPT host(c, cpu_backend(), 7, context), dev(c, *gpu, 7, context);  // the same initial weights
+  if (t != DType::f32)
+    for (GPT* m : {&host, &dev}) {
+      m->set_precision(t);
+      m->refresh_compute_weights();
+    }
+  const auto logits_f32 = [](Backend& be, const Tensor& x) {  // on the host, in fp32
+    Tensor f = be.empty(x.shape(), DType::f32);
+    if (x.dtype() == DType::f32) be.copy(f, x);
+    else be.convert(f, x);
+    return be.download(f);
+  };
+  KVCache hc = host.make_kv_cache(1, context), dc = dev.make_kv_cache(1, context);
+  int pos = 0;
+  for (int n : {17, 1, 1, 8, 1, 12}) {
+    Tensor chunk = Tensor::empty({1, n}, DType::i32);
+    for (int i = 0; i < n; ++i) chunk.data<int32_t>()[i] = static_cast<int32_t>((37 * (pos + i) + 11) % c.vocab_size);
+    const Tensor a = logits_f32(cpu_backend(), host.forward_cached(chunk, hc));
+    const Tensor b = logits_f32(*gpu, dev.forward_cached(chunk, dc));
+    pos += n;
+    double scale = 0, worst = 0;
+    for (int64_t v = 0; v < Vp; ++v) {
+      scale = std::max(scale, static_cast<double>(std::fabs(a.data<float>()[v])));
+      worst = std::max(worst, static_cast<double>(std::fabs(a.data<float>()[v] - b.data<float>()[v])));
+    }
+    ASSERT_GT(scale, 0.0);
+    EXPECT_LT(worst, (t == DType::f32 ? 1e-4 : 2e-2) * scale)
+        << dtype_name(t) << " after " << pos << " tokens: worst " << worst << " of logits up to " << scale;
+  }
+  EXPECT_EQ(dc.length, pos);
+#endif
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, GpuGeneration, ::testing::Values(DType::f32, DType::bf16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });

@@ -298,6 +298,50 @@ TEST(GPT, KVCacheForwardMatchesFullForward) {
   EXPECT_THROW(m.forward_cached(more, cache), ConfigError);  // 23 + 20 > 40
 }
 
+// The same in bf16 (llm-generate --bf16; the CPU's emulation has the GPU's load-low, compute-fp32,
+// store-low semantics): the cached path in bf16 against the full bf16 forward, and both near fp32.
+TEST(GPT, KVCacheForwardMatchesFullForwardInBf16) {
+  GPTConfig c = tiny_config();
+  GPT m(c, cpu_backend(), 4, 40), ref(c, cpu_backend(), 4, 40);
+  randomise(m, 21);
+  randomise(ref, 21);
+  m.set_precision(DType::bf16);
+  m.refresh_compute_weights();
+  const int T = 23;
+  Batch b = make_batch(1, T, static_cast<int>(c.vocab_size), 77, false);
+  const int64_t Vp = c.padded_vocab_size();
+  const auto f32 = [](const Tensor& t) {  // bf16 logits as floats
+    Tensor f = Tensor::empty(t.shape());
+    cpu_backend().convert(f, t);
+    return f;
+  };
+  m.forward_logits(b.tokens);
+  const Tensor full = f32(m.logits());  // [1, T, Vp]
+  ref.forward_logits(b.tokens);
+  const Tensor exact = ref.logits().clone();
+  double scale = 0;
+  for (int64_t i = 0; i < T * Vp; ++i) scale = std::max(scale, static_cast<double>(std::abs(exact.data<float>()[i])));
+  KVCache cache = m.make_kv_cache(1, 40);
+  int pos = 0;
+  for (int n : {9, 1, 1, 5, 1, 6}) {
+    Tensor chunk = Tensor::empty({1, n}, DType::i32);
+    for (int i = 0; i < n; ++i) chunk.data<int32_t>()[i] = b.tok[pos + i];
+    const Tensor last = f32(m.forward_cached(chunk, cache));
+    pos += n;
+    double worst = 0, off = 0;
+    for (int64_t v = 0; v < Vp; ++v) {
+      const float x = last.data<float>()[v];
+      worst = std::max(worst, static_cast<double>(std::abs(x - full.data<float>()[(pos - 1) * Vp + v])));
+      off = std::max(off, static_cast<double>(std::abs(x - exact.data<float>()[(pos - 1) * Vp + v])));
+    }
+    // bf16 keeps 8 bits: one rounding step of a logit is 2^-8 of it; the two bf16 paths differ only
+    // in fp32 summation order (a rounding flip here and there), fp32 by every rounding.
+    EXPECT_LT(worst, 1e-2 * scale) << "after " << pos << " tokens (bf16 cached vs bf16 full)";
+    EXPECT_LT(off, 2e-2 * scale) << "after " << pos << " tokens (bf16 cached vs fp32)";
+    EXPECT_GT(off, 0.0) << "the bf16 path must round";
+  }
+}
+
 // Full activation recompute: the same gradients bit for bit, with a fraction of the memory.
 TEST(GPT, FullRecomputeGivesIdenticalGradientsWithLessMemory) {
   GPTConfig c = tiny_config();

@@ -28,6 +28,25 @@ check "--max-new-tokens bounds the output (byte tokens)" "[ \${#g1} -le 24 ]"
 s1=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --seed 7 2> /dev/null)
 s2=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --seed 7 2> /dev/null)
 check "sampling with a seed is reproducible" "[ \"$s1\" = \"$s2\" ]"
+# Mixed precision (the CPU backend's bf16 emulation; the same path as a GPU's): the sampler gets fp32 logits.
+b1=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --bf16 2> "$work/b1.err")
+b2=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --bf16 2> /dev/null)
+check "--bf16 generation runs, is deterministic and says so" "[ -n \"$b1\" ] && [ \"$b1\" = \"$b2\" ] && grep -q 'cpu bf16' $work/b1.err && grep -q 'decode: [0-9]* tokens' $work/b1.err"
+f1=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --fp16 2> /dev/null)
+check "--fp16 generation runs" "[ -n \"$f1\" ]"
+"$gen" --load "$work/ck" --prompt "the cat" --bf16 --fp16 > /dev/null 2> "$work/both.err"
+check "--bf16 and --fp16 together are refused" "[ $? -ne 0 ] && grep -q 'excludes' $work/both.err"
+# --backend cuda: without a usable GPU (CI) a clear error; with one (a GPU machine's ctest), the
+# same greedy text as the CPU's, from the same weights in fp32.
+gc=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --backend cuda 2> "$work/gc.err")
+rc=$?
+if [ $rc -eq 0 ]; then
+  check "--backend cuda generates the CPU's greedy text" "[ \"$gc\" = \"$g1\" ] && grep -q 'cuda f32' $work/gc.err"
+else
+  check "--backend cuda without a usable GPU is a clear error" "[ $rc -eq 2 ] && grep -q 'error: --backend cuda: ' $work/gc.err"
+fi
+"$gen" --load "$work/ck" --prompt "the cat" --backend nosuch > /dev/null 2> "$work/nb.err"
+check "an unknown backend is a clear error" "[ $? -eq 2 ] && grep -q \"backend 'nosuch': unknown backend\" $work/nb.err"
 st=$("$gen" --load "$work/ck" --prompt "the cat" -n 40 --temperature 0 --stop "sat" 2> "$work/st.err")
 check "a stop string ends generation and is not printed" "[[ \"$st\" != *sat* ]] && grep -q 'stop: stop-string' $work/st.err"
 
