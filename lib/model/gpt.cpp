@@ -541,7 +541,8 @@ const Tensor& GPT::forward_cached(const Tensor& tokens, KVCache& cache) {
   if (!last_hidden_.defined() || last_hidden_.size(0) != B) {
     last_hidden_ = be.empty({B, C}, act_dtype_);
     last_norm_ = be.empty({B, C}, act_dtype_);
-    last_logits_ = be.empty({B, config_.padded_vocab_size()}, act_dtype_);
+    // fp32 whatever the compute type (linear writes either): the sampler's logits unrounded.
+    last_logits_ = be.empty({B, config_.padded_vocab_size()}, DType::f32);
   }
   // Only the last position's logits are needed: LayerNorm and the vocabulary projection run on
   // those rows alone (the projection is the largest matmul of a decode step).

@@ -181,8 +181,8 @@ void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params, B
     Tensor host = Tensor::empty(dst.shape(), dst.dtype());
     read_into(ckpt, "model", s.name, host);
     backend.copy(dst, host);
+    backend.synchronize();  // before `host` goes (a copy from pageable memory may still read it)
   }
-  backend.synchronize();  // the host copies may go when this returns
 }
 
 ShardedState gather_training_state(Trainer& trainer) {

@@ -5,13 +5,20 @@
 // Without a device the tests report themselves skipped with the reason.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "backend/backend.h"
 #include "data/mock_data.h"
+#include "data/simple_tokenizers.h"
+#include "infer/generator.h"
+#include "train/checkpointing.h"
 #include "model/gpt.h"
 #include "train/tiny_args.h"
 #include "train/trainer.h"
@@ -105,13 +112,7 @@ INSTANTIATE_TEST_SUITE_P(Types, GpuMixedPrecision, ::testing::Values(DType::bf16
 // run in bf16.
 class GpuGeneration : public ::testing::TestWithParam<DType> {};
 
-TEST_P(GpuGeneration, KVCacheLogitsMatchTheCpu) {
-#ifndef LLM_HAVE_CUDA
-  GTEST_SKIP() << "built without CUDA (LLM_ENABLE_CUDA=OFF or no nvcc found)";
-#else
-  cuda::CudaBackend* gpu = cuda::cuda_backend();
-  if (!gpu) GTEST_SKIP() << cuda::device_status();
-  const DType t = GetParam();
+GPTConfig generation_config() {  // 2 layers, hidden 128, head dim 64, vocabulary 300 (padded to 320)
   GPTConfig c;
   c.name = "generation";
   c.num_layers = 2;
@@ -119,7 +120,19 @@ TEST_P(GpuGeneration, KVCacheLogitsMatchTheCpu) {
   c.num_heads = 2;
   c.vocab_size = 300;
   c.vocab_divisible_by = 64;
-  const int64_t context = 96, Vp = c.padded_vocab_size();
+  c.max_position_embeddings = 96;
+  return c;
+}
+
+TEST_P(GpuGeneration, KVCacheLogitsMatchTheCpu) {
+#ifndef LLM_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA (LLM_ENABLE_CUDA=OFF or no nvcc found)";
+#else
+  cuda::CudaBackend* gpu = cuda::cuda_backend();
+  if (!gpu) GTEST_SKIP() << cuda::device_status();
+  const DType t = GetParam();
+  const GPTConfig c = generation_config();
+  const int64_t context = c.max_position_embeddings, Vp = c.padded_vocab_size();
   GPT host(c, cpu_backend(), 7, context), dev(c, *gpu, 7, context);  // the same initial weights
   if (t != DType::f32)
     for (GPT* m : {&host, &dev}) {
@@ -155,3 +168,55 @@ TEST_P(GpuGeneration, KVCacheLogitsMatchTheCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Types, GpuGeneration, ::testing::Values(DType::f32, DType::bf16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+// llm-generate's own path on the GPU: a checkpoint saved from a CPU model, loaded into a GPU model
+// built from other weights (load_model_parameters with the backend: every stored element exact),
+// then the Generator (prompt, KV cache, fp32 logits to the host sampler): greedy fp32 gives the
+// CPU's tokens from the same checkpoint; after --bf16's switch (set_precision) it runs its token
+// budget (its logits against the CPU's: KVCacheLogitsMatchTheCpu).
+TEST(GpuGenerator, FromACheckpointMatchesTheCpu) {
+#ifndef LLM_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA (LLM_ENABLE_CUDA=OFF or no nvcc found)";
+#else
+  cuda::CudaBackend* gpu = cuda::cuda_backend();
+  if (!gpu) GTEST_SKIP() << cuda::device_status();
+  const GPTConfig c = generation_config();
+  const int64_t context = c.max_position_embeddings;
+  const NullTokenizer tok(c.vocab_size - 1);  // ids in, ids out; eod = vocab_size - 1
+  const std::string root = ::testing::TempDir() + "llm_gpu_generation_" + std::to_string(::getpid());
+  {
+    GPT saved(c, cpu_backend(), 7, context);
+    TokenizerRecord rec;
+    rec.identity = tok.identity();
+    save_model_checkpoint(root, 0, c, saved.parameters(), rec);
+  }
+  const CheckpointReader ckpt = CheckpointReader::open(root);
+  GPT host(c, cpu_backend(), 99, context), dev(c, *gpu, 99, context);
+  load_model_parameters(ckpt, host.parameters());
+  load_model_parameters(ckpt, dev.parameters(), *gpu);
+  for (const ParamSpec& s : host.parameters().specs()) {
+    Tensor a = host.parameters().param(s.name), b = gpu->download(dev.parameters().param(s.name));
+    if (s.name == "wte") {  // the stored rows (the padded vocabulary's rest is the layout's)
+      a = a.slice(0, 0, c.vocab_size);
+      b = b.slice(0, 0, c.vocab_size);
+    }
+    EXPECT_EQ(0, std::memcmp(a.raw(), b.raw(), a.nbytes())) << s.name << " loaded onto the GPU";
+  }
+  GenerateOptions go;
+  go.max_new_tokens = 12;
+  go.sampler.temperature = 0;
+  go.stop_at_eod = false;
+  const std::string prompt = "5 17 42 8 99 3 250";
+  Generator on_cpu(host, tok, context), on_gpu(dev, tok, context);
+  const GenerateStats want = on_cpu.generate(prompt, go, {}), got = on_gpu.generate(prompt, go, {});
+  EXPECT_EQ(got.new_tokens, 12);
+  EXPECT_EQ(got.text, want.text) << "greedy fp32 on the GPU and the CPU";
+  dev.set_precision(DType::bf16);
+  dev.refresh_compute_weights();
+  Generator on_gpu_bf16(dev, tok, context);
+  const GenerateStats b = on_gpu_bf16.generate(prompt, go, {});
+  EXPECT_EQ(b.new_tokens, 12);
+  EXPECT_EQ(b.stop_reason, "max-new-tokens");
+  std::filesystem::remove_all(root);
+#endif
+}

@@ -310,7 +310,8 @@ TEST(GPT, KVCacheForwardMatchesFullForwardInBf16) {
   const int T = 23;
   Batch b = make_batch(1, T, static_cast<int>(c.vocab_size), 77, false);
   const int64_t Vp = c.padded_vocab_size();
-  const auto f32 = [](const Tensor& t) {  // bf16 logits as floats
+  const auto f32 = [](const Tensor& t) {  // logits as floats (the cached path's are fp32 already)
+    if (t.dtype() == DType::f32) return t.clone();
     Tensor f = Tensor::empty(t.shape());
     cpu_backend().convert(f, t);
     return f;
@@ -326,7 +327,9 @@ TEST(GPT, KVCacheForwardMatchesFullForwardInBf16) {
   for (int n : {9, 1, 1, 5, 1, 6}) {
     Tensor chunk = Tensor::empty({1, n}, DType::i32);
     for (int i = 0; i < n; ++i) chunk.data<int32_t>()[i] = b.tok[pos + i];
-    const Tensor last = f32(m.forward_cached(chunk, cache));
+    const Tensor& raw = m.forward_cached(chunk, cache);
+    EXPECT_EQ(raw.dtype(), DType::f32) << "the sampler's logits, unrounded";
+    const Tensor last = f32(raw);
     pos += n;
     double worst = 0, off = 0;
     for (int64_t v = 0; v < Vp; ++v) {
@@ -334,8 +337,8 @@ TEST(GPT, KVCacheForwardMatchesFullForwardInBf16) {
       worst = std::max(worst, static_cast<double>(std::abs(x - full.data<float>()[(pos - 1) * Vp + v])));
       off = std::max(off, static_cast<double>(std::abs(x - exact.data<float>()[(pos - 1) * Vp + v])));
     }
-    // bf16 keeps 8 bits: one rounding step of a logit is 2^-8 of it; the two bf16 paths differ only
-    // in fp32 summation order (a rounding flip here and there), fp32 by every rounding.
+    // bf16 keeps 8 bits: one rounding step of a logit is 2^-8 of it; the cached path writes its
+    // logits in fp32 (the full forward's are rounded to bf16), fp32's path differs by every rounding.
     EXPECT_LT(worst, 1e-2 * scale) << "after " << pos << " tokens (bf16 cached vs bf16 full)";
     EXPECT_LT(off, 2e-2 * scale) << "after " << pos << " tokens (bf16 cached vs fp32)";
     EXPECT_GT(off, 0.0) << "the bf16 path must round";
