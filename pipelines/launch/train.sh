@@ -11,12 +11,15 @@
 #   MODEL_SIZE_KEY [GPT125M]  a file in configs/models/     SEQ_LEN [2048]   MICRO_BATCH [1]
 #   GAS [1] gradient accumulation steps                      TRAIN_ITERS [100]  LR [3e-4]
 #   MPSIZE [1] tensor parallel   PPSIZE [1] pipeline parallel   SPSIZE [1] sequence parallel
-#   SP_TYPE [megatron] megatron | ds (Ulysses)   ZERO_STAGE [0]   USE_ACTIVATION_CHECKPOINTING [0]
+#   SP_TYPE [megatron] megatron | ds (Ulysses): ds takes SPSIZE ranks of its own; Megatron's
+#     shards over the tensor-parallel group (SPSIZE 1 or MPSIZE; USE_SEQUENCE_PARALLEL=1 as ALCF)
+#   ZERO_STAGE [0]   USE_ACTIVATION_CHECKPOINTING [0]
 #   USE_FLASH_ATTN [1] (the CPU attention is always flash-style)
 #   DTYPE [bf16 on GPU nodes, else fp32] fp32 | bf16 | fp16 (--bf16 / --fp16 with dynamic loss scaling)
 #   BACKEND [cuda on GPU nodes, else cpu]
 #   DATA_PATH (required unless MOCK_DATA=1)  TOKENIZER_TYPE TOKENIZER_MODEL VOCAB_FILE MERGE_FILE
-#   HOSTFILE [$PBS_NODEFILE, Slurm's nodes, or this host]   NGPU_PER_HOST [GPUs, else cores]
+#   HOSTFILE [$PBS_NODEFILE, Slurm's nodes, or this host]   NGPU_PER_HOST [GPUs, else cores]: ranks
+#     per host; DEVICE_KIND [GPU when nvidia-smi lists GPUs on this node, else rank/core]
 #   OUTPUT_ROOT [outputs]   EXTRA_ARGS (appended to llm-pretrain)   DRY_RUN [0]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -48,6 +51,18 @@ NLAYERS=$(key num-layers)
 HIDDEN=$(key hidden-size)
 HEADS=$(key num-attention-heads)
 case "$SP_TYPE" in megatron | ds) ;; *) die "SP_TYPE must be megatron or ds, got '$SP_TYPE'" ;; esac
+# Megatron's sequence parallelism shards over the tensor-parallel group: no ranks of its own
+# (USE_SEQUENCE_PARALLEL=1 is ALCF's switch for it); Ulysses (ds) takes SPSIZE ranks.
+if [ "$SP_TYPE" = megatron ]; then
+  [ "${USE_SEQUENCE_PARALLEL:-0}" = 1 ] && [ "$SPSIZE" = 1 ] && SPSIZE=$MPSIZE
+  [ "$SPSIZE" = 1 ] || [ "$MPSIZE" -gt 1 ] ||
+    die "SP_TYPE=megatron with SPSIZE $SPSIZE needs tensor parallelism (MPSIZE > 1; SP_TYPE=ds for Ulysses' own ranks)"
+  [ "$SPSIZE" = 1 ] || [ "$SPSIZE" = "$MPSIZE" ] ||
+    die "SP_TYPE=megatron shards the sequence over the tensor-parallel group: SPSIZE must be 1 or MPSIZE ($MPSIZE), got $SPSIZE (SP_TYPE=ds for Ulysses' own ranks)"
+  SP_RANKS=1
+else
+  SP_RANKS=$SPSIZE
+fi
 case "$DTYPE" in '' | fp32 | bf16 | fp16) ;; *) die "DTYPE must be fp32, bf16 or fp16, got '$DTYPE'" ;; esac
 
 # ---- allocation -------------------------------------------------------------------------------
@@ -57,6 +72,7 @@ if [ -z "$hostfile" ] && [ -n "${PBS_NODEFILE:-}" ]; then
   scheduler=PBS
 elif [ -z "$hostfile" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then
   hostfile=$(mktemp)
+  trap 'rm -f "$hostfile"' EXIT
   scontrol show hostnames "$SLURM_JOB_NODELIST" > "$hostfile"
   scheduler=Slurm
 elif [ -n "$hostfile" ]; then
@@ -66,30 +82,40 @@ else
 fi
 if [ -n "$hostfile" ]; then
   [ -r "$hostfile" ] || die "cannot read host file '$hostfile'"
-  NHOSTS=$(sort -u "$hostfile" | grep -c .)
+  NHOSTS=$(sort -u "$hostfile" | grep -c . || true)
+  [ "$NHOSTS" -gt 0 ] || die "host file '$hostfile' lists no host"
 else
   NHOSTS=1
 fi
+# GPUs on this node (nvidia-smi; the batch script runs on the first compute node).
+node_gpus=0
+if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
+  node_gpus=$(nvidia-smi -L | grep -c '^GPU' || true)
+fi
 if [ -z "${NGPU_PER_HOST:-}" ]; then
-  if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
-    NGPU_PER_HOST=$(nvidia-smi -L | grep -c '^GPU')
-    device=GPU
+  if [ "$node_gpus" -gt 0 ]; then
+    NGPU_PER_HOST=$node_gpus
+    device=${DEVICE_KIND:-GPU}
   else
     NGPU_PER_HOST=$(nproc)
-    device=core
+    device=${DEVICE_KIND:-core}
   fi
-else
-  device=${DEVICE_KIND:-rank}
+else  # a count given (ALCF's helpers export NGPU_PER_HOST): GPUs when the node has them
+  device=${DEVICE_KIND:-$([ "$node_gpus" -gt 0 ] && echo GPU || echo rank)}
+fi
+if [ "$device" != GPU ] && [ "$scheduler" != local ] && [ -z "${BACKEND:-}" ]; then
+  echo "[train.sh] warning: no GPU seen on this node ($(hostname -s)): the ranks run the CPU backend;" \
+    "on a node without nvidia-smi set DEVICE_KIND=GPU (or BACKEND=cuda) and NGPU_PER_HOST" >&2
 fi
 NGPUS=$((NHOSTS * NGPU_PER_HOST))
 
 # ---- layout (the ALCF derivation) -------------------------------------------------------------
-[ $((NGPUS % (MPSIZE * PPSIZE * SPSIZE))) -eq 0 ] ||
-  die "$NGPUS ranks are not divisible by MPSIZE $MPSIZE x PPSIZE $PPSIZE x SPSIZE $SPSIZE"
+[ $((NGPUS % (MPSIZE * PPSIZE * SP_RANKS))) -eq 0 ] ||
+  die "$NGPUS ranks are not divisible by MPSIZE $MPSIZE x PPSIZE $PPSIZE$([ "$SP_TYPE" = ds ] && echo " x SPSIZE $SPSIZE")"
 [ $((HEADS % MPSIZE)) -eq 0 ] || die "$MODEL_SIZE_KEY has $HEADS heads, not divisible by MPSIZE $MPSIZE"
 [ $((NLAYERS % PPSIZE)) -eq 0 ] || die "$MODEL_SIZE_KEY has $NLAYERS layers, not divisible by PPSIZE $PPSIZE"
 [ $((SEQ_LEN % SPSIZE)) -eq 0 ] || die "SEQ_LEN $SEQ_LEN is not divisible by SPSIZE $SPSIZE"
-DPSIZE=$((NGPUS / (MPSIZE * PPSIZE * SPSIZE)))
+DPSIZE=$((NGPUS / (MPSIZE * PPSIZE * SP_RANKS)))
 GLOBAL_BATCH=$((MICRO_BATCH * GAS * DPSIZE))
 act=""
 [ "$USE_ACTIVATION_CHECKPOINTING" = 1 ] && act="_actCkpt"
@@ -131,19 +157,23 @@ fi
 # ---- mpiexec line ----------------------------------------------------------------------------
 threads=1
 [ "$device" = core ] || threads=${OMP_NUM_THREADS:-1}
+export OMP_NUM_THREADS=$threads
 if mpiexec --version 2>&1 | grep -qiE "open ?mpi|openrte|open-mpi"; then
-  launcher=(mpiexec -n "$NGPUS" --map-by "ppr:$NGPU_PER_HOST:node" -x "OMP_NUM_THREADS=$threads")
+  launcher=(mpiexec -n "$NGPUS" --map-by "ppr:$NGPU_PER_HOST:node" -x OMP_NUM_THREADS)
+  # Remote ranks started over ssh see only what -x names: the paths (CUDA, NCCL and its network
+  # plugin) and the NCCL / libfabric / CUDA / libllm settings of this shell.
+  for v in PATH LD_LIBRARY_PATH $(compgen -e | grep -E '^(NCCL|FI|UCX|CUDA|LLM)_' || true); do launcher+=(-x "$v"); done
   [ -n "$hostfile" ] && launcher+=(--hostfile "$hostfile")
   [ "$(id -u)" = 0 ] && launcher+=(--allow-run-as-root)
   [ "$scheduler" = local ] && launcher+=(--oversubscribe)
-else  # MPICH / Cray PALS (Polaris)
+else  # MPICH / Cray PALS (Polaris): --envall carries the environment, OMP_NUM_THREADS included
   launcher=(mpiexec -n "$NGPUS" -ppn "$NGPU_PER_HOST" --envall)
   [ -n "$hostfile" ] && launcher+=(--hostfile "$hostfile")
 fi
 cmd=("${launcher[@]}" "$bin" "${args[@]}")
 
 echo "[train.sh] scheduler $scheduler: $NHOSTS host(s) x $NGPU_PER_HOST ${device}(s) = $NGPUS ranks"
-echo "[train.sh] layout: dp $DPSIZE x tp $MPSIZE x pp $PPSIZE x sp $SPSIZE ($SP_TYPE); global batch $GLOBAL_BATCH = micro $MICRO_BATCH x gas $GAS x dp $DPSIZE"
+echo "[train.sh] layout: dp $DPSIZE x tp $MPSIZE x pp $PPSIZE x sp $SPSIZE ($SP_TYPE$([ "$SP_TYPE" = megatron ] && [ "$SPSIZE" -gt 1 ] && echo ", over the tp group")); global batch $GLOBAL_BATCH = micro $MICRO_BATCH x gas $GAS x dp $DPSIZE"
 echo "[train.sh] run: $RUN_NAME"
 echo "[train.sh] command: ${cmd[*]}"
 [ "$DRY_RUN" = 1 ] && exit 0

@@ -21,13 +21,41 @@ check "run name follows ALCF's pattern" "grep -q 'run: gpt_megatron_actCkpt_GPT1
 check "command launches 8 ranks with the host file" "grep -q 'command: mpiexec -n 8 .*nodes.*llm-pretrain --model GPT13B --seq-length 1024' dry.txt && grep -q -- '--recompute-granularity full' dry.txt"
 DRY_RUN=1 NGPU_PER_HOST=8 MODEL_SIZE_KEY=GPT125M MICRO_BATCH=2 GAS=4 MPSIZE=2 MOCK_DATA=1 "$launch" > dry2.txt 2>&1
 check "global batch = micro x gas x dp" "grep -q 'dp 4 x tp 2 x pp 1 x sp 1 (megatron); global batch 32 = micro 2 x gas 4 x dp 4' dry2.txt"
-DRY_RUN=1 NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M SPSIZE=2 SP_TYPE=ds MOCK_DATA=1 "$launch" > dry3.txt 2>&1
+DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=rank MODEL_SIZE_KEY=GPT125M SPSIZE=2 SP_TYPE=ds MOCK_DATA=1 "$launch" > dry3.txt 2>&1
 check "SP_TYPE=ds passes Ulysses' flag" "grep -q -- '--ds-sequence-parallel-size 2' dry3.txt"
 check "ranks that are not GPUs run the CPU backend" "grep -q -- '--backend cpu' dry3.txt"
 DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=GPU MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > dry4.txt 2>&1
 check "GPU ranks run the CUDA backend (BACKEND overrides)" "grep -q -- '--backend cuda' dry4.txt && BACKEND=cpu DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=GPU MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--backend cpu'"
 check "GPU ranks train in bf16 by default, CPU ranks in fp32; DTYPE=fp16 passes --fp16" "grep -q -- '--backend cuda --bf16' dry4.txt && ! grep -q -- '--bf16\\|--fp16' dry3.txt && DTYPE=fp16 DRY_RUN=1 NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--backend cpu --fp16'"
 check "USE_FLASH_ATTN=1 (the default) passes --use-flash-attn-v2, 0 does not" "grep -q -- '--use-flash-attn-v2' dry3.txt && ! USE_FLASH_ATTN=0 DRY_RUN=1 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--use-flash-attn'"
+# A GPU node (a stand-in nvidia-smi listing 4 A100s; a PALS-style mpiexec): the GPUs are found
+# whether or not NGPU_PER_HOST is given (ALCF's helpers export it), and the ranks run CUDA in bf16.
+mkdir -p fakebin
+printf '#!/bin/sh\nfor i in 0 1 2 3; do echo "GPU $i: NVIDIA A100-SXM4-40GB (UUID: GPU-$i)"; done\n' > fakebin/nvidia-smi
+printf '#!/bin/sh\necho "HYDRA build details: (a stand-in)"\n' > fakebin/mpiexec
+chmod +x fakebin/*
+gpu_node() { PATH="$work/fakebin:$PATH" DRY_RUN=1 PBS_NODEFILE=nodes MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$@"; }
+gpu_node env "$launch" > g1.txt 2>&1
+gpu_node env NGPU_PER_HOST=4 "$launch" > g2.txt 2>&1
+check "a GPU node: 4 GPUs per host found, CUDA in bf16, with or without NGPU_PER_HOST" "grep -q 'scheduler PBS: 2 host(s) x 4 GPU(s) = 8 ranks' g1.txt && grep -q -- '--backend cuda --bf16' g1.txt && grep -q -- '--backend cuda --bf16' g2.txt"
+check "MPICH/PALS: -ppn and --envall (the environment, OMP_NUM_THREADS included)" "grep -q 'command: mpiexec -n 8 -ppn 4 --envall --hostfile nodes ' g1.txt"
+# Megatron's sequence parallelism shards over the tensor-parallel group: no ranks of its own.
+gpu_node env MPSIZE=2 SPSIZE=2 GAS=2 "$launch" > sp1.txt 2>&1
+check "SP_TYPE=megatron SPSIZE=MPSIZE: dp from tp x pp alone, --sequence-parallel" "grep -q 'dp 4 x tp 2 x pp 1 x sp 2 (megatron, over the tp group); global batch 8 = micro 1 x gas 2 x dp 4' sp1.txt && grep -q -- '--sequence-parallel' sp1.txt"
+gpu_node env MPSIZE=2 USE_SEQUENCE_PARALLEL=1 "$launch" > sp2.txt 2>&1
+check "USE_SEQUENCE_PARALLEL=1 (ALCF's switch) is Megatron SP over the tp group" "grep -q 'sp 2 (megatron, over the tp group)' sp2.txt && grep -q -- '--sequence-parallel' sp2.txt"
+gpu_node env MPSIZE=2 SPSIZE=4 "$launch" > sp3.txt 2>&1
+check "SP_TYPE=megatron with SPSIZE other than MPSIZE fails before launch" "[ $? -eq 2 ] && grep -q 'SPSIZE must be 1 or MPSIZE (2), got 4' sp3.txt"
+gpu_node env SPSIZE=2 "$launch" > sp4.txt 2>&1
+check "Megatron SP without tensor parallelism fails before launch" "[ $? -eq 2 ] && grep -q 'needs tensor parallelism' sp4.txt"
+DRY_RUN=1 PBS_NODEFILE=nodes NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 PATH="/usr/bin:/bin:$(dirname "$(command -v mpiexec)")" \
+  "$launch" > nogpu.txt 2>&1
+check "an allocation without a GPU seen warns that the ranks run the CPU backend" "grep -q 'warning: no GPU seen on this node' nogpu.txt && grep -q -- '--backend cpu' nogpu.txt"
+NCCL_DEBUG=WARN DRY_RUN=1 NGPU_PER_HOST=2 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > ompi.txt 2>&1
+check "Open MPI: the paths and the NCCL settings reach remote ranks (-x)" "! grep -q HYDRA ompi.txt && grep -q -- '-x OMP_NUM_THREADS -x PATH -x LD_LIBRARY_PATH.* -x NCCL_DEBUG' ompi.txt"
+: > empty_nodes
+DRY_RUN=1 PBS_NODEFILE=empty_nodes MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > empty.txt 2>&1
+check "an empty host file is named" "[ $? -eq 2 ] && grep -q \"host file 'empty_nodes' lists no host\" empty.txt"
 DRY_RUN=1 DTYPE=fp8 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > bad0.txt 2>&1
 check "an unknown DTYPE fails before launch" "[ $? -eq 2 ] && grep -q \"DTYPE must be fp32, bf16 or fp16, got 'fp8'\" bad0.txt"
 DRY_RUN=1 MODEL_SIZE_KEY=GPT7B MOCK_DATA=1 "$launch" > bad1.txt 2>&1
