@@ -1578,8 +1578,13 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static const PFN_cuTensorMapEncodeTiled_v12000 f = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050  // the versioned lookup (CUDA 13 has only this one)
     CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found),
                "looking up cuTensorMapEncodeTiled (attention, LLM_CUDA_ATTENTION=wgmma-ws)");
+#else  // CUDA 12.3 and 12.4 (kernels/CMakeLists.txt builds these kernels from 12.3 on)
+    CUDA_CHECK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &found),
+               "looking up cuTensorMapEncodeTiled (attention, LLM_CUDA_ATTENTION=wgmma-ws)");
+#endif
     LLM_CHECK(found == cudaDriverEntryPointSuccess && fn,
               "attention (LLM_CUDA_ATTENTION=wgmma-ws): the driver has no cuTensorMapEncodeTiled (CUDA 12.0+ driver needed)");
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
