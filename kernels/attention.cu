@@ -400,12 +400,16 @@ __global__ void __launch_bounds__(256) attention_backward_dq(AttentionBackwardAr
 // kernels do not run: tc, without atomics, and for the forward at hd 128 tc-m32 (32 query rows
 // per warp: FlashAttention-2's 128 x 64 tile on sm_80; 1.25x tc's forward on an H200 in run 12)
 // where the block may opt in to its 104448 bytes (an A100; not the 99 KiB of sm_86/sm_89).
+// The wgmma kernels cover head dims 48-128 (sm90a/attention_wgmma.cu); at any other (160) auto is
+// tc on sm_90 too: naming a wgmma form there would fall back to tc-atomic's backward for its
+// atomics, the slower and non-reproducible one (run 7).
 AttentionKernels automatic_kernels(int hd, bool backward) {
   if (wgmma_unavailable()) {
     if (!backward && hd == 128 && smem_optin_limit() >= attention_forward_tc_smem(128, true))
       return AttentionKernels::tc_m32;
     return AttentionKernels::tc;
   }
+  if (hd != 48 && hd != 64 && hd != 80 && hd != 96 && hd != 128) return AttentionKernels::tc;
   if (backward) return deterministic_kernels() ? AttentionKernels::wgmma : AttentionKernels::wgmma_ws_atomic;
   return AttentionKernels::wgmma_ws3;
 }

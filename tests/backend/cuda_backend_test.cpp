@@ -365,6 +365,9 @@ TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
                       if (llm::kernels::attention_kernels_for(hd, false) != (off ? off_forward : AttentionKernels::wgmma_ws3))
                         return false;
                     }
+                    // hd 160 (no wgmma kernel): tc both ways everywhere, not an atomic fallback.
+                    for (bool backward : {false, true})
+                      if (llm::kernels::attention_kernels_for(160, backward) != AttentionKernels::tc) return false;
                     return !llm::kernels::deterministic_kernels();
                   }),
               ::testing::ExitedWithCode(0), "");
