@@ -15,8 +15,10 @@
 #   SP_TYPE [ds] ds (Ulysses) | megatron (a list)   ZERO_STAGE [0]   DPSIZE [1]
 #   USE_ACTIVATION_CHECKPOINTING [0] (0, 1 or "0 1")   DTYPE [fp32; the cluster's with SIMULATE=1]
 #   VOCAB_SIZE [the model file's]   WARMUP [2]  ITERS [5]  THREADS [all cores]  MEM_LIMIT_GIB [RAM]
-#   CLUSTER [configs/clusters/cpu-2core.yaml when measuring: adds predicted times]   SIMULATE [0]
-#   OUTPUT_ROOT [outputs]
+#   CLUSTER [configs/clusters/cpu-2core.yaml when measuring on the CPU: adds predicted times]
+#   SIMULATE [0]   OUTPUT_ROOT [outputs]   DRY_RUN [0]: print the llm-sweep command only
+#   BACKEND [cuda when nvidia-smi lists a GPU here, else cpu]; on cuda DTYPE [bf16] and DEVICE
+#     [the GPU's datasheet peak for MFU, from nvidia-smi's name: A100-40GB, A100-80GB, H100-SXM, H200]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${LLM_BIN:-${BUILD_DIR:-$root/build}/tools}/llm-sweep"
@@ -44,16 +46,35 @@ name="seqlen-sweep_${MODEL_SIZE_KEY}_$(echo "$SP_TYPE" | tr ' ' '-')_mp${MPSIZE}
 args=(--models "$MODEL_SIZE_KEY" --seq-lens "$SEQ_LENS" --micro-batches "$MICRO_BATCH" --gas "$GAS"
       --dp "$DPSIZE" --tp "$MPSIZE" --pp "$PPSIZE" --sp "$SPSIZE" --sp-type "$SP_TYPE" --zero "$ZERO_STAGE"
       --recompute "$recompute" --output-dir "$OUTPUT_ROOT/$name" --name sweep)
+if [ "$SIMULATE" != 1 ] && [ -z "${BACKEND:-}" ]; then  # a GPU here: measure on it, as ALCF's runs do
+  gpus=0
+  if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then gpus=$(nvidia-smi -L | grep -c '^GPU' || true); fi
+  BACKEND=$([ "$gpus" -gt 0 ] && echo cuda || echo cpu)
+fi
+if [ "${BACKEND:-cpu}" = cuda ] && [ "$SIMULATE" != 1 ]; then
+  DTYPE=${DTYPE:-bf16}
+  if [ -z "${DEVICE:-}" ]; then
+    case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1)" in
+      *H200*) DEVICE=H200 ;; *H100*) DEVICE=H100-SXM ;; *A100*80GB*) DEVICE=A100-80GB ;; *A100*) DEVICE=A100-40GB ;;
+      *) die "BACKEND=cuda: set DEVICE (A100-40GB, A100-80GB, H100-SXM or H200) for the MFU peak" ;;
+    esac
+  fi
+  args+=(--backend cuda --device "$DEVICE")
+fi
 [ -n "${DTYPE:-}" ] && args+=(--dtype "$DTYPE")
 [ -n "${VOCAB_SIZE:-}" ] && args+=(--vocab-size "$VOCAB_SIZE")
 if [ "$SIMULATE" = 1 ]; then
   [ -n "${CLUSTER:-}" ] || die "SIMULATE=1 needs CLUSTER (a file in configs/clusters/)"
   args+=(--simulate --cluster "$CLUSTER")
 else
-  args+=(--cluster "${CLUSTER:-$root/configs/clusters/cpu-2core.yaml}" --warmup "${WARMUP:-2}" --iters "${ITERS:-5}")
+  # (the CPU cluster file's predictions only next to CPU measurements)
+  if [ -n "${CLUSTER:-}" ]; then args+=(--cluster "$CLUSTER")
+  elif [ "${BACKEND:-cpu}" = cpu ]; then args+=(--cluster "$root/configs/clusters/cpu-2core.yaml"); fi
+  args+=(--warmup "${WARMUP:-2}" --iters "${ITERS:-5}")
   [ -n "${THREADS:-}" ] && args+=(--threads "$THREADS")
   [ -n "${MEM_LIMIT_GIB:-}" ] && args+=(--mem-limit-gib "$MEM_LIMIT_GIB")
 fi
 echo "[seqlen-sweep] $bin ${args[*]}"
+[ "${DRY_RUN:-0}" = 1 ] && exit 0
 "$bin" "${args[@]}"
 echo "[seqlen-sweep] table, CSV, JSON and plots: $OUTPUT_ROOT/$name/"
