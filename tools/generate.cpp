@@ -111,10 +111,8 @@ int run(int argc, char** argv) {
   GPT model(config, backend, 0, config.max_position_embeddings);
   load_model_parameters(ckpt, model.parameters(), backend);
   const DType precision = bf16 ? DType::bf16 : fp16 ? DType::f16 : DType::f32;
-  if (precision != DType::f32) {  // the checkpoint's fp32 weights, rounded once into the compute copy
-    model.set_precision(precision);
-    model.refresh_compute_weights();
-  }
+  // The checkpoint's fp32 weights, rounded once into the compute copy (set_precision converts).
+  if (precision != DType::f32) model.set_precision(precision);
   auto tok = checkpoint_tokenizer_or_flags(ckpt, tflags, config.vocab_size);
   if (context <= 0 || context > config.max_position_embeddings) context = config.max_position_embeddings;
   Generator gen(model, *tok, context);

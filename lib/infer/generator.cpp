@@ -14,19 +14,6 @@ Generator::Generator(GPT& model, const Tokenizer& tokenizer, int64_t context)
   cache_ = model_.make_kv_cache(1, context_);
 }
 
-// The sampler's logits: fp32 on the host. A bf16/f16 model's are converted on its backend first
-// (the last position's row only: padded vocabulary wide).
-Tensor Generator::host_f32(const Tensor& logits) {
-  Backend& be = model_.backend();
-  const Tensor* src = &logits;
-  if (logits.dtype() != DType::f32) {
-    if (!logits_f32_.defined() || logits_f32_.shape() != logits.shape()) logits_f32_ = be.empty(logits.shape(), DType::f32);
-    be.convert(logits_f32_, logits);
-    src = &logits_f32_;
-  }
-  return src->device().is_cpu() ? *src : be.download(*src);
-}
-
 void Generator::reset() {
   cache_.length = 0;
   history_.clear();
@@ -81,7 +68,8 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
       st.stop_reason = "max-new-tokens";
       break;
     }
-    const Tensor host = host_f32(*logits);
+    // (the cached forward's logits are fp32 whatever the model's precision: data<float> checks)
+    const Tensor host = logits->device().is_cpu() ? *logits : model_.backend().download(*logits);
     const int32_t next = sampler.sample({host.data<float>(), static_cast<size_t>(V)}, history_, step_++);
     if (o.stop_at_eod && next == tok_.eod_id()) {
       st.stop_reason = "eod";

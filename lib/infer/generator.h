@@ -45,11 +45,8 @@ class Generator {
   int64_t used() const { return cache_.length; }
 
  private:
-  Tensor host_f32(const Tensor& logits);
-
   GPT& model_;
   const Tokenizer& tok_;
-  Tensor logits_f32_;  // a bf16/f16 model's logits in fp32, on its backend
   int64_t context_;
   KVCache cache_;
   std::vector<int32_t> history_;
