@@ -67,6 +67,34 @@ bool shared_gpu_mode() {
   return on;
 }
 
+// The PCI bus id of the GPU each rank of `comm` on this node uses, in node-rank order (device:
+// this rank's, -1 for none; "" where a rank has none or its id could not be read, `error` saying
+// why for this rank). Compared by bus id, not device number: a launcher or wrapper that gives each
+// rank its own CUDA_VISIBLE_DEVICES (ALCF's Polaris affinity script, Slurm's --gpus-per-task)
+// shows every rank its GPU as cuda:0. Collective over comm.
+struct NodeGpus {
+  std::vector<std::string> ids;
+  int local = 0;
+  cudaError_t error = cudaSuccess;
+};
+NodeGpus node_gpus(MPI_Comm comm, int device) {
+  constexpr int kIdLen = 32;  // "dddd:bb:dd.f" and its terminator, with room
+  NodeGpus n;
+  char mine[kIdLen] = {};
+  if (device >= 0 && (n.error = cudaDeviceGetPCIBusId(mine, kIdLen, device)) != cudaSuccess) mine[0] = '\0';
+  int rank = 0, local_size = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm node;
+  MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &n.local);
+  MPI_Comm_size(node, &local_size);
+  std::vector<char> all(static_cast<size_t>(kIdLen) * static_cast<size_t>(local_size));
+  MPI_Allgather(mine, kIdLen, MPI_CHAR, all.data(), kIdLen, MPI_CHAR, node);
+  MPI_Comm_free(&node);
+  for (int r = 0; r < local_size; ++r) n.ids.emplace_back(all.data() + static_cast<size_t>(r) * kIdLen);
+  return n;
+}
+
 // Completion of a non-blocking operation on the communication stream: wait() orders the compute
 // stream after it (no host block); the tensors must not be touched by the host before a synchronise.
 class NcclRequest final : public Communicator::Request {
@@ -397,27 +425,18 @@ class NcclCommunicator final : public Communicator {
   // own CUDA_VISIBLE_DEVICES (ALCF's Polaris affinity script, Slurm's --gpus-per-task) shows every
   // rank its GPU as cuda:0.
   void check_local_device() {
-    MPI_Comm node;
-    MPI_Comm_split_type(mpi_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
-    int local = 0, local_size = 1;
-    MPI_Comm_rank(node, &local);
-    MPI_Comm_size(node, &local_size);
-    constexpr int kIdLen = 32;  // "dddd:bb:dd.f" and its terminator, with room
-    char mine[kIdLen] = {};
-    const cudaError_t id_error = cudaDeviceGetPCIBusId(mine, kIdLen, backend_.device().index);
-    std::vector<char> ids(static_cast<size_t>(kIdLen) * static_cast<size_t>(local_size));
-    MPI_Allgather(mine, kIdLen, MPI_CHAR, ids.data(), kIdLen, MPI_CHAR, node);  // every rank, before any may throw
-    MPI_Comm_free(&node);
-    CUDA_CHECK(id_error, "NCCL communicator: the PCI bus id of ", backend_.device().str());
+    const NodeGpus gpus = node_gpus(mpi_, backend_.device().index);  // every rank, before any may throw
+    CUDA_CHECK(gpus.error, "NCCL communicator: the PCI bus id of ", backend_.device().str());
     if (shared_gpu_mode()) return;
     int count = 0;
     CUDA_CHECK(cudaGetDeviceCount(&count), "NCCL communicator");
-    const auto id = [&](int r) { return std::string(ids.data() + static_cast<size_t>(r) * kIdLen); };
+    const int local_size = static_cast<int>(gpus.ids.size());
     for (int r = 0; r < local_size; ++r)
       for (int q = r + 1; q < local_size; ++q)
-        LLM_CHECK(id(r) != id(q), "NCCL communicator: node-local ranks ", r, " and ", q, " both use the GPU at PCI ",
-                  id(r), " (", local_size, " ranks on this node; rank ", local, " sees ", count,
-                  " GPUs and uses ", backend_.device().str(), "); NCCL takes one GPU per rank: ",
+        LLM_CHECK(gpus.ids[size_t(r)] != gpus.ids[size_t(q)], "NCCL communicator: node-local ranks ", r, " and ", q,
+                  " both use the GPU at PCI ", gpus.ids[size_t(r)], " (", local_size, " ranks on this node; rank ",
+                  gpus.local, " sees ", count, " GPUs and uses ", backend_.device().str(),
+                  "); NCCL takes one GPU per rank: ",
                   local_size > count ? "start at most one rank per GPU, or set LLM_NCCL_SHARED_GPU=1 for a correctness "
                                        "run with ranks sharing GPUs (each rank its own NCCL host, over sockets: slow)"
                                      : "the launcher must export a local rank (OMPI_COMM_WORLD_LOCAL_RANK, "
@@ -438,6 +457,15 @@ class NcclCommunicator final : public Communicator {
 
 std::unique_ptr<Communicator> nccl_world_communicator(cuda::CudaBackend& backend) {
   return std::make_unique<NcclCommunicator>(backend, MPI_COMM_WORLD, false, mpi_world_communicator());
+}
+
+bool node_ranks_share_a_gpu(const cuda::CudaBackend* backend) {
+  const NodeGpus gpus = node_gpus(MPI_COMM_WORLD, backend ? backend->device().index : -1);
+  int sharing = 0;
+  for (size_t r = 0; r < gpus.ids.size(); ++r)
+    for (size_t q = r + 1; q < gpus.ids.size(); ++q) sharing = sharing || gpus.ids[r] == gpus.ids[q];
+  MPI_Allreduce(MPI_IN_PLACE, &sharing, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  return sharing != 0;
 }
 
 std::unique_ptr<Communicator> nccl_split_communicator(cuda::CudaBackend& backend, int color, int key) {

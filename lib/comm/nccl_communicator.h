@@ -25,5 +25,9 @@ class CudaBackend;
 // Over all of MPI_COMM_WORLD, or over the ranks with the same color (MPI_Comm_split order by key).
 std::unique_ptr<Communicator> nccl_world_communicator(cuda::CudaBackend& backend);
 std::unique_ptr<Communicator> nccl_split_communicator(cuda::CudaBackend& backend, int color, int key);
+// Whether two ranks of MPI_COMM_WORLD on one node would use the same GPU, by PCI bus id as the
+// communicator's own check (backend: this rank's, null where it has none, which counts as sharing
+// with another such rank). Collective over MPI_COMM_WORLD.
+bool node_ranks_share_a_gpu(const cuda::CudaBackend* backend);
 
 }  // namespace llm

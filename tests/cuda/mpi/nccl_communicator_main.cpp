@@ -55,25 +55,12 @@ int main(int argc, char** argv) {
     if (rank == 0) std::fprintf(stderr, "%s\n", e.what());
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
-  // Whether node-local ranks would share a GPU: compared by PCI bus id, as the communicator does
-  // (each rank may see only its own GPU, as cuda:0, under a per-rank CUDA_VISIBLE_DEVICES).
-  // (Every rank takes part in the collectives below, with or without a device.)
+  // Whether node-local ranks would share a GPU (by PCI bus id, as the communicator checks it: each
+  // rank may see only its own GPU, as cuda:0, under a per-rank CUDA_VISIBLE_DEVICES), and whether
+  // every rank has a device. (Every rank takes part in both collectives.)
   const bool device = be && cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-  char mine[32] = {};
-  if (device && cudaDeviceGetPCIBusId(mine, sizeof(mine), be->device().index) != cudaSuccess) mine[0] = '\0';
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
-  int local_size = 1;
-  MPI_Comm_size(node, &local_size);
-  std::vector<char> ids(32 * size_t(local_size));
-  MPI_Allgather(mine, 32, MPI_CHAR, ids.data(), 32, MPI_CHAR, node);
-  MPI_Comm_free(&node);
-  int sharing = 0;
-  for (int r = 0; r < local_size; ++r)
-    for (int q = r + 1; q < local_size; ++q)
-      sharing = sharing || std::string(&ids[32 * size_t(r)]) == std::string(&ids[32 * size_t(q)]);
+  const bool sharing = llm::node_ranks_share_a_gpu(device ? be : nullptr);
   int ready = device ? 1 : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &sharing, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   MPI_Allreduce(MPI_IN_PLACE, &ready, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   if (!ready || (sharing && !shared)) {
     if (rank == 0)
