@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end checks of llm-sweep: measured points (ok, out of memory, error, impossible layout)
 # in one sweep that never aborts, the seed's table columns, CSV/JSON/plots, mpiexec points,
-# --simulate, --find-max-seq-len (predicted and measured), and clear errors for bad input.
+# --simulate, --find-max-seq-len (predicted and measured), clear errors for bad input, and
+# pipelines/seqlen-sweep.sh's commands.
 # usage: sweep_cli_test.sh <path to llm-sweep>   (llm-pretrain next to it)
 set -uo pipefail
 bin="$1"
@@ -98,6 +99,29 @@ check "unknown model key exits 2 naming it" "[ $rc -eq 2 ] && grep -q \"llm-swee
 check "--simulate without --cluster exits 2" "[ $? -eq 2 ] && grep -q 'needs --cluster' $work/z.txt"
 "$bin" --help > "$work/help.txt" 2>&1
 check "--help shows defaults and an example" "grep -q -- '--seq-lens' $work/help.txt && grep -q 'Examples' $work/help.txt && grep -q 'seq-lens TEXT=128 ' $work/help.txt"
+
+# pipelines/seqlen-sweep.sh, llm-sweep's pipeline: the command it builds here (CPU), on a GPU node
+# (a stand-in nvidia-smi: the CUDA backend in bf16 with the card's datasheet peak), for a GPU
+# without one, when simulating, and a real one-point sweep on the CPU.
+seqlen="$root/pipelines/seqlen-sweep.sh"
+mkdir -p "$work/nv/cpu" "$work/nv/gpu" "$work/nv/unknown"
+printf '#!/bin/sh\nexit 1\n' > "$work/nv/cpu/nvidia-smi"  # present, but no GPU
+printf '#!/bin/sh\nif [ "$1" = -L ]; then echo "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-0)"; else echo "NVIDIA A100-SXM4-40GB"; fi\n' > "$work/nv/gpu/nvidia-smi"
+printf '#!/bin/sh\nif [ "$1" = -L ]; then echo "GPU 0: NVIDIA L40S (UUID: GPU-0)"; else echo "NVIDIA L40S"; fi\n' > "$work/nv/unknown/nvidia-smi"
+chmod +x "$work"/nv/*/nvidia-smi
+seq_sweep() { (cd "$work" && LLM_BIN="$(dirname "$bin")" PATH="$work/nv/$1:$PATH" "${@:2}" "$seqlen"); }
+seq_sweep cpu env DRY_RUN=1 > "$work/sq_c.txt" 2>&1
+check "seqlen-sweep.sh, no GPU here: the CPU, with the CPU cluster file's predictions" "grep -q -- '--cluster .*cpu-2core.yaml' $work/sq_c.txt && ! grep -q -- '--backend cuda' $work/sq_c.txt"
+seq_sweep gpu env DRY_RUN=1 > "$work/sq_g.txt" 2>&1
+check "seqlen-sweep.sh, a GPU node: the CUDA backend in bf16, the A100's datasheet peak, no CPU cluster file" "grep -q -- '--backend cuda --device A100-40GB --dtype bf16' $work/sq_g.txt && ! grep -q -- '--cluster' $work/sq_g.txt"
+seq_sweep gpu env DRY_RUN=1 DTYPE=fp16 DEVICE=H200 > "$work/sq_g2.txt" 2>&1
+check "seqlen-sweep.sh: DTYPE and DEVICE override" "grep -q -- '--backend cuda --device H200 --dtype fp16' $work/sq_g2.txt"
+seq_sweep unknown env DRY_RUN=1 > "$work/sq_u.txt" 2>&1
+check "seqlen-sweep.sh: a GPU without a datasheet peak asks for DEVICE" "[ $? -eq 2 ] && grep -q 'set DEVICE (A100-40GB, A100-80GB, H100-SXM or H200)' $work/sq_u.txt"
+seq_sweep gpu env DRY_RUN=1 SIMULATE=1 CLUSTER="$root/configs/clusters/polaris.yaml" > "$work/sq_s.txt" 2>&1
+check "seqlen-sweep.sh: SIMULATE=1 predicts for the cluster file, whatever the node" "grep -q -- '--simulate --cluster .*polaris.yaml' $work/sq_s.txt && ! grep -q -- '--backend' $work/sq_s.txt"
+seq_sweep cpu env MODEL_SIZE_KEY=tiny SEQ_LENS=64 WARMUP=1 ITERS=1 OUTPUT_ROOT=out > "$work/sq_r.txt" 2>&1
+check "seqlen-sweep.sh: a one-point sweep on the CPU writes its table" "[ $? -eq 0 ] && grep -q '| tiny s64 mb1 .* | ok |' $work/sq_r.txt && ls $work/out/seqlen-sweep_tiny_ds_mp1_pp1_sp1_z0/ | grep -q ."
 
 echo "$fails failure(s)"
 [ "$fails" -eq 0 ]
