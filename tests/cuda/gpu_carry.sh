@@ -29,13 +29,8 @@ tests=(test_backend test_cuda bench-cuda-gemm bench-cuda-attention bench-cuda-tr
 # group): an ncu or an mpirun with its ranks would go on using the card into the next call. This
 # kills every process that carries the variable (a run's, not this one's: it does not carry it).
 reap_runs() {
-  local p n=0
-  for p in /proc/[0-9]*; do
-    [[ "${p#/proc/}" = "$$" ]] && continue
-    if grep -qz '^LLM_GPU_RUN=' "$p/environ" 2> /dev/null; then
-      kill -9 "${p#/proc/}" 2> /dev/null && n=$((n + 1))
-    fi
-  done
+  local n
+  n=$("$src/tests/cuda/kill_tagged.sh" '^LLM_GPU_RUN=')
   [[ $n = 0 ]] || echo "gpu_carry: killed $n processes left behind by an earlier run"
 }
 

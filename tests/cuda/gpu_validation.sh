@@ -93,12 +93,8 @@ multirank_step() {
     # leaves behind (ranks spinning in NCCL on the card) is found and killed before the benchmarks.
     mr_token="llm-mr-$$-$RANDOM"
     mr_reap() {
-      local p n=0
-      for p in /proc/[0-9]*; do
-        if grep -qz "^LLM_MULTIRANK_STEP=$mr_token\$" "$p/environ" 2> /dev/null; then
-          kill -9 "${p#/proc/}" 2> /dev/null && n=$((n + 1))
-        fi
-      done
+      local n
+      n=$("$src/tests/cuda/kill_tagged.sh" "^LLM_MULTIRANK_STEP=$mr_token\$")
       [[ $n = 0 ]] || log "multi-rank: killed $n processes left behind by a timed-out run"
     }
     mpi_ranks() {  # ranks cmd...: cmd under mpirun, sharing GPUs when there are fewer than ranks
