@@ -508,6 +508,33 @@ TEST(CudaBackend, TcFusedBackwardMatchesTheCpuOp) {
     }
 }
 
+// copy_rows with a pitch over the device's limit for one cudaMemcpy2D (a Ulysses move of a long
+// sequence: the head form's pitch passes 2 GiB in bf16 from about 175K tokens at 2048 columns per
+// rank): the rows go one by one, both ways. 2 GiB of device memory for the wide tensor.
+TEST(CudaBackend, CopyRowsPastTheMaxPitch) {
+  REQUIRE_CUDA(be);
+  int max_pitch = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&max_pitch, cudaDevAttrMaxPitch, be->device().index), cudaSuccess);
+  const int64_t width = 64, rows = 2, pitch = int64_t(max_pitch) / 4 + width;  // f32: pitch bytes > the limit
+  ASSERT_GT(pitch * 4, int64_t(max_pitch));
+  bt::Rng rng(77);
+  const Vec a = rng.normal(size_t(rows * width));
+  Tensor wide = be->zeros({(rows - 1) * pitch + width}), narrow = be->empty({rows * width});
+  for (int64_t r = 0; r < rows; ++r)  // the wide rows from the host, then gathered
+    be->copy(wide.flat(r * pitch, width), bt::host_f32({width}, Vec(a.begin() + r * width, a.begin() + (r + 1) * width)));
+  be->copy_rows(narrow, width, wide, pitch, rows, width);
+  be->synchronize();
+  EXPECT_TRUE(bt::all_equal("gathered past the max pitch", bt::to_vec(be->download(narrow)), a));
+  const Vec b = rng.normal(size_t(rows * width));  // and scattered back
+  be->copy(narrow, bt::host_f32({rows * width}, b));
+  be->copy_rows(wide, pitch, narrow, width, rows, width);
+  be->synchronize();
+  for (int64_t r = 0; r < rows; ++r)
+    EXPECT_TRUE(bt::all_equal("scattered past the max pitch", bt::to_vec(be->download(wide.flat(r * pitch, width))),
+                              Vec(b.begin() + r * width, b.begin() + (r + 1) * width)));
+  EXPECT_EQ(bt::to_vec(be->download(wide.flat(width, 1)))[0], 0.0) << "between the rows is left alone";
+}
+
 TEST(CudaBackend, FusedLinearGeluMatchesLinearThenGelu) {
   REQUIRE_CUDA(be);
   Fixture f{*be};

@@ -45,6 +45,9 @@ CudaBackend::CudaBackend(int device) : device_{DeviceType::cuda, device} {
   CUDA_CHECK(cudaSetDevice(device), "selecting cuda:", device);
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating the stream");
   allocator_ = std::make_shared<CachingAllocator>(device);
+  int max_pitch = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&max_pitch, cudaDevAttrMaxPitch, device), "backend setup");
+  max_pitch_ = static_cast<size_t>(max_pitch);
   blas_ = std::make_unique<CublasLt>(stream_);
   CUDA_CHECK(cudaMalloc(&id_flag_dev_, sizeof(unsigned long long)), "backend setup");
   CUDA_CHECK(cudaMallocHost(&id_flag_host_, sizeof(unsigned long long)), "backend setup");
@@ -120,8 +123,20 @@ void CudaBackend::copy_rows(const Tensor& dst, int64_t dst_pitch, const Tensor& 
   LLM_CHECK(dst.device() == device_ && src.device() == device_, "cuda copy_rows: needs ", device_.str(), " tensors, got ",
             dst.device().str(), " and ", src.device().str());
   if (rows == 0 || width == 0) return;
-  CUDA_CHECK(cudaMemcpy2DAsync(dst.raw(), static_cast<size_t>(dst_pitch) * es, src.raw(), static_cast<size_t>(src_pitch) * es,
-                               static_cast<size_t>(width) * es, static_cast<size_t>(rows), cudaMemcpyDeviceToDevice,
+  const size_t dp = static_cast<size_t>(dst_pitch) * es, sp = static_cast<size_t>(src_pitch) * es,
+               w = static_cast<size_t>(width) * es;
+  if (rows == 1 || std::max(dp, sp) > max_pitch_) {
+    // cudaMemcpy2D refuses a pitch over the device's limit (cudaDevAttrMaxPitch, 2^31 - 1 bytes
+    // on current GPUs). A Ulysses move of a long sequence reaches it: the head form's pitch is
+    // S * Tl * parts * Cs elements, 2 GiB in bf16 at 175K tokens of qkv with 2048 columns per
+    // rank. Such a pitch leaves room for few rows (the micro-batch), so they go one by one.
+    for (int64_t r = 0; r < rows; ++r)
+      CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst.raw()) + r * dp, static_cast<const char*>(src.raw()) + r * sp, w,
+                                 cudaMemcpyDeviceToDevice, stream_),
+                 "copy_rows row ", r, " of ", rows, " x ", width, " (pitches ", dst_pitch, ", ", src_pitch, ")");
+    return;
+  }
+  CUDA_CHECK(cudaMemcpy2DAsync(dst.raw(), dp, src.raw(), sp, w, static_cast<size_t>(rows), cudaMemcpyDeviceToDevice,
                                stream_),
              "copy_rows ", rows, " x ", width, " (pitches ", dst_pitch, ", ", src_pitch, ")");
 }

@@ -107,6 +107,7 @@ class CudaBackend final : public Backend {
   std::shared_ptr<CachingAllocator> allocator_;
   std::unique_ptr<CublasLt> blas_;
   bool sync_each_op_ = false;
+  size_t max_pitch_ = 0;  // cudaDevAttrMaxPitch, bytes: the widest pitch copy_rows gives one 2D copy
   // LLM_CUDA_BIAS_GRAD=epilogue: the linear bias gradient through cuBLASLt's BGRADB epilogue
   // (not yet run on a GPU); kernel (default): the deterministic column-sum kernels.
   bool bias_grad_epilogue_ = false;
