@@ -535,6 +535,80 @@ TEST(CudaBackend, CopyRowsPastTheMaxPitch) {
   EXPECT_EQ(bt::to_vec(be->download(wide.flat(width, 1)))[0], 0.0) << "between the rows is left alone";
 }
 
+// The logits' GEMMs past 2^31 elements (B*T*V from 42,692 tokens at V = 50304): cuBLASLt gets
+// them as pieces under 2^31 (split_matmul; some cuBLASLt kernels index in 32 bits). Rows on both
+// sides of the element 2^31 and a few others carry data, the rest are zero (so the references are
+// a few rows): the forward's rows, dinp's, and dweight (a sum over all rows, split over k) against
+// float64 on the values the GPU wrote. 4.3 GB of device memory in bf16, 8.6 GB in f32.
+TEST(CudaBackend, LogitsGemmsPast2To31Elements) {
+  REQUIRE_CUDA(be);
+  const int64_t V = 50304, C = 64, N = (int64_t(1) << 31) / V + 48;
+  const int64_t edge = (int64_t(1) << 31) / V;  // the row holding element 2^31
+  const std::vector<int64_t> rows = {0, 1, N / 2, edge - 1, edge, edge + 1, N - 1};
+  for (DType t : {DType::bf16, DType::f32}) {
+    SCOPED_TRACE(llm::dtype_name(t));
+    bt::Rng rng(91);
+    Vec inp(size_t(N * C), 0.0), w = rng.normal(size_t(V * C), 0.1);
+    for (int64_t r : rows)
+      for (int64_t c = 0; c < C; ++c) inp[size_t(r * C + c)] = rng.normal(1)[0];
+    auto up = [&](const Shape& sh, const Vec& v) {
+      return be->upload(t == DType::f32 ? bt::host_f32(sh, v) : bt::host_low(sh, v, t));
+    };
+    auto down = [&](const Tensor& x) {
+      be->synchronize();
+      Tensor h = be->download(x);
+      return x.dtype() == DType::f32 ? bt::to_vec(h) : bt::low_to_vec(h);
+    };
+    const Vec wr = t == DType::f32 ? w : bt::rounded_to(w, t), ir = t == DType::f32 ? inp : bt::rounded_to(inp, t);
+    Tensor gi = up({N, C}, inp), gw = up({V, C}, w), logits = be->empty({N, V}, t);
+    std::printf("  %s logits: %lld elements\n", std::string(llm::dtype_name(t)).c_str(),
+                static_cast<long long>(logits.numel()));
+    be->linear_forward(logits, gi, gw, Tensor());
+    // |got - ref| within rtol of ref plus a share of the terms' magnitude (fp32 sums of V terms)
+    const double rtol = t == DType::f32 ? 1e-6 : 1.0 / 128, stol = t == DType::f32 ? 1e-4 : 1e-3;
+    auto check = [&](const char* what, double got, double ref, double mag, int64_t at, int& bad) {
+      if (!(std::fabs(got - ref) <= rtol * std::fabs(ref) + stol * mag)) {
+        if (bad++ < 3) ADD_FAILURE() << what << " at " << at << ": got " << got << ", want " << ref;
+      }
+    };
+    std::vector<Vec> out_rows;
+    int bad = 0;
+    for (int64_t r : rows) {
+      out_rows.push_back(down(logits.flat(r * V, V)));
+      for (int64_t v = 0; v < V; ++v) {
+        double ref = 0, mag = 0;
+        for (int64_t c = 0; c < C; ++c) ref += ir[size_t(r * C + c)] * wr[size_t(v * C + c)], mag += std::fabs(ir[size_t(r * C + c)] * wr[size_t(v * C + c)]);
+        check("logits", out_rows.back()[size_t(v)], ref, mag, r * V + v, bad);
+      }
+    }
+    const Vec zero_row = down(logits.flat(2 * V, V));
+    EXPECT_EQ(bt::max_abs(zero_row), 0.0) << "a row of zero inputs";
+    // backward with the logits as dlogits: dinp = dlogits W, dweight += dlogits^T inp
+    Tensor dinp = be->empty({N, C}, t), dw = be->zeros({V, C});
+    ASSERT_GT(logits.numel(), int64_t(1) << 31);
+    be->linear_backward(dinp, dw, Tensor(), logits, gi, gw);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const Vec got = down(dinp.flat(rows[i] * C, C));
+      for (int64_t c = 0; c < C; ++c) {
+        double ref = 0, mag = 0;
+        for (int64_t v = 0; v < V; ++v) ref += out_rows[i][size_t(v)] * wr[size_t(v * C + c)], mag += std::fabs(out_rows[i][size_t(v)] * wr[size_t(v * C + c)]);
+        check("dinp", got[size_t(c)], ref, mag, rows[i] * C + c, bad);
+      }
+    }
+    const Vec gdw = down(dw);
+    for (int64_t v = 0; v < V; ++v)
+      for (int64_t c = 0; c < C; ++c) {
+        double ref = 0, mag = 0;
+        for (size_t i = 0; i < rows.size(); ++i)
+          ref += out_rows[i][size_t(v)] * ir[size_t(rows[i] * C + c)], mag += std::fabs(out_rows[i][size_t(v)] * ir[size_t(rows[i] * C + c)]);
+        check("dweight", gdw[size_t(v * C + c)], ref, mag, v * C + c, bad);
+      }
+    EXPECT_EQ(bad, 0);
+    logits = dinp = Tensor();
+    be->allocator().empty_cache();  // the other tests share the card
+  }
+}
+
 TEST(CudaBackend, FusedLinearGeluMatchesLinearThenGelu) {
   REQUIRE_CUDA(be);
   Fixture f{*be};

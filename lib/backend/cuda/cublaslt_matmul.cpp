@@ -70,12 +70,20 @@ CublasLt::~CublasLt() {
 
 void CublasLt::run(const Matmul& mm, const char* op) {
   if (mm.m == 0 || mm.n == 0) return;
+  if (mm.k == 0) LLM_FAIL(describe(mm, op), ": k = 0 is not supported");
+  std::vector<Matmul> pieces;
+  try {
+    pieces = split_matmul(mm);
+  } catch (const Error& e) {
+    LLM_FAIL(describe(mm, op), ": ", e.what());
+  }
+  for (const Matmul& p : pieces) run_one(p, op);
+}
+
+void CublasLt::run_one(const Matmul& mm, const char* op) {
   const bool fp32 = mm.a_type == DType::f32;
   LLM_CHECK(mm.a_type == mm.b_type, describe(mm, op), ": A and B must have the same type");
   LLM_CHECK(!fp32 || mm.d_type == DType::f32, describe(mm, op), ": fp32 inputs need an fp32 output");
-  if (mm.k == 0) {
-    LLM_FAIL(describe(mm, op), ": k = 0 is not supported");
-  }
   const cublasComputeType_t compute =
       fp32 ? (allow_tf32_ ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F) : CUBLAS_COMPUTE_32F;
   const std::string key = detail::concat(
