@@ -107,13 +107,13 @@ int run(int argc, char** argv) {
 
   CheckpointReader ckpt = CheckpointReader::open(load);
   const GPTConfig config = checkpoint_model_config(ckpt);
+  auto tok = checkpoint_tokenizer_or_flags(ckpt, tflags, config.vocab_size);  // before the weights: its errors come first
   Backend& backend = backend_by_name(backend_name);
   GPT model(config, backend, 0, config.max_position_embeddings);
   load_model_parameters(ckpt, model.parameters(), backend);
   const DType precision = bf16 ? DType::bf16 : fp16 ? DType::f16 : DType::f32;
   // The checkpoint's fp32 weights, rounded once into the compute copy (set_precision converts).
   if (precision != DType::f32) model.set_precision(precision);
-  auto tok = checkpoint_tokenizer_or_flags(ckpt, tflags, config.vocab_size);
   if (context <= 0 || context > config.max_position_embeddings) context = config.max_position_embeddings;
   Generator gen(model, *tok, context);
   std::fprintf(stderr, "[llm-generate] %s: %lld layers, hidden %lld, %lld heads, context %lld, tokenizer %s, %s %s\n",

@@ -525,6 +525,12 @@ KVCache GPT::make_kv_cache(int64_t batch, int64_t max_len) {
 const Tensor& GPT::forward_cached(const Tensor& tokens, KVCache& cache) {
   LLM_CHECK(tokens.dim() == 2 && tokens.size(0) == cache.batch, "forward_cached: tokens ", shape_str(tokens.shape()),
             " for a cache of batch ", cache.batch);
+  LLM_CHECK(cache.k.size() == blocks_.size() && !cache.k.empty() && cache.k[0].dtype() == act_dtype_ &&
+                cache.k[0].device() == backend_.device(),
+            "forward_cached: a KV cache of ", cache.k.size(), " layers in ",
+            cache.k.empty() ? std::string("-") : std::string(dtype_name(cache.k[0].dtype())), " for a model of ",
+            blocks_.size(), " layers computing in ", dtype_name(act_dtype_),
+            " (make the cache after set_precision, from this model)");
   const int64_t B = tokens.size(0), Tn = tokens.size(1), C = config_.hidden_size;
   if (cache.length + Tn > cache.max_len)
     throw ConfigError(detail::concat("context full: ", cache.length, " + ", Tn, " tokens exceed the ", cache.max_len,

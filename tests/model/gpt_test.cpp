@@ -298,6 +298,30 @@ TEST(GPT, KVCacheForwardMatchesFullForward) {
   EXPECT_THROW(m.forward_cached(more, cache), ConfigError);  // 23 + 20 > 40
 }
 
+// A cache made before set_precision (fp32) handed to the bf16 model, or another model's cache:
+// one message naming both, not an op's dtype check deep inside.
+TEST(GPT, KVCacheOfAnotherPrecisionIsRefused) {
+  GPTConfig c = tiny_config();
+  GPT m(c, cpu_backend(), 4, 40);
+  KVCache early = m.make_kv_cache(1, 40);
+  m.set_precision(DType::bf16);
+  Tensor tok = Tensor::zeros({1, 3}, DType::i32);
+  try {
+    m.forward_cached(tok, early);
+    ADD_FAILURE() << "an fp32 cache for a bf16 model was taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("after set_precision"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(early.length, 0);
+  KVCache good = m.make_kv_cache(1, 40);
+  m.forward_cached(tok, good);
+  EXPECT_EQ(good.length, 3);
+  KVCache none;
+  none.batch = 1, none.max_len = 40;
+  EXPECT_THROW(m.forward_cached(tok, none), Error);
+}
+
 // The same in bf16 (llm-generate --bf16; the CPU's emulation has the GPU's load-low, compute-fp32,
 // store-low semantics): the cached path in bf16 against the full bf16 forward, and both near fp32.
 TEST(GPT, KVCacheForwardMatchesFullForwardInBf16) {
@@ -327,6 +351,7 @@ TEST(GPT, KVCacheForwardMatchesFullForwardInBf16) {
     double worst = 0, off = 0;
     for (int64_t v = 0; v < Vp; ++v) {
       const float x = last.data<float>()[v];
+      ASSERT_TRUE(std::isfinite(x)) << "logit " << v << " after " << pos << " tokens";
       worst = std::max(worst, static_cast<double>(std::abs(x - full.data<float>()[(pos - 1) * Vp + v])));
       off = std::max(off, static_cast<double>(std::abs(x - exact.data<float>()[(pos - 1) * Vp + v])));
     }

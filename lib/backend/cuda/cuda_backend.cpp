@@ -358,7 +358,7 @@ void CudaBackend::linear_forward(const Tensor& out, const Tensor& inp, const Ten
 
 void CudaBackend::linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu, const Tensor& inp,
                                       const Tensor& weight, const Tensor& bias) {
-  if (!bias.defined()) return Backend::linear_gelu_forward(out, pre_gelu, inp, weight, bias);
+  if (!bias.defined() || !gelu_epilogue_) return Backend::linear_gelu_forward(out, pre_gelu, inp, weight, bias);
   const LinearDims d = linear_dims("linear_gelu_forward inp/weight", inp, weight, device_);
   const DType ot = out.dtype();
   LLM_CHECK(ot == inp.dtype() || ot == DType::f32, "linear_gelu_forward out: ", dtype_name(ot));
@@ -377,7 +377,8 @@ void CudaBackend::linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu,
   mm.b = inp.raw(), mm.ldb = d.C;
   mm.d = out.raw(), mm.ldd = d.OC;
   mm.epilogue = Epilogue::gelu_bias_aux, mm.bias = bias.raw(), mm.aux = pre_gelu.raw(), mm.ld_aux = d.OC;
-  blas_->run(mm, "linear_gelu_forward");
+  if (!run_with_epilogue(mm, "linear_gelu_forward", gelu_epilogue_, "the linear layer then the GELU kernel"))
+    return Backend::linear_gelu_forward(out, pre_gelu, inp, weight, bias);
   launched("linear_gelu_forward", {&out, &inp, &weight, &bias});
 }
 

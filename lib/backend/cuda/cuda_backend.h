@@ -111,6 +111,9 @@ class CudaBackend final : public Backend {
   // LLM_CUDA_BIAS_GRAD=epilogue: the linear bias gradient through cuBLASLt's BGRADB epilogue
   // (not yet run on a GPU); kernel (default): the deterministic column-sum kernels.
   bool bias_grad_epilogue_ = false;
+  // cuBLASLt's GELU_AUX_BIAS epilogue for linear_gelu_forward; cleared (said once) when cuBLASLt has
+  // no algorithm for a shape (generation brings one-row GEMMs, not yet run on a GPU).
+  bool gelu_epilogue_ = true;
   bool dgelu_epilogue_ = true;  // LLM_CUDA_DGELU=0 clears it; so does cuBLASLt without a DGELU algorithm (said once)
   // Runs a matmul whose fused epilogue cuBLASLt may not offer for its shape and types: on an
   // error (no algorithm), says once that `instead` takes over, clears `enabled`, returns false.
