@@ -83,6 +83,7 @@ __global__ void cross_entropy_backward_kernel(T* dlogits, const T* logits, const
 void cross_entropy_forward(DType t, float* losses, float* lse, const void* logits, const int32_t* targets, int64_t N,
                            int64_t Vp, int64_t Vr, int64_t vocab_begin, cudaStream_t stream) {
   if (N == 0) return;
+  LLM_CHECK(N < (int64_t(1) << 31), "cross_entropy_forward: ", N, " rows (one block each) pass the grid's 2^31 - 1");
   dispatch_float(t, "cross_entropy_forward", [&](auto tag) {
     using E = decltype(tag);
     cross_entropy_forward_kernel<E><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
@@ -93,6 +94,7 @@ void cross_entropy_forward(DType t, float* losses, float* lse, const void* logit
 void cross_entropy_backward(DType t, void* dlogits, const void* logits, const float* lse, const int32_t* targets,
                             float dloss, int64_t N, int64_t Vp, int64_t Vr, int64_t vocab_begin, cudaStream_t stream) {
   if (N == 0) return;
+  LLM_CHECK(N < (int64_t(1) << 31), "cross_entropy_backward: ", N, " rows (one block each) pass the grid's 2^31 - 1");
   const int64_t chunks = ceil_div(Vp, 256 * 8);  // ~8 elements per thread
   const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>(chunks < 65535 ? chunks : 65535));
   dispatch_float(t, "cross_entropy_backward", [&](auto tag) {

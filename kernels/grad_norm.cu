@@ -84,10 +84,10 @@ __global__ void scale_kernel(T* x, int64_t n, float s) {
 }
 
 template <typename T>
-__global__ void count_nonfinite_kernel(const T* x, int64_t n, unsigned int* count) {
-  unsigned int local = 0;
+__global__ void count_nonfinite_kernel(const T* x, int64_t n, unsigned long long* count) {
+  unsigned long long local = 0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    local += isfinite(to_float(x[i])) ? 0u : 1u;
+    local += isfinite(to_float(x[i])) ? 0ull : 1ull;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) local += __shfl_xor_sync(0xffffffffu, local, o);
   if (threadIdx.x % 32 == 0 && local) atomicAdd(count, local);
@@ -112,7 +112,7 @@ void scale(DType t, void* x, int64_t n, float s, cudaStream_t stream) {
   });
 }
 
-void count_nonfinite(DType t, const void* x, int64_t n, unsigned int* count, cudaStream_t stream) {
+void count_nonfinite(DType t, const void* x, int64_t n, unsigned long long* count, cudaStream_t stream) {
   if (n == 0) return;
   dispatch_float(t, "count_nonfinite", [&](auto tag) {
     using E = decltype(tag);

@@ -87,7 +87,7 @@ void sum_squares(DType t, const void* x, int64_t n, double* partials, cudaStream
 // x *= s
 void scale(DType t, void* x, int64_t n, float s, cudaStream_t stream);
 // *count += number of NaN/Inf elements of x (count is device memory).
-void count_nonfinite(DType t, const void* x, int64_t n, unsigned int* count, cudaStream_t stream);
+void count_nonfinite(DType t, const void* x, int64_t n, unsigned long long* count, cudaStream_t stream);
 
 // ---- convert.cu -------------------------------------------------------------------------------
 // dst = src converted (f32 <-> bf16/f16, round to nearest even; same type is a copy).

@@ -53,8 +53,8 @@ CudaBackend::CudaBackend(int device) : device_{DeviceType::cuda, device} {
   CUDA_CHECK(cudaMallocHost(&id_flag_host_, sizeof(unsigned long long)), "backend setup");
   CUDA_CHECK(cudaMalloc(&partials_dev_, sizeof(double) * kernels::kSumSquaresBlocks), "backend setup");
   CUDA_CHECK(cudaMallocHost(&partials_host_, sizeof(double) * kernels::kSumSquaresBlocks), "backend setup");
-  CUDA_CHECK(cudaMalloc(&count_dev_, sizeof(unsigned int)), "backend setup");
-  CUDA_CHECK(cudaMallocHost(&count_host_, sizeof(unsigned int)), "backend setup");
+  CUDA_CHECK(cudaMalloc(&count_dev_, sizeof(unsigned long long)), "backend setup");
+  CUDA_CHECK(cudaMallocHost(&count_host_, sizeof(unsigned long long)), "backend setup");
   const char* env = std::getenv("LLM_CUDA_SYNC");
   sync_each_op_ = env && *env && std::strcmp(env, "0") != 0;
   const char* bias = std::getenv("LLM_CUDA_BIAS_GRAD");
@@ -700,10 +700,10 @@ void CudaBackend::convert(const Tensor& dst, const Tensor& src) {
 int64_t CudaBackend::count_nonfinite(const Tensor& x) {
   check_float_type(x.dtype(), "count_nonfinite x");
   check_dev(x, x.shape(), x.dtype(), device_, "count_nonfinite x");
-  CUDA_CHECK(cudaMemsetAsync(count_dev_, 0, sizeof(unsigned int), stream_), "count_nonfinite");
+  CUDA_CHECK(cudaMemsetAsync(count_dev_, 0, sizeof(unsigned long long), stream_), "count_nonfinite");
   kernels::count_nonfinite(x.dtype(), x.raw(), x.numel(), count_dev_, stream_);
   launched("count_nonfinite", {&x});
-  CUDA_CHECK(cudaMemcpyAsync(count_host_, count_dev_, sizeof(unsigned int), cudaMemcpyDeviceToHost, stream_),
+  CUDA_CHECK(cudaMemcpyAsync(count_host_, count_dev_, sizeof(unsigned long long), cudaMemcpyDeviceToHost, stream_),
              "count_nonfinite");
   CUDA_CHECK(cudaStreamSynchronize(stream_), "count_nonfinite ", shape_str(x.shape()));
   return static_cast<int64_t>(*count_host_);

@@ -125,8 +125,8 @@ class CudaBackend final : public Backend {
   unsigned long long* id_flag_host_ = nullptr;  // pinned
   double* partials_dev_ = nullptr;             // sum_squares per-block partials
   double* partials_host_ = nullptr;            // pinned
-  unsigned int* count_dev_ = nullptr;
-  unsigned int* count_host_ = nullptr;
+  unsigned long long* count_dev_ = nullptr;  // count_nonfinite: 64 bits (a tensor may pass 2^32 elements)
+  unsigned long long* count_host_ = nullptr;
   Tensor dq_workspace_;
 };
 
