@@ -21,7 +21,7 @@ set -uo pipefail
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 carry="$src/gpu-carry"
 mode="${1:-}"
-tools=(llm-pretrain llm-sweep)
+tools=(llm-pretrain llm-sweep llm-generate)
 tests=(test_backend test_cuda bench-cuda-gemm bench-cuda-attention bench-cuda-train-step nccl-communicator-check)
 
 # Every process of a run carries LLM_GPU_RUN in its environment. An outer `timeout` that cuts a

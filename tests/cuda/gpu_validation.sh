@@ -293,7 +293,8 @@ if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
   (cd "$build" && LLM_CUDA_BIAS_GRAD=epilogue tlim ./tests/test_backend --gtest_filter='*Linear*cuda*' > "$out/linear_bias_epilogue.log" 2>&1; echo $? > "$out/rc_linear_bias_epilogue") &
 fi
 for prec in cpu cuda bf16 fp16; do
-  case $prec in cpu) f=(--backend cpu) ;; cuda) f=(--backend cuda) ;; *) f=(--backend cuda --$prec) ;; esac
+  # (the CPU run saves its checkpoint for llm-generate below)
+  case $prec in cpu) f=(--backend cpu --save "$out/pt_cpu_ck" --save-interval 20) ;; cuda) f=(--backend cuda) ;; *) f=(--backend cuda --$prec) ;; esac
   (tlim "$build/tools/llm-pretrain" "${pa[@]}" "${f[@]}" --output-dir "$out/pt_$prec" > "$out/pretrain_$prec.log" 2>&1; echo $? > "$out/rc_pt_$prec") &
 done
 # Reproducibility: the same bf16 run twice under LLM_CUDA_DETERMINISTIC=1, head dim 128 (where auto
@@ -344,6 +345,22 @@ for prec in cuda bf16 fp16; do
   tol=$(case $prec in cuda) echo 1e-4 ;; bf16) echo 4e-3 ;; fp16) echo 4e-4 ;; esac)
   log "pretrain $prec exit $(cat "$out/rc_pt_$prec") (cpu $(cat "$out/rc_pt_cpu")): $(curve_within 20 $tol "$out/pt_cpu/metrics.jsonl" "$out/pt_$prec/metrics.jsonl")"
 done
+# llm-generate --backend cuda (fp32, --bf16) from the CPU run's checkpoint (mock data: token ids
+# in and out): 24 greedy tokens. fp32 must give the CPU's text; --bf16 is compared with the CPU's
+# emulation, where a near tie in this barely trained model may flip a token (reported, not failed).
+if [[ -x "$build/tools/llm-generate" && -d "$out/pt_cpu_ck" ]]; then
+  gen=(--load "$out/pt_cpu_ck" --tokenizer-type NullTokenizer --vocab-size 511 --prompt "5 17 42 8 99 3 250"
+       --max-new-tokens 24 --temperature 0)
+  for g in "cpu --backend cpu" "cuda --backend cuda" "cpu_bf16 --backend cpu --bf16" "cuda_bf16 --backend cuda --bf16"; do
+    read -r name flags <<< "$g"
+    lim 60 "$build/tools/llm-generate" "${gen[@]}" $flags > "$out/generate_$name.txt" 2> "$out/generate_$name.err"
+    echo $? > "$out/rc_generate_$name"
+  done
+  same() { [[ -s "$out/generate_$1.txt" ]] && cmp -s "$out/generate_$1.txt" "$out/generate_$2.txt" && echo "$3" || echo "$4"; }
+  log "llm-generate from the CPU run's checkpoint, 24 greedy tokens: cpu exit $(cat "$out/rc_generate_cpu"), cuda exit $(cat "$out/rc_generate_cuda"): $(same cpu cuda "the same text OK" "DIFFERENT text FAIL"); --bf16: cpu exit $(cat "$out/rc_generate_cpu_bf16"), cuda exit $(cat "$out/rc_generate_cuda_bf16"): $(same cpu_bf16 cuda_bf16 "the same text" "texts differ (generate_*bf16.txt; a near tie may flip a token)")"
+else
+  log "llm-generate: not run ($([[ -x "$build/tools/llm-generate" ]] && echo "the CPU run saved no checkpoint" || echo "not in this build"))"
+fi
 det_values() { grep -o '"lm_loss": [^,]*\|"grad_norm": [^,]*' "$1" 2> /dev/null | cut -d' ' -f2 | paste - -; }
 log "pretrain deterministic (LLM_CUDA_DETERMINISTIC=1, --bf16, hd 128) twice, exit $(cat "$out/rc_pt_det_a") / $(cat "$out/rc_pt_det_b"): $(paste <(det_values "$out/pt_det_a/metrics.jsonl") <(det_values "$out/pt_det_b/metrics.jsonl") |
   awk 'NF == 4 {n++; if ($1 != $3 || $2 != $4) { if (!bad) bad = n } } END {printf "%d iterations, loss and grad norm %s", n, (n == 20 && !bad) ? "identical OK" : bad ? "differ from iteration " bad " FAIL" : "FAIL"}')"
