@@ -54,6 +54,8 @@ inline int64_t matmul_span(int64_t rows, int64_t cols, int64_t ld) { return (col
 // adding to D (beta = 1), which only a matmul without an epilogue allows. Splits fall on multiples
 // of 16 where the dimension allows (the pieces keep the pointers' alignment). Throws when a piece
 // cannot get under the limit (a single row or column over it, or a k split under an epilogue).
+// A k split into a 16-bit D rounds each partial sum to D's type; the model's only k split is
+// dweight's, into fp32 (dinp would need a weight of 2^31 elements: vocabulary x hidden).
 std::vector<Matmul> split_matmul(const Matmul& mm, int64_t limit = kMatmulSpanLimit);
 
 }  // namespace llm::cuda

@@ -525,8 +525,12 @@ KVCache GPT::make_kv_cache(int64_t batch, int64_t max_len) {
 const Tensor& GPT::forward_cached(const Tensor& tokens, KVCache& cache) {
   LLM_CHECK(tokens.dim() == 2 && tokens.size(0) == cache.batch, "forward_cached: tokens ", shape_str(tokens.shape()),
             " for a cache of batch ", cache.batch);
-  LLM_CHECK(cache.k.size() == blocks_.size() && !cache.k.empty() && cache.k[0].dtype() == act_dtype_ &&
-                cache.k[0].device() == backend_.device(),
+  bool cache_fits = cache.k.size() == blocks_.size() && cache.v.size() == blocks_.size();
+  for (size_t l = 0; cache_fits && l < blocks_.size(); ++l)
+    for (const Tensor* t : {&cache.k[l], &cache.v[l]})
+      cache_fits = cache_fits && t->defined() && t->dtype() == act_dtype_ && t->device() == backend_.device() &&
+                   t->shape() == Shape{cache.batch, cache.max_len, config_.hidden_size};
+  LLM_CHECK(cache_fits && !cache.k.empty(),
             "forward_cached: a KV cache of ", cache.k.size(), " layers in ",
             cache.k.empty() ? std::string("-") : std::string(dtype_name(cache.k[0].dtype())), " for a model of ",
             blocks_.size(), " layers computing in ", dtype_name(act_dtype_),

@@ -96,8 +96,9 @@ run)
   # A build-tree layout of the bundle's wrappers for gpu_validation.sh (which then skips the build).
   tree="$out/tree"
   mkdir -p "$tree/tools" "$tree/tests"
-  for t in "${tools[@]}"; do printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tools/$t"; done
-  for t in "${tests[@]}"; do printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tests/$t"; done
+  # (only for what the bundle holds: an older bundle lacks the newer tools, whose steps then say so)
+  for t in "${tools[@]}"; do [[ -e "$root/bin/$t" ]] && printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tools/$t"; done
+  for t in "${tests[@]}"; do [[ -e "$root/bin/$t" ]] && printf '#!/bin/sh\nexec "%s/bin/%s" "$@"\n' "$root" "$t" > "$tree/tests/$t"; done
   chmod +x "$tree"/tools/* "$tree"/tests/*
   # The sm_80 build: a copy of the bundle with its libllm.so, and a build-tree layout of it.
   if [[ -f "$carry/libllm-sm80.so.gz" ]]; then

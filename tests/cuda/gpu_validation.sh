@@ -292,8 +292,8 @@ done
 if [[ "${BIAS_GRAD_EPILOGUE:-1}" = 1 ]]; then
   (cd "$build" && LLM_CUDA_BIAS_GRAD=epilogue tlim ./tests/test_backend --gtest_filter='*Linear*cuda*' > "$out/linear_bias_epilogue.log" 2>&1; echo $? > "$out/rc_linear_bias_epilogue") &
 fi
+rm -rf "$out/pt_cpu_ck"  # (the CPU run saves its checkpoint for llm-generate below: this run's, not an earlier one's)
 for prec in cpu cuda bf16 fp16; do
-  # (the CPU run saves its checkpoint for llm-generate below)
   case $prec in cpu) f=(--backend cpu --save "$out/pt_cpu_ck" --save-interval 20) ;; cuda) f=(--backend cuda) ;; *) f=(--backend cuda --$prec) ;; esac
   (tlim "$build/tools/llm-pretrain" "${pa[@]}" "${f[@]}" --output-dir "$out/pt_$prec" > "$out/pretrain_$prec.log" 2>&1; echo $? > "$out/rc_pt_$prec") &
 done

@@ -68,19 +68,37 @@ CublasLt::~CublasLt() {
   if (handle_) (void)cublasLtDestroy(handle_);
 }
 
-void CublasLt::run(const Matmul& mm, const char* op) {
-  if (mm.m == 0 || mm.n == 0) return;
+std::vector<Matmul> CublasLt::pieces(const Matmul& mm, const char* op) const {
   if (mm.k == 0) LLM_FAIL(describe(mm, op), ": k = 0 is not supported");
-  std::vector<Matmul> pieces;
   try {
-    pieces = split_matmul(mm);
+    return split_matmul(mm);
   } catch (const Error& e) {
     LLM_FAIL(describe(mm, op), ": ", e.what());
   }
-  for (const Matmul& p : pieces) run_one(p, op);
 }
 
-void CublasLt::run_one(const Matmul& mm, const char* op) {
+bool CublasLt::supported(const Matmul& mm, const char* op, std::string* why) {
+  if (mm.m == 0 || mm.n == 0) return true;
+  try {
+    for (const Matmul& p : pieces(mm, op)) plan(p, op);
+    return true;
+  } catch (const Error& e) {
+    if (why) *why = e.what();
+    return false;
+  }
+}
+
+void CublasLt::run(const Matmul& mm, const char* op) {
+  if (mm.m == 0 || mm.n == 0) return;
+  // Every piece's plan before the first launch: a piece without an algorithm fails the call
+  // before any piece has written (a caller's fallback then starts from untouched outputs).
+  const std::vector<Matmul> ps = pieces(mm, op);
+  std::vector<Plan*> plans;
+  for (const Matmul& p : ps) plans.push_back(&plan(p, op));
+  for (size_t i = 0; i < ps.size(); ++i) launch(ps[i], *plans[i], op);
+}
+
+CublasLt::Plan& CublasLt::plan(const Matmul& mm, const char* op) {
   const bool fp32 = mm.a_type == DType::f32;
   LLM_CHECK(mm.a_type == mm.b_type, describe(mm, op), ": A and B must have the same type");
   LLM_CHECK(!fp32 || mm.d_type == DType::f32, describe(mm, op), ": fp32 inputs need an fp32 output");
@@ -145,7 +163,10 @@ void CublasLt::run_one(const Matmul& mm, const char* op) {
     plan->algo = result.algo;
     it = plans_.emplace(key, std::move(plan)).first;
   }
-  Plan& p = *it->second;
+  return *it->second;
+}
+
+void CublasLt::launch(const Matmul& mm, Plan& p, const char* op) {
   if (mm.epilogue == Epilogue::bias || mm.epilogue == Epilogue::gelu_bias_aux || mm.epilogue == Epilogue::bgradb)
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &mm.bias, sizeof(mm.bias)),
                  describe(mm, op));

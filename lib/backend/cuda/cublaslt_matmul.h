@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "backend/matmul_split.h"
 #include "core/dtype.h"
@@ -27,14 +28,20 @@ class CublasLt {
   CublasLt& operator=(const CublasLt&) = delete;
 
   // `op` names the caller in error messages (with the shapes). A matmul with an operand over
-  // 2^31 elements runs as the pieces of split_matmul (backend/matmul_split.h).
+  // 2^31 elements runs as the pieces of split_matmul (backend/matmul_split.h), every piece's plan
+  // made before the first launch.
   void run(const Matmul& mm, const char* op);
+  // Whether run(mm) would find an algorithm for every piece (plans are made and kept): false with
+  // the reason in `why`. An epilogue's caller asks first and falls back when it is missing.
+  bool supported(const Matmul& mm, const char* op, std::string* why = nullptr);
   void set_allow_tf32(bool on) { allow_tf32_ = on; }
   bool allow_tf32() const { return allow_tf32_; }
 
  private:
   struct Plan;
-  void run_one(const Matmul& mm, const char* op);
+  std::vector<Matmul> pieces(const Matmul& mm, const char* op) const;
+  Plan& plan(const Matmul& mm, const char* op);  // cached per shape, types, alignment, epilogue
+  void launch(const Matmul& mm, Plan& p, const char* op);
   cublasLtHandle_t handle_ = nullptr;
   cudaStream_t stream_;
   void* workspace_ = nullptr;

@@ -383,14 +383,15 @@ void CudaBackend::linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu,
 }
 
 bool CudaBackend::run_with_epilogue(const Matmul& mm, const char* op, bool& enabled, const char* instead) {
-  try {
-    blas_->run(mm, op);
-    return true;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "[warning] %s; using %s from now on\n", e.what(), instead);
+  // Only a missing algorithm falls back (asked before anything runs); a failed launch is an error.
+  std::string why;
+  if (!blas_->supported(mm, op, &why)) {
+    std::fprintf(stderr, "[warning] %s; using %s from now on\n", why.c_str(), instead);
     enabled = false;
     return false;
   }
+  blas_->run(mm, op);
+  return true;
 }
 
 void CudaBackend::linear_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,

@@ -91,6 +91,10 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream() const { return stream_; }
   CachingAllocator& allocator() { return *allocator_; }
+  // Whether the GELU_AUX_BIAS / DGELU epilogues are still in use (cleared for the process when
+  // cuBLASLt has no algorithm for one; DGELU also by LLM_CUDA_DGELU=0).
+  bool gelu_epilogue() const { return gelu_epilogue_; }
+  bool dgelu_epilogue() const { return dgelu_epilogue_; }
   bool device_memory(DeviceMemoryStats& out) const override;
 
  private:
@@ -115,8 +119,9 @@ class CudaBackend final : public Backend {
   // no algorithm for a shape (generation brings one-row GEMMs, not yet run on a GPU).
   bool gelu_epilogue_ = true;
   bool dgelu_epilogue_ = true;  // LLM_CUDA_DGELU=0 clears it; so does cuBLASLt without a DGELU algorithm (said once)
-  // Runs a matmul whose fused epilogue cuBLASLt may not offer for its shape and types: on an
-  // error (no algorithm), says once that `instead` takes over, clears `enabled`, returns false.
+  // Runs a matmul whose fused epilogue cuBLASLt may not offer for its shape and types: when it
+  // has no algorithm (asked before anything runs), says once that `instead` takes over, clears
+  // `enabled`, returns false.
   bool run_with_epilogue(const Matmul& mm, const char* op, bool& enabled, const char* instead);
   void linear_backward_impl(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                             const Tensor& inp, const Tensor& weight, const Tensor* pre_gelu);
