@@ -537,21 +537,27 @@ TEST(CudaBackend, CopyRowsPastTheMaxPitch) {
   be->allocator().empty_cache();  // the other tests share the card
 }
 
-// The logits' GEMMs past 2^31 elements (B*T*V from 42,692 tokens at V = 50304): cuBLASLt gets
-// them as pieces under 2^31 (split_matmul; some cuBLASLt kernels index in 32 bits). Rows on both
-// sides of the element 2^31 and a few others carry data, the rest are zero (so the references are
-// a few rows): the forward's rows, dinp's, and dweight (a sum over all rows, split over k) against
-// float64 on the values the GPU wrote. 4.3 GB of device memory in bf16, 8.6 GB in f32.
-TEST(CudaBackend, LogitsGemmsPast2To31Elements) {
+// The logits past 2^31 elements (B*T*V from 42,692 tokens at V = 50304), through the training
+// step's ops: the logits GEMM (cuBLASLt gets it as pieces under 2^31: split_matmul; some cuBLASLt
+// kernels index in 32 bits), cross-entropy forward, its backward in place, and the linear backward
+// (dinp, and dweight split over the tokens). Rows on both sides of element 2^31 and a few others
+// carry data and targets, one row zero inputs and a target (loss log V), the rest are ignored
+// (target -1: loss and gradient 0), so the references are a few rows in float64 on the values the
+// GPU wrote. 4.3 GB of device memory in bf16, 8.6 GB in f32.
+TEST(CudaBackend, LogitsPast2To31Elements) {
   REQUIRE_CUDA(be);
   const int64_t V = 50304, C = 64, N = (int64_t(1) << 31) / V + 48;
   const int64_t edge = (int64_t(1) << 31) / V;  // the row holding element 2^31
-  const std::vector<int64_t> rows = {0, 1, N / 2, edge - 1, edge, edge + 1, N - 1};
+  const std::vector<int64_t> data_rows = {0, 1, N / 2, edge - 1, edge, edge + 1, N - 1};
+  std::vector<int64_t> rows = data_rows;  // the checked rows: those and row 2 (zero inputs)
+  rows.push_back(2);
   for (DType t : {DType::bf16, DType::f32}) {
     SCOPED_TRACE(llm::dtype_name(t));
     bt::Rng rng(91);
     Vec inp(size_t(N * C), 0.0), w = rng.normal(size_t(V * C), 0.1);
-    for (int64_t r : rows)
+    bt::IVec targets(size_t(N), -1);
+    for (int64_t r : rows) targets[size_t(r)] = static_cast<int32_t>(rng.below(1, V)[0]);
+    for (int64_t r : data_rows)
       for (int64_t c = 0; c < C; ++c) inp[size_t(r * C + c)] = rng.normal(1)[0];
     auto up = [&](const Shape& sh, const Vec& v) {
       return be->upload(t == DType::f32 ? bt::host_f32(sh, v) : bt::host_low(sh, v, t));
@@ -563,37 +569,75 @@ TEST(CudaBackend, LogitsGemmsPast2To31Elements) {
     };
     const Vec wr = t == DType::f32 ? w : bt::rounded_to(w, t), ir = t == DType::f32 ? inp : bt::rounded_to(inp, t);
     Tensor gi = up({N, C}, inp), gw = up({V, C}, w), logits = be->empty({N, V}, t);
+    Tensor tg = be->upload(bt::host_i32({N}, targets));
+    ASSERT_GT(logits.numel(), int64_t(1) << 31);
     std::printf("  %s logits: %lld elements\n", std::string(llm::dtype_name(t)).c_str(),
                 static_cast<long long>(logits.numel()));
-    be->linear_forward(logits, gi, gw, Tensor());
-    // |got - ref| within rtol of ref plus a share of the terms' magnitude (fp32 sums of V terms)
-    const double rtol = t == DType::f32 ? 1e-6 : 1.0 / 128, stol = t == DType::f32 ? 1e-4 : 1e-3;
-    auto check = [&](const char* what, double got, double ref, double mag, int64_t at, int& bad) {
-      if (!(std::fabs(got - ref) <= rtol * std::fabs(ref) + stol * mag)) {
+    // Outputs in t: within rtol of ref plus stol of the terms' magnitude (fp32 sums of up to V
+    // terms); the fp32 loss and lse: 1e-5 relative.
+    const double rtol = t == DType::f32 ? 1e-5 : 1.0 / 128, stol = t == DType::f32 ? 1e-4 : 1e-3;
+    int bad = 0;
+    auto within = [&](const char* what, double got, double ref, double tol, int64_t at) {
+      if (!(std::fabs(got - ref) <= tol)) {
         if (bad++ < 3) ADD_FAILURE() << what << " at " << at << ": got " << got << ", want " << ref;
       }
     };
-    std::vector<Vec> out_rows;
-    int bad = 0;
+    auto check = [&](const char* what, double got, double ref, double mag, int64_t at) {
+      within(what, got, ref, rtol * std::fabs(ref) + stol * mag, at);
+    };
+    be->linear_forward(logits, gi, gw, Tensor());
+    std::vector<Vec> lrow;  // the logits of the checked rows, as the GPU wrote them
     for (int64_t r : rows) {
-      out_rows.push_back(down(logits.flat(r * V, V)));
+      lrow.push_back(down(logits.flat(r * V, V)));
       for (int64_t v = 0; v < V; ++v) {
         double ref = 0, mag = 0;
-        for (int64_t c = 0; c < C; ++c) ref += ir[size_t(r * C + c)] * wr[size_t(v * C + c)], mag += std::fabs(ir[size_t(r * C + c)] * wr[size_t(v * C + c)]);
-        check("logits", out_rows.back()[size_t(v)], ref, mag, r * V + v, bad);
+        for (int64_t c = 0; c < C; ++c)
+          ref += ir[size_t(r * C + c)] * wr[size_t(v * C + c)], mag += std::fabs(ir[size_t(r * C + c)] * wr[size_t(v * C + c)]);
+        check("logits", lrow.back()[size_t(v)], ref, mag, r * V + v);
       }
     }
-    EXPECT_TRUE(bt::all_equal("a row of zero inputs", down(logits.flat(2 * V, V)), Vec(size_t(V), 0.0)));
-    // backward with the logits as dlogits: dinp = dlogits W, dweight += dlogits^T inp
+    EXPECT_TRUE(bt::all_equal("the logits of zero inputs", lrow.back(), Vec(size_t(V), 0.0)));
+    // cross-entropy: loss = lse - logit[target]; ignored rows 0
+    Tensor losses = be->empty({N}), lse = be->empty({N});
+    be->cross_entropy_forward(losses, lse, logits, tg, V, 0);
+    const Vec gl = down(losses), gs = down(lse);
+    std::vector<double> ref_lse;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      double mx = -1e300, sum = 0;
+      for (double x : lrow[i]) mx = std::max(mx, x);
+      for (double x : lrow[i]) sum += std::exp(x - mx);
+      ref_lse.push_back(mx + std::log(sum));
+      const int64_t r = rows[i];
+      const double ref_loss = ref_lse.back() - lrow[i][size_t(targets[size_t(r)])];
+      within("lse", gs[size_t(r)], ref_lse.back(), 1e-5 * (1 + std::fabs(ref_lse.back())), r);
+      within("loss", gl[size_t(r)], ref_loss, 1e-5 * (1 + std::fabs(ref_lse.back())), r);
+    }
+    EXPECT_NEAR(gl[2], std::log(double(V)), 1e-4) << "uniform logits";
+    EXPECT_EQ(gl[3], 0.0) << "an ignored row";
+    EXPECT_EQ(gl[size_t(edge + 2)], 0.0) << "an ignored row";
+    // its backward in place: dlogits = softmax - onehot, ignored rows 0
+    be->cross_entropy_backward(logits, logits, lse, tg, 1.0f, V, 0);
+    std::vector<Vec> drow;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const int64_t r = rows[i];
+      drow.push_back(down(logits.flat(r * V, V)));
+      for (int64_t v = 0; v < V; ++v) {
+        const double ref = std::exp(lrow[i][size_t(v)] - ref_lse[i]) - (v == targets[size_t(r)] ? 1.0 : 0.0);
+        within("dlogits", drow.back()[size_t(v)], ref, rtol * std::fabs(ref) + 1e-9, r * V + v);
+      }
+    }
+    EXPECT_TRUE(bt::all_equal("an ignored row's dlogits", down(logits.flat((edge + 2) * V, V)), Vec(size_t(V), 0.0)));
+    // the linear backward from them: dinp = dlogits W, dweight += dlogits^T inp (the checked rows
+    // alone: the others' dlogits are 0)
     Tensor dinp = be->empty({N, C}, t), dw = be->zeros({V, C});
-    ASSERT_GT(logits.numel(), int64_t(1) << 31);
     be->linear_backward(dinp, dw, Tensor(), logits, gi, gw);
     for (size_t i = 0; i < rows.size(); ++i) {
       const Vec got = down(dinp.flat(rows[i] * C, C));
       for (int64_t c = 0; c < C; ++c) {
         double ref = 0, mag = 0;
-        for (int64_t v = 0; v < V; ++v) ref += out_rows[i][size_t(v)] * wr[size_t(v * C + c)], mag += std::fabs(out_rows[i][size_t(v)] * wr[size_t(v * C + c)]);
-        check("dinp", got[size_t(c)], ref, mag, rows[i] * C + c, bad);
+        for (int64_t v = 0; v < V; ++v)
+          ref += drow[i][size_t(v)] * wr[size_t(v * C + c)], mag += std::fabs(drow[i][size_t(v)] * wr[size_t(v * C + c)]);
+        check("dinp", got[size_t(c)], ref, mag, rows[i] * C + c);
       }
     }
     const Vec gdw = down(dw);
@@ -601,8 +645,8 @@ TEST(CudaBackend, LogitsGemmsPast2To31Elements) {
       for (int64_t c = 0; c < C; ++c) {
         double ref = 0, mag = 0;
         for (size_t i = 0; i < rows.size(); ++i)
-          ref += out_rows[i][size_t(v)] * ir[size_t(rows[i] * C + c)], mag += std::fabs(out_rows[i][size_t(v)] * ir[size_t(rows[i] * C + c)]);
-        check("dweight", gdw[size_t(v * C + c)], ref, mag, v * C + c, bad);
+          ref += drow[i][size_t(v)] * ir[size_t(rows[i] * C + c)], mag += std::fabs(drow[i][size_t(v)] * ir[size_t(rows[i] * C + c)]);
+        check("dweight", gdw[size_t(v * C + c)], ref, mag, v * C + c);
       }
     EXPECT_EQ(bad, 0);
     logits = dinp = Tensor();
