@@ -447,7 +447,7 @@ fi
 
 if [[ "$benches" = *" longseq "* ]]; then
   # Hundreds of thousands of tokens on one device: 4 layers, hidden 1024, 16 heads (head dim 64,
-  # the tensor-core attention), bf16, full recompute, mock vocab 512; loss finite, time and memory.
+  # auto's attention kernels), bf16, full recompute, mock vocab 512; loss finite, time and memory.
   ls_args=(--mock-data --vocab-size 512 --num-layers 4 --hidden-size 1024 --num-attention-heads 16 --micro-batch-size 1
            --global-batch-size 1 --log-interval 1 --recompute-granularity full --bf16 --backend cuda)
   for spec in 131072:2 262144:1; do
