@@ -45,7 +45,8 @@ mkdir -p "$out"
 log() { echo "== $*" | tee -a "$out/summary.txt"; }
 env_name() { echo "$1" | sed 's/LLM_CUDA_//g; s/[^A-Za-z0-9]\+/-/g' | tr 'A-Z' 'a-z'; }  # ENV_VARIANTS' file names
 env_export() { local kv; IFS=, read -ra kv <<< "$1"; export "${kv[@]}"; }  # one ENV_VARIANTS entry: A=1,B=2
-lim() { timeout -k 5 "$(awk -v s="$1" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}')" "${@:2}"; }  # lim SECONDS cmd...
+scaled() { awk -v s="$1" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}'; }  # SECONDS times TIME_SCALE
+lim() { timeout -k 5 "$(scaled "$1")" "${@:2}"; }  # lim SECONDS cmd...
 tlim() { lim "${TEST_LIMIT:-200}" "$@"; }  # a correctness step (they run concurrently: 30-odd processes share the card)
 losses() { cat "$@" 2> /dev/null | grep -o '"lm_loss": [^,]*' | cut -d' ' -f2; }  # metrics files' loss curve, in order
 # curve_within N TOL REF RUN...: RUN's loss curve (its metrics files in order) has N iterations,
@@ -111,7 +112,7 @@ multirank_step() {
     # step's budget, so that one run cannot carry the step past it (exit 124 then ends the step).
     mr_lim() {
       local s t
-      s=$(awk -v s="${MULTIRANK_LIMIT:-90}" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}')
+      s=$(scaled "${MULTIRANK_LIMIT:-90}")
       t=$((mr_deadline - SECONDS))
       ((t < s)) && s=$t
       ((s < 1)) && s=1
@@ -120,7 +121,7 @@ multirank_step() {
     log "multi-rank (budget ${MULTIRANK_BUDGET:-300} s x TIME_SCALE): $(mpirun --version 2>&1 | head -1) from $(command -v mpirun), $gpus GPU(s)$([[ "$gpus" -lt 4 ]] && echo "; ranks beyond them share a GPU (LLM_NCCL_SHARED_GPU=1)")"
     # The whole step within MULTIRANK_BUDGET seconds (times TIME_SCALE): what is left when it runs
     # out is listed as not run, and a run that times out ends the step (the rest would too).
-    mr_deadline=$((SECONDS + $(awk -v s="${MULTIRANK_BUDGET:-300}" -v k="${TIME_SCALE:-1}" 'BEGIN {printf "%d", s * k}')))
+    mr_deadline=$((SECONDS + $(scaled "${MULTIRANK_BUDGET:-300}")))
     mr_stop=""
     nccl_ok=0
     for np in $(printf '%s\n' 2 4 "$gpus" | awk '$1 >= 2 && !seen[$1]++'); do

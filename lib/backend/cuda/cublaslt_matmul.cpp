@@ -77,26 +77,25 @@ std::vector<Matmul> CublasLt::pieces(const Matmul& mm, const char* op) const {
   }
 }
 
-bool CublasLt::supported(const Matmul& mm, const char* op, std::string* why) {
+bool CublasLt::run_if_supported(const Matmul& mm, const char* op, std::string* why) {
   if (mm.m == 0 || mm.n == 0) return true;
-  try {
-    for (const Matmul& p : pieces(mm, op)) plan(p, op);
-    return true;
-  } catch (const Error& e) {
-    if (why) *why = e.what();
-    return false;
-  }
-}
-
-void CublasLt::run(const Matmul& mm, const char* op) {
-  if (mm.m == 0 || mm.n == 0) return;
   // Every piece's plan before the first launch: a piece without an algorithm fails the call
   // before any piece has written (a caller's fallback then starts from untouched outputs).
-  const std::vector<Matmul> ps = pieces(mm, op);
+  std::vector<Matmul> ps;
   std::vector<Plan*> plans;
-  for (const Matmul& p : ps) plans.push_back(&plan(p, op));
+  try {
+    ps = pieces(mm, op);
+    for (const Matmul& p : ps) plans.push_back(&plan(p, op));
+  } catch (const Error& e) {
+    if (!why) throw;
+    *why = e.what();
+    return false;
+  }
   for (size_t i = 0; i < ps.size(); ++i) launch(ps[i], *plans[i], op);
+  return true;
 }
+
+void CublasLt::run(const Matmul& mm, const char* op) { run_if_supported(mm, op, nullptr); }
 
 CublasLt::Plan& CublasLt::plan(const Matmul& mm, const char* op) {
   const bool fp32 = mm.a_type == DType::f32;

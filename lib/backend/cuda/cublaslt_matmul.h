@@ -31,9 +31,9 @@ class CublasLt {
   // 2^31 elements runs as the pieces of split_matmul (backend/matmul_split.h), every piece's plan
   // made before the first launch.
   void run(const Matmul& mm, const char* op);
-  // Whether run(mm) would find an algorithm for every piece (plans are made and kept): false with
-  // the reason in `why`. An epilogue's caller asks first and falls back when it is missing.
-  bool supported(const Matmul& mm, const char* op, std::string* why = nullptr);
+  // run(), except that when a piece has no algorithm (or cannot be split) nothing runs and it
+  // returns false with the reason in `why`: an epilogue's caller then falls back. (why = null: throws.)
+  bool run_if_supported(const Matmul& mm, const char* op, std::string* why);
   void set_allow_tf32(bool on) { allow_tf32_ = on; }
   bool allow_tf32() const { return allow_tf32_; }
 

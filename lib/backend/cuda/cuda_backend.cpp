@@ -383,15 +383,12 @@ void CudaBackend::linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu,
 }
 
 bool CudaBackend::run_with_epilogue(const Matmul& mm, const char* op, bool& enabled, const char* instead) {
-  // Only a missing algorithm falls back (asked before anything runs); a failed launch is an error.
+  // Only a missing algorithm falls back (found before anything runs); a failed launch is an error.
   std::string why;
-  if (!blas_->supported(mm, op, &why)) {
-    std::fprintf(stderr, "[warning] %s; using %s from now on\n", why.c_str(), instead);
-    enabled = false;
-    return false;
-  }
-  blas_->run(mm, op);
-  return true;
+  if (blas_->run_if_supported(mm, op, &why)) return true;
+  std::fprintf(stderr, "[warning] %s; using %s from now on\n", why.c_str(), instead);
+  enabled = false;
+  return false;
 }
 
 void CudaBackend::linear_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,

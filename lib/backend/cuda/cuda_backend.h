@@ -120,7 +120,7 @@ class CudaBackend final : public Backend {
   bool gelu_epilogue_ = true;
   bool dgelu_epilogue_ = true;  // LLM_CUDA_DGELU=0 clears it; so does cuBLASLt without a DGELU algorithm (said once)
   // Runs a matmul whose fused epilogue cuBLASLt may not offer for its shape and types: when it
-  // has no algorithm (asked before anything runs), says once that `instead` takes over, clears
+  // has no algorithm (found before anything runs), says once that `instead` takes over, clears
   // `enabled`, returns false.
   bool run_with_epilogue(const Matmul& mm, const char* op, bool& enabled, const char* instead);
   void linear_backward_impl(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
