@@ -109,18 +109,23 @@ int run(int argc, char** argv) {
   const GPTConfig config = checkpoint_model_config(ckpt);
   auto tok = checkpoint_tokenizer_or_flags(ckpt, tflags, config.vocab_size);  // before the weights: its errors come first
   Backend& backend = backend_by_name(backend_name);
-  GPT model(config, backend, 0, config.max_position_embeddings);
-  load_model_parameters(ckpt, model.parameters(), backend);
   const DType precision = bf16 ? DType::bf16 : fp16 ? DType::f16 : DType::f32;
-  // The checkpoint's fp32 weights, rounded once into the compute copy (set_precision converts).
-  if (precision != DType::f32) model.set_precision(precision);
+  // An inference model: the checkpoint's fp32 weights rounded once, tensor by tensor, into the
+  // compute precision; no gradients and no f32 masters (but the LayerNorms').
+  GPT model(config, backend, InferenceOptions{precision});
+  load_model_parameters(ckpt, model.parameters(), backend);
   if (context <= 0 || context > config.max_position_embeddings) context = config.max_position_embeddings;
   Generator gen(model, *tok, context);
-  std::fprintf(stderr, "[llm-generate] %s: %lld layers, hidden %lld, %lld heads, context %lld, tokenizer %s, %s %s\n",
+  const double weights_mib = static_cast<double>(model.parameter_bytes()) / (1 << 20),
+               cache_mib = static_cast<double>(gen.cache_bytes()) / (1 << 20);
+  std::fprintf(stderr,
+               "[llm-generate] %s: %lld layers, hidden %lld, %lld heads, context %lld, tokenizer %s, %s %s, "
+               "weights %.*f MiB, KV cache %.*f MiB\n",
                ckpt.dir().c_str(), static_cast<long long>(config.num_layers),
                static_cast<long long>(config.hidden_size), static_cast<long long>(config.num_heads),
                static_cast<long long>(context), tok->identity().str().c_str(), backend.name().c_str(),
-               std::string(dtype_name(precision)).c_str());
+               std::string(dtype_name(precision)).c_str(), weights_mib < 10 ? 3 : 1, weights_mib,
+               cache_mib < 10 ? 3 : 1, cache_mib);
   auto print = [](const std::string& s) {
     std::fwrite(s.data(), 1, s.size(), stdout);
     std::fflush(stdout);

@@ -43,6 +43,7 @@ class Generator {
   void reset();
   int64_t context() const { return context_; }
   int64_t used() const { return cache_.length; }
+  int64_t cache_bytes() const { return cache_.bytes(); }
 
  private:
   GPT& model_;

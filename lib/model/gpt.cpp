@@ -102,7 +102,10 @@ ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, 
   if (last) {
     ps.add("ln_f.weight", {C}, Init::ones, 0, false);
     ps.add("ln_f.bias", {C}, Init::zeros, 0, false);
+    ps.set_f32_op("ln_f.weight");
+    ps.set_f32_op("ln_f.bias");
   }
+  for (const std::string& n : norms) ps.set_f32_op(n);  // the LayerNorm ops take f32 parameters
   if (tp && sequence_parallel) {
     if (last) {
       norms.push_back("ln_f.weight");
@@ -117,10 +120,26 @@ ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, 
 
 GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length, ModelParallel tp)
     : config_(config), backend_(backend), tp_(tp) {
+  plan(seq_length);
+  params_.allocate(backend_, seed);
+  bind_blocks();
+}
+
+GPT::GPT(const GPTConfig& config, Backend& backend, InferenceOptions inference)
+    : config_(config), backend_(backend), inference_(true) {
+  LLM_CHECK(config.max_position_embeddings > 0, "an inference model needs max_position_embeddings (its context)");
+  LLM_CHECK(is_float(inference.precision), "model precision: f32, bf16 or f16, not ", dtype_name(inference.precision));
+  plan(config.max_position_embeddings);
+  params_.allocate_inference(backend_, inference.precision);
+  act_dtype_ = inference.precision;
+  bind_blocks();
+}
+
+void GPT::plan(int64_t seq_length) {
   if (tp_.size() == 1) tp_.sequence_parallel = false;
   LLM_CHECK(!(tp_.sequence_parallel && tp_.sp_size() > 1),
             "Megatron sequence parallelism and Ulysses sequence parallelism exclude each other");
-  LLM_CHECK(config.num_heads % (tp_.size() * tp_.sp_size()) == 0, "attention heads ", config.num_heads,
+  LLM_CHECK(config_.num_heads % (tp_.size() * tp_.sp_size()) == 0, "attention heads ", config_.num_heads,
             " are not divisible by tensor parallel ", tp_.size(), " x Ulysses ", tp_.sp_size());
   config_.tensor_parallel = tp_.size();
   config_.validate(seq_length);
@@ -133,10 +152,7 @@ GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_l
   params_ = gpt_parameters(config_, max_pos_, tp_.rank(), tp_.size(), tp_.sequence_parallel, tp_.pp_rank(),
                            tp_.pp_size());
   params_.set_compact(tp_.zero_stage >= 3, tp_.zero_stage >= 2);
-  params_.allocate(backend_, seed);
-
   for (int64_t l = first_layer_; l < first_layer_ + L / tp_.pp_size(); ++l) blocks_.push_back(std::make_unique<Block>());
-  bind_blocks();
   acts_ = std::make_unique<Activations>();
 }
 
@@ -147,7 +163,7 @@ void GPT::bind_blocks() {
     // LayerNorm parameters are f32 in every precision; the linear layers compute with the copy.
     auto bind = [&](Tensor& w, Tensor& g, const std::string& n, bool compute) {
       w = compute ? params_.compute_param(p + n) : params_.param(p + n);
-      g = params_.grad(p + n);
+      g = params_.has_grads() ? params_.grad(p + n) : Tensor{};
     };
     bind(b.ln1_w, b.d_ln1_w, "ln_1.weight", false);
     bind(b.ln1_b, b.d_ln1_b, "ln_1.bias", false);
@@ -253,7 +269,7 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
   if (a.B == B && a.T == T) return;
   const int64_t P = tp_.size(), C = config_.hidden_size;
   const int64_t Cl = C / P, Fl = config_.ffn() / P, NHl = config_.num_heads / P / S, Cs = Cl / S;
-  const int64_t Vl = config_.padded_vocab_size() / P, N = B * T;
+  const int64_t N = B * T;
   const bool sp = tp_.sequence_parallel;
   LLM_CHECK(!sp || N % P == 0, "sequence parallel: ", N, " tokens per micro-batch are not divisible by ", P, " ranks");
   const int64_t R = sp ? N / P : N;  // rows of the residual stream held here
@@ -264,9 +280,15 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
   a.tokens = be.empty({B, T}, DType::i32);
   a.targets = be.empty({B, T}, DType::i32);
   a.encoded = be.empty({R, C}, A);
+  // Inference: the blocks' outputs alternate between two buffers (a block reads the previous
+  // one's and writes the other), and everything else is block 0's (below), as under recompute.
+  Tensor out_pair[2];
+  if (inference_) out_pair[0] = be.empty({R, C}, A), out_pair[1] = be.empty({R, C}, A);
   for (size_t l = 0; l < blocks_.size(); ++l) {
     Block& b = *blocks_[l];
-    if (l + 1 == blocks_.size() && tp_.pp_size() > 1 && !tp_.last_stage()) {
+    if (inference_) {
+      b.residual3 = out_pair[l % 2];
+    } else if (l + 1 == blocks_.size() && tp_.pp_size() > 1 && !tp_.last_stage()) {
       // A pipeline stage's output is only sent on (its backward never reads it), so the
       // micro-batches in flight share one buffer instead of keeping one each (Megatron frees it).
       if (!stage_output_.defined() || stage_output_.shape() != Shape{R, C}) stage_output_ = be.empty({R, C}, A);
@@ -274,7 +296,7 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
     } else {
       b.residual3 = be.empty({R, C}, A);  // a block's output: kept (the next block's input)
     }
-    if (recompute_ && l > 0) {
+    if ((recompute_ || inference_) && l > 0) {
       // Full recompute: every block works in block 0's buffers and recomputes them in backward.
       const Block& first = *blocks_[0];
       b.ln1 = first.ln1, b.ln1_mean = first.ln1_mean, b.ln1_rstd = first.ln1_rstd, b.qkv = first.qkv;
@@ -307,10 +329,13 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
     a.lnf = be.empty({R, C}, A);
     a.lnf_mean = be.empty({R});
     a.lnf_rstd = be.empty({R});
-    a.logits = be.empty({B, T, Vl}, A);
-    a.losses = be.empty({N});
-    a.ce_lse = be.empty({N});
   }
+  a.logits = a.losses = a.ce_lse = Tensor{};
+  if (inference_) {  // no backward; the logits when forward() asks (forward_cached has its own)
+    a.dresidual = a.dbuf = a.dqkv = a.dfch = Tensor{};
+    return;  // one process: no tensor- or sequence-parallel buffers either
+  }
+  ensure_head_buffers();
   a.dresidual = be.empty({R, C}, A);
   a.dbuf = be.empty({N, C}, A);
   a.dqkv = be.empty({B, T, 3 * Cl}, A);
@@ -333,6 +358,15 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
   } else {
     a.send = a.recv = a.dqkv_heads = a.datty_heads = Tensor{};
   }
+}
+
+void GPT::ensure_head_buffers() {
+  Activations& a = *acts_;
+  if (!tp_.last_stage() || a.logits.defined()) return;
+  const int64_t N = a.B * a.T, Vl = config_.padded_vocab_size() / tp_.size();
+  a.logits = backend_.empty({a.B, a.T, Vl}, act_dtype_);
+  a.losses = backend_.empty({N});
+  a.ce_lse = backend_.empty({N});
 }
 
 void GPT::ulysses_exchange(const Tensor& seq, const Tensor& heads, int parts, bool to_heads, const Tensor& send_buf,
@@ -414,6 +448,7 @@ void GPT::run_forward(const Tensor& tokens) {
   }
   const Tensor& x = run_blocks(nullptr);
   if (!tp_.last_stage()) return;
+  ensure_head_buffers();
   const float eps = config_.layernorm_eps;
   be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, params_.param("ln_f.weight"),
                        params_.param("ln_f.bias"), eps);
@@ -503,6 +538,21 @@ int64_t GPT::activation_bytes() const {
     for (const BlockActs& b : sl.blocks) parked.push_back(&b);
     add_set(*sl.acts, parked);
   }
+  return total;
+}
+
+int64_t GPT::parameter_bytes() const {
+  int64_t total = 0;
+  for (const Tensor* t : {&params_.flat_params(), &params_.flat_grads(), &params_.flat_compute()})
+    if (t->defined()) total += t->numel() * static_cast<int64_t>(dtype_size(t->dtype()));
+  return total;
+}
+
+int64_t KVCache::bytes() const {
+  int64_t total = 0;
+  for (const std::vector<Tensor>* side : {&k, &v})
+    for (const Tensor& t : *side)
+      if (t.defined()) total += t.numel() * static_cast<int64_t>(dtype_size(t.dtype()));
   return total;
 }
 
@@ -640,6 +690,7 @@ void GPT::combine_vocab_shards() {
 }
 
 void GPT::backward(float loss_weight) {
+  LLM_CHECK(!inference_, "GPT::backward(): an inference model has no gradients");
   LLM_CHECK(have_loss_, "GPT::backward() needs forward() with targets first");
   have_loss_ = false;  // logits become dlogits below
   Activations& a = *acts_;
@@ -732,7 +783,10 @@ void GPT::reduce_partial_grads() {
   }
 }
 
-void GPT::zero_grad() { backend_.zero(params_.flat_grads()); }
+void GPT::zero_grad() {
+  LLM_CHECK(!inference_, "GPT::zero_grad(): an inference model has no gradients");
+  backend_.zero(params_.flat_grads());
+}
 
 const Tensor& GPT::logits() const { return acts_->logits; }
 const Tensor& GPT::losses() const { return acts_->losses; }

@@ -61,13 +61,26 @@ ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, 
 struct KVCache {
   int64_t batch = 0, max_len = 0, length = 0;  // length: positions filled
   std::vector<Tensor> k, v;                     // per layer [batch, max_len, C]
+  int64_t bytes() const;
+};
+
+// A model that only runs forward (generation, evaluation): see GPT's second constructor.
+struct InferenceOptions {
+  DType precision = DType::f32;  // the weights' and activations' type (bf16/f16: Megatron's --bf16/--fp16)
 };
 
 class GPT {
  public:
   // seq_length sizes the position table when config.max_position_embeddings is 0.
   GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length, ModelParallel tp = {});
+  // An inference model on one process: its weights in `precision` only (the LayerNorms' also in
+  // f32), zeros until loaded (load_model_parameters), no gradients, and one block's activation
+  // buffers shared by every layer, without backward scratch. About 2 bytes per parameter in
+  // bf16 instead of 10. backward(), set_precision() to another type and the f32 view of a 16-bit
+  // weight (parameters().param()) fail. config.max_position_embeddings sets the position table.
+  GPT(const GPTConfig& config, Backend& backend, InferenceOptions inference);
   ~GPT();
+  bool inference() const { return inference_; }
 
   const GPTConfig& config() const { return config_; }
   const ModelParallel& model_parallel() const { return tp_; }
@@ -135,6 +148,8 @@ class GPT {
   void refresh_compute_weights() { params_.refresh_compute(backend_); }
   // Bytes of activation and scratch buffers currently allocated (for memory reports and tests).
   int64_t activation_bytes() const;
+  // Bytes of the parameter storage: f32 masters, gradients and the 16-bit copy, where present.
+  int64_t parameter_bytes() const;
 
   // Generation. A cache for `batch` sequences of up to `max_len` positions (<= the position table).
   KVCache make_kv_cache(int64_t batch, int64_t max_len);
@@ -153,7 +168,9 @@ class GPT {
   struct Block;
   struct Activations;
   struct Slot;
+  void plan(int64_t seq_length);  // validation, layout, parameter plan, blocks (no allocation)
   void ensure_activations(int64_t B, int64_t T);
+  void ensure_head_buffers();  // the logits, losses and lse of forward() for the current (B, T)
   void bind_blocks();
   void run_forward(const Tensor& tokens);
   // The transformer blocks over acts_->encoded; with a cache, attention reads and extends it.
@@ -189,6 +206,7 @@ class GPT {
   Tensor last_hidden_, last_norm_, last_logits_;  // forward_cached's [B, C], [B, C], [B, Vp]
   int64_t valid_targets_ = 0;
   bool recompute_ = false;
+  bool inference_ = false;
   DType act_dtype_ = DType::f32;
   std::function<void(int)> grad_ready_, before_forward_, before_backward_;
   bool have_loss_ = false;

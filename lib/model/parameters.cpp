@@ -54,6 +54,12 @@ void ParameterSet::set_tied_copy(const std::string& name) {
   specs_[it->second].tied_copy = true;
 }
 
+void ParameterSet::set_f32_op(const std::string& name) {
+  auto it = index_.find(name);
+  LLM_CHECK(it != index_.end(), "no parameter named '", name, "'");
+  specs_[it->second].f32_op = true;
+}
+
 void ParameterSet::plan() {
   total_ = 0;
   // Group by group; within one, decayed sharded, decayed replicated, decayed partial, then the
@@ -78,9 +84,7 @@ void ParameterSet::set_compact(bool params, bool grads) {
   compact_grads_ = grads;
 }
 
-void ParameterSet::allocate(Backend& backend, uint64_t seed) {
-  plan();
-  seed_ = seed;
+void ParameterSet::plan_groups() {
   group_ranges_.clear();
   for (const ParamSpec& s : specs_) {
     auto [it, fresh] = group_ranges_.try_emplace(s.group, s.offset, s.offset + llm::numel(s.shape));
@@ -96,6 +100,13 @@ void ParameterSet::allocate(Backend& backend, uint64_t seed) {
     LLM_CHECK(r.first >= resident_, "parameter group ", g, " precedes the resident tensors");
     layer_area_ = std::max(layer_area_, r.second - r.first);
   }
+}
+
+void ParameterSet::allocate(Backend& backend, uint64_t seed) {
+  LLM_CHECK(!params_.defined() && !compute_.defined(), "ParameterSet::allocate(): already allocated");
+  plan();
+  plan_groups();
+  seed_ = seed;
   const int64_t compact = resident_ + layer_area_;
   Tensor host = Tensor::zeros({compact_params_ ? compact : total_});
   float* h = host.data<float>();
@@ -103,6 +114,36 @@ void ParameterSet::allocate(Backend& backend, uint64_t seed) {
     if (!compact_params_ || s.group < 0) init_parameter(h + s.offset, s, seed);
   params_ = backend.upload(host);
   grads_ = backend.zeros({compact_grads_ ? compact : total_});
+}
+
+void ParameterSet::allocate_inference(Backend& backend, DType compute) {
+  LLM_CHECK(!params_.defined() && !compute_.defined(), "ParameterSet::allocate_inference(): already allocated");
+  LLM_CHECK(!compact_params_ && !compact_grads_, "an inference parameter set is not compact (ZeRO-2/3 storage)");
+  LLM_CHECK(is_float(compute), "inference parameters: f32, bf16 or f16, not ", dtype_name(compute));
+  plan();
+  plan_groups();
+  inference_ = true;
+  if (compute == DType::f32) {
+    params_ = backend.zeros({total_});
+    return;
+  }
+  // The f32_op tensors packed in offset order (so adjacent ones stay one range).
+  std::vector<size_t> order(specs_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return specs_[a].offset < specs_[b].offset; });
+  master_offset_.assign(specs_.size(), -1);
+  int64_t packed = 0;
+  for (size_t i : order) {
+    if (!specs_[i].f32_op) continue;
+    master_offset_[i] = packed;
+    packed += llm::numel(specs_[i].shape);
+  }
+  params_ = backend.zeros({packed});
+  compute_ = backend.zeros({total_}, compute);
+}
+
+bool ParameterSet::has_master(const std::string& name) const {
+  return master_offset_.empty() || master_offset_[static_cast<size_t>(&spec(name) - specs_.data())] >= 0;
 }
 
 std::pair<int64_t, int64_t> ParameterSet::group_range(int group) const {
@@ -143,11 +184,20 @@ const ParamSpec& ParameterSet::spec(const std::string& name) const {
 
 Tensor ParameterSet::param(const std::string& name) const {
   const ParamSpec& s = spec(name);
+  if (!master_offset_.empty()) {
+    const int64_t off = master_offset_[static_cast<size_t>(&s - specs_.data())];
+    LLM_CHECK(off >= 0, "parameter '", name, "': an inference model in ", dtype_name(compute_.dtype()),
+              " holds it only in that type (compute_param())");
+    return params_.flat(off, llm::numel(s.shape)).view(s.shape);
+  }
   return params_.flat(storage_offset(s, false), llm::numel(s.shape)).view(s.shape);
 }
 
 void ParameterSet::set_compute_copy(Backend& backend, DType dtype) {
   LLM_CHECK(params_.defined(), "set_compute_copy(): allocate() first");
+  LLM_CHECK(!inference_ || dtype == compute_dtype(), "an inference model computes in the precision it was made with (",
+            dtype_name(compute_dtype()), "), not ", dtype_name(dtype));
+  if (inference_) return;
   if (dtype == DType::f32) {
     compute_ = Tensor{};
     return;
@@ -166,6 +216,8 @@ Tensor ParameterSet::compute_param(const std::string& name) const {
 
 void ParameterSet::refresh_compute(Backend& backend, int64_t storage_begin, int64_t n) const {
   if (!compute_.defined()) return;
+  LLM_CHECK(!inference_, "refresh_compute(): an inference model in ", dtype_name(compute_.dtype()),
+            " has no f32 masters to refresh from");
   if (n < 0) n = params_.numel() - storage_begin;
   if (n == 0) return;
   backend.convert(compute_.flat(storage_begin, n), params_.flat(storage_begin, n));
@@ -173,6 +225,7 @@ void ParameterSet::refresh_compute(Backend& backend, int64_t storage_begin, int6
 
 Tensor ParameterSet::grad(const std::string& name) const {
   const ParamSpec& s = spec(name);
+  LLM_CHECK(grads_.defined(), "parameter '", name, "': an inference model has no gradients");
   return grads_.flat(storage_offset(s, true), llm::numel(s.shape)).view(s.shape);
 }
 

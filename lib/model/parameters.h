@@ -43,6 +43,9 @@ struct ParamSpec {
   // of checkpoints, which count the owner's.
   bool tied_copy = false;
   int group = -1;  // the transformer layer it belongs to; -1: embeddings, final LayerNorm
+  // The ops read it in f32 whatever the compute precision (LayerNorm parameters): an inference
+  // model keeps an f32 copy of it next to the 16-bit one (ParameterSet::allocate_inference).
+  bool f32_op = false;
   bool sharded() const { return shard_dim >= 0; }
 };
 
@@ -56,6 +59,7 @@ class ParameterSet {
   void begin_group(int group) { group_ = group; }
   void set_partial_grad(const std::string& name);
   void set_tied_copy(const std::string& name);
+  void set_f32_op(const std::string& name);
   // Assigns flat offsets without allocating: group by group (-1 first, then ascending), and
   // within a group decayed before no-decay, sharded before replicated before partial-gradient
   // (so each class of a group is one contiguous range).
@@ -63,6 +67,17 @@ class ParameterSet {
   // plan(), then lays out the flat buffers on `backend` and fills the parameters from `seed`
   // (by global index: every layout gets the single-process values); grads zeroed.
   void allocate(Backend& backend, uint64_t seed);
+  // Instead of allocate(), for a model that only runs forward (generation): no gradient buffer,
+  // nothing initialised (zeros: the caller loads every tensor), and with a 16-bit `compute` no f32
+  // masters but those of the f32_op tensors. Then the copy (flat_compute(), the logical layout)
+  // holds every tensor, flat_params() only the f32_op ones (packed, in offset order), and
+  // param() of any other tensor fails. 4 bytes per parameter in f32, about 2 in bf16/f16,
+  // against 10-12 for a training model (masters, gradients, copy).
+  void allocate_inference(Backend& backend, DType compute);
+  bool inference() const { return inference_; }
+  bool has_grads() const { return grads_.defined(); }
+  // Whether param(name) has an f32 tensor (always, but in a 16-bit inference set).
+  bool has_master(const std::string& name) const;
   // ZeRO-2/3 storage, chosen before allocate(): the transformer layers' tensors (groups >= 0) of
   // the parameter and/or gradient buffer share one working area after the resident group -1
   // tensors: storage = [resident | the largest layer], a layer tensor sits at its offset within
@@ -99,7 +114,8 @@ class ParameterSet {
     return r;
   }
 
-  // Mixed precision, after allocate(): a bf16/f16 copy of the parameter storage (same layout,
+  // Mixed precision, after allocate() (an inference set gets its copy from allocate_inference()):
+  // a bf16/f16 copy of the parameter storage (same layout,
   // compact or not) holding the weights the ops compute with. LayerNorm parameters are read from
   // the f32 masters (the ops take them in f32), so their copies are never used.
   void set_compute_copy(Backend& backend, DType dtype);
@@ -121,12 +137,17 @@ class ParameterSet {
   int64_t numel() const { return total_; }
 
  private:
+  // The groups' flat ranges, the resident size and the largest layer (after plan()).
+  void plan_groups();
   std::vector<ParamSpec> specs_;
   std::map<std::string, size_t> index_;
   Tensor params_, grads_, compute_;
   int64_t total_ = 0;
   int group_ = -1;
   bool compact_params_ = false, compact_grads_ = false;
+  bool inference_ = false;
+  // 16-bit inference set: each spec's offset in the packed f32 buffer (-1: none)
+  std::vector<int64_t> master_offset_;
   int64_t resident_ = 0, layer_area_ = 0;
   std::map<int, std::pair<int64_t, int64_t>> group_ranges_;
   uint64_t seed_ = 0;

@@ -1,5 +1,6 @@
 #include "train/checkpointing.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <sstream>
 
@@ -175,13 +176,27 @@ void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params) {
 }
 
 void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params, Backend& backend) {
-  if (params.flat_params().device().is_cpu()) return load_model_parameters(ckpt, params);
-  for (const ParamSpec& s : params.specs()) {
-    const Tensor dst = params.param(s.name);
-    Tensor host = Tensor::empty(dst.shape(), dst.dtype());
-    read_into(ckpt, "model", s.name, host);
+  const bool rounded = params.inference() && params.compute_dtype() != DType::f32;
+  if (params.flat_params().device().is_cpu() && !rounded) return load_model_parameters(ckpt, params);
+  auto put = [&](const Tensor& dst, const Tensor& host) {
+    if (dst.device().is_cpu()) return dst.copy_from(host);
     backend.copy(dst, host);
-    backend.synchronize();  // before `host` goes (a copy from pageable memory may still read it)
+    backend.synchronize();  // before the staging buffer is reused (a copy from pageable memory may still read it)
+  };
+  // One staging buffer (and one for the rounded values) the size of the largest tensor, reused:
+  // a pair per tensor raised the peak by 478 MiB for a 350M-parameter model in bf16.
+  int64_t largest = 0;
+  for (const ParamSpec& s : params.specs()) largest = std::max(largest, numel(s.shape));
+  const Tensor stage = Tensor::empty({largest});
+  const Tensor stage_low = rounded ? Tensor::empty({largest}, params.compute_dtype()) : Tensor{};
+  for (const ParamSpec& s : params.specs()) {
+    const Tensor host = stage.flat(0, numel(s.shape)).view(s.shape);
+    read_into(ckpt, "model", s.name, host);
+    if (params.has_master(s.name)) put(params.param(s.name), host);
+    if (!rounded) continue;
+    const Tensor low = stage_low.flat(0, numel(s.shape)).view(s.shape);
+    cpu_backend().convert(low, host);  // round to nearest even, as the backends' convert
+    put(params.compute_param(s.name), low);
   }
 }
 

@@ -88,7 +88,9 @@ std::string save_model_checkpoint(const std::string& save_root, int64_t iteratio
 // The model config recorded in a checkpoint (for llm-generate and llm-ckpt).
 GPTConfig checkpoint_model_config(const CheckpointReader& ckpt);
 // Loads only the parameters into a model built from checkpoint_model_config(): host parameters
-// directly; a device model's (`backend`, the model's) tensor by tensor through a host copy.
+// directly; a device model's (`backend`, the model's) tensor by tensor through a host copy. An
+// inference model's 16-bit weights are rounded on the host, tensor by tensor, so no f32 copy of
+// the whole model exists anywhere (the f32_op tensors also keep their f32 values).
 void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params);
 void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params, Backend& backend);
 // The tokenizer recorded in a checkpoint: identity, and the files' paths inside it.

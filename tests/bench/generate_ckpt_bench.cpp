@@ -3,7 +3,11 @@
 // STREAM-style copy bandwidth), prefill tokens/s vs the sgemm ceiling, and checkpoint save/load
 // GB/s vs this disk's sequential write(+fsync)/read speed for the same number of bytes.
 //
-//   bench-generate-ckpt [--dir /tmp/llm-bench] [--decode 64] [--prefill 512] [--no-ckpt]
+// The model is llm-generate's (an inference model: weights only, one block's activations);
+// --training-model runs the same weights in a training model (gradients, every block's activations
+// and backward scratch) for comparison.
+//
+//   bench-generate-ckpt [--dir /tmp/llm-bench] [--decode 64] [--prefill 512] [--no-ckpt] [--training-model]
 #include <cblas.h>
 #include <fcntl.h>
 #include <omp.h>
@@ -82,15 +86,16 @@ std::pair<double, double> disk_gbs(const std::string& path, size_t bytes) {
 int main(int argc, char** argv) {
   std::string dir = "/tmp/llm-bench";
   int decode_tokens = 64, prefill_tokens = 512;
-  bool do_ckpt = true;
+  bool do_ckpt = true, training_model = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--dir") dir = argv[++i];
     else if (a == "--decode") decode_tokens = std::atoi(argv[++i]);
     else if (a == "--prefill") prefill_tokens = std::atoi(argv[++i]);
     else if (a == "--no-ckpt") do_ckpt = false;
+    else if (a == "--training-model") training_model = true;
     else {
-      std::fprintf(stderr, "usage: %s [--dir D] [--decode N] [--prefill N] [--no-ckpt]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--dir D] [--decode N] [--prefill N] [--no-ckpt] [--training-model]\n", argv[0]);
       return 2;
     }
   }
@@ -103,14 +108,19 @@ int main(int argc, char** argv) {
   c.num_heads = 16;
   c.vocab_size = 50257;
   c.max_position_embeddings = 1024;
-  GPT model(c, cpu_backend(), 1, 1024);
+  GPT model = training_model ? GPT(c, cpu_backend(), 1, 1024) : GPT(c, cpu_backend(), InferenceOptions{DType::f32});
+  if (!training_model) {  // GPT-2's initial values, as the training model has them
+    float* w = model.parameters().flat_params().data<float>();
+    for (const ParamSpec& s : model.parameters().specs()) init_parameter(w + s.offset, s, 1);
+  }
   const double param_bytes = static_cast<double>(model.parameters().numel()) * 4;
   // Bytes a decode step must read: every weight matrix and bias once, the full tied embedding
   // for the logits (the wpe row read is negligible and not counted).
   const double wpe_bytes = 1024.0 * 768 * 4;
   const double bytes_per_token = param_bytes - wpe_bytes;
-  std::printf("model GPT125M: %.1fM parameters (%.0f MB fp32), %.0f MB read per decoded token\n",
-              model.parameters().numel() / 1e6, param_bytes / 1e6, bytes_per_token / 1e6);
+  std::printf("model GPT125M (%s model): %.1fM parameters (%.0f MB fp32), %.0f MB read per decoded token\n",
+              training_model ? "training" : "inference", model.parameters().numel() / 1e6, param_bytes / 1e6,
+              bytes_per_token / 1e6);
 
   // decode
   std::vector<int32_t> prompt(16);

@@ -171,11 +171,11 @@ TEST_P(GpuGeneration, KVCacheLogitsMatchTheCpu) {
 INSTANTIATE_TEST_SUITE_P(Types, GpuGeneration, ::testing::Values(DType::f32, DType::bf16, DType::f16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
-// llm-generate's own path on the GPU: a checkpoint saved from a CPU model, loaded into a GPU model
-// built from other weights (load_model_parameters with the backend: every stored element exact),
-// then the Generator (prompt, KV cache, fp32 logits to the host sampler): greedy fp32 gives the
-// CPU's tokens from the same checkpoint, and after --bf16's switch (set_precision) the CPU
-// emulation's (the logits themselves: KVCacheLogitsMatchTheCpu).
+// llm-generate's own path on the GPU: a checkpoint saved from a CPU model, loaded into a GPU
+// inference model (load_model_parameters with the backend: every stored element exact in fp32;
+// in bf16 rounded on the host, tensor by tensor), then the Generator (prompt, KV cache, fp32 logits
+// to the host sampler): greedy fp32 gives the CPU's tokens from the same checkpoint, and --bf16
+// the CPU emulation's (the logits themselves: KVCacheLogitsMatchTheCpu).
 TEST(GpuGenerator, FromACheckpointMatchesTheCpu) {
   REQUIRE_GPU(gpu);
   const GPTConfig c = generation_config();
@@ -189,7 +189,7 @@ TEST(GpuGenerator, FromACheckpointMatchesTheCpu) {
     save_model_checkpoint(root, 0, c, saved.parameters(), rec);
   }
   const CheckpointReader ckpt = CheckpointReader::open(root);
-  GPT host(c, cpu_backend(), 99, context), dev(c, *gpu, 99, context);
+  GPT host(c, cpu_backend(), 99, context), dev(c, *gpu, InferenceOptions{DType::f32});
   load_model_parameters(ckpt, host.parameters());
   load_model_parameters(ckpt, dev.parameters(), *gpu);
   for (const ParamSpec& s : host.parameters().specs()) {
@@ -211,11 +211,86 @@ TEST(GpuGenerator, FromACheckpointMatchesTheCpu) {
   EXPECT_EQ(got.text, want.text) << "greedy fp32 on the GPU and the CPU";
   // --bf16: the CPU's emulation's greedy tokens too. The model is untrained, so the last token's
   // own logit leads by about 0.3 while bf16 moves logits by about 0.004: no near ties to flip.
-  for (GPT* m : {&host, &dev}) m->set_precision(DType::bf16);
-  Generator on_cpu_bf16(host, tok, context), on_gpu_bf16(dev, tok, context);
+  host.set_precision(DType::bf16);
+  GPT dev_bf16(c, *gpu, InferenceOptions{DType::bf16});
+  load_model_parameters(ckpt, dev_bf16.parameters(), *gpu);
+  Generator on_cpu_bf16(host, tok, context), on_gpu_bf16(dev_bf16, tok, context);
   const GenerateStats wb = on_cpu_bf16.generate(prompt, go, {}), b = on_gpu_bf16.generate(prompt, go, {});
   EXPECT_EQ(b.new_tokens, 12);
   EXPECT_EQ(b.stop_reason, "max-new-tokens");
   EXPECT_EQ(b.text, wb.text) << "greedy bf16 on the GPU and the CPU's emulation";
   std::filesystem::remove_all(root);
 }
+
+// The GPU inference model against the GPU training model loaded from the same checkpoint (then
+// set_precision, as llm-generate did before): the same weights bit for bit (the host's rounding is
+// the device's), the same kernels on the same shapes and alignments, so the same logits bit for
+// bit, through the KV cache and the full forward, while its blocks share one set of buffers on the
+// stream. The device memory it takes is its parameter_bytes(): 2 bytes a weight in bf16 against
+// the training model's 10.
+class GpuInferenceModel : public ::testing::TestWithParam<DType> {};
+
+TEST_P(GpuInferenceModel, ComputesWhatTheTrainingModelComputes) {
+  REQUIRE_GPU(gpu);
+  const DType t = GetParam();
+  const GPTConfig c = generation_config();
+  const int64_t context = c.max_position_embeddings;
+  const std::string root = ::testing::TempDir() + "llm_gpu_inference_" + std::to_string(::getpid());
+  {
+    GPT saved(c, cpu_backend(), 7, context);
+    TokenizerRecord rec;
+    rec.identity = NullTokenizer(c.vocab_size - 1).identity();
+    save_model_checkpoint(root, 0, c, saved.parameters(), rec);
+  }
+  const CheckpointReader ckpt = CheckpointReader::open(root);
+  GPT train(c, *gpu, 99, context);
+  load_model_parameters(ckpt, train.parameters(), *gpu);
+  train.set_precision(t);
+  DeviceMemoryStats before, after;
+  ASSERT_TRUE(gpu->device_memory(before));
+  GPT inf(c, *gpu, InferenceOptions{t});
+  ASSERT_TRUE(gpu->device_memory(after));
+  const int64_t taken = after.allocated - before.allocated;
+  std::printf("  %s: inference parameters %lld bytes on the device (parameter_bytes %lld), training %lld\n",
+              std::string(dtype_name(t)).c_str(), static_cast<long long>(taken),
+              static_cast<long long>(inf.parameter_bytes()), static_cast<long long>(train.parameter_bytes()));
+  // The caching allocator rounds each request up (512 bytes here) and may hand out a cached block
+  // of up to twice it: the two buffers (the packed f32 LayerNorms, the 16-bit copy; or the f32
+  // weights) within that, and in 16 bits under half of what the training model holds.
+  EXPECT_GE(taken, inf.parameter_bytes());
+  EXPECT_LE(taken, 2 * inf.parameter_bytes() + 2 * 1024) << "more device memory than the inference weights";
+  if (t != DType::f32) {
+    EXPECT_LT(2 * taken, train.parameter_bytes());
+  }
+  load_model_parameters(ckpt, inf.parameters(), *gpu);
+  for (const ParamSpec& s : inf.parameters().specs()) {
+    const Tensor a = gpu->download(inf.parameters().compute_param(s.name)),
+                 b = gpu->download(train.parameters().compute_param(s.name));
+    EXPECT_EQ(0, std::memcmp(a.raw(), b.raw(), a.nbytes())) << s.name << " in " << dtype_name(t);
+  }
+  KVCache ci = inf.make_kv_cache(1, context), ct = train.make_kv_cache(1, context);
+  int pos = 0;
+  for (int n : {200, 1, 1, 70, 1, 12}) {
+    Tensor chunk = Tensor::empty({1, n}, DType::i32);
+    for (int i = 0; i < n; ++i) chunk.data<int32_t>()[i] = static_cast<int32_t>((37 * (pos + i) + 11) % c.vocab_size);
+    pos += n;
+    const Tensor a = gpu->download(inf.forward_cached(chunk, ci)), b = gpu->download(train.forward_cached(chunk, ct));
+    double top = 0;
+    for (int64_t v = 0; v < c.vocab_size; ++v) top = std::max(top, std::fabs(static_cast<double>(a.data<float>()[v])));
+    ASSERT_GT(top, 0.0) << "zero logits after " << pos << " tokens";
+    EXPECT_EQ(0, std::memcmp(a.raw(), b.raw(), a.nbytes())) << dtype_name(t) << ": cached logits after " << pos << " tokens";
+  }
+  Tensor tok = Tensor::empty({2, 64}, DType::i32), tgt = Tensor::empty({2, 64}, DType::i32);
+  for (int i = 0; i < 128; ++i) {
+    tok.data<int32_t>()[i] = static_cast<int32_t>((13 * i + 5) % c.vocab_size);
+    tgt.data<int32_t>()[i] = static_cast<int32_t>((13 * i + 18) % c.vocab_size);
+  }
+  const double li = inf.forward(tok, tgt), lt = train.forward(tok, tgt);
+  EXPECT_EQ(li, lt) << dtype_name(t) << ": loss of the full forward";
+  const Tensor a = gpu->download(inf.logits()), b = gpu->download(train.logits());
+  EXPECT_EQ(0, std::memcmp(a.raw(), b.raw(), a.nbytes())) << dtype_name(t) << ": full-forward logits";
+  std::filesystem::remove_all(root);
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, GpuInferenceModel, ::testing::Values(DType::f32, DType::bf16, DType::f16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });

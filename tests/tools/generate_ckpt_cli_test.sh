@@ -32,6 +32,11 @@ check "sampling with a seed is reproducible" "[ \"$s1\" = \"$s2\" ]"
 b1=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --bf16 2> "$work/b1.err")
 b2=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --bf16 2> /dev/null)
 check "--bf16 generation runs, is deterministic and says so" "[ -n \"$b1\" ] && [ \"$b1\" = \"$b2\" ] && grep -q 'cpu bf16' $work/b1.err && grep -q 'decode: [0-9]* tokens' $work/b1.err"
+# An inference model: fp32 weights only, and in bf16 half that (the LayerNorms stay f32 too).
+wf=$(sed -n 's/.*, weights \([0-9.]*\) MiB, KV cache \([0-9.]*\) MiB$/\1/p' "$work/g1.err")
+wb=$(sed -n 's/.*, weights \([0-9.]*\) MiB, KV cache \([0-9.]*\) MiB$/\1/p' "$work/b1.err")
+check "--bf16 holds its weights in half fp32's memory (${wf:-?} vs ${wb:-?} MiB)" \
+  "awk -v f='${wf:-0}' -v b='${wb:-0}' 'BEGIN { exit !(f > 0 && b / f > 0.5 && b / f < 0.51) }'"
 f1=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --fp16 2> /dev/null)
 check "--fp16 generation runs" "[ -n \"$f1\" ]"
 "$gen" --load "$work/ck" --prompt "the cat" --bf16 --fp16 > /dev/null 2> "$work/both.err"
