@@ -127,9 +127,11 @@ const char* kSingleProcessLayout =
 std::string save_model_checkpoint(const std::string& save_root, int64_t iteration, const GPTConfig& config,
                                   const ParameterSet& params, const TokenizerRecord& tokenizer,
                                   const std::string& extra_fields) {
-  CheckpointWriter w(save_root, iteration);
   const Tensor& flat = params.flat_params();
   LLM_CHECK(flat.device().is_cpu(), "save_model_checkpoint: host parameters expected");
+  LLM_CHECK(!params.inference() || params.compute_dtype() == DType::f32, "save_model_checkpoint: an inference model in ",
+            dtype_name(params.compute_dtype()), " holds no f32 weights to save");
+  CheckpointWriter w(save_root, iteration);
   for (const ParamSpec& s : params.specs())
     w.add("model", s.name, s.shape, Box::whole(s.shape), flat.flat(s.offset, numel(s.shape)).view(s.shape));
   std::string f = "\"model\": " + model_json(config) + ",\n  " + tokenizer_fields(w, tokenizer) + ",\n  " +
@@ -172,6 +174,8 @@ TokenizerOptions tokenizer_options(const TokenizerRecord& record) {
 
 void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params) {
   LLM_CHECK(params.flat_params().device().is_cpu(), "load_model_parameters: host parameters expected");
+  if (params.inference() && params.compute_dtype() != DType::f32)
+    return load_model_parameters(ckpt, params, cpu_backend());  // rounded into the 16-bit weights
   for (const ParamSpec& s : params.specs()) read_into(ckpt, "model", s.name, params.param(s.name));
 }
 

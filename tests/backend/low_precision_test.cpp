@@ -105,6 +105,31 @@ TEST_P(LowPrecision, LinearAccumulatesInFp32) {
   EXPECT_TRUE(bt::all_close("linear dbias (f32 +=)", down(db), cdb2, Tol{1e-5, 1e-4}));
 }
 
+// Few rows (a decode step, a small batch) against a 16-bit weight: the CPU reads the weight at its
+// width a block of rows at a time (bf16, one row: in registers) instead of widening it whole.
+// Row counts and widths that leave partial 4-row groups, partial blocks and partial 16-lane runs.
+TEST_P(LowPrecision, LinearWithFewRows) {
+  const DType t = type();
+  for (auto [N, C, OC] : std::vector<std::tuple<int, int, int>>{{1, 96, 130}, {1, 2051, 67}, {3, 2051, 67}, {16, 37, 9}, {1, 5, 3}}) {
+    SCOPED_TRACE("N=" + std::to_string(N) + " C=" + std::to_string(C) + " OC=" + std::to_string(OC));
+    bt::Rng rng(320 + N + C);
+    const Vec inp = rounded_to(rng.normal(size_t(N) * C), t), w = rounded_to(rng.normal(size_t(OC) * C, 0.1), t);
+    const Vec bias = rounded_to(rng.normal(size_t(OC)), t);
+    Tensor cout = Tensor::empty({N, OC}), cnb = Tensor::empty({N, OC});
+    cpu.linear_forward(cout, bt::host_f32({N, C}, inp), bt::host_f32({OC, C}, w), bt::host_f32({OC}, bias));
+    cpu.linear_forward(cnb, bt::host_f32({N, C}, inp), bt::host_f32({OC, C}, w), Tensor{});
+    Tensor gi = up({N, C}, inp, t), gw = up({OC, C}, w, t);
+    Tensor out32 = be().empty({N, OC}), nb32 = be().empty({N, OC}), outl = be().empty({N, OC}, t);
+    be().linear_forward(out32, gi, gw, up({OC}, bias));
+    be().linear_forward(nb32, gi, gw, Tensor{});
+    be().linear_forward(outl, gi, gw, up({OC}, bias, t));
+    const double scale = std::sqrt(static_cast<double>(C)) * 0.1;  // |out| without the bias
+    EXPECT_TRUE(bt::all_close("linear out (low in, f32 out)", down(out32), vec(cout), Tol{1e-5, 1e-5 * scale}));
+    EXPECT_TRUE(bt::all_close("linear out, no bias", down(nb32), vec(cnb), Tol{1e-5, 1e-5 * scale}));
+    EXPECT_TRUE(bt::all_close("linear out (low)", down(outl), vec(cout), Tol{unit(t), 1e-5 * scale}));
+  }
+}
+
 TEST_P(LowPrecision, ElementwiseLayerNormAndCrossEntropy) {
   const DType t = type();
   const int N = 19, C = 200;
@@ -180,6 +205,22 @@ TEST_P(LowPrecision, EmbeddingForwardBackward) {
   be().embedding_backward(dwte, dwpe, up({B, T, C}, dout, t), tok, 0);
   EXPECT_TRUE(bt::all_close("embedding dwte (f32)", down(dwte), vec(cdwte), Tol{1e-6, 1e-6}));
   EXPECT_TRUE(bt::all_close("embedding dwpe (f32)", down(dwpe), vec(cdwpe), Tol{1e-6, 1e-6}));
+  // A few tokens from a large table (generation; the CPU widens only their rows), as the vocabulary
+  // shard [100, 300) of 400: tokens outside it look up zeros, the position row is still added.
+  const int Vs = 200, begin = 100, Vt = 400;
+  const Vec shard = rounded_to(rng.normal(size_t(Vs) * C), t);
+  const bt::IVec few = {0, 100, 299, 300, 157, 399};
+  Tensor cfew = bt::host_i32({2, 3}, few), cf = Tensor::empty({2, 3, C});
+  cpu.embedding_forward(cf, cfew, bt::host_f32({Vs, C}, shard), bt::host_f32({3, C}, Vec(wpe.begin(), wpe.begin() + 3 * C)),
+                        begin, Vt);
+  Tensor gf = be().empty({2, 3, C}, t);
+  be().embedding_forward(gf, be().upload(cfew), up({Vs, C}, shard, t), up({3, C}, Vec(wpe.begin(), wpe.begin() + 3 * C), t),
+                         begin, Vt);
+  EXPECT_TRUE(bt::all_close("embedding of a few tokens from a shard (low)", down(gf), vec(cf), Tol{unit(t), 1e-6}));
+  if (!be().device().is_cpu()) return;  // (a device reports bad ids its own way: validate_ids)
+  Tensor bad = bt::host_i32({1, 2}, {5, Vt});
+  EXPECT_THROW(be().embedding_forward(be().empty({1, 2, C}, t), be().upload(bad), up({Vs, C}, shard, t), Tensor{}, begin, Vt),
+               llm::Error);
 }
 
 TEST_P(LowPrecision, AttentionForwardBackward) {

@@ -121,6 +121,11 @@ TEST_P(InferenceModel, HoldsOnlyTheWeightsItComputesWith) {
     EXPECT_NE(m.find("'h.0.attn.c_attn.weight'"), std::string::npos) << m;
     EXPECT_NE(m.find(std::string(dtype_name(t))), std::string::npos) << m;
     EXPECT_NE(message([&] { ps.refresh_compute(cpu_backend()); }).find("no f32 masters"), std::string::npos);
+    const std::string dir = ::testing::TempDir() + "llm_inference_save_" + std::to_string(::getpid());
+    EXPECT_NE(message([&] { save_model_checkpoint(dir, 0, c, ps, TokenizerRecord{}); }).find("no f32 weights to save"),
+              std::string::npos);
+    EXPECT_FALSE(std::filesystem::exists(dir)) << "a refused save left files behind";
+    std::filesystem::remove_all(dir);
   }
   EXPECT_NE(message([&] { inf.backward(); }).find("inference model"), std::string::npos);
   EXPECT_NE(message([&] { inf.zero_grad(); }).find("inference model"), std::string::npos);
@@ -189,7 +194,7 @@ TEST_P(InferenceModel, GeneratesTheTrainingModelsText) {
   load_model_parameters(ckpt, train.parameters(), cpu_backend());
   train.set_precision(t);
   GPT inf(c, cpu_backend(), InferenceOptions{t});
-  load_model_parameters(ckpt, inf.parameters(), cpu_backend());
+  load_model_parameters(ckpt, inf.parameters());  // the host-only form: the same rounding
   const NullTokenizer tok(c.vocab_size - 1);  // ids in, ids out; eod = vocab_size - 1
   GenerateOptions go;
   go.max_new_tokens = 20;

@@ -86,6 +86,15 @@ void convert_chunk(DType dt, void* d, DType st, const void* s, int64_t n) {
 }
 }  // namespace
 
+void widen(float* dst, DType st, const void* src, int64_t n) {
+  LLM_CHECK(is_float(st), "widen: f32, bf16 or f16, not ", dtype_name(st));
+  if (st == DType::f32) {
+    std::copy_n(static_cast<const float*>(src), n, dst);
+    return;
+  }
+  convert_chunk(DType::f32, dst, st, src, n);  // to f32: any length
+}
+
 void convert(const Tensor& dst, const Tensor& src) {
   check_float(src, src.shape(), "convert src");
   check_float(dst, src.shape(), "convert dst");

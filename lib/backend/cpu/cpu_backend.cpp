@@ -25,6 +25,12 @@ class Mixed {
   const Tensor& in(const Tensor& x, const char* what) { return widen(x, what, false, false); }
   // An operand of the op's type that is written (= or +=); `or_f32`: f32 is allowed too.
   const Tensor& out(const Tensor& x, const char* what, bool or_f32 = false) { return widen(x, what, true, or_f32); }
+  // An operand of the op's type that the op reads at its own width (checked, not widened).
+  const Tensor& as_is(const Tensor& x, const char* what) {
+    LLM_CHECK(!x.defined() || x.dtype() == t_, op_, " ", what, ": ", dtype_name(x.dtype()), ", but the op's type is ",
+              dtype_name(t_), " (they must match)");
+    return x;
+  }
   // Rounds the written operands back into their low-precision tensors.
   void done() {
     for (const Copy& c : copies_)
@@ -67,6 +73,8 @@ class Mixed {
 };
 
 class CpuBackend final : public Backend {
+  static constexpr int64_t kFewRows = 16;  // linear_forward's rows up to which a 16-bit weight is not widened whole
+
  public:
   std::string name() const override { return "cpu"; }
   Device device() const override { return kCPU; }
@@ -87,6 +95,28 @@ class CpuBackend final : public Backend {
   void embedding_forward(const Tensor& o, const Tensor& tok, const Tensor& wte, const Tensor& wpe,
                          int64_t vocab_begin, int64_t vocab_total) override {
     Mixed m("embedding_forward", wte.dtype());
+    if (wte.dtype() != DType::f32 && tok.dim() == 2 && wte.dim() == 2 && tok.numel() * 4 < wte.size(0)) {
+      // A few tokens (generation) from a 16-bit table: widen only their rows, not the table.
+      const Tensor& table = m.as_is(wte, "wte");
+      const int64_t n = tok.numel(), C = table.size(1), Vl = table.size(0);
+      const int64_t Vt = vocab_total > 0 ? vocab_total : Vl;
+      expect_shape(tok, tok.shape(), "embedding_forward tokens", DType::i32);
+      LLM_CHECK(table.is_contiguous(), "embedding_forward wte: not contiguous");
+      const int32_t* t = tok.data<int32_t>();
+      Tensor rows = Tensor::zeros({n, C}), ids = Tensor::empty(tok.shape(), DType::i32);
+      const char* w = static_cast<const char*>(table.raw());
+      const int64_t es = static_cast<int64_t>(dtype_size(table.dtype()));
+      for (int64_t i = 0; i < n; ++i) {
+        LLM_CHECK(t[i] >= 0 && t[i] < Vt, "embedding_forward: token id ", t[i], " at position ", i,
+                  " outside the vocabulary [0, ", Vt, ")");
+        const int64_t r = static_cast<int64_t>(t[i]) - vocab_begin;
+        if (r >= 0 && r < Vl) cpu::widen(rows.data<float>() + i * C, table.dtype(), w + r * C * es, C);
+        ids.data<int32_t>()[i] = static_cast<int32_t>(i);  // row i of `rows`; zeros outside this shard
+      }
+      cpu::embedding_forward(m.out(o, "out"), ids, rows, m.in(wpe, "wpe"), 0, n);
+      m.done();
+      return;
+    }
     cpu::embedding_forward(m.out(o, "out"), tok, m.in(wte, "wte"), m.in(wpe, "wpe"), vocab_begin, vocab_total);
     m.done();
   }
@@ -112,7 +142,13 @@ class CpuBackend final : public Backend {
     const Tensor& wo = m.out(o, "out", true);
     // the bias has the output's type
     Mixed mb("linear_forward bias", o.dtype());
-    cpu::linear_forward(wo, m.in(inp, "inp"), m.in(w, "weight"), mb.in(b, "bias"));
+    // Few rows (a decode step) against a 16-bit weight: read the weight at its width, a block at
+    // a time, instead of widening all of it for one matrix-vector product.
+    const int64_t rows = inp.dim() >= 1 && inp.size(-1) > 0 ? inp.numel() / inp.size(-1) : 0;
+    if (w.dtype() != DType::f32 && rows > 0 && rows <= kFewRows)
+      cpu::linear_forward_low_weight(wo, m.in(inp, "inp"), m.as_is(w, "weight"), mb.in(b, "bias"));
+    else
+      cpu::linear_forward(wo, m.in(inp, "inp"), m.in(w, "weight"), mb.in(b, "bias"));
     m.done();
   }
   void linear_backward(const Tensor& dinp, const Tensor& dw, const Tensor& db, const Tensor& dout,
@@ -154,6 +190,21 @@ class CpuBackend final : public Backend {
   }
   void attention_kv_forward(const Tensor& o, const Tensor& qkv, const Tensor& kc, const Tensor& vc, int64_t past,
                             int nh) override {
+    if (qkv.dtype() != DType::f32 && qkv.dim() == 3 && kc.dim() == 3 && vc.shape() == kc.shape() &&
+        kc.is_contiguous() && vc.is_contiguous() && qkv.size(0) == kc.size(0) && o.dim() == 3 && past >= 0 &&
+        past + qkv.size(1) <= kc.size(1)) {
+      // 16 bits: widen (and round back) only the positions this call attends to, [0, past + Tn)
+      // of each sequence, not the whole cache: the same values, O(context) instead of O(max_len).
+      const int64_t B = qkv.size(0), L = past + qkv.size(1), maxT = kc.size(1), C = kc.size(2);
+      for (int64_t b = 0; b < B; ++b) {
+        Mixed m("attention_kv_forward", qkv.dtype());
+        const Tensor kb = kc.flat(b * maxT * C, L * C).view({1, L, C}), vb = vc.flat(b * maxT * C, L * C).view({1, L, C});
+        cpu::attention_kv_forward(m.out(o.slice(0, b, 1), "out"), m.in(qkv.slice(0, b, 1), "qkv"), m.out(kb, "k_cache"),
+                                  m.out(vb, "v_cache"), past, nh);
+        m.done();
+      }
+      return;
+    }
     Mixed m("attention_kv_forward", qkv.dtype());
     cpu::attention_kv_forward(m.out(o, "out"), m.in(qkv, "qkv"), m.out(kc, "k_cache"), m.out(vc, "v_cache"), past, nh);
     m.done();

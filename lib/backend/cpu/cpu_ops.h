@@ -15,6 +15,10 @@ void layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor&
                         const Tensor& dout, const Tensor& inp, const Tensor& weight,
                         const Tensor& mean, const Tensor& rstd);
 void linear_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias);
+// linear_forward with a bf16/f16 weight (f32 out, inp and bias), for few rows (generation): the
+// weight is widened a block of rows at a time into a per-thread buffer that stays in cache and
+// multiplied there, so it is read once at its own width and never copied whole.
+void linear_forward_low_weight(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias);
 void linear_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
                      const Tensor& dout, const Tensor& inp, const Tensor& weight);
 void gelu_forward(const Tensor& out, const Tensor& inp);
@@ -36,6 +40,8 @@ double sum_squares(const Tensor& x);
 void scale(const Tensor& x, float s);
 // dst = src between f32, bf16 and f16 (round to nearest even); NaN/Inf elements of a float tensor.
 void convert(const Tensor& dst, const Tensor& src);
+// n elements of type `st` (f32, bf16, f16) at src widened to f32 at dst, on the calling thread.
+void widen(float* dst, DType st, const void* src, int64_t n);
 int64_t count_nonfinite(const Tensor& x);
 
 // Shared argument checks: contiguous host f32 tensor of the given shape.
