@@ -358,7 +358,9 @@ if [[ -x "$build/tools/llm-generate" && -d "$out/pt_cpu_ck" ]]; then
     echo $? > "$out/rc_generate_$name"
   done
   same() { [[ -s "$out/generate_$1.txt" ]] && cmp -s "$out/generate_$1.txt" "$out/generate_$2.txt" && echo "$3" || echo "$4"; }
-  log "llm-generate from the CPU run's checkpoint, 24 greedy tokens: cpu exit $(cat "$out/rc_generate_cpu"), cuda exit $(cat "$out/rc_generate_cuda"): $(same cpu cuda "the same text OK" "DIFFERENT text FAIL"); --bf16: cpu exit $(cat "$out/rc_generate_cpu_bf16"), cuda exit $(cat "$out/rc_generate_cuda_bf16"): $(same cpu_bf16 cuda_bf16 "the same text" "texts differ (generate_*bf16.txt; a near tie may flip a token)")"
+  # the inference model's weights as the tool reports them (bf16: about half of fp32)
+  weights() { local w; w=$(sed -n 's/.*, weights \([0-9.]*\) MiB, KV cache.*/\1/p' "$out/generate_$1.err" 2> /dev/null); echo "${w:-?}"; }
+  log "llm-generate from the CPU run's checkpoint, 24 greedy tokens: cpu exit $(cat "$out/rc_generate_cpu"), cuda exit $(cat "$out/rc_generate_cuda"): $(same cpu cuda "the same text OK" "DIFFERENT text FAIL"); --bf16: cpu exit $(cat "$out/rc_generate_cpu_bf16"), cuda exit $(cat "$out/rc_generate_cuda_bf16"): $(same cpu_bf16 cuda_bf16 "the same text" "texts differ (generate_*bf16.txt; a near tie may flip a token)"); weights on the GPU $(weights cuda) MiB, --bf16 $(weights cuda_bf16) MiB (CPU $(weights cpu) / $(weights cpu_bf16))"
 else
   log "llm-generate: not run ($([[ -x "$build/tools/llm-generate" ]] && echo "the CPU run saved no checkpoint" || echo "not in this build"))"
 fi

@@ -75,6 +75,8 @@ grep -q "pretrain cuda exit .* 0 iterations.* FAIL" "$summary" || fail "the CUDA
 grep -q "pretrain deterministic .* 0 iterations.* FAIL" "$summary" || fail "the reproducibility check without a device must FAIL"
 grep -q "^== llm-generate from the CPU run's checkpoint, 24 greedy tokens: cpu exit 0, cuda exit 2: DIFFERENT text FAIL; --bf16: cpu exit 0, cuda exit 2" "$summary" ||
   fail "llm-generate from the CPU run's checkpoint: the CPU must generate, and the GPU runs fail (exit 2) without a device"
+grep -qE "^== llm-generate .*; weights on the GPU \? MiB, --bf16 \? MiB \(CPU [0-9.]+ / [0-9.]+\)$" "$summary" ||
+  fail "llm-generate's line must give the CPU runs' weights (and none for the failed GPU runs)"
 grep -q "gemm exit 77" "$summary" || fail "the GEMM benchmark without a device must exit 77 (skipped)"
 grep -qE "test_backend \(cuda\) exit 0: .*SKIPPED" "$summary" || fail "the CUDA tests without a device must report SKIPPED"
 # The sm_80 step without a device: its wgmma tests skip for want of a device, not of the sm_90a
