@@ -210,14 +210,17 @@ TEST_P(LowPrecision, EmbeddingForwardBackward) {
   const int Vs = 200, begin = 100, Vt = 400;
   const Vec shard = rounded_to(rng.normal(size_t(Vs) * C), t);
   const bt::IVec few = {0, 100, 299, 300, 157, 399};
+  Vec pos(wpe.begin(), wpe.begin() + 3 * C);
+  pos[0] = -0.0;  // an out-of-shard token at position 0 gets this row itself: -0 stays -0
   Tensor cfew = bt::host_i32({2, 3}, few), cf = Tensor::empty({2, 3, C});
-  cpu.embedding_forward(cf, cfew, bt::host_f32({Vs, C}, shard), bt::host_f32({3, C}, Vec(wpe.begin(), wpe.begin() + 3 * C)),
-                        begin, Vt);
+  cpu.embedding_forward(cf, cfew, bt::host_f32({Vs, C}, shard), bt::host_f32({3, C}, pos), begin, Vt);
   Tensor gf = be().empty({2, 3, C}, t);
-  be().embedding_forward(gf, be().upload(cfew), up({Vs, C}, shard, t), up({3, C}, Vec(wpe.begin(), wpe.begin() + 3 * C), t),
-                         begin, Vt);
+  be().embedding_forward(gf, be().upload(cfew), up({Vs, C}, shard, t), up({3, C}, pos, t), begin, Vt);
   EXPECT_TRUE(bt::all_close("embedding of a few tokens from a shard (low)", down(gf), vec(cf), Tol{unit(t), 1e-6}));
   if (!be().device().is_cpu()) return;  // (a device reports bad ids its own way: validate_ids)
+  EXPECT_TRUE(std::signbit(down(gf)[0])) << "the position row's -0 under an out-of-shard token";
+  EXPECT_THROW(be().embedding_forward(gf, be().upload(cfew), up({Vs, C}, shard, t), Tensor{}, 300, Vt), llm::Error)
+      << "a shard [300, 500) of a vocabulary of 400";
   Tensor bad = bt::host_i32({1, 2}, {5, Vt});
   EXPECT_THROW(be().embedding_forward(be().empty({1, 2, C}, t), be().upload(bad), up({Vs, C}, shard, t), Tensor{}, begin, Vt),
                llm::Error);

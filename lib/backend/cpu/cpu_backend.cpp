@@ -102,8 +102,13 @@ class CpuBackend final : public Backend {
       const int64_t Vt = vocab_total > 0 ? vocab_total : Vl;
       expect_shape(tok, tok.shape(), "embedding_forward tokens", DType::i32);
       LLM_CHECK(table.is_contiguous(), "embedding_forward wte: not contiguous");
+      LLM_CHECK(vocab_begin >= 0 && vocab_begin + Vl <= Vt, "embedding_forward: shard [", vocab_begin, ", ",
+                vocab_begin + Vl, ") outside the vocabulary of ", Vt);
       const int32_t* t = tok.data<int32_t>();
-      Tensor rows = Tensor::zeros({n, C}), ids = Tensor::empty(tok.shape(), DType::i32);
+      // A token outside this shard looks up a row of -0: -0 + p is p bit for bit (the op copies the
+      // position row there), and without positions the op's zeros are +0.
+      Tensor rows = Tensor::empty({n, C}), ids = Tensor::empty(tok.shape(), DType::i32);
+      std::fill_n(rows.data<float>(), n * C, wpe.defined() ? -0.0f : 0.0f);
       const char* w = static_cast<const char*>(table.raw());
       const int64_t es = static_cast<int64_t>(dtype_size(table.dtype()));
       for (int64_t i = 0; i < n; ++i) {
