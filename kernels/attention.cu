@@ -565,7 +565,9 @@ AttentionKernels attention_kernels_for(int hd, bool backward) {
 
 #ifndef LLM_HAVE_SM90A
 // Built without sm_90a (kernels/sm90a/ needs 90 in CMAKE_CUDA_ARCHITECTURES): nothing is covered.
-const char* wgmma_unavailable() { return "built without the sm_90a kernels (CMAKE_CUDA_ARCHITECTURES has no 90)"; }
+const char* wgmma_unavailable() {
+  return "built without the sm_90a kernels (CMAKE_CUDA_ARCHITECTURES has no 90, or CUDA is older than 12.3)";
+}
 bool attention_forward_wgmma(DType, const AttentionForwardArgs&, cudaStream_t, WgmmaForward) { return false; }
 bool attention_backward_wgmma(DType, const AttentionBackwardArgs&, cudaStream_t, WgmmaBackward) { return false; }
 bool wgmma_tile_check(DType, int, const void*, const void*, float*, float*, float*, float*, float*, float*,
