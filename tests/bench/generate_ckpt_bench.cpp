@@ -5,9 +5,10 @@
 //
 // The model is llm-generate's (an inference model: weights only, one block's activations);
 // --training-model runs the same weights in a training model (gradients, every block's activations
-// and backward scratch) for comparison.
+// and backward scratch) for comparison; --bf16 the inference model in bf16 (llm-generate --bf16:
+// the bound counts 2 bytes a weight; no checkpoint part).
 //
-//   bench-generate-ckpt [--dir /tmp/llm-bench] [--decode 64] [--prefill 512] [--no-ckpt] [--training-model]
+//   bench-generate-ckpt [--dir /tmp/llm-bench] [--decode 64] [--prefill 512] [--no-ckpt] [--training-model | --bf16]
 #include <cblas.h>
 #include <fcntl.h>
 #include <omp.h>
@@ -86,7 +87,7 @@ std::pair<double, double> disk_gbs(const std::string& path, size_t bytes) {
 int main(int argc, char** argv) {
   std::string dir = "/tmp/llm-bench";
   int decode_tokens = 64, prefill_tokens = 512;
-  bool do_ckpt = true, training_model = false;
+  bool do_ckpt = true, training_model = false, bf16 = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--dir") dir = argv[++i];
@@ -94,8 +95,10 @@ int main(int argc, char** argv) {
     else if (a == "--prefill") prefill_tokens = std::atoi(argv[++i]);
     else if (a == "--no-ckpt") do_ckpt = false;
     else if (a == "--training-model") training_model = true;
+    else if (a == "--bf16") bf16 = true;
     else {
-      std::fprintf(stderr, "usage: %s [--dir D] [--decode N] [--prefill N] [--no-ckpt] [--training-model]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--dir D] [--decode N] [--prefill N] [--no-ckpt] [--training-model | --bf16]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -108,19 +111,31 @@ int main(int argc, char** argv) {
   c.num_heads = 16;
   c.vocab_size = 50257;
   c.max_position_embeddings = 1024;
-  GPT model = training_model ? GPT(c, cpu_backend(), 1, 1024) : GPT(c, cpu_backend(), InferenceOptions{DType::f32});
-  if (!training_model) {  // GPT-2's initial values, as the training model has them
-    float* w = model.parameters().flat_params().data<float>();
-    for (const ParamSpec& s : model.parameters().specs()) init_parameter(w + s.offset, s, 1);
+  if (training_model && bf16) {
+    std::fprintf(stderr, "--training-model and --bf16 exclude each other\n");
+    return 2;
   }
+  if (bf16) do_ckpt = false;
+  const DType dtype = bf16 ? DType::bf16 : DType::f32;
+  GPT model = training_model ? GPT(c, cpu_backend(), 1, 1024) : GPT(c, cpu_backend(), InferenceOptions{dtype});
+  if (!training_model) {  // GPT-2's initial values, as the training model has them (rounded in bf16)
+    ParameterSet& ps = model.parameters();
+    for (const ParamSpec& s : ps.specs()) {
+      Tensor v = Tensor::empty(s.shape);
+      init_parameter(v.data<float>(), s, 1);
+      if (ps.has_master(s.name)) ps.param(s.name).copy_from(v);
+      if (bf16) cpu_backend().convert(ps.compute_param(s.name), v);
+    }
+  }
+  const double wbytes = static_cast<double>(dtype_size(dtype));
   const double param_bytes = static_cast<double>(model.parameters().numel()) * 4;
   // Bytes a decode step must read: every weight matrix and bias once, the full tied embedding
   // for the logits (the wpe row read is negligible and not counted).
-  const double wpe_bytes = 1024.0 * 768 * 4;
-  const double bytes_per_token = param_bytes - wpe_bytes;
-  std::printf("model GPT125M (%s model): %.1fM parameters (%.0f MB fp32), %.0f MB read per decoded token\n",
-              training_model ? "training" : "inference", model.parameters().numel() / 1e6, param_bytes / 1e6,
-              bytes_per_token / 1e6);
+  const double wpe_bytes = 1024.0 * 768 * wbytes;
+  const double bytes_per_token = static_cast<double>(model.parameters().numel()) * wbytes - wpe_bytes;
+  std::printf("model GPT125M (%s model, %s): %.1fM parameters (%.0f MB fp32), %.0f MB read per decoded token\n",
+              training_model ? "training" : "inference", bf16 ? "bf16" : "fp32", model.parameters().numel() / 1e6,
+              param_bytes / 1e6, bytes_per_token / 1e6);
 
   // decode
   std::vector<int32_t> prompt(16);
