@@ -26,7 +26,11 @@ LLM_SIMD_CLONES void bf16_rows_dot(float* out, const uint16_t* w, const float* x
     const uint16_t* w0 = w + r * C;
     float a0[16] = {}, a1[16] = {}, a2[16] = {}, a3[16] = {};
     int64_t c = 0;
-    for (; c + 16 <= C; c += 16)
+    for (; c + 16 <= C; c += 16) {
+      // Software prefetch 2 KiB ahead in each of the four rows: ~10% faster decode (GPT125M,
+      // bench-generate-ckpt --bf16) than the hardware prefetcher alone on four streams.
+      if ((c & 31) == 0)
+        for (int k = 0; k < 4; ++k) __builtin_prefetch(w0 + k * C + c + 1024);
       for (int l = 0; l < 16; ++l) {
         const float xv = x[c + l];
         a0[l] += wide(w0[c + l]) * xv;
@@ -34,6 +38,7 @@ LLM_SIMD_CLONES void bf16_rows_dot(float* out, const uint16_t* w, const float* x
         a2[l] += wide(w0[2 * C + c + l]) * xv;
         a3[l] += wide(w0[3 * C + c + l]) * xv;
       }
+    }
     float s[4] = {};
     for (int l = 0; l < 16; ++l) s[0] += a0[l], s[1] += a1[l], s[2] += a2[l], s[3] += a3[l];
     for (; c < C; ++c)
