@@ -128,7 +128,6 @@ GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_l
 GPT::GPT(const GPTConfig& config, Backend& backend, InferenceOptions inference)
     : config_(config), backend_(backend), inference_(true) {
   LLM_CHECK(config.max_position_embeddings > 0, "an inference model needs max_position_embeddings (its context)");
-  LLM_CHECK(is_float(inference.precision), "model precision: f32, bf16 or f16, not ", dtype_name(inference.precision));
   plan(config.max_position_embeddings);
   params_.allocate_inference(backend_, inference.precision);
   act_dtype_ = inference.precision;
@@ -544,7 +543,7 @@ int64_t GPT::activation_bytes() const {
 int64_t GPT::parameter_bytes() const {
   int64_t total = 0;
   for (const Tensor* t : {&params_.flat_params(), &params_.flat_grads(), &params_.flat_compute()})
-    if (t->defined()) total += t->numel() * static_cast<int64_t>(dtype_size(t->dtype()));
+    if (t->defined()) total += static_cast<int64_t>(t->nbytes());
   return total;
 }
 
@@ -552,7 +551,7 @@ int64_t KVCache::bytes() const {
   int64_t total = 0;
   for (const std::vector<Tensor>* side : {&k, &v})
     for (const Tensor& t : *side)
-      if (t.defined()) total += t.numel() * static_cast<int64_t>(dtype_size(t.dtype()));
+      if (t.defined()) total += static_cast<int64_t>(t.nbytes());
   return total;
 }
 

@@ -127,13 +127,10 @@ void ParameterSet::allocate_inference(Backend& backend, DType compute) {
     params_ = backend.zeros({total_});
     return;
   }
-  // The f32_op tensors packed in offset order (so adjacent ones stay one range).
-  std::vector<size_t> order(specs_.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return specs_[a].offset < specs_[b].offset; });
+  // The f32_op tensors packed one after another.
   master_offset_.assign(specs_.size(), -1);
   int64_t packed = 0;
-  for (size_t i : order) {
+  for (size_t i = 0; i < specs_.size(); ++i) {
     if (!specs_[i].f32_op) continue;
     master_offset_[i] = packed;
     packed += llm::numel(specs_[i].shape);
@@ -142,9 +139,11 @@ void ParameterSet::allocate_inference(Backend& backend, DType compute) {
   compute_ = backend.zeros({total_}, compute);
 }
 
-bool ParameterSet::has_master(const std::string& name) const {
-  return master_offset_.empty() || master_offset_[static_cast<size_t>(&spec(name) - specs_.data())] >= 0;
+int64_t ParameterSet::master_offset(const ParamSpec& s) const {
+  return master_offset_.empty() ? storage_offset(s, false) : master_offset_[static_cast<size_t>(&s - specs_.data())];
 }
+
+bool ParameterSet::has_master(const std::string& name) const { return master_offset(spec(name)) >= 0; }
 
 std::pair<int64_t, int64_t> ParameterSet::group_range(int group) const {
   auto it = group_ranges_.find(group);
@@ -184,13 +183,10 @@ const ParamSpec& ParameterSet::spec(const std::string& name) const {
 
 Tensor ParameterSet::param(const std::string& name) const {
   const ParamSpec& s = spec(name);
-  if (!master_offset_.empty()) {
-    const int64_t off = master_offset_[static_cast<size_t>(&s - specs_.data())];
-    LLM_CHECK(off >= 0, "parameter '", name, "': an inference model in ", dtype_name(compute_.dtype()),
-              " holds it only in that type (compute_param())");
-    return params_.flat(off, llm::numel(s.shape)).view(s.shape);
-  }
-  return params_.flat(storage_offset(s, false), llm::numel(s.shape)).view(s.shape);
+  const int64_t off = master_offset(s);
+  LLM_CHECK(off >= 0, "parameter '", name, "': an inference model in ", dtype_name(compute_dtype()),
+            " holds it only in that type (compute_param())");
+  return params_.flat(off, llm::numel(s.shape)).view(s.shape);
 }
 
 void ParameterSet::set_compute_copy(Backend& backend, DType dtype) {

@@ -70,7 +70,7 @@ class ParameterSet {
   // Instead of allocate(), for a model that only runs forward (generation): no gradient buffer,
   // nothing initialised (zeros: the caller loads every tensor), and with a 16-bit `compute` no f32
   // masters but those of the f32_op tensors. Then the copy (flat_compute(), the logical layout)
-  // holds every tensor, flat_params() only the f32_op ones (packed, in offset order), and
+  // holds every tensor, flat_params() only the f32_op ones (packed), and
   // param() of any other tensor fails. 4 bytes per parameter in f32, about 2 in bf16/f16,
   // against 10-12 for a training model (masters, gradients, copy).
   void allocate_inference(Backend& backend, DType compute);
@@ -139,6 +139,9 @@ class ParameterSet {
  private:
   // The groups' flat ranges, the resident size and the largest layer (after plan()).
   void plan_groups();
+  // Where `s` (a spec of this set) sits in the f32 buffer: storage_offset(), or in a 16-bit
+  // inference set its packed offset (-1: no f32 copy).
+  int64_t master_offset(const ParamSpec& s) const;
   std::vector<ParamSpec> specs_;
   std::map<std::string, size_t> index_;
   Tensor params_, grads_, compute_;

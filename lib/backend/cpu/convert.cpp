@@ -11,14 +11,14 @@
 
 namespace llm::cpu {
 
-namespace {
-constexpr int64_t kChunk = 16384;
-
 void check_float(const Tensor& t, const Shape& shape, const char* what) {
   expect_shape(t, shape, what, t.dtype());
   LLM_CHECK(is_float(t.dtype()), what, ": element type must be f32, bf16 or f16, got ", dtype_name(t.dtype()));
   LLM_CHECK(t.device().is_cpu() && t.is_contiguous(), what, ": needs a contiguous host tensor");
 }
+
+namespace {
+constexpr int64_t kChunk = 16384;
 
 float load(DType t, const void* p, int64_t i) {
   switch (t) {

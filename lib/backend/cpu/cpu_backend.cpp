@@ -95,34 +95,8 @@ class CpuBackend final : public Backend {
   void embedding_forward(const Tensor& o, const Tensor& tok, const Tensor& wte, const Tensor& wpe,
                          int64_t vocab_begin, int64_t vocab_total) override {
     Mixed m("embedding_forward", wte.dtype());
-    if (wte.dtype() != DType::f32 && tok.dim() == 2 && wte.dim() == 2 && tok.numel() * 4 < wte.size(0)) {
-      // A few tokens (generation) from a 16-bit table: widen only their rows, not the table.
-      const Tensor& table = m.as_is(wte, "wte");
-      const int64_t n = tok.numel(), C = table.size(1), Vl = table.size(0);
-      const int64_t Vt = vocab_total > 0 ? vocab_total : Vl;
-      expect_shape(tok, tok.shape(), "embedding_forward tokens", DType::i32);
-      LLM_CHECK(table.is_contiguous(), "embedding_forward wte: not contiguous");
-      LLM_CHECK(vocab_begin >= 0 && vocab_begin + Vl <= Vt, "embedding_forward: shard [", vocab_begin, ", ",
-                vocab_begin + Vl, ") outside the vocabulary of ", Vt);
-      const int32_t* t = tok.data<int32_t>();
-      // A token outside this shard looks up a row of -0: -0 + p is p bit for bit (the op copies the
-      // position row there), and without positions the op's zeros are +0.
-      Tensor rows = Tensor::empty({n, C}), ids = Tensor::empty(tok.shape(), DType::i32);
-      std::fill_n(rows.data<float>(), n * C, wpe.defined() ? -0.0f : 0.0f);
-      const char* w = static_cast<const char*>(table.raw());
-      const int64_t es = static_cast<int64_t>(dtype_size(table.dtype()));
-      for (int64_t i = 0; i < n; ++i) {
-        LLM_CHECK(t[i] >= 0 && t[i] < Vt, "embedding_forward: token id ", t[i], " at position ", i,
-                  " outside the vocabulary [0, ", Vt, ")");
-        const int64_t r = static_cast<int64_t>(t[i]) - vocab_begin;
-        if (r >= 0 && r < Vl) cpu::widen(rows.data<float>() + i * C, table.dtype(), w + r * C * es, C);
-        ids.data<int32_t>()[i] = static_cast<int32_t>(i);  // row i of `rows`; zeros outside this shard
-      }
-      cpu::embedding_forward(m.out(o, "out"), ids, rows, m.in(wpe, "wpe"), 0, n);
-      m.done();
-      return;
-    }
-    cpu::embedding_forward(m.out(o, "out"), tok, m.in(wte, "wte"), m.in(wpe, "wpe"), vocab_begin, vocab_total);
+    // The table is read at its own width, a looked-up row at a time (never widened whole).
+    cpu::embedding_forward(m.out(o, "out"), tok, m.as_is(wte, "wte"), m.in(wpe, "wpe"), vocab_begin, vocab_total);
     m.done();
   }
   void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tok,

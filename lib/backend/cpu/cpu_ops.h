@@ -5,6 +5,8 @@
 
 namespace llm::cpu {
 
+// wte may be bf16/f16 (out and wpe f32): each looked-up row is widened as it is copied, the
+// whole table never (generation looks up a few rows of a large table).
 void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
                        int64_t vocab_begin, int64_t vocab_total);
 void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens,
@@ -44,7 +46,8 @@ void convert(const Tensor& dst, const Tensor& src);
 void widen(float* dst, DType st, const void* src, int64_t n);
 int64_t count_nonfinite(const Tensor& x);
 
-// Shared argument checks: contiguous host f32 tensor of the given shape.
+// Shared argument checks: contiguous host f32 tensor of the given shape; or f32/bf16/f16.
 void check_f32(const Tensor& t, const Shape& shape, const char* what);
+void check_float(const Tensor& t, const Shape& shape, const char* what);
 
 }  // namespace llm::cpu

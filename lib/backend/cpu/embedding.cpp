@@ -13,7 +13,7 @@ void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wt
   const int64_t B = tokens.size(0), T = tokens.size(1), C = wte.size(1), Vl = wte.size(0);
   const int64_t Vt = vocab_total > 0 ? vocab_total : Vl;
   expect_shape(tokens, {B, T}, "embedding_forward tokens", DType::i32);
-  check_f32(wte, {Vl, C}, "embedding_forward wte");
+  check_float(wte, {Vl, C}, "embedding_forward wte");
   LLM_CHECK(vocab_begin >= 0 && vocab_begin + Vl <= Vt, "embedding_forward: shard [", vocab_begin, ", ",
             vocab_begin + Vl, ") outside the vocabulary of ", Vt);
   const bool pos = wpe.defined();
@@ -24,7 +24,9 @@ void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wt
   }
   check_f32(out, {B, T, C}, "embedding_forward out");
   const int32_t* tok = tokens.data<int32_t>();
-  const float* pte = wte.data<float>();
+  const DType wt = wte.dtype();
+  const char* pte = static_cast<const char*>(wte.raw());
+  const int64_t row_bytes = C * static_cast<int64_t>(dtype_size(wt));
   const float* ppe = pos ? wpe.data<float>() : nullptr;
   float* o = out.data<float>();
   for (int64_t i = 0; i < B * T; ++i)
@@ -33,14 +35,14 @@ void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wt
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < B * T; ++i) {
     const int64_t row = static_cast<int64_t>(tok[i]) - vocab_begin;
-    const float* e = row >= 0 && row < Vl ? pte + row * C : nullptr;
+    const char* e = row >= 0 && row < Vl ? pte + row * row_bytes : nullptr;
     const float* p = pos ? ppe + (i % T) * C : nullptr;
     float* dst = o + i * C;
-    if (e && p)
-      for (int64_t c = 0; c < C; ++c) dst[c] = e[c] + p[c];
-    else if (e)
-      std::copy(e, e + C, dst);
-    else if (p)
+    if (e) {
+      widen(dst, wt, e, C);  // a copy in f32
+      if (p)
+        for (int64_t c = 0; c < C; ++c) dst[c] += p[c];
+    } else if (p)
       std::copy(p, p + C, dst);
     else
       std::fill(dst, dst + C, 0.0f);
