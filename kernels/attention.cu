@@ -409,7 +409,7 @@ AttentionKernels automatic_kernels(int hd, bool backward) {
       return AttentionKernels::tc_m32;
     return AttentionKernels::tc;
   }
-  if (hd != 48 && hd != 64 && hd != 80 && hd != 96 && hd != 128) return AttentionKernels::tc;
+  if (!wgmma_head_dim(hd)) return AttentionKernels::tc;
   if (backward) return deterministic_kernels() ? AttentionKernels::wgmma : AttentionKernels::wgmma_ws_atomic;
   return AttentionKernels::wgmma_ws3;
 }

@@ -280,6 +280,8 @@ size_t attention_backward_tc_wide_smem(int hd);
 // sm90a/attention_wgmma.cu (built when CMAKE_CUDA_ARCHITECTURES has 90; stubs otherwise).
 // nullptr when the wgmma kernels can run in this process, else the reason they cannot.
 const char* wgmma_unavailable();
+// The head dims the wgmma kernels are built for (auto takes tc at any other, 160).
+inline bool wgmma_head_dim(int hd) { return hd == 48 || hd == 64 || hd == 80 || hd == 96 || hd == 128; }
 // Forward / backward (a.scratch already holding D) on wgmma: false when the dtype (bf16, f16),
 // head dim (48, 64, 80, 96, 128), alignment or device is not covered (the caller falls back).
 // The forward's form: plain (wgmma), ping_pong (the two warpgroups' products and softmax

@@ -1739,7 +1739,7 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
 template <typename F>
 bool dispatch(DType t, int hd, F&& f) {
   if (wgmma_unavailable() || (t != DType::bf16 && t != DType::f16)) return false;
-  if (hd != 48 && hd != 64 && hd != 80 && hd != 96 && hd != 128) return false;
+  if (!wgmma_head_dim(hd)) return false;
   const auto by_dim = [&](auto tag) {
     switch (hd) {
       case 48: f(tag, std::integral_constant<int, 48>{}); break;
