@@ -134,6 +134,18 @@ GPTConfig generation_config() {  // 2 layers, hidden 128, head dim 64, vocabular
   return c;
 }
 
+// A weights-only checkpoint of generation_config() (seed 7, a NullTokenizer whose eod is
+// vocab_size - 1), saved from the CPU under TempDir()/<tag><pid>; returns its directory.
+std::string save_generation_checkpoint(const std::string& tag) {
+  const GPTConfig c = generation_config();
+  const std::string root = ::testing::TempDir() + tag + std::to_string(::getpid());
+  GPT saved(c, cpu_backend(), 7, c.max_position_embeddings);
+  TokenizerRecord rec;
+  rec.identity = NullTokenizer(c.vocab_size - 1).identity();
+  save_model_checkpoint(root, 0, c, saved.parameters(), rec);
+  return root;
+}
+
 TEST_P(GpuGeneration, KVCacheLogitsMatchTheCpu) {
   REQUIRE_GPU(gpu);
   const DType t = GetParam();
@@ -181,13 +193,7 @@ TEST(GpuGenerator, FromACheckpointMatchesTheCpu) {
   const GPTConfig c = generation_config();
   const int64_t context = c.max_position_embeddings;
   const NullTokenizer tok(c.vocab_size - 1);  // ids in, ids out; eod = vocab_size - 1
-  const std::string root = ::testing::TempDir() + "llm_gpu_generation_" + std::to_string(::getpid());
-  {
-    GPT saved(c, cpu_backend(), 7, context);
-    TokenizerRecord rec;
-    rec.identity = tok.identity();
-    save_model_checkpoint(root, 0, c, saved.parameters(), rec);
-  }
+  const std::string root = save_generation_checkpoint("llm_gpu_generation_");
   const CheckpointReader ckpt = CheckpointReader::open(root);
   GPT host(c, cpu_backend(), 99, context), dev(c, *gpu, InferenceOptions{DType::f32});
   load_model_parameters(ckpt, host.parameters());
@@ -235,13 +241,7 @@ TEST_P(GpuInferenceModel, ComputesWhatTheTrainingModelComputes) {
   const DType t = GetParam();
   const GPTConfig c = generation_config();
   const int64_t context = c.max_position_embeddings;
-  const std::string root = ::testing::TempDir() + "llm_gpu_inference_" + std::to_string(::getpid());
-  {
-    GPT saved(c, cpu_backend(), 7, context);
-    TokenizerRecord rec;
-    rec.identity = NullTokenizer(c.vocab_size - 1).identity();
-    save_model_checkpoint(root, 0, c, saved.parameters(), rec);
-  }
+  const std::string root = save_generation_checkpoint("llm_gpu_inference_");
   const CheckpointReader ckpt = CheckpointReader::open(root);
   GPT train(c, *gpu, 99, context);
   load_model_parameters(ckpt, train.parameters(), *gpu);
