@@ -119,7 +119,7 @@ int run(int argc, char** argv) {
       "      --models GPT33B --seq-lens 1k:1m --tp 4 --pp 4 --sp 8 --dtype bf16 --recompute on");
   std::string models = "tiny", seqs = "128", mbs = "1", gas = "1", dps = "1", tps = "1", pps = "1", sps = "1";
   std::string sp_types = "ds", zeros = "0", recomputes = "off", dtypes = "fp32", backends = "cpu";
-  int64_t vocab = 0, warmup = 2, iters = 5, threads = 0, baseline = 0, seq_multiple = 0;
+  int64_t vocab = 0, logits_chunk = 0, warmup = 2, iters = 5, threads = 0, baseline = 0, seq_multiple = 0;
   double mem_limit_gib = 0, timeout = 600;
   std::string output_dir = "outputs/sweep", name = "sweep", cluster_file, device = "cpu", pretrain, mpiexec = "mpiexec";
   bool simulate = false, find_max = false, no_plots = false, fit = false;
@@ -137,6 +137,7 @@ int run(int argc, char** argv) {
   CLI::Option* dtype_opt = app.add_option("--dtype", dtypes, "fp32 | bf16 | fp16 (--simulate: the cluster's)")->capture_default_str();
   CLI::Option* backend_opt = app.add_option("--backend", backends, "cpu | cuda (--simulate: cuda unless the cluster's device is cpu)")->capture_default_str();
   app.add_option("--vocab-size", vocab, "vocabulary (0 = the model file's, else llm-pretrain's default)")->capture_default_str();
+  app.add_option("--logits-chunk-tokens", logits_chunk, "llm-pretrain's: the output layer and loss this many tokens at a time (0 = all at once)")->capture_default_str();
   app.add_option("--warmup", warmup, "warm-up iterations per point (not counted)")->capture_default_str();
   app.add_option("--iters", iters, "timed iterations per point")->capture_default_str();
   app.add_option("--threads", threads, "threads per point, split over its ranks (0 = OMP_NUM_THREADS or all cores)")->capture_default_str();
@@ -177,6 +178,8 @@ int run(int argc, char** argv) {
   g.dtypes = parse_word_list("--dtype", dtypes, {"fp32", "bf16", "fp16"});
   g.backends = parse_word_list("--backend", backends, {"cpu", "cuda"});
   g.vocab_size = vocab;
+  if (logits_chunk < 0) throw ConfigError("--logits-chunk-tokens must be >= 0 (0 = all at once)");
+  g.logits_chunk = logits_chunk;
   if (warmup < 0 || iters < 1) throw ConfigError("--warmup must be >= 0 and --iters >= 1");
   const std::string here = exe_dir();
   std::map<std::string, GPTConfig> model_of;

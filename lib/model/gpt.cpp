@@ -26,7 +26,11 @@ struct GPT::Block : GPT::BlockActs {
 struct GPT::Activations {
   int64_t B = 0, T = 0;
   Tensor tokens, targets;  // on the backend
-  Tensor encoded, lnf, lnf_mean, lnf_rstd, logits, losses, ce_lse;
+  Tensor encoded, lnf, lnf_mean, lnf_rstd, losses, ce_lse;
+  // [rows, Vl]: every row's logits, or one chunk's (GPT::set_logits_chunk). It holds the logits
+  // of rows [logits_begin, logits_begin + logits_rows) of the last forward (0 rows: none).
+  Tensor logits;
+  int64_t logits_begin = 0, logits_rows = 0;
   // backward scratch
   Tensor dresidual, dbuf, dqkv, dfch;
   // tensor/sequence parallel: [N, C] gathered rows, a row-parallel layer's partial sum, this
@@ -330,11 +334,12 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
     a.lnf_rstd = be.empty({R});
   }
   a.logits = a.losses = a.ce_lse = Tensor{};
+  a.logits_rows = 0;
   if (inference_) {  // no backward; the logits when forward() asks (forward_cached has its own)
     a.dresidual = a.dbuf = a.dqkv = a.dfch = Tensor{};
     return;  // one process: no tensor- or sequence-parallel buffers either
   }
-  ensure_head_buffers();
+  ensure_head_buffers(head_chunk_rows());
   a.dresidual = be.empty({R, C}, A);
   a.dbuf = be.empty({N, C}, A);
   a.dqkv = be.empty({B, T, 3 * Cl}, A);
@@ -359,13 +364,39 @@ void GPT::ensure_activations(int64_t B, int64_t T) {
   }
 }
 
-void GPT::ensure_head_buffers() {
+int64_t GPT::head_chunk_rows() const {
+  const int64_t N = acts_->B * acts_->T;
+  return logits_chunk_ > 0 ? std::min(N, logits_chunk_) : N;
+}
+
+void GPT::ensure_head_buffers(int64_t rows) {
   Activations& a = *acts_;
-  if (!tp_.last_stage() || a.logits.defined()) return;
+  if (!tp_.last_stage()) return;
   const int64_t N = a.B * a.T, Vl = config_.padded_vocab_size() / tp_.size();
-  a.logits = backend_.empty({a.B, a.T, Vl}, act_dtype_);
-  a.losses = backend_.empty({N});
-  a.ce_lse = backend_.empty({N});
+  if (!a.losses.defined()) {
+    a.losses = backend_.empty({N});
+    a.ce_lse = backend_.empty({N});
+  }
+  if (a.logits.defined() && a.logits.size(0) >= rows) return;
+  a.logits = Tensor{};  // free the smaller buffer first
+  a.logits_rows = 0;
+  a.logits = backend_.empty({rows, Vl}, act_dtype_);
+}
+
+const Tensor& GPT::head_input() const {
+  return tp_.sequence_parallel ? acts_->lnf_full : acts_->lnf;
+}
+
+Tensor GPT::head_logits(int64_t begin, int64_t rows) {
+  Activations& a = *acts_;
+  const Tensor logits = a.logits.slice(0, 0, rows);
+  if (a.logits_begin != begin || a.logits_rows != rows) {
+    a.logits_rows = 0;  // nothing valid while it is rewritten
+    backend_.linear_forward(logits, head_input().slice(0, begin, rows), params_.compute_param("wte"), Tensor{});
+    a.logits_begin = begin;
+    a.logits_rows = rows;
+  }
+  return logits;
 }
 
 void GPT::ulysses_exchange(const Tensor& seq, const Tensor& heads, int parts, bool to_heads, const Tensor& send_buf,
@@ -445,14 +476,13 @@ void GPT::run_forward(const Tensor& tokens) {
                          tp_.rank() == 0 ? wpe : Tensor{}, vocab_begin_, config_.padded_vocab_size());
     reduce_rows(a.encoded, emb);
   }
+  a.logits_rows = 0;  // the logits buffer holds nothing of this forward yet
   const Tensor& x = run_blocks(nullptr);
   if (!tp_.last_stage()) return;
-  ensure_head_buffers();
-  const float eps = config_.layernorm_eps;
+  // The final LayerNorm; the vocabulary projection is the caller's (whole, or in chunks).
   be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, params_.param("ln_f.weight"),
-                       params_.param("ln_f.bias"), eps);
-  be.linear_forward(a.logits.view({a.B * a.T, -1}), gather_rows(a.lnf, a.lnf_full), params_.compute_param("wte"),
-                    Tensor{});
+                       params_.param("ln_f.bias"), config_.layernorm_eps);
+  gather_rows(a.lnf, a.lnf_full);
 }
 
 void GPT::block_forward(size_t layer, const Tensor& x, KVCache* cache) {
@@ -498,6 +528,17 @@ const Tensor& GPT::run_blocks(KVCache* cache) {
     x = &blocks_[l]->residual3;
   }
   return *x;
+}
+
+void GPT::set_logits_chunk(int64_t tokens) {
+  LLM_CHECK(tokens >= 0, "logits chunk of ", tokens, " tokens: must be >= 0 (0: every row at once)");
+  if (tokens == logits_chunk_) return;
+  logits_chunk_ = tokens;
+  // Re-size the logits buffers on the next forward (a parked micro-batch's set keeps its own).
+  acts_->logits = Tensor{};
+  acts_->logits_rows = 0;
+  for (Slot& s : slots_)
+    if (s.acts) s.acts->logits = Tensor{}, s.acts->logits_rows = 0;
 }
 
 void GPT::set_recompute(bool on) {
@@ -617,6 +658,9 @@ const Tensor& GPT::forward_cached(const Tensor& tokens, KVCache& cache) {
 void GPT::forward_logits(const Tensor& tokens) {
   LLM_CHECK(tp_.pp_size() == 1, "forward_logits() runs on one pipeline stage (pipeline parallel ", tp_.pp_size(), ")");
   run_forward(tokens);
+  const int64_t N = acts_->B * acts_->T;
+  ensure_head_buffers(N);
+  head_logits(0, N);
   have_loss_ = false;
 }
 
@@ -629,8 +673,16 @@ double GPT::forward(const Tensor& tokens, const Tensor& targets) {
   }
   Activations& a = *acts_;
   stage(backend_, a.targets, targets, "targets");
-  backend_.cross_entropy_forward(a.losses, a.ce_lse, a.logits.view({a.B * a.T, -1}), a.targets, config_.vocab_size,
-                                 vocab_begin_);
+  // The vocabulary projection and the loss, a chunk of rows at a time: only the per-row lse and
+  // losses of every row are kept (under TP each shard's, combined below).
+  const int64_t N = a.B * a.T, chunk = head_chunk_rows();
+  ensure_head_buffers(chunk);
+  const Tensor targets_flat = a.targets.view({N});
+  for (int64_t r = 0; r < N; r += chunk) {
+    const int64_t n = std::min(chunk, N - r);
+    backend_.cross_entropy_forward(a.losses.slice(0, r, n), a.ce_lse.slice(0, r, n), head_logits(r, n),
+                                   targets_flat.slice(0, r, n), config_.vocab_size, vocab_begin_);
+  }
   if (tp_.size() > 1) combine_vocab_shards();
   Tensor host_targets = a.targets.device().is_cpu() ? a.targets : backend_.download(a.targets);
   Tensor host_losses = a.losses.device().is_cpu() ? a.losses : backend_.download(a.losses);
@@ -698,12 +750,21 @@ void GPT::backward(float loss_weight) {
   if (tp_.last_stage()) {
     const bool sp = tp_.sequence_parallel;
     const float dloss = valid_targets_ ? loss_weight / static_cast<float>(valid_targets_) : 0.0f;
-    // in place: logits -> dlogits (a.ce_lse is the global log-sum-exp)
-    const Tensor logits = a.logits.view({N, -1});
-    be.cross_entropy_backward(logits, logits, a.ce_lse, a.targets, dloss, config_.vocab_size, vocab_begin_);
+    // Chunk by chunk, last first (forward left its logits in the buffer; the others are
+    // recomputed): logits -> dlogits in place (a.ce_lse is the global log-sum-exp), then the
+    // chunk's rows of d(head input) and its share of wte's gradient (accumulated).
+    const int64_t chunk = head_chunk_rows();
+    const Tensor targets_flat = a.targets.view({N});
+    for (int64_t r = (N - 1) / chunk * chunk; r >= 0; r -= chunk) {
+      const int64_t n = std::min(chunk, N - r);
+      const Tensor logits = head_logits(r, n);
+      a.logits_rows = 0;  // turned into dlogits
+      be.cross_entropy_backward(logits, logits, a.ce_lse.slice(0, r, n), targets_flat.slice(0, r, n), dloss,
+                                config_.vocab_size, vocab_begin_);
+      be.linear_backward(a.dbuf.slice(0, r, n), params_.grad("wte"), Tensor{}, logits, head_input().slice(0, r, n),
+                         params_.compute_param("wte"));
+    }
     const Tensor& last = blocks_.back()->residual3;
-    be.linear_backward(a.dbuf, params_.grad("wte"), Tensor{}, logits, sp ? a.lnf_full : a.lnf,
-                       params_.compute_param("wte"));
     // d(final LayerNorm output): summed over the vocabulary shards
     const Tensor& dlnf = sp ? a.drows : a.dbuf;
     reduce_rows(dlnf, a.dbuf);
@@ -787,7 +848,14 @@ void GPT::zero_grad() {
   backend_.zero(params_.flat_grads());
 }
 
-const Tensor& GPT::logits() const { return acts_->logits; }
+Tensor GPT::logits() const {
+  const Activations& a = *acts_;
+  const int64_t N = a.B * a.T;
+  LLM_CHECK(a.logits.defined() && a.logits_begin == 0 && a.logits_rows == N,
+            "GPT::logits(): the buffer holds no whole forward's logits (forward() with a logits chunk of ",
+            logits_chunk_, " tokens keeps one chunk; forward_logits() computes them all)");
+  return a.logits.slice(0, 0, N).view({a.B, a.T, -1});
+}
 const Tensor& GPT::losses() const { return acts_->losses; }
 
 }  // namespace llm

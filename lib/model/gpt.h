@@ -138,6 +138,14 @@ class GPT {
     before_backward_ = std::move(before_backward);
   }
   bool recompute() const { return recompute_; }
+  // The vocabulary projection and the cross-entropy of forward()/backward() a chunk of `tokens`
+  // rows at a time (0: all B*T rows at once). Only one chunk's logits ([tokens, Vp/tp]) exist at
+  // a time instead of [B*T, Vp/tp], the largest activation of a long sequence with a GPT-2
+  // vocabulary; backward recomputes every chunk's logits but the last, one more projection
+  // (2*N*C*Vp flops). Losses are the same; wte's gradient sums the chunks' parts in turn.
+  // forward_logits() still computes every row.
+  void set_logits_chunk(int64_t tokens);
+  int64_t logits_chunk() const { return logits_chunk_; }
   // Mixed precision (Megatron's --bf16/--fp16): bf16 or f16 activations and a copy of the weights
   // in that type for the ops (ParameterSet::set_compute_copy); parameters, their gradients and
   // the optimizer stay f32, as do LayerNorm parameters and statistics, log-sum-exps and losses.
@@ -157,9 +165,9 @@ class GPT {
   // values to the cache, and returns the logits [B, Vp] of the last of them.
   const Tensor& forward_cached(const Tensor& tokens, KVCache& cache);
 
-  // [B, T, Vp] logits of the last forward_logits() (or forward() before backward()); under
-  // tensor parallelism this rank's vocabulary columns [B, T, Vp/tp].
-  const Tensor& logits() const;
+  // [B, T, Vp] logits of the last forward_logits() (or forward() before backward(), when it ran
+  // in one chunk); under tensor parallelism this rank's vocabulary columns [B, T, Vp/tp].
+  Tensor logits() const;
   // Per-token losses [B*T] of the last forward() (over the whole vocabulary under TP).
   const Tensor& losses() const;
 
@@ -170,7 +178,12 @@ class GPT {
   struct Slot;
   void plan(int64_t seq_length);  // validation, layout, parameter plan, blocks (no allocation)
   void ensure_activations(int64_t B, int64_t T);
-  void ensure_head_buffers();  // the logits, losses and lse of forward() for the current (B, T)
+  // The losses and lse of forward() for the current (B, T), and a logits buffer of >= rows rows.
+  void ensure_head_buffers(int64_t rows);
+  int64_t head_chunk_rows() const;  // rows per chunk of the head for the current (B, T)
+  const Tensor& head_input() const;  // the final LayerNorm's output, [B*T, C] (gathered under SP)
+  // Logits of rows [begin, begin + rows) in the buffer's first rows (computed unless already there).
+  Tensor head_logits(int64_t begin, int64_t rows);
   void bind_blocks();
   void run_forward(const Tensor& tokens);
   // The transformer blocks over acts_->encoded; with a cache, attention reads and extends it.
@@ -206,6 +219,7 @@ class GPT {
   Tensor last_hidden_, last_norm_, last_logits_;  // forward_cached's [B, C], [B, C], [B, Vp]
   int64_t valid_targets_ = 0;
   bool recompute_ = false;
+  int64_t logits_chunk_ = 0;
   bool inference_ = false;
   DType act_dtype_ = DType::f32;
   std::function<void(int)> grad_ready_, before_forward_, before_backward_;

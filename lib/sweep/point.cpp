@@ -23,6 +23,7 @@ std::string SweepPoint::label_without(const std::string& v) const {
   add("zero", detail::concat("z", zero_stage));
   s += " " + dtype + " " + backend;
   if (recompute) s += " +rc";
+  if (logits_chunk > 0) s += detail::concat(" lc", logits_chunk);
   return s;
 }
 
@@ -69,6 +70,7 @@ std::vector<SweepPoint> expand(const SweepGrid& g) {
                             p.zero_stage = zero, p.recompute = rc;
                             p.micro_batch = mb, p.grad_accum = gas, p.seq_length = seq;
                             p.vocab_size = g.vocab_size;
+                            p.logits_chunk = g.logits_chunk;
                             out.push_back(p);
                           }
   return out;
@@ -140,6 +142,7 @@ std::vector<std::string> pretrain_command(const SweepPoint& p, const LaunchOptio
       cmd.push_back("--sequence-parallel");
   }
   if (p.recompute) cmd.insert(cmd.end(), {"--recompute-granularity", "full"});
+  if (p.logits_chunk > 0) cmd.insert(cmd.end(), {"--logits-chunk-tokens", num(p.logits_chunk)});
   // Non-default precisions and backends are passed under Megatron's / our names; a build that
   // lacks them refuses, and the refusal becomes the point's error row.
   if (p.dtype == "bf16") cmd.push_back("--bf16");

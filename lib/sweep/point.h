@@ -23,12 +23,14 @@ struct SweepPoint {
   std::string dtype = "fp32";  // fp32 | bf16 | fp16
   std::string backend = "cpu"; // cpu | cuda
   int64_t vocab_size = 0;      // 0 = the model file's (else llm-pretrain's default)
+  int64_t logits_chunk = 0;    // llm-pretrain's --logits-chunk-tokens (0 = all at once)
 
   // Ulysses ranks multiply the world; Megatron SP reuses the tensor-parallel group.
   int64_t ulysses() const { return sp_type == "ds" ? sp : 1; }
   int64_t world() const { return dp * tp * pp * ulysses(); }
   int64_t global_batch() const { return micro_batch * grad_accum * dp; }
-  // "tiny s512 mb1 dp1 tp1 pp1 sp1(ds) z0 fp32 cpu", "+rc" with recompute.
+  // "tiny s512 mb1 dp1 tp1 pp1 sp1(ds) z0 fp32 cpu", "+rc" with recompute, "lc4096" with logits
+  // in chunks of 4096 tokens.
   std::string label() const { return label_without(""); }
   // The label without one swept variable (see swept_value): names a series of a sweep over it.
   std::string label_without(const std::string& variable) const;
@@ -50,6 +52,7 @@ struct SweepGrid {
   std::vector<std::string> dtypes{"fp32"};
   std::vector<std::string> backends{"cpu"};
   int64_t vocab_size = 0;
+  int64_t logits_chunk = 0;
 };
 std::vector<SweepPoint> expand(const SweepGrid& g);
 // The numeric variable the grid sweeps (the first of seq, mb, gas, dp, tp, pp, sp, zero with more

@@ -150,6 +150,7 @@ std::vector<OptionSpec> make_options() {
       opt("hysteresis", &A::hysteresis, "fp16: overflowing iterations tolerated before the loss scale halves"),
       opt("recompute-granularity", &A::recompute_granularity, "full: keep only each layer's output and recompute the layer in backward; selective: recompute the attention core (our flash attention never stores it, so this is the default behaviour)"),
       opt("checkpoint-activations", &A::checkpoint_activations, "same as --recompute-granularity full"),
+      opt("logits-chunk-tokens", &A::logits_chunk_tokens, "run the output layer and the loss this many tokens at a time, holding one chunk's logits instead of every token's (the largest activation at long sequences with a large vocabulary); backward recomputes them, one more output-layer matmul; 0: all at once"),
       opt("use-flash-attn", &A::use_flash_attn, "accepted for Megatron scripts: attention is always flash-style here"),
       opt("use-flash-attn-v2", &A::use_flash_attn_v2, "accepted for Megatron-DeepSpeed scripts: attention is always flash-style (the FlashAttention-2 algorithm) here"),
   };
@@ -280,6 +281,7 @@ void TrainArgs::validate() const {
   if (threads < 0) fail("--threads must be >= 0");
   if (!recompute_granularity.empty() && recompute_granularity != "full" && recompute_granularity != "selective")
     fail("--recompute-granularity must be full or selective, got '", recompute_granularity, "'");
+  if (logits_chunk_tokens < 0) fail("--logits-chunk-tokens must be >= 0 (0: all at once), got ", logits_chunk_tokens);
   if (save_interval < 0 || keep_last < 0 || exit_interval < 0 || exit_duration_in_mins < 0)
     fail("--save-interval, --keep-last, --exit-interval and --exit-duration-in-mins must be >= 0");
   if (save_interval > 0 && save.empty()) fail("--save-interval needs --save");

@@ -90,6 +90,8 @@ struct TrainArgs {
   std::string recompute_granularity;  // "" | full | selective
   bool checkpoint_activations = false;  // the older flag: = full
   bool full_recompute() const { return recompute_granularity == "full" || checkpoint_activations; }
+  // The vocabulary projection and the loss this many tokens at a time (0: all at once)
+  int64_t logits_chunk_tokens = 0;
   // Megatron's switches for its fused attention: ours is always flash-style (tiled, online
   // softmax, no T x T matrix), so they are accepted and change nothing.
   bool use_flash_attn = false, use_flash_attn_v2 = false;

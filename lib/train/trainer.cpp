@@ -38,6 +38,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
             " ranks, but the arguments say data parallel ", args.data_parallel_size, " x Ulysses ", sp, " = ",
             args.data_parallel_size);
   model_.set_recompute(args.full_recompute());
+  model_.set_logits_chunk(args.logits_chunk_tokens);
   model_.set_precision(args.compute_dtype());
   optimizer_.set_tensor_parallel(model_.model_parallel().group);
   optimizer_.set_pipeline(model_.model_parallel().pipeline);

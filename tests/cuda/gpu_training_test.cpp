@@ -113,6 +113,38 @@ TEST_P(GpuMixedPrecision, LossCurveMatchesTheCpuFp32) {
 INSTANTIATE_TEST_SUITE_P(Types, GpuMixedPrecision, ::testing::Values(DType::bf16, DType::f16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
+// --logits-chunk-tokens on the GPU: the head's projection and loss in chunks of 50 of a
+// micro-batch's rows (the last chunk shorter) follow the whole head's loss curve; only wte's
+// gradient sums its parts in another order.
+class GpuLogitsChunks : public ::testing::TestWithParam<DType> {};
+
+TEST_P(GpuLogitsChunks, FollowTheWholeHeadsLossCurve) {
+  REQUIRE_GPU(gpu);
+  const DType t = GetParam();
+  TrainArgs a = tiny_args();
+  a.bf16 = t == DType::bf16;
+  const int iters = 10;
+  std::vector<double> whole_norms, chunk_norms;
+  const std::vector<double> whole = train(*gpu, a, iters, &whole_norms);
+  a.logits_chunk_tokens = 50;
+  ASSERT_NE(a.micro_batch_size * a.seq_length % a.logits_chunk_tokens, 0) << "a shorter last chunk";
+  const std::vector<double> chunked = train(*gpu, a, iters, &chunk_norms);
+  const double tol = t == DType::f32 ? 1e-5 : 2e-3;
+  double worst = 0;
+  for (int i = 0; i < iters; ++i) {
+    const double rel = std::fabs(chunked[size_t(i)] - whole[size_t(i)]) / whole[size_t(i)];
+    worst = std::max(worst, rel);
+    EXPECT_LT(rel, tol) << "iteration " << i + 1 << ": " << chunked[size_t(i)] << " vs " << whole[size_t(i)];
+    EXPECT_LT(std::fabs(chunk_norms[size_t(i)] - whole_norms[size_t(i)]), 10 * tol * whole_norms[size_t(i)])
+        << "iteration " << i + 1;
+  }
+  std::printf("  GPU %s, logits in chunks of 50 vs whole: worst relative loss %.2e\n",
+              std::string(dtype_name(t)).c_str(), worst);
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, GpuLogitsChunks, ::testing::Values(DType::f32, DType::bf16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
 // Generation on the GPU (llm-generate --backend cuda): the KV-cache path, a prompt prefilled and
 // then tokens one at a time, gives the CPU's logits: fp32 to round-off; bf16/f16 against the CPU's
 // emulation (load low, compute fp32, store low), from which the GPU differs by summation order,

@@ -391,6 +391,72 @@ TEST(GPT, FullRecomputeGivesIdenticalGradientsWithLessMemory) {
   EXPECT_EQ(0, std::memcmp(g1.raw(), recomputed.parameters().flat_grads().raw(), g1.nbytes()));
 }
 
+// The head in chunks of rows: the same per-token losses and, over two accumulated micro-batches,
+// the same gradients up to the order in which wte's gradient sums the chunks; one chunk's logits
+// buffer instead of every row's.
+TEST(GPT, LogitsInChunksGiveTheSameLossesAndGradients) {
+  const GPTConfig c = tiny_config();
+  const int B = 2, T = 30, N = B * T;
+  const int64_t Vp = c.padded_vocab_size();
+  for (DType dt : {DType::f32, DType::bf16}) {
+    GPT whole(c, cpu_backend(), 9, 32);
+    randomise(whole, 3);
+    whole.set_precision(dt);
+    std::vector<float> want_losses;
+    whole.zero_grad();
+    for (int micro = 0; micro < 2; ++micro) {
+      Batch b = make_batch(B, T, static_cast<int>(c.vocab_size), 5 + micro, true);
+      whole.forward(b.tokens, b.targets);
+      const float* l = whole.losses().data<float>();
+      want_losses.insert(want_losses.end(), l, l + N);
+      whole.backward(0.5f);
+    }
+    const Tensor want = whole.parameters().flat_grads();
+    double gmax = 0;
+    for (int64_t i = 0; i < want.numel(); ++i) gmax = std::max(gmax, std::fabs(double(want.data<float>()[i])));
+    ASSERT_GT(gmax, 0.0);
+    const int64_t whole_bytes = whole.activation_bytes();
+    for (int64_t chunk : {1, 7, 59, 60, 61}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + ", chunk " + std::to_string(chunk));
+      GPT m(c, cpu_backend(), 9, 32);
+      randomise(m, 3);
+      m.set_precision(dt);
+      m.set_logits_chunk(chunk);
+      m.zero_grad();
+      for (int micro = 0; micro < 2; ++micro) {
+        Batch b = make_batch(B, T, static_cast<int>(c.vocab_size), 5 + micro, true);
+        m.forward(b.tokens, b.targets);
+        const float* l = m.losses().data<float>();
+        for (int i = 0; i < N; ++i)
+          ASSERT_NEAR(l[i], want_losses[micro * N + i], 1e-6 * std::fabs(want_losses[micro * N + i]) + 1e-7)
+              << "micro-batch " << micro << ", token " << i;
+        if (chunk < N)
+          EXPECT_THROW(m.logits(), Error);  // only the last chunk's logits are left
+        else
+          EXPECT_EQ(m.logits().numel(), N * Vp);
+        m.backward(0.5f);
+      }
+      const Tensor got = m.parameters().flat_grads();
+      double err = 0;
+      for (int64_t i = 0; i < got.numel(); ++i)
+        err = std::max(err, std::fabs(double(got.data<float>()[i]) - double(want.data<float>()[i])));
+      EXPECT_LE(err, (dt == DType::f32 ? 1e-6 : 1e-3) * gmax) << "largest gradient " << gmax;
+      // one chunk's logits instead of N rows' (bf16 in bf16)
+      const int64_t rows = std::min<int64_t>(chunk, N);
+      EXPECT_EQ(whole_bytes - m.activation_bytes(), (N - rows) * Vp * int64_t(dtype_size(dt)));
+      // forward_logits() still gives every row's logits
+      Batch b = make_batch(B, T, static_cast<int>(c.vocab_size), 5, true);
+      m.forward_logits(b.tokens);
+      whole.forward_logits(b.tokens);
+      const Tensor lm = m.logits(), lw = whole.logits();
+      ASSERT_EQ(lm.shape(), lw.shape());
+      EXPECT_EQ(0, std::memcmp(lm.raw(), lw.raw(), lm.nbytes()));
+    }
+  }
+  GPT m(c, cpu_backend(), 9, 32);
+  EXPECT_THROW(m.set_logits_chunk(-1), Error);
+}
+
 TEST(GPT, EachLayerIsOneContiguousRangeOfTheFlatBuffer) {
   // Gradient buckets and per-layer collectives rely on it: the layer's tensors fill
   // [min offset, max end) exactly, and layers follow each other in order.

@@ -18,12 +18,13 @@ namespace {
 
 using llm::Tensor;
 
-llm::TrainArgs pipeline_args(int pp, int tp, bool sp) {
+llm::TrainArgs pipeline_args(int pp, int tp, bool sp, int64_t logits_chunk = 0) {
   // 6 micro-batches: more than the stages, so 1F1B reaches its steady state
   return mpi_support::tiny_train_args(12, 11, [&](llm::TrainArgs& a) {
     a.pipeline_model_parallel_size = pp;
     a.tensor_model_parallel_size = tp;
     a.sequence_parallel = sp;
+    a.logits_chunk_tokens = logits_chunk;
   });
 }
 
@@ -34,13 +35,14 @@ double rel_box_error(const llm::ParamSpec& spec, const Tensor& local, const Tens
   return err / std::max(scale, 1e-12);
 }
 
-void check_pipeline(int pp, int tp, bool sp) {
+// logits_chunk: the pipeline's (the reference computes every row at once).
+void check_pipeline(int pp, int tp, bool sp, int64_t logits_chunk = 0) {
   auto world = llm::mpi_world_communicator();
   if (world->size() != pp * tp) GTEST_SKIP() << "needs " << pp * tp << " ranks, world has " << world->size();
   const int me = world->rank(), tp_rank = me % tp, stage = me / tp;
   auto tp_group = llm::mpi_split_communicator(stage, tp_rank);
   auto pipe = llm::mpi_split_communicator(1000 + tp_rank, stage);
-  const llm::TrainArgs a = pipeline_args(pp, tp, sp), one = pipeline_args(1, 1, false);
+  const llm::TrainArgs a = pipeline_args(pp, tp, sp, logits_chunk), one = pipeline_args(1, 1, false);
   llm::MockDataSource data(a.vocab_size, a.seq_length, 4);
   llm::Backend& be = llm::cpu_backend();
   llm::ModelParallel mp{tp_group.get(), sp, nullptr};
@@ -76,5 +78,8 @@ void check_pipeline(int pp, int tp, bool sp) {
 TEST(PipelineParallel, Pp2MatchesSingleProcess) { check_pipeline(2, 1, false); }
 TEST(PipelineParallel, Pp4MatchesSingleProcess) { check_pipeline(4, 1, false); }
 TEST(PipelineParallel, Pp2TimesTp2SequenceParallelMatchesSingleProcess) { check_pipeline(2, 2, true); }
+// The last stage's head in chunks, with micro-batches in flight in their own activation sets.
+TEST(PipelineParallel, Pp4LogitsInChunksMatchSingleProcess) { check_pipeline(4, 1, false, 5); }
+TEST(PipelineParallel, Pp2TimesTp2SequenceParallelLogitsInChunksMatchSingleProcess) { check_pipeline(2, 2, true, 9); }
 
 }  // namespace

@@ -37,6 +37,7 @@ struct Case {
   int tp;
   bool sp, recompute;
   int ulysses = 1;
+  int64_t logits_chunk = 0;  // the TP model's (the reference computes every row at once)
 };
 
 // Positions [r*T/S, (r+1)*T/S) of every sequence.
@@ -61,6 +62,7 @@ void check_case(const Case& k) {
   llm::GPT tpm(tiny(V), be, 42, T, llm::ModelParallel{group.get(), k.sp, uly.get()});
   ref.set_recompute(k.recompute);
   tpm.set_recompute(k.recompute);
+  tpm.set_logits_chunk(k.logits_chunk);
   // Two micro-batches accumulate into the gradients, as training does.
   for (int micro = 0; micro < 2; ++micro) {
     const Tensor tokens = random_ids(B, T, V, 7 + micro), targets = random_ids(B, T, V, 100 + micro);
@@ -101,6 +103,11 @@ TEST(TensorParallel, Tp4SequenceParallelMatchesSingleProcess) { check_case({4, t
 TEST(UlyssesSequenceParallel, Sp2MatchesSingleProcess) { check_case({1, false, false, 2}); }
 TEST(UlyssesSequenceParallel, Sp4RecomputeMatchesSingleProcess) { check_case({1, false, true, 4}); }
 TEST(UlyssesSequenceParallel, Tp2TimesSp2MatchesSingleProcess) { check_case({2, false, false, 2}); }
+
+// The head in chunks: per chunk, each shard's logits and loss; the shards' lse combined after.
+TEST(TensorParallel, Tp2LogitsInChunksMatchSingleProcess) { check_case({2, false, false, 1, 5}); }
+TEST(TensorParallel, Tp2SequenceParallelLogitsInChunksMatchSingleProcess) { check_case({2, true, true, 1, 7}); }
+TEST(UlyssesSequenceParallel, Tp2TimesSp2LogitsInChunksMatchSingleProcess) { check_case({2, false, false, 2, 3}); }
 
 TEST(TensorParallel, ShardsPartitionEveryShardedTensor) {
   // Over the ranks of a group of 4, the boxes of each sharded tensor cover it exactly once.

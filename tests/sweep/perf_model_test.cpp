@@ -109,6 +109,26 @@ TEST(PerfModel, SingleDevicePredictionByHand) {
   EXPECT_EQ(r.dp_s, 0.0);
 }
 
+// --logits-chunk-tokens 512 of 2048 rows: 512 rows of fp32 logits resident instead of 2048, and
+// 3/4 of one more forward of the vocabulary projection (2 s V h) at the matmul rate.
+TEST(PerfModel, LogitsInChunksTradeOneProjectionForTheLogits) {
+  const GPTConfig m = model(2, 1024, 16, 1024, 2048);
+  SweepPoint p;
+  p.seq_length = 2048, p.dtype = "bf16";
+  const Prediction whole = predict(p, m, bf16_cluster());
+  p.logits_chunk = 512;
+  const Prediction chunked = predict(p, m, bf16_cluster());
+  EXPECT_DOUBLE_EQ(whole.logits, 2048.0 * 1024 * 4);
+  EXPECT_DOUBLE_EQ(chunked.logits, 512.0 * 1024 * 4);
+  EXPECT_DOUBLE_EQ(whole.total_memory - chunked.total_memory, 1536.0 * 1024 * 4);
+  EXPECT_NEAR(chunked.stage_compute_s - whole.stage_compute_s, 0.75 * 2.0 * 2048 * 1024 * 1024 / (1e14 * 0.5), 1e-15);
+  EXPECT_DOUBLE_EQ(chunked.stage_memory_s, whole.stage_memory_s);  // the same logits traffic
+  // a chunk as large as the micro-batch changes nothing
+  p.logits_chunk = 2048;
+  EXPECT_DOUBLE_EQ(predict(p, m, bf16_cluster()).iteration_s, whole.iteration_s);
+  EXPECT_DOUBLE_EQ(predict(p, m, bf16_cluster()).total_memory, whole.total_memory);
+}
+
 TEST(PerfModel, ParallelTermsAndProblems) {
   const GPTConfig m = model(4, 1024, 16, 1024, 4096);
   const ClusterSpec c = bf16_cluster();

@@ -39,6 +39,8 @@ TEST(SweepPoint, LabelsWorldAndBatch) {
   p.sp_type = "megatron", p.sp = 4;
   EXPECT_EQ(p.world(), 8);  // Megatron SP reuses the tensor-parallel ranks
   EXPECT_EQ(p.swept_value("tp"), 4);
+  p.logits_chunk = 4096;
+  EXPECT_EQ(p.label(), "GPT25B s4096 mb2 gas3 dp2 tp4 pp1 sp4(megatron) z0 bf16 cuda +rc lc4096");
 }
 
 TEST(SweepPoint, LayoutProblemsAreReportedNotThrown) {
@@ -80,6 +82,11 @@ TEST(SweepPoint, PretrainCommand) {
   EXPECT_TRUE(has("--output-dir", "/o/1"));
   EXPECT_TRUE(has("--threads", "2"));
   EXPECT_NE(std::find(cmd.begin(), cmd.end(), "--mock-data"), cmd.end());
+  EXPECT_EQ(std::find(cmd.begin(), cmd.end(), "--logits-chunk-tokens"), cmd.end());
+  p.logits_chunk = 1024;
+  cmd = pretrain_command(p, o);
+  EXPECT_TRUE(has("--logits-chunk-tokens", "1024"));
+  p.logits_chunk = 0;
   // Several ranks: mpiexec, threads split over the ranks, Ulysses flag, Megatron dtype flag.
   p.dp = 2, p.sp = 2, p.dtype = "bf16", p.recompute = false;
   o.as_root = true;
