@@ -31,6 +31,9 @@ struct GPT::Activations {
   // of rows [logits_begin, logits_begin + logits_rows) of the last forward (0 rows: none).
   Tensor logits;
   int64_t logits_begin = 0, logits_rows = 0;
+  // forward() with a loss weight ran the head's backward (dbuf and wte's gradient) with it
+  bool head_backward_done = false;
+  float head_backward_weight = 0;
   // backward scratch
   Tensor dresidual, dbuf, dqkv, dfch;
   // tensor/sequence parallel: [N, C] gathered rows, a row-parallel layer's partial sum, this
@@ -664,57 +667,85 @@ void GPT::forward_logits(const Tensor& tokens) {
   have_loss_ = false;
 }
 
-double GPT::forward(const Tensor& tokens, const Tensor& targets) {
+double GPT::forward(const Tensor& tokens, const Tensor& targets) { return forward_impl(tokens, targets, nullptr); }
+
+double GPT::forward(const Tensor& tokens, const Tensor& targets, float loss_weight) {
+  LLM_CHECK(!inference_, "GPT::forward() with a loss weight: an inference model has no gradients");
+  return forward_impl(tokens, targets, &loss_weight);
+}
+
+double GPT::forward_impl(const Tensor& tokens, const Tensor& targets, const float* loss_weight) {
   run_forward(tokens);
+  Activations& a = *acts_;
+  a.head_backward_done = false;
   if (!tp_.last_stage()) {  // the output goes on to the next stage; backward starts from its gradient
     valid_targets_ = 0;
     have_loss_ = true;
     return 0.0;
   }
-  Activations& a = *acts_;
   stage(backend_, a.targets, targets, "targets");
-  // The vocabulary projection and the loss, a chunk of rows at a time: only the per-row lse and
-  // losses of every row are kept (under TP each shard's, combined below).
   const int64_t N = a.B * a.T, chunk = head_chunk_rows();
+  Tensor host_targets = a.targets.device().is_cpu() ? a.targets : backend_.download(a.targets);
+  const int32_t* t = host_targets.data<int32_t>();
+  valid_targets_ = 0;
+  for (int64_t i = 0; i < N; ++i) valid_targets_ += t[i] >= 0 ? 1 : 0;
+  if (tp_.sp_size() > 1)  // Ulysses: the mean over every rank's positions
+    valid_targets_ = static_cast<int64_t>(tp_.ulysses->all_reduce_sum(static_cast<double>(valid_targets_)));
+  // The vocabulary projection and the loss, a chunk of rows at a time: only the per-row lse and
+  // losses of every row are kept (under TP each shard's, combined into global ones). Training
+  // with chunks (a loss weight given) also runs the head's backward on each chunk while its
+  // logits exist, so backward() recomputes none.
+  const bool fused = loss_weight && logits_chunk_ > 0;
+  const float dloss = fused && valid_targets_ ? *loss_weight / static_cast<float>(valid_targets_) : 0.0f;
   ensure_head_buffers(chunk);
   const Tensor targets_flat = a.targets.view({N});
   for (int64_t r = 0; r < N; r += chunk) {
     const int64_t n = std::min(chunk, N - r);
-    backend_.cross_entropy_forward(a.losses.slice(0, r, n), a.ce_lse.slice(0, r, n), head_logits(r, n),
+    const Tensor logits = head_logits(r, n);
+    backend_.cross_entropy_forward(a.losses.slice(0, r, n), a.ce_lse.slice(0, r, n), logits,
                                    targets_flat.slice(0, r, n), config_.vocab_size, vocab_begin_);
+    if (!fused) continue;
+    if (tp_.size() > 1) combine_vocab_shards(r, n);
+    head_backward(r, n, dloss);
   }
-  if (tp_.size() > 1) combine_vocab_shards();
-  Tensor host_targets = a.targets.device().is_cpu() ? a.targets : backend_.download(a.targets);
+  if (tp_.size() > 1 && !fused) combine_vocab_shards(0, N);
+  a.head_backward_done = fused;
+  a.head_backward_weight = fused ? *loss_weight : 0.0f;
   Tensor host_losses = a.losses.device().is_cpu() ? a.losses : backend_.download(a.losses);
-  const int32_t* t = host_targets.data<int32_t>();
   const float* l = host_losses.data<float>();
   double sum = 0.0;
-  valid_targets_ = 0;
-  for (int64_t i = 0, n = host_losses.numel(); i < n; ++i) {
-    if (t[i] < 0) continue;
-    sum += l[i];
-    ++valid_targets_;
-  }
-  if (tp_.sp_size() > 1) {  // Ulysses: the mean over every rank's positions
-    sum = tp_.ulysses->all_reduce_sum(sum);
-    valid_targets_ = static_cast<int64_t>(tp_.ulysses->all_reduce_sum(static_cast<double>(valid_targets_)));
-  }
+  for (int64_t i = 0; i < N; ++i)
+    if (t[i] >= 0) sum += l[i];
+  if (tp_.sp_size() > 1) sum = tp_.ulysses->all_reduce_sum(sum);
   have_loss_ = true;
   return valid_targets_ ? sum / static_cast<double>(valid_targets_) : 0.0;
 }
 
-void GPT::combine_vocab_shards() {
-  // Each shard has the log-sum-exp of its columns and (lse - target logit) where it holds the
-  // target: gather both (N floats per rank, never the logits) and combine in double.
+void GPT::head_backward(int64_t r, int64_t n, float dloss) {
   Activations& a = *acts_;
   Backend& be = backend_;
-  const int64_t N = a.B * a.T, P = tp_.size(), Vl = config_.padded_vocab_size() / P;
+  const Tensor logits = head_logits(r, n);
+  a.logits_rows = 0;  // turned into dlogits
+  be.cross_entropy_backward(logits, logits, a.ce_lse.slice(0, r, n), a.targets.view({a.B * a.T}).slice(0, r, n), dloss,
+                            config_.vocab_size, vocab_begin_);
+  be.linear_backward(a.dbuf.slice(0, r, n), params_.grad("wte"), Tensor{}, logits, head_input().slice(0, r, n),
+                     params_.compute_param("wte"));
+}
+
+void GPT::combine_vocab_shards(int64_t begin, int64_t N) {
+  // Each shard has the log-sum-exp of its columns and (lse - target logit) where it holds the
+  // target: gather both for rows [begin, begin + N) (N floats per rank, never the logits) and
+  // combine in double.
+  Activations& a = *acts_;
+  Backend& be = backend_;
+  const int64_t P = tp_.size(), Vl = config_.padded_vocab_size() / P;
   auto host = [&](const Tensor& t) { return t.device().is_cpu() ? t : be.download(t); };
-  Tensor lse_local = host(a.ce_lse), loss_local = host(a.losses);
+  const Tensor lse_rows = a.ce_lse.slice(0, begin, N), loss_rows = a.losses.slice(0, begin, N);
+  Tensor lse_local = host(lse_rows), loss_local = host(loss_rows);
   Tensor lse_all = Tensor::empty({P, N}), loss_all = Tensor::empty({P, N});
   tp_.group->all_gather(lse_all, lse_local);
   tp_.group->all_gather(loss_all, loss_local);
-  Tensor host_targets = host(a.targets);
+  Tensor host_targets = host(a.targets.view({a.B * a.T}).slice(0, begin, N));
   const int32_t* t = host_targets.data<int32_t>();
   const float* ls = lse_all.data<float>();
   const float* lo = loss_all.data<float>();
@@ -736,8 +767,8 @@ void GPT::combine_vocab_shards() {
     const double target_logit = static_cast<double>(ls[owner * N + i]) - static_cast<double>(lo[owner * N + i]);
     pv[i] = static_cast<float>(g - target_logit);
   }
-  be.copy(a.ce_lse, lse);
-  be.copy(a.losses, losses);
+  be.copy(lse_rows, lse);
+  be.copy(loss_rows, losses);
 }
 
 void GPT::backward(float loss_weight) {
@@ -750,20 +781,18 @@ void GPT::backward(float loss_weight) {
   if (tp_.last_stage()) {
     const bool sp = tp_.sequence_parallel;
     const float dloss = valid_targets_ ? loss_weight / static_cast<float>(valid_targets_) : 0.0f;
-    // Chunk by chunk, last first (forward left its logits in the buffer; the others are
-    // recomputed): logits -> dlogits in place (a.ce_lse is the global log-sum-exp), then the
-    // chunk's rows of d(head input) and its share of wte's gradient (accumulated).
-    const int64_t chunk = head_chunk_rows();
-    const Tensor targets_flat = a.targets.view({N});
-    for (int64_t r = (N - 1) / chunk * chunk; r >= 0; r -= chunk) {
-      const int64_t n = std::min(chunk, N - r);
-      const Tensor logits = head_logits(r, n);
-      a.logits_rows = 0;  // turned into dlogits
-      be.cross_entropy_backward(logits, logits, a.ce_lse.slice(0, r, n), targets_flat.slice(0, r, n), dloss,
-                                config_.vocab_size, vocab_begin_);
-      be.linear_backward(a.dbuf.slice(0, r, n), params_.grad("wte"), Tensor{}, logits, head_input().slice(0, r, n),
-                         params_.compute_param("wte"));
+    // The output layer's backward, unless forward() with the loss weight ran it: chunk by chunk,
+    // last first (forward left its logits in the buffer; the others are recomputed), logits ->
+    // dlogits in place (a.ce_lse is the global log-sum-exp), then the chunk's rows of d(head
+    // input) and its share of wte's gradient (accumulated).
+    if (a.head_backward_done) {
+      LLM_CHECK(loss_weight == a.head_backward_weight, "GPT::backward(", loss_weight,
+                "): forward() ran the output layer's backward with loss weight ", a.head_backward_weight);
+    } else {
+      const int64_t chunk = head_chunk_rows();
+      for (int64_t r = (N - 1) / chunk * chunk; r >= 0; r -= chunk) head_backward(r, std::min(chunk, N - r), dloss);
     }
+    a.head_backward_done = false;
     const Tensor& last = blocks_.back()->residual3;
     // d(final LayerNorm output): summed over the vocabulary shards
     const Tensor& dlnf = sp ? a.drows : a.dbuf;

@@ -93,6 +93,11 @@ class GPT {
   // they are this rank's [B, T/sp] positions and the loss is the mean over the whole sequences. Without targets only the logits
   // are computed (for generation).
   double forward(const Tensor& tokens, const Tensor& targets);
+  // Training's forward: `loss_weight` is the one the backward() that follows will get. With a
+  // logits chunk (set_logits_chunk) the output layer's backward then runs here, on each chunk
+  // while its logits exist, so no chunk is recomputed; backward() checks it gets the same weight.
+  // Without a chunk this is forward(tokens, targets).
+  double forward(const Tensor& tokens, const Tensor& targets, float loss_weight);
   void forward_logits(const Tensor& tokens);
   // Gradients of (loss_weight * mean loss) accumulated into parameters().flat_grads().
   // Needs the forward() just before it (the logits buffer is turned into dlogits in place).
@@ -141,9 +146,10 @@ class GPT {
   // The vocabulary projection and the cross-entropy of forward()/backward() a chunk of `tokens`
   // rows at a time (0: all B*T rows at once). Only one chunk's logits ([tokens, Vp/tp]) exist at
   // a time instead of [B*T, Vp/tp], the largest activation of a long sequence with a GPT-2
-  // vocabulary; backward recomputes every chunk's logits but the last, one more projection
-  // (2*N*C*Vp flops). Losses are the same; wte's gradient sums the chunks' parts in turn.
-  // forward_logits() still computes every row.
+  // vocabulary. forward() with a loss weight runs the output layer's backward chunk by chunk as
+  // it goes (no extra FLOPs); after forward() without one, backward() recomputes every chunk's
+  // logits but the last (one more projection, 2*N*C*Vp/tp flops). Losses are the same; wte's
+  // gradient sums the chunks' parts in turn. forward_logits() still computes every row.
   void set_logits_chunk(int64_t tokens);
   int64_t logits_chunk() const { return logits_chunk_; }
   // Mixed precision (Megatron's --bf16/--fp16): bf16 or f16 activations and a copy of the weights
@@ -195,8 +201,13 @@ class GPT {
   // layer's summed output (in place when not sequence parallel: `out` is `partial`).
   const Tensor& gather_rows(const Tensor& rows, const Tensor& full);
   void reduce_rows(const Tensor& out, const Tensor& partial);
-  // Vocab-parallel loss: combines the shards' lse/losses into global ones (ce_lse, losses).
-  void combine_vocab_shards();
+  // Vocab-parallel loss: combines the shards' lse/losses of rows [begin, begin + rows) into
+  // global ones (ce_lse, losses).
+  void combine_vocab_shards(int64_t begin, int64_t rows);
+  double forward_impl(const Tensor& tokens, const Tensor& targets, const float* loss_weight);
+  // The output layer's backward on rows [begin, begin + rows): their logits (recomputed unless in
+  // the buffer) -> dlogits, d(head input) rows and wte's gradient (+=).
+  void head_backward(int64_t begin, int64_t rows, float dloss);
   // Ulysses: qkv [B, T/sp, 3C'] (sequence shard) <-> [B, T, 3C'/sp] (head shard), and the same
   // for the attention output [B, T/sp, C'] <-> [B, T, C'/sp]; `parts` is the row count per
   // position (3 for qkv, 1 for the output). to_heads=false runs the reverse exchange.

@@ -134,7 +134,7 @@ IterationStats Trainer::train_step() {
   } else {
     for (int64_t k = 0; k < micro; ++k) {
       load(k);
-      loss_sum += model_.forward(tokens_, targets_);
+      loss_sum += model_.forward(tokens_, targets_, loss_weight(micro));
       backward(k, micro);
     }
   }
@@ -403,7 +403,7 @@ void Trainer::on_grad_ready(int layer) {
 
 void Trainer::backward(int64_t k, int64_t micro) {
   reduce_in_backward_ = overlap_ && k == micro - 1;
-  model_.backward(static_cast<float>(scaler_.scale()) / static_cast<float>(micro));
+  model_.backward(loss_weight(micro));
   reduce_in_backward_ = false;
 }
 
@@ -451,7 +451,7 @@ double Trainer::pipeline_step(int64_t micro, const std::function<void(int64_t)>&
   };
   auto forward = [&](int64_t k) {  // micro-batch k, its activation set selected and input received
     load(k);
-    loss_sum += m.forward(tokens_, targets_);
+    loss_sum += m.forward(tokens_, targets_, loss_weight(micro));
   };
   for (int64_t k = 0; k < warmup; ++k) {
     recv_forward(k);

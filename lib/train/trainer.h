@@ -104,6 +104,11 @@ class Trainer {
   void plan_buckets(int64_t dp_size);
   void on_grad_ready(int layer);
   void backward(int64_t k, int64_t micro);  // micro-batch k's backward (reduces during the last)
+  // The weight of one of `micro` micro-batches' losses in the step's gradient: loss scale / micro
+  // (forward() gets it too, for the output layer's backward in chunks).
+  float loss_weight(int64_t micro) const {
+    return static_cast<float>(scaler_.scale()) / static_cast<float>(micro);
+  }
   bool overlap_ = false, reduce_in_backward_ = false;
   // ZeRO-2/3: the reduced gradients (and under ZeRO-3 the fp32 parameters) of this rank's range
   // of the flat buffer; the model's working area holds one layer at a time.

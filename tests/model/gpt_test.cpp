@@ -393,7 +393,8 @@ TEST(GPT, FullRecomputeGivesIdenticalGradientsWithLessMemory) {
 
 // The head in chunks of rows: the same per-token losses and, over two accumulated micro-batches,
 // the same gradients up to the order in which wte's gradient sums the chunks; one chunk's logits
-// buffer instead of every row's.
+// buffer instead of every row's. Both forms: backward() recomputing the chunks, and forward()
+// with the loss weight running the output layer's backward as it goes.
 TEST(GPT, LogitsInChunksGiveTheSameLossesAndGradients) {
   const GPTConfig c = tiny_config();
   const int B = 2, T = 30, N = B * T;
@@ -416,8 +417,9 @@ TEST(GPT, LogitsInChunksGiveTheSameLossesAndGradients) {
     for (int64_t i = 0; i < want.numel(); ++i) gmax = std::max(gmax, std::fabs(double(want.data<float>()[i])));
     ASSERT_GT(gmax, 0.0);
     const int64_t whole_bytes = whole.activation_bytes();
-    for (int64_t chunk : {1, 7, 59, 60, 61}) {
-      SCOPED_TRACE(std::string(dtype_name(dt)) + ", chunk " + std::to_string(chunk));
+    for (int64_t chunk : {1, 7, 59, 60, 61})
+    for (bool fused : {false, true}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + ", chunk " + std::to_string(chunk) + (fused ? ", fused" : ""));
       GPT m(c, cpu_backend(), 9, 32);
       randomise(m, 3);
       m.set_precision(dt);
@@ -425,13 +427,16 @@ TEST(GPT, LogitsInChunksGiveTheSameLossesAndGradients) {
       m.zero_grad();
       for (int micro = 0; micro < 2; ++micro) {
         Batch b = make_batch(B, T, static_cast<int>(c.vocab_size), 5 + micro, true);
-        m.forward(b.tokens, b.targets);
+        if (fused)
+          m.forward(b.tokens, b.targets, 0.5f);
+        else
+          m.forward(b.tokens, b.targets);
         const float* l = m.losses().data<float>();
         for (int i = 0; i < N; ++i)
           ASSERT_NEAR(l[i], want_losses[micro * N + i], 1e-6 * std::fabs(want_losses[micro * N + i]) + 1e-7)
               << "micro-batch " << micro << ", token " << i;
-        if (chunk < N)
-          EXPECT_THROW(m.logits(), Error);  // only the last chunk's logits are left
+        if (chunk < N || fused)
+          EXPECT_THROW(m.logits(), Error);  // only the last chunk's logits (or dlogits) are left
         else
           EXPECT_EQ(m.logits().numel(), N * Vp);
         m.backward(0.5f);
@@ -455,6 +460,11 @@ TEST(GPT, LogitsInChunksGiveTheSameLossesAndGradients) {
   }
   GPT m(c, cpu_backend(), 9, 32);
   EXPECT_THROW(m.set_logits_chunk(-1), Error);
+  // the output layer's backward ran with 0.5: backward() with another weight is refused
+  m.set_logits_chunk(7);
+  Batch b = make_batch(B, T, static_cast<int>(c.vocab_size), 5, true);
+  m.forward(b.tokens, b.targets, 0.5f);
+  EXPECT_THROW(m.backward(1.0f), Error);
 }
 
 TEST(GPT, EachLayerIsOneContiguousRangeOfTheFlatBuffer) {

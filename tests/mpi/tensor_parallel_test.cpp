@@ -38,6 +38,7 @@ struct Case {
   bool sp, recompute;
   int ulysses = 1;
   int64_t logits_chunk = 0;  // the TP model's (the reference computes every row at once)
+  bool fused = false;        // the TP model's forward gets the loss weight (its head's backward runs there)
 };
 
 // Positions [r*T/S, (r+1)*T/S) of every sequence.
@@ -68,7 +69,8 @@ void check_case(const Case& k) {
     const Tensor tokens = random_ids(B, T, V, 7 + micro), targets = random_ids(B, T, V, 100 + micro);
     targets.data<int32_t>()[3] = -1;  // an ignored position
     const double lr = ref.forward(tokens, targets);
-    const double lt = tpm.forward(seq_shard(tokens, sp_rank, k.ulysses), seq_shard(targets, sp_rank, k.ulysses));
+    const Tensor tokens_here = seq_shard(tokens, sp_rank, k.ulysses), targets_here = seq_shard(targets, sp_rank, k.ulysses);
+    const double lt = k.fused ? tpm.forward(tokens_here, targets_here, 0.5f) : tpm.forward(tokens_here, targets_here);
     EXPECT_NEAR(lt, lr, 1e-5 * std::fabs(lr)) << "micro-batch " << micro;
     // per-token losses over the whole vocabulary (this rank's positions)
     const int64_t Tl = T / k.ulysses;
@@ -108,6 +110,10 @@ TEST(UlyssesSequenceParallel, Tp2TimesSp2MatchesSingleProcess) { check_case({2, 
 TEST(TensorParallel, Tp2LogitsInChunksMatchSingleProcess) { check_case({2, false, false, 1, 5}); }
 TEST(TensorParallel, Tp2SequenceParallelLogitsInChunksMatchSingleProcess) { check_case({2, true, true, 1, 7}); }
 TEST(UlyssesSequenceParallel, Tp2TimesSp2LogitsInChunksMatchSingleProcess) { check_case({2, false, false, 2, 3}); }
+// ... with each chunk's vocab-parallel lse combined as it goes, for the fused backward
+TEST(TensorParallel, Tp2FusedLogitsChunksMatchSingleProcess) { check_case({2, false, false, 1, 5, true}); }
+TEST(TensorParallel, Tp4SequenceParallelFusedLogitsChunksMatchSingleProcess) { check_case({4, true, true, 1, 6, true}); }
+TEST(UlyssesSequenceParallel, Tp2TimesSp2FusedLogitsChunksMatchSingleProcess) { check_case({2, false, false, 2, 3, true}); }
 
 TEST(TensorParallel, ShardsPartitionEveryShardedTensor) {
   // Over the ranks of a group of 4, the boxes of each sharded tensor cover it exactly once.
