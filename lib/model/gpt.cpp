@@ -380,8 +380,8 @@ void GPT::ensure_head_buffers(int64_t rows) {
     a.losses = backend_.empty({N});
     a.ce_lse = backend_.empty({N});
   }
-  if (a.logits.defined() && a.logits.size(0) >= rows) return;
-  a.logits = Tensor{};  // free the smaller buffer first
+  if (a.logits.defined() && a.logits.size(0) == rows) return;
+  a.logits = Tensor{};  // free the old one first (a chunked forward after forward_logits shrinks it)
   a.logits_rows = 0;
   a.logits = backend_.empty({rows, Vl}, act_dtype_);
 }
@@ -448,6 +448,9 @@ void GPT::reduce_rows(const Tensor& out, const Tensor& partial) {
   else
     tp_.group->all_reduce_sum(partial);  // out is partial
 }
+
+// `t` itself on the host, else a host copy of it.
+static Tensor on_host(Backend& be, const Tensor& t) { return t.device().is_cpu() ? t : be.download(t); }
 
 static void stage(Backend& be, const Tensor& dst, const Tensor& src, const char* what) {
   expect_shape(src, dst.shape(), what, DType::i32);
@@ -537,7 +540,7 @@ void GPT::set_logits_chunk(int64_t tokens) {
   LLM_CHECK(tokens >= 0, "logits chunk of ", tokens, " tokens: must be >= 0 (0: every row at once)");
   if (tokens == logits_chunk_) return;
   logits_chunk_ = tokens;
-  // Re-size the logits buffers on the next forward (a parked micro-batch's set keeps its own).
+  // Re-size the logits buffers on the next forward or backward, the parked micro-batches' too.
   acts_->logits = Tensor{};
   acts_->logits_rows = 0;
   for (Slot& s : slots_)
@@ -685,7 +688,7 @@ double GPT::forward_impl(const Tensor& tokens, const Tensor& targets, const floa
   }
   stage(backend_, a.targets, targets, "targets");
   const int64_t N = a.B * a.T, chunk = head_chunk_rows();
-  Tensor host_targets = a.targets.device().is_cpu() ? a.targets : backend_.download(a.targets);
+  const Tensor host_targets = on_host(backend_, a.targets);
   const int32_t* t = host_targets.data<int32_t>();
   valid_targets_ = 0;
   for (int64_t i = 0; i < N; ++i) valid_targets_ += t[i] >= 0 ? 1 : 0;
@@ -711,7 +714,7 @@ double GPT::forward_impl(const Tensor& tokens, const Tensor& targets, const floa
   if (tp_.size() > 1 && !fused) combine_vocab_shards(0, N);
   a.head_backward_done = fused;
   a.head_backward_weight = fused ? *loss_weight : 0.0f;
-  Tensor host_losses = a.losses.device().is_cpu() ? a.losses : backend_.download(a.losses);
+  const Tensor host_losses = on_host(backend_, a.losses);
   const float* l = host_losses.data<float>();
   double sum = 0.0;
   for (int64_t i = 0; i < N; ++i)
@@ -739,13 +742,12 @@ void GPT::combine_vocab_shards(int64_t begin, int64_t N) {
   Activations& a = *acts_;
   Backend& be = backend_;
   const int64_t P = tp_.size(), Vl = config_.padded_vocab_size() / P;
-  auto host = [&](const Tensor& t) { return t.device().is_cpu() ? t : be.download(t); };
   const Tensor lse_rows = a.ce_lse.slice(0, begin, N), loss_rows = a.losses.slice(0, begin, N);
-  Tensor lse_local = host(lse_rows), loss_local = host(loss_rows);
+  const Tensor lse_local = on_host(be, lse_rows), loss_local = on_host(be, loss_rows);
   Tensor lse_all = Tensor::empty({P, N}), loss_all = Tensor::empty({P, N});
   tp_.group->all_gather(lse_all, lse_local);
   tp_.group->all_gather(loss_all, loss_local);
-  Tensor host_targets = host(a.targets.view({a.B * a.T}).slice(0, begin, N));
+  const Tensor host_targets = on_host(be, a.targets.view({a.B * a.T}).slice(0, begin, N));
   const int32_t* t = host_targets.data<int32_t>();
   const float* ls = lse_all.data<float>();
   const float* lo = loss_all.data<float>();
@@ -790,6 +792,7 @@ void GPT::backward(float loss_weight) {
                 "): forward() ran the output layer's backward with loss weight ", a.head_backward_weight);
     } else {
       const int64_t chunk = head_chunk_rows();
+      ensure_head_buffers(chunk);  // set_logits_chunk() since forward() re-sized it: all recomputed
       for (int64_t r = (N - 1) / chunk * chunk; r >= 0; r -= chunk) head_backward(r, std::min(chunk, N - r), dloss);
     }
     a.head_backward_done = false;

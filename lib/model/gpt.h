@@ -149,7 +149,8 @@ class GPT {
   // vocabulary. forward() with a loss weight runs the output layer's backward chunk by chunk as
   // it goes (no extra FLOPs); after forward() without one, backward() recomputes every chunk's
   // logits but the last (one more projection, 2*N*C*Vp/tp flops). Losses are the same; wte's
-  // gradient sums the chunks' parts in turn. forward_logits() still computes every row.
+  // gradient sums the chunks' parts in turn. forward_logits() still computes every row. Under
+  // TP each chunk's shard lse are combined on the host (one round trip per chunk).
   void set_logits_chunk(int64_t tokens);
   int64_t logits_chunk() const { return logits_chunk_; }
   // Mixed precision (Megatron's --bf16/--fp16): bf16 or f16 activations and a copy of the weights
@@ -171,8 +172,9 @@ class GPT {
   // values to the cache, and returns the logits [B, Vp] of the last of them.
   const Tensor& forward_cached(const Tensor& tokens, KVCache& cache);
 
-  // [B, T, Vp] logits of the last forward_logits() (or forward() before backward(), when it ran
-  // in one chunk); under tensor parallelism this rank's vocabulary columns [B, T, Vp/tp].
+  // [B, T, Vp] logits of the last forward_logits() (or of a forward() without a loss weight
+  // whose head ran in one chunk, before backward()); under tensor parallelism this rank's
+  // vocabulary columns [B, T, Vp/tp]. Throws when the buffer does not hold them all.
   Tensor logits() const;
   // Per-token losses [B*T] of the last forward() (over the whole vocabulary under TP).
   const Tensor& losses() const;

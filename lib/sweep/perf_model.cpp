@@ -206,12 +206,12 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
   r.stage_compute_s = passes * (mm / (peak * eff) + attn / (peak * c.attention_efficiency));
   // --logits-chunk-tokens: one chunk's logits resident at a time (training runs each chunk's
   // backward in forward, so nothing is recomputed and the time is the same).
-  const double head_rows = tokens / static_cast<double>(sp);  // gathered over TP under Megatron SP
-  const double logits_rows = p.logits_chunk > 0 ? std::min(static_cast<double>(p.logits_chunk), head_rows) : head_rows;
+  // (the head's rows are n: gathered over TP under Megatron SP)
+  const double logits_rows = p.logits_chunk > 0 ? std::min(static_cast<double>(p.logits_chunk), n) : n;
   // Element-wise traffic: every stored activation written, read back and its gradient passed.
   const double act_layer = layer_activation_bytes(m, b, s, tp, sp, msp, c);
   // the logits are in the compute type (cross-entropy turns them into their gradient in place)
-  const double logits_traffic = head_rows * V / static_cast<double>(tp) * eb;
+  const double logits_traffic = n * V / static_cast<double>(tp) * eb;
   const double logits_bytes = logits_rows * V / static_cast<double>(tp) * eb;  // resident
   r.stage_memory_s = passes * (layers_per_stage * act_layer + logits_traffic) / (c.memory_bandwidth_gbs * 1e9);
   // Tensor / sequence parallel collectives, forward and backward (+ the recomputed forward).

@@ -150,7 +150,7 @@ std::vector<OptionSpec> make_options() {
       opt("hysteresis", &A::hysteresis, "fp16: overflowing iterations tolerated before the loss scale halves"),
       opt("recompute-granularity", &A::recompute_granularity, "full: keep only each layer's output and recompute the layer in backward; selective: recompute the attention core (our flash attention never stores it, so this is the default behaviour)"),
       opt("checkpoint-activations", &A::checkpoint_activations, "same as --recompute-granularity full"),
-      opt("logits-chunk-tokens", &A::logits_chunk_tokens, "run the output layer and the loss this many tokens at a time, holding one chunk's logits instead of every token's (the largest activation at long sequences with a large vocabulary); backward recomputes them, one more output-layer matmul; 0: all at once"),
+      opt("logits-chunk-tokens", &A::logits_chunk_tokens, "run the output layer and the loss this many tokens at a time, holding one chunk's logits instead of every token's (the largest activation at long sequences with a large vocabulary); each chunk's backward runs in its forward, so nothing is recomputed; 0: all at once"),
       opt("use-flash-attn", &A::use_flash_attn, "accepted for Megatron scripts: attention is always flash-style here"),
       opt("use-flash-attn-v2", &A::use_flash_attn_v2, "accepted for Megatron-DeepSpeed scripts: attention is always flash-style (the FlashAttention-2 algorithm) here"),
   };

@@ -449,13 +449,16 @@ TEST(GPT, LogitsInChunksGiveTheSameLossesAndGradients) {
       // one chunk's logits instead of N rows' (bf16 in bf16)
       const int64_t rows = std::min<int64_t>(chunk, N);
       EXPECT_EQ(whole_bytes - m.activation_bytes(), (N - rows) * Vp * int64_t(dtype_size(dt)));
-      // forward_logits() still gives every row's logits
+      // forward_logits() still gives every row's logits; the next forward holds one chunk again
+      const int64_t chunked_bytes = m.activation_bytes();
       Batch b = make_batch(B, T, static_cast<int>(c.vocab_size), 5, true);
       m.forward_logits(b.tokens);
       whole.forward_logits(b.tokens);
       const Tensor lm = m.logits(), lw = whole.logits();
       ASSERT_EQ(lm.shape(), lw.shape());
       EXPECT_EQ(0, std::memcmp(lm.raw(), lw.raw(), lm.nbytes()));
+      m.forward(b.tokens, b.targets);
+      EXPECT_EQ(m.activation_bytes(), chunked_bytes);
     }
   }
   GPT m(c, cpu_backend(), 9, 32);
@@ -465,6 +468,22 @@ TEST(GPT, LogitsInChunksGiveTheSameLossesAndGradients) {
   Batch b = make_batch(B, T, static_cast<int>(c.vocab_size), 5, true);
   m.forward(b.tokens, b.targets, 0.5f);
   EXPECT_THROW(m.backward(1.0f), Error);
+  // another chunk between forward() and backward(): backward recomputes every chunk at the new size
+  GPT w(c, cpu_backend(), 9, 32), x(c, cpu_backend(), 9, 32);
+  for (GPT* g : {&w, &x}) randomise(*g, 3), g->zero_grad();
+  x.set_logits_chunk(7);
+  w.forward(b.tokens, b.targets);
+  x.forward(b.tokens, b.targets);
+  x.set_logits_chunk(13);
+  w.backward(0.5f);
+  x.backward(0.5f);
+  const Tensor gw = w.parameters().flat_grads(), gx = x.parameters().flat_grads();
+  double err = 0, big = 0;
+  for (int64_t i = 0; i < gw.numel(); ++i) {
+    err = std::max(err, std::fabs(double(gw.data<float>()[i]) - double(gx.data<float>()[i])));
+    big = std::max(big, std::fabs(double(gw.data<float>()[i])));
+  }
+  EXPECT_LE(err, 1e-6 * big);
 }
 
 TEST(GPT, EachLayerIsOneContiguousRangeOfTheFlatBuffer) {
