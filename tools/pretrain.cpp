@@ -284,6 +284,12 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       throw Error(detail::concat("injected fault at iteration ", it, " (LLM_FAULT_INJECT)"));
     for (Communicator* c : {tp.get(), sp.get(), dp.get(), pp.get()}) c->reset_volume();
     IterationStats st = trainer.train_step();
+    if (it == first_iteration) {  // collective: the largest rank's figures
+      const double mb = 1.0 / 1e6;
+      const double act = world->all_reduce_max(static_cast<double>(model.activation_bytes()) * mb);
+      const double logits = world->all_reduce_max(static_cast<double>(model.logits_bytes()) * mb);
+      say("> %s\n", activation_report(act, logits, args.logits_chunk_tokens).c_str());
+    }
     if (it == first_iteration && mpi.size() > 1) {
       // The first iteration's traffic, against the analysis of the layout.
       CommVolumeInputs cv;

@@ -587,6 +587,13 @@ int64_t GPT::activation_bytes() const {
   return total;
 }
 
+int64_t GPT::logits_bytes() const {
+  int64_t total = acts_->logits.defined() ? static_cast<int64_t>(acts_->logits.nbytes()) : 0;
+  for (const Slot& sl : slots_)
+    if (sl.acts && sl.acts->logits.defined()) total += static_cast<int64_t>(sl.acts->logits.nbytes());
+  return total;
+}
+
 int64_t GPT::parameter_bytes() const {
   int64_t total = 0;
   for (const Tensor* t : {&params_.flat_params(), &params_.flat_grads(), &params_.flat_compute()})

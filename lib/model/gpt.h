@@ -163,6 +163,8 @@ class GPT {
   void refresh_compute_weights() { params_.refresh_compute(backend_); }
   // Bytes of activation and scratch buffers currently allocated (for memory reports and tests).
   int64_t activation_bytes() const;
+  // Of those, the logits buffers (every activation set's).
+  int64_t logits_bytes() const;
   // Bytes of the parameter storage: f32 masters, gradients and the 16-bit copy, where present.
   int64_t parameter_bytes() const;
 

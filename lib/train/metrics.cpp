@@ -83,6 +83,15 @@ std::string memory_report_line(int rank, int64_t iteration, double allocated_mib
                 rank, static_cast<long long>(iteration), allocated_mib, max_allocated_mib, reserved_mib);
 }
 
+std::string activation_report(double activation_mib, double logits_mib, int64_t logits_chunk) {
+  std::string s = format("activation buffers per rank: %.1f MB, the logits %.1f MB of them", activation_mib, logits_mib);
+  if (logits_chunk > 0)
+    s += format(" (in chunks of %lld tokens)", static_cast<long long>(logits_chunk));
+  else if (logits_mib * 4.0 >= activation_mib && logits_mib > 0)
+    s += " (every token's: --logits-chunk-tokens N would hold N tokens' at a time)";
+  return s;
+}
+
 std::string validation_report(const std::string& where, double loss) {
   const double ppl = std::exp(std::min(20.0, loss));
   std::string body = " validation loss at ";

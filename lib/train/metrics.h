@@ -34,6 +34,11 @@ std::string metrics_json(const LogRecord& r);
 // "[Rank 0] (after 1 iterations) memory (MB) | allocated: ... | max allocated: ... | reserved: ..."
 std::string memory_report_line(int rank, int64_t iteration, double allocated_mib, double max_allocated_mib,
                                double reserved_mib);
+// Our line after the first iteration: the model's activation buffers per rank (the largest
+// rank's) and the logits' share, with a hint at --logits-chunk-tokens when the whole logits are
+// at least a quarter of them: "activation buffers per rank: 31.6 MB, the logits 25.8 MB of them
+// (...)". logits_chunk: the flag's value (0: whole).
+std::string activation_report(double activation_mib, double logits_mib, int64_t logits_chunk);
 // Megatron's three-line validation block ("validation loss at iteration 10 | lm loss value:
 // ... | lm loss PPL: ... |" between dashed rules).
 std::string validation_report(const std::string& where, double loss);

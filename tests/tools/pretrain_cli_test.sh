@@ -87,6 +87,7 @@ check "loading into a different model names the key" "[ $? -eq 2 ] && grep -q 'h
 # (only the order in which wte's gradient sums the chunks differs)
 "$bin" "${common[@]}" --train-iters 8 --log-interval 1 --logits-chunk-tokens 48 --output-dir "$work/lc" > "$work/chunks.txt" 2>&1
 check "--logits-chunk-tokens 48 reproduces the losses (rel 1e-5)" "paste <(grep -o 'lm loss: [^ ]*' $work/straight.txt | cut -d' ' -f3) <(grep -o 'lm loss: [^ ]*' $work/chunks.txt | cut -d' ' -f3) | awk 'BEGIN{n=0} {n++; d=\$1-\$2; if (d<0) d=-d; if (d > 1e-5*\$1) bad=1} END{exit !(n==8 && !bad)}'"
+check "the activation line gives the logits' share, whole and in chunks" "grep -q '^> activation buffers per rank: .* MB, the logits 0.1 MB of them\$' $work/straight.txt && grep -q 'the logits 0.0 MB of them (in chunks of 48 tokens)' $work/chunks.txt"
 "$bin" "${common[@]}" --train-iters 1 --logits-chunk-tokens -5 > "$work/lcbad.txt" 2>&1
 check "a negative --logits-chunk-tokens is named" "[ $? -eq 2 ] && grep -q 'logits-chunk-tokens must be >= 0' $work/lcbad.txt"
 

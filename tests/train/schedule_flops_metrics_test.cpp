@@ -93,6 +93,16 @@ TEST(Metrics, LogLineHasMegatronFieldsInOrder) {
             "[Rank 0] (after 1 iterations) memory (MB) | allocated: 100.5 | max allocated: 2048.2 | reserved: 4096.0");
 }
 
+TEST(Metrics, ActivationReportHintsAtChunksWhenTheLogitsDominate) {
+  EXPECT_EQ(activation_report(31.64, 25.8, 0),
+            "activation buffers per rank: 31.6 MB, the logits 25.8 MB of them (every token's: "
+            "--logits-chunk-tokens N would hold N tokens' at a time)");
+  EXPECT_EQ(activation_report(100, 24.9, 0), "activation buffers per rank: 100.0 MB, the logits 24.9 MB of them");
+  EXPECT_EQ(activation_report(6.1, 0.4, 128),
+            "activation buffers per rank: 6.1 MB, the logits 0.4 MB of them (in chunks of 128 tokens)");
+  EXPECT_EQ(activation_report(6.1, 0, 0), "activation buffers per rank: 6.1 MB, the logits 0.0 MB of them");
+}
+
 TEST(Metrics, ValidationReportAndAccumulator) {
   const std::string v = validation_report("iteration 100", std::log(50.0));
   EXPECT_NE(v.find(" validation loss at iteration 100 | lm loss value: 3.912023E+00 | lm loss PPL: 5.000000E+01 | "),
