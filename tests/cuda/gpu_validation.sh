@@ -451,13 +451,21 @@ fi
 if [[ "$benches" = *" longseq "* ]]; then
   # Hundreds of thousands of tokens on one device: 4 layers, hidden 1024, 16 heads (head dim 64,
   # auto's attention kernels), bf16, full recompute, mock vocab 512; loss finite, time and memory.
-  ls_args=(--mock-data --vocab-size 512 --num-layers 4 --hidden-size 1024 --num-attention-heads 16 --micro-batch-size 1
+  ls_args=(--mock-data --num-layers 4 --hidden-size 1024 --num-attention-heads 16 --micro-batch-size 1
            --global-batch-size 1 --log-interval 1 --recompute-granularity full --bf16 --backend cuda)
   for spec in 131072:2 262144:1; do
     T=${spec%:*} iters=${spec#*:}
-    lim 120 "$build/tools/llm-pretrain" "${ls_args[@]}" --seq-length $T --train-iters $iters \
+    lim 120 "$build/tools/llm-pretrain" "${ls_args[@]}" --vocab-size 512 --seq-length $T --train-iters $iters \
       --output-dir "$out/longseq_$T" > "$out/longseq_$T.log" 2>&1
     log "longseq $T exit $?: $(grep -o '"lm_loss": [^,]*\|"elapsed_ms_per_iteration": [^,]*\|"memory_max_allocated_mib": [^,]*' "$out/longseq_$T/metrics.jsonl" 2> /dev/null | tail -3 | tr '\n' ' ')"
+  done
+  # GPT-2's vocabulary at 65536 tokens: the whole [T, 50304] bf16 logits (6.6 GB) against
+  # --logits-chunk-tokens 4096 (each chunk's backward in its forward): the peak it saves and what
+  # the chunks cost in time (iteration 3; the activation line gives the logits' share).
+  for chunk in 0 4096; do
+    lim 60 "$build/tools/llm-pretrain" "${ls_args[@]}" --vocab-size 50257 --seq-length 65536 --train-iters 3 \
+      --logits-chunk-tokens $chunk --output-dir "$out/longseq_vocab_$chunk" > "$out/longseq_vocab_$chunk.log" 2>&1
+    log "longseq vocab 50257, 65536 tokens, logits chunk $chunk exit $?: $(grep -o '"lm_loss": [^,]*\|"elapsed_ms_per_iteration": [^,]*\|"memory_max_allocated_mib": [^,]*' "$out/longseq_vocab_$chunk/metrics.jsonl" 2> /dev/null | tail -3 | tr '\n' ' ')$(grep -o 'the logits [0-9.]* MB' "$out/longseq_vocab_$chunk.log" | head -1)"
   done
 fi
 

@@ -42,6 +42,7 @@ for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "atten
             "wgmma tests exit" "linear tests with LLM_CUDA_BIAS_GRAD=epilogue" "train step (wgmma) exit" \
             "pretrain cuda exit" "pretrain bf16 exit" "pretrain fp16 exit" "pretrain deterministic" "gemm exit" "attention exit" \
             "train step exit" "train step (tc-m32) exit" "longseq 131072 exit" "longseq 262144 exit" \
+            "longseq vocab 50257, 65536 tokens, logits chunk 0 exit" "longseq vocab 50257, 65536 tokens, logits chunk 4096 exit" \
             "sweep GPT1_3B exit" "sweep GPT1_5B exit" "attention tests with LLM_CUDA_ATTENTION=tc exit" \
             "wgmma_ws_tma test exit" "attention tests with LLM_CUDA_ATTENTION=wgmma-ws-tma exit" \
             "attention (LLM_CUDA_BLOCK_ORDER=launch) exit" "train step (LLM_CUDA_BLOCK_ORDER=heaviest:8,LLM_CUDA_DQ_RED=v4) exit" \
