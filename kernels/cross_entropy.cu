@@ -78,7 +78,37 @@ __global__ void cross_entropy_backward_kernel(T* dlogits, const T* logits, const
     d[c] = from_float<T>(g);
   }
 }
+__global__ void cross_entropy_combine_kernel(float* losses, float* lse, const float* shard_lse,
+                                             const float* shard_losses, const int32_t* targets, int64_t P, int64_t N,
+                                             int64_t Vl) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= N) return;
+  double m = -INFINITY;
+  for (int64_t r = 0; r < P; ++r) m = fmax(m, static_cast<double>(shard_lse[r * N + i]));
+  double acc = 0;
+  for (int64_t r = 0; r < P; ++r) acc += exp(static_cast<double>(shard_lse[r * N + i]) - m);
+  const double g = m + log(acc);
+  lse[i] = static_cast<float>(g);
+  const int64_t t = targets[i];
+  if (t < 0) {
+    losses[i] = 0.0f;
+    return;
+  }
+  const int64_t o = t / Vl;
+  losses[i] = o < P ? static_cast<float>(g - (static_cast<double>(shard_lse[o * N + i]) -
+                                              static_cast<double>(shard_losses[o * N + i])))
+                    : NAN;
+}
 }  // namespace
+
+void cross_entropy_combine(float* losses, float* lse, const float* shard_lse, const float* shard_losses,
+                           const int32_t* targets, int64_t P, int64_t N, int64_t Vl, cudaStream_t stream) {
+  if (N == 0) return;
+  constexpr int threads = 256;
+  LLM_CHECK(ceil_div(N, int64_t(threads)) < (int64_t(1) << 31), "cross_entropy_combine: ", N, " rows");
+  cross_entropy_combine_kernel<<<static_cast<unsigned>(ceil_div(N, int64_t(threads))), threads, 0, stream>>>(
+      losses, lse, shard_lse, shard_losses, targets, P, N, Vl);
+}
 
 void cross_entropy_forward(DType t, float* losses, float* lse, const void* logits, const int32_t* targets, int64_t N,
                            int64_t Vp, int64_t Vr, int64_t vocab_begin, cudaStream_t stream) {

@@ -68,6 +68,10 @@ void cross_entropy_forward(DType t, float* losses, float* lse, const void* logit
 void cross_entropy_backward(DType t, void* dlogits, const void* logits, const float* lse,
                             const int32_t* targets, float dloss, int64_t N, int64_t Vp, int64_t Vr,
                             int64_t vocab_begin, cudaStream_t stream);
+// The P vocab shards' [P, N] lse and losses into the global lse and losses (one thread a row;
+// an owner t / Vl past P gives NaN: no host check, so no sync).
+void cross_entropy_combine(float* losses, float* lse, const float* shard_lse, const float* shard_losses,
+                           const int32_t* targets, int64_t P, int64_t N, int64_t Vl, cudaStream_t stream);
 
 // ---- adamw.cu ---------------------------------------------------------------------------------
 struct AdamWConstants {

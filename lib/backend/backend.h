@@ -172,6 +172,14 @@ class Backend {
   virtual void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits,
                                       const Tensor& lse, const Tensor& targets, float dloss,
                                       int64_t V, int64_t vocab_begin = 0) = 0;
+  // The vocab-parallel shards' cross_entropy_forward outputs for the same N rows combined:
+  // shard_lse[P,N] and shard_losses[P,N] as shard r (columns [r*Vl, (r+1)*Vl), Vl = shard_vocab)
+  // wrote them. lse[N] = log sum_r exp(shard_lse[r]) (=); losses[N] = lse - the target logit,
+  // which is shard_lse - shard_losses on the target's owner t / Vl, and 0 where t < 0. Computed
+  // in double; all f32, targets i32 [N]. The forward checked the targets: a target whose owner
+  // is past P is refused on the CPU and gives a NaN loss on CUDA (a check there would sync).
+  virtual void cross_entropy_combine(const Tensor& losses, const Tensor& lse, const Tensor& shard_lse,
+                                     const Tensor& shard_losses, const Tensor& targets, int64_t shard_vocab) = 0;
 
   // One AdamW step over flat, same-length param/grad/m/v (all f32, m and v are fp32 state).
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m,

@@ -91,6 +91,10 @@ class ProfilingBackend final : public Backend {
                              int64_t V, int64_t vb) override {
     timed("cross_entropy_forward", [&] { inner_.cross_entropy_forward(ls, l, x, t, V, vb); });
   }
+  void cross_entropy_combine(const Tensor& ls, const Tensor& l, const Tensor& sl, const Tensor& sls, const Tensor& t,
+                             int64_t vl) override {
+    timed("cross_entropy_combine", [&] { inner_.cross_entropy_combine(ls, l, sl, sls, t, vl); });
+  }
   void cross_entropy_backward(const Tensor& d, const Tensor& x, const Tensor& l, const Tensor& t, float s,
                               int64_t V, int64_t vb) override {
     timed("cross_entropy_backward", [&] { inner_.cross_entropy_backward(d, x, l, t, s, V, vb); });

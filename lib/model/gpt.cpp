@@ -745,39 +745,27 @@ void GPT::head_backward(int64_t r, int64_t n, float dloss) {
 void GPT::combine_vocab_shards(int64_t begin, int64_t N) {
   // Each shard has the log-sum-exp of its columns and (lse - target logit) where it holds the
   // target: gather both for rows [begin, begin + N) (N floats per rank, never the logits) and
-  // combine in double.
+  // combine them (Backend::cross_entropy_combine, in double). On the device when the group takes
+  // device tensors (NCCL: no host sync), else on the host.
   Activations& a = *acts_;
-  Backend& be = backend_;
   const int64_t P = tp_.size(), Vl = config_.padded_vocab_size() / P;
   const Tensor lse_rows = a.ce_lse.slice(0, begin, N), loss_rows = a.losses.slice(0, begin, N);
-  const Tensor lse_local = on_host(be, lse_rows), loss_local = on_host(be, loss_rows);
-  Tensor lse_all = Tensor::empty({P, N}), loss_all = Tensor::empty({P, N});
-  tp_.group->all_gather(lse_all, lse_local);
-  tp_.group->all_gather(loss_all, loss_local);
-  const Tensor host_targets = on_host(be, a.targets.view({a.B * a.T}).slice(0, begin, N));
-  const int32_t* t = host_targets.data<int32_t>();
-  const float* ls = lse_all.data<float>();
-  const float* lo = loss_all.data<float>();
-  Tensor lse = Tensor::empty({N}), losses = Tensor::empty({N});
-  float* pl = lse.data<float>();
-  float* pv = losses.data<float>();
-  for (int64_t i = 0; i < N; ++i) {
-    double m = -INFINITY;
-    for (int64_t r = 0; r < P; ++r) m = std::max(m, static_cast<double>(ls[r * N + i]));
-    double acc = 0;
-    for (int64_t r = 0; r < P; ++r) acc += std::exp(static_cast<double>(ls[r * N + i]) - m);
-    const double g = m + std::log(acc);
-    pl[i] = static_cast<float>(g);
-    if (t[i] < 0) {
-      pv[i] = 0.0f;
-      continue;
-    }
-    const int64_t owner = t[i] / Vl;
-    const double target_logit = static_cast<double>(ls[owner * N + i]) - static_cast<double>(lo[owner * N + i]);
-    pv[i] = static_cast<float>(g - target_logit);
+  const Tensor targets = a.targets.view({a.B * a.T}).slice(0, begin, N);
+  if (tp_.group->takes(backend_.device())) {
+    const Tensor lse_all = backend_.empty({P, N}), loss_all = backend_.empty({P, N});
+    tp_.group->all_gather(lse_all, lse_rows);
+    tp_.group->all_gather(loss_all, loss_rows);
+    backend_.cross_entropy_combine(loss_rows, lse_rows, lse_all, loss_all, targets, Vl);
+    return;
   }
-  be.copy(lse_rows, lse);
-  be.copy(loss_rows, losses);
+  Backend& host = cpu_backend();
+  const Tensor lse_all = Tensor::empty({P, N}), loss_all = Tensor::empty({P, N});
+  tp_.group->all_gather(lse_all, on_host(backend_, lse_rows));
+  tp_.group->all_gather(loss_all, on_host(backend_, loss_rows));
+  const Tensor lse = Tensor::empty({N}), losses = Tensor::empty({N});
+  host.cross_entropy_combine(losses, lse, lse_all, loss_all, on_host(backend_, targets), Vl);
+  backend_.copy(lse_rows, lse);
+  backend_.copy(loss_rows, losses);
 }
 
 void GPT::backward(float loss_weight) {

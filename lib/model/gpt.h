@@ -150,7 +150,7 @@ class GPT {
   // it goes (no extra FLOPs); after forward() without one, backward() recomputes every chunk's
   // logits but the last (one more projection, 2*N*C*Vp/tp flops). Losses are the same; wte's
   // gradient sums the chunks' parts in turn. forward_logits() still computes every row. Under
-  // TP each chunk's shard lse are combined on the host (one round trip per chunk).
+  // TP each chunk's shard lse are combined before its backward (on the device with NCCL).
   void set_logits_chunk(int64_t tokens);
   int64_t logits_chunk() const { return logits_chunk_; }
   // Mixed precision (Megatron's --bf16/--fp16): bf16 or f16 activations and a copy of the weights

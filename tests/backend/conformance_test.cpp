@@ -625,6 +625,18 @@ TEST_P(BackendConformance, CrossEntropyVocabShards) {
       loss[size_t(n)] = targets[size_t(n)] < 0 ? 0.0 : lse[size_t(n)] - x;
     }
     EXPECT_TRUE(bt::all_close("combined losses", loss, rloss, Tol{1e-5, 5e-5}));
+    // ... and the backend's own combine of the shards' outputs, [P, N] each
+    Vec all_lse, all_loss;
+    for (int r = 0; r < shards; ++r) {
+      all_lse.insert(all_lse.end(), lses[size_t(r)].begin(), lses[size_t(r)].end());
+      for (int n = 0; n < N; ++n)
+        all_loss.push_back(targets[size_t(n)] < 0 ? 0.0 : lses[size_t(r)][size_t(n)] - tlogit[size_t(r)][size_t(n)]);
+    }
+    Tensor closs = nan_tensor({N}), clse = nan_tensor({N});
+    be().cross_entropy_combine(closs, clse, up({shards, N}, all_lse), up({shards, N}, all_loss), tg, Vl);
+    EXPECT_TRUE(bt::all_close("cross_entropy_combine lse", down(clse), rlse, Tol{1e-5, 5e-5}));
+    EXPECT_TRUE(bt::all_close("cross_entropy_combine losses", down(closs), rloss, Tol{1e-5, 5e-5}));
+    EXPECT_EQ(down(closs)[4], 0.0) << "an ignored row's loss";
     const Tensor glob = up({N}, rounded(rlse));
     for (int r = 0; r < shards; ++r) {
       be().cross_entropy_backward(parts[size_t(r)], parts[size_t(r)], glob, tg, dloss, V, int64_t(r) * Vl);

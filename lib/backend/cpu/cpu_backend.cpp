@@ -193,6 +193,10 @@ class CpuBackend final : public Backend {
     Mixed m("cross_entropy_forward", logits.dtype());
     cpu::cross_entropy_forward(losses, lse, m.in(logits, "logits"), targets, V, vocab_begin);
   }
+  void cross_entropy_combine(const Tensor& losses, const Tensor& lse, const Tensor& shard_lse,
+                             const Tensor& shard_losses, const Tensor& targets, int64_t shard_vocab) override {
+    cpu::cross_entropy_combine(losses, lse, shard_lse, shard_losses, targets, shard_vocab);
+  }
   void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
                               const Tensor& targets, float dloss, int64_t V, int64_t vocab_begin) override {
     Mixed m("cross_entropy_backward", logits.dtype());

@@ -34,6 +34,8 @@ void attention_kv_forward(const Tensor& out, const Tensor& qkv, const Tensor& k_
                           int64_t past, int n_head);
 void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
                            const Tensor& targets, int64_t V, int64_t vocab_begin);
+void cross_entropy_combine(const Tensor& losses, const Tensor& lse, const Tensor& shard_lse,
+                           const Tensor& shard_losses, const Tensor& targets, int64_t shard_vocab);
 void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
                             const Tensor& targets, float dloss, int64_t V, int64_t vocab_begin);
 void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,

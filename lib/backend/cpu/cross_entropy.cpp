@@ -65,6 +65,42 @@ void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor
   }
 }
 
+void cross_entropy_combine(const Tensor& losses, const Tensor& lse, const Tensor& shard_lse,
+                           const Tensor& shard_losses, const Tensor& targets, int64_t shard_vocab) {
+  const char* op = "cross_entropy_combine";
+  LLM_CHECK(shard_lse.dim() == 2, op, ": shard_lse must be [P, N], got ", shape_str(shard_lse.shape()));
+  const int64_t P = shard_lse.size(0), N = shard_lse.size(1);
+  check_f32(shard_lse, {P, N}, "cross_entropy_combine shard_lse");
+  check_f32(shard_losses, {P, N}, "cross_entropy_combine shard_losses");
+  check_f32(losses, {N}, "cross_entropy_combine losses");
+  check_f32(lse, {N}, "cross_entropy_combine lse");
+  LLM_CHECK(targets.numel() == N && targets.dtype() == DType::i32 && targets.is_contiguous(), op,
+            ": targets must be ", N, " contiguous i32, got ", shape_str(targets.shape()), " ", dtype_name(targets.dtype()));
+  LLM_CHECK(shard_vocab >= 1, op, ": shard vocabulary ", shard_vocab);
+  const int32_t* t = targets.data<int32_t>();
+  const float* ls = shard_lse.data<float>();
+  const float* lo = shard_losses.data<float>();
+  float* pl = lse.data<float>();
+  float* pv = losses.data<float>();
+  for (int64_t i = 0; i < N; ++i)
+    LLM_CHECK(t[i] / shard_vocab < P, op, ": target ", t[i], " at row ", i, " past ", P, " shards of ", shard_vocab);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    double m = -INFINITY;
+    for (int64_t r = 0; r < P; ++r) m = std::max(m, static_cast<double>(ls[r * N + i]));
+    double acc = 0;
+    for (int64_t r = 0; r < P; ++r) acc += std::exp(static_cast<double>(ls[r * N + i]) - m);
+    const double g = m + std::log(acc);
+    pl[i] = static_cast<float>(g);
+    if (t[i] < 0) {
+      pv[i] = 0.0f;
+      continue;
+    }
+    const int64_t o = t[i] / shard_vocab;
+    pv[i] = static_cast<float>(g - (static_cast<double>(ls[o * N + i]) - static_cast<double>(lo[o * N + i])));
+  }
+}
+
 void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
                             const Tensor& targets, float dloss, int64_t V, int64_t vocab_begin) {
   const int64_t Vr = check_args("cross_entropy_backward", logits, targets, V, vocab_begin);

@@ -627,6 +627,25 @@ void CudaBackend::cross_entropy_backward(const Tensor& dlogits, const Tensor& lo
   launched(op, {&dlogits, &logits, &lse, &targets});
 }
 
+void CudaBackend::cross_entropy_combine(const Tensor& losses, const Tensor& lse, const Tensor& shard_lse,
+                                        const Tensor& shard_losses, const Tensor& targets, int64_t shard_vocab) {
+  const char* op = "cross_entropy_combine";
+  LLM_CHECK(shard_lse.dim() == 2, op, ": shard_lse must be [P, N], got ", shape_str(shard_lse.shape()));
+  const int64_t P = shard_lse.size(0), N = shard_lse.size(1);
+  check_dev(shard_lse, {P, N}, DType::f32, device_, "cross_entropy_combine shard_lse");
+  check_dev(shard_losses, {P, N}, DType::f32, device_, "cross_entropy_combine shard_losses");
+  check_dev(losses, {N}, DType::f32, device_, "cross_entropy_combine losses");
+  check_dev(lse, {N}, DType::f32, device_, "cross_entropy_combine lse");
+  LLM_CHECK(targets.numel() == N && targets.dtype() == DType::i32 && targets.is_contiguous() &&
+                targets.device() == device_,
+            op, ": targets must be ", N, " contiguous i32 on ", device_.str(), ", got ", shape_str(targets.shape()));
+  LLM_CHECK(shard_vocab >= 1, op, ": shard vocabulary ", shard_vocab);
+  // No check_ids here (it synchronises): cross_entropy_forward checked these targets.
+  kernels::cross_entropy_combine(losses.data<float>(), lse.data<float>(), shard_lse.data<float>(),
+                                 shard_losses.data<float>(), targets.data<int32_t>(), P, N, shard_vocab, stream_);
+  launched(op, {&losses, &lse, &shard_lse, &shard_losses, &targets});
+}
+
 // ---- optimizer and reductions -------------------------------------------------------------------
 
 namespace {

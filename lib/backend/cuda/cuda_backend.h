@@ -67,6 +67,8 @@ class CudaBackend final : public Backend {
                              int64_t V, int64_t vocab_begin) override;
   void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse, const Tensor& targets,
                               float dloss, int64_t V, int64_t vocab_begin) override;
+  void cross_entropy_combine(const Tensor& losses, const Tensor& lse, const Tensor& shard_lse,
+                             const Tensor& shard_losses, const Tensor& targets, int64_t shard_vocab) override;
   void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                     const AdamWParams& p) override;
   double sum_squares(const Tensor& x) override;
