@@ -160,7 +160,7 @@ multirank_step() {
                  "z2 2 --zero-stage 2"
                  "pp2tp2sp 4 --pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 --sequence-parallel"
                  "tp2ulysses2 4 --tensor-model-parallel-size 2 --ds-sequence-parallel-size 2"
-                 "tp2 2 --tensor-model-parallel-size 2"
+                 "tp2lc 2 --tensor-model-parallel-size 2 --logits-chunk-tokens 96"
                  "dp2z1 2 --zero-stage 1")
         # Eight ranks only where each gets a GPU (eight contexts time-slicing one card would take long).
         [[ "$gpus" -ge 8 ]] && layouts+=("dp2tp2pp2 8 --pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 --zero-stage 1")
@@ -450,7 +450,8 @@ fi
 
 if [[ "$benches" = *" longseq "* ]]; then
   # Hundreds of thousands of tokens on one device: 4 layers, hidden 1024, 16 heads (head dim 64,
-  # auto's attention kernels), bf16, full recompute, mock vocab 512; loss finite, time and memory.
+  # auto's attention kernels), bf16, full recompute, mock vocab 512 (then GPT-2's, below); loss
+  # finite, time and memory.
   ls_args=(--mock-data --num-layers 4 --hidden-size 1024 --num-attention-heads 16 --micro-batch-size 1
            --global-batch-size 1 --log-interval 1 --recompute-granularity full --bf16 --backend cuda)
   for spec in 131072:2 262144:1; do
