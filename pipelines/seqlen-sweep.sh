@@ -14,7 +14,7 @@
 #   MPSIZE [1] tensor parallel   PPSIZE [1] pipeline   SPSIZE [1] sequence parallel (a list)
 #   SP_TYPE [ds] ds (Ulysses) | megatron (a list)   ZERO_STAGE [0]   DPSIZE [1]
 #   USE_ACTIVATION_CHECKPOINTING [0] (0, 1 or "0 1")   DTYPE [fp32; the cluster's with SIMULATE=1]
-#   VOCAB_SIZE [the model file's]   WARMUP [2]  ITERS [5]  THREADS [all cores]  MEM_LIMIT_GIB [RAM]
+#   VOCAB_SIZE [the model file's]   LOGITS_CHUNK_TOKENS [0: whole]   WARMUP [2]  ITERS [5]  THREADS [all cores]  MEM_LIMIT_GIB [RAM]
 #   CLUSTER [configs/clusters/cpu-2core.yaml when measuring on the CPU: adds predicted times]
 #   SIMULATE [0]   OUTPUT_ROOT [outputs]   DRY_RUN [0]: print the llm-sweep command only
 #   BACKEND [cuda when nvidia-smi lists a GPU here, else cpu]; on cuda DTYPE [bf16] and DEVICE
@@ -63,6 +63,7 @@ if [ "${BACKEND:-cpu}" = cuda ] && [ "$SIMULATE" != 1 ]; then
 fi
 [ -n "${DTYPE:-}" ] && args+=(--dtype "$DTYPE")
 [ -n "${VOCAB_SIZE:-}" ] && args+=(--vocab-size "$VOCAB_SIZE")
+[ -n "${LOGITS_CHUNK_TOKENS:-}" ] && args+=(--logits-chunk-tokens "$LOGITS_CHUNK_TOKENS")
 if [ "$SIMULATE" = 1 ]; then
   [ -n "${CLUSTER:-}" ] || die "SIMULATE=1 needs CLUSTER (a file in configs/clusters/)"
   args+=(--simulate --cluster "$CLUSTER")

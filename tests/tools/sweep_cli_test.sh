@@ -120,6 +120,8 @@ seq_sweep unknown env DRY_RUN=1 > "$work/sq_u.txt" 2>&1
 check "seqlen-sweep.sh: a GPU without a datasheet peak asks for DEVICE" "[ $? -eq 2 ] && grep -q 'set DEVICE (A100-40GB, A100-80GB, H100-SXM or H200)' $work/sq_u.txt"
 seq_sweep gpu env DRY_RUN=1 SIMULATE=1 CLUSTER="$root/configs/clusters/polaris.yaml" > "$work/sq_s.txt" 2>&1
 check "seqlen-sweep.sh: SIMULATE=1 predicts for the cluster file, whatever the node" "grep -q -- '--simulate --cluster .*polaris.yaml' $work/sq_s.txt && ! grep -q -- '--backend' $work/sq_s.txt"
+seq_sweep cpu env DRY_RUN=1 VOCAB_SIZE=50257 LOGITS_CHUNK_TOKENS=4096 > "$work/sq_lc.txt" 2>&1
+check "seqlen-sweep.sh: LOGITS_CHUNK_TOKENS reaches llm-sweep" "grep -q -- '--vocab-size 50257 --logits-chunk-tokens 4096' $work/sq_lc.txt"
 seq_sweep cpu env MODEL_SIZE_KEY=tiny SEQ_LENS=64 WARMUP=1 ITERS=1 OUTPUT_ROOT=out > "$work/sq_r.txt" 2>&1
 check "seqlen-sweep.sh: a one-point sweep on the CPU writes its table" "[ $? -eq 0 ] && grep -q '| tiny s64 mb1 .* | ok |' $work/sq_r.txt && ls $work/out/seqlen-sweep_tiny_ds_mp1_pp1_sp1_z0/ | grep -q ."
 
