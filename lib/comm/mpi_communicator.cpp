@@ -1,10 +1,11 @@
 #include <mpi.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <utility>
-
 #include <limits>
+#include <utility>
 
 #include "comm/communicator.h"
 
@@ -78,6 +79,18 @@ int mpi_count(int64_t n, const char* op) {
   return static_cast<int>(n);
 }
 
+// Elements per MPI call: MPI's counts and displacements are int, so larger buffers go in windows
+// of at most 2^30 elements. LLM_MPI_MAX_COUNT lowers the window (the tests run every collective
+// in small windows that way).
+int64_t window_elements() {
+  static const int64_t w = [] {
+    const char* e = std::getenv("LLM_MPI_MAX_COUNT");
+    const int64_t n = e ? std::atoll(e) : 0;
+    return n > 0 ? std::min<int64_t>(n, int64_t{1} << 30) : int64_t{1} << 30;
+  }();
+  return w;
+}
+
 // One or more MPI requests, the buffers MPI reads until they complete (counts, displacements),
 // and what to do once they have (reduce_scatter_ranges moves this rank's block into place).
 class MpiRequest final : public Communicator::Request {
@@ -121,11 +134,11 @@ class MpiCommunicator final : public Communicator {
     const MPI_Datatype type = host_float_type(x, "all-reduce");
     if (size_ == 1) return;
     volume_.all_reduce += static_cast<int64_t>(x.nbytes());
-    // MPI counts are int: reduce in windows of at most 2^30 elements.
     char* p = static_cast<char*>(x.raw());
     const size_t esize = dtype_size(x.dtype());
-    for (int64_t off = 0, n = x.numel(); off < n; off += int64_t{1} << 30) {
-      const int count = static_cast<int>(std::min<int64_t>(n - off, int64_t{1} << 30));
+    const int64_t w = window_elements();
+    for (int64_t off = 0, n = x.numel(); off < n; off += w) {
+      const int count = static_cast<int>(std::min<int64_t>(n - off, w));
       MPI_Allreduce(MPI_IN_PLACE, p + static_cast<size_t>(off) * esize, count, type, sum_op(x), comm_);
     }
   }
@@ -140,19 +153,29 @@ class MpiCommunicator final : public Communicator {
     LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.back() == x.numel(),
               "all_gather_ranges: ", offsets.size(), " offsets for ", size_, " ranks");
     if (size_ == 1) return done();
-    LLM_CHECK(x.numel() < (int64_t{1} << 31), "all_gather_ranges: ", x.numel(),
-              " elements exceed MPI's int counts (split the buffer)");
-    std::vector<int> counts_displs(2 * static_cast<size_t>(size_));  // counts, then displacements
-    int* counts = counts_displs.data();
-    int* displs = counts + size_;
-    for (int r = 0; r < size_; ++r) {
-      displs[r] = static_cast<int>(offsets[r]);
-      counts[r] = static_cast<int>(offsets[r + 1] - offsets[r]);
-    }
     volume_.all_gather += static_cast<int64_t>(x.nbytes());
-    MPI_Request r;
-    MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x.raw(), counts, displs, type, comm_, &r);
-    return std::make_unique<MpiRequest>(std::vector<MPI_Request>{r}, std::move(counts_displs));
+    // Window by window (counts and displacements are int): each rank's part of the window.
+    const int64_t n = x.numel(), w = window_elements();
+    const int64_t windows = (n + w - 1) / w;
+    std::vector<int> counts_displs(2 * static_cast<size_t>(size_ * windows));  // per window: counts, displacements
+    std::vector<MPI_Request> reqs;
+    char* p = static_cast<char*>(x.raw());
+    const size_t esize = dtype_size(x.dtype());
+    for (int64_t k = 0; k < windows; ++k) {
+      const int64_t w0 = k * w, w1 = std::min(n, w0 + w);
+      int* counts = counts_displs.data() + 2 * size_ * k;
+      int* displs = counts + size_;
+      for (int r = 0; r < size_; ++r) {
+        const int64_t b = std::clamp(offsets[r], w0, w1), e = std::clamp(offsets[r + 1], w0, w1);
+        displs[r] = static_cast<int>(b - w0);
+        counts[r] = static_cast<int>(e - b);
+      }
+      MPI_Request r;
+      MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, p + static_cast<size_t>(w0) * esize, counts, displs, type,
+                      comm_, &r);
+      reqs.push_back(r);
+    }
+    return std::make_unique<MpiRequest>(std::move(reqs), std::move(counts_displs));
   }
   void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
     reduce_scatter_ranges_async(x, offsets)->wait();
@@ -162,29 +185,43 @@ class MpiCommunicator final : public Communicator {
     LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.front() == 0 && offsets.back() == x.numel(),
               "reduce_scatter_ranges: ", offsets.size(), " offsets for ", size_, " ranks over ", x.numel(), " elements");
     if (size_ == 1) return done();
-    LLM_CHECK(x.numel() < (int64_t{1} << 31), "reduce_scatter_ranges: ", x.numel(),
-              " elements exceed MPI's int counts (split the buffer)");
-    std::vector<int> counts(static_cast<size_t>(size_));
-    for (int r = 0; r < size_; ++r) counts[static_cast<size_t>(r)] = static_cast<int>(offsets[r + 1] - offsets[r]);
     volume_.reduce_scatter += static_cast<int64_t>(x.nbytes());
+    // Window by window (counts are int). In place, MPI leaves this rank's block of a window at the
+    // window's start: once all are done, each moves to its range inside its own window.
+    const int64_t n = x.numel(), w = window_elements();
+    const int64_t windows = (n + w - 1) / w;
+    std::vector<int> counts(static_cast<size_t>(size_ * windows));
+    std::vector<MPI_Request> reqs;
+    std::vector<std::pair<size_t, size_t>> moves;  // (byte offset from the window's start, bytes), per window
     char* p = static_cast<char*>(x.raw());
     const size_t esize = dtype_size(x.dtype());
-    MPI_Request r;
-    MPI_Ireduce_scatter(MPI_IN_PLACE, p, counts.data(), type, sum_op(x), comm_, &r);
-    // In place, MPI leaves this rank's block at the start of the buffer: move it to its range.
-    const size_t at = static_cast<size_t>(offsets[rank_]) * esize, n = static_cast<size_t>(counts[rank_]) * esize;
-    auto place = [p, at, n] {
-      if (at != 0 && n > 0) std::memmove(p + at, p, n);
+    for (int64_t k = 0; k < windows; ++k) {
+      const int64_t w0 = k * w, w1 = std::min(n, w0 + w);
+      int* c = counts.data() + size_ * k;
+      for (int r = 0; r < size_; ++r)
+        c[r] = static_cast<int>(std::clamp(offsets[r + 1], w0, w1) - std::clamp(offsets[r], w0, w1));
+      MPI_Request r;
+      MPI_Ireduce_scatter(MPI_IN_PLACE, p + static_cast<size_t>(w0) * esize, c, type, sum_op(x), comm_, &r);
+      reqs.push_back(r);
+      moves.emplace_back(static_cast<size_t>(std::clamp(offsets[rank_], w0, w1) - w0) * esize,
+                         static_cast<size_t>(c[rank_]) * esize);
+    }
+    auto place = [p, w, esize, moves = std::move(moves)] {
+      for (size_t k = 0; k < moves.size(); ++k) {
+        char* window = p + k * static_cast<size_t>(w) * esize;
+        if (moves[k].first != 0 && moves[k].second > 0) std::memmove(window + moves[k].first, window, moves[k].second);
+      }
     };
-    return std::make_unique<MpiRequest>(std::vector<MPI_Request>{r}, std::move(counts), place);
+    return std::make_unique<MpiRequest>(std::move(reqs), std::move(counts), place);
   }
   void broadcast(const Tensor& x, int root) override {
     LLM_CHECK(x.is_contiguous() && x.device().is_cpu(), "MPI broadcast needs a contiguous host tensor");
     if (size_ == 1) return;
     volume_.broadcast += static_cast<int64_t>(x.nbytes());
     char* p = static_cast<char*>(x.raw());
-    for (size_t off = 0, n = x.nbytes(); off < n; off += size_t{1} << 30) {
-      const int count = static_cast<int>(std::min<size_t>(n - off, size_t{1} << 30));
+    const size_t w = static_cast<size_t>(window_elements());
+    for (size_t off = 0, n = x.nbytes(); off < n; off += w) {
+      const int count = static_cast<int>(std::min<size_t>(n - off, w));
       MPI_Bcast(p + off, count, MPI_BYTE, root, comm_);
     }
   }
@@ -199,10 +236,17 @@ class MpiCommunicator final : public Communicator {
       if (out.raw() != in.raw()) out.view(in.shape()).copy_from(in);
       return done();
     }
+    const int64_t n = in.numel();
+    if (n > window_elements()) {  // this rank's part into place, then the ranges form in windows
+      const Tensor mine = out.flat(n * rank_, n);
+      if (mine.raw() != in.raw()) mine.copy_from(in.view({n}));
+      std::vector<int64_t> offsets(static_cast<size_t>(size_) + 1);
+      for (int r = 0; r <= size_; ++r) offsets[static_cast<size_t>(r)] = n * r;
+      return all_gather_ranges_async(out.view({out.numel()}), offsets);
+    }
     volume_.all_gather += static_cast<int64_t>(out.nbytes());
     MPI_Request r;
-    MPI_Iallgather(in.raw(), mpi_count(in.numel(), "all-gather"), type, out.raw(), mpi_count(in.numel(), "all-gather"),
-                   type, comm_, &r);
+    MPI_Iallgather(in.raw(), static_cast<int>(n), type, out.raw(), static_cast<int>(n), type, comm_, &r);
     return std::make_unique<MpiRequest>(r);
   }
   void reduce_scatter(const Tensor& out, const Tensor& in) override {
@@ -213,8 +257,17 @@ class MpiCommunicator final : public Communicator {
       if (out.raw() != in.raw()) out.copy_from(in.view(out.shape()));
       return;
     }
+    const int64_t n = out.numel();
+    if (n > window_elements()) {  // on a copy of the input, in windows; then this rank's range out
+      const Tensor work = in.clone().view({in.numel()});
+      std::vector<int64_t> offsets(static_cast<size_t>(size_) + 1);
+      for (int r = 0; r <= size_; ++r) offsets[static_cast<size_t>(r)] = n * r;
+      reduce_scatter_ranges(work, offsets);
+      out.copy_from(work.flat(n * rank_, n).view(out.shape()));
+      return;
+    }
     volume_.reduce_scatter += static_cast<int64_t>(in.nbytes());
-    MPI_Reduce_scatter_block(in.raw(), out.raw(), mpi_count(out.numel(), "reduce-scatter"), type, sum_op(in), comm_);
+    MPI_Reduce_scatter_block(in.raw(), out.raw(), static_cast<int>(n), type, sum_op(in), comm_);
   }
   void all_to_all(const Tensor& out, const Tensor& in) override { all_to_all_async(out, in)->wait(); }
   std::unique_ptr<Request> all_to_all_async(const Tensor& out, const Tensor& in) override {
@@ -231,27 +284,22 @@ class MpiCommunicator final : public Communicator {
     MPI_Ialltoall(in.raw(), chunk, type, out.raw(), chunk, type, comm_, &r);
     return std::make_unique<MpiRequest>(r);
   }
-  void send(const Tensor& x, int peer, int tag) override {
-    const MPI_Datatype type = host_float_type(x, "send");
-    volume_.send_recv += static_cast<int64_t>(x.nbytes());
-    MPI_Send(x.raw(), mpi_count(x.numel(), "send"), type, peer, tag, comm_);
-  }
-  void recv(const Tensor& x, int peer, int tag) override {
-    const MPI_Datatype type = host_float_type(x, "recv");
-    MPI_Recv(x.raw(), mpi_count(x.numel(), "recv"), type, peer, tag, comm_, MPI_STATUS_IGNORE);
-  }
+  // Point to point in windows: one message per window, in order (MPI keeps the order of
+  // messages between two ranks with one tag and communicator).
+  void send(const Tensor& x, int peer, int tag) override { send_async(x, peer, tag)->wait(); }
+  void recv(const Tensor& x, int peer, int tag) override { recv_async(x, peer, tag)->wait(); }
   std::unique_ptr<Request> send_async(const Tensor& x, int peer, int tag) override {
     const MPI_Datatype type = host_float_type(x, "send");
     volume_.send_recv += static_cast<int64_t>(x.nbytes());
-    MPI_Request r;
-    MPI_Isend(x.raw(), mpi_count(x.numel(), "send"), type, peer, tag, comm_, &r);
-    return std::make_unique<MpiRequest>(r);
+    std::vector<MPI_Request> reqs;
+    post(reqs, x, peer, tag, type, true);
+    return std::make_unique<MpiRequest>(std::move(reqs), std::vector<int>{});
   }
   std::unique_ptr<Request> recv_async(const Tensor& x, int peer, int tag) override {
     const MPI_Datatype type = host_float_type(x, "recv");
-    MPI_Request r;
-    MPI_Irecv(x.raw(), mpi_count(x.numel(), "recv"), type, peer, tag, comm_, &r);
-    return std::make_unique<MpiRequest>(r);
+    std::vector<MPI_Request> reqs;
+    post(reqs, x, peer, tag, type, false);
+    return std::make_unique<MpiRequest>(std::move(reqs), std::vector<int>{});
   }
   void send_recv(const Tensor& send, int dst, int send_tag, const Tensor& recv, int src, int recv_tag) override {
     if (dst < 0 && src < 0) return;
@@ -259,19 +307,45 @@ class MpiCommunicator final : public Communicator {
     if (src < 0) return this->send(send, dst, send_tag);
     const MPI_Datatype st = host_float_type(send, "send"), rt = host_float_type(recv, "recv");
     volume_.send_recv += static_cast<int64_t>(send.nbytes());
-    MPI_Sendrecv(send.raw(), mpi_count(send.numel(), "send"), st, dst, send_tag, recv.raw(),
-                 mpi_count(recv.numel(), "recv"), rt, src, recv_tag, comm_, MPI_STATUS_IGNORE);
+    std::vector<MPI_Request> reqs;  // receives posted first, then the sends: no two ranks block
+    post(reqs, recv, src, recv_tag, rt, false);
+    post(reqs, send, dst, send_tag, st, true);
+    MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE);
   }
   std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) override {
     const MPI_Datatype type = host_float_type(x, "all-reduce");
     if (size_ == 1) return std::make_unique<MpiRequest>(MPI_REQUEST_NULL);
     volume_.all_reduce += static_cast<int64_t>(x.nbytes());
-    MPI_Request r;
-    MPI_Iallreduce(MPI_IN_PLACE, x.raw(), mpi_count(x.numel(), "all-reduce"), type, sum_op(x), comm_, &r);
-    return std::make_unique<MpiRequest>(r);
+    std::vector<MPI_Request> reqs;
+    char* p = static_cast<char*>(x.raw());
+    const size_t esize = dtype_size(x.dtype());
+    const int64_t w = window_elements();
+    for (int64_t off = 0, n = x.numel(); off < n; off += w) {
+      MPI_Request r;
+      MPI_Iallreduce(MPI_IN_PLACE, p + static_cast<size_t>(off) * esize, static_cast<int>(std::min<int64_t>(n - off, w)),
+                     type, sum_op(x), comm_, &r);
+      reqs.push_back(r);
+    }
+    return std::make_unique<MpiRequest>(std::move(reqs), std::vector<int>{});
   }
 
  private:
+  // Non-blocking sends (or receives) of x's windows, appended to reqs.
+  void post(std::vector<MPI_Request>& reqs, const Tensor& x, int peer, int tag, MPI_Datatype type, bool send) {
+    char* p = static_cast<char*>(x.raw());
+    const size_t esize = dtype_size(x.dtype());
+    const int64_t w = window_elements(), n = x.numel();
+    for (int64_t off = 0; off < n || (n == 0 && off == 0); off += w) {  // an empty message still matches
+      const int count = static_cast<int>(std::min<int64_t>(n - off, w));
+      MPI_Request r;
+      if (send)
+        MPI_Isend(p + static_cast<size_t>(off) * esize, count, type, peer, tag, comm_, &r);
+      else
+        MPI_Irecv(p + static_cast<size_t>(off) * esize, count, type, peer, tag, comm_, &r);
+      reqs.push_back(r);
+      if (n == 0) break;
+    }
+  }
   double reduce(double v, MPI_Op op) {
     double out = v;
     if (size_ > 1) MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, op, comm_);
