@@ -43,7 +43,8 @@ class Communicator {
   virtual void reduce_scatter(const Tensor& out, const Tensor& in) = 0;
   // Chunk j of `in` goes to rank j; chunk i of `out` arrives from rank i (equal chunks).
   virtual void all_to_all(const Tensor& out, const Tensor& in) = 0;
-  // Point to point (pipeline stages); `x` is received in place.
+  // Point to point (pipeline stages); `x` is received in place and has as many elements as the
+  // peer sends (MPI moves large buffers in windows, matched one by one).
   virtual void send(const Tensor& x, int peer, int tag = 0) = 0;
   virtual void recv(const Tensor& x, int peer, int tag = 0) = 0;
   // Both at once, so two stages exchanging in opposite directions cannot deadlock (the pipeline

@@ -81,7 +81,7 @@ int mpi_count(int64_t n, const char* op) {
 
 // Elements per MPI call: MPI's counts and displacements are int, so larger buffers go in windows
 // of at most 2^30 elements. LLM_MPI_MAX_COUNT lowers the window (the tests run every collective
-// in small windows that way).
+// in small windows that way); a test knob, which every rank must see alike (Open MPI: -x).
 int64_t window_elements() {
   static const int64_t w = [] {
     const char* e = std::getenv("LLM_MPI_MAX_COUNT");

@@ -56,6 +56,78 @@ TEST(MpiCommunicator, ReduceScatterRangesSumsEachRanksUnevenRange) {
   EXPECT_EQ(c->volume().reduce_scatter, P > 1 ? off.back() * 4 : 0);
 }
 
+// Sizes that cross windows when LLM_MPI_MAX_COUNT is small (the mpi-np*-windows tests run 97):
+// ranges straddling window boundaries, an empty one, a short last window, the plain forms past a
+// window per rank, all-reduce, and point to point over several windows.
+TEST(MpiCommunicator, CollectivesAcrossWindows) {
+  auto c = llm::mpi_world_communicator();
+  const int P = c->size(), me = c->rank();
+  std::vector<int64_t> off{0};
+  for (int r = 0; r < P; ++r) off.push_back(off.back() + (r == 1 && P > 2 ? 0 : 150 + 37 * r));
+  const int64_t n = off.back();
+  auto owner = [&](int64_t i) {
+    int r = 0;
+    while (i >= off[size_t(r) + 1]) ++r;
+    return r;
+  };
+  Tensor g = Tensor::zeros({n});
+  for (int64_t i = off[size_t(me)]; i < off[size_t(me) + 1]; ++i) g.data<float>()[i] = value(me, i);
+  c->all_gather_ranges(g, off);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(g.data<float>()[i], value(owner(i), i)) << "all_gather_ranges element " << i;
+  Tensor x = filled(me, n);
+  c->reduce_scatter_ranges(x, off);
+  for (int64_t i = off[size_t(me)]; i < off[size_t(me) + 1]; ++i) {
+    double want = 0;
+    for (int r = 0; r < P; ++r) want += value(r, i);
+    ASSERT_EQ(x.data<float>()[i], want) << "reduce_scatter_ranges element " << i;
+  }
+  const int64_t m = 130;  // per rank, past one window of 97
+  Tensor out = Tensor::empty({P * m});
+  c->all_gather(out, filled(me, m));
+  for (int r = 0; r < P; ++r)
+    for (int64_t i = 0; i < m; ++i) ASSERT_EQ(out.data<float>()[r * m + i], value(r, i)) << "all_gather " << r << "," << i;
+  Tensor chunk = Tensor::empty({m});
+  c->reduce_scatter(chunk, filled(me, P * m));
+  for (int64_t i = 0; i < m; ++i) {
+    double want = 0;
+    for (int r = 0; r < P; ++r) want += value(r, me * m + i);
+    ASSERT_EQ(chunk.data<float>()[i], want) << "reduce_scatter element " << i;
+  }
+  for (bool async : {false, true}) {
+    Tensor s = filled(me, 300);
+    if (async)
+      c->all_reduce_sum_async(s)->wait();
+    else
+      c->all_reduce_sum(s);
+    for (int64_t i = 0; i < 300; ++i) {
+      double want = 0;
+      for (int r = 0; r < P; ++r) want += value(r, i);
+      ASSERT_EQ(s.data<float>()[i], want) << (async ? "async " : "") << "all-reduce element " << i;
+    }
+  }
+  if (P < 2) return;
+  // a ring of send_recv, then rank 0 -> 1 as send/recv and as their async forms
+  const int next = (me + 1) % P, prev = (me + P - 1) % P;
+  Tensor got = Tensor::empty({300});
+  c->send_recv(filled(me, 300), next, 7, got, prev, 7);
+  for (int64_t i = 0; i < 300; ++i) ASSERT_EQ(got.data<float>()[i], value(prev, i)) << "send_recv element " << i;
+  for (bool async : {false, true}) {
+    Tensor r1 = Tensor::empty({250});
+    if (me == 0) {
+      if (async)
+        c->send_async(filled(0, 250), 1, 8)->wait();
+      else
+        c->send(filled(0, 250), 1, 8);
+    } else if (me == 1) {
+      if (async)
+        c->recv_async(r1, 0, 8)->wait();
+      else
+        c->recv(r1, 0, 8);
+      for (int64_t i = 0; i < 250; ++i) ASSERT_EQ(r1.data<float>()[i], value(0, i)) << "recv element " << i;
+    }
+  }
+}
+
 TEST(MpiCommunicator, AllToAllTransposesChunks) {
   auto c = llm::mpi_world_communicator();
   const int P = c->size(), n = 2;
