@@ -386,6 +386,14 @@ void GPT::ensure_head_buffers(int64_t rows) {
   a.logits = backend_.empty({rows, Vl}, act_dtype_);
 }
 
+Tensor GPT::target_rows(int64_t begin, int64_t rows) const {
+  return acts_->targets.view({acts_->B * acts_->T}).slice(0, begin, rows);
+}
+
+float GPT::loss_gradient(float loss_weight) const {
+  return valid_targets_ ? loss_weight / static_cast<float>(valid_targets_) : 0.0f;
+}
+
 const Tensor& GPT::head_input() const {
   return tp_.sequence_parallel ? acts_->lnf_full : acts_->lnf;
 }
@@ -706,14 +714,13 @@ double GPT::forward_impl(const Tensor& tokens, const Tensor& targets, const floa
   // with chunks (a loss weight given) also runs the head's backward on each chunk while its
   // logits exist, so backward() recomputes none.
   const bool fused = loss_weight && logits_chunk_ > 0;
-  const float dloss = fused && valid_targets_ ? *loss_weight / static_cast<float>(valid_targets_) : 0.0f;
+  const float dloss = fused ? loss_gradient(*loss_weight) : 0.0f;
   ensure_head_buffers(chunk);
-  const Tensor targets_flat = a.targets.view({N});
   for (int64_t r = 0; r < N; r += chunk) {
     const int64_t n = std::min(chunk, N - r);
     const Tensor logits = head_logits(r, n);
-    backend_.cross_entropy_forward(a.losses.slice(0, r, n), a.ce_lse.slice(0, r, n), logits,
-                                   targets_flat.slice(0, r, n), config_.vocab_size, vocab_begin_);
+    backend_.cross_entropy_forward(a.losses.slice(0, r, n), a.ce_lse.slice(0, r, n), logits, target_rows(r, n),
+                                   config_.vocab_size, vocab_begin_);
     if (!fused) continue;
     if (tp_.size() > 1) combine_vocab_shards(r, n);
     head_backward(r, n, dloss);
@@ -736,8 +743,8 @@ void GPT::head_backward(int64_t r, int64_t n, float dloss) {
   Backend& be = backend_;
   const Tensor logits = head_logits(r, n);
   a.logits_rows = 0;  // turned into dlogits
-  be.cross_entropy_backward(logits, logits, a.ce_lse.slice(0, r, n), a.targets.view({a.B * a.T}).slice(0, r, n), dloss,
-                            config_.vocab_size, vocab_begin_);
+  be.cross_entropy_backward(logits, logits, a.ce_lse.slice(0, r, n), target_rows(r, n), dloss, config_.vocab_size,
+                            vocab_begin_);
   be.linear_backward(a.dbuf.slice(0, r, n), params_.grad("wte"), Tensor{}, logits, head_input().slice(0, r, n),
                      params_.compute_param("wte"));
 }
@@ -750,7 +757,7 @@ void GPT::combine_vocab_shards(int64_t begin, int64_t N) {
   Activations& a = *acts_;
   const int64_t P = tp_.size(), Vl = config_.padded_vocab_size() / P;
   const Tensor lse_rows = a.ce_lse.slice(0, begin, N), loss_rows = a.losses.slice(0, begin, N);
-  const Tensor targets = a.targets.view({a.B * a.T}).slice(0, begin, N);
+  const Tensor targets = target_rows(begin, N);
   if (tp_.group->takes(backend_.device())) {
     const Tensor lse_all = backend_.empty({P, N}), loss_all = backend_.empty({P, N});
     tp_.group->all_gather(lse_all, lse_rows);
@@ -777,7 +784,7 @@ void GPT::backward(float loss_weight) {
   const int64_t N = a.B * a.T;
   if (tp_.last_stage()) {
     const bool sp = tp_.sequence_parallel;
-    const float dloss = valid_targets_ ? loss_weight / static_cast<float>(valid_targets_) : 0.0f;
+    const float dloss = loss_gradient(loss_weight);
     // The output layer's backward, unless forward() with the loss weight ran it: chunk by chunk,
     // last first (forward left its logits in the buffer; the others are recomputed), logits ->
     // dlogits in place (a.ce_lse is the global log-sum-exp), then the chunk's rows of d(head

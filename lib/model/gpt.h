@@ -192,6 +192,9 @@ class GPT {
   void ensure_head_buffers(int64_t rows);
   int64_t head_chunk_rows() const;  // rows per chunk of the head for the current (B, T)
   const Tensor& head_input() const;  // the final LayerNorm's output, [B*T, C] (gathered under SP)
+  Tensor target_rows(int64_t begin, int64_t rows) const;  // the targets of rows [begin, begin + rows)
+  // d(loss_weight * mean loss)/d(a token's loss): loss_weight / the valid targets (0 with none).
+  float loss_gradient(float loss_weight) const;
   // Logits of rows [begin, begin + rows) in the buffer's first rows (computed unless already there).
   Tensor head_logits(int64_t begin, int64_t rows);
   void bind_blocks();
