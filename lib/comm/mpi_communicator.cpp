@@ -130,18 +130,7 @@ class MpiCommunicator final : public Communicator {
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  void all_reduce_sum(const Tensor& x) override {
-    const MPI_Datatype type = host_float_type(x, "all-reduce");
-    if (size_ == 1) return;
-    volume_.all_reduce += static_cast<int64_t>(x.nbytes());
-    char* p = static_cast<char*>(x.raw());
-    const size_t esize = dtype_size(x.dtype());
-    const int64_t w = window_elements();
-    for (int64_t off = 0, n = x.numel(); off < n; off += w) {
-      const int count = static_cast<int>(std::min<int64_t>(n - off, w));
-      MPI_Allreduce(MPI_IN_PLACE, p + static_cast<size_t>(off) * esize, count, type, sum_op(x), comm_);
-    }
-  }
+  void all_reduce_sum(const Tensor& x) override { all_reduce_sum_async(x)->wait(); }
   double all_reduce_sum(double v) override { return reduce(v, MPI_SUM); }
   double all_reduce_min(double v) override { return reduce(v, MPI_MIN); }
   double all_reduce_max(double v) override { return reduce(v, MPI_MAX); }
@@ -240,9 +229,7 @@ class MpiCommunicator final : public Communicator {
     if (n > window_elements()) {  // this rank's part into place, then the ranges form in windows
       const Tensor mine = out.flat(n * rank_, n);
       if (mine.raw() != in.raw()) mine.copy_from(in.view({n}));
-      std::vector<int64_t> offsets(static_cast<size_t>(size_) + 1);
-      for (int r = 0; r <= size_; ++r) offsets[static_cast<size_t>(r)] = n * r;
-      return all_gather_ranges_async(out.view({out.numel()}), offsets);
+      return all_gather_ranges_async(out.view({out.numel()}), equal_ranges(n));
     }
     volume_.all_gather += static_cast<int64_t>(out.nbytes());
     MPI_Request r;
@@ -260,9 +247,7 @@ class MpiCommunicator final : public Communicator {
     const int64_t n = out.numel();
     if (n > window_elements()) {  // on a copy of the input, in windows; then this rank's range out
       const Tensor work = in.clone().view({in.numel()});
-      std::vector<int64_t> offsets(static_cast<size_t>(size_) + 1);
-      for (int r = 0; r <= size_; ++r) offsets[static_cast<size_t>(r)] = n * r;
-      reduce_scatter_ranges(work, offsets);
+      reduce_scatter_ranges(work, equal_ranges(n));
       out.copy_from(work.flat(n * rank_, n).view(out.shape()));
       return;
     }
@@ -321,9 +306,9 @@ class MpiCommunicator final : public Communicator {
     const size_t esize = dtype_size(x.dtype());
     const int64_t w = window_elements();
     for (int64_t off = 0, n = x.numel(); off < n; off += w) {
+      const int count = static_cast<int>(std::min<int64_t>(n - off, w));
       MPI_Request r;
-      MPI_Iallreduce(MPI_IN_PLACE, p + static_cast<size_t>(off) * esize, static_cast<int>(std::min<int64_t>(n - off, w)),
-                     type, sum_op(x), comm_, &r);
+      MPI_Iallreduce(MPI_IN_PLACE, p + static_cast<size_t>(off) * esize, count, type, sum_op(x), comm_, &r);
       reqs.push_back(r);
     }
     return std::make_unique<MpiRequest>(std::move(reqs), std::vector<int>{});
@@ -335,16 +320,23 @@ class MpiCommunicator final : public Communicator {
     char* p = static_cast<char*>(x.raw());
     const size_t esize = dtype_size(x.dtype());
     const int64_t w = window_elements(), n = x.numel();
-    for (int64_t off = 0; off < n || (n == 0 && off == 0); off += w) {  // an empty message still matches
-      const int count = static_cast<int>(std::min<int64_t>(n - off, w));
+    const int64_t windows = std::max<int64_t>(1, (n + w - 1) / w);  // an empty message still matches
+    for (int64_t k = 0; k < windows; ++k) {
+      const int count = static_cast<int>(std::min(n - k * w, w));
+      void* at = p + static_cast<size_t>(k * w) * esize;
       MPI_Request r;
       if (send)
-        MPI_Isend(p + static_cast<size_t>(off) * esize, count, type, peer, tag, comm_, &r);
+        MPI_Isend(at, count, type, peer, tag, comm_, &r);
       else
-        MPI_Irecv(p + static_cast<size_t>(off) * esize, count, type, peer, tag, comm_, &r);
+        MPI_Irecv(at, count, type, peer, tag, comm_, &r);
       reqs.push_back(r);
-      if (n == 0) break;
     }
+  }
+  // Offsets of `size_` equal ranges of n elements (the plain collectives in windows).
+  std::vector<int64_t> equal_ranges(int64_t n) const {
+    std::vector<int64_t> offsets(static_cast<size_t>(size_) + 1);
+    for (int r = 0; r <= size_; ++r) offsets[static_cast<size_t>(r)] = n * r;
+    return offsets;
   }
   double reduce(double v, MPI_Op op) {
     double out = v;

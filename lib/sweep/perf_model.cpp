@@ -204,9 +204,8 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
   const double mm = (layers_per_stage * layer_matmul_flops(m, b, s) + 2.0 * tokens * V * h) / shard;
   const double attn = layers_per_stage * layer_causal_attention_flops(m, b, s) / shard;
   r.stage_compute_s = passes * (mm / (peak * eff) + attn / (peak * c.attention_efficiency));
-  // --logits-chunk-tokens: one chunk's logits resident at a time (training runs each chunk's
-  // backward in forward, so nothing is recomputed and the time is the same).
-  // (the head's rows are n: gathered over TP under Megatron SP)
+  // --logits-chunk-tokens: one chunk of the head's n rows (gathered over TP under Megatron SP)
+  // resident at a time; training runs each chunk's backward in forward, so the time is the same.
   const double logits_rows = p.logits_chunk > 0 ? std::min(static_cast<double>(p.logits_chunk), n) : n;
   // Element-wise traffic: every stored activation written, read back and its gradient passed.
   const double act_layer = layer_activation_bytes(m, b, s, tp, sp, msp, c);

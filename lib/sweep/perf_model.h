@@ -14,8 +14,9 @@
 //   memory = model states (ZeRO stage over the dp x sp group) + activations (Korthikanti et al.
 //     2022 per-layer bytes, 1F1B keeps min(p, m) micro-batches on the first stage, recompute keeps
 //     each layer's input only) + one layer as backward workspace (two with recompute: the
-//     recomputed layer) + the logits in the compute type (one chunk's rows with --logits-chunk-tokens, which costs
-//     no time: training runs each chunk's backward in its forward) + runtime overhead
+//     recomputed layer) + the logits in the compute type (one chunk's rows with
+//     --logits-chunk-tokens, which costs no time: training runs each chunk's backward in its
+//     forward) + runtime overhead
 //
 // Communication volumes per device per layer and micro-batch, forward (backward is the same):
 //   Megatron TP / SP: 4 N h (t-1)/t elements (2 all-reduces, or 2 all-gathers + 2 reduce-scatters)

@@ -151,7 +151,8 @@ std::string csv_table(const std::vector<PointResult>& rs, const ReportContext& c
          "," + std::to_string(p.global_batch()) + "," + std::to_string(p.dp) + "," + std::to_string(p.tp) + "," +
          std::to_string(p.pp) + "," + std::to_string(p.sp) + "," + p.sp_type + "," + std::to_string(p.zero_stage) +
          "," + (p.recompute ? "1" : "0") + "," + std::to_string(p.logits_chunk) + "," + p.dtype + "," + p.backend +
-         "," + std::to_string(p.world()) + "," + csv_field(status_name(r.status)) + "," + csv_field(r.message) + "," + n(r.ms_per_iteration.median) + "," +
+         "," + std::to_string(p.world()) + "," + csv_field(status_name(r.status)) + "," + csv_field(r.message) + "," +
+         n(r.ms_per_iteration.median) + "," +
          n(r.ms_per_iteration.min) + "," + n(r.ms_per_iteration.max) + "," + std::to_string(r.ms_per_iteration.n) +
          "," + n(r.samples_per_second) + "," + n(r.tokens_per_second) + "," + n(r.tokens_per_device_per_second) + "," +
          n(r.tflops_megatron) + "," + n(r.tflops_model) + "," + n(r.mfu) + "," +
@@ -178,7 +179,8 @@ std::string json_report(const std::vector<PointResult>& rs, const ReportContext&
          ", \"tp\": " + std::to_string(p.tp) + ", \"pp\": " + std::to_string(p.pp) + ", \"sp\": " +
          std::to_string(p.sp) + ", \"sp_type\": " + json::quote(p.sp_type) + ", \"zero_stage\": " +
          std::to_string(p.zero_stage) + ", \"recompute\": " + (p.recompute ? "true" : "false") +
-         ", \"logits_chunk\": " + std::to_string(p.logits_chunk) + ", \"dtype\": " + json::quote(p.dtype) + ", \"backend\": " + json::quote(p.backend) +
+         ", \"logits_chunk\": " + std::to_string(p.logits_chunk) + ", \"dtype\": " + json::quote(p.dtype) +
+         ", \"backend\": " + json::quote(p.backend) +
          ", \"world\": " + std::to_string(p.world()) + ", \"status\": " + json::quote(status_name(r.status)) +
          ", \"message\": " + json::quote(r.message) + ", \"ms_per_iteration\": {\"median\": " +
          n(r.ms_per_iteration.median) + ", \"min\": " + n(r.ms_per_iteration.min) + ", \"max\": " +

@@ -74,7 +74,8 @@ void cross_entropy_combine(const Tensor& losses, const Tensor& lse, const Tensor
   check_f32(shard_losses, {P, N}, "cross_entropy_combine shard_losses");
   check_f32(losses, {N}, "cross_entropy_combine losses");
   check_f32(lse, {N}, "cross_entropy_combine lse");
-  LLM_CHECK(targets.numel() == N && targets.dtype() == DType::i32 && targets.is_contiguous() && targets.device().is_cpu(),
+  LLM_CHECK(targets.numel() == N && targets.dtype() == DType::i32 && targets.is_contiguous() &&
+                targets.device().is_cpu(),
             op, ": targets must be ", N, " contiguous host i32, got ", shape_str(targets.shape()), " ",
             dtype_name(targets.dtype()), " on ", targets.device().str());
   LLM_CHECK(shard_vocab >= 1, op, ": shard vocabulary ", shard_vocab);
