@@ -32,8 +32,10 @@ __global__ void cross_entropy_forward_kernel(float* losses, float* lse, const T*
   const int64_t row = blockIdx.x;
   const T* x = logits + row * Vp;
   float m = -INFINITY, s = 0.0f;
+  bool nonfinite = false;  // a NaN or +inf: the online form would drop a NaN met first (v > m fails)
   for (int64_t c = threadIdx.x; c < Vr; c += kThreads) {
     const float v = to_float(x[c]);
+    nonfinite |= !(v <= FLT_MAX);
     if (v > m) {
       s = (m == -INFINITY ? 0.0f : s * expf(m - v)) + 1.0f;
       m = v;
@@ -51,11 +53,13 @@ __global__ void cross_entropy_forward_kernel(float* losses, float* lse, const T*
     sm[warp] = m;
     ss[warp] = s;
   }
-  __syncthreads();
+  // (also the barrier before thread 0 reads the warps' partials)
+  const bool row_nonfinite = __syncthreads_or(nonfinite);
   if (threadIdx.x == 0) {
     float M = sm[0], S = ss[0];
     for (int w = 1; w < kThreads / 32; ++w) combine(M, S, sm[w], ss[w]);
-    const float l = M + logf(S);
+    // As the CPU's exp(x - max) sum: NaN for a NaN or +inf among the real columns, or all -inf.
+    const float l = row_nonfinite || M == -INFINITY ? NAN : M + logf(S);
     lse[row] = l;
     const int64_t t = targets[row];
     const int64_t col = t - vocab_begin;

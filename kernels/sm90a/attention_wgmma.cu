@@ -1761,8 +1761,10 @@ const char* wgmma_unavailable() {
     int dev = 0, major = 0, minor = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+      (void)cudaGetLastError();  // not left for the next launch check to blame on its kernel
       return "no CUDA device";
+    }
     if (major != 9 || minor != 0)
       return "the device is sm_" + std::to_string(major) + std::to_string(minor) + "; the wgmma kernels are built for sm_90a";
     // A cap below the device's own shared memory stands in for a smaller card, which has no wgmma.

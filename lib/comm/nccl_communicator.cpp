@@ -39,6 +39,26 @@ namespace llm {
 
 namespace {
 
+// ncclGroupStart() .. end() as a scope: when a check throws between them the destructor still
+// ends the group (its result ignored: the first error is the one reported), so no later NCCL
+// call of this thread, an abort's included, is queued into a group that never ends.
+class NcclGroup {
+ public:
+  explicit NcclGroup(const char* op) { NCCL_CHECK(ncclGroupStart(), op); }
+  NcclGroup(const NcclGroup&) = delete;
+  NcclGroup& operator=(const NcclGroup&) = delete;
+  ~NcclGroup() {
+    if (open_) (void)ncclGroupEnd();
+  }
+  void end(const std::string& what) {
+    open_ = false;
+    NCCL_CHECK(ncclGroupEnd(), what);
+  }
+
+ private:
+  bool open_ = true;
+};
+
 ncclDataType_t nccl_type(DType t, const char* op) {
   switch (t) {
     case DType::f32: return ncclFloat32;
@@ -196,14 +216,14 @@ class NcclCommunicator final : public Communicator {
       return;
     }
     // Uneven ranges: one in-place broadcast per owner, fused into one NCCL group.
-    NCCL_CHECK(ncclGroupStart(), "all_gather_ranges");
+    NcclGroup group("all_gather_ranges");
     for (int r = 0; r < size_; ++r) {
       const size_t count = static_cast<size_t>(offsets[r + 1] - offsets[r]);
       if (count == 0) continue;
       char* p = base + static_cast<size_t>(offsets[r]) * es;
       NCCL_CHECK(ncclBroadcast(p, p, count, t, r, comm_, stream()), "all_gather_ranges range of rank ", r);
     }
-    NCCL_CHECK(ncclGroupEnd(), "all_gather_ranges ", shape_str(x.shape()));
+    group.end(detail::concat("all_gather_ranges ", shape_str(x.shape())));
   }
 
   void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
@@ -217,14 +237,14 @@ class NcclCommunicator final : public Communicator {
     const size_t es = dtype_size(x.dtype());
     char* base = static_cast<char*>(x.raw());
     // One in-place reduce per owner, fused into one NCCL group.
-    NCCL_CHECK(ncclGroupStart(), "reduce_scatter_ranges");
+    NcclGroup group("reduce_scatter_ranges");
     for (int r = 0; r < size_; ++r) {
       const size_t count = static_cast<size_t>(offsets[r + 1] - offsets[r]);
       if (count == 0) continue;
       char* p = base + static_cast<size_t>(offsets[r]) * es;
       NCCL_CHECK(ncclReduce(p, p, count, t, ncclSum, r, comm_, stream()), "reduce_scatter_ranges range of rank ", r);
     }
-    NCCL_CHECK(ncclGroupEnd(), "reduce_scatter_ranges ", shape_str(x.shape()));
+    group.end(detail::concat("reduce_scatter_ranges ", shape_str(x.shape())));
   }
 
   void broadcast(const Tensor& x, int root) override {
@@ -280,14 +300,14 @@ class NcclCommunicator final : public Communicator {
     const size_t bytes = chunk * dtype_size(in.dtype());
     const char* src = static_cast<const char*>(in.raw());
     char* dst = static_cast<char*>(out.raw());
-    NCCL_CHECK(ncclGroupStart(), "all_to_all");
+    NcclGroup group("all_to_all");
     for (int r = 0; r < size_; ++r) {
       NCCL_CHECK(ncclSend(src + bytes * static_cast<size_t>(r), chunk, t, r, comm_, stream()),
                  "all_to_all send to rank ", r);
       NCCL_CHECK(ncclRecv(dst + bytes * static_cast<size_t>(r), chunk, t, r, comm_, stream()),
                  "all_to_all receive from rank ", r);
     }
-    NCCL_CHECK(ncclGroupEnd(), "all_to_all ", shape_str(in.shape()));
+    group.end(detail::concat("all_to_all ", shape_str(in.shape())));
   }
 
   // NCCL point-to-point has no tags: messages between a pair of ranks are matched in order, which
@@ -318,11 +338,11 @@ class NcclCommunicator final : public Communicator {
     if (src < 0) return this->send(send, dst, send_tag);
     if (send.device().is_cpu() && recv.device().is_cpu())
       return on_host([&] { return host_->send_recv(send, dst, send_tag, recv, src, recv_tag); });
-    NCCL_CHECK(ncclGroupStart(), "send_recv");
+    NcclGroup group("send_recv");
     this->send(send, dst, send_tag);
     this->recv(recv, src, recv_tag);
-    NCCL_CHECK(ncclGroupEnd(), "send_recv ", shape_str(send.shape()), " to rank ", dst, ", ", shape_str(recv.shape()),
-               " from rank ", src);
+    group.end(detail::concat("send_recv ", shape_str(send.shape()), " to rank ", dst, ", ", shape_str(recv.shape()),
+                             " from rank ", src));
   }
 
   // Overlap: the reduction runs on a separate communication stream once the compute stream has

@@ -703,7 +703,10 @@ double GPT::forward_impl(const Tensor& tokens, const Tensor& targets, const floa
   }
   stage(backend_, a.targets, targets, "targets");
   const int64_t N = a.B * a.T, chunk = head_chunk_rows();
-  const Tensor host_targets = on_host(backend_, a.targets);
+  // Counted from the caller's host copy where there is one: the device copy's download would wait
+  // for the whole forward before the head is launched.
+  const Tensor host_targets =
+      targets.device().is_cpu() && targets.is_contiguous() ? targets : on_host(backend_, a.targets);
   const int32_t* t = host_targets.data<int32_t>();
   valid_targets_ = 0;
   for (int64_t i = 0; i < N; ++i) valid_targets_ += t[i] >= 0 ? 1 : 0;

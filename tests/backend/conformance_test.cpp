@@ -557,6 +557,53 @@ TEST_P(BackendConformance, CrossEntropy) {
   }
 }
 
+// A NaN or +inf among a row's real columns makes its lse NaN (and its loss, unless the row is
+// ignored), wherever it sits: the first column, one a thread meets first or last, the last real
+// one; a non-finite value in the padding columns changes nothing. Training relies on it: a
+// finite loss means finite logits (the CUDA kernel once lost a NaN its thread met first).
+TEST_P(BackendConformance, CrossEntropyNonFiniteLogits) {
+  bt::Rng rng(10);
+  for (auto [V, Vp] : {std::pair{300, 320}, std::pair{5000, 5120}}) {
+    SCOPED_TRACE("V=" + std::to_string(V) + " Vp=" + std::to_string(Vp));
+    struct Row { int col; double value; int target; };  // col < 0: a clean row
+    const std::vector<Row> rows = {
+        {-1, 0, 3},         {0, NAN, 7},        {1, NAN, 2},           {V / 2, NAN, V - 1}, {V - 1, NAN, 0},
+        {513, NAN, 1},      {V - 1, INFINITY, 4}, {0, INFINITY, 0},    {5, NAN, -1},        {-1, 0, -1},
+        {Vp - 1, NAN, 9},   {V, INFINITY, 11}};  // the last two: padding columns, ignored
+    const int N = static_cast<int>(rows.size());
+    Vec logits = rng.normal(size_t(N) * Vp, 2.0);
+    IVec targets(static_cast<size_t>(N), 0);
+    for (int n = 0; n < N; ++n) {
+      const Row& r = rows[size_t(n)];
+      targets[size_t(n)] = r.target;
+      if (r.col >= 0 && r.col < Vp) logits[size_t(n) * Vp + size_t(r.col)] = r.value;
+    }
+    Tensor losses = nan_tensor({N}), lse = nan_tensor({N});
+    be().cross_entropy_forward(losses, lse, up({N, Vp}, logits), up_i32({N}, targets), V);
+    const Vec gl = down(losses), glse = down(lse);
+    Vec rloss, rlse;
+    ref::cross_entropy_forward(rloss, rlse, logits, targets, N, Vp, V);
+    for (int n = 0; n < N; ++n) {
+      const Row& r = rows[size_t(n)];
+      SCOPED_TRACE("row " + std::to_string(n) + ": column " + std::to_string(r.col) + " = " + std::to_string(r.value));
+      const bool bad = r.col >= 0 && r.col < V;
+      if (bad) {
+        EXPECT_TRUE(std::isnan(glse[size_t(n)])) << "lse " << glse[size_t(n)];
+        if (r.target >= 0) {
+          EXPECT_TRUE(std::isnan(gl[size_t(n)])) << "loss " << gl[size_t(n)];
+        }
+      } else {
+        EXPECT_NEAR(glse[size_t(n)], rlse[size_t(n)], 1e-5 * (1 + std::fabs(rlse[size_t(n)])));
+      }
+      if (r.target < 0) {
+        EXPECT_EQ(gl[size_t(n)], 0.0) << "an ignored row's loss is exactly 0";
+      } else if (!bad) {
+        EXPECT_NEAR(gl[size_t(n)], rloss[size_t(n)], 1e-5 * (1 + std::fabs(rloss[size_t(n)])));
+      }
+    }
+  }
+}
+
 // Forward then backward with the backend's own lse, in place: the training path.
 TEST_P(BackendConformance, CrossEntropyFusedTrainingPath) {
   const int N = 17, V = 501, Vp = 512;

@@ -9,16 +9,24 @@
 #include "core/philox.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "data/simple_tokenizers.h"
+#include "support/scratch_dir.h"
 
 using namespace llm;
 namespace fs = std::filesystem;
 
 namespace {
 
+// This process's files: ctest runs each test of this binary as its own process, in parallel, so
+// fixed names under TempDir() had two processes training the same model file at once.
+const llm::testing::ScratchDir& scratch() {
+  static const llm::testing::ScratchDir dir("llm-tokenizer-test");
+  return dir;
+}
+
 // A small corpus with a fixed vocabulary of words and some punctuation and numbers.
 std::string corpus_file() {
   static const std::string path = [] {
-    const std::string p = ::testing::TempDir() + "/spm-corpus.txt";
+    const std::string p = scratch() / "spm-corpus.txt";
     const char* words[] = {"the", "king", "said", "unto", "them", "and", "light", "was", "good",
                            "earth", "water", "heaven", "day", "night", "firmament", "waters", "made",
                            "God", "created", "beginning", "form", "void", "darkness", "deep", "spirit"};
@@ -37,7 +45,7 @@ std::string trained_model(const std::string& type, const std::vector<std::string
                           int64_t vocab = 400) {
   SentencePieceTrainOptions o;
   o.inputs = {corpus_file()};
-  o.model_prefix = ::testing::TempDir() + "/spm-" + type + (user.empty() ? "" : "-user");
+  o.model_prefix = scratch() / ("spm-" + type + (user.empty() ? "" : "-user"));
   o.vocab_size = vocab;  // 256 byte-fallback pieces + 3 specials + learned pieces
   o.model_type = type;
   o.user_defined_symbols = user;
@@ -84,7 +92,7 @@ TEST(SentencePiece, UnigramAndUserDefinedSymbols) {
 
 TEST(SentencePiece, ClearErrors) {
   EXPECT_THROW(SentencePieceTokenizer("/nonexistent.model"), ConfigError);
-  const std::string junk = ::testing::TempDir() + "/junk.model";
+  const std::string junk = scratch() / "junk.model";
   std::ofstream(junk) << "not a model";
   try {
     SentencePieceTokenizer t(junk);
@@ -94,7 +102,7 @@ TEST(SentencePiece, ClearErrors) {
   }
   SentencePieceTrainOptions o;
   o.inputs = {"/nonexistent.txt"};
-  o.model_prefix = ::testing::TempDir() + "/x";
+  o.model_prefix = scratch() / "x";
   EXPECT_THROW(train_sentencepiece(o), ConfigError);
   o.inputs = {corpus_file()};
   o.model_type = "wordpiece";

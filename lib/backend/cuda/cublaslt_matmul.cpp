@@ -145,6 +145,10 @@ CublasLt::Plan& CublasLt::plan(const Matmul& mm, const char* op) {
 
     cublasLtMatmulPreference_t pref = nullptr;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref), what);
+    struct PrefGuard {  // destroyed however this block ends (a failed attribute throws)
+      cublasLtMatmulPreference_t p;
+      ~PrefGuard() { (void)cublasLtMatmulPreferenceDestroy(p); }
+    } pref_guard{pref};
     const uint64_t ws = workspace_bytes_;
     const uint32_t al_a = alignment(mm.a), al_b = alignment(mm.b), al_d = alignment(mm.d);
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)), what);
@@ -156,7 +160,6 @@ CublasLt::Plan& CublasLt::plan(const Matmul& mm, const char* op) {
     int found = 0;
     const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, plan->desc, plan->a, plan->b, plan->d, plan->d,
                                                              pref, 1, &result, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
     CUBLAS_CHECK(st, what);
     LLM_CHECK(found > 0, what, ": cuBLASLt found no algorithm");
     plan->algo = result.algo;

@@ -28,11 +28,17 @@ void* CachingAllocator::allocate(size_t nbytes) {
   CUDA_CHECK(cudaSetDevice(device_), "allocate");
   void* p = nullptr;
   cudaError_t e = cudaMalloc(&p, size);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky-free error state before retrying
+  if (e == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();  // out of memory is not sticky: clear it, free the cache and retry
     free_cached_locked();
     e = cudaMalloc(&p, size);
   }
+  // Anything else (an earlier kernel's fault, which cudaMalloc reports too) is not memory: it
+  // goes out as what it is, with the request that met it.
+  if (e != cudaSuccess && e != cudaErrorMemoryAllocation)
+    throw_cuda_error(e, "cudaMalloc", __FILE__, __LINE__,
+                     detail::concat("allocating ", nbytes, " bytes on cuda:", device_,
+                                    " (an error of an earlier asynchronous op shows here too)"));
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
     size_t free_b = 0, total_b = 0;

@@ -433,7 +433,10 @@ void CudaBackend::linear_backward_impl(const Tensor& dinp, const Tensor& dweight
     }
     if (!fused) {
       blas_->run(mm, "linear_backward dinp");
-      if (pre_gelu) kernels::gelu_backward(t, dinp.raw(), pre_gelu->raw(), dinp.raw(), dinp.numel(), stream_);
+      if (pre_gelu) {
+        kernels::gelu_backward(t, dinp.raw(), pre_gelu->raw(), dinp.raw(), dinp.numel(), stream_);
+        launched("linear_backward_gelu dinp (GELU backward)", {&dinp, pre_gelu});  // before scratch() allocates
+      }
     }
   }
   // dweight^T[C, OC] += inp^T[C, N] dout[N, OC]: A = inp stored C x N, B = dout stored OC x N (T).
@@ -456,7 +459,10 @@ void CudaBackend::linear_backward_impl(const Tensor& dinp, const Tensor& dweight
     mb.epilogue = Epilogue::bgradb, mb.bias = s.raw();
     bias_done = run_with_epilogue(mb, "linear_backward dweight + dbias (LLM_CUDA_BIAS_GRAD=epilogue)",
                                   bias_grad_epilogue_, "the column-sum kernels");
-    if (bias_done) kernels::residual_forward(DType::f32, dbias.raw(), dbias.raw(), s.raw(), d.OC, stream_);
+    if (bias_done) {
+      kernels::residual_forward(DType::f32, dbias.raw(), dbias.raw(), s.raw(), d.OC, stream_);
+      launched("linear_backward dbias += the epilogue's column sums", {&dbias});
+    }
   }
   if (!bias_done) {
     blas_->run(mm, "linear_backward dweight");
@@ -516,6 +522,9 @@ AttnDims attention_dims(const Tensor& qkv, int n_head, const char* op) {
   AttnDims d{qkv.size(0), qkv.size(1), qkv.size(2) / 3, 0};
   LLM_CHECK(n_head > 0 && d.C % n_head == 0, op, ": C=", d.C, " not divisible by n_head=", n_head);
   d.hd = d.C / n_head;
+  // The kernels' grids put the heads on y and the batch on z (at most 65535 each).
+  LLM_CHECK(d.B <= 65535 && n_head <= 65535, op, ": batch ", d.B, " and heads ", n_head,
+            " must each be at most 65535 (the launch grid's y and z)");
   return d;
 }
 }  // namespace
@@ -571,6 +580,8 @@ void CudaBackend::attention_kv_forward(const Tensor& out, const Tensor& qkv, con
   check_dev(k_cache, {B, maxT, C}, t, device_, "attention_kv_forward k_cache");
   check_dev(v_cache, {B, maxT, C}, t, device_, "attention_kv_forward v_cache");
   check_dev(out, {B, Tn, C}, t, device_, "attention_kv_forward out");
+  LLM_CHECK(B <= 65535 && n_head <= 65535, "attention_kv_forward: batch ", B, " and heads ", n_head,
+            " must each be at most 65535 (the launch grid's y and z)");
   with_op_context("attention_kv_forward", {&out, &qkv, &k_cache, &v_cache}, [&] {
     kernels::attention_kv_forward(t, out.raw(), qkv.raw(), k_cache.raw(), v_cache.raw(), static_cast<int>(B), Tn, C,
                                   maxT, past, n_head, stream_);
@@ -783,7 +794,12 @@ void register_backend_if_present() {
   }
   const int dev = local_device(count);
   cudaDeviceProp prop{};
-  (void)cudaGetDeviceProperties(&prop, dev);
+  if (const cudaError_t pe = cudaGetDeviceProperties(&prop, dev); pe != cudaSuccess) {
+    (void)cudaGetLastError();  // not left behind for the first kernel's launch check to blame
+    g_status = detail::concat("no usable CUDA device: cudaGetDeviceProperties(", dev, ") failed with ",
+                              cudaGetErrorName(pe), " (", cudaGetErrorString(pe), ")");
+    return;
+  }
   // Leaked on purpose: tensors in static storage may be released after main returns.
   g_backend = new CudaBackend(dev);
   register_backend(g_backend);
