@@ -117,9 +117,13 @@ NodeGpus node_gpus(MPI_Comm comm, int device) {
 
 // Completion of a non-blocking operation on the communication stream: wait() orders the compute
 // stream after it (no host block); the tensors must not be touched by the host before a synchronise.
+// The request holds the operation's tensors until then: the caching allocator reuses a freed
+// block in the compute stream's order, so a temporary released while the communication stream
+// still reads it could be handed to the next compute op.
 class NcclRequest final : public Communicator::Request {
  public:
-  NcclRequest(cudaStream_t compute, cudaEvent_t done) : compute_(compute), done_(done) {}
+  NcclRequest(cudaStream_t compute, cudaEvent_t done, std::vector<Tensor> keep)
+      : compute_(compute), done_(done), keep_(std::move(keep)) {}
   ~NcclRequest() override {
     try {
       wait();
@@ -132,6 +136,7 @@ class NcclRequest final : public Communicator::Request {
     done_ = nullptr;
     const cudaError_t r = cudaStreamWaitEvent(compute_, e, 0);
     (void)cudaEventDestroy(e);
+    if (r == cudaSuccess) keep_.clear();  // from here the compute stream is ordered after the operation
     CUDA_CHECK(r, "waiting for an asynchronous NCCL operation");
   }
   // Not ready yet is no error, but the runtime records it as the thread's last error, which the
@@ -151,6 +156,7 @@ class NcclRequest final : public Communicator::Request {
  private:
   cudaStream_t compute_;
   cudaEvent_t done_;
+  std::vector<Tensor> keep_;
 };
 
 class NcclCommunicator final : public Communicator {
@@ -336,6 +342,9 @@ class NcclCommunicator final : public Communicator {
     if (dst < 0 && src < 0) return;
     if (dst < 0) return this->recv(recv, src, recv_tag);
     if (src < 0) return this->send(send, dst, send_tag);
+    LLM_CHECK(send.device().is_cpu() == recv.device().is_cpu(), "send_recv: ", send.device().str(), " to rank ", dst,
+              " with ", recv.device().str(), " from rank ", src,
+              ": both on the host (MPI) or both on the GPU (NCCL); a mixed pair would block inside the NCCL group");
     if (send.device().is_cpu() && recv.device().is_cpu())
       return on_host([&] { return host_->send_recv(send, dst, send_tag, recv, src, recv_tag); });
     NcclGroup group("send_recv");
@@ -353,31 +362,31 @@ class NcclCommunicator final : public Communicator {
   // (another event) without blocking the host, so compute keeps running meanwhile.
   std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) override {
     if (x.device().is_cpu()) return on_host([&] { return host_->all_reduce_sum_async(x); });
-    return on_comm_stream("all_reduce_sum_async", [&] { all_reduce_sum(x); });
+    return on_comm_stream("all_reduce_sum_async", {x}, [&] { all_reduce_sum(x); });
   }
   std::unique_ptr<Request> all_gather_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) override {
     if (x.device().is_cpu()) return on_host([&] { return host_->all_gather_ranges_async(x, offsets); });
-    return on_comm_stream("all_gather_ranges_async", [&] { all_gather_ranges(x, offsets); });
+    return on_comm_stream("all_gather_ranges_async", {x}, [&] { all_gather_ranges(x, offsets); });
   }
   std::unique_ptr<Request> reduce_scatter_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) override {
     if (x.device().is_cpu()) return on_host([&] { return host_->reduce_scatter_ranges_async(x, offsets); });
-    return on_comm_stream("reduce_scatter_ranges_async", [&] { reduce_scatter_ranges(x, offsets); });
+    return on_comm_stream("reduce_scatter_ranges_async", {x}, [&] { reduce_scatter_ranges(x, offsets); });
   }
   std::unique_ptr<Request> all_gather_async(const Tensor& out, const Tensor& in) override {
     if (out.device().is_cpu() && in.device().is_cpu()) return on_host([&] { return host_->all_gather_async(out, in); });
-    return on_comm_stream("all_gather_async", [&] { all_gather(out, in); });
+    return on_comm_stream("all_gather_async", {out, in}, [&] { all_gather(out, in); });
   }
   std::unique_ptr<Request> all_to_all_async(const Tensor& out, const Tensor& in) override {
     if (out.device().is_cpu() && in.device().is_cpu()) return on_host([&] { return host_->all_to_all_async(out, in); });
-    return on_comm_stream("all_to_all_async", [&] { all_to_all(out, in); });
+    return on_comm_stream("all_to_all_async", {out, in}, [&] { all_to_all(out, in); });
   }
   std::unique_ptr<Request> send_async(const Tensor& x, int peer, int tag) override {
     if (x.device().is_cpu()) return on_host([&] { return host_->send_async(x, peer, tag); });
-    return on_comm_stream("send_async", [&] { send(x, peer, tag); });
+    return on_comm_stream("send_async", {x}, [&] { send(x, peer, tag); });
   }
   std::unique_ptr<Request> recv_async(const Tensor& x, int peer, int tag) override {
     if (x.device().is_cpu()) return on_host([&] { return host_->recv_async(x, peer, tag); });
-    return on_comm_stream("recv_async", [&] { recv(x, peer, tag); });
+    return on_comm_stream("recv_async", {x}, [&] { recv(x, peer, tag); });
   }
 
  private:
@@ -418,7 +427,7 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t stream() const { return side_ ? side_ : backend_.stream(); }
   // Enqueues the blocking form on the communication stream, after the compute stream's work so far.
   template <class Enqueue>
-  std::unique_ptr<Request> on_comm_stream(const char* op, Enqueue&& enqueue) {
+  std::unique_ptr<Request> on_comm_stream(const char* op, std::vector<Tensor> keep, Enqueue&& enqueue) {
     cudaStream_t comm = comm_stream();
     cudaEvent_t ready = nullptr, done = nullptr;
     CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), op);
@@ -435,7 +444,7 @@ class NcclCommunicator final : public Communicator {
     side_ = nullptr;
     CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), op);
     CUDA_CHECK(cudaEventRecord(done, comm), op);
-    return std::make_unique<NcclRequest>(backend_.stream(), done);
+    return std::make_unique<NcclRequest>(backend_.stream(), done, std::move(keep));
   }
   // One GPU per rank: the backend picked its device from the launcher's local-rank variable;
   // confirm it against the ranks that share this node (MPI_COMM_TYPE_SHARED), so two ranks on
