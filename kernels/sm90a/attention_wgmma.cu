@@ -1174,6 +1174,8 @@ __device__ __forceinline__ void convert_finished_dq_tiles(const AttentionBackwar
   const int lane = threadIdx.x % 32;
   for (int it = 0, i0 = j0; i0 < a.T; ++it, i0 += BR) {  // WsDqSignal::query_tiles(a.T, j0, BR) tiles
     const uint32_t slot = uint32_t(WsRing::stage(it));
+    // No watchdog here: its counter spills in these 24 registers (ptxas-sm90a); a hang is bounded
+    // by the process's timeout in gpu_validation.sh, each attention test in its own process.
     mbarrier_wait(done0 + 8u * slot, WsRing::full_parity(it));
     int last = 0;
     if (lane == 0) {
@@ -1675,7 +1677,10 @@ void launch_backward(const AttentionBackwardArgs& a, WgmmaBackward form, cudaStr
     const CUtensorMap dout = make_tile_map<T, HD>("dout (backward)", a.dout, a.T, a.NH, a.B, C, a.T * C, BR);
     // The fused conversion (LLM_CUDA_DQ_CONVERT=fused or a.dq_convert 2): the atomic forms, with
     // counters.
+    // Its stores are 8 bytes (4 elements of dQ): a dqkv that is not 8-byte aligned takes the
+    // separate conversion kernel, which checks for itself.
     const bool convert = form != WgmmaBackward::ws_tma_dq && a.dq_count != nullptr &&
+                         reinterpret_cast<uintptr_t>(a.dqkv) % 8 == 0 &&
                          (a.dq_convert == 0 ? dq_convert_setting() : a.dq_convert) == 2;
     const bool v4 = ws_red_v4_available<HD>() && (a.dq_red == 0 ? dq_red_setting() : a.dq_red) == 4;
     attention_dq_accum_zero(a, stream);
