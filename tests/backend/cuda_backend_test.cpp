@@ -451,61 +451,74 @@ Vec attention_rowdot(const Vec& dout, const Vec& out, int B, int T, int NH, int 
   return D;
 }
 
-// The mma.sync fused backward (tc-atomic: dQ added with atomics from the dK/dV kernel; what an
-// A100 runs when it adds dQ with atomics) in both shapes: 4 warps of 16 keys over 32-query tiles,
-// and 8 warps (128 keys) over 64-query tiles, FlashAttention-2's sm_80 tile, at every head dim
-// where each exists (the wide one up to 128), against the CPU fp32 op on the same rounded inputs
-// with LowPrecision's tolerances; the seven-product form (no atomics) beside them. T = 333: three
-// 128-key blocks, the last partial, query tiles crossing the diagonal and the sequence end; D from
-// the tc forward's own rounded output, as attention.cu computes it.
+// The mma.sync kernels (what an A100 runs) against the CPU fp32 op on the same rounded inputs,
+// with LowPrecision's tolerances. Forward: `tc` and `tc-m32` (32 query rows per warp, its int32
+// mask), out and lse. Backward: the fused form (tc-atomic: dQ added with atomics from the dK/dV
+// kernel) in both shapes, 4 warps of 16 keys over 32-query tiles and 8 warps (128 keys) over
+// 64-query tiles, FlashAttention-2's sm_80 tile, at every head dim where each exists (the wide one
+// up to 128), and the seven-product form (no atomics) beside them; D from the tc forward's own
+// rounded output, as attention.cu computes it. T: 1 and 17 (less than one tile: warps whose keys
+// all lie past T), 65 (a second query tile of one row), 128 (whole tiles, no masking at the
+// end), 333 (three 128-key blocks, the last partial, tiles crossing the diagonal and the end).
 TEST(CudaBackend, TcFusedBackwardMatchesTheCpuOp) {
   REQUIRE_CUDA(be);
   Fixture f{*be};
-  for (DType t : {DType::bf16, DType::f16})
-    for (int hd : {48, 64, 80, 96, 128, 160}) {
-      SCOPED_TRACE(std::string(llm::dtype_name(t)) + " hd=" + std::to_string(hd));
-      const int B = 2, T = 333, NH = 2, C = NH * hd;
-      const double u = bt::unit(t);
-      const AttentionCase c = attention_case(t, B, T, NH, hd, 740 + hd);
-      const Vec ref = f.cpu_vec(c.dqkv);
-      const Tol tol{4 * u, 8 * u * bt::max_abs(ref)};
+  for (int T : {1, 17, 65, 128, 333})
+    for (DType t : {DType::bf16, DType::f16})
+      for (int hd : {48, 64, 80, 96, 128, 160}) {
+        SCOPED_TRACE(std::string(llm::dtype_name(t)) + " hd=" + std::to_string(hd) + " T=" + std::to_string(T));
+        const int B = 2, NH = 2, C = NH * hd;
+        const double u = bt::unit(t);
+        const AttentionCase c = attention_case(t, B, T, NH, hd, 740 + hd + T);
+        const Vec ref = f.cpu_vec(c.dqkv);
+        const Tol tol{4 * u, 8 * u * bt::max_abs(ref)};
 
-      Tensor gq = be->upload(bt::host_low({B, T, 3 * C}, c.qkv, t)), gdo = be->upload(bt::host_low({B, T, C}, c.dout, t));
-      Tensor go = be->empty({B, T, C}, t), gl = be->empty({B, NH, T});
-      be->synchronize();
-      ASSERT_TRUE(llm::kernels::attention_forward_tensor_cores(
-          t, llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd),
-          false, be->stream()));
-      be->synchronize();
-      const Vec D = attention_rowdot(c.dout, bt::low_to_vec(be->download(go)), B, T, NH, hd);
-      Tensor gD = f.up({B, NH, T}, D), accum = be->empty({B, T, C});
-      llm::kernels::AttentionBackwardArgs ba;
-      ba.qkv = gq.raw(), ba.out = go.raw(), ba.dout = gdo.raw(), ba.lse = gl.data<float>(), ba.scratch = gD.data<float>();
-      ba.dq_accum = accum.data<float>();
-      ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T;
-      struct Form {
-        bool atomic;
-        int warps;
-        const char* name;
-      };
-      for (const Form& form : {Form{false, 0, "tc dqkv"}, Form{true, 4, "tc-atomic 4 warps dqkv"},
-                               Form{true, 8, "tc-atomic 8 warps dqkv"}, Form{true, 0, "tc-atomic dqkv"}}) {
-        Tensor gd = be->zeros({B, T, 3 * C}, t);
-        ba.dqkv = gd.raw();
-        be->synchronize();
-        const bool ran = llm::kernels::attention_backward_tensor_cores(t, ba, form.atomic, be->stream(), form.warps);
-        // No 8-warp form at hd 160 (dK and dV alone would hold 160 registers per thread), nor where
-        // a block may not opt in to its shared memory (a 99 KiB card, or under such a cap).
-        const size_t wide = llm::kernels::attention_backward_tc_wide_smem(hd);
-        if (form.warps == 8 && (wide == 0 || wide > llm::kernels::smem_optin_limit())) {
-          EXPECT_FALSE(ran) << "the 8-warp form at hd " << hd;
-          continue;
+        Tensor gq = be->upload(bt::host_low({B, T, 3 * C}, c.qkv, t)), gdo = be->upload(bt::host_low({B, T, C}, c.dout, t));
+        Tensor go = be->empty({B, T, C}, t), gl = be->empty({B, NH, T});
+        for (bool m32 : {true, false}) {  // tc last: its output feeds the backward
+          const char* name = m32 ? "tc-m32" : "tc";
+          // (tc-m32 at hd 128 needs more shared memory than a 99 KiB card, or such a cap, allows)
+          if (m32 && llm::kernels::attention_forward_tc_smem(hd, m32) > llm::kernels::smem_optin_limit()) continue;
+          be->synchronize();
+          ASSERT_TRUE(llm::kernels::attention_forward_tensor_cores(
+              t, llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd),
+              m32, be->stream()))
+              << name;
+          be->synchronize();
+          EXPECT_TRUE(bt::all_close(std::string(name) + " out", bt::low_to_vec(be->download(go)), f.cpu_vec(c.out),
+                                    Tol{2 * u, 4 * u}));
+          EXPECT_TRUE(bt::all_close(std::string(name) + " lse", bt::to_vec(be->download(gl)), f.cpu_vec(c.lse),
+                                    Tol{1e-3, 1e-3}));
         }
-        ASSERT_TRUE(ran) << form.name;
-        be->synchronize();
-        EXPECT_TRUE(bt::all_close(form.name, bt::low_to_vec(be->download(gd)), ref, tol));
+        const Vec D = attention_rowdot(c.dout, bt::low_to_vec(be->download(go)), B, T, NH, hd);
+        Tensor gD = f.up({B, NH, T}, D), accum = be->empty({B, T, C});
+        llm::kernels::AttentionBackwardArgs ba;
+        ba.qkv = gq.raw(), ba.out = go.raw(), ba.dout = gdo.raw(), ba.lse = gl.data<float>(), ba.scratch = gD.data<float>();
+        ba.dq_accum = accum.data<float>();
+        ba.B = B, ba.NH = NH, ba.hd = hd, ba.T = T;
+        struct Form {
+          bool atomic;
+          int warps;
+          const char* name;
+        };
+        for (const Form& form : {Form{false, 0, "tc dqkv"}, Form{true, 4, "tc-atomic 4 warps dqkv"},
+                                 Form{true, 8, "tc-atomic 8 warps dqkv"}, Form{true, 0, "tc-atomic dqkv"}}) {
+          Tensor gd = be->zeros({B, T, 3 * C}, t);
+          ba.dqkv = gd.raw();
+          be->synchronize();
+          const bool ran = llm::kernels::attention_backward_tensor_cores(t, ba, form.atomic, be->stream(), form.warps);
+          // No 8-warp form at hd 160 (dK and dV alone would hold 160 registers per thread), nor where
+          // a block may not opt in to its shared memory (a 99 KiB card, or under such a cap).
+          const size_t wide = llm::kernels::attention_backward_tc_wide_smem(hd);
+          if (form.warps == 8 && (wide == 0 || wide > llm::kernels::smem_optin_limit())) {
+            EXPECT_FALSE(ran) << "the 8-warp form at hd " << hd;
+            continue;
+          }
+          ASSERT_TRUE(ran) << form.name;
+          be->synchronize();
+          EXPECT_TRUE(bt::all_close(form.name, bt::low_to_vec(be->download(gd)), ref, tol));
+        }
       }
-    }
 }
 
 // copy_rows with a pitch over the device's limit for one cudaMemcpy2D (a Ulysses move of a long
