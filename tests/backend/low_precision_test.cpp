@@ -58,6 +58,43 @@ TEST_P(LowPrecision, ConvertRoundsToNearestEven) {
   }
 }
 
+// The backend's f32 -> 16-bit conversion gives exactly the host's bits (core/dtype.h: what the
+// checkpoint loader of an inference model rounds with, and the tests' references) at the edges:
+// signed zeros, ties both ways, f16 and bf16 subnormals and the smallest of them, halfway below
+// the smallest (ties to zero), the largest finite values, ties and overflow to inf, infinities.
+// A NaN stays a NaN (its payload is not compared: the host keeps it, a GPU may not).
+TEST_P(LowPrecision, ConvertEdgeCasesBitForBit) {
+  const DType t = type();
+  const float e = t == DType::bf16 ? 0x1p-8f : 0x1p-11f;  // half an ulp of 1
+  const float tiny = t == DType::bf16 ? 0x1p-133f : 0x1p-24f;  // the smallest subnormal
+  const float big = t == DType::bf16 ? 0x1.feP127f : 65504.0f;  // the largest finite
+  const float big_ulp = t == DType::bf16 ? 0x1p120f : 32.0f;
+  std::vector<float> x = {0.0f, -0.0f, 1.0f + e, 1.0f + 3 * e, -(1.0f + e), -(1.0f + 3 * e), 1.0f + e * 1.5f,
+                          tiny, -tiny, tiny / 2, tiny * 1.5f, tiny * 2.5f, tiny / 3, 0x1p-126f, 0x1p-130f, 1e-40f,
+                          6.1e-5f, 5.9e-5f, big, -big, big + big_ulp / 2, big + big_ulp / 4, 3.0e38f, 3.4028235e38f,
+                          -3.4028235e38f, 70000.0f, INFINITY, -INFINITY, 1e-3f, 3.14159265f, -2.71828183f};
+  const size_t specials = x.size();
+  x.push_back(NAN);
+  bt::Rng rng(302);
+  for (double v : rng.normal(500, 4.0)) x.push_back(static_cast<float>(v));
+  Tensor host = Tensor::empty({int64_t(x.size())});
+  std::copy(x.begin(), x.end(), host.data<float>());
+  Tensor low = be().empty({int64_t(x.size())}, t);
+  be().convert(low, be().upload(host));
+  const Tensor got = be().download(low);
+  const auto* g = static_cast<const uint16_t*>(got.raw());
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (std::isnan(x[i])) {
+      const float back = t == DType::bf16 ? llm::bf16_to_f32(g[i]) : llm::f16_to_f32(g[i]);
+      EXPECT_TRUE(std::isnan(back)) << "NaN converted to " << back;
+      continue;
+    }
+    const uint16_t want = t == DType::bf16 ? llm::f32_to_bf16(x[i]) : llm::f32_to_f16(x[i]);
+    EXPECT_EQ(g[i], want) << (i < specials ? "edge case " : "random value ") << i << ": " << x[i] << " (0x"
+                          << std::hex << g[i] << " vs the host's 0x" << want << std::dec << ")";
+  }
+}
+
 TEST_P(LowPrecision, CountNonFinite) {
   const DType t = type();
   Vec x(5000, 1.0);
