@@ -269,11 +269,17 @@ if command -v mpirun > /dev/null; then
   # decides the same (the overflow check is on the global gradient norm).
   f16=(--fp16 --initial-loss-scale 67108864 --hysteresis 1)
   OMP_NUM_THREADS=1 "$bin" "${pp[@]}" "${f16[@]}" --output-dir "$work/fp1" > "$work/fp1.txt" 2>&1
+  rc=$?  # (the name's $(skips ...) below would reset $? before the condition is built)
   skips() { grep -o 'number of skipped iterations: *[0-9]*' "$1" | grep -o '[0-9]*$' | paste -sd, ; }
-  check "fp16 with an overflowing loss scale skips iterations ($(skips $work/fp1.txt)), halves the scale, then trains" "[ $? -eq 0 ] && skips $work/fp1.txt | tr , '\n' | awk '{s+=\$1} END{exit !(s >= 3 && s <= 6)}' && grep -q 'loss scale: 33554432.0' $work/fp1.txt && ! grep -qi 'lm loss: -*nan' $work/fp1.txt"
+  check "fp16 with an overflowing loss scale skips iterations ($(skips $work/fp1.txt)), halves the scale, then trains" "[ $rc -eq 0 ] && skips $work/fp1.txt | tr , '\n' | awk '{s+=\$1} END{exit !(s >= 3 && s <= 6)}' && grep -q 'loss scale: 33554432.0' $work/fp1.txt && ! grep -qi 'lm loss: -*nan' $work/fp1.txt"
   run_pp fptp2 2 "${f16[@]}" --tensor-model-parallel-size 2 --sequence-parallel
   run_pp fppp2 2 "${f16[@]}" --pipeline-model-parallel-size 2
   check "fp16: TP 2 + SP and PP 2 skip the same iterations ($(skips $work/fp1.txt)) and match the single-process losses (rel 5e-4)" "[ \"\$(skips $work/fptp2.txt)\" = \"\$(skips $work/fp1.txt)\" ] && [ \"\$(skips $work/fppp2.txt)\" = \"\$(skips $work/fp1.txt)\" ] && near_curve 5e-4 $work/fp1/metrics.jsonl $work/fptp2/metrics.jsonl && near_curve 5e-4 $work/fp1/metrics.jsonl $work/fppp2/metrics.jsonl"
+  # The output layer in chunks (each chunk's backward in forward, dloss carrying the loss scale):
+  # the same overflows, so the same skipped iterations, and the same curve.
+  OMP_NUM_THREADS=1 "$bin" "${pp[@]}" "${f16[@]}" --logits-chunk-tokens 24 --output-dir "$work/fp1lc" > "$work/fp1lc.txt" 2>&1
+  rc=$?
+  check "fp16: the output layer in chunks of 24 tokens skips the same iterations ($(skips $work/fp1lc.txt)) and matches the whole head's losses (rel 1e-4)" "[ $rc -eq 0 ] && [ \"\$(skips $work/fp1lc.txt)\" = \"\$(skips $work/fp1.txt)\" ] && near_curve 1e-4 $work/fp1/metrics.jsonl $work/fp1lc/metrics.jsonl"
   "$bin" "${dp[@]}" --bf16 --fp16 > "$work/bffp.txt" 2>&1
   check "--bf16 with --fp16 is refused" "[ $? -eq 2 ] && grep -q 'bf16 and --fp16 exclude each other' $work/bffp.txt"
   "$bin" "${dp[@]}" --backend tpu > "$work/be.txt" 2>&1
