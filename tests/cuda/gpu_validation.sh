@@ -50,12 +50,24 @@ lim() { timeout -k 5 "$(scaled "$1")" "${@:2}"; }  # lim SECONDS cmd...
 tlim() { lim "${TEST_LIMIT:-200}" "$@"; }  # a correctness step (they run concurrently: 30-odd processes share the card)
 losses() { cat "$@" 2> /dev/null | grep -o '"lm_loss": [^,]*' | cut -d' ' -f2; }  # metrics files' loss curve, in order
 # curve_within N TOL REF RUN...: RUN's loss curve (its metrics files in order) has N iterations,
-# each within TOL (relative) of REF's.
+# each within TOL (relative) of REF's, which has N too; a loss that is not a number (null, nan)
+# fails, and so does any exit status in CURVE_RC (the runs' statuses, space-separated) but 0.
 curve_within() {
-  paste <(losses "$3") <(losses "${@:4}") | awk -v want="$1" -v tol="$2" 'NF == 2 {n++; d = $1 - $2; if (d < 0) d = -d; if (d / $1 > w) w = d / $1}
-    END {printf "%d iterations, worst rel diff %.2e %s", n, w, (n == want && w < tol) ? "OK" : "FAIL"}'
+  local r rc_bad=0
+  for r in ${CURVE_RC:-0}; do [[ $r = 0 ]] || rc_bad=1; done
+  paste <(losses "$3") <(losses "${@:4}") | awk -F '\t' -v want="$1" -v tol="$2" -v rc_bad=$rc_bad '
+    function num(x) { return x ~ /^-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?$/ }
+    {if ($1 != "") nr++; if ($2 != "") n++}
+    $1 == "" || $2 == "" {uneven = 1; next}
+    {if (!num($1) || !num($2) || $1 == 0) bad = 1; else {d = $1 - $2; if (d < 0) d = -d; if (d / $1 > w) w = d / $1}}
+    END {printf "%d iterations%s, worst rel diff %.2e%s%s %s", n, nr == want ? "" : " (the reference has " nr + 0 ")", w,
+                bad ? ", a loss not a number" : "", rc_bad ? ", an exit status not 0" : "",
+                (n == want && nr == want && !uneven && !bad && !rc_bad && w < tol) ? "OK" : "FAIL"}'
 }
 : > "$out/summary.txt"
+# A rerun into the same folder must not meet the last run's results: metrics.jsonl files append,
+# and an exit-status file or a checkpoint left behind would stand for a step that did not run.
+rm -rf "$out"/rc_* "$out"/mr_* "$out"/pt_*
 log "commit ${COMMIT:-$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?')} $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$out/summary.txt"
 
@@ -180,12 +192,18 @@ multirank_step() {
         mismatch=$(grep -c MISMATCH "$out/mr_$name.log")
         [[ $rc = 124 || $rc = 137 ]] && mr_stop="$name timed out"
         ck=$(awk '{for (i = 1; i < NF; i++) if ($i == "--save") print $(i + 1)}' <<< "$flags")
+        rc_one=$(cat "$out/rc_mr_one_$prec")
         if [[ -n "$ck" ]]; then  # saved part-way (--exit-interval): the rest on one process from its checkpoint
           mr_lim "$build/tools/llm-pretrain" "${mr[@]}" $([[ $prec != fp32 ]] && echo "--$prec") --load "$ck" \
             --output-dir "$out/mr_${name}_resumed" > "$out/mr_${name}_resumed.log" 2>&1
-          log "multi-rank $name ($np ranks) exit $rc, then resumed on 1 process exit $?: $(curve_within 8 $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl" "$out/mr_${name}_resumed/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
+          rc_res=$?
+          # Without a checkpoint the single process would start from scratch, on the same curve:
+          # only a resumed run counts.
+          resumed=1
+          grep -q 'continuing after iteration 4' "$out/mr_${name}_resumed.log" || resumed=0
+          log "multi-rank $name ($np ranks) exit $rc, then resumed on 1 process exit $rc_res: $(CURVE_RC="$rc $rc_res $rc_one $((1 - resumed))" curve_within 8 $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl" "$out/mr_${name}_resumed/metrics.jsonl")$( ((resumed)) || echo " (not resumed from the checkpoint)")$( ((mismatch)) && echo " communication MISMATCH")"
         else
-          log "multi-rank $name ($np ranks) exit $rc (single $prec exit $(cat "$out/rc_mr_one_$prec")): $(curve_within 8 $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
+          log "multi-rank $name ($np ranks) exit $rc (single $prec exit $rc_one): $(CURVE_RC="$rc $rc_one" curve_within 8 $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
         fi
         [[ $rc = 0 ]] || grep -E 'rror|FAIL' "$out/mr_$name.log" | head -3 | sed 's/^/   /' | tee -a "$out/summary.txt"
       done
@@ -345,7 +363,7 @@ fi
 log "llm-pretrain --backend cuda (fp32 / --bf16 / --fp16) against --backend cpu fp32 (20 iterations, rel 1e-4 / 4e-3 / 4e-4)"
 for prec in cuda bf16 fp16; do
   tol=$(case $prec in cuda) echo 1e-4 ;; bf16) echo 4e-3 ;; fp16) echo 4e-4 ;; esac)
-  log "pretrain $prec exit $(cat "$out/rc_pt_$prec") (cpu $(cat "$out/rc_pt_cpu")): $(curve_within 20 $tol "$out/pt_cpu/metrics.jsonl" "$out/pt_$prec/metrics.jsonl")"
+  log "pretrain $prec exit $(cat "$out/rc_pt_$prec") (cpu $(cat "$out/rc_pt_cpu")): $(CURVE_RC="$(cat "$out/rc_pt_$prec" "$out/rc_pt_cpu" 2> /dev/null || echo missing)" curve_within 20 $tol "$out/pt_cpu/metrics.jsonl" "$out/pt_$prec/metrics.jsonl")"
 done
 # llm-generate --backend cuda (fp32, --bf16) from the CPU run's checkpoint (mock data: token ids
 # in and out): 24 greedy tokens. fp32 must give the CPU's text; --bf16 is compared with the CPU's
@@ -367,7 +385,11 @@ else
 fi
 det_values() { grep -o '"lm_loss": [^,]*\|"grad_norm": [^,]*' "$1" 2> /dev/null | cut -d' ' -f2 | paste - -; }
 log "pretrain deterministic (LLM_CUDA_DETERMINISTIC=1, --bf16, hd 128) twice, exit $(cat "$out/rc_pt_det_a") / $(cat "$out/rc_pt_det_b"): $(paste <(det_values "$out/pt_det_a/metrics.jsonl") <(det_values "$out/pt_det_b/metrics.jsonl") |
-  awk 'NF == 4 {n++; if ($1 != $3 || $2 != $4) { if (!bad) bad = n } } END {printf "%d iterations, loss and grad norm %s", n, (n == 20 && !bad) ? "identical OK" : bad ? "differ from iteration " bad " FAIL" : "FAIL"}')"
+  awk -v rcs="$(cat "$out/rc_pt_det_a" "$out/rc_pt_det_b" 2> /dev/null | tr '\n' ' ')" 'NF != 4 {uneven = 1}
+    NF == 4 {n++; if ($1 != $3 || $2 != $4) { if (!bad) bad = n } }
+    END {ok = n == 20 && !uneven && !bad && rcs == "0 0 "
+         printf "%d iterations%s, loss and grad norm %s", n, uneven ? " (the runs differ in length)" : "",
+                ok ? "identical OK" : bad ? "differ from iteration " bad " FAIL" : "FAIL"}')"
 sm80_report
 
 multirank_step

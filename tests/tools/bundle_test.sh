@@ -31,11 +31,15 @@ grep -q -- "--num-layers" <<< "$out" || fail "--help output lacks --num-layers: 
 # system's copies), and nothing is missing.
 resolved="$(. "$root/env.sh" && ldd "$root/libexec/llm-pretrain")"
 grep -q "not found" <<< "$resolved" && fail "unresolved libraries: $(grep 'not found' <<< "$resolved")"
+checked=0
 for lib in $(ls "$root/lib" | grep '\.so'); do
-  line="$(grep -F " $lib " <<< "$resolved" || true)"
+  # ldd's lines: "<tab>libfoo.so.1 => /path/libfoo.so.1 (0x...)"; the name is the first field.
+  line="$(awk -v l="$lib" '$1 == l' <<< "$resolved")"
   [[ -z "$line" ]] && continue  # a dependency of a plugin only
   grep -qF "$root/lib/$lib" <<< "$line" || fail "$lib resolves outside the bundle: $line"
+  checked=$((checked + 1))
 done
+[[ $checked -gt 0 ]] || fail "no bundled library appears in ldd's output: $resolved"
 # Trains from the bundle on a machine without an MPI installation (an Open MPI prefix pointing
 # nowhere): a plain process does not initialise MPI, so no MPI daemon is needed.
 out="$(cd "$work" && OPAL_PREFIX=/nonexistent "$root/bin/llm-pretrain" --mock-data --train-iters 2 --log-interval 1 \

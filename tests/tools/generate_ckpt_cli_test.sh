@@ -22,23 +22,23 @@ check "llm-ckpt inspect lists tensors with shapes and norms" "grep -q 'h.1.mlp.c
 
 g1=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 2> "$work/g1.err")
 g2=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 2> /dev/null)
-check "greedy generation is deterministic and non-empty" "[ -n \"$g1\" ] && [ \"$g1\" = \"$g2\" ]"
+check "greedy generation is deterministic and non-empty" "[ -n \"\$g1\" ] && [ \"\$g1\" = \"\$g2\" ]"
 check "generation reports prefill and decode speed" "grep -q 'prefill: 7 tokens in .*decode: [0-9]* tokens in' $work/g1.err"
 check "--max-new-tokens bounds the output (byte tokens)" "[ \${#g1} -le 24 ]"
 s1=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --seed 7 2> /dev/null)
 s2=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --seed 7 2> /dev/null)
-check "sampling with a seed is reproducible" "[ \"$s1\" = \"$s2\" ]"
+check "sampling with a seed is reproducible" "[ -n \"\$s1\" ] && [ \"\$s1\" = \"\$s2\" ]"
 # Mixed precision (the CPU backend's bf16 emulation; the same path as a GPU's): the sampler gets fp32 logits.
 b1=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --bf16 2> "$work/b1.err")
 b2=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --bf16 2> /dev/null)
-check "--bf16 generation runs, is deterministic and says so" "[ -n \"$b1\" ] && [ \"$b1\" = \"$b2\" ] && grep -q 'cpu bf16' $work/b1.err && grep -q 'decode: [0-9]* tokens' $work/b1.err"
+check "--bf16 generation runs, is deterministic and says so" "[ -n \"\$b1\" ] && [ \"\$b1\" = \"\$b2\" ] && grep -q 'cpu bf16' $work/b1.err && grep -q 'decode: [0-9]* tokens' $work/b1.err"
 # An inference model: fp32 weights only, and in bf16 half that (the LayerNorms stay f32 too).
 wf=$(sed -n 's/.*, weights \([0-9.]*\) MiB, KV cache \([0-9.]*\) MiB$/\1/p' "$work/g1.err")
 wb=$(sed -n 's/.*, weights \([0-9.]*\) MiB, KV cache \([0-9.]*\) MiB$/\1/p' "$work/b1.err")
 check "--bf16 holds its weights in half fp32's memory (${wf:-?} vs ${wb:-?} MiB)" \
   "awk -v f='${wf:-0}' -v b='${wb:-0}' 'BEGIN { exit !(f > 0 && b / f > 0.5 && b / f < 0.51) }'"
 f1=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --fp16 2> /dev/null)
-check "--fp16 generation runs" "[ -n \"$f1\" ]"
+check "--fp16 generation runs" "[ -n \"\$f1\" ]"
 "$gen" --load "$work/ck" --prompt "the cat" --bf16 --fp16 > /dev/null 2> "$work/both.err"
 check "--bf16 and --fp16 together are refused" "[ $? -ne 0 ] && grep -q 'excludes' $work/both.err"
 # --backend cuda: without a usable GPU (CI) a clear error (exit 2); with one (a GPU machine's
@@ -48,11 +48,11 @@ gc=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperatu
 rc=$?
 if [ $rc -eq 0 ]; then
   [ "$gc" = "$g1" ] || printf 'cpu:  %s\ncuda: %s\n' "$g1" "$gc"
-  check "--backend cuda generates the CPU's greedy text" "[ \"$gc\" = \"$g1\" ] && grep -q 'cuda f32' $work/gc.err"
+  check "--backend cuda generates the CPU's greedy text" "[ \"\$gc\" = \"\$g1\" ] && grep -q 'cuda f32' $work/gc.err"
   c1=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --backend cuda --bf16 2> "$work/cb.err")
   c2=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --backend cuda --bf16 2> /dev/null)
   [ -n "$c1" ] || cat "$work/cb.err"
-  check "--backend cuda --bf16 runs, is deterministic and says so" "[ -n \"$c1\" ] && [ \"$c1\" = \"$c2\" ] && grep -q 'cuda bf16' $work/cb.err"
+  check "--backend cuda --bf16 runs, is deterministic and says so" "[ -n \"\$c1\" ] && [ \"\$c1\" = \"\$c2\" ] && grep -q 'cuda bf16' $work/cb.err"
 elif [ $rc -eq 2 ]; then
   check "--backend cuda without a usable GPU is a clear error" "grep -q 'error: --backend cuda: ' $work/gc.err"
 else
@@ -86,7 +86,7 @@ check "the converted checkpoint generates" "[ -n \"\$($gen --load $work/ck16 --p
 "$ckpt" export "$work/ck" --format hf-gpt2 --output "$work/hf" > /dev/null 2>&1
 "$ckpt" import "$work/hf" --format hf-gpt2 --output "$work/imp" > /dev/null 2>&1
 gi=$("$gen" --load "$work/imp" --prompt "the cat" --max-new-tokens 24 --temperature 0 --tokenizer-type ByteTokenizer 2> /dev/null)
-check "HF export -> import gives the same greedy text" "[ -f $work/hf/model.safetensors ] && [ \"$gi\" = \"$g1\" ]"
+check "HF export -> import gives the same greedy text" "[ -f $work/hf/model.safetensors ] && [ \"$gi\" = \"\$g1\" ]"
 
 # corruption: one byte of tensor data changed
 python3 - "$work/ck/iter_0000060/shard_00000.h5" <<'PY'

@@ -27,7 +27,9 @@ check "ranks that are not GPUs run the CPU backend" "grep -q -- '--backend cpu' 
 DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=GPU MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > dry4.txt 2>&1
 check "GPU ranks run the CUDA backend (BACKEND overrides)" "grep -q -- '--backend cuda' dry4.txt && BACKEND=cpu DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=GPU MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--backend cpu'"
 check "GPU ranks train in bf16 by default, CPU ranks in fp32; DTYPE=fp16 passes --fp16" "grep -q -- '--backend cuda --bf16' dry4.txt && ! grep -q -- '--bf16\\|--fp16' dry3.txt && DTYPE=fp16 DRY_RUN=1 NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--backend cpu --fp16'"
-check "USE_FLASH_ATTN=1 (the default) passes --use-flash-attn-v2, 0 does not" "grep -q -- '--use-flash-attn-v2' dry3.txt && ! USE_FLASH_ATTN=0 DRY_RUN=1 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 '$launch' 2>&1 | grep -q -- '--use-flash-attn'"
+USE_FLASH_ATTN=0 DRY_RUN=1 NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > dry5.txt 2>&1
+rc=$?  # (a failing launcher must not pass as "no flag": the command is checked to be there)
+check "USE_FLASH_ATTN=1 (the default) passes --use-flash-attn-v2, 0 does not" "grep -q -- '--use-flash-attn-v2' dry3.txt && [ $rc -eq 0 ] && grep -q 'command: ' dry5.txt && ! grep -q -- '--use-flash-attn' dry5.txt"
 # A GPU node (a stand-in nvidia-smi listing 4 A100s; a PALS-style mpiexec): the GPUs are found
 # whether or not NGPU_PER_HOST is given (ALCF's helpers export it), and the ranks run CUDA in bf16.
 mkdir -p fakebin
