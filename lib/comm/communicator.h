@@ -131,5 +131,7 @@ std::unique_ptr<Communicator> mpi_split_communicator(int color, int key);
 // A group of one: the collectives are identities (or copies into `out`), point to point has no
 // peer. Same element types and checks as MpiCommunicator.
 std::unique_ptr<Communicator> self_communicator();
+// Elements per MPI call of MpiCommunicator: 2^30, or LLM_MPI_MAX_COUNT's lower value (a test knob).
+int64_t mpi_window_elements();
 
 }  // namespace llm

@@ -416,4 +416,6 @@ std::unique_ptr<Communicator> mpi_split_communicator(int color, int key) {
   return std::make_unique<MpiCommunicator>(sub, true);
 }
 
+int64_t mpi_window_elements() { return window_elements(); }
+
 }  // namespace llm

@@ -88,13 +88,25 @@ TEST_P(BackendConformance, CopyRows) {
       for (int64_t k = 0; k < c.width; ++k) want[size_t(r * c.dst_pitch + k)] = src[size_t(r * c.src_pitch + k)];
     EXPECT_TRUE(bt::all_equal("copy_rows", down(d), want));
   }
-  // 2-byte elements move as they are
-  Tensor lo = be().zeros({6}, llm::DType::bf16), ls = be().upload(Tensor::zeros({6}, llm::DType::bf16));
-  be().copy_rows(lo, 3, ls, 3, 2, 2);
+  // 2-byte elements move as they are: distinct bf16 values into a destination of sentinels
+  {
+    Tensor hs = Tensor::empty({6}, llm::DType::bf16), hd = Tensor::empty({6}, llm::DType::bf16);
+    for (int i = 0; i < 6; ++i) {
+      static_cast<uint16_t*>(hs.raw())[i] = static_cast<uint16_t>(0x3F80 + 0x20 * i);  // 1, 1.25, 1.5, ...
+      static_cast<uint16_t*>(hd.raw())[i] = 0xBF80;                                      // -1
+    }
+    Tensor lo = be().upload(hd);
+    be().copy_rows(lo, 3, be().upload(hs), 3, 2, 2);
+    be().synchronize();
+    const Tensor got = be().download(lo);
+    const uint16_t want[6] = {0x3F80, 0x3FA0, 0xBF80, 0x3FE0, 0x4000, 0xBF80};
+    for (int i = 0; i < 6; ++i)
+      EXPECT_EQ(static_cast<const uint16_t*>(got.raw())[i], want[i]) << "bf16 copy_rows element " << i;
+  }
   Tensor small = be().zeros({4});
   EXPECT_THROW(be().copy_rows(small, 3, up({8}, Vec(8, 1.0)), 4, 2, 2), llm::Error);  // dst: row 1 ends at 5 > 4
   EXPECT_THROW(be().copy_rows(up({8}, Vec(8, 1.0)), 2, up({8}, Vec(8, 1.0)), 4, 2, 3), llm::Error);  // pitch < width
-  EXPECT_THROW(be().copy_rows(lo, 3, up({6}, Vec(6, 1.0)), 3, 2, 2), llm::Error);  // bf16 <- f32
+  EXPECT_THROW(be().copy_rows(be().zeros({6}, llm::DType::bf16), 3, up({6}, Vec(6, 1.0)), 3, 2, 2), llm::Error);  // bf16 <- f32
 }
 
 // ---- embedding ------------------------------------------------------------------------------

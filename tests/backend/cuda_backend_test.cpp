@@ -28,11 +28,35 @@ using llm::DType;
 using llm::Shape;
 using llm::Tensor;
 
+// Without a device the test reports itself skipped with the reason; with LLM_REQUIRE_CUDA=1 (set
+// by gpu_validation.sh on a GPU machine) it fails instead, so a device that did not come up cannot
+// pass as a run of skips.
+bool cuda_required() {
+  const char* e = std::getenv("LLM_REQUIRE_CUDA");
+  return e && std::string(e) == "1";
+}
+
 #ifndef LLM_HAVE_CUDA
 
-TEST(CudaBackend, Available) { GTEST_SKIP() << "built without CUDA (LLM_ENABLE_CUDA=OFF or no nvcc found)"; }
+TEST(CudaBackend, Available) {
+  if (cuda_required()) GTEST_FAIL() << "LLM_REQUIRE_CUDA=1 in a build without CUDA";
+  GTEST_SKIP() << "built without CUDA (LLM_ENABLE_CUDA=OFF or no nvcc found)";
+}
 
 #else
+
+// Fills a device tensor with NaN (f32, bf16 or f16) before a kernel writes it, so that a row the
+// kernel leaves unwritten shows instead of keeping an earlier run's values.
+void nan_fill(llm::Backend& be, const Tensor& t) {
+  Tensor h = Tensor::empty(t.shape(), t.dtype());
+  if (t.dtype() == DType::f32) {
+    std::fill(h.data<float>(), h.data<float>() + h.numel(), NAN);
+  } else {
+    const uint16_t bits = t.dtype() == DType::bf16 ? 0x7FC0 : 0x7E00;
+    std::fill(static_cast<uint16_t*>(h.raw()), static_cast<uint16_t*>(h.raw()) + h.numel(), bits);
+  }
+  be.copy(t, be.upload(h));
+}
 
 llm::cuda::CudaBackend* device_or_skip_reason(std::string& reason) {
   llm::cuda::CudaBackend* b = llm::cuda::cuda_backend();
@@ -40,9 +64,10 @@ llm::cuda::CudaBackend* device_or_skip_reason(std::string& reason) {
   return b;
 }
 
-#define REQUIRE_CUDA(be)                                  \
-  std::string skip_reason_;                               \
-  llm::cuda::CudaBackend* be = device_or_skip_reason(skip_reason_); \
+#define REQUIRE_CUDA(be)                                                                       \
+  std::string skip_reason_;                                                                    \
+  llm::cuda::CudaBackend* be = device_or_skip_reason(skip_reason_);                            \
+  if (!be && cuda_required()) GTEST_FAIL() << "LLM_REQUIRE_CUDA=1 and no CUDA backend: " << skip_reason_; \
   if (!be) GTEST_SKIP() << skip_reason_
 
 TEST(CudaBackend, Available) {
@@ -479,6 +504,7 @@ TEST(CudaBackend, TcFusedBackwardMatchesTheCpuOp) {
           const char* name = m32 ? "tc-m32" : "tc";
           // (tc-m32 at hd 128 needs more shared memory than a 99 KiB card, or such a cap, allows)
           if (m32 && llm::kernels::attention_forward_tc_smem(hd, m32) > llm::kernels::smem_optin_limit()) continue;
+          nan_fill(*be, go), nan_fill(*be, gl);
           be->synchronize();
           ASSERT_TRUE(llm::kernels::attention_forward_tensor_cores(
               t, llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd),
@@ -809,6 +835,7 @@ void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackw
       // then the plain one, whose out and lse the backward uses.
       ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, gpu.stream(), llm::kernels::WgmmaForward::ping_pong));
       const Vec out_pp = down_low(go), lse_pp = f.down(gl);
+      nan_fill(gpu, go), nan_fill(gpu, gl);  // the plain form must write every row itself
       ASSERT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, gpu.stream()));
       const Vec out = down_low(go);
       EXPECT_TRUE(bt::all_close("wgmma out", out, bt::to_vec(c.out), Tol{2 * u, 4 * u}));
@@ -851,6 +878,7 @@ void check_wgmma_attention(llm::cuda::CudaBackend& gpu, llm::kernels::WgmmaBackw
       const Vec got = down_low(gd);
       EXPECT_TRUE(bt::all_close(name, got, ref, Tol{4 * u, 8 * u * bt::max_abs(ref)}));
       if (!fused_dq) {  // no atomics: a second run gives the same bits (LLM_CUDA_DETERMINISTIC=1 relies on it)
+        nan_fill(gpu, gd);
         ASSERT_TRUE(llm::kernels::attention_backward_wgmma(t, ba, gpu.stream(), form));
         EXPECT_TRUE(bt::all_equal(std::string(name) + " (second run)", down_low(gd), got));
       }
@@ -953,6 +981,7 @@ void check_forward_forms_equal_the_plain_one(llm::cuda::CudaBackend* be,
         }
         ASSERT_LE(Tk, sh.maxT > 0 ? sh.maxT : sh.Tq);
         const auto run = [&](WgmmaForward form) {
+          nan_fill(*be, go), nan_fill(*be, gl);  // each form must write every row itself
           EXPECT_TRUE(llm::kernels::attention_forward_wgmma(t, fa, be->stream(), form));
           be->synchronize();
           return std::make_pair(bt::low_to_vec(be->download(go)), bt::to_vec(be->download(gl)));
@@ -1005,6 +1034,7 @@ TEST(CudaBackend, AttentionBlockOrderChangesNoResult) {
     Tensor go = be->empty({B, T, C}, t), gl = be->empty({B, NH, T}), gd = be->empty({B, T, 3 * C}, t);
     Tensor scratch = be->empty({int(llm::kernels::attention_backward_scratch(t, B, NH, hd, T))});
     const auto run = [&](int block_order) {
+      nan_fill(*be, go), nan_fill(*be, gl), nan_fill(*be, gd);  // each order must write every tile itself
       llm::kernels::AttentionForwardArgs fa =
           llm::kernels::self_attention_args(gq.raw(), go.raw(), gl.data<float>(), llm::dtype_size(t), B, T, NH, hd);
       fa.block_order = block_order;

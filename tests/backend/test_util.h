@@ -118,8 +118,9 @@ inline Vec to_vec(const llm::Tensor& host) {
 // Low-precision (bf16/f16) host tensors holding round(v); the f32 values they hold; and back.
 inline llm::Tensor host_low(const llm::Shape& s, const Vec& v, llm::DType t) {
   llm::Tensor h = llm::Tensor::empty(s, t);
+  EXPECT_EQ(size_t(h.numel()), v.size()) << "host_low size mismatch for " << llm::shape_str(s);
   auto* p = static_cast<uint16_t*>(h.raw());
-  for (size_t i = 0; i < v.size(); ++i)
+  for (size_t i = 0; i < v.size() && i < size_t(h.numel()); ++i)
     p[i] = t == llm::DType::bf16 ? llm::f32_to_bf16(float(v[i])) : llm::f32_to_f16(float(v[i]));
   return h;
 }
@@ -163,6 +164,8 @@ inline ::testing::AssertionResult all_close(const std::string& what, const Vec& 
   if (got.size() != ref.size())
     return ::testing::AssertionFailure()
            << what << ": size mismatch, got " << got.size() << " elements, reference " << ref.size();
+  if (ref.empty())  // two empty vectors compare nothing: a test that meant to check something did not
+    return ::testing::AssertionFailure() << what << ": nothing to compare (0 elements)";
   if (mag && mag->size() != ref.size())
     return ::testing::AssertionFailure() << what << ": magnitude vector has the wrong size";
   size_t bad = 0, worst = 0;
@@ -209,9 +212,13 @@ inline ::testing::AssertionResult all_close(const std::string& what, const Vec& 
   return ::testing::AssertionSuccess();
 }
 
-// Every listed element must equal `value` exactly (e.g. untouched padding, zero gradients).
+// Every element of `got` must equal the same element of `expected` exactly (e.g. untouched
+// padding, zero gradients, two kernels' bits); the sizes must agree (0 is allowed: a shape with
+// no padding has none to check).
 inline ::testing::AssertionResult all_equal(const std::string& what, const Vec& got,
                                             const Vec& expected) {
+  if (got.size() != expected.size())
+    return ::testing::AssertionFailure() << what << ": " << got.size() << " elements against " << expected.size();
   for (size_t i = 0; i < got.size(); ++i)
     if (!(got[i] == expected[i]))
       return ::testing::AssertionFailure() << what << ": element " << i << " is " << got[i]

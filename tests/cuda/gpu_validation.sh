@@ -68,6 +68,9 @@ curve_within() {
 # A rerun into the same folder must not meet the last run's results: metrics.jsonl files append,
 # and an exit-status file or a checkpoint left behind would stand for a step that did not run.
 rm -rf "$out"/rc_* "$out"/mr_* "$out"/pt_*
+# On a GPU machine a CUDA test without a device fails instead of reporting itself skipped (a
+# device that did not come up must not pass as a run of skips); the smoke test sets 0.
+export LLM_REQUIRE_CUDA=${LLM_REQUIRE_CUDA:-1}
 log "commit ${COMMIT:-$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?')} $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$out/summary.txt"
 

@@ -31,7 +31,7 @@ chmod +x "$fake/cuobjdump" "$fake/ncu"
 # MULTIRANK_BACKEND=cpu: the multi-rank layouts' plumbing on the CPU (no NCCL check passes here;
 # budget and limits wide: a loaded machine must not turn this into a timing test).
 PATH="$fake:$PATH" SM80_TREE="$build" MULTIRANK_BACKEND=cpu MULTIRANK_BUDGET=3000 MULTIRANK_LIMIT=300 BENCHES="gemm attention torch train-step longseq sweep profile sass" ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch LLM_CUDA_BLOCK_ORDER=heaviest:8,LLM_CUDA_DQ_RED=v4" \
-  SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke "$src/tests/cuda/gpu_validation.sh" "$out/r" "$build" > "$out/log" 2>&1 ||
+  LLM_REQUIRE_CUDA=0 SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke "$src/tests/cuda/gpu_validation.sh" "$out/r" "$build" > "$out/log" 2>&1 ||
   fail "the script exited $?"
 summary="$out/r/summary.txt"
 # Shell errors (a missing nvidia-smi is expected here).
@@ -62,7 +62,7 @@ if command -v mpirun > /dev/null; then
 fi
 # TESTS="sm80 multirank": those steps alone (a second short call on a lease), nothing else.
 if command -v mpirun > /dev/null; then
-  SM80_TREE="$build" MULTIRANK_BACKEND=cpu MULTIRANK_LIMIT=300 TESTS="sm80 multirank" BENCHES="" SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke \
+  SM80_TREE="$build" MULTIRANK_BACKEND=cpu MULTIRANK_LIMIT=300 TESTS="sm80 multirank" BENCHES="" LLM_REQUIRE_CUDA=0 SKIP_BUILD=1 TIME_SCALE=0.3 COMMIT=smoke \
     MULTIRANK_LAYOUTS="tp2 2 --tensor-model-parallel-size 2" "$src/tests/cuda/gpu_validation.sh" "$out/m" "$build" > "$out/mlog" 2>&1 ||
     fail "TESTS=\"sm80 multirank\": the script exited $?"
   grep -q '^== TESTS="sm80 multirank": the named steps alone' "$out/m/summary.txt" &&

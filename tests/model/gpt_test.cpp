@@ -10,6 +10,7 @@
 
 #include "core/philox.h"
 #include "model/gpt.h"
+#include "support/max_or_nan.h"
 
 using namespace llm;
 
@@ -171,7 +172,7 @@ TEST(GPT, MatchesFloat64ReferenceForward) {
     const int64_t Vp = c.padded_vocab_size(), V = c.vocab_size;
     double worst = 0;
     for (int64_t r = 0; r < 2 * T; ++r)
-      for (int64_t v = 0; v < V; ++v) worst = std::max(worst, std::abs(lg[r * Vp + v] - ref_logits[r * V + v]));
+      for (int64_t v = 0; v < V; ++v) worst = llm::testing::max_or_nan(worst, std::abs(lg[r * Vp + v] - ref_logits[r * V + v]));
     EXPECT_LT(worst, 2e-5) << "T=" << T;
   }
 }
@@ -290,7 +291,7 @@ TEST(GPT, KVCacheForwardMatchesFullForward) {
     pos += n;
     double worst = 0;
     for (int64_t v = 0; v < Vp; ++v)
-      worst = std::max(worst, static_cast<double>(std::abs(last.data<float>()[v] - full.data<float>()[(pos - 1) * Vp + v])));
+      worst = llm::testing::max_or_nan(worst, static_cast<double>(std::abs(last.data<float>()[v] - full.data<float>()[(pos - 1) * Vp + v])));
     EXPECT_LT(worst, 1e-4) << "after " << pos << " tokens";
   }
   EXPECT_EQ(cache.length, T);
@@ -352,7 +353,7 @@ TEST(GPT, KVCacheForwardMatchesFullForwardInBf16) {
     for (int64_t v = 0; v < Vp; ++v) {
       const float x = last.data<float>()[v];
       ASSERT_TRUE(std::isfinite(x)) << "logit " << v << " after " << pos << " tokens";
-      worst = std::max(worst, static_cast<double>(std::abs(x - full.data<float>()[(pos - 1) * Vp + v])));
+      worst = llm::testing::max_or_nan(worst, static_cast<double>(std::abs(x - full.data<float>()[(pos - 1) * Vp + v])));
       off = std::max(off, static_cast<double>(std::abs(x - exact.data<float>()[(pos - 1) * Vp + v])));
     }
     // bf16 keeps 8 bits: one rounding step of a logit is 2^-8 of it; the cached path writes its
@@ -444,7 +445,7 @@ TEST(GPT, LogitsInChunksGiveTheSameLossesAndGradients) {
       const Tensor got = m.parameters().flat_grads();
       double err = 0;
       for (int64_t i = 0; i < got.numel(); ++i)
-        err = std::max(err, std::fabs(double(got.data<float>()[i]) - double(want.data<float>()[i])));
+        err = llm::testing::max_or_nan(err, std::fabs(double(got.data<float>()[i]) - double(want.data<float>()[i])));
       EXPECT_LE(err, (dt == DType::f32 ? 1e-6 : 1e-3) * gmax) << "largest gradient " << gmax;
       // one chunk's logits instead of N rows' (bf16 in bf16)
       const int64_t rows = std::min<int64_t>(chunk, N);
@@ -480,7 +481,7 @@ TEST(GPT, LogitsInChunksGiveTheSameLossesAndGradients) {
   const Tensor gw = w.parameters().flat_grads(), gx = x.parameters().flat_grads();
   double err = 0, big = 0;
   for (int64_t i = 0; i < gw.numel(); ++i) {
-    err = std::max(err, std::fabs(double(gw.data<float>()[i]) - double(gx.data<float>()[i])));
+    err = llm::testing::max_or_nan(err, std::fabs(double(gw.data<float>()[i]) - double(gx.data<float>()[i])));
     big = std::max(big, std::fabs(double(gw.data<float>()[i])));
   }
   EXPECT_LE(err, 1e-6 * big);

@@ -1,6 +1,8 @@
 // The MPI communicator's collectives against values every rank can compute locally.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include <numeric>
 
 #include "comm/communicator.h"
@@ -60,6 +62,10 @@ TEST(MpiCommunicator, ReduceScatterRangesSumsEachRanksUnevenRange) {
 // ranges straddling window boundaries, an empty one, a short last window, the plain forms past a
 // window per rank, all-reduce, and point to point over several windows.
 TEST(MpiCommunicator, CollectivesAcrossWindows) {
+  // The window this process runs with: LLM_MPI_MAX_COUNT's where ctest sets it (mpi-np*-windows),
+  // so those runs do move every buffer in windows and are not copies of the plain ones.
+  const char* knob = std::getenv("LLM_MPI_MAX_COUNT");
+  EXPECT_EQ(llm::mpi_window_elements(), knob ? std::atoll(knob) : int64_t{1} << 30);
   auto c = llm::mpi_world_communicator();
   const int P = c->size(), me = c->rank();
   std::vector<int64_t> off{0};
@@ -199,14 +205,15 @@ TEST(MpiCommunicator, NonBlockingFormsMatchTheBlockingOnes) {
   auto r_g = c->all_gather_async(g, g_in);
   auto r_a2a = c->all_to_all_async(a2a, a2a_in);
   auto r_send = c->send_async(sent, next, 11);
-  int polls = 0;
-  while (!r_a2a->test()) ++polls;  // progresses without blocking
+  // Progresses by polling alone (a test() that never reports completion hangs here, and ctest's
+  // timeout fails it).
+  while (!r_a2a->test()) {
+  }
   r_send->wait();
   r_recv->wait();
   r_g->wait();
   r_rs->wait();
   r_ag->wait();
-  EXPECT_GE(polls, 0);
   auto same = [](const Tensor& a, const Tensor& b, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i)
       if (a.data<float>()[i] != b.data<float>()[i]) return false;

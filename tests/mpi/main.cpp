@@ -1,10 +1,11 @@
-// GoogleTest under MPI: every rank runs every test; ctest starts this under mpirun with 2 and 4
-// ranks. A failure on any rank fails the job (non-zero exit from that rank). Rank 0 prints the
+// GoogleTest under MPI: every rank runs every test; ctest starts this under mpirun with 2, 3 and
+// 4 ranks. A failure on any rank fails the job (non-zero exit from that rank). Rank 0 prints the
 // progress lines; the other ranks print only their failures, prefixed with their rank, so the log
 // stays readable and still says what went wrong where.
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "comm/mpi_session.h"
@@ -32,6 +33,14 @@ class FailurePrinter : public ::testing::EmptyTestEventListener {
 int main(int argc, char** argv) {
   llm::MpiSession mpi(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
+  // ctest says how many ranks it started (LLM_TEST_RANKS): processes that did not form one MPI
+  // job (no launcher seen, LLM_MPI=0) would each run as a world of one, skip every layout and
+  // pass.
+  if (const char* want = std::getenv("LLM_TEST_RANKS"); want && std::atoi(want) != mpi.size()) {
+    std::fprintf(stderr, "test_mpi: LLM_TEST_RANKS=%s but this process is rank %d of %d\n", want, mpi.rank(),
+                 mpi.size());
+    return 1;
+  }
   if (mpi.rank() != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());

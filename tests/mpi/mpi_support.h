@@ -7,6 +7,7 @@
 
 #include "model/parameters.h"
 #include "train/args.h"
+#include "support/max_or_nan.h"
 
 namespace mpi_support {
 
@@ -51,7 +52,7 @@ inline double box_error(const llm::ParamSpec& spec, const llm::Tensor& local, co
         const int64_t gc = (b.global_offset.size() == 2 ? b.global_offset[1] : 0) + c;
         const int64_t lc = (b.local_offset.size() == 2 ? b.local_offset[1] : 0) + c;
         const double want = global.data<float>()[gr * gcols + gc], got = local.data<float>()[lr * lcols + lc];
-        err = std::max(err, std::fabs(want - got));
+        err = llm::testing::max_or_nan(err, std::fabs(want - got));
       }
     }
   }

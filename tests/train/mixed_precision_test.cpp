@@ -12,6 +12,7 @@
 #include "data/mock_data.h"
 #include "train/tiny_args.h"
 #include "train/checkpointing.h"
+#include "support/max_or_nan.h"
 
 using namespace llm;
 namespace fs = std::filesystem;
@@ -66,8 +67,8 @@ TEST_P(MixedPrecisionCurve, TracksTheFp32Curve) {
   for (size_t i = 0; i < ref.loss.size(); ++i) {
     const double rel = std::fabs(low.loss[i] - ref.loss[i]) / ref.loss[i];
     const double reln = std::fabs(low.grad_norm[i] - ref.grad_norm[i]) / ref.grad_norm[i];
-    worst = std::max(worst, rel);
-    worst_norm = std::max(worst_norm, reln);
+    worst = llm::testing::max_or_nan(worst, rel);
+    worst_norm = llm::testing::max_or_nan(worst_norm, reln);
     differs = differs || low.loss[i] != ref.loss[i];
     EXPECT_LT(rel, loss_tol) << "iteration " << i + 1 << ": loss " << low.loss[i] << " vs fp32 " << ref.loss[i];
     EXPECT_LT(reln, norm_tol) << "iteration " << i + 1 << ": grad norm " << low.grad_norm[i] << " vs fp32 "
