@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -48,8 +49,10 @@ class Recorder final : public Communicator {
   }
   std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) override {
     log.push_back("async");
+    if (on_async) on_async();
     return c_->all_reduce_sum_async(x);
   }
+  std::function<void()> on_async;  // called as each non-blocking all-reduce starts
 
  private:
   std::unique_ptr<Communicator> c_;
@@ -77,9 +80,21 @@ TEST(OverlapGradReduce, BucketsMatchThePlainReductionAndStartDuringBackward) {
   llm::Trainer plain(plain_args, m1, data, &plain_comm), overlap(overlap_args, m2, data, &overlap_comm);
   EXPECT_EQ(plain.num_buckets(), 0);
   EXPECT_EQ(overlap.num_buckets(), 4);  // one per layer
+  // Layer 0's gradient as each bucket starts: the first bucket (the last layer's) starts before
+  // layer 0's backward of the last micro-batch has run, its own (the fourth) after, so the two
+  // differ; buckets started only once backward had ended would all see the same gradient.
+  std::vector<std::vector<float>> h0_at_async;
+  overlap_comm.on_async = [&] {
+    const Tensor g = m2.parameters().grad("h.0.mlp.c_fc.weight");
+    h0_at_async.emplace_back(g.data<float>(), g.data<float>() + g.numel());
+  };
   for (int it = 1; it <= 3; ++it) {
     overlap_comm.log.clear();
+    h0_at_async.clear();
     const llm::IterationStats a = plain.train_step(), b = overlap.train_step();
+    ASSERT_EQ(h0_at_async.size(), 4u);
+    EXPECT_NE(h0_at_async.front(), h0_at_async.back())
+        << "layer 0's gradient did not change between the first bucket's start and its own: iteration " << it;
     EXPECT_NEAR(b.loss, a.loss, 1e-6 * a.loss) << "iteration " << it;
     EXPECT_NEAR(b.grad_norm, a.grad_norm, 1e-5 * a.grad_norm) << "iteration " << it;
     // 4 layers x (decayed, no-decay) ranges merged per layer: the layer's range is contiguous.
