@@ -751,9 +751,26 @@ TEST(CudaBackend, FusedLinearBackwardGeluMatchesTheTwoOps) {
 
 // The Hopper kernels (kernels/sm90a, LLM_CUDA_ATTENTION=wgmma) run only on compute capability
 // 9.0 and only when built for sm_90a; elsewhere these two tests say why they were skipped.
-#define REQUIRE_WGMMA(be)                                                                   \
-  REQUIRE_CUDA(be);                                                                         \
-  if (const char* why = llm::kernels::wgmma_unavailable()) GTEST_SKIP() << "wgmma: " << why
+// On an sm_90 card with no shared-memory cap (LLM_CUDA_SMEM_LIMIT, which the sm_80 step sets) and
+// LLM_REQUIRE_CUDA=1, the wgmma kernels must be there: a build without sm_90a fails instead of
+// skipping every wgmma test.
+bool wgmma_expected() {
+  if (!cuda_required() || std::getenv("LLM_CUDA_SMEM_LIMIT")) return false;
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev)) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return major == 9 && minor == 0;
+}
+#define REQUIRE_WGMMA(be)                                                                           \
+  REQUIRE_CUDA(be);                                                                                 \
+  if (const char* why = llm::kernels::wgmma_unavailable()) {                                        \
+    if (wgmma_expected()) GTEST_FAIL() << "LLM_REQUIRE_CUDA=1 on sm_90 with no cap, and wgmma: " << why; \
+    GTEST_SKIP() << "wgmma: " << why;                                                               \
+  }                                                                                                 \
+  static_assert(true)
 
 // The wgmma forms alone (SS both K-major; RS with B MN-major or K-major; SS with B or both
 // operands transposed; N 16-64 slices of K from inside a tile), on
