@@ -246,22 +246,41 @@ template <typename Body>
     std::exit(2);
   }
 }
-// A bf16 attention forward (and backward) at head dim hd, T 256, two heads, for smem_child.
+// A bf16 attention forward (and backward) at head dim hd, T 256, two heads, for smem_child: true
+// when out (and dqkv) match the CPU fp32 op on the same rounded inputs within LowPrecision's
+// tolerances (a mismatch is printed), so a kernel chosen under a cap is checked, not just run.
 auto attention_pass(int hd, bool backward) {
   return [hd, backward](llm::cuda::CudaBackend& be) {
     const int64_t B = 1, T = 256, NH = 2, C = NH * hd;
+    const double u = bt::unit(DType::bf16);
     bt::Rng rng(330);
     Tensor qkv = be.empty({B, T, 3 * C}, DType::bf16), dout = be.empty({B, T, C}, DType::bf16);
     be.convert(qkv, be.upload(bt::host_f32({B, T, 3 * C}, rng.normal(size_t(B) * T * 3 * C))));
     be.convert(dout, be.upload(bt::host_f32({B, T, C}, rng.normal(size_t(B) * T * C))));
     Tensor out = be.zeros({B, T, C}, DType::bf16), lse = be.zeros({B, NH, T});
     be.attention_forward(out, lse, qkv, static_cast<int>(NH));
+    be.synchronize();
+    llm::Backend& cpu = llm::cpu_backend();
+    const Tensor hq = bt::host_f32({B, T, 3 * C}, bt::low_to_vec(be.download(qkv)));
+    Tensor co = Tensor::empty({B, T, C}), cl = Tensor::empty({B, NH, T});
+    cpu.attention_forward(co, cl, hq, static_cast<int>(NH));
+    bool ok = true;
+    const auto check = [&](const ::testing::AssertionResult& r) {
+      if (!r) std::fprintf(stderr, "%s\n", r.message());
+      ok = ok && bool(r);
+    };
+    check(bt::all_close("attention out", bt::low_to_vec(be.download(out)), bt::to_vec(co), Tol{2 * u, 4 * u}));
     if (backward) {
       Tensor dqkv = be.zeros({B, T, 3 * C}, DType::bf16);
       be.attention_backward(dqkv, dout, qkv, out, lse, static_cast<int>(NH));
+      be.synchronize();
+      Tensor cd = Tensor::empty({B, T, 3 * C});
+      cpu.attention_backward(cd, bt::host_f32({B, T, C}, bt::low_to_vec(be.download(dout))), hq, co, cl,
+                             static_cast<int>(NH));
+      const Vec ref = bt::to_vec(cd);
+      check(bt::all_close("attention dqkv", bt::low_to_vec(be.download(dqkv)), ref, Tol{4 * u, 8 * u * bt::max_abs(ref)}));
     }
-    be.synchronize();
-    return true;
+    return ok;
   };
 }
 
