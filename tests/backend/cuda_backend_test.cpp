@@ -392,7 +392,8 @@ TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
                     return llm::kernels::deterministic_kernels();
                   }),
               ::testing::ExitedWithCode(0), "");
-  // Without it, auto's backward at every head dim is the warp-specialised fused atomic form and its
+  // Without it, auto's backward at every head dim is the warp-specialised fused form with dQ through
+  // TMA bulk reductions (run 20) and its
   // forward the three-consumer ws-pp (run 16) where wgmma runs (an sm_90 device and the sm_90a
   // build), tc elsewhere, but for the forward at hd 128 on a device whose blocks may opt in to
   // tc-m32's 104448 bytes (an A100; none without a device).
@@ -402,7 +403,7 @@ TEST(CudaBackend, DeterministicModeExcludesTheAtomicAttentionKernels) {
                     const bool m32_fits = llm::kernels::smem_optin_limit() >= 104448;
                     for (int hd : {48, 64, 80, 96, 128}) {
                       if (llm::kernels::attention_kernels_for(hd, true) !=
-                          (off ? AttentionKernels::tc : AttentionKernels::wgmma_ws_atomic))
+                          (off ? AttentionKernels::tc : AttentionKernels::wgmma_ws_tma))
                         return false;
                       const AttentionKernels off_forward =
                           hd == 128 && m32_fits ? AttentionKernels::tc_m32 : AttentionKernels::tc;
