@@ -156,15 +156,6 @@ CublasLt::Plan& CublasLt::plan(const Matmul& mm, const char* op) {
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)), what);
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d)), what);
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)), what);
-    if (mm.d_type != DType::f32) {
-      // A 16-bit output: split-K partial sums only in fp32 (the workspace), never in the output's
-      // type (INPLACE, OUTPUT_TYPE). Run 20: N 3, K 2056, OC 66 in bf16 with a bias came out up to
-      // 0.037 off where the f32-output GEMM of the same inputs was right (LinearWithFewRows).
-      const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
-                                                        sizeof(schemes)),
-                   what);
-    }
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
     const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, plan->desc, plan->a, plan->b, plan->d, plan->d,
