@@ -9,8 +9,12 @@ namespace llm::cuda {
 namespace {
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // Hopper kernels want 32 MiB
 
-int alignment(const void* p) {
-  const auto a = reinterpret_cast<uintptr_t>(p);
+// The alignment cuBLASLt may assume for a matrix: of its pointer and of every column's start, ld
+// elements apart (at most 256 bytes). A 16-bit [3, 66] output has its columns 132 bytes apart, so
+// 4-byte aligned whatever the pointer; claiming the pointer's 256 gave wrong values on an H200
+// (run 20, LinearWithFewRows: N 3, K 2056, OC 66 in bf16/f16, with or without the bias).
+int alignment(const void* p, int64_t ld, DType t) {
+  const auto a = reinterpret_cast<uintptr_t>(p) | static_cast<uintptr_t>(ld * static_cast<int64_t>(dtype_size(t)));
   int al = 256;
   while (al > 1 && (a % static_cast<uintptr_t>(al)) != 0) al /= 2;
   return al;
@@ -105,8 +109,8 @@ CublasLt::Plan& CublasLt::plan(const Matmul& mm, const char* op) {
       fp32 ? (allow_tf32_ ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F) : CUBLAS_COMPUTE_32F;
   const std::string key = detail::concat(
       mm.trans_a, mm.trans_b, ',', mm.m, ',', mm.n, ',', mm.k, ',', int(mm.a_type), int(mm.d_type), ',', mm.lda, ',',
-      mm.ldb, ',', mm.ldd, ',', mm.ld_aux, ',', int(mm.epilogue), ',', mm.beta != 0.0f, ',', alignment(mm.a), ',',
-      alignment(mm.b), ',', alignment(mm.d), ',', int(compute));
+      mm.ldb, ',', mm.ldd, ',', mm.ld_aux, ',', int(mm.epilogue), ',', mm.beta != 0.0f, ',', alignment(mm.a, mm.lda, mm.a_type), ',',
+      alignment(mm.b, mm.ldb, mm.b_type), ',', alignment(mm.d, mm.ldd, mm.d_type), ',', int(compute));
   auto it = plans_.find(key);
   if (it == plans_.end()) {
     auto plan = std::make_unique<Plan>();
@@ -150,7 +154,8 @@ CublasLt::Plan& CublasLt::plan(const Matmul& mm, const char* op) {
       ~PrefGuard() { (void)cublasLtMatmulPreferenceDestroy(p); }
     } pref_guard{pref};
     const uint64_t ws = workspace_bytes_;
-    const uint32_t al_a = alignment(mm.a), al_b = alignment(mm.b), al_d = alignment(mm.d);
+    const uint32_t al_a = alignment(mm.a, mm.lda, mm.a_type), al_b = alignment(mm.b, mm.ldb, mm.b_type),
+                   al_d = alignment(mm.d, mm.ldd, mm.d_type);
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)), what);
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)), what);
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)), what);
