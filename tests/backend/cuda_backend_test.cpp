@@ -13,6 +13,7 @@
 
 #include "backend/backend.h"
 #include "backend/test_util.h"
+#include "support/require_cuda.h"
 #include "core/dtype.h"
 
 #ifdef LLM_HAVE_CUDA
@@ -28,13 +29,9 @@ using llm::DType;
 using llm::Shape;
 using llm::Tensor;
 
-// Without a device the test reports itself skipped with the reason; with LLM_REQUIRE_CUDA=1 (set
-// by gpu_validation.sh on a GPU machine) it fails instead, so a device that did not come up cannot
-// pass as a run of skips.
-bool cuda_required() {
-  const char* e = std::getenv("LLM_REQUIRE_CUDA");
-  return e && std::string(e) == "1";
-}
+// Without a device the test reports itself skipped with the reason; under LLM_REQUIRE_CUDA=1 it
+// fails instead (support/require_cuda.h).
+using llm::testing::cuda_required;
 
 #ifndef LLM_HAVE_CUDA
 

@@ -12,7 +12,6 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -20,8 +19,9 @@
 #include "data/mock_data.h"
 #include "data/simple_tokenizers.h"
 #include "infer/generator.h"
-#include "train/checkpointing.h"
 #include "model/gpt.h"
+#include "support/require_cuda.h"
+#include "train/checkpointing.h"
 #include "train/tiny_args.h"
 #include "train/trainer.h"
 
@@ -62,13 +62,13 @@ Backend* gpu_or_reason(std::string& why) {
 
 }  // namespace
 
-// Without a device the test reports itself skipped with the reason; with LLM_REQUIRE_CUDA=1 (set
-// by gpu_validation.sh on a GPU machine) it fails instead.
-#define REQUIRE_GPU(gpu)                                                                          \
-  std::string gpu_skip_reason_;                                                                   \
-  Backend* gpu = gpu_or_reason(gpu_skip_reason_);                                                 \
-  if (!gpu && std::getenv("LLM_REQUIRE_CUDA") && std::string(std::getenv("LLM_REQUIRE_CUDA")) == "1") \
-    GTEST_FAIL() << "LLM_REQUIRE_CUDA=1 and no CUDA backend: " << gpu_skip_reason_;                \
+// Without a device the test reports itself skipped with the reason; under LLM_REQUIRE_CUDA=1 it
+// fails instead (support/require_cuda.h).
+#define REQUIRE_GPU(gpu)                                                                             \
+  std::string gpu_skip_reason_;                                                                      \
+  Backend* gpu = gpu_or_reason(gpu_skip_reason_);                                                    \
+  if (!gpu && llm::testing::cuda_required())                                                         \
+    GTEST_FAIL() << "LLM_REQUIRE_CUDA=1 and no CUDA backend: " << gpu_skip_reason_;                  \
   if (!gpu) GTEST_SKIP() << gpu_skip_reason_
 
 TEST(GpuTraining, LossCurveMatchesTheCpu) {

@@ -2,7 +2,6 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
-
 #include <numeric>
 
 #include "comm/communicator.h"

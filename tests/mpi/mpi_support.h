@@ -6,8 +6,8 @@
 #include <functional>
 
 #include "model/parameters.h"
-#include "train/args.h"
 #include "support/max_or_nan.h"
+#include "train/args.h"
 
 namespace mpi_support {
 

@@ -11,8 +11,8 @@
 #include "data/mock_data.h"
 #include "model/gpt.h"
 #include "mpi/mpi_support.h"
-#include "train/trainer.h"
 #include "support/max_or_nan.h"
+#include "train/trainer.h"
 
 namespace {
 

@@ -10,9 +10,9 @@
 
 #include "backend/profiling_backend.h"
 #include "data/mock_data.h"
-#include "train/tiny_args.h"
-#include "train/checkpointing.h"
 #include "support/max_or_nan.h"
+#include "train/checkpointing.h"
+#include "train/tiny_args.h"
 
 using namespace llm;
 namespace fs = std::filesystem;

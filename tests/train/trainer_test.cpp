@@ -4,9 +4,9 @@
 #include <cstring>
 
 #include "data/mock_data.h"
+#include "support/max_or_nan.h"
 #include "train/tiny_args.h"
 #include "train/trainer.h"
-#include "support/max_or_nan.h"
 
 using namespace llm;
 

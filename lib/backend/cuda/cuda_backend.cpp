@@ -517,14 +517,17 @@ namespace {
 struct AttnDims {
   int64_t B, T, C, hd;
 };
+// The attention kernels' grids put the heads on y and the batch on z (at most 65535 each).
+void check_grid_yz(const char* op, int64_t B, int n_head) {
+  LLM_CHECK(B <= 65535 && n_head <= 65535, op, ": batch ", B, " and heads ", n_head,
+            " must each be at most 65535 (the launch grid's y and z)");
+}
 AttnDims attention_dims(const Tensor& qkv, int n_head, const char* op) {
   LLM_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0, op, ": qkv must be [B,T,3C], got ", shape_str(qkv.shape()));
   AttnDims d{qkv.size(0), qkv.size(1), qkv.size(2) / 3, 0};
   LLM_CHECK(n_head > 0 && d.C % n_head == 0, op, ": C=", d.C, " not divisible by n_head=", n_head);
   d.hd = d.C / n_head;
-  // The kernels' grids put the heads on y and the batch on z (at most 65535 each).
-  LLM_CHECK(d.B <= 65535 && n_head <= 65535, op, ": batch ", d.B, " and heads ", n_head,
-            " must each be at most 65535 (the launch grid's y and z)");
+  check_grid_yz(op, d.B, n_head);
   return d;
 }
 }  // namespace
@@ -580,8 +583,7 @@ void CudaBackend::attention_kv_forward(const Tensor& out, const Tensor& qkv, con
   check_dev(k_cache, {B, maxT, C}, t, device_, "attention_kv_forward k_cache");
   check_dev(v_cache, {B, maxT, C}, t, device_, "attention_kv_forward v_cache");
   check_dev(out, {B, Tn, C}, t, device_, "attention_kv_forward out");
-  LLM_CHECK(B <= 65535 && n_head <= 65535, "attention_kv_forward: batch ", B, " and heads ", n_head,
-            " must each be at most 65535 (the launch grid's y and z)");
+  check_grid_yz("attention_kv_forward", B, n_head);
   with_op_context("attention_kv_forward", {&out, &qkv, &k_cache, &v_cache}, [&] {
     kernels::attention_kv_forward(t, out.raw(), qkv.raw(), k_cache.raw(), v_cache.raw(), static_cast<int>(B), Tn, C,
                                   maxT, past, n_head, stream_);
