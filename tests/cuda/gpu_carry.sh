@@ -22,7 +22,7 @@ src="$(cd "$(dirname "$0")/../.." && pwd)"
 carry="$src/gpu-carry"
 mode="${1:-}"
 tools=(llm-pretrain llm-sweep llm-generate)
-tests=(test_backend test_cuda bench-cuda-gemm bench-cuda-attention bench-cuda-train-step nccl-communicator-check)
+tests=(test_backend test_cuda bench-cuda-gemm bench-cuda-gemm-probe bench-cuda-attention bench-cuda-train-step nccl-communicator-check)
 
 # Every process of a run carries LLM_GPU_RUN in its environment. An outer `timeout` that cuts a
 # run kills the scripts but not the steps under their own `timeout` (each is its own process

@@ -436,6 +436,11 @@ benches=" ${BENCHES-gemm attention torch train-step longseq sweep} "
 log "benchmarks (one at a time):$benches"
 if [[ "$benches" = *" gemm "* ]]; then
   (cd "$build" && lim 45 ./tests/bench-cuda-gemm > "$out/bench_gemm.txt" 2>&1); log "gemm exit $?"
+  # every cuBLASLt algorithm for LinearWithFewRows' shapes, checked (a diagnostic; exit 1 = the
+  # library's own GEMM is wrong on one)
+  (cd "$build" && lim 45 ./tests/bench-cuda-gemm-probe > "$out/gemm_probe.txt" 2>&1)
+  rc=$?
+  log "gemm probe exit $rc: $(grep -c WRONG "$out/gemm_probe.txt") library shapes wrong; $(awk '$3 ~ /^(unset|pointer|ld|2)$/ && $4 ~ /^[0-9]+$/ && $15 > 0' "$out/gemm_probe.txt" | wc -l) algorithm runs wrong"
 fi
 if [[ "$benches" = *" attention "* ]]; then
   (cd "$build" && lim 60 ./tests/bench-cuda-attention ${ATTENTION_BENCH_ARGS:-} > "$out/bench_attention.txt" 2>&1); log "attention exit $?"

@@ -40,7 +40,7 @@ errors=$(grep -E "line [0-9]+: |syntax error|unbound variable|command not found"
 for step in "== commit smoke" "test_backend (cuda) exit" "test_cuda exit" "attention tests with LLM_CUDA_ATTENTION=simt" \
             "attention tests with LLM_CUDA_ATTENTION=tc-atomic" "attention tests with LLM_CUDA_ATTENTION=wgmma" \
             "wgmma tests exit" "linear tests with LLM_CUDA_BIAS_GRAD=epilogue" "train step (wgmma) exit" \
-            "pretrain cuda exit" "pretrain bf16 exit" "pretrain fp16 exit" "pretrain deterministic" "gemm exit" "attention exit" \
+            "pretrain cuda exit" "pretrain bf16 exit" "pretrain fp16 exit" "pretrain deterministic" "gemm exit" "gemm probe exit" "attention exit" \
             "train step exit" "train step (tc-m32) exit" "longseq 131072 exit" "longseq 262144 exit" \
             "longseq vocab 50257, 65536 tokens, logits chunk 0 exit" "longseq vocab 50257, 65536 tokens, logits chunk 4096 exit" \
             "sweep GPT1_3B exit" "sweep GPT1_5B exit" "attention tests with LLM_CUDA_ATTENTION=tc exit" \
@@ -79,6 +79,7 @@ grep -q "^== llm-generate from the CPU run's checkpoint, 24 greedy tokens: cpu e
 grep -qE "^== llm-generate .*; weights on the GPU \? MiB, --bf16 \? MiB \(CPU [0-9.]+ / [0-9.]+\)$" "$summary" ||
   fail "llm-generate's line must give the CPU runs' weights (and none for the failed GPU runs)"
 grep -q "gemm exit 77" "$summary" || fail "the GEMM benchmark without a device must exit 77 (skipped)"
+grep -q "gemm probe exit 77: 0 library shapes wrong; 0 algorithm runs wrong" "$summary" || fail "the GEMM probe without a device must exit 77 (skipped)"
 grep -qE "test_backend \(cuda\) exit 0: .*SKIPPED" "$summary" || fail "the CUDA tests without a device must report SKIPPED"
 # The sm_80 step without a device: its wgmma tests skip for want of a device, not of the sm_90a
 # build, so it cannot say OK.
