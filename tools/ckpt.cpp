@@ -144,8 +144,9 @@ int run(int argc, char** argv) {
     std::sort(sorted.begin(), sorted.end(), [](const auto& x, const auto& y) { return x.relative() > y.relative(); });
     std::printf("%zu tensors compared; largest relative differences:\n", d.tensors.size());
     for (size_t i = 0; i < sorted.size() && i < 5; ++i)
-      std::printf("  %-22s %-36s %.3e (|a - b| %.3e of max |a| %.3e)\n", sorted[i].category.c_str(),
-                  sorted[i].name.c_str(), sorted[i].relative(), sorted[i].max_abs, sorted[i].max_ref);
+      std::printf("  %-22s %-36s %.3e (|a - b| %.3e of max |a| %.3e%s)\n", sorted[i].category.c_str(),
+                  sorted[i].name.c_str(), sorted[i].relative(), sorted[i].max_abs, sorted[i].max_ref,
+                  sorted[i].nonfinite ? detail::concat("; ", sorted[i].nonfinite, " differing by a NaN or an infinity").c_str() : "");
     bool ok = d.problems.empty() && !d.tensors.empty();
     for (const char* cat : {"model", "optimizer/exp_avg", "optimizer/exp_avg_sq"}) {
       if (!with_optimizer && std::string(cat) != "model") continue;

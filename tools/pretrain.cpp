@@ -123,9 +123,13 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       CheckpointReader probe = CheckpointReader::open(args.load);
       load_dir = probe.dir();
       const json::Value* rng = probe.metadata().find("rng");
-      if (!args.finetune && !args.no_load_rng && rng && rng->find("seed")) args.seed = rng->find("seed")->as_int();
+      if (!args.finetune && !args.no_load_rng && rng && rng->find("seed")) {
+        if (!rng->find("seed")->is_integer())
+          throw ConfigError(probe.dir() + "/metadata.json: 'rng.seed' must be an integer");
+        args.seed = rng->find("seed")->as_int();
+      }
     } catch (const ConfigError& e) {
-      if (std::filesystem::exists(args.load) && !std::filesystem::is_empty(args.load)) throw;
+      if (!save_root_is_empty(args.load)) throw;  // a first save that died leaves only its staging
       say("> --load %s: no checkpoint found, starting from scratch\n", args.load.c_str());
     }
   }
@@ -273,7 +277,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     if (lead) std::printf("%s\n", validation_report(where, loss).c_str());
     std::fflush(stdout);
   };
-  int64_t last_saved = -1;
+  // The loaded checkpoint (or nothing, at iteration 0) needs no save: a run that steps no
+  // further must not rewrite it (with --no-load-optim that would replace its optimizer state).
+  int64_t last_saved = trainer.iteration();
   // Phase times since the last log line, for the timer block.
   double t_fb = 0, t_ar = 0, t_ag = 0, t_opt = 0, t_pp = 0;
   int64_t timed_iters = 0;

@@ -38,7 +38,9 @@ bool LossScaler::update(bool found_nonfinite) {
     }
     return false;
   }
-  if (++state_.good_steps == config_.window) {
+  // >=: a run resumed with a smaller --loss-scale-window than the checkpoint's count grows at
+  // its next good step instead of never again
+  if (++state_.good_steps >= config_.window) {
     state_.good_steps = 0;
     state_.hysteresis_left = config_.hysteresis;
     state_.scale *= config_.growth;

@@ -1,9 +1,11 @@
 #include "io/checkpoint.h"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -301,17 +303,34 @@ std::string CheckpointWriter::commit(const std::string& fields, int keep_last) {
   }
   fsync_path(meta_path);
   fsync_path(staging_);
-  // Publish: an existing directory of the same iteration (a re-save after resume) is moved
-  // aside first and removed only once the new one is in place.
+  // Publish. An existing directory of the same iteration (a re-save after resume) is swapped
+  // with the new one in one step (renameat2's RENAME_EXCHANGE), so iter_N is complete at every
+  // moment. Where the file system cannot exchange, the old one is moved aside first and removed
+  // once the new one is in place; a crash between the two renames leaves it as iter_N.old-*,
+  // which latest_checkpoint() falls back to.
   std::error_code ec;
   std::string old;
   if (fs::exists(final_)) {
-    old = final_ + ".old-" + random_tag();
-    fs::rename(final_, old, ec);
-    if (ec) throw Error(final_ + ": cannot move the previous checkpoint aside: " + ec.message());
+    if (::renameat2(AT_FDCWD, staging_.c_str(), AT_FDCWD, final_.c_str(), RENAME_EXCHANGE) == 0) {
+      old = staging_;  // now holds the previous checkpoint
+    } else {
+      const int err = errno;
+      if (err != EINVAL && err != ENOSYS && err != EOPNOTSUPP)
+        throw Error(final_ + ": cannot replace the previous checkpoint: " + std::strerror(err));
+      old = final_ + ".old-" + random_tag();
+      fs::rename(final_, old, ec);
+      if (ec) throw Error(final_ + ": cannot move the previous checkpoint aside: " + ec.message());
+      fs::rename(staging_, final_, ec);
+      if (ec) {
+        std::error_code back;
+        fs::rename(old, final_, back);  // put the previous one back where `latest` expects it
+        throw Error(final_ + ": cannot publish the checkpoint: " + ec.message());
+      }
+    }
+  } else {
+    fs::rename(staging_, final_, ec);
+    if (ec) throw Error(final_ + ": cannot publish the checkpoint: " + ec.message());
   }
-  fs::rename(staging_, final_, ec);
-  if (ec) throw Error(final_ + ": cannot publish the checkpoint: " + ec.message());
   committed_ = true;
   fsync_path(root_);
   if (!old.empty()) fs::remove_all(old, ec);
@@ -327,10 +346,12 @@ std::string CheckpointWriter::commit(const std::string& fields, int keep_last) {
   if (ec) throw Error(latest.string() + ": cannot update: " + ec.message());
   fsync_path(root_);
   // Staging directories left by saves that died mid-way (a killed job cannot clean up after
-  // itself) for this or earlier iterations: nothing will ever publish them.
+  // itself) for this or earlier iterations: nothing will ever publish them. Likewise previous
+  // checkpoints moved aside by a replace that died before removing them.
   for (const auto& e : fs::directory_iterator(root_)) {
     const std::string n = e.path().filename().string();
-    const size_t dot = n.find(".tmp-");
+    size_t dot = n.find(".tmp-");
+    if (dot == std::string::npos) dot = n.find(".old-");
     if (!e.is_directory() || n.rfind("iter_", 0) != 0 || dot == std::string::npos) continue;
     const std::string digits = n.substr(5, dot - 5);
     if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
@@ -340,7 +361,9 @@ std::string CheckpointWriter::commit(const std::string& fields, int keep_last) {
     std::vector<std::pair<int64_t, fs::path>> done;
     for (const auto& e : fs::directory_iterator(root_)) {
       const std::string n = e.path().filename().string();
-      if (!e.is_directory() || n.rfind("iter_", 0) != 0 || n.find('.') != std::string::npos) continue;
+      if (!e.is_directory() || n.size() <= 5 || n.rfind("iter_", 0) != 0 ||
+          n.find_first_not_of("0123456789", 5) != std::string::npos)
+        continue;  // only iter_<digits>: a user's iter_best is not ours to prune
       done.emplace_back(std::stoll(n.substr(5)), e.path());
     }
     std::sort(done.begin(), done.end());
@@ -408,17 +431,38 @@ std::string latest_checkpoint(const std::string& save_root) {
   long long it = -1;
   if (!(in >> it) || it < 0) throw ConfigError(latest.string() + ": does not hold an iteration number");
   const fs::path dir = fs::path(save_root) / checkpoint_dir_name(it);
-  if (!fs::exists(dir / "metadata.json"))
-    throw ConfigError(latest.string() + " points to " + dir.string() + ", which is not a complete checkpoint");
-  return dir.string();
+  if (fs::exists(dir / "metadata.json")) return dir.string();
+  // A replace that could not exchange the two directories and died between its two renames
+  // left the previous checkpoint of this iteration as iter_N.old-*: it is complete.
+  const std::string aside = checkpoint_dir_name(it) + ".old-";
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(save_root, ec))
+    if (e.path().filename().string().rfind(aside, 0) == 0 && fs::exists(e.path() / "metadata.json"))
+      return e.path().string();
+  throw ConfigError(latest.string() + " points to " + dir.string() + ", which is not a complete checkpoint");
+}
+
+bool save_root_is_empty(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return true;
+  if (!fs::is_directory(dir, ec)) return false;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    const bool leftover = (n.rfind("iter_", 0) == 0 && (n.find(".tmp-") != std::string::npos ||
+                                                         n.find(".old-") != std::string::npos)) ||
+                          n.rfind("latest.tmp-", 0) == 0;
+    if (!leftover) return false;
+  }
+  return true;
 }
 
 CheckpointReader CheckpointReader::open(const std::string& path) {
   auto impl = std::make_unique<Impl>();
-  if (fs::exists(fs::path(path) / "metadata.json"))
-    impl->dir = path;
-  else if (!(impl->dir = latest_checkpoint(path)).empty()) {
-  } else {
+  if (fs::exists(fs::path(path) / "metadata.json")) {
+    fs::path d = fs::path(path).lexically_normal();  // "runs/ck/iter_0000060/" -> ".../iter_0000060"
+    if (!d.has_filename() && d.has_parent_path() && d != d.root_path()) d = d.parent_path();
+    impl->dir = d.string();
+  } else if ((impl->dir = latest_checkpoint(path)).empty()) {
     throw ConfigError(path + ": no checkpoint here (neither metadata.json nor a 'latest' file)");
   }
   const std::string meta_path = (fs::path(impl->dir) / "metadata.json").string();
@@ -433,6 +477,8 @@ CheckpointReader CheckpointReader::open(const std::string& path) {
   if (!get("format_version").is_integer() || get("format_version").as_int() != kCheckpointFormatVersion)
     throw ConfigError(meta_path + ": unsupported checkpoint format_version (this build reads " +
                       std::to_string(kCheckpointFormatVersion) + ")");
+  if (!get("iteration").is_integer() || get("iteration").as_int() < 0)
+    throw ConfigError(meta_path + ": 'iteration' must be a non-negative integer");
   impl->iteration = get("iteration").as_int();
   const json::Value& pieces = get("pieces");
   if (!pieces.is_array()) throw ConfigError(meta_path + ": 'pieces' must be an array");

@@ -125,4 +125,8 @@ class CheckpointReader {
 // The iteration directory `latest` under save_root points to, or "" if there is none.
 std::string latest_checkpoint(const std::string& save_root);
 
+// True when dir does not exist or holds nothing but what interrupted saves leave behind
+// (iter_N.tmp-*, iter_N.old-*, latest.tmp-*): a save root to start from scratch in.
+bool save_root_is_empty(const std::string& dir);
+
 }  // namespace llm

@@ -11,7 +11,10 @@ struct TensorDifference {
   double max_abs = 0;    // largest |a - b| over the compared elements
   double max_ref = 0;    // largest |a|: the scale the difference is relative to
   int64_t compared = 0;  // elements compared (the common rows where the padded vocabulary differs)
-  double relative() const { return max_ref > 0 ? max_abs / max_ref : max_abs; }
+  int64_t nonfinite = 0;  // element pairs that differ with a NaN or an infinity on either side
+  // max_abs / max_ref; infinite when any pair differs by a non-finite value (a NaN never matches,
+  // not even a NaN)
+  double relative() const;
 };
 
 struct CheckpointDifference {
@@ -22,8 +25,8 @@ struct CheckpointDifference {
 
 // Reads every tensor of the categories "model" (and, with optimizer, "optimizer/exp_avg" and
 // "optimizer/exp_avg_sq") from both checkpoints (directories or save roots) and compares them.
-// Tensors whose first dimension differs (vocabulary padded for another tensor-parallel size) are
-// compared over their common leading rows.
+// `wte` may differ in its first dimension (the vocabulary padded for another tensor-parallel
+// size): it is compared over the common leading rows. Any other shape difference is a problem.
 CheckpointDifference compare_checkpoints(const std::string& a, const std::string& b, bool optimizer);
 
 }  // namespace llm

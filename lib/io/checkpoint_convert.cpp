@@ -43,7 +43,9 @@ std::string convert_checkpoint(const std::string& src, const std::string& dst_ro
   if (o.dtype != DType::f32 && o.dtype != DType::bf16 && o.dtype != DType::f16)
     throw ConfigError("--dtype must be f32, bf16 or f16");
   CheckpointReader in = CheckpointReader::open(src);
-  if (fs::exists(dst_root) && fs::equivalent(fs::path(in.dir()).parent_path(), dst_root))
+  // in.dir() carries no trailing separator, so its parent is the source's save root however
+  // the path was written ("runs/ck/iter_0000060/" included).
+  if (fs::exists(dst_root) && fs::equivalent(fs::absolute(in.dir()).parent_path(), dst_root))
     throw ConfigError(dst_root + ": convert into a different directory than the source's");
   CheckpointWriter out(dst_root, in.iteration());
   std::vector<std::pair<std::string, std::string>> tensors;
@@ -63,7 +65,18 @@ std::string convert_checkpoint(const std::string& src, const std::string& dst_ro
       }
       Tensor piece = Tensor::empty(b.extent);
       in.read(category, name, b, piece);
-      out.add(category, name, g, b, piece, o.dtype, k);
+      // The AdamW moments stay f32 whatever --dtype says: exp_avg_sq's ~1e-8 values flush to
+      // zero in f16, and the first step after a resume would then be m / eps.
+      const bool moment = category.rfind("optimizer/", 0) == 0;
+      const DType t = moment ? DType::f32 : o.dtype;
+      if (t == DType::f16) {
+        const float* v = piece.data<float>();
+        for (int64_t i = 0; i < piece.numel(); ++i)
+          if (std::isfinite(v[i]) && std::fabs(v[i]) > 65504.0f)
+            throw ConfigError(detail::concat(in.dir(), ": ", category, "/", name, " holds ", v[i],
+                                             ", past f16's largest value 65504: convert to bf16 or f32"));
+      }
+      out.add(category, name, g, b, piece, t, k);
     }
   }
   // Same metadata (minus what the writer records itself), same tokenizer files.
@@ -72,7 +85,7 @@ std::string convert_checkpoint(const std::string& src, const std::string& dst_ro
     if (key == "pieces" || key == "format_version" || key == "iteration" || key == "conversion") continue;
     fields += (fields.empty() ? "" : ",\n  ") + json::quote(key) + ": " + to_json(value);
   }
-  fields += detail::concat(",\n  \"conversion\": {\"source\": ", json::quote(in.dir()), ", \"dtype\": \"",
+  fields += detail::concat(fields.empty() ? "" : ",\n  ", "\"conversion\": {\"source\": ", json::quote(in.dir()), ", \"dtype\": \"",
                            dtype_name(o.dtype), "\", \"shards\": ", o.shards, ", \"optimizer\": ",
                            o.keep_optimizer ? "true" : "false", "}");
   const fs::path tok_dir = fs::path(in.dir()) / "tokenizer";

@@ -10,7 +10,7 @@
 namespace llm {
 
 struct ConvertOptions {
-  DType dtype = DType::f32;  // stored dtype of every tensor
+  DType dtype = DType::f32;  // stored dtype of the model tensors (the optimizer moments stay f32)
   int shards = 1;            // 1 = merge into a single file with whole tensors
   bool keep_optimizer = true;
   int keep_last = 0;

@@ -146,7 +146,7 @@ void export_hf_gpt2(const std::string& dir, const GPTConfig& config,
                     const std::function<Tensor(const std::string& name)>& param, const HFTokenizerFiles& tokenizer,
                     bool overwrite) {
   config.validate();
-  const int64_t V = config.vocab_size, Vp = config.padded_vocab_size(), C = config.hidden_size;
+  const int64_t V = config.vocab_size, C = config.hidden_size;
   if (tokenizer.eod_id < -1 || tokenizer.eod_id >= V)
     throw ConfigError(detail::concat("export to ", dir, ": end-of-document id ", tokenizer.eod_id,
                                      " is outside the vocabulary [0, ", V, ")"));
@@ -190,7 +190,11 @@ void export_hf_gpt2(const std::string& dir, const GPTConfig& config,
           const TensorMap& m = map[i];
           const Tensor t = param(m.ours);
           if (m.ours == "wte") {
-            expect_shape(t, {Vp, C}, "wte");
+            // Padded to a multiple of make_vocab_size_divisible_by x the saving run's tensor-
+            // parallel size (Vp at TP 1): any padding of at least V rows is dropped.
+            if (t.shape().size() != 2 || t.shape()[1] != C || t.shape()[0] < V || t.dtype() != DType::f32)
+              throw ConfigError(detail::concat("wte: expected f32 [>= ", V, ", ", C, "] (the vocabulary padded), got ",
+                                               dtype_name(t.dtype()), " ", shape_str(t.shape())));
             return t.slice(0, 0, V);  // drop the padding rows
           }
           if (m.conv1d) {

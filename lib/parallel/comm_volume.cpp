@@ -19,7 +19,8 @@ GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
       // forward: 2 per layer + the embedding; backward: 2 per layer + the final LayerNorm's input
       v.tp.reduce_scatter = m * nh * ((2 * L + first) + (2 * L + last) + 2 * reruns);
       // LayerNorm partial gradients: once per step, or per micro-batch for the layers under ZeRO-2/3
-      v.tp.all_reduce = (4 * L * (in.zero_stage >= 2 && in.dp * in.sp > 1 ? m : 1) + 2 * last) * h * f;
+      // (whose per-layer hook reduces them whatever the data-parallel size)
+      v.tp.all_reduce = (4 * L * (in.zero_stage >= 2 ? m : 1) + 2 * last) * h * f;
     } else {
       v.tp.all_reduce = m * nh * ((4 * L + first + last) + 2 * reruns);
     }

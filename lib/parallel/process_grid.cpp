@@ -15,10 +15,16 @@ void validate_layout(const ParallelLayout& l, const LayoutConstraints& c) {
     fail("--num-attention-heads ", c.num_heads, " is not divisible by --tensor-model-parallel-size ", l.tp);
   if (c.num_heads % l.sp)
     fail("--num-attention-heads ", c.num_heads, " is not divisible by --ds-sequence-parallel-size ", l.sp);
+  if (c.num_heads % (l.tp * l.sp))  // each tensor-parallel rank's heads split again over Ulysses
+    fail("--num-attention-heads ", c.num_heads, " is not divisible by --tensor-model-parallel-size ", l.tp,
+         " x --ds-sequence-parallel-size ", l.sp, " = ", l.tp * l.sp);
   if (c.seq_length % l.sp) fail("--seq-length ", c.seq_length, " is not divisible by --ds-sequence-parallel-size ", l.sp);
   if (c.num_layers % l.pp)
     fail("--num-layers ", c.num_layers, " is not divisible by --pipeline-model-parallel-size ", l.pp);
   if (c.megatron_sp && l.sp > 1) fail("--sequence-parallel (Megatron) and --ds-sequence-parallel-size > 1 (Ulysses) exclude each other");
+  if (c.megatron_sp && l.tp > 1 && (c.micro_batch * c.seq_length) % l.tp)  // the residual stream's rows split over TP
+    fail("--sequence-parallel: --micro-batch-size ", c.micro_batch, " x --seq-length ", c.seq_length, " = ",
+         c.micro_batch * c.seq_length, " tokens are not divisible by --tensor-model-parallel-size ", l.tp);
   const int64_t dp = l.dp();
   if (c.global_batch % (c.micro_batch * dp))
     fail("--global-batch-size ", c.global_batch, " is not divisible by --micro-batch-size ", c.micro_batch,

@@ -100,6 +100,7 @@ std::vector<OptionSpec> make_options() {
       opt("min-lr", &A::min_lr, "learning rate at the end of decay"),
       opt("lr-decay-style", &A::lr_decay_style, "cosine | linear | constant"),
       opt("lr-warmup-iters", &A::lr_warmup_iters, "linear warmup iterations"),
+      opt("lr-warmup-fraction", &A::lr_warmup_fraction, "warmup over this fraction of the decay iterations, instead of --lr-warmup-iters"),
       opt("lr-decay-iters", &A::lr_decay_iters, "iterations to decay over (0 = train-iters)"),
       opt("weight-decay", &A::weight_decay, "decoupled weight decay (not applied to biases and LayerNorm)"),
       opt("adam-beta1", &A::adam_beta1, "AdamW beta1"),
@@ -126,7 +127,7 @@ std::vector<OptionSpec> make_options() {
       opt("save-interval", &A::save_interval, "iterations between checkpoints (0 = only at the end)"),
       opt("finetune", &A::finetune, "load only the weights from --load; iteration, data and optimizer start fresh"),
       opt("no-load-optim", &A::no_load_optim, "do not load the optimizer state from --load"),
-      opt("no-load-rng", &A::no_load_rng, "do not restore the data position from --load (RNG and data order are seeded)"),
+      opt("no-load-rng", &A::no_load_rng, "do not restore the seed from --load: this run's --seed orders the data from the restored position"),
       opt("keep-last", &A::keep_last, "keep only this many newest checkpoints (0 = all)"),
       opt("exit-interval", &A::exit_interval, "save and exit when the iteration is a multiple of this"),
       opt("exit-duration-in-mins", &A::exit_duration_in_mins, "save and exit after this many minutes"),
@@ -272,6 +273,10 @@ void TrainArgs::validate() const {
     fail("--lr-decay-style must be cosine, linear or constant, got '", lr_decay_style, "'");
   if (lr < 0 || min_lr < 0 || min_lr > lr) fail("need 0 <= --min-lr <= --lr, got ", min_lr, " and ", lr);
   if (lr_warmup_iters < 0 || lr_decay_iters < 0) fail("--lr-warmup-iters and --lr-decay-iters must be >= 0");
+  if (!(lr_warmup_fraction >= 0 && lr_warmup_fraction <= 1))
+    fail("--lr-warmup-fraction must be in [0, 1], got ", lr_warmup_fraction);
+  if (lr_warmup_fraction > 0 && lr_warmup_iters > 0)
+    fail("give one of --lr-warmup-fraction and --lr-warmup-iters, not both");
   if (weight_decay < 0) fail("--weight-decay must be >= 0");
   if (!(adam_beta1 >= 0 && adam_beta1 < 1 && adam_beta2 >= 0 && adam_beta2 < 1))
     fail("--adam-beta1 and --adam-beta2 must be in [0, 1)");

@@ -33,6 +33,7 @@ struct TrainArgs {
   double min_lr = 3e-5;
   std::string lr_decay_style = "cosine";
   int64_t lr_warmup_iters = 0;
+  double lr_warmup_fraction = 0;     // warmup over this fraction of the decay iterations (0 = --lr-warmup-iters)
   int64_t lr_decay_iters = 0;  // 0 = train_iters
   double weight_decay = 0.1;
   double adam_beta1 = 0.9;

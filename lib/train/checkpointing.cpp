@@ -280,7 +280,7 @@ std::string metadata_fields(CheckpointWriter& w, const TrainArgs& args, const Tr
     << ", \"consumed_tokens\": " << trainer.consumed_samples() * args.seq_length
     << ", \"nan_iterations\": " << trainer.nan_iterations();
   const LRSchedule& lr = trainer.schedule();
-  f << ",\n  \"lr_schedule\": {\"lr\": " << num(lr.lr) << ", \"min_lr\": " << num(lr.min_lr) << ", \"warmup_iters\": " << lr.warmup_iters
+  f << ",\n  \"lr_schedule\": {\"lr\": " << num(lr.lr) << ", \"min_lr\": " << num(lr.min_lr) << ", \"warmup_iters\": " << num(lr.warmup_iters)
     << ", \"decay_iters\": " << lr.decay_iters << ", \"style\": " << json::quote(lr.style) << "}";
   const OptimizerConfig& oc = opt.config();
   f << ",\n  \"optimizer\": {\"type\": \"adamw\", \"step\": " << opt.steps() << ", \"beta1\": " << num(oc.beta1)

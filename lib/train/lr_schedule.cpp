@@ -5,12 +5,11 @@
 namespace llm {
 
 double LRSchedule::at(int64_t it) const {
-  if (warmup_iters > 0 && it <= warmup_iters)
-    return lr * static_cast<double>(it) / static_cast<double>(warmup_iters);
+  if (warmup_iters > 0 && static_cast<double>(it) <= warmup_iters) return lr * static_cast<double>(it) / warmup_iters;
   if (style == "constant") return lr;
   if (it > decay_iters) return min_lr;
-  const double span = static_cast<double>(decay_iters - warmup_iters);
-  const double ratio = span > 0 ? static_cast<double>(it - warmup_iters) / span : 1.0;
+  const double span = static_cast<double>(decay_iters) - warmup_iters;
+  const double ratio = span > 0 ? (static_cast<double>(it) - warmup_iters) / span : 1.0;
   const double coeff = style == "linear" ? 1.0 - ratio : 0.5 * (std::cos(M_PI * ratio) + 1.0);
   return min_lr + coeff * (lr - min_lr);
 }

@@ -8,10 +8,13 @@ namespace llm {
 
 struct LRSchedule {
   double lr = 3e-4, min_lr = 0.0;
-  int64_t warmup_iters = 0, decay_iters = 0;
+  double warmup_iters = 0;  // fractional under --lr-warmup-fraction
+  int64_t decay_iters = 0;
   std::string style = "cosine";  // cosine | linear | constant
-  // Learning rate used by optimizer step `iteration` (1-based).
-  double at(int64_t iteration) const;
+  // The rate after `updates` applied updates (Megatron's get_lr at num_steps = updates): update
+  // updates + 1 runs at it (0 for the first one under warmup), and Megatron's log line after
+  // update `updates` shows it.
+  double at(int64_t updates) const;
 };
 
 }  // namespace llm

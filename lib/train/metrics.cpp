@@ -124,16 +124,21 @@ void LogAccumulator::add(double loss, bool finite, bool applied, double seconds,
   seconds_ += seconds;
   data_seconds_ += data_seconds;
   last_lr_ = lr;
-  if (finite) {
-    ++finite_;
-    loss_sum_ += loss;
-  } else {
+  if (!finite) {
     ++nan_;
+  } else if (!applied) {
+    skipped_loss_sum_ += loss;  // an fp16 overflow: the forward's loss is finite
+    ++skipped_finite_;
   }
-  if (applied)
+  // As Megatron's training_log: the loss averages the iterations whose update was applied (an
+  // fp16 overflow's finite loss is left out with it).
+  if (applied) {
+    ++applied_;
+    loss_sum_ += loss;
     last_grad_norm_ = grad_norm;
-  else
+  } else {
     ++skipped_;
+  }
 }
 
 void LogAccumulator::flush_into(LogRecord& r, int64_t global_batch, int64_t seq_length, int world_size,
@@ -143,7 +148,11 @@ void LogAccumulator::flush_into(LogRecord& r, int64_t global_batch, int64_t seq_
   r.data_ms_per_iteration = iterations_ ? data_seconds_ / static_cast<double>(iterations_) * 1000.0 : 0.0;
   r.learning_rate = last_lr_;
   r.global_batch_size = global_batch;
-  r.lm_loss = finite_ ? loss_sum_ / static_cast<double>(finite_) : NAN;
+  // An interval of fp16 overflows alone (Megatron prints no loss then) gives their forwards'
+  // mean; NaN only when no iteration had a finite loss.
+  r.lm_loss = applied_          ? loss_sum_ / static_cast<double>(applied_)
+              : skipped_finite_ ? skipped_loss_sum_ / static_cast<double>(skipped_finite_)
+                                : NAN;
   r.grad_norm = last_grad_norm_;
   r.seq_length = seq_length;
   r.nan_iterations = nan_;

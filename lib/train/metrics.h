@@ -13,7 +13,7 @@ struct LogRecord {
   double elapsed_ms_per_iteration = 0;  // mean over the log interval
   double learning_rate = 0;
   int64_t global_batch_size = 0;
-  double lm_loss = 0;                   // mean over the log interval's finite iterations
+  double lm_loss = 0;                   // mean over the log interval's applied iterations
   double loss_scale = 1.0;
   double grad_norm = 0;                 // of the last iteration
   int64_t seq_length = 0;
@@ -57,8 +57,8 @@ std::string timers_block(const std::vector<TimerRow>& rows);
 class LogAccumulator {
  public:
   // finite: the loss was finite; applied: the update was applied (an iteration that is not is
-  // skipped: non-finite, or an fp16 overflow). The loss is the finite ones' mean; the grad norm
-  // the last applied one's.
+  // skipped: non-finite, or an fp16 overflow). The loss is the applied ones' mean (Megatron's
+  // "advanced iterations"); the grad norm the last applied one's; lr as the log line shows it.
   void add(double loss, bool finite, bool applied, double seconds, double grad_norm, double lr,
            double data_seconds = 0);
   bool empty() const { return iterations_ == 0; }
@@ -67,8 +67,8 @@ class LogAccumulator {
                   double flops_megatron_per_iter, double flops_model_per_iter);
 
  private:
-  int64_t iterations_ = 0, finite_ = 0, nan_ = 0, skipped_ = 0;
-  double loss_sum_ = 0, seconds_ = 0, data_seconds_ = 0, last_grad_norm_ = 0, last_lr_ = 0;
+  int64_t iterations_ = 0, applied_ = 0, nan_ = 0, skipped_ = 0, skipped_finite_ = 0;
+  double skipped_loss_sum_ = 0, loss_sum_ = 0, seconds_ = 0, data_seconds_ = 0, last_grad_norm_ = 0, last_lr_ = 0;
 };
 
 class MetricsWriter {

@@ -85,8 +85,11 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
                                      " exceeds the model's --vocab-size ", model.config().vocab_size));
   schedule_.lr = args.lr;
   schedule_.min_lr = args.min_lr;
-  schedule_.warmup_iters = args.lr_warmup_iters;
   schedule_.decay_iters = args.lr_decay_iters ? args.lr_decay_iters : args.train_iters;
+  // Megatron: --lr-warmup-fraction warms up over that share of the decay (fractional iterations)
+  schedule_.warmup_iters = args.lr_warmup_fraction > 0
+                               ? args.lr_warmup_fraction * static_cast<double>(schedule_.decay_iters)
+                               : static_cast<double>(args.lr_warmup_iters);
   schedule_.style = args.lr_decay_style;
   LLM_CHECK(args.seq_length % sp == 0, "--seq-length ", args.seq_length, " is not divisible by Ulysses ", sp);
   tokens_ = Tensor::empty({args.micro_batch_size, args.seq_length / sp}, DType::i32);
@@ -110,8 +113,11 @@ IterationStats Trainer::train_step() {
   sync_compute_weights();
   IterationStats st;
   st.iteration = ++iteration_;
-  // fp16 iterations skipped for an overflow do not advance the schedule (as in Megatron).
-  st.lr = schedule_.at(iteration_ - (args_.fp16 ? scaler_.skipped() : 0));
+  // Megatron's scheduler steps after each applied update (fp16 iterations skipped for an
+  // overflow do not advance it): update n + 1 runs at the rate after n updates, 0 in the first
+  // warmup step, and the log line shows the rate after this iteration.
+  const int64_t updates_before = iteration_ - 1 - (args_.fp16 ? scaler_.skipped() : 0);
+  st.lr_applied = schedule_.at(updates_before);
   st.loss_scale = scaler_.scale();
   const int64_t micro = args_.micro_batches();
   // The gradient group is data parallel x Ulysses (group rank = dp_rank * sp + sp_rank): the
@@ -186,8 +192,8 @@ IterationStats Trainer::train_step() {
     const ParameterSet& ps = model_.parameters();
     const Tensor own_params =
         zero_ == 3 ? param_shard_ : zero_ == 2 ? ps.flat_params().flat(own_begin(), own_end() - own_begin()) : Tensor{};
-    StepResult r = zero_ ? optimizer_.step_shard(st.lr, grad_scale, own_params, grad_shard_, dp_)
-                         : optimizer_.step(st.lr, grad_scale);
+    StepResult r = zero_ ? optimizer_.step_shard(st.lr_applied, grad_scale, own_params, grad_shard_, dp_)
+                         : optimizer_.step(st.lr_applied, grad_scale);
     model_.backend().synchronize();
     st.optimizer_seconds = phase.seconds();
     st.grad_norm = r.grad_norm;
@@ -218,6 +224,7 @@ IterationStats Trainer::train_step() {
   }
   if (args_.fp16) scaler_.update(!applied);
   st.skipped = !applied;
+  st.lr = schedule_.at(updates_before + (args_.fp16 && st.skipped ? 0 : 1));
   if (!st.finite) ++nan_iterations_;
   consumed_samples_ += args_.global_batch_size;
   model_.backend().synchronize();

@@ -21,7 +21,8 @@ struct IterationStats {
   int64_t iteration = 0;
   double loss = 0;       // mean over the global batch
   double grad_norm = 0;  // before clipping
-  double lr = 0;
+  double lr_applied = 0;  // the rate this iteration's update used (Megatron's: the schedule after the previous updates)
+  double lr = 0;          // the rate after this iteration, as Megatron's log line shows it
   bool finite = true;    // false: loss or gradient was NaN/Inf and the update was skipped
   bool skipped = false;  // the update was not applied (non-finite, or an fp16 overflow)
   double loss_scale = 1;  // the loss scale this iteration ran with (fp16; 1 otherwise)

@@ -85,6 +85,20 @@ TEST(LossScaler, StateRoundTripsForCheckpoints) {
   EXPECT_EQ(a.skipped(), b.skipped());
 }
 
+TEST(LossScaler, ResumedWithASmallerWindowStillGrows) {
+  llm::LossScalerConfig c;
+  c.window = 500;
+  llm::LossScaler s(c);
+  llm::LossScalerState saved;  // a checkpoint of a run with --loss-scale-window 1000
+  saved.scale = 1024.0;
+  saved.good_steps = 700;
+  saved.hysteresis_left = 2;
+  s.restore(saved);
+  EXPECT_TRUE(s.update(false));
+  EXPECT_EQ(s.scale(), 2048.0);
+  EXPECT_EQ(s.state().good_steps, 0);
+}
+
 TEST(LossScaler, RejectsBadConfigurations) {
   llm::LossScalerConfig c;
   c.min_scale = 8192;

@@ -207,3 +207,56 @@ TEST(Checkpoint, AtomicPublicationLatestAndKeepLast) {
   EXPECT_NE(e.find("iter_0000099"), std::string::npos) << e;
   EXPECT_NE(error_of([&] { CheckpointReader::open(root + "/nothing-here"); }).find("no checkpoint"), std::string::npos);
 }
+
+TEST(Checkpoint, ReplacingAnIterationNeverLeavesItMissing) {
+  const std::string root = fresh_dir("replace");
+  Tensor t = random_tensor({3}, 1), u = random_tensor({3}, 2);
+  auto save = [&](int it, const Tensor& x, int keep_last = 0) {
+    CheckpointWriter w(root, it);
+    w.add("model", "x", {3}, Box::whole({3}), x);
+    w.commit("", keep_last);
+  };
+  save(30, t);
+  save(30, u);  // a re-save of the same iteration: swapped in, the old one gone, nothing left over
+  EXPECT_EQ(CheckpointReader::open(root).read_whole("model", "x").data<float>()[2], u.data<float>()[2]);
+  for (const auto& e : fs::directory_iterator(root)) {
+    const std::string n = e.path().filename().string();
+    EXPECT_TRUE(n == "latest" || n == "iter_0000030") << n;
+  }
+  // Where the file system cannot exchange, a crash between moving the old one aside and
+  // publishing the new one leaves iter_0000030.old-*: `latest` still finds a complete checkpoint.
+  fs::rename(fs::path(root) / "iter_0000030", fs::path(root) / "iter_0000030.old-123-dead");
+  const CheckpointReader r = CheckpointReader::open(root);
+  EXPECT_EQ(r.iteration(), 30);
+  EXPECT_EQ(r.read_whole("model", "x").data<float>()[0], u.data<float>()[0]);
+  // the next commit removes it once `latest` points past it; a directory that is not ours
+  // (iter_best) is neither pruned by keep_last nor a reason to fail
+  fs::create_directories(fs::path(root) / "iter_best");
+  save(40, t, 1);
+  EXPECT_FALSE(fs::exists(fs::path(root) / "iter_0000030.old-123-dead"));
+  EXPECT_TRUE(fs::exists(fs::path(root) / "iter_best"));
+  EXPECT_EQ(CheckpointReader::open(root).iteration(), 40);
+}
+
+TEST(Checkpoint, IterationDirectoryPathsAndEmptySaveRoots) {
+  const std::string root = fresh_dir("paths");
+  EXPECT_TRUE(save_root_is_empty(root));  // does not exist
+  fs::create_directories(fs::path(root) / "iter_0000004.tmp-77-dead");  // a first save that died
+  std::ofstream(fs::path(root) / "latest.tmp-77-dead") << "4\n";
+  EXPECT_TRUE(save_root_is_empty(root));
+  {
+    CheckpointWriter w(root, 4);
+    w.add("model", "x", {3}, Box::whole({3}), random_tensor({3}, 3));
+    w.commit("");
+  }
+  EXPECT_FALSE(save_root_is_empty(root));
+  EXPECT_FALSE(fs::exists(fs::path(root) / "iter_0000004.tmp-77-dead"));
+  // an iteration directory written with a trailing separator: dir() names the directory itself,
+  // so its parent is the save root (llm-ckpt convert refuses to write into it)
+  const CheckpointReader r = CheckpointReader::open(root + "/iter_0000004/");
+  EXPECT_EQ(fs::path(r.dir()).filename().string(), "iter_0000004");
+  EXPECT_TRUE(fs::equivalent(fs::path(r.dir()).parent_path(), root));
+  const std::string f = root + "-file";
+  std::ofstream(f) << "x";
+  EXPECT_FALSE(save_root_is_empty(f));
+}

@@ -352,6 +352,31 @@ TEST(HFGpt2, ExportRefusesNonEmptyDirectoryUnlessOverwrite) {
   EXPECT_FALSE(fs::exists(fx.tmp / "other"));
 }
 
+// A checkpoint saved under tensor parallelism pads the vocabulary to 128 x TP rows: the export
+// takes the first V rows whatever the padding, and names wte when it has fewer than V.
+TEST(HFGpt2, ExportTakesAnyVocabularyPadding) {
+  Fixture fx;
+  const GPTConfig& c = fx.model->config();
+  const int64_t V = c.vocab_size, Vp = c.padded_vocab_size(), C = c.hidden_size;
+  const Tensor wte = fx.model->parameters().param("wte");
+  Tensor tp2 = Tensor::zeros({2 * Vp, C});  // as a TP 2 run stores it
+  std::copy(wte.data<float>(), wte.data<float>() + Vp * C, tp2.data<float>());
+  auto param = [&](const Tensor& w) {
+    return [&, w](const std::string& n) { return n == "wte" ? w : fx.model->parameters().param(n); };
+  };
+  export_hf_gpt2(fx.dir, c, param(tp2), fx.tok);
+  const Tensor got = SafetensorsFile(fx.dir + "/model.safetensors").read("transformer.wte.weight");
+  ASSERT_EQ(got.shape(), (Shape{V, C}));
+  for (int64_t i = 0; i < V * C; ++i) ASSERT_EQ(got.data<float>()[i], wte.data<float>()[i]) << i;
+  try {
+    export_hf_gpt2(fx.tmp / "short", c, param(Tensor::zeros({V - 1, C})), fx.tok);
+    ADD_FAILURE() << "exported a wte with fewer rows than the vocabulary";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("wte"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(fx.tmp / "short"));
+}
+
 // Checkpoints as they exist on the Hub: GPT2Model names (no prefix), the attention-mask
 // buffers older transformers saved, a stored tied lm_head, half-precision storage.
 TEST(HFGpt2, ImportAcceptsHubVariants) {

@@ -44,6 +44,11 @@ TEST(CommVolume, MegatronSequenceParallelMovesFourNhPerLayerForward) {
   const auto r = llm::analytic_comm_volume(in);
   EXPECT_EQ(r.tp.reduce_scatter - v.tp.reduce_scatter, 2 * kNh);
   EXPECT_EQ(r.tp.all_gather - v.tp.all_gather, 2 * kNh);
+  // ZeRO-2/3 reduce the layers' LayerNorm gradients per micro-batch in their hook, one replica too
+  in.recompute = false;
+  in.micro_batches = 4;
+  in.zero_stage = 2;
+  EXPECT_EQ(llm::analytic_comm_volume(in).tp.all_reduce, (4 * 2 * 4 + 2) * 64 * 4);
 }
 
 TEST(CommVolume, UlyssesMovesFourNhOverPPerLayerEachWay) {

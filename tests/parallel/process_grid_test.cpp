@@ -52,4 +52,22 @@ TEST(ProcessGrid, ValidationNamesTheFailingConstraint) {
   batch.global_batch = 6;
   EXPECT_NE(error_of({4, 1, 1, 1}, batch).find("--global-batch-size 6 is not divisible by --micro-batch-size 1 x data-parallel size 4"),
             std::string::npos);
+  // 4 heads over tp 2 and Ulysses 4: each alone divides them, together they do not
+  LayoutConstraints heads = ok;
+  heads.num_heads = 4;
+  EXPECT_NE(error_of({8, 2, 1, 4}, heads).find("--num-attention-heads 4 is not divisible by --tensor-model-parallel-size 2 x "
+                                               "--ds-sequence-parallel-size 4 = 8"),
+            std::string::npos)
+      << error_of({8, 2, 1, 4}, heads);
+  EXPECT_EQ(error_of({8, 2, 1, 2}, heads), "");
+  // Megatron SP splits a micro-batch's tokens over TP
+  LayoutConstraints rows = ok;
+  rows.megatron_sp = true;
+  rows.seq_length = 127;
+  EXPECT_NE(error_of({2, 2, 1, 1}, rows).find("--sequence-parallel: --micro-batch-size 1 x --seq-length 127 = 127 tokens are "
+                                              "not divisible by --tensor-model-parallel-size 2"),
+            std::string::npos)
+      << error_of({2, 2, 1, 1}, rows);
+  rows.micro_batch = 2;
+  EXPECT_EQ(error_of({2, 2, 1, 1}, rows), "");
 }

@@ -72,6 +72,11 @@ check "--exit-interval saves and exits" "grep -q 'saved checkpoint .*iter_000000
 "$bin" "${common[@]}" --train-iters 8 --log-interval 1 --load "$work/ck" --save "$work/ck" --output-dir "$work/r2" > "$work/part2.txt" 2>&1
 check "resume continues after iteration 4" "grep -q 'continuing after iteration 4' $work/part2.txt"
 check "resumed losses equal the straight run's bit for bit" "[ \$(grep -c 'lm loss: ' $work/straight.txt) -eq 8 ] && diff <(grep -o 'lm loss: [^|]*' $work/straight.txt) <(cat $work/part1.txt $work/part2.txt | grep -o 'lm loss: [^|]*') > /dev/null"
+sums() { (cd "$1" && find . -type f | sort | xargs md5sum); }
+sums "$work/ck" > "$work/ck.sums"
+"$bin" "${common[@]}" --train-iters 8 --log-interval 1 --load "$work/ck" --save "$work/ck" --no-load-optim --output-dir "$work/r2b" > "$work/part2b.txt" 2>&1
+rc=$?
+check "a resume with nothing left to train leaves the checkpoint as it was" "[ $rc -eq 0 ] && grep -q 'continuing after iteration 8' $work/part2b.txt && ! grep -q 'saved checkpoint' $work/part2b.txt && diff $work/ck.sums <(sums $work/ck) > /dev/null"
 "$bin" "${common[@]}" --train-iters 100000 --log-interval 1 --save "$work/sig" --output-dir "$work/r3" > "$work/sig.txt" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do grep -q 'iteration        3/' "$work/sig.txt" 2>/dev/null && break; sleep 0.1; done
@@ -232,6 +237,10 @@ if command -v mpirun > /dev/null; then
   run_pp z3c 4 --zero-stage 3 --load "$work/pp1ck"
   check "a single-process checkpoint resumes under ZeRO-3 over 4 ranks on the same curve (rel 1e-5)" "grep -q 'continuing after iteration 4' $work/z3c.txt && same_curve $work/pp1/metrics.jsonl $work/pp1a/metrics.jsonl $work/z3c/metrics.jsonl"
   check "ZeRO-2/3 layouts' measured communication equals the analytic volume" "(for f in z2 z3 z3tp z3pp; do grep -q 'data-parallel  *reduce-scatter' $work/\$f.txt || exit 1; done) && ! grep -q MISMATCH $work/z2.txt $work/z3.txt $work/z3tp.txt $work/z3pp.txt"
+  # ZeRO-2 with one replica under TP 2 + SP: the layers' hook still reduces the LayerNorm partial
+  # gradients per micro-batch, as the analysis must count
+  run_pp z2tp 2 --zero-stage 2 --tensor-model-parallel-size 2 --sequence-parallel
+  check "ZeRO-2 x TP 2 + SP on one replica: the same curve, and the analysis counts its traffic" "same_curve $work/pp1/metrics.jsonl $work/z2tp/metrics.jsonl && grep -q 'tensor-parallel  *all-reduce' $work/z2tp.txt && ! grep -q MISMATCH $work/z2tp.txt"
   # The saved checkpoints are the same global tensors: with lr 0 the parameters must be identical
   # and the AdamW moments (linear in the gradients) equal to fp32 round-off (rel 1e-5).
   ck="$(dirname "$bin")/llm-ckpt"

@@ -52,6 +52,23 @@ TEST(Args, BadInputNamesFileLineAndKey) {
   EXPECT_NE(e.find("bad3.yaml:1"), std::string::npos) << e;
 }
 
+TEST(Args, WarmupFractionOrIterationsNotBoth) {
+  TrainArgs a;
+  apply_option(a, "lr-warmup-fraction", "0.01", "--lr-warmup-fraction");
+  EXPECT_DOUBLE_EQ(a.lr_warmup_fraction, 0.01);
+  a.train_iters = 100;
+  a.resolve_defaults();
+  a.validate();
+  a.lr_warmup_iters = 5;
+  std::string e = error_of([&] { a.validate(); });
+  EXPECT_NE(e.find("--lr-warmup-fraction"), std::string::npos) << e;
+  EXPECT_NE(e.find("--lr-warmup-iters"), std::string::npos) << e;
+  a.lr_warmup_iters = 0;
+  a.lr_warmup_fraction = 1.5;
+  e = error_of([&] { a.validate(); });
+  EXPECT_NE(e.find("--lr-warmup-fraction must be in [0, 1], got 1.5"), std::string::npos) << e;
+}
+
 TEST(Args, CrossOptionValidation) {
   TrainArgs a;
   a.micro_batch_size = 3;

@@ -145,17 +145,21 @@ TEST(MixedPrecision, Fp16OverflowsSkipTheUpdateAndHalveTheScale) {
       EXPECT_EQ(0, std::memcmp(before.raw(), model.parameters().flat_params().raw(), before.nbytes()))
           << "iteration " << i + 1 << " was skipped but changed the parameters";
       EXPECT_EQ(t.loss_scaler().scale(), scale / 2) << "hysteresis 1: every overflow halves the scale";
-      // Skipped iterations do not advance the schedule: the lr is the one of step applied + 1.
-      EXPECT_DOUBLE_EQ(st.lr, t.schedule().at(applied + 1));
+      // Skipped iterations do not advance the schedule: the rate stays the one after the
+      // applied updates, for this iteration and the log line after it.
+      EXPECT_DOUBLE_EQ(st.lr_applied, t.schedule().at(applied));
+      EXPECT_DOUBLE_EQ(st.lr, t.schedule().at(applied));
     } else {
-      if (applied == 0) lr_first_applied = st.lr;
+      if (applied == 0) lr_first_applied = st.lr_applied;
+      EXPECT_DOUBLE_EQ(st.lr_applied, t.schedule().at(applied));
       ++applied;
+      EXPECT_DOUBLE_EQ(st.lr, t.schedule().at(applied));
     }
   }
   EXPECT_GE(skipped, 10) << "2^40 must overflow for at least 10 halvings";
   EXPECT_EQ(t.loss_scaler().skipped(), skipped);
   EXPECT_EQ(t.optimizer().steps(), applied);
-  EXPECT_DOUBLE_EQ(lr_first_applied, t.schedule().at(1));
+  EXPECT_DOUBLE_EQ(lr_first_applied, t.schedule().at(0));
   EXPECT_LT(t.loss_scaler().scale(), std::ldexp(1.0, 30));
   EXPECT_EQ(t.nan_iterations(), 0);
 }
@@ -172,7 +176,8 @@ TEST(MixedPrecision, Fp16WithAFixedScaleSkipsOverflowsWithoutBackingOff) {
     const IterationStats st = t.train_step();
     EXPECT_TRUE(st.skipped && st.finite) << "iteration " << i + 1 << ": an overflow, not a NaN iteration";
     EXPECT_EQ(st.loss_scale, std::ldexp(1.0, 40));
-    EXPECT_DOUBLE_EQ(st.lr, t.schedule().at(1));
+    EXPECT_DOUBLE_EQ(st.lr_applied, t.schedule().at(0));
+    EXPECT_DOUBLE_EQ(st.lr, t.schedule().at(0));
   }
   EXPECT_EQ(t.loss_scaler().skipped(), 3);
   EXPECT_EQ(t.optimizer().steps(), 0);

@@ -24,6 +24,12 @@ TEST(LRSchedule, WarmupThenCosineLinearConstant) {
   EXPECT_DOUBLE_EQ(s.at(3), 0.3);
   LRSchedule nowarm{2.0, 0.0, 0, 100, "cosine"};
   EXPECT_NEAR(nowarm.at(0), 2.0, 1e-12);
+  // --lr-warmup-fraction 0.025 of 100 decay iterations: Megatron's 2.5 warmup steps
+  LRSchedule frac{1.0, 0.0, 2.5, 100, "linear"};
+  EXPECT_DOUBLE_EQ(frac.at(0), 0.0);
+  EXPECT_DOUBLE_EQ(frac.at(2), 0.8);
+  EXPECT_NEAR(frac.at(3), 1.0 - 0.5 / 97.5, 1e-12);
+  EXPECT_NEAR(frac.at(100), 0.0, 1e-12);
 }
 
 TEST(Flops, MegatronFormulaExpandsAsInThePaper) {
@@ -125,14 +131,25 @@ TEST(Metrics, ValidationReportAndAccumulator) {
   EXPECT_NEAR(r.tokens_per_gpu_per_second, 16 * 128 / (2.0 / 3), 1e-6);
   EXPECT_NEAR(r.tflops_megatron, 4.0 / (2.0 / 3), 1e-9);
   EXPECT_TRUE(acc.empty());
-  // fp16: an overflow skips the update with a finite loss (counted); its grad norm is left out
+  // fp16: an overflow skips the update with a finite loss (counted as skipped); as in
+  // Megatron's log, its loss and grad norm are left out of the averages
   acc.add(2.0, true, true, 1.0, 1.0, 1e-3);
   acc.add(5.0, true, false, 1.0, 9.0, 1e-3);
   acc.flush_into(r, 16, 128, 1, 4e12, 2e12);
-  EXPECT_DOUBLE_EQ(r.lm_loss, 3.5);
+  EXPECT_DOUBLE_EQ(r.lm_loss, 2.0);
   EXPECT_EQ(r.skipped_iterations, 1);
   EXPECT_EQ(r.nan_iterations, 0);
   EXPECT_DOUBLE_EQ(r.grad_norm, 1.0);
+  // an interval of overflows alone: their forwards' mean (Megatron prints none); NaN only when no
+  // loss was finite
+  acc.add(6.0, true, false, 1.0, 9.0, 1e-3);
+  acc.add(8.0, true, false, 1.0, 9.0, 1e-3);
+  acc.flush_into(r, 16, 128, 1, 4e12, 2e12);
+  EXPECT_DOUBLE_EQ(r.lm_loss, 7.0);
+  EXPECT_EQ(r.skipped_iterations, 2);
+  acc.add(NAN, false, false, 1.0, NAN, 1e-3);
+  acc.flush_into(r, 16, 128, 1, 4e12, 2e12);
+  EXPECT_TRUE(std::isnan(r.lm_loss));
 }
 
 TEST(Metrics, TimerBlockAsMegatronPrintsIt) {

@@ -82,6 +82,33 @@ TEST(Trainer, GradientAccumulationMatchesOneBigMicroBatch) {
   EXPECT_LT(worst, 2e-5);
 }
 
+// Megatron's OptimizerParamScheduler steps after each update: iteration i runs at the rate after
+// i - 1 updates (0 in the first warmup iteration: the weights do not move, the moments do) and
+// its log line shows the rate after i. Warm-up 4 to lr 1, then cosine down to 0.1 at 12.
+TEST(Trainer, LearningRateFollowsMegatronsScheduler) {
+  TrainArgs a = tiny_train_args(12, 32, 4);
+  a.lr = 1.0;
+  a.min_lr = 0.1;
+  a.resolve_defaults();
+  a.validate();
+  MockDataSource data(a.vocab_size, a.seq_length, 7);
+  GPT model(a.model_config(), cpu_backend(), 7, a.seq_length);
+  Trainer t(a, model, data);
+  const Tensor before = model.parameters().flat_params().clone();
+  const std::vector<double> megatron = {0.0, 0.25, 0.5, 0.75, 1.0};  // get_lr at num_steps 0..4
+  for (int i = 1; i <= 12; ++i) {
+    const IterationStats st = t.train_step();
+    const double cosine_before = 0.1 + 0.45 * (std::cos(M_PI * (i - 1 - 4) / 8.0) + 1.0);
+    const double cosine_after = 0.1 + 0.45 * (std::cos(M_PI * (i - 4) / 8.0) + 1.0);
+    EXPECT_NEAR(st.lr_applied, i - 1 <= 4 ? megatron[size_t(i - 1)] : cosine_before, 1e-12) << "iteration " << i;
+    EXPECT_NEAR(st.lr, i <= 4 ? megatron[size_t(i)] : cosine_after, 1e-12) << "iteration " << i;
+    if (i == 1)
+      EXPECT_EQ(0, std::memcmp(before.raw(), model.parameters().flat_params().raw(), before.nbytes()))
+          << "the first warm-up update runs at rate 0";
+  }
+  EXPECT_NEAR(t.schedule().at(12), 0.1, 1e-12);
+}
+
 TEST(Optimizer, DecayOnlyOnMatricesAndClipping) {
   TrainArgs a = tiny_args();
   GPT model(a.model_config(), cpu_backend(), 1, a.seq_length);

@@ -1,0 +1,119 @@
+// llm-ckpt's library side: diff (compare_checkpoints) and convert (convert_checkpoint).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <limits>
+
+#include "core/error.h"
+#include "io/checkpoint.h"
+#include "io/checkpoint_compare.h"
+#include "io/checkpoint_convert.h"
+
+using namespace llm;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string fresh_dir(const std::string& name) {
+  const std::string d = ::testing::TempDir() + "/ckpt-tools-" + name;
+  fs::remove_all(d);
+  return d;
+}
+
+Tensor filled(const Shape& s, float base) {
+  Tensor t = Tensor::empty(s);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = base + 0.25f * static_cast<float>(i);
+  return t;
+}
+
+struct Named {
+  std::string category, name;
+  Tensor value;
+};
+
+std::string save(const std::string& root, const std::vector<Named>& tensors, int64_t iteration = 5) {
+  CheckpointWriter w(root, iteration);
+  for (const Named& n : tensors) w.add(n.category, n.name, n.value.shape(), Box::whole(n.value.shape()), n.value);
+  return w.commit("");
+}
+
+std::string config_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(CheckpointDiff, NaNNeverComparesEqual) {
+  const std::string a = fresh_dir("nan-a"), b = fresh_dir("nan-b");
+  Tensor x = filled({4, 3}, 1.0f);
+  x.data<float>()[5] = std::numeric_limits<float>::quiet_NaN();
+  save(a, {{"model", "x", x}});
+  save(b, {{"model", "x", x}});  // the same NaN at the same place: still not the same checkpoint
+  const CheckpointDifference d = compare_checkpoints(a, b, false);
+  ASSERT_EQ(d.tensors.size(), 1u);
+  EXPECT_EQ(d.tensors[0].nonfinite, 1);
+  EXPECT_TRUE(std::isinf(d.worst("model")));
+  EXPECT_FALSE(d.worst("model") <= 1e-5);
+  // equal infinities, on the other hand, are equal
+  Tensor y = filled({4, 3}, 1.0f);
+  y.data<float>()[2] = std::numeric_limits<float>::infinity();
+  const std::string c = fresh_dir("inf-c"), e = fresh_dir("inf-e");
+  save(c, {{"model", "y", y}});
+  save(e, {{"model", "y", y}});
+  EXPECT_EQ(compare_checkpoints(c, e, false).worst("model"), 0.0);
+}
+
+TEST(CheckpointDiff, OnlyTheVocabularyMayDifferInRows) {
+  const std::string a = fresh_dir("rows-a"), b = fresh_dir("rows-b");
+  // wte padded for another tensor-parallel size: compared over the common rows
+  save(a, {{"model", "wte", filled({6, 2}, 0.5f)}, {"model", "wpe", filled({4, 2}, 2.0f)}});
+  save(b, {{"model", "wte", filled({8, 2}, 0.5f)}, {"model", "wpe", filled({8, 2}, 2.0f)}});
+  const CheckpointDifference d = compare_checkpoints(a, b, false);
+  ASSERT_EQ(d.tensors.size(), 1u);
+  EXPECT_EQ(d.tensors[0].name, "wte");
+  EXPECT_EQ(d.tensors[0].compared, 12);
+  EXPECT_EQ(d.tensors[0].relative(), 0.0);
+  ASSERT_EQ(d.problems.size(), 1u);  // wpe [4, 2] against [8, 2] is a difference, not a prefix
+  EXPECT_NE(d.problems[0].find("wpe"), std::string::npos) << d.problems[0];
+}
+
+TEST(CheckpointConvert, RefusesItsOwnSaveRootHoweverTheSourceIsWritten) {
+  const std::string root = fresh_dir("self");
+  const std::string dir = save(root, {{"model", "x", filled({3}, 1.0f)}});
+  for (const std::string& src : {dir, dir + "/", root, root + "/"}) {
+    ConvertOptions o;
+    o.dtype = DType::bf16;
+    const std::string e = config_error([&] { convert_checkpoint(src, root, o); });
+    EXPECT_NE(e.find("different directory"), std::string::npos) << src << ": " << e;
+  }
+  // the source is untouched: still f32
+  EXPECT_EQ(CheckpointReader::open(root).pieces()[0].dtype, DType::f32);
+}
+
+TEST(CheckpointConvert, F16KeepsTheMomentsInF32AndRefusesOverflow) {
+  const std::string root = fresh_dir("f16-src"), out = fresh_dir("f16-out");
+  Tensor m2 = filled({4}, 0.0f);
+  m2.data<float>()[1] = 1e-9f;  // exp_avg_sq's scale: zero in f16
+  save(root, {{"model", "w", filled({4}, 1.0f)}, {"optimizer/exp_avg_sq", "w", m2}});
+  ConvertOptions o;
+  o.dtype = DType::f16;
+  const CheckpointReader r = CheckpointReader::open(convert_checkpoint(root, out, o));
+  for (const PieceInfo& p : r.pieces())
+    EXPECT_EQ(p.dtype, p.category == "model" ? DType::f16 : DType::f32) << p.category << "/" << p.name;
+  EXPECT_EQ(r.read_whole("optimizer/exp_avg_sq", "w").data<float>()[1], 1e-9f);
+  // a weight past f16's range is named rather than stored as infinity
+  const std::string big = fresh_dir("f16-big"), out2 = fresh_dir("f16-big-out");
+  Tensor w = filled({3}, 1.0f);
+  w.data<float>()[2] = 70000.0f;
+  save(big, {{"model", "w", w}});
+  const std::string e = config_error([&] { convert_checkpoint(big, out2, o); });
+  EXPECT_NE(e.find("model/w"), std::string::npos) << e;
+  EXPECT_NE(e.find("65504"), std::string::npos) << e;
+  EXPECT_FALSE(fs::exists(fs::path(out2) / "latest"));
+}
