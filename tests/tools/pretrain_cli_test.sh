@@ -72,6 +72,11 @@ check "--exit-interval saves and exits" "grep -q 'saved checkpoint .*iter_000000
 "$bin" "${common[@]}" --train-iters 8 --log-interval 1 --load "$work/ck" --save "$work/ck" --output-dir "$work/r2" > "$work/part2.txt" 2>&1
 check "resume continues after iteration 4" "grep -q 'continuing after iteration 4' $work/part2.txt"
 check "resumed losses equal the straight run's bit for bit" "[ \$(grep -c 'lm loss: ' $work/straight.txt) -eq 8 ] && diff <(grep -o 'lm loss: [^|]*' $work/straight.txt) <(cat $work/part1.txt $work/part2.txt | grep -o 'lm loss: [^|]*') > /dev/null"
+# a first save killed mid-way leaves only its staging directory: the restart starts from scratch
+mkdir -p "$work/killed/iter_0000002.tmp-4242-dead"
+"$bin" "${common[@]}" --train-iters 2 --log-interval 1 --save-interval 2 --load "$work/killed" --save "$work/killed" --output-dir "$work/rk" > "$work/killed.txt" 2>&1
+rc=$?
+check "a save root holding only a dead first save's staging starts from scratch and saves" "[ $rc -eq 0 ] && grep -q 'no checkpoint found, starting from scratch' $work/killed.txt && [ \"\$(cat $work/killed/latest)\" = 2 ] && [ ! -e $work/killed/iter_0000002.tmp-4242-dead ]"
 sums() { (cd "$1" && find . -type f | sort | xargs md5sum); }
 sums "$work/ck" > "$work/ck.sums"
 "$bin" "${common[@]}" --train-iters 8 --log-interval 1 --load "$work/ck" --save "$work/ck" --no-load-optim --output-dir "$work/r2b" > "$work/part2b.txt" 2>&1
