@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 
 #include "comm/mpi_session.h"
 #include "core/error.h"
@@ -65,6 +66,12 @@ struct InputFlags {
   }
 };
 
+// An error every rank has reached together (through a collective): each reports it and exits.
+// Any other error under MPI aborts the job, so no rank is left waiting in a collective.
+struct AllRanksError : ConfigError {
+  using ConfigError::ConfigError;
+};
+
 std::string human_count(double v) {
   char buf[32];
   if (v >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
@@ -89,8 +96,18 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
     }
   }
   refused = mpi.broadcast(refused);
-  if (!refused.empty()) throw ConfigError(refused);
-  DocumentReader reader(in.inputs, in.options(), mpi.rank(), mpi.size());
+  if (!refused.empty()) throw AllRanksError(refused);
+  // An input another node cannot see fails that rank's reader alone: every rank learns of it.
+  std::unique_ptr<DocumentReader> reader_ptr;
+  std::string open_error;
+  try {
+    reader_ptr = std::make_unique<DocumentReader>(in.inputs, in.options(), mpi.rank(), mpi.size());
+  } catch (const std::exception& e) {
+    open_error = e.what();
+  }
+  if (!mpi.all_ok(open_error.empty()))
+    throw AllRanksError(open_error.empty() ? "another rank could not open its input; nothing was written" : open_error);
+  DocumentReader& reader = *reader_ptr;
   const std::string tag = mpi.broadcast(mpi.rank() == 0 ? new_staging_tag() : "");
   const std::string staging = staging_dir_path(out_dir, tag);
   const bool progress_bar = mpi.rank() == 0 && ::isatty(STDERR_FILENO);
@@ -119,17 +136,22 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
   if (!mpi.all_ok(error.empty())) {
     // every rank is past its writes (all_ok is collective): rank 0 removes the staging area
     if (mpi.rank() == 0) discard_staging_dir(staging);
-    throw ConfigError(error.empty() ? "another rank failed; nothing was written" : error);
+    throw AllRanksError(error.empty() ? "another rank failed; nothing was written" : error);
   }
+  // Rank 0 publishes; the others wait for its verdict (a failed publish must not leave them in a
+  // barrier that rank 0 never reaches).
+  std::string publish_error;
   if (mpi.rank() == 0) {
     try {
       publish_dataset(staging, out_dir, info, mpi.size(), overwrite);
-    } catch (...) {
+    } catch (const std::exception& e) {
       discard_staging_dir(staging);
-      throw;
+      publish_error = e.what();
     }
   }
-  mpi.barrier();
+  if (!mpi.all_ok(publish_error.empty()))
+    throw AllRanksError(publish_error.empty() ? "rank 0 could not publish the dataset; nothing was written"
+                                              : publish_error);
   // Input size: each rank's byte range (ranks past the first also scan text before their range
   // to find document starts, which st.input.bytes would count twice); stdin has no range.
   const bool ranged = reader.bytes_to_read() > 0 && reader.bytes_to_read() < (int64_t{1} << 60);
@@ -294,11 +316,18 @@ int main(int argc, char** argv) {
   MpiSession mpi(&argc, &argv);
   try {
     return run(argc, argv, mpi);
-  } catch (const ConfigError& e) {
+  } catch (const AllRanksError& e) {
     std::fprintf(stderr, "llm-tokenize: error: %s%s\n", mpi.size() > 1 ? ("[rank " + std::to_string(mpi.rank()) + "] ").c_str() : "", e.what());
     return 2;
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "llm-tokenize: error: %s%s\n", mpi.size() > 1 ? ("[rank " + std::to_string(mpi.rank()) + "] ").c_str() : "", e.what());
+    std::fflush(stderr);
+    if (mpi.size() > 1) mpi.abort(2);  // this rank alone: the others may be waiting in a collective
+    return 2;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "llm-tokenize: error: %s\n", e.what());
+    std::fprintf(stderr, "llm-tokenize: error: %s%s\n", mpi.size() > 1 ? ("[rank " + std::to_string(mpi.rank()) + "] ").c_str() : "", e.what());
+    std::fflush(stderr);
+    if (mpi.size() > 1) mpi.abort(1);
     return 1;
   }
 }

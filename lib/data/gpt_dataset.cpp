@@ -20,7 +20,8 @@ std::vector<DocumentRange> split_documents(int64_t num_documents, const std::str
   while (std::getline(ss, item, ',')) {
     char* end = nullptr;
     const double v = std::strtod(item.c_str(), &end);
-    if (item.empty() || *end || v < 0) throw ConfigError("--split '" + split + "': expected numbers like 949,50,1");
+    if (item.empty() || *end || !(v >= 0) || !std::isfinite(v))
+      throw ConfigError("--split '" + split + "': expected numbers like 949,50,1");
     parts.push_back(v);
   }
   while (parts.size() < 3) parts.push_back(0.0);
@@ -28,7 +29,9 @@ std::vector<DocumentRange> split_documents(int64_t num_documents, const std::str
   const double total = parts[0] + parts[1] + parts[2];
   if (!(total > 0)) throw ConfigError("--split '" + split + "': parts sum to zero");
   std::vector<int64_t> idx{0};
-  for (double p : parts) idx.push_back(idx.back() + static_cast<int64_t>(std::llround(p / total * num_documents)));
+  // Python's round(), as Megatron's get_train_valid_test_split_: halves to even
+  for (double p : parts)
+    idx.push_back(idx.back() + static_cast<int64_t>(std::nearbyint(p / total * static_cast<double>(num_documents))));
   const int64_t diff = idx.back() - num_documents;
   for (size_t i = 1; i < idx.size(); ++i) idx[i] -= diff;
   std::vector<DocumentRange> out;

@@ -1,6 +1,9 @@
 #include "data/index_cache.h"
 
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cstdio>
 
 #include <filesystem>
 
@@ -15,6 +18,34 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Over the three arrays and the epoch count, word by word: a file whose blocks a crash zeroed
+// (the rename reached the disk, the data did not) or that was altered is not the index built.
+std::string index_checksum(const GPTIndex& ix) {
+  uint64_t h = 0x243f6a8885a308d3ull;
+  auto mix = [&h](const std::vector<int64_t>& v) {
+    h ^= static_cast<uint64_t>(v.size()) * 0x9e3779b97f4a7c15ull;
+    for (int64_t x : v) {
+      h ^= static_cast<uint64_t>(x);
+      h *= 0x9e3779b97f4a7c15ull;
+      h ^= h >> 29;
+    }
+  };
+  mix(ix.doc_idx);
+  mix(ix.sample_idx);
+  mix(ix.shuffle_idx);
+  mix({ix.num_epochs});
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+void fsync_path(const fs::path& p) {
+  const int fd = ::open(p.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  (void)::fsync(fd);
+  ::close(fd);
+}
+
 // The cache file as it was written, or false for anything else (missing, truncated, written
 // for another description): a bad cache entry is rebuilt, never trusted.
 bool try_load(const fs::path& path, const std::string& description, GPTIndex& ix) {
@@ -28,7 +59,7 @@ bool try_load(const fs::path& path, const std::string& description, GPTIndex& ix
     const std::vector<int64_t> epochs = file.open_dataset("num_epochs").read_all<int64_t>();
     if (epochs.size() != 1 || ix.sample_idx.size() != 2 * (ix.shuffle_idx.size() + 1)) return false;
     ix.num_epochs = epochs[0];
-    return true;
+    return file.has_attribute("checksum") && file.read_string_attribute("checksum") == index_checksum(ix);
   } catch (const Error&) {
     return false;
   }
@@ -36,17 +67,24 @@ bool try_load(const fs::path& path, const std::string& description, GPTIndex& ix
 
 void publish(const fs::path& path, const std::string& description, const GPTIndex& ix) {
   const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
-  {
+  try {
     h5::File file = h5::File::create(tmp.string(), true);
     file.write_string_attribute("description", description);
+    file.write_string_attribute("checksum", index_checksum(ix));
     file.write_dataset<int64_t>("doc_idx", H5T_STD_I64LE, ix.doc_idx);
     file.write_dataset<int64_t>("sample_idx", H5T_STD_I64LE, ix.sample_idx);
     file.write_dataset<int64_t>("shuffle_idx", H5T_STD_I64LE, ix.shuffle_idx);
     const std::vector<int64_t> epochs{ix.num_epochs};
     file.write_dataset<int64_t>("num_epochs", H5T_STD_I64LE, epochs);
-    file.flush();
+    file.close();  // reports a failed write, which the destructor would not
+    fsync_path(tmp);
+    fs::rename(tmp, path);  // atomic on POSIX: readers see the old state or the whole file
+    fsync_path(path.parent_path());
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
   }
-  fs::rename(tmp, path);  // atomic on POSIX: readers see the old state or the whole file
 }
 
 }  // namespace

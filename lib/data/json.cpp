@@ -18,7 +18,8 @@ constexpr int kMaxDepth = 512;
 
 class Parser {
  public:
-  Parser(std::string_view text, std::string_view source) : s_(text), source_(source) {}
+  Parser(std::string_view text, std::string_view source, bool record = false)
+      : s_(text), source_(source), record_(record) {}
 
   Value parse_document() {
     if (const size_t bad = find_invalid_utf8(s_); bad != std::string_view::npos) {
@@ -35,6 +36,7 @@ class Parser {
 
  private:
   [[noreturn]] void fail(const std::string& why) const {
+    if (record_) throw ConfigError(detail::concat(source_, ", column ", pos_ - line_start_ + 1, ": ", why));
     throw ConfigError(detail::concat(source_, ":", line_, ":", pos_ - line_start_ + 1, ": ", why));
   }
 
@@ -275,6 +277,8 @@ class Parser {
     seen.reserve(members.size());
     for (size_t i = 0; i < members.size(); ++i) {
       if (!seen.insert(members[i].first).second) {
+        if (record_)
+          throw ConfigError(detail::concat(source_, ", column ", key_at[i].second, ": duplicate key ", quote(members[i].first)));
         throw ConfigError(detail::concat(source_, ":", key_at[i].first, ":", key_at[i].second,
                                          ": duplicate key ", quote(members[i].first)));
       }
@@ -283,6 +287,7 @@ class Parser {
 
   std::string_view s_;
   std::string_view source_;
+  bool record_ = false;  // one JSON-lines record: positions as ", column C"
   size_t pos_ = 0;
   int line_ = 1;
   size_t line_start_ = 0;
@@ -329,6 +334,8 @@ const Value* Value::find(std::string_view key) const {
 Value parse(std::string_view text, std::string_view source) {
   return Parser(text, source).parse_document();
 }
+
+Value parse_record(std::string_view text, std::string_view where) { return Parser(text, where, true).parse_document(); }
 
 Value parse_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -67,6 +67,9 @@ class Value {
 
 // Parses one JSON text. `source` names it in errors ("file.json:3:14: expected ':'").
 Value parse(std::string_view text, std::string_view source = "<json>");
+// The same for one record of a JSON-lines file: errors read "<where>, column C: why" (where names
+// the file, line and byte offset; the record's own line number would always be 1).
+Value parse_record(std::string_view text, std::string_view where);
 // Reads and parses a file; a missing or unreadable file is a ConfigError naming the path.
 Value parse_file(const std::string& path);
 

@@ -115,13 +115,11 @@ void DocumentReader::emit(std::string text, const std::string& key, const std::s
     ++stats_.utf8_replaced;
   }
   ++stats_.documents;
-  out.push_back({std::move(text), key});
+  out.push_back({std::move(text), key, where});
 }
 
-void DocumentReader::emit_json(const std::string& line, std::vector<RawDocument>& out) {
+void DocumentReader::emit_json(const std::string& line, const std::string& where, std::vector<RawDocument>& out) {
   if (is_blank(line)) return;  // blank lines between records are not records
-  const std::string src = files_[file_] == "-" ? "<stdin>" : files_[file_];
-  const std::string where = line_no_ >= 0 ? src + ":" + std::to_string(line_no_) : src;
   auto bad = [&](const std::string& why) {
     if (opt_.fail_on_bad_json) throw ConfigError(where + ": " + why);
     ++stats_.bad_json_skipped;
@@ -136,7 +134,7 @@ void DocumentReader::emit_json(const std::string& line, std::vector<RawDocument>
   }
   json::Value v;
   try {
-    v = json::parse(text, where);
+    v = json::parse_record(text, where);
   } catch (const ConfigError& e) {
     if (opt_.fail_on_bad_json) throw;
     ++stats_.bad_json_skipped;
@@ -176,7 +174,7 @@ bool DocumentReader::next_batch(std::vector<RawDocument>& out, size_t max_bytes)
       // end of this file
       if (opt_.format == InputFormat::text && opt_.boundary == DocumentBoundary::file) {
         taken += para_.size();
-        emit(std::move(para_), "", where(file_start_[file_]), out);
+        emit(std::move(para_), "", files_[file_] == "-" ? "<stdin>" : files_[file_], out);  // the whole file
         para_.clear();
       } else if (opt_.format == InputFormat::text && opt_.boundary == DocumentBoundary::blank_line) {
         flush_paragraph();
@@ -193,7 +191,7 @@ bool DocumentReader::next_batch(std::vector<RawDocument>& out, size_t max_bytes)
       }
       taken += line.size();
       if (opt_.format == InputFormat::jsonl) {
-        emit_json(line, out);
+        emit_json(line, where(line_start), out);
       } else {
         strip_newline(line);
         emit(std::move(line), "", where(line_start), out);

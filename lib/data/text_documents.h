@@ -27,7 +27,8 @@ struct InputOptions {
 
 struct RawDocument {
   std::string text;
-  std::string key;  // the JSON key it came from (jsonl), empty for text
+  std::string key;    // the JSON key it came from (jsonl), empty for text
+  std::string where;  // "file:line (byte N)" (no line after a rank's seek; the file alone in file mode)
 };
 
 struct InputStats {
@@ -53,7 +54,7 @@ class DocumentReader {
   bool read_line(std::string& line);
   bool open_next_file();
   void emit(std::string text, const std::string& key, const std::string& where, std::vector<RawDocument>& out);
-  void emit_json(const std::string& line, std::vector<RawDocument>& out);
+  void emit_json(const std::string& line, const std::string& where, std::vector<RawDocument>& out);
 
   std::vector<std::string> files_;
   std::vector<int64_t> file_start_;  // global byte offset of each file

@@ -2,6 +2,9 @@
 
 #include <omp.h>
 
+#include <exception>
+
+#include "core/error.h"
 #include "core/timer.h"
 
 namespace llm {
@@ -12,17 +15,35 @@ TokenizeStats tokenize_documents(DocumentReader& reader, const Tokenizer& tokeni
   Timer timer;
   std::vector<RawDocument> batch;
   std::vector<std::vector<int32_t>> ids;
+  std::vector<std::exception_ptr> errors;
   const int32_t eod = tokenizer.eod_id();
   bool more = true;
   while (more) {
     batch.clear();
     more = reader.next_batch(batch, options.batch_bytes);
     ids.resize(batch.size());
-    // Documents are independent: encode them on all threads, then append in input order.
+    errors.assign(batch.size(), nullptr);
+    // Documents are independent: encode them on all threads, then append in input order. An
+    // exception cannot leave the parallel region (it would end the process in std::terminate):
+    // each document's is kept and the first, by input order, rethrown naming the document.
 #pragma omp parallel for schedule(dynamic, 1)
     for (size_t i = 0; i < batch.size(); ++i) {
-      ids[i] = tokenizer.encode(batch[i].text);
-      if (options.append_eod) ids[i].push_back(eod);
+      try {
+        ids[i] = tokenizer.encode(batch[i].text);
+        if (options.append_eod) ids[i].push_back(eod);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (!errors[i]) continue;
+      try {
+        std::rethrow_exception(errors[i]);
+      } catch (const ConfigError& e) {
+        throw ConfigError(batch[i].where + ": cannot tokenize the document: " + e.what());
+      } catch (const std::exception& e) {
+        throw Error(batch[i].where + ": cannot tokenize the document: " + e.what());
+      }
     }
     for (size_t i = 0; i < batch.size(); ++i) {
       writer.add_document(ids[i]);

@@ -26,7 +26,7 @@ std::vector<WeightedPath> parse_data_path(const std::vector<std::string>& words)
   for (size_t i = 0; i < words.size(); i += 2) {
     char* end = nullptr;
     const double w = std::strtod(words[i].c_str(), &end);
-    if (*end || !(w > 0)) throw ConfigError("--data-path: '" + words[i] + "' is not a positive weight (before " + words[i + 1] + ")");
+    if (*end || !(w > 0) || !std::isfinite(w)) throw ConfigError("--data-path: '" + words[i] + "' is not a positive weight (before " + words[i + 1] + ")");
     out.push_back({w, words[i + 1]});
   }
   return out;

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/philox.h"
 #include "data/gpt_dataset.h"
+#include "data/hdf5_util.h"
 
 using namespace llm;
 
@@ -66,6 +67,16 @@ TEST(GPTDatasetSplit, MegatronRounding) {
   EXPECT_EQ(s[1].size(), 0);
   EXPECT_THROW(split_documents(10, "a,b"), ConfigError);
   EXPECT_THROW(split_documents(10, "0,0,0"), ConfigError);
+  EXPECT_THROW(split_documents(10, "inf,1"), ConfigError);
+  // halves round to even, as Python's round() in Megatron: 9.49, 0.5, 0.01 -> 9, 0, 0, then the
+  // difference to 10 moves every boundary
+  s = split_documents(10, "949,50,1");
+  EXPECT_EQ(s[0].size(), 10);
+  EXPECT_EQ(s[1].size(), 0);
+  s = split_documents(10, "25,25,50");  // 2.5, 2.5, 5 -> 2, 2, 5, then +1
+  EXPECT_EQ(s[0].size(), 3);
+  EXPECT_EQ(s[1].size(), 2);
+  EXPECT_EQ(s[2].size(), 5);
 }
 
 TEST(GPTDatasetIndex, SamplesTileTheEpochStreamWithOneTokenOverlap) {
@@ -184,4 +195,35 @@ TEST(GPTDatasetIndex, CacheRoundTripAndKeying) {
   size_t files = 0;
   for (auto& e : std::filesystem::directory_iterator(dir)) files += e.path().extension() == ".h5";
   EXPECT_EQ(files, 2u);  // no temporaries left behind
+  // A well-formed file whose contents are not the index (blocks a crash zeroed after the rename
+  // reached the disk; an older file without a checksum) is rebuilt, not trusted.
+  for (const bool keep_checksum : {true, false}) {
+    for (auto& e : std::filesystem::directory_iterator(dir)) {
+      std::string description, checksum;
+      std::vector<int64_t> doc, smp, shf, ep;
+      try {  // (seed 4's entry is still the truncated one)
+        const h5::File in = h5::File::open(e.path().string());
+        description = in.read_string_attribute("description");
+        if (in.has_attribute("checksum")) checksum = in.read_string_attribute("checksum");
+        doc = in.open_dataset("doc_idx").read_all<int64_t>();
+        smp = in.open_dataset("sample_idx").read_all<int64_t>();
+        shf = in.open_dataset("shuffle_idx").read_all<int64_t>();
+        ep = in.open_dataset("num_epochs").read_all<int64_t>();
+      } catch (const Error&) {
+        continue;
+      }
+      std::fill(shf.begin(), shf.end(), 0);
+      h5::File out = h5::File::create(e.path().string(), true);
+      out.write_string_attribute("description", description);
+      if (keep_checksum) out.write_string_attribute("checksum", checksum);
+      out.write_dataset<int64_t>("doc_idx", H5T_STD_I64LE, doc);
+      out.write_dataset<int64_t>("sample_idx", H5T_STD_I64LE, smp);
+      out.write_dataset<int64_t>("shuffle_idx", H5T_STD_I64LE, shf);
+      out.write_dataset<int64_t>("num_epochs", H5T_STD_I64LE, ep);
+      out.close();
+    }
+    GPTDataset g(store, {0, 40}, 8, 200, 3, "train", cache);
+    EXPECT_FALSE(g.loaded_from_cache()) << (keep_checksum ? "zeroed shuffle_idx" : "no checksum");
+    EXPECT_EQ(g.index().shuffle_idx, a.index().shuffle_idx);
+  }
 }

@@ -4,7 +4,11 @@
 
 #include "core/error.h"
 #include "core/philox.h"
+#include "data/dataset.h"
+#include "data/simple_tokenizers.h"
 #include "data/text_documents.h"
+#include "data/tokenize_job.h"
+#include "support/scratch_dir.h"
 
 using namespace llm;
 
@@ -87,6 +91,47 @@ TEST(DocumentReader, JsonLinesWithKeysAndBadLines) {
   o.fail_on_bad_json = false;
   o.json_keys = {"title", "text"};
   EXPECT_EQ(read_all({f}, o), (std::vector<std::string>{"T", "caf\xC3\xA9 \xF0\x9F\x98\x80"}));
+}
+
+// A rank past the first starts after a seek, where line numbers are unknown: a bad record is
+// named by its byte offset and column, never as line 1 of the file.
+TEST(DocumentReader, JsonLineErrorsNameTheRecordOnEveryRank) {
+  std::string jl;
+  for (int i = 0; i < 40; ++i) jl += "{\"text\": \"doc " + std::to_string(i) + "\"}\n";
+  const size_t bad_at = jl.size();
+  jl += "{\"text\": oops}\n";
+  for (int i = 0; i < 3; ++i) jl += "{\"text\": \"tail\"}\n";
+  const std::string f = write("ranked.jsonl", jl);
+  InputOptions o;
+  o.format = InputFormat::jsonl;
+  o.fail_on_bad_json = true;
+  const std::string one = error_of([&] { read_all({f}, o); });
+  EXPECT_NE(one.find("ranked.jsonl:41 (byte " + std::to_string(bad_at) + "), column 10: "), std::string::npos) << one;
+  const std::string two = error_of([&] { read_all({f}, o, 1, 2); });
+  EXPECT_NE(two.find("ranked.jsonl (byte " + std::to_string(bad_at) + "), column 10: "), std::string::npos) << two;
+  EXPECT_EQ(two.find(":1:"), std::string::npos) << two;
+  // a record without the key is named the same way
+  const std::string g = write("nokey.jsonl", jl.substr(0, bad_at) + "{\"id\": 3}\n");
+  const std::string e = error_of([&] { read_all({g}, o, 1, 2); });
+  EXPECT_NE(e.find("nokey.jsonl (byte " + std::to_string(bad_at) + "): no key 'text'"), std::string::npos) << e;
+}
+
+// A document the tokenizer refuses is one clear error naming its file and line (an exception
+// inside the parallel encoding loop used to end the process in std::terminate).
+TEST(TokenizeJob, ATokenizerErrorNamesTheDocument) {
+  const llm::testing::ScratchDir tmp("tokenize-job");
+  const std::string f = tmp / "ids.txt";
+  std::ofstream(f) << "1 2 3\n4 5\n6 abc\n7\n";
+  InputOptions o;
+  o.boundary = DocumentBoundary::line;
+  DocumentReader reader({f}, o);
+  NullTokenizer tok(100);
+  const DatasetInfo info{tok.identity(), tok.vocab_size(), tok.eod_id()};
+  DatasetPartWriter writer(tmp / "staging", 0, info);
+  const std::string e = error_of([&] { tokenize_documents(reader, tok, writer, TokenizeOptions{}); });
+  EXPECT_NE(e.find("ids.txt:3 (byte 10): cannot tokenize the document: NullTokenizer: expected an integer id"),
+            std::string::npos)
+      << e;
 }
 
 TEST(DocumentReader, InvalidUtf8IsRepairedOrRefusedWithItsLocation) {
