@@ -52,6 +52,13 @@ printf '{"text": "good"}\n{"text": 5}\nnot json\n' > "$work/docs.jsonl"
 check "bad JSON lines are skipped and counted" "grep -q 'wrote .*js: 1 documents' $work/b4.txt && grep -q '2 bad JSON lines' $work/b4.txt"
 "$tok" --input "$work/docs.jsonl" --bad-json fail --output-prefix "$work/js2" "${spm[@]}" > "$work/b5.txt" 2>&1
 check "bad JSON (fail) names file:line" "[ $? -eq 2 ] && grep -q 'docs.jsonl:2' $work/b5.txt"
+# a document the tokenizer refuses, on the second rank's half: one message naming it, exit 2 from
+# every rank, no hang, nothing written (it ended the process in std::terminate)
+{ for i in $(seq 1 40); do echo "$i $((i + 1))"; done; echo "7 x9"; echo "8"; } > "$work/ids.txt"
+timeout 120 mpirun -np 2 "$tok" --input "$work/ids.txt" --document-boundary line --tokenizer-type NullTokenizer --vocab-size 100 \
+  --output-prefix "$work/nul" > "$work/b7.txt" 2>&1
+rc=$?
+check "a document the tokenizer refuses (rank 1) is named; the job ends with 2, nothing written" "[ $rc -eq 2 ] && grep -q 'ids.txt (byte [0-9]*): cannot tokenize the document: NullTokenizer: expected an integer id in \[0, 100) at byte 2' $work/b7.txt && [ -z \"\$(ls -d $work/nul* 2>/dev/null)\" ]"
 "$tok" --input "$work/corpus.txt" --output-prefix "$work/ds1" "${spm[@]}" > "$work/b6.txt" 2>&1
 check "existing dataset is not replaced without --overwrite" "[ $? -ne 0 ] && [ \"\$($tok info $work/ds1 | sed -n 's/.*content hash //p')\" = '$h1' ]"
 
