@@ -61,12 +61,13 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   std::map<std::string, std::vector<std::string>> lists;
   std::map<std::string, CLI::Option*> given;
   for (const OptionSpec& o : train_options()) {
+    const std::string names = "--" + o.name + (o.alias.empty() ? "" : ",--" + o.alias);
     if (o.is_flag)
-      given[o.name] = app.add_flag("--" + o.name, o.help);
+      given[o.name] = app.add_flag(names, o.help);
     else if (o.multi)
-      given[o.name] = app.add_option("--" + o.name, lists[o.name], o.help)->type_name(o.type);
+      given[o.name] = app.add_option(names, lists[o.name], o.help)->type_name(o.type);
     else
-      given[o.name] = app.add_option("--" + o.name, values[o.name], o.help)->default_str(o.get(defaults))->type_name(o.type);
+      given[o.name] = app.add_option(names, values[o.name], o.help)->default_str(o.get(defaults))->type_name(o.type);
   }
   try {
     app.parse(argc, argv);
@@ -177,6 +178,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     LoadOptions lo;
     lo.finetune = args.finetune;
     lo.load_optimizer = !args.no_load_optim;
+    lo.scheduler = args.use_checkpoint_opt_param_scheduler ? SchedulerSource::checkpoint
+                   : args.override_opt_param_scheduler     ? SchedulerSource::this_run
+                                                           : SchedulerSource::must_match;
     LoadResult r = load_training_checkpoint(load_dir, trainer, lo);
     say("> loaded %s%s: continuing after iteration %lld (%lld samples consumed)\n", r.dir.c_str(),
                 args.finetune ? " (weights only: --finetune)" : args.no_load_optim ? " (without optimizer state)" : "",

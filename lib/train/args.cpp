@@ -45,6 +45,11 @@ std::string fmt(double v) {
   return s;
 }
 
+OptionSpec aliased(OptionSpec o, std::string alias) {
+  o.alias = std::move(alias);
+  return o;
+}
+
 template <typename T>
 OptionSpec opt(std::string name, T TrainArgs::*field, std::string help) {
   OptionSpec o;
@@ -127,6 +132,12 @@ std::vector<OptionSpec> make_options() {
       opt("save-interval", &A::save_interval, "iterations between checkpoints (0 = only at the end)"),
       opt("finetune", &A::finetune, "load only the weights from --load; iteration, data and optimizer start fresh"),
       opt("no-load-optim", &A::no_load_optim, "do not load the optimizer state from --load"),
+      aliased(opt("override-opt-param-scheduler", &A::override_opt_param_scheduler,
+                  "resuming: follow this run's learning-rate schedule where it differs from the checkpoint's"),
+              "override-opt_param-scheduler"),
+      aliased(opt("use-checkpoint-opt-param-scheduler", &A::use_checkpoint_opt_param_scheduler,
+                  "resuming: follow the checkpoint's learning-rate schedule whatever this run's flags say"),
+              "use-checkpoint-opt_param-scheduler"),
       opt("no-load-rng", &A::no_load_rng, "do not restore the seed from --load: this run's --seed orders the data from the restored position"),
       opt("keep-last", &A::keep_last, "keep only this many newest checkpoints (0 = all)"),
       opt("exit-interval", &A::exit_interval, "save and exit when the iteration is a multiple of this"),
@@ -291,6 +302,8 @@ void TrainArgs::validate() const {
     fail("--save-interval, --keep-last, --exit-interval and --exit-duration-in-mins must be >= 0");
   if (save_interval > 0 && save.empty()) fail("--save-interval needs --save");
   if (finetune && load.empty()) fail("--finetune needs --load");
+  if (override_opt_param_scheduler && use_checkpoint_opt_param_scheduler)
+    fail("give one of --override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler, not both");
   if (bf16 && fp16) fail("--bf16 and --fp16 exclude each other");
   if (loss_scale < 0) fail("--loss-scale must be >= 0 (0 = dynamic), got ", loss_scale);
   if (!(initial_loss_scale > 0 && min_loss_scale > 0 && min_loss_scale <= initial_loss_scale))

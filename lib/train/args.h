@@ -61,6 +61,8 @@ struct TrainArgs {
   int64_t save_interval = 0;        // iterations between saves (0 = only at the end)
   bool finetune = false;            // load weights only; iteration and optimizer start fresh
   bool no_load_optim = false;
+  bool override_opt_param_scheduler = false;       // a resumed run takes this run's LR schedule
+  bool use_checkpoint_opt_param_scheduler = false;  // ... or the checkpoint's (default: they must agree)
   bool no_load_rng = false;
   int64_t keep_last = 0;            // keep this many newest checkpoints (0 = all)
   int64_t exit_interval = 0;        // exit (after saving) when iteration % N == 0
@@ -108,6 +110,7 @@ struct TrainArgs {
 
 struct OptionSpec {
   std::string name;  // flag without "--", also the YAML key
+  std::string alias;  // Megatron's spelling where it mixes '_' into the flag (also accepted)
   std::string help;
   bool is_flag = false;  // boolean switch
   std::string type = "TEXT";  // INT | FLOAT | TEXT, for --help

@@ -45,6 +45,18 @@ int64_t member_int(const json::Value& obj, const char* key, const std::string& w
   return v.as_int();
 }
 
+double member_number(const json::Value& obj, const char* key, const std::string& where) {
+  const json::Value& v = member(obj, key, where);
+  if (!v.is_number()) throw ConfigError(where + ": metadata '" + key + "' is not a number");
+  return v.as_double();
+}
+
+const std::string& member_string(const json::Value& obj, const char* key, const std::string& where) {
+  const json::Value& v = member(obj, key, where);
+  if (!v.is_string()) throw ConfigError(where + ": metadata '" + key + "' is not a string");
+  return v.as_string();
+}
+
 // Reads category/name into dst (shape `want`). The padded vocabulary may differ between
 // layouts (it is padded to a multiple of 128 x TP): rows present in both are read, the rest zeroed.
 void read_into(const CheckpointReader& ckpt, const std::string& category, const std::string& name, const Tensor& dst) {
@@ -152,7 +164,7 @@ GPTConfig checkpoint_model_config(const CheckpointReader& ckpt) {
   c.max_position_embeddings = member_int(m, "max_position_embeddings", where);
   c.vocab_size = member_int(m, "vocab_size", where);
   c.vocab_divisible_by = member_int(m, "make_vocab_size_divisible_by", where);
-  c.layernorm_eps = static_cast<float>(member(m, "layernorm_epsilon", where).as_double());
+  c.layernorm_eps = static_cast<float>(member_number(m, "layernorm_epsilon", where));
   c.validate();
   return c;
 }
@@ -161,9 +173,13 @@ TokenizerRecord checkpoint_tokenizer(const CheckpointReader& ckpt) {
   const std::string where = ckpt.dir() + "/metadata.json";
   const json::Value& t = member(ckpt.metadata(), "tokenizer", where);
   TokenizerRecord r;
-  r.identity = {member(t, "kind", where).as_string(), member(t, "hash", where).as_string()};
-  for (const auto& [role, path] : member(t, "files", where).as_object())
+  r.identity = {member_string(t, "kind", where), member_string(t, "hash", where)};
+  const json::Value& files = member(t, "files", where);
+  if (!files.is_object()) throw ConfigError(where + ": metadata 'files' is not an object");
+  for (const auto& [role, path] : files.as_object()) {
+    if (!path.is_string()) throw ConfigError(where + ": metadata 'files." + role + "' is not a string");
     r.files[role] = (fs::path(ckpt.dir()) / path.as_string()).string();
+  }
   return r;
 }
 
@@ -424,6 +440,9 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
   same("ffn_hidden_size", saved.ffn(), now.ffn());
   same("max_position_embeddings", saved.max_position_embeddings, now.max_position_embeddings);
   same("vocab_size", saved.vocab_size, now.vocab_size);
+  if (saved.layernorm_eps != now.layernorm_eps)
+    throw ConfigError(detail::concat(ckpt.dir(), ": the checkpoint's layernorm_epsilon is ", saved.layernorm_eps,
+                                     " but the model's is ", now.layernorm_eps, " (--layernorm-epsilon)"));
 
   ParameterSet& ps = trainer.model().parameters();
   Backend& be = trainer.model().backend();
@@ -442,6 +461,36 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
 
   LoadResult r{ckpt.dir(), 0, 0};
   if (options.finetune) return r;
+  // The learning-rate schedule continues as saved, as Megatron's OptimizerParamScheduler checks
+  // it: a difference is an error unless the run says whose values to use.
+  if (const json::Value* ls = ckpt.metadata().find("lr_schedule"); ls && options.scheduler != SchedulerSource::this_run) {
+    const std::string at = where + ": lr_schedule";
+    LRSchedule saved_lr;
+    saved_lr.lr = member_number(*ls, "lr", at);
+    saved_lr.min_lr = member_number(*ls, "min_lr", at);
+    saved_lr.warmup_iters = member_number(*ls, "warmup_iters", at);
+    saved_lr.decay_iters = member_int(*ls, "decay_iters", at);
+    saved_lr.style = member_string(*ls, "style", at);
+    const LRSchedule& run = trainer.schedule();
+    if (options.scheduler == SchedulerSource::checkpoint) {
+      trainer.set_schedule(saved_lr);
+    } else {
+      auto differs = [&](bool same, const char* key, const char* flag, const auto& a, const auto& b) {
+        if (!same)
+          throw ConfigError(detail::concat(
+              where, ": the checkpoint's learning-rate schedule has ", key, " ", a, " but this run's is ", b, " (", flag,
+              "); give --use-checkpoint-opt_param-scheduler to continue the checkpoint's schedule, or "
+              "--override-opt_param-scheduler to use this run's"));
+      };
+      differs(saved_lr.lr == run.lr, "lr", "--lr", saved_lr.lr, run.lr);
+      differs(saved_lr.min_lr == run.min_lr, "min_lr", "--min-lr", saved_lr.min_lr, run.min_lr);
+      differs(saved_lr.warmup_iters == run.warmup_iters, "warmup_iters", "--lr-warmup-iters or --lr-warmup-fraction",
+              saved_lr.warmup_iters, run.warmup_iters);
+      differs(saved_lr.decay_iters == run.decay_iters, "decay_iters", "--lr-decay-iters, or --train-iters when that is 0",
+              saved_lr.decay_iters, run.decay_iters);
+      differs(saved_lr.style == run.style, "style", "--lr-decay-style", saved_lr.style, run.style);
+    }
+  }
   if (options.load_optimizer) {
     AdamW& opt = trainer.optimizer();
     const int64_t b = opt.shard_begin(), e = opt.shard_end();

@@ -62,10 +62,16 @@ std::vector<RangePiece> range_pieces(const ParamSpec& spec, int64_t begin, int64
 std::string save_training_checkpoint(const std::string& save_root, const TrainArgs& args, const Trainer& trainer,
                                      const ShardedState& state, const TokenizerRecord& tokenizer, int keep_last);
 
+// Whose learning-rate schedule a resumed run follows (Megatron's flags): by default the two must
+// agree; --use-checkpoint-opt_param-scheduler takes the checkpoint's, --override-opt_param-scheduler
+// this run's.
+enum class SchedulerSource { must_match, checkpoint, this_run };
+
 struct LoadOptions {
   bool load_optimizer = true;
   bool restore_position = true;  // iteration and consumed samples
   bool finetune = false;         // weights only
+  SchedulerSource scheduler = SchedulerSource::must_match;
 };
 
 struct LoadResult {

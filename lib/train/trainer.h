@@ -54,6 +54,7 @@ class Trainer {
   LossScaler& loss_scaler() { return scaler_; }
   const LossScaler& loss_scaler() const { return scaler_; }
   const LRSchedule& schedule() const { return schedule_; }
+  void set_schedule(const LRSchedule& s) { schedule_ = s; }  // a resumed run that continues the checkpoint's
   AdamW& optimizer() { return optimizer_; }
   const AdamW& optimizer() const { return optimizer_; }
   GPT& model() { return model_; }

@@ -82,6 +82,11 @@ sums "$work/ck" > "$work/ck.sums"
 "$bin" "${common[@]}" --train-iters 8 --log-interval 1 --load "$work/ck" --save "$work/ck" --no-load-optim --output-dir "$work/r2b" > "$work/part2b.txt" 2>&1
 rc=$?
 check "a resume with nothing left to train leaves the checkpoint as it was" "[ $rc -eq 0 ] && grep -q 'continuing after iteration 8' $work/part2b.txt && ! grep -q 'saved checkpoint' $work/part2b.txt && diff $work/ck.sums <(sums $work/ck) > /dev/null"
+"$bin" "${common[@]}" --train-iters 10 --log-interval 1 --load "$work/ck" --output-dir "$work/r2c" > "$work/part2c.txt" 2>&1
+rc=$?
+check "extending --train-iters moves the decay: refused on resume, naming the key and the flags" "[ $rc -eq 2 ] && grep -q 'decay_iters 8 but this run.s is 10' $work/part2c.txt && grep -q -- '--use-checkpoint-opt_param-scheduler' $work/part2c.txt"
+"$bin" "${common[@]}" --train-iters 10 --log-interval 1 --load "$work/ck" --use-checkpoint-opt_param-scheduler --output-dir "$work/r2d" > "$work/part2d.txt" 2>&1
+check "--use-checkpoint-opt_param-scheduler continues the checkpoint's schedule" "[ $? -eq 0 ] && [ \$(grep -c 'lm loss' $work/part2d.txt) -eq 2 ]"
 "$bin" "${common[@]}" --train-iters 100000 --log-interval 1 --save "$work/sig" --output-dir "$work/r3" > "$work/sig.txt" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do grep -q 'iteration        3/' "$work/sig.txt" 2>/dev/null && break; sleep 0.1; done

@@ -113,3 +113,54 @@ TEST(CheckpointResume, FinetuneLoadsWeightsOnlyAndMismatchesAreNamed) {
     EXPECT_NE(std::string(e.what()).find("hidden_size is 64 but the model's is 32"), std::string::npos) << e.what();
   }
 }
+
+// Megatron's OptimizerParamScheduler on load: the schedule must agree with the checkpoint's
+// unless the run says whose to follow. Extending --train-iters with --lr-decay-iters 0 moves the
+// decay's end: an error naming it; then each flag's choice; a finetune starts its own schedule.
+TEST(CheckpointResume, TheLearningRateScheduleMustAgreeOrBeChosen) {
+  const TrainArgs a = args_for_resume();
+  MockDataSource data(a.vocab_size, a.seq_length, 5);
+  const std::string root = ::testing::TempDir() + "/schedule-test";
+  fs::remove_all(root);
+  {
+    GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
+    Trainer t(a, model, data);
+    for (int i = 0; i < 4; ++i) t.train_step();
+    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
+  }
+  TrainArgs longer = a;
+  longer.train_iters = 20;
+  longer.lr_decay_iters = 0;
+  longer.resolve_defaults();  // decay over 20 instead of 12
+  auto load = [&](SchedulerSource s, bool finetune = false) {
+    GPT model(longer.model_config(), cpu_backend(), 5, longer.seq_length);
+    Trainer t(longer, model, data);
+    LoadOptions o;
+    o.scheduler = s;
+    o.finetune = finetune;
+    load_training_checkpoint(root, t, o);
+    return t.schedule();
+  };
+  try {
+    load(SchedulerSource::must_match);
+    ADD_FAILURE() << "a different decay was accepted";
+  } catch (const ConfigError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("decay_iters 12 but this run's is 20"), std::string::npos) << m;
+    EXPECT_NE(m.find("--use-checkpoint-opt_param-scheduler"), std::string::npos) << m;
+    EXPECT_NE(m.find("--override-opt_param-scheduler"), std::string::npos) << m;
+  }
+  EXPECT_EQ(load(SchedulerSource::checkpoint).decay_iters, 12);
+  EXPECT_DOUBLE_EQ(load(SchedulerSource::checkpoint).warmup_iters, 3.0);
+  EXPECT_EQ(load(SchedulerSource::this_run).decay_iters, 20);
+  EXPECT_EQ(load(SchedulerSource::must_match, true).decay_iters, 20);
+  longer.train_iters = 12;  // the same schedule at another peak
+  longer.lr_decay_iters = 12;
+  longer.lr = 1e-3;
+  try {
+    load(SchedulerSource::must_match);
+    ADD_FAILURE() << "a different peak was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("has lr 0.002 but this run's is 0.001 (--lr)"), std::string::npos) << e.what();
+  }
+}
