@@ -228,7 +228,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
               mc.name.c_str(), static_cast<long long>(mc.num_layers), static_cast<long long>(mc.hidden_size),
               static_cast<long long>(mc.num_heads), static_cast<long long>(mc.ffn()),
               static_cast<long long>(mc.vocab_size), static_cast<long long>(mc.padded_vocab_size()),
-              static_cast<double>(mc.num_parameters()) / 1e6);
+              static_cast<double>([&] {
+                GPTConfig c = mc;  // wpe has --seq-length rows when --max-position-embeddings is 0
+                if (!c.max_position_embeddings) c.max_position_embeddings = args.seq_length;
+                return c.num_parameters();
+              }()) / 1e6);
   say("> %s\n", data.summary.c_str());
   say("> global batch %lld = micro-batch %lld x %lld accumulation steps x %lld data-parallel ranks; seq %lld; "
               "%s backend, %d threads\n",

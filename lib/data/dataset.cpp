@@ -703,8 +703,8 @@ Dataset Dataset::open(const std::string& dir_in, int64_t max_open_shards) {
     s.num_docs = e.num_documents;
     m->shards.push_back(std::move(s));
     m->starts.push_back(tokens);
-    tokens += e.num_tokens;
-    docs += e.num_documents;
+    if (__builtin_add_overflow(tokens, e.num_tokens, &tokens) || __builtin_add_overflow(docs, e.num_documents, &docs))
+      throw ConfigError(m->manifest_path + ": the shards' token or document counts overflow 64 bits");
   }
   m->starts.push_back(tokens);
   if (tokens != num_tokens)
@@ -712,7 +712,8 @@ Dataset Dataset::open(const std::string& dir_in, int64_t max_open_shards) {
   if (docs != num_docs)
     throw ConfigError(detail::concat(m->manifest_path, ": key 'num_documents' is ", num_docs, " but the shards hold ", docs));
 
-  m->offsets.reserve(static_cast<size_t>(num_docs) + 1);
+  // (the counts are the manifest's word until the shards are read: no allocation on it alone)
+  m->offsets.reserve(static_cast<size_t>(std::min<int64_t>(num_docs, int64_t{1} << 20)) + 1);
   m->offsets.push_back(0);
   for (size_t i = 0; i < m->shards.size(); ++i) m->validate_shard(i, m->offsets);
   LLM_CHECK(static_cast<int64_t>(m->offsets.size()) == num_docs + 1, m->dir, ": document offsets miscounted");

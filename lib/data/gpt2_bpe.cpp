@@ -322,6 +322,10 @@ Vocabulary read_vocabulary(const std::string& path, const std::string& text) {
 // without a newline, so both are errors here instead.
 MergeTable read_merges(const std::string& path, const std::string& text, const Vocabulary& vocab,
                        const std::string& vocab_path) {
+  // The decoder below trusts UTF-8 (an overlong "\xC0\xA1" would read as '!').
+  if (const size_t bad = find_invalid_utf8(text); bad != std::string::npos)
+    throw ConfigError(detail::concat(path, ":", 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n'),
+                                     ": invalid UTF-8 at byte ", bad, " of the file"));
   std::vector<std::string_view> lines;
   for (size_t at = 0; at < text.size();) {
     size_t end = text.find('\n', at);

@@ -21,11 +21,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Flushes a file or directory to the disk. A failure that means the data may not be there (an
+// I/O error, a full disk or quota) is an error; a file system that cannot sync a directory
+// (EINVAL) or is read-only is not.
 void fsync_path(const fs::path& p) {
   const int fd = ::open(p.c_str(), O_RDONLY);
   if (fd < 0) return;
-  ::fsync(fd);
+  const int rc = ::fsync(fd);
+  const int err = errno;
   ::close(fd);
+  if (rc != 0 && (err == EIO || err == ENOSPC || err == EDQUOT))
+    throw Error(p.string() + ": cannot flush to disk: " + std::strerror(err));
 }
 
 std::string random_tag() {
@@ -239,6 +245,8 @@ std::string CheckpointWriter::add_file(const std::string& source_path, const std
   fs::create_directories(dst.parent_path(), ec);
   fs::copy_file(source_path, dst, fs::copy_options::overwrite_existing, ec);
   if (ec) throw ConfigError(source_path + ": cannot copy into the checkpoint: " + ec.message());
+  fsync_path(dst);  // `latest` must never point at a checkpoint whose tokenizer files are empty
+  fsync_path(dst.parent_path());
   return relative_path;
 }
 
@@ -274,7 +282,8 @@ PieceInfo piece_from_json(const json::Value& v, const std::string& where) {
   const size_t r = p.global_shape.size();
   if (p.box.offset.size() != r || p.box.extent.size() != r) throw ConfigError(where + ": box rank differs from the shape's");
   for (size_t d = 0; d < r; ++d)
-    if (p.box.offset[d] + p.box.extent[d] > p.global_shape[d]) throw ConfigError(where + ": box outside the tensor");
+    if (p.box.offset[d] > p.global_shape[d] || p.box.extent[d] > p.global_shape[d] - p.box.offset[d])
+      throw ConfigError(where + ": box outside the tensor");  // (written so that no sum can overflow)
   return p;
 }
 }  // namespace

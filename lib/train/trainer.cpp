@@ -36,7 +36,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
   const int64_t dp_size = dp_ ? dp_->size() : 1, sp = model.model_parallel().sp_size();
   LLM_CHECK(dp_size == args.data_parallel_size * sp, "gradient group of ", dp_size,
             " ranks, but the arguments say data parallel ", args.data_parallel_size, " x Ulysses ", sp, " = ",
-            args.data_parallel_size);
+            args.data_parallel_size * sp);
   model_.set_recompute(args.full_recompute());
   model_.set_logits_chunk(args.logits_chunk_tokens);
   model_.set_precision(args.compute_dtype());

@@ -472,6 +472,8 @@ TEST(GPT2BPETokenizerErrors, BadMergesNameFileAndLine) {
   expect_error("a b\n", "merges.txt:1: expected a \"#version\" header");
   expect_error("", "merges.txt:1: expected a \"#version\" header");
   expect_error("#version: 0.2\na b", "merges.txt:2: last line has no newline");
+  expect_error("#version: 0.2\na b\n\xC0\xA1 b\n", "merges.txt:3: invalid UTF-8 at byte 18");  // an overlong '!'
+
   // Blank lines, CRLF line ends, trailing blanks and a header alone are fine.
   expect_error("#version: 0.2\r\n\r\na b\r\n", "(no ConfigError)");
   expect_error("#version: 0.2\na b\n  ", "(no ConfigError)");
