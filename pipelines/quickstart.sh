@@ -6,7 +6,7 @@
 # (finetune joins between pretrain and generate when llm-finetune lands.)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$root/pipelines/setup.sh"
+"$root/pipelines/setup.sh" --no-npm  # (GPT-2's vocabulary package is for the tests)
 "$root/pipelines/build.sh" --target llm-tokenize llm-pretrain llm-generate llm-ckpt
 bin="${BUILD_DIR:-$root/build}/tools"
 out="${OUTPUT_DIR:-$root/runs/quickstart}"

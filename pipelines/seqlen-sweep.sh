@@ -23,7 +23,6 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${LLM_BIN:-${BUILD_DIR:-$root/build}/tools}/llm-sweep"
 die() { echo "seqlen-sweep.sh: error: $*" >&2; exit 2; }
-[ -x "$bin" ] || die "$bin not built (pipelines/build.sh)"
 
 MODEL_SIZE_KEY=${MODEL_SIZE_KEY:-small}
 SEQ_LENS=${SEQ_LENS:-128 256 512 1024}
@@ -77,5 +76,6 @@ else
 fi
 echo "[seqlen-sweep] $bin ${args[*]}"
 [ "${DRY_RUN:-0}" = 1 ] && exit 0
+[ -x "$bin" ] || die "$bin not built (pipelines/build.sh)"
 "$bin" "${args[@]}"
 echo "[seqlen-sweep] table, CSV, JSON and plots: $OUTPUT_ROOT/$name/"

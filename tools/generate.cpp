@@ -13,7 +13,9 @@
 #include "core/error.h"
 #include "data/json.h"
 #include "data/tokenizer_factory.h"
+#include "data/utf8.h"
 #include "infer/generator.h"
+#include "infer/text_stream.h"
 #include "train/checkpointing.h"
 
 using namespace llm;
@@ -29,6 +31,11 @@ std::unique_ptr<Tokenizer> checkpoint_tokenizer_or_flags(const CheckpointReader&
   TokenizerOptions o = flags;
   if (o.type.empty()) {
     o = tokenizer_options(rec);
+    // files given here stand in for (or replace) the recorded ones; the identity check below
+    // still holds them to the checkpoint's tokenizer
+    if (!flags.model.empty()) o.model = flags.model;
+    if (!flags.vocab_file.empty()) o.vocab_file = flags.vocab_file;
+    if (!flags.merge_file.empty()) o.merge_file = flags.merge_file;
     if (o.type == "NullTokenizer") o.vocab_size = model_vocab - 1;
     if (o.type == "MockData" || o.type == "None")
       throw ConfigError(ckpt.dir() + " records no tokenizer (" +
@@ -104,6 +111,9 @@ int run(int argc, char** argv) {
   if (threads > 0) omp_set_num_threads(threads);
   go.stop_at_eod = !ignore_eod;
   go.sampler.validate();
+  (void)TextStream(go.stop);  // a bad --stop is refused before the weights load
+  if (interactive && !prompt.empty()) throw ConfigError("--prompt and --interactive exclude each other");
+  if (interactive && !prompt_file.empty()) throw ConfigError("--prompt-file and --interactive exclude each other");
 
   CheckpointReader ckpt = CheckpointReader::open(load);
   const GPTConfig config = checkpoint_model_config(ckpt);
@@ -114,7 +124,10 @@ int run(int argc, char** argv) {
   // compute precision; no gradients and no f32 masters (but the LayerNorms').
   GPT model(config, backend, InferenceOptions{precision});
   load_model_parameters(ckpt, model.parameters(), backend);
-  if (context <= 0 || context > config.max_position_embeddings) context = config.max_position_embeddings;
+  if (context > config.max_position_embeddings)
+    throw ConfigError(detail::concat("--ctx-size ", context, " exceeds the model's ", config.max_position_embeddings,
+                                     " positions (0 takes them all)"));
+  if (context <= 0) context = config.max_position_embeddings;
   Generator gen(model, *tok, context);
   const double weights_mib = static_cast<double>(model.parameter_bytes()) / (1 << 20),
                cache_mib = static_cast<double>(gen.cache_bytes()) / (1 << 20);
@@ -142,13 +155,22 @@ int run(int argc, char** argv) {
     }
     std::ostream& out = output.empty() ? std::cout : file_out;
     std::string line;
-    int64_t n = 0;
+    int64_t n = 0, line_no = 0;
     GenerateStats total;
     while (std::getline(in, line)) {
+      ++line_no;
+      if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
       if (line.empty()) continue;
       gen.reset();  // prompts are independent
-      const GenerateStats s = gen.generate(line, go, {}, nullptr, warn);
-      out << "{\"prompt\": " << json::quote(line) << ", \"completion\": " << json::quote(s.text)
+      GenerateStats s;
+      try {
+        s = gen.generate(line, go, {}, nullptr, warn);
+      } catch (const ConfigError& e) {
+        throw ConfigError(detail::concat(prompt_file, ":", line_no, ": ", e.what()));
+      }
+      std::string shown = line;  // the record stays valid JSON whatever bytes the line held
+      replace_invalid_utf8(shown);
+      out << "{\"prompt\": " << json::quote(shown) << ", \"completion\": " << json::quote(s.text)
           << ", \"prompt_tokens\": " << s.prompt_tokens << ", \"new_tokens\": " << s.new_tokens
           << ", \"stop_reason\": " << json::quote(s.stop_reason) << "}\n";
       ++n;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -196,6 +197,16 @@ int run(int argc, char** argv) {
   if (fit && (simulate || !have_cluster)) throw ConfigError("--fit needs measured points and --cluster FILE (not --simulate)");
   if (simulate && !dtype_opt->count()) g.dtypes = {cluster.dtype};
   if (simulate && !backend_opt->count()) g.backends = {cluster.device == "cpu" ? "cpu" : "cuda"};
+  if (!simulate) {  // one MFU peak per sweep: the CPU's measured sgemm, or a GPU's datasheet
+    const bool cuda = std::find(g.backends.begin(), g.backends.end(), "cuda") != g.backends.end();
+    const bool cpu = std::find(g.backends.begin(), g.backends.end(), "cpu") != g.backends.end();
+    if (cuda && device == "cpu")
+      throw ConfigError("--backend cuda needs --device (a datasheet peak: H100-SXM, A100-40GB, ...); the CPU's sgemm "
+                        "ceiling is no GPU's");
+    if (cuda && cpu) throw ConfigError("--backend: one sweep measures one kind of device (cpu or cuda), not both");
+    if (cuda)
+      for (const std::string& dt : g.dtypes) (void)datasheet_peak(device, dt);  // an unknown pair is named now
+  }
   if (pretrain.empty()) pretrain = here + "/llm-pretrain";
   if (!simulate && ::access(pretrain.c_str(), X_OK) != 0)
     throw ConfigError("--pretrain: no executable llm-pretrain at '" + pretrain + "'");
@@ -229,8 +240,11 @@ int run(int argc, char** argv) {
   } else if (device != "cpu") {
     const DevicePeak& d = datasheet_peak(device, g.dtypes.front());
     peak_device = d.tflops;
-    std::snprintf(buf, sizeof buf, "%s %s datasheet dense peak: %g TFLOPS per device", d.device.c_str(), d.dtype.c_str(), d.tflops);
-    peak_source = buf;
+    peak_source = d.device + " datasheet dense peak per device, each point at its dtype's:";
+    for (const std::string& dt : g.dtypes) {
+      std::snprintf(buf, sizeof buf, " %s %g TFLOPS", dt.c_str(), datasheet_peak(device, dt).tflops);
+      peak_source += buf;
+    }
   }
 
   std::filesystem::create_directories(output_dir);
@@ -260,7 +274,7 @@ int run(int argc, char** argv) {
       const double peak_for_point =
           device == "cpu" ? cpu_point_peak(peak_total, p.world(), threads,
                                            static_cast<int64_t>(std::thread::hardware_concurrency()))
-                          : peak_device * static_cast<double>(p.world());
+                          : datasheet_peak(device, p.dtype).tflops * static_cast<double>(p.world());
       mo.peak_tflops_total = peak_for_point;
       r = measure_point(p, mp, mo, ++counter);
       if (have_cluster && r.status != Status::skipped) {
@@ -304,6 +318,8 @@ int run(int argc, char** argv) {
       };
       const int64_t best = find_max_fitting(lo, hi, multiple, fits);
       std::string where = best == 0 ? "none fits from " + std::to_string(lo) : "ok";
+      if (best == 0 && tried.empty())  // (lo and hi round past each other: nothing was run)
+        where = detail::concat("no multiple of ", multiple, " (the layout's sequence split) within ", lo, "-", hi);
       if (best > 0) {
         found.push_back(tried[best]);
         if (best == hi) where += " (the upper bound: search further with a larger --seq-lens)";
@@ -322,7 +338,7 @@ int run(int argc, char** argv) {
       progress(i, points.size(), results.back(), simulate);
     }
   }
-  if (need_measured_peak && !simulate) {
+  if (need_measured_peak && !simulate && device == "cpu") {  // (else the MFU peak is a datasheet's)
     // A shared machine can slow one measurement: the ceiling is the better of before and after,
     // and the MFU and predictions that used the first one are redone with it.
     const double again = measured_sgemm_gflops() / 1e3;

@@ -74,6 +74,10 @@ MPI_Datatype pair_type(const Tensor& out, const Tensor& in, const char* op) {
   return host_float_type(out, op);
 }
 
+// The tag of all_to_all's point-to-point form (the callers' own tags are small: 0-12); MPI
+// guarantees tags up to 32767.
+constexpr int kAllToAllTag = 32767;
+
 int mpi_count(int64_t n, const char* op) {
   LLM_CHECK(n <= std::numeric_limits<int>::max(), "MPI ", op, ": ", n, " elements exceed MPI's int counts");
   return static_cast<int>(n);
@@ -226,14 +230,21 @@ class MpiCommunicator final : public Communicator {
       return done();
     }
     const int64_t n = in.numel();
-    if (n > window_elements()) {  // this rank's part into place, then the ranges form in windows
+    // Windows by the whole output, not this rank's part: MPI implementations compute a block's
+    // offset as rank x count in int (Open MPI's libnbc and coll/base do), which overflows once
+    // the output passes 2^31 elements even when every argument fits.
+    if (n * size_ > window_elements()) {  // this rank's part into place, then the ranges form in windows
       const Tensor mine = out.flat(n * rank_, n);
       if (mine.raw() != in.raw()) mine.copy_from(in.view({n}));
       return all_gather_ranges_async(out.view({out.numel()}), equal_ranges(n));
     }
     volume_.all_gather += static_cast<int64_t>(out.nbytes());
     MPI_Request r;
-    MPI_Iallgather(in.raw(), static_cast<int>(n), type, out.raw(), static_cast<int>(n), type, comm_, &r);
+    // `in` may be this rank's own slot of `out` (as the other communicators allow): MPI_IN_PLACE
+    const void* send = in.raw() == static_cast<const char*>(out.raw()) + static_cast<size_t>(n * rank_) * dtype_size(out.dtype())
+                           ? MPI_IN_PLACE
+                           : in.raw();
+    MPI_Iallgather(send, static_cast<int>(n), type, out.raw(), static_cast<int>(n), type, comm_, &r);
     return std::make_unique<MpiRequest>(r);
   }
   void reduce_scatter(const Tensor& out, const Tensor& in) override {
@@ -245,7 +256,12 @@ class MpiCommunicator final : public Communicator {
       return;
     }
     const int64_t n = out.numel();
-    if (n > window_elements()) {  // on a copy of the input, in windows; then this rank's range out
+    // (windows by the whole input: see all_gather_async; an output inside the input, which MPI
+    // forbids, takes the same copy)
+    const char* ib = static_cast<const char*>(in.raw());
+    const char* ob = static_cast<const char*>(out.raw());
+    const bool aliased = ob < ib + in.nbytes() && ib < ob + out.nbytes();
+    if (in.numel() > window_elements() || aliased) {  // on a copy of the input, in windows; then this rank's range out
       const Tensor work = in.clone().view({in.numel()});
       reduce_scatter_ranges(work, equal_ranges(n));
       out.copy_from(work.flat(n * rank_, n).view(out.shape()));
@@ -264,9 +280,22 @@ class MpiCommunicator final : public Communicator {
       return done();
     }
     volume_.all_to_all += static_cast<int64_t>(in.nbytes());
-    const int chunk = mpi_count(in.numel() / size_, "all-to-all");
+    const int64_t chunk = in.numel() / size_;
+    if (in.numel() > window_elements()) {
+      // Past a window in all (block offsets rank x count overflow int inside MPI, as in
+      // all_gather_async): each pair of ranks exchanges its blocks point to point, in windows.
+      LLM_CHECK(out.raw() != in.raw(), "all_to_all past ", window_elements(), " elements needs separate buffers");
+      const Tensor src = in.view({in.numel()}), dst = out.view({out.numel()});
+      dst.flat(chunk * rank_, chunk).copy_from(src.flat(chunk * rank_, chunk));
+      std::vector<MPI_Request> reqs;
+      for (int r = 0; r < size_; ++r)
+        if (r != rank_) post(reqs, dst.flat(chunk * r, chunk), r, kAllToAllTag, type, false);
+      for (int r = 0; r < size_; ++r)
+        if (r != rank_) post(reqs, src.flat(chunk * r, chunk), r, kAllToAllTag, type, true);
+      return std::make_unique<MpiRequest>(std::move(reqs), std::vector<int>{});
+    }
     MPI_Request r;
-    MPI_Ialltoall(in.raw(), chunk, type, out.raw(), chunk, type, comm_, &r);
+    MPI_Ialltoall(in.raw(), static_cast<int>(chunk), type, out.raw(), static_cast<int>(chunk), type, comm_, &r);
     return std::make_unique<MpiRequest>(r);
   }
   // Point to point in windows: one message per window, in order (MPI keeps the order of

@@ -17,6 +17,7 @@ Generator::Generator(GPT& model, const Tokenizer& tokenizer, int64_t context)
 void Generator::reset() {
   cache_.length = 0;
   history_.clear();
+  step_ = 0;  // draws are a function of (seed, step): a reset request draws as a fresh run does
 }
 
 GenerateStats Generator::generate(const std::string& prompt, const GenerateOptions& o,
@@ -25,6 +26,9 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
                                   const std::function<void(const std::string&)>& on_warning) {
   o.sampler.validate();
   if (o.max_new_tokens < 0) throw ConfigError("--max-new-tokens must be >= 0");
+  // Everything that can refuse the request does so before it touches the conversation.
+  Sampler sampler(o.sampler);
+  TextStream stream(o.stop);
   GenerateStats st;
   std::vector<int32_t> ids = tok_.encode(prompt);
   if (ids.empty()) throw ConfigError("the prompt encodes to no tokens");
@@ -41,8 +45,6 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
   }
   st.prompt_tokens = static_cast<int64_t>(ids.size());
   history_.insert(history_.end(), ids.begin(), ids.end());
-  Sampler sampler(o.sampler);
-  TextStream stream(o.stop);
   const int64_t V = tok_.vocab_size();
 
   Timer prefill;

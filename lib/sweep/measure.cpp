@@ -28,6 +28,7 @@ std::string error_line(const std::string& text) {
   std::string line, first_error, last;
   while (std::getline(in, line)) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    if (line.find_first_not_of("-=* \t\r") == std::string::npos) continue;  // mpirun's rules around its notes
     if (line.rfind("Run with --help", 0) == 0) continue;  // CLI11's hint after the real message
     last = line;
     if (first_error.empty() && line.find("error:") != std::string::npos) first_error = line;
@@ -59,11 +60,15 @@ void classify(PointResult& r, const ChildResult& c, const std::string& err, doub
   } else if (c.exec_failed) {
     r.status = Status::error;
     r.message = "could not start the command: " + error_line(err);
-  } else if (c.signal != 0) {
-    const bool oom = c.signal == SIGKILL || mentions_memory(err);
+  } else if (c.signal != 0 || (c.exit_code > 128 && c.exit_code <= 128 + 64)) {
+    // A signal, or a rank's signal as mpiexec reports it (exit code 128 + N, its own note after)
+    const int sig = c.signal != 0 ? c.signal : c.exit_code - 128;
+    const bool oom = sig == SIGKILL || mentions_memory(err);
     r.status = oom ? Status::oom : Status::error;
-    r.message = detail::concat("killed by signal ", c.signal, " (", ::strsignal(c.signal), ")",
-                               oom && c.signal == SIGKILL ? ": the kernel's OOM killer" : "");
+    r.message = detail::concat(c.signal != 0 ? "killed by signal " : "a process was killed by signal ", sig, " (",
+                               ::strsignal(sig), ")", oom && sig == SIGKILL ? ": the kernel's OOM killer" : "");
+    const std::string line = error_line(err);
+    if (!line.empty() && !(oom && sig == SIGKILL)) r.message += ": " + line;
   } else if (c.exit_code != 0) {
     r.status = mentions_memory(err) ? Status::oom : Status::error;
     r.message = error_line(err);

@@ -48,9 +48,11 @@ const DevicePeak& datasheet_peak(const std::string& device, const std::string& d
   throw ConfigError("no datasheet peak for device '" + device + "' in " + dtype + " (known: " + known + ")");
 }
 
-double cpu_point_peak(double per_process_peak, int64_t world, int64_t threads, int64_t cores) {
-  const int64_t side_by_side = std::max<int64_t>(1, cores / std::max<int64_t>(1, threads));
-  return per_process_peak * static_cast<double>(std::min(std::max<int64_t>(1, world), side_by_side));
+double cpu_point_peak(double peak, int64_t world, int64_t threads, int64_t cores) {
+  world = std::max<int64_t>(1, world), threads = std::max<int64_t>(1, threads), cores = std::max<int64_t>(1, cores);
+  const int64_t per_rank = std::max<int64_t>(1, threads / world);
+  const int64_t used = std::min(world * per_rank, cores), measured = std::min(threads, cores);
+  return peak * static_cast<double>(used) / static_cast<double>(measured);
 }
 
 }  // namespace llm::sweep

@@ -11,10 +11,11 @@ namespace llm::sweep {
 // current OpenMP thread count (after one warm-up product).
 double measured_sgemm_gflops(int m = 2048, int n = 2048, int k = 2048, int reps = 5);
 
-// The CPU peak a measured point is compared with: the per-process sgemm ceiling (measured with
-// `threads` threads) times the processes the machine's `cores` can run side by side. An
-// oversubscribed point (world x threads > cores) shares the machine's ceiling.
-double cpu_point_peak(double per_process_peak, int64_t world, int64_t threads, int64_t cores);
+// The CPU peak a measured point is compared with. The sweep's `threads` are split over the
+// point's ranks (each gets max(1, threads / world), as the sweep launches them), and `peak` is the
+// sgemm ceiling measured with `threads` threads: it scales with the cores the ranks' threads
+// occupy. An oversubscribed point (more threads than cores) shares the machine's ceiling.
+double cpu_point_peak(double peak, int64_t world, int64_t threads, int64_t cores);
 
 struct DevicePeak {
   std::string device;  // "A100-40GB", ...

@@ -217,7 +217,8 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
   const double comm_passes = p.recompute ? 3.0 : 2.0;
   const Link tp_link = group_link(c, 1, tp), sp_link = group_link(c, tp, sp);
   const double tp_layer_bytes = megatron_tp_elements_per_layer(tokens / static_cast<double>(sp), h, tp) * eb;
-  const double sp_layer_bytes = ulysses_elements_per_layer(tokens, h, sp) * eb;
+  // each rank's q, k, v and output are h / tp wide: the all-to-alls move that much
+  const double sp_layer_bytes = ulysses_elements_per_layer(tokens, h / static_cast<double>(tp), sp) * eb;
   if (tp > 1) {
     // 2 all-reduces (or all-gather + reduce-scatter pairs: the same volume and steps) per pass
     const double per_collective = tokens / static_cast<double>(sp) * h * eb;

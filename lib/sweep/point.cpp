@@ -116,7 +116,9 @@ std::vector<std::string> pretrain_command(const SweepPoint& p, const LaunchOptio
   std::vector<std::string> cmd;
   auto num = [](int64_t v) { return std::to_string(v); };
   if (p.world() > 1 && o.open_mpi) {
-    cmd = {o.mpiexec, "-np", num(p.world()), "--oversubscribe"};
+    // --bind-to none: Open MPI pins each rank to one core by default (at 2 ranks or fewer), where
+    // its OpenMP threads would share that core
+    cmd = {o.mpiexec, "-np", num(p.world()), "--oversubscribe", "--bind-to", "none"};
     if (o.as_root) cmd.push_back("--allow-run-as-root");
     if (o.threads > 0) {
       cmd.push_back("-x");

@@ -159,7 +159,9 @@ threads=1
 [ "$device" = core ] || threads=${OMP_NUM_THREADS:-1}
 export OMP_NUM_THREADS=$threads
 if mpiexec --version 2>&1 | grep -qiE "open ?mpi|openrte|open-mpi"; then
-  launcher=(mpiexec -n "$NGPUS" --map-by "ppr:$NGPU_PER_HOST:node" -x OMP_NUM_THREADS)
+  # --bind-to none: with --map-by ppr Open MPI would pin each rank to one core, where its OpenMP
+  # threads (and on GPU nodes its CUDA and NCCL threads) would share it
+  launcher=(mpiexec -n "$NGPUS" --map-by "ppr:$NGPU_PER_HOST:node" --bind-to none -x OMP_NUM_THREADS)
   # Remote ranks started over ssh see only what -x names: the paths (CUDA, NCCL and its network
   # plugin) and the NCCL / libfabric / CUDA / libllm settings of this shell.
   for v in PATH LD_LIBRARY_PATH $(compgen -e | grep -E '^(NCCL|FI|UCX|CUDA|LLM)_' || true); do launcher+=(-x "$v"); done

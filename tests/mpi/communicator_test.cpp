@@ -98,6 +98,31 @@ TEST(MpiCommunicator, CollectivesAcrossWindows) {
     for (int r = 0; r < P; ++r) want += value(r, me * m + i);
     ASSERT_EQ(chunk.data<float>()[i], want) << "reduce_scatter element " << i;
   }
+  // Each rank's part within a window, the whole past it (60 x P > 97): windowed by the whole,
+  // since MPI's block offsets (rank x count) are int inside it. Also with aliased buffers.
+  const int64_t q = 60;
+  for (bool in_place : {false, true}) {
+    Tensor all = Tensor::zeros({P * q});
+    const Tensor mine = all.flat(me * q, q);
+    mine.copy_from(filled(me, q));
+    c->all_gather(all, in_place ? mine : filled(me, q));
+    for (int r = 0; r < P; ++r)
+      for (int64_t i = 0; i < q; ++i)
+        ASSERT_EQ(all.data<float>()[r * q + i], value(r, i)) << (in_place ? "in-place " : "") << "all_gather " << r << "," << i;
+    Tensor whole = filled(me, P * q);
+    const Tensor part = in_place ? whole.flat(0, q) : Tensor::empty({q});  // the output inside the input
+    c->reduce_scatter(part, whole);
+    for (int64_t i = 0; i < q; ++i) {
+      double want = 0;
+      for (int r = 0; r < P; ++r) want += value(r, me * q + i);
+      ASSERT_EQ(part.data<float>()[i], want) << (in_place ? "aliased " : "") << "reduce_scatter element " << i;
+    }
+  }
+  Tensor exchanged = Tensor::empty({P * q});
+  c->all_to_all(exchanged, filled(me, P * q));
+  for (int s = 0; s < P; ++s)
+    for (int64_t i = 0; i < q; ++i)
+      ASSERT_EQ(exchanged.data<float>()[s * q + i], value(s, me * q + i)) << "all_to_all " << s << "," << i;
   for (bool async : {false, true}) {
     Tensor s = filled(me, 300);
     if (async)

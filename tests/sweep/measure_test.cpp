@@ -81,6 +81,17 @@ TEST(SweepMeasure, ClassifiesFailures) {
   c.exit_code = 134;
   classify(r, c, "terminate called after throwing an instance of 'std::bad_alloc'\n", 60);
   EXPECT_EQ(r.status, Status::oom);
+  EXPECT_NE(r.message.find("signal 6"), std::string::npos) << r.message;
+  EXPECT_NE(r.message.find("std::bad_alloc"), std::string::npos) << r.message;
+  // a rank SIGKILLed under mpiexec: exit code 137 and mpiexec's note between rules of dashes
+  c.exit_code = 137;
+  classify(r, c,
+           "--------------------------------------------------------------------------\n"
+           "Primary job  terminated normally, but 1 process returned\na non-zero exit code.\n"
+           "--------------------------------------------------------------------------\n", 60);
+  EXPECT_EQ(r.status, Status::oom);
+  EXPECT_NE(r.message.find("signal 9"), std::string::npos) << r.message;
+  EXPECT_NE(r.message.find("OOM killer"), std::string::npos) << r.message;
   c.exit_code = -1, c.signal = SIGKILL;
   classify(r, c, "", 60);
   EXPECT_EQ(r.status, Status::oom);
@@ -150,4 +161,8 @@ TEST(SweepPeak, CpuPointPeakCountsTheProcessesTheCoresRunSideBySide) {
   // A 2-thread process already uses both cores: more ranks share that ceiling.
   EXPECT_DOUBLE_EQ(llm::sweep::cpu_point_peak(0.19, 2, 2, 2), 0.19);
   EXPECT_DOUBLE_EQ(llm::sweep::cpu_point_peak(0.19, 1, 4, 2), 0.19);
+  // 8 of 16 cores' threads split over 2 ranks of 4: the 8-thread ceiling, not twice it; over 3
+  // ranks of 2 threads, 6 of the 8
+  EXPECT_DOUBLE_EQ(llm::sweep::cpu_point_peak(0.4, 2, 8, 16), 0.4);
+  EXPECT_DOUBLE_EQ(llm::sweep::cpu_point_peak(0.4, 3, 8, 16), 0.4 * 6 / 8);
 }

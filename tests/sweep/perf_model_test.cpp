@@ -155,6 +155,17 @@ TEST(PerfModel, ParallelTermsAndProblems) {
             "impossible layout: model 'custom': --num-attention-heads 16 is not divisible by --tensor-model-parallel-size 3");
   p.tp = 1, p.dtype = "fp32";
   EXPECT_EQ(predict(p, m, c).problem, "the point's dtype fp32 differs from the cluster's bf16");
+  // Ulysses under TP: each rank's heads are h / tp wide, so the all-to-alls' bytes halve at TP 2
+  // (the latency terms stay): 4 (sp - 1) / sp^2 x tokens x h / tp elements per layer and pass
+  ClusterSpec fast = c;
+  fast.intra_node_latency_us = 0, fast.inter_node_latency_us = 0;
+  SweepPoint u;
+  u.seq_length = 4096, u.dtype = "bf16", u.sp = 4;
+  const double sp1 = predict(u, m, fast).stage_sp_s;
+  u.tp = 2;
+  const double sp2 = predict(u, m, fast).stage_sp_s;
+  ASSERT_GT(sp1, 0);
+  EXPECT_NEAR(sp2 / sp1, 0.5, 1e-12);
 }
 
 TEST(PerfModel, SeedShapeOnPolaris) {

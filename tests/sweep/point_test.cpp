@@ -93,6 +93,7 @@ TEST(SweepPoint, PretrainCommand) {
   cmd = pretrain_command(p, o);
   EXPECT_EQ(cmd[0], "mpiexec");
   EXPECT_TRUE(has("-np", "4"));
+  EXPECT_TRUE(has("--bind-to", "none"));  // each rank's threads are not pinned to one core
   EXPECT_NE(std::find(cmd.begin(), cmd.end(), "--allow-run-as-root"), cmd.end());
   EXPECT_TRUE(has("-x", "OMP_NUM_THREADS=1"));
   EXPECT_TRUE(has("--global-batch-size", "4"));

@@ -19,6 +19,7 @@ check "dry run exits 0" "[ $? -eq 0 ]"
 check "PBS node file: 2 hosts x 4 = 8 ranks" "grep -q 'scheduler PBS: 2 host(s) x 4 .* = 8 ranks' dry.txt"
 check "run name follows ALCF's pattern" "grep -q 'run: gpt_megatron_actCkpt_GPT13B_z0_seqlen1024_mp8_pp1_sp1_nl40_hs5120_gb1_mb1$' dry.txt"
 check "command launches 8 ranks with the host file" "grep -q 'command: mpiexec -n 8 .*nodes.*llm-pretrain --model GPT13B --seq-length 1024' dry.txt && grep -q -- '--recompute-granularity full' dry.txt"
+check "Open MPI: ranks are not pinned to one core each (--bind-to none)" "grep -q 'command: mpiexec -n 8 --map-by ppr:4:node --bind-to none ' dry.txt"
 DRY_RUN=1 NGPU_PER_HOST=8 MODEL_SIZE_KEY=GPT125M MICRO_BATCH=2 GAS=4 MPSIZE=2 MOCK_DATA=1 "$launch" > dry2.txt 2>&1
 check "global batch = micro x gas x dp" "grep -q 'dp 4 x tp 2 x pp 1 x sp 1 (megatron); global batch 32 = micro 2 x gas 4 x dp 4' dry2.txt"
 DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=rank MODEL_SIZE_KEY=GPT125M SPSIZE=2 SP_TYPE=ds MOCK_DATA=1 "$launch" > dry3.txt 2>&1

@@ -97,6 +97,14 @@ rc=$?
 check "unknown model key exits 2 naming it" "[ $rc -eq 2 ] && grep -q \"llm-sweep: error: --model: no model config named 'GPT7Q'\" $work/y.txt && [ ! -e $work/y ]"
 "$bin" --simulate --models tiny > "$work/z.txt" 2>&1
 check "--simulate without --cluster exits 2" "[ $? -eq 2 ] && grep -q 'needs --cluster' $work/z.txt"
+"$bin" --models tiny --backend cuda --output-dir "$work/c1" > "$work/c1.txt" 2>&1
+rc=$?
+check "--backend cuda without --device exits 2 (no MFU against the CPU's sgemm)" "[ $rc -eq 2 ] && grep -q 'backend cuda needs --device' $work/c1.txt && [ ! -e $work/c1 ]"
+"$bin" --models tiny --backend cpu,cuda --device H100-SXM --output-dir "$work/c2" > "$work/c2.txt" 2>&1
+check "one sweep measures one kind of device" "[ $? -eq 2 ] && grep -q 'not both' $work/c2.txt"
+"$bin" --models tiny --seq-lens 256:300 --sp 8 --find-max-seq-len --simulate --cluster "$root/configs/clusters/polaris.yaml" \
+  --output-dir "$work/c3" > "$work/c3.md" 2> "$work/c3.err"
+check "find-max: bounds holding no multiple of the split say so" "grep -q 'no multiple of 512 (the layout.s sequence split) within 256-' $work/c3.md"
 "$bin" --help > "$work/help.txt" 2>&1
 check "--help shows defaults and an example" "grep -q -- '--seq-lens' $work/help.txt && grep -q 'Examples' $work/help.txt && grep -q 'seq-lens TEXT=128 ' $work/help.txt"
 
