@@ -28,6 +28,10 @@ check "--max-new-tokens bounds the output (byte tokens)" "[ \${#g1} -le 24 ]"
 s1=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --seed 7 2> /dev/null)
 s2=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --seed 7 2> /dev/null)
 check "sampling with a seed is reproducible" "[ -n \"\$s1\" ] && [ \"\$s1\" = \"\$s2\" ]"
+# a prompt file's requests are independent: the same prompt twice draws the same text
+printf 'the dog\r\nthe dog\n' > "$work/twice.txt"
+"$gen" --load "$work/ck" --prompt-file "$work/twice.txt" -n 30 --seed 7 > "$work/twice.jsonl" 2> /dev/null
+check "--prompt-file: each line draws as a fresh run with the seed (CRLF stripped)" "[ \$(wc -l < $work/twice.jsonl) -eq 2 ] && [ \"\$(sed -n 1p $work/twice.jsonl)\" = \"\$(sed -n 2p $work/twice.jsonl)\" ] && grep -q '\"prompt\": \"the dog\", \"completion\": \"[^\"]' $work/twice.jsonl"
 # Mixed precision (the CPU backend's bf16 emulation; the same path as a GPU's): the sampler gets fp32 logits.
 b1=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --bf16 2> "$work/b1.err")
 b2=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 --bf16 2> /dev/null)
