@@ -106,21 +106,41 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   validate_layout(layout, {args.num_layers, args.num_attention_heads, args.seq_length, args.micro_batch_size,
                            args.global_batch_size, args.sequence_parallel});
   args.validate();
-  if (args.sequence_parallel && layout.tp == 1)
-    throw ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1 (it shards along the sequence "
-                      "within the tensor-parallel group)");
   if (args.zero_stage < 0 || args.zero_stage > 3) throw ConfigError("--zero-stage must be 0, 1, 2 or 3");
   const bool lead = mpi.rank() == 0;
   auto say = [&](const char* fmt, auto... a) {
     if (lead) std::printf(fmt, a...);
   };
+  // As Megatron: Megatron sequence parallelism shards within the tensor-parallel group, so at
+  // tensor-parallel size 1 it is off (ALCF's scripts pass it by default).
+  if (args.sequence_parallel && layout.tp == 1) {
+    say("> --sequence-parallel: off at --tensor-model-parallel-size 1 (it shards within the tensor-parallel group)\n");
+    args.sequence_parallel = false;
+  }
+  {
+    std::string ignored;
+    for (const OptionSpec& o : train_options())
+      if (o.no_op && given[o.name]->count()) ignored += " --" + o.name;
+    if (!ignored.empty()) say("> accepted for Megatron scripts, without effect here:%s\n", ignored.c_str());
+  }
   if (args.threads > 0) omp_set_num_threads(static_cast<int>(args.threads));
 
   // The data order is a function of the seed: resuming restores the checkpoint's seed unless
   // --no-load-rng (or --finetune) asks for this run's.
   std::string load_dir;
-  if (!args.load.empty()) {
-    try {
+  // As Megatron: a --load directory without a checkpoint in it (no 'latest', no metadata.json)
+  // starts from scratch with a note, unless --exit-on-missing-checkpoint; a --finetune has to
+  // have its weights. A checkpoint that is there but broken is always an error.
+  const bool no_checkpoint = !args.load.empty() && !std::filesystem::exists(std::filesystem::path(args.load) / "latest") &&
+                             !std::filesystem::exists(std::filesystem::path(args.load) / "metadata.json");
+  if (no_checkpoint && (args.exit_on_missing_checkpoint || args.finetune))
+    throw ConfigError("--load " + args.load + ": no checkpoint here (neither 'latest' nor metadata.json)" +
+                      (args.finetune ? " to finetune from" : " (--exit-on-missing-checkpoint)"));
+  if (no_checkpoint) {
+    say("> --load %s: no checkpoint found, starting from scratch%s\n", args.load.c_str(),
+        save_root_is_empty(args.load) ? "" : " (the directory holds other files, but no 'latest' or metadata.json)");
+  } else if (!args.load.empty()) {
+    {
       CheckpointReader probe = CheckpointReader::open(args.load);
       load_dir = probe.dir();
       const json::Value* rng = probe.metadata().find("rng");
@@ -129,9 +149,6 @@ int run(int argc, char** argv, const MpiSession& mpi) {
           throw ConfigError(probe.dir() + "/metadata.json: 'rng.seed' must be an integer");
         args.seed = rng->find("seed")->as_int();
       }
-    } catch (const ConfigError& e) {
-      if (!save_root_is_empty(args.load)) throw;  // a first save that died leaves only its staging
-      say("> --load %s: no checkpoint found, starting from scratch\n", args.load.c_str());
     }
   }
 

@@ -33,13 +33,14 @@ uint64_t hash_name(std::string_view name) {
   return h;
 }
 
-static inline float to_open_unit(uint32_t u) {
-  // 24 random bits, centred in their bucket: (k + 0.5) / 2^24 is in (0, 1).
-  return (static_cast<float>(u >> 8) + 0.5f) * (1.0f / 16777216.0f);
+float open_unit_float(uint32_t u) {
+  // 23 random bits, centred in their bucket: (k + 0.5) / 2^23 is exact in a float and in (0, 1).
+  // (24 bits would not be: k + 0.5 then needs 25, and the top bucket rounds to exactly 1.)
+  return (static_cast<float>(u >> 9) + 0.5f) * (1.0f / 8388608.0f);
 }
 
 float philox_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
-  return to_open_unit(philox4x32(seed, stream, index)[0]);
+  return open_unit_float(philox4x32(seed, stream, index)[0]);
 }
 
 float philox_normal(uint64_t seed, uint64_t stream, uint64_t index) {

@@ -21,6 +21,8 @@ uint64_t hash_name(std::string_view name);
 
 // Uniform in (0, 1), never exactly 0 or 1.
 float philox_uniform(uint64_t seed, uint64_t stream, uint64_t index);
+// The 32-bit word -> (0, 1) map philox_uniform uses.
+float open_unit_float(uint32_t u);
 // Standard normal (Box-Muller on the block's first two words).
 float philox_normal(uint64_t seed, uint64_t stream, uint64_t index);
 // Uniform integer in [0, n).

@@ -55,6 +55,7 @@ Tensor Tensor::view(Shape shape) const {
       LLM_CHECK(infer < 0, "view(): more than one -1 in ", shape_str(shape));
       infer = static_cast<int64_t>(i);
     } else {
+      LLM_CHECK(shape[i] >= 0, "view(): negative extent in ", shape_str(shape));
       known *= shape[i];
     }
   }

@@ -16,6 +16,7 @@ struct GPTConfig {
   int64_t vocab_divisible_by = 128;     // Megatron's --make-vocab-size-divisible-by
   int64_t tensor_parallel = 1;          // padding is to divisible_by * tp
   float layernorm_eps = 1e-5f;
+  float init_std = 0.02f;               // Megatron's --init-method-std (output projections / sqrt(2L))
   bool flash_attention = true;          // the CPU attention is always flash-style
 
   int64_t ffn() const { return ffn_hidden_size ? ffn_hidden_size : 4 * hidden_size; }

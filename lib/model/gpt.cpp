@@ -62,8 +62,9 @@ ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, 
   const int64_t Cl = C / size, Fl = F / size, Vl = Vp / size;
   const bool first = stage == 0, last = stage == stages - 1;
   const int64_t l_begin = L / stages * stage, l_end = L / stages * (stage + 1);
-  // GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2L).
-  const float std = 0.02f, proj_std = 0.02f / std::sqrt(2.0f * static_cast<float>(L));
+  // Megatron's (GPT-2's) initialisation: N(0, --init-method-std 0.02), residual output
+  // projections scaled by 1/sqrt(2L).
+  const float std = config.init_std, proj_std = config.init_std / std::sqrt(2.0f * static_cast<float>(L));
   ParameterSet ps;
   const bool tp = size > 1;
   // Rows [rank*n, (rank+1)*n) of a dimension, or columns of a matrix (dim 1).

@@ -50,6 +50,11 @@ OptionSpec aliased(OptionSpec o, std::string alias) {
   return o;
 }
 
+OptionSpec no_op(OptionSpec o) {
+  o.no_op = true;
+  return o;
+}
+
 template <typename T>
 OptionSpec opt(std::string name, T TrainArgs::*field, std::string help) {
   OptionSpec o;
@@ -132,6 +137,8 @@ std::vector<OptionSpec> make_options() {
       opt("save-interval", &A::save_interval, "iterations between checkpoints (0 = only at the end)"),
       opt("finetune", &A::finetune, "load only the weights from --load; iteration, data and optimizer start fresh"),
       opt("no-load-optim", &A::no_load_optim, "do not load the optimizer state from --load"),
+      opt("exit-on-missing-checkpoint", &A::exit_on_missing_checkpoint,
+          "a --load directory without a checkpoint is an error (by default: a note, and training starts from scratch)"),
       aliased(opt("override-opt-param-scheduler", &A::override_opt_param_scheduler,
                   "resuming: follow this run's learning-rate schedule where it differs from the checkpoint's"),
               "override-opt_param-scheduler"),
@@ -165,6 +172,33 @@ std::vector<OptionSpec> make_options() {
       opt("logits-chunk-tokens", &A::logits_chunk_tokens, "run the output layer and the loss this many tokens at a time, holding one chunk's logits instead of every token's (the largest activation at long sequences with a large vocabulary); each chunk's backward runs in its forward, so nothing is recomputed; 0: all at once"),
       opt("use-flash-attn", &A::use_flash_attn, "accepted for Megatron scripts: attention is always flash-style here"),
       opt("use-flash-attn-v2", &A::use_flash_attn_v2, "accepted for Megatron-DeepSpeed scripts: attention is always flash-style (the FlashAttention-2 algorithm) here"),
+      opt("init-method-std", &A::init_method_std, "standard deviation of the weights' normal initialisation (the output projections' divided by sqrt(2 x layers))"),
+      // Megatron(-DeepSpeed) flags of copied scripts that change nothing here
+      no_op(opt("use-flash-attn-v1", &A::use_flash_attn_v1, "accepted for Megatron-DeepSpeed scripts: attention is always flash-style here")),
+      no_op(opt("use-flash-attn-triton", &A::use_flash_attn_triton, "accepted for Megatron-DeepSpeed scripts: attention is always flash-style here")),
+      no_op(opt("no-pipeline-parallel", &A::no_pipeline_parallel, "accepted for DeepSpeed scripts (needs --pipeline-model-parallel-size 1)")),
+      no_op(opt("deepspeed", &A::deepspeed, "accepted for Megatron-DeepSpeed scripts: ZeRO, precision and clipping come from the flags here")),
+      no_op(aliased(opt("deepspeed-mpi", &A::deepspeed_mpi, "accepted for Megatron-DeepSpeed scripts: ranks always come from MPI here"), "deepspeed_mpi")),
+      no_op(opt("deepspeed-activation-checkpointing", &A::deepspeed_activation_checkpointing,
+                "accepted for Megatron-DeepSpeed scripts: recompute is --checkpoint-activations / --recompute-granularity")),
+      no_op(opt("checkpoint-num-layers", &A::checkpoint_num_layers, "accepted at 1 (each layer is its own recompute unit)")),
+      no_op(opt("no-bias-gelu-fusion", &A::no_bias_gelu_fusion, "accepted for Megatron scripts (a kernel fusion choice)")),
+      no_op(opt("no-bias-dropout-fusion", &A::no_bias_dropout_fusion, "accepted for Megatron scripts (a kernel fusion choice)")),
+      no_op(opt("no-masked-softmax-fusion", &A::no_masked_softmax_fusion, "accepted for Megatron scripts (a kernel fusion choice)")),
+      no_op(opt("no-gradient-accumulation-fusion", &A::no_gradient_accumulation_fusion, "accepted for Megatron scripts (a kernel fusion choice)")),
+      no_op(opt("no-async-tensor-model-parallel-allreduce", &A::no_async_tensor_model_parallel_allreduce,
+                "accepted for Megatron scripts (an overlap choice)")),
+      no_op(opt("accumulate-allreduce-grads-in-fp32", &A::accumulate_allreduce_grads_in_fp32,
+                "accepted for Megatron scripts: gradients are always fp32 here")),
+      no_op(opt("no-query-key-layer-scaling", &A::no_query_key_layer_scaling,
+                "accepted for Megatron scripts: attention scores are 1/sqrt(head dim) in fp32 accumulation here")),
+      no_op(opt("num-workers", &A::num_workers, "accepted for Megatron scripts: samples are read on the training thread")),
+      no_op(opt("data-impl", &A::data_impl, "accepted for Megatron scripts at mmap or infer (datasets are llm-tokenize's HDF5)")),
+      no_op(opt("distributed-backend", &A::distributed_backend, "accepted for Megatron scripts at nccl (MPI on the CPU, NCCL on GPUs)")),
+      no_op(opt("optimizer", &A::optimizer, "accepted for Megatron scripts at adam or adamw (AdamW with decoupled weight decay)")),
+      no_op(opt("tensorboard-dir", &A::tensorboard_dir, "accepted for Megatron scripts; the metrics go to --output-dir/metrics.jsonl")),
+      opt("hidden-dropout", &A::hidden_dropout, "accepted at 0 (the model has no dropout)"),
+      opt("attention-dropout", &A::attention_dropout, "accepted at 0 (the model has no dropout)"),
   };
 }
 
@@ -261,6 +295,7 @@ GPTConfig TrainArgs::model_config() const {
   c.vocab_divisible_by = make_vocab_size_divisible_by;
   c.layernorm_eps = static_cast<float>(layernorm_epsilon);
   c.tensor_parallel = tensor_model_parallel_size;
+  c.init_std = static_cast<float>(init_method_std);
   return c;
 }
 
@@ -302,6 +337,18 @@ void TrainArgs::validate() const {
     fail("--save-interval, --keep-last, --exit-interval and --exit-duration-in-mins must be >= 0");
   if (save_interval > 0 && save.empty()) fail("--save-interval needs --save");
   if (finetune && load.empty()) fail("--finetune needs --load");
+  // Megatron flags accepted only at the value implemented here
+  if (!(init_method_std > 0)) fail("--init-method-std must be > 0, got ", init_method_std);
+  if (hidden_dropout != 0 || attention_dropout != 0)
+    fail("--hidden-dropout and --attention-dropout: the model has no dropout, so only 0 is accepted (got ", hidden_dropout,
+         " and ", attention_dropout, ")");
+  if (no_pipeline_parallel && pipeline_model_parallel_size > 1)
+    fail("--no-pipeline-parallel with --pipeline-model-parallel-size ", pipeline_model_parallel_size);
+  if (checkpoint_num_layers != 1) fail("--checkpoint-num-layers: only 1 (each layer recomputed on its own), got ", checkpoint_num_layers);
+  if (data_impl != "mmap" && data_impl != "infer")
+    fail("--data-impl '", data_impl, "': datasets are llm-tokenize's HDF5 (mmap and infer are accepted)");
+  if (distributed_backend != "nccl") fail("--distributed-backend '", distributed_backend, "': nccl only (MPI on the CPU, NCCL on GPUs)");
+  if (optimizer != "adam" && optimizer != "adamw") fail("--optimizer '", optimizer, "': adam or adamw (AdamW) only");
   if (override_opt_param_scheduler && use_checkpoint_opt_param_scheduler)
     fail("give one of --override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler, not both");
   if (bf16 && fp16) fail("--bf16 and --fp16 exclude each other");

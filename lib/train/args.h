@@ -30,14 +30,14 @@ struct TrainArgs {
   int64_t global_batch_size = 0;  // 0 = micro_batch_size * data_parallel_size
   // optimizer and schedule
   double lr = 3e-4;
-  double min_lr = 3e-5;
-  std::string lr_decay_style = "cosine";
+  double min_lr = 0;                   // (Megatron's defaults here and below)
+  std::string lr_decay_style = "linear";
   int64_t lr_warmup_iters = 0;
   double lr_warmup_fraction = 0;     // warmup over this fraction of the decay iterations (0 = --lr-warmup-iters)
   int64_t lr_decay_iters = 0;  // 0 = train_iters
-  double weight_decay = 0.1;
+  double weight_decay = 0.01;
   double adam_beta1 = 0.9;
-  double adam_beta2 = 0.95;
+  double adam_beta2 = 0.999;
   double adam_eps = 1e-8;
   double clip_grad = 1.0;
   // run
@@ -61,6 +61,7 @@ struct TrainArgs {
   int64_t save_interval = 0;        // iterations between saves (0 = only at the end)
   bool finetune = false;            // load weights only; iteration and optimizer start fresh
   bool no_load_optim = false;
+  bool exit_on_missing_checkpoint = false;  // --load without a checkpoint is an error, not a fresh start
   bool override_opt_param_scheduler = false;       // a resumed run takes this run's LR schedule
   bool use_checkpoint_opt_param_scheduler = false;  // ... or the checkpoint's (default: they must agree)
   bool no_load_rng = false;
@@ -98,6 +99,18 @@ struct TrainArgs {
   // Megatron's switches for its fused attention: ours is always flash-style (tiled, online
   // softmax, no T x T matrix), so they are accepted and change nothing.
   bool use_flash_attn = false, use_flash_attn_v2 = false;
+  double init_method_std = 0.02;
+  // Megatron(-DeepSpeed) flags that copied scripts pass and that change nothing here (fusions,
+  // launcher and logging switches: OptionSpec::no_op), or that are accepted only at the one value
+  // this toolkit implements (validate() refuses the others).
+  bool no_pipeline_parallel = false, deepspeed = false, deepspeed_mpi = false, deepspeed_activation_checkpointing = false;
+  bool no_bias_gelu_fusion = false, no_bias_dropout_fusion = false, no_masked_softmax_fusion = false;
+  bool no_gradient_accumulation_fusion = false, no_async_tensor_model_parallel_allreduce = false;
+  bool accumulate_allreduce_grads_in_fp32 = false, no_query_key_layer_scaling = false;
+  bool use_flash_attn_v1 = false, use_flash_attn_triton = false;
+  int64_t num_workers = 2, checkpoint_num_layers = 1;
+  double hidden_dropout = 0, attention_dropout = 0;  // no dropout here: only 0 is accepted
+  std::string distributed_backend = "nccl", optimizer = "adam", data_impl = "mmap", tensorboard_dir;
 
   GPTConfig model_config() const;
   // Fills the "0 = derived" defaults (global batch, decay iterations). Call before validate().
@@ -111,6 +124,7 @@ struct TrainArgs {
 struct OptionSpec {
   std::string name;  // flag without "--", also the YAML key
   std::string alias;  // Megatron's spelling where it mixes '_' into the flag (also accepted)
+  bool no_op = false;  // accepted for Megatron scripts and without effect here (llm-pretrain says so)
   std::string help;
   bool is_flag = false;  // boolean switch
   std::string type = "TEXT";  // INT | FLOAT | TEXT, for --help

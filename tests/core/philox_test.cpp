@@ -51,4 +51,8 @@ TEST(Philox, UniformRangeAndStreamsDiffer) {
   EXPECT_NE(philox_uniform(1, hash_name("a"), 7), philox_uniform(1, hash_name("b"), 7));
   EXPECT_NE(philox_uniform(1, 5, 7), philox_uniform(2, 5, 7));
   for (int i = 0; i < 1000; ++i) EXPECT_LT(philox_below(3, 4, i, 10), 10u);
+  // the extreme words stay strictly inside (0, 1) (24 bits put the top one at exactly 1)
+  EXPECT_GT(open_unit_float(0u), 0.0f);
+  EXPECT_LT(open_unit_float(0xFFFFFFFFu), 1.0f);
+  EXPECT_LT(open_unit_float(0xFFFFFF00u), 1.0f);
 }

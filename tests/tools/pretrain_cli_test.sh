@@ -72,6 +72,22 @@ check "--exit-interval saves and exits" "grep -q 'saved checkpoint .*iter_000000
 "$bin" "${common[@]}" --train-iters 8 --log-interval 1 --load "$work/ck" --save "$work/ck" --output-dir "$work/r2" > "$work/part2.txt" 2>&1
 check "resume continues after iteration 4" "grep -q 'continuing after iteration 4' $work/part2.txt"
 check "resumed losses equal the straight run's bit for bit" "[ \$(grep -c 'lm loss: ' $work/straight.txt) -eq 8 ] && diff <(grep -o 'lm loss: [^|]*' $work/straight.txt) <(cat $work/part1.txt $work/part2.txt | grep -o 'lm loss: [^|]*') > /dev/null"
+# Megatron scripts' flags that change nothing here are accepted and named; --sequence-parallel at
+# TP 1 is off, as in Megatron
+"$bin" "${common[@]}" --train-iters 2 --log-interval 1 --no-bias-gelu-fusion --deepspeed_mpi --optimizer adamw \
+  --sequence-parallel --output-dir "$work/ign" > "$work/ign.txt" 2>&1
+check "Megatron's no-op flags are accepted and named; --sequence-parallel at TP 1 is off" "[ $? -eq 0 ] && grep -q 'accepted for Megatron scripts, without effect here: --deepspeed-mpi --no-bias-gelu-fusion --optimizer' $work/ign.txt && grep -q 'sequence-parallel: off at --tensor-model-parallel-size 1' $work/ign.txt && diff <(grep -o 'lm loss: [^|]*' $work/straight.txt | head -2) <(grep -o 'lm loss: [^|]*' $work/ign.txt) > /dev/null"
+"$bin" "${common[@]}" --train-iters 1 --hidden-dropout 0.1 > "$work/drop.txt" 2>&1
+check "a non-zero dropout is refused by name" "[ $? -eq 2 ] && grep -q 'the model has no dropout' $work/drop.txt"
+# --load on a directory without a checkpoint (ALCF's helpers point it at the run directory):
+# a note and a fresh start, as Megatron; an error under --exit-on-missing-checkpoint or --finetune
+mkdir -p "$work/runfiles/tensorboard" && echo x > "$work/runfiles/.env"
+"$bin" "${common[@]}" --train-iters 1 --load "$work/runfiles" --output-dir "$work/rf" > "$work/rf.txt" 2>&1
+check "--load without a checkpoint starts from scratch with a note" "[ $? -eq 0 ] && grep -q 'no checkpoint found, starting from scratch (the directory holds other files' $work/rf.txt"
+"$bin" "${common[@]}" --train-iters 1 --load "$work/runfiles" --exit-on-missing-checkpoint > "$work/rf2.txt" 2>&1
+check "--exit-on-missing-checkpoint makes it an error" "[ $? -eq 2 ] && grep -q 'no checkpoint here' $work/rf2.txt"
+"$bin" "${common[@]}" --train-iters 1 --load "$work/runfiles" --finetune > "$work/rf3.txt" 2>&1
+check "--finetune needs a checkpoint to finetune from" "[ $? -eq 2 ] && grep -q 'to finetune from' $work/rf3.txt"
 # a first save killed mid-way leaves only its staging directory: the restart starts from scratch
 mkdir -p "$work/killed/iter_0000002.tmp-4242-dead"
 "$bin" "${common[@]}" --train-iters 2 --log-interval 1 --save-interval 2 --load "$work/killed" --save "$work/killed" --output-dir "$work/rk" > "$work/killed.txt" 2>&1

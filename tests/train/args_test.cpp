@@ -52,6 +52,47 @@ TEST(Args, BadInputNamesFileLineAndKey) {
   EXPECT_NE(e.find("bad3.yaml:1"), std::string::npos) << e;
 }
 
+// A Megatron script that leaves a flag out gets Megatron's value; the flags its launchers pass
+// that change nothing here are accepted at the values that mean what this toolkit does.
+TEST(Args, MegatronDefaultsAndAcceptedFlags) {
+  TrainArgs a;
+  EXPECT_EQ(a.min_lr, 0.0);
+  EXPECT_EQ(a.lr_decay_style, "linear");
+  EXPECT_EQ(a.weight_decay, 0.01);
+  EXPECT_EQ(a.adam_beta2, 0.999);
+  EXPECT_EQ(a.split, "969,30,1");
+  for (const char* flag : {"no-bias-gelu-fusion", "no-masked-softmax-fusion", "deepspeed", "deepspeed_mpi",
+                           "no-query-key-layer-scaling", "use-flash-attn-v1", "accumulate-allreduce-grads-in-fp32"})
+    apply_option(a, flag, "true", std::string("--") + flag);
+  apply_option(a, "optimizer", "adamw", "--optimizer");
+  apply_option(a, "distributed-backend", "nccl", "--distributed-backend");
+  apply_option(a, "hidden-dropout", "0", "--hidden-dropout");
+  apply_option(a, "init-method-std", "0.006", "--init-method-std");
+  a.resolve_defaults();
+  a.validate();
+  EXPECT_FLOAT_EQ(a.model_config().init_std, 0.006f);
+  auto refused = [&](const char* flag, const char* value, const char* part) {
+    TrainArgs b;
+    apply_option(b, flag, value, std::string("--") + flag);
+    b.resolve_defaults();
+    const std::string e = error_of([&] { b.validate(); });
+    EXPECT_NE(e.find(part), std::string::npos) << flag << " " << value << ": " << e;
+  };
+  refused("hidden-dropout", "0.1", "no dropout");
+  refused("optimizer", "sgd", "adam or adamw");
+  refused("distributed-backend", "gloo", "nccl only");
+  refused("data-impl", "lazy", "mmap and infer");
+  refused("checkpoint-num-layers", "2", "only 1");
+  TrainArgs pp;
+  apply_option(pp, "no-pipeline-parallel", "true", "--no-pipeline-parallel");
+  pp.pipeline_model_parallel_size = 2;
+  pp.resolve_defaults();
+  EXPECT_NE(error_of([&] { pp.validate(); }).find("--no-pipeline-parallel"), std::string::npos);
+  size_t no_ops = 0;
+  for (const OptionSpec& o : train_options()) no_ops += o.no_op;
+  EXPECT_GE(no_ops, 15u);
+}
+
 TEST(Args, WarmupFractionOrIterationsNotBoth) {
   TrainArgs a;
   apply_option(a, "lr-warmup-fraction", "0.01", "--lr-warmup-fraction");

@@ -89,6 +89,7 @@ TEST(Trainer, LearningRateFollowsMegatronsScheduler) {
   TrainArgs a = tiny_train_args(12, 32, 4);
   a.lr = 1.0;
   a.min_lr = 0.1;
+  a.lr_decay_style = "cosine";
   a.resolve_defaults();
   a.validate();
   MockDataSource data(a.vocab_size, a.seq_length, 7);
