@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <set>
 
 #include "backend/backend.h"
 #if defined(LLM_HAVE_CUDA) && defined(LLM_HAVE_NCCL)
@@ -25,6 +26,7 @@
 #include "parallel/process_grid.h"
 #include "train/args.h"
 #include "train/checkpointing.h"
+#include "train/deepspeed_config.h"
 #include "train/data_setup.h"
 #include "train/flops.h"
 #include "train/metrics.h"
@@ -85,15 +87,20 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   if (!model_name.empty()) {
     apply_yaml_file(args, resolve_model_file(model_name, exe_dir(argv[0])));
   }
-  if (!config_file.empty()) apply_yaml_file(args, config_file);
+  std::set<std::string> chosen;  // options the run sets itself (flags, --config): DeepSpeed's JSON must agree
+  if (!config_file.empty())
+    for (const std::string& k : apply_yaml_file(args, config_file)) chosen.insert(find_option(k) ? find_option(k)->name : k);
   for (const OptionSpec& o : train_options())
     if (given[o.name]->count()) {
       std::string v = o.is_flag ? "true" : values[o.name];
       if (o.multi)
         for (const std::string& w : lists[o.name]) v += (v.empty() ? "" : " ") + w;
       apply_option(args, o.name, v, "--" + o.name);
+      chosen.insert(o.name);
     }
   args.model = model_name;
+  std::vector<std::string> ds_ignored;
+  if (!args.deepspeed_config.empty()) ds_ignored = apply_deepspeed_config(args, args.deepspeed_config, chosen);
 
   // Layout: validated as a whole before anything is allocated (data, tensor, pipeline, Megatron
   // and Ulysses sequence parallelism, ZeRO 0-3).
@@ -122,6 +129,14 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     for (const OptionSpec& o : train_options())
       if (o.no_op && given[o.name]->count()) ignored += " --" + o.name;
     if (!ignored.empty()) say("> accepted for Megatron scripts, without effect here:%s\n", ignored.c_str());
+    if (!args.deepspeed_config.empty()) {
+      std::string keys;
+      for (const std::string& k : ds_ignored) keys += " " + k;
+      say("> %s: ZeRO stage %lld, %s, clip %g, micro-batch %lld, global batch %lld%s%s\n", args.deepspeed_config.c_str(),
+          static_cast<long long>(args.zero_stage), args.bf16 ? "bf16" : args.fp16 ? "fp16" : "fp32", args.clip_grad,
+          static_cast<long long>(args.micro_batch_size), static_cast<long long>(args.global_batch_size),
+          keys.empty() ? "" : "; without effect here:", keys.c_str());
+    }
   }
   if (args.threads > 0) omp_set_num_threads(static_cast<int>(args.threads));
 

@@ -664,7 +664,12 @@ Dataset Dataset::open(const std::string& dir_in, int64_t max_open_shards) {
   auto m = std::make_unique<Impl>();
   m->dir = strip_trailing_slashes(dir_in);
   m->max_open = std::max<int64_t>(1, max_open_shards);
-  if (!fs::is_directory(m->dir)) throw ConfigError(m->dir + ": no such dataset directory");
+  if (!fs::is_directory(m->dir)) {
+    if (fs::exists(m->dir + ".idx") && fs::exists(m->dir + ".bin"))  // a Megatron --data-path prefix
+      throw ConfigError(m->dir + ": a Megatron .bin/.idx dataset; convert it once with `llm-tokenize --from-megatron " +
+                        m->dir + " --output-prefix DIR --tokenizer-type ...` and pass DIR");
+    throw ConfigError(m->dir + ": no such dataset directory");
+  }
   m->manifest_path = join(m->dir, kManifestFile);
   if (!fs::exists(m->manifest_path))
     throw ConfigError(m->manifest_path + ": missing (not a libllm token dataset, or an unfinished one)");

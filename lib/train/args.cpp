@@ -197,6 +197,10 @@ std::vector<OptionSpec> make_options() {
       no_op(opt("distributed-backend", &A::distributed_backend, "accepted for Megatron scripts at nccl (MPI on the CPU, NCCL on GPUs)")),
       no_op(opt("optimizer", &A::optimizer, "accepted for Megatron scripts at adam or adamw (AdamW with decoupled weight decay)")),
       no_op(opt("tensorboard-dir", &A::tensorboard_dir, "accepted for Megatron scripts; the metrics go to --output-dir/metrics.jsonl")),
+      aliased(opt("deepspeed-config", &A::deepspeed_config,
+                  "DeepSpeed's JSON config: its ZeRO stage, fp16/bf16 and loss scaler, gradient clipping and batch "
+                  "sizes set those options (or must agree with them where given)"),
+              "deepspeed_config"),
       opt("hidden-dropout", &A::hidden_dropout, "accepted at 0 (the model has no dropout)"),
       opt("attention-dropout", &A::attention_dropout, "accepted at 0 (the model has no dropout)"),
   };
@@ -337,6 +341,10 @@ void TrainArgs::validate() const {
     fail("--save-interval, --keep-last, --exit-interval and --exit-duration-in-mins must be >= 0");
   if (save_interval > 0 && save.empty()) fail("--save-interval needs --save");
   if (finetune && load.empty()) fail("--finetune needs --load");
+  if (ds_gradient_accumulation_steps > 0 && micro_batches() != ds_gradient_accumulation_steps)
+    fail(deepspeed_config, ": gradient_accumulation_steps is ", ds_gradient_accumulation_steps, " but the batch sizes give ",
+         micro_batches(), " (global ", global_batch_size, " / (micro ", micro_batch_size, " x data-parallel ",
+         data_parallel_size, "))");
   // Megatron flags accepted only at the value implemented here
   if (!(init_method_std > 0)) fail("--init-method-std must be > 0, got ", init_method_std);
   if (hidden_dropout != 0 || attention_dropout != 0)

@@ -111,6 +111,8 @@ struct TrainArgs {
   int64_t num_workers = 2, checkpoint_num_layers = 1;
   double hidden_dropout = 0, attention_dropout = 0;  // no dropout here: only 0 is accepted
   std::string distributed_backend = "nccl", optimizer = "adam", data_impl = "mmap", tensorboard_dir;
+  std::string deepspeed_config;            // DeepSpeed's JSON: its ZeRO, precision, clipping and batch fields
+  int64_t ds_gradient_accumulation_steps = 0;  // from it: checked against the batch sizes (0 = not given)
 
   GPTConfig model_config() const;
   // Fills the "0 = derived" defaults (global batch, decay iterations). Call before validate().

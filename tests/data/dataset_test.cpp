@@ -233,6 +233,22 @@ TEST(Dataset, RejectsIdsOutsideTheVocabularyNamingTheDocument) {
             std::string::npos);
 }
 
+// A Megatron script's --data-path is a .bin/.idx prefix: the error says how to convert it.
+TEST(Dataset, AMegatronPrefixIsNamedWithItsConversion) {
+  TempDir tmp;
+  std::ofstream(tmp / "corpus_text_document.bin") << "x";
+  std::ofstream(tmp / "corpus_text_document.idx") << "x";
+  try {
+    (void)Dataset::open(tmp / "corpus_text_document");
+    ADD_FAILURE() << "opened a Megatron prefix as a dataset";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("a Megatron .bin/.idx dataset; convert it once with `llm-tokenize --from-megatron"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW((void)Dataset::open(tmp / "nothing"), ConfigError);
+}
+
 TEST(Dataset, WriterDestroyedWithoutFinishLeavesNothing) {
   TempDir tmp;
   {

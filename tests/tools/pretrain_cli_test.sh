@@ -77,6 +77,12 @@ check "resumed losses equal the straight run's bit for bit" "[ \$(grep -c 'lm lo
 "$bin" "${common[@]}" --train-iters 2 --log-interval 1 --no-bias-gelu-fusion --deepspeed_mpi --optimizer adamw \
   --sequence-parallel --output-dir "$work/ign" > "$work/ign.txt" 2>&1
 check "Megatron's no-op flags are accepted and named; --sequence-parallel at TP 1 is off" "[ $? -eq 0 ] && grep -q 'accepted for Megatron scripts, without effect here: --deepspeed-mpi --no-bias-gelu-fusion --optimizer' $work/ign.txt && grep -q 'sequence-parallel: off at --tensor-model-parallel-size 1' $work/ign.txt && diff <(grep -o 'lm loss: [^|]*' $work/straight.txt | head -2) <(grep -o 'lm loss: [^|]*' $work/ign.txt) > /dev/null"
+# a DeepSpeed JSON as ALCF's launchers write it: its batch, ZeRO and clipping fields set the run
+printf '{\n  "train_batch_size": 8,\n  "train_micro_batch_size_per_gpu": 4,\n  "gradient_accumulation_steps": 2,\n  "gradient_clipping": 1.0,\n  "zero_optimization": {"stage": 0},\n  "steps_per_print": 1,\n  "wall_clock_breakdown": false\n}\n' > "$work/ds.json"
+"$bin" "${common[@]}" --train-iters 2 --log-interval 1 --deepspeed --deepspeed_config "$work/ds.json" --output-dir "$work/ds" > "$work/ds.txt" 2>&1
+check "--deepspeed_config: its fields set the run (the same curve), the rest named" "[ $? -eq 0 ] && grep -q 'ds.json: ZeRO stage 0, fp32, clip 1, micro-batch 4, global batch 8; without effect here: steps_per_print wall_clock_breakdown' $work/ds.txt && diff <(grep -o 'lm loss: [^|]*' $work/straight.txt | head -2) <(grep -o 'lm loss: [^|]*' $work/ds.txt) > /dev/null"
+"$bin" "${common[@]}" --train-iters 1 --zero-stage 1 --deepspeed_config "$work/ds.json" > "$work/ds2.txt" 2>&1
+check "--deepspeed_config against a flag that says otherwise: an error naming both" "[ $? -eq 2 ] && grep -q \"ds.json:6: 'zero_optimization.stage' is 0 but --zero-stage is 1\" $work/ds2.txt"
 "$bin" "${common[@]}" --train-iters 1 --hidden-dropout 0.1 > "$work/drop.txt" 2>&1
 check "a non-zero dropout is refused by name" "[ $? -eq 2 ] && grep -q 'the model has no dropout' $work/drop.txt"
 # --load on a directory without a checkpoint (ALCF's helpers point it at the run directory):
