@@ -101,6 +101,10 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   args.model = model_name;
   std::vector<std::string> ds_ignored;
   if (!args.deepspeed_config.empty()) ds_ignored = apply_deepspeed_config(args, args.deepspeed_config, chosen);
+  // As Megatron: Megatron sequence parallelism shards within the tensor-parallel group, so at
+  // tensor-parallel size 1 it is off (ALCF's scripts pass it by default, with Ulysses too).
+  const bool sp_dropped = args.sequence_parallel && args.tensor_model_parallel_size == 1;
+  if (sp_dropped) args.sequence_parallel = false;
 
   // Layout: validated as a whole before anything is allocated (data, tensor, pipeline, Megatron
   // and Ulysses sequence parallelism, ZeRO 0-3).
@@ -118,12 +122,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   auto say = [&](const char* fmt, auto... a) {
     if (lead) std::printf(fmt, a...);
   };
-  // As Megatron: Megatron sequence parallelism shards within the tensor-parallel group, so at
-  // tensor-parallel size 1 it is off (ALCF's scripts pass it by default).
-  if (args.sequence_parallel && layout.tp == 1) {
-    say("> --sequence-parallel: off at --tensor-model-parallel-size 1 (it shards within the tensor-parallel group)\n");
-    args.sequence_parallel = false;
-  }
+  if (sp_dropped) say("> --sequence-parallel: off at --tensor-model-parallel-size 1 (it shards within the tensor-parallel group)\n");
   {
     std::string ignored;
     for (const OptionSpec& o : train_options())
@@ -148,6 +147,14 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   // have its weights. A checkpoint that is there but broken is always an error.
   const bool no_checkpoint = !args.load.empty() && !std::filesystem::exists(std::filesystem::path(args.load) / "latest") &&
                              !std::filesystem::exists(std::filesystem::path(args.load) / "metadata.json");
+  if (no_checkpoint) {
+    // Complete iterations without `latest` (a first save killed between publishing its directory
+    // and `latest`): starting from scratch would overwrite them; name them instead.
+    const std::string found = newest_complete_iteration(args.load);
+    if (!found.empty())
+      throw ConfigError("--load " + args.load + ": no 'latest' file, but " + found +
+                        " is a complete checkpoint (a save that died before publishing 'latest'); pass it as --load");
+  }
   if (no_checkpoint && (args.exit_on_missing_checkpoint || args.finetune))
     throw ConfigError("--load " + args.load + ": no checkpoint here (neither 'latest' nor metadata.json)" +
                       (args.finetune ? " to finetune from" : " (--exit-on-missing-checkpoint)"));

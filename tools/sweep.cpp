@@ -204,6 +204,9 @@ int run(int argc, char** argv) {
       throw ConfigError("--backend cuda needs --device (a datasheet peak: H100-SXM, A100-40GB, ...); the CPU's sgemm "
                         "ceiling is no GPU's");
     if (cuda && cpu) throw ConfigError("--backend: one sweep measures one kind of device (cpu or cuda), not both");
+    if (!cuda && device != "cpu")
+      throw ConfigError("--device " + device + " is a GPU's datasheet peak: give it with --backend cuda (a CPU sweep "
+                        "measures its own sgemm ceiling)");
     if (cuda)
       for (const std::string& dt : g.dtypes) (void)datasheet_peak(device, dt);  // an unknown pair is named now
   }

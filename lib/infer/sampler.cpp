@@ -245,7 +245,7 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   run_chain(logits, history);
   if (config_.greedy()) return argmax();
   const auto dist = softmax(candidates_);
-  // A 53-bit uniform in [0, 1) from one Philox block: probabilities far below 2^-24 (the
+  // A 53-bit uniform in [0, 1) from one Philox block: probabilities far below 2^-23 (the
   // resolution of philox_uniform) still get their share.
   static const uint64_t kSampleStream = hash_name("llm-generate/sample");
   const PhiloxBlock b = philox4x32(config_.seed, kSampleStream + stream_, step);

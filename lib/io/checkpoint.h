@@ -125,6 +125,9 @@ class CheckpointReader {
 // The iteration directory `latest` under save_root points to, or "" if there is none.
 std::string latest_checkpoint(const std::string& save_root);
 
+// The newest iter_<digits> directory under save_root holding a metadata.json, or "".
+std::string newest_complete_iteration(const std::string& save_root);
+
 // True when dir does not exist or holds nothing but what interrupted saves leave behind
 // (iter_N.tmp-*, iter_N.old-*, latest.tmp-*): a save root to start from scratch in.
 bool save_root_is_empty(const std::string& dir);

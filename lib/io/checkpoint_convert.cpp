@@ -43,9 +43,9 @@ std::string convert_checkpoint(const std::string& src, const std::string& dst_ro
   if (o.dtype != DType::f32 && o.dtype != DType::bf16 && o.dtype != DType::f16)
     throw ConfigError("--dtype must be f32, bf16 or f16");
   CheckpointReader in = CheckpointReader::open(src);
-  // in.dir() carries no trailing separator, so its parent is the source's save root however
-  // the path was written ("runs/ck/iter_0000060/" included).
-  if (fs::exists(dst_root) && fs::equivalent(fs::absolute(in.dir()).parent_path(), dst_root))
+  // The canonical iteration directory's parent is the source's save root however the path was
+  // written ("runs/ck/iter_0000060/", ".", a symbolic link).
+  if (fs::exists(dst_root) && fs::equivalent(fs::canonical(in.dir()).parent_path(), dst_root))
     throw ConfigError(dst_root + ": convert into a different directory than the source's");
   CheckpointWriter out(dst_root, in.iteration());
   std::vector<std::pair<std::string, std::string>> tensors;

@@ -194,7 +194,7 @@ std::vector<OptionSpec> make_options() {
                 "accepted for Megatron scripts: attention scores are 1/sqrt(head dim) in fp32 accumulation here")),
       no_op(opt("num-workers", &A::num_workers, "accepted for Megatron scripts: samples are read on the training thread")),
       no_op(opt("data-impl", &A::data_impl, "accepted for Megatron scripts at mmap or infer (datasets are llm-tokenize's HDF5)")),
-      no_op(opt("distributed-backend", &A::distributed_backend, "accepted for Megatron scripts at nccl (MPI on the CPU, NCCL on GPUs)")),
+      no_op(opt("distributed-backend", &A::distributed_backend, "accepted for Megatron scripts (nccl, gloo, ccl, mpi): the collectives are MPI on the CPU, NCCL on GPUs")),
       no_op(opt("optimizer", &A::optimizer, "accepted for Megatron scripts at adam or adamw (AdamW with decoupled weight decay)")),
       no_op(opt("tensorboard-dir", &A::tensorboard_dir, "accepted for Megatron scripts; the metrics go to --output-dir/metrics.jsonl")),
       aliased(opt("deepspeed-config", &A::deepspeed_config,
@@ -304,7 +304,9 @@ GPTConfig TrainArgs::model_config() const {
 }
 
 void TrainArgs::resolve_defaults() {
-  if (global_batch_size == 0) global_batch_size = micro_batch_size * data_parallel_size;
+  // (DeepSpeed's JSON may give gradient_accumulation_steps alone: global = micro x steps x dp)
+  if (global_batch_size == 0)
+    global_batch_size = micro_batch_size * std::max<int64_t>(1, ds_gradient_accumulation_steps) * data_parallel_size;
   if (lr_decay_iters == 0) lr_decay_iters = train_iters;
 }
 
@@ -355,7 +357,8 @@ void TrainArgs::validate() const {
   if (checkpoint_num_layers != 1) fail("--checkpoint-num-layers: only 1 (each layer recomputed on its own), got ", checkpoint_num_layers);
   if (data_impl != "mmap" && data_impl != "infer")
     fail("--data-impl '", data_impl, "': datasets are llm-tokenize's HDF5 (mmap and infer are accepted)");
-  if (distributed_backend != "nccl") fail("--distributed-backend '", distributed_backend, "': nccl only (MPI on the CPU, NCCL on GPUs)");
+  if (distributed_backend != "nccl" && distributed_backend != "gloo" && distributed_backend != "ccl" && distributed_backend != "mpi")
+    fail("--distributed-backend '", distributed_backend, "': nccl, gloo, ccl or mpi (the collectives are MPI on the CPU, NCCL on GPUs)");
   if (optimizer != "adam" && optimizer != "adamw") fail("--optimizer '", optimizer, "': adam or adamw (AdamW) only");
   if (override_opt_param_scheduler && use_checkpoint_opt_param_scheduler)
     fail("give one of --override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler, not both");

@@ -462,8 +462,10 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
   LoadResult r{ckpt.dir(), 0, 0};
   if (options.finetune) return r;
   // The learning-rate schedule continues as saved, as Megatron's OptimizerParamScheduler checks
-  // it: a difference is an error unless the run says whose values to use.
-  if (const json::Value* ls = ckpt.metadata().find("lr_schedule"); ls && options.scheduler != SchedulerSource::this_run) {
+  // it: a difference is an error unless the run says whose values to use. Megatron loads (and
+  // checks) the scheduler with the optimizer: --no-load-optim starts both from this run's flags.
+  if (const json::Value* ls = ckpt.metadata().find("lr_schedule");
+      ls && options.load_optimizer && options.scheduler != SchedulerSource::this_run) {
     const std::string at = where + ": lr_schedule";
     LRSchedule saved_lr;
     saved_lr.lr = member_number(*ls, "lr", at);

@@ -78,7 +78,13 @@ std::vector<std::string> apply_deepspeed_config(TrainArgs& a, const std::string&
     } else if (key == "fp16") {
       if (!value.is_object()) throw ConfigError(detail::concat(path, ":", value.line(), ": 'fp16' must be an object"));
       precision(value, path, "fp16", a.fp16, "fp16", given);
+      for (const auto& [fk, fv] : value.as_object())
+        if (fk != "enabled" && fk != "loss_scale" && fk != "initial_scale_power" && fk != "loss_scale_window" &&
+            fk != "hysteresis" && fk != "min_loss_scale")
+          ignored.push_back("fp16." + fk);
       if (a.fp16) {
+        // DeepSpeed's default initial scale is 2^16 (ours, without the JSON, 2^12)
+        if (!value.find("initial_scale_power") && !given.count("initial-loss-scale")) a.initial_loss_scale = 65536.0;
         if (const json::Value* v = f.number(value, "loss_scale", "fp16."))
           f.set<double>(a.loss_scale, v->as_double(), "loss-scale", *v, "fp16.loss_scale");  // 0 = dynamic
         if (const json::Value* v = f.number(value, "initial_scale_power", "fp16."))
@@ -103,6 +109,11 @@ std::vector<std::string> apply_deepspeed_config(TrainArgs& a, const std::string&
       ignored.push_back(key);  // logging, profiling, communication and checkpoint tuning
     }
   }
+  // DeepSpeed clips only when the JSON says so (its default is 0): Megatron's --clip-grad default
+  // does not reach a DeepSpeed run
+  if (!root.find("gradient_clipping") && !given.count("clip-grad")) a.clip_grad = 0;
+  if (a.fp16 && a.bf16)
+    throw ConfigError(path + ": fp16 and bf16 are both enabled (between this file and the flags); choose one");
   return ignored;
 }
 

@@ -58,7 +58,8 @@ class LogAccumulator {
  public:
   // finite: the loss was finite; applied: the update was applied (an iteration that is not is
   // skipped: non-finite, or an fp16 overflow). The loss is the applied ones' mean (Megatron's
-  // "advanced iterations"); the grad norm the last applied one's; lr as the log line shows it.
+  // "advanced iterations"; with none applied, the finite skipped ones' mean, else NaN); the grad
+  // norm the last applied one's; lr as the log line shows it.
   void add(double loss, bool finite, bool applied, double seconds, double grad_norm, double lr,
            double data_seconds = 0);
   bool empty() const { return iterations_ == 0; }

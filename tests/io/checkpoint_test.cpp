@@ -223,6 +223,16 @@ TEST(Checkpoint, ReplacingAnIterationNeverLeavesItMissing) {
     const std::string n = e.path().filename().string();
     EXPECT_TRUE(n == "latest" || n == "iter_0000030") << n;
   }
+  // The path for file systems without RENAME_EXCHANGE (move aside, publish, remove) gives the same.
+  ::setenv("LLM_CHECKPOINT_NO_EXCHANGE", "1", 1);
+  save(30, t);
+  ::unsetenv("LLM_CHECKPOINT_NO_EXCHANGE");
+  EXPECT_EQ(CheckpointReader::open(root).read_whole("model", "x").data<float>()[2], t.data<float>()[2]);
+  for (const auto& e : fs::directory_iterator(root)) {
+    const std::string n = e.path().filename().string();
+    EXPECT_TRUE(n == "latest" || n == "iter_0000030") << n;
+  }
+  save(30, u);
   // Where the file system cannot exchange, a crash between moving the old one aside and
   // publishing the new one leaves iter_0000030.old-*: `latest` still finds a complete checkpoint.
   fs::rename(fs::path(root) / "iter_0000030", fs::path(root) / "iter_0000030.old-123-dead");

@@ -92,6 +92,20 @@ TEST(CheckpointConvert, RefusesItsOwnSaveRootHoweverTheSourceIsWritten) {
     const std::string e = config_error([&] { convert_checkpoint(src, root, o); });
     EXPECT_NE(e.find("different directory"), std::string::npos) << src << ": " << e;
   }
+  // from inside the iteration directory (".") and through a symbolic link to it
+  const fs::path link = fs::path(root + "-link");
+  fs::remove(link);
+  fs::create_directory_symlink(dir, link);
+  const fs::path cwd = fs::current_path();
+  fs::current_path(dir);
+  for (const std::string& src : {std::string("."), link.string()}) {
+    ConvertOptions o;
+    o.dtype = DType::bf16;
+    const std::string e = config_error([&] { convert_checkpoint(src, root, o); });
+    EXPECT_NE(e.find("different directory"), std::string::npos) << src << ": " << e;
+  }
+  fs::current_path(cwd);
+  fs::remove(link);
   // the source is untouched: still f32
   EXPECT_EQ(CheckpointReader::open(root).pieces()[0].dtype, DType::f32);
 }

@@ -83,6 +83,11 @@ printf '{\n  "train_batch_size": 8,\n  "train_micro_batch_size_per_gpu": 4,\n  "
 check "--deepspeed_config: its fields set the run (the same curve), the rest named" "[ $? -eq 0 ] && grep -q 'ds.json: ZeRO stage 0, fp32, clip 1, micro-batch 4, global batch 8; without effect here: steps_per_print wall_clock_breakdown' $work/ds.txt && diff <(grep -o 'lm loss: [^|]*' $work/straight.txt | head -2) <(grep -o 'lm loss: [^|]*' $work/ds.txt) > /dev/null"
 "$bin" "${common[@]}" --train-iters 1 --zero-stage 1 --deepspeed_config "$work/ds.json" > "$work/ds2.txt" 2>&1
 check "--deepspeed_config against a flag that says otherwise: an error naming both" "[ $? -eq 2 ] && grep -q \"ds.json:6: 'zero_optimization.stage' is 0 but --zero-stage is 1\" $work/ds2.txt"
+# a save root with a complete iteration but no 'latest' (a first save killed between the two):
+# named, not overwritten by a fresh start
+mkdir -p "$work/nolatest" && cp -r "$work/ck/iter_0000004" "$work/nolatest/"
+"$bin" "${common[@]}" --train-iters 6 --load "$work/nolatest" --save "$work/nolatest" > "$work/nl.txt" 2>&1
+check "complete iterations without 'latest' are named instead of overwritten" "[ $? -eq 2 ] && grep -q \"no 'latest' file, but .*iter_0000004 is a complete checkpoint\" $work/nl.txt && [ ! -e $work/nolatest/latest ]"
 "$bin" "${common[@]}" --train-iters 1 --hidden-dropout 0.1 > "$work/drop.txt" 2>&1
 check "a non-zero dropout is refused by name" "[ $? -eq 2 ] && grep -q 'the model has no dropout' $work/drop.txt"
 # --load on a directory without a checkpoint (ALCF's helpers point it at the run directory):
@@ -208,8 +213,9 @@ if command -v mpirun > /dev/null; then
   "$(dirname "$bin")/llm-ckpt" verify "$work/tpck" > "$work/verify.txt" 2>&1
   check "llm-ckpt verify accepts the tensor-parallel checkpoint (pieces cover every tensor once)" "[ $? -eq 0 ]"
   # Ulysses sequence parallelism (all-to-all around attention), alone and with DP, ZeRO-1 and TP.
-  run_layout sp2 2 --ds-sequence-parallel-size 2
+  run_layout sp2 2 --ds-sequence-parallel-size 2 --sequence-parallel  # (Megatron SP at TP 1: off, as ALCF's scripts pass it)
   check "Ulysses SP 2 reproduces the single-process losses (rel 1e-5)" "grep -q 'x Ulysses sequence 2' $work/sp2.txt && same_curve $work/dp1/metrics.jsonl $work/sp2/metrics.jsonl"
+  check "--sequence-parallel at TP 1 beside Ulysses is off with a note, not refused" "grep -q 'sequence-parallel: off at --tensor-model-parallel-size 1' $work/sp2.txt"
   run_layout sp4 4 --ds-sequence-parallel-size 4 --recompute-granularity full
   check "Ulysses SP 4 + full recompute reproduces the single-process losses (rel 1e-5)" "same_curve $work/dp1/metrics.jsonl $work/sp4/metrics.jsonl"
   run_layout dp2sp2 4 --ds-sequence-parallel-size 2 --zero-stage 1 --exit-interval 4 --save "$work/spck"
@@ -347,8 +353,8 @@ if command -v mpirun > /dev/null; then
   check "the run resumes from iteration 2, and its next save removes the dead save's staging ($stale) directory" "[ $? -eq 0 ] && [ $stale -ge 1 ] && grep -q 'continuing after iteration 2' $work/savefault2.txt && [ \$(ls -d $work/savefault/*.tmp-* 2> /dev/null | wc -l) -eq 0 ] && [ \"\$(cat $work/savefault/latest)\" = 8 ]"
   mpirun -np 4 "$bin" "${dp[@]}" --pipeline-model-parallel-size 4 > "$work/ppx.txt" 2>&1
   check "layers not divisible by the stages are refused with the constraint" "[ $? -ne 0 ] && grep -q 'num-layers 2 is not divisible by --pipeline-model-parallel-size 4' $work/ppx.txt"
-  mpirun -np 2 "$bin" "${dp[@]}" --ds-sequence-parallel-size 2 --tensor-model-parallel-size 1 --sequence-parallel > "$work/spx.txt" 2>&1
-  check "Megatron SP without TP is refused with the reason" "[ $? -ne 0 ] && grep -q 'sequence-parallel' $work/spx.txt"
+  mpirun -np 4 "$bin" "${dp[@]}" --ds-sequence-parallel-size 2 --tensor-model-parallel-size 2 --sequence-parallel > "$work/spx.txt" 2>&1
+  check "Megatron SP with Ulysses (at TP 2) is refused with the reason" "[ $? -ne 0 ] && grep -q 'exclude each other' $work/spx.txt"
   # A rank that raises, or dies, ends the whole job within a bounded time: no rank hangs in a
   # collective waiting for it.
   long=(--mock-data --vocab-size 128 --make-vocab-size-divisible-by 16 --num-layers 2 --hidden-size 64

@@ -80,7 +80,7 @@ TEST(Args, MegatronDefaultsAndAcceptedFlags) {
   };
   refused("hidden-dropout", "0.1", "no dropout");
   refused("optimizer", "sgd", "adam or adamw");
-  refused("distributed-backend", "gloo", "nccl only");
+  refused("distributed-backend", "hccl", "nccl, gloo, ccl or mpi");
   refused("data-impl", "lazy", "mmap and infer");
   refused("checkpoint-num-layers", "2", "only 1");
   TrainArgs pp;

@@ -154,6 +154,14 @@ TEST(CheckpointResume, TheLearningRateScheduleMustAgreeOrBeChosen) {
   EXPECT_DOUBLE_EQ(load(SchedulerSource::checkpoint).warmup_iters, 3.0);
   EXPECT_EQ(load(SchedulerSource::this_run).decay_iters, 20);
   EXPECT_EQ(load(SchedulerSource::must_match, true).decay_iters, 20);
+  {  // --no-load-optim restarts the optimizer and its schedule from this run's flags (Megatron)
+    GPT model(longer.model_config(), cpu_backend(), 5, longer.seq_length);
+    Trainer t(longer, model, data);
+    LoadOptions o;
+    o.load_optimizer = false;
+    load_training_checkpoint(root, t, o);
+    EXPECT_EQ(t.schedule().decay_iters, 20);
+  }
   longer.train_iters = 12;  // the same schedule at another peak
   longer.lr_decay_iters = 12;
   longer.lr = 1e-3;

@@ -67,6 +67,33 @@ TEST(DeepSpeedConfig, SetsTheOptionsItDecides) {
   EXPECT_NE(e.find("gradient_accumulation_steps is 4 but the batch sizes give 2"), std::string::npos) << e;
 }
 
+// Where the JSON is silent, DeepSpeed's defaults hold for what it decides: no clipping, an fp16
+// scale from 2^16; gradient_accumulation_steps alone gives the global batch.
+TEST(DeepSpeedConfig, DeepSpeedsDefaultsWhereTheFileIsSilent) {
+  const llm::testing::ScratchDir tmp("ds-config");
+  const std::string path = tmp / "ds.json";
+  std::ofstream(path) << "{\"train_micro_batch_size_per_gpu\": 2, \"gradient_accumulation_steps\": 3,\n"
+                         " \"fp16\": {\"enabled\": true, \"consecutive_hysteresis\": false}}\n";
+  TrainArgs a;
+  const std::vector<std::string> ignored = apply_deepspeed_config(a, path, {});
+  EXPECT_EQ(a.clip_grad, 0.0);
+  EXPECT_EQ(a.initial_loss_scale, 65536.0);
+  EXPECT_NE(std::find(ignored.begin(), ignored.end(), "fp16.consecutive_hysteresis"), ignored.end());
+  a.data_parallel_size = 2;
+  a.resolve_defaults();
+  EXPECT_EQ(a.global_batch_size, 12);  // 2 x 3 x 2
+  // a flag that set the option keeps it
+  TrainArgs b;
+  b.clip_grad = 0.7;
+  apply_deepspeed_config(b, path, {"clip-grad"});
+  EXPECT_EQ(b.clip_grad, 0.7);
+  // fp16 from the file and --bf16 from the flags: named here
+  TrainArgs c;
+  c.bf16 = true;
+  const std::string e = config_error([&] { apply_deepspeed_config(c, path, {"bf16"}); });
+  EXPECT_NE(e.find("fp16 and bf16 are both enabled"), std::string::npos) << e;
+}
+
 TEST(DeepSpeedConfig, FlagsMustAgreeAndForeignBlocksAreRefused) {
   const llm::testing::ScratchDir tmp("ds-config");
   const std::string path = tmp / "ds.json";
