@@ -9,6 +9,7 @@
 #include "data/text_documents.h"
 #include "data/tokenize_job.h"
 #include "support/scratch_dir.h"
+#include "support/config_error.h"
 
 using namespace llm;
 
@@ -34,14 +35,7 @@ std::vector<std::string> read_all(const std::vector<std::string>& files, const I
   return docs;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
-}
+using llm::testing::error_of;
 
 // A text of n paragraphs with varying line counts, blank-line runs and CRLF here and there.
 std::string paragraphs(int n, uint64_t seed) {

@@ -9,6 +9,7 @@
 #include "core/philox.h"
 #include "data/hdf5_util.h"
 #include "io/checkpoint.h"
+#include "support/config_error.h"
 
 using namespace llm;
 namespace fs = std::filesystem;
@@ -56,14 +57,7 @@ std::vector<Box> split(const Shape& s, size_t axis, int parts) {
   return out;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
-}
+using llm::testing::error_of;
 
 }  // namespace
 

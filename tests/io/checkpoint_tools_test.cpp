@@ -9,17 +9,13 @@
 #include "io/checkpoint.h"
 #include "io/checkpoint_compare.h"
 #include "io/checkpoint_convert.h"
+#include "support/config_error.h"
+#include "support/scratch_dir.h"
 
 using namespace llm;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string fresh_dir(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "/ckpt-tools-" + name;
-  fs::remove_all(d);
-  return d;
-}
 
 Tensor filled(const Shape& s, float base) {
   Tensor t = Tensor::empty(s);
@@ -38,19 +34,13 @@ std::string save(const std::string& root, const std::vector<Named>& tensors, int
   return w.commit("");
 }
 
-std::string config_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
-}
+using llm::testing::error_of;
 
 }  // namespace
 
 TEST(CheckpointDiff, NaNNeverComparesEqual) {
-  const std::string a = fresh_dir("nan-a"), b = fresh_dir("nan-b");
+  const llm::testing::ScratchDir tmp("ckpt-tools");
+  const std::string a = tmp / "nan-a", b = tmp / "nan-b";
   Tensor x = filled({4, 3}, 1.0f);
   x.data<float>()[5] = std::numeric_limits<float>::quiet_NaN();
   save(a, {{"model", "x", x}});
@@ -63,14 +53,15 @@ TEST(CheckpointDiff, NaNNeverComparesEqual) {
   // equal infinities, on the other hand, are equal
   Tensor y = filled({4, 3}, 1.0f);
   y.data<float>()[2] = std::numeric_limits<float>::infinity();
-  const std::string c = fresh_dir("inf-c"), e = fresh_dir("inf-e");
+  const std::string c = tmp / "inf-c", e = tmp / "inf-e";
   save(c, {{"model", "y", y}});
   save(e, {{"model", "y", y}});
   EXPECT_EQ(compare_checkpoints(c, e, false).worst("model"), 0.0);
 }
 
 TEST(CheckpointDiff, OnlyTheVocabularyMayDifferInRows) {
-  const std::string a = fresh_dir("rows-a"), b = fresh_dir("rows-b");
+  const llm::testing::ScratchDir tmp("ckpt-tools");
+  const std::string a = tmp / "rows-a", b = tmp / "rows-b";
   // wte padded for another tensor-parallel size: compared over the common rows
   save(a, {{"model", "wte", filled({6, 2}, 0.5f)}, {"model", "wpe", filled({4, 2}, 2.0f)}});
   save(b, {{"model", "wte", filled({8, 2}, 0.5f)}, {"model", "wpe", filled({8, 2}, 2.0f)}});
@@ -84,34 +75,34 @@ TEST(CheckpointDiff, OnlyTheVocabularyMayDifferInRows) {
 }
 
 TEST(CheckpointConvert, RefusesItsOwnSaveRootHoweverTheSourceIsWritten) {
-  const std::string root = fresh_dir("self");
+  const llm::testing::ScratchDir tmp("ckpt-tools");
+  const std::string root = tmp / "self";
   const std::string dir = save(root, {{"model", "x", filled({3}, 1.0f)}});
   for (const std::string& src : {dir, dir + "/", root, root + "/"}) {
     ConvertOptions o;
     o.dtype = DType::bf16;
-    const std::string e = config_error([&] { convert_checkpoint(src, root, o); });
+    const std::string e = error_of([&] { convert_checkpoint(src, root, o); });
     EXPECT_NE(e.find("different directory"), std::string::npos) << src << ": " << e;
   }
   // from inside the iteration directory (".") and through a symbolic link to it
-  const fs::path link = fs::path(root + "-link");
-  fs::remove(link);
+  const fs::path link = tmp.path() / "link";
   fs::create_directory_symlink(dir, link);
   const fs::path cwd = fs::current_path();
   fs::current_path(dir);
   for (const std::string& src : {std::string("."), link.string()}) {
     ConvertOptions o;
     o.dtype = DType::bf16;
-    const std::string e = config_error([&] { convert_checkpoint(src, root, o); });
+    const std::string e = error_of([&] { convert_checkpoint(src, root, o); });
     EXPECT_NE(e.find("different directory"), std::string::npos) << src << ": " << e;
   }
   fs::current_path(cwd);
-  fs::remove(link);
   // the source is untouched: still f32
   EXPECT_EQ(CheckpointReader::open(root).pieces()[0].dtype, DType::f32);
 }
 
 TEST(CheckpointConvert, F16KeepsTheMomentsInF32AndRefusesOverflow) {
-  const std::string root = fresh_dir("f16-src"), out = fresh_dir("f16-out");
+  const llm::testing::ScratchDir tmp("ckpt-tools");
+  const std::string root = tmp / "f16-src", out = tmp / "f16-out";
   Tensor m2 = filled({4}, 0.0f);
   m2.data<float>()[1] = 1e-9f;  // exp_avg_sq's scale: zero in f16
   save(root, {{"model", "w", filled({4}, 1.0f)}, {"optimizer/exp_avg_sq", "w", m2}});
@@ -122,11 +113,11 @@ TEST(CheckpointConvert, F16KeepsTheMomentsInF32AndRefusesOverflow) {
     EXPECT_EQ(p.dtype, p.category == "model" ? DType::f16 : DType::f32) << p.category << "/" << p.name;
   EXPECT_EQ(r.read_whole("optimizer/exp_avg_sq", "w").data<float>()[1], 1e-9f);
   // a weight past f16's range is named rather than stored as infinity
-  const std::string big = fresh_dir("f16-big"), out2 = fresh_dir("f16-big-out");
+  const std::string big = tmp / "f16-big", out2 = tmp / "f16-big-out";
   Tensor w = filled({3}, 1.0f);
   w.data<float>()[2] = 70000.0f;
   save(big, {{"model", "w", w}});
-  const std::string e = config_error([&] { convert_checkpoint(big, out2, o); });
+  const std::string e = error_of([&] { convert_checkpoint(big, out2, o); });
   EXPECT_NE(e.find("model/w"), std::string::npos) << e;
   EXPECT_NE(e.find("65504"), std::string::npos) << e;
   EXPECT_FALSE(fs::exists(fs::path(out2) / "latest"));

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "train/args.h"
+#include "support/config_error.h"
 
 using namespace llm;
 
@@ -13,14 +14,7 @@ std::string write_file(const std::string& name, const std::string& text) {
   std::ofstream(p) << text;
   return p.string();
 }
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
-}
+using llm::testing::error_of;
 }  // namespace
 
 TEST(Args, YamlSetsOptionsUnderFlagNames) {

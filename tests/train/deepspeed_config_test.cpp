@@ -8,19 +8,13 @@
 
 #include "core/error.h"
 #include "support/scratch_dir.h"
+#include "support/config_error.h"
 
 using namespace llm;
 
 namespace {
 
-std::string config_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
-}
+using llm::testing::error_of;
 
 }  // namespace
 
@@ -63,7 +57,7 @@ TEST(DeepSpeedConfig, SetsTheOptionsItDecides) {
   // ...and not at two
   a.data_parallel_size = 2;
   a.global_batch_size = 8;
-  const std::string e = config_error([&] { a.validate(); });
+  const std::string e = error_of([&] { a.validate(); });
   EXPECT_NE(e.find("gradient_accumulation_steps is 4 but the batch sizes give 2"), std::string::npos) << e;
 }
 
@@ -90,7 +84,7 @@ TEST(DeepSpeedConfig, DeepSpeedsDefaultsWhereTheFileIsSilent) {
   // fp16 from the file and --bf16 from the flags: named here
   TrainArgs c;
   c.bf16 = true;
-  const std::string e = config_error([&] { apply_deepspeed_config(c, path, {"bf16"}); });
+  const std::string e = error_of([&] { apply_deepspeed_config(c, path, {"bf16"}); });
   EXPECT_NE(e.find("fp16 and bf16 are both enabled"), std::string::npos) << e;
 }
 
@@ -101,22 +95,22 @@ TEST(DeepSpeedConfig, FlagsMustAgreeAndForeignBlocksAreRefused) {
   TrainArgs a;
   a.zero_stage = 2;  // --zero-stage 2 given
   a.clip_grad = 0.25;
-  std::string e = config_error([&] { apply_deepspeed_config(a, path, {"zero-stage"}); });
+  std::string e = error_of([&] { apply_deepspeed_config(a, path, {"zero-stage"}); });
   EXPECT_NE(e.find("ds.json:2: 'zero_optimization.stage' is 1 but --zero-stage is 2"), std::string::npos) << e;
   a.zero_stage = 1;  // the same value in both is fine; "auto" leaves the option alone
   apply_deepspeed_config(a, path, {"zero-stage"});
   EXPECT_EQ(a.clip_grad, 0.25);
   std::ofstream(path) << "{\"train_batch_size\": 16,\n \"optimizer\": {\"type\": \"Adam\", \"params\": {\"lr\": 0.001}}}\n";
-  e = config_error([&] { apply_deepspeed_config(a, path, {}); });
+  e = error_of([&] { apply_deepspeed_config(a, path, {}); });
   EXPECT_NE(e.find("ds.json:2: DeepSpeed's own 'optimizer' block"), std::string::npos) << e;
   std::ofstream(path) << "{\"fp16\": {\"enabled\": false}}\n";
   TrainArgs f;
   f.fp16 = true;
-  e = config_error([&] { apply_deepspeed_config(f, path, {"fp16"}); });
+  e = error_of([&] { apply_deepspeed_config(f, path, {"fp16"}); });
   EXPECT_NE(e.find("'fp16.enabled' is false but --fp16 is given"), std::string::npos) << e;
   std::ofstream(path) << "{\"train_batch_size\": \"many\"}\n";
-  e = config_error([&] { apply_deepspeed_config(f, path, {}); });
+  e = error_of([&] { apply_deepspeed_config(f, path, {}); });
   EXPECT_NE(e.find("'train_batch_size' must be a number"), std::string::npos) << e;
-  e = config_error([&] { apply_deepspeed_config(f, tmp / "missing.json", {}); });
+  e = error_of([&] { apply_deepspeed_config(f, tmp / "missing.json", {}); });
   EXPECT_NE(e.find("missing.json"), std::string::npos) << e;
 }
