@@ -154,23 +154,19 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     if (!found.empty())
       throw ConfigError("--load " + args.load + ": no 'latest' file, but " + found +
                         " is a complete checkpoint (a save that died before publishing 'latest'); pass it as --load");
-  }
-  if (no_checkpoint && (args.exit_on_missing_checkpoint || args.finetune))
-    throw ConfigError("--load " + args.load + ": no checkpoint here (neither 'latest' nor metadata.json)" +
-                      (args.finetune ? " to finetune from" : " (--exit-on-missing-checkpoint)"));
-  if (no_checkpoint) {
+    if (args.exit_on_missing_checkpoint || args.finetune)
+      throw ConfigError("--load " + args.load + ": no checkpoint here (neither 'latest' nor metadata.json)" +
+                        (args.finetune ? " to finetune from" : " (--exit-on-missing-checkpoint)"));
     say("> --load %s: no checkpoint found, starting from scratch%s\n", args.load.c_str(),
         save_root_is_empty(args.load) ? "" : " (the directory holds other files, but no 'latest' or metadata.json)");
   } else if (!args.load.empty()) {
-    {
-      CheckpointReader probe = CheckpointReader::open(args.load);
-      load_dir = probe.dir();
-      const json::Value* rng = probe.metadata().find("rng");
-      if (!args.finetune && !args.no_load_rng && rng && rng->find("seed")) {
-        if (!rng->find("seed")->is_integer())
-          throw ConfigError(probe.dir() + "/metadata.json: 'rng.seed' must be an integer");
-        args.seed = rng->find("seed")->as_int();
-      }
+    CheckpointReader probe = CheckpointReader::open(args.load);
+    load_dir = probe.dir();
+    const json::Value* rng = probe.metadata().find("rng");
+    if (!args.finetune && !args.no_load_rng && rng && rng->find("seed")) {
+      if (!rng->find("seed")->is_integer())
+        throw ConfigError(probe.dir() + "/metadata.json: 'rng.seed' must be an integer");
+      args.seed = rng->find("seed")->as_int();
     }
   }
 
@@ -267,11 +263,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
               mc.name.c_str(), static_cast<long long>(mc.num_layers), static_cast<long long>(mc.hidden_size),
               static_cast<long long>(mc.num_heads), static_cast<long long>(mc.ffn()),
               static_cast<long long>(mc.vocab_size), static_cast<long long>(mc.padded_vocab_size()),
-              static_cast<double>([&] {
-                GPTConfig c = mc;  // wpe has --seq-length rows when --max-position-embeddings is 0
-                if (!c.max_position_embeddings) c.max_position_embeddings = args.seq_length;
-                return c.num_parameters();
-              }()) / 1e6);
+              static_cast<double>(mc.num_parameters(args.seq_length)) / 1e6);
   say("> %s\n", data.summary.c_str());
   say("> global batch %lld = micro-batch %lld x %lld accumulation steps x %lld data-parallel ranks; seq %lld; "
               "%s backend, %d threads\n",

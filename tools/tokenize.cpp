@@ -314,20 +314,22 @@ int run(int argc, char** argv, const MpiSession& mpi) {
 
 int main(int argc, char** argv) {
   MpiSession mpi(&argc, &argv);
+  // One line per failing rank; an error of this rank alone (not reached through a collective)
+  // aborts the job, since the other ranks may be waiting in a collective.
+  auto fail = [&](const std::exception& e, int code, bool all_ranks) {
+    const std::string rank = mpi.size() > 1 ? "[rank " + std::to_string(mpi.rank()) + "] " : "";
+    std::fprintf(stderr, "llm-tokenize: error: %s%s\n", rank.c_str(), e.what());
+    std::fflush(stderr);
+    if (mpi.size() > 1 && !all_ranks) mpi.abort(code);
+    return code;
+  };
   try {
     return run(argc, argv, mpi);
   } catch (const AllRanksError& e) {
-    std::fprintf(stderr, "llm-tokenize: error: %s%s\n", mpi.size() > 1 ? ("[rank " + std::to_string(mpi.rank()) + "] ").c_str() : "", e.what());
-    return 2;
+    return fail(e, 2, true);
   } catch (const ConfigError& e) {
-    std::fprintf(stderr, "llm-tokenize: error: %s%s\n", mpi.size() > 1 ? ("[rank " + std::to_string(mpi.rank()) + "] ").c_str() : "", e.what());
-    std::fflush(stderr);
-    if (mpi.size() > 1) mpi.abort(2);  // this rank alone: the others may be waiting in a collective
-    return 2;
+    return fail(e, 2, false);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "llm-tokenize: error: %s%s\n", mpi.size() > 1 ? ("[rank " + std::to_string(mpi.rank()) + "] ").c_str() : "", e.what());
-    std::fflush(stderr);
-    if (mpi.size() > 1) mpi.abort(1);
-    return 1;
+    return fail(e, 1, false);
   }
 }

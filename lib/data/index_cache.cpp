@@ -1,13 +1,12 @@
 #include "data/index_cache.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdio>
-
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "core/log.h"
 #include "data/hdf5_util.h"
 #include "data/tokenizer.h"
@@ -37,13 +36,6 @@ std::string index_checksum(const GPTIndex& ix) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
   return buf;
-}
-
-void fsync_path(const fs::path& p) {
-  const int fd = ::open(p.c_str(), O_RDONLY);
-  if (fd < 0) return;
-  (void)::fsync(fd);
-  ::close(fd);
 }
 
 // The cache file as it was written, or false for anything else (missing, truncated, written

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "data/hdf5_util.h"
 
 namespace llm {
@@ -22,17 +23,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Flushes a file or directory to the disk. A failure that means the data may not be there (an
-// I/O error, a full disk or quota) is an error; a file system that cannot sync a directory
-// (EINVAL) or is read-only is not.
-void fsync_path(const fs::path& p) {
-  const int fd = ::open(p.c_str(), O_RDONLY);
-  if (fd < 0) return;
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0 && (err == EIO || err == ENOSPC || err == EDQUOT))
-    throw Error(p.string() + ": cannot flush to disk: " + std::strerror(err));
+// N for a directory named iter_<digits> (checkpoint_dir_name's form), else -1.
+int64_t iteration_of(const std::string& name) {
+  if (name.size() <= 5 || name.rfind("iter_", 0) != 0 || name.find_first_not_of("0123456789", 5) != std::string::npos)
+    return -1;
+  return std::stoll(name.substr(5));
 }
 
 std::string random_tag() {
@@ -365,19 +360,17 @@ std::string CheckpointWriter::commit(const std::string& fields, int keep_last) {
     const std::string n = e.path().filename().string();
     size_t dot = n.find(".tmp-");
     if (dot == std::string::npos) dot = n.find(".old-");
-    if (!e.is_directory() || n.rfind("iter_", 0) != 0 || dot == std::string::npos) continue;
-    const std::string digits = n.substr(5, dot - 5);
-    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
-    if (std::stoll(digits) <= iteration_) fs::remove_all(e.path(), ec);
+    if (!e.is_directory() || dot == std::string::npos) continue;
+    const int64_t it = iteration_of(n.substr(0, dot));
+    if (it >= 0 && it <= iteration_) fs::remove_all(e.path(), ec);
   }
   if (keep_last > 0) {
     std::vector<std::pair<int64_t, fs::path>> done;
     for (const auto& e : fs::directory_iterator(root_)) {
       const std::string n = e.path().filename().string();
-      if (!e.is_directory() || n.size() <= 5 || n.rfind("iter_", 0) != 0 ||
-          n.find_first_not_of("0123456789", 5) != std::string::npos)
-        continue;  // only iter_<digits>: a user's iter_best is not ours to prune
-      done.emplace_back(std::stoll(n.substr(5)), e.path());
+      const int64_t it = iteration_of(n);
+      if (!e.is_directory() || it < 0) continue;  // only iter_<digits>: a user's iter_best is not ours to prune
+      done.emplace_back(it, e.path());
     }
     std::sort(done.begin(), done.end());
     for (size_t i = 0; i + static_cast<size_t>(keep_last) < done.size(); ++i)
@@ -460,11 +453,8 @@ std::string newest_complete_iteration(const std::string& save_root) {
   int64_t best = -1;
   std::string found;
   for (const auto& e : fs::directory_iterator(save_root, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.size() <= 5 || n.rfind("iter_", 0) != 0 || n.find_first_not_of("0123456789", 5) != std::string::npos) continue;
-    if (!fs::exists(e.path() / "metadata.json")) continue;
-    const int64_t it = std::stoll(n.substr(5));
-    if (it > best) best = it, found = e.path().string();
+    const int64_t it = iteration_of(e.path().filename().string());
+    if (it > best && fs::exists(e.path() / "metadata.json")) best = it, found = e.path().string();
   }
   return found;
 }

@@ -34,10 +34,11 @@ void GPTConfig::validate(int64_t seq_length) const {
   if (!(layernorm_eps > 0)) fail("--layernorm-epsilon must be > 0");
 }
 
-int64_t GPTConfig::num_parameters() const {
+int64_t GPTConfig::num_parameters(int64_t seq_length) const {
   const int64_t C = hidden_size, F = ffn(), L = num_layers;
   const int64_t per_layer = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (F * C + F) + (C * F + C);
-  return padded_vocab_size() * C + max_position_embeddings * C + L * per_layer + 2 * C;
+  const int64_t positions = max_position_embeddings ? max_position_embeddings : seq_length;
+  return padded_vocab_size() * C + positions * C + L * per_layer + 2 * C;
 }
 
 }  // namespace llm

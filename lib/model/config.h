@@ -28,8 +28,9 @@ struct GPTConfig {
   // Throws ConfigError naming the offending flag. seq_length is checked against the position
   // table when given (> 0).
   void validate(int64_t seq_length = 0) const;
-  // Parameter count (with the padded vocabulary; embeddings tied).
-  int64_t num_parameters() const;
+  // Parameter count (with the padded vocabulary; embeddings tied). The position table has
+  // seq_length rows when max_position_embeddings is 0, as the model builds it.
+  int64_t num_parameters(int64_t seq_length = 0) const;
 };
 
 }  // namespace llm
