@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "data/hdf5_util.h"
 
 namespace llm {
@@ -52,17 +53,6 @@ std::string part_marker_name(int64_t part) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "part_%05lld.done", static_cast<long long>(part));
   return buf;
-}
-
-void fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0));
-  if (fd < 0) throw Error(path + ": cannot open to fsync: " + std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  // Some file systems cannot fsync a directory; the data files themselves were synced.
-  if (rc != 0 && !(directory && (err == EINVAL || err == EROFS)))
-    throw Error(path + ": fsync failed: " + std::strerror(err));
 }
 
 std::string parent_of(const std::string& path) {
@@ -250,7 +240,7 @@ class ShardWriter {
     file_.write_int64_attribute("num_tokens", num_tokens());
     file_.write_int64_attribute("num_documents", num_documents());
     file_.close();
-    fsync_path(path_, false);
+    fsync_path(path_);
   }
 
  private:
@@ -311,7 +301,7 @@ void install(const std::string& staging, const std::string& final_dir, bool over
     }
     fs::remove_all(old, ec);
   }
-  fsync_path(parent_of(final_dir), true);
+  fsync_path(parent_of(final_dir));
 }
 
 }  // namespace
@@ -428,7 +418,7 @@ void DatasetPartWriter::finish() {
         "{\n  \"format\": ", json_string(kPartFormatName), ",\n  \"part\": ", m.part, ",\n  \"num_tokens\": ", m.tokens,
         ",\n  \"num_documents\": ", m.docs, ",\n  \"shards\": ", shards_json(m.shards), "\n}\n");
     write_file_durably(join(m.dir, part_marker_name(m.part)), marker);
-    fsync_path(m.dir, true);
+    fsync_path(m.dir);
   } catch (...) {
     m.failed = true;
     throw;
@@ -498,7 +488,7 @@ void publish_dataset(const std::string& staging_dir, const std::string& final_di
     if (!keep.count(name)) fs::remove_all(entry.path());
   }
   write_file_durably(join(staging, kManifestFile), manifest_json(info, entries));
-  fsync_path(staging, true);
+  fsync_path(staging);
 
   // 3. Re-open as a reader would (every shard's attributes, lengths and offsets), then install.
   {

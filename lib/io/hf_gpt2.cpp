@@ -1,6 +1,5 @@
 #include "io/hf_gpt2.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "data/json.h"
 #include "io/safetensors.h"
 
@@ -78,13 +78,6 @@ std::string unique_tag() {
   return std::to_string(::getpid()) + "-" + std::to_string(counter++);
 }
 
-void fsync_path(const fs::path& p, bool directory) {
-  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0));
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
-}
-
 // Shortest decimal that reads back as the same float (1e-5f -> "1e-05"), as JSON.
 std::string json_float(float f, const std::string& what) {
   if (!std::isfinite(f)) throw ConfigError(what + " is not finite");
@@ -101,7 +94,7 @@ void copy_into(const std::string& source, const fs::path& dest, const char* role
   if (!fs::is_regular_file(source, ec)) throw ConfigError(source + ": " + role + " not found (or not a file)");
   fs::copy_file(source, dest, fs::copy_options::overwrite_existing, ec);
   if (ec) throw ConfigError(source + ": cannot copy " + role + " to " + dest.string() + ": " + ec.message());
-  fsync_path(dest, false);
+  fsync_path(dest);
 }
 
 std::string config_json(const GPTConfig& c, int64_t eod_id) {
@@ -213,7 +206,7 @@ void export_hf_gpt2(const std::string& dir, const GPTConfig& config,
       f.close();
       if (!f) throw ConfigError(cfg.string() + ": cannot write");
     }
-    fsync_path(cfg, false);
+    fsync_path(cfg);
 
     switch (tokenizer.kind) {
       case HFTokenizerFiles::Kind::gpt2_bpe:
@@ -225,7 +218,7 @@ void export_hf_gpt2(const std::string& dir, const GPTConfig& config,
         break;
       case HFTokenizerFiles::Kind::none: break;
     }
-    fsync_path(staging, true);
+    fsync_path(staging);
 
     // Publish. An empty existing directory is replaced by rename itself; a non-empty one
     // (overwrite) is moved aside first and removed once the new one is in place.
@@ -240,7 +233,7 @@ void export_hf_gpt2(const std::string& dir, const GPTConfig& config,
       if (!old.empty()) fs::rename(old, out);  // put the previous export back
       throw ConfigError(dir + ": cannot move the export into place: " + ec.message());
     }
-    fsync_path(out.has_parent_path() ? out.parent_path() : fs::path("."), true);
+    fsync_path(out.has_parent_path() ? out.parent_path() : fs::path("."));
     if (!old.empty()) fs::remove_all(old, ec);
   } catch (...) {
     fs::remove_all(staging, ec);

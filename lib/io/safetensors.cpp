@@ -13,6 +13,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "data/json.h"
 #include "data/utf8.h"
 
@@ -72,13 +73,6 @@ bool write_all(int fd, const void* data, size_t n) {
     n -= static_cast<size_t>(w);
   }
   return true;
-}
-
-void fsync_dir(const std::filesystem::path& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
 }
 
 std::string temp_name(const std::string& path) {
@@ -199,7 +193,8 @@ void write_safetensors_streamed(const std::string& path, const std::vector<Safet
     ::unlink(tmp.c_str());
     throw;
   }
-  fsync_dir(std::filesystem::path(path).parent_path());
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  fsync_path(dir.empty() ? std::filesystem::path(".") : dir);
 }
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,

@@ -474,8 +474,21 @@ static void stage(Backend& be, const Tensor& dst, const Tensor& src, const char*
   }
 }
 
+// Token ids from the host must name a row of the real vocabulary: the backend's own check is against
+// the padded table, whose rows past vocab_size no id should reach (they would train on them).
+static void check_token_ids(const Tensor& tokens, int64_t vocab_size) {
+  if (!tokens.device().is_cpu() || tokens.dtype() != DType::i32) return;
+  const Tensor h = tokens.is_contiguous() ? tokens : tokens.clone();
+  const int32_t* id = h.data<int32_t>();
+  for (int64_t i = 0; i < h.numel(); ++i)
+    if (id[i] < 0 || id[i] >= vocab_size)
+      throw Error(detail::concat("tokens: id ", id[i], " at [", i / h.size(1), ", ", i % h.size(1),
+                                 "] outside the vocabulary [0, ", vocab_size, ")"));
+}
+
 void GPT::run_forward(const Tensor& tokens) {
   LLM_CHECK(tokens.dim() == 2, "tokens must be [B, T], got ", shape_str(tokens.shape()));
+  check_token_ids(tokens, config_.vocab_size);
   ensure_activations(tokens.size(0), tokens.size(1));
   Activations& a = *acts_;
   Backend& be = backend_;
@@ -558,6 +571,9 @@ void GPT::set_logits_chunk(int64_t tokens) {
 
 void GPT::set_recompute(bool on) {
   if (on == recompute_) return;
+  // The buffers are re-planned: a forward's saved activations would be lost before its backward.
+  LLM_CHECK(!have_loss_, "GPT::set_recompute(", on ? "true" : "false",
+            ") between forward() and backward(): the forward's activations would be lost");
   recompute_ = on;
   acts_->B = acts_->T = 0;  // re-plan the buffers on the next forward
   for (Slot& s : slots_)
@@ -654,6 +670,7 @@ const Tensor& GPT::forward_cached(const Tensor& tokens, KVCache& cache) {
   ensure_activations(B, Tn);
   Activations& a = *acts_;
   Backend& be = backend_;
+  check_token_ids(tokens, config_.vocab_size);
   stage(be, a.tokens, tokens, "tokens");
   // Positions continue where the cache ends: the position table is offset, not the op.
   be.embedding_forward(a.encoded.view({B, Tn, C}), a.tokens, params_.compute_param("wte"),

@@ -323,6 +323,31 @@ TEST(GPT, KVCacheOfAnotherPrecisionIsRefused) {
   EXPECT_THROW(m.forward_cached(tok, none), Error);
 }
 
+// An id in the padding rows [vocab_size, padded_vocab_size) would look up (and train) a row no
+// token owns: refused like one past the table, naming the id and where, before anything runs.
+TEST(GPT, TokenIdsInThePaddingRowsAreRefused) {
+  const GPTConfig c = tiny_config();  // V 50, Vp 64
+  GPT m(c, cpu_backend(), 4, 40);
+  Batch b = make_batch(2, 6, static_cast<int>(c.vocab_size), 7, false);
+  const double good = m.forward(b.tokens, b.targets);
+  for (int32_t bad : {50, 63, -1}) {
+    SCOPED_TRACE(bad);
+    Tensor tok = b.tokens.clone();
+    tok.data<int32_t>()[1 * 6 + 4] = bad;
+    try {
+      m.forward(tok, b.targets);
+      ADD_FAILURE() << "id " << bad << " was taken";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("id " + std::to_string(bad) + " at [1, 4]"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("[0, 50)"), std::string::npos) << e.what();
+    }
+    KVCache cache = m.make_kv_cache(2, 40);
+    EXPECT_THROW(m.forward_cached(tok, cache), Error);
+    EXPECT_EQ(cache.length, 0);
+  }
+  EXPECT_EQ(good, m.forward(b.tokens, b.targets));  // the model is unharmed
+}
+
 // The same in bf16 (llm-generate --bf16; the CPU's emulation has the GPU's load-low, compute-fp32,
 // store-low semantics): the cached path in bf16 against the full bf16 forward, and both near fp32.
 TEST(GPT, KVCacheForwardMatchesFullForwardInBf16) {
@@ -384,7 +409,12 @@ TEST(GPT, FullRecomputeGivesIdenticalGradientsWithLessMemory) {
   // per-block activations: 4 blocks' worth without recompute, one shared set + outputs with it
   EXPECT_LT(recomputed.activation_bytes() * 10, plain.activation_bytes() * 6)
       << recomputed.activation_bytes() << " vs " << plain.activation_bytes();
-  // switching back re-plans the buffers
+  // switching between a forward and its backward is refused (the re-plan would drop the
+  // forward's activations); after the backward it re-plans the buffers
+  recomputed.zero_grad();
+  recomputed.forward(b.tokens, b.targets);
+  EXPECT_THROW(recomputed.set_recompute(false), Error);
+  recomputed.backward();
   recomputed.set_recompute(false);
   recomputed.zero_grad();
   recomputed.forward(b.tokens, b.targets);
