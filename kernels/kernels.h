@@ -48,6 +48,10 @@ void layernorm_backward(DType t, void* dinp, float* dweight, float* dbias, const
 // dbias[OC] += column sums of dout[N, OC]; scratch holds column_sum_scratch(N, OC) floats.
 void bias_backward(DType t, float* dbias, const void* dout, int64_t N, int64_t OC, float* scratch,
                    cudaStream_t stream);
+// out[N, OC] (type t) = acc[N, OC] (fp32) + bias[OC] (type t; may be null), rounded once. out may
+// alias acc when t is f32.
+void bias_epilogue(DType t, void* out, const float* acc, const void* bias, int64_t N, int64_t OC,
+                   cudaStream_t stream);
 // Floats of scratch the deterministic column reductions need for N rows and `width` sums.
 int64_t column_sum_scratch(int64_t N, int64_t width);
 

@@ -117,7 +117,9 @@ __global__ void layernorm_param_partials_kernel(float* partial, const T* dout, c
       dw += d * (to_float(inp[r * C + c]) - mean[r]) * rstd[r];
       db += d;
     }
-  column_block_store(s, dw, partial, 2 * C, c);
+  // Channels past C store nothing: slot c of a thread with C <= c < 2C is dbias's slot c - C,
+  // another block's (C > 32 and not a multiple of 32 raced it with 0).
+  column_block_store(s, dw, partial, 2 * C, c < C ? c : 2 * C);
   column_block_store(s, db, partial, 2 * C, c < C ? C + c : 2 * C);
 }
 

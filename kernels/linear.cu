@@ -1,4 +1,5 @@
-// Linear layer pieces that are not matmuls: the bias gradient (deterministic column sums).
+// Linear layer pieces that are not matmuls: the bias gradient (deterministic column sums), and
+// the bias and rounding of a GEMM that wrote fp32 where cuBLASLt's own epilogue is not used.
 // The matmuls themselves go through cuBLASLt (lib/backend/cuda/cublaslt_matmul.cpp).
 #include "column_sums.cuh"
 #include "kernels.h"
@@ -33,7 +34,26 @@ __global__ void bias_partials_packed_kernel(float* partial, const T* dout, int64
   }
   column_pack_store<V>(acc, partial, OC, 0, c0, active);
 }
+
+// out[r, c] = round(acc[r, c] + bias[c]): one rounding to T, as cuBLASLt's epilogue does. out may
+// be acc itself (T = float: each element is read and written by one thread).
+template <typename T>
+__global__ void bias_epilogue_kernel(T* out, const float* acc, const T* bias, int64_t N, int64_t OC) {
+  const int64_t n = N * OC;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = from_float<T>(acc[i] + (bias ? to_float(bias[i % OC]) : 0.0f));
+}
 }  // namespace
+
+void bias_epilogue(DType t, void* out, const float* acc, const void* bias, int64_t N, int64_t OC,
+                   cudaStream_t stream) {
+  if (N * OC == 0) return;
+  dispatch_float(t, "linear_forward bias", [&](auto tag) {
+    using E = decltype(tag);
+    bias_epilogue_kernel<E><<<grid_for(N * OC), 256, 0, stream>>>(static_cast<E*>(out), acc,
+                                                                   static_cast<const E*>(bias), N, OC);
+  });
+}
 
 int64_t column_sum_scratch(int64_t N, int64_t width) { return column_row_blocks(N) * width; }
 

@@ -148,7 +148,8 @@ TEST_P(LowPrecision, LinearAccumulatesInFp32) {
 // partial 16-lane runs; even, as the model's are (a device's 16-bit GEMMs then have 4-byte rows).
 TEST_P(LowPrecision, LinearWithFewRows) {
   const DType t = type();
-  for (auto [N, C, OC] : std::vector<std::tuple<int, int, int>>{{1, 96, 130}, {1, 2056, 66}, {3, 2056, 66}, {16, 40, 10}, {1, 8, 6}}) {
+  for (auto [N, C, OC] : std::vector<std::tuple<int, int, int>>{
+           {1, 96, 130}, {1, 2056, 66}, {3, 2056, 66}, {16, 40, 10}, {1, 8, 6}, {5, 13, 7}}) {
     SCOPED_TRACE("N=" + std::to_string(N) + " C=" + std::to_string(C) + " OC=" + std::to_string(OC));
     bt::Rng rng(320 + N + C);
     const Vec inp = rounded_to(rng.normal(size_t(N) * C), t), w = rounded_to(rng.normal(size_t(OC) * C, 0.1), t);
@@ -170,6 +171,22 @@ TEST_P(LowPrecision, LinearWithFewRows) {
     Tensor nbl = be().empty({N, OC}, t);
     be().linear_forward(nbl, gi, gw, Tensor{});
     EXPECT_TRUE(bt::all_close("linear out (low), no bias", down(nbl), vec(cnb), Tol{unit(t), 1e-5 * scale}));
+    // A bias one element past an alignment, as a 16-bit bias packed among an odd-sized model's
+    // parameters is (cuBLASLt's bias epilogue is not given it: the bias kernel adds it).
+    Vec padded(1, 0.0);
+    padded.insert(padded.end(), bias.begin(), bias.end());
+    Tensor bpad = up({OC + 1}, padded, t), outb = be().empty({N, OC}, t);
+    be().linear_forward(outb, gi, gw, bpad.flat(1, OC));
+    EXPECT_TRUE(bt::all_close("linear out (low), unaligned bias", down(outb), vec(cout), Tol{unit(t), 1e-5 * scale}));
+    // dinp in the low type ([N, C] rows 2C bytes apart: 26 at C = 13).
+    const Vec dout = rounded_to(rng.normal(size_t(N) * OC), t);
+    Tensor cdinp = Tensor::empty({N, C}), cdw = Tensor::zeros({OC, C});
+    cpu.linear_backward(cdinp, cdw, Tensor{}, bt::host_f32({N, OC}, dout), bt::host_f32({N, C}, inp),
+                        bt::host_f32({OC, C}, w));
+    Tensor dinp = be().empty({N, C}, t), dw = be().zeros({OC, C});
+    be().linear_backward(dinp, dw, Tensor{}, up({N, OC}, dout, t), gi, gw);
+    const double dscale = std::sqrt(static_cast<double>(OC)) * 0.1;
+    EXPECT_TRUE(bt::all_close("linear dinp (low)", down(dinp), vec(cdinp), Tol{unit(t), 1e-5 * dscale}));
   }
 }
 

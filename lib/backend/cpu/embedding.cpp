@@ -55,7 +55,11 @@ void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& do
   expect_shape(tokens, {B, T}, "embedding_backward tokens", DType::i32);
   check_f32(dwte, {Vl, C}, "embedding_backward dwte");
   const bool pos = dwpe.defined();
-  if (pos) check_f32(dwpe, {dwpe.size(0), C}, "embedding_backward dwpe");
+  if (pos) {
+    LLM_CHECK(dwpe.dim() == 2 && dwpe.size(0) >= T, "embedding_backward: sequence length ", T,
+              " exceeds the position gradient ", shape_str(dwpe.shape()));
+    check_f32(dwpe, {dwpe.size(0), C}, "embedding_backward dwpe");
+  }
   check_f32(dout, {B, T, C}, "embedding_backward dout");
   const int32_t* tok = tokens.data<int32_t>();
   const float* d = dout.data<float>();

@@ -110,7 +110,8 @@ CublasLt::Plan& CublasLt::plan(const Matmul& mm, const char* op) {
   const std::string key = detail::concat(
       mm.trans_a, mm.trans_b, ',', mm.m, ',', mm.n, ',', mm.k, ',', int(mm.a_type), int(mm.d_type), ',', mm.lda, ',',
       mm.ldb, ',', mm.ldd, ',', mm.ld_aux, ',', int(mm.epilogue), ',', mm.beta != 0.0f, ',', alignment(mm.a, mm.lda, mm.a_type), ',',
-      alignment(mm.b, mm.ldb, mm.b_type), ',', alignment(mm.d, mm.ldd, mm.d_type), ',', int(compute));
+      alignment(mm.b, mm.ldb, mm.b_type), ',', alignment(mm.d, mm.ldd, mm.d_type), ',', alignment(mm.bias, 0, mm.d_type), ',',
+      alignment(mm.aux, mm.ld_aux, mm.d_type), ',', int(compute));
   auto it = plans_.find(key);
   if (it == plans_.end()) {
     auto plan = std::make_unique<Plan>();
@@ -139,6 +140,16 @@ CublasLt::Plan& CublasLt::plan(const Matmul& mm, const char* op) {
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)),
                    what);
     }
+    // The epilogue's vectors are set for the heuristic too: it takes their alignment from the
+    // pointers (null reads as fully aligned), so a plan is made, and keyed, for the alignment
+    // it will run with. launch() sets them again for each call.
+    if (mm.bias)
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &mm.bias, sizeof(mm.bias)),
+                   what);
+    if (mm.aux)
+      CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &mm.aux, sizeof(mm.aux)),
+          what);
     const cudaDataType_t at = cuda_data_type(mm.a_type), dt = cuda_data_type(mm.d_type);
     // Stored shapes (column-major): A is m x k (or k x m when transposed), B is k x n (or n x k).
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a, at, mm.trans_a ? mm.k : mm.m, mm.trans_a ? mm.m : mm.k, mm.lda),

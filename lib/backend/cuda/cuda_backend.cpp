@@ -233,7 +233,11 @@ void CudaBackend::embedding_backward(const Tensor& dwte, const Tensor& dwpe, con
   check_dev(tokens, {B, T}, DType::i32, device_, "embedding_backward tokens");
   check_dev(dwte, {Vl, C}, DType::f32, device_, "embedding_backward dwte");
   check_dev(dout, {B, T, C}, t, device_, "embedding_backward dout");
-  if (dwpe.defined()) check_dev(dwpe, {dwpe.size(0), C}, DType::f32, device_, "embedding_backward dwpe");
+  if (dwpe.defined()) {
+    LLM_CHECK(dwpe.dim() == 2 && dwpe.size(0) >= T, "embedding_backward: sequence length ", T,
+              " exceeds the position gradient ", shape_str(dwpe.shape()));
+    check_dev(dwpe, {dwpe.size(0), C}, DType::f32, device_, "embedding_backward dwpe");
+  }
   // Bucket positions by token on the host (ids are a few KB): one block per token then sums
   // its rows in position order, deterministic and without atomics.
   std::vector<int32_t> tok(static_cast<size_t>(B * T));
@@ -331,6 +335,8 @@ LinearDims linear_dims(const char* op, const Tensor& inp, const Tensor& weight, 
   check_dev(weight, {OC, C}, inp.dtype(), dev, op);
   return {N, C, OC};
 }
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 }  // namespace
 
 void CudaBackend::linear_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias) {
@@ -351,14 +357,19 @@ void CudaBackend::linear_forward(const Tensor& out, const Tensor& inp, const Ten
   mm.a = weight.raw(), mm.lda = d.C;
   mm.b = inp.raw(), mm.ldb = d.C;
   mm.d = out.raw(), mm.ldd = d.OC;
-  if (bias.defined()) mm.epilogue = Epilogue::bias, mm.bias = bias.raw();
-  blas_->run(mm, "linear_forward");
+  run_gemm_with_bias(mm, bias.defined() ? bias.raw() : nullptr, "linear_forward");
   launched("linear_forward", {&out, &inp, &weight, &bias});
 }
 
 void CudaBackend::linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu, const Tensor& inp,
                                       const Tensor& weight, const Tensor& bias) {
-  if (!bias.defined() || !gelu_epilogue_) return Backend::linear_gelu_forward(out, pre_gelu, inp, weight, bias);
+  // The fused form where its bias and pre-activation are 16-byte aligned (linear_forward then
+  // the GELU kernel otherwise: linear_forward handles the rest).
+  // (cuBLASLt's GELU aux needs a leading dimension divisible by 8; OC % 8 also aligns the rows.)
+  const int64_t oc = weight.dim() == 2 ? weight.size(0) : 0;
+  if (!bias.defined() || !gelu_epilogue_ || oc % 8 != 0 || !aligned16(bias.raw()) || !aligned16(pre_gelu.raw()) ||
+      !aligned16(out.raw()))
+    return Backend::linear_gelu_forward(out, pre_gelu, inp, weight, bias);
   const LinearDims d = linear_dims("linear_gelu_forward inp/weight", inp, weight, device_);
   const DType ot = out.dtype();
   LLM_CHECK(ot == inp.dtype() || ot == DType::f32, "linear_gelu_forward out: ", dtype_name(ot));
@@ -380,6 +391,40 @@ void CudaBackend::linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu,
   if (!run_with_epilogue(mm, "linear_gelu_forward", gelu_epilogue_, "the linear layer then the GELU kernel"))
     return Backend::linear_gelu_forward(out, pre_gelu, inp, weight, bias);
   launched("linear_gelu_forward", {&out, &inp, &weight, &bias});
+}
+
+void CudaBackend::run_gemm_with_bias(Matmul mm, const void* bias, const char* op) {
+  LLM_CHECK(mm.epilogue == Epilogue::none && mm.beta == 0.0f && mm.ldd == mm.m, op,
+            ": run_gemm_with_bias takes a plain GEMM into a contiguous output");
+  const int64_t rows = mm.n, cols = mm.m;  // D row-major [rows, cols] is cuBLASLt's cols x rows
+  const DType ot = mm.d_type;
+  // cuBLASLt writes D itself (and adds the bias in its epilogue) where D is f32 or its rows start
+  // 16 bytes apart, and the bias is 16-byte aligned. Otherwise, or where it has no bias algorithm,
+  // the GEMM writes f32 and bias_epilogue adds the bias and rounds once. (An H200 gave wrong
+  // bf16/f16 [3, 66] outputs, rows 132 bytes apart, in runs 20-22, where the same GEMM's f32
+  // output was right; a 16-bit bias packed among an odd-sized model's parameters is 2-byte aligned.)
+  const bool rows_aligned = ot == DType::f32 || (cols * static_cast<int64_t>(dtype_size(ot))) % 16 == 0;
+  if (rows_aligned && (!bias || aligned16(bias))) {
+    if (!bias) return blas_->run(mm, op);
+    Matmul mb = mm;
+    mb.epilogue = Epilogue::bias, mb.bias = bias;
+    std::string why;
+    if (blas_->run_if_supported(mb, op, &why)) return;
+    if (!bias_epilogue_warned_)
+      std::fprintf(stderr, "[warning] %s; adding the bias with a kernel where cuBLASLt has none\n", why.c_str());
+    bias_epilogue_warned_ = true;
+  }
+  if (ot == DType::f32) {  // the GEMM into D, the bias added in place
+    blas_->run(mm, op);
+    if (bias) kernels::bias_epilogue(ot, mm.d, static_cast<const float*>(mm.d), bias, rows, cols, stream_);
+    return;
+  }
+  Tensor acc = scratch(rows * cols);
+  void* const d = mm.d;
+  mm.d_type = DType::f32, mm.d = acc.raw();
+  blas_->run(mm, op);
+  kernels::bias_epilogue(ot, d, acc.data<float>(), bias, rows, cols, stream_);
+  launched(op, {});  // before acc goes back to the allocator
 }
 
 bool CudaBackend::run_with_epilogue(const Matmul& mm, const char* op, bool& enabled, const char* instead) {
@@ -425,14 +470,16 @@ void CudaBackend::linear_backward_impl(const Tensor& dinp, const Tensor& dweight
     mm.b = dout.raw(), mm.ldb = d.OC;
     mm.d = dinp.raw(), mm.ldd = d.C;
     bool fused = false;
-    if (pre_gelu && dgelu_epilogue_) {
+    // The DGELU epilogue where the aux's leading dimension is divisible by 8 (cuBLASLt's rule) and
+    // both matrices 16-byte aligned; otherwise the GEMM, then the GELU backward kernel.
+    if (pre_gelu && dgelu_epilogue_ && d.C % 8 == 0 && aligned16(pre_gelu->raw()) && aligned16(dinp.raw())) {
       // D = (W^T dout^T) * gelu'(aux), aux = the pre-activation (C x N column-major, like D).
       Matmul mg = mm;
       mg.epilogue = Epilogue::dgelu, mg.aux = const_cast<void*>(pre_gelu->raw()), mg.ld_aux = d.C;
       fused = run_with_epilogue(mg, "linear_backward_gelu dinp", dgelu_epilogue_, "a separate GELU backward");
     }
     if (!fused) {
-      blas_->run(mm, "linear_backward dinp");
+      run_gemm_with_bias(mm, nullptr, "linear_backward dinp");
       if (pre_gelu) {
         kernels::gelu_backward(t, dinp.raw(), pre_gelu->raw(), dinp.raw(), dinp.numel(), stream_);
         launched("linear_backward_gelu dinp (GELU backward)", {&dinp, pre_gelu});  // before scratch() allocates

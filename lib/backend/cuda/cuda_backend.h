@@ -120,11 +120,16 @@ class CudaBackend final : public Backend {
   // cuBLASLt's GELU_AUX_BIAS epilogue for linear_gelu_forward; cleared (said once) when cuBLASLt has
   // no algorithm for a shape (generation brings one-row GEMMs, not yet run on a GPU).
   bool gelu_epilogue_ = true;
+  bool bias_epilogue_warned_ = false;  // linear_forward without a cuBLASLt bias algorithm (said once)
   bool dgelu_epilogue_ = true;  // LLM_CUDA_DGELU=0 clears it; so does cuBLASLt without a DGELU algorithm (said once)
   // Runs a matmul whose fused epilogue cuBLASLt may not offer for its shape and types: when it
   // has no algorithm (found before anything runs), says once that `instead` takes over, clears
   // `enabled`, returns false.
   bool run_with_epilogue(const Matmul& mm, const char* op, bool& enabled, const char* instead);
+  // A plain GEMM (beta 0) into a contiguous row-major output [mm.n, mm.m] of mm.d_type, plus
+  // bias[mm.m] of the same type (may be null): cuBLASLt's bias epilogue where the output rows and
+  // the bias are 16-byte aligned (or the output f32), else an f32 accumulator and one rounding.
+  void run_gemm_with_bias(Matmul mm, const void* bias, const char* op);
   void linear_backward_impl(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                             const Tensor& inp, const Tensor& weight, const Tensor* pre_gelu);
   const char* last_op_ = "none";
