@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <string>
@@ -14,6 +15,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.h"
 #include "comm/nccl_shared_gpu.h"
+#include "comm/watchdog.h"
 
 // NCCL's own words for the last failure ("Duplicate GPU detected ...", a socket it could not
 // reach), where the library has them (2.13 on): the result code alone ("invalid usage",
@@ -85,6 +87,35 @@ bool shared_gpu_mode() {
     return shared;
   }();
   return on;
+}
+
+// The process's watchdog over its NCCL communicators (comm/watchdog.h): a failure NCCL records
+// asynchronously (a network error, a peer lost inside the network) is otherwise seen by no
+// caller, and this rank would wait in its next synchronise until the job's wall time. On one it
+// aborts every communicator, says which failed, and ends the process with exit status 1, so the
+// launcher ends the job (the training step's results are not to be trusted past an abort).
+// LLM_NCCL_WATCHDOG_MS sets its period (1000; 0 off), read at the first communicator.
+Watchdog& nccl_watchdog() {
+  static Watchdog w(
+      watchdog_period_ms(std::getenv("LLM_NCCL_WATCHDOG_MS")),
+      [](void* h) -> std::string {
+        ncclResult_t r = ncclSuccess;
+        const ncclResult_t q = ncclCommGetAsyncError(static_cast<ncclComm_t>(h), &r);
+        if (q != ncclSuccess) r = q;
+#if defined(NCCL_VERSION_CODE) && NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
+        if (r == ncclInProgress) return "";  // a non-blocking communicator's operation under way
+#endif
+        if (r == ncclSuccess) return "";
+        return std::string("NCCL asynchronous error ") + ncclGetErrorString(r) + nccl_last_error();
+      },
+      [](void* h) { (void)ncclCommAbort(static_cast<ncclComm_t>(h)); },
+      [](const std::string& message) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "[error] %s; every NCCL communicator of this rank aborted, exiting\n", message.c_str());
+        std::fflush(stderr);
+        std::_Exit(1);
+      });
+  return w;
 }
 
 // The PCI bus id of the GPU each rank of `comm` on this node uses, in node-rank order (device:
@@ -170,16 +201,24 @@ class NcclCommunicator final : public Communicator {
     if (rank_ == 0) NCCL_CHECK(ncclGetUniqueId(&id), "creating the NCCL unique id");
     MPI_Bcast(&id, static_cast<int>(sizeof(id)), MPI_BYTE, 0, mpi_);
     CUDA_CHECK(cudaSetDevice(backend_.device().index), "NCCL communicator on ", backend_.device().str());
+    Watchdog& watchdog = nccl_watchdog();  // its setting checked before the first communicator exists
     NCCL_CHECK(ncclCommInitRank(&comm_, size_, id, rank_), "ncclCommInitRank (rank ", rank_, " of ", size_, " on ",
                backend_.device().str(), "; one GPU per rank: check the local-rank device choice)");
+    int world = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &world);
+    watchdog.add(comm_, detail::concat("rank ", world, ": the NCCL communicator of ", size_, " ranks (its rank ", rank_,
+                                       ", ", backend_.device().str(), ")"));
   }
   ~NcclCommunicator() override {
+    if (comm_) nccl_watchdog().remove(comm_);  // no query of it runs past here
     if (std::uncaught_exceptions() > uncaught_) {
       // Unwinding from an error on this rank: what it queued may wait on peers that will never
       // join, and ncclCommDestroy (or a synchronise) would wait with it; aborted instead, so the
       // error reaches main and the launcher's abort.
       if (comm_) (void)ncclCommAbort(comm_);
     } else {
+      // Both streams' NCCL work done first: the blocking operations run on the compute stream.
+      (void)cudaStreamSynchronize(backend_.stream());
       if (comm_stream_) (void)cudaStreamSynchronize(comm_stream_);
       if (comm_) (void)ncclCommDestroy(comm_);
     }

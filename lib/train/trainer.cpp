@@ -160,6 +160,7 @@ IterationStats Trainer::train_step() {
     if (hi > lo) model_.backend().copy(grad_shard_.flat(lo - own_begin(), hi - lo), resident.flat(lo, hi - lo));
     if (dp_size > 1) loss_sum = dp_->all_reduce_sum(loss_sum);
     grad_scale = static_cast<double>(sp) / static_cast<double>(dp_size);
+    model_.backend().synchronize();  // NCCL's reductions are queued on the device: time them, not the queueing
     st.grads_all_reduce_seconds = phase.seconds();
   } else if (dp_size > 1) {
     phase.reset();
@@ -181,6 +182,7 @@ IterationStats Trainer::train_step() {
     }
     loss_sum = dp_->all_reduce_sum(loss_sum);
     grad_scale = static_cast<double>(sp) / static_cast<double>(dp_size);  // 1 / data-parallel size
+    model_.backend().synchronize();  // NCCL's reductions are queued on the device: time them, not the queueing
     st.grads_all_reduce_seconds = phase.seconds();
   }
   st.loss = loss_sum / static_cast<double>(micro * dp_size);
@@ -444,9 +446,14 @@ double Trainer::pipeline_step(int64_t micro, const std::function<void(int64_t)>&
   const int64_t warmup = std::min<int64_t>(P - s - 1, micro), remaining = micro - warmup;
   double loss_sum = 0, comm = 0;
   auto select = [&](int64_t k) { m.select_micro_batch(static_cast<int>(k % (P - s))); };
+  // With the timer block on (--timing-log-level >= 1), device work is synchronised around each
+  // transfer, as Megatron's timers do: NCCL's sends and receives are only queued otherwise.
+  const bool sync_timers = args_.timing_log_level >= 1;
   auto timed = [&](auto&& f) {
+    if (sync_timers) m.backend().synchronize();
     Timer t;
     f();
+    if (sync_timers) m.backend().synchronize();
     comm += t.seconds();
   };
   auto recv_forward = [&](int64_t k) {
