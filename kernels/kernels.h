@@ -237,13 +237,13 @@ int block_order_setting();
 // LLM_CUDA_DQ_CONVERT: how the atomic backwards turn the fp32 dQ sums into dqkv's q columns.
 // kernel (default, or unset; 1): a conversion kernel after the backward (dq_from_accum_packed),
 // the sums zeroed by a memset before it; fused (2): inside the warp-specialised atomic backwards
-// (wgmma-ws-atomic, wgmma-ws-dqfirst: auto's on sm_90), each query tile converted by the block
+// (wgmma-ws-atomic, wgmma-ws-dqfirst; not auto's wgmma-ws-tma), each query tile converted by the block
 // that adds its last sums, from L2, by a producer warp (no conversion kernel; with a persistent
 // dq_workspace no memset either); the other atomic backwards keep the kernel. Anything else is an
 // error naming the variable.
 int dq_convert_setting();
-// LLM_CUDA_DQ_RED: the width of the dQ reductions of wgmma-ws-atomic (auto's backward on sm_90)
-// and wgmma-ws-dqfirst. v2
+// LLM_CUDA_DQ_RED: the width of the dQ reductions of wgmma-ws-atomic and wgmma-ws-dqfirst (not
+// auto's wgmma-ws-tma, whose dQ goes by TMA reductions). v2
 // (default, or unset; 2): the accumulator fragments' own float pairs, 8 bytes per reduction; v4
 // (4): quad lanes trade halves so each reduction adds 16 bytes, half the instructions
 // (red.global.add.v4.f32, sm_90), at head dims 48, 80, 96 and 128 (at 64 the trade spills: v2

@@ -22,9 +22,10 @@
 #   benchmarks' flags, ours for every kernel choice and PyTorch's, e.g. "--head-dims 48,80,96
 #   --seqs 4096,16384"), TESTS=0 (skip the correctness steps: a rerun of benchmarks on a bundle
 #   already validated), SWEEP_MODELS="GPT1_3B:50304 GPT1_5B:0" (model:vocab, 0 the mock default),
-#   SWEEP_MBS=1,2,4,8,16 (the sweep's micro-batches), ENV_VARIANTS="LLM_CUDA_BLOCK_ORDER=launch"
-#   (environment assignments the attention benchmark and the training step also run under, one at
-#   a time: an A/B of a switch; an entry may set several, joined by commas, e.g.
+#   SWEEP_MBS=1,2,4,8,16 (the sweep's micro-batches), ENV_VARIANTS (empty by default; e.g.
+#   "LLM_CUDA_BLOCK_ORDER=launch": environment assignments the attention benchmark and the
+#   training step also run under, one at a time: an A/B of a switch; an entry may set several,
+#   joined by commas, e.g.
 #   LLM_CUDA_ATTENTION=wgmma-ws-dqfirst,LLM_CUDA_DQ_RED=v4; their files are named without LLM_CUDA_,
 #   e.g. bench_attention_block-order-launch.txt; the attention tests run under each first, and a
 #   switch whose tests fail is not benchmarked), MULTIRANK=1 (the multi-rank step when an mpirun is
