@@ -1,6 +1,7 @@
 // llm-pretrain: GPT pretraining. Megatron's flags, a YAML config holding the same keys (flags
 // override it), Megatron's log line, and a JSON-lines metrics file in --output-dir.
 #include <omp.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -36,9 +37,22 @@ using namespace llm;
 
 namespace {
 
-// SIGTERM/SIGINT ask for a save at the next iteration boundary and a clean exit.
+// SIGTERM/SIGINT ask for a save at the next iteration boundary and a clean exit, said at once
+// (by rank 0: an iteration may take minutes); a second one ends the process as the signal would.
 std::atomic<int> g_stop_signal{0};
-extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+bool g_signal_lead = false;
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal.load() != 0) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal.store(sig);
+  if (g_signal_lead) {
+    static const char msg[] = "\n> stopping at the end of this iteration (saving first with --save); signal again to stop now\n";
+    (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
+  }
+}
 
 std::string exe_dir(const char* argv0) {
   std::error_code ec;
@@ -71,8 +85,15 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     else
       given[o.name] = app.add_option(names, values[o.name], o.help)->default_str(o.get(defaults))->type_name(o.type);
   }
+  // Megatron's reading of a command line: the last of a repeated option counts (an appended
+  // override); an unknown option is named with the closest known one.
+  std::vector<std::string> repeated;
+  std::vector<std::string> cl = last_occurrences(std::vector<std::string>(argv + 1, argv + argc), {"config", "help"}, &repeated);
+  cl.insert(cl.begin(), argv[0]);
+  std::vector<char*> cargv;
+  for (std::string& a : cl) cargv.push_back(a.data());
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(cargv.size()), cargv.data());
   } catch (const CLI::ParseError& e) {
     return mpi.rank() == 0 ? app.exit(e) : (e.get_exit_code() ? 2 : 0);
   }
@@ -123,6 +144,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     if (lead) std::printf(fmt, a...);
   };
   if (sp_dropped) say("> --sequence-parallel: off at --tensor-model-parallel-size 1 (it shards within the tensor-parallel group)\n");
+  for (const std::string& r : repeated) say("> --%s given more than once: the last counts\n", r.c_str());
   {
     std::string ignored;
     for (const OptionSpec& o : train_options())
@@ -226,6 +248,15 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   if (!args.vocab_file.empty()) tokenizer.files["vocab"] = args.vocab_file;
   if (!args.merge_file.empty()) tokenizer.files["merges"] = args.merge_file;
   if (tokenizer.identity.kind.empty()) tokenizer.identity = {"MockData", std::to_string(args.vocab_size)};
+  // What a save needs is checked now, not after the training it would save: the tokenizer files
+  // it copies, and a save root that can be made.
+  if (!args.save.empty()) {
+    for (const auto& [role, path] : tokenizer.files)
+      if (std::error_code ec; !std::filesystem::is_regular_file(path, ec))
+        throw ConfigError(detail::concat("--", role == "model" ? "tokenizer-model" : role == "vocab" ? "vocab-file" : "merge-file",
+                                         " ", path, ": not found (or not a file); a checkpoint carries its tokenizer"));
+    check_save_root(args.save);
+  }
   // Fault injection for the failure tests: LLM_FAULT_INJECT=<rank>:<iteration> makes that rank
   // raise an error at the start of that iteration, <rank>:save:<iteration> at the start of that
   // iteration's checkpoint save (the others already writing theirs); no rank may hang, and no
@@ -254,6 +285,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       std::fflush(stdout);
     }
   };
+  g_signal_lead = lead;
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGINT, on_stop_signal);
   const Timer run_timer;

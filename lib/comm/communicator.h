@@ -66,7 +66,10 @@ class Communicator {
   // Non-blocking forms of the other collectives and of point to point, with the blocking ones'
   // results once waited for. MpiCommunicator runs them as MPI's non-blocking operations, the NCCL
   // communicator on its communication stream; a communicator without its own (the base forms
-  // here) completes them before returning.
+  // here) completes them before returning. Unlike MPI's, NCCL's point-to-point forms run in the
+  // order they were issued, on every rank: an exchange in both directions between two ranks must
+  // be one send_recv (grouped), never recv_async then send on both sides (each send would wait
+  // behind its own rank's receive: a deadlock on NCCL, fine on MPI).
   virtual std::unique_ptr<Request> all_gather_ranges_async(const Tensor& x, const std::vector<int64_t>& offsets) {
     all_gather_ranges(x, offsets);
     return done();

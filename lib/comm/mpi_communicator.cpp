@@ -78,11 +78,6 @@ MPI_Datatype pair_type(const Tensor& out, const Tensor& in, const char* op) {
 // guarantees tags up to 32767.
 constexpr int kAllToAllTag = 32767;
 
-int mpi_count(int64_t n, const char* op) {
-  LLM_CHECK(n <= std::numeric_limits<int>::max(), "MPI ", op, ": ", n, " elements exceed MPI's int counts");
-  return static_cast<int>(n);
-}
-
 // Elements per MPI call: MPI's counts and displacements are int, so larger buffers go in windows
 // of at most 2^30 elements. LLM_MPI_MAX_COUNT lowers the window (the tests run every collective
 // in small windows that way); a test knob, which every rank must see alike (Open MPI: -x).

@@ -459,6 +459,17 @@ std::string newest_complete_iteration(const std::string& save_root) {
   return found;
 }
 
+void check_save_root(const std::string& save_root) {
+  std::error_code ec;
+  fs::path p = fs::absolute(save_root, ec);
+  if (ec) throw ConfigError("--save " + save_root + ": " + ec.message());
+  while (!fs::exists(p, ec) && p.has_parent_path() && p.parent_path() != p) p = p.parent_path();
+  if (!fs::is_directory(p, ec))
+    throw ConfigError("--save " + save_root + ": " + p.string() + " is not a directory");
+  if (::access(p.c_str(), W_OK | X_OK) != 0)
+    throw ConfigError("--save " + save_root + ": " + p.string() + " is not writable (" + std::strerror(errno) + ")");
+}
+
 bool save_root_is_empty(const std::string& dir) {
   std::error_code ec;
   if (!fs::exists(dir, ec)) return true;

@@ -132,4 +132,9 @@ std::string newest_complete_iteration(const std::string& save_root);
 // (iter_N.tmp-*, iter_N.old-*, latest.tmp-*): a save root to start from scratch in.
 bool save_root_is_empty(const std::string& dir);
 
+// Whether a save under save_root can be made, checked before a run trains for it: the root is a
+// directory, or its nearest existing ancestor is one that can be written into. Throws
+// ConfigError naming --save and the path otherwise.
+void check_save_root(const std::string& save_root);
+
 }  // namespace llm

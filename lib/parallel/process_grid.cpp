@@ -26,6 +26,7 @@ void validate_layout(const ParallelLayout& l, const LayoutConstraints& c) {
     fail("--sequence-parallel: --micro-batch-size ", c.micro_batch, " x --seq-length ", c.seq_length, " = ",
          c.micro_batch * c.seq_length, " tokens are not divisible by --tensor-model-parallel-size ", l.tp);
   const int64_t dp = l.dp();
+  if (c.micro_batch < 1) fail("--micro-batch-size must be >= 1, got ", c.micro_batch);
   if (c.global_batch % (c.micro_batch * dp))
     fail("--global-batch-size ", c.global_batch, " is not divisible by --micro-batch-size ", c.micro_batch,
          " x data-parallel size ", dp, " (world ", l.world, " / (tp ", l.tp, " x pp ", l.pp, " x sp ", l.sp, "))");

@@ -2,7 +2,9 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <charconv>
+#include <map>
 #include <cstdlib>
 #include <filesystem>
 #include <sstream>
@@ -220,6 +222,83 @@ const OptionSpec* find_option(const std::string& name) {
   for (const OptionSpec& o : train_options())
     if (o.name == key) return &o;
   return nullptr;
+}
+
+namespace {
+std::string dashed(std::string s) {
+  for (char& c : s)
+    if (c == '_') c = '-';
+  return s;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+}  // namespace
+
+std::string closest_option(const std::string& name, const std::vector<std::string>& extra) {
+  const std::string key = dashed(name);
+  std::string best;
+  size_t best_d = std::max<size_t>(1, key.size() / 3) + 1;
+  auto consider = [&](const std::string& n) {
+    const size_t d = edit_distance(key, n);
+    if (d < best_d) best_d = d, best = n;
+  };
+  for (const OptionSpec& o : train_options()) consider(o.name);
+  for (const std::string& e : extra) consider(e);
+  return best;
+}
+
+std::vector<std::string> last_occurrences(const std::vector<std::string>& args, const std::vector<std::string>& extra,
+                                          std::vector<std::string>* repeated) {
+  struct Occurrence {
+    std::string name;  // canonical; "" for tokens before the first option
+    std::vector<std::string> tokens;
+  };
+  std::vector<Occurrence> occ;
+  for (const std::string& t : args) {
+    const bool option = (t.size() > 2 && t.rfind("--", 0) == 0) || t == "-h";
+    if (!option) {
+      if (occ.empty()) occ.push_back({"", {}});
+      occ.back().tokens.push_back(t);
+      continue;
+    }
+    const std::string spelled = t == "-h" ? "help" : t.substr(2, t.find('=') == std::string::npos ? std::string::npos : t.find('=') - 2);
+    std::string name = dashed(spelled);
+    if (!find_option(name) && std::find(extra.begin(), extra.end(), name) == extra.end()) {
+      const std::string hint = closest_option(name, extra);
+      throw ConfigError("unknown option --" + spelled + (hint.empty() ? "" : " (did you mean --" + hint + "?)") +
+                        "; --help lists them");
+    }
+    std::string token = t;
+    if (const OptionSpec* o = find_option(name)) {  // spelled as CLI11 knows it
+      name = o->name;
+      token = "--" + name + (t.find('=') == std::string::npos ? "" : t.substr(t.find('=')));
+    }
+    occ.push_back({name, {token}});
+  }
+  std::map<std::string, size_t> last, count;
+  for (size_t i = 0; i < occ.size(); ++i) last[occ[i].name] = i, ++count[occ[i].name];
+  std::vector<std::string> out;
+  for (size_t i = 0; i < occ.size(); ++i) {
+    if (!occ[i].name.empty() && last[occ[i].name] != i) continue;
+    out.insert(out.end(), occ[i].tokens.begin(), occ[i].tokens.end());
+  }
+  if (repeated)
+    for (const auto& [name, n] : count)
+      if (!name.empty() && n > 1) repeated->push_back(name);
+  return out;
 }
 
 void apply_option(TrainArgs& args, const std::string& name, const std::string& value,

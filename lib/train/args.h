@@ -138,6 +138,16 @@ struct OptionSpec {
 const std::vector<OptionSpec>& train_options();
 const OptionSpec* find_option(const std::string& name);
 
+// The command line (without argv[0]) as Megatron's argparse reads it: an option given more than
+// once takes its last occurrence, values and all (a script that appends an override, a repeated
+// --data-path list); `repeated` (may be null) gets those options' names. An option that is
+// neither an OptionSpec's name or alias (either spelling of '_' and '-') nor one of `extra`
+// ("config", "help") is a ConfigError naming the closest known option. "-h" is --help.
+std::vector<std::string> last_occurrences(const std::vector<std::string>& args, const std::vector<std::string>& extra,
+                                          std::vector<std::string>* repeated);
+// The known option closest to `name` (edit distance, at most a third of its length), or "".
+std::string closest_option(const std::string& name, const std::vector<std::string>& extra);
+
 // Sets one option from text; `source` ("--lr", "run.yaml:12") prefixes any error.
 void apply_option(TrainArgs& args, const std::string& name, const std::string& value,
                   const std::string& source);

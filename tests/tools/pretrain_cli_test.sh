@@ -62,6 +62,35 @@ check "bad flag value is rejected" "[ $? -ne 0 ] && grep -q -- '--lr' $work/bad3
 "$bin" --num-layers 2 > "$work/bad4.txt" 2>&1
 check "no data source is a clear error" "[ $? -eq 2 ] && grep -q 'no training data' $work/bad4.txt"
 
+"$bin" --mock-data --micro-batch-size 0 > "$work/mb0.txt" 2>&1
+check "--micro-batch-size 0 is refused by name, no crash" "[ $? -eq 2 ] && grep -q 'micro-batch-size must be >= 1, got 0' $work/mb0.txt"
+"$bin" --mock-data --num-layer 3 > "$work/unk.txt" 2>&1
+check "an unknown flag is named with the closest known one" "[ $? -eq 2 ] && grep -q 'unknown option --num-layer (did you mean --num-layers?)' $work/unk.txt"
+# Megatron's argparse: the last of a repeated option counts (a launcher appending an override)
+"$bin" "${common[@]}" --train-iters 1 --num-attention-heads 2 --output-dir "$work/rep" > "$work/rep.txt" 2>&1
+check "a repeated flag takes its last value, with a note" "[ $? -eq 0 ] && grep -q '2 layers, hidden 64, 2 heads' $work/rep.txt && grep -q -- '--num-attention-heads given more than once: the last counts' $work/rep.txt"
+# what a save needs is checked before the training, not after it
+echo x > "$work/afile"
+"$bin" "${common[@]}" --train-iters 50 --log-interval 1 --save "$work/afile/ck" > "$work/sv.txt" 2>&1
+check "--save under a regular file is refused before training" "[ $? -eq 2 ] && grep -q 'afile is not a directory' $work/sv.txt && ! grep -q 'iteration ' $work/sv.txt"
+"$bin" "${common[@]}" --train-iters 50 --log-interval 1 --save "$work/tk" --tokenizer-model "$work/none.model" > "$work/tk.txt" 2>&1
+check "a missing --tokenizer-model is refused before training when a save would copy it" "[ $? -eq 2 ] && grep -q 'tokenizer-model .*none.model: not found' $work/tk.txt && ! grep -q 'iteration ' $work/tk.txt"
+# SIGINT during an iteration: said at once, the run ends at the iteration's end (exit 0); a
+# second one ends it at once (the signal's own status)
+slow=(--mock-data --vocab-size 128 --num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 4096
+      --micro-batch-size 4 --global-batch-size 4 --train-iters 1000 --log-interval 1)
+for n in 1 2; do
+  "$bin" "${slow[@]}" --output-dir "$work/sig$n" > "$work/sig$n.txt" 2> "$work/sig$n.err" &
+  pid=$!
+  for _ in $(seq 300); do grep -q 'iteration  *1/' "$work/sig$n.txt" 2>/dev/null && break; sleep 0.1; done
+  kill -INT $pid
+  [ $n -eq 2 ] && sleep 0.2 && kill -INT $pid
+  wait $pid
+  echo $? > "$work/sig$n.rc"
+done
+check "a first SIGINT is said at once and ends the run at the iteration's end" "[ \$(cat $work/sig1.rc) -eq 0 ] && grep -q 'stopping at the end of this iteration' $work/sig1.err && grep -q 'exiting at iteration .* (SIGINT)' $work/sig1.txt"
+check "a second SIGINT ends the run at once" "[ \$(cat $work/sig2.rc) -eq 130 ] && ! grep -q 'exiting at iteration' $work/sig2.txt"
+
 "$bin" --help > "$work/help.txt" 2>&1
 check "--help lists flags with defaults" "grep -q -- '--num-attention-heads' $work/help.txt && grep -q -- '--lr-decay-style' $work/help.txt && grep -q 'cosine' $work/help.txt && grep -q 'Example' $work/help.txt"
 

@@ -147,3 +147,27 @@ TEST(Args, EveryShippedModelConfigLoadsAndValidates) {
   }
   EXPECT_NE(error_of([] { resolve_model_file("GPT9000B", ""); }).find("GPT9000B"), std::string::npos);
 }
+
+// The command line as Megatron's argparse reads it: the last occurrence of a repeated option
+// counts (its values with it), '_' spellings reach CLI11 as the option's name, and an unknown
+// option is named with the closest known one.
+TEST(Args, RepeatedOptionsTakeTheLastAndUnknownOnesAreNamed) {
+  using V = std::vector<std::string>;
+  V repeated;
+  const V got = last_occurrences({"--num-layers", "2", "--data-path", "a", "b", "--lr=1e-3", "--num_layers", "4",
+                                  "--data-path", "c", "--mock-data", "--lr", "-2e-3", "--config", "x.yaml"},
+                                 {"config", "help"}, &repeated);
+  EXPECT_EQ(got, (V{"--num-layers", "4", "--data-path", "c", "--mock-data", "--lr", "-2e-3", "--config", "x.yaml"}));
+  EXPECT_EQ(repeated, (V{"data-path", "lr", "num-layers"}));
+  V none;
+  EXPECT_EQ(last_occurrences({"--deepspeed_config", "ds.json", "-h"}, {"config", "help"}, &none),
+            (V{"--deepspeed-config", "ds.json", "-h"}));
+  EXPECT_TRUE(none.empty());
+  EXPECT_EQ(last_occurrences({"--lr=1", "--lr=2"}, {}, nullptr), (V{"--lr=2"}));
+  const std::string e = error_of([] { last_occurrences({"--mock-data", "--num-layer", "3"}, {"config", "help"}, nullptr); });
+  EXPECT_NE(e.find("unknown option --num-layer (did you mean --num-layers?)"), std::string::npos) << e;
+  const std::string far = error_of([] { last_occurrences({"--frobnicate"}, {"config", "help"}, nullptr); });
+  EXPECT_NE(far.find("unknown option --frobnicate; --help lists them"), std::string::npos) << far;
+  EXPECT_EQ(closest_option("hiden_size", {}), "hidden-size");
+  EXPECT_EQ(closest_option("confg", {"config"}), "config");
+}

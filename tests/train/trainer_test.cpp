@@ -103,9 +103,10 @@ TEST(Trainer, LearningRateFollowsMegatronsScheduler) {
     const double cosine_after = 0.1 + 0.45 * (std::cos(M_PI * (i - 4) / 8.0) + 1.0);
     EXPECT_NEAR(st.lr_applied, i - 1 <= 4 ? megatron[size_t(i - 1)] : cosine_before, 1e-12) << "iteration " << i;
     EXPECT_NEAR(st.lr, i <= 4 ? megatron[size_t(i)] : cosine_after, 1e-12) << "iteration " << i;
-    if (i == 1)
+    if (i == 1) {
       EXPECT_EQ(0, std::memcmp(before.raw(), model.parameters().flat_params().raw(), before.nbytes()))
           << "the first warm-up update runs at rate 0";
+    }
   }
   EXPECT_NEAR(t.schedule().at(12), 0.1, 1e-12);
 }
