@@ -50,7 +50,14 @@ struct InputFlags {
   }
   InputOptions options() const {
     InputOptions o;
-    const bool jsonl_ext = !inputs.empty() && (inputs[0].ends_with(".jsonl") || inputs[0].ends_with(".json"));
+    auto is_json = [](const std::string& f) { return f.ends_with(".jsonl") || f.ends_with(".json"); };
+    const bool jsonl_ext = !inputs.empty() && is_json(inputs[0]);
+    if (format == "auto")  // one format for every file: a mix would read some files in the wrong one
+      for (const std::string& f : inputs)
+        if (is_json(f) != jsonl_ext)
+          throw ConfigError("--input: " + inputs[0] + " is " + (jsonl_ext ? "JSON lines" : "text") + " by its extension but " +
+                            f + " is " + (jsonl_ext ? "text" : "JSON lines") +
+                            "; tokenize them in separate runs, or name one format with --input-format");
     if (format == "jsonl" || (format == "auto" && jsonl_ext)) o.format = InputFormat::jsonl;
     else if (format != "text" && format != "auto") throw ConfigError("--input-format must be auto, text or jsonl");
     if (boundary == "blank-line") o.boundary = DocumentBoundary::blank_line;

@@ -312,7 +312,7 @@ void check_dataset_output(const std::string& final_dir_in, bool overwrite) {
   const std::string final_dir = strip_trailing_slashes(final_dir_in);
   std::error_code ec;
   if (!fs::exists(fs::symlink_status(final_dir, ec))) return;
-  if (!overwrite) throw ConfigError(final_dir + ": already exists; refusing to replace it without overwrite");
+  if (!overwrite) throw ConfigError(final_dir + ": already exists; refusing to replace it (--overwrite replaces it once the new one is complete)");
   if (!fs::is_directory(final_dir, ec))
     throw ConfigError(final_dir + ": exists and is not a directory; refusing to replace it");
   if (!fs::is_empty(final_dir, ec) && !fs::exists(join(final_dir, kManifestFile), ec))

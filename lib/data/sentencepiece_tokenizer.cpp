@@ -97,8 +97,15 @@ int32_t SentencePieceTokenizer::eod_id() const { return sp_->eos_id(); }
 
 void train_sentencepiece(const SentencePieceTrainOptions& o) {
   if (o.inputs.empty()) throw ConfigError("train-tokenizer: no --input files");
-  for (const std::string& f : o.inputs)
-    if (!std::filesystem::exists(f)) throw ConfigError(f + ": input file not found");
+  bool any_text = false;
+  for (const std::string& f : o.inputs) {
+    std::error_code ec;
+    if (!std::filesystem::exists(f, ec)) throw ConfigError(f + ": input file not found");
+    any_text = any_text || std::filesystem::file_size(f, ec) > 0 || ec;  // (a pipe has no size: let it through)
+  }
+  if (!any_text)
+    throw ConfigError("train-tokenizer: the --input files are empty (" + o.inputs[0] + (o.inputs.size() > 1 ? ", ..." : "") +
+                      "): no text to learn a vocabulary from");
   if (o.model_type != "bpe" && o.model_type != "unigram")
     throw ConfigError("train-tokenizer: --model-type must be bpe or unigram, got '" + o.model_type + "'");
   std::unordered_map<std::string, std::string> kw;

@@ -110,7 +110,8 @@ void DocumentReader::emit(std::string text, const std::string& key, const std::s
   const size_t bad = find_invalid_utf8(text);
   if (bad != std::string::npos) {
     if (opt_.fail_on_invalid_utf8)
-      throw ConfigError(detail::concat(where, ": invalid UTF-8 at byte ", bad, " of the document"));
+      throw ConfigError(detail::concat(where, ": invalid UTF-8 at byte ", bad, " of the document, on its line ",
+                                       1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n')));
     replace_invalid_utf8(text);
     ++stats_.utf8_replaced;
   }

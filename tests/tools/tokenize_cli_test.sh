@@ -60,7 +60,17 @@ timeout 120 mpirun -np 2 "$tok" --input "$work/ids.txt" --document-boundary line
 rc=$?
 check "a document the tokenizer refuses (rank 1) is named; the job ends with 2, nothing written" "[ $rc -eq 2 ] && grep -q 'ids.txt (byte [0-9]*): cannot tokenize the document: NullTokenizer: expected an integer id in \[0, 100) at byte 2' $work/b7.txt && [ -z \"\$(ls -d $work/nul* 2>/dev/null)\" ]"
 "$tok" --input "$work/corpus.txt" --output-prefix "$work/ds1" "${spm[@]}" > "$work/b6.txt" 2>&1
-check "existing dataset is not replaced without --overwrite" "[ $? -ne 0 ] && [ \"\$($tok info $work/ds1 | sed -n 's/.*content hash //p')\" = '$h1' ]"
+check "existing dataset is not replaced without --overwrite" "[ $? -ne 0 ] && grep -q -- '--overwrite replaces it' $work/b6.txt && [ \"\$($tok info $work/ds1 | sed -n 's/.*content hash //p')\" = '$h1' ]"
+# text and JSON lines in one run would read one of them in the other's format: refused
+"$tok" --input "$work/bad-utf8.txt" "$work/docs.jsonl" --output-prefix "$work/mix" "${spm[@]}" > "$work/b8.txt" 2>&1
+check "a mix of text and JSON-lines inputs is refused naming both" "[ $? -eq 2 ] && grep -q 'bad-utf8.txt is text by its extension but .*docs.jsonl is JSON lines' $work/b8.txt && [ ! -e $work/mix ]"
+# a paragraph's invalid byte: the document's start, and the line of the paragraph it is on
+printf 'first line\nsecond \xfe line\n' > "$work/para.txt"
+"$tok" --input "$work/para.txt" --invalid-utf8 fail --output-prefix "$work/para" "${spm[@]}" > "$work/b9.txt" 2>&1
+check "invalid UTF-8 in a paragraph names the line it is on" "[ $? -eq 2 ] && grep -q 'para.txt:1 (byte 0): invalid UTF-8 at byte 18 of the document, on its line 2' $work/b9.txt"
+: > "$work/empty.txt"
+"$tok" train-tokenizer --input "$work/empty.txt" --model-prefix "$work/empty" --vocab-size 50 > "$work/b10.txt" 2>&1
+check "training a tokenizer on empty input says so" "[ $? -eq 2 ] && grep -q 'empty.*no text to learn a vocabulary from' $work/b10.txt"
 
 # llm-pretrain on the dataset
 "$pre" --data-path "$work/ds1" --num-layers 1 --hidden-size 32 --num-attention-heads 2 --seq-length 32 \
