@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "data/json.h"
 #include "io/checkpoint.h"
 
 namespace llm {
@@ -21,9 +22,21 @@ double CheckpointDifference::worst(const std::string& category) const {
   return w;
 }
 
+namespace {
+// The model's real vocabulary size from metadata.json, or -1 where it records none.
+int64_t vocab_of(const CheckpointReader& r) {
+  const json::Value* m = r.metadata().find("model");
+  const json::Value* v = m && m->is_object() ? m->find("vocab_size") : nullptr;
+  return v && v->is_integer() ? v->as_int() : -1;
+}
+}  // namespace
+
 CheckpointDifference compare_checkpoints(const std::string& a_path, const std::string& b_path, bool optimizer) {
   const CheckpointReader a = CheckpointReader::open(a_path), b = CheckpointReader::open(b_path);
   CheckpointDifference out;
+  const int64_t va = vocab_of(a), vb = vocab_of(b);
+  if (va > 0 && vb > 0 && va != vb)
+    out.problems.push_back(detail::concat("the vocabularies differ: ", va, " tokens in ", a.dir(), ", ", vb, " in ", b.dir()));
   std::vector<std::string> categories{"model"};
   if (optimizer) categories.insert(categories.end(), {"optimizer/exp_avg", "optimizer/exp_avg_sq"});
   for (const std::string& cat : categories) {
@@ -40,7 +53,11 @@ CheckpointDifference compare_checkpoints(const std::string& a_path, const std::s
         continue;
       }
       const Tensor ta = a.read_whole(cat, name), tb = b.read_whole(cat, name);
-      const int64_t inner = ta.numel() / sa[0], rows = std::min(sa[0], sb[0]);
+      // wte: the real vocabulary's rows (the padding rows past it are never looked up, and an
+      // export drops them), else the common ones.
+      int64_t rows = std::min(sa[0], sb[0]);
+      if (name == "wte" && va > 0 && vb > 0) rows = std::min({rows, va, vb});
+      const int64_t inner = ta.numel() / sa[0];
       TensorDifference d{cat, name};
       const float* pa = ta.data<float>();
       const float* pb = tb.data<float>();

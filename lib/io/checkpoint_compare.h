@@ -26,7 +26,10 @@ struct CheckpointDifference {
 // Reads every tensor of the categories "model" (and, with optimizer, "optimizer/exp_avg" and
 // "optimizer/exp_avg_sq") from both checkpoints (directories or save roots) and compares them.
 // `wte` may differ in its first dimension (the vocabulary padded for another tensor-parallel
-// size): it is compared over the common leading rows. Any other shape difference is a problem.
+// size): it is compared over the real vocabulary's rows where both record it (metadata.json's
+// model.vocab_size; the padding rows are never looked up, and an export to Hugging Face drops
+// them), else over the common leading rows. Any other shape difference, or two vocabulary sizes,
+// is a problem.
 CheckpointDifference compare_checkpoints(const std::string& a, const std::string& b, bool optimizer);
 
 }  // namespace llm

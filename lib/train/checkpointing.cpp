@@ -438,7 +438,11 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
   same("hidden_size", saved.hidden_size, now.hidden_size);
   same("num_attention_heads", saved.num_heads, now.num_heads);
   same("ffn_hidden_size", saved.ffn(), now.ffn());
-  same("max_position_embeddings", saved.max_position_embeddings, now.max_position_embeddings);
+  if (saved.max_position_embeddings != now.max_position_embeddings)
+    throw ConfigError(detail::concat(ckpt.dir(), ": the checkpoint's max_position_embeddings is ",
+                                     saved.max_position_embeddings, " but the model's is ", now.max_position_embeddings,
+                                     " (--max-position-embeddings ", saved.max_position_embeddings,
+                                     " keeps the checkpoint's position table at any --seq-length up to it)"));
   same("vocab_size", saved.vocab_size, now.vocab_size);
   if (saved.layernorm_eps != now.layernorm_eps)
     throw ConfigError(detail::concat(ckpt.dir(), ": the checkpoint's layernorm_epsilon is ", saved.layernorm_eps,
@@ -494,6 +498,12 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     }
   }
   if (options.load_optimizer) {
+    // A checkpoint of weights alone (an import, a conversion without the optimizer): said with
+    // the two ways to start from it, before any tensor is read.
+    if (ckpt.names("optimizer/exp_avg").empty() && !ps.specs().empty())
+      throw ConfigError(ckpt.dir() + ": the checkpoint holds the weights without the optimizer's state (an import, or "
+                                     "llm-ckpt convert --no-optimizer): load it with --no-load-optim (resume the "
+                                     "schedule with fresh moments) or --finetune (a new run from its weights)");
     AdamW& opt = trainer.optimizer();
     const int64_t b = opt.shard_begin(), e = opt.shard_end();
     for (const char* cat : {"optimizer/exp_avg", "optimizer/exp_avg_sq"}) {

@@ -74,6 +74,31 @@ TEST(CheckpointDiff, OnlyTheVocabularyMayDifferInRows) {
   EXPECT_NE(d.problems[0].find("wpe"), std::string::npos) << d.problems[0];
 }
 
+// Where the checkpoints record the real vocabulary, wte's padding rows past it (never looked up;
+// an export drops them, an import fills them anew) are not compared; two vocabularies differ.
+TEST(CheckpointDiff, WtesPaddingRowsAreNotCompared) {
+  const llm::testing::ScratchDir tmp("ckpt-tools");
+  auto with_vocab = [](const std::string& root, const Tensor& wte, int vocab) {
+    CheckpointWriter w(root, 5);
+    w.add("model", "wte", wte.shape(), Box::whole(wte.shape()), wte);
+    return w.commit("\"model\": {\"vocab_size\": " + std::to_string(vocab) + "}");
+  };
+  Tensor x = filled({8, 2}, 0.5f), y = filled({8, 2}, 0.5f);
+  y.data<float>()[6 * 2 + 1] = 99.0f;  // row 6: padding past a vocabulary of 5
+  const std::string a = with_vocab(tmp / "pad-a", x, 5), b = with_vocab(tmp / "pad-b", y, 5);
+  CheckpointDifference d = compare_checkpoints(a, b, false);
+  ASSERT_EQ(d.tensors.size(), 1u);
+  EXPECT_EQ(d.tensors[0].compared, 10);
+  EXPECT_EQ(d.worst("model"), 0.0);
+  EXPECT_TRUE(d.problems.empty());
+  y.data<float>()[4 * 2] = 7.0f;  // row 4 is a real token's
+  d = compare_checkpoints(a, with_vocab(tmp / "pad-c", y, 5), false);
+  EXPECT_GT(d.worst("model"), 0.0);
+  d = compare_checkpoints(a, with_vocab(tmp / "pad-d", x, 6), false);
+  ASSERT_EQ(d.problems.size(), 1u);
+  EXPECT_NE(d.problems[0].find("the vocabularies differ: 5 tokens"), std::string::npos) << d.problems[0];
+}
+
 TEST(CheckpointConvert, RefusesItsOwnSaveRootHoweverTheSourceIsWritten) {
   const llm::testing::ScratchDir tmp("ckpt-tools");
   const std::string root = tmp / "self";

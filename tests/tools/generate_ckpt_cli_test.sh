@@ -87,6 +87,19 @@ check "bad sampler options name the flag" "[ $? -eq 2 ] && grep -q -- '--top-p 1
 "$ckpt" convert "$work/ck" --output "$work/ck16" --dtype bf16 --shards 3 > /dev/null 2>&1
 check "convert to bf16 in 3 shards verifies" "$ckpt verify $work/ck16 > /dev/null 2>&1 && [ \$(ls $work/ck16/iter_0000060/*.h5 | wc -l) -eq 3 ]"
 check "the converted checkpoint generates" "[ -n \"\$($gen --load $work/ck16 --prompt 'the cat' -n 8 --temperature 0 2> /dev/null)\" ]"
+# weights without the optimizer: resuming names the two ways to start from them; both work
+"$ckpt" convert "$work/ck" --output "$work/cknoopt" --no-optimizer > /dev/null 2>&1
+resume=(--data-path "$work/data" --num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64
+        --micro-batch-size 8 --train-iters 62 --lr-decay-iters 60 --lr 3e-3 --lr-warmup-iters 5 --log-interval 1 --split 100,0,0
+        --tokenizer-type ByteTokenizer --load "$work/cknoopt")
+"$pre" "${resume[@]}" > "$work/noopt.txt" 2>&1
+check "resuming weights without the optimizer names --no-load-optim and --finetune" "[ \$? -eq 2 ] && grep -q 'without the optimizer.s state.*--no-load-optim.*--finetune' $work/noopt.txt"
+"$pre" "${resume[@]}" --no-load-optim > "$work/noopt2.txt" 2>&1
+check "... and --no-load-optim resumes from them" "[ \$? -eq 0 ] && grep -q 'continuing after iteration 60' $work/noopt2.txt"
+"$pre" "${resume[@]}" --seq-length 32 --no-load-optim > "$work/pos.txt" 2>&1
+check "a shorter --seq-length than the checkpoint's positions names --max-position-embeddings" "[ \$? -eq 2 ] && grep -q 'max-position-embeddings 64 keeps' $work/pos.txt"
+"$pre" "${resume[@]}" --seq-length 32 --max-position-embeddings 64 --no-load-optim > "$work/pos2.txt" 2>&1
+check "... which loads it" "[ \$? -eq 0 ] && grep -q 'continuing after iteration 60' $work/pos2.txt"
 "$ckpt" export "$work/ck" --format hf-gpt2 --output "$work/hf" > /dev/null 2>&1
 "$ckpt" import "$work/hf" --format hf-gpt2 --output "$work/imp" > /dev/null 2>&1
 gi=$("$gen" --load "$work/imp" --prompt "the cat" --max-new-tokens 24 --temperature 0 --tokenizer-type ByteTokenizer 2> /dev/null)
