@@ -145,6 +145,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   };
   if (sp_dropped) say("> --sequence-parallel: off at --tensor-model-parallel-size 1 (it shards within the tensor-parallel group)\n");
   for (const std::string& r : repeated) say("> --%s given more than once: the last counts\n", r.c_str());
+  if (args.eval_interval > 0 && args.eval_iters == 0)
+    say("> --eval-interval %lld without --eval-iters: no validation runs (--eval-iters gives its batches)\n",
+        static_cast<long long>(args.eval_interval));
   {
     std::string ignored;
     for (const OptionSpec& o : train_options())
@@ -346,6 +349,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     if (args.eval_iters <= 0 || (grid.dp_rank != 0 && args.zero_stage < 3)) return;
     const double loss = trainer.evaluate(*data.valid, args.eval_iters);
     if (lead) std::printf("%s\n", validation_report(where, loss).c_str());
+    metrics.write_validation(trainer.iteration(), loss);  // (a no-op off rank 0)
     std::fflush(stdout);
   };
   // The loaded checkpoint (or nothing, at iteration 0) needs no save: a run that steps no

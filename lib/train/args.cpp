@@ -110,7 +110,7 @@ std::vector<OptionSpec> make_options() {
       opt("global-batch-size", &A::global_batch_size, "samples per optimizer step (0 = micro-batch-size x DP); the rest is gradient accumulation"),
       opt("lr", &A::lr, "peak learning rate"),
       opt("min-lr", &A::min_lr, "learning rate at the end of decay"),
-      opt("lr-decay-style", &A::lr_decay_style, "cosine | linear | constant"),
+      opt("lr-decay-style", &A::lr_decay_style, "cosine | linear | constant | inverse-square-root"),
       opt("lr-warmup-iters", &A::lr_warmup_iters, "linear warmup iterations"),
       opt("lr-warmup-fraction", &A::lr_warmup_fraction, "warmup over this fraction of the decay iterations, instead of --lr-warmup-iters"),
       opt("lr-decay-iters", &A::lr_decay_iters, "iterations to decay over (0 = train-iters)"),
@@ -123,7 +123,7 @@ std::vector<OptionSpec> make_options() {
       opt("seed", &A::seed, "random seed (weights and data order)"),
       opt("log-interval", &A::log_interval, "iterations between log lines"),
       opt("timing-log-level", &A::timing_log_level, "1: print the (min, max) time across ranks of each phase after the log line"),
-      opt("eval-interval", &A::eval_interval, "iterations between validation runs (0 = only at the end)"),
+      opt("eval-interval", &A::eval_interval, "iterations between validation runs (0 = only at the end); none without --eval-iters"),
       opt("eval-iters", &A::eval_iters, "validation batches per evaluation (0 = no validation)"),
       opt("mock-data", &A::mock_data, "train on the deterministic synthetic stream"),
       opt("data-path", &A::data_path, "dataset directory from llm-tokenize, or WEIGHT DIR WEIGHT DIR ... to blend"),
@@ -199,6 +199,19 @@ std::vector<OptionSpec> make_options() {
       no_op(opt("distributed-backend", &A::distributed_backend, "accepted for Megatron scripts (nccl, gloo, ccl, mpi): the collectives are MPI on the CPU, NCCL on GPUs")),
       no_op(opt("optimizer", &A::optimizer, "accepted for Megatron scripts at adam or adamw (AdamW with decoupled weight decay)")),
       no_op(opt("tensorboard-dir", &A::tensorboard_dir, "accepted for Megatron scripts; the metrics go to --output-dir/metrics.jsonl")),
+      no_op(opt("log-timers-to-tensorboard", &A::log_timers_to_tensorboard, "accepted for Megatron scripts; the metrics go to --output-dir/metrics.jsonl")),
+      no_op(opt("log-validation-ppl-to-tensorboard", &A::log_validation_ppl_to_tensorboard, "accepted for Megatron scripts; the metrics go to --output-dir/metrics.jsonl")),
+      no_op(opt("log-memory-to-tensorboard", &A::log_memory_to_tensorboard, "accepted for Megatron scripts; the metrics go to --output-dir/metrics.jsonl")),
+      no_op(opt("wandb-project", &A::wandb_project, "accepted for Megatron scripts; the metrics go to --output-dir/metrics.jsonl")),
+      no_op(opt("wandb-exp-name", &A::wandb_exp_name, "accepted for Megatron scripts; the metrics go to --output-dir/metrics.jsonl")),
+      no_op(opt("log-throughput", &A::log_throughput, "accepted for Megatron scripts: the log line always has the throughput")),
+      no_op(opt("log-num-zeros-in-grad", &A::log_num_zeros_in_grad, "accepted for Megatron scripts (not counted here)")),
+      no_op(opt("exit-signal-handler", &A::exit_signal_handler, "accepted for Megatron scripts: SIGTERM and SIGINT always save (with --save) and exit at the iteration's end")),
+      no_op(opt("use-cpu-initialization", &A::use_cpu_initialization, "accepted for Megatron scripts: the weights are always initialised on the host, the same for every layout")),
+      no_op(opt("attention-softmax-in-fp32", &A::attention_softmax_in_fp32, "accepted for Megatron scripts: the attention softmax is always fp32 here")),
+      no_op(opt("fp16-lm-cross-entropy", &A::fp16_lm_cross_entropy, "accepted for Megatron scripts: the cross-entropy is always fp32 here")),
+      no_op(opt("empty-unused-memory-level", &A::empty_unused_memory_level, "accepted for Megatron scripts (the caching allocator keeps its blocks)")),
+      no_op(opt("dataloader-type", &A::dataloader_type, "accepted for Megatron scripts at single or cyclic (samples come in the dataset's shuffled order)")),
       aliased(opt("deepspeed-config", &A::deepspeed_config,
                   "DeepSpeed's JSON config: its ZeRO stage, fp16/bf16 and loss scaler, gradient clipping and batch "
                   "sizes set those options (or must agree with them where given)"),
@@ -247,6 +260,29 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 }
 }  // namespace
 
+// Megatron flags that this toolkit does not implement, with what to do instead: refused by name
+// rather than as unknown options with a look-alike suggested.
+static const std::map<std::string, std::string>& unsupported_megatron_flags() {
+  static const std::map<std::string, std::string> m = {
+      {"train-samples", "runs are counted in iterations: give --train-iters (the samples / --global-batch-size)"},
+      {"lr-warmup-samples", "give --lr-warmup-iters (the samples / --global-batch-size) or --lr-warmup-fraction"},
+      {"lr-decay-samples", "give --lr-decay-iters (the samples / --global-batch-size)"},
+      {"rampup-batch-size", "the global batch is fixed (--global-batch-size)"},
+      {"cpu-optimizer", "the optimizer runs where the model does (ZeRO shards its state: --zero-stage)"},
+      {"no-save-optim", "checkpoints keep the optimizer's state; llm-ckpt convert --no-optimizer writes one without it"},
+      {"no-save-rng", "checkpoints keep the seed; --no-load-rng ignores it on resume"},
+      {"swiglu", "the models are GPT-2/GPT-3's (GELU MLP, LayerNorm, learned positions); no Llama switches"},
+      {"use-rotary-position-embeddings", "the models are GPT-2/GPT-3's (learned positions); no Llama switches"},
+      {"position-embedding-type", "the models are GPT-2/GPT-3's (learned absolute positions)"},
+      {"normalization", "the models are GPT-2/GPT-3's (LayerNorm); no Llama switches"},
+      {"untie-embeddings-and-output-weights", "the output layer shares the input embedding (GPT-2/GPT-3)"},
+      {"group-query-attention", "attention is multi-head (GPT-2/GPT-3)"},
+      {"num-key-value-heads", "attention is multi-head (GPT-2/GPT-3)"},
+      {"num-query-groups", "attention is multi-head (GPT-2/GPT-3)"},
+  };
+  return m;
+}
+
 std::string closest_option(const std::string& name, const std::vector<std::string>& extra) {
   const std::string key = dashed(name);
   std::string best;
@@ -276,6 +312,8 @@ std::vector<std::string> last_occurrences(const std::vector<std::string>& args, 
     }
     const std::string spelled = t == "-h" ? "help" : t.substr(2, t.find('=') == std::string::npos ? std::string::npos : t.find('=') - 2);
     std::string name = dashed(spelled);
+    if (const auto u = unsupported_megatron_flags().find(name); u != unsupported_megatron_flags().end())
+      throw ConfigError("--" + spelled + " (Megatron's) is not supported here: " + u->second);
     if (!find_option(name) && std::find(extra.begin(), extra.end(), name) == extra.end()) {
       const std::string hint = closest_option(name, extra);
       throw ConfigError("unknown option --" + spelled + (hint.empty() ? "" : " (did you mean --" + hint + "?)") +
@@ -400,8 +438,9 @@ void TrainArgs::validate() const {
   if (train_iters < 0) fail("--train-iters must be >= 0, got ", train_iters);
   if (log_interval < 1) fail("--log-interval must be >= 1, got ", log_interval);
   if (eval_interval < 0 || eval_iters < 0) fail("--eval-interval and --eval-iters must be >= 0");
-  if (lr_decay_style != "cosine" && lr_decay_style != "linear" && lr_decay_style != "constant")
-    fail("--lr-decay-style must be cosine, linear or constant, got '", lr_decay_style, "'");
+  if (lr_decay_style != "cosine" && lr_decay_style != "linear" && lr_decay_style != "constant" &&
+      lr_decay_style != "inverse-square-root")
+    fail("--lr-decay-style must be cosine, linear, constant or inverse-square-root, got '", lr_decay_style, "'");
   if (lr < 0 || min_lr < 0 || min_lr > lr) fail("need 0 <= --min-lr <= --lr, got ", min_lr, " and ", lr);
   if (lr_warmup_iters < 0 || lr_decay_iters < 0) fail("--lr-warmup-iters and --lr-decay-iters must be >= 0");
   if (!(lr_warmup_fraction >= 0 && lr_warmup_fraction <= 1))
@@ -434,6 +473,8 @@ void TrainArgs::validate() const {
   if (no_pipeline_parallel && pipeline_model_parallel_size > 1)
     fail("--no-pipeline-parallel with --pipeline-model-parallel-size ", pipeline_model_parallel_size);
   if (checkpoint_num_layers != 1) fail("--checkpoint-num-layers: only 1 (each layer recomputed on its own), got ", checkpoint_num_layers);
+  if (dataloader_type != "single" && dataloader_type != "cyclic")
+    fail("--dataloader-type '", dataloader_type, "': single or cyclic (samples come in the dataset's shuffled order)");
   if (data_impl != "mmap" && data_impl != "infer")
     fail("--data-impl '", data_impl, "': datasets are llm-tokenize's HDF5 (mmap and infer are accepted)");
   if (distributed_backend != "nccl" && distributed_backend != "gloo" && distributed_backend != "ccl" && distributed_backend != "mpi")

@@ -108,6 +108,11 @@ struct TrainArgs {
   bool no_gradient_accumulation_fusion = false, no_async_tensor_model_parallel_allreduce = false;
   bool accumulate_allreduce_grads_in_fp32 = false, no_query_key_layer_scaling = false;
   bool use_flash_attn_v1 = false, use_flash_attn_triton = false;
+  bool exit_signal_handler = false, use_cpu_initialization = false, attention_softmax_in_fp32 = false;
+  bool fp16_lm_cross_entropy = false, log_throughput = false, log_num_zeros_in_grad = false;
+  bool log_timers_to_tensorboard = false, log_validation_ppl_to_tensorboard = false, log_memory_to_tensorboard = false;
+  int64_t empty_unused_memory_level = 0;
+  std::string dataloader_type = "single", wandb_project, wandb_exp_name;
   int64_t num_workers = 2, checkpoint_num_layers = 1;
   double hidden_dropout = 0, attention_dropout = 0;  // no dropout here: only 0 is accepted
   std::string distributed_backend = "nccl", optimizer = "adam", data_impl = "mmap", tensorboard_dir;

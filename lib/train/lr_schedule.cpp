@@ -1,5 +1,6 @@
 #include "train/lr_schedule.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace llm {
@@ -8,6 +9,10 @@ double LRSchedule::at(int64_t it) const {
   if (warmup_iters > 0 && static_cast<double>(it) <= warmup_iters) return lr * static_cast<double>(it) / warmup_iters;
   if (style == "constant") return lr;
   if (it > decay_iters) return min_lr;
+  if (style == "inverse-square-root") {  // Megatron's: lr sqrt(warmup / updates), floored at min_lr
+    const double w = std::max(warmup_iters, 1.0), n = std::max(static_cast<double>(it), 1.0);
+    return std::max(min_lr, lr * std::sqrt(w) / std::sqrt(n));
+  }
   const double span = static_cast<double>(decay_iters) - warmup_iters;
   const double ratio = span > 0 ? (static_cast<double>(it) - warmup_iters) / span : 1.0;
   const double coeff = style == "linear" ? 1.0 - ratio : 0.5 * (std::cos(M_PI * ratio) + 1.0);

@@ -173,6 +173,19 @@ MetricsWriter::MetricsWriter(const std::string& dir) {
   if (!out_) throw ConfigError("cannot open " + path_ + " for writing");
 }
 
+void MetricsWriter::write_validation(int64_t iteration, double loss) {
+  if (!out_.is_open()) return;
+  if (!validation_.is_open()) {
+    const std::string p = (std::filesystem::path(path_).parent_path() / "validation.jsonl").string();
+    validation_.open(p, std::ios::app);
+    if (!validation_) throw ConfigError("cannot open " + p + " for writing");
+  }
+  auto num = [](double v) { return std::isfinite(v) ? format("%.9g", v) : std::string("null"); };
+  validation_ << "{\"iteration\": " << iteration << ", \"lm_loss\": " << num(loss)
+              << ", \"lm_loss_ppl\": " << num(std::exp(std::min(loss, 20.0))) << "}\n";
+  validation_.flush();
+}
+
 void MetricsWriter::write(const LogRecord& r) {
   if (!out_.is_open()) return;
   out_ << metrics_json(r) << '\n';

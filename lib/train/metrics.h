@@ -78,11 +78,14 @@ class MetricsWriter {
   // Creates the directory; appends to <dir>/metrics.jsonl.
   explicit MetricsWriter(const std::string& dir);
   void write(const LogRecord& r);
+  // Appends {"iteration": N, "lm_loss": x, "lm_loss_ppl": exp(x)} to <dir>/validation.jsonl (a
+  // file of its own, so metrics.jsonl stays one record per logged training iteration).
+  void write_validation(int64_t iteration, double loss);
   const std::string& path() const { return path_; }
 
  private:
   std::string path_;
-  std::ofstream out_;
+  std::ofstream out_, validation_;
 };
 
 }  // namespace llm

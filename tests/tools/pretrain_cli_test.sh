@@ -23,6 +23,7 @@ check "six Megatron log lines" "[ \$(grep -cE '$line_re' $work/out.txt) -eq 6 ]"
 check "consumed samples at iteration 60 is 480" "grep -q 'iteration       60/      60 | consumed samples:          480 | consumed tokens:        15360' $work/out.txt"
 check "validation block printed twice" "[ \$(grep -c ' validation loss at ' $work/out.txt) -eq 2 ]"
 check "metrics.jsonl has 6 records" "[ \$(wc -l < $work/run/metrics.jsonl) -eq 6 ]"
+check "validation.jsonl has the two validation losses" "[ \$(wc -l < $work/run/validation.jsonl) -eq 2 ] && grep -q '^{\"iteration\": 30, \"lm_loss\": [0-9.e+-]*, \"lm_loss_ppl\": [0-9.e+-]*}\$' $work/run/validation.jsonl && grep -q '^{\"iteration\": 60, ' $work/run/validation.jsonl"
 first=$(head -n1 "$work/run/metrics.jsonl" | sed 's/.*"lm_loss": \([^,]*\),.*/\1/')
 last=$(tail -n1 "$work/run/metrics.jsonl" | sed 's/.*"lm_loss": \([^,]*\),.*/\1/')
 check "loss falls ($first -> $last)" "awk -v a=$first -v b=$last 'BEGIN { exit !(b < a - 1.0) }'"
@@ -64,6 +65,11 @@ check "no data source is a clear error" "[ $? -eq 2 ] && grep -q 'no training da
 
 "$bin" --mock-data --micro-batch-size 0 > "$work/mb0.txt" 2>&1
 check "--micro-batch-size 0 is refused by name, no crash" "[ $? -eq 2 ] && grep -q 'micro-batch-size must be >= 1, got 0' $work/mb0.txt"
+"$bin" "${common[@]}" --train-iters 2 --eval-interval 1 --lr-decay-style inverse-square-root --log-throughput \
+  --exit-signal-handler --attention-softmax-in-fp32 --dataloader-type cyclic --output-dir "$work/isr" > "$work/isr.txt" 2>&1
+check "inverse-square-root decay and more of Megatron's no-op flags run; --eval-interval without --eval-iters is said" "[ $? -eq 0 ] && grep 'accepted for Megatron scripts, without effect here:' $work/isr.txt | grep -q -- '--attention-softmax-in-fp32' && grep 'without effect here:' $work/isr.txt | grep -q -- '--dataloader-type' && grep 'without effect here:' $work/isr.txt | grep -q -- '--exit-signal-handler' && grep -q 'eval-interval 1 without --eval-iters: no validation runs' $work/isr.txt"
+"$bin" --mock-data --train-samples 1000 > "$work/ts.txt" 2>&1
+check "Megatron's sample-based flags are refused with what to give instead" "[ $? -eq 2 ] && grep -q -- '--train-samples (Megatron.s) is not supported here: .*--train-iters' $work/ts.txt"
 "$bin" --mock-data --num-layer 3 > "$work/unk.txt" 2>&1
 check "an unknown flag is named with the closest known one" "[ $? -eq 2 ] && grep -q 'unknown option --num-layer (did you mean --num-layers?)' $work/unk.txt"
 # Megatron's argparse: the last of a repeated option counts (a launcher appending an override)

@@ -9,6 +9,24 @@
 
 using namespace llm;
 
+// Megatron's inverse-square-root: warmup, then max_lr sqrt(warmup) / sqrt(updates) floored at
+// min_lr, and min_lr past the decay.
+TEST(LRSchedule, InverseSquareRoot) {
+  const LRSchedule s{2.0, 0.3, 4, 100, "inverse-square-root"};
+  EXPECT_DOUBLE_EQ(s.at(2), 1.0);  // warmup
+  EXPECT_DOUBLE_EQ(s.at(4), 2.0);
+  EXPECT_DOUBLE_EQ(s.at(16), 2.0 * 2.0 / 4.0);
+  EXPECT_DOUBLE_EQ(s.at(25), 2.0 * 2.0 / 5.0);
+  EXPECT_DOUBLE_EQ(s.at(81), 2.0 * 2.0 / 9.0);
+  EXPECT_DOUBLE_EQ(s.at(100), 0.4);
+  EXPECT_DOUBLE_EQ(s.at(101), 0.3);  // past the decay
+  const LRSchedule low{2.0, 0.45, 4, 100, "inverse-square-root"};
+  EXPECT_DOUBLE_EQ(low.at(81), 0.45);  // the floor
+  const LRSchedule none{1.0, 0.0, 0, 100, "inverse-square-root"};
+  EXPECT_DOUBLE_EQ(none.at(0), 1.0);  // no warmup: sqrt(max(w, 1) / max(n, 1))
+  EXPECT_DOUBLE_EQ(none.at(4), 0.5);
+}
+
 TEST(LRSchedule, WarmupThenCosineLinearConstant) {
   LRSchedule s{1.0, 0.1, 10, 110, "cosine"};
   EXPECT_DOUBLE_EQ(s.at(1), 0.1);
