@@ -114,6 +114,7 @@ int run(int argc, char** argv) {
   (void)TextStream(go.stop);  // a bad --stop is refused before the weights load
   if (interactive && !prompt.empty()) throw ConfigError("--prompt and --interactive exclude each other");
   if (interactive && !prompt_file.empty()) throw ConfigError("--prompt-file and --interactive exclude each other");
+  if (!prompt.empty() && !prompt_file.empty()) throw ConfigError("--prompt and --prompt-file exclude each other");
 
   CheckpointReader ckpt = CheckpointReader::open(load);
   const GPTConfig config = checkpoint_model_config(ckpt);

@@ -213,6 +213,21 @@ int run(int argc, char** argv) {
   if (pretrain.empty()) pretrain = here + "/llm-pretrain";
   if (!simulate && ::access(pretrain.c_str(), X_OK) != 0)
     throw ConfigError("--pretrain: no executable llm-pretrain at '" + pretrain + "'");
+  // A launcher that is not there would make every multi-rank point an error row: named now.
+  const auto most = [](const std::vector<int64_t>& v) { return v.empty() ? 1 : *std::max_element(v.begin(), v.end()); };
+  if (!simulate && most(g.dps) * most(g.tps) * most(g.pps) * most(g.sps) > 1) {
+    bool found = mpiexec.find('/') != std::string::npos && ::access(mpiexec.c_str(), X_OK) == 0;
+    if (mpiexec.find('/') == std::string::npos)
+      if (const char* path = std::getenv("PATH"))
+        for (std::string dirs = path; !found && !dirs.empty();) {
+          const size_t c = dirs.find(':');
+          const std::string dir = dirs.substr(0, c);
+          dirs = c == std::string::npos ? "" : dirs.substr(c + 1);
+          found = ::access(((dir.empty() ? "." : dir) + "/" + mpiexec).c_str(), X_OK) == 0;
+        }
+    if (!found)
+      throw ConfigError("--mpiexec " + mpiexec + ": no such executable (on PATH), and points of several ranks need it");
+  }
   if (threads <= 0) {
     const char* env = std::getenv("OMP_NUM_THREADS");
     threads = env && std::atoi(env) > 0 ? std::atoi(env) : static_cast<int64_t>(std::thread::hardware_concurrency());

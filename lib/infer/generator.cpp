@@ -39,9 +39,14 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
                                        " of the ", context_, "-token context are free",
                                        cache_.length ? " (/reset starts a new conversation)" : "",
                                        " (--truncate-prompt keeps the end of the prompt)"));
+    // What is kept leaves room for the tokens asked for, up to half the free context (the
+    // prompt keeps at least the other half).
+    const int64_t free = context_ - cache_.length;
+    const int64_t keep = std::min(room, std::max<int64_t>(free - std::max<int64_t>(o.max_new_tokens, 1), free / 2));
     if (on_warning)
-      on_warning(detail::concat("prompt truncated from the left: ", ids.size(), " -> ", room, " tokens"));
-    ids.erase(ids.begin(), ids.end() - room);
+      on_warning(detail::concat("prompt truncated from the left: ", ids.size(), " -> ", keep, " tokens (room for ",
+                                free - keep, " new)"));
+    ids.erase(ids.begin(), ids.end() - keep);
   }
   st.prompt_tokens = static_cast<int64_t>(ids.size());
   history_.insert(history_.end(), ids.begin(), ids.end());

@@ -42,6 +42,11 @@ USE_FLASH_ATTN=${USE_FLASH_ATTN:-1}
 DTYPE=${DTYPE:-}  # default chosen once the device is known
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs}
 DRY_RUN=${DRY_RUN:-0}
+# The sizes are arithmetic below: a word or a 0 there is named here, not as bash's own error.
+for v in SEQ_LEN MICRO_BATCH GAS TRAIN_ITERS MPSIZE PPSIZE SPSIZE; do
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
+done
+[[ "$ZERO_STAGE" =~ ^[0-3]$ ]] || die "ZERO_STAGE must be 0, 1, 2 or 3, got '$ZERO_STAGE'"
 
 # ---- model ------------------------------------------------------------------------------------
 model_file="$root/configs/models/$MODEL_SIZE_KEY.yaml"

@@ -71,6 +71,8 @@ check "a stop string ends generation and is not printed" "[[ \"$st\" != *sat* ]]
 printf 'the cat\nthe dog sat\n' > "$work/prompts.txt"
 "$gen" --load "$work/ck" --prompt-file "$work/prompts.txt" --output "$work/out.jsonl" -n 10 --temperature 0 2> /dev/null
 check "--prompt-file writes one JSON line per prompt" "[ \$(wc -l < $work/out.jsonl) -eq 2 ] && grep -q '\"prompt\": \"the dog sat\", \"completion\": ' $work/out.jsonl"
+"$gen" --load "$work/ck" --prompt-file "$work/prompts.txt" --prompt "the cat" -n 2 > /dev/null 2> "$work/both.txt"
+check "--prompt with --prompt-file is refused (one was ignored)" "[ $? -eq 2 ] && grep -q -- '--prompt and --prompt-file exclude each other' $work/both.txt"
 printf 'the cat\n/reset\nthe dog\n/quit\n' | "$gen" --load "$work/ck" --interactive -n 8 --temperature 0 > "$work/inter.txt" 2> "$work/inter.err"
 check "interactive mode answers prompts and /reset" "[ $? -eq 0 ] && grep -q 'conversation reset' $work/inter.err && [ \$(grep -c 'prefill\\|decode' $work/inter.err) -ge 1 ]"
 
@@ -78,7 +80,9 @@ long=$(printf 'x%.0s' $(seq 1 100))
 "$gen" --load "$work/ck" --prompt "$long" -n 5 > /dev/null 2> "$work/long.txt"
 check "a prompt longer than the context is a clear error" "[ $? -eq 2 ] && grep -q 'the prompt is 100 tokens but only 63 of the 64-token context are free' $work/long.txt"
 "$gen" --load "$work/ck" --prompt "$long" -n 5 --truncate-prompt > /dev/null 2> "$work/long2.txt"
-check "--truncate-prompt keeps the end with a warning" "[ $? -eq 0 ] && grep -q 'prompt truncated from the left: 100 -> 63' $work/long2.txt"
+check "--truncate-prompt keeps the end with a warning, room left for -n" "[ $? -eq 0 ] && grep -q 'prompt truncated from the left: 100 -> 59 tokens (room for 5 new)' $work/long2.txt"
+"$gen" --load "$work/ck" --prompt "$long" -n 40 --truncate-prompt > /dev/null 2> "$work/long3.txt"
+check "... the prompt keeping at least half the context" "[ $? -eq 0 ] && grep -q 'prompt truncated from the left: 100 -> 32 tokens (room for 32 new)' $work/long3.txt"
 "$gen" --load "$work/nothing" --prompt "x" > /dev/null 2> "$work/missing.txt"
 check "a missing checkpoint is a clear error" "[ $? -eq 2 ] && grep -q 'no checkpoint here' $work/missing.txt"
 "$gen" --load "$work/ck" --prompt "x" --top-p 1.5 > /dev/null 2> "$work/topp.txt"

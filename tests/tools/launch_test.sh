@@ -22,6 +22,10 @@ check "command launches 8 ranks with the host file" "grep -q 'command: mpiexec -
 check "Open MPI: ranks are not pinned to one core each (--bind-to none)" "grep -q 'command: mpiexec -n 8 --map-by ppr:4:node --bind-to none ' dry.txt"
 DRY_RUN=1 NGPU_PER_HOST=8 MODEL_SIZE_KEY=GPT125M MICRO_BATCH=2 GAS=4 MPSIZE=2 MOCK_DATA=1 "$launch" > dry2.txt 2>&1
 check "global batch = micro x gas x dp" "grep -q 'dp 4 x tp 2 x pp 1 x sp 1 (megatron); global batch 32 = micro 2 x gas 4 x dp 4' dry2.txt"
+DRY_RUN=1 NGPU_PER_HOST=8 MODEL_SIZE_KEY=GPT125M MICRO_BATCH=abc MOCK_DATA=1 "$launch" > bad1.txt 2>&1
+check "a size that is not a positive integer is named (not bash's unbound variable)" "[ $? -eq 2 ] && grep -q \"MICRO_BATCH must be a positive integer, got 'abc'\" bad1.txt"
+DRY_RUN=1 NGPU_PER_HOST=8 MODEL_SIZE_KEY=GPT125M GAS=0 MOCK_DATA=1 "$launch" > bad2.txt 2>&1
+check "GAS=0 is refused (it made a global batch of 0)" "[ $? -eq 2 ] && grep -q \"GAS must be a positive integer, got '0'\" bad2.txt"
 DRY_RUN=1 NGPU_PER_HOST=4 DEVICE_KIND=rank MODEL_SIZE_KEY=GPT125M SPSIZE=2 SP_TYPE=ds MOCK_DATA=1 "$launch" > dry3.txt 2>&1
 check "SP_TYPE=ds passes Ulysses' flag" "grep -q -- '--ds-sequence-parallel-size 2' dry3.txt"
 check "ranks that are not GPUs run the CPU backend" "grep -q -- '--backend cpu' dry3.txt"
