@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -41,15 +42,25 @@ namespace {
 // (by rank 0: an iteration may take minutes); a second one ends the process as the signal would.
 std::atomic<int> g_stop_signal{0};
 bool g_signal_lead = false;
+timespec g_first_signal{};
 extern "C" void on_stop_signal(int sig) {
+  timespec now{};
+  (void)clock_gettime(CLOCK_MONOTONIC, &now);  // async-signal-safe
   if (g_stop_signal.load() != 0) {
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
+    // Only a user's second Ctrl-C ends the run at once: SIGTERM, or a copy of the first signal
+    // (a launcher forwarding what the terminal also delivered), waits for the save.
+    const double since = static_cast<double>(now.tv_sec - g_first_signal.tv_sec) +
+                         1e-9 * static_cast<double>(now.tv_nsec - g_first_signal.tv_nsec);
+    if (sig == SIGINT && g_stop_signal.load() == SIGINT && since >= 1.0) {
+      std::signal(sig, SIG_DFL);
+      std::raise(sig);
+    }
     return;
   }
+  g_first_signal = now;
   g_stop_signal.store(sig);
   if (g_signal_lead) {
-    static const char msg[] = "\n> stopping at the end of this iteration (saving first with --save); signal again to stop now\n";
+    static const char msg[] = "\n> stopping at the end of this iteration (saving first with --save); Ctrl-C again to stop now\n";
     (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
   }
 }
@@ -254,7 +265,8 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   // What a save needs is checked now, not after the training it would save: the tokenizer files
   // it copies, and a save root that can be made.
   if (!args.save.empty()) {
-    for (const auto& [role, path] : tokenizer.files)
+    for (const auto& [role, path] : tokenizer.files)  // (rank 0 copies them; its error aborts the job)
+      if (lead)
       if (std::error_code ec; !std::filesystem::is_regular_file(path, ec))
         throw ConfigError(detail::concat("--", role == "model" ? "tokenizer-model" : role == "vocab" ? "vocab-file" : "merge-file",
                                          " ", path, ": not found (or not a file); a checkpoint carries its tokenizer"));
@@ -450,14 +462,15 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       last_saved = it;
     }
     // Every rank must stop at the same iteration: a signal seen by any rank, or rank 0's
-    // clock, decides for all (one scalar all-reduce per iteration).
+    // clock, decides for all (one scalar all-reduce per iteration: the ranks with a signal count
+    // in ones, rank 0's clock as 2^30, beyond any number of ranks).
+    constexpr double kClock = 1073741824.0;
     const double flags = world->all_reduce_sum(
         (g_stop_signal.load() ? 1.0 : 0.0) +
-        (lead && args.exit_duration_in_mins > 0 && run_timer.seconds() / 60.0 > args.exit_duration_in_mins ? 2.0 : 0.0));
+        (lead && args.exit_duration_in_mins > 0 && run_timer.seconds() / 60.0 > args.exit_duration_in_mins ? kClock : 0.0));
     std::string stop;
-    if (flags >= 2.0 && std::fmod(flags, 2.0) < 1.0) stop = "--exit-duration-in-mins";
-    if (std::fmod(flags, 2.0) >= 1.0 || flags >= 3.0)
-      stop = g_stop_signal.load() == SIGINT ? "SIGINT" : "SIGTERM";
+    if (flags >= kClock) stop = "--exit-duration-in-mins";
+    if (std::fmod(flags, kClock) >= 1.0) stop = g_stop_signal.load() == SIGINT ? "SIGINT" : "SIGTERM";
     if (stop.empty() && args.exit_interval > 0 && it % args.exit_interval == 0) stop = "--exit-interval";
     if (!stop.empty()) {
       if (last_saved != it) save();

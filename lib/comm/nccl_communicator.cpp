@@ -110,9 +110,10 @@ Watchdog& nccl_watchdog() {
       },
       [](void* h) { (void)ncclCommAbort(static_cast<ncclComm_t>(h)); },
       [](const std::string& message) {
-        std::fflush(stdout);
+        // stderr first: flushing stdout may block on a full pipe to the launcher.
         std::fprintf(stderr, "[error] %s; every NCCL communicator of this rank aborted, exiting\n", message.c_str());
         std::fflush(stderr);
+        std::fflush(stdout);
         std::_Exit(1);
       });
   return w;

@@ -50,21 +50,21 @@ bool Watchdog::failed() const {
 }
 
 bool Watchdog::poll() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (failed_) return false;
   std::string message;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (failed_) return false;
-    for (const auto& [handle, name] : handles_) {
-      const std::string error = query_(handle);
-      if (error.empty()) continue;
-      message = name + ": " + error;
-      break;
-    }
-    if (message.empty()) return true;
-    failed_ = true;
-    // Every communicator, not only the failed one: the others' kernels may wait on it.
-    for (const auto& h : handles_) abort_(h.first);
+  for (const auto& [handle, name] : handles_) {
+    const std::string error = query_(handle);
+    if (error.empty()) continue;
+    message = name + ": " + error;
+    break;
   }
+  if (message.empty()) return true;
+  failed_ = true;
+  // Every communicator, not only the failed one: the others' kernels may wait on it. fail runs
+  // under the lock too: an owner's remove() (its destructor, once its synchronise returns from
+  // the aborted kernels) waits until fail has ended the process, never touching an aborted handle.
+  for (const auto& h : handles_) abort_(h.first);
   fail_(message);
   return false;
 }

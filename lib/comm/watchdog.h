@@ -36,8 +36,8 @@ class Watchdog {
   // After remove() returns no query or abort of `handle` is running or will run: its owner may
   // destroy it.
   void remove(void* handle);
-  // One round: queries every handle; on the first error aborts them all (once) and calls fail.
-  // Returns whether every handle was healthy.
+  // One round: queries every handle; on the first error aborts them all (once) and calls fail,
+  // both under the lock remove() takes. Returns whether every handle was healthy.
   bool poll();
   bool failed() const;
 

@@ -667,10 +667,10 @@ const Tensor& GPT::forward_cached(const Tensor& tokens, KVCache& cache) {
   if (cache.length + Tn > cache.max_len)
     throw ConfigError(detail::concat("context full: ", cache.length, " + ", Tn, " tokens exceed the ", cache.max_len,
                                      "-position context"));
+  check_token_ids(tokens, config_.vocab_size);  // before anything is re-planned
   ensure_activations(B, Tn);
   Activations& a = *acts_;
   Backend& be = backend_;
-  check_token_ids(tokens, config_.vocab_size);
   stage(be, a.tokens, tokens, "tokens");
   // Positions continue where the cache ends: the position table is offset, not the op.
   be.embedding_forward(a.encoded.view({B, Tn, C}), a.tokens, params_.compute_param("wte"),

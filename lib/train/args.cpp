@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <limits>
 #include <map>
 #include <cstdlib>
 #include <filesystem>
@@ -329,8 +330,20 @@ std::vector<std::string> last_occurrences(const std::vector<std::string>& args, 
   std::map<std::string, size_t> last, count;
   for (size_t i = 0; i < occ.size(); ++i) last[occ[i].name] = i, ++count[occ[i].name];
   std::vector<std::string> out;
+  // Tokens an occurrence may hold, itself included: a dropped occurrence with more had a stray
+  // argument, which CLI11 would have refused had it stayed.
+  auto takes = [](const Occurrence& o) -> size_t {
+    if (o.tokens[0].find('=') != std::string::npos || o.name == "help") return 1;
+    const OptionSpec* spec = find_option(o.name);
+    if (!spec) return 2;  // --config FILE
+    return spec->is_flag ? 1 : spec->multi ? std::numeric_limits<size_t>::max() : 2;
+  };
   for (size_t i = 0; i < occ.size(); ++i) {
-    if (!occ[i].name.empty() && last[occ[i].name] != i) continue;
+    if (!occ[i].name.empty() && last[occ[i].name] != i) {
+      if (occ[i].tokens.size() > takes(occ[i]))
+        throw ConfigError("unexpected argument '" + occ[i].tokens[takes(occ[i])] + "' after " + occ[i].tokens[0]);
+      continue;
+    }
     out.insert(out.end(), occ[i].tokens.begin(), occ[i].tokens.end());
   }
   if (repeated)

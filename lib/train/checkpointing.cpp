@@ -478,6 +478,7 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     saved_lr.decay_iters = member_int(*ls, "decay_iters", at);
     saved_lr.style = member_string(*ls, "style", at);
     const LRSchedule& run = trainer.schedule();
+    saved_lr.samples_per_update = run.samples_per_update;  // (the global batch is this run's)
     if (options.scheduler == SchedulerSource::checkpoint) {
       trainer.set_schedule(saved_lr);
     } else {

@@ -9,8 +9,9 @@ double LRSchedule::at(int64_t it) const {
   if (warmup_iters > 0 && static_cast<double>(it) <= warmup_iters) return lr * static_cast<double>(it) / warmup_iters;
   if (style == "constant") return lr;
   if (it > decay_iters) return min_lr;
-  if (style == "inverse-square-root") {  // Megatron's: lr sqrt(warmup / updates), floored at min_lr
-    const double w = std::max(warmup_iters, 1.0), n = std::max(static_cast<double>(it), 1.0);
+  if (style == "inverse-square-root") {  // Megatron's, in samples: lr sqrt(warmup / seen), at least min_lr
+    const double g = static_cast<double>(std::max<int64_t>(samples_per_update, 1));
+    const double w = std::max(warmup_iters * g, 1.0), n = std::max(static_cast<double>(it) * g, 1.0);
     return std::max(min_lr, lr * std::sqrt(w) / std::sqrt(n));
   }
   const double span = static_cast<double>(decay_iters) - warmup_iters;

@@ -12,6 +12,9 @@ struct LRSchedule {
   double warmup_iters = 0;  // fractional under --lr-warmup-fraction
   int64_t decay_iters = 0;
   std::string style = "cosine";  // cosine | linear | constant | inverse-square-root
+  // Samples per update (the global batch): Megatron counts inverse-square-root's steps in
+  // samples, which only shows without warmup (its floor of one sample).
+  int64_t samples_per_update = 1;
   // The rate after `updates` applied updates (Megatron's get_lr at num_steps = updates): update
   // updates + 1 runs at it (0 for the first one under warmup), and Megatron's log line after
   // update `updates` shows it.

@@ -91,6 +91,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
                                ? args.lr_warmup_fraction * static_cast<double>(schedule_.decay_iters)
                                : static_cast<double>(args.lr_warmup_iters);
   schedule_.style = args.lr_decay_style;
+  schedule_.samples_per_update = args.global_batch_size;
   LLM_CHECK(args.seq_length % sp == 0, "--seq-length ", args.seq_length, " is not divisible by Ulysses ", sp);
   tokens_ = Tensor::empty({args.micro_batch_size, args.seq_length / sp}, DType::i32);
   targets_ = Tensor::empty({args.micro_batch_size, args.seq_length / sp}, DType::i32);

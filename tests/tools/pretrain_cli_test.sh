@@ -81,21 +81,25 @@ echo x > "$work/afile"
 check "--save under a regular file is refused before training" "[ $? -eq 2 ] && grep -q 'afile is not a directory' $work/sv.txt && ! grep -q 'iteration ' $work/sv.txt"
 "$bin" "${common[@]}" --train-iters 50 --log-interval 1 --save "$work/tk" --tokenizer-model "$work/none.model" > "$work/tk.txt" 2>&1
 check "a missing --tokenizer-model is refused before training when a save would copy it" "[ $? -eq 2 ] && grep -q 'tokenizer-model .*none.model: not found' $work/tk.txt && ! grep -q 'iteration ' $work/tk.txt"
-# SIGINT during an iteration: said at once, the run ends at the iteration's end (exit 0); a
-# second one ends it at once (the signal's own status)
-slow=(--mock-data --vocab-size 128 --num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 4096
+# SIGINT during an iteration: said at once, the run ends at the iteration's end (exit 0); a copy
+# of it within the second (a launcher forwarding what the terminal delivered) changes nothing; a
+# user's second Ctrl-C a second or more later ends it at once (the signal's own status)
+slow=(--mock-data --vocab-size 128 --num-layers 2 --hidden-size 64 --num-attention-heads 4
       --micro-batch-size 4 --global-batch-size 4 --train-iters 1000 --log-interval 1)
-for n in 1 2; do
-  "$bin" "${slow[@]}" --output-dir "$work/sig$n" > "$work/sig$n.txt" 2> "$work/sig$n.err" &
+for n in 1 2 3; do
+  seq=4096; [ $n -eq 3 ] && seq=8192
+  "$bin" "${slow[@]}" --seq-length $seq --output-dir "$work/sig$n" > "$work/sig$n.txt" 2> "$work/sig$n.err" &
   pid=$!
   for _ in $(seq 300); do grep -q 'iteration  *1/' "$work/sig$n.txt" 2>/dev/null && break; sleep 0.1; done
   kill -INT $pid
   [ $n -eq 2 ] && sleep 0.2 && kill -INT $pid
+  [ $n -eq 3 ] && sleep 1.3 && kill -INT $pid
   wait $pid
   echo $? > "$work/sig$n.rc"
 done
 check "a first SIGINT is said at once and ends the run at the iteration's end" "[ \$(cat $work/sig1.rc) -eq 0 ] && grep -q 'stopping at the end of this iteration' $work/sig1.err && grep -q 'exiting at iteration .* (SIGINT)' $work/sig1.txt"
-check "a second SIGINT ends the run at once" "[ \$(cat $work/sig2.rc) -eq 130 ] && ! grep -q 'exiting at iteration' $work/sig2.txt"
+check "a second SIGINT within the second (a forwarded copy) still ends cleanly" "[ \$(cat $work/sig2.rc) -eq 0 ] && grep -q 'exiting at iteration .* (SIGINT)' $work/sig2.txt"
+check "a second Ctrl-C a second later ends the run at once" "[ \$(cat $work/sig3.rc) -eq 130 ] && ! grep -q 'exiting at iteration' $work/sig3.txt"
 
 "$bin" --help > "$work/help.txt" 2>&1
 check "--help lists flags with defaults" "grep -q -- '--num-attention-heads' $work/help.txt && grep -q -- '--lr-decay-style' $work/help.txt && grep -q 'cosine' $work/help.txt && grep -q 'Example' $work/help.txt"

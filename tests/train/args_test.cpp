@@ -168,6 +168,12 @@ TEST(Args, RepeatedOptionsTakeTheLastAndUnknownOnesAreNamed) {
   EXPECT_NE(e.find("unknown option --num-layer (did you mean --num-layers?)"), std::string::npos) << e;
   const std::string far = error_of([] { last_occurrences({"--frobnicate"}, {"config", "help"}, nullptr); });
   EXPECT_NE(far.find("unknown option --frobnicate; --help lists them"), std::string::npos) << far;
+  // a stray argument of a dropped occurrence is still an error (CLI11 would have refused it)
+  const std::string stray = error_of([] { last_occurrences({"--num-layers", "2", "3", "--num-layers", "4"}, {}, nullptr); });
+  EXPECT_NE(stray.find("unexpected argument '3' after --num-layers"), std::string::npos) << stray;
+  EXPECT_NE(error_of([] { last_occurrences({"--mock-data", "foo", "--mock-data"}, {}, nullptr); }).find("'foo'"),
+            std::string::npos);
+  EXPECT_EQ(last_occurrences({"--data-path", "a", "b", "--data-path", "c"}, {}, nullptr), (V{"--data-path", "c"}));
   EXPECT_EQ(closest_option("hiden_size", {}), "hidden-size");
   EXPECT_EQ(closest_option("confg", {"config"}), "config");
 }

@@ -22,9 +22,16 @@ TEST(LRSchedule, InverseSquareRoot) {
   EXPECT_DOUBLE_EQ(s.at(101), 0.3);  // past the decay
   const LRSchedule low{2.0, 0.45, 4, 100, "inverse-square-root"};
   EXPECT_DOUBLE_EQ(low.at(81), 0.45);  // the floor
-  const LRSchedule none{1.0, 0.0, 0, 100, "inverse-square-root"};
-  EXPECT_DOUBLE_EQ(none.at(0), 1.0);  // no warmup: sqrt(max(w, 1) / max(n, 1))
-  EXPECT_DOUBLE_EQ(none.at(4), 0.5);
+  // Megatron counts in samples: without warmup its floor is one sample, so the global batch shows.
+  LRSchedule none{1.0, 0.0, 0, 100, "inverse-square-root"};
+  EXPECT_DOUBLE_EQ(none.at(0), 1.0);
+  EXPECT_DOUBLE_EQ(none.at(4), 0.5);  // one sample per update
+  none.samples_per_update = 16;
+  EXPECT_DOUBLE_EQ(none.at(1), 0.25);  // 1 / sqrt(16 samples)
+  EXPECT_DOUBLE_EQ(none.at(4), 0.125);  // 1 / sqrt(64)
+  LRSchedule warm = s;
+  warm.samples_per_update = 16;  // with warmup the unit cancels
+  EXPECT_DOUBLE_EQ(warm.at(16), s.at(16));
 }
 
 TEST(LRSchedule, WarmupThenCosineLinearConstant) {

@@ -112,6 +112,9 @@ CublasLt::Plan& CublasLt::plan(const Matmul& mm, const char* op) {
       mm.ldb, ',', mm.ldd, ',', mm.ld_aux, ',', int(mm.epilogue), ',', mm.beta != 0.0f, ',', alignment(mm.a, mm.lda, mm.a_type), ',',
       alignment(mm.b, mm.ldb, mm.b_type), ',', alignment(mm.d, mm.ldd, mm.d_type), ',', alignment(mm.bias, 0, mm.d_type), ',',
       alignment(mm.aux, mm.ld_aux, mm.d_type), ',', int(compute));
+  // A shape without an algorithm is remembered: its callers fall back on every call, and the
+  // heuristic need not be asked again.
+  if (const auto f = unsupported_.find(key); f != unsupported_.end()) throw Error(f->second);
   auto it = plans_.find(key);
   if (it == plans_.end()) {
     auto plan = std::make_unique<Plan>();
@@ -176,8 +179,13 @@ CublasLt::Plan& CublasLt::plan(const Matmul& mm, const char* op) {
     int found = 0;
     const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, plan->desc, plan->a, plan->b, plan->d, plan->d,
                                                              pref, 1, &result, &found);
-    CUBLAS_CHECK(st, what);
-    LLM_CHECK(found > 0, what, ": cuBLASLt found no algorithm");
+    try {
+      CUBLAS_CHECK(st, what);
+      LLM_CHECK(found > 0, what, ": cuBLASLt found no algorithm");
+    } catch (const Error& e) {
+      unsupported_.emplace(key, e.what());
+      throw;
+    }
     plan->algo = result.algo;
     it = plans_.emplace(key, std::move(plan)).first;
   }

@@ -48,6 +48,7 @@ class CublasLt {
   size_t workspace_bytes_ = 0;
   bool allow_tf32_ = false;
   std::unordered_map<std::string, std::unique_ptr<Plan>> plans_;
+  std::unordered_map<std::string, std::string> unsupported_;  // plan key -> why no algorithm
 };
 
 cudaDataType_t cuda_data_type(DType t);

@@ -419,11 +419,22 @@ void CudaBackend::run_gemm_with_bias(Matmul mm, const void* bias, const char* op
     if (bias) kernels::bias_epilogue(ot, mm.d, static_cast<const float*>(mm.d), bias, rows, cols, stream_);
     return;
   }
-  Tensor acc = scratch(rows * cols);
-  void* const d = mm.d;
-  mm.d_type = DType::f32, mm.d = acc.raw();
-  blas_->run(mm, op);
-  kernels::bias_epilogue(ot, d, acc.data<float>(), bias, rows, cols, stream_);
+  // The f32 accumulator a block of output rows at a time (at most 64 Mi floats, 256 MiB: the
+  // logits of an odd padded vocabulary come this way), B's columns and D's rows walked with it.
+  LLM_CHECK(!mm.trans_b, op, ": the f32-accumulator path takes B untransposed");
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t(64) << 20) / cols));
+  Tensor acc = scratch(block * cols);
+  const size_t b_col = static_cast<size_t>(mm.ldb) * dtype_size(mm.b_type), d_row = static_cast<size_t>(cols) * dtype_size(ot);
+  for (int64_t r = 0; r < rows; r += block) {
+    const int64_t n = std::min(block, rows - r);
+    Matmul piece = mm;
+    piece.n = n;
+    piece.b = static_cast<const char*>(mm.b) + static_cast<size_t>(r) * b_col;
+    piece.d_type = DType::f32, piece.d = acc.raw();
+    blas_->run(piece, op);
+    kernels::bias_epilogue(ot, static_cast<char*>(mm.d) + static_cast<size_t>(r) * d_row, acc.data<float>(), bias, n,
+                           cols, stream_);
+  }
   launched(op, {});  // before acc goes back to the allocator
 }
 
