@@ -223,6 +223,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   std::unique_ptr<Communicator> world = mpi_world_communicator();
   const int64_t dps = layout.dp();
   // On GPUs the groups are NCCL communicators (device tensors over NCCL, host ones over MPI).
+#if defined(LLM_HAVE_CUDA) && defined(LLM_HAVE_NCCL)
+  if (on_gpu) set_nccl_timeout_seconds(args.distributed_timeout_minutes * 60.0);
+#endif
   auto group = [&](int color, int key) -> std::unique_ptr<Communicator> {
     if (!on_gpu || mpi.size() == 1) return mpi_split_communicator(color, key);
 #if defined(LLM_HAVE_CUDA) && defined(LLM_HAVE_NCCL)

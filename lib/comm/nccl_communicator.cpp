@@ -5,9 +5,14 @@
 
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <functional>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -119,6 +124,11 @@ Watchdog& nccl_watchdog() {
   return w;
 }
 
+std::atomic<double>& op_timeout() {
+  static std::atomic<double> seconds{600.0};  // Megatron's --distributed-timeout-minutes default
+  return seconds;
+}
+
 // The PCI bus id of the GPU each rank of `comm` on this node uses, in node-rank order (device:
 // this rank's, -1 for none; "" where a rank has none or its id could not be read, `error` saying
 // why for this rank). Compared by bus id, not device number: a launcher or wrapper that gives each
@@ -207,22 +217,45 @@ class NcclCommunicator final : public Communicator {
                backend_.device().str(), "; one GPU per rank: check the local-rank device choice)");
     int world = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &world);
-    watchdog.add(comm_, detail::concat("rank ", world, ": the NCCL communicator of ", size_, " ranks (its rank ", rank_,
-                                       ", ", backend_.device().str(), ")"));
+    // The timeout's markers only where the watchdog's thread runs to check them.
+    timeout_s_ = op_timeout().load();
+    if (timeout_s_ > 0 && watchdog.polling()) {
+      const int dev = backend_.device().index;
+      pending_ = std::make_unique<PendingOps>([dev](void* marker) {
+        // The watchdog's thread: on this rank's device, so the runtime makes no context on device 0.
+        thread_local int current = -1;
+        if (current != dev && cudaSetDevice(dev) == cudaSuccess) current = dev;
+        const cudaError_t r = cudaEventQuery(static_cast<cudaEvent_t>(marker));
+        if (r == cudaSuccess) return true;
+        (void)cudaGetLastError();  // this thread's record of "not ready"
+        // Any other error is a faulted context: the rank's own next check reports it.
+        return r != cudaErrorNotReady;
+      });
+    }
+    std::function<std::string()> check;
+    if (pending_) check = [this] { return pending_->check(PendingOps::Clock::now(), timeout_s_); };
+    watchdog.add(comm_,
+                 detail::concat("rank ", world, ": the NCCL communicator of ", size_, " ranks (its rank ", rank_, ", ",
+                                backend_.device().str(), ")"),
+                 std::move(check));
   }
   ~NcclCommunicator() override {
-    if (comm_) nccl_watchdog().remove(comm_);  // no query of it runs past here
     if (std::uncaught_exceptions() > uncaught_) {
       // Unwinding from an error on this rank: what it queued may wait on peers that will never
       // join, and ncclCommDestroy (or a synchronise) would wait with it; aborted instead, so the
       // error reaches main and the launcher's abort.
+      if (comm_) nccl_watchdog().remove(comm_);  // no query or abort of it runs past here
       if (comm_) (void)ncclCommAbort(comm_);
     } else {
-      // Both streams' NCCL work done first: the blocking operations run on the compute stream.
+      // Both streams' NCCL work done first (the blocking operations run on the compute stream),
+      // still watched: a peer that never joins the last operations is timed out as anywhere.
       (void)cudaStreamSynchronize(backend_.stream());
       if (comm_stream_) (void)cudaStreamSynchronize(comm_stream_);
+      if (comm_) nccl_watchdog().remove(comm_);
       if (comm_) (void)ncclCommDestroy(comm_);
     }
+    if (pending_)
+      for (void* m : pending_->release_all()) (void)cudaEventDestroy(static_cast<cudaEvent_t>(m));
     if (comm_stream_) (void)cudaStreamDestroy(comm_stream_);
     if (owned_) MPI_Comm_free(&mpi_);
   }
@@ -235,9 +268,11 @@ class NcclCommunicator final : public Communicator {
     check_device(x, "all_reduce_sum");
     if (size_ == 1 || x.numel() == 0) return;
     volume_.all_reduce += static_cast<int64_t>(x.nbytes());
+    Timed timed(*this, "all_reduce_sum", x.nbytes());
     NCCL_CHECK(ncclAllReduce(x.raw(), x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "all_reduce_sum"),
                              ncclSum, comm_, stream()),
                "all_reduce_sum ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
+    timed.queued();
   }
   double all_reduce_sum(double v) override { return host_->all_reduce_sum(v); }
   double all_reduce_min(double v) override { return host_->all_reduce_min(v); }
@@ -257,11 +292,13 @@ class NcclCommunicator final : public Communicator {
     for (int r = 0; r < size_; ++r) equal = equal && offsets[r + 1] - offsets[r] == offsets[1] - offsets[0];
     if (equal) {  // in-place all-gather: rank r's send buffer is its slot of the receive buffer
       const size_t count = static_cast<size_t>(offsets[1]);
+      Timed timed(*this, "all_gather_ranges", x.nbytes());
       NCCL_CHECK(ncclAllGather(base + count * es * static_cast<size_t>(rank_), base, count, t, comm_, stream()),
                  "all_gather_ranges ", shape_str(x.shape()));
-      return;
+      return timed.queued();
     }
     // Uneven ranges: one in-place broadcast per owner, fused into one NCCL group.
+    Timed timed(*this, "all_gather_ranges (broadcasts)", x.nbytes());
     NcclGroup group("all_gather_ranges");
     for (int r = 0; r < size_; ++r) {
       const size_t count = static_cast<size_t>(offsets[r + 1] - offsets[r]);
@@ -270,6 +307,7 @@ class NcclCommunicator final : public Communicator {
       NCCL_CHECK(ncclBroadcast(p, p, count, t, r, comm_, stream()), "all_gather_ranges range of rank ", r);
     }
     group.end(detail::concat("all_gather_ranges ", shape_str(x.shape())));
+    timed.queued();
   }
 
   void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
@@ -283,6 +321,7 @@ class NcclCommunicator final : public Communicator {
     const size_t es = dtype_size(x.dtype());
     char* base = static_cast<char*>(x.raw());
     // One in-place reduce per owner, fused into one NCCL group.
+    Timed timed(*this, "reduce_scatter_ranges (reduces)", x.nbytes());
     NcclGroup group("reduce_scatter_ranges");
     for (int r = 0; r < size_; ++r) {
       const size_t count = static_cast<size_t>(offsets[r + 1] - offsets[r]);
@@ -291,6 +330,7 @@ class NcclCommunicator final : public Communicator {
       NCCL_CHECK(ncclReduce(p, p, count, t, ncclSum, r, comm_, stream()), "reduce_scatter_ranges range of rank ", r);
     }
     group.end(detail::concat("reduce_scatter_ranges ", shape_str(x.shape())));
+    timed.queued();
   }
 
   void broadcast(const Tensor& x, int root) override {
@@ -298,8 +338,10 @@ class NcclCommunicator final : public Communicator {
     check_device(x, "broadcast");
     if (size_ == 1 || x.nbytes() == 0) return;
     volume_.broadcast += static_cast<int64_t>(x.nbytes());
+    Timed timed(*this, "broadcast", x.nbytes(), root);
     NCCL_CHECK(ncclBroadcast(x.raw(), x.raw(), x.nbytes(), ncclUint8, root, comm_, stream()), "broadcast ",
                shape_str(x.shape()), " from rank ", root);
+    timed.queued();
   }
 
   void barrier() override {
@@ -314,9 +356,11 @@ class NcclCommunicator final : public Communicator {
               " inputs of ", in.numel());
     if (in.numel() == 0) return;
     if (size_ > 1) volume_.all_gather += static_cast<int64_t>(out.nbytes());
+    Timed timed(*this, "all_gather", out.nbytes());
     NCCL_CHECK(ncclAllGather(in.raw(), out.raw(), static_cast<size_t>(in.numel()), nccl_type(in.dtype(), "all_gather"),
                              comm_, stream()),
                "all_gather ", shape_str(in.shape()), " -> ", shape_str(out.shape()));
+    timed.queued();
   }
 
   void reduce_scatter(const Tensor& out, const Tensor& in) override {
@@ -326,9 +370,11 @@ class NcclCommunicator final : public Communicator {
               " outputs of ", out.numel());
     if (out.numel() == 0) return;
     if (size_ > 1) volume_.reduce_scatter += static_cast<int64_t>(in.nbytes());
+    Timed timed(*this, "reduce_scatter", in.nbytes());
     NCCL_CHECK(ncclReduceScatter(in.raw(), out.raw(), static_cast<size_t>(out.numel()),
                                  nccl_type(in.dtype(), "reduce_scatter"), ncclSum, comm_, stream()),
                "reduce_scatter ", shape_str(in.shape()), " -> ", shape_str(out.shape()));
+    timed.queued();
   }
 
   // NCCL has no all-to-all primitive: one grouped send and receive per peer (chunk r of `in`
@@ -346,6 +392,7 @@ class NcclCommunicator final : public Communicator {
     const size_t bytes = chunk * dtype_size(in.dtype());
     const char* src = static_cast<const char*>(in.raw());
     char* dst = static_cast<char*>(out.raw());
+    Timed timed(*this, "all_to_all", in.nbytes());
     NcclGroup group("all_to_all");
     for (int r = 0; r < size_; ++r) {
       NCCL_CHECK(ncclSend(src + bytes * static_cast<size_t>(r), chunk, t, r, comm_, stream()),
@@ -354,6 +401,7 @@ class NcclCommunicator final : public Communicator {
                  "all_to_all receive from rank ", r);
     }
     group.end(detail::concat("all_to_all ", shape_str(in.shape())));
+    timed.queued();
   }
 
   // NCCL point-to-point has no tags: messages between a pair of ranks are matched in order, which
@@ -364,18 +412,22 @@ class NcclCommunicator final : public Communicator {
     check_peer(peer, "send");
     volume_.send_recv += static_cast<int64_t>(x.nbytes());
     if (x.numel() == 0) return;
+    Timed timed(*this, "send", x.nbytes(), peer);
     NCCL_CHECK(ncclSend(x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "send"), peer, comm_,
                         stream()),
                "send ", shape_str(x.shape()), " to rank ", peer);
+    timed.queued();
   }
   void recv(const Tensor& x, int peer, int tag) override {
     if (x.device().is_cpu()) return on_host([&] { return host_->recv(x, peer, tag); });
     check_device(x, "recv");
     check_peer(peer, "recv");
     if (x.numel() == 0) return;
+    Timed timed(*this, "receive", x.nbytes(), peer);
     NCCL_CHECK(ncclRecv(x.raw(), static_cast<size_t>(x.numel()), nccl_type(x.dtype(), "recv"), peer, comm_,
                         stream()),
                "recv ", shape_str(x.shape()), " from rank ", peer);
+    timed.queued();
   }
 
   void send_recv(const Tensor& send, int dst, int send_tag, const Tensor& recv, int src, int recv_tag) override {
@@ -387,11 +439,22 @@ class NcclCommunicator final : public Communicator {
               ": both on the host (MPI) or both on the GPU (NCCL); a mixed pair would block inside the NCCL group");
     if (send.device().is_cpu() && recv.device().is_cpu())
       return on_host([&] { return host_->send_recv(send, dst, send_tag, recv, src, recv_tag); });
-    NcclGroup group("send_recv");
-    this->send(send, dst, send_tag);
-    this->recv(recv, src, recv_tag);
-    group.end(detail::concat("send_recv ", shape_str(send.shape()), " to rank ", dst, ", ", shape_str(recv.shape()),
-                             " from rank ", src));
+    // One timed operation for the pair: NCCL queues it (and may wait for the peers) at the group's end.
+    Timed timed(*this, send.nbytes() > 0 ? "send (with a receive)" : "receive (with a send)",
+                send.nbytes() + recv.nbytes(), send.nbytes() > 0 ? dst : src);
+    {
+      NcclGroup group("send_recv");
+      grouped_ = true;  // the inner send and receive not timed on their own
+      struct Ungroup {
+        bool& g;
+        ~Ungroup() { g = false; }
+      } ungroup{grouped_};
+      this->send(send, dst, send_tag);
+      this->recv(recv, src, recv_tag);
+      group.end(detail::concat("send_recv ", shape_str(send.shape()), " to rank ", dst, ", ", shape_str(recv.shape()),
+                               " from rank ", src));
+    }
+    timed.queued();
   }
 
   // Overlap: the reduction runs on a separate communication stream once the compute stream has
@@ -458,6 +521,40 @@ class NcclCommunicator final : public Communicator {
     } count{volume_, *host_, host_->volume()};
     return f();
   }
+  // One operation under the timeout (comm/watchdog.h), from before its NCCL call: the call itself
+  // may wait for a peer (since NCCL 2.22 a first operation between two ranks sets up their
+  // connection inside the call, or inside the group's end), so it is timed while the host is in
+  // it; queued() then records its marker (a CUDA event, recycled once finished) on stream().
+  // Inactive without a timeout and inside send_recv's group, which is timed as one.
+  class Timed {
+   public:
+    Timed(NcclCommunicator& c, const char* op, size_t bytes, int peer = -1)
+        : c_(c), op_(op), bytes_(static_cast<int64_t>(bytes)), peer_(peer), active_(c.pending_ && !c.grouped_) {
+      if (active_) c_.pending_->enter(op_, bytes_, peer_, started_ = PendingOps::Clock::now());
+    }
+    Timed(const Timed&) = delete;
+    Timed& operator=(const Timed&) = delete;
+    ~Timed() {
+      if (active_) c_.pending_->leave();
+    }
+    void queued() {
+      if (!active_) return;
+      cudaEvent_t e = static_cast<cudaEvent_t>(c_.pending_->reuse());
+      if (!e) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "NCCL ", op_, ": its timeout marker");
+      const cudaError_t r = cudaEventRecord(e, c_.stream());
+      if (r != cudaSuccess) (void)cudaEventDestroy(e);
+      CUDA_CHECK(r, "NCCL ", op_, ": recording its timeout marker");
+      c_.pending_->push(e, op_, bytes_, peer_, started_);
+    }
+
+   private:
+    NcclCommunicator& c_;
+    const char* op_;
+    int64_t bytes_;
+    int peer_;
+    bool active_;
+    PendingOps::Clock::time_point started_{};
+  };
   cudaStream_t comm_stream() {
     if (!comm_stream_) CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "NCCL stream");
     return comm_stream_;
@@ -518,11 +615,19 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   cudaStream_t comm_stream_ = nullptr;
   cudaStream_t side_ = nullptr;  // set while on_comm_stream enqueues
+  bool grouped_ = false;         // set while send_recv's group is open: no marker inside it
+  double timeout_s_ = 0;
+  std::unique_ptr<PendingOps> pending_;  // null: no timeout (0, or the watchdog off)
   int rank_ = 0, size_ = 1;
   const int uncaught_ = std::uncaught_exceptions();  // at construction: the destructor tells unwinding from it
 };
 
 }  // namespace
+
+void set_nccl_timeout_seconds(double seconds) {
+  LLM_CHECK(seconds >= 0 && std::isfinite(seconds), "NCCL timeout: ", seconds, " s (0: none)");
+  op_timeout() = seconds;
+}
 
 std::unique_ptr<Communicator> nccl_world_communicator(cuda::CudaBackend& backend) {
   return std::make_unique<NcclCommunicator>(backend, MPI_COMM_WORLD, false, mpi_world_communicator());

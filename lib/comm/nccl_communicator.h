@@ -8,6 +8,10 @@
 // backend's stream (ordered with the ops, no host synchronisation); host tensors, scalars and
 // barriers go through an MPI communicator over the same ranks.
 //
+// An operation still unfinished a timeout after it was queued (a peer that never joined it)
+// ends the rank through the watchdog (comm/watchdog.h): exit status 1, naming the communicator
+// and the operation, so the job ends instead of waiting until its wall time.
+//
 // Ranks sharing a GPU are refused with the reason, unless LLM_NCCL_SHARED_GPU=1: then each
 // process is its own NCCL host (NCCL_HOSTID per rank), so a multi-rank layout can be checked for
 // correctness on a machine with fewer GPUs than ranks (slowly: NCCL goes through sockets).
@@ -29,5 +33,9 @@ std::unique_ptr<Communicator> nccl_split_communicator(cuda::CudaBackend& backend
 // communicator's own check (backend: this rank's, null where it has none, which counts as sharing
 // with another such rank). Collective over MPI_COMM_WORLD.
 bool node_ranks_share_a_gpu(const cuda::CudaBackend* backend);
+// The timeout of the communicators made from here on (llm-pretrain: --distributed-timeout-minutes,
+// Megatron's, 10 minutes by default as here); 0: none. Needs the watchdog (LLM_NCCL_WATCHDOG_MS
+// not 0), whose thread checks it once per period.
+void set_nccl_timeout_seconds(double seconds);
 
 }  // namespace llm

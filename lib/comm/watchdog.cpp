@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cstdio>
 
 #include "core/error.h"
 
@@ -33,14 +34,14 @@ Watchdog::~Watchdog() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Watchdog::add(void* handle, std::string name) {
+void Watchdog::add(void* handle, std::string name, std::function<std::string()> check) {
   std::lock_guard<std::mutex> lock(mu_);
-  handles_.emplace_back(handle, std::move(name));
+  handles_.push_back({handle, std::move(name), std::move(check)});
 }
 
 void Watchdog::remove(void* handle) {
   std::lock_guard<std::mutex> lock(mu_);  // waits for a poll in progress
-  handles_.erase(std::remove_if(handles_.begin(), handles_.end(), [&](const auto& h) { return h.first == handle; }),
+  handles_.erase(std::remove_if(handles_.begin(), handles_.end(), [&](const Handle& h) { return h.handle == handle; }),
                  handles_.end());
 }
 
@@ -53,10 +54,11 @@ bool Watchdog::poll() {
   std::lock_guard<std::mutex> lock(mu_);
   if (failed_) return false;
   std::string message;
-  for (const auto& [handle, name] : handles_) {
-    const std::string error = query_(handle);
+  for (const Handle& h : handles_) {
+    std::string error = query_(h.handle);
+    if (error.empty() && h.check) error = h.check();
     if (error.empty()) continue;
-    message = name + ": " + error;
+    message = h.name + ": " + error;
     break;
   }
   if (message.empty()) return true;
@@ -64,7 +66,7 @@ bool Watchdog::poll() {
   // Every communicator, not only the failed one: the others' kernels may wait on it. fail runs
   // under the lock too: an owner's remove() (its destructor, once its synchronise returns from
   // the aborted kernels) waits until fail has ended the process, never touching an aborted handle.
-  for (const auto& h : handles_) abort_(h.first);
+  for (const Handle& h : handles_) abort_(h.handle);
   fail_(message);
   return false;
 }
@@ -78,6 +80,93 @@ void Watchdog::loop(int period_ms) {
     poll();
     lock.lock();
   }
+}
+
+void* PendingOps::reuse() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (free_.empty()) return nullptr;
+  void* m = free_.back();
+  free_.pop_back();
+  return m;
+}
+
+void PendingOps::push(void* marker, const char* op, int64_t bytes, int peer, Clock::time_point queued) {
+  std::lock_guard<std::mutex> lock(mu_);
+  LLM_CHECK(!closed_, "PendingOps::push(", op, ") after release_all()");
+  pending_.push_back({marker, op, bytes, peer, queued});
+}
+
+void PendingOps::enter(const char* op, int64_t bytes, int peer, Clock::time_point started) {
+  std::lock_guard<std::mutex> lock(mu_);
+  call_ = {nullptr, op, bytes, peer, started, true};
+}
+
+void PendingOps::leave() {
+  std::lock_guard<std::mutex> lock(mu_);
+  call_ = {};
+}
+
+size_t PendingOps::pending() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pending_.size();
+}
+
+std::string PendingOps::check(Clock::time_point now, double timeout_s) {
+  // The markers are queried without holding the lock push() takes (the owner's thread keeps
+  // queueing meanwhile); only check() removes, one at a time, so the snapshot's operations are
+  // still the first of pending_ when the lock is taken again.
+  std::lock_guard<std::mutex> one(check_mu_);
+  std::vector<Op> snapshot;
+  Op call{};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return "";
+    snapshot.assign(pending_.begin(), pending_.end());
+    call = call_;
+  }
+  // Every finished one goes, not only a finished prefix: the operations of two streams (blocking
+  // and non-blocking) interleave here, and either may finish first.
+  std::vector<char> finished(snapshot.size());
+  for (size_t i = 0; i < snapshot.size(); ++i) finished[i] = done_(snapshot[i].marker);
+  const Op* oldest = call.in_call ? &call : nullptr;
+  for (size_t i = 0; i < snapshot.size(); ++i)
+    if (!finished[i] && (!oldest || snapshot[i].queued < oldest->queued)) oldest = &snapshot[i];
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return "";
+    std::deque<Op> still;
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      if (i < snapshot.size() && finished[i])
+        free_.push_back(pending_[i].marker);
+      else
+        still.push_back(pending_[i]);
+    }
+    pending_.swap(still);
+  }
+  if (!oldest || timeout_s <= 0) return "";
+  const double age = std::chrono::duration<double>(now - oldest->queued).count();
+  if (age < timeout_s) return "";
+  char line[512];
+  std::snprintf(line, sizeof(line),
+                "%s of %lld bytes%s%s %s %.1f s ago %s (the timeout is %.1f s: "
+                "--distributed-timeout-minutes); a rank of this communicator never joined it (stopped, or waiting "
+                "in another collective)",
+                oldest->op, static_cast<long long>(oldest->bytes), oldest->peer >= 0 ? " with rank " : "",
+                oldest->peer >= 0 ? std::to_string(oldest->peer).c_str() : "",
+                oldest->in_call ? "called" : "queued", age,
+                oldest->in_call ? "has not returned (its NCCL call waits for the peers)" : "has not finished", timeout_s);
+  return line;
+}
+
+std::vector<void*> PendingOps::release_all() {
+  std::lock_guard<std::mutex> lock(mu_);
+  closed_ = true;
+  call_ = {};
+  std::vector<void*> all = std::move(free_);
+  free_.clear();
+  for (const Op& o : pending_) all.push_back(o.marker);
+  pending_.clear();
+  return all;
 }
 
 }  // namespace llm

@@ -5,10 +5,20 @@
 // (which ends their kernels) and calls `fail` with a message naming the communicator; the NCCL
 // communicator's `fail` ends the process, so the launcher ends the job.
 //
-// Plain C++ (no NCCL): the query, abort and fail actions are given, so the policy is tested in
-// every build (tests/parallel/watchdog_test.cpp); comm/nccl_communicator.cpp gives NCCL's.
+// It also ends a collective that never finishes: a rank that stopped without an error NCCL can
+// see (a crash in its own code past a collective, a rank waiting in a different collective, a
+// hung node) leaves its peers' kernels waiting forever. Each communicator records a marker (a
+// CUDA event) after every operation it queues (PendingOps below); an operation still unfinished
+// a timeout after it was queued (Megatron's --distributed-timeout-minutes, 10 by default, as
+// PyTorch's process groups) is reported as that communicator's error.
+//
+// Plain C++ (no NCCL): the query, abort, fail and marker actions are given, so the policy is
+// tested in every build (tests/parallel/watchdog_test.cpp); comm/nccl_communicator.cpp gives NCCL's.
 #pragma once
+#include <chrono>
 #include <condition_variable>
+#include <cstdint>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -32,10 +42,14 @@ class Watchdog {
   Watchdog(const Watchdog&) = delete;
   Watchdog& operator=(const Watchdog&) = delete;
 
-  void add(void* handle, std::string name);
+  // check (optional) is asked too when query finds nothing: "" healthy, else what failed (the
+  // handle's PendingOps timeout).
+  void add(void* handle, std::string name, std::function<std::string()> check = {});
   // After remove() returns no query or abort of `handle` is running or will run: its owner may
   // destroy it.
   void remove(void* handle);
+  // Whether its thread runs (a period above 0): only then is a handle's check ever asked.
+  bool polling() const { return thread_.joinable(); }
   // One round: queries every handle; on the first error aborts them all (once) and calls fail,
   // both under the lock remove() takes. Returns whether every handle was healthy.
   bool poll();
@@ -48,9 +62,59 @@ class Watchdog {
   Fail fail_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<std::pair<void*, std::string>> handles_;
+  struct Handle {
+    void* handle;
+    std::string name;
+    std::function<std::string()> check;
+  };
+  std::vector<Handle> handles_;
   bool stop_ = false, failed_ = false;
   std::thread thread_;
+};
+
+// The operations one communicator has queued and not yet seen finish, each with a marker that
+// finishes after it in its stream (a CUDA event), the time it was queued, and what it was.
+// Markers are recycled: check() moves finished ones to a free list that reuse() hands out again,
+// so a steady run records into the same few events. Thread-safe: the owner pushes, the watchdog
+// checks (querying the markers outside the lock push() takes).
+class PendingOps {
+ public:
+  using Clock = std::chrono::steady_clock;
+  using Done = std::function<bool(void* marker)>;  // whether the marker (and what precedes it) finished
+  explicit PendingOps(Done done) : done_(std::move(done)) {}
+  // A finished marker to record again, or null (the owner makes a new one).
+  void* reuse();
+  // op: a string literal (kept as a pointer); peer: the other rank of a send or receive, else -1.
+  void push(void* marker, const char* op, int64_t bytes, int peer, Clock::time_point queued);
+  // The owner's thread is inside an operation's call, which may itself wait for a peer (NCCL
+  // sets up a pair's connection inside their first operation): timed as a pending operation,
+  // from `started`, until leave(). One at a time (the owner's thread).
+  void enter(const char* op, int64_t bytes, int peer, Clock::time_point started);
+  void leave();
+  // Drops the finished operations; "" when none still pending was queued timeout_s or more before
+  // now, else the oldest such: what it was and how long ago it was queued.
+  std::string check(Clock::time_point now, double timeout_s);
+  size_t pending() const;
+  // Every marker, pending or free, for the owner to destroy (once nothing can still record them);
+  // the set is closed: check() finds nothing from here on, and push() refuses.
+  std::vector<void*> release_all();
+
+ private:
+  struct Op {
+    void* marker;
+    const char* op;
+    int64_t bytes;
+    int peer;
+    Clock::time_point queued;
+    bool in_call = false;  // enter()'s: no marker yet
+  };
+  Done done_;
+  std::mutex check_mu_;   // one check() at a time
+  mutable std::mutex mu_;  // pending_ and free_
+  std::deque<Op> pending_;
+  std::vector<void*> free_;
+  Op call_{};  // set between enter() and leave()
+  bool closed_ = false;
 };
 
 }  // namespace llm

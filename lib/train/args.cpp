@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <limits>
 #include <map>
 #include <cstdlib>
@@ -152,6 +153,9 @@ std::vector<OptionSpec> make_options() {
       opt("keep-last", &A::keep_last, "keep only this many newest checkpoints (0 = all)"),
       opt("exit-interval", &A::exit_interval, "save and exit when the iteration is a multiple of this"),
       opt("exit-duration-in-mins", &A::exit_duration_in_mins, "save and exit after this many minutes"),
+      opt("distributed-timeout-minutes", &A::distributed_timeout_minutes,
+          "a GPU collective or transfer still unfinished this many minutes after it was queued (a rank never joined) "
+          "ends the job with exit status 1, naming it (0: wait forever; MPI's host collectives have no timeout)"),
       opt("tflops-formula", &A::tflops_formula, "TFLOPs in the log line: megatron (Narayanan et al. 2021, with recompute factor) | model (model FLOPs)"),
       opt("max-nan-iterations", &A::max_nan_iterations, "non-finite iterations to skip before stopping (0 = stop at the first)"),
       opt("threads", &A::threads, "CPU threads (0 = OMP_NUM_THREADS or all cores)"),
@@ -472,6 +476,8 @@ void TrainArgs::validate() const {
   if (logits_chunk_tokens < 0) fail("--logits-chunk-tokens must be >= 0 (0: all at once), got ", logits_chunk_tokens);
   if (save_interval < 0 || keep_last < 0 || exit_interval < 0 || exit_duration_in_mins < 0)
     fail("--save-interval, --keep-last, --exit-interval and --exit-duration-in-mins must be >= 0");
+  if (!(distributed_timeout_minutes >= 0) || !std::isfinite(distributed_timeout_minutes))
+    fail("--distributed-timeout-minutes ", distributed_timeout_minutes, ": minutes >= 0 (0: no timeout)");
   if (save_interval > 0 && save.empty()) fail("--save-interval needs --save");
   if (finetune && load.empty()) fail("--finetune needs --load");
   if (ds_gradient_accumulation_steps > 0 && micro_batches() != ds_gradient_accumulation_steps)

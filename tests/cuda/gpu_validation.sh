@@ -150,6 +150,26 @@ multirank_step() {
       [[ $rc = 124 || $rc = 137 ]] && mr_stop="the $np-rank check timed out"
       log "NCCL communicator, $np ranks, exit $rc: $(grep -E 'NCCL communicator|FAILED|skipped|rror' "$out/nccl_np$np.log" | head -3 | tr '\n' ' ')"
     done
+    # The collective timeout: rank 1 never joins an all-reduce (after one all-reduce both joined,
+    # then the first of all, whose call may itself wait for the connection); the watchdog must end
+    # rank 0 with the operation named (3 s timeout, checked every 200 ms), long before rank 1's 20 s.
+    for tmode in timeout-check timeout-check-first; do
+      [[ $nccl_ok = 1 ]] || break
+      [[ -z "$mr_stop" && $((mr_deadline - SECONDS)) -lt 10 ]] && mr_stop="MULTIRANK_BUDGET spent"
+      if [[ -n "$mr_stop" ]]; then log "NCCL timeout, --$tmode: not run ($mr_stop)"; continue; fi
+      t0=$SECONDS
+      (cd "$build" && LLM_NCCL_WATCHDOG_MS=200 mpi_ranks 2 ./tests/nccl-communicator-check "--$tmode" > "$out/nccl_$tmode.log" 2>&1)
+      rc=$?
+      mr_reap
+      took=$((SECONDS - t0))
+      [[ $rc = 124 || $rc = 137 ]] && mr_stop="the --$tmode run timed out"
+      want='all_reduce_sum of 4194304 bytes queued .* has not finished'
+      [[ $tmode = timeout-check-first ]] && want='all_reduce_sum of 4194304 bytes (queued .* has not finished|called .* has not returned)'
+      verdict=FAIL
+      if [[ $rc != 0 && $rc != 124 && $rc != 137 && $took -lt 15 ]] && ! grep -q FAILED "$out/nccl_$tmode.log" &&
+         grep -qE "$want" "$out/nccl_$tmode.log"; then verdict=OK; fi
+      log "NCCL timeout, --$tmode (rank 1 never joins an all-reduce, 3 s): exit $rc after $took s, $verdict: $(grep -m1 -E 'has not (finished|returned)|FAILED' "$out/nccl_$tmode.log" | cut -c1-240)"
+    done
     mr_backend=${MULTIRANK_BACKEND:-cuda}  # cpu: the same layouts on the CPU (the smoke test's plumbing check)
     if [[ $nccl_ok = 1 || $mr_backend = cpu ]]; then
       mr=(--mock-data --vocab-size 512 --make-vocab-size-divisible-by 16 --num-layers 4 --hidden-size 256

@@ -77,6 +77,22 @@ TEST(Args, MegatronDefaultsAndAcceptedFlags) {
   refused("distributed-backend", "hccl", "nccl, gloo, ccl or mpi");
   refused("data-impl", "lazy", "mmap and infer");
   refused("checkpoint-num-layers", "2", "only 1");
+  refused("distributed-timeout-minutes", "-1", "--distributed-timeout-minutes -1");
+  for (const char* v : {"inf", "nan"}) {  // refused when read or when checked, naming the flag
+    const std::string e = error_of([&] {
+      TrainArgs b;
+      apply_option(b, "distributed-timeout-minutes", v, "--distributed-timeout-minutes");
+      b.resolve_defaults();
+      b.validate();
+    });
+    EXPECT_NE(e.find("--distributed-timeout-minutes"), std::string::npos) << v << ": " << e;
+  }
+  EXPECT_EQ(TrainArgs{}.distributed_timeout_minutes, 10.0);  // Megatron's (PyTorch's process groups')
+  TrainArgs t;
+  apply_option(t, "distributed-timeout-minutes", "0", "--distributed-timeout-minutes");  // 0: none
+  t.resolve_defaults();
+  t.validate();
+  EXPECT_EQ(t.distributed_timeout_minutes, 0.0);
   TrainArgs pp;
   apply_option(pp, "no-pipeline-parallel", "true", "--no-pipeline-parallel");
   pp.pipeline_model_parallel_size = 2;

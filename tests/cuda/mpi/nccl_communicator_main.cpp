@@ -4,14 +4,17 @@
 // ranks (unless LLM_NCCL_SHARED_GPU=1 lets ranks share them), or when the build has no
 // CUDA/NCCL. gpu_validation.sh also runs it as one process on a single GPU (an MPI singleton:
 // OMPI_MCA_ess_singleton_isolated=1 needs no mpirun or orted), which checks the bootstrap and
-// every collective's call on a communicator of one rank.
+// every collective's call on a communicator of one rank. With --timeout-check or
+// --timeout-check-first (2 ranks or more) it checks the collective timeout instead: see there.
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/tensor.h"
@@ -66,6 +69,38 @@ int main(int argc, char** argv) {
     if (rank == 0)
       std::printf("skipped: %d ranks need %d GPUs, one each (%s)\n", size, size, llm::cuda::device_status().c_str());
     code = 77;
+  } else if (argc > 1 && (std::string(argv[1]) == "--timeout-check" || std::string(argv[1]) == "--timeout-check-first")) {
+    // The collective timeout (comm/watchdog.h): rank 1 never joins an all-reduce, so the
+    // watchdog must end rank 0 (exit 1, naming the operation) within the 3 s timeout and a few
+    // watchdog periods. --timeout-check: after one all-reduce every rank joined (the ranks'
+    // connections set up), so rank 0's second is queued on the stream and never finishes;
+    // --timeout-check-first: the first one, whose call itself may wait for rank 1 (NCCL connects
+    // a pair inside their first operation). gpu_validation.sh runs both with
+    // LLM_NCCL_WATCHDOG_MS=200 and expects rank 0's message and a non-zero exit well before rank
+    // 1's 20 s. Reaching either exit below is the failure.
+    const bool warm = std::string(argv[1]) == "--timeout-check";
+    try {
+      llm::set_nccl_timeout_seconds(3);
+      auto comm = llm::nccl_world_communicator(*be);
+      llm::Tensor d = be->upload(llm::Tensor::zeros({1 << 20}));
+      if (warm) {
+        comm->all_reduce_sum(d);
+        be->synchronize();
+      }
+      if (rank != 1) {
+        comm->all_reduce_sum(d);
+        be->synchronize();
+        std::fprintf(stderr, "rank %d: FAILED the all-reduce rank 1 never joined finished\n", rank);
+      } else {
+        // far past rank 0's timeout, whose exit ends the job for the launcher
+        std::this_thread::sleep_for(std::chrono::seconds(20));
+        std::fprintf(stderr, "rank 1: FAILED rank 0 was not ended by the timeout in 20 s\n");
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+    }
+    std::fflush(stderr);
+    std::_Exit(3);
   } else {
     try {
       auto comm = llm::nccl_world_communicator(*be);
