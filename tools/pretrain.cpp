@@ -245,6 +245,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   ModelParallel parallel{tp.get(), args.sequence_parallel, sp.get()};
   parallel.pipeline = pp.get();
   parallel.zero_stage = args.zero_stage >= 2 ? static_cast<int>(args.zero_stage) : 0;
+  parallel.zero_grad_areas = args.zero_stage >= 2 && args.overlap_grad_reduce ? 2 : 1;
   GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length, parallel);
   Trainer trainer(args, model, train, dp.get());
   MetricsWriter metrics = lead ? MetricsWriter(args.output_dir) : MetricsWriter();
@@ -339,9 +340,12 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     if (trainer.num_buckets() > 0)
       say("> gradient reduction: %lld buckets started during the last micro-batch's backward\n",
           static_cast<long long>(trainer.num_buckets()));
+    else if (args.zero_stage >= 2)
+      say("> gradient reduction: each layer's reduce-scatter runs while the next layer's backward goes on "
+          "(two gradient working areas)\n");
     else
-      say("> --overlap-grad-reduce has no effect here (%s)\n",
-          args.zero_stage >= 2 ? "ZeRO-2/3 reduce each layer as its backward ends" : "the gradient group cannot take device tensors: one reduction through the host");
+      say("> --overlap-grad-reduce has no effect here (the gradient group cannot take device tensors: one "
+          "reduction through the host)\n");
   }
   say("> model states per rank: parameters %.2f MB, gradients %.2f MB, optimizer %.2f MB\n",
       static_cast<double>(sb.parameters) / 1e6, static_cast<double>(sb.gradients) / 1e6,

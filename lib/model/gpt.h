@@ -47,6 +47,9 @@ struct ModelParallel {
   // ZeRO storage: 2 keeps the layers' gradients in one working area, 3 the layers' parameters too
   // (ParameterSet::set_compact); the trainer fills and drains the area through the layer hooks.
   int zero_stage = 0;
+  // Gradient working areas under ZeRO-2/3: 2 with --overlap-grad-reduce (a layer's reduction in
+  // flight while the next layer's backward fills the other area).
+  int zero_grad_areas = 1;
   bool first_stage() const { return pp_rank() == 0; }
   bool last_stage() const { return pp_rank() == pp_size() - 1; }
 };

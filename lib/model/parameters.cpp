@@ -78,10 +78,13 @@ void ParameterSet::plan() {
       }
 }
 
-void ParameterSet::set_compact(bool params, bool grads) {
+void ParameterSet::set_compact(bool params, bool grads, int grad_areas) {
   LLM_CHECK(!params_.defined(), "set_compact() after allocate()");
+  LLM_CHECK(grad_areas == 1 || (grad_areas == 2 && grads), "set_compact(): ", grad_areas,
+            " gradient working areas (1, or 2 with compact gradients)");
   compact_params_ = params;
   compact_grads_ = grads;
+  grad_areas_ = grad_areas;
 }
 
 void ParameterSet::plan_groups() {
@@ -113,7 +116,7 @@ void ParameterSet::allocate(Backend& backend, uint64_t seed) {
   for (const ParamSpec& s : specs_)
     if (!compact_params_ || s.group < 0) init_parameter(h + s.offset, s, seed);
   params_ = backend.upload(host);
-  grads_ = backend.zeros({compact_grads_ ? compact : total_});
+  grads_ = backend.zeros({compact_grads_ ? resident_ + grad_areas_ * layer_area_ : total_});
 }
 
 void ParameterSet::allocate_inference(Backend& backend, DType compute) {
@@ -151,9 +154,16 @@ std::pair<int64_t, int64_t> ParameterSet::group_range(int group) const {
   return it->second;
 }
 
+int64_t ParameterSet::area_begin(int group, bool grads) const {
+  const int64_t first = group_range(group).first;
+  if (group < 0 || !(grads ? compact_grads_ : compact_params_)) return first;
+  const int slot = grads ? group % grad_areas_ : 0;
+  return resident_ + static_cast<int64_t>(slot) * layer_area_;
+}
+
 int64_t ParameterSet::storage_offset(const ParamSpec& s, bool grads) const {
   if (s.group < 0 || !(grads ? compact_grads_ : compact_params_)) return s.offset;
-  return resident_ + s.offset - group_ranges_.at(s.group).first;
+  return area_begin(s.group, grads) + s.offset - group_ranges_.at(s.group).first;
 }
 
 void ParameterSet::init_range(float* dst, int64_t begin, int64_t end) const {

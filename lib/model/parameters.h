@@ -84,12 +84,18 @@ class ParameterSet {
   // its layer, so every layer's views alias the same memory and whoever fills the area decides
   // which layer is there. Logical offsets (ParamSpec::offset, numel(), ranges()) are unchanged;
   // storage_offset() maps them. Compact parameters are not initialised (init_range() gives the
-  // values of any logical range).
-  void set_compact(bool params, bool grads);
+  // values of any logical range). grad_areas 2: two gradient working areas, layer l in area
+  // l mod 2, so one layer's gradients can be reduced while the next layer's backward fills the
+  // other (ZeRO with --overlap-grad-reduce).
+  void set_compact(bool params, bool grads, int grad_areas = 1);
   bool compact_params() const { return compact_params_; }
   bool compact_grads() const { return compact_grads_; }
+  int grad_areas() const { return grad_areas_; }
   int64_t resident_numel() const { return resident_; }  // logical [0, resident) is group -1
   int64_t layer_area() const { return layer_area_; }     // elements of the largest layer
+  // Where layer group `group`'s tensors start in the storage of the parameters or the gradients:
+  // its working area when that buffer is compact, else its logical offset.
+  int64_t area_begin(int group, bool grads) const;
   std::pair<int64_t, int64_t> group_range(int group) const;
   int64_t storage_offset(const ParamSpec& s, bool grads) const;
   // The initial values of the logical flat range [begin, end) (the seed given to allocate()).
@@ -148,6 +154,7 @@ class ParameterSet {
   int64_t total_ = 0;
   int group_ = -1;
   bool compact_params_ = false, compact_grads_ = false;
+  int grad_areas_ = 1;
   bool inference_ = false;
   // 16-bit inference set: each spec's offset in the packed f32 buffer (-1: none)
   std::vector<int64_t> master_offset_;

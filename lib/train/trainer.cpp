@@ -47,6 +47,10 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
             " needs the model built with ModelParallel::zero_stage ", want_storage, " (it has ",
             model_.model_parallel().zero_stage, ")");
   LLM_CHECK(args.zero_stage >= 0 && args.zero_stage <= 3, "--zero-stage must be 0, 1, 2 or 3, got ", args.zero_stage);
+  const int want_areas = args.zero_stage >= 2 && args.overlap_grad_reduce ? 2 : 1;
+  LLM_CHECK(want_storage == 0 || model_.model_parallel().zero_grad_areas == want_areas, "--zero-stage ",
+            args.zero_stage, args.overlap_grad_reduce ? " with" : " without", " --overlap-grad-reduce needs the model built with ModelParallel::zero_grad_areas ",
+            want_areas, " (it has ", model_.model_parallel().zero_grad_areas, ")");
   if ((args.zero_stage == 1 && dp_size > 1) || args.zero_stage >= 2) {
     // ZeRO: each rank of the gradient group keeps the optimizer state (stage 2: and the reduced
     // gradients; stage 3: and the parameters) of a contiguous 1/dp of the flat buffer.
@@ -72,6 +76,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
                                       : std::function<void(int)>(),
                            [this](int l) { zero_before_backward(l); });
     model_.set_grad_ready_hook([this](int l) { zero_grad_ready(l); });
+    zero_overlap_ = want_areas == 2 && dp_size > 1;
   }
   if (args.overlap_grad_reduce && dp_size > 1 && zero_ < 2) {
     if (dp_->takes(model_.parameters().flat_grads().device())) {
@@ -152,8 +157,10 @@ IterationStats Trainer::train_step() {
   double grad_scale = 1.0;
   if (zero_) {
     phase.reset();
-    // The layers' gradients were reduce-scattered into grad_shard_ as each finished; the resident
-    // ones (embeddings, final LayerNorm) are complete only now.
+    // The layers' gradients were reduce-scattered into grad_shard_ as each finished (the last
+    // two, overlapped, are finished here); the resident ones (embeddings, final LayerNorm) are
+    // complete only now.
+    for (ZeroReduction& r : zero_inflight_) zero_finish(r);
     const ParameterSet& ps = model_.parameters();
     const Tensor resident = ps.flat_grads().flat(0, ps.resident_numel());
     if (dp_size > 1) dp_->all_reduce_sum(resident);
@@ -260,26 +267,56 @@ void Trainer::zero_before_backward(int layer) {
   if (zero_ == 3) gather_layer(layer);  // released after forward: gathered again
   const ParameterSet& ps = model_.parameters();
   const auto [gb, ge] = ps.group_range(layer);
-  model_.backend().zero(ps.flat_grads().flat(ps.resident_numel(), ge - gb));
+  const int64_t area = ps.area_begin(layer, true);
+  // The area's previous layer (overlapped: its reduction may still be in flight) is done first.
+  if (zero_overlap_) zero_finish(zero_inflight_[area == ps.resident_numel() ? 0 : 1]);
+  model_.backend().zero(ps.flat_grads().flat(area, ge - gb));
 }
 
 void Trainer::zero_grad_ready(int layer) {
   // The layer's gradients of this micro-batch: summed over the gradient group onto each owner's
-  // range and accumulated into the owner's shard; the working area is free for the next layer.
+  // range and accumulated into the owner's shard; then the working area is free for another
+  // layer. Overlapped, the reduction is only started here, on the communicator's own stream or
+  // MPI's progress, while the next layer's backward fills the other area.
   const ParameterSet& ps = model_.parameters();
   const auto [gb, ge] = ps.group_range(layer);
-  const int64_t res = ps.resident_numel();
-  const Tensor work = ps.flat_grads().flat(res, ge - gb);
+  const int64_t area = ps.area_begin(layer, true);
+  const Tensor work = ps.flat_grads().flat(area, ge - gb);
   const ModelParallel& mp = model_.model_parallel();
   if (mp.size() > 1)  // Megatron SP: the LayerNorms' partial sums over the tensor-parallel group
     for (auto [b, e] : ps.ranges_if([&](const ParamSpec& s) { return s.group == layer && s.partial_grad; }))
       mp.group->all_reduce_sum(work.flat(b - gb, e - b));
+  if (zero_overlap_) {
+    ZeroReduction& r = zero_inflight_[area == ps.resident_numel() ? 0 : 1];
+    zero_finish(r);  // (already finished by zero_before_backward, unless hooks came out of order)
+    r.request = dp_->reduce_scatter_ranges_async(work, clamp_offsets(gb, ge));
+    r.layer = layer;
+    for (ZeroReduction& o : zero_inflight_)  // progress (MPI advances only inside its calls)
+      if (o.request) (void)o.request->test();
+    return;
+  }
   if (dp_ && dp_->size() > 1) dp_->reduce_scatter_ranges(work, clamp_offsets(gb, ge));
+  zero_accumulate(layer);
+}
+
+void Trainer::zero_accumulate(int layer) {
+  const ParameterSet& ps = model_.parameters();
+  const auto [gb, ge] = ps.group_range(layer);
+  const Tensor work = ps.flat_grads().flat(ps.area_begin(layer, true), ge - gb);
   const auto [lo, hi] = owned(gb, ge);
   if (hi > lo) {  // shard += the reduced range (an element-wise add on the backend)
     const Tensor g = grad_shard_.flat(lo - own_begin(), hi - lo);
     model_.backend().residual_forward(g, g, work.flat(lo - gb, hi - lo));
   }
+}
+
+void Trainer::zero_finish(ZeroReduction& r) {
+  if (r.layer < 0) return;
+  r.request->wait();  // NCCL: the compute stream waits for it, the host does not
+  r.request.reset();
+  const int layer = r.layer;
+  r.layer = -1;
+  zero_accumulate(layer);
 }
 
 Tensor Trainer::full_parameters() {

@@ -120,6 +120,18 @@ class Trainer {
   void gather_layer(int layer);
   void zero_before_backward(int layer);
   void zero_grad_ready(int layer);
+  // The layer's reduced range (this rank's part) added into grad_shard_.
+  void zero_accumulate(int layer);
+  // --overlap-grad-reduce under ZeRO-2/3: per gradient working area (layer l in area l mod 2),
+  // the reduce-scatter in flight there and its layer (-1: none). Finished (waited for, then
+  // accumulated) before the area is zeroed for another layer, and after the last backward.
+  struct ZeroReduction {
+    std::unique_ptr<Communicator::Request> request;
+    int layer = -1;
+  };
+  ZeroReduction zero_inflight_[2];
+  bool zero_overlap_ = false;
+  void zero_finish(ZeroReduction& r);
   int64_t own_begin() const { return shard_offsets_.empty() ? 0 : shard_offsets_[group_rank()]; }
   int64_t own_end() const;
   // The part [lo, hi) of the logical flat range [begin, end) this rank owns (hi <= lo: none).

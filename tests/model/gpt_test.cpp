@@ -548,3 +548,46 @@ TEST(GPT, EachLayerIsOneContiguousRangeOfTheFlatBuffer) {
       }
   }
 }
+
+namespace {
+
+// ZeRO storage (ParameterSet::set_compact): the layers share one working area, or with two
+// gradient areas (--overlap-grad-reduce) layer l's gradients sit in area l mod 2, so adjacent
+// layers never alias and layers two apart do; the parameters keep one area.
+TEST(GPT, CompactStorageWithTwoGradientAreasAlternatesTheLayers) {
+  GPTConfig c = tiny_config();
+  c.num_layers = 4;
+  ParameterSet ps = gpt_parameters(c, 16, 0, 1, false);
+  EXPECT_THROW(ps.set_compact(true, false, 2), Error) << "two areas need compact gradients";
+  EXPECT_THROW(ps.set_compact(false, true, 3), Error);
+  ps.set_compact(true, true, 2);
+  ps.allocate(cpu_backend(), 5);
+  const int64_t res = ps.resident_numel(), area = ps.layer_area();
+  ASSERT_GT(area, 0);
+  EXPECT_EQ(ps.grad_areas(), 2);
+  EXPECT_EQ(ps.flat_grads().numel(), res + 2 * area);
+  EXPECT_EQ(ps.flat_params().numel(), res + area);
+  const float* g0 = ps.flat_grads().data<float>();
+  const float* p0 = ps.flat_params().data<float>();
+  for (int l = 0; l < 4; ++l) {
+    EXPECT_EQ(ps.area_begin(l, true), res + (l % 2) * area) << "layer " << l;
+    EXPECT_EQ(ps.area_begin(l, false), res) << "layer " << l;
+    const int64_t first = ps.group_range(l).first;
+    for (const ParamSpec& s : ps.specs()) {
+      if (s.group != l) continue;
+      // every view of the layer inside its own area, at its offset within the layer
+      const int64_t gofs = ps.grad(s.name).data<float>() - g0, pofs = ps.param(s.name).data<float>() - p0;
+      EXPECT_EQ(gofs, res + (l % 2) * area + s.offset - first) << s.name;
+      EXPECT_EQ(pofs, res + s.offset - first) << s.name;
+      EXPECT_LE(gofs + numel(s.shape), res + (l % 2 + 1) * area) << s.name;
+    }
+  }
+  EXPECT_EQ(ps.area_begin(-1, true), 0);
+  // Resident tensors keep their logical offsets.
+  for (const ParamSpec& s : ps.specs())
+    if (s.group < 0) {
+      EXPECT_EQ(ps.grad(s.name).data<float>() - g0, s.offset) << s.name;
+    }
+}
+
+}  // namespace

@@ -2,10 +2,13 @@
 // norm step after step, the full parameters gathered from the shards equal to the reference's
 // after the first step (to fp32 round-off of the reduction), alone and with a pipeline; and the
 // model states per rank shrink as the stage grows (stage 3 holds one layer, not all of them).
+// With --overlap-grad-reduce (each layer's reduce-scatter overlapped with the next layer's
+// backward) the same, and exactly the blocking run's numbers.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "comm/communicator.h"
 #include "data/mock_data.h"
@@ -18,37 +21,61 @@ namespace {
 
 using llm::Tensor;
 
-llm::TrainArgs zero_args(int zero, int dp, int pp, int64_t global_batch) {
+llm::TrainArgs zero_args(int zero, int dp, int pp, int64_t global_batch, bool overlap = false) {
   return mpi_support::tiny_train_args(global_batch, 21, [&](llm::TrainArgs& a) {
     a.data_parallel_size = dp;
     a.pipeline_model_parallel_size = pp;
     a.zero_stage = zero;
+    a.overlap_grad_reduce = overlap;
   });
 }
 
-void check_zero(int zero, int pp) {
+// overlap: --overlap-grad-reduce (each layer's reduce-scatter in flight while the next layer's
+// backward runs, two gradient working areas), also against the blocking run: the same
+// reductions in the same order, so the same numbers exactly.
+void check_zero(int zero, int pp, bool overlap = false) {
   auto world = llm::mpi_world_communicator();
   if (world->size() % pp) GTEST_SKIP() << "world " << world->size() << " not divisible by pp " << pp;
   const int dp = world->size() / pp, me = world->rank(), stage = me / dp, dp_rank = me % dp;
   auto grads = llm::mpi_split_communicator(stage, dp_rank);
   auto pipe = llm::mpi_split_communicator(1000 + dp_rank, stage);
   // 2 micro-batches per replica: gradients accumulate in the shards
-  const llm::TrainArgs a = zero_args(zero, dp, pp, 4 * dp), one = zero_args(0, 1, 1, 4 * dp);
+  const llm::TrainArgs a = zero_args(zero, dp, pp, 4 * dp, overlap), one = zero_args(0, 1, 1, 4 * dp),
+                       blocking = zero_args(zero, dp, pp, 4 * dp);
   llm::MockDataSource data(200, 16, 3);
   llm::Backend& be = llm::cpu_backend();
   llm::ModelParallel mp;
   mp.pipeline = pipe.get();
   mp.zero_stage = zero >= 2 ? zero : 0;
+  llm::ModelParallel mp_blocking = mp;
+  mp.zero_grad_areas = overlap ? 2 : 1;
   llm::GPT ref(one.model_config(), be, 21, 16);
   llm::GPT model(a.model_config(), be, 21, 16, mp);
+  std::unique_ptr<llm::GPT> model_b;  // overlap: the blocking run too
+  std::unique_ptr<llm::Trainer> tb;
+  if (overlap) {
+    model_b = std::make_unique<llm::GPT>(blocking.model_config(), be, 21, 16, mp_blocking);
+    tb = std::make_unique<llm::Trainer>(blocking, *model_b, data, grads.get());
+  }
   llm::Trainer tr(one, ref, data), tz(a, model, data, grads.get());
   for (int it = 1; it <= 3; ++it) {
     const llm::IterationStats r = tr.train_step(), z = tz.train_step();
     EXPECT_NEAR(z.loss, r.loss, 1e-5 * r.loss) << "ZeRO-" << zero << ", iteration " << it;
     EXPECT_NEAR(z.grad_norm, r.grad_norm, 1e-4 * r.grad_norm) << "ZeRO-" << zero << ", iteration " << it;
+    if (tb) {
+      const llm::IterationStats b = tb->train_step();
+      EXPECT_EQ(z.loss, b.loss) << "ZeRO-" << zero << " overlapped against blocking, iteration " << it;
+      EXPECT_EQ(z.grad_norm, b.grad_norm) << "ZeRO-" << zero << " overlapped against blocking, iteration " << it;
+    }
     if (it == 1) {
       // Parameters after one step: gathered from the shards (collective under ZeRO-3).
       const Tensor full = tz.full_parameters();
+      if (tb) {
+        const Tensor fb = tb->full_parameters();
+        int64_t differ = 0;
+        for (int64_t i = 0; i < full.numel(); ++i) differ += full.data<float>()[i] != fb.data<float>()[i];
+        EXPECT_EQ(differ, 0) << "parameters after one step, overlapped against blocking";
+      }
 
       // Adam's first step moves an element by lr g / (|g| + eps): where the reference gradient is
       // cancellation noise (the key bias's is exactly zero in exact arithmetic: softmax ignores a
@@ -78,6 +105,8 @@ void check_zero(int zero, int pp) {
   const llm::Trainer::StateBytes sb = tz.state_bytes();
   const llm::ParameterSet& ps = model.parameters();
   const int64_t n = ps.numel(), own = n / dp + 1;
+  const int64_t areas = overlap ? 2 : 1;
+  EXPECT_EQ(ps.grad_areas(), areas);
   if (zero == 3) {
     EXPECT_LE(sb.parameters, 4 * (ps.resident_numel() + ps.layer_area() + own));
     if (pp == 1 && dp > 1) {  // (one rank's shard is everything, plus the working area)
@@ -86,12 +115,15 @@ void check_zero(int zero, int pp) {
   } else {
     EXPECT_EQ(sb.parameters, 4 * n);
   }
-  EXPECT_LE(sb.gradients, 4 * (ps.resident_numel() + ps.layer_area() + own));
+  EXPECT_LE(sb.gradients, 4 * (ps.resident_numel() + areas * ps.layer_area() + own));
   EXPECT_LE(sb.optimizer, 8 * own);
 }
 
 TEST(Zero, Stage2MatchesSingleProcess) { check_zero(2, 1); }
 TEST(Zero, Stage3MatchesSingleProcess) { check_zero(3, 1); }
 TEST(Zero, Stage3WithPipelineMatchesSingleProcess) { check_zero(3, 2); }
+TEST(Zero, Stage2OverlappedMatchesSingleProcessAndTheBlockingRun) { check_zero(2, 1, true); }
+TEST(Zero, Stage3OverlappedMatchesSingleProcessAndTheBlockingRun) { check_zero(3, 1, true); }
+TEST(Zero, Stage3OverlappedWithPipelineMatchesTheBlockingRun) { check_zero(3, 2, true); }
 
 }  // namespace

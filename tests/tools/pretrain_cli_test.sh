@@ -301,6 +301,8 @@ if command -v mpirun > /dev/null; then
   check "DP 2 x PP 2 with --overlap-grad-reduce (a bucket per layer) reproduces the single-process losses (rel 1e-5)" "grep -q 'gradient reduction: 2 buckets' $work/ov.txt && same_curve $work/pp1/metrics.jsonl $work/ov/metrics.jsonl && ! grep -q MISMATCH $work/ov.txt"
   run_pp z2 2 --zero-stage 2
   check "ZeRO-2 over 2 ranks reproduces the single-process losses (rel 1e-5)" "same_curve $work/pp1/metrics.jsonl $work/z2/metrics.jsonl"
+  run_pp z2ov 2 --zero-stage 2 --overlap-grad-reduce
+  check "ZeRO-2 with --overlap-grad-reduce (each layer's reduce-scatter during the next one's backward): the same curve and volume" "grep -q 'reduce-scatter runs while the next layer' $work/z2ov.txt && same_curve $work/pp1/metrics.jsonl $work/z2ov/metrics.jsonl && grep -q 'data-parallel  *reduce-scatter' $work/z2ov.txt && ! grep -q MISMATCH $work/z2ov.txt"
   run_pp z3 4 --zero-stage 3 --eval-iters 2 --eval-interval 100
   check "ZeRO-3 over 4 ranks reproduces the single-process losses (rel 1e-5)" "same_curve $work/pp1/metrics.jsonl $work/z3/metrics.jsonl && grep -q 'lm loss value' $work/z3.txt"
   p0=$(grep -o 'model states per rank: parameters [0-9.]*' "$work/z2.txt" | grep -o '[0-9.]*$')
