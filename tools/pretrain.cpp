@@ -246,6 +246,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   parallel.pipeline = pp.get();
   parallel.zero_stage = args.zero_stage >= 2 ? static_cast<int>(args.zero_stage) : 0;
   parallel.zero_grad_areas = args.zero_stage >= 2 && args.overlap_grad_reduce ? 2 : 1;
+  parallel.zero_param_areas = args.zero_stage == 3 && args.overlap_param_gather ? 2 : 1;
   GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length, parallel);
   Trainer trainer(args, model, train, dp.get());
   MetricsWriter metrics = lead ? MetricsWriter(args.output_dir) : MetricsWriter();
@@ -347,6 +348,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       say("> --overlap-grad-reduce has no effect here (the gradient group cannot take device tensors: one "
           "reduction through the host)\n");
   }
+  if (args.overlap_param_gather)
+    say(args.zero_stage == 3 ? "> parameter gathers: each layer's next one runs while it computes (two parameter working areas)\n"
+                             : "> --overlap-param-gather has no effect here (only ZeRO-3 gathers parameters layer by layer)\n");
   say("> model states per rank: parameters %.2f MB, gradients %.2f MB, optimizer %.2f MB\n",
       static_cast<double>(sb.parameters) / 1e6, static_cast<double>(sb.gradients) / 1e6,
       static_cast<double>(sb.optimizer) / 1e6);

@@ -158,7 +158,8 @@ void GPT::plan(int64_t seq_length) {
   first_layer_ = static_cast<int>(L / tp_.pp_size() * tp_.pp_rank());
   params_ = gpt_parameters(config_, max_pos_, tp_.rank(), tp_.size(), tp_.sequence_parallel, tp_.pp_rank(),
                            tp_.pp_size());
-  params_.set_compact(tp_.zero_stage >= 3, tp_.zero_stage >= 2, tp_.zero_stage >= 2 ? tp_.zero_grad_areas : 1);
+  params_.set_compact(tp_.zero_stage >= 3, tp_.zero_stage >= 2, tp_.zero_stage >= 2 ? tp_.zero_grad_areas : 1,
+                      tp_.zero_stage >= 3 ? tp_.zero_param_areas : 1);
   for (int64_t l = first_layer_; l < first_layer_ + L / tp_.pp_size(); ++l) blocks_.push_back(std::make_unique<Block>());
   acts_ = std::make_unique<Activations>();
 }

@@ -50,6 +50,9 @@ struct ModelParallel {
   // Gradient working areas under ZeRO-2/3: 2 with --overlap-grad-reduce (a layer's reduction in
   // flight while the next layer's backward fills the other area).
   int zero_grad_areas = 1;
+  // Parameter working areas under ZeRO-3: 2 with --overlap-param-gather (the next layer gathered
+  // while this one computes).
+  int zero_param_areas = 1;
   bool first_stage() const { return pp_rank() == 0; }
   bool last_stage() const { return pp_rank() == pp_size() - 1; }
 };

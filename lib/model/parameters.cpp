@@ -78,13 +78,16 @@ void ParameterSet::plan() {
       }
 }
 
-void ParameterSet::set_compact(bool params, bool grads, int grad_areas) {
+void ParameterSet::set_compact(bool params, bool grads, int grad_areas, int param_areas) {
   LLM_CHECK(!params_.defined(), "set_compact() after allocate()");
   LLM_CHECK(grad_areas == 1 || (grad_areas == 2 && grads), "set_compact(): ", grad_areas,
             " gradient working areas (1, or 2 with compact gradients)");
+  LLM_CHECK(param_areas == 1 || (param_areas == 2 && params), "set_compact(): ", param_areas,
+            " parameter working areas (1, or 2 with compact parameters)");
   compact_params_ = params;
   compact_grads_ = grads;
   grad_areas_ = grad_areas;
+  param_areas_ = param_areas;
 }
 
 void ParameterSet::plan_groups() {
@@ -110,8 +113,7 @@ void ParameterSet::allocate(Backend& backend, uint64_t seed) {
   plan();
   plan_groups();
   seed_ = seed;
-  const int64_t compact = resident_ + layer_area_;
-  Tensor host = Tensor::zeros({compact_params_ ? compact : total_});
+  Tensor host = Tensor::zeros({compact_params_ ? resident_ + param_areas_ * layer_area_ : total_});
   float* h = host.data<float>();
   for (const ParamSpec& s : specs_)
     if (!compact_params_ || s.group < 0) init_parameter(h + s.offset, s, seed);
@@ -157,7 +159,7 @@ std::pair<int64_t, int64_t> ParameterSet::group_range(int group) const {
 int64_t ParameterSet::area_begin(int group, bool grads) const {
   const int64_t first = group_range(group).first;
   if (group < 0 || !(grads ? compact_grads_ : compact_params_)) return first;
-  const int slot = grads ? group % grad_areas_ : 0;
+  const int slot = group % (grads ? grad_areas_ : param_areas_);
   return resident_ + static_cast<int64_t>(slot) * layer_area_;
 }
 

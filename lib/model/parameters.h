@@ -86,11 +86,14 @@ class ParameterSet {
   // storage_offset() maps them. Compact parameters are not initialised (init_range() gives the
   // values of any logical range). grad_areas 2: two gradient working areas, layer l in area
   // l mod 2, so one layer's gradients can be reduced while the next layer's backward fills the
-  // other (ZeRO with --overlap-grad-reduce).
-  void set_compact(bool params, bool grads, int grad_areas = 1);
+  // other (ZeRO with --overlap-grad-reduce); param_areas 2 likewise for the parameters (and
+  // their compute copy), so the next layer can be gathered while this one computes (ZeRO-3 with
+  // --overlap-param-gather).
+  void set_compact(bool params, bool grads, int grad_areas = 1, int param_areas = 1);
   bool compact_params() const { return compact_params_; }
   bool compact_grads() const { return compact_grads_; }
   int grad_areas() const { return grad_areas_; }
+  int param_areas() const { return param_areas_; }
   int64_t resident_numel() const { return resident_; }  // logical [0, resident) is group -1
   int64_t layer_area() const { return layer_area_; }     // elements of the largest layer
   // Where layer group `group`'s tensors start in the storage of the parameters or the gradients:
@@ -154,7 +157,7 @@ class ParameterSet {
   int64_t total_ = 0;
   int group_ = -1;
   bool compact_params_ = false, compact_grads_ = false;
-  int grad_areas_ = 1;
+  int grad_areas_ = 1, param_areas_ = 1;
   bool inference_ = false;
   // 16-bit inference set: each spec's offset in the packed f32 buffer (-1: none)
   std::vector<int64_t> master_offset_;

@@ -51,6 +51,11 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
   LLM_CHECK(want_storage == 0 || model_.model_parallel().zero_grad_areas == want_areas, "--zero-stage ",
             args.zero_stage, args.overlap_grad_reduce ? " with" : " without", " --overlap-grad-reduce needs the model built with ModelParallel::zero_grad_areas ",
             want_areas, " (it has ", model_.model_parallel().zero_grad_areas, ")");
+  const int want_param_areas = args.zero_stage == 3 && args.overlap_param_gather ? 2 : 1;
+  LLM_CHECK(want_storage < 3 || model_.model_parallel().zero_param_areas == want_param_areas, "--zero-stage 3",
+            args.overlap_param_gather ? " with" : " without",
+            " --overlap-param-gather needs the model built with ModelParallel::zero_param_areas ", want_param_areas,
+            " (it has ", model_.model_parallel().zero_param_areas, ")");
   if ((args.zero_stage == 1 && dp_size > 1) || args.zero_stage >= 2) {
     // ZeRO: each rank of the gradient group keeps the optimizer state (stage 2: and the reduced
     // gradients; stage 3: and the parameters) of a contiguous 1/dp of the flat buffer.
@@ -72,7 +77,8 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
       ps.init_range(init.data<float>(), own_begin(), own_end());
       param_shard_ = be.upload(init);
     }
-    model_.set_layer_hooks(zero_ == 3 ? std::function<void(int)>([this](int l) { gather_layer(l); })
+    zero_prefetching_ = want_param_areas == 2;
+    model_.set_layer_hooks(zero_ == 3 ? std::function<void(int)>([this](int l) { gather_layer(l, l + 1); })
                                       : std::function<void(int)>(),
                            [this](int l) { zero_before_backward(l); });
     model_.set_grad_ready_hook([this](int l) { zero_grad_ready(l); });
@@ -161,6 +167,7 @@ IterationStats Trainer::train_step() {
     // two, overlapped, are finished here); the resident ones (embeddings, final LayerNorm) are
     // complete only now.
     for (ZeroReduction& r : zero_inflight_) zero_finish(r);
+    drop_prefetch();  // (none: a pass prefetches only a layer it goes on to compute)
     const ParameterSet& ps = model_.parameters();
     const Tensor resident = ps.flat_grads().flat(0, ps.resident_numel());
     if (dp_size > 1) dp_->all_reduce_sum(resident);
@@ -252,19 +259,43 @@ std::vector<int64_t> Trainer::clamp_offsets(int64_t begin, int64_t end) const {
   return out;
 }
 
-void Trainer::gather_layer(int layer) {
-  // ZeRO-3: the layer's parameters from every rank's shard into the working area.
+void Trainer::start_gather(int layer) {
+  // The layer's parameters from every rank's shard into its working area.
   const ParameterSet& ps = model_.parameters();
   const auto [gb, ge] = ps.group_range(layer);
-  const Tensor work = ps.flat_params().flat(ps.resident_numel(), ge - gb);
+  const Tensor work = ps.flat_params().flat(ps.area_begin(layer, false), ge - gb);
   const auto [lo, hi] = owned(gb, ge);
   if (hi > lo) model_.backend().copy(work.flat(lo - gb, hi - lo), param_shard_.flat(lo - own_begin(), hi - lo));
-  if (dp_ && dp_->size() > 1) dp_->all_gather_ranges(work, clamp_offsets(gb, ge));
-  ps.refresh_compute(model_.backend(), ps.resident_numel(), ge - gb);
+  zero_prefetch_.layer = layer;
+  if (dp_ && dp_->size() > 1) zero_prefetch_.request = dp_->all_gather_ranges_async(work, clamp_offsets(gb, ge));
+}
+
+void Trainer::drop_prefetch() {
+  if (zero_prefetch_.request) zero_prefetch_.request->wait();
+  zero_prefetch_ = ZeroGather{};
+}
+
+void Trainer::gather_layer(int layer, int next) {
+  // Prefetched (the pass's previous layer started it), or gathered now; then its compute copy.
+  // The prefetch writes the other area, whose layer the stream has finished with: a pass goes
+  // layer by layer, so it held the layer before this one.
+  if (zero_prefetch_.layer != layer) {
+    drop_prefetch();
+    start_gather(layer);
+  } else {
+    ++prefetched_gathers_;
+  }
+  drop_prefetch();  // complete (NCCL: the compute stream waits for it, the host does not)
+  const ParameterSet& ps = model_.parameters();
+  const auto [gb, ge] = ps.group_range(layer);
+  ps.refresh_compute(model_.backend(), ps.area_begin(layer, false), ge - gb);
+  const int first = model_.first_layer();
+  const int last = first + static_cast<int>(args_.num_layers / model_.model_parallel().pp_size()) - 1;
+  if (zero_prefetching_ && next >= first && next <= last) start_gather(next);
 }
 
 void Trainer::zero_before_backward(int layer) {
-  if (zero_ == 3) gather_layer(layer);  // released after forward: gathered again
+  if (zero_ == 3) gather_layer(layer, layer - 1);  // released after forward: gathered again
   const ParameterSet& ps = model_.parameters();
   const auto [gb, ge] = ps.group_range(layer);
   const int64_t area = ps.area_begin(layer, true);

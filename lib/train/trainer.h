@@ -84,6 +84,8 @@ class Trainer {
   Communicator* gradient_group() const { return dp_; }
   // Buckets of the overlapped gradient reduction (empty without --overlap-grad-reduce).
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  // ZeRO-3 layer gathers found already started by the pass's previous layer (--overlap-param-gather).
+  int64_t prefetched_gathers() const { return prefetched_gathers_; }
   // Continue after `iteration` steps that consumed `consumed_samples` (checkpoint resume).
   void restore(int64_t iteration, int64_t consumed_samples, int64_t nan_iterations) {
     iteration_ = iteration;
@@ -117,7 +119,19 @@ class Trainer {
   int zero_ = 0;
   Tensor grad_shard_, param_shard_;
   std::vector<int64_t> clamp_offsets(int64_t begin, int64_t end) const;  // shard offsets within a range
-  void gather_layer(int layer);
+  // ZeRO-3: the layer's parameters into its working area (and compute copy) before it computes;
+  // `next` (-1: none) is the layer the same pass computes after it, gathered meanwhile with
+  // --overlap-param-gather (two parameter areas).
+  void gather_layer(int layer, int next);
+  struct ZeroGather {
+    std::unique_ptr<Communicator::Request> request;  // null once complete (or with one rank)
+    int layer = -1;
+  };
+  ZeroGather zero_prefetch_;
+  int64_t prefetched_gathers_ = 0;
+  bool zero_prefetching_ = false;
+  void start_gather(int layer);  // this rank's part copied in, the all-gather started
+  void drop_prefetch();          // a prefetch no pass used (cut short): waited for and forgotten
   void zero_before_backward(int layer);
   void zero_grad_ready(int layer);
   // The layer's reduced range (this rank's part) added into grad_shard_.

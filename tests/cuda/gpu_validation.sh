@@ -190,6 +190,7 @@ multirank_step() {
                  "pp2 2 --pipeline-model-parallel-size 2"
                  "z3 2 --zero-stage 3"
                  "z2ov 2 --zero-stage 2 --overlap-grad-reduce"
+                 "z3ov-bf16 2 --zero-stage 3 --bf16 --overlap-grad-reduce --overlap-param-gather"
                  "dp2tp2ck 4 --tensor-model-parallel-size 2 --zero-stage 1 --exit-interval 4 --save $out/mr_ck"
                  "tp2sp-bf16lc 2 --tensor-model-parallel-size 2 --sequence-parallel --bf16 --logits-chunk-tokens 96"
                  "dp2tp2-fp16 4 --tensor-model-parallel-size 2 --fp16"
@@ -200,7 +201,7 @@ multirank_step() {
                  "tp2lc 2 --tensor-model-parallel-size 2 --logits-chunk-tokens 96"
                  "dp2z1 2 --zero-stage 1"
                  "dp2tp2ov 4 --tensor-model-parallel-size 2 --overlap-grad-reduce --ddp-bucket-size 1"
-                 "z3tp2ov 4 --zero-stage 3 --tensor-model-parallel-size 2 --sequence-parallel --overlap-grad-reduce")
+                 "z3tp2ov 4 --zero-stage 3 --tensor-model-parallel-size 2 --sequence-parallel --overlap-grad-reduce --overlap-param-gather")
         # Eight ranks only where each gets a GPU (eight contexts time-slicing one card would take long).
         [[ "$gpus" -ge 8 ]] && layouts+=("dp2tp2pp2 8 --pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 --zero-stage 1")
       fi

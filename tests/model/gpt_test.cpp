@@ -583,6 +583,20 @@ TEST(GPT, CompactStorageWithTwoGradientAreasAlternatesTheLayers) {
     }
   }
   EXPECT_EQ(ps.area_begin(-1, true), 0);
+  // Two parameter areas as well (ZeRO-3 with --overlap-param-gather), and the compute copy with them.
+  ParameterSet pp = gpt_parameters(c, 16, 0, 1, false);
+  EXPECT_THROW(pp.set_compact(false, true, 1, 2), Error) << "two parameter areas need compact parameters";
+  pp.set_compact(true, true, 2, 2);
+  pp.allocate(cpu_backend(), 5);
+  pp.set_compute_copy(cpu_backend(), DType::bf16);
+  EXPECT_EQ(pp.flat_params().numel(), res + 2 * area);
+  EXPECT_EQ(pp.flat_compute().numel(), res + 2 * area);
+  for (int l = 0; l < 4; ++l) {
+    EXPECT_EQ(pp.area_begin(l, false), res + (l % 2) * area) << "layer " << l;
+    const std::string w = "h." + std::to_string(l) + ".attn.c_attn.weight";
+    EXPECT_EQ(pp.param(w).data<float>() - pp.flat_params().data<float>(),
+              res + (l % 2) * area + pp.spec(w).offset - pp.group_range(l).first);
+  }
   // Resident tensors keep their logical offsets.
   for (const ParamSpec& s : ps.specs())
     if (s.group < 0) {

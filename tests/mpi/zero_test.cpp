@@ -27,12 +27,14 @@ llm::TrainArgs zero_args(int zero, int dp, int pp, int64_t global_batch, bool ov
     a.pipeline_model_parallel_size = pp;
     a.zero_stage = zero;
     a.overlap_grad_reduce = overlap;
+    a.overlap_param_gather = overlap;
   });
 }
 
 // overlap: --overlap-grad-reduce (each layer's reduce-scatter in flight while the next layer's
-// backward runs, two gradient working areas), also against the blocking run: the same
-// reductions in the same order, so the same numbers exactly.
+// backward runs, two gradient working areas) and --overlap-param-gather (ZeRO-3: the next
+// layer's gather while this one computes, two parameter areas), also against the blocking run:
+// the same reductions in the same order, so the same numbers exactly.
 void check_zero(int zero, int pp, bool overlap = false) {
   auto world = llm::mpi_world_communicator();
   if (world->size() % pp) GTEST_SKIP() << "world " << world->size() << " not divisible by pp " << pp;
@@ -49,6 +51,7 @@ void check_zero(int zero, int pp, bool overlap = false) {
   mp.zero_stage = zero >= 2 ? zero : 0;
   llm::ModelParallel mp_blocking = mp;
   mp.zero_grad_areas = overlap ? 2 : 1;
+  mp.zero_param_areas = overlap && zero == 3 ? 2 : 1;
   llm::GPT ref(one.model_config(), be, 21, 16);
   llm::GPT model(a.model_config(), be, 21, 16, mp);
   std::unique_ptr<llm::GPT> model_b;  // overlap: the blocking run too
@@ -101,15 +104,22 @@ void check_zero(int zero, int pp, bool overlap = false) {
       }
     }
   }
+  // Prefetched: every layer of a pass but its first, forward and backward, each micro-batch.
+  const int64_t stage_layers = a.num_layers / pp;
+  EXPECT_EQ(tz.prefetched_gathers(), overlap && zero == 3 ? 3 * 2 * 2 * (stage_layers - 1) : 0);
   // Model states: ZeRO-3 keeps one layer of parameters and gradients plus the shards.
   const llm::Trainer::StateBytes sb = tz.state_bytes();
   const llm::ParameterSet& ps = model.parameters();
   const int64_t n = ps.numel(), own = n / dp + 1;
   const int64_t areas = overlap ? 2 : 1;
   EXPECT_EQ(ps.grad_areas(), areas);
+  const int64_t param_areas = overlap && zero == 3 ? 2 : 1;
+  EXPECT_EQ(ps.param_areas(), param_areas);
   if (zero == 3) {
-    EXPECT_LE(sb.parameters, 4 * (ps.resident_numel() + ps.layer_area() + own));
-    if (pp == 1 && dp > 1) {  // (one rank's shard is everything, plus the working area)
+    EXPECT_LE(sb.parameters, 4 * (ps.resident_numel() + param_areas * ps.layer_area() + own));
+    // (one rank's shard is everything, plus the working area; the 4-layer model's two areas and a
+    // half shard are more than its replica)
+    if (pp == 1 && dp > 1 && param_areas == 1) {
       EXPECT_LT(sb.parameters, 4 * n) << "ZeRO-3 holds less than the replicated parameters";
     }
   } else {

@@ -310,6 +310,8 @@ if command -v mpirun > /dev/null; then
   check "ZeRO-3 holds fewer parameter bytes per rank ($p3 MB) than a replica ($p0 MB, ZeRO-2)" "[ -n '$p3' ] && awk -v a='$p3' -v b='$p0' 'BEGIN{exit !(a < b)}'"
   run_pp z3tp 4 --zero-stage 3 --tensor-model-parallel-size 2 --sequence-parallel --recompute-granularity full
   check "ZeRO-3 x TP 2 + SP + recompute reproduces the single-process losses (rel 1e-5)" "same_curve $work/pp1/metrics.jsonl $work/z3tp/metrics.jsonl"
+  run_pp z3ov 4 --zero-stage 3 --tensor-model-parallel-size 2 --sequence-parallel --recompute-granularity full --overlap-grad-reduce --overlap-param-gather
+  check "ZeRO-3 x TP 2 + SP + recompute, the layers' gathers and reduce-scatters overlapped: the same curve and volume" "grep -q 'parameter gathers: each layer' $work/z3ov.txt && same_curve $work/pp1/metrics.jsonl $work/z3ov/metrics.jsonl && ! grep -q MISMATCH $work/z3ov.txt"
   run_pp z3pp 4 --zero-stage 3 --pipeline-model-parallel-size 2 --exit-interval 4 --save "$work/z3ck"
   OMP_NUM_THREADS=1 "$bin" "${pp[@]}" --load "$work/z3ck" --output-dir "$work/z3b" > "$work/z3b.txt" 2>&1
   check "a ZeRO-3 x PP 2 checkpoint resumes on 1 process on the same curve (rel 1e-5)" "grep -q 'continuing after iteration 4' $work/z3b.txt && same_curve $work/pp1/metrics.jsonl $work/z3pp/metrics.jsonl $work/z3b/metrics.jsonl"
