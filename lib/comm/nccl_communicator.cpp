@@ -97,8 +97,8 @@ bool shared_gpu_mode() {
 // The process's watchdog over its NCCL communicators (comm/watchdog.h): a failure NCCL records
 // asynchronously (a network error, a peer lost inside the network) is otherwise seen by no
 // caller, and this rank would wait in its next synchronise until the job's wall time. On one it
-// aborts every communicator, says which failed, and ends the process with exit status 1, so the
-// launcher ends the job (the training step's results are not to be trusted past an abort).
+// says which failed and ends the process with exit status 1 (no abort first: comm/watchdog.cpp),
+// so the launcher ends the job.
 // LLM_NCCL_WATCHDOG_MS sets its period (1000; 0 off), read at the first communicator.
 Watchdog& nccl_watchdog() {
   static Watchdog w(
@@ -116,7 +116,7 @@ Watchdog& nccl_watchdog() {
       [](void* h) { (void)ncclCommAbort(static_cast<ncclComm_t>(h)); },
       [](const std::string& message) {
         // stderr first: flushing stdout may block on a full pipe to the launcher.
-        std::fprintf(stderr, "[error] %s; every NCCL communicator of this rank aborted, exiting\n", message.c_str());
+        std::fprintf(stderr, "[error] %s; this rank exits (its exit ends its NCCL kernels)\n", message.c_str());
         std::fflush(stderr);
         std::fflush(stdout);
         std::_Exit(1);

@@ -63,11 +63,14 @@ bool Watchdog::poll() {
   }
   if (message.empty()) return true;
   failed_ = true;
-  // Every communicator, not only the failed one: the others' kernels may wait on it. fail runs
-  // under the lock too: an owner's remove() (its destructor, once its synchronise returns from
-  // the aborted kernels) waits until fail has ended the process, never touching an aborted handle.
-  for (const Handle& h : handles_) abort_(h.handle);
+  // fail first: the NCCL one says what failed and ends the process, whose exit ends the kernels.
+  // Aborting first would release the owner's thread (its synchronise returns, or its NCCL call
+  // errs) into a torn-down communicator and a step on unreduced data, and a crash there could
+  // come before the message. A fail that returns gets every handle aborted after it (every
+  // communicator, not only the failed one: the others' kernels may wait on it). Both run under
+  // the lock: an owner's remove() waits for them, never touching an aborted handle.
   fail_(message);
+  for (const Handle& h : handles_) abort_(h.handle);
   return false;
 }
 
@@ -159,6 +162,7 @@ std::string PendingOps::check(Clock::time_point now, double timeout_s) {
 }
 
 std::vector<void*> PendingOps::release_all() {
+  std::lock_guard<std::mutex> one(check_mu_);  // no check() still querying what is handed back
   std::lock_guard<std::mutex> lock(mu_);
   closed_ = true;
   call_ = {};

@@ -2,8 +2,9 @@
 // failure inside the network (a link error, a peer lost without its process exiting) as the
 // communicator's asynchronous error, and the rank's own work then waits in a stream synchronise
 // until the job's wall time. On the first error the watchdog aborts every communicator it holds
-// (which ends their kernels) and calls `fail` with a message naming the communicator; the NCCL
-// communicator's `fail` ends the process, so the launcher ends the job.
+// (which ends their kernels) after calling `fail` with a message naming the communicator; the
+// NCCL communicator's `fail` ends the process (so no abort runs: the exit ends the kernels), and
+// the launcher ends the job.
 //
 // It also ends a collective that never finishes: a rank that stopped without an error NCCL can
 // see (a crash in its own code past a collective, a rank waiting in a different collective, a
@@ -50,8 +51,8 @@ class Watchdog {
   void remove(void* handle);
   // Whether its thread runs (a period above 0): only then is a handle's check ever asked.
   bool polling() const { return thread_.joinable(); }
-  // One round: queries every handle; on the first error aborts them all (once) and calls fail,
-  // both under the lock remove() takes. Returns whether every handle was healthy.
+  // One round: queries every handle; on the first error calls fail, then (if it returns) aborts
+  // them all, once, both under the lock remove() takes. Returns whether every handle was healthy.
   bool poll();
   bool failed() const;
 

@@ -79,7 +79,7 @@ class ParameterSet {
   // Whether param(name) has an f32 tensor (always, but in a 16-bit inference set).
   bool has_master(const std::string& name) const;
   // ZeRO-2/3 storage, chosen before allocate(): the transformer layers' tensors (groups >= 0) of
-  // the parameter and/or gradient buffer share one working area after the resident group -1
+  // the parameter and/or gradient buffer share one working area (or two, below) after the resident group -1
   // tensors: storage = [resident | the largest layer], a layer tensor sits at its offset within
   // its layer, so every layer's views alias the same memory and whoever fills the area decides
   // which layer is there. Logical offsets (ParamSpec::offset, numel(), ranges()) are unchanged;

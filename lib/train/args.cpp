@@ -154,8 +154,9 @@ std::vector<OptionSpec> make_options() {
       opt("exit-interval", &A::exit_interval, "save and exit when the iteration is a multiple of this"),
       opt("exit-duration-in-mins", &A::exit_duration_in_mins, "save and exit after this many minutes"),
       opt("distributed-timeout-minutes", &A::distributed_timeout_minutes,
-          "a GPU collective or transfer still unfinished this many minutes after it was queued (a rank never joined) "
-          "ends the job with exit status 1, naming it (0: wait forever; MPI's host collectives have no timeout)"),
+          "a GPU collective or transfer still unfinished this many minutes after it was called (a rank never joined) "
+          "ends the job with exit status 1, naming it (0: wait forever; checked by the NCCL watchdog, so not with "
+          "LLM_NCCL_WATCHDOG_MS=0; MPI's host collectives and NCCL's set-up have no timeout)"),
       opt("tflops-formula", &A::tflops_formula, "TFLOPs in the log line: megatron (Narayanan et al. 2021, with recompute factor) | model (model FLOPs)"),
       opt("max-nan-iterations", &A::max_nan_iterations, "non-finite iterations to skip before stopping (0 = stop at the first)"),
       opt("threads", &A::threads, "CPU threads (0 = OMP_NUM_THREADS or all cores)"),
@@ -166,7 +167,7 @@ std::vector<OptionSpec> make_options() {
       opt("sequence-parallel", &A::sequence_parallel, "Megatron sequence parallelism within the tensor-parallel group"),
       opt("zero-stage", &A::zero_stage, "ZeRO stage 0-3 (0 = replicated optimizer state)"),
       opt("overlap-grad-reduce", &A::overlap_grad_reduce, "reduce gradients over the data-parallel group in buckets while the last micro-batch's backward runs (ZeRO-2/3: each layer's reduce-scatter while the next layer's backward runs)"),
-      opt("overlap-param-gather", &A::overlap_param_gather, "ZeRO-3: gather the next layer's parameters while this layer computes (one more layer of parameters)"),
+      opt("overlap-param-gather", &A::overlap_param_gather, "ZeRO-3: gather the next layer's parameters while this layer computes (one more layer of parameters and of their 16-bit copy)"),
       opt("ddp-bucket-size", &A::ddp_bucket_size, "gradient elements per bucket with --overlap-grad-reduce (0 = max(40M, 1M x data-parallel size)); buckets are whole layers"),
       opt("bf16", &A::bf16, "bf16 activations and compute weights; fp32 master weights, gradients and optimizer state"),
       opt("fp16", &A::fp16, "fp16 activations and compute weights with dynamic loss scaling; fp32 master weights, gradients and optimizer state"),
@@ -479,6 +480,10 @@ void TrainArgs::validate() const {
     fail("--save-interval, --keep-last, --exit-interval and --exit-duration-in-mins must be >= 0");
   if (!(distributed_timeout_minutes >= 0) || !std::isfinite(distributed_timeout_minutes))
     fail("--distributed-timeout-minutes ", distributed_timeout_minutes, ": minutes >= 0 (0: no timeout)");
+  if (zero_stage == 3 && overlap_grad_reduce && !overlap_param_gather)
+    fail("--overlap-grad-reduce under --zero-stage 3 needs --overlap-param-gather: the layers' gathers share the "
+         "data-parallel communicator with the reduce-scatters, whose operations NCCL runs in order, so each backward "
+         "gather would wait for the previous layer's reduction and nothing would overlap");
   if (save_interval > 0 && save.empty()) fail("--save-interval needs --save");
   if (finetune && load.empty()) fail("--finetune needs --load");
   if (ds_gradient_accumulation_steps > 0 && micro_batches() != ds_gradient_accumulation_steps)

@@ -259,15 +259,20 @@ std::vector<int64_t> Trainer::clamp_offsets(int64_t begin, int64_t end) const {
   return out;
 }
 
-void Trainer::start_gather(int layer) {
+void Trainer::start_gather(int layer, bool async) {
   // The layer's parameters from every rank's shard into its working area.
   const ParameterSet& ps = model_.parameters();
   const auto [gb, ge] = ps.group_range(layer);
   const Tensor work = ps.flat_params().flat(ps.area_begin(layer, false), ge - gb);
   const auto [lo, hi] = owned(gb, ge);
   if (hi > lo) model_.backend().copy(work.flat(lo - gb, hi - lo), param_shard_.flat(lo - own_begin(), hi - lo));
-  zero_prefetch_.layer = layer;
-  if (dp_ && dp_->size() > 1) zero_prefetch_.request = dp_->all_gather_ranges_async(work, clamp_offsets(gb, ge));
+  const bool group = dp_ && dp_->size() > 1;
+  if (!async) {
+    if (group) dp_->all_gather_ranges(work, clamp_offsets(gb, ge));
+    return;
+  }
+  if (group) zero_prefetch_.request = dp_->all_gather_ranges_async(work, clamp_offsets(gb, ge));
+  zero_prefetch_.layer = layer;  // (once started)
 }
 
 void Trainer::drop_prefetch() {
@@ -279,19 +284,19 @@ void Trainer::gather_layer(int layer, int next) {
   // Prefetched (the pass's previous layer started it), or gathered now; then its compute copy.
   // The prefetch writes the other area, whose layer the stream has finished with: a pass goes
   // layer by layer, so it held the layer before this one.
-  if (zero_prefetch_.layer != layer) {
-    drop_prefetch();
-    start_gather(layer);
-  } else {
+  if (zero_prefetch_.layer == layer) {
     ++prefetched_gathers_;
+    drop_prefetch();  // complete (NCCL: the compute stream waits for it, the host does not)
+  } else {
+    drop_prefetch();
+    start_gather(layer, false);
   }
-  drop_prefetch();  // complete (NCCL: the compute stream waits for it, the host does not)
   const ParameterSet& ps = model_.parameters();
   const auto [gb, ge] = ps.group_range(layer);
   ps.refresh_compute(model_.backend(), ps.area_begin(layer, false), ge - gb);
   const int first = model_.first_layer();
   const int last = first + static_cast<int>(args_.num_layers / model_.model_parallel().pp_size()) - 1;
-  if (zero_prefetching_ && next >= first && next <= last) start_gather(next);
+  if (zero_prefetching_ && next >= first && next <= last) start_gather(next, true);
 }
 
 void Trainer::zero_before_backward(int layer) {

@@ -115,7 +115,8 @@ class Trainer {
   }
   bool overlap_ = false, reduce_in_backward_ = false;
   // ZeRO-2/3: the reduced gradients (and under ZeRO-3 the fp32 parameters) of this rank's range
-  // of the flat buffer; the model's working area holds one layer at a time.
+  // of the flat buffer; the model's working area holds one layer at a time (each of two areas, with
+  // --overlap-grad-reduce / --overlap-param-gather).
   int zero_ = 0;
   Tensor grad_shard_, param_shard_;
   std::vector<int64_t> clamp_offsets(int64_t begin, int64_t end) const;  // shard offsets within a range
@@ -130,7 +131,8 @@ class Trainer {
   ZeroGather zero_prefetch_;
   int64_t prefetched_gathers_ = 0;
   bool zero_prefetching_ = false;
-  void start_gather(int layer);  // this rank's part copied in, the all-gather started
+  // This rank's part copied in, then the all-gather: started (the prefetch) or done.
+  void start_gather(int layer, bool async);
   void drop_prefetch();          // a prefetch no pass used (cut short): waited for and forgotten
   void zero_before_backward(int layer);
   void zero_grad_ready(int layer);

@@ -154,7 +154,7 @@ multirank_step() {
     # then the first of all, whose call may itself wait for the connection); the watchdog must end
     # rank 0 with the operation named (3 s timeout, checked every 200 ms), long before rank 1's 20 s.
     for tmode in timeout-check timeout-check-first; do
-      [[ $nccl_ok = 1 ]] || break
+      if [[ $nccl_ok != 1 ]]; then log "NCCL timeout, --$tmode: not run (no NCCL check passed)"; continue; fi
       [[ -z "$mr_stop" && $((mr_deadline - SECONDS)) -lt 10 ]] && mr_stop="MULTIRANK_BUDGET spent"
       if [[ -n "$mr_stop" ]]; then log "NCCL timeout, --$tmode: not run ($mr_stop)"; continue; fi
       t0=$SECONDS

@@ -47,8 +47,14 @@ struct Fake {
 TEST(Watchdog, TheFirstErrorAbortsEveryHandleOnceAndNamesTheFailedOne) {
   Fake f;
   int a = 0, b = 0, c = 0;
-  llm::Watchdog w(0, [&](void* h) { return f.errors.count(h) ? f.errors[h] : std::string(); },
-                  [&](void* h) { f.aborted.insert(h); }, [&](const std::string& m) { f.failures.push_back(m); });
+  llm::Watchdog w(
+      0, [&](void* h) { return f.errors.count(h) ? f.errors[h] : std::string(); },
+      [&](void* h) {
+        // after the failure is reported (an abort first would free the owner's thread first)
+        EXPECT_EQ(f.failures.size(), 1u) << "aborted before fail";
+        f.aborted.insert(h);
+      },
+      [&](const std::string& m) { f.failures.push_back(m); });
   w.add(&a, "tp group");
   w.add(&b, "dp group");
   w.add(&c, "pp group");

@@ -78,6 +78,17 @@ TEST(Args, MegatronDefaultsAndAcceptedFlags) {
   refused("data-impl", "lazy", "mmap and infer");
   refused("checkpoint-num-layers", "2", "only 1");
   refused("distributed-timeout-minutes", "-1", "--distributed-timeout-minutes -1");
+  {  // ZeRO-3's reduce-scatters overlap only behind prefetched gathers
+    TrainArgs z;
+    apply_option(z, "zero-stage", "3", "--zero-stage");
+    apply_option(z, "overlap-grad-reduce", "true", "--overlap-grad-reduce");
+    z.resolve_defaults();
+    EXPECT_NE(error_of([&] { z.validate(); }).find("needs --overlap-param-gather"), std::string::npos);
+    apply_option(z, "overlap-param-gather", "true", "--overlap-param-gather");
+    z.validate();
+    z.zero_stage = 2, z.overlap_param_gather = false;
+    z.validate();  // ZeRO-2 has no gathers in backward
+  }
   for (const char* v : {"inf", "nan"}) {  // refused when read or when checked, naming the flag
     const std::string e = error_of([&] {
       TrainArgs b;

@@ -90,6 +90,8 @@ int main(int argc, char** argv) {
       if (rank != 1) {
         comm->all_reduce_sum(d);
         be->synchronize();
+        // (a wait, in case something ended the kernel: the watchdog's exit should come first)
+        std::this_thread::sleep_for(std::chrono::seconds(10));
         std::fprintf(stderr, "rank %d: FAILED the all-reduce rank 1 never joined finished\n", rank);
       } else {
         // far past rank 0's timeout, whose exit ends the job for the launcher
@@ -97,7 +99,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "rank 1: FAILED rank 0 was not ended by the timeout in 20 s\n");
       }
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+      std::this_thread::sleep_for(std::chrono::seconds(10));  // as above
+      std::fprintf(stderr, "rank %d: FAILED %s\n", rank, e.what());
     }
     std::fflush(stderr);
     std::_Exit(3);
