@@ -119,7 +119,7 @@ int run(int argc, char** argv) {
       "  llm-sweep --find-max-seq-len --simulate --cluster configs/clusters/polaris.yaml \\\n"
       "      --models GPT33B --seq-lens 1k:1m --tp 4 --pp 4 --sp 8 --dtype bf16 --recompute on");
   std::string models = "tiny", seqs = "128", mbs = "1", gas = "1", dps = "1", tps = "1", pps = "1", sps = "1";
-  std::string sp_types = "ds", zeros = "0", recomputes = "off", dtypes = "fp32", backends = "cpu";
+  std::string sp_types = "ds", zeros = "0", recomputes = "off", overlaps = "off", dtypes = "fp32", backends = "cpu";
   int64_t vocab = 0, logits_chunk = 0, warmup = 2, iters = 5, threads = 0, baseline = 0, seq_multiple = 0;
   double mem_limit_gib = 0, timeout = 600;
   std::string output_dir = "outputs/sweep", name = "sweep", cluster_file, device = "cpu", pretrain, mpiexec = "mpiexec";
@@ -135,6 +135,10 @@ int run(int argc, char** argv) {
   app.add_option("--sp-type", sp_types, "ds (DeepSpeed-Ulysses) | megatron (sp must equal tp)")->capture_default_str();
   app.add_option("--zero", zeros, "ZeRO stages")->capture_default_str();
   app.add_option("--recompute", recomputes, "full activation recompute: off | on")->capture_default_str();
+  app.add_option("--overlap", overlaps,
+                 "data-parallel collectives overlapped with compute: off | on (--overlap-grad-reduce, and under ZeRO-3 "
+                 "--overlap-param-gather)")
+      ->capture_default_str();
   CLI::Option* dtype_opt = app.add_option("--dtype", dtypes, "fp32 | bf16 | fp16 (--simulate: the cluster's)")->capture_default_str();
   CLI::Option* backend_opt = app.add_option("--backend", backends, "cpu | cuda (--simulate: cuda unless the cluster's device is cpu)")->capture_default_str();
   app.add_option("--vocab-size", vocab, "vocabulary (0 = the model file's, else llm-pretrain's default)")->capture_default_str();
@@ -176,6 +180,7 @@ int run(int argc, char** argv) {
   g.zero_stages.clear();
   for (const std::string& z : parse_word_list("--zero", zeros, {"0", "1", "2", "3"})) g.zero_stages.push_back(std::stoll(z));
   g.recomputes = parse_on_off("--recompute", recomputes);
+  g.overlaps = parse_on_off("--overlap", overlaps);
   g.dtypes = parse_word_list("--dtype", dtypes, {"fp32", "bf16", "fp16"});
   g.backends = parse_word_list("--backend", backends, {"cpu", "cuda"});
   g.vocab_size = vocab;

@@ -260,7 +260,20 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
   const double opt_params = p.zero_stage >= 1 ? stage_params / static_cast<double>(zero_group) : stage_params;
   r.optimizer_s = 2.0 * opt_params * (sb.param + sb.grad + sb.optimizer) / (c.memory_bandwidth_gbs * 1e9);
 
-  r.iteration_s = static_cast<double>(micro + pp - 1) * stage + r.dp_s + r.optimizer_s;
+  r.dp_exposed_s = r.dp_s;
+  if (p.overlap && r.dp_s > 0) {
+    // --overlap-grad-reduce (and ZeRO-3's --overlap-param-gather): the collectives run beside the
+    // compute they overlap, the last micro-batch's backward for the buckets (ZeRO 0/1), every
+    // micro-batch's backward under ZeRO-2, forward and backward under ZeRO-3. A layer's share
+    // stays exposed (the last bucket or layer, a pass's first gather), and so does ZeRO-1/2's
+    // parameter all-gather after the step (half of dp_s).
+    const double backward = stage * (passes - 1.0) / passes;
+    const double mb = static_cast<double>(micro);
+    const double window = p.zero_stage == 3 ? mb * stage : p.zero_stage == 2 ? mb * backward : backward;
+    const double hidden = p.zero_stage == 0 || p.zero_stage == 3 ? r.dp_s : 0.5 * r.dp_s;
+    r.dp_exposed_s = r.dp_s - hidden + std::max(hidden - window, hidden / layers_per_stage);
+  }
+  r.iteration_s = static_cast<double>(micro + pp - 1) * stage + r.dp_exposed_s + r.optimizer_s;
   const double mlayers = static_cast<double>(micro);
   r.tp_bytes = tp > 1 ? comm_passes * L / static_cast<double>(pp) * tp_layer_bytes * mlayers : 0;
   r.sp_bytes = sp > 1 ? comm_passes * L / static_cast<double>(pp) * sp_layer_bytes * mlayers : 0;

@@ -96,7 +96,9 @@ struct Prediction {
   double bubble_fraction = 0;
   // seconds per iteration and its parts (stage parts are per micro-batch, slowest stage)
   double iteration_s = 0, stage_compute_s = 0, stage_memory_s = 0, stage_tp_s = 0, stage_sp_s = 0, stage_pp_s = 0;
-  double dp_s = 0, optimizer_s = 0;
+  // dp_s: the data-parallel collectives; dp_exposed_s: the part the iteration waits for (all of
+  // it, unless the point overlaps them with compute)
+  double dp_s = 0, dp_exposed_s = 0, optimizer_s = 0;
   // per device
   double tflops_megatron = 0, tflops_model = 0, mfu = 0;
   double tokens_per_device_per_second = 0, samples_per_second = 0;

@@ -23,6 +23,7 @@ std::string SweepPoint::label_without(const std::string& v) const {
   add("zero", detail::concat("z", zero_stage));
   s += " " + dtype + " " + backend;
   if (recompute) s += " +rc";
+  if (overlap) s += " +ov";
   if (logits_chunk > 0) s += detail::concat(" lc", logits_chunk);
   return s;
 }
@@ -61,18 +62,19 @@ std::vector<SweepPoint> expand(const SweepGrid& g) {
                 for (int64_t sp : g.sps)
                   for (int64_t zero : g.zero_stages)
                     for (bool rc : g.recomputes)
-                      for (int64_t mb : g.micro_batches)
-                        for (int64_t gas : g.grad_accums)
-                          for (int64_t seq : g.seq_lengths) {
-                            SweepPoint p;
-                            p.model = model, p.backend = backend, p.dtype = dtype;
-                            p.dp = dp, p.tp = tp, p.pp = pp, p.sp = sp, p.sp_type = sp_type;
-                            p.zero_stage = zero, p.recompute = rc;
-                            p.micro_batch = mb, p.grad_accum = gas, p.seq_length = seq;
-                            p.vocab_size = g.vocab_size;
-                            p.logits_chunk = g.logits_chunk;
-                            out.push_back(p);
-                          }
+                      for (bool ov : g.overlaps)
+                        for (int64_t mb : g.micro_batches)
+                          for (int64_t gas : g.grad_accums)
+                            for (int64_t seq : g.seq_lengths) {
+                              SweepPoint p;
+                              p.model = model, p.backend = backend, p.dtype = dtype;
+                              p.dp = dp, p.tp = tp, p.pp = pp, p.sp = sp, p.sp_type = sp_type;
+                              p.zero_stage = zero, p.recompute = rc, p.overlap = ov;
+                              p.micro_batch = mb, p.grad_accum = gas, p.seq_length = seq;
+                              p.vocab_size = g.vocab_size;
+                              p.logits_chunk = g.logits_chunk;
+                              out.push_back(p);
+                            }
   return out;
 }
 
@@ -144,6 +146,10 @@ std::vector<std::string> pretrain_command(const SweepPoint& p, const LaunchOptio
       cmd.push_back("--sequence-parallel");
   }
   if (p.recompute) cmd.insert(cmd.end(), {"--recompute-granularity", "full"});
+  if (p.overlap) {
+    cmd.push_back("--overlap-grad-reduce");
+    if (p.zero_stage == 3) cmd.push_back("--overlap-param-gather");
+  }
   if (p.logits_chunk > 0) cmd.insert(cmd.end(), {"--logits-chunk-tokens", num(p.logits_chunk)});
   // Non-default precisions and backends are passed under Megatron's / our names; a build that
   // lacks them refuses, and the refusal becomes the point's error row.

@@ -20,6 +20,9 @@ struct SweepPoint {
   std::string sp_type = "ds";  // ds (DeepSpeed-Ulysses: all-to-all) | megatron (over the TP group)
   int64_t zero_stage = 0;
   bool recompute = false;      // full activation recompute
+  // The data-parallel collectives overlapped with compute: --overlap-grad-reduce (and under
+  // ZeRO-3 --overlap-param-gather).
+  bool overlap = false;
   std::string dtype = "fp32";  // fp32 | bf16 | fp16
   std::string backend = "cpu"; // cpu | cuda
   int64_t vocab_size = 0;      // 0 = the model file's (else llm-pretrain's default)
@@ -29,8 +32,8 @@ struct SweepPoint {
   int64_t ulysses() const { return sp_type == "ds" ? sp : 1; }
   int64_t world() const { return dp * tp * pp * ulysses(); }
   int64_t global_batch() const { return micro_batch * grad_accum * dp; }
-  // "tiny s512 mb1 dp1 tp1 pp1 sp1(ds) z0 fp32 cpu", "+rc" with recompute, "lc4096" with logits
-  // in chunks of 4096 tokens.
+  // "tiny s512 mb1 dp1 tp1 pp1 sp1(ds) z0 fp32 cpu", "+rc" with recompute, "+ov" overlapped,
+  // "lc4096" with logits in chunks of 4096 tokens.
   std::string label() const { return label_without(""); }
   // The label without one swept variable (see swept_value): names a series of a sweep over it.
   std::string label_without(const std::string& variable) const;
@@ -49,6 +52,7 @@ struct SweepGrid {
   std::vector<std::string> sp_types{"ds"};
   std::vector<int64_t> zero_stages{0};
   std::vector<bool> recomputes{false};
+  std::vector<bool> overlaps{false};
   std::vector<std::string> dtypes{"fp32"};
   std::vector<std::string> backends{"cpu"};
   int64_t vocab_size = 0;

@@ -139,7 +139,7 @@ std::string markdown_table(const std::vector<PointResult>& rs, const ReportConte
 std::string csv_table(const std::vector<PointResult>& rs, const ReportContext& ctx) {
   std::string s =
       "index,label,model,seq_length,micro_batch,grad_accum,global_batch,dp,tp,pp,sp,sp_type,zero_stage,recompute,"
-      "logits_chunk,dtype,backend,world,status,message,ms_median,ms_min,ms_max,timed_iters,samples_per_s,tokens_per_s,"
+      "overlap,logits_chunk,dtype,backend,world,status,message,ms_median,ms_min,ms_max,timed_iters,samples_per_s,tokens_per_s,"
       "tokens_per_device_per_s,tflops_megatron,tflops_model,mfu,peak_memory_mib,predicted_ms,predicted_memory_mib,"
       "simulated\n";
   for (size_t i = 0; i < rs.size(); ++i) {
@@ -150,7 +150,7 @@ std::string csv_table(const std::vector<PointResult>& rs, const ReportContext& c
          std::to_string(p.seq_length) + "," + std::to_string(p.micro_batch) + "," + std::to_string(p.grad_accum) +
          "," + std::to_string(p.global_batch()) + "," + std::to_string(p.dp) + "," + std::to_string(p.tp) + "," +
          std::to_string(p.pp) + "," + std::to_string(p.sp) + "," + p.sp_type + "," + std::to_string(p.zero_stage) +
-         "," + (p.recompute ? "1" : "0") + "," + std::to_string(p.logits_chunk) + "," + p.dtype + "," + p.backend +
+         "," + (p.recompute ? "1" : "0") + "," + (p.overlap ? "1" : "0") + "," + std::to_string(p.logits_chunk) + "," + p.dtype + "," + p.backend +
          "," + std::to_string(p.world()) + "," + csv_field(status_name(r.status)) + "," + csv_field(r.message) + "," +
          n(r.ms_per_iteration.median) + "," +
          n(r.ms_per_iteration.min) + "," + n(r.ms_per_iteration.max) + "," + std::to_string(r.ms_per_iteration.n) +
@@ -179,6 +179,7 @@ std::string json_report(const std::vector<PointResult>& rs, const ReportContext&
          ", \"tp\": " + std::to_string(p.tp) + ", \"pp\": " + std::to_string(p.pp) + ", \"sp\": " +
          std::to_string(p.sp) + ", \"sp_type\": " + json::quote(p.sp_type) + ", \"zero_stage\": " +
          std::to_string(p.zero_stage) + ", \"recompute\": " + (p.recompute ? "true" : "false") +
+         ", \"overlap\": " + (p.overlap ? "true" : "false") +
          ", \"logits_chunk\": " + std::to_string(p.logits_chunk) + ", \"dtype\": " + json::quote(p.dtype) +
          ", \"backend\": " + json::quote(p.backend) +
          ", \"world\": " + std::to_string(p.world()) + ", \"status\": " + json::quote(status_name(r.status)) +

@@ -26,6 +26,13 @@ TEST(SweepPoint, GridIsTheProductSequenceInnermost) {
   SweepGrid h;
   h.micro_batches = {1, 2};
   EXPECT_EQ(swept_variable(h), "mb");
+  h.overlaps = {false, true};  // inside recompute, outside the micro-batches
+  const auto q = expand(h);
+  ASSERT_EQ(q.size(), 4u);
+  EXPECT_EQ(q[0].overlap, false);
+  EXPECT_EQ(q[1].overlap, false);
+  EXPECT_EQ(q[1].micro_batch, 2);
+  EXPECT_EQ(q[2].overlap, true);
 }
 
 TEST(SweepPoint, LabelsWorldAndBatch) {
@@ -87,6 +94,19 @@ TEST(SweepPoint, PretrainCommand) {
   cmd = pretrain_command(p, o);
   EXPECT_TRUE(has("--logits-chunk-tokens", "1024"));
   p.logits_chunk = 0;
+  // --overlap: the gradient reduction, and under ZeRO-3 the gathers too
+  auto count = [&](const char* flag) { return std::count(cmd.begin(), cmd.end(), std::string(flag)); };
+  EXPECT_EQ(count("--overlap-grad-reduce") + count("--overlap-param-gather"), 0);
+  p.overlap = true;
+  cmd = pretrain_command(p, o);
+  EXPECT_EQ(count("--overlap-grad-reduce"), 1);
+  EXPECT_EQ(count("--overlap-param-gather"), 0);
+  EXPECT_NE(p.label().find(" +rc +ov"), std::string::npos) << p.label();
+  p.zero_stage = 3;
+  cmd = pretrain_command(p, o);
+  EXPECT_EQ(count("--overlap-grad-reduce"), 1);
+  EXPECT_EQ(count("--overlap-param-gather"), 1);
+  p.overlap = false, p.zero_stage = 0;
   // Several ranks: mpiexec, threads split over the ranks, Ulysses flag, Megatron dtype flag.
   p.dp = 2, p.sp = 2, p.dtype = "bf16", p.recompute = false;
   o.as_root = true;

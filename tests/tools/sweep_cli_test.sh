@@ -69,6 +69,9 @@ fi
 # Two data-parallel ranks under mpiexec.
 "$bin" "${quick[@]}" --seq-lens 64 --dp 2 --output-dir "$work/b" > "$work/b.md" 2> "$work/b.err"
 check "dp 2 point runs under mpiexec" "grep -qE '\| 1 \| tiny s64 mb1 dp2 .* \| ok \|' $work/b.md && grep -q 'mpiexec -np 2' $work/b/sweep-runs/001-*/command.txt"
+# ZeRO-3 with the collectives overlapped: the flags reach llm-pretrain, the point is measured.
+"$bin" "${quick[@]}" --seq-lens 64 --dp 2 --zero 3 --overlap on --output-dir "$work/ov" > "$work/ov.md" 2> "$work/ov.err"
+check "--overlap on: a ZeRO-3 point runs with both overlap flags" "grep -qE '\| 1 \| tiny s64 mb1 dp2 .* z3 fp32 cpu \+ov \| ok \|' $work/ov.md && grep -q -- '--overlap-grad-reduce --overlap-param-gather' $work/ov/sweep-runs/001-*/command.txt && grep -q ',1,0,fp32,cpu,' $work/ov/sweep.csv"
 
 # Predictions: the seed's shape on Polaris.
 "$bin" --simulate --cluster "$root/configs/clusters/polaris.yaml" --models GPT25B --vocab-size 50257 --seq-lens 2k:64k \
@@ -76,6 +79,11 @@ check "dp 2 point runs under mpiexec" "grep -qE '\| 1 \| tiny s64 mb1 dp2 .* \| 
 check "simulate exits 0" "[ $? -eq 0 ]"
 check "simulate: predicted OOM without recompute at 8k" "grep -qE '^\| GPT25B mb1 gas16 dp1 tp4 pp8 sp1\(ds\) z1 bf16 cuda \| 8192 \| 4 \| OOM' $work/s.md"
 check "simulate: recompute trains 8k" "grep -qE '^\| GPT25B mb1 gas16 dp1 tp4 pp8 sp1\(ds\) z1 bf16 cuda \+rc \| 8192 \| 4 \| [0-9.]+ \|' $work/s.md"
+"$bin" --simulate --cluster "$root/configs/clusters/polaris.yaml" --models GPT1_5B --seq-lens 2048 --dp 64 --zero 2 \
+  --overlap off,on --output-dir "$work/so" > "$work/so.md" 2> "$work/so.err"
+t_off=$(grep -oE '"label": "[^"]*z2 bf16 cuda", .*"predicted_ms": [0-9.e+-]+' "$work/so/sweep.json" | grep -oE '"predicted_ms": [0-9.e+-]+' | cut -d' ' -f2)
+t_on=$(grep -oE '"label": "[^"]*z2 bf16 cuda \+ov", .*"predicted_ms": [0-9.e+-]+' "$work/so/sweep.json" | grep -oE '"predicted_ms": [0-9.e+-]+' | cut -d' ' -f2)
+check "simulate: --overlap on predicts a shorter iteration over 64 data-parallel ranks ($t_off -> $t_on ms)" "[ -n '$t_on' ] && [ -n '$t_off' ] && awk -v a='$t_on' -v b='$t_off' 'BEGIN{exit !(a < b)}'"
 "$bin" --find-max-seq-len --simulate --cluster "$root/configs/clusters/polaris.yaml" --models GPT25B --vocab-size 50257 \
   --seq-lens 1k:1m --tp 4 --pp 8 --gas 16 --zero 1 --sp 1,4 --recompute on --output-dir "$work/f" > "$work/f.md" 2> "$work/f.err"
 s1=$(sed '/^$/q' "$work/f.md" | grep -E '^\| GPT25B mb1 gas16 dp1 tp4 pp8 sp1\(ds\) z1 bf16 cuda \+rc \|' | cut -d'|' -f3 | tr -d ' ')
