@@ -348,9 +348,18 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       say("> --overlap-grad-reduce has no effect here (the gradient group cannot take device tensors: one "
           "reduction through the host)\n");
   }
-  if (args.overlap_param_gather)
-    say(args.zero_stage == 3 ? "> parameter gathers: each layer's next one runs while it computes (two parameter working areas)\n"
-                             : "> --overlap-param-gather has no effect here (only ZeRO-3 gathers parameters layer by layer)\n");
+  if (args.overlap_param_gather) {
+    if (args.zero_stage == 3)
+      say("> parameter gathers: each layer's next one runs while it computes (two parameter working areas)\n");
+    else if (trainer.overlaps_param_gather())
+      say("> parameter all-gather after the step: started layer by layer, each finished just before the layer's "
+          "forward\n");
+    else
+      say("> --overlap-param-gather has no effect here (%s)\n",
+          args.zero_stage == 0 ? "no sharded optimizer: --zero-stage 1-3"
+          : layout.dp() * layout.sp == 1 ? "one rank in the gradient group"
+                                         : "the gradient group cannot take device tensors: one gather through the host");
+  }
   say("> model states per rank: parameters %.2f MB, gradients %.2f MB, optimizer %.2f MB\n",
       static_cast<double>(sb.parameters) / 1e6, static_cast<double>(sb.gradients) / 1e6,
       static_cast<double>(sb.optimizer) / 1e6);

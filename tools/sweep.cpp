@@ -136,7 +136,7 @@ int run(int argc, char** argv) {
   app.add_option("--zero", zeros, "ZeRO stages")->capture_default_str();
   app.add_option("--recompute", recomputes, "full activation recompute: off | on")->capture_default_str();
   app.add_option("--overlap", overlaps,
-                 "data-parallel collectives overlapped with compute: off | on (--overlap-grad-reduce, and under ZeRO-3 "
+                 "data-parallel collectives overlapped with compute: off | on (--overlap-grad-reduce, and under ZeRO 1-3 "
                  "--overlap-param-gather)")
       ->capture_default_str();
   CLI::Option* dtype_opt = app.add_option("--dtype", dtypes, "fp32 | bf16 | fp16 (--simulate: the cluster's)")->capture_default_str();

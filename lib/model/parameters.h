@@ -100,6 +100,12 @@ class ParameterSet {
   // its working area when that buffer is compact, else its logical offset.
   int64_t area_begin(int group, bool grads) const;
   std::pair<int64_t, int64_t> group_range(int group) const;
+  // The groups this set has, ascending (-1, the resident tensors, first where there are any).
+  std::vector<int> groups() const {
+    std::vector<int> g;
+    for (const auto& kv : group_ranges_) g.push_back(kv.first);
+    return g;
+  }
   int64_t storage_offset(const ParamSpec& s, bool grads) const;
   // The initial values of the logical flat range [begin, end) (the seed given to allocate()).
   void init_range(float* dst, int64_t begin, int64_t end) const;

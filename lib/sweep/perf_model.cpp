@@ -262,16 +262,21 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
 
   r.dp_exposed_s = r.dp_s;
   if (p.overlap && r.dp_s > 0) {
-    // --overlap-grad-reduce (and ZeRO-3's --overlap-param-gather): the collectives run beside the
-    // compute they overlap, the last micro-batch's backward for the buckets (ZeRO 0/1), every
-    // micro-batch's backward under ZeRO-2, forward and backward under ZeRO-3. A layer's share
-    // stays exposed (the last bucket or layer, a pass's first gather), and so does ZeRO-1/2's
-    // parameter all-gather after the step (half of dp_s).
-    const double backward = stage * (passes - 1.0) / passes;
+    // --overlap-grad-reduce and --overlap-param-gather: the collectives run beside the compute
+    // they overlap, at least a layer's share exposed (the last bucket or layer, a pass's first
+    // gather). ZeRO 0: the all-reduce behind the last micro-batch's backward. ZeRO-1/2: the
+    // gradients' half behind the last (ZeRO-1's buckets) or every (ZeRO-2) micro-batch's
+    // backward, the parameters' all-gather half behind the next step's first forward. ZeRO-3:
+    // everything behind every micro-batch's forward and backward.
+    const double forward = stage / passes, backward = stage * (passes - 1.0) / passes;
     const double mb = static_cast<double>(micro);
-    const double window = p.zero_stage == 3 ? mb * stage : p.zero_stage == 2 ? mb * backward : backward;
-    const double hidden = p.zero_stage == 0 || p.zero_stage == 3 ? r.dp_s : 0.5 * r.dp_s;
-    r.dp_exposed_s = r.dp_s - hidden + std::max(hidden - window, hidden / layers_per_stage);
+    auto exposed = [&](double t, double window) { return std::max(t - window, t / layers_per_stage); };
+    if (p.zero_stage == 0)
+      r.dp_exposed_s = exposed(r.dp_s, backward);
+    else if (p.zero_stage == 3)
+      r.dp_exposed_s = exposed(r.dp_s, mb * stage);
+    else
+      r.dp_exposed_s = exposed(0.5 * r.dp_s, p.zero_stage == 2 ? mb * backward : backward) + exposed(0.5 * r.dp_s, forward);
   }
   r.iteration_s = static_cast<double>(micro + pp - 1) * stage + r.dp_exposed_s + r.optimizer_s;
   const double mlayers = static_cast<double>(micro);

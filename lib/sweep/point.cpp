@@ -148,7 +148,7 @@ std::vector<std::string> pretrain_command(const SweepPoint& p, const LaunchOptio
   if (p.recompute) cmd.insert(cmd.end(), {"--recompute-granularity", "full"});
   if (p.overlap) {
     cmd.push_back("--overlap-grad-reduce");
-    if (p.zero_stage == 3) cmd.push_back("--overlap-param-gather");
+    if (p.zero_stage >= 1) cmd.push_back("--overlap-param-gather");
   }
   if (p.logits_chunk > 0) cmd.insert(cmd.end(), {"--logits-chunk-tokens", num(p.logits_chunk)});
   // Non-default precisions and backends are passed under Megatron's / our names; a build that

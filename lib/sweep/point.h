@@ -20,8 +20,8 @@ struct SweepPoint {
   std::string sp_type = "ds";  // ds (DeepSpeed-Ulysses: all-to-all) | megatron (over the TP group)
   int64_t zero_stage = 0;
   bool recompute = false;      // full activation recompute
-  // The data-parallel collectives overlapped with compute: --overlap-grad-reduce (and under
-  // ZeRO-3 --overlap-param-gather).
+  // The data-parallel collectives overlapped with compute: --overlap-grad-reduce (and with a
+  // sharded optimizer, ZeRO 1-3, --overlap-param-gather).
   bool overlap = false;
   std::string dtype = "fp32";  // fp32 | bf16 | fp16
   std::string backend = "cpu"; // cpu | cuda

@@ -80,7 +80,7 @@ struct TrainArgs {
   bool sequence_parallel = false;
   int64_t zero_stage = 0;
   bool overlap_grad_reduce = false;     // Megatron-core DDP: bucketed gradient reduction during backward
-  bool overlap_param_gather = false;    // ZeRO-3: the next layer's all-gather during this layer's compute
+  bool overlap_param_gather = false;    // ZeRO-1/2: post-step all-gather finished per layer; ZeRO-3: next-layer prefetch
   int64_t ddp_bucket_size = 0;          // elements per bucket (0 = max(40M, 1M x data-parallel size))
   // mixed precision (Megatron's names): bf16 or f16 activations and compute weights, fp32 master
   // weights, gradients and optimizer state; fp16 with dynamic loss scaling

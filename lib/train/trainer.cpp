@@ -84,6 +84,16 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
     model_.set_grad_ready_hook([this](int l) { zero_grad_ready(l); });
     zero_overlap_ = want_areas == 2 && dp_size > 1;
   }
+  // ZeRO-1/2 --overlap-param-gather: the parameters' all-gather after the step is started group by
+  // group and each is waited for just before its first use (the layer's forward; the resident
+  // tensors at the next step's start). Only where the group takes the parameters directly.
+  if (args.overlap_param_gather && zero_ < 3 && !shard_offsets_.empty() && dp_size > 1 &&
+      dp_->takes(model_.parameters().flat_params().device())) {
+    overlap_param_gather_ = true;
+    model_.set_layer_hooks([this](int l) { finish_param_gather(l); },
+                           zero_ == 2 ? std::function<void(int)>([this](int l) { zero_before_backward(l); })
+                                      : std::function<void(int)>());
+  }
   if (args.overlap_grad_reduce && dp_size > 1 && zero_ < 2) {
     if (dp_->takes(model_.parameters().flat_grads().device())) {
       plan_buckets(dp_size);
@@ -205,6 +215,7 @@ IterationStats Trainer::train_step() {
   grad_scale /= st.loss_scale;  // the gradients are of loss_scale x the loss
   bool applied = false;
   if (st.finite) {
+    finish_param_gathers();  // (none left: every layer's forward has run)
     phase.reset();
     const ParameterSet& ps = model_.parameters();
     const Tensor own_params =
@@ -228,6 +239,11 @@ IterationStats Trainer::train_step() {
       if (hi > lo) model_.backend().copy(resident.flat(lo, hi - lo), param_shard_.flat(lo - own_begin(), hi - lo));
       if (dp_size > 1) dp_->all_gather_ranges(resident, clamp_offsets(0, res));
       st.params_all_gather_seconds = phase.seconds();
+    } else if (r.finite && overlap_param_gather_) {
+      phase.reset();
+      // Each replica updated its range: shared group by group, finished where first used.
+      start_param_gathers();
+      st.params_all_gather_seconds = phase.seconds();  // the starting only
     } else if (r.finite && !shard_offsets_.empty() && dp_size > 1) {
       phase.reset();
       // Each replica updated its range: share them so every replica has all parameters.
@@ -356,6 +372,7 @@ void Trainer::zero_finish(ZeroReduction& r) {
 }
 
 Tensor Trainer::full_parameters() {
+  finish_param_gathers();
   const ParameterSet& ps = model_.parameters();
   Backend& be = model_.backend();
   if (zero_ != 3) return ps.flat_params().device().is_cpu() ? ps.flat_params() : be.download(ps.flat_params());
@@ -367,6 +384,7 @@ Tensor Trainer::full_parameters() {
 }
 
 std::tuple<Tensor, Tensor, Tensor> Trainer::state_range(int64_t begin, int64_t end) {
+  finish_param_gathers();
   const ParameterSet& ps = model_.parameters();
   Backend& be = model_.backend();
   auto host = [&](const Tensor& t) { return t.device().is_cpu() ? t : be.download(t); };
@@ -390,13 +408,44 @@ bool Trainer::keeps_parameter(const ParamSpec& s) const {
   return hi > lo;
 }
 
+void Trainer::start_param_gathers() {
+  const ParameterSet& ps = model_.parameters();
+  const Tensor& w = ps.flat_params();
+  int64_t next = 0;  // the groups cover the buffer in order: resident, then the stage's layers
+  for (int g : ps.groups()) {
+    const auto [b, e] = ps.group_range(g);
+    LLM_CHECK(b == next, "parameter group ", g, " starts at ", b, ", not where the previous one ended (", next, ")");
+    param_gathers_.emplace_back(g, dp_->all_gather_ranges_async(w.flat(b, e - b), clamp_offsets(b, e)));
+    next = e;
+  }
+  LLM_CHECK(next == ps.numel(), "the parameter groups end at ", next, " of ", ps.numel());
+  compute_stale_ = false;  // each group's compute copy is refreshed as its gather is finished
+}
+
+void Trainer::finish_param_gather(int group) {
+  for (auto it = param_gathers_.begin(); it != param_gathers_.end(); ++it) {
+    if (it->first != group) continue;
+    it->second->wait();  // NCCL: the compute stream waits for it, the host does not
+    param_gathers_.erase(it);
+    const auto [b, e] = model_.parameters().group_range(group);  // (logical = storage: not compact)
+    model_.parameters().refresh_compute(model_.backend(), b, e - b);
+    return;
+  }
+}
+
+void Trainer::finish_param_gathers() {
+  while (!param_gathers_.empty()) finish_param_gather(param_gathers_.front().first);
+}
+
 void Trainer::sync_compute_weights() {
+  finish_param_gather(-1);  // overlapped ZeRO-1/2: the resident tensors first (the embeddings)
   if (!compute_stale_) return;
   model_.refresh_compute_weights();
   compute_stale_ = false;
 }
 
 void Trainer::set_parameter(const ParamSpec& s, const Tensor& values) {
+  finish_param_gathers();  // (a gather still running would overwrite the values)
   compute_stale_ = true;
   const ParameterSet& ps = model_.parameters();
   LLM_CHECK(values.device().is_cpu() && values.numel() == numel(s.shape), "set_parameter '", s.name, "': ",

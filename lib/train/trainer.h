@@ -86,6 +86,13 @@ class Trainer {
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
   // ZeRO-3 layer gathers found already started by the pass's previous layer (--overlap-param-gather).
   int64_t prefetched_gathers() const { return prefetched_gathers_; }
+  // ZeRO-1/2 --overlap-param-gather: the post-step all-gather is started group by group and
+  // each group is finished before its first use (false: one blocking all-gather).
+  bool overlaps_param_gather() const { return overlap_param_gather_; }
+  int64_t param_gathers_in_flight() const { return static_cast<int64_t>(param_gathers_.size()); }
+  // Finishes whatever parameter all-gathers are still in flight (every reader of the parameters
+  // outside a step calls it: checkpoint saves, loads).
+  void finish_param_gathers();
   // Continue after `iteration` steps that consumed `consumed_samples` (checkpoint resume).
   void restore(int64_t iteration, int64_t consumed_samples, int64_t nan_iterations) {
     iteration_ = iteration;
@@ -129,6 +136,12 @@ class Trainer {
     int layer = -1;
   };
   ZeroGather zero_prefetch_;
+  // ZeRO-1/2 --overlap-param-gather: per parameter group (-1 resident, then the layers), its
+  // all-gather in flight since the step.
+  bool overlap_param_gather_ = false;
+  std::vector<std::pair<int, std::unique_ptr<Communicator::Request>>> param_gathers_;
+  void start_param_gathers();
+  void finish_param_gather(int group);  // waited for, then its compute copy refreshed
   int64_t prefetched_gathers_ = 0;
   bool zero_prefetching_ = false;
   // This rank's part copied in, then the all-gather: started (the prefetch) or done.

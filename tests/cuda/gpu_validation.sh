@@ -191,6 +191,7 @@ multirank_step() {
                  "z3 2 --zero-stage 3"
                  "z2ov 2 --zero-stage 2 --overlap-grad-reduce"
                  "z3ov-bf16 2 --zero-stage 3 --bf16 --overlap-grad-reduce --overlap-param-gather"
+                 "z1ov-bf16 2 --zero-stage 1 --bf16 --overlap-grad-reduce --overlap-param-gather"
                  "dp2tp2ck 4 --tensor-model-parallel-size 2 --zero-stage 1 --exit-interval 4 --save $out/mr_ck"
                  "tp2sp-bf16lc 2 --tensor-model-parallel-size 2 --sequence-parallel --bf16 --logits-chunk-tokens 96"
                  "dp2tp2-fp16 4 --tensor-model-parallel-size 2 --fp16"

@@ -31,10 +31,12 @@ llm::TrainArgs zero_args(int zero, int dp, int pp, int64_t global_batch, bool ov
   });
 }
 
-// overlap: --overlap-grad-reduce (each layer's reduce-scatter in flight while the next layer's
-// backward runs, two gradient working areas) and --overlap-param-gather (ZeRO-3: the next
-// layer's gather while this one computes, two parameter areas), also against the blocking run:
-// the same reductions in the same order, so the same numbers exactly.
+// overlap: --overlap-grad-reduce (ZeRO-1: buckets; ZeRO-2/3: each layer's reduce-scatter in
+// flight while the next layer's backward runs, two gradient working areas) and
+// --overlap-param-gather (ZeRO-1/2: the post-step all-gather finished layer by layer before
+// each forward; ZeRO-3: the next layer's gather while this one computes, two parameter areas),
+// also against the blocking run: the same reductions in the same order, so the same numbers
+// exactly.
 void check_zero(int zero, int pp, bool overlap = false) {
   auto world = llm::mpi_world_communicator();
   if (world->size() % pp) GTEST_SKIP() << "world " << world->size() << " not divisible by pp " << pp;
@@ -50,7 +52,7 @@ void check_zero(int zero, int pp, bool overlap = false) {
   mp.pipeline = pipe.get();
   mp.zero_stage = zero >= 2 ? zero : 0;
   llm::ModelParallel mp_blocking = mp;
-  mp.zero_grad_areas = overlap ? 2 : 1;
+  mp.zero_grad_areas = overlap && zero >= 2 ? 2 : 1;
   mp.zero_param_areas = overlap && zero == 3 ? 2 : 1;
   llm::GPT ref(one.model_config(), be, 21, 16);
   llm::GPT model(a.model_config(), be, 21, 16, mp);
@@ -104,6 +106,17 @@ void check_zero(int zero, int pp, bool overlap = false) {
       }
     }
   }
+  if (tz.overlaps_param_gather()) {
+    // After a step every group's gather is in flight (started, not finished); a forward pass
+    // (evaluation) finishes the resident tensors' at its start and each layer's before its forward.
+    const int64_t groups = static_cast<int64_t>(model.parameters().groups().size());
+    EXPECT_EQ(tz.param_gathers_in_flight(), groups);
+    EXPECT_GE(groups, 2);
+    tz.evaluate(data, 1);
+    EXPECT_EQ(tz.param_gathers_in_flight(), 0);
+  } else {
+    EXPECT_EQ(tz.param_gathers_in_flight(), 0);
+  }
   // Prefetched: every layer of a pass but its first, forward and backward, each micro-batch.
   const int64_t stage_layers = a.num_layers / pp;
   EXPECT_EQ(tz.prefetched_gathers(), overlap && zero == 3 ? 3 * 2 * 2 * (stage_layers - 1) : 0);
@@ -111,7 +124,9 @@ void check_zero(int zero, int pp, bool overlap = false) {
   const llm::Trainer::StateBytes sb = tz.state_bytes();
   const llm::ParameterSet& ps = model.parameters();
   const int64_t n = ps.numel(), own = n / dp + 1;
-  const int64_t areas = overlap ? 2 : 1;
+  const int64_t areas = overlap && zero >= 2 ? 2 : 1;
+  // ZeRO-1/2: the post-step all-gather started layer by layer, finished before each forward
+  EXPECT_EQ(tz.overlaps_param_gather(), overlap && zero < 3 && dp > 1);
   EXPECT_EQ(ps.grad_areas(), areas);
   const int64_t param_areas = overlap && zero == 3 ? 2 : 1;
   EXPECT_EQ(ps.param_areas(), param_areas);
@@ -125,13 +140,52 @@ void check_zero(int zero, int pp, bool overlap = false) {
   } else {
     EXPECT_EQ(sb.parameters, 4 * n);
   }
-  EXPECT_LE(sb.gradients, 4 * (ps.resident_numel() + areas * ps.layer_area() + own));
+  if (zero >= 2) {
+    EXPECT_LE(sb.gradients, 4 * (ps.resident_numel() + areas * ps.layer_area() + own));
+  }
   EXPECT_LE(sb.optimizer, 8 * own);
+}
+
+// bf16: the overlapped ZeRO-1/2 all-gather refreshes each group's 16-bit copy as it finishes
+// (the blocking path refreshes the whole copy at the next step): the same numbers exactly.
+void check_zero_bf16_overlap(int zero) {
+  auto world = llm::mpi_world_communicator();
+  const int dp = world->size();
+  auto make = [&](bool overlap) {
+    return mpi_support::tiny_train_args(4 * dp, 21, [&](llm::TrainArgs& a) {
+      a.data_parallel_size = dp;
+      a.zero_stage = zero;
+      a.bf16 = true;
+      a.overlap_param_gather = overlap;
+    });
+  };
+  const llm::TrainArgs on = make(true), off = make(false);
+  llm::MockDataSource data(200, 16, 3);
+  llm::Backend& be = llm::cpu_backend();
+  llm::ModelParallel mp;
+  mp.zero_stage = zero >= 2 ? zero : 0;
+  auto g1 = llm::mpi_split_communicator(0, world->rank()), g2 = llm::mpi_split_communicator(0, world->rank());
+  llm::GPT m_on(on.model_config(), be, 21, 16, mp), m_off(off.model_config(), be, 21, 16, mp);
+  llm::Trainer t_on(on, m_on, data, g1.get()), t_off(off, m_off, data, g2.get());
+  EXPECT_EQ(t_on.overlaps_param_gather(), dp > 1);
+  for (int it = 1; it <= 3; ++it) {
+    const llm::IterationStats a = t_on.train_step(), b = t_off.train_step();
+    EXPECT_EQ(a.loss, b.loss) << "ZeRO-" << zero << " bf16, iteration " << it;
+    EXPECT_EQ(a.grad_norm, b.grad_norm) << "ZeRO-" << zero << " bf16, iteration " << it;
+  }
+  EXPECT_EQ(t_on.evaluate(data, 2), t_off.evaluate(data, 2));
+}
+
+TEST(Zero, Stage1And2OverlappedGatherInBf16EqualsTheBlockingRun) {
+  check_zero_bf16_overlap(1);
+  check_zero_bf16_overlap(2);
 }
 
 TEST(Zero, Stage2MatchesSingleProcess) { check_zero(2, 1); }
 TEST(Zero, Stage3MatchesSingleProcess) { check_zero(3, 1); }
 TEST(Zero, Stage3WithPipelineMatchesSingleProcess) { check_zero(3, 2); }
+TEST(Zero, Stage1OverlappedMatchesSingleProcessAndTheBlockingRun) { check_zero(1, 1, true); }
+TEST(Zero, Stage1OverlappedWithPipelineMatchesTheBlockingRun) { check_zero(1, 2, true); }
 TEST(Zero, Stage2OverlappedMatchesSingleProcessAndTheBlockingRun) { check_zero(2, 1, true); }
 TEST(Zero, Stage3OverlappedMatchesSingleProcessAndTheBlockingRun) { check_zero(3, 1, true); }
 TEST(Zero, Stage3OverlappedWithPipelineMatchesTheBlockingRun) { check_zero(3, 2, true); }

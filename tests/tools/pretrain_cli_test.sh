@@ -302,6 +302,8 @@ if command -v mpirun > /dev/null; then
   run_pp z2 2 --zero-stage 2
   check "ZeRO-2 over 2 ranks reproduces the single-process losses (rel 1e-5)" "same_curve $work/pp1/metrics.jsonl $work/z2/metrics.jsonl"
   run_pp z2ov 2 --zero-stage 2 --overlap-grad-reduce
+  run_pp z1ov 2 --zero-stage 1 --overlap-grad-reduce --overlap-param-gather
+  check "ZeRO-1 with the post-step all-gather finished layer by layer (--overlap-param-gather): the same curve and volume" "grep -q 'parameter all-gather after the step: started layer by layer' $work/z1ov.txt && same_curve $work/pp1/metrics.jsonl $work/z1ov/metrics.jsonl && ! grep -q MISMATCH $work/z1ov.txt"
   check "ZeRO-2 with --overlap-grad-reduce (each layer's reduce-scatter during the next one's backward): the same curve and volume" "grep -q 'reduce-scatter runs while the next layer' $work/z2ov.txt && same_curve $work/pp1/metrics.jsonl $work/z2ov/metrics.jsonl && grep -q 'data-parallel  *reduce-scatter' $work/z2ov.txt && ! grep -q MISMATCH $work/z2ov.txt"
   run_pp z3 4 --zero-stage 3 --eval-iters 2 --eval-interval 100
   check "ZeRO-3 over 4 ranks reproduces the single-process losses (rel 1e-5)" "same_curve $work/pp1/metrics.jsonl $work/z3/metrics.jsonl && grep -q 'lm loss value' $work/z3.txt"
