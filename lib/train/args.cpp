@@ -167,7 +167,7 @@ std::vector<OptionSpec> make_options() {
       opt("sequence-parallel", &A::sequence_parallel, "Megatron sequence parallelism within the tensor-parallel group"),
       opt("zero-stage", &A::zero_stage, "ZeRO stage 0-3 (0 = replicated optimizer state)"),
       opt("overlap-grad-reduce", &A::overlap_grad_reduce, "reduce gradients over the data-parallel group in buckets while the last micro-batch's backward runs (ZeRO-2/3: each layer's reduce-scatter while the next layer's backward runs)"),
-      opt("overlap-param-gather", &A::overlap_param_gather, "ZeRO-1/2: the parameters' all-gather after the step finished layer by layer in the next forward; ZeRO-3: the next layer's gathered while this one computes (one more layer of parameters and of their 16-bit copy)"),
+      opt("overlap-param-gather", &A::overlap_param_gather, "ZeRO-1/2: the parameters' all-gather after the step finished layer by layer in the next forward; ZeRO-3: the next layer's gathered while this one computes (at the cost of one more layer of parameters and of their 16-bit copy)"),
       opt("ddp-bucket-size", &A::ddp_bucket_size, "gradient elements per bucket with --overlap-grad-reduce (0 = max(40M, 1M x data-parallel size)); buckets are whole layers"),
       opt("bf16", &A::bf16, "bf16 activations and compute weights; fp32 master weights, gradients and optimizer state"),
       opt("fp16", &A::fp16, "fp16 activations and compute weights with dynamic loss scaling; fp32 master weights, gradients and optimizer state"),

@@ -426,6 +426,7 @@ std::string save_training_checkpoint_parallel(const std::string& save_root, cons
 }
 
 LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, const LoadOptions& options) {
+  trainer.finish_param_gathers();  // (overlapped ZeRO-1/2: a gather in flight would overwrite what is loaded)
   CheckpointReader ckpt = CheckpointReader::open(path);
   const std::string where = ckpt.dir() + "/metadata.json";
   const GPTConfig saved = checkpoint_model_config(ckpt);
@@ -456,6 +457,7 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
   for (const ParamSpec& s : ps.specs()) {
     if (direct) {
       read_local(ckpt, "model", s, ps.param(s.name));
+      trainer.mark_parameters_changed();
     } else if (trainer.keeps_parameter(s)) {
       Tensor t = Tensor::empty(s.shape);
       read_local(ckpt, "model", s, t);

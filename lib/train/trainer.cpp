@@ -132,7 +132,7 @@ void Trainer::fill_batch(const SampleSource& src, uint64_t first_index, int64_t 
 
 IterationStats Trainer::train_step() {
   Timer timer;
-  sync_compute_weights();
+  sync_compute_weights_resident();
   IterationStats st;
   st.iteration = ++iteration_;
   // Megatron's scheduler steps after each applied update (fp16 iterations skipped for an
@@ -438,6 +438,22 @@ void Trainer::finish_param_gathers() {
 }
 
 void Trainer::sync_compute_weights() {
+  finish_param_gathers();
+  sync_compute_weights_resident();
+}
+
+Trainer::~Trainer() {
+  finish_param_gathers();
+  drop_prefetch();
+  for (ZeroReduction& r : zero_inflight_)
+    if (r.request) r.request->wait();
+  for (auto& r : inflight_)
+    if (r) r->wait();
+  model_.set_layer_hooks({}, {});
+  model_.set_grad_ready_hook({});
+}
+
+void Trainer::sync_compute_weights_resident() {
   finish_param_gather(-1);  // overlapped ZeRO-1/2: the resident tensors first (the embeddings)
   if (!compute_stale_) return;
   model_.refresh_compute_weights();
@@ -541,7 +557,7 @@ void Trainer::backward(int64_t k, int64_t micro) {
 
 double Trainer::evaluate(const SampleSource& valid, int64_t iters) {
   const ModelParallel& mp = model_.model_parallel();
-  sync_compute_weights();
+  sync_compute_weights_resident();
   double sum = 0;
   for (int64_t k = 0; k < iters; ++k) {
     fill_batch(valid, static_cast<uint64_t>(k * args_.micro_batch_size), args_.micro_batch_size);

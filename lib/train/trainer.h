@@ -70,8 +70,13 @@ class Trainer {
   bool keeps_parameter(const ParamSpec& s) const;
   void set_parameter(const ParamSpec& s, const Tensor& values);
   // Mixed precision: rounds the f32 parameters into the model's compute copy when they changed
-  // (train_step and evaluate call it first).
+  // (train_step and evaluate call it first); finishes any overlapped parameter gather first.
   void sync_compute_weights();
+  // The parameters were written behind the trainer's back (a checkpoint loaded in place): the
+  // compute copy is refreshed before the next use.
+  void mark_parameters_changed() { compute_stale_ = true; }
+  // Clears the hooks it set on the model (they point at this trainer) after finishing what is in flight.
+  ~Trainer();
   // Bytes this rank holds for parameters, gradients and optimizer state (model states, ZeRO's
   // accounting; activations excluded).
   struct StateBytes {
@@ -142,6 +147,8 @@ class Trainer {
   std::vector<std::pair<int, std::unique_ptr<Communicator::Request>>> param_gathers_;
   void start_param_gathers();
   void finish_param_gather(int group);  // waited for, then its compute copy refreshed
+  // train_step and evaluate: the resident tensors' gather only (each layer's in its forward hook).
+  void sync_compute_weights_resident();
   int64_t prefetched_gathers_ = 0;
   bool zero_prefetching_ = false;
   // This rank's part copied in, then the all-gather: started (the prefetch) or done.
