@@ -310,9 +310,7 @@ void Trainer::gather_layer(int layer, int next) {
   const ParameterSet& ps = model_.parameters();
   const auto [gb, ge] = ps.group_range(layer);
   ps.refresh_compute(model_.backend(), ps.area_begin(layer, false), ge - gb);
-  const int first = model_.first_layer();
-  const int last = first + static_cast<int>(args_.num_layers / model_.model_parallel().pp_size()) - 1;
-  if (zero_prefetching_ && next >= first && next <= last) start_gather(next, true);
+  if (zero_prefetching_ && next >= model_.first_layer() && next <= last_layer()) start_gather(next, true);
 }
 
 void Trainer::zero_before_backward(int layer) {
@@ -321,7 +319,7 @@ void Trainer::zero_before_backward(int layer) {
   const auto [gb, ge] = ps.group_range(layer);
   const int64_t area = ps.area_begin(layer, true);
   // The area's previous layer (overlapped: its reduction may still be in flight) is done first.
-  if (zero_overlap_) zero_finish(zero_inflight_[area == ps.resident_numel() ? 0 : 1]);
+  if (zero_overlap_) zero_finish(zero_slot(layer));
   model_.backend().zero(ps.flat_grads().flat(area, ge - gb));
 }
 
@@ -339,7 +337,7 @@ void Trainer::zero_grad_ready(int layer) {
     for (auto [b, e] : ps.ranges_if([&](const ParamSpec& s) { return s.group == layer && s.partial_grad; }))
       mp.group->all_reduce_sum(work.flat(b - gb, e - b));
   if (zero_overlap_) {
-    ZeroReduction& r = zero_inflight_[area == ps.resident_numel() ? 0 : 1];
+    ZeroReduction& r = zero_slot(layer);
     zero_finish(r);  // (already finished by zero_before_backward, unless hooks came out of order)
     r.request = dp_->reduce_scatter_ranges_async(work, clamp_offsets(gb, ge));
     r.layer = layer;
@@ -443,12 +441,7 @@ void Trainer::sync_compute_weights() {
 }
 
 Trainer::~Trainer() {
-  finish_param_gathers();
-  drop_prefetch();
-  for (ZeroReduction& r : zero_inflight_)
-    if (r.request) r.request->wait();
-  for (auto& r : inflight_)
-    if (r) r->wait();
+  // (the requests still in flight wait as they are destroyed, after this)
   model_.set_layer_hooks({}, {});
   model_.set_grad_ready_hook({});
 }
@@ -510,8 +503,7 @@ void Trainer::plan_buckets(int64_t dp_size) {
   const ParameterSet& ps = model_.parameters();
   const int64_t cap = args_.ddp_bucket_size > 0 ? args_.ddp_bucket_size
                                                 : std::max<int64_t>(40'000'000, 1'000'000 * dp_size);
-  const int first = model_.first_layer();
-  const int last = first + static_cast<int>(args_.num_layers / model_.model_parallel().pp_size()) - 1;
+  const int first = model_.first_layer(), last = last_layer();
   Bucket cur;
   int64_t n = 0;
   for (int l = last; l >= first; --l) {  // the order backward completes them

@@ -75,7 +75,7 @@ class Trainer {
   // The parameters were written behind the trainer's back (a checkpoint loaded in place): the
   // compute copy is refreshed before the next use.
   void mark_parameters_changed() { compute_stale_ = true; }
-  // Clears the hooks it set on the model (they point at this trainer) after finishing what is in flight.
+  // Clears the hooks it set on the model (they point at this trainer); what is in flight is waited for.
   ~Trainer();
   // Bytes this rank holds for parameters, gradients and optimizer state (model states, ZeRO's
   // accounting; activations excluded).
@@ -166,6 +166,10 @@ class Trainer {
     int layer = -1;
   };
   ZeroReduction zero_inflight_[2];
+  ZeroReduction& zero_slot(int layer) { return zero_inflight_[layer % model_.parameters().grad_areas()]; }
+  int last_layer() const {  // this stage's
+    return model_.first_layer() + static_cast<int>(args_.num_layers / model_.model_parallel().pp_size()) - 1;
+  }
   bool zero_overlap_ = false;
   void zero_finish(ZeroReduction& r);
   int64_t own_begin() const { return shard_offsets_.empty() ? 0 : shard_offsets_[group_rank()]; }
