@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 #include <map>
+#include <vector>
 
 #include "core/error.h"
 #include "train/flops.h"
@@ -139,6 +140,120 @@ double all_gather_seconds(double bytes, int64_t n, double bw_gbs, double lat_us)
   return (r - 1.0) / r * bytes / (bw_gbs * 1e9) + (r - 1.0) * lat_us * 1e-6;
 }
 
+double owner_ranges_seconds(double begin, double end, double total, int64_t ranks, double bytes_per_element,
+                            double bw_gbs, double lat_us) {
+  if (ranks <= 1 || end <= begin) return 0;
+  const double r = static_cast<double>(ranks), shard = total / r;
+  double least = end - begin;  // the smallest part of [begin, end) any rank owns
+  for (int64_t k = 0; k < ranks; ++k) {
+    const double lo = std::max(begin, static_cast<double>(k) * shard), hi = std::min(end, static_cast<double>(k + 1) * shard);
+    least = std::min(least, std::max(0.0, hi - lo));
+  }
+  return (end - begin - least) * bytes_per_element / (bw_gbs * 1e9) + (r - 1.0) * lat_us * 1e-6;
+}
+
+namespace {
+
+// Two streams: compute, and communication in issue order. A collective starts when both the
+// communication stream is free and the compute it follows has been issued (the compute clock).
+struct Streams {
+  double compute = 0, comm = 0, busy = 0, collectives = 0;
+  void run(double s) {
+    compute += s;
+    busy += s;
+  }
+  double start(double s) {  // non-blocking: returns when it ends
+    comm = std::max(comm, compute) + s;
+    collectives += s;
+    return comm;
+  }
+  void wait(double end) { compute = std::max(compute, end); }
+  void blocking(double s) { wait(start(s)); }
+};
+
+}  // namespace
+
+DataParallelTime data_parallel_time(const DataParallelPlan& q) {
+  DataParallelTime t;
+  const int64_t G = q.ranks, n = q.layers, m = q.micro_batches;
+  if (G <= 1 || n < 1 || m < 1) return t;
+  constexpr double kElem = 4.0;  // f32 gradients and master weights
+  const double bw = q.bandwidth_gbs, lat = q.latency_us, g = static_cast<double>(G), share = (g - 1.0) / g;
+  const double total = q.resident + static_cast<double>(n) * q.per_layer;
+  auto layer_begin = [&](int64_t l) { return q.resident + static_cast<double>(l) * q.per_layer; };
+  auto layer_s = [&](int64_t l) { return owner_ranges_seconds(layer_begin(l), layer_begin(l + 1), total, G, kElem, bw, lat); };
+  const double resident_ar = all_reduce_seconds(kElem * q.resident, G, bw, lat);
+  const double resident_ranges = owner_ranges_seconds(0, q.resident, total, G, kElem, bw, lat);
+  const double layers_bytes = kElem * static_cast<double>(n) * q.per_layer;
+
+  Streams st;
+  const bool sharded_gather = q.zero_stage == 1 || q.zero_stage == 2;
+  // ZeRO-1/2 overlapped: the previous step's gathers, queued at its end (this iteration's start).
+  std::vector<double> gathered(static_cast<size_t>(n), 0.0);
+  if (sharded_gather && q.overlap) {
+    st.wait(st.start(resident_ranges));
+    for (int64_t l = 0; l < n; ++l) gathered[static_cast<size_t>(l)] = st.start(layer_s(l));
+  }
+  // ZeRO 0/1 buckets: whole layers from the last, closed at `bucket` elements or the first layer.
+  std::vector<double> bucket_at(static_cast<size_t>(n), 0.0);  // elements started after layer l's backward
+  {
+    double acc = 0;
+    for (int64_t l = n - 1; l >= 0; --l) {
+      acc += q.per_layer;
+      if (acc >= q.bucket || l == 0) bucket_at[static_cast<size_t>(l)] = acc, acc = 0;
+    }
+  }
+  double slot[2] = {0, 0};  // ZeRO-2/3 overlapped: when each gradient area's reduction ends
+  double prefetch = 0;      // ZeRO-3 overlapped: when the prefetched gather ends
+  for (int64_t k = 0; k < m; ++k) {
+    for (int64_t l = 0; l < n; ++l) {
+      if (q.zero_stage == 3) {
+        if (q.overlap && l > 0) st.wait(prefetch); else st.blocking(layer_s(l));
+        if (q.overlap && l + 1 < n) prefetch = st.start(layer_s(l + 1));
+      } else if (sharded_gather && q.overlap && k == 0) {
+        st.wait(gathered[static_cast<size_t>(l)]);
+      }
+      st.run(q.forward_layer_s);
+    }
+    st.run(q.forward_rest_s);
+    st.run(q.backward_rest_s);
+    for (int64_t l = n - 1; l >= 0; --l) {
+      double& area = slot[l % 2];
+      if (q.zero_stage == 3) {
+        if (q.overlap && l < n - 1) st.wait(prefetch); else st.blocking(layer_s(l));
+        if (q.overlap && l > 0) prefetch = st.start(layer_s(l - 1));
+      }
+      if (q.zero_stage >= 2 && q.overlap) st.wait(area);
+      st.run(q.backward_layer_s);
+      if (q.zero_stage >= 2) {
+        if (q.overlap) area = st.start(layer_s(l)); else st.blocking(layer_s(l));
+      } else if (q.overlap && k == m - 1 && bucket_at[static_cast<size_t>(l)] > 0) {
+        st.start(all_reduce_seconds(kElem * bucket_at[static_cast<size_t>(l)], G, bw, lat));
+      }
+    }
+  }
+  if (q.zero_stage >= 2) {
+    st.wait(std::max(slot[0], slot[1]));
+    st.blocking(resident_ar);
+    if (q.zero_stage == 3) st.blocking(resident_ranges);  // the updated resident tensors
+    else if (!q.overlap) st.blocking(all_gather_seconds(kElem * total, G, bw, lat));
+  } else {
+    st.blocking(q.overlap ? resident_ar : all_reduce_seconds(kElem * total, G, bw, lat));
+    if (q.zero_stage == 1 && !q.overlap) st.blocking(all_gather_seconds(kElem * total, G, bw, lat));
+  }
+  t.collectives_s = st.collectives;
+  t.exposed_s = st.compute - st.busy;
+  // Bytes each device sends: all-reduce 2 (r-1)/r, reduce-scatter or gather (r-1)/r of the buffer.
+  const double mb = static_cast<double>(m);
+  switch (q.zero_stage) {
+    case 0: t.bytes = 2.0 * share * kElem * total; break;
+    case 1: t.bytes = 3.0 * share * kElem * total; break;
+    case 2: t.bytes = share * (mb * layers_bytes + 2.0 * kElem * q.resident + kElem * total); break;
+    default: t.bytes = share * (3.0 * mb * layers_bytes + 3.0 * kElem * q.resident); break;
+  }
+  return t;
+}
+
 double layer_matmul_flops(const GPTConfig& m, int64_t b, int64_t s) {
   const double h = static_cast<double>(m.hidden_size), F = static_cast<double>(m.ffn());
   return 2.0 * static_cast<double>(b) * static_cast<double>(s) * (4.0 * h * h + 2.0 * h * F);
@@ -242,42 +357,29 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
   r.states = model_state_memory(stage_params, c.dtype, p.zero_stage, zero_group);
   const StateBytes sb = state_bytes_per_parameter(c.dtype);
   const Link dp_link = group_link(c, tp, zero_group);
-  const double grad_bytes = stage_params * sb.grad;
-  if (zero_group > 1) {
-    if (p.zero_stage <= 2) {
-      r.dp_bytes = 2.0 * grad_bytes;  // all-reduce, or reduce-scatter + parameter all-gather
-      r.dp_s = all_reduce_seconds(grad_bytes, zero_group, dp_link.bandwidth_gbs, dp_link.latency_us);
-    } else {  // ZeRO-3: parameters gathered for forward and backward of every micro-batch
-      const double pbytes = stage_params * sb.param;
-      r.dp_bytes = grad_bytes + 2.0 * static_cast<double>(micro) * pbytes;
-      r.dp_s = all_gather_seconds(grad_bytes, zero_group, dp_link.bandwidth_gbs, dp_link.latency_us) +
-               2.0 * static_cast<double>(micro) * all_gather_seconds(pbytes, zero_group, dp_link.bandwidth_gbs, dp_link.latency_us);
-    }
-    const double g = static_cast<double>(zero_group);
-    r.dp_bytes *= (g - 1.0) / g;
+  {
+    // The stage's compute split between its layers and the rest (embedding, head) by their
+    // compute terms; memory traffic and the TP/SP/PP collectives follow the same split.
+    const double layers_c = layers_per_stage * (layer_matmul_flops(m, b, s) / shard / (peak * eff) +
+                                                layer_causal_attention_flops(m, b, s) / shard / (peak * c.attention_efficiency));
+    const double rest_c = 2.0 * tokens * V * h / shard / (peak * eff);
+    const double layers_share = layers_c / (layers_c + rest_c);
+    const double forward = stage / passes, backward = stage * (passes - 1.0) / passes;
+    DataParallelPlan q;
+    q.zero_stage = p.zero_stage, q.ranks = zero_group, q.micro_batches = micro, q.layers = m.num_layers / pp;
+    q.overlap = p.overlap;
+    q.resident = embed, q.per_layer = per_layer / static_cast<double>(tp);
+    q.bucket = static_cast<double>(std::max<int64_t>(40'000'000, 1'000'000 * zero_group));  // llm-pretrain's default
+    q.forward_layer_s = forward * layers_share / layers_per_stage, q.forward_rest_s = forward * (1.0 - layers_share);
+    q.backward_layer_s = backward * layers_share / layers_per_stage, q.backward_rest_s = backward * (1.0 - layers_share);
+    q.bandwidth_gbs = dp_link.bandwidth_gbs, q.latency_us = dp_link.latency_us;
+    const DataParallelTime d = data_parallel_time(q);
+    r.dp_s = d.collectives_s, r.dp_exposed_s = d.exposed_s, r.dp_bytes = d.bytes;
   }
   // AdamW reads and writes weights, gradients and moments of its shard once: memory bound.
   const double opt_params = p.zero_stage >= 1 ? stage_params / static_cast<double>(zero_group) : stage_params;
   r.optimizer_s = 2.0 * opt_params * (sb.param + sb.grad + sb.optimizer) / (c.memory_bandwidth_gbs * 1e9);
 
-  r.dp_exposed_s = r.dp_s;
-  if (p.overlap && r.dp_s > 0) {
-    // --overlap-grad-reduce and --overlap-param-gather: the collectives run beside the compute
-    // they overlap, at least a layer's share exposed (the last bucket or layer, a pass's first
-    // gather). ZeRO 0: the all-reduce behind the last micro-batch's backward. ZeRO-1/2: the
-    // gradients' half behind the last (ZeRO-1's buckets) or every (ZeRO-2) micro-batch's
-    // backward, the parameters' all-gather half behind the next step's first forward. ZeRO-3:
-    // everything behind every micro-batch's forward and backward.
-    const double forward = stage / passes, backward = stage * (passes - 1.0) / passes;
-    const double mb = static_cast<double>(micro);
-    auto exposed = [&](double t, double window) { return std::max(t - window, t / layers_per_stage); };
-    if (p.zero_stage == 0)
-      r.dp_exposed_s = exposed(r.dp_s, backward);
-    else if (p.zero_stage == 3)
-      r.dp_exposed_s = exposed(r.dp_s, mb * stage);
-    else
-      r.dp_exposed_s = exposed(0.5 * r.dp_s, p.zero_stage == 2 ? mb * backward : backward) + exposed(0.5 * r.dp_s, forward);
-  }
   r.iteration_s = static_cast<double>(micro + pp - 1) * stage + r.dp_exposed_s + r.optimizer_s;
   const double mlayers = static_cast<double>(micro);
   r.tp_bytes = tp > 1 ? comm_passes * L / static_cast<double>(pp) * tp_layer_bytes * mlayers : 0;

@@ -2,7 +2,9 @@
 // parallel layout on a described cluster. Pure arithmetic over named terms, each a function
 // here so tests can check it by hand:
 //
-//   time  = (m + p - 1) x t_stage  +  t_dp  +  t_optimizer           (1F1B pipeline, m micro-batches)
+//   time  = (m + p - 1) x t_stage  +  t_dp  +  t_optimizer           (1F1B pipeline, m micro-batches;
+//                                                                      t_dp: what the data-parallel
+//                                                                      collectives add, below)
 //   t_stage = passes x [matmul FLOPs / (peak x eff(n)) + causal attention FLOPs / (peak x eff_attn)]
 //           + activation traffic / memory bandwidth + TP/SP collectives + pipeline sends
 //     passes = 3 (forward + backward = 2 forwards), 4 with full recompute
@@ -10,7 +12,8 @@
 //              per device) run below the large-GEMM efficiency (Hockney's half-performance length)
 //   collectives: alpha-beta, ring algorithms; bandwidth and latency of the node's links when the
 //     group fits in a node (tp fastest, then Ulysses sp, then dp, then pp), else the network's
-//     share per device (node bandwidth / devices per node); nothing is overlapped with compute
+//     share per device (node bandwidth / devices per node); only the data-parallel ones
+//     (data_parallel_time below) overlap compute, and only with --overlap
 //   memory = model states (ZeRO stage over the dp x sp group) + activations (Korthikanti et al.
 //     2022 per-layer bytes, 1F1B keeps min(p, m) micro-batches on the first stage, recompute keeps
 //     each layer's input only) + one layer as backward workspace (two with recompute: the
@@ -84,6 +87,49 @@ double pipeline_bubble_fraction(int64_t stages, int64_t micro_batches);
 // Ring collectives, alpha-beta: seconds for `bytes` (per device) over `ranks`.
 double all_reduce_seconds(double bytes, int64_t ranks, double bandwidth_gbs, double latency_us);
 double all_gather_seconds(double bytes, int64_t ranks, double bandwidth_gbs, double latency_us);  // also reduce-scatter
+// A collective over the contiguous elements [begin, end) of a buffer of `total` elements that
+// `ranks` own in equal consecutive shards (ZeRO's all_gather_ranges / reduce_scatter_ranges): one
+// broadcast (or reduce) rooted at each owner, fused into one group. A ring carries an owner's part
+// over every link but the one into the owner, so the busiest link moves the range less the
+// smallest part any rank owns: a whole buffer costs an all-gather's (r-1)/r of it, a range some
+// rank owns nothing of (a layer, unless it spans every shard) all of it.
+double owner_ranges_seconds(double begin, double end, double total, int64_t ranks, double bytes_per_element,
+                            double bandwidth_gbs, double latency_us);
+
+// The data-parallel collectives of one iteration on one pipeline stage as libllm's trainer issues
+// them, against that stage's compute, on two streams: compute, and communication in issue order
+// (NCCL runs one communicator's operations in order; a blocking one holds both). Elements are
+// 4 bytes: the trainer reduces f32 gradients and gathers f32 master weights in every precision.
+//   ZeRO 0/1: all-reduce of the gradients after the last backward (--overlap-grad-reduce: of
+//     buckets of whole layers, each started when backward has finished its layers in the last
+//     micro-batch, the resident tensors after it); ZeRO-1 then all-gathers the updated shards.
+//   ZeRO-2: every micro-batch, each layer's gradients reduced onto their owners after its
+//     backward (overlapped: in flight while the next layer's runs, two working areas, so layer l
+//     waits for layer l + 2's); the resident ones all-reduced after the last; the shards gathered.
+//   ZeRO-3: every micro-batch, each layer gathered before its forward and again before its
+//     backward (overlapped: the next layer's gather started as this one computes; a pass's first
+//     layer waits for its own) and its gradients reduced as ZeRO-2; the resident tensors'
+//     gradients all-reduced and their parameters gathered once per step.
+//   ZeRO-1/2 with --overlap-param-gather: the gathers after the step go group by group (resident,
+//     then the layers), in flight as the next iteration starts; the resident group is waited for
+//     first, each layer before its forward in the first micro-batch.
+// Compute per micro-batch: forward_rest (embedding, head) after the layers' forwards, then
+// backward_rest (head) before the layers' backwards.
+struct DataParallelPlan {
+  int64_t zero_stage = 0, ranks = 1, micro_batches = 1, layers = 1;
+  bool overlap = false;
+  double resident = 0, per_layer = 0;  // elements on this rank's stage (TP-sharded)
+  double bucket = 40e6;                // ZeRO 0/1 bucket elements with --overlap-grad-reduce
+  double forward_layer_s = 0, backward_layer_s = 0, forward_rest_s = 0, backward_rest_s = 0;
+  double bandwidth_gbs = 1, latency_us = 0;
+};
+struct DataParallelTime {
+  double collectives_s = 0;  // every collective's own duration, summed
+  double exposed_s = 0;      // what they add to the stage's compute
+  double bytes = 0;          // sent per device (ring collectives' average)
+};
+DataParallelTime data_parallel_time(const DataParallelPlan& plan);
+
 // Forward FLOPs of one layer for one micro-batch (whole model, not per device): the matmuls,
 // and the attention products as executed causally (half the dense 4 b s^2 h).
 double layer_matmul_flops(const GPTConfig& m, int64_t micro_batch, int64_t seq);

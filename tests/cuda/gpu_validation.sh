@@ -202,7 +202,9 @@ multirank_step() {
                  "tp2lc 2 --tensor-model-parallel-size 2 --logits-chunk-tokens 96"
                  "dp2z1 2 --zero-stage 1"
                  "dp2tp2ov 4 --tensor-model-parallel-size 2 --overlap-grad-reduce --ddp-bucket-size 1"
-                 "z3tp2ov 4 --zero-stage 3 --tensor-model-parallel-size 2 --sequence-parallel --overlap-grad-reduce --overlap-param-gather")
+                 "z3tp2ov 4 --zero-stage 3 --tensor-model-parallel-size 2 --sequence-parallel --overlap-grad-reduce --overlap-param-gather"
+                 "z2pp2ov 4 --zero-stage 2 --pipeline-model-parallel-size 2 --overlap-grad-reduce --overlap-param-gather"
+                 "z1tp2ov-bf16 4 --zero-stage 1 --tensor-model-parallel-size 2 --bf16 --overlap-grad-reduce --overlap-param-gather")
         # Eight ranks only where each gets a GPU (eight contexts time-slicing one card would take long).
         [[ "$gpus" -ge 8 ]] && layouts+=("dp2tp2pp2 8 --pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 --zero-stage 1")
       fi

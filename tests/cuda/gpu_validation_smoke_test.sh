@@ -55,8 +55,8 @@ done
 # The multi-rank step: the NCCL check says skipped; every layout on the CPU matches the single process.
 if command -v mpirun > /dev/null; then
   grep -q "^== NCCL communicator, 2 ranks, exit 77: skipped" "$summary" || fail "no 'NCCL communicator, 2 ranks, exit 77: skipped' line"
-  [[ $(grep -c "^== multi-rank .* exit 0.*: 8 iterations, worst rel diff .* OK$" "$summary") -eq 18 ]] ||
-    fail "not all 18 multi-rank layouts ran and matched the single process on the CPU"
+  [[ $(grep -c "^== multi-rank .* exit 0.*: 8 iterations, worst rel diff .* OK$" "$summary") -eq 20 ]] ||
+    fail "not all 20 multi-rank layouts ran and matched the single process on the CPU"
   grep -q "^== multi-rank dp2tp2ck (4 ranks) exit 0, then resumed on 1 process exit 0: 8 iterations" "$summary" ||
     fail "no resumed checkpoint line for dp2tp2ck"
 fi

@@ -183,10 +183,12 @@ TEST(Zero, Stage1And2OverlappedGatherInBf16EqualsTheBlockingRun) {
 
 TEST(Zero, Stage2MatchesSingleProcess) { check_zero(2, 1); }
 TEST(Zero, Stage3MatchesSingleProcess) { check_zero(3, 1); }
+TEST(Zero, Stage2WithPipelineMatchesSingleProcess) { check_zero(2, 2); }
 TEST(Zero, Stage3WithPipelineMatchesSingleProcess) { check_zero(3, 2); }
 TEST(Zero, Stage1OverlappedMatchesSingleProcessAndTheBlockingRun) { check_zero(1, 1, true); }
 TEST(Zero, Stage1OverlappedWithPipelineMatchesTheBlockingRun) { check_zero(1, 2, true); }
 TEST(Zero, Stage2OverlappedMatchesSingleProcessAndTheBlockingRun) { check_zero(2, 1, true); }
+TEST(Zero, Stage2OverlappedWithPipelineMatchesTheBlockingRun) { check_zero(2, 2, true); }
 TEST(Zero, Stage3OverlappedMatchesSingleProcessAndTheBlockingRun) { check_zero(3, 1, true); }
 TEST(Zero, Stage3OverlappedWithPipelineMatchesTheBlockingRun) { check_zero(3, 2, true); }
 
