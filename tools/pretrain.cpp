@@ -418,6 +418,8 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       cv.params_per_rank = model.parameters().numel();
       cv.resident_params = model.parameters().resident_numel();
       cv.layer_params = model.parameters().layer_area();
+      for (const ParamSpec& s : model.parameters().specs())
+        if (s.f32_op && s.group == model.first_layer()) cv.layer_f32_op_params += numel(s.shape);
       cv.activation_bytes = static_cast<int64_t>(dtype_size(args.compute_dtype()));
       say("> %s\n",
           comm_volume_report({tp->volume(), sp->volume(), dp->volume(), pp->volume()}, analytic_comm_volume(cv)).c_str());

@@ -34,7 +34,10 @@ GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
     const int64_t layer = in.layer_params * f;
     v.dp.reduce_scatter = m * L * layer;
     v.dp.all_reduce = in.resident_params * f;
-    v.dp.all_gather = in.zero_stage == 2 ? in.params_per_rank * f : 2 * m * L * layer + in.resident_params * f;
+    // ZeRO-3 gathers a layer before its forward and its backward: in mixed precision the 16-bit
+    // copy and the f32_op tensors' masters
+    const int64_t gathered = a == f ? layer : in.layer_params * a + in.layer_f32_op_params * f;
+    v.dp.all_gather = in.zero_stage == 2 ? in.params_per_rank * f : 2 * m * L * gathered + in.resident_params * f;
   } else if (in.dp * in.sp > 1) {
     v.dp.all_reduce = in.params_per_rank * f;
     if (in.zero_stage >= 1) v.dp.all_gather = in.params_per_rank * f;

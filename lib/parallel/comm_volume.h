@@ -42,6 +42,8 @@ struct CommVolumeInputs {
   int64_t params_per_rank = 0;  // elements of this rank's flat parameter buffer
   int64_t resident_params = 0;  // of which embeddings and final LayerNorm (ZeRO-2/3)
   int64_t layer_params = 0;     // elements of one layer (ZeRO-2/3)
+  int64_t layer_f32_op_params = 0;  // of which the LayerNorms': in mixed precision ZeRO-3 gathers
+                                    // the layer's 16-bit copy and these f32 masters beside it
   int64_t activation_bytes = 4;  // element size of activations (2 under --bf16/--fp16); the
                                  // gradients, parameters, loss statistics are f32 in every precision
 };

@@ -182,6 +182,9 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
   const double total = q.resident + static_cast<double>(n) * q.per_layer;
   auto layer_begin = [&](int64_t l) { return q.resident + static_cast<double>(l) * q.per_layer; };
   auto layer_s = [&](int64_t l) { return owner_ranges_seconds(layer_begin(l), layer_begin(l + 1), total, G, kElem, bw, lat); };
+  auto gather_s = [&](int64_t l) {  // ZeRO-3's
+    return owner_ranges_seconds(layer_begin(l), layer_begin(l + 1), total, G, q.layer_gather_bytes, bw, lat);
+  };
   const double resident_ar = all_reduce_seconds(kElem * q.resident, G, bw, lat);
   const double resident_ranges = owner_ranges_seconds(0, q.resident, total, G, kElem, bw, lat);
   const double layers_bytes = kElem * static_cast<double>(n) * q.per_layer;
@@ -208,8 +211,8 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
   for (int64_t k = 0; k < m; ++k) {
     for (int64_t l = 0; l < n; ++l) {
       if (q.zero_stage == 3) {
-        if (q.overlap && l > 0) st.wait(prefetch); else st.blocking(layer_s(l));
-        if (q.overlap && l + 1 < n) prefetch = st.start(layer_s(l + 1));
+        if (q.overlap && l > 0) st.wait(prefetch); else st.blocking(gather_s(l));
+        if (q.overlap && l + 1 < n) prefetch = st.start(gather_s(l + 1));
       } else if (sharded_gather && q.overlap && k == 0) {
         st.wait(gathered[static_cast<size_t>(l)]);
       }
@@ -220,8 +223,8 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
     for (int64_t l = n - 1; l >= 0; --l) {
       double& area = slot[l % 2];
       if (q.zero_stage == 3) {
-        if (q.overlap && l < n - 1) st.wait(prefetch); else st.blocking(layer_s(l));
-        if (q.overlap && l > 0) prefetch = st.start(layer_s(l - 1));
+        if (q.overlap && l < n - 1) st.wait(prefetch); else st.blocking(gather_s(l));
+        if (q.overlap && l > 0) prefetch = st.start(gather_s(l - 1));
       }
       if (q.zero_stage >= 2 && q.overlap) st.wait(area);
       st.run(q.backward_layer_s);
@@ -249,7 +252,9 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
     case 0: t.bytes = 2.0 * share * kElem * total; break;
     case 1: t.bytes = 3.0 * share * kElem * total; break;
     case 2: t.bytes = share * (mb * layers_bytes + 2.0 * kElem * q.resident + kElem * total); break;
-    default: t.bytes = share * (3.0 * mb * layers_bytes + 3.0 * kElem * q.resident); break;
+    default:
+      t.bytes = share * (mb * (1.0 + 2.0 * q.layer_gather_bytes / kElem) * layers_bytes + 3.0 * kElem * q.resident);
+      break;
   }
   return t;
 }
@@ -370,6 +375,7 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
     q.overlap = p.overlap;
     q.resident = embed, q.per_layer = per_layer / static_cast<double>(tp);
     q.bucket = static_cast<double>(std::max<int64_t>(40'000'000, 1'000'000 * zero_group));  // llm-pretrain's default
+    q.layer_gather_bytes = c.dtype == "fp32" ? 4.0 : 2.0;
     q.forward_layer_s = forward * layers_share / layers_per_stage, q.forward_rest_s = forward * (1.0 - layers_share);
     q.backward_layer_s = backward * layers_share / layers_per_stage, q.backward_rest_s = backward * (1.0 - layers_share);
     q.bandwidth_gbs = dp_link.bandwidth_gbs, q.latency_us = dp_link.latency_us;

@@ -99,7 +99,8 @@ double owner_ranges_seconds(double begin, double end, double total, int64_t rank
 // The data-parallel collectives of one iteration on one pipeline stage as libllm's trainer issues
 // them, against that stage's compute, on two streams: compute, and communication in issue order
 // (NCCL runs one communicator's operations in order; a blocking one holds both). Elements are
-// 4 bytes: the trainer reduces f32 gradients and gathers f32 master weights in every precision.
+// 4 bytes: the trainer reduces f32 gradients and gathers f32 master weights in every precision,
+// but for ZeRO-3's layer gathers, which in mixed precision move the 16-bit copy.
 //   ZeRO 0/1: all-reduce of the gradients after the last backward (--overlap-grad-reduce: of
 //     buckets of whole layers, each started when backward has finished its layers in the last
 //     micro-batch, the resident tensors after it); ZeRO-1 then all-gathers the updated shards.
@@ -120,6 +121,7 @@ struct DataParallelPlan {
   bool overlap = false;
   double resident = 0, per_layer = 0;  // elements on this rank's stage (TP-sharded)
   double bucket = 40e6;                // ZeRO 0/1 bucket elements with --overlap-grad-reduce
+  double layer_gather_bytes = 4;       // ZeRO-3's layer gathers: 2 in mixed precision (the 16-bit copy)
   double forward_layer_s = 0, backward_layer_s = 0, forward_rest_s = 0, backward_rest_s = 0;
   double bandwidth_gbs = 1, latency_us = 0;
 };

@@ -276,28 +276,42 @@ std::vector<int64_t> Trainer::clamp_offsets(int64_t begin, int64_t end) const {
 }
 
 void Trainer::start_gather(int layer, bool async) {
-  // The layer's parameters from every rank's shard into its working area.
+  // The layer's parameters from every rank's shard into its working area. In mixed precision the
+  // ops read the 16-bit copy but for the f32_op tensors (the LayerNorms'): the copy is what is
+  // gathered (half the bytes), each rank rounding its own part as refresh_compute would have after
+  // an f32 gather (the same bits), and the f32_op tensors' masters beside it.
   const ParameterSet& ps = model_.parameters();
+  Backend& be = model_.backend();
   const auto [gb, ge] = ps.group_range(layer);
-  const Tensor work = ps.flat_params().flat(ps.area_begin(layer, false), ge - gb);
+  const int64_t area = ps.area_begin(layer, false);
+  const Tensor work = ps.flat_params().flat(area, ge - gb);
   const auto [lo, hi] = owned(gb, ge);
-  if (hi > lo) model_.backend().copy(work.flat(lo - gb, hi - lo), param_shard_.flat(lo - own_begin(), hi - lo));
+  const Tensor own = hi > lo ? param_shard_.flat(lo - own_begin(), hi - lo) : Tensor{};
+  if (hi > lo) be.copy(work.flat(lo - gb, hi - lo), own);
+  const bool low = ps.compute_dtype() != DType::f32;
+  if (low && hi > lo) be.convert(ps.flat_compute().flat(area + lo - gb, hi - lo), own);
   const bool group = dp_ && dp_->size() > 1;
-  if (!async) {
-    if (group) dp_->all_gather_ranges(work, clamp_offsets(gb, ge));
-    return;
-  }
-  if (group) zero_prefetch_.request = dp_->all_gather_ranges_async(work, clamp_offsets(gb, ge));
-  zero_prefetch_.layer = layer;  // (once started)
+  if (async) zero_prefetch_.layer = layer;
+  if (!group) return;
+  auto gather = [&](const Tensor& x, int64_t b, int64_t e) {
+    if (async)
+      zero_prefetch_.requests.push_back(dp_->all_gather_ranges_async(x, clamp_offsets(b, e)));
+    else
+      dp_->all_gather_ranges(x, clamp_offsets(b, e));
+  };
+  if (!low) return gather(work, gb, ge);
+  gather(ps.flat_compute().flat(area, ge - gb), gb, ge);
+  for (auto [b, e] : ps.ranges_if([&](const ParamSpec& s) { return s.group == layer && s.f32_op; }))
+    gather(work.flat(b - gb, e - b), b, e);
 }
 
 void Trainer::drop_prefetch() {
-  if (zero_prefetch_.request) zero_prefetch_.request->wait();
+  for (auto& r : zero_prefetch_.requests) r->wait();
   zero_prefetch_ = ZeroGather{};
 }
 
 void Trainer::gather_layer(int layer, int next) {
-  // Prefetched (the pass's previous layer started it), or gathered now; then its compute copy.
+  // Prefetched (the pass's previous layer started it), or gathered now (its compute copy with it).
   // The prefetch writes the other area, whose layer the stream has finished with: a pass goes
   // layer by layer, so it held the layer before this one.
   if (zero_prefetch_.layer == layer) {
@@ -307,9 +321,6 @@ void Trainer::gather_layer(int layer, int next) {
     drop_prefetch();
     start_gather(layer, false);
   }
-  const ParameterSet& ps = model_.parameters();
-  const auto [gb, ge] = ps.group_range(layer);
-  ps.refresh_compute(model_.backend(), ps.area_begin(layer, false), ge - gb);
   if (zero_prefetching_ && next >= model_.first_layer() && next <= last_layer()) start_gather(next, true);
 }
 
@@ -449,7 +460,11 @@ Trainer::~Trainer() {
 void Trainer::sync_compute_weights_resident() {
   finish_param_gather(-1);  // overlapped ZeRO-1/2: the resident tensors first (the embeddings)
   if (!compute_stale_) return;
-  model_.refresh_compute_weights();
+  // ZeRO-3: the resident tensors' copy only; a layer's comes with its gather.
+  if (zero_ == 3)
+    model_.parameters().refresh_compute(model_.backend(), 0, model_.parameters().resident_numel());
+  else
+    model_.refresh_compute_weights();
   compute_stale_ = false;
 }
 

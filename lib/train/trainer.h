@@ -132,12 +132,14 @@ class Trainer {
   int zero_ = 0;
   Tensor grad_shard_, param_shard_;
   std::vector<int64_t> clamp_offsets(int64_t begin, int64_t end) const;  // shard offsets within a range
-  // ZeRO-3: the layer's parameters into its working area (and compute copy) before it computes;
+  // ZeRO-3: the layer's parameters into its working area (16-bit: its compute copy, and the f32
+  // masters of the f32_op tensors only) before it computes;
   // `next` (-1: none) is the layer the same pass computes after it, gathered meanwhile with
   // --overlap-param-gather (two parameter areas).
   void gather_layer(int layer, int next);
   struct ZeroGather {
-    std::unique_ptr<Communicator::Request> request;  // null once complete (or with one rank)
+    // the layer's (16-bit: the copy's, then each f32_op range's); none once complete or with one rank
+    std::vector<std::unique_ptr<Communicator::Request>> requests;
     int layer = -1;
   };
   ZeroGather zero_prefetch_;

@@ -107,6 +107,12 @@ TEST(CommVolume, ZeroTwoAndThreeMoveLayersPerMicroBatch) {
   v = llm::analytic_comm_volume(in);
   EXPECT_EQ(v.dp.reduce_scatter, 4 * 2 * 400 * 4);
   EXPECT_EQ(v.dp.all_gather, 2 * 4 * 2 * 400 * 4 + 200 * 4);  // before forward and backward; resident refresh
+  // Mixed precision: the layers' 16-bit copy, and their 16 LayerNorm elements' f32 masters
+  in.activation_bytes = 2;
+  in.layer_f32_op_params = 16;
+  v = llm::analytic_comm_volume(in);
+  EXPECT_EQ(v.dp.all_gather, 2 * 4 * 2 * (400 * 2 + 16 * 4) + 200 * 4);
+  EXPECT_EQ(v.dp.reduce_scatter, 4 * 2 * 400 * 4);  // f32 gradients in every precision
 }
 
 TEST(CommVolume, ZeroOneAddsAParameterAllGather) {

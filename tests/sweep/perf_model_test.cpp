@@ -144,14 +144,27 @@ TEST(PerfModel, ParallelTermsAndProblems) {
   const Prediction rq = predict(q, m, c);
   EXPECT_GT(rq.iteration_s, r.iteration_s);
   EXPECT_LT(rq.total_memory, r.total_memory);
-  // ZeRO-3 moves 1.5x plain data parallelism's bytes for one micro-batch (the ZeRO paper's 3 vs
-  // 2 buffers); ZeRO-1 as libllm runs it (all-reduce, then the shards gathered) as much as ZeRO-3.
+  // Bytes for one micro-batch. ZeRO-1 as libllm runs it (all-reduce, then the f32 shards
+  // gathered) moves 1.5x plain data parallelism's. So does ZeRO-3 in fp32 (the ZeRO paper's 3 vs
+  // 2 buffers); in mixed precision its layer gathers move the 16-bit copy, so only the resident
+  // tensors (R = 1024 x 1024 + 4096 x 1024 + 2 x 1024 elements, all-reduced and gathered in f32)
+  // move more: 4 R (all-reduce) + 2 R (gather) against 4 R, at dp 2.
   p.pp = 1, p.grad_accum = 1, p.zero_stage = 0;
-  const double z0 = predict(p, m, c).dp_bytes;
-  p.zero_stage = 3;
-  EXPECT_NEAR(predict(p, m, c).dp_bytes, 1.5 * z0, 1e-12 * z0);
+  const double z0 = predict(p, m, c).dp_bytes, R = 1024.0 * 1024 + 4096.0 * 1024 + 2048;
   p.zero_stage = 1;
   EXPECT_NEAR(predict(p, m, c).dp_bytes, 1.5 * z0, 1e-12 * z0);
+  p.zero_stage = 3;
+  EXPECT_NEAR(predict(p, m, c).dp_bytes, z0 + 2.0 * R, 1e-12 * z0);
+  {
+    ClusterSpec c32 = c;
+    c32.dtype = "fp32";
+    SweepPoint p32 = p;
+    p32.dtype = "fp32", p32.zero_stage = 0;
+    const double f0 = predict(p32, m, c32).dp_bytes;
+    p32.zero_stage = 3;
+    EXPECT_NEAR(predict(p32, m, c32).dp_bytes, 1.5 * f0, 1e-12 * f0);
+    EXPECT_DOUBLE_EQ(f0, z0);  // f32 gradients either way
+  }
   // Impossible layouts and mismatches are reported, not thrown.
   p.tp = 3;
   EXPECT_EQ(predict(p, m, c).problem,
@@ -352,6 +365,13 @@ TEST(PerfModel, DataParallelCollectivesOverlapped) {
   t = data_parallel_time(plan(3, true, 1e-3));
   EXPECT_NEAR(t.exposed_s, (2 + 2 + 4 + 2 + 2 + 4 + 4) * us, tol);
   EXPECT_NEAR(t.collectives_s, (2 * 3 * 4 * 2 + 4 + 4) * us, tol);
+  // Mixed precision: ZeRO-3's layer gathers move the 16-bit copy, 1 us each; the reductions and
+  // resident tensors stay f32. Blocking: 2 x 4 layers x (1 + 1 + 2) + 4 + 4.
+  q = plan(3, false, 1e-3);
+  q.layer_gather_bytes = 2;
+  t = data_parallel_time(q);
+  EXPECT_NEAR(t.collectives_s, (2 * 4 * 4 + 4 + 4) * us, tol);
+  EXPECT_DOUBLE_EQ(t.bytes, 0.5 * (2 * 2 * 8000 + 3 * 4000));
   // No compute to hide behind: everything is exposed, overlapped or not.
   for (int64_t z : {0, 1, 2, 3})
     for (bool ov : {false, true}) {
