@@ -78,16 +78,17 @@ ClusterSpec load_cluster(const std::string& path) {
 
 StateBytes state_bytes_per_parameter(const std::string& dtype) {
   if (dtype == "fp32") return {4, 4, 8};
-  return {2, 2, 12};
+  return {6, 4, 8};
 }
 
-ModelStateMemory model_state_memory(double params, const std::string& dtype, int64_t zero_stage, int64_t group) {
+ModelStateMemory model_state_memory(double params, const std::string& dtype, int64_t zero_stage, int64_t group,
+                                    double resident, double layer, int grad_areas, int param_areas) {
   const StateBytes b = state_bytes_per_parameter(dtype);
-  const double g = static_cast<double>(std::max<int64_t>(group, 1));
+  const double g = static_cast<double>(std::max<int64_t>(group, 1)), shard = params / g;
   ModelStateMemory m{b.param * params, b.grad * params, b.optimizer * params};
-  if (zero_stage >= 1) m.optimizer /= g;
-  if (zero_stage >= 2) m.grads /= g;
-  if (zero_stage >= 3) m.params /= g;
+  if (zero_stage >= 1) m.optimizer = b.optimizer * shard;
+  if (zero_stage >= 2) m.grads = b.grad * (resident + grad_areas * layer + shard);
+  if (zero_stage >= 3) m.params = b.param * (resident + param_areas * layer) + 4.0 * shard;  // the shard: f32
   return m;
 }
 
@@ -359,7 +360,9 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
   const double embed = V * h / static_cast<double>(tp) + static_cast<double>(m.max_position_embeddings) * h + 2.0 * h;
   const double stage_params = layers_per_stage * per_layer / static_cast<double>(tp) + embed;
   const int64_t zero_group = p.dp * sp;
-  r.states = model_state_memory(stage_params, c.dtype, p.zero_stage, zero_group);
+  // (ZeRO-2/3's working areas: a second of each with the overlaps, as llm-pretrain sets them up)
+  r.states = model_state_memory(stage_params, c.dtype, p.zero_stage, zero_group, embed, per_layer / static_cast<double>(tp),
+                                p.overlap && p.zero_stage >= 2 ? 2 : 1, p.overlap && p.zero_stage == 3 ? 2 : 1);
   const StateBytes sb = state_bytes_per_parameter(c.dtype);
   const Link dp_link = group_link(c, tp, zero_group);
   {

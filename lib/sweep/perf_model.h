@@ -61,18 +61,26 @@ struct ClusterSpec {
 ClusterSpec load_cluster(const std::string& path);
 
 // --- the named terms ---------------------------------------------------------------------------
-// Bytes per parameter of weights, gradients and optimizer state: fp32 training keeps 4 + 4 + 8
-// (AdamW moments); mixed precision 2 + 2 + 12 (fp32 master weights and moments; ZeRO's K = 12).
+// Bytes per parameter of weights, gradients and optimizer state as libllm's trainer holds them:
+// f32 master weights and gradients in every precision and AdamW's two f32 moments (4 + 4 + 8),
+// and in mixed precision the 16-bit copy the ops read beside the masters (6 + 4 + 8). (Megatron's
+// and DeepSpeed's mixed-precision accounting is 2 + 2 + 12; libllm keeps every rank's full f32
+// masters under ZeRO-1/2 where Megatron's distributed optimizer keeps only 16-bit weights.)
 struct StateBytes {
   double param, grad, optimizer;
 };
 StateBytes state_bytes_per_parameter(const std::string& dtype);
-// Model-state bytes on one device holding `params` parameters, ZeRO stage 0-3 over `group` ranks.
+// Model-state bytes on one device holding `params` parameters, ZeRO stage 0-3 over `group` ranks:
+// stage 1 shards the moments; stage 2 also the gradients, which stay whole for the `resident`
+// tensors (embeddings, final LayerNorm) and one working area of `layer` elements (two with
+// --overlap-grad-reduce); stage 3 also the weights (the shard in f32, the areas with their copy;
+// two with --overlap-param-gather). Trainer::state_bytes() gives the same (tests/mpi/zero_test.cpp).
 struct ModelStateMemory {
   double params = 0, grads = 0, optimizer = 0;
   double total() const { return params + grads + optimizer; }
 };
-ModelStateMemory model_state_memory(double params, const std::string& dtype, int64_t zero_stage, int64_t group);
+ModelStateMemory model_state_memory(double params, const std::string& dtype, int64_t zero_stage, int64_t group,
+                                    double resident = 0, double layer = 0, int grad_areas = 1, int param_areas = 1);
 // Activation bytes of one transformer layer for one micro-batch on one device (no recompute).
 double layer_activation_bytes(const GPTConfig& m, int64_t micro_batch, int64_t seq, int64_t tp, int64_t ulysses,
                               bool megatron_sp, const ClusterSpec& c);

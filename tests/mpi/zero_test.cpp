@@ -15,11 +15,25 @@
 #include "model/gpt.h"
 #include "mpi/mpi_support.h"
 #include "support/max_or_nan.h"
+#include "sweep/perf_model.h"
 #include "train/trainer.h"
 
 namespace {
 
 using llm::Tensor;
+
+// llm-sweep's model-state bytes (sweep/perf_model.h) are what the trainer holds, to the rounding
+// of a shard (one element of each sharded state).
+void expect_model_states(const llm::Trainer& t, const llm::GPT& model, const char* dtype, int zero, int dp) {
+  const llm::ParameterSet& ps = model.parameters();
+  const llm::Trainer::StateBytes sb = t.state_bytes();
+  const llm::sweep::ModelStateMemory want =
+      llm::sweep::model_state_memory(static_cast<double>(ps.numel()), dtype, zero, dp, static_cast<double>(ps.resident_numel()),
+                                     static_cast<double>(ps.layer_area()), ps.grad_areas(), ps.param_areas());
+  EXPECT_NEAR(static_cast<double>(sb.parameters), want.params, 4.0) << "ZeRO-" << zero << " " << dtype;
+  EXPECT_NEAR(static_cast<double>(sb.gradients), want.grads, 4.0) << "ZeRO-" << zero << " " << dtype;
+  EXPECT_NEAR(static_cast<double>(sb.optimizer), want.optimizer, 8.0) << "ZeRO-" << zero << " " << dtype;
+}
 
 llm::TrainArgs zero_args(int zero, int dp, int pp, int64_t global_batch, bool overlap = false) {
   return mpi_support::tiny_train_args(global_batch, 21, [&](llm::TrainArgs& a) {
@@ -144,6 +158,7 @@ void check_zero(int zero, int pp, bool overlap = false) {
     EXPECT_LE(sb.gradients, 4 * (ps.resident_numel() + areas * ps.layer_area() + own));
   }
   EXPECT_LE(sb.optimizer, 8 * own);
+  expect_model_states(tz, model, "fp32", zero, dp);
 }
 
 // bf16: the overlapped ZeRO-1/2 all-gather refreshes each group's 16-bit copy as it finishes
@@ -231,6 +246,8 @@ void check_zero3_bf16_gathers_the_copy(bool overlap) {
   for (int64_t i = 0; i < p2.numel(); ++i) differ += p2.data<float>()[i] != p3.data<float>()[i];
   EXPECT_EQ(differ, 0) << "f32 parameters after 3 steps, ZeRO-3 against ZeRO-2";
   EXPECT_EQ(t3.evaluate(data, 2), t2.evaluate(data, 2));
+  expect_model_states(t2, m2, "bf16", 2, dp);
+  expect_model_states(t3, m3, "bf16", 3, dp);
 }
 
 TEST(Zero, Stage3InBf16GathersTheCopyAndEqualsStage2) {
