@@ -252,7 +252,11 @@ class NcclCommunicator final : public Communicator {
       (void)cudaStreamSynchronize(backend_.stream());
       if (comm_stream_) (void)cudaStreamSynchronize(comm_stream_);
       if (comm_) nccl_watchdog().remove(comm_);
-      if (comm_) (void)ncclCommDestroy(comm_);
+      if (comm_) {
+        const WatchedPhase destroy(nccl_watchdog(), detail::concat("ncclCommDestroy (rank ", rank_, " of ", size_, ")"),
+                                   timeout_s_);
+        (void)ncclCommDestroy(comm_);
+      }
     }
     if (pending_)
       for (void* m : pending_->release_all()) (void)cudaEventDestroy(static_cast<cudaEvent_t>(m));
@@ -629,7 +633,23 @@ void set_nccl_timeout_seconds(double seconds) {
   op_timeout() = seconds;
 }
 
+namespace {
+// A communicator's set-up under the collective timeout: the MPI collectives it starts with and
+// ncclCommInitRank wait for every rank of the group, so one that never comes (stopped, or set up
+// another group first) would hold the others there until the job's wall time.
+WatchedPhase watched_setup(const char* group) {
+  Watchdog& w = nccl_watchdog();  // (its setting checked before the first communicator exists)
+  int world = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world);
+  return WatchedPhase(w,
+                      detail::concat("rank ", world, ": setting up the NCCL communicator of ", group,
+                                     " (MPI's collectives, then ncclCommInitRank, which waits for every rank)"),
+                      w.polling() ? op_timeout().load() : 0.0);
+}
+}  // namespace
+
 std::unique_ptr<Communicator> nccl_world_communicator(cuda::CudaBackend& backend) {
+  const WatchedPhase setup = watched_setup("every rank");
   return std::make_unique<NcclCommunicator>(backend, MPI_COMM_WORLD, false, mpi_world_communicator());
 }
 
@@ -643,6 +663,7 @@ bool node_ranks_share_a_gpu(const cuda::CudaBackend* backend) {
 }
 
 std::unique_ptr<Communicator> nccl_split_communicator(cuda::CudaBackend& backend, int color, int key) {
+  const WatchedPhase setup = watched_setup(detail::concat("color ", color).c_str());
   MPI_Comm sub;
   MPI_Comm_split(MPI_COMM_WORLD, color, key, &sub);
   return std::make_unique<NcclCommunicator>(backend, sub, true, mpi_split_communicator(color, key));

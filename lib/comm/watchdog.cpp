@@ -34,9 +34,9 @@ Watchdog::~Watchdog() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Watchdog::add(void* handle, std::string name, std::function<std::string()> check) {
+void Watchdog::add(void* handle, std::string name, std::function<std::string()> check, bool communicator) {
   std::lock_guard<std::mutex> lock(mu_);
-  handles_.push_back({handle, std::move(name), std::move(check)});
+  handles_.push_back({handle, std::move(name), std::move(check), communicator});
 }
 
 void Watchdog::remove(void* handle) {
@@ -55,7 +55,7 @@ bool Watchdog::poll() {
   if (failed_) return false;
   std::string message;
   for (const Handle& h : handles_) {
-    std::string error = query_(h.handle);
+    std::string error = h.communicator ? query_(h.handle) : std::string();
     if (error.empty() && h.check) error = h.check();
     if (error.empty()) continue;
     message = h.name + ": " + error;
@@ -70,7 +70,8 @@ bool Watchdog::poll() {
   // communicator, not only the failed one: the others' kernels may wait on it). Both run under
   // the lock: an owner's remove() waits for them, never touching an aborted handle.
   fail_(message);
-  for (const Handle& h : handles_) abort_(h.handle);
+  for (const Handle& h : handles_)
+    if (h.communicator) abort_(h.handle);
   return false;
 }
 
@@ -83,6 +84,29 @@ void Watchdog::loop(int period_ms) {
     poll();
     lock.lock();
   }
+}
+
+WatchedPhase::WatchedPhase(Watchdog& watchdog, std::string what, double timeout_s, Clock::time_point started) {
+  if (!(timeout_s > 0)) return;
+  watchdog_ = &watchdog;
+  watchdog.add(
+      this, std::move(what),
+      [timeout_s, started] { return overdue(std::chrono::duration<double>(Clock::now() - started).count(), timeout_s); },
+      false);
+}
+
+WatchedPhase::~WatchedPhase() {
+  if (watchdog_) watchdog_->remove(this);
+}
+
+std::string WatchedPhase::overdue(double age_s, double timeout_s) {
+  if (age_s < timeout_s) return "";
+  char line[512];
+  std::snprintf(line, sizeof(line),
+                "not finished %.1f s after it began (the timeout is %.1f s: --distributed-timeout-minutes); "
+                "a rank of the group never joined it (stopped, or waiting elsewhere)",
+                age_s, timeout_s);
+  return line;
 }
 
 void* PendingOps::reuse() {

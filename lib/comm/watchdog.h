@@ -44,8 +44,9 @@ class Watchdog {
   Watchdog& operator=(const Watchdog&) = delete;
 
   // check (optional) is asked too when query finds nothing: "" healthy, else what failed (the
-  // handle's PendingOps timeout).
-  void add(void* handle, std::string name, std::function<std::string()> check = {});
+  // handle's PendingOps timeout). communicator false: a handle that is not one (a WatchedPhase),
+  // only checked: never queried, never aborted.
+  void add(void* handle, std::string name, std::function<std::string()> check = {}, bool communicator = true);
   // After remove() returns no query or abort of `handle` is running or will run: its owner may
   // destroy it.
   void remove(void* handle);
@@ -67,10 +68,29 @@ class Watchdog {
     void* handle;
     std::string name;
     std::function<std::string()> check;
+    bool communicator;
   };
   std::vector<Handle> handles_;
   bool stop_ = false, failed_ = false;
   std::thread thread_;
+};
+
+// A blocking phase outside any communicator's operations, watched while it lives: a
+// communicator's set-up (MPI's collectives and ncclCommInitRank wait for every rank of the group,
+// so a rank that never comes leaves the others there). The watchdog fails the rank once
+// `timeout_s` has passed since `started` (0: not watched).
+class WatchedPhase {
+ public:
+  using Clock = std::chrono::steady_clock;
+  WatchedPhase(Watchdog& watchdog, std::string what, double timeout_s, Clock::time_point started = Clock::now());
+  ~WatchedPhase();
+  WatchedPhase(const WatchedPhase&) = delete;
+  WatchedPhase& operator=(const WatchedPhase&) = delete;
+  // "" while age_s < timeout_s, else what the watchdog reports after the phase's name.
+  static std::string overdue(double age_s, double timeout_s);
+
+ private:
+  Watchdog* watchdog_ = nullptr;  // null: not watched
 };
 
 // The operations one communicator has queued and not yet seen finish, each with a marker that

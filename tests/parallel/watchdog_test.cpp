@@ -86,6 +86,41 @@ TEST(Watchdog, RemovedHandlesAreNotQueried) {
   EXPECT_TRUE(f.failures.empty());
 }
 
+// A communicator's set-up (WatchedPhase): checked while it lives, never queried or aborted as a
+// communicator; past its timeout it fails the watchdog naming the phase and its age, and the
+// communicators are aborted after the failure as for any error. Gone once destroyed.
+TEST(Watchdog, AWatchedPhaseFailsPastItsTimeoutAndIsNoCommunicator) {
+  Fake f;
+  int comm = 0;
+  std::set<void*> queried;
+  llm::Watchdog w(
+      0,
+      [&](void* h) {
+        queried.insert(h);
+        return std::string();
+      },
+      [&](void* h) { f.aborted.insert(h); }, [&](const std::string& m) { f.failures.push_back(m); });
+  w.add(&comm, "dp group");
+  const auto now = llm::WatchedPhase::Clock::now();
+  {
+    llm::WatchedPhase young(w, "rank 0: the NCCL communicator's set-up", 3.0, now);
+    llm::WatchedPhase off(w, "never watched", 0.0, now - std::chrono::seconds(100));
+    EXPECT_TRUE(w.poll());
+  }
+  EXPECT_EQ(queried, std::set<void*>{&comm});  // only the communicator was queried
+  EXPECT_TRUE(w.poll());                        // the phases are gone
+  {
+    llm::WatchedPhase old(w, "rank 0: the NCCL communicator's set-up", 3.0, now - std::chrono::seconds(5));
+    EXPECT_FALSE(w.poll());
+  }
+  ASSERT_EQ(f.failures.size(), 1u);
+  EXPECT_EQ(f.failures[0].rfind("rank 0: the NCCL communicator's set-up: not finished 5.0 s after it began", 0), 0u)
+      << f.failures[0];
+  EXPECT_NE(f.failures[0].find("the timeout is 3.0 s: --distributed-timeout-minutes"), std::string::npos) << f.failures[0];
+  EXPECT_EQ(f.aborted, std::multiset<void*>{&comm});  // the communicator, not the phase
+  EXPECT_EQ(llm::WatchedPhase::overdue(2.9, 3.0), "");
+}
+
 // The thread: polls on its own, notices an error set later, and a remove() racing its rounds
 // never sees a query of the removed handle after it returns.
 TEST(Watchdog, TheThreadPollsAndRemoveWaitsForARound) {

@@ -4,8 +4,9 @@
 // ranks (unless LLM_NCCL_SHARED_GPU=1 lets ranks share them), or when the build has no
 // CUDA/NCCL. gpu_validation.sh also runs it as one process on a single GPU (an MPI singleton:
 // OMPI_MCA_ess_singleton_isolated=1 needs no mpirun or orted), which checks the bootstrap and
-// every collective's call on a communicator of one rank. With --timeout-check or
-// --timeout-check-first (2 ranks or more) it checks the collective timeout instead: see there.
+// every collective's call on a communicator of one rank. With --timeout-check,
+// --timeout-check-first or --timeout-check-init (2 ranks or more) it checks the collective
+// timeout instead: see there.
 #include <mpi.h>
 
 #include <chrono>
@@ -69,6 +70,26 @@ int main(int argc, char** argv) {
     if (rank == 0)
       std::printf("skipped: %d ranks need %d GPUs, one each (%s)\n", size, size, llm::cuda::device_status().c_str());
     code = 77;
+  } else if (argc > 1 && std::string(argv[1]) == "--timeout-check-init") {
+    // The set-up under the timeout: rank 1 never sets up the communicator, so rank 0 waits in its
+    // set-up (MPI's collectives, ncclCommInitRank) until the watchdog ends it (exit 1, naming the
+    // set-up) within the 3 s timeout and a few periods. Reaching either exit below is the failure.
+    llm::set_nccl_timeout_seconds(3);
+    if (rank != 1) {
+      try {
+        auto comm = llm::nccl_world_communicator(*be);
+        std::this_thread::sleep_for(std::chrono::seconds(10));
+        std::fprintf(stderr, "rank %d: FAILED the set-up finished without rank 1\n", rank);
+      } catch (const std::exception& e) {
+        std::this_thread::sleep_for(std::chrono::seconds(10));
+        std::fprintf(stderr, "rank %d: FAILED %s\n", rank, e.what());
+      }
+    } else {
+      std::this_thread::sleep_for(std::chrono::seconds(20));
+      std::fprintf(stderr, "rank 1: FAILED rank 0 was not ended by the timeout in 20 s\n");
+    }
+    std::fflush(stderr);
+    std::_Exit(3);
   } else if (argc > 1 && (std::string(argv[1]) == "--timeout-check" || std::string(argv[1]) == "--timeout-check-first")) {
     // The collective timeout (comm/watchdog.h): rank 1 never joins an all-reduce, so the
     // watchdog must end rank 0 (exit 1, naming the operation) within the 3 s timeout and a few
