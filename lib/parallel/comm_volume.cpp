@@ -38,9 +38,11 @@ GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
     // copy and the f32_op tensors' masters
     const int64_t gathered = a == f ? layer : in.layer_params * a + in.layer_f32_op_params * f;
     v.dp.all_gather = in.zero_stage == 2 ? in.params_per_rank * f : 2 * m * L * gathered + in.resident_params * f;
+  } else if (in.dp * in.sp > 1 && in.zero_stage == 1) {
+    v.dp.reduce_scatter = in.params_per_rank * f;  // the gradients onto their owners
+    v.dp.all_gather = in.params_per_rank * f;      // the updated parameters
   } else if (in.dp * in.sp > 1) {
     v.dp.all_reduce = in.params_per_rank * f;
-    if (in.zero_stage >= 1) v.dp.all_gather = in.params_per_rank * f;
   }
   if (in.pp > 1) {
     const int64_t rows = in.megatron_sp && in.tp > 1 ? tokens / in.tp : tokens;

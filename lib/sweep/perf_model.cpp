@@ -198,15 +198,21 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
     st.wait(st.start(resident_ranges));
     for (int64_t l = 0; l < n; ++l) gathered[static_cast<size_t>(l)] = st.start(layer_s(l));
   }
-  // ZeRO 0/1 buckets: whole layers from the last, closed at `bucket` elements or the first layer.
-  std::vector<double> bucket_at(static_cast<size_t>(n), 0.0);  // elements started after layer l's backward
+  // ZeRO 0/1 buckets: whole layers from the last, closed at `bucket` elements or the first layer;
+  // the elements [begin, end) started after layer l's backward (empty: none).
+  std::vector<std::pair<double, double>> bucket_at(static_cast<size_t>(n), {0.0, 0.0});
   {
     double acc = 0;
     for (int64_t l = n - 1; l >= 0; --l) {
       acc += q.per_layer;
-      if (acc >= q.bucket || l == 0) bucket_at[static_cast<size_t>(l)] = acc, acc = 0;
+      if (acc >= q.bucket || l == 0) bucket_at[static_cast<size_t>(l)] = {layer_begin(l), layer_begin(l) + acc}, acc = 0;
     }
   }
+  // ZeRO-0 all-reduces a range; ZeRO-1 reduce-scatters it onto its owners.
+  auto reduce_s = [&](double b, double e) {
+    return q.zero_stage == 1 ? owner_ranges_seconds(b, e, total, G, kElem, bw, lat)
+                             : all_reduce_seconds(kElem * (e - b), G, bw, lat);
+  };
   double slot[2] = {0, 0};  // ZeRO-2/3 overlapped: when each gradient area's reduction ends
   double prefetch = 0;      // ZeRO-3 overlapped: when the prefetched gather ends
   for (int64_t k = 0; k < m; ++k) {
@@ -231,8 +237,9 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
       st.run(q.backward_layer_s);
       if (q.zero_stage >= 2) {
         if (q.overlap) area = st.start(layer_s(l)); else st.blocking(layer_s(l));
-      } else if (q.overlap && k == m - 1 && bucket_at[static_cast<size_t>(l)] > 0) {
-        st.start(all_reduce_seconds(kElem * bucket_at[static_cast<size_t>(l)], G, bw, lat));
+      } else if (q.overlap && k == m - 1) {
+        const auto [b, e] = bucket_at[static_cast<size_t>(l)];
+        if (e > b) st.start(reduce_s(b, e));
       }
     }
   }
@@ -242,7 +249,7 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
     if (q.zero_stage == 3) st.blocking(resident_ranges);  // the updated resident tensors
     else if (!q.overlap) st.blocking(all_gather_seconds(kElem * total, G, bw, lat));
   } else {
-    st.blocking(q.overlap ? resident_ar : all_reduce_seconds(kElem * total, G, bw, lat));
+    st.blocking(q.overlap ? reduce_s(0, q.resident) : reduce_s(0, total));
     if (q.zero_stage == 1 && !q.overlap) st.blocking(all_gather_seconds(kElem * total, G, bw, lat));
   }
   t.collectives_s = st.collectives;
@@ -251,7 +258,7 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
   const double mb = static_cast<double>(m);
   switch (q.zero_stage) {
     case 0: t.bytes = 2.0 * share * kElem * total; break;
-    case 1: t.bytes = 3.0 * share * kElem * total; break;
+    case 1: t.bytes = 2.0 * share * kElem * total; break;
     case 2: t.bytes = share * (mb * layers_bytes + 2.0 * kElem * q.resident + kElem * total); break;
     default:
       t.bytes = share * (mb * (1.0 + 2.0 * q.layer_gather_bytes / kElem) * layers_bytes + 3.0 * kElem * q.resident);

@@ -109,9 +109,10 @@ double owner_ranges_seconds(double begin, double end, double total, int64_t rank
 // (NCCL runs one communicator's operations in order; a blocking one holds both). Elements are
 // 4 bytes: the trainer reduces f32 gradients and gathers f32 master weights in every precision,
 // but for ZeRO-3's layer gathers, which in mixed precision move the 16-bit copy.
-//   ZeRO 0/1: all-reduce of the gradients after the last backward (--overlap-grad-reduce: of
-//     buckets of whole layers, each started when backward has finished its layers in the last
-//     micro-batch, the resident tensors after it); ZeRO-1 then all-gathers the updated shards.
+//   ZeRO 0/1: all-reduce (ZeRO-1: reduce-scatter onto the owners) of the gradients after the
+//     last backward (--overlap-grad-reduce: of buckets of whole layers, each started when backward
+//     has finished its layers in the last micro-batch, the resident tensors after it); ZeRO-1
+//     then all-gathers the updated shards.
 //   ZeRO-2: every micro-batch, each layer's gradients reduced onto their owners after its
 //     backward (overlapped: in flight while the next layer's runs, two working areas, so layer l
 //     waits for layer l + 2's); the resident ones all-reduced after the last; the shards gathered.

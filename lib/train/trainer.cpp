@@ -190,19 +190,21 @@ IterationStats Trainer::train_step() {
   } else if (dp_size > 1) {
     phase.reset();
     // Sum the replicas' gradients (each is the mean over its own samples) and average: the
-    // gradient of the global batch's mean loss, identical on every rank.
+    // gradient of the global batch's mean loss, identical on every rank. ZeRO-1 needs only its
+    // own range summed (its optimizer updates that range, and the parameters are gathered after
+    // the step): a reduce-scatter, half an all-reduce's bytes (Megatron's distributed optimizer).
     const Tensor& g = model_.parameters().flat_grads();
     if (overlap_) {
       // The layers' buckets are in flight; the embeddings, head, partial and tied gradients
       // (complete only now) go in one more round, then everything is waited for.
-      for (auto [b, e] : rest_ranges_) dp_->all_reduce_sum(g.flat(b, e - b));
+      for (auto [b, e] : rest_ranges_) reduce_grads(g.flat(b, e - b), b);
       for (auto& r : inflight_) r->wait();
       inflight_.clear();
     } else if (dp_->takes(g.device())) {  // host tensors over MPI, GPU tensors over NCCL
-      dp_->all_reduce_sum(g);
+      reduce_grads(g, 0);
     } else {
       Tensor h = model_.backend().download(g);
-      dp_->all_reduce_sum(h);
+      reduce_grads(h, 0);
       model_.backend().copy(g, h);
     }
     loss_sum = dp_->all_reduce_sum(loss_sum);
@@ -218,10 +220,13 @@ IterationStats Trainer::train_step() {
     finish_param_gathers();  // (none left: every layer's forward has run)
     phase.reset();
     const ParameterSet& ps = model_.parameters();
-    const Tensor own_params =
-        zero_ == 3 ? param_shard_ : zero_ == 2 ? ps.flat_params().flat(own_begin(), own_end() - own_begin()) : Tensor{};
-    StepResult r = zero_ ? optimizer_.step_shard(st.lr_applied, grad_scale, own_params, grad_shard_, dp_)
-                         : optimizer_.step(st.lr_applied, grad_scale);
+    const bool sharded = !shard_offsets_.empty();  // ZeRO 1-3
+    const int64_t own = own_end() - own_begin();
+    const Tensor own_params = zero_ == 3 ? param_shard_ : sharded ? ps.flat_params().flat(own_begin(), own) : Tensor{};
+    // ZeRO-1: the reduced range of the gradients is this rank's (the rest is scratch)
+    const Tensor own_grads = zero_ ? grad_shard_ : sharded ? ps.flat_grads().flat(own_begin(), own) : Tensor{};
+    StepResult r = sharded ? optimizer_.step_shard(st.lr_applied, grad_scale, own_params, own_grads, dp_)
+                           : optimizer_.step(st.lr_applied, grad_scale);
     model_.backend().synchronize();
     st.optimizer_seconds = phase.seconds();
     st.grad_norm = r.grad_norm;
@@ -263,6 +268,13 @@ IterationStats Trainer::train_step() {
   model_.backend().synchronize();
   st.seconds = timer.seconds();
   return st;
+}
+
+void Trainer::reduce_grads(const Tensor& x, int64_t begin) {
+  if (shard_offsets_.empty())
+    dp_->all_reduce_sum(x);
+  else
+    dp_->reduce_scatter_ranges(x, clamp_offsets(begin, begin + x.numel()));
 }
 
 int64_t Trainer::own_end() const {
@@ -552,7 +564,9 @@ void Trainer::on_grad_ready(int layer) {
   const Tensor& g = model_.parameters().flat_grads();
   for (const Bucket& b : buckets_)
     if (b.trigger_layer == layer)
-      for (auto [lo, hi] : b.ranges) inflight_.push_back(dp_->all_reduce_sum_async(g.flat(lo, hi - lo)));
+      for (auto [lo, hi] : b.ranges)
+        inflight_.push_back(shard_offsets_.empty() ? dp_->all_reduce_sum_async(g.flat(lo, hi - lo))
+                                                   : dp_->reduce_scatter_ranges_async(g.flat(lo, hi - lo), clamp_offsets(lo, hi)));
   for (auto& r : inflight_) r->test();  // progress the ones in flight while backward goes on
 }
 

@@ -132,6 +132,9 @@ class Trainer {
   int zero_ = 0;
   Tensor grad_shard_, param_shard_;
   std::vector<int64_t> clamp_offsets(int64_t begin, int64_t end) const;  // shard offsets within a range
+  // ZeRO 0/1's gradient reduction of x, the flat gradients from `begin`: an all-reduce, or under
+  // ZeRO-1 a reduce-scatter onto the owners' ranges (the rest is scratch after it).
+  void reduce_grads(const Tensor& x, int64_t begin);
   // ZeRO-3: the layer's parameters into its working area (16-bit: its compute copy, and the f32
   // masters of the f32_op tensors only) before it computes;
   // `next` (-1: none) is the layer the same pass computes after it, gathered meanwhile with

@@ -120,6 +120,16 @@ void check_zero(int zero, int pp, bool overlap = false) {
       }
     }
   }
+  if (zero == 1 && dp > 1) {
+    // ZeRO-1 reduce-scatters the gradients onto their owners (buckets and the rest alike): the
+    // whole buffer once, no all-reduce of it; then the updated ranges are gathered.
+    grads->reset_volume();
+    tz.train_step();
+    const int64_t bytes = 4 * model.parameters().numel();
+    EXPECT_EQ(grads->volume().reduce_scatter, bytes);
+    EXPECT_EQ(grads->volume().all_reduce, 0);
+    EXPECT_EQ(grads->volume().all_gather, bytes);
+  }
   if (tz.overlaps_param_gather()) {
     // After a step every group's gather is in flight (started, not finished); a forward pass
     // (evaluation) finishes the resident tensors' at its start and each layer's before its forward.

@@ -115,13 +115,16 @@ TEST(CommVolume, ZeroTwoAndThreeMoveLayersPerMicroBatch) {
   EXPECT_EQ(v.dp.reduce_scatter, 4 * 2 * 400 * 4);  // f32 gradients in every precision
 }
 
-TEST(CommVolume, ZeroOneAddsAParameterAllGather) {
+TEST(CommVolume, ZeroOneReduceScattersAndGathers) {
   auto in = base();
   in.dp = 4;
   in.zero_stage = 1;
   const auto v = llm::analytic_comm_volume(in);
-  EXPECT_EQ(v.dp.all_reduce, 4000);
+  EXPECT_EQ(v.dp.all_reduce, 0);
+  EXPECT_EQ(v.dp.reduce_scatter, 4000);
   EXPECT_EQ(v.dp.all_gather, 4000);
+  in.zero_stage = 0;
+  EXPECT_EQ(llm::analytic_comm_volume(in).dp.all_reduce, 4000);
 }
 
 TEST(CommVolume, ReportFlagsMismatches) {
