@@ -217,6 +217,7 @@ class NcclCommunicator final : public Communicator {
                backend_.device().str(), "; one GPU per rank: check the local-rank device choice)");
     int world = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &world);
+    world_rank_ = world;
     // The timeout's markers only where the watchdog's thread runs to check them.
     timeout_s_ = op_timeout().load();
     if (timeout_s_ > 0 && watchdog.polling()) {
@@ -278,9 +279,15 @@ class NcclCommunicator final : public Communicator {
                "all_reduce_sum ", shape_str(x.shape()), " ", dtype_name(x.dtype()));
     timed.queued();
   }
-  double all_reduce_sum(double v) override { return host_->all_reduce_sum(v); }
-  double all_reduce_min(double v) override { return host_->all_reduce_min(v); }
-  double all_reduce_max(double v) override { return host_->all_reduce_max(v); }
+  double all_reduce_sum(double v) override {
+    return watched("an all-reduce (sum) of a scalar", [&] { return host_->all_reduce_sum(v); });
+  }
+  double all_reduce_min(double v) override {
+    return watched("an all-reduce (min) of a scalar", [&] { return host_->all_reduce_min(v); });
+  }
+  double all_reduce_max(double v) override {
+    return watched("an all-reduce (max) of a scalar", [&] { return host_->all_reduce_max(v); });
+  }
 
   void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
     if (x.device().is_cpu()) return on_host([&] { return host_->all_gather_ranges(x, offsets); });
@@ -350,7 +357,7 @@ class NcclCommunicator final : public Communicator {
 
   void barrier() override {
     backend_.synchronize();
-    host_->barrier();
+    watched("a barrier", [&] { host_->barrier(); });
   }
 
   void all_gather(const Tensor& out, const Tensor& in) override {
@@ -523,6 +530,19 @@ class NcclCommunicator final : public Communicator {
       const Volume before;
       ~Count() { to += from.volume() - before; }
     } count{volume_, *host_, host_->volume()};
+    return watched("a collective of host tensors", f);
+  }
+  // MPI's blocking calls beside NCCL's (the scalar reductions of the loss and the gradient norm,
+  // the barrier, host tensors) under the same timeout: a rank stuck elsewhere (a hung kernel, a
+  // different collective) would otherwise hold its peers in MPI after every NCCL operation has
+  // finished. (A non-blocking one returns at once; its wait is not watched.)
+  template <class F>
+  std::invoke_result_t<F&> watched(const char* what, F&& f) {
+    if (!pending_) return f();  // no timeout here (0, or the watchdog off)
+    const WatchedPhase phase(nccl_watchdog(),
+                             detail::concat("rank ", world_rank_, ": ", what, " over MPI beside the NCCL communicator of ",
+                                            size_, " ranks (its rank ", rank_, ")"),
+                             timeout_s_);
     return f();
   }
   // One operation under the timeout (comm/watchdog.h), from before its NCCL call: the call itself
@@ -622,7 +642,7 @@ class NcclCommunicator final : public Communicator {
   bool grouped_ = false;         // set while send_recv's group is open: no marker inside it
   double timeout_s_ = 0;
   std::unique_ptr<PendingOps> pending_;  // null: no timeout (0, or the watchdog off)
-  int rank_ = 0, size_ = 1;
+  int rank_ = 0, size_ = 1, world_rank_ = 0;
   const int uncaught_ = std::uncaught_exceptions();  // at construction: the destructor tells unwinding from it
 };
 

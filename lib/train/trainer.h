@@ -111,8 +111,9 @@ class Trainer {
   // the sum of their losses (on every stage).
   double pipeline_step(int64_t micro, const std::function<void(int64_t)>& load, IterationStats& st);
   static constexpr int kForward = 1, kBackward = 2;  // pipeline message tags
-  // --overlap-grad-reduce: the gradient group's all-reduce in buckets of whole layers, each
-  // started (non-blocking) as soon as the last micro-batch's backward has finished its layers.
+  // --overlap-grad-reduce: the gradient group's all-reduce (ZeRO-1: reduce-scatter) in buckets of
+  // whole layers, each started (non-blocking) as soon as the last micro-batch's backward has
+  // finished its layers.
   struct Bucket {
     int trigger_layer = 0;                            // its last layer to finish in backward
     std::vector<std::pair<int64_t, int64_t>> ranges;  // flat gradient ranges

@@ -153,7 +153,7 @@ multirank_step() {
     # The collective timeout: rank 1 never joins an all-reduce (after one all-reduce both joined,
     # then the first of all, whose call may itself wait for the connection); the watchdog must end
     # rank 0 with the operation named (3 s timeout, checked every 200 ms), long before rank 1's 20 s.
-    for tmode in timeout-check timeout-check-first timeout-check-init; do
+    for tmode in timeout-check timeout-check-first timeout-check-init timeout-check-host; do
       if [[ $nccl_ok != 1 ]]; then log "NCCL timeout, --$tmode: not run (no NCCL check passed)"; continue; fi
       [[ -z "$mr_stop" && $((mr_deadline - SECONDS)) -lt 10 ]] && mr_stop="MULTIRANK_BUDGET spent"
       if [[ -n "$mr_stop" ]]; then log "NCCL timeout, --$tmode: not run ($mr_stop)"; continue; fi
@@ -166,11 +166,13 @@ multirank_step() {
       want='all_reduce_sum of 4194304 bytes queued .* has not finished'
       [[ $tmode = timeout-check-first ]] && want='all_reduce_sum of 4194304 bytes (queued .* has not finished|called .* has not returned)'
       [[ $tmode = timeout-check-init ]] && want='setting up the NCCL communicator of every rank .*: not finished .* after it began'
+      [[ $tmode = timeout-check-host ]] && want='an all-reduce \(sum\) of a scalar over MPI .*: not finished .* after it began'
       verdict=FAIL
       if [[ $rc != 0 && $rc != 124 && $rc != 137 && $took -lt 15 ]] && ! grep -q FAILED "$out/nccl_$tmode.log" &&
          grep -qE "$want" "$out/nccl_$tmode.log"; then verdict=OK; fi
       what="never joins an all-reduce"
       [[ $tmode = timeout-check-init ]] && what="never sets up the communicator"
+      [[ $tmode = timeout-check-host ]] && what="never joins a scalar all-reduce over MPI"
       log "NCCL timeout, --$tmode (rank 1 $what, 3 s): exit $rc after $took s, $verdict: $(grep -m1 -E 'has not (finished|returned)|not finished|FAILED' "$out/nccl_$tmode.log" | cut -c1-240)"
     done
     mr_backend=${MULTIRANK_BACKEND:-cuda}  # cpu: the same layouts on the CPU (the smoke test's plumbing check)

@@ -5,8 +5,8 @@
 // CUDA/NCCL. gpu_validation.sh also runs it as one process on a single GPU (an MPI singleton:
 // OMPI_MCA_ess_singleton_isolated=1 needs no mpirun or orted), which checks the bootstrap and
 // every collective's call on a communicator of one rank. With --timeout-check,
-// --timeout-check-first or --timeout-check-init (2 ranks or more) it checks the collective
-// timeout instead: see there.
+// --timeout-check-first, --timeout-check-init or --timeout-check-host (2 ranks or more) it checks
+// the collective timeout instead: see there.
 #include <mpi.h>
 
 #include <chrono>
@@ -87,6 +87,31 @@ int main(int argc, char** argv) {
     } else {
       std::this_thread::sleep_for(std::chrono::seconds(20));
       std::fprintf(stderr, "rank 1: FAILED rank 0 was not ended by the timeout in 20 s\n");
+    }
+    std::fflush(stderr);
+    std::_Exit(3);
+  } else if (argc > 1 && std::string(argv[1]) == "--timeout-check-host") {
+    // MPI's scalar reductions beside NCCL under the timeout: the communicator set up and one
+    // NCCL all-reduce finished on both ranks, rank 1 never joins the scalar all-reduce (the
+    // trainer's loss and gradient-norm sums), so the watchdog must end rank 0 within the 3 s
+    // timeout and a few periods. Reaching either exit below is the failure.
+    try {
+      llm::set_nccl_timeout_seconds(3);
+      auto comm = llm::nccl_world_communicator(*be);
+      llm::Tensor d = be->upload(llm::Tensor::zeros({1 << 10}));
+      comm->all_reduce_sum(d);
+      be->synchronize();
+      if (rank != 1) {
+        (void)comm->all_reduce_sum(1.0);
+        std::this_thread::sleep_for(std::chrono::seconds(10));
+        std::fprintf(stderr, "rank %d: FAILED the scalar all-reduce rank 1 never joined returned\n", rank);
+      } else {
+        std::this_thread::sleep_for(std::chrono::seconds(20));
+        std::fprintf(stderr, "rank 1: FAILED rank 0 was not ended by the timeout in 20 s\n");
+      }
+    } catch (const std::exception& e) {
+      std::this_thread::sleep_for(std::chrono::seconds(10));
+      std::fprintf(stderr, "rank %d: FAILED %s\n", rank, e.what());
     }
     std::fflush(stderr);
     std::_Exit(3);
