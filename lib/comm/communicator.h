@@ -30,7 +30,8 @@ class Communicator {
   // afterwards every rank holds every range (ZeRO's parameter all-gather).
   virtual void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) = 0;
   // In place over a flat tensor: afterwards rank r's range [offsets[r], offsets[r+1]) holds the
-  // element-wise sum over the group (ZeRO-2/3's gradient reduce-scatter); the rest of x is scratch.
+  // element-wise sum over the group (ZeRO's gradient reduce-scatter: ZeRO-1's
+  // whole buffer, ZeRO-2/3's layer by layer); the rest of x is scratch.
   virtual void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) = 0;
   // In place: x = root's x.
   virtual void broadcast(const Tensor& x, int root) = 0;

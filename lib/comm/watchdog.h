@@ -52,8 +52,9 @@ class Watchdog {
   void remove(void* handle);
   // Whether its thread runs (a period above 0): only then is a handle's check ever asked.
   bool polling() const { return thread_.joinable(); }
-  // One round: queries every handle; on the first error calls fail, then (if it returns) aborts
-  // them all, once, both under the lock remove() takes. Returns whether every handle was healthy.
+  // One round: queries every communicator handle and checks every handle (a WatchedPhase's only
+  // checked, never queried or aborted); on the first error calls fail, then (if it returns)
+  // aborts the communicators, once, both under the lock remove() takes. Returns whether every handle was healthy.
   bool poll();
   bool failed() const;
 
@@ -77,7 +78,8 @@ class Watchdog {
 
 // A blocking phase outside any communicator's operations, watched while it lives: a
 // communicator's set-up (MPI's collectives and ncclCommInitRank wait for every rank of the group,
-// so a rank that never comes leaves the others there). The watchdog fails the rank once
+// so a rank that never comes leaves the others there), its ncclCommDestroy, and the NCCL
+// communicator's MPI calls beside NCCL (scalar reductions, the barrier, host tensors). The watchdog fails the rank once
 // `timeout_s` has passed since `started` (0: not watched).
 class WatchedPhase {
  public:

@@ -6,7 +6,8 @@ namespace llm {
 
 GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
   GroupVolumes v;
-  // f: f32 bytes (gradients, parameters, loss statistics), a: activation bytes; the stage's layers
+  // f: f32 bytes (gradients, parameters but ZeRO-3's 16-bit layer gathers, loss statistics),
+  // a: activation bytes; the stage's layers
   const int64_t L = in.model.num_layers / in.pp, h = in.model.hidden_size, f = 4, a = in.activation_bytes;
   const int64_t first = in.stage == 0 ? 1 : 0, last = in.stage == in.pp - 1 ? 1 : 0;
   const int64_t tokens = in.micro_batch * (in.seq_length / in.sp);  // rows per rank

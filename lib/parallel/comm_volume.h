@@ -14,8 +14,8 @@
 //                   output: 4 * (N/sp) * h per direction ("4*N*h/P");
 //   vocab-parallel loss: two all-gathers of tp*N floats (log-sum-exp and loss per token);
 //   full recompute re-runs the forward collectives of every layer but the last;
-//   data parallel (x Ulysses): one all-reduce of the rank's gradients per step; ZeRO-1 adds an
-//   all-gather of the parameters; ZeRO-2/3 reduce-scatter each layer's gradients as its backward
+//   data parallel (x Ulysses): one all-reduce of the rank's gradients per step; ZeRO-1 instead
+//   reduce-scatters them onto their owners and all-gathers the updated parameters; ZeRO-2/3 reduce-scatter each layer's gradients as its backward
 //   ends (every micro-batch), all-reduce the resident (embedding, final LayerNorm) gradients once;
 //   ZeRO-2 then all-gathers the parameters, ZeRO-3 gathers each layer before its forward and again
 //   before its backward and refreshes the resident parameters after the step (and, under Megatron
@@ -45,7 +45,8 @@ struct CommVolumeInputs {
   int64_t layer_f32_op_params = 0;  // of which the LayerNorms': in mixed precision ZeRO-3 gathers
                                     // the layer's 16-bit copy and these f32 masters beside it
   int64_t activation_bytes = 4;  // element size of activations (2 under --bf16/--fp16); the
-                                 // gradients, parameters, loss statistics are f32 in every precision
+                                 // gradients, loss statistics and parameters are f32 in every
+                                 // precision, but ZeRO-3's layer gathers in mixed precision
 };
 
 struct GroupVolumes {

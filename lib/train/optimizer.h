@@ -27,7 +27,7 @@ class AdamW {
   // compute copy (ParameterSet::set_compute_copy) and every parameter owned, the same pass
   // rounds the updated masters into it (adamw_update_mixed; StepResult::compute_written).
   StepResult step(double lr, double grad_scale = 1.0);
-  // ZeRO-2/3: the same update on the owned range only, from buffers holding exactly that range
+  // ZeRO-1/2/3: the same update on the owned range only, from buffers holding exactly that range
   // of the parameters (w) and of the reduced gradients (g). The gradient norm adds the group's
   // shards (`shards`: the gradient group), then the tensor-parallel and pipeline parts.
   StepResult step_shard(double lr, double grad_scale, const Tensor& w, const Tensor& g, Communicator* shards);

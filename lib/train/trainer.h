@@ -69,8 +69,10 @@ class Trainer {
   // ZeRO-3 only its shard and the resident tensors), and storing its values (host, s.shape).
   bool keeps_parameter(const ParamSpec& s) const;
   void set_parameter(const ParamSpec& s, const Tensor& values);
-  // Mixed precision: rounds the f32 parameters into the model's compute copy when they changed
-  // (train_step and evaluate call it first); finishes any overlapped parameter gather first.
+  // Mixed precision: finishes every overlapped parameter gather, then rounds the f32 parameters
+  // into the model's compute copy if they changed (under ZeRO-3 the resident tensors' only: a
+  // layer's copy comes with its gather). train_step and evaluate do the same for the resident
+  // tensors alone (sync_compute_weights_resident), each layer's gather finishing in its hook.
   void sync_compute_weights();
   // The parameters were written behind the trainer's back (a checkpoint loaded in place): the
   // compute copy is refreshed before the next use.
