@@ -360,6 +360,10 @@ int run(int argc, char** argv, const MpiSession& mpi) {
           : layout.dp() * layout.sp == 1 ? "one rank in the gradient group"
                                          : "the gradient group cannot take device tensors: one gather through the host");
   }
+  if (trainer.shards_masters())
+    say("> f32 master weights sharded over the %lld ranks of the gradient group with the optimizer state; the %s "
+        "copy is all-gathered after each step (Megatron's distributed optimizer)\n",
+        static_cast<long long>(layout.dp() * layout.sp), std::string(dtype_name(args.compute_dtype())).c_str());
   say("> model states per rank: parameters %.2f MB, gradients %.2f MB, optimizer %.2f MB\n",
       static_cast<double>(sb.parameters) / 1e6, static_cast<double>(sb.gradients) / 1e6,
       static_cast<double>(sb.optimizer) / 1e6);
@@ -418,8 +422,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
       cv.params_per_rank = model.parameters().numel();
       cv.resident_params = model.parameters().resident_numel();
       cv.layer_params = model.parameters().layer_area();
-      for (const ParamSpec& s : model.parameters().specs())
+      for (const ParamSpec& s : model.parameters().specs()) {
         if (s.f32_op && s.group == model.first_layer()) cv.layer_f32_op_params += numel(s.shape);
+        if (s.f32_op) cv.f32_op_params += numel(s.shape);
+      }
+      cv.sharded_masters = trainer.shards_masters();
       cv.activation_bytes = static_cast<int64_t>(dtype_size(args.compute_dtype()));
       say("> %s\n",
           comm_volume_report({tp->volume(), sp->volume(), dp->volume(), pp->volume()}, analytic_comm_volume(cv)).c_str());

@@ -167,6 +167,12 @@ class GPT {
   void set_precision(DType compute);
   DType precision() const { return act_dtype_; }
   void refresh_compute_weights() { params_.refresh_compute(backend_); }
+  // Sharded masters (the trainer's ZeRO-1/2 in mixed precision, which keeps its own range of the
+  // f32 masters): ParameterSet::pack_masters, and the layers bound to the packed LayerNorms.
+  void pack_masters() {
+    params_.pack_masters(backend_);
+    bind_blocks();
+  }
   // Bytes of activation and scratch buffers currently allocated (for memory reports and tests).
   int64_t activation_bytes() const;
   // Of those, the logits buffers (every activation set's).

@@ -132,16 +132,52 @@ void ParameterSet::allocate_inference(Backend& backend, DType compute) {
     params_ = backend.zeros({total_});
     return;
   }
-  // The f32_op tensors packed one after another.
-  master_offset_.assign(specs_.size(), -1);
-  int64_t packed = 0;
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    if (!specs_[i].f32_op) continue;
-    master_offset_[i] = packed;
-    packed += llm::numel(specs_[i].shape);
-  }
-  params_ = backend.zeros({packed});
+  params_ = backend.zeros({pack_f32_op()});
   compute_ = backend.zeros({total_}, compute);
+}
+
+int64_t ParameterSet::pack_f32_op() {
+  std::vector<size_t> order;
+  for (size_t i = 0; i < specs_.size(); ++i)
+    if (specs_[i].f32_op) order.push_back(i);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return specs_[a].offset < specs_[b].offset; });
+  master_offset_.assign(specs_.size(), -1);
+  f32_op_ranges_.clear();
+  f32_op_packed_.clear();
+  int64_t packed = 0;
+  for (size_t i : order) {
+    const int64_t n = llm::numel(specs_[i].shape);
+    master_offset_[i] = packed;
+    f32_op_ranges_.emplace_back(specs_[i].offset, specs_[i].offset + n);
+    f32_op_packed_.push_back(packed);
+    packed += n;
+  }
+  return packed;
+}
+
+void ParameterSet::pack_masters(Backend& backend) {
+  LLM_CHECK(!inference_ && params_.defined() && compute_.defined(),
+            "pack_masters(): a training set with its 16-bit compute copy (set_compute_copy) first");
+  LLM_CHECK(!compact_params_, "pack_masters(): compact parameters (ZeRO-3) keep no full masters to pack");
+  if (packed_masters_) return;
+  const int64_t n = pack_f32_op();
+  Tensor packed = backend.empty({n});
+  for (size_t k = 0; k < f32_op_ranges_.size(); ++k) {
+    const auto [b, e] = f32_op_ranges_[k];
+    backend.copy(packed.flat(f32_op_packed_[k], e - b), params_.flat(b, e - b));
+  }
+  params_ = packed;  // the full f32 buffer is released
+  packed_masters_ = true;
+}
+
+int64_t ParameterSet::packed_index(int64_t logical) const {
+  LLM_CHECK(packed_masters_, "packed_index(): the masters are not packed");
+  // the first f32_op range ending after `logical`
+  auto it = std::upper_bound(f32_op_ranges_.begin(), f32_op_ranges_.end(), logical,
+                             [](int64_t x, const std::pair<int64_t, int64_t>& r) { return x < r.second; });
+  if (it == f32_op_ranges_.end()) return params_.numel();
+  const size_t k = static_cast<size_t>(it - f32_op_ranges_.begin());
+  return f32_op_packed_[k] + std::max<int64_t>(0, logical - it->first);
 }
 
 int64_t ParameterSet::master_offset(const ParamSpec& s) const {
@@ -196,8 +232,10 @@ const ParamSpec& ParameterSet::spec(const std::string& name) const {
 Tensor ParameterSet::param(const std::string& name) const {
   const ParamSpec& s = spec(name);
   const int64_t off = master_offset(s);
-  LLM_CHECK(off >= 0, "parameter '", name, "': an inference model in ", dtype_name(compute_dtype()),
-            " holds it only in that type (compute_param())");
+  LLM_CHECK(off >= 0, "parameter '", name, "': ",
+            inference_ ? "an inference model" : "a training model with sharded masters (ZeRO-1/2 in mixed precision)",
+            " in ", dtype_name(compute_dtype()), " holds it only in that type (compute_param())",
+            inference_ ? "" : "; its f32 master is in the optimizer's shard of its owner");
   return params_.flat(off, llm::numel(s.shape)).view(s.shape);
 }
 
@@ -206,6 +244,9 @@ void ParameterSet::set_compute_copy(Backend& backend, DType dtype) {
   LLM_CHECK(!inference_ || dtype == compute_dtype(), "an inference model computes in the precision it was made with (",
             dtype_name(compute_dtype()), "), not ", dtype_name(dtype));
   if (inference_) return;
+  LLM_CHECK(!packed_masters_ || dtype == compute_dtype(), "a training model with sharded masters computes in ",
+            dtype_name(compute_dtype()), " (its copy holds the only full parameters), not ", dtype_name(dtype));
+  if (packed_masters_) return;
   if (dtype == DType::f32) {
     compute_ = Tensor{};
     return;
@@ -224,8 +265,9 @@ Tensor ParameterSet::compute_param(const std::string& name) const {
 
 void ParameterSet::refresh_compute(Backend& backend, int64_t storage_begin, int64_t n) const {
   if (!compute_.defined()) return;
-  LLM_CHECK(!inference_, "refresh_compute(): an inference model in ", dtype_name(compute_.dtype()),
-            " has no f32 masters to refresh from");
+  LLM_CHECK(!inference_ && !packed_masters_, "refresh_compute(): ",
+            inference_ ? "an inference model" : "a training model with sharded masters", " in ",
+            dtype_name(compute_.dtype()), " has no full f32 masters to refresh from");
   if (n < 0) n = params_.numel() - storage_begin;
   if (n == 0) return;
   backend.convert(compute_.flat(storage_begin, n), params_.flat(storage_begin, n));

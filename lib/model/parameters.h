@@ -141,6 +141,19 @@ class ParameterSet {
   // No-op without a copy.
   void refresh_compute(Backend& backend, int64_t storage_begin = 0, int64_t n = -1) const;
   const Tensor& flat_compute() const { return compute_; }
+  // Mixed-precision training with sharded masters (ZeRO-1/2's distributed optimizer: each rank's
+  // f32 masters live in its optimizer shard, outside this set). After set_compute_copy(), on a set
+  // whose parameters are not compact: the f32 buffer shrinks to the f32_op tensors (the
+  // LayerNorms', which the ops read in f32), packed in logical order, their values kept. From then
+  // on the copy holds every parameter and is written by the masters' owners (the update and its
+  // gather), never refreshed from here; param() of a tensor that is not f32_op fails. A model
+  // packs through GPT::pack_masters (its layers hold views of the LayerNorms).
+  void pack_masters(Backend& backend);
+  bool packed_masters() const { return packed_masters_; }
+  // Packed masters: where logical flat offset `logical` falls in the packed f32 buffer (the f32_op
+  // elements before it). Monotone, so the logical range [b, e) of f32_op elements is the packed
+  // range [packed_index(b), packed_index(e)), and a rank's contiguous shard stays contiguous.
+  int64_t packed_index(int64_t logical) const;
 
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const ParamSpec& spec(const std::string& name) const;
@@ -164,7 +177,13 @@ class ParameterSet {
   int group_ = -1;
   bool compact_params_ = false, compact_grads_ = false;
   int grad_areas_ = 1, param_areas_ = 1;
-  bool inference_ = false;
+  bool inference_ = false, packed_masters_ = false;
+  // The f32_op tensors' offsets in a packed f32 buffer, in logical order (master_offset_ filled);
+  // returns their total.
+  int64_t pack_f32_op();
+  // Packed masters: each f32_op tensor's logical range, ascending, and its packed start.
+  std::vector<std::pair<int64_t, int64_t>> f32_op_ranges_;
+  std::vector<int64_t> f32_op_packed_;
   // 16-bit inference set: each spec's offset in the packed f32 buffer (-1: none)
   std::vector<int64_t> master_offset_;
   int64_t resident_ = 0, layer_area_ = 0;

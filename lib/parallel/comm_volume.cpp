@@ -31,6 +31,10 @@ GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
     const int64_t heads_in = tokens * 3 * (h / in.tp) * a, out_in = tokens * (h / in.tp) * a;
     v.sp.all_to_all = m * (heads_in + out_in) * (2 * L + reruns);
   }
+  // ZeRO-1/2's gather of the updated parameters: with sharded masters the 16-bit copy and the
+  // f32_op tensors' masters, else the f32 parameters
+  const int64_t post_step_gather =
+      in.sharded_masters ? in.params_per_rank * a + in.f32_op_params * f : in.params_per_rank * f;
   if (in.dp * in.sp > 1 && in.zero_stage >= 2) {
     const int64_t layer = in.layer_params * f;
     v.dp.reduce_scatter = m * L * layer;
@@ -38,10 +42,10 @@ GroupVolumes analytic_comm_volume(const CommVolumeInputs& in) {
     // ZeRO-3 gathers a layer before its forward and its backward: in mixed precision the 16-bit
     // copy and the f32_op tensors' masters
     const int64_t gathered = a == f ? layer : in.layer_params * a + in.layer_f32_op_params * f;
-    v.dp.all_gather = in.zero_stage == 2 ? in.params_per_rank * f : 2 * m * L * gathered + in.resident_params * f;
+    v.dp.all_gather = in.zero_stage == 2 ? post_step_gather : 2 * m * L * gathered + in.resident_params * f;
   } else if (in.dp * in.sp > 1 && in.zero_stage == 1) {
     v.dp.reduce_scatter = in.params_per_rank * f;  // the gradients onto their owners
-    v.dp.all_gather = in.params_per_rank * f;      // the updated parameters
+    v.dp.all_gather = post_step_gather;            // the updated parameters
   } else if (in.dp * in.sp > 1) {
     v.dp.all_reduce = in.params_per_rank * f;
   }

@@ -15,7 +15,8 @@
 //   vocab-parallel loss: two all-gathers of tp*N floats (log-sum-exp and loss per token);
 //   full recompute re-runs the forward collectives of every layer but the last;
 //   data parallel (x Ulysses): one all-reduce of the rank's gradients per step; ZeRO-1 instead
-//   reduce-scatters them onto their owners and all-gathers the updated parameters; ZeRO-2/3 reduce-scatter each layer's gradients as its backward
+//   reduce-scatters them onto their owners and all-gathers the updated parameters (with sharded
+//   masters, in mixed precision: the 16-bit copy and the LayerNorms' f32 masters); ZeRO-2/3 reduce-scatter each layer's gradients as its backward
 //   ends (every micro-batch), all-reduce the resident (embedding, final LayerNorm) gradients once;
 //   ZeRO-2 then all-gathers the parameters, ZeRO-3 gathers each layer before its forward and again
 //   before its backward and refreshes the resident parameters after the step (and, under Megatron
@@ -44,6 +45,10 @@ struct CommVolumeInputs {
   int64_t layer_params = 0;     // elements of one layer (ZeRO-2/3)
   int64_t layer_f32_op_params = 0;  // of which the LayerNorms': in mixed precision ZeRO-3 gathers
                                     // the layer's 16-bit copy and these f32 masters beside it
+  // ZeRO-1/2 with sharded masters (Trainer::shards_masters()): the post-step gather moves the
+  // 16-bit copy and the f32 masters of the rank's f32_op elements (f32_op_params of them)
+  bool sharded_masters = false;
+  int64_t f32_op_params = 0;
   int64_t activation_bytes = 4;  // element size of activations (2 under --bf16/--fp16); the
                                  // gradients, loss statistics and parameters are f32 in every
                                  // precision, but ZeRO-3's layer gathers in mixed precision

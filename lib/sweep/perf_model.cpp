@@ -82,11 +82,14 @@ StateBytes state_bytes_per_parameter(const std::string& dtype) {
 }
 
 ModelStateMemory model_state_memory(double params, const std::string& dtype, int64_t zero_stage, int64_t group,
-                                    double resident, double layer, int grad_areas, int param_areas) {
+                                    double resident, double layer, int grad_areas, int param_areas, double f32_op) {
   const StateBytes b = state_bytes_per_parameter(dtype);
   const double g = static_cast<double>(std::max<int64_t>(group, 1)), shard = params / g;
   ModelStateMemory m{b.param * params, b.grad * params, b.optimizer * params};
   if (zero_stage >= 1) m.optimizer = b.optimizer * shard;
+  // sharded masters: the 16-bit copy whole, the f32 masters of the shard and of the LayerNorms
+  if ((zero_stage == 1 || zero_stage == 2) && group > 1 && dtype != "fp32")
+    m.params = (b.param - 4.0) * params + 4.0 * shard + 4.0 * f32_op;
   if (zero_stage >= 2) m.grads = b.grad * (resident + grad_areas * layer + shard);
   if (zero_stage >= 3) m.params = b.param * (resident + param_areas * layer) + 4.0 * shard;  // the shard: f32
   return m;
@@ -178,14 +181,15 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
   DataParallelTime t;
   const int64_t G = q.ranks, n = q.layers, m = q.micro_batches;
   if (G <= 1 || n < 1 || m < 1) return t;
-  constexpr double kElem = 4.0;  // f32 gradients and master weights
+  constexpr double kElem = 4.0;  // f32 gradients (and ZeRO-3's resident master weights)
   const double bw = q.bandwidth_gbs, lat = q.latency_us, g = static_cast<double>(G), share = (g - 1.0) / g;
   const double total = q.resident + static_cast<double>(n) * q.per_layer;
   auto layer_begin = [&](int64_t l) { return q.resident + static_cast<double>(l) * q.per_layer; };
   auto layer_s = [&](int64_t l) { return owner_ranges_seconds(layer_begin(l), layer_begin(l + 1), total, G, kElem, bw, lat); };
-  auto gather_s = [&](int64_t l) {  // ZeRO-3's
-    return owner_ranges_seconds(layer_begin(l), layer_begin(l + 1), total, G, q.layer_gather_bytes, bw, lat);
+  auto gather_s = [&](int64_t l) {  // ZeRO-3's, and ZeRO-1/2's overlapped post-step gather
+    return owner_ranges_seconds(layer_begin(l), layer_begin(l + 1), total, G, q.gather_bytes, bw, lat);
   };
+  const double pg = q.gather_bytes;  // ZeRO-1/2's post-step gather too
   const double resident_ar = all_reduce_seconds(kElem * q.resident, G, bw, lat);
   const double resident_ranges = owner_ranges_seconds(0, q.resident, total, G, kElem, bw, lat);
   const double layers_bytes = kElem * static_cast<double>(n) * q.per_layer;
@@ -195,8 +199,8 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
   // ZeRO-1/2 overlapped: the previous step's gathers, queued at its end (this iteration's start).
   std::vector<double> gathered(static_cast<size_t>(n), 0.0);
   if (sharded_gather && q.overlap) {
-    st.wait(st.start(resident_ranges));
-    for (int64_t l = 0; l < n; ++l) gathered[static_cast<size_t>(l)] = st.start(layer_s(l));
+    st.wait(st.start(owner_ranges_seconds(0, q.resident, total, G, pg, bw, lat)));
+    for (int64_t l = 0; l < n; ++l) gathered[static_cast<size_t>(l)] = st.start(gather_s(l));
   }
   // ZeRO 0/1 buckets: whole layers from the last, closed at `bucket` elements or the first layer;
   // the elements [begin, end) started after layer l's backward (empty: none).
@@ -247,10 +251,10 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
     st.wait(std::max(slot[0], slot[1]));
     st.blocking(resident_ar);
     if (q.zero_stage == 3) st.blocking(resident_ranges);  // the updated resident tensors
-    else if (!q.overlap) st.blocking(all_gather_seconds(kElem * total, G, bw, lat));
+    else if (!q.overlap) st.blocking(all_gather_seconds(pg * total, G, bw, lat));
   } else {
     st.blocking(q.overlap ? reduce_s(0, q.resident) : reduce_s(0, total));
-    if (q.zero_stage == 1 && !q.overlap) st.blocking(all_gather_seconds(kElem * total, G, bw, lat));
+    if (q.zero_stage == 1 && !q.overlap) st.blocking(all_gather_seconds(pg * total, G, bw, lat));
   }
   t.collectives_s = st.collectives;
   t.exposed_s = st.compute - st.busy;
@@ -258,10 +262,10 @@ DataParallelTime data_parallel_time(const DataParallelPlan& q) {
   const double mb = static_cast<double>(m);
   switch (q.zero_stage) {
     case 0: t.bytes = 2.0 * share * kElem * total; break;
-    case 1: t.bytes = 2.0 * share * kElem * total; break;
-    case 2: t.bytes = share * (mb * layers_bytes + 2.0 * kElem * q.resident + kElem * total); break;
+    case 1: t.bytes = share * (kElem + pg) * total; break;
+    case 2: t.bytes = share * (mb * layers_bytes + 2.0 * kElem * q.resident + pg * total); break;
     default:
-      t.bytes = share * (mb * (1.0 + 2.0 * q.layer_gather_bytes / kElem) * layers_bytes + 3.0 * kElem * q.resident);
+      t.bytes = share * (mb * (1.0 + 2.0 * pg / kElem) * layers_bytes + 3.0 * kElem * q.resident);
       break;
   }
   return t;
@@ -369,7 +373,8 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
   const int64_t zero_group = p.dp * sp;
   // (ZeRO-2/3's working areas: a second of each with the overlaps, as llm-pretrain sets them up)
   r.states = model_state_memory(stage_params, c.dtype, p.zero_stage, zero_group, embed, per_layer / static_cast<double>(tp),
-                                p.overlap && p.zero_stage >= 2 ? 2 : 1, p.overlap && p.zero_stage == 3 ? 2 : 1);
+                                p.overlap && p.zero_stage >= 2 ? 2 : 1, p.overlap && p.zero_stage == 3 ? 2 : 1,
+                                layers_per_stage * 4.0 * h + 2.0 * h);  // the LayerNorms, replicated
   const StateBytes sb = state_bytes_per_parameter(c.dtype);
   const Link dp_link = group_link(c, tp, zero_group);
   {
@@ -385,7 +390,7 @@ Prediction predict(const SweepPoint& p, const GPTConfig& model_in, const Cluster
     q.overlap = p.overlap;
     q.resident = embed, q.per_layer = per_layer / static_cast<double>(tp);
     q.bucket = static_cast<double>(std::max<int64_t>(40'000'000, 1'000'000 * zero_group));  // llm-pretrain's default
-    q.layer_gather_bytes = c.dtype == "fp32" ? 4.0 : 2.0;
+    q.gather_bytes = c.dtype == "fp32" ? 4.0 : 2.0;
     q.forward_layer_s = forward * layers_share / layers_per_stage, q.forward_rest_s = forward * (1.0 - layers_share);
     q.backward_layer_s = backward * layers_share / layers_per_stage, q.backward_rest_s = backward * (1.0 - layers_share);
     q.bandwidth_gbs = dp_link.bandwidth_gbs, q.latency_us = dp_link.latency_us;

@@ -64,23 +64,27 @@ ClusterSpec load_cluster(const std::string& path);
 // Bytes per parameter of weights, gradients and optimizer state as libllm's trainer holds them:
 // f32 master weights and gradients in every precision and AdamW's two f32 moments (4 + 4 + 8),
 // and in mixed precision the 16-bit copy the ops read beside the masters (6 + 4 + 8). (Megatron's
-// and DeepSpeed's mixed-precision accounting is 2 + 2 + 12; libllm keeps every rank's full f32
-// masters under ZeRO-1/2 where Megatron's distributed optimizer keeps only 16-bit weights.)
+// and DeepSpeed's mixed-precision accounting is 2 + 2 + 12, the masters counted with the
+// moments.)
 struct StateBytes {
   double param, grad, optimizer;
 };
 StateBytes state_bytes_per_parameter(const std::string& dtype);
 // Model-state bytes on one device holding `params` parameters, ZeRO stage 0-3 over `group` ranks:
-// stage 1 shards the moments; stage 2 also the gradients, which stay whole for the `resident`
-// tensors (embeddings, final LayerNorm) and one working area of `layer` elements (two with
-// --overlap-grad-reduce); stage 3 also the weights (the shard in f32, the areas with their copy;
-// two with --overlap-param-gather). Trainer::state_bytes() gives the same (tests/mpi/zero_test.cpp).
+// stage 1 shards the moments, and in mixed precision over 2 or more ranks the f32 masters (the
+// 16-bit copy stays whole, and so do the `f32_op` elements' masters, the LayerNorms' the ops read
+// in f32: 2 + 4/G bytes per parameter, Megatron's distributed optimizer); stage 2 also the
+// gradients, which stay whole for the `resident` tensors (embeddings, final LayerNorm) and one
+// working area of `layer` elements (two with --overlap-grad-reduce); stage 3 also the weights
+// (the shard in f32, the areas with their copy; two with --overlap-param-gather).
+// Trainer::state_bytes() gives the same (tests/mpi/zero_test.cpp).
 struct ModelStateMemory {
   double params = 0, grads = 0, optimizer = 0;
   double total() const { return params + grads + optimizer; }
 };
 ModelStateMemory model_state_memory(double params, const std::string& dtype, int64_t zero_stage, int64_t group,
-                                    double resident = 0, double layer = 0, int grad_areas = 1, int param_areas = 1);
+                                    double resident = 0, double layer = 0, int grad_areas = 1, int param_areas = 1,
+                                    double f32_op = 0);
 // Activation bytes of one transformer layer for one micro-batch on one device (no recompute).
 double layer_activation_bytes(const GPTConfig& m, int64_t micro_batch, int64_t seq, int64_t tp, int64_t ulysses,
                               bool megatron_sp, const ClusterSpec& c);
@@ -106,9 +110,11 @@ double owner_ranges_seconds(double begin, double end, double total, int64_t rank
 
 // The data-parallel collectives of one iteration on one pipeline stage as libllm's trainer issues
 // them, against that stage's compute, on two streams: compute, and communication in issue order
-// (NCCL runs one communicator's operations in order; a blocking one holds both). Elements are
-// 4 bytes: the trainer reduces f32 gradients and gathers f32 master weights in every precision,
-// but for ZeRO-3's layer gathers, which in mixed precision move the 16-bit copy.
+// (NCCL runs one communicator's operations in order; a blocking one holds both). Gradients are
+// reduced in f32; parameters are gathered as `gather_bytes` per element (2 in mixed precision,
+// the 16-bit copy: ZeRO-3's layer gathers, ZeRO-1/2's post-step gather of the sharded masters'
+// copy, whose LayerNorm masters gathered beside it in f32 are left out), but ZeRO-3's resident
+// tensors, gathered in f32.
 //   ZeRO 0/1: all-reduce (ZeRO-1: reduce-scatter onto the owners) of the gradients after the
 //     last backward (--overlap-grad-reduce: of buckets of whole layers, each started when backward
 //     has finished its layers in the last micro-batch, the resident tensors after it); ZeRO-1
@@ -130,7 +136,7 @@ struct DataParallelPlan {
   bool overlap = false;
   double resident = 0, per_layer = 0;  // elements on this rank's stage (TP-sharded)
   double bucket = 40e6;                // ZeRO 0/1 bucket elements with --overlap-grad-reduce
-  double layer_gather_bytes = 4;       // ZeRO-3's layer gathers: 2 in mixed precision (the 16-bit copy)
+  double gather_bytes = 4;             // parameter gathers per element: 2 in mixed precision (the 16-bit copy)
   double forward_layer_s = 0, backward_layer_s = 0, forward_rest_s = 0, backward_rest_s = 0;
   double bandwidth_gbs = 1, latency_us = 0;
 };

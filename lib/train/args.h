@@ -82,6 +82,10 @@ struct TrainArgs {
   bool overlap_grad_reduce = false;     // Megatron-core DDP: bucketed gradient reduction during backward
   bool overlap_param_gather = false;    // ZeRO-1/2: post-step all-gather finished per layer; ZeRO-3: next-layer prefetch
   int64_t ddp_bucket_size = 0;          // elements per bucket (0 = max(40M, 1M x data-parallel size))
+  // ZeRO-1/2 in mixed precision keep the f32 masters of their own shard only and gather the 16-bit
+  // copy after the step (Megatron's distributed optimizer, DeepSpeed's ZeRO-1). false (no flag:
+  // tests compare the two) keeps every rank's full masters and gathers those in f32.
+  bool shard_masters = true;
   // mixed precision (Megatron's names): bf16 or f16 activations and compute weights, fp32 master
   // weights, gradients and optimizer state; fp16 with dynamic loss scaling
   bool bf16 = false;

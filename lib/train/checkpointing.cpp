@@ -227,7 +227,7 @@ ShardedState gather_training_state(Trainer& trainer) {
   const int P = mp.size(), S = mp.pp_size();
   const int64_t n = ps.numel();
   auto [m, v] = trainer.full_optimizer_state();
-  const Tensor params = trainer.full_parameters();  // collective under ZeRO-3
+  const Tensor params = trainer.full_parameters();  // collective under ZeRO-3 and with sharded masters
   const int64_t max_pos = model.config().max_position_embeddings;
   // This stage's parts: [P, n] gathered over the tensor-parallel group.
   Tensor all_p = params.view({1, n}), all_m = m.view({1, n}), all_v = v.view({1, n});
@@ -453,7 +453,7 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
   Backend& be = trainer.model().backend();
   // Tensor by tensor, into whatever storage the run keeps it in (ZeRO-3: only the shard and the
   // resident tensors), never a whole flat buffer on the host.
-  const bool direct = ps.flat_params().device().is_cpu() && !ps.compact_params();
+  const bool direct = ps.flat_params().device().is_cpu() && !ps.compact_params() && !ps.packed_masters();
   for (const ParamSpec& s : ps.specs()) {
     if (direct) {
       read_local(ckpt, "model", s, ps.param(s.name));

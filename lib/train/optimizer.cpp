@@ -44,10 +44,12 @@ StepResult AdamW::step(double lr, double grad_scale) {
   return update(lr, grad_scale, sq, params_.flat_params(), g, 0, sharded() ? Tensor{} : low);
 }
 
-StepResult AdamW::step_shard(double lr, double grad_scale, const Tensor& w, const Tensor& g, Communicator* shards) {
+StepResult AdamW::step_shard(double lr, double grad_scale, const Tensor& w, const Tensor& g, Communicator* shards,
+                             const Tensor& low) {
   const int64_t b = shard_begin_, e = shard_end_;
-  LLM_CHECK(w.numel() == e - b && g.numel() == e - b, "step_shard: ", w.numel(), " parameters and ", g.numel(),
-            " gradients for the owned range of ", e - b);
+  LLM_CHECK(w.numel() == e - b && g.numel() == e - b && (!low.defined() || low.numel() == e - b), "step_shard: ",
+            w.numel(), " parameters, ", g.numel(), " gradients and ", low.defined() ? low.numel() : 0,
+            " compute-copy elements for the owned range of ", e - b);
   // Squares of this rank's part of each class; the group's shards together cover the buffer.
   auto part = [&](const std::vector<std::pair<int64_t, int64_t>>& ranges) {
     double sq = 0;
@@ -65,7 +67,7 @@ StepResult AdamW::step_shard(double lr, double grad_scale, const Tensor& w, cons
   }
   double sq = replicated + (tp_ && tp_->size() > 1 ? tp_->all_reduce_sum(sharded) : sharded);
   if (pp_ && pp_->size() > 1) sq = pp_->all_reduce_sum(sq);
-  return update(lr, grad_scale, sq, w, g, b, Tensor{});
+  return update(lr, grad_scale, sq, w, g, b, low);
 }
 
 StepResult AdamW::update(double lr, double grad_scale, double sum_squares, const Tensor& w, const Tensor& g,

@@ -29,8 +29,10 @@ class AdamW {
   StepResult step(double lr, double grad_scale = 1.0);
   // ZeRO-1/2/3: the same update on the owned range only, from buffers holding exactly that range
   // of the parameters (w) and of the reduced gradients (g). The gradient norm adds the group's
-  // shards (`shards`: the gradient group), then the tensor-parallel and pipeline parts.
-  StepResult step_shard(double lr, double grad_scale, const Tensor& w, const Tensor& g, Communicator* shards);
+  // shards (`shards`: the gradient group), then the tensor-parallel and pipeline parts. `low`
+  // (optional): the compute copy of the same range, written in the same pass (sharded masters).
+  StepResult step_shard(double lr, double grad_scale, const Tensor& w, const Tensor& g, Communicator* shards,
+                        const Tensor& low = Tensor{});
   int64_t steps() const { return step_; }
   void set_steps(int64_t n) { step_ = n; }  // when resuming from a checkpoint
   const OptimizerConfig& config() const { return config_; }

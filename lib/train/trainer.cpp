@@ -84,6 +84,21 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
     model_.set_grad_ready_hook([this](int l) { zero_grad_ready(l); });
     zero_overlap_ = want_areas == 2 && dp_size > 1;
   }
+  // Sharded masters (ZeRO-1/2 in mixed precision): this rank's range of the f32 masters moves into
+  // param_shard_; the model keeps the LayerNorms' (packed: the ops read them in f32) beside its
+  // 16-bit copy, the only full parameters from now on.
+  if (args.shard_masters && (args.zero_stage == 1 || args.zero_stage == 2) && args.compute_dtype() != DType::f32 &&
+      dp_size > 1 && dp_->takes(model_.parameters().flat_params().device())) {
+    ParameterSet& ps = model_.parameters();
+    Backend& be = model_.backend();
+    param_shard_ = be.empty({own_end() - own_begin()});
+    be.copy(param_shard_, ps.flat_params().flat(own_begin(), own_end() - own_begin()));
+    ps.refresh_compute(be);  // the copy from these masters, whatever happened since it was made
+    model_.pack_masters();  // (the layers rebound to the packed LayerNorms)
+    for (int64_t o : shard_offsets_) packed_offsets_.push_back(ps.packed_index(o));
+    sharded_masters_ = true;
+    compute_stale_ = false;
+  }
   // ZeRO-1/2 --overlap-param-gather: the parameters' all-gather after the step is started group by
   // group and each is waited for just before its first use (the layer's forward; the resident
   // tensors at the next step's start). Only where the group takes the parameters directly.
@@ -222,10 +237,13 @@ IterationStats Trainer::train_step() {
     const ParameterSet& ps = model_.parameters();
     const bool sharded = !shard_offsets_.empty();  // ZeRO 1-3
     const int64_t own = own_end() - own_begin();
-    const Tensor own_params = zero_ == 3 ? param_shard_ : sharded ? ps.flat_params().flat(own_begin(), own) : Tensor{};
+    const Tensor own_params = param_shard_.defined() ? param_shard_  // ZeRO-3, sharded masters
+                              : sharded ? ps.flat_params().flat(own_begin(), own) : Tensor{};
     // ZeRO-1: the reduced range of the gradients is this rank's (the rest is scratch)
     const Tensor own_grads = zero_ ? grad_shard_ : sharded ? ps.flat_grads().flat(own_begin(), own) : Tensor{};
-    StepResult r = sharded ? optimizer_.step_shard(st.lr_applied, grad_scale, own_params, own_grads, dp_)
+    // Sharded masters: the update rounds the range into the copy in the same pass.
+    const Tensor own_copy = sharded_masters_ ? ps.flat_compute().flat(own_begin(), own) : Tensor{};
+    StepResult r = sharded ? optimizer_.step_shard(st.lr_applied, grad_scale, own_params, own_grads, dp_, own_copy)
                            : optimizer_.step(st.lr_applied, grad_scale);
     model_.backend().synchronize();
     st.optimizer_seconds = phase.seconds();
@@ -243,6 +261,12 @@ IterationStats Trainer::train_step() {
       const auto [lo, hi] = owned(0, res);
       if (hi > lo) model_.backend().copy(resident.flat(lo, hi - lo), param_shard_.flat(lo - own_begin(), hi - lo));
       if (dp_size > 1) dp_->all_gather_ranges(resident, clamp_offsets(0, res));
+      st.params_all_gather_seconds = phase.seconds();
+    } else if (r.finite && sharded_masters_ && !overlap_param_gather_) {
+      phase.reset();
+      // Each replica updated its range of the copy: share them, and the LayerNorms' masters.
+      publish_own_f32_op();
+      gather_copy(0, ps.numel(), false, -1);
       st.params_all_gather_seconds = phase.seconds();
     } else if (r.finite && overlap_param_gather_) {
       phase.reset();
@@ -396,7 +420,7 @@ Tensor Trainer::full_parameters() {
   finish_param_gathers();
   const ParameterSet& ps = model_.parameters();
   Backend& be = model_.backend();
-  if (zero_ != 3) return ps.flat_params().device().is_cpu() ? ps.flat_params() : be.download(ps.flat_params());
+  if (!param_shard_.defined()) return ps.flat_params().device().is_cpu() ? ps.flat_params() : be.download(ps.flat_params());
   const bool direct = !dp_ || dp_->takes(param_shard_.device());
   Tensor full = direct ? be.zeros({ps.numel()}) : Tensor::zeros({ps.numel()});
   be.copy(full.flat(own_begin(), own_end() - own_begin()), param_shard_);
@@ -415,6 +439,10 @@ std::tuple<Tensor, Tensor, Tensor> Trainer::state_range(int64_t begin, int64_t e
     LLM_CHECK(begin == own_begin() && end == own_end(), "state_range [", begin, ", ", end,
               ") is not this rank's ZeRO-3 shard [", own_begin(), ", ", own_end(), ")");
     params = host(param_shard_);
+  } else if (sharded_masters_) {
+    LLM_CHECK(own_begin() <= begin && end <= own_end(), "state_range [", begin, ", ", end,
+              ") is outside this rank's shard of the masters [", own_begin(), ", ", own_end(), ")");
+    params = host(param_shard_.flat(begin - own_begin(), len));
   } else {
     params = host(ps.flat_params().flat(begin, len));
   }
@@ -429,14 +457,45 @@ bool Trainer::keeps_parameter(const ParamSpec& s) const {
   return hi > lo;
 }
 
+void Trainer::publish_own_f32_op() {
+  const ParameterSet& ps = model_.parameters();
+  const int64_t b = own_begin(), e = own_end();
+  for (auto [rb, re] : ps.ranges_if([](const ParamSpec& s) { return s.f32_op; })) {
+    const int64_t lo = std::max(rb, b), hi = std::min(re, e);
+    if (hi > lo)
+      model_.backend().copy(ps.flat_params().flat(ps.packed_index(lo), hi - lo), param_shard_.flat(lo - b, hi - lo));
+  }
+}
+
+void Trainer::gather_copy(int64_t b, int64_t e, bool async, int group) {
+  const ParameterSet& ps = model_.parameters();
+  auto run = [&](const Tensor& x, const std::vector<int64_t>& offsets) {
+    if (async)
+      param_gathers_.emplace_back(group, dp_->all_gather_ranges_async(x, offsets));
+    else
+      dp_->all_gather_ranges(x, offsets);
+  };
+  run(ps.flat_compute().flat(b, e - b), clamp_offsets(b, e));
+  // The f32_op masters of [b, e): contiguous in the packed buffer, and so is each rank's part.
+  const int64_t pb = ps.packed_index(b), pe = ps.packed_index(e);
+  if (pe <= pb) return;
+  std::vector<int64_t> offsets;
+  for (int64_t o : packed_offsets_) offsets.push_back(std::clamp(o, pb, pe) - pb);
+  run(ps.flat_params().flat(pb, pe - pb), offsets);
+}
+
 void Trainer::start_param_gathers() {
   const ParameterSet& ps = model_.parameters();
   const Tensor& w = ps.flat_params();
+  if (sharded_masters_) publish_own_f32_op();
   int64_t next = 0;  // the groups cover the buffer in order: resident, then the stage's layers
   for (int g : ps.groups()) {
     const auto [b, e] = ps.group_range(g);
     LLM_CHECK(b == next, "parameter group ", g, " starts at ", b, ", not where the previous one ended (", next, ")");
-    param_gathers_.emplace_back(g, dp_->all_gather_ranges_async(w.flat(b, e - b), clamp_offsets(b, e)));
+    if (sharded_masters_)
+      gather_copy(b, e, true, g);
+    else
+      param_gathers_.emplace_back(g, dp_->all_gather_ranges_async(w.flat(b, e - b), clamp_offsets(b, e)));
     next = e;
   }
   LLM_CHECK(next == ps.numel(), "the parameter groups end at ", next, " of ", ps.numel());
@@ -444,14 +503,19 @@ void Trainer::start_param_gathers() {
 }
 
 void Trainer::finish_param_gather(int group) {
-  for (auto it = param_gathers_.begin(); it != param_gathers_.end(); ++it) {
-    if (it->first != group) continue;
+  bool found = false;
+  for (auto it = param_gathers_.begin(); it != param_gathers_.end();) {
+    if (it->first != group) {
+      ++it;
+      continue;
+    }
     it->second->wait();  // NCCL: the compute stream waits for it, the host does not
-    param_gathers_.erase(it);
-    const auto [b, e] = model_.parameters().group_range(group);  // (logical = storage: not compact)
-    model_.parameters().refresh_compute(model_.backend(), b, e - b);
-    return;
+    it = param_gathers_.erase(it);
+    found = true;
   }
+  if (!found || sharded_masters_) return;  // (sharded masters: the copy itself was gathered)
+  const auto [b, e] = model_.parameters().group_range(group);  // (logical = storage: not compact)
+  model_.parameters().refresh_compute(model_.backend(), b, e - b);
 }
 
 void Trainer::finish_param_gathers() {
@@ -482,10 +546,22 @@ void Trainer::sync_compute_weights_resident() {
 
 void Trainer::set_parameter(const ParamSpec& s, const Tensor& values) {
   finish_param_gathers();  // (a gather still running would overwrite the values)
-  compute_stale_ = true;
   const ParameterSet& ps = model_.parameters();
   LLM_CHECK(values.device().is_cpu() && values.numel() == numel(s.shape), "set_parameter '", s.name, "': ",
             values.numel(), " host values for ", shape_str(s.shape));
+  if (sharded_masters_) {
+    // This rank's part of the masters into the shard, the LayerNorms' whole into the packed
+    // buffer, and the copy rounded here as the owners' update would have (every rank has them).
+    Backend& be = model_.backend();
+    const Tensor flat = values.view({values.numel()});
+    const auto [lo, hi] = owned(s.offset, s.offset + numel(s.shape));
+    if (hi > lo) be.copy(param_shard_.flat(lo - own_begin(), hi - lo), flat.flat(lo - s.offset, hi - lo));
+    if (s.f32_op) be.copy(ps.param(s.name), values);
+    const Tensor copy = ps.compute_param(s.name);
+    be.convert(copy, copy.device().is_cpu() ? values : be.upload(values));
+    return;
+  }
+  compute_stale_ = true;
   if (zero_ == 3) {  // this rank's part of it into the shard; a layer's tensor lives nowhere else
     const Tensor flat = values.view({values.numel()});
     const auto [lo, hi] = owned(s.offset, s.offset + numel(s.shape));

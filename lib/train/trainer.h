@@ -62,8 +62,8 @@ class Trainer {
   // The full AdamW moments (host, flat). Collective under ZeRO-1 (every rank must call it);
   // otherwise the optimizer's own buffers.
   std::pair<Tensor, Tensor> full_optimizer_state();
-  // The full flat parameters (host). Collective over the gradient group under ZeRO-3, whose
-  // ranks hold only their shards; otherwise the model's buffer.
+  // The full flat parameters (host). Collective over the gradient group under ZeRO-3 and with
+  // sharded masters, whose ranks hold only their shards in f32; otherwise the model's buffer.
   Tensor full_parameters();
   // Checkpoint loading tensor by tensor: whether this rank keeps any of parameter `s` (under
   // ZeRO-3 only its shard and the resident tensors), and storing its values (host, s.shape).
@@ -71,7 +71,7 @@ class Trainer {
   void set_parameter(const ParamSpec& s, const Tensor& values);
   // Mixed precision: finishes every overlapped parameter gather, then rounds the f32 parameters
   // into the model's compute copy if they changed (under ZeRO-3 the resident tensors' only: a
-  // layer's copy comes with its gather). train_step and evaluate do the same for the resident
+  // layer's copy comes with its gather; with sharded masters never: the copy is gathered). train_step and evaluate do the same for the resident
   // tensors alone (sync_compute_weights_resident), each layer's gather finishing in its hook.
   void sync_compute_weights();
   // The parameters were written behind the trainer's back (a checkpoint loaded in place): the
@@ -97,6 +97,11 @@ class Trainer {
   // each group is finished before its first use (false: one blocking all-gather).
   bool overlaps_param_gather() const { return overlap_param_gather_; }
   int64_t param_gathers_in_flight() const { return static_cast<int64_t>(param_gathers_.size()); }
+  // ZeRO-1/2 in mixed precision over a group of 2 or more (TrainArgs::shard_masters): each rank
+  // keeps the f32 masters of its own range only (in param_shard_); the model's f32 buffer holds
+  // just the LayerNorms' (packed, ParameterSet::pack_masters), and the step's update writes the
+  // 16-bit copy of the range, which is all-gathered with the LayerNorms' masters beside it.
+  bool shards_masters() const { return sharded_masters_; }
   // Finishes whatever parameter all-gathers are still in flight (every reader of the parameters
   // outside a step calls it: checkpoint saves, loads).
   void finish_param_gathers();
@@ -129,11 +134,19 @@ class Trainer {
     return static_cast<float>(scaler_.scale()) / static_cast<float>(micro);
   }
   bool overlap_ = false, reduce_in_backward_ = false;
-  // ZeRO-2/3: the reduced gradients (and under ZeRO-3 the fp32 parameters) of this rank's range
-  // of the flat buffer; the model's working area holds one layer at a time (each of two areas, with
-  // --overlap-grad-reduce / --overlap-param-gather).
+  // ZeRO-2/3: the reduced gradients (and under ZeRO-3, or with sharded masters, the fp32
+  // parameters) of this rank's range of the flat buffer; the model's working area holds one layer
+  // at a time (each of two areas, with --overlap-grad-reduce / --overlap-param-gather).
   int zero_ = 0;
   Tensor grad_shard_, param_shard_;
+  bool sharded_masters_ = false;
+  std::vector<int64_t> packed_offsets_;  // sharded masters: shard_offsets_ in the packed f32 buffer
+  // Sharded masters: the owned part of the f32_op tensors' masters, from param_shard_ into the
+  // packed buffer (before it is all-gathered).
+  void publish_own_f32_op();
+  // Sharded masters: the all-gathers of the logical range [b, e) of the 16-bit copy and of its
+  // f32_op masters (started, or done when async is false).
+  void gather_copy(int64_t b, int64_t e, bool async, int group);
   std::vector<int64_t> clamp_offsets(int64_t begin, int64_t end) const;  // shard offsets within a range
   // ZeRO 0/1's gradient reduction of x, the flat gradients from `begin`: an all-reduce, or under
   // ZeRO-1 a reduce-scatter onto the owners' ranges (the rest is scratch after it).
@@ -150,7 +163,7 @@ class Trainer {
   };
   ZeroGather zero_prefetch_;
   // ZeRO-1/2 --overlap-param-gather: per parameter group (-1 resident, then the layers), its
-  // all-gather in flight since the step.
+  // all-gathers in flight since the step (sharded masters: the copy's and the f32_op masters').
   bool overlap_param_gather_ = false;
   std::vector<std::pair<int, std::unique_ptr<Communicator::Request>>> param_gathers_;
   void start_param_gathers();

@@ -27,9 +27,12 @@ using llm::Tensor;
 void expect_model_states(const llm::Trainer& t, const llm::GPT& model, const char* dtype, int zero, int dp) {
   const llm::ParameterSet& ps = model.parameters();
   const llm::Trainer::StateBytes sb = t.state_bytes();
+  int64_t f32_op = 0;
+  for (const llm::ParamSpec& s : ps.specs()) f32_op += s.f32_op ? llm::numel(s.shape) : 0;
   const llm::sweep::ModelStateMemory want =
       llm::sweep::model_state_memory(static_cast<double>(ps.numel()), dtype, zero, dp, static_cast<double>(ps.resident_numel()),
-                                     static_cast<double>(ps.layer_area()), ps.grad_areas(), ps.param_areas());
+                                     static_cast<double>(ps.layer_area()), ps.grad_areas(), ps.param_areas(),
+                                     static_cast<double>(f32_op));
   EXPECT_NEAR(static_cast<double>(sb.parameters), want.params, 4.0) << "ZeRO-" << zero << " " << dtype;
   EXPECT_NEAR(static_cast<double>(sb.gradients), want.grads, 4.0) << "ZeRO-" << zero << " " << dtype;
   EXPECT_NEAR(static_cast<double>(sb.optimizer), want.optimizer, 8.0) << "ZeRO-" << zero << " " << dtype;
@@ -258,6 +261,118 @@ void check_zero3_bf16_gathers_the_copy(bool overlap) {
   EXPECT_EQ(t3.evaluate(data, 2), t2.evaluate(data, 2));
   expect_model_states(t2, m2, "bf16", 2, dp);
   expect_model_states(t3, m3, "bf16", 3, dp);
+}
+
+// Sharded masters: ZeRO-1/2 in mixed precision keep the f32 masters of their own range only and
+// gather the 16-bit copy the update wrote (and the LayerNorms' f32 masters) after the step. The
+// numbers are those of full masters exactly (the same update of the same range, rounded to the
+// same bits), blocking and overlapped, bf16 and fp16; the parameter bytes drop to
+// 2 + 4/dp per element; parameters set tensor by tensor (a checkpoint load) reach the shard, the
+// LayerNorms and the copy alike.
+void check_sharded_masters(int zero, llm::DType dtype, bool overlap) {
+  auto world = llm::mpi_world_communicator();
+  const int dp = world->size();
+  const char* name = dtype == llm::DType::bf16 ? "bf16" : "fp16";
+  auto make = [&](bool shard) {
+    return mpi_support::tiny_train_args(4 * dp, 21, [&](llm::TrainArgs& a) {
+      a.data_parallel_size = dp;
+      a.zero_stage = zero;
+      a.bf16 = dtype == llm::DType::bf16;
+      a.fp16 = dtype == llm::DType::f16;
+      a.overlap_grad_reduce = overlap;
+      a.overlap_param_gather = overlap;
+      a.shard_masters = shard;
+    });
+  };
+  const llm::TrainArgs as = make(true), af = make(false);
+  llm::MockDataSource data(200, 16, 3);
+  llm::Backend& be = llm::cpu_backend();
+  llm::ModelParallel mp;
+  mp.zero_stage = zero >= 2 ? zero : 0;
+  mp.zero_grad_areas = overlap && zero >= 2 ? 2 : 1;
+  auto gs = llm::mpi_split_communicator(0, world->rank()), gf = llm::mpi_split_communicator(0, world->rank());
+  llm::GPT ms(as.model_config(), be, 21, 16, mp), mf(af.model_config(), be, 21, 16, mp);
+  llm::Trainer ts(as, ms, data, gs.get()), tf(af, mf, data, gf.get());
+  const std::string what = std::string("ZeRO-") + std::to_string(zero) + " " + name + (overlap ? " overlapped" : "");
+  ASSERT_EQ(ts.shards_masters(), dp > 1) << what;
+  ASSERT_FALSE(tf.shards_masters()) << what;
+  const llm::ParameterSet& ps = ms.parameters();
+  auto same_copy = [&](const char* when) {
+    const llm::Tensor& a = ps.flat_compute();
+    const llm::Tensor& b = mf.parameters().flat_compute();
+    ASSERT_EQ(a.nbytes(), b.nbytes());
+    const auto* x = static_cast<const uint16_t*>(a.raw());
+    const auto* y = static_cast<const uint16_t*>(b.raw());
+    int64_t differ = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) differ += x[i] != y[i];
+    EXPECT_EQ(differ, 0) << what << ": the 16-bit copy " << when;
+  };
+  auto same_params = [&](llm::Trainer& a, llm::Trainer& b, const char* when) {
+    const Tensor p = a.full_parameters(), q = b.full_parameters();
+    ASSERT_EQ(p.numel(), q.numel());
+    int64_t differ = 0;
+    for (int64_t i = 0; i < p.numel(); ++i) differ += p.data<float>()[i] != q.data<float>()[i];
+    EXPECT_EQ(differ, 0) << what << ": f32 parameters " << when;
+  };
+  for (int it = 1; it <= 3; ++it) {
+    const llm::IterationStats x = ts.train_step(), y = tf.train_step();
+    EXPECT_EQ(x.loss, y.loss) << what << ", iteration " << it;
+    EXPECT_EQ(x.grad_norm, y.grad_norm) << what << ", iteration " << it;
+    EXPECT_EQ(x.skipped, y.skipped) << what << ", iteration " << it;
+  }
+  ts.sync_compute_weights();
+  tf.sync_compute_weights();
+  same_copy("after 3 steps");
+  same_params(ts, tf, "after 3 steps");
+  EXPECT_EQ(ts.evaluate(data, 2), tf.evaluate(data, 2)) << what;
+  if (dp == 1) return;
+  // The model's f32 buffer holds the LayerNorms only; a matrix is in the copy alone.
+  int64_t f32_op = 0;
+  for (const llm::ParamSpec& s : ps.specs()) f32_op += s.f32_op ? llm::numel(s.shape) : 0;
+  EXPECT_EQ(ps.flat_params().numel(), f32_op);
+  EXPECT_TRUE(ps.has_master("h.0.ln_1.weight"));
+  EXPECT_FALSE(ps.has_master("h.0.attn.c_attn.weight"));
+  try {
+    (void)ps.param("h.0.attn.c_attn.weight");
+    ADD_FAILURE() << "param() of a matrix under sharded masters";
+  } catch (const llm::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sharded masters"), std::string::npos) << e.what();
+  }
+  expect_model_states(ts, ms, name, zero, dp);
+  const int64_t n = ps.numel();
+  EXPECT_LT(ts.state_bytes().parameters, 2 * n + 4 * (n / dp + 1) + 4 * f32_op + 1);
+  EXPECT_EQ(tf.state_bytes().parameters, 6 * n);
+  // The post-step gather: the 16-bit copy and the LayerNorms' masters, no f32 parameters else.
+  gs->reset_volume();
+  const llm::IterationStats x = ts.train_step(), y = tf.train_step();
+  EXPECT_EQ(x.loss, y.loss) << what << ", iteration 4";
+  if (!x.skipped) {
+    EXPECT_EQ(gs->volume().all_gather, 2 * n + 4 * f32_op) << what;
+  }
+  // Parameters set tensor by tensor (a checkpoint load) into fresh trainers: the same copies and
+  // masters, then the same step.
+  const Tensor values = tf.full_parameters();
+  llm::GPT ms2(as.model_config(), be, 5, 16, mp), mf2(af.model_config(), be, 5, 16, mp);
+  auto gs2 = llm::mpi_split_communicator(0, world->rank()), gf2 = llm::mpi_split_communicator(0, world->rank());
+  llm::Trainer ts2(as, ms2, data, gs2.get()), tf2(af, mf2, data, gf2.get());
+  for (const llm::ParamSpec& s : ps.specs()) {
+    Tensor v = Tensor::empty(s.shape);
+    std::copy(values.data<float>() + s.offset, values.data<float>() + s.offset + llm::numel(s.shape), v.data<float>());
+    ts2.set_parameter(s, v);
+    tf2.set_parameter(s, v);
+  }
+  same_params(ts2, tf2, "after set_parameter");
+  same_params(ts2, tf, "after set_parameter, against the source");
+  const llm::IterationStats x2 = ts2.train_step(), y2 = tf2.train_step();
+  EXPECT_EQ(x2.loss, y2.loss) << what << ", after set_parameter";
+  EXPECT_EQ(x2.grad_norm, y2.grad_norm) << what << ", after set_parameter";
+  same_params(ts2, tf2, "a step after set_parameter");
+}
+
+TEST(Zero, ShardedMastersEqualFullMastersInMixedPrecision) {
+  for (int zero : {1, 2})
+    for (llm::DType dtype : {llm::DType::bf16, llm::DType::f16})
+      for (bool overlap : {false, true}) check_sharded_masters(zero, dtype, overlap);
 }
 
 TEST(Zero, Stage3InBf16GathersTheCopyAndEqualsStage2) {

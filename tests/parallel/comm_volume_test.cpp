@@ -119,10 +119,21 @@ TEST(CommVolume, ZeroOneReduceScattersAndGathers) {
   auto in = base();
   in.dp = 4;
   in.zero_stage = 1;
-  const auto v = llm::analytic_comm_volume(in);
+  auto v = llm::analytic_comm_volume(in);
   EXPECT_EQ(v.dp.all_reduce, 0);
   EXPECT_EQ(v.dp.reduce_scatter, 4000);
   EXPECT_EQ(v.dp.all_gather, 4000);
+  // Sharded masters (mixed precision): the gather moves the 16-bit copy and 24 LayerNorm masters
+  in.activation_bytes = 2;
+  in.sharded_masters = true;
+  in.f32_op_params = 24;
+  in.layer_params = 400;
+  for (int64_t zero : {1, 2}) {
+    in.zero_stage = zero;
+    v = llm::analytic_comm_volume(in);
+    EXPECT_EQ(v.dp.all_gather, in.params_per_rank * 2 + 24 * 4) << "ZeRO-" << zero;
+  }
+  EXPECT_EQ(v.dp.reduce_scatter, 4 * 2 * 400 * 4);  // ZeRO-2: f32 gradients all the same
   in.zero_stage = 0;
   EXPECT_EQ(llm::analytic_comm_volume(in).dp.all_reduce, 4000);
 }

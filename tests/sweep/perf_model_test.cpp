@@ -30,18 +30,23 @@ ClusterSpec bf16_cluster() {
 
 TEST(PerfModel, ModelStatesPerZeroStage) {
   // libllm's mixed precision: f32 masters and the 16-bit copy, f32 gradients, two f32 moments
-  // (6 + 4 + 8 bytes per parameter); 1e9 parameters over 8 ranks.
+  // (6 + 4 + 8 bytes per parameter); 1e9 parameters over 8 ranks. ZeRO-1/2 shard the masters
+  // (the copy whole: 2 + 4/8).
   EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 0, 8).total(), 18e9);
-  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 1, 8).total(), 6e9 + 4e9 + 1e9);
-  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 2, 8).total(), 6e9 + 0.5e9 + 1e9);
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 1, 8).total(), 2.5e9 + 4e9 + 1e9);
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 2, 8).total(), 2.5e9 + 0.5e9 + 1e9);
   EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 3, 8).total(), 0.5e9 + 0.5e9 + 1e9);  // 16 / 8
+  // the LayerNorms' masters stay whole (f32_op: 1e6 of them); one rank keeps every master
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 1, 8, 0, 0, 1, 1, 1e6).params, 2.5e9 + 4e6);
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 1, 1, 0, 0, 1, 1, 1e6).params, 6e9);
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "fp16", 2, 4).params, 3e9);
   // ZeRO-2/3 keep the resident tensors and the layers' working areas whole: 1e8 resident, layers
   // of 5e7, two gradient areas and one parameter area
   const ModelStateMemory z3 = model_state_memory(1e9, "bf16", 3, 8, 1e8, 5e7, 2, 1);
   EXPECT_DOUBLE_EQ(z3.params, 6 * (1e8 + 5e7) + 4 * 1.25e8);
   EXPECT_DOUBLE_EQ(z3.grads, 4 * (1e8 + 2 * 5e7) + 4 * 1.25e8);
   EXPECT_DOUBLE_EQ(z3.optimizer, 8 * 1.25e8);
-  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 2, 8, 1e8, 5e7, 2, 1).params, 6e9);
+  EXPECT_DOUBLE_EQ(model_state_memory(1e9, "bf16", 2, 8, 1e8, 5e7, 2, 1).params, 2.5e9);
   // fp32 training: 4 + 4 + 8.
   EXPECT_DOUBLE_EQ(model_state_memory(1e9, "fp32", 0, 8).total(), 16e9);
   EXPECT_DOUBLE_EQ(model_state_memory(1e9, "fp32", 1, 8).optimizer, 1e9);
@@ -153,15 +158,16 @@ TEST(PerfModel, ParallelTermsAndProblems) {
   const Prediction rq = predict(q, m, c);
   EXPECT_GT(rq.iteration_s, r.iteration_s);
   EXPECT_LT(rq.total_memory, r.total_memory);
-  // Bytes for one micro-batch. ZeRO-1 (reduce-scatter, then the f32 shards gathered) moves plain
-  // data parallelism's. ZeRO-3 in fp32 moves 1.5x (the ZeRO paper's 3 vs 2 buffers); in mixed
+  // Bytes for one micro-batch. ZeRO-1 (reduce-scatter, then the shards gathered) moves 3/4 of plain
+  // data parallelism's in mixed precision (its masters sharded, it gathers the 16-bit copy), the
+  // same in fp32 (f32 shards gathered). ZeRO-3 in fp32 moves 1.5x (the ZeRO paper's 3 vs 2 buffers); in mixed
   // precision its layer gathers move the 16-bit copy, so only the resident tensors
   // (R = 1024 x 1024 + 4096 x 1024 + 2 x 1024 elements, all-reduced and gathered in f32) move
   // more: 4 R (all-reduce) + 2 R (gather) against 4 R, at dp 2.
   p.pp = 1, p.grad_accum = 1, p.zero_stage = 0;
   const double z0 = predict(p, m, c).dp_bytes, R = 1024.0 * 1024 + 4096.0 * 1024 + 2048;
   p.zero_stage = 1;
-  EXPECT_NEAR(predict(p, m, c).dp_bytes, z0, 1e-12 * z0);
+  EXPECT_NEAR(predict(p, m, c).dp_bytes, 0.75 * z0, 1e-12 * z0);
   p.zero_stage = 3;
   EXPECT_NEAR(predict(p, m, c).dp_bytes, z0 + 2.0 * R, 1e-12 * z0);
   {
@@ -172,6 +178,8 @@ TEST(PerfModel, ParallelTermsAndProblems) {
     const double f0 = predict(p32, m, c32).dp_bytes;
     p32.zero_stage = 3;
     EXPECT_NEAR(predict(p32, m, c32).dp_bytes, 1.5 * f0, 1e-12 * f0);
+    p32.zero_stage = 1;
+    EXPECT_NEAR(predict(p32, m, c32).dp_bytes, f0, 1e-12 * f0);
     EXPECT_DOUBLE_EQ(f0, z0);  // f32 gradients either way
   }
   // Impossible layouts and mismatches are reported, not thrown.
@@ -333,6 +341,15 @@ TEST(PerfModel, DataParallelCollectivesBlocking) {
     one.ranks = 1;
     EXPECT_EQ(data_parallel_time(one).exposed_s, 0.0);
   }
+  // Mixed precision: ZeRO-1/2's masters are sharded and the post-step all-gather moves the 16-bit
+  // copy (3 us); the reductions stay f32.
+  for (int64_t z : {1, 2}) {
+    DataParallelPlan q = plan(z, false, 1e-3);
+    q.gather_bytes = 2;
+    const DataParallelTime t = data_parallel_time(q);
+    EXPECT_NEAR(t.collectives_s, (z == 1 ? 6 + 3 : 2 * 4 * 2 + 4 + 3) * us, eps) << "ZeRO-" << z;
+    EXPECT_DOUBLE_EQ(t.bytes, z == 1 ? 0.5 * (12000 + 6000) : 0.5 * (2 * 8000 + 2 * 4000 + 6000)) << "ZeRO-" << z;
+  }
 }
 
 // Overlapped, against compute far longer than any collective, what stays exposed is what the
@@ -355,6 +372,12 @@ TEST(PerfModel, DataParallelCollectivesOverlapped) {
   t = data_parallel_time(plan(1, true, 1e-3));
   EXPECT_NEAR(t.exposed_s, 16 * us, tol);
   EXPECT_NEAR(t.collectives_s, 22 * us, tol);
+  // The same in mixed precision: the gathers of the 16-bit copy take half as long (2, then 1).
+  q = plan(1, true, 1e-3);
+  q.gather_bytes = 2;
+  t = data_parallel_time(q);
+  EXPECT_NEAR(t.exposed_s, (2 + 1 + 6 + 4) * us, tol);
+  EXPECT_NEAR(t.collectives_s, (2 + 4 * 1 + 6 + 4) * us, tol);
   // ZeRO-2: the same gathers (4 + 2), the last layer reduction's tail (2) and the resident
   // all-reduce (4); the first micro-batch's last reductions hide behind the second's forward.
   t = data_parallel_time(plan(2, true, 1e-3));
@@ -378,7 +401,7 @@ TEST(PerfModel, DataParallelCollectivesOverlapped) {
   // Mixed precision: ZeRO-3's layer gathers move the 16-bit copy, 1 us each; the reductions and
   // resident tensors stay f32. Blocking: 2 x 4 layers x (1 + 1 + 2) + 4 + 4.
   q = plan(3, false, 1e-3);
-  q.layer_gather_bytes = 2;
+  q.gather_bytes = 2;
   t = data_parallel_time(q);
   EXPECT_NEAR(t.collectives_s, (2 * 4 * 4 + 4 + 4) * us, tol);
   EXPECT_DOUBLE_EQ(t.bytes, 0.5 * (2 * 2 * 8000 + 3 * 4000));

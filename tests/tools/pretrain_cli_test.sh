@@ -355,7 +355,14 @@ if command -v mpirun > /dev/null; then
   run_pp bfz3 4 --bf16 --zero-stage 3 --exit-interval 4 --save "$work/bfck"
   OMP_NUM_THREADS=1 "$bin" "${pp[@]}" --bf16 --load "$work/bfck" --output-dir "$work/bfz3b" > "$work/bfz3b.txt" 2>&1
   check "bf16: a ZeRO-3 over 4 ranks checkpoint resumes on 1 process on the single-process bf16 curve (rel 5e-4)" "grep -q 'continuing after iteration 4' $work/bfz3b.txt && near_curve 5e-4 $work/bf1/metrics.jsonl $work/bfz3/metrics.jsonl $work/bfz3b/metrics.jsonl"
-  check "bf16 layouts' measured communication equals the analytic volume" "(for f in bfdp2tp2 bfpp2sp2 bfz3; do grep -q 'communication per iteration on rank 0' $work/\$f.txt || exit 1; done) && ! grep -q MISMATCH $work/bfdp2tp2.txt $work/bfpp2sp2.txt $work/bfz3.txt"
+  # ZeRO-1/2 in mixed precision shard the f32 masters (each rank keeps its range, the bf16 copy is
+  # gathered after the step); checkpoints out of them and into them.
+  run_pp bfz1 4 --bf16 --zero-stage 1 --pipeline-model-parallel-size 2 --overlap-grad-reduce --overlap-param-gather --exit-interval 4 --save "$work/bfz1ck"
+  OMP_NUM_THREADS=1 "$bin" "${pp[@]}" --bf16 --load "$work/bfz1ck" --output-dir "$work/bfz1b" > "$work/bfz1b.txt" 2>&1
+  check "bf16: ZeRO-1 x PP 2, overlapped, shards the f32 masters, follows the single-process bf16 curve, and its checkpoint resumes on 1 process (rel 5e-4)" "grep -q 'f32 master weights sharded over the 2 ranks of the gradient group' $work/bfz1.txt && grep -q 'continuing after iteration 4' $work/bfz1b.txt && near_curve 5e-4 $work/bf1/metrics.jsonl $work/bfz1/metrics.jsonl $work/bfz1b/metrics.jsonl"
+  run_pp bfz2 4 --bf16 --zero-stage 2 --load "$work/bfck"
+  check "bf16: the ZeRO-3 checkpoint resumes under ZeRO-2 over 4 ranks (sharded masters) on the single-process bf16 curve (rel 5e-4)" "grep -q 'continuing after iteration 4' $work/bfz2.txt && grep -q 'f32 master weights sharded over the 4 ranks' $work/bfz2.txt && near_curve 5e-4 $work/bf1/metrics.jsonl $work/bfz3/metrics.jsonl $work/bfz2/metrics.jsonl"
+  check "bf16 layouts' measured communication equals the analytic volume" "(for f in bfdp2tp2 bfpp2sp2 bfz3 bfz1 bfz2; do grep -q 'communication per iteration on rank 0' $work/\$f.txt || exit 1; done) && ! grep -q MISMATCH $work/bfdp2tp2.txt $work/bfpp2sp2.txt $work/bfz3.txt $work/bfz1.txt $work/bfz2.txt"
   # fp16 with a loss scale of 2^26: the scaled gradients overflow, those iterations are skipped and
   # the scale halves (hysteresis 1) until it fits; every layout with the same data-parallel size
   # decides the same (the overflow check is on the global gradient norm).
@@ -366,6 +373,12 @@ if command -v mpirun > /dev/null; then
   check "fp16 with an overflowing loss scale skips iterations ($(skips $work/fp1.txt)), halves the scale, then trains" "[ $rc -eq 0 ] && skips $work/fp1.txt | tr , '\n' | awk '{s+=\$1} END{exit !(s >= 3 && s <= 6)}' && grep -q 'loss scale: 33554432.0' $work/fp1.txt && ! grep -qi 'lm loss: -*nan' $work/fp1.txt"
   run_pp fptp2 2 "${f16[@]}" --tensor-model-parallel-size 2 --sequence-parallel
   run_pp fppp2 2 "${f16[@]}" --pipeline-model-parallel-size 2
+  # Data parallel 2 halves the micro-batches per replica, so each one's loss weight (the scale over
+  # them) doubles: overflows come at other iterations than on one process. ZeRO-1 with sharded
+  # masters decides as plain data parallelism does, and follows it.
+  run_pp fpdp2 2 "${f16[@]}"
+  run_pp fpz1 2 "${f16[@]}" --zero-stage 1
+  check "fp16: ZeRO-1 over 2 ranks (sharded masters) skips the iterations data parallelism skips ($(skips $work/fpdp2.txt)) and follows its losses (rel 1e-5)" "grep -q 'f32 master weights sharded' $work/fpz1.txt && [ \"\$(skips $work/fpz1.txt)\" = \"\$(skips $work/fpdp2.txt)\" ] && same_curve $work/fpdp2/metrics.jsonl $work/fpz1/metrics.jsonl"
   check "fp16: TP 2 + SP and PP 2 skip the same iterations ($(skips $work/fp1.txt)) and match the single-process losses (rel 5e-4)" "[ \"\$(skips $work/fptp2.txt)\" = \"\$(skips $work/fp1.txt)\" ] && [ \"\$(skips $work/fppp2.txt)\" = \"\$(skips $work/fp1.txt)\" ] && near_curve 5e-4 $work/fp1/metrics.jsonl $work/fptp2/metrics.jsonl && near_curve 5e-4 $work/fp1/metrics.jsonl $work/fppp2/metrics.jsonl"
   # The output layer in chunks (each chunk's backward in forward, dloss carrying the loss scale):
   # the same overflows, so the same skipped iterations, and the same curve.
