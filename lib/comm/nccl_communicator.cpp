@@ -331,7 +331,17 @@ class NcclCommunicator final : public Communicator {
     const ncclDataType_t t = nccl_type(x.dtype(), "reduce_scatter_ranges");
     const size_t es = dtype_size(x.dtype());
     char* base = static_cast<char*>(x.raw());
-    // One in-place reduce per owner, fused into one NCCL group.
+    bool equal = true;
+    for (int r = 0; r < size_; ++r) equal = equal && offsets[r + 1] - offsets[r] == offsets[1] - offsets[0];
+    if (equal) {  // in-place reduce-scatter: rank r's result lands in its own slot of the buffer
+      const size_t count = static_cast<size_t>(offsets[1]);
+      Timed timed(*this, "reduce_scatter_ranges", x.nbytes());
+      NCCL_CHECK(ncclReduceScatter(base, base + count * es * static_cast<size_t>(rank_), count, t, ncclSum, comm_,
+                                   stream()),
+                 "reduce_scatter_ranges ", shape_str(x.shape()));
+      return timed.queued();
+    }
+    // Uneven ranges: one in-place reduce per owner, fused into one NCCL group.
     Timed timed(*this, "reduce_scatter_ranges (reduces)", x.nbytes());
     NcclGroup group("reduce_scatter_ranges");
     for (int r = 0; r < size_; ++r) {

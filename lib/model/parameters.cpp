@@ -267,7 +267,8 @@ void ParameterSet::refresh_compute(Backend& backend, int64_t storage_begin, int6
   if (!compute_.defined()) return;
   LLM_CHECK(!inference_ && !packed_masters_, "refresh_compute(): ",
             inference_ ? "an inference model" : "a training model with sharded masters", " in ",
-            dtype_name(compute_.dtype()), " has no full f32 masters to refresh from");
+            dtype_name(compute_.dtype()), " has no f32 masters",
+            inference_ ? "" : " here (each rank's range is in its optimizer shard)", " to refresh from");
   if (n < 0) n = params_.numel() - storage_begin;
   if (n == 0) return;
   backend.convert(compute_.flat(storage_begin, n), params_.flat(storage_begin, n));

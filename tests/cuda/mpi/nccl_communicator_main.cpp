@@ -178,11 +178,14 @@ int main(int argc, char** argv) {
           for (int64_t i = off[size_t(q)]; i < off[size_t(q) + 1]; ++i) gk = gk && g.data<float>()[i] == float(q) + 0.5f;
         check(gk, even ? "all_gather_ranges (even)" : "all_gather_ranges (uneven)", rank);
       }
-      // reduce_scatter_ranges (ZeRO-2/3's gradients; uneven ranges, one grouped reduce per owner)
-      // and both range forms non-blocking, against the blocking results
-      {
+      // reduce_scatter_ranges (ZeRO's gradients; uneven ranges: one grouped reduce per owner; even
+      // ones: an in-place ncclReduceScatter) and both range forms non-blocking, against the
+      // blocking results
+      int64_t scattered = 0;  // elements reduce-scattered by each call below
+      for (bool even : {false, true}) {
         std::vector<int64_t> off{0};
-        for (int q = 0; q < size; ++q) off.push_back(off.back() + 500 + 13 * q);
+        for (int q = 0; q < size; ++q) off.push_back(off.back() + 500 + (even ? 0 : 13 * q));
+        scattered += off.back();
         llm::Tensor x = llm::Tensor::empty({off.back()});
         for (int64_t i = 0; i < off.back(); ++i) x.data<float>()[i] = float(rank + 1) * float(i % 5);
         llm::Tensor dx = be->upload(x), dx2 = be->upload(x);
@@ -195,12 +198,13 @@ int main(int argc, char** argv) {
           rk = rk && r1.data<float>()[i] == sum * float(i % 5);
           same = same && r2.data<float>()[i] == r1.data<float>()[i];
         }
-        check(rk, "reduce_scatter_ranges (uneven)", rank);
+        check(rk, even ? "reduce_scatter_ranges (even)" : "reduce_scatter_ranges (uneven)", rank);
         // then every range gathered back, non-blocking: each rank's reduced range everywhere
         comm->all_gather_ranges_async(dx2, off)->wait();
         const llm::Tensor g = be->download(dx2);
         for (int64_t i = 0; i < off.back(); ++i) same = same && g.data<float>()[i] == sum * float(i % 5);
-        check(same, "reduce_scatter_ranges_async / all_gather_ranges_async", rank);
+        check(same, even ? "reduce_scatter_ranges_async / all_gather_ranges_async (even)"
+                         : "reduce_scatter_ranges_async / all_gather_ranges_async (uneven)", rank);
       }
       // bf16 sums (mixed-precision activations): small integers, exact in bf16
       {
@@ -283,10 +287,10 @@ int main(int argc, char** argv) {
         check(ry.data<float>()[0] == tri && ry.data<float>()[m - 1] == tri, "all_reduce_sum_async (device f32)", rank);
         const auto& v = comm->volume();
         // Bytes counted per call: the two all_gather_ranges (uneven, even), the reduce_scatter_ranges
-        // (blocking and not) and the all_gather_ranges_async after them, all_gather, reduce_scatter
-        // and all_to_all above; nothing moves between ranks on one, so nothing is counted there.
+        // (blocking and not, uneven and even) and the all_gather_ranges_async after them,
+        // all_gather, reduce_scatter and all_to_all above; nothing moves between ranks on one, so
+        // nothing is counted there.
         const int64_t ranges = 1000 * size + 17 * size * (size - 1) / 2 + 1000 * size;
-        const int64_t scattered = 500 * size + 13 * size * (size - 1) / 2;
         const int64_t gathered = size > 1 ? (ranges + scattered + m * size) * 4 : 0;
         const int64_t reduced = size > 1 ? (2 * scattered + m * size) * 4 : 0, moved = size > 1 ? m * size * 4 : 0;
         check(v.all_gather == gathered && v.reduce_scatter == reduced && v.all_to_all == moved, "volume counters", rank);
