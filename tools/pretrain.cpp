@@ -247,6 +247,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   parallel.zero_stage = args.zero_stage >= 2 ? static_cast<int>(args.zero_stage) : 0;
   parallel.zero_grad_areas = args.zero_stage >= 2 && args.overlap_grad_reduce ? 2 : 1;
   parallel.zero_param_areas = args.zero_stage == 3 && args.overlap_param_gather ? 2 : 1;
+  // ZeRO-1/2 in mixed precision shard the f32 masters: the model is built without the whole f32
+  // buffer (the gradient group, NCCL or MPI, takes the model's tensors).
+  if (args.shard_masters && (args.zero_stage == 1 || args.zero_stage == 2) && args.compute_dtype() != DType::f32 &&
+      layout.dp() * layout.sp > 1)
+    parallel.sharded_masters = args.compute_dtype();
   GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length, parallel);
   Trainer trainer(args, model, train, dp.get());
   MetricsWriter metrics = lead ? MetricsWriter(args.output_dir) : MetricsWriter();

@@ -129,7 +129,12 @@ ParameterSet gpt_parameters(const GPTConfig& config, int64_t max_pos, int rank, 
 GPT::GPT(const GPTConfig& config, Backend& backend, uint64_t seed, int64_t seq_length, ModelParallel tp)
     : config_(config), backend_(backend), tp_(tp) {
   plan(seq_length);
-  params_.allocate(backend_, seed);
+  if (tp_.sharded_masters != DType::f32) {
+    params_.allocate_packed(backend_, seed, tp_.sharded_masters);
+    act_dtype_ = tp_.sharded_masters;
+  } else {
+    params_.allocate(backend_, seed);
+  }
   bind_blocks();
 }
 

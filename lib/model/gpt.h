@@ -53,6 +53,11 @@ struct ModelParallel {
   // Parameter working areas under ZeRO-3: 2 with --overlap-param-gather (the next layer gathered
   // while this one computes).
   int zero_param_areas = 1;
+  // ZeRO-1/2 in mixed precision with sharded masters (TrainArgs::shard_masters; the trainer keeps
+  // its range of the f32 masters): bf16/f16 builds the model with the 16-bit copy in that type
+  // and the LayerNorms' f32 masters only (ParameterSet::allocate_packed), never the whole f32
+  // buffer, which would outgrow the run's steady state; f32: the usual model.
+  DType sharded_masters = DType::f32;
   bool first_stage() const { return pp_rank() == 0; }
   bool last_stage() const { return pp_rank() == pp_size() - 1; }
 };

@@ -170,6 +170,34 @@ void ParameterSet::pack_masters(Backend& backend) {
   packed_masters_ = true;
 }
 
+void ParameterSet::allocate_packed(Backend& backend, uint64_t seed, DType compute) {
+  LLM_CHECK(!params_.defined() && !compute_.defined(), "ParameterSet::allocate_packed(): already allocated");
+  LLM_CHECK(!compact_params_, "allocate_packed(): compact parameters (ZeRO-3) keep no full copy");
+  LLM_CHECK(compute == DType::bf16 || compute == DType::f16, "allocate_packed(): a bf16 or f16 copy, not ",
+            dtype_name(compute));
+  plan();
+  plan_groups();
+  seed_ = seed;
+  const int64_t packed = pack_f32_op();
+  Tensor host = Tensor::empty({packed});
+  for (size_t k = 0; k < f32_op_ranges_.size(); ++k)
+    init_range(host.data<float>() + f32_op_packed_[k], f32_op_ranges_[k].first, f32_op_ranges_[k].second);
+  params_ = backend.upload(host);
+  compute_ = backend.empty({total_}, compute);
+  // The copy a chunk at a time: each chunk's f32 values on the host, then rounded on the backend
+  // (the same bits as rounding the masters: convert is the one rounding either way).
+  constexpr int64_t kChunk = int64_t{1} << 24;
+  Tensor chunk = Tensor::empty({std::min(kChunk, std::max<int64_t>(total_, 1))});
+  for (int64_t b = 0; b < total_; b += kChunk) {
+    const int64_t n = std::min(kChunk, total_ - b);
+    const Tensor part = chunk.flat(0, n);
+    init_range(part.data<float>(), b, b + n);
+    backend.convert(compute_.flat(b, n), compute_.device().is_cpu() ? part : backend.upload(part));
+  }
+  grads_ = backend.zeros({compact_grads_ ? resident_ + grad_areas_ * layer_area_ : total_});
+  packed_masters_ = true;
+}
+
 int64_t ParameterSet::packed_index(int64_t logical) const {
   LLM_CHECK(packed_masters_, "packed_index(): the masters are not packed");
   // the first f32_op range ending after `logical`

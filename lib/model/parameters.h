@@ -149,6 +149,10 @@ class ParameterSet {
   // gather), never refreshed from here; param() of a tensor that is not f32_op fails. A model
   // packs through GPT::pack_masters (its layers hold views of the LayerNorms).
   void pack_masters(Backend& backend);
+  // Instead of allocate(), for the same end state without the whole f32 buffer ever existing:
+  // plan(), the packed f32_op masters and a `compute` (bf16/f16) copy of every parameter from
+  // `seed` (the copy filled a chunk at a time), gradients zeroed. Not with compact parameters.
+  void allocate_packed(Backend& backend, uint64_t seed, DType compute);
   bool packed_masters() const { return packed_masters_; }
   // Packed masters: where logical flat offset `logical` falls in the packed f32 buffer (the f32_op
   // elements before it). Monotone, so the logical range [b, e) of f32_op elements is the packed

@@ -5,11 +5,12 @@
 
 namespace llm {
 
-AdamW::AdamW(ParameterSet& params, Backend& backend, const OptimizerConfig& config)
+AdamW::AdamW(ParameterSet& params, Backend& backend, const OptimizerConfig& config, int64_t shard_begin,
+             int64_t shard_end)
     : params_(params), backend_(backend), config_(config),
       decay_ranges_(params.ranges([](const ParamSpec& s) { return s.decay; })),
       no_decay_ranges_(params.ranges([](const ParamSpec& s) { return !s.decay; })) {
-  set_shard(0, params_.numel());
+  set_shard(shard_begin, shard_end < 0 ? params_.numel() : shard_end);
 }
 
 void AdamW::set_shard(int64_t begin, int64_t end) {

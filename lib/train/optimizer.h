@@ -21,7 +21,10 @@ struct StepResult {
 
 class AdamW {
  public:
-  AdamW(ParameterSet& params, Backend& backend, const OptimizerConfig& config);
+  // Owning the flat range [shard_begin, shard_end) (end -1: to the end; see set_shard): only that
+  // range's moments are ever allocated (a sharded optimizer never holds the whole state).
+  AdamW(ParameterSet& params, Backend& backend, const OptimizerConfig& config, int64_t shard_begin = 0,
+        int64_t shard_end = -1);
   // One update with learning rate lr. grad_scale multiplies the gradients first (e.g. 1/loss
   // scale); clipping is applied on top. A non-finite gradient norm skips the update. With a
   // compute copy (ParameterSet::set_compute_copy) and every parameter owned, the same pass

@@ -18,6 +18,14 @@ OptimizerConfig optimizer_config(const TrainArgs& a) {
   return c;
 }
 
+// The flat range this rank's optimizer owns: under ZeRO (stage 1 over 2 or more ranks, or 2-3)
+// its 1/G of the gradient group, contiguous; the whole buffer otherwise.
+std::pair<int64_t, int64_t> optimizer_range(const TrainArgs& a, const GPT& model, const Communicator* dp) {
+  const int64_t n = model.parameters().numel(), g = dp ? dp->size() : 1, r = dp ? dp->rank() : 0;
+  if ((a.zero_stage == 1 && g > 1) || a.zero_stage >= 2) return {n * r / g, n * (r + 1) / g};
+  return {0, n};
+}
+
 LossScaler loss_scaler_for(const TrainArgs& a) {
   if (!a.fp16) return LossScaler::constant(1.0);
   if (a.loss_scale > 0) return LossScaler::constant(a.loss_scale);
@@ -32,7 +40,9 @@ LossScaler loss_scaler_for(const TrainArgs& a) {
 
 Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, Communicator* dp)
     : scaler_(loss_scaler_for(args)), args_(args), model_(model), train_(train),
-      optimizer_(model.parameters(), model.backend(), optimizer_config(args)), dp_(dp) {
+      optimizer_(model.parameters(), model.backend(), optimizer_config(args), optimizer_range(args, model, dp).first,
+                 optimizer_range(args, model, dp).second),
+      dp_(dp) {
   const int64_t dp_size = dp_ ? dp_->size() : 1, sp = model.model_parallel().sp_size();
   LLM_CHECK(dp_size == args.data_parallel_size * sp, "gradient group of ", dp_size,
             " ranks, but the arguments say data parallel ", args.data_parallel_size, " x Ulysses ", sp, " = ",
@@ -61,7 +71,10 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
     // gradients; stage 3: and the parameters) of a contiguous 1/dp of the flat buffer.
     const int64_t n = model_.parameters().numel();
     for (int64_t r = 0; r <= dp_size; ++r) shard_offsets_.push_back(n * r / dp_size);
-    optimizer_.set_shard(own_begin(), own_end());
+    // (the optimizer was made owning this range: never the whole state, even for a moment)
+    LLM_CHECK(optimizer_.shard_begin() == own_begin() && optimizer_.shard_end() == own_end(), "optimizer range [",
+              optimizer_.shard_begin(), ", ", optimizer_.shard_end(), ") is not the ZeRO shard [", own_begin(), ", ",
+              own_end(), ")");
   }
   if (args.zero_stage >= 2) {
     zero_ = static_cast<int>(args.zero_stage);
@@ -84,17 +97,32 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
     model_.set_grad_ready_hook([this](int l) { zero_grad_ready(l); });
     zero_overlap_ = want_areas == 2 && dp_size > 1;
   }
-  // Sharded masters (ZeRO-1/2 in mixed precision): this rank's range of the f32 masters moves into
+  // Sharded masters (ZeRO-1/2 in mixed precision): this rank's range of the f32 masters lives in
   // param_shard_; the model keeps the LayerNorms' (packed: the ops read them in f32) beside its
-  // 16-bit copy, the only full parameters from now on.
-  if (args.shard_masters && (args.zero_stage == 1 || args.zero_stage == 2) && args.compute_dtype() != DType::f32 &&
-      dp_size > 1 && dp_->takes(model_.parameters().flat_params().device())) {
+  // 16-bit copy, the only full parameters. A model built for it (ModelParallel::sharded_masters)
+  // never had the rest; another one's masters move here now.
+  const bool shard_masters = args.shard_masters && (args.zero_stage == 1 || args.zero_stage == 2) &&
+                             args.compute_dtype() != DType::f32 && dp_size > 1 &&
+                             dp_->takes(model_.parameters().flat_params().device());
+  if (model_.parameters().packed_masters() && !shard_masters)
+    throw ConfigError(detail::concat(
+        "the model was built with sharded masters (ModelParallel::sharded_masters) but this run does not shard "
+        "them: they need --zero-stage 1 or 2, --bf16 or --fp16, a gradient group of 2 or more that takes the "
+        "model's tensors (it has ", dp_size, " ranks, --zero-stage ", args.zero_stage, ")"));
+  if (shard_masters) {
     ParameterSet& ps = model_.parameters();
     Backend& be = model_.backend();
-    param_shard_ = be.empty({own_end() - own_begin()});
-    be.copy(param_shard_, ps.flat_params().flat(own_begin(), own_end() - own_begin()));
-    ps.refresh_compute(be);  // the copy from these masters, whatever happened since it was made
-    model_.pack_masters();  // (the layers rebound to the packed LayerNorms)
+    const int64_t own = own_end() - own_begin();
+    if (ps.packed_masters()) {  // the initial values, as allocate_packed rounded them into the copy
+      Tensor init = Tensor::empty({own});
+      ps.init_range(init.data<float>(), own_begin(), own_end());
+      param_shard_ = be.upload(init);
+    } else {
+      param_shard_ = be.empty({own});
+      be.copy(param_shard_, ps.flat_params().flat(own_begin(), own));
+      ps.refresh_compute(be);  // the copy from these masters, whatever happened since it was made
+      model_.pack_masters();   // (the layers rebound to the packed LayerNorms)
+    }
     for (int64_t o : shard_offsets_) packed_offsets_.push_back(ps.packed_index(o));
     sharded_masters_ = true;
     compute_stale_ = false;

@@ -294,6 +294,36 @@ void check_sharded_masters(int zero, llm::DType dtype, bool overlap) {
   llm::GPT ms(as.model_config(), be, 21, 16, mp), mf(af.model_config(), be, 21, 16, mp);
   llm::Trainer ts(as, ms, data, gs.get()), tf(af, mf, data, gf.get());
   const std::string what = std::string("ZeRO-") + std::to_string(zero) + " " + name + (overlap ? " overlapped" : "");
+  // A model built for sharded masters (llm-pretrain's): no whole f32 buffer from the start, the
+  // trainer's shard from the seed; the same numbers again.
+  std::unique_ptr<llm::GPT> mb;
+  std::unique_ptr<llm::Communicator> gb;
+  std::unique_ptr<llm::Trainer> tb;
+  int64_t f32_op_elements = 0;
+  if (dp > 1) {
+    llm::ModelParallel mpb = mp;
+    mpb.sharded_masters = dtype;
+    mb = std::make_unique<llm::GPT>(as.model_config(), be, 21, 16, mpb);
+    for (const llm::ParamSpec& s : mb->parameters().specs()) f32_op_elements += s.f32_op ? llm::numel(s.shape) : 0;
+    EXPECT_EQ(mb->parameters().flat_params().numel(), f32_op_elements) << what << ": built without the f32 buffer";
+    EXPECT_EQ(mb->precision(), dtype);
+    gb = llm::mpi_split_communicator(0, world->rank());
+    tb = std::make_unique<llm::Trainer>(as, *mb, data, gb.get());
+    EXPECT_TRUE(tb->shards_masters());
+    // Only a run that shards the masters takes such a model.
+    llm::TrainArgs plain = as;
+    plain.zero_stage = 0;
+    auto g0 = llm::mpi_split_communicator(0, world->rank());
+    llm::ModelParallel mp0 = mpb;
+    mp0.zero_stage = 0, mp0.zero_grad_areas = 1;
+    llm::GPT m0(plain.model_config(), be, 21, 16, mp0);
+    try {
+      llm::Trainer t0(plain, m0, data, g0.get());
+      ADD_FAILURE() << "a sharded-masters model trained without ZeRO";
+    } catch (const llm::ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("sharded masters"), std::string::npos) << e.what();
+    }
+  }
   ASSERT_EQ(ts.shards_masters(), dp > 1) << what;
   ASSERT_FALSE(tf.shards_masters()) << what;
   const llm::ParameterSet& ps = ms.parameters();
@@ -319,7 +349,13 @@ void check_sharded_masters(int zero, llm::DType dtype, bool overlap) {
     EXPECT_EQ(x.loss, y.loss) << what << ", iteration " << it;
     EXPECT_EQ(x.grad_norm, y.grad_norm) << what << ", iteration " << it;
     EXPECT_EQ(x.skipped, y.skipped) << what << ", iteration " << it;
+    if (tb) {
+      const llm::IterationStats z = tb->train_step();
+      EXPECT_EQ(z.loss, y.loss) << what << ", built sharded, iteration " << it;
+      EXPECT_EQ(z.grad_norm, y.grad_norm) << what << ", built sharded, iteration " << it;
+    }
   }
+  if (tb) same_params(*tb, tf, "after 3 steps, built sharded");
   ts.sync_compute_weights();
   tf.sync_compute_weights();
   same_copy("after 3 steps");

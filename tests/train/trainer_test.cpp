@@ -165,8 +165,10 @@ TEST(Optimizer, ShardedRangesReproduceTheFullUpdate) {
   OptimizerConfig oc;
   AdamW whole(full.parameters(), cpu_backend(), oc);
   const int64_t n = split.parameters().numel(), h = n / 2 + 12345;  // the halves straddle decay/no-decay
-  AdamW lo(split.parameters(), cpu_backend(), oc), hi(split.parameters(), cpu_backend(), oc);
-  lo.set_shard(0, h);
+  // (one made owning its range, one re-sharded: the same optimizer either way)
+  AdamW lo(split.parameters(), cpu_backend(), oc, 0, h), hi(split.parameters(), cpu_backend(), oc);
+  EXPECT_EQ(lo.m().numel(), h);  // only the owned range's moments, from the start
+  EXPECT_EQ(lo.shard_end(), h);
   hi.set_shard(h, n);
   Tensor tokens = Tensor::empty({4, a.seq_length}, DType::i32), targets = Tensor::empty({4, a.seq_length}, DType::i32);
   std::vector<int32_t> s(a.seq_length + 1);
