@@ -233,17 +233,9 @@ int64_t ParameterSet::storage_offset(const ParamSpec& s, bool grads) const {
 }
 
 void ParameterSet::init_range(float* dst, int64_t begin, int64_t end) const {
-  std::vector<float> tmp;
   for (const ParamSpec& s : specs_) {
     const int64_t b = s.offset, e = s.offset + llm::numel(s.shape), lo = std::max(b, begin), hi = std::min(e, end);
-    if (hi <= lo) continue;
-    if (lo == b && hi == e) {
-      init_parameter(dst + (b - begin), s, seed_);
-      continue;
-    }
-    tmp.resize(static_cast<size_t>(e - b));
-    init_parameter(tmp.data(), s, seed_);
-    std::copy(tmp.begin() + (lo - b), tmp.begin() + (hi - b), dst + (lo - begin));
+    if (hi > lo) init_parameter_local(dst + (lo - begin), s, seed_, lo - b, hi - b);
   }
 }
 
@@ -324,6 +316,28 @@ void init_parameter_range(float* dst, const ParamSpec& spec, uint64_t seed, int6
       return;
     }
   }
+}
+
+void init_parameter_local(float* dst, const ParamSpec& spec, uint64_t seed, int64_t lo, int64_t hi) {
+  if (hi <= lo) return;
+  if (!spec.sharded()) {  // the local tensor is the global one
+    init_parameter_range(dst, spec, seed, lo, hi - lo);
+    return;
+  }
+  // Runs of local elements contiguous in the global tensor, clipped to [lo, hi): whole rows of a
+  // chunk (shard dimension 0), or one row's part of a chunk (dimension 1).
+  auto run = [&](int64_t local, int64_t global, int64_t n) {
+    const int64_t a = std::max(local, lo), z = std::min(local + n, hi);
+    if (z > a) init_parameter_range(dst + (a - lo), spec, seed, global + (a - local), z - a);
+  };
+  if (spec.shard_dim == 0) {
+    const int64_t inner = llm::numel(spec.shape) / spec.shape[0];
+    for (const ShardChunk& c : spec.chunks) run(c.local_begin * inner, c.global_begin * inner, c.length * inner);
+    return;
+  }
+  const int64_t lcols = spec.shape[1], gcols = spec.global_shape[1];
+  for (int64_t r = lo / lcols; r <= (hi - 1) / lcols; ++r)
+    for (const ShardChunk& c : spec.chunks) run(r * lcols + c.local_begin, r * gcols + c.global_begin, c.length);
 }
 
 void init_parameter(float* dst, const ParamSpec& spec, uint64_t seed) {

@@ -154,6 +154,13 @@ class ParameterSet {
   // `seed` (the copy filled a chunk at a time), gradients zeroed. Not with compact parameters.
   void allocate_packed(Backend& backend, uint64_t seed, DType compute);
   bool packed_masters() const { return packed_masters_; }
+  // Packed masters: a trainer took the f32 masters into its shard (from the seed, or from the
+  // buffer it packed); no other trainer may start them again from the seed.
+  void claim_masters() {
+    LLM_CHECK(packed_masters_ && !masters_claimed_, "claim_masters(): ", packed_masters_ ? "already claimed" : "not packed");
+    masters_claimed_ = true;
+  }
+  bool masters_claimed() const { return masters_claimed_; }
   // Packed masters: where logical flat offset `logical` falls in the packed f32 buffer (the f32_op
   // elements before it). Monotone, so the logical range [b, e) of f32_op elements is the packed
   // range [packed_index(b), packed_index(e)), and a rank's contiguous shard stays contiguous.
@@ -181,7 +188,7 @@ class ParameterSet {
   int group_ = -1;
   bool compact_params_ = false, compact_grads_ = false;
   int grad_areas_ = 1, param_areas_ = 1;
-  bool inference_ = false, packed_masters_ = false;
+  bool inference_ = false, packed_masters_ = false, masters_claimed_ = false;
   // The f32_op tensors' offsets in a packed f32 buffer, in logical order (master_offset_ filled);
   // returns their total.
   int64_t pack_f32_op();
@@ -201,6 +208,9 @@ class ParameterSet {
 void init_parameter_range(float* dst, const ParamSpec& spec, uint64_t seed, int64_t begin, int64_t n);
 // Fills a parameter's whole local tensor (all its chunks) with its values.
 void init_parameter(float* dst, const ParamSpec& spec, uint64_t seed);
+// The local tensor's flat elements [lo, hi) of the same values, computed for those alone (no
+// whole-tensor temporary: what ParameterSet::init_range uses for a range that cuts a tensor).
+void init_parameter_local(float* dst, const ParamSpec& spec, uint64_t seed, int64_t lo, int64_t hi);
 
 // The boxes of the global tensor a spec's local tensor holds: for each chunk, its offset and
 // extent in global coordinates and its offset in the local tensor (same extent). One whole box

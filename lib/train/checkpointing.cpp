@@ -143,6 +143,8 @@ std::string save_model_checkpoint(const std::string& save_root, int64_t iteratio
   LLM_CHECK(flat.device().is_cpu(), "save_model_checkpoint: host parameters expected");
   LLM_CHECK(!params.inference() || params.compute_dtype() == DType::f32, "save_model_checkpoint: an inference model in ",
             dtype_name(params.compute_dtype()), " holds no f32 weights to save");
+  LLM_CHECK(!params.packed_masters(), "save_model_checkpoint: a training model with sharded masters holds its f32 "
+            "weights in the trainer's shards (save_training_checkpoint_parallel saves them)");
   CheckpointWriter w(save_root, iteration);
   for (const ParamSpec& s : params.specs())
     w.add("model", s.name, s.shape, Box::whole(s.shape), flat.flat(s.offset, numel(s.shape)).view(s.shape));

@@ -47,6 +47,20 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
   LLM_CHECK(dp_size == args.data_parallel_size * sp, "gradient group of ", dp_size,
             " ranks, but the arguments say data parallel ", args.data_parallel_size, " x Ulysses ", sp, " = ",
             args.data_parallel_size * sp);
+  // Sharded masters (ZeRO-1/2 in mixed precision, below): whether this run keeps them, and a model
+  // built for them (ModelParallel::sharded_masters) only where it does, and only once.
+  const bool shard_masters = args.shard_masters && (args.zero_stage == 1 || args.zero_stage == 2) &&
+                             args.compute_dtype() != DType::f32 && dp_size > 1 &&
+                             dp_->takes(model_.parameters().flat_params().device());
+  if (model_.parameters().packed_masters() && !shard_masters)
+    throw ConfigError(detail::concat(
+        "the model was built with sharded masters (ModelParallel::sharded_masters) but this run does not shard "
+        "them: they need --zero-stage 1 or 2, --bf16 or --fp16, a gradient group of 2 or more that takes the "
+        "model's tensors (it has ", dp_size, " ranks, --zero-stage ", args.zero_stage, ", ",
+        dtype_name(args.compute_dtype()), ")"));
+  if (model_.parameters().masters_claimed())
+    throw ConfigError("the model's f32 masters are held by another trainer's shard (one trainer per model with "
+                      "sharded masters)");
   model_.set_recompute(args.full_recompute());
   model_.set_logits_chunk(args.logits_chunk_tokens);
   model_.set_precision(args.compute_dtype());
@@ -101,14 +115,6 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
   // param_shard_; the model keeps the LayerNorms' (packed: the ops read them in f32) beside its
   // 16-bit copy, the only full parameters. A model built for it (ModelParallel::sharded_masters)
   // never had the rest; another one's masters move here now.
-  const bool shard_masters = args.shard_masters && (args.zero_stage == 1 || args.zero_stage == 2) &&
-                             args.compute_dtype() != DType::f32 && dp_size > 1 &&
-                             dp_->takes(model_.parameters().flat_params().device());
-  if (model_.parameters().packed_masters() && !shard_masters)
-    throw ConfigError(detail::concat(
-        "the model was built with sharded masters (ModelParallel::sharded_masters) but this run does not shard "
-        "them: they need --zero-stage 1 or 2, --bf16 or --fp16, a gradient group of 2 or more that takes the "
-        "model's tensors (it has ", dp_size, " ranks, --zero-stage ", args.zero_stage, ")"));
   if (shard_masters) {
     ParameterSet& ps = model_.parameters();
     Backend& be = model_.backend();
@@ -124,6 +130,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
       model_.pack_masters();   // (the layers rebound to the packed LayerNorms)
     }
     for (int64_t o : shard_offsets_) packed_offsets_.push_back(ps.packed_index(o));
+    ps.claim_masters();
     sharded_masters_ = true;
     compute_stale_ = false;
   }

@@ -250,6 +250,32 @@ TEST(GPT, InitialisationIsLayoutIndependent) {
   for (float v : m.parameters().param("h.0.attn.c_attn.bias").span<float>()) EXPECT_EQ(v, 0.0f);
 }
 
+// Any local range of any tensor, computed alone, equals that range of the whole tensor's values:
+// tensor-parallel shards along rows and columns (several chunks under Megatron SP's fused QKV),
+// replicated tensors, ranges inside one row, across rows and chunks, and whole tensors.
+TEST(GPT, LocalRangesOfAnInitialisationEqualTheWholeTensor) {
+  GPTConfig c = tiny_config();
+  int64_t checked = 0;
+  for (int rank : {0, 1}) {
+    const ParameterSet ps = gpt_parameters(c, 16, rank, 2, true);
+    for (const ParamSpec& s : ps.specs()) {
+      const int64_t n = numel(s.shape);
+      std::vector<float> whole(static_cast<size_t>(n));
+      init_parameter(whole.data(), s, 77);
+      const int64_t cols = s.shape.size() == 2 ? s.shape[1] : n;
+      for (auto [lo, hi] : std::vector<std::pair<int64_t, int64_t>>{
+               {0, n}, {1, n - 1}, {n / 3, 2 * n / 3}, {cols - 1, std::min(n, cols + 3)}, {n - 1, n}, {n / 2, n / 2 + 1}}) {
+        if (lo < 0 || hi > n || hi <= lo) continue;
+        std::vector<float> part(static_cast<size_t>(hi - lo), -1.0f);
+        init_parameter_local(part.data(), s, 77, lo, hi);
+        for (int64_t i = lo; i < hi; ++i) ASSERT_EQ(part[i - lo], whole[i]) << s.name << " [" << lo << ", " << hi << ") at " << i;
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 50);
+}
+
 TEST(GPT, ConfigValidationNamesTheFlag) {
   GPTConfig c = tiny_config();
   c.hidden_size = 33;

@@ -310,19 +310,28 @@ void check_sharded_masters(int zero, llm::DType dtype, bool overlap) {
     gb = llm::mpi_split_communicator(0, world->rank());
     tb = std::make_unique<llm::Trainer>(as, *mb, data, gb.get());
     EXPECT_TRUE(tb->shards_masters());
-    // Only a run that shards the masters takes such a model.
+    // Only a run that shards the masters takes such a model (not one without ZeRO, not one in
+    // fp32), and only one trainer: a second would start the masters again from the seed.
+    auto refused = [&](const llm::TrainArgs& args, llm::GPT& m, const char* why, const char* want) {
+      auto g = llm::mpi_split_communicator(0, world->rank());
+      try {
+        llm::Trainer t0(args, m, data, g.get());
+        ADD_FAILURE() << what << ": a sharded-masters model taken " << why;
+      } catch (const llm::ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+      }
+    };
     llm::TrainArgs plain = as;
     plain.zero_stage = 0;
-    auto g0 = llm::mpi_split_communicator(0, world->rank());
     llm::ModelParallel mp0 = mpb;
     mp0.zero_stage = 0, mp0.zero_grad_areas = 1;
     llm::GPT m0(plain.model_config(), be, 21, 16, mp0);
-    try {
-      llm::Trainer t0(plain, m0, data, g0.get());
-      ADD_FAILURE() << "a sharded-masters model trained without ZeRO";
-    } catch (const llm::ConfigError& e) {
-      EXPECT_NE(std::string(e.what()).find("sharded masters"), std::string::npos) << e.what();
-    }
+    refused(plain, m0, "without ZeRO", "built with sharded masters");
+    llm::TrainArgs f32 = as;
+    f32.bf16 = f32.fp16 = false;
+    llm::GPT m32(f32.model_config(), be, 21, 16, mpb);
+    refused(f32, m32, "in fp32", "built with sharded masters");
+    refused(as, *mb, "by a second trainer", "held by another trainer");
   }
   ASSERT_EQ(ts.shards_masters(), dp > 1) << what;
   ASSERT_FALSE(tf.shards_masters()) << what;
