@@ -225,6 +225,9 @@ multirank_step() {
         rc=$?
         mr_reap
         mismatch=$(grep -c MISMATCH "$out/mr_$name.log")
+        # ZeRO-1/2 in bf16/fp16 keep only their range of the f32 masters: say so where it was done
+        sharded=""
+        grep -q 'f32 master weights sharded' "$out/mr_$name.log" && sharded=", f32 masters sharded"
         [[ $rc = 124 || $rc = 137 ]] && mr_stop="$name timed out"
         ck=$(awk '{for (i = 1; i < NF; i++) if ($i == "--save") print $(i + 1)}' <<< "$flags")
         rc_one=$(cat "$out/rc_mr_one_$prec")
@@ -236,9 +239,9 @@ multirank_step() {
           # only a resumed run counts.
           resumed=1
           grep -q 'continuing after iteration 4' "$out/mr_${name}_resumed.log" || resumed=0
-          log "multi-rank $name ($np ranks) exit $rc, then resumed on 1 process exit $rc_res: $(CURVE_RC="$rc $rc_res $rc_one $((1 - resumed))" curve_within 8 $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl" "$out/mr_${name}_resumed/metrics.jsonl")$( ((resumed)) || echo " (not resumed from the checkpoint)")$( ((mismatch)) && echo " communication MISMATCH")"
+          log "multi-rank $name ($np ranks$sharded) exit $rc, then resumed on 1 process exit $rc_res: $(CURVE_RC="$rc $rc_res $rc_one $((1 - resumed))" curve_within 8 $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl" "$out/mr_${name}_resumed/metrics.jsonl")$( ((resumed)) || echo " (not resumed from the checkpoint)")$( ((mismatch)) && echo " communication MISMATCH")"
         else
-          log "multi-rank $name ($np ranks) exit $rc (single $prec exit $rc_one): $(CURVE_RC="$rc $rc_one" curve_within 8 $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
+          log "multi-rank $name ($np ranks$sharded) exit $rc (single $prec exit $rc_one): $(CURVE_RC="$rc $rc_one" curve_within 8 $tol "$out/mr_one_$prec/metrics.jsonl" "$out/mr_$name/metrics.jsonl")$( ((mismatch)) && echo " communication MISMATCH")"
         fi
         [[ $rc = 0 ]] || grep -E 'rror|FAIL' "$out/mr_$name.log" | head -3 | sed 's/^/   /' | tee -a "$out/summary.txt"
       done

@@ -57,6 +57,11 @@ if command -v mpirun > /dev/null; then
   grep -q "^== NCCL communicator, 2 ranks, exit 77: skipped" "$summary" || fail "no 'NCCL communicator, 2 ranks, exit 77: skipped' line"
   [[ $(grep -c "^== multi-rank .* exit 0.*: 8 iterations, worst rel diff .* OK$" "$summary") -eq 20 ]] ||
     fail "not all 20 multi-rank layouts ran and matched the single process on the CPU"
+  # ZeRO-1 in bf16 keeps only its range of the f32 masters, and the step says so
+  for l in z1ov-bf16 z1tp2ov-bf16; do
+    grep -q "^== multi-rank $l ([0-9] ranks, f32 masters sharded) exit 0" "$summary" || fail "multi-rank $l: no 'f32 masters sharded'"
+  done
+  ! grep -q "^== multi-rank z3ov-bf16 .*masters sharded" "$summary" || fail "multi-rank z3ov-bf16 says its masters are sharded (ZeRO-3 shards the parameters themselves)"
   grep -q "^== multi-rank dp2tp2ck (4 ranks) exit 0, then resumed on 1 process exit 0: 8 iterations" "$summary" ||
     fail "no resumed checkpoint line for dp2tp2ck"
 fi
