@@ -102,7 +102,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
     if (zero_ == 3) {
       Tensor init = Tensor::empty({own_end() - own_begin()});
       ps.init_range(init.data<float>(), own_begin(), own_end());
-      param_shard_ = be.upload(init);
+      param_shard_ = ps.flat_params().device().is_cpu() ? init : be.upload(init);  // (no second copy on the host)
     }
     zero_prefetching_ = want_param_areas == 2;
     model_.set_layer_hooks(zero_ == 3 ? std::function<void(int)>([this](int l) { gather_layer(l, l + 1); })
@@ -122,7 +122,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
     if (ps.packed_masters()) {  // the initial values, as allocate_packed rounded them into the copy
       Tensor init = Tensor::empty({own});
       ps.init_range(init.data<float>(), own_begin(), own_end());
-      param_shard_ = be.upload(init);
+      param_shard_ = ps.flat_params().device().is_cpu() ? init : be.upload(init);  // (no second copy on the host)
     } else {
       param_shard_ = be.empty({own});
       be.copy(param_shard_, ps.flat_params().flat(own_begin(), own));
