@@ -99,11 +99,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
       throw ConfigError(detail::concat("--zero-stage ", zero_, ": the gradient group cannot take ",
                                        ps.flat_grads().device().str(), " tensors (NCCL for GPUs, MPI for the CPU)"));
     grad_shard_ = be.zeros({own_end() - own_begin()});
-    if (zero_ == 3) {
-      Tensor init = Tensor::empty({own_end() - own_begin()});
-      ps.init_range(init.data<float>(), own_begin(), own_end());
-      param_shard_ = ps.flat_params().device().is_cpu() ? init : be.upload(init);  // (no second copy on the host)
-    }
+    if (zero_ == 3) param_shard_ = shard_from_seed();
     zero_prefetching_ = want_param_areas == 2;
     model_.set_layer_hooks(zero_ == 3 ? std::function<void(int)>([this](int l) { gather_layer(l, l + 1); })
                                       : std::function<void(int)>(),
@@ -120,9 +116,7 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
     Backend& be = model_.backend();
     const int64_t own = own_end() - own_begin();
     if (ps.packed_masters()) {  // the initial values, as allocate_packed rounded them into the copy
-      Tensor init = Tensor::empty({own});
-      ps.init_range(init.data<float>(), own_begin(), own_end());
-      param_shard_ = ps.flat_params().device().is_cpu() ? init : be.upload(init);  // (no second copy on the host)
+      param_shard_ = shard_from_seed();
     } else {
       param_shard_ = be.empty({own});
       be.copy(param_shard_, ps.flat_params().flat(own_begin(), own));
@@ -130,6 +124,12 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
       model_.pack_masters();   // (the layers rebound to the packed LayerNorms)
     }
     for (int64_t o : shard_offsets_) packed_offsets_.push_back(ps.packed_index(o));
+    // The owned parts of the LayerNorms' masters (contiguous in the packed buffer too), which
+    // every step publishes: computed once.
+    for (auto [rb, re] : ps.ranges_if([](const ParamSpec& s) { return s.f32_op; })) {
+      const int64_t lo = std::max(rb, own_begin()), hi = std::min(re, own_end());
+      if (hi > lo) own_f32_op_.push_back({lo - own_begin(), ps.packed_index(lo), hi - lo});
+    }
     ps.claim_masters();
     sharded_masters_ = true;
     compute_stale_ = false;
@@ -493,13 +493,16 @@ bool Trainer::keeps_parameter(const ParamSpec& s) const {
 }
 
 void Trainer::publish_own_f32_op() {
-  const ParameterSet& ps = model_.parameters();
-  const int64_t b = own_begin(), e = own_end();
-  for (auto [rb, re] : ps.ranges_if([](const ParamSpec& s) { return s.f32_op; })) {
-    const int64_t lo = std::max(rb, b), hi = std::min(re, e);
-    if (hi > lo)
-      model_.backend().copy(ps.flat_params().flat(ps.packed_index(lo), hi - lo), param_shard_.flat(lo - b, hi - lo));
-  }
+  const Tensor& packed = model_.parameters().flat_params();
+  for (const OwnF32Op& p : own_f32_op_)
+    model_.backend().copy(packed.flat(p.packed, p.length), param_shard_.flat(p.shard, p.length));
+}
+
+Tensor Trainer::shard_from_seed() const {
+  Tensor init = Tensor::empty({own_end() - own_begin()});
+  model_.parameters().init_range(init.data<float>(), own_begin(), own_end());
+  // on the host the buffer itself (no second copy), else uploaded
+  return model_.parameters().flat_params().device().is_cpu() ? init : model_.backend().upload(init);
 }
 
 void Trainer::gather_copy(int64_t b, int64_t e, bool async, int group) {

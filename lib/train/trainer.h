@@ -141,6 +141,14 @@ class Trainer {
   Tensor grad_shard_, param_shard_;
   bool sharded_masters_ = false;
   std::vector<int64_t> packed_offsets_;  // sharded masters: shard_offsets_ in the packed f32 buffer
+  // Sharded masters: each owned piece of an f32_op range, at `shard` in param_shard_ and at
+  // `packed` in the packed f32 buffer.
+  struct OwnF32Op {
+    int64_t shard, packed, length;
+  };
+  std::vector<OwnF32Op> own_f32_op_;
+  // ZeRO-3 and sharded masters: this rank's range of the f32 parameters from the seed.
+  Tensor shard_from_seed() const;
   // Sharded masters: the owned part of the f32_op tensors' masters, from param_shard_ into the
   // packed buffer (before it is all-gathered).
   void publish_own_f32_op();
