@@ -78,8 +78,8 @@ __device__ __forceinline__ void elementwise(int64_t n, bool packed, F&& f, G&& g
   for (int64_t i = done + tid; i < n; i += stride) f(i);
 }
 
-// Kernels needing more than 48 KiB of dynamic shared memory must opt in, to at least the bytes of
-// each launch. The opt-in is a per-kernel maximum, so it is raised whenever a launch needs more than
+// Kernels needing more than 48 KiB of shared memory per block (static and dynamic together) must
+// opt in, to at least the dynamic bytes of each launch. The opt-in is a per-kernel maximum, so it is raised whenever a launch needs more than
 // the last one set: a kernel whose shared memory depends on a runtime value (the SIMT attention's
 // head dim) launched first small then large would otherwise fail with an invalid argument.
 // Per kernel and process (one device per process). Each time the opt-in is raised, the launch's
@@ -88,22 +88,28 @@ __device__ __forceinline__ void elementwise(int64_t n, bool packed, F&& f, G&& g
 // refused with the numbers, before CUDA would answer "invalid argument".
 template <typename K>
 void allow_smem(K kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return;
+  struct OptIn {
+    bool known = false;
+    size_t static_bytes = 0, dynamic_allowed = 0;
+  };
   static std::mutex mu;
-  static std::unordered_map<const void*, size_t> allowed;
+  static std::unordered_map<const void*, OptIn> kernels;
   const std::lock_guard<std::mutex> lock(mu);
-  size_t& now = allowed[reinterpret_cast<const void*>(kernel)];
-  if (bytes <= now) return;
-  cudaFuncAttributes attr{};
-  CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel), "the static shared memory of a kernel asking for ", bytes,
-             " bytes of dynamic shared memory");
-  if (const size_t limit = smem_optin_limit(), need = bytes + attr.sharedSizeBytes; need > limit)
+  OptIn& k = kernels[reinterpret_cast<const void*>(kernel)];
+  if (!k.known) {
+    cudaFuncAttributes attr{};
+    CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel), "the static shared memory of a kernel asking for ", bytes,
+               " bytes of dynamic shared memory");
+    k.static_bytes = attr.sharedSizeBytes, k.known = true;
+  }
+  if (bytes + k.static_bytes <= 48 * 1024 || bytes <= k.dynamic_allowed) return;
+  if (const size_t limit = smem_optin_limit(), need = bytes + k.static_bytes; need > limit)
     LLM_FAIL("a kernel needs ", need, " bytes of shared memory per block",
-             attr.sharedSizeBytes ? detail::concat(" (", attr.sharedSizeBytes, " of them static)") : std::string(),
+             k.static_bytes ? detail::concat(" (", k.static_bytes, " of them static)") : std::string(),
              "; this device allows ", limit, smem_capped() ? " (LLM_CUDA_SMEM_LIMIT)" : "");
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
              "opting in to ", bytes, " bytes of shared memory");
-  now = bytes;
+  k.dynamic_allowed = bytes;
 }
 
 // Grid for a grid-stride loop over n elements with `threads` per block (capped: the loops stride).

@@ -67,7 +67,7 @@ void embedding_forward(DType t, void* out, const int32_t* tokens, const void* wt
 
 void embedding_backward_wte(DType t, float* dwte, const void* dout, const int32_t* rows, const int32_t* starts,
                             const int32_t* positions, int64_t n_buckets, int64_t C, cudaStream_t stream) {
-  if (n_buckets == 0) return;
+  if (n_buckets == 0 || C == 0) return;  // (a grid dimension of 0 is a launch error)
   const dim3 grid(static_cast<unsigned>(n_buckets), static_cast<unsigned>(ceil_div(C, 256)));
   dispatch_float(t, "embedding_backward", [&](auto tag) {
     using E = decltype(tag);

@@ -218,6 +218,13 @@ struct AttentionKvShape {
 };
 AttentionKvShape attention_kv_shape(const Tensor& qkv, const Tensor& k_cache, int64_t past, int n_head);
 
+// The rows of an op's [..., width] operand, numel / width; an Error naming `what` and its shape when
+// the last dimension is empty (every backend divides by it).
+int64_t rows_of(const Tensor& t, const char* what);
+// An Error naming `what` when two outputs of an op overlap in memory (residual_backward's da and
+// db each accumulate dout: one buffer passed as both would receive it once or twice by the path).
+void check_disjoint(const Tensor& a, const Tensor& b, const char* what);
+
 // copy_rows' arguments, validated the same way by every backend (returns the element size).
 size_t copy_rows_check(const Tensor& dst, int64_t dst_pitch, const Tensor& src, int64_t src_pitch, int64_t rows,
                        int64_t width);

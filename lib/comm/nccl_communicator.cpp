@@ -294,7 +294,7 @@ class NcclCommunicator final : public Communicator {
     check_device(x, "all_gather_ranges");
     LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.back() == x.numel(), "all_gather_ranges: ",
               offsets.size(), " offsets for ", size_, " ranks");
-    if (size_ == 1) return;
+    if (size_ == 1 || x.numel() == 0) return;
     volume_.all_gather += static_cast<int64_t>(x.nbytes());
     const ncclDataType_t t = nccl_type(x.dtype(), "all_gather_ranges");
     const size_t es = dtype_size(x.dtype());
@@ -326,7 +326,7 @@ class NcclCommunicator final : public Communicator {
     check_device(x, "reduce_scatter_ranges");
     LLM_CHECK(static_cast<int>(offsets.size()) == size_ + 1 && offsets.front() == 0 && offsets.back() == x.numel(),
               "reduce_scatter_ranges: ", offsets.size(), " offsets for ", size_, " ranks");
-    if (size_ == 1) return;
+    if (size_ == 1 || x.numel() == 0) return;
     volume_.reduce_scatter += static_cast<int64_t>(x.nbytes());
     const ncclDataType_t t = nccl_type(x.dtype(), "reduce_scatter_ranges");
     const size_t es = dtype_size(x.dtype());
@@ -365,8 +365,10 @@ class NcclCommunicator final : public Communicator {
     timed.queued();
   }
 
+  // Also finishes this rank's non-blocking operations still on the communication stream.
   void barrier() override {
     backend_.synchronize();
+    if (comm_stream_) CUDA_CHECK(cudaStreamSynchronize(comm_stream_), "NCCL barrier (the communication stream)");
     watched("a barrier", [&] { host_->barrier(); });
   }
 

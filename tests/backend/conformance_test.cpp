@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -388,6 +389,55 @@ TEST_P(BackendConformance, Residual) {
     EXPECT_TRUE(bt::all_close("residual da (+=)", down(da), rda, tol));
     EXPECT_TRUE(bt::all_close("residual db (+=)", down(db), rdb, tol));
   }
+  // One buffer as both da and db would take dout once or twice by the path (the CUDA packs read
+  // both before writing, the scalar loop and the CPU add twice): refused, nothing written.
+  Tensor d = up({8, 5}, Vec(40, 1.0));
+  try {
+    be().residual_backward(d, d, up({8, 5}, Vec(40, 2.0)));
+    ADD_FAILURE() << "residual_backward accepted da and db in one buffer";
+  } catch (const llm::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("residual_backward da/db: the two outputs overlap"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(bt::all_close("da/db untouched", down(d), Vec(40, 1.0), Tol{0, 0}));
+  Tensor whole = up({2, 40}, Vec(80, 1.0));
+  EXPECT_THROW(be().residual_backward(whole.flat(0, 40).view({8, 5}), whole.flat(20, 40).view({8, 5}),
+                                      up({8, 5}, Vec(40, 2.0))),
+               llm::Error)
+      << "half-overlapping views";
+  be().residual_backward(whole.flat(0, 40).view({8, 5}), whole.flat(40, 40).view({8, 5}), up({8, 5}, Vec(40, 2.0)));
+  EXPECT_TRUE(bt::all_close("adjacent views", down(whole), Vec(80, 3.0), Tol{0, 0}));
+}
+
+// An empty last dimension has no rows to count: every op that divides by it refuses it by name
+// (before, a division by zero ended the process with SIGFPE).
+TEST_P(BackendConformance, EmptyLastDimensionIsRefused) {
+  auto refused = [](const char* what, const std::function<void()>& f, const char* expect) {
+    try {
+      f();
+      ADD_FAILURE() << what << ": accepted";
+    } catch (const llm::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(expect), std::string::npos) << what << ": " << e.what();
+    }
+  };
+  Tensor x = up({4, 0}, {}), w0 = up({0}, {}), mean = up({4}, Vec(4, 0)), rstd = up({4}, Vec(4, 0));
+  refused("layernorm_forward", [&] { be().layernorm_forward(x, mean, rstd, x, w0, w0, 1e-5f); },
+          "layernorm_forward inp: the last dimension must not be empty");
+  refused("layernorm_backward", [&] { be().layernorm_backward(x, w0, w0, x, x, w0, mean, rstd); },
+          "layernorm_backward inp: the last dimension must not be empty");
+  Tensor wt = up({3, 0}, {}), out3 = up({4, 3}, Vec(12, 0));
+  refused("linear_forward C = 0", [&] { be().linear_forward(out3, x, wt, Tensor()); }, "the last dimension must not be empty");
+  refused("linear_backward C = 0", [&] { be().linear_backward(x, up({3, 0}, {}), Tensor(), out3, x, wt); },
+          "the last dimension must not be empty");
+  Tensor in5 = up({4, 5}, Vec(20, 1.0)), wo = up({0, 5}, {});
+  refused("linear_forward OC = 0", [&] { be().linear_forward(x, in5, wo, Tensor()); }, "no output features");
+  refused("linear_backward OC = 0", [&] { be().linear_backward(in5, up({0, 5}, {}), Tensor(), x, in5, wo); },
+          "no output features");
+  Tensor targets = up_i32({4}, IVec(4, 0)), losses = up({4}, Vec(4, 0));
+  refused("cross_entropy_forward", [&] { be().cross_entropy_forward(losses, mean, x, targets, 8, 0); },
+          "cross_entropy_forward: the last dimension must not be empty");
+  refused("cross_entropy_backward", [&] { be().cross_entropy_backward(x, x, mean, targets, 1.0f, 8, 0); },
+          "cross_entropy_backward: the last dimension must not be empty");
 }
 
 // ---- attention ------------------------------------------------------------------------------

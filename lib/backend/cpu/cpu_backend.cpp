@@ -152,6 +152,7 @@ class CpuBackend final : public Backend {
     m.done();
   }
   void residual_backward(const Tensor& da, const Tensor& db, const Tensor& dout) override {
+    check_disjoint(da, db, "residual_backward da/db");
     Mixed m("residual_backward", dout.dtype());
     cpu::residual_backward(m.out(da, "da"), m.out(db, "db"), m.in(dout, "dout"));
     m.done();
@@ -251,6 +252,20 @@ std::vector<Backend*> available_backends() {
   for (Backend* b : registry())
     if (std::find(all.begin(), all.end(), b) == all.end()) all.push_back(b);
   return all;
+}
+
+int64_t rows_of(const Tensor& t, const char* what) {
+  LLM_CHECK(t.defined() && t.dim() >= 1 && t.size(-1) > 0, what, ": the last dimension must not be empty, got ",
+            t.defined() ? shape_str(t.shape()) : std::string("no tensor"));
+  return t.numel() / t.size(-1);
+}
+
+void check_disjoint(const Tensor& a, const Tensor& b, const char* what) {
+  if (!a.defined() || !b.defined() || a.numel() == 0 || b.numel() == 0) return;
+  const char* pa = static_cast<const char*>(a.raw());
+  const char* pb = static_cast<const char*>(b.raw());
+  LLM_CHECK(pa + a.nbytes() <= pb || pb + b.nbytes() <= pa, what, ": the two outputs overlap in memory (",
+            shape_str(a.shape()), " and ", shape_str(b.shape()), "); each must be a buffer of its own");
 }
 
 size_t copy_rows_check(const Tensor& dst, int64_t dst_pitch, const Tensor& src, int64_t src_pitch, int64_t rows,

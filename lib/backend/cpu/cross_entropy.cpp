@@ -29,7 +29,7 @@ LLM_SIMD_CLONES void row_softmax_grad(float* d, const float* x, int64_t n, float
 
 // Returns the shard's number of real columns.
 int64_t check_args(const char* op, const Tensor& logits, const Tensor& targets, int64_t V, int64_t vocab_begin) {
-  const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;
+  const int64_t Vp = logits.size(-1), N = rows_of(logits, op);
   check_f32(logits, logits.shape(), op);
   LLM_CHECK(V >= 1 && vocab_begin >= 0 && vocab_begin < V, op, ": vocabulary ", V, " and shard of columns [",
             vocab_begin, ", ", vocab_begin + Vp, "): the shard must hold at least one real column");
@@ -47,7 +47,7 @@ int64_t check_args(const char* op, const Tensor& logits, const Tensor& targets, 
 void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
                            const Tensor& targets, int64_t V, int64_t vocab_begin) {
   const int64_t Vr = check_args("cross_entropy_forward", logits, targets, V, vocab_begin);
-  const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;
+  const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;  // Vp > 0: check_args
   check_f32(losses, {N}, "cross_entropy_forward losses");
   check_f32(lse, {N}, "cross_entropy_forward lse");
   const float* x = logits.data<float>();
@@ -106,7 +106,7 @@ void cross_entropy_combine(const Tensor& losses, const Tensor& lse, const Tensor
 void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
                             const Tensor& targets, float dloss, int64_t V, int64_t vocab_begin) {
   const int64_t Vr = check_args("cross_entropy_backward", logits, targets, V, vocab_begin);
-  const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;
+  const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;  // Vp > 0: check_args
   check_f32(dlogits, logits.shape(), "cross_entropy_backward dlogits");
   check_f32(lse, {N}, "cross_entropy_backward lse");
   const float* x = logits.data<float>();

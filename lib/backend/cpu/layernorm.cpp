@@ -53,7 +53,7 @@ LLM_SIMD_CLONES void layernorm_backward_row(float* dinp, float* dw, float* db, c
 
 void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& inp,
                        const Tensor& weight, const Tensor& bias, float eps) {
-  const int64_t C = inp.size(-1), N = inp.numel() / C;
+  const int64_t C = inp.size(-1), N = rows_of(inp, "layernorm_forward inp");
   check_f32(inp, inp.shape(), "layernorm_forward inp");
   check_f32(out, inp.shape(), "layernorm_forward out");
   check_f32(mean, {N}, "layernorm_forward mean");
@@ -73,7 +73,7 @@ void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd
 void layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
                         const Tensor& dout, const Tensor& inp, const Tensor& weight,
                         const Tensor& mean, const Tensor& rstd) {
-  const int64_t C = inp.size(-1), N = inp.numel() / C;
+  const int64_t C = inp.size(-1), N = rows_of(inp, "layernorm_backward inp");
   check_f32(inp, inp.shape(), "layernorm_backward inp");
   check_f32(dout, inp.shape(), "layernorm_backward dout");
   check_f32(dinp, inp.shape(), "layernorm_backward dinp");

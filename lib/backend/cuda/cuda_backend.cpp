@@ -195,7 +195,8 @@ void CudaBackend::check_ids(const Tensor& ids, int64_t lo, int64_t hi, const cha
   const unsigned long long bad = *id_flag_host_;
   if (bad == ~0ULL) return;
   int32_t value = 0;
-  CUDA_CHECK(cudaMemcpy(&value, ids.data<int32_t>() + bad, sizeof(value), cudaMemcpyDeviceToHost), op);
+  CUDA_CHECK(cudaMemcpyAsync(&value, ids.data<int32_t>() + bad, sizeof(value), cudaMemcpyDeviceToHost, stream_), op);
+  CUDA_CHECK(cudaStreamSynchronize(stream_), op, " (reading the bad ", what, ")");
   LLM_FAIL(op, ": ", what, " ", value, " at position ", bad, " outside [", lo == INT_MIN ? 0 : lo, ", ", hi, ")");
 }
 
@@ -283,7 +284,7 @@ void CudaBackend::embedding_backward(const Tensor& dwte, const Tensor& dwpe, con
 
 void CudaBackend::layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& inp,
                                     const Tensor& weight, const Tensor& bias, float eps) {
-  const int64_t C = inp.size(-1), N = inp.numel() / C;
+  const int64_t C = inp.size(-1), N = rows_of(inp, "layernorm_forward inp");
   const DType t = inp.dtype();
   check_float_type(t, "layernorm_forward inp");
   check_dev(inp, inp.shape(), t, device_, "layernorm_forward inp");
@@ -300,7 +301,7 @@ void CudaBackend::layernorm_forward(const Tensor& out, const Tensor& mean, const
 void CudaBackend::layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
                                      const Tensor& dout, const Tensor& inp, const Tensor& weight, const Tensor& mean,
                                      const Tensor& rstd) {
-  const int64_t C = inp.size(-1), N = inp.numel() / C;
+  const int64_t C = inp.size(-1), N = rows_of(inp, "layernorm_backward inp");
   const DType t = inp.dtype();
   check_float_type(t, "layernorm_backward inp");
   check_dev(inp, inp.shape(), t, device_, "layernorm_backward inp");
@@ -327,7 +328,8 @@ struct LinearDims {
   int64_t N, C, OC;
 };
 LinearDims linear_dims(const char* op, const Tensor& inp, const Tensor& weight, Device dev) {
-  const int64_t C = inp.size(-1), N = inp.numel() / C, OC = weight.size(0);
+  const int64_t C = inp.size(-1), N = rows_of(inp, op), OC = weight.size(0);
+  LLM_CHECK(OC > 0, op, ": the weight has no output features, got ", shape_str(weight.shape()));
   check_float_type(inp.dtype(), op);
   check_dev(inp, inp.shape(), inp.dtype(), dev, op);
   LLM_CHECK(weight.dtype() == inp.dtype(), op, ": weight is ", dtype_name(weight.dtype()), ", input is ",
@@ -565,6 +567,7 @@ void CudaBackend::residual_backward(const Tensor& da, const Tensor& db, const Te
   check_dev(dout, dout.shape(), dout.dtype(), device_, "residual_backward dout");
   check_dev(da, dout.shape(), dout.dtype(), device_, "residual_backward da");
   check_dev(db, dout.shape(), dout.dtype(), device_, "residual_backward db");
+  check_disjoint(da, db, "residual_backward da/db");
   kernels::residual_backward(dout.dtype(), da.raw(), db.raw(), dout.raw(), dout.numel(), stream_);
   launched("residual_backward", {&da, &db, &dout});
 }
@@ -663,7 +666,7 @@ int64_t ce_real_columns(const char* op, const Tensor& logits, int64_t V, int64_t
 void CudaBackend::cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
                                         const Tensor& targets, int64_t V, int64_t vocab_begin) {
   const char* op = "cross_entropy_forward";
-  const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;
+  const int64_t Vp = logits.size(-1), N = rows_of(logits, op);
   const DType t = logits.dtype();
   check_float_type(t, op);
   check_dev(logits, logits.shape(), t, device_, "cross_entropy_forward logits");
@@ -683,7 +686,7 @@ void CudaBackend::cross_entropy_forward(const Tensor& losses, const Tensor& lse,
 void CudaBackend::cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const Tensor& lse,
                                          const Tensor& targets, float dloss, int64_t V, int64_t vocab_begin) {
   const char* op = "cross_entropy_backward";
-  const int64_t Vp = logits.size(-1), N = logits.numel() / Vp;
+  const int64_t Vp = logits.size(-1), N = rows_of(logits, op);
   const DType t = logits.dtype();
   check_float_type(t, op);
   check_dev(logits, logits.shape(), t, device_, "cross_entropy_backward logits");

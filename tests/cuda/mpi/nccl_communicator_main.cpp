@@ -206,6 +206,27 @@ int main(int argc, char** argv) {
         check(same, even ? "reduce_scatter_ranges_async / all_gather_ranges_async (even)"
                          : "reduce_scatter_ranges_async / all_gather_ranges_async (uneven)", rank);
       }
+      // empty ranges (every offset 0) are no operation, blocking or not, and move no bytes
+      {
+        const llm::Communicator::Volume before = comm->volume();
+        llm::Tensor e = be->upload(llm::Tensor::empty({0}));
+        const std::vector<int64_t> none(size_t(size) + 1, 0);
+        comm->reduce_scatter_ranges(e, none);
+        comm->all_gather_ranges(e, none);
+        comm->reduce_scatter_ranges_async(e, none)->wait();
+        comm->all_gather_ranges_async(e, none)->wait();
+        const llm::Communicator::Volume moved = comm->volume() - before;
+        check(moved.reduce_scatter == 0 && moved.all_gather == 0, "empty reduce_scatter_ranges / all_gather_ranges",
+              rank);
+      }
+      // a barrier finishes this rank's non-blocking operations on the communication stream too
+      {
+        llm::Tensor big = be->upload(llm::Tensor::zeros({int64_t(1) << 24}));
+        auto pending = comm->all_reduce_sum_async(big);
+        comm->barrier();
+        check(pending->test(), "barrier after a non-blocking all-reduce: the operation is finished", rank);
+        pending->wait();
+      }
       // bf16 sums (mixed-precision activations): small integers, exact in bf16
       {
         llm::Tensor y = llm::Tensor::empty({1000}, llm::DType::bf16);
