@@ -220,6 +220,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   // Ulysses group (tp, dp, pp), the gradient group (data parallel x Ulysses) (tp, pp) and the
   // pipeline (tp, sp, dp).
   const GridCoordinates grid = grid_coordinates(layout, mpi.rank());
+  // The collective timeout: over MPI here (the CPU's groups, and every group's host-side calls),
+  // over NCCL below on GPUs.
+  set_mpi_timeout_seconds(args.distributed_timeout_minutes * 60.0);
   std::unique_ptr<Communicator> world = mpi_world_communicator();
   const int64_t dps = layout.dp();
   // On GPUs the groups are NCCL communicators (device tensors over NCCL, host ones over MPI).

@@ -135,6 +135,11 @@ std::unique_ptr<Communicator> mpi_split_communicator(int color, int key);
 // A group of one: the collectives are identities (or copies into `out`), point to point has no
 // peer. Same element types and checks as MpiCommunicator.
 std::unique_ptr<Communicator> self_communicator();
+// The collective timeout of the MPI communicators made from here on (llm-pretrain:
+// --distributed-timeout-minutes; 0, the default, none): a rank that waits in a blocking MPI call,
+// or in a non-blocking operation's wait, this many seconds ends with exit status 1, naming the
+// communicator and the operation (a peer never joined it). MPI_Comm_split is watched the same way.
+void set_mpi_timeout_seconds(double seconds);
 // Elements per MPI call of MpiCommunicator: 2^30, or LLM_MPI_MAX_COUNT's lower value (a test knob).
 int64_t mpi_window_elements();
 

@@ -1,13 +1,18 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <utility>
 
 #include "comm/communicator.h"
+#include "comm/watchdog.h"
 
 namespace llm {
 
@@ -90,16 +95,69 @@ int64_t window_elements() {
   return w;
 }
 
+// ---- the collective timeout (set_mpi_timeout_seconds) ----------------------------------------
+
+std::atomic<double>& mpi_timeout() {
+  static std::atomic<double> seconds{0.0};
+  return seconds;
+}
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+// The process's watchdog over its MPI communicators' blocking waits (comm/watchdog.h): a rank
+// that never joins a collective (stopped without an error MPI sees, waiting in another collective,
+// a hung node) would hold its peers in MPI until the job's wall time. Started with the first
+// communicator made under a timeout, polling a tenth of that timeout (50 ms to 1 s).
+Watchdog& mpi_watchdog() {
+  static Watchdog w(
+      watchdog_period_for(mpi_timeout().load()), [](void*) { return std::string(); }, [](void*) {},
+      [](const std::string& message) { watchdog_exit(message, "the launcher then ends the other ranks"); });
+  return w;
+}
+
+// The owner's thread inside a blocking MPI call or wait, timed from when it entered (a
+// non-blocking operation is timed from its wait, not its start: the compute between the two is
+// no peer's fault).
+class InCall {
+ public:
+  InCall(PendingOps* calls, const char* op, int64_t bytes, int peer) : calls_(calls) {
+    if (calls_) calls_->enter(op, bytes, peer, PendingOps::Clock::now());
+  }
+  ~InCall() {
+    if (calls_) calls_->leave();
+  }
+  InCall(const InCall&) = delete;
+  InCall& operator=(const InCall&) = delete;
+
+ private:
+  PendingOps* calls_;
+};
+
+// What a request's wait is reported as under the timeout (calls null: not watched).
+struct Watch {
+  std::shared_ptr<PendingOps> calls;
+  const char* op = "";
+  int64_t bytes = 0;
+  int peer = -1;
+};
+
 // One or more MPI requests, the buffers MPI reads until they complete (counts, displacements),
 // and what to do once they have (reduce_scatter_ranges moves this rank's block into place).
 class MpiRequest final : public Communicator::Request {
  public:
-  explicit MpiRequest(MPI_Request r) : reqs_{r} {}
-  MpiRequest(std::vector<MPI_Request> reqs, std::vector<int> keep, std::function<void()> then = {})
-      : reqs_(std::move(reqs)), keep_(std::move(keep)), then_(std::move(then)) {}
+  MpiRequest(Watch watch, MPI_Request r) : watch_(std::move(watch)), reqs_{r} {}
+  MpiRequest(Watch watch, std::vector<MPI_Request> reqs, std::vector<int> keep, std::function<void()> then = {})
+      : watch_(std::move(watch)), reqs_(std::move(reqs)), keep_(std::move(keep)), then_(std::move(then)) {}
   ~MpiRequest() override { wait(); }
   void wait() override {
-    MPI_Waitall(static_cast<int>(reqs_.size()), reqs_.data(), MPI_STATUSES_IGNORE);
+    {
+      const InCall in(watch_.calls.get(), watch_.op, watch_.bytes, watch_.peer);
+      MPI_Waitall(static_cast<int>(reqs_.size()), reqs_.data(), MPI_STATUSES_IGNORE);
+    }
     finish();
   }
   bool test() override {
@@ -113,6 +171,7 @@ class MpiRequest final : public Communicator::Request {
   void finish() {
     if (then_) std::exchange(then_, {})();
   }
+  Watch watch_;
   std::vector<MPI_Request> reqs_;
   std::vector<int> keep_;
   std::function<void()> then_;
@@ -123,8 +182,16 @@ class MpiCommunicator final : public Communicator {
   explicit MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
+    if (const double t = mpi_timeout().load(); t > 0 && size_ > 1) {
+      calls_ = std::make_shared<PendingOps>([](void*) { return true; }, "MPI");
+      mpi_watchdog().add(calls_.get(),
+                         detail::concat("rank ", world_rank(), ": the MPI communicator of ", size_, " ranks (its rank ",
+                                        rank_, ")"),
+                         [calls = calls_.get(), t] { return calls->check(PendingOps::Clock::now(), t); }, false);
+    }
   }
   ~MpiCommunicator() override {
+    if (calls_) mpi_watchdog().remove(calls_.get());
     if (owned_) MPI_Comm_free(&comm_);
   }
   int rank() const override { return rank_; }
@@ -163,7 +230,7 @@ class MpiCommunicator final : public Communicator {
                       comm_, &r);
       reqs.push_back(r);
     }
-    return std::make_unique<MpiRequest>(std::move(reqs), std::move(counts_displs));
+    return std::make_unique<MpiRequest>(watch("all_gather_ranges", x.nbytes()), std::move(reqs), std::move(counts_displs));
   }
   void reduce_scatter_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
     reduce_scatter_ranges_async(x, offsets)->wait();
@@ -191,7 +258,7 @@ class MpiCommunicator final : public Communicator {
         MPI_Ireduce(r == rank_ ? MPI_IN_PLACE : q, q, count, type, sum_op(x), r, comm_, &req);
         reqs.push_back(req);
       }
-    return std::make_unique<MpiRequest>(std::move(reqs), std::vector<int>{});
+    return std::make_unique<MpiRequest>(watch("reduce_scatter_ranges", x.nbytes()), std::move(reqs), std::vector<int>{});
   }
   void broadcast(const Tensor& x, int root) override {
     LLM_CHECK(x.is_contiguous() && x.device().is_cpu(), "MPI broadcast needs a contiguous host tensor");
@@ -199,12 +266,16 @@ class MpiCommunicator final : public Communicator {
     volume_.broadcast += static_cast<int64_t>(x.nbytes());
     char* p = static_cast<char*>(x.raw());
     const size_t w = static_cast<size_t>(window_elements());
+    const InCall in(calls_.get(), "broadcast", static_cast<int64_t>(x.nbytes()), root);
     for (size_t off = 0, n = x.nbytes(); off < n; off += w) {
       const int count = static_cast<int>(std::min<size_t>(n - off, w));
       MPI_Bcast(p + off, count, MPI_BYTE, root, comm_);
     }
   }
-  void barrier() override { MPI_Barrier(comm_); }
+  void barrier() override {
+    const InCall in(calls_.get(), "barrier", 0, -1);
+    MPI_Barrier(comm_);
+  }
 
   void all_gather(const Tensor& out, const Tensor& in) override { all_gather_async(out, in)->wait(); }
   std::unique_ptr<Request> all_gather_async(const Tensor& out, const Tensor& in) override {
@@ -231,7 +302,7 @@ class MpiCommunicator final : public Communicator {
                            ? MPI_IN_PLACE
                            : in.raw();
     MPI_Iallgather(send, static_cast<int>(n), type, out.raw(), static_cast<int>(n), type, comm_, &r);
-    return std::make_unique<MpiRequest>(r);
+    return std::make_unique<MpiRequest>(watch("all_gather", out.nbytes()), r);
   }
   void reduce_scatter(const Tensor& out, const Tensor& in) override {
     const MPI_Datatype type = pair_type(out, in, "reduce-scatter");
@@ -254,6 +325,7 @@ class MpiCommunicator final : public Communicator {
       return;
     }
     volume_.reduce_scatter += static_cast<int64_t>(in.nbytes());
+    const InCall call(calls_.get(), "reduce_scatter", static_cast<int64_t>(in.nbytes()), -1);
     MPI_Reduce_scatter_block(in.raw(), out.raw(), static_cast<int>(n), type, sum_op(in), comm_);
   }
   void all_to_all(const Tensor& out, const Tensor& in) override { all_to_all_async(out, in)->wait(); }
@@ -278,11 +350,11 @@ class MpiCommunicator final : public Communicator {
         if (r != rank_) post(reqs, dst.flat(chunk * r, chunk), r, kAllToAllTag, type, false);
       for (int r = 0; r < size_; ++r)
         if (r != rank_) post(reqs, src.flat(chunk * r, chunk), r, kAllToAllTag, type, true);
-      return std::make_unique<MpiRequest>(std::move(reqs), std::vector<int>{});
+      return std::make_unique<MpiRequest>(watch("all_to_all", in.nbytes()), std::move(reqs), std::vector<int>{});
     }
     MPI_Request r;
     MPI_Ialltoall(in.raw(), static_cast<int>(chunk), type, out.raw(), static_cast<int>(chunk), type, comm_, &r);
-    return std::make_unique<MpiRequest>(r);
+    return std::make_unique<MpiRequest>(watch("all_to_all", in.nbytes()), r);
   }
   // Point to point in windows: one message per window, in order (MPI keeps the order of
   // messages between two ranks with one tag and communicator).
@@ -293,13 +365,13 @@ class MpiCommunicator final : public Communicator {
     volume_.send_recv += static_cast<int64_t>(x.nbytes());
     std::vector<MPI_Request> reqs;
     post(reqs, x, peer, tag, type, true);
-    return std::make_unique<MpiRequest>(std::move(reqs), std::vector<int>{});
+    return std::make_unique<MpiRequest>(watch("send", x.nbytes(), peer), std::move(reqs), std::vector<int>{});
   }
   std::unique_ptr<Request> recv_async(const Tensor& x, int peer, int tag) override {
     const MPI_Datatype type = host_float_type(x, "recv");
     std::vector<MPI_Request> reqs;
     post(reqs, x, peer, tag, type, false);
-    return std::make_unique<MpiRequest>(std::move(reqs), std::vector<int>{});
+    return std::make_unique<MpiRequest>(watch("recv", x.nbytes(), peer), std::move(reqs), std::vector<int>{});
   }
   void send_recv(const Tensor& send, int dst, int send_tag, const Tensor& recv, int src, int recv_tag) override {
     if (dst < 0 && src < 0) return;
@@ -310,11 +382,12 @@ class MpiCommunicator final : public Communicator {
     std::vector<MPI_Request> reqs;  // receives posted first, then the sends: no two ranks block
     post(reqs, recv, src, recv_tag, rt, false);
     post(reqs, send, dst, send_tag, st, true);
+    const InCall in(calls_.get(), "send_recv (receiving)", static_cast<int64_t>(recv.nbytes()), src);
     MPI_Waitall(static_cast<int>(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE);
   }
   std::unique_ptr<Request> all_reduce_sum_async(const Tensor& x) override {
     const MPI_Datatype type = host_float_type(x, "all-reduce");
-    if (size_ == 1) return std::make_unique<MpiRequest>(MPI_REQUEST_NULL);
+    if (size_ == 1) return std::make_unique<MpiRequest>(Watch{}, MPI_REQUEST_NULL);
     volume_.all_reduce += static_cast<int64_t>(x.nbytes());
     std::vector<MPI_Request> reqs;
     char* p = static_cast<char*>(x.raw());
@@ -326,7 +399,7 @@ class MpiCommunicator final : public Communicator {
       MPI_Iallreduce(MPI_IN_PLACE, p + static_cast<size_t>(off) * esize, count, type, sum_op(x), comm_, &r);
       reqs.push_back(r);
     }
-    return std::make_unique<MpiRequest>(std::move(reqs), std::vector<int>{});
+    return std::make_unique<MpiRequest>(watch("all_reduce_sum", x.nbytes()), std::move(reqs), std::vector<int>{});
   }
 
  private:
@@ -355,12 +428,20 @@ class MpiCommunicator final : public Communicator {
   }
   double reduce(double v, MPI_Op op) {
     double out = v;
-    if (size_ > 1) MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, op, comm_);
+    if (size_ == 1) return out;
+    const InCall in(calls_.get(), op == MPI_SUM ? "all_reduce_sum (a scalar)" : op == MPI_MIN ? "all_reduce_min (a scalar)" : "all_reduce_max (a scalar)", 8, -1);
+    MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, op, comm_);
     return out;
+  }
+  Watch watch(const char* op, size_t bytes, int peer = -1) const {
+    return {calls_, op, static_cast<int64_t>(bytes), peer};
   }
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0, size_ = 1;
+  // Under a timeout: this communicator's blocking call or wait, checked by mpi_watchdog() (shared
+  // with its requests, which may outlive it). Null: not watched.
+  std::shared_ptr<PendingOps> calls_;
 };
 
 }  // namespace
@@ -427,8 +508,18 @@ std::unique_ptr<Communicator> mpi_world_communicator() {
 std::unique_ptr<Communicator> mpi_split_communicator(int color, int key) {
   if (!mpi_initialised()) return self_communicator();
   MPI_Comm sub;
-  MPI_Comm_split(MPI_COMM_WORLD, color, key, &sub);
+  {
+    std::optional<WatchedPhase> split;  // (it waits for every rank)
+    if (const double t = mpi_timeout().load(); t > 0)
+      split.emplace(mpi_watchdog(), detail::concat("rank ", world_rank(), ": MPI_Comm_split of every rank (color ", color, ")"), t);
+    MPI_Comm_split(MPI_COMM_WORLD, color, key, &sub);
+  }
   return std::make_unique<MpiCommunicator>(sub, true);
+}
+
+void set_mpi_timeout_seconds(double seconds) {
+  LLM_CHECK(seconds >= 0 && std::isfinite(seconds), "MPI timeout: ", seconds, " s (0: none)");
+  mpi_timeout() = seconds;
 }
 
 int64_t mpi_window_elements() { return window_elements(); }

@@ -114,13 +114,7 @@ Watchdog& nccl_watchdog() {
         return std::string("NCCL asynchronous error ") + ncclGetErrorString(r) + nccl_last_error();
       },
       [](void* h) { (void)ncclCommAbort(static_cast<ncclComm_t>(h)); },
-      [](const std::string& message) {
-        // stderr first: flushing stdout may block on a full pipe to the launcher.
-        std::fprintf(stderr, "[error] %s; this rank exits (its exit ends its NCCL kernels)\n", message.c_str());
-        std::fflush(stderr);
-        std::fflush(stdout);
-        std::_Exit(1);
-      });
+      [](const std::string& message) { watchdog_exit(message, "its exit ends its NCCL kernels"); });
   return w;
 }
 

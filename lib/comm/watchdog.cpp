@@ -4,6 +4,8 @@
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <mutex>
 
 #include "core/error.h"
 
@@ -18,6 +20,20 @@ int watchdog_period_ms(const char* setting) {
     throw ConfigError("LLM_NCCL_WATCHDOG_MS='" + s +
                       "': expected milliseconds between checks of the NCCL communicators' errors (0: off)");
   return ms;
+}
+
+int watchdog_period_for(double timeout_s) {
+  return static_cast<int>(std::clamp(timeout_s * 100.0, 50.0, 1000.0));
+}
+
+void watchdog_exit(const std::string& message, const char* consequence) {
+  static std::mutex once;
+  once.lock();  // never unlocked: this process ends here
+  // stderr first: flushing stdout may block on a full pipe to the launcher.
+  std::fprintf(stderr, "[error] %s; this rank exits (%s)\n", message.c_str(), consequence);
+  std::fflush(stderr);
+  std::fflush(stdout);
+  std::_Exit(1);
 }
 
 Watchdog::Watchdog(int period_ms, Query query, Abort abort, Fail fail)
@@ -175,13 +191,14 @@ std::string PendingOps::check(Clock::time_point now, double timeout_s) {
   if (age < timeout_s) return "";
   char line[512];
   std::snprintf(line, sizeof(line),
-                "%s of %lld bytes%s%s %s %.1f s ago %s (the timeout is %.1f s: "
+                "%s of %lld bytes%s%s %s %.1f s ago %s%s%s (the timeout is %.1f s: "
                 "--distributed-timeout-minutes); a rank of this communicator never joined it (stopped, or waiting "
                 "in another collective)",
                 oldest->op, static_cast<long long>(oldest->bytes), oldest->peer >= 0 ? " with rank " : "",
                 oldest->peer >= 0 ? std::to_string(oldest->peer).c_str() : "",
                 oldest->in_call ? "called" : "queued", age,
-                oldest->in_call ? "has not returned (its NCCL call waits for the peers)" : "has not finished", timeout_s);
+                oldest->in_call ? "has not returned (its " : "has not finished", oldest->in_call ? library_ : "",
+                oldest->in_call ? " call waits for the peers)" : "", timeout_s);
   return line;
 }
 

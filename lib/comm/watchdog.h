@@ -32,6 +32,15 @@ namespace llm {
 // number of milliseconds; anything else throws naming the variable.
 int watchdog_period_ms(const char* setting);
 
+// The MPI communicators' watchdog period for a timeout: a tenth of it, within [50, 1000] ms.
+int watchdog_period_for(double timeout_s);
+
+// What every watchdog's fail does in a process: prints "[error] <message>; this rank exits
+// (<consequence>)" to stderr and ends the process with exit status 1 (the launcher then ends the
+// job). Once per process: a second watchdog failing meanwhile (a rank's NCCL and MPI communicators
+// both wait on the same lost peer) waits for the first to exit, so one line is printed.
+[[noreturn]] void watchdog_exit(const std::string& message, const char* consequence);
+
 class Watchdog {
  public:
   using Query = std::function<std::string(void* handle)>;  // "" when healthy, else what failed
@@ -104,7 +113,8 @@ class PendingOps {
  public:
   using Clock = std::chrono::steady_clock;
   using Done = std::function<bool(void* marker)>;  // whether the marker (and what precedes it) finished
-  explicit PendingOps(Done done) : done_(std::move(done)) {}
+  // library: whose calls the owner's thread waits in ("NCCL", "MPI"), for the message.
+  explicit PendingOps(Done done, const char* library = "NCCL") : done_(std::move(done)), library_(library) {}
   // A finished marker to record again, or null (the owner makes a new one).
   void* reuse();
   // op: a string literal (kept as a pointer); peer: the other rank of a send or receive, else -1.
@@ -132,6 +142,7 @@ class PendingOps {
     bool in_call = false;  // enter()'s: no marker yet
   };
   Done done_;
+  const char* library_;
   std::mutex check_mu_;   // one check() at a time
   mutable std::mutex mu_;  // pending_ and free_
   std::deque<Op> pending_;

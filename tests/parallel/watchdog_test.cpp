@@ -338,6 +338,25 @@ TEST(PendingOps, PushAndCheckFromTwoThreads) {
   EXPECT_EQ(std::set<void*>(all.begin(), all.end()).size(), all.size()) << "a marker freed twice";
 }
 
+// The MPI communicators' form: no markers, only the owner's blocking call or wait, named as the
+// MPI call it waits in; and their watchdog's period, a tenth of the timeout within [50, 1000] ms.
+TEST(PendingOps, AnMpiCallIsNamedAsOne) {
+  llm::PendingOps ops([](void*) { return true; }, "MPI");
+  const Clock::time_point t0 = Clock::now();
+  ops.enter("recv", 64, 1, t0);
+  const std::string m = ops.check(at(t0, 3), 2);
+  EXPECT_EQ(m.rfind("recv of 64 bytes with rank 1 called 3.0 s ago has not returned (its MPI call waits for the "
+                    "peers) (the timeout is 2.0 s",
+                    0),
+            0u)
+      << m;
+  ops.leave();
+  EXPECT_EQ(ops.check(at(t0, 3), 2), "");
+  EXPECT_EQ(llm::watchdog_period_for(2.0), 200);
+  EXPECT_EQ(llm::watchdog_period_for(0.1), 50);
+  EXPECT_EQ(llm::watchdog_period_for(600.0), 1000);
+}
+
 // NCCL may wait inside the call itself (a pair's first operation connects them): the operation
 // is timed from its call until leave(), named as still in its call; the older of it and the
 // queued ones is the one named. After release_all() nothing is checked and push() refuses.
