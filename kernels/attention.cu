@@ -604,8 +604,12 @@ int64_t attention_backward_workspace(DType t, int B, int NH, int hd, int64_t T) 
   return atomic_dq(t, hd) && dq_convert_setting() == 2 ? dq_sums_and_counts(B, NH, hd, T) : 0;
 }
 
+void check_attention_head_dim(int hd, const char* op) {
+  LLM_CHECK(hd >= 1 && hd <= kMaxHeadDim, op, ": head dim ", hd, " outside [1, ", kMaxHeadDim, "]");
+}
+
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream) {
-  LLM_CHECK(a.hd >= 1 && a.hd <= kMaxHeadDim, "attention_forward: head dim ", a.hd, " outside [1, ", kMaxHeadDim, "]");
+  check_attention_head_dim(a.hd, "attention_forward");
   if (a.Tq == 0 || a.B == 0) return;
   AttentionForwardArgs tc = a;
   tc.block_order = a.block_order != 0 ? a.block_order : block_order_setting();

@@ -25,6 +25,8 @@ void attention_kv_forward(DType t, void* out, const void* qkv, void* k_cache, vo
                           int64_t C, int64_t maxT, int64_t past, int NH, cudaStream_t stream) {
   const int64_t total = int64_t(B) * Tn * C;
   if (total == 0) return;
+  // Checked before the cache is written: a call refused leaves it as it was.
+  check_attention_head_dim(static_cast<int>(C / NH), "attention_kv_forward");
   dispatch_float(t, "attention_kv_forward", [&](auto tag) {
     using E = decltype(tag);
     kv_cache_append_kernel<E><<<grid_for(total), 256, 0, stream>>>(static_cast<E*>(k_cache), static_cast<E*>(v_cache),

@@ -119,6 +119,8 @@ struct AttentionForwardArgs {
   int block_order = 0;  // 0: LLM_CUDA_BLOCK_ORDER's (block_order_setting); else as it (block_order.h)
 };
 void attention_forward(DType t, const AttentionForwardArgs& a, cudaStream_t stream);
+// The head dims the attention kernels take, [1, 256]: an Error naming `op` otherwise.
+void check_attention_head_dim(int hd, const char* op);
 // The arguments of self-attention over qkv[B, T, 3C] (q | k | v per token, elem_size bytes per
 // element) into out[B, T, C] and lse[B, NH, T].
 inline AttentionForwardArgs self_attention_args(const void* qkv, void* out, float* lse, size_t elem_size, int B,

@@ -593,6 +593,25 @@ TEST(CudaBackend, CopyRowsPastTheMaxPitch) {
   be->allocator().empty_cache();  // the other tests share the card
 }
 
+// A head dim the kernels do not take (264 > 256) is refused before the new keys and values are
+// written: the cache is left as it was.
+TEST(CudaBackend, AttentionKvRefusesAHeadDimBeforeWritingTheCache) {
+  REQUIRE_CUDA(be);
+  const int64_t B = 1, Tn = 2, C = 264, maxT = 4;
+  Tensor qkv = be->upload(bt::host_f32({B, Tn, 3 * C}, Vec(size_t(B * Tn * 3 * C), 1.0)));
+  Tensor kc = be->zeros({B, maxT, C}), vc = be->zeros({B, maxT, C}), out = be->empty({B, Tn, C});
+  try {
+    be->attention_kv_forward(out, qkv, kc, vc, 0, 1);
+    ADD_FAILURE() << "head dim 264 accepted";
+  } catch (const llm::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("attention_kv_forward: head dim 264 outside [1, 256]"), std::string::npos)
+        << e.what();
+  }
+  be->synchronize();
+  EXPECT_TRUE(bt::all_equal("k cache untouched", bt::to_vec(be->download(kc)), Vec(size_t(B * maxT * C), 0.0)));
+  EXPECT_TRUE(bt::all_equal("v cache untouched", bt::to_vec(be->download(vc)), Vec(size_t(B * maxT * C), 0.0)));
+}
+
 // The logits past 2^31 elements (B*T*V from 42,692 tokens at V = 50304), through the training
 // step's ops: the logits GEMM (cuBLASLt gets it as pieces under 2^31: split_matmul; some cuBLASLt
 // kernels index in 32 bits), cross-entropy forward, its backward in place, and the linear backward
