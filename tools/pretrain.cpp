@@ -388,9 +388,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   rec.train_iters = args.train_iters;
   rec.tflops_formula = args.tflops_formula;
   auto do_eval = [&](const std::string& where) {
-    // Replicas hold the same weights: the first replica's ranks evaluate (together, under TP).
-    // Under ZeRO-3 every rank takes part (the layers are gathered over the gradient group).
-    if (args.eval_iters <= 0 || (grid.dp_rank != 0 && args.zero_stage < 3)) return;
+    // Every replica evaluates its slice of each global batch, as in training (Megatron's), and
+    // the losses are summed over the gradient group.
+    if (args.eval_iters <= 0) return;
     const double loss = trainer.evaluate(*data.valid, args.eval_iters);
     if (lead) std::printf("%s\n", validation_report(where, loss).c_str());
     metrics.write_validation(trainer.iteration(), loss);  // (a no-op off rank 0)

@@ -126,7 +126,7 @@ std::vector<OptionSpec> make_options() {
       opt("log-interval", &A::log_interval, "iterations between log lines"),
       opt("timing-log-level", &A::timing_log_level, "1: print the (min, max) time across ranks of each phase after the log line"),
       opt("eval-interval", &A::eval_interval, "iterations between validation runs (0 = only at the end); none without --eval-iters"),
-      opt("eval-iters", &A::eval_iters, "validation batches per evaluation (0 = no validation)"),
+      opt("eval-iters", &A::eval_iters, "validation iterations per evaluation, each a global batch split over the data-parallel replicas as in training; the same batches every evaluation (0 = no validation)"),
       opt("mock-data", &A::mock_data, "train on the deterministic synthetic stream"),
       opt("data-path", &A::data_path, "dataset directory from llm-tokenize, or WEIGHT DIR WEIGHT DIR ... to blend"),
       opt("split", &A::split, "train,valid,test proportions of each dataset's documents"),

@@ -74,7 +74,7 @@ TrainingData build_training_data(TrainArgs& args, IndexCacheOptions cache) {
     cache.dir = args.data_cache_path.empty() ? (std::filesystem::path(paths[0].path) / "index-cache").string()
                                              : args.data_cache_path;
   const int64_t train_samples = args.train_iters * args.global_batch_size;
-  const int64_t valid_samples = args.eval_iters * args.micro_batch_size;
+  const int64_t valid_samples = args.eval_iters * args.global_batch_size;  // the same batches every evaluation
   double weight_sum = 0;
   for (const WeightedPath& p : paths) weight_sum += p.weight;
 

@@ -693,15 +693,23 @@ void Trainer::backward(int64_t k, int64_t micro) {
 double Trainer::evaluate(const SampleSource& valid, int64_t iters) {
   const ModelParallel& mp = model_.model_parallel();
   sync_compute_weights_resident();
+  const int64_t micro = args_.micro_batches(), sp = mp.sp_size();
+  const int64_t dp_rank = dp_ ? dp_->rank() / sp : 0, replicas = dp_ ? dp_->size() / sp : 1;
   double sum = 0;
-  for (int64_t k = 0; k < iters; ++k) {
-    fill_batch(valid, static_cast<uint64_t>(k * args_.micro_batch_size), args_.micro_batch_size);
-    if (!mp.first_stage()) mp.pipeline->recv(model_.stage_input(tokens_.size(0), tokens_.size(1)), mp.pp_rank() - 1, kForward);
-    sum += model_.forward(tokens_, targets_);
-    if (!mp.last_stage()) mp.pipeline->send(model_.stage_output(), mp.pp_rank() + 1, kForward);
-  }
+  for (int64_t k = 0; k < iters; ++k)
+    for (int64_t m = 0; m < micro; ++m) {  // this replica's slice of global batch k, as in training
+      fill_batch(valid,
+                 global_sample_index(static_cast<uint64_t>(k * args_.global_batch_size), dp_rank, micro,
+                                     args_.micro_batch_size, m, 0),
+                 args_.micro_batch_size);
+      if (!mp.first_stage()) mp.pipeline->recv(model_.stage_input(tokens_.size(0), tokens_.size(1)), mp.pp_rank() - 1, kForward);
+      sum += model_.forward(tokens_, targets_);
+      if (!mp.last_stage()) mp.pipeline->send(model_.stage_output(), mp.pp_rank() + 1, kForward);
+    }
   if (mp.pp_size() > 1) sum = mp.pipeline->all_reduce_sum(sum);  // the last stage's losses
-  return iters ? sum / static_cast<double>(iters) : NAN;
+  // Every replica's: once per replica (a replica's Ulysses ranks each hold its whole loss).
+  if (dp_ && dp_->size() > 1) sum = dp_->all_reduce_sum(mp.sp_rank() == 0 ? sum : 0.0);
+  return iters ? sum / static_cast<double>(iters * micro * replicas) : NAN;
 }
 
 double Trainer::pipeline_step(int64_t micro, const std::function<void(int64_t)>& load, IterationStats& st) {

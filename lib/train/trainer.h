@@ -41,8 +41,10 @@ class Trainer {
   // every replica applies the same step.
   Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, Communicator* dp = nullptr);
   IterationStats train_step();
-  // Mean loss over `iters` micro-batches of `valid`, starting at sample 0 (the same samples
-  // every evaluation, so the numbers are comparable).
+  // Mean loss over `iters` global batches of `valid` (Megatron's --eval-iters: iterations),
+  // starting at sample 0 (the same samples every evaluation, so the numbers are comparable).
+  // Each replica runs its slice of every batch, as in training, and the losses are summed over
+  // the gradient group: collective over it (every rank of the layout calls it).
   double evaluate(const SampleSource& valid, int64_t iters);
 
   int64_t iteration() const { return iteration_; }
