@@ -2,7 +2,8 @@
 // from sample 0, each replica running its slice as in training, the losses summed over the
 // gradient group. Against a hand-made reference: the single-process model's forward over
 // samples [0, iters x global batch) in micro-batches, averaged; every rank gets the same value.
-// Plain data parallel, with a pipeline, and under ZeRO-3 (the layers gathered over the group).
+// Plain data parallel, with a pipeline, under ZeRO-3 (the layers gathered over the group), and
+// with Ulysses.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -70,6 +71,28 @@ void check_evaluation(int zero, int pp) {
   if (dp > 1) {
     EXPECT_NE(t.evaluate(data, 3), reference_loss(ref, data, 1, 3 * a.micro_batch_size, a.micro_batch_size, 16));
   }
+}
+
+// Ulysses 2 (x the rest as data parallel): a replica's two ranks each hold its whole loss, which
+// counts once in the sum over the gradient group (rank = dp_rank x 2 + sp_rank).
+TEST(Evaluation, WithUlysses) {
+  auto world = llm::mpi_world_communicator();
+  if (world->size() % 2) GTEST_SKIP() << "world " << world->size() << " not divisible by sp 2";
+  const int dp = world->size() / 2, me = world->rank(), sp_rank = me % 2, dp_rank = me / 2;
+  auto grads = llm::mpi_split_communicator(0, me);
+  auto uly = llm::mpi_split_communicator(1 + dp_rank, sp_rank);
+  const int64_t global_batch = 4 * dp;
+  const llm::TrainArgs a = mpi_support::tiny_train_args(global_batch, 21, [&](llm::TrainArgs& x) {
+    x.data_parallel_size = dp;
+    x.ds_sequence_parallel_size = 2;
+  });
+  llm::MockDataSource data(200, 16, 5);
+  llm::Backend& be = llm::cpu_backend();
+  llm::GPT model(a.model_config(), be, 21, 16, llm::ModelParallel{nullptr, false, uly.get()});
+  llm::Trainer t(a, model, data, grads.get());
+  llm::GPT ref(a.model_config(), be, 21, 16);
+  const double got = t.evaluate(data, 2), want = reference_loss(ref, data, 2, global_batch, a.micro_batch_size, 16);
+  EXPECT_NEAR(got, want, 1e-5 * want) << "Ulysses 2 x dp " << dp << ", rank " << me;
 }
 
 TEST(Evaluation, DataParallelReplicasEachRunTheirSlice) { check_evaluation(0, 1); }
