@@ -308,6 +308,10 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     Timer t;
     const std::string dir = save_training_checkpoint_parallel(args.save, args, trainer, tokenizer,
                                                               static_cast<int>(args.keep_last), mpi);
+    // Rank 0 publishes after the others have returned (fsyncs, removing old checkpoints: minutes
+    // on a slow file system): they wait here, outside the communicators' collective timeout, not
+    // in the next watched collective.
+    mpi.barrier();
     if (lead) {
       std::printf("> saved checkpoint %s in %.2f s\n", dir.c_str(), t.seconds());
       std::fflush(stdout);

@@ -155,9 +155,10 @@ std::vector<OptionSpec> make_options() {
       opt("exit-duration-in-mins", &A::exit_duration_in_mins, "save and exit after this many minutes"),
       opt("distributed-timeout-minutes", &A::distributed_timeout_minutes,
           "a collective or transfer still unfinished this many minutes after it was called (a rank never joined) "
-          "ends the job with exit status 1, naming it (0: wait forever). On GPUs NCCL's operations and set-up "
-          "(checked by the NCCL watchdog, so not with LLM_NCCL_WATCHDOG_MS=0), on CPUs MPI's blocking calls and "
-          "waits; not the data index's build, which only rank 0 does while the others wait"),
+          "ends the job with exit status 1, naming it (0: wait forever). On every backend MPI's blocking calls and "
+          "waits (on GPUs the world communicator's and the host-side calls beside NCCL), and on GPUs NCCL's "
+          "operations and set-up (checked by the NCCL watchdog, so not with LLM_NCCL_WATCHDOG_MS=0); not the data "
+          "index's build or a checkpoint's publication, which rank 0 alone does while the others wait"),
       opt("tflops-formula", &A::tflops_formula, "TFLOPs in the log line: megatron (Narayanan et al. 2021, with recompute factor) | model (model FLOPs)"),
       opt("max-nan-iterations", &A::max_nan_iterations, "non-finite iterations to skip before stopping (0 = stop at the first)"),
       opt("threads", &A::threads, "CPU threads (0 = OMP_NUM_THREADS or all cores)"),

@@ -68,7 +68,7 @@ struct TrainArgs {
   int64_t keep_last = 0;            // keep this many newest checkpoints (0 = all)
   int64_t exit_interval = 0;        // exit (after saving) when iteration % N == 0
   double exit_duration_in_mins = 0; // exit (after saving) once this much wall time has passed
-  double distributed_timeout_minutes = 10;  // a collective (NCCL, or MPI on CPUs) unfinished this long ends the rank (0: never)
+  double distributed_timeout_minutes = 10;  // a collective (NCCL or MPI) unfinished this long ends the rank (0: never)
   std::string tflops_formula = "megatron";
   int64_t max_nan_iterations = 0;
   int64_t threads = 0;  // 0 = OMP_NUM_THREADS / all cores
