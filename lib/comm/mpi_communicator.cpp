@@ -4,8 +4,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
-#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -145,36 +143,27 @@ struct Watch {
   int peer = -1;
 };
 
-// One or more MPI requests, the buffers MPI reads until they complete (counts, displacements),
-// and what to do once they have (reduce_scatter_ranges moves this rank's block into place).
+// One or more MPI requests, and the buffers MPI reads until they complete (counts, displacements).
 class MpiRequest final : public Communicator::Request {
  public:
   MpiRequest(Watch watch, MPI_Request r) : watch_(std::move(watch)), reqs_{r} {}
-  MpiRequest(Watch watch, std::vector<MPI_Request> reqs, std::vector<int> keep, std::function<void()> then = {})
-      : watch_(std::move(watch)), reqs_(std::move(reqs)), keep_(std::move(keep)), then_(std::move(then)) {}
+  MpiRequest(Watch watch, std::vector<MPI_Request> reqs, std::vector<int> keep = {})
+      : watch_(std::move(watch)), reqs_(std::move(reqs)), keep_(std::move(keep)) {}
   ~MpiRequest() override { wait(); }
   void wait() override {
-    {
-      const InCall in(watch_.calls.get(), watch_.op, watch_.bytes, watch_.peer);
-      MPI_Waitall(static_cast<int>(reqs_.size()), reqs_.data(), MPI_STATUSES_IGNORE);
-    }
-    finish();
+    const InCall in(watch_.calls.get(), watch_.op, watch_.bytes, watch_.peer);
+    MPI_Waitall(static_cast<int>(reqs_.size()), reqs_.data(), MPI_STATUSES_IGNORE);
   }
   bool test() override {
     int done = 0;
     MPI_Testall(static_cast<int>(reqs_.size()), reqs_.data(), &done, MPI_STATUSES_IGNORE);
-    if (done) finish();
     return done != 0;
   }
 
  private:
-  void finish() {
-    if (then_) std::exchange(then_, {})();
-  }
   Watch watch_;
   std::vector<MPI_Request> reqs_;
   std::vector<int> keep_;
-  std::function<void()> then_;
 };
 
 class MpiCommunicator final : public Communicator {
@@ -197,9 +186,9 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void all_reduce_sum(const Tensor& x) override { all_reduce_sum_async(x)->wait(); }
-  double all_reduce_sum(double v) override { return reduce(v, MPI_SUM); }
-  double all_reduce_min(double v) override { return reduce(v, MPI_MIN); }
-  double all_reduce_max(double v) override { return reduce(v, MPI_MAX); }
+  double all_reduce_sum(double v) override { return reduce(v, MPI_SUM, "all_reduce_sum (a scalar)"); }
+  double all_reduce_min(double v) override { return reduce(v, MPI_MIN, "all_reduce_min (a scalar)"); }
+  double all_reduce_max(double v) override { return reduce(v, MPI_MAX, "all_reduce_max (a scalar)"); }
   void all_gather_ranges(const Tensor& x, const std::vector<int64_t>& offsets) override {
     all_gather_ranges_async(x, offsets)->wait();
   }
@@ -258,7 +247,7 @@ class MpiCommunicator final : public Communicator {
         MPI_Ireduce(r == rank_ ? MPI_IN_PLACE : q, q, count, type, sum_op(x), r, comm_, &req);
         reqs.push_back(req);
       }
-    return std::make_unique<MpiRequest>(watch("reduce_scatter_ranges", x.nbytes()), std::move(reqs), std::vector<int>{});
+    return std::make_unique<MpiRequest>(watch("reduce_scatter_ranges", x.nbytes()), std::move(reqs));
   }
   void broadcast(const Tensor& x, int root) override {
     LLM_CHECK(x.is_contiguous() && x.device().is_cpu(), "MPI broadcast needs a contiguous host tensor");
@@ -350,7 +339,7 @@ class MpiCommunicator final : public Communicator {
         if (r != rank_) post(reqs, dst.flat(chunk * r, chunk), r, kAllToAllTag, type, false);
       for (int r = 0; r < size_; ++r)
         if (r != rank_) post(reqs, src.flat(chunk * r, chunk), r, kAllToAllTag, type, true);
-      return std::make_unique<MpiRequest>(watch("all_to_all", in.nbytes()), std::move(reqs), std::vector<int>{});
+      return std::make_unique<MpiRequest>(watch("all_to_all", in.nbytes()), std::move(reqs));
     }
     MPI_Request r;
     MPI_Ialltoall(in.raw(), static_cast<int>(chunk), type, out.raw(), static_cast<int>(chunk), type, comm_, &r);
@@ -365,13 +354,13 @@ class MpiCommunicator final : public Communicator {
     volume_.send_recv += static_cast<int64_t>(x.nbytes());
     std::vector<MPI_Request> reqs;
     post(reqs, x, peer, tag, type, true);
-    return std::make_unique<MpiRequest>(watch("send", x.nbytes(), peer), std::move(reqs), std::vector<int>{});
+    return std::make_unique<MpiRequest>(watch("send", x.nbytes(), peer), std::move(reqs));
   }
   std::unique_ptr<Request> recv_async(const Tensor& x, int peer, int tag) override {
     const MPI_Datatype type = host_float_type(x, "recv");
     std::vector<MPI_Request> reqs;
     post(reqs, x, peer, tag, type, false);
-    return std::make_unique<MpiRequest>(watch("recv", x.nbytes(), peer), std::move(reqs), std::vector<int>{});
+    return std::make_unique<MpiRequest>(watch("recv", x.nbytes(), peer), std::move(reqs));
   }
   void send_recv(const Tensor& send, int dst, int send_tag, const Tensor& recv, int src, int recv_tag) override {
     if (dst < 0 && src < 0) return;
@@ -399,7 +388,7 @@ class MpiCommunicator final : public Communicator {
       MPI_Iallreduce(MPI_IN_PLACE, p + static_cast<size_t>(off) * esize, count, type, sum_op(x), comm_, &r);
       reqs.push_back(r);
     }
-    return std::make_unique<MpiRequest>(watch("all_reduce_sum", x.nbytes()), std::move(reqs), std::vector<int>{});
+    return std::make_unique<MpiRequest>(watch("all_reduce_sum", x.nbytes()), std::move(reqs));
   }
 
  private:
@@ -426,10 +415,10 @@ class MpiCommunicator final : public Communicator {
     for (int r = 0; r <= size_; ++r) offsets[static_cast<size_t>(r)] = n * r;
     return offsets;
   }
-  double reduce(double v, MPI_Op op) {
+  double reduce(double v, MPI_Op op, const char* name) {
     double out = v;
     if (size_ == 1) return out;
-    const InCall in(calls_.get(), op == MPI_SUM ? "all_reduce_sum (a scalar)" : op == MPI_MIN ? "all_reduce_min (a scalar)" : "all_reduce_max (a scalar)", 8, -1);
+    const InCall in(calls_.get(), name, 8, -1);
     MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, op, comm_);
     return out;
   }
