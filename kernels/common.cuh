@@ -79,9 +79,10 @@ __device__ __forceinline__ void elementwise(int64_t n, bool packed, F&& f, G&& g
 }
 
 // Kernels needing more than 48 KiB of shared memory per block (static and dynamic together) must
-// opt in, to at least the dynamic bytes of each launch. The opt-in is a per-kernel maximum, so it is raised whenever a launch needs more than
-// the last one set: a kernel whose shared memory depends on a runtime value (the SIMT attention's
-// head dim) launched first small then large would otherwise fail with an invalid argument.
+// opt in, to at least the dynamic bytes of each launch. The opt-in is a per-kernel maximum, so it
+// is raised whenever a launch needs more than the last one set: a kernel whose shared memory
+// depends on a runtime value (the SIMT attention's head dim) launched first small then large
+// would otherwise fail with an invalid argument.
 // Per kernel and process (one device per process). Each time the opt-in is raised, the launch's
 // dynamic bytes plus the kernel's static shared memory are checked against what a block may opt
 // in to here (smem_optin_limit: the device's, or LLM_CUDA_SMEM_LIMIT's cap); a launch over it is

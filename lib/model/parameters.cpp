@@ -341,21 +341,7 @@ void init_parameter_local(float* dst, const ParamSpec& spec, uint64_t seed, int6
 }
 
 void init_parameter(float* dst, const ParamSpec& spec, uint64_t seed) {
-  if (!spec.sharded()) {
-    init_parameter_range(dst, spec, seed, 0, llm::numel(spec.shape));
-    return;
-  }
-  if (spec.shard_dim == 0) {  // whole rows: each chunk is one contiguous global range
-    const int64_t inner = llm::numel(spec.shape) / spec.shape[0];
-    for (const ShardChunk& c : spec.chunks)
-      init_parameter_range(dst + c.local_begin * inner, spec, seed, c.global_begin * inner, c.length * inner);
-    return;
-  }
-  // Columns of a matrix: one run per row and chunk.
-  const int64_t rows = spec.shape[0], lcols = spec.shape[1], gcols = spec.global_shape[1];
-  for (int64_t r = 0; r < rows; ++r)
-    for (const ShardChunk& c : spec.chunks)
-      init_parameter_range(dst + r * lcols + c.local_begin, spec, seed, r * gcols + c.global_begin, c.length);
+  init_parameter_local(dst, spec, seed, 0, llm::numel(spec.shape));
 }
 
 std::vector<LocalBox> local_boxes(const ParamSpec& spec) {

@@ -169,9 +169,13 @@ Trainer::Trainer(const TrainArgs& args, GPT& model, const SampleSource& train, C
   sample_ = Tensor::empty({args.seq_length + 1}, DType::i32);
 }
 
-void Trainer::fill_batch(const SampleSource& src, uint64_t first_index, int64_t rows) {
+void Trainer::fill_micro_batch(const SampleSource& src, uint64_t batch_start, int64_t m) {
+  // The gradient group is data parallel x Ulysses (group rank = dp_rank * sp + sp_rank).
+  const ModelParallel& mp = model_.model_parallel();
+  const int64_t dp_rank = dp_ ? dp_->rank() / mp.sp_size() : 0, rows = args_.micro_batch_size;
+  const uint64_t first_index = global_sample_index(batch_start, dp_rank, args_.micro_batches(), rows, m, 0);
   // Ulysses: this rank's positions [sp_rank * T, (sp_rank + 1) * T) of each sample.
-  const int64_t T = tokens_.size(1), off = model_.model_parallel().sp_rank() * T;
+  const int64_t T = tokens_.size(1), off = mp.sp_rank() * T;
   int32_t* s = sample_.data<int32_t>();
   for (int64_t r = 0; r < rows; ++r) {
     src.sample((first_index + static_cast<uint64_t>(r)) % src.num_samples(), s);
@@ -192,19 +196,17 @@ IterationStats Trainer::train_step() {
   st.lr_applied = schedule_.at(updates_before);
   st.loss_scale = scaler_.scale();
   const int64_t micro = args_.micro_batches();
-  // The gradient group is data parallel x Ulysses (group rank = dp_rank * sp + sp_rank): the
-  // Ulysses ranks of a replica read the same samples and hold partial gradients of them.
+  // The gradient group is data parallel x Ulysses: the Ulysses ranks of a replica read the same
+  // samples and hold partial gradients of them.
   const int64_t sp = model_.model_parallel().sp_size();
-  const int64_t dp_size = dp_ ? dp_->size() : 1, dp_rank = dp_ ? dp_->rank() / sp : 0;
+  const int64_t dp_size = dp_ ? dp_->size() : 1;
   model_.zero_grad();
   if (zero_) model_.backend().zero(grad_shard_);
   double loss_sum = 0;
   Timer phase;
   auto load = [&](int64_t k) {  // micro-batch k of this replica's slice of the global batch
-    const uint64_t first = global_sample_index(static_cast<uint64_t>(consumed_samples_), dp_rank, micro,
-                                               args_.micro_batch_size, k, 0);
     Timer data_timer;
-    fill_batch(train_, first, args_.micro_batch_size);
+    fill_micro_batch(train_, static_cast<uint64_t>(consumed_samples_), k);
     st.data_seconds += data_timer.seconds();
   };
   if (model_.model_parallel().pp_size() > 1) {
@@ -693,15 +695,11 @@ void Trainer::backward(int64_t k, int64_t micro) {
 double Trainer::evaluate(const SampleSource& valid, int64_t iters) {
   const ModelParallel& mp = model_.model_parallel();
   sync_compute_weights_resident();
-  const int64_t micro = args_.micro_batches(), sp = mp.sp_size();
-  const int64_t dp_rank = dp_ ? dp_->rank() / sp : 0, replicas = dp_ ? dp_->size() / sp : 1;
+  const int64_t micro = args_.micro_batches(), replicas = dp_ ? dp_->size() / mp.sp_size() : 1;
   double sum = 0;
   for (int64_t k = 0; k < iters; ++k)
     for (int64_t m = 0; m < micro; ++m) {  // this replica's slice of global batch k, as in training
-      fill_batch(valid,
-                 global_sample_index(static_cast<uint64_t>(k * args_.global_batch_size), dp_rank, micro,
-                                     args_.micro_batch_size, m, 0),
-                 args_.micro_batch_size);
+      fill_micro_batch(valid, static_cast<uint64_t>(k * args_.global_batch_size), m);
       if (!mp.first_stage()) mp.pipeline->recv(model_.stage_input(tokens_.size(0), tokens_.size(1)), mp.pp_rank() - 1, kForward);
       sum += model_.forward(tokens_, targets_);
       if (!mp.last_stage()) mp.pipeline->send(model_.stage_output(), mp.pp_rank() + 1, kForward);

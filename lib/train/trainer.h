@@ -115,7 +115,9 @@ class Trainer {
   }
 
  private:
-  void fill_batch(const SampleSource& src, uint64_t first_index, int64_t rows);
+  // Micro-batch m of this replica's slice of the global batch that starts at sample `batch_start`
+  // of `src` (training and evaluation alike; the Ulysses ranks of a replica read the same samples).
+  void fill_micro_batch(const SampleSource& src, uint64_t batch_start, int64_t m);
   // The 1F1B pipeline schedule over `micro` micro-batches (load(k) fills micro-batch k); returns
   // the sum of their losses (on every stage).
   double pipeline_step(int64_t micro, const std::function<void(int64_t)>& load, IterationStats& st);
