@@ -221,6 +221,13 @@ AttentionKvShape attention_kv_shape(const Tensor& qkv, const Tensor& k_cache, in
 // The rows of an op's [..., width] operand, numel / width; an Error naming `what` and its shape when
 // the last dimension is empty (every backend divides by it).
 int64_t rows_of(const Tensor& t, const char* what);
+// A linear op's sizes, checked the same way by every backend: N = rows_of(inp) rows of C = the last
+// dimension, and OC = the weight's rows, an Error naming `op`'s weight when it has none. The
+// weight's [OC, C] shape, its type and its device are each backend's to check.
+struct LinearShape {
+  int64_t N = 0, C = 0, OC = 0;
+};
+LinearShape linear_shape(const Tensor& inp, const Tensor& weight, const char* op);
 // An Error naming `what` when two outputs of an op overlap in memory (residual_backward's da and
 // db each accumulate dout: one buffer passed as both would receive it once or twice by the path).
 void check_disjoint(const Tensor& a, const Tensor& b, const char* what);

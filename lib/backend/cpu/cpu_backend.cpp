@@ -260,6 +260,16 @@ int64_t rows_of(const Tensor& t, const char* what) {
   return t.numel() / t.size(-1);
 }
 
+LinearShape linear_shape(const Tensor& inp, const Tensor& weight, const char* op) {
+  LinearShape d;
+  d.C = inp.defined() && inp.dim() >= 1 ? inp.size(-1) : 0;
+  d.N = rows_of(inp, (std::string(op) + " inp").c_str());
+  d.OC = weight.defined() && weight.dim() >= 1 ? weight.size(0) : 0;
+  LLM_CHECK(d.OC > 0, op, " weight: no output features, got ",
+            weight.defined() ? shape_str(weight.shape()) : std::string("no tensor"));
+  return d;
+}
+
 void check_disjoint(const Tensor& a, const Tensor& b, const char* what) {
   if (!a.defined() || !b.defined() || a.numel() == 0 || b.numel() == 0) return;
   const char* pa = static_cast<const char*>(a.raw());

@@ -61,8 +61,7 @@ LLM_SIMD_CLONES void bf16_rows_dot(float* out, const uint16_t* w, const float* x
 }  // namespace
 
 void linear_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias) {
-  const int64_t C = inp.size(-1), N = rows_of(inp, "linear_forward inp"), OC = weight.size(0);
-  LLM_CHECK(OC > 0, "linear_forward weight: no output features, got ", shape_str(weight.shape()));
+  const auto [N, C, OC] = linear_shape(inp, weight, "linear_forward");
   check_f32(inp, inp.shape(), "linear_forward inp");
   check_f32(weight, {OC, C}, "linear_forward weight");
   LLM_CHECK(out.numel() == N * OC && out.size(-1) == OC, "linear_forward out: expected ", N, "x",
@@ -89,8 +88,7 @@ void linear_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, 
 }
 
 void linear_forward_low_weight(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias) {
-  const int64_t C = inp.size(-1), N = rows_of(inp, "linear_forward inp"), OC = weight.size(0);
-  LLM_CHECK(OC > 0, "linear_forward weight: no output features, got ", shape_str(weight.shape()));
+  const auto [N, C, OC] = linear_shape(inp, weight, "linear_forward");
   check_f32(inp, inp.shape(), "linear_forward inp");
   LLM_CHECK((weight.dtype() == DType::bf16 || weight.dtype() == DType::f16) && weight.is_contiguous() &&
                 (weight.shape() == Shape{OC, C}),
@@ -149,8 +147,7 @@ void linear_forward_low_weight(const Tensor& out, const Tensor& inp, const Tenso
 
 void linear_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
                      const Tensor& dout, const Tensor& inp, const Tensor& weight) {
-  const int64_t C = inp.size(-1), N = rows_of(inp, "linear_backward inp"), OC = weight.size(0);
-  LLM_CHECK(OC > 0, "linear_backward weight: no output features, got ", shape_str(weight.shape()));
+  const auto [N, C, OC] = linear_shape(inp, weight, "linear_backward");
   check_f32(inp, inp.shape(), "linear_backward inp");
   check_f32(weight, {OC, C}, "linear_backward weight");
   LLM_CHECK(dout.numel() == N * OC && dout.size(-1) == OC, "linear_backward dout: expected ", N,

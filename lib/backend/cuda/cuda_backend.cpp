@@ -324,25 +324,23 @@ void CudaBackend::layernorm_backward(const Tensor& dinp, const Tensor& dweight, 
 // sees A = W (stored C x OC, transposed), B = inp (stored C x N), D = out (OC x N).
 
 namespace {
-struct LinearDims {
-  int64_t N, C, OC;
-};
+using LinearDims = LinearShape;
 LinearDims linear_dims(const char* op, const Tensor& inp, const Tensor& weight, Device dev) {
-  const int64_t C = inp.size(-1), N = rows_of(inp, op), OC = weight.size(0);
-  LLM_CHECK(OC > 0, op, ": the weight has no output features, got ", shape_str(weight.shape()));
-  check_float_type(inp.dtype(), op);
-  check_dev(inp, inp.shape(), inp.dtype(), dev, op);
-  LLM_CHECK(weight.dtype() == inp.dtype(), op, ": weight is ", dtype_name(weight.dtype()), ", input is ",
+  const LinearDims d = linear_shape(inp, weight, op);
+  const std::string in = std::string(op) + " inp", w = std::string(op) + " weight";
+  check_float_type(inp.dtype(), in.c_str());
+  check_dev(inp, inp.shape(), inp.dtype(), dev, in.c_str());
+  LLM_CHECK(weight.dtype() == inp.dtype(), w, " is ", dtype_name(weight.dtype()), ", the input is ",
             dtype_name(inp.dtype()), " (they must match)");
-  check_dev(weight, {OC, C}, inp.dtype(), dev, op);
-  return {N, C, OC};
+  check_dev(weight, {d.OC, d.C}, inp.dtype(), dev, w.c_str());
+  return d;
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 }  // namespace
 
 void CudaBackend::linear_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias) {
-  const LinearDims d = linear_dims("linear_forward inp/weight", inp, weight, device_);
+  const LinearDims d = linear_dims("linear_forward", inp, weight, device_);
   const DType ot = out.dtype();
   LLM_CHECK(ot == inp.dtype() || ot == DType::f32, "linear_forward out: ", dtype_name(ot), " for ",
             dtype_name(inp.dtype()), " inputs (same type or f32)");
@@ -372,7 +370,7 @@ void CudaBackend::linear_gelu_forward(const Tensor& out, const Tensor& pre_gelu,
   if (!bias.defined() || !gelu_epilogue_ || oc % 8 != 0 || !aligned16(bias.raw()) || !aligned16(pre_gelu.raw()) ||
       !aligned16(out.raw()))
     return Backend::linear_gelu_forward(out, pre_gelu, inp, weight, bias);
-  const LinearDims d = linear_dims("linear_gelu_forward inp/weight", inp, weight, device_);
+  const LinearDims d = linear_dims("linear_gelu_forward", inp, weight, device_);
   const DType ot = out.dtype();
   LLM_CHECK(ot == inp.dtype() || ot == DType::f32, "linear_gelu_forward out: ", dtype_name(ot));
   LLM_CHECK(out.numel() == d.N * d.OC && out.size(-1) == d.OC, "linear_gelu_forward out: expected ", d.N, "x", d.OC,
@@ -465,7 +463,7 @@ void CudaBackend::linear_backward_gelu(const Tensor& dinp, const Tensor& dweight
 void CudaBackend::linear_backward_impl(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
                                        const Tensor& dout, const Tensor& inp, const Tensor& weight,
                                        const Tensor* pre_gelu) {
-  const LinearDims d = linear_dims("linear_backward inp/weight", inp, weight, device_);
+  const LinearDims d = linear_dims("linear_backward", inp, weight, device_);
   const DType t = inp.dtype();
   LLM_CHECK(dout.numel() == d.N * d.OC && dout.size(-1) == d.OC, "linear_backward dout: expected ", d.N, "x", d.OC,
             " elements, got ", shape_str(dout.shape()));
