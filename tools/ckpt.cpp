@@ -107,6 +107,7 @@ int run(int argc, char** argv) {
   conv->add_option("--dtype", dtype, "f32 | bf16 | f16")->capture_default_str();
   conv->add_option("--shards", shards, "pieces per tensor, one file each (1 = merge into one file)")->capture_default_str();
   conv->add_flag("--no-optimizer", no_optimizer, "drop the optimizer state");
+  conv->add_flag("--overwrite", overwrite, "write into a save directory that already holds checkpoints (this one becomes 'latest')");
   auto* exp = app.add_subcommand("export", "write a Hugging Face model directory");
   exp->add_option("checkpoint", path, "source")->required();
   exp->add_option("--format", format, "hf-gpt2")->capture_default_str();
@@ -124,6 +125,7 @@ int run(int argc, char** argv) {
   imp->add_option("directory", path, "Hugging Face model directory")->required();
   imp->add_option("--format", format, "hf-gpt2")->capture_default_str();
   imp->add_option("--output", output, "save directory to write the checkpoint into")->required();
+  imp->add_flag("--overwrite", overwrite, "write into a save directory that already holds checkpoints (this one becomes 'latest')");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -163,6 +165,9 @@ int run(int argc, char** argv) {
     if (dtype != "f32" && dtype != "bf16" && dtype != "f16") throw ConfigError("--dtype must be f32, bf16 or f16");
     o.shards = shards;
     o.keep_optimizer = !no_optimizer;
+    if (!overwrite)
+      refuse_save_root_with_checkpoints(output, "--output " + output,
+                                        "Pass --overwrite to write this one beside them, or choose another directory.");
     std::printf("wrote %s\n", convert_checkpoint(path, output, o).c_str());
     return 0;
   }
@@ -177,6 +182,9 @@ int run(int argc, char** argv) {
     return 0;
   }
   // import
+  if (!overwrite)
+    refuse_save_root_with_checkpoints(output, "--output " + output,
+                                      "Pass --overwrite to write this one beside them, or choose another directory.");
   HFGpt2Import hf = import_hf_gpt2(path);
   GPT model(hf.config, cpu_backend(), 0, hf.config.max_position_embeddings);
   for (const ParamSpec& s : model.parameters().specs()) {

@@ -7,10 +7,13 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "data/json.h"
 #include "data/tokenizer_factory.h"
 #include "data/utf8.h"
@@ -148,13 +151,12 @@ int run(int argc, char** argv) {
 
   if (!prompt_file.empty()) {
     std::ifstream in(prompt_file);
-    if (!in) throw ConfigError(prompt_file + ": cannot read");
-    std::ofstream file_out;
-    if (!output.empty()) {
-      file_out.open(output);
-      if (!file_out) throw ConfigError(output + ": cannot write");
-    }
-    std::ostream& out = output.empty() ? std::cout : file_out;
+    if (std::error_code ec; !in || std::filesystem::is_directory(prompt_file, ec))
+      throw ConfigError(prompt_file + ": cannot read (--prompt-file takes a file of prompts, one per line)");
+    // --output replaces the file only when every prompt has its result: a bad prompt leaves it as it was.
+    std::optional<AtomicFile> file_out;
+    if (!output.empty()) file_out.emplace(output);
+    std::ostream& out = output.empty() ? std::cout : file_out->stream();
     std::string line;
     int64_t n = 0, line_no = 0;
     GenerateStats total;
@@ -180,6 +182,8 @@ int run(int argc, char** argv) {
       total.prefill_seconds += s.prefill_seconds;
       total.decode_seconds += s.decode_seconds;
     }
+    if (in.bad()) throw ConfigError(prompt_file + ": reading failed after line " + std::to_string(line_no));
+    if (file_out) file_out->commit();
     total.stop_reason = std::to_string(n) + " prompts";
     report(total);
     return 0;

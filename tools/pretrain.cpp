@@ -284,6 +284,12 @@ int run(int argc, char** argv, const MpiSession& mpi) {
         throw ConfigError(detail::concat("--", role == "model" ? "tokenizer-model" : role == "vocab" ? "vocab-file" : "merge-file",
                                          " ", path, ": not found (or not a file); a checkpoint carries its tokenizer"));
     check_save_root(args.save);
+    // Another run's checkpoints (this one loaded none of them) are not this run's to supersede.
+    if (load_dir.empty() || !checkpoint_is_under(load_dir, args.save))
+      refuse_save_root_with_checkpoints(
+          args.save, "--save " + args.save,
+          (load_dir.empty() ? std::string("This run loads none of them") : "This run loads " + load_dir + ", not one of them") +
+              ": pass --load " + args.save + " to continue from them, or save into another directory.");
   }
   // Fault injection for the failure tests: LLM_FAULT_INJECT=<rank>:<iteration> makes that rank
   // raise an error at the start of that iteration, <rank>:save:<iteration> at the start of that

@@ -145,6 +145,17 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
     if (mpi.rank() == 0) discard_staging_dir(staging);
     throw AllRanksError(error.empty() ? "another rank failed; nothing was written" : error);
   }
+  // A dataset without a document (empty inputs, or every line skipped) is refused, not published:
+  // it would only fail later, in llm-pretrain's split.
+  if (const int64_t all_docs = mpi.sum(st.input.documents); all_docs == 0) {
+    if (mpi.rank() == 0) discard_staging_dir(staging);
+    const int64_t skipped_empty = mpi.sum(st.input.empty_skipped), skipped_bad = mpi.sum(st.input.bad_json_skipped);
+    throw AllRanksError(detail::concat(
+        in.inputs.empty() ? std::string("stdin") : in.inputs[0], in.inputs.size() > 1 ? " (and the other inputs)" : "",
+        ": no documents to write (", skipped_empty, " empty documents and ", skipped_bad,
+        " bad JSON lines skipped", skipped_bad > 0 ? "; do the --json-keys name a field of the records?" : "",
+        "); nothing was written"));
+  }
   // Rank 0 publishes; the others wait for its verdict (a failed publish must not leave them in a
   // barrier that rank 0 never reaches).
   std::string publish_error;
@@ -249,27 +260,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
 
   if (*train) {
     if (mpi.size() > 1) throw ConfigError("train-tokenizer runs on one process (use --workers for threads)");
-    // SentencePiece reads one sentence per line: feed it the documents' lines.
-    const std::string lines = spm.model_prefix + ".train-input.txt";
-    {
-      DocumentReader reader(tin.inputs, tin.options());
-      std::ofstream out(lines);
-      std::vector<RawDocument> batch;
-      while (reader.next_batch(batch, size_t{8} << 20)) {
-        for (const RawDocument& d : batch) out << d.text << '\n';
-        batch.clear();
-      }
-      for (const RawDocument& d : batch) out << d.text << '\n';
-      if (!out) throw ConfigError(lines + ": cannot write the training text");
-    }
-    spm.inputs = {lines};
-    try {
-      train_sentencepiece(spm);
-    } catch (...) {
-      std::filesystem::remove(lines);
-      throw;
-    }
-    std::filesystem::remove(lines);
+    train_sentencepiece_on_documents(tin.inputs, tin.options(), spm);
     SentencePieceTokenizer check(spm.model_prefix + ".model");
     std::printf("[llm-tokenize] trained %s.model: %s, %lld pieces, EOD id %d\n", spm.model_prefix.c_str(),
                 spm.model_type.c_str(), static_cast<long long>(check.vocab_size()), check.eod_id());

@@ -33,7 +33,15 @@ std::string with_detail(const std::string& where, const std::string& what) {
 
 herr_t collect_detail(unsigned /*n*/, const H5E_error2_t* err, void* data) {
   auto* out = static_cast<std::string*>(data);
-  if (out->empty() && err && err->desc && *err->desc) *out = err->desc;
+  if (out->empty() && err && err->desc && *err->desc) {
+    *out = err->desc;
+    // A failed system call's description is a multi-line dump (time, file name, descriptor,
+    // buffer address, sizes ...) around the one thing that matters: keep the system's message.
+    const std::string key = "error message = '";
+    const size_t b = out->find(key);
+    const size_t e = b == std::string::npos ? b : out->find('\'', b + key.size());
+    if (e != std::string::npos) *out = out->substr(b + key.size(), e - b - key.size());
+  }
   return 0;
 }
 
@@ -55,6 +63,15 @@ Id string_memory_type(bool variable, hid_t file_type) {
   }
   return t;
 }
+
+// No HDF5 exit handler. A file whose close failed (a full disk) stays open inside HDF5, and the
+// handler's second try at it crashed the process (SIGSEGV in H5F__close_cb, under exit()) after
+// the error had been reported. Every file here is closed explicitly and the close checked, so the
+// handler has nothing else to do. (Before main: ahead of any HDF5 call, as H5dont_atexit needs.)
+const bool kNoHdf5AtExit = [] {
+  H5dont_atexit();
+  return true;
+}();
 
 }  // namespace
 

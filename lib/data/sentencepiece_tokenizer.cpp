@@ -4,9 +4,14 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <unistd.h>
+
 #include <filesystem>
+#include <fstream>
 
 #include "core/error.h"
+#include "core/fsync.h"
+#include "data/text_documents.h"
 
 namespace llm {
 
@@ -112,7 +117,8 @@ void train_sentencepiece(const SentencePieceTrainOptions& o) {
   std::string inputs;
   for (const std::string& f : o.inputs) inputs += (inputs.empty() ? "" : ",") + f;
   kw["input"] = inputs;
-  kw["model_prefix"] = o.model_prefix;
+  const std::string staging = o.model_prefix + ".tmp-" + std::to_string(::getpid());
+  kw["model_prefix"] = staging;
   kw["vocab_size"] = std::to_string(o.vocab_size);
   kw["model_type"] = o.model_type;
   kw["byte_fallback"] = o.byte_fallback ? "true" : "false";
@@ -130,8 +136,60 @@ void train_sentencepiece(const SentencePieceTrainOptions& o) {
   }
   kw["minloglevel"] = "2";  // the trainer's per-step chatter goes to stderr otherwise
   // ids: <unk>=0 <s>=1 </s>=2 (EOD), no padding piece (Megatron's defaults)
+  struct Staged {  // the staged files go whatever happens, once renamed or not
+    std::string prefix;
+    ~Staged() {
+      std::error_code ec;
+      std::filesystem::remove(prefix + ".model", ec);
+      std::filesystem::remove(prefix + ".vocab", ec);
+    }
+  } staged{staging};
   const auto status = sentencepiece::SentencePieceTrainer::Train(kw);
-  if (!status.ok()) throw ConfigError("SentencePiece training failed: " + status.ToString());
+  if (!status.ok())
+    throw ConfigError("SentencePiece training of " + o.model_prefix + ".model failed (writing " + staging +
+                      ".model and .vocab; " + o.model_prefix + ".model is unchanged): " + status.ToString());
+  SentencePieceTokenizer check(staging + ".model");  // what it wrote loads, or nothing is published
+  for (const char* ext : {".vocab", ".model"}) {  // the model last: it is what readers open
+    const std::string from = staging + ext, to = o.model_prefix + ext;
+    fsync_path(from);
+    std::error_code ec;
+    std::filesystem::rename(from, to, ec);
+    if (ec) throw ConfigError(to + ": cannot replace it with the trained tokenizer: " + ec.message());
+  }
+  const std::filesystem::path dir = std::filesystem::path(o.model_prefix).parent_path();
+  fsync_path(dir.empty() ? std::filesystem::path(".") : dir);
+}
+
+void train_sentencepiece_on_documents(const std::vector<std::string>& files, const InputOptions& input,
+                                      SentencePieceTrainOptions options) {
+  const std::string lines = options.model_prefix + ".tmp-" + std::to_string(::getpid()) + ".train-input.txt";
+  struct Remove {
+    std::string path;
+    ~Remove() {
+      std::error_code ec;
+      std::filesystem::remove(path, ec);
+    }
+  } remove{lines};
+  {
+    DocumentReader reader(files, input);
+    std::ofstream out(lines, std::ios::binary | std::ios::trunc);
+    if (!out) throw ConfigError(lines + ": cannot write the training text (next to --model-prefix)");
+    std::vector<RawDocument> batch;
+    bool more = true;
+    size_t text = 0;
+    while (more) {
+      more = reader.next_batch(batch, size_t{8} << 20);
+      for (const RawDocument& d : batch) out << d.text << '\n', text += d.text.size();
+      batch.clear();
+    }
+    out.flush();
+    if (!out) throw ConfigError(lines + ": cannot write the training text (is the disk full?)");
+    if (text == 0)
+      throw ConfigError("train-tokenizer: the --input files hold no text (" + (files.empty() ? std::string() : files[0]) +
+                        (files.size() > 1 ? ", ..." : "") + "): no text to learn a vocabulary from");
+  }
+  options.inputs = {lines};
+  train_sentencepiece(options);
 }
 
 }  // namespace llm

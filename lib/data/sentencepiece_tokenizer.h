@@ -47,7 +47,16 @@ struct SentencePieceTrainOptions {
   int64_t max_sentence_length = 16384;
 };
 
-// Trains a model; throws ConfigError with SentencePiece's own message on failure.
+// Trains a model; throws ConfigError with SentencePiece's own message on failure. The files are
+// written as <prefix>.tmp-<pid>.{model,vocab} and renamed over <prefix>.{model,vocab} once the
+// model loads: a failed or killed training leaves an existing tokenizer of that name as it was.
 void train_sentencepiece(const SentencePieceTrainOptions& options);
+
+// train_sentencepiece over documents (llm-tokenize's readers: text, .jsonl): their lines go to a
+// temporary <prefix>.tmp-<pid>.train-input.txt (SentencePiece reads one sentence per line),
+// removed afterwards whatever happens. `options.inputs` is ignored.
+struct InputOptions;
+void train_sentencepiece_on_documents(const std::vector<std::string>& files, const InputOptions& input,
+                                      SentencePieceTrainOptions options);
 
 }  // namespace llm

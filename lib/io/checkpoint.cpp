@@ -372,7 +372,10 @@ std::string CheckpointWriter::commit(const std::string& fields, int keep_last) {
       if (!e.is_directory() || it < 0) continue;  // only iter_<digits>: a user's iter_best is not ours to prune
       done.emplace_back(it, e.path());
     }
+    // Only those older than this one: a run resumed from an earlier checkpoint of its root (to
+    // retry past a loss spike, say) leaves the later ones alone.
     std::sort(done.begin(), done.end());
+    done.erase(std::remove_if(done.begin(), done.end(), [&](const auto& d) { return d.first > iteration_; }), done.end());
     for (size_t i = 0; i + static_cast<size_t>(keep_last) < done.size(); ++i)
       if (done[i].first != iteration_) fs::remove_all(done[i].second, ec);
   }
@@ -457,6 +460,27 @@ std::string newest_complete_iteration(const std::string& save_root) {
     if (it > best && fs::exists(e.path() / "metadata.json")) best = it, found = e.path().string();
   }
   return found;
+}
+
+void refuse_save_root_with_checkpoints(const std::string& save_root, const std::string& what, const std::string& remedy) {
+  std::error_code ec;
+  if (!fs::is_directory(save_root, ec)) return;
+  std::string newest;
+  try {
+    newest = latest_checkpoint(save_root);
+  } catch (const ConfigError&) {  // a 'latest' pointing nowhere: the directories decide
+  }
+  if (newest.empty()) newest = newest_complete_iteration(save_root);
+  if (newest.empty()) return;
+  throw ConfigError(what + ": already holds checkpoints (the newest: " + newest +
+                    "); writing another here would move its 'latest' away from them. " + remedy);
+}
+
+bool checkpoint_is_under(const std::string& checkpoint_dir, const std::string& save_root) {
+  std::error_code e1, e2;
+  const fs::path parent = fs::weakly_canonical(fs::path(checkpoint_dir), e1).parent_path();
+  const fs::path root = fs::weakly_canonical(fs::path(save_root), e2);
+  return !e1 && !e2 && parent == root;
 }
 
 void check_save_root(const std::string& save_root) {

@@ -75,7 +75,8 @@ class CheckpointWriter {
   std::string add_file(const std::string& source_path, const std::string& relative_path);
   // Writes metadata.json = {the given fields..., "format_version", "iteration", "pieces": [...]},
   // fsyncs, publishes the directory and updates `latest`; then keeps only the newest keep_last
-  // checkpoints (0 = keep all). `fields` is a JSON object body without braces, e.g.
+  // checkpoints up to this one (0 = keep all; later iterations, of a run resumed from an earlier
+  // checkpoint, are never pruned). `fields` is a JSON object body without braces, e.g.
   // "\"consumed_samples\": 10, \"model\": {...}".
   std::string commit(const std::string& fields, int keep_last = 0);
   const std::string& staging_dir() const { return staging_; }
@@ -131,6 +132,13 @@ std::string newest_complete_iteration(const std::string& save_root);
 // True when dir does not exist or holds nothing but what interrupted saves leave behind
 // (iter_N.tmp-*, iter_N.old-*, latest.tmp-*): a save root to start from scratch in.
 bool save_root_is_empty(const std::string& dir);
+
+// For whoever is about to add checkpoints to save_root: a ConfigError when it already holds a
+// complete one (naming `what`, e.g. "--save runs/ck", that checkpoint, and `remedy`). The new
+// checkpoint would move 'latest' away from the ones there, and a --keep-last would count them.
+void refuse_save_root_with_checkpoints(const std::string& save_root, const std::string& what, const std::string& remedy);
+// Whether `checkpoint_dir` (an iteration directory) sits directly under save_root.
+bool checkpoint_is_under(const std::string& checkpoint_dir, const std::string& save_root);
 
 // Whether a save under save_root can be made, checked before a run trains for it: the root is a
 // directory, or its nearest existing ancestor is one that can be written into. Throws

@@ -35,6 +35,9 @@ double parse_double(const std::string& v) {
   char* end = nullptr;
   double out = std::strtod(v.c_str(), &end);
   if (v.empty() || end != v.c_str() + v.size()) bad_value("expected a number, got '" + v + "'");
+  // (every FLOAT option is a rate, size or scale: inf or nan would only reach the checkpoint's
+  // metadata, which JSON cannot hold)
+  if (!std::isfinite(out)) bad_value("expected a finite number, got '" + v + "'");
   return out;
 }
 

@@ -1,6 +1,9 @@
 #include "train/checkpointing.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <sstream>
 
@@ -12,8 +15,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Shortest decimal that reads back as the same double.
-std::string num(double v) {
+// Shortest decimal that reads back as the same double. JSON has no inf or nan: a non-finite
+// value refuses the save, naming its key, before anything is published.
+std::string num(double v, const char* key) {
+  LLM_CHECK(std::isfinite(v), "checkpoint metadata: \"", key, "\" is ", v, ", which JSON cannot hold");
   char buf[40];
   for (int digits = 15; digits <= 17; ++digits) {
     std::snprintf(buf, sizeof buf, "%.*g", digits, v);
@@ -28,7 +33,7 @@ std::string model_json(const GPTConfig& c) {
     << ", \"num_attention_heads\": " << c.num_heads << ", \"ffn_hidden_size\": " << c.ffn()
     << ", \"max_position_embeddings\": " << c.max_position_embeddings << ", \"vocab_size\": " << c.vocab_size
     << ", \"make_vocab_size_divisible_by\": " << c.vocab_divisible_by << ", \"padded_vocab_size\": "
-    << c.padded_vocab_size() << ", \"layernorm_epsilon\": " << num(c.layernorm_eps) << ", \"name\": " << json::quote(c.name)
+    << c.padded_vocab_size() << ", \"layernorm_epsilon\": " << num(c.layernorm_eps, "layernorm_epsilon") << ", \"name\": " << json::quote(c.name)
     << "}";
   return o.str();
 }
@@ -298,15 +303,15 @@ std::string metadata_fields(CheckpointWriter& w, const TrainArgs& args, const Tr
     << ", \"consumed_tokens\": " << trainer.consumed_samples() * args.seq_length
     << ", \"nan_iterations\": " << trainer.nan_iterations();
   const LRSchedule& lr = trainer.schedule();
-  f << ",\n  \"lr_schedule\": {\"lr\": " << num(lr.lr) << ", \"min_lr\": " << num(lr.min_lr) << ", \"warmup_iters\": " << num(lr.warmup_iters)
+  f << ",\n  \"lr_schedule\": {\"lr\": " << num(lr.lr, "lr_schedule.lr") << ", \"min_lr\": " << num(lr.min_lr, "lr_schedule.min_lr") << ", \"warmup_iters\": " << num(lr.warmup_iters, "lr_schedule.warmup_iters")
     << ", \"decay_iters\": " << lr.decay_iters << ", \"style\": " << json::quote(lr.style) << "}";
   const OptimizerConfig& oc = opt.config();
-  f << ",\n  \"optimizer\": {\"type\": \"adamw\", \"step\": " << opt.steps() << ", \"beta1\": " << num(oc.beta1)
-    << ", \"beta2\": " << num(oc.beta2) << ", \"eps\": " << num(oc.eps) << ", \"weight_decay\": "
-    << num(oc.weight_decay) << ", \"clip_grad\": " << num(oc.clip_grad) << "}";
+  f << ",\n  \"optimizer\": {\"type\": \"adamw\", \"step\": " << opt.steps() << ", \"beta1\": " << num(oc.beta1, "optimizer.beta1")
+    << ", \"beta2\": " << num(oc.beta2, "optimizer.beta2") << ", \"eps\": " << num(oc.eps, "optimizer.eps") << ", \"weight_decay\": "
+    << num(oc.weight_decay, "optimizer.weight_decay") << ", \"clip_grad\": " << num(oc.clip_grad, "optimizer.clip_grad") << "}";
   const LossScalerState& ls = trainer.loss_scaler().state();
   f << ",\n  \"loss_scaler\": {\"precision\": " << json::quote(std::string(dtype_name(args.compute_dtype())))
-    << ", \"scale\": " << num(ls.scale) << ", \"good_steps\": " << ls.good_steps << ", \"hysteresis_left\": "
+    << ", \"scale\": " << num(ls.scale, "loss_scaler.scale") << ", \"good_steps\": " << ls.good_steps << ", \"hysteresis_left\": "
     << ls.hysteresis_left << ", \"skipped\": " << ls.skipped << "}";
   f << ",\n  \"rng\": {\"seed\": " << args.seed << "}";
   f << ",\n  \"args\": {";

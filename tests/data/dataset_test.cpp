@@ -1,7 +1,10 @@
 // Sharded HDF5 token datasets: round trips, shard layout, atomic publishing, multi-rank
 // assembly, and corrupt inputs (each error must name the file at fault).
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <filesystem>
 #include <fstream>
@@ -572,4 +575,49 @@ TEST(DatasetHdf5, AttributesDatasetsAndErrors) {
   EXPECT_NE(e.find("text.h5"), std::string::npos) << e;
   EXPECT_THROW(h5::File::create(path), Error);  // exists; no truncate
   EXPECT_THROW(f.open_dataset("grow").read<int32_t>(8, 4, part.data()), Error);
+}
+
+// A close that fails (a full disk) is an error naming the file, and the process still ends as it
+// chooses: HDF5's own exit handler used to close the failed file once more and crash (SIGSEGV in
+// H5F__close_cb, under exit()) after the error had been reported. Nothing may be written past
+// its first 64 bytes (RLIMIT_FSIZE, SIGXFSZ ignored: writes past it fail with EFBIG), so the
+// metadata written at close cannot be.
+namespace {
+// Writes a dataset to `path`, then closes the file with no room left; returns the error.
+std::string close_without_room(const std::string& path) {
+  std::string message;
+  try {
+    h5::File f = h5::File::create(path, true);
+    const std::vector<float> data(size_t{1} << 18, 1.0f);
+    f.write_dataset<float>("x", H5T_IEEE_F32LE, data);
+    ::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim;
+    ::getrlimit(RLIMIT_FSIZE, &lim);
+    struct rlimit low = lim;
+    low.rlim_cur = 64;  // not even the object headers fit below it
+    ::setrlimit(RLIMIT_FSIZE, &low);
+    try {
+      f.close();
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    ::setrlimit(RLIMIT_FSIZE, &lim);  // (the death test's stderr is a file too)
+  } catch (const Error& e) {
+    message = std::string("before the close: ") + e.what();
+  }
+  return message;
+}
+}  // namespace
+
+TEST(Hdf5File, AFailedCloseIsAnErrorAndTheProcessStillExitsCleanly) {
+  const llm::testing::ScratchDir dir("hdf5-close");
+  const std::string path = dir / "full.h5";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        const std::string message = close_without_room(path);
+        std::fprintf(stderr, "%s\n", message.c_str());
+        std::exit(message.find("full.h5: closing the file failed") != std::string::npos ? 0 : 3);
+      },
+      ::testing::ExitedWithCode(0), "full.h5: closing the file failed \\(HDF5: File too large\\)");
 }

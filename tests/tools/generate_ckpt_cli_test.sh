@@ -87,6 +87,13 @@ check "... the prompt keeping at least half the context" "[ $? -eq 0 ] && grep -
 check "a missing checkpoint is a clear error" "[ $? -eq 2 ] && grep -q 'no checkpoint here' $work/missing.txt"
 "$gen" --load "$work/ck" --prompt "x" --top-p 1.5 > /dev/null 2> "$work/topp.txt"
 check "bad sampler options name the flag" "[ $? -eq 2 ] && grep -q -- '--top-p 1.5' $work/topp.txt"
+# --output is replaced only when every prompt has its result
+printf 'the cat\n%s\n' "$long" > "$work/bad-prompts.txt"
+echo '{"keep": 1}' > "$work/kept.jsonl"
+"$gen" --load "$work/ck" --prompt-file "$work/bad-prompts.txt" --output "$work/kept.jsonl" -n 3 > /dev/null 2> "$work/kept.txt"
+check "a prompt file failing at line 2 leaves --output as it was" "[ $? -eq 2 ] && grep -q 'bad-prompts.txt:2: the prompt is 100 tokens' $work/kept.txt && [ \"\$(cat $work/kept.jsonl)\" = '{\"keep\": 1}' ] && [ -z \"\$(ls $work | grep 'kept.jsonl.tmp')\" ]"
+"$gen" --load "$work/ck" --prompt-file "$work" -n 3 > /dev/null 2> "$work/pdir.txt"
+check "a directory as --prompt-file is an error naming it" "[ $? -eq 2 ] && grep -q 'cannot read (--prompt-file takes a file' $work/pdir.txt"
 
 "$ckpt" convert "$work/ck" --output "$work/ck16" --dtype bf16 --shards 3 > /dev/null 2>&1
 check "convert to bf16 in 3 shards verifies" "$ckpt verify $work/ck16 > /dev/null 2>&1 && [ \$(ls $work/ck16/iter_0000060/*.h5 | wc -l) -eq 3 ]"
@@ -108,6 +115,13 @@ check "... which loads it" "[ \$? -eq 0 ] && grep -q 'continuing after iteration
 "$ckpt" import "$work/hf" --format hf-gpt2 --output "$work/imp" > /dev/null 2>&1
 gi=$("$gen" --load "$work/imp" --prompt "the cat" --max-new-tokens 24 --temperature 0 --tokenizer-type ByteTokenizer 2> /dev/null)
 check "HF export -> import gives the same greedy text" "[ -f $work/hf/model.safetensors ] && [ \"$gi\" = \"\$g1\" ]"
+# writing into a save root that holds checkpoints needs --overwrite ('latest' would move)
+"$ckpt" import "$work/hf" --format hf-gpt2 --output "$work/ck" > /dev/null 2> "$work/impck.txt"
+check "import into a save root holding checkpoints is refused, 'latest' unchanged" "[ $? -eq 2 ] && grep -q 'already holds checkpoints (the newest: .*iter_0000060).*--overwrite' $work/impck.txt && [ \"\$(cat $work/ck/latest)\" = 60 ] && [ ! -e $work/ck/iter_0000000 ]"
+"$ckpt" convert "$work/ck" --output "$work/ck16" --dtype f16 > /dev/null 2> "$work/convck.txt"
+check "convert into a save root holding checkpoints is refused" "[ $? -eq 2 ] && grep -q -- '--output .*ck16: already holds checkpoints' $work/convck.txt"
+"$ckpt" import "$work/hf" --format hf-gpt2 --output "$work/imp" --overwrite > /dev/null 2>&1
+check "... and done with --overwrite" "[ $? -eq 0 ] && [ \"\$(cat $work/imp/latest)\" = 0 ]"
 
 # corruption: one byte of tensor data changed
 python3 - "$work/ck/iter_0000060/shard_00000.h5" <<'PY'

@@ -148,6 +148,16 @@ sums "$work/ck" > "$work/ck.sums"
 "$bin" "${common[@]}" --train-iters 8 --log-interval 1 --load "$work/ck" --save "$work/ck" --no-load-optim --output-dir "$work/r2b" > "$work/part2b.txt" 2>&1
 rc=$?
 check "a resume with nothing left to train leaves the checkpoint as it was" "[ $rc -eq 0 ] && grep -q 'continuing after iteration 8' $work/part2b.txt && ! grep -q 'saved checkpoint' $work/part2b.txt && diff $work/ck.sums <(sums $work/ck) > /dev/null"
+# a run that loads none of a save root's checkpoints would move its 'latest' away from them: refused
+"$bin" "${common[@]}" --train-iters 2 --log-interval 1 --save "$work/ck" --output-dir "$work/fresh" > "$work/fresh.txt" 2>&1
+rc=$?
+check "a fresh run into a save root holding checkpoints is refused before training, the root unchanged" "[ $rc -eq 2 ] && grep -q 'already holds checkpoints (the newest: .*iter_0000008).*This run loads none of them: pass --load' $work/fresh.txt && ! grep -q 'lm loss' $work/fresh.txt && diff $work/ck.sums <(sums $work/ck) > /dev/null"
+# --keep-last after a resume from an earlier checkpoint of the root prunes only older ones
+cp -r "$work/ck" "$work/ckb"
+"$bin" "${common[@]}" --train-iters 8 --log-interval 1 --exit-interval 6 --load "$work/ckb/iter_0000004" --save "$work/ckb" --keep-last 1 --output-dir "$work/kl" > "$work/kl.txt" 2>&1
+check "--keep-last keeps the checkpoints newer than the one saved" "[ $? -eq 0 ] && [ \"\$(ls $work/ckb | tr '\n' ' ')\" = 'iter_0000006 iter_0000008 latest ' ] && [ \"\$(cat $work/ckb/latest)\" = 6 ]"
+"$bin" "${common[@]}" --train-iters 2 --clip-grad inf > "$work/inf.txt" 2>&1
+check "a non-finite number is refused by flag (JSON metadata could not hold it)" "[ $? -eq 2 ] && grep -q -- \"--clip-grad: expected a finite number, got 'inf'\" $work/inf.txt"
 "$bin" "${common[@]}" --train-iters 10 --log-interval 1 --load "$work/ck" --output-dir "$work/r2c" > "$work/part2c.txt" 2>&1
 rc=$?
 check "extending --train-iters moves the decay: refused on resume, naming the key and the flags" "[ $rc -eq 2 ] && grep -q 'decay_iters 8 but this run.s is 10' $work/part2c.txt && grep -q -- '--use-checkpoint-opt_param-scheduler' $work/part2c.txt"

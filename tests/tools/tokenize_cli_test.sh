@@ -71,6 +71,21 @@ check "invalid UTF-8 in a paragraph names the line it is on" "[ $? -eq 2 ] && gr
 : > "$work/empty.txt"
 "$tok" train-tokenizer --input "$work/empty.txt" --model-prefix "$work/empty" --vocab-size 50 > "$work/b10.txt" 2>&1
 check "training a tokenizer on empty input says so" "[ $? -eq 2 ] && grep -q 'empty.*no text to learn a vocabulary from' $work/b10.txt"
+# a failed training leaves the tokenizer of that name as it was, and no staging files behind
+cp "$work/spm.model" "$work/spm.model.orig"
+"$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/spm" --vocab-size 400000 > "$work/b11.txt" 2>&1
+check "a failed train-tokenizer names the model, exits 2 and leaves the existing one unchanged" \
+  "[ $? -eq 2 ] && grep -q 'training of $work/spm.model failed.*spm.model is unchanged' $work/b11.txt && cmp -s $work/spm.model $work/spm.model.orig && [ -z \"\$(ls $work | grep 'spm.tmp-')\" ]"
+echo "my notes" > "$work/spm2.train-input.txt"
+"$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/spm2" --vocab-size 400 > "$work/b12.txt" 2>&1
+check "train-tokenizer leaves a file named like its old training text alone" "[ $? -eq 0 ] && [ \"\$(cat $work/spm2.train-input.txt)\" = 'my notes' ] && [ -f $work/spm2.model ]"
+# inputs without a single document: refused, no dataset
+for i in 1 2 3; do echo '{"text": "hello"}'; done > "$work/keys.jsonl"
+"$tok" --input "$work/keys.jsonl" --json-keys content --output-prefix "$work/nodocs" --tokenizer-type ByteTokenizer > "$work/b13.txt" 2>&1
+check "every line skipped: exits 2 naming the input, the skipped lines and --json-keys; no dataset" \
+  "[ $? -eq 2 ] && grep -q 'keys.jsonl: no documents to write (0 empty documents and 3 bad JSON lines skipped; do the --json-keys' $work/b13.txt && [ -z \"\$(ls -d $work/nodocs* 2>/dev/null)\" ]"
+"$tok" --input "$work/empty.txt" --output-prefix "$work/nodocs" --tokenizer-type ByteTokenizer > "$work/b14.txt" 2>&1
+check "an empty input: exits 2, no dataset" "[ $? -eq 2 ] && grep -q 'empty.txt: no documents to write' $work/b14.txt && [ -z \"\$(ls -d $work/nodocs* 2>/dev/null)\" ]"
 
 # llm-pretrain on the dataset
 "$pre" --data-path "$work/ds1" --num-layers 1 --hidden-size 32 --num-attention-heads 2 --seq-length 32 \
