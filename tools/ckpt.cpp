@@ -99,7 +99,7 @@ int run(int argc, char** argv) {
   auto* ins = app.add_subcommand("inspect", "print the config, layout and tensors of a checkpoint");
   ins->add_option("checkpoint", path, "iteration directory or save directory")->required();
   ins->add_flag("--norms", norms, "also print each parameter's L2 norm (reads all data)");
-  auto* ver = app.add_subcommand("verify", "check every checksum and that every tensor is covered exactly once");
+  auto* ver = app.add_subcommand("verify", "check every checksum, that every tensor is covered exactly once, and that the model its config describes has every tensor it needs");
   ver->add_option("checkpoint", path, "iteration directory or save directory")->required();
   auto* conv = app.add_subcommand("convert", "rewrite with another dtype / number of shards, optionally without optimizer");
   conv->add_option("checkpoint", path, "source")->required();
@@ -135,6 +135,14 @@ int run(int argc, char** argv) {
   if (*ver) {
     CheckpointReader ckpt = CheckpointReader::open(path);
     const int64_t n = ckpt.verify();
+    const std::vector<std::string> problems = checkpoint_completeness_problems(ckpt);
+    if (!problems.empty()) {
+      std::string list;
+      for (size_t i = 0; i < problems.size() && i < 10; ++i) list += "\n  " + problems[i];
+      if (problems.size() > 10) list += detail::concat("\n  ... and ", problems.size() - 10, " more");
+      throw ConfigError(detail::concat(ckpt.dir(), ": the stored data is intact, but it does not load into the model its "
+                                       "metadata describes (", problems.size(), " problem(s)):", list));
+    }
     std::printf("OK %s: %lld tensors in %zu pieces, checksums match, every element stored exactly once\n",
                 ckpt.dir().c_str(), static_cast<long long>(n), ckpt.pieces().size());
     return 0;

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -157,6 +158,29 @@ std::string save_model_checkpoint(const std::string& save_root, int64_t iteratio
                   kSingleProcessLayout + ",\n  \"consumed_samples\": 0, \"consumed_tokens\": 0, \"nan_iterations\": 0";
   if (!extra_fields.empty()) f += ",\n  " + extra_fields;
   return w.commit(f);
+}
+
+std::vector<std::string> checkpoint_completeness_problems(const CheckpointReader& ckpt) {
+  const GPTConfig c = checkpoint_model_config(ckpt);
+  const ParameterSet expected = gpt_parameters(c, c.max_position_embeddings, 0, 1, false);
+  std::vector<std::string> problems;
+  const std::vector<std::string> categories = {"model", "optimizer/exp_avg", "optimizer/exp_avg_sq"};
+  const bool moments = !ckpt.names(categories[1]).empty() || !ckpt.names(categories[2]).empty();
+  for (const std::string& cat : categories) {
+    if (cat != "model" && !moments) continue;
+    std::set<std::string> names;
+    for (const ParamSpec& s : expected.specs()) {
+      names.insert(s.name);
+      if (!ckpt.has(cat, s.name))
+        problems.push_back(cat + "/" + s.name + ": missing (the model has it, " + shape_str(s.global_shape) + ")");
+      else if (ckpt.global_shape(cat, s.name) != s.global_shape)
+        problems.push_back(cat + "/" + s.name + ": stored as " + shape_str(ckpt.global_shape(cat, s.name)) +
+                           ", the model's is " + shape_str(s.global_shape));
+    }
+    for (const std::string& n : ckpt.names(cat))
+      if (!names.count(n)) problems.push_back(cat + "/" + n + ": no parameter of the model has this name");
+  }
+  return problems;
 }
 
 GPTConfig checkpoint_model_config(const CheckpointReader& ckpt) {

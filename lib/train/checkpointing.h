@@ -93,6 +93,11 @@ std::string save_model_checkpoint(const std::string& save_root, int64_t iteratio
 
 // The model config recorded in a checkpoint (for llm-generate and llm-ckpt).
 GPTConfig checkpoint_model_config(const CheckpointReader& ckpt);
+// What keeps the checkpoint from loading into the model its config describes, one line each: a
+// parameter it lacks or holds at another global shape, a tensor no parameter has, and likewise
+// for each AdamW moment when it stores any (a weights-only checkpoint stores none). Empty when
+// complete; reads metadata only (CheckpointReader::verify checks the data).
+std::vector<std::string> checkpoint_completeness_problems(const CheckpointReader& ckpt);
 // Loads only the parameters into a model built from checkpoint_model_config(): host parameters
 // directly; a device model's (`backend`, the model's) tensor by tensor through a host copy. An
 // inference model's 16-bit weights are rounded on the host, tensor by tensor, so no f32 copy of

@@ -123,6 +123,19 @@ check "convert into a save root holding checkpoints is refused" "[ $? -eq 2 ] &&
 "$ckpt" import "$work/hf" --format hf-gpt2 --output "$work/imp" --overwrite > /dev/null 2>&1
 check "... and done with --overwrite" "[ $? -eq 0 ] && [ \"\$(cat $work/imp/latest)\" = 0 ]"
 
+# a tensor the model needs, dropped from the metadata: the data left is intact, but it cannot load
+cp -r "$work/ck16" "$work/ckdrop"
+python3 - "$work/ckdrop/iter_0000060/metadata.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m['pieces'] = [p for p in m['pieces'] if not (p['category'] == 'optimizer/exp_avg' and p['name'] == 'h.1.mlp.c_fc.weight')]
+json.dump(m, open(sys.argv[1], 'w'))
+PY
+"$ckpt" verify "$work/ckdrop" > "$work/drop.txt" 2>&1
+check "verify names a tensor the model's config needs and the checkpoint lacks" "[ $? -eq 2 ] && grep -q 'does not load into the model' $work/drop.txt && grep -q 'optimizer/exp_avg/h.1.mlp.c_fc.weight: missing (the model has it, \[256, 64\])' $work/drop.txt"
+"$ckpt" verify "$work/imp" > "$work/vimp.txt" 2>&1
+check "verify passes a weights-only (imported) checkpoint" "[ $? -eq 0 ] && grep -q '^OK' $work/vimp.txt"
+
 # corruption: one byte of tensor data changed
 python3 - "$work/ck/iter_0000060/shard_00000.h5" <<'PY'
 import sys
