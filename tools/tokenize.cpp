@@ -12,6 +12,7 @@
 
 #include "comm/mpi_session.h"
 #include "core/error.h"
+#include "core/fsync.h"
 #include "data/dataset.h"
 #include "data/megatron_import.h"
 #include "data/sentencepiece_tokenizer.h"
@@ -115,6 +116,7 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
   if (!mpi.all_ok(open_error.empty()))
     throw AllRanksError(open_error.empty() ? "another rank could not open its input; nothing was written" : open_error);
   DocumentReader& reader = *reader_ptr;
+  if (mpi.rank() == 0) remove_dead_staging(out_dir);  // what killed runs of this dataset left
   const std::string tag = mpi.broadcast(mpi.rank() == 0 ? new_staging_tag() : "");
   const std::string staging = staging_dir_path(out_dir, tag);
   const bool progress_bar = mpi.rank() == 0 && ::isatty(STDERR_FILENO);

@@ -1,10 +1,14 @@
 #include "core/fsync.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <random>
 
 #include "core/error.h"
 
@@ -20,8 +24,58 @@ void fsync_path(const std::filesystem::path& p) {
     throw Error(p.string() + ": cannot flush to disk: " + std::strerror(err));
 }
 
+namespace {
+std::string host_name() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0 || !host[0]) return "localhost";
+  std::string h = host;
+  for (char& c : h)
+    if (c == '/' || c == '@') c = '_';  // (a file name part; '@' ends the pid)
+  return h;
+}
+}  // namespace
+
+std::string staging_tag() {
+  std::random_device rd;
+  const uint64_t r = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(r));
+  return std::to_string(::getpid()) + "@" + host_name() + "-" + buf;
+}
+
+int remove_dead_staging(const std::filesystem::path& final_path) {
+  namespace fs = std::filesystem;
+  std::string base = final_path.filename().string();
+  fs::path dir = final_path.parent_path();
+  if (base.empty()) {  // "data/set/"
+    base = final_path.parent_path().filename().string();
+    dir = final_path.parent_path().parent_path();
+  }
+  if (dir.empty()) dir = ".";
+  const std::string prefix = base + ".tmp-", host = host_name();
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind(prefix, 0) != 0) continue;
+    // <pid>@<host>-<16 hex>[anything after: ".model", ...]
+    const std::string tag = n.substr(prefix.size());
+    const size_t at = tag.find('@');
+    if (at == 0 || at == std::string::npos || tag.find_first_not_of("0123456789") != at) continue;
+    const std::string rest = tag.substr(at + 1);
+    if (rest.size() < host.size() + 17 || rest.compare(0, host.size(), host) != 0 || rest[host.size()] != '-') continue;
+    if (rest.find_first_not_of("0123456789abcdef", host.size() + 1) < host.size() + 17) continue;
+    const long long pid = std::atoll(tag.substr(0, at).c_str());
+    if (pid <= 0 || pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    std::error_code rm;
+    if (fs::remove_all(e.path(), rm) > 0 && !rm) ++removed;
+  }
+  return removed;
+}
+
 AtomicFile::AtomicFile(std::filesystem::path path)
-    : path_(std::move(path)), temp_(path_.string() + ".tmp-" + std::to_string(::getpid())) {
+    : path_(std::move(path)), temp_(path_.string() + ".tmp-" + staging_tag()) {
+  remove_dead_staging(path_);
   std::error_code ec;
   if (std::filesystem::is_directory(path_, ec)) throw Error(path_.string() + ": is a directory, not a file to write");
   out_.open(temp_, std::ios::binary | std::ios::trunc);

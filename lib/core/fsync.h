@@ -11,7 +11,16 @@ namespace llm {
 // sync a directory (EINVAL) or a read-only one is not.
 void fsync_path(const std::filesystem::path& p);
 
-// A file that replaces `path` only once complete: written to "<path>.tmp-<pid>" beside it, then
+// Staging beside a final path: "<final>.tmp-<tag>", the tag "<pid>@<host>-<16 hex>" (unique,
+// and saying whose it is), so that what a killed run left behind can be told from what a live one
+// is writing, on a file system other hosts share.
+std::string staging_tag();
+// Removes the entries "<final>.tmp-<tag>..." beside `final_path` (files or directories) whose tag
+// names this host and a process that no longer runs. Those of other hosts, of live processes and
+// of unknown form are left alone. Returns how many it removed.
+int remove_dead_staging(const std::filesystem::path& final_path);
+
+// A file that replaces `path` only once complete: written to "<path>.tmp-<tag>" beside it, then
 // commit() checks the stream, flushes, fsyncs and renames it over `path`. Destroyed without a
 // commit (an error on the way), the temporary is removed and `path` keeps what it held.
 class AtomicFile {

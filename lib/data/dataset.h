@@ -110,7 +110,8 @@ class DatasetWriter {
 // stream) for any number of ranks. Shard boundaries differ with R (each part starts a new shard);
 // with R = 1 the files are identical to DatasetWriter's.
 
-// A fresh random tag "<pid>-<16 hex>" for a staging directory name.
+// A fresh tag "<pid>@<host>-<16 hex>" for a staging directory name (core/fsync.h's staging_tag:
+// remove_dead_staging clears what killed runs of this host left).
 std::string new_staging_tag();
 // "<final_dir>.tmp-<tag>": a sibling of the final directory (same file system, so the final
 // rename is atomic).

@@ -4,8 +4,8 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
-#include <unistd.h>
-
+#include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 
@@ -100,25 +100,88 @@ std::string SentencePieceTokenizer::token_bytes(int32_t id) const {
 int64_t SentencePieceTokenizer::vocab_size() const { return sp_->GetPieceSize(); }
 int32_t SentencePieceTokenizer::eod_id() const { return sp_->eos_id(); }
 
-void train_sentencepiece(const SentencePieceTrainOptions& o) {
-  if (o.inputs.empty()) throw ConfigError("train-tokenizer: no --input files");
-  bool any_text = false;
-  for (const std::string& f : o.inputs) {
-    std::error_code ec;
-    if (!std::filesystem::exists(f, ec)) throw ConfigError(f + ": input file not found");
-    any_text = any_text || std::filesystem::file_size(f, ec) > 0 || ec;  // (a pipe has no size: let it through)
+namespace {
+
+// The lines of documents, one sentence each, as SentencePiece's trainer would read them from a
+// file holding each document's text and a newline: no copy of the corpus on disk.
+class DocumentLines final : public sentencepiece::SentenceIterator {
+ public:
+  DocumentLines(const std::vector<std::string>& files, const InputOptions& input) : reader_(files, input) { advance(); }
+  bool done() const override { return done_; }
+  void Next() override { advance(); }
+  const std::string& value() const override { return line_; }
+  sentencepiece::util::Status status() const override {
+    return error_ ? sentencepiece::util::Status(sentencepiece::util::StatusCode::kInternal, "reading the --input files failed")
+                  : sentencepiece::util::Status();
   }
-  if (!any_text)
-    throw ConfigError("train-tokenizer: the --input files are empty (" + o.inputs[0] + (o.inputs.size() > 1 ? ", ..." : "") +
-                      "): no text to learn a vocabulary from");
+  std::exception_ptr error() const { return error_; }
+  size_t text_bytes() const { return text_; }
+
+ private:
+  void advance() {
+    try {
+      while (next_ == lines_.size()) {
+        if (exhausted_) {
+          done_ = true;
+          return;
+        }
+        lines_.clear(), next_ = 0;
+        std::vector<RawDocument> batch;
+        exhausted_ = !reader_.next_batch(batch, size_t{8} << 20);
+        for (const RawDocument& d : batch) {
+          text_ += d.text.size();
+          for (size_t b = 0;;) {
+            const size_t e = d.text.find('\n', b);
+            lines_.push_back(d.text.substr(b, e == std::string::npos ? std::string::npos : e - b));
+            if (e == std::string::npos) break;
+            b = e + 1;
+          }
+        }
+      }
+      line_ = std::move(lines_[next_++]);
+    } catch (...) {
+      error_ = std::current_exception();
+      done_ = true;
+    }
+  }
+  DocumentReader reader_;
+  std::vector<std::string> lines_;
+  size_t next_ = 0, text_ = 0;
+  std::string line_;
+  bool exhausted_ = false, done_ = false;
+  std::exception_ptr error_;
+};
+
+// SentencePiece's trainer over `kw` (and `lines`, if given), its model then published as
+// <prefix>.model and <prefix>.vocab (AtomicFile each: a failed or killed training leaves an
+// existing tokenizer of that name as it was). The model records no file name of ours, so the same
+// training gives the same bytes (the tokenizer's identity) wherever it is written.
+void train_and_publish(std::unordered_map<std::string, std::string> kw, const std::string& prefix, DocumentLines* lines) {
+  std::string proto;  // (the trainer takes no model_prefix then)
+  const auto status = sentencepiece::SentencePieceTrainer::Train(kw, lines, &proto);
+  if (lines && lines->error()) std::rethrow_exception(lines->error());
+  if (!status.ok())
+    throw ConfigError("SentencePiece training of " + prefix + ".model failed (" + prefix +
+                      ".model is unchanged): " + status.ToString());
+  sentencepiece::SentencePieceProcessor sp;
+  const auto loaded = sp.LoadFromSerializedProto(proto);
+  if (!loaded.ok()) throw Error("SentencePiece training of " + prefix + ".model gave a model that does not load: " + loaded.ToString());
+  // The vocabulary as SentencePiece writes it: each piece and its score, a tab between.
+  AtomicFile vocab(prefix + ".vocab"), model(prefix + ".model");
+  for (int id = 0; id < sp.GetPieceSize(); ++id) {
+    char score[32];
+    std::snprintf(score, sizeof score, "%g", static_cast<double>(sp.GetScore(id)));
+    vocab.stream() << sp.IdToPiece(id) << '\t' << score << '\n';
+  }
+  model.stream().write(proto.data(), static_cast<std::streamsize>(proto.size()));
+  vocab.commit();
+  model.commit();  // the model last: it is what readers open
+}
+
+std::unordered_map<std::string, std::string> trainer_arguments(const SentencePieceTrainOptions& o) {
   if (o.model_type != "bpe" && o.model_type != "unigram")
     throw ConfigError("train-tokenizer: --model-type must be bpe or unigram, got '" + o.model_type + "'");
   std::unordered_map<std::string, std::string> kw;
-  std::string inputs;
-  for (const std::string& f : o.inputs) inputs += (inputs.empty() ? "" : ",") + f;
-  kw["input"] = inputs;
-  const std::string staging = o.model_prefix + ".tmp-" + std::to_string(::getpid());
-  kw["model_prefix"] = staging;
   kw["vocab_size"] = std::to_string(o.vocab_size);
   kw["model_type"] = o.model_type;
   kw["byte_fallback"] = o.byte_fallback ? "true" : "false";
@@ -136,60 +199,44 @@ void train_sentencepiece(const SentencePieceTrainOptions& o) {
   }
   kw["minloglevel"] = "2";  // the trainer's per-step chatter goes to stderr otherwise
   // ids: <unk>=0 <s>=1 </s>=2 (EOD), no padding piece (Megatron's defaults)
-  struct Staged {  // the staged files go whatever happens, once renamed or not
-    std::string prefix;
-    ~Staged() {
-      std::error_code ec;
-      std::filesystem::remove(prefix + ".model", ec);
-      std::filesystem::remove(prefix + ".vocab", ec);
-    }
-  } staged{staging};
-  const auto status = sentencepiece::SentencePieceTrainer::Train(kw);
-  if (!status.ok())
-    throw ConfigError("SentencePiece training of " + o.model_prefix + ".model failed (writing " + staging +
-                      ".model and .vocab; " + o.model_prefix + ".model is unchanged): " + status.ToString());
-  SentencePieceTokenizer check(staging + ".model");  // what it wrote loads, or nothing is published
-  for (const char* ext : {".vocab", ".model"}) {  // the model last: it is what readers open
-    const std::string from = staging + ext, to = o.model_prefix + ext;
-    fsync_path(from);
+  return kw;
+}
+
+}  // namespace
+
+void train_sentencepiece(const SentencePieceTrainOptions& o) {
+  if (o.inputs.empty()) throw ConfigError("train-tokenizer: no --input files");
+  bool any_text = false;
+  for (const std::string& f : o.inputs) {
     std::error_code ec;
-    std::filesystem::rename(from, to, ec);
-    if (ec) throw ConfigError(to + ": cannot replace it with the trained tokenizer: " + ec.message());
+    if (!std::filesystem::exists(f, ec)) throw ConfigError(f + ": input file not found");
+    any_text = any_text || std::filesystem::file_size(f, ec) > 0 || ec;  // (a pipe has no size: let it through)
   }
-  const std::filesystem::path dir = std::filesystem::path(o.model_prefix).parent_path();
-  fsync_path(dir.empty() ? std::filesystem::path(".") : dir);
+  if (!any_text)
+    throw ConfigError("train-tokenizer: the --input files are empty (" + o.inputs[0] + (o.inputs.size() > 1 ? ", ..." : "") +
+                      "): no text to learn a vocabulary from");
+  std::unordered_map<std::string, std::string> kw = trainer_arguments(o);
+  std::string inputs;
+  for (const std::string& f : o.inputs) inputs += (inputs.empty() ? "" : ",") + f;
+  kw["input"] = inputs;
+  train_and_publish(std::move(kw), o.model_prefix, nullptr);
 }
 
 void train_sentencepiece_on_documents(const std::vector<std::string>& files, const InputOptions& input,
-                                      SentencePieceTrainOptions options) {
-  const std::string lines = options.model_prefix + ".tmp-" + std::to_string(::getpid()) + ".train-input.txt";
-  struct Remove {
-    std::string path;
-    ~Remove() {
-      std::error_code ec;
-      std::filesystem::remove(path, ec);
-    }
-  } remove{lines};
-  {
-    DocumentReader reader(files, input);
-    std::ofstream out(lines, std::ios::binary | std::ios::trunc);
-    if (!out) throw ConfigError(lines + ": cannot write the training text (next to --model-prefix)");
-    std::vector<RawDocument> batch;
-    bool more = true;
-    size_t text = 0;
-    while (more) {
-      more = reader.next_batch(batch, size_t{8} << 20);
-      for (const RawDocument& d : batch) out << d.text << '\n', text += d.text.size();
-      batch.clear();
-    }
-    out.flush();
-    if (!out) throw ConfigError(lines + ": cannot write the training text (is the disk full?)");
-    if (text == 0)
+                                      const SentencePieceTrainOptions& options) {
+  std::unordered_map<std::string, std::string> kw = trainer_arguments(options);
+  {  // an input without text is said so by name, before the trainer's own words for it
+    DocumentLines probe(files, input);
+    if (probe.error()) std::rethrow_exception(probe.error());
+    bool text = false;
+    for (; !probe.done() && !text; probe.Next()) text = !probe.value().empty();
+    if (probe.error()) std::rethrow_exception(probe.error());
+    if (!text)
       throw ConfigError("train-tokenizer: the --input files hold no text (" + (files.empty() ? std::string() : files[0]) +
                         (files.size() > 1 ? ", ..." : "") + "): no text to learn a vocabulary from");
   }
-  options.inputs = {lines};
-  train_sentencepiece(options);
+  DocumentLines lines(files, input);
+  train_and_publish(std::move(kw), options.model_prefix, &lines);
 }
 
 }  // namespace llm

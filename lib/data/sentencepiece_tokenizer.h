@@ -47,16 +47,17 @@ struct SentencePieceTrainOptions {
   int64_t max_sentence_length = 16384;
 };
 
-// Trains a model; throws ConfigError with SentencePiece's own message on failure. The files are
-// written as <prefix>.tmp-<pid>.{model,vocab} and renamed over <prefix>.{model,vocab} once the
-// model loads: a failed or killed training leaves an existing tokenizer of that name as it was.
+// Trains a model on text files (one sentence a line); throws ConfigError with SentencePiece's own
+// message on failure. <prefix>.vocab and <prefix>.model are each written beside and renamed into
+// place once the model loads (core/fsync.h's AtomicFile): a failed or killed training leaves an
+// existing tokenizer of that name as it was. The same training gives the same bytes.
 void train_sentencepiece(const SentencePieceTrainOptions& options);
 
-// train_sentencepiece over documents (llm-tokenize's readers: text, .jsonl): their lines go to a
-// temporary <prefix>.tmp-<pid>.train-input.txt (SentencePiece reads one sentence per line),
-// removed afterwards whatever happens. `options.inputs` is ignored.
+// The same over documents (llm-tokenize's readers: text, .jsonl), their lines fed to the trainer
+// as it reads sentences from a file, without a copy of the corpus on disk. `options.inputs` is
+// ignored; an input without text is a ConfigError naming it.
 struct InputOptions;
 void train_sentencepiece_on_documents(const std::vector<std::string>& files, const InputOptions& input,
-                                      SentencePieceTrainOptions options);
+                                      const SentencePieceTrainOptions& options);
 
 }  // namespace llm

@@ -75,10 +75,22 @@ check "training a tokenizer on empty input says so" "[ $? -eq 2 ] && grep -q 'em
 cp "$work/spm.model" "$work/spm.model.orig"
 "$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/spm" --vocab-size 400000 > "$work/b11.txt" 2>&1
 check "a failed train-tokenizer names the model, exits 2 and leaves the existing one unchanged" \
-  "[ $? -eq 2 ] && grep -q 'training of $work/spm.model failed.*spm.model is unchanged' $work/b11.txt && cmp -s $work/spm.model $work/spm.model.orig && [ -z \"\$(ls $work | grep 'spm.tmp-')\" ]"
+  "[ $? -eq 2 ] && grep -q 'training of $work/spm.model failed ($work/spm.model is unchanged)' $work/b11.txt && cmp -s $work/spm.model $work/spm.model.orig && [ -z \"\$(ls $work | grep 'spm.*tmp-')\" ]"
 echo "my notes" > "$work/spm2.train-input.txt"
 "$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/spm2" --vocab-size 400 > "$work/b12.txt" 2>&1
 check "train-tokenizer leaves a file named like its old training text alone" "[ $? -eq 0 ] && [ \"\$(cat $work/spm2.train-input.txt)\" = 'my notes' ] && [ -f $work/spm2.model ]"
+# staging left by killed runs: this host's dead processes' cleared, anything else left alone
+dead=99999; while kill -0 $dead 2> /dev/null; do dead=$((dead + 1)); done
+host=$(hostname | tr '/@' '__')
+mkdir -p "$work/ds9.tmp-$dead@$host-0123456789abcdef" "$work/ds9.tmp-$$@$host-0123456789abcdef" \
+  "$work/ds9.tmp-$dead@other-host-0123456789abcdef" "$work/ds9.tmp-4242-0123456789abcdef"
+touch "$work/spm3.model.tmp-$dead@$host-fedcba9876543210"
+"$tok" --input "$work/corpus.txt" --output-prefix "$work/ds9" "${spm[@]}" > "$work/b15.txt" 2>&1
+"$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/spm3" --vocab-size 400 >> "$work/b15.txt" 2>&1
+check "a killed run's staging (this host, its process gone) is cleared; a live one's, another host's and unknown ones stay" \
+  "[ ! -e $work/ds9.tmp-$dead@$host-0123456789abcdef ] && [ ! -e $work/spm3.model.tmp-$dead@$host-fedcba9876543210 ] && [ -d $work/ds9.tmp-$$@$host-0123456789abcdef ] && [ -d $work/ds9.tmp-$dead@other-host-0123456789abcdef ] && [ -d $work/ds9.tmp-4242-0123456789abcdef ] && [ -f $work/ds9/manifest.json ] && [ -f $work/spm3.model ]"
+cmp -s "$work/spm3.model" "$work/spm.model"
+check "the same training gives the same tokenizer bytes under another prefix" "[ $? -eq 0 ]"
 # inputs without a single document: refused, no dataset
 for i in 1 2 3; do echo '{"text": "hello"}'; done > "$work/keys.jsonl"
 "$tok" --input "$work/keys.jsonl" --json-keys content --output-prefix "$work/nodocs" --tokenizer-type ByteTokenizer > "$work/b13.txt" 2>&1
