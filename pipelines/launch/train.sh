@@ -102,7 +102,9 @@ if [ -z "${NGPU_PER_HOST:-}" ]; then
     NGPU_PER_HOST=$node_gpus
     device=${DEVICE_KIND:-GPU}
   else
-    NGPU_PER_HOST=$(nproc)
+    # (GNU nproc answers OMP_NUM_THREADS when it is set, as the mpirun lines here ask for: the
+    # cores this process may use, whatever the OpenMP settings)
+    NGPU_PER_HOST=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     device=${DEVICE_KIND:-core}
   fi
 else  # a count given (ALCF's helpers export NGPU_PER_HOST): GPUs when the node has them

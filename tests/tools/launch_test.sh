@@ -37,6 +37,12 @@ rc=$?  # (a failing launcher must not pass as "no flag": the command is checked 
 check "USE_FLASH_ATTN=1 (the default) passes --use-flash-attn-v2, 0 does not" "grep -q -- '--use-flash-attn-v2' dry3.txt && [ $rc -eq 0 ] && grep -q 'command: ' dry5.txt && ! grep -q -- '--use-flash-attn' dry5.txt"
 # A GPU node (a stand-in nvidia-smi listing 4 A100s; a PALS-style mpiexec): the GPUs are found
 # whether or not NGPU_PER_HOST is given (ALCF's helpers export it), and the ranks run CUDA in bf16.
+# a machine of cores: one rank per core, whatever OMP_NUM_THREADS (which GNU nproc obeys) says
+if ! command -v nvidia-smi > /dev/null; then
+  cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+  env -u PBS_NODEFILE OMP_NUM_THREADS=1 DRY_RUN=1 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > cores.txt 2>&1
+  check "a machine of cores: a rank per core with OMP_NUM_THREADS=1 set ($cores)" "grep -q 'scheduler local: 1 host(s) x $cores core(s) = $cores ranks' cores.txt"
+fi
 mkdir -p fakebin
 printf '#!/bin/sh\nfor i in 0 1 2 3; do echo "GPU $i: NVIDIA A100-SXM4-40GB (UUID: GPU-$i)"; done\n' > fakebin/nvidia-smi
 printf '#!/bin/sh\necho "HYDRA build details: (a stand-in)"\n' > fakebin/mpiexec
