@@ -43,7 +43,8 @@ std::unique_ptr<Tokenizer> checkpoint_tokenizer_or_flags(const CheckpointReader&
     if (o.type == "MockData" || o.type == "None")
       throw ConfigError(ckpt.dir() + " records no tokenizer (" +
                         (o.type == "MockData" ? "trained on --mock-data" : "imported without tokenizer files") +
-                        "); pass --tokenizer-type (e.g. NullTokenizer --vocab-size N: ids in, ids out)");
+                        "); pass --tokenizer-type (e.g. NullTokenizer --vocab-size " + std::to_string(model_vocab - 1) +
+                        ": ids in, ids out, the model's last id its end of document)");
     if ((o.type == "SentencePieceTokenizer" && o.model.empty()) ||
         (o.type == "GPT2BPETokenizer" && (o.vocab_file.empty() || o.merge_file.empty())))
       throw ConfigError(ckpt.dir() + ": the checkpoint records a " + o.type +
@@ -210,6 +211,7 @@ int run(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   std::fprintf(stderr, "[llm-generate] type a prompt; /reset starts over, /quit (or Ctrl-D) exits, Ctrl-C stops a reply\n");
   GenerateStats total;
+  int64_t replies = 0;
   while (true) {
     std::fprintf(stderr, "\n> ");
     std::fflush(stderr);
@@ -231,11 +233,12 @@ int run(int argc, char** argv) {
       total.new_tokens += s.new_tokens;
       total.prefill_seconds += s.prefill_seconds;
       total.decode_seconds += s.decode_seconds;
-      total.stop_reason = s.stop_reason;
+      ++replies;
     } catch (const ConfigError& e) {
       std::fprintf(stderr, "[llm-generate] %s\n", e.what());
     }
   }
+  total.stop_reason = std::to_string(replies) + (replies == 1 ? " reply" : " replies");
   report(total);
   return 0;
 }

@@ -60,8 +60,13 @@ extern "C" void on_stop_signal(int sig) {
   g_first_signal = now;
   g_stop_signal.store(sig);
   if (g_signal_lead) {
-    static const char msg[] = "\n> stopping at the end of this iteration (saving first with --save); Ctrl-C again to stop now\n";
-    (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
+    // (only a second Ctrl-C stops at once: a SIGTERM, a scheduler's, always waits for the save)
+    static const char on_int[] = "\n> stopping at the end of this iteration (saving first with --save); Ctrl-C again to stop now\n";
+    static const char on_term[] = "\n> SIGTERM: stopping at the end of this iteration (saving first with --save)\n";
+    if (sig == SIGINT)
+      (void)!::write(STDERR_FILENO, on_int, sizeof on_int - 1);
+    else
+      (void)!::write(STDERR_FILENO, on_term, sizeof on_term - 1);
   }
 }
 
@@ -149,7 +154,6 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   validate_layout(layout, {args.num_layers, args.num_attention_heads, args.seq_length, args.micro_batch_size,
                            args.global_batch_size, args.sequence_parallel});
   args.validate();
-  if (args.zero_stage < 0 || args.zero_stage > 3) throw ConfigError("--zero-stage must be 0, 1, 2 or 3");
   const bool lead = mpi.rank() == 0;
   auto say = [&](const char* fmt, auto... a) {
     if (lead) std::printf(fmt, a...);

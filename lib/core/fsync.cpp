@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <random>
 
 #include "core/error.h"
@@ -22,6 +23,21 @@ void fsync_path(const std::filesystem::path& p) {
   ::close(fd);
   if (rc != 0 && (err == EIO || err == ENOSPC || err == EDQUOT))
     throw Error(p.string() + ": cannot flush to disk: " + std::strerror(err));
+}
+
+std::string read_whole_file(const std::string& path, const std::string& what) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw ConfigError(path + ": is a directory, not a " + what);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot read the " + what + " (" + std::strerror(errno) + ")");
+  std::string text;
+  try {
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } catch (const std::exception& e) {
+    throw ConfigError(path + ": error reading the " + what + " (" + e.what() + ")");
+  }
+  if (in.bad()) throw ConfigError(path + ": error reading the " + what);
+  return text;
 }
 
 namespace {

@@ -1,4 +1,5 @@
-// Flushing a written file or directory to the disk before a rename publishes it.
+// Files: flushing a written one to the disk before a rename publishes it, writing one atomically,
+// staging beside a final path, and reading one whole.
 #pragma once
 #include <filesystem>
 #include <fstream>
@@ -10,6 +11,10 @@ namespace llm {
 // quota) is an Error naming the path; a path that cannot be opened, a file system that cannot
 // sync a directory (EINVAL) or a read-only one is not.
 void fsync_path(const std::filesystem::path& p);
+
+// The whole content of the file at `path`: a ConfigError naming the path and `what` it should be
+// (e.g. "YAML config") when it is a directory, missing or unreadable.
+std::string read_whole_file(const std::string& path, const std::string& what);
 
 // Staging beside a final path: "<final>.tmp-<tag>", the tag "<pid>@<host>-<16 hex>" (unique,
 // and saying whose it is), so that what a killed run left behind can be told from what a live one

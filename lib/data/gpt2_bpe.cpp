@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "data/json.h"
 #include "data/utf8.h"
 
@@ -209,12 +210,7 @@ std::string code_point_name(uint32_t cp) {
 }
 
 std::string read_file(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(detail::concat(path, ": cannot read GPT-2 ", what, " file"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw ConfigError(detail::concat(path, ": error reading GPT-2 ", what, " file"));
-  return ss.str();
+  return read_whole_file(path, std::string("GPT-2 ") + what + " file");
 }
 
 // Merge rule lookup keyed by the pair of token ids: open addressing, linear probing, a power of

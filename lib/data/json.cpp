@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "data/utf8.h"
 
 namespace llm::json {
@@ -337,14 +338,7 @@ Value parse(std::string_view text, std::string_view source) {
 
 Value parse_record(std::string_view text, std::string_view where) { return Parser(text, where, true).parse_document(); }
 
-Value parse_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path + ": cannot read JSON file");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw ConfigError(path + ": error reading JSON file");
-  return parse(ss.str(), path);
-}
+Value parse_file(const std::string& path) { return parse(read_whole_file(path, "JSON file"), path); }
 
 std::string quote(std::string_view text) {
   std::string out;

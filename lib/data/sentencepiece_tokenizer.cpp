@@ -17,8 +17,10 @@ namespace llm {
 
 SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_file)
     : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
-  if (!std::filesystem::exists(model_file))
+  if (std::error_code ec; !std::filesystem::exists(model_file, ec))
     throw ConfigError(model_file + ": SentencePiece model not found");
+  if (std::error_code ec; std::filesystem::is_directory(model_file, ec))
+    throw ConfigError(model_file + ": is a directory, not a SentencePiece model");
   const auto status = sp_->Load(model_file);
   if (!status.ok()) throw ConfigError(model_file + ": not a SentencePiece model (" + status.ToString() + ")");
   if (sp_->eos_id() < 0) throw ConfigError(model_file + ": the model has no </s> piece to use as end-of-document");

@@ -102,16 +102,23 @@ bool DocumentReader::read_line(std::string& line) {
 }
 
 void DocumentReader::emit(std::string text, const std::string& key, const std::string& where,
-                          std::vector<RawDocument>& out) {
+                          std::vector<RawDocument>& out, const Start* start) {
   if (is_blank(text)) {
     ++stats_.empty_skipped;
     return;
   }
   const size_t bad = find_invalid_utf8(text);
   if (bad != std::string::npos) {
-    if (opt_.fail_on_invalid_utf8)
+    if (opt_.fail_on_invalid_utf8) {
+      const int64_t lines_before = std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n');
+      if (start)  // the byte's own line and offset in the file, as an editor goes to it
+        throw ConfigError(detail::concat(
+            start->file, start->line >= 0 ? ":" + std::to_string(start->line + lines_before) : std::string(), " (byte ",
+            start->byte + static_cast<int64_t>(bad), "): invalid UTF-8 (in the document from ",
+            start->line >= 0 ? "line " + std::to_string(start->line) : "byte " + std::to_string(start->byte), ")"));
       throw ConfigError(detail::concat(where, ": invalid UTF-8 at byte ", bad, " of the document, on its line ",
-                                       1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n')));
+                                       1 + lines_before));
+    }
     replace_invalid_utf8(text);
     ++stats_.utf8_replaced;
   }
@@ -159,11 +166,14 @@ bool DocumentReader::next_batch(std::vector<RawDocument>& out, size_t max_bytes)
     if (line_no_ >= 0) w += ":" + std::to_string(line_no_);
     return w + detail::concat(" (byte ", global - file_start_[file_], ")");
   };
+  auto start_of = [&](int64_t global) {
+    return Start{files_[file_] == "-" ? "<stdin>" : files_[file_], line_no_, global - file_start_[file_]};
+  };
   auto flush_paragraph = [&] {
     if (para_start_ >= 0 && para_start_ >= range_begin_ && para_start_ < range_end_) {
       strip_newline(para_);
       taken += para_.size();
-      emit(std::move(para_), "", para_where_, out);
+      emit(std::move(para_), "", para_where_, out, &para_at_);
     }
     para_.clear();
     para_start_ = -1;
@@ -195,7 +205,8 @@ bool DocumentReader::next_batch(std::vector<RawDocument>& out, size_t max_bytes)
         emit_json(line, where(line_start), out);
       } else {
         strip_newline(line);
-        emit(std::move(line), "", where(line_start), out);
+        const Start at = start_of(line_start);
+        emit(std::move(line), "", where(line_start), out, &at);
       }
     } else if (opt_.boundary == DocumentBoundary::file) {
       para_ += line;
@@ -211,6 +222,7 @@ bool DocumentReader::next_batch(std::vector<RawDocument>& out, size_t max_bytes)
         }
         para_start_ = line_start;
         para_where_ = where(line_start);
+        para_at_ = start_of(line_start);
       }
       para_ += line;
     }

@@ -53,7 +53,14 @@ class DocumentReader {
  private:
   bool read_line(std::string& line);
   bool open_next_file();
-  void emit(std::string text, const std::string& key, const std::string& where, std::vector<RawDocument>& out);
+  // Where a text document starts in its file: the file's name, its line (-1: not known, a rank
+  // that started mid-file) and byte; an invalid byte is then named by its own line and byte.
+  struct Start {
+    std::string file;
+    int64_t line = -1, byte = 0;
+  };
+  void emit(std::string text, const std::string& key, const std::string& where, std::vector<RawDocument>& out,
+            const Start* start = nullptr);
   void emit_json(const std::string& line, const std::string& where, std::vector<RawDocument>& out);
 
   std::vector<std::string> files_;
@@ -68,6 +75,7 @@ class DocumentReader {
   std::string para_;          // blank-line mode: paragraph being collected
   int64_t para_start_ = -1;
   std::string para_where_;
+  Start para_at_;
   bool done_ = false;
 };
 

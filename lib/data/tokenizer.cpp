@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/fsync.h"
 
 namespace llm {
 
@@ -19,12 +20,6 @@ std::string hash_bytes(std::string_view bytes) {
   return buf;
 }
 
-std::string hash_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path + ": cannot read tokenizer file");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return hash_bytes(ss.str());
-}
+std::string hash_file(const std::string& path) { return hash_bytes(read_whole_file(path, "tokenizer file")); }
 
 }  // namespace llm

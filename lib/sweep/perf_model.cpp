@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "train/flops.h"
 
 namespace llm::sweep {
@@ -17,10 +18,9 @@ int64_t ClusterSpec::bytes_per_element() const { return dtype == "fp32" ? 4 : 2;
 
 ClusterSpec load_cluster(const std::string& path) {
   YAML::Node root;
+  const std::string content = read_whole_file(path, "cluster file (--cluster)");
   try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    throw ConfigError("--cluster: cannot read '" + path + "'");
+    root = YAML::Load(content);
   } catch (const YAML::Exception& e) {
     throw ConfigError(path + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
   }

@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <limits>
@@ -12,6 +13,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/fsync.h"
 
 namespace llm {
 
@@ -373,24 +375,28 @@ void apply_option(TrainArgs& args, const std::string& name, const std::string& v
     const bool is_flag = source.rfind("--", 0) == 0;  // a flag names itself; a file line does not
     bad(source, (is_flag ? std::string() : "key '" + o->name + "': ") + e.what());
   }
+  args.option_sources[o->name] = source;
 }
 
 std::vector<std::string> apply_yaml_file(TrainArgs& args, const std::string& path) {
   YAML::Node root;
+  const std::string text = read_whole_file(path, "YAML config");
   try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    bad(path, "cannot read the file");
+    root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     bad(detail::concat(path, ":", e.mark.line + 1), "YAML syntax error: " + e.msg);
   }
   std::vector<std::string> keys;
   if (root.IsNull()) return keys;
   if (!root.IsMap()) bad(path, "expected a mapping of option names to values");
+  std::map<std::string, int> seen;  // option name -> line (YAML takes a repeated key silently)
   for (auto it = root.begin(); it != root.end(); ++it) {
     const std::string key = it->first.as<std::string>();
-    const std::string where = detail::concat(path, ":", it->first.Mark().line + 1);
+    const int line = it->first.Mark().line + 1;
+    const std::string where = detail::concat(path, ":", line);
     if (!find_option(key)) bad(where, "unknown key '" + key + "'");
+    if (const auto [s, fresh] = seen.emplace(find_option(key)->name, line); !fresh)
+      bad(where, detail::concat("key '", key, "' is given twice (also at line ", s->second, "): one value each"));
     std::string value;
     if (it->second.IsSequence() && find_option(key)->multi) {
       for (std::size_t k = 0; k < it->second.size(); ++k) {
@@ -452,8 +458,25 @@ void TrainArgs::resolve_defaults() {
 }
 
 void TrainArgs::validate() const {
-  auto fail = [](auto&&... parts) { throw ConfigError(detail::concat(parts...)); };
+  // A refused value set in a file is named there too: every option the message names ("--lr")
+  // whose value came from a YAML line gets it appended.
+  auto fail = [this](auto&&... parts) {
+    std::string msg = detail::concat(parts...), from;
+    for (const auto& [name, source] : option_sources) {
+      if (source.rfind("--", 0) == 0) continue;
+      const std::string flag = "--" + name;
+      for (size_t p = msg.find(flag); p != std::string::npos; p = msg.find(flag, p + 1)) {
+        const size_t e = p + flag.size();
+        if (e == msg.size() || !(std::isalnum(static_cast<unsigned char>(msg[e])) || msg[e] == '-' || msg[e] == '_')) {
+          from += (from.empty() ? "" : ", ") + flag + " from " + source;
+          break;
+        }
+      }
+    }
+    throw ConfigError(from.empty() ? msg : msg + " (" + from + ")");
+  };
   if (micro_batch_size < 1) fail("--micro-batch-size must be >= 1, got ", micro_batch_size);
+  if (zero_stage < 0 || zero_stage > 3) fail("--zero-stage must be 0, 1, 2 or 3, got ", zero_stage);
   if (global_batch_size < 0) fail("--global-batch-size must be >= 0, got ", global_batch_size);
   if (global_batch_size % (micro_batch_size * data_parallel_size))
     fail("--global-batch-size ", global_batch_size, " is not divisible by --micro-batch-size ",

@@ -132,6 +132,9 @@ struct TrainArgs {
   void validate() const;
   int64_t data_parallel_size = 1;  // set by the launcher/grid, not a flag
   int64_t micro_batches() const { return global_batch_size / (micro_batch_size * data_parallel_size); }
+  // Where each option was last set (apply_option's source: "--lr", or a YAML file's "run.yaml:12"),
+  // so that validate() names the file and line of a value it refuses.
+  std::map<std::string, std::string> option_sources;
 };
 
 struct OptionSpec {

@@ -1,6 +1,7 @@
 #include "train/deepspeed_config.h"
 
 #include <cmath>
+#include <map>
 
 #include "core/error.h"
 #include "data/json.h"
@@ -13,6 +14,7 @@ namespace {
 struct Field {
   const std::string& path;
   const std::set<std::string>& given;
+  std::map<std::string, std::string>& sources;  // TrainArgs::option_sources
   // A number (or "auto", which leaves the option as it is); nullptr when absent.
   const json::Value* number(const json::Value& obj, const char* key, const std::string& where) const {
     const json::Value* v = obj.find(key);
@@ -27,6 +29,7 @@ struct Field {
       throw ConfigError(detail::concat(path, ":", v.line(), ": '", key, "' is ", value, " but --", flag, " is ", option,
                                        " (give one, or the same value in both)"));
     option = value;
+    sources[flag] = detail::concat(path, ":", v.line(), " ('", key, "')");
   }
 };
 
@@ -52,7 +55,7 @@ void precision(const json::Value& block, const std::string& path, const std::str
 std::vector<std::string> apply_deepspeed_config(TrainArgs& a, const std::string& path, const std::set<std::string>& given) {
   const json::Value root = json::parse_file(path);
   if (!root.is_object()) throw ConfigError(path + ": a DeepSpeed config must be a JSON object");
-  const Field f{path, given};
+  const Field f{path, given, a.option_sources};
   std::vector<std::string> ignored;
   for (const auto& [key, value] : root.as_object()) {
     if (key == "train_micro_batch_size_per_gpu") {

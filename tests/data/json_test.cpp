@@ -165,6 +165,6 @@ TEST(Json, ParseFileNamesTheFile) {
     json::parse_file(path);
     FAIL() << "no error";
   } catch (const ConfigError& e) {
-    EXPECT_EQ(std::string(e.what()), path + ": cannot read JSON file");
+    EXPECT_EQ(std::string(e.what()), path + ": cannot read the JSON file (No such file or directory)");
   }
 }

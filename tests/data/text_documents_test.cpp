@@ -138,8 +138,13 @@ TEST(DocumentReader, InvalidUtf8IsRepairedOrRefusedWithItsLocation) {
   EXPECT_EQ(st.utf8_replaced, 1);
   o.fail_on_invalid_utf8 = true;
   std::string e = error_of([&] { read_all({f}, o); });
-  EXPECT_NE(e.find("bad-utf8.txt:2"), std::string::npos) << e;
-  EXPECT_NE(e.find("byte 4"), std::string::npos) << e;
+  // the byte's own line and file offset (10 + 4), as an editor goes to it
+  EXPECT_NE(e.find("bad-utf8.txt:2 (byte 14): invalid UTF-8 (in the document from line 2)"), std::string::npos) << e;
+  // in a paragraph: its line, and the line the paragraph starts on
+  const std::string para = write("bad-para.txt", "intro\n\nfirst line\nsecond \xFF line\n");
+  o.boundary = DocumentBoundary::blank_line;
+  e = error_of([&] { read_all({para}, o); });
+  EXPECT_NE(e.find("bad-para.txt:4 (byte 25): invalid UTF-8 (in the document from line 3)"), std::string::npos) << e;
   EXPECT_NE(error_of([&] { read_all({"/nonexistent/input.txt"}, o); }).find("/nonexistent/input.txt"), std::string::npos);
 }
 

@@ -55,6 +55,16 @@ printf 'mock-data: true\nnum-layer: 3\n' > "$work/bad.yaml"
 rc=$?
 check "unknown YAML key exits 2" "[ $rc -eq 2 ]"
 check "unknown YAML key names file:line and key" "grep -q 'bad.yaml:2: unknown key .num-layer.' $work/bad.txt"
+printf 'mock-data: true\ntrain-iters: -1\n' > "$work/range.yaml"
+"$bin" --config "$work/range.yaml" > "$work/range.txt" 2>&1
+check "a value refused after parsing names the YAML file and line it came from" "[ $? -eq 2 ] && grep -q -- '--train-iters must be >= 0, got -1 (--train-iters from .*range.yaml:2)' $work/range.txt"
+"$bin" --config "$work/range.yaml" --train-iters 2 --output-dir "$work/range" > "$work/range2.txt" 2>&1
+check "... and a flag overriding it is the value's source from then on" "[ $? -eq 0 ]"
+printf 'mock-data: true\nlr: 0.1\nnum-layers: 2\nlr: 0.2\n' > "$work/twice.yaml"
+"$bin" --config "$work/twice.yaml" > "$work/twice.txt" 2>&1
+check "a YAML key given twice is refused naming both lines" "[ $? -eq 2 ] && grep -q \"twice.yaml:4: key 'lr' is given twice (also at line 2)\" $work/twice.txt"
+"$bin" --config "$work" > "$work/cdir.txt" 2>&1
+check "a directory as --config is named as one" "[ $? -eq 2 ] && grep -q 'is a directory, not a YAML config' $work/cdir.txt"
 "$bin" --mock-data --hidden-size 66 --num-attention-heads 4 > "$work/bad2.txt" 2>&1
 rc=$?
 check "inconsistent shape exits 2 naming the flags" "[ $rc -eq 2 ] && grep -q 'hidden-size 66 is not divisible by --num-attention-heads 4' $work/bad2.txt"
@@ -122,6 +132,9 @@ printf '{\n  "train_batch_size": 8,\n  "train_micro_batch_size_per_gpu": 4,\n  "
 check "--deepspeed_config: its fields set the run (the same curve), the rest named" "[ $? -eq 0 ] && grep -q 'ds.json: ZeRO stage 0, fp32, clip 1, micro-batch 4, global batch 8; without effect here: steps_per_print wall_clock_breakdown' $work/ds.txt && diff <(grep -o 'lm loss: [^|]*' $work/straight.txt | head -2) <(grep -o 'lm loss: [^|]*' $work/ds.txt) > /dev/null"
 "$bin" "${common[@]}" --train-iters 1 --zero-stage 1 --deepspeed_config "$work/ds.json" > "$work/ds2.txt" 2>&1
 check "--deepspeed_config against a flag that says otherwise: an error naming both" "[ $? -eq 2 ] && grep -q \"ds.json:6: 'zero_optimization.stage' is 0 but --zero-stage is 1\" $work/ds2.txt"
+sed 's/"stage": 0/"stage": 9/' "$work/ds.json" > "$work/ds9.json"
+"$bin" "${common[@]}" --train-iters 1 --deepspeed_config "$work/ds9.json" > "$work/ds9.txt" 2>&1
+check "a DeepSpeed JSON value refused by the checks is named by file, line and key" "[ $? -eq 2 ] && grep -q \"zero-stage .*(--zero-stage from .*ds9.json:6 ('zero_optimization.stage'))\" $work/ds9.txt"
 # a save root with a complete iteration but no 'latest' (a first save killed between the two):
 # named, not overwritten by a fresh start
 mkdir -p "$work/nolatest" && cp -r "$work/ck/iter_0000004" "$work/nolatest/"

@@ -44,7 +44,7 @@ check "byte tokenizer encode" "[ \"\$($tok encode --tokenizer-type ByteTokenizer
 check "missing input is named" "[ $? -eq 2 ] && grep -q 'missing.txt' $work/b1.txt && [ ! -e $work/bad ]"
 printf 'ok line\nbad \xff byte\n' > "$work/bad-utf8.txt"
 "$tok" --input "$work/bad-utf8.txt" --document-boundary line --invalid-utf8 fail --output-prefix "$work/bad" "${spm[@]}" > "$work/b2.txt" 2>&1
-check "invalid UTF-8 (fail) names file:line and byte; no output left" "[ $? -eq 2 ] && grep -q 'bad-utf8.txt:2 (byte 8): invalid UTF-8 at byte 4' $work/b2.txt && [ -z \"\$(ls -d $work/bad* 2>/dev/null | grep -v bad-utf8)\" ]"
+check "invalid UTF-8 (fail) names file:line and byte; no output left" "[ $? -eq 2 ] && grep -q 'bad-utf8.txt:2 (byte 12): invalid UTF-8 (in the document from line 2)' $work/b2.txt && [ -z \"\$(ls -d $work/bad* 2>/dev/null | grep -v bad-utf8)\" ]"
 "$tok" --input "$work/bad-utf8.txt" --document-boundary line --output-prefix "$work/fixed" "${spm[@]}" > "$work/b3.txt" 2>&1
 check "invalid UTF-8 (replace) is counted" "grep -q '1 documents had invalid UTF-8 replaced' $work/b3.txt"
 printf '{"text": "good"}\n{"text": 5}\nnot json\n' > "$work/docs.jsonl"
@@ -67,7 +67,7 @@ check "a mix of text and JSON-lines inputs is refused naming both" "[ $? -eq 2 ]
 # a paragraph's invalid byte: the document's start, and the line of the paragraph it is on
 printf 'first line\nsecond \xfe line\n' > "$work/para.txt"
 "$tok" --input "$work/para.txt" --invalid-utf8 fail --output-prefix "$work/para" "${spm[@]}" > "$work/b9.txt" 2>&1
-check "invalid UTF-8 in a paragraph names the line it is on" "[ $? -eq 2 ] && grep -q 'para.txt:1 (byte 0): invalid UTF-8 at byte 18 of the document, on its line 2' $work/b9.txt"
+check "invalid UTF-8 in a paragraph names its own line and byte, and where the paragraph starts" "[ $? -eq 2 ] && grep -q 'para.txt:2 (byte 18): invalid UTF-8 (in the document from line 1)' $work/b9.txt"
 : > "$work/empty.txt"
 "$tok" train-tokenizer --input "$work/empty.txt" --model-prefix "$work/empty" --vocab-size 50 > "$work/b10.txt" 2>&1
 check "training a tokenizer on empty input says so" "[ $? -eq 2 ] && grep -q 'empty.*no text to learn a vocabulary from' $work/b10.txt"
