@@ -148,6 +148,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (*dif) {
+    if (!(rtol >= 0)) throw ConfigError(detail::concat("--rtol must be >= 0, got ", rtol));
     const CheckpointDifference d = compare_checkpoints(path, other, with_optimizer);
     for (const std::string& p : d.problems) std::printf("  %s\n", p.c_str());
     std::vector<TensorDifference> sorted = d.tensors;

@@ -113,6 +113,7 @@ int run(int argc, char** argv) {
     return app.exit(e);
   }
   if (threads > 0) omp_set_num_threads(threads);
+  if (context < 0) throw ConfigError(detail::concat("--ctx-size must be >= 0 (0: the model's position table), got ", context));
   go.stop_at_eod = !ignore_eod;
   go.sampler.validate();
   (void)TextStream(go.stop);  // a bad --stop is refused before the weights load

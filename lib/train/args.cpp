@@ -501,6 +501,7 @@ void TrainArgs::validate() const {
   if (tflops_formula != "megatron" && tflops_formula != "model")
     fail("--tflops-formula must be megatron or model, got '", tflops_formula, "'");
   if (threads < 0) fail("--threads must be >= 0");
+  if (max_nan_iterations < 0) fail("--max-nan-iterations must be >= 0 (0: stop at the first), got ", max_nan_iterations);
   if (!recompute_granularity.empty() && recompute_granularity != "full" && recompute_granularity != "selective")
     fail("--recompute-granularity must be full or selective, got '", recompute_granularity, "'");
   if (logits_chunk_tokens < 0) fail("--logits-chunk-tokens must be >= 0 (0: all at once), got ", logits_chunk_tokens);

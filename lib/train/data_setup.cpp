@@ -61,13 +61,21 @@ TrainingData build_training_data(TrainArgs& args, IndexCacheOptions cache) {
     TokenizerOptions to{args.tokenizer_type, args.tokenizer_model, args.vocab_file, args.merge_file, 0};
     if (args.tokenizer_type == "NullTokenizer") to.vocab_size = first.vocab_size - 1;
     const TokenizerIdentity mine = make_tokenizer(to)->identity();
+    const std::string from = args.tokenizer_type == "SentencePieceTokenizer" ? "--tokenizer-model " + args.tokenizer_model
+                             : args.tokenizer_type == "GPT2BPETokenizer"    ? "--vocab-file / --merge-file"
+                                                                            : "--tokenizer-type " + args.tokenizer_type;
     if (!(mine == first.tokenizer))
-      throw ConfigError("the model's tokenizer (" + mine.str() + ", from --tokenizer-type) differs from " + paths[0].path +
+      throw ConfigError("the model's tokenizer (" + mine.str() + ", from " + from + ") differs from " + paths[0].path +
                         "'s (" + first.tokenizer.str() + ")");
   }
   td.tokenizer = first.tokenizer;
   td.vocab_size = first.vocab_size;
   for (auto& s : sets) td.vocab_size = std::max(td.vocab_size, s->info().vocab_size);
+  // The vocabulary is the data's: a --vocab-size flag that says otherwise would be dropped unsaid.
+  if (const auto it = args.option_sources.find("vocab-size");
+      it != args.option_sources.end() && it->second == "--vocab-size" && args.vocab_size != td.vocab_size)
+    throw ConfigError(detail::concat("--vocab-size ", args.vocab_size, ": the vocabulary comes from --data-path (", paths[0].path,
+                                     ": ", td.vocab_size, " tokens); drop the flag"));
   args.vocab_size = td.vocab_size;
 
   if (cache.dir.empty())

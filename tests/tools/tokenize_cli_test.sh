@@ -107,6 +107,11 @@ check "pretrain on the dataset exits 0" "[ $? -eq 0 ] && [ \$(grep -c 'lm loss:'
 check "pretrain takes the vocabulary from the dataset" "grep -q 'vocab 400 (padded 512)' $work/t1.txt"
 "$pre" --data-path "$work/ds1" --train-iters 1 --tokenizer-type ByteTokenizer > "$work/t2.txt" 2>&1
 check "tokenizer mismatch is refused naming both" "[ $? -eq 2 ] && grep -q 'ByteTokenizer:256' $work/t2.txt && grep -q 'SentencePieceTokenizer:' $work/t2.txt"
+"$pre" --data-path "$work/ds1" --train-iters 1 --vocab-size 100 "${spm[@]}" > "$work/t2b.txt" 2>&1
+check "a --vocab-size flag against the dataset's vocabulary is refused, not dropped" "[ $? -eq 2 ] && grep -q -- '--vocab-size 100: the vocabulary comes from --data-path (.*ds1: 400 tokens)' $work/t2b.txt"
+"$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/spmu" --vocab-size 400 --model-type unigram > /dev/null 2>&1
+"$pre" --data-path "$work/ds1" --train-iters 1 --tokenizer-type SentencePieceTokenizer --tokenizer-model "$work/spmu.model" > "$work/t2c.txt" 2>&1
+check "another SentencePiece model than the dataset's is named by its flag" "[ $? -eq 2 ] && grep -q -- 'from --tokenizer-model .*spmu.model) differs from' $work/t2c.txt"
 "$pre" --data-path 0.7 "$work/ds1" 0.3 "$work/ds2" --num-layers 1 --hidden-size 32 --num-attention-heads 2 \
   --seq-length 32 --micro-batch-size 4 --train-iters 2 --log-interval 1 "${spm[@]}" --output-dir "$work/run2" > "$work/t3.txt" 2>&1
 check "blended --data-path trains and prints achieved ratios" "[ $? -eq 0 ] && grep -q 'weight 0.7 achieved' $work/t3.txt"
