@@ -28,6 +28,7 @@
 #include "parallel/process_grid.h"
 #include "train/args.h"
 #include "train/checkpointing.h"
+#include "train/memory_check.h"
 #include "train/deepspeed_config.h"
 #include "train/data_setup.h"
 #include "train/flops.h"
@@ -216,6 +217,13 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   cache.barrier = [&] { mpi.barrier(); };
   TrainingData data = build_training_data(args, cache);  // sets the vocabulary from the data
   args.validate();
+  if (args.backend == "cpu") {
+    // Before anything large is allocated. Collective: every rank takes the smallest share of any
+    // node, so all decide alike.
+    const double share = -mpi.max(-available_host_bytes() / node_local_ranks());
+    const HostMemoryVerdict mv = check_host_memory(args, layout, share);
+    if (!mv.warning.empty()) say("> warning: %s\n", mv.warning.c_str());
+  }
   const GPTConfig mc = args.model_config();
   const SampleSource& train = *data.train;
   Backend& backend = backend_by_name(args.backend);

@@ -142,6 +142,8 @@ mkdir -p "$work/nolatest" && cp -r "$work/ck/iter_0000004" "$work/nolatest/"
 check "complete iterations without 'latest' are named instead of overwritten" "[ $? -eq 2 ] && grep -q \"no 'latest' file, but .*iter_0000004 is a complete checkpoint\" $work/nl.txt && [ ! -e $work/nolatest/latest ]"
 "$bin" "${common[@]}" --train-iters 1 --hidden-dropout 0.1 > "$work/drop.txt" 2>&1
 check "a non-zero dropout is refused by name" "[ $? -eq 2 ] && grep -q 'the model has no dropout' $work/drop.txt"
+"$bin" "${common[@]}" --train-iters 1 --micro-batch-size 100000000 --global-batch-size 100000000 > "$work/huge.txt" 2>&1
+check "a run far beyond the machine's memory is refused before allocating, naming the estimate and the flags" "[ $? -eq 2 ] && grep -q 'out of host memory (predicted before allocating): this run needs about .* GiB per rank (the performance model: model states .*lower --micro-batch-size' $work/huge.txt && ! grep -q 'lm loss' $work/huge.txt"
 # --load on a directory without a checkpoint (ALCF's helpers point it at the run directory):
 # a note and a fresh start, as Megatron; an error under --exit-on-missing-checkpoint or --finetune
 mkdir -p "$work/runfiles/tensorboard" && echo x > "$work/runfiles/.env"
