@@ -155,10 +155,23 @@ int run(int argc, char** argv) {
     std::ifstream in(prompt_file);
     if (std::error_code ec; !in || std::filesystem::is_directory(prompt_file, ec))
       throw ConfigError(prompt_file + ": cannot read (--prompt-file takes a file of prompts, one per line)");
-    // --output replaces the file only when every prompt has its result: a bad prompt leaves it as it was.
+    // --output replaces a file only when every prompt has its result: a bad prompt leaves it as it
+    // was. A device, pipe or descriptor (a FIFO, /dev/stdout, /proc/self/fd/N: whatever is not a
+    // regular file, or is reached through /dev or /proc) is written as it goes.
     std::optional<AtomicFile> file_out;
-    if (!output.empty()) file_out.emplace(output);
-    std::ostream& out = output.empty() ? std::cout : file_out->stream();
+    std::ofstream stream_out;
+    std::error_code ec;
+    const bool special =
+        !output.empty() && (output.rfind("/dev/", 0) == 0 || output.rfind("/proc/", 0) == 0 ||
+                            (std::filesystem::exists(output, ec) && !std::filesystem::is_regular_file(output, ec) &&
+                             !std::filesystem::is_directory(output, ec)));
+    if (special) {
+      stream_out.open(output);
+      if (!stream_out) throw ConfigError(output + ": cannot write");
+    } else if (!output.empty()) {
+      file_out.emplace(output);
+    }
+    std::ostream& out = output.empty() ? std::cout : special ? static_cast<std::ostream&>(stream_out) : file_out->stream();
     std::string line;
     int64_t n = 0, line_no = 0;
     GenerateStats total;

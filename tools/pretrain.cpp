@@ -211,6 +211,18 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     }
   }
 
+  // Checkpoints in the save root that this run does not continue are not its to supersede (its
+  // saves would move 'latest' away from them, --keep-last count them): refused before any work.
+  // A --finetune continues none, even from that root: its iterations start again at 0.
+  if (!args.save.empty() && (load_dir.empty() || args.finetune || !checkpoint_is_under(load_dir, args.save)))
+    refuse_save_root_with_checkpoints(
+        args.save, "--save " + args.save,
+        args.finetune ? "This run finetunes (its iterations start again at 0): to continue the run saved there, pass --load " +
+                            args.save + " without --finetune; else save into another directory."
+                      : (load_dir.empty() ? std::string("This run loads none of them")
+                                          : "This run loads " + load_dir + ", not one of them") +
+                            ": pass --load " + args.save + " to continue from them, or save into another directory.");
+
   // One rank builds a missing sample index; the others wait for it and read it.
   IndexCacheOptions cache;
   cache.is_builder = lead;
@@ -220,7 +232,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   if (args.backend == "cpu") {
     // Before anything large is allocated. Collective: every rank takes the smallest share of any
     // node, so all decide alike.
-    const double share = -mpi.max(-available_host_bytes() / node_local_ranks());
+    const double share = -mpi.max(-available_host_bytes() / mpi.node_size());
     const HostMemoryVerdict mv = check_host_memory(args, layout, share);
     if (!mv.warning.empty()) say("> warning: %s\n", mv.warning.c_str());
   }
@@ -296,12 +308,6 @@ int run(int argc, char** argv, const MpiSession& mpi) {
         throw ConfigError(detail::concat("--", role == "model" ? "tokenizer-model" : role == "vocab" ? "vocab-file" : "merge-file",
                                          " ", path, ": not found (or not a file); a checkpoint carries its tokenizer"));
     check_save_root(args.save);
-    // Another run's checkpoints (this one loaded none of them) are not this run's to supersede.
-    if (load_dir.empty() || !checkpoint_is_under(load_dir, args.save))
-      refuse_save_root_with_checkpoints(
-          args.save, "--save " + args.save,
-          (load_dir.empty() ? std::string("This run loads none of them") : "This run loads " + load_dir + ", not one of them") +
-              ": pass --load " + args.save + " to continue from them, or save into another directory.");
   }
   // Fault injection for the failure tests: LLM_FAULT_INJECT=<rank>:<iteration> makes that rank
   // raise an error at the start of that iteration, <rank>:save:<iteration> at the start of that

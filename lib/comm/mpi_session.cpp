@@ -79,6 +79,16 @@ double MpiSession::max(double v) const {
   return out;
 }
 
+int MpiSession::node_size() const {
+  if (!mpi_) return 1;
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
+  int n = 1;
+  MPI_Comm_size(node, &n);
+  MPI_Comm_free(&node);
+  return n;
+}
+
 void MpiSession::barrier() const {
   if (mpi_) MPI_Barrier(MPI_COMM_WORLD);
 }

@@ -30,6 +30,8 @@ class MpiSession {
   std::vector<std::string> gather(const std::string& s) const;
   int64_t sum(int64_t v) const;
   double max(double v) const;
+  // The ranks of the job on this rank's node (MPI_COMM_TYPE_SHARED; collective), 1 without MPI.
+  int node_size() const;
   void barrier() const;
   // Ends every rank of the job now (after a rank-local failure, so no rank waits forever in a
   // collective the failed one will never reach).

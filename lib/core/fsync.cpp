@@ -89,11 +89,23 @@ int remove_dead_staging(const std::filesystem::path& final_path) {
   return removed;
 }
 
+namespace {
+// A symbolic link is followed: the file it names is replaced, the link kept.
+std::filesystem::path through_links(const std::filesystem::path& p) {
+  std::error_code ec;
+  if (!std::filesystem::is_symlink(p, ec)) return p;
+  const std::filesystem::path target = std::filesystem::weakly_canonical(p, ec);
+  return ec ? p : target;
+}
+}  // namespace
+
 AtomicFile::AtomicFile(std::filesystem::path path)
-    : path_(std::move(path)), temp_(path_.string() + ".tmp-" + staging_tag()) {
+    : path_(through_links(path)), temp_(path_.string() + ".tmp-" + staging_tag()) {
   remove_dead_staging(path_);
   std::error_code ec;
   if (std::filesystem::is_directory(path_, ec)) throw Error(path_.string() + ": is a directory, not a file to write");
+  if (std::filesystem::exists(path_, ec) && !std::filesystem::is_regular_file(path_, ec))
+    throw Error(path_.string() + ": not a regular file (a device or pipe cannot be replaced whole)");
   out_.open(temp_, std::ios::binary | std::ios::trunc);
   if (!out_) throw Error(path_.string() + ": cannot write (creating " + temp_.string() + ": " + std::strerror(errno) + ")");
 }

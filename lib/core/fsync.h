@@ -27,7 +27,8 @@ int remove_dead_staging(const std::filesystem::path& final_path);
 
 // A file that replaces `path` only once complete: written to "<path>.tmp-<tag>" beside it, then
 // commit() checks the stream, flushes, fsyncs and renames it over `path`. Destroyed without a
-// commit (an error on the way), the temporary is removed and `path` keeps what it held.
+// commit (an error on the way), the temporary is removed and `path` keeps what it held. A link is
+// followed (the file it names is replaced, the link kept); a device or pipe is refused.
 class AtomicFile {
  public:
   explicit AtomicFile(std::filesystem::path path);

@@ -8,6 +8,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "core/error.h"
 #include "core/fsync.h"
@@ -158,10 +159,12 @@ class DocumentLines final : public sentencepiece::SentenceIterator {
 // <prefix>.model and <prefix>.vocab (AtomicFile each: a failed or killed training leaves an
 // existing tokenizer of that name as it was). The model records no file name of ours, so the same
 // training gives the same bytes (the tokenizer's identity) wherever it is written.
-void train_and_publish(std::unordered_map<std::string, std::string> kw, const std::string& prefix, DocumentLines* lines) {
+void train_and_publish(std::unordered_map<std::string, std::string> kw, const std::string& prefix, DocumentLines* lines,
+                       const std::function<void()>& check_input = {}) {
   std::string proto;  // (the trainer takes no model_prefix then)
   const auto status = sentencepiece::SentencePieceTrainer::Train(kw, lines, &proto);
   if (lines && lines->error()) std::rethrow_exception(lines->error());
+  if (check_input) check_input();
   if (!status.ok())
     throw ConfigError("SentencePiece training of " + prefix + ".model failed (" + prefix +
                       ".model is unchanged): " + status.ToString());
@@ -226,19 +229,14 @@ void train_sentencepiece(const SentencePieceTrainOptions& o) {
 
 void train_sentencepiece_on_documents(const std::vector<std::string>& files, const InputOptions& input,
                                       const SentencePieceTrainOptions& options) {
-  std::unordered_map<std::string, std::string> kw = trainer_arguments(options);
-  {  // an input without text is said so by name, before the trainer's own words for it
-    DocumentLines probe(files, input);
-    if (probe.error()) std::rethrow_exception(probe.error());
-    bool text = false;
-    for (; !probe.done() && !text; probe.Next()) text = !probe.value().empty();
-    if (probe.error()) std::rethrow_exception(probe.error());
-    if (!text)
+  // One pass over the input (stdin cannot be read twice); an input without text is said so by
+  // name, instead of the trainer's own words for it.
+  DocumentLines lines(files, input);
+  train_and_publish(trainer_arguments(options), options.model_prefix, &lines, [&] {
+    if (lines.text_bytes() == 0)
       throw ConfigError("train-tokenizer: the --input files hold no text (" + (files.empty() ? std::string() : files[0]) +
                         (files.size() > 1 ? ", ..." : "") + "): no text to learn a vocabulary from");
-  }
-  DocumentLines lines(files, input);
-  train_and_publish(std::move(kw), options.model_prefix, &lines);
+  });
 }
 
 }  // namespace llm

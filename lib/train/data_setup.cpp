@@ -72,10 +72,15 @@ TrainingData build_training_data(TrainArgs& args, IndexCacheOptions cache) {
   td.vocab_size = first.vocab_size;
   for (auto& s : sets) td.vocab_size = std::max(td.vocab_size, s->info().vocab_size);
   // The vocabulary is the data's: a --vocab-size flag that says otherwise would be dropped unsaid.
+  // (Megatron's NullTokenizer takes --vocab-size without its end-of-document id, one more.)
+  const bool null_tokens = first.tokenizer.kind == "NullTokenizer";
   if (const auto it = args.option_sources.find("vocab-size");
-      it != args.option_sources.end() && it->second == "--vocab-size" && args.vocab_size != td.vocab_size)
+      it != args.option_sources.end() && it->second == "--vocab-size" &&
+      args.vocab_size != td.vocab_size - (null_tokens ? 1 : 0))
     throw ConfigError(detail::concat("--vocab-size ", args.vocab_size, ": the vocabulary comes from --data-path (", paths[0].path,
-                                     ": ", td.vocab_size, " tokens); drop the flag"));
+                                     ": ", td.vocab_size, " tokens",
+                                     null_tokens ? detail::concat(", NullTokenizer --vocab-size ", td.vocab_size - 1) : "",
+                                     "); drop the flag"));
   args.vocab_size = td.vocab_size;
 
   if (cache.dir.empty())

@@ -1,6 +1,8 @@
 #include "train/memory_check.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -33,25 +35,28 @@ double available_host_bytes() {
     double kib = 0;
     if (fields >> key >> kib && key == "MemAvailable:") available = kib * 1024.0;
   }
-  // cgroup v2: this process's group ("0::/path" in /proc/self/cgroup)
+  // cgroup v2: this process's group ("0::/path" in /proc/self/cgroup) and its ancestors
   std::ifstream self("/proc/self/cgroup");
   for (std::string line; std::getline(self, line);) {
     if (line.rfind("0::", 0) != 0) continue;
-    const std::string dir = "/sys/fs/cgroup" + line.substr(3);
-    const double limit = number_in(dir + "/memory.max"), used = number_in(dir + "/memory.current");
-    if (limit > 0 && used >= 0 && (available < 0 || limit - used < available)) available = std::max(0.0, limit - used);
-  }
-  return std::max(0.0, available);
-}
-
-int node_local_ranks() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PALS_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"}) {
-    if (const char* v = std::getenv(var)) {
-      const int n = std::atoi(v);
-      if (n > 0) return n;
+    for (std::filesystem::path group = line.substr(3);; group = group.parent_path()) {
+      const std::string dir = "/sys/fs/cgroup" + (group.string() == "/" ? std::string() : group.string());
+      const double limit = number_in(dir + "/memory.max"), used = number_in(dir + "/memory.current");
+      if (limit > 0 && used >= 0) {
+        double cache = 0;  // reclaimable: MemAvailable leaves it out too
+        std::ifstream stat(dir + "/memory.stat");
+        for (std::string key; stat >> key;) {
+          double v = 0;
+          if (!(stat >> v)) break;
+          if (key == "inactive_file") cache = v;
+        }
+        const double left = std::max(0.0, limit - std::max(0.0, used - cache));
+        if (available < 0 || left < available) available = left;
+      }
+      if (!group.has_relative_path()) break;  // "/" done
     }
   }
-  return 1;
+  return std::max(0.0, available);
 }
 
 HostMemoryVerdict check_host_memory(const TrainArgs& args, const ParallelLayout& layout, double available) {

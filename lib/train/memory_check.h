@@ -9,13 +9,11 @@
 
 namespace llm {
 
-// Bytes this process may still use on the host: /proc/meminfo's MemAvailable, or the cgroup's
-// (v2) limit less its usage when that is lower (a batch job's allocation). 0 when unknown.
+// Bytes this process may still use on the host: /proc/meminfo's MemAvailable, or, when lower,
+// what a cgroup (v2) on its path leaves: its limit less its usage without the reclaimable file
+// cache (inactive_file), the tightest of the process's group and its ancestors (a batch job's
+// allocation sits on the job's group, not the leaf). 0 when unknown.
 double available_host_bytes();
-
-// Ranks of the job on this node, as the launcher says (Open MPI, MPICH/Hydra, PALS, Slurm); 1
-// when none does.
-int node_local_ranks();
 
 struct HostMemoryVerdict {
   double predicted = 0;  // bytes per rank at the peak (the performance model, no runtime overhead)

@@ -167,6 +167,9 @@ check "a resume with nothing left to train leaves the checkpoint as it was" "[ $
 "$bin" "${common[@]}" --train-iters 2 --log-interval 1 --save "$work/ck" --output-dir "$work/fresh" > "$work/fresh.txt" 2>&1
 rc=$?
 check "a fresh run into a save root holding checkpoints is refused before training, the root unchanged" "[ $rc -eq 2 ] && grep -q 'already holds checkpoints (the newest: .*iter_0000008).*This run loads none of them: pass --load' $work/fresh.txt && ! grep -q 'lm loss' $work/fresh.txt && diff $work/ck.sums <(sums $work/ck) > /dev/null"
+sums "$work/ck" > "$work/ck.sums"
+"$bin" "${common[@]}" --train-iters 2 --log-interval 1 --load "$work/ck" --finetune --save "$work/ck" --output-dir "$work/ftself" > "$work/ftself.txt" 2>&1
+check "a --finetune into the root it loads from is refused before loading (its iterations start again at 0)" "[ $? -eq 2 ] && grep -q 'This run finetunes (its iterations start again at 0): to continue the run saved there, pass --load .*ck without --finetune' $work/ftself.txt && ! grep -q 'loaded ' $work/ftself.txt && diff $work/ck.sums <(sums $work/ck) > /dev/null"
 # --keep-last after a resume from an earlier checkpoint of the root prunes only older ones
 cp -r "$work/ck" "$work/ckb"
 "$bin" "${common[@]}" --train-iters 8 --log-interval 1 --exit-interval 6 --load "$work/ckb/iter_0000004" --save "$work/ckb" --keep-last 1 --output-dir "$work/kl" > "$work/kl.txt" 2>&1

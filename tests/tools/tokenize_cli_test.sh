@@ -112,6 +112,16 @@ check "a --vocab-size flag against the dataset's vocabulary is refused, not drop
 "$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/spmu" --vocab-size 400 --model-type unigram > /dev/null 2>&1
 "$pre" --data-path "$work/ds1" --train-iters 1 --tokenizer-type SentencePieceTokenizer --tokenizer-model "$work/spmu.model" > "$work/t2c.txt" 2>&1
 check "another SentencePiece model than the dataset's is named by its flag" "[ $? -eq 2 ] && grep -q -- 'from --tokenizer-model .*spmu.model) differs from' $work/t2c.txt"
+# Megatron's NullTokenizer: --vocab-size without the end-of-document id, on the data and the model alike
+for i in $(seq 1 200); do echo "$((i % 97)) $((i % 13)) $((i % 89)) 5 6 7 8 9 10 11 12"; done > "$work/null-ids.txt"
+"$tok" --input "$work/null-ids.txt" --document-boundary line --tokenizer-type NullTokenizer --vocab-size 100 \
+  --append-eod --output-prefix "$work/nullds" > /dev/null 2>&1
+"$pre" --data-path "$work/nullds" --tokenizer-type NullTokenizer --vocab-size 100 --num-layers 1 --hidden-size 32 \
+  --num-attention-heads 2 --seq-length 16 --micro-batch-size 2 --train-iters 1 --output-dir "$work/nullrun" > "$work/t2d.txt" 2>&1
+check "NullTokenizer's --vocab-size (Megatron's meaning) is accepted with its dataset" "[ $? -eq 0 ] && grep -q 'lm loss' $work/t2d.txt"
+# stdin read once: the same tokenizer as from the file
+"$tok" train-tokenizer --input - --model-prefix "$work/spmstdin" --vocab-size 400 < "$work/corpus.txt" > "$work/stdin.txt" 2>&1
+check "train-tokenizer from stdin trains the same tokenizer as from the file" "[ $? -eq 0 ] && cmp -s $work/spmstdin.model $work/spm.model"
 "$pre" --data-path 0.7 "$work/ds1" 0.3 "$work/ds2" --num-layers 1 --hidden-size 32 --num-attention-heads 2 \
   --seq-length 32 --micro-batch-size 4 --train-iters 2 --log-interval 1 "${spm[@]}" --output-dir "$work/run2" > "$work/t3.txt" 2>&1
 check "blended --data-path trains and prints achieved ratios" "[ $? -eq 0 ] && grep -q 'weight 0.7 achieved' $work/t3.txt"

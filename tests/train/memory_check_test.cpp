@@ -73,5 +73,4 @@ TEST(HostMemoryCheck, FollowsTheFlagsThatShrinkIt) {
 TEST(HostMemoryCheck, ReadsTheHostsAvailableMemory) {
   const double b = available_host_bytes();
   EXPECT_GT(b, 1 << 20);  // this machine leaves at least a MiB
-  EXPECT_GE(node_local_ranks(), 1);
 }

@@ -1,0 +1,60 @@
+// AtomicFile: a file replaced only when complete, through links, never a device.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/fsync.h"
+#include "support/scratch_dir.h"
+
+using namespace llm;
+namespace fs = std::filesystem;
+
+namespace {
+std::string content(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+void put(const fs::path& p, const std::string& s) { std::ofstream(p) << s; }
+}  // namespace
+
+TEST(AtomicFile, ReplacesOnlyWhenCommitted) {
+  const llm::testing::ScratchDir dir("atomic-file");
+  const fs::path p = dir / "out.txt";
+  put(p, "old");
+  {
+    AtomicFile f(p);
+    f.stream() << "half";
+  }  // no commit: an error on the way
+  EXPECT_EQ(content(p), "old");
+  EXPECT_EQ(dir.num_entries(), 1u);  // no temporary left
+  {
+    AtomicFile f(p);
+    f.stream() << "new";
+    f.commit();
+  }
+  EXPECT_EQ(content(p), "new");
+  EXPECT_EQ(dir.num_entries(), 1u);
+}
+
+TEST(AtomicFile, ReplacesTheFileALinkNamesAndKeepsTheLink) {
+  const llm::testing::ScratchDir dir("atomic-file");
+  const fs::path target = dir / "target.txt", link = dir / "link.txt";
+  put(target, "old");
+  fs::create_symlink(target, link);
+  AtomicFile f(link);
+  f.stream() << "new";
+  f.commit();
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(content(target), "new");
+  EXPECT_EQ(content(link), "new");
+}
+
+TEST(AtomicFile, RefusesADevice) {
+  EXPECT_THROW(AtomicFile("/dev/null"), Error);
+  EXPECT_TRUE(fs::is_character_file("/dev/null"));
+}
