@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -27,6 +28,26 @@ namespace {
 
 std::atomic<bool> g_interrupt{false};
 extern "C" void on_sigint(int) { g_interrupt.store(true); }
+
+// The descriptor a path names (/dev/stdout, /dev/fd/N, /proc/self/fd/N, or a link to one), else
+// -1: such a path is the open file itself, which a rename would only replace the name of.
+int descriptor_named(const std::string& path) {
+  namespace fs = std::filesystem;
+  fs::path q = path;
+  for (int hop = 0; hop < 40; ++hop) {
+    std::error_code ec;
+    const fs::path dir = fs::weakly_canonical(q.parent_path(), ec);
+    const std::string d = dir.string(), name = q.filename().string();
+    if (!ec && d.rfind("/proc/", 0) == 0 && dir.filename() == "fd" && !name.empty() &&
+        name.find_first_not_of("0123456789") == std::string::npos)
+      return std::atoi(name.c_str());
+    if (!fs::is_symlink(fs::symlink_status(q, ec))) return -1;
+    const fs::path t = fs::read_symlink(q, ec);
+    if (ec) return -1;
+    q = t.is_absolute() ? t : q.parent_path() / t;
+  }
+  return -1;
+}
 
 std::unique_ptr<Tokenizer> checkpoint_tokenizer_or_flags(const CheckpointReader& ckpt, TokenizerOptions flags,
                                                          int64_t model_vocab) {
@@ -156,22 +177,23 @@ int run(int argc, char** argv) {
     if (std::error_code ec; !in || std::filesystem::is_directory(prompt_file, ec))
       throw ConfigError(prompt_file + ": cannot read (--prompt-file takes a file of prompts, one per line)");
     // --output replaces a file only when every prompt has its result: a bad prompt leaves it as it
-    // was. A device, pipe or descriptor (a FIFO, /dev/stdout, /proc/self/fd/N: whatever is not a
-    // regular file, or is reached through /dev or /proc) is written as it goes.
+    // was. An open descriptor (/dev/stdout, /dev/fd/N, /proc/self/fd/N, links to them), a device
+    // or a pipe is written as it goes, a record at a time: stdout through std::cout (its offset and
+    // mode, so `>> f` appends), the others appended to.
     std::optional<AtomicFile> file_out;
     std::ofstream stream_out;
+    const int fd = output.empty() ? -1 : descriptor_named(output);
     std::error_code ec;
-    const bool special =
-        !output.empty() && (output.rfind("/dev/", 0) == 0 || output.rfind("/proc/", 0) == 0 ||
-                            (std::filesystem::exists(output, ec) && !std::filesystem::is_regular_file(output, ec) &&
-                             !std::filesystem::is_directory(output, ec)));
-    if (special) {
-      stream_out.open(output);
+    const bool streamed = fd >= 0 || (!output.empty() && std::filesystem::exists(output, ec) &&
+                                      !std::filesystem::is_regular_file(output, ec) &&
+                                      !std::filesystem::is_directory(output, ec));
+    if (streamed && fd != 1) {
+      stream_out.open(output, std::ios::app);
       if (!stream_out) throw ConfigError(output + ": cannot write");
-    } else if (!output.empty()) {
+    } else if (!streamed && !output.empty()) {
       file_out.emplace(output);
     }
-    std::ostream& out = output.empty() ? std::cout : special ? static_cast<std::ostream&>(stream_out) : file_out->stream();
+    std::ostream& out = file_out ? file_out->stream() : stream_out.is_open() ? static_cast<std::ostream&>(stream_out) : std::cout;
     std::string line;
     int64_t n = 0, line_no = 0;
     GenerateStats total;
@@ -191,6 +213,9 @@ int run(int argc, char** argv) {
       out << "{\"prompt\": " << json::quote(shown) << ", \"completion\": " << json::quote(s.text)
           << ", \"prompt_tokens\": " << s.prompt_tokens << ", \"new_tokens\": " << s.new_tokens
           << ", \"stop_reason\": " << json::quote(s.stop_reason) << "}\n";
+      if (!file_out) out.flush();  // a record at a time to a reader on the other end
+      if (!out) throw ConfigError((output.empty() ? std::string("stdout") : output) + ": writing failed after " +
+                                  std::to_string(n) + " records");
       ++n;
       total.prompt_tokens += s.prompt_tokens;
       total.new_tokens += s.new_tokens;

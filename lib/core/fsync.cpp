@@ -90,24 +90,32 @@ int remove_dead_staging(const std::filesystem::path& final_path) {
 }
 
 namespace {
-// A symbolic link is followed: the file it names is replaced, the link kept.
-std::filesystem::path through_links(const std::filesystem::path& p) {
-  std::error_code ec;
-  if (!std::filesystem::is_symlink(p, ec)) return p;
-  const std::filesystem::path target = std::filesystem::weakly_canonical(p, ec);
-  return ec ? p : target;
+// Symbolic links are followed, dangling ones and chains included (relative targets from the
+// link's directory): the file they name is replaced, the links kept. A loop is an error.
+std::filesystem::path through_links(const std::filesystem::path& given) {
+  namespace fs = std::filesystem;
+  fs::path p = given;
+  for (int hops = 0;; ++hops) {
+    std::error_code ec;
+    if (!fs::is_symlink(fs::symlink_status(p, ec))) return p;
+    if (hops == 40) throw ConfigError(given.string() + ": too many levels of symbolic links");
+    const fs::path target = fs::read_symlink(p, ec);
+    if (ec) throw ConfigError(given.string() + ": cannot read the link: " + ec.message());
+    p = target.is_absolute() ? target : p.parent_path() / target;
+  }
 }
 }  // namespace
 
 AtomicFile::AtomicFile(std::filesystem::path path)
     : path_(through_links(path)), temp_(path_.string() + ".tmp-" + staging_tag()) {
-  remove_dead_staging(path_);
+  const std::string named = path_ == path ? path.string() : path.string() + " (-> " + path_.string() + ")";
   std::error_code ec;
-  if (std::filesystem::is_directory(path_, ec)) throw Error(path_.string() + ": is a directory, not a file to write");
+  if (std::filesystem::is_directory(path_, ec)) throw ConfigError(named + ": is a directory, not a file to write");
   if (std::filesystem::exists(path_, ec) && !std::filesystem::is_regular_file(path_, ec))
-    throw Error(path_.string() + ": not a regular file (a device or pipe cannot be replaced whole)");
+    throw ConfigError(named + ": not a regular file (a device or pipe cannot be replaced whole)");
+  remove_dead_staging(path_);
   out_.open(temp_, std::ios::binary | std::ios::trunc);
-  if (!out_) throw Error(path_.string() + ": cannot write (creating " + temp_.string() + ": " + std::strerror(errno) + ")");
+  if (!out_) throw ConfigError(named + ": cannot write (creating " + temp_.string() + ": " + std::strerror(errno) + ")");
 }
 
 AtomicFile::~AtomicFile() {

@@ -161,6 +161,8 @@ class DocumentLines final : public sentencepiece::SentenceIterator {
 // training gives the same bytes (the tokenizer's identity) wherever it is written.
 void train_and_publish(std::unordered_map<std::string, std::string> kw, const std::string& prefix, DocumentLines* lines,
                        const std::function<void()>& check_input = {}) {
+  // The outputs first: a directory, device or unwritable place is refused before the training.
+  AtomicFile vocab(prefix + ".vocab"), model(prefix + ".model");
   std::string proto;  // (the trainer takes no model_prefix then)
   const auto status = sentencepiece::SentencePieceTrainer::Train(kw, lines, &proto);
   if (lines && lines->error()) std::rethrow_exception(lines->error());
@@ -172,7 +174,6 @@ void train_and_publish(std::unordered_map<std::string, std::string> kw, const st
   const auto loaded = sp.LoadFromSerializedProto(proto);
   if (!loaded.ok()) throw Error("SentencePiece training of " + prefix + ".model gave a model that does not load: " + loaded.ToString());
   // The vocabulary as SentencePiece writes it: each piece and its score, a tab between.
-  AtomicFile vocab(prefix + ".vocab"), model(prefix + ".model");
   for (int id = 0; id < sp.GetPieceSize(); ++id) {
     char score[32];
     std::snprintf(score, sizeof score, "%g", static_cast<double>(sp.GetScore(id)));
@@ -231,11 +232,14 @@ void train_sentencepiece_on_documents(const std::vector<std::string>& files, con
                                       const SentencePieceTrainOptions& options) {
   // One pass over the input (stdin cannot be read twice); an input without text is said so by
   // name, instead of the trainer's own words for it.
+  std::unordered_map<std::string, std::string> kw = trainer_arguments(options);  // (its refusals first)
   DocumentLines lines(files, input);
-  train_and_publish(trainer_arguments(options), options.model_prefix, &lines, [&] {
+  train_and_publish(std::move(kw), options.model_prefix, &lines, [&] {
+    const std::string first = files.empty() || files[0] == "-" ? std::string("<stdin>") : files[0];
     if (lines.text_bytes() == 0)
-      throw ConfigError("train-tokenizer: the --input files hold no text (" + (files.empty() ? std::string() : files[0]) +
-                        (files.size() > 1 ? ", ..." : "") + "): no text to learn a vocabulary from");
+      throw ConfigError("train-tokenizer: " +
+                        (files.size() > 1 ? "the --input files (" + first + ", ...) hold" : "--input " + first + " holds") +
+                        " no text to learn a vocabulary from");
   });
 }
 

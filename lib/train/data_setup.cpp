@@ -79,8 +79,8 @@ TrainingData build_training_data(TrainArgs& args, IndexCacheOptions cache) {
       args.vocab_size != td.vocab_size - (null_tokens ? 1 : 0))
     throw ConfigError(detail::concat("--vocab-size ", args.vocab_size, ": the vocabulary comes from --data-path (", paths[0].path,
                                      ": ", td.vocab_size, " tokens",
-                                     null_tokens ? detail::concat(", NullTokenizer --vocab-size ", td.vocab_size - 1) : "",
-                                     "); drop the flag"));
+                                     "); drop the flag",
+                                     null_tokens ? detail::concat(", or pass NullTokenizer's --vocab-size ", td.vocab_size - 1) : ""));
   args.vocab_size = td.vocab_size;
 
   if (cache.dir.empty())

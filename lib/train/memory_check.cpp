@@ -26,9 +26,9 @@ double number_in(const std::string& path) {
 
 }  // namespace
 
-double available_host_bytes() {
+double available_host_bytes(const std::string& proc, const std::string& cgroup) {
   double available = -1;
-  std::ifstream meminfo("/proc/meminfo");
+  std::ifstream meminfo(proc + "/meminfo");
   for (std::string line; std::getline(meminfo, line);) {
     std::istringstream fields(line);
     std::string key;
@@ -36,11 +36,11 @@ double available_host_bytes() {
     if (fields >> key >> kib && key == "MemAvailable:") available = kib * 1024.0;
   }
   // cgroup v2: this process's group ("0::/path" in /proc/self/cgroup) and its ancestors
-  std::ifstream self("/proc/self/cgroup");
+  std::ifstream self(proc + "/self/cgroup");
   for (std::string line; std::getline(self, line);) {
     if (line.rfind("0::", 0) != 0) continue;
     for (std::filesystem::path group = line.substr(3);; group = group.parent_path()) {
-      const std::string dir = "/sys/fs/cgroup" + (group.string() == "/" ? std::string() : group.string());
+      const std::string dir = cgroup + (group.string() == "/" ? std::string() : group.string());
       const double limit = number_in(dir + "/memory.max"), used = number_in(dir + "/memory.current");
       if (limit > 0 && used >= 0) {
         double cache = 0;  // reclaimable: MemAvailable leaves it out too

@@ -13,7 +13,8 @@ namespace llm {
 // what a cgroup (v2) on its path leaves: its limit less its usage without the reclaimable file
 // cache (inactive_file), the tightest of the process's group and its ancestors (a batch job's
 // allocation sits on the job's group, not the leaf). 0 when unknown.
-double available_host_bytes();
+// (`proc` and `cgroup` are the file systems' roots; tests give a made-up tree.)
+double available_host_bytes(const std::string& proc = "/proc", const std::string& cgroup = "/sys/fs/cgroup");
 
 struct HostMemoryVerdict {
   double predicted = 0;  // bytes per rank at the peak (the performance model, no runtime overhead)

@@ -58,3 +58,20 @@ TEST(AtomicFile, RefusesADevice) {
   EXPECT_THROW(AtomicFile("/dev/null"), Error);
   EXPECT_TRUE(fs::is_character_file("/dev/null"));
 }
+
+TEST(AtomicFile, FollowsADanglingLinkAndAChain) {
+  const llm::testing::ScratchDir dir("atomic-file");
+  fs::create_directory(dir.path() / "sub");
+  const fs::path a = dir / "a.txt", b = dir / "sub/b.txt";
+  fs::create_symlink("sub/b.txt", a);      // relative, dangling: b does not exist yet
+  fs::create_symlink("c.txt", b);          // a chain: a -> sub/b -> sub/c
+  AtomicFile f(a);
+  f.stream() << "made";
+  f.commit();
+  EXPECT_TRUE(fs::is_symlink(a));
+  EXPECT_TRUE(fs::is_symlink(b));
+  EXPECT_EQ(content(dir.path() / "sub/c.txt"), "made");
+  const fs::path loop = dir / "loop.txt";
+  fs::create_symlink("loop.txt", loop);
+  EXPECT_THROW(AtomicFile{loop}, ConfigError);
+}

@@ -94,8 +94,9 @@ echo '{"keep": 1}' > "$work/kept.jsonl"
 check "a prompt file failing at line 2 leaves --output as it was" "[ $? -eq 2 ] && grep -q 'bad-prompts.txt:2: the prompt is 100 tokens' $work/kept.txt && [ \"\$(cat $work/kept.jsonl)\" = '{\"keep\": 1}' ] && [ -z \"\$(ls $work | grep 'kept.jsonl.tmp')\" ]"
 "$gen" --load "$work/ck" --prompt-file "$work" -n 3 > /dev/null 2> "$work/pdir.txt"
 check "a directory as --prompt-file is an error naming it" "[ $? -eq 2 ] && grep -q 'cannot read (--prompt-file takes a file' $work/pdir.txt"
-"$gen" --load "$work/ck" --prompt-file "$work/prompts.txt" --output /dev/stdout -n 3 --temperature 0 > "$work/devout.jsonl" 2> /dev/null
-check "--output to a device (/dev/stdout) is written as it goes" "[ $? -eq 0 ] && [ \$(wc -l < $work/devout.jsonl) -eq 2 ]"
+echo '{"header": 1}' > "$work/devout.jsonl"
+"$gen" --load "$work/ck" --prompt-file "$work/prompts.txt" --output /dev/stdout -n 3 --temperature 0 >> "$work/devout.jsonl" 2> /dev/null
+check "--output /dev/stdout writes through stdout as it goes (>> appends after what was there)" "[ $? -eq 0 ] && [ \$(wc -l < $work/devout.jsonl) -eq 3 ] && head -n1 $work/devout.jsonl | grep -q header && [ -L /dev/stdout ]"
 
 "$ckpt" convert "$work/ck" --output "$work/ck16" --dtype bf16 --shards 3 > /dev/null 2>&1
 check "convert to bf16 in 3 shards verifies" "$ckpt verify $work/ck16 > /dev/null 2>&1 && [ \$(ls $work/ck16/iter_0000060/*.h5 | wc -l) -eq 3 ]"

@@ -2,6 +2,9 @@
 // and its verdicts around the node's share.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
 #include "backend/backend.h"
 #include "core/error.h"
 #include "data/mock_data.h"
@@ -9,6 +12,7 @@
 #include "train/memory_check.h"
 #include "train/tiny_args.h"
 #include "train/trainer.h"
+#include "support/scratch_dir.h"
 
 using namespace llm;
 
@@ -73,4 +77,27 @@ TEST(HostMemoryCheck, FollowsTheFlagsThatShrinkIt) {
 TEST(HostMemoryCheck, ReadsTheHostsAvailableMemory) {
   const double b = available_host_bytes();
   EXPECT_GT(b, 1 << 20);  // this machine leaves at least a MiB
+}
+
+// A made-up /proc and cgroup tree: the job's group (the step's parent) holds the limit, and its
+// file cache is reclaimable; the tightest of MemAvailable and each group's room counts.
+TEST(HostMemoryCheck, TakesTheTightestCgroupOnThePathWithoutItsCache) {
+  namespace fs = std::filesystem;
+  const llm::testing::ScratchDir dir("memcheck");
+  const fs::path proc = dir.path() / "proc", cg = dir.path() / "cgroup";
+  fs::create_directories(proc / "self");
+  fs::create_directories(cg / "job/step");
+  const double GiB = 1073741824.0;
+  auto put = [](const fs::path& p, const std::string& s) { std::ofstream(p) << s; };
+  put(proc / "meminfo", "MemTotal:       33554432 kB\nMemAvailable:    8388608 kB\n");
+  EXPECT_DOUBLE_EQ(available_host_bytes(proc.string(), cg.string()), 8 * GiB);  // no cgroup file: MemAvailable
+  put(proc / "self/cgroup", "0::/job/step\n");
+  put(cg / "job/step/memory.max", "max\n");
+  put(cg / "job/step/memory.current", "1073741824\n");
+  put(cg / "job/memory.max", "4294967296\n");
+  put(cg / "job/memory.current", "3221225472\n");
+  put(cg / "job/memory.stat", "anon 1073741824\nfile 2147483648\ninactive_file 2147483648\n");
+  EXPECT_DOUBLE_EQ(available_host_bytes(proc.string(), cg.string()), 3 * GiB);  // 4 - (3 - 2)
+  put(cg / "job/memory.max", "68719476736\n");  // a roomier limit than the host leaves
+  EXPECT_DOUBLE_EQ(available_host_bytes(proc.string(), cg.string()), 8 * GiB);
 }
