@@ -93,6 +93,7 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
                bool append_eod, int64_t shard_tokens, bool overwrite) {
   if (out_dir.empty()) throw ConfigError("--output-prefix is required");
   auto tokenizer = make_tokenizer(tf.o);
+  if (shard_tokens < 1) throw ConfigError(detail::concat("--shard-tokens must be >= 1, got ", shard_tokens));
   const DatasetInfo info{tokenizer->identity(), tokenizer->vocab_size(), tokenizer->eod_id()};
   // Refuse an existing output before the work, not after it (rank 0 decides for everyone).
   std::string refused;

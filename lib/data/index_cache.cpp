@@ -85,7 +85,9 @@ bool load_or_build_index(const IndexCacheOptions& cache, const std::string& desc
                          const std::function<GPTIndex()>& build) {
   std::error_code ec;
   fs::create_directories(cache.dir, ec);
-  if (ec) throw ConfigError(cache.dir + ": cannot create the index cache directory: " + ec.message());
+  if (ec)
+    throw ConfigError(cache.dir + ": cannot create the index cache directory: " + ec.message() +
+                      " (--data-cache-path puts the sample index somewhere writable)");
   const fs::path path = fs::path(cache.dir) / ("gpt-index-" + hash_bytes(description) + ".h5");
   bool from_cache = false;
   if (cache.is_builder) {

@@ -149,7 +149,7 @@ CheckpointWriter::CheckpointWriter(std::string save_root, int64_t iteration)
     : root_(std::move(save_root)), iteration_(iteration) {
   std::error_code ec;
   fs::create_directories(root_, ec);
-  if (ec) throw ConfigError("--save " + root_ + ": cannot create directory: " + ec.message());
+  if (ec) throw ConfigError(root_ + ": cannot create the checkpoint's save directory: " + ec.message());
   final_ = (fs::path(root_) / checkpoint_dir_name(iteration)).string();
   staging_ = final_ + ".tmp-" + random_tag();
   fs::create_directories(staging_, ec);
@@ -273,13 +273,15 @@ PieceInfo piece_from_json(const json::Value& v, const std::string& where) {
     if (!x) throw ConfigError(where + ": piece without '" + std::string(key) + "'");
     return shape_from_json(*x, where + " '" + key + "'");
   };
-  PieceInfo p{str("file"), str("dataset"), str("category"), str("name"), arr("global_shape"),
-              Box{arr("offset"), arr("extent")}, dtype_from_name(str("dtype"), where), str("checksum")};
+  // (the piece's tensor named from here on: which one is broken matters more than the line)
+  const std::string category = str("category"), name = str("name"), at = where + " (" + category + "/" + name + ")";
+  PieceInfo p{str("file"), str("dataset"), category, name, arr("global_shape"),
+              Box{arr("offset"), arr("extent")}, dtype_from_name(str("dtype"), at), str("checksum")};
   const size_t r = p.global_shape.size();
-  if (p.box.offset.size() != r || p.box.extent.size() != r) throw ConfigError(where + ": box rank differs from the shape's");
+  if (p.box.offset.size() != r || p.box.extent.size() != r) throw ConfigError(at + ": box rank differs from the shape's");
   for (size_t d = 0; d < r; ++d)
     if (p.box.offset[d] > p.global_shape[d] || p.box.extent[d] > p.global_shape[d] - p.box.offset[d])
-      throw ConfigError(where + ": box outside the tensor");  // (written so that no sum can overflow)
+      throw ConfigError(at + ": box outside the tensor");  // (written so that no sum can overflow)
   return p;
 }
 }  // namespace

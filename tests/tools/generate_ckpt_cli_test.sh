@@ -139,6 +139,18 @@ check "verify names a tensor the model's config needs and the checkpoint lacks" 
 "$ckpt" verify "$work/imp" > "$work/vimp.txt" 2>&1
 check "verify passes a weights-only (imported) checkpoint" "[ $? -eq 0 ] && grep -q '^OK' $work/vimp.txt"
 
+cp -r "$work/ck16" "$work/ckbox"
+python3 - "$work/ckbox/iter_0000060/metadata.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+for p in m['pieces']:
+    if p['category'] == 'model' and p['name'] == 'wpe':
+        p['offset'][0] = p['global_shape'][0]
+json.dump(m, open(sys.argv[1], 'w'))
+PY
+"$ckpt" verify "$work/ckbox" > "$work/box.txt" 2>&1
+check "a piece's box outside its tensor names the tensor" "[ $? -eq 2 ] && grep -q 'metadata.json.*(model/wpe): box outside the tensor' $work/box.txt"
+
 # corruption: one byte of tensor data changed
 python3 - "$work/ck/iter_0000060/shard_00000.h5" <<'PY'
 import sys

@@ -119,6 +119,8 @@ for i in $(seq 1 200); do echo "$((i % 97)) $((i % 13)) $((i % 89)) 5 6 7 8 9 10
 "$pre" --data-path "$work/nullds" --tokenizer-type NullTokenizer --vocab-size 100 --num-layers 1 --hidden-size 32 \
   --num-attention-heads 2 --seq-length 16 --micro-batch-size 2 --train-iters 1 --output-dir "$work/nullrun" > "$work/t2d.txt" 2>&1
 check "NullTokenizer's --vocab-size (Megatron's meaning) is accepted with its dataset" "[ $? -eq 0 ] && grep -q 'lm loss' $work/t2d.txt"
+"$tok" --input "$work/corpus.txt" --output-prefix "$work/zero" --shard-tokens 0 "${spm[@]}" > "$work/z0log.txt" 2>&1
+check "--shard-tokens 0 is refused by its flag, nothing written" "[ $? -eq 2 ] && grep -q -- '--shard-tokens must be >= 1, got 0' $work/z0log.txt && [ -z \"\$(ls -d $work/zero.* $work/zero 2>/dev/null)\" ]"
 mkfifo "$work/fifo.model"
 timeout 60 "$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/fifo" --vocab-size 400 > "$work/fifo.txt" 2>&1
 check "a tokenizer output that is not a regular file (a FIFO) is refused before training" "[ $? -eq 2 ] && grep -q 'fifo.model: not a regular file' $work/fifo.txt && [ -p $work/fifo.model ]"
