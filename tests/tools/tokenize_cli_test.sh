@@ -81,7 +81,7 @@ echo "my notes" > "$work/spm2.train-input.txt"
 check "train-tokenizer leaves a file named like its old training text alone" "[ $? -eq 0 ] && [ \"\$(cat $work/spm2.train-input.txt)\" = 'my notes' ] && [ -f $work/spm2.model ]"
 # staging left by killed runs: this host's dead processes' cleared, anything else left alone
 dead=99999; while kill -0 $dead 2> /dev/null; do dead=$((dead + 1)); done
-host=$(hostname | tr '/@' '__')
+host=$(uname -n | tr '/@' '__')
 mkdir -p "$work/ds9.tmp-$dead@$host-0123456789abcdef" "$work/ds9.tmp-$$@$host-0123456789abcdef" \
   "$work/ds9.tmp-$dead@other-host-0123456789abcdef" "$work/ds9.tmp-4242-0123456789abcdef"
 touch "$work/spm3.model.tmp-$dead@$host-fedcba9876543210"
