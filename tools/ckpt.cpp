@@ -131,6 +131,12 @@ int run(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  // convert and import add a checkpoint to the save directory --output: not beside others unasked
+  auto refuse_unless_overwrite = [&] {
+    if (!overwrite)
+      refuse_save_root_with_checkpoints(output, "--output " + output,
+                                        "Pass --overwrite to write this one beside them, or choose another directory.");
+  };
   if (*ins) return inspect(path, norms);
   if (*ver) {
     CheckpointReader ckpt = CheckpointReader::open(path);
@@ -174,9 +180,7 @@ int run(int argc, char** argv) {
     if (dtype != "f32" && dtype != "bf16" && dtype != "f16") throw ConfigError("--dtype must be f32, bf16 or f16");
     o.shards = shards;
     o.keep_optimizer = !no_optimizer;
-    if (!overwrite)
-      refuse_save_root_with_checkpoints(output, "--output " + output,
-                                        "Pass --overwrite to write this one beside them, or choose another directory.");
+    refuse_unless_overwrite();
     std::printf("wrote %s\n", convert_checkpoint(path, output, o).c_str());
     return 0;
   }
@@ -191,9 +195,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   // import
-  if (!overwrite)
-    refuse_save_root_with_checkpoints(output, "--output " + output,
-                                      "Pass --overwrite to write this one beside them, or choose another directory.");
+  refuse_unless_overwrite();
   HFGpt2Import hf = import_hf_gpt2(path);
   GPT model(hf.config, cpu_backend(), 0, hf.config.max_position_embeddings);
   for (const ParamSpec& s : model.parameters().specs()) {

@@ -33,18 +33,13 @@ extern "C" void on_sigint(int) { g_interrupt.store(true); }
 // -1: such a path is the open file itself, which a rename would only replace the name of.
 int descriptor_named(const std::string& path) {
   namespace fs = std::filesystem;
-  fs::path q = path;
-  for (int hop = 0; hop < 40; ++hop) {
+  for (const fs::path& q : link_chain(path)) {
     std::error_code ec;
     const fs::path dir = fs::weakly_canonical(q.parent_path(), ec);
     const std::string d = dir.string(), name = q.filename().string();
     if (!ec && d.rfind("/proc/", 0) == 0 && dir.filename() == "fd" && !name.empty() &&
         name.find_first_not_of("0123456789") == std::string::npos)
       return std::atoi(name.c_str());
-    if (!fs::is_symlink(fs::symlink_status(q, ec))) return -1;
-    const fs::path t = fs::read_symlink(q, ec);
-    if (ec) return -1;
-    q = t.is_absolute() ? t : q.parent_path() / t;
   }
   return -1;
 }

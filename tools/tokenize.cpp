@@ -118,7 +118,7 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
     throw AllRanksError(open_error.empty() ? "another rank could not open its input; nothing was written" : open_error);
   DocumentReader& reader = *reader_ptr;
   if (mpi.rank() == 0) remove_dead_staging(out_dir);  // what killed runs of this dataset left
-  const std::string tag = mpi.broadcast(mpi.rank() == 0 ? new_staging_tag() : "");
+  const std::string tag = mpi.broadcast(mpi.rank() == 0 ? staging_tag() : "");
   const std::string staging = staging_dir_path(out_dir, tag);
   const bool progress_bar = mpi.rank() == 0 && ::isatty(STDERR_FILENO);
   const double expected = static_cast<double>(reader.bytes_to_read());
@@ -150,13 +150,14 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
   }
   // A dataset without a document (empty inputs, or every line skipped) is refused, not published:
   // it would only fail later, in llm-pretrain's split.
-  if (const int64_t all_docs = mpi.sum(st.input.documents); all_docs == 0) {
+  const int64_t docs = mpi.sum(st.input.documents);
+  const int64_t empty = mpi.sum(st.input.empty_skipped), bad = mpi.sum(st.input.bad_json_skipped);
+  if (docs == 0) {
     if (mpi.rank() == 0) discard_staging_dir(staging);
-    const int64_t skipped_empty = mpi.sum(st.input.empty_skipped), skipped_bad = mpi.sum(st.input.bad_json_skipped);
     throw AllRanksError(detail::concat(
         in.inputs.empty() ? std::string("stdin") : in.inputs[0], in.inputs.size() > 1 ? " (and the other inputs)" : "",
-        ": no documents to write (", skipped_empty, " empty documents and ", skipped_bad,
-        " bad JSON lines skipped", skipped_bad > 0 ? "; do the --json-keys name a field of the records?" : "",
+        ": no documents to write (", empty, " empty documents and ", bad,
+        " bad JSON lines skipped", bad > 0 ? "; do the --json-keys name a field of the records?" : "",
         "); nothing was written"));
   }
   // Rank 0 publishes; the others wait for its verdict (a failed publish must not leave them in a
@@ -176,9 +177,8 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
   // Input size: each rank's byte range (ranks past the first also scan text before their range
   // to find document starts, which st.input.bytes would count twice); stdin has no range.
   const bool ranged = reader.bytes_to_read() > 0 && reader.bytes_to_read() < (int64_t{1} << 60);
-  const int64_t docs = mpi.sum(st.input.documents), tokens = mpi.sum(st.tokens);
+  const int64_t tokens = mpi.sum(st.tokens);
   const int64_t bytes = mpi.sum(ranged ? reader.bytes_to_read() : st.input.bytes);
-  const int64_t empty = mpi.sum(st.input.empty_skipped), bad = mpi.sum(st.input.bad_json_skipped);
   const int64_t fixed = mpi.sum(st.input.utf8_replaced);
   const double seconds = mpi.max(st.seconds);
   if (mpi.rank() == 0) {

@@ -89,25 +89,24 @@ int remove_dead_staging(const std::filesystem::path& final_path) {
   return removed;
 }
 
-namespace {
-// Symbolic links are followed, dangling ones and chains included (relative targets from the
-// link's directory): the file they name is replaced, the links kept. A loop is an error.
-std::filesystem::path through_links(const std::filesystem::path& given) {
+std::vector<std::filesystem::path> link_chain(const std::filesystem::path& path) {
   namespace fs = std::filesystem;
-  fs::path p = given;
-  for (int hops = 0;; ++hops) {
+  std::vector<fs::path> chain{path};
+  for (;;) {
+    const fs::path& p = chain.back();
     std::error_code ec;
-    if (!fs::is_symlink(fs::symlink_status(p, ec))) return p;
-    if (hops == 40) throw ConfigError(given.string() + ": too many levels of symbolic links");
+    if (!fs::is_symlink(fs::symlink_status(p, ec))) return chain;
+    if (chain.size() > 40) throw ConfigError(path.string() + ": too many levels of symbolic links");
     const fs::path target = fs::read_symlink(p, ec);
-    if (ec) throw ConfigError(given.string() + ": cannot read the link: " + ec.message());
-    p = target.is_absolute() ? target : p.parent_path() / target;
+    if (ec) throw ConfigError(path.string() + ": cannot read the link: " + ec.message());
+    chain.push_back(target.is_absolute() ? target : p.parent_path() / target);
   }
 }
-}  // namespace
 
+// (links are followed, dangling ones and chains included: the file they name is replaced, the
+// links kept)
 AtomicFile::AtomicFile(std::filesystem::path path)
-    : path_(through_links(path)), temp_(path_.string() + ".tmp-" + staging_tag()) {
+    : path_(link_chain(path).back()), temp_(path_.string() + ".tmp-" + staging_tag()) {
   const std::string named = path_ == path ? path.string() : path.string() + " (-> " + path_.string() + ")";
   std::error_code ec;
   if (std::filesystem::is_directory(path_, ec)) throw ConfigError(named + ": is a directory, not a file to write");

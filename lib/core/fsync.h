@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 namespace llm {
 
@@ -24,6 +25,11 @@ std::string staging_tag();
 // names this host and a process that no longer runs. Those of other hosts, of live processes and
 // of unknown form are left alone. Returns how many it removed.
 int remove_dead_staging(const std::filesystem::path& final_path);
+
+// `path`, then the target of each symbolic link on the way, to the first that is not a link (it
+// may not exist: a dangling link's target). Relative targets are taken from their link's
+// directory. A ConfigError naming `path` for a loop or a link that cannot be read.
+std::vector<std::filesystem::path> link_chain(const std::filesystem::path& path);
 
 // A file that replaces `path` only once complete: written to "<path>.tmp-<tag>" beside it, then
 // commit() checks the stream, flushes, fsyncs and renames it over `path`. Destroyed without a

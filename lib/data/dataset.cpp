@@ -431,8 +431,6 @@ int64_t DatasetPartWriter::num_tokens() const { return impl_->tokens; }
 
 // ---- Staging and publishing -----------------------------------------------------------------
 
-std::string new_staging_tag() { return staging_tag(); }
-
 std::string staging_dir_path(const std::string& final_dir, const std::string& tag) {
   return strip_trailing_slashes(final_dir) + ".tmp-" + tag;
 }
@@ -502,7 +500,7 @@ DatasetWriter::DatasetWriter(std::string final_dir, DatasetInfo info, int64_t sh
   std::error_code ec;
   fs::create_directories(parent_of(final_), ec);
   remove_dead_staging(final_);  // what killed writes of this dataset left
-  staging_ = staging_dir_path(final_, new_staging_tag());
+  staging_ = staging_dir_path(final_, staging_tag());
   if (!fs::create_directory(staging_, ec))
     throw ConfigError(staging_ + ": cannot create the staging directory" + (ec ? ": " + ec.message() : std::string()));
   try {

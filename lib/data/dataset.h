@@ -97,7 +97,7 @@ class DatasetWriter {
 // Rank r of R takes a contiguous slice of the document sequence (slices in rank order) and
 // writes it as part r into one shared staging directory:
 //
-//   tag = <same string on every rank, e.g. new_staging_tag() on rank 0, broadcast>
+//   tag = <same string on every rank, e.g. staging_tag() (core/fsync.h) on rank 0, broadcast>
 //   dir = staging_dir_path(final_dir, tag)
 //   { DatasetPartWriter w(dir, rank, info, shard_tokens); for (doc in my slice) w.add_document(doc);
 //     w.finish(); }                         // part_<r>_<k>.h5 files + a part_<r>.done marker
@@ -110,9 +110,6 @@ class DatasetWriter {
 // stream) for any number of ranks. Shard boundaries differ with R (each part starts a new shard);
 // with R = 1 the files are identical to DatasetWriter's.
 
-// A fresh tag "<pid>@<host>-<16 hex>" for a staging directory name (core/fsync.h's staging_tag:
-// remove_dead_staging clears what killed runs of this host left).
-std::string new_staging_tag();
 // "<final_dir>.tmp-<tag>": a sibling of the final directory (same file system, so the final
 // rename is atomic).
 std::string staging_dir_path(const std::string& final_dir, const std::string& tag);

@@ -89,17 +89,14 @@ HostMemoryVerdict check_host_memory(const TrainArgs& args, const ParallelLayout&
   v.logits = r.logits;
   if (v.predicted <= available) return v;
   constexpr double GiB = 1073741824.0;
-  const std::string what = detail::concat(
-      "out of host memory (predicted before allocating): this run needs about ", v.predicted / GiB, " GiB per rank (the performance model: model states ", v.states / GiB,
-      ", activations ", v.activations / GiB, ", logits ", v.logits / GiB, " GiB) and this node leaves each of its ranks ",
-      available / GiB, " GiB");
-  const std::string shrink =
-      "; lower --micro-batch-size or --seq-length, or use --recompute-granularity full, --logits-chunk-tokens, "
-      "ZeRO (--zero-stage) or more ranks";
-  if (v.predicted > 4.0 * available) throw ConfigError(what + shrink);
-  v.warning = detail::concat("this run may not fit: it needs about ", v.predicted / GiB, " GiB per rank (the performance model: model states ",
-                             v.states / GiB, ", activations ", v.activations / GiB, ", logits ", v.logits / GiB,
-                             " GiB) and this node leaves each of its ranks ", available / GiB, " GiB", shrink);
+  const std::string figures = detail::concat(
+      "about ", v.predicted / GiB, " GiB per rank (the performance model: model states ", v.states / GiB, ", activations ",
+      v.activations / GiB, ", logits ", v.logits / GiB, " GiB) and this node leaves each of its ranks ", available / GiB,
+      " GiB; lower --micro-batch-size or --seq-length, or use --recompute-granularity full, --logits-chunk-tokens, "
+      "ZeRO (--zero-stage) or more ranks");
+  if (v.predicted > 4.0 * available)
+    throw ConfigError("out of host memory (predicted before allocating): this run needs " + figures);
+  v.warning = "this run may not fit: it needs " + figures;
   return v;
 }
 

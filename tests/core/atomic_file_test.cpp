@@ -3,7 +3,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "core/error.h"
 #include "core/fsync.h"
@@ -13,12 +12,7 @@ using namespace llm;
 namespace fs = std::filesystem;
 
 namespace {
-std::string content(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string content(const fs::path& p) { return read_whole_file(p.string(), "test file"); }
 void put(const fs::path& p, const std::string& s) { std::ofstream(p) << s; }
 }  // namespace
 

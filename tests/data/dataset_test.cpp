@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "data/dataset.h"
 #include "data/gpt_dataset.h"
 #include "data/hdf5_util.h"
@@ -85,12 +86,7 @@ void expect_same_documents(const Dataset& ds, const Docs& docs) {
   EXPECT_EQ(stream, all);
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_text(const std::string& path) { return read_whole_file(path, "test file"); }
 
 void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
@@ -439,7 +435,7 @@ namespace {
 // Simulates `ranks` ranks: rank r writes the r-th contiguous slice of the documents.
 void write_by_ranks(const std::string& final_dir, const DatasetInfo& info, const Docs& docs, int ranks,
                     int64_t shard_tokens) {
-  const std::string staging = staging_dir_path(final_dir, new_staging_tag());
+  const std::string staging = staging_dir_path(final_dir, staging_tag());
   // Ranks finish in any order; the result depends only on the part index.
   for (int r = ranks - 1; r >= 0; --r) {
     const size_t begin = docs.size() * static_cast<size_t>(r) / static_cast<size_t>(ranks);
