@@ -149,7 +149,7 @@ TEST_P(LowPrecision, LinearAccumulatesInFp32) {
 TEST_P(LowPrecision, LinearWithFewRows) {
   const DType t = type();
   for (auto [N, C, OC] : std::vector<std::tuple<int, int, int>>{
-           {1, 96, 130}, {1, 2056, 66}, {3, 2056, 66}, {16, 40, 10}, {1, 8, 6}, {5, 13, 7}}) {
+           {1, 96, 130}, {1, 2056, 66}, {3, 2056, 66}, {16, 40, 10}, {1, 8, 6}, {5, 13, 7}, {3, 40, 64}}) {
     SCOPED_TRACE("N=" + std::to_string(N) + " C=" + std::to_string(C) + " OC=" + std::to_string(OC));
     bt::Rng rng(320 + N + C);
     const Vec inp = rounded_to(rng.normal(size_t(N) * C), t), w = rounded_to(rng.normal(size_t(OC) * C, 0.1), t);
@@ -178,6 +178,11 @@ TEST_P(LowPrecision, LinearWithFewRows) {
     Tensor bpad = up({OC + 1}, padded, t), outb = be().empty({N, OC}, t);
     be().linear_forward(outb, gi, gw, bpad.flat(1, OC));
     EXPECT_TRUE(bt::all_close("linear out (low), unaligned bias", down(outb), vec(cout), Tol{unit(t), 1e-5 * scale}));
+    // The f32 output with that bias (the GEMM, then the bias added in place), and at {3, 40, 64}
+    // 16-bit rows 16-byte aligned with that bias (the f32 accumulator).
+    Tensor bpad32 = up({OC + 1}, padded), outb32 = be().empty({N, OC});
+    be().linear_forward(outb32, gi, gw, bpad32.flat(1, OC));
+    EXPECT_TRUE(bt::all_close("linear out (f32), unaligned bias", down(outb32), vec(cout), Tol{1e-5, 1e-5 * scale}));
     // dinp in the low type ([N, C] rows 2C bytes apart: 26 at C = 13).
     const Vec dout = rounded_to(rng.normal(size_t(N) * OC), t);
     Tensor cdinp = Tensor::empty({N, C}), cdw = Tensor::zeros({OC, C});

@@ -399,11 +399,12 @@ void CudaBackend::run_gemm_with_bias(Matmul mm, const void* bias, const char* op
   const int64_t rows = mm.n, cols = mm.m;  // D row-major [rows, cols] is cuBLASLt's cols x rows
   const DType ot = mm.d_type;
   // cuBLASLt writes D itself (and adds the bias in its epilogue) where D is f32 or its rows start
-  // 16 bytes apart, and the bias is 16-byte aligned. Otherwise, or where it has no bias algorithm,
+  // 16 bytes apart from a 16-byte aligned start, and the bias is 16-byte aligned. Otherwise, or where it has no bias algorithm,
   // the GEMM writes f32 and bias_epilogue adds the bias and rounds once. (An H200 gave wrong
   // bf16/f16 [3, 66] outputs, rows 132 bytes apart, in runs 20-22, where the same GEMM's f32
   // output was right; a 16-bit bias packed among an odd-sized model's parameters is 2-byte aligned.)
-  const bool rows_aligned = ot == DType::f32 || (cols * static_cast<int64_t>(dtype_size(ot))) % 16 == 0;
+  const bool rows_aligned =
+      ot == DType::f32 || ((cols * static_cast<int64_t>(dtype_size(ot))) % 16 == 0 && aligned16(mm.d));
   if (rows_aligned && (!bias || aligned16(bias))) {
     if (!bias) return blas_->run(mm, op);
     Matmul mb = mm;
