@@ -67,12 +67,30 @@ GPTIndex build_gpt_index(const DocumentStore& store, DocumentRange docs, int64_t
     total += tokens_per_epoch;
   } while ((total - 1) / seq_length < num_samples);
 
+  // Megatron's epochs: when more than one is needed and the last one contributes fewer than 80%
+  // of an epoch's samples, that epoch is kept apart (its documents shuffled on their own and
+  // placed last, its samples shuffled on their own after the others'), so that every sample of
+  // the full epochs is drawn before any of the partial one; otherwise all epochs' documents are
+  // shuffled together, and so are all samples.
+  const int64_t samples_per_epoch = (tokens_per_epoch - 1) / seq_length;
+  if (ix.num_epochs > 1) {
+    ix.samples_before_last_epoch = ((ix.num_epochs - 1) * tokens_per_epoch - 1) / seq_length;
+    const int64_t last_epoch_samples = num_samples - ix.samples_before_last_epoch;
+    ix.separate_last_epoch =
+        last_epoch_samples < static_cast<int64_t>(0.80 * static_cast<double>(samples_per_epoch));
+  }
   const uint64_t stream = hash_name("gpt-dataset/" + name);
-  for (int64_t e = 0; e < ix.num_epochs; ++e) {
-    std::vector<int64_t> epoch(static_cast<size_t>(docs.size()));
-    std::iota(epoch.begin(), epoch.end(), docs.begin);
-    philox_shuffle(epoch, seed ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(e + 1)), stream);
-    ix.doc_idx.insert(ix.doc_idx.end(), epoch.begin(), epoch.end());
+  auto shuffled_epochs = [&](int64_t epochs, uint64_t part) {
+    std::vector<int64_t> d(static_cast<size_t>(epochs * docs.size()));
+    for (size_t i = 0; i < d.size(); ++i) d[i] = docs.begin + static_cast<int64_t>(i) % docs.size();
+    philox_shuffle(d, seed ^ (0x9E3779B97F4A7C15ull * part), stream);
+    ix.doc_idx.insert(ix.doc_idx.end(), d.begin(), d.end());
+  };
+  if (ix.separate_last_epoch) {
+    shuffled_epochs(ix.num_epochs - 1, 1);
+    shuffled_epochs(1, 2);
+  } else {
+    shuffled_epochs(ix.num_epochs, 1);
   }
 
   // Walk the concatenation: sample k spans seq_length + 1 tokens starting where sample k-1
@@ -98,9 +116,14 @@ GPTIndex build_gpt_index(const DocumentStore& store, DocumentRange docs, int64_t
     ix.sample_idx.push_back(pos);
     ix.sample_idx.push_back(offset);
   }
-  ix.shuffle_idx.resize(static_cast<size_t>(samples_available));
-  std::iota(ix.shuffle_idx.begin(), ix.shuffle_idx.end(), 0);
-  philox_shuffle(ix.shuffle_idx, seed, stream ^ 0x5bd1e995ull);
+  const int64_t first = ix.separate_last_epoch ? ix.samples_before_last_epoch : samples_available;
+  std::vector<int64_t> head(static_cast<size_t>(first)), tail(static_cast<size_t>(samples_available - first));
+  std::iota(head.begin(), head.end(), 0);
+  std::iota(tail.begin(), tail.end(), first);
+  philox_shuffle(head, seed, stream ^ 0x5bd1e995ull);
+  philox_shuffle(tail, seed ^ 0x9E3779B97F4A7C15ull, stream ^ 0x5bd1e995ull);
+  ix.shuffle_idx = std::move(head);
+  ix.shuffle_idx.insert(ix.shuffle_idx.end(), tail.begin(), tail.end());
   return ix;
 }
 
@@ -118,7 +141,7 @@ GPTDataset::GPTDataset(std::shared_ptr<const DocumentStore> store, DocumentRange
 }
 
 std::string GPTDataset::cache_description() const {
-  return detail::concat("GPTDataset v1 | store ", store_->describe(), " | split ", name_, " documents [",
+  return detail::concat("GPTDataset v2 | store ", store_->describe(), " | split ", name_, " documents [",
                         docs_.begin, ", ", docs_.end, ") | seq_length ", seq_, " | num_samples ", requested_,
                         " | seed ", seed_);
 }
@@ -146,7 +169,8 @@ void GPTDataset::sample(uint64_t index, int32_t* out) const {
 
 std::string GPTDataset::describe() const {
   return detail::concat(store_->describe(), " [", name_, ": documents ", docs_.begin, "-", docs_.end, ", ",
-                        index_.shuffle_idx.size(), " samples, ", index_.num_epochs, " epoch(s)]");
+                        index_.shuffle_idx.size(), " samples, ", index_.num_epochs, " epoch(s)",
+                        index_.separate_last_epoch ? ", the last one apart" : "", "]");
 }
 
 BlendedDataset::BlendedDataset(std::vector<double> weights, std::vector<std::shared_ptr<const SampleSource>> sources,
@@ -171,7 +195,8 @@ BlendedDataset::BlendedDataset(std::vector<double> weights, std::vector<std::sha
     size_t best = 0;
     double best_err = -1e300;
     for (size_t d = 0; d < sources_.size(); ++d) {
-      const double err = weights_[d] * static_cast<double>(i + 1) - static_cast<double>(current[d]);
+      // Megatron's build_blending_indices: the target after i samples is weight * max(i, 1).
+      const double err = weights_[d] * static_cast<double>(std::max<int64_t>(i, 1)) - static_cast<double>(current[d]);
       if (err > best_err) {
         best_err = err;
         best = d;

@@ -1,9 +1,13 @@
 // Megatron's GPT dataset semantics over a store of documents.
 //
-// Documents [begin, end) (one split) are shuffled per epoch and concatenated; samples are
-// windows of seq_length + 1 tokens that cross document boundaries, consecutive samples sharing
-// one token (the last target of one is the first input of the next); the samples are then
-// shuffled. As many epochs are used as the requested number of samples needs. Everything is a
+// The documents [begin, end) of one split, repeated for as many epochs as the requested number
+// of samples needs, are shuffled and concatenated; samples are windows of seq_length + 1 tokens
+// that cross document boundaries, consecutive samples sharing one token (the last target of one
+// is the first input of the next); the samples are then shuffled. As in Megatron, a last epoch
+// that contributes fewer than 80% of an epoch's samples is kept apart: its documents shuffled
+// on their own after the others', its samples shuffled on their own after the others' (so every
+// sample of the full epochs comes first). The permutations are ours (Philox), not numpy's: the
+// structure is Megatron's, the order is not. Everything is a
 // pure function of (seed, split name, documents, seq_length, num_samples), so every rank builds
 // the same index, and the index is cached in an HDF5 file keyed by that description.
 #pragma once
@@ -39,10 +43,13 @@ struct DocumentRange {
 std::vector<DocumentRange> split_documents(int64_t num_documents, const std::string& split);
 
 struct GPTIndex {
-  std::vector<int64_t> doc_idx;     // documents in epoch order (shuffled per epoch)
+  std::vector<int64_t> doc_idx;     // documents of every epoch, shuffled (the last epoch apart if separate)
   std::vector<int64_t> sample_idx;  // (position in doc_idx, token offset) pairs, num_samples+1
   std::vector<int64_t> shuffle_idx; // sample permutation
   int64_t num_epochs = 0;
+  // Megatron's separate_last_epoch, and the samples of the epochs before the last (> 1 epoch).
+  bool separate_last_epoch = false;
+  int64_t samples_before_last_epoch = 0;
 };
 
 // Builds the index (no caching).
@@ -79,8 +86,8 @@ class GPTDataset final : public SampleSource {
   bool from_cache_ = false;
 };
 
-// Megatron's blending: sample i goes to the dataset whose achieved share lags its weight the
-// most (greedy), so the ratios hold at every prefix of the stream.
+// Megatron's blending: sample i goes to the dataset whose count lags weight * max(i, 1) the most
+// (greedy, the first on ties), so the ratios hold at every prefix of the stream.
 class BlendedDataset final : public SampleSource {
  public:
   BlendedDataset(std::vector<double> weights, std::vector<std::shared_ptr<const SampleSource>> sources,
@@ -93,6 +100,8 @@ class BlendedDataset final : public SampleSource {
   // Fraction of samples drawn from each source.
   std::vector<double> achieved_ratios() const;
   const std::vector<double>& weights() const { return weights_; }
+  // The source of each sample, in order.
+  const std::vector<uint8_t>& dataset_index() const { return dataset_index_; }
 
  private:
   std::vector<double> weights_;

@@ -17,7 +17,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Over the three arrays and the epoch count, word by word: a file whose blocks a crash zeroed
+// Over the three arrays and the epoch counts, word by word: a file whose blocks a crash zeroed
 // (the rename reached the disk, the data did not) or that was altered is not the index built.
 std::string index_checksum(const GPTIndex& ix) {
   uint64_t h = 0x243f6a8885a308d3ull;
@@ -33,6 +33,7 @@ std::string index_checksum(const GPTIndex& ix) {
   mix(ix.sample_idx);
   mix(ix.shuffle_idx);
   mix({ix.num_epochs});
+  mix({ix.separate_last_epoch ? 1 : 0, ix.samples_before_last_epoch});
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
   return buf;
@@ -49,8 +50,12 @@ bool try_load(const fs::path& path, const std::string& description, GPTIndex& ix
     ix.sample_idx = file.open_dataset("sample_idx").read_all<int64_t>();
     ix.shuffle_idx = file.open_dataset("shuffle_idx").read_all<int64_t>();
     const std::vector<int64_t> epochs = file.open_dataset("num_epochs").read_all<int64_t>();
-    if (epochs.size() != 1 || ix.sample_idx.size() != 2 * (ix.shuffle_idx.size() + 1)) return false;
+    const std::vector<int64_t> last = file.open_dataset("last_epoch").read_all<int64_t>();
+    if (epochs.size() != 1 || last.size() != 2 || ix.sample_idx.size() != 2 * (ix.shuffle_idx.size() + 1))
+      return false;
     ix.num_epochs = epochs[0];
+    ix.separate_last_epoch = last[0] != 0;
+    ix.samples_before_last_epoch = last[1];
     return file.has_attribute("checksum") && file.read_string_attribute("checksum") == index_checksum(ix);
   } catch (const Error&) {
     return false;
@@ -68,6 +73,8 @@ void publish(const fs::path& path, const std::string& description, const GPTInde
     file.write_dataset<int64_t>("shuffle_idx", H5T_STD_I64LE, ix.shuffle_idx);
     const std::vector<int64_t> epochs{ix.num_epochs};
     file.write_dataset<int64_t>("num_epochs", H5T_STD_I64LE, epochs);
+    const std::vector<int64_t> last{ix.separate_last_epoch ? 1 : 0, ix.samples_before_last_epoch};
+    file.write_dataset<int64_t>("last_epoch", H5T_STD_I64LE, last);
     file.close();  // reports a failed write, which the destructor would not
     fsync_path(tmp);
     fs::rename(tmp, path);  // atomic on POSIX: readers see the old state or the whole file
@@ -100,7 +107,12 @@ bool load_or_build_index(const IndexCacheOptions& cache, const std::string& desc
   cache.barrier();
   if (!cache.is_builder) {
     from_cache = try_load(path, description, index);
-    if (!from_cache) throw Error(path.string() + ": the sample index was not published by the building rank");
+    // The index's name hashes the dataset's description: a rank that sees other data under the
+    // same path, or a cache directory of its own (node-local disk), looks for another file.
+    if (!from_cache)
+      throw ConfigError(path.string() +
+                        ": not there after rank 0 built the sample index; every rank must see the same dataset "
+                        "and the same index cache (--data-cache-path on a file system all nodes share)");
   }
   return from_cache;
 }

@@ -96,8 +96,10 @@ TrainingData build_training_data(TrainArgs& args, IndexCacheOptions cache) {
   for (size_t i = 0; i < sets.size(); ++i) {
     const auto ranges = split_documents(sets[i]->num_documents(), args.split);
     const double share = paths[i].weight / weight_sum;
-    // Megatron asks each blended dataset for 0.5% more than its share, so rounding never runs dry.
+    // Megatron asks each blended dataset for 0.5% more than its share, so rounding never runs
+    // dry; a single dataset for exactly what training takes.
     auto need = [&](int64_t total) {
+      if (sets.size() == 1) return std::max<int64_t>(1, total);
       return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(share * static_cast<double>(total) * 1.005)));
     };
     if (ranges[0].size() == 0)

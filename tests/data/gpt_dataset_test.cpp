@@ -3,6 +3,8 @@
 
 #include <filesystem>
 #include <numeric>
+#include <algorithm>
+#include <map>
 #include <set>
 
 #include "core/error.h"
@@ -89,13 +91,14 @@ TEST(GPTDatasetIndex, SamplesTileTheEpochStreamWithOneTokenOverlap) {
     // Megatron's epoch rule: the fewest epochs with (tokens - 1) / seq >= samples
     EXPECT_GE((ix.num_epochs * per_epoch - 1) / seq, want);
     EXPECT_LT(((ix.num_epochs - 1) * per_epoch - 1) / seq, want);
-    // each epoch is a permutation of the split's documents
-    for (int64_t e = 0; e < ix.num_epochs; ++e) {
-      std::set<int64_t> seen(ix.doc_idx.begin() + e * 40, ix.doc_idx.begin() + (e + 1) * 40);
-      EXPECT_EQ(seen.size(), 40u);
-      EXPECT_EQ(*seen.begin(), 5);
-      EXPECT_EQ(*seen.rbegin(), 44);
-    }
+    // every document of the split once per epoch
+    ASSERT_EQ(ix.doc_idx.size(), static_cast<size_t>(ix.num_epochs * 40));
+    std::map<int64_t, int64_t> count;
+    for (int64_t d : ix.doc_idx) ++count[d];
+    EXPECT_EQ(count.size(), 40u);
+    EXPECT_EQ(count.begin()->first, 5);
+    EXPECT_EQ(count.rbegin()->first, 44);
+    for (auto [d, n] : count) EXPECT_EQ(n, ix.num_epochs) << "document " << d;
     // the epoch-ordered token stream
     std::vector<int32_t> stream;
     for (int64_t d : ix.doc_idx)
@@ -110,6 +113,69 @@ TEST(GPTDatasetIndex, SamplesTileTheEpochStreamWithOneTokenOverlap) {
       ds.sample(i, got.data());
       const int64_t j = ix.shuffle_idx[i];  // unshuffled sample j = stream[j*seq, j*seq+seq+1)
       ASSERT_TRUE(std::equal(got.begin(), got.end(), stream.begin() + j * seq)) << "sample " << i << " (j=" << j << ")";
+    }
+  }
+}
+
+// Megatron's _build_doc_idx / _build_shuffle_idx: a last epoch under 80% of an epoch's samples
+// is kept apart (its documents, then its samples, after the full epochs'); otherwise every
+// epoch's documents are shuffled together and so are all samples.
+TEST(GPTDatasetIndex, LastEpochApartUnderEightyPercentAsMegatron) {
+  auto store = random_store(30, 11);
+  const int64_t seq = 8, D = 30;
+  const int64_t tokens = store->document_offset(D);
+  const int64_t per_epoch = (tokens - 1) / seq;
+  struct Case {
+    int64_t want;
+    int64_t epochs;
+    bool apart;
+  };
+  const int64_t before2 = (2 * tokens - 1) / seq;  // samples of two whole epochs
+  for (const Case c : {Case{per_epoch / 2, 1, false},                      // one epoch: nothing apart
+                       Case{per_epoch + per_epoch / 4, 2, true},           // 1.25 epochs
+                       Case{before2 + per_epoch / 2, 3, true},             // 2.5 epochs
+                       Case{before2 + (per_epoch * 9) / 10, 3, false}}) {  // 2.9 epochs
+    SCOPED_TRACE("want " + std::to_string(c.want));
+    const GPTIndex ix = build_gpt_index(*store, {0, D}, seq, c.want, 7, "train");
+    ASSERT_EQ(ix.num_epochs, c.epochs);
+    EXPECT_EQ(ix.separate_last_epoch, c.apart);
+    const int64_t total = static_cast<int64_t>(ix.shuffle_idx.size());
+    EXPECT_EQ(total, (c.epochs * tokens - 1) / seq);
+    auto counts = [&](size_t from, size_t to) {
+      std::map<int64_t, int64_t> n;
+      for (size_t i = from; i < to; ++i) ++n[ix.doc_idx[i]];
+      return n;
+    };
+    if (c.apart) {
+      const int64_t first = ((c.epochs - 1) * tokens - 1) / seq;
+      EXPECT_EQ(ix.samples_before_last_epoch, first);
+      EXPECT_LT(c.want - first, static_cast<int64_t>(0.8 * static_cast<double>(per_epoch)));
+      // the full epochs' documents, each (epochs - 1) times, then the last epoch's, each once
+      const size_t split = static_cast<size_t>((c.epochs - 1) * D);
+      for (auto [d, n] : counts(0, split)) EXPECT_EQ(n, c.epochs - 1) << "document " << d;
+      EXPECT_EQ(counts(0, split).size(), static_cast<size_t>(D));
+      EXPECT_EQ(counts(split, ix.doc_idx.size()).size(), static_cast<size_t>(D));
+      // the full epochs' samples first, shuffled among themselves, then the last epoch's
+      std::vector<int64_t> head(ix.shuffle_idx.begin(), ix.shuffle_idx.begin() + first);
+      std::vector<int64_t> tail(ix.shuffle_idx.begin() + first, ix.shuffle_idx.end());
+      std::sort(head.begin(), head.end());
+      std::sort(tail.begin(), tail.end());
+      for (int64_t i = 0; i < first; ++i) ASSERT_EQ(head[static_cast<size_t>(i)], i);
+      for (int64_t i = first; i < total; ++i) ASSERT_EQ(tail[static_cast<size_t>(i - first)], i);
+      EXPECT_NE(head, std::vector<int64_t>(ix.shuffle_idx.begin(), ix.shuffle_idx.begin() + first));
+    } else {
+      for (auto [d, n] : counts(0, ix.doc_idx.size())) EXPECT_EQ(n, c.epochs) << "document " << d;
+      if (c.epochs > 1) {
+        // shuffled together: some document repeats within the first epoch's length
+        EXPECT_LT(counts(0, static_cast<size_t>(D)).size(), static_cast<size_t>(D));
+        // and some sample of the last epoch is drawn among the first epoch's count
+        const int64_t last_start = ((c.epochs - 1) * tokens - 1) / seq;
+        EXPECT_TRUE(std::any_of(ix.shuffle_idx.begin(), ix.shuffle_idx.begin() + per_epoch,
+                                [&](int64_t j) { return j >= last_start; }));
+      }
+      std::vector<int64_t> all = ix.shuffle_idx;
+      std::sort(all.begin(), all.end());
+      for (int64_t i = 0; i < total; ++i) ASSERT_EQ(all[static_cast<size_t>(i)], i);
     }
   }
 }
@@ -161,6 +227,11 @@ TEST(BlendedDataset, GreedyRatiosHoldAtEveryPrefix) {
     EXPECT_LE(std::abs(next[1] - 0.3 * n), 1.0);
     EXPECT_LE(std::abs(next[2] - 0.2 * n), 1.0);
   }
+  // Megatron's build_blending_indices, worked by hand for these weights: the target after i
+  // samples is w * max(i, 1), the first dataset on ties. (A target of w * (i + 1) gives
+  // 0 1 2 0 0 1 0 2 ... instead.)
+  const std::vector<uint8_t> want_first{0, 1, 2, 0, 1, 0, 2, 0, 1, 0, 0, 1};
+  EXPECT_EQ(std::vector<uint8_t>(blend.dataset_index().begin(), blend.dataset_index().begin() + 12), want_first);
   EXPECT_THROW(BlendedDataset({1.0}, {s1, s2}, 10), ConfigError);
   EXPECT_THROW(BlendedDataset({1.0, -1.0}, {s1, s2}, 10), ConfigError);
 }
@@ -200,7 +271,7 @@ TEST(GPTDatasetIndex, CacheRoundTripAndKeying) {
   for (const bool keep_checksum : {true, false}) {
     for (auto& e : std::filesystem::directory_iterator(dir)) {
       std::string description, checksum;
-      std::vector<int64_t> doc, smp, shf, ep;
+      std::vector<int64_t> doc, smp, shf, ep, last;
       try {  // (seed 4's entry is still the truncated one)
         const h5::File in = h5::File::open(e.path().string());
         description = in.read_string_attribute("description");
@@ -209,6 +280,7 @@ TEST(GPTDatasetIndex, CacheRoundTripAndKeying) {
         smp = in.open_dataset("sample_idx").read_all<int64_t>();
         shf = in.open_dataset("shuffle_idx").read_all<int64_t>();
         ep = in.open_dataset("num_epochs").read_all<int64_t>();
+        last = in.open_dataset("last_epoch").read_all<int64_t>();
       } catch (const Error&) {
         continue;
       }
@@ -220,6 +292,7 @@ TEST(GPTDatasetIndex, CacheRoundTripAndKeying) {
       out.write_dataset<int64_t>("sample_idx", H5T_STD_I64LE, smp);
       out.write_dataset<int64_t>("shuffle_idx", H5T_STD_I64LE, shf);
       out.write_dataset<int64_t>("num_epochs", H5T_STD_I64LE, ep);
+      out.write_dataset<int64_t>("last_epoch", H5T_STD_I64LE, last);
       out.close();
     }
     GPTDataset g(store, {0, 40}, 8, 200, 3, "train", cache);
