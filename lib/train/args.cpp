@@ -198,7 +198,9 @@ std::vector<OptionSpec> make_options() {
       no_op(opt("deepspeed-activation-checkpointing", &A::deepspeed_activation_checkpointing,
                 "accepted for Megatron-DeepSpeed scripts: recompute is --checkpoint-activations / --recompute-granularity")),
       no_op(opt("checkpoint-num-layers", &A::checkpoint_num_layers, "accepted at 1 (each layer is its own recompute unit)")),
-      no_op(opt("no-bias-gelu-fusion", &A::no_bias_gelu_fusion, "accepted for Megatron scripts (a kernel fusion choice)")),
+      no_op(opt("no-bias-gelu-fusion", &A::no_bias_gelu_fusion,
+                "accepted for Megatron scripts: the GELU stays the tanh approximation (Megatron's fused bias-GELU), "
+                "where in Megatron this flag selects the exact erf GELU (within 4.7e-4 of it)")),
       no_op(opt("no-bias-dropout-fusion", &A::no_bias_dropout_fusion, "accepted for Megatron scripts (a kernel fusion choice)")),
       no_op(opt("no-masked-softmax-fusion", &A::no_masked_softmax_fusion, "accepted for Megatron scripts (a kernel fusion choice)")),
       no_op(opt("no-gradient-accumulation-fusion", &A::no_gradient_accumulation_fusion, "accepted for Megatron scripts (a kernel fusion choice)")),

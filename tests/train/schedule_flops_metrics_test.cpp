@@ -84,6 +84,25 @@ TEST(Flops, ModelFlopsAreThreeForwards) {
   EXPECT_NEAR(model_flops_per_iteration(c, 8, 256) / expect, 1.0, 1e-12);
 }
 
+// Model FLOPs against Megatron-LM's num_floating_point_operations (ALCF's [LM]TFLOPs), written
+// out as there: 12 B s l h^2 (1 + ffn/h + kv/heads + s/h + V / (2 l h)), and current
+// Megatron-DeepSpeed's throughput_calculator without recompute ([DS]TFLOPs): 2 x 3 x the
+// forward's multiply-adds (4 h^2 projections, 2 s h attention, 2 ffn h MLP per layer and token,
+// V h for the output layer).
+TEST(Flops, ModelFlopsEqualMegatronLmAndDeepSpeedCounts) {
+  GPTConfig c;
+  c.num_layers = 24;
+  c.hidden_size = 2048;
+  c.num_heads = 16;
+  c.vocab_size = 50257;  // padded to 50304
+  const double B = 16, s = 2048, l = 24, h = 2048, F = 4 * h, V = 50304;
+  const double lm = 12 * B * s * l * h * h * (1 + F / h + 1 + s / h + V / (2 * l * h));
+  const double fwd_macs = B * l * 4 * h * h * s + B * l * 2 * h * s * s + B * l * 2 * F * h * s + B * V * h * s;
+  const double ds = 2 * 3 * fwd_macs;
+  EXPECT_NEAR(model_flops_per_iteration(c, 16, 2048) / lm, 1.0, 1e-12);
+  EXPECT_NEAR(model_flops_per_iteration(c, 16, 2048) / ds, 1.0, 1e-12);
+}
+
 TEST(Metrics, LogLineHasMegatronFieldsInOrder) {
   LogRecord r;
   r.iteration = 10;
