@@ -4,12 +4,14 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <exception>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -71,6 +73,66 @@ extern "C" void on_stop_signal(int sig) {
   }
 }
 
+// An error every rank has reached together (its verdict agreed through a collective): rank 0
+// says it once and every rank exits 2, with no abort.
+struct AllRanksError : ConfigError {
+  using ConfigError::ConfigError;
+};
+
+// Every rank must run the same configuration: ranks given different options (a wrapper, a
+// --config file or a data directory that differs by node) would train different models
+// silently, or wait in collectives the others never reach. Rank 0 compares every rank's options
+// with its own and names the first difference. Collective. (A rank that sees other data under
+// the same path finds no sample index after rank 0 has built it, and says so.)
+void check_same_configuration(const MpiSession& mpi, const TrainArgs& args) {
+  if (mpi.size() == 1) return;
+  // --threads and --output-dir (rank 0's metrics alone) may differ by node without harm.
+  std::vector<std::pair<std::string, std::string>> mine;
+  for (const OptionSpec& o : train_options())
+    if (!o.no_op && o.name != "threads" && o.name != "output-dir") mine.emplace_back("--" + o.name, o.get(args));
+  std::string flat;
+  for (const auto& [name, value] : mine) flat += name + '\0' + value + '\0';
+  const std::vector<std::string> all = mpi.gather(flat);
+  std::string verdict;
+  if (mpi.rank() == 0) {
+    int ranks = 0;
+    for (size_t r = 1; r < all.size(); ++r) {
+      if (all[r] == flat) continue;
+      if (++ranks > 1) continue;
+      std::vector<std::string> theirs;
+      for (size_t at = 0; at < all[r].size();) {
+        const size_t end = all[r].find('\0', at);
+        theirs.push_back(all[r].substr(at, end - at));
+        at = end == std::string::npos ? all[r].size() : end + 1;
+      }
+      // The differing options, those rank 0 was given first (a derived default follows them).
+      std::vector<size_t> differ;
+      for (size_t i = 0; i < mine.size(); ++i)
+        if (2 * i + 1 >= theirs.size() || theirs[2 * i] != mine[i].first || theirs[2 * i + 1] != mine[i].second)
+          differ.push_back(i);
+      std::stable_partition(differ.begin(), differ.end(), [&](size_t i) {
+        return args.option_sources.count(mine[i].first.substr(2)) > 0;
+      });
+      if (differ.empty()) continue;
+      const size_t i = differ[0];
+      const std::string v = 2 * i + 1 < theirs.size() ? theirs[2 * i + 1] : "?";
+      verdict = detail::concat("ranks run with different options: ", mine[i].first, " is '", v, "' on rank ", r,
+                               " but '", mine[i].second, "' on rank 0");
+      if (differ.size() > 1) {
+        verdict += " (also";
+        for (size_t k = 1; k < differ.size() && k < 4; ++k) verdict += " " + mine[differ[k]].first;
+        verdict += differ.size() > 4 ? " ...)" : ")";
+      }
+    }
+    if (ranks > 1) verdict += detail::concat(" (", ranks, " ranks differ from rank 0)");
+    if (!verdict.empty())
+      verdict += "; every rank must be given the same options (a wrapper script or --config file that differs by "
+                 "node?)";
+  }
+  verdict = mpi.broadcast(verdict);
+  if (!verdict.empty()) throw AllRanksError(verdict);
+}
+
 std::string exe_dir(const char* argv0) {
   std::error_code ec;
   auto p = std::filesystem::canonical("/proc/self/exe", ec);
@@ -109,10 +171,25 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   cl.insert(cl.begin(), argv[0]);
   std::vector<char*> cargv;
   for (std::string& a : cl) cargv.push_back(a.data());
+  // Under MPI the ranks agree on the outcome (a rank given other arguments by a wrapper may fail
+  // alone): rank 0's message when it failed, else the failed rank's, and every rank exits.
+  std::exception_ptr parse_failure;
   try {
     app.parse(static_cast<int>(cargv.size()), cargv.data());
-  } catch (const CLI::ParseError& e) {
-    return mpi.rank() == 0 ? app.exit(e) : (e.get_exit_code() ? 2 : 0);
+  } catch (const CLI::ParseError&) {
+    parse_failure = std::current_exception();
+  }
+  if (mpi.size() > 1 ? !mpi.all_ok(!parse_failure) : static_cast<bool>(parse_failure)) {
+    const bool lead_failed = mpi.broadcast(parse_failure ? "1" : "") == "1";
+    int code = 2;  // (a rank that parsed its arguments stops with the others)
+    try {
+      if (parse_failure) std::rethrow_exception(parse_failure);
+    } catch (const CLI::ParseError& e) {
+      code = e.get_exit_code() != 0 ? 2 : 0;
+      if (mpi.rank() == 0) code = app.exit(e);
+      else if (!lead_failed && code != 0) std::fprintf(stderr, "llm-pretrain: error: [rank %d] %s\n", mpi.rank(), e.what());
+    }
+    return code;
   }
 
   TrainArgs args;
@@ -223,6 +300,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
                                           : "This run loads " + load_dir + ", not one of them") +
                             ": pass --load " + args.save + " to continue from them, or save into another directory.");
 
+  check_same_configuration(mpi, args);
   // One rank builds a missing sample index; the others wait for it and read it.
   IndexCacheOptions cache;
   cache.is_builder = lead;
@@ -554,9 +632,19 @@ int main(int argc, char** argv) {
   MpiSession mpi(&argc, &argv);
   try {
     return run(argc, argv, mpi);
+  } catch (const AllRanksError& e) {
+    if (mpi.rank() == 0) std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
+    return 2;
   } catch (const ConfigError& e) {
-    // Every rank sees the same configuration: one message is enough. Under mpirun the job is
-    // aborted so no rank is left waiting in a collective.
+    // Usually every rank meets the same configuration error: rank 0 says it and aborts the job
+    // (so no rank is left waiting in a collective). Another rank may meet one alone, though (a
+    // config or data file only some nodes see, flags that differ by rank): it says its own,
+    // named by rank, unless rank 0's abort has ended it within a grace period first.
+    if (mpi.size() > 1 && mpi.rank() != 0) {
+      ::sleep(2);
+      std::fprintf(stderr, "llm-pretrain: error: [rank %d] %s\n", mpi.rank(), e.what());
+      std::fflush(stderr);
+    }
     if (mpi.rank() == 0) std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
     if (mpi.size() > 1) mpi.abort(2);
     return 2;

@@ -257,7 +257,8 @@ TEST(GPTDatasetIndex, CacheRoundTripAndKeying) {
   GPTDataset d(store, {0, 40}, 8, 200, 3, "train", reader);
   EXPECT_TRUE(d.loaded_from_cache());
   IndexCacheOptions missing = reader;
-  EXPECT_THROW(GPTDataset(store, {0, 40}, 9, 200, 3, "train", missing), Error);
+  // (a node-local cache, or other data under the same path: a ConfigError naming the way out)
+  EXPECT_THROW(GPTDataset(store, {0, 40}, 9, 200, 3, "train", missing), ConfigError);
   // a truncated cache file is rebuilt, not trusted
   for (auto& e : std::filesystem::directory_iterator(dir)) std::filesystem::resize_file(e.path(), 100);
   GPTDataset f(store, {0, 40}, 8, 200, 3, "train", cache);

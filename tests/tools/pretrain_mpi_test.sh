@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# llm-pretrain under mpirun when the ranks do not all get the same input: a rank given other
+# options or a file of its own (a wrapper script, a node that lacks a file) must end the job
+# within seconds with one message naming the rank and the option or file, never train on
+# silently or leave the others waiting.
+# usage: pretrain_mpi_test.sh <path to llm-pretrain>
+set -uo pipefail
+bin="$1"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fails=0
+pass() { echo "ok   $1"; }
+fail() { echo "FAIL $1"; fails=$((fails + 1)); }
+check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
+command -v mpirun > /dev/null || { echo "mpirun not found (pipelines/setup.sh installs openmpi-bin)"; exit 1; }
+export OMP_NUM_THREADS=1
+
+tiny=(--mock-data --num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --micro-batch-size 2
+      --global-batch-size 8 --train-iters 6 --vocab-size 256 --log-interval 1)
+# Rank $1 runs with the extra arguments $2 (word-split), every other rank without them.
+cat > "$work/one_rank.sh" <<'EOF'
+#!/bin/sh
+r=$1; extra=$2; bin=$3; shift 3
+if [ "${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}}" = "$r" ]; then exec "$bin" "$@" $extra; fi
+exec "$bin" "$@"
+EOF
+chmod +x "$work/one_rank.sh"
+run() {  # name np rank extra -- the job's exit code in $rc, its output in $work/<name>.txt
+  local name=$1 np=$2 r=$3 extra=$4
+  shift 4
+  start=$SECONDS
+  timeout 120 mpirun -np "$np" "$work/one_rank.sh" "$r" "$extra" "$bin" "${tiny[@]}" --output-dir "$work/$name" "$@" \
+    > "$work/$name.txt" 2>&1
+  rc=$?
+  took=$((SECONDS - start))
+}
+errors() { grep -c 'llm-pretrain: error:' "$work/$1.txt"; }
+
+# Options that differ by rank: each would train a different model per rank (another seed, another
+# learning rate) or wait in a collective the others never reach (more iterations, another ZeRO
+# stage). All are refused together, naming the option, the rank and both values.
+for case in "seed:--seed 5:--seed is '5' on rank 1 but '1234' on rank 0" \
+            "iters:--train-iters 8:--train-iters is '8' on rank 1 but '6' on rank 0 (also --lr-decay-iters)" \
+            "zero:--zero-stage 1:--zero-stage is '1' on rank 1 but '0' on rank 0"; do
+  IFS=: read -r name extra want <<< "$case"
+  run "diff-$name" 2 1 "$extra"
+  check "a rank given $extra alone is refused in one message ($took s)" \
+    "[ $rc -eq 2 ] && [ $took -lt 60 ] && grep -qF \"ranks run with different options: $want\" $work/diff-$name.txt && [ \$(errors diff-$name) -eq 1 ] && [ ! -e $work/diff-$name/metrics.jsonl ]"
+done
+run diff-many 4 3 "--lr 0.5"
+check "the differing rank is named among four" "[ $rc -eq 2 ] && grep -qF -e \"--lr is '0.5' on rank 3 but '0.0003' on rank 0\" $work/diff-many.txt"
+
+# A configuration error met by one rank alone (its --config file missing there, an option it
+# alone cannot parse) is said by that rank, before the job ends.
+run cfg 2 1 "--config $work/missing.yaml"
+check "a config file one rank cannot read is named with that rank ($took s)" \
+  "[ $rc -eq 2 ] && [ $took -lt 60 ] && grep -qF \"llm-pretrain: error: [rank 1] $work/missing.yaml: cannot read the YAML config\" $work/cfg.txt"
+run bogus 2 1 "--bogus-option 3"
+check "an unknown option on one rank is named with that rank ($took s)" \
+  "[ $rc -eq 2 ] && [ $took -lt 60 ] && grep -qF 'llm-pretrain: error: [rank 1] unknown option --bogus-option' $work/bogus.txt"
+run badval 2 1 "--lr=fast"
+check "a bad value on one rank is named with that rank ($took s)" \
+  "[ $rc -eq 2 ] && [ $took -lt 60 ] && grep -qF \"llm-pretrain: error: [rank 1] --lr: expected a number, got 'fast'\" $work/badval.txt"
+# The same error on every rank is said once, by rank 0, whichever rank reaches it first.
+for i in 1 2 3; do
+  run same$i 4 0 "" --tensor-model-parallel-size 4
+  check "an error every rank meets is said once (try $i)" \
+    "[ $rc -eq 2 ] && [ \$(errors same$i) -eq 1 ] && grep -q 'llm-pretrain: error: model .custom.: --vocab-size 256 leaves the last of 4 vocabulary shards' $work/same$i.txt"
+done
+run help 2 0 "" --help
+check "--help under mpirun prints once and exits 0" "[ $rc -eq 0 ] && [ \$(grep -c '^Usage' $work/help.txt) -eq 1 ]"
+run same 2 0 ""
+check "ranks given the same options train" "[ $rc -eq 0 ] && [ \$(grep -c 'lm loss' $work/same.txt) -eq 6 ]"
+
+[ "$fails" -eq 0 ] && echo "all llm-pretrain MPI input checks passed" || echo "$fails llm-pretrain MPI input check(s) failed"
+exit $((fails > 0))
