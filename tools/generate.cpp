@@ -110,7 +110,8 @@ int run(int argc, char** argv) {
   app.add_option("--repeat-last-n", go.sampler.repeat_last_n, "penalty window (-1 = all history)")->capture_default_str();
   app.add_option("--seed", go.sampler.seed, "sampling seed")->capture_default_str();
   app.add_option("--stop", go.stop, "stop string (repeatable); not printed");
-  app.add_flag("--ignore-eod", ignore_eod, "keep generating past the end-of-document token");
+  app.add_flag("--ignore-eod,--ignore-eos", ignore_eod,
+               "never sample the end-of-document token (banned: logit -inf, as llama.cpp's --ignore-eos)");
   app.add_flag("--truncate-prompt", go.truncate_prompt, "keep the end of a prompt that does not fit (else an error)");
   app.add_option("--ctx-size", context, "context positions (0 = the model's position table)")->capture_default_str();
   app.add_option("--threads", threads, "CPU threads (0 = OMP_NUM_THREADS or all cores)");

@@ -27,7 +27,9 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
   o.sampler.validate();
   if (o.max_new_tokens < 0) throw ConfigError("--max-new-tokens must be >= 0");
   // Everything that can refuse the request does so before it touches the conversation.
-  Sampler sampler(o.sampler);
+  SamplerConfig sc = o.sampler;
+  if (!o.stop_at_eod) sc.banned.push_back(tok_.eod_id());  // llama.cpp's --ignore-eos: never drawn
+  Sampler sampler(sc);
   TextStream stream(o.stop);
   GenerateStats st;
   std::vector<int32_t> ids = tok_.encode(prompt);
@@ -78,7 +80,7 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
     // (the cached forward's logits are fp32 whatever the model's precision: data<float> checks)
     const Tensor host = logits->device().is_cpu() ? *logits : model_.backend().download(*logits);
     const int32_t next = sampler.sample({host.data<float>(), static_cast<size_t>(V)}, history_, step_++);
-    if (o.stop_at_eod && next == tok_.eod_id()) {
+    if (next == tok_.eod_id()) {  // only when stop_at_eod: else it is banned
       st.stop_reason = "eod";
       break;
     }

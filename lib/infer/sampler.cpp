@@ -59,6 +59,18 @@ double Candidates::max_logit() const {
 
 // ---- Stages --------------------------------------------------------------------------------
 
+void BanStage::apply(Candidates& c) const {
+  LLM_CHECK(!c.sorted, "the ban must come first (candidates in id order)");
+  for (int32_t t : ids_) {
+    if (t < 0 || static_cast<size_t>(t) >= c.items.size())
+      LLM_FAIL("sampler: banned token ", t, " is outside the vocabulary (size ", c.items.size(), ")");
+    c.items[static_cast<size_t>(t)].logit = -INFINITY;
+  }
+  for (const Candidate& x : c.items)
+    if (std::isfinite(x.logit)) return;
+  LLM_FAIL("sampler: every token is banned or masked (vocabulary size ", c.items.size(), ")");
+}
+
 void RepetitionPenaltyStage::apply(Candidates& c) const {
   if (last_n_ == 0 || penalty_ == 1.0 || history_.empty()) return;
   LLM_CHECK(!c.sorted, "repetition penalty must be the first stage (candidates in id order)");
@@ -199,6 +211,7 @@ std::vector<std::pair<int32_t, double>> softmax(const Candidates& c) {
 
 Sampler::Sampler(const SamplerConfig& config, uint64_t stream) : config_(config), stream_(stream) {
   config_.validate();
+  if (!config_.banned.empty()) stages_.push_back(std::make_unique<BanStage>(config_.banned));
   if (config_.repeat_penalty != 1.0 && config_.repeat_last_n != 0) {
     auto stage = std::make_unique<RepetitionPenaltyStage>(config_.repeat_penalty, config_.repeat_last_n);
     penalty_ = stage.get();
@@ -226,7 +239,8 @@ void Sampler::run_chain(std::span<const float> logits, std::span<const int32_t> 
 }
 
 int32_t Sampler::argmax() const {
-  // Strict '>' over the id-ordered list: ties go to the lowest id.
+  // Strict '>' over the id-ordered list: ties go to the lowest id. A banned or masked token (-inf)
+  // never wins: the chain left a finite logit.
   const Candidate* best = &candidates_.items.front();
   for (const Candidate& x : candidates_.items)
     if (x.logit > best->logit) best = &x;

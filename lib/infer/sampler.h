@@ -1,8 +1,11 @@
 // Next-token sampling for llm-generate: a chain of small stages over a candidate list, in
 // llama.cpp's default order
 //
-//   repetition penalty -> top-k -> top-p -> min-p -> temperature -> softmax -> draw
+//   ban -> repetition penalty -> top-k -> top-p -> min-p -> temperature -> softmax -> draw
 //
+// The ban (llama.cpp's logit bias of -inf, which its --ignore-eos adds for the end-of-generation
+// tokens) sets the logits of tokens that must never be drawn to -inf before anything else, so no
+// stage, greedy included, can pick them.
 // Why this order: the penalty changes logits, so it comes before anything that selects by
 // logit. The three truncations then act on the model's own (penalised) distribution, so the set
 // of tokens that may be drawn does not depend on the temperature: raising the temperature
@@ -36,6 +39,8 @@ struct SamplerConfig {
   int64_t repeat_last_n = 64;    // --repeat-last-n: the window (last n history tokens);
                                  // 0 = off, -1 = the whole history
   uint64_t seed = 1234;          // --seed
+  std::vector<int32_t> banned;   // token ids never drawn (logit -inf first): llm-generate's
+                                 // --ignore-eod bans the end-of-document token
 
   // Throws ConfigError naming the flag, e.g. "--top-p 1.5 must be in (0, 1]".
   void validate() const;
@@ -76,6 +81,18 @@ class SamplerStage {
   virtual ~SamplerStage() = default;
   virtual std::string name() const = 0;
   virtual void apply(Candidates& c) const = 0;
+};
+
+// Sets the logits of the banned tokens to -inf (a masked token: probability 0, never the argmax).
+// Throws Error for an id outside the vocabulary, or when no finite logit is left.
+class BanStage final : public SamplerStage {
+ public:
+  explicit BanStage(std::vector<int32_t> ids) : ids_(std::move(ids)) {}
+  std::string name() const override { return "ban"; }
+  void apply(Candidates& c) const override;
+
+ private:
+  std::vector<int32_t> ids_;
 };
 
 // llama.cpp's penalty: for each distinct token among the last `last_n` history tokens,
@@ -155,7 +172,7 @@ class Sampler {
   // The next token for `logits` (exactly the real vocabulary: the caller strips padding),
   // given the tokens so far (`history`: prompt + generated, for the repetition penalty) and the
   // step number that keys the random draw. Throws Error on an empty vocabulary, a NaN or +inf
-  // logit, no finite logit, or a history token outside the vocabulary.
+  // logit, no finite logit (after the ban), or a history or banned token outside the vocabulary.
   int32_t sample(std::span<const float> logits, std::span<const int32_t> history, uint64_t step);
 
   // The candidates and probabilities the draw uses, in the order it accumulates them. Greedy
@@ -163,7 +180,7 @@ class Sampler {
   std::vector<std::pair<int32_t, double>> distribution(std::span<const float> logits,
                                                        std::span<const int32_t> history);
 
-  // Stage names in order, e.g. {"repetition-penalty", "top-k", "temperature"}.
+  // Stage names in order, e.g. {"ban", "repetition-penalty", "top-k", "temperature"}.
   std::vector<std::string> stage_names() const;
   const SamplerConfig& config() const { return config_; }
 

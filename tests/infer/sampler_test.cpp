@@ -461,6 +461,37 @@ TEST(Sampler, MaskedTokensAreNeverDrawn) {
   }
 }
 
+// --ignore-eod's ban (llama.cpp's --ignore-eos: a logit bias of -inf): the banned token is never
+// drawn, not even when it is the argmax by far, greedy or sampled; the others keep their relative
+// probabilities.
+TEST(Sampler, BannedTokensAreNeverDrawnGreedyToo) {
+  std::vector<float> l = {0.0f, 1.0f, 30.0f, 0.5f};  // token 2: probability ~1 unbanned
+  for (double t : {0.0, 1.0}) {
+    SamplerConfig c = plain();
+    c.temperature = t;
+    c.repeat_penalty = 3.0;
+    c.banned = {2};
+    Sampler s(c);
+    EXPECT_EQ(s.stage_names().front(), "ban");
+    for (int step = 0; step < 500; ++step) EXPECT_NE(s.sample(l, std::vector<int32_t>{1}, step), 2) << "T=" << t;
+    if (t == 0) {
+      EXPECT_EQ(s.sample(l, std::vector<int32_t>{3}, 0), 1);
+      EXPECT_EQ(s.sample(l, std::vector<int32_t>{1}, 0), 3);  // 1 / 3 < 0.5: then the penalty decides
+    } else {
+      Dist d = to_map(s.distribution(l, {}));
+      EXPECT_EQ(d[2], 0.0);
+      const double z = std::exp(0.0) + std::exp(1.0) + std::exp(0.5);
+      EXPECT_NEAR(d[1], std::exp(1.0) / z, 1e-12);
+    }
+  }
+  // Banning every finite token, or a token outside the vocabulary, is an error.
+  SamplerConfig c = plain();
+  c.banned = {0, 1, 3};
+  EXPECT_THROW(Sampler(c).sample(std::vector<float>{0.0f, 1.0f, -INFINITY, 2.0f}, {}, 0), Error);
+  c.banned = {4};
+  EXPECT_THROW(Sampler(c).sample(l, {}, 0), Error);
+}
+
 TEST(Sampler, SameSeedSameSequenceDifferentSeedDifferent) {
   auto l = random_logits(1000, 700, 1.0f);
   auto draw = [&](uint64_t seed, uint64_t stream) {

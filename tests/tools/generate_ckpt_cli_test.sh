@@ -67,6 +67,14 @@ fi
 check "an unknown backend is a clear error" "[ $? -eq 2 ] && grep -q \"backend 'nosuch': unknown backend\" $work/nb.err"
 st=$("$gen" --load "$work/ck" --prompt "the cat" -n 40 --temperature 0 --stop "sat" 2> "$work/st.err")
 check "a stop string ends generation and is not printed" "[[ \"$st\" != *sat* ]] && grep -q 'stop: stop-string' $work/st.err"
+# After a document's number the model ends the document: greedy stops there, printing nothing.
+# --ignore-eod (llama.cpp's --ignore-eos, accepted too) bans that token: it is never sampled, so
+# the 10 new tokens are 10 printed bytes (the token prints no bytes: drawn, it would print less).
+e0=$("$gen" --load "$work/ck" --prompt "the dog sat on the log. 1" -n 10 --temperature 0 2> "$work/e0.err")
+check "greedy generation stops at the end-of-document token" "[ -z \"\$e0\" ] && grep -q 'decode: 0 tokens.*stop: eod' $work/e0.err"
+e1=$("$gen" --load "$work/ck" --prompt "the dog sat on the log. 1" -n 10 --temperature 0 --ignore-eod 2> "$work/e1.err")
+e2=$("$gen" --load "$work/ck" --prompt "the dog sat on the log. 1" -n 10 --temperature 0 --ignore-eos 2> /dev/null)
+check "--ignore-eod never samples it: 10 tokens, 10 bytes (--ignore-eos the same)" "[ \${#e1} -eq 10 ] && grep -q 'decode: 10 tokens.*stop: max-new-tokens' $work/e1.err && [ \"\$e1\" = \"\$e2\" ]"
 
 printf 'the cat\nthe dog sat\n' > "$work/prompts.txt"
 "$gen" --load "$work/ck" --prompt-file "$work/prompts.txt" --output "$work/out.jsonl" -n 10 --temperature 0 2> /dev/null
