@@ -108,7 +108,11 @@ int run(int argc, char** argv) {
   app.add_option("--min-p", go.sampler.min_p, "0 = off")->capture_default_str();
   app.add_option("--repeat-penalty", go.sampler.repeat_penalty, "1 = off")->capture_default_str();
   app.add_option("--repeat-last-n", go.sampler.repeat_last_n, "penalty window (-1 = all history)")->capture_default_str();
-  app.add_option("--seed", go.sampler.seed, "sampling seed")->capture_default_str();
+  std::string seed_text = "-1";
+  app.add_option("--seed,-s", seed_text,
+                 "sampling seed; -1 = a random one, printed on stderr (--seed N repeats a run; the draws are not "
+                 "llama.cpp's: Philox, not mt19937)")
+      ->capture_default_str();
   app.add_option("--stop", go.stop, "stop string (repeatable); not printed");
   app.add_flag("--ignore-eod,--ignore-eos", ignore_eod,
                "never sample the end-of-document token (banned: logit -inf, as llama.cpp's --ignore-eos)");
@@ -132,6 +136,7 @@ int run(int argc, char** argv) {
   if (threads > 0) omp_set_num_threads(threads);
   if (context < 0) throw ConfigError(detail::concat("--ctx-size must be >= 0 (0: the model's position table), got ", context));
   go.stop_at_eod = !ignore_eod;
+  go.sampler.seed = parse_seed(seed_text);  // one seed for the whole run, printed below
   go.sampler.validate();
   (void)TextStream(go.stop);  // a bad --stop is refused before the weights load
   if (interactive && !prompt.empty()) throw ConfigError("--prompt and --interactive exclude each other");
@@ -162,6 +167,9 @@ int run(int argc, char** argv) {
                static_cast<long long>(context), tok->identity().str().c_str(), backend.name().c_str(),
                std::string(dtype_name(precision)).c_str(), weights_mib < 10 ? 3 : 1, weights_mib,
                cache_mib < 10 ? 3 : 1, cache_mib);
+  // The seed once, so that any run can be repeated (llama.cpp prints its sampler seed too).
+  std::fprintf(stderr, "[llm-generate] seed: %llu%s\n", static_cast<unsigned long long>(go.sampler.seed),
+               go.sampler.greedy() ? " (unused: --temperature 0 is greedy)" : "");
   auto print = [](const std::string& s) {
     std::fwrite(s.data(), 1, s.size(), stdout);
     std::fflush(stdout);

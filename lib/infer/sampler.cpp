@@ -1,7 +1,10 @@
 #include "infer/sampler.h"
 
 #include <algorithm>
+#include <charconv>
+#include <chrono>
 #include <cmath>
+#include <random>
 
 #include "core/error.h"
 #include "core/philox.h"
@@ -19,6 +22,22 @@ void SamplerConfig::validate() const {
     fail("--repeat-penalty ", repeat_penalty, " must be > 0 (1 = off)");
   if (repeat_last_n < -1)
     fail("--repeat-last-n ", repeat_last_n, " must be >= -1 (-1 = whole history, 0 = off)");
+}
+
+uint64_t random_seed() {
+  std::random_device rd;
+  const uint64_t device = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  const auto now = static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+  return device ^ (now * 0x9E3779B97F4A7C15ull);
+}
+
+uint64_t parse_seed(std::string_view text) {
+  if (text == "-1") return random_seed();
+  uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || text.front() == '+' || ec != std::errc() || end != text.data() + text.size())
+    throw ConfigError(detail::concat("--seed ", text, " must be an integer in [0, 2^64) or -1 (a random seed)"));
+  return v;
 }
 
 // ---- Candidates ----------------------------------------------------------------------------

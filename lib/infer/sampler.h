@@ -23,6 +23,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -38,7 +39,11 @@ struct SamplerConfig {
                                  // of tokens seen in the window; 1 = off
   int64_t repeat_last_n = 64;    // --repeat-last-n: the window (last n history tokens);
                                  // 0 = off, -1 = the whole history
-  uint64_t seed = 1234;          // --seed
+  uint64_t seed = 1234;          // --seed (-1 = random). llm-generate's default is a random seed,
+                                 // drawn once per run and printed, as llama.cpp's; this fixed
+                                 // default keeps library callers reproducible. The draw is
+                                 // Philox's, not llama.cpp's std::mt19937: the same seed does not
+                                 // give llama.cpp's tokens.
   std::vector<int32_t> banned;   // token ids never drawn (logit -inf first): llm-generate's
                                  // --ignore-eod bans the end-of-document token
 
@@ -46,6 +51,13 @@ struct SamplerConfig {
   void validate() const;
   bool greedy() const { return temperature == 0.0; }
 };
+
+// --seed's value: "-1" draws a random seed (random_seed()), as llama.cpp's -1; otherwise a decimal
+// integer in [0, 2^64). Throws ConfigError naming the flag.
+uint64_t parse_seed(std::string_view text);
+// A fresh 64-bit seed: std::random_device mixed with the clock (a random_device that is a fixed
+// pseudo-random generator on some platforms would give every run the same seed).
+uint64_t random_seed();
 
 // One entry of the candidate list. Logits are kept in double so that every stage, and the
 // probabilities the draw uses, match a float64 reference to rounding.

@@ -516,6 +516,26 @@ TEST(Sampler, SameSeedSameSequenceDifferentSeedDifferent) {
   EXPECT_EQ(fresh.sample(l, {}, 3), a[3]);
 }
 
+// --seed: -1 is a random seed (llama.cpp's default and its -1), any other value the seed itself;
+// what is not a seed is refused naming the flag (before, -1 was silently 2^64 - 1).
+TEST(Sampler, ParseSeedMinusOneIsRandom) {
+  EXPECT_EQ(parse_seed("0"), 0u);
+  EXPECT_EQ(parse_seed("1234"), 1234u);
+  EXPECT_EQ(parse_seed("18446744073709551615"), UINT64_MAX);
+  std::set<uint64_t> drawn;
+  for (int i = 0; i < 8; ++i) drawn.insert(parse_seed("-1"));
+  EXPECT_EQ(drawn.size(), 8u) << "-1 must draw a fresh seed each time";
+  EXPECT_FALSE(drawn.count(UINT64_MAX));
+  for (const char* bad : {"-2", "", "1.5", "seven", "12x", "+3", "18446744073709551616"}) {
+    try {
+      parse_seed(bad);
+      ADD_FAILURE() << "accepted --seed '" << bad << "'";
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("--seed " + std::string(bad) + " must be", 0), 0u) << e.what();
+    }
+  }
+}
+
 // ---- errors --------------------------------------------------------------------------------
 
 TEST(Sampler, ValidateNamesTheFlag) {

@@ -28,6 +28,17 @@ check "--max-new-tokens bounds the output (byte tokens)" "[ \${#g1} -le 24 ]"
 s1=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --seed 7 2> /dev/null)
 s2=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --seed 7 2> /dev/null)
 check "sampling with a seed is reproducible" "[ -n \"\$s1\" ] && [ \"\$s1\" = \"\$s2\" ]"
+# Without --seed (or with -1) each run draws a random seed, as llama.cpp, and prints it: passing it
+# back repeats the run (-s is --seed; --ignore-eod: never an empty text). Tests comparing two runs
+# pass --seed or --temperature 0.
+r1=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --ignore-eod 2> "$work/r1.err")
+"$gen" --load "$work/ck" --prompt "the dog" -n 30 --ignore-eod --seed -1 > /dev/null 2> "$work/r2.err"
+seed1=$(sed -n 's/^\[llm-generate\] seed: \([0-9]*\)$/\1/p' "$work/r1.err")
+seed2=$(sed -n 's/^\[llm-generate\] seed: \([0-9]*\)$/\1/p' "$work/r2.err")
+r3=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --ignore-eod -s "${seed1:-0}" 2> "$work/r3.err")
+check "the default seed is random and printed; -s with it repeats the run (${seed1:-?}, ${seed2:-?})" "[ -n \"$seed1\" ] && [ -n \"$seed2\" ] && [ \"$seed1\" != \"$seed2\" ] && [ -n \"\$r1\" ] && [ \"\$r1\" = \"\$r3\" ] && grep -q '^\[llm-generate\] seed: ${seed1:-x}$' $work/r3.err"
+"$gen" --load "$work/ck" --prompt "the dog" -n 2 --seed -2 > /dev/null 2> "$work/seedbad.err"
+check "a seed below -1 is refused naming the flag" "[ $? -eq 2 ] && grep -q -- '--seed -2 must be an integer in \[0, 2^64) or -1' $work/seedbad.err"
 # a prompt file's requests are independent: the same prompt twice draws the same text
 printf 'the dog\r\nthe dog\n' > "$work/twice.txt"
 "$gen" --load "$work/ck" --prompt-file "$work/twice.txt" -n 30 --seed 7 > "$work/twice.jsonl" 2> /dev/null
