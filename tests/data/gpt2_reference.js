@@ -1,13 +1,14 @@
 // Runs the reference GPT-2 encoder (the npm package gpt-3-encoder, a port of OpenAI's
-// encoder.py) for the C++ differential tests.
+// encoder.py, with Python's whitespace in its regex: gpt2_python_regex.js) for the C++
+// differential tests.
 //
 //   node gpt2_reference.js PACKAGE_DIR encode HEX_LINES OUT
 //       each input line is a text as hex bytes; the bytes are decoded the way the browser and
 //       Node decode UTF-8 (TextDecoder: ill-formed parts become U+FFFD, a BOM is kept) and the
 //       ids are written one line per text, space-separated.
 //   node gpt2_reference.js PACKAGE_DIR pieces HEX_LINES OUT
-//       the same texts split by the reference's pre-tokenisation regex (taken from
-//       Encoder.js): one line per text, the UTF-8 byte length of each piece.
+//       the same texts split by the reference's pre-tokenisation regex (Encoder.js's, with
+//       Python's \s): one line per text, the UTF-8 byte length of each piece.
 //   node gpt2_reference.js PACKAGE_DIR encode-file TEXT_FILE OUT
 //       ids of a whole (large) UTF-8 file, space-separated on one line; prints MB/s to stderr.
 //
@@ -24,7 +25,7 @@ if (!packageDir || !mode || !input || !output) {
   console.error('usage: node gpt2_reference.js PACKAGE_DIR encode|pieces|encode-file INPUT OUTPUT');
   process.exit(2);
 }
-const encoder = require(path.join(packageDir, 'Encoder.js'));
+const encoder = require('./gpt2_python_regex.js').loadEncoder(packageDir);
 const decoder = new TextDecoder('utf-8', {ignoreBOM: true});
 
 function readHexLines(file) {
@@ -32,14 +33,7 @@ function readHexLines(file) {
       .map(line => decoder.decode(Buffer.from(line, 'hex')));
 }
 
-function referenceRegex() {
-  const source = fs.readFileSync(path.join(packageDir, 'Encoder.js'), 'utf8');
-  const m = source.match(/^const pat = (\/.*\/[a-z]*)\s*$/m);
-  if (!m) throw new Error('cannot find the regex in Encoder.js');
-  return new Function('return ' + m[1])();
-}
-
-function isSpace(ch) { return /\s/u.test(ch); }
+function isSpace(ch) { return encoder.isSpace(ch); }
 
 function encodeLarge(text) {
   const out = [];
@@ -58,7 +52,7 @@ if (mode === 'encode') {
   const lines = readHexLines(input).map(text => encoder.encode(text).join(' '));
   fs.writeFileSync(output, lines.join('\n') + '\n');
 } else if (mode === 'pieces') {
-  const pat = referenceRegex();
+  const pat = encoder.pat;
   const utf8 = new TextEncoder();
   const lines = readHexLines(input).map(
       text => Array.from(text.matchAll(pat), m => utf8.encode(m[0]).length).join(' '));

