@@ -101,13 +101,23 @@ int run(int argc, char** argv) {
   app.add_option("--prompt-file", prompt_file, "one prompt per line; results as JSON lines (--output)");
   app.add_option("--output", output, "JSON-lines output for --prompt-file (default stdout)");
   app.add_flag("--interactive,-i", interactive, "prompt loop (the default when stdin is a terminal)");
-  app.add_option("--max-new-tokens,-n", go.max_new_tokens, "tokens to generate at most")->capture_default_str();
-  app.add_option("--temperature", go.sampler.temperature, "0 = greedy")->capture_default_str();
+  app.add_option("--max-new-tokens,-n,--n-predict", go.max_new_tokens,
+                 "tokens to generate at most; -1 = no limit, until the context is full (llama.cpp's default)")
+      ->capture_default_str();
+  app.add_option("--temperature,--temp", go.sampler.temperature, "0 = greedy")->capture_default_str();
   app.add_option("--top-k", go.sampler.top_k, "0 = off")->capture_default_str();
   app.add_option("--top-p", go.sampler.top_p, "1 = off")->capture_default_str();
   app.add_option("--min-p", go.sampler.min_p, "0 = off")->capture_default_str();
   app.add_option("--repeat-penalty", go.sampler.repeat_penalty, "1 = off")->capture_default_str();
-  app.add_option("--repeat-last-n", go.sampler.repeat_last_n, "penalty window (-1 = all history)")->capture_default_str();
+  app.add_option("--frequency-penalty", go.sampler.frequency_penalty,
+                 "logit -= this * the token's count in the penalty window; 0 = off")
+      ->capture_default_str();
+  app.add_option("--presence-penalty", go.sampler.presence_penalty,
+                 "logit -= this for a token in the penalty window; 0 = off")
+      ->capture_default_str();
+  app.add_option("--repeat-last-n", go.sampler.repeat_last_n,
+                 "the penalties' window: the last n tokens (0 = off, -1 = the whole history)")
+      ->capture_default_str();
   std::string seed_text = "-1";
   app.add_option("--seed,-s", seed_text,
                  "sampling seed; -1 = a random one, printed on stderr (--seed N repeats a run; the draws are not "
@@ -117,7 +127,7 @@ int run(int argc, char** argv) {
   app.add_flag("--ignore-eod,--ignore-eos", ignore_eod,
                "never sample the end-of-document token (banned: logit -inf, as llama.cpp's --ignore-eos)");
   app.add_flag("--truncate-prompt", go.truncate_prompt, "keep the end of a prompt that does not fit (else an error)");
-  app.add_option("--ctx-size", context, "context positions (0 = the model's position table)")->capture_default_str();
+  app.add_option("--ctx-size,-c", context, "context positions (0 = the model's position table)")->capture_default_str();
   app.add_option("--threads", threads, "CPU threads (0 = OMP_NUM_THREADS or all cores)");
   app.add_option("--backend", backend_name, "cpu | cuda (the GPU of the launcher's local rank, else the first)")
       ->capture_default_str();
@@ -137,7 +147,7 @@ int run(int argc, char** argv) {
   if (context < 0) throw ConfigError(detail::concat("--ctx-size must be >= 0 (0: the model's position table), got ", context));
   go.stop_at_eod = !ignore_eod;
   go.sampler.seed = parse_seed(seed_text);  // one seed for the whole run, printed below
-  go.sampler.validate();
+  go.validate();
   (void)TextStream(go.stop);  // a bad --stop is refused before the weights load
   if (interactive && !prompt.empty()) throw ConfigError("--prompt and --interactive exclude each other");
   if (interactive && !prompt_file.empty()) throw ConfigError("--prompt-file and --interactive exclude each other");

@@ -6,6 +6,13 @@
 
 namespace llm {
 
+void GenerateOptions::validate() const {
+  sampler.validate();
+  if (max_new_tokens < -1)
+    throw ConfigError(detail::concat("--max-new-tokens ", max_new_tokens,
+                                     " must be >= 0, or -1 for no limit (until the context is full)"));
+}
+
 Generator::Generator(GPT& model, const Tokenizer& tokenizer, int64_t context)
     : model_(model), tok_(tokenizer), context_(context) {
   if (tokenizer.vocab_size() > model.config().vocab_size)
@@ -24,8 +31,7 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
                                   const std::function<void(const std::string&)>& on_text,
                                   const std::atomic<bool>* cancel,
                                   const std::function<void(const std::string&)>& on_warning) {
-  o.sampler.validate();
-  if (o.max_new_tokens < 0) throw ConfigError("--max-new-tokens must be >= 0");
+  o.validate();
   // Everything that can refuse the request does so before it touches the conversation.
   SamplerConfig sc = o.sampler;
   if (!o.stop_at_eod) sc.banned.push_back(tok_.eod_id());  // llama.cpp's --ignore-eos: never drawn
@@ -42,9 +48,10 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
                                        cache_.length ? " (/reset starts a new conversation)" : "",
                                        " (--truncate-prompt keeps the end of the prompt)"));
     // What is kept leaves room for the tokens asked for, up to half the free context (the
-    // prompt keeps at least the other half).
+    // prompt keeps at least the other half; no limit asks for all of it).
     const int64_t free = context_ - cache_.length;
-    const int64_t keep = std::min(room, std::max<int64_t>(free - std::max<int64_t>(o.max_new_tokens, 1), free / 2));
+    const int64_t wanted = o.max_new_tokens < 0 ? free : std::max<int64_t>(o.max_new_tokens, 1);
+    const int64_t keep = std::min(room, std::max<int64_t>(free - wanted, free / 2));
     if (on_warning)
       on_warning(detail::concat("prompt truncated from the left: ", ids.size(), " -> ", keep, " tokens (room for ",
                                 free - keep, " new)"));
@@ -73,7 +80,7 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
       st.stop_reason = "cancelled";
       break;
     }
-    if (st.new_tokens >= o.max_new_tokens) {
+    if (o.max_new_tokens >= 0 && st.new_tokens >= o.max_new_tokens) {
       st.stop_reason = "max-new-tokens";
       break;
     }

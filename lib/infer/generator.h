@@ -16,12 +16,16 @@ namespace llm {
 
 struct GenerateOptions {
   SamplerConfig sampler;
-  int64_t max_new_tokens = 256;
+  int64_t max_new_tokens = 256;   // -1: no limit (until the end of document or a full context);
+                                  // llama.cpp's -n defaults to -1, ours to 256
   std::vector<std::string> stop;  // stop strings (not printed)
   // true: the end-of-document token ends the reply. false (--ignore-eod, llama.cpp's
   // --ignore-eos): it is banned from sampling (logit -inf), so it is never drawn, printed or fed.
   bool stop_at_eod = true;
   bool truncate_prompt = false;   // drop the oldest prompt tokens when the prompt does not fit
+
+  // Throws ConfigError naming the flag (the sampler's, or --max-new-tokens below -1).
+  void validate() const;
 };
 
 struct GenerateStats {

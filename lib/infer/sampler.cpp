@@ -20,6 +20,10 @@ void SamplerConfig::validate() const {
   if (!(min_p >= 0 && min_p <= 1)) fail("--min-p ", min_p, " must be in [0, 1] (0 = off)");
   if (!(repeat_penalty > 0) || !std::isfinite(repeat_penalty))
     fail("--repeat-penalty ", repeat_penalty, " must be > 0 (1 = off)");
+  if (!std::isfinite(frequency_penalty))
+    fail("--frequency-penalty ", frequency_penalty, " must be finite (0 = off)");
+  if (!std::isfinite(presence_penalty))
+    fail("--presence-penalty ", presence_penalty, " must be finite (0 = off)");
   if (repeat_last_n < -1)
     fail("--repeat-last-n ", repeat_last_n, " must be >= -1 (-1 = whole history, 0 = off)");
 }
@@ -90,20 +94,25 @@ void BanStage::apply(Candidates& c) const {
   LLM_FAIL("sampler: every token is banned or masked (vocabulary size ", c.items.size(), ")");
 }
 
-void RepetitionPenaltyStage::apply(Candidates& c) const {
-  if (last_n_ == 0 || penalty_ == 1.0 || history_.empty()) return;
-  LLM_CHECK(!c.sorted, "repetition penalty must be the first stage (candidates in id order)");
+void PenaltiesStage::apply(Candidates& c) const {
+  if (last_n_ == 0 || history_.empty()) return;
+  LLM_CHECK(!c.sorted, "the penalties need the candidates in id order (no stage before them sorts)");
   const size_t n = last_n_ < 0 ? history_.size()
                                : std::min(history_.size(), static_cast<size_t>(last_n_));
   std::vector<int32_t> window(history_.end() - static_cast<std::ptrdiff_t>(n), history_.end());
   std::sort(window.begin(), window.end());
-  window.erase(std::unique(window.begin(), window.end()), window.end());
-  for (int32_t t : window) {
+  for (size_t i = 0; i < window.size();) {
+    const int32_t t = window[i];
+    size_t j = i + 1;
+    while (j < window.size() && window[j] == t) ++j;
+    const double count = static_cast<double>(j - i);
+    i = j;
     if (t < 0 || static_cast<size_t>(t) >= c.items.size())
       LLM_FAIL("sampler: history token ", t, " is outside the vocabulary (size ", c.items.size(), ")");
     Candidate& x = c.items[static_cast<size_t>(t)];
-    LLM_CHECK(x.id == t, "repetition penalty needs the full candidate list in id order");
-    x.logit = x.logit > 0 ? x.logit / penalty_ : x.logit * penalty_;
+    LLM_CHECK(x.id == t, "the penalties need the full candidate list in id order");
+    if (repeat_ != 1.0) x.logit = x.logit <= 0 ? x.logit * repeat_ : x.logit / repeat_;
+    x.logit -= count * frequency_ + presence_;  // a masked token (-inf) stays masked
   }
 }
 
@@ -231,8 +240,11 @@ std::vector<std::pair<int32_t, double>> softmax(const Candidates& c) {
 Sampler::Sampler(const SamplerConfig& config, uint64_t stream) : config_(config), stream_(stream) {
   config_.validate();
   if (!config_.banned.empty()) stages_.push_back(std::make_unique<BanStage>(config_.banned));
-  if (config_.repeat_penalty != 1.0 && config_.repeat_last_n != 0) {
-    auto stage = std::make_unique<RepetitionPenaltyStage>(config_.repeat_penalty, config_.repeat_last_n);
+  const bool penalised = config_.repeat_penalty != 1.0 || config_.frequency_penalty != 0.0 ||
+                         config_.presence_penalty != 0.0;
+  if (penalised && config_.repeat_last_n != 0) {
+    auto stage = std::make_unique<PenaltiesStage>(config_.repeat_penalty, config_.frequency_penalty,
+                                                  config_.presence_penalty, config_.repeat_last_n);
     penalty_ = stage.get();
     stages_.push_back(std::move(stage));
   }

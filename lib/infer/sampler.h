@@ -1,12 +1,15 @@
 // Next-token sampling for llm-generate: a chain of small stages over a candidate list, in
 // llama.cpp's default order
 //
-//   ban -> repetition penalty -> top-k -> top-p -> min-p -> temperature -> softmax -> draw
+//   ban -> penalties -> top-k -> top-p -> min-p -> temperature -> softmax -> draw
 //
 // The ban (llama.cpp's logit bias of -inf, which its --ignore-eos adds for the end-of-generation
 // tokens) sets the logits of tokens that must never be drawn to -inf before anything else, so no
 // stage, greedy included, can pick them.
-// Why this order: the penalty changes logits, so it comes before anything that selects by
+// The penalties are llama.cpp's penalties sampler: over the last n tokens of the history, the
+// repetition penalty then the frequency and presence penalties.
+//
+// Why this order: the penalties change logits, so they come before anything that selects by
 // logit. The three truncations then act on the model's own (penalised) distribution, so the set
 // of tokens that may be drawn does not depend on the temperature: raising the temperature
 // flattens what survived but can never let the long tail back in (the reason min-p and a high
@@ -37,8 +40,11 @@ struct SamplerConfig {
   double min_p = 0.05;           // --min-p: keep p >= min_p * p_max; 0 = off
   double repeat_penalty = 1.0;   // --repeat-penalty: divide positive / multiply negative logits
                                  // of tokens seen in the window; 1 = off
-  int64_t repeat_last_n = 64;    // --repeat-last-n: the window (last n history tokens);
-                                 // 0 = off, -1 = the whole history
+  double frequency_penalty = 0;  // --frequency-penalty: logit -= count in the window * this; 0 = off
+  double presence_penalty = 0;   // --presence-penalty: logit -= this for a token in the window;
+                                 // 0 = off
+  int64_t repeat_last_n = 64;    // --repeat-last-n: the window of all three penalties (last n
+                                 // history tokens); 0 = off, -1 = the whole history
   uint64_t seed = 1234;          // --seed (-1 = random). llm-generate's default is a random seed,
                                  // drawn once per run and printed, as llama.cpp's; this fixed
                                  // default keeps library callers reproducible. The draw is
@@ -107,18 +113,22 @@ class BanStage final : public SamplerStage {
   std::vector<int32_t> ids_;
 };
 
-// llama.cpp's penalty: for each distinct token among the last `last_n` history tokens,
-// logit = logit > 0 ? logit / penalty : logit * penalty. Needs the list in id order (it is the
-// first stage), with candidate i being token i.
-class RepetitionPenaltyStage final : public SamplerStage {
+// llama.cpp's penalties sampler: for each distinct token among the last `last_n` history tokens,
+// seen `count` times there, first the repetition penalty,
+//   logit = logit <= 0 ? logit * repeat : logit / repeat,
+// then the frequency and presence penalties,
+//   logit -= count * frequency + presence.
+// Needs the list in id order (no stage before it reorders), with candidate i being token i.
+class PenaltiesStage final : public SamplerStage {
  public:
-  RepetitionPenaltyStage(double penalty, int64_t last_n) : penalty_(penalty), last_n_(last_n) {}
+  PenaltiesStage(double repeat, double frequency, double presence, int64_t last_n)
+      : repeat_(repeat), frequency_(frequency), presence_(presence), last_n_(last_n) {}
   void set_history(std::span<const int32_t> history) { history_ = history; }
-  std::string name() const override { return "repetition-penalty"; }
+  std::string name() const override { return "penalties"; }
   void apply(Candidates& c) const override;
 
  private:
-  double penalty_;
+  double repeat_, frequency_, presence_;
   int64_t last_n_;
   std::span<const int32_t> history_;
 };
@@ -182,7 +192,7 @@ class Sampler {
   explicit Sampler(const SamplerConfig& config, uint64_t stream = 0);
 
   // The next token for `logits` (exactly the real vocabulary: the caller strips padding),
-  // given the tokens so far (`history`: prompt + generated, for the repetition penalty) and the
+  // given the tokens so far (`history`: prompt + generated, for the penalties) and the
   // step number that keys the random draw. Throws Error on an empty vocabulary, a NaN or +inf
   // logit, no finite logit (after the ban), or a history or banned token outside the vocabulary.
   int32_t sample(std::span<const float> logits, std::span<const int32_t> history, uint64_t step);
@@ -192,7 +202,7 @@ class Sampler {
   std::vector<std::pair<int32_t, double>> distribution(std::span<const float> logits,
                                                        std::span<const int32_t> history);
 
-  // Stage names in order, e.g. {"ban", "repetition-penalty", "top-k", "temperature"}.
+  // Stage names in order, e.g. {"ban", "penalties", "top-k", "temperature"}.
   std::vector<std::string> stage_names() const;
   const SamplerConfig& config() const { return config_; }
 
@@ -202,7 +212,7 @@ class Sampler {
 
   SamplerConfig config_;
   uint64_t stream_;
-  RepetitionPenaltyStage* penalty_ = nullptr;  // owned by stages_; null when off
+  PenaltiesStage* penalty_ = nullptr;  // owned by stages_; null when off
   std::vector<std::unique_ptr<SamplerStage>> stages_;
   Candidates candidates_;
 };

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "data/simple_tokenizers.h"
 #include "model/gpt.h"
 
@@ -96,5 +97,26 @@ TEST(Generator, IgnoreEodBansTheEndOfDocumentToken) {
     EXPECT_EQ(b.new_tokens, 10);
     EXPECT_FALSE(has_token(b.text, kEod)) << "T=" << t << ": " << b.text;
     EXPECT_EQ(ignores.used(), 3 + 10);
+  }
+}
+
+// -n -1 (llama.cpp's default): no limit, so the reply runs until the context is full; below -1 is
+// refused naming the flag.
+TEST(Generator, NoTokenLimitRunsUntilTheContextIsFull) {
+  FixedLogitsModel m(5, 40.0f);
+  GenerateOptions go;
+  go.max_new_tokens = -1;
+  go.sampler.temperature = 0;
+  Generator gen(m.model, m.tok, m.config.max_position_embeddings);
+  const GenerateStats st = gen.generate("1 2 3", go, {});
+  EXPECT_EQ(st.stop_reason, "context-full");
+  EXPECT_EQ(st.new_tokens, m.config.max_position_embeddings - 3);
+  EXPECT_EQ(gen.used(), m.config.max_position_embeddings);
+  go.max_new_tokens = -2;
+  try {
+    gen.generate("1", go, {});
+    ADD_FAILURE() << "-n -2 accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), "--max-new-tokens -2 must be >= 0, or -1 for no limit (until the context is full)");
   }
 }

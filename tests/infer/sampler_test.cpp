@@ -23,6 +23,8 @@ SamplerConfig plain() {
   c.top_p = 1.0;
   c.min_p = 0.0;
   c.repeat_penalty = 1.0;
+  c.frequency_penalty = 0.0;
+  c.presence_penalty = 0.0;
   c.repeat_last_n = 64;
   c.seed = 7;
   return c;
@@ -53,11 +55,15 @@ Dist reference(const std::vector<float>& logits, const std::vector<int32_t>& his
                const SamplerConfig& c, double* margin = nullptr) {
   double m = INFINITY;
   std::vector<double> l(logits.begin(), logits.end());
-  if (c.repeat_penalty != 1.0 && c.repeat_last_n != 0) {
+  if (c.repeat_last_n != 0) {
     size_t n = c.repeat_last_n < 0 ? history.size()
                                    : std::min(history.size(), size_t(c.repeat_last_n));
-    std::set<int32_t> seen(history.end() - n, history.end());
-    for (int32_t t : seen) l[t] = l[t] > 0 ? l[t] / c.repeat_penalty : l[t] * c.repeat_penalty;
+    std::map<int32_t, int> count;
+    for (size_t i = history.size() - n; i < history.size(); ++i) count[history[i]]++;
+    for (auto [t, k] : count) {
+      l[t] = l[t] > 0 ? l[t] / c.repeat_penalty : l[t] * c.repeat_penalty;
+      l[t] -= k * c.frequency_penalty + c.presence_penalty;
+    }
   }
   std::vector<int32_t> ids(l.size());
   std::iota(ids.begin(), ids.end(), 0);
@@ -163,7 +169,7 @@ TEST(Sampler, GreedyAppliesRepeatPenalty) {
   std::vector<float> l = {5.0f, 4.9f};
   EXPECT_EQ(s.sample(l, std::vector<int32_t>{0}, 0), 1);  // 5 / 1.1 < 4.9
   EXPECT_EQ(s.sample(l, std::vector<int32_t>{1}, 0), 0);
-  EXPECT_EQ(s.stage_names(), std::vector<std::string>{"repetition-penalty"});
+  EXPECT_EQ(s.stage_names(), std::vector<std::string>{"penalties"});
 }
 
 // ---- single stages -------------------------------------------------------------------------
@@ -321,6 +327,46 @@ TEST(Sampler, RepeatPenaltyDividesPositiveMultipliesNegativeInWindowOnly) {
   EXPECT_THROW(run(3, {7}), Error);
 }
 
+// llama.cpp's penalties sampler: per distinct token of the window, seen `count` times, the
+// repetition penalty first, then logit -= count * frequency + presence (presence once, whatever
+// the count). Order matters: 2 / 2 - 1 = 0, where (2 - 1) / 2 would be 0.5.
+TEST(Sampler, FrequencyAndPresencePenaltiesFollowTheRepetitionPenalty) {
+  std::vector<float> l = {2.0f, -1.0f, 0.5f, 3.0f, -INFINITY};
+  auto run = [&](double repeat, double freq, double presence, int64_t last_n, std::vector<int32_t> history) {
+    SamplerConfig c = plain();
+    c.repeat_penalty = repeat;
+    c.frequency_penalty = freq;
+    c.presence_penalty = presence;
+    c.repeat_last_n = last_n;
+    Sampler s(c);
+    return to_map(s.distribution(l, history));
+  };
+  auto softmax_of = [](std::vector<double> x) {
+    double mx = -INFINITY, z = 0;
+    for (double v : x) mx = std::max(mx, v);
+    for (double v : x) z += std::exp(v - mx);
+    Dist d;
+    for (size_t i = 0; i < x.size(); ++i) d[int32_t(i)] = std::exp(x[i] - mx) / z;
+    return d;
+  };
+  const double ninf = -INFINITY;
+  // Window {0, 1, 0, 3} (the last 4 of 5): token 0 twice, 1 and 3 once; token 2 only before it.
+  const std::vector<int32_t> h = {2, 0, 1, 0, 3};
+  expect_same(run(1.0, 0.25, 0.0, 4, h), softmax_of({2.0 - 0.5, -1.0 - 0.25, 0.5, 3.0 - 0.25, ninf}));
+  expect_same(run(1.0, 0.0, 0.75, 4, h), softmax_of({2.0 - 0.75, -1.0 - 0.75, 0.5, 3.0 - 0.75, ninf}));
+  expect_same(run(2.0, 1.0, 0.0, 4, h), softmax_of({2.0 / 2 - 2.0, -1.0 * 2 - 1.0, 0.5, 3.0 / 2 - 1.0, ninf}));
+  expect_same(run(2.0, 0.5, 0.5, -1, h),
+              softmax_of({2.0 / 2 - 1.5, -1.0 * 2 - 1.0, 0.5 / 2 - 1.0, 3.0 / 2 - 1.0, ninf}));
+  // Negative values reward repetition (OpenAI's range is [-2, 2]); a masked token stays masked.
+  expect_same(run(1.0, -0.5, -1.0, 4, {4, 0, 4}), softmax_of({2.0 + 1.5, -1.0, 0.5, 3.0, ninf}));
+  // Greedy sees them too: token 3 leads token 0 by 1; one sighting of 3 costs it 0.6, two 1.2.
+  SamplerConfig g = plain();
+  g.temperature = 0;
+  g.frequency_penalty = 0.6;
+  EXPECT_EQ(Sampler(g).sample(l, std::vector<int32_t>{3}, 0), 3);
+  EXPECT_EQ(Sampler(g).sample(l, std::vector<int32_t>{3, 3}, 0), 0);
+}
+
 // ---- the chain -----------------------------------------------------------------------------
 
 TEST(Sampler, StageOrder) {
@@ -330,9 +376,18 @@ TEST(Sampler, StageOrder) {
   c.top_p = 0.9;
   c.min_p = 0.05;
   c.temperature = 0.8;
-  EXPECT_EQ(Sampler(c).stage_names(), (std::vector<std::string>{"repetition-penalty", "top-k",
+  EXPECT_EQ(Sampler(c).stage_names(), (std::vector<std::string>{"penalties", "top-k",
                                                                 "top-p", "min-p", "temperature"}));
   EXPECT_TRUE(Sampler(plain()).stage_names().empty());
+  // The frequency or presence penalty alone is the same stage; a window of 0 turns all off.
+  c = plain();
+  c.frequency_penalty = 0.5;
+  EXPECT_EQ(Sampler(c).stage_names(), std::vector<std::string>{"penalties"});
+  c.frequency_penalty = 0;
+  c.presence_penalty = -0.5;
+  EXPECT_EQ(Sampler(c).stage_names(), std::vector<std::string>{"penalties"});
+  c.repeat_last_n = 0;
+  EXPECT_TRUE(Sampler(c).stage_names().empty());
 }
 
 TEST(Sampler, CombinedChainsMatchFloat64Reference) {
@@ -341,12 +396,14 @@ TEST(Sampler, CombinedChainsMatchFloat64Reference) {
     int64_t top_k;
     double top_p, min_p, penalty;
     int64_t last_n;
+    double frequency = 0, presence = 0;
   };
   const std::vector<Case> cases = {
       {0.8, 40, 0.95, 0.05, 1.0, 64},   // llama.cpp defaults
       {1.3, 0, 0.9, 0.0, 1.3, 16},      {0.5, 200, 1.0, 0.1, 1.1, -1},
       {2.0, 1000, 0.8, 0.02, 0.9, 32},  {1.0, 5, 0.5, 0.5, 1.5, 8},
       {0.7, 0, 1.0, 0.0, 1.2, 64},      {0.0, 10, 0.9, 0.1, 1.3, 64},
+      {0.8, 40, 0.95, 0.05, 1.1, 64, 0.3, 0.5},  {1.0, 0, 0.9, 0.0, 1.0, -1, 0.1, -0.4},
   };
   int checked = 0;
   for (size_t ci = 0; ci < cases.size(); ++ci) {
@@ -359,6 +416,8 @@ TEST(Sampler, CombinedChainsMatchFloat64Reference) {
       c.min_p = k.min_p;
       c.repeat_penalty = k.penalty;
       c.repeat_last_n = k.last_n;
+      c.frequency_penalty = k.frequency;
+      c.presence_penalty = k.presence;
       Sampler s(c);
       const size_t vocab = seed % 2 ? 50257 : 1000;
       auto l = random_logits(vocab, 500 + seed, 3.0f);
@@ -388,7 +447,7 @@ TEST(Sampler, CombinedChainsMatchFloat64Reference) {
       ++checked;
     }
   }
-  EXPECT_GE(checked, 28);
+  EXPECT_GE(checked, 36);
 }
 
 // ---- the draw ------------------------------------------------------------------------------
@@ -558,6 +617,11 @@ TEST(Sampler, ValidateNamesTheFlag) {
   EXPECT_NE(message([](SamplerConfig& c) { c.min_p = 1.2; }).find("--min-p 1.2"), std::string::npos);
   EXPECT_NE(message([](SamplerConfig& c) { c.repeat_penalty = 0; }).find("--repeat-penalty 0"), std::string::npos);
   EXPECT_NE(message([](SamplerConfig& c) { c.repeat_last_n = -2; }).find("--repeat-last-n -2"), std::string::npos);
+  EXPECT_NE(message([](SamplerConfig& c) { c.frequency_penalty = NAN; }).find("--frequency-penalty nan must be finite"),
+            std::string::npos);
+  EXPECT_NE(message([](SamplerConfig& c) { c.presence_penalty = INFINITY; }).find("--presence-penalty inf must be"),
+            std::string::npos);
+  EXPECT_EQ(message([](SamplerConfig& c) { c.frequency_penalty = -1.5; c.presence_penalty = 2; }), "no error");
   EXPECT_EQ(message([](SamplerConfig&) {}), "no error");
   EXPECT_EQ(message([](SamplerConfig& c) { c.top_p = 1; c.min_p = 1; c.temperature = 0; }), "no error");
 }

@@ -25,6 +25,23 @@ g2=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperatu
 check "greedy generation is deterministic and non-empty" "[ -n \"\$g1\" ] && [ \"\$g1\" = \"\$g2\" ]"
 check "generation reports prefill and decode speed" "grep -q 'prefill: 7 tokens in .*decode: [0-9]* tokens in' $work/g1.err"
 check "--max-new-tokens bounds the output (byte tokens)" "[ \${#g1} -le 24 ]"
+# llama.cpp's spellings: --temp, --n-predict (-n), -c; -n -1 is no limit (until the context is full)
+a1=$("$gen" --load "$work/ck" --prompt "the cat" --n-predict 24 --temp 0 2> /dev/null)
+check "--temp and --n-predict are --temperature and --max-new-tokens" "[ \"\$a1\" = \"\$g1\" ]"
+"$gen" --load "$work/ck" --prompt "the cat" -c 32 -n -1 --temp 0 --ignore-eod > /dev/null 2> "$work/nolimit.err"
+check "-n -1 generates until the context (-c 32) is full" "[ $? -eq 0 ] && grep -q ', context 32,' $work/nolimit.err && grep -q 'prefill: 7 tokens.*decode: 25 tokens.*stop: context-full' $work/nolimit.err"
+# the frequency and presence penalties (llama.cpp's; unit-tested in Sampler.*) change greedy text
+fp=$("$gen" --load "$work/ck" --prompt "the cat" -n 24 --temp 0 --frequency-penalty 0.5 2> /dev/null)
+pp=$("$gen" --load "$work/ck" --prompt "the cat" -n 24 --temp 0 --presence-penalty 1 2> /dev/null)
+check "--frequency-penalty and --presence-penalty apply" "[ -n \"\$fp\" ] && [ \"\$fp\" != \"\$g1\" ] && [ -n \"\$pp\" ] && [ \"\$pp\" != \"\$g1\" ]"
+"$gen" --load "$work/ck" --prompt "x" --frequency-penalty nan > /dev/null 2> "$work/fpnan.txt"
+check "a penalty that is not finite is refused naming the flag" "[ $? -eq 2 ] && grep -q -- '--frequency-penalty nan must be finite' $work/fpnan.txt"
+unknown=0
+for flag in "--typical-p 0.9" "--mirostat 2" "--dry-multiplier 0.8" "--xtc-probability 0.5"; do
+  "$gen" --load "$work/ck" --prompt "x" $flag > /dev/null 2> "$work/unknown.txt" && unknown=1
+  grep -q "not expected: .*${flag%% *}" "$work/unknown.txt" || unknown=1
+done
+check "llama.cpp's typical-p, mirostat, DRY and XTC (not implemented) are refused as unknown flags" "[ $unknown -eq 0 ]"
 s1=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --seed 7 2> /dev/null)
 s2=$("$gen" --load "$work/ck" --prompt "the dog" -n 30 --seed 7 2> /dev/null)
 check "sampling with a seed is reproducible" "[ -n \"\$s1\" ] && [ \"\$s1\" = \"\$s2\" ]"
