@@ -74,7 +74,7 @@ HFTokenizerFiles hf_tokenizer_of(const CheckpointReader& ckpt) {
     t.vocab_file = o.vocab_file;
     t.merge_file = o.merge_file;
     t.eod_id = make_tokenizer(o)->eod_id();
-  } else if (o.type == "SentencePieceTokenizer" && !o.model.empty()) {
+  } else if ((o.type == "SentencePieceTokenizer" || o.type == "GPTSentencePieceTokenizer") && !o.model.empty()) {
     t.kind = HFTokenizerFiles::Kind::sentencepiece;
     t.model_file = o.model;
     t.eod_id = make_tokenizer(o)->eod_id();
@@ -208,7 +208,8 @@ int run(int argc, char** argv) {
     auto t = make_tokenizer({"GPT2BPETokenizer", "", hf.tokenizer.vocab_file, hf.tokenizer.merge_file, 0});
     tok = {t->identity(), {{"vocab", hf.tokenizer.vocab_file}, {"merges", hf.tokenizer.merge_file}}};
   } else if (hf.tokenizer.kind == HFTokenizerFiles::Kind::sentencepiece) {
-    auto t = make_tokenizer({"SentencePieceTokenizer", hf.tokenizer.model_file, "", "", 0});
+    // HF's view of the model's pieces: </s> its end of text, no ids after the model's.
+    auto t = make_tokenizer({"GPTSentencePieceTokenizer", hf.tokenizer.model_file, "", "", 0});
     tok = {t->identity(), {{"model", hf.tokenizer.model_file}}};
   } else {
     tok = {{"None", ""}, {}};  // no tokenizer files in the directory: llm-generate then needs --tokenizer-type

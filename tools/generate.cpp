@@ -61,7 +61,7 @@ std::unique_ptr<Tokenizer> checkpoint_tokenizer_or_flags(const CheckpointReader&
                         (o.type == "MockData" ? "trained on --mock-data" : "imported without tokenizer files") +
                         "); pass --tokenizer-type (e.g. NullTokenizer --vocab-size " + std::to_string(model_vocab - 1) +
                         ": ids in, ids out, the model's last id its end of document)");
-    if ((o.type == "SentencePieceTokenizer" && o.model.empty()) ||
+    if (((o.type == "SentencePieceTokenizer" || o.type == "GPTSentencePieceTokenizer") && o.model.empty()) ||
         (o.type == "GPT2BPETokenizer" && (o.vocab_file.empty() || o.merge_file.empty())))
       throw ConfigError(ckpt.dir() + ": the checkpoint records a " + o.type +
                         " but not its files (train with --tokenizer-model / --vocab-file / --merge-file, or pass them here)");

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -27,7 +28,8 @@ struct TokenizerFlags {
   TokenizerOptions o;
   void add(CLI::App& app, bool required) {
     app.add_option("--tokenizer-type", o.type,
-                   "SentencePieceTokenizer | GPT2BPETokenizer | NullTokenizer | ByteTokenizer")
+                   "SentencePieceTokenizer (Megatron's: <EOD> after the model's pieces) | GPTSentencePieceTokenizer (</s> as EOD) | "
+                   "GPT2BPETokenizer | NullTokenizer | ByteTokenizer")
         ->required(required);
     app.add_option("--tokenizer-model", o.model, "SentencePiece .model file");
     app.add_option("--vocab-file", o.vocab_file, "GPT-2 vocabulary (encoder.json / vocab.json)");
@@ -40,12 +42,13 @@ struct InputFlags {
   std::vector<std::string> inputs;
   std::string format = "auto", boundary = "blank-line", invalid_utf8 = "replace", bad_json = "skip";
   std::vector<std::string> json_keys{"text"};
+  CLI::Option* json_keys_flag = nullptr;
   void add(CLI::App& app, bool required) {
     app.add_option("--input", inputs, "input files (text or JSON lines); - for stdin")->required(required);
     app.add_option("--input-format", format, "auto (by extension: .jsonl/.json = jsonl) | text | jsonl")
         ->capture_default_str();
     app.add_option("--document-boundary", boundary, "text inputs: blank-line | line | file")->capture_default_str();
-    app.add_option("--json-keys", json_keys, "JSON-lines keys whose text are documents")->capture_default_str();
+    json_keys_flag = app.add_option("--json-keys", json_keys, "JSON-lines keys whose text are documents")->capture_default_str();
     app.add_option("--invalid-utf8", invalid_utf8, "replace (with U+FFFD, counted) | fail")->capture_default_str();
     app.add_option("--bad-json", bad_json, "skip (counted) | fail")->capture_default_str();
   }
@@ -70,15 +73,31 @@ struct InputFlags {
     o.fail_on_invalid_utf8 = invalid_utf8 == "fail";
     o.fail_on_bad_json = bad_json == "fail";
     o.json_keys = json_keys;
+    if (o.format != InputFormat::jsonl && json_keys_flag && json_keys_flag->count() > 0)
+      throw ConfigError("--json-keys: " + (inputs.empty() ? std::string("stdin") : inputs[0]) +
+                        " is read as text (" + (format == "text" ? "--input-format text" : "by its extension") +
+                        "), which has no keys; pass --input-format jsonl to read it as JSON lines");
     return o;
   }
 };
 
-// An error every rank has reached together (through a collective): each reports it and exits.
-// Any other error under MPI aborts the job, so no rank is left waiting in a collective.
+// An error every rank has reached together (through a collective): rank 0 reports it once and
+// every rank exits. Any other error under MPI aborts the job, so no rank is left waiting in a
+// collective.
 struct AllRanksError : ConfigError {
   using ConfigError::ConfigError;
 };
+
+// The ranks' errors agreed (collective): the first failed rank's, "[rank N] "-prefixed past rank
+// 0, on every rank; empty when none failed.
+std::string first_error(const MpiSession& mpi, const std::string& error) {
+  if (mpi.size() == 1) return error;
+  const std::vector<std::string> all = mpi.gather(error);
+  std::string first;
+  for (size_t r = 0; r < all.size() && first.empty(); ++r)
+    if (!all[r].empty()) first = r == 0 ? all[r] : "[rank " + std::to_string(r) + "] " + all[r];
+  return mpi.broadcast(first);
+}
 
 std::string human_count(double v) {
   char buf[32];
@@ -87,6 +106,61 @@ std::string human_count(double v) {
   else if (v >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
   else std::snprintf(buf, sizeof buf, "%.0f", v);
   return buf;
+}
+
+// What a rank sees of an input: its size and a hash of its first and last 64 KiB ("" when it
+// cannot be read: the reader names that). Ranks read byte ranges of the inputs' concatenation,
+// computed from the sizes each sees, so an input that differs by node (a node-local copy of
+// another version) would duplicate or drop documents silently.
+std::string input_fingerprint(const std::string& path) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec) return "";
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return "";
+  constexpr std::streamoff kEdge = 65536;
+  std::string head(static_cast<size_t>(std::min<std::streamoff>(kEdge, static_cast<std::streamoff>(size))), '\0');
+  f.read(head.data(), static_cast<std::streamsize>(head.size()));
+  std::string tail;
+  if (static_cast<std::streamoff>(size) > kEdge) {
+    tail.resize(static_cast<size_t>(std::min<std::streamoff>(kEdge, static_cast<std::streamoff>(size) - kEdge)));
+    f.seekg(static_cast<std::streamoff>(size) - static_cast<std::streamoff>(tail.size()));
+    f.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  }
+  if (!f) return "";
+  return detail::concat(size, " bytes, ", hash_bytes(head + tail));
+}
+
+// The first input that some rank sees otherwise than rank 0 (collective): the message, or "".
+std::string differing_input(const MpiSession& mpi, const std::vector<std::string>& inputs) {
+  if (mpi.size() == 1) return "";
+  std::string mine;
+  for (const std::string& in : inputs) mine += input_fingerprint(in) + '\n';
+  const std::vector<std::string> all = mpi.gather(mine);
+  std::string verdict;
+  if (mpi.rank() == 0) {
+    auto split = [](const std::string& t) {
+      std::vector<std::string> v;
+      for (size_t at = 0; at < t.size();) {
+        const size_t end = t.find('\n', at);
+        v.push_back(t.substr(at, end - at));
+        at = end + 1;
+      }
+      return v;
+    };
+    const std::vector<std::string> ours = split(mine);
+    for (size_t r = 1; r < all.size() && verdict.empty(); ++r) {
+      const std::vector<std::string> theirs = split(all[r]);
+      for (size_t i = 0; i < inputs.size() && i < theirs.size() && i < ours.size(); ++i)
+        if (!ours[i].empty() && !theirs[i].empty() && ours[i] != theirs[i]) {
+          verdict = detail::concat(inputs[i], ": rank ", r, " sees another file than rank 0 (", theirs[i],
+                                   " against ", ours[i], "); every rank must read the same inputs (a copy on "
+                                   "node-local disk that differs?)");
+          break;
+        }
+    }
+  }
+  return mpi.broadcast(verdict);
 }
 
 int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags& tf, const std::string& out_dir,
@@ -106,6 +180,18 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
   }
   refused = mpi.broadcast(refused);
   if (!refused.empty()) throw AllRanksError(refused);
+  // Every rank writes its part into rank 0's staging directory beside the output: an output on
+  // disk that only some nodes see would fail only after all the work.
+  if (const std::vector<int> blind = mpi.ranks_not_seeing(std::filesystem::path(out_dir).parent_path().string());
+      !blind.empty()) {
+    std::string ranks;
+    for (size_t i = 0; i < blind.size() && i < 6; ++i) ranks += (i ? ", " : "") + std::to_string(blind[i]);
+    if (blind.size() > 6) ranks += detail::concat(" ... (", blind.size(), " ranks)");
+    throw AllRanksError("--output-prefix " + out_dir + ": rank" + (blind.size() > 1 ? "s " : " ") + ranks +
+                        " of this job cannot see the files rank 0 writes beside it (a directory on node-local disk?); "
+                        "every rank writes its part of the dataset there, so the output must be on a file system "
+                        "all nodes share");
+  }
   // An input another node cannot see fails that rank's reader alone: every rank learns of it.
   std::unique_ptr<DocumentReader> reader_ptr;
   std::string open_error;
@@ -114,8 +200,8 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
   } catch (const std::exception& e) {
     open_error = e.what();
   }
-  if (!mpi.all_ok(open_error.empty()))
-    throw AllRanksError(open_error.empty() ? "another rank could not open its input; nothing was written" : open_error);
+  if (const std::string e = first_error(mpi, open_error); !e.empty()) throw AllRanksError(e);
+  if (const std::string e = differing_input(mpi, in.inputs); !e.empty()) throw AllRanksError(e);
   DocumentReader& reader = *reader_ptr;
   if (mpi.rank() == 0) remove_dead_staging(out_dir);  // what killed runs of this dataset left
   const std::string tag = mpi.broadcast(mpi.rank() == 0 ? staging_tag() : "");
@@ -143,10 +229,10 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
     error = e.what();
   }
   if (progress_bar) std::fprintf(stderr, "\n");
-  if (!mpi.all_ok(error.empty())) {
-    // every rank is past its writes (all_ok is collective): rank 0 removes the staging area
+  if (const std::string e = first_error(mpi, error); !e.empty()) {
+    // every rank is past its writes (first_error is collective): rank 0 removes the staging area
     if (mpi.rank() == 0) discard_staging_dir(staging);
-    throw AllRanksError(error.empty() ? "another rank failed; nothing was written" : error);
+    throw AllRanksError(e + "; nothing was written");
   }
   // A dataset without a document (empty inputs, or every line skipped) is refused, not published:
   // it would only fail later, in llm-pretrain's split.
@@ -171,9 +257,7 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
       publish_error = e.what();
     }
   }
-  if (!mpi.all_ok(publish_error.empty()))
-    throw AllRanksError(publish_error.empty() ? "rank 0 could not publish the dataset; nothing was written"
-                                              : publish_error);
+  if (const std::string e = first_error(mpi, publish_error); !e.empty()) throw AllRanksError(e);
   // Input size: each rank's byte range (ranks past the first also scan text before their range
   // to find document starts, which st.input.bytes would count twice); stdin has no range.
   const bool ranged = reader.bytes_to_read() > 0 && reader.bytes_to_read() < (int64_t{1} << 60);
@@ -224,6 +308,19 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   app.add_option("--shard-tokens", shard_tokens, "tokens per shard file")->capture_default_str();
   app.add_flag("--overwrite", overwrite, "replace an existing dataset at --output-prefix (only once the new one is complete)");
   app.add_option("--from-megatron", from_megatron, "import a Megatron .bin/.idx dataset PREFIX instead of reading text");
+  // preprocess_data.py flags of copied scripts: accepted where they change nothing here, refused
+  // with the reason where they would.
+  std::string dataset_impl = "mmap", lang = "english";
+  int64_t log_interval = 0, partitions = 1, vocab_extra_ids = 0;
+  bool split_sentences = false, keep_newlines = false, keep_sequential = false;
+  app.add_option("--dataset-impl", dataset_impl, "accepted at mmap (preprocess_data.py's; the output is HDF5 here)");
+  app.add_option("--log-interval", log_interval, "accepted (preprocess_data.py's; progress shows on a terminal here)");
+  app.add_option("--partitions", partitions, "accepted (preprocess_data.py's; ranks under mpirun split the input here)");
+  app.add_flag("--keep-sequential-samples", keep_sequential, "accepted (preprocess_data.py's; documents keep their order here)");
+  app.add_option("--lang", lang, "accepted (preprocess_data.py's, for --split-sentences)");
+  app.add_flag("--split-sentences", split_sentences, "refused: documents are not split into sentences here");
+  app.add_flag("--keep-newlines", keep_newlines, "refused (preprocess_data.py's, with --split-sentences)");
+  app.add_option("--vocab-extra-ids", vocab_extra_ids, "accepted at 0 (T5's <extra_id_N> tokens are not added here)");
 
   // train-tokenizer
   auto* train = app.add_subcommand("train-tokenizer", "train a SentencePiece model (BPE or unigram)");
@@ -257,7 +354,14 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return mpi.rank() == 0 ? app.exit(e) : (e.get_exit_code() ? 2 : 0);
+    if (mpi.size() == 1 || e.get_exit_code() == 0) return mpi.rank() == 0 ? app.exit(e) : 0;
+    // A rank may be given other arguments (a wrapper): said by that rank, unless rank 0 failed
+    // alike and its abort ends the job first.
+    if (mpi.rank() != 0) throw ConfigError(e.what());
+    const int code = app.exit(e);
+    std::fflush(stdout);
+    std::fflush(stderr);
+    mpi.abort(code);
   }
   if (workers > 0) omp_set_num_threads(workers);
 
@@ -265,8 +369,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     if (mpi.size() > 1) throw ConfigError("train-tokenizer runs on one process (use --workers for threads)");
     train_sentencepiece_on_documents(tin.inputs, tin.options(), spm);
     SentencePieceTokenizer check(spm.model_prefix + ".model");
-    std::printf("[llm-tokenize] trained %s.model: %s, %lld pieces, EOD id %d\n", spm.model_prefix.c_str(),
-                spm.model_type.c_str(), static_cast<long long>(check.vocab_size()), check.eod_id());
+    std::printf("[llm-tokenize] trained %s.model: %s, %lld pieces; as SentencePieceTokenizer a vocabulary of %lld, "
+                "EOD id %d (<EOD>); as GPTSentencePieceTokenizer EOD id %d (</s>)\n",
+                spm.model_prefix.c_str(), spm.model_type.c_str(), static_cast<long long>(check.model_pieces()),
+                static_cast<long long>(check.vocab_size()), check.eod_id(),
+                SentencePieceTokenizer(spm.model_prefix + ".model", SentencePieceTokenizer::Variant::gpt).eod_id());
     return 0;
   }
   if (*encode) {
@@ -301,13 +408,33 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     if (mpi.rank() == 0) {
       const DatasetInfo di{tok->identity(), tok->vocab_size(), tok->eod_id()};
       MegatronImportStats s = import_megatron(from_megatron, out_dir, di, shard_tokens, overwrite);
+      if (s.documents_from_sequences)
+        std::printf("[llm-tokenize] note: %s.idx has no document index (doc_idx = [0], as older Megatron's merge tool "
+                    "wrote it): each sequence is taken as a document, as Megatron's GPT training reads it\n",
+                    from_megatron.c_str());
       std::printf("[llm-tokenize] imported %s: %lld documents, %lld tokens -> %s\n", from_megatron.c_str(),
                   static_cast<long long>(s.documents), static_cast<long long>(s.tokens), out_dir.c_str());
     }
     return 0;
   }
+  if (split_sentences || keep_newlines)
+    throw ConfigError(std::string(split_sentences ? "--split-sentences" : "--keep-newlines") +
+                      ": documents are not split into sentences here (NLTK's punkt splitter is Python's; Megatron's GPT "
+                      "dataset would then shuffle the sentences as documents); drop the flag");
+  if (dataset_impl != "mmap")
+    throw ConfigError("--dataset-impl " + dataset_impl + ": the output is libllm's HDF5 dataset (mmap is accepted)");
+  if (vocab_extra_ids != 0) throw ConfigError("--vocab-extra-ids: T5's <extra_id_N> tokens are not added here (0 is accepted)");
   if (in.inputs.empty()) throw ConfigError("--input is required (or a subcommand: train-tokenizer, encode, decode, info)");
   if (tf.o.type.empty()) throw ConfigError("--tokenizer-type is required");
+  if (in.options().format == InputFormat::jsonl && in.json_keys.size() > 1) {
+    std::string keys, runs;
+    for (const std::string& k : in.json_keys) {
+      keys += " " + k;
+      runs += (runs.empty() ? "" : ", ") + std::string("--json-keys ") + k + " --output-prefix " + out_dir + "_" + k;
+    }
+    throw ConfigError("--json-keys" + keys + ": Megatron's preprocess_data.py writes one dataset per key, where one "
+                      "dataset would interleave the keys' texts as documents; run once per key (" + runs + ")");
+  }
   return preprocess(mpi, in, tf, out_dir, append_eod, shard_tokens, overwrite);
 }
 
@@ -315,13 +442,20 @@ int run(int argc, char** argv, const MpiSession& mpi) {
 
 int main(int argc, char** argv) {
   MpiSession mpi(&argc, &argv);
-  // One line per failing rank; an error of this rank alone (not reached through a collective)
-  // aborts the job, since the other ranks may be waiting in a collective.
+  // One message: an error the ranks agreed on is rank 0's to say. One that a rank met alone (not
+  // through a collective) aborts the job, since the others may be waiting in a collective; rank
+  // 0 says its own at once, another rank its own, "[rank N]", unless rank 0's abort (every rank
+  // usually meets the same error) has ended it within the grace first.
   auto fail = [&](const std::exception& e, int code, bool all_ranks) {
-    const std::string rank = mpi.size() > 1 ? "[rank " + std::to_string(mpi.rank()) + "] " : "";
+    if (all_ranks) {
+      if (mpi.rank() == 0) std::fprintf(stderr, "llm-tokenize: error: %s\n", e.what());
+      return code;
+    }
+    mpi.yield_to_lead();
+    const std::string rank = mpi.rank() != 0 ? "[rank " + std::to_string(mpi.rank()) + "] " : "";
     std::fprintf(stderr, "llm-tokenize: error: %s%s\n", rank.c_str(), e.what());
     std::fflush(stderr);
-    if (mpi.size() > 1 && !all_ranks) mpi.abort(code);
+    if (mpi.size() > 1) mpi.abort(code);
     return code;
   };
   try {

@@ -6,6 +6,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <numeric>
 #include <filesystem>
 #include <fstream>
 
@@ -85,7 +86,10 @@ MegatronIndex read_megatron_index(const std::string& prefix) {
   in.read(header, kHeaderBytes);
   if (!in) throw ConfigError(idx + ": cannot read the header");
   if (std::memcmp(header, kMagic, sizeof kMagic) != 0)
-    throw ConfigError(idx + ": bad magic (not a Megatron MMIDIDX index file)");
+    throw ConfigError(idx + (std::memcmp(header, "TNTIDX\0\0", 8) == 0
+                                 ? ": Megatron's legacy index (TNTIDX, --dataset-impl lazy or cached); only the mmap "
+                                   "format (MMIDIDX) is read: run preprocess_data.py with --dataset-impl mmap"
+                                 : ": bad magic (not a Megatron MMIDIDX index file)"));
   const auto version = load<uint64_t>(header + 9);
   if (version != 1) throw ConfigError(detail::concat(idx, ": version ", version, ", expected 1"));
   ix.dtype_code = static_cast<unsigned char>(header[17]);
@@ -127,6 +131,13 @@ MegatronIndex read_megatron_index(const std::string& prefix) {
                                      " bytes (", bin_size < static_cast<uint64_t>(pos) ? "truncated" : "trailing data",
                                      ")"));
   if (entries == 0) throw ConfigError(idx + ": doc_idx is empty (it needs at least the leading 0)");
+  if (entries == 1 && ix.doc_idx[0] == 0 && seqs > 0) {
+    // Older Megatron's merge_file_ (tools/merge_datasets.py) appended the sizes but never the
+    // document index; its GPT training reads sequences alone, so each sequence is a document.
+    ix.doc_idx.resize(seqs + 1);
+    std::iota(ix.doc_idx.begin(), ix.doc_idx.end(), int64_t{0});
+    ix.documents_from_sequences = true;
+  }
   if (ix.doc_idx[0] != 0) throw ConfigError(detail::concat(idx, ": doc_idx[0] is ", ix.doc_idx[0], ", expected 0"));
   for (uint64_t d = 1; d < entries; ++d)
     if (ix.doc_idx[d] < ix.doc_idx[d - 1])
@@ -187,6 +198,7 @@ MegatronImportStats import_megatron(const std::string& prefix, const std::string
   const MegatronIndex& ix = reader.index();
   std::vector<int32_t> ids;
   MegatronImportStats stats;
+  stats.documents_from_sequences = ix.documents_from_sequences;
   for (int64_t d = 0; d < reader.num_documents(); ++d) {
     const std::vector<int64_t> doc = reader.document(d);
     ids.resize(doc.size());

@@ -34,6 +34,9 @@ struct MegatronIndex {
   std::vector<int32_t> sizes;
   std::vector<int64_t> pointers;
   std::vector<int64_t> doc_idx;
+  // The file's doc_idx was [0] alone (older Megatron's merge tool wrote no document index): each
+  // sequence taken as a document, as Megatron's GPT training reads such a file.
+  bool documents_from_sequences = false;
   int64_t num_sequences() const { return static_cast<int64_t>(sizes.size()); }
   int64_t num_documents() const { return static_cast<int64_t>(doc_idx.size()) - 1; }
   int64_t num_tokens() const;
@@ -67,6 +70,7 @@ class MegatronReader {
 
 struct MegatronImportStats {
   int64_t documents = 0, tokens = 0;
+  bool documents_from_sequences = false;  // MegatronIndex's
 };
 
 // Converts PREFIX into a dataset at out_dir (DatasetWriter: atomic publish, overwrite rules).

@@ -16,7 +16,7 @@
 
 namespace llm {
 
-SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_file)
+SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_file, Variant variant)
     : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
   if (std::error_code ec; !std::filesystem::exists(model_file, ec))
     throw ConfigError(model_file + ": SentencePiece model not found");
@@ -24,8 +24,41 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_file)
     throw ConfigError(model_file + ": is a directory, not a SentencePiece model");
   const auto status = sp_->Load(model_file);
   if (!status.ok()) throw ConfigError(model_file + ": not a SentencePiece model (" + status.ToString() + ")");
-  if (sp_->eos_id() < 0) throw ConfigError(model_file + ": the model has no </s> piece to use as end-of-document");
-  identity_ = {"SentencePieceTokenizer", hash_file(model_file)};
+  pieces_ = vocab_ = sp_->GetPieceSize();
+  if (variant == Variant::gpt) {
+    if (sp_->eos_id() < 0)
+      throw ConfigError(model_file + ": the model has no </s> piece, which GPTSentencePieceTokenizer takes as end-of-document");
+    eod_ = sp_->eos_id();
+    identity_ = {"GPTSentencePieceTokenizer", hash_file(model_file)};
+  } else {
+    // Megatron's _SentencePieceTokenizer._initalize: each special the model's piece of that name,
+    // or the next id after the model's pieces and the specials added before it.
+    auto add = [&](const std::string& name) {
+      int32_t id = sp_->PieceToId(name);
+      if (id == sp_->unk_id() && name != sp_->IdToPiece(sp_->unk_id())) {  // (not a piece: PieceToId gives <unk>)
+        for (size_t i = 0; i < added_.size() && id == sp_->unk_id(); ++i)
+          if (added_[i] == name) id = static_cast<int32_t>(pieces_ + static_cast<int64_t>(i));
+        if (id == sp_->unk_id()) {
+          id = static_cast<int32_t>(vocab_++);
+          added_.push_back(name);
+        }
+      }
+      specials_.emplace_back(name, id);
+      return id;
+    };
+    auto piece_or = [&](int id, const char* fallback) {
+      return id >= 0 && id < sp_->GetPieceSize() ? sp_->IdToPiece(id) : std::string(fallback);
+    };
+    add("<CLS>");
+    add("<SEP>");
+    eod_ = add("<EOD>");
+    add("<MASK>");
+    add(piece_or(sp_->pad_id(), "<PAD>"));
+    add(piece_or(sp_->bos_id(), "<BOS>"));
+    add(piece_or(sp_->eos_id(), "<EOS>"));
+    // The same model file names another tokenizer than GPTSentencePieceTokenizer's (other ids).
+    identity_ = {"SentencePieceTokenizer", hash_bytes(hash_file(model_file) + "/megatron-specials")};
+  }
   // SentencePiece's encoder slows down on long inputs (a 1 MB line encodes ~3.5x slower per
   // byte than the same text as lines), and documents are often many lines. With the usual
   // settings (newline normalised to a space, pieces never spanning whitespace, a dummy "▁"
@@ -38,13 +71,37 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_file)
   for (const char* probe : {"In the beginning\nGod created", "a\n\nb", " x \n y ", "foo.\nBar, baz\n", "\nlead",
                             "tail\n\n", "1\n2 3\n\t4"}) {
     if (!split_lines_) break;
-    split_lines_ = encode(probe) == encode_whole(probe);
+    split_lines_ = encode_pieces(probe) == encode_whole(probe);
   }
 }
 
 SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
 std::vector<int32_t> SentencePieceTokenizer::encode(std::string_view text) const {
+  if (specials_.empty()) return encode_pieces(text);
+  // Megatron's _SentencePieceTokenizer.tokenize: the earliest special token's text (the first in
+  // the specials' order on a tie) becomes its id; the text before it is encoded on its own.
+  std::vector<int32_t> out;
+  size_t at = 0;
+  while (true) {
+    size_t best = std::string_view::npos;
+    const std::pair<std::string, int32_t>* which = nullptr;
+    for (const auto& sp : specials_) {
+      const size_t f = text.find(sp.first, at);
+      if (f < best) best = f, which = &sp;
+    }
+    if (!which) break;
+    const std::vector<int32_t> before = encode_pieces(text.substr(at, best - at));
+    out.insert(out.end(), before.begin(), before.end());
+    out.push_back(which->second);
+    at = best + which->first.size();
+  }
+  const std::vector<int32_t> rest = encode_pieces(text.substr(at));
+  out.insert(out.end(), rest.begin(), rest.end());
+  return out;
+}
+
+std::vector<int32_t> SentencePieceTokenizer::encode_pieces(std::string_view text) const {
   if (!split_lines_) return encode_whole(text);
   std::vector<int32_t> out;
   std::vector<int> ids;
@@ -70,15 +127,31 @@ std::vector<int32_t> SentencePieceTokenizer::encode_whole(std::string_view text)
 }
 
 std::string SentencePieceTokenizer::decode(std::span<const int32_t> ids) const {
-  std::vector<int> v(ids.begin(), ids.end());
+  auto pieces = [&](std::span<const int32_t> run) {
+    std::vector<int> v(run.begin(), run.end());
+    std::string out;
+    const auto status = sp_->Decode(v, &out);
+    LLM_CHECK(status.ok(), "SentencePiece decode failed: ", status.ToString());
+    return out;
+  };
+  if (specials_.empty()) return pieces(ids);
+  // Megatron's detokenize: each special token as its text, a space either side of it.
   std::string out;
-  const auto status = sp_->Decode(v, &out);
-  LLM_CHECK(status.ok(), "SentencePiece decode failed: ", status.ToString());
-  return out;
+  size_t last = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::pair<std::string, int32_t>* which = nullptr;
+    for (const auto& sp : specials_)
+      if (sp.second == ids[i]) which = which ? which : &sp;
+    if (!which) continue;
+    out += pieces(ids.subspan(last, i - last)) + " " + which->first + " ";
+    last = i + 1;
+  }
+  return out + pieces(ids.subspan(last));
 }
 
 std::string SentencePieceTokenizer::token_bytes(int32_t id) const {
-  LLM_CHECK(id >= 0 && id < sp_->GetPieceSize(), "token id ", id, " outside the vocabulary");
+  LLM_CHECK(id >= 0 && id < vocab_, "token id ", id, " outside the vocabulary");
+  if (id >= pieces_) return added_[static_cast<size_t>(id - pieces_)];  // a special token after the model's
   if (sp_->IsControl(id)) return "";
   if (sp_->IsByte(id)) {
     // byte-fallback pieces are spelled <0xAB>
@@ -100,8 +173,8 @@ std::string SentencePieceTokenizer::token_bytes(int32_t id) const {
   return out;
 }
 
-int64_t SentencePieceTokenizer::vocab_size() const { return sp_->GetPieceSize(); }
-int32_t SentencePieceTokenizer::eod_id() const { return sp_->eos_id(); }
+int64_t SentencePieceTokenizer::vocab_size() const { return vocab_; }
+int32_t SentencePieceTokenizer::eod_id() const { return eod_; }
 
 namespace {
 
@@ -204,7 +277,8 @@ std::unordered_map<std::string, std::string> trainer_arguments(const SentencePie
     kw["user_defined_symbols"] = s;
   }
   kw["minloglevel"] = "2";  // the trainer's per-step chatter goes to stderr otherwise
-  // ids: <unk>=0 <s>=1 </s>=2 (EOD), no padding piece (Megatron's defaults)
+  // ids: <unk>=0 <s>=1 </s>=2 (GPTSentencePieceTokenizer's EOD), no padding piece (SentencePiece's
+  // defaults; SentencePieceTokenizer adds <CLS> <SEP> <EOD> <MASK> <PAD> after the pieces)
   return kw;
 }
 

@@ -1,5 +1,15 @@
 // SentencePiece (BPE or unigram) through the SentencePiece library, and training a model
-// from a corpus through its trainer. EOD is the model's </s> (Megatron's convention).
+// from a corpus through its trainer.
+//
+// Megatron's two SentencePiece tokenizer types (megatron/tokenizer/tokenizer.py):
+// - SentencePieceTokenizer (`_SentencePieceTokenizer`): <CLS>, <SEP>, <EOD>, <MASK>, then the
+//   model's pad, bos and eos pieces (<PAD>, <BOS>, <EOS> where the model has none) are special
+//   tokens, each the model's piece of that name or a new id after the model's pieces, in that
+//   order; EOD is <EOD> (for a model trained here, whose pieces are <unk> <s> </s> ...: the
+//   vocabulary is the model's N pieces + 5, EOD = N + 2). A special token's text in the input
+//   encodes to its id, the text between encoded on its own.
+// - GPTSentencePieceTokenizer (`_GPTSentencePieceTokenizer`): the model's pieces alone, EOD its
+//   </s>.
 #pragma once
 #include <memory>
 #include <string>
@@ -15,7 +25,8 @@ namespace llm {
 
 class SentencePieceTokenizer final : public Tokenizer {
  public:
-  explicit SentencePieceTokenizer(const std::string& model_file);
+  enum class Variant { megatron, gpt };  // SentencePieceTokenizer, GPTSentencePieceTokenizer
+  explicit SentencePieceTokenizer(const std::string& model_file, Variant variant = Variant::megatron);
   ~SentencePieceTokenizer() override;
   std::vector<int32_t> encode(std::string_view text) const override;
   std::string decode(std::span<const int32_t> ids) const override;
@@ -27,11 +38,19 @@ class SentencePieceTokenizer final : public Tokenizer {
   bool splits_lines() const { return split_lines_; }
   // Encodes the whole text in one call, never splitting (the reference for the split path).
   std::vector<int32_t> encode_whole(std::string_view text) const;
+  // The special tokens (Variant::megatron; empty for gpt), in Megatron's order, with their ids.
+  const std::vector<std::pair<std::string, int32_t>>& special_tokens() const { return specials_; }
+  int64_t model_pieces() const { return pieces_; }
 
  private:
+  std::vector<int32_t> encode_pieces(std::string_view text) const;  // the model alone
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   TokenizerIdentity identity_;
   bool split_lines_ = false;
+  int64_t pieces_ = 0, vocab_ = 0;
+  int32_t eod_ = -1;
+  std::vector<std::pair<std::string, int32_t>> specials_;
+  std::vector<std::string> added_;  // the names of ids pieces_, pieces_ + 1, ...
 };
 
 struct SentencePieceTrainOptions {

@@ -103,7 +103,10 @@ bool DocumentReader::read_line(std::string& line) {
 
 void DocumentReader::emit(std::string text, const std::string& key, const std::string& where,
                           std::vector<RawDocument>& out, const Start* start) {
-  if (is_blank(text)) {
+  // A blank text paragraph is no document; a JSON field's text goes to the tokenizer as given
+  // (GPT-2's BPE encodes whitespace; a document that encodes to nothing is skipped there, as
+  // Megatron's preprocess_data.py adds no EOD to and no sequence for it).
+  if (opt_.format != InputFormat::jsonl ? is_blank(text) : text.empty()) {
     ++stats_.empty_skipped;
     return;
   }

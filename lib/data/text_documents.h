@@ -33,7 +33,7 @@ struct RawDocument {
 
 struct InputStats {
   int64_t documents = 0;         // returned
-  int64_t empty_skipped = 0;     // empty (or whitespace-only) documents
+  int64_t empty_skipped = 0;     // empty documents (whitespace-only text, or encoding to no token)
   int64_t bad_json_skipped = 0;  // lines that did not parse or lacked the key
   int64_t utf8_replaced = 0;     // documents with invalid UTF-8 repaired
   int64_t bytes = 0;             // input bytes consumed by this rank

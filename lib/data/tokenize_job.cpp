@@ -17,6 +17,7 @@ TokenizeStats tokenize_documents(DocumentReader& reader, const Tokenizer& tokeni
   std::vector<std::vector<int32_t>> ids;
   std::vector<std::exception_ptr> errors;
   const int32_t eod = tokenizer.eod_id();
+  int64_t encoded_empty = 0;
   bool more = true;
   while (more) {
     batch.clear();
@@ -30,7 +31,7 @@ TokenizeStats tokenize_documents(DocumentReader& reader, const Tokenizer& tokeni
     for (size_t i = 0; i < batch.size(); ++i) {
       try {
         ids[i] = tokenizer.encode(batch[i].text);
-        if (options.append_eod) ids[i].push_back(eod);
+        if (options.append_eod && !ids[i].empty()) ids[i].push_back(eod);
       } catch (...) {
         errors[i] = std::current_exception();
       }
@@ -46,10 +47,16 @@ TokenizeStats tokenize_documents(DocumentReader& reader, const Tokenizer& tokeni
       }
     }
     for (size_t i = 0; i < batch.size(); ++i) {
+      if (ids[i].empty()) {  // text that encodes to no token is no document (Megatron's preprocess_data.py)
+        ++encoded_empty;
+        continue;
+      }
       writer.add_document(ids[i]);
       st.tokens += static_cast<int64_t>(ids[i].size());
     }
     st.input = reader.stats();
+    st.input.documents -= encoded_empty;
+    st.input.empty_skipped += encoded_empty;
     st.seconds = timer.seconds();
     if (options.progress) options.progress(st);
   }

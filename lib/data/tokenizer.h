@@ -12,7 +12,7 @@
 namespace llm {
 
 struct TokenizerIdentity {
-  std::string kind;  // "SentencePieceTokenizer" | "GPT2BPETokenizer" | "NullTokenizer"
+  std::string kind;  // "SentencePieceTokenizer" | "GPTSentencePieceTokenizer" | "GPT2BPETokenizer" | ...
   std::string hash;  // hex digest of the defining files (or of the parameters for Null)
   std::string str() const { return kind + ":" + hash; }
   bool operator==(const TokenizerIdentity&) const = default;

@@ -10,7 +10,9 @@ namespace llm {
 std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& o) {
   if (o.type == "SentencePieceTokenizer" || o.type == "GPTSentencePieceTokenizer") {
     if (o.model.empty()) throw ConfigError("--tokenizer-type " + o.type + " needs --tokenizer-model");
-    return std::make_unique<SentencePieceTokenizer>(o.model);
+    return std::make_unique<SentencePieceTokenizer>(o.model, o.type == "SentencePieceTokenizer"
+                                                                 ? SentencePieceTokenizer::Variant::megatron
+                                                                 : SentencePieceTokenizer::Variant::gpt);
   }
   if (o.type == "GPT2BPETokenizer") {
     if (o.vocab_file.empty() || o.merge_file.empty())
@@ -23,7 +25,7 @@ std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& o) {
   }
   if (o.type == "ByteTokenizer") return std::make_unique<ByteTokenizer>();
   throw ConfigError("--tokenizer-type '" + o.type +
-                    "': expected SentencePieceTokenizer, GPT2BPETokenizer, NullTokenizer or ByteTokenizer");
+                    "': expected SentencePieceTokenizer, GPTSentencePieceTokenizer, GPT2BPETokenizer, NullTokenizer or ByteTokenizer");
 }
 
 }  // namespace llm

@@ -529,9 +529,10 @@ void TrainArgs::validate() const {
   if (no_pipeline_parallel && pipeline_model_parallel_size > 1)
     fail("--no-pipeline-parallel with --pipeline-model-parallel-size ", pipeline_model_parallel_size);
   if (checkpoint_num_layers != 1) fail("--checkpoint-num-layers: only 1 (each layer recomputed on its own), got ", checkpoint_num_layers);
-  if (!tokenizer_type.empty() && tokenizer_type != "SentencePieceTokenizer" && tokenizer_type != "GPT2BPETokenizer" &&
-      tokenizer_type != "NullTokenizer" && tokenizer_type != "ByteTokenizer")
-    fail("--tokenizer-type '", tokenizer_type, "': SentencePieceTokenizer, GPT2BPETokenizer, NullTokenizer or ByteTokenizer");
+  if (!tokenizer_type.empty() && tokenizer_type != "SentencePieceTokenizer" && tokenizer_type != "GPTSentencePieceTokenizer" &&
+      tokenizer_type != "GPT2BPETokenizer" && tokenizer_type != "NullTokenizer" && tokenizer_type != "ByteTokenizer")
+    fail("--tokenizer-type '", tokenizer_type,
+         "': SentencePieceTokenizer, GPTSentencePieceTokenizer, GPT2BPETokenizer, NullTokenizer or ByteTokenizer");
   if (dataloader_type != "single" && dataloader_type != "cyclic")
     fail("--dataloader-type '", dataloader_type, "': single or cyclic (samples come in the dataset's shuffled order)");
   if (data_impl != "mmap" && data_impl != "infer")

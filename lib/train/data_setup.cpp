@@ -61,7 +61,8 @@ TrainingData build_training_data(TrainArgs& args, IndexCacheOptions cache) {
     TokenizerOptions to{args.tokenizer_type, args.tokenizer_model, args.vocab_file, args.merge_file, 0};
     if (args.tokenizer_type == "NullTokenizer") to.vocab_size = first.vocab_size - 1;
     const TokenizerIdentity mine = make_tokenizer(to)->identity();
-    const std::string from = args.tokenizer_type == "SentencePieceTokenizer" ? "--tokenizer-model " + args.tokenizer_model
+    const bool spm = args.tokenizer_type == "SentencePieceTokenizer" || args.tokenizer_type == "GPTSentencePieceTokenizer";
+    const std::string from = spm ? "--tokenizer-type " + args.tokenizer_type + " --tokenizer-model " + args.tokenizer_model
                              : args.tokenizer_type == "GPT2BPETokenizer"    ? "--vocab-file / --merge-file"
                                                                             : "--tokenizer-type " + args.tokenizer_type;
     if (!(mine == first.tokenizer))

@@ -215,6 +215,41 @@ TEST_F(MegatronCorruption, DocIdxNotEndingAtTheSequenceCount) {
   EXPECT_NE(e.find("sequence count"), std::string::npos) << e;
 }
 
+// Older Megatron's merge tool wrote doc_idx = [0] alone: every sequence is a document then.
+TEST_F(MegatronCorruption, ADocumentIndexOfTheLeadingZeroAloneMakesEachSequenceADocument) {
+  const MegatronDocs& docs = docs_;
+  std::string idx_bytes;
+  {
+    std::ifstream f(idx(), std::ios::binary);
+    idx_bytes.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  const int64_t entries = static_cast<int64_t>(docs.size()) + 1;
+  idx_bytes.resize(static_cast<size_t>(doc_idx_offset(seqs_, 1)));  // keep doc_idx[0] = 0 only
+  const uint64_t one = 1;
+  std::memcpy(idx_bytes.data() + 26, &one, sizeof one);
+  std::ofstream(idx(), std::ios::binary | std::ios::trunc) << idx_bytes;
+  const MegatronIndex ix = read_megatron_index(prefix());
+  EXPECT_TRUE(ix.documents_from_sequences);
+  ASSERT_EQ(ix.num_documents(), seqs_);
+  MegatronReader reader(prefix());
+  int64_t s = 0;
+  for (const auto& doc : docs)
+    for (const auto& seq : doc) {
+      const std::vector<int64_t> got = reader.document(s++);
+      EXPECT_EQ(got, seq) << "sequence " << s - 1;
+    }
+  EXPECT_GT(entries, 2);  // the file had documents of several sequences
+}
+
+// The legacy (non-mmap) index is named as such.
+TEST_F(MegatronCorruption, LegacyIndexIsNamed) {
+  std::fstream f(idx(), std::ios::binary | std::ios::in | std::ios::out);
+  f.write("TNTIDX\0\0", 8);
+  f.close();
+  const std::string e = error_of([&] { read_megatron_index(prefix()); });
+  EXPECT_NE(e.find("legacy index (TNTIDX"), std::string::npos) << e;
+}
+
 TEST_F(MegatronCorruption, DocIdxGoingBackwards) {
   patch<int64_t>(idx(), doc_idx_offset(seqs_, 2), 0);
   const std::string e = import_error();

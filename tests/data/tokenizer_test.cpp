@@ -57,9 +57,10 @@ std::string trained_model(const std::string& type, const std::vector<std::string
 }  // namespace
 
 TEST(SentencePiece, TrainBpeEncodeDecodeRoundTrip) {
-  SentencePieceTokenizer tok(trained_model("bpe"));
+  SentencePieceTokenizer tok(trained_model("bpe"), SentencePieceTokenizer::Variant::gpt);
   EXPECT_EQ(tok.vocab_size(), 400);
   EXPECT_EQ(tok.eod_id(), 2);  // </s>
+  EXPECT_EQ(tok.identity().kind, "GPTSentencePieceTokenizer");
   const std::string text = "the king said unto them, 42; light was good.";
   auto ids = tok.encode(text);
   EXPECT_LT(ids.size(), text.size() / 2);  // words merge into few pieces
@@ -74,6 +75,37 @@ TEST(SentencePiece, TrainBpeEncodeDecodeRoundTrip) {
   std::string bytes;
   for (int32_t id : tok.encode("😀")) bytes += tok.token_bytes(id);
   EXPECT_EQ(bytes, " 😀");
+}
+
+// Megatron's _SentencePieceTokenizer over a model trained here (<unk> <s> </s> + 397 pieces, no
+// pad piece): <CLS> 400, <SEP> 401, <EOD> 402, <MASK> 403, <PAD> 404, then <s> and </s> are the
+// model's 1 and 2; a vocabulary of 405. A special's text encodes to its id, the text on either
+// side encoded on its own; decoding writes it back with a space either side.
+TEST(SentencePiece, MegatronSpecialTokensFollowTheModelsPieces) {
+  const std::string model = trained_model("bpe");
+  SentencePieceTokenizer tok(model);
+  SentencePieceTokenizer gpt(model, SentencePieceTokenizer::Variant::gpt);
+  EXPECT_EQ(tok.model_pieces(), 400);
+  EXPECT_EQ(tok.vocab_size(), 405);
+  EXPECT_EQ(tok.eod_id(), 402);
+  const std::vector<std::pair<std::string, int32_t>> want{{"<CLS>", 400}, {"<SEP>", 401}, {"<EOD>", 402}, {"<MASK>", 403},
+                                                         {"<PAD>", 404}, {"<s>", 1},     {"</s>", 2}};
+  EXPECT_EQ(tok.special_tokens(), want);
+  EXPECT_EQ(tok.identity().kind, "SentencePieceTokenizer");
+  EXPECT_NE(tok.identity(), gpt.identity());  // the same file, two tokenizers
+  const std::vector<int32_t> a = gpt.encode("the king"), b = gpt.encode("said unto them");
+  std::vector<int32_t> want_ids = a;
+  want_ids.push_back(402);
+  want_ids.insert(want_ids.end(), b.begin(), b.end());
+  want_ids.push_back(2);
+  EXPECT_EQ(tok.encode("the king<EOD>said unto them</s>"), want_ids);
+  // the earliest special first; plain text is the model's encoding
+  EXPECT_EQ(tok.encode("light was good"), gpt.encode("light was good"));
+  EXPECT_EQ(gpt.encode("a<EOD>b"), gpt.encode_whole("a<EOD>b"));  // GPTSentencePieceTokenizer: no specials
+  EXPECT_EQ(tok.decode(want_ids), "the king <EOD> said unto them </s> ");
+  EXPECT_EQ(tok.token_bytes(402), "<EOD>");
+  EXPECT_EQ(tok.token_bytes(404), "<PAD>");
+  EXPECT_THROW(tok.token_bytes(405), Error);
 }
 
 TEST(SentencePiece, UnigramAndUserDefinedSymbols) {

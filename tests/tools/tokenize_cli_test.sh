@@ -19,6 +19,7 @@ done > "$work/corpus.txt"
 
 "$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/spm" --vocab-size 400 > "$work/train.txt" 2>&1
 check "train-tokenizer exits 0 and writes the model" "[ $? -eq 0 ] && [ -f $work/spm.model ]"
+check "train-tokenizer names both Megatron views of the model" "grep -q '400 pieces; as SentencePieceTokenizer a vocabulary of 405, EOD id 402 (<EOD>); as GPTSentencePieceTokenizer EOD id 2 (</s>)' $work/train.txt"
 spm=(--tokenizer-type SentencePieceTokenizer --tokenizer-model "$work/spm.model")
 
 "$tok" --input "$work/corpus.txt" --output-prefix "$work/ds1" "${spm[@]}" --append-eod --shard-tokens 2000 > "$work/p1.txt" 2>&1
@@ -37,6 +38,9 @@ ids=$("$tok" encode "${spm[@]}" --text "the quick brown fox")
 check "encode prints ids" "[[ '$ids' =~ ^[0-9]+(\ [0-9]+)*$ ]]"
 text=$("$tok" decode "${spm[@]}" --ids "$(echo $ids | tr ' ' ',')")
 check "decode inverts encode" "[ '$text' = 'the quick brown fox' ]"
+"$tok" encode "${spm[@]}" --text "a<EOD>b" > "$work/eod.txt" 2>&1
+"$tok" encode --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$work/spm.model" --text "a<EOD>b" > "$work/eod-gpt.txt" 2>&1
+check "SentencePieceTokenizer encodes <EOD>'s text to 402 (Megatron's), GPTSentencePieceTokenizer as text" "grep -Eq '(^| )402( |$)' $work/eod.txt && ! grep -Eq '(^| )40[0-4]( |$)' $work/eod-gpt.txt && [ -s $work/eod-gpt.txt ]"
 check "byte tokenizer encode" "[ \"\$($tok encode --tokenizer-type ByteTokenizer --text AB)\" = '65 66' ]"
 
 # bad input: clear message, non-zero exit, nothing under the final name
@@ -99,19 +103,39 @@ check "every line skipped: exits 2 naming the input, the skipped lines and --jso
 "$tok" --input "$work/empty.txt" --output-prefix "$work/nodocs" --tokenizer-type ByteTokenizer > "$work/b14.txt" 2>&1
 check "an empty input: exits 2, no dataset" "[ $? -eq 2 ] && grep -q 'empty.txt: no documents to write' $work/b14.txt && [ -z \"\$(ls -d $work/nodocs* 2>/dev/null)\" ]"
 
+# Megatron's preprocess_data.py: one dataset per --json-keys key (refused here with the runs to
+# make); --json-keys on a text input; its other flags accepted or refused with the reason; a text
+# that encodes to no token is no document (no EOD alone), whitespace GPT-2 encodes is one
+printf '{"title": "a", "text": "b"}\n' > "$work/two.jsonl"
+"$tok" --input "$work/two.jsonl" --json-keys title text --output-prefix "$work/two" --tokenizer-type ByteTokenizer > "$work/k1.txt" 2>&1
+check "several --json-keys are refused, naming one run per key" "[ $? -eq 2 ] && grep -q 'writes one dataset per key.*--json-keys title --output-prefix .*two_title, --json-keys text --output-prefix .*two_text' $work/k1.txt && [ ! -e $work/two ]"
+cp "$work/two.jsonl" "$work/two.txt"
+"$tok" --input "$work/two.txt" --json-keys text --output-prefix "$work/two" --tokenizer-type ByteTokenizer > "$work/k2.txt" 2>&1
+check "--json-keys on a text input is refused" "[ $? -eq 2 ] && grep -q -- '--json-keys: .*two.txt is read as text (by its extension), which has no keys; pass --input-format jsonl' $work/k2.txt"
+"$tok" --input "$work/two.txt" --input-format jsonl --json-keys text --output-prefix "$work/two" --tokenizer-type ByteTokenizer \
+  --dataset-impl mmap --partitions 2 --log-interval 100 --keep-sequential-samples --lang english --workers 1 > "$work/k3.txt" 2>&1
+check "preprocess_data.py's flags that change nothing are accepted" "[ $? -eq 0 ] && grep -q 'wrote .*two: 1 documents' $work/k3.txt"
+"$tok" --input "$work/two.jsonl" --output-prefix "$work/two-s" --tokenizer-type ByteTokenizer --split-sentences > "$work/k4.txt" 2>&1
+check "--split-sentences is refused with the reason" "[ $? -eq 2 ] && grep -q -- '--split-sentences: documents are not split into sentences here' $work/k4.txt"
+printf '{"text": "   "}\n{"text": ""}\n{"text": "x"}\n' > "$work/blank.jsonl"
+"$tok" --input "$work/blank.jsonl" --output-prefix "$work/blank-spm" "${spm[@]}" --append-eod > "$work/k5.txt" 2>&1
+check "JSON text that encodes to no token is no document (SentencePiece drops whitespace)" "[ $? -eq 0 ] && grep -q 'wrote .*blank-spm: 1 documents' $work/k5.txt"
+"$tok" --input "$work/blank.jsonl" --output-prefix "$work/blank-byte" --tokenizer-type ByteTokenizer --append-eod > "$work/k6.txt" 2>&1
+check "JSON whitespace that encodes to tokens is a document" "[ $? -eq 0 ] && grep -q 'wrote .*blank-byte: 2 documents' $work/k6.txt"
+
 # llm-pretrain on the dataset
 "$pre" --data-path "$work/ds1" --num-layers 1 --hidden-size 32 --num-attention-heads 2 --seq-length 32 \
   --micro-batch-size 4 --global-batch-size 4 --train-iters 3 --log-interval 1 --eval-iters 1 --split 90,10,0 \
   "${spm[@]}" --output-dir "$work/run" > "$work/t1.txt" 2>&1
 check "pretrain on the dataset exits 0" "[ $? -eq 0 ] && [ \$(grep -c 'lm loss:' $work/t1.txt) -eq 3 ]"
-check "pretrain takes the vocabulary from the dataset" "grep -q 'vocab 400 (padded 512)' $work/t1.txt"
+check "pretrain takes the vocabulary from the dataset" "grep -q 'vocab 405 (padded 512)' $work/t1.txt"
 "$pre" --data-path "$work/ds1" --train-iters 1 --tokenizer-type ByteTokenizer > "$work/t2.txt" 2>&1
 check "tokenizer mismatch is refused naming both" "[ $? -eq 2 ] && grep -q 'ByteTokenizer:256' $work/t2.txt && grep -q 'SentencePieceTokenizer:' $work/t2.txt"
 "$pre" --data-path "$work/ds1" --train-iters 1 --vocab-size 100 "${spm[@]}" > "$work/t2b.txt" 2>&1
-check "a --vocab-size flag against the dataset's vocabulary is refused, not dropped" "[ $? -eq 2 ] && grep -q -- '--vocab-size 100: the vocabulary comes from --data-path (.*ds1: 400 tokens)' $work/t2b.txt"
+check "a --vocab-size flag against the dataset's vocabulary is refused, not dropped" "[ $? -eq 2 ] && grep -q -- '--vocab-size 100: the vocabulary comes from --data-path (.*ds1: 405 tokens)' $work/t2b.txt"
 "$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/spmu" --vocab-size 400 --model-type unigram > /dev/null 2>&1
 "$pre" --data-path "$work/ds1" --train-iters 1 --tokenizer-type SentencePieceTokenizer --tokenizer-model "$work/spmu.model" > "$work/t2c.txt" 2>&1
-check "another SentencePiece model than the dataset's is named by its flag" "[ $? -eq 2 ] && grep -q -- 'from --tokenizer-model .*spmu.model) differs from' $work/t2c.txt"
+check "another SentencePiece model than the dataset's is named by its flag" "[ $? -eq 2 ] && grep -q -- 'from --tokenizer-type SentencePieceTokenizer --tokenizer-model .*spmu.model) differs from' $work/t2c.txt"
 # Megatron's NullTokenizer: --vocab-size without the end-of-document id, on the data and the model alike
 for i in $(seq 1 200); do echo "$((i % 97)) $((i % 13)) $((i % 89)) 5 6 7 8 9 10 11 12"; done > "$work/null-ids.txt"
 "$tok" --input "$work/null-ids.txt" --document-boundary line --tokenizer-type NullTokenizer --vocab-size 100 \
