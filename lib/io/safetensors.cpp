@@ -281,6 +281,7 @@ void SafetensorsFile::open(const std::string& path) {
   std::vector<std::pair<std::string, SafetensorsInfo>> entries;  // header order
   for (const auto& [name, v] : header.as_object()) {
     if (name == "__metadata__") {
+      if (v.is_null()) continue;  // the reference reader's Option<HashMap>: null is no metadata
       if (!v.is_object()) fail(path, "\"__metadata__\" is not a JSON object");
       for (const auto& [k, mv] : v.as_object()) {
         if (!mv.is_string()) fail(path, "metadata value of '" + k + "' is not a string");
@@ -290,8 +291,7 @@ void SafetensorsFile::open(const std::string& path) {
     }
     const std::string where = "tensor '" + name + "'";
     if (!v.is_object()) fail(path, where + ": entry is not a JSON object");
-    for (const auto& [k, unused] : v.as_object())
-      if (k != "dtype" && k != "shape" && k != "data_offsets") fail(path, where + ": unexpected key '" + k + "'");
+    // (other keys are ignored, as the reference reader's serde structs ignore them)
     const json::Value* dtype = v.find("dtype");
     const json::Value* shape = v.find("shape");
     const json::Value* offsets = v.find("data_offsets");

@@ -253,8 +253,14 @@ TEST(Safetensors, CorruptFilesAreRejectedNamingTheFile) {
   expect_rejected(dir, st_bytes(one(R"({"dtype":"F32","shape":[1]})"), f4), {"'t'", "missing key 'data_offsets'"});
   expect_rejected(dir, st_bytes(one(R"({"shape":[1],"data_offsets":[0,4]})"), f4), {"'t'", "missing key 'dtype'"});
   expect_rejected(dir, st_bytes(one(R"({"dtype":"F32","data_offsets":[0,4]})"), f4), {"'t'", "missing key 'shape'"});
-  expect_rejected(dir, st_bytes(one(R"({"dtype":"F32","shape":[1],"data_offsets":[0,4],"crc":0})"), f4),
-                  {"'t'", "unexpected key 'crc'"});
+  {  // as the reference reader (serde, unknown fields allowed; metadata an Option): an entry's
+     // extra key is ignored, and "__metadata__": null is no metadata
+    const std::string path = dir / "lenient.safetensors";
+    write_file(path, st_bytes(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"crc":0},"__metadata__":null})", f4));
+    SafetensorsFile f(path);
+    EXPECT_EQ(f.names(), std::vector<std::string>{"t"});
+    EXPECT_TRUE(f.metadata().empty());
+  }
   expect_rejected(dir, st_bytes(one(R"({"dtype":"F128","shape":[1],"data_offsets":[0,16]})"), std::string(16, '\0')),
                   {"'t'", "unknown dtype 'F128'"});
   expect_rejected(dir, st_bytes(one(R"({"dtype":"f32","shape":[1],"data_offsets":[0,4]})"), f4),
