@@ -116,7 +116,7 @@ int run(int argc, char** argv) {
                  "logit -= this for a token in the penalty window; 0 = off")
       ->capture_default_str();
   app.add_option("--repeat-last-n", go.sampler.repeat_last_n,
-                 "the penalties' window: the last n tokens (0 = off, -1 = the whole history)")
+                 "the penalties' window: the last n tokens of this turn's prompt and reply (0 = off, -1 = all of them)")
       ->capture_default_str();
   std::string seed_text = "-1";
   app.add_option("--seed,-s", seed_text,

@@ -23,7 +23,7 @@ Generator::Generator(GPT& model, const Tokenizer& tokenizer, int64_t context)
 
 void Generator::reset() {
   cache_.length = 0;
-  history_.clear();
+  eod_pending_ = false;
   step_ = 0;  // draws are a function of (seed, step): a reset request draws as a fresh run does
 }
 
@@ -40,7 +40,11 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
   GenerateStats st;
   std::vector<int32_t> ids = tok_.encode(prompt);
   if (ids.empty()) throw ConfigError("the prompt encodes to no tokens");
-  const int64_t room = context_ - cache_.length - 1;  // keep one position to generate into
+  // The previous reply's end-of-document token, drawn but not yet decoded, goes in first, as in
+  // llama.cpp's main at the next turn: the model sees that the document ended there.
+  const int64_t carried = eod_pending_ ? 1 : 0;
+  const int64_t free = context_ - cache_.length - carried;  // for this prompt and its reply
+  const int64_t room = free - 1;                             // keep one position to generate into
   if (static_cast<int64_t>(ids.size()) > room) {
     if (!o.truncate_prompt || room <= 0)
       throw ConfigError(detail::concat("the prompt is ", ids.size(), " tokens but only ", std::max<int64_t>(room, 0),
@@ -49,7 +53,6 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
                                        " (--truncate-prompt keeps the end of the prompt)"));
     // What is kept leaves room for the tokens asked for, up to half the free context (the
     // prompt keeps at least the other half; no limit asks for all of it).
-    const int64_t free = context_ - cache_.length;
     const int64_t wanted = o.max_new_tokens < 0 ? free : std::max<int64_t>(o.max_new_tokens, 1);
     const int64_t keep = std::min(room, std::max<int64_t>(free - wanted, free / 2));
     if (on_warning)
@@ -57,8 +60,11 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
                                 free - keep, " new)"));
     ids.erase(ids.begin(), ids.end() - keep);
   }
+  // The penalties' window restarts at each turn, as llama.cpp resets its sampler at each user
+  // turn: this prompt (without the carried end of document) and the reply so far.
+  std::vector<int32_t> window(ids.begin(), ids.end());
+  if (eod_pending_) ids.insert(ids.begin(), tok_.eod_id());
   st.prompt_tokens = static_cast<int64_t>(ids.size());
-  history_.insert(history_.end(), ids.begin(), ids.end());
   const int64_t V = tok_.vocab_size();
 
   Timer prefill;
@@ -66,6 +72,7 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
   std::copy(ids.begin(), ids.end(), input.data<int32_t>());
   const Tensor* logits = &model_.forward_cached(input, cache_);
   model_.backend().synchronize();
+  eod_pending_ = false;
   st.prefill_seconds = prefill.seconds();
 
   Timer decode;
@@ -86,9 +93,10 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
     }
     // (the cached forward's logits are fp32 whatever the model's precision: data<float> checks)
     const Tensor host = logits->device().is_cpu() ? *logits : model_.backend().download(*logits);
-    const int32_t next = sampler.sample({host.data<float>(), static_cast<size_t>(V)}, history_, step_++);
+    const int32_t next = sampler.sample({host.data<float>(), static_cast<size_t>(V)}, window, step_++);
     if (next == tok_.eod_id()) {  // only when stop_at_eod: else it is banned
       st.stop_reason = "eod";
+      eod_pending_ = true;  // not printed; decoded before the next prompt of the conversation
       break;
     }
     if (cache_.length >= context_) {
@@ -97,7 +105,7 @@ GenerateStats Generator::generate(const std::string& prompt, const GenerateOptio
     }
     // Every emitted token also enters the cache, so a later prompt continues the conversation.
     ++st.new_tokens;
-    history_.push_back(next);
+    window.push_back(next);
     one.data<int32_t>()[0] = next;
     logits = &model_.forward_cached(one, cache_);
     emit(stream.push(tok_.token_bytes(next)));

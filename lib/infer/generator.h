@@ -1,7 +1,11 @@
 // Text generation over a GPT with a KV cache: the prompt is prefilled in one pass, then tokens
 // are decoded one at a time through the sampler chain and streamed as text that never splits a
 // UTF-8 character. A Generator holds one conversation: later prompts continue it (the cache
-// keeps the earlier turns) until reset().
+// keeps the earlier turns) until reset(). Between turns it follows llama.cpp's main: a reply
+// that ended with the end-of-document token keeps it in the context (decoded in front of the next
+// prompt), and the penalties' window restarts at each prompt (llama.cpp resets its sampler at
+// each user turn). The draws' step count runs on through the conversation (llama.cpp's reset also
+// reseeds its RNG: with a fixed seed every turn would reuse the first turn's random numbers).
 #pragma once
 #include <atomic>
 #include <functional>
@@ -29,7 +33,8 @@ struct GenerateOptions {
 };
 
 struct GenerateStats {
-  int64_t prompt_tokens = 0, new_tokens = 0;
+  int64_t prompt_tokens = 0, new_tokens = 0;  // prompt_tokens: those prefilled (with the previous
+                                              // reply's end-of-document token when it had one)
   double prefill_seconds = 0, decode_seconds = 0;
   std::string stop_reason;  // "eod" | "max-new-tokens" | "stop-string" | "context-full" | "cancelled"
   std::string text;         // everything streamed
@@ -48,7 +53,8 @@ class Generator {
                          const std::function<void(const std::string&)>& on_warning = {});
   void reset();
   int64_t context() const { return context_; }
-  int64_t used() const { return cache_.length; }
+  int64_t used() const { return cache_.length; }  // positions in the cache (a pending end of
+                                                  // document not yet among them)
   int64_t cache_bytes() const { return cache_.bytes(); }
 
  private:
@@ -56,7 +62,7 @@ class Generator {
   const Tokenizer& tok_;
   int64_t context_;
   KVCache cache_;
-  std::vector<int32_t> history_;
+  bool eod_pending_ = false;  // the last reply ended with the end-of-document token, not yet decoded
   uint64_t step_ = 0;
 };
 

@@ -120,3 +120,72 @@ TEST(Generator, NoTokenLimitRunsUntilTheContextIsFull) {
     EXPECT_EQ(std::string(e.what()), "--max-new-tokens -2 must be >= 0, or -1 for no limit (until the context is full)");
   }
 }
+
+// Interactive turns, as llama.cpp's main: a reply that ends with the end-of-document token keeps it
+// in the context, decoded in front of the next prompt (before, it was dropped: the model never saw
+// that the document had ended); /reset (reset()) drops it with the rest.
+TEST(Generator, EodEndingAReplyIsDecodedAtTheNextTurn) {
+  FixedLogitsModel m(kEod, 40.0f);
+  GenerateOptions go;
+  go.max_new_tokens = 5;
+  go.sampler.temperature = 0;
+  Generator gen(m.model, m.tok, m.config.max_position_embeddings);
+  const GenerateStats a = gen.generate("1 2 3", go, {});
+  EXPECT_EQ(a.stop_reason, "eod");
+  EXPECT_EQ(a.new_tokens, 0);
+  EXPECT_EQ(a.prompt_tokens, 3);
+  EXPECT_EQ(gen.used(), 3);  // the end of document waits for the next turn
+  const GenerateStats b = gen.generate("4 5", go, {});
+  EXPECT_EQ(b.prompt_tokens, 1 + 2);
+  EXPECT_EQ(gen.used(), 3 + 1 + 2);
+  EXPECT_EQ(b.text, "");
+  gen.reset();
+  const GenerateStats c = gen.generate("4 5", go, {});
+  EXPECT_EQ(c.prompt_tokens, 2);
+  EXPECT_EQ(gen.used(), 2);
+  // The carried token takes a position: after a 1-token turn, 46 tokens would leave one position
+  // to generate into, but the end of document takes it.
+  std::string fill;
+  for (int64_t i = 0; i < m.config.max_position_embeddings - 2; ++i) fill += "7 ";
+  Generator full(m.model, m.tok, m.config.max_position_embeddings);
+  full.generate("1", go, {});  // ends with the end of document: 1 position used, 1 pending
+  try {
+    full.generate(fill, go, {});
+    ADD_FAILURE() << "the prompt fitted beside the pending end of document";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("tokens but only 45 of the 48-token context are free"), std::string::npos)
+        << e.what();
+  }
+}
+
+// The penalties' window restarts at each turn, as llama.cpp's sampler reset at each user turn:
+// the new prompt and its reply only, not the earlier turns (before, the whole conversation).
+TEST(Generator, PenaltyWindowRestartsAtEachTurn) {
+  constexpr int32_t kFavourite = 7;
+  FixedLogitsModel m(kFavourite, 40.0f);
+  GenerateOptions go;
+  go.max_new_tokens = 1;
+  go.sampler.temperature = 0;
+  go.sampler.presence_penalty = 100;  // a token in the window: -100, far below every other
+  go.sampler.repeat_last_n = -1;
+  go.stop_at_eod = false;
+  Generator gen(m.model, m.tok, m.config.max_position_embeddings);
+  const GenerateStats a = gen.generate("7 7", go, {});
+  EXPECT_NE(a.text, "7 ") << "the prompt's own token is penalised";
+  const GenerateStats b = gen.generate("1", go, {});
+  EXPECT_EQ(b.text, "7 ") << "the earlier turn's tokens are out of the window";
+  // Within a turn the window is the prompt and the reply so far: no token twice.
+  go.max_new_tokens = 4;
+  const GenerateStats c = gen.generate("2", go, {});
+  EXPECT_EQ(c.text.substr(0, 2), "7 ");
+  std::vector<std::string> words;
+  for (size_t i = 0; i < c.text.size();) {
+    const size_t j = c.text.find(' ', i);
+    words.push_back(c.text.substr(i, j - i));
+    i = j + 1;
+  }
+  ASSERT_EQ(words.size(), 4u);
+  std::sort(words.begin(), words.end());
+  EXPECT_EQ(std::unique(words.begin(), words.end()), words.end()) << c.text;
+  EXPECT_EQ(std::count(words.begin(), words.end(), "2"), 0) << c.text;
+}

@@ -111,6 +111,10 @@ check "--prompt-file writes one JSON line per prompt" "[ \$(wc -l < $work/out.js
 check "--prompt with --prompt-file is refused (one was ignored)" "[ $? -eq 2 ] && grep -q -- '--prompt and --prompt-file exclude each other' $work/both.txt"
 printf 'the cat\n/reset\nthe dog\n/quit\n' | "$gen" --load "$work/ck" --interactive -n 8 --temperature 0 > "$work/inter.txt" 2> "$work/inter.err"
 check "interactive mode answers prompts and /reset" "[ $? -eq 0 ] && grep -q 'conversation reset' $work/inter.err && [ \$(grep -c 'prefill\\|decode' $work/inter.err) -ge 1 ]"
+# A reply ended by the end-of-document token keeps it in the context, as llama.cpp's main: the next
+# turn prefills it before its 7 prompt tokens (25 + 1 + 7 in all).
+printf 'the dog sat on the log. 1\nthe cat\n' | "$gen" --load "$work/ck" --interactive -n 8 --temperature 0 > /dev/null 2> "$work/inter2.err"
+check "interactive: the end of document ending a reply is decoded at the next turn" "[ $? -eq 0 ] && grep -q 'prefill: 33 tokens in .*stop: 2 replies' $work/inter2.err"
 
 long=$(printf 'x%.0s' $(seq 1 100))
 "$gen" --load "$work/ck" --prompt "$long" -n 5 > /dev/null 2> "$work/long.txt"
