@@ -1,5 +1,6 @@
 // Next-token sampling for llm-generate: a chain of small stages over a candidate list, in
-// llama.cpp's default order
+// llama.cpp's default order (common_params_sampling::samplers) without the stages not built here
+// (DRY, top-n-sigma, typical-p, XTC; nor mirostat): those are off in llama.cpp's defaults too
 //
 //   ban -> penalties -> top-k -> top-p -> min-p -> temperature -> softmax -> draw
 //
@@ -15,12 +16,13 @@
 // flattens what survived but can never let the long tail back in (the reason min-p and a high
 // temperature combine well). top-k first because it is the cheapest cut (nth_element, O(V)) and
 // leaves top-p a short sorted list; min-p after top-p because it needs no sort and keeps order.
-// Temperature 0 is greedy: the penalty still applies, then the argmax is taken, ties to the
-// lowest id (no truncation can remove the argmax, so they are skipped).
+// Temperature 0 is greedy: the ban and the penalties still apply, then the argmax is taken, ties
+// to the lowest id (no truncation can remove the argmax, so they are skipped).
 //
 // The draw is a pure function of (seed, step): the uniform comes from Philox at
 // (seed, stream, step) and the candidates are accumulated in a canonical order (token id, or
-// logit descending with ties by id), so the same seed gives the same text on any machine.
+// logit descending with ties by id), so the same seed gives the same text on any machine. It is
+// not llama.cpp's draw (std::mt19937 seeded with a 32-bit seed): the same seed gives other tokens.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -32,7 +34,10 @@
 
 namespace llm {
 
-// The command-line options, named as in llama.cpp; defaults are llama.cpp's.
+// The command-line options, named as in llama.cpp. The sampling defaults are llama.cpp's
+// (common_params_sampling: temperature, top-k, top-p, min-p and the three penalties with their
+// window); the seed's is not (below), and llm-generate's --max-new-tokens (GenerateOptions) is 256
+// where llama.cpp's -n is unlimited.
 struct SamplerConfig {
   double temperature = 0.8;      // --temperature: logits / T; 0 = greedy (argmax)
   int64_t top_k = 40;            // --top-k: keep the k most likely; 0 = off
