@@ -79,6 +79,16 @@ struct AllRanksError : ConfigError {
   using ConfigError::ConfigError;
 };
 
+// "rank 3", "ranks 1, 2 and 5", "ranks 1, 2, 3 ... (7 ranks)".
+std::string ranks_phrase(const std::vector<int>& ranks) {
+  std::string s = ranks.size() == 1 ? "rank " : "ranks ";
+  const size_t shown = std::min<size_t>(ranks.size(), 6);
+  for (size_t i = 0; i < shown; ++i)
+    s += (i == 0 ? "" : i + 1 == ranks.size() ? " and " : ", ") + std::to_string(ranks[i]);
+  if (shown < ranks.size()) s += detail::concat(" ... (", ranks.size(), " ranks)");
+  return s;
+}
+
 // Every rank must run the same configuration: ranks given different options (a wrapper, a
 // --config file or a data directory that differs by node) would train different models
 // silently, or wait in collectives the others never reach. Rank 0 compares every rank's options
@@ -386,6 +396,13 @@ int run(int argc, char** argv, const MpiSession& mpi) {
         throw ConfigError(detail::concat("--", role == "model" ? "tokenizer-model" : role == "vocab" ? "vocab-file" : "merge-file",
                                          " ", path, ": not found (or not a file); a checkpoint carries its tokenizer"));
     check_save_root(args.save);
+    // Every rank writes its shard into rank 0's staging directory: a save root on disk that only
+    // some nodes see would fail the first save, after the training it was to keep.
+    if (const std::vector<int> blind = mpi.ranks_not_seeing(args.save); !blind.empty())
+      throw AllRanksError("--save " + args.save + ": " + ranks_phrase(blind) +
+                          " of this job cannot see the files rank 0 writes there (a directory on node-local "
+                          "disk?); every rank writes its part of a checkpoint into one directory, so --save must be "
+                          "on a file system all nodes share");
   }
   // Fault injection for the failure tests: LLM_FAULT_INJECT=<rank>:<iteration> makes that rank
   // raise an error at the start of that iteration, <rank>:save:<iteration> at the start of that
@@ -640,17 +657,17 @@ int main(int argc, char** argv) {
     // (so no rank is left waiting in a collective). Another rank may meet one alone, though (a
     // config or data file only some nodes see, flags that differ by rank): it says its own,
     // named by rank, unless rank 0's abort has ended it within a grace period first.
-    if (mpi.size() > 1 && mpi.rank() != 0) {
-      ::sleep(2);
-      std::fprintf(stderr, "llm-pretrain: error: [rank %d] %s\n", mpi.rank(), e.what());
-      std::fflush(stderr);
-    }
+    mpi.yield_to_lead();
     if (mpi.rank() == 0) std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());
+    else std::fprintf(stderr, "llm-pretrain: error: [rank %d] %s\n", mpi.rank(), e.what());
+    std::fflush(stderr);
     if (mpi.size() > 1) mpi.abort(2);
     return 2;
   } catch (const std::exception& e) {
-    if (mpi.size() > 1) {
+    if (mpi.size() > 1) {  // (the same grace: a stop every rank decides, e.g. too many NaN iterations, said once)
+      mpi.yield_to_lead();
       std::fprintf(stderr, "llm-pretrain: error: [rank %d] %s\n", mpi.rank(), e.what());
+      std::fflush(stderr);
       mpi.abort(1);
     }
     std::fprintf(stderr, "llm-pretrain: error: %s\n", e.what());

@@ -1,9 +1,14 @@
 #include "comm/mpi_session.h"
 
 #include <mpi.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <string>
+
+#include "core/fsync.h"
 
 namespace llm {
 
@@ -91,6 +96,47 @@ int MpiSession::node_size() const {
 
 void MpiSession::barrier() const {
   if (mpi_) MPI_Barrier(MPI_COMM_WORLD);
+}
+
+std::vector<int> MpiSession::ranks_not_seeing(const std::string& path) const {
+  if (!mpi_ || size_ == 1) return {};
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::string probe;
+  if (rank_ == 0) {
+    fs::path p = fs::absolute(path, ec);
+    if (!ec) {
+      while (!fs::exists(p, ec) && p.has_parent_path() && p.parent_path() != p) p = p.parent_path();
+      if (fs::is_directory(p, ec)) {
+        const fs::path f = p / (".llm-shared-probe.tmp-" + staging_tag());
+        if (std::ofstream(f) << "a file every rank should see\n") probe = f.string();
+      }
+    }
+  }
+  probe = broadcast(probe);
+  if (probe.empty()) return {};
+  const bool sees = fs::exists(probe, ec);
+  const std::vector<std::string> all = gather(sees ? "1" : "0");
+  std::vector<int> missing;
+  if (rank_ == 0) {
+    fs::remove(probe, ec);
+    for (int r = 0; r < size_; ++r)
+      if (all[static_cast<size_t>(r)] != "1") missing.push_back(r);
+  }
+  std::string flat;
+  for (int r : missing) flat += std::to_string(r) + " ";
+  flat = broadcast(flat);
+  missing.clear();
+  for (size_t at = 0; at < flat.size();) {
+    const size_t end = flat.find(' ', at);
+    missing.push_back(std::stoi(flat.substr(at, end - at)));
+    at = end + 1;
+  }
+  return missing;
+}
+
+void MpiSession::yield_to_lead() const {
+  if (mpi_ && rank_ != 0) ::sleep(2);
 }
 
 void MpiSession::abort(int code) const {

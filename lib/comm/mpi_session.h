@@ -33,6 +33,17 @@ class MpiSession {
   // The ranks of the job on this rank's node (MPI_COMM_TYPE_SHARED; collective), 1 without MPI.
   int node_size() const;
   void barrier() const;
+  // The ranks that do not see a file rank 0 creates beside `path` (in its nearest directory that
+  // exists on rank 0): a directory on node-local disk, or a mount only some nodes have. Every
+  // rank writes into a directory rank 0 made (a checkpoint's, a dataset's staging), so such a
+  // path fails only at the end of the work. Collective; empty without MPI, when every rank sees
+  // it, and when rank 0 cannot write there (the writability checks say so).
+  std::vector<int> ranks_not_seeing(const std::string& path) const;
+  // Before a rank other than 0 reports an error of its own and ends the job: two seconds in which
+  // rank 0, when it met the same error (every rank usually does), reports it and ends the job
+  // first, so the user reads it once, and a rank's error alone still reaches them. Returns at
+  // once on rank 0 and without MPI.
+  void yield_to_lead() const;
   // Ends every rank of the job now (after a rank-local failure, so no rank waits forever in a
   // collective the failed one will never reach).
   [[noreturn]] void abort(int code) const;

@@ -67,6 +67,35 @@ for i in 1 2 3; do
   check "an error every rank meets is said once (try $i)" \
     "[ $rc -eq 2 ] && [ \$(errors same$i) -eq 1 ] && grep -q 'llm-pretrain: error: model .custom.: --vocab-size 256 leaves the last of 4 vocabulary shards' $work/same$i.txt"
 done
+# A save root that one rank sees otherwise (node-local disk, simulated with a mount namespace
+# where unshare -m works): refused before the training it would lose at the first save.
+if unshare -m true 2> /dev/null; then
+  cat > "$work/own_view.sh" <<'EOF'
+#!/bin/sh
+# usage: own_view.sh RANK SRC DST prog args...: rank RANK sees SRC at DST ("ro" as SRC: DST read-only)
+r=$1; src=$2; dst=$3; shift 3
+if [ "${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}}" = "$r" ]; then
+  [ "$src" = ro ] && exec unshare -m sh -c 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"' sh "$dst" "$@"
+  exec unshare -m sh -c 'mount --bind "$1" "$2" && shift 2 && exec "$@"' sh "$src" "$dst" "$@"
+fi
+exec "$@"
+EOF
+  chmod +x "$work/own_view.sh"
+  mkdir -p "$work/ck" "$work/ck-other"
+  start=$SECONDS
+  timeout 120 mpirun -np 3 "$work/own_view.sh" 2 "$work/ck-other" "$work/ck" "$bin" "${tiny[@]}" --zero-stage 1 \
+    --global-batch-size 6 --save "$work/ck/run" --output-dir "$work/local" > "$work/local.txt" 2>&1
+  rc=$?
+  check "a save root one rank sees otherwise is refused before training ($((SECONDS - start)) s)" \
+    "[ $rc -eq 2 ] && [ \$(errors local) -eq 1 ] && grep -q 'error: --save $work/ck/run: rank 2 of this job cannot see the files rank 0 writes there' $work/local.txt && ! grep -q 'lm loss' $work/local.txt && [ -z \"\$(find $work/ck $work/ck-other -mindepth 1)\" ]"
+  timeout 120 mpirun -np 2 "$work/own_view.sh" 1 ro "$work/ck" "$bin" "${tiny[@]}" --save "$work/ck/run" \
+    --output-dir "$work/ro" > "$work/ro.txt" 2>&1
+  rc=$?
+  check "a save root one rank cannot write is named with that rank" \
+    "[ $rc -eq 2 ] && grep -q 'error: \[rank 1\] --save $work/ck/run: $work/ck is not writable' $work/ro.txt && ! grep -q 'lm loss' $work/ro.txt"
+else
+  echo "skip the node-local checks: unshare -m is not permitted here"
+fi
 run help 2 0 "" --help
 check "--help under mpirun prints once and exits 0" "[ $rc -eq 0 ] && [ \$(grep -c '^Usage' $work/help.txt) -eq 1 ]"
 run same 2 0 ""
