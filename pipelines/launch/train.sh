@@ -86,8 +86,13 @@ else
   scheduler="local"
 fi
 if [ -n "$hostfile" ]; then
-  [ -r "$hostfile" ] || die "cannot read host file '$hostfile'"
-  NHOSTS=$(sort -u "$hostfile" | grep -c . || true)
+  { [ -f "$hostfile" ] && [ -r "$hostfile" ]; } || die "cannot read host file '$hostfile'"
+  # Open MPI's own parser stops at a carriage return (a file saved on Windows): said here.
+  ! grep -q $'\r' "$hostfile" || die "host file '$hostfile' has Windows line endings (CR LF); convert it (dos2unix)"
+  # The hosts: a line's first word (Open MPI's "host slots=N", MPICH's "host:N"), without
+  # comments and blank lines, which both launchers skip, each host once (a PBS node file repeats
+  # a host per MPI process).
+  NHOSTS=$(sed 's/#.*//' "$hostfile" | awk 'NF { sub(/:.*/, "", $1); print $1 }' | sort -u | grep -c . || true)
   [ "$NHOSTS" -gt 0 ] || die "host file '$hostfile' lists no host"
 else
   NHOSTS=1
@@ -171,7 +176,10 @@ if mpiexec --version 2>&1 | grep -qiE "open ?mpi|openrte|open-mpi"; then
   launcher=(mpiexec -n "$NGPUS" --map-by "ppr:$NGPU_PER_HOST:node" --bind-to none -x OMP_NUM_THREADS)
   # Remote ranks started over ssh see only what -x names: the paths (CUDA, NCCL and its network
   # plugin) and the NCCL / libfabric / CUDA / libllm settings of this shell.
-  for v in PATH LD_LIBRARY_PATH $(compgen -e | grep -E '^(NCCL|FI|UCX|CUDA|LLM)_' || true); do launcher+=(-x "$v"); done
+  # (only those set: Open MPI warns about an -x variable it cannot find)
+  for v in PATH LD_LIBRARY_PATH $(compgen -e | grep -E '^(NCCL|FI|UCX|CUDA|LLM)_' || true); do
+    [ -z "${!v+set}" ] || launcher+=(-x "$v")
+  done
   [ -n "$hostfile" ] && launcher+=(--hostfile "$hostfile")
   [ "$(id -u)" = 0 ] && launcher+=(--allow-run-as-root)
   [ "$scheduler" = local ] && launcher+=(--oversubscribe)

@@ -64,8 +64,22 @@ check "Megatron SP without tensor parallelism fails before launch" "[ $? -eq 2 ]
 DRY_RUN=1 PBS_NODEFILE=nodes NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 PATH="/usr/bin:/bin:$(dirname "$(command -v mpiexec)")" \
   "$launch" > nogpu.txt 2>&1
 check "an allocation without a GPU seen warns that the ranks run the CPU backend" "grep -q 'warning: no GPU seen on this node' nogpu.txt && grep -q -- '--backend cpu' nogpu.txt"
-NCCL_DEBUG=WARN DRY_RUN=1 NGPU_PER_HOST=2 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > ompi.txt 2>&1
+LD_LIBRARY_PATH=/opt/lib NCCL_DEBUG=WARN DRY_RUN=1 NGPU_PER_HOST=2 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > ompi.txt 2>&1
 check "Open MPI: the paths and the NCCL settings reach remote ranks (-x)" "! grep -q HYDRA ompi.txt && grep -q -- '-x OMP_NUM_THREADS -x PATH -x LD_LIBRARY_PATH.* -x NCCL_DEBUG' ompi.txt"
+env -u LD_LIBRARY_PATH DRY_RUN=1 NGPU_PER_HOST=2 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > ompi2.txt 2>&1
+check "Open MPI: an unset LD_LIBRARY_PATH is not passed with -x (Open MPI warns about it)" "grep -q 'command: mpiexec' ompi2.txt && ! grep -q -- '-x LD_LIBRARY_PATH' ompi2.txt"
+# Node files as schedulers and people write them: comments, blank or blank-looking lines, Open
+# MPI's slots and MPICH's host:N count as the launchers count them (a comment line made one host
+# more, so mpiexec was asked for more ranks than the nodes hold); Windows line endings, which Open
+# MPI's parser cannot read, are named.
+printf '# two nodes\nx3001 slots=4\n\n   \nx3002 # the second\nx3001\nx3002:4\n' > odd_nodes
+DRY_RUN=1 PBS_NODEFILE=odd_nodes NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > odd.txt 2>&1
+check "a node file with comments, blank lines, slots= and host:N counts its hosts (2)" "[ \$? -eq 0 ] && grep -q 'scheduler PBS: 2 host(s) x 4 .* = 8 ranks' odd.txt"
+printf 'x3001\r\nx3002\r\n' > crlf_nodes
+DRY_RUN=1 PBS_NODEFILE=crlf_nodes NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > crlf.txt 2>&1
+check "a node file with Windows line endings is named before launch" "[ \$? -eq 2 ] && grep -q \"host file 'crlf_nodes' has Windows line endings\" crlf.txt"
+DRY_RUN=1 HOSTFILE=. NGPU_PER_HOST=4 MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > dirnodes.txt 2>&1
+check "a directory as the host file is named" "[ \$? -eq 2 ] && grep -q \"cannot read host file '.'\" dirnodes.txt && ! grep -q 'sort:' dirnodes.txt"
 : > empty_nodes
 DRY_RUN=1 PBS_NODEFILE=empty_nodes MODEL_SIZE_KEY=GPT125M MOCK_DATA=1 "$launch" > empty.txt 2>&1
 check "an empty host file is named" "[ $? -eq 2 ] && grep -q \"host file 'empty_nodes' lists no host\" empty.txt"
