@@ -651,6 +651,16 @@ Dataset Dataset::open(const std::string& dir_in, int64_t max_open_shards) {
     if (fs::exists(m->dir + ".idx") && fs::exists(m->dir + ".bin"))  // a Megatron --data-path prefix
       throw ConfigError(m->dir + ": a Megatron .bin/.idx dataset; convert it once with `llm-tokenize --from-megatron " +
                         m->dir + " --output-prefix DIR --tokenizer-type ...` and pass DIR");
+    // Megatron's preprocess_data.py names its output PREFIX_text_document; llm-tokenize's is the
+    // directory PREFIX itself. A script's Megatron-style path to a dataset made here says so.
+    for (const char* suffix : {"_text_document", "_text_sentence"})
+      if (m->dir.ends_with(suffix)) {
+        const std::string ours = m->dir.substr(0, m->dir.size() - std::strlen(suffix));
+        if (fs::exists(join(ours, kManifestFile)))
+          throw ConfigError(m->dir + ": no such dataset directory; " + ours +
+                            " is the dataset llm-tokenize wrote for that --output-prefix (its output is named "
+                            "PREFIX, Megatron's PREFIX" + suffix + "): pass " + ours);
+      }
     throw ConfigError(m->dir + ": no such dataset directory");
   }
   m->manifest_path = join(m->dir, kManifestFile);

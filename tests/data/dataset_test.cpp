@@ -248,6 +248,24 @@ TEST(Dataset, AMegatronPrefixIsNamedWithItsConversion) {
   EXPECT_THROW((void)Dataset::open(tmp / "nothing"), ConfigError);
 }
 
+// Megatron's output name for a dataset llm-tokenize wrote as PREFIX: the error names PREFIX.
+TEST(Dataset, AMegatronStyleNameOfADatasetMadeHereNamesIt) {
+  TempDir tmp;
+  {
+    DatasetWriter w(tmp / "corpus", DatasetInfo{{"ByteTokenizer", "256"}, 257, 256}, 100);
+    w.add_document(std::vector<int32_t>{1, 2, 3});
+    w.finish();
+  }
+  try {
+    (void)Dataset::open(tmp / "corpus_text_document");
+    ADD_FAILURE() << "opened a missing dataset";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("is the dataset llm-tokenize wrote for that --output-prefix"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("pass " + (tmp / "corpus")), std::string::npos) << e.what();
+  }
+}
+
 TEST(Dataset, WriterDestroyedWithoutFinishLeavesNothing) {
   TempDir tmp;
   {
