@@ -94,10 +94,14 @@ std::string ranks_phrase(const std::vector<int>& ranks) {
 // silently, or wait in collectives the others never reach. Rank 0 compares every rank's options
 // with its own and names the first difference. Collective. (A rank that sees other data under
 // the same path finds no sample index after rank 0 has built it, and says so.)
-void check_same_configuration(const MpiSession& mpi, const TrainArgs& args) {
+// `loading` is the checkpoint this rank found to load ("" for none): a --load directory that
+// only some nodes see would have those ranks load it and the others start from scratch.
+void check_same_configuration(const MpiSession& mpi, const TrainArgs& args, const std::string& loading) {
   if (mpi.size() == 1) return;
   // --threads and --output-dir (rank 0's metrics alone) may differ by node without harm.
   std::vector<std::pair<std::string, std::string>> mine;
+  const std::string kLoading = "the checkpoint to load";
+  if (!args.load.empty()) mine.emplace_back(kLoading, loading.empty() ? "none" : loading);
   for (const OptionSpec& o : train_options())
     if (!o.no_op && o.name != "threads" && o.name != "output-dir") mine.emplace_back("--" + o.name, o.get(args));
   std::string flat;
@@ -121,11 +125,20 @@ void check_same_configuration(const MpiSession& mpi, const TrainArgs& args) {
         if (2 * i + 1 >= theirs.size() || theirs[2 * i] != mine[i].first || theirs[2 * i + 1] != mine[i].second)
           differ.push_back(i);
       std::stable_partition(differ.begin(), differ.end(), [&](size_t i) {
-        return args.option_sources.count(mine[i].first.substr(2)) > 0;
+        return mine[i].first == kLoading || args.option_sources.count(mine[i].first.substr(2)) > 0;
       });
       if (differ.empty()) continue;
       const size_t i = differ[0];
       const std::string v = 2 * i + 1 < theirs.size() ? theirs[2 * i + 1] : "?";
+      if (mine[i].first == kLoading) {
+        // (a checkpoint's seed then differs too, said by no other option)
+        verdict = detail::concat("--load ", args.load, ": rank ", r, " finds ",
+                                 v == "none" ? std::string("no checkpoint") : v, " but rank 0 ",
+                                 mine[i].second == "none" ? std::string("none") : mine[i].second,
+                                 "; every rank reads its part of the checkpoint, so --load must be on a file system "
+                                 "all nodes share (a directory on node-local disk?)");
+        break;
+      }
       verdict = detail::concat("ranks run with different options: ", mine[i].first, " is '", v, "' on rank ", r,
                                " but '", mine[i].second, "' on rank 0");
       if (differ.size() > 1) {
@@ -135,7 +148,7 @@ void check_same_configuration(const MpiSession& mpi, const TrainArgs& args) {
       }
     }
     if (ranks > 1) verdict += detail::concat(" (", ranks, " ranks differ from rank 0)");
-    if (!verdict.empty())
+    if (!verdict.empty() && verdict.rfind("--load ", 0) != 0)
       verdict += "; every rank must be given the same options (a wrapper script or --config file that differs by "
                  "node?)";
   }
@@ -310,7 +323,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
                                           : "This run loads " + load_dir + ", not one of them") +
                             ": pass --load " + args.save + " to continue from them, or save into another directory.");
 
-  check_same_configuration(mpi, args);
+  check_same_configuration(mpi, args, load_dir);
   // One rank builds a missing sample index; the others wait for it and read it.
   IndexCacheOptions cache;
   cache.is_builder = lead;

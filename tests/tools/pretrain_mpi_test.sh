@@ -93,6 +93,15 @@ EOF
   rc=$?
   check "a save root one rank cannot write is named with that rank" \
     "[ $rc -eq 2 ] && grep -q 'error: \[rank 1\] --save $work/ck/run: $work/ck is not writable' $work/ro.txt && ! grep -q 'lm loss' $work/ro.txt"
+  # A checkpoint that one rank does not see: that rank started from scratch while rank 0 loaded
+  # it (different weights in the replicas, then a hang: rank 1 had more iterations to run).
+  "$bin" "${tiny[@]}" --train-iters 3 --save "$work/ck/run" --output-dir "$work/first" > /dev/null 2>&1
+  start=$SECONDS
+  timeout 120 mpirun -np 2 "$work/own_view.sh" 1 "$work/ck-other" "$work/ck" "$bin" "${tiny[@]}" --load "$work/ck/run" \
+    --use-checkpoint-opt_param-scheduler --output-dir "$work/resume" > "$work/resume.txt" 2>&1
+  rc=$?
+  check "a checkpoint one rank does not see is refused before training ($((SECONDS - start)) s)" \
+    "[ $rc -eq 2 ] && [ \$(errors resume) -eq 1 ] && grep -q 'error: --load $work/ck/run: rank 1 finds no checkpoint but rank 0 $work/ck/run/iter_0000003; ' $work/resume.txt && ! grep -q 'lm loss' $work/resume.txt"
 else
   echo "skip the node-local checks: unshare -m is not permitted here"
 fi
