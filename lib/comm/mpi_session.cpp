@@ -3,7 +3,9 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -136,7 +138,12 @@ std::vector<int> MpiSession::ranks_not_seeing(const std::string& path) const {
 }
 
 void MpiSession::yield_to_lead() const {
-  if (mpi_ && rank_ != 0) ::sleep(2);
+  if (!mpi_ || rank_ == 0) return;
+  // The whole grace, whatever signals come: the launcher ends a job by SIGTERM first, which a
+  // tool may catch (llm-pretrain saves on it), and a sleep it cut short would print anyway.
+  timespec left{2, 0};
+  while (::nanosleep(&left, &left) != 0 && errno == EINTR) {
+  }
 }
 
 void MpiSession::abort(int code) const {

@@ -105,6 +105,15 @@ EOF
 else
   echo "skip the node-local checks: unshare -m is not permitted here"
 fi
+# A stop every rank decides together mid-run (too many non-finite iterations) is said once too,
+# though llm-pretrain catches the SIGTERM by which the launcher first ends the other ranks.
+run nan 4 0 "" --lr 1e12 --clip-grad 0 --train-iters 30 --zero-stage 3
+check "a stop every rank decides mid-run is said once ($took s)" \
+  "[ $rc -eq 1 ] && [ $took -lt 60 ] && [ \$(errors nan) -eq 1 ] && grep -q 'stopping at iteration [0-9]*: 1 non-finite iteration(s), more than --max-nan-iterations 0' $work/nan.txt"
+# A rank raising alone mid-run is named, and ends the job within seconds.
+LLM_FAULT_INJECT=2:3 run fault 4 0 "" --train-iters 1000
+check "a rank raising alone mid-run is named and ends the job ($took s)" \
+  "[ $rc -eq 1 ] && [ $took -lt 60 ] && [ \$(errors fault) -eq 1 ] && grep -q 'error: \[rank 2\] injected fault at iteration 3' $work/fault.txt"
 run help 2 0 "" --help
 check "--help under mpirun prints once and exits 0" "[ $rc -eq 0 ] && [ \$(grep -c '^Usage' $work/help.txt) -eq 1 ]"
 run same 2 0 ""
