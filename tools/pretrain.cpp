@@ -164,6 +164,9 @@ std::string exe_dir(const char* argv0) {
 }
 
 int run(int argc, char** argv, const MpiSession& mpi) {
+  // --exit-duration-in-mins counts from here, as Megatron's from its process start: the set-up
+  // (the sample index, the checkpoint load) is part of the job's wall time.
+  const Timer run_timer;
   CLI::App app{"llm-pretrain: GPT pretraining (Megatron flag names)"};
   app.footer(
       "Options may also come from a YAML file (--config) under the same names without '--';\n"
@@ -283,6 +286,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   // The data order is a function of the seed: resuming restores the checkpoint's seed unless
   // --no-load-rng (or --finetune) asks for this run's.
   std::string load_dir;
+  if (!args.load.empty()) refuse_foreign_checkpoints(args.load, "--load " + args.load);
   // As Megatron: a --load directory without a checkpoint in it (no 'latest', no metadata.json)
   // starts from scratch with a note, unless --exit-on-missing-checkpoint; a --finetune has to
   // have its weights. A checkpoint that is there but broken is always an error.
@@ -452,7 +456,6 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   g_signal_lead = lead;
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGINT, on_stop_signal);
-  const Timer run_timer;
 
   say("> model %s: %lld layers, hidden %lld, %lld heads, ffn %lld, vocab %lld (padded %lld), "
               "%.2fM parameters\n",

@@ -464,9 +464,19 @@ std::string newest_complete_iteration(const std::string& save_root) {
   return found;
 }
 
+void refuse_foreign_checkpoints(const std::string& dir, const std::string& what) {
+  std::error_code ec;
+  if (fs::exists(fs::path(dir) / "latest_checkpointed_iteration.txt", ec))
+    throw ConfigError(what + ": a Megatron checkpoint directory (latest_checkpointed_iteration.txt); libllm reads its own "
+                      "sharded HDF5 checkpoints and Hugging Face GPT-2 directories (llm-ckpt import), not Megatron's "
+                      "torch files: convert it to a Hugging Face GPT-2 directory with Megatron's tools and import "
+                      "that, or name another directory");
+}
+
 void refuse_save_root_with_checkpoints(const std::string& save_root, const std::string& what, const std::string& remedy) {
   std::error_code ec;
   if (!fs::is_directory(save_root, ec)) return;
+  refuse_foreign_checkpoints(save_root, what);
   std::string newest;
   try {
     newest = latest_checkpoint(save_root);

@@ -133,6 +133,10 @@ std::string newest_complete_iteration(const std::string& save_root);
 // (iter_N.tmp-*, iter_N.old-*, latest.tmp-*): a save root to start from scratch in.
 bool save_root_is_empty(const std::string& dir);
 
+// A ConfigError naming `what` when `dir` holds another program's checkpoints that libllm cannot
+// read (Megatron's latest_checkpointed_iteration.txt), instead of taking it for an empty one.
+void refuse_foreign_checkpoints(const std::string& dir, const std::string& what);
+
 // For whoever is about to add checkpoints to save_root: a ConfigError when it already holds a
 // complete one (naming `what`, e.g. "--save runs/ck", that checkpoint, and `remedy`). The new
 // checkpoint would move 'latest' away from the ones there, and a --keep-last would count them.

@@ -114,6 +114,7 @@ struct TrainArgs {
   bool no_gradient_accumulation_fusion = false, no_async_tensor_model_parallel_allreduce = false;
   bool accumulate_allreduce_grads_in_fp32 = false, no_query_key_layer_scaling = false;
   bool use_flash_attn_v1 = false, use_flash_attn_triton = false;
+  bool universal_checkpoint = false;
   bool exit_signal_handler = false, use_cpu_initialization = false, attention_softmax_in_fp32 = false;
   bool fp16_lm_cross_entropy = false, log_throughput = false, log_num_zeros_in_grad = false;
   bool log_timers_to_tensorboard = false, log_validation_ppl_to_tensorboard = false, log_memory_to_tensorboard = false;

@@ -328,7 +328,8 @@ std::string metadata_fields(CheckpointWriter& w, const TrainArgs& args, const Tr
     << ", \"nan_iterations\": " << trainer.nan_iterations();
   const LRSchedule& lr = trainer.schedule();
   f << ",\n  \"lr_schedule\": {\"lr\": " << num(lr.lr, "lr_schedule.lr") << ", \"min_lr\": " << num(lr.min_lr, "lr_schedule.min_lr") << ", \"warmup_iters\": " << num(lr.warmup_iters, "lr_schedule.warmup_iters")
-    << ", \"decay_iters\": " << lr.decay_iters << ", \"style\": " << json::quote(lr.style) << "}";
+    << ", \"decay_iters\": " << lr.decay_iters << ", \"style\": " << json::quote(lr.style)
+    << ", \"global_batch_size\": " << lr.samples_per_update << ", \"origin\": " << trainer.schedule_origin() << "}";
   const OptimizerConfig& oc = opt.config();
   f << ",\n  \"optimizer\": {\"type\": \"adamw\", \"step\": " << opt.steps() << ", \"beta1\": " << num(oc.beta1, "optimizer.beta1")
     << ", \"beta2\": " << num(oc.beta2, "optimizer.beta2") << ", \"eps\": " << num(oc.eps, "optimizer.eps") << ", \"weight_decay\": "
@@ -498,6 +499,14 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
 
   LoadResult r{ckpt.dir(), 0, 0};
   if (options.finetune) return r;
+  const json::Value* saved_schedule = ckpt.metadata().find("lr_schedule");
+  if (!options.load_optimizer) {
+    // As Megatron's --no-load-optim: the scheduler (loaded with the optimizer there) starts again
+    // at the resumed iteration, its warmup included, on the fresh moments.
+    trainer.set_schedule_origin(ckpt.iteration());
+  } else if (saved_schedule && saved_schedule->find("origin")) {
+    trainer.set_schedule_origin(member_int(*saved_schedule, "origin", where + ": lr_schedule"));
+  }
   // The learning-rate schedule continues as saved, as Megatron's OptimizerParamScheduler checks
   // it: a difference is an error unless the run says whose values to use. Megatron loads (and
   // checks) the scheduler with the optimizer: --no-load-optim starts both from this run's flags.
@@ -512,6 +521,15 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     saved_lr.style = member_string(*ls, "style", at);
     const LRSchedule& run = trainer.schedule();
     saved_lr.samples_per_update = run.samples_per_update;  // (the global batch is this run's)
+    // Megatron's scheduler counts samples, so another global batch is another schedule there (its
+    // check refuses it); this one counts iterations and cannot continue that one's across the
+    // change: only this run's flags (--override-opt_param-scheduler) schedule it.
+    if (const json::Value* gb = ls->find("global_batch_size"); gb && gb->is_integer() &&
+                                                              gb->as_int() != run.samples_per_update)
+      throw ConfigError(detail::concat(
+          where, ": the checkpoint's learning-rate schedule ran at global batch ", gb->as_int(), ", this run's is ",
+          run.samples_per_update, " (--global-batch-size); Megatron's schedule counts samples and refuses the change "
+          "as another schedule: give --override-opt_param-scheduler to schedule this run by its flags"));
     if (options.scheduler == SchedulerSource::checkpoint) {
       trainer.set_schedule(saved_lr);
     } else {
@@ -536,8 +554,8 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     // the two ways to start from it, before any tensor is read.
     if (ckpt.names("optimizer/exp_avg").empty() && !ps.specs().empty())
       throw ConfigError(ckpt.dir() + ": the checkpoint holds the weights without the optimizer's state (an import, or "
-                                     "llm-ckpt convert --no-optimizer): load it with --no-load-optim (resume the "
-                                     "schedule with fresh moments) or --finetune (a new run from its weights)");
+                                     "llm-ckpt convert --no-optimizer): load it with --no-load-optim (fresh moments, "
+                                     "the schedule started again at its iteration as Megatron's) or --finetune (a new run from its weights)");
     AdamW& opt = trainer.optimizer();
     const int64_t b = opt.shard_begin(), e = opt.shard_end();
     for (const char* cat : {"optimizer/exp_avg", "optimizer/exp_avg_sq"}) {
@@ -564,7 +582,8 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     // before the scaler have none; a run that was not fp16 has nothing to continue.
     const json::Value* ls = ckpt.metadata().find("loss_scaler");
     const json::Value* prec = ls && ls->is_object() ? ls->find("precision") : nullptr;
-    if (trainer.args().fp16 && prec && prec->is_string() && prec->as_string() == "f16") {
+    // (Megatron keeps the scaler in the optimizer's state: --no-load-optim starts it afresh too.)
+    if (options.load_optimizer && trainer.args().fp16 && prec && prec->is_string() && prec->as_string() == "f16") {
       LossScalerState st = trainer.loss_scaler().state();
       st.skipped = member_int(*ls, "skipped", where);
       if (trainer.loss_scaler().dynamic()) {

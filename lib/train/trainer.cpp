@@ -192,7 +192,7 @@ IterationStats Trainer::train_step() {
   // Megatron's scheduler steps after each applied update (fp16 iterations skipped for an
   // overflow do not advance it): update n + 1 runs at the rate after n updates, 0 in the first
   // warmup step, and the log line shows the rate after this iteration.
-  const int64_t updates_before = iteration_ - 1 - (args_.fp16 ? scaler_.skipped() : 0);
+  const int64_t updates_before = iteration_ - 1 - schedule_origin_ - (args_.fp16 ? scaler_.skipped() : 0);
   st.lr_applied = schedule_.at(updates_before);
   st.loss_scale = scaler_.scale();
   const int64_t micro = args_.micro_batches();

@@ -113,6 +113,11 @@ class Trainer {
     consumed_samples_ = consumed_samples;
     nan_iterations_ = nan_iterations;
   }
+  // The iterations before the learning-rate schedule's start: 0, or where a resume restarted it
+  // (--no-load-optim: Megatron loads the scheduler with the optimizer, so its schedule starts
+  // again, warmup included, at the resumed iteration). Saved with the schedule.
+  int64_t schedule_origin() const { return schedule_origin_; }
+  void set_schedule_origin(int64_t iterations) { schedule_origin_ = iterations; }
 
  private:
   // Micro-batch m of this replica's slice of the global batch that starts at sample `batch_start`
@@ -227,6 +232,7 @@ class Trainer {
   Communicator* dp_ = nullptr;
   std::vector<int64_t> shard_offsets_;  // ZeRO-1: rank r owns [offsets[r], offsets[r+1])
   int64_t iteration_ = 0, consumed_samples_ = 0, nan_iterations_ = 0;
+  int64_t schedule_origin_ = 0;
 };
 
 }  // namespace llm

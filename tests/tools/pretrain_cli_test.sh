@@ -469,5 +469,18 @@ else
   fail "mpirun not found (pipelines/setup.sh installs openmpi-bin)"
 fi
 
+# Megatron's checkpoints and checkpoint flags: a Megatron checkpoint directory is named, not taken
+# for an empty one (which started from scratch beside its files); its flags are named with what
+# to give instead; --universal-checkpoint is accepted (any layout loads libllm's checkpoints)
+mkdir -p "$work/meg/iter_0000100" && echo 100 > "$work/meg/latest_checkpointed_iteration.txt"
+"$bin" "${common[@]}" --train-iters 2 --load "$work/meg" --save "$work/meg" --output-dir "$work/meg-out" > "$work/meg1.txt" 2>&1
+check "a Megatron checkpoint directory as --load is refused by name" "[ $? -eq 2 ] && grep -q -- '--load .*meg: a Megatron checkpoint directory (latest_checkpointed_iteration.txt)' $work/meg1.txt && [ ! -e $work/meg/latest ]"
+"$bin" "${common[@]}" --train-iters 2 --save "$work/meg" --output-dir "$work/meg-out" > "$work/meg2.txt" 2>&1
+check "... and as --save" "[ $? -eq 2 ] && grep -q 'a Megatron checkpoint directory' $work/meg2.txt && [ ! -e $work/meg/latest ]"
+"$bin" "${common[@]}" --train-iters 2 --ckpt-step 4 > "$work/meg3.txt" 2>&1
+check "Megatron's --ckpt-step is named with --load DIR/iter_NNNNNNN" "[ $? -eq 2 ] && grep -q -- '--ckpt-step.*--load DIR/iter_NNNNNNN' $work/meg3.txt"
+"$bin" "${common[@]}" --train-iters 1 --log-interval 1 --universal-checkpoint --output-dir "$work/univ" > "$work/meg4.txt" 2>&1
+check "--universal-checkpoint is accepted and named" "[ $? -eq 0 ] && grep -q 'without effect here:.*--universal-checkpoint' $work/meg4.txt"
+
 [ "$fails" -eq 0 ] && echo "all llm-pretrain CLI checks passed" || echo "$fails llm-pretrain CLI check(s) failed"
 exit $((fails > 0))

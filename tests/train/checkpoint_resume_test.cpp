@@ -117,6 +117,47 @@ TEST(CheckpointResume, FinetuneLoadsWeightsOnlyAndMismatchesAreNamed) {
 // Megatron's OptimizerParamScheduler on load: the schedule must agree with the checkpoint's
 // unless the run says whose to follow. Extending --train-iters with --lr-decay-iters 0 moves the
 // decay's end: an error naming it; then each flag's choice; a finetune starts its own schedule.
+// Megatron's --no-load-optim: its scheduler, loaded with the optimizer, starts again at the resumed
+// iteration (warmup from 0 on the fresh moments); a later resume with the optimizer continues
+// that restarted schedule, and the fp16 loss scaler starts afresh too.
+TEST(CheckpointResume, NoLoadOptimRestartsTheScheduleAtTheResumedIteration) {
+  const TrainArgs a = args_for_resume();  // warmup 3, decay over 12
+  MockDataSource data(a.vocab_size, a.seq_length, 5);
+  const std::string root = ::testing::TempDir() + "/no-load-optim-test";
+  fs::remove_all(root);
+  {
+    GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
+    Trainer t(a, model, data);
+    for (int i = 0; i < 5; ++i) t.train_step();
+    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
+  }
+  const std::string root2 = ::testing::TempDir() + "/no-load-optim-test-2";
+  fs::remove_all(root2);
+  std::vector<double> restarted;
+  {
+    GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
+    Trainer t(a, model, data);
+    LoadOptions o;
+    o.load_optimizer = false;
+    load_training_checkpoint(root, t, o);
+    EXPECT_EQ(t.schedule_origin(), 5);
+    for (int i = 0; i < 3; ++i) {
+      const IterationStats st = t.train_step();
+      EXPECT_EQ(st.iteration, 6 + i);
+      EXPECT_DOUBLE_EQ(st.lr_applied, t.schedule().at(i)) << "iteration " << st.iteration;
+    }
+    EXPECT_DOUBLE_EQ(t.schedule().at(0), 0.0);  // the warmup's first update, again
+    save_training_checkpoint(root2, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
+    restarted.push_back(t.train_step().lr_applied);
+  }
+  GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
+  Trainer t(a, model, data);
+  load_training_checkpoint(root2, t, LoadOptions{});
+  EXPECT_EQ(t.schedule_origin(), 5);
+  EXPECT_DOUBLE_EQ(t.train_step().lr_applied, restarted[0]);  // iteration 9 = the restarted schedule's 4th update
+  EXPECT_DOUBLE_EQ(restarted[0], t.schedule().at(3));
+}
+
 TEST(CheckpointResume, TheLearningRateScheduleMustAgreeOrBeChosen) {
   const TrainArgs a = args_for_resume();
   MockDataSource data(a.vocab_size, a.seq_length, 5);
@@ -161,6 +202,29 @@ TEST(CheckpointResume, TheLearningRateScheduleMustAgreeOrBeChosen) {
     o.load_optimizer = false;
     load_training_checkpoint(root, t, o);
     EXPECT_EQ(t.schedule().decay_iters, 20);
+  }
+  {  // another global batch: Megatron's sample-counted schedule refuses it unless overridden
+    TrainArgs wider = a;
+    wider.global_batch_size = 8;
+    wider.resolve_defaults();
+    auto load_wider = [&](SchedulerSource s) {
+      GPT model(wider.model_config(), cpu_backend(), 5, wider.seq_length);
+      Trainer t(wider, model, data);
+      LoadOptions o;
+      o.scheduler = s;
+      load_training_checkpoint(root, t, o);
+    };
+    for (SchedulerSource s : {SchedulerSource::must_match, SchedulerSource::checkpoint}) {
+      try {
+        load_wider(s);
+        ADD_FAILURE() << "another global batch was accepted";
+      } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find("ran at global batch 4, this run's is 8 (--global-batch-size)"),
+                  std::string::npos)
+            << e.what();
+      }
+    }
+    EXPECT_NO_THROW(load_wider(SchedulerSource::this_run));
   }
   longer.train_iters = 12;  // the same schedule at another peak
   longer.lr_decay_iters = 12;
