@@ -595,7 +595,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     if (it % args.log_interval == 0 || it == args.train_iters) {
       rec.iteration = it;
       rec.consumed_samples = trainer.consumed_samples();
-      rec.consumed_tokens = trainer.consumed_samples() * args.seq_length;
+      rec.consumed_tokens = trainer.consumed_tokens();
       acc.flush_into(rec, args.global_batch_size, args.seq_length, mpi.size(), flops_meg, flops_model);
       rec.loss_scale = trainer.loss_scaler().scale();
       DeviceMemoryStats mem;

@@ -324,7 +324,7 @@ std::string metadata_fields(CheckpointWriter& w, const TrainArgs& args, const Tr
     << ", \"pipeline_parallel\": " << args.pipeline_model_parallel_size << ", \"sequence_parallel\": "
     << args.ds_sequence_parallel_size << ", \"zero_stage\": " << args.zero_stage << "}";
   f << ",\n  \"consumed_samples\": " << trainer.consumed_samples()
-    << ", \"consumed_tokens\": " << trainer.consumed_samples() * args.seq_length
+    << ", \"consumed_tokens\": " << trainer.consumed_tokens()
     << ", \"nan_iterations\": " << trainer.nan_iterations();
   const LRSchedule& lr = trainer.schedule();
   f << ",\n  \"lr_schedule\": {\"lr\": " << num(lr.lr, "lr_schedule.lr") << ", \"min_lr\": " << num(lr.min_lr, "lr_schedule.min_lr") << ", \"warmup_iters\": " << num(lr.warmup_iters, "lr_schedule.warmup_iters")
@@ -577,6 +577,8 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     r.iteration = ckpt.iteration();
     r.consumed_samples = member_int(ckpt.metadata(), "consumed_samples", where);
     trainer.restore(r.iteration, r.consumed_samples, member_int(ckpt.metadata(), "nan_iterations", where));
+    if (const json::Value* ct = ckpt.metadata().find("consumed_tokens"); ct && ct->is_integer())
+      trainer.restore_consumed_tokens(ct->as_int());
     // An fp16 run continues the fp16 run's loss scaler: the skipped iterations (which hold the
     // schedule back), and under dynamic scaling the scale and its counters. Checkpoints from
     // before the scaler have none; a run that was not fp16 has nothing to continue.

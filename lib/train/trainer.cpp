@@ -326,6 +326,7 @@ IterationStats Trainer::train_step() {
   st.lr = schedule_.at(updates_before + (args_.fp16 && st.skipped ? 0 : 1));
   if (!st.finite) ++nan_iterations_;
   consumed_samples_ += args_.global_batch_size;
+  consumed_tokens_ += args_.global_batch_size * args_.seq_length;
   model_.backend().synchronize();
   st.seconds = timer.seconds();
   return st;

@@ -49,6 +49,10 @@ class Trainer {
 
   int64_t iteration() const { return iteration_; }
   int64_t consumed_samples() const { return consumed_samples_; }
+  // Tokens of the samples consumed, summed as they were taken (a resume at another --seq-length
+  // carries the count on, as Megatron-DeepSpeed's consumed_train_tokens).
+  int64_t consumed_tokens() const { return consumed_tokens_; }
+  void restore_consumed_tokens(int64_t tokens) { consumed_tokens_ = tokens; }
   int64_t nan_iterations() const { return nan_iterations_; }
   const TrainArgs& args() const { return args_; }
   // fp16's loss scaling (dynamic, or a fixed --loss-scale; a constant 1 in bf16 and fp32);
@@ -111,6 +115,7 @@ class Trainer {
   void restore(int64_t iteration, int64_t consumed_samples, int64_t nan_iterations) {
     iteration_ = iteration;
     consumed_samples_ = consumed_samples;
+    consumed_tokens_ = consumed_samples * args_.seq_length;  // (until the checkpoint's own count)
     nan_iterations_ = nan_iterations;
   }
   // The iterations before the learning-rate schedule's start: 0, or where a resume restarted it
@@ -232,7 +237,7 @@ class Trainer {
   Communicator* dp_ = nullptr;
   std::vector<int64_t> shard_offsets_;  // ZeRO-1: rank r owns [offsets[r], offsets[r+1])
   int64_t iteration_ = 0, consumed_samples_ = 0, nan_iterations_ = 0;
-  int64_t schedule_origin_ = 0;
+  int64_t schedule_origin_ = 0, consumed_tokens_ = 0;
 };
 
 }  // namespace llm

@@ -236,3 +236,30 @@ TEST(CheckpointResume, TheLearningRateScheduleMustAgreeOrBeChosen) {
     EXPECT_NE(std::string(e.what()).find("has lr 0.002 but this run's is 0.001 (--lr)"), std::string::npos) << e.what();
   }
 }
+
+// Consumed tokens are summed as the samples were taken: a resume at another sequence length
+// carries the count on (it was samples x this run's length).
+TEST(CheckpointResume, ConsumedTokensCarryOnAcrossASequenceLengthChange) {
+  TrainArgs a = args_for_resume();  // seq 16, global batch 4
+  a.max_position_embeddings = 16;
+  MockDataSource data(a.vocab_size, a.seq_length, 5);
+  const std::string root = ::testing::TempDir() + "/consumed-tokens-test";
+  fs::remove_all(root);
+  {
+    GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
+    Trainer t(a, model, data);
+    for (int i = 0; i < 2; ++i) t.train_step();
+    EXPECT_EQ(t.consumed_tokens(), 2 * 4 * 16);
+    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
+  }
+  TrainArgs shorter = a;
+  shorter.seq_length = 8;
+  MockDataSource data8(shorter.vocab_size, shorter.seq_length, 5);
+  GPT model(shorter.model_config(), cpu_backend(), 5, shorter.seq_length);
+  Trainer t(shorter, model, data8);
+  load_training_checkpoint(root, t, LoadOptions{});
+  EXPECT_EQ(t.consumed_samples(), 8);
+  EXPECT_EQ(t.consumed_tokens(), 128);
+  t.train_step();
+  EXPECT_EQ(t.consumed_tokens(), 128 + 4 * 8);
+}
