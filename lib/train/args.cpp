@@ -461,6 +461,15 @@ GPTConfig TrainArgs::model_config() const {
 }
 
 void TrainArgs::resolve_defaults() {
+  if (ds_derive_micro_batch && global_batch_size > 0) {
+    const int64_t steps = std::max<int64_t>(1, ds_gradient_accumulation_steps);
+    if (global_batch_size % (steps * data_parallel_size) != 0)
+      throw ConfigError(detail::concat(deepspeed_config, ": train_batch_size ", global_batch_size,
+                                       " is not divisible by gradient_accumulation_steps ", steps, " x data-parallel size ",
+                                       data_parallel_size, ", which DeepSpeed divides it by for the micro-batch (the file "
+                                       "has no train_micro_batch_size_per_gpu; --micro-batch-size gives one)"));
+    micro_batch_size = global_batch_size / (steps * data_parallel_size);
+  }
   // (DeepSpeed's JSON may give gradient_accumulation_steps alone: global = micro x steps x dp)
   if (global_batch_size == 0)
     global_batch_size = micro_batch_size * std::max<int64_t>(1, ds_gradient_accumulation_steps) * data_parallel_size;

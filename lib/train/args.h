@@ -125,6 +125,9 @@ struct TrainArgs {
   std::string distributed_backend = "nccl", optimizer = "adam", data_impl = "mmap", tensorboard_dir;
   std::string deepspeed_config;            // DeepSpeed's JSON: its ZeRO, precision, clipping and batch fields
   int64_t ds_gradient_accumulation_steps = 0;  // from it: checked against the batch sizes (0 = not given)
+  // from it: train_batch_size without train_micro_batch_size_per_gpu (and no --micro-batch-size):
+  // the micro-batch is derived as DeepSpeed does, train_batch_size / (accumulation steps x data parallel)
+  bool ds_derive_micro_batch = false;
 
   GPTConfig model_config() const;
   // Fills the "0 = derived" defaults (global batch, decay iterations). Call before validate().
