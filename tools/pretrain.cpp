@@ -311,7 +311,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     if (!args.finetune && !args.no_load_rng && rng && rng->find("seed")) {
       if (!rng->find("seed")->is_integer())
         throw ConfigError(probe.dir() + "/metadata.json: 'rng.seed' must be an integer");
-      args.seed = rng->find("seed")->as_int();
+      const int64_t saved = rng->find("seed")->as_int();
+      if (args.option_sources.count("seed") && saved != args.seed)  // (a seed the run was given)
+        say("> --seed %lld: resuming with the checkpoint's seed %lld (its data order); --no-load-rng takes this run's\n",
+            static_cast<long long>(args.seed), static_cast<long long>(saved));
+      args.seed = saved;
     }
   }
 

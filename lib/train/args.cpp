@@ -290,6 +290,7 @@ static const std::map<std::string, std::string>& unsupported_megatron_flags() {
       {"no-save-optim", "checkpoints keep the optimizer's state; llm-ckpt convert --no-optimizer writes one without it"},
       {"no-save-rng", "checkpoints keep the seed; --no-load-rng ignores it on resume"},
       {"ckpt-step", "load one iteration by its directory: --load DIR/iter_NNNNNNN"},
+      {"use-mics", "DeepSpeed's MiCS (ZeRO-3 within sub-groups) is not built; --zero-stage 3 shards over the data-parallel group"},
       {"load-tag", "DeepSpeed's tags are not read; load one iteration of a libllm checkpoint with --load DIR/iter_NNNNNNN"},
       {"use-dist-ckpt", "checkpoints are libllm's sharded HDF5, which any parallel layout loads"},
       {"async-save", "saves are synchronous (every rank writes its own pieces, in parallel)"},

@@ -481,6 +481,9 @@ check "... and as --save" "[ $? -eq 2 ] && grep -q 'a Megatron checkpoint direct
 check "Megatron's --ckpt-step is named with --load DIR/iter_NNNNNNN" "[ $? -eq 2 ] && grep -q -- '--ckpt-step.*--load DIR/iter_NNNNNNN' $work/meg3.txt"
 "$bin" "${common[@]}" --train-iters 1 --log-interval 1 --universal-checkpoint --output-dir "$work/univ" > "$work/meg4.txt" 2>&1
 check "--universal-checkpoint is accepted and named" "[ $? -eq 0 ] && grep -q 'without effect here:.*--universal-checkpoint' $work/meg4.txt"
+"$bin" "${common[@]}" --train-iters 2 --exit-interval 1 --log-interval 1 --save "$work/seedck" --output-dir "$work/seed1" > /dev/null 2>&1
+"$bin" "${common[@]}" --train-iters 2 --log-interval 1 --seed 77 --load "$work/seedck" --save "$work/seedck" --output-dir "$work/seed2" > "$work/seed.txt" 2>&1
+check "a resume given another --seed says the checkpoint's is kept" "[ $? -eq 0 ] && grep -q -- '--seed 77: resuming with the checkpoint.s seed 11 (its data order); --no-load-rng' $work/seed.txt"
 
 [ "$fails" -eq 0 ] && echo "all llm-pretrain CLI checks passed" || echo "$fails llm-pretrain CLI check(s) failed"
 exit $((fails > 0))
