@@ -3,10 +3,7 @@
 # usage: generate_ckpt_cli_test.sh <llm-tokenize> <llm-pretrain> <llm-generate> <llm-ckpt>
 set -uo pipefail
 tok="$1"; pre="$2"; gen="$3"; ckpt="$4"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fails=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails + 1)); fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 
 for i in $(seq 1 200); do printf 'the cat sat on the mat. the dog sat on the log. %d\n\n' "$i"; done > "$work/corpus.txt"
 "$tok" --input "$work/corpus.txt" --output-prefix "$work/data" --tokenizer-type ByteTokenizer --append-eod > /dev/null 2>&1
@@ -202,5 +199,4 @@ PY
 "$ckpt" verify "$work/ck" > "$work/bad.txt" 2>&1
 check "verify detects a corrupted byte" "[ $? -ne 0 ] && grep -qi 'checksum mismatch\\|HDF5' $work/bad.txt"
 
-[ "$fails" -eq 0 ] && echo "all llm-generate/llm-ckpt CLI checks passed" || echo "$fails llm-generate/llm-ckpt CLI check(s) failed"
-exit $((fails > 0))
+finish "llm-generate/llm-ckpt CLI"

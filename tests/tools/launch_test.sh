@@ -5,11 +5,8 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export LLM_BIN="$1/tools"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 cd "$work"
-fails=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails + 1)); fi; }
 launch="$root/pipelines/launch/train.sh"
 
 printf 'x3001\nx3001\nx3002\nx3002\n' > nodes
@@ -98,5 +95,4 @@ check "a 2-rank run through the launcher trains" "[ $? -eq 0 ] && grep -q 'itera
 log=$(tail -1 logfiles 2>/dev/null)
 check "the log is under outputs/<run>/logs and indexed in logfiles" "[ -f '$log' ] && [[ '$log' == outputs/gpt_megatron_tiny_z0_seqlen32_mp1_pp1_sp1_nl2_hs128_gb8_mb2/logs/*-nhosts1-ngpu2-*.log ]] && grep -q 'lm loss' '$log'"
 
-[ "$fails" -eq 0 ] && echo "all launcher checks passed" || echo "$fails launcher check(s) failed"
-exit $((fails > 0))
+finish "launcher"

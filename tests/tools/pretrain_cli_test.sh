@@ -4,12 +4,7 @@
 # usage: pretrain_cli_test.sh <path to llm-pretrain>
 set -uo pipefail
 bin="$1"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fails=0
-pass() { echo "ok   $1"; }
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
-check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 
 common=(--mock-data --vocab-size 128 --num-layers 2 --hidden-size 64 --num-attention-heads 4
         --seq-length 32 --micro-batch-size 4 --global-batch-size 8 --lr 3e-3 --min-lr 3e-4
@@ -485,5 +480,4 @@ check "--universal-checkpoint is accepted and named" "[ $? -eq 0 ] && grep -q 'w
 "$bin" "${common[@]}" --train-iters 2 --log-interval 1 --seed 77 --load "$work/seedck" --save "$work/seedck" --output-dir "$work/seed2" > "$work/seed.txt" 2>&1
 check "a resume given another --seed says the checkpoint's is kept" "[ $? -eq 0 ] && grep -q -- '--seed 77: resuming with the checkpoint.s seed 11 (its data order); --no-load-rng' $work/seed.txt"
 
-[ "$fails" -eq 0 ] && echo "all llm-pretrain CLI checks passed" || echo "$fails llm-pretrain CLI check(s) failed"
-exit $((fails > 0))
+finish "llm-pretrain CLI"

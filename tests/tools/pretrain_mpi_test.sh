@@ -6,12 +6,7 @@
 # usage: pretrain_mpi_test.sh <path to llm-pretrain>
 set -uo pipefail
 bin="$1"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fails=0
-pass() { echo "ok   $1"; }
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
-check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 command -v mpirun > /dev/null || { echo "mpirun not found (pipelines/setup.sh installs openmpi-bin)"; exit 1; }
 export OMP_NUM_THREADS=1
 
@@ -119,5 +114,4 @@ check "--help under mpirun prints once and exits 0" "[ $rc -eq 0 ] && [ \$(grep 
 run same 2 0 ""
 check "ranks given the same options train" "[ $rc -eq 0 ] && [ \$(grep -c 'lm loss' $work/same.txt) -eq 6 ]"
 
-[ "$fails" -eq 0 ] && echo "all llm-pretrain MPI input checks passed" || echo "$fails llm-pretrain MPI input check(s) failed"
-exit $((fails > 0))
+finish "llm-pretrain MPI input"

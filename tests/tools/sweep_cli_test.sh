@@ -7,12 +7,7 @@
 set -uo pipefail
 bin="$1"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fails=0
-pass() { echo "ok   $1"; }
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
-check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 quick=(--models tiny --warmup 1 --iters 2 --threads 2)
 
 # Memory caps relative to what llm-pretrain itself occupies at the smallest point (a build with
@@ -143,5 +138,4 @@ check "seqlen-sweep.sh: LOGITS_CHUNK_TOKENS reaches llm-sweep" "grep -q -- '--vo
 seq_sweep cpu env MODEL_SIZE_KEY=tiny SEQ_LENS=64 WARMUP=1 ITERS=1 OUTPUT_ROOT=out > "$work/sq_r.txt" 2>&1
 check "seqlen-sweep.sh: a one-point sweep on the CPU writes its table" "[ $? -eq 0 ] && grep -q '| tiny s64 mb1 .* | ok |' $work/sq_r.txt && ls $work/out/seqlen-sweep_tiny_ds_mp1_pp1_sp1_z0/ | grep -q ."
 
-echo "$fails failure(s)"
-[ "$fails" -eq 0 ]
+finish "llm-sweep CLI"

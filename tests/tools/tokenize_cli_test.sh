@@ -6,10 +6,7 @@
 set -uo pipefail
 tok="$1"
 pre="$2"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fails=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails + 1)); fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 
 # A corpus of 300 paragraphs with some unicode.
@@ -155,5 +152,4 @@ check "train-tokenizer from stdin trains the same tokenizer as from the file" "[
   --seq-length 32 --micro-batch-size 4 --train-iters 2 --log-interval 1 "${spm[@]}" --output-dir "$work/run2" > "$work/t3.txt" 2>&1
 check "blended --data-path trains and prints achieved ratios" "[ $? -eq 0 ] && grep -q 'weight 0.7 achieved' $work/t3.txt"
 
-[ "$fails" -eq 0 ] && echo "all llm-tokenize CLI checks passed" || echo "$fails llm-tokenize CLI check(s) failed"
-exit $((fails > 0))
+finish "llm-tokenize CLI"

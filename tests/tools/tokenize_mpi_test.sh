@@ -6,12 +6,7 @@
 # usage: tokenize_mpi_test.sh <path to llm-tokenize>
 set -uo pipefail
 tok="$1"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fails=0
-pass() { echo "ok   $1"; }
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
-check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 command -v mpirun > /dev/null || { echo "mpirun not found (pipelines/setup.sh installs openmpi-bin)"; exit 1; }
 export OMP_NUM_THREADS=1
 errors() { grep -c 'llm-tokenize: error:' "$work/$1.txt"; }
@@ -67,5 +62,4 @@ else
   echo "skip the node-local checks: unshare -m is not permitted here"
 fi
 
-[ "$fails" -eq 0 ] && echo "all llm-tokenize MPI checks passed" || echo "$fails llm-tokenize MPI check(s) failed"
-exit $((fails > 0))
+finish "llm-tokenize MPI"
