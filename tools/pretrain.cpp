@@ -73,22 +73,6 @@ extern "C" void on_stop_signal(int sig) {
   }
 }
 
-// An error every rank has reached together (its verdict agreed through a collective): rank 0
-// says it once and every rank exits 2, with no abort.
-struct AllRanksError : ConfigError {
-  using ConfigError::ConfigError;
-};
-
-// "rank 3", "ranks 1, 2 and 5", "ranks 1, 2, 3 ... (7 ranks)".
-std::string ranks_phrase(const std::vector<int>& ranks) {
-  std::string s = ranks.size() == 1 ? "rank " : "ranks ";
-  const size_t shown = std::min<size_t>(ranks.size(), 6);
-  for (size_t i = 0; i < shown; ++i)
-    s += (i == 0 ? "" : i + 1 == ranks.size() ? " and " : ", ") + std::to_string(ranks[i]);
-  if (shown < ranks.size()) s += detail::concat(" ... (", ranks.size(), " ranks)");
-  return s;
-}
-
 // Every rank must run the same configuration: ranks given different options (a wrapper, a
 // --config file or a data directory that differs by node) would train different models
 // silently, or wait in collectives the others never reach. Rank 0 compares every rank's options

@@ -81,13 +81,6 @@ struct InputFlags {
   }
 };
 
-// An error every rank has reached together (through a collective): rank 0 reports it once and
-// every rank exits. Any other error under MPI aborts the job, so no rank is left waiting in a
-// collective.
-struct AllRanksError : ConfigError {
-  using ConfigError::ConfigError;
-};
-
 // The ranks' errors agreed (collective): the first failed rank's, "[rank N] "-prefixed past rank
 // 0, on every rank; empty when none failed.
 std::string first_error(const MpiSession& mpi, const std::string& error) {
@@ -184,11 +177,7 @@ int preprocess(const MpiSession& mpi, const InputFlags& in, const TokenizerFlags
   // disk that only some nodes see would fail only after all the work.
   if (const std::vector<int> blind = mpi.ranks_not_seeing(std::filesystem::path(out_dir).parent_path().string());
       !blind.empty()) {
-    std::string ranks;
-    for (size_t i = 0; i < blind.size() && i < 6; ++i) ranks += (i ? ", " : "") + std::to_string(blind[i]);
-    if (blind.size() > 6) ranks += detail::concat(" ... (", blind.size(), " ranks)");
-    throw AllRanksError("--output-prefix " + out_dir + ": rank" + (blind.size() > 1 ? "s " : " ") + ranks +
-                        " of this job cannot see the files rank 0 writes beside it (a directory on node-local disk?); "
+    throw AllRanksError("--output-prefix " + out_dir + ": " + ranks_phrase(blind) + " of this job cannot see the files rank 0 writes beside it (a directory on node-local disk?); "
                         "every rank writes its part of the dataset there, so the output must be on a file system "
                         "all nodes share");
   }

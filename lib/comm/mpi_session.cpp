@@ -3,6 +3,7 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <ctime>
@@ -13,6 +14,15 @@
 #include "core/fsync.h"
 
 namespace llm {
+
+std::string ranks_phrase(const std::vector<int>& ranks) {
+  std::string s = ranks.size() == 1 ? "rank " : "ranks ";
+  const size_t shown = std::min<size_t>(ranks.size(), 6);
+  for (size_t i = 0; i < shown; ++i)
+    s += (i == 0 ? "" : i + 1 == ranks.size() ? " and " : ", ") + std::to_string(ranks[i]);
+  if (shown < ranks.size()) s += " ... (" + std::to_string(ranks.size()) + " ranks)";
+  return s;
+}
 
 bool launched_by_mpi() {
   if (const char* force = std::getenv("LLM_MPI"); force && *force) return std::string(force) != "0";

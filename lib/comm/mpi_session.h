@@ -9,7 +9,19 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
+
 namespace llm {
+
+// An error every rank has reached together (its verdict agreed through a collective): the tool's
+// rank 0 says it once and every rank exits 2, with no abort. Any other error under MPI aborts the
+// job, so no rank is left waiting in a collective.
+struct AllRanksError : ConfigError {
+  using ConfigError::ConfigError;
+};
+
+// "rank 3", "ranks 1, 2 and 5", "ranks 1, 2, 3 ... (7 ranks)".
+std::string ranks_phrase(const std::vector<int>& ranks);
 
 class MpiSession {
  public:
