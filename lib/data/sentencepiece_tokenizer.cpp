@@ -4,6 +4,7 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -24,7 +25,7 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_file, Va
     throw ConfigError(model_file + ": is a directory, not a SentencePiece model");
   const auto status = sp_->Load(model_file);
   if (!status.ok()) throw ConfigError(model_file + ": not a SentencePiece model (" + status.ToString() + ")");
-  pieces_ = vocab_ = sp_->GetPieceSize();
+  pieces_ = sp_->GetPieceSize();
   if (variant == Variant::gpt) {
     if (sp_->eos_id() < 0)
       throw ConfigError(model_file + ": the model has no </s> piece, which GPTSentencePieceTokenizer takes as end-of-document");
@@ -36,12 +37,9 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_file, Va
     auto add = [&](const std::string& name) {
       int32_t id = sp_->PieceToId(name);
       if (id == sp_->unk_id() && name != sp_->IdToPiece(sp_->unk_id())) {  // (not a piece: PieceToId gives <unk>)
-        for (size_t i = 0; i < added_.size() && id == sp_->unk_id(); ++i)
-          if (added_[i] == name) id = static_cast<int32_t>(pieces_ + static_cast<int64_t>(i));
-        if (id == sp_->unk_id()) {
-          id = static_cast<int32_t>(vocab_++);
-          added_.push_back(name);
-        }
+        const auto it = std::find(added_.begin(), added_.end(), name);
+        id = static_cast<int32_t>(pieces_ + (it - added_.begin()));
+        if (it == added_.end()) added_.push_back(name);
       }
       specials_.emplace_back(name, id);
       return id;
@@ -150,7 +148,7 @@ std::string SentencePieceTokenizer::decode(std::span<const int32_t> ids) const {
 }
 
 std::string SentencePieceTokenizer::token_bytes(int32_t id) const {
-  LLM_CHECK(id >= 0 && id < vocab_, "token id ", id, " outside the vocabulary");
+  LLM_CHECK(id >= 0 && id < vocab_size(), "token id ", id, " outside the vocabulary");
   if (id >= pieces_) return added_[static_cast<size_t>(id - pieces_)];  // a special token after the model's
   if (sp_->IsControl(id)) return "";
   if (sp_->IsByte(id)) {
@@ -173,7 +171,7 @@ std::string SentencePieceTokenizer::token_bytes(int32_t id) const {
   return out;
 }
 
-int64_t SentencePieceTokenizer::vocab_size() const { return vocab_; }
+int64_t SentencePieceTokenizer::vocab_size() const { return pieces_ + static_cast<int64_t>(added_.size()); }
 int32_t SentencePieceTokenizer::eod_id() const { return eod_; }
 
 namespace {

@@ -47,7 +47,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   TokenizerIdentity identity_;
   bool split_lines_ = false;
-  int64_t pieces_ = 0, vocab_ = 0;
+  int64_t pieces_ = 0;
   int32_t eod_ = -1;
   std::vector<std::pair<std::string, int32_t>> specials_;
   std::vector<std::string> added_;  // the names of ids pieces_, pieces_ + 1, ...
