@@ -1,6 +1,8 @@
 #include "data/json.h"
 
 #include <charconv>
+#include <cmath>
+#include <optional>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -19,8 +21,8 @@ constexpr int kMaxDepth = 512;
 
 class Parser {
  public:
-  Parser(std::string_view text, std::string_view source, bool record = false)
-      : s_(text), source_(source), record_(record) {}
+  Parser(std::string_view text, std::string_view source, bool record = false, bool hjson = false)
+      : s_(text), source_(source), record_(record), hjson_(hjson) {}
 
   Value parse_document() {
     if (const size_t bad = find_invalid_utf8(s_); bad != std::string_view::npos) {
@@ -29,7 +31,16 @@ class Parser {
     }
     if (s_.substr(0, 3) == "\xEF\xBB\xBF") pos_ = 3;  // RFC 8259 lets parsers skip a BOM
     skip_space();
-    Value v = parse_value(0);
+    Value v;
+    if (hjson_ && peek() != '{' && peek() != '[' && s_.find('\n') != std::string_view::npos) {
+      // Hjson's root braces are optional: a document of several lines that does not open with
+      // '{' or '[' is the members of an object (hjson-py's rule).
+      const int line = line_, column = static_cast<int>(pos_ - line_start_ + 1);
+      v = parse_members(0, false);
+      v.set_location(line, column);
+    } else {
+      v = parse_value(0);
+    }
     skip_space();
     if (pos_ != s_.size()) fail("unexpected content after the JSON value");
     return v;
@@ -47,16 +58,31 @@ class Parser {
       if (s_[pos_] == '\n') ++line_, line_start_ = pos_ + 1;
   }
 
+  // Whitespace, and in Hjson the comments too: '#' and '//' to the end of the line, '/* */'.
   void skip_space() {
     for (; pos_ < s_.size(); ++pos_) {
       const char c = s_[pos_];
       if (c == '\n') {
         ++line_;
         line_start_ = pos_ + 1;
+      } else if (hjson_ && starts_comment(pos_)) {
+        if (c == '#' || s_[pos_ + 1] == '/') {
+          while (pos_ + 1 < s_.size() && s_[pos_ + 1] != '\n') ++pos_;
+        } else {
+          const size_t close = s_.find("*/", pos_ + 2);
+          if (close == std::string_view::npos) fail("unterminated /* comment");
+          advance_to(close + 1);
+        }
       } else if (c != ' ' && c != '\t' && c != '\r') {
         return;
       }
     }
+  }
+
+  bool starts_comment(size_t at) const {
+    if (at >= s_.size()) return false;
+    if (s_[at] == '#') return true;
+    return s_[at] == '/' && at + 1 < s_.size() && (s_[at + 1] == '/' || s_[at + 1] == '*');
   }
 
   bool at_end() const { return pos_ >= s_.size(); }
@@ -80,6 +106,11 @@ class Parser {
     if (depth > kMaxDepth) fail(detail::concat("nesting deeper than ", kMaxDepth));
     const int line = line_, column = static_cast<int>(pos_ - line_start_ + 1);
     Value v;
+    if (hjson_ && peek() != '{' && peek() != '[' && peek() != '"') {
+      v = parse_hjson_scalar();
+      v.set_location(line, column);
+      return v;
+    }
     switch (peek()) {
       case '{': v = parse_object(depth); break;
       case '[': v = parse_array(depth); break;
@@ -233,42 +264,152 @@ class Parser {
       skip_space();
       items.push_back(parse_value(depth + 1));
       skip_space();
+      if (hjson_ && peek() == ',') {  // Hjson: commas optional, a trailing one allowed
+        ++pos_;
+        skip_space();
+      }
       if (peek() == ']') {
         ++pos_;
         return Value(std::move(items));
       }
-      expect(',', "',' or ']'");
+      if (!hjson_) expect(',', "',' or ']'");
+      else if (at_end()) fail("unexpected end of input, expected ']'");
     }
   }
 
   Value parse_object(int depth) {
     ++pos_;  // '{'
+    return parse_members(depth, true);
+  }
+
+  // The members of an object, after its '{' (or from the start of an Hjson document without root
+  // braces, `braced` false: then the end of input closes it).
+  Value parse_members(int depth, bool braced) {
     Object members;
     std::vector<std::pair<int, int>> key_at;  // line, column of each key, for the duplicate error
     skip_space();
-    if (peek() == '}') {
+    if (braced && peek() == '}') {
       ++pos_;
       return Value(std::move(members));
     }
     while (true) {
       skip_space();
-      if (peek() != '"') fail(at_end() ? "unexpected end of input, expected a string key"
-                                       : "expected a string key, got " + describe_here());
       key_at.emplace_back(line_, static_cast<int>(pos_ - line_start_ + 1));
-      std::string key = parse_string();
+      std::string key;
+      if (peek() == '"') {
+        key = parse_string();
+      } else if (hjson_ && !at_end()) {
+        key = parse_hjson_key();
+      } else {
+        fail(at_end() ? "unexpected end of input, expected a string key" : "expected a string key, got " + describe_here());
+      }
       skip_space();
       expect(':', "':'");
       skip_space();
       Value v = parse_value(depth + 1);
       members.emplace_back(std::move(key), std::move(v));
       skip_space();
-      if (peek() == '}') {
+      if (hjson_ && peek() == ',') {  // Hjson: commas optional, a trailing one allowed
         ++pos_;
+        skip_space();
+      }
+      if (braced ? peek() == '}' : at_end()) {
+        if (braced) ++pos_;
         check_unique(members, key_at);
         return Value(std::move(members));
       }
-      expect(',', "',' or '}'");
+      if (!hjson_) expect(',', "',' or '}'");
+      else if (at_end()) fail("unexpected end of input, expected '}'");
     }
+  }
+
+  // An Hjson key without quotes: everything up to ':', which may not hold whitespace or {}[],.
+  std::string parse_hjson_key() {
+    const size_t begin = pos_;
+    while (!at_end() && peek() != ':') {
+      const char c = peek();
+      if (c == '{' || c == '}' || c == '[' || c == ']' || c == ',')
+        fail("expected a key, got " + describe_here() + " (quote a key that holds {}[],: or whitespace)");
+      if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+        const size_t space = pos_;
+        const int line = line_;
+        const size_t line_start = line_start_;
+        skip_space();
+        if (peek() == ':') return std::string(s_.substr(begin, space - begin));
+        pos_ = space, line_ = line, line_start_ = line_start;
+        fail("whitespace in a key (quote the key to include it)");
+      }
+      ++pos_;
+    }
+    if (at_end()) fail("unexpected end of input, expected ':'");
+    if (pos_ == begin) fail("':' without a key (quote an empty key: \"\")");
+    return std::string(s_.substr(begin, pos_ - begin));
+  }
+
+  // An Hjson value that is not quoted, an object or an array: true, false, null or a number when
+  // that is all there is before the end of the line, a ',', '}', ']' or a comment; otherwise a
+  // string running to the end of the line, trimmed (hjson-py's rule, so `a, b` is one string).
+  Value parse_hjson_scalar() {
+    if (at_end()) fail("unexpected end of input, expected a value");
+    const char first = peek();
+    if (first == ',' || first == '}' || first == ']' || first == ':') fail("expected a value, got " + describe_here());
+    if (s_.substr(pos_, 3) == "'''")
+      fail("multiline ''' strings are not read here: write the value as a \"quoted string\"");
+    const size_t begin = pos_;
+    for (;; ++pos_) {
+      const bool eol = at_end() || peek() == '\n' || peek() == '\r';
+      if (eol || peek() == ',' || peek() == '}' || peek() == ']' || starts_comment(pos_)) {
+        const std::string_view chunk = trim(s_.substr(begin, pos_ - begin));
+        if (chunk == "true") return Value(true);
+        if (chunk == "false") return Value(false);
+        if (chunk == "null") return Value();
+        if (std::optional<Value> number = hjson_number(chunk)) return *std::move(number);
+        if (eol) return Value(std::string(chunk));
+      }
+    }
+  }
+
+  static std::string_view trim(std::string_view t) {
+    while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
+    while (!t.empty() && (t.back() == ' ' || t.back() == '\t' || t.back() == '\r')) t.remove_suffix(1);
+    return t;
+  }
+
+  // A JSON number as hjson-py reads one: with a fraction or an exponent it is a float, unless its
+  // value is integral and under 1e10, which it turns into an integer (8.0 reads as 8).
+  static std::optional<Value> hjson_number(std::string_view t) {
+    size_t i = 0;
+    const auto digits = [&] {
+      const size_t from = i;
+      while (i < t.size() && t[i] >= '0' && t[i] <= '9') ++i;
+      return i - from;
+    };
+    if (i < t.size() && t[i] == '-') ++i;
+    if (i < t.size() && t[i] == '0') ++i;
+    else if (!digits()) return std::nullopt;
+    bool integral = true;
+    if (i < t.size() && t[i] == '.') {
+      ++i;
+      integral = false;
+      if (!digits()) return std::nullopt;
+    }
+    if (i < t.size() && (t[i] == 'e' || t[i] == 'E')) {
+      ++i;
+      integral = false;
+      if (i < t.size() && (t[i] == '+' || t[i] == '-')) ++i;
+      if (!digits()) return std::nullopt;
+    }
+    if (i != t.size()) return std::nullopt;
+    const char* first = t.data();
+    const char* last = t.data() + t.size();
+    if (integral) {
+      int64_t n = 0;
+      if (auto r = std::from_chars(first, last, n); r.ec == std::errc() && r.ptr == last) return Value(n);
+    }
+    double d = 0;
+    if (auto r = std::from_chars(first, last, d); r.ec != std::errc() || r.ptr != last) return std::nullopt;
+    if (!integral && d == std::floor(d) && std::fabs(d) < 1e10) return Value(static_cast<int64_t>(d));
+    return Value(d);
   }
 
   // Duplicate keys are an error: JavaScript and Python keep the last one, other readers the
@@ -289,6 +430,7 @@ class Parser {
   std::string_view s_;
   std::string_view source_;
   bool record_ = false;  // one JSON-lines record: positions as ", column C"
+  bool hjson_ = false;   // Hjson, DeepSpeed's reader: comments, optional commas and quotes
   size_t pos_ = 0;
   int line_ = 1;
   size_t line_start_ = 0;
@@ -339,6 +481,12 @@ Value parse(std::string_view text, std::string_view source) {
 Value parse_record(std::string_view text, std::string_view where) { return Parser(text, where, true).parse_document(); }
 
 Value parse_file(const std::string& path) { return parse(read_whole_file(path, "JSON file"), path); }
+
+Value parse_hjson(std::string_view text, std::string_view source) {
+  return Parser(text, source, false, true).parse_document();
+}
+
+Value parse_hjson_file(const std::string& path) { return parse_hjson(read_whole_file(path, "JSON file"), path); }
 
 std::string quote(std::string_view text) {
   std::string out;

@@ -2,7 +2,8 @@
 // encoder.json, JSON-lines documents, golden test fixtures. Errors are ConfigErrors that name the
 // source, line and column. Strict means: no comments, no trailing commas, no NaN/Infinity, no
 // leading zeros, no raw control characters or invalid UTF-8 in strings, no lone surrogate escapes,
-// no duplicate object keys, nothing after the value but whitespace.
+// no duplicate object keys, nothing after the value but whitespace. parse_hjson() relaxes this for
+// the files people write by hand that another reader defines as Hjson (DeepSpeed's config).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -72,6 +73,16 @@ Value parse(std::string_view text, std::string_view source = "<json>");
 Value parse_record(std::string_view text, std::string_view where);
 // Reads and parses a file; a missing or unreadable file is a ConfigError naming the path.
 Value parse_file(const std::string& path);
+
+// Hjson (hjson.github.io), the reader DeepSpeed loads its config with (hjson-py's rules): JSON plus
+// '#', '//' and '/* */' comments, optional and trailing commas, keys without quotes, values
+// without quotes (true, false, null or a number when nothing else precedes the end of the line, a
+// ',', '}', ']' or a comment; otherwise a string to the end of the line), and optional braces
+// around a document's root object. A number with a fraction or exponent whose value is integral
+// and under 1e10 reads as an integer, as hjson-py has it. Multiline ''' strings are refused by
+// name. Duplicate keys stay an error (DeepSpeed refuses them too).
+Value parse_hjson(std::string_view text, std::string_view source = "<hjson>");
+Value parse_hjson_file(const std::string& path);
 
 // The JSON string literal for UTF-8 text (quotes included). Control characters, '"' and '\' are
 // escaped; everything else is copied, so invalid UTF-8 stays invalid (callers repair first).

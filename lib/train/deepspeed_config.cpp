@@ -89,7 +89,7 @@ const char* training_block(const std::string& key) {
 }  // namespace
 
 std::vector<std::string> apply_deepspeed_config(TrainArgs& a, const std::string& path, const std::set<std::string>& given) {
-  const json::Value root = json::parse_file(path);
+  const json::Value root = json::parse_hjson_file(path);  // DeepSpeed reads its config with hjson
   if (!root.is_object()) throw ConfigError(path + ": a DeepSpeed config must be a JSON object");
   const Field f{path, given, a.option_sources};
   std::vector<std::string> ignored;

@@ -168,3 +168,100 @@ TEST(Json, ParseFileNamesTheFile) {
     EXPECT_EQ(std::string(e.what()), path + ": cannot read the JSON file (No such file or directory)");
   }
 }
+
+namespace {
+
+std::string hjson_error_of(std::string_view text) {
+  try {
+    json::parse_hjson(text, "ds.json");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "(parsed)";
+}
+
+}  // namespace
+
+// DeepSpeed reads its config with hjson: what hjson-py accepts beyond JSON, and what it makes of it.
+TEST(Hjson, CommentsCommasAndQuotesAreOptional) {
+  const Value v = json::parse_hjson(R"({
+  # a comment
+  "train_batch_size": 8,   // another
+  /* a block
+     comment */ "zero_optimization": {stage: 2, "overlap_comm": true,},
+  steps_per_print: 10
+  optimizer: {
+    type: AdamW
+    params: {lr: 3e-4, betas: [0.9, 0.95,], eps: 1.0e-8}
+  }
+  note: a string, with a comma   # and a comment that stays in it
+  path: /tmp/x//y
+  items: [
+    1
+    two
+    null
+  ]
+  empty: ""
+})");
+  EXPECT_EQ(v.find("train_batch_size")->as_int(), 8);
+  EXPECT_EQ(v.find("zero_optimization")->find("stage")->as_int(), 2);
+  EXPECT_TRUE(v.find("zero_optimization")->find("overlap_comm")->as_bool());
+  EXPECT_EQ(v.find("steps_per_print")->as_int(), 10);
+  const Value& opt = *v.find("optimizer");
+  EXPECT_EQ(opt.find("type")->as_string(), "AdamW");
+  EXPECT_DOUBLE_EQ(opt.find("params")->find("lr")->as_double(), 3e-4);
+  EXPECT_EQ(opt.find("params")->find("betas")->as_array().size(), 2u);
+  EXPECT_DOUBLE_EQ(opt.find("params")->find("betas")->as_array()[1].as_double(), 0.95);
+  EXPECT_DOUBLE_EQ(opt.find("params")->find("eps")->as_double(), 1e-8);
+  // A quoteless string runs to the end of the line, commas and '#' included (hjson-py's rule).
+  EXPECT_EQ(v.find("note")->as_string(), "a string, with a comma   # and a comment that stays in it");
+  EXPECT_EQ(v.find("path")->as_string(), "/tmp/x//y");
+  const json::Array& items = v.find("items")->as_array();
+  ASSERT_EQ(items.size(), 3u);
+  EXPECT_EQ(items[0].as_int(), 1);
+  EXPECT_EQ(items[1].as_string(), "two");
+  EXPECT_TRUE(items[2].is_null());
+  EXPECT_EQ(v.find("empty")->as_string(), "");
+  EXPECT_EQ(v.find("optimizer")->line(), 7);
+}
+
+TEST(Hjson, NumbersAsHjsonPyReadsThem) {
+  const Value v = json::parse_hjson("{a: 8.0, b: 1e3, c: 2.5, d: 1e10, e: -0\nf: 01\ng: 0x10\nh: 12 monkeys\ni: 3, j: four, 4\n}");
+  EXPECT_TRUE(v.find("a")->is_integer());  // integral and under 1e10: an integer
+  EXPECT_EQ(v.find("a")->as_int(), 8);
+  EXPECT_EQ(v.find("b")->as_int(), 1000);
+  EXPECT_FALSE(v.find("c")->is_integer());
+  EXPECT_FALSE(v.find("d")->is_integer());  // 1e10 stays a float
+  EXPECT_DOUBLE_EQ(v.find("d")->as_double(), 1e10);
+  EXPECT_EQ(v.find("e")->as_int(), 0);
+  EXPECT_EQ(v.find("f")->as_string(), "01");  // not a JSON number: a string
+  EXPECT_EQ(v.find("g")->as_string(), "0x10");
+  EXPECT_EQ(v.find("h")->as_string(), "12 monkeys");
+  EXPECT_EQ(v.find("i")->as_int(), 3);  // a number ends at the ','; a string would not
+  EXPECT_EQ(v.find("j")->as_string(), "four, 4");
+}
+
+TEST(Hjson, RootBracesAreOptionalAndPlainJsonReadsTheSame) {
+  const Value v = json::parse_hjson("# DeepSpeed\ntrain_batch_size: 4\nfp16: {enabled: true}\n");
+  EXPECT_EQ(v.find("train_batch_size")->as_int(), 4);
+  EXPECT_TRUE(v.find("fp16")->find("enabled")->as_bool());
+  const std::string text = R"({"a": [1, 2.5, "x", null, true, {"b": {}}], "c": "\u00e9\n"})";
+  const Value strict = json::parse(text), relaxed = json::parse_hjson(text);
+  EXPECT_EQ(relaxed.find("a")->as_array().size(), strict.find("a")->as_array().size());
+  EXPECT_DOUBLE_EQ(relaxed.find("a")->as_array()[1].as_double(), 2.5);
+  EXPECT_EQ(relaxed.find("c")->as_string(), strict.find("c")->as_string());
+  EXPECT_EQ(json::parse_hjson("7").as_int(), 7);  // one line: a single value, not an object
+}
+
+TEST(Hjson, ErrorsNameTheLineAndColumn) {
+  EXPECT_EQ(hjson_error_of("{\n  a: 1,\n  a: 2\n}"), "ds.json:3:3: duplicate key \"a\"");
+  EXPECT_EQ(hjson_error_of("{\n  \"a\": 1\n"), "ds.json:3:1: unexpected end of input, expected '}'");
+  EXPECT_EQ(hjson_error_of("{\n  my key: 1\n}"), "ds.json:2:5: whitespace in a key (quote the key to include it)");
+  EXPECT_EQ(hjson_error_of("{\n  a: ,\n}"), "ds.json:2:6: expected a value, got ','");
+  EXPECT_EQ(hjson_error_of("{a: 1 /* open\n}"), "ds.json:1:7: unterminated /* comment");
+  EXPECT_EQ(hjson_error_of("{\n  a: '''\n  text'''\n}"),
+            "ds.json:2:6: multiline ''' strings are not read here: write the value as a \"quoted string\"");
+  EXPECT_EQ(hjson_error_of("[1, 2"), "ds.json:1:6: unexpected end of input, expected ']'");
+  // The strict reader still refuses what Hjson allows.
+  EXPECT_EQ(error_of("{a: 1}"), "t.json:1:2: expected a string key, got 'a'");
+}

@@ -322,3 +322,34 @@ TEST(DeepSpeedConfig, TrainingChangingSettingsAreRefused) {
   EXPECT_TRUE(named(ignored, "curriculum_learning") && named(ignored, "amp") && named(ignored, "data_types"));
   EXPECT_EQ(t.zero_stage, 1);  // DeepSpeed's deprecated boolean form: true is stage 1
 }
+
+// DeepSpeed loads the file with hjson, so comments, trailing commas and unquoted keys and values
+// are a valid config there; they read the same here, and errors still name the line.
+TEST(DeepSpeedConfig, ReadAsHjsonAsDeepSpeedDoes) {
+  const llm::testing::ScratchDir tmp("ds-config-hjson");
+  const std::string path = tmp / "ds_config.json";
+  std::ofstream(path) << R"(// written by hand
+{
+  "train_batch_size": 8,            # global
+  train_micro_batch_size_per_gpu: 2
+  "gradient_clipping": 1.0,
+  /* ZeRO */ "zero_optimization": {"stage": 2,},
+  bf16: {enabled: true},
+})";
+  TrainArgs a;
+  apply_deepspeed_config(a, path, {});
+  EXPECT_EQ(a.global_batch_size, 8);
+  EXPECT_EQ(a.micro_batch_size, 2);
+  EXPECT_EQ(a.clip_grad, 1.0);
+  EXPECT_EQ(a.zero_stage, 2);
+  EXPECT_TRUE(a.bf16);
+  // hjson reads 4.0 as the integer 4, so DeepSpeed takes it as a batch size; so do we
+  std::ofstream(path) << "{train_batch_size: 4.0\n}";
+  TrainArgs b;
+  apply_deepspeed_config(b, path, {});
+  EXPECT_EQ(b.global_batch_size, 4);
+  std::ofstream(path) << "{\n  \"train_batch_size\": 8,\n  \"train_batch_size\": 16\n}";
+  TrainArgs c;
+  const std::string e = error_of([&] { apply_deepspeed_config(c, path, {}); });
+  EXPECT_EQ(e, path + ":3:3: duplicate key \"train_batch_size\"");
+}
