@@ -110,7 +110,7 @@ int run(int argc, char** argv) {
   CLI::App app{"llm-sweep: throughput/TFLOPS/memory tables over sequence length, batch, model and layout"};
   app.footer(
       "Lists: comma-separated values or ranges FIRST:LAST (doubling), FIRST:LAST:xF, FIRST:LAST:+S;\n"
-      "k suffix = x1024. Every combination of the lists is one point.\n\n"
+      "k suffix = x1024, m = x1048576. Every combination of the lists is one point.\n\n"
       "Examples:\n"
       "  llm-sweep --models small --seq-lens 128:1024 --threads 2                # measure here\n"
       "  llm-sweep --models small --seq-lens 128:1024 --cluster configs/clusters/cpu-2core.yaml  # + prediction error\n"

@@ -40,7 +40,7 @@ std::vector<std::string> split_colon(const std::string& s) {
 
 int64_t parse_size(const std::string& flag, const std::string& text) {
   auto bad = [&] {
-    throw ConfigError(flag + " '" + text + "': expected a positive integer (optionally with a k suffix, e.g. 64k)");
+    throw ConfigError(flag + " '" + text + "': expected a positive integer (optionally with a k or m suffix: 64k = 65536, 1m = 1048576)");
   };
   if (text.empty()) bad();
   std::string digits = text;

@@ -31,11 +31,11 @@ TEST(SweepRange, ListsAndRanges) {
 
 TEST(SweepRange, MalformedInputNamesFlagAndValue) {
   EXPECT_EQ(error_of("--seq-lens", "128:abc"), "--seq-lens '128:abc': 'abc' is not a positive integer");
-  EXPECT_EQ(error_of("--seq-lens", "abc"), "--seq-lens 'abc': expected a positive integer (optionally with a k suffix, e.g. 64k)");
+  EXPECT_EQ(error_of("--seq-lens", "abc"), "--seq-lens 'abc': expected a positive integer (optionally with a k or m suffix: 64k = 65536, 1m = 1048576)");
   EXPECT_EQ(error_of("--seq-lens", "512:128"), "--seq-lens '512:128': the range ends before it starts");
   EXPECT_EQ(error_of("--seq-lens", "128:512:*2"), "--seq-lens '128:512:*2': the step '*2' must be xFACTOR or +STEP");
-  EXPECT_EQ(error_of("--tp", "0"), "--tp '0': expected a positive integer (optionally with a k suffix, e.g. 64k)");
-  EXPECT_EQ(error_of("--tp", "-2"), "--tp '-2': expected a positive integer (optionally with a k suffix, e.g. 64k)");
+  EXPECT_EQ(error_of("--tp", "0"), "--tp '0': expected a positive integer (optionally with a k or m suffix: 64k = 65536, 1m = 1048576)");
+  EXPECT_EQ(error_of("--tp", "-2"), "--tp '-2': expected a positive integer (optionally with a k or m suffix: 64k = 65536, 1m = 1048576)");
   EXPECT_EQ(error_of("--tp", ""), "--tp: empty list");
   EXPECT_EQ(error_of("--seq-lens", "1:2:3:4"), "--seq-lens '1:2:3:4': a range is FIRST:LAST[:xFACTOR|:+STEP]");
   EXPECT_EQ(error_of("--seq-lens", "1:8:x1"), "--seq-lens '1:8:x1': a factor must be at least 2");
