@@ -9,6 +9,8 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
+#include <optional>
 #include <string>
 
 #include "core/fsync.h"
@@ -30,6 +32,23 @@ bool launched_by_mpi() {
                         "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE"})
     if (const char* x = std::getenv(v); x && *x) return true;
   return false;
+}
+
+LauncherWorld launcher_world() {
+  const auto read = [](std::initializer_list<const char*> vars) -> std::optional<int> {
+    for (const char* v : vars)
+      if (const char* x = std::getenv(v); x && *x) {
+        char* end = nullptr;
+        const long n = std::strtol(x, &end, 10);
+        if (*end == '\0' && n >= 0 && n < (1L << 30)) return static_cast<int>(n);
+      }
+    return std::nullopt;
+  };
+  LauncherWorld w;
+  if (auto r = read({"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PALS_RANKID", "MV2_COMM_WORLD_RANK", "PMIX_RANK"})) w.rank = *r;
+  if (auto n = read({"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"})) w.size = std::max(*n, 1);
+  w.size = std::max(w.size, w.rank + 1);  // a rank past 0 means several processes, size or not
+  return w;
 }
 
 MpiSession::MpiSession(int* argc, char*** argv) {

@@ -68,4 +68,13 @@ class MpiSession {
 // Whether the environment is that of an MPI launcher (or LLM_MPI says so).
 bool launched_by_mpi();
 
+// The rank and size an MPI launcher gave this process, read from its environment before any
+// MPI_Init (Open MPI's OMPI_COMM_WORLD_*, PMI_* of MPICH/Hydra and Cray PALS, MVAPICH's MV2_*);
+// {0, 1} when there is none or it says nothing. For single-process tools to refuse running as
+// one of several copies, each of which would write the same output.
+struct LauncherWorld {
+  int rank = 0, size = 1;
+};
+LauncherWorld launcher_world();
+
 }  // namespace llm

@@ -139,6 +139,11 @@ check "--output /dev/stdout writes through stdout as it goes (>> appends after w
 check "convert to bf16 in 3 shards verifies" "$ckpt verify $work/ck16 > /dev/null 2>&1 && [ \$(ls $work/ck16/iter_0000060/*.h5 | wc -l) -eq 3 ]"
 check "the converted checkpoint generates" "[ -n \"\$($gen --load $work/ck16 --prompt 'the cat' -n 8 --temperature 0 2> /dev/null)\" ]"
 # weights without the optimizer: resuming names the two ways to start from them; both work
+# a single-process tool: as one of several copies under a launcher it refuses before touching anything
+OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=4 "$ckpt" convert "$work/ck" --output "$work/ckmpi" > /dev/null 2> "$work/ckmpi.err"
+check "llm-ckpt under an MPI launcher with 4 processes is refused and writes nothing" "[ $? -eq 2 ] && [ ! -e $work/ckmpi ] && grep -q 'single-process tool, but it was started as rank 1 of 4' $work/ckmpi.err"
+PMI_RANK=0 PMI_SIZE=1 "$ckpt" verify "$work/ck" > /dev/null 2>&1
+check "llm-ckpt as the only process of a launcher runs" "[ $? -eq 0 ]"
 "$ckpt" convert "$work/ck" --output "$work/cknoopt" --no-optimizer > /dev/null 2>&1
 resume=(--data-path "$work/data" --num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64
         --micro-batch-size 8 --train-iters 62 --lr-decay-iters 60 --lr 3e-3 --lr-warmup-iters 5 --log-interval 1 --split 100,0,0
