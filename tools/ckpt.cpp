@@ -84,10 +84,7 @@ HFTokenizerFiles hf_tokenizer_of(const CheckpointReader& ckpt) {
 }
 
 int run(int argc, char** argv) {
-  // One process: under mpirun every copy would write the same output over the others'.
-  if (const LauncherWorld w = launcher_world(); w.size > 1)
-    throw ConfigError("llm-ckpt is a single-process tool, but it was started as rank " + std::to_string(w.rank) +
-                      " of " + std::to_string(w.size) + " by an MPI launcher: run it without mpirun/mpiexec");
+  require_single_process("llm-ckpt");  // under mpirun every copy would write the same output
   CLI::App app{"llm-ckpt: inspect, verify, convert and exchange libllm checkpoints"};
   app.footer(
       "Examples:\n"

@@ -13,6 +13,7 @@
 #include <iostream>
 #include <optional>
 
+#include "comm/mpi_session.h"
 #include "core/error.h"
 #include "core/fsync.h"
 #include "data/json.h"
@@ -82,6 +83,8 @@ void report(const GenerateStats& s) {
 }
 
 int run(int argc, char** argv) {
+  // one process: under mpirun every copy would generate and write the same output
+  require_single_process("llm-generate");
   CLI::App app{"llm-generate: generate text from a libllm checkpoint"};
   app.footer(
       "Examples:\n"

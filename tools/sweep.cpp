@@ -15,6 +15,7 @@
 #include <numeric>
 #include <thread>
 
+#include "comm/mpi_session.h"
 #include "core/error.h"
 #include "sweep/calibrate.h"
 #include "sweep/measure.h"
@@ -107,6 +108,8 @@ PointResult simulated_result(const SweepPoint& p, const GPTConfig& m, const Clus
 }
 
 int run(int argc, char** argv) {
+  // one process: it starts mpiexec itself for multi-rank points
+  require_single_process("llm-sweep");
   CLI::App app{"llm-sweep: throughput/TFLOPS/memory tables over sequence length, batch, model and layout"};
   app.footer(
       "Lists: comma-separated values or ranges FIRST:LAST (doubling), FIRST:LAST:xF, FIRST:LAST:+S;\n"

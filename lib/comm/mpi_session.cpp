@@ -51,6 +51,12 @@ LauncherWorld launcher_world() {
   return w;
 }
 
+void require_single_process(const std::string& tool) {
+  if (const LauncherWorld w = launcher_world(); w.size > 1)
+    throw ConfigError(tool + " is a single-process tool, but it was started as rank " + std::to_string(w.rank) + " of " +
+                      std::to_string(w.size) + " by an MPI launcher: run it without mpirun/mpiexec");
+}
+
 MpiSession::MpiSession(int* argc, char*** argv) {
   if (!launched_by_mpi()) return;
   MPI_Init(argc, argv);

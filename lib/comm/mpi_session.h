@@ -76,5 +76,7 @@ struct LauncherWorld {
   int rank = 0, size = 1;
 };
 LauncherWorld launcher_world();
+// Throws a ConfigError naming `tool` when launcher_world() has more than one process.
+void require_single_process(const std::string& tool);
 
 }  // namespace llm

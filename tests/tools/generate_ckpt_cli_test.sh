@@ -144,6 +144,8 @@ OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=4 "$ckpt" convert "$work/ck" --outpu
 check "llm-ckpt under an MPI launcher with 4 processes is refused and writes nothing" "[ $? -eq 2 ] && [ ! -e $work/ckmpi ] && grep -q 'single-process tool, but it was started as rank 1 of 4' $work/ckmpi.err"
 PMI_RANK=0 PMI_SIZE=1 "$ckpt" verify "$work/ck" > /dev/null 2>&1
 check "llm-ckpt as the only process of a launcher runs" "[ $? -eq 0 ]"
+PMI_RANK=2 PMI_SIZE=3 "$gen" --load "$work/ck" --prompt-file "$work/twice.txt" --output "$work/genmpi.jsonl" > /dev/null 2> "$work/genmpi.err"
+check "llm-generate as one of 3 launcher processes is refused and writes nothing" "[ $? -eq 2 ] && [ ! -e $work/genmpi.jsonl ] && grep -q 'llm-generate is a single-process tool, but it was started as rank 2 of 3' $work/genmpi.err"
 "$ckpt" convert "$work/ck" --output "$work/cknoopt" --no-optimizer > /dev/null 2>&1
 resume=(--data-path "$work/data" --num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64
         --micro-batch-size 8 --train-iters 62 --lr-decay-iters 60 --lr 3e-3 --lr-warmup-iters 5 --log-interval 1 --split 100,0,0

@@ -25,6 +25,8 @@ cap_m=$(awk -v m="$(cap_mib 30)" 'BEGIN { printf "%.6f", m / 1024 }')
 "$bin" "${quick[@]}" --seq-lens 64,8192 --tp 1,2,3 --mem-limit-gib "$cap_a" --cluster "$root/configs/clusters/cpu-2core.yaml" \
   --output-dir "$work/a" > "$work/a.md" 2> "$work/a.err"
 check "mixed sweep exits 0" "[ $? -eq 0 ]"
+OMPI_COMM_WORLD_RANK=0 OMPI_COMM_WORLD_SIZE=2 "$bin" --models tiny --seq-lens 64 --output-dir "$work/undermpi" > /dev/null 2> "$work/undermpi.err"
+check "llm-sweep under an MPI launcher is refused (it starts mpiexec itself)" "[ $? -eq 2 ] && [ ! -e $work/undermpi ] && grep -q 'llm-sweep is a single-process tool, but it was started as rank 0 of 2' $work/undermpi.err"
 "$bin" --models tiny --seq-lens 64 --dp 2 --mpiexec no-such-mpiexec --output-dir "$work/nompi" > /dev/null 2> "$work/nompi.err"
 check "a missing --mpiexec is named before any point (several ranks need it)" "[ $? -eq 2 ] && grep -q 'mpiexec no-such-mpiexec: no such executable' $work/nompi.err"
 check "progress line per point" "[ \$(grep -c '^\[[1-6]/6\] tiny s' $work/a.err) -eq 6 ]"
