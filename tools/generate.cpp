@@ -15,6 +15,7 @@
 
 #include "comm/mpi_session.h"
 #include "core/error.h"
+#include "core/threads.h"
 #include "core/fsync.h"
 #include "data/json.h"
 #include "data/tokenizer_factory.h"
@@ -146,7 +147,7 @@ int run(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  if (threads > 0) omp_set_num_threads(threads);
+  set_cpu_threads(threads, "--threads");
   if (context < 0) throw ConfigError(detail::concat("--ctx-size must be >= 0 (0: the model's position table), got ", context));
   go.stop_at_eod = !ignore_eod;
   go.sampler.seed = parse_seed(seed_text);  // one seed for the whole run, printed below

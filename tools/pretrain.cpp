@@ -24,6 +24,7 @@
 #include "comm/communicator.h"
 #include "comm/mpi_session.h"
 #include "core/error.h"
+#include "core/threads.h"
 #include "model/gpt.h"
 #include "core/timer.h"
 #include "parallel/comm_volume.h"
@@ -265,7 +266,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
           keys.empty() ? "" : "; without effect here:", keys.c_str());
     }
   }
-  if (args.threads > 0) omp_set_num_threads(static_cast<int>(args.threads));
+  set_cpu_threads(args.threads, "--threads");
 
   // The data order is a function of the seed: resuming restores the checkpoint's seed unless
   // --no-load-rng (or --finetune) asks for this run's.

@@ -17,6 +17,7 @@
 
 #include "comm/mpi_session.h"
 #include "core/error.h"
+#include "core/threads.h"
 #include "sweep/calibrate.h"
 #include "sweep/measure.h"
 #include "sweep/peak.h"
@@ -236,6 +237,7 @@ int run(int argc, char** argv) {
     if (!found)
       throw ConfigError("--mpiexec " + mpiexec + ": no such executable (on PATH), and points of several ranks need it");
   }
+  check_cpu_threads(threads, "--threads");  // (each point's llm-pretrain is given it)
   if (threads <= 0) {
     const char* env = std::getenv("OMP_NUM_THREADS");
     threads = env && std::atoi(env) > 0 ? std::atoi(env) : static_cast<int64_t>(std::thread::hardware_concurrency());

@@ -13,6 +13,7 @@
 
 #include "comm/mpi_session.h"
 #include "core/error.h"
+#include "core/threads.h"
 #include "core/fsync.h"
 #include "data/dataset.h"
 #include "data/megatron_import.h"
@@ -352,7 +353,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     std::fflush(stderr);
     mpi.abort(code);
   }
-  if (workers > 0) omp_set_num_threads(workers);
+  set_cpu_threads(workers, "--workers");
 
   if (*train) {
     if (mpi.size() > 1) throw ConfigError("train-tokenizer runs on one process (use --workers for threads)");

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/threads.h"
 #include "core/fsync.h"
 
 namespace llm {
@@ -520,7 +521,7 @@ void TrainArgs::validate() const {
   if (clip_grad < 0) fail("--clip-grad must be >= 0");
   if (tflops_formula != "megatron" && tflops_formula != "model")
     fail("--tflops-formula must be megatron or model, got '", tflops_formula, "'");
-  if (threads < 0) fail("--threads must be >= 0");
+  if (threads < 0 || threads > kMaxThreads) fail("--threads must be in [0, ", kMaxThreads, "] (0: OMP_NUM_THREADS or all cores), got ", threads);
   if (max_nan_iterations < 0) fail("--max-nan-iterations must be >= 0 (0: stop at the first), got ", max_nan_iterations);
   if (!recompute_granularity.empty() && recompute_granularity != "full" && recompute_granularity != "selective")
     fail("--recompute-granularity must be full or selective, got '", recompute_granularity, "'");

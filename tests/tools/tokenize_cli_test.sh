@@ -152,4 +152,13 @@ check "train-tokenizer from stdin trains the same tokenizer as from the file" "[
   --seq-length 32 --micro-batch-size 4 --train-iters 2 --log-interval 1 "${spm[@]}" --output-dir "$work/run2" > "$work/t3.txt" 2>&1
 check "blended --data-path trains and prints achieved ratios" "[ $? -eq 0 ] && grep -q 'weight 0.7 achieved' $work/t3.txt"
 
+# A thread count libgomp cannot start a team of (its start data on the stack) crashed with SIGSEGV.
+"$tok" --input "$work/corpus.txt" --output-prefix "$work/wk" --tokenizer-type ByteTokenizer --workers 100000 > "$work/w1.txt" 2>&1
+check "--workers past 4096 is refused naming the flag, nothing written (it crashed in libgomp)" "[ $? -eq 2 ] && grep -q -- '--workers 100000: expected 0 (OMP_NUM_THREADS or all cores) to 4096 threads' $work/w1.txt && [ -z \"\$(ls -d $work/wk* 2>/dev/null)\" ]"
+OMP_NUM_THREADS=100000 "$tok" --input "$work/corpus.txt" --output-prefix "$work/wk" --tokenizer-type ByteTokenizer > "$work/w2.txt" 2>&1
+check "OMP_NUM_THREADS past 4096 is refused naming the variable" "[ $? -eq 2 ] && grep -q 'OMP_NUM_THREADS=100000: at most 4096 threads a process (or give --workers)' $work/w2.txt"
+"$pre" --mock-data --vocab-size 64 --num-layers 1 --hidden-size 32 --num-attention-heads 2 --seq-length 16 \
+  --micro-batch-size 2 --train-iters 1 --threads 100000 --output-dir "$work/thrun" > "$work/w3.txt" 2>&1
+check "llm-pretrain --threads past 4096 is refused naming the flag" "[ $? -eq 2 ] && grep -q -- '--threads must be in \[0, 4096\] (0: OMP_NUM_THREADS or all cores), got 100000' $work/w3.txt"
+
 finish "llm-tokenize CLI"
