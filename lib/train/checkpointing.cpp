@@ -51,6 +51,15 @@ int64_t member_int(const json::Value& obj, const char* key, const std::string& w
   return v.as_int();
 }
 
+// A count (a step, samples, skipped iterations): an integer >= 0; `path` names it in the message.
+int64_t member_count(const json::Value& obj, const char* key, const std::string& where, const std::string& path) {
+  const json::Value& v = member(obj, key, where);
+  if (!v.is_integer() || v.as_int() < 0)
+    throw ConfigError(where + ": metadata '" + path + "' must be a non-negative integer, got " +
+                      (v.is_integer() ? std::to_string(v.as_int()) : std::string("another type")));
+  return v.as_int();
+}
+
 double member_number(const json::Value& obj, const char* key, const std::string& where) {
   const json::Value& v = member(obj, key, where);
   if (!v.is_number()) throw ConfigError(where + ": metadata '" + key + "' is not a number");
@@ -505,7 +514,7 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     // at the resumed iteration, its warmup included, on the fresh moments.
     trainer.set_schedule_origin(ckpt.iteration());
   } else if (saved_schedule && saved_schedule->find("origin")) {
-    trainer.set_schedule_origin(member_int(*saved_schedule, "origin", where + ": lr_schedule"));
+    trainer.set_schedule_origin(member_count(*saved_schedule, "origin", where, "lr_schedule.origin"));
   }
   // The learning-rate schedule continues as saved, as Megatron's OptimizerParamScheduler checks
   // it: a difference is an error unless the run says whose values to use. Megatron loads (and
@@ -517,7 +526,7 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     saved_lr.lr = member_number(*ls, "lr", at);
     saved_lr.min_lr = member_number(*ls, "min_lr", at);
     saved_lr.warmup_iters = member_number(*ls, "warmup_iters", at);
-    saved_lr.decay_iters = member_int(*ls, "decay_iters", at);
+    saved_lr.decay_iters = member_count(*ls, "decay_iters", where, "lr_schedule.decay_iters");
     saved_lr.style = member_string(*ls, "style", at);
     const LRSchedule& run = trainer.schedule();
     saved_lr.samples_per_update = run.samples_per_update;  // (the global batch is this run's)
@@ -571,14 +580,15 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
       }
       if (!state.device().is_cpu()) be.copy(state, host);
     }
-    opt.set_steps(member_int(member(ckpt.metadata(), "optimizer", where), "step", where));
+    opt.set_steps(member_count(member(ckpt.metadata(), "optimizer", where), "step", where, "optimizer.step"));
   }
   if (options.restore_position) {
     r.iteration = ckpt.iteration();
-    r.consumed_samples = member_int(ckpt.metadata(), "consumed_samples", where);
-    trainer.restore(r.iteration, r.consumed_samples, member_int(ckpt.metadata(), "nan_iterations", where));
-    if (const json::Value* ct = ckpt.metadata().find("consumed_tokens"); ct && ct->is_integer())
-      trainer.restore_consumed_tokens(ct->as_int());
+    r.consumed_samples = member_count(ckpt.metadata(), "consumed_samples", where, "consumed_samples");
+    trainer.restore(r.iteration, r.consumed_samples,
+                    member_count(ckpt.metadata(), "nan_iterations", where, "nan_iterations"));
+    if (ckpt.metadata().find("consumed_tokens"))
+      trainer.restore_consumed_tokens(member_count(ckpt.metadata(), "consumed_tokens", where, "consumed_tokens"));
     // An fp16 run continues the fp16 run's loss scaler: the skipped iterations (which hold the
     // schedule back), and under dynamic scaling the scale and its counters. Checkpoints from
     // before the scaler have none; a run that was not fp16 has nothing to continue.
@@ -587,14 +597,14 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
     // (Megatron keeps the scaler in the optimizer's state: --no-load-optim starts it afresh too.)
     if (options.load_optimizer && trainer.args().fp16 && prec && prec->is_string() && prec->as_string() == "f16") {
       LossScalerState st = trainer.loss_scaler().state();
-      st.skipped = member_int(*ls, "skipped", where);
+      st.skipped = member_count(*ls, "skipped", where, "loss_scaler.skipped");
       if (trainer.loss_scaler().dynamic()) {
         const json::Value& scale = member(*ls, "scale", where);
         if (!scale.is_number() || !(scale.as_double() > 0))
           throw ConfigError(where + ": metadata 'loss_scaler.scale' is not a positive number");
         st.scale = scale.as_double();
-        st.good_steps = member_int(*ls, "good_steps", where);
-        st.hysteresis_left = static_cast<int>(member_int(*ls, "hysteresis_left", where));
+        st.good_steps = member_count(*ls, "good_steps", where, "loss_scaler.good_steps");
+        st.hysteresis_left = static_cast<int>(member_count(*ls, "hysteresis_left", where, "loss_scaler.hysteresis_left"));
       }
       trainer.loss_scaler().restore(st);
     }

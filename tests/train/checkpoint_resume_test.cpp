@@ -3,6 +3,8 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "data/mock_data.h"
 #include "train/checkpointing.h"
@@ -262,4 +264,56 @@ TEST(CheckpointResume, ConsumedTokensCarryOnAcrossASequenceLengthChange) {
   EXPECT_EQ(t.consumed_tokens(), 128);
   t.train_step();
   EXPECT_EQ(t.consumed_tokens(), 128 + 4 * 8);
+}
+
+// A count in the metadata that is negative (a hand edit, a corrupt file) is refused naming the
+// file and the key: optimizer.step -5 reached AdamW's internal check, and negative consumed
+// samples, NaN iterations or schedule origin were taken as they were.
+TEST(CheckpointResume, NegativeCountsInTheMetadataAreRefusedNamingTheKey) {
+  const TrainArgs a = args_for_resume();
+  MockDataSource data(a.vocab_size, a.seq_length, 5);
+  const std::string root = ::testing::TempDir() + "/negative-counts-test";
+  fs::remove_all(root);
+  {
+    GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
+    Trainer t(a, model, data);
+    for (int i = 0; i < 2; ++i) t.train_step();
+    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
+  }
+  const std::string meta = root + "/iter_0000002/metadata.json";
+  std::string good;
+  {
+    std::ifstream in(meta);
+    good.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  struct Case {
+    const char* pattern;  // "key": value as written
+    const char* replacement;
+    const char* key;
+  };
+  for (const Case& c : {Case{"\"step\": 2,", "\"step\": -5,", "optimizer.step"},
+                        Case{"\"consumed_samples\": 8,", "\"consumed_samples\": -8,", "consumed_samples"},
+                        Case{"\"consumed_tokens\": 128,", "\"consumed_tokens\": -1,", "consumed_tokens"},
+                        Case{"\"nan_iterations\": 0", "\"nan_iterations\": -4", "nan_iterations"},
+                        Case{"\"origin\": 0", "\"origin\": -3", "lr_schedule.origin"}}) {
+    const size_t at = good.find(c.pattern);
+    ASSERT_NE(at, std::string::npos) << c.pattern << " in " << good;
+    std::string bad = good;
+    bad.replace(at, std::strlen(c.pattern), c.replacement);
+    std::ofstream(meta, std::ios::trunc) << bad;
+    GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
+    Trainer t(a, model, data);
+    try {
+      load_training_checkpoint(root, t, {});
+      ADD_FAILURE() << c.key << " " << c.replacement << " was accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(meta + ": metadata '" + c.key + "' must be a non-negative integer, got -"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  std::ofstream(meta, std::ios::trunc) << good;
+  GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
+  Trainer t(a, model, data);
+  EXPECT_EQ(load_training_checkpoint(root, t, {}).consumed_samples, 8);
 }
