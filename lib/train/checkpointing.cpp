@@ -228,7 +228,33 @@ TokenizerOptions tokenizer_options(const TokenizerRecord& record) {
   return TokenizerOptions{record.identity.kind, file("model"), file("vocab"), file("merges"), 0};
 }
 
+namespace {
+// The stored model tensors against the model of the checkpoint's own metadata: a tensor no
+// parameter has (metadata.json's num_layers below the layers stored) was skipped, and a wte with
+// fewer rows than the vocabulary left the missing rows zeros.
+void check_stored_model(const CheckpointReader& ckpt) {
+  const GPTConfig c = checkpoint_model_config(ckpt);
+  const ParameterSet expected = gpt_parameters(c, c.max_position_embeddings, 0, 1, false);
+  std::set<std::string> names;
+  for (const ParamSpec& s : expected.specs()) names.insert(s.name);
+  for (const std::string& n : ckpt.names("model"))
+    if (!names.count(n))
+      throw ConfigError(detail::concat(ckpt.dir(), ": the checkpoint stores tensor '", n,
+                                       "' (model), which the model of its metadata.json (", c.num_layers,
+                                       " layers) has no parameter for: the metadata and the tensors disagree "
+                                       "(llm-ckpt verify lists the differences)"));
+  if (names.count("wte") && ckpt.has("model", "wte")) {
+    const Shape stored = ckpt.global_shape("model", "wte");
+    if (!stored.empty() && stored[0] < c.vocab_size)
+      throw ConfigError(detail::concat(ckpt.dir(), ": tensor 'wte' (model) has ", stored[0],
+                                       " rows but its metadata.json's vocab_size is ", c.vocab_size,
+                                       ": the embedding does not cover the vocabulary"));
+  }
+}
+}  // namespace
+
 void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params) {
+  check_stored_model(ckpt);
   LLM_CHECK(params.flat_params().device().is_cpu(), "load_model_parameters: host parameters expected");
   if (params.inference() && params.compute_dtype() != DType::f32)
     return load_model_parameters(ckpt, params, cpu_backend());  // rounded into the 16-bit weights
@@ -238,6 +264,7 @@ void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params) {
 void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params, Backend& backend) {
   const bool rounded = params.inference() && params.compute_dtype() != DType::f32;
   if (params.flat_params().device().is_cpu() && !rounded) return load_model_parameters(ckpt, params);
+  check_stored_model(ckpt);
   auto put = [&](const Tensor& dst, const Tensor& host) {
     if (dst.device().is_cpu()) return dst.copy_from(host);
     backend.copy(dst, host);
@@ -486,6 +513,7 @@ LoadResult load_training_checkpoint(const std::string& path, Trainer& trainer, c
                                      " (--max-position-embeddings ", saved.max_position_embeddings,
                                      " keeps the checkpoint's position table at any --seq-length up to it)"));
   same("vocab_size", saved.vocab_size, now.vocab_size);
+  check_stored_model(ckpt);
   if (saved.layernorm_eps != now.layernorm_eps)
     throw ConfigError(detail::concat(ckpt.dir(), ": the checkpoint's layernorm_epsilon is ", saved.layernorm_eps,
                                      " but the model's is ", now.layernorm_eps, " (--layernorm-epsilon)"));

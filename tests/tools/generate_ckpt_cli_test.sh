@@ -17,6 +17,18 @@ check "llm-ckpt verify passes" "[ $? -eq 0 ] && grep -q '^OK .* every element st
 "$ckpt" inspect "$work/ck" --norms > "$work/i.txt" 2>&1
 check "llm-ckpt inspect lists tensors with shapes and norms" "grep -q 'h.1.mlp.c_fc.weight *\[256, 64\] *f32 *1 [0-9]' $work/i.txt && grep -q 'ByteTokenizer' $work/i.txt"
 
+# metadata.json naming fewer layers than the tensors stored: the model it describes was loaded
+# without the last layer, and a vocab_size past wte's rows with those rows zeros.
+cp -r "$work/ck" "$work/ckmeta"
+sed -i 's/"num_layers": 2,/"num_layers": 1,/' "$work/ckmeta/iter_0000060/metadata.json"
+"$gen" --load "$work/ckmeta" --prompt "the cat" -n 4 --temp 0 > /dev/null 2> "$work/meta1.err"
+check "a checkpoint whose metadata.json misses a stored layer is refused naming the tensor" "[ $? -eq 2 ] && grep -q \"ckmeta/iter_0000060: the checkpoint stores tensor 'h.1.[a-z_.0-9]*' (model), which the model of its metadata.json (1 layers) has no parameter for\" $work/meta1.err"
+sed -i 's/"num_layers": 1,/"num_layers": 2,/; s/"vocab_size": 257,/"vocab_size": 1000,/' "$work/ckmeta/iter_0000060/metadata.json"
+"$gen" --load "$work/ckmeta" --prompt "the cat" -n 4 --temp 0 > /dev/null 2> "$work/meta2.err"
+check "a checkpoint whose vocab_size exceeds wte's rows is refused" "[ $? -eq 2 ] && grep -q \"ckmeta/iter_0000060: tensor 'wte' (model) has 384 rows but its metadata.json's vocab_size is 1000\" $work/meta2.err"
+"$gen" --load "$work/ck" --prompt "the cat" -n 4 --threads 100000 > /dev/null 2> "$work/threads.err"
+check "--threads past 4096 is refused naming the flag (it crashed in libgomp)" "[ $? -eq 2 ] && grep -q -- '--threads 100000: expected 0 (OMP_NUM_THREADS or all cores) to 4096 threads' $work/threads.err"
+
 g1=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 2> "$work/g1.err")
 g2=$("$gen" --load "$work/ck" --prompt "the cat" --max-new-tokens 24 --temperature 0 2> /dev/null)
 check "greedy generation is deterministic and non-empty" "[ -n \"\$g1\" ] && [ \"\$g1\" = \"\$g2\" ]"

@@ -317,3 +317,72 @@ TEST(CheckpointResume, NegativeCountsInTheMetadataAreRefusedNamingTheKey) {
   Trainer t(a, model, data);
   EXPECT_EQ(load_training_checkpoint(root, t, {}).consumed_samples, 8);
 }
+
+// metadata.json describing another model than the tensors stored: llm-generate builds its model
+// from the metadata, and took num_layers 1 over two stored layers (the second skipped) or a
+// vocab_size past wte's rows (those rows zeros) without a word. Loading refuses both.
+TEST(CheckpointResume, MetadataThatDisagreesWithTheStoredTensorsIsRefused) {
+  const TrainArgs a = args_for_resume();  // 2 layers, vocab 100 (wte 128 rows)
+  MockDataSource data(a.vocab_size, a.seq_length, 5);
+  const std::string root = ::testing::TempDir() + "/metadata-tensors-test";
+  fs::remove_all(root);
+  {
+    GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
+    Trainer t(a, model, data);
+    t.train_step();
+    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
+  }
+  const std::string meta = root + "/iter_0000001/metadata.json";
+  std::string good;
+  {
+    std::ifstream in(meta);
+    good.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  auto edit = [&](const std::string& from, const std::string& to) {
+    std::string bad = good;
+    const size_t at = bad.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    if (at != std::string::npos) bad.replace(at, from.size(), to);
+    std::ofstream(meta, std::ios::trunc) << bad;
+  };
+  auto generate_load = [&]() -> std::string {
+    try {
+      const CheckpointReader ckpt = CheckpointReader::open(root);
+      GPT inf(checkpoint_model_config(ckpt), cpu_backend(), InferenceOptions{DType::f32});
+      load_model_parameters(ckpt, inf.parameters(), cpu_backend());
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  auto training_load = [&](TrainArgs b) -> std::string {
+    b.resolve_defaults();
+    try {
+      GPT model(b.model_config(), cpu_backend(), 5, b.seq_length);
+      Trainer t(b, model, data);
+      LoadOptions o;
+      o.finetune = true;
+      load_training_checkpoint(root, t, o);
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(generate_load(), "");
+  edit("\"num_layers\": 2,", "\"num_layers\": 1,");
+  std::string m = generate_load();
+  EXPECT_NE(m.find(root + "/iter_0000001: the checkpoint stores tensor 'h.1."), std::string::npos) << m;
+  EXPECT_NE(m.find("which the model of its metadata.json (1 layers) has no parameter for"), std::string::npos) << m;
+  TrainArgs one_layer = a;
+  one_layer.num_layers = 1;
+  m = training_load(one_layer);  // the flags agree with the metadata, not with the tensors
+  EXPECT_NE(m.find("the checkpoint stores tensor 'h.1."), std::string::npos) << m;
+  edit("\"vocab_size\": 100,", "\"vocab_size\": 200,");
+  m = generate_load();
+  EXPECT_NE(m.find(root + "/iter_0000001: tensor 'wte' (model) has 128 rows but its metadata.json's vocab_size is 200"),
+            std::string::npos)
+      << m;
+  std::ofstream(meta, std::ios::trunc) << good;
+  EXPECT_EQ(generate_load(), "");
+  EXPECT_EQ(training_load(a), "");
+}
