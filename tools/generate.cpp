@@ -68,10 +68,30 @@ std::unique_ptr<Tokenizer> checkpoint_tokenizer_or_flags(const CheckpointReader&
       throw ConfigError(ckpt.dir() + ": the checkpoint records a " + o.type +
                         " but not its files (train with --tokenizer-model / --vocab-file / --merge-file, or pass them here)");
   }
+  // Named by where each side came from: the metadata's record, and the flags or the files.
+  const std::string meta = ckpt.dir() + "/metadata.json";
+  const bool recorded = flags.type.empty();
+  if (recorded && o.type != "SentencePieceTokenizer" && o.type != "GPTSentencePieceTokenizer" &&
+      o.type != "GPT2BPETokenizer" && o.type != "NullTokenizer" && o.type != "ByteTokenizer")
+    throw ConfigError(meta + ": tokenizer kind '" + o.type +
+                      "' is none this build reads (SentencePieceTokenizer, GPTSentencePieceTokenizer, GPT2BPETokenizer, "
+                      "NullTokenizer or ByteTokenizer); pass --tokenizer-type and its files");
   auto tok = make_tokenizer(o);
   const bool unknown = rec.identity.kind == "MockData" || rec.identity.kind == "None";
-  if (!unknown && !(tok->identity() == rec.identity))
-    throw ConfigError("the tokenizer " + tok->identity().str() + " differs from the checkpoint's " + rec.identity.str());
+  if (!unknown && !(tok->identity() == rec.identity)) {
+    // the files this kind reads, and whether a flag named them
+    const bool sp = o.type == "SentencePieceTokenizer" || o.type == "GPTSentencePieceTokenizer";
+    const bool bpe = o.type == "GPT2BPETokenizer";
+    std::string files = sp ? o.model : bpe ? o.vocab_file + ", " + o.merge_file : "";
+    const bool flag_files = !flags.model.empty() || !flags.vocab_file.empty() || !flags.merge_file.empty();
+    std::string source = recorded ? files : "--tokenizer-type " + o.type + (files.empty() ? "" : ", " + files);
+    if (source.empty()) source = "its kind as recorded";
+    throw ConfigError("the tokenizer " + tok->identity().str() + " (" + source + ") differs from " + meta + "'s " +
+                      rec.identity.str() +
+                      (recorded && !flag_files && !files.empty()
+                           ? ": the checkpoint's tokenizer file changed since it was saved?"
+                           : ""));
+  }
   return tok;
 }
 

@@ -26,6 +26,13 @@ check "a checkpoint whose metadata.json misses a stored layer is refused naming 
 sed -i 's/"num_layers": 1,/"num_layers": 2,/; s/"vocab_size": 257,/"vocab_size": 1000,/' "$work/ckmeta/iter_0000060/metadata.json"
 "$gen" --load "$work/ckmeta" --prompt "the cat" -n 4 --temp 0 > /dev/null 2> "$work/meta2.err"
 check "a checkpoint whose vocab_size exceeds wte's rows is refused" "[ $? -eq 2 ] && grep -q \"ckmeta/iter_0000060: tensor 'wte' (model) has 384 rows but its metadata.json's vocab_size is 1000\" $work/meta2.err"
+# The checkpoint's tokenizer record: a kind this build does not know came back as a bad
+# --tokenizer-type flag, and a mismatch named neither the checkpoint nor where each side came from.
+sed -i 's/"num_layers": 1,/"num_layers": 2,/; s/"vocab_size": 1000,/"vocab_size": 257,/; s/"kind": "ByteTokenizer"/"kind": "Nope"/' "$work/ckmeta/iter_0000060/metadata.json"
+"$gen" --load "$work/ckmeta" --prompt "the cat" -n 4 --temp 0 > /dev/null 2> "$work/tokkind.err"
+check "an unknown tokenizer kind in metadata.json is named with the file" "[ $? -eq 2 ] && grep -q \"ckmeta/iter_0000060/metadata.json: tokenizer kind 'Nope' is none this build reads\" $work/tokkind.err"
+"$gen" --load "$work/ck" --prompt "the cat" -n 4 --tokenizer-type NullTokenizer --vocab-size 256 > /dev/null 2> "$work/tokflag.err"
+check "a tokenizer given by flags that differs is named with the flag and the checkpoint's metadata" "[ $? -eq 2 ] && grep -q \"the tokenizer NullTokenizer:256 (--tokenizer-type NullTokenizer) differs from .*ck/iter_0000060/metadata.json's ByteTokenizer:256\" $work/tokflag.err"
 "$gen" --load "$work/ck" --prompt "the cat" -n 4 --threads 100000 > /dev/null 2> "$work/threads.err"
 check "--threads past 4096 is refused naming the flag (it crashed in libgomp)" "[ $? -eq 2 ] && grep -q -- '--threads 100000: expected 0 (OMP_NUM_THREADS or all cores) to 4096 threads' $work/threads.err"
 
