@@ -271,6 +271,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   // The data order is a function of the seed: resuming restores the checkpoint's seed unless
   // --no-load-rng (or --finetune) asks for this run's.
   std::string load_dir;
+  TokenizerRecord loaded_tokenizer;  // the --load checkpoint's
   if (!args.load.empty()) refuse_foreign_checkpoints(args.load, "--load " + args.load);
   // As Megatron: a --load directory without a checkpoint in it (no 'latest', no metadata.json)
   // starts from scratch with a note, unless --exit-on-missing-checkpoint; a --finetune has to
@@ -292,6 +293,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   } else if (!args.load.empty()) {
     CheckpointReader probe = CheckpointReader::open(args.load);
     load_dir = probe.dir();
+    loaded_tokenizer = checkpoint_tokenizer(probe);
     const json::Value* rng = probe.metadata().find("rng");
     if (!args.finetune && !args.no_load_rng && rng && rng->find("seed")) {
       if (!rng->find("seed")->is_integer())
@@ -322,6 +324,15 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   cache.is_builder = lead;
   cache.barrier = [&] { mpi.barrier(); };
   TrainingData data = build_training_data(args, cache);  // sets the vocabulary from the data
+  // A resume continues on the ids the checkpoint learned: data of another tokenizer (of the same
+  // vocabulary size, or the model check would name it) is another run. (Mock data has none; a
+  // checkpoint trained on mock data or imported without a tokenizer records none.)
+  if (const TokenizerIdentity& saved = loaded_tokenizer.identity;
+      !load_dir.empty() && !args.finetune && !data.tokenizer.kind.empty() && !saved.kind.empty() &&
+      saved.kind != "MockData" && saved.kind != "None" && !(saved == data.tokenizer))
+    throw ConfigError("--load " + load_dir + ": the checkpoint was trained with the tokenizer " + saved.str() +
+                      " (its metadata.json), but the --data-path data is tokenized with " + data.tokenizer.str() +
+                      ": resuming would continue on other ids (--finetune starts a new run from its weights)");
   args.validate();
   if (args.backend == "cpu") {
     // Before anything large is allocated. Collective: every rank takes the smallest share of any
@@ -392,6 +403,12 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   if (!args.tokenizer_model.empty()) tokenizer.files["model"] = args.tokenizer_model;
   if (!args.vocab_file.empty()) tokenizer.files["vocab"] = args.vocab_file;
   if (!args.merge_file.empty()) tokenizer.files["merges"] = args.merge_file;
+  // Without tokenizer flags the checkpoint's own tokenizer files (the same tokenizer) travel on
+  // into this run's checkpoints: they were dropped, and llm-generate could not load the resumed
+  // checkpoint (after --keep-last, no copy of them was left).
+  if (tokenizer.files.empty() && !load_dir.empty() && loaded_tokenizer.identity == tokenizer.identity)
+    for (const auto& [role, path] : loaded_tokenizer.files)
+      if (std::error_code ec; std::filesystem::is_regular_file(path, ec)) tokenizer.files[role] = path;
   if (tokenizer.identity.kind.empty()) tokenizer.identity = {"MockData", std::to_string(args.vocab_size)};
   // What a save needs is checked now, not after the training it would save: the tokenizer files
   // it copies, and a save root that can be made.

@@ -152,6 +152,19 @@ check "train-tokenizer from stdin trains the same tokenizer as from the file" "[
   --seq-length 32 --micro-batch-size 4 --train-iters 2 --log-interval 1 "${spm[@]}" --output-dir "$work/run2" > "$work/t3.txt" 2>&1
 check "blended --data-path trains and prints achieved ratios" "[ $? -eq 0 ] && grep -q 'weight 0.7 achieved' $work/t3.txt"
 
+# Resuming without tokenizer flags: the checkpoint's tokenizer file travels on into the next one
+# (it was dropped, and with --keep-last 1 no copy was left for llm-generate); data of another
+# tokenizer with the same vocabulary size is refused for a resume.
+small=(--num-layers 1 --hidden-size 32 --num-attention-heads 2 --seq-length 32 --micro-batch-size 4 --log-interval 1 --split 100,0,0)
+"$pre" --data-path "$work/ds1" "${small[@]}" --train-iters 2 "${spm[@]}" --save "$work/cktok" --output-dir "$work/rtok" > "$work/r1.txt" 2>&1
+"$pre" --data-path "$work/ds1" "${small[@]}" --train-iters 4 --lr-decay-iters 2 --load "$work/cktok" --save "$work/cktok" \
+  --keep-last 1 --output-dir "$work/rtok" > "$work/r2.txt" 2>&1
+check "a resume without tokenizer flags keeps the checkpoint's tokenizer file" "[ $? -eq 0 ] && [ ! -d $work/cktok/iter_0000002 ] && cmp -s $work/cktok/iter_0000004/tokenizer/spm.model $work/spm.model && grep -q '\"files\": {\"model\": \"tokenizer/spm.model\"}' $work/cktok/iter_0000004/metadata.json"
+"$tok" train-tokenizer --input "$work/corpus.txt" --model-prefix "$work/uni" --vocab-size 400 --model-type unigram > /dev/null 2>&1
+"$tok" --input "$work/corpus.txt" --output-prefix "$work/dsuni" --tokenizer-type SentencePieceTokenizer --tokenizer-model "$work/uni.model" --append-eod > /dev/null 2>&1
+"$pre" --data-path "$work/dsuni" "${small[@]}" --train-iters 6 --lr-decay-iters 2 --load "$work/cktok" --output-dir "$work/rtok" > "$work/r3.txt" 2>&1
+check "a resume on data of another tokenizer (same vocabulary size) is refused naming both" "[ $? -eq 2 ] && grep -q 'cktok/iter_0000004: the checkpoint was trained with the tokenizer SentencePieceTokenizer:[0-9a-f]* (its metadata.json), but the --data-path data is tokenized with SentencePieceTokenizer:[0-9a-f]*: resuming would continue on other ids' $work/r3.txt"
+
 # A thread count libgomp cannot start a team of (its start data on the stack) crashed with SIGSEGV.
 "$tok" --input "$work/corpus.txt" --output-prefix "$work/wk" --tokenizer-type ByteTokenizer --workers 100000 > "$work/w1.txt" 2>&1
 check "--workers past 4096 is refused naming the flag, nothing written (it crashed in libgomp)" "[ $? -eq 2 ] && grep -q -- '--workers 100000: expected 0 (OMP_NUM_THREADS or all cores) to 4096 threads' $work/w1.txt && [ -z \"\$(ls -d $work/wk* 2>/dev/null)\" ]"
