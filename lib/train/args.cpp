@@ -519,6 +519,9 @@ void TrainArgs::validate() const {
   if (!(adam_beta1 >= 0 && adam_beta1 < 1 && adam_beta2 >= 0 && adam_beta2 < 1))
     fail("--adam-beta1 and --adam-beta2 must be in [0, 1)");
   if (clip_grad < 0) fail("--clip-grad must be >= 0");
+  // AdamW divides by sqrt(v) + eps: a negative eps can make that 0 or flip the update's sign, and
+  // 0 gives 0/0 for a parameter whose gradient is zero (the padded vocabulary's rows).
+  if (!(adam_eps > 0)) fail("--adam-eps must be > 0, got ", adam_eps);
   if (tflops_formula != "megatron" && tflops_formula != "model")
     fail("--tflops-formula must be megatron or model, got '", tflops_formula, "'");
   if (threads < 0 || threads > kMaxThreads) fail("--threads must be in [0, ", kMaxThreads, "] (0: OMP_NUM_THREADS or all cores), got ", threads);

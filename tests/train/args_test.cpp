@@ -150,6 +150,22 @@ TEST(Args, CrossOptionValidation) {
   EXPECT_NE(error_of([&] { a.validate(); }).find("--num-attention-heads"), std::string::npos);
 }
 
+// --adam-eps -1 trained (the update's denominator can reach 0 or change sign); 0 stopped at the
+// second iteration on a NaN from the padded vocabulary's rows, the flag unnamed.
+TEST(Args, AdamEpsilonMustBePositive) {
+  for (const char* eps : {"0", "-1"}) {
+    TrainArgs a;
+    apply_option(a, "adam-eps", eps, "--adam-eps");
+    a.resolve_defaults();
+    const std::string e = error_of([&] { a.validate(); });
+    EXPECT_NE(e.find(std::string("--adam-eps must be > 0, got ") + eps), std::string::npos) << e;
+  }
+  TrainArgs a;
+  apply_option(a, "adam-eps", "1e-30", "--adam-eps");
+  a.resolve_defaults();
+  EXPECT_NO_THROW(a.validate());
+}
+
 TEST(Args, EveryShippedModelConfigLoadsAndValidates) {
   const std::map<std::string, std::array<int64_t, 3>> alcf = {
       {"GPT125M", {12, 768, 16}}, {"GPT1_5B", {48, 1536, 24}}, {"GPT2_7B", {32, 2560, 32}},
