@@ -440,7 +440,9 @@ std::string latest_checkpoint(const std::string& save_root) {
   if (!fs::exists(latest)) return "";
   std::ifstream in(latest);
   long long it = -1;
-  if (!(in >> it) || it < 0) throw ConfigError(latest.string() + ": does not hold an iteration number");
+  std::string rest;  // one number and nothing else: '20abc' or '20 21' is a damaged file, not iteration 20
+  if (!(in >> it) || it < 0 || (in >> rest))
+    throw ConfigError(latest.string() + ": does not hold an iteration number (one integer >= 0)");
   const fs::path dir = fs::path(save_root) / checkpoint_dir_name(it);
   if (fs::exists(dir / "metadata.json")) return dir.string();
   // A replace that could not exchange the two directories and died between its two renames

@@ -199,6 +199,14 @@ TEST(Checkpoint, AtomicPublicationLatestAndKeepLast) {
   std::ofstream(fs::path(root) / "latest") << "99\n";
   std::string e = error_of([&] { CheckpointReader::open(root); });
   EXPECT_NE(e.find("iter_0000099"), std::string::npos) << e;
+  // one number and nothing else: a damaged `latest` is not read as its leading digits
+  for (const char* bad : {"40abc\n", "40\n40\n", "-1\n", "x\n", ""}) {
+    std::ofstream(fs::path(root) / "latest", std::ios::trunc) << bad;
+    e = error_of([&] { CheckpointReader::open(root); });
+    EXPECT_NE(e.find("latest: does not hold an iteration number"), std::string::npos) << bad << ": " << e;
+  }
+  std::ofstream(fs::path(root) / "latest", std::ios::trunc) << " 40 \n";
+  EXPECT_NO_THROW(CheckpointReader::open(root));
   EXPECT_NE(error_of([&] { CheckpointReader::open(root + "/nothing-here"); }).find("no checkpoint"), std::string::npos);
 }
 
