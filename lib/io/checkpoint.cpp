@@ -277,6 +277,9 @@ PieceInfo piece_from_json(const json::Value& v, const std::string& where) {
   const std::string category = str("category"), name = str("name"), at = where + " (" + category + "/" + name + ")";
   PieceInfo p{str("file"), str("dataset"), category, name, arr("global_shape"),
               Box{arr("offset"), arr("extent")}, dtype_from_name(str("dtype"), at), str("checksum")};
+  // (a shard is a file of this checkpoint's directory: a path out of it reads some other file)
+  if (p.file.empty() || p.file == "." || p.file == ".." || p.file.find('/') != std::string::npos)
+    throw ConfigError(at + ": 'file' must be a plain file name (a shard of this checkpoint), not '" + p.file + "'");
   const size_t r = p.global_shape.size();
   if (p.box.offset.size() != r || p.box.extent.size() != r) throw ConfigError(at + ": box rank differs from the shape's");
   for (size_t d = 0; d < r; ++d)

@@ -218,6 +218,13 @@ TokenizerRecord checkpoint_tokenizer(const CheckpointReader& ckpt) {
   if (!files.is_object()) throw ConfigError(where + ": metadata 'files' is not an object");
   for (const auto& [role, path] : files.as_object()) {
     if (!path.is_string()) throw ConfigError(where + ": metadata 'files." + role + "' is not a string");
+    // (a file copied into the checkpoint: a path out of it reads some other file as its tokenizer)
+    const fs::path rel(path.as_string());
+    bool inside = !rel.empty() && rel.is_relative();
+    for (const fs::path& part : rel) inside = inside && part != "..";
+    if (!inside)
+      throw ConfigError(where + ": metadata 'files." + role + "' must be a path inside the checkpoint, not '" +
+                        path.as_string() + "'");
     r.files[role] = (fs::path(ckpt.dir()) / path.as_string()).string();
   }
   return r;

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "core/error.h"
 #include "core/philox.h"
@@ -271,4 +272,34 @@ TEST(Checkpoint, IterationDirectoryPathsAndEmptySaveRoots) {
   const std::string f = root + "-file";
   std::ofstream(f) << "x";
   EXPECT_FALSE(save_root_is_empty(f));
+}
+
+// A piece's file is a shard of the checkpoint's own directory: a path out of it (a hand edit, a
+// damaged metadata.json) read another file, named only as a missing or unreadable shard.
+TEST(Checkpoint, PieceFilesAreShardsOfTheCheckpointItself) {
+  const std::string root = fresh_dir("piece-files");
+  {
+    CheckpointWriter w(root, 1);
+    w.add("model", "x", {3}, Box::whole({3}), random_tensor({3}, 1));
+    w.commit("");
+  }
+  const fs::path meta = fs::path(root) / "iter_0000001" / "metadata.json";
+  std::string good;
+  {
+    std::ifstream in(meta);
+    good.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string shard = "\"file\": \"shard_00000.h5\"";
+  ASSERT_NE(good.find(shard), std::string::npos) << good;
+  for (const char* bad : {"../iter_0000001/shard_00000.h5", "/etc/passwd", "..", ""}) {
+    std::string text = good;
+    text.replace(text.find(shard), shard.size(), std::string("\"file\": \"") + bad + "\"");
+    std::ofstream(meta, std::ios::trunc) << text;
+    const std::string e = error_of([&] { CheckpointReader::open(root).read_whole("model", "x"); });
+    EXPECT_NE(e.find("(model/x): 'file' must be a plain file name (a shard of this checkpoint), not '" + std::string(bad) + "'"),
+              std::string::npos)
+        << e;
+  }
+  std::ofstream(meta, std::ios::trunc) << good;
+  EXPECT_EQ(CheckpointReader::open(root).read_whole("model", "x").numel(), 3);
 }

@@ -386,3 +386,43 @@ TEST(CheckpointResume, MetadataThatDisagreesWithTheStoredTensorsIsRefused) {
   EXPECT_EQ(generate_load(), "");
   EXPECT_EQ(training_load(a), "");
 }
+
+// The tokenizer files a checkpoint records are copies inside it: a path out of it is refused
+// (it loaded whatever file was there as the checkpoint's tokenizer).
+TEST(CheckpointResume, TokenizerFilesAreInsideTheCheckpoint) {
+  const TrainArgs a = args_for_resume();
+  MockDataSource data(a.vocab_size, a.seq_length, 5);
+  const std::string root = ::testing::TempDir() + "/tokenizer-files-test";
+  fs::remove_all(root);
+  const std::string model = ::testing::TempDir() + "/tokenizer-files-test.model";
+  std::ofstream(model) << "not really a model";
+  {
+    GPT model_(a.model_config(), cpu_backend(), 5, a.seq_length);
+    Trainer t(a, model_, data);
+    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {{"model", model}}}, 0);
+  }
+  const std::string meta = root + "/iter_0000000/metadata.json";
+  std::string good;
+  {
+    std::ifstream in(meta);
+    good.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string rec = "\"model\": \"tokenizer/tokenizer-files-test.model\"";
+  ASSERT_NE(good.find(rec), std::string::npos) << good;
+  EXPECT_EQ(checkpoint_tokenizer(CheckpointReader::open(root)).files.at("model"),
+            root + "/iter_0000000/tokenizer/tokenizer-files-test.model");
+  for (const char* bad : {"../../tokenizer-files-test.model", "/etc/passwd", "tokenizer/../../x.model", ""}) {
+    std::string text = good;
+    text.replace(text.find(rec), rec.size(), std::string("\"model\": \"") + bad + "\"");
+    std::ofstream(meta, std::ios::trunc) << text;
+    try {
+      checkpoint_tokenizer(CheckpointReader::open(root));
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(meta + ": metadata 'files.model' must be a path inside the checkpoint, not '" +
+                                           bad + "'"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
