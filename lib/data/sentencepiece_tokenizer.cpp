@@ -5,6 +5,7 @@
 #include <sentencepiece_trainer.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -258,6 +259,12 @@ void train_and_publish(std::unordered_map<std::string, std::string> kw, const st
 std::unordered_map<std::string, std::string> trainer_arguments(const SentencePieceTrainOptions& o) {
   if (o.model_type != "bpe" && o.model_type != "unigram")
     throw ConfigError("train-tokenizer: --model-type must be bpe or unigram, got '" + o.model_type + "'");
+  // (SentencePiece's own checks name neither flag: "Internal: trainer_interface.cc(56) [vocab_size > 0]")
+  if (o.vocab_size < 1 || o.vocab_size > INT32_MAX)
+    throw ConfigError("train-tokenizer: --vocab-size must be in [1, 2^31), got " + std::to_string(o.vocab_size));
+  if (!(o.character_coverage >= 0.98 && o.character_coverage <= 1))
+    throw ConfigError("train-tokenizer: --character-coverage must be in [0.98, 1] (SentencePiece's range), got " +
+                      std::to_string(o.character_coverage));
   std::unordered_map<std::string, std::string> kw;
   kw["vocab_size"] = std::to_string(o.vocab_size);
   kw["model_type"] = o.model_type;

@@ -139,6 +139,25 @@ TEST(SentencePiece, ClearErrors) {
   o.inputs = {corpus_file()};
   o.model_type = "wordpiece";
   EXPECT_THROW(train_sentencepiece(o), ConfigError);
+  // flags out of SentencePiece's range are named (its own message was an internal check)
+  o.model_type = "bpe";
+  auto message = [&] {
+    try {
+      train_sentencepiece(o);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  for (int64_t v : {int64_t{0}, int64_t{-5}, int64_t{99999999999}}) {
+    o.vocab_size = v;
+    EXPECT_EQ(message(), "train-tokenizer: --vocab-size must be in [1, 2^31), got " + std::to_string(v));
+  }
+  o.vocab_size = 300;
+  o.character_coverage = 2;
+  EXPECT_NE(message().find("train-tokenizer: --character-coverage must be in [0.98, 1] (SentencePiece's range), got 2"),
+            std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(o.model_prefix + ".model"));
 }
 
 TEST(SimpleTokenizers, ByteAndNull) {
