@@ -132,11 +132,7 @@ std::string manifest_json(const DatasetInfo& info, const std::vector<ShardEntry>
 class JsonDoc {
  public:
   explicit JsonDoc(std::string path) : path_(std::move(path)) {
-    std::ifstream in(path_, std::ios::binary);
-    if (!in) throw ConfigError(path_ + ": cannot read");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    const std::string text = ss.str();
+    const std::string text = read_whole_file(path_, "dataset manifest (JSON)");  // (a directory named so)
     const size_t first = text.find_first_not_of(" \t\r\n");
     if (first == std::string::npos || text[first] != '{') throw ConfigError(path_ + ": not a JSON object");
     try {

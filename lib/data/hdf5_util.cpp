@@ -381,7 +381,10 @@ File File::create(const std::string& path, bool truncate) {
 File File::open(const std::string& path, bool writable, std::optional<size_t> sieve_buffer_bytes) {
   silence_errors();
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) fail_plain(path, "no such file");
+  if (!std::filesystem::is_regular_file(path, ec))
+    fail_plain(path, std::filesystem::is_directory(path, ec) ? "is a directory, not an HDF5 file"
+                     : std::filesystem::exists(path, ec)     ? "not a regular file (an HDF5 file expected)"
+                                                             : "no such file");
   Id fapl = file_access(sieve_buffer_bytes);
   Id f(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, fapl.get()), H5Fclose);
   if (!f.valid()) fail_read(path, "cannot open as an HDF5 file (truncated or corrupt?)");

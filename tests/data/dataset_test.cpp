@@ -635,3 +635,18 @@ TEST(Hdf5File, AFailedCloseIsAnErrorAndTheProcessStillExitsCleanly) {
       },
       ::testing::ExitedWithCode(0), "full.h5: closing the file failed \\(HDF5: File too large\\)");
 }
+
+// A directory where a dataset's file belongs is named as one: the manifest read as 'not a JSON
+// object', a shard as 'no such file'.
+TEST(Dataset, ADirectoryWhereAFileBelongsIsNamedSo) {
+  TempDir tmp;
+  write_dataset(tmp / "ds", make_info(100), random_docs(5, 100, 10, 3), 1000);
+  std::filesystem::remove(tmp / "ds/shard_00000.h5");
+  std::filesystem::create_directory(tmp / "ds/shard_00000.h5");
+  std::string e = error_of([&] { Dataset::open(tmp / "ds"); });
+  EXPECT_NE(e.find("shard_00000.h5: is a directory, not an HDF5 file"), std::string::npos) << e;
+  std::filesystem::remove(tmp / "ds/manifest.json");
+  std::filesystem::create_directory(tmp / "ds/manifest.json");
+  e = error_of([&] { Dataset::open(tmp / "ds"); });
+  EXPECT_NE(e.find("manifest.json: is a directory, not a dataset manifest (JSON)"), std::string::npos) << e;
+}
