@@ -387,6 +387,13 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   GPT model(mc, backend, static_cast<uint64_t>(args.seed), args.seq_length, parallel);
   Trainer trainer(args, model, train, dp.get());
   MetricsWriter metrics = lead ? MetricsWriter(args.output_dir) : MetricsWriter();
+  // A metrics record that could not be written (a full disk) did not stop the training; the
+  // run's exit status says it (rank 0's: it alone writes them).
+  auto metrics_status = [&] {
+    if (metrics.error().empty()) return 0;
+    std::fprintf(stderr, "llm-pretrain: error: %s\n", metrics.error().c_str());
+    return 1;
+  };
   if (!load_dir.empty()) {
     LoadOptions lo;
     lo.finetune = args.finetune;
@@ -657,12 +664,12 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     if (!stop.empty()) {
       if (last_saved != it) save();
       say("> exiting at iteration %lld (%s)\n", static_cast<long long>(it), stop.c_str());
-      return 0;
+      return metrics_status();
     }
   }
   if (last_saved != trainer.iteration()) save();
   do_eval("the end of training for val data");
-  return 0;
+  return metrics_status();
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 #include "train/metrics.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include "core/error.h"
@@ -171,25 +173,49 @@ MetricsWriter::MetricsWriter(const std::string& dir) {
   path_ = (std::filesystem::path(dir) / "metrics.jsonl").string();
   out_.open(path_, std::ios::app);
   if (!out_) throw ConfigError("cannot open " + path_ + " for writing");
+  size_ = std::filesystem::file_size(path_, ec);
+}
+
+void MetricsWriter::append(std::ofstream& out, const std::string& path, uintmax_t& size, const std::string& line,
+                           int64_t iteration) {
+  errno = 0;
+  out << line;
+  out.flush();
+  if (out) {
+    size += line.size();
+    return;
+  }
+  // Half a record would end the file (a reader takes its last line): cut back to the whole ones.
+  const std::string why = errno ? std::strerror(errno) : "write error";
+  out_.close();
+  validation_.close();
+  std::error_code ec;
+  std::filesystem::resize_file(path, size, ec);
+  error_ = detail::concat(path, ": writing the record of iteration ", iteration, " failed (", why,
+                          "); the records before it are kept, none after it were written");
+  std::fprintf(stderr, "[warning] %s; training goes on, the run will exit with an error\n", error_.c_str());
+  std::fflush(stderr);
 }
 
 void MetricsWriter::write_validation(int64_t iteration, double loss) {
   if (!out_.is_open()) return;
   if (!validation_.is_open()) {
-    const std::string p = (std::filesystem::path(path_).parent_path() / "validation.jsonl").string();
-    validation_.open(p, std::ios::app);
-    if (!validation_) throw ConfigError("cannot open " + p + " for writing");
+    validation_path_ = (std::filesystem::path(path_).parent_path() / "validation.jsonl").string();
+    validation_.open(validation_path_, std::ios::app);
+    if (!validation_) throw ConfigError("cannot open " + validation_path_ + " for writing");
+    std::error_code ec;
+    validation_size_ = std::filesystem::file_size(validation_path_, ec);
   }
   auto num = [](double v) { return std::isfinite(v) ? format("%.9g", v) : std::string("null"); };
-  validation_ << "{\"iteration\": " << iteration << ", \"lm_loss\": " << num(loss)
-              << ", \"lm_loss_ppl\": " << num(std::exp(std::min(loss, 20.0))) << "}\n";
-  validation_.flush();
+  append(validation_, validation_path_, validation_size_,
+         "{\"iteration\": " + std::to_string(iteration) + ", \"lm_loss\": " + num(loss) +
+             ", \"lm_loss_ppl\": " + num(std::exp(std::min(loss, 20.0))) + "}\n",
+         iteration);
 }
 
 void MetricsWriter::write(const LogRecord& r) {
   if (!out_.is_open()) return;
-  out_ << metrics_json(r) << '\n';
-  out_.flush();
+  append(out_, path_, size_, metrics_json(r) + '\n', r.iteration);
 }
 
 }  // namespace llm

@@ -82,10 +82,18 @@ class MetricsWriter {
   // file of its own, so metrics.jsonl stays one record per logged training iteration).
   void write_validation(int64_t iteration, double loss);
   const std::string& path() const { return path_; }
+  // A record that could not be written (a full disk, a quota): the file is cut back to the
+  // records before it, a warning names it, no more are written (the training goes on), and this
+  // says what failed, for the run's exit status. Empty while every record was written.
+  const std::string& error() const { return error_; }
 
  private:
-  std::string path_;
+  // Appends `line` to `out` (the file at `path`, `size` bytes of whole records so far).
+  void append(std::ofstream& out, const std::string& path, uintmax_t& size, const std::string& line, int64_t iteration);
+
+  std::string path_, validation_path_, error_;
   std::ofstream out_, validation_;
+  uintmax_t size_ = 0, validation_size_ = 0;
 };
 
 }  // namespace llm

@@ -480,4 +480,11 @@ check "--universal-checkpoint is accepted and named" "[ $? -eq 0 ] && grep -q 'w
 "$bin" "${common[@]}" --train-iters 2 --log-interval 1 --seed 77 --load "$work/seedck" --save "$work/seedck" --output-dir "$work/seed2" > "$work/seed.txt" 2>&1
 check "a resume given another --seed says the checkpoint's is kept" "[ $? -eq 0 ] && grep -q -- '--seed 77: resuming with the checkpoint.s seed 11 (its data order); --no-load-rng' $work/seed.txt"
 
+# metrics.jsonl on a full disk (here the file-size limit, SIGXFSZ ignored): half a record ended the
+# file and the run exited 0. Now its whole records stay, training goes on, and the exit says it.
+mkdir -p "$work/full"
+(trap '' XFSZ; ulimit -f 2; exec "$bin" "${common[@]}" --train-iters 40 --log-interval 1 --output-dir "$work/full" > /dev/null 2> "$work/full.txt")
+rc=$?
+check "a metrics record that cannot be written is named, the run finishes with exit 1, no half record" "[ $rc -eq 1 ] && grep -q 'error: .*full/metrics.jsonl: writing the record of iteration [0-9]* failed' $work/full.txt && [ \"\$(tail -c 1 $work/full/metrics.jsonl | od -An -c | tr -d ' ')\" = '\\n' ]"
+
 finish "llm-pretrain CLI"

@@ -1,6 +1,11 @@
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
 #include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
 #include <regex>
 
 #include "train/flops.h"
@@ -202,4 +207,38 @@ TEST(Metrics, TimerBlockAsMegatronPrintsIt) {
             "(min, max) time across ranks (ms):\n"
             "    forward-backward ...............................: (1234.56, 1240.12)\n"
             "    optimizer ......................................: (3.00, 4.50)");
+}
+
+// A record that cannot be written (a full disk; here the file-size limit, SIGXFSZ ignored, which
+// makes write() fail with EFBIG part-way): the file keeps its whole records, no half line, and
+// error() names the file and the iteration. It ended with half a record before, and the run exited 0.
+TEST(Metrics, AFailedWriteKeepsWholeRecordsAndIsReported) {
+  const std::string dir = ::testing::TempDir() + "/metrics-full";
+  std::filesystem::remove_all(dir);
+  MetricsWriter w(dir);
+  LogRecord r;
+  r.iteration = 1;
+  w.write(r);
+  EXPECT_EQ(w.error(), "");
+  const uintmax_t one = std::filesystem::file_size(w.path());
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  auto* previous = std::signal(SIGXFSZ, SIG_IGN);
+  rlimit small = old;
+  small.rlim_cur = one + one / 2;  // room for half of the next record
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  r.iteration = 2;
+  w.write(r);
+  r.iteration = 3;
+  w.write(r);  // (nothing more after a failure)
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, previous);
+  EXPECT_EQ(std::filesystem::file_size(w.path()), one);
+  EXPECT_NE(w.error().find(w.path() + ": writing the record of iteration 2 failed ("), std::string::npos) << w.error();
+  std::ifstream in(w.path());
+  std::string line, last;
+  int lines = 0;
+  while (std::getline(in, line)) ++lines, last = line;
+  EXPECT_EQ(lines, 1);
+  EXPECT_EQ(last.back(), '}');
 }
