@@ -569,6 +569,13 @@ void TrainArgs::validate() const {
   if (!(initial_loss_scale > 0 && min_loss_scale > 0 && min_loss_scale <= initial_loss_scale))
     fail("need 0 < --min-loss-scale <= --initial-loss-scale, got ", min_loss_scale, " and ", initial_loss_scale);
   if (loss_scale_window < 1 || hysteresis < 1) fail("--loss-scale-window and --hysteresis must be >= 1");
+  // The scaled loss is an fp32 value: from 2^128 on (past FLT_MAX) every step overflows, and a
+  // dynamic scale of 2^1000 (DeepSpeed's initial_scale_power 1000) skipped ~1800 iterations
+  // halving itself before the first update.
+  constexpr double kMaxScale = 0x1p128;
+  if (loss_scale >= kMaxScale) fail("--loss-scale must be < 2^128 (the fp32 range), got ", loss_scale);
+  if (initial_loss_scale >= kMaxScale)
+    fail("--initial-loss-scale must be < 2^128 (the fp32 range), got ", initial_loss_scale);
   model_config().validate(seq_length);
 }
 

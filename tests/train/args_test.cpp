@@ -166,6 +166,22 @@ TEST(Args, AdamEpsilonMustBePositive) {
   EXPECT_NO_THROW(a.validate());
 }
 
+// A loss scale past the fp32 range overflows every scaled loss: 2^1000 (DeepSpeed's
+// initial_scale_power 1000) was taken and skipped iterations halving itself.
+TEST(Args, LossScalesStayInTheFp32Range) {
+  for (const char* flag : {"loss-scale", "initial-loss-scale"}) {
+    TrainArgs a;
+    apply_option(a, flag, "1e300", std::string("--") + flag);
+    a.resolve_defaults();
+    const std::string e = error_of([&] { a.validate(); });
+    EXPECT_NE(e.find(std::string("--") + flag + " must be < 2^128 (the fp32 range), got 1e+300"), std::string::npos) << e;
+  }
+  TrainArgs a;
+  apply_option(a, "initial-loss-scale", "4294967296", "--initial-loss-scale");  // Megatron's 2^32
+  a.resolve_defaults();
+  EXPECT_NO_THROW(a.validate());
+}
+
 TEST(Args, EveryShippedModelConfigLoadsAndValidates) {
   const std::map<std::string, std::array<int64_t, 3>> alcf = {
       {"GPT125M", {12, 768, 16}}, {"GPT1_5B", {48, 1536, 24}}, {"GPT2_7B", {32, 2560, 32}},
