@@ -363,7 +363,7 @@ class Parser {
         if (chunk == "true") return Value(true);
         if (chunk == "false") return Value(false);
         if (chunk == "null") return Value();
-        if (std::optional<Value> number = hjson_number(chunk)) return *std::move(number);
+        if (std::optional<Value> number = hjson_number(chunk, begin)) return *std::move(number);
         if (eol) return Value(std::string(chunk));
       }
     }
@@ -377,7 +377,7 @@ class Parser {
 
   // A JSON number as hjson-py reads one: with a fraction or an exponent it is a float, unless its
   // value is integral and under 1e10, which it turns into an integer (8.0 reads as 8).
-  static std::optional<Value> hjson_number(std::string_view t) {
+  std::optional<Value> hjson_number(std::string_view t, size_t begin) {
     size_t i = 0;
     const auto digits = [&] {
       const size_t from = i;
@@ -407,7 +407,10 @@ class Parser {
       if (auto r = std::from_chars(first, last, n); r.ec == std::errc() && r.ptr == last) return Value(n);
     }
     double d = 0;
-    if (auto r = std::from_chars(first, last, d); r.ec != std::errc() || r.ptr != last) return std::nullopt;
+    if (auto r = std::from_chars(first, last, d); r.ec != std::errc() || r.ptr != last) {
+      pos_ = begin;  // hjson-py fails on it too (its float is inf, which it cannot make an int)
+      fail("number out of range");
+    }
     if (!integral && d == std::floor(d) && std::fabs(d) < 1e10) return Value(static_cast<int64_t>(d));
     return Value(d);
   }

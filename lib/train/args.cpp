@@ -262,6 +262,7 @@ std::string dashed(std::string s) {
     if (c == '_') c = '-';
   return s;
 }
+}  // namespace
 
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> row(b.size() + 1);
@@ -277,7 +278,6 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   }
   return row[b.size()];
 }
-}  // namespace
 
 // Megatron flags that this toolkit does not implement, with what to do instead: refused by name
 // rather than as unknown options with a look-alike suggested.

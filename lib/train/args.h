@@ -163,6 +163,8 @@ const OptionSpec* find_option(const std::string& name);
 // ("config", "help") is a ConfigError naming the closest known option. "-h" is --help.
 std::vector<std::string> last_occurrences(const std::vector<std::string>& args, const std::vector<std::string>& extra,
                                           std::vector<std::string>* repeated);
+// Levenshtein distance (insertions, deletions, substitutions) between two names.
+size_t edit_distance(const std::string& a, const std::string& b);
 // The known option closest to `name` (edit distance, at most a third of its length), or "".
 std::string closest_option(const std::string& name, const std::vector<std::string>& extra);
 

@@ -262,6 +262,7 @@ TEST(Hjson, ErrorsNameTheLineAndColumn) {
   EXPECT_EQ(hjson_error_of("{\n  a: '''\n  text'''\n}"),
             "ds.json:2:6: multiline ''' strings are not read here: write the value as a \"quoted string\"");
   EXPECT_EQ(hjson_error_of("[1, 2"), "ds.json:1:6: unexpected end of input, expected ']'");
+  EXPECT_EQ(hjson_error_of("{a: 1e400\n}"), "ds.json:1:5: number out of range");
   // The strict reader still refuses what Hjson allows.
   EXPECT_EQ(error_of("{a: 1}"), "t.json:1:2: expected a string key, got 'a'");
 }

@@ -353,3 +353,49 @@ TEST(DeepSpeedConfig, ReadAsHjsonAsDeepSpeedDoes) {
   const std::string e = error_of([&] { apply_deepspeed_config(c, path, {}); });
   EXPECT_EQ(e, path + ":3:3: duplicate key \"train_batch_size\"");
 }
+
+// Counts are integers in DeepSpeed's ranges, and a key a letter or two from one DeepSpeed reads is
+// a misspelling: each is refused naming the file, line and key, never taken or skipped silently.
+TEST(DeepSpeedConfig, CountsAndMisspelledKeysAreRefusedByName) {
+  const llm::testing::ScratchDir tmp("ds-config-keys");
+  const std::string path = tmp / "ds_config.json";
+  const auto refusal = [&](const std::string& text) {
+    std::ofstream(path) << text;
+    TrainArgs a;
+    return error_of([&] { apply_deepspeed_config(a, path, {}); });
+  };
+  EXPECT_EQ(refusal("{\n  \"train_micro_batch_size_per_gpu\": 8.5\n}"),
+            path + ":2: 'train_micro_batch_size_per_gpu' must be an integer >= 1 (or \"auto\"), got 8.5");
+  EXPECT_EQ(refusal("{\"train_batch_size\": 99999999999999999999}"),
+            path + ":1: 'train_batch_size' must be an integer >= 1 (or \"auto\"), got 1e+20");
+  EXPECT_EQ(refusal("{\"train_batch_size\": 0}"), path + ":1: 'train_batch_size' must be an integer >= 1 (or \"auto\"), got 0");
+  EXPECT_EQ(refusal("{\"gradient_accumulation_steps\": -2}"),
+            path + ":1: 'gradient_accumulation_steps' must be an integer >= 1 (or \"auto\"), got -2");
+  EXPECT_EQ(refusal("{\"zero_optimization\": {\"stage\": 4}}"),
+            path + ":1: 'zero_optimization.stage' must be an integer from 0 to 3 (or \"auto\"), got 4");
+  EXPECT_EQ(refusal("{\"fp16\": {\"enabled\": true, \"initial_scale_power\": 1000}}"),
+            path + ":1: 'fp16.initial_scale_power' must be an integer from 0 to 127 (or \"auto\"), got 1000");
+  EXPECT_EQ(refusal("{\"train_batch_size\": 1e400}"), path + ":1:22: number out of range");
+  EXPECT_EQ(refusal("{\n  \"train_batch_size\": 8,\n  \"zero_optimisation\": {\"stage\": 2}\n}"),
+            path + ":3: 'zero_optimisation' is not a DeepSpeed setting; did you mean 'zero_optimization'?");
+  EXPECT_EQ(refusal("{\"train_micro_batch_size_per_gpuu\": 2}"),
+            path + ":1: 'train_micro_batch_size_per_gpuu' is not a DeepSpeed setting; did you mean 'train_micro_batch_size_per_gpu'?");
+  EXPECT_EQ(refusal("{\"bf16\": {\"enable\": true}}"), path + ":1: 'bf16.enable' is not a DeepSpeed setting; did you mean 'bf16.enabled'?");
+  EXPECT_EQ(refusal("{\"bfloat16\": {\"enable\": true}}"),
+            path + ":1: 'bfloat16.enable' is not a DeepSpeed setting; did you mean 'bfloat16.enabled'?");
+  EXPECT_EQ(refusal("{\"fp16\": {\"enabled\": true, \"intial_scale_power\": 8}}"),
+            path + ":1: 'fp16.intial_scale_power' is not a DeepSpeed setting; did you mean 'fp16.initial_scale_power'?");
+  EXPECT_EQ(refusal("{\"zero_optimization\": {\"stage\": 1, \"overlap_com\": true}}"),
+            path + ":1: 'zero_optimization.overlap_com' is not a DeepSpeed setting; did you mean 'zero_optimization.overlap_comm'?");
+  EXPECT_EQ(refusal("{\"zero_optimization\": {\"stage\": 3, \"cpu_offload_param\": true}}"),
+            path + ":1: 'zero_optimization.cpu_offload_param' is true: offloading to the CPU is not implemented here; remove it or give false");
+  // a model's YAML given by mistake: Hjson reads its lines as an object, none of them DeepSpeed's
+  EXPECT_EQ(refusal("# model\nnum_layers: 2\nhidden_size: 64\n"),
+            path + ": none of its keys is a DeepSpeed setting (the first is 'num_layers', line 2): is it a DeepSpeed config?");
+  // a key far from every DeepSpeed setting is left alone, as DeepSpeed leaves it
+  std::ofstream(path) << "{\"train_batch_size\": 8, \"my_run_note\": \"baseline\"}";
+  TrainArgs a;
+  const std::vector<std::string> ignored = apply_deepspeed_config(a, path, {});
+  EXPECT_NE(std::find(ignored.begin(), ignored.end(), "my_run_note"), ignored.end());
+  EXPECT_EQ(a.global_batch_size, 8);
+}
