@@ -190,6 +190,7 @@ int run(int argc, char** argv) {
   if (*exp) {
     CheckpointReader ckpt = CheckpointReader::open(path);
     const GPTConfig c = checkpoint_model_config(ckpt);
+    refuse_output_inside(output, ckpt.dir());
     export_hf_gpt2(output, c, [&](const std::string& name) { return ckpt.read_whole("model", name); },
                    hf_tokenizer_of(ckpt), overwrite);
     std::printf("exported %s -> %s (model.safetensors, config.json%s)\n", ckpt.dir().c_str(), output.c_str(),

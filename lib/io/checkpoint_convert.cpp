@@ -38,6 +38,19 @@ std::string to_json(const json::Value& v) {
   return "null";
 }
 
+void refuse_output_inside(const std::string& output, const std::string& source_dir) {
+  std::error_code ec;
+  const fs::path src = fs::canonical(source_dir, ec);
+  if (ec) return;  // the reader has opened it; a race is not worth a second message
+  const fs::path dst = fs::weakly_canonical(fs::absolute(output), ec);
+  if (ec) return;
+  auto d = dst.begin();
+  for (auto s = src.begin(); s != src.end(); ++s, ++d)
+    if (d == dst.end() || *d != *s) return;
+  throw ConfigError(detail::concat("--output ", output, ": is ", dst == src ? "" : "inside ", "the checkpoint it reads (",
+                                   source_dir, "); write to a directory outside it"));
+}
+
 std::string convert_checkpoint(const std::string& src, const std::string& dst_root, const ConvertOptions& o) {
   if (o.shards < 1) throw ConfigError("--shards must be >= 1");
   if (o.dtype != DType::f32 && o.dtype != DType::bf16 && o.dtype != DType::f16)
@@ -47,6 +60,7 @@ std::string convert_checkpoint(const std::string& src, const std::string& dst_ro
   // written ("runs/ck/iter_0000060/", ".", a symbolic link).
   if (fs::exists(dst_root) && fs::equivalent(fs::canonical(in.dir()).parent_path(), dst_root))
     throw ConfigError(dst_root + ": convert into a different directory than the source's");
+  refuse_output_inside(dst_root, in.dir());
   CheckpointWriter out(dst_root, in.iteration());
   std::vector<std::pair<std::string, std::string>> tensors;
   for (const PieceInfo& p : in.pieces())

@@ -20,6 +20,11 @@ struct ConvertOptions {
 // iteration under `dst_root`, with the same metadata and tokenizer files. Returns its path.
 std::string convert_checkpoint(const std::string& src, const std::string& dst_root, const ConvertOptions& options);
 
+// Refuses (ConfigError naming both) an output directory at or inside the checkpoint directory
+// `source_dir`: convert and export would write into the checkpoint they read (however either path
+// is spelled: both are resolved, the output as far as it exists).
+void refuse_output_inside(const std::string& output, const std::string& source_dir);
+
 // Serialises a JSON value (compact, deterministic member order as parsed).
 std::string to_json(const json::Value& v);
 

@@ -157,6 +157,11 @@ check "--output /dev/stdout writes through stdout as it goes (>> appends after w
 "$ckpt" convert "$work/ck" --output "$work/ck16" --dtype bf16 --shards 3 > /dev/null 2>&1
 check "convert to bf16 in 3 shards verifies" "$ckpt verify $work/ck16 > /dev/null 2>&1 && [ \$(ls $work/ck16/iter_0000060/*.h5 | wc -l) -eq 3 ]"
 check "the converted checkpoint generates" "[ -n \"\$($gen --load $work/ck16 --prompt 'the cat' -n 8 --temperature 0 2> /dev/null)\" ]"
+# into the checkpoint it reads: refused, the source untouched
+"$ckpt" convert "$work/ck" --output "$work/ck/iter_0000060" > /dev/null 2> "$work/convin.err"
+check "convert into the source's own iteration directory is refused" "[ $? -eq 2 ] && grep -q 'is the checkpoint it reads' $work/convin.err"
+"$ckpt" export "$work/ck" --format hf-gpt2 --output "$work/ck/iter_0000060/hf/" > /dev/null 2> "$work/expin.err"
+check "export inside the source's iteration directory is refused, the source intact" "[ $? -eq 2 ] && grep -q 'is inside the checkpoint it reads' $work/expin.err && [ ! -e $work/ck/iter_0000060/hf ] && $ckpt verify $work/ck > /dev/null 2>&1"
 # weights without the optimizer: resuming names the two ways to start from them; both work
 # a single-process tool: as one of several copies under a launcher it refuses before touching anything
 OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=4 "$ckpt" convert "$work/ck" --output "$work/ckmpi" > /dev/null 2> "$work/ckmpi.err"
