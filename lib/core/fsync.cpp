@@ -27,7 +27,12 @@ void fsync_path(const std::filesystem::path& p) {
 
 std::string read_whole_file(const std::string& path, const std::string& what) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) throw ConfigError(path + ": is a directory, not a " + what);
+  const std::filesystem::file_status st = std::filesystem::status(path, ec);  // (through symbolic links)
+  if (std::filesystem::is_directory(st)) throw ConfigError(path + ": is a directory, not a " + what);
+  // A device never ends (/dev/zero, /dev/urandom) or waits on a terminal: refused. A pipe is read
+  // (a config made on the fly: --config <(...)).
+  if (std::filesystem::is_character_file(st) || std::filesystem::is_block_file(st) || std::filesystem::is_socket(st))
+    throw ConfigError(path + ": is a device or socket, where the " + what + " should be");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ConfigError(path + ": cannot read the " + what + " (" + std::strerror(errno) + ")");
   std::string text;

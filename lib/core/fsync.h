@@ -14,7 +14,8 @@ namespace llm {
 void fsync_path(const std::filesystem::path& p);
 
 // The whole content of the file at `path`: a ConfigError naming the path and `what` it should be
-// (e.g. "YAML config") when it is a directory, missing or unreadable.
+// (e.g. "YAML config") when it is a directory, a device or socket, missing or unreadable (a pipe
+// is read to its end).
 std::string read_whole_file(const std::string& path, const std::string& what);
 
 // Staging beside a final path: "<final>.tmp-<tag>", the tag "<pid>@<host>-<16 hex>" (unique,

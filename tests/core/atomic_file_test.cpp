@@ -1,5 +1,6 @@
 // AtomicFile: a file replaced only when complete, through links, never a device.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -68,4 +69,24 @@ TEST(AtomicFile, FollowsADanglingLinkAndAChain) {
   const fs::path loop = dir / "loop.txt";
   fs::create_symlink("loop.txt", loop);
   EXPECT_THROW(AtomicFile{loop}, ConfigError);
+}
+
+// A config or metadata file that is a device (a link to /dev/zero, which never ends) is refused
+// naming it; a pipe is read to its end.
+TEST(ReadWholeFile, RefusesADeviceAndReadsAPipe) {
+  const llm::testing::ScratchDir dir("read-whole-file");
+  const fs::path zero = dir / "metadata.json";
+  fs::create_symlink("/dev/zero", zero);
+  try {
+    content(zero);
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), zero.string() + ": is a device or socket, where the test file should be");
+  }
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  ASSERT_EQ(::write(fds[1], "piped", 5), 5);
+  ::close(fds[1]);
+  EXPECT_EQ(content("/dev/fd/" + std::to_string(fds[0])), "piped");
+  ::close(fds[0]);
 }
