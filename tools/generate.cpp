@@ -15,8 +15,8 @@
 
 #include "comm/mpi_session.h"
 #include "core/error.h"
-#include "core/threads.h"
 #include "core/fsync.h"
+#include "core/threads.h"
 #include "data/json.h"
 #include "data/tokenizer_factory.h"
 #include "data/utf8.h"
@@ -71,11 +71,9 @@ std::unique_ptr<Tokenizer> checkpoint_tokenizer_or_flags(const CheckpointReader&
   // Named by where each side came from: the metadata's record, and the flags or the files.
   const std::string meta = ckpt.dir() + "/metadata.json";
   const bool recorded = flags.type.empty();
-  if (recorded && o.type != "SentencePieceTokenizer" && o.type != "GPTSentencePieceTokenizer" &&
-      o.type != "GPT2BPETokenizer" && o.type != "NullTokenizer" && o.type != "ByteTokenizer")
-    throw ConfigError(meta + ": tokenizer kind '" + o.type +
-                      "' is none this build reads (SentencePieceTokenizer, GPTSentencePieceTokenizer, GPT2BPETokenizer, "
-                      "NullTokenizer or ByteTokenizer); pass --tokenizer-type and its files");
+  if (recorded && !is_tokenizer_type(o.type))
+    throw ConfigError(meta + ": tokenizer kind '" + o.type + "' is none this build reads (" + tokenizer_types_phrase() +
+                      "); pass --tokenizer-type and its files");
   auto tok = make_tokenizer(o);
   const bool unknown = rec.identity.kind == "MockData" || rec.identity.kind == "None";
   if (!unknown && !(tok->identity() == rec.identity)) {

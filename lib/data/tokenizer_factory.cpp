@@ -1,5 +1,8 @@
 #include "data/tokenizer_factory.h"
 
+#include <algorithm>
+#include <array>
+
 #include "core/error.h"
 #include "data/gpt2_bpe.h"
 #include "data/sentencepiece_tokenizer.h"
@@ -24,8 +27,25 @@ std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& o) {
     return std::make_unique<NullTokenizer>(o.vocab_size);
   }
   if (o.type == "ByteTokenizer") return std::make_unique<ByteTokenizer>();
-  throw ConfigError("--tokenizer-type '" + o.type +
-                    "': expected SentencePieceTokenizer, GPTSentencePieceTokenizer, GPT2BPETokenizer, NullTokenizer or ByteTokenizer");
+  throw ConfigError("--tokenizer-type '" + o.type + "': expected " + tokenizer_types_phrase());
+}
+
+namespace {
+constexpr std::array<const char*, 5> kTypes = {"SentencePieceTokenizer", "GPTSentencePieceTokenizer", "GPT2BPETokenizer",
+                                               "NullTokenizer", "ByteTokenizer"};
+}  // namespace
+
+bool is_tokenizer_type(const std::string& type) {
+  return std::find(kTypes.begin(), kTypes.end(), type) != kTypes.end();
+}
+
+const std::string& tokenizer_types_phrase() {
+  static const std::string phrase = [] {
+    std::string s;
+    for (size_t i = 0; i < kTypes.size(); ++i) s += std::string(i == 0 ? "" : i + 1 == kTypes.size() ? " or " : ", ") + kTypes[i];
+    return s;
+  }();
+  return phrase;
 }
 
 }  // namespace llm

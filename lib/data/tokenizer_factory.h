@@ -17,4 +17,8 @@ struct TokenizerOptions {
 
 std::unique_ptr<Tokenizer> make_tokenizer(const TokenizerOptions& options);
 
+// Whether make_tokenizer builds `type`, and its types as a phrase for messages ("A, B ... or E").
+bool is_tokenizer_type(const std::string& type);
+const std::string& tokenizer_types_phrase();
+
 }  // namespace llm

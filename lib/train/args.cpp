@@ -13,8 +13,9 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "core/threads.h"
 #include "core/fsync.h"
+#include "core/threads.h"
+#include "data/tokenizer_factory.h"
 
 namespace llm {
 
@@ -551,10 +552,8 @@ void TrainArgs::validate() const {
   if (no_pipeline_parallel && pipeline_model_parallel_size > 1)
     fail("--no-pipeline-parallel with --pipeline-model-parallel-size ", pipeline_model_parallel_size);
   if (checkpoint_num_layers != 1) fail("--checkpoint-num-layers: only 1 (each layer recomputed on its own), got ", checkpoint_num_layers);
-  if (!tokenizer_type.empty() && tokenizer_type != "SentencePieceTokenizer" && tokenizer_type != "GPTSentencePieceTokenizer" &&
-      tokenizer_type != "GPT2BPETokenizer" && tokenizer_type != "NullTokenizer" && tokenizer_type != "ByteTokenizer")
-    fail("--tokenizer-type '", tokenizer_type,
-         "': SentencePieceTokenizer, GPTSentencePieceTokenizer, GPT2BPETokenizer, NullTokenizer or ByteTokenizer");
+  if (!tokenizer_type.empty() && !is_tokenizer_type(tokenizer_type))
+    fail("--tokenizer-type '", tokenizer_type, "': ", tokenizer_types_phrase());
   if (dataloader_type != "single" && dataloader_type != "cyclic")
     fail("--dataloader-type '", dataloader_type, "': single or cyclic (samples come in the dataset's shuffled order)");
   if (data_impl != "mmap" && data_impl != "infer")
