@@ -261,10 +261,10 @@ void check_stored_model(const CheckpointReader& ckpt) {
 }  // namespace
 
 void load_model_parameters(const CheckpointReader& ckpt, ParameterSet& params) {
-  check_stored_model(ckpt);
   LLM_CHECK(params.flat_params().device().is_cpu(), "load_model_parameters: host parameters expected");
   if (params.inference() && params.compute_dtype() != DType::f32)
-    return load_model_parameters(ckpt, params, cpu_backend());  // rounded into the 16-bit weights
+    return load_model_parameters(ckpt, params, cpu_backend());  // rounded into the 16-bit weights (checked there)
+  check_stored_model(ckpt);
   for (const ParamSpec& s : params.specs()) read_into(ckpt, "model", s.name, params.param(s.name));
 }
 
