@@ -12,10 +12,11 @@ using json::Value;
 
 namespace {
 
-// The ConfigError message for `text`, or "(parsed)".
-std::string error_of(std::string_view text) {
+// The ConfigError message for `text` as `source` (JSON by default, or Hjson), or "(parsed)".
+std::string error_of(std::string_view text, Value (*parse)(std::string_view, std::string_view) = json::parse,
+                     std::string_view source = "t.json") {
   try {
-    json::parse(text, "t.json");
+    parse(text, source);
   } catch (const ConfigError& e) {
     return e.what();
   }
@@ -171,14 +172,7 @@ TEST(Json, ParseFileNamesTheFile) {
 
 namespace {
 
-std::string hjson_error_of(std::string_view text) {
-  try {
-    json::parse_hjson(text, "ds.json");
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "(parsed)";
-}
+std::string hjson_error_of(std::string_view text) { return error_of(text, json::parse_hjson, "ds.json"); }
 
 }  // namespace
 

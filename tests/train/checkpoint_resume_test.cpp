@@ -4,8 +4,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 
+#include "core/fsync.h"
 #include "data/mock_data.h"
 #include "train/checkpointing.h"
 
@@ -30,6 +30,18 @@ TrainArgs args_for_resume() {
   a.resolve_defaults();
   a.validate();
   return a;
+}
+
+// A save root `name` under TempDir(), emptied, holding the checkpoint of `steps` iterations of
+// `a` from initialisation seed 5.
+std::string trained_checkpoint(const TrainArgs& a, const SampleSource& data, const std::string& name, int steps) {
+  const std::string root = ::testing::TempDir() + "/" + name;
+  fs::remove_all(root);
+  GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
+  Trainer t(a, model, data);
+  for (int i = 0; i < steps; ++i) t.train_step();
+  save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
+  return root;
 }
 }  // namespace
 
@@ -125,14 +137,7 @@ TEST(CheckpointResume, FinetuneLoadsWeightsOnlyAndMismatchesAreNamed) {
 TEST(CheckpointResume, NoLoadOptimRestartsTheScheduleAtTheResumedIteration) {
   const TrainArgs a = args_for_resume();  // warmup 3, decay over 12
   MockDataSource data(a.vocab_size, a.seq_length, 5);
-  const std::string root = ::testing::TempDir() + "/no-load-optim-test";
-  fs::remove_all(root);
-  {
-    GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
-    Trainer t(a, model, data);
-    for (int i = 0; i < 5; ++i) t.train_step();
-    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
-  }
+  const std::string root = trained_checkpoint(a, data, "no-load-optim-test", 5);
   const std::string root2 = ::testing::TempDir() + "/no-load-optim-test-2";
   fs::remove_all(root2);
   std::vector<double> restarted;
@@ -163,14 +168,7 @@ TEST(CheckpointResume, NoLoadOptimRestartsTheScheduleAtTheResumedIteration) {
 TEST(CheckpointResume, TheLearningRateScheduleMustAgreeOrBeChosen) {
   const TrainArgs a = args_for_resume();
   MockDataSource data(a.vocab_size, a.seq_length, 5);
-  const std::string root = ::testing::TempDir() + "/schedule-test";
-  fs::remove_all(root);
-  {
-    GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
-    Trainer t(a, model, data);
-    for (int i = 0; i < 4; ++i) t.train_step();
-    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
-  }
+  const std::string root = trained_checkpoint(a, data, "schedule-test", 4);
   TrainArgs longer = a;
   longer.train_iters = 20;
   longer.lr_decay_iters = 0;
@@ -272,20 +270,9 @@ TEST(CheckpointResume, ConsumedTokensCarryOnAcrossASequenceLengthChange) {
 TEST(CheckpointResume, NegativeCountsInTheMetadataAreRefusedNamingTheKey) {
   const TrainArgs a = args_for_resume();
   MockDataSource data(a.vocab_size, a.seq_length, 5);
-  const std::string root = ::testing::TempDir() + "/negative-counts-test";
-  fs::remove_all(root);
-  {
-    GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
-    Trainer t(a, model, data);
-    for (int i = 0; i < 2; ++i) t.train_step();
-    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
-  }
+  const std::string root = trained_checkpoint(a, data, "negative-counts-test", 2);
   const std::string meta = root + "/iter_0000002/metadata.json";
-  std::string good;
-  {
-    std::ifstream in(meta);
-    good.assign(std::istreambuf_iterator<char>(in), {});
-  }
+  const std::string good = read_whole_file(meta, "metadata");
   struct Case {
     const char* pattern;  // "key": value as written
     const char* replacement;
@@ -324,20 +311,9 @@ TEST(CheckpointResume, NegativeCountsInTheMetadataAreRefusedNamingTheKey) {
 TEST(CheckpointResume, MetadataThatDisagreesWithTheStoredTensorsIsRefused) {
   const TrainArgs a = args_for_resume();  // 2 layers, vocab 100 (wte 128 rows)
   MockDataSource data(a.vocab_size, a.seq_length, 5);
-  const std::string root = ::testing::TempDir() + "/metadata-tensors-test";
-  fs::remove_all(root);
-  {
-    GPT model(a.model_config(), cpu_backend(), 5, a.seq_length);
-    Trainer t(a, model, data);
-    t.train_step();
-    save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {}}, 0);
-  }
+  const std::string root = trained_checkpoint(a, data, "metadata-tensors-test", 1);
   const std::string meta = root + "/iter_0000001/metadata.json";
-  std::string good;
-  {
-    std::ifstream in(meta);
-    good.assign(std::istreambuf_iterator<char>(in), {});
-  }
+  const std::string good = read_whole_file(meta, "metadata");
   auto edit = [&](const std::string& from, const std::string& to) {
     std::string bad = good;
     const size_t at = bad.find(from);
@@ -402,11 +378,7 @@ TEST(CheckpointResume, TokenizerFilesAreInsideTheCheckpoint) {
     save_training_checkpoint(root, a, t, gather_training_state(t), TokenizerRecord{{"mock", "0"}, {{"model", model}}}, 0);
   }
   const std::string meta = root + "/iter_0000000/metadata.json";
-  std::string good;
-  {
-    std::ifstream in(meta);
-    good.assign(std::istreambuf_iterator<char>(in), {});
-  }
+  const std::string good = read_whole_file(meta, "metadata");
   const std::string rec = "\"model\": \"tokenizer/tokenizer-files-test.model\"";
   ASSERT_NE(good.find(rec), std::string::npos) << good;
   EXPECT_EQ(checkpoint_tokenizer(CheckpointReader::open(root)).files.at("model"),
