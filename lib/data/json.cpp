@@ -2,9 +2,9 @@
 
 #include <charconv>
 #include <cmath>
-#include <optional>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <unordered_set>
 

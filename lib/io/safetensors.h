@@ -18,11 +18,12 @@
 // extents, offsets that are not [begin, end] with begin <= end, byte lengths that disagree with
 // shape x dtype, tensors outside the buffer, overlaps, holes (the tensors must cover the buffer
 // exactly), and metadata values that are not strings. Like the reference reader it ignores keys
-// an entry has beyond dtype/shape/data_offsets, and takes a null __metadata__ as none. Tensor data is read with pread() from a
-// descriptor held open by the SafetensorsFile into a fresh 64-byte aligned host tensor: no
-// mapping outlives the file object and a tensor owns its bytes (no mmap lifetime or SIGBUS on a
-// truncated file; a file truncated after open() is reported as a ConfigError at read()). The
-// const readers may run concurrently from several threads (pread has no shared file position).
+// an entry has beyond dtype/shape/data_offsets, and takes a null __metadata__ as none. Tensor
+// data is read with pread() from a descriptor held open by the SafetensorsFile into a fresh
+// 64-byte aligned host tensor: no mapping outlives the file object and a tensor owns its bytes
+// (no mmap lifetime or SIGBUS on a truncated file; a file truncated after open() is reported as a
+// ConfigError at read()). The const readers may run concurrently from several threads (pread has
+// no shared file position).
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -34,7 +34,7 @@ struct Field {
                              int64_t hi = std::numeric_limits<int64_t>::max()) const {
     const json::Value* v = number(obj, key, where);
     if (v && (!v->is_integer() || v->as_int() < lo || v->as_int() > hi)) {
-      std::string range = hi == std::numeric_limits<int64_t>::max() ? detail::concat(">= ", lo) : detail::concat("from ", lo, " to ", hi);
+      const std::string range = hi == std::numeric_limits<int64_t>::max() ? detail::concat(">= ", lo) : detail::concat("from ", lo, " to ", hi);
       throw ConfigError(detail::concat(path, ":", v->line(), ": '", where, key, "' must be an integer ", range,
                                        " (or \"auto\"), got ", v->is_integer() ? std::to_string(v->as_int()) : number_text(*v)));
     }
@@ -229,11 +229,12 @@ std::vector<std::string> apply_deepspeed_config(TrainArgs& a, const std::string&
     } else if (key == "fp16") {
       if (!value.is_object()) throw ConfigError(detail::concat(path, ":", value.line(), ": 'fp16' must be an object"));
       precision(value, path, "fp16", a.fp16, "fp16", given);
-      for (const auto& [fk, fv] : value.as_object()) refuse_misspelling(path, fv, "fp16.", fk);
-      for (const auto& [fk, fv] : value.as_object())
+      for (const auto& [fk, fv] : value.as_object()) {
+        refuse_misspelling(path, fv, "fp16.", fk);
         if (fk != "enabled" && fk != "loss_scale" && fk != "initial_scale_power" && fk != "loss_scale_window" &&
             fk != "hysteresis" && fk != "min_loss_scale")
           ignored.push_back("fp16." + fk);
+      }
       if (a.fp16) {
         // DeepSpeed's consecutive_hysteresis refills the hysteresis after every good step; the scaler
         // here refills it when the scale grows (DeepSpeed's default, false)
