@@ -180,6 +180,25 @@ TEST(GPTDatasetIndex, LastEpochApartUnderEightyPercentAsMegatron) {
   }
 }
 
+// Megatron's _num_epochs and num_samples_from_epochs_minus_one at an epoch of exactly a multiple
+// of the sequence length (100 tokens, seq 10), where the "- 1" of both formulas decides: a
+// sample takes seq + 1 tokens, the last one shared with the next sample, so one epoch gives
+// (100 - 1) / 10 = 9 samples, not 10, and two give 19.
+TEST(GPTDatasetIndex, EpochsAtAnExactMultipleOfTheSequenceLength) {
+  const VectorStore store(std::vector<int64_t>(10, 10));  // 10 documents of 10 tokens
+  const GPTIndex one = build_gpt_index(store, {0, 10}, 10, 9, 3, "train");
+  EXPECT_EQ(one.num_epochs, 1);
+  EXPECT_EQ(one.shuffle_idx.size(), 9u);
+  const GPTIndex two = build_gpt_index(store, {0, 10}, 10, 10, 3, "train");  // one more than an epoch holds
+  ASSERT_EQ(two.num_epochs, 2);
+  EXPECT_EQ(two.shuffle_idx.size(), 19u);
+  ASSERT_TRUE(two.separate_last_epoch);  // 10 - 9 = 1 sample of the last epoch, under 80% of 9
+  EXPECT_EQ(two.samples_before_last_epoch, 9);
+  std::vector<int64_t> head(two.shuffle_idx.begin(), two.shuffle_idx.begin() + 9);
+  std::sort(head.begin(), head.end());
+  for (int64_t i = 0; i < 9; ++i) EXPECT_EQ(head[static_cast<size_t>(i)], i) << "the first epoch's samples come first";
+}
+
 TEST(GPTDatasetIndex, DeterministicAndSeeded) {
   auto store = random_store(30, 9);
   GPTIndex a = build_gpt_index(*store, {0, 30}, 8, 100, 1, "train");
@@ -232,6 +251,11 @@ TEST(BlendedDataset, GreedyRatiosHoldAtEveryPrefix) {
   // 0 1 2 0 0 1 0 2 ... instead.)
   const std::vector<uint8_t> want_first{0, 1, 2, 0, 1, 0, 2, 0, 1, 0, 0, 1};
   EXPECT_EQ(std::vector<uint8_t>(blend.dataset_index().begin(), blend.dataset_index().begin() + 12), want_first);
+  // The largest weight second: the first sample is already its dataset's (the target after 0
+  // samples is w * 1; with w * 0 every dataset ties and the first would win). By hand for 0.3,
+  // 0.7: errors (0.3, 0.7) -> 1; (0.3, -0.3) -> 0; (-0.4, 0.4) -> 1; (-0.1, 0.1) -> 1; ...
+  BlendedDataset second({3.0, 7.0}, {s1, s2}, 10);
+  EXPECT_EQ(second.dataset_index(), (std::vector<uint8_t>{1, 0, 1, 1, 0, 1, 1, 0, 1, 1}));
   EXPECT_THROW(BlendedDataset({1.0}, {s1, s2}, 10), ConfigError);
   EXPECT_THROW(BlendedDataset({1.0, -1.0}, {s1, s2}, 10), ConfigError);
 }

@@ -66,6 +66,19 @@ TEST(DocumentReader, BlankLineLineAndFileModes) {
   EXPECT_EQ(docs[1], "another file\n");
 }
 
+// Windows line ends: CRLF ends a line as LF does; no document keeps the '\r' of its last line.
+TEST(DocumentReader, CrlfLineEndsAreStripped) {
+  const std::string f = write("crlf.txt", "first para\r\nstill first\r\n\r\nsecond\r\n");
+  InputOptions o;
+  o.boundary = DocumentBoundary::line;
+  EXPECT_EQ(read_all({f}, o), (std::vector<std::string>{"first para", "still first", "second"}));
+  o.boundary = DocumentBoundary::blank_line;
+  const std::vector<std::string> paras = read_all({f}, o);
+  ASSERT_EQ(paras.size(), 2u);
+  EXPECT_EQ(paras[1], "second");
+  EXPECT_EQ(paras[0].back(), 't') << paras[0];
+}
+
 TEST(DocumentReader, JsonLinesWithKeysAndBadLines) {
   const std::string f = write("docs.jsonl",
                               "{\"text\": \"hello\\nworld\", \"id\": 1}\n"

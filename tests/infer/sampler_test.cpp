@@ -7,6 +7,8 @@
 #include <map>
 #include <numeric>
 #include <set>
+#include <string>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/philox.h"
@@ -259,6 +261,29 @@ TEST(Sampler, TopPWithManyTiesMatchesReference) {
     ++checked;
   }
   EXPECT_GE(checked, 250);
+}
+
+// The nucleus is the smallest prefix whose mass reaches p, the prefix that reaches it exactly
+// included (llama.cpp's `cum >= p`). Equal logits make the masses exact integers, so the
+// boundary case is exact: 4 of 8 equal tokens at p = 0.5, on both paths: the scan after top-k,
+// and the weighted quickselect over more than 64 candidates (128 equal tokens, p = 0.5: the
+// first pivot sits exactly at the boundary). Ties keep the lowest ids.
+TEST(Sampler, TopPKeepsThePrefixThatReachesPExactly) {
+  for (auto [vocab, top_k, want] : std::vector<std::tuple<size_t, int64_t, size_t>>{
+           {8, 0, 4}, {9, 8, 4}, {128, 0, 64}, {200, 128, 64}, {130, 0, 65}}) {
+    SCOPED_TRACE("vocab " + std::to_string(vocab) + ", top-k " + std::to_string(top_k));
+    std::vector<float> l(vocab, 1.5f);
+    if (top_k > 0) std::fill(l.begin() + top_k, l.end(), -2.0f);  // outside the top-k
+    SamplerConfig c = plain();
+    c.top_k = top_k;
+    c.top_p = 0.5;
+    Sampler s(c);
+    const Dist d = to_map(s.distribution(l, {}));
+    ASSERT_EQ(d.size(), want);
+    EXPECT_EQ(d.begin()->first, 0);
+    EXPECT_EQ(d.rbegin()->first, static_cast<int32_t>(want - 1));
+    for (auto [id, p] : d) EXPECT_NEAR(p, 1.0 / static_cast<double>(want), 1e-15) << "token " << id;
+  }
 }
 
 TEST(Sampler, MinPKeepsTokensAboveFractionOfMax) {

@@ -211,6 +211,24 @@ TEST(Checkpoint, AtomicPublicationLatestAndKeepLast) {
   EXPECT_NE(error_of([&] { CheckpointReader::open(root + "/nothing-here"); }).find("no checkpoint"), std::string::npos);
 }
 
+// --keep-last prunes only checkpoints older than the one saved: a run resumed from an earlier
+// checkpoint of its root (to retry past a loss spike, say) leaves the later ones alone.
+TEST(Checkpoint, KeepLastLeavesLaterCheckpointsAlone) {
+  const std::string root = fresh_dir("keep-last-resumed");
+  Tensor t = random_tensor({3}, 1);
+  auto save = [&](int it, int keep_last) {
+    CheckpointWriter w(root, it);
+    w.add("model", "x", {3}, Box::whole({3}), t);
+    w.commit("", keep_last);
+  };
+  for (int it : {10, 20, 30, 40}) save(it, 0);
+  save(25, 2);  // resumed from 20: the last 2 up to 25 are 20 and 25; 30 and 40 stay
+  EXPECT_FALSE(fs::exists(fs::path(root) / "iter_0000010"));
+  for (const char* d : {"iter_0000020", "iter_0000025", "iter_0000030", "iter_0000040"})
+    EXPECT_TRUE(fs::exists(fs::path(root) / d)) << d;
+  EXPECT_EQ(CheckpointReader::open(root).iteration(), 25);
+}
+
 TEST(Checkpoint, ReplacingAnIterationNeverLeavesItMissing) {
   const std::string root = fresh_dir("replace");
   Tensor t = random_tensor({3}, 1), u = random_tensor({3}, 2);

@@ -33,6 +33,24 @@ TEST(ProcessGrid, MegatronRankOrderTpFastestThenDpThenPp) {
   EXPECT_EQ(grid_coordinates(l, 8).pp_rank, 1);
 }
 
+// With Ulysses: tp fastest, then sp, dp, pp (Megatron-DeepSpeed's order): a tensor-parallel group
+// is consecutive ranks, and so is each replica's tp x sp block.
+TEST(ProcessGrid, UlyssesRanksComeAfterTensorParallelOnes) {
+  const ParallelLayout l{24, 2, 2, 3};  // tp 2, pp 2, sp 3: dp 2
+  ASSERT_EQ(l.dp(), 2);
+  std::set<std::tuple<int64_t, int64_t, int64_t, int64_t>> seen;
+  for (int64_t r = 0; r < 24; ++r) {
+    const GridCoordinates g = grid_coordinates(l, r);
+    EXPECT_EQ(r, g.tp_rank + l.tp * (g.sp_rank + l.sp * (g.dp_rank + l.dp() * g.pp_rank))) << r;
+    seen.insert({g.tp_rank, g.sp_rank, g.dp_rank, g.pp_rank});
+  }
+  EXPECT_EQ(seen.size(), 24u);
+  EXPECT_EQ(grid_coordinates(l, 1).tp_rank, 1);
+  EXPECT_EQ(grid_coordinates(l, 2).sp_rank, 1);
+  EXPECT_EQ(grid_coordinates(l, 6).dp_rank, 1);
+  EXPECT_EQ(grid_coordinates(l, 12).pp_rank, 1);
+}
+
 TEST(ProcessGrid, ValidationNamesTheFailingConstraint) {
   const LayoutConstraints ok{24, 16, 2048, 1, 64, false};
   EXPECT_EQ(error_of({8, 2, 2, 1}, ok), "");

@@ -55,6 +55,16 @@ TEST(Args, MegatronDefaultsAndAcceptedFlags) {
   EXPECT_EQ(a.weight_decay, 0.01);
   EXPECT_EQ(a.adam_beta2, 0.999);
   EXPECT_EQ(a.split, "969,30,1");
+  EXPECT_EQ(a.adam_beta1, 0.9);
+  EXPECT_EQ(a.adam_eps, 1e-8);
+  EXPECT_EQ(a.clip_grad, 1.0);
+  EXPECT_EQ(a.init_method_std, 0.02);
+  EXPECT_EQ(a.layernorm_epsilon, 1e-5);
+  // fp16's dynamic scaler as issue 6 gives it (Megatron starts at 2^32)
+  EXPECT_EQ(a.initial_loss_scale, 4096.0);
+  EXPECT_EQ(a.min_loss_scale, 1.0);
+  EXPECT_EQ(a.loss_scale_window, 1000);
+  EXPECT_EQ(a.hysteresis, 2);
   for (const char* flag : {"no-bias-gelu-fusion", "no-masked-softmax-fusion", "deepspeed", "deepspeed_mpi",
                            "no-query-key-layer-scaling", "use-flash-attn-v1", "accumulate-allreduce-grads-in-fp32"})
     apply_option(a, flag, "true", std::string("--") + flag);

@@ -3,6 +3,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 
 #include "core/fsync.h"
@@ -195,6 +196,34 @@ TEST(CheckpointResume, TheLearningRateScheduleMustAgreeOrBeChosen) {
   EXPECT_DOUBLE_EQ(load(SchedulerSource::checkpoint).warmup_iters, 3.0);
   EXPECT_EQ(load(SchedulerSource::this_run).decay_iters, 20);
   EXPECT_EQ(load(SchedulerSource::must_match, true).decay_iters, 20);
+  {  // each of the other values alone is checked too, and named with its flag
+    const std::vector<std::pair<std::string, std::function<void(TrainArgs&)>>> changes = {
+        {"has lr 0.002 but this run's is 0.004 (--lr)", [](TrainArgs& x) { x.lr = 4e-3; }},
+        {"has min_lr 0.0001 but this run's is 0.0002 (--min-lr)", [](TrainArgs& x) { x.min_lr = 2e-4; }},
+        {"has warmup_iters 3 but this run's is 4 (--lr-warmup-iters", [](TrainArgs& x) { x.lr_warmup_iters = 4; }},
+        {"(--lr-decay-style)", [](TrainArgs& x) { x.lr_decay_style = x.lr_decay_style == "cosine" ? "linear" : "cosine"; }}};
+    for (const auto& [says, change] : changes) {
+      SCOPED_TRACE(says);
+      TrainArgs b = a;
+      change(b);
+      b.resolve_defaults();
+      b.validate();
+      auto load_changed = [&](SchedulerSource s) {
+        GPT model(b.model_config(), cpu_backend(), 5, b.seq_length);
+        Trainer t(b, model, data);
+        LoadOptions o;
+        o.scheduler = s;
+        load_training_checkpoint(root, t, o);
+      };
+      try {
+        load_changed(SchedulerSource::must_match);
+        ADD_FAILURE() << "a different schedule was accepted";
+      } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+      }
+      EXPECT_NO_THROW(load_changed(SchedulerSource::this_run));
+    }
+  }
   {  // --no-load-optim restarts the optimizer and its schedule from this run's flags (Megatron)
     GPT model(longer.model_config(), cpu_backend(), 5, longer.seq_length);
     Trainer t(longer, model, data);

@@ -249,6 +249,14 @@ TEST(DeepSpeedConfig, MicroBatchDerivedAsDeepSpeedDoes) {
   EXPECT_EQ(b.micro_batch_size, 6);
   EXPECT_NE(error_of([&] { b.validate(); }).find("gradient_accumulation_steps is 1 but the batch sizes give 2"),
             std::string::npos);
+  // and so does one from a --config file (a YAML line, in TrainArgs::option_sources)
+  TrainArgs d;
+  apply_option(d, "micro-batch-size", "6", "model.yaml:3");
+  apply_deepspeed_config(d, path, {});
+  d.deepspeed_config = path;
+  d.data_parallel_size = 8;
+  d.resolve_defaults();
+  EXPECT_EQ(d.micro_batch_size, 6);
   // not divisible: named as DeepSpeed's division
   TrainArgs c;
   apply_deepspeed_config(c, path, {});

@@ -199,6 +199,13 @@ TEST(Metrics, ValidationReportAndAccumulator) {
   acc.add(NAN, false, false, 1.0, NAN, 1e-3);
   acc.flush_into(r, 16, 128, 1, 4e12, 2e12);
   EXPECT_TRUE(std::isnan(r.lm_loss));
+  // On 4 ranks: samples per second is the job's, tokens per GPU and TFLOPs are per rank.
+  acc.add(2.0, true, true, 0.5, 1.0, 1e-3);
+  acc.flush_into(r, 16, 128, 4, 4e12, 2e12);
+  EXPECT_NEAR(r.samples_per_second, 32.0, 1e-9);
+  EXPECT_NEAR(r.tokens_per_gpu_per_second, 32.0 * 128 / 4, 1e-9);
+  EXPECT_NEAR(r.tflops_megatron, 4.0 / 0.5 / 4, 1e-12);
+  EXPECT_NEAR(r.tflops_model, 2.0 / 0.5 / 4, 1e-12);
 }
 
 TEST(Metrics, TimerBlockAsMegatronPrintsIt) {

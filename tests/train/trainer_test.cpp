@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -122,9 +123,13 @@ TEST(Optimizer, DecayOnlyOnMatricesAndClipping) {
   oc.clip_grad = 0;
   AdamW opt(ps, cpu_backend(), oc);
   model.zero_grad();  // zero gradient: Adam's update is 0, only decay acts
-  const float w0 = ps.param("h.0.mlp.c_fc.weight").data<float>()[3];
+  // Megatron's parameter groups: decay on every matrix, both embeddings included, none on the
+  // 1-D biases and LayerNorm parameters
+  for (const ParamSpec& s : ps.specs()) EXPECT_EQ(s.decay, s.shape.size() == 2) << s.name;
+  const float w0 = ps.param("h.0.mlp.c_fc.weight").data<float>()[3], p0 = ps.param("wpe").data<float>()[3];
   opt.step(0.1);
   EXPECT_FLOAT_EQ(ps.param("h.0.mlp.c_fc.weight").data<float>()[3], w0 * (1 - 0.1f * 0.5f));
+  EXPECT_FLOAT_EQ(ps.param("wpe").data<float>()[3], p0 * (1 - 0.1f * 0.5f));
   EXPECT_FLOAT_EQ(ps.param("h.0.attn.c_attn.bias").data<float>()[0], 0.5f);
   EXPECT_FLOAT_EQ(ps.param("ln_f.weight").data<float>()[0], 1.0f);
 
@@ -138,6 +143,46 @@ TEST(Optimizer, DecayOnlyOnMatricesAndClipping) {
   StepResult r = clipped.step(0.0);
   EXPECT_NEAR(r.grad_norm, 10.0, 1e-3);
   EXPECT_NEAR(clipped.m().data<float>()[0], 0.1 * (1.0 / std::sqrt(static_cast<double>(g.numel()))), 1e-7);
+}
+
+// Megatron's clipping only ever scales down: a gradient whose norm is under --clip-grad reaches
+// Adam as it is (the first moment after one step is (1 - beta1) g), one over it is scaled by
+// clip / (norm + 1e-6). Adam's update alone cannot tell (it is nearly invariant to a gradient's
+// scale), so the moment is what is checked.
+TEST(Optimizer, ClippingScalesOnlyANormOverTheLimit) {
+  TrainArgs a = tiny_args();
+  GPT model(a.model_config(), cpu_backend(), 1, a.seq_length);
+  ParameterSet& ps = model.parameters();
+  OptimizerConfig oc;
+  oc.clip_grad = 1.0;
+  oc.weight_decay = 0;
+  for (double norm : {0.25, 0.999, 1.5, 4.0}) {
+    SCOPED_TRACE("gradient norm " + std::to_string(norm));
+    AdamW opt(ps, cpu_backend(), oc);
+    Tensor g = ps.flat_grads();
+    const double each = norm / std::sqrt(static_cast<double>(g.numel()));
+    g.fill(static_cast<float>(each));
+    const StepResult r = opt.step(0.0);
+    EXPECT_NEAR(r.grad_norm, norm, 1e-5 * norm);
+    const double seen = each * std::min(1.0, oc.clip_grad / (norm + 1e-6));
+    EXPECT_NEAR(opt.m().data<float>()[0], (1 - oc.beta1) * seen, 1e-5 * (1 - oc.beta1) * seen);
+  }
+}
+
+// --lr-warmup-fraction is a share of the decay iterations (Megatron: lr_warmup_steps = fraction x
+// lr_decay_steps), which --lr-decay-iters sets apart from --train-iters.
+TEST(Trainer, WarmupFractionIsAShareOfTheDecay) {
+  TrainArgs a = tiny_train_args(12, 32, 0);
+  a.lr_decay_iters = 40;
+  a.lr_warmup_fraction = 0.25;
+  a.resolve_defaults();
+  a.validate();
+  MockDataSource data(a.vocab_size, a.seq_length, 7);
+  GPT model(a.model_config(), cpu_backend(), 7, a.seq_length);
+  Trainer t(a, model, data);
+  EXPECT_EQ(t.schedule().decay_iters, 40);
+  EXPECT_DOUBLE_EQ(t.schedule().warmup_iters, 10.0);
+  EXPECT_DOUBLE_EQ(t.train_step().lr, a.lr * 0.1);  // after the first of the 10 warm-up updates
 }
 
 TEST(Trainer, NonFiniteLossIsDetectedAndSkipped) {
