@@ -260,6 +260,27 @@ TEST(BlendedDataset, GreedyRatiosHoldAtEveryPrefix) {
   EXPECT_THROW(BlendedDataset({1.0, -1.0}, {s1, s2}, 10), ConfigError);
 }
 
+// An entry's file is named by a hash of its description (store, split, sequence, samples, seed)
+// and holds the description itself: a file under another entry's name (copied there, or a hash
+// collision) is rebuilt, not read as that entry.
+TEST(GPTDatasetIndex, ACacheFileUnderAnotherEntrysNameIsNotTrusted) {
+  namespace fs = std::filesystem;
+  const std::string dir = ::testing::TempDir() + "/gpt-index-cache-renamed";
+  fs::remove_all(dir);
+  auto store = random_store(40, 5);
+  IndexCacheOptions cache;
+  cache.dir = dir;
+  GPTDataset three(store, {0, 40}, 8, 200, 3, "train", cache);
+  const fs::path three_file = fs::directory_iterator(dir)->path();
+  GPTDataset four(store, {0, 40}, 8, 200, 4, "train", cache);
+  ASSERT_NE(three.index().shuffle_idx, four.index().shuffle_idx);
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path() != three_file) fs::copy_file(three_file, e.path(), fs::copy_options::overwrite_existing);
+  GPTDataset again(store, {0, 40}, 8, 200, 4, "train", cache);
+  EXPECT_FALSE(again.loaded_from_cache());
+  EXPECT_EQ(again.index().shuffle_idx, four.index().shuffle_idx);
+}
+
 TEST(GPTDatasetIndex, CacheRoundTripAndKeying) {
   const std::string dir = ::testing::TempDir() + "/gpt-index-cache-test";
   std::filesystem::remove_all(dir);
