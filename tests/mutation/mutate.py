@@ -3,9 +3,9 @@
 
 Each mutant (tests/mutation/mutants.py) is one exact-text replacement in one source file: a
 formula's constant, a boundary, a forgotten line. For each, this script writes the change into
-the working tree, builds BUILD_DIR, runs the unit test binaries (stopping at the first failure)
-and, when they all pass and the mutant names some, the ctest tests it gives (CLI and MPI tests,
-which take minutes); then puts the file back. A mutant no test notices is a gap in the suite:
+the working tree, builds the --build directory, runs the unit test binaries (stopping at the
+first failure) and, when they all pass and the mutant names some, the ctest tests it gives (CLI
+and MPI tests, which take minutes); then puts the file back. A mutant no test notices is a gap in the suite:
 
   KILLED      a test failed (named)        SURVIVED  every test passed: write the missing test
   BUILDFAIL   the change did not compile   STALE     the text is no longer in the file (once)

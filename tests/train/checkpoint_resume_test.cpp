@@ -174,15 +174,20 @@ TEST(CheckpointResume, TheLearningRateScheduleMustAgreeOrBeChosen) {
   longer.train_iters = 20;
   longer.lr_decay_iters = 0;
   longer.resolve_defaults();  // decay over 20 instead of 12
-  auto load = [&](SchedulerSource s, bool finetune = false) {
-    GPT model(longer.model_config(), cpu_backend(), 5, longer.seq_length);
-    Trainer t(longer, model, data);
-    LoadOptions o;
-    o.scheduler = s;
-    o.finetune = finetune;
+  // The schedule a run of `args` has after loading the checkpoint with `o`.
+  auto load_as = [&](const TrainArgs& args, const LoadOptions& o) {
+    GPT model(args.model_config(), cpu_backend(), 5, args.seq_length);
+    Trainer t(args, model, data);
     load_training_checkpoint(root, t, o);
     return t.schedule();
   };
+  auto scheduled = [](SchedulerSource s, bool finetune = false) {
+    LoadOptions o;
+    o.scheduler = s;
+    o.finetune = finetune;
+    return o;
+  };
+  auto load = [&](SchedulerSource s, bool finetune = false) { return load_as(longer, scheduled(s, finetune)); };
   try {
     load(SchedulerSource::must_match);
     ADD_FAILURE() << "a different decay was accepted";
@@ -196,9 +201,8 @@ TEST(CheckpointResume, TheLearningRateScheduleMustAgreeOrBeChosen) {
   EXPECT_DOUBLE_EQ(load(SchedulerSource::checkpoint).warmup_iters, 3.0);
   EXPECT_EQ(load(SchedulerSource::this_run).decay_iters, 20);
   EXPECT_EQ(load(SchedulerSource::must_match, true).decay_iters, 20);
-  {  // each of the other values alone is checked too, and named with its flag
+  {  // each of the other values alone is checked too, and named with its flag (--lr: below)
     const std::vector<std::pair<std::string, std::function<void(TrainArgs&)>>> changes = {
-        {"has lr 0.002 but this run's is 0.004 (--lr)", [](TrainArgs& x) { x.lr = 4e-3; }},
         {"has min_lr 0.0001 but this run's is 0.0002 (--min-lr)", [](TrainArgs& x) { x.min_lr = 2e-4; }},
         {"has warmup_iters 3 but this run's is 4 (--lr-warmup-iters", [](TrainArgs& x) { x.lr_warmup_iters = 4; }},
         {"(--lr-decay-style)", [](TrainArgs& x) { x.lr_decay_style = x.lr_decay_style == "cosine" ? "linear" : "cosine"; }}};
@@ -208,41 +212,25 @@ TEST(CheckpointResume, TheLearningRateScheduleMustAgreeOrBeChosen) {
       change(b);
       b.resolve_defaults();
       b.validate();
-      auto load_changed = [&](SchedulerSource s) {
-        GPT model(b.model_config(), cpu_backend(), 5, b.seq_length);
-        Trainer t(b, model, data);
-        LoadOptions o;
-        o.scheduler = s;
-        load_training_checkpoint(root, t, o);
-      };
       try {
-        load_changed(SchedulerSource::must_match);
+        load_as(b, scheduled(SchedulerSource::must_match));
         ADD_FAILURE() << "a different schedule was accepted";
       } catch (const ConfigError& e) {
         EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
       }
-      EXPECT_NO_THROW(load_changed(SchedulerSource::this_run));
+      EXPECT_NO_THROW(load_as(b, scheduled(SchedulerSource::this_run)));
     }
   }
   {  // --no-load-optim restarts the optimizer and its schedule from this run's flags (Megatron)
-    GPT model(longer.model_config(), cpu_backend(), 5, longer.seq_length);
-    Trainer t(longer, model, data);
     LoadOptions o;
     o.load_optimizer = false;
-    load_training_checkpoint(root, t, o);
-    EXPECT_EQ(t.schedule().decay_iters, 20);
+    EXPECT_EQ(load_as(longer, o).decay_iters, 20);
   }
   {  // another global batch: Megatron's sample-counted schedule refuses it unless overridden
     TrainArgs wider = a;
     wider.global_batch_size = 8;
     wider.resolve_defaults();
-    auto load_wider = [&](SchedulerSource s) {
-      GPT model(wider.model_config(), cpu_backend(), 5, wider.seq_length);
-      Trainer t(wider, model, data);
-      LoadOptions o;
-      o.scheduler = s;
-      load_training_checkpoint(root, t, o);
-    };
+    auto load_wider = [&](SchedulerSource s) { load_as(wider, scheduled(s)); };
     for (SchedulerSource s : {SchedulerSource::must_match, SchedulerSource::checkpoint}) {
       try {
         load_wider(s);
