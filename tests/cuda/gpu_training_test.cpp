@@ -20,6 +20,7 @@
 #include "data/simple_tokenizers.h"
 #include "infer/generator.h"
 #include "model/gpt.h"
+#include "support/max_or_nan.h"
 #include "support/require_cuda.h"
 #include "train/checkpointing.h"
 #include "train/tiny_args.h"
@@ -27,7 +28,6 @@
 
 #ifdef LLM_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
-#include "support/max_or_nan.h"
 #endif
 
 using namespace llm;
