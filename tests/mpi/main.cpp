@@ -1,5 +1,6 @@
 // GoogleTest under MPI: every rank runs every test; ctest starts this under mpirun with 2, 3 and
-// 4 ranks. A failure on any rank fails the job (non-zero exit from that rank). Rank 0 prints the
+// 4 ranks. A failure on any rank fails the job (non-zero exit from that rank; a rank left waiting
+// for it in a collective is ended by the collective timeout). Rank 0 prints the
 // progress lines; the other ranks print only their failures, prefixed with their rank, so the log
 // stays readable and still says what went wrong where.
 #include <gtest/gtest.h>
@@ -8,6 +9,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "comm/communicator.h"
 #include "comm/mpi_session.h"
 
 namespace {
@@ -41,6 +43,12 @@ int main(int argc, char** argv) {
                  mpi.size());
     return 1;
   }
+  // A test that fails on one rank (an ASSERT returns early) leaves the others waiting in a
+  // collective that rank never joins: the communicators' collective timeout (llm-pretrain's
+  // --distributed-timeout-minutes) then ends the job within a minute, naming the operation and
+  // the rank, where ctest would wait out its 10 minutes. LLM_TEST_MPI_TIMEOUT: seconds (0: none).
+  const char* timeout = std::getenv("LLM_TEST_MPI_TIMEOUT");
+  llm::set_mpi_timeout_seconds(timeout ? std::atof(timeout) : 60.0);
   if (mpi.rank() != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());

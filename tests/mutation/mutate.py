@@ -72,6 +72,10 @@ def main():
     spec = importlib.util.spec_from_file_location("mutants", os.path.join(ROOT, "tests/mutation/mutants.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    ids = [m["id"] for m in mod.MUTANTS]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        sys.exit(f"mutate.py: mutant ids used twice in tests/mutation/mutants.py: {', '.join(twice)}")
     mutants = [m for m in mod.MUTANTS if not args.ids or m["id"] in args.ids]
     unknown = set(args.ids) - {m["id"] for m in mod.MUTANTS}
     if unknown:
