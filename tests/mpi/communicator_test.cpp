@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "comm/communicator.h"
+#include "core/dtype.h"
 
 namespace {
 
@@ -55,6 +56,51 @@ TEST(MpiCommunicator, ReduceScatterRangesSumsEachRanksUnevenRange) {
     EXPECT_EQ(x.data<float>()[i], want) << "element " << i;
   }
   EXPECT_EQ(c->volume().reduce_scatter, P > 1 ? off.back() * 4 : 0);
+}
+
+// bf16 and f16 travel as 2-byte types of their own and are summed by the communicator's own
+// operation (in f32, rounded once per combining step). Values that are small multiples of 1/4 sum
+// exactly in either type, so all-reduce, reduce-scatter (plain and in ranges) and all-gather
+// have one right answer: the closed form.
+TEST(MpiCommunicator, SixteenBitCollectivesSumInTheirOwnType) {
+  auto c = llm::mpi_world_communicator();
+  const int P = c->size(), me = c->rank();
+  const int64_t n = 6 * P;  // 6 elements per rank: a window of 97 (the -windows runs) splits none
+  auto v = [](int r, int64_t i) { return 0.25f * static_cast<float>((r + 1) * (i % 8 + 1)); };
+  auto sum = [&](int64_t i) {
+    float s = 0;
+    for (int r = 0; r < P; ++r) s += v(r, i);
+    return s;
+  };
+  for (llm::DType t : {llm::DType::bf16, llm::DType::f16}) {
+    const bool bf = t == llm::DType::bf16;
+    auto to16 = [&](float f) { return bf ? llm::f32_to_bf16(f) : llm::f32_to_f16(f); };
+    auto from16 = [&](uint16_t h) { return bf ? llm::bf16_to_f32(h) : llm::f16_to_f32(h); };
+    auto mine = [&](int64_t count) {
+      Tensor x = Tensor::empty({count}, t);
+      for (int64_t i = 0; i < count; ++i) static_cast<uint16_t*>(x.raw())[i] = to16(v(me, i));
+      return x;
+    };
+    const char* name = bf ? "bf16" : "f16";
+    Tensor x = mine(n);
+    c->all_reduce_sum(x);
+    for (int64_t i = 0; i < n; ++i) EXPECT_EQ(from16(static_cast<const uint16_t*>(x.raw())[i]), sum(i)) << name << " all-reduce, element " << i;
+    Tensor chunk = Tensor::empty({6}, t);
+    c->reduce_scatter(chunk, mine(n));
+    for (int64_t i = 0; i < 6; ++i)
+      EXPECT_EQ(from16(static_cast<const uint16_t*>(chunk.raw())[i]), sum(me * 6 + i)) << name << " reduce-scatter, element " << i;
+    std::vector<int64_t> off{0};
+    for (int r = 0; r < P; ++r) off.push_back(off.back() + 1 + r);
+    Tensor y = mine(off.back());
+    c->reduce_scatter_ranges(y, off);
+    for (int64_t i = off[me]; i < off[me + 1]; ++i)
+      EXPECT_EQ(from16(static_cast<const uint16_t*>(y.raw())[i]), sum(i)) << name << " reduce-scatter of ranges, element " << i;
+    Tensor all = Tensor::empty({n}, t);
+    c->all_gather(all, mine(6));
+    for (int r = 0; r < P; ++r)
+      for (int64_t i = 0; i < 6; ++i)
+        EXPECT_EQ(from16(static_cast<const uint16_t*>(all.raw())[r * 6 + i]), v(r, i)) << name << " all-gather, rank " << r << " element " << i;
+  }
 }
 
 // Sizes that cross windows when LLM_MPI_MAX_COUNT is small (the mpi-np*-windows tests run 97):

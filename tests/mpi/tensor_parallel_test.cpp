@@ -1,6 +1,7 @@
 // Tensor parallelism (with and without Megatron sequence parallelism, with and without full
 // recompute) against the single-process model on every rank: the same loss, and each rank's
-// gradient shards equal to the matching boxes of the single-process gradients, to fp32 round-off.
+// gradient shards equal to the matching boxes of the single-process gradients, to fp32 round-off;
+// and the trainer under Ulysses, whose gradient group spans data parallel x Ulysses.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -8,8 +9,10 @@
 
 #include "comm/communicator.h"
 #include "core/philox.h"
+#include "data/mock_data.h"
 #include "model/gpt.h"
 #include "mpi/mpi_support.h"
+#include "train/trainer.h"
 
 namespace {
 
@@ -114,6 +117,47 @@ TEST(UlyssesSequenceParallel, Tp2TimesSp2LogitsInChunksMatchSingleProcess) { che
 TEST(TensorParallel, Tp2FusedLogitsChunksMatchSingleProcess) { check_case({2, false, false, 1, 5, true}); }
 TEST(TensorParallel, Tp4SequenceParallelFusedLogitsChunksMatchSingleProcess) { check_case({4, true, true, 1, 6, true}); }
 TEST(UlyssesSequenceParallel, Tp2TimesSp2FusedLogitsChunksMatchSingleProcess) { check_case({2, false, false, 2, 3, true}); }
+
+// The trainer under Ulysses (2 x the remaining ranks as data parallel, plain and ZeRO-2): each
+// rank's gradient is a partial sum, over its positions, of its replica's mean loss; the gradient
+// group (data parallel x Ulysses) sums them and averages over the replicas alone. The step's loss
+// and gradient norm follow the single process. Adam's update nearly ignores a gradient's scale,
+// so averaging over the whole group (a gradient sp times too small) shows in the norm.
+void check_ulysses_trainer(int zero) {
+  auto world = llm::mpi_world_communicator();
+  const int S = 2;
+  if (world->size() % S) GTEST_SKIP() << "world " << world->size() << " not divisible by Ulysses " << S;
+  const int dp = world->size() / S, me = world->rank(), sp_rank = me % S, replica = me / S;
+  auto uly = llm::mpi_split_communicator(replica, sp_rank);
+  auto grads = llm::mpi_split_communicator(0, me);  // group rank = replica * S + sp_rank
+  auto layout = [&](bool parallel) {
+    return mpi_support::tiny_train_args(4 * dp, 21, [&](llm::TrainArgs& a) {
+      if (!parallel) return;
+      a.data_parallel_size = dp;
+      a.ds_sequence_parallel_size = S;
+      a.zero_stage = zero;
+    });
+  };
+  const llm::TrainArgs a = layout(true), one = layout(false);
+  llm::MockDataSource data(a.vocab_size, a.seq_length, 5);
+  llm::Backend& be = llm::cpu_backend();
+  llm::ModelParallel mp{nullptr, false, uly.get()};  // tensor parallel 1
+  mp.zero_stage = zero >= 2 ? zero : 0;
+  llm::GPT ref(one.model_config(), be, 21, a.seq_length), model(a.model_config(), be, 21, a.seq_length, mp);
+  llm::Trainer tr(one, ref, data), tu(a, model, data, grads.get());
+  for (int it = 1; it <= 3; ++it) {
+    const llm::IterationStats r = tr.train_step(), u = tu.train_step();
+    EXPECT_NEAR(u.loss, r.loss, 1e-5 * r.loss) << "Ulysses 2 x data parallel " << dp << ", ZeRO-" << zero
+                                               << ", iteration " << it;
+    EXPECT_NEAR(u.grad_norm, r.grad_norm, 1e-4 * r.grad_norm)
+        << "Ulysses 2 x data parallel " << dp << ", ZeRO-" << zero << ", iteration " << it;
+  }
+}
+
+TEST(UlyssesSequenceParallel, TrainerMatchesSingleProcess) {
+  check_ulysses_trainer(0);
+  check_ulysses_trainer(2);
+}
 
 TEST(TensorParallel, ShardsPartitionEveryShardedTensor) {
   // Over the ranks of a group of 4, the boxes of each sharded tensor cover it exactly once.

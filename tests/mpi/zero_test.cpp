@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <string>
 
 #include "comm/communicator.h"
 #include "data/mock_data.h"
@@ -172,6 +173,57 @@ void check_zero(int zero, int pp, bool overlap = false) {
   }
   EXPECT_LE(sb.optimizer, 8 * own);
   expect_model_states(tz, model, "fp32", zero, dp);
+}
+
+// ZeRO-2/3 with tensor parallelism and Megatron sequence parallelism (2 x 2 ranks): a layer's
+// LayerNorm gradients are partial sums over the tensor group, completed as the layer finishes
+// (before its reduce-scatter onto the owners), so the loss and gradient norm follow the single
+// process, and a replicated tensor (the LayerNorms, the row-parallel biases) stays the same on
+// both tensor-parallel ranks, each of which another data-parallel group updates.
+void check_zero_tensor_parallel(int zero, bool overlap) {
+  auto world = llm::mpi_world_communicator();
+  if (world->size() != 4) GTEST_SKIP() << "needs 4 ranks (tensor parallel 2 x data parallel 2), world has " << world->size();
+  const int tp = 2, dp = 2, me = world->rank(), tp_rank = me % tp, dp_rank = me / tp;
+  auto tp_group = llm::mpi_split_communicator(dp_rank, tp_rank);
+  auto grads = llm::mpi_split_communicator(1000 + tp_rank, dp_rank);
+  auto layout = [&](int stage) {
+    return mpi_support::tiny_train_args(4 * dp, 21, [&](llm::TrainArgs& a) {
+      a.data_parallel_size = stage ? dp : 1;
+      a.tensor_model_parallel_size = stage ? tp : 1;
+      a.sequence_parallel = stage != 0;
+      a.zero_stage = stage;
+      a.overlap_grad_reduce = overlap && stage;
+      a.overlap_param_gather = overlap && stage;
+    });
+  };
+  const llm::TrainArgs a = layout(zero), one = layout(0);
+  llm::MockDataSource data(200, 16, 3);
+  llm::Backend& be = llm::cpu_backend();
+  llm::ModelParallel mp{tp_group.get(), true, nullptr};
+  mp.zero_stage = zero;
+  mp.zero_grad_areas = overlap ? 2 : 1;
+  mp.zero_param_areas = overlap && zero == 3 ? 2 : 1;
+  llm::GPT ref(one.model_config(), be, 21, 16), model(a.model_config(), be, 21, 16, mp);
+  llm::Trainer tr(one, ref, data), tz(a, model, data, grads.get());
+  const std::string what = "ZeRO-" + std::to_string(zero) + " x tensor parallel 2 x sequence parallel" +
+                           (overlap ? ", overlapped" : "");
+  for (int it = 1; it <= 3; ++it) {
+    const llm::IterationStats r = tr.train_step(), z = tz.train_step();
+    EXPECT_NEAR(z.loss, r.loss, 1e-5 * r.loss) << what << ", iteration " << it;
+    EXPECT_NEAR(z.grad_norm, r.grad_norm, 1e-4 * r.grad_norm) << what << ", iteration " << it;
+    const Tensor full = tz.full_parameters();
+    int replicated = 0;
+    for (const llm::ParamSpec& s : model.parameters().specs()) {
+      if (s.sharded()) continue;
+      ++replicated;
+      // A checksum that sees any element's change: the same value on both tensor-parallel ranks.
+      double sum = 0;
+      for (int64_t i = 0; i < llm::numel(s.shape); ++i) sum += double(full.data<float>()[s.offset + i]) * double(i % 7 + 1);
+      EXPECT_EQ(tp_group->all_reduce_max(sum), tp_group->all_reduce_min(sum))
+          << s.name << " differs between the tensor-parallel ranks, " << what << ", iteration " << it;
+    }
+    EXPECT_EQ(replicated, 4 * 6 + 3) << "replicated tensors: per layer 4 LayerNorm, 2 row-parallel biases; wpe, ln_f";
+  }
 }
 
 // bf16: the overlapped ZeRO-1/2 all-gather refreshes each group's 16-bit copy as it finishes
@@ -430,6 +482,14 @@ TEST(Zero, Stage1And2OverlappedGatherInBf16EqualsTheBlockingRun) {
   check_zero_bf16_overlap(2);
 }
 
+TEST(Zero, Stage2WithTensorAndSequenceParallelMatchesSingleProcess) {
+  check_zero_tensor_parallel(2, false);
+  check_zero_tensor_parallel(2, true);
+}
+TEST(Zero, Stage3WithTensorAndSequenceParallelMatchesSingleProcess) {
+  check_zero_tensor_parallel(3, false);
+  check_zero_tensor_parallel(3, true);
+}
 TEST(Zero, Stage2MatchesSingleProcess) { check_zero(2, 1); }
 TEST(Zero, Stage3MatchesSingleProcess) { check_zero(3, 1); }
 TEST(Zero, Stage2WithPipelineMatchesSingleProcess) { check_zero(2, 2); }
