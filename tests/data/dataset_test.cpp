@@ -147,12 +147,29 @@ TEST(Dataset, ShardsCloseAtTheFirstDocumentBoundaryPastShardTokens) {
   }
 }
 
+// A shard that reaches --shard-tokens exactly is closed: the next document starts the next one.
+TEST(Dataset, AShardExactlyAtShardTokensIsClosed) {
+  TempDir tmp;
+  const Docs docs{{1, 2, 3, 4}, {5, 6, 7, 8}, {9, 10, 11, 12}, {13}};
+  write_dataset(tmp / "ds", make_info(100), docs, 8);
+  const Dataset ds = Dataset::open(tmp / "ds");
+  ASSERT_EQ(ds.num_shards(), 2);
+  EXPECT_EQ(h5::File::open(tmp / "ds/shard_00000.h5").read_int64_attribute("num_tokens"), 8);
+  EXPECT_EQ(h5::File::open(tmp / "ds/shard_00001.h5").read_int64_attribute("num_tokens"), 5);
+  expect_same_documents(ds, docs);
+}
+
 TEST(Dataset, TokenTypeFollowsVocabSize) {
   TempDir tmp;
   const Docs small{{0, 65535, 7}, {65535}};
   write_dataset(tmp / "u16", make_info(65536), small, 1000);
   const Docs large{{0, 65536, 7}, {2147483647}};
   write_dataset(tmp / "u32", make_info(int64_t{1} << 31), large, 1000);
+  // The first vocabulary that needs 32 bits: its last id, 65536, is one past uint16.
+  const Docs edge{{65536, 0, 65535}, {65536}};
+  write_dataset(tmp / "edge", make_info(65537), edge, 1000);
+  EXPECT_TRUE(h5::File::open(tmp / "edge/shard_00000.h5").open_dataset("tokens").type().equals(H5T_STD_U32LE));
+  expect_same_documents(Dataset::open(tmp / "edge"), edge);
 
   EXPECT_NE(read_text(tmp / "u16/manifest.json").find("\"dtype\": \"uint16\""), std::string::npos);
   EXPECT_NE(read_text(tmp / "u32/manifest.json").find("\"dtype\": \"uint32\""), std::string::npos);
@@ -433,6 +450,54 @@ TEST_F(DatasetCorruption, DocumentOffsetsNotMonotone) {
   EXPECT_NE(e.find("doc_offsets"), std::string::npos) << e;
 }
 
+TEST_F(DatasetCorruption, DocumentOffsetsEndingShortOfTheTokens) {
+  {  // still non-decreasing, but the last document ends one token early
+    h5::File f = h5::File::open(file("shard_00001.h5"), true);
+    h5::Dataset d = f.open_dataset("doc_offsets");
+    std::vector<uint64_t> off = d.read_all<uint64_t>();
+    ASSERT_GE(off.size(), 2u);
+    const uint64_t shorter = off.back() - 1;
+    ASSERT_GE(shorter, off[off.size() - 2]);
+    d.write<uint64_t>(static_cast<int64_t>(off.size()) - 1, std::span<const uint64_t>(&shorter, 1));
+  }
+  const std::string e = open_error();
+  EXPECT_NE(e.find("shard_00001.h5"), std::string::npos) << e;
+  EXPECT_NE(e.find("last entry"), std::string::npos) << e;
+}
+
+TEST_F(DatasetCorruption, ManifestListingAShardTwice) {
+  const std::string good = read_text(file("manifest.json"));
+  write_text(file("manifest.json"), std::regex_replace(good, std::regex(R"("shard_00001.h5")"), "\"shard_00000.h5\""));
+  const std::string e = open_error();
+  EXPECT_NE(e.find("manifest.json"), std::string::npos) << e;
+  EXPECT_NE(e.find("'shard_00000.h5' is listed twice"), std::string::npos) << e;
+}
+
+TEST_F(DatasetCorruption, ManifestWithTokensInNoDocuments) {
+  const std::string good = read_text(file("manifest.json"));
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(good, m, std::regex(R"("shard_00001.h5", "num_tokens": (\d+), "num_documents": \d+)")));
+  write_text(file("manifest.json"),
+             std::regex_replace(good, std::regex(R"(("shard_00001.h5", "num_tokens": \d+, "num_documents": )\d+)"), "$010"));
+  const std::string e = open_error();
+  EXPECT_NE(e.find("manifest.json"), std::string::npos) << e;
+  EXPECT_NE(e.find("shards[1]"), std::string::npos) << e;
+  EXPECT_NE(e.find(m[1].str() + " tokens in 0 documents"), std::string::npos) << e;
+}
+
+// A shard replaced after the dataset was opened (kept open for one shard, so the others are
+// opened when read): its token count no longer the manifest's, named, not read past its end.
+TEST_F(DatasetCorruption, AShardReplacedAfterOpeningIsNamedOnRead) {
+  const Dataset ds = Dataset::open(dir(), 1);
+  const int64_t n1 = h5::File::open(file("shard_00001.h5")).read_int64_attribute("num_tokens");
+  ASSERT_NE(h5::File::open(file("shard_00002.h5")).read_int64_attribute("num_tokens"), n1);
+  fs::copy_file(file("shard_00002.h5"), file("shard_00001.h5"), fs::copy_options::overwrite_existing);
+  std::vector<int32_t> all(static_cast<size_t>(ds.num_tokens()));
+  const std::string e = error_of([&] { ds.read(0, ds.num_tokens(), all.data()); });
+  EXPECT_NE(e.find("shard_00001.h5"), std::string::npos) << e;
+  EXPECT_NE(e.find("changed after the dataset was opened"), std::string::npos) << e;
+}
+
 TEST_F(DatasetCorruption, TokenOutsideTheVocabularyIsCaughtOnRead) {
   {
     h5::File f = h5::File::open(file("shard_00001.h5"), true);
@@ -511,6 +576,28 @@ TEST(DatasetRanks, PublishNeedsEveryPart) {
   EXPECT_FALSE(fs::exists(tmp / "ds"));
   discard_staging_dir(staging);
   EXPECT_TRUE(tmp.entries().empty());
+}
+
+// A part's marker whose totals disagree with its own shard list (a damaged or hand-edited
+// marker) stops the publication, naming the marker; nothing is published.
+TEST(DatasetRanks, PublishChecksEachMarkersTotals) {
+  TempDir tmp;
+  const auto info = make_info(100);
+  const std::string staging = staging_dir_path(tmp / "ds", "test");
+  for (int r : {0, 1}) {
+    DatasetPartWriter w(staging, r, info, 10);
+    w.add_document(std::vector<int32_t>{1, 2, 3});
+    w.finish();
+  }
+  const std::string marker = staging + "/part_00001.done";
+  const std::string good = read_text(marker);
+  ASSERT_NE(good.find("\n  \"num_tokens\": 3,"), std::string::npos) << good;
+  write_text(marker, std::regex_replace(good, std::regex(R"(\n  "num_tokens": 3,)"), "\n  \"num_tokens\": 4,"));
+  const std::string e = error_of([&] { publish_dataset(staging, tmp / "ds", info, 2); });
+  EXPECT_NE(e.find("part_00001.done"), std::string::npos) << e;
+  EXPECT_NE(e.find("totals disagree"), std::string::npos) << e;
+  EXPECT_FALSE(fs::exists(tmp / "ds"));
+  discard_staging_dir(staging);
 }
 
 TEST(DatasetRanks, PublishChecksTheShardsAgainstTheInfo) {

@@ -155,6 +155,12 @@ TEST(Checkpoint, CoverageAndChecksumErrorsNameTheTensor) {
   CheckpointReader r2 = CheckpointReader::open(root);
   e = error_of([&] { r2.read_whole("model", "ok"); });
   EXPECT_NE(e.find("checksum mismatch for tensor 'ok'"), std::string::npos) << e;
+  // ... and when a box of another layout is read from it (the piece loaded whole and cut)
+  e = error_of([&] {
+    Tensor half = Tensor::empty({3, 4});
+    r2.read("model", "ok", split(s, 0, 2)[1], half);
+  });
+  EXPECT_NE(e.find("checksum mismatch for tensor 'ok'"), std::string::npos) << e;
   EXPECT_THROW(r2.verify(), ConfigError);
 }
 
@@ -290,6 +296,47 @@ TEST(Checkpoint, IterationDirectoryPathsAndEmptySaveRoots) {
   const std::string f = root + "-file";
   std::ofstream(f) << "x";
   EXPECT_FALSE(save_root_is_empty(f));
+}
+
+// A piece's box must lie inside its tensor: one past the end (a hand edit, a damaged
+// metadata.json) is named when the checkpoint is opened, not read as a coverage gap.
+TEST(Checkpoint, APieceBoxPastItsTensorIsRefused) {
+  const std::string root = fresh_dir("piece-box");
+  {
+    CheckpointWriter w(root, 1);
+    w.add("model", "x", {3}, Box::whole({3}), random_tensor({3}, 1));
+    w.commit("");
+  }
+  const fs::path meta = fs::path(root) / "iter_0000001" / "metadata.json";
+  std::string text;
+  {
+    std::ifstream in(meta);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string box = "\"offset\": [0], \"extent\": [3]";
+  ASSERT_NE(text.find(box), std::string::npos) << text;
+  text.replace(text.find(box), box.size(), "\"offset\": [2], \"extent\": [3]");
+  std::ofstream(meta, std::ios::trunc) << text;
+  const std::string e = error_of([&] { CheckpointReader::open(root); });
+  EXPECT_NE(e.find("metadata.json"), std::string::npos) << e;
+  EXPECT_NE(e.find("box outside the tensor"), std::string::npos) << e;
+}
+
+// Without 'latest' (a first save killed before publishing it), the newest iteration whose
+// directory is complete (metadata.json written last) is the one named, not a later half-written one.
+TEST(Checkpoint, NewestCompleteIterationSkipsAnIncompleteDirectory) {
+  const std::string root = fresh_dir("newest-complete");
+  for (int it : {10, 20}) {
+    CheckpointWriter w(root, it);
+    w.add("model", "x", {3}, Box::whole({3}), random_tensor({3}, 1));
+    w.commit("");
+  }
+  fs::remove(fs::path(root) / "latest");
+  fs::create_directories(fs::path(root) / "iter_0000030");  // begun, never completed
+  std::ofstream(fs::path(root) / "iter_0000030" / "shard_00000.h5") << "partial";
+  EXPECT_EQ(fs::path(newest_complete_iteration(root)).filename(), "iter_0000020");
+  fs::remove(fs::path(root) / "iter_0000020" / "metadata.json");
+  EXPECT_EQ(fs::path(newest_complete_iteration(root)).filename(), "iter_0000010");
 }
 
 // A piece's file is a shard of the checkpoint's own directory: a path out of it (a hand edit, a
