@@ -14,7 +14,7 @@ and MPI tests, which take minutes); then puts the file back. A mutant no test no
 
 It edits the checkout in place (each file restored in a `finally`, and rebuilt at the end), so
 run it on a clean tree and nothing else meanwhile. About 20 s per mutant that a unit test kills
-and ~1 min otherwise on 2 cores (a mutant in a header rebuilds more); the whole list ~1 h.
+and ~1 min otherwise on 2 cores (a mutant in a header rebuilds more); the whole list ~1.5 h.
 Not part of ctest: a manual audit, as docs/architecture.md ("Testing") says.
 """
 import argparse
