@@ -4,7 +4,7 @@ id: short name; file: the source; old: text that occurs exactly once there; new:
 why: the bug it stands for; ctest (optional): a ctest -R pattern run when the unit binaries all
 pass (the CLI and MPI tests that reach code the unit tests do not).
 Every mutant here is killed by the suite (tests/mutation/mutate.py exits 0); a new one that
-survives is a test to write. The audit of 2026-11-29 and what it found: docs/architecture.md.
+survives is a test to write. The audits of 2026-11-29 and 2026-11-30 and what they found: docs/architecture.md.
 """
 
 MUTANTS = [
