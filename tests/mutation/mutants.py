@@ -527,7 +527,7 @@ MUTANTS = [
     {'id': 'ST5', 'file': 'lib/io/safetensors.cpp', 'why': "a tensor's byte count not checked against its shape", 'ctest': 'llm-generate-ckpt-cli',
      'old': 'if (overflow || bytes != info.nbytes())',
      'new': 'if (overflow)'},
-    {'id': 'TJ1', 'file': 'lib/data/tokenize_job.cpp', 'why': '--append-eod turns a document that encodes to nothing into [eod]', 'ctest': 'llm-tokenize-cli|llm-tokenize-mpi',
+    {'id': 'TK1', 'file': 'lib/data/tokenize_job.cpp', 'why': '--append-eod turns a document that encodes to nothing into [eod]', 'ctest': 'llm-tokenize-cli|llm-tokenize-mpi',
      'old': 'if (options.append_eod && !ids[i].empty()) ids[i].push_back(eod);',
      'new': 'if (options.append_eod) ids[i].push_back(eod);'},
 ]
