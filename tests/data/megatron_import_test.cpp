@@ -270,10 +270,21 @@ TEST_F(MegatronCorruption, NegativeSize) {
 }
 
 TEST_F(MegatronCorruption, TokenOutsideTheVocabulary) {
-  const std::string e = import_error(200);  // sample_docs(1000) has ids up to 999
+  std::string e = import_error(200);  // sample_docs(1000) has ids up to 999
   EXPECT_NE(e.find(bin()), std::string::npos) << e;
   EXPECT_NE(e.find("document 3"), std::string::npos) << e;
   EXPECT_NE(e.find("outside the vocabulary"), std::string::npos) << e;
+  // the boundary: id 999 in a vocabulary of 999, named at the Megatron file, not at our writer
+  e = import_error(999);
+  EXPECT_NE(e.find(bin() + ": document 3"), std::string::npos) << e;
+  EXPECT_NE(e.find("token id 999"), std::string::npos) << e;
+}
+
+TEST_F(MegatronCorruption, TrailingDataInTheBin) {
+  std::ofstream(bin(), std::ios::app | std::ios::binary) << "xy";
+  const std::string e = import_error();
+  EXPECT_NE(e.find(bin()), std::string::npos) << e;
+  EXPECT_NE(e.find("trailing data"), std::string::npos) << e;
 }
 
 TEST_F(MegatronCorruption, MissingFiles) {

@@ -158,6 +158,29 @@ TEST(Args, CrossOptionValidation) {
   a.hidden_size = 100;
   a.num_attention_heads = 3;
   EXPECT_NE(error_of([&] { a.validate(); }).find("--num-attention-heads"), std::string::npos);
+  // Flags that need another: each refused naming both, and accepted once it is given.
+  auto fresh = [] {
+    TrainArgs x;
+    x.resolve_defaults();
+    return x;
+  };
+  a = fresh();
+  a.min_lr = 2 * a.lr;
+  e = error_of([&] { a.validate(); });
+  EXPECT_NE(e.find("--min-lr"), std::string::npos) << e;
+  EXPECT_NE(e.find("--lr"), std::string::npos) << e;
+  a.min_lr = a.lr;
+  EXPECT_EQ(error_of([&] { a.validate(); }), "");
+  a = fresh();
+  a.save_interval = 10;
+  EXPECT_NE(error_of([&] { a.validate(); }).find("--save-interval needs --save"), std::string::npos);
+  a.save = "runs/ck";
+  EXPECT_EQ(error_of([&] { a.validate(); }), "");
+  a = fresh();
+  a.finetune = true;
+  EXPECT_NE(error_of([&] { a.validate(); }).find("--finetune needs --load"), std::string::npos);
+  a.load = "runs/ck";
+  EXPECT_EQ(error_of([&] { a.validate(); }), "");
 }
 
 // --adam-eps -1 trained (the update's denominator can reach 0 or change sign); 0 stopped at the
