@@ -4,7 +4,7 @@
 Each mutant (tests/mutation/mutants.py) is one exact-text replacement in one source file: a
 formula's constant, a boundary, a forgotten line. For each, this script writes the change into
 the working tree, builds the --build directory, runs the unit test binaries (stopping at the
-first failure) and, when they all pass and the mutant names some, the ctest tests it gives (CLI
+first failure; a binary that dies without a failure line, a crash, fails too) and, when they all pass and the mutant names some, the ctest tests it gives (CLI
 and MPI tests, which take minutes); then puts the file back. A mutant no test notices is a gap in the suite:
 
   KILLED      a test failed (named)        SURVIVED  every test passed: write the missing test
@@ -48,7 +48,10 @@ def check(mutant, build, env):
         out = e.stdout.decode(errors="replace") if e.stdout else "timeout"
         return "BUILDFAIL", out.strip().splitlines()[-1] if out.strip() else ""
     for binary in UNIT:
-        out = run(f"{build}/tests/{binary} --gtest_brief=1 2>&1 | grep -E '^\\[  FAILED' | head -1", 900, env)
+        # The first failure's line, or the exit status when the binary died without one (a crash).
+        out = run(f"{build}/tests/{binary} --gtest_brief=1 > /tmp/mutate-unit.$$ 2>&1; rc=$?; "
+                  f"grep -m1 -E '^\\[  FAILED' /tmp/mutate-unit.$$ || {{ [ $rc = 0 ] || echo \"exit status $rc\"; }}; "
+                  f"rm -f /tmp/mutate-unit.$$", 900, env)
         if out is None:
             return "KILLED", f"{binary}: timed out"
         if out.strip():
