@@ -75,6 +75,10 @@ TEST(SentencePiece, TrainBpeEncodeDecodeRoundTrip) {
   std::string bytes;
   for (int32_t id : tok.encode("😀")) bytes += tok.token_bytes(id);
   EXPECT_EQ(bytes, " 😀");
+  // control pieces (<s>, and </s>: the end of a document) stream as nothing, as Decode prints them
+  EXPECT_EQ(tok.token_bytes(1), "");
+  EXPECT_EQ(tok.token_bytes(2), "");
+  EXPECT_EQ(tok.decode(std::vector<int32_t>{1, 2}), "");
 }
 
 // Megatron's _SentencePieceTokenizer over a model trained here (<unk> <s> </s> + 397 pieces, no

@@ -577,9 +577,6 @@ MUTANTS = [
      'old': 'if (checkpoint_num_layers != 1)',
      'new': 'if (false)'},
     # ---- the SentencePiece wrapper, the collective watchdog ----
-    {'id': 'SPM1', 'file': 'lib/data/sentencepiece_tokenizer.cpp', 'why': 'two special tokens at one position: the later in their order wins', 'ctest': 'llm-tokenize-cli',
-     'old': '      if (f < best) best = f, which = &sp;',
-     'new': '      if (f <= best && f != std::string_view::npos) best = f, which = &sp;'},
     {'id': 'SPM2', 'file': 'lib/data/sentencepiece_tokenizer.cpp', 'why': "decode: a special token's text without Megatron's spaces around it", 'ctest': 'llm-tokenize-cli|llm-generate-ckpt-cli',
      'old': 'out += pieces(ids.subspan(last, i - last)) + " " + which->first + " ";',
      'new': 'out += pieces(ids.subspan(last, i - last)) + which->first;'},
