@@ -530,6 +530,13 @@ void write_by_ranks(const std::string& final_dir, const DatasetInfo& info, const
   publish_dataset(staging, final_dir, info, ranks);
 }
 
+// Part `part` of a multi-rank write, finished, holding one document: [1, 2, 3].
+void finish_part(const std::string& staging, int part, const DatasetInfo& info) {
+  DatasetPartWriter w(staging, part, info, 10);
+  w.add_document(std::vector<int32_t>{1, 2, 3});
+  w.finish();
+}
+
 }  // namespace
 
 TEST(DatasetRanks, SameLogicalDatasetForAnyNumberOfRanks) {
@@ -561,11 +568,7 @@ TEST(DatasetRanks, PublishNeedsEveryPart) {
   TempDir tmp;
   const auto info = make_info(100);
   const std::string staging = staging_dir_path(tmp / "ds", "test");
-  for (int r : {0, 2}) {
-    DatasetPartWriter w(staging, r, info, 10);
-    w.add_document(std::vector<int32_t>{1, 2, 3});
-    w.finish();
-  }
+  for (int r : {0, 2}) finish_part(staging, r, info);
   {  // rank 1 failed: its destructor removes what it wrote
     DatasetPartWriter w(staging, 1, info, 2);
     for (int i = 0; i < 5; ++i) w.add_document(std::vector<int32_t>{4, 5, 6});
@@ -584,11 +587,7 @@ TEST(DatasetRanks, PublishChecksEachMarkersTotals) {
   TempDir tmp;
   const auto info = make_info(100);
   const std::string staging = staging_dir_path(tmp / "ds", "test");
-  for (int r : {0, 1}) {
-    DatasetPartWriter w(staging, r, info, 10);
-    w.add_document(std::vector<int32_t>{1, 2, 3});
-    w.finish();
-  }
+  for (int r : {0, 1}) finish_part(staging, r, info);
   const std::string marker = staging + "/part_00001.done";
   const std::string good = read_text(marker);
   ASSERT_NE(good.find("\n  \"num_tokens\": 3,"), std::string::npos) << good;
@@ -603,11 +602,7 @@ TEST(DatasetRanks, PublishChecksEachMarkersTotals) {
 TEST(DatasetRanks, PublishChecksTheShardsAgainstTheInfo) {
   TempDir tmp;
   const std::string staging = staging_dir_path(tmp / "ds", "test");
-  {
-    DatasetPartWriter w(staging, 0, make_info(100, "aaaaaaaaaaaaaaaa"), 10);
-    w.add_document(std::vector<int32_t>{1, 2, 3});
-    w.finish();
-  }
+  finish_part(staging, 0, make_info(100, "aaaaaaaaaaaaaaaa"));
   const std::string e = error_of([&] { publish_dataset(staging, tmp / "ds", make_info(100, "bbbbbbbbbbbbbbbb"), 1); });
   EXPECT_NE(e.find("shard_00000.h5"), std::string::npos) << e;
   EXPECT_FALSE(fs::exists(tmp / "ds"));

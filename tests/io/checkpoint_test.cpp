@@ -4,9 +4,9 @@
 
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "core/philox.h"
 #include "data/hdf5_util.h"
 #include "io/checkpoint.h"
@@ -44,6 +44,14 @@ Tensor crop(const Tensor& t, const Box& b) {
     out.data<float>()[i] = t.data<float>()[src];
   }
   return out;
+}
+
+// A checkpoint of one tensor, model/x of shape [3], at `iteration` under root: its metadata.json.
+fs::path save_one_tensor(const std::string& root, int64_t iteration = 1) {
+  CheckpointWriter w(root, iteration);
+  w.add("model", "x", {3}, Box::whole({3}), random_tensor({3}, 1));
+  w.commit("");
+  return fs::path(root) / checkpoint_dir_name(iteration) / "metadata.json";
 }
 
 // Splits dimension `axis` of shape into `parts` boxes.
@@ -302,17 +310,8 @@ TEST(Checkpoint, IterationDirectoryPathsAndEmptySaveRoots) {
 // metadata.json) is named when the checkpoint is opened, not read as a coverage gap.
 TEST(Checkpoint, APieceBoxPastItsTensorIsRefused) {
   const std::string root = fresh_dir("piece-box");
-  {
-    CheckpointWriter w(root, 1);
-    w.add("model", "x", {3}, Box::whole({3}), random_tensor({3}, 1));
-    w.commit("");
-  }
-  const fs::path meta = fs::path(root) / "iter_0000001" / "metadata.json";
-  std::string text;
-  {
-    std::ifstream in(meta);
-    text.assign(std::istreambuf_iterator<char>(in), {});
-  }
+  const fs::path meta = save_one_tensor(root);
+  std::string text = read_whole_file(meta, "metadata");
   const std::string box = "\"offset\": [0], \"extent\": [3]";
   ASSERT_NE(text.find(box), std::string::npos) << text;
   text.replace(text.find(box), box.size(), "\"offset\": [2], \"extent\": [3]");
@@ -326,11 +325,7 @@ TEST(Checkpoint, APieceBoxPastItsTensorIsRefused) {
 // directory is complete (metadata.json written last) is the one named, not a later half-written one.
 TEST(Checkpoint, NewestCompleteIterationSkipsAnIncompleteDirectory) {
   const std::string root = fresh_dir("newest-complete");
-  for (int it : {10, 20}) {
-    CheckpointWriter w(root, it);
-    w.add("model", "x", {3}, Box::whole({3}), random_tensor({3}, 1));
-    w.commit("");
-  }
+  for (int it : {10, 20}) save_one_tensor(root, it);
   fs::remove(fs::path(root) / "latest");
   fs::create_directories(fs::path(root) / "iter_0000030");  // begun, never completed
   std::ofstream(fs::path(root) / "iter_0000030" / "shard_00000.h5") << "partial";
@@ -343,17 +338,8 @@ TEST(Checkpoint, NewestCompleteIterationSkipsAnIncompleteDirectory) {
 // damaged metadata.json) read another file, named only as a missing or unreadable shard.
 TEST(Checkpoint, PieceFilesAreShardsOfTheCheckpointItself) {
   const std::string root = fresh_dir("piece-files");
-  {
-    CheckpointWriter w(root, 1);
-    w.add("model", "x", {3}, Box::whole({3}), random_tensor({3}, 1));
-    w.commit("");
-  }
-  const fs::path meta = fs::path(root) / "iter_0000001" / "metadata.json";
-  std::string good;
-  {
-    std::ifstream in(meta);
-    good.assign(std::istreambuf_iterator<char>(in), {});
-  }
+  const fs::path meta = save_one_tensor(root);
+  const std::string good = read_whole_file(meta, "metadata");
   const std::string shard = "\"file\": \"shard_00000.h5\"";
   ASSERT_NE(good.find(shard), std::string::npos) << good;
   for (const char* bad : {"../iter_0000001/shard_00000.h5", "/etc/passwd", "..", ""}) {

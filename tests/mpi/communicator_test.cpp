@@ -75,7 +75,11 @@ TEST(MpiCommunicator, SixteenBitCollectivesSumInTheirOwnType) {
   for (llm::DType t : {llm::DType::bf16, llm::DType::f16}) {
     const bool bf = t == llm::DType::bf16;
     auto to16 = [&](float f) { return bf ? llm::f32_to_bf16(f) : llm::f32_to_f16(f); };
-    auto from16 = [&](uint16_t h) { return bf ? llm::bf16_to_f32(h) : llm::f16_to_f32(h); };
+    // element i of a 16-bit tensor, as f32
+    auto at = [&](const Tensor& x, int64_t i) {
+      const uint16_t h = static_cast<const uint16_t*>(x.raw())[i];
+      return bf ? llm::bf16_to_f32(h) : llm::f16_to_f32(h);
+    };
     auto mine = [&](int64_t count) {
       Tensor x = Tensor::empty({count}, t);
       for (int64_t i = 0; i < count; ++i) static_cast<uint16_t*>(x.raw())[i] = to16(v(me, i));
@@ -84,22 +88,22 @@ TEST(MpiCommunicator, SixteenBitCollectivesSumInTheirOwnType) {
     const char* name = bf ? "bf16" : "f16";
     Tensor x = mine(n);
     c->all_reduce_sum(x);
-    for (int64_t i = 0; i < n; ++i) EXPECT_EQ(from16(static_cast<const uint16_t*>(x.raw())[i]), sum(i)) << name << " all-reduce, element " << i;
+    for (int64_t i = 0; i < n; ++i) EXPECT_EQ(at(x, i), sum(i)) << name << " all-reduce, element " << i;
     Tensor chunk = Tensor::empty({6}, t);
     c->reduce_scatter(chunk, mine(n));
     for (int64_t i = 0; i < 6; ++i)
-      EXPECT_EQ(from16(static_cast<const uint16_t*>(chunk.raw())[i]), sum(me * 6 + i)) << name << " reduce-scatter, element " << i;
+      EXPECT_EQ(at(chunk, i), sum(me * 6 + i)) << name << " reduce-scatter, element " << i;
     std::vector<int64_t> off{0};
     for (int r = 0; r < P; ++r) off.push_back(off.back() + 1 + r);
     Tensor y = mine(off.back());
     c->reduce_scatter_ranges(y, off);
     for (int64_t i = off[me]; i < off[me + 1]; ++i)
-      EXPECT_EQ(from16(static_cast<const uint16_t*>(y.raw())[i]), sum(i)) << name << " reduce-scatter of ranges, element " << i;
+      EXPECT_EQ(at(y, i), sum(i)) << name << " reduce-scatter of ranges, element " << i;
     Tensor all = Tensor::empty({n}, t);
     c->all_gather(all, mine(6));
     for (int r = 0; r < P; ++r)
       for (int64_t i = 0; i < 6; ++i)
-        EXPECT_EQ(from16(static_cast<const uint16_t*>(all.raw())[r * 6 + i]), v(r, i)) << name << " all-gather, rank " << r << " element " << i;
+        EXPECT_EQ(at(all, r * 6 + i), v(r, i)) << name << " all-gather, rank " << r << " element " << i;
   }
 }
 
